@@ -1,0 +1,1 @@
+"""Code that both services use: data, networks, checkpoints, image pipeline, metrics and settings."""

@@ -1,0 +1,174 @@
+"""MNIST: read the IDX files straight into uint8 tensors, download and verify them when missing, split 8:2.
+
+The four files are read in place (gzip or raw), so a read-only data directory works as it is. Nothing here
+loops over pixels in Python: a whole file becomes one numpy array with `np.frombuffer`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# MD5 of the *decompressed* files: the same for every genuine copy, whatever gzip wrapper it came in.
+FILES = {
+    "train_images": ("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb", (60000, 28, 28)),
+    "train_labels": ("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624", (60000,)),
+    "test_images": ("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea", (10000, 28, 28)),
+    "test_labels": ("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637", (10000,)),
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+NUM_CLASSES = 10
+# Mean and standard deviation of the training images' pixels, scaled to [0, 1]. Stored in every checkpoint, so
+# a served model normalises its input exactly as it was trained.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+# IDX header: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
+_IDX_UBYTE = 0x08
+
+
+class MnistFormatError(ValueError):
+    """An IDX file that is truncated, garbled or not what its name says."""
+
+
+def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
+    """Parse one IDX file's decompressed bytes into a uint8 array of the shape its header declares."""
+    if len(raw) < 4:
+        raise MnistFormatError(f"{source}: {len(raw)} bytes is too short for an IDX header")
+    zero, dtype_code, ndim = int.from_bytes(raw[0:2], "big"), raw[2], raw[3]
+    if zero != 0 or dtype_code != _IDX_UBYTE or not 1 <= ndim <= 3:
+        raise MnistFormatError(
+            f"{source}: bad magic number 0x{raw[:4].hex()} (expected 0x0000080N, unsigned bytes, N = 1..3 dimensions)"
+        )
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise MnistFormatError(f"{source}: header truncated ({len(raw)} of {header_len} bytes)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    actual = len(raw) - header_len
+    if actual != expected:
+        what = "truncated" if actual < expected else "has trailing bytes"
+        raise MnistFormatError(f"{source}: {what}: header declares shape {shape} = {expected} bytes, file holds {actual}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b":  # gzip magic
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (OSError, EOFError) as e:
+            raise MnistFormatError(f"{path}: corrupt gzip stream ({e})") from e
+    return path.read_bytes()
+
+
+def find_file(directory: Path, name: str) -> Path | None:
+    """The file `name` in `directory`, gzipped or not; None if neither is there."""
+    for candidate in (directory / f"{name}.gz", directory / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx_file(path: Path, *, md5: str | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read and check one IDX file. With `md5`, the decompressed content must match it."""
+    raw = _read_bytes(path)
+    if md5 is not None:
+        digest = hashlib.md5(raw).hexdigest()
+        if digest != md5:
+            raise MnistFormatError(f"{path}: content MD5 {digest} is not MNIST's {md5}; the file is corrupt or not MNIST")
+    array = parse_idx(raw, source=str(path))
+    if shape is not None and array.shape != shape:
+        raise MnistFormatError(f"{path}: shape {array.shape}, expected {shape}")
+    return array
+
+
+def _download(name: str, directory: Path) -> Path:
+    """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _, md5, shape = next(v for v in FILES.values() if v[0] == name)
+    errors = []
+    for mirror in MIRRORS:
+        url = f"{mirror}{name}.gz"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+        try:
+            log.info("downloading %s", url)
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out)
+            read_idx_file(Path(tmp), md5=md5, shape=shape)  # verify before it takes the real name
+            final = directory / f"{name}.gz"
+            os.replace(tmp, final)
+            return final
+        except (urllib.error.URLError, OSError, MnistFormatError) as e:
+            errors.append(f"{url}: {e}")
+            Path(tmp).unlink(missing_ok=True)
+    raise RuntimeError(
+        f"could not download {name}: " + "; ".join(errors) + f". Put the MNIST files in {directory} "
+        "or point --data-dir / MNIST_DATA_DIR at a folder that has them."
+    )
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """The whole dataset as uint8 tensors: images (N, 28, 28), labels (N,)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_mnist(data_dir: Path | str, *, download: bool = True, verify: bool = True) -> Mnist:
+    """Load MNIST from `data_dir`, downloading missing files when `download` is true.
+
+    `verify` checks each file's content MD5 (about 0.3 s for all four); a corrupt file is an error, never a
+    silently shorter dataset.
+    """
+    data_dir = Path(data_dir)
+    arrays = {}
+    for key, (name, md5, shape) in FILES.items():
+        path = find_file(data_dir, name)
+        if path is None:
+            if not download:
+                raise FileNotFoundError(f"{name}(.gz) is not in {data_dir}")
+            path = _download(name, data_dir)
+        arrays[key] = torch.from_numpy(read_idx_file(path, md5=md5 if verify else None, shape=shape).copy())
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if int(labels.max()) >= NUM_CLASSES:
+            raise MnistFormatError(f"{split} labels hold {int(labels.max())}, outside 0..9")
+    return Mnist(**arrays)
+
+
+def train_val_split(n: int, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a reproducible train/validation split of `n` items (8:2 by default)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    n_val = int(round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
+def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """uint8 images (N, 28, 28), ink bright on black as in MNIST -> the network's input (N, 1, 28, 28) float.
+
+    Works on any device, so the trainer can keep the uint8 dataset on the GPU and normalise per batch.
+    """
+    return ((images.float() / 255.0) - mean).div_(std).unsqueeze(1)

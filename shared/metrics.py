@@ -1,0 +1,126 @@
+"""Evaluation shared by the trainer (TensorBoard) and the inference service (Evaluate): accuracy, loss,
+per-class precision/recall/F1, the confusion matrix, and pictures of it."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+from shared.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES, normalize
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float  # mean negative log-likelihood
+    confusion: np.ndarray  # (10, 10) int64; rows are true digits, columns predicted digits
+    precision: np.ndarray  # (10,)
+    recall: np.ndarray  # (10,)
+    f1: np.ndarray  # (10,)
+    support: np.ndarray  # (10,) test images of each digit
+    predictions: np.ndarray  # (N,) predicted digit of every image
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+
+@torch.no_grad()
+def predict_log_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: float = MNIST_MEAN,
+    std: float = MNIST_STD,
+    batch_size: int = 2000,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Log-probabilities (N, 10) for uint8 images (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+        outputs.append(model(batch).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, NUM_CLASSES)
+
+
+def evaluation_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    labels = labels.cpu().long()
+    predictions = log_probs.argmax(dim=1)
+    y_true, y_pred = labels.numpy(), predictions.numpy()
+    classes = list(range(NUM_CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0
+    )
+    return Evaluation(
+        accuracy=float((predictions == labels).float().mean()) if len(labels) else 0.0,
+        loss=float(nn.functional.nll_loss(log_probs, labels)) if len(labels) else 0.0,
+        confusion=confusion_matrix(y_true, y_pred, labels=classes).astype(np.int64),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        support=support.astype(np.int64),
+        predictions=y_pred,
+    )
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> Evaluation:
+    """Run `model` over uint8 `images` and score it against `labels`. kwargs go to predict_log_probs."""
+    return evaluation_from_log_probs(predict_log_probs(model, images, **kwargs), labels)
+
+
+def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
+    """A seaborn heatmap of the confusion matrix, counts in the cells. Returns a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in containers
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=ax,
+                annot_kws={"fontsize": 8})
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)
+    ax.set_title(f"{title} (accuracy {accuracy:.2%}, {int(confusion.sum())} images)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def confusion_heatmap_png(confusion: np.ndarray, *, title: str = "Confusion matrix") -> bytes:
+    return figure_png(confusion_figure(confusion, title=title))
+
+
+def misclassified_figure(images: torch.Tensor, labels: torch.Tensor, predictions: np.ndarray, *, limit: int = 64):
+    """A grid of misclassified digits, each titled 'predicted/true'. Returns a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wrong = np.flatnonzero(predictions != labels.cpu().numpy())[:limit]
+    cols = 8
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, wrong):
+        ax.imshow(images[index].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{predictions[index]}/{int(labels[index])}", fontsize=9, color="crimson")
+    fig.suptitle(f"{len(wrong)} misclassified test digits shown (predicted/true)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,89 @@
+"""Settings read from the environment, one place for every default the services share.
+
+Each service's command-line flags take their defaults from here, so `docker-compose.yml`, the local stack
+script and a bare `python -m trainer` agree without repeating a value. tests/test_compose.py checks that the
+compose file uses these names and defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Environment variables, by name. The compose file and the local stack script set these.
+ENV_DATA_DIR = "MNIST_DATA_DIR"
+ENV_ARTIFACTS_DIR = "MNIST_ARTIFACTS_DIR"
+ENV_GRPC_ADDRESS = "MNIST_GRPC_ADDRESS"
+ENV_GRPC_TARGET = "MNIST_GRPC_TARGET"
+ENV_TENSORBOARD_PORT = "MNIST_TENSORBOARD_PORT"
+ENV_EPOCHS = "MNIST_EPOCHS"
+ENV_PRESET = "MNIST_PRESET"
+ENV_DEVICE = "MNIST_DEVICE"
+ENV_SEED = "MNIST_SEED"
+
+DEFAULT_ARTIFACTS_DIR = "artifacts"
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_GRPC_ADDRESS = f"[::]:{DEFAULT_GRPC_PORT}"
+DEFAULT_GRPC_TARGET = f"localhost:{DEFAULT_GRPC_PORT}"
+DEFAULT_TENSORBOARD_PORT = 6006
+
+
+def default_data_dir() -> Path:
+    """Where MNIST is read from, or downloaded to when it is missing."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "mnist-stack" / "mnist"
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"environment variable {name}={value!r} must be a whole number") from None
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The artifacts folder's layout, shared by trainer (writer), inference (reader) and TensorBoard.
+
+    artifacts/
+      runs/<run-name>/            one training run: TensorBoard event files, plus
+        checkpoints/last.pt       the latest epoch (for --resume)
+        checkpoints/best.pt       the best epoch by validation accuracy
+      models/
+        <version>.pt              published models, never rewritten once there
+        LATEST.json               manifest naming the newest published model (renamed into place atomically)
+    """
+
+    root: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def latest_manifest(self) -> Path:
+        return self.models / "LATEST.json"
+
+    def run_dir(self, run_name: str) -> Path:
+        return self.runs / run_name
+
+
+def artifacts_dir() -> Path:
+    return Path(env_str(ENV_ARTIFACTS_DIR, DEFAULT_ARTIFACTS_DIR))
+
+
+def data_dir() -> Path:
+    return Path(env_str(ENV_DATA_DIR, str(default_data_dir())))
