@@ -171,4 +171,9 @@ def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST
 
     Works on any device, so the trainer can keep the uint8 dataset on the GPU and normalise per batch.
     """
-    return ((images.float() / 255.0) - mean).div_(std).unsqueeze(1)
+    return standardize(images.float().div_(255.0).unsqueeze(1), mean, std)
+
+
+def standardize(images01: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """Float images in [0, 1] of any shape -> zero mean, unit variance by MNIST's statistics."""
+    return (images01 - mean).div_(std)

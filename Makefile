@@ -1,0 +1,41 @@
+# Everyday commands. Each one uses the project's virtual environment, created on first use by scripts/stack.sh:
+# $(VENV) below, i.e. $MNIST_VENV, else the active one ($VIRTUAL_ENV), else .venv.
+#
+#   make stack     trainer + gRPC inference + TensorBoard as local processes (Ctrl-C stops all three)
+#                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
+#   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
+#   make protos    regenerate the gRPC code in shared/api from protos/
+#   make lint      hadolint on both Dockerfiles, and the compose files through `docker compose config`
+
+VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+# Compose v2 (`docker compose`) when the docker CLI has it, else the standalone docker-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+export MNIST_VENV := $(VENV)
+
+.PHONY: stack venv test protos lint
+
+stack:
+	scripts/stack.sh $(ARGS)
+
+# Dev tools (pytest, hadolint, grpcio-tools, ...) too: the targets below need them.
+venv:
+	MNIST_STACK_EXTRAS=dev scripts/stack.sh --setup-only
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+protos: venv
+	$(PY) scripts/gen_protos.py
+
+lint: venv
+	$(VENV)/bin/hadolint trainer/Dockerfile inference/Dockerfile
+	$(COMPOSE) -f docker-compose.yml config -q
+	@# The CPU override uses `!reset` (Compose >= 2.24); docker-compose 1.x cannot read it.
+	@if [ "$(COMPOSE)" = "docker compose" ]; then \
+		$(COMPOSE) -f docker-compose.yml -f docker-compose.cpu.yml config -q; \
+	else \
+		echo "skipped docker-compose.cpu.yml: needs Docker Compose v2.24+ (tests/deploy checks it without)"; \
+	fi

@@ -1,0 +1,353 @@
+"""Run the stack without Docker: the trainer, the inference service and TensorBoard as local processes.
+
+    python scripts/local_stack.py [--epochs N] [--tensorboard-port 6007] [--skip trainer] ...
+    (or `make stack` / `scripts/stack.sh`, which first create the virtual environment if needed)
+
+The same three commands as docker-compose.yml, with the same settings (the MNIST_* environment variables of
+shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that the two agree. Like
+`docker compose up`:
+  - every line a service prints is prefixed with its name (`trainer     | epoch 1/15 ...`);
+  - the trainer is a one-shot job: when it exits 0 the others keep running;
+  - inference and TensorBoard are restarted when they fail (`restart: on-failure`), a few times, and if they
+    keep failing the stack stops with exit status 1;
+  - Ctrl-C (SIGINT) or SIGTERM is passed on to every service, which gets --stop-timeout seconds to finish
+    before it is killed; a second Ctrl-C kills at once.
+
+One difference, on purpose: compose publishes gRPC on 127.0.0.1 only, so locally the server binds
+localhost:50051 rather than every interface, unless MNIST_GRPC_ADDRESS says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, TextIO
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a file from a checkout: make `shared` importable without an install
+    sys.path.insert(0, str(ROOT))
+
+from shared import settings  # noqa: E402
+
+SERVICE_NAMES = ("trainer", "inference", "tensorboard")
+SUPERVISOR_NAME = "stack"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process to run: `argv` with the stack's environment plus `env`."""
+
+    name: str
+    argv: list[str]
+    # compose's `restart: on-failure`; the trainer's is "no": it is a job that ends.
+    restart_on_failure: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command line, and the services it describes
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of settings left to the environment or the trainer."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="local_stack.py",
+        description="Run the trainer, the gRPC inference service and TensorBoard as local processes "
+                    "(docker-compose.yml without Docker). Ctrl-C stops all three.",
+        formatter_class=_HelpFormatter,
+    )
+    s = settings
+    parser.add_argument("--artifacts-dir", type=Path, default=s.artifacts_dir(),
+                        help=f"runs (TensorBoard logs, checkpoints) and published models [env {s.ENV_ARTIFACTS_DIR}]")
+    parser.add_argument("--data-dir", type=Path, default=s.data_dir(),
+                        help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]")
+    parser.add_argument("--grpc-address", default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
+                        help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]")
+    parser.add_argument("--tensorboard-port", type=int,
+                        default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
+                        help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]")
+    parser.add_argument("--tensorboard-host", default="localhost",
+                        help="TensorBoard's interface; 0.0.0.0 shows it to the network")
+    # Training settings: given here they are exported to the services; not given, the environment's (or the
+    # trainer's own defaults) apply, so no default is repeated here.
+    parser.add_argument("--epochs", type=int, default=None, help=f"[env {s.ENV_EPOCHS}]; default: the preset's")
+    parser.add_argument("--preset", default=None, help=f"default or seed [env {s.ENV_PRESET}]")
+    parser.add_argument("--device", default=None, help=f"auto, cpu or cuda [env {s.ENV_DEVICE}]")
+    parser.add_argument("--seed", type=int, default=None, help=f"[env {s.ENV_SEED}]")
+    parser.add_argument("--trainer-args", default="", metavar="ARGS",
+                        help="more trainer flags, one string, e.g. \"--train-subset 2000\" for a smoke run")
+    parser.add_argument("--skip", action="append", default=[], choices=SERVICE_NAMES, metavar="SERVICE",
+                        help=f"do not start this service (repeatable; one of {', '.join(SERVICE_NAMES)}); "
+                             "--skip trainer serves the models already published")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the interpreter that runs the services (the project's virtual environment)")
+    parser.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="on Ctrl-C, how long the services get to exit before they are killed")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="restarts of a failing inference or TensorBoard before the stack gives up")
+    return parser
+
+
+def stack_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The MNIST_* variables every service gets, so the three agree on paths and ports."""
+    env = {
+        settings.ENV_ARTIFACTS_DIR: str(Path(args.artifacts_dir).resolve()),
+        settings.ENV_DATA_DIR: str(Path(args.data_dir).resolve()),
+        settings.ENV_GRPC_ADDRESS: args.grpc_address,
+        settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
+    }
+    optional = {settings.ENV_EPOCHS: args.epochs, settings.ENV_PRESET: args.preset,
+                settings.ENV_DEVICE: args.device, settings.ENV_SEED: args.seed}
+    env.update({name: str(value) for name, value in optional.items() if value is not None})
+    return env
+
+
+def local_services(args: argparse.Namespace) -> list[Service]:
+    """docker-compose.yml's three services as local commands (tests/deploy checks that they match)."""
+    python = args.python
+    runs = settings.Paths(Path(args.artifacts_dir).resolve()).runs
+    services = [
+        Service("trainer", [python, "-m", "trainer", *shlex.split(args.trainer_args)]),
+        Service("inference", [python, "-m", "inference"], restart_on_failure=True),
+        # `python -m tensorboard.main` is the `tensorboard` script of the same interpreter.
+        Service("tensorboard", [python, "-m", "tensorboard.main", "--logdir", str(runs),
+                                "--host", args.tensorboard_host, "--port", str(args.tensorboard_port)],
+                restart_on_failure=True),
+    ]
+    return [s for s in services if s.name not in args.skip]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The supervisor
+
+
+class PrefixedOutput:
+    """Writes whole lines as `name | line`, one writer at a time, names padded to one width (as compose does)."""
+
+    def __init__(self, out: TextIO, names: list[str]) -> None:
+        self.out = out
+        self.width = max(len(n) for n in [*names, SUPERVISOR_NAME])
+        self.lock = threading.Lock()
+
+    def line(self, name: str, text: str) -> None:
+        with self.lock:
+            try:
+                self.out.write(f"{name:<{self.width}} | {text}\n")
+                self.out.flush()
+            except (BrokenPipeError, ValueError):  # the reader went away (`| head`) or the stream is closed
+                pass
+
+    def pump(self, name: str, stream) -> None:
+        """Copy a child's output line by line until it closes. `\\r` ends a line too (progress bars)."""
+        pending = b""
+        while True:
+            chunk = stream.read1(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = re.split(rb"\r\n|\r(?!$)|\n", pending)
+            for raw in lines:
+                self.line(name, raw.rstrip(b"\r").decode("utf-8", "replace"))
+        if pending.strip(b"\r"):
+            self.line(name, pending.rstrip(b"\r").decode("utf-8", "replace"))
+
+
+@dataclass
+class _Running:
+    service: Service
+    process: subprocess.Popen | None = None
+    pump: threading.Thread | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None  # a restart is due then
+    exit_code: int | None = None  # set once it has ended for good
+
+
+class Supervisor:
+    """Start services, copy their output with prefixes, restart the failing ones, and stop them all on request.
+
+    `run()` blocks until every service has ended for good or `request_stop()` was called (from a signal
+    handler or another thread), and returns the stack's exit status: 0 when nothing failed.
+    """
+
+    def __init__(self, services: list[Service], *, env: dict[str, str] | None = None,
+                 base_env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 out: TextIO | None = None, stop_timeout: float = 10.0, max_restarts: int = 3,
+                 restart_delay: float = 1.0, stable_after: float = 10.0) -> None:
+        self.services = services
+        # Each service: `base_env` (default: this process's environment), then `env`, then its own `env`.
+        self.env = {**(os.environ if base_env is None else base_env), **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.cwd = cwd
+        self.output = PrefixedOutput(out or sys.stdout, [s.name for s in services])
+        self.stop_timeout = stop_timeout
+        self.max_restarts = max_restarts
+        self.restart_delay = restart_delay
+        self.stable_after = stable_after  # a run this long resets the restart count (compose's backoff does too)
+        self._running = [_Running(s) for s in services]
+        self._wake = threading.Event()
+        self._stop_signal: int | None = None
+        self._force = False
+        self._failed = False
+
+    # Called from a signal handler or another thread: only flags and an Event, never I/O or locks.
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        else:
+            self._force = True  # asked twice: kill now
+        self._wake.set()
+
+    def log(self, text: str) -> None:
+        self.output.line(SUPERVISOR_NAME, text)
+
+    def processes(self) -> dict[str, subprocess.Popen]:
+        return {r.service.name: r.process for r in self._running if r.process is not None}
+
+    def _start(self, r: _Running) -> None:
+        try:
+            r.process = subprocess.Popen(
+                r.service.argv, cwd=self.cwd, env={**self.env, **r.service.env},
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                # Its own process group: Ctrl-C in the terminal reaches only this supervisor, which then stops
+                # each service (and anything it started) in order, instead of all of them racing at once.
+                start_new_session=True,
+            )
+        except OSError as e:
+            self.log(f"cannot start {r.service.name} ({shlex.join(r.service.argv)}): {e}")
+            r.exit_code, r.process = 127, None
+            self._failed = True
+            return
+        r.started_at = time.monotonic()
+        r.restart_at = None
+        r.pump = threading.Thread(target=self.output.pump, args=(r.service.name, r.process.stdout),
+                                  name=f"pump-{r.service.name}", daemon=True)
+        r.pump.start()
+
+    def _reap(self, r: _Running, now: float) -> None:
+        """The process has exited: report it, and schedule a restart or record the end."""
+        code = r.process.returncode
+        r.pump.join(timeout=2)  # print its last lines before saying it exited
+        r.process.stdout.close()
+        r.process = None
+        self.log(f"{r.service.name} exited with code {code}")
+        if code == 0 or not r.service.restart_on_failure:
+            r.exit_code = code
+            if code != 0:
+                self._failed = True
+            return
+        if now - r.started_at >= self.stable_after:
+            r.restarts = 0
+        if r.restarts >= self.max_restarts:
+            self.log(f"{r.service.name} failed {r.restarts + 1} times in a row; stopping the stack")
+            r.exit_code = code
+            self._failed = True
+            self.request_stop(signal.SIGTERM)
+            return
+        delay = self.restart_delay * 2 ** r.restarts
+        r.restarts += 1
+        r.restart_at = now + delay
+        self.log(f"restarting {r.service.name} in {delay:g} s (restart {r.restarts} of {self.max_restarts})")
+
+    def run(self) -> int:
+        for r in self._running:
+            self._start(r)
+        while self._stop_signal is None:
+            now = time.monotonic()
+            for r in self._running:
+                if r.process is not None and r.process.poll() is not None:
+                    self._reap(r, now)
+                if r.process is None and r.restart_at is not None and now >= r.restart_at \
+                        and self._stop_signal is None:
+                    self._start(r)
+            if all(r.exit_code is not None for r in self._running):
+                break
+            self._wake.wait(0.1)
+            self._wake.clear()
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        for r in self._running:  # ended on its own since the last look: report it, no restart now
+            if r.process is not None and r.process.poll() is not None and r.exit_code is None:
+                r.pump.join(timeout=2)
+                r.process.stdout.close()
+                r.exit_code = r.process.returncode
+                self.log(f"{r.service.name} exited with code {r.exit_code}")
+        alive = [r for r in self._running if r.process is not None and r.exit_code is None]
+        if alive:
+            signum = self._stop_signal or signal.SIGTERM
+            self.log(f"stopping {', '.join(r.service.name for r in alive)} ({signal.Signals(signum).name})")
+            for r in alive:
+                self._signal(r.process, signum)
+            deadline = time.monotonic() + self.stop_timeout
+            while any(r.process.poll() is None for r in alive) and time.monotonic() < deadline and not self._force:
+                self._wake.wait(0.05)
+                self._wake.clear()
+            for r in alive:
+                if r.process.poll() is None:
+                    why = "asked twice" if self._force else f"still running after {self.stop_timeout:g} s"
+                    self.log(f"killing {r.service.name} ({why})")
+                    self._signal(r.process, signal.SIGKILL)
+                    self._failed = True
+                r.process.wait()
+                r.pump.join(timeout=2)
+                r.process.stdout.close()
+                self.log(f"{r.service.name} stopped (code {r.process.returncode})")
+        return 1 if self._failed else 0
+
+    @staticmethod
+    def _signal(process: subprocess.Popen, signum: int) -> None:
+        try:
+            os.killpg(process.pid, signum)  # the service and any process it started
+        except ProcessLookupError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    services = local_services(args)
+    if not services:
+        print("nothing to run: every service is skipped", file=sys.stderr)
+        return 2
+    env = stack_environment(args)
+    supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout,
+                            max_restarts=args.max_restarts)
+
+    def on_signal(signum, frame):
+        supervisor.request_stop(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    names = [s.name for s in services]
+    supervisor.log(f"artifacts: {env[settings.ENV_ARTIFACTS_DIR]}   MNIST: {env[settings.ENV_DATA_DIR]}")
+    if "inference" in names:
+        supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
+                       f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
+    if "tensorboard" in names:
+        host = "localhost" if args.tensorboard_host in ("0.0.0.0", "::") else args.tensorboard_host
+        supervisor.log(f"TensorBoard: http://{host}:{args.tensorboard_port}/")
+    supervisor.log(f"starting {', '.join(names)}; Ctrl-C stops them")
+    code = supervisor.run()
+    supervisor.log("all stopped" if code == 0 else "stopped, with failures (see above)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one-command local stack: make sure the project's virtual environment exists and is up to date with
+# pyproject.toml (creating it and running `pip install -e .` when not), then run scripts/local_stack.py in it.
+#
+#   scripts/stack.sh [local_stack.py flags]     e.g.  MNIST_TENSORBOARD_PORT=6007 scripts/stack.sh --epochs 3
+#   scripts/stack.sh --setup-only               only create / update the environment
+#
+# Which environment: $MNIST_VENV, else the active one ($VIRTUAL_ENV), else .venv in the checkout.
+# MNIST_STACK_EXTRAS=dev also installs the development tools (make test and make lint ask for them).
+# PYTHON picks the interpreter that creates a new environment (default python3; 3.10 to 3.13).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${MNIST_VENV:-${VIRTUAL_ENV:-.venv}}"
+EXTRAS="${MNIST_STACK_EXTRAS:-}"
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[${EXTRAS}]"
+
+say() { printf 'stack.sh: %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the virtual environment $VENV"
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+
+# Reinstall when pyproject.toml (the pins) or the extras changed since the last install into this environment.
+STAMP="$VENV/.mnist-stack-install"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) ${EXTRAS}"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# An environment installed with more extras (dev) serves a plain run too.
+if [ "$HAVE" != "$WANT" ] && ! { [ -z "$EXTRAS" ] && [ "${HAVE%% *}" = "${WANT%% *}" ]; }; then
+    say "installing the project into $VENV (pip install -e '$SPEC'; PyTorch is large, the first time takes a while)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$SPEC"
+    printf '%s\n' "$WANT" > "$STAMP"
+fi
+
+if [ "${1:-}" = "--setup-only" ]; then
+    say "$VENV is ready"
+    exit 0
+fi
+# exec: Ctrl-C and SIGTERM go straight to the supervisor, which stops the services in order.
+exec "$VENV/bin/python" scripts/local_stack.py "$@"

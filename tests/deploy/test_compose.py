@@ -1,0 +1,240 @@
+"""docker-compose.yml: valid for Compose, and in agreement with shared/settings.py and with the local stack."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts.local_stack import get_args_parser, local_services, stack_environment
+from shared import settings
+from tests.deploy.compose_model import (
+    COMPOSE_FILE,
+    CPU_OVERRIDE,
+    REPO,
+    STACK_SERVICES,
+    LocalMapping,
+    Reset,
+    command,
+    container_environment,
+    healthcheck_argv,
+    load_compose,
+    load_yaml,
+    mounts,
+    published_ports,
+)
+
+SETTINGS_ENV_NAMES = {getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
+GRPC_PORT = settings.DEFAULT_GRPC_PORT
+TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "COMPOSE_"))}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_compose()
+
+
+def docker_compose() -> str:
+    path = shutil.which("docker-compose")
+    if path is None:
+        pytest.skip("docker-compose is not installed (`apt-get install -y docker-compose` gives 1.29, which "
+                    "validates compose files offline)")
+    return path
+
+
+def compose_config(*files: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    args = [docker_compose()]
+    for f in files:
+        args += ["-f", str(f)]
+    return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=REPO,
+                          env={**CLEAN_ENV, **(env or {})}, timeout=60)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compose itself accepts the files
+
+
+def test_compose_file_validates():
+    result = compose_config(COMPOSE_FILE)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_config_rejects_a_broken_file(tmp_path):
+    """Guards the test above: `docker-compose config` does validate (an unknown key fails)."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  trainer:\n    image: x\n    restart_policy_typo: always\n")
+    assert compose_config(broken).returncode != 0
+
+
+def test_cpu_override_removes_the_gpu_request_and_the_result_validates(tmp_path):
+    # docker-compose 1.29 cannot read `!reset` (Compose v2.24+), so merge as Compose v2 does and validate that.
+    override = load_yaml(CPU_OVERRIDE)
+    assert isinstance(override["services"]["trainer"]["deploy"], Reset)
+    merged = load_compose(COMPOSE_FILE, CPU_OVERRIDE)
+    trainer = merged["services"]["trainer"]
+    assert "deploy" not in trainer
+    assert trainer["environment"][settings.ENV_DEVICE] == "cpu"
+    assert load_compose()["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    merged.pop("x-cpu-image", None)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(merged))
+    result = compose_config(path)
+    assert result.returncode == 0, result.stderr
+    assert "nvidia" not in result.stdout
+
+
+def test_settings_from_the_environment_reach_the_trainer():
+    result = compose_config(COMPOSE_FILE, env={settings.ENV_EPOCHS: "3", settings.ENV_PRESET: "seed"})
+    assert result.returncode == 0, result.stderr
+    trainer = yaml.safe_load(result.stdout)["services"]["trainer"]
+    assert trainer["environment"][settings.ENV_EPOCHS] == "3"
+    assert trainer["environment"][settings.ENV_PRESET] == "seed"
+
+
+def test_tensorboard_host_port_and_replica_port_range_come_from_the_environment():
+    result = compose_config(COMPOSE_FILE, env={settings.ENV_TENSORBOARD_PORT: "6007",
+                                                "MNIST_GRPC_HOST_PORT": "50051-50053"})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["tensorboard"]["ports"] == [f"127.0.0.1:6007:{TB_PORT}/tcp"]
+    assert services["inference"]["ports"] == [f"127.0.0.1:50051-50053:{GRPC_PORT}/tcp"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Agreement with shared/settings.py
+
+
+def test_up_starts_the_three_services_and_the_trainer_asks_for_a_gpu(model):
+    started = {n for n, s in model["services"].items() if not s.get("profiles")}
+    assert started == set(STACK_SERVICES)
+    assert model["services"]["trainer"]["restart"] == "no"  # a job: it ends, the others go on
+    assert model["services"]["inference"]["restart"] == "on-failure"
+
+
+def test_ports_are_the_settings_defaults_published_on_loopback(model):
+    inference = published_ports(model["services"]["inference"], {})
+    tensorboard = published_ports(model["services"]["tensorboard"], {})
+    assert inference == [type(inference[0])("127.0.0.1", str(GRPC_PORT), GRPC_PORT)]
+    assert tensorboard == [type(tensorboard[0])("127.0.0.1", str(TB_PORT), TB_PORT)]
+    # Inside the container the server listens on the settings' default address, on the published port.
+    env = container_environment(model, "inference", {})
+    address = env.get(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS)
+    assert address.rsplit(":", 1)[1] == str(GRPC_PORT)
+    assert address.startswith(("[::]", "0.0.0.0")), "in a container the server must listen on all interfaces"
+    tb = command(model, "tensorboard")
+    assert tb[tb.index("--port") + 1] == str(TB_PORT) and tb[tb.index("--host") + 1] == "0.0.0.0"
+
+
+def test_healthcheck_probes_the_grpc_port(model):
+    check = model["services"]["inference"]["healthcheck"]
+    assert check["test"][:4] == ["CMD", "python", "-m", "inference.health_probe"]
+    target = check["test"][check["test"].index("--target") + 1]
+    assert target == f"localhost:{GRPC_PORT}"
+    # Readiness (SERVING) would mark the container unhealthy for as long as the first training takes.
+    assert "--require-serving" not in check["test"]
+
+
+def test_volumes_are_mounted_where_the_settings_point(model):
+    for name in STACK_SERVICES:
+        env = container_environment(model, name, {})
+        targets = {m.target: m for m in mounts(model["services"][name])}
+        artifacts = env[settings.ENV_ARTIFACTS_DIR]
+        assert artifacts in targets, f"{name}: {settings.ENV_ARTIFACTS_DIR}={artifacts} is not a mounted volume"
+        assert targets[artifacts].volume == "artifacts"
+        # Only the trainer writes; the others read the same volume.
+        assert targets[artifacts].read_only == (name != "trainer"), name
+        if name != "tensorboard":
+            data = env[settings.ENV_DATA_DIR]
+            assert data in targets and targets[data].volume == "mnist", f"{name}: MNIST volume not at {data}"
+    tb = command(model, "tensorboard")
+    runs = settings.Paths(Path(container_environment(model, "tensorboard", {})[settings.ENV_ARTIFACTS_DIR])).runs
+    assert tb[tb.index("--logdir") + 1] == str(runs)
+    assert set(model["volumes"]) == {"artifacts", "mnist"}
+
+
+def test_environment_variables_are_the_settings_names(model):
+    for name, service in model["services"].items():
+        env = container_environment(model, name, {})
+        unknown = {k for k in (*env, *(service.get("environment") or {})) if k.startswith("MNIST_")} - SETTINGS_ENV_NAMES
+        assert not unknown, f"{name}: {unknown} are not variables of shared/settings.py"
+    passed_through = {k for k, v in model["services"]["trainer"]["environment"].items() if v is None}
+    assert passed_through == {settings.ENV_EPOCHS, settings.ENV_PRESET, settings.ENV_DEVICE, settings.ENV_SEED}
+
+
+def test_client_reaches_every_replica_through_dns(model):
+    client = model["services"]["client"]
+    assert client["profiles"] == ["client"]
+    assert client["environment"][settings.ENV_GRPC_TARGET] == f"dns:///inference:{GRPC_PORT}"
+    assert client["depends_on"]["inference"]["condition"] == "service_healthy"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Agreement with the local stack (scripts/local_stack.py)
+
+
+def test_local_stack_runs_the_compose_commands(model, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    args = get_args_parser().parse_args(["--artifacts-dir", str(artifacts), "--python", sys.executable])
+    local = {s.name: s for s in local_services(args)}
+    assert set(local) == set(STACK_SERVICES)
+    # Locally, "the container's" loopback is localhost and its ports are the same numbers.
+    mapping = LocalMapping(volumes={"artifacts": artifacts.resolve(), "mnist": Path(args.data_dir).resolve()},
+                           ports={GRPC_PORT: GRPC_PORT, TB_PORT: TB_PORT}, loopback="localhost")
+    for name in STACK_SERVICES:
+        assert local[name].argv == mapping.argv(model, name, command(model, name)), name
+        restart = model["services"][name].get("restart", "no")
+        assert local[name].restart_on_failure == (restart == "on-failure"), name
+
+
+def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_path, monkeypatch):
+    for name in SETTINGS_ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    env = stack_environment(get_args_parser().parse_args([]))
+    assert env[settings.ENV_GRPC_ADDRESS] == f"localhost:{GRPC_PORT}"
+    assert env[settings.ENV_TENSORBOARD_PORT] == str(TB_PORT)
+    assert Path(env[settings.ENV_ARTIFACTS_DIR]) == Path(settings.DEFAULT_ARTIFACTS_DIR).resolve()
+    for service in STACK_SERVICES:
+        names = {k for k in container_environment(model, service, {settings.ENV_EPOCHS: "1"}) if k.startswith("MNIST_")}
+        assert names - {settings.ENV_EPOCHS} <= set(env), service
+    # A setting given to the stack reaches every service, as compose passes it through.
+    env = stack_environment(get_args_parser().parse_args(["--epochs", "2", "--device", "cpu"]))
+    assert env[settings.ENV_EPOCHS] == "2" and env[settings.ENV_DEVICE] == "cpu"
+
+
+def test_tensorboard_port_is_one_variable_away(monkeypatch):
+    monkeypatch.setenv(settings.ENV_TENSORBOARD_PORT, "6007")
+    args = get_args_parser().parse_args([])
+    tb = {s.name: s for s in local_services(args)}["tensorboard"].argv
+    assert tb[tb.index("--port") + 1] == "6007"
+    assert get_args_parser().parse_args(["--tensorboard-port", "6008"]).tensorboard_port == 6008
+
+
+def test_healthcheck_command_maps_to_the_local_port(model):
+    mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000})
+    argv = healthcheck_argv(model, "inference", mapping)
+    assert argv == [sys.executable, "-m", "inference.health_probe", "--target", "127.0.0.1:40000"]
+
+
+def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_path):
+    text = (REPO / ".env.example").read_text()
+    assignments = dict(line.lstrip("#").split("=", 1) for line in text.splitlines()
+                       if re.fullmatch(r"#?[A-Z_]+=\S*", line))
+    compose_text = COMPOSE_FILE.read_text()
+    for name in assignments:
+        assert name in SETTINGS_ENV_NAMES or name in compose_text or name == "COMPOSE_FILE", name
+    # Uncommented, the example is a working .env (COMPOSE_FILE aside: docker-compose 1.29 cannot read `!reset`).
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in assignments.items() if k != "COMPOSE_FILE"))
+    result = subprocess.run([docker_compose(), "config"], capture_output=True, text=True, cwd=tmp_path, env=CLEAN_ENV)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["trainer"]["environment"][settings.ENV_EPOCHS] == assignments[settings.ENV_EPOCHS]
+    assert services["tensorboard"]["ports"] == [f"127.0.0.1:{assignments[settings.ENV_TENSORBOARD_PORT]}:{TB_PORT}/tcp"]

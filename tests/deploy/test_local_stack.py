@@ -1,0 +1,316 @@
+"""The local stack's supervision (scripts/local_stack.py) and its wrappers (scripts/stack.sh, make), with
+stand-in commands: fast, and independent of what the real services do. The real services run in
+test_stack_e2e.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scripts.local_stack import Service, Supervisor
+from tests.deploy.compose_model import REPO
+
+PY = sys.executable
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_") and k != "VIRTUAL_ENV"}
+
+
+class Capture(io.TextIOBase):
+    """A stdout for the supervisor that tests can read while it runs."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def py(code: str) -> list[str]:
+    return [PY, "-c", textwrap.dedent(code)]
+
+
+# A long-running stand-in that ends cleanly on SIGINT or SIGTERM, saying which.
+SERVER = """
+import signal, sys, time
+def bye(signum, frame):
+    print("got", signal.Signals(signum).name, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, bye)
+signal.signal(signal.SIGTERM, bye)
+print("{name} up", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def start(supervisor: Supervisor) -> tuple[threading.Thread, list[int]]:
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(supervisor.run()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_prefixes_lines_and_a_finished_job_leaves_the_others_running():
+    out = Capture()
+    services = [
+        Service("trainer", py('print("epoch 1/1"); print("published", flush=True)')),
+        Service("inference", py(SERVER.format(name="inference")), restart_on_failure=True),
+        Service("tensorboard", py(SERVER.format(name="tensorboard")), restart_on_failure=True),
+    ]
+    supervisor = Supervisor(services, out=out, stop_timeout=5)
+    thread, result = start(supervisor)
+    wait_for(lambda: "stack       | trainer exited with code 0" in out.lines(), what="the trainer to finish")
+    wait_for(lambda: "tensorboard | tensorboard up" in out.lines() and "inference   | inference up" in out.lines())
+    time.sleep(0.3)
+    processes = supervisor.processes()
+    assert thread.is_alive() and set(processes) == {"inference", "tensorboard"}
+    assert all(p.poll() is None for p in processes.values()), "a job that ended 0 must not stop the others"
+    assert "trainer     | epoch 1/1" in out.lines() and "trainer     | published" in out.lines()
+
+    supervisor.request_stop(signal.SIGINT)
+    thread.join(15)
+    assert result == [0], out.text
+    assert all(p.poll() is not None for p in processes.values())
+    assert "inference   | got SIGINT" in out.lines() and "tensorboard | got SIGINT" in out.lines()
+    assert "killing" not in out.text
+
+
+def test_a_service_that_ignores_the_signal_is_killed_after_the_timeout_with_its_children(tmp_path):
+    out = Capture()
+    child_pid_file = tmp_path / "child.pid"
+    stubborn = py(f"""
+        import signal, subprocess, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen(["sleep", "60"])  # a grandchild: must not outlive the stack
+        open({str(child_pid_file)!r}, "w").write(str(child.pid))
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    supervisor = Supervisor([Service("stubborn", stubborn)], out=out, stop_timeout=0.5)
+    thread, result = start(supervisor)
+    wait_for(lambda: "stubborn | ready" in out.lines(), what="the stand-in to start")
+    grandchild = int(child_pid_file.read_text())
+    started = time.monotonic()
+    supervisor.request_stop(signal.SIGTERM)
+    thread.join(10)
+    assert 0.4 < time.monotonic() - started < 5
+    assert result == [1], "a kill is not a clean stop"
+    assert "stack    | killing stubborn (still running after 0.5 s)" in out.lines()
+    wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2],
+             timeout=5, what="the grandchild to die with its process group")
+
+
+def test_a_second_stop_request_kills_at_once():
+    out = Capture()
+    supervisor = Supervisor([Service("stubborn", py('import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); '
+                                                     'print("ready", flush=True); time.sleep(60)'))],
+                            out=out, stop_timeout=30)
+    thread, result = start(supervisor)
+    wait_for(lambda: "stubborn | ready" in out.lines())
+    supervisor.request_stop(signal.SIGINT)
+    time.sleep(0.3)
+    assert thread.is_alive()
+    supervisor.request_stop(signal.SIGINT)
+    thread.join(5)
+    assert result == [1] and "killing stubborn (asked twice)" in out.text
+
+
+def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path):
+    out = Capture()
+    count = tmp_path / "starts"
+    crashing = py(f'open({str(count)!r}, "a").write("x"); print("crashing", flush=True); raise SystemExit(3)')
+    services = [Service("inference", crashing, restart_on_failure=True),
+                Service("tensorboard", py(SERVER.format(name="tensorboard")), restart_on_failure=True)]
+    supervisor = Supervisor(services, out=out, stop_timeout=5, max_restarts=2, restart_delay=0.05)
+    thread, result = start(supervisor)
+    thread.join(30)
+    assert result == [1], out.text
+    assert count.read_text() == "xxx", "the first start and 2 restarts"
+    assert "stack       | restarting inference in 0.05 s (restart 1 of 2)" in out.lines()
+    assert "stack       | restarting inference in 0.1 s (restart 2 of 2)" in out.lines()
+    assert "stack       | inference failed 3 times in a row; stopping the stack" in out.lines()
+    assert "tensorboard | got SIGTERM" in out.lines(), "the rest of the stack is stopped cleanly"
+
+
+def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1():
+    out = Capture()
+    supervisor = Supervisor([Service("trainer", py('raise SystemExit(2)'))], out=out)
+    thread, result = start(supervisor)
+    thread.join(15)
+    assert result == [1] and out.text.count("trainer exited with code 2") == 1
+
+
+def test_carriage_returns_and_an_unfinished_last_line_are_lines_too():
+    out = Capture()
+    code = 'import sys; sys.stdout.write("10%\\r50%\\r100%\\r\\ndone\\n\\nlast"); sys.stdout.flush()'
+    supervisor = Supervisor([Service("job", py(code))], out=out)
+    thread, result = start(supervisor)
+    thread.join(15)
+    assert result == [0]
+    assert out.lines()[:6] == ["job   | 10%", "job   | 50%", "job   | 100%", "job   | done", "job   | ", "job   | last"]
+
+
+def test_a_command_that_cannot_start_is_reported():
+    out = Capture()
+    supervisor = Supervisor([Service("ghost", ["/nonexistent/program"])], out=out)
+    thread, result = start(supervisor)
+    thread.join(5)
+    assert result == [1] and "cannot start ghost (/nonexistent/program)" in out.text
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command line, with a stand-in interpreter that plays the three services
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Plays `python -m <service>`: records what it was given, then acts like the service.
+svc="${2%%.*}"  # tensorboard.main -> tensorboard
+printf '%s\\n' "$*" > "$FAKE_DIR/$svc.argv"
+env | grep '^MNIST_' | sort > "$FAKE_DIR/$svc.env"
+echo "$svc starting"
+if [ "$svc" = trainer ]; then echo "epoch 1/1"; exit 0; fi
+trap 'echo "$svc got SIGINT"; exit 0' INT
+echo $$ > "$FAKE_DIR/$svc.pid"
+while :; do sleep 0.05; done
+"""
+
+
+def test_cli_runs_three_services_with_shared_settings_and_ctrl_c_stops_them(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {**CLEAN_ENV, "FAKE_DIR": str(tmp_path), "MNIST_TENSORBOARD_PORT": "6007", "MNIST_EPOCHS": "4"}
+    stack = subprocess.Popen(
+        [PY, str(REPO / "scripts" / "local_stack.py"), "--python", str(fake), "--artifacts-dir", str(tmp_path / "a"),
+         "--data-dir", str(tmp_path / "mnist"), "--trainer-args", "--train-subset 2000", "--stop-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stack.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: (tmp_path / "inference.pid").exists() and (tmp_path / "tensorboard.pid").exists()
+                 and any("trainer exited with code 0" in l for l in lines), what="the stand-ins to start")
+        time.sleep(0.3)
+        assert stack.poll() is None, "the trainer's exit 0 must not end the stack"
+        stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert stack.wait(15) == 0
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    reader.join(5)
+    out = [l.rstrip("\n") for l in lines]
+    for name in ("inference", "tensorboard"):
+        assert f"{name:<11} | {name} got SIGINT" in out, out
+        pid = int((tmp_path / f"{name}.pid").read_text())
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert "trainer     | epoch 1/1" in out
+    assert "stack       | TensorBoard: http://localhost:6007/" in out
+
+    argv = {n: (tmp_path / f"{n}.argv").read_text().split() for n in ("trainer", "inference", "tensorboard")}
+    assert argv["trainer"] == ["-m", "trainer", "--train-subset", "2000"]
+    assert argv["inference"] == ["-m", "inference"]
+    assert argv["tensorboard"] == ["-m", "tensorboard.main", "--logdir", str(tmp_path / "a" / "runs"),
+                                   "--host", "localhost", "--port", "6007"]
+    # All three see the same settings, the artifacts folder as an absolute path.
+    envs = {n: (tmp_path / f"{n}.env").read_text() for n in argv}
+    assert len(set(envs.values())) == 1
+    assert f"MNIST_ARTIFACTS_DIR={tmp_path / 'a'}" in envs["trainer"].splitlines()
+    assert f"MNIST_DATA_DIR={tmp_path / 'mnist'}" in envs["trainer"].splitlines()
+    assert "MNIST_EPOCHS=4" in envs["trainer"].splitlines()
+    assert "MNIST_GRPC_ADDRESS=localhost:50051" in envs["trainer"].splitlines()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scripts/stack.sh and the Makefile, with a stand-in interpreter that records how it is called
+
+
+FAKE_INTERPRETER = """#!/usr/bin/env bash
+echo "${0#"$FAKE_ROOT"/} $*" >> "$FAKE_LOG"
+if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+"""
+
+
+@pytest.fixture
+def fake_python3(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python3 = bin_dir / "python3"
+    python3.write_text(FAKE_INTERPRETER)
+    python3.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**CLEAN_ENV, "FAKE_LOG": str(log), "FAKE_ROOT": str(tmp_path), "PYTHON": str(python3),
+           "MNIST_VENV": str(tmp_path / "venv")}
+    return env, log
+
+
+def calls(log: Path) -> list[str]:
+    text = log.read_text() if log.exists() else ""
+    log.write_text("")
+    return text.splitlines()
+
+
+def test_stack_sh_creates_the_venv_installs_once_and_execs_the_supervisor(fake_python3):
+    env, log = fake_python3
+    run = lambda *args, **extra: subprocess.run([str(REPO / "scripts" / "stack.sh"), *args],  # noqa: E731
+                                                env={**env, **extra}, capture_output=True, text=True, timeout=30)
+    first = run("--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    assert calls(log) == [f"bin/python3 -m venv {env['MNIST_VENV']}",
+                          "venv/bin/python -m pip install --disable-pip-version-check -e .",
+                          "venv/bin/python scripts/local_stack.py --epochs 1"]
+    assert run("--epochs", "1").returncode == 0
+    assert calls(log) == ["venv/bin/python scripts/local_stack.py --epochs 1"], "installed already: no pip"
+    assert run("--setup-only", MNIST_STACK_EXTRAS="dev").returncode == 0
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]"]
+    assert run("--help").returncode == 0
+    assert calls(log) == ["venv/bin/python scripts/local_stack.py --help"], "a dev install serves a plain run"
+
+
+def test_stack_sh_reinstalls_when_the_pins_change(fake_python3, tmp_path):
+    env, log = fake_python3
+    subprocess.run([str(REPO / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
+    stamp = tmp_path / "venv" / ".mnist-stack-install"
+    stamp.write_text("0" * 64 + " \n")  # as if pyproject.toml had other pins at the last install
+    calls(log)
+    subprocess.run([str(REPO / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e ."]
+
+
+def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed (`apt-get install -y make`)")
+    env, log = fake_python3
+    make = lambda *args: subprocess.run(["make", "-s", "-C", str(REPO), *args], env=env,  # noqa: E731
+                                        capture_output=True, text=True, timeout=60)
+    result = make("stack", "ARGS=--tensorboard-port 6007")
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == "venv/bin/python scripts/local_stack.py --tensorboard-port 6007"
+    result = make("test", "PYTEST_ARGS=tests/deploy -q")
+    assert result.returncode == 0, result.stderr
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]",
+                          "venv/bin/python -m pytest tests/deploy -q"]
+    assert make("protos").returncode == 0
+    assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]

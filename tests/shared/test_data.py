@@ -1,0 +1,105 @@
+"""IDX parsing and MNIST loading: good files, truncated, garbled, wrong magic, gzip damage, the 8:2 split."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from shared.data import FILES, MnistFormatError, load_mnist, normalize, parse_idx, read_idx_file, train_val_split
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_parse_idx_round_trips_images_and_labels():
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.arange(7, dtype=np.uint8)
+    assert np.array_equal(parse_idx(idx_bytes(images)), images)
+    assert np.array_equal(parse_idx(idx_bytes(labels)), labels)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[:-1], "truncated"),
+        (lambda b: b[:10], "truncated"),
+        (lambda b: b + b"\x00", "trailing bytes"),
+        (lambda b: b"\x00\x00\x0d\x03" + b[4:], "bad magic"),  # float type code
+        (lambda b: b"\x01\x00\x08\x03" + b[4:], "bad magic"),
+        (lambda b: b"\x00\x00\x08\x07" + b[4:], "bad magic"),  # 7 dimensions
+        (lambda b: b"\x00\x00", "too short"),
+        (lambda b: b"", "too short"),
+    ],
+)
+def test_parse_idx_rejects_damaged_files(mutate, message):
+    good = idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8))
+    with pytest.raises(MnistFormatError, match=message):
+        parse_idx(mutate(good))
+
+
+def test_read_idx_file_handles_gzip_and_raw(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    raw = idx_bytes(labels)
+    (tmp_path / "raw").write_bytes(raw)
+    with gzip.open(tmp_path / "packed.gz", "wb") as f:
+        f.write(raw)
+    assert np.array_equal(read_idx_file(tmp_path / "raw"), labels)
+    assert np.array_equal(read_idx_file(tmp_path / "packed.gz"), labels)
+
+
+def test_truncated_gzip_is_an_error_not_a_shorter_dataset(tmp_path):
+    raw = idx_bytes(np.zeros((100, 28, 28), dtype=np.uint8))
+    packed = gzip.compress(raw)
+    (tmp_path / "cut.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(MnistFormatError):
+        read_idx_file(tmp_path / "cut.gz")
+
+
+def test_content_checksum_is_checked(tmp_path):
+    (tmp_path / "labels").write_bytes(idx_bytes(np.zeros(10, dtype=np.uint8)))
+    with pytest.raises(MnistFormatError, match="MD5"):
+        read_idx_file(tmp_path / "labels", md5="0" * 32)
+
+
+def test_load_mnist_reads_the_real_files_in_place(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.train_images.dtype == torch.uint8
+    assert mnist.test_labels.shape == (10000,)
+    assert torch.bincount(mnist.test_labels.long()).tolist()[0] == 980  # MNIST's published count of test zeros
+
+
+def test_load_mnist_rejects_a_corrupt_copy(tmp_path, mnist_dir):
+    for name, _, _ in FILES.values():
+        shutil.copy(next(mnist_dir.glob(f"{name}*")), tmp_path)
+    target = next(tmp_path.glob("t10k-labels*"))
+    data = bytearray(gzip.decompress(target.read_bytes()) if target.suffix == ".gz" else target.read_bytes())
+    data[100] ^= 0xFF  # one flipped label byte: still parses, but is not MNIST
+    target.unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(data))
+    with pytest.raises(MnistFormatError, match="MD5"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_missing_files_without_download_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_split_is_reproducible_disjoint_and_8_to_2():
+    train_a, val_a = train_val_split(60000, seed=3)
+    train_b, val_b = train_val_split(60000, seed=3)
+    assert torch.equal(train_a, train_b) and torch.equal(val_a, val_b)
+    assert len(train_a) == 48000 and len(val_a) == 12000
+    assert len(set(train_a.tolist()) | set(val_a.tolist())) == 60000
+    assert not torch.equal(train_val_split(60000, seed=4)[1], val_a)
+
+
+def test_normalize_shape_and_statistics(mnist):
+    x = normalize(mnist.train_images[:2000])
+    assert x.shape == (2000, 1, 28, 28)
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05

@@ -1,0 +1,137 @@
+"""Short real training runs on a subset of MNIST: logs, checkpoints, publishing, resume, torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manifest, read_published_model
+from shared.data import normalize
+from shared.settings import Paths
+from trainer.__main__ import main as trainer_main
+from trainer.tensorboard_log import SCALAR_TAGS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Small enough to run in seconds on two cores, big enough that the network learns something.
+SMALL = ["--train-subset", "1500", "--eval-subset", "1000", "--batch-size", "100", "--device", "cpu", "--no-download"]
+
+
+def train(tmp_path: Path, mnist_dir: Path, *extra: str) -> int:
+    return trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), *SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, mnist_dir):
+    """Two epochs on 1,500 images: the run every test in this module inspects."""
+    root = tmp_path_factory.mktemp("artifacts")
+    assert train(root, mnist_dir, "--epochs", "2", "--run-name", "short") == 0
+    return Paths(root)
+
+
+def test_event_files_have_every_tag(short_run):
+    events = EventAccumulator(str(short_run.run_dir("short")), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in SCALAR_TAGS.values():
+        assert tag in tags["scalars"], f"missing scalar {tag}"
+        assert [e.step for e in events.Scalars(tag)] == [1, 2]
+    assert "confusion_matrix/test" in tags["images"]
+    assert "misclassified/test" in tags["images"]
+    assert tags["graph"], "model graph not logged"
+    hparams_files = list(short_run.run_dir("short").glob("events.out.tfevents.*"))
+    assert any(b"hparams" in f.read_bytes() for f in hparams_files), "hparams not logged"
+
+
+def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
+    checkpoint = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt")
+    assert {"arch", "arch_kwargs", "model", "optimizer", "scheduler", "config", "epoch", "rng",
+            "normalization", "history"} <= checkpoint.keys()
+    model = model_from_checkpoint(checkpoint)
+    again = model_from_checkpoint(load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt"))
+    x = normalize(mnist.test_images[:500])
+    with torch.no_grad():
+        first, second = model(x), again(x)
+    assert torch.equal(first, second)
+    accuracy = (first.argmax(1) == mnist.test_labels[:500]).float().mean()
+    assert accuracy > 0.3, f"two epochs on 1,500 images should learn something (chance is 10%), got {accuracy:.2%}"
+
+
+def test_published_model_matches_best_checkpoint(short_run):
+    manifest = read_manifest(short_run.models)
+    assert manifest is not None and manifest.version.startswith("short-e")
+    payload, model = read_published_model(short_run.models, manifest)
+    best = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt")
+    assert payload["epoch"] == best["best_epoch"]
+    for name, tensor in best["model"].items():
+        assert torch.equal(payload["model"][name], tensor), name
+    assert 0 < manifest.metrics["test_accuracy"] <= 1
+    assert "optimizer" not in payload, "a published model carries no training state"
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_dir):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train(whole, mnist_dir, "--epochs", "3", "--run-name", "r", "--no-publish") == 0
+    assert train(parts, mnist_dir, "--epochs", "3", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
+    assert load_checkpoint(parts / "runs/r/checkpoints/last.pt")["epoch"] == 1
+    assert train(parts, mnist_dir, "--resume", "--no-publish") == 0  # finds the newest run by itself
+    a = load_checkpoint(whole / "runs/r/checkpoints/last.pt")
+    b = load_checkpoint(parts / "runs/r/checkpoints/last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), f"{name} differs after resume"
+    assert [m["val_accuracy"] for m in a["history"]] == [m["val_accuracy"] for m in b["history"]]
+
+
+def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path),
+         *SMALL, "--epochs", "2", "--target-accuracy", "0.2"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    for field in ("train loss", "train acc", "val acc", "test acc", "lr", " s ", "img/s"):
+        assert field in epoch_lines[0]
+    assert "training time" in result.stdout and "best epoch" in result.stdout
+    assert "reached 20.00% test accuracy" in result.stdout
+    assert "published model" in result.stdout
+
+
+def test_dry_run_writes_nothing(tmp_path, mnist_dir):
+    assert train(tmp_path, mnist_dir, "--dry-run") == 0
+    assert not any(tmp_path.iterdir())
+
+
+def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
+    # No --batch-size here: the preset's own 2048 (the subset of 1,500 images makes it one step).
+    assert trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), "--preset", "seed",
+                         "--epochs", "1", "--train-subset", "1500", "--eval-subset", "500", "--device", "cpu",
+                         "--run-name", "seed", "--no-publish"]) == 0
+    checkpoint = load_checkpoint(tmp_path / "runs/seed/checkpoints/last.pt")
+    config = checkpoint["config"]
+    assert checkpoint["arch"] == "mynet"
+    assert (config["optimizer"], config["lr"], config["momentum"], config["batch_size"]) == ("sgd", 0.001, 0.9, 2048)
+    assert not config["augment"] and config["schedule"] == "constant"
+
+
+def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), *SMALL,
+         "--epochs", "1", "--run-name", "ddp"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "x 2 processes" in result.stdout
+    assert result.stdout.count("epoch 1/1") == 1, "only the main process reports"
+    manifest = read_manifest(Paths(tmp_path).models)
+    assert manifest is not None
+    read_published_model(Paths(tmp_path).models, manifest)  # loads: the DDP wrapper's names are not in it

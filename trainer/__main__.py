@@ -1,0 +1,27 @@
+"""`python -m trainer`: train, log to TensorBoard, publish the best model. `--help` lists the flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import get_args_parser
+from trainer.train import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N epochs of this process and leave a checkpoint for --resume "
+                             "(time-boxed machines, tests)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Batched data augmentation on whole tensors, on whatever device the batch lives on.
+
+Users' drawings pass through shared/image_pipeline.py, which crops, scales to a 20x20 box and centres by mass,
+as MNIST was built. What that cannot undo (a slanted or slightly rotated digit, a box that is not quite filled,
+a stroke thicker or thinner than MNIST's) the network learns to ignore from these random changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    max_rotation_deg: float = 10.0
+    max_scale: float = 0.10  # zoom in/out by up to 10 %
+    max_shear: float = 0.15  # slant, as x += shear * y
+    max_shift_px: float = 2.0
+    stroke_prob: float = 0.3  # fraction of images whose strokes get thicker or thinner
+
+
+def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Rotate, scale, shear and shift each image of a batch (N, 1, H, W) in [0, 1] by its own random amount.
+
+    One affine_grid + grid_sample call for the whole batch: no per-image Python loop.
+    """
+    n, _, h, w = images.shape
+    dev = images.device
+
+    def uniform(limit: float) -> torch.Tensor:  # (N,) in [-limit, limit]
+        return (torch.rand(n, generator=generator, device=generator.device) * 2 - 1).mul_(limit).to(dev)
+
+    angle = uniform(math.radians(cfg.max_rotation_deg))
+    scale = 1 + uniform(cfg.max_scale)
+    shear = uniform(cfg.max_shear)
+    shift_x = uniform(cfg.max_shift_px * 2 / w)  # affine_grid works in [-1, 1] coordinates
+    shift_y = uniform(cfg.max_shift_px * 2 / h)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # theta maps output coordinates to input coordinates: (N, 2, 3)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin + shear * cos, shift_x], dim=1),
+            torch.stack([sin, cos + shear * sin, shift_y], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_stroke_width(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Make the strokes of some images thicker (grey-level dilation) and of others thinner (erosion).
+
+    Half-strength: a full 3x3 dilation at 28x28 would double a typical MNIST stroke, which users do not draw.
+    """
+    n = images.shape[0]
+    choice = torch.rand(n, generator=generator, device=generator.device).to(images.device)
+    thicker = (choice < cfg.stroke_prob / 2).view(n, 1, 1, 1)
+    thinner = ((choice >= cfg.stroke_prob / 2) & (choice < cfg.stroke_prob)).view(n, 1, 1, 1)
+    dilated = F.max_pool2d(images, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    images = torch.where(thicker, (images + dilated) / 2, images)
+    return torch.where(thinner, (images + eroded) / 2, images)
+
+
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """(N, 1, 28, 28) images in [0, 1], ink bright on black -> the same shape, randomly changed."""
+    return random_affine(random_stroke_width(images, cfg, generator), cfg, generator)

@@ -1,0 +1,124 @@
+"""Training settings: the presets, and the command line that chooses among them and overrides them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from shared import settings
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes. Stored in every checkpoint, so `--resume` continues
+    with exactly the run's own settings."""
+
+    arch: str = "compact"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 15
+    batch_size: int = 256
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
+    lr: float = 0.1  # peak learning rate with the one-cycle schedule, the constant one without
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" or "constant"
+    warmup_fraction: float = 0.2  # one-cycle: share of the steps spent warming up
+    label_smoothing: float = 0.1
+    augment: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0
+    split_seed: int = 0  # fixed apart from `seed`, so runs with different seeds validate on the same images
+    train_subset: int = 0  # > 0: train on only this many images of the training split (tests, smoke runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Fast and accurate on two CPU cores: see README, "Training".
+    "default": TrainConfig(),
+    # The original notebook, reproduced: MyNet, plain SGD at a constant 0.001, batch 2048, no augmentation.
+    "seed": TrainConfig(
+        arch="mynet",
+        epochs=100,
+        batch_size=2048,
+        optimizer="sgd",
+        lr=0.001,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        schedule="constant",
+        label_smoothing=0.0,
+        augment=False,
+    ),
+}
+
+# Flags that override a preset's field when given. None means "keep the preset's value".
+_OVERRIDES = ("epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train an MNIST digit classifier; log to TensorBoard; publish the best model for inference.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=settings.env_str(settings.ENV_PRESET, "default"),
+                        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) "
+                             f"[env {settings.ENV_PRESET}]")
+    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None
+    parser.add_argument("--epochs", type=int, default=epochs_env,
+                        help=f"epochs to train (default: the preset's, 15 or 100) [env {settings.ENV_EPOCHS}]")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--label-smoothing", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                        help="train without random rotations, shifts and stroke changes")
+    parser.add_argument("--seed", type=int, default=settings.env_int(settings.ENV_SEED, 0),
+                        help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="train on only the first N images of the training split (smoke runs and tests)")
+    parser.add_argument("--eval-subset", type=int, default=0,
+                        help="evaluate on only the first N validation and N test images each epoch (smoke runs and "
+                             "tests; 0 = all)")
+    parser.add_argument("--data-dir", default=str(settings.data_dir()),
+                        help=f"folder with the four MNIST files; downloaded there if missing [env {settings.ENV_DATA_DIR}]")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="fail instead of downloading MNIST when it is missing")
+    parser.add_argument("--artifacts-dir", default=str(settings.artifacts_dir()),
+                        help=f"where runs (TensorBoard logs, checkpoints) and published models go "
+                             f"[env {settings.ENV_ARTIFACTS_DIR}]")
+    parser.add_argument("--run-name", default=None,
+                        help="name of the run's folder under runs/ (default: time, preset and seed)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run --run-name (default: the newest run) from its last checkpoint")
+    parser.add_argument("--device", default=settings.env_str(settings.ENV_DEVICE, "auto"),
+                        help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]")
+    parser.add_argument("--no-publish", dest="publish", action="store_false",
+                        help="do not publish the best model for the inference service")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="one training batch and a small evaluation, to check that everything runs; "
+                             "writes to a throwaway run and publishes nothing")
+    parser.add_argument("--target-accuracy", type=float, default=None,
+                        help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop "
+                             "or select")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset's config with the flags the user gave applied on top."""
+    config = PRESETS[args.preset]
+    overrides = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name, None) is not None}
+    if args.augment is not None:
+        overrides["augment"] = args.augment
+    return replace(config, **overrides)

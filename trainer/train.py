@@ -1,0 +1,374 @@
+"""The training loop: data on the device, one-cycle schedule, per-epoch report, checkpoints, resume, publish.
+
+One code path for CPU, one GPU and several processes under torchrun: the dataset is a uint8 tensor on the
+device (47 MB for all of MNIST), batches are index gathers, so there is no DataLoader and no worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from shared.checkpoint import load_checkpoint, publish_model, save_checkpoint, utc_now
+from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, standardize, train_val_split
+from shared.metrics import Evaluation, evaluate, predict_log_probs
+from shared.model import build_model, count_parameters
+from shared.settings import Paths
+from trainer.augment import AugmentConfig, augment
+from trainer.config import TrainConfig, config_from_args
+from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
+from trainer.tensorboard_log import RunLogger
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class Splits:
+    """uint8 images (N, 28, 28) and int64 labels (N,), already on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch and goes into the checkpoint besides the weights."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    train_seconds: float = 0.0  # wall time spent in completed epochs, across resumes
+    target_reached: dict[str, float] | None = None
+
+
+def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torch.device) -> Splits:
+    mnist = load_mnist(data_dir, download=download)
+    train_idx, val_idx = train_val_split(len(mnist.train_images), val_fraction=config.val_fraction,
+                                         seed=config.split_seed)
+    if config.train_subset:
+        train_idx = train_idx[: config.train_subset]
+    move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return Splits(
+        train_x=move(mnist.train_images[train_idx]), train_y=move(mnist.train_labels[train_idx].long()),
+        val_x=move(mnist.train_images[val_idx]), val_y=move(mnist.train_labels[val_idx].long()),
+        test_x=move(mnist.test_images), test_y=move(mnist.test_labels.long()),
+    )
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    # No weight decay on BatchNorm parameters and biases: decaying them only fights the normalisation.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    total_steps = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle" and total_steps >= 10:  # too few steps to warm up and anneal: stay constant
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps,
+            pct_start=config.warmup_fraction, anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            cycle_momentum=config.optimizer == "sgd",
+        )
+    elif config.schedule in ("constant", "onecycle"):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}")
+    return optimizer, scheduler
+
+
+def epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """Every epoch draws its randomness from its own seed, so a resumed run repeats an uninterrupted one exactly."""
+    seed = (config.seed * 1_000_003 + epoch) * 64 + rank
+    torch.manual_seed(seed)  # dropout
+    gen_device = device if device.type == "cuda" else "cpu"
+    return torch.Generator(device=gen_device).manual_seed(seed)
+
+
+def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optimizer, scheduler, epoch: int,
+                    device: torch.device, dist_info: DistInfo, channels_last: bool) -> tuple[float, float, int, float]:
+    """One pass over this process's share of the training split.
+
+    Returns (mean loss, accuracy, images seen, learning rate of the epoch's last step).
+    """
+    model.train()
+    generator = epoch_generator(config, epoch, dist_info.rank, device)
+    # The same permutation on every process (seeded without the rank), each taking every world_size-th index.
+    order_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    order = torch.randperm(len(splits.train_x), generator=order_gen)[dist_info.rank :: dist_info.world_size]
+    order = order.to(device)
+    per_process_batch = max(1, config.batch_size // dist_info.world_size)
+    steps = math.ceil(len(order) / per_process_batch)
+    augment_config = AugmentConfig()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    # disable=None: a bar on a terminal, nothing in a log file or a container's output.
+    for step in tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=None if dist_info.is_main else True,
+                     unit="batch", file=sys.stderr):
+        idx = order[step * per_process_batch : (step + 1) * per_process_batch]
+        x = splits.train_x[idx].float().div_(255.0).unsqueeze(1)  # (B, 1, 28, 28) in [0, 1]
+        y = splits.train_y[idx]
+        if config.augment:
+            x = augment(x, augment_config, generator)
+        x = standardize(x, MNIST_MEAN, MNIST_STD)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            log_probs = model(x)
+            # log_softmax of log-probabilities is the identity, so cross_entropy applies label smoothing to them.
+            loss = F.cross_entropy(log_probs, y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (log_probs.detach().argmax(1) == y).sum()
+    # One device-to-host sync per epoch, not per step: .item() in the loop would stall the GPU every batch.
+    totals = all_reduce_sum([float(loss_sum), float(correct), float(len(order))], device, dist_info)
+    return totals[0] / totals[2], totals[1] / totals[2], int(totals[2]), lr
+
+
+def build(config: TrainConfig, device: torch.device, channels_last: bool) -> nn.Module:
+    model = build_model(config.arch, **config.arch_kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def default_run_name(config: TrainConfig, preset: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}-{config.arch}-s{config.seed}"
+
+
+def newest_resumable_run(paths: Paths) -> str:
+    candidates = sorted(paths.runs.glob(f"*/{CHECKPOINT_DIR}/{LAST}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise SystemExit(f"--resume: no run with a checkpoint under {paths.runs}")
+    return candidates[-1].parent.parent.name
+
+
+def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, run_name: str,
+                       optimizer, scheduler) -> dict[str, Any]:
+    """Everything needed to rebuild the model and continue training. weights_only-safe values only."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "arch": config.arch,
+        "arch_kwargs": dict(config.arch_kwargs),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "config": config.to_dict(),
+        "epoch": state.epoch,
+        "history": state.history,
+        "best_val_accuracy": state.best_val_accuracy,
+        "best_epoch": state.best_epoch,
+        "train_seconds": state.train_seconds,
+        "target_reached": state.target_reached,
+        "rng": rng,
+        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
+        "run_name": run_name,
+        "saved_at": utc_now(),
+    }
+
+
+def format_epoch_line(m: dict[str, float], epochs: int) -> str:
+    width = len(str(epochs))
+    return (f"epoch {int(m['epoch']):>{width}}/{epochs}  train loss {m['train_loss']:.4f}  "
+            f"train acc {m['train_accuracy']:.2%}  val acc {m['val_accuracy']:.2%}  "
+            f"test acc {m['test_accuracy']:.2%}  lr {m['lr']:.5f}  {m['seconds']:5.1f} s  "
+            f"{m['images_per_second']:,.0f} img/s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train as the parsed command line says. Returns a summary (the main process's; others return {})."""
+    wall_start = time.perf_counter()
+    paths = Paths(Path(args.artifacts_dir))
+    throwaway = tempfile.TemporaryDirectory(prefix="mnist-dry-run-") if args.dry_run else None
+    if throwaway is not None:
+        paths = Paths(Path(throwaway.name))
+
+    pre_device = resolve_device(args.device, int(__import__("os").environ.get("LOCAL_RANK", "0")))
+    dist_info = init_distributed(pre_device)
+    device = pre_device
+    channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family
+
+    # Settle the config: a resumed run continues with its own stored settings.
+    resume_ckpt = None
+    if args.resume:
+        run_name = args.run_name or newest_resumable_run(paths)
+        resume_ckpt = load_checkpoint(paths.run_dir(run_name) / CHECKPOINT_DIR / LAST, map_location="cpu")
+        config = TrainConfig.from_dict(resume_ckpt["config"])
+        if args.epochs and args.epochs != config.epochs:
+            print(f"--resume keeps the run's own {config.epochs} epochs (the schedule depends on it); "
+                  f"ignoring --epochs {args.epochs}", flush=True)
+    else:
+        config = config_from_args(args)
+        if args.dry_run:
+            config = replace(config, epochs=1)
+        run_name = args.run_name or default_run_name(config, "dry-run" if args.dry_run else args.preset)
+    run_dir = paths.run_dir(run_name)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+
+    splits = load_splits(config, args.data_dir, args.download, device)
+    eval_subset = 500 if args.dry_run else getattr(args, "eval_subset", 0)
+    if eval_subset:
+        splits = replace(splits, val_x=splits.val_x[:eval_subset], val_y=splits.val_y[:eval_subset],
+                         test_x=splits.test_x[:eval_subset], test_y=splits.test_y[:eval_subset])
+    if args.dry_run:
+        splits = replace(splits, train_x=splits.train_x[: config.batch_size],
+                         train_y=splits.train_y[: config.batch_size])
+    torch.manual_seed(config.seed)
+    model = build(config, device, channels_last)
+    per_process = max(1, config.batch_size // dist_info.world_size)
+    steps_per_epoch = math.ceil(math.ceil(len(splits.train_x) / dist_info.world_size) / per_process)
+    optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
+    state = RunState()
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        state = RunState(epoch=resume_ckpt["epoch"], history=list(resume_ckpt["history"]),
+                         best_val_accuracy=resume_ckpt["best_val_accuracy"], best_epoch=resume_ckpt["best_epoch"],
+                         train_seconds=resume_ckpt["train_seconds"], target_reached=resume_ckpt["target_reached"])
+        torch.set_rng_state(resume_ckpt["rng"]["torch"])
+    ddp_model = model
+    if dist_info.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    logger = None
+    if dist_info.is_main:
+        print(f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
+              f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}; "
+              f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
+              f"images; logs in {run_dir}", flush=True)
+        if resume_ckpt is not None:
+            print(f"resuming after epoch {state.epoch} of {config.epochs}", flush=True)
+        logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume_ckpt is not None else None)
+        if resume_ckpt is None:
+            logger.log_graph(model, standardize(splits.test_x[:2].float().div(255).unsqueeze(1)))
+
+    stop_after = getattr(args, "stop_after", None)
+    epochs_this_process = 0
+    start_epoch = state.epoch + 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, train_acc, seen, lr = train_one_epoch(ddp_model, splits, config, optimizer, scheduler, epoch,
+                                                      device, dist_info, channels_last)
+        train_seconds = time.perf_counter() - t0
+        if dist_info.is_main:
+            model.eval()
+            val = evaluate(model, splits.val_x, splits.val_y, device=device)
+            test = evaluate(model, splits.test_x, splits.test_y, device=device)
+            seconds = time.perf_counter() - t0
+            state.epoch = epoch
+            state.train_seconds += seconds
+            metrics = {
+                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                "val_loss": val.loss, "val_accuracy": val.accuracy,
+                "test_loss": test.loss, "test_accuracy": test.accuracy,
+                "lr": lr,
+                "seconds": seconds, "images_per_second": seen / train_seconds,
+                "elapsed_seconds": time.perf_counter() - wall_start,
+            }
+            state.history.append(metrics)
+            print(format_epoch_line(metrics, config.epochs), flush=True)
+            logger.log_epoch(epoch, metrics)
+            target = getattr(args, "target_accuracy", None)
+            if target and state.target_reached is None and test.accuracy >= target:
+                state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
+            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler)
+            if val.accuracy > state.best_val_accuracy:  # chosen on validation only; the test set chooses nothing
+                state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
+                payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)
+                save_checkpoint(ckpt_dir / BEST, payload)
+            save_checkpoint(ckpt_dir / LAST, payload)
+        barrier(dist_info)
+        epochs_this_process += 1
+        if stop_after and epochs_this_process >= stop_after and epoch < config.epochs:
+            if dist_info.is_main:
+                print(f"stopping after {epochs_this_process} epoch(s) as asked (--stop-after); "
+                      f"continue with --resume --run-name {run_name}", flush=True)
+            if logger:
+                logger.close()
+            shutdown(dist_info)
+            return {"run_name": run_name, "run_dir": str(run_dir), "stopped_at_epoch": epoch}
+
+    summary: dict[str, Any] = {}
+    if dist_info.is_main:
+        summary = finish(args, config, model, splits, state, run_name, run_dir, paths, logger, device,
+                         wall_start)
+    shutdown(dist_info)
+    if throwaway is not None:
+        throwaway.cleanup()
+    return summary
+
+
+def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: RunState, run_name: str,
+           run_dir: Path, paths: Paths, logger: RunLogger, device: torch.device, wall_start: float) -> dict[str, Any]:
+    """After the last epoch: final pictures and hparams from the best checkpoint, publish it, print the summary."""
+    best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
+    model.load_state_dict(best["model"])
+    model.eval()
+    best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
+    test_eval: Evaluation = evaluate(model, splits.test_x, splits.test_y, device=device)
+    logger.log_evaluation(state.epoch, test_eval, splits.test_x, splits.test_y, split="test")
+    final = {"val_accuracy": best_metrics["val_accuracy"], "test_accuracy": test_eval.accuracy,
+             "test_loss": test_eval.loss, "train_loss": best_metrics["train_loss"],
+             "best_epoch": float(best["best_epoch"])}
+    hparams = {k: v for k, v in config.to_dict().items() if k not in ("train_subset",)}
+    logger.log_hparams(hparams, final)
+    logger.close()
+
+    manifest = None
+    if args.publish and not args.dry_run:
+        version = f"{run_name}-e{best['best_epoch']:03d}"
+        manifest = publish_model(paths.models, version=version, model_payload={
+            "arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "model": best["model"],
+            "normalization": best["normalization"], "metrics": final, "run_name": run_name,
+            "epoch": best["best_epoch"], "split_seed": config.split_seed, "val_fraction": config.val_fraction,
+            "config": config.to_dict(),
+        })
+
+    total = time.perf_counter() - wall_start
+    last = state.history[-1]
+    print(f"done: {state.epoch} epochs, training time {state.train_seconds:.1f} s "
+          f"(wall {total:.1f} s in this process)", flush=True)
+    print(f"best epoch {best['best_epoch']} by validation accuracy: val {best_metrics['val_accuracy']:.2%}, "
+          f"test {test_eval.accuracy:.2%}; last epoch test {last['test_accuracy']:.2%}; "
+          f"best test seen {max(m['test_accuracy'] for m in state.history):.2%}", flush=True)
+    if state.target_reached:
+        t = state.target_reached
+        print(f"reached {t['target']:.2%} test accuracy at epoch {t['epoch']} after {t['seconds']:.1f} s "
+              f"of training", flush=True)
+    if manifest is not None:
+        print(f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]})", flush=True)
+    return {"run_name": run_name, "run_dir": str(run_dir), "history": state.history, "final": final,
+            "target_reached": state.target_reached, "train_seconds": state.train_seconds,
+            "version": manifest.version if manifest else None}
