@@ -1,0 +1,110 @@
+"""The inference service: `python -m inference` (or `mnist-serve`). See `--help` for every flag and default."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from shared import settings
+
+from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from inference.server import ServerOptions
+
+    defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())  # one place for the defaults
+    parser = argparse.ArgumentParser(
+        prog="python -m inference",
+        description="Serve handwritten-digit recognition over gRPC (mnist.v1.Inference, health, reflection).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    parser.add_argument("--address", default=settings.env_str(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS),
+                        help=f"host:port to listen on; port 0 picks a free one (env {settings.ENV_GRPC_ADDRESS})")
+    parser.add_argument("--artifacts-dir", type=Path, default=settings.artifacts_dir(),
+                        help=f"the trainer's artifacts folder; models/LATEST.json is watched "
+                             f"(env {settings.ENV_ARTIFACTS_DIR})")
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
+                        help=f"MNIST files for Evaluate, read on the first Evaluate call (env {settings.ENV_DATA_DIR})")
+    parser.add_argument("--download-data", action="store_true",
+                        help="download MNIST into --data-dir when Evaluate finds it missing")
+    parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval, metavar="SECONDS",
+                        help="how often to look for a newly published model")
+    parser.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long calls in flight may take to finish")
+    parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
+                        help="gRPC worker threads (concurrent calls)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
+                        help="calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads per call (calls already run in parallel); 0: torch's default")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                        help="images per PredictBatch call")
+    parser.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
+                        help="bytes of one encoded image")
+    parser.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                        help="decoded width x height of one image (decompression bombs are refused)")
+    parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes,
+                        help="bytes of one request or response message")
+    parser.add_argument("--max-concurrent-evaluations", type=int, default=defaults.max_concurrent_evaluations,
+                        help="Evaluate calls at once; more get RESOURCE_EXHAUSTED")
+    parser.add_argument("--tls-cert", type=Path, default=os.environ.get(ENV_TLS_CERT) or None,
+                        help=f"PEM certificate chain; with --tls-key, serve TLS only (env {ENV_TLS_CERT})")
+    parser.add_argument("--tls-key", type=Path, default=os.environ.get(ENV_TLS_KEY) or None,
+                        help=f"PEM private key of --tls-cert (env {ENV_TLS_KEY})")
+    # Default None rather than the env var's value, so --help never prints the secret; main() reads the env.
+    parser.add_argument("--auth-token", default=None,
+                        help=f"require metadata 'authorization: Bearer <token>' on every call but health checks "
+                             f"(env {ENV_AUTH_TOKEN}; prefer the env var: flags show up in `ps`)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.auth_token is None:
+        args.auth_token = os.environ.get(ENV_AUTH_TOKEN) or None
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    from inference.server import ServerOptions, configure_torch, serve
+
+    log = logging.getLogger("inference")
+    if args.auth_token is not None and not args.auth_token.strip():
+        raise SystemExit("--auth-token is empty")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("TLS needs both --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{path}: no such file")
+    threads = configure_torch(args.torch_threads)
+    log.info("torch %d intra-op thread(s), %d gRPC workers", threads, args.max_workers)
+    options = ServerOptions(
+        artifacts_dir=args.artifacts_dir,
+        data_dir=args.data_dir,
+        download_data=args.download_data,
+        poll_interval=args.poll_interval,
+        max_workers=args.max_workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_batch_size=args.max_batch_size,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrent_evaluations=args.max_concurrent_evaluations,
+        auth_token=args.auth_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    try:
+        serve(args.address, options, grace=args.grace_period)
+    except OSError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

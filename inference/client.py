@@ -1,0 +1,257 @@
+"""Command-line client for the inference service: `python -m inference.client` (or `mnist-client`).
+
+    mnist-client predict digit.png [more.jpg ...] [--preview preview.png]
+    mnist-client evaluate [--split test|validation] [--out confusion.png]
+    mnist-client info
+
+The channel retries UNAVAILABLE with exponential back-off (a restarting server, a replica going away) and
+balances calls round-robin over every address the target resolves to, so `--target dns:///inference:50051`
+spreads load over all replicas behind one DNS name. Imports no torch: it starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import grpc
+
+from shared import settings
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+
+from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata, channel_credentials
+
+# gRPC service config: https://github.com/grpc/grpc/blob/master/doc/service_config.md
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "mnist.v1.Inference"}, {"service": "grpc.health.v1.Health"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+DIGITS = 10
+
+
+def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
+                 tls_server_name: str | None = None) -> grpc.Channel:
+    """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given."""
+    options = [
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ]
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if tls or tls_ca is not None:
+        return grpc.secure_channel(target, channel_credentials(tls_ca), options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
+    code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
+        return (f"cannot reach the inference server at {target} ({details}). Is it running? "
+                f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the server at {target} did not answer in time (raise --timeout): {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the server refused the call: {details}. Pass --token or set {ENV_AUTH_TOKEN}."
+    return f"{code.name}: {details}"
+
+
+def probability_bars(probabilities, width: int = 30) -> list[str]:
+    """One line per digit: '  7 |██████████████▌        | 0.482', the answer marked."""
+    best = max(range(len(probabilities)), key=lambda d: probabilities[d])
+    lines = []
+    for digit, p in enumerate(probabilities):
+        eighths = round(max(0.0, min(1.0, p)) * width * 8)
+        bar = "█" * (eighths // 8) + (" ▏▎▍▌▋▊▉"[eighths % 8] if eighths % 8 else "")
+        lines.append(f"  {digit} |{bar.ljust(width)}| {p:.3f}{'  <-' if digit == best else ''}")
+    return lines
+
+
+def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size: int = 224) -> None:
+    """One row per image: the original beside the 28x28 image the model saw, scaled up, with a caption."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    caption_height = 18
+    tiles = []
+    for name, original, model_input, caption in rows:
+        try:
+            with Image.open(io.BytesIO(original)) as img:
+                img.seek(0)  # first frame of an animation
+                left = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (2 * size, size))
+        except Exception:  # the server read it, Pillow cannot: show a grey box rather than fail the preview
+            left = Image.new("RGB", (size, size), (128, 128, 128))
+        with Image.open(io.BytesIO(model_input)) as img:
+            right = img.convert("RGB").resize((size, size), Image.NEAREST)  # nearest: each pixel a crisp square
+        tiles.append((f"{name}: {caption}", left, right))
+    width = max(t[1].width for t in tiles) + size + 30
+    canvas = Image.new("RGB", (width, len(tiles) * (size + caption_height + 10)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for caption, left, right in tiles:
+        draw.text((10, y + 2), caption, fill="black")
+        top = y + caption_height
+        canvas.paste(left, (10, top + (size - left.height) // 2))
+        canvas.paste(right, (width - size - 10, top))
+        y += size + caption_height + 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def cmd_predict(stub, args, call) -> int:
+    failed = 0
+    preview_rows = []
+    named_images = []
+    for path in args.images:
+        try:
+            named_images.append((path, path.read_bytes()))
+        except OSError as e:
+            print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+            failed += 1
+    # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone.
+    for start in range(0, len(named_images), args.batch_size):
+        chunk = named_images[start : start + args.batch_size]
+        response = call(stub.PredictBatch, pb.PredictBatchRequest(
+            images=[data for _, data in chunk], return_model_input=args.preview is not None))
+        for (path, data), result in zip(chunk, response.results):
+            if result.HasField("error"):
+                print(f"{path}: not accepted: {result.error.message}", file=sys.stderr)
+                failed += 1
+                continue
+            prediction = result.prediction
+            confidence = prediction.probabilities[prediction.digit]
+            print(f"{path}: {prediction.digit} ({confidence:.1%}, model {response.model_version})")
+            print("\n".join(probability_bars(prediction.probabilities)))
+            if args.preview is not None:
+                preview_rows.append((path.name, data, prediction.model_input_png,
+                                     f"{prediction.digit} ({confidence:.1%})"))
+    if args.preview is not None and preview_rows:
+        save_preview(args.preview, preview_rows)
+        print(f"preview saved to {args.preview}")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(stub, args, call) -> int:
+    split = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}[args.split]
+    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None))
+    print(f"model {response.model_version}, {args.split} split: {response.count} images, "
+          f"accuracy {response.accuracy:.2%}, loss {response.loss:.4f} ({response.seconds:.2f} s on the server)")
+    print(f"{'digit':>5} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
+    for c in response.per_class:
+        print(f"{c.digit:>5} {c.precision:>9.4f} {c.recall:>7.4f} {c.f1:>7.4f} {c.support:>7}")
+    print("confusion matrix (rows: true digit, columns: predicted):")
+    print("     " + "".join(f"{d:>6}" for d in range(DIGITS)))
+    for digit, row in enumerate(response.confusion):
+        print(f"{digit:>5}" + "".join(f"{v:>6}" for v in row.counts))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(response.heatmap_png)
+        print(f"heatmap saved to {args.out}")
+    return 0
+
+
+def cmd_info(stub, args, call) -> int:
+    info = call(stub.GetModelInfo, pb.GetModelInfoRequest())
+    contract = info.input
+    if info.serving:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.training_metrics.items())) or "none recorded"
+        print(f"version       {info.version}")
+        print(f"architecture  {info.arch} {info.arch_kwargs_json}, {info.parameter_count:,} parameters")
+        print(f"sha256        {info.sha256}")
+        print(f"trained       {info.trained_at} (run {info.run_name or '?'}, epoch {info.epoch})")
+        print(f"loaded        {info.loaded_at}")
+        print(f"metrics       {metrics}")
+        print(f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
+              f"normalised as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}")
+    else:
+        print("no model is served yet: the server is waiting for the trainer to publish one")
+    print(f"accepts       {', '.join(contract.accepted_formats)}; up to {contract.max_image_bytes:,} bytes and "
+          f"{contract.max_image_pixels:,} pixels per image, {contract.max_batch_size} images per batch")
+    if info.HasField("last_load_error"):
+        e = info.last_load_error
+        print(f"last skipped  model {e.version} at {e.at}: {e.reason}")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.client",
+        description="Ask the mnist-stack inference service to read handwritten digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
+                        help=f"server address; dns:///host:port balances over every address of host "
+                             f"(env {settings.ENV_GRPC_TARGET})")
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
+    parser.add_argument("--tls-ca", type=Path, default=settings.env_str(ENV_TLS_CA, "") or None,
+                        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})")
+    parser.add_argument("--tls-server-name", default=None,
+                        help="expect this name in the server's certificate instead of the target's host")
+    # Default None rather than the env var's value, so --help never prints the secret; main() reads the env.
+    parser.add_argument("--token", default=None, help=f"bearer token the server requires (env {ENV_AUTH_TOKEN})")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser("predict", help="read the digit in each image",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    predict.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF files")
+    predict.add_argument("--preview", type=Path, default=None,
+                         help="save a PNG showing each image beside the 28x28 image the model saw")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per PredictBatch call")
+    predict.set_defaults(run=cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="score the served model on MNIST",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("--split", choices=("test", "validation"), default="test")
+    evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    info = commands.add_parser("info", help="describe the served model")
+    info.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    if args.tls_ca is not None and not args.tls_ca.is_file():
+        print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
+        return 1
+    metadata = bearer_metadata(args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None)
+
+    def call(method, request):
+        return method(request, timeout=args.timeout, metadata=metadata)
+
+    with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
+                      tls_server_name=args.tls_server_name) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        try:
+            return args.run(stub, args, call)
+        except grpc.RpcError as e:
+            print(f"error: {describe_rpc_error(e, args.target)}", file=sys.stderr)
+            return 1
+        except OSError as e:  # --out or --preview cannot be written
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

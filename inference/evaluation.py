@@ -1,0 +1,144 @@
+"""Evaluate the served model on MNIST: the dataset is loaded once, lazily, and its normalised tensors cached.
+
+The test set is fixed and the validation split depends only on (seed, fraction), so for a given model
+normalisation the network's input is the same every time: normalising 10,000 images once and keeping the
+float tensor (31 MB) leaves only the forward pass and the scoring for each Evaluate call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from shared.data import Mnist, load_mnist, normalize, train_val_split
+from shared.metrics import Evaluation, confusion_heatmap_png, evaluation_from_log_probs
+
+from inference.model_store import ServedModel
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "validation")
+
+
+class EvaluationDataError(RuntimeError):
+    """MNIST could not be read (missing or corrupt files); the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    split: str
+    evaluation: Evaluation
+    heatmap_png: bytes
+    seconds: float
+
+
+class EvaluationData:
+    """MNIST for Evaluate, read from `data_dir` on first use and kept, with a few normalised splits cached."""
+
+    def __init__(self, data_dir: Path, *, download: bool = False, cache_size: int = 2) -> None:
+        self.data_dir = Path(data_dir)
+        self.download = download
+        self.cache_size = cache_size
+        self._mnist: Mnist | None = None
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _dataset(self) -> Mnist:
+        if self._mnist is None:
+            started = time.perf_counter()
+            try:
+                self._mnist = load_mnist(self.data_dir, download=self.download)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise EvaluationDataError(
+                    f"cannot read MNIST from {self.data_dir} ({e}); put the four MNIST files there or point "
+                    "--data-dir / MNIST_DATA_DIR at them"
+                ) from e
+            log.info("MNIST loaded from %s in %.2f s", self.data_dir, time.perf_counter() - started)
+        return self._mnist
+
+    def inputs(self, split: str, *, mean: float, std: float, seed: int = 0,
+               val_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised images (N, 1, 28, 28) float, labels (N,)) of `split`, normalised with (mean, std)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}")
+        key = (split, mean, std) if split == "test" else (split, mean, std, seed, val_fraction)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+            mnist = self._dataset()
+            if split == "test":
+                images, labels = mnist.test_images, mnist.test_labels
+            else:
+                _, val_index = train_val_split(len(mnist.train_images), val_fraction=val_fraction, seed=seed)
+                images, labels = mnist.train_images[val_index], mnist.train_labels[val_index]
+            entry = (normalize(images, mean, std).contiguous(), labels.clone())
+            self._cache[key] = entry
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return entry
+
+
+@functools.lru_cache(maxsize=None)
+def shared_evaluation_data(data_dir: str, download: bool = False) -> EvaluationData:
+    """One EvaluationData per data folder in this process, so several servers (tests, benchmarks) share it."""
+    return EvaluationData(Path(data_dir), download=download)
+
+
+# pyplot keeps global state and is not thread-safe: draw one heatmap at a time.
+_plot_lock = threading.Lock()
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: int = 256, workers: int = 0,
+                      should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """Log-probabilities (N, 10) of normalised inputs (N, 1, 28, 28), chunks spread over `workers` threads.
+
+    The server keeps torch at one intra-op thread so concurrent calls do not oversubscribe the cores; this
+    runs chunks side by side instead (torch releases the GIL inside each forward), so one Evaluate still
+    uses every core. Small chunks stay in cache. Returns None if `should_stop` turns true (caller gone).
+    """
+    def forward(chunk: torch.Tensor) -> torch.Tensor | None:
+        if should_stop is not None and should_stop():
+            return None
+        with torch.inference_mode():
+            return served.model(chunk)
+
+    chunks = list(torch.split(inputs, chunk_size))
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="evaluate") as pool:
+        outputs = list(pool.map(forward, chunks))
+    if any(o is None for o in outputs):
+        return None
+    return torch.cat(outputs) if outputs else torch.empty(0, 10)
+
+
+def evaluate_model(served: ServedModel, data: EvaluationData, split: str, *, heatmap: bool = True,
+                   should_stop: Callable[[], bool] | None = None) -> EvaluationResult | None:
+    """Score `served` on `split`. Returns None if `should_stop` turned true part-way (the caller is gone)."""
+    started = time.perf_counter()
+    inputs, labels = data.inputs(split, mean=served.mean, std=served.std, seed=served.split_seed,
+                                 val_fraction=served.val_fraction)
+    log_probs = forward_in_chunks(served, inputs, should_stop=should_stop)
+    if log_probs is None:
+        return None
+    evaluation = evaluation_from_log_probs(log_probs.float(), labels)
+    png = b""
+    if heatmap:
+        with _plot_lock:
+            png = confusion_heatmap_png(evaluation.confusion, title=f"Model {served.version}, {split}")
+    return EvaluationResult(split=split, evaluation=evaluation, heatmap_png=png,
+                            seconds=time.perf_counter() - started)

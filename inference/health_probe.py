@@ -1,0 +1,59 @@
+"""Container health check: ask the server's grpc.health.v1 service and exit 0 (healthy) or 1, with one line.
+
+    python -m inference.health_probe [--target localhost:50051] [--require-serving]
+
+Without --require-serving any answer counts (the process is up, perhaps still waiting for a first model), so
+a container is not restarted while the trainer has not published yet; with it, only SERVING does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared import settings
+
+from inference.client import make_channel
+from inference.security import ENV_TLS_CA
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
+                        help=f"server address (env {settings.ENV_GRPC_TARGET})")
+    parser.add_argument("--service", default="", help="service to ask about; '' is the whole server")
+    parser.add_argument("--require-serving", action="store_true", help="healthy only when the status is SERVING")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    parser.add_argument("--tls-ca", type=Path, default=settings.env_str(ENV_TLS_CA, "") or None,
+                        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})")
+    parser.add_argument("--tls-server-name", default=None, help="expected name in the server's certificate")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
+                          tls_server_name=args.tls_server_name) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    except grpc.RpcError as e:
+        print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
+        return 1
+    except OSError as e:  # --tls-ca unreadable
+        print(f"unhealthy: {e}")
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    healthy = response.status == health_pb2.HealthCheckResponse.SERVING or not args.require_serving
+    print(f"{'healthy' if healthy else 'unhealthy'}: {args.target} {args.service or 'server'} is {status}")
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Watch models/LATEST.json, load and validate each newly published model, and swap it in atomically.
+
+Requests never wait for a load: the watcher thread builds and checks the new model on its own, then replaces
+one reference (`ModelStore.current`). A request reads that reference once and uses the model it got to the
+end, so a swap mid-request is harmless and the old model is freed when its last request finishes.
+
+A model that fails to load or validate is skipped with a logged reason and the previous one keeps serving.
+The same bad manifest is retried only after a back-off (doubling up to `max_retry_after`), never in a tight
+loop: a transient read error heals on its own, a damaged file is not re-read every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from shared.checkpoint import CheckpointError, Manifest, read_manifest, read_published_model, utc_now
+from shared.data import normalize
+from shared.model import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+class ModelValidationError(ValueError):
+    """A published model that loads but must not serve (non-finite output, bad normalisation, ...)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded, validated model and what GetModelInfo says about it. Immutable: swapped whole, never edited."""
+
+    version: str
+    model: nn.Module
+    mean: float
+    std: float
+    arch: str
+    arch_kwargs: dict[str, Any]
+    parameter_count: int
+    sha256: str
+    metrics: dict[str, float]
+    run_name: str
+    epoch: int
+    trained_at: str
+    loaded_at: str
+    split_seed: int
+    val_fraction: float
+
+    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 28, 28) -> log-probabilities (N, 10), in one forward pass."""
+        with torch.inference_mode():
+            return self.model(normalize(images, self.mean, self.std))
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """A published model that was skipped, and why."""
+
+    version: str
+    reason: str
+    at: str
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ModelValidationError(f"{name} is {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise ModelValidationError(f"{name} is {number}, not finite")
+    return number
+
+
+def warm_up_inputs() -> torch.Tensor:
+    """A fixed uint8 batch (4, 28, 28): black, white, a vertical stroke and a ring, like blank paper and digits."""
+    images = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    images[1] = 255
+    images[2, 4:24, 12:16] = 255
+    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    radius = ((yy - 14) ** 2 + (xx - 14) ** 2).float().sqrt()
+    images[3][(radius > 6) & (radius < 9)] = 255
+    return images
+
+
+def validate(model: nn.Module, mean: float, std: float) -> None:
+    """Run a warm-up batch: the output must be finite log-probabilities of shape (N, 10).
+
+    Doubles as the warm-up itself, so the first real request does not pay for lazy initialisation.
+    """
+    images = warm_up_inputs()
+    with torch.inference_mode():
+        for batch in (images[:1], images):  # batch of one (Predict) and several (PredictBatch)
+            out = model(normalize(batch, mean, std))
+            if out.shape != (len(batch), 10):
+                raise ModelValidationError(f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10)")
+            if not torch.isfinite(out).all():
+                raise ModelValidationError("warm-up output is not finite (NaN or infinite weights?)")
+            total = out.double().exp().sum(dim=1)
+            if not torch.allclose(total, torch.ones_like(total), atol=1e-3):
+                raise ModelValidationError(
+                    f"warm-up output is not log-probabilities (exp sums to {total.min():.3f}..{total.max():.3f})"
+                )
+
+
+def load_served_model(models_dir: Path, manifest: Manifest) -> ServedModel:
+    """Read, verify (size, SHA-256, strict weights: see shared.checkpoint) and validate one published model."""
+    payload, model = read_published_model(models_dir, manifest)
+    if payload.get("version", manifest.version) != manifest.version:
+        raise ModelValidationError(f"file says version {payload.get('version')!r}, manifest says {manifest.version!r}")
+    norm = payload.get("normalization")
+    if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
+        raise ModelValidationError("payload lacks normalization {mean, std}")
+    mean = _number(norm["mean"], "normalization.mean")
+    std = _number(norm["std"], "normalization.std")
+    if std <= 0:
+        raise ModelValidationError(f"normalization.std is {std}, must be positive")
+    model.eval()
+    validate(model, mean, std)
+    metrics = payload.get("metrics") or {}
+    # The trainer stores the validation split's seed so Evaluate(SPLIT_VALIDATION) sees the same images it did.
+    split_seed = payload.get("split_seed", metrics.get("split_seed", 0))
+    return ServedModel(
+        version=manifest.version,
+        model=model,
+        mean=mean,
+        std=std,
+        arch=str(payload["arch"]),
+        arch_kwargs=dict(payload.get("arch_kwargs") or {}),
+        parameter_count=count_parameters(model),
+        sha256=manifest.sha256,
+        metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        run_name=str(payload.get("run_name", manifest.run_name)),
+        epoch=int(payload.get("epoch", 0) or 0),
+        trained_at=str(payload.get("created_at", manifest.created_at)),
+        loaded_at=utc_now(),
+        split_seed=int(split_seed),
+        val_fraction=float(payload.get("val_fraction", metrics.get("val_fraction", 0.2))),
+    )
+
+
+@dataclass
+class _Failure:
+    attempts: int
+    retry_at: float
+
+
+@dataclass
+class ModelStore:
+    """Owns the served model: polls `models_dir` every `poll_interval` seconds from a background thread.
+
+    `on_swap(served)` is called after each swap (the server sets health to SERVING there).
+    """
+
+    models_dir: Path
+    poll_interval: float = 1.0
+    retry_after: float = 30.0
+    max_retry_after: float = 600.0
+    on_swap: Callable[[ServedModel], None] | None = None
+    _current: ServedModel | None = field(default=None, init=False)
+    _last_error: LoadError | None = field(default=None, init=False)
+    _failures: dict[tuple, _Failure] = field(default_factory=dict, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    _poll_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _swapped: threading.Condition = field(default_factory=threading.Condition, init=False)
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The model to serve now, or None before the first one. One read of one reference: no lock needed."""
+        return self._current
+
+    @property
+    def last_error(self) -> LoadError | None:
+        return self._last_error
+
+    def poll_once(self) -> bool:
+        """Look at the manifest once; load, validate and swap in a new model. True if a swap happened."""
+        with self._poll_lock:  # the watcher thread and a test's direct call never load concurrently
+            return self._poll()
+
+    def _poll(self) -> bool:
+        try:
+            manifest = read_manifest(self.models_dir)
+        except CheckpointError as e:
+            self._skip(("manifest", str(e)), "?", f"unreadable manifest: {e}")
+            return False
+        except OSError as e:
+            self._skip(("manifest", repr(e)), "?", f"cannot read the manifest: {e}")
+            return False
+        if manifest is None:
+            return False
+        current = self._current
+        if current is not None and (current.version, current.sha256) == (manifest.version, manifest.sha256):
+            return False
+        key = (manifest.version, manifest.sha256, manifest.size)
+        failure = self._failures.get(key)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            return False
+        started = time.perf_counter()
+        try:
+            served = load_served_model(self.models_dir, manifest)
+        except (CheckpointError, ModelValidationError) as e:
+            self._skip(key, manifest.version, str(e))
+            return False
+        except Exception as e:  # anything else from torch or the filesystem: skip it, keep serving
+            self._skip(key, manifest.version, f"{type(e).__name__}: {e}")
+            return False
+        self._failures.pop(key, None)
+        self._current = served  # the atomic swap
+        log.info(
+            "model %s loaded (%s, %d parameters, sha256 %s) in %.0f ms; swapped in%s",
+            served.version, served.arch, served.parameter_count, served.sha256[:12],
+            (time.perf_counter() - started) * 1e3,
+            f", replacing {current.version}" if current is not None else "",
+        )
+        if self.on_swap is not None:
+            self.on_swap(served)
+        with self._swapped:
+            self._swapped.notify_all()
+        return True
+
+    def _skip(self, key: tuple, version: str, reason: str) -> None:
+        previous = self._failures.get(key)
+        attempts = previous.attempts + 1 if previous else 1
+        delay = min(self.retry_after * 2 ** (attempts - 1), self.max_retry_after)
+        self._failures[key] = _Failure(attempts, time.monotonic() + delay)
+        self._last_error = LoadError(version=version, reason=reason, at=utc_now())
+        serving = self._current.version if self._current is not None else "none"
+        log.warning("model %s skipped: %s; still serving %s; next try in %.0f s", version, reason, serving, delay)
+
+    def wait_for_version(self, version: str | None = None, timeout: float = 10.0) -> ServedModel | None:
+        """Block until a model (of `version`, if given) serves, or `timeout` passes. For tests and tools."""
+        deadline = time.monotonic() + timeout
+        with self._swapped:
+            while True:
+                current = self._current
+                if current is not None and (version is None or current.version == version):
+                    return current
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._swapped.wait(min(remaining, self.poll_interval))
+
+    def start(self) -> None:
+        """Poll once now (so a server starts SERVING at once when a model exists), then in the background."""
+        self.poll_once()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.poll_once()
+            except Exception:  # a bug here must not stop the watching for good
+                log.exception("model watcher: unexpected error; watching on")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,72 @@
+"""Optional TLS and a shared bearer token, for the server (interceptor, credentials) and the clients.
+
+Kept free of torch so the client and the health probe start fast.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import grpc
+
+ENV_AUTH_TOKEN = "MNIST_AUTH_TOKEN"
+ENV_TLS_CERT = "MNIST_TLS_CERT"
+ENV_TLS_KEY = "MNIST_TLS_KEY"
+ENV_TLS_CA = "MNIST_TLS_CA"
+
+AUTH_METADATA_KEY = "authorization"
+# Probes (Docker, Kubernetes, load balancers) cannot send a token: health checking stays open. It reveals
+# only whether the server is serving.
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that fails with UNAUTHENTICATED before reading the request."""
+
+    def abort(request_or_iterator, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Lets a call through only with metadata `authorization: Bearer <token>`; health checks are exempt."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("an empty auth token would let everyone in")
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = continuation(handler_call_details)
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = metadata.get(AUTH_METADATA_KEY, "")
+        # Constant-time comparison: the time taken does not tell an attacker how much of a guess was right.
+        if hmac.compare_digest(supplied.encode(), self._expected):
+            return handler
+        reason = "no authorization metadata" if not supplied else "wrong token"
+        return _deny(handler, f"{reason}: send metadata 'authorization: Bearer <token>' (mnist-client --token)")
+
+
+def server_credentials(cert_file: Path, key_file: Path) -> grpc.ServerCredentials:
+    """TLS credentials from a PEM certificate chain and its private key."""
+    return grpc.ssl_server_credentials([(Path(key_file).read_bytes(), Path(cert_file).read_bytes())])
+
+
+def channel_credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
+    """TLS credentials trusting `ca_file` (PEM), or the system's roots when None."""
+    return grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes() if ca_file else None)

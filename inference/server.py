@@ -1,0 +1,183 @@
+"""Build and run the gRPC server: the Inference service, health checking, reflection, limits, TLS and auth.
+
+`create_server(address, options)` binds (port 0 picks a free port, which tests use) and returns the server
+and its port; `serve(...)` runs it until SIGTERM or SIGINT and then shuts down gracefully: health goes
+NOT_SERVING first, so probes and load balancers stop sending, then calls in flight get `grace` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.api.mnist.v1 import inference_pb2, inference_pb2_grpc
+from shared.image_pipeline import DEFAULT_LIMITS, Limits
+from shared.settings import Paths
+
+from inference.evaluation import shared_evaluation_data
+from inference.model_store import ModelStore, ServedModel
+from inference.security import BearerTokenInterceptor, server_credentials
+from inference.service import InferenceServicer, ServiceLimits
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name  # "mnist.v1.Inference"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything create_server needs; the defaults are also the command line's (inference/__main__.py)."""
+
+    artifacts_dir: Path
+    data_dir: Path
+    download_data: bool = False
+    poll_interval: float = 1.0
+    max_workers: int = 16
+    # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+    max_concurrent_rpcs: int | None = 128
+    max_batch_size: int = 256
+    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_concurrent_evaluations: int = 1
+    auth_token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def configure_torch(threads: int = 1) -> int:
+    """Set torch's intra-op threads (0: torch's own default, one per core) and return the number in use.
+
+    One by default: calls run side by side on the gRPC worker threads, each in its own forward pass, and
+    torch releases the GIL inside it. An intra-op pool per call on top of that oversubscribes the cores;
+    measured on 2 busy cores, a 64-image forward took 5x longer with 2 intra-op threads than with 1.
+    Evaluate spreads its chunks over threads itself (inference.evaluation.forward_in_chunks).
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+class InferenceServer:
+    """A started-or-not grpc.Server with its model store and health service, and a graceful stop."""
+
+    def __init__(self, grpc_server: grpc.Server, store: ModelStore, health_servicer: health.HealthServicer,
+                 servicer: InferenceServicer) -> None:
+        self.grpc_server = grpc_server
+        self.store = store
+        self.health = health_servicer
+        self.servicer = servicer
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        # Load a model that is already published before the port opens, so the first probe can say SERVING.
+        self.store.start()
+        self.grpc_server.start()
+
+    def begin_shutdown(self) -> None:
+        """Health goes NOT_SERVING for good (later model swaps do not bring it back)."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """NOT_SERVING, refuse new calls, let calls in flight finish within `grace` seconds, then stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        served = self.store.current
+        log.info("shutting down (model %s): health NOT_SERVING, %s s grace for calls in flight",
+                 served.version if served else "none", grace)
+        self.begin_shutdown()
+        stopped = self.grpc_server.stop(grace)  # refuses new calls now; returns at once
+        self.store.stop()
+        stopped.wait()
+        log.info("stopped")
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", SERVICE_NAME):  # "" is the whole server, as probes ask by default
+        health_servicer.set(service, status)
+
+
+def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer, int]:
+    """Build the server and bind `address` (host:port; port 0 picks one). Returns (server, bound port)."""
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    _set_serving(health_servicer, False)
+
+    def on_swap(served: ServedModel) -> None:
+        _set_serving(health_servicer, True)
+
+    store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
+                       on_swap=on_swap)
+    limits = ServiceLimits(
+        image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
+        max_batch_size=options.max_batch_size,
+        max_message_bytes=options.max_message_bytes,
+        max_concurrent_evaluations=options.max_concurrent_evaluations,
+    )
+    servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits)
+
+    interceptors = [BearerTokenInterceptor(options.auth_token)] if options.auth_token else []
+    grpc_options = [
+        # Larger requests fail with RESOURCE_EXHAUSTED before the server reads them into memory.
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+        # Only one server per port: a second one started by mistake fails instead of sharing the traffic.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc-worker"),
+        interceptors=interceptors,
+        options=grpc_options,
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+    )
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    if options.tls_cert is not None:
+        port = server.add_secure_port(address, server_credentials(options.tls_cert, options.tls_key))
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (in use, or not an address of this machine?)")
+    return InferenceServer(server, store, health_servicer, servicer), port
+
+
+def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server, port = create_server(address, options)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    host = address.rsplit(":", 1)[0]
+    log.info(
+        "listening on %s:%d (%s%s), watching %s every %.1f s; %s",
+        host, port, "TLS" if options.tls_cert else "plaintext", ", token required" if options.auth_token else "",
+        server.store.models_dir, options.poll_interval,
+        f"serving model {server.store.current.version}" if server.store.current
+        else "NOT_SERVING until the trainer publishes a model",
+    )
+    stop.wait()
+    server.stop(grace)

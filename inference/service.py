@@ -1,0 +1,219 @@
+"""The mnist.v1.Inference servicer: turns requests into tensors and tensors into responses.
+
+Each call reads the served model once (`store.current`) and uses it to the end, so a hot swap never mixes
+two models in one answer. Expected failures raise `RpcError` with a status code and a message that says what
+to fix; anything else is a bug, logged with its traceback and returned as INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import torch
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.image_pipeline import ACCEPTED_FORMATS, ImageRejected, Limits, encode_png, to_mnist
+
+from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
+from inference.model_store import ModelStore, ServedModel
+
+log = logging.getLogger(__name__)
+
+INPUT_DESCRIPTION = (
+    "28x28 grey, ink bright on black, digit centred by its centre of mass as in MNIST; any encoded image is "
+    "converted to this by shared.image_pipeline.to_mnist"
+)
+SPLIT_NAMES = {pb.SPLIT_UNSPECIFIED: "test", pb.SPLIT_TEST: "test", pb.SPLIT_VALIDATION: "validation"}
+SPLIT_ENUMS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
+
+
+class RpcError(Exception):
+    """An expected failure of one call: becomes this status code and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    image: Limits
+    max_batch_size: int = 256
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_concurrent_evaluations: int = 1
+
+
+def _rpc(method):
+    """Map RpcError to its status and any other exception to INTERNAL; log one line per failed call."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except RpcError as e:
+            log.info("%s -> %s: %s (model %s)", method.__name__, e.code.name, e.message, self.version_or_none())
+            context.abort(e.code, e.message)
+        except Exception:
+            log.exception("%s -> INTERNAL (model %s)", method.__name__, self.version_or_none())
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; the server log has details")
+
+    return wrapper
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits) -> None:
+        self.store = store
+        self.evaluation_data = evaluation_data
+        self.limits = limits
+        # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
+        self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
+
+    def version_or_none(self) -> str:
+        served = self.store.current
+        return served.version if served is not None else "none"
+
+    def _model(self) -> ServedModel:
+        served = self.store.current
+        if served is None:
+            raise RpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                "no model is published yet; the server is waiting for the trainer to publish one "
+                f"({self.store.models_dir}/LATEST.json)",
+            )
+        return served
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        try:
+            return to_mnist(data, limits=self.limits.image)
+        except ImageRejected as e:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+    @staticmethod
+    def _predictions(served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
+        batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
+        probabilities = served.log_probs(batch).exp().tolist()
+        return [
+            pb.Prediction(
+                digit=max(range(len(p)), key=p.__getitem__),
+                probabilities=p,
+                model_input_png=encode_png(image) if with_input else b"",
+            )
+            for p, image in zip(probabilities, images)
+        ]
+
+    @_rpc
+    def Predict(self, request, context):
+        served = self._model()
+        image = self._decode(request.image)
+        (prediction,) = self._predictions(served, [image], request.return_model_input)
+        return pb.PredictResponse(prediction=prediction, model_version=served.version)
+
+    @_rpc
+    def PredictBatch(self, request, context):
+        served = self._model()
+        count = len(request.images)
+        if count > self.limits.max_batch_size:
+            raise RpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{count} images in one call; the limit is {self.limits.max_batch_size}: split them into "
+                "several calls",
+            )
+        images: list[np.ndarray] = []
+        results: list[pb.BatchResult | None] = []
+        for index, data in enumerate(request.images):
+            try:
+                images.append(self._decode(data))
+                results.append(None)  # filled in after the forward pass
+            except RpcError as e:
+                log.info("PredictBatch image %d -> %s: %s (model %s)", index, e.code.name, e.message, served.version)
+                results.append(pb.BatchResult(error=pb.ImageError(code=e.code.value[0], message=e.message)))
+        predictions = iter(self._predictions(served, images, request.return_model_input) if images else [])
+        return pb.PredictBatchResponse(
+            results=[r if r is not None else pb.BatchResult(prediction=next(predictions)) for r in results],
+            model_version=served.version,
+        )
+
+    @_rpc
+    def Evaluate(self, request, context):
+        served = self._model()
+        split = SPLIT_NAMES.get(request.split)
+        if split is None:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unknown split {request.split}; use SPLIT_TEST or SPLIT_VALIDATION")
+        if not self._evaluation_slots.acquire(blocking=False):
+            raise RpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.limits.max_concurrent_evaluations} evaluation(s) already running; try again in a few seconds",
+            )
+        try:
+            result = evaluate_model(served, self.evaluation_data, split, heatmap=not request.omit_heatmap,
+                                    should_stop=lambda: not context.is_active())
+        except EvaluationDataError as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        finally:
+            self._evaluation_slots.release()
+        if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
+            raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
+        ev = result.evaluation
+        log.info("Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
+                 split, ev.accuracy, ev.count, result.seconds, served.version)
+        return pb.EvaluateResponse(
+            model_version=served.version,
+            split=SPLIT_ENUMS[split],
+            count=ev.count,
+            accuracy=ev.accuracy,
+            loss=ev.loss,
+            per_class=[
+                pb.ClassMetrics(digit=d, precision=float(ev.precision[d]), recall=float(ev.recall[d]),
+                                f1=float(ev.f1[d]), support=int(ev.support[d]))
+                for d in range(len(ev.support))
+            ],
+            confusion=[pb.ConfusionRow(counts=[int(v) for v in row]) for row in ev.confusion],
+            heatmap_png=result.heatmap_png,
+            seconds=result.seconds,
+        )
+
+    def input_contract(self, served: ServedModel | None) -> pb.InputContract:
+        return pb.InputContract(
+            height=28,
+            width=28,
+            channels=1,
+            description=INPUT_DESCRIPTION,
+            normalization_mean=served.mean if served else 0.0,
+            normalization_std=served.std if served else 0.0,
+            accepted_formats=ACCEPTED_FORMATS,
+            max_image_bytes=self.limits.image.max_bytes,
+            max_image_pixels=self.limits.image.max_pixels,
+            max_batch_size=self.limits.max_batch_size,
+            max_message_bytes=self.limits.max_message_bytes,
+        )
+
+    @_rpc
+    def GetModelInfo(self, request, context):
+        served = self.store.current
+        error = self.store.last_error
+        info = pb.ModelInfo(serving=served is not None, input=self.input_contract(served))
+        if served is not None:
+            info.MergeFrom(pb.ModelInfo(
+                version=served.version,
+                arch=served.arch,
+                arch_kwargs_json=json.dumps(served.arch_kwargs, sort_keys=True),
+                parameter_count=served.parameter_count,
+                sha256=served.sha256,
+                training_metrics=served.metrics,
+                run_name=served.run_name,
+                epoch=served.epoch,
+                trained_at=served.trained_at,
+                loaded_at=served.loaded_at,
+            ))
+        if error is not None:
+            info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
+        return info

@@ -1,0 +1,204 @@
+"""The client CLI and the health probe against a real server; the server's own entry point as a process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from inference import client, health_probe
+
+from tests.inference.conftest import publish
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory, digit_pngs):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i, (label, png, _) in enumerate(digit_pngs[:2]):
+        path = folder / f"digit{i}-label{label}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths
+
+
+def run_client(capsys, *argv: str) -> tuple[int, str, str]:
+    code = client.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_prints_digits_and_bars(module_server, image_files, capsys, tmp_path):
+    preview = tmp_path / "preview.png"
+    code, out, err = run_client(capsys, "--target", module_server.target, "predict", *map(str, image_files),
+                                "--preview", str(preview))
+    assert code == 0, err
+    for path in image_files:
+        assert re.search(rf"{re.escape(str(path))}: \d \(\d+\.\d%, model v1\)", out)
+    assert len(re.findall(r"^  \d \|.*\| \d\.\d{3}", out, re.M)) == 10 * len(image_files)
+    assert out.count("<-") == len(image_files)  # the answer is marked once per image
+
+    from PIL import Image
+
+    with Image.open(preview) as img:
+        assert img.format == "PNG"
+        assert img.height >= 2 * 224  # one row per image
+
+
+def test_predict_reports_a_file_that_is_not_an_image(module_server, image_files, capsys, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    code, out, err = run_client(capsys, "--target", module_server.target, "predict",
+                                str(image_files[0]), str(text), str(tmp_path / "missing.png"))
+    assert code == 1
+    assert f"{image_files[0]}:" in out  # the good image is still answered
+    assert f"{text}: not accepted:" in err
+    assert "missing.png: cannot read" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_prints_the_table_and_saves_the_heatmap(module_server, capsys, tmp_path):
+    out_png = tmp_path / "confusion.png"
+    code, out, err = run_client(capsys, "--target", module_server.target, "evaluate", "--out", str(out_png))
+    assert code == 0, err
+    assert re.search(r"model v1, test split: 10000 images, accuracy \d+\.\d\d%", out)
+    rows = re.findall(r"^\s+(\d)\s+\d\.\d{4}\s+\d\.\d{4}\s+\d\.\d{4}\s+(\d+)$", out, re.M)
+    assert [int(d) for d, _ in rows] == list(range(10))
+    assert sum(int(s) for _, s in rows) == 10_000
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_info_describes_the_model(module_server, capsys):
+    code, out, err = run_client(capsys, "--target", module_server.target, "info")
+    assert code == 0, err
+    assert re.search(r"^version\s+v1$", out, re.M)
+    assert re.search(r"^architecture\s+compact .*parameters$", out, re.M)
+    assert "normalised as (x - 0.1307) / 0.3081" in out
+
+
+def test_info_with_tls_and_token(serve, tmp_path, tls_files, capsys, monkeypatch):
+    cert, key = tls_files
+    publish(tmp_path / "artifacts", "secure", seed=1)
+    running = serve(tls_cert=cert, tls_key=key, auth_token="tok")
+    target = f"localhost:{running.port}"
+    code, out, err = run_client(capsys, "--target", target, "--tls-ca", str(cert), "--token", "tok", "info")
+    assert code == 0, err
+    assert re.search(r"^version\s+secure$", out, re.M)
+    code, out, err = run_client(capsys, "--target", target, "--tls-ca", str(cert), "info")
+    assert code == 1
+    assert "Pass --token" in err
+    monkeypatch.setenv("MNIST_AUTH_TOKEN", "tok")  # the token may come from the environment instead
+    code, out, err = run_client(capsys, "--target", target, "--tls-ca", str(cert), "info")
+    assert code == 0, err
+
+
+def test_client_reports_a_server_that_is_down(image_files):
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "inference.client", "--target", f"127.0.0.1:{port}", "predict", str(image_files[0])],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the inference server" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_health_probe(module_server, serve, capsys):
+    assert health_probe.main(["--target", module_server.target, "--require-serving"]) == 0
+    assert "SERVING" in capsys.readouterr().out
+
+    waiting = serve()  # no model published
+    assert health_probe.main(["--target", waiting.target]) == 0  # answering is enough without --require-serving
+    assert health_probe.main(["--target", waiting.target, "--require-serving"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == 2 and "unhealthy" in out.splitlines()[1] and "NOT_SERVING" in out
+
+    assert health_probe.main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert capsys.readouterr().out.startswith("unhealthy:")
+
+
+def test_server_process_serves_and_stops_on_sigterm(tmp_path, mnist_dir, image_files):
+    """`python -m inference` as a process: logs, serves the published model, exits 0 on SIGTERM."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "proc", seed=1)
+    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--torch-threads", "1"],
+        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+        assert port, "".join(lines)
+        assert "serving model proc" in lines[-1]
+        assert any("model proc loaded" in line for line in lines)
+
+        assert health_probe.main(["--target", f"127.0.0.1:{port}", "--require-serving"]) == 0
+        assert client.main(["--target", f"127.0.0.1:{port}", "predict", str(image_files[0])]) == 0
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "received SIGTERM" in rest and "shutting down" in rest and "stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+def test_help_shows_flags_and_defaults():
+    from inference.__main__ import get_args_parser
+
+    text = get_args_parser().format_help()
+    for flag in ("--address", "--artifacts-dir", "--poll-interval", "--max-batch-size", "--tls-cert", "--auth-token"):
+        assert flag in text
+    assert "[::]:50051" in text or "MNIST_GRPC_ADDRESS" in text
+    assert "(default: 1.0)" in text
+
+
+def test_client_channel_balances_round_robin_over_replicas(serve, tmp_path):
+    """Two replicas behind one target (as dns:///name:port gives): calls alternate between them."""
+    from shared.api.mnist.v1 import inference_pb2 as pb
+    from shared.api.mnist.v1 import inference_pb2_grpc
+
+    replicas = []
+    for name in ("a", "b"):
+        publish(tmp_path / name, f"replica-{name}", seed=1)
+        replicas.append(serve(tmp_path / name))
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+    with client.make_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        seen = set()
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:  # subchannels become READY one by one
+            seen.add(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version)
+    assert seen == {"replica-a", "replica-b"}

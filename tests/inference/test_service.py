@@ -1,0 +1,238 @@
+"""The Inference service over a real channel: Predict, PredictBatch, Evaluate, GetModelInfo, errors, reflection."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.checkpoint import read_manifest, read_published_model
+from shared.data import normalize
+from shared.image_pipeline import to_mnist
+from shared.metrics import evaluate
+from shared.model import count_parameters
+from shared.settings import Paths
+
+from tests.inference.conftest import png_bytes
+
+
+def local_model(artifacts):
+    models = Paths(artifacts).models
+    payload, model = read_published_model(models, read_manifest(models))
+    return payload, model.eval()
+
+
+def local_probabilities(model, payload, png: bytes) -> np.ndarray:
+    norm = payload["normalization"]
+    image = torch.from_numpy(to_mnist(png))[None]
+    with torch.inference_mode():
+        return model(normalize(image, norm["mean"], norm["std"])).exp()[0].numpy()
+
+
+def test_predict_matches_the_model_run_locally(module_server, digit_pngs):
+    payload, model = local_model(module_server.artifacts)
+    for _, png, _ in digit_pngs[:8]:
+        response = module_server.stub.Predict(pb.PredictRequest(image=png), timeout=10)
+        expected = local_probabilities(model, payload, png)
+        got = np.array(response.prediction.probabilities)
+        assert response.model_version == "v1"
+        assert got.shape == (10,)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert response.prediction.digit == int(expected.argmax())
+        assert response.prediction.model_input_png == b""  # not asked for
+
+
+def test_predict_returns_the_image_the_model_saw(module_server, digit_pngs):
+    from PIL import Image
+
+    png = digit_pngs[0][1]
+    response = module_server.stub.Predict(pb.PredictRequest(image=png, return_model_input=True), timeout=10)
+    seen = np.asarray(Image.open(io.BytesIO(response.prediction.model_input_png)))
+    assert seen.dtype == np.uint8 and seen.shape == (28, 28)
+    np.testing.assert_array_equal(seen, to_mnist(png))
+
+
+def test_predict_batch_gives_each_image_its_own_result(module_server, digit_pngs):
+    payload, model = local_model(module_server.artifacts)
+    good = [png for _, png, _ in digit_pngs[:5]]
+    images = good[:2] + [b"this is not an image"] + good[2:]
+    response = module_server.stub.PredictBatch(pb.PredictBatchRequest(images=images), timeout=10)
+    assert response.model_version == "v1"
+    assert len(response.results) == len(images)
+    bad = response.results[2]
+    assert bad.WhichOneof("result") == "error"
+    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert bad.error.message
+    for result, png in zip(response.results[:2] + response.results[3:], good):
+        assert result.WhichOneof("result") == "prediction"
+        np.testing.assert_allclose(result.prediction.probabilities, local_probabilities(model, payload, png), atol=1e-5)
+
+
+def test_predict_batch_of_only_bad_images(module_server):
+    response = module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[b"", b"junk"]), timeout=10)
+    assert [r.WhichOneof("result") for r in response.results] == ["error", "error"]
+
+
+def test_batch_over_the_limit_is_resource_exhausted(module_server, digit_pngs):
+    images = [digit_pngs[0][1]] * 17  # the module server allows 16
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.PredictBatch(pb.PredictBatchRequest(images=images), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "16" in e.value.details()
+
+
+def test_message_over_the_limit_is_resource_exhausted(module_server):
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.Predict(pb.PredictRequest(image=b"\0" * 1_100_000), timeout=10)  # limit 1,000,000
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _big_png(width: int, height: int) -> bytes:
+    image = np.zeros((height, width), np.uint8)
+    image[height // 4 : 3 * height // 4, width // 2 - 20 : width // 2 + 20] = 255
+    return png_bytes(image)
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("empty", b""),
+        ("undecodable", b"GIF89a but not really"),
+        ("too many bytes", b"\x89PNG\r\n\x1a\n" + bytes(300_000)),  # limit 200,000 bytes
+        ("too many pixels", None),  # 2,500 x 2,000 = 5 M pixels, limit 4 M, yet a small file
+        ("blank", png_bytes(np.zeros((28, 28), np.uint8))),
+    ],
+)
+def test_bad_images_are_invalid_argument(module_server, name, data):
+    if data is None:
+        data = _big_png(2500, 2000)
+        assert len(data) < 200_000
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.Predict(pb.PredictRequest(image=data), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+    assert len(e.value.details()) > 10  # says what is wrong
+
+
+def test_evaluate_agrees_with_local_evaluation(module_server, mnist):
+    response = module_server.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=60)
+    confusion = np.array([row.counts for row in response.confusion])
+    assert response.model_version == "v1"
+    assert response.split == pb.SPLIT_TEST
+    assert confusion.shape == (10, 10)
+    assert confusion.sum() == response.count == 10_000
+    assert response.accuracy == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert [c.digit for c in response.per_class] == list(range(10))
+    assert [c.support for c in response.per_class] == confusion.sum(axis=1).tolist()
+    assert response.heatmap_png.startswith(b"\x89PNG")
+
+    payload, model = local_model(module_server.artifacts)
+    norm = payload["normalization"]
+    local = evaluate(model, mnist.test_images, mnist.test_labels, mean=norm["mean"], std=norm["std"])
+    np.testing.assert_array_equal(confusion, local.confusion)
+    assert response.accuracy == pytest.approx(local.accuracy)
+    assert response.loss == pytest.approx(local.loss, rel=1e-5)
+    np.testing.assert_allclose([c.precision for c in response.per_class], local.precision)
+    np.testing.assert_allclose([c.recall for c in response.per_class], local.recall)
+    np.testing.assert_allclose([c.f1 for c in response.per_class], local.f1)
+
+
+def test_evaluate_validation_split(module_server, mnist):
+    from shared.data import train_val_split
+
+    response = module_server.stub.Evaluate(
+        pb.EvaluateRequest(split=pb.SPLIT_VALIDATION, omit_heatmap=True), timeout=60)
+    _, val_index = train_val_split(len(mnist.train_images), seed=0)  # the payload's split_seed
+    assert response.split == pb.SPLIT_VALIDATION
+    assert response.count == len(val_index) == 12_000
+    assert response.heatmap_png == b""
+    support = np.bincount(mnist.train_labels[val_index].numpy(), minlength=10)
+    assert [c.support for c in response.per_class] == support.tolist()
+
+
+def test_only_one_evaluation_at_a_time(module_server, monkeypatch):
+    import inference.service
+
+    started, release = threading.Event(), threading.Event()
+    real = inference.service.evaluate_model
+
+    def slow_evaluate(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference.service, "evaluate_model", slow_evaluate)
+    request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
+    first = module_server.stub.Evaluate.future(request, timeout=60)
+    try:
+        assert started.wait(10)
+        with pytest.raises(grpc.RpcError) as e:
+            module_server.stub.Evaluate(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        release.set()
+    assert first.result().count == 10_000
+
+
+def test_model_info(module_server):
+    info = module_server.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    payload, model = local_model(module_server.artifacts)
+    manifest = read_manifest(Paths(module_server.artifacts).models)
+    assert info.serving
+    assert info.version == "v1"
+    assert info.arch == "compact"
+    assert json.loads(info.arch_kwargs_json) == payload["arch_kwargs"]
+    assert info.parameter_count == count_parameters(model)
+    assert info.sha256 == manifest.sha256
+    assert dict(info.training_metrics) == pytest.approx(payload["metrics"])
+    assert info.run_name == payload["run_name"] and info.epoch == payload["epoch"]
+    assert info.trained_at == payload["created_at"] and info.loaded_at
+    assert (info.input.height, info.input.width, info.input.channels) == (28, 28, 1)
+    assert info.input.normalization_mean == pytest.approx(payload["normalization"]["mean"])
+    assert info.input.normalization_std == pytest.approx(payload["normalization"]["std"])
+    assert info.input.max_batch_size == 16 and info.input.max_image_pixels == 4_000_000
+    assert "PNG" in info.input.accepted_formats
+    assert not info.HasField("last_load_error")
+
+
+def test_reflection_lists_the_services(module_server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    services = set(ProtoReflectionDescriptorDatabase(module_server.channel).get_services())
+    assert {"mnist.v1.Inference", "grpc.health.v1.Health"} <= services
+
+
+def test_internal_errors_are_internal_and_logged(module_server, monkeypatch, caplog, digit_pngs):
+    import inference.service
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(inference.service, "to_mnist", broken)
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert "a bug" not in e.value.details()  # internals stay in the log
+    assert any("INTERNAL" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_predict_accepts_every_advertised_format(module_server, fmt):
+    """A black digit on white paper, 112x112, in each format the API promises."""
+    from PIL import Image
+
+    image = np.full((112, 112), 255, np.uint8)
+    image[20:92, 50:62] = 0  # a "1"
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    response = module_server.stub.Predict(pb.PredictRequest(image=buffer.getvalue(), return_model_input=True),
+                                          timeout=10)
+    assert response.model_version == "v1"
+    assert len(response.prediction.probabilities) == 10
+    seen = np.asarray(Image.open(io.BytesIO(response.prediction.model_input_png)))
+    assert seen.max() > 128 and seen[0].max() == 0  # bright ink, black border: MNIST's polarity
