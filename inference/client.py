@@ -4,9 +4,10 @@
     mnist-client evaluate [--split test|validation] [--out confusion.png]
     mnist-client info
 
-The channel retries UNAVAILABLE with exponential back-off (a restarting server, a replica going away) and
-balances calls round-robin over every address the target resolves to, so `--target dns:///inference:50051`
-spreads load over all replicas behind one DNS name. Imports no torch: it starts in a fraction of a second.
+The channel rides out a server restart: calls wait for a connection (waitForReady) and a call cut off by the old
+server is retried with exponential back-off (see SERVICE_CONFIG). It balances calls round-robin over every
+address the target resolves to, so `--target dns:///inference:50051` spreads load over all replicas behind one
+DNS name. Imports no torch: it starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -26,21 +27,46 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata, channel_credentials
 
 # gRPC service config: https://github.com/grpc/grpc/blob/master/doc/service_config.md
+#
+# A restart of the server (a new version deployed, a crash and the supervisor starting it again) must not fail
+# calls. Two mechanisms together:
+# - waitForReady: a call made while the channel has no connection waits for one, until its deadline, instead of
+#   failing at once with UNAVAILABLE. Without it a call fails within milliseconds of the server going away.
+# - retryPolicy: a call that was on the wire when the connection broke (the old server killed mid-call, or
+#   refusing new calls in its graceful shutdown) fails with UNAVAILABLE and is sent again; thanks to
+#   waitForReady the new attempt then waits for the new server. Every Inference method is read-only, so a call
+#   that did reach the old server can safely run twice.
+# The retry back-off alone (at most 5 attempts) could only ride out a ~1 s outage; a Python server takes
+# seconds to start. Health checks do not wait: a probe must answer "down" quickly.
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
-            "name": [{"service": "mnist.v1.Inference"}, {"service": "grpc.health.v1.Health"}],
+            "name": [{"service": "mnist.v1.Inference"}],
+            "waitForReady": True,
             "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.2s",
-                "maxBackoff": "2s",
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
                 "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
-        }
+        },
+        {
+            "name": [{"service": "grpc.health.v1.Health"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        },
     ],
 }
+# While the server is away the channel tries to reconnect with exponential back-off (gRPC's default grows to
+# 120 s). Capped at 1 s, a restarted server is found within a second of it listening again.
+RECONNECT_BACKOFF_MS = (100, 1000)
 DIGITS = 10
 
 
@@ -50,6 +76,8 @@ def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
     options = [
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
         ("grpc.enable_retries", 1),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ]
     if tls_server_name:
@@ -234,9 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
         return 1
     metadata = bearer_metadata(args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None)
+    connected = False
 
     def call(method, request):
-        return method(request, timeout=args.timeout, metadata=metadata)
+        # The first call fails fast when nothing answers at --target (not started, a typo); once the server has
+        # answered, later calls ride out a restart by waiting for it (waitForReady), up to --timeout.
+        nonlocal connected
+        response = method(request, timeout=args.timeout, metadata=metadata, wait_for_ready=connected)
+        connected = True
+        return response
 
     with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
                       tls_server_name=args.tls_server_name) as channel:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
                           tls_server_name=args.tls_server_name) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, wait_for_ready=False)
     except grpc.RpcError as e:
         print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
         return 1

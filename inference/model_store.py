@@ -186,13 +186,18 @@ class ModelStore:
             return self._poll()
 
     def _poll(self) -> bool:
+        # The manifest is small: it is re-read at every poll, so a repaired one is picked up at once, but the same
+        # error is reported again only after its back-off, not at every poll.
         try:
             manifest = read_manifest(self.models_dir)
         except CheckpointError as e:
-            self._skip(("manifest", str(e)), "?", f"unreadable manifest: {e}")
+            self._skip_manifest(("manifest", str(e)), f"unreadable manifest: {e}")
             return False
         except OSError as e:
-            self._skip(("manifest", repr(e)), "?", f"cannot read the manifest: {e}")
+            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {e}")
+            return False
+        except Exception as e:  # a reader bug must neither stop the server starting nor loop unreported
+            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {type(e).__name__}: {e}")
             return False
         if manifest is None:
             return False
@@ -225,6 +230,11 @@ class ModelStore:
         with self._swapped:
             self._swapped.notify_all()
         return True
+
+    def _skip_manifest(self, key: tuple, reason: str) -> None:
+        failure = self._failures.get(key)
+        if failure is None or time.monotonic() >= failure.retry_at:
+            self._skip(key, "?", reason)
 
     def _skip(self, key: tuple, version: str, reason: str) -> None:
         previous = self._failures.get(key)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.api.mnist.v1 import inference_pb2, inference_pb2_grpc
+from shared.api.mnist.v1 import inference_pb2
 from shared.image_pipeline import DEFAULT_LIMITS, Limits
 from shared.settings import Paths
 
@@ -111,6 +112,39 @@ def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(service, status)
 
 
+def _parse_then(behaviour, request_type):
+    """A handler that parses the raw request itself, so a message that is not valid protobuf is the client's error."""
+
+    def handler(raw: bytes, context: grpc.ServicerContext):
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError as e:
+            name = request_type.DESCRIPTOR.full_name
+            log.info("%s -> INVALID_ARGUMENT: undecodable request (%s)", behaviour.__name__, e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request is not a valid {name} message ({e}); send it with stubs generated from "
+                          "protos/mnist/v1/inference.proto")
+        return behaviour(request, context)
+
+    return handler
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """inference_pb2_grpc.add_InferenceServicer_to_server, but bytes that are no valid request message get
+    INVALID_ARGUMENT: the generated code makes them INTERNAL ("a bug") and logs a traceback for each."""
+    handlers = {}
+    for method in inference_pb2.DESCRIPTOR.services_by_name["Inference"].methods:
+        request_type = getattr(inference_pb2, method.input_type.name)
+        response_type = getattr(inference_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parse_then(getattr(servicer, method.name), request_type),
+            request_deserializer=None,  # the raw bytes reach _parse_then
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer, int]:
     """Build the server and bind `address` (host:port; port 0 picks one). Returns (server, bound port)."""
     if (options.tls_cert is None) != (options.tls_key is None):
@@ -145,7 +179,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         options=grpc_options,
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
-    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+    add_inference_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -76,17 +77,31 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     atomic_write_bytes(path, _torch_bytes({"format": CHECKPOINT_FORMAT, **checkpoint}))
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or model file; never unpickles code (weights_only)."""
+def load_checkpoint(path: Path | io.BytesIO, *, map_location: str | torch.device = "cpu",
+                    name: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint or model file (or its bytes, then called `name` in errors); never unpickles code."""
+    where = name or path
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{where}: {_refusal(e)}") from e
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{where}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or obj.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
-        raise CheckpointError(f"{path}: not an mnist-stack checkpoint (no known 'format' field)")
+        raise CheckpointError(f"{where}: not an mnist-stack checkpoint (no known 'format' field)")
     return obj
+
+
+def _refusal(e: pickle.UnpicklingError) -> str:
+    """Why the weights-only unpickler refused a file, without torch's advice to retry with weights_only=False
+    (which would run whatever code the file carries; this message reaches logs and GetModelInfo)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+    if "GLOBAL" in cause:
+        return f"refused: it holds Python objects other than tensors and plain data, which could run code ({cause})"
+    return f"not a readable checkpoint (damaged, or not a torch file: {cause})"
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
@@ -122,7 +137,10 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     """Publish a model for the inference service: write models/<version>.pt, then point LATEST.json at it.
 
     `model_payload` holds arch, arch_kwargs, model (state dict), normalization, metrics, run_name, epoch.
-    A version is published once; publishing the same version again is an error rather than a silent rewrite.
+    A version is published once: publishing it again with other weights is an error rather than a silent
+    rewrite. Publishing it again with the *same* weights completes a publish that was cut short (the process
+    killed, the disk full) after the model file was renamed into place and before the manifest was: the file
+    is kept as it is and LATEST.json is pointed at it, so `python -m trainer --resume` can finish the job.
     """
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
@@ -130,9 +148,10 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
         raise ValueError(f"version {version!r} must be a plain file name")
     target = models_dir / file_name
     if target.exists():
-        raise FileExistsError(f"model version {version} is already published at {target}")
-    data = _torch_bytes({"format": MODEL_FORMAT, "version": version, "created_at": utc_now(), **model_payload})
-    atomic_write_bytes(target, data)
+        data = _same_model_bytes(target, version, model_payload)
+    else:
+        data = _torch_bytes({"format": MODEL_FORMAT, "version": version, "created_at": utc_now(), **model_payload})
+        atomic_write_bytes(target, data)
     manifest = Manifest(
         version=version,
         file=file_name,
@@ -143,26 +162,86 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
         run_name=str(model_payload.get("run_name", "")),
         metrics={k: float(v) for k, v in model_payload.get("metrics", {}).items()},
     )
+    try:
+        current = read_manifest(models_dir)
+    except CheckpointError:
+        current = None
+    if current is not None and (current.file, current.sha256) == (file_name, manifest.sha256):
+        return current  # already published and named by the manifest: nothing to do
     atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
+
+
+def _same_model_bytes(target: Path, version: str, model_payload: dict[str, Any]) -> bytes:
+    """The bytes of an already published models/<version>.pt if it holds the very model of `model_payload`."""
+    data = target.read_bytes()
+    try:
+        existing = load_checkpoint(io.BytesIO(data), name=target.name)
+    except CheckpointError:
+        existing = {}
+    weights, new_weights = existing.get("model"), model_payload.get("model")
+    same = (
+        existing.get("format") == MODEL_FORMAT
+        and existing.get("version") == version
+        and existing.get("arch") == model_payload.get("arch")
+        and dict(existing.get("arch_kwargs") or {}) == dict(model_payload.get("arch_kwargs") or {})
+        and isinstance(weights, dict) and isinstance(new_weights, dict) and weights.keys() == new_weights.keys()
+        and all(isinstance(v, torch.Tensor) and torch.equal(v, new_weights[k].detach().cpu())
+                for k, v in weights.items())
+    )
+    if not same:
+        raise FileExistsError(f"model version {version} is already published at {target} with other weights; "
+                              "a published version is never rewritten")
+    return data
+
+
+def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files atomic_write_bytes left for `names` in `folder` when its process was killed.
+
+    Only for a folder no other process writes at the same time (a run's checkpoints/): another writer's
+    temporary file there would be deleted under it. Returns what was removed.
+    """
+    removed = []
+    for name in names:
+        for path in Path(folder).glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# Each manifest field and the JSON type it must have: a manifest is read from disk, so nothing about it is trusted.
+_MANIFEST_TYPES: dict[str, type] = {
+    "version": str, "file": str, "sha256": str, "size": int, "arch": str, "created_at": str, "run_name": str,
+    "metrics": dict,
+}
 
 
 def read_manifest(models_dir: Path) -> Manifest | None:
     """The manifest of the newest published model, or None if nothing is published yet.
 
-    Raises CheckpointError for a manifest that is malformed or names a file outside `models_dir`.
+    Raises CheckpointError for a manifest that is malformed (not JSON, a field missing or of the wrong type)
+    or names a file outside `models_dir`.
     """
     path = Path(models_dir) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        fields = json.loads(text)
+        fields = json.loads(raw.decode("utf-8"))
+        if not isinstance(fields, dict):
+            raise TypeError(f"a JSON {type(fields).__name__}, not an object")
+        for name, kind in _MANIFEST_TYPES.items():
+            value = fields[name]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError(f"{name} is {value!r}, not a {kind.__name__}")
+        if fields["size"] < 0:
+            raise ValueError(f"size is {fields['size']}")
         manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__})
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: malformed manifest ({e})") from e
-    if Path(manifest.file).name != manifest.file or manifest.file in ("", ".", ".."):
+    except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
+    if (Path(manifest.file).name != manifest.file or manifest.file in ("", ".", "..")
+            or "\x00" in manifest.file):
         raise CheckpointError(f"{path}: model file {manifest.file!r} is not a plain name inside {models_dir}")
     return manifest
 
@@ -183,7 +262,7 @@ def read_published_model(models_dir: Path, manifest: Manifest) -> tuple[dict[str
             f"{manifest.file}: checksum mismatch (size {len(data)} vs {manifest.size}, sha256 {digest[:12]} vs "
             f"{manifest.sha256[:12]}); the file is damaged or still being written"
         )
-    payload = load_checkpoint(io.BytesIO(data))  # type: ignore[arg-type]
+    payload = load_checkpoint(io.BytesIO(data), name=manifest.file)  # the verified bytes, not the file again
     if payload.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{manifest.file}: a training checkpoint, not a published model")
     return payload, model_from_checkpoint(payload)

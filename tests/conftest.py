@@ -27,3 +27,36 @@ def mnist(mnist_dir):
     from shared.data import load_mnist
 
     return load_mnist(mnist_dir, download=False)
+
+
+# The default network, really trained (not a stand-in), for the tests that need a model that reads digits well:
+# accuracy on users' drawings through the gRPC service. Ten epochs of the default take about two minutes on two
+# cores, so the result is kept in a cache keyed by the code that decides it: a change to the trainer, the
+# networks, the data or the checkpoint format trains afresh.
+TRAINED_EPOCHS = 10
+_TRAINING_CODE = ("trainer/*.py", "shared/model.py", "shared/data.py", "shared/checkpoint.py", "shared/metrics.py")
+
+
+def _training_code_hash() -> str:
+    import hashlib
+
+    digest = hashlib.sha256(str(TRAINED_EPOCHS).encode())
+    for pattern in _TRAINING_CODE:
+        for path in sorted(REPO_ROOT.glob(pattern)):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(mnist_dir) -> Path:
+    """An artifacts folder holding a published, fully trained default model (models/LATEST.json)."""
+    from shared.checkpoint import read_manifest
+    from trainer.__main__ import main as trainer_main
+
+    cache_root = Path(os.environ.get("MNIST_TEST_CACHE") or Path.home() / ".cache" / "mnist-stack" / "test-models")
+    root = cache_root / _training_code_hash()
+    if read_manifest(root / "models") is None:
+        code = trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(root), "--no-download",
+                             "--device", "cpu", "--epochs", str(TRAINED_EPOCHS), "--run-name", "test-model"])
+        assert code == 0, "training the test model failed"
+    return root

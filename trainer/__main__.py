@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from trainer.config import get_args_parser
@@ -20,6 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
+        print(f"error: the disk is full ({e}); the last complete checkpoint and the published model are intact. "
+              "Free some space, then continue with --resume", file=sys.stderr)
+        return 1
     return 0
 
 

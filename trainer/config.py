@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from shared import settings
+from shared.model import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class TrainConfig:
     arch: str = "compact"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 15
-    batch_size: int = 256
+    batch_size: int = 128
     optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
     lr: float = 0.1  # peak learning rate with the one-cycle schedule, the constant one without
     momentum: float = 0.9
@@ -61,7 +63,7 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 # Flags that override a preset's field when given. None means "keep the preset's value".
-_OVERRIDES = ("epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
+_OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -77,6 +79,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None
     parser.add_argument("--epochs", type=int, default=epochs_env,
                         help=f"epochs to train (default: the preset's, 15 or 100) [env {settings.ENV_EPOCHS}]")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
+                        help="network (default: the preset's: 'compact', or 'mynet' for the seed preset)")
+    parser.add_argument("--arch-kwargs", type=json.loads, default=None, metavar="JSON",
+                        help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from shared.checkpoint import load_checkpoint, publish_model, save_checkpoint, utc_now
+from shared.checkpoint import load_checkpoint, publish_model, remove_stale_temp_files, save_checkpoint, utc_now
 from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, standardize, train_val_split
 from shared.metrics import Evaluation, evaluate, predict_log_probs
 from shared.model import build_model, count_parameters
@@ -234,6 +234,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_name = args.run_name or default_run_name(config, "dry-run" if args.dry_run else args.preset)
     run_dir = paths.run_dir(run_name)
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    if resume_ckpt is not None and dist_info.is_main:
+        # A process killed while writing a checkpoint leaves its temporary file behind (the checkpoint itself is
+        # intact: see shared.checkpoint.atomic_write_bytes). This run is the only writer of its folder.
+        for path in remove_stale_temp_files(ckpt_dir, (LAST, BEST)):
+            print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     splits = load_splits(config, args.data_dir, args.download, device)
     eval_subset = 500 if args.dry_run else getattr(args, "eval_subset", 0)

@@ -1,0 +1,318 @@
+"""Bounded load test: many clients for a while, a new model published every few seconds, nothing may fail.
+
+    python bench/bench_load.py                                   # 16 clients, 60 s, a new model every 10 s
+    python bench/bench_load.py --duration 5 --publish-every 2    # a smoke run of a few seconds
+
+Starts `python -m inference` as its own process on a free loopback port with a temporary artifacts folder,
+publishes a random-init compact model, then runs --clients client threads, each on its own channel from
+inference.client.make_channel (as separate client processes would), calling Predict in a loop with one real
+MNIST test digit (every --batch-every-th call is a PredictBatch of --batch-size digits instead). Meanwhile a
+new model with a distinct version is published every --publish-every seconds with shared.checkpoint.publish_model,
+so the server hot-swaps under load, and the server's resident memory (RSS, psutil) is sampled twice a second.
+
+Reports throughput, p50/p99/max latency per method, the slowest one-second window, how long each new model took
+to reach the clients, and RSS at start (after warm-up), peak and end. Exits 1 if any call failed, a published
+model never reached the clients, or RSS grew by more than --max-rss-growth-mib from start to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from shared import settings  # noqa: E402
+from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
+from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
+
+from inference.client import make_channel  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Load-test the gRPC inference service while models are published.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the load phase")
+    parser.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS",
+                        help="full load before the measured phase (allocator arenas, caches); RSS start is after it")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients, one channel each")
+    parser.add_argument("--publish-every", type=float, default=10.0, metavar="SECONDS",
+                        help="publish a new model this often during the load phase")
+    parser.add_argument("--batch-every", type=int, default=10,
+                        help="every N-th call of a client is a PredictBatch (0: Predict only)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per PredictBatch")
+    parser.add_argument("--model-width", type=int, default=16, help="width of the compact models published")
+    parser.add_argument("--max-rss-growth-mib", type=float, default=64.0,
+                        help="fail if the server's RSS grows more than this from start (after warm-up) to end")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline of each call")
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
+                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return f"{cores} cores usable, {model}; load average {load} at start"
+
+
+def publish(models: Path, version: str, seed: int, width: int) -> None:
+    import torch
+
+    from shared.checkpoint import publish_model
+    from shared.data import MNIST_MEAN, MNIST_STD
+    from shared.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("compact", width=width)
+    publish_model(models, version=version, model_payload={
+        "arch": "compact", "arch_kwargs": {"width": width}, "model": model.state_dict(),
+        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench-load",
+        "epoch": seed,
+    })
+
+
+def start_server(artifacts: Path, data_dir: Path, clients: int) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(data_dir)}
+    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO",
+               "--torch-threads", "1", "--max-workers", str(max(16, clients)), "--poll-interval", "0.5"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            raise SystemExit("the server exited:\n" + "".join(lines))
+        lines.append(line)
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            # Keep reading its log (so the pipe never fills), echoing warnings and errors: a skipped model would
+            # show up here.
+            def drain() -> None:
+                for rest in process.stderr:
+                    if " WARNING " in rest or " ERROR " in rest:
+                        sys.stderr.write(f"server: {rest}")
+
+            threading.Thread(target=drain, daemon=True).start()
+            return process, int(match.group(1))
+    process.kill()
+    raise SystemExit("the server did not start in 120 s:\n" + "".join(lines))
+
+
+def digit_pngs(data_dir: Path, count: int) -> list[bytes]:
+    from PIL import Image
+
+    from shared.data import FILES, find_file, read_idx_file
+
+    name, _, _ = FILES["test_images"]
+    path = find_file(data_dir, name)
+    if path is None:
+        raise SystemExit(f"MNIST test images not found in {data_dir}; pass --data-dir")
+    out = []
+    for image in read_idx_file(path)[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+class Client(threading.Thread):
+    """One client: calls in a loop on its own channel; records (end time, method, latency, version) or a failure."""
+
+    def __init__(self, index: int, target: str, images: list[bytes], args, start: threading.Barrier) -> None:
+        super().__init__(name=f"client-{index}", daemon=True)
+        self.channel = make_channel(target)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.single = pb.PredictRequest(image=images[index % len(images)])
+        self.batch = pb.PredictBatchRequest(images=[images[(index + i) % len(images)] for i in range(args.batch_size)])
+        self.args = args
+        self.start_barrier = start
+        self.halt = threading.Event()
+        self.calls: list[tuple[float, str, float, str]] = []
+        self.failures: list[str] = []
+
+    def call_once(self, n: int) -> None:
+        batch = self.args.batch_every and n % self.args.batch_every == self.args.batch_every - 1
+        t0 = time.perf_counter()
+        try:
+            if batch:
+                response = self.stub.PredictBatch(self.batch, timeout=self.args.timeout)
+                if any(r.WhichOneof("result") != "prediction" for r in response.results):
+                    raise ValueError("a digit of the batch was not predicted")
+            else:
+                response = self.stub.Predict(self.single, timeout=self.args.timeout)
+        except (grpc.RpcError, ValueError) as e:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
+            self.failures.append(f"{'PredictBatch' if batch else 'Predict'}: {detail}")
+            return
+        t1 = time.perf_counter()
+        self.calls.append((t1, "PredictBatch" if batch else "Predict", t1 - t0, response.model_version))
+
+    def run(self) -> None:
+        self.start_barrier.wait()
+        n = 0
+        while not self.halt.is_set():
+            self.call_once(n)
+            n += 1
+
+
+def rss_sampler(process: psutil.Process, samples: list[tuple[float, int]], halt: threading.Event) -> None:
+    while not halt.wait(0.5):
+        try:
+            samples.append((time.perf_counter(), process.memory_info().rss))
+        except psutil.Error:
+            return
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1e3, q)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    header = machine()
+    mib = 1024 * 1024
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        models = Path(tmp) / "artifacts" / "models"
+        published: list[tuple[str, float]] = []  # (version, time published)
+        publish(models, "load-000", 0, args.model_width)
+        published.append(("load-000", time.perf_counter()))
+        server, port = start_server(Path(tmp) / "artifacts", args.data_dir, args.clients)
+        server_process = psutil.Process(server.pid)
+        target = f"127.0.0.1:{port}"
+        images = digit_pngs(args.data_dir, 64)
+        barrier = threading.Barrier(args.clients + 1)
+        clients = [Client(i, target, images, args, barrier) for i in range(args.clients)]
+        samples: list[tuple[float, int]] = []
+        halt_sampler = threading.Event()
+        try:
+            for client in clients:
+                client.start()
+            barrier.wait()
+            time.sleep(args.warmup)  # connections, allocator arenas, first-call paths; any failure here counts too
+            began = time.perf_counter()
+            rss_start = server_process.memory_info().rss
+            sampler = threading.Thread(target=rss_sampler, args=(server_process, samples, halt_sampler), daemon=True)
+            sampler.start()
+            next_publish = began + args.publish_every
+            end = began + args.duration
+            while True:
+                now = time.perf_counter()
+                if now >= end:
+                    break
+                if now >= next_publish:
+                    version = f"load-{len(published):03d}"
+                    publish(models, version, len(published), args.model_width)
+                    published.append((version, time.perf_counter()))
+                    next_publish += args.publish_every
+                time.sleep(min(0.05, max(0.0, min(next_publish, end) - time.perf_counter())))
+            for client in clients:
+                client.halt.set()
+            for client in clients:
+                client.join(args.timeout + 10)
+            elapsed = time.perf_counter() - began
+            halt_sampler.set()
+            sampler.join(5)
+            rss_end = server_process.memory_info().rss
+        finally:
+            for client in clients:
+                client.halt.set()
+                client.channel.close()
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    calls = [c for client in clients for c in client.calls if c[0] >= began]  # the measured phase
+    failures = [f for client in clients for f in client.failures]
+    by_method: dict[str, list[float]] = {}
+    for _, method, latency, _ in calls:
+        by_method.setdefault(method, []).append(latency)
+    images_done = sum(args.batch_size if method == "PredictBatch" else 1 for _, method, _, _ in calls)
+    per_second = Counter(int(t - began) for t, _, _, _ in calls if t - began < int(elapsed))
+    slowest_second = min(per_second.values()) if per_second else 0
+    # How long each model took to reach the clients: first answer by it after its publication.
+    first_answer = {}
+    for t, _, _, version in sorted(calls):
+        first_answer.setdefault(version, t)
+    reach = {v: first_answer[v] - t for v, t in published[1:] if v in first_answer}
+    missing = [v for v, t in published[1:] if v not in first_answer and began + elapsed - t > 3.0]
+    rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
+    growth_mib = (rss_end - rss_start) / mib
+
+    figures = {
+        "machine": header, "clients": args.clients, "duration_s": round(elapsed, 2),
+        "publish_every_s": args.publish_every, "models_published_during_load": len(published) - 1,
+        "calls": len(calls), "failed_calls": len(failures), "calls_per_s": round(len(calls) / elapsed, 1),
+        "images_per_s": round(images_done / elapsed, 1), "slowest_second_calls": slowest_second,
+        "latency_ms": {m: {"p50": round(percentile_ms(v, 50), 2), "p99": round(percentile_ms(v, 99), 2),
+                           "max": round(max(v) * 1e3, 2), "calls": len(v)} for m, v in sorted(by_method.items())},
+        "all_calls_latency_ms": {"p50": round(percentile_ms([c[2] for c in calls], 50), 2),
+                                 "p99": round(percentile_ms([c[2] for c in calls], 99), 2)},
+        "model_reach_s": {v: round(s, 2) for v, s in reach.items()}, "models_never_served": missing,
+        "rss_mib": {"start": round(rss_start / mib, 1), "peak": round(rss_peak / mib, 1),
+                    "end": round(rss_end / mib, 1), "growth": round(growth_mib, 1),
+                    "threshold": args.max_rss_growth_mib,
+                    "timeline": [[round(t - began, 1), round(rss / mib, 1)] for t, rss in samples[::4]]},
+    }
+
+    print(f"load benchmark: {header}")
+    print(f"  {args.clients} clients for {elapsed:.1f} s; {len(published) - 1} models published during the load "
+          f"(every {args.publish_every:g} s), compact width {args.model_width}")
+    print(f"  calls        {len(calls):,} ok, {len(failures)} failed; {len(calls) / elapsed:,.0f} calls/s, "
+          f"{images_done / elapsed:,.0f} images/s; slowest 1-s window {slowest_second} calls")
+    for method, values in sorted(by_method.items()):
+        print(f"  {method:<12} p50 {percentile_ms(values, 50):7.2f} ms  p99 {percentile_ms(values, 99):7.2f} ms  "
+              f"max {max(values) * 1e3:7.1f} ms  ({len(values):,} calls)")
+    if reach:
+        print(f"  new models reached clients in {min(reach.values()):.2f}..{max(reach.values()):.2f} s "
+              f"({len(reach)} of {len(published) - 1})")
+    print(f"  server RSS   start {rss_start / mib:.1f} MiB (after warm-up), peak {rss_peak / mib:.1f} MiB, "
+          f"end {rss_end / mib:.1f} MiB: {growth_mib:+.1f} MiB (threshold {args.max_rss_growth_mib:g} MiB)")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+    problems = []
+    if failures:
+        counts = Counter(failures)
+        problems.append(f"{len(failures)} call(s) failed: " + "; ".join(f"{n} x {f}" for f, n in counts.most_common(3)))
+    if missing:
+        problems.append(f"published but never served: {', '.join(missing)}")
+    if growth_mib > args.max_rss_growth_mib:
+        problems.append(f"server RSS grew {growth_mib:.1f} MiB > {args.max_rss_growth_mib:g} MiB")
+    for problem in problems:
+        print(f"FAIL: {problem}")
+    if not problems:
+        print("PASS: no failed call, every model served, memory flat")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

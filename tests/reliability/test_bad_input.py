@@ -1,0 +1,253 @@
+"""Bad input to Predict, PredictBatch and Evaluate, table-driven: each kind gets its stated outcome, a clear
+message, no INTERNAL and no logged error, and the server answers a good Predict right after it.
+
+Valid but unusual pictures (16-bit, CMYK, palette with transparency, animated, multi-page, EXIF-rotated, ...) must
+be predicted, and the 28x28 image the model saw must be the digit that was drawn; pictures with nothing on them
+are INVALID_ARGUMENT ("blank"). tests/inference/test_service.py has the first five rows' simpler cousins and
+tests/shared/test_image_pipeline.py the pipeline's own cases; this table runs everything through the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.image_pipeline import to_mnist
+
+from tests.reliability import bad_inputs as b
+from tests.reliability.conftest import SMALL_LIMITS
+
+OK = "ok"
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
+class Kind:
+    build: Callable[[np.ndarray], bytes]
+    expect: object  # OK or a status code
+    says: str = ""  # what the error message must mention (case-insensitive)
+
+
+IMAGE_KINDS: dict[str, Kind] = {
+    # Not pictures at all.
+    "empty bytes": Kind(b.empty, INVALID, "empty image"),
+    "random bytes": Kind(b.random_bytes, INVALID, "not a picture"),
+    "plain text": Kind(b.plain_text, INVALID, "not a picture"),
+    "SVG": Kind(b.svg, INVALID, "SVG"),
+    "PDF": Kind(b.pdf, INVALID, "PDF"),
+    "HEIC": Kind(b.heic, INVALID, "HEIC"),
+    "EPS (Pillow would run Ghostscript)": Kind(b.eps, INVALID, "not a picture"),
+    "TGA (no signature: not accepted)": Kind(b.tga, INVALID, "not a picture"),
+    "ICO": Kind(b.ico, INVALID, "not a picture"),
+    # Damaged.
+    "truncated PNG": Kind(b.truncated_png, INVALID, "truncated"),
+    "truncated JPEG": Kind(b.truncated_jpeg, INVALID, "truncated"),
+    "truncated GIF": Kind(b.truncated_gif, INVALID, "truncated"),
+    "truncated WebP": Kind(b.truncated_webp, INVALID, "damaged"),
+    "PNG header only": Kind(b.header_only_png, INVALID, "damaged or truncated"),
+    "PNG with a bad CRC": Kind(b.png_bad_crc, INVALID, "damaged"),
+    # Too big.
+    "over the byte limit": Kind(functools.partial(b.oversized_bytes, limit=SMALL_LIMITS["max_image_bytes"]),
+                                INVALID, "the limit is 200,000"),
+    "PNG claiming 100,000 x 100,000": Kind(b.huge_dimensions_png, INVALID, "pixels"),
+    "JPEG claiming 65,000 x 65,000": Kind(b.huge_dimensions_jpeg, INVALID, "pixels"),
+    "GIF with a 65,535 x 65,535 screen": Kind(b.gif_huge_screen, INVALID, "pixels"),
+    "decompression bomb, 64 MP in 8 kB": Kind(b.decompression_bomb_png, INVALID, "decompression bomb"),
+    "PNG text chunk bomb, 100 MB in 100 kB": Kind(b.png_text_bomb, INVALID, "too large"),
+    # Nothing drawn.
+    "1x1 pixel": Kind(b.one_by_one, INVALID, "blank"),
+    "all white": Kind(b.all_white, INVALID, "blank"),
+    "all black JPEG": Kind(b.all_black, INVALID, "blank"),
+    "paper with sensor noise only": Kind(b.noise_only, INVALID, "blank"),
+    "fully transparent": Kind(b.fully_transparent, INVALID, "transparent"),
+    # Valid, unusual: predicted, and the model sees the digit.
+    "16-bit grey PNG": Kind(b.grey_16_bit, OK),
+    "CMYK JPEG": Kind(b.cmyk_jpeg, OK),
+    "palette PNG with transparency": Kind(b.palette_with_transparency, OK),
+    "animated GIF (2nd frame blank)": Kind(b.animated_gif, OK),
+    "multi-page TIFF (2nd page blank)": Kind(b.multi_page_tiff, OK),
+    "EXIF-rotated (orientation 6)": Kind(b.exif_rotated, OK),
+    "1-bit BMP": Kind(b.one_bit_bmp, OK),
+    "float TIFF with NaN pixels": Kind(b.float_tiff_with_nan, OK),
+    # shared/image_pipeline.py bug: sample_grid starts at step // 2, past the end of a side shorter than that,
+    # so estimate_background indexes an empty grid (IndexError -> INTERNAL). Any picture whose short side is
+    # below ~1/128 of its long side (1x65, 3x400, ...). Fix: start at min(step // 2, side - 1) per axis.
+    "1 x 20,000 strip": Kind(b.extreme_aspect_ratio, INVALID),
+}
+KNOWN_PIPELINE_BUGS = {"1 x 20,000 strip"}
+
+
+def image_kind_params():
+    for name in IMAGE_KINDS:
+        marks = [pytest.mark.xfail(strict=True, reason="image_pipeline IndexError on very thin pictures (see table)")
+                 ] if name in KNOWN_PIPELINE_BUGS else []
+        yield pytest.param(name, id=name, marks=marks)
+
+
+@pytest.fixture(scope="module")
+def digit(mnist) -> np.ndarray:
+    return mnist.test_images[0].numpy()  # a 7
+
+
+@pytest.fixture(scope="module")
+def built(digit):
+    """Each kind's bytes, built once."""
+    return {name: kind.build(digit) for name, kind in IMAGE_KINDS.items()}
+
+
+@pytest.fixture(scope="module")
+def reference_input(digit) -> np.ndarray:
+    """What the model sees for the digit sent as a plain PNG: the unusual encodings must come out the same."""
+    return to_mnist(b.encode(b.on_paper(digit), "PNG"))
+
+
+@pytest.fixture
+def log(caplog):
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def assert_no_logged_errors(caplog) -> None:
+    """Bad input is the client's problem: nothing at ERROR level (tracebacks, INTERNAL) in the server's log."""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def assert_still_serving(server, good_png: bytes) -> None:
+    response = server.stub.Predict(pb.PredictRequest(image=good_png), timeout=10)
+    assert response.model_version == "v1" and len(response.prediction.probabilities) == 10
+
+
+def assert_valid_prediction(prediction: pb.Prediction) -> None:
+    p = np.array(prediction.probabilities)
+    assert p.shape == (10,) and np.all(p >= 0) and abs(p.sum() - 1) < 1e-4
+    assert prediction.digit == int(p.argmax())
+
+
+def correlation(a: np.ndarray, b_: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(float), b_.ravel().astype(float))[0, 1])
+
+
+def model_saw(prediction: pb.Prediction) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(prediction.model_input_png)))
+
+
+@pytest.mark.parametrize("name", list(image_kind_params()))
+def test_predict(limited_server, built, reference_input, digit_pngs, log, name):
+    kind, data = IMAGE_KINDS[name], built[name]
+    request = pb.PredictRequest(image=data, return_model_input=True)
+    if kind.expect == OK:
+        response = limited_server.stub.Predict(request, timeout=30)
+        assert_valid_prediction(response.prediction)
+        # The unusual encoding was read as the digit it holds (first frame, EXIF applied, 16 bits scaled, ...).
+        assert correlation(model_saw(response.prediction), reference_input) > 0.9
+    else:
+        with pytest.raises(grpc.RpcError) as e:
+            limited_server.stub.Predict(request, timeout=30)
+        assert e.value.code() == kind.expect, e.value.details()
+        assert kind.says.lower() in e.value.details().lower()
+        assert len(e.value.details()) > 30  # says what is wrong and what to send instead
+    assert_still_serving(limited_server, digit_pngs[0][1])
+    assert_no_logged_errors(log)
+
+
+@pytest.mark.parametrize("name", list(image_kind_params()))
+def test_predict_batch(limited_server, built, digit_pngs, log, name):
+    """The bad image fails alone, with the message Predict gives; its neighbours are predicted."""
+    kind, data = IMAGE_KINDS[name], built[name]
+    good = digit_pngs[0][1]
+    response = limited_server.stub.PredictBatch(pb.PredictBatchRequest(images=[good, data, good]), timeout=30)
+    assert response.model_version == "v1" and len(response.results) == 3
+    first, middle, last = response.results
+    assert first.WhichOneof("result") == last.WhichOneof("result") == "prediction"
+    assert list(first.prediction.probabilities) == list(last.prediction.probabilities)
+    if kind.expect == OK:
+        assert middle.WhichOneof("result") == "prediction"
+        assert_valid_prediction(middle.prediction)
+    else:
+        assert middle.WhichOneof("result") == "error"
+        assert middle.error.code == kind.expect.value[0]
+        assert kind.says.lower() in middle.error.message.lower()
+    assert_still_serving(limited_server, good)
+    assert_no_logged_errors(log)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole-message kinds: size and count limits, absurd parameters, bytes that are no protobuf message.
+
+
+def raw_call(server, method: str, payload: bytes):
+    """Call /mnist.v1.Inference/<method> with arbitrary bytes as the request message."""
+    return server.channel.unary_unary(f"/mnist.v1.Inference/{method}")(payload, timeout=30)
+
+
+def image_field_as_a_number() -> bytes:
+    """PredictRequest whose field 1 (image, bytes) is sent as a varint: a well-formed message, wrong wire type."""
+    return bytes([1 << 3 | 0, 42])
+
+
+MESSAGE_KINDS = {
+    # name: (call(server, good_png), expected status or OK, what the message says)
+    "Predict message over the size limit": (
+        lambda s, good: s.stub.Predict(pb.PredictRequest(image=bytes(1_100_000)), timeout=30), EXHAUSTED, ""),
+    "PredictBatch message over the size limit": (
+        lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[bytes(190_000)] * 6), timeout=30),
+        EXHAUSTED, ""),
+    "17 images in a batch (limit 16)": (
+        lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[good] * 17), timeout=30),
+        EXHAUSTED, "the limit is 16"),
+    "100,000 one-byte images in a batch": (
+        lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[b"x"] * 100_000), timeout=30),
+        EXHAUSTED, "the limit is 16"),
+    "empty batch": (
+        lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[]), timeout=30), OK, ""),
+    "Evaluate split 99 (unknown enum value)": (
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=99), timeout=30), INVALID, "unknown split 99"),
+    "Evaluate split -1": (
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=-1), timeout=30), INVALID, "unknown split -1"),
+    "Evaluate split 2**31-1": (
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=2**31 - 1), timeout=30), INVALID, "unknown split"),
+    "Predict request that is no protobuf": (
+        lambda s, good: raw_call(s, "Predict", b"\xff\xff\xff\xff\xff"), INVALID,
+        "not a valid mnist.v1.PredictRequest"),
+    "PredictBatch request that is no protobuf": (
+        lambda s, good: raw_call(s, "PredictBatch", b"\x0a\xff\xff\xff\xff\x0f"), INVALID,
+        "not a valid mnist.v1.PredictBatchRequest"),
+    "Evaluate request that is no protobuf": (
+        lambda s, good: raw_call(s, "Evaluate", b"\x08"), INVALID, "not a valid mnist.v1.EvaluateRequest"),
+    "GetModelInfo request that is no protobuf": (
+        lambda s, good: raw_call(s, "GetModelInfo", b"\x07"), INVALID, "not a valid mnist.v1.GetModelInfoRequest"),
+    "Predict image field sent as a number": (
+        lambda s, good: raw_call(s, "Predict", image_field_as_a_number()), INVALID, "empty image"),
+}
+
+
+@pytest.mark.parametrize("name", list(MESSAGE_KINDS))
+def test_message(limited_server, digit_pngs, log, name):
+    call, expect, says = MESSAGE_KINDS[name]
+    good = digit_pngs[0][1]
+    if expect == OK:
+        response = call(limited_server, good)
+        assert len(response.results) == 0 and response.model_version == "v1"
+    else:
+        with pytest.raises(grpc.RpcError) as e:
+            call(limited_server, good)
+        assert e.value.code() == expect, e.value.details()
+        assert says.lower() in (e.value.details() or "").lower()
+        assert e.value.details()
+    assert_still_serving(limited_server, good)
+    assert_no_logged_errors(log)
+
+
+def test_the_table_is_wide_enough():
+    assert len(IMAGE_KINDS) + len(MESSAGE_KINDS) >= 25
+    assert {OK, INVALID} <= {k.expect for k in IMAGE_KINDS.values()}

@@ -1,0 +1,330 @@
+"""Checkpoint and manifest faults, over a real server: none is served, the previous model keeps serving, and the
+reason is logged once and shown by GetModelInfo.last_load_error.
+
+tests/inference/test_lifecycle.py already covers: a file truncated after the manifest was written, a garbled file
+with a matching manifest, NaN weights, weights of another width, a symlink out of models/, and a manifest that is
+not JSON. This file adds the rest of issue 6's faults and the path-safety and unpickling cases, each built so that
+the test fails if the check it is about were missing (an outside path holds a valid model, the pickle's payload is
+live, ...), plus a server that starts with only a bad model, and a file replaced during its own verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.checkpoint import (CHECKPOINT_FORMAT, MODEL_FORMAT, CheckpointError, Manifest, atomic_write_bytes,
+                               load_checkpoint, publish_model, read_published_model)
+from shared.data import normalize
+from shared.image_pipeline import to_mnist
+from shared.settings import Paths
+
+from tests.reliability.conftest import model_payload, publish
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def model_bytes(version: str, payload: dict, **overrides) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "version": version, "created_at": "2026-01-01T00:00:00Z", **payload,
+                **overrides}, buffer)
+    return buffer.getvalue()
+
+
+def manifest_fields(version: str, file: str, data: bytes) -> dict:
+    return {"version": version, "file": file, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "arch": "compact", "created_at": "2026-01-01T00:00:00Z", "run_name": "faults", "metrics": {}}
+
+
+def write_manifest(models, fields) -> None:
+    atomic_write_bytes(models / "LATEST.json", json.dumps(fields).encode())
+
+
+def publish_bytes(models, version: str, data: bytes) -> None:
+    """A model file holding exactly `data`, and a manifest whose size and checksum match it."""
+    atomic_write_bytes(models / f"{version}.pt", data)
+    write_manifest(models, manifest_fields(version, f"{version}.pt", data))
+
+
+class Evil:
+    """Unpickling this calls os.mkdir(marker): proof that code ran."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (os.mkdir, (str(Evil.marker),))
+
+
+def evil_bytes(version: str, marker) -> bytes:
+    Evil.marker = marker
+    payload = model_payload(3)
+    payload["metrics"] = {"val_accuracy": Evil()}  # a perfect model otherwise
+    return model_bytes(version, payload)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each fault: (what the reason must say, make(models, version) publishing it).
+
+
+def missing_file(models, version):
+    data = model_bytes(version, model_payload(3))
+    write_manifest(models, manifest_fields(version, f"{version}.pt", data))  # the file is never written
+
+
+def replaced_after_manifest(models, version):
+    """The manifest describes one model, the file holds another (valid) one: replaced after the manifest was made.
+
+    Written file first, manifest last, so the server can never catch the intended model in between."""
+    intended, replacement = model_bytes(version, model_payload(3)), model_bytes(version, model_payload(5))
+    atomic_write_bytes(models / f"{version}.pt", replacement)
+    write_manifest(models, manifest_fields(version, f"{version}.pt", intended))
+
+
+def empty_file(models, version):
+    publish_bytes(models, version, b"")
+
+
+def other_architecture(models, version):
+    payload = model_payload(3)
+    publish_bytes(models, version, model_bytes(version, payload, arch="mynet", arch_kwargs={}))
+
+
+def unknown_architecture(models, version):
+    publish_bytes(models, version, model_bytes(version, model_payload(3), arch="resnet-9000"))
+
+
+def infinite_weights(models, version):
+    payload = model_payload(3)
+    payload["model"] = {k: (torch.full_like(v, float("inf")) if v.is_floating_point() else v)
+                        for k, v in payload["model"].items()}
+    publish_model(models, version=version, model_payload=payload)
+
+
+def zero_std(models, version):
+    publish_model(models, version=version,
+                  model_payload={**model_payload(3), "normalization": {"mean": 0.1, "std": 0.0}})
+
+
+def nan_mean(models, version):
+    publish_model(models, version=version,
+                  model_payload={**model_payload(3), "normalization": {"mean": float("nan"), "std": 0.3}})
+
+
+def training_checkpoint(models, version):
+    publish_bytes(models, version, model_bytes(version, model_payload(3), format=CHECKPOINT_FORMAT))
+
+
+def other_version_inside(models, version):
+    publish_bytes(models, version, model_bytes("someone-else", model_payload(3)))
+
+
+def pickle_that_runs_code(models, version):
+    publish_bytes(models, version, evil_bytes(version, models.parent / "PWNED"))
+
+
+def dot_dot_path(models, version):
+    """A valid model one folder up, named by a consistent manifest: serving it would follow ../"""
+    data = model_bytes(version, model_payload(3))
+    (models.parent / "outside.pt").write_bytes(data)
+    write_manifest(models, manifest_fields(version, "../outside.pt", data))
+
+
+def absolute_path(models, version):
+    elsewhere = models.parent / "elsewhere"
+    elsewhere.mkdir()
+    data = model_bytes(version, model_payload(3))
+    (elsewhere / "abs.pt").write_bytes(data)
+    write_manifest(models, manifest_fields(version, str(elsewhere / "abs.pt"), data))
+
+
+def manifest_wrong_types(models, version):
+    data = model_bytes(version, model_payload(3))
+    (models / f"{version}.pt").write_bytes(data)
+    write_manifest(models, {**manifest_fields(version, f"{version}.pt", data), "file": 5, "size": "big"})
+
+
+def manifest_binary_garbage(models, version):
+    atomic_write_bytes(models / "LATEST.json", bytes(range(256)))
+
+
+def manifest_json_list(models, version):
+    atomic_write_bytes(models / "LATEST.json", b'["bad.pt"]')
+
+
+def model_file_is_a_directory(models, version):
+    (models / f"{version}.pt").mkdir()
+    write_manifest(models, manifest_fields(version, f"{version}.pt", b"x"))
+
+
+FAULTS = {
+    "manifest names a missing file": ("does not exist", missing_file),
+    "file replaced after the manifest was written": ("checksum mismatch", replaced_after_manifest),
+    "empty model file": ("not a readable checkpoint", empty_file),
+    "weights of another architecture": ("do not fit architecture 'mynet'", other_architecture),
+    "unknown architecture": ("unknown architecture 'resnet-9000'", unknown_architecture),
+    "infinite weights": ("not finite", infinite_weights),
+    "normalization std 0": ("must be positive", zero_std),
+    "normalization mean NaN": ("not finite", nan_mean),
+    "a training checkpoint, not a model": ("a training checkpoint", training_checkpoint),
+    "file says another version": ("file says version 'someone-else'", other_version_inside),
+    "pickle that runs code": ("refused", pickle_that_runs_code),
+    "manifest path ../outside.pt": ("not a plain name", dot_dot_path),
+    "manifest absolute path": ("not a plain name", absolute_path),
+    "manifest fields of the wrong type": ("malformed manifest", manifest_wrong_types),
+    "manifest is binary garbage": ("malformed manifest", manifest_binary_garbage),
+    "manifest is a JSON list": ("malformed manifest", manifest_json_list),
+    "model file is a directory": ("IsADirectoryError", model_file_is_a_directory),
+}
+
+
+def model_info(running) -> pb.ModelInfo:
+    return running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+
+
+def health(running) -> int:
+    return running.health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_a_fault_is_never_served(serve, tmp_path, digit_pngs, caplog, name):
+    reason, make_fault = FAULTS[name]
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    publish(artifacts, "good", seed=1)
+    running = serve(artifacts)
+    caplog.set_level(logging.INFO, logger="inference")
+
+    make_fault(models, "bad")
+    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
+    info = model_info(running)
+    assert info.serving and info.version == "good"
+    assert reason in info.last_load_error.reason
+    assert info.last_load_error.at
+    assert running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5).model_version == "good"
+    assert health(running) == SERVING
+    assert not (models.parent / "PWNED").exists()
+
+    # Polled every 0.05 s, the fault is logged once (with its reason), not at every poll.
+    time.sleep(0.3)
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and reason in skipped[0], skipped
+
+    publish(artifacts, "fixed", seed=4)  # the trainer publishes a good one: served at once
+    assert wait_until(lambda: model_info(running).version == "fixed")
+
+
+@pytest.mark.parametrize("name", ["manifest fields of the wrong type", "pickle that runs code"])
+def test_a_server_whose_only_model_is_bad_starts_and_waits(serve, tmp_path, digit_pngs, name):
+    """Before the fix, a manifest field of the wrong type made the server fail to start (TypeError)."""
+    reason, make_fault = FAULTS[name]
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    models.mkdir(parents=True)
+    make_fault(models, "bad")
+    running = serve(artifacts)
+    assert health(running) == NOT_SERVING
+    info = model_info(running)
+    assert not info.serving and reason in info.last_load_error.reason
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not (artifacts / "PWNED").exists()
+
+    publish(artifacts, "good", seed=1)
+    assert wait_until(lambda: health(running) == SERVING)
+
+
+def test_the_pickle_payload_is_live(tmp_path):
+    """The control for "pickle that runs code": plain unpickling does run it, weights_only refuses it."""
+    marker = tmp_path / "PWNED"
+    data = evil_bytes("evil", marker)
+    with pytest.raises(CheckpointError, match="refused: .*GLOBAL posix.mkdir"):
+        load_checkpoint(io.BytesIO(data))
+    assert not marker.exists()
+    torch.load(io.BytesIO(data), weights_only=False)  # what a careless loader would do
+    assert marker.is_dir()
+
+
+def test_refusal_does_not_advise_turning_weights_only_off(tmp_path):
+    """torch's own message suggests retrying with weights_only=False; that advice must not reach operators."""
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(io.BytesIO(evil_bytes("evil", tmp_path / "PWNED")))
+    assert "weights_only" not in str(e.value)
+
+
+@pytest.mark.parametrize("file", ["../outside.pt", "/etc/passwd", "sub/../../outside.pt"])
+def test_read_published_model_checks_the_path_itself(tmp_path, file):
+    """Defence in depth: even with a Manifest built in code (not read_manifest), nothing outside is read."""
+    models = tmp_path / "models"
+    models.mkdir()
+    data = model_bytes("v", model_payload(3))
+    (tmp_path / "outside.pt").write_bytes(data)
+    manifest = Manifest(**manifest_fields("v", file, data))
+    with pytest.raises(CheckpointError, match="outside"):
+        read_published_model(models, manifest)
+
+
+def local_probabilities(payload: dict, png: bytes) -> np.ndarray:
+    from shared.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(payload)
+    norm = payload["normalization"]
+    with torch.inference_mode():
+        return model(normalize(torch.from_numpy(to_mnist(png))[None], norm["mean"], norm["std"])).exp()[0].numpy()
+
+
+def test_a_file_replaced_while_it_is_verified_serves_the_verified_bytes(serve, tmp_path, digit_pngs, monkeypatch):
+    """The file is swapped for another model right after its checksum was computed. The server must load the
+    bytes it verified, not read the file a second time (which would serve unverified weights)."""
+    import shared.checkpoint
+
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    publish(artifacts, "v1", seed=1)
+    running = serve(artifacts)
+    swapped = []
+    real_hashlib = hashlib
+
+    class SwappingHashlib:
+        @staticmethod
+        def sha256(data=b""):
+            digest = real_hashlib.sha256(data)
+            if sys._getframe(1).f_code.co_name == "read_published_model" and not swapped:
+                (models / "v2.pt").write_bytes(model_bytes("v2", model_payload(5)))  # seed 5 replaces seed 2
+                swapped.append(True)
+            return digest
+
+    monkeypatch.setattr(shared.checkpoint, "hashlib", SwappingHashlib)  # publish_model's own hashing is left alone
+    publish_model(models, version="v2", model_payload=model_payload(2))
+    verified = load_checkpoint(io.BytesIO(model_bytes("v2", model_payload(2))))  # the weights that were published
+    assert running.server.store.wait_for_version("v2", timeout=10) is not None
+    assert swapped, "the swap never happened: the test did not exercise the race"
+
+    png = digit_pngs[0][1]
+    response = running.stub.Predict(pb.PredictRequest(image=png), timeout=5)
+    assert response.model_version == "v2"
+    np.testing.assert_allclose(response.prediction.probabilities, local_probabilities(verified, png), atol=1e-5)
+    replaced = load_checkpoint(models / "v2.pt")
+    assert not np.allclose(local_probabilities(replaced, png), local_probabilities(verified, png), atol=1e-3)

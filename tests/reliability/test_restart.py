@@ -1,0 +1,126 @@
+"""A client on inference.client.make_channel sees no failed call while the server restarts on the same port:
+once gracefully (SIGTERM) and once by crashing (SIGKILL, calls in flight). A control client on a plain channel
+(no waitForReady, no retries), calling at the same time, does see failures: the outages are real.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+
+from inference.client import make_channel
+
+from tests.reliability.conftest import publish
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server_process(artifacts: Path, port: int, mnist_dir: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", f"127.0.0.1:{port}", "--artifacts-dir", str(artifacts),
+         "--data-dir", str(mnist_dir), "--torch-threads", "1", "--max-workers", "4", "--grace-period", "5"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if re.search(rf"listening on 127\.0\.0\.1:{port}", line):
+            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+            return process
+    process.kill()
+    raise AssertionError("the server did not start:\n" + "".join(lines))
+
+
+class ClientLoop(threading.Thread):
+    """Predict in a loop; records the version of every answer and every failure."""
+
+    def __init__(self, channel: grpc.Channel, png: bytes, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.stub = inference_pb2_grpc.InferenceStub(channel)
+        self.request = pb.PredictRequest(image=png)
+        self.timeout = timeout
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.versions.append(self.stub.Predict(self.request, timeout=self.timeout).model_version)
+            except grpc.RpcError as e:
+                self.failures.append(f"{e.code().name}: {e.details()}")
+                time.sleep(0.05)
+            time.sleep(0.005)
+
+    def wait_for(self, version: str, more: int = 5, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if version in self.versions and len(self.versions) - self.versions.index(version) >= more:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{version} not answered {more} times; got {self.versions[-5:]}, {self.failures[-3:]}")
+
+
+def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
+    port = free_port()
+    for version in ("v1", "v2", "v3"):
+        publish(tmp_path / version, version, seed=int(version[1]))
+    png = digit_pngs[0][1]
+
+    server = start_server_process(tmp_path / "v1", port, mnist_dir)
+    resilient_channel = make_channel(f"127.0.0.1:{port}")
+    plain_channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    resilient = [ClientLoop(resilient_channel, png, timeout=120) for _ in range(2)]
+    control = ClientLoop(plain_channel, png, timeout=120)
+    try:
+        for client in (*resilient, control):
+            client.start()
+        for client in resilient:
+            client.wait_for("v1")
+
+        server.send_signal(signal.SIGTERM)  # graceful: calls in flight finish, new ones are refused
+        assert server.wait(timeout=60) == 0
+        server = start_server_process(tmp_path / "v2", port, mnist_dir)
+        for client in resilient:
+            client.wait_for("v2")
+
+        server.kill()  # a crash: calls in flight are cut off
+        server.wait(timeout=60)
+        server = start_server_process(tmp_path / "v3", port, mnist_dir)
+        for client in resilient:
+            client.wait_for("v3")
+    finally:
+        for client in (*resilient, control):
+            client.halt.set()
+        for client in (*resilient, control):
+            client.join(30)
+        server.kill()
+        server.wait()
+        resilient_channel.close()
+        plain_channel.close()
+
+    for client in resilient:
+        assert client.failures == []
+        seen = [v for i, v in enumerate(client.versions) if i == 0 or client.versions[i - 1] != v]
+        assert seen == ["v1", "v2", "v3"]
+    assert control.failures, "the control client never failed: the server was never really down"
+    print(f"restarts: {sum(len(c.versions) for c in resilient)} calls on make_channel, none failed; the plain "
+          f"channel's client failed {len(control.failures)} of {len(control.failures) + len(control.versions)}")

@@ -1,0 +1,147 @@
+"""Limits and access control beyond what tests/inference covers.
+
+Already tested elsewhere, not repeated: message size, pixel, byte and batch limits (test_bad_input.py here and
+tests/inference/test_service.py); one Evaluate at a time (test_service.py); TLS, the bearer token on GetModelInfo
+and reflection, open health checks (tests/inference/test_security.py, test_cli.py); weights-only loading and
+paths outside models/ (test_checkpoint_faults.py here, test_lifecycle.py).
+
+Here: the server-wide cap on concurrent calls, Evaluate's cap with N > 1 and its slot given back after a failure
+or an abandoned call, and the token checked on every Inference method before the request is even parsed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+
+from tests.reliability.conftest import publish
+
+TOKEN = "reliability-token"
+
+
+@pytest.fixture
+def blocked(monkeypatch):
+    """Calls that reach the image pipeline (Predict) or Evaluate's scoring wait until released."""
+    import inference.service
+
+    state = {"entered": threading.Semaphore(0), "release": threading.Event()}
+    real_to_mnist, real_evaluate = inference.service.to_mnist, inference.service.evaluate_model
+
+    def wait_then(real):
+        def wrapper(*args, **kwargs):
+            state["entered"].release()
+            state["release"].wait(30)
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(inference.service, "to_mnist", wait_then(real_to_mnist))
+    monkeypatch.setattr(inference.service, "evaluate_model", wait_then(real_evaluate))
+    yield state
+    state["release"].set()
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused(serve, tmp_path, digit_pngs, blocked):
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(max_concurrent_rpcs=2, max_workers=4)
+    request = pb.PredictRequest(image=digit_pngs[0][1])
+    in_flight = [running.stub.Predict.future(request, timeout=30) for _ in range(2)]
+    for _ in in_flight:
+        assert blocked["entered"].acquire(timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(request, timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    blocked["release"].set()
+    assert all(call.result().model_version == "v1" for call in in_flight)
+    assert running.stub.Predict(request, timeout=10).model_version == "v1"  # capacity is back
+
+
+def test_evaluate_cap_of_two(serve, tmp_path, blocked):
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(max_concurrent_evaluations=2)
+    request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
+    first, second = (running.stub.Evaluate.future(request, timeout=60) for _ in range(2))
+    assert blocked["entered"].acquire(timeout=10) and blocked["entered"].acquire(timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Evaluate(request, timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 evaluation(s) already running" in e.value.details()
+    blocked["release"].set()
+    assert first.result().count == second.result().count == 10_000
+
+
+def test_evaluate_gives_its_slot_back_after_a_failure(tmp_path):
+    """MNIST missing: each Evaluate fails with FAILED_PRECONDITION, never with RESOURCE_EXHAUSTED (slot leaked)."""
+    from tests.reliability.conftest import start_server
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    empty = tmp_path / "no-mnist-here"
+    empty.mkdir()
+    running = start_server(tmp_path / "artifacts", empty, max_concurrent_evaluations=1)
+    try:
+        evaluate_three_times(running)
+    finally:
+        running.channel.close()
+        running.server.stop(grace=0)
+
+
+def evaluate_three_times(running) -> None:
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as e:
+            running.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=30)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, blocked):
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(max_concurrent_evaluations=1)
+    request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Evaluate(request, timeout=1)  # the caller's deadline passes while it is held
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert blocked["entered"].acquire(timeout=10)
+    blocked["release"].set()
+    # The abandoned evaluation stops at its next chunk and frees the slot.
+    for _ in range(50):
+        try:
+            assert running.stub.Evaluate(request, timeout=60).count == 10_000
+            break
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            threading.Event().wait(0.1)
+    else:
+        pytest.fail("the slot of the abandoned evaluation was never given back")
+
+
+CALLS = {
+    "Predict": lambda r, md: r.stub.Predict(pb.PredictRequest(image=b"x"), metadata=md, timeout=10),
+    "PredictBatch": lambda r, md: r.stub.PredictBatch(pb.PredictBatchRequest(images=[b"x"]), metadata=md, timeout=10),
+    "Evaluate": lambda r, md: r.stub.Evaluate(pb.EvaluateRequest(), metadata=md, timeout=10),
+    "GetModelInfo": lambda r, md: r.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10),
+    "Predict, request not even protobuf": lambda r, md: r.channel.unary_unary("/mnist.v1.Inference/Predict")(
+        b"\xff\xff\xff", metadata=md, timeout=10),
+}
+
+
+@pytest.mark.parametrize("method", list(CALLS))
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer nope"),)], ids=["no token", "wrong token"])
+def test_every_method_needs_the_token_before_any_work(serve, tmp_path, monkeypatch, method, metadata):
+    from inference.service import InferenceServicer
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(auth_token=TOKEN)
+    reached = []
+    for name in ("_model", "input_contract"):  # the first thing each method does with the servicer
+        real = getattr(InferenceServicer, name)
+        monkeypatch.setattr(InferenceServicer, name,
+                            lambda self, *a, _real=real, _name=name: reached.append(_name) or _real(self, *a))
+    with pytest.raises(grpc.RpcError) as e:
+        CALLS[method](running, metadata)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reached == []
+    # With the token the same servicer answers (the patch above does record real work).
+    running.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
+    assert reached == ["input_contract"]
