@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from shared import settings  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,18 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"{cores} cores usable, {model}; load average {load} at start"
 
 
 def publish_random_model(artifacts: Path) -> str:
@@ -166,7 +154,7 @@ def run_clients(concurrency: int, duration: float, call) -> tuple[int, int, floa
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     rows: list[tuple[str, str, str]] = []
-    header = machine()
+    header = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = args.artifacts_dir
         if artifacts is None:

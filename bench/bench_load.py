@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -41,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from shared import settings  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 
 from inference.client import make_channel  # noqa: E402
 
@@ -67,18 +67,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"{cores} cores usable, {model}; load average {load} at start"
 
 
 def publish(models: Path, version: str, seed: int, width: int) -> None:
@@ -195,7 +183,7 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    header = machine()
+    header = describe_machine()
     mib = 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         models = Path(tmp) / "artifacts" / "models"

@@ -18,8 +18,6 @@ only watched, never used to stop or choose.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from shared.checkpoint import load_checkpoint  # noqa: E402
 from shared.settings import data_dir  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,17 +70,6 @@ def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
     return None
 
 
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -90,7 +77,7 @@ def main() -> None:
     holder = None if args.keep else tempfile.TemporaryDirectory(prefix="bench-train-")
     root = Path(args.keep or holder.name)
     common = {"data": args.data_dir, "device": args.device}
-    print(f"machine: {machine()}\n", flush=True)
+    print(f"machine: {describe_machine()}\n", flush=True)
 
     seed = train(root, "seed", "--preset", "seed", "--epochs", str(args.seed_epochs), **common)
     # The first epoch carries one-off warm-up (allocator, oneDNN kernel choice); the rest are the steady state.
@@ -109,7 +96,7 @@ def main() -> None:
         finals.append((s, best["test_accuracy"], best["val_accuracy"], run["wall"], len(run["history"])))
 
     print("\n=== training benchmark ===")
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"seed preset (original MyNet): {seed_epoch_s:.1f} s/epoch (median of epochs 2..{args.seed_epochs}), "
           f"test accuracy after {len(seed['history'])} epochs {seed['history'][-1]['test_accuracy']:.2%}")
     print(f"default, --epochs {args.quick_epochs}: {quick_epoch_s:.1f} s/epoch, final test accuracy "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import sys
 
@@ -11,11 +10,7 @@ from trainer.train import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = get_args_parser()
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
-                        help="stop after N epochs of this process and leave a checkpoint for --resume "
-                             "(time-boxed machines, tests)")
-    args = parser.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     try:
         run(args)
     except KeyboardInterrupt:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 class AugmentConfig:
     max_rotation_deg: float = 10.0
     max_scale: float = 0.10  # zoom in/out by up to 10 %
-    max_shear: float = 0.15  # slant, as x += shear * y
+    max_shear: float = 0.2  # slant, as x += shear * y
     max_shift_px: float = 2.0
-    stroke_prob: float = 0.3  # fraction of images whose strokes get thicker or thinner
+    stroke_prob: float = 0.5  # fraction of images whose strokes get thicker or thinner
 
 
 def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

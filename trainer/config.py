@@ -66,11 +66,20 @@ PRESETS: dict[str, TrainConfig] = {
 _OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except for on/off switches, where "(default: True)" on --no-publish would mislead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Train an MNIST digit classifier; log to TensorBoard; publish the best model for inference.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         add_help=add_help,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=settings.env_str(settings.ENV_PRESET, "default"),
@@ -108,6 +117,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="name of the run's folder under runs/ (default: time, preset and seed)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run --run-name (default: the newest run) from its last checkpoint")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N epochs of this process and leave a checkpoint for --resume "
+                             "(time-boxed machines, tests)")
     parser.add_argument("--device", default=settings.env_str(settings.ENV_DEVICE, "auto"),
                         help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]")
     parser.add_argument("--no-publish", dest="publish", action="store_false",

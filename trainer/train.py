@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from shared.checkpoint import load_checkpoint, publish_model, remove_stale_temp_files, save_checkpoint, utc_now
 from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, standardize, train_val_split
-from shared.metrics import Evaluation, evaluate, predict_log_probs
+from shared.metrics import Evaluation, evaluate
 from shared.model import build_model, count_parameters
 from shared.settings import Paths
 from trainer.augment import AugmentConfig, augment
@@ -213,9 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if throwaway is not None:
         paths = Paths(Path(throwaway.name))
 
-    pre_device = resolve_device(args.device, int(__import__("os").environ.get("LOCAL_RANK", "0")))
-    dist_info = init_distributed(pre_device)
-    device = pre_device
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family
 
     # Settle the config: a resumed run continues with its own stored settings.
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     splits = load_splits(config, args.data_dir, args.download, device)
-    eval_subset = 500 if args.dry_run else getattr(args, "eval_subset", 0)
+    eval_subset = 500 if args.dry_run else args.eval_subset
     if eval_subset:
         splits = replace(splits, val_x=splits.val_x[:eval_subset], val_y=splits.val_y[:eval_subset],
                          test_x=splits.test_x[:eval_subset], test_y=splits.test_y[:eval_subset])
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if resume_ckpt is None:
             logger.log_graph(model, standardize(splits.test_x[:2].float().div(255).unsqueeze(1)))
 
-    stop_after = getattr(args, "stop_after", None)
+    stop_after = args.stop_after
     epochs_this_process = 0
     start_epoch = state.epoch + 1
     for epoch in range(start_epoch, config.epochs + 1):
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             state.history.append(metrics)
             print(format_epoch_line(metrics, config.epochs), flush=True)
             logger.log_epoch(epoch, metrics)
-            target = getattr(args, "target_accuracy", None)
+            target = args.target_accuracy
             if target and state.target_reached is None and test.accuracy >= target:
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
             payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler)

@@ -1,0 +1,225 @@
+"""Accuracy on users' pictures, per style: drawn styles made from MNIST test digits, and printed digits.
+
+    python bench/bench_user_images.py --checkpoint artifacts/models/<version>.pt     # local model, in-process
+    python bench/bench_user_images.py --target localhost:50051 [--token T]           # a running server (gRPC)
+    ... [--per-style 100] [--per-font 20] [--mnist 2000] [--check]
+
+Every picture goes through exactly what the server runs (shared.image_pipeline.to_mnist, then the model), so
+the local and gRPC figures agree for the same model. `--mnist N` also classifies N genuine MNIST test digits
+twice, directly and as PNG files through the pipeline: the pipeline should cost them (almost) no accuracy.
+`--check` exits 1 when a target is missed: 98% on every drawn style, 90% on printed digits.
+
+For tests and other scripts: `evaluate_styles(predict, pictures)` with any `predict(list[bytes]) -> list[digit
+or None]` (None = the picture was rejected, which counts as wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
+sys.path.insert(0, str(REPO_ROOT))  # tests.user_images lives beside the package, not in it
+
+from tests.user_images import (  # noqa: E402
+    DRAWN_STYLES,
+    PRINTED_STYLE,
+    UserImage,
+    encode,
+    make_printed_digits,
+    make_user_images,
+)
+
+Predict = Callable[[Sequence[bytes]], list]  # encoded pictures -> predicted digit (int) or None if rejected
+DRAWN_TARGET = 0.98
+PRINTED_TARGET = 0.90
+
+
+@dataclass(frozen=True)
+class StyleScore:
+    style: str
+    correct: int
+    total: int
+    rejected: int  # pictures the pipeline refused (counted as wrong)
+    confusions: dict[tuple[int, int], int]  # (true, predicted) -> count, mistakes only
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def target(self) -> float | None:
+        if self.style in DRAWN_STYLES:
+            return DRAWN_TARGET
+        return PRINTED_TARGET if self.style == PRINTED_STYLE else None
+
+
+def evaluate_styles(predict: Predict, pictures: Sequence[UserImage], *, batch_size: int = 64) -> dict[str, StyleScore]:
+    """Run `predict` over the pictures in batches and score each style. Returns {style: StyleScore} in order."""
+    predictions: list = []
+    for start in range(0, len(pictures), batch_size):
+        predictions.extend(predict([p.data for p in pictures[start : start + batch_size]]))
+    scores = {}
+    for style in dict.fromkeys(p.style for p in pictures):
+        pairs = [(p.label, q) for p, q in zip(pictures, predictions) if p.style == style]
+        confusions: dict[tuple[int, int], int] = {}
+        for label, predicted in pairs:
+            if predicted is not None and predicted != label:
+                confusions[(label, predicted)] = confusions.get((label, predicted), 0) + 1
+        scores[style] = StyleScore(
+            style=style,
+            correct=sum(label == predicted for label, predicted in pairs),
+            total=len(pairs),
+            rejected=sum(predicted is None for _, predicted in pairs),
+            confusions=confusions,
+        )
+    return scores
+
+
+def format_report(scores: dict[str, StyleScore]) -> str:
+    header = f"{'style':20s} {'accuracy':>9s} {'correct':>9s} {'rejected':>8s}  target"
+    lines = [header + "  most common mistakes (true->predicted)"]
+    for score in scores.values():
+        target = f"{score.target:.0%}" if score.target is not None else "-"
+        flag = "" if score.target is None else ("ok  " if score.accuracy >= score.target else "MISS")
+        common = sorted(score.confusions.items(), key=lambda kv: -kv[1])[:4]
+        mistakes = ", ".join(f"{t}->{p} x{n}" for (t, p), n in common)
+        counts = f"{score.correct:4d}/{score.total:<4d} {score.rejected:8d}"
+        lines.append(f"{score.style:20s} {score.accuracy:9.2%} {counts}  {target:>4s} {flag} {mistakes}")
+    return "\n".join(lines)
+
+
+def missed_targets(scores: dict[str, StyleScore]) -> list[str]:
+    return [s.style for s in scores.values() if s.target is not None and s.accuracy < s.target]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predictors
+
+
+def local_predictor(checkpoint_path: str | Path, *, device: str = "cpu") -> Predict:
+    """A model file or training checkpoint, run in-process behind the same pipeline as the server."""
+    import torch
+
+    from shared.checkpoint import load_checkpoint, model_from_checkpoint
+    from shared.image_pipeline import ImageRejected, to_mnist
+    from shared.metrics import predict_log_probs
+
+    checkpoint = load_checkpoint(Path(checkpoint_path), map_location=device)
+    model = model_from_checkpoint(checkpoint).to(device)
+    mean, std = checkpoint_normalization(checkpoint)
+
+    def predict(encoded: Sequence[bytes]) -> list:
+        images: list = []
+        for data in encoded:
+            try:
+                images.append(to_mnist(data))
+            except ImageRejected:
+                images.append(None)
+        accepted = [image for image in images if image is not None]
+        digits = iter([])
+        if accepted:
+            batch = torch.from_numpy(np.stack(accepted))  # (N, 28, 28) uint8
+            log_probs = predict_log_probs(model, batch, mean=mean, std=std, device=device)
+            digits = iter(log_probs.argmax(dim=1).tolist())
+        return [None if image is None else next(digits) for image in images]
+
+    return predict
+
+
+def checkpoint_normalization(checkpoint: dict) -> tuple[float, float]:
+    """(mean, std) a checkpoint was trained with; MNIST's own if it does not say."""
+    from shared.data import MNIST_MEAN, MNIST_STD
+
+    stored = checkpoint.get("normalization") or {}
+    if isinstance(stored, dict):
+        return float(stored.get("mean", MNIST_MEAN)), float(stored.get("std", MNIST_STD))
+    mean, std = stored
+    return float(mean), float(std)
+
+
+def grpc_predictor(target: str, *, token: str | None = None, timeout: float = 60.0) -> Predict:
+    """A running inference server: one PredictBatch call per batch (an error result counts as rejected).
+
+    This is the hook tests/test_user_drawings.py uses against a live server: the same pictures, the same scores.
+    """
+    from inference.client import make_channel
+    from inference.security import bearer_metadata
+    from shared.api.mnist.v1 import inference_pb2 as pb
+    from shared.api.mnist.v1 import inference_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.InferenceStub(make_channel(target))
+    metadata = bearer_metadata(token)
+
+    def predict(encoded: Sequence[bytes]) -> list:
+        response = stub.PredictBatch(pb.PredictBatchRequest(images=list(encoded)), timeout=timeout, metadata=metadata)
+        return [r.prediction.digit if r.HasField("prediction") else None for r in response.results]
+
+    return predict
+
+
+def mnist_through_pipeline(predict: Predict, images: np.ndarray, labels: np.ndarray) -> dict[str, StyleScore]:
+    """Genuine MNIST test digits as PNG files: what the pipeline does to real MNIST ("mnist_png")."""
+    pictures = [UserImage(encode(image, "PNG"), int(label), "mnist_png") for image, label in zip(images, labels)]
+    return evaluate_styles(predict, pictures)
+
+
+def mnist_direct_accuracy(checkpoint_path: str | Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """The same digits straight into the model, no pipeline: the baseline for mnist_through_pipeline."""
+    import torch
+
+    from shared.checkpoint import load_checkpoint, model_from_checkpoint
+    from shared.metrics import predict_log_probs
+
+    checkpoint = load_checkpoint(Path(checkpoint_path))
+    mean, std = checkpoint_normalization(checkpoint)
+    log_probs = predict_log_probs(model_from_checkpoint(checkpoint), torch.from_numpy(images), mean=mean, std=std)
+    return float((log_probs.argmax(dim=1).numpy() == labels).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a published model (models/<version>.pt) or checkpoint")
+    source.add_argument("--target", help="host:port of a running inference server")
+    parser.add_argument("--token", default=os.environ.get("MNIST_AUTH_TOKEN") or None,
+                        help="bearer token for --target (env MNIST_AUTH_TOKEN)")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
+    parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style")
+    parser.add_argument("--per-font", type=int, default=20, help="printed digits per font (cycling 0..9)")
+    parser.add_argument("--mnist", type=int, default=0, help="also run this many MNIST test digits as PNG files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check", action="store_true", help="exit 1 if any style misses its target")
+    args = parser.parse_args(argv)
+
+    from shared.data import load_mnist
+
+    mnist = load_mnist(args.data_dir, download=False, verify=False)
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    predict = local_predictor(args.checkpoint) if args.checkpoint else grpc_predictor(args.target, token=args.token)
+    pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed)
+    pictures += make_printed_digits(per_font=args.per_font, seed=args.seed)
+    scores = evaluate_styles(predict, pictures)
+    if args.mnist:
+        scores.update(mnist_through_pipeline(predict, images[: args.mnist], labels[: args.mnist]))
+    print(format_report(scores))
+    if args.mnist and args.checkpoint:
+        direct = mnist_direct_accuracy(args.checkpoint, images[: args.mnist], labels[: args.mnist])
+        print(f"\nMNIST test digits 0..{args.mnist - 1}: {direct:.2%} straight into the model, "
+              f"{scores['mnist_png'].accuracy:.2%} as PNG through the pipeline")
+    missed = missed_targets(scores)
+    if args.check and missed:
+        print(f"\nbelow target: {', '.join(missed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

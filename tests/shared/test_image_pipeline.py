@@ -1,0 +1,496 @@
+"""shared.image_pipeline: any picture of a digit -> a 28x28 MNIST-style digit, or ImageRejected saying why.
+
+Pictures are drawn from MNIST test digits (tests/user_images.py), so each output can be compared with the digit
+it came from: `similarity` is the Pearson correlation of the two 28x28 images (1 = identical up to brightness),
+allowing a shift of one pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image, ImageFile, ImageOps
+
+from shared import image_pipeline as ip
+from shared.image_pipeline import DEFAULT_LIMITS, ImageRejected, Limits, encode_png, to_mnist, to_mnist_array
+from tests import user_images as ui
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist):
+    """(images (10000, 28, 28) uint8, labels (10000,)) of the MNIST test set."""
+    return mnist.test_images.numpy(), mnist.test_labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def digit(test_digits):
+    """A clear MNIST test 7 (index 0): asymmetric, so rotations and flips are visible."""
+    images, labels = test_digits
+    assert labels[0] == 7
+    return images[0]
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two 28x28 images, the best over shifts of up to one pixel.
+
+    Centring by mass rounds to whole pixels, as MNIST's own did, so a redrawn digit may land one pixel beside
+    the original; for thin strokes that alone would halve a plain correlation.
+    """
+    b = b.astype(np.float64).ravel()
+    return max(
+        float(np.corrcoef(np.roll(a, (dy, dx), axis=(0, 1)).astype(np.float64).ravel(), b)[0, 1])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+
+
+def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    mass = img.sum(dtype=np.float64)
+    return float((img * ys).sum() / mass), float((img * xs).sum() / mass)
+
+
+def ink_box(img: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the nonzero pixels' bounding box."""
+    ys, xs = np.nonzero(img)
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def drawing(digit: np.ndarray, *, canvas=(600, 800), height=300, stroke=None, top=150, left=250) -> np.ndarray:
+    """Ink coverage (H, W) float32 in [0, 1]: the digit drawn `height` px tall at (top, left) on an empty canvas.
+
+    The stroke is the MNIST writer's own width unless given.
+    """
+    ink = ui.draw_digit(digit, height, stroke)
+    out = np.zeros(canvas, np.float32)
+    out[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    return out
+
+
+def on_paper(coverage: np.ndarray, ink=(0, 0, 0), paper=(255, 255, 255)) -> np.ndarray:
+    return np.clip(ui.paint(coverage, ink, paper) + 0.5, 0, 255).astype(np.uint8)
+
+
+def assert_mnist_like(out: np.ndarray) -> None:
+    """The output contract: 28x28 uint8, saturated ink, digit inside a 20x20 box, centred by mass on (14, 14)."""
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+    assert out.max() == 255
+    assert max(ink_box(out)) <= 20
+    cy, cx = centre_of_mass(out)
+    assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75, (cy, cx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backgrounds, colours and transparency
+
+
+def test_white_background_drawing_comes_out_bright_on_black(digit):
+    picture = on_paper(drawing(digit))  # (600, 800, 3): black ink on white
+    out = to_mnist(ui.encode(picture, "PNG"))
+    assert_mnist_like(out)
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # the white paper became black
+    assert similarity(out, digit) > 0.9
+    # What the original did (the whole picture resized to 28x28, inverted even) is nothing like MNIST's digit.
+    naive = 255 - np.asarray(Image.fromarray(picture).convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+    assert similarity(naive, digit) < 0.6
+
+
+def test_dark_mode_light_ink_on_dark_background(digit):
+    out = to_mnist(ui.encode(on_paper(drawing(digit), ink=(235, 235, 235), paper=(30, 30, 36)), "PNG"))
+    assert_mnist_like(out)
+    assert similarity(out, digit) > 0.9
+
+
+@pytest.mark.parametrize("rgb", [(0, 0, 0), (255, 255, 255), (30, 90, 200)], ids=["black", "white", "blue"])
+def test_ink_held_only_in_alpha(digit, rgb):
+    """A web canvas export: RGB constant everywhere, the strokes only in alpha, the background transparent."""
+    coverage = drawing(digit, canvas=(400, 400), height=280, top=60, left=100)
+    rgba = np.zeros((400, 400, 4), np.uint8)
+    rgba[:, :, :3] = rgb
+    rgba[:, :, 3] = np.clip(coverage * 255 + 0.5, 0, 255).astype(np.uint8)
+    out = to_mnist(ui.encode(rgba, "PNG"))
+    assert_mnist_like(out)
+    reference = to_mnist(ui.encode(on_paper(coverage), "PNG"))  # the same strokes, black on white
+    assert similarity(out, reference) > 0.98
+
+
+def test_transparent_corners_of_a_photo_vanish_into_the_paper(digit):
+    """Mostly opaque (paper with ink) with transparent corners: the corners must not be taken for ink."""
+    rgb = on_paper(drawing(digit), ink=(40, 40, 40), paper=(200, 200, 190))
+    rgba = np.dstack([rgb, np.full((600, 800), 255, np.uint8)])
+    rgba[:80, :80, 3] = 0
+    rgba[-80:, -80:, 3] = 0
+    out = to_mnist(ui.encode(rgba, "PNG"))
+    assert similarity(out, digit) > 0.9
+
+
+@pytest.mark.parametrize("ink, paper", ui._ISOLUMINANT_PAIRS + [((20, 40, 160), (250, 240, 170))])
+def test_coloured_ink_on_coloured_paper(digit, ink, paper):
+    """Including pairs of (nearly) the same brightness, which a plain grey conversion cannot separate."""
+    out = to_mnist(ui.encode(on_paper(drawing(digit), ink=ink, paper=paper), "PNG"))
+    assert_mnist_like(out)
+    assert similarity(out, digit) > 0.9
+
+
+def test_isoluminant_pairs_really_are_isoluminant():
+    luminance = lambda rgb: 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]  # noqa: E731
+    for ink, paper in ui._ISOLUMINANT_PAIRS:
+        assert abs(luminance(ink) - luminance(paper)) < 15
+
+
+def test_uneven_lighting_noise_blur_and_jpeg(digit):
+    """Photos of paper (gradient, vignette, tilt, blur, noise, JPEG, sometimes EXIF-rotated) still match."""
+    for seed in range(4):
+        out = to_mnist(ui.paper_photo(digit, np.random.default_rng(seed)))
+        assert_mnist_like(out)
+        assert similarity(out, digit) > 0.75, seed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Size, position and stroke width
+
+
+def test_small_off_centre_digit_is_centred_in_a_20x20_box(digit):
+    coverage = drawing(digit, canvas=(900, 1200), height=40, stroke=4, top=820, left=30)  # bottom-left corner
+    out = to_mnist(ui.encode(on_paper(coverage), "PNG"))
+    assert_mnist_like(out)
+    assert max(ink_box(out)) == 20
+    assert similarity(out, digit) > 0.9
+
+
+def test_thin_pen_strokes_are_grown_to_mnist_width(digit):
+    """A 1.5-px pen on a 600-px drawing is 0.1 px at 28x28: without growing it the model would see a faint trace."""
+    out = to_mnist(ui.encode(on_paper(drawing(digit, height=400, stroke=1.5, top=100)), "PNG"))
+    assert_mnist_like(out)
+    assert 0.6 < np.mean(out > 128) / np.mean(digit > 128) < 1.6  # about as much solid ink as the MNIST digit
+    assert similarity(out, digit) > 0.9
+
+
+def test_paint_brush_strokes_are_thinned(digit):
+    """A brush 30% of the digit's height would fill MNIST's box; it comes out near MNIST's width."""
+    thick = to_mnist(ui.encode(on_paper(drawing(digit, height=300, stroke=90)), "PNG"))
+    assert_mnist_like(thick)
+    assert np.mean(thick > 128) / np.mean(digit > 128) < 2.0
+
+
+def test_stroke_ratio_matches_mnist_calibration(test_digits):
+    """The stroke estimator reads MNIST's median ratio on MNIST itself, which the constants rely on."""
+    images, _ = test_digits
+    ratios = [ip.trace_pipeline(image).stroke_ratio for image in images[:300]]
+    assert abs(np.median(ratios) - ip.STROKE_RATIO_TARGET) < 0.01
+
+
+def test_genuine_mnist_digits_pass_through_nearly_unchanged(test_digits):
+    """MNIST is already 20x20-boxed and mass-centred: as PNG files, its digits must come out as themselves."""
+    images, _ = test_digits
+    outputs = np.stack([to_mnist(ui.encode(image, "PNG")) for image in images[:500]])
+    mean_abs_difference = np.abs(outputs.astype(np.int16) - images[:500]).mean(axis=(1, 2))  # grey levels
+    similarities = np.array([similarity(o, i) for o, i in zip(outputs, images[:500])])
+    assert np.median(mean_abs_difference) < 1.0
+    # The rest (MNIST's thinnest 3% and boldest 5%) had their stroke width brought into the usual range.
+    assert np.mean(mean_abs_difference < 2.0) > 0.85
+    assert np.mean(similarities) > 0.97 and np.min(similarities) > 0.6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats
+
+
+def test_exif_orientation_matches_pillow_for_all_eight_values():
+    asymmetric = np.arange(3 * 5 * 3, dtype=np.uint8).reshape(3, 5, 3)
+    for orientation in range(1, 9):
+        img = Image.fromarray(asymmetric)
+        exif = img.getexif()
+        exif[ip.EXIF_ORIENTATION_TAG] = orientation
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG", exif=exif.tobytes())
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))))
+        np.testing.assert_array_equal(ip.apply_exif_orientation(asymmetric, orientation), expected, str(orientation))
+
+
+@pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])
+def test_exif_rotated_photo_comes_out_upright(digit, orientation, stored_as):
+    """Phones store the sensor's pixels sideways and an EXIF tag saying how to turn them."""
+    upright = on_paper(drawing(digit), ink=(30, 30, 30), paper=(210, 210, 205))
+    stored = np.ascontiguousarray(np.rot90(upright, stored_as))
+    exif = Image.Exif()
+    exif[ip.EXIF_ORIENTATION_TAG] = orientation
+    out = to_mnist(ui.encode(stored, "JPEG", quality=90, exif=exif.tobytes()))
+    assert similarity(out, to_mnist(ui.encode(upright, "JPEG", quality=90))) > 0.95
+    assert similarity(out, digit) > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
+def test_common_formats(digit, fmt):
+    out = to_mnist(ui.encode(on_paper(drawing(digit), ink=(20, 20, 120)), fmt))
+    assert similarity(out, digit) > 0.9
+
+
+def test_16_bit_grey_png(digit):
+    grey = on_paper(drawing(digit))[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(buffer, "PNG")  # mode I;16
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    out = to_mnist(buffer.getvalue())
+    np.testing.assert_allclose(out, to_mnist(ui.encode(grey, "PNG")), atol=2)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_cmyk(digit, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(on_paper(drawing(digit), ink=(120, 20, 20))).convert("CMYK").save(buffer, fmt)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "CMYK"
+    assert similarity(to_mnist(buffer.getvalue()), digit) > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparent_background(digit, fmt):
+    """A palette image whose background index is transparent and whose (transparent) colour is the ink's."""
+    coverage = drawing(digit) > 0.5
+    indices = coverage.astype(np.uint8)  # 0 = background, 1 = ink
+    img = Image.fromarray(indices, mode="L").convert("P")
+    img.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)  # both black: only the transparency tells them apart
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, transparency=0)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "P"
+    assert similarity(to_mnist(buffer.getvalue()), digit) > 0.9
+
+
+def multi_frame(fmt: str, first: np.ndarray, second: np.ndarray) -> bytes:
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], **({"duration": 100} if fmt == "GIF" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_multi_frame_uses_the_first_frame(test_digits, fmt):
+    images, labels = test_digits
+    seven, two = images[0], images[1]
+    assert (labels[0], labels[1]) == (7, 2)
+    data = multi_frame(fmt, on_paper(drawing(seven))[:, :, 0], on_paper(drawing(two))[:, :, 0])
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+    out = to_mnist(data)
+    assert similarity(out, seven) > 0.9 and similarity(out, two) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rejections
+
+
+def blank_photo() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    paper = np.full((480, 640, 3), 200, np.float32) * ui.lighting(480, 640, rng)[:, :, None]
+    return np.clip(paper + rng.normal(0, 4, paper.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ui.encode(np.full((300, 300), 255, np.uint8), "PNG"),
+        ui.encode(np.zeros((300, 300), np.uint8), "PNG"),
+        ui.encode(np.full((300, 300, 3), (40, 160, 90), np.uint8), "JPEG"),
+        ui.encode(blank_photo(), "JPEG", quality=70),
+    ],
+    ids=["white", "black", "green_jpeg", "blank_paper_photo"],
+)
+def test_blank_image_is_rejected(data):
+    with pytest.raises(ImageRejected, match="no ink found: the picture looks blank"):
+        to_mnist(data)
+
+
+def test_fully_transparent_image_is_rejected():
+    with pytest.raises(ImageRejected, match="fully transparent"):
+        to_mnist(ui.encode(np.zeros((100, 100, 4), np.uint8), "PNG"))
+
+
+def test_a_speck_is_not_a_digit():
+    white = np.full((400, 400), 255, np.uint8)
+    white[200:203, 100:103] = 0
+    with pytest.raises(ImageRejected, match="specks"):
+        to_mnist(ui.encode(white, "PNG"))
+
+
+def png_bytes() -> bytes:
+    return ui.encode(np.full((64, 64), 255, np.uint8), "PNG")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty image"),
+        (b"hello, this is not a picture", "not a picture in a format we read .* PNG, JPEG, GIF, BMP, TIFF, WebP"),
+        (b"%PDF-1.7\n1 0 obj", "looks like a PDF"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "looks like text or SVG"),
+        (png_bytes()[:60], "damaged or truncated"),
+        (png_bytes()[:33] + b"\x00" * 200, "starts like a PNG but its header is damaged or truncated"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF/AVIF pictures are not accepted; export .* as JPEG"),
+    ],
+    ids=["empty", "text", "pdf", "svg", "truncated_png", "garbled_png", "heic"],
+)
+def test_bad_bytes_are_rejected_with_a_clear_message(data, message):
+    with pytest.raises(ImageRejected, match=message):
+        to_mnist(data)
+
+
+def test_too_many_bytes():
+    data = png_bytes()
+    with pytest.raises(ImageRejected, match=f"image is {len(data):,} bytes; the limit is 100"):
+        to_mnist(data, limits=Limits(max_bytes=100, max_pixels=10**6))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 8-bit grey pixels, followed by a few bytes of data."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 4096)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [(8000, 6000), (100_000, 100_000)], ids=["48MP", "10GP_pillow_limit"])
+def test_decompression_bomb_is_rejected_before_decoding(monkeypatch, width, height):
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
+    start = time.perf_counter()
+    with pytest.raises(ImageRejected, match="pixels"):
+        to_mnist(png_declaring(width, height))
+    assert decoded == [] and time.perf_counter() - start < 0.5
+
+
+def test_pixel_limit_is_configurable(digit):
+    data = ui.encode(on_paper(drawing(digit)), "PNG")  # 800x600
+    with pytest.raises(ImageRejected, match="800x600 = 480,000 pixels; the limit is 479,999"):
+        to_mnist(data, limits=Limits(max_bytes=10**7, max_pixels=479_999))
+    assert to_mnist(data, limits=Limits(max_bytes=10**7, max_pixels=480_000)).shape == (28, 28)
+
+
+def test_limits():
+    assert DEFAULT_LIMITS.max_bytes == 10 * 1024 * 1024 and DEFAULT_LIMITS.max_pixels == 40_000_000
+    with pytest.raises(ValueError):
+        Limits(max_bytes=0, max_pixels=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arrays, PNG output, the generator
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda a: a,
+        lambda a: a[:, :, None],
+        lambda a: a.astype(np.float32) / 255,
+        lambda a: a.astype(np.uint16) * 257,
+        lambda a: a < 128,  # bool: True where the ink is
+        lambda a: np.dstack([a, a, a]),
+        lambda a: np.dstack([a, a, a, np.full_like(a, 255)]),
+    ],
+    ids=["grey", "grey_1_channel", "float", "uint16", "bool", "rgb", "rgba"],
+)
+def test_to_mnist_array_accepts_decoded_arrays(digit, convert):
+    grey = on_paper(drawing(digit))[:, :, 0]  # (600, 800) uint8, black on white
+    assert similarity(to_mnist_array(convert(grey)), digit) > 0.9
+
+
+def test_encode_png_round_trips(digit):
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(digit))))
+    np.testing.assert_array_equal(decoded, digit)
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((28, 29), np.uint8))
+
+
+def test_user_images_are_deterministic_and_all_accepted(test_digits):
+    images, labels = test_digits
+    first = ui.make_user_images(images, labels, per_style=2, seed=3)
+    assert first == ui.make_user_images(images, labels, per_style=2, seed=3)
+    assert first != ui.make_user_images(images, labels, per_style=2, seed=4)
+    assert {p.style for p in first} == set(ui.DRAWN_STYLES)
+    printed = ui.make_printed_digits(per_font=10, seed=3, fonts=ui.available_fonts()[:2])
+    assert [p.label for p in printed] == list(range(10)) * 2
+    for picture in first + printed:
+        assert_mnist_like(to_mnist(picture.data))
+
+
+def test_drawn_styles_resemble_their_source_digits(test_digits):
+    """A model-free check of each style: the output looks like the MNIST digit it was drawn from."""
+    images, labels = test_digits
+    for style in ui.DRAWN_STYLES:
+        pictures = ui.make_user_images(images, labels, per_style=4, seed=1, styles=[style])
+        sources = ui.source_indices(images, 4, ui.style_generator(style, 1), style)
+        scores = [similarity(to_mnist(p.data), images[i]) for p, i in zip(pictures, sources)]
+        assert np.mean(scores) > 0.8, (style, scores)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property-based: whatever arrives, the answer is a 28x28 uint8 digit or ImageRejected, nothing else.
+
+FUZZ = settings(max_examples=100, deadline=1000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBP"]
+
+
+def assert_digit_or_rejected(call) -> None:
+    try:
+        out = call()
+    except ImageRejected:
+        return
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the garbage it is fed ("Corrupt EXIF")
+@FUZZ
+@given(prefix=st.sampled_from(MAGIC), body=st.binary(max_size=2000))
+def test_fuzz_random_bytes(prefix, body):
+    assert_digit_or_rejected(lambda: to_mnist(prefix + body))
+
+
+small_arrays = hnp.arrays(
+    dtype=np.uint8,
+    shape=st.one_of(
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+        st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 2, 3, 4])),
+    ),
+)
+
+
+@FUZZ
+@given(array=small_arrays)
+def test_fuzz_random_arrays(array):
+    assert_digit_or_rejected(lambda: to_mnist_array(array))
+
+
+@FUZZ
+@given(
+    array=small_arrays.filter(lambda a: a.ndim == 2 or a.shape[2] in (3, 4)),
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF"]),
+)
+def test_fuzz_random_pictures_as_files(array, fmt):
+    if fmt == "JPEG" and array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    assert_digit_or_rejected(lambda: to_mnist(ui.encode(array, fmt)))
+
+
+@pytest.mark.parametrize("shape", [(1, 20_000), (20_000, 1), (3, 400), (1, 65)])
+def test_extreme_aspect_ratios_do_not_break_the_background_fit(shape):
+    """A side shorter than half the sampling step once left the paper estimate with no samples (IndexError)."""
+    strip = np.full(shape, 255, np.uint8)
+    long_side = max(shape)
+    if shape[0] == 1 or shape[0] < shape[1]:
+        strip[:, long_side // 2 - long_side // 10 : long_side // 2 + long_side // 10] = 0
+    else:
+        strip[long_side // 2 - long_side // 10 : long_side // 2 + long_side // 10, :] = 0
+    out = to_mnist_array(strip)
+    assert out.shape == (28, 28) and out.dtype == np.uint8 and out.max() == 255

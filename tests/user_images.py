@@ -1,0 +1,421 @@
+"""Realistic users' pictures of digits, made from MNIST *test* digits (which no model trains on) and from fonts.
+
+Each style imitates one way people send a digit: a paint program, a web canvas that keeps the ink in the alpha
+channel, a thin pen, a small digit somewhere on a big canvas, coloured ink on coloured paper, a phone photo of
+paper, dark mode, and typed digits in the machine's fonts. Everything is deterministic given the seed.
+
+    from tests.user_images import make_user_images, make_printed_digits
+    images = make_user_images(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=50, seed=0)
+    for data, label, style in images: ...       # data: the encoded file's bytes
+
+A MNIST digit becomes a drawing at realistic resolution by upscaling it smoothly (cubic) and binarising it, then
+changing its stroke width with distance transforms (anti-aliased edges): grown for a brush, eroded a little for a
+finer pen. For a pen far finer than the writer's (1-3 px on a big canvas) the shape is thinned to a one-pixel
+skeleton (Zhang-Suen) and traced with a round pen. So the same digit can be drawn with a 1-pixel pen or a
+60-pixel brush.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+class UserImage(NamedTuple):
+    data: bytes  # an encoded image file (PNG, JPEG, ...)
+    label: int
+    style: str
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing a MNIST digit at any size with any pen
+
+
+def digit_shape(digit: np.ndarray, height: int) -> np.ndarray:
+    """A (28, 28) uint8 MNIST digit at `height` pixels for its bounding box's long side: (h, w) bool.
+
+    Cropped to the ink, upscaled smoothly (cubic), binarised at mid-grey; a margin of two pixels.
+    """
+    ys, xs = np.nonzero(digit > 30)
+    crop = cv2.copyMakeBorder(digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 2, 2, 2, 2,
+                              cv2.BORDER_CONSTANT, value=0)
+    scale = height / (max(crop.shape) - 4)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    return cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC) >= 128
+
+
+def stroke_width_of(shape: np.ndarray) -> float:
+    """2 * area / perimeter of a (h, w) bool shape: a stroke's width, in pixels."""
+    contours, _ = cv2.findContours(shape.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return 2.0 * np.count_nonzero(shape) / max(sum(cv2.arcLength(c, True) for c in contours), 1.0)
+
+
+def reshape_stroke(shape: np.ndarray, radius: float) -> np.ndarray:
+    """Grow (radius > 0) or erode (< 0) a (h, w) bool shape's strokes: (h', w') float32 coverage, anti-aliased."""
+    pad = int(np.ceil(max(radius, 0))) + 2
+    shape = np.pad(shape, pad)
+    if radius >= 0:
+        outside = cv2.distanceTransform((~shape).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        return np.clip(radius + 1.0 - outside, 0, 1).astype(np.float32)  # the shape's own pixels are at 0
+    inside = cv2.distanceTransform(shape.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.clip(inside + radius, 0, 1).astype(np.float32)  # its edge pixels are at 1
+
+
+def zhang_suen_thinning(mask: np.ndarray) -> np.ndarray:
+    """Thin a (h, w) bool shape to a one-pixel, 8-connected skeleton (Zhang & Suen, 1984), whole-array steps.
+
+    Each pass looks at every pixel's 8 neighbours P2..P9 (clockwise from north) at once through shifted views.
+    """
+    img = np.pad(mask.astype(np.uint8), 1)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = [
+                img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2 (N), P3 (NE), P4 (E), P5 (SE)
+                img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2],  # P6 (S), P7 (SW), P8 (W), P9 (NW)
+            ]
+            neighbours = sum(q.astype(np.int16) for q in p)
+            transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.int16) for i in range(8))
+            if step == 0:
+                open_side = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
+            else:
+                open_side = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
+            delete = (img[1:-1, 1:-1] == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & open_side
+            if delete.any():
+                img[1:-1, 1:-1][delete] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
+def pen_stroke(skeleton: np.ndarray, radius: float) -> np.ndarray:
+    """Paint a skeleton (h, w) bool with a round pen: (h + 2p, w + 2p) float32 coverage in [0, 1], anti-aliased."""
+    pad = int(np.ceil(radius)) + 2
+    skeleton = np.pad(skeleton, pad)
+    distance = cv2.distanceTransform((~skeleton).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.clip(radius + 0.5 - distance, 0, 1).astype(np.float32)
+
+
+def draw_digit(digit: np.ndarray, height: int, stroke_width: float | None = None) -> np.ndarray:
+    """The digit drawn `height` pixels tall with strokes `stroke_width` pixels wide: (h, w) float32 coverage.
+
+    At or above the writer's own width, the MNIST shape itself is grown (it keeps the writer's pressure
+    variations). Somewhat thinner, it is eroded, with its centre line traced at half the width on top so that
+    thin parts do not break (measured: +1 point of a MNIST model's accuracy over erosion alone). Far thinner (a
+    fine pen on a big canvas), only the centre line is traced, with a round pen. None keeps the writer's width.
+    """
+    shape = digit_shape(digit, height)
+    natural = stroke_width_of(shape)
+    stroke_width = natural if stroke_width is None else stroke_width
+    if stroke_width >= natural:
+        return reshape_stroke(shape, (stroke_width - natural) / 2)
+    centre_line = zhang_suen_thinning(shape)
+    if stroke_width < 0.6 * natural:
+        return pen_stroke(centre_line, max(stroke_width, 1.0) / 2)
+    eroded = reshape_stroke(shape, (stroke_width - natural) / 2)  # padded by 2
+    traced = pen_stroke(centre_line, max(stroke_width / 4, 0.5))  # padded by ceil(radius) + 2
+    margin = (traced.shape[0] - eroded.shape[0]) // 2
+    return np.maximum(np.pad(eroded, margin), traced)
+
+
+def place(canvas_shape: tuple[int, int], ink: np.ndarray, rng: np.random.Generator, *, margin: float = 0.02,
+          centre_bias: float = 0.0) -> np.ndarray:
+    """Put an ink coverage patch at a random position on an empty (H, W) canvas. (H, W) float32.
+
+    centre_bias in [0, 1] pulls the position towards the middle (0 = anywhere that fits).
+    """
+    height, width = canvas_shape
+    h, w = ink.shape
+    if h > height or w > width:  # shrink a patch that does not fit
+        scale = min(height / h, width / w) * 0.95
+        ink = cv2.resize(ink, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+        h, w = ink.shape
+    m_y, m_x = int(margin * height), int(margin * width)
+    free_y, free_x = max(height - h - 2 * m_y, 0), max(width - w - 2 * m_x, 0)
+    fy, fx = rng.uniform(0, 1, 2)
+    fy, fx = (1 - centre_bias) * fy + centre_bias * 0.5, (1 - centre_bias) * fx + centre_bias * 0.5
+    top, left = min(m_y + int(fy * free_y), height - h), min(m_x + int(fx * free_x), width - w)
+    canvas = np.zeros(canvas_shape, np.float32)
+    canvas[top : top + h, left : left + w] = ink
+    return canvas
+
+
+def paint(coverage: np.ndarray, ink_rgb: Iterable[float], paper_rgb: Iterable[float]) -> np.ndarray:
+    """Colour a coverage map (H, W) in [0, 1]: (H, W, 3) float32 RGB, paper where 0, ink where 1."""
+    ink_rgb = np.asarray(list(ink_rgb), np.float32)
+    paper_rgb = np.asarray(list(paper_rgb), np.float32)
+    return paper_rgb + coverage[:, :, None] * (ink_rgb - paper_rgb)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    """uint8 or float (H, W[, C]) array -> encoded file bytes via Pillow (fmt: PNG, JPEG, WEBP, ...)."""
+    if array.dtype != np.uint8:
+        array = np.clip(array + 0.5, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def pick(rng: np.random.Generator, choices):
+    return choices[int(rng.integers(len(choices)))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawn styles. Each takes a (28, 28) uint8 MNIST digit and a generator and returns the encoded file.
+
+
+def paint_program(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Black (or dark) brush on a white canvas, thick strokes, big canvas, digit off-centre. PNG."""
+    width, height = pick(rng, [(800, 600), (1024, 768), (1280, 720), (640, 640)])
+    digit_height = int(rng.uniform(0.35, 0.75) * height)
+    brush = rng.uniform(0.12, 0.28) * digit_height
+    coverage = place((height, width), draw_digit(digit, digit_height, brush), rng)
+    ink = pick(rng, [(0, 0, 0), (20, 20, 20), (0, 0, 0), (40, 30, 120), (150, 0, 0)])
+    return encode(paint(coverage, ink, (255, 255, 255)), "PNG")
+
+
+def web_canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A browser canvas export: RGBA, transparent background, the strokes only in alpha (RGB constant). PNG."""
+    width, height = pick(rng, [(280, 280), (400, 400), (500, 300), (300, 300)])
+    digit_height = int(rng.uniform(0.5, 0.85) * height)
+    coverage = place((height, width), draw_digit(digit, digit_height, rng.uniform(0.07, 0.18) * digit_height), rng,
+                     centre_bias=0.5)
+    rgb = pick(rng, [(0, 0, 0), (0, 0, 0), (255, 255, 255), (30, 90, 200)])  # (0,0,0,0) is an empty canvas's pixel
+    rgba = np.empty((height, width, 4), np.uint8)
+    rgba[:, :, :3] = rgb
+    rgba[:, :, 3] = np.clip(coverage * 255 + 0.5, 0, 255).astype(np.uint8)
+    return encode(rgba, "PNG")
+
+
+def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A thin pen (1-3 px) on a white canvas, the stroke a small fraction of MNIST's relative width. PNG."""
+    side = int(rng.integers(400, 800))
+    digit_height = int(rng.uniform(0.4, 0.8) * side)
+    coverage = place((side, side), draw_digit(digit, digit_height, rng.uniform(1.0, 3.0)), rng)
+    ink = pick(rng, [(0, 0, 0), (10, 30, 140), (60, 60, 60)])
+    return encode(paint(coverage, ink, (255, 255, 255)), "PNG")
+
+
+def small_off_centre(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A small digit (25-80 px) anywhere on a big canvas. PNG."""
+    width, height = pick(rng, [(1200, 900), (1600, 1200), (1000, 1000), (1920, 1080)])
+    digit_height = int(rng.integers(25, 80))
+    coverage = place((height, width), draw_digit(digit, digit_height, rng.uniform(0.07, 0.16) * digit_height), rng)
+    return encode(paint(coverage, (0, 0, 0), (255, 255, 255)), "PNG")
+
+
+# Pairs (ink, paper) that differ mainly in hue: their luminances are within ~15 grey levels of each other.
+_ISOLUMINANT_PAIRS = [
+    ((200, 40, 40), (50, 125, 50)),  # red on green
+    ((40, 80, 220), (160, 60, 70)),  # blue on red
+    ((220, 60, 160), (90, 150, 120)),  # magenta on sea green
+    ((240, 200, 0), (180, 200, 255)),  # yellow on light blue
+]
+
+
+def coloured(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Coloured ink on coloured paper; a third of them with both of about the same brightness. PNG or JPEG."""
+    side = int(rng.integers(300, 800))
+    digit_height = int(rng.uniform(0.4, 0.8) * side)
+    coverage = place((side, side), draw_digit(digit, digit_height, rng.uniform(0.06, 0.18) * digit_height), rng)
+    if rng.uniform() < 1 / 3:
+        ink, paper = pick(rng, _ISOLUMINANT_PAIRS)
+    else:
+        while True:
+            ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            if np.abs(ink - paper).max() >= 100:
+                break
+    image = paint(coverage, ink, paper)
+    return encode(image, "PNG") if rng.uniform() < 0.5 else encode(image, "JPEG", quality=92)
+
+
+def dark_mode(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Light ink on a dark background, as drawing apps in dark mode export. PNG."""
+    side = int(rng.integers(300, 700))
+    digit_height = int(rng.uniform(0.45, 0.8) * side)
+    coverage = place((side, side), draw_digit(digit, digit_height, rng.uniform(0.07, 0.18) * digit_height), rng)
+    paper = np.array([1, 1, 1.15]) * rng.uniform(15, 45)
+    ink = pick(rng, [(255, 255, 255), (230, 230, 230), (120, 220, 255), (255, 230, 120)])
+    return encode(paint(coverage, ink, paper), "PNG")
+
+
+def paper_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A phone photo of a digit written with a ballpoint on paper. JPEG.
+
+    Greyish, slightly tinted paper; a lighting gradient and vignette; a few degrees of rotation and perspective;
+    defocus blur; sensor noise; JPEG compression; and in a third of them the pixels stored sideways with an EXIF
+    orientation tag, as phones do.
+    """
+    width, height = pick(rng, [(640, 480), (640, 480), (1024, 768), (1280, 960)])
+    digit_height = int(rng.uniform(0.35, 0.65) * height)
+    coverage = place((height, width), draw_digit(digit, digit_height, rng.uniform(0.035, 0.08) * digit_height), rng,
+                     margin=0.15, centre_bias=0.4)
+    paper = rng.uniform(150, 225) * np.array([1.0, rng.uniform(0.97, 1.02), rng.uniform(0.9, 1.0)])
+    ink = pick(rng, [(25, 25, 35), (20, 35, 110), (45, 45, 45)])
+    image = paint(coverage, ink, paper)
+    image = tilt_and_perspective(image, rng, paper)
+    image *= lighting(height, width, rng)[:, :, None]
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.3))
+    image += rng.normal(0, rng.uniform(2, 6), image.shape).astype(np.float32)
+    orientation = pick(rng, [1, 1, 6, 8])
+    stored = {1: image, 6: np.rot90(image, 1), 8: np.rot90(image, -1)}[orientation]  # what the sensor wrote
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(np.ascontiguousarray(stored), "JPEG", quality=int(rng.integers(55, 90)), exif=exif.tobytes())
+
+
+def tilt_and_perspective(image: np.ndarray, rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
+    """Rotate by up to 6 degrees and move each corner by up to 4% of the size (a phone held at a slight angle)."""
+    height, width = image.shape[:2]
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    angle = np.radians(rng.uniform(-6, 6))
+    centre = np.float32([width / 2, height / 2])
+    rotation = np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = (corners - centre) @ rotation.T + centre
+    moved += rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * np.float32([width, height])
+    homography = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
+    return cv2.warpPerspective(image, homography, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(c) for c in paper))
+
+
+def lighting(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) float32 multiplier in ~[0.6, 1]: a linear gradient in a random direction plus a vignette."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    x, y = xs / width - 0.5, ys / height - 0.5
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = (x * np.cos(direction) + y * np.sin(direction)) + 0.5  # 0..1 across the picture
+    vignette = x * x + y * y  # 0 at the centre, 0.5 at the corners
+    return (1.0 - rng.uniform(0.05, 0.3) * ramp - rng.uniform(0.0, 0.3) * vignette).astype(np.float32)
+
+
+DRAWN_STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "paint_program": paint_program,
+    "web_canvas_alpha": web_canvas,
+    "thin_pen": thin_pen,
+    "small_off_centre": small_off_centre,
+    "coloured": coloured,
+    "paper_photo": paper_photo,
+    "dark_mode": dark_mode,
+}
+PRINTED_STYLE = "printed"
+
+
+def make_user_images(images: np.ndarray, labels: np.ndarray, *, per_style: int = 20, seed: int = 0,
+                     styles: Iterable[str] | None = None) -> list[UserImage]:
+    """`per_style` pictures in each drawn style, from randomly chosen MNIST test digits (N, 28, 28) uint8.
+
+    Deterministic for a given seed: each style draws from its own generator, so adding a style does not change
+    the others' pictures.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    out = []
+    for style in styles or DRAWN_STYLES:
+        rng = style_generator(style, seed)
+        for i in source_indices(images, per_style, rng, style):
+            out.append(UserImage(DRAWN_STYLES[style](images[i], rng), int(labels[i]), style))
+    return out
+
+
+def style_generator(style: str, seed: int) -> np.random.Generator:
+    """The generator a style draws from: seeded by (seed, a checksum of the style's name)."""
+    return np.random.default_rng([seed, zlib.crc32(style.encode())])
+
+
+# A pen 1-3 px wide cannot draw a blob: MNIST's boldest 2% (stroke wider than this fraction of the digit's size)
+# are not drawn in the thin-pen style, where thinning them to a centre line would turn them into other shapes.
+THIN_PEN_MAX_SOURCE_STROKE = 0.2
+
+
+def source_indices(images: np.ndarray, per_style: int, rng: np.random.Generator, style: str) -> list[int]:
+    """Which MNIST digits a style draws (the generator's first draws), so a caller can find each picture's source:
+    `source_indices(images, per_style, style_generator(style, seed), style)` gives the same indices again."""
+    candidates = rng.permutation(len(images))
+    if style != "thin_pen":
+        return [int(i) for i in candidates[:per_style]]
+    line_like = (i for i in candidates if source_stroke_ratio(images[i]) <= THIN_PEN_MAX_SOURCE_STROKE)
+    return [int(i) for _, i in zip(range(per_style), line_like)]
+
+
+def source_stroke_ratio(digit: np.ndarray) -> float:
+    """A MNIST digit's stroke width / box size (0.11 typical), measured on its 4x upscaled shape."""
+    return stroke_width_of(digit_shape(digit, 80)) / 80
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Printed digits
+
+# Fonts that draw ordinary digits: DejaVu and STIX ship with matplotlib (always present where the project is
+# installed); Computer Modern Roman/Sans/Typewriter too. Maths and symbol fonts are left out (cmmi10's digits
+# are old-style, cmex/cmsy hold none).
+_FONT_NAMES = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf", "DejaVuSansCondensed.ttf", "DejaVuSans-ExtraLight.ttf", "DejaVuSerifCondensed.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf",
+)
+# Other fonts a machine may have, by file name pattern (Liberation, Noto, FreeFont, Ubuntu, ...).
+_EXTRA_FONT_PATTERNS = ("Liberation*-Regular.ttf", "Liberation*-Bold.ttf", "NotoSans-Regular.ttf",
+                        "NotoSerif-Regular.ttf", "NotoSansMono-Regular.ttf", "Free*.ttf", "Ubuntu-R.ttf")
+
+
+@lru_cache(maxsize=1)
+def available_fonts() -> tuple[Path, ...]:
+    """The digit fonts on this machine, matplotlib's first, one file per name, sorted for determinism."""
+    import matplotlib
+
+    folders = [Path(matplotlib.get_data_path()) / "fonts" / "ttf", Path("/usr/share/fonts"),
+               Path("/usr/local/share/fonts"), Path.home() / ".fonts"]
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for name in _FONT_NAMES:
+            for path in sorted(folder.rglob(name)):
+                found.setdefault(path.name, path)
+        for pattern in _EXTRA_FONT_PATTERNS:
+            for path in sorted(folder.rglob(pattern)):
+                found.setdefault(path.name, path)
+    return tuple(sorted(found.values(), key=lambda p: p.name))
+
+
+def printed_digit(digit: int, font_path: Path, rng: np.random.Generator) -> bytes:
+    """One typed digit: a random size (16-220 px), position and colour scheme, as a screenshot would be."""
+    size = int(pick(rng, [16, 24, 40, 72, 120, 220]))
+    font = ImageFont.truetype(str(font_path), size)
+    left, top, right, bottom = font.getbbox(str(digit))
+    text_w, text_h = right - left, bottom - top
+    pad_x, pad_y = int(rng.integers(4, 4 + 3 * text_w)), int(rng.integers(4, 4 + 2 * text_h))
+    width, height = text_w + 2 * pad_x, text_h + 2 * pad_y
+    scheme = pick(rng, ["black_on_white", "black_on_white", "grey_on_white", "white_on_dark", "blue_on_yellow"])
+    ink, paper = {
+        "black_on_white": ((0, 0, 0), (255, 255, 255)),
+        "grey_on_white": ((90, 90, 90), (250, 250, 250)),
+        "white_on_dark": ((240, 240, 240), (30, 30, 36)),
+        "blue_on_yellow": ((20, 40, 160), (250, 240, 170)),
+    }[scheme]
+    canvas = Image.new("RGB", (width, height), paper)
+    x = int(rng.integers(0, 2 * pad_x - 3)) if pad_x > 2 else 0
+    y = int(rng.integers(0, 2 * pad_y - 3)) if pad_y > 2 else 0
+    ImageDraw.Draw(canvas).text((x - left + 2, y - top + 2), str(digit), font=font, fill=ink)
+    fmt = "PNG" if rng.uniform() < 0.7 else "JPEG"
+    buffer = io.BytesIO()
+    canvas.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def make_printed_digits(*, per_font: int = 10, seed: int = 0, fonts: Iterable[Path] | None = None) -> list[UserImage]:
+    """`per_font` typed digits per available font, cycling 0..9 (so 10 gives every digit once per font)."""
+    out = []
+    for font_index, font_path in enumerate(fonts or available_fonts()):
+        rng = np.random.default_rng([seed, 1000 + font_index])
+        for i in range(per_font):
+            out.append(UserImage(printed_digit(i % 10, font_path, rng), i % 10, PRINTED_STYLE))
+    return out
