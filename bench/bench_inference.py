@@ -20,10 +20,6 @@ The client runs on the same cores as the server, so the figures include its cost
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +36,7 @@ from shared import settings  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
+from bench.server_process import digit_pngs, start_server, stop_server  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,47 +73,6 @@ def publish_random_model(artifacts: Path) -> str:
         "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench", "epoch": 0,
     })
     return version
-
-
-def start_server(artifacts: Path, args) -> tuple[subprocess.Popen, int, list[str]]:
-    env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(args.data_dir)}
-    # INFO logs loads and failures only, nothing per successful call; its "listening on" line gives the port.
-    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO",
-               "--torch-threads", str(args.torch_threads), "--max-workers", str(args.max_workers),
-               "--max-batch-size", str(max(256, args.batch_size))]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            raise SystemExit("the server exited:\n" + "".join(lines))
-        lines.append(line)
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            # Drain the rest of its log in the background so the pipe never fills and blocks the server.
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-            return process, int(match.group(1)), lines
-    process.kill()
-    raise SystemExit("the server did not start in 120 s:\n" + "".join(lines))
-
-
-def digit_pngs(data_dir: Path, count: int) -> list[bytes]:
-    from PIL import Image
-
-    from shared.data import FILES, find_file, read_idx_file
-
-    name, _, _ = FILES["test_images"]
-    path = find_file(data_dir, name)
-    if path is None:
-        raise SystemExit(f"MNIST test images not found in {data_dir}; pass --data-dir")
-    images = read_idx_file(path)[:count]
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 def run_clients(concurrency: int, duration: float, call) -> tuple[int, int, float]:
@@ -160,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if artifacts is None:
             artifacts = Path(tmp) / "artifacts"
             publish_random_model(artifacts)
-        process, port, _ = start_server(artifacts, args)
+        process, port = start_server(artifacts, args.data_dir, [
+            "--torch-threads", str(args.torch_threads), "--max-workers", str(args.max_workers),
+            "--max-batch-size", str(max(256, args.batch_size))])
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             stub = inference_pb2_grpc.InferenceStub(channel)
@@ -208,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"server {response.seconds:.2f} s, accuracy {response.accuracy:.2%}, target < 5 s"))
             channel.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_server(process)
 
     print(f"inference benchmark: {header}")
     print(f"model: {info.version} ({info.arch} {info.arch_kwargs_json}, {info.parameter_count:,} parameters)")

@@ -18,11 +18,7 @@ model never reached the clients, or RSS grew by more than --max-rss-growth-mib f
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +37,7 @@ from shared import settings  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
+from bench.server_process import digit_pngs, start_server, stop_server  # noqa: E402
 
 from inference.client import make_channel  # noqa: E402
 
@@ -85,50 +82,6 @@ def publish(models: Path, version: str, seed: int, width: int) -> None:
     })
 
 
-def start_server(artifacts: Path, data_dir: Path, clients: int) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(data_dir)}
-    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO",
-               "--torch-threads", "1", "--max-workers", str(max(16, clients)), "--poll-interval", "0.5"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            raise SystemExit("the server exited:\n" + "".join(lines))
-        lines.append(line)
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            # Keep reading its log (so the pipe never fills), echoing warnings and errors: a skipped model would
-            # show up here.
-            def drain() -> None:
-                for rest in process.stderr:
-                    if " WARNING " in rest or " ERROR " in rest:
-                        sys.stderr.write(f"server: {rest}")
-
-            threading.Thread(target=drain, daemon=True).start()
-            return process, int(match.group(1))
-    process.kill()
-    raise SystemExit("the server did not start in 120 s:\n" + "".join(lines))
-
-
-def digit_pngs(data_dir: Path, count: int) -> list[bytes]:
-    from PIL import Image
-
-    from shared.data import FILES, find_file, read_idx_file
-
-    name, _, _ = FILES["test_images"]
-    path = find_file(data_dir, name)
-    if path is None:
-        raise SystemExit(f"MNIST test images not found in {data_dir}; pass --data-dir")
-    out = []
-    for image in read_idx_file(path)[:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
-
-
 class Client(threading.Thread):
     """One client: calls in a loop on its own channel; records (end time, method, latency, version) or a failure."""
 
@@ -169,6 +122,11 @@ class Client(threading.Thread):
             n += 1
 
 
+def echo_warnings(line: str) -> None:
+    if " WARNING " in line or " ERROR " in line:
+        sys.stderr.write(f"server: {line}")
+
+
 def rss_sampler(process: psutil.Process, samples: list[tuple[float, int]], halt: threading.Event) -> None:
     while not halt.wait(0.5):
         try:
@@ -190,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         published: list[tuple[str, float]] = []  # (version, time published)
         publish(models, "load-000", 0, args.model_width)
         published.append(("load-000", time.perf_counter()))
-        server, port = start_server(Path(tmp) / "artifacts", args.data_dir, args.clients)
+        # Once it listens, its warnings and errors are echoed: a skipped model would show up there.
+        server, port = start_server(
+            Path(tmp) / "artifacts", args.data_dir,
+            ["--torch-threads", "1", "--max-workers", str(max(16, args.clients)), "--poll-interval", "0.5"],
+            on_log_line=echo_warnings)
         server_process = psutil.Process(server.pid)
         target = f"127.0.0.1:{port}"
         images = digit_pngs(args.data_dir, 64)
@@ -231,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             for client in clients:
                 client.halt.set()
                 client.channel.close()
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     calls = [c for client in clients for c in client.calls if c[0] >= began]  # the measured phase
     failures = [f for client in clients for f in client.failures]

@@ -4,7 +4,6 @@ test_stack_e2e.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
@@ -19,33 +18,10 @@ import pytest
 
 from scripts.local_stack import Service, Supervisor
 from tests.deploy.compose_model import REPO
+from tests.deploy.helpers import Capture, end_process_tree, wait_for
 
 PY = sys.executable
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_") and k != "VIRTUAL_ENV"}
-
-
-class Capture(io.TextIOBase):
-    """A stdout for the supervisor that tests can read while it runs."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, s: str) -> int:
-        self.text += s
-        return len(s)
-
-    def lines(self) -> list[str]:
-        return self.text.splitlines()
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def py(code: str) -> list[str]:
@@ -66,14 +42,29 @@ while True:
 """
 
 
-def start(supervisor: Supervisor) -> tuple[threading.Thread, list[int]]:
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(supervisor.run()), daemon=True)
-    thread.start()
-    return thread, result
+@pytest.fixture
+def start():
+    """start(supervisor) runs it in a thread: (thread, [its exit status once it returns]). At the end of the test,
+    pass or fail, a supervisor still running is stopped at once, with every service it started."""
+    started: list[tuple[Supervisor, threading.Thread]] = []
+
+    def _start(supervisor: Supervisor) -> tuple[threading.Thread, list[int]]:
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(supervisor.run()), daemon=True)
+        thread.start()
+        started.append((supervisor, thread))
+        return thread, result
+
+    yield _start
+    for supervisor, thread in started:
+        if thread.is_alive():
+            supervisor.request_stop(signal.SIGTERM)
+            supervisor.request_stop(signal.SIGTERM)  # asked twice: it kills each service's process group at once
+            thread.join(15)
+        assert not thread.is_alive(), "a supervisor did not stop"
 
 
-def test_prefixes_lines_and_a_finished_job_leaves_the_others_running():
+def test_prefixes_lines_and_a_finished_job_leaves_the_others_running(start):
     out = Capture()
     services = [
         Service("trainer", py('print("epoch 1/1"); print("published", flush=True)')),
@@ -98,7 +89,7 @@ def test_prefixes_lines_and_a_finished_job_leaves_the_others_running():
     assert "killing" not in out.text
 
 
-def test_a_service_that_ignores_the_signal_is_killed_after_the_timeout_with_its_children(tmp_path):
+def test_a_service_that_ignores_the_signal_is_killed_after_the_timeout_with_its_children(tmp_path, start):
     out = Capture()
     child_pid_file = tmp_path / "child.pid"
     stubborn = py(f"""
@@ -123,7 +114,7 @@ def test_a_service_that_ignores_the_signal_is_killed_after_the_timeout_with_its_
              timeout=5, what="the grandchild to die with its process group")
 
 
-def test_a_second_stop_request_kills_at_once():
+def test_a_second_stop_request_kills_at_once(start):
     out = Capture()
     supervisor = Supervisor([Service("stubborn", py('import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); '
                                                      'print("ready", flush=True); time.sleep(60)'))],
@@ -138,7 +129,7 @@ def test_a_second_stop_request_kills_at_once():
     assert result == [1] and "killing stubborn (asked twice)" in out.text
 
 
-def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path):
+def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path, start):
     out = Capture()
     count = tmp_path / "starts"
     crashing = py(f'open({str(count)!r}, "a").write("x"); print("crashing", flush=True); raise SystemExit(3)')
@@ -155,7 +146,7 @@ def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path):
     assert "tensorboard | got SIGTERM" in out.lines(), "the rest of the stack is stopped cleanly"
 
 
-def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1():
+def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1(start):
     out = Capture()
     supervisor = Supervisor([Service("trainer", py('raise SystemExit(2)'))], out=out)
     thread, result = start(supervisor)
@@ -163,7 +154,7 @@ def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1():
     assert result == [1] and out.text.count("trainer exited with code 2") == 1
 
 
-def test_carriage_returns_and_an_unfinished_last_line_are_lines_too():
+def test_carriage_returns_and_an_unfinished_last_line_are_lines_too(start):
     out = Capture()
     code = 'import sys; sys.stdout.write("10%\\r50%\\r100%\\r\\ndone\\n\\nlast"); sys.stdout.flush()'
     supervisor = Supervisor([Service("job", py(code))], out=out)
@@ -173,7 +164,7 @@ def test_carriage_returns_and_an_unfinished_last_line_are_lines_too():
     assert out.lines()[:6] == ["job   | 10%", "job   | 50%", "job   | 100%", "job   | done", "job   | ", "job   | last"]
 
 
-def test_a_command_that_cannot_start_is_reported():
+def test_a_command_that_cannot_start_is_reported(start):
     out = Capture()
     supervisor = Supervisor([Service("ghost", ["/nonexistent/program"])], out=out)
     thread, result = start(supervisor)
@@ -194,7 +185,8 @@ echo "$svc starting"
 if [ "$svc" = trainer ]; then echo "epoch 1/1"; exit 0; fi
 trap 'echo "$svc got SIGINT"; exit 0' INT
 echo $$ > "$FAKE_DIR/$svc.pid"
-while :; do sleep 0.05; done
+# Until stopped, or until the supervisor that started it is gone: a stand-in never outlives its stack.
+while kill -0 "$PPID" 2>/dev/null; do sleep 0.05; done
 """
 
 
@@ -218,8 +210,8 @@ def test_cli_runs_three_services_with_shared_settings_and_ctrl_c_stops_them(tmp_
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(15) == 0
     finally:
-        if stack.poll() is None:
-            stack.kill()
+        # Pass or fail, nothing it started may outlive the test: the stand-ins run in sessions of their own.
+        end_process_tree(stack)
     reader.join(5)
     out = [l.rstrip("\n") for l in lines]
     for name in ("inference", "tensorboard"):

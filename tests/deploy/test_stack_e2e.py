@@ -10,7 +10,6 @@ one round-robin target. Then the stack is stopped as Ctrl-C stops `make stack`. 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -19,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -28,6 +26,7 @@ from scripts.local_stack import Service, Supervisor
 from shared import settings
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 from tests.deploy.compose_model import LocalMapping, healthcheck_argv, load_compose, local_process
+from tests.deploy.helpers import Capture, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,31 +36,13 @@ TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
 HOST_ENV = {settings.ENV_EPOCHS: "1", settings.ENV_DEVICE: "cpu"}
 # A smoke run: a few hundred images, and never the network (MNIST is in the read-only shared folder).
 TRAINER_SMOKE_FLAGS = ["--train-subset", "512", "--no-download"]
+POLL = 0.2  # seconds between looks at the stack; a look may start a process (the health probe)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Capture(io.TextIOBase):
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, s: str) -> int:
-        self.text += s
-        return len(s)
-
-
-def wait_for(predicate, timeout: float, what: str, output: Capture, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; the stack said:\n{output.text[-6000:]}")
 
 
 def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -109,7 +90,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     try:
         # 1. The trainer trains, publishes, exits 0 -- and the others keep running.
         finished = wait_for(lambda: re.search(r"^stack +\| trainer exited with code (\d+)$", out.text, re.M),
-                            timeout=180, what="the trainer to finish", output=out)
+                            timeout=180, what="the trainer to finish", output=out, interval=POLL)
         assert finished[1] == "0", out.text
         assert re.search(r"^trainer +\| epoch 1/1 ", out.text, re.M), "one prefixed line per epoch expected"
         running = supervisor.processes()
@@ -118,7 +99,8 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
 
         # 2. The compose healthcheck's own command, as readiness: SERVING once the model is loaded.
         probe = [*healthcheck_argv(model, "inference", mapping), "--require-serving"]
-        wait_for(lambda: run(probe).returncode == 0, timeout=30, what="inference to be SERVING", output=out)
+        wait_for(lambda: run(probe).returncode == 0, timeout=30, what="inference to be SERVING", output=out,
+                 interval=POLL)
 
         # 3. Predict through the client.
         images = []
@@ -140,7 +122,8 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         payload = {k: v for k, v in payload.items() if k not in ("format", "version", "created_at")}
         publish_model(replica_artifacts / "models", version=f"{version}-replica2", model_payload=payload)
         replica_probe = [*healthcheck_argv(model, "inference", replica_mapping), "--require-serving"]
-        wait_for(lambda: run(replica_probe).returncode == 0, timeout=30, what="replica 2 to be SERVING", output=out)
+        wait_for(lambda: run(replica_probe).returncode == 0, timeout=30, what="replica 2 to be SERVING", output=out,
+                 interval=POLL)
         both = f"ipv4:127.0.0.1:{grpc_port},127.0.0.1:{replica_port}"
         balanced = run([*client, "--target", both, "predict", "--batch-size", "1", *images])
         assert balanced.returncode == 0, balanced.stdout + balanced.stderr
@@ -151,7 +134,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         # 5. TensorBoard answers over HTTP with the run's scalars.
         run_name = read_manifest(artifacts / "models").run_name
         tags = wait_for(lambda: (tensorboard_json(tb_port, "/data/plugin/scalars/tags") or {}).get(run_name),
-                        timeout=45, what=f"TensorBoard to show run {run_name}'s scalars", output=out)
+                        timeout=45, what=f"TensorBoard to show run {run_name}'s scalars", output=out, interval=POLL)
         assert tags, f"no scalars for {run_name}"
         assert run_name in tensorboard_json(tb_port, "/data/runs")
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,34 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def hold_calls(monkeypatch, module, name: str, timeout: float = 10.0) -> tuple[threading.Event, threading.Event]:
+    """Make each call to `module.name` wait, for this test: (entered, release).
+
+    `entered` is set as soon as a call arrives; the call then waits for `release` (at most `timeout` s) and goes on
+    to the real function.
+    """
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(timeout)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, held)
+    return entered, release
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll `condition` until it is true (True) or `timeout` s have passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
 @dataclass
 class Running:
     """A started server and a channel to it."""
@@ -81,6 +111,18 @@ class Running:
         from grpc_health.v1 import health_pb2_grpc
 
         return health_pb2_grpc.HealthStub(self.channel)
+
+
+def model_info(running: Running):
+    from shared.api.mnist.v1 import inference_pb2 as pb
+
+    return running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+
+
+def health_status(running: Running, service: str = "") -> int:
+    from grpc_health.v1 import health_pb2
+
+    return running.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def start_server(artifacts: Path, data_dir: Path, *, channel_credentials=None, **overrides) -> Running:

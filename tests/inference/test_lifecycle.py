@@ -1,42 +1,24 @@
-"""Model lifecycle over a real server: waiting for a first model, hot reload, skipped bad models, shutdown."""
+"""Model lifecycle over a real server: waiting for a first model, hot reload, a malformed manifest, shutdown.
+
+Bad models (skipped, the previous one keeps serving) are tested in tests/reliability/test_checkpoint_faults.py.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import threading
-import time
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-from shared.checkpoint import atomic_write_bytes, publish_model, read_manifest
+from shared.checkpoint import atomic_write_bytes
 from shared.settings import Paths
 
-from tests.inference.conftest import model_payload, publish
+from tests.inference.conftest import health_status, hold_calls, model_info, publish, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def health_status(running, service: str = "") -> int:
-    return running.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
-def model_info(running) -> pb.ModelInfo:
-    return running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
 
 
 def test_waits_for_the_trainer_then_serves(serve, tmp_path, digit_pngs):
@@ -96,88 +78,6 @@ def test_hot_reload_while_a_client_loops(serve, tmp_path, digit_pngs):
     assert model_info(running).version == "new"
 
 
-def corrupt_truncated(models, manifest):
-    """The file is cut short after the manifest was written: size and checksum no longer match."""
-    path = models / manifest.file
-    path.write_bytes(path.read_bytes()[:1000])
-
-
-def corrupt_consistently(models, manifest):
-    """A garbled file with a manifest that matches it: checksums pass, torch cannot read it."""
-    path = models / manifest.file
-    data = b"not a torch file" + path.read_bytes()[100:]
-    path.write_bytes(data)
-    fields = {**manifest.__dict__, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(models / "LATEST.json", type(manifest)(**fields).to_json().encode())
-
-
-def publish_nan_weights(models, version):
-    payload = model_payload(3)
-    payload["model"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
-                        for k, v in payload["model"].items()}
-    publish_model(models, version=version, model_payload=payload)
-
-
-def publish_wrong_shapes(models, version):
-    payload = model_payload(3)
-    payload["arch_kwargs"] = {"width": 16}  # the weights are for width 8
-    publish_model(models, version=version, model_payload=payload)
-
-
-def publish_outside_link(models, version):
-    """A model file that is a symlink out of the models folder: never followed."""
-    outside = models.parent.parent / "elsewhere"
-    outside.mkdir()
-    manifest = publish_model(outside, version=version, model_payload=model_payload(3))
-    (models / manifest.file).symlink_to(outside / manifest.file)
-    atomic_write_bytes(models / "LATEST.json", manifest.to_json().encode())
-
-
-def publish_then(corrupt):
-    def make(models, version):
-        corrupt(models, publish_model(models, version=version, model_payload=model_payload(3)))
-    return make
-
-
-BAD_MODELS = {  # kind: (what the reason must say, how to publish it)
-    "truncated": ("checksum", publish_then(corrupt_truncated)),
-    "garbled": ("not a readable checkpoint", publish_then(corrupt_consistently)),
-    "nan-weights": ("not finite", publish_nan_weights),
-    "wrong-shapes": ("do not fit", publish_wrong_shapes),
-    "outside-link": ("outside", publish_outside_link),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(BAD_MODELS))
-def test_a_bad_model_is_skipped_and_the_previous_keeps_serving(serve, tmp_path, digit_pngs, caplog, kind):
-    reason, make_bad = BAD_MODELS[kind]
-    artifacts = tmp_path / "artifacts"
-    models = Paths(artifacts).models
-    publish(artifacts, "good", seed=1)
-    running = serve(artifacts)
-    caplog.set_level(logging.INFO, logger="inference")
-
-    make_bad(models, "bad")
-    assert read_manifest(models).version == "bad"
-    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
-    info = model_info(running)
-    assert info.version == "good" and info.serving
-    assert info.last_load_error.version == "bad"
-    assert reason in info.last_load_error.reason
-    response = running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
-    assert response.model_version == "good"
-    assert health_status(running) == SERVING
-
-    # Polled every 0.05 s, yet the same bad manifest is not retried in a tight loop: skipped once, logged once.
-    time.sleep(0.5)
-    skips = [r for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(skips) == 1 and "bad" in skips[0].getMessage()
-
-    # The trainer publishes a good one again: it is picked up.
-    publish(artifacts, "fixed", seed=4)
-    assert wait_until(lambda: model_info(running).version == "fixed")
-
-
 def test_a_malformed_manifest_is_reported(serve, tmp_path):
     artifacts = tmp_path / "artifacts"
     publish(artifacts, "good", seed=1)
@@ -197,15 +97,7 @@ def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path,
     watch = running.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert next(watch).status == SERVING
 
-    in_flight, release = threading.Event(), threading.Event()
-    real = inference.service.to_mnist
-
-    def slow_to_mnist(*args, **kwargs):
-        in_flight.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference.service, "to_mnist", slow_to_mnist)
+    in_flight, release = hold_calls(monkeypatch, inference.service, "to_mnist")
     call = running.stub.Predict.future(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30)
     assert in_flight.wait(10)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 
 import grpc
 import numpy as np
@@ -19,7 +18,7 @@ from shared.metrics import evaluate
 from shared.model import count_parameters
 from shared.settings import Paths
 
-from tests.inference.conftest import png_bytes
+from tests.inference.conftest import hold_calls, png_bytes
 
 
 def local_model(artifacts):
@@ -158,15 +157,7 @@ def test_evaluate_validation_split(module_server, mnist):
 def test_only_one_evaluation_at_a_time(module_server, monkeypatch):
     import inference.service
 
-    started, release = threading.Event(), threading.Event()
-    real = inference.service.evaluate_model
-
-    def slow_evaluate(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference.service, "evaluate_model", slow_evaluate)
+    started, release = hold_calls(monkeypatch, inference.service, "evaluate_model")
     request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
     first = module_server.stub.Evaluate.future(request, timeout=60)
     try:

@@ -1,11 +1,10 @@
 """Checkpoint and manifest faults, over a real server: none is served, the previous model keeps serving, and the
 reason is logged once and shown by GetModelInfo.last_load_error.
 
-tests/inference/test_lifecycle.py already covers: a file truncated after the manifest was written, a garbled file
-with a matching manifest, NaN weights, weights of another width, a symlink out of models/, and a manifest that is
-not JSON. This file adds the rest of issue 6's faults and the path-safety and unpickling cases, each built so that
-the test fails if the check it is about were missing (an outside path holds a valid model, the pickle's payload is
-live, ...), plus a server that starts with only a bad model, and a file replaced during its own verification.
+FAULTS holds every kind of bad published model: issue 6's faults, the path-safety and unpickling cases, each built
+so that the test fails if the check it is about were missing (an outside path holds a valid model, the pickle's
+payload is live, ...). tests/inference/test_lifecycle.py covers a manifest that is not JSON. This file also tests a
+server that starts with only a bad model, and a file replaced during its own verification.
 """
 
 from __future__ import annotations
@@ -26,24 +25,16 @@ from grpc_health.v1 import health_pb2
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import (CHECKPOINT_FORMAT, MODEL_FORMAT, CheckpointError, Manifest, atomic_write_bytes,
-                               load_checkpoint, publish_model, read_published_model)
+                               load_checkpoint, publish_model, read_manifest, read_published_model)
 from shared.data import normalize
 from shared.image_pipeline import to_mnist
 from shared.settings import Paths
 
+from tests.inference.conftest import health_status, model_info, wait_until
 from tests.reliability.conftest import model_payload, publish
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def model_bytes(version: str, payload: dict, **overrides) -> bytes:
@@ -88,6 +79,23 @@ def evil_bytes(version: str, marker) -> bytes:
 # Each fault: (what the reason must say, make(models, version) publishing it).
 
 
+def truncated_after_manifest(models, version):
+    """The file is cut short after the manifest was written: size and checksum no longer match."""
+    manifest = publish_model(models, version=version, model_payload=model_payload(3))
+    path = models / manifest.file
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def garbled_with_matching_manifest(models, version):
+    """A garbled file with a manifest that matches it: checksums pass, torch cannot read it."""
+    manifest = publish_model(models, version=version, model_payload=model_payload(3))
+    path = models / manifest.file
+    data = b"not a torch file" + path.read_bytes()[100:]
+    path.write_bytes(data)
+    fields = {**manifest.__dict__, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_bytes(models / "LATEST.json", type(manifest)(**fields).to_json().encode())
+
+
 def missing_file(models, version):
     data = model_bytes(version, model_payload(3))
     write_manifest(models, manifest_fields(version, f"{version}.pt", data))  # the file is never written
@@ -115,11 +123,19 @@ def unknown_architecture(models, version):
     publish_bytes(models, version, model_bytes(version, model_payload(3), arch="resnet-9000"))
 
 
-def infinite_weights(models, version):
+def other_width(models, version):
     payload = model_payload(3)
-    payload["model"] = {k: (torch.full_like(v, float("inf")) if v.is_floating_point() else v)
-                        for k, v in payload["model"].items()}
+    payload["arch_kwargs"] = {"width": 16}  # the weights are for width 8
     publish_model(models, version=version, model_payload=payload)
+
+
+def weights_filled_with(value: float):
+    def make(models, version):
+        payload = model_payload(3)
+        payload["model"] = {k: (torch.full_like(v, value) if v.is_floating_point() else v)
+                            for k, v in payload["model"].items()}
+        publish_model(models, version=version, model_payload=payload)
+    return make
 
 
 def zero_std(models, version):
@@ -142,6 +158,15 @@ def other_version_inside(models, version):
 
 def pickle_that_runs_code(models, version):
     publish_bytes(models, version, evil_bytes(version, models.parent / "PWNED"))
+
+
+def symlink_out_of_models(models, version):
+    """A model file that is a symlink out of the models folder, to a valid model: never followed."""
+    outside = models.parent.parent / "elsewhere"
+    outside.mkdir()
+    manifest = publish_model(outside, version=version, model_payload=model_payload(3))
+    (models / manifest.file).symlink_to(outside / manifest.file)
+    atomic_write_bytes(models / "LATEST.json", manifest.to_json().encode())
 
 
 def dot_dot_path(models, version):
@@ -179,17 +204,22 @@ def model_file_is_a_directory(models, version):
 
 
 FAULTS = {
+    "file truncated after the manifest was written": ("checksum", truncated_after_manifest),
+    "garbled file with a matching manifest": ("not a readable checkpoint", garbled_with_matching_manifest),
     "manifest names a missing file": ("does not exist", missing_file),
     "file replaced after the manifest was written": ("checksum mismatch", replaced_after_manifest),
     "empty model file": ("not a readable checkpoint", empty_file),
     "weights of another architecture": ("do not fit architecture 'mynet'", other_architecture),
+    "weights of another width": ("do not fit", other_width),
     "unknown architecture": ("unknown architecture 'resnet-9000'", unknown_architecture),
-    "infinite weights": ("not finite", infinite_weights),
+    "NaN weights": ("not finite", weights_filled_with(float("nan"))),
+    "infinite weights": ("not finite", weights_filled_with(float("inf"))),
     "normalization std 0": ("must be positive", zero_std),
     "normalization mean NaN": ("not finite", nan_mean),
     "a training checkpoint, not a model": ("a training checkpoint", training_checkpoint),
     "file says another version": ("file says version 'someone-else'", other_version_inside),
     "pickle that runs code": ("refused", pickle_that_runs_code),
+    "model file is a symlink out of models/": ("outside", symlink_out_of_models),
     "manifest path ../outside.pt": ("not a plain name", dot_dot_path),
     "manifest absolute path": ("not a plain name", absolute_path),
     "manifest fields of the wrong type": ("malformed manifest", manifest_wrong_types),
@@ -197,14 +227,6 @@ FAULTS = {
     "manifest is a JSON list": ("malformed manifest", manifest_json_list),
     "model file is a directory": ("IsADirectoryError", model_file_is_a_directory),
 }
-
-
-def model_info(running) -> pb.ModelInfo:
-    return running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
-
-
-def health(running) -> int:
-    return running.health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
@@ -217,19 +239,30 @@ def test_a_fault_is_never_served(serve, tmp_path, digit_pngs, caplog, name):
     caplog.set_level(logging.INFO, logger="inference")
 
     make_fault(models, "bad")
+    try:
+        named = read_manifest(models)
+    except CheckpointError as e:  # the manifest itself is the fault: it names no version anyone can read
+        assert reason in str(e)
+        named = None
+    else:
+        assert named.version == "bad"
     assert wait_until(lambda: model_info(running).HasField("last_load_error"))
     info = model_info(running)
     assert info.serving and info.version == "good"
+    if named is not None:
+        assert info.last_load_error.version == "bad"
     assert reason in info.last_load_error.reason
     assert info.last_load_error.at
     assert running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5).model_version == "good"
-    assert health(running) == SERVING
+    assert health_status(running) == SERVING
     assert not (models.parent / "PWNED").exists()
 
-    # Polled every 0.05 s, the fault is logged once (with its reason), not at every poll.
-    time.sleep(0.3)
+    # Polled every 0.05 s, the fault is skipped and logged once (with its reason), not retried at every poll.
+    time.sleep(0.5)
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and reason in skipped[0], skipped
+    if named is not None:
+        assert "bad" in skipped[0], skipped
 
     publish(artifacts, "fixed", seed=4)  # the trainer publishes a good one: served at once
     assert wait_until(lambda: model_info(running).version == "fixed")
@@ -244,7 +277,7 @@ def test_a_server_whose_only_model_is_bad_starts_and_waits(serve, tmp_path, digi
     models.mkdir(parents=True)
     make_fault(models, "bad")
     running = serve(artifacts)
-    assert health(running) == NOT_SERVING
+    assert health_status(running) == NOT_SERVING
     info = model_info(running)
     assert not info.serving and reason in info.last_load_error.reason
     with pytest.raises(grpc.RpcError) as e:
@@ -253,7 +286,7 @@ def test_a_server_whose_only_model_is_bad_starts_and_waits(serve, tmp_path, digi
     assert not (artifacts / "PWNED").exists()
 
     publish(artifacts, "good", seed=1)
-    assert wait_until(lambda: health(running) == SERVING)
+    assert wait_until(lambda: health_status(running) == SERVING)
 
 
 def test_the_pickle_payload_is_live(tmp_path):
