@@ -51,6 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="images per PredictBatch call")
     parser.add_argument("--torch-threads", type=int, default=1, help="passed to the server")
     parser.add_argument("--max-workers", type=int, default=16, help="passed to the server")
+    parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port (--workers)")
     parser.add_argument("--skip-evaluate", action="store_true", help="leave out the Evaluate phase")
     return parser
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             publish_random_model(artifacts)
         process, port = start_server(artifacts, args.data_dir, [
             "--torch-threads", str(args.torch_threads), "--max-workers", str(args.max_workers),
-            "--max-batch-size", str(max(256, args.batch_size))])
+            "--max-batch-size", str(max(256, args.batch_size))], workers=args.workers)
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             stub = inference_pb2_grpc.InferenceStub(channel)
@@ -140,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("Predict latency, concurrency 1", f"p50 {np.percentile(ms, 50):.2f} ms, "
                          f"p99 {np.percentile(ms, 99):.2f} ms", f"{len(ms)} calls, target p50 < 3, p99 < 10"))
 
-            # One channel per client, as separate client processes would have.
-            channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(args.concurrency)]
+            # One connection per client, as separate client processes would have: without a local subchannel
+            # pool, channels to one target in one process share a single TCP connection (and so one worker).
+            channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                        for _ in range(args.concurrency)]
             stubs = [inference_pb2_grpc.InferenceStub(c) for c in channels]
             requests = [pb.PredictRequest(image=images[i % len(images)]) for i in range(args.concurrency)]
             n, calls, secs = run_clients(args.concurrency, args.duration,
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(process)
 
     print(f"inference benchmark: {header}")
+    print(f"server: {args.workers} process(es), {args.torch_threads} torch thread(s) each")
     print(f"model: {info.version} ({info.arch} {info.arch_kwargs_json}, {info.parameter_count:,} parameters)")
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)

@@ -19,18 +19,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
                  on_log_line: Callable[[str], None] | None = None,
-                 startup_timeout: float = 120.0) -> tuple[subprocess.Popen, int]:
+                 startup_timeout: float = 120.0, workers: int = 1) -> tuple[subprocess.Popen, int]:
     """Start `python -m inference` on a free loopback port serving `artifacts`: (process, port).
 
     `server_args` are added to the command line. INFO logs loads and failures only, nothing per successful call;
-    its "listening on" line gives the port. After it, the rest of the log is read in the background (so the pipe
-    never fills and blocks the server) and each line is passed to `on_log_line`, or dropped if that is None.
+    its "listening on" line gives the port (with `workers` processes, each one's line is awaited). After that, the
+    rest of the log is read in the background (so the pipe never fills and blocks the server) and each line is
+    passed to `on_log_line`, or dropped if that is None.
     Exits (SystemExit, with the log so far) if the server exits or does not start within `startup_timeout` s.
     """
     env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(data_dir)}
-    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO", *server_args]
+    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO",
+               "--workers", str(workers), *server_args]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
+    ports: list[int] = []
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         line = process.stderr.readline()
@@ -39,13 +42,15 @@ def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
         lines.append(line)
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
         if match:
+            ports.append(int(match.group(1)))
+        if len(ports) == workers:
             def drain() -> None:
                 for rest in process.stderr:
                     if on_log_line is not None:
                         on_log_line(rest)
 
             threading.Thread(target=drain, daemon=True).start()
-            return process, int(match.group(1))
+            return process, ports[0]
     process.kill()
     raise SystemExit(f"the server did not start in {startup_timeout:g} s:\n" + "".join(lines))
 

@@ -36,8 +36,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="how often to look for a newly published model")
     parser.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long calls in flight may take to finish")
+    parser.add_argument("--workers", type=int, default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 1),
+                        help=f"server processes sharing the port; about one per CPU core for throughput, since "
+                             f"Python runs one thread at a time per process (env {settings.ENV_INFERENCE_WORKERS})")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
-                        help="gRPC worker threads (concurrent calls)")
+                        help="gRPC worker threads (concurrent calls) in each process")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
                         help="calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing")
     parser.add_argument("--torch-threads", type=int, default=1,
@@ -98,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.workers > 1:
+        from inference.workers import serve_workers
+
+        return serve_workers(args.address, options, workers=args.workers, grace=args.grace_period,
+                             torch_threads=args.torch_threads, log_level=args.log_level)
     try:
         serve(args.address, options, grace=args.grace_period)
     except OSError as e:

@@ -53,6 +53,9 @@ class ServerOptions:
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Several worker processes share one port (inference/workers.py); alone, a second server on a port in use
+    # fails instead of silently taking half the traffic.
+    share_port: bool = False
 
 
 def configure_torch(threads: int = 1) -> int:
@@ -170,8 +173,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         # Larger requests fail with RESOURCE_EXHAUSTED before the server reads them into memory.
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
-        # Only one server per port: a second one started by mistake fails instead of sharing the traffic.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if options.share_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc-worker"),

@@ -1,0 +1,104 @@
+"""Several server processes on one port, for throughput on a multi-core machine.
+
+Python runs one thread at a time per process (the GIL), and most of a Predict is Python: decoding and the image
+pipeline. Threads therefore cannot use a second core; processes can. Following grpc/grpc's
+examples/python/multiprocessing, the parent reserves the port with SO_REUSEPORT (bound, never listening) and
+starts `workers` fresh interpreters, each a complete server (its own model store, health and limits) bound to
+the same port with SO_REUSEPORT; the kernel spreads new connections over them. The parent forwards SIGTERM and
+SIGINT and exits when they have stopped; if one worker dies, it stops the others and exits non-zero, so a
+supervisor (compose's `restart: on-failure`) restarts the whole service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+from dataclasses import replace
+from typing import Iterator
+
+from inference.server import ServerOptions
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'[::]:50051' -> ('::', 50051); 'localhost:0' -> ('localhost', 0)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def reserve_port(host: str, port: int) -> Iterator[int]:
+    """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one."""
+    family, socktype, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0:
+            raise OSError("SO_REUSEPORT is not supported here; run one worker")
+        sock.bind(sockaddr)
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _run_worker(address: str, options: ServerOptions, grace: float, torch_threads: int, log_level: str,
+                index: int) -> None:
+    """A worker process's main: a fresh interpreter (spawn), so configure logging and torch again."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    from inference.server import configure_torch, serve
+
+    configure_torch(torch_threads)
+    serve(address, options, grace=grace)
+
+
+def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: float, torch_threads: int,
+                  log_level: str) -> int:
+    """Run `workers` server processes on `address` until SIGTERM/SIGINT. Returns the exit status."""
+    host, port = split_address(address)
+    # spawn, not fork: a forked copy of a process that has started gRPC's or torch's threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s; stopping %d workers", signal.Signals(signum).name, workers)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with reserve_port(host, port) as bound_port:
+        shared_address = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
+        worker_options = replace(options, share_port=True)
+        processes = [
+            context.Process(target=_run_worker, name=f"inference-worker-{i}",
+                            args=(shared_address, worker_options, grace, torch_threads, log_level, i))
+            for i in range(workers)
+        ]
+        for process in processes:
+            process.start()
+        log.info("%d worker processes share %s", workers, shared_address)
+        failed = None
+        while not stop.is_set():
+            failed = next((p for p in processes if not p.is_alive()), None)
+            if failed is not None:
+                log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
+                break
+            stop.wait(0.5)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each worker shuts down gracefully
+        for process in processes:
+            process.join(grace + 10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return 1 if failed is not None else 0

@@ -1,0 +1,97 @@
+"""`python -m inference --workers 2`: two server processes behind one port, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from inference.workers import split_address
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+from tests.inference.conftest import publish
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("[::]:50051", ("::", 50051)), ("localhost:0", ("localhost", 0)), ("127.0.0.1:7", ("127.0.0.1", 7)),
+])
+def test_split_address(address, expected):
+    assert split_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["50051", "localhost:", "localhost:http"])
+def test_split_address_rejects_what_is_not_host_port(address):
+    with pytest.raises(ValueError, match="host:port"):
+        split_address(address)
+
+
+def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[subprocess.Popen, int, list[str]]:
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "w", seed=1)
+    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(workers)],
+        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    lines, ports = [], []
+    deadline = time.monotonic() + 90
+    while len(ports) < workers and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := re.search(r"\[worker \d\] inference\.server: listening on 127\.0\.0\.1:(\d+)", line):
+            ports.append(int(match.group(1)))
+    assert len(ports) == workers and len(set(ports)) == 1, "".join(lines)
+    return process, ports[0], lines
+
+
+@pytest.fixture
+def workers(tmp_path, mnist_dir):
+    process, port, lines = start_workers(tmp_path, mnist_dir)
+    yield process, port, lines
+    if process.poll() is None:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+        process.kill()
+        process.wait()
+    process.stderr.close()
+
+
+def test_both_workers_answer_on_one_port_and_stop_on_sigterm(workers, digit_pngs):
+    process, port, _ = workers
+    # Separate connections (a local subchannel pool per channel): the kernel spreads connections, not calls.
+    for i in range(24):
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30).model_version == "w"
+            with pytest.raises(grpc.RpcError) as e:  # a bad image: each worker logs it with its own name
+                stub.Predict(pb.PredictRequest(image=b"not an image"), timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    log = process.stderr.read()
+    answered = {int(n) for n in re.findall(r"\[worker (\d)\] inference\.service: Predict -> INVALID_ARGUMENT", log)}
+    assert answered == {0, 1}, "the kernel should spread 24 connections over both workers"
+    assert log.count("inference.server: stopped") == 2
+
+
+def test_a_dead_worker_stops_the_service_with_an_error(workers):
+    process, _, _ = workers
+    worker_processes = [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(worker_processes) == 2
+    worker_processes[0].kill()
+    assert process.wait(timeout=60) == 1  # so that compose's restart: on-failure starts it again
+    assert "exited with code -9; stopping the others" in process.stderr.read()
+    survivor = worker_processes[1]
+    assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
