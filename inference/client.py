@@ -38,6 +38,9 @@ from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata, chan
 #   that did reach the old server can safely run twice.
 # The retry back-off alone (at most 5 attempts) could only ride out a ~1 s outage; a Python server takes
 # seconds to start. Health checks do not wait: a probe must answer "down" quickly.
+# CANCELLED is retried too: a gRPC server that shuts down answers calls it had received but not yet handed to a
+# handler with CANCELLED rather than UNAVAILABLE (grpc/grpc#41785, seen here once in 4 restarts under load). A
+# call this client cancels itself is never retried, so this only covers the server's side.
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
@@ -49,7 +52,7 @@ SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         },
         {

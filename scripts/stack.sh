@@ -24,9 +24,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
-# Reinstall when pyproject.toml (the pins) or the extras changed since the last install into this environment.
+# Reinstall when pyproject.toml (the pins), the checkout or the extras changed since the last install into this
+# environment. The checkout counts because the install is editable: an environment shared by two clones (CI's)
+# must import the code of the clone that runs, not of the one that installed it.
 STAMP="$VENV/.mnist-stack-install"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) ${EXTRAS}"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)@${ROOT} ${EXTRAS}"
 HAVE="$(cat "$STAMP" 2>/dev/null || true)"
 # An environment installed with more extras (dev) serves a plain run too.
 if [ "$HAVE" != "$WANT" ] && ! { [ -z "$EXTRAS" ] && [ "${HAVE%% *}" = "${WANT%% *}" ]; }; then

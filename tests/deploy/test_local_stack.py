@@ -291,6 +291,20 @@ def test_stack_sh_reinstalls_when_the_pins_change(fake_python3, tmp_path):
     assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e ."]
 
 
+def test_stack_sh_reinstalls_for_another_checkout(fake_python3, tmp_path):
+    """The install is editable: an environment shared by two clones must point at the clone that runs."""
+    env, log = fake_python3
+    subprocess.run([str(REPO / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
+    other = tmp_path / "other-clone"
+    shutil.copytree(REPO / "scripts", other / "scripts")
+    shutil.copy(REPO / "pyproject.toml", other / "pyproject.toml")
+    calls(log)
+    subprocess.run([str(other / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e ."]
+    subprocess.run([str(other / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
+    assert calls(log) == [], "the same clone again: nothing to install"
+
+
 def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed (`apt-get install -y make`)")

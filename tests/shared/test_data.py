@@ -103,3 +103,63 @@ def test_normalize_shape_and_statistics(mnist):
     x = normalize(mnist.train_images[:2000])
     assert x.shape == (2000, 1, 28, 28)
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+
+
+class _Mirror:
+    """A loopback HTTP server standing in for an MNIST mirror (the tests have no internet)."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        import threading
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        handler.log_message = lambda *args: None
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirrors(tmp_path, mnist_dir):
+    """Two mirrors: the first serves a corrupt copy of every file, the second the real ones."""
+    bad_root, good_root = tmp_path / "bad-mirror", tmp_path / "good-mirror"
+    bad_root.mkdir()
+    good_root.mkdir()
+    for name, _, _ in FILES.values():
+        source = next(mnist_dir.glob(f"{name}*"))
+        raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
+        (good_root / f"{name}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+        damaged = bytearray(raw)
+        damaged[-1] ^= 0xFF
+        (bad_root / f"{name}.gz").write_bytes(gzip.compress(bytes(damaged), compresslevel=1))
+    bad, good = _Mirror(bad_root), _Mirror(good_root)
+    yield bad.url, good.url
+    bad.close()
+    good.close()
+
+
+def test_download_verifies_content_and_falls_back_to_the_next_mirror(tmp_path, mirrors, monkeypatch, mnist):
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors)
+    target = tmp_path / "downloaded"
+    loaded = load_mnist(target, download=True)
+    assert torch.equal(loaded.test_labels, mnist.test_labels)
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{name}.gz" for name, _, _ in FILES.values()), \
+        "only the verified files, no partial downloads left behind"
+
+
+def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors, monkeypatch):
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors[:1])  # only the corrupt one
+    target = tmp_path / "downloaded"
+    with pytest.raises(RuntimeError, match="could not download .*MD5.*MNIST_DATA_DIR"):
+        load_mnist(target, download=True)
+    assert not any(target.glob("*.gz")), "a corrupt download never takes the real name"
+    assert not any(target.glob("*.part"))
