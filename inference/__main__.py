@@ -106,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:
         from inference.workers import serve_workers
 
-        return serve_workers(args.address, options, workers=args.workers, grace=args.grace_period,
-                             torch_threads=args.torch_threads, log_level=args.log_level)
+        try:
+            return serve_workers(args.address, options, workers=args.workers, grace=args.grace_period,
+                                 torch_threads=args.torch_threads, log_level=args.log_level)
+        except OSError as e:
+            log.error("cannot listen on %s: %s", args.address, e)
+            return 1
     try:
         serve(args.address, options, grace=args.grace_period)
     except OSError as e:

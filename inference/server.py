@@ -53,8 +53,9 @@ class ServerOptions:
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # Several worker processes share one port (inference/workers.py); alone, a second server on a port in use
-    # fails instead of silently taking half the traffic.
+    # Several worker processes share one port (inference/workers.py). A single server does not share: a second
+    # one started by mistake on a port in use fails instead of silently taking half the traffic. (Two
+    # multi-worker services of the same user on one port would share it; run them on different ports.)
     share_port: bool = False
 
 

@@ -287,6 +287,8 @@ class Supervisor:
                 r.process.stdout.close()
                 r.exit_code = r.process.returncode
                 self.log(f"{r.service.name} exited with code {r.exit_code}")
+                if r.exit_code != 0:
+                    self._failed = True
         alive = [r for r in self._running if r.process is not None and r.exit_code is None]
         if alive:
             signum = self._stop_signal or signal.SIGTERM

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _read_bytes(path: Path) -> bytes:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read()
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
             raise MnistFormatError(f"{path}: corrupt gzip stream ({e})") from e
     return path.read_bytes()
 
@@ -103,23 +104,27 @@ def read_idx_file(path: Path, *, md5: str | None = None, shape: tuple[int, ...] 
 
 def _download(name: str, directory: Path) -> Path:
     """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     _, md5, shape = next(v for v in FILES.values() if v[0] == name)
     errors = []
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+        tmp = None
         try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
             log.info("downloading %s", url)
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, out)
             read_idx_file(Path(tmp), md5=md5, shape=shape)  # verify before it takes the real name
             final = directory / f"{name}.gz"
             os.replace(tmp, final)
+            tmp = None
             return final
-        except (urllib.error.URLError, OSError, MnistFormatError) as e:
-            errors.append(f"{url}: {e}")
-            Path(tmp).unlink(missing_ok=True)
+        except Exception as e:  # noqa: BLE001 - any failure of one mirror (network, HTTP, disk, content): try the next
+            errors.append(f"{url}: {type(e).__name__}: {e}")
+        finally:
+            if tmp is not None:  # a failed or interrupted download never lingers under a temporary name
+                Path(tmp).unlink(missing_ok=True)
     raise RuntimeError(
         f"could not download {name}: " + "; ".join(errors) + f". Put the MNIST files in {directory} "
         "or point --data-dir / MNIST_DATA_DIR at a folder that has them."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 
 from trainer.config import get_args_parser
@@ -11,6 +12,9 @@ from trainer.train import run
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    # The project's own INFO lines (e.g. "downloading <url>" on a first run); libraries stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("shared").setLevel(logging.INFO)
     try:
         run(args)
     except KeyboardInterrupt:

@@ -82,7 +82,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
         add_help=add_help,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=settings.env_str(settings.ENV_PRESET, "default"),
+    preset_env = settings.env_str(settings.ENV_PRESET, "default")
+    if preset_env not in PRESETS:  # argparse checks `choices` against typed values only, not against a default
+        raise SystemExit(f"environment variable {settings.ENV_PRESET}={preset_env!r} must be one of: "
+                         f"{', '.join(sorted(PRESETS))}")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=preset_env,
                         help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) "
                              f"[env {settings.ENV_PRESET}]")
     epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None

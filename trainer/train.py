@@ -118,8 +118,13 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
     model.train()
     generator = epoch_generator(config, epoch, dist_info.rank, device)
     # The same permutation on every process (seeded without the rank), each taking every world_size-th index.
+    # Padded by wrapping around to a multiple of world_size, as DistributedSampler does: every process must run
+    # the same number of steps, or one waits forever in DDP's gradient all-reduce.
     order_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    order = torch.randperm(len(splits.train_x), generator=order_gen)[dist_info.rank :: dist_info.world_size]
+    permutation = torch.randperm(len(splits.train_x), generator=order_gen)
+    padded = math.ceil(len(permutation) / dist_info.world_size) * dist_info.world_size
+    permutation = permutation.repeat(math.ceil(padded / len(permutation)))[:padded]
+    order = permutation[dist_info.rank :: dist_info.world_size]
     order = order.to(device)
     per_process_batch = max(1, config.batch_size // dist_info.world_size)
     steps = math.ceil(len(order) / per_process_batch)
@@ -173,11 +178,11 @@ def newest_resumable_run(paths: Paths) -> str:
 
 
 def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, run_name: str,
-                       optimizer, scheduler) -> dict[str, Any]:
+                       optimizer, scheduler, device: torch.device) -> dict[str, Any]:
     """Everything needed to rebuild the model and continue training. weights_only-safe values only."""
     rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this process's GPU only: get_rng_state_all() would wake every GPU on the host
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     return {
         "arch": config.arch,
         "arch_kwargs": dict(config.arch_kwargs),
@@ -308,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = args.target_accuracy
             if target and state.target_reached is None and test.accuracy >= target:
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
-            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler)
+            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, device)
             if val.accuracy > state.best_val_accuracy:  # chosen on validation only; the test set chooses nothing
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)

@@ -126,7 +126,8 @@ class _Mirror:
 
 @pytest.fixture
 def mirrors(tmp_path, mnist_dir):
-    """Two mirrors: the first serves a corrupt copy of every file, the second the real ones."""
+    """Two mirrors: the first serves a corrupt copy of every file (damaged content in a sound gzip wrapper, or a
+    damaged gzip stream), the second the real ones."""
     bad_root, good_root = tmp_path / "bad-mirror", tmp_path / "good-mirror"
     bad_root.mkdir()
     good_root.mkdir()
@@ -134,9 +135,15 @@ def mirrors(tmp_path, mnist_dir):
         source = next(mnist_dir.glob(f"{name}*"))
         raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
         (good_root / f"{name}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
-        damaged = bytearray(raw)
-        damaged[-1] ^= 0xFF
-        (bad_root / f"{name}.gz").write_bytes(gzip.compress(bytes(damaged), compresslevel=1))
+        if "labels" in name:
+            damaged = bytearray(raw)
+            damaged[-1] ^= 0xFF
+            (bad_root / f"{name}.gz").write_bytes(gzip.compress(bytes(damaged), compresslevel=1))
+        else:  # bytes flipped inside the deflate stream: zlib itself fails
+            stream = bytearray(gzip.compress(raw, compresslevel=1))
+            for i in range(len(stream) // 2, len(stream) // 2 + 64):
+                stream[i] ^= 0x5A
+            (bad_root / f"{name}.gz").write_bytes(bytes(stream))
     bad, good = _Mirror(bad_root), _Mirror(good_root)
     yield bad.url, good.url
     bad.close()
@@ -159,7 +166,7 @@ def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors
 
     monkeypatch.setattr(data, "MIRRORS", mirrors[:1])  # only the corrupt one
     target = tmp_path / "downloaded"
-    with pytest.raises(RuntimeError, match="could not download .*MD5.*MNIST_DATA_DIR"):
+    with pytest.raises(RuntimeError, match="could not download .*(MD5|corrupt gzip).*MNIST_DATA_DIR"):
         load_mnist(target, download=True)
     assert not any(target.glob("*.gz")), "a corrupt download never takes the real name"
     assert not any(target.glob("*.part"))

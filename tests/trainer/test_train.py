@@ -104,6 +104,12 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     assert "published model" in result.stdout
 
 
+def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MNIST_PRESET", "Seed")
+    with pytest.raises(SystemExit, match="MNIST_PRESET='Seed' must be one of: default, seed"):
+        trainer_main(["--dry-run"])
+
+
 def test_dry_run_writes_nothing(tmp_path, mnist_dir):
     assert train(tmp_path, mnist_dir, "--dry-run") == 0
     assert not any(tmp_path.iterdir())
@@ -123,11 +129,13 @@ def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
 
 def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # 1,501 images: split unevenly, the processes would run 16 and 15 steps and the first would wait forever in
+    # DDP's all-reduce; every process must get the same share.
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), *SMALL,
-         "--epochs", "1", "--run-name", "ddp"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env,
+         "--train-subset", "1501", "--epochs", "1", "--run-name", "ddp"],
+        capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x 2 processes" in result.stdout
