@@ -135,14 +135,9 @@ def local_predictor(checkpoint_path: str | Path, *, device: str = "cpu") -> Pred
 
 
 def checkpoint_normalization(checkpoint: dict) -> tuple[float, float]:
-    """(mean, std) a checkpoint was trained with; MNIST's own if it does not say."""
-    from shared.data import MNIST_MEAN, MNIST_STD
-
-    stored = checkpoint.get("normalization") or {}
-    if isinstance(stored, dict):
-        return float(stored.get("mean", MNIST_MEAN)), float(stored.get("std", MNIST_STD))
-    mean, std = stored
-    return float(mean), float(std)
+    """(mean, std) the model was trained with: every checkpoint and published model stores them."""
+    stored = checkpoint["normalization"]
+    return float(stored["mean"]), float(stored["std"])
 
 
 def grpc_predictor(target: str, *, token: str | None = None, timeout: float = 60.0) -> Predict:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from shared import settings
+from shared.cli import HelpFormatter
 
 from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY
 
@@ -20,7 +21,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference",
         description="Serve handwritten-digit recognition over gRPC (mnist.v1.Inference, health, reflection).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         add_help=add_help,
     )
     parser.add_argument("--address", default=settings.env_str(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS),
@@ -83,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise SystemExit(f"{path}: no such file")
-    threads = configure_torch(args.torch_threads)
-    log.info("torch %d intra-op thread(s), %d gRPC workers", threads, args.max_workers)
     options = ServerOptions(
         artifacts_dir=args.artifacts_dir,
         data_dir=args.data_dir,
@@ -112,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             log.error("cannot listen on %s: %s", args.address, e)
             return 1
+    # One process: torch is configured here; with --workers, each worker process configures its own.
+    configure_torch(args.torch_threads)
     try:
         serve(args.address, options, grace=args.grace_period)
     except OSError as e:

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from shared import settings
+from shared.cli import HelpFormatter
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
@@ -222,7 +223,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference.client",
         description="Ask the mnist-stack inference service to read handwritten digits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
                         help=f"server address; dns:///host:port balances over every address of host "
@@ -238,7 +239,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser("predict", help="read the digit in each image",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
     predict.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF files")
     predict.add_argument("--preview", type=Path, default=None,
                          help="save a PNG showing each image beside the 28x28 image the model saw")
@@ -246,7 +247,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="score the served model on MNIST",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=HelpFormatter)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
     evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
     evaluate.set_defaults(run=cmd_evaluate)

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import settings
+from shared.cli import HelpFormatter
 
 from inference.client import make_channel
 from inference.security import ENV_TLS_CA
@@ -23,7 +24,7 @@ from inference.security import ENV_TLS_CA
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
                         help=f"server address (env {settings.ENV_GRPC_TARGET})")
     parser.add_argument("--service", default="", help="service to ask about; '' is the whole server")

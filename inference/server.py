@@ -69,6 +69,7 @@ def configure_torch(threads: int = 1) -> int:
     """
     if threads > 0:
         torch.set_num_threads(threads)
+    log.info("torch %d intra-op thread(s) per call", torch.get_num_threads())
     return torch.get_num_threads()
 
 

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as a file from a checkout: make `shared` im
     sys.path.insert(0, str(ROOT))
 
 from shared import settings  # noqa: E402
+from shared.cli import HelpFormatter  # noqa: E402
 
 SERVICE_NAMES = ("trainer", "inference", "tensorboard")
 SUPERVISOR_NAME = "stack"
@@ -57,19 +58,13 @@ class Service:
 # The command line, and the services it describes
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the None of settings left to the environment or the trainer."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="local_stack.py",
         description="Run the trainer, the gRPC inference service and TensorBoard as local processes "
                     "(docker-compose.yml without Docker). Ctrl-C stops all three.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     s = settings
     parser.add_argument("--artifacts-dir", type=Path, default=s.artifacts_dir(),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from shared import settings
+from shared.cli import HelpFormatter
 from shared.model import ARCHITECTURES
 
 
@@ -66,20 +67,12 @@ PRESETS: dict[str, TrainConfig] = {
 _OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except for on/off switches, where "(default: True)" on --no-publish would mislead."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.nargs == 0:
-            return action.help
-        return super()._get_help_string(action)
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Train an MNIST digit classifier; log to TensorBoard; publish the best model for inference.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         add_help=add_help,
     )
     preset_env = settings.env_str(settings.ENV_PRESET, "default")
