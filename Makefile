@@ -1,6 +1,8 @@
 # Everyday commands. Each one uses the project's virtual environment, created on first use by scripts/stack.sh:
 # $(VENV) below, i.e. $MNIST_VENV, else the active one ($VIRTUAL_ENV), else .venv.
 #
+#   make up        the same three services in containers, on any host: with the GPU where Docker has the NVIDIA
+#                  runtime, on the CPU where it has not (scripts/compose.sh); make down stops them
 #   make stack     trainer + gRPC inference + TensorBoard as local processes (Ctrl-C stops all three)
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
@@ -15,7 +17,13 @@ PYTEST_ARGS ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 export MNIST_VENV := $(VENV)
 
-.PHONY: stack venv test protos lint
+.PHONY: up down stack venv test protos lint
+
+up:
+	scripts/compose.sh up $(ARGS)
+
+down:
+	scripts/compose.sh down $(ARGS)
 
 stack:
 	scripts/stack.sh $(ARGS)

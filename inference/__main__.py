@@ -11,6 +11,7 @@ from pathlib import Path
 from shared import settings
 from shared.cli import HelpFormatter
 
+from inference.logs import LOG_FORMATS, configure_logging
 from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY
 
 
@@ -65,6 +66,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help=f"require metadata 'authorization: Bearer <token>' on every call but health checks "
                              f"(env {ENV_AUTH_TOKEN}; prefer the env var: flags show up in `ps`)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-format", default=settings.env_str(settings.ENV_LOG_FORMAT, "text"), choices=LOG_FORMATS,
+                        help=f"'text' for people, 'json' for log collectors: one object per line, with the access "
+                             f"log's fields (method, code, latency_ms, request_id, ...) as keys (env {settings.ENV_LOG_FORMAT})")
     return parser
 
 
@@ -72,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.auth_token is None:
         args.auth_token = os.environ.get(ENV_AUTH_TOKEN) or None
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    configure_logging(args.log_level, args.log_format)
     from inference.server import ServerOptions, configure_torch, serve
 
     log = logging.getLogger("inference")
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return serve_workers(args.address, options, workers=args.workers, grace=args.grace_period,
-                                 torch_threads=args.torch_threads, log_level=args.log_level)
+                                 torch_threads=args.torch_threads, log_level=args.log_level,
+                                 log_format=args.log_format)
         except OSError as e:
             log.error("cannot listen on %s: %s", args.address, e)
             return 1

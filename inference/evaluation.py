@@ -96,10 +96,6 @@ def shared_evaluation_data(data_dir: str, download: bool = False) -> EvaluationD
     return EvaluationData(Path(data_dir), download=download)
 
 
-# pyplot keeps global state and is not thread-safe: draw one heatmap at a time.
-_plot_lock = threading.Lock()
-
-
 def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -138,7 +134,6 @@ def evaluate_model(served: ServedModel, data: EvaluationData, split: str, *, hea
     evaluation = evaluation_from_log_probs(log_probs.float(), labels)
     png = b""
     if heatmap:
-        with _plot_lock:
-            png = confusion_heatmap_png(evaluation.confusion, title=f"Model {served.version}, {split}")
+        png = confusion_heatmap_png(evaluation.confusion, title=f"Model {served.version}, {split}")
     return EvaluationResult(split=split, evaluation=evaluation, heatmap_png=png,
                             seconds=time.perf_counter() - started)

@@ -219,6 +219,8 @@ class ModelStore:
             return False
         self._failures.pop(key, None)
         self._current = served  # the atomic swap
+        # A skipped model older than the one now served is history: GetModelInfo reports only a newer one.
+        self._last_error = None
         log.info(
             "model %s loaded (%s, %d parameters, sha256 %s) in %.0f ms; swapped in%s",
             served.version, served.arch, served.parameter_count, served.sha256[:12],

@@ -24,6 +24,7 @@ from shared.api.mnist.v1 import inference_pb2
 from shared.image_pipeline import DEFAULT_LIMITS, Limits
 from shared.settings import Paths
 
+from inference.access_log import AccessLogInterceptor
 from inference.evaluation import shared_evaluation_data
 from inference.model_store import ModelStore, ServedModel
 from inference.security import BearerTokenInterceptor, server_credentials
@@ -170,7 +171,10 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     )
     servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits)
 
-    interceptors = [BearerTokenInterceptor(options.auth_token)] if options.auth_token else []
+    # The access log is outermost, so it also records calls the token check refuses.
+    interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor()]
+    if options.auth_token:
+        interceptors.append(BearerTokenInterceptor(options.auth_token))
     grpc_options = [
         # Larger requests fail with RESOURCE_EXHAUSTED before the server reads them into memory.
         ("grpc.max_receive_message_length", options.max_message_bytes),

@@ -21,6 +21,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.image_pipeline import ACCEPTED_FORMATS, ImageRejected, Limits, encode_png, to_mnist
 
+from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
 from inference.model_store import ModelStore, ServedModel
 
@@ -112,6 +113,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     @_rpc
     def Predict(self, request, context):
         served = self._model()
+        access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         image = self._decode(request.image)
         (prediction,) = self._predictions(served, [image], request.return_model_input)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)
@@ -120,6 +122,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def PredictBatch(self, request, context):
         served = self._model()
         count = len(request.images)
+        access_log.note(image_bytes=sum(len(data) for data in request.images), images=count,
+                        model_version=served.version)
         if count > self.limits.max_batch_size:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -144,6 +148,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     @_rpc
     def Evaluate(self, request, context):
         served = self._model()
+        access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,

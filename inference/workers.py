@@ -24,8 +24,6 @@ from inference.server import ServerOptions
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def split_address(address: str) -> tuple[str, int]:
     """'[::]:50051' -> ('::', 50051); 'localhost:0' -> ('localhost', 0)."""
@@ -52,17 +50,19 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
 
 
 def _run_worker(address: str, options: ServerOptions, grace: float, torch_threads: int, log_level: str,
-                index: int) -> None:
+                log_format: str, index: int) -> None:
     """A worker process's main: a fresh interpreter (spawn), so configure logging and torch again."""
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    from inference.logs import configure_logging
     from inference.server import configure_torch, serve
+
+    configure_logging(log_level, log_format, worker=index)
 
     configure_torch(torch_threads)
     serve(address, options, grace=grace)
 
 
 def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: float, torch_threads: int,
-                  log_level: str) -> int:
+                  log_level: str, log_format: str = "text") -> int:
     """Run `workers` server processes on `address` until SIGTERM/SIGINT. Returns the exit status."""
     host, port = split_address(address)
     # spawn, not fork: a forked copy of a process that has started gRPC's or torch's threads can deadlock.
@@ -80,7 +80,7 @@ def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: 
         worker_options = replace(options, share_port=True)
         processes = [
             context.Process(target=_run_worker, name=f"inference-worker-{i}",
-                            args=(shared_address, worker_options, grace, torch_threads, log_level, i))
+                            args=(shared_address, worker_options, grace, torch_threads, log_level, log_format, i))
             for i in range(workers)
         ]
         for process in processes:

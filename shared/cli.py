@@ -13,3 +13,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 or action.default is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (`--epochs 0` is refused by the parser, with a message, not later)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value

@@ -4,6 +4,7 @@ per-class precision/recall/F1, the confusion matrix, and pictures of it."""
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,31 +74,38 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kwa
     return evaluation_from_log_probs(predict_log_probs(model, images, **kwargs), labels)
 
 
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas. The object API, not pyplot: no global figure registry, so
+    figures drawn in several threads at once (the server's Evaluate calls) need no lock, and no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
     """A seaborn heatmap of the confusion matrix, counts in the cells. Returns a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in containers
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    fig = new_figure(7, 6)
+    ax = fig.add_subplot()
     sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=ax,
                 annot_kws={"fontsize": 8})
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit")
     accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)
-    ax.set_title(f"{title} (accuracy {accuracy:.2%}, {int(confusion.sum())} images)")
+    # Wrapped to the figure's width: a long model version in one line would be clipped at both sides.
+    heading = textwrap.fill(title, width=60, break_long_words=True, break_on_hyphens=True)
+    ax.set_title(f"{heading}\naccuracy {accuracy:.2%}, {int(confusion.sum())} images", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -107,15 +115,11 @@ def confusion_heatmap_png(confusion: np.ndarray, *, title: str = "Confusion matr
 
 def misclassified_figure(images: torch.Tensor, labels: torch.Tensor, predictions: np.ndarray, *, limit: int = 64):
     """A grid of misclassified digits, each titled 'predicted/true'. Returns a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     wrong = np.flatnonzero(predictions != labels.cpu().numpy())[:limit]
     cols = 8
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), dpi=100, squeeze=False)
+    fig = new_figure(cols * 1.2, rows * 1.35)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES
 
 
@@ -82,14 +82,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=preset_env,
                         help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) "
                              f"[env {settings.ENV_PRESET}]")
-    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None
-    parser.add_argument("--epochs", type=int, default=epochs_env,
+    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None  # unset: the preset's
+    if epochs_env is not None and epochs_env < 1:
+        raise SystemExit(f"environment variable {settings.ENV_EPOCHS}={epochs_env} must be at least 1")
+    parser.add_argument("--epochs", type=positive_int, default=epochs_env,
                         help=f"epochs to train (default: the preset's, 15 or 100) [env {settings.ENV_EPOCHS}]")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
                         help="network (default: the preset's: 'compact', or 'mynet' for the seed preset)")
     parser.add_argument("--arch-kwargs", type=json.loads, default=None, metavar="JSON",
                         help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: the preset's")
@@ -98,9 +100,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="train without random rotations, shifts and stroke changes")
     parser.add_argument("--seed", type=int, default=settings.env_int(settings.ENV_SEED, 0),
                         help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]")
-    parser.add_argument("--train-subset", type=int, default=None,
+    parser.add_argument("--train-subset", type=non_negative_int, default=None,
                         help="train on only the first N images of the training split (smoke runs and tests)")
-    parser.add_argument("--eval-subset", type=int, default=0,
+    parser.add_argument("--eval-subset", type=non_negative_int, default=0,
                         help="evaluate on only the first N validation and N test images each epoch (smoke runs and "
                              "tests; 0 = all)")
     parser.add_argument("--data-dir", default=str(settings.data_dir()),
@@ -114,7 +116,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="name of the run's folder under runs/ (default: time, preset and seed)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run --run-name (default: the newest run) from its last checkpoint")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                         help="stop after N epochs of this process and leave a checkpoint for --resume "
                              "(time-boxed machines, tests)")
     parser.add_argument("--device", default=settings.env_str(settings.ENV_DEVICE, "auto"),

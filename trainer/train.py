@@ -178,11 +178,12 @@ def newest_resumable_run(paths: Paths) -> str:
 
 
 def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, run_name: str,
-                       optimizer, scheduler, device: torch.device) -> dict[str, Any]:
-    """Everything needed to rebuild the model and continue training. weights_only-safe values only."""
-    rng = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":  # this process's GPU only: get_rng_state_all() would wake every GPU on the host
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+                       optimizer, scheduler) -> dict[str, Any]:
+    """Everything needed to rebuild the model and continue training. weights_only-safe values only.
+
+    No RNG state: every epoch seeds its own randomness from (seed, epoch) (see epoch_generator), so a resumed run
+    needs nothing but the epoch number to draw what the uninterrupted run drew.
+    """
     return {
         "arch": config.arch,
         "arch_kwargs": dict(config.arch_kwargs),
@@ -196,7 +197,6 @@ def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, r
         "best_epoch": state.best_epoch,
         "train_seconds": state.train_seconds,
         "target_reached": state.target_reached,
-        "rng": rng,
         "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
         "run_name": run_name,
         "saved_at": utc_now(),
@@ -266,7 +266,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         state = RunState(epoch=resume_ckpt["epoch"], history=list(resume_ckpt["history"]),
                          best_val_accuracy=resume_ckpt["best_val_accuracy"], best_epoch=resume_ckpt["best_epoch"],
                          train_seconds=resume_ckpt["train_seconds"], target_reached=resume_ckpt["target_reached"])
-        torch.set_rng_state(resume_ckpt["rng"]["torch"])
     ddp_model = model
     if dist_info.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
@@ -313,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = args.target_accuracy
             if target and state.target_reached is None and test.accuracy >= target:
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
-            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, device)
+            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler)
             if val.accuracy > state.best_val_accuracy:  # chosen on validation only; the test set chooses nothing
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)

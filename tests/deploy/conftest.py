@@ -4,3 +4,4 @@
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: starts the real trainer, inference service and TensorBoard (~1 min)")
+    config.addinivalue_line("markers", "docker: builds the images and runs the stack with a real Docker engine")

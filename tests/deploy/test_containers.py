@@ -49,17 +49,42 @@ def test_images_install_pyprojects_exact_torch_pins(name):
     assert {"torch", "torchvision"} <= set(pins), f"pyproject.toml should pin torch and torchvision exactly: {pins}"
     runs = " ".join(args for instruction, args in dockerfile_instructions(DOCKERFILES[name]) if instruction == "RUN")
     for package in ("torch", "torchvision"):
-        found = re.findall(rf"\b{package}==([0-9][^\s+]*)(\+\w+)?", runs)
+        found = re.findall(rf"\b{package}==([0-9][^\s+\"$]*)", runs)
         assert found, f"{name}/Dockerfile does not pin {package}"
-        assert {version for version, _ in found} == {pins[package]}, (
+        assert set(found) == {pins[package]}, (
             f"{name}/Dockerfile installs {package} {found}, pyproject.toml pins {pins[package]}")
 
 
-def test_inference_image_gets_cpu_only_torch_and_trainer_cuda_torch():
-    runs = {name: " ".join(a for i, a in dockerfile_instructions(path) if i == "RUN") for name, path in DOCKERFILES.items()}
-    assert "download.pytorch.org/whl/cpu" in runs["inference"] and "torch==" in runs["inference"]
-    assert re.search(r"torch==\S+\+cpu", runs["inference"])
-    assert "+cpu" not in runs["trainer"] and "whl/cpu" not in runs["trainer"]
+def build_args(path: Path) -> dict[str, str]:
+    """ARG name -> default value ('' when the ARG has none)."""
+    return {name: value for name, _, value in
+            (args.partition("=") for instruction, args in dockerfile_instructions(path) if instruction == "ARG")}
+
+
+def torch_install(path: Path) -> str:
+    (run,) = [args for instruction, args in dockerfile_instructions(path) if instruction == "RUN" and "torch==" in args]
+    return run
+
+
+def test_inference_image_gets_cpu_only_torch_and_trainer_cuda_torch_by_default():
+    inference, trainer = build_args(DOCKERFILES["inference"]), build_args(DOCKERFILES["trainer"])
+    assert inference["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and inference["TORCH_VARIANT"] == "+cpu"
+    assert trainer["TORCH_INDEX_URL"] == "https://pypi.org/simple" and trainer["TORCH_VARIANT"] == ""
+
+
+def test_torch_index_is_a_build_argument_and_the_torch_layer_is_shared():
+    """Where PyTorch's own index cannot be reached (only PyPI can, here), both images build from PyPI with
+    `--build-arg TORCH_INDEX_URL=... --build-arg TORCH_VARIANT=`; their torch layers are then the same layer."""
+    installs = {name: torch_install(path) for name, path in DOCKERFILES.items()}
+    assert len(set(installs.values())) == 1, installs
+    assert '--index-url "${TORCH_INDEX_URL}"' in installs["inference"] and "${TORCH_VARIANT}" in installs["inference"]
+    # Everything before the torch layer is the same too (a different ENV would change the layer's parent).
+    prefixes = set()
+    for path in DOCKERFILES.values():
+        instructions = dockerfile_instructions(path)
+        upto = next(i for i, (instruction, args) in enumerate(instructions) if "torch==" in args)
+        prefixes.add(tuple((i, a) for i, a in instructions[:upto] if i != "ARG"))
+    assert len(prefixes) == 1, prefixes
 
 
 def test_base_images_are_one_pinned_slim_python():

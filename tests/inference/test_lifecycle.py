@@ -88,6 +88,17 @@ def test_a_malformed_manifest_is_reported(serve, tmp_path):
     assert model_info(running).version == "good"
 
 
+def test_a_good_model_after_a_skipped_one_clears_the_load_error(serve, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "good", seed=1)
+    running = serve(artifacts)
+    atomic_write_bytes(Paths(artifacts).latest_manifest, b"not json")
+    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
+    publish(artifacts, "better", seed=2)
+    assert wait_until(lambda: model_info(running).version == "better")
+    assert not model_info(running).HasField("last_load_error"), model_info(running).last_load_error
+
+
 def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path, digit_pngs, monkeypatch):
     import inference.service
 

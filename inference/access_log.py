@@ -1,0 +1,140 @@
+"""One access-log line per call, and the request id that ties every line about a call together.
+
+An interceptor (grpc/grpc's examples/python/interceptors: cross-cutting concerns live in one place, not in each
+method) wraps every unary call:
+
+- the request id is the caller's `x-request-id` metadata when it is a sane token (letters, digits and `._:-`,
+  at most 128 characters), else a new random one: a malformed id is replaced, never echoed into logs or
+  responses. It is sent back in the response's initial metadata.
+- the call's record (`CallRecord`) is reachable from the servicer through `current_call()`, which runs on the
+  same thread; the servicer notes the model version and image bytes there, and every log line written during
+  the call carries the id (`RequestIdFilter`).
+- when the call ends, one line: method, status code, latency, image bytes, images, model version, peer, id.
+
+Health checks and reflection are logged at DEBUG only: probes call every few seconds and would drown the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import grpc
+
+log = logging.getLogger("inference.access")
+
+REQUEST_ID_KEY = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def request_id_from(supplied: str | None) -> str:
+    """The caller's request id if it is a sane token, else a fresh one (32 hex digits)."""
+    if supplied and _SANE_REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
+@dataclass
+class CallRecord:
+    """What the access-log line says about one call; the servicer fills in what only it knows."""
+
+    request_id: str
+    method: str  # short name, e.g. "Predict"
+    peer: str
+    started: float = field(default_factory=time.perf_counter)
+    image_bytes: int = 0
+    images: int = 0
+    model_version: str = ""
+
+    def fields(self, code: grpc.StatusCode) -> dict[str, Any]:
+        return {
+            "method": self.method, "code": code.name, "latency_ms": round((time.perf_counter() - self.started) * 1e3, 3),
+            "image_bytes": self.image_bytes, "images": self.images, "model_version": self.model_version,
+            "peer": self.peer, "request_id": self.request_id,
+        }
+
+
+_current: ContextVar[CallRecord | None] = ContextVar("mnist_call", default=None)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the call this thread is serving, or None outside a call."""
+    return _current.get()
+
+
+def note(*, image_bytes: int = 0, images: int = 0, model_version: str | None = None) -> None:
+    """Add what the servicer knows to the current call's record (a no-op outside a call)."""
+    record = _current.get()
+    if record is None:
+        return
+    record.image_bytes += image_bytes
+    record.images += images
+    if model_version is not None:
+        record.model_version = model_version
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every log record a `request_id` attribute: the current call's, or "-" outside a call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        call = _current.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = call.request_id if call is not None else "-"
+        return True
+
+
+def format_text(fields: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value if value != '' else '-'}" for key, value in fields.items())
+
+
+Observer = Callable[[CallRecord, grpc.StatusCode, float], None]
+
+
+class AccessLogInterceptor(grpc.ServerInterceptor):
+    """Outermost interceptor: request id in and out, one log line per call, and `observers` (metrics) told of
+    each finished call as (record, status code, seconds)."""
+
+    def __init__(self, observers: tuple[Observer, ...] = ()) -> None:
+        self.observers = observers
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler  # the project's own methods are all unary; streaming health Watch passes untouched
+        full_method = handler_call_details.method
+        quiet = full_method.startswith(QUIET_PREFIXES)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        inner = handler.unary_unary
+
+        def behaviour(request, context: grpc.ServicerContext):
+            record = CallRecord(request_id=request_id_from(metadata.get(REQUEST_ID_KEY)),
+                                method=full_method.rsplit("/", 1)[-1], peer=context.peer())
+            context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+            token = _current.set(record)
+            code = grpc.StatusCode.OK
+            try:
+                return inner(request, context)
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # context.abort set it before raising
+                raise
+            finally:
+                fields = record.fields(code)
+                _current.reset(token)
+                if quiet:
+                    log.debug("access %s", format_text(fields), extra={"access": fields,
+                                                                        "request_id": record.request_id})
+                else:
+                    log.info("access %s", format_text(fields), extra={"access": fields,
+                                                                       "request_id": record.request_id})
+                seconds = fields["latency_ms"] / 1e3
+                for observer in self.observers:
+                    observer(record, code, seconds)
+
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
