@@ -4,7 +4,7 @@
 
 Columns: the picture as the user sees it (transparency over a checkerboard, EXIF orientation applied), the ink
 (contrast to the estimated paper, with the kept strokes' window outlined), the cropped digit after stroke-width
-normalisation, and the 28x28 image the model sees. Deterministic: the same pictures every run.
+normalization, and the 28x28 image the model sees. Deterministic: the same pictures every run.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     images = load_mnist(args.data_dir, download=False, verify=False).test_images.numpy()
     titles = ["what the user sent", "ink: contrast to the paper\n(kept strokes outlined)",
-              "cropped, stroke width\nnormalised", "what the model sees\n(28x28)"]
+              "cropped, stroke width\nnormalized", "what the model sees\n(28x28)"]
     fig, axes = plt.subplots(len(EXAMPLES), 4, figsize=(8.4, 2.0 * len(EXAMPLES)), dpi=96,
                              gridspec_kw={"width_ratios": [1.5, 1.5, 1, 1]})
     for row, (title, style, index, seed) in zip(axes, EXAMPLES):

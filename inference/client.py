@@ -208,7 +208,7 @@ def cmd_info(stub, args, call) -> int:
         print(f"loaded        {info.loaded_at}")
         print(f"metrics       {metrics}")
         print(f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
-              f"normalised as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}")
+              f"normalized as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}")
     else:
         print("no model is served yet: the server is waiting for the trainer to publish one")
     print(f"accepts       {', '.join(contract.accepted_formats)}; up to {contract.max_image_bytes:,} bytes and "

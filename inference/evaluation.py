@@ -1,7 +1,7 @@
-"""Evaluate the served model on MNIST: the dataset is loaded once, lazily, and its normalised tensors cached.
+"""Evaluate the served model on MNIST: the dataset is loaded once, lazily, and its normalized tensors cached.
 
 The test set is fixed and the validation split depends only on (seed, fraction), so for a given model
-normalisation the network's input is the same every time: normalising 10,000 images once and keeping the
+normalization the network's input is the same every time: normalizing 10,000 images once and keeping the
 float tensor (31 MB) leaves only the forward pass and the scoring for each Evaluate call.
 """
 
@@ -43,7 +43,7 @@ class EvaluationResult:
 
 
 class EvaluationData:
-    """MNIST for Evaluate, read from `data_dir` on first use and kept, with a few normalised splits cached."""
+    """MNIST for Evaluate, read from `data_dir` on first use and kept, with a few normalized splits cached."""
 
     def __init__(self, data_dir: Path, *, download: bool = False, cache_size: int = 2) -> None:
         self.data_dir = Path(data_dir)
@@ -68,7 +68,7 @@ class EvaluationData:
 
     def inputs(self, split: str, *, mean: float, std: float, seed: int = 0,
                val_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised images (N, 1, 28, 28) float, labels (N,)) of `split`, normalised with (mean, std)."""
+        """(normalized images (N, 1, 28, 28) float, labels (N,)) of `split`, normalized with (mean, std)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
         key = (split, mean, std) if split == "test" else (split, mean, std, seed, val_fraction)
@@ -102,7 +102,7 @@ def usable_cpus() -> int:
 
 def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: int = 256, workers: int = 0,
                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
-    """Log-probabilities (N, 10) of normalised inputs (N, 1, 28, 28), chunks spread over `workers` threads.
+    """Log-probabilities (N, 10) of normalized inputs (N, 1, 28, 28), chunks spread over `workers` threads.
 
     The server keeps torch at one intra-op thread so concurrent calls do not oversubscribe the cores; this
     runs chunks side by side instead (torch releases the GIL inside each forward), so one Evaluate still

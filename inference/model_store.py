@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelValidationError(ValueError):
-    """A published model that loads but must not serve (non-finite output, bad normalisation, ...)."""
+    """A published model that loads but must not serve (non-finite output, bad normalization, ...)."""
 
 
 @dataclass(frozen=True)

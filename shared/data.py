@@ -36,7 +36,7 @@ MIRRORS = (
 )
 NUM_CLASSES = 10
 # Mean and standard deviation of the training images' pixels, scaled to [0, 1]. Stored in every checkpoint, so
-# a served model normalises its input exactly as it was trained.
+# a served model normalizes its input exactly as it was trained.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -174,7 +174,7 @@ def train_val_split(n: int, *, val_fraction: float = 0.2, seed: int = 0) -> tupl
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
     """uint8 images (N, 28, 28), ink bright on black as in MNIST -> the network's input (N, 1, 28, 28) float.
 
-    Works on any device, so the trainer can keep the uint8 dataset on the GPU and normalise per batch.
+    Works on any device, so the trainer can keep the uint8 dataset on the GPU and normalize per batch.
     """
     return standardize(images.float().div_(255.0).unsqueeze(1), mean, std)
 

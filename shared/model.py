@@ -1,6 +1,6 @@
 """The networks, defined once and imported by the trainer and the inference service.
 
-Every network takes a normalised batch of shape (N, 1, 28, 28) and returns log-probabilities (N, 10), so
+Every network takes a normalized batch of shape (N, 1, 28, 28) and returns log-probabilities (N, 10), so
 `argmax` is the digit and `exp` the class probabilities. A checkpoint stores the architecture's name and its
 keyword arguments, and `build_model(name, **kwargs)` rebuilds it without guessing.
 """

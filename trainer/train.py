@@ -77,7 +77,7 @@ def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torc
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
-    # No weight decay on BatchNorm parameters and biases: decaying them only fights the normalisation.
+    # No weight decay on BatchNorm parameters and biases: decaying them only fights the normalization.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

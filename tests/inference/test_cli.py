@@ -89,7 +89,7 @@ def test_info_describes_the_model(module_server, capsys):
     assert code == 0, err
     assert re.search(r"^version\s+v1$", out, re.M)
     assert re.search(r"^architecture\s+compact .*parameters$", out, re.M)
-    assert "normalised as (x - 0.1307) / 0.3081" in out
+    assert "normalized as (x - 0.1307) / 0.3081" in out
 
 
 def test_info_with_tls_and_token(serve, tmp_path, tls_files, capsys, monkeypatch):

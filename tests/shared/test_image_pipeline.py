@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFile, ImageOps
 
+from shared import decode
 from shared import image_pipeline as ip
 from shared.image_pipeline import DEFAULT_LIMITS, ImageRejected, Limits, encode_png, to_mnist, to_mnist_array
 from tests import user_images as ui
@@ -212,11 +213,11 @@ def test_exif_orientation_matches_pillow_for_all_eight_values():
     for orientation in range(1, 9):
         img = Image.fromarray(asymmetric)
         exif = img.getexif()
-        exif[ip.EXIF_ORIENTATION_TAG] = orientation
+        exif[decode.EXIF_ORIENTATION_TAG] = orientation
         buffer = io.BytesIO()
         img.save(buffer, "PNG", exif=exif.tobytes())
         expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))))
-        np.testing.assert_array_equal(ip.apply_exif_orientation(asymmetric, orientation), expected, str(orientation))
+        np.testing.assert_array_equal(decode.apply_exif_orientation(asymmetric, orientation), expected, str(orientation))
 
 
 @pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])
@@ -225,7 +226,7 @@ def test_exif_rotated_photo_comes_out_upright(digit, orientation, stored_as):
     upright = on_paper(drawing(digit), ink=(30, 30, 30), paper=(210, 210, 205))
     stored = np.ascontiguousarray(np.rot90(upright, stored_as))
     exif = Image.Exif()
-    exif[ip.EXIF_ORIENTATION_TAG] = orientation
+    exif[decode.EXIF_ORIENTATION_TAG] = orientation
     out = to_mnist(ui.encode(stored, "JPEG", quality=90, exif=exif.tobytes()))
     assert similarity(out, to_mnist(ui.encode(upright, "JPEG", quality=90))) > 0.95
     assert similarity(out, digit) > 0.9

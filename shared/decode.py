@@ -1,0 +1,289 @@
+"""Untrusted bytes -> a picture at working resolution: the image pipeline's security boundary, in one file to audit.
+
+Everything a user sends is read here and nowhere else. In order, and before any pixel is decoded where that is
+possible:
+- the byte count (Limits.max_bytes);
+- the format, from its signature: only PNG, JPEG, GIF, BMP, TIFF and WebP (nothing headerless that random bytes
+  could pass for, nothing that runs an external program);
+- the *declared* pixel count (Limits.max_pixels; a few kB of PNG can declare gigapixels);
+then the first frame only; JPEG decoded at reduced size when large; 16-bit, CMYK and palette images brought to
+8 bits; transparency composited so that ink held only in the alpha channel stays visible; EXIF orientation
+applied; the result shrunk to at most WORK_MAX_SIDE pixels on its long side. Any failure is ImageRejected with a
+message that says what to send instead; nothing else escapes for bad input.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+# Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
+# picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
+WORK_MAX_SIDE = 1024
+
+
+# What users may send, as Pillow names the formats ("JPEG" also opens phones' multi-picture MPO files). Only formats
+# with a clear signature, so random bytes never decode as a headerless format (TGA), and nothing that runs an
+# external program (EPS runs Ghostscript).
+PIL_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WebP")  # for messages and the service's input contract
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+class ImageRejected(ValueError):
+    """The picture cannot be turned into a digit; the message says what is wrong and what to do about it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-image limits, checked before anything is decoded.
+
+    max_bytes: a 12-megapixel phone JPEG is 2-6 MB and a canvas or paint-program PNG well under 1 MB, so 10 MiB
+        accepts every honest upload while bounding what one request makes the server read.
+    max_pixels: width x height as the file's header declares it. 40 MP accepts 12- and 24-MP phone photos (a
+        48-MP one is over max_bytes anyway); beyond that a digit picture is implausible and the file is treated
+        as a decompression bomb (a few kB of PNG can declare gigapixels). Large JPEGs are decoded at 1/2..1/8
+        scale, so only other formats can cost the full 4 bytes per pixel (160 MB at 40 MP) of memory.
+    """
+
+    max_bytes: int
+    max_pixels: int
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError(f"limits must be positive, got {self}")
+
+
+DEFAULT_LIMITS = Limits(max_bytes=10 * 1024 * 1024, max_pixels=40_000_000)
+
+
+
+
+def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes -> (H, W) or (H, W, 3) uint8 at working resolution, transparency composited, EXIF applied."""
+    check_byte_count(data, limits)
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
+            check_pixel_count(img.size, limits)  # declared size, before a single pixel is decoded
+            request_reduced_decode(img)
+            img.load()  # the first frame only: animated GIFs, multi-page TIFFs
+            check_pixel_count(img.size, limits)
+            orientation = exif_orientation(img)
+            array = pil_to_array(img)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own, far higher, ceiling
+        raise ImageRejected(f"{e}. Send a smaller picture (at most {limits.max_pixels:,} pixels).") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(unidentified_message(data)) from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageRejected(
+            f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated. "
+            f"Send a complete {', '.join(ACCEPTED_FORMATS)} file"
+        ) from None
+    return prepare_array(apply_exif_orientation(array, orientation))
+
+
+def check_byte_count(data: bytes, limits: Limits) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageRejected(f"expected the image file's bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageRejected(f"empty image: send the bytes of a {', '.join(ACCEPTED_FORMATS)} file")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            f"image is {len(data):,} bytes; the limit is {limits.max_bytes:,}. Send a smaller file "
+            "(crop to the digit, or save it as PNG or JPEG at a lower resolution)"
+        )
+
+
+def check_pixel_count(size: tuple[int, int], limits: Limits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            f"image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,} "
+            "(larger files are treated as decompression bombs). Send a smaller picture, cropped to the digit"
+        )
+
+
+# File signatures, to tell a damaged picture from something that is no picture at all.
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP",
+}
+
+
+def unidentified_message(data: bytes) -> str:
+    """Why Pillow could not even identify the bytes, and what to send instead."""
+    accepted = ", ".join(ACCEPTED_FORMATS)
+    head = bytes(data[:16])
+    for signature, name in _SIGNATURES.items():
+        if head.startswith(signature):
+            return (f"the file starts like a {name} but its header is damaged or truncated; "
+                    f"send a complete {accepted} file")
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return f"HEIC/HEIF/AVIF pictures are not accepted; export or share the photo as JPEG (or {accepted})"
+    if head.startswith(b"%PDF"):
+        what = "it looks like a PDF"
+    elif head.lstrip().startswith(b"<"):
+        what = "it looks like text or SVG/XML"
+    else:
+        what = f"it starts with bytes {head[:8].hex(' ')}"
+    return f"not a picture in a format we read ({what}); send a {accepted} file"
+
+
+def request_reduced_decode(img: Image.Image) -> None:
+    """Let JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when the photo is far above working resolution.
+
+    A 12-MP photo then costs ~1/4 of the time and memory; the result is still at least WORK_MAX_SIDE on its long
+    side, so no detail the pipeline uses is lost. Other formats ignore the request.
+    """
+    width, height = img.size
+    scale = max(width, height) / WORK_MAX_SIDE
+    if img.format in ("JPEG", "MPO") and scale >= 2:  # MPO: a JPEG with extra frames
+        img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1..8; 1 = upright). A damaged EXIF block counts as upright rather than failing."""
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - malformed EXIF raises anything from struct.error to KeyError
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip (H, W[, C]) so it displays upright, as ImageOps.exif_transpose would (tested against it)."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:  # transpose
+        return array.swapaxes(0, 1)
+    if orientation == 6:  # rotate 90 degrees clockwise
+        return array.swapaxes(0, 1)[:, ::-1]
+    if orientation == 7:  # transverse
+        return array.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:  # rotate 90 degrees counter-clockwise
+        return array.swapaxes(0, 1)[::-1]
+    return array
+
+
+def pil_to_array(img: Image.Image) -> np.ndarray:
+    """A loaded Pillow image in any mode -> (H, W) uint8, (H, W, 3) uint8 or, with transparency, (H, W, 2 or 4)."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        return high_bit_depth_to_uint8(np.asarray(img))
+    has_transparency = "A" in mode or "a" in mode or "transparency" in img.info
+    if mode in ("1", "L") and not has_transparency:
+        return np.asarray(img.convert("L"))
+    if mode in ("L", "LA", "La") and has_transparency:
+        return np.asarray(img.convert("LA"))
+    if has_transparency:  # P with a transparent index, PA, RGBA, RGBa, RGB with a transparent colour
+        return np.asarray(img.convert("RGBA"))
+    return np.asarray(img.convert("RGB"))  # RGB, RGBX, P, CMYK, YCbCr, LAB, HSV
+
+
+def high_bit_depth_to_uint8(array: np.ndarray) -> np.ndarray:
+    """16/32-bit integer grey (16-bit range assumed) or float grey ([0, 1] or [0, 255]) -> uint8."""
+    if array.dtype.kind == "f":
+        array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
+        return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
+    return (np.clip(array, 0, 65535).astype(np.uint32) // 257).astype(np.uint8)  # 65535 -> 255
+
+
+def prepare_array(image: np.ndarray) -> np.ndarray:
+    """Any decoded array -> (H, W) or (H, W, 3) uint8, alpha composited, long side <= WORK_MAX_SIDE."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)):
+        raise ImageRejected(f"expected a grey, grey+alpha, RGB or RGBA picture, got an array of shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageRejected(f"image has no pixels ({image.shape[1]}x{image.shape[0]})")
+    image = np.ascontiguousarray(to_uint8(image))
+    if image.ndim == 2 or image.shape[2] == 3:
+        return np.ascontiguousarray(shrink_to(image, WORK_MAX_SIDE))
+    # Shrink before compositing, premultiplied: compositing is linear in (colour * alpha, alpha), so averaging
+    # first gives the same result, and the float arithmetic runs on the small picture only.
+    colour, alpha = np.ascontiguousarray(image[:, :, :-1]), np.ascontiguousarray(image[:, :, -1])
+    alpha_per_channel = alpha if colour.shape[2] == 1 else cv2.merge([alpha] * colour.shape[2])
+    premultiplied = cv2.multiply(colour.reshape(alpha_per_channel.shape), alpha_per_channel, scale=1 / 255)
+    return np.ascontiguousarray(
+        composite_alpha(shrink_to(premultiplied, WORK_MAX_SIDE), shrink_to(alpha, WORK_MAX_SIDE))
+    )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 as is; bool -> 0/255; 8-bit signed clipped; wider integers as 16-bit; floats as [0, 1] or [0, 255]."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if image.dtype.kind in "ui" and image.dtype.itemsize == 1:
+        return np.clip(image, 0, 255).astype(np.uint8)
+    if image.dtype.kind in "uif":
+        return high_bit_depth_to_uint8(image)
+    raise ImageRejected(f"unsupported pixel type {image.dtype}")
+
+
+def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Flatten (H, W[, 3]) premultiplied colour with (H, W) alpha onto a backdrop chosen so the ink stays visible.
+
+    Web canvases export the strokes in the alpha channel and leave RGB constant (often black: (0, 0, 0, 0) is the
+    empty canvas), so a fixed white or black backdrop would make one kind or the other invisible. When most of
+    the picture is transparent, the opaque part is the drawing: the backdrop is white under dark ink and black
+    under light ink. When most is opaque, the opaque part is the paper (a photo with transparent corners): the
+    backdrop is the paper's median colour, so the corners vanish into it.
+    """
+    premultiplied = premultiplied.astype(np.float32)
+    premultiplied = premultiplied if premultiplied.ndim == 3 else premultiplied[:, :, None]  # (H, W, C)
+    weight = alpha.astype(np.float32) / 255.0  # (H, W)
+    total_weight = float(weight.sum(dtype=np.float64))
+    if total_weight == 0:
+        raise ImageRejected("the picture is fully transparent: there is nothing drawn on it")
+    if float(weight.min()) < 1.0:
+        if np.count_nonzero(alpha >= 128) * 2 < alpha.size:
+            ink_luminance = float(premultiplied.mean(axis=2).sum(dtype=np.float64)) / total_weight
+            backdrop = np.full(premultiplied.shape[2], 255.0 if ink_luminance < 128 else 0.0, np.float32)
+        else:  # the paper's colour: the median of (a sample of) the opaque pixels, un-premultiplied
+            colours = sample_grid(premultiplied, 256).reshape(-1, premultiplied.shape[2])  # (n, C)
+            weights = sample_grid(weight, 256).reshape(-1, 1)  # (n, 1)
+            opaque = weights[:, 0] >= 0.5
+            backdrop = np.median(colours[opaque] / weights[opaque], axis=0).astype(np.float32)
+        premultiplied = premultiplied + backdrop * (1.0 - weight)[:, :, None]
+    flat = np.clip(premultiplied + 0.5, 0, 255).astype(np.uint8)
+    return flat[:, :, 0] if flat.shape[2] == 1 else flat
+
+
+def shrink_to(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Area-average (H, W[, C]) down so its long side is at most max_side; smaller pictures are left alone."""
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+
+
+def sample_grid(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Every k-th pixel of (H, W[, C]), at cell centres, so the long side has at most max_side samples.
+
+    Plain sampling, not averaging: 40x cheaper, and a thin stroke's samples keep their full contrast, so the
+    robust fit sees them as the outliers they are instead of as slightly darker paper.
+    """
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    # A side shorter than half a step (a 1 x 20,000 strip) still gets one sample row or column.
+    return np.ascontiguousarray(image[min(step // 2, h - 1) :: step, min(step // 2, w - 1) :: step])
