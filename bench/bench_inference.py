@@ -36,7 +36,7 @@ from shared import settings  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
 from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
-from bench.server_process import digit_pngs, start_server, stop_server  # noqa: E402
+from bench.server_process import digit_pngs, publish_random_model, start_server, stop_server  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,24 +56,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
-def publish_random_model(artifacts: Path) -> str:
-    import torch
-
-    from shared.checkpoint import publish_model
-    from shared.data import MNIST_MEAN, MNIST_STD
-    from shared.model import build_model
-    from shared.settings import Paths
-
-    torch.manual_seed(0)
-    model = build_model("compact")
-    version = "bench-random-init"
-    publish_model(Paths(artifacts).models, version=version, model_payload={
-        "arch": "compact", "arch_kwargs": {}, "model": model.state_dict(),
-        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench", "epoch": 0,
-    })
-    return version
 
 
 def run_clients(concurrency: int, duration: float, call) -> tuple[int, int, float]:

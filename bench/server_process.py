@@ -55,6 +55,25 @@ def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
     raise SystemExit(f"the server did not start in {startup_timeout:g} s:\n" + "".join(lines))
 
 
+def publish_random_model(artifacts: Path) -> str:
+    """Publish a random-init default network into `artifacts` (speed and memory do not depend on the weights)."""
+    import torch
+
+    from shared.checkpoint import publish_model
+    from shared.data import MNIST_MEAN, MNIST_STD
+    from shared.model import build_model
+    from shared.settings import Paths
+
+    torch.manual_seed(0)
+    model = build_model("compact")
+    version = "bench-random-init"
+    publish_model(Paths(artifacts).models, version=version, model_payload={
+        "arch": "compact", "arch_kwargs": {}, "model": model.state_dict(),
+        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench", "epoch": 0,
+    })
+    return version
+
+
 def stop_server(process: subprocess.Popen, timeout: float = 15.0) -> None:
     """Ask the server to stop (SIGTERM); kill it if it has not exited within `timeout` s."""
     process.terminate()

@@ -11,12 +11,13 @@ from pathlib import Path
 from shared import settings
 from shared.cli import HelpFormatter
 
+from inference.capacity import check_workers_fit, memory_limit_bytes, process_memory_mib
 from inference.logs import LOG_FORMATS, configure_logging
 from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from inference.server import ServerOptions
+    from inference.options import ServerOptions
 
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())  # one place for the defaults
     parser = argparse.ArgumentParser(
@@ -55,6 +56,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="decoded width x height of one image (decompression bombs are refused)")
     parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes,
                         help="bytes of one request or response message")
+    parser.add_argument("--decode-budget-mib", type=int, default=defaults.decode_budget_mib,
+                        help="decoded pictures in memory at once, across all calls of one process; a call that "
+                             "would exceed it waits, then gets RESOURCE_EXHAUSTED")
+    parser.add_argument("--decode-wait", type=float, default=defaults.decode_wait, metavar="SECONDS",
+                        help="how long a call waits for room in the decode budget")
     parser.add_argument("--max-concurrent-evaluations", type=int, default=defaults.max_concurrent_evaluations,
                         help="Evaluate calls at once; more get RESOURCE_EXHAUSTED")
     parser.add_argument("--tls-cert", type=Path, default=os.environ.get(ENV_TLS_CERT) or None,
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.auth_token is None:
         args.auth_token = os.environ.get(ENV_AUTH_TOKEN) or None
     configure_logging(args.log_level, args.log_format)
-    from inference.server import ServerOptions, configure_torch, serve
+    from inference.options import ServerOptions
+    from inference.server import check_decode_budget, configure_torch, serve
 
     log = logging.getLogger("inference")
     if args.auth_token is not None and not args.auth_token.strip():
@@ -99,12 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         max_image_pixels=args.max_image_pixels,
         max_message_bytes=args.max_message_bytes,
         max_concurrent_evaluations=args.max_concurrent_evaluations,
+        decode_budget_mib=args.decode_budget_mib,
+        decode_wait=args.decode_wait,
         auth_token=args.auth_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    try:
+        check_decode_budget(options)
+        per_process = process_memory_mib(options.decode_budget_mib, options.max_workers, options.max_message_bytes)
+        check_workers_fit(args.workers, per_process, memory_limit_bytes())
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.workers > 1:
         from inference.workers import serve_workers
 

@@ -11,7 +11,6 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,10 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.api.mnist.v1 import inference_pb2
-from shared.image_pipeline import DEFAULT_LIMITS, Limits
+from shared.decode import largest_decode_cost
+from shared.image_pipeline import Limits, MemoryBudget
 from shared.settings import Paths
 
 from inference.access_log import AccessLogInterceptor
+from inference.capacity import return_large_blocks_to_the_system
+from inference.options import ServerOptions
 from inference.evaluation import shared_evaluation_data
 from inference.model_store import ModelStore, ServedModel
 from inference.security import BearerTokenInterceptor, server_credentials
@@ -35,29 +37,14 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name  # "mnist.v1.Inference"
 
 
-@dataclass(frozen=True)
-class ServerOptions:
-    """Everything create_server needs; the defaults are also the command line's (inference/__main__.py)."""
-
-    artifacts_dir: Path
-    data_dir: Path
-    download_data: bool = False
-    poll_interval: float = 1.0
-    max_workers: int = 16
-    # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
-    max_concurrent_rpcs: int | None = 128
-    max_batch_size: int = 256
-    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
-    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
-    max_message_bytes: int = 32 * 1024 * 1024
-    max_concurrent_evaluations: int = 1
-    auth_token: str | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    # Several worker processes share one port (inference/workers.py). A single server does not share: a second
-    # one started by mistake on a port in use fails instead of silently taking half the traffic. (Two
-    # multi-worker services of the same user on one port would share it; run them on different ports.)
-    share_port: bool = False
+def check_decode_budget(options: ServerOptions) -> None:
+    """The decode budget must hold one picture of the largest size the limits allow, or that picture could never
+    be decoded: a configuration error, said at start-up rather than to each caller."""
+    largest = largest_decode_cost(options.max_image_pixels)
+    if options.decode_budget_mib * 2**20 < largest:
+        raise ValueError(f"--decode-budget-mib {options.decode_budget_mib} cannot hold one picture of "
+                         f"--max-image-pixels {options.max_image_pixels:,} (up to {largest / 2**20:,.0f} MiB "
+                         f"decoded): raise the budget or lower the pixel limit")
 
 
 def configure_torch(threads: int = 1) -> int:
@@ -163,8 +150,10 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
 
     store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
                        on_swap=on_swap)
+    check_decode_budget(options)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
+        decode_budget=MemoryBudget(options.decode_budget_mib * 2**20, options.decode_wait),
         max_batch_size=options.max_batch_size,
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,
@@ -203,6 +192,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
 
 def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    return_large_blocks_to_the_system()  # a process that serves: its memory goes back down after big pictures
     server, port = create_server(address, options)
     stop = threading.Event()
 

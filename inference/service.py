@@ -19,7 +19,16 @@ import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.image_pipeline import ACCEPTED_FORMATS, ImageRejected, Limits, encode_png, to_mnist
+from shared.image_pipeline import (
+    ACCEPTED_FORMATS,
+    BudgetExhausted,
+    ImageRejected,
+    Limits,
+    MemoryBudget,
+    OutOfMemory,
+    encode_png,
+    to_mnist,
+)
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -47,9 +56,11 @@ class RpcError(Exception):
 @dataclass(frozen=True)
 class ServiceLimits:
     image: Limits
-    max_batch_size: int = 256
-    max_message_bytes: int = 32 * 1024 * 1024
-    max_concurrent_evaluations: int = 1
+    # Decoded pictures in memory at once, across every call of this process (shared/budget.py).
+    decode_budget: MemoryBudget
+    max_batch_size: int
+    max_message_bytes: int
+    max_concurrent_evaluations: int
 
 
 def _rpc(method):
@@ -93,9 +104,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def _decode(self, data: bytes) -> np.ndarray:
         try:
-            return to_mnist(data, limits=self.limits.image)
+            return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
         except ImageRejected as e:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        except (BudgetExhausted, OutOfMemory) as e:  # the server is busy; the picture may be fine
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
     @staticmethod
     def _predictions(served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:

@@ -20,7 +20,7 @@ import threading
 from dataclasses import replace
 from typing import Iterator
 
-from inference.server import ServerOptions
+from inference.options import ServerOptions
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,9 @@ if str(ROOT) not in sys.path:  # run as a file from a checkout: make `shared` im
 from shared import settings  # noqa: E402
 from shared.cli import HelpFormatter  # noqa: E402
 
+# docker-compose.yml's default memory limit of the inference container (tests/deploy checks the two agree).
+COMPOSE_INFERENCE_MEMORY = "3g"
+
 SERVICE_NAMES = ("trainer", "inference", "tensorboard")
 SUPERVISOR_NAME = "stack"
 
@@ -317,6 +320,18 @@ class Supervisor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def memory_note(env: Mapping[str, str]) -> str:
+    """What the inference service may use, as compose limits its container (inference/capacity.py)."""
+    from inference.capacity import process_memory_mib
+    from inference.options import ServerOptions
+
+    defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
+    workers = int(env.get(settings.ENV_INFERENCE_WORKERS) or os.environ.get(settings.ENV_INFERENCE_WORKERS) or 1)
+    each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    return (f"inference: up to {workers * each / 1024:.1f} GiB of memory ({workers} process(es) x {each:,} MiB); "
+            f"compose limits its container to MNIST_INFERENCE_MEMORY (default {COMPOSE_INFERENCE_MEMORY})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     services = local_services(args)
@@ -335,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.name for s in services]
     supervisor.log(f"artifacts: {env[settings.ENV_ARTIFACTS_DIR]}   MNIST: {env[settings.ENV_DATA_DIR]}")
     if "inference" in names:
+        supervisor.log(memory_note(env))
         supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
                        f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
     if "tensorboard" in names:

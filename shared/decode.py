@@ -14,12 +14,16 @@ message that says what to send instead; nothing else escapes for bad input.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from shared.budget import BudgetExhausted, MemoryBudget
 
 
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
@@ -38,6 +42,10 @@ EXIF_ORIENTATION_TAG = 0x0112
 
 class ImageRejected(ValueError):
     """The picture cannot be turned into a digit; the message says what is wrong and what to do about it."""
+
+
+class OutOfMemory(RuntimeError):
+    """Decoding a picture ran out of memory: the server's state, not the picture's fault; try again later."""
 
 
 @dataclass(frozen=True)
@@ -65,19 +73,32 @@ DEFAULT_LIMITS = Limits(max_bytes=10 * 1024 * 1024, max_pixels=40_000_000)
 
 
 
-def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    """Bytes -> (H, W) or (H, W, 3) uint8 at working resolution, transparency composited, EXIF applied."""
+def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudget | None = None) -> np.ndarray:
+    """Bytes -> (H, W) or (H, W, 3) uint8 at working resolution, transparency composited, EXIF applied.
+
+    With a `budget`, the bytes the decoding will hold are reserved in it before decoding and given back when the
+    picture is at working resolution: BudgetExhausted if they do not fit in time. A MemoryError while decoding
+    is OutOfMemory. Neither is the picture's fault, so neither is ImageRejected.
+    """
     check_byte_count(data, limits)
     try:
+        if is_still_webp(data):
+            return decode_still_webp(data, limits, budget)
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             check_pixel_count(img.size, limits)  # declared size, before a single pixel is decoded
             request_reduced_decode(img)
-            img.load()  # the first frame only: animated GIFs, multi-page TIFFs
-            check_pixel_count(img.size, limits)
-            orientation = exif_orientation(img)
-            array = pil_to_array(img)
-    except ImageRejected:
+            with reservation(budget, decode_cost(img)):
+                img.load()  # the first frame only: animated GIFs, multi-page TIFFs
+                check_pixel_count(img.size, limits)
+                orientation = exif_orientation(img)
+                array = reduced_array(img)
+                img.close()  # the full-resolution frame goes now, not when the `with` ends
+                return prepare_array(apply_exif_orientation(array, orientation))
+    except (ImageRejected, BudgetExhausted):
         raise
+    except MemoryError:
+        raise OutOfMemory("the server ran out of memory decoding this picture; try again in a moment, or send a "
+                          "smaller picture (crop to the digit)") from None
     except Image.DecompressionBombError as e:  # Pillow's own, far higher, ceiling
         raise ImageRejected(f"{e}. Send a smaller picture (at most {limits.max_pixels:,} pixels).") from None
     except Image.UnidentifiedImageError:
@@ -87,7 +108,175 @@ def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
             f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated. "
             f"Send a complete {', '.join(ACCEPTED_FORMATS)} file"
         ) from None
-    return prepare_array(apply_exif_orientation(array, orientation))
+
+
+def reservation(budget: MemoryBudget | None, nbytes: int) -> contextlib.AbstractContextManager:
+    """Hold `nbytes` of `budget` (if any) while decoding. A picture that could never fit is refused as input."""
+    if budget is None:
+        return contextlib.nullcontext()
+    if nbytes > budget.capacity:
+        raise ImageRejected(f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server allows "
+                            f"for decoding at once ({budget.capacity / 2**20:,.0f} MiB); send a smaller picture"
+                            "(animated WebP takes four times its frame size: send a still picture)")
+    return budget.reserve(nbytes)
+
+
+# Bytes per pixel of a decoded frame as Pillow stores it: one byte for 1, L and P; two for 16-bit grey; four for
+# everything else (RGB is stored as RGBX, LA as four bytes too).
+_ONE_BYTE_MODES = ("1", "L", "P")
+_TWO_BYTE_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Pillow decodes (animated) WebP through libwebp's animation decoder, which keeps two canvases of its own, and
+# copies the frame out of it: four frames in all, measured (bench/bench_memory.py). Still WebP pictures do not
+# come here: decode_still_webp decodes them straight to working resolution.
+_FRAMES_WHILE_DECODING = {"WEBP": 4}
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Bytes the decoding of an opened (not yet loaded) image will hold: what the memory budget reserves.
+
+    After request_reduced_decode, `img.size` is the reduced size a JPEG will be decoded at. The reduction to
+    working resolution afterwards works band by band (reduced_array), so the frame is the dominant cost.
+    """
+    width, height = img.size
+    per_pixel = 1 if img.mode in _ONE_BYTE_MODES else 2 if img.mode in _TWO_BYTE_MODES else 4
+    return width * height * per_pixel * _FRAMES_WHILE_DECODING.get(img.format or "", 1)
+
+
+def largest_decode_cost(max_pixels: int) -> int:
+    """The most a still picture within `max_pixels` can cost (decode_cost): four bytes a pixel. (An animated WebP
+    that costs more than the budget is refused as input, with advice.)"""
+    return max_pixels * 4
+
+
+# The reduction to working resolution converts this many source pixels at a time, so no full-resolution copy in
+# another mode (palette to RGB, RGBA to premultiplied) or as a NumPy array is ever made.
+REDUCE_BAND_PIXELS = 2_000_000
+
+
+def reduced_array(img: Image.Image) -> np.ndarray:
+    """A loaded frame -> the array pil_to_array would give, brought down to about WORK_MAX_SIDE on its long side
+    first when the frame is more than twice that.
+
+    Pillow's `reduce` (a box filter by an integer factor; premultiplied for alpha, as compositing needs) runs on
+    horizontal bands of the frame, each converted to the array's mode on its own: the extra memory is a few
+    bands, not a second full-resolution frame. Smaller pictures go straight through (at most 2 x WORK_MAX_SIDE a
+    side), and prepare_array shrinks them the rest of the way.
+    """
+    width, height = img.size
+    factor, _, _ = working_size(width, height)
+    if factor == 1:
+        return pil_to_array(img)
+    band_height = factor * max(1, REDUCE_BAND_PIXELS // (width * factor))
+    boxes = [(0, top, width, min(height, top + band_height)) for top in range(0, height, band_height)]
+    high_bit_depth = img.mode in _HIGH_BIT_DEPTH_MODES
+    # Float grey's scale depends on the whole frame's maximum: one pass over the bands to find it.
+    scale = float_scale(max(finite_max(np.asarray(img.crop(box))) for box in boxes)) if img.mode == "F" else None
+    bands = []
+    for box in boxes:
+        band = img.crop(box)  # a copy of these rows only
+        if high_bit_depth:  # 16-bit or float grey: to uint8, then box-averaged like Pillow's reduce
+            size = (math.ceil(band.width / factor), math.ceil(band.height / factor))
+            bands.append(cv2.resize(high_bit_depth_to_uint8(np.asarray(band), scale), size,
+                                    interpolation=cv2.INTER_AREA))
+        else:
+            bands.append(np.asarray(band.convert(array_mode(band)).reduce(factor)))
+    return np.concatenate(bands)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Still WebP, decoded by libwebp straight to working resolution
+
+
+def is_still_webp(data: bytes) -> bool:
+    """A RIFF/WEBP file without animation (VP8X's animation flag, 0x02, unset; plain VP8/VP8L have none)."""
+    head = bytes(data[:21])
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return False
+    return not (head[12:16] == b"VP8X" and len(head) > 20 and head[20] & 0x02)
+
+
+# libwebp's public WebPDecoderOptions (decode.h, stable across 1.x): ints, in this order. The `webp` package's
+# cffi declarations name only `use_threads`, so the scaling fields are set by their documented position; the
+# layout is checked once against the library's own offset of `use_threads`, and a mismatch falls back to Pillow.
+_OPTIONS_FIELDS = ("bypass_filtering", "no_fancy_upsampling", "use_cropping", "crop_left", "crop_top",
+                   "crop_width", "crop_height", "use_scaling", "scaled_width", "scaled_height", "use_threads")
+
+
+def _webp():
+    try:
+        import webp
+    except ImportError:  # pragma: no cover - a dependency of the project
+        return None
+    int_size = webp.ffi.sizeof("int")
+    if webp.ffi.offsetof("WebPDecoderOptions", "use_threads") != _OPTIONS_FIELDS.index("use_threads") * int_size:
+        return None  # pragma: no cover - an ABI we do not know: let Pillow decode
+    return webp
+
+
+def working_size(width: int, height: int) -> tuple[int, int, int]:
+    """(reduction factor, width, height) that reduced_array and decode_still_webp bring a picture to."""
+    if max(width, height) <= 2 * WORK_MAX_SIDE:
+        return 1, width, height
+    factor = math.ceil(max(width, height) / WORK_MAX_SIDE)
+    return factor, math.ceil(width / factor), math.ceil(height / factor)
+
+
+def decode_still_webp(data: bytes, limits: Limits, budget: MemoryBudget | None) -> np.ndarray:
+    """A still WebP -> prepare_array's result, decoded by libwebp's scaler directly at (about) working resolution:
+    no full-resolution frame exists at any time, so a 40 MP WebP costs a few megabytes (libwebp decodes and
+    rescales a few rows at a time). The header is read without decoding, and the pixel limit checked on it."""
+    webp = _webp()
+    if webp is None:  # pragma: no cover
+        raise RuntimeError("the webp package is missing or of an unknown ABI")
+    config = webp.WebPDecoderConfig.new()
+    source = webp.WebPData.from_buffer(data)
+    if webp.lib.WebPGetFeatures(source.ptr.bytes, source.size, webp.ffi.addressof(config.ptr, "input")) != 0:
+        raise ImageRejected(unidentified_message(data))
+    width, height, has_alpha = config.input.width, config.input.height, bool(config.input.has_alpha)
+    check_pixel_count((width, height), limits)
+    _, out_width, out_height = working_size(width, height)
+    channels = 4 if has_alpha else 3
+    with reservation(budget, 2 * out_width * out_height * channels + 64 * width * 4):  # output + row buffers
+        array = np.empty((out_height, out_width, channels), np.uint8)
+        options = webp.ffi.cast("int *", webp.ffi.addressof(config.ptr, "options"))
+        if (out_width, out_height) != (width, height):
+            options[_OPTIONS_FIELDS.index("use_scaling")] = 1
+            options[_OPTIONS_FIELDS.index("scaled_width")] = out_width
+            options[_OPTIONS_FIELDS.index("scaled_height")] = out_height
+        mode = webp.WebPColorMode.RGBA if has_alpha else webp.WebPColorMode.RGB
+        config.output.colorspace = mode.value
+        config.output.u.RGBA.rgba = webp.ffi.cast("uint8_t *", webp.ffi.from_buffer(array))
+        config.output.u.RGBA.size = array.size
+        config.output.u.RGBA.stride = out_width * channels
+        config.output.is_external_memory = 1
+        status = webp.lib.WebPDecode(source.ptr.bytes, source.size, config.ptr)
+        webp.lib.WebPFreeDecBuffer(webp.ffi.addressof(config.ptr, "output"))
+        if status != 0:
+            raise ImageRejected(f"the WebP picture could not be decoded (libwebp status {status}); the file is "
+                                f"damaged or truncated. Send a complete {', '.join(ACCEPTED_FORMATS)} file")
+        return prepare_array(apply_exif_orientation(array, webp_exif_orientation(data)))
+
+
+def webp_exif_orientation(data: bytes) -> int:
+    """The EXIF orientation in a WebP's EXIF chunk (1 = upright, also when absent or damaged)."""
+    offset = 12  # after "RIFF", the size, "WEBP"
+    while offset + 8 <= len(data):
+        fourcc, size = bytes(data[offset : offset + 4]), int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if fourcc == b"EXIF":
+            payload = bytes(data[offset + 8 : offset + 8 + size])
+            try:
+                exif = Image.Exif()
+                exif.load(payload[6:] if payload.startswith(b"Exif\0\0") else payload)
+                value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
+            except Exception:  # noqa: BLE001 - a damaged EXIF block counts as upright, as for other formats
+                return 1
+            return value if 1 <= value <= 8 else 1
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks
 
 
 def check_byte_count(data: bytes, limits: Limits) -> None:
@@ -179,26 +368,41 @@ def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return array
 
 
+def array_mode(img: Image.Image) -> str:
+    """The 8-bit mode a picture becomes: L or RGB, or LA or RGBA when it has transparency."""
+    mode = img.mode
+    has_transparency = "A" in mode or "a" in mode or "transparency" in img.info
+    if mode in ("1", "L", "LA", "La"):
+        return "LA" if has_transparency else "L"
+    return "RGBA" if has_transparency else "RGB"  # RGB, RGBX, P, PA, CMYK, YCbCr, LAB, HSV, RGBA, RGBa
+
+
 def pil_to_array(img: Image.Image) -> np.ndarray:
     """A loaded Pillow image in any mode -> (H, W) uint8, (H, W, 3) uint8 or, with transparency, (H, W, 2 or 4)."""
-    mode = img.mode
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+    if img.mode in _HIGH_BIT_DEPTH_MODES:
         return high_bit_depth_to_uint8(np.asarray(img))
-    has_transparency = "A" in mode or "a" in mode or "transparency" in img.info
-    if mode in ("1", "L") and not has_transparency:
-        return np.asarray(img.convert("L"))
-    if mode in ("L", "LA", "La") and has_transparency:
-        return np.asarray(img.convert("LA"))
-    if has_transparency:  # P with a transparent index, PA, RGBA, RGBa, RGB with a transparent colour
-        return np.asarray(img.convert("RGBA"))
-    return np.asarray(img.convert("RGB"))  # RGB, RGBX, P, CMYK, YCbCr, LAB, HSV
+    return np.asarray(img.convert(array_mode(img)))
 
 
-def high_bit_depth_to_uint8(array: np.ndarray) -> np.ndarray:
-    """16/32-bit integer grey (16-bit range assumed) or float grey ([0, 1] or [0, 255]) -> uint8."""
+_HIGH_BIT_DEPTH_MODES = ("I", "F", *_TWO_BYTE_MODES)
+
+
+def float_scale(maximum: float) -> float:
+    """Float grey is [0, 1] when its largest value (NaN read as 0, +inf as 255) is at most 1, else [0, 255]."""
+    return 255.0 if maximum <= 1.0 else 1.0
+
+
+def finite_max(array: np.ndarray) -> float:
+    return float(np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0).max(initial=0.0))
+
+
+def high_bit_depth_to_uint8(array: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """16/32-bit integer grey (16-bit range assumed) or float grey ([0, 1] or [0, 255]; `scale` given, or decided
+    from the array's own maximum) -> uint8."""
     if array.dtype.kind == "f":
         array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
+        if scale is None:
+            scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
         return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
     return (np.clip(array, 0, 65535).astype(np.uint32) // 257).astype(np.uint8)  # 65535 -> 255
 

@@ -22,12 +22,14 @@ import cv2
 import numpy as np
 
 # The names callers use, from the two modules that implement them.
+from shared.budget import BudgetExhausted, MemoryBudget  # noqa: F401 - re-exported
 from shared.decode import (  # noqa: F401 - re-exported
     ACCEPTED_FORMATS,
     DEFAULT_LIMITS,
     WORK_MAX_SIDE,
     ImageRejected,
     Limits,
+    OutOfMemory,
     decode_image,
     prepare_array,
 )
@@ -62,12 +64,14 @@ class PipelineTrace:
 # Public entry points
 
 
-def to_mnist(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+def to_mnist(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudget | None = None) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, GIF, BMP, TIFF, WebP) -> (28, 28) uint8 MNIST-style digit.
 
     Raises ImageRejected for empty, oversized, undecodable or blank input; never anything else for bad input.
+    With a memory `budget` (the server's), BudgetExhausted when it stays full and OutOfMemory when decoding runs
+    out of memory: the server is busy, the picture may be fine.
     """
-    return to_mnist_array(decode_image(data, limits=limits))
+    return to_mnist_array(decode_image(data, limits=limits, budget=budget))
 
 
 def to_mnist_array(image: np.ndarray) -> np.ndarray:

@@ -169,6 +169,23 @@ def test_environment_variables_are_the_settings_names(model):
     assert passed_through == {settings.ENV_EPOCHS, settings.ENV_PRESET, settings.ENV_DEVICE, settings.ENV_SEED}
 
 
+def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_states_it(model):
+    from inference.capacity import process_memory_mib
+    from inference.options import ServerOptions
+    from scripts.local_stack import COMPOSE_INFERENCE_MEMORY
+
+    limit = model["services"]["inference"]["deploy"]["resources"]["limits"]["memory"]
+    assert limit == "${MNIST_INFERENCE_MEMORY:-" + COMPOSE_INFERENCE_MEMORY + "}"
+    defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
+    needed = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    assert COMPOSE_INFERENCE_MEMORY.endswith("g") and int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
+        "the default limit should hold one server process with room to spare")
+
+
+def test_replica_count_is_configuration_not_a_scale_flag(model):
+    assert model["services"]["inference"]["deploy"]["replicas"] == "${MNIST_INFERENCE_REPLICAS:-1}"
+
+
 def test_client_reaches_every_replica_through_dns(model):
     client = model["services"]["client"]
     assert client["profiles"] == ["client"]

@@ -124,7 +124,8 @@ def health_status(running: Running, service: str = "") -> int:
 
 
 def start_server(artifacts: Path, data_dir: Path, *, channel_credentials=None, **overrides) -> Running:
-    from inference.server import ServerOptions, create_server
+    from inference.options import ServerOptions
+    from inference.server import create_server
 
     options = dict(artifacts_dir=artifacts, data_dir=data_dir, poll_interval=0.05, max_workers=8)
     options.update(overrides)

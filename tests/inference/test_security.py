@@ -74,7 +74,8 @@ def test_tls_with_token(serve, tmp_path, tls_files, digit_pngs):
 
 
 def test_tls_needs_both_files(tmp_path, mnist_dir, tls_files):
-    from inference.server import ServerOptions, create_server
+    from inference.options import ServerOptions
+    from inference.server import create_server
 
     with pytest.raises(ValueError, match="both"):
         create_server("127.0.0.1:0", ServerOptions(artifacts_dir=tmp_path, data_dir=mnist_dir, tls_cert=tls_files[0]))

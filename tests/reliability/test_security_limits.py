@@ -6,7 +6,8 @@ and reflection, open health checks (tests/inference/test_security.py, test_cli.p
 paths outside models/ (test_checkpoint_faults.py here, test_lifecycle.py).
 
 Here: the server-wide cap on concurrent calls, Evaluate's cap with N > 1 and its slot given back after a failure
-or an abandoned call, and the token checked on every Inference method before the request is even parsed.
+or an abandoned call, the token checked on every Inference method before the request is even parsed, and the
+decode budget (decoded pictures in memory at once; the flood of 40 MP pictures is test_memory_flood.py).
 """
 
 from __future__ import annotations
@@ -145,3 +146,53 @@ def test_every_method_needs_the_token_before_any_work(serve, tmp_path, monkeypat
     # With the token the same servicer answers (the patch above does record real work).
     running.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
     assert reached == ["input_contract"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The decode budget: decoded pictures in memory at once, across calls and within a batch
+
+
+def test_a_batch_of_large_pictures_decodes_them_one_at_a_time_within_the_budget(serve, tmp_path, mnist):
+    from testkit.big_pictures import encode_big
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    # Each 3000 x 3000 PNG is a 36 MB frame; the budget holds one (and not two) of them.
+    running = serve(decode_budget_mib=48, decode_wait=0.0, max_image_pixels=10_000_000)
+    pictures = [encode_big(mnist.test_images[i].numpy(), "PNG", side=3000) for i in range(4)]
+    response = running.stub.PredictBatch(pb.PredictBatchRequest(images=pictures), timeout=60)
+    assert all(result.HasField("prediction") for result in response.results), response.results
+    budget = running.server.servicer.limits.decode_budget
+    assert budget.peak == 3000 * 3000 * 4 and budget.in_use == 0
+
+
+def test_a_full_decode_budget_is_resource_exhausted_for_predict_and_per_image_in_a_batch(serve, tmp_path, mnist):
+    from testkit.big_pictures import encode_big
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(decode_budget_mib=48, decode_wait=0.05, max_image_pixels=10_000_000)
+    picture = encode_big(mnist.test_images[0].numpy(), "PNG", side=3000)
+    budget = running.server.servicer.limits.decode_budget
+    with budget.reserve(20 * 2**20):  # another call's picture, being decoded
+        with pytest.raises(grpc.RpcError) as error:
+            running.stub.Predict(pb.PredictRequest(image=picture), timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "decoding other large pictures" in error.value.details() and "try again" in error.value.details()
+        batch = running.stub.PredictBatch(pb.PredictBatchRequest(images=[picture]), timeout=30)
+        assert batch.results[0].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert running.stub.Predict(pb.PredictRequest(image=picture), timeout=30).prediction.probabilities
+
+
+def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves_on(serve, tmp_path, monkeypatch,
+                                                                                       digit_pngs):
+    from shared import decode
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    real = decode.reduced_array
+    monkeypatch.setattr(decode, "reduced_array", lambda img: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(grpc.RpcError) as error:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "ran out of memory" in error.value.details()
+    monkeypatch.setattr(decode, "reduced_array", real)
+    assert running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).prediction.probabilities

@@ -1,0 +1,207 @@
+"""Memory under huge pictures: one 40 MP picture's peak, and a flood of them against the real server.
+
+    python -m bench.bench_memory                 # both parts, every format (about 2 minutes on 2 cores)
+    python -m bench.bench_memory --part single   # peak extra memory of one picture, per format
+    python -m bench.bench_memory --part flood --clients 16
+
+1. single: each format in a fresh process: decode one 40 MP picture (testkit/big_pictures.py) through
+   shared.image_pipeline.to_mnist and read the peak resident memory (VmHWM, reset just before) over the
+   warm baseline. Target: at most 2x the picture's decoded 8-bit size.
+2. flood: `python -m inference` as its own process with its default settings; per format, `--clients`
+   concurrent Predict calls each with a 40 MP picture, then one ordinary Predict. Target: every call answered
+   with a prediction or RESOURCE_EXHAUSTED (never INTERNAL or a dead server), server RSS at most 1 GiB over its
+   warm baseline, and the ordinary Predict answered normally. Peak RSS is the server's VmHWM, reset before each
+   format.
+
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from shared import settings
+from shared.cli import HelpFormatter
+
+from bench.machine import describe_machine
+from bench.server_process import digit_pngs, publish_random_model, start_server, stop_server
+
+MIB = 2**20
+FLOOD_GROWTH_LIMIT = 1024 * MIB
+SINGLE_RATIO_LIMIT = 2.0
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak(pid: int | str) -> None:
+    """Make VmHWM (peak resident memory) start again from the current RSS (Linux: clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# The single-picture measurement runs in a fresh interpreter that imports only the image pipeline, with glibc
+# told to give every large block straight back to the system when freed (MALLOC_MMAP_THRESHOLD_), so one
+# format's freed memory, kept by the allocator, cannot hide the next format's peak.
+SINGLE_SCRIPT = """
+import sys, numpy as np
+from bench.bench_memory import reset_peak, status_kib
+from shared.image_pipeline import to_mnist
+from testkit.big_pictures import encode_big
+digit = np.frombuffer(bytes.fromhex(sys.argv[1]), np.uint8).reshape(28, 28)
+for fmt in sys.argv[2:]:
+    data = encode_big(digit, fmt)
+    to_mnist(encode_big(digit, fmt, side=600))  # warm up: every codec loaded, caches made
+    reset_peak("self")
+    baseline = status_kib("self", "VmRSS")
+    assert to_mnist(data).shape == (28, 28)
+    print(fmt, baseline, status_kib("self", "VmHWM"), len(data), flush=True)
+"""
+
+
+def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", SINGLE_SCRIPT, digit.astype(np.uint8).tobytes().hex(), *formats],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+    return {fmt: (int(base) * 1024, int(peak) * 1024, int(size))
+            for fmt, base, peak, size in (line.split() for line in out.splitlines())}
+
+
+def run_single(data_dir: Path) -> bool:
+    from shared.data import load_mnist
+    from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes
+
+    print(f"\n1. One {DEFAULT_SIDE}x{DEFAULT_SIDE} picture ({DEFAULT_SIDE**2 / 1e6:.1f} MP) through to_mnist")
+    print(f"{'format':8s} {'file':>9s} {'decoded 8-bit':>14s} {'peak extra':>11s} {'ratio':>6s}  target <= "
+          f"{SINGLE_RATIO_LIMIT:g}x")
+    ok = True
+    results = measure_single(load_mnist(data_dir, download=False).test_images[0].numpy(), FORMATS)
+    for fmt, (baseline, peak, size) in results.items():
+        decoded = decoded_8bit_bytes(fmt)
+        ratio = (peak - baseline) / decoded
+        ok &= ratio <= SINGLE_RATIO_LIMIT
+        print(f"{fmt:8s} {size / MIB:7.2f} MiB {decoded / MIB:10.1f} MiB {(peak - baseline) / MIB:7.1f} MiB "
+              f"{ratio:5.2f}x{'' if ratio <= SINGLE_RATIO_LIMIT else '  MISSED'}")
+    return ok
+
+
+def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, str | None, float]:
+    """Send every picture at once (one thread each), then one small Predict: ({(code, details) of each failure or
+    ("OK", ""): count}, the small one's failure or None, seconds)."""
+    import grpc
+
+    from shared.api.mnist.v1 import inference_pb2 as pb
+    from shared.api.mnist.v1 import inference_pb2_grpc
+
+    codes: Counter = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(len(pictures))
+
+    def call(data: bytes) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            start.wait()
+            try:
+                stub.Predict(pb.PredictRequest(image=data), timeout=120)
+                code = ("OK", "")
+            except grpc.RpcError as e:
+                code = (e.code().name, e.details() or "")
+        with lock:
+            codes[code] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=call, args=(data,)) for data in pictures]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    with grpc.insecure_channel(target) as channel:
+        try:
+            inference_pb2_grpc.InferenceStub(channel).Predict(pb.PredictRequest(image=small), timeout=30)
+            failure = None
+        except grpc.RpcError as e:
+            failure = f"{e.code().name}: {e.details()}"
+    return codes, failure, seconds
+
+
+def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
+    from shared.data import load_mnist
+    from testkit.big_pictures import FORMATS, encode_big
+
+    digits = load_mnist(data_dir, download=False).test_images[:clients].numpy()
+    small = digit_pngs(data_dir, 1)[0]
+    ok = True
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts = Path(folder)
+        publish_random_model(artifacts)
+        process, port = start_server(artifacts, data_dir, server_args)
+        target = f"127.0.0.1:{port}"
+        try:
+            flood(target, [small] * 4, small)  # warm: threads, model, pipeline
+            baseline = status_kib(process.pid, "VmRSS") * 1024
+            print(f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference "
+                  f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm")
+            print(f"{'format':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
+            for fmt in FORMATS:
+                pictures = [encode_big(digit, fmt) for digit in digits]
+                reset_peak(process.pid)
+                codes, failure, seconds = flood(target, pictures, small)
+                peak = status_kib(process.pid, "VmHWM") * 1024
+                alive = process.poll() is None
+                names = Counter()
+                for (code, _), n in codes.items():
+                    names[code] += n
+                good = (alive and failure is None and set(names) <= {"OK", "RESOURCE_EXHAUSTED"}
+                        and sum(codes.values()) == clients and peak - baseline <= FLOOD_GROWTH_LIMIT)
+                ok &= good
+                answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
+                print(f"{fmt:8s} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB {(peak - baseline) / MIB:5.0f} MiB"
+                      f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
+                      f"{'' if good else '  MISSED'}")
+        finally:
+            stop_server(process)
+    return ok
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_memory", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--part", choices=("single", "flood", "both"), default="both")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent calls in the flood")
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
+                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument("--server-args", default="", help="extra flags for the server, e.g. '--decode-budget-mib 640'")
+    return parser
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
+    print(describe_machine())
+    ok = True
+    if args.part in ("single", "both"):
+        ok &= run_single(args.data_dir)
+    if args.part in ("flood", "both"):
+        ok &= run_flood(args.data_dir, args.clients, args.server_args.split())
+    print("\nall targets met" if ok else "\nA TARGET WAS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

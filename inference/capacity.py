@@ -1,0 +1,75 @@
+"""How much memory one server process may use, and whether `--workers` of them fit the container's limit.
+
+A server process's memory is bounded by three things, each a setting:
+- its warm size: Python, torch, gRPC, the model, and after the first Evaluate the MNIST splits and the plotting
+  libraries (WARM_PROCESS_MIB, measured below);
+- the decode budget (--decode-budget-mib): decoded pictures in memory at once across its calls;
+- requests in memory at once: each gRPC worker thread (--max-workers) holds at most one request of at most
+  --max-message-bytes, twice over (the bytes as received and the parsed message).
+`--workers N` runs N such processes, so N times that must fit the memory the container may use; the server
+refuses to start when it does not, rather than be killed for memory later with every call in flight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MIB = 2**20
+# VmRSS of `python -m inference` after 16 concurrent Predicts and an Evaluate of both splits: 1,054 MiB with
+# PyPI's CUDA build of torch (on 2026-11-30, bench/bench_memory.py's server); the CPU-only build is smaller.
+WARM_PROCESS_MIB = 1100
+
+
+def process_memory_mib(decode_budget_mib: int, max_workers: int, max_message_bytes: int) -> int:
+    """The most one server process is expected to hold, in MiB."""
+    requests = max_workers * 2 * max_message_bytes / MIB
+    return int(WARM_PROCESS_MIB + decode_budget_mib + requests + 0.5)
+
+
+def memory_limit_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory this process's cgroup may use (a container's limit), or None when unlimited or unknown."""
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):  # v2, then v1
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 2**60:  # v1 says "no limit" with a huge number
+            return int(value)
+        return None
+    return None
+
+
+def check_workers_fit(workers: int, per_process_mib: int, limit: int | None) -> None:
+    """Raise ValueError, saying what to change, when `workers` processes cannot fit within `limit` bytes."""
+    if limit is None:
+        return
+    needed = workers * per_process_mib * MIB
+    if needed > limit:
+        raise ValueError(
+            f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "
+            f"{WARM_PROCESS_MIB:,} warm, plus the decode budget and requests in flight), but this container may "
+            f"use {limit / 2**30:.1f} GiB. Raise the limit (MNIST_INFERENCE_MEMORY in compose), or lower "
+            "--workers, --decode-budget-mib, --max-workers or --max-message-bytes")
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_large_blocks_to_the_system() -> bool:
+    """Ask glibc to serve every allocation of 1 MiB or more with its own mapping, unmapped when freed, and to
+    keep at most two arenas. Decoded frames and bands are large and short-lived: by default glibc raises its
+    mmap threshold after the first such block is freed and keeps later ones in per-thread heaps, so the process
+    stays as large as its biggest flood long after it (measured: +1 GiB after five floods of 40 MP pictures,
+    bench/bench_memory.py). Returns False where the C library is not glibc (nothing changes there)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_ARENA_MAX, 2))

@@ -1,0 +1,74 @@
+"""A budget of bytes shared by the calls of one process: how much decoded picture may be in memory at once.
+
+Per-picture limits (shared/decode.py's Limits) bound one picture; they do not bound a dozen at once. Each decode
+reserves the bytes its decoded frame will take before decoding it, and gives them back when its array is down to
+working resolution. A reservation that does not fit waits, first come first served, at most `wait` seconds, then
+fails with BudgetExhausted: the caller answers "busy, retry" instead of the process being killed for memory with
+every call in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Iterator
+
+
+class BudgetExhausted(RuntimeError):
+    """A reservation did not fit within the wait; the message says how much was asked and how much is in use."""
+
+
+class MemoryBudget:
+    def __init__(self, capacity: int, wait: float) -> None:
+        if capacity <= 0 or wait < 0:
+            raise ValueError(f"a memory budget needs a positive capacity and a wait >= 0, got {capacity}, {wait}")
+        self.capacity = capacity
+        self.wait = wait
+        self._in_use = 0
+        self._peak = 0
+        self._queue: deque[object] = deque()  # waiting reservations, oldest first
+        self._changed = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def peak(self) -> int:
+        """The most bytes reserved at once since the budget was made (for benchmarks and metrics)."""
+        return self._peak
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold `nbytes` of the budget for the `with` block. A request larger than the whole capacity can never
+        fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
+        large one."""
+        if nbytes > self.capacity:
+            raise BudgetExhausted(f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
+                                  f"whole decode budget of {self.capacity / 2**20:,.0f} MiB; send a smaller picture")
+        ticket = object()
+        deadline = time.monotonic() + self.wait
+        with self._changed:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or self._in_use + nbytes > self.capacity:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BudgetExhausted(
+                            f"the server is decoding other large pictures ({self._in_use / 2**20:,.0f} of "
+                            f"{self.capacity / 2**20:,.0f} MiB in use; this one needs {nbytes / 2**20:,.0f} MiB); "
+                            "try again in a moment, or send a smaller picture")
+                    self._changed.wait(remaining)
+            finally:
+                self._queue.remove(ticket)
+                self._changed.notify_all()  # the next in line may fit now, or may now be first
+            self._in_use += nbytes
+            self._peak = max(self._peak, self._in_use)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_use -= nbytes
+                self._changed.notify_all()

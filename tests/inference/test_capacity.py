@@ -1,0 +1,45 @@
+"""inference/capacity.py and the start-up checks: a server that cannot fit its memory says so and does not start."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.__main__ import main as server_main
+from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, memory_limit_bytes, process_memory_mib
+from inference.options import ServerOptions
+
+
+def test_a_process_needs_its_warm_size_the_decode_budget_and_its_requests():
+    assert process_memory_mib(320, 16, 16 * 2**20) == WARM_PROCESS_MIB + 320 + 16 * 2 * 16
+
+
+def test_the_container_limit_is_read_from_cgroup_v2_or_v1(tmp_path):
+    (tmp_path / "memory.max").write_text("3221225472\n")
+    assert memory_limit_bytes(tmp_path) == 3 * 2**30
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert memory_limit_bytes(tmp_path) is None
+    assert memory_limit_bytes(tmp_path / "nowhere") is None
+
+
+def test_workers_that_do_not_fit_the_limit_are_refused_with_what_to_change():
+    defaults = ServerOptions(artifacts_dir=None, data_dir=None)
+    each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    check_workers_fit(1, each, 3 * 2**30)
+    check_workers_fit(4, each, None)
+    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 3\.8 GiB.*MNIST_INFERENCE_MEMORY"):
+        check_workers_fit(2, each, 3 * 2**30)
+
+
+def test_the_server_refuses_to_start_when_its_workers_cannot_fit(monkeypatch, tmp_path):
+    monkeypatch.setattr("inference.__main__.memory_limit_bytes", lambda: 2 * 2**30)
+    with pytest.raises(SystemExit, match="2 server process"):
+        server_main(["--workers", "2", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"])
+
+
+def test_the_server_refuses_a_decode_budget_that_cannot_hold_one_picture(tmp_path):
+    with pytest.raises(SystemExit, match="--decode-budget-mib 100 cannot hold one picture.*153 MiB"):
+        server_main(["--decode-budget-mib", "100", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"])

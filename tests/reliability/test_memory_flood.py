@@ -1,0 +1,60 @@
+"""A flood of 40 MP pictures against the real server process under a hard memory cap (RLIMIT_AS).
+
+The server runs as its own process with its default limits and decode budget. After a warm-up, its address
+space is capped at what it uses then plus 1 GiB; 16 concurrent Predict calls per format each carry a 40 MP
+picture. Every call must be answered with a prediction or RESOURCE_EXHAUSTED (busy), never INTERNAL; the cap
+must never be hit (no call told "ran out of memory": without the budget, 16 frames of up to 160 MB would
+exceed it); the server must stay up, an ordinary Predict right after must be answered normally, and the
+server's resident memory must come back down afterwards.
+bench/bench_memory.py measures the same flood's resident memory.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections import Counter
+
+import pytest
+
+from bench.bench_memory import flood, status_kib
+from bench.server_process import digit_pngs, publish_random_model, start_server, stop_server
+from testkit.big_pictures import FORMATS, encode_big
+
+CLIENTS = 16
+CAP_ABOVE_WARM = 2**30
+KEPT_AFTER_FLOOD = 256 * 2**20
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory, mnist_dir):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    publish_random_model(artifacts)
+    process, port = start_server(artifacts, mnist_dir, [])
+    target = f"127.0.0.1:{port}"
+    small = digit_pngs(mnist_dir, 1)[0]
+    try:
+        flood(target, [small] * CLIENTS, small)  # every worker thread and its allocator arena exists now
+        cap = status_kib(process.pid, "VmSize") * 1024 + CAP_ABOVE_WARM
+        resource.prlimit(process.pid, resource.RLIMIT_AS, (cap, cap))
+        yield process, target, small, status_kib(process.pid, "VmRSS") * 1024
+    finally:
+        stop_server(process)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sixteen_40_megapixel_pictures_at_once_under_a_memory_cap(capped_server, mnist, fmt):
+    process, target, small, warm_rss = capped_server
+    picture = encode_big(mnist.test_images[int(FORMATS.index(fmt))].numpy(), fmt)
+    answers, after, _ = flood(target, [picture] * CLIENTS, small)
+    codes = Counter()
+    for (code, _), count in answers.items():
+        codes[code] += count
+    assert sum(codes.values()) == CLIENTS
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, answers
+    assert codes["OK"] >= 1, answers
+    assert not any("out of memory" in details for _, details in answers), answers
+    assert process.poll() is None, "the server died"
+    assert after is None, after
+    # The frames went back to the system (inference.capacity.return_large_blocks_to_the_system), so the process
+    # is not left as large as the flood made it.
+    assert status_kib(process.pid, "VmRSS") * 1024 - warm_rss <= KEPT_AFTER_FLOOD

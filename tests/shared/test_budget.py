@@ -1,0 +1,80 @@
+"""shared/budget.py: decoded pictures in memory at once, across calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from shared.budget import BudgetExhausted, MemoryBudget
+
+
+def test_reservations_that_fit_run_together_and_give_their_bytes_back():
+    budget = MemoryBudget(100, wait=0)
+    with budget.reserve(60):
+        with budget.reserve(40):
+            assert budget.in_use == 100
+    assert budget.in_use == 0 and budget.peak == 100
+
+
+def test_a_reservation_that_does_not_fit_waits_then_fails_with_a_message():
+    budget = MemoryBudget(100 * 2**20, wait=0.2)
+    with budget.reserve(80 * 2**20):
+        started = time.monotonic()
+        with pytest.raises(BudgetExhausted, match=r"80 of 100 MiB in use; this one needs 30 MiB.*try again"):
+            with budget.reserve(30 * 2**20):
+                pass
+        assert time.monotonic() - started >= 0.2
+    assert budget.in_use == 0
+
+
+def test_a_waiting_reservation_proceeds_when_room_is_given_back():
+    budget = MemoryBudget(100, wait=10)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with budget.reserve(90):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    threading.Timer(0.1, release.set).start()
+    with budget.reserve(50):
+        assert budget.in_use == 50
+    thread.join()
+
+
+def test_waiters_are_served_in_arrival_order_so_a_large_one_is_not_starved():
+    budget = MemoryBudget(100, wait=10)
+    order: list[str] = []
+    first = budget.reserve(60)
+    first.__enter__()
+
+    def take(name: str, size: int) -> None:
+        with budget.reserve(size):
+            order.append(name)
+
+    large = threading.Thread(target=take, args=("large", 100))
+    large.start()
+    time.sleep(0.1)  # the large one queues first; the small one, which would fit now, must wait behind it
+    small = threading.Thread(target=take, args=("small", 30))
+    small.start()
+    time.sleep(0.1)
+    assert order == []
+    first.__exit__(None, None, None)
+    large.join(5)
+    small.join(5)
+    assert order == ["large", "small"]
+
+
+def test_more_than_the_whole_capacity_fails_at_once():
+    budget = MemoryBudget(100, wait=10)
+    started = time.monotonic()
+    with pytest.raises(BudgetExhausted, match="more than the server's whole decode budget"):
+        with budget.reserve(101):
+            pass
+    assert time.monotonic() - started < 1

@@ -1,0 +1,118 @@
+"""shared/decode.py under huge pictures: reduced-size decoding, the working set of one picture, the budget.
+
+A 40 MP picture is decoded at (about) working resolution where the format allows it (JPEG draft mode, libwebp's
+scaler for still WebP) and otherwise brought there band by band, so the only full-resolution buffer is the
+frame itself. These tests check that the digit survives the reduction, that one 40 MP picture's peak memory
+stays within twice its decoded 8-bit size (bench/bench_memory.py prints the same figures), and that the memory
+budget and out-of-memory conditions are the server's, not the picture's, fault.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.bench_memory import SINGLE_RATIO_LIMIT, measure_single
+from shared import decode
+from shared.budget import BudgetExhausted, MemoryBudget
+from shared.decode import ImageRejected, OutOfMemory, decode_image, pil_to_array, prepare_array
+from shared.image_pipeline import to_mnist, to_mnist_array
+from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes, encode_big
+
+
+@pytest.fixture(scope="module")
+def digit(mnist) -> np.ndarray:
+    return mnist.test_images[0].numpy()  # a 7
+
+
+def full_resolution_path(data: bytes) -> np.ndarray:
+    """What decoding did before reduced decoding: the whole frame as an array, then prepare_array."""
+    with Image.open(io.BytesIO(data)) as img:
+        return prepare_array(pil_to_array(img))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_large_picture_reduced_while_decoding_gives_the_digit_of_the_full_resolution_path(digit, fmt):
+    data = encode_big(digit, fmt, side=3000)  # reduced by 3, to 1000 px
+    reduced = decode_image(data)
+    assert max(reduced.shape[:2]) <= decode.WORK_MAX_SIDE
+    ours, before = to_mnist(data), to_mnist_array(full_resolution_path(data))
+    difference = np.abs(ours.astype(int) - before.astype(int))
+    assert difference.mean() < 3 and np.corrcoef(ours.ravel(), before.ravel())[0, 1] > 0.98, difference.mean()
+
+
+def test_still_webp_is_decoded_by_libwebp_at_working_resolution_like_pillow_at_full(digit):
+    data = encode_big(digit, "WEBP", side=3000)
+    assert decode.is_still_webp(data)
+    ours, pillow = decode_image(data), full_resolution_path(data)
+    assert ours.shape[:2] == (1000, 1000)
+    assert np.corrcoef(to_mnist_array(ours).ravel(), to_mnist_array(pillow).ravel())[0, 1] > 0.98
+
+
+def test_webp_with_alpha_and_exif_orientation(digit):
+    """Ink only in alpha (a canvas export) survives libwebp's scaled decoding, and EXIF rotates it upright."""
+    coverage = np.kron(digit, np.ones((100, 100), np.uint8))  # 2800 x 2800: reduced by 3
+    rgba = np.zeros((*coverage.shape, 4), np.uint8)
+    rgba[:, :, 3] = coverage
+    upright = to_mnist(_webp(rgba))
+    rotated = np.rot90(rgba)  # displayed upright again by orientation 6 (rotate 90 degrees clockwise)
+    exif = Image.Exif()
+    exif[decode.EXIF_ORIENTATION_TAG] = 6
+    assert np.corrcoef(to_mnist(_webp(rotated, exif=exif.tobytes())).ravel(), upright.ravel())[0, 1] > 0.98
+    assert np.corrcoef(upright.ravel(), digit.ravel())[0, 1] > 0.8
+
+
+def _webp(array: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "WEBP", lossless=True, **options)
+    return buffer.getvalue()
+
+
+def test_an_animated_webp_goes_to_pillow_and_is_refused_when_it_could_never_fit_the_budget(digit):
+    frames = [Image.fromarray(255 - np.kron(np.roll(digit, shift, axis=1), np.ones((40, 40), np.uint8)))
+              for shift in (0, 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    data = buffer.getvalue()
+    assert not decode.is_still_webp(data)
+    assert to_mnist(data).shape == (28, 28)
+    # 1120 x 1120 x 4 bytes x 4 frames is about 19 MiB: a 16 MiB budget can never hold it.
+    with pytest.raises(ImageRejected, match="send a still picture"):
+        to_mnist(data, budget=MemoryBudget(16 * 2**20, wait=0))
+
+
+def test_one_40_megapixel_picture_peaks_at_most_twice_its_decoded_8_bit_size(digit):
+    """Each format in turn, in a fresh process (bench/bench_memory.py's measurement)."""
+    results = measure_single(digit, FORMATS)
+    ratios = {fmt: (peak - baseline) / decoded_8bit_bytes(fmt, DEFAULT_SIDE)
+              for fmt, (baseline, peak, _) in results.items()}
+    assert set(ratios) == set(FORMATS)
+    assert all(ratio <= SINGLE_RATIO_LIMIT for ratio in ratios.values()), ratios
+
+
+def test_decoding_reserves_the_frame_in_the_budget_and_gives_it_back(digit):
+    budget = MemoryBudget(256 * 2**20, wait=0)
+    data = encode_big(digit, "PNG", side=3000)
+    to_mnist(data, budget=budget)
+    assert budget.peak == 3000 * 3000 * 4 and budget.in_use == 0
+
+
+def test_a_full_budget_is_busy_not_a_bad_picture(digit):
+    budget = MemoryBudget(40 * 2**20, wait=0.05)
+    data = encode_big(digit, "PNG", side=3000)  # 36 MB decoded
+    with budget.reserve(10 * 2**20):
+        with pytest.raises(BudgetExhausted, match="decoding other large pictures"):
+            to_mnist(data, budget=budget)
+    assert to_mnist(data, budget=budget).shape == (28, 28)
+
+
+def test_running_out_of_memory_while_decoding_is_out_of_memory_not_a_damaged_picture(digit, monkeypatch):
+    def no_memory(img):
+        raise MemoryError
+
+    monkeypatch.setattr(decode, "reduced_array", no_memory)
+    with pytest.raises(OutOfMemory, match="ran out of memory.*try again"):
+        to_mnist(encode_big(digit, "PNG", side=600))
