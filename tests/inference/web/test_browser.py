@@ -79,31 +79,26 @@ def first_of_each_digit(mnist) -> list[tuple[int, np.ndarray]]:
     return [(d, mnist.test_images[int(np.flatnonzero(labels == d)[0])].numpy()) for d in range(10)]
 
 
-def clear(driver) -> None:
-    button = driver.find_element("id", "clear")
-    if button.is_enabled():
-        button.click()
-
-
-def test_digits_drawn_on_the_canvas_are_read(page, served, mnist):
+@pytest.mark.parametrize("label", range(10))
+def test_a_digit_drawn_on_the_canvas_is_read(page, served, mnist, label):
+    """The first MNIST test digit of each class, drawn as strokes with a mouse, a pen or a finger in turn."""
     backend, _ = served
-    read = {}
-    for i, (label, image) in enumerate(first_of_each_digit(mnist)):
-        clear(page)
-        draw(page, digit_strokes(image), kind=POINTERS[i % len(POINTERS)])
-        wait_settled(page)
-        read[label] = shown_digit(page)
-        # What the page shows is what gRPC Predict answers for the canvas's own bytes.
-        png = page.execute_script("return document.getElementById('pad').toDataURL('image/png')")
-        direct = backend.stub.Predict(pb.PredictRequest(image=base64.b64decode(png.split(",", 1)[1])), timeout=10)
-        assert direct.prediction.digit == read[label], label
-    assert read == {d: d for d in range(10)}, f"drawn digit -> digit read: {read}"
-    # The answer on screen: ten bars, the 28x28 input enlarged, one latency per finished stroke.
+    image = first_of_each_digit(mnist)[label][1]
+    draw(page, digit_strokes(image), kind=POINTERS[label % len(POINTERS)])
+    wait_settled(page)
+    assert shown_digit(page) == label
+    # What the page shows is what gRPC Predict answers for the very bytes the page sent.
+    png = page.execute_script("return window.mnist.drawing()")
+    direct = backend.stub.Predict(pb.PredictRequest(image=base64.b64decode(png.split(",", 1)[1])), timeout=10)
+    assert direct.prediction.digit == label
+    # The answer on screen: the digit, ten bars with the top one marked, the 28x28 input enlarged, and a
+    # latency for each finished stroke.
+    assert page.find_element("id", "digit").text == str(label)
     assert len(page.find_elements("css selector", "#bars li")) == 10
-    assert page.find_element("css selector", "#bars li.top").text.startswith(str(read[9]))
+    assert page.find_element("css selector", "#bars li.top").text.startswith(str(label))
     assert page.execute_script("const i = document.getElementById('seen'); return [i.naturalWidth, i.naturalHeight]"
                                ) == [28, 28]
-    assert page.execute_script("return window.mnist.strokeLatencies.length") >= 10
+    assert page.execute_script("return window.mnist.strokeLatencies.length") >= 1
 
 
 def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, mnist):
@@ -169,7 +164,7 @@ def test_the_evaluate_tab_shows_accuracy_per_class_scores_and_the_confusion_heat
     assert len(cells) == 100
     diagonal = [int(cells[11 * d].text) for d in range(10)]
     assert diagonal == [row.counts[d] for d, row in enumerate(expected.confusion)]
-    assert "rgba(37, 84, 216" in cells[0].get_attribute("style")  # coloured as a heatmap
+    assert "37, 84, 216" in cells[0].get_attribute("style")  # coloured as a heatmap: the diagonal blue
 
 
 def test_the_model_panel_updates_when_a_new_model_is_swapped_in(page, served):
