@@ -26,7 +26,6 @@ import argparse
 import base64
 import http.client
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"finished stroke -> prediction on screen ({len(strokes)} strokes, {args.digits} digits): "
           f"p50 {percentile(strokes, 50):.1f} ms, p90 {percentile(strokes, 90):.1f} ms, "
           f"max {max(strokes):.1f} ms (target p50 < 50 ms)")
-    print(f"  baseline, the PNGs the page sent ({len(grpc_ms)} calls each): gRPC Predict p50 {percentile(grpc_ms, 50):.1f} ms; "
-          f"REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms")
+    print(f"  baseline, the PNGs the page sent ({len(grpc_ms)} calls each): gRPC Predict p50 "
+          f"{percentile(grpc_ms, 50):.1f} ms; REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms")
     print(f"drawn digits read right: {right} of {args.digits}")
     return 0
 

@@ -8,8 +8,8 @@ shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that
 `docker compose up`:
   - every line a service prints is prefixed with its name (`trainer     | epoch 1/15 ...`);
   - the trainer is a one-shot job: when it exits 0 the others keep running;
-  - inference, the web page and TensorBoard are restarted when they fail (`restart: on-failure`), a few times, and if they
-    keep failing the stack stops with exit status 1;
+  - inference, the web page and TensorBoard are restarted when they fail (`restart: on-failure`), a few times,
+    and if they keep failing the stack stops with exit status 1;
   - Ctrl-C (SIGINT) or SIGTERM is passed on to every service, which gets --stop-timeout seconds to finish
     before it is killed; a second Ctrl-C kills at once.
 

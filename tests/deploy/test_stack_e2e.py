@@ -3,7 +3,8 @@ as a local process, its volumes mapped onto a temporary folder and its ports ont
 
 The trainer does a tiny run and exits 0; the inference service then serves its model (health SERVING, Predict
 through the client), the web page serves it over HTTP (readiness, the page, REST Predict), TensorBoard shows the
-run's scalars, and a second inference replica is reached through one round-robin target. Then the stack is stopped as Ctrl-C stops `make stack`. About a minute on two busy cores:
+run's scalars, and a second inference replica is reached through one round-robin target. Then the stack is
+stopped as Ctrl-C stops `make stack`. About a minute on two busy cores:
     pytest tests/deploy -q            (everything of this issue)
     pytest tests/deploy -m e2e -q     (this test alone)
 """

@@ -160,7 +160,7 @@ $("clear").addEventListener("click", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------------------
-// Predictions: debounced while drawing, at once when a stroke ends, one request in flight at a time
+// Predictions: debounced while drawing (one request at a time), and at once when a stroke ends
 
 function askSoon() {
   clearTimeout(state.timer);
@@ -199,7 +199,9 @@ async function ask(strokeEnded = false) {
   const strokeEndedAt = state.strokeEndedAt; // this request carries every finished stroke
   state.strokeEndedAt = null;
   try {
-    const result = await api("/v1/predict", { method: "POST", headers: { "Content-Type": "image/png" }, body: drawingPng() });
+    const result = await api("/v1/predict", {
+      method: "POST", headers: { "Content-Type": "image/png" }, body: drawingPng(),
+    });
     if (seq > state.shownSeq && state.strokes.length) {
       state.shownSeq = seq;
       showPrediction(result, strokeEndedAt);
@@ -238,7 +240,8 @@ async function predictPicture(file) {
 const bars = $("bars");
 for (let digit = 0; digit < 10; digit++) {
   const li = document.createElement("li");
-  li.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span></span><span class="value"></span>`;
+  li.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span></span>` +
+    '<span class="value"></span>';
   bars.append(li);
 }
 
@@ -255,7 +258,7 @@ function showPrediction(result, strokeEndedAt, pictureName) {
   setStatus($("status"), `${pictureName ? pictureName + ": " : ""}model ${result.model_version}`);
   document.body.dataset.prediction = String(result.digit); // for tests: the digit on screen
   if (strokeEndedAt !== null) {
-    // The frame that shows the answer starts at the next animation frame.
+    // Counted to the start of the next frame: the one that paints the answer.
     requestAnimationFrame(() => window.mnist.strokeLatencies.push(performance.now() - strokeEndedAt));
   }
   if (result.model_version !== state.model) refreshModel();
@@ -361,8 +364,12 @@ function selectTab(name) {
   }
   if (name === "draw") resizePad();
 }
-$("tab-draw").addEventListener("click", () => { history.replaceState(null, "", "#"); selectTab("draw"); });
-$("tab-evaluate").addEventListener("click", () => { history.replaceState(null, "", "#evaluate"); selectTab("evaluate"); });
+for (const tab of ["draw", "evaluate"]) {
+  $(`tab-${tab}`).addEventListener("click", () => {
+    history.replaceState(null, "", tab === "draw" ? "#" : "#evaluate");
+    selectTab(tab);
+  });
+}
 
 const percent = (x) => `${(100 * x).toFixed(2)} %`;
 
