@@ -1,9 +1,9 @@
 # Everyday commands. Each one uses the project's virtual environment, created on first use by scripts/stack.sh:
 # $(VENV) below, i.e. $MNIST_VENV, else the active one ($VIRTUAL_ENV), else .venv.
 #
-#   make up        the same three services in containers, on any host: with the GPU where Docker has the NVIDIA
+#   make up        the same four services in containers, on any host: with the GPU where Docker has the NVIDIA
 #                  runtime, on the CPU where it has not (scripts/compose.sh); make down stops them
-#   make stack     trainer + gRPC inference + TensorBoard as local processes (Ctrl-C stops all three)
+#   make stack     trainer + gRPC inference + web page + TensorBoard as local processes (Ctrl-C stops them all)
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
 #   make protos    regenerate the gRPC code in shared/api from protos/

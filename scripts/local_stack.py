@@ -1,15 +1,15 @@
-"""Run the stack without Docker: the trainer, the inference service and TensorBoard as local processes.
+"""Run the stack without Docker: the trainer, the inference service, the web page and TensorBoard as local processes.
 
     python scripts/local_stack.py [--epochs N] [--tensorboard-port 6007] [--skip trainer] ...
     (or `make stack` / `scripts/stack.sh`, which first create the virtual environment if needed)
 
-The same three commands as docker-compose.yml, with the same settings (the MNIST_* environment variables of
+The same four commands as docker-compose.yml, with the same settings (the MNIST_* environment variables of
 shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that the two agree. Like
 `docker compose up`:
   - every line a service prints is prefixed with its name (`trainer     | epoch 1/15 ...`);
   - the trainer is a one-shot job: when it exits 0 the others keep running;
-  - inference and TensorBoard are restarted when they fail (`restart: on-failure`), a few times, and if they
-    keep failing the stack stops with exit status 1;
+  - inference, the web page and TensorBoard are restarted when they fail (`restart: on-failure`), a few times,
+    and if they keep failing the stack stops with exit status 1;
   - Ctrl-C (SIGINT) or SIGTERM is passed on to every service, which gets --stop-timeout seconds to finish
     before it is killed; a second Ctrl-C kills at once.
 
@@ -42,7 +42,7 @@ from shared.cli import HelpFormatter  # noqa: E402
 # docker-compose.yml's default memory limit of the inference container (tests/deploy checks the two agree).
 COMPOSE_INFERENCE_MEMORY = "3g"
 
-SERVICE_NAMES = ("trainer", "inference", "tensorboard")
+SERVICE_NAMES = ("trainer", "inference", "web", "tensorboard")
 SUPERVISOR_NAME = "stack"
 
 
@@ -65,8 +65,8 @@ class Service:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="local_stack.py",
-        description="Run the trainer, the gRPC inference service and TensorBoard as local processes "
-                    "(docker-compose.yml without Docker). Ctrl-C stops all three.",
+        description="Run the trainer, the gRPC inference service, the web page and TensorBoard as local "
+                    "processes (docker-compose.yml without Docker). Ctrl-C stops them all.",
         formatter_class=HelpFormatter,
     )
     s = settings
@@ -76,6 +76,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]")
     parser.add_argument("--grpc-address", default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
                         help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]")
+    parser.add_argument("--web-port", type=int, default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
+                        help=f"the web page and REST API's port [env {s.ENV_WEB_PORT}]")
+    parser.add_argument("--web-host", default="localhost",
+                        help="the web page's interface; 0.0.0.0 shows it to the network")
     parser.add_argument("--tensorboard-port", type=int,
                         default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
                         help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]")
@@ -97,16 +101,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="on Ctrl-C, how long the services get to exit before they are killed")
     parser.add_argument("--max-restarts", type=int, default=3,
-                        help="restarts of a failing inference or TensorBoard before the stack gives up")
+                        help="restarts of a failing inference, web or TensorBoard before the stack gives up")
     return parser
 
 
 def stack_environment(args: argparse.Namespace) -> dict[str, str]:
-    """The MNIST_* variables every service gets, so the three agree on paths and ports."""
+    """The MNIST_* variables every service gets, so they agree on paths and ports."""
     env = {
         settings.ENV_ARTIFACTS_DIR: str(Path(args.artifacts_dir).resolve()),
         settings.ENV_DATA_DIR: str(Path(args.data_dir).resolve()),
         settings.ENV_GRPC_ADDRESS: args.grpc_address,
+        # Where the web page finds the inference service: this machine, on the port the service listens on.
+        settings.ENV_GRPC_TARGET: f"localhost:{args.grpc_address.rsplit(':', 1)[-1]}",
+        settings.ENV_WEB_PORT: str(args.web_port),
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
     }
     optional = {settings.ENV_EPOCHS: args.epochs, settings.ENV_PRESET: args.preset,
@@ -116,12 +123,14 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def local_services(args: argparse.Namespace) -> list[Service]:
-    """docker-compose.yml's three services as local commands (tests/deploy checks that they match)."""
+    """docker-compose.yml's four services as local commands (tests/deploy checks that they match)."""
     python = args.python
     runs = settings.Paths(Path(args.artifacts_dir).resolve()).runs
     services = [
         Service("trainer", [python, "-m", "trainer", *shlex.split(args.trainer_args)]),
         Service("inference", [python, "-m", "inference"], restart_on_failure=True),
+        Service("web", [python, "-m", "inference.web", "--host", args.web_host, "--port", str(args.web_port)],
+                restart_on_failure=True),
         # `python -m tensorboard.main` is the `tensorboard` script of the same interpreter.
         Service("tensorboard", [python, "-m", "tensorboard.main", "--logdir", str(runs),
                                 "--host", args.tensorboard_host, "--port", str(args.tensorboard_port)],
@@ -353,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.log(memory_note(env))
         supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
                        f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
+    if "web" in names:
+        host = "localhost" if args.web_host in ("0.0.0.0", "::") else args.web_host
+        supervisor.log(f"web page and REST API: http://{host}:{args.web_port}/ (API docs at /docs)")
     if "tensorboard" in names:
         host = "localhost" if args.tensorboard_host in ("0.0.0.0", "::") else args.tensorboard_host
         supervisor.log(f"TensorBoard: http://{host}:{args.tensorboard_port}/")

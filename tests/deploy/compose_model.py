@@ -22,8 +22,9 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
 DOCKERFILES = {"trainer": REPO / "trainer" / "Dockerfile", "inference": REPO / "inference" / "Dockerfile"}
 # Which Dockerfile builds each service's image.
-SERVICE_DOCKERFILE = {"trainer": "trainer", "inference": "inference", "tensorboard": "inference", "client": "inference"}
-STACK_SERVICES = ("trainer", "inference", "tensorboard")  # what `docker compose up` starts
+SERVICE_DOCKERFILE = {"trainer": "trainer", "inference": "inference", "web": "inference", "tensorboard": "inference",
+                      "client": "inference"}
+STACK_SERVICES = ("trainer", "inference", "web", "tensorboard")  # what `docker compose up` starts
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -202,6 +203,10 @@ class LocalMapping:
     def arg(self, model: dict[str, Any], name: str, arg: str, previous: str | None) -> str:
         m = re.fullmatch(r"(localhost|0\.0\.0\.0|\[::\]|127\.0\.0\.1):(\d+)", arg)
         if m and int(m[2]) in self.ports:
+            return f"{self.loopback}:{self.ports[int(m[2])]}"
+        # Another service, by the name Docker's DNS answers for it (the web page's dns:///inference:50051).
+        m = re.fullmatch(r"(?:dns:///)?([a-z][a-z0-9-]*):(\d+)", arg)
+        if m and m[1] in model["services"] and int(m[2]) in self.ports:
             return f"{self.loopback}:{self.ports[int(m[2])]}"
         if previous == "--port" and arg.isdigit() and int(arg) in self.ports:
             return str(self.ports[int(arg)])

@@ -33,6 +33,7 @@ from tests.deploy.compose_model import (
 SETTINGS_ENV_NAMES = {getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
+WEB_PORT = settings.DEFAULT_WEB_PORT
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "COMPOSE_"))}
 
 
@@ -99,12 +100,13 @@ def test_settings_from_the_environment_reach_the_trainer():
     assert trainer["environment"][settings.ENV_PRESET] == "seed"
 
 
-def test_tensorboard_host_port_and_replica_port_range_come_from_the_environment():
-    result = compose_config(COMPOSE_FILE, env={settings.ENV_TENSORBOARD_PORT: "6007",
+def test_tensorboard_and_web_host_ports_and_replica_port_range_come_from_the_environment():
+    result = compose_config(COMPOSE_FILE, env={settings.ENV_TENSORBOARD_PORT: "6007", settings.ENV_WEB_PORT: "8081",
                                                 "MNIST_GRPC_HOST_PORT": "50051-50053"})
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert services["tensorboard"]["ports"] == [f"127.0.0.1:6007:{TB_PORT}/tcp"]
+    assert services["web"]["ports"] == [f"127.0.0.1:8081:{WEB_PORT}/tcp"]
     assert services["inference"]["ports"] == [f"127.0.0.1:50051-50053:{GRPC_PORT}/tcp"]
 
 
@@ -112,18 +114,23 @@ def test_tensorboard_host_port_and_replica_port_range_come_from_the_environment(
 # Agreement with shared/settings.py
 
 
-def test_up_starts_the_three_services_and_the_trainer_asks_for_a_gpu(model):
+def test_up_starts_the_four_services_and_the_trainer_asks_for_a_gpu(model):
     started = {n for n, s in model["services"].items() if not s.get("profiles")}
     assert started == set(STACK_SERVICES)
     assert model["services"]["trainer"]["restart"] == "no"  # a job: it ends, the others go on
     assert model["services"]["inference"]["restart"] == "on-failure"
+    assert model["services"]["web"]["restart"] == "on-failure"
 
 
 def test_ports_are_the_settings_defaults_published_on_loopback(model):
     inference = published_ports(model["services"]["inference"], {})
     tensorboard = published_ports(model["services"]["tensorboard"], {})
+    web = published_ports(model["services"]["web"], {})
     assert inference == [type(inference[0])("127.0.0.1", str(GRPC_PORT), GRPC_PORT)]
     assert tensorboard == [type(tensorboard[0])("127.0.0.1", str(TB_PORT), TB_PORT)]
+    assert web == [type(web[0])("127.0.0.1", str(WEB_PORT), WEB_PORT)]
+    page = command(model, "web")
+    assert page[page.index("--port") + 1] == str(WEB_PORT) and page[page.index("--host") + 1] == "0.0.0.0"
     # Inside the container the server listens on the settings' default address, on the published port.
     env = container_environment(model, "inference", {})
     address = env.get(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS)
@@ -143,7 +150,9 @@ def test_healthcheck_probes_the_grpc_port(model):
 
 
 def test_volumes_are_mounted_where_the_settings_point(model):
-    for name in STACK_SERVICES:
+    # The web page reads no file: every answer comes from the inference service over gRPC.
+    assert "volumes" not in model["services"]["web"]
+    for name in ("trainer", "inference", "tensorboard"):
         env = container_environment(model, name, {})
         targets = {m.target: m for m in mounts(model["services"][name])}
         artifacts = env[settings.ENV_ARTIFACTS_DIR]
@@ -186,11 +195,14 @@ def test_replica_count_is_configuration_not_a_scale_flag(model):
     assert model["services"]["inference"]["deploy"]["replicas"] == "${MNIST_INFERENCE_REPLICAS:-1}"
 
 
-def test_client_reaches_every_replica_through_dns(model):
+def test_client_and_web_page_reach_every_replica_through_dns(model):
     client = model["services"]["client"]
     assert client["profiles"] == ["client"]
     assert client["environment"][settings.ENV_GRPC_TARGET] == f"dns:///inference:{GRPC_PORT}"
     assert client["depends_on"]["inference"]["condition"] == "service_healthy"
+    web = model["services"]["web"]
+    assert web["environment"][settings.ENV_GRPC_TARGET] == f"dns:///inference:{GRPC_PORT}"
+    assert web["depends_on"] == ["inference"]  # started with it; no wait for health: the page says "no model yet"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -204,7 +216,7 @@ def test_local_stack_runs_the_compose_commands(model, tmp_path):
     assert set(local) == set(STACK_SERVICES)
     # Locally, "the container's" loopback is localhost and its ports are the same numbers.
     mapping = LocalMapping(volumes={"artifacts": artifacts.resolve(), "mnist": Path(args.data_dir).resolve()},
-                           ports={GRPC_PORT: GRPC_PORT, TB_PORT: TB_PORT}, loopback="localhost")
+                           ports={GRPC_PORT: GRPC_PORT, TB_PORT: TB_PORT, WEB_PORT: WEB_PORT}, loopback="localhost")
     for name in STACK_SERVICES:
         assert local[name].argv == mapping.argv(model, name, command(model, name)), name
         restart = model["services"][name].get("restart", "no")
@@ -216,7 +228,11 @@ def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_pa
         monkeypatch.delenv(name, raising=False)
     env = stack_environment(get_args_parser().parse_args([]))
     assert env[settings.ENV_GRPC_ADDRESS] == f"localhost:{GRPC_PORT}"
+    assert env[settings.ENV_GRPC_TARGET] == f"localhost:{GRPC_PORT}"  # the web page finds the local service
     assert env[settings.ENV_TENSORBOARD_PORT] == str(TB_PORT)
+    assert env[settings.ENV_WEB_PORT] == str(WEB_PORT)
+    moved = stack_environment(get_args_parser().parse_args(["--grpc-address", "[::]:50061"]))
+    assert moved[settings.ENV_GRPC_TARGET] == "localhost:50061"
     assert Path(env[settings.ENV_ARTIFACTS_DIR]) == Path(settings.DEFAULT_ARTIFACTS_DIR).resolve()
     for service in STACK_SERVICES:
         names = {k for k in container_environment(model, service, {settings.ENV_EPOCHS: "1"}) if k.startswith("MNIST_")}
@@ -226,18 +242,32 @@ def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_pa
     assert env[settings.ENV_EPOCHS] == "2" and env[settings.ENV_DEVICE] == "cpu"
 
 
-def test_tensorboard_port_is_one_variable_away(monkeypatch):
+def test_tensorboard_and_web_ports_are_one_variable_away(monkeypatch):
     monkeypatch.setenv(settings.ENV_TENSORBOARD_PORT, "6007")
+    monkeypatch.setenv(settings.ENV_WEB_PORT, "8081")
     args = get_args_parser().parse_args([])
-    tb = {s.name: s for s in local_services(args)}["tensorboard"].argv
+    services = {s.name: s for s in local_services(args)}
+    tb, web = services["tensorboard"].argv, services["web"].argv
     assert tb[tb.index("--port") + 1] == "6007"
+    assert web[web.index("--port") + 1] == "8081"
     assert get_args_parser().parse_args(["--tensorboard-port", "6008"]).tensorboard_port == 6008
+    assert get_args_parser().parse_args(["--web-port", "8082"]).web_port == 8082
 
 
 def test_healthcheck_command_maps_to_the_local_port(model):
-    mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000})
+    mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000, WEB_PORT: 40001})
     argv = healthcheck_argv(model, "inference", mapping)
     assert argv == [sys.executable, "-m", "inference.health_probe", "--target", "127.0.0.1:40000"]
+    argv = healthcheck_argv(model, "web", mapping)
+    assert argv == [sys.executable, "-m", "inference.web.probe", "--target", "127.0.0.1:40001"]
+
+
+def test_web_healthcheck_is_liveness_and_the_page_listens_on_the_published_port(model):
+    check = model["services"]["web"]["healthcheck"]
+    assert check["test"][:4] == ["CMD", "python", "-m", "inference.web.probe"]
+    assert check["test"][check["test"].index("--target") + 1] == f"localhost:{WEB_PORT}"
+    # Readiness would mark the page unhealthy (and restart it) for as long as the first training takes.
+    assert "--require-ready" not in check["test"]
 
 
 def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_path):
@@ -255,3 +285,4 @@ def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_p
     services = yaml.safe_load(result.stdout)["services"]
     assert services["trainer"]["environment"][settings.ENV_EPOCHS] == assignments[settings.ENV_EPOCHS]
     assert services["tensorboard"]["ports"] == [f"127.0.0.1:{assignments[settings.ENV_TENSORBOARD_PORT]}:{TB_PORT}/tcp"]
+    assert services["web"]["ports"] == [f"127.0.0.1:{assignments[settings.ENV_WEB_PORT]}:{WEB_PORT}/tcp"]

@@ -206,5 +206,7 @@ def test_project_builds_from_the_build_context_alone(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("trainer/__main__.py", "inference/__main__.py", "inference/health_probe.py",
-                   "shared/api/mnist/v1/inference_pb2_grpc.py"):
+                   "shared/api/mnist/v1/inference_pb2_grpc.py", "inference/web/app.py", "inference/web/probe.py",
+                   # the page is package data: the image serves it from the installed package
+                   "inference/web/static/index.html", "inference/web/static/app.js", "inference/web/static/app.css"):
         assert module in names, f"{module} missing from the wheel built from the build context"

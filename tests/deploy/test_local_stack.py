@@ -173,12 +173,12 @@ def test_a_command_that_cannot_start_is_reported(start):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The command line, with a stand-in interpreter that plays the three services
+# The command line, with a stand-in interpreter that plays the four services
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Plays `python -m <service>`: records what it was given, then acts like the service.
-svc="${2%%.*}"  # tensorboard.main -> tensorboard
+case "$2" in inference.web) svc=web ;; *) svc="${2%%.*}" ;; esac  # tensorboard.main -> tensorboard
 printf '%s\\n' "$*" > "$FAKE_DIR/$svc.argv"
 env | grep '^MNIST_' | sort > "$FAKE_DIR/$svc.env"
 echo "$svc starting"
@@ -190,7 +190,7 @@ while kill -0 "$PPID" 2>/dev/null; do sleep 0.05; done
 """
 
 
-def test_cli_runs_three_services_with_shared_settings_and_ctrl_c_stops_them(tmp_path):
+def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
@@ -203,7 +203,7 @@ def test_cli_runs_three_services_with_shared_settings_and_ctrl_c_stops_them(tmp_
     reader = threading.Thread(target=lambda: lines.extend(stack.stdout), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: (tmp_path / "inference.pid").exists() and (tmp_path / "tensorboard.pid").exists()
+        wait_for(lambda: all((tmp_path / f"{n}.pid").exists() for n in ("inference", "web", "tensorboard"))
                  and any("trainer exited with code 0" in l for l in lines), what="the stand-ins to start")
         time.sleep(0.3)
         assert stack.poll() is None, "the trainer's exit 0 must not end the stack"
@@ -214,25 +214,28 @@ def test_cli_runs_three_services_with_shared_settings_and_ctrl_c_stops_them(tmp_
         end_process_tree(stack)
     reader.join(5)
     out = [l.rstrip("\n") for l in lines]
-    for name in ("inference", "tensorboard"):
+    for name in ("inference", "web", "tensorboard"):
         assert f"{name:<11} | {name} got SIGINT" in out, out
         pid = int((tmp_path / f"{name}.pid").read_text())
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert "trainer     | epoch 1/1" in out
     assert "stack       | TensorBoard: http://localhost:6007/" in out
+    assert "stack       | web page and REST API: http://localhost:8080/ (API docs at /docs)" in out
 
-    argv = {n: (tmp_path / f"{n}.argv").read_text().split() for n in ("trainer", "inference", "tensorboard")}
+    argv = {n: (tmp_path / f"{n}.argv").read_text().split() for n in ("trainer", "inference", "web", "tensorboard")}
     assert argv["trainer"] == ["-m", "trainer", "--train-subset", "2000"]
     assert argv["inference"] == ["-m", "inference"]
+    assert argv["web"] == ["-m", "inference.web", "--host", "localhost", "--port", "8080"]
     assert argv["tensorboard"] == ["-m", "tensorboard.main", "--logdir", str(tmp_path / "a" / "runs"),
                                    "--host", "localhost", "--port", "6007"]
-    # All three see the same settings, the artifacts folder as an absolute path.
+    # All four see the same settings, the artifacts folder as an absolute path.
     envs = {n: (tmp_path / f"{n}.env").read_text() for n in argv}
     assert len(set(envs.values())) == 1
     assert f"MNIST_ARTIFACTS_DIR={tmp_path / 'a'}" in envs["trainer"].splitlines()
     assert f"MNIST_DATA_DIR={tmp_path / 'mnist'}" in envs["trainer"].splitlines()
     assert "MNIST_EPOCHS=4" in envs["trainer"].splitlines()
     assert "MNIST_GRPC_ADDRESS=localhost:50051" in envs["trainer"].splitlines()
+    assert "MNIST_GRPC_TARGET=localhost:50051" in envs["web"].splitlines()  # the page finds the local service
 
 
 # --------------------------------------------------------------------------------------------------------------

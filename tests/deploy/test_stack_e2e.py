@@ -2,8 +2,9 @@
 as a local process, its volumes mapped onto a temporary folder and its ports onto free local ports.
 
 The trainer does a tiny run and exits 0; the inference service then serves its model (health SERVING, Predict
-through the client), TensorBoard shows the run's scalars, and a second inference replica is reached through
-one round-robin target. Then the stack is stopped as Ctrl-C stops `make stack`. About a minute on two busy cores:
+through the client), the web page serves it over HTTP (readiness, the page, REST Predict), TensorBoard shows the
+run's scalars, and a second inference replica is reached through one round-robin target. Then the stack is
+stopped as Ctrl-C stops `make stack`. About a minute on two busy cores:
     pytest tests/deploy -q            (everything of this issue)
     pytest tests/deploy -m e2e -q     (this test alone)
 """
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.e2e
 
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
+WEB_PORT = settings.DEFAULT_WEB_PORT
 # What `MNIST_EPOCHS=1 MNIST_DEVICE=cpu docker compose up` passes through to the trainer.
 HOST_ENV = {settings.ENV_EPOCHS: "1", settings.ENV_DEVICE: "cpu"}
 # A smoke run: a few hundred images, and never the network (MNIST is in the read-only shared folder).
@@ -61,9 +64,9 @@ def tensorboard_json(port: int, path: str):
 def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     model = load_compose()
     artifacts, replica_artifacts = tmp_path / "artifacts", tmp_path / "replica-artifacts"
-    grpc_port, replica_port, tb_port = free_port(), free_port(), free_port()
+    grpc_port, replica_port, tb_port, web_port = free_port(), free_port(), free_port(), free_port()
     mapping = LocalMapping(volumes={"artifacts": artifacts, "mnist": mnist_dir},
-                           ports={GRPC_PORT: grpc_port, TB_PORT: tb_port})
+                           ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port})
     # A second replica, as `--scale inference=2` would start. It gets its own artifacts folder only so that the
     # test can tell the replicas apart: it serves a copy of the trained model under another version name.
     replica_mapping = LocalMapping(volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
@@ -77,6 +80,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     services = [
         service("trainer", mapping, extra=TRAINER_SMOKE_FLAGS),
         service("inference", mapping),
+        service("web", mapping),
         service("tensorboard", mapping),
         service("inference", replica_mapping, label="inference-2"),
     ]
@@ -94,7 +98,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         assert finished[1] == "0", out.text
         assert re.search(r"^trainer +\| epoch 1/1 ", out.text, re.M), "one prefixed line per epoch expected"
         running = supervisor.processes()
-        assert all(running[n].poll() is None for n in ("inference", "tensorboard", "inference-2")), out.text
+        assert all(running[n].poll() is None for n in ("inference", "web", "tensorboard", "inference-2")), out.text
         version = read_manifest(artifacts / "models").version
 
         # 2. The compose healthcheck's own command, as readiness: SERVING once the model is loaded.
@@ -115,6 +119,19 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         assert predicted.returncode == 0, predicted.stdout + predicted.stderr
         assert re.search(rf"^{re.escape(images[0])}: \d \(\d+\.\d%, model {re.escape(version)}\)$",
                          predicted.stdout, re.M), predicted.stdout
+
+        # 3b. The web page, in front of the same service (its gRPC target: compose's dns:///inference:50051,
+        #     mapped here): the compose healthcheck's command as readiness, the page, and a REST Predict.
+        web_probe = [*healthcheck_argv(model, "web", mapping), "--require-ready"]
+        wait_for(lambda: run(web_probe).returncode == 0, timeout=30, what="the web page to be ready", output=out,
+                 interval=POLL)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:
+            assert b'<canvas id="pad"' in response.read()
+        request = urllib.request.Request(f"http://127.0.0.1:{web_port}/v1/predict", data=Path(images[0]).read_bytes(),
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.load(response)
+        assert answer["model_version"] == version and 0 <= answer["digit"] <= 9, answer
 
         # 4. Two replicas behind one target, balanced round-robin by the client (as dns:///inference:50051 is
         #    in compose, where Docker's DNS answers with every replica's address).

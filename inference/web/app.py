@@ -1,0 +1,436 @@
+"""The REST API and the web page: an HTTP gateway in front of the gRPC service (FastAPI, served by uvicorn).
+
+Every REST call becomes the matching gRPC call on a channel from inference.client.make_channel (retries,
+waitForReady, round-robin over every replica the target resolves to):
+
+    POST /v1/predict          -> Predict          the image as the body, or as a multipart file
+    POST /v1/predict/batch    -> PredictBatch     multipart, one part per image
+    GET  /v1/model            -> GetModelInfo
+    POST /v1/evaluate         -> Evaluate         {"split": "test"|"validation", "heatmap": true}
+    GET  /healthz                                  liveness: this process answers (the service is not asked)
+    GET  /readyz              -> grpc.health.v1    readiness: the service behind it is SERVING
+    GET  /                                         the page (inference/web/static/, served under /static/)
+    GET  /docs, /openapi.json                      the API's documentation
+
+Nothing about images, models or limits is decided here: the image pipeline, the served model, the limits and
+the error messages are the gRPC service's, so for the same bytes the REST answer is Predict's answer. The
+gateway only bounds what it reads itself (--max-body-bytes) and maps gRPC status codes onto HTTP
+(inference/web/errors.py). The caller's `Authorization` header is passed through as the gRPC `authorization`
+metadata, so the service's bearer token applies to REST callers as to gRPC callers; with --token the gateway
+also checks it itself, before reading a body. `X-Request-ID` is passed through too, and the id the service used
+(the one in its access log) comes back in the response's `X-Request-ID`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from shared import settings
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+
+from inference.access_log import REQUEST_ID_KEY
+from inference.client import make_channel
+from inference.security import AUTH_METADATA_KEY
+from inference.web import errors, schemas
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page loads nothing from elsewhere; images it shows are data: URLs (the model's input, the heatmap) and
+# blob: URLs (the user's own picture).
+PAGE_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidate each load (ETag): a new release of the page reaches users at once, unchanged files cost a 304.
+    "Cache-Control": "no-cache",
+}
+# Multipart parts the gateway reads at most. The service's own batch limit (256 by default) decides what is
+# accepted; this only bounds the parser before the request reaches it.
+MAX_MULTIPART_FILES = 4096
+IMAGE_FIELD_HELP = "any field name; every file part is an image"
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """What create_app needs; the defaults are also the command line's (inference/web/__main__.py)."""
+
+    target: str = settings.DEFAULT_GRPC_TARGET
+    # When set, REST calls (not the health endpoints and the page) need `Authorization: Bearer <token>`.
+    token: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+    # Deadline of each gRPC call. With waitForReady a call made while no replica is up waits this long for one.
+    timeout: float = 10.0
+    evaluate_timeout: float = 120.0
+    # The gRPC service's default message limit: no request the service would accept is larger.
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+class GatewayError(Exception):
+    """A failed call: becomes an HTTP status and the JSON error body (inference/web/errors.py)."""
+
+    def __init__(self, status: int, code: grpc.StatusCode, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.request_id = status, code, message, request_id
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _request_id_of(call) -> str | None:
+    try:
+        return dict(call.initial_metadata() or ()).get(REQUEST_ID_KEY)
+    except Exception:  # noqa: BLE001 - a call that failed before any metadata arrived
+        return None
+
+
+class Backend:
+    """The gRPC service behind the gateway: one channel, shared by every request."""
+
+    def __init__(self, options: WebOptions) -> None:
+        self.options = options
+        self.channel = make_channel(options.target, tls=options.tls, tls_ca=options.tls_ca,
+                                    tls_server_name=options.tls_server_name)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def describe(self, e: grpc.RpcError, timeout: float) -> str:
+        """The service's message, or for failures of the connection itself, what happened and what to check."""
+        code, details = e.code(), e.details() or ""
+        target = self.options.target
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return (f"the inference service at {target} did not answer within {timeout:g} s ({details}); it is "
+                    "down, still starting or overloaded: GET /readyz tells whether it can be reached")
+        if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
+            return f"cannot reach the inference service at {target} ({details}); try again when it is up"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
+        return details or code.name
+
+    async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
+        """Run one unary gRPC call on a worker thread (the stubs block); translate its failure."""
+        metadata = []
+        if (authorization := http.headers.get("authorization")) is not None:
+            metadata.append((AUTH_METADATA_KEY, authorization))
+        if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
+            metadata.append((REQUEST_ID_KEY, request_id))
+        stub_method = getattr(self.stub, method)
+        try:
+            result, call = await run_in_threadpool(stub_method.with_call, request, timeout=timeout,
+                                                   metadata=metadata)
+        except grpc.RpcError as e:
+            message = self.describe(e, timeout)
+            raise GatewayError(errors.http_status(e.code(), message), e.code(), message, _request_id_of(e)) from None
+        if (served_id := _request_id_of(call)) is not None:
+            response.headers["X-Request-ID"] = served_id
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the gateway reads itself: a bounded body, one or many images
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory.
+
+    A Content-Length over the limit is refused at once; a body sent without one (chunked) is counted as it
+    arrives, and the endpoint reading it gets BodyTooLarge at the first byte over.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _too_large_response(self.max_bytes)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+def _too_large_response(max_bytes: int) -> JSONResponse:
+    message = (f"the request body is over {max_bytes:,} bytes, the most this gateway reads; send fewer or "
+               "smaller images per request")
+    return JSONResponse(errors.error_body(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED, message),
+                        status_code=errors.TOO_LARGE)
+
+
+def _bad_request(message: str) -> GatewayError:
+    return GatewayError(400, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+async def read_images(request: Request) -> list[bytes]:
+    """The images of a request: each file part of a multipart/form-data body, or else the whole body."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return [await request.body()]
+    try:
+        form = await request.form(max_files=MAX_MULTIPART_FILES)
+    except MultiPartException as e:
+        if "too many files" in str(e).lower():
+            raise GatewayError(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{e} per request here; send the images in several requests") from None
+        raise _bad_request(f"the multipart body could not be read ({e}); send the image as a file part") from None
+    try:
+        return [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    finally:
+        await form.close()
+
+
+async def read_one_image(request: Request) -> bytes:
+    images = await read_images(request)
+    if len(images) != 1:
+        raise _bad_request(f"{len(images)} files in the multipart body; send exactly one image here "
+                           "(POST /v1/predict/batch takes several)")
+    return images[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The application
+
+
+ERROR_RESPONSES = {
+    status: {"model": schemas.ErrorResponse, "description": description}
+    for status, description in {
+        400: "not an image, damaged, blank, or a bad request",
+        401: "the service needs `Authorization: Bearer <token>`",
+        413: "over a limit: image bytes or pixels, images per batch, or request bytes",
+        429: "busy: too many calls at once, or an evaluation already running; retry after Retry-After seconds",
+        503: "no model published yet, or the inference service is restarting or unreachable",
+        504: "the inference service did not answer in time",
+    }.items()
+}
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary", "description": IMAGE_FIELD_HELP}}}},
+        },
+        "description": "one encoded image (PNG, JPEG, GIF, BMP, TIFF or WebP) as the body, or as a multipart file",
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": IMAGE_FIELD_HELP}}}}},
+        "description": "multipart/form-data, one file part per image; results come back in the same order",
+    }
+}
+
+
+def create_app(options: WebOptions) -> FastAPI:
+    backend: Backend | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal backend
+        backend = Backend(options)
+        log.info("REST API and page in front of the gRPC service at %s%s", options.target,
+                 "; token required" if options.token else "")
+        try:
+            yield
+        finally:
+            backend.close()
+
+    app = FastAPI(
+        title="mnist-stack",
+        version="1",
+        summary="Handwritten-digit recognition over HTTP: the REST face of the gRPC service mnist.v1.Inference.",
+        description="Each call is the matching gRPC call (protos/mnist/v1/inference.proto): the same image "
+                    "pipeline, model, limits and error messages. Errors are `{\"error\": {\"status\", \"code\", "
+                    "\"message\"}}`, where `code` is the gRPC status and `message` says what to fix.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    expected_authorization = f"Bearer {options.token}".encode() if options.token else None
+
+    def authorize(request: Request) -> None:
+        """With --token: the REST caller must send it. Checked before the body is read, in constant time."""
+        if expected_authorization is None:
+            return
+        supplied = request.headers.get("authorization", "")
+        if not hmac.compare_digest(supplied.encode(), expected_authorization):
+            reason = "no Authorization header" if not supplied else "wrong token"
+            raise GatewayError(401, grpc.StatusCode.UNAUTHENTICATED,
+                               f"{reason}: send the header 'Authorization: Bearer <token>'")
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Errors: one JSON shape for all of them
+
+    def error_response(status: int, code: grpc.StatusCode, message: str, request_id: str | None = None):
+        headers = errors.error_headers(status)
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        return JSONResponse(errors.error_body(status, code, message), status_code=status, headers=headers)
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, e: GatewayError):
+        log.info("%s %s -> %d %s: %s", request.method, request.url.path, e.status, e.code.name, e.message)
+        return error_response(e.status, e.code, e.message, e.request_id)
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_body_too_large(request: Request, e: BodyTooLarge):
+        return _too_large_response(options.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in e.errors())
+        return error_response(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException):
+        code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(
+            e.status_code, grpc.StatusCode.INVALID_ARGUMENT)
+        message = f"{e.detail}: {request.method} {request.url.path}; the API is described at /docs"
+        return error_response(e.status_code, code, message)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The API
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
+
+    @api.post("/predict", response_model=schemas.Prediction, openapi_extra=IMAGE_BODY,
+              summary="Read the digit in one picture (gRPC Predict)")
+    async def predict(request: Request, response: Response, model_input: bool = True) -> schemas.Prediction:
+        image = await read_one_image(request)
+        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input),
+                                    timeout=options.timeout, http=request, response=response)
+        return schemas.Prediction.from_response(result)
+
+    @api.post("/predict/batch", response_model=schemas.BatchPrediction, openapi_extra=BATCH_BODY,
+              summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)")
+    async def predict_batch(request: Request, response: Response, model_input: bool = True) -> schemas.BatchPrediction:
+        images = await read_images(request)
+        result = await backend.call("PredictBatch",
+                                    pb.PredictBatchRequest(images=images, return_model_input=model_input),
+                                    timeout=options.timeout, http=request, response=response)
+        results = []
+        for item in result.results:
+            if item.HasField("error"):
+                code = errors.grpc_code_from_value(item.error.code)
+                status = errors.http_status(code, item.error.message)
+                results.append(schemas.ImageFailure(error=schemas.Error(status=status, code=code.name,
+                                                                        message=item.error.message)))
+            else:
+                results.append(schemas.DigitPrediction.from_pb(item.prediction))
+        return schemas.BatchPrediction(model_version=result.model_version, results=results)
+
+    @api.get("/model", response_model=schemas.ModelInfo,
+             summary="The served model, its input contract and limits (gRPC GetModelInfo)")
+    async def model(request: Request, response: Response) -> schemas.ModelInfo:
+        info = await backend.call("GetModelInfo", pb.GetModelInfoRequest(), timeout=options.timeout,
+                                  http=request, response=response)
+        return schemas.ModelInfo.from_pb(info)
+
+    @api.post("/evaluate", response_model=schemas.Evaluation,
+              summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)")
+    async def evaluate(request: Request, response: Response,
+                       body: schemas.EvaluateRequest | None = None) -> schemas.Evaluation:
+        body = body or schemas.EvaluateRequest()
+        result = await backend.call("Evaluate", pb.EvaluateRequest(split=schemas.SPLITS[body.split],
+                                                                   omit_heatmap=not body.heatmap),
+                                    timeout=options.evaluate_timeout, http=request, response=response)
+        return schemas.Evaluation.from_pb(result)
+
+    app.include_router(api)
+    _document_validation_errors_as_400(app)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Probes: no token (as gRPC health checking), they reveal only whether the service is up
+
+    @app.get("/healthz", response_model=schemas.Health, summary="Liveness: this gateway answers")
+    async def healthz() -> schemas.Health:
+        return schemas.Health(status="ok")
+
+    @app.get("/readyz", response_model=schemas.Health, responses={503: ERROR_RESPONSES[503]},
+             summary="Readiness: the inference service behind the gateway is SERVING a model")
+    async def readyz() -> schemas.Health:
+        try:
+            # No waiting for a connection: a probe must say "not ready" at once.
+            answer = await run_in_threadpool(backend.health.Check, health_pb2.HealthCheckRequest(service=""),
+                                             timeout=min(options.timeout, 3.0), wait_for_ready=False)
+        except grpc.RpcError as e:
+            raise GatewayError(503, grpc.StatusCode.UNAVAILABLE,
+                               f"not ready: {backend.describe(e, min(options.timeout, 3.0))}") from None
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            raise GatewayError(503, grpc.StatusCode.UNAVAILABLE,
+                               f"not ready: the inference service at {options.target} is {status} (no model is "
+                               "published yet, or it is shutting down)")
+        return schemas.Health(status="ready", target=options.target)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The page: index.html at /, its script and styles under /static (so that a wrong method on an API path is
+    # a 405, not a search for a file)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_SECURITY_HEADERS)
+
+    app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _document_validation_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every endpoint with parameters; here they are 400 (on_invalid_request)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        schema = generate()
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi
+
+
+class PageFiles(StaticFiles):
+    """The page's static files, with security and caching headers."""
+
+    def file_response(self, *args, **kwargs) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_SECURITY_HEADERS)
+        return response

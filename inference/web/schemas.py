@@ -1,0 +1,166 @@
+"""The REST API's JSON shapes (which the OpenAPI document at /openapi.json shows), made from the gRPC messages.
+
+Each shape mirrors a message of protos/mnist/v1/inference.proto, field for field, with three changes for people
+reading JSON: images (the 28x28 input the model saw, the heatmap) are PNG data URLs, a split is a word
+("test"), and the architecture's arguments are an object rather than a JSON string. Numbers are carried over
+unchanged (a float32 probability is sent as the double it converts to exactly), so a REST answer holds the same
+values as the gRPC answer it was made from.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+
+SPLITS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
+SPLIT_WORDS = {value: word for word, value in SPLITS.items()}
+
+
+def png_data_url(png: bytes) -> str | None:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+
+
+class Error(BaseModel):
+    status: int = Field(description="the HTTP status of this error", examples=[400])
+    code: str = Field(description="the gRPC status the inference service gave", examples=["INVALID_ARGUMENT"])
+    message: str = Field(description="what is wrong and what to do about it")
+
+
+class ErrorResponse(BaseModel):
+    error: Error
+
+
+class DigitPrediction(BaseModel):
+    digit: int = Field(ge=0, le=9, description="the most probable digit")
+    probabilities: list[float] = Field(description="the probability of each digit 0..9; they sum to 1")
+    model_input: str | None = Field(
+        None, description="the 28x28 grey image the model saw (ink bright on black), as a PNG data URL; "
+                          "null when model_input=false was asked")
+
+    @classmethod
+    def from_pb(cls, prediction: pb.Prediction) -> "DigitPrediction":
+        return cls(digit=prediction.digit, probabilities=list(prediction.probabilities),
+                   model_input=png_data_url(prediction.model_input_png))
+
+
+class Prediction(DigitPrediction):
+    model_version: str = Field(description="the version of the model that answered (models/<version>.pt)")
+
+    @classmethod
+    def from_response(cls, response: pb.PredictResponse) -> "Prediction":
+        prediction = response.prediction
+        return cls(digit=prediction.digit, probabilities=list(prediction.probabilities),
+                   model_input=png_data_url(prediction.model_input_png), model_version=response.model_version)
+
+
+class ImageFailure(BaseModel):
+    error: Error = Field(description="why this image has no prediction; the other images are unaffected")
+
+
+class BatchPrediction(BaseModel):
+    model_version: str = Field(description="the version of the model that answered every image of the batch")
+    results: list[DigitPrediction | ImageFailure] = Field(description="one per image, in the order sent")
+
+
+class InputContract(BaseModel):
+    height: int
+    width: int
+    channels: int
+    description: str
+    normalization_mean: float
+    normalization_std: float
+    accepted_formats: list[str]
+    max_image_bytes: int
+    max_image_pixels: int
+    max_batch_size: int
+    max_message_bytes: int
+
+    @classmethod
+    def from_pb(cls, contract: pb.InputContract) -> "InputContract":
+        return cls(**{name: getattr(contract, name) for name in cls.model_fields if name != "accepted_formats"},
+                   accepted_formats=list(contract.accepted_formats))
+
+
+class LoadError(BaseModel):
+    version: str
+    reason: str
+    at: str = Field(description="when it was skipped, UTC, ISO 8601")
+
+
+class ModelInfo(BaseModel):
+    serving: bool = Field(description="false until the first model is loaded; the model's fields are then empty")
+    version: str = ""
+    arch: str = Field("", description="architecture name (shared/model.py)")
+    arch_kwargs: dict = Field(default_factory=dict, description="the architecture's arguments")
+    parameter_count: int = 0
+    sha256: str = ""
+    training_metrics: dict[str, float] = Field(default_factory=dict,
+                                               description="what the trainer recorded, e.g. val_accuracy")
+    run_name: str = ""
+    epoch: int = 0
+    trained_at: str = Field("", description="when the trainer wrote the model, UTC, ISO 8601")
+    loaded_at: str = Field("", description="when the inference service loaded it, UTC, ISO 8601")
+    input: InputContract
+    last_load_error: LoadError | None = Field(None, description="the last newer model that failed to load")
+
+    @classmethod
+    def from_pb(cls, info: pb.ModelInfo) -> "ModelInfo":
+        error = info.last_load_error if info.HasField("last_load_error") else None
+        return cls(
+            serving=info.serving, version=info.version, arch=info.arch,
+            arch_kwargs=json.loads(info.arch_kwargs_json) if info.arch_kwargs_json else {},
+            parameter_count=info.parameter_count, sha256=info.sha256,
+            training_metrics=dict(info.training_metrics), run_name=info.run_name, epoch=info.epoch,
+            trained_at=info.trained_at, loaded_at=info.loaded_at, input=InputContract.from_pb(info.input),
+            last_load_error=LoadError(version=error.version, reason=error.reason, at=error.at) if error else None,
+        )
+
+
+class EvaluateRequest(BaseModel):
+    split: Literal["test", "validation"] = Field(
+        "test", description="the 10,000 MNIST test images, or the validation part of the training images as the "
+                            "served model's trainer split them")
+    heatmap: bool = Field(True, description="also draw the confusion matrix as a PNG (a few hundred ms)")
+
+
+class ClassMetrics(BaseModel):
+    digit: int
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="images of this digit in the split")
+
+
+class Evaluation(BaseModel):
+    model_version: str
+    split: Literal["test", "validation"]
+    count: int = Field(description="images evaluated; the sum of the confusion matrix")
+    accuracy: float
+    loss: float = Field(description="mean negative log-likelihood")
+    per_class: list[ClassMetrics] = Field(description="digits 0..9 in order")
+    confusion: list[list[int]] = Field(
+        description="confusion[true][predicted]: ten rows (true digits 0..9) of ten counts (predicted digits)")
+    heatmap: str | None = Field(description="the confusion matrix drawn as a heatmap, a PNG data URL; null when "
+                                            "heatmap=false was asked")
+    seconds: float = Field(description="the evaluation's wall time on the inference service")
+
+    @classmethod
+    def from_pb(cls, response: pb.EvaluateResponse) -> "Evaluation":
+        return cls(
+            model_version=response.model_version, split=SPLIT_WORDS[response.split], count=response.count,
+            accuracy=response.accuracy, loss=response.loss,
+            per_class=[ClassMetrics(digit=c.digit, precision=c.precision, recall=c.recall, f1=c.f1, support=c.support)
+                       for c in response.per_class],
+            confusion=[list(row.counts) for row in response.confusion],
+            heatmap=png_data_url(response.heatmap_png), seconds=response.seconds,
+        )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+    target: str | None = Field(None, description="the inference service this gateway calls")

@@ -1,0 +1,144 @@
+"""`python -m inference.web` as a process: flags and their environment variables, the health probe, the log,
+SIGTERM; and the gateway's channel spreading calls over several replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from shared import settings
+
+from inference.security import ENV_AUTH_TOKEN
+from inference.web import probe
+from inference.web.__main__ import get_args_parser
+
+from tests.inference.conftest import publish
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_shows_every_setting_with_its_default_and_variable():
+    text = get_args_parser().format_help()
+    for flag in ("--host", "--port", "--target", "--token", "--tls-ca", "--timeout", "--max-body-bytes"):
+        assert flag in text
+    for variable in (settings.ENV_WEB_HOST, settings.ENV_WEB_PORT, settings.ENV_GRPC_TARGET, ENV_AUTH_TOKEN):
+        assert variable in text
+    assert "(default: 8080)" in text and f"(default: {settings.DEFAULT_GRPC_TARGET})" in text
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv(settings.ENV_WEB_PORT, "8099")
+    monkeypatch.setenv(settings.ENV_WEB_HOST, "0.0.0.0")
+    monkeypatch.setenv(settings.ENV_GRPC_TARGET, "dns:///inference:50051")
+    monkeypatch.setenv(ENV_AUTH_TOKEN, "never-printed")
+    parser = get_args_parser()
+    args = parser.parse_args([])
+    assert (args.port, args.host, args.target) == (8099, "0.0.0.0", "dns:///inference:50051")
+    assert "never-printed" not in parser.format_help()  # the token is read from the environment in main()
+    assert parser.parse_args(["--port", "9000"]).port == 9000
+
+
+def start_web_process(grpc_target: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, list]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference.web", "--port", "0", "--target", grpc_target, *extra],
+        cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return process, int(match.group(1)), lines
+    process.kill()
+    process.wait()
+    raise AssertionError("the web service did not start:\n" + "".join(lines))
+
+
+def test_web_process_serves_probes_and_stops_on_sigterm(serve, tmp_path, digit_pngs, capsys):
+    artifacts = tmp_path / "artifacts"
+    backend = serve(artifacts)  # no model yet
+    process, port, lines = start_web_process(backend.target, "--log-format", "json")
+    try:
+        assert any("REST API and page in front of the gRPC service at " + backend.target in l for l in lines)
+        assert all(json.loads(line) for line in lines)  # --log-format json: uvicorn's lines too
+        target = f"127.0.0.1:{port}"
+        assert probe.main(["--target", target]) == 0  # alive
+        assert probe.main(["--target", target, "--require-ready"]) == 1  # but not ready: no model
+        out = capsys.readouterr().out
+        assert "healthy" in out and "503" in out and "NOT_SERVING" in out
+        publish(artifacts, "late", seed=1)
+        deadline = time.monotonic() + 15
+        while probe.main(["--target", target, "--require-ready"]) != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        request = urllib.request.Request(f"http://{target}/v1/predict", data=digit_pngs[0][1],
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.load(response)["model_version"] == "late"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "POST /v1/predict" in rest  # the access log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+def test_probe_of_nothing_is_unhealthy(capsys):
+    assert probe.main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert capsys.readouterr().out.startswith("unhealthy:")
+
+
+def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "inference.web", "--port", str(port)], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3  # uvicorn's start-up failure
+    assert "address already in use" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timeout", "0"], "--timeout must be more than 0"),
+    (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
+    (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
+])
+def test_bad_settings_are_refused_with_a_message(argv, message):
+    from inference.web.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert message in str(e.value)
+
+
+def test_the_gateway_spreads_calls_over_every_replica(web, serve, tmp_path, digit_pngs):
+    """Two replicas behind one target (as dns:///inference:50051 gives in compose): REST calls reach both."""
+    replicas = []
+    for name in ("a", "b"):
+        publish(tmp_path / name, f"replica-{name}", seed=1)
+        replicas.append(serve(tmp_path / name))
+    gateway = web(target="ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas))
+    seen = {gateway.post("/v1/predict", digit_pngs[0][1]).json()["model_version"] for _ in range(8)}
+    assert seen == {"replica-a", "replica-b"}
