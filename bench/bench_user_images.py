@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))  # tests.user_images lives beside the package
 
 from tests.user_images import (  # noqa: E402
     DRAWN_STYLES,
+    PAPER_KINDS,
     PRINTED_STYLE,
     UserImage,
     encode,
@@ -40,6 +41,8 @@ from tests.user_images import (  # noqa: E402
 Predict = Callable[[Sequence[bytes]], list]  # encoded pictures -> predicted digit (int) or None if rejected
 DRAWN_TARGET = 0.98
 PRINTED_TARGET = 0.90
+PAPER_TARGET = 0.97  # each paper kind; low-resolution scans 95 %
+LOW_RESOLUTION_TARGET = 0.95
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class StyleScore:
     def target(self) -> float | None:
         if self.style in DRAWN_STYLES:
             return DRAWN_TARGET
+        if self.style in PAPER_KINDS:
+            return LOW_RESOLUTION_TARGET if self.style == "low_resolution" else PAPER_TARGET
         return PRINTED_TARGET if self.style == PRINTED_STYLE else None
 
 
@@ -187,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("MNIST_AUTH_TOKEN") or None,
                         help="bearer token for --target (env MNIST_AUTH_TOKEN)")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
-    parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style")
+    parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style and paper kind")
+    parser.add_argument("--styles", default="drawn,paper,printed",
+                        help="which groups: drawn (tests/user_images.py's drawn styles), paper (ruled, squared, "
+                             "shadows, pencil, specks, low resolution), printed; or style names, comma-separated")
     parser.add_argument("--per-font", type=int, default=20, help="printed digits per font (cycling 0..9)")
     parser.add_argument("--mnist", type=int, default=0, help="also run this many MNIST test digits as PNG files")
     parser.add_argument("--seed", type=int, default=0)
@@ -199,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     mnist = load_mnist(args.data_dir, download=False, verify=False)
     images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
     predict = local_predictor(args.checkpoint) if args.checkpoint else grpc_predictor(args.target, token=args.token)
-    pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed)
-    pictures += make_printed_digits(per_font=args.per_font, seed=args.seed)
+    wanted = args.styles.split(",")
+    styles = [name for group in wanted for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS}.get(group, [group])
+              if name != "printed"]
+    pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []
+    if "printed" in wanted:
+        pictures += make_printed_digits(per_font=args.per_font, seed=args.seed)
     scores = evaluate_styles(predict, pictures)
     if args.mnist:
         scores.update(mnist_through_pipeline(predict, images[: args.mnist], labels[: args.mnist]))

@@ -34,6 +34,15 @@ EXAMPLES = [
     ("photo of paper: light\ngradient, tilt, JPEG", ui.paper_photo, 11, 5),
     ("dark mode", ui.dark_mode, 18, 1),
     ("printed (DejaVu Serif)", "printed", 5, 0),
+    # Real paper: the sheet's structure, shadows, faint pencil, dust and low-resolution scans.
+    ("ruled paper with a\nred margin", ui.ruled_paper, 21, 3),
+    ("squared paper", ui.squared_paper, 30, 2),
+    ("hard shadow across\nthe page", ui.hard_shadow, 12, 4),
+    ("soft shadow", ui.soft_shadow, 7, 1),
+    ("faint pencil", ui.pencil, 9, 2),
+    ("specks and dust", ui.specks, 16, 0),
+    ("low-resolution scan,\nenlarged", ui.low_resolution, 6, 1),
+    ("MNIST digit as PNG", "mnist", 0, 0),
 ]
 
 
@@ -50,6 +59,8 @@ def example_bytes(style, index: int, seed: int, images: np.ndarray) -> bytes:
         return ui.printed_digit(index, fonts[0], rng)
     if style is None:
         return isoluminant_example(images[index], rng)
+    if style == "mnist":
+        return ui.encode(images[index], "PNG")
     return style(images[index], rng)
 
 
@@ -84,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     images = load_mnist(args.data_dir, download=False, verify=False).test_images.numpy()
     titles = ["what the user sent", "ink: contrast to the paper\n(kept strokes outlined)",
               "cropped, stroke width\nnormalized", "what the model sees\n(28x28)"]
-    fig, axes = plt.subplots(len(EXAMPLES), 4, figsize=(8.4, 2.0 * len(EXAMPLES)), dpi=96,
-                             gridspec_kw={"width_ratios": [1.5, 1.5, 1, 1]})
-    for row, (title, style, index, seed) in zip(axes, EXAMPLES):
+    # Two panels side by side: users' drawings on the left, real paper on the right.
+    rows = (len(EXAMPLES) + 1) // 2
+    fig, grid = plt.subplots(rows, 8, figsize=(17.5, 2.3 * rows), dpi=80,
+                             gridspec_kw={"width_ratios": [1.5, 1.5, 1, 1] * 2})
+    panels = [grid[r, 4 * c : 4 * c + 4] for c in range(2) for r in range(rows)]
+    for row, (title, style, index, seed) in zip(panels, EXAMPLES):
         data = example_bytes(style, index, seed, images)
         trace = ip.trace_pipeline(ip.decode_image(data))
         row[0].imshow(as_user_sees_it(data))
@@ -97,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         row[2].imshow(trace.crop, cmap="gray", vmin=0, vmax=1)
         row[3].imshow(trace.output, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         row[3].set_xlabel(f"stroke/size {trace.stroke_ratio:.3f}", fontsize=7)
-    for ax in axes.flat:
+    for ax in grid.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax, title in zip(axes[0], titles):
+    for ax, title in zip(grid[0], titles * 2):
         ax.set_title(title, fontsize=9)
     fig.suptitle("shared/image_pipeline.py: users' pictures -> MNIST-style input "
                  f"(MNIST's stroke/size: {ip.STROKE_RATIO_TARGET} median)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.tight_layout(rect=(0, 0, 0.985, 0.985))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
     plt.close(fig)

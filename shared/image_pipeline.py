@@ -38,11 +38,13 @@ from shared.normalize import (  # noqa: F401 - re-exported
     STROKE_RATIO_TARGET,
     InkRegion,
     centre_by_mass,
+    channel_contrast,
     estimate_background,
     find_ink,
     fit_in_box,
     ink_contrast,
     normalize_stroke_width,
+    strongest_and_weakest,
 )
 
 
@@ -86,12 +88,12 @@ def to_mnist_array(image: np.ndarray) -> np.ndarray:
 def trace_pipeline(image: np.ndarray) -> PipelineTrace:
     """to_mnist_array, keeping every intermediate stage (for the README figure and for debugging)."""
     work = prepare_array(image)
-    background = estimate_background(work)
-    ink = ink_contrast(work, background)
-    region = find_ink(ink)
+    paper = estimate_background(work)
+    ink, weakest = strongest_and_weakest(channel_contrast(work, paper))
+    region = find_ink(ink, weakest)
     crop, ratio = normalize_stroke_width(region.soft)
     output = centre_by_mass(fit_in_box(crop))
-    return PipelineTrace(work, background, ink, region, crop, ratio, output)
+    return PipelineTrace(work, paper.surface, ink, region, crop, ratio, output)
 
 
 def encode_png(img28: np.ndarray) -> bytes:

@@ -53,6 +53,14 @@ STROKE_WORK_MIN_SIDE = 64
 BACKGROUND_GRID_SIDE = 48  # the paper is modelled on at most this many samples along the long side
 BACKGROUND_FIT_ROUNDS = 3
 BACKGROUND_MIN_TOLERANCE = 12.0  # grey levels: the robust fit's smallest inlier band (paper noise, texture, JPEG)
+# Where the smooth paper and the local one disagree by more than SHADOW_CONTRAST grey levels over more than
+# SHADOW_FRACTION of the picture, there is a shadow. (The local estimate sits 2-3 noise levels above the paper:
+# it is the brightest pixel of each cell.)
+SHADOW_CONTRAST = 24
+SHADOW_FRACTION = 0.03
+LOCAL_BACKGROUND_MIN_SIDE = 64  # pixels: a picture narrower than this is never estimated locally
+LOCAL_BACKGROUND_CELLS = 96  # the local paper estimate works on cells of 1/96 of the long side...
+LOCAL_BACKGROUND_KERNEL = 17  # ...and fills strokes up to 17 cells wide: a sixth of the picture
 
 MIN_INK_CONTRAST = 40  # grey levels (of 255) between ink and paper below which nothing counts as ink
 NOISE_MULTIPLE = 5.0  # the ink threshold also stays this many times above the typical background residue
@@ -60,14 +68,140 @@ SOFT_FLOOR_MIN = 6  # the soft ink map starts at this contrast (or 3x the noise 
 KEEP_AREA_FRACTION = 0.04  # strokes smaller than this fraction of the largest stroke are specks of noise...
 KEEP_NEAR_FRACTION = 0.6  # ...and strokes this far from the largest (x its size) that are not big are stray marks
 KEEP_BIG_FRACTION = 0.25  # a stroke at least this fraction of the largest is kept wherever it is
+KEEP_CONTRAST_FRACTION = 0.4  # ...but no mark less than this fraction as dark as the digit's strokes
 MIN_DIGIT_SIDE = 5  # pixels at working resolution; a smaller blob is a speck, not a digit
+RULING_MIN_PICTURE = 160  # pixels on the long side: smaller pictures are crops of a digit, without paper lines
+RULING_MIN_LENGTH = 0.5  # a straight line across at least half the picture is the paper's, not the digit's
+RULING_MAX_TILT = 8.0  # degrees from horizontal or vertical
+RULING_BAND = 5  # pixels: a line's band, its thickness and blur included
+EDGE_LINE_ELONGATION = 12  # length / mean thickness of a line-like piece at the picture's edge
+RULING_SPAN = 0.85  # a lone straight line is the paper's (a margin) only if it crosses this much of the picture
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2-3. Paper and ink
 
 
-def estimate_background(image: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Paper:
+    """The paper under the digit, and how ink differs from it."""
+
+    surface: np.ndarray  # (H, W[, C]) uint8: the paper's colour at every pixel
+    # None: a smooth paper (a canvas, an evenly lit sheet); ink is any difference from it, either way.
+    # (C,) of -1 / +1: paper estimated locally around a shadow; ink is darker (-1) or lighter (+1) than it, per
+    # channel, and measured relative to the paper's brightness, as a shadow dims ink and paper alike.
+    sign: np.ndarray | None = None
+
+
+def estimate_background(image: np.ndarray) -> Paper:
+    """The paper under the digit.
+
+    First a smooth surface (quadratic_background), which absorbs lighting gradients and vignettes and is exact
+    for canvases. A shadow's edge is a step in the light that no smooth surface follows, so the paper is also
+    estimated locally, at the scale of the strokes (local_paper_cells); where the two disagree over a region
+    (more than SHADOW_FRACTION of the picture by more than SHADOW_CONTRAST grey levels, in regions that reach the
+    picture's edge), there is a shadow, and the local estimate is used.
+    """
+    smooth = quadratic_background(image)
+    if min(image.shape[:2]) < LOCAL_BACKGROUND_MIN_SIDE:  # a strip or a thumbnail: no room for a shadow's edge
+        return Paper(smooth)
+    # Looking for a shadow needs the light, not the colours: the luminance alone, whose ink sign is its own.
+    grey, grey_smooth = luminance(image), luminance(smooth)
+    cells, cell = local_paper_cells(grey, ink_sign(grey))
+    on_cells = cell_centres(grey_smooth, cell)
+    if shadow_cells(cv2.absdiff(cells, on_cells) > SHADOW_CONTRAST) < SHADOW_FRACTION * cells.size:
+        return Paper(smooth)
+    if image.ndim == 3:  # the ink's colour matters for its contrast: the local paper per channel
+        sign = ink_sign(image)
+        cells, _ = local_paper_cells(image, sign)
+    else:
+        sign = ink_sign(grey)
+    return Paper(local_background(image, cells, sign), sign)
+
+
+def cell_centres(image: np.ndarray, cell: int) -> np.ndarray:
+    """Every `cell`-th pixel of (H, W[, C]) at cell centres; a side shorter than half a cell still gets one."""
+    h, w = image.shape[:2]
+    return np.ascontiguousarray(image[min(cell // 2, h - 1) :: cell, min(cell // 2, w - 1) :: cell])
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def shadow_cells(disagree: np.ndarray) -> int:
+    """How many cells of a (h, w) bool map of disagreement lie in regions that reach the picture's edge.
+
+    A shadow is cast from outside the frame (a phone, a hand), so it reaches the edge. A stroke wider than
+    the local estimate can fill (a paint brush) also makes the two disagree, inside the stroke, but a digit
+    is drawn inside the frame: counting only regions that reach the edge tells the two apart.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(disagree.astype(np.uint8), connectivity=8)
+    h, w = disagree.shape
+    x, y, bw, bh, area = (stats[1:, i] for i in range(5))
+    touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+    return int(area[touches].sum())
+
+
+def ink_sign(image: np.ndarray) -> np.ndarray:
+    """Per channel, whether the ink is darker (-1) or lighter (+1) than the paper. (C,) int.
+
+    The paper is the border's median (it nearly always reaches the border); the ink is the picture's extreme
+    that lies farther from it *in ratio*: light falling on the page scales paper and ink alike, so the bright
+    side of a shadow is at most a few times brighter than the dark side, while ink is many times darker than
+    its paper (or, in dark mode, many times lighter).
+    """
+    signs = []
+    for channel in _channels(image):
+        border = np.concatenate([channel[0], channel[-1], channel[:, 0], channel[:, -1]])
+        paper = float(np.median(border)) + 1.0
+        sample = np.ascontiguousarray(channel[::2, ::2])  # a quarter of the pixels: enough for 0.2 % tails
+        counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256])[:, 0])
+        darkest = float(np.searchsorted(counts, 0.002 * counts[-1])) + 1.0
+        brightest = float(np.searchsorted(counts, 0.998 * counts[-1])) + 1.0
+        signs.append(-1 if np.log(paper / darkest) >= np.log(brightest / paper) else 1)
+    return np.array(signs)
+
+
+def local_paper_cells(image: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, int]:
+    """The paper on a coarse grid: (cells (h, w[, C]) uint8, cell size in pixels).
+
+    Per channel, on the side away from the ink (the brightest pixels, for dark ink): the picture is pooled into
+    cells of 1/LOCAL_BACKGROUND_CELLS of its long side (a stroke thinner than a cell vanishes), and strokes up to
+    LOCAL_BACKGROUND_KERNEL cells wide are filled by a closing (an opening, for light ink), which keeps the step
+    of a shadow's edge where it is. Near that edge the estimate is then pulled to the darker side by two cells,
+    so that it is never brighter than the shadow it lies in.
+    """
+    height, width = image.shape[:2]
+    cell = max(1, int(np.ceil(max(height, width) / LOCAL_BACKGROUND_CELLS)))
+    pool = np.ones((cell, cell), np.uint8)
+    fill = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (LOCAL_BACKGROUND_KERNEL, LOCAL_BACKGROUND_KERNEL))
+    guard = np.ones((5, 5), np.uint8)
+    out = []
+    for channel, channel_sign in zip(_channels(image), sign):
+        away_from_ink, towards_ink = (cv2.dilate, cv2.erode) if channel_sign < 0 else (cv2.erode, cv2.dilate)
+        small = cell_centres(away_from_ink(channel, pool), cell)
+        small = towards_ink(away_from_ink(small, fill), fill)  # closing for dark ink, opening for light
+        out.append(towards_ink(small, guard))
+    return (out[0] if image.ndim == 2 else cv2.merge(out)), cell
+
+
+def local_background(image: np.ndarray, cells: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """The local paper at full size, (H, W[, C]) uint8, and never darker than the picture itself for dark ink
+    (lighter, for light ink): paper on the bright side of a shadow's edge, where the guarded estimate is too
+    dark, is then paper, not ink."""
+    height, width = image.shape[:2]
+    surface = cv2.resize(cells, (width, height), interpolation=cv2.INTER_LINEAR)
+    out = [cv2.max(paper, channel) if channel_sign < 0 else cv2.min(paper, channel)
+           for paper, channel, channel_sign in zip(_channels(surface), _channels(image), sign)]
+    return out[0] if image.ndim == 2 else cv2.merge(out)
+
+
+def _channels(image: np.ndarray) -> list[np.ndarray]:
+    return [image] if image.ndim == 2 else list(cv2.split(image))
+
+
+def quadratic_background(image: np.ndarray) -> np.ndarray:
     """The paper under the digit, (H, W[, 3]) uint8: a quadratic surface per channel, fitted robustly.
 
     The picture is sampled on a grid of at most BACKGROUND_GRID_SIDE points a side. A quadratic in (x, y) covers a
@@ -118,12 +252,38 @@ def quadratic_design(h: int, w: int) -> np.ndarray:
     return design
 
 
-def ink_contrast(image: np.ndarray, background: np.ndarray) -> np.ndarray:
+def channel_contrast(image: np.ndarray, paper: Paper) -> np.ndarray:
+    """(H, W[, C]) uint8: per pixel and channel, how far the picture is from the paper.
+
+    Against a smooth paper, the difference either way. Against a local paper (a shadow), one-sided and relative
+    to the paper's brightness: dark ink is 255 * (paper - picture) / paper, so ink in a shadow that halves the
+    light keeps its contrast.
+    """
+    if paper.sign is None:
+        return cv2.absdiff(image, paper.surface)
+    parts = []
+    for channel, surface, channel_sign in zip(_channels(image), _channels(paper.surface), paper.sign):
+        if channel_sign < 0:
+            parts.append(cv2.divide(cv2.subtract(surface, channel), cv2.max(surface, 1), scale=255))
+        else:
+            parts.append(cv2.subtract(channel, surface))
+    return parts[0] if len(parts) == 1 else cv2.merge(parts)
+
+
+def ink_contrast(image: np.ndarray, paper: Paper) -> np.ndarray:
     """(H, W) uint8: per pixel, the largest difference from the paper over the colour channels."""
-    difference = cv2.absdiff(image, background)
-    if difference.ndim == 2:
-        return difference
-    return cv2.max(cv2.max(difference[:, :, 0], difference[:, :, 1]), difference[:, :, 2])
+    return strongest_and_weakest(channel_contrast(image, paper))[0]
+
+
+def strongest_and_weakest(contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W[, C]) per-channel contrast -> its largest and smallest over the channels, (H, W) uint8 each.
+
+    The smallest tells coloured marks from neutral ones: a blue ruling barely differs from white paper in the
+    blue channel, black or dark-blue ink differs in all three."""
+    if contrast.ndim == 2:
+        return contrast, contrast
+    a, b, c = cv2.split(contrast)
+    return cv2.max(cv2.max(a, b), c), cv2.min(cv2.min(a, b), c)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,13 +300,33 @@ class InkRegion:
     threshold: float  # the contrast that counted as ink
 
 
-def find_ink(ink: np.ndarray) -> InkRegion:
-    """The digit's strokes in an ink-contrast map (H, W) uint8; ImageRejected when there are none."""
+def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
+    """The digit's strokes in an ink-contrast map (H, W) uint8; ImageRejected when there are none.
+
+    `weakest` (H, W) uint8, the contrast in the channel where each pixel differs least from the paper, lets
+    coloured ruling be told from neutral ink (find_ruling); None treats every mark as neutral.
+    """
     noise = noise_level(ink)
     threshold = ink_threshold(ink, noise)
     strong = (ink >= threshold).astype(np.uint8)
+    removed = None
+    if max(ink.shape) >= RULING_MIN_PICTURE:
+        ruling, family = find_ruling(strong)
+        if ruling.any():
+            removed = ruling & ~keep_strokes_across_ruling(strong, ruling, ink if weakest is None else weakest, ink)
+            off_ruling = strong.copy()
+            off_ruling[removed] = 0
+            if digit_sized_ink(off_ruling):
+                strong = off_ruling
+            elif family:  # ruled or squared paper and nothing else on it
+                raise ImageRejected(
+                    "no digit found: only the lines of ruled or squared paper. Write the digit darker than the "
+                    "lines (a pen rather than a pencil), or photograph it closer so that it fills more of the frame")
+            else:  # one long straight line and nothing else: it is the digit (a 1), not the paper's
+                removed = None
     labels, stats = connected_components(strong)
-    keep = digit_components(stats)  # (components,) bool; label 0 (the paper) is never kept
+    # (components,) bool; label 0 (the paper) is never kept
+    keep = digit_components(stats, strong.shape, component_contrast(ink, labels, stats))
     if not keep.any():
         raise_blank(ink, threshold)
     x0, y0, x1, y1 = union_box(stats[keep])
@@ -161,11 +341,109 @@ def find_ink(ink: np.ndarray) -> InkRegion:
     strokes = keep[labels[y0:y1, x0:x1]]  # (h, w) bool, by looking each pixel's label up
     window = ink[y0:y1, x0:x1]
     fringe = cv2.dilate(strokes.astype(np.uint8), np.ones((3, 3), np.uint8))
+    if removed is not None:  # a ruling beside a stroke is not its anti-aliased edge
+        fringe[removed[y0:y1, x0:x1] & ~strokes] = 0
     # Map contrast to ink coverage: the noise floor -> 0, the strokes' typical contrast -> 1.
     low = max(SOFT_FLOOR_MIN, min(3.0 * noise, threshold / 2))
     high = max(percentile_uint8(window[strokes], 75), threshold + 1.0)
     soft = np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe
     return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
+
+
+def digit_sized_ink(mask: np.ndarray) -> bool:
+    """Whether a (H, W) uint8 ink mask has anything a digit could be made of: a component, not a speck, at
+    least MIN_DIGIT_SIDE on its long side and a tenth of the mask's own largest extent."""
+    _, stats = connected_components(mask)
+    if len(stats) < 2:
+        return False
+    sides = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
+    return bool((sides >= max(MIN_DIGIT_SIDE, 0.1 * max(mask.shape))).any())
+
+
+def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
+    """((H, W) bool, family): the pixels of `strong` (an ink mask, uint8 0/1) on the lines of ruled or squared
+    paper, or
+    on a margin line: straight lines within RULING_MAX_TILT degrees of horizontal or vertical (a photo is rarely
+    held quite straight), each taken as a band RULING_BAND pixels wide (a ruling's thickness and blur).
+
+    Candidates come from a Hough transform (straight runs of ink across at least RULING_MIN_LENGTH of the
+    picture) that are thin (paper on both sides: not a run inside a brush stroke). A digit's stroke can be that
+    long and straight (a 1 in a tight crop), so a candidate is paper only if it is part of a family (at least
+    three parallel lines, as ruled and squared paper have) or nearly spans the picture (RULING_SPAN, a margin).
+    `family` says whether any line was of a family: then the picture surely shows ruled or squared paper.
+    """
+    height, width = strong.shape
+    tilt = np.radians(RULING_MAX_TILT)
+    # The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel lines stay).
+    half = cv2.resize(cv2.dilate(strong, np.ones((2, 2), np.uint8)), (max(1, width // 2), max(1, height // 2)),
+                      interpolation=cv2.INTER_NEAREST)
+    candidates = []  # (direction: 0 horizontal / 1 vertical, rho, theta, band mask)
+    searches = ((0, np.pi / 2 - tilt, np.pi / 2 + tilt, width), (1, 0.0, tilt, height), (1, np.pi - tilt, np.pi, height))
+    for direction, low, high, length in searches:
+        found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low,
+                               max_theta=high)
+        for rho, theta in ([] if found is None else found[:, 0]):
+            band = np.zeros_like(strong)
+            a, b = np.cos(theta), np.sin(theta)
+            x, y, far = 2 * a * rho, 2 * b * rho, 2 * (width + height)
+            cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
+            candidates.append((direction, float(2 * rho), float(theta), band))
+    ruling = np.zeros(strong.shape, bool)
+    ink = strong.astype(bool)
+    in_family = False
+    for direction in (0, 1):
+        family = [c for c in candidates if c[0] == direction and thin_fraction(c[3], ink, direction) >= 0.5]
+        # Distinct lines: Hough finds a thick line at several neighbouring distances.
+        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _, _ in family})
+        for _, _, _, band in family:
+            pixels = band.astype(bool) & ink
+            if distinct >= 3 or line_extent(pixels, direction) >= RULING_SPAN * (width, height)[direction]:
+                ruling |= pixels
+                in_family |= distinct >= 3
+    return ruling, in_family
+
+
+def thin_fraction(band: np.ndarray, ink: np.ndarray, direction: int) -> float:
+    """The share of a candidate line's ink pixels with paper on both sides of it (a few pixels beyond its band):
+    near 1 for a ruling (crossing strokes aside), near 0 for a straight run inside a paint brush's stroke."""
+    pixels = band.astype(bool) & ink
+    total = np.count_nonzero(pixels)
+    if total == 0:
+        return 0.0
+    reach = RULING_BAND // 2 + 3
+    axis = 0 if direction == 0 else 1  # across a horizontal line is up and down
+    beside = np.roll(ink, reach, axis=axis) | np.roll(ink, -reach, axis=axis)
+    return np.count_nonzero(pixels & ~beside) / total
+
+
+def line_extent(pixels: np.ndarray, direction: int) -> int:
+    """How far the marked pixels of a (H, W) bool band extend along it: columns for a horizontal line (0),
+    rows for a vertical one (1)."""
+    occupied = np.flatnonzero(pixels.any(axis=direction))
+    return int(occupied[-1] - occupied[0] + 1) if len(occupied) else 0
+
+
+def keep_strokes_across_ruling(strong: np.ndarray, ruling: np.ndarray, weakest: np.ndarray,
+                               strongest: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of the ruling that belong to the digit after all.
+
+    - where a stroke crosses a line: the line's pixels between the stroke's two sides (a closing of the ink off
+      the lines by a little more than the band), so a crossing stroke is kept whole;
+    - where the ink is much darker than the ruling (a pen over faint printed lines): pixels at least 1.5 times
+      the ruling's typical contrast;
+    - where the line is coloured and the ink is not (blue or red ruling, black or dark-blue ink): pixels that
+      differ from the paper in every channel, unlike the ruling's own.
+    """
+    off_lines = (strong.astype(bool) & ~ruling).astype(np.uint8)
+    bridge = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (RULING_BAND + 4, RULING_BAND + 4))
+    kept = ruling & cv2.morphologyEx(off_lines, cv2.MORPH_CLOSE, bridge).astype(bool)
+    contrast = strongest[ruling].astype(np.float32)
+    rescued = contrast >= 1.5 * np.median(contrast)
+    neutrality = weakest[ruling].astype(np.float32) / np.maximum(contrast, 1)
+    if np.median(neutrality) < 0.4:  # a coloured ruling: its marks differ from the paper in one channel only
+        rescued |= neutrality > 0.6
+    kept[ruling] |= rescued
+    return kept
 
 
 def percentile_uint8(values: np.ndarray, q: float) -> float:
@@ -199,19 +477,28 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats
 
 
-def digit_components(stats: np.ndarray) -> np.ndarray:
+def digit_components(stats: np.ndarray, shape: tuple[int, int] | None = None,
+                     contrast: np.ndarray | None = None) -> np.ndarray:
     """Which connected components (rows of OpenCV's stats: x, y, w, h, area) belong to the digit.
 
     Keep the largest stroke, every stroke at least KEEP_BIG_FRACTION of its size, and smaller strokes (a 5's flag,
     a 7's bar, a pen that skipped) within KEEP_NEAR_FRACTION of its size from it. Specks below KEEP_AREA_FRACTION
     of it are noise. Sizes, not morphology, decide, so a one-pixel-wide stroke is as safe as a thick one.
+    Given the map's (H, W) `shape`, thin straight pieces cut off by the picture's edge (the rest of a ruling, the
+    edge of the sheet) are not the digit, unless nothing else is there. Given each component's mean `contrast`
+    (components,), the digit is the component with the most ink (area x contrast), not merely the largest, and
+    marks far fainter than it (KEEP_CONTRAST_FRACTION: a shading the paper estimate left, a smudge) are not kept.
     """
     area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     area[0] = 0  # label 0 is the background
+    if shape is not None:
+        edge_lines = edge_line_pieces(stats, shape)
+        if area[~edge_lines].max(initial=0) > 0:
+            area[edge_lines] = 0
     keep = np.zeros(len(stats), bool)
     if len(stats) < 2 or area.max() == 0:
         return keep
-    main = int(area.argmax())
+    main = int(area.argmax()) if contrast is None else int((area * contrast).argmax())
     mx, my, mw, mh = stats[main, :4]
     x, y, w, h = (stats[:, i] for i in range(4))
     gap_x = np.maximum(0, np.maximum(mx - (x + w), x - (mx + mw)))  # 0 when the boxes overlap horizontally
@@ -219,8 +506,37 @@ def digit_components(stats: np.ndarray) -> np.ndarray:
     near = np.hypot(gap_x, gap_y) <= KEEP_NEAR_FRACTION * max(mw, mh)
     big = area >= KEEP_BIG_FRACTION * area[main]
     keep = (area >= KEEP_AREA_FRACTION * area[main]) & (big | near)
+    if contrast is not None:
+        keep &= contrast >= KEEP_CONTRAST_FRACTION * contrast[main]
     keep[0] = False
     return keep
+
+
+def component_contrast(ink: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """(components,) float: the mean ink contrast of each component that could be kept (at least
+    KEEP_AREA_FRACTION of the largest), 0 for specks; read within each candidate's box, so the cost is that of
+    the few candidates, not of the whole map."""
+    area = stats[:, cv2.CC_STAT_AREA]
+    out = np.zeros(len(stats))
+    if len(stats) < 2:
+        return out
+    for k in np.flatnonzero(area >= KEEP_AREA_FRACTION * area[1:].max()):
+        if k == 0:
+            continue
+        x, y, w, h = stats[k, :4]
+        box = labels[y : y + h, x : x + w] == k
+        out[k] = float(ink[y : y + h, x : x + w][box].mean())
+    return out
+
+
+def edge_line_pieces(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(components,) bool: components that touch the picture's edge and are line-like (at least
+    EDGE_LINE_ELONGATION times as long as their mean thickness)."""
+    height, width = shape
+    x, y, w, h, area = (stats[:, i].astype(np.int64) for i in range(5))
+    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    length = np.maximum(w, h)
+    return touches & (length * length >= EDGE_LINE_ELONGATION * np.maximum(area, 1))
 
 
 def union_box(stats: np.ndarray) -> tuple[int, int, int, int]:

@@ -54,24 +54,14 @@ TRAINED_EPOCHS = 10
 _TRAINING_CODE = ("trainer/*.py", "shared/model.py", "shared/data.py", "shared/checkpoint.py", "shared/metrics.py")
 
 
-def _training_code_hash() -> str:
-    import hashlib
-
-    digest = hashlib.sha256(str(TRAINED_EPOCHS).encode())
-    for pattern in _TRAINING_CODE:
-        for path in sorted(REPO_ROOT.glob(pattern)):
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="session")
 def trained_artifacts(mnist_dir) -> Path:
     """An artifacts folder holding a published, fully trained default model (models/LATEST.json)."""
     from shared.checkpoint import read_manifest
+    from testkit.cache import cache_root, code_hash
     from trainer.__main__ import main as trainer_main
 
-    cache_root = Path(os.environ.get("MNIST_TEST_CACHE") or Path.home() / ".cache" / "mnist-stack" / "test-models")
-    root = cache_root / _training_code_hash()
+    root = cache_root() / "test-models" / code_hash(_TRAINING_CODE, extra=str(TRAINED_EPOCHS))
     if read_manifest(root / "models") is None:
         code = trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(root), "--no-download",
                              "--device", "cpu", "--epochs", str(TRAINED_EPOCHS), "--run-name", "test-model"])

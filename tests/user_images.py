@@ -69,31 +69,41 @@ def reshape_stroke(shape: np.ndarray, radius: float) -> np.ndarray:
     return np.clip(inside + radius, 0, 1).astype(np.float32)  # its edge pixels are at 1
 
 
+def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each of the 256 neighbourhoods (bit i set = neighbour P(i+2) is ink, clockwise from north), whether
+    Zhang & Suen's first and second sub-iteration delete the centre pixel. (256,) bool each."""
+    codes = np.arange(256)
+    p = [(codes >> i) & 1 for i in range(8)]  # P2 (N), P3 (NE), P4 (E), P5 (SE), P6 (S), P7 (SW), P8 (W), P9 (NW)
+    neighbours = sum(p)
+    transitions = sum((p[i] == 0) & (p[(i + 1) % 8] == 1) for i in range(8))
+    common = (neighbours >= 2) & (neighbours <= 6) & (transitions == 1)
+    first = common & (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
+    second = common & (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
+    return first, second
+
+
+_ZHANG_SUEN = tuple(table.astype(np.uint8) for table in _zhang_suen_tables())  # for cv2.LUT
+# filter2D correlates: each neighbour's weight is its bit, so the result is the neighbourhood's code.
+_NEIGHBOUR_BITS = np.array([[128, 1, 2], [64, 0, 4], [32, 16, 8]], np.float32)
+
+
 def zhang_suen_thinning(mask: np.ndarray) -> np.ndarray:
     """Thin a (h, w) bool shape to a one-pixel, 8-connected skeleton (Zhang & Suen, 1984), whole-array steps.
 
-    Each pass looks at every pixel's 8 neighbours P2..P9 (clockwise from north) at once through shifted views.
+    Each sub-iteration reads every pixel's 8 neighbours as one byte (a correlation with their bit weights) and
+    looks its fate up in a 256-entry table, so a pass costs two array operations whatever the picture.
     """
-    img = np.pad(mask.astype(np.uint8), 1)
+    img = mask.astype(np.uint8)
     while True:
         changed = False
-        for step in (0, 1):
-            p = [
-                img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2 (N), P3 (NE), P4 (E), P5 (SE)
-                img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2],  # P6 (S), P7 (SW), P8 (W), P9 (NW)
-            ]
-            neighbours = sum(q.astype(np.int16) for q in p)
-            transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.int16) for i in range(8))
-            if step == 0:
-                open_side = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
-            else:
-                open_side = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
-            delete = (img[1:-1, 1:-1] == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & open_side
-            if delete.any():
-                img[1:-1, 1:-1][delete] = 0
+        for table in _ZHANG_SUEN:
+            codes = cv2.filter2D(img, cv2.CV_8U, _NEIGHBOUR_BITS, borderType=cv2.BORDER_CONSTANT)
+            delete = cv2.bitwise_and(cv2.LUT(codes, table), img)
+            if cv2.countNonZero(delete):
+                img = cv2.subtract(img, delete)
                 changed = True
         if not changed:
-            return img[1:-1, 1:-1].astype(bool)
+            return img.astype(bool)
 
 
 def pen_stroke(skeleton: np.ndarray, radius: float) -> np.ndarray:
@@ -264,7 +274,7 @@ def paper_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     image = tilt_and_perspective(image, rng, paper)
     image *= lighting(height, width, rng)[:, :, None]
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.3))
-    image += rng.normal(0, rng.uniform(2, 6), image.shape).astype(np.float32)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(2, 6)
     orientation = pick(rng, [1, 1, 6, 8])
     stored = {1: image, 6: np.rot90(image, 1), 8: np.rot90(image, -1)}[orientation]  # what the sensor wrote
     exif = Image.Exif()
@@ -288,12 +298,172 @@ def tilt_and_perspective(image: np.ndarray, rng: np.random.Generator, paper: np.
 
 def lighting(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """(H, W) float32 multiplier in ~[0.6, 1]: a linear gradient in a random direction plus a vignette."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    x, y = xs / width - 0.5, ys / height - 0.5
+    x = (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]  # (1, W): broadcast, not a full grid
+    y = (np.arange(height, dtype=np.float32) / height - 0.5)[:, None]  # (H, 1)
     direction = rng.uniform(0, 2 * np.pi)
     ramp = (x * np.cos(direction) + y * np.sin(direction)) + 0.5  # 0..1 across the picture
     vignette = x * x + y * y  # 0 at the centre, 0.5 at the corners
     return (1.0 - rng.uniform(0.05, 0.3) * ramp - rng.uniform(0.0, 0.3) * vignette).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real paper: the structure of the sheet (ruled and squared lines, a margin), shadows, pencil, dust, and scans at
+# low resolution. Each is a photo of a digit written on paper, like paper_photo, plus one difficulty.
+
+
+def sheet(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blank paper (H, W, 3) float32 and its colour (3,): greyish white, slightly tinted."""
+    colour = rng.uniform(185, 235) * np.array([1.0, rng.uniform(0.97, 1.02), rng.uniform(0.9, 1.0)], np.float32)
+    return np.broadcast_to(colour, (height, width, 3)).astype(np.float32), colour
+
+
+def draw_lines(paper: np.ndarray, rng: np.random.Generator, *, spacing: float, colour, width: float,
+               vertical: bool, offset: float | None = None) -> None:
+    """Rule the paper in place: lines `spacing` px apart (anti-aliased, `width` px thick) in `colour`."""
+    height, w = paper.shape[:2]
+    length = w if vertical else height
+    positions = np.arange(rng.uniform(0, spacing) if offset is None else offset, length, spacing)
+    coordinate = np.arange(length, dtype=np.float32)
+    distance = np.min(np.abs(coordinate[:, None] - positions[None, :]), axis=1) if len(positions) else \
+        np.full(length, 1e9, np.float32)
+    coverage = np.clip(width / 2 + 0.5 - distance, 0, 1) * rng.uniform(0.75, 1.0)
+    coverage = coverage[None, :, None] if vertical else coverage[:, None, None]
+    paper += coverage * (np.asarray(colour, np.float32) - paper)
+
+
+def photographed(paper: np.ndarray, coverage: np.ndarray, ink, rng: np.random.Generator, *,
+                 shadow: tuple[float, float] | None = None, grain: float = 0.0) -> bytes:
+    """Ink on the (structured) paper, photographed: tilt, lighting, an optional shadow (depth, edge width in px),
+    blur, noise and JPEG, as paper_photo."""
+    height, width = coverage.shape
+    if grain:  # pencil: graphite leaves the paper's tooth showing through
+        coverage = coverage * np.clip(1.0 + grain * rng.standard_normal(coverage.shape, dtype=np.float32), 0.35, 1.0)
+    image = paper + coverage[:, :, None] * (np.asarray(ink, np.float32) - paper)
+    image = tilt_and_perspective(image, rng, paper[0, 0])
+    image *= lighting(height, width, rng)[:, :, None]
+    if shadow is not None:
+        image *= cast_shadow(height, width, rng, depth=shadow[0], edge=shadow[1])[:, :, None]
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.2))
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(2, 5)
+    return encode(image, "JPEG", quality=int(rng.integers(60, 90)))
+
+
+def cast_shadow(height: int, width: int, rng: np.random.Generator, *, depth: float, edge: float) -> np.ndarray:
+    """(H, W) float32 multiplier: 1 in the light, 1 - depth in the shadow of a straight edge (a phone, a hand)
+    crossing the middle third of the picture in a random direction; the edge blurred over `edge` px."""
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    angle = rng.uniform(0, 2 * np.pi)
+    cx, cy = rng.uniform(0.33, 0.67) * width, rng.uniform(0.33, 0.67) * height
+    signed = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)  # (H, W): distance from the edge, in px
+    shade = 0.5 * (1 + np.tanh(signed / max(edge / 2, 0.5)))  # 0 -> 1 across about `edge` px
+    return (1.0 - depth * shade).astype(np.float32)
+
+
+def written_on_paper(digit: np.ndarray, rng: np.random.Generator, *, pen: tuple[float, float] = (0.04, 0.08),
+                     size: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int, int]:
+    """A ballpoint digit on a photo-sized canvas: (coverage (H, W), digit height, top of the digit, bottom)."""
+    width, height = size or pick(rng, [(640, 480), (800, 600)])  # the sizes phone apps send
+    digit_height = int(rng.uniform(0.3, 0.55) * height)
+    drawn = draw_digit(digit, digit_height, rng.uniform(*pen) * digit_height)
+    coverage = place((height, width), drawn, rng, margin=0.15, centre_bias=0.5)
+    rows = np.nonzero(coverage.max(axis=1) > 0.5)[0]
+    return coverage, digit_height, int(rows[0]), int(rows[-1])
+
+
+BALLPOINT_INKS = [(25, 25, 35), (20, 35, 110), (45, 45, 45)]
+
+
+def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Notebook paper: blue rules a little closer than the digit is tall, the digit's foot on a rule; in two
+    fifths of them a red margin line. JPEG."""
+    coverage, digit_height, top, bottom = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    spacing = rng.uniform(0.55, 0.9) * digit_height
+    draw_lines(paper, rng, spacing=spacing, colour=(rng.uniform(60, 150), rng.uniform(100, 170), rng.uniform(190, 230)),
+               width=rng.uniform(1.2, 3.0), vertical=False, offset=(bottom + rng.uniform(-3, 3)) % spacing)
+    if rng.uniform() < 0.4:
+        margin = rng.uniform(0.06, 0.25) * coverage.shape[1]
+        draw_lines(paper, rng, spacing=coverage.shape[1] * 2, colour=(215, 80, 85), width=rng.uniform(1.5, 3.0),
+                   vertical=True, offset=margin)
+    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
+
+
+def squared_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Squared (graph) paper: a grey-blue grid, the digit two to three squares tall. JPEG."""
+    coverage, digit_height, _, _ = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    spacing = digit_height / rng.uniform(2.0, 3.0)
+    colour = (rng.uniform(90, 160), rng.uniform(120, 180), rng.uniform(170, 220))
+    width = rng.uniform(1.0, 2.2)
+    draw_lines(paper, rng, spacing=spacing, colour=colour, width=width, vertical=False)
+    draw_lines(paper, rng, spacing=spacing, colour=colour, width=width, vertical=True)
+    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
+
+
+def soft_shadow(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A diffuse shadow across the paper (its edge blurred over 80-250 px), 25-55 % darker. JPEG."""
+    coverage, _, _, _ = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng,
+                        shadow=(rng.uniform(0.25, 0.55), rng.uniform(80, 250)))
+
+
+def hard_shadow(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """The sharp shadow of a phone or a hand: its edge 2-12 px wide, 30-60 % darker, often across the digit. JPEG."""
+    coverage, _, _, _ = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng,
+                        shadow=(rng.uniform(0.3, 0.6), rng.uniform(2, 12)))
+
+
+def pencil(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Faint pencil: grey graphite (70-130 grey levels darker than the paper), grainy, a thin to medium line. JPEG."""
+    coverage, _, _, _ = written_on_paper(digit, rng, pen=(0.03, 0.07))
+    paper, colour = sheet(*coverage.shape, rng)
+    graphite = np.full(3, float(colour.mean()) - rng.uniform(70, 130), np.float32)
+    return photographed(paper, coverage, graphite, rng, grain=rng.uniform(0.1, 0.3))
+
+
+def specks(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Dust and specks on the paper or the lens: 20-200 dots of 1-6 px, a few larger. JPEG."""
+    coverage, _, _, _ = written_on_paper(digit, rng)
+    height, width = coverage.shape
+    dots = np.zeros_like(coverage)
+    for _ in range(int(rng.integers(20, 200))):
+        radius = rng.uniform(0.5, 2.0) if rng.uniform() < 0.9 else rng.uniform(2.0, 3.5)
+        cv2.circle(dots, (int(rng.integers(width)), int(rng.integers(height))), max(1, round(radius)),
+                   float(rng.uniform(0.5, 1.0)), -1, lineType=cv2.LINE_AA)
+    paper, _ = sheet(height, width, rng)
+    return photographed(paper, np.maximum(coverage, dots), pick(rng, BALLPOINT_INKS), rng)
+
+
+def low_resolution(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A scan at very low resolution (the digit 10-18 px tall), then enlarged 4-10x by a viewer or an app
+    (bicubic), as old forms and thumbnails arrive. PNG or JPEG."""
+    digit_height = int(rng.integers(10, 19))
+    side = int(digit_height * rng.uniform(1.6, 2.6))
+    # Drawn at 4x and averaged down: the scanner's sensor integrates the ink over each of its pixels.
+    small = cv2.resize(place((side * 4, side * 4), draw_digit(digit, digit_height * 4), rng, margin=0.1,
+                             centre_bias=0.6), (side, side), interpolation=cv2.INTER_AREA)
+    paper = rng.uniform(190, 240)
+    image = paper + small * (rng.uniform(20, 70) - paper)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 4)
+    scale = rng.uniform(4, 10)
+    enlarged = cv2.resize(np.clip(image, 0, 255), (int(side * scale), int(side * scale)),
+                          interpolation=cv2.INTER_CUBIC)
+    return encode(enlarged, "PNG") if rng.uniform() < 0.5 else encode(enlarged, "JPEG", quality=85)
+
+
+PAPER_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "ruled": ruled_paper,
+    "squared": squared_paper,
+    "soft_shadow": soft_shadow,
+    "hard_shadow": hard_shadow,
+    "pencil": pencil,
+    "specks": specks,
+    "low_resolution": low_resolution,
+}
 
 
 DRAWN_STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
@@ -306,22 +476,32 @@ DRAWN_STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "dark_mode": dark_mode,
 }
 PRINTED_STYLE = "printed"
+ALL_STYLES = {**DRAWN_STYLES, **PAPER_KINDS}  # make_user_images(styles=PAPER_KINDS) for the paper kinds
 
 
 def make_user_images(images: np.ndarray, labels: np.ndarray, *, per_style: int = 20, seed: int = 0,
-                     styles: Iterable[str] | None = None) -> list[UserImage]:
-    """`per_style` pictures in each drawn style, from randomly chosen MNIST test digits (N, 28, 28) uint8.
+                     styles: Iterable[str] | None = None, processes: int = 1) -> list[UserImage]:
+    """`per_style` pictures in each style (default: the drawn styles; any of ALL_STYLES), from randomly chosen
+    MNIST test digits (N, 28, 28) uint8.
 
     Deterministic for a given seed: each style draws from its own generator, so adding a style does not change
-    the others' pictures.
+    the others' pictures, and `processes` > 1 (styles made side by side) gives the same pictures as 1.
     """
     images, labels = np.asarray(images), np.asarray(labels)
-    out = []
-    for style in styles or DRAWN_STYLES:
-        rng = style_generator(style, seed)
-        for i in source_indices(images, per_style, rng, style):
-            out.append(UserImage(DRAWN_STYLES[style](images[i], rng), int(labels[i]), style))
-    return out
+    jobs = [(images, labels, per_style, seed, style) for style in (styles or DRAWN_STYLES)]
+    if processes <= 1 or len(jobs) == 1:
+        return [picture for job in jobs for picture in _make_style(*job)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [picture for made in pool.map(_make_style, *zip(*jobs)) for picture in made]
+
+
+def _make_style(images: np.ndarray, labels: np.ndarray, per_style: int, seed: int, style: str) -> list[UserImage]:
+    rng = style_generator(style, seed)
+    return [UserImage(ALL_STYLES[style](images[i], rng), int(labels[i]), style)
+            for i in source_indices(images, per_style, rng, style)]
 
 
 def style_generator(style: str, seed: int) -> np.random.Generator:

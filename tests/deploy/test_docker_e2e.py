@@ -41,6 +41,7 @@ pytestmark = pytest.mark.docker
 PROJECT = "mnist-stack-e2e"  # its own compose project: a user's own stack on this engine is never touched
 GRPC_HOST = f"127.0.0.1:{settings.DEFAULT_GRPC_PORT}"
 TENSORBOARD = f"http://127.0.0.1:{settings.DEFAULT_TENSORBOARD_PORT}"
+WEB = f"http://127.0.0.1:{settings.DEFAULT_WEB_PORT}"
 BUILD_ARGS = ["--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple", "--build-arg", "TORCH_VARIANT="]
 REPLICAS = 3
 
@@ -153,6 +154,28 @@ def test_predict_and_evaluate_from_the_host(stack, digit_files):
         evaluation = stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=60)
     assert evaluation.count == 10_000 and evaluation.heatmap_png.startswith(b"\x89PNG")
     assert evaluation.accuracy > 0.9, f"one epoch of the default should pass 90 %, got {evaluation.accuracy:.2%}"
+
+
+def test_web_page_and_rest_api_answer_through_the_gateway(stack, digit_files):
+    """The `web` container: the page at /, and REST Predict answered by the inference container behind it."""
+    folder, files = digit_files
+    wait_for(lambda: _http_status(f"{WEB}/readyz") == 200, timeout=60, what="the web gateway to be ready", interval=1)
+    with urllib.request.urlopen(f"{WEB}/", timeout=10) as response:
+        assert b"<canvas" in response.read()
+    name, _ = files[0]
+    request = urllib.request.Request(f"{WEB}/v1/predict", data=(folder / name).read_bytes(), method="POST",
+                                     headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    assert 0 <= answer["digit"] <= 9 and len(answer["probabilities"]) == 10 and answer["model_version"]
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except OSError:
+        return None
 
 
 def test_tensorboard_serves_the_run(stack):

@@ -1,0 +1,46 @@
+"""A cache for what the tests make slowly and the same way every time: a trained model, thousands of pictures.
+
+Each entry is keyed by a hash of the code that decides its content (and any extra key), so a change to that code
+makes it again, and nothing stale is ever used. The cache lives in $MNIST_TEST_CACHE, else
+~/.cache/mnist-stack/test-cache; deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MNIST_TEST_CACHE") or Path.home() / ".cache" / "mnist-stack" / "test-cache")
+
+
+def code_hash(patterns: tuple[str, ...], extra: str = "") -> str:
+    """16 hex digits of SHA-256 over `extra` and the files matching `patterns` (globs under the repository)."""
+    digest = hashlib.sha256(extra.encode())
+    for pattern in patterns:
+        for path in sorted(REPO_ROOT.glob(pattern)):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
+    """`build()`'s result, made once per (name, key) and kept as a pickle. Written to a temporary file and
+    renamed, so a run killed half-way leaves no half-written entry."""
+    path = cache_root() / name / f"{key}.pickle"
+    if path.is_file():
+        with open(path, "rb") as f:
+            return pickle.load(f)  # noqa: S301 - our own cache, written by this function
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(f.name, path)
+    return value
