@@ -26,7 +26,7 @@ from shared.settings import Paths
 
 from inference.access_log import AccessLogInterceptor
 from inference.evaluation import shared_evaluation_data
-from inference.model_store import ModelStore, ServedModel
+from inference.model_store import DEFAULT_BACKEND, ModelStore, ServedModel
 from inference.security import BearerTokenInterceptor, server_credentials
 from inference.service import InferenceServicer, ServiceLimits
 
@@ -43,6 +43,7 @@ class ServerOptions:
     data_dir: Path
     download_data: bool = False
     poll_interval: float = 1.0
+    backend: str = DEFAULT_BACKEND  # what runs the network: "onnxruntime" or "torch" (inference/model_store.py)
     max_workers: int = 16
     # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
     max_concurrent_rpcs: int | None = 128
@@ -162,7 +163,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         _set_serving(health_servicer, True)
 
     store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
-                       on_swap=on_swap)
+                       backend=options.backend, on_swap=on_swap)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
         max_batch_size=options.max_batch_size,
@@ -215,8 +216,9 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     server.start()
     host = address.rsplit(":", 1)[0]
     log.info(
-        "listening on %s:%d (%s%s), watching %s every %.1f s; %s",
+        "listening on %s:%d (%s%s, %s backend), watching %s every %.1f s; %s",
         host, port, "TLS" if options.tls_cert else "plaintext", ", token required" if options.auth_token else "",
+        options.backend,
         server.store.models_dir, options.poll_interval,
         f"serving model {server.store.current.version}" if server.store.current
         else "NOT_SERVING until the trainer publishes a model",

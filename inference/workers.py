@@ -12,8 +12,10 @@ supervisor (compose's `restart: on-failure`) restarts the whole service.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -23,6 +25,32 @@ from typing import Iterator
 from inference.server import ServerOptions
 
 log = logging.getLogger(__name__)
+
+
+# What one worker process costs, besides the pictures it is decoding: Python, torch, onnxruntime, gRPC and a
+# compact model, measured as the resident set of a warm worker on the development machine (README, "Inference").
+WORKER_BASE_BYTES = 512 * 2**20
+# The memory a worker may spend decoding pictures at once. Issue 10 gives shared/decode.py a per-process decode
+# budget; until the server passes that figure here, this assumes one full-size decode at the default limits:
+# 40 MP at 4 bytes per pixel (RGBA), 160 MB, with room for the pipeline's working copies.
+DEFAULT_DECODE_BUDGET_BYTES = 256 * 2**20
+# Left to everything else on the machine or in the container (the parent process, the kernel's page cache).
+RESERVED_BYTES = 256 * 2**20
+
+
+def default_worker_count(cpus: int, memory_bytes: int | None, *, worker_bytes: int = WORKER_BASE_BYTES,
+                         decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
+                         reserved_bytes: int = RESERVED_BYTES) -> int:
+    """Server processes to start: one per usable CPU core (one Python thread runs at a time per process, and a
+    call's work is mostly Python), but no more than the memory holds, each costing its base plus its decode
+    budget. At least one. `memory_bytes` None means unknown: the CPU count decides.
+    """
+    if cpus < 1:
+        raise ValueError(f"cpus must be at least 1, got {cpus}")
+    if memory_bytes is None:
+        return cpus
+    per_worker = worker_bytes + decode_budget_bytes
+    return max(1, min(cpus, (memory_bytes - reserved_bytes) // per_worker))
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -55,10 +83,25 @@ def _run_worker(address: str, options: ServerOptions, grace: float, torch_thread
     from inference.logs import configure_logging
     from inference.server import configure_torch, serve
 
+    stop_with_parent()
     configure_logging(log_level, log_format, worker=index)
 
     configure_torch(torch_threads)
     serve(address, options, grace=grace)
+
+
+def stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux), so a supervisor that SIGKILLs the
+    parent does not leave workers serving on the port; elsewhere the parent's own shutdown stops them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: float, torch_threads: int,
