@@ -128,17 +128,25 @@ def batched_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     design = quadratic_design(height, width)  # (n, 6)
     exact = np.ones(count, bool)  # fitted is bit for bit what the per-picture fit holds
     decided = np.ones(count, bool)
-    active = np.full(count, values.shape[1] >= 4 * design.shape[1])  # pictures whose fit still runs
+    active = np.full(count, values.shape[1] >= 4 * design.shape[1])  # pictures whose fit still changes
+    previous = None  # last round's inliers, a row per picture still active
     for _ in range(BACKGROUND_FIT_ROUNDS):
-        residual = np.abs(values - fitted)  # (B, n)
-        tolerance = robust_tolerance(residual)  # (B,)
+        rows = active.copy()  # the pictures this round computes
+        residual = np.abs(values[rows] - fitted[rows])  # (b, n)
+        tolerance = robust_tolerance(residual)  # (b,)
         inliers = residual <= tolerance[:, None]
         clear = np.abs(residual - tolerance[:, None]).min(axis=1) > DECISION_MARGIN
-        decided &= ~active | exact | clear
-        active &= np.count_nonzero(inliers, axis=1) >= 2 * design.shape[1]  # else the per-picture loop breaks
+        decided[rows] &= exact[rows] | clear
+        still = np.count_nonzero(inliers, axis=1) >= 2 * design.shape[1]  # else the per-picture loop breaks
+        if previous is not None:
+            # The same inliers as last round give the same fit, bit for bit, in both computations, and so the
+            # same inliers in every round after: the fit has converged.
+            still &= np.any(inliers != previous, axis=1)
+        active[rows] = still
         if not active.any():
             break
-        weights = inliers[active].astype(np.float64)  # (b, n)
+        inliers = previous = inliers[still]
+        weights = inliers.astype(np.float64)  # (b, n)
         k = design.shape[1]
         # design.T @ diag(weights) @ design for every picture at once, as one (b, n) @ (n, k*k) product.
         normal = (weights @ design_outer(height, width)).reshape(-1, k, k) + 1e-6 * np.eye(k)  # (b, k, k)
