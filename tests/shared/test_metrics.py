@@ -20,3 +20,24 @@ def test_heatmap_title_with_a_long_model_version_stays_inside_the_picture():
 
 def test_heatmap_png_is_a_png():
     assert confusion_heatmap_png(np.eye(10, dtype=np.int64)).startswith(b"\x89PNG")
+
+
+def test_per_class_scores_from_a_confusion_matrix():
+    from shared.metrics import per_class_scores
+
+    confusion = np.zeros((10, 10), np.int64)
+    confusion[0, 0], confusion[0, 1] = 8, 2  # ten 0s: eight right, two taken for 1s
+    confusion[1, 1] = 3  # three 1s, all right
+    confusion[2, 1] = 1  # one 2 taken for a 1; nothing predicted 2
+    precision, recall, f1, support = per_class_scores(confusion)
+    np.testing.assert_allclose(precision[:3], [1.0, 3 / 6, 0.0])
+    np.testing.assert_allclose(recall[:3], [8 / 10, 1.0, 0.0])
+    np.testing.assert_allclose(f1[:3], [2 * 8 / 18, 2 * 3 / 9, 0.0])
+    assert support.tolist() == [10, 3, 1] + [0] * 7
+    assert (precision[3:] == 0).all() and (f1[3:] == 0).all()  # no image, no prediction: 0, not NaN
+
+
+def test_a_heatmap_drawn_again_is_the_same_picture():
+    confusion = np.diag(np.arange(10)).astype(np.int64)
+    assert confusion_heatmap_png(confusion, title="t") is confusion_heatmap_png(confusion.copy(), title="t")
+    assert confusion_heatmap_png(confusion, title="t") != confusion_heatmap_png(confusion, title="u")
