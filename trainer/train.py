@@ -308,8 +308,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_seconds = time.perf_counter() - t0
         if dist_info.is_main:
             model.eval()
-            val = evaluate(model, splits.val_x, splits.val_y, device=device)
-            test = evaluate(model, splits.test_x, splits.test_y, device=device)
+            # In the run's precision: bf16 halves the cost of these 22,000 images, a fifth of an epoch in fp32.
+            # The final figures and the published model's are fp32 (finish), as the inference service computes.
+            with autocast(device, precision):
+                val = evaluate(model, splits.val_x, splits.val_y, device=device)
+                test = evaluate(model, splits.test_x, splits.test_y, device=device)
             seconds = time.perf_counter() - t0
             state.epoch = epoch
             state.train_seconds += seconds
