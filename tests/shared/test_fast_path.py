@@ -182,3 +182,15 @@ def test_a_batch_mixes_fast_and_full_answers_in_order(mnist):
     assert [a is not None for a in answers] == [True, False, False, True, False]
     np.testing.assert_array_equal(answers[0], to_mnist(items[0]))
     np.testing.assert_array_equal(answers[3], to_mnist(items[3]))
+
+
+def test_a_failure_inside_the_fast_path_leaves_every_picture_to_the_full_pipeline(mnist, monkeypatch, caplog):
+    import shared.fast_path
+
+    def broken(images):
+        raise FloatingPointError("a bug")
+
+    monkeypatch.setattr(shared.fast_path, "fast_to_mnist", broken)
+    items = [png(image) for image in mnist.test_images[:3].numpy()]
+    assert to_mnist_fast(items, DEFAULT_LIMITS) == [None, None, None]
+    assert any("fast path failed" in r.getMessage() and r.exc_info for r in caplog.records)
