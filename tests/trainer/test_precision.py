@@ -88,3 +88,15 @@ def test_the_exact_3x3_maximum_is_max_pooling():
     for images in (torch.rand(7, 1, 28, 28), torch.rand(3, 1, 5, 9), -torch.rand(2, 1, 1, 1)):
         assert torch.equal(max_3x3(images), F.max_pool2d(images, 3, stride=1, padding=1))
         assert torch.equal(-max_3x3(-images), -F.max_pool2d(-images, 3, stride=1, padding=1))
+
+
+def test_the_best_epoch_is_chosen_on_validation_accuracy_then_validation_loss():
+    from trainer.train import RunState, better_than_best
+
+    history = [{"epoch": 1, "val_accuracy": 0.99, "val_loss": 0.2}]
+    state = RunState(epoch=1, history=history, best_val_accuracy=0.99, best_epoch=1)
+    assert better_than_best({"val_accuracy": 0.995, "val_loss": 0.3}, state)  # accuracy first
+    assert not better_than_best({"val_accuracy": 0.985, "val_loss": 0.1}, state)
+    assert better_than_best({"val_accuracy": 0.99, "val_loss": 0.19}, state)  # a tie: the lower loss
+    assert not better_than_best({"val_accuracy": 0.99, "val_loss": 0.2}, state)  # a full tie keeps the earlier
+    assert better_than_best({"val_accuracy": 0.5, "val_loss": 9.0}, RunState())  # the first epoch
