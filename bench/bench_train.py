@@ -1,10 +1,12 @@
 """Training benchmark: the original notebook ('seed' preset) against the default, in the same run.
 
-Prints, for this machine:
+Prints, for this machine, and checks against the targets (issue 14):
   - the seed preset's seconds per epoch (a couple of epochs are enough: every epoch costs the same);
-  - the default's time to 99.5 % test accuracy, from a `--epochs 10` run (the quick result);
-  - the default's final test accuracy over several seeds at its default epoch count, and the mean;
-  - the ratios between them.
+  - the default's time to 99.5 % test accuracy, from a `--epochs 10` run (the quick result), in seed-preset
+    epochs (target <= 1.7), and that run's published (best-by-validation) test accuracy (target >= 99.55 %);
+  - the default's published test accuracy over several seeds at its default epoch count (target: mean >= 99.6 %)
+    and each run's wall time (target < 3 minutes);
+  - the arithmetic each run used (bf16 autocast or fp32, from its epoch lines).
 
 Each training runs as its own `python -m trainer` process, the way a user runs it, and the figures are read from
 the run's last checkpoint (its per-epoch history). Time to target counts from process start (imports and data
@@ -18,6 +20,7 @@ only watched, never used to stop or choose.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -60,7 +63,19 @@ def train(artifacts: Path, run_name: str, *flags: str, data: str, device: str) -
     if result.returncode != 0:
         raise SystemExit(f"trainer failed:\n{result.stderr}")
     checkpoint = load_checkpoint(artifacts / "runs" / run_name / "checkpoints" / "last.pt")
-    return {"history": checkpoint["history"], "wall": wall, "best_epoch": checkpoint["best_epoch"]}
+    history = checkpoint["history"]
+    best = dict(next(m for m in history if m["epoch"] == checkpoint["best_epoch"]))
+    # The epochs are evaluated in the run's precision; the trainer's summary gives the best epoch's test accuracy
+    # in fp32, as the published model is served. That one is the published accuracy.
+    summary = re.search(r"best epoch \d+ by validation accuracy: val [\d.]+%, test ([\d.]+)%", result.stdout)
+    if summary:
+        best["test_accuracy"] = float(summary.group(1)) / 100
+    return {"history": history, "wall": wall, "best_epoch": checkpoint["best_epoch"], "best": best,
+            "precision": history[-1].get("precision", "fp32")}
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
@@ -92,30 +107,37 @@ def main() -> None:
     finals = []
     for s in range(args.seeds):
         run = train(root, f"full-s{s}", "--seed", str(s), *full_flags, **common)
-        best = next(m for m in run["history"] if m["epoch"] == run["best_epoch"])
-        finals.append((s, best["test_accuracy"], best["val_accuracy"], run["wall"], len(run["history"])))
+        finals.append((s, run["best"]["test_accuracy"], run["best"]["val_accuracy"], run["wall"],
+                       len(run["history"]), run["precision"]))
 
     print("\n=== training benchmark ===")
     print(f"machine: {describe_machine()}")
-    print(f"seed preset (original MyNet): {seed_epoch_s:.1f} s/epoch (median of epochs 2..{args.seed_epochs}), "
-          f"test accuracy after {len(seed['history'])} epochs {seed['history'][-1]['test_accuracy']:.2%}")
-    print(f"default, --epochs {args.quick_epochs}: {quick_epoch_s:.1f} s/epoch, final test accuracy "
-          f"{quick['history'][-1]['test_accuracy']:.2%}, wall {quick['wall']:.0f} s")
+    print(f"seed preset (original MyNet, {seed['precision']}): {seed_epoch_s:.1f} s/epoch (median of epochs "
+          f"2..{args.seed_epochs}), test accuracy after {len(seed['history'])} epochs "
+          f"{seed['history'][-1]['test_accuracy']:.2%}")
+    quick_test = quick["best"]["test_accuracy"]
+    print(f"default, --epochs {args.quick_epochs} ({quick['precision']}): {quick_epoch_s:.1f} s/epoch, published "
+          f"(best-by-validation, epoch {quick['best_epoch']}) test accuracy {quick_test:.2%}, last epoch "
+          f"{quick['history'][-1]['test_accuracy']:.2%}, wall {quick['wall']:.0f} s; target >= 99.55 %: "
+          f"{verdict(quick_test >= 0.9955 - 1e-9)}")
     if reached:
         epoch, seconds = reached
+        ratio = seconds / seed_epoch_s
         print(f"default reaches {args.target:.2%} test accuracy at epoch {epoch}, {seconds:.1f} s after start")
-        print(f"ratio: that is the time of {seconds / seed_epoch_s:.1f} seed-preset epochs; the original needed "
-              f"400 epochs for 99.36 % (~{400 * seed_epoch_s / 60:.0f} min at this machine's pace), "
-              f"{400 * seed_epoch_s / seconds:.0f}x longer")
+        print(f"ratio: that is the time of {ratio:.2f} seed-preset epochs (target <= 1.7: {verdict(ratio <= 1.7)}); "
+              f"the original needed 400 epochs for 99.36 % (~{400 * seed_epoch_s / 60:.0f} min at this machine's "
+              f"pace), {400 * seed_epoch_s / seconds:.0f}x longer")
     else:
-        print(f"default did NOT reach {args.target:.2%} in {args.quick_epochs} epochs")
+        print(f"default did NOT reach {args.target:.2%} in {args.quick_epochs} epochs (target <= 1.7 seed-preset "
+              f"epochs: NOT met)")
     print(f"per-epoch speed ratio seed/default: {seed_epoch_s / quick_epoch_s:.1f}x")
-    for s, test, val, wall, epochs in finals:
-        print(f"default full run, seed {s}: {epochs} epochs, best-by-validation epoch test {test:.2%} "
-              f"(val {val:.2%}), wall {wall:.0f} s")
+    for s, test, val, wall, epochs, precision in finals:
+        print(f"default full run, seed {s} ({precision}): {epochs} epochs, best-by-validation epoch test {test:.2%} "
+              f"(val {val:.2%}), wall {wall:.0f} s (target < 180 s: {verdict(wall < 180)})")
     if finals:
-        print(f"default full runs: mean test accuracy {statistics.mean(f[1] for f in finals):.2%} "
-              f"over {len(finals)} seed(s)")
+        mean = statistics.mean(f[1] for f in finals)
+        print(f"default full runs: mean test accuracy {mean:.2%} over {len(finals)} seed(s) "
+              f"(target >= 99.60 %: {verdict(mean >= 0.996 - 1e-9)})")
     if holder:
         holder.cleanup()
 

@@ -8,15 +8,22 @@ import os
 import sys
 from pathlib import Path
 
-from shared import settings
-from shared.cli import HelpFormatter
+# Before NumPy loads: its BLAS (OpenBLAS) would run a thread per core for the image pipeline's small matrix products,
+# while calls already run side by side; on two busy cores the fast path's batched fit of the paper took ten times
+# longer with them. Worker processes inherit the setting.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from inference.capacity import check_workers_fit, memory_limit_bytes, process_memory_mib
-from inference.logs import LOG_FORMATS, configure_logging
-from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY
+from shared import settings  # noqa: E402 - after the environment above
+from shared.cli import HelpFormatter  # noqa: E402
+from shared.resources import memory_limit_bytes, usable_cpus, usable_memory_bytes  # noqa: E402
+
+from inference.capacity import check_workers_fit, default_worker_count, process_memory_mib  # noqa: E402
+from inference.logs import LOG_FORMATS, configure_logging  # noqa: E402
+from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CERT, ENV_TLS_KEY  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from inference.model_store import BACKENDS
     from inference.options import ServerOptions
 
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())  # one place for the defaults
@@ -39,9 +46,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="how often to look for a newly published model")
     parser.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long calls in flight may take to finish")
-    parser.add_argument("--workers", type=int, default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 1),
-                        help=f"server processes sharing the port; about one per CPU core for throughput, since "
-                             f"Python runs one thread at a time per process (env {settings.ENV_INFERENCE_WORKERS})")
+    parser.add_argument("--workers", type=int, default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 0),
+                        help=f"server processes sharing the port; 0 chooses one per usable CPU core, as many as the "
+                             f"memory holds (inference.workers.default_worker_count), since Python runs one thread "
+                             f"at a time per process (env {settings.ENV_INFERENCE_WORKERS})")
+    backend_env = settings.env_str(settings.ENV_INFERENCE_BACKEND, defaults.backend)
+    if backend_env not in BACKENDS:  # argparse checks `choices` against typed values only
+        raise SystemExit(f"environment variable {settings.ENV_INFERENCE_BACKEND}={backend_env!r} must be one of: "
+                         f"{', '.join(BACKENDS)}")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        default=backend_env,
+                        help=f"what runs the network: onnxruntime (the published model's ONNX export; models "
+                             f"without one use torch) or torch (env {settings.ENV_INFERENCE_BACKEND})")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
                         help="gRPC worker threads (concurrent calls) in each process")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
@@ -99,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         download_data=args.download_data,
         poll_interval=args.poll_interval,
+        backend=args.backend,
         max_workers=args.max_workers,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_batch_size=args.max_batch_size,
@@ -112,11 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    if args.workers < 1:
-        raise SystemExit("--workers must be at least 1")
+    if args.workers < 0:
+        raise SystemExit("--workers must be at least 1 (or 0: one per CPU core, as memory allows)")
     try:
         check_decode_budget(options)
         per_process = process_memory_mib(options.decode_budget_mib, options.max_workers, options.max_message_bytes)
+        if args.workers == 0:
+            cpus, memory = usable_cpus(), usable_memory_bytes()
+            args.workers = default_worker_count(cpus, memory, per_process)
+            log.info("%d worker process(es): %d usable CPU core(s), %s of memory available, up to %d MiB each",
+                     args.workers, cpus, f"{memory / 2**30:.1f} GiB" if memory is not None else "an unknown amount",
+                     per_process)
         check_workers_fit(args.workers, per_process, memory_limit_bytes())
     except ValueError as e:
         raise SystemExit(str(e)) from None

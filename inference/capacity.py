@@ -6,18 +6,19 @@ A server process's memory is bounded by three things, each a setting:
 - the decode budget (--decode-budget-mib): decoded pictures in memory at once across its calls;
 - requests in memory at once: each gRPC worker thread (--max-workers) holds at most one request of at most
   --max-message-bytes, twice over (the bytes as received and the parsed message).
-`--workers N` runs N such processes, so N times that must fit the memory the container may use; the server
-refuses to start when it does not, rather than be killed for memory later with every call in flight.
+`--workers N` runs N such processes (and a parent that watches them), so N times that must fit the memory the
+container may use; the server refuses to start when it does not, rather than be killed for memory later with
+every call in flight. `--workers 0` (the default) starts one per CPU core, as many as the memory holds.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 MIB = 2**20
 # VmRSS of `python -m inference` after 16 concurrent Predicts and an Evaluate of both splits: 1,054 MiB with
 # PyPI's CUDA build of torch (on 2026-11-30, bench/bench_memory.py's server); the CPU-only build is smaller.
 WARM_PROCESS_MIB = 1100
+# With --workers N > 1, the parent that starts and watches the workers imports the server's modules: ~540 MiB.
+PARENT_PROCESS_MIB = 512
 
 
 def process_memory_mib(decode_budget_mib: int, max_workers: int, max_message_bytes: int) -> int:
@@ -26,24 +27,24 @@ def process_memory_mib(decode_budget_mib: int, max_workers: int, max_message_byt
     return int(WARM_PROCESS_MIB + decode_budget_mib + requests + 0.5)
 
 
-def memory_limit_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The memory this process's cgroup may use (a container's limit), or None when unlimited or unknown."""
-    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):  # v2, then v1
-        try:
-            value = path.read_text().strip()
-        except OSError:
-            continue
-        if value.isdigit() and int(value) < 2**60:  # v1 says "no limit" with a huge number
-            return int(value)
-        return None
-    return None
+def default_worker_count(cpus: int, memory_bytes: int | None, per_process_mib: int) -> int:
+    """Server processes to start: one per usable CPU core (one Python thread runs at a time per process, and a
+    call's work is mostly Python), but no more than `memory_bytes` holds beside the parent process that watches
+    them, each taking up to `per_process_mib` (process_memory_mib). At least one; memory None (unknown): the CPU
+    count decides."""
+    if cpus < 1:
+        raise ValueError(f"cpus must be at least 1, got {cpus}")
+    if memory_bytes is None:
+        return cpus
+    return max(1, min(cpus, (memory_bytes // MIB - PARENT_PROCESS_MIB) // per_process_mib))
 
 
 def check_workers_fit(workers: int, per_process_mib: int, limit: int | None) -> None:
-    """Raise ValueError, saying what to change, when `workers` processes cannot fit within `limit` bytes."""
+    """Raise ValueError, saying what to change, when `workers` processes (and, for more than one, the parent that
+    watches them) cannot fit within `limit` bytes."""
     if limit is None:
         return
-    needed = workers * per_process_mib * MIB
+    needed = (workers * per_process_mib + (PARENT_PROCESS_MIB if workers > 1 else 0)) * MIB
     if needed > limit:
         raise ValueError(
             f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +21,7 @@ import torch
 
 from shared.data import Mnist, load_mnist, normalize, train_val_split
 from shared.metrics import Evaluation, confusion_heatmap_png, evaluation_from_log_probs
+from shared.resources import usable_cpus
 
 from inference.model_store import ServedModel
 
@@ -96,10 +96,6 @@ def shared_evaluation_data(data_dir: str, download: bool = False) -> EvaluationD
     return EvaluationData(Path(data_dir), download=download)
 
 
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: int = 256, workers: int = 0,
                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
     """Log-probabilities (N, 10) of normalized inputs (N, 1, 28, 28), chunks spread over `workers` threads.
@@ -112,7 +108,7 @@ def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: 
         if should_stop is not None and should_stop():
             return None
         with torch.inference_mode():
-            return served.model(chunk)
+            return served.forward(chunk)
 
     chunks = list(torch.split(inputs, chunk_size))
     with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="evaluate") as pool:

@@ -22,9 +22,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from shared.checkpoint import CheckpointError, Manifest, read_manifest, read_published_model, utc_now
+from shared.checkpoint import (CheckpointError, Manifest, read_manifest, read_published_model, read_published_onnx,
+                               utc_now)
 from shared.data import normalize
 from shared.model import count_parameters
+from shared.onnx_model import OnnxRunner, TorchRunner, compare
+
+from inference.options import BACKENDS, DEFAULT_BACKEND  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +56,25 @@ class ServedModel:
     loaded_at: str
     split_seed: int
     val_fraction: float
+    # What computes the forward pass: OnnxRunner of the model's verified ONNX export, or (None) TorchRunner(model).
+    runner: OnnxRunner | TorchRunner | None = None
+
+    def __post_init__(self) -> None:
+        if self.runner is None:
+            object.__setattr__(self, "runner", TorchRunner(self.model))
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalized inputs (N, 1, 28, 28) -> log-probabilities (N, 10), with the model's backend."""
+        return self.runner(inputs)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) -> log-probabilities (N, 10), in one forward pass."""
         with torch.inference_mode():
-            return self.model(normalize(images, self.mean, self.std))
+            return self.forward(normalize(images, self.mean, self.std))
 
 
 @dataclass(frozen=True)
@@ -109,8 +127,31 @@ def validate(model: nn.Module, mean: float, std: float) -> None:
                 )
 
 
-def load_served_model(models_dir: Path, manifest: Manifest) -> ServedModel:
-    """Read, verify (size, SHA-256, strict weights: see shared.checkpoint) and validate one published model."""
+def onnx_runner(models_dir: Path, manifest: Manifest, model: nn.Module, mean: float, std: float) -> OnnxRunner | None:
+    """The model's ONNX export in onnxruntime, checked against the torch model on the warm-up batch; None if the
+    manifest names no export (a model published before they existed). A damaged file (checksum) or an export that
+    disagrees with the .pt is an error: the model is skipped, as for a damaged .pt."""
+    onnx = read_published_onnx(models_dir, manifest)
+    if onnx is None:
+        log.info("model %s has no ONNX export; serving it with torch", manifest.version)
+        return None
+    try:
+        runner = OnnxRunner(onnx, threads=torch.get_num_threads())
+    except Exception as e:  # onnxruntime raises its own types for a file it cannot load
+        raise ModelValidationError(
+            f"{manifest.onnx_file}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
+    check = compare(runner, model, normalize(warm_up_inputs(), mean, std))
+    if not check.ok:
+        raise ModelValidationError(f"{manifest.onnx_file} does not compute what {manifest.file} does: "
+                                   f"{check.describe()}")
+    return runner
+
+
+def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAULT_BACKEND) -> ServedModel:
+    """Read, verify (size, SHA-256, strict weights: see shared.checkpoint) and validate one published model, and
+    with backend 'onnxruntime' its ONNX export."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)}")
     payload, model = read_published_model(models_dir, manifest)
     if payload.get("version", manifest.version) != manifest.version:
         raise ModelValidationError(f"file says version {payload.get('version')!r}, manifest says {manifest.version!r}")
@@ -123,6 +164,7 @@ def load_served_model(models_dir: Path, manifest: Manifest) -> ServedModel:
         raise ModelValidationError(f"normalization.std is {std}, must be positive")
     model.eval()
     validate(model, mean, std)
+    runner = onnx_runner(models_dir, manifest, model, mean, std) if backend == "onnxruntime" else None
     metrics = payload.get("metrics") or {}
     # The trainer stores the validation split's seed so Evaluate(SPLIT_VALIDATION) sees the same images it did.
     split_seed = payload.get("split_seed", metrics.get("split_seed", 0))
@@ -142,6 +184,7 @@ def load_served_model(models_dir: Path, manifest: Manifest) -> ServedModel:
         loaded_at=utc_now(),
         split_seed=int(split_seed),
         val_fraction=float(payload.get("val_fraction", metrics.get("val_fraction", 0.2))),
+        runner=runner,
     )
 
 
@@ -160,6 +203,7 @@ class ModelStore:
 
     models_dir: Path
     poll_interval: float = 1.0
+    backend: str = DEFAULT_BACKEND
     retry_after: float = 30.0
     max_retry_after: float = 600.0
     on_swap: Callable[[ServedModel], None] | None = None
@@ -210,7 +254,7 @@ class ModelStore:
             return False
         started = time.perf_counter()
         try:
-            served = load_served_model(self.models_dir, manifest)
+            served = load_served_model(self.models_dir, manifest, self.backend)
         except (CheckpointError, ModelValidationError) as e:
             self._skip(key, manifest.version, str(e))
             return False
@@ -222,8 +266,8 @@ class ModelStore:
         # A skipped model older than the one now served is history: GetModelInfo reports only a newer one.
         self._last_error = None
         log.info(
-            "model %s loaded (%s, %d parameters, sha256 %s) in %.0f ms; swapped in%s",
-            served.version, served.arch, served.parameter_count, served.sha256[:12],
+            "model %s loaded (%s, %d parameters, sha256 %s, %s) in %.0f ms; swapped in%s",
+            served.version, served.arch, served.parameter_count, served.sha256[:12], served.backend,
             (time.perf_counter() - started) * 1e3,
             f", replacing {current.version}" if current is not None else "",
         )

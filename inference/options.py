@@ -11,6 +11,11 @@ from pathlib import Path
 
 from shared.decode import DEFAULT_LIMITS
 
+BACKENDS = ("onnxruntime", "torch")
+# onnxruntime ran the compact network's batch of 64 in about half of torch's time on the development machines,
+# and one image in a fifth (README, "Inference"); models published before ONNX exports existed use torch.
+DEFAULT_BACKEND = "onnxruntime"
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -20,6 +25,7 @@ class ServerOptions:
     data_dir: Path
     download_data: bool = False
     poll_interval: float = 1.0
+    backend: str = DEFAULT_BACKEND  # what runs the network: "onnxruntime" or "torch" (inference/model_store.py)
     max_workers: int = 16
     # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
     max_concurrent_rpcs: int | None = 128

@@ -149,7 +149,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         _set_serving(health_servicer, True)
 
     store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
-                       on_swap=on_swap)
+                       backend=options.backend, on_swap=on_swap)
     check_decode_budget(options)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
@@ -205,8 +205,9 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     server.start()
     host = address.rsplit(":", 1)[0]
     log.info(
-        "listening on %s:%d (%s%s), watching %s every %.1f s; %s",
+        "listening on %s:%d (%s%s, %s backend), watching %s every %.1f s; %s",
         host, port, "TLS" if options.tls_cert else "plaintext", ", token required" if options.auth_token else "",
+        options.backend,
         server.store.models_dir, options.poll_interval,
         f"serving model {server.store.current.version}" if server.store.current
         else "NOT_SERVING until the trainer publishes a model",

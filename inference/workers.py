@@ -12,8 +12,10 @@ supervisor (compose's `restart: on-failure`) restarts the whole service.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -55,10 +57,25 @@ def _run_worker(address: str, options: ServerOptions, grace: float, torch_thread
     from inference.logs import configure_logging
     from inference.server import configure_torch, serve
 
+    stop_with_parent()
     configure_logging(log_level, log_format, worker=index)
 
     configure_torch(torch_threads)
     serve(address, options, grace=grace)
+
+
+def stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux), so a supervisor that SIGKILLs the
+    parent does not leave workers serving on the port; elsewhere the parent's own shutdown stops them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: float, torch_threads: int,

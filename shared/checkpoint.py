@@ -1,9 +1,10 @@
 """Checkpoints and published models: written atomically, loaded without unpickling arbitrary objects.
 
 A *checkpoint* (runs/<run>/checkpoints/{last,best}.pt) holds everything needed to continue training.
-A *published model* (models/<version>.pt) holds what the inference service needs, and `models/LATEST.json`
-(the manifest) names the newest one with its SHA-256, so a reader never sees a half-written model: the file is
-renamed into place first, the manifest after it, each from a temporary name in the same folder.
+A *published model* (models/<version>.pt) holds what the inference service needs, beside it its ONNX export
+(models/<version>.onnx, shared/onnx_model.py), and `models/LATEST.json` (the manifest) names the newest one with
+the SHA-256 of both files, so a reader never sees a half-written model: the files are renamed into place first,
+the manifest after them, each from a temporary name in the same folder.
 
 Everything stored is a tensor, number, string, list or dict, so `torch.load(..., weights_only=True)` reads it.
 """
@@ -128,19 +129,29 @@ class Manifest:
     created_at: str
     run_name: str
     metrics: dict[str, float]
+    # The ONNX export beside the .pt. Empty in manifests written before exports existed (served with torch).
+    onnx_file: str = ""
+    onnx_sha256: str = ""
+    onnx_size: int = 0
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
 
 
-def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, Any]) -> Manifest:
-    """Publish a model for the inference service: write models/<version>.pt, then point LATEST.json at it.
+def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, Any],
+                  onnx: bytes | None = None) -> Manifest:
+    """Publish a model for the inference service: write models/<version>.pt and models/<version>.onnx, then point
+    LATEST.json at them.
 
     `model_payload` holds arch, arch_kwargs, model (state dict), normalization, metrics, run_name, epoch.
+    `onnx` is its export (the trainer passes the one it verified on the test set); None exports it here. A
+    payload whose weights do not fit its architecture cannot be exported: it is published as the .pt alone,
+    which the inference service refuses as it always did.
     A version is published once: publishing it again with other weights is an error rather than a silent
     rewrite. Publishing it again with the *same* weights completes a publish that was cut short (the process
     killed, the disk full) after the model file was renamed into place and before the manifest was: the file
-    is kept as it is and LATEST.json is pointed at it, so `python -m trainer --resume` can finish the job.
+    is kept as it is and LATEST.json is pointed at it, so `python -m trainer --resume` can finish the job (an
+    ONNX file already there is kept too: it was written for these weights, after them).
     """
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
@@ -152,6 +163,13 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     else:
         data = _torch_bytes({"format": MODEL_FORMAT, "version": version, "created_at": utc_now(), **model_payload})
         atomic_write_bytes(target, data)
+    onnx_target = models_dir / f"{version}.onnx"
+    if onnx_target.exists():
+        onnx = onnx_target.read_bytes()
+    else:
+        onnx = onnx if onnx is not None else _export(model_payload)
+        if onnx is not None:
+            atomic_write_bytes(onnx_target, onnx)
     manifest = Manifest(
         version=version,
         file=file_name,
@@ -161,15 +179,48 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
         created_at=utc_now(),
         run_name=str(model_payload.get("run_name", "")),
         metrics={k: float(v) for k, v in model_payload.get("metrics", {}).items()},
+        onnx_file=onnx_target.name if onnx is not None else "",
+        onnx_sha256=hashlib.sha256(onnx).hexdigest() if onnx is not None else "",
+        onnx_size=len(onnx) if onnx is not None else 0,
     )
     try:
         current = read_manifest(models_dir)
     except CheckpointError:
         current = None
-    if current is not None and (current.file, current.sha256) == (file_name, manifest.sha256):
+    if current is not None and (current.file, current.sha256, current.onnx_sha256) == (
+            file_name, manifest.sha256, manifest.onnx_sha256):
         return current  # already published and named by the manifest: nothing to do
     atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
+
+
+def _export(model_payload: dict[str, Any]) -> bytes | None:
+    """The payload's network as ONNX, or None if its weights do not build it (see publish_model)."""
+    try:
+        model = model_from_checkpoint(model_payload)
+    except CheckpointError:
+        return None
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    key = (model_payload["arch"], json.dumps(model_payload.get("arch_kwargs") or {}, sort_keys=True),
+           weights.hexdigest())
+    return _export_cached(key, model)
+
+
+def _export_cached(key: tuple, model: nn.Module) -> bytes:
+    """export_onnx, once per distinct network in this process (tools and tests publish the same weights often)."""
+    from shared.onnx_model import export_onnx
+
+    cached = _EXPORTS.get(key)
+    if cached is None:
+        cached = _EXPORTS[key] = export_onnx(model)
+        while len(_EXPORTS) > 8:
+            _EXPORTS.pop(next(iter(_EXPORTS)))
+    return cached
+
+
+_EXPORTS: dict[tuple, bytes] = {}  # (arch, arch_kwargs, SHA-256 of the weights) -> ONNX bytes, the newest 8
 
 
 def _same_model_bytes(target: Path, version: str, model_payload: dict[str, Any]) -> bytes:
@@ -214,6 +265,8 @@ _MANIFEST_TYPES: dict[str, type] = {
     "version": str, "file": str, "sha256": str, "size": int, "arch": str, "created_at": str, "run_name": str,
     "metrics": dict,
 }
+# Fields a manifest may lack (it was written before they existed), with their types.
+_OPTIONAL_MANIFEST_TYPES: dict[str, type] = {"onnx_file": str, "onnx_sha256": str, "onnx_size": int}
 
 
 def read_manifest(models_dir: Path) -> Manifest | None:
@@ -231,37 +284,52 @@ def read_manifest(models_dir: Path) -> Manifest | None:
         fields = json.loads(raw.decode("utf-8"))
         if not isinstance(fields, dict):
             raise TypeError(f"a JSON {type(fields).__name__}, not an object")
-        for name, kind in _MANIFEST_TYPES.items():
+        optional = {name: kind for name, kind in _OPTIONAL_MANIFEST_TYPES.items() if name in fields}
+        for name, kind in {**_MANIFEST_TYPES, **optional}.items():
             value = fields[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise TypeError(f"{name} is {value!r}, not a {kind.__name__}")
-        if fields["size"] < 0:
-            raise ValueError(f"size is {fields['size']}")
-        manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__})
+        for name in ("size", "onnx_size"):
+            if fields.get(name, 0) < 0:
+                raise ValueError(f"{name} is {fields[name]}")
+        manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__ if k in fields})
     except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
-    if (Path(manifest.file).name != manifest.file or manifest.file in ("", ".", "..")
-            or "\x00" in manifest.file):
-        raise CheckpointError(f"{path}: model file {manifest.file!r} is not a plain name inside {models_dir}")
+    for name in (manifest.file, *([manifest.onnx_file] if manifest.onnx_file else [])):
+        if Path(name).name != name or name in ("", ".", "..") or "\x00" in name:
+            raise CheckpointError(f"{path}: model file {name!r} is not a plain name inside {models_dir}")
     return manifest
+
+
+def _read_verified(models_dir: Path, name: str, size: int, sha256: str) -> bytes:
+    """The bytes of models_dir/name if they have the manifest's size and SHA-256; else CheckpointError."""
+    models_dir = Path(models_dir).resolve()
+    path = (models_dir / name).resolve()
+    if path.parent != models_dir:  # a symlink pointing elsewhere, for instance
+        raise CheckpointError(f"model file {name!r} resolves outside {models_dir}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"manifest names {name}, which does not exist") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != size or digest != sha256:
+        raise CheckpointError(
+            f"{name}: checksum mismatch (size {len(data)} vs {size}, sha256 {digest[:12]} vs "
+            f"{sha256[:12]}); the file is damaged or still being written"
+        )
+    return data
+
+
+def read_published_onnx(models_dir: Path, manifest: Manifest) -> bytes | None:
+    """The verified bytes (size, SHA-256) of the ONNX export a manifest names, or None if it names none."""
+    if not manifest.onnx_file:
+        return None
+    return _read_verified(models_dir, manifest.onnx_file, manifest.onnx_size, manifest.onnx_sha256)
 
 
 def read_published_model(models_dir: Path, manifest: Manifest) -> tuple[dict[str, Any], nn.Module]:
     """Read and verify the model a manifest names: size, SHA-256, format, strict weights. Returns (payload, model)."""
-    models_dir = Path(models_dir).resolve()
-    path = (models_dir / manifest.file).resolve()
-    if path.parent != models_dir:  # a symlink pointing elsewhere, for instance
-        raise CheckpointError(f"model file {manifest.file!r} resolves outside {models_dir}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"manifest names {manifest.file}, which does not exist") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != manifest.size or digest != manifest.sha256:
-        raise CheckpointError(
-            f"{manifest.file}: checksum mismatch (size {len(data)} vs {manifest.size}, sha256 {digest[:12]} vs "
-            f"{manifest.sha256[:12]}); the file is damaged or still being written"
-        )
+    data = _read_verified(models_dir, manifest.file, manifest.size, manifest.sha256)
     payload = load_checkpoint(io.BytesIO(data), name=manifest.file)  # the verified bytes, not the file again
     if payload.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{manifest.file}: a training checkpoint, not a published model")

@@ -3,13 +3,13 @@ per-class precision/recall/F1, the confusion matrix, and pictures of it."""
 
 from __future__ import annotations
 
+import functools
 import io
 import textwrap
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from shared.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES, normalize
@@ -50,15 +50,17 @@ def predict_log_probs(
 
 
 def evaluation_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    # Imported here, not at the top: scikit-learn takes about a second to import, which every trainer and server
+    # start would pay before its first evaluation needs it.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     labels = labels.cpu().long()
     predictions = log_probs.argmax(dim=1)
     y_true, y_pred = labels.numpy(), predictions.numpy()
     classes = list(range(NUM_CLASSES))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return Evaluation(
-        accuracy=float((predictions == labels).float().mean()) if len(labels) else 0.0,
+        accuracy=int((predictions == labels).sum()) / len(labels) if len(labels) else 0.0,  # exact, not float32
         loss=float(nn.functional.nll_loss(log_probs, labels)) if len(labels) else 0.0,
         confusion=confusion_matrix(y_true, y_pred, labels=classes).astype(np.int64),
         precision=precision,
@@ -110,7 +112,16 @@ def figure_png(fig) -> bytes:
 
 
 def confusion_heatmap_png(confusion: np.ndarray, *, title: str = "Confusion matrix") -> bytes:
-    return figure_png(confusion_figure(confusion, title=title))
+    """The heatmap of a confusion matrix as PNG bytes. The same matrix and title give the same picture, so the
+    last few are kept: drawing one takes matplotlib a few hundred milliseconds, longer than the forward pass of an
+    Evaluate over 10,000 images, and a served model asked again gives the same matrix."""
+    confusion = np.ascontiguousarray(confusion, dtype=np.int64)
+    return _heatmap_png(confusion.tobytes(), confusion.shape, title)
+
+
+@functools.lru_cache(maxsize=16)
+def _heatmap_png(confusion: bytes, shape: tuple[int, ...], title: str) -> bytes:
+    return figure_png(confusion_figure(np.frombuffer(confusion, np.int64).reshape(shape), title=title))
 
 
 def misclassified_figure(images: torch.Tensor, labels: torch.Tensor, predictions: np.ndarray, *, limit: int = 64):

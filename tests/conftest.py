@@ -51,7 +51,8 @@ def mnist(mnist_dir):
 # cores, so the result is kept in a cache keyed by the code that decides it: a change to the trainer, the
 # networks, the data or the checkpoint format trains afresh.
 TRAINED_EPOCHS = 10
-_TRAINING_CODE = ("trainer/*.py", "shared/model.py", "shared/data.py", "shared/checkpoint.py", "shared/metrics.py")
+_TRAINING_CODE = ("trainer/*.py", "shared/model.py", "shared/data.py", "shared/checkpoint.py", "shared/metrics.py",
+                  "shared/onnx_model.py")  # the published model's ONNX export too
 
 
 @pytest.fixture(scope="session")

@@ -61,10 +61,22 @@ def random_stroke_width(images: torch.Tensor, cfg: AugmentConfig, generator: tor
     choice = torch.rand(n, generator=generator, device=generator.device).to(images.device)
     thicker = (choice < cfg.stroke_prob / 2).view(n, 1, 1, 1)
     thinner = ((choice >= cfg.stroke_prob / 2) & (choice < cfg.stroke_prob)).view(n, 1, 1, 1)
-    dilated = F.max_pool2d(images, 3, stride=1, padding=1)
-    eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    dilated = max_3x3(images)
+    eroded = -max_3x3(-images)
     images = torch.where(thicker, (images + dilated) / 2, images)
     return torch.where(thinner, (images + eroded) / 2, images)
+
+
+def max_3x3(images: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(images, 3, stride=1, padding=1), exactly, as two passes of three shifted maxima.
+
+    The same values (a maximum is exact, and the -inf border is what max_pool2d pads with), at a fraction of the
+    cost: PyTorch's CPU max-pooling of one-channel 28x28 images took 7 ms per batch of 128, more than the rest
+    of the augmentation together; these six elementwise maxima take well under one.
+    """
+    padded = F.pad(images, (1, 1, 1, 1), value=float("-inf"))  # (N, 1, H + 2, W + 2)
+    rows = torch.maximum(torch.maximum(padded[..., :-2], padded[..., 1:-1]), padded[..., 2:])  # (N, 1, H + 2, W)
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])  # (N, 1, H, W)
 
 
 def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 from shared import settings
 from shared.cli import HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES
+from trainer.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0  # fixed apart from `seed`, so runs with different seeds validate on the same images
     train_subset: int = 0  # > 0: train on only this many images of the training split (tests, smoke runs)
+    # "auto": bf16 autocast where bf16 matrices are native (AMX CPUs, Ampere+ GPUs), else fp32 (trainer/precision.py)
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,11 +63,13 @@ PRESETS: dict[str, TrainConfig] = {
         schedule="constant",
         label_smoothing=0.0,
         augment=False,
+        precision="fp32",  # the notebook's arithmetic; --precision bf16 opts in
     ),
 }
 
 # Flags that override a preset's field when given. None means "keep the preset's value".
-_OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay", "label_smoothing")
+_OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay",
+              "label_smoothing", "precision")
 
 
 
@@ -96,6 +101,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: the preset's")
     parser.add_argument("--label-smoothing", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="arithmetic of training: 'auto' is bf16 autocast where bf16 matrices are native (CPUs "
+                             "with AMX, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
+                             "(default: the preset's, 'auto', or 'fp32' for the seed preset)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="train without random rotations, shifts and stroke changes")
     parser.add_argument("--seed", type=int, default=settings.env_int(settings.ENV_SEED, 0),

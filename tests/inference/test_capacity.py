@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from inference.__main__ import main as server_main
-from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, memory_limit_bytes, process_memory_mib
+from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib
+from shared.resources import memory_limit_bytes
 from inference.options import ServerOptions
 
 
@@ -30,7 +31,7 @@ def test_workers_that_do_not_fit_the_limit_are_refused_with_what_to_change():
     each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
     check_workers_fit(1, each, 3 * 2**30)
     check_workers_fit(4, each, None)
-    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 3\.8 GiB.*MNIST_INFERENCE_MEMORY"):
+    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 4\.3 GiB.*MNIST_INFERENCE_MEMORY"):
         check_workers_fit(2, each, 3 * 2**30)
 
 

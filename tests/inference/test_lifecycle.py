@@ -108,7 +108,8 @@ def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path,
     watch = running.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert next(watch).status == SERVING
 
-    in_flight, release = hold_calls(monkeypatch, inference.service, "to_mnist")
+    # to_mnist_fast: the first step of every Predict (MNIST-like pictures never reach to_mnist).
+    in_flight, release = hold_calls(monkeypatch, inference.service, "to_mnist_fast")
     call = running.stub.Predict.future(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30)
     assert in_flight.wait(10)
 

@@ -204,7 +204,7 @@ def test_internal_errors_are_internal_and_logged(module_server, monkeypatch, cap
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(inference.service, "to_mnist", broken)
+    monkeypatch.setattr(inference.service, "to_mnist_fast", broken)  # the first step of every Predict
     with pytest.raises(grpc.RpcError) as e:
         module_server.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
     assert e.value.code() == grpc.StatusCode.INTERNAL

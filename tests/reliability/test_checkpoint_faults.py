@@ -238,7 +238,10 @@ def test_a_fault_is_never_served(serve, tmp_path, digit_pngs, caplog, name):
     running = serve(artifacts)
     caplog.set_level(logging.INFO, logger="inference")
 
-    make_fault(models, "bad")
+    # Made while the watcher waits (it polls under this lock): several faults are a publish followed by damage,
+    # and a poll in between would see the sound model, or a first, different fault.
+    with running.server.store._poll_lock:
+        make_fault(models, "bad")
     try:
         named = read_manifest(models)
     except CheckpointError as e:  # the manifest itself is the fault: it names no version anyone can read
@@ -344,14 +347,18 @@ def test_a_file_replaced_while_it_is_verified_serves_the_verified_bytes(serve, t
         @staticmethod
         def sha256(data=b""):
             digest = real_hashlib.sha256(data)
-            if sys._getframe(1).f_code.co_name == "read_published_model" and not swapped:
+            # The checksum of the .pt (read first; the .onnx is read and checked the same way after it).
+            if sys._getframe(1).f_code.co_name == "_read_verified" and not swapped:
                 (models / "v2.pt").write_bytes(model_bytes("v2", model_payload(5)))  # seed 5 replaces seed 2
                 swapped.append(True)
             return digest
 
+    # The weights that will be published, built before the server can start loading them: building a model draws
+    # from torch's global random generator, which the server's loading thread draws from too.
+    payload = model_payload(2)
+    verified = load_checkpoint(io.BytesIO(model_bytes("v2", payload)))
     monkeypatch.setattr(shared.checkpoint, "hashlib", SwappingHashlib)  # publish_model's own hashing is left alone
-    publish_model(models, version="v2", model_payload=model_payload(2))
-    verified = load_checkpoint(io.BytesIO(model_bytes("v2", model_payload(2))))  # the weights that were published
+    publish_model(models, version="v2", model_payload=payload)
     assert running.server.store.wait_for_version("v2", timeout=10) is not None
     assert swapped, "the swap never happened: the test did not exercise the race"
 

@@ -20,3 +20,28 @@ def test_heatmap_title_with_a_long_model_version_stays_inside_the_picture():
 
 def test_heatmap_png_is_a_png():
     assert confusion_heatmap_png(np.eye(10, dtype=np.int64)).startswith(b"\x89PNG")
+
+
+def test_per_class_scores_and_confusion_from_predictions():
+    import torch
+
+    from shared.metrics import evaluation_from_log_probs
+
+    # ten 0s: eight right, two taken for 1s; three 1s, all right; one 2 taken for a 1, nothing predicted 2
+    truth = [0] * 10 + [1] * 3 + [2]
+    predicted = [0] * 8 + [1] * 2 + [1] * 3 + [1]
+    log_probs = torch.log(torch.nn.functional.one_hot(torch.tensor(predicted), 10).float() * 0.9 + 0.01)
+    evaluation = evaluation_from_log_probs(log_probs, torch.tensor(truth))
+    np.testing.assert_allclose(evaluation.precision[:3], [1.0, 3 / 6, 0.0])
+    np.testing.assert_allclose(evaluation.recall[:3], [8 / 10, 1.0, 0.0])
+    np.testing.assert_allclose(evaluation.f1[:3], [2 * 8 / 18, 2 * 3 / 9, 0.0])
+    assert evaluation.support.tolist() == [10, 3, 1] + [0] * 7
+    assert (evaluation.precision[3:] == 0).all() and (evaluation.f1[3:] == 0).all()  # no image: 0, not NaN
+    assert evaluation.confusion[0, 1] == 2 and evaluation.confusion[2, 1] == 1 and evaluation.count == 14
+    assert evaluation.accuracy == 11 / 14
+
+
+def test_a_heatmap_drawn_again_is_the_same_picture():
+    confusion = np.diag(np.arange(10)).astype(np.int64)
+    assert confusion_heatmap_png(confusion, title="t") is confusion_heatmap_png(confusion.copy(), title="t")
+    assert confusion_heatmap_png(confusion, title="t") != confusion_heatmap_png(confusion, title="u")

@@ -1,0 +1,102 @@
+"""Which arithmetic training uses: bf16 autocast where bf16 matrices are native, fp32 elsewhere, --precision to
+choose; every epoch line says which ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.checkpoint import load_checkpoint
+from trainer import precision
+from trainer.augment import max_3x3
+from trainer.config import PRESETS, config_from_args, get_args_parser
+from trainer.precision import autocast, cpu_flags, cpu_has_bf16_matrix_units, resolve_precision
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native, requested, expected", [
+    (True, "auto", "bf16"), (False, "auto", "fp32"),
+    (True, "fp32", "fp32"), (False, "bf16", "bf16"),  # an explicit choice is kept, native or not
+])
+def test_auto_is_bf16_only_where_it_is_native(monkeypatch, native, requested, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    assert resolve_precision(requested, CPU) == expected
+
+
+def test_an_unknown_precision_is_an_error():
+    with pytest.raises(ValueError, match="must be one of auto, bf16, fp32"):
+        resolve_precision("fp16", CPU)
+
+
+def test_bf16_matrix_units_are_the_cpus_amx_tiles():
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_has_bf16_matrix_units() == (bool(probe()) and "amx_bf16" in cpu_flags())
+
+
+def test_the_autocast_of_each_precision():
+    conv = torch.nn.Conv2d(1, 4, 3)
+    x = torch.randn(2, 1, 8, 8)
+    with autocast(CPU, "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast(CPU, "fp32"):
+        assert conv(x).dtype == torch.float32
+
+
+def test_presets_and_the_flag():
+    assert PRESETS["default"].precision == "auto"
+    assert PRESETS["seed"].precision == "fp32", "the original notebook computed in fp32"
+    parser = get_args_parser()
+    assert config_from_args(parser.parse_args([])).precision == "auto"
+    assert config_from_args(parser.parse_args(["--preset", "seed"])).precision == "fp32"
+    assert config_from_args(parser.parse_args(["--preset", "seed", "--precision", "bf16"])).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp16"])
+
+
+def run_trainer(tmp_path: Path, mnist_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path),
+         "--train-subset", "600", "--eval-subset", "300", "--batch-size", "100", "--device", "cpu",
+         "--no-download", "--no-publish", "--epochs", "2", *flags],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("flag", [None, "fp32", "bf16"])
+def test_every_epoch_line_says_which_precision_ran(tmp_path, mnist_dir, flag):
+    expected = flag or resolve_precision("auto", CPU)
+    result = run_trainer(tmp_path, mnist_dir, "--run-name", "p", *(["--precision", flag] if flag else []))
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert all(line.endswith(f"img/s  {expected}") for line in epoch_lines), epoch_lines
+    first = result.stdout.splitlines()[0]
+    assert ("bf16 autocast" if expected == "bf16" else "fp32") in first
+    history = load_checkpoint(tmp_path / "runs/p/checkpoints/last.pt")["history"]
+    assert [m["precision"] for m in history] == [expected, expected]
+
+
+def test_the_exact_3x3_maximum_is_max_pooling():
+    for images in (torch.rand(7, 1, 28, 28), torch.rand(3, 1, 5, 9), -torch.rand(2, 1, 1, 1)):
+        assert torch.equal(max_3x3(images), F.max_pool2d(images, 3, stride=1, padding=1))
+        assert torch.equal(-max_3x3(-images), -F.max_pool2d(-images, 3, stride=1, padding=1))
+
+
+def test_the_best_epoch_is_chosen_on_validation_accuracy_then_validation_loss():
+    from trainer.train import RunState, better_than_best
+
+    history = [{"epoch": 1, "val_accuracy": 0.99, "val_loss": 0.2}]
+    state = RunState(epoch=1, history=history, best_val_accuracy=0.99, best_epoch=1)
+    assert better_than_best({"val_accuracy": 0.995, "val_loss": 0.3}, state)  # accuracy first
+    assert not better_than_best({"val_accuracy": 0.985, "val_loss": 0.1}, state)
+    assert better_than_best({"val_accuracy": 0.99, "val_loss": 0.19}, state)  # a tie: the lower loss
+    assert not better_than_best({"val_accuracy": 0.99, "val_loss": 0.2}, state)  # a full tie keeps the earlier
+    assert better_than_best({"val_accuracy": 0.5, "val_loss": 9.0}, RunState())  # the first epoch
