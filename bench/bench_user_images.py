@@ -133,7 +133,7 @@ def local_predictor(checkpoint_path: str | Path, *, device: str = "cpu") -> Pred
         if accepted:
             batch = torch.from_numpy(np.stack(accepted))  # (N, 28, 28) uint8
             log_probs = predict_log_probs(model, batch, mean=mean, std=std, device=device)
-            digits = iter(log_probs.argmax(dim=1).tolist())
+            digits = iter(log_probs[:, :10].argmax(dim=1).tolist())
         return [None if image is None else next(digits) for image in images]
 
     return predict
@@ -181,7 +181,7 @@ def mnist_direct_accuracy(checkpoint_path: str | Path, images: np.ndarray, label
     checkpoint = load_checkpoint(Path(checkpoint_path))
     mean, std = checkpoint_normalization(checkpoint)
     log_probs = predict_log_probs(model_from_checkpoint(checkpoint), torch.from_numpy(images), mean=mean, std=std)
-    return float((log_probs.argmax(dim=1).numpy() == labels).mean())
+    return float((log_probs[:, :10].argmax(dim=1).numpy() == labels).mean())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         default=backend_env,
                         help=f"what runs the network: onnxruntime (the published model's ONNX export; models "
                              f"without one use torch) or torch (env {settings.ENV_INFERENCE_BACKEND})")
+    parser.add_argument("--digit-threshold", type=unit_interval,
+                        default=_env_unit_interval(settings.ENV_DIGIT_THRESHOLD), metavar="SCORE",
+                        help=f"a picture is a digit (Prediction.is_digit) when its digit score is at least this, "
+                             f"0..1; default: the served model's own, chosen by the trainer on its validation split "
+                             f"to flag at most 1%% of real digits (docs/not-a-digit.md) "
+                             f"(env {settings.ENV_DIGIT_THRESHOLD})")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
                         help="gRPC worker threads (concurrent calls) in each process")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
@@ -94,6 +100,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def _env_unit_interval(name: str) -> float | None:
+    text = os.environ.get(name) or None
+    if text is None:
+        return None
+    try:
+        return unit_interval(text)
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"environment variable {name}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.auth_token is None:
@@ -128,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.auth_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        digit_threshold=args.digit_threshold,
     )
     if args.workers < 0:
         raise SystemExit("--workers must be at least 1 (or 0: one per CPU core, as memory allows)")

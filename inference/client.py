@@ -103,6 +103,15 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     return f"{code.name}: {details}"
 
 
+def answer_line(prediction) -> str:
+    """'7 (98.2%)' for a digit; 'not a digit (digit score 0.013; closest digit 7 at 48.0%)' for anything else."""
+    confidence = prediction.probabilities[prediction.digit]
+    if prediction.is_digit:
+        return f"{prediction.digit} ({confidence:.1%})"
+    return (f"not a digit (digit score {prediction.digit_score:.3f}; closest digit {prediction.digit} at "
+            f"{confidence:.1%})")
+
+
 def probability_bars(probabilities, width: int = 30) -> list[str]:
     """One line per digit: '  7 |██████████████▌        | 0.482', the answer marked."""
     best = max(range(len(probabilities)), key=lambda d: probabilities[d])
@@ -166,11 +175,12 @@ def cmd_predict(stub, args, call) -> int:
                 continue
             prediction = result.prediction
             confidence = prediction.probabilities[prediction.digit]
-            print(f"{path}: {prediction.digit} ({confidence:.1%}, model {response.model_version})")
+            print(f"{path}: {answer_line(prediction)} (model {response.model_version})")
             print("\n".join(probability_bars(prediction.probabilities)))
             if args.preview is not None:
                 preview_rows.append((path.name, data, prediction.model_input_png,
-                                     f"{prediction.digit} ({confidence:.1%})"))
+                                     f"{prediction.digit} ({confidence:.1%})" if prediction.is_digit
+                                     else "not a digit"))
     if args.preview is not None and preview_rows:
         save_preview(args.preview, preview_rows)
         print(f"preview saved to {args.preview}")

@@ -56,6 +56,9 @@ class ServedModel:
     loaded_at: str
     split_seed: int
     val_fraction: float
+    # The threshold on the digit score the trainer chose on the validation split; None for a model without the
+    # not-digit class (shared/model.py).
+    digit_threshold: float | None = None
     # What computes the forward pass: OnnxRunner of the model's verified ONNX export, or (None) TorchRunner(model).
     runner: OnnxRunner | TorchRunner | None = None
 
@@ -68,11 +71,12 @@ class ServedModel:
         return self.runner.backend
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Normalized inputs (N, 1, 28, 28) -> log-probabilities (N, 10), with the model's backend."""
+        """Normalized inputs (N, 1, 28, 28) -> the network's output, with the model's backend: log-probabilities
+        (N, 10), then for a not-digit network its digit log-odds (N, 11; shared/model.py)."""
         return self.runner(inputs)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28) -> log-probabilities (N, 10), in one forward pass."""
+        """uint8 images (N, 28, 28) -> the network's output (N, 10) or (N, 11), in one forward pass."""
         with torch.inference_mode():
             return self.forward(normalize(images, self.mean, self.std))
 
@@ -108,7 +112,8 @@ def warm_up_inputs() -> torch.Tensor:
 
 
 def validate(model: nn.Module, mean: float, std: float) -> None:
-    """Run a warm-up batch: the output must be finite log-probabilities of shape (N, 10).
+    """Run a warm-up batch: the output must be finite log-probabilities of shape (N, 10), or (N, 11) for a
+    network with the not-digit class.
 
     Doubles as the warm-up itself, so the first real request does not pay for lazy initialisation.
     """
@@ -116,11 +121,12 @@ def validate(model: nn.Module, mean: float, std: float) -> None:
     with torch.inference_mode():
         for batch in (images[:1], images):  # batch of one (Predict) and several (PredictBatch)
             out = model(normalize(batch, mean, std))
-            if out.shape != (len(batch), 10):
-                raise ModelValidationError(f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10)")
+            if out.shape not in ((len(batch), 10), (len(batch), 11)):
+                raise ModelValidationError(f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10) "
+                                           f"or ({len(batch)}, 11)")
             if not torch.isfinite(out).all():
                 raise ModelValidationError("warm-up output is not finite (NaN or infinite weights?)")
-            total = out.double().exp().sum(dim=1)
+            total = out[:, :10].double().exp().sum(dim=1)
             if not torch.allclose(total, torch.ones_like(total), atol=1e-3):
                 raise ModelValidationError(
                     f"warm-up output is not log-probabilities (exp sums to {total.min():.3f}..{total.max():.3f})"
@@ -166,6 +172,11 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
     validate(model, mean, std)
     runner = onnx_runner(models_dir, manifest, model, mean, std) if backend == "onnxruntime" else None
     metrics = payload.get("metrics") or {}
+    digit_threshold = None
+    if getattr(getattr(model, "output", None), "not_digit", False):  # shared/model.py
+        digit_threshold = _number(payload.get("digit_threshold", 0.5), "digit_threshold")
+        if not 0 <= digit_threshold <= 1:
+            raise ModelValidationError(f"digit_threshold is {digit_threshold}, must be in [0, 1]")
     # The trainer stores the validation split's seed so Evaluate(SPLIT_VALIDATION) sees the same images it did.
     split_seed = payload.get("split_seed", metrics.get("split_seed", 0))
     return ServedModel(
@@ -185,6 +196,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
         split_seed=int(split_seed),
         val_fraction=float(payload.get("val_fraction", metrics.get("val_fraction", 0.2))),
         runner=runner,
+        digit_threshold=digit_threshold,
     )
 
 

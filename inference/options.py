@@ -48,3 +48,6 @@ class ServerOptions:
     # one started by mistake on a port in use fails instead of silently taking half the traffic. (Two
     # multi-worker services of the same user on one port would share it; run them on different ports.)
     share_port: bool = False
+    # Prediction.is_digit is digit_score >= this; None: the served model's own threshold, chosen by the trainer on
+    # its validation split (docs/not-a-digit.md).
+    digit_threshold: float | None = None

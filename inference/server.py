@@ -158,7 +158,8 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,
     )
-    servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits)
+    servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits,
+                                 digit_threshold=options.digit_threshold)
 
     # The access log is outermost, so it also records calls the token check refuses.
     interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor()]

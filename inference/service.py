@@ -20,6 +20,7 @@ import torch
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.fast_path import to_mnist_fast
+from shared.model import digit_log_probs, digit_scores
 from shared.image_pipeline import (
     ACCEPTED_FORMATS,
     BudgetExhausted,
@@ -82,8 +83,11 @@ def _rpc(method):
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits) -> None:
+    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits,
+                 digit_threshold: float | None = None) -> None:
         self.store = store
+        # --digit-threshold: overrides every served model's own threshold; None keeps each model's.
+        self.digit_threshold = digit_threshold
         self.evaluation_data = evaluation_data
         self.limits = limits
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
@@ -128,17 +132,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             results.append(digit)
         return results
 
-    @staticmethod
-    def _predictions(served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
+    def threshold(self, served: ServedModel) -> float | None:
+        """The digit-score threshold `served` is used with; None for a model that cannot tell (no not-digit class)."""
+        if served.digit_threshold is None:
+            return None
+        return self.digit_threshold if self.digit_threshold is not None else served.digit_threshold
+
+    def _predictions(self, served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
         batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
-        probabilities = served.log_probs(batch).exp().tolist()
+        output = served.log_probs(batch)
+        probabilities = digit_log_probs(output).exp().tolist()
+        threshold = self.threshold(served)
+        scores = digit_scores(output)
+        scores = scores.tolist() if scores is not None and threshold is not None else [1.0] * len(images)
         return [
             pb.Prediction(
                 digit=max(range(len(p)), key=p.__getitem__),
                 probabilities=p,
                 model_input_png=encode_png(image) if with_input else b"",
+                is_digit=threshold is None or score >= threshold,
+                digit_score=score,
             )
-            for p, image in zip(probabilities, images)
+            for p, score, image in zip(probabilities, scores, images)
         ]
 
     @_rpc
@@ -252,6 +267,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 epoch=served.epoch,
                 trained_at=served.trained_at,
                 loaded_at=served.loaded_at,
+                detects_not_digit=served.digit_threshold is not None,
+                digit_threshold=self.threshold(served) or 0.0,
             ))
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))

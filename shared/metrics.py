@@ -41,7 +41,7 @@ def predict_log_probs(
     batch_size: int = 2000,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Log-probabilities (N, 10) for uint8 images (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
+    """The network's output (log-probabilities (N, 10), or (N, 11) with the not-digit class) for uint8 images (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
@@ -55,6 +55,7 @@ def evaluation_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> 
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = labels.cpu().long()
+    log_probs = log_probs[:, :NUM_CLASSES]  # a not-digit network's eleventh column is its digit score, no digit
     predictions = log_probs.argmax(dim=1)
     y_true, y_pred = labels.numpy(), predictions.numpy()
     classes = list(range(NUM_CLASSES))

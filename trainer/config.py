@@ -37,6 +37,12 @@ class TrainConfig:
     train_subset: int = 0  # > 0: train on only this many images of the training split (tests, smoke runs)
     # "auto": bf16 autocast where bf16 matrices are native (AMX CPUs, Ampere+ GPUs), else fp32 (trainer/precision.py)
     precision: str = "auto"
+    # Outlier exposure (docs/not-a-digit.md): this many pictures that are not digits (trainer/negatives.py) join
+    # every batch per digit, as an eleventh class; 0 trains the ten digits alone, with no not-digit class.
+    negatives: float = 0.25
+    negative_pool: int = 12000  # negatives drawn at the start of a run, augmented anew every time they are used
+    # The served threshold on the digit score: the one that flags this fraction of the validation digits.
+    digit_flag_rate: float = 0.005
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +50,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        if "negatives" not in values:  # a run from before the not-digit class: its network has none
+            values = {**values, "negatives": 0.0}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -64,12 +72,13 @@ PRESETS: dict[str, TrainConfig] = {
         label_smoothing=0.0,
         augment=False,
         precision="fp32",  # the notebook's arithmetic; --precision bf16 opts in
+        negatives=0.0,  # the notebook's ten classes
     ),
 }
 
 # Flags that override a preset's field when given. None means "keep the preset's value".
 _OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay",
-              "label_smoothing", "precision")
+              "label_smoothing", "precision", "negatives")
 
 
 
@@ -105,6 +114,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="arithmetic of training: 'auto' is bf16 autocast where bf16 matrices are native (CPUs "
                              "with AMX, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
                              "(default: the preset's, 'auto', or 'fp32' for the seed preset)")
+    parser.add_argument("--negatives", type=float, default=None, metavar="RATIO",
+                        help="pictures that are not digits added to each batch per digit, as an eleventh class "
+                             "(outlier exposure; docs/not-a-digit.md); 0 trains without the not-digit class "
+                             "(default: the preset's, 0.25, or 0 for the seed preset)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="train without random rotations, shifts and stroke changes")
     parser.add_argument("--seed", type=int, default=settings.env_int(settings.ENV_SEED, 0),

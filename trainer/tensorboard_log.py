@@ -23,7 +23,13 @@ SCALAR_TAGS = {
     "test_accuracy": "accuracy/test",
     "lr": "lr",
     "images_per_second": "speed/images_per_second",
+    # The not-digit class (docs/not-a-digit.md), at the threshold chosen on the validation digits that epoch.
+    "digit_threshold": "not_digit/threshold",
+    "val_digits_flagged": "not_digit/val_digits_flagged",
+    "test_digits_flagged": "not_digit/test_digits_flagged",
+    "val_negatives_missed": "not_digit/val_negatives_missed",
 }
+NEGATIVES_MISSED_PREFIX = "val_negatives_missed_"  # + a kind of negative: not_digit/val_missed/<kind>
 
 
 class RunLogger:
@@ -47,6 +53,21 @@ class RunLogger:
         for name, tag in SCALAR_TAGS.items():
             if name in metrics:
                 self.writer.add_scalar(tag, metrics[name], epoch)
+        for name, value in metrics.items():
+            if name.startswith(NEGATIVES_MISSED_PREFIX):
+                self.writer.add_scalar(f"not_digit/val_missed/{name[len(NEGATIVES_MISSED_PREFIX):]}", value, epoch)
+        self.writer.flush()
+
+    def log_negatives(self, trained: torch.Tensor, validation: torch.Tensor, kinds: torch.Tensor,
+                      kind_names: tuple[str, ...]) -> None:
+        """Grids of the pictures that are not digits: a sample as trained on (augmented, (N, 1, 28, 28) in
+        [0, 1]) and validation ones by kind (uint8 (M, 28, 28), one row per kind)."""
+        self.writer.add_image("not_digit/trained_on", _grid(trained.float().cpu(), columns=16), 0)
+        rows = [validation[kinds.to(validation.device) == k][:16] for k in range(len(kind_names))]
+        rows = [r for r in rows if len(r)]
+        if rows:
+            picked = torch.cat(rows).float().div(255).unsqueeze(1).cpu()
+            self.writer.add_image("not_digit/validation_by_kind_" + "_".join(kind_names), _grid(picked, 16), 0)
         self.writer.flush()
 
     def log_evaluation(self, epoch: int, evaluation: Evaluation, images: torch.Tensor, labels: torch.Tensor,
@@ -65,3 +86,14 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N, 1, H, W) in [0, 1] -> one (1, rows * (H + 2), columns * (W + 2)) picture, two pixels between."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.full((1, rows * (h + 2), columns * (w + 2)), 0.5)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = image.clamp(0, 1)
+    return grid

@@ -25,12 +25,14 @@ from tqdm import tqdm
 from shared.checkpoint import (load_checkpoint, model_from_checkpoint, publish_model, remove_stale_temp_files,
                                save_checkpoint, utc_now)
 from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize, standardize, train_val_split
-from shared.metrics import Evaluation, evaluate
-from shared.model import build_model, count_parameters
+from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
+from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
 from shared.onnx_model import export_onnx, verify_onnx
 from shared.settings import Paths
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
+from trainer.negatives import KINDS as NEGATIVE_KINDS
+from trainer.negatives import make_negatives
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.precision import autocast, resolve_precision
 from trainer.tensorboard_log import RunLogger
@@ -50,6 +52,11 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    # Pictures that are not digits (trainer/negatives.py): uint8 (M, 28, 28) and their kinds (M,); empty when the
+    # run trains without the not-digit class. The validation ones are drawn with another seed.
+    neg_x: torch.Tensor | None = None
+    neg_val_x: torch.Tensor | None = None
+    neg_val_kind: torch.Tensor | None = None
 
 
 @dataclass
@@ -71,11 +78,48 @@ def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torc
     if config.train_subset:
         train_idx = train_idx[: config.train_subset]
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-    return Splits(
+    splits = Splits(
         train_x=move(mnist.train_images[train_idx]), train_y=move(mnist.train_labels[train_idx].long()),
         val_x=move(mnist.train_images[val_idx]), val_y=move(mnist.train_labels[val_idx].long()),
         test_x=move(mnist.test_images), test_y=move(mnist.test_labels.long()),
     )
+    if config.negatives > 0:
+        started = time.perf_counter()
+        # The crossed-out kind scratches out training digits (training) and validation digits (validation).
+        train_neg = make_negatives(config.negative_pool, seed=config.seed,
+                                   digits=mnist.train_images[train_idx[:5000]].numpy())
+        val_neg = make_negatives(NEGATIVE_VAL_PER_KIND * len(NEGATIVE_KINDS), seed=1_000_000 + config.split_seed,
+                                 digits=mnist.train_images[val_idx[:2000]].numpy())
+        splits.neg_x = move(torch.from_numpy(train_neg.images))
+        splits.neg_val_x = move(torch.from_numpy(val_neg.images))
+        splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
+        print(f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    return splits
+
+
+NEGATIVE_VAL_PER_KIND = 300
+
+
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The network's keyword arguments: the config's, with the not-digit class when the run trains one."""
+    return {**config.arch_kwargs, **({"not_digit": True} if config.negatives > 0 else {})}
+
+
+def negative_batch(splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator,
+                   augment_it: bool) -> torch.Tensor:
+    """`count` negatives from the pool, (count, 1, 28, 28) in [0, 1], each flipped, turned and augmented at random:
+    a letter mirrored or on its side is still not a digit, and the pool looks new every epoch."""
+    gen_device = generator.device
+    idx = torch.randint(len(splits.neg_x), (count,), generator=generator, device=gen_device).to(splits.neg_x.device)
+    x = splits.neg_x[idx].float().div_(255.0).unsqueeze(1)
+    if augment_it:
+        flips = torch.rand(count, 3, generator=generator, device=gen_device).to(x.device) < 0.5
+        x = torch.where(flips[:, 0].view(-1, 1, 1, 1), x.flip(3), x)
+        x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(2), x)
+        x = torch.where(flips[:, 2].view(-1, 1, 1, 1), x.transpose(2, 3), x)
+        x = augment(x, cfg, generator)
+    return x
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
@@ -133,6 +177,7 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
     steps = math.ceil(len(order) / per_process_batch)
     augment_config = AugmentConfig()
     mixed = autocast(device, precision)  # re-entered every step
+    negatives = config.negatives > 0 and splits.neg_x is not None and len(splits.neg_x) > 0
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     # disable=None: a bar on a terminal, nothing in a log file or a container's output.
@@ -143,11 +188,19 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
         y = splits.train_y[idx]
         if config.augment:
             x = augment(x, augment_config, generator)
+        n_digits = len(y)
+        if negatives:
+            neg = negative_batch(splits, max(1, round(n_digits * config.negatives)), augment_config, generator,
+                                 config.augment)
+            x = torch.cat([x, neg])
+            y = torch.cat([y, torch.full((len(neg),), NOT_DIGIT, dtype=y.dtype, device=y.device)])
         x = standardize(x, MNIST_MEAN, MNIST_STD)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with mixed:
             log_probs = model(x)
+            if negatives:  # eleven classes: the ten digits and "not a digit" (shared/model.py)
+                log_probs = eleven_class_log_probs(log_probs.float())
             # log_softmax of log-probabilities is the identity, so cross_entropy applies label smoothing to them.
             loss = F.cross_entropy(log_probs, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -155,15 +208,15 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (log_probs.detach().argmax(1) == y).sum()
+        loss_sum += loss.detach() * n_digits
+        correct += (log_probs.detach()[:n_digits, :10].argmax(1) == y[:n_digits]).sum()
     # One device-to-host sync per epoch, not per step: .item() in the loop would stall the GPU every batch.
     totals = all_reduce_sum([float(loss_sum), float(correct), float(len(order))], device, dist_info)
     return totals[0] / totals[2], totals[1] / totals[2], int(totals[2]), lr
 
 
 def build(config: TrainConfig, device: torch.device, channels_last: bool) -> nn.Module:
-    model = build_model(config.arch, **config.arch_kwargs).to(device)
+    model = build_model(config.arch, **model_kwargs(config)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -189,7 +242,7 @@ def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, r
     """
     return {
         "arch": config.arch,
-        "arch_kwargs": dict(config.arch_kwargs),
+        "arch_kwargs": model_kwargs(config),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -204,6 +257,32 @@ def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, r
         "run_name": run_name,
         "saved_at": utc_now(),
     }
+
+
+def digit_threshold(scores: torch.Tensor, flag_rate: float) -> float:
+    """The digit-score threshold that flags at most `flag_rate` of these digits' scores (flagged: score < it)."""
+    ordered = scores.double().sort().values
+    return float(ordered[min(len(ordered) - 1, int(flag_rate * len(ordered)))]) if len(ordered) else 0.5
+
+
+def not_digit_metrics(val_out: torch.Tensor, test_out: torch.Tensor, neg_out: torch.Tensor, neg_kind: torch.Tensor,
+                      flag_rate: float) -> dict[str, float]:
+    """The threshold chosen on the validation digits, and at it the rate of each kind of error: digits flagged
+    (validation, test) and validation negatives missed, per kind and overall."""
+    val_scores, test_scores, neg_scores = (digit_scores(o.float()) for o in (val_out, test_out, neg_out))
+    threshold = digit_threshold(val_scores, flag_rate)
+    missed = (neg_scores >= threshold).float()
+    metrics = {
+        "digit_threshold": threshold,
+        "val_digits_flagged": float((val_scores < threshold).float().mean()),
+        "test_digits_flagged": float((test_scores < threshold).float().mean()),
+        "val_negatives_missed": float(missed.mean()),
+    }
+    for k, kind in enumerate(NEGATIVE_KINDS):
+        chosen = neg_kind == k
+        if chosen.any():
+            metrics[f"val_negatives_missed_{kind}"] = float(missed[chosen].mean())
+    return metrics
 
 
 def better_than_best(metrics: dict[str, Any], state: RunState) -> bool:
@@ -222,7 +301,9 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     return (f"epoch {int(m['epoch']):>{width}}/{epochs}  train loss {m['train_loss']:.4f}  "
             f"train acc {m['train_accuracy']:.2%}  val acc {m['val_accuracy']:.2%}  "
             f"test acc {m['test_accuracy']:.2%}  lr {m['lr']:.5f}  {m['seconds']:5.1f} s  "
-            f"{m['images_per_second']:,.0f} img/s  {m.get('precision', 'fp32')}")
+            f"{m['images_per_second']:,.0f} img/s  {m.get('precision', 'fp32')}"
+            + (f"  not-digit: {m['val_negatives_missed']:.2%} missed, {m['val_digits_flagged']:.2%} of digits "
+               f"flagged" if "val_negatives_missed" in m else ""))
 
 
 def describe(precision: str, config: TrainConfig) -> str:
@@ -261,6 +342,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = config_from_args(args)
         if args.dry_run:
             config = replace(config, epochs=1)
+        if args.dry_run or config.train_subset:  # smoke runs and tests: a pool in proportion
+            config = replace(config, negative_pool=min(config.negative_pool, max(600, config.train_subset // 4)))
         run_name = args.run_name or default_run_name(config, "dry-run" if args.dry_run else args.preset)
     run_dir = paths.run_dir(run_name)
     ckpt_dir = run_dir / CHECKPOINT_DIR
@@ -308,6 +391,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume_ckpt is not None else None)
         if resume_ckpt is None:
             logger.log_graph(model, standardize(splits.test_x[:2].float().div(255).unsqueeze(1)))
+            if splits.neg_x is not None:
+                sample = negative_batch(splits, 96, AugmentConfig(), torch.Generator(device=device.type if
+                                        device.type == "cuda" else "cpu").manual_seed(config.seed), config.augment)
+                logger.log_negatives(sample, splits.neg_val_x, splits.neg_val_kind, NEGATIVE_KINDS)
 
     stop_after = args.stop_after
     epochs_this_process = 0
@@ -322,8 +409,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # In the run's precision: bf16 halves the cost of these 22,000 images, a fifth of an epoch in fp32.
             # The final figures and the published model's are fp32 (finish), as the inference service computes.
             with autocast(device, precision):
-                val = evaluate(model, splits.val_x, splits.val_y, device=device)
-                test = evaluate(model, splits.test_x, splits.test_y, device=device)
+                val_out = predict_log_probs(model, splits.val_x, device=device)
+                test_out = predict_log_probs(model, splits.test_x, device=device)
+                neg_out = (predict_log_probs(model, splits.neg_val_x, device=device)
+                           if splits.neg_val_x is not None else None)
+            val = evaluation_from_log_probs(val_out, splits.val_y)
+            test = evaluation_from_log_probs(test_out, splits.test_y)
             seconds = time.perf_counter() - t0
             state.epoch = epoch
             state.train_seconds += seconds
@@ -335,6 +426,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": seconds, "images_per_second": seen / train_seconds,
                 "elapsed_seconds": time.perf_counter() - wall_start,
             }
+            if neg_out is not None:
+                metrics.update(not_digit_metrics(val_out, test_out, neg_out, splits.neg_val_kind,
+                                                 config.digit_flag_rate))
             state.history.append(metrics)
             print(format_epoch_line(metrics, config.epochs), flush=True)
             logger.log_epoch(epoch, metrics)
@@ -390,11 +484,23 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
     model.load_state_dict(best["model"])
     model.eval()
     best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
-    test_eval: Evaluation = evaluate(model, splits.test_x, splits.test_y, device=device)
+    test_out = predict_log_probs(model, splits.test_x, device=device)
+    test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)
     logger.log_evaluation(state.epoch, test_eval, splits.test_x, splits.test_y, split="test")
     final = {"val_accuracy": best_metrics["val_accuracy"], "test_accuracy": test_eval.accuracy,
              "test_loss": test_eval.loss, "train_loss": best_metrics["train_loss"],
              "best_epoch": float(best["best_epoch"])}
+    not_digit = None
+    if splits.neg_val_x is not None:  # calibrated again in fp32, as the server computes
+        not_digit = not_digit_metrics(predict_log_probs(model, splits.val_x, device=device), test_out,
+                                      predict_log_probs(model, splits.neg_val_x, device=device), splits.neg_val_kind,
+                                      config.digit_flag_rate)
+        final.update(not_digit)
+        print(f"not a digit: threshold {not_digit['digit_threshold']:.4g} on the digit score flags "
+              f"{not_digit['val_digits_flagged']:.2%} of validation and {not_digit['test_digits_flagged']:.2%} of "
+              f"test digits, misses {not_digit['val_negatives_missed']:.2%} of validation negatives ("
+              + ", ".join(f"{k} {not_digit[f'val_negatives_missed_{k}']:.1%}" for k in NEGATIVE_KINDS
+                          if f"val_negatives_missed_{k}" in not_digit) + ")", flush=True)
     hparams = {k: v for k, v in config.to_dict().items() if k not in ("train_subset",)}
     logger.log_hparams(hparams, final)
     logger.close()
@@ -403,11 +509,13 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
     if args.publish and not args.dry_run:
         version = f"{run_name}-e{best['best_epoch']:03d}"
         payload = {
-            "arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "model": best["model"],
+            "arch": config.arch, "arch_kwargs": model_kwargs(config), "model": best["model"],
             "normalization": best["normalization"], "metrics": final, "run_name": run_name,
             "epoch": best["best_epoch"], "split_seed": config.split_seed, "val_fraction": config.val_fraction,
             "config": config.to_dict(),
         }
+        if not_digit is not None:  # the server's default threshold (inference --digit-threshold overrides it)
+            payload["digit_threshold"] = not_digit["digit_threshold"]
         onnx = verified_onnx(payload, splits.test_x)
         manifest = publish_model(paths.models, version=version, model_payload=payload, onnx=onnx)
 

@@ -38,14 +38,18 @@ class ErrorResponse(BaseModel):
 class DigitPrediction(BaseModel):
     digit: int = Field(ge=0, le=9, description="the most probable digit")
     probabilities: list[float] = Field(description="the probability of each digit 0..9; they sum to 1")
+    is_digit: bool = Field(True, description="whether the picture is a digit at all (digit_score >= the server's "
+                                             "threshold); false: show 'not a digit' (a letter, symbol, scribble or "
+                                             "drawing); digit and probabilities are then only the best reading")
+    digit_score: float = Field(1.0, ge=0, le=1, description="how digit-like the picture is, 0..1 "
+                                                            "(docs/not-a-digit.md)")
     model_input: str | None = Field(
         None, description="the 28x28 grey image the model saw (ink bright on black), as a PNG data URL; "
                           "null when model_input=false was asked")
 
     @classmethod
     def from_pb(cls, prediction: pb.Prediction) -> "DigitPrediction":
-        return cls(digit=prediction.digit, probabilities=list(prediction.probabilities),
-                   model_input=png_data_url(prediction.model_input_png))
+        return cls(**_fields(prediction))
 
 
 class Prediction(DigitPrediction):
@@ -53,9 +57,13 @@ class Prediction(DigitPrediction):
 
     @classmethod
     def from_response(cls, response: pb.PredictResponse) -> "Prediction":
-        prediction = response.prediction
-        return cls(digit=prediction.digit, probabilities=list(prediction.probabilities),
-                   model_input=png_data_url(prediction.model_input_png), model_version=response.model_version)
+        return cls(**_fields(response.prediction), model_version=response.model_version)
+
+
+def _fields(prediction: pb.Prediction) -> dict:
+    return {"digit": prediction.digit, "probabilities": list(prediction.probabilities),
+            "is_digit": prediction.is_digit, "digit_score": prediction.digit_score,
+            "model_input": png_data_url(prediction.model_input_png)}
 
 
 class ImageFailure(BaseModel):
@@ -107,6 +115,8 @@ class ModelInfo(BaseModel):
     loaded_at: str = Field("", description="when the inference service loaded it, UTC, ISO 8601")
     input: InputContract
     last_load_error: LoadError | None = Field(None, description="the last newer model that failed to load")
+    detects_not_digit: bool = Field(False, description="whether the model tells pictures that are not digits")
+    digit_threshold: float = Field(0.0, description="is_digit is digit_score >= this (0 when the model cannot tell)")
 
     @classmethod
     def from_pb(cls, info: pb.ModelInfo) -> "ModelInfo":
@@ -118,6 +128,7 @@ class ModelInfo(BaseModel):
             training_metrics=dict(info.training_metrics), run_name=info.run_name, epoch=info.epoch,
             trained_at=info.trained_at, loaded_at=info.loaded_at, input=InputContract.from_pb(info.input),
             last_load_error=LoadError(version=error.version, reason=error.reason, at=error.at) if error else None,
+            detects_not_digit=info.detects_not_digit, digit_threshold=info.digit_threshold,
         )
 
 

@@ -108,7 +108,7 @@ def test_mnist_digits_keep_their_accuracy_through_the_pipeline(trained_server, t
     models = Paths(trained_artifacts).models
     _, model = read_published_model(models, read_manifest(models))
     with torch.no_grad():
-        direct = float((model(normalize(images)).argmax(1) == labels).float().mean())
+        direct = float((model(normalize(images))[:, :10].argmax(1) == labels).float().mean())
     served = []
     for start in range(0, count, 200):
         batch = [png_bytes(image.numpy()) for image in images[start : start + 200]]

@@ -60,7 +60,7 @@ def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
     with torch.no_grad():
         first, second = model(x), again(x)
     assert torch.equal(first, second)
-    accuracy = (first.argmax(1) == mnist.test_labels[:500]).float().mean()
+    accuracy = (first[:, :10].argmax(1) == mnist.test_labels[:500]).float().mean()
     assert accuracy > 0.3, f"two epochs on 1,500 images should learn something (chance is 10%), got {accuracy:.2%}"
 
 

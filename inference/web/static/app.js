@@ -247,8 +247,13 @@ for (let digit = 0; digit < 10; digit++) {
 
 function showPrediction(result, strokeEndedAt, pictureName) {
   const p = result.probabilities;
-  $("digit").textContent = String(result.digit);
-  $("confidence").textContent = `${(100 * p[result.digit]).toFixed(1)} % sure`;
+  const isDigit = result.is_digit !== false;
+  $("digit").textContent = isDigit ? String(result.digit) : "Not a digit";
+  $("digit").classList.toggle("not-digit", !isDigit);
+  $("confidence").textContent = isDigit
+    ? `${(100 * p[result.digit]).toFixed(1)} % sure`
+    : `this does not look like a digit (digit score ${result.digit_score.toFixed(3)}); ` +
+      `the closest digit is ${result.digit}`;
   [...bars.children].forEach((li, digit) => {
     li.classList.toggle("top", digit === result.digit);
     li.querySelector(".fill").style.width = `${(100 * p[digit]).toFixed(1)}%`;
@@ -257,6 +262,7 @@ function showPrediction(result, strokeEndedAt, pictureName) {
   if (result.model_input) $("seen").src = result.model_input;
   setStatus($("status"), `${pictureName ? pictureName + ": " : ""}model ${result.model_version}`);
   document.body.dataset.prediction = String(result.digit); // for tests: the digit on screen
+  document.body.dataset.isDigit = String(isDigit); // for tests: "false" when "Not a digit" is on screen
   if (strokeEndedAt !== null) {
     // Counted to the start of the next frame: the one that paints the answer.
     requestAnimationFrame(() => window.mnist.strokeLatencies.push(performance.now() - strokeEndedAt));
@@ -266,6 +272,7 @@ function showPrediction(result, strokeEndedAt, pictureName) {
 
 function clearResult() {
   $("digit").textContent = "?";
+  $("digit").classList.remove("not-digit");
   $("confidence").textContent = "Draw a digit";
   for (const li of bars.children) {
     li.classList.remove("top");
@@ -277,6 +284,7 @@ function clearResult() {
   setStatus($("status"), "");
   state.shownSeq = ++state.seq;
   delete document.body.dataset.prediction;
+  delete document.body.dataset.isDigit;
 }
 
 // Pictures: the file picker, drag and drop anywhere on the page, and paste.

@@ -121,6 +121,30 @@ def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, mnist):
     assert blank
 
 
+def smiley_strokes() -> list[list[tuple[float, float]]]:
+    """A face as a person draws it on the canvas: a ring, two short eye strokes and a smile."""
+    ring = [(0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 40)]
+    eyes = [[(x, 0.4), (x, 0.45)] for x in (0.4, 0.6)]
+    smile = [(0.5 + 0.16 * np.cos(a), 0.52 + 0.12 * np.sin(a)) for a in np.linspace(0.2, np.pi - 0.2, 12)]
+    return [ring, *eyes, smile]
+
+
+def test_a_smiley_is_shown_as_not_a_digit(page, served):
+    """Issue 17: the first thing people draw is not a digit; the page says so plainly, and keeps the bars."""
+    backend, _ = served
+    draw(page, smiley_strokes())
+    wait_settled(page)
+    png = page.execute_script("return window.mnist.drawing()")
+    direct = backend.stub.Predict(pb.PredictRequest(image=base64.b64decode(png.split(",", 1)[1])), timeout=10)
+    assert not direct.prediction.is_digit, direct.prediction
+    assert page.find_element("id", "digit").text == "Not a digit"
+    assert "does not look like a digit" in page.find_element("id", "confidence").text
+    assert page.execute_script("return document.body.dataset.isDigit") == "false"
+    assert len(page.find_elements("css selector", "#bars li")) == 10
+    page.find_element("id", "clear").click()
+    assert page.find_element("id", "digit").text == "?"
+
+
 def test_a_photo_chosen_with_the_file_picker_is_read(page, mnist, tmp_path):
     index = 1  # a 2
     label = int(mnist.test_labels[index])

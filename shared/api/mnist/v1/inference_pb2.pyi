@@ -25,14 +25,18 @@ class PredictRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("digit", "probabilities", "model_input_png")
+    __slots__ = ("digit", "probabilities", "model_input_png", "is_digit", "digit_score")
     DIGIT_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     MODEL_INPUT_PNG_FIELD_NUMBER: _ClassVar[int]
+    IS_DIGIT_FIELD_NUMBER: _ClassVar[int]
+    DIGIT_SCORE_FIELD_NUMBER: _ClassVar[int]
     digit: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     model_input_png: bytes
-    def __init__(self, digit: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., model_input_png: _Optional[bytes] = ...) -> None: ...
+    is_digit: bool
+    digit_score: float
+    def __init__(self, digit: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., model_input_png: _Optional[bytes] = ..., is_digit: _Optional[bool] = ..., digit_score: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("prediction", "model_version")
@@ -165,7 +169,7 @@ class LoadError(_message.Message):
     def __init__(self, version: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("serving", "version", "arch", "arch_kwargs_json", "parameter_count", "sha256", "training_metrics", "run_name", "epoch", "trained_at", "loaded_at", "input", "last_load_error")
+    __slots__ = ("serving", "version", "arch", "arch_kwargs_json", "parameter_count", "sha256", "training_metrics", "run_name", "epoch", "trained_at", "loaded_at", "input", "last_load_error", "detects_not_digit", "digit_threshold")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +190,8 @@ class ModelInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETECTS_NOT_DIGIT_FIELD_NUMBER: _ClassVar[int]
+    DIGIT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     version: str
     arch: str
@@ -199,4 +205,6 @@ class ModelInfo(_message.Message):
     loaded_at: str
     input: InputContract
     last_load_error: LoadError
-    def __init__(self, serving: _Optional[bool] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., arch_kwargs_json: _Optional[str] = ..., parameter_count: _Optional[int] = ..., sha256: _Optional[str] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., run_name: _Optional[str] = ..., epoch: _Optional[int] = ..., trained_at: _Optional[str] = ..., loaded_at: _Optional[str] = ..., input: _Optional[_Union[InputContract, _Mapping]] = ..., last_load_error: _Optional[_Union[LoadError, _Mapping]] = ...) -> None: ...
+    detects_not_digit: bool
+    digit_threshold: float
+    def __init__(self, serving: _Optional[bool] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., arch_kwargs_json: _Optional[str] = ..., parameter_count: _Optional[int] = ..., sha256: _Optional[str] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., run_name: _Optional[str] = ..., epoch: _Optional[int] = ..., trained_at: _Optional[str] = ..., loaded_at: _Optional[str] = ..., input: _Optional[_Union[InputContract, _Mapping]] = ..., last_load_error: _Optional[_Union[LoadError, _Mapping]] = ..., detects_not_digit: _Optional[bool] = ..., digit_threshold: _Optional[float] = ...) -> None: ...

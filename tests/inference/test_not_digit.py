@@ -1,0 +1,191 @@
+"""Knowing when a picture is not a digit (issue 17, docs/not-a-digit.md), through the real gRPC service.
+
+The targets, against the default network really trained (the session's test model, with the trainer's own
+negatives): at least 95 % of pictures that are not digits get is_digit false, for each kind the tests make
+(testkit/not_digits.py: other fonts and other kinds than the trainer's negatives: letters, symbols, words,
+scribbles, smileys, shapes, arrows), and at most 1 % of users' real digits, across every style of
+tests/user_images.py and the printed digits. The pictures are made once and cached, and sent with PredictBatch.
+
+The plumbing (fields in Predict, PredictBatch, GetModelInfo and the REST route, the threshold flag, both backends,
+older models without the class, the client's line) is checked with small random-weight models.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.checkpoint import publish_model
+from shared.settings import Paths
+from testkit.cache import cached_pickle, code_hash
+from testkit.not_digits import KINDS, make_not_digits
+from tests.inference.conftest import model_info, model_payload, start_server
+from tests.inference.test_user_drawings import pictures as user_pictures
+from tests.user_images import PAPER_KINDS, make_printed_digits
+
+PER_KIND = 200
+
+
+def not_digit_payload(seed: int, threshold: float | None = 0.5) -> dict:
+    payload = model_payload(seed, arch_kwargs={"width": 8, "not_digit": True})
+    if threshold is not None:
+        payload["digit_threshold"] = threshold
+    return payload
+
+
+def publish_payload(artifacts, version: str, payload: dict) -> None:
+    publish_model(Paths(artifacts).models, version=version, model_payload=payload)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fields, with small random-weight models
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_predict_and_predict_batch_carry_is_digit_and_a_score_with_either_backend(serve, tmp_path, backend,
+                                                                                 digit_pngs):
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "nd1", not_digit_payload(3, threshold=0.5))
+    running = serve(artifacts, backend=backend)
+    assert running.server.store.current.backend == backend
+    pngs = [png for _, png, _ in digit_pngs[:8]]
+    batch = running.stub.PredictBatch(pb.PredictBatchRequest(images=pngs), timeout=30)
+    for png, result in zip(pngs, batch.results):
+        single = running.stub.Predict(pb.PredictRequest(image=png), timeout=10).prediction
+        got = result.prediction
+        assert 0 <= got.digit_score <= 1
+        assert got.is_digit == (got.digit_score >= 0.5)
+        assert (single.is_digit, single.digit) == (got.is_digit, got.digit)
+        assert single.digit_score == pytest.approx(got.digit_score, abs=1e-5)
+        assert sum(got.probabilities) == pytest.approx(1, abs=1e-5)  # still the ten digits' softmax
+    info = model_info(running)
+    assert info.detects_not_digit and info.digit_threshold == pytest.approx(0.5)
+
+
+def test_the_threshold_comes_from_the_model_and_the_flag_overrides_it(serve, tmp_path, digit_pngs):
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "nd1", not_digit_payload(4, threshold=0.0))
+    pngs = [png for _, png, _ in digit_pngs[:8]]
+    own = serve(artifacts)
+    assert model_info(own).digit_threshold == 0.0
+    results = own.stub.PredictBatch(pb.PredictBatchRequest(images=pngs), timeout=30).results
+    assert all(r.prediction.is_digit for r in results)  # every score is >= 0
+    strict = serve(artifacts, digit_threshold=1.0)
+    assert model_info(strict).digit_threshold == 1.0
+    results = strict.stub.PredictBatch(pb.PredictBatchRequest(images=pngs), timeout=30).results
+    assert not any(r.prediction.is_digit for r in results if r.prediction.digit_score < 1.0)
+
+
+def test_a_model_without_the_not_digit_class_calls_everything_a_digit(module_server, digit_pngs):
+    prediction = module_server.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).prediction
+    assert prediction.is_digit and prediction.digit_score == 1.0
+    info = model_info(module_server)
+    assert not info.detects_not_digit and info.digit_threshold == 0.0
+
+
+def test_the_command_line_and_environment_set_the_threshold(monkeypatch):
+    from inference.__main__ import get_args_parser
+
+    assert get_args_parser().parse_args([]).digit_threshold is None
+    assert get_args_parser().parse_args(["--digit-threshold", "0.25"]).digit_threshold == 0.25
+    monkeypatch.setenv("MNIST_DIGIT_THRESHOLD", "0.125")
+    assert get_args_parser().parse_args([]).digit_threshold == 0.125
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--digit-threshold", "2"])
+    monkeypatch.setenv("MNIST_DIGIT_THRESHOLD", "lots")
+    with pytest.raises(SystemExit):
+        get_args_parser()
+
+
+def test_the_client_says_not_a_digit_plainly():
+    from inference.client import answer_line
+
+    digit = pb.Prediction(digit=7, probabilities=[0.0] * 7 + [0.9] + [0.05, 0.05], is_digit=True, digit_score=0.99)
+    other = pb.Prediction(digit=7, probabilities=[0.0] * 7 + [0.9] + [0.05, 0.05], is_digit=False, digit_score=0.01)
+    assert answer_line(digit).startswith("7 (90.0%)")
+    assert answer_line(other).startswith("not a digit")
+
+
+def test_the_rest_route_carries_is_digit_and_the_score(tmp_path, mnist_dir, digit_pngs):
+    from tests.inference.web.conftest import start_web
+
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "nd1", not_digit_payload(5, threshold=0.5))
+    running = start_server(artifacts, mnist_dir)
+    web = start_web(target=running.target)
+    try:
+        png = digit_pngs[0][1]
+        expected = running.stub.Predict(pb.PredictRequest(image=png), timeout=10).prediction
+        answer = web.post("/v1/predict", png)
+        assert answer.status == 200, answer.body
+        body = answer.json()
+        assert body["is_digit"] == expected.is_digit
+        assert body["digit_score"] == pytest.approx(expected.digit_score, abs=1e-6)
+        batch = web.post_files("/v1/predict/batch", [("images", png), ("images", digit_pngs[1][1])]).json()
+        assert all("is_digit" in r and "digit_score" in r for r in batch["results"])
+        info = web.get("/v1/model").json()
+        assert info["detects_not_digit"] and info["digit_threshold"] == pytest.approx(0.5)
+    finally:
+        web.stop()
+        running.channel.close()
+        running.server.stop(grace=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The targets, with the trained default network
+
+
+@pytest.fixture(scope="module")
+def trained_server(trained_artifacts, tmp_path_factory, mnist_dir):
+    artifacts = tmp_path_factory.mktemp("not-digit-artifacts")
+    shutil.copytree(trained_artifacts / "models", artifacts / "models")
+    running = start_server(artifacts, mnist_dir)
+    assert running.server.store.current is not None and running.server.store.current.digit_threshold is not None
+    yield running
+    running.channel.close()
+    running.server.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def not_digits():
+    return cached_pickle("not-digits", code_hash(("testkit/not_digits.py",), extra=str(PER_KIND)),
+                         lambda: make_not_digits(per_kind=PER_KIND, seed=0))
+
+
+def is_digit_answers(stub, pictures: list[bytes]) -> list[bool | None]:
+    """is_digit of each picture, by PredictBatch in chunks; None for a picture the service refused."""
+    answers: list[bool | None] = []
+    for start in range(0, len(pictures), 128):
+        response = stub.PredictBatch(pb.PredictBatchRequest(images=pictures[start : start + 128]), timeout=60)
+        answers.extend(None if r.HasField("error") else r.prediction.is_digit for r in response.results)
+    return answers
+
+
+def test_at_least_95_percent_of_each_kind_of_non_digit_is_flagged(trained_server, not_digits):
+    answers = is_digit_answers(trained_server.stub, [p.data for p in not_digits])
+    rates = {}
+    for kind in KINDS:
+        got = [a for a, p in zip(answers, not_digits) if p.kind == kind]
+        # A picture the service refuses (no ink it can find) is not called a digit either.
+        rates[kind] = float(np.mean([a is not True for a in got]))
+    report = ", ".join(f"{kind} {rate:.1%}" for kind, rate in rates.items())
+    print(f"\nflagged as not a digit: {report}")
+    assert all(rate >= 0.95 for rate in rates.values()), report
+
+
+def test_at_most_1_percent_of_users_digits_are_flagged_in_any_style(trained_server, mnist):
+    users = (user_pictures(mnist, "drawn", None) + user_pictures(mnist, "paper", list(PAPER_KINDS))
+             + make_printed_digits(per_font=10, seed=0))
+    answers = is_digit_answers(trained_server.stub, [p.data for p in users])
+    flagged: dict[str, list[bool]] = {}
+    for answer, picture in zip(answers, users):
+        if answer is not None:
+            flagged.setdefault(picture.style, []).append(not answer)
+    overall = np.mean([f for per_style in flagged.values() for f in per_style])
+    report = ", ".join(f"{style} {np.mean(f):.2%}" for style, f in flagged.items())
+    print(f"\nreal digits flagged: {report}; all {overall:.2%}")
+    assert overall <= 0.01, report
+    assert all(np.mean(f) <= 0.02 for f in flagged.values()), report

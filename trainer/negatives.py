@@ -1,0 +1,247 @@
+"""Pictures that are not digits, made by the trainer for outlier exposure: every run draws its own.
+
+Six kinds, each drawn on a canvas of 64-128 pixels, dark ink on light paper, and then put through the very
+pipeline users' pictures go through (shared.image_pipeline.to_mnist_array: ink found, cropped, stroke width
+normalized, 20x20 box, centred by mass), so they look like what the server hands the model:
+
+- glyphs: letters and symbols in the training fonts (matplotlib's DejaVu Sans/Serif/Mono, Computer Modern,
+  STIX, and PIL's own font), leaving out the ones a person would read as a digit (O, l, I, S, Z, B, g, q, ...)
+- words: two to six letters in the same fonts
+- strokes: three to six random curves (quadratic Beziers) across the canvas
+- shapes: squares, rectangles, triangles, polygons, stars, filled discs, crosses (never an empty ring: a zero)
+- doodles: hearts, spirals, zigzags, waves, grids (#), houses, suns
+- crossed_out: a training digit scratched out by a zigzag or hatching
+
+The tests' negatives (testkit/not_digits.py) are made by other code, in other fonts, and of other kinds
+(smileys, arrows, hand-drawn scribbles), so they measure what the model learnt, not what it memorised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from shared.image_pipeline import ImageRejected, to_mnist_array
+
+KINDS = ("glyphs", "words", "strokes", "shapes", "doodles", "crossed_out")
+
+# Letters and symbols a person would not read as a digit. Left out: O o Q D (0), l I i j | ! / \\ ( ) [ ] (1),
+# Z z (2), S s (5), b G (6), T (7), B ß (8), g q a (9), thin marks (- _ ~ ' , .), and the digits themselves.
+GLYPHS = "ACEFHJKLMNPRUVWXYcdefhkmnprtuvwxy@#$%&*?+=<>{}^§¶€£¥©®λπΣΩθψ∞≈≠√∫♪♥★"
+LETTERS = "ACEFHJKLMNPRUVWXYacdefhkmnprtuvwxy"
+
+# The training fonts, from matplotlib's font folder (present wherever the project is installed).
+TRAIN_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "cmr10.ttf",
+               "cmss10.ttf", "STIXGeneral.ttf")
+
+CANVAS = (64, 128)  # side of the canvas, pixels
+
+
+@lru_cache(maxsize=1)
+def train_fonts() -> tuple[Path, ...]:
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return tuple(folder / name for name in TRAIN_FONTS if (folder / name).is_file())
+
+
+@lru_cache(maxsize=64)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
+
+
+def _text(text: str, side: int, rng: np.random.Generator) -> np.ndarray:
+    """`text` in a random training font (or PIL's own), ink 1.0 on 0.0, on a canvas about `side` wide."""
+    fonts = train_fonts()
+    size = int(side * rng.uniform(0.45, 0.8) / max(1, len(text)) ** 0.5)
+    if fonts and rng.uniform() < 0.9:
+        font = _font(str(fonts[rng.integers(len(fonts))]), max(10, size))
+    else:
+        font = ImageFont.load_default(size=max(10, size))
+    left, top, right, bottom = font.getbbox(text)
+    w, h = max(1, right - left), max(1, bottom - top)
+    canvas = Image.new("L", (w + 16, h + 16), 0)
+    ImageDraw.Draw(canvas).text((8 - left, 8 - top), text, font=font, fill=255)
+    return np.asarray(canvas, np.float32) / 255
+
+
+def glyph(rng: np.random.Generator, side: int) -> np.ndarray:
+    return _text(GLYPHS[rng.integers(len(GLYPHS))], side, rng)
+
+
+def word(rng: np.random.Generator, side: int) -> np.ndarray:
+    return _text("".join(rng.choice(list(LETTERS), int(rng.integers(2, 7)))), side * 2, rng)
+
+
+def _pen(side: int, rng: np.random.Generator) -> int:
+    return max(1, int(side * rng.uniform(0.03, 0.1)))
+
+
+def _polyline(canvas: np.ndarray, points: np.ndarray, width: int, closed: bool = False) -> None:
+    pts = np.round(points * 16).astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(canvas, [pts], closed, 1.0, width, cv2.LINE_AA, shift=4)
+
+
+def strokes(rng: np.random.Generator, side: int) -> np.ndarray:
+    canvas = np.zeros((side, side), np.float32)
+    width = _pen(side, rng)
+    for _ in range(int(rng.integers(3, 7))):
+        p0, p1, p2 = rng.uniform(0.1, 0.9, (3, 2)) * side
+        t = np.linspace(0, 1, 24)[:, None]
+        _polyline(canvas, (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2, width)
+    return canvas
+
+
+def _regular(n: int, centre: np.ndarray, radius: float, phase: float, inner: float = 1.0) -> np.ndarray:
+    k = np.arange(n * (2 if inner != 1.0 else 1))
+    angles = phase + k * math.pi * (1 if inner != 1.0 else 2) / n
+    radii = np.where(k % 2 == 1, radius * inner, radius) if inner != 1.0 else np.full(len(k), radius)
+    return centre + np.stack([np.cos(angles) * radii, np.sin(angles) * radii], axis=1)
+
+
+def shape(rng: np.random.Generator, side: int) -> np.ndarray:
+    canvas = np.zeros((side, side), np.float32)
+    width = _pen(side, rng)
+    c = np.array([side / 2, side / 2]) + rng.uniform(-0.05, 0.05, 2) * side
+    r = side * rng.uniform(0.3, 0.42)
+    kind = rng.integers(7)
+    fill = rng.uniform() < 0.3
+    if kind == 0:  # rectangle or square
+        w, h = r * rng.uniform(0.6, 1.0), r * rng.uniform(0.6, 1.0)
+        pts = c + np.array([[-w, -h], [w, -h], [w, h], [-w, h]])
+    elif kind in (1, 2):  # triangle, or polygon of 5-8 sides
+        pts = _regular(3 if kind == 1 else int(rng.integers(5, 9)), c, r, rng.uniform(0, 2 * math.pi))
+    elif kind == 3:  # star
+        pts = _regular(int(rng.integers(5, 8)), c, r, rng.uniform(0, 2 * math.pi), inner=rng.uniform(0.35, 0.55))
+    elif kind == 4:  # filled disc or ellipse (an empty ring would be a zero)
+        cv2.ellipse(canvas, (int(c[0]), int(c[1])), (int(r), int(r * rng.uniform(0.5, 1))), rng.uniform(0, 180),
+                    0, 360, 1.0, -1, cv2.LINE_AA)
+        return canvas
+    elif kind == 5:  # plus or x
+        a = rng.uniform(0, math.pi / 2) if rng.uniform() < 0.5 else math.pi / 4
+        for angle in (a, a + math.pi / 2):
+            d = np.array([math.cos(angle), math.sin(angle)]) * r
+            _polyline(canvas, np.stack([c - d, c + d]), width * 2)
+        return canvas
+    else:  # rectangle with its diagonals (an envelope, a crossed box)
+        w, h = r, r * rng.uniform(0.6, 1.0)
+        pts = c + np.array([[-w, -h], [w, -h], [w, h], [-w, h]])
+        _polyline(canvas, pts[[0, 2]], width)
+        _polyline(canvas, pts[[1, 3]], width)
+    if fill:
+        cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+    else:
+        _polyline(canvas, pts, width, closed=True)
+    return canvas
+
+
+def doodle(rng: np.random.Generator, side: int) -> np.ndarray:
+    canvas = np.zeros((side, side), np.float32)
+    width = _pen(side, rng)
+    c = np.array([side / 2, side / 2])
+    r = side * 0.38
+    kind = rng.integers(7)
+    t = np.linspace(0, 1, 200)
+    if kind == 0:  # heart
+        a = t * 2 * math.pi
+        x, y = 16 * np.sin(a) ** 3, -(13 * np.cos(a) - 5 * np.cos(2 * a) - 2 * np.cos(3 * a) - np.cos(4 * a))
+        _polyline(canvas, c + np.stack([x, y], 1) * r / 17, width, closed=True)
+    elif kind == 1:  # spiral
+        turns = rng.uniform(2, 4)
+        a = t * turns * 2 * math.pi
+        _polyline(canvas, c + np.stack([np.cos(a), np.sin(a)], 1) * (t * r)[:, None], width)
+    elif kind == 2:  # zigzag
+        n = int(rng.integers(4, 9))
+        xs = np.linspace(-r, r, n + 1)
+        ys = np.where(np.arange(n + 1) % 2 == 0, -1, 1) * r * rng.uniform(0.2, 0.6)
+        _polyline(canvas, c + np.stack([xs, ys], 1), width)
+    elif kind == 3:  # wave
+        x = (t * 2 - 1) * r
+        _polyline(canvas, c + np.stack([x, np.sin(t * rng.uniform(2, 5) * 2 * math.pi) * r * 0.3], 1), width)
+    elif kind == 4:  # grid: two to four lines each way
+        n = int(rng.integers(2, 5))
+        for v in np.linspace(-r * 0.6, r * 0.6, n):
+            _polyline(canvas, c + np.array([[v, -r], [v, r]]), width)
+            _polyline(canvas, c + np.array([[-r, v], [r, v]]), width)
+    elif kind == 5:  # house
+        pts = c + np.array([[-r, 0], [-r, r], [r, r], [r, 0], [0, -r], [-r, 0], [r, 0]]) * 0.9
+        _polyline(canvas, pts, width)
+    else:  # sun: a disc and rays
+        cv2.circle(canvas, (int(c[0]), int(c[1])), int(r * 0.4), 1.0, -1, cv2.LINE_AA)
+        for a in np.linspace(0, 2 * math.pi, int(rng.integers(6, 12)), endpoint=False):
+            d = np.array([math.cos(a), math.sin(a)])
+            _polyline(canvas, np.stack([c + d * r * 0.6, c + d * r]), width)
+    return canvas
+
+
+def crossed_out(rng: np.random.Generator, side: int, digit: np.ndarray | None) -> np.ndarray:
+    canvas = np.zeros((side, side), np.float32)
+    if digit is not None:
+        canvas = cv2.resize(digit.astype(np.float32) / 255, (side, side), interpolation=cv2.INTER_CUBIC)
+    width = max(_pen(side, rng), int(side * 0.06))
+    lo, hi = side * 0.15, side * 0.85
+    if rng.uniform() < 0.5:  # a dense zigzag across the digit
+        n = int(rng.integers(5, 10))
+        ys = np.linspace(lo, hi, n)
+        xs = np.where(np.arange(n) % 2 == 0, lo, hi)
+        _polyline(canvas, np.stack([xs, ys], 1) + rng.normal(0, side * 0.02, (n, 2)), width)
+    else:  # hatching, one or two directions
+        for angle in rng.uniform(0, math.pi, int(rng.integers(1, 3))):
+            d = np.array([math.cos(angle), math.sin(angle)]) * side
+            normal = np.array([-d[1], d[0]]) / side
+            for offset in np.linspace(-0.3, 0.3, int(rng.integers(4, 8))) * side:
+                mid = np.array([side / 2, side / 2]) + normal * offset
+                _polyline(canvas, np.stack([mid - d * 0.35, mid + d * 0.35]), width)
+    return np.clip(canvas, 0, 1)
+
+
+def draw(kind: str, rng: np.random.Generator, digit: np.ndarray | None = None) -> np.ndarray:
+    """One picture of `kind` as the user would send it: (H, W) uint8, dark ink on light paper."""
+    side = int(rng.integers(*CANVAS))
+    ink = {
+        "glyphs": lambda: glyph(rng, side),
+        "words": lambda: word(rng, side),
+        "strokes": lambda: strokes(rng, side),
+        "shapes": lambda: shape(rng, side),
+        "doodles": lambda: doodle(rng, side),
+        "crossed_out": lambda: crossed_out(rng, side, digit),
+    }[kind]()
+    paper = rng.uniform(200, 255)
+    pen = rng.uniform(0, 60)
+    return np.clip(paper + ink * (pen - paper), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """Pictures that are not digits, as the model sees them: images (N, 28, 28) uint8, kinds (N,) int64 (an index
+    into KINDS)."""
+
+    images: np.ndarray
+    kinds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def make_negatives(count: int, seed: int, digits: np.ndarray | None = None) -> Negatives:
+    """`count` negatives, the kinds in turn, deterministic for `seed`. `digits` (N, 28, 28) uint8: the digits the
+    crossed-out kind scratches out (the training split's; without them it scratches blank paper)."""
+    rng = np.random.default_rng([seed, 17])
+    images, kinds = [], []
+    i = 0
+    while len(images) < count:
+        kind = i % len(KINDS)
+        i += 1
+        digit = digits[rng.integers(len(digits))] if digits is not None and len(digits) else None
+        try:
+            images.append(to_mnist_array(draw(KINDS[kind], rng, digit)))
+        except ImageRejected:
+            continue  # too faint or too small to be anything: the server would reject it too
+        kinds.append(kind)
+    return Negatives(np.stack(images) if images else np.zeros((0, 28, 28), np.uint8), np.array(kinds, np.int64))
