@@ -63,14 +63,16 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from shared.image_pipeline import ImageRejected, to_mnist
     from testkit.cache import cached_pickle, code_hash
     from testkit.not_digits import make_not_digits
-    from tests.user_images import ALL_STYLES, make_printed_digits, make_user_images
+    from tests.inference.test_user_drawings import pictures
+    from tests.user_images import PAPER_KINDS, make_printed_digits
 
     def make():
         groups: dict[str, list] = {}
         for picture in make_not_digits(per_kind=200, seed=0):
             groups.setdefault(f"neg:{picture.kind}", []).append((picture.data, -1))
-        users = make_user_images(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=300, seed=0,
-                                 styles=list(ALL_STYLES), processes=2) + make_printed_digits(per_font=10, seed=0)
+        # The tests' pictures of users' digits (300 per style, cached by the tests too), and the printed digits.
+        users = (pictures(mnist, "drawn", None) + pictures(mnist, "paper", list(PAPER_KINDS))
+                 + make_printed_digits(per_font=10, seed=0))
         for picture in users:
             groups.setdefault(f"user:{picture.style}", []).append((picture.data, picture.label))
         out = {}
