@@ -420,9 +420,9 @@ def check_one_line(groups: list[Group], height: float) -> None:
 
 def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> tuple[list[Group], list[Separator]]:
     """Split the groups into digit groups and separators. Fragments (groups lower than FRAGMENT_HEIGHT x the
-    line) join their nearest neighbour within FRAGMENT_REACH, nearest pair first, so the dots of a dotted line
-    chain up into their digit and the pieces of a digit broken into several small ones find each other; what
-    stays alone is a digit if it has some mass (a small digit written on its own), else a speck."""
+    line) join a neighbour within FRAGMENT_REACH, the one they overlap along the line or else the nearest, pair
+    by pair, so a 5's flag finds its 5 and the pieces of a digit broken into several small ones find each other;
+    what stays alone is a digit if it has some mass (a small digit written on its own), else a speck."""
     separators = []
     rest = []
     for group in groups:
@@ -432,12 +432,14 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
             rest.append(group)
     while True:
         fragments = [i for i, g in enumerate(rest) if g.height < FRAGMENT_HEIGHT * height]
-        pairs = [(box_distance(rest[i], rest[j]), i, j) for i in fragments for j in range(len(rest)) if j != i]
+        # Nearest first, but what overlaps a fragment along the line comes before what is merely near: a 5's
+        # flag reaching over towards the next digit still belongs to the 5 below it.
+        pairs = [(box_distance(rest[i], rest[j]) - along_overlap(rest[i], rest[j]), i, j)
+                 for i in fragments for j in range(len(rest)) if j != i
+                 and box_distance(rest[i], rest[j]) <= FRAGMENT_REACH * height]
         if not pairs:
             break
-        distance, i, j = min(pairs)
-        if distance > FRAGMENT_REACH * height:
-            break
+        _, i, j = min(pairs)
         rest[j].absorb(rest[i])
         del rest[i]
     tall = [g.area for g in rest if g.height >= FRAGMENT_HEIGHT * height]
@@ -481,6 +483,11 @@ def picture_box(pieces: Pieces, group: Group) -> tuple[int, int, int, int]:
     stats = pieces.stats[group.labels]
     x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
     return x0, y0, int((stats[:, 0] + stats[:, 2]).max()) - x0, int((stats[:, 1] + stats[:, 3]).max()) - y0
+
+
+def along_overlap(a: Group, b: Group) -> float:
+    """How far two groups overlap along the writing direction, in pixels (0 if they do not)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
 
 
 def box_distance(a: Group, b: Group) -> float:
