@@ -206,33 +206,38 @@ def format_number(response) -> str:
     return text
 
 
-def draw_reading(data: bytes, response, *, max_side: int = 1200):
-    """The picture with each digit's box and digit drawn on it, and the number read above: a Pillow image."""
+def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = False):
+    """The picture with each digit's box and digit drawn on it, and the number read above: a Pillow image.
+    With `crop`, only the part of the picture around the number is shown."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
         picture = ImageOps.exif_transpose(img).convert("RGB")
+    boxes = [(d.box, str(d.prediction.digit)) for d in response.per_digit] + [(s.box, "") for s in response.separators]
+    left = top = 0
+    if crop and boxes:
+        x0, y0 = min(b.x for b, _ in boxes), min(b.y for b, _ in boxes)
+        x1, y1 = max(b.x + b.width for b, _ in boxes), max(b.y + b.height for b, _ in boxes)
+        margin = max(x1 - x0, y1 - y0) // 12 + 4
+        left, top = max(0, x0 - margin), max(0, y0 - margin)
+        picture = picture.crop((left, top, min(picture.width, x1 + margin), min(picture.height, y1 + 2 * margin)))
     scale = min(1.0, max_side / max(picture.size))
     if scale < 1.0:
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
-    banner = max(24, picture.height // 12)
-    canvas = Image.new("RGB", (picture.width, picture.height + banner), "white")
+    banner = max(24, min(60, picture.height // 8))
+    canvas = Image.new("RGB", (max(picture.width, 16 * banner), picture.height + banner), "white")
     canvas.paste(picture, (0, banner))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(12, banner * 2 // 3))  # Pillow's scalable default font
+    font = ImageFont.load_default(size=banner * 2 // 3)  # Pillow's scalable default font
     small = ImageFont.load_default(size=max(10, banner // 2))
     line = max(2, round(2 * max(picture.size) / 1000))
-    for d in response.per_digit:
-        b = d.box
-        x0, y0 = b.x * scale, b.y * scale + banner
-        x1, y1 = (b.x + b.width) * scale, (b.y + b.height) * scale + banner
-        draw.rectangle([x0, y0, x1, y1], outline=(230, 40, 40), width=line)
-        draw.text((x0 + line, y1 + line), str(d.prediction.digit), fill=(230, 40, 40), font=small)
-    for s in response.separators:
-        b = s.box
-        draw.rectangle([b.x * scale, b.y * scale + banner, (b.x + b.width) * scale, (b.y + b.height) * scale + banner],
-                       outline=(40, 110, 230), width=line)
+    for box, label in boxes:
+        x0, y0 = (box.x - left) * scale, (box.y - top) * scale + banner
+        x1, y1 = (box.x + box.width - left) * scale, (box.y + box.height - top) * scale + banner
+        colour = (230, 40, 40) if label else (40, 110, 230)  # digits red, separators blue
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+        draw.text((x0 + line, y1 + line), label, fill=colour, font=small)
     draw.text((8, banner // 6), f"read: {format_number(response)}   confidence {response.confidence:.1%}",
               fill="black", font=font)
     return canvas

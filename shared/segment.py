@@ -636,12 +636,12 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
     for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
         if cost > MAX_CUT_INK:
             break
-        left = cut_sides(region.mask, own, path, factor // 2 + 1)
         # Paths that differ only where there is no ink cut the same way: one candidate each.
-        key = (int(left.sum()), cv2.boundingRect(left.astype(np.uint8)))
+        key = np.packbits(region.mask & (own < path[:, None])).tobytes()
         if key in seen:
             continue
         seen.add(key)
+        left = cut_sides(region.mask, own, path, factor // 2 + 1)
         right = region.mask & ~left
         sides = []
         for side in (left, right):

@@ -122,6 +122,7 @@ CALLS = {
     "PredictBatch": lambda r, md: r.stub.PredictBatch(pb.PredictBatchRequest(images=[b"x"]), metadata=md, timeout=10),
     "Evaluate": lambda r, md: r.stub.Evaluate(pb.EvaluateRequest(), metadata=md, timeout=10),
     "GetModelInfo": lambda r, md: r.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10),
+    "ReadNumber": lambda r, md: r.stub.ReadNumber(pb.ReadNumberRequest(image=b"x"), metadata=md, timeout=10),
     "Predict, request not even protobuf": lambda r, md: r.channel.unary_unary("/mnist.v1.Inference/Predict")(
         b"\xff\xff\xff", metadata=md, timeout=10),
 }
