@@ -4,27 +4,26 @@ The paper and the ink are found exactly as for one digit (shared/normalize.py), 
 through the same stroke-width, box and centre-of-mass normalization, so a picture of a single digit gives the
 28x28 image Predict gives. In between, the ink is cut into digits:
 
-1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks dropped.
+1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks dropped. Writing
+               in dots is first joined into strokes (a closing at the dots' spacing).
 2. slant       the writing's slant, pooled from the second moments of the tall pieces. Everything below is
-               measured along the writing direction in deslanted coordinates x' = x - slant * (y - y0), so two
-               slanted digits side by side do not overlap and a cut between them is a line parallel to their
-               strokes, not a vertical one.
-3. groups      pieces that overlap along the writing direction are one digit: a 5's detached top bar, a 4
-               broken by a skipping pen, the dots of a dotted vertical stroke.
+               measured along the writing direction in deslanted coordinates x' = x + slant * y, so two slanted
+               digits side by side do not overlap and a cut between them follows their strokes.
+3. groups      pieces that overlap along the writing direction are one digit: a 5's detached flag, a 4 broken
+               by a skipping pen. Pieces stacked higher than a digit are in different lines.
 4. one line    the line height is the median height of the tall groups; groups that do not overlap vertically
                (in a chain) are another line of writing, which is refused.
-5. small marks a small mark low in the line, clear of the digits on both sides, is a decimal point or comma:
-               left out of the digits, its position reported. Other small marks (a dotted stroke's dots, the
-               pieces of a digit broken into many) join the nearest group; isolated specks are dropped.
-6. touching    a group wider than a narrow digit may be several digits that touch. Candidate cuts come from
-               the projection profile's minima and the contours' valleys (the top contour's low points, the
-               bottom contour's high points); every way of cutting the group at them into digit-wide segments
-               is scored by the classifier (each segment must look like a digit: the product of the
-               classifier's confidences), a width prior and a cost per cut, and the best is chosen by
-               dynamic programming. The whole group uncut is always one of the candidates.
+5. small marks a small mark low in the line, with clear space beside and above it, is a decimal point or comma:
+               left out of the digits, its position reported. Other small marks (the pieces of a digit broken
+               into several) join the group they overlap along the line, or the nearest; far specks are dropped.
+6. touching    a group wider than most single digits may be digits that touch. Candidate cuts are the
+               top-to-bottom paths through the deslanted group that cross the fewest strokes (dynamic
+               programming); the strokes a path leaves whole go to one side. The classifier scores the halves
+               of every cut (they must look like digits) against the group whole, and the best is kept if it
+               is nearly as good or better; wide halves are tried again.
 
-All candidate segments of the picture are classified in one batch: the caller passes `classify`, which maps
-(N, 28, 28) uint8 images to (N, 10) probabilities (the served model, in the inference service).
+Every group is classified whole in one batch, and all halves of the candidate cuts in one more: the caller passes
+`classify`, which maps (N, 28, 28) uint8 images to (N, 10) probabilities (the served model, in the service).
 """
 
 from __future__ import annotations

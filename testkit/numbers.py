@@ -38,7 +38,6 @@ from tests.user_images import (
     zhang_suen_thinning,
 )
 
-SLANT_SCALE = 1.0
 LAYOUTS = ("apart", "touching")
 PENS = ("whole", "broken", "dotted")
 SEPARATORS = (".", ",")
@@ -157,7 +156,7 @@ def write_number(digits28: list[np.ndarray], height: int, stroke_width: float, r
     if layout not in LAYOUTS or pen not in PENS:
         raise ValueError(f"layout must be one of {LAYOUTS} and pen one of {PENS}")
     count = len(digits28)
-    slant = rng.uniform(-0.15, 0.35) * SLANT_SCALE
+    slant = rng.uniform(-0.15, 0.35)
     glyphs, jitters = [], []
     for digit in digits28:
         h = max(8, round(height * rng.uniform(0.85, 1.15)))

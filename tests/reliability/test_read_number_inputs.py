@@ -50,7 +50,7 @@ def test_read_number(limited_server, built, digit_pngs, log, name):  # noqa: F81
     assert_no_logged_errors(log)
 
 
-def test_read_number_request_that_is_no_protobuf(limited_server, log):
+def test_read_number_request_that_is_no_protobuf(limited_server, log):  # noqa: F811
     with pytest.raises(grpc.RpcError) as e:
         limited_server.channel.unary_unary("/mnist.v1.Inference/ReadNumber")(b"\x0a\xff\xff\xff\xff\x0f", timeout=30)
     assert e.value.code() == INVALID and "not a valid mnist.v1.ReadNumberRequest" in e.value.details()
