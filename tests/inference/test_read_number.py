@@ -269,8 +269,11 @@ def test_client_read_prints_the_number_and_draws_the_boxes(trained_server, apart
     assert code == 0
     assert f"{picture}: {number.digits} (confidence" in out
     assert out.count(" at x=") == len(number.digits)
-    drawn = Image.open(preview)
-    assert drawn.width == min(1200, max(Image.open(io.BytesIO(number.data)).size)) or drawn.width > 0
+    drawn = np.asarray(Image.open(preview).convert("RGB"))
+    red = np.all(drawn == (230, 40, 40), axis=2)  # the boxes' colour
+    # Each box's outline: a red column run at least as tall as a digit's box drawn at the preview's scale.
+    tallest_red_run = max(np.count_nonzero(red[:, x]) for x in range(red.shape[1]))
+    assert red.sum() > 0 and tallest_red_run >= 20
 
 
 def test_client_read_says_what_is_wrong_with_a_blank_picture(trained_server, tmp_path, capsys):
