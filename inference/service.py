@@ -7,6 +7,7 @@ to fix; anything else is a bug, logged with its traceback and returned as INTERN
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,9 +28,12 @@ from shared.image_pipeline import (
     Limits,
     MemoryBudget,
     OutOfMemory,
+    decode_image,
     encode_png,
     to_mnist,
 )
+from shared.decode import displayed_size
+from shared.segment import NumberReading, read_number
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -43,6 +47,18 @@ INPUT_DESCRIPTION = (
 )
 SPLIT_NAMES = {pb.SPLIT_UNSPECIFIED: "test", pb.SPLIT_TEST: "test", pb.SPLIT_VALIDATION: "validation"}
 SPLIT_ENUMS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
+
+
+@contextlib.contextmanager
+def image_errors():
+    """A picture that cannot be read is the caller's INVALID_ARGUMENT; a server too busy to decode it is
+    RESOURCE_EXHAUSTED (the picture may be fine)."""
+    try:
+        yield
+    except ImageRejected as e:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    except (BudgetExhausted, OutOfMemory) as e:
+        raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
 
 class RpcError(Exception):
@@ -104,12 +120,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return served
 
     def _decode(self, data: bytes) -> np.ndarray:
-        try:
+        with image_errors():
             return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
-        except ImageRejected as e:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        except (BudgetExhausted, OutOfMemory) as e:  # the server is busy; the picture may be fine
-            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
     def _decode_all(self, items) -> list[np.ndarray | RpcError]:
         """Each image's 28x28 digit, or the RpcError that image gets, in order.
@@ -220,6 +232,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             seconds=result.seconds,
         )
 
+    @_rpc
+    def ReadNumber(self, request, context):
+        served = self._model()
+        access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
+        with image_errors():
+            picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
+            width, height = displayed_size(request.image)
+            reading = read_number(picture, lambda batch: served.log_probs(torch.from_numpy(batch)).exp().numpy())
+        return number_response(reading, served.version, (width, height), request.return_model_input)
+
     def input_contract(self, served: ServedModel | None) -> pb.InputContract:
         return pb.InputContract(
             height=28,
@@ -256,3 +278,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
         return info
+
+
+def number_response(reading: NumberReading, version: str, size: tuple[int, int],
+                    with_input: bool) -> pb.ReadNumberResponse:
+    """A reading at working resolution -> the response, boxes in the picture's own pixels (size: as displayed)."""
+    work_width, work_height = reading.work_size
+    sx, sy = size[0] / work_width, size[1] / work_height
+
+    def box(b: tuple[int, int, int, int]) -> pb.Box:
+        x, y, w, h = b  # outwards to whole pixels, so the box still holds all the ink
+        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        x1, y1 = min(size[0], int(np.ceil((x + w) * sx))), min(size[1], int(np.ceil((y + h) * sy)))
+        return pb.Box(x=x0, y=y0, width=x1 - x0, height=y1 - y0)
+
+    return pb.ReadNumberResponse(
+        digits=reading.text,
+        per_digit=[
+            pb.NumberDigit(box=box(d.box), prediction=pb.Prediction(
+                digit=d.digit, probabilities=d.probabilities.tolist(),
+                model_input_png=encode_png(d.image) if with_input else b""))
+            for d in reading.digits
+        ],
+        confidence=reading.confidence,
+        separators=[pb.Separator(position=s.position, mark=s.mark, box=box(s.box)) for s in reading.separators],
+        model_version=version,
+        width=size[0],
+        height=size[1],
+    )

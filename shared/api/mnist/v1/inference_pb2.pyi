@@ -200,3 +200,59 @@ class ModelInfo(_message.Message):
     input: InputContract
     last_load_error: LoadError
     def __init__(self, serving: _Optional[bool] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., arch_kwargs_json: _Optional[str] = ..., parameter_count: _Optional[int] = ..., sha256: _Optional[str] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., run_name: _Optional[str] = ..., epoch: _Optional[int] = ..., trained_at: _Optional[str] = ..., loaded_at: _Optional[str] = ..., input: _Optional[_Union[InputContract, _Mapping]] = ..., last_load_error: _Optional[_Union[LoadError, _Mapping]] = ...) -> None: ...
+
+class ReadNumberRequest(_message.Message):
+    __slots__ = ("image", "return_model_input")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    return_model_input: bool
+    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class NumberDigit(_message.Message):
+    __slots__ = ("box", "prediction")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    prediction: Prediction
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
+
+class Separator(_message.Message):
+    __slots__ = ("position", "mark", "box")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    MARK_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    mark: str
+    box: Box
+    def __init__(self, position: _Optional[int] = ..., mark: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class ReadNumberResponse(_message.Message):
+    __slots__ = ("digits", "per_digit", "confidence", "separators", "model_version", "width", "height")
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    PER_DIGIT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SEPARATORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    digits: str
+    per_digit: _containers.RepeatedCompositeFieldContainer[NumberDigit]
+    confidence: float
+    separators: _containers.RepeatedCompositeFieldContainer[Separator]
+    model_version: str
+    width: int
+    height: int
+    def __init__(self, digits: _Optional[str] = ..., per_digit: _Optional[_Iterable[_Union[NumberDigit, _Mapping]]] = ..., confidence: _Optional[float] = ..., separators: _Optional[_Iterable[_Union[Separator, _Mapping]]] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
