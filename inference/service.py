@@ -23,7 +23,9 @@ from shared.image_pipeline import ACCEPTED_FORMATS, ImageRejected, Limits, encod
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
-from inference.model_store import ModelStore, ServedModel
+from inference.metrics import ServiceMetrics
+from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
+from inference.versions import list_versions
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,12 @@ def _rpc(method):
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits) -> None:
+    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.store = store
         self.evaluation_data = evaluation_data
         self.limits = limits
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
         self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
 
@@ -81,8 +85,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self.store.current
         return served.version if served is not None else "none"
 
-    def _model(self) -> ServedModel:
-        served = self.store.current
+    def _model(self, version: str = "") -> ServedModel:
+        """The served model, or the published `version` a call pinned."""
+        try:
+            served = self.store.model_for(version)
+        except UnknownVersion:
+            # The name is the caller's: quoted and cut short, so it cannot forge a log line or flood one.
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {version[:100]!r} is not published; leave model_version empty for the served "
+                "model, or pick one that ListModels lists (mnist-client models)",
+            ) from None
+        except VersionUnavailable as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         if served is None:
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -95,6 +110,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             return to_mnist(data, limits=self.limits.image)
         except ImageRejected as e:
+            self.metrics.rejected(e)
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     @staticmethod
@@ -112,15 +128,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Predict(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         image = self._decode(request.image)
         (prediction,) = self._predictions(served, [image], request.return_model_input)
+        self.metrics.predicted(1)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)
 
     @_rpc
     def PredictBatch(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         count = len(request.images)
         access_log.note(image_bytes=sum(len(data) for data in request.images), images=count,
                         model_version=served.version)
@@ -140,6 +157,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 log.info("PredictBatch image %d -> %s: %s (model %s)", index, e.code.name, e.message, served.version)
                 results.append(pb.BatchResult(error=pb.ImageError(code=e.code.value[0], message=e.message)))
         predictions = iter(self._predictions(served, images, request.return_model_input) if images else [])
+        self.metrics.predicted(len(images))
         return pb.PredictBatchResponse(
             results=[r if r is not None else pb.BatchResult(prediction=next(predictions)) for r in results],
             model_version=served.version,
@@ -147,7 +165,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Evaluate(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
@@ -168,6 +186,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
             raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
         ev = result.evaluation
+        self.metrics.evaluated(split)
         log.info("Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
                  split, ev.accuracy, ev.count, result.seconds, served.version)
         return pb.EvaluateResponse(
@@ -222,3 +241,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
         return info
+
+    @_rpc
+    def ListModels(self, request, context):
+        served = self.store.current
+        served_version = served.version if served is not None else ""
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersion(
+                    version=info.manifest.version,
+                    served=info.manifest.version == served_version,
+                    metrics=info.manifest.metrics,
+                    size_bytes=info.manifest.size,
+                    sha256=info.manifest.sha256,
+                    created_at=info.manifest.created_at,
+                    arch=info.manifest.arch,
+                    run_name=info.manifest.run_name,
+                    checksum_recorded=info.recorded,
+                    problem=info.problem,
+                )
+                for info in list_versions(self.store.models_dir)
+            ],
+            served_version=served_version,
+        )

@@ -18,6 +18,7 @@ ENV_GRPC_ADDRESS = "MNIST_GRPC_ADDRESS"
 ENV_GRPC_TARGET = "MNIST_GRPC_TARGET"
 ENV_INFERENCE_WORKERS = "MNIST_INFERENCE_WORKERS"
 ENV_LOG_FORMAT = "MNIST_LOG_FORMAT"
+ENV_METRICS_ADDRESS = "MNIST_METRICS_ADDRESS"
 ENV_TENSORBOARD_PORT = "MNIST_TENSORBOARD_PORT"
 ENV_EPOCHS = "MNIST_EPOCHS"
 ENV_PRESET = "MNIST_PRESET"
@@ -29,6 +30,11 @@ DEFAULT_GRPC_PORT = 50051
 DEFAULT_GRPC_ADDRESS = f"[::]:{DEFAULT_GRPC_PORT}"
 DEFAULT_GRPC_TARGET = f"localhost:{DEFAULT_GRPC_PORT}"
 DEFAULT_TENSORBOARD_PORT = 6006
+# The Prometheus metrics port where deployments turn metrics on (compose, Kubernetes, the local stack): the port
+# OpenTelemetry's Prometheus exporters use, free of Prometheus' own 9090 and node_exporter's 9100. A bare
+# `python -m inference` serves no metrics unless asked (--metrics-address / MNIST_METRICS_ADDRESS): several servers
+# on one machine, as tests and benchmarks start them, would otherwise fight over one fixed port.
+DEFAULT_METRICS_PORT = 9464
 
 
 def default_data_dir() -> Path:
