@@ -333,7 +333,7 @@ class ModelStore:
                 return hit
             try:
                 manifest = find_manifest(self.models_dir, version)
-            except CheckpointError as e:
+            except (CheckpointError, OSError) as e:
                 raise VersionUnavailable(f"model version {version} cannot be read: {e}") from None
             if manifest is None:
                 raise UnknownVersion(version)

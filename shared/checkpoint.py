@@ -156,8 +156,8 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
     if not is_version_name(version):
-        raise ValueError(f"version {version!r} must be a plain file name, not starting with '.', and not "
-                         f"{' or '.join(sorted(RESERVED_VERSIONS))}")
+        raise ValueError(f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
+                         f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}")
     target = models_dir / file_name
     if target.exists():
         data = _same_model_bytes(target, version, model_payload)
@@ -194,9 +194,13 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     return manifest
 
 
+MAX_VERSION_BYTES = 200  # <version>.json within the 255 bytes a file name may have
+
+
 def is_version_name(version: str) -> bool:
     """Whether `version` can name a published model: <version>.pt and .json are plain names in models/."""
     return (isinstance(version, str) and bool(version) and not version.startswith(".") and "\x00" not in version
+            and len(version.encode("utf-8", "surrogatepass")) <= MAX_VERSION_BYTES
             and Path(f"{version}.pt").name == f"{version}.pt" and version not in RESERVED_VERSIONS)
 
 
