@@ -73,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]")
     parser.add_argument("--grpc-address", default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
                         help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]")
+    parser.add_argument("--metrics-address",
+                        default=s.env_str(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}"),
+                        help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]")
     parser.add_argument("--tensorboard-port", type=int,
                         default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
                         help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]")
@@ -104,6 +107,7 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         settings.ENV_ARTIFACTS_DIR: str(Path(args.artifacts_dir).resolve()),
         settings.ENV_DATA_DIR: str(Path(args.data_dir).resolve()),
         settings.ENV_GRPC_ADDRESS: args.grpc_address,
+        settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
     }
     optional = {settings.ENV_EPOCHS: args.epochs, settings.ENV_PRESET: args.preset,
@@ -337,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if "inference" in names:
         supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
                        f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
+        supervisor.log(f"metrics: http://localhost:{args.metrics_address.rsplit(':', 1)[-1]}/metrics")
     if "tensorboard" in names:
         host = "localhost" if args.tensorboard_host in ("0.0.0.0", "::") else args.tensorboard_host
         supervisor.log(f"TensorBoard: http://{host}:{args.tensorboard_port}/")
