@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--workers must be at least 1")
     if args.model_cache_size < 0:
         raise SystemExit("--model-cache-size must be 0 or more")
+    if args.metrics_address:
+        from inference.workers import split_address
+
+        try:
+            split_address(args.metrics_address)
+        except ValueError as e:
+            raise SystemExit(f"--metrics-address: {e}") from None
     if args.workers > 1:
         from inference.workers import serve_workers
 

@@ -168,3 +168,15 @@ def test_decode_memory_is_read_from_the_callable_it_is_given(metered):
 
 def test_metrics_are_off_unless_asked_for(serve):
     assert serve().server.metrics_port is None
+
+
+def test_a_metrics_address_that_is_not_host_port_is_refused_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.inference.test_workers import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-m", "inference", "--artifacts-dir", str(tmp_path),
+                             "--metrics-address", "9464"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode != 0
+    assert "--metrics-address: address '9464' is not host:port" in result.stderr
