@@ -9,13 +9,13 @@ import grpc
 import pytest
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-from shared.checkpoint import MANIFEST_NAME
+from shared.checkpoint import MANIFEST_NAME, point_latest, publish_model
 from shared.image_pipeline import ImageRejected, Limits, to_mnist
 from shared.settings import Paths
 
 from inference import service as service_module
 from inference.metrics import REJECTION_REASONS, rejection_reason
-from tests.inference.conftest import hold_calls, publish, wait_until
+from tests.inference.conftest import hold_calls, model_payload, publish, wait_until
 from tests.inference.metrics_scrape import scrape, value
 from tests.reliability.conftest import SMALL_LIMITS
 from tests.reliability.test_bad_input import IMAGE_KINDS, INVALID
@@ -118,9 +118,11 @@ def test_the_served_model_loads_swaps_and_skips_are_reported(metered):
     assert value(samples, "mnist_model_loads_total", source="latest", outcome="ok") == 1
     assert value(samples, "mnist_model_swaps_total") == 1
     models = Paths(metered.artifacts).models
-    # A model whose file does not match its manifest: skipped, counted by reason; v1 keeps serving.
-    publish(metered.artifacts, "v2", seed=2)
+    # A model whose file does not match its manifest: skipped, counted by reason; v1 keeps serving. Damaged
+    # before LATEST.json names it, so the server never sees it whole.
+    manifest = publish_model(models, version="v2", model_payload=model_payload(2), serve=False)
     (models / "v2.pt").write_bytes((models / "v2.pt").read_bytes()[:-10])
+    point_latest(models, manifest, event="publish")
     assert wait_until(lambda: value(scrape(port), "mnist_model_skips_total", reason="checksum") == 1)
     samples = scrape(port)
     assert value(samples, "mnist_model_loads_total", source="latest", outcome="failed") == 1
