@@ -1,9 +1,10 @@
 """Command-line client for the inference service: `python -m inference.client` (or `mnist-client`).
 
-    mnist-client predict digit.png [more.jpg ...] [--preview preview.png]
-    mnist-client read number.jpg [--preview boxes.png]
-    mnist-client evaluate [--split test|validation] [--out confusion.png]
+    mnist-client predict digit.png [more.jpg ...] [--preview preview.png] [--model-version VERSION]
+    mnist-client read number.jpg [--preview boxes.png] [--model-version VERSION]
+    mnist-client evaluate [--split test|validation] [--out confusion.png] [--model-version VERSION]
     mnist-client info
+    mnist-client models
 
 The channel rides out a server restart: calls wait for a connection (waitForReady) and a call cut off by the old
 server is retried with exponential back-off (see SERVICE_CONFIG). It balances calls round-robin over every
@@ -159,7 +160,8 @@ def cmd_predict(stub, args, call) -> int:
     for start in range(0, len(named_images), args.batch_size):
         chunk = named_images[start : start + args.batch_size]
         response = call(stub.PredictBatch, pb.PredictBatchRequest(
-            images=[data for _, data in chunk], return_model_input=args.preview is not None))
+            images=[data for _, data in chunk], return_model_input=args.preview is not None,
+            model_version=args.model_version))
         for (path, data), result in zip(chunk, response.results):
             if result.HasField("error"):
                 print(f"{path}: not accepted: {result.error.message}", file=sys.stderr)
@@ -184,7 +186,7 @@ def cmd_read(stub, args, call) -> int:
     except OSError as e:
         print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
         return 1
-    response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data))
+    response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
     print(f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
           f"model {response.model_version})")
     for d in response.per_digit:
@@ -245,7 +247,8 @@ def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = Fa
 
 def cmd_evaluate(stub, args, call) -> int:
     split = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}[args.split]
-    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None))
+    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None,
+                                                      model_version=args.model_version))
     print(f"model {response.model_version}, {args.split} split: {response.count} images, "
           f"accuracy {response.accuracy:.2%}, loss {response.loss:.4f} ({response.seconds:.2f} s on the server)")
     print(f"{'digit':>5} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
@@ -285,6 +288,26 @@ def cmd_info(stub, args, call) -> int:
     return 0
 
 
+def cmd_models(stub, args, call) -> int:
+    response = call(stub.ListModels, pb.ListModelsRequest())
+    if not response.models:
+        print("no published models")
+        return 0
+
+    def percent(metrics, name: str) -> str:
+        return f"{metrics[name]:.2%}" if name in metrics else "-"
+
+    rows = [("", "version", "created (UTC)", "val acc", "test acc", "size", "sha256", "")]
+    for m in response.models:
+        rows.append(("*" if m.served else "", m.version, m.created_at or "-", percent(m.metrics, "val_accuracy"),
+                     percent(m.metrics, "test_accuracy"), f"{m.size_bytes:,}", m.sha256[:12] or "-", m.problem))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(" ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"* served by this server: {response.served_version or 'none yet'}; pin another with --model-version")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference.client",
@@ -310,6 +333,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--preview", type=Path, default=None,
                          help="save a PNG showing each image beside the 28x28 image the model saw")
     predict.add_argument("--batch-size", type=int, default=32, help="images per PredictBatch call")
+    predict.add_argument("--model-version", default="", metavar="VERSION",
+                         help="a published version (see `models`) instead of the served one")
     predict.set_defaults(run=cmd_predict)
 
     read = commands.add_parser("read", help="read a handwritten number (one line of 1 to 12 digits)",
@@ -317,16 +342,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     read.add_argument("image", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF file")
     read.add_argument("--preview", type=Path, default=None,
                       help="save a PNG of the picture with each digit's box and the number read")
+    read.add_argument("--model-version", default="", metavar="VERSION",
+                      help="a published version (see `models`) instead of the served one")
     read.set_defaults(run=cmd_read)
 
     evaluate = commands.add_parser("evaluate", help="score the served model on MNIST",
                                    formatter_class=HelpFormatter)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
     evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
+    evaluate.add_argument("--model-version", default="", metavar="VERSION",
+                          help="score this published version (see `models`), e.g. before promoting it")
     evaluate.set_defaults(run=cmd_evaluate)
 
     info = commands.add_parser("info", help="describe the served model")
     info.set_defaults(run=cmd_info)
+    models = commands.add_parser("models", help="list the published versions; * marks the served one")
+    models.set_defaults(run=cmd_models)
     return parser
 
 

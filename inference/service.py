@@ -37,7 +37,9 @@ from shared.segment import NumberReading, read_number
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
-from inference.model_store import ModelStore, ServedModel
+from inference.metrics import ServiceMetrics
+from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
+from inference.versions import list_versions
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,13 @@ SPLIT_ENUMS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
 
 
 @contextlib.contextmanager
-def image_errors():
-    """A picture that cannot be read is the caller's INVALID_ARGUMENT; a server too busy to decode it is
-    RESOURCE_EXHAUSTED (the picture may be fine)."""
+def image_errors(metrics: ServiceMetrics):
+    """A picture that cannot be read is the caller's INVALID_ARGUMENT (counted by reason in `metrics`); a server
+    too busy to decode it is RESOURCE_EXHAUSTED (the picture may be fine)."""
     try:
         yield
     except ImageRejected as e:
+        metrics.rejected(e)
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
     except (BudgetExhausted, OutOfMemory) as e:
         raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
@@ -98,10 +101,12 @@ def _rpc(method):
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits) -> None:
+    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.store = store
         self.evaluation_data = evaluation_data
         self.limits = limits
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
         self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
 
@@ -109,8 +114,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self.store.current
         return served.version if served is not None else "none"
 
-    def _model(self) -> ServedModel:
-        served = self.store.current
+    def _model(self, version: str = "") -> ServedModel:
+        """The served model, or the published `version` a call pinned."""
+        try:
+            served = self.store.model_for(version)
+        except UnknownVersion:
+            # The name is the caller's: quoted and cut short, so it cannot forge a log line or flood one.
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {version[:100]!r} is not published; leave model_version empty for the served "
+                "model, or pick one that ListModels lists (mnist-client models)",
+            ) from None
+        except VersionUnavailable as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         if served is None:
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -120,7 +136,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return served
 
     def _decode(self, data: bytes) -> np.ndarray:
-        with image_errors():
+        with image_errors(self.metrics):
             return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
 
     def _decode_all(self, items) -> list[np.ndarray | RpcError]:
@@ -155,17 +171,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Predict(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         (image,) = self._decode_all([request.image])
         if isinstance(image, RpcError):
             raise image
         (prediction,) = self._predictions(served, [image], request.return_model_input)
+        self.metrics.predicted(1)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)
 
     @_rpc
     def PredictBatch(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         count = len(request.images)
         access_log.note(image_bytes=sum(len(data) for data in request.images), images=count,
                         model_version=served.version)
@@ -186,6 +203,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 images.append(decoded)
                 results.append(None)  # filled in after the forward pass
         predictions = iter(self._predictions(served, images, request.return_model_input) if images else [])
+        self.metrics.predicted(len(images))
         return pb.PredictBatchResponse(
             results=[r if r is not None else pb.BatchResult(prediction=next(predictions)) for r in results],
             model_version=served.version,
@@ -193,7 +211,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Evaluate(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
@@ -214,6 +232,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
             raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
         ev = result.evaluation
+        self.metrics.evaluated(split)
         log.info("Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
                  split, ev.accuracy, ev.count, result.seconds, served.version)
         return pb.EvaluateResponse(
@@ -234,9 +253,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def ReadNumber(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
-        with image_errors():
+        with image_errors(self.metrics):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             reading = read_number(picture, lambda batch: served.log_probs(torch.from_numpy(batch)).exp().numpy())
@@ -278,6 +297,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
         return info
+
+    @_rpc
+    def ListModels(self, request, context):
+        served = self.store.current
+        served_version = served.version if served is not None else ""
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersion(
+                    version=info.manifest.version,
+                    served=info.manifest.version == served_version,
+                    metrics=info.manifest.metrics,
+                    size_bytes=info.manifest.size,
+                    sha256=info.manifest.sha256,
+                    created_at=info.manifest.created_at,
+                    arch=info.manifest.arch,
+                    run_name=info.manifest.run_name,
+                    checksum_recorded=info.recorded,
+                    problem=info.problem,
+                )
+                for info in list_versions(self.store.models_dir)
+            ],
+            served_version=served_version,
+        )
 
 
 def number_response(reading: NumberReading, version: str, size: tuple[int, int],

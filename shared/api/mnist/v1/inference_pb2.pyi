@@ -17,12 +17,14 @@ SPLIT_TEST: Split
 SPLIT_VALIDATION: Split
 
 class PredictRequest(_message.Message):
-    __slots__ = ("image", "return_model_input")
+    __slots__ = ("image", "return_model_input", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     return_model_input: bool
-    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("digit", "probabilities", "model_input_png")
@@ -43,12 +45,14 @@ class PredictResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("images", "return_model_input")
+    __slots__ = ("images", "return_model_input", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     return_model_input: bool
-    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ImageError(_message.Message):
     __slots__ = ("code", "message")
@@ -75,12 +79,14 @@ class PredictBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("split", "omit_heatmap")
+    __slots__ = ("split", "omit_heatmap", "model_version")
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     OMIT_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     split: Split
     omit_heatmap: bool
-    def __init__(self, split: _Optional[_Union[Split, str]] = ..., omit_heatmap: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, split: _Optional[_Union[Split, str]] = ..., omit_heatmap: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ClassMetrics(_message.Message):
     __slots__ = ("digit", "precision", "recall", "f1", "support")
@@ -202,12 +208,14 @@ class ModelInfo(_message.Message):
     def __init__(self, serving: _Optional[bool] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., arch_kwargs_json: _Optional[str] = ..., parameter_count: _Optional[int] = ..., sha256: _Optional[str] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., run_name: _Optional[str] = ..., epoch: _Optional[int] = ..., trained_at: _Optional[str] = ..., loaded_at: _Optional[str] = ..., input: _Optional[_Union[InputContract, _Mapping]] = ..., last_load_error: _Optional[_Union[LoadError, _Mapping]] = ...) -> None: ...
 
 class ReadNumberRequest(_message.Message):
-    __slots__ = ("image", "return_model_input")
+    __slots__ = ("image", "return_model_input", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     return_model_input: bool
-    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x", "y", "width", "height")
@@ -256,3 +264,46 @@ class ReadNumberResponse(_message.Message):
     width: int
     height: int
     def __init__(self, digits: _Optional[str] = ..., per_digit: _Optional[_Iterable[_Union[NumberDigit, _Mapping]]] = ..., confidence: _Optional[float] = ..., separators: _Optional[_Iterable[_Union[Separator, _Mapping]]] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "served", "metrics", "size_bytes", "sha256", "created_at", "arch", "run_name", "checksum_recorded", "problem")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    served: bool
+    metrics: _containers.ScalarMap[str, float]
+    size_bytes: int
+    sha256: str
+    created_at: str
+    arch: str
+    run_name: str
+    checksum_recorded: bool
+    problem: str
+    def __init__(self, version: _Optional[str] = ..., served: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[str] = ..., arch: _Optional[str] = ..., run_name: _Optional[str] = ..., checksum_recorded: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "served_version")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    served_version: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., served_version: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,11 @@ class InferenceStub:
                 request_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.SerializeToString,
                 response_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/mnist.v1.Inference/ListModels',
+                request_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -106,6 +111,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """List the published model versions, newest first, and which one is served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +145,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ReadNumber,
                     request_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.FromString,
                     response_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
+                    response_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +288,33 @@ class Inference:
             '/mnist.v1.Inference/ReadNumber',
             shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.SerializeToString,
             shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mnist.v1.Inference/ListModels',
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
