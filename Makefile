@@ -8,6 +8,7 @@
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
 #   make protos    regenerate the gRPC code in shared/api from protos/
 #   make lint      hadolint on both Dockerfiles, and the compose files through `docker compose config`
+#   make tools     checkov, for tests/deploy/test_k8s.py, in a virtual environment of its own
 
 VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
@@ -17,7 +18,12 @@ PYTEST_ARGS ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 export MNIST_VENV := $(VENV)
 
-.PHONY: up down stack venv test protos lint
+# checkov pins older releases of packages the project uses (packaging, networkx, python-dateutil), so it lives in
+# a virtual environment of its own, reused across runs; tests/deploy/test_k8s.py finds it there (or $MNIST_CHECKOV).
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV ?= $(HOME)/.cache/mnist-stack/tools/checkov
+
+.PHONY: up down stack venv test protos lint tools
 
 up:
 	scripts/compose.sh up $(ARGS)
@@ -32,8 +38,13 @@ stack:
 venv:
 	MNIST_STACK_EXTRAS=dev scripts/stack.sh --setup-only
 
-test: venv
+test: venv tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+tools: venv
+	@if ! $(CHECKOV_VENV)/bin/checkov --version 2>/dev/null | grep -qx "$(CHECKOV_VERSION)"; then \
+		$(PY) -m venv --clear $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"; \
+	fi
 
 protos: venv
 	$(PY) scripts/gen_protos.py

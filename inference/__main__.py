@@ -85,6 +85,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="how long a call waits for room in the decode budget")
     parser.add_argument("--max-concurrent-evaluations", type=int, default=defaults.max_concurrent_evaluations,
                         help="Evaluate calls at once; more get RESOURCE_EXHAUSTED")
+    parser.add_argument("--model-cache-size", type=int, default=defaults.pinned_cache_size, metavar="N",
+                        help="published versions besides the served one kept loaded for calls that pin a "
+                             "model_version (least recently used first out)")
+    parser.add_argument("--metrics-address", default=settings.env_str(settings.ENV_METRICS_ADDRESS, "") or None,
+                        metavar="HOST:PORT",
+                        help=f"serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, e.g. "
+                             f"0.0.0.0:{settings.DEFAULT_METRICS_PORT}; off when not given. With --workers the sum "
+                             f"over the processes (env {settings.ENV_METRICS_ADDRESS})")
     parser.add_argument("--tls-cert", type=Path, default=os.environ.get(ENV_TLS_CERT) or None,
                         help=f"PEM certificate chain; with --tls-key, serve TLS only (env {ENV_TLS_CERT})")
     parser.add_argument("--tls-key", type=Path, default=os.environ.get(ENV_TLS_KEY) or None,
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent_evaluations=args.max_concurrent_evaluations,
         decode_budget_mib=args.decode_budget_mib,
         decode_wait=args.decode_wait,
+        pinned_cache_size=args.model_cache_size,
+        metrics_address=args.metrics_address,
         auth_token=args.auth_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -171,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         check_workers_fit(args.workers, per_process, memory_limit_bytes())
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if args.model_cache_size < 0:
+        raise SystemExit("--model-cache-size must be 0 or more")
+    if args.metrics_address:
+        from inference.workers import split_address
+
+        try:
+            split_address(args.metrics_address)
+        except ValueError as e:
+            raise SystemExit(f"--metrics-address: {e}") from None
     if args.workers > 1:
         from inference.workers import serve_workers
 

@@ -47,6 +47,7 @@ class CallRecord:
     request_id: str
     method: str  # short name, e.g. "Predict"
     peer: str
+    service: str = ""  # e.g. "mnist.v1.Inference"
     started: float = field(default_factory=time.perf_counter)
     image_bytes: int = 0
     images: int = 0
@@ -94,14 +95,25 @@ def format_text(fields: dict[str, Any]) -> str:
 
 
 Observer = Callable[[CallRecord, grpc.StatusCode, float], None]
+Starter = Callable[[CallRecord], None]
+
+
+def _tell(hooks, *args) -> None:
+    """Call each hook; one that fails is logged and never changes the call's outcome."""
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("access-log hook %r failed", hook)
 
 
 class AccessLogInterceptor(grpc.ServerInterceptor):
-    """Outermost interceptor: request id in and out, one log line per call, and `observers` (metrics) told of
-    each finished call as (record, status code, seconds)."""
+    """Outermost interceptor: request id in and out, one log line per call, `on_start` hooks (metrics) told of
+    each call as it begins (record) and `observers` of each finished call (record, status code, seconds)."""
 
-    def __init__(self, observers: tuple[Observer, ...] = ()) -> None:
+    def __init__(self, observers: tuple[Observer, ...] = (), on_start: tuple[Starter, ...] = ()) -> None:
         self.observers = observers
+        self.on_start = on_start
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -113,10 +125,12 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def behaviour(request, context: grpc.ServicerContext):
-            record = CallRecord(request_id=request_id_from(metadata.get(REQUEST_ID_KEY)),
-                                method=full_method.rsplit("/", 1)[-1], peer=context.peer())
+            service, _, method = full_method.lstrip("/").rpartition("/")
+            record = CallRecord(request_id=request_id_from(metadata.get(REQUEST_ID_KEY)), method=method,
+                                peer=context.peer(), service=service)
             context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
             token = _current.set(record)
+            _tell(self.on_start, record)
             code = grpc.StatusCode.OK
             try:
                 return inner(request, context)
@@ -132,9 +146,7 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 else:
                     log.info("access %s", format_text(fields), extra={"access": fields,
                                                                        "request_id": record.request_id})
-                seconds = fields["latency_ms"] / 1e3
-                for observer in self.observers:
-                    observer(record, code, seconds)
+                _tell(self.observers, record, code, fields["latency_ms"] / 1e3)
 
         return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)

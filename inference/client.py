@@ -1,8 +1,10 @@
 """Command-line client for the inference service: `python -m inference.client` (or `mnist-client`).
 
-    mnist-client predict digit.png [more.jpg ...] [--preview preview.png]
-    mnist-client evaluate [--split test|validation] [--out confusion.png]
+    mnist-client predict digit.png [more.jpg ...] [--preview preview.png] [--model-version VERSION]
+    mnist-client read number.jpg [--preview boxes.png] [--model-version VERSION]
+    mnist-client evaluate [--split test|validation] [--out confusion.png] [--model-version VERSION]
     mnist-client info
+    mnist-client models
 
 The channel rides out a server restart: calls wait for a connection (waitForReady) and a call cut off by the old
 server is retried with exponential back-off (see SERVICE_CONFIG). It balances calls round-robin over every
@@ -167,7 +169,8 @@ def cmd_predict(stub, args, call) -> int:
     for start in range(0, len(named_images), args.batch_size):
         chunk = named_images[start : start + args.batch_size]
         response = call(stub.PredictBatch, pb.PredictBatchRequest(
-            images=[data for _, data in chunk], return_model_input=args.preview is not None))
+            images=[data for _, data in chunk], return_model_input=args.preview is not None,
+            model_version=args.model_version))
         for (path, data), result in zip(chunk, response.results):
             if result.HasField("error"):
                 print(f"{path}: not accepted: {result.error.message}", file=sys.stderr)
@@ -187,9 +190,75 @@ def cmd_predict(stub, args, call) -> int:
     return 1 if failed else 0
 
 
+def cmd_read(stub, args, call) -> int:
+    try:
+        data = args.image.read_bytes()
+    except OSError as e:
+        print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
+        return 1
+    response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
+    print(f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
+          f"model {response.model_version})")
+    for d in response.per_digit:
+        p = d.prediction
+        b = d.box
+        print(f"  {p.digit}  {p.probabilities[p.digit]:6.1%}  at x={b.x} y={b.y} {b.width}x{b.height}")
+    if args.preview is not None:
+        args.preview.parent.mkdir(parents=True, exist_ok=True)
+        draw_reading(data, response).save(args.preview)
+        print(f"preview saved to {args.preview}")
+    return 0
+
+
+def format_number(response) -> str:
+    """The digits read, with the separators put back where they were: "3.14"."""
+    text = response.digits
+    for s in sorted(response.separators, key=lambda s: -s.position):
+        text = text[: s.position] + s.mark + text[s.position :]
+    return text
+
+
+def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = False):
+    """The picture with each digit's box and digit drawn on it, and the number read above: a Pillow image.
+    With `crop`, only the part of the picture around the number is shown."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        picture = ImageOps.exif_transpose(img).convert("RGB")
+    boxes = [(d.box, str(d.prediction.digit)) for d in response.per_digit] + [(s.box, "") for s in response.separators]
+    left = top = 0
+    if crop and boxes:
+        x0, y0 = min(b.x for b, _ in boxes), min(b.y for b, _ in boxes)
+        x1, y1 = max(b.x + b.width for b, _ in boxes), max(b.y + b.height for b, _ in boxes)
+        margin = max(x1 - x0, y1 - y0) // 12 + 4
+        left, top = max(0, x0 - margin), max(0, y0 - margin)
+        picture = picture.crop((left, top, min(picture.width, x1 + margin), min(picture.height, y1 + 2 * margin)))
+    scale = min(1.0, max_side / max(picture.size))
+    if scale < 1.0:
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
+    banner = max(24, min(60, picture.height // 8))
+    canvas = Image.new("RGB", (max(picture.width, 16 * banner), picture.height + banner), "white")
+    canvas.paste(picture, (0, banner))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=banner * 2 // 3)  # Pillow's scalable default font
+    small = ImageFont.load_default(size=max(10, banner // 2))
+    line = max(2, round(2 * max(picture.size) / 1000))
+    for box, label in boxes:
+        x0, y0 = (box.x - left) * scale, (box.y - top) * scale + banner
+        x1, y1 = (box.x + box.width - left) * scale, (box.y + box.height - top) * scale + banner
+        colour = (230, 40, 40) if label else (40, 110, 230)  # digits red, separators blue
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+        draw.text((x0 + line, y1 + line), label, fill=colour, font=small)
+    draw.text((8, banner // 6), f"read: {format_number(response)}   confidence {response.confidence:.1%}",
+              fill="black", font=font)
+    return canvas
+
+
 def cmd_evaluate(stub, args, call) -> int:
     split = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}[args.split]
-    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None))
+    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None,
+                                                      model_version=args.model_version))
     print(f"model {response.model_version}, {args.split} split: {response.count} images, "
           f"accuracy {response.accuracy:.2%}, loss {response.loss:.4f} ({response.seconds:.2f} s on the server)")
     print(f"{'digit':>5} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
@@ -229,6 +298,26 @@ def cmd_info(stub, args, call) -> int:
     return 0
 
 
+def cmd_models(stub, args, call) -> int:
+    response = call(stub.ListModels, pb.ListModelsRequest())
+    if not response.models:
+        print("no published models")
+        return 0
+
+    def percent(metrics, name: str) -> str:
+        return f"{metrics[name]:.2%}" if name in metrics else "-"
+
+    rows = [("", "version", "created (UTC)", "val acc", "test acc", "size", "sha256", "")]
+    for m in response.models:
+        rows.append(("*" if m.served else "", m.version, m.created_at or "-", percent(m.metrics, "val_accuracy"),
+                     percent(m.metrics, "test_accuracy"), f"{m.size_bytes:,}", m.sha256[:12] or "-", m.problem))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(" ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"* served by this server: {response.served_version or 'none yet'}; pin another with --model-version")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference.client",
@@ -254,16 +343,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--preview", type=Path, default=None,
                          help="save a PNG showing each image beside the 28x28 image the model saw")
     predict.add_argument("--batch-size", type=int, default=32, help="images per PredictBatch call")
+    predict.add_argument("--model-version", default="", metavar="VERSION",
+                         help="a published version (see `models`) instead of the served one")
     predict.set_defaults(run=cmd_predict)
+
+    read = commands.add_parser("read", help="read a handwritten number (one line of 1 to 12 digits)",
+                               formatter_class=HelpFormatter)
+    read.add_argument("image", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF file")
+    read.add_argument("--preview", type=Path, default=None,
+                      help="save a PNG of the picture with each digit's box and the number read")
+    read.add_argument("--model-version", default="", metavar="VERSION",
+                      help="a published version (see `models`) instead of the served one")
+    read.set_defaults(run=cmd_read)
 
     evaluate = commands.add_parser("evaluate", help="score the served model on MNIST",
                                    formatter_class=HelpFormatter)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
     evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
+    evaluate.add_argument("--model-version", default="", metavar="VERSION",
+                          help="score this published version (see `models`), e.g. before promoting it")
     evaluate.set_defaults(run=cmd_evaluate)
 
     info = commands.add_parser("info", help="describe the served model")
     info.set_defaults(run=cmd_info)
+    models = commands.add_parser("models", help="list the published versions; * marks the served one")
+    models.set_defaults(run=cmd_models)
     return parser
 
 

@@ -7,6 +7,9 @@ end, so a swap mid-request is harmless and the old model is freed when its last 
 A model that fails to load or validate is skipped with a logged reason and the previous one keeps serving.
 The same bad manifest is retried only after a back-off (doubling up to `max_retry_after`), never in a tight
 loop: a transient read error heals on its own, a damaged file is not re-read every second.
+
+A call may also pin an older or newer version (`model_version`): `model_for(version)` loads it on demand with
+the same checks, into a small least-recently-used cache, without touching what LATEST.json serves.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,11 +34,57 @@ from shared.onnx_model import OnnxRunner, TorchRunner, compare
 
 from inference.options import BACKENDS, DEFAULT_BACKEND  # noqa: F401 - re-exported
 
+from inference.versions import find_manifest
+
 log = logging.getLogger(__name__)
 
 
 class ModelValidationError(ValueError):
     """A published model that loads but must not serve (non-finite output, bad normalization, ...)."""
+
+
+class UnknownVersion(LookupError):
+    """A pinned model_version that is not published (or is no version name at all)."""
+
+
+class VersionUnavailable(RuntimeError):
+    """A pinned version that is published but fails the checks every model must pass; the message says why."""
+
+
+# Why a model was skipped, as a metric label: a few fixed words, never the message (which names files).
+SKIP_REASONS = ("manifest", "missing", "path", "checksum", "unsafe", "unreadable", "weights", "validation", "io",
+                "other")
+_CHECKPOINT_ERROR_REASONS = (  # (words in a CheckpointError's message, reason); see shared/checkpoint.py
+    ("malformed manifest", "manifest"), ("is not a plain name", "manifest"), ("does not exist", "missing"),
+    ("resolves outside", "path"), ("checksum mismatch", "checksum"), ("refused:", "unsafe"),
+    ("weights do not fit", "weights"), ("lacks the field", "weights"), ("training checkpoint", "unreadable"),
+    ("not an mnist-stack", "unreadable"), ("not a readable checkpoint", "unreadable"),
+)
+
+
+def skip_reason(error: BaseException) -> str:
+    """The SKIP_REASONS word for an error that stopped a model from loading."""
+    if isinstance(error, ModelValidationError):
+        return "validation"
+    if isinstance(error, CheckpointError):
+        message = str(error)
+        return next((reason for words, reason in _CHECKPOINT_ERROR_REASONS if words in message), "other")
+    if isinstance(error, OSError):
+        return "io"
+    return "other"
+
+
+class ModelEvents:
+    """What the model store tells about its work (inference.metrics counts it); these defaults do nothing."""
+
+    def loaded(self, source: str, ok: bool) -> None:
+        """A load finished: `source` "latest" (LATEST.json) or "pinned" (a call's model_version)."""
+
+    def swapped(self, served: "ServedModel", previous: "ServedModel | None") -> None:
+        """A newly published model now serves."""
+
+    def skipped(self, reason: str) -> None:
+        """A published model was skipped; `reason` is one of SKIP_REASONS."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +260,9 @@ class _Failure:
 class ModelStore:
     """Owns the served model: polls `models_dir` every `poll_interval` seconds from a background thread.
 
-    `on_swap(served)` is called after each swap (the server sets health to SERVING there).
+    `on_swap(served)` is called after each swap (the server sets health to SERVING there); `events` hears of
+    every load, swap and skip. `pinned_cache_size` versions other than the served one stay loaded for calls that
+    pin them.
     """
 
     models_dir: Path
@@ -219,6 +271,12 @@ class ModelStore:
     retry_after: float = 30.0
     max_retry_after: float = 600.0
     on_swap: Callable[[ServedModel], None] | None = None
+    events: ModelEvents = field(default_factory=ModelEvents)
+    pinned_cache_size: int = 3
+    _pinned: OrderedDict = field(default_factory=OrderedDict, init=False)  # version -> ServedModel, oldest first
+    _pinned_failures: dict[tuple, tuple[str, float]] = field(default_factory=dict, init=False)
+    _pinned_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # guards the two dicts
+    _pinned_load_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # one load at a time
     _current: ServedModel | None = field(default=None, init=False)
     _last_error: LoadError | None = field(default=None, init=False)
     _failures: dict[tuple, _Failure] = field(default_factory=dict, init=False)
@@ -247,13 +305,13 @@ class ModelStore:
         try:
             manifest = read_manifest(self.models_dir)
         except CheckpointError as e:
-            self._skip_manifest(("manifest", str(e)), f"unreadable manifest: {e}")
+            self._skip_manifest(("manifest", str(e)), f"unreadable manifest: {e}", "manifest")
             return False
         except OSError as e:
-            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {e}")
+            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {e}", "io")
             return False
         except Exception as e:  # a reader bug must neither stop the server starting nor loop unreported
-            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {type(e).__name__}: {e}")
+            self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {type(e).__name__}: {e}", "other")
             return False
         if manifest is None:
             return False
@@ -268,11 +326,14 @@ class ModelStore:
         try:
             served = load_served_model(self.models_dir, manifest, self.backend)
         except (CheckpointError, ModelValidationError) as e:
-            self._skip(key, manifest.version, str(e))
+            self.events.loaded("latest", False)
+            self._skip(key, manifest.version, str(e), skip_reason(e))
             return False
         except Exception as e:  # anything else from torch or the filesystem: skip it, keep serving
-            self._skip(key, manifest.version, f"{type(e).__name__}: {e}")
+            self.events.loaded("latest", False)
+            self._skip(key, manifest.version, f"{type(e).__name__}: {e}", skip_reason(e))
             return False
+        self.events.loaded("latest", True)
         self._failures.pop(key, None)
         self._current = served  # the atomic swap
         # A skipped model older than the one now served is history: GetModelInfo reports only a newer one.
@@ -283,18 +344,20 @@ class ModelStore:
             (time.perf_counter() - started) * 1e3,
             f", replacing {current.version}" if current is not None else "",
         )
+        self.events.swapped(served, current)
         if self.on_swap is not None:
             self.on_swap(served)
         with self._swapped:
             self._swapped.notify_all()
         return True
 
-    def _skip_manifest(self, key: tuple, reason: str) -> None:
+    def _skip_manifest(self, key: tuple, reason: str, kind: str) -> None:
         failure = self._failures.get(key)
         if failure is None or time.monotonic() >= failure.retry_at:
-            self._skip(key, "?", reason)
+            self._skip(key, "?", reason, kind)
 
-    def _skip(self, key: tuple, version: str, reason: str) -> None:
+    def _skip(self, key: tuple, version: str, reason: str, kind: str) -> None:
+        self.events.skipped(kind)
         previous = self._failures.get(key)
         attempts = previous.attempts + 1 if previous else 1
         delay = min(self.retry_after * 2 ** (attempts - 1), self.max_retry_after)
@@ -302,6 +365,59 @@ class ModelStore:
         self._last_error = LoadError(version=version, reason=reason, at=utc_now())
         serving = self._current.version if self._current is not None else "none"
         log.warning("model %s skipped: %s; still serving %s; next try in %.0f s", version, reason, serving, delay)
+
+    def model_for(self, version: str) -> ServedModel | None:
+        """The model a call asked for: the served one for "" (None before the first), else that version.
+
+        A pinned version is loaded with every check a served model passes (load_served_model) and kept in a
+        least-recently-used cache of `pinned_cache_size`. Raises UnknownVersion when it is not published and
+        VersionUnavailable when it fails the checks; such a failure is remembered for `retry_after` seconds, so a
+        client asking again and again for a damaged version does not make the server re-read it every time.
+        """
+        current = self._current
+        if not version or (current is not None and current.version == version):
+            return current
+        with self._pinned_lock:
+            hit = self._pinned.get(version)
+            if hit is not None:
+                self._pinned.move_to_end(version)
+                return hit
+        with self._pinned_load_lock:  # loads take ~0.1 s of CPU: one at a time, and never twice for one version
+            with self._pinned_lock:
+                hit = self._pinned.get(version)
+            if hit is not None:
+                return hit
+            try:
+                manifest = find_manifest(self.models_dir, version)
+            except (CheckpointError, OSError) as e:
+                raise VersionUnavailable(f"model version {version} cannot be read: {e}") from None
+            if manifest is None:
+                raise UnknownVersion(version)
+            key = (version, manifest.sha256, manifest.size)
+            with self._pinned_lock:
+                failure = self._pinned_failures.get(key)
+            if failure is not None and time.monotonic() < failure[1]:
+                raise VersionUnavailable(failure[0])
+            started = time.perf_counter()
+            try:
+                served = load_served_model(self.models_dir, manifest)
+            except Exception as e:  # noqa: BLE001 - every failure is the version's, never the caller's
+                self.events.loaded("pinned", False)
+                detail = str(e) if isinstance(e, (CheckpointError, ModelValidationError)) else f"{type(e).__name__}: {e}"
+                message = f"model version {version} fails the checks every served model must pass: {detail}"
+                log.warning("pinned %s", message)
+                with self._pinned_lock:
+                    self._pinned_failures[key] = (message, time.monotonic() + self.retry_after)
+                raise VersionUnavailable(message) from None
+            self.events.loaded("pinned", True)
+            with self._pinned_lock:
+                self._pinned[version] = served
+                while len(self._pinned) > max(self.pinned_cache_size, 0):
+                    evicted, _ = self._pinned.popitem(last=False)
+                    log.info("pinned model %s unloaded (least recently used)", evicted)
+            log.info("pinned model %s loaded (%s, sha256 %s) in %.0f ms for calls that ask for it",
+                     version, served.arch, served.sha256[:12], (time.perf_counter() - started) * 1e3)
+            return served
 
     def wait_for_version(self, version: str | None = None, timeout: float = 10.0) -> ServedModel | None:
         """Block until a model (of `version`, if given) serves, or `timeout` passes. For tests and tools."""

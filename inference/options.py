@@ -41,6 +41,11 @@ class ServerOptions:
     # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up).
     decode_budget_mib: int = 320
     decode_wait: float = 5.0
+    # Versions other than the served one kept loaded for calls that pin a model_version.
+    pinned_cache_size: int = 3
+    # host:port of the Prometheus metrics endpoint (port 0 picks a free one); None: no endpoint. With --workers
+    # the parent process serves it and the workers get None (inference.workers).
+    metrics_address: str | None = None
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -26,15 +26,19 @@ from shared.settings import Paths
 
 from inference.access_log import AccessLogInterceptor
 from inference.capacity import return_large_blocks_to_the_system
-from inference.options import ServerOptions
 from inference.evaluation import shared_evaluation_data
+from inference.metrics import MetricsEndpoint, ServiceMetrics
 from inference.model_store import ModelStore, ServedModel
+from inference.options import ServerOptions
 from inference.security import BearerTokenInterceptor, server_credentials
 from inference.service import InferenceServicer, ServiceLimits
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name  # "mnist.v1.Inference"
+# A health "service" that is SERVING for as long as the process answers, model or not: what a liveness probe
+# asks (Kubernetes' native gRPC probe). "" and SERVICE_NAME are NOT_SERVING until a model is loaded: readiness.
+LIVENESS_SERVICE = "liveness"
 
 
 def check_decode_budget(options: ServerOptions) -> None:
@@ -65,12 +69,19 @@ class InferenceServer:
     """A started-or-not grpc.Server with its model store and health service, and a graceful stop."""
 
     def __init__(self, grpc_server: grpc.Server, store: ModelStore, health_servicer: health.HealthServicer,
-                 servicer: InferenceServicer) -> None:
+                 servicer: InferenceServicer, metrics: ServiceMetrics,
+                 metrics_endpoint: MetricsEndpoint | None = None) -> None:
         self.grpc_server = grpc_server
         self.store = store
         self.health = health_servicer
         self.servicer = servicer
+        self.metrics = metrics
+        self.metrics_endpoint = metrics_endpoint
         self._stopped = threading.Event()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_endpoint.port if self.metrics_endpoint is not None else None
 
     def start(self) -> None:
         # Load a model that is already published before the port opens, so the first probe can say SERVING.
@@ -93,6 +104,9 @@ class InferenceServer:
         stopped = self.grpc_server.stop(grace)  # refuses new calls now; returns at once
         self.store.stop()
         stopped.wait()
+        if self.metrics_endpoint is not None:  # last: a final scrape can still see the calls that just finished
+            self.metrics_endpoint.stop()
+        self.metrics.close()
         log.info("stopped")
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -144,12 +158,15 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     _set_serving(health_servicer, False)
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def on_swap(served: ServedModel) -> None:
         _set_serving(health_servicer, True)
 
+    metrics = ServiceMetrics()
     store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
-                       backend=options.backend, on_swap=on_swap)
+                       backend=options.backend, on_swap=on_swap, events=metrics,
+                       pinned_cache_size=options.pinned_cache_size)
     check_decode_budget(options)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
@@ -159,10 +176,12 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         max_concurrent_evaluations=options.max_concurrent_evaluations,
     )
     servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits,
-                                 digit_threshold=options.digit_threshold)
+                                 metrics, digit_threshold=options.digit_threshold)
 
-    # The access log is outermost, so it also records calls the token check refuses.
-    interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor()]
+    # The access log is outermost, so it also records (and counts) calls the token check refuses.
+    interceptors: list[grpc.ServerInterceptor] = [
+        AccessLogInterceptor(observers=(metrics.call_finished,), on_start=(metrics.call_started,))
+    ]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
     grpc_options = [
@@ -188,7 +207,14 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address} (in use, or not an address of this machine?)")
-    return InferenceServer(server, store, health_servicer, servicer), port
+    endpoint = None
+    if options.metrics_address:
+        try:
+            endpoint = MetricsEndpoint(options.metrics_address, metrics.registry)
+        except OSError as e:
+            server.stop(None)
+            raise OSError(f"cannot serve metrics on {options.metrics_address}: {e}") from e
+    return InferenceServer(server, store, health_servicer, servicer, metrics, endpoint), port
 
 
 def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:

@@ -7,6 +7,7 @@ to fix; anything else is a bug, logged with its traceback and returned as INTERN
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -28,13 +29,18 @@ from shared.image_pipeline import (
     Limits,
     MemoryBudget,
     OutOfMemory,
+    decode_image,
     encode_png,
     to_mnist,
 )
+from shared.decode import displayed_size
+from shared.segment import NumberReading, read_number
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
-from inference.model_store import ModelStore, ServedModel
+from inference.metrics import ServiceMetrics
+from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
+from inference.versions import list_versions
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,19 @@ INPUT_DESCRIPTION = (
 )
 SPLIT_NAMES = {pb.SPLIT_UNSPECIFIED: "test", pb.SPLIT_TEST: "test", pb.SPLIT_VALIDATION: "validation"}
 SPLIT_ENUMS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
+
+
+@contextlib.contextmanager
+def image_errors(metrics: ServiceMetrics):
+    """A picture that cannot be read is the caller's INVALID_ARGUMENT (counted by reason in `metrics`); a server
+    too busy to decode it is RESOURCE_EXHAUSTED (the picture may be fine)."""
+    try:
+        yield
+    except ImageRejected as e:
+        metrics.rejected(e)
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    except (BudgetExhausted, OutOfMemory) as e:
+        raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
 
 class RpcError(Exception):
@@ -84,12 +103,13 @@ def _rpc(method):
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits,
-                 digit_threshold: float | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, digit_threshold: float | None = None) -> None:
         self.store = store
         # --digit-threshold: overrides every served model's own threshold; None keeps each model's.
         self.digit_threshold = digit_threshold
         self.evaluation_data = evaluation_data
         self.limits = limits
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
         self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
 
@@ -97,8 +117,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self.store.current
         return served.version if served is not None else "none"
 
-    def _model(self) -> ServedModel:
-        served = self.store.current
+    def _model(self, version: str = "") -> ServedModel:
+        """The served model, or the published `version` a call pinned."""
+        try:
+            served = self.store.model_for(version)
+        except UnknownVersion:
+            # The name is the caller's: quoted and cut short, so it cannot forge a log line or flood one.
+            raise RpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {version[:100]!r} is not published; leave model_version empty for the served "
+                "model, or pick one that ListModels lists (mnist-client models)",
+            ) from None
+        except VersionUnavailable as e:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         if served is None:
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -108,12 +139,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return served
 
     def _decode(self, data: bytes) -> np.ndarray:
-        try:
+        with image_errors(self.metrics):
             return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
-        except ImageRejected as e:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        except (BudgetExhausted, OutOfMemory) as e:  # the server is busy; the picture may be fine
-            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
 
     def _decode_all(self, items) -> list[np.ndarray | RpcError]:
         """Each image's 28x28 digit, or the RpcError that image gets, in order.
@@ -138,37 +165,47 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             return None
         return self.digit_threshold if self.digit_threshold is not None else served.digit_threshold
 
+    def _judge(self, served: ServedModel, output: torch.Tensor) -> list[tuple[bool, float]]:
+        """(is_digit, digit_score) of each row of a network output: (True, 1.0) from a model without the class."""
+        threshold = self.threshold(served)
+        scores = digit_scores(output)
+        if scores is None or threshold is None:
+            return [(True, 1.0)] * len(output)
+        return [(score >= threshold, score) for score in scores.tolist()]
+
+    def _digit_judgements(self, served: ServedModel, images: np.ndarray) -> list[tuple[bool, float]]:
+        return self._judge(served, served.log_probs(torch.from_numpy(images)))
+
     def _predictions(self, served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
         batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
         output = served.log_probs(batch)
         probabilities = digit_log_probs(output).exp().tolist()
-        threshold = self.threshold(served)
-        scores = digit_scores(output)
-        scores = scores.tolist() if scores is not None and threshold is not None else [1.0] * len(images)
+        judged = self._judge(served, output)
         return [
             pb.Prediction(
                 digit=max(range(len(p)), key=p.__getitem__),
                 probabilities=p,
                 model_input_png=encode_png(image) if with_input else b"",
-                is_digit=threshold is None or score >= threshold,
+                is_digit=is_digit,
                 digit_score=score,
             )
-            for p, score, image in zip(probabilities, scores, images)
+            for p, (is_digit, score), image in zip(probabilities, judged, images)
         ]
 
     @_rpc
     def Predict(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         (image,) = self._decode_all([request.image])
         if isinstance(image, RpcError):
             raise image
         (prediction,) = self._predictions(served, [image], request.return_model_input)
+        self.metrics.predicted(1)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)
 
     @_rpc
     def PredictBatch(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         count = len(request.images)
         access_log.note(image_bytes=sum(len(data) for data in request.images), images=count,
                         model_version=served.version)
@@ -189,6 +226,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 images.append(decoded)
                 results.append(None)  # filled in after the forward pass
         predictions = iter(self._predictions(served, images, request.return_model_input) if images else [])
+        self.metrics.predicted(len(images))
         return pb.PredictBatchResponse(
             results=[r if r is not None else pb.BatchResult(prediction=next(predictions)) for r in results],
             model_version=served.version,
@@ -196,7 +234,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Evaluate(self, request, context):
-        served = self._model()
+        served = self._model(request.model_version)
         access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
@@ -217,6 +255,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
             raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
         ev = result.evaluation
+        self.metrics.evaluated(split)
         log.info("Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
                  split, ev.accuracy, ev.count, result.seconds, served.version)
         return pb.EvaluateResponse(
@@ -234,6 +273,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             heatmap_png=result.heatmap_png,
             seconds=result.seconds,
         )
+
+    @_rpc
+    def ReadNumber(self, request, context):
+        served = self._model(request.model_version)
+        access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
+        with image_errors(self.metrics):
+            picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
+            width, height = displayed_size(request.image)
+            reading = read_number(
+                picture, lambda batch: digit_log_probs(served.log_probs(torch.from_numpy(batch))).exp().numpy())
+        # Each digit read also says how digit-like it is, as Predict does (one more small forward pass).
+        judged = (self._digit_judgements(served, np.stack([d.image for d in reading.digits]))
+                  if reading.digits else [])
+        return number_response(reading, served.version, (width, height), request.return_model_input, judged)
 
     def input_contract(self, served: ServedModel | None) -> pb.InputContract:
         return pb.InputContract(
@@ -273,3 +326,56 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
         return info
+
+    @_rpc
+    def ListModels(self, request, context):
+        served = self.store.current
+        served_version = served.version if served is not None else ""
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersion(
+                    version=info.manifest.version,
+                    served=info.manifest.version == served_version,
+                    metrics=info.manifest.metrics,
+                    size_bytes=info.manifest.size,
+                    sha256=info.manifest.sha256,
+                    created_at=info.manifest.created_at,
+                    arch=info.manifest.arch,
+                    run_name=info.manifest.run_name,
+                    checksum_recorded=info.recorded,
+                    problem=info.problem,
+                )
+                for info in list_versions(self.store.models_dir)
+            ],
+            served_version=served_version,
+        )
+
+
+def number_response(reading: NumberReading, version: str, size: tuple[int, int], with_input: bool,
+                    judged: list[tuple[bool, float]] | None = None) -> pb.ReadNumberResponse:
+    """A reading at working resolution -> the response, boxes in the picture's own pixels (size: as displayed)."""
+    work_width, work_height = reading.work_size
+    sx, sy = size[0] / work_width, size[1] / work_height
+
+    def box(b: tuple[int, int, int, int]) -> pb.Box:
+        x, y, w, h = b  # outwards to whole pixels, so the box still holds all the ink
+        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        x1, y1 = min(size[0], int(np.ceil((x + w) * sx))), min(size[1], int(np.ceil((y + h) * sy)))
+        return pb.Box(x=x0, y=y0, width=x1 - x0, height=y1 - y0)
+
+    judged = judged or [(True, 1.0)] * len(reading.digits)  # (is_digit, digit_score) of each digit
+    return pb.ReadNumberResponse(
+        digits=reading.text,
+        per_digit=[
+            pb.NumberDigit(box=box(d.box), prediction=pb.Prediction(
+                digit=d.digit, probabilities=d.probabilities.tolist(),
+                model_input_png=encode_png(d.image) if with_input else b"",
+                is_digit=is_digit, digit_score=score))
+            for d, (is_digit, score) in zip(reading.digits, judged)
+        ],
+        confidence=reading.confidence,
+        separators=[pb.Separator(position=s.position, mark=s.mark, box=box(s.box)) for s in reading.separators],
+        model_version=version,
+        width=size[0],
+        height=size[1],
+    )

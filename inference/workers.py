@@ -7,6 +7,9 @@ starts `workers` fresh interpreters, each a complete server (its own model store
 the same port with SO_REUSEPORT; the kernel spreads new connections over them. The parent forwards SIGTERM and
 SIGINT and exits when they have stopped; if one worker dies, it stops the others and exits non-zero, so a
 supervisor (compose's `restart: on-failure`) restarts the whole service.
+
+With metrics on, the workers record them into files in one temporary folder (prometheus_client's multiprocess
+mode) and the parent serves their sum on the metrics port: one scrape target per service, however many workers.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from dataclasses import replace
 from typing import Iterator
@@ -92,9 +97,9 @@ def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with reserve_port(host, port) as bound_port:
+    with reserve_port(host, port) as bound_port, _multiprocess_metrics(options.metrics_address) as metrics_dir:
         shared_address = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
-        worker_options = replace(options, share_port=True)
+        worker_options = replace(options, share_port=True, metrics_address=None)  # the parent serves the metrics
         processes = [
             context.Process(target=_run_worker, name=f"inference-worker-{i}",
                             args=(shared_address, worker_options, grace, torch_threads, log_level, log_format, i))
@@ -118,4 +123,43 @@ def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: 
             if process.is_alive():
                 process.kill()
                 process.join()
+            if metrics_dir is not None:
+                _mark_dead(process.pid, metrics_dir)
     return 1 if failed is not None else 0
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(address: str | None) -> Iterator[str | None]:
+    """With metrics on: a fresh folder for the workers' metric files, named in the environment they inherit, and
+    the parent's endpoint serving their sum; removed at the end. Yields the folder, or None with metrics off."""
+    if not address:
+        yield None
+        return
+    from inference.metrics import MULTIPROCESS_ENV, MetricsEndpoint, multiprocess_registry
+
+    folder = tempfile.mkdtemp(prefix="mnist-metrics-")
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = folder  # read by prometheus_client when a spawned worker imports it
+    endpoint = None
+    try:
+        try:
+            endpoint = MetricsEndpoint(address, multiprocess_registry(folder))
+        except OSError as e:
+            raise OSError(f"cannot serve metrics on {address}: {e}") from e
+        yield folder
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mark_dead(pid: int | None, folder: str) -> None:
+    """A stopped worker's gauges ("live" modes: calls in flight, decode memory) no longer count."""
+    from prometheus_client import multiprocess
+
+    if pid is not None:
+        multiprocess.mark_process_dead(pid, folder)

@@ -80,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"the web page and REST API's port [env {s.ENV_WEB_PORT}]")
     parser.add_argument("--web-host", default="localhost",
                         help="the web page's interface; 0.0.0.0 shows it to the network")
+    parser.add_argument("--metrics-address",
+                        default=s.env_str(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}"),
+                        help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]")
     parser.add_argument("--tensorboard-port", type=int,
                         default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
                         help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]")
@@ -114,6 +117,7 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         # Where the web page finds the inference service: this machine, on the port the service listens on.
         settings.ENV_GRPC_TARGET: f"localhost:{args.grpc_address.rsplit(':', 1)[-1]}",
         settings.ENV_WEB_PORT: str(args.web_port),
+        settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
     }
     optional = {settings.ENV_EPOCHS: args.epochs, settings.ENV_PRESET: args.preset,
@@ -362,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.log(memory_note(env))
         supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
                        f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
+        supervisor.log(f"metrics: http://localhost:{args.metrics_address.rsplit(':', 1)[-1]}/metrics")
     if "web" in names:
         host = "localhost" if args.web_host in ("0.0.0.0", "::") else args.web_host
         supervisor.log(f"web page and REST API: http://{host}:{args.web_port}/ (API docs at /docs)")

@@ -2,9 +2,12 @@
 
 A *checkpoint* (runs/<run>/checkpoints/{last,best}.pt) holds everything needed to continue training.
 A *published model* (models/<version>.pt) holds what the inference service needs, beside it its ONNX export
-(models/<version>.onnx, shared/onnx_model.py), and `models/LATEST.json` (the manifest) names the newest one with
+(models/<version>.onnx, shared/onnx_model.py), and `models/LATEST.json` (the manifest) names the one to serve with
 the SHA-256 of both files, so a reader never sees a half-written model: the files are renamed into place first,
-the manifest after them, each from a temporary name in the same folder.
+the manifest after them, each from a temporary name in the same folder. Each version also keeps its own manifest
+(models/<version>.json, same format), so any version can be listed, pinned or promoted later with its checksums,
+and every change of LATEST.json is appended to models/HISTORY.jsonl, which is what
+`python -m inference.models rollback` walks back.
 
 Everything stored is a tensor, number, string, list or dict, so `torch.load(..., weights_only=True)` reads it.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -27,9 +31,14 @@ from torch import nn
 
 from shared.model import build_model
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_FORMAT = "mnist-stack/checkpoint/v1"
 MODEL_FORMAT = "mnist-stack/model/v1"
 MANIFEST_NAME = "LATEST.json"
+HISTORY_NAME = "HISTORY.jsonl"
+# Version names that would collide with the folder's own files (LATEST.json, HISTORY.jsonl).
+RESERVED_VERSIONS = frozenset({"LATEST", "HISTORY"})
 
 
 class CheckpointError(ValueError):
@@ -139,9 +148,10 @@ class Manifest:
 
 
 def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, Any],
-                  onnx: bytes | None = None) -> Manifest:
-    """Publish a model for the inference service: write models/<version>.pt and models/<version>.onnx, then point
-    LATEST.json at them.
+                  onnx: bytes | None = None, serve: bool = True) -> Manifest:
+    """Publish a model for the inference service: write models/<version>.pt, models/<version>.onnx and
+    models/<version>.json, then (with `serve`) point LATEST.json at them. Without `serve` the version is stored but
+    not served: it can be pinned by a call's model_version, or promoted (`python -m inference.models promote`).
 
     `model_payload` holds arch, arch_kwargs, model (state dict), normalization, metrics, run_name, epoch.
     `onnx` is its export (the trainer passes the one it verified on the test set); None exports it here. A
@@ -155,8 +165,9 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     """
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
-    if Path(file_name).name != file_name or file_name.startswith("."):
-        raise ValueError(f"version {version!r} must be a plain file name")
+    if not is_version_name(version):
+        raise ValueError(f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
+                         f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}")
     target = models_dir / file_name
     if target.exists():
         data = _same_model_bytes(target, version, model_payload)
@@ -184,13 +195,23 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
         onnx_size=len(onnx) if onnx is not None else 0,
     )
     try:
+        recorded = read_version_manifest(models_dir, version)
+    except CheckpointError:
+        recorded = None
+    if recorded is None or recorded.sha256 != manifest.sha256:
+        atomic_write_bytes(version_manifest_path(models_dir, version), manifest.to_json().encode())
+    else:
+        manifest = recorded  # its first publish's time: republishing the same bytes changes nothing
+    if not serve:
+        return manifest
+    try:
         current = read_manifest(models_dir)
     except CheckpointError:
         current = None
     if current is not None and (current.file, current.sha256, current.onnx_sha256) == (
             file_name, manifest.sha256, manifest.onnx_sha256):
         return current  # already published and named by the manifest: nothing to do
-    atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
+    point_latest(models_dir, manifest, event="publish")
     return manifest
 
 
@@ -221,6 +242,56 @@ def _export_cached(key: tuple, model: nn.Module) -> bytes:
 
 
 _EXPORTS: dict[tuple, bytes] = {}  # (arch, arch_kwargs, SHA-256 of the weights) -> ONNX bytes, the newest 8
+
+
+MAX_VERSION_BYTES = 200  # <version>.json within the 255 bytes a file name may have
+
+
+def is_version_name(version: str) -> bool:
+    """Whether `version` can name a published model: <version>.pt and .json are plain names in models/."""
+    return (isinstance(version, str) and bool(version) and not version.startswith(".") and "\x00" not in version
+            and len(version.encode("utf-8", "surrogatepass")) <= MAX_VERSION_BYTES
+            and Path(f"{version}.pt").name == f"{version}.pt" and version not in RESERVED_VERSIONS)
+
+
+def version_manifest_path(models_dir: Path, version: str) -> Path:
+    return Path(models_dir) / f"{version}.json"
+
+
+def point_latest(models_dir: Path, manifest: Manifest, *, event: str) -> None:
+    """Make `manifest` the served one: rename a new LATEST.json into place, then append the change to the
+    history (`event`: publish, promote or rollback). The caller has checked the model."""
+    models_dir = Path(models_dir)
+    atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
+    entry = {"at": utc_now(), "event": event, "version": manifest.version, "sha256": manifest.sha256}
+    # One short line in append mode: concurrent writers cannot interleave within it on a local filesystem, and
+    # a line cut short by a crash is skipped by read_history. LATEST.json, not the history, says what is served,
+    # so a failure here (a full disk) only warns: the change has happened, and a history that does not end with
+    # the served version is read as if it did (inference.versions.served_stack).
+    try:
+        with open(models_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        log.warning("serving %s, but %s could not record it: %s", manifest.version, HISTORY_NAME, e)
+
+
+def read_history(models_dir: Path) -> list[dict[str, str]]:
+    """Every change of LATEST.json, oldest first, as {at, event, version, sha256}; [] when there is none."""
+    try:
+        lines = (Path(models_dir) / HISTORY_NAME).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("event", "version")):
+            entries.append(entry)
+    return entries
 
 
 def _same_model_bytes(target: Path, version: str, model_payload: dict[str, Any]) -> bytes:
@@ -270,12 +341,27 @@ _OPTIONAL_MANIFEST_TYPES: dict[str, type] = {"onnx_file": str, "onnx_sha256": st
 
 
 def read_manifest(models_dir: Path) -> Manifest | None:
-    """The manifest of the newest published model, or None if nothing is published yet.
+    """The manifest of the served model (models/LATEST.json), or None if nothing is published yet.
 
     Raises CheckpointError for a manifest that is malformed (not JSON, a field missing or of the wrong type)
     or names a file outside `models_dir`.
     """
-    path = Path(models_dir) / MANIFEST_NAME
+    return _read_manifest_file(Path(models_dir) / MANIFEST_NAME, models_dir)
+
+
+def read_version_manifest(models_dir: Path, version: str) -> Manifest | None:
+    """models/<version>.json, the manifest a version got when it was published; None if it has none (a version
+    published before these existed, or no such version). Raises CheckpointError as read_manifest does, and for
+    a manifest that describes another version."""
+    if not is_version_name(version):
+        return None
+    manifest = _read_manifest_file(version_manifest_path(models_dir, version), models_dir)
+    if manifest is not None and (manifest.version, manifest.file) != (version, f"{version}.pt"):
+        raise CheckpointError(f"{version}.json describes version {manifest.version!r} ({manifest.file})")
+    return manifest
+
+
+def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -110,6 +110,19 @@ def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: Memory
         ) from None
 
 
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a picture as it is displayed, EXIF orientation applied, from its header alone: the frame
+    in which positions found at working resolution are reported back (ReadNumber's boxes). For bytes that
+    decode_image accepted; anything else is ImageRejected."""
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
+            width, height = img.size
+            orientation = webp_exif_orientation(data) if is_still_webp(data) else exif_orientation(img)
+    except Exception as e:  # noqa: BLE001 - as decode_image: any failure to read the header is the picture's
+        raise ImageRejected(f"the picture's header could not be read ({type(e).__name__}: {e})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn it a quarter
+
+
 def reservation(budget: MemoryBudget | None, nbytes: int) -> contextlib.AbstractContextManager:
     """Hold `nbytes` of `budget` (if any) while decoding. A picture that could never fit is refused as input."""
     if budget is None:

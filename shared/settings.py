@@ -20,6 +20,7 @@ ENV_INFERENCE_WORKERS = "MNIST_INFERENCE_WORKERS"
 ENV_INFERENCE_BACKEND = "MNIST_INFERENCE_BACKEND"
 ENV_DIGIT_THRESHOLD = "MNIST_DIGIT_THRESHOLD"
 ENV_LOG_FORMAT = "MNIST_LOG_FORMAT"
+ENV_METRICS_ADDRESS = "MNIST_METRICS_ADDRESS"
 ENV_TENSORBOARD_PORT = "MNIST_TENSORBOARD_PORT"
 ENV_WEB_HOST = "MNIST_WEB_HOST"
 ENV_WEB_PORT = "MNIST_WEB_PORT"
@@ -36,6 +37,11 @@ DEFAULT_TENSORBOARD_PORT = 6006
 # The web page and REST API (python -m inference.web): loopback unless told otherwise, as it has no TLS of its own.
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8080
+# The Prometheus metrics port where deployments turn metrics on (compose, Kubernetes, the local stack): the port
+# OpenTelemetry's Prometheus exporters use, free of Prometheus' own 9090 and node_exporter's 9100. A bare
+# `python -m inference` serves no metrics unless asked (--metrics-address / MNIST_METRICS_ADDRESS): several servers
+# on one machine, as tests and benchmarks start them, would otherwise fight over one fixed port.
+DEFAULT_METRICS_PORT = 9464
 
 
 def default_data_dir() -> Path:

@@ -11,6 +11,7 @@ from shared import settings
 from shared.cli import HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES
 from trainer.precision import PRECISIONS
+from trainer.publish import PUBLISH_MODES
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(time-boxed machines, tests)")
     parser.add_argument("--device", default=settings.env_str(settings.ENV_DEVICE, "auto"),
                         help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]")
-    parser.add_argument("--no-publish", dest="publish", action="store_false",
-                        help="do not publish the best model for the inference service")
+    parser.add_argument("--publish", choices=PUBLISH_MODES, default="if-better",
+                        help="when to serve the run's best model: 'if-better' only if its validation accuracy beats "
+                             "the published model's on the same validation images (else it is kept as a version "
+                             "that is not served, to promote by hand); 'always'; 'never' (not written at all)")
+    parser.add_argument("--no-publish", dest="publish", action="store_const", const="never",
+                        help="the same as --publish never")
     parser.add_argument("--dry-run", action="store_true",
                         help="one training batch and a small evaluation, to check that everything runs; "
                              "writes to a throwaway run and publishes nothing")

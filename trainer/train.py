@@ -35,6 +35,7 @@ from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import make_negatives
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.precision import autocast, resolve_precision
+from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
 
 CHECKPOINT_DIR = "checkpoints"
@@ -506,8 +507,13 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
     logger.close()
 
     manifest = None
-    if args.publish and not args.dry_run:
-        version = f"{run_name}-e{best['best_epoch']:03d}"
+    version = f"{run_name}-e{best['best_epoch']:03d}"
+    # A dry run publishes nothing, whatever --publish says: its throwaway folder is gone when it ends.
+    decision = decide("never" if args.dry_run else args.publish, version=version,
+                      val_accuracy=best_metrics["val_accuracy"], models_dir=paths.models,
+                      split_seed=config.split_seed, val_fraction=config.val_fraction,
+                      val_x=splits.val_x, val_y=splits.val_y, device=device)
+    if decision.store:
         payload = {
             "arch": config.arch, "arch_kwargs": model_kwargs(config), "model": best["model"],
             "normalization": best["normalization"], "metrics": final, "run_name": run_name,
@@ -517,7 +523,8 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
         if not_digit is not None:  # the server's default threshold (inference --digit-threshold overrides it)
             payload["digit_threshold"] = not_digit["digit_threshold"]
         onnx = verified_onnx(payload, splits.test_x)
-        manifest = publish_model(paths.models, version=version, model_payload=payload, onnx=onnx)
+        manifest = publish_model(paths.models, version=version, serve=decision.serve, model_payload=payload,
+                                 onnx=onnx)
 
     total = time.perf_counter() - wall_start
     last = state.history[-1]
@@ -530,8 +537,17 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
         t = state.target_reached
         print(f"reached {t['target']:.2%} test accuracy at epoch {t['epoch']} after {t['seconds']:.1f} s "
               f"of training", flush=True)
-    if manifest is not None:
-        print(f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]})", flush=True)
+    if decision.serve:
+        print(f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]}): "
+              f"{decision.reason}", flush=True)
+    elif decision.store:
+        print(f"not published: {decision.reason}. Kept as version {manifest.version}, not served: try it with "
+              f"`mnist-client predict --model-version {manifest.version} ...`, serve it with "
+              f"`python -m inference.models promote {manifest.version}`", flush=True)
+    else:
+        print(f"not published ({decision.reason})", flush=True)
     return {"run_name": run_name, "run_dir": str(run_dir), "history": state.history, "final": final,
             "target_reached": state.target_reached, "train_seconds": state.train_seconds,
-            "version": manifest.version if manifest else None}
+            "version": manifest.version if decision.serve else None,
+            "kept_version": manifest.version if decision.store and not decision.serve else None,
+            "publish_reason": decision.reason}

@@ -170,7 +170,8 @@ def container_environment(model: dict[str, Any], name: str, host_env: dict[str, 
     """What the container's process sees: the image's ENV, then compose's `environment`, where a variable
     without a value is passed through from the host (`host_env`) when set there and left out when not."""
     service = model["services"][name]
-    env = dockerfile_env(DOCKERFILES[SERVICE_DOCKERFILE[name]])
+    # An image built elsewhere (prometheus): its ENV sets none of the project's variables.
+    env = dockerfile_env(DOCKERFILES[SERVICE_DOCKERFILE[name]]) if name in SERVICE_DOCKERFILE else {}
     for key, value in (service.get("environment") or {}).items():
         if value is None:
             if key in host_env:

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
 WEB_PORT = settings.DEFAULT_WEB_PORT
+METRICS_PORT = settings.DEFAULT_METRICS_PORT
 # What `MNIST_EPOCHS=1 MNIST_DEVICE=cpu docker compose up` passes through to the trainer.
 HOST_ENV = {settings.ENV_EPOCHS: "1", settings.ENV_DEVICE: "cpu"}
 # A smoke run: a few hundred images, and never the network (MNIST is in the read-only shared folder).
@@ -65,12 +66,14 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     model = load_compose()
     artifacts, replica_artifacts = tmp_path / "artifacts", tmp_path / "replica-artifacts"
     grpc_port, replica_port, tb_port, web_port = free_port(), free_port(), free_port(), free_port()
+    metrics_port = free_port()
     mapping = LocalMapping(volumes={"artifacts": artifacts, "mnist": mnist_dir},
-                           ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port})
+                           ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port,
+                                  METRICS_PORT: metrics_port})
     # A second replica, as `--scale inference=2` would start. It gets its own artifacts folder only so that the
     # test can tell the replicas apart: it serves a copy of the trained model under another version name.
     replica_mapping = LocalMapping(volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
-                                   ports={GRPC_PORT: replica_port})
+                                   ports={GRPC_PORT: replica_port, METRICS_PORT: free_port()})
 
     def service(name: str, mapping: LocalMapping, label: str | None = None, extra: list[str] = ()) -> Service:
         argv, env = local_process(model, name, mapping, HOST_ENV)
@@ -148,14 +151,21 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         assert len(served_by) == len(images)
         assert set(served_by) == {version, f"{version}-replica2"}, f"calls went to {served_by}, not to both replicas"
 
-        # 5. TensorBoard answers over HTTP with the run's scalars.
+        # 5. The metrics port (MNIST_METRICS_ADDRESS in compose) counts the Predict calls this replica answered.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        answered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("grpc_server_handled_total{") and 'grpc_method="PredictBatch"' in line)
+        assert answered == 1 + served_by.count(version), metrics
+
+        # 6. TensorBoard answers over HTTP with the run's scalars.
         run_name = read_manifest(artifacts / "models").run_name
         tags = wait_for(lambda: (tensorboard_json(tb_port, "/data/plugin/scalars/tags") or {}).get(run_name),
                         timeout=45, what=f"TensorBoard to show run {run_name}'s scalars", output=out, interval=POLL)
         assert tags, f"no scalars for {run_name}"
         assert run_name in tensorboard_json(tb_port, "/data/runs")
     finally:
-        # 6. Ctrl-C: every service is asked to stop and does, within the timeout.
+        # 7. Ctrl-C: every service is asked to stop and does, within the timeout.
         supervisor.request_stop(signal.SIGINT)
         thread.join(60)
     assert not thread.is_alive()

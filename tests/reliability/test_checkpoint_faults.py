@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import (CHECKPOINT_FORMAT, MODEL_FORMAT, CheckpointError, Manifest, atomic_write_bytes,
-                               load_checkpoint, publish_model, read_manifest, read_published_model)
+                               load_checkpoint, point_latest, publish_model, read_manifest, read_published_model)
 from shared.data import normalize
 from shared.image_pipeline import to_mnist
 from shared.settings import Paths
@@ -80,15 +80,18 @@ def evil_bytes(version: str, marker) -> bytes:
 
 
 def truncated_after_manifest(models, version):
-    """The file is cut short after the manifest was written: size and checksum no longer match."""
-    manifest = publish_model(models, version=version, model_payload=model_payload(3))
+    """The file is cut short after the manifest was written: size and checksum no longer match.
+
+    Cut before LATEST.json names it, so the server (polling every 0.05 s) can never catch the whole file first."""
+    manifest = publish_model(models, version=version, model_payload=model_payload(3), serve=False)
     path = models / manifest.file
     path.write_bytes(path.read_bytes()[:1000])
+    point_latest(models, manifest, event="publish")
 
 
 def garbled_with_matching_manifest(models, version):
     """A garbled file with a manifest that matches it: checksums pass, torch cannot read it."""
-    manifest = publish_model(models, version=version, model_payload=model_payload(3))
+    manifest = publish_model(models, version=version, model_payload=model_payload(3), serve=False)
     path = models / manifest.file
     data = b"not a torch file" + path.read_bytes()[100:]
     path.write_bytes(data)

@@ -12,13 +12,14 @@ decode budget (decoded pictures in memory at once; the flood of 40 MP pictures i
 
 from __future__ import annotations
 
+import io
 import threading
 
 import grpc
 import pytest
+from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-
 from tests.reliability.conftest import publish
 
 TOKEN = "reliability-token"
@@ -123,6 +124,7 @@ CALLS = {
     "PredictBatch": lambda r, md: r.stub.PredictBatch(pb.PredictBatchRequest(images=[b"x"]), metadata=md, timeout=10),
     "Evaluate": lambda r, md: r.stub.Evaluate(pb.EvaluateRequest(), metadata=md, timeout=10),
     "GetModelInfo": lambda r, md: r.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10),
+    "ReadNumber": lambda r, md: r.stub.ReadNumber(pb.ReadNumberRequest(image=b"x"), metadata=md, timeout=10),
     "Predict, request not even protobuf": lambda r, md: r.channel.unary_unary("/mnist.v1.Inference/Predict")(
         b"\xff\xff\xff", metadata=md, timeout=10),
 }
@@ -189,11 +191,15 @@ def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves
 
     publish(tmp_path / "artifacts", "v1", seed=1)
     running = serve()
+    # An RGB picture larger than 28x28: the full decoder reads it (MNIST-like PNGs take shared.fast_path).
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(digit_pngs[0][1])).convert("RGB").resize((112, 112)).save(buffer, "PNG")
+    picture = buffer.getvalue()
     real = decode.reduced_array
     monkeypatch.setattr(decode, "reduced_array", lambda img: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(grpc.RpcError) as error:
-        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
+        running.stub.Predict(pb.PredictRequest(image=picture), timeout=10)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "ran out of memory" in error.value.details()
     monkeypatch.setattr(decode, "reduced_array", real)
-    assert running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).prediction.probabilities
+    assert running.stub.Predict(pb.PredictRequest(image=picture), timeout=10).prediction.probabilities

@@ -17,12 +17,14 @@ SPLIT_TEST: Split
 SPLIT_VALIDATION: Split
 
 class PredictRequest(_message.Message):
-    __slots__ = ("image", "return_model_input")
+    __slots__ = ("image", "return_model_input", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     return_model_input: bool
-    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("digit", "probabilities", "model_input_png", "is_digit", "digit_score")
@@ -47,12 +49,14 @@ class PredictResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class PredictBatchRequest(_message.Message):
-    __slots__ = ("images", "return_model_input")
+    __slots__ = ("images", "return_model_input", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     return_model_input: bool
-    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., return_model_input: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ImageError(_message.Message):
     __slots__ = ("code", "message")
@@ -79,12 +83,14 @@ class PredictBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("split", "omit_heatmap")
+    __slots__ = ("split", "omit_heatmap", "model_version")
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     OMIT_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     split: Split
     omit_heatmap: bool
-    def __init__(self, split: _Optional[_Union[Split, str]] = ..., omit_heatmap: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, split: _Optional[_Union[Split, str]] = ..., omit_heatmap: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ClassMetrics(_message.Message):
     __slots__ = ("digit", "precision", "recall", "f1", "support")
@@ -208,3 +214,104 @@ class ModelInfo(_message.Message):
     detects_not_digit: bool
     digit_threshold: float
     def __init__(self, serving: _Optional[bool] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., arch_kwargs_json: _Optional[str] = ..., parameter_count: _Optional[int] = ..., sha256: _Optional[str] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., run_name: _Optional[str] = ..., epoch: _Optional[int] = ..., trained_at: _Optional[str] = ..., loaded_at: _Optional[str] = ..., input: _Optional[_Union[InputContract, _Mapping]] = ..., last_load_error: _Optional[_Union[LoadError, _Mapping]] = ..., detects_not_digit: _Optional[bool] = ..., digit_threshold: _Optional[float] = ...) -> None: ...
+
+class ReadNumberRequest(_message.Message):
+    __slots__ = ("image", "return_model_input", "model_version")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MODEL_INPUT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    return_model_input: bool
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., return_model_input: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class NumberDigit(_message.Message):
+    __slots__ = ("box", "prediction")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    prediction: Prediction
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
+
+class Separator(_message.Message):
+    __slots__ = ("position", "mark", "box")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    MARK_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    mark: str
+    box: Box
+    def __init__(self, position: _Optional[int] = ..., mark: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class ReadNumberResponse(_message.Message):
+    __slots__ = ("digits", "per_digit", "confidence", "separators", "model_version", "width", "height")
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    PER_DIGIT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SEPARATORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    digits: str
+    per_digit: _containers.RepeatedCompositeFieldContainer[NumberDigit]
+    confidence: float
+    separators: _containers.RepeatedCompositeFieldContainer[Separator]
+    model_version: str
+    width: int
+    height: int
+    def __init__(self, digits: _Optional[str] = ..., per_digit: _Optional[_Iterable[_Union[NumberDigit, _Mapping]]] = ..., confidence: _Optional[float] = ..., separators: _Optional[_Iterable[_Union[Separator, _Mapping]]] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "served", "metrics", "size_bytes", "sha256", "created_at", "arch", "run_name", "checksum_recorded", "problem")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    served: bool
+    metrics: _containers.ScalarMap[str, float]
+    size_bytes: int
+    sha256: str
+    created_at: str
+    arch: str
+    run_name: str
+    checksum_recorded: bool
+    problem: str
+    def __init__(self, version: _Optional[str] = ..., served: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[str] = ..., arch: _Optional[str] = ..., run_name: _Optional[str] = ..., checksum_recorded: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "served_version")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    served_version: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., served_version: _Optional[str] = ...) -> None: ...

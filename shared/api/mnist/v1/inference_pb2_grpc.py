@@ -55,6 +55,16 @@ class InferenceStub:
                 request_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ReadNumber = channel.unary_unary(
+                '/mnist.v1.Inference/ReadNumber',
+                request_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.SerializeToString,
+                response_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/mnist.v1.Inference/ListModels',
+                request_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -90,6 +100,24 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadNumber(self, request, context):
+        """Read a handwritten number: one line of 1 to 12 digits (a postcode, an amount, a date, a meter reading) in one
+        encoded image. The digits are found, cut apart where they touch, and each is classified like a Predict image;
+        a picture of a single digit gets Predict's answer. A decimal point or comma is left out of `digits` and
+        reported in `separators`. INVALID_ARGUMENT when no digit is found (the message says what to send instead),
+        when the picture holds several lines of writing, or more than 12 digits; the image errors of Predict apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """List the published model versions, newest first, and which one is served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +140,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
                     response_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'ReadNumber': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadNumber,
+                    request_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.FromString,
+                    response_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
+                    response_serializer=shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +261,60 @@ class Inference:
             '/mnist.v1.Inference/GetModelInfo',
             shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
             shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadNumber(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mnist.v1.Inference/ReadNumber',
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberRequest.SerializeToString,
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ReadNumberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mnist.v1.Inference/ListModels',
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
+            shared_dot_api_dot_mnist_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

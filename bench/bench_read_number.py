@@ -1,0 +1,312 @@
+"""ReadNumber: how well whole numbers are read, and how long a 640x480 photo of an 8-digit number takes.
+
+    python -m bench.bench_read_number --artifacts artifacts                 # accuracy and speed, this model
+    python -m bench.bench_read_number --artifacts artifacts --per-style 50  # more numbers per style and layout
+    python -m bench.bench_read_number --target localhost:50051              # accuracy through a running server
+    python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
+
+Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
+of tests/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching.
+Per layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose
+digit count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers
+97 % apart and 85 % touching, digits 99 % apart.
+
+Speed: 640x480 JPEG photos of 8-digit numbers (paper_photo style), apart and touching. `read_number` in this
+process (segmentation and the model, one torch thread as the server runs it), and the ReadNumber call through a
+server process on loopback (decoding and gRPC included). Target: median <= 20 ms on 2 cores. On a shared
+machine the minimum column shows the uncontended cost.
+
+For tests: `score_numbers(read, pictures)` with any `read(bytes) -> str | None` (None: the picture was refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared import settings
+from shared.cli import HelpFormatter, positive_int
+
+Read = Callable[[bytes], "str | None"]  # an encoded picture -> the digits read, or None if it was refused
+APART_WHOLE_TARGET = 0.97
+APART_DIGIT_TARGET = 0.99
+TOUCHING_WHOLE_TARGET = 0.85
+SPEED_TARGET_MS = 20.0
+
+
+@dataclass(frozen=True)
+class NumberScore:
+    name: str
+    numbers: int
+    whole: int  # read exactly
+    digits: int  # digits in the truths
+    digit_errors: int  # edit distance, summed (a refused picture: all its digits)
+    wrong_count: int  # read with another number of digits, or refused
+    mistakes: tuple[tuple[str, str], ...]  # (truth, read) of the numbers read wrong
+
+    @property
+    def whole_accuracy(self) -> float:
+        return self.whole / self.numbers if self.numbers else 0.0
+
+    @property
+    def digit_accuracy(self) -> float:
+        return 1.0 - self.digit_errors / self.digits if self.digits else 0.0
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the digits inserted, deleted or substituted to turn `a` into `b`."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ca != cb))
+    return row[-1]
+
+
+def score_numbers(name: str, truths: Sequence[str], read: Sequence["str | None"]) -> NumberScore:
+    mistakes = tuple((t, r if r is not None else "refused") for t, r in zip(truths, read) if r != t)
+    return NumberScore(
+        name=name,
+        numbers=len(truths),
+        whole=sum(t == r for t, r in zip(truths, read)),
+        digits=sum(len(t) for t in truths),
+        digit_errors=sum(min(len(t), edit_distance(t, r)) if r is not None else len(t) for t, r in zip(truths, read)),
+        wrong_count=sum(r is None or len(r) != len(t) for t, r in zip(truths, read)),
+        mistakes=mistakes,
+    )
+
+
+def score_by_style(layout: str, pictures, read: Sequence["str | None"]) -> list[NumberScore]:
+    """One score per style, then the layout's total, named '<layout> <style>' and '<layout> all'."""
+    scores = []
+    for style in dict.fromkeys(p.style for p in pictures):
+        chosen = [(p.digits, r) for p, r in zip(pictures, read) if p.style == style]
+        scores.append(score_numbers(f"{layout} {style}", [t for t, _ in chosen], [r for _, r in chosen]))
+    scores.append(score_numbers(f"{layout} all", [p.digits for p in pictures], list(read)))
+    return scores
+
+
+def format_scores(scores: Sequence[NumberScore]) -> str:
+    lines = [f"{'layout and style':28s} {'numbers':>7s} {'whole':>8s} {'digits':>8s} {'count wrong':>11s}"]
+    for s in scores:
+        lines.append(f"{s.name:28s} {s.numbers:7d} {s.whole_accuracy:8.2%} {s.digit_accuracy:8.2%} "
+                     f"{s.wrong_count:11d}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers: in this process, or through a server
+
+
+def local_reader(artifacts: Path):
+    """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
+    `artifacts`, run as the server runs it (one torch thread)."""
+    import torch
+
+    from shared.checkpoint import read_manifest, read_published_model
+    from shared.data import normalize
+    from shared.decode import ImageRejected, decode_image
+    from shared.segment import read_number
+
+    torch.set_num_threads(1)
+    models = settings.Paths(artifacts).models
+    manifest = read_manifest(models)
+    if manifest is None:
+        raise SystemExit(f"no published model in {models}; train one (python -m trainer) or pass --artifacts")
+    payload, model = read_published_model(models, manifest)
+    model.eval()
+    mean, std = payload["normalization"]["mean"], payload["normalization"]["std"]
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(normalize(torch.from_numpy(batch), mean, std)).exp().numpy()
+
+    def read_array(array: np.ndarray):
+        return read_number(array, classify)
+
+    def read(data: bytes) -> "str | None":
+        try:
+            return read_number(decode_image(data), classify).text
+        except ImageRejected:
+            return None
+
+    return read, read_array, manifest.version
+
+
+def grpc_reader(stub, timeout: float = 30.0) -> Read:
+    import grpc
+
+    from shared.api.mnist.v1 import inference_pb2 as pb
+
+    def read(data: bytes) -> "str | None":
+        try:
+            return stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=timeout).digits
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return None
+            raise
+
+    return read
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Speed
+
+
+def photos_640x480(images: np.ndarray, labels: np.ndarray, count: int, layout: str, seed: int) -> list[bytes]:
+    """`count` 640x480 JPEG photos of 8-digit numbers, upright (no EXIF turn), in the paper_photo style."""
+    from testkit.numbers import paper_photo
+
+    rng = np.random.default_rng([seed, 640480, len(layout)])
+    out = []
+    while len(out) < count:
+        picks = rng.integers(len(images), size=8)
+        data, _ = paper_photo([images[i] for i in picks], rng, {"layout": layout, "pen": "whole", "separator": None},
+                              size=(640, 480))
+        if _upright_jpeg(data):
+            out.append(data)
+    return out
+
+
+def _upright_jpeg(data: bytes) -> bool:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size == (640, 480) and img.getexif().get(0x0112, 1) == 1
+
+
+def time_calls(function, inputs: Sequence, repeat: int) -> np.ndarray:
+    """Seconds per call: every input `repeat` times, after one warm-up pass."""
+    for item in inputs:
+        function(item)
+    times = []
+    for _ in range(repeat):
+        for item in inputs:
+            start = time.perf_counter()
+            function(item)
+            times.append(time.perf_counter() - start)
+    return np.asarray(times)
+
+
+def timing_row(name: str, times: np.ndarray) -> str:
+    ms = np.asarray(times) * 1e3
+    return f"{name:44s} {np.median(ms):8.2f} {np.percentile(ms, 95):8.2f} {ms.min():8.2f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_read_number", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULT_ARTIFACTS_DIR),
+                        help="read with the model published here (in this process, and in the server for speed)")
+    parser.add_argument("--target", default=None, help="measure accuracy through this running server instead")
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
+                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument("--per-style", type=positive_int, default=30, help="numbers per style and layout")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed-pictures", type=positive_int, default=10, help="640x480 photos per layout")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="timed passes over the photos")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="skip accuracy; without a published model in --artifacts, time a random-init one")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the speed measurements")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from bench.machine import describe_machine
+    from shared.checkpoint import read_manifest
+    from shared.data import load_mnist
+
+    print(describe_machine())
+    mnist = load_mnist(args.data_dir, download=False, verify=False)
+    images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
+    have_model = read_manifest(settings.Paths(args.artifacts).models) is not None
+    if not args.speed_only:
+        accuracy(args, images, labels)
+    if not args.accuracy_only:
+        with tempfile.TemporaryDirectory() as scratch:
+            artifacts = args.artifacts
+            if not have_model:
+                from bench.server_process import publish_random_model
+
+                artifacts = Path(scratch)
+                print(f"no model in {args.artifacts}: timing a random-init model (speed does not depend on weights)")
+                publish_random_model(artifacts)
+            speed(args, artifacts, images, labels)
+    return 0
+
+
+def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
+    from testkit.numbers import make_numbers
+
+    if args.target:
+        import grpc
+
+        from shared.api.mnist.v1 import inference_pb2_grpc
+
+        channel = grpc.insecure_channel(args.target)
+        read = grpc_reader(inference_pb2_grpc.InferenceStub(channel))
+        where = f"through {args.target}"
+    else:
+        read, _, version = local_reader(args.artifacts)
+        where = f"model {version}, in this process"
+    scores = []
+    for layout in ("apart", "touching"):
+        pictures = make_numbers(images, labels, per_style=args.per_style, seed=args.seed, layout=layout)
+        scores += score_by_style(layout, pictures, [read(p.data) for p in pictures])
+    print(f"\nWhole numbers of 4-8 digits, {args.per_style} per style and layout, seed {args.seed}, {where}:")
+    print(format_scores(scores))
+    apart = next(s for s in scores if s.name == "apart all")
+    touching = next(s for s in scores if s.name == "touching all")
+    print(f"\napart: whole {apart.whole_accuracy:.2%} (target {APART_WHOLE_TARGET:.0%}), digits "
+          f"{apart.digit_accuracy:.2%} (target {APART_DIGIT_TARGET:.0%}); touching: whole "
+          f"{touching.whole_accuracy:.2%} (target {TOUCHING_WHOLE_TARGET:.0%})")
+
+
+def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    from bench.server_process import start_server, stop_server
+    from shared.api.mnist.v1 import inference_pb2 as pb
+    from shared.api.mnist.v1 import inference_pb2_grpc
+    from shared.decode import decode_image
+
+    import grpc
+
+    _, read_array, version = local_reader(artifacts)
+    photos = {layout: photos_640x480(images, labels, args.speed_pictures, layout, args.seed)
+              for layout in ("apart", "touching")}
+    print(f"\nms per 640x480 photo of an 8-digit number (model {version}; {args.speed_pictures} photos x "
+          f"{args.repeat}):")
+    print(f"{'':44s} {'median':>8s} {'p95':>8s} {'min':>8s}")
+    medians = {}
+    for layout, data in photos.items():
+        arrays = [decode_image(d) for d in data]
+        print(timing_row(f"read_number, decoded, in-process ({layout})", time_calls(read_array, arrays, args.repeat)))
+    process, port = start_server(artifacts, args.data_dir, [])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            for layout, data in photos.items():
+                call = lambda d: stub.ReadNumber(pb.ReadNumberRequest(image=d), timeout=30)  # noqa: E731
+                times = time_calls(call, data, args.repeat)
+                medians[layout] = float(np.median(times) * 1e3)
+                print(timing_row(f"ReadNumber over gRPC, JPEG bytes in ({layout})", times))
+    finally:
+        stop_server(process)
+    for layout, median in medians.items():
+        print(f"{layout}: ReadNumber median {median:.2f} ms (target <= {SPEED_TARGET_MS:g} ms): "
+              f"{'OK' if median <= SPEED_TARGET_MS else 'OVER'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Manage the published models: `python -m inference.models list | promote VERSION | rollback | prune --keep N`.
+
+    python -m inference.models list                  # every version, newest first; * marks the served one
+    python -m inference.models promote VERSION       # serve VERSION (running servers swap it in within a second)
+    python -m inference.models rollback              # serve the version served before this one
+    python -m inference.models prune --keep 5        # delete all but the 5 newest versions (never the served one)
+
+promote and rollback check the model exactly as a server does before it serves one (size and SHA-256,
+weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model); a model that
+fails is refused with the reason and nothing changes. Only then is a new LATEST.json renamed into place, so a
+server never reads a half-written one, and the change is appended to models/HISTORY.jsonl, which rollback walks
+back: rollback after rollback goes further back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared import settings
+from shared.checkpoint import (
+    CheckpointError, Manifest, atomic_write_bytes, point_latest, read_manifest, read_version_manifest,
+    version_manifest_path,
+)
+from shared.cli import HelpFormatter, positive_int
+from shared.settings import Paths
+
+from inference.versions import VersionInfo, find_manifest, list_versions, prune_plan, remove_version, rollback_target
+
+
+class Refused(Exception):
+    """The command cannot do what was asked; the message says why. Nothing was changed."""
+
+
+def check_model(models_dir: Path, manifest: Manifest) -> None:
+    """Raise Refused unless a server would serve this model."""
+    from inference.model_store import ModelValidationError, load_served_model  # torch: only when needed
+
+    try:
+        load_served_model(models_dir, manifest)
+    except (CheckpointError, ModelValidationError) as e:
+        raise Refused(f"model version {manifest.version} fails the checks a server makes before serving it: {e}. "
+                      "Nothing was changed") from None
+
+
+def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
+    """Check `version` and make it the served one. Returns (its manifest, the one served before, if readable)."""
+    try:
+        manifest = find_manifest(models_dir, version)
+    except CheckpointError as e:
+        raise Refused(f"model version {version} cannot be read: {e}. Nothing was changed") from None
+    if manifest is None:
+        raise Refused(f"no model version {version!r} in {models_dir}; `python -m inference.models list` shows them")
+    check_model(models_dir, manifest)
+    try:
+        previous = read_manifest(models_dir)
+    except CheckpointError:
+        previous = None  # a damaged LATEST.json: replacing it is the repair
+    if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
+        return manifest, previous
+    try:
+        recorded = read_version_manifest(models_dir, version)
+    except CheckpointError:
+        recorded = None
+    if recorded is None:
+        # A version older than per-version manifests: its checksum, checked just now, is recorded from here on.
+        atomic_write_bytes(version_manifest_path(models_dir, version), manifest.to_json().encode())
+    point_latest(models_dir, manifest, event=event)
+    return manifest, previous
+
+
+def promote(models_dir: Path, version: str) -> tuple[Manifest, Manifest | None]:
+    return serve_version(models_dir, version, event="promote")
+
+
+def rollback(models_dir: Path) -> tuple[Manifest, Manifest | None]:
+    target = rollback_target(models_dir)
+    if target is None:
+        raise Refused(f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
+                      "still exists; serve one by name with `promote VERSION`")
+    return serve_version(models_dir, target, event="rollback")
+
+
+def _percent(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name)
+    return f"{value:.2%}" if value is not None else "-"
+
+
+def format_table(infos: list[VersionInfo]) -> list[str]:
+    rows = [("", "version", "created (UTC)", "val acc", "test acc", "size", "sha256", "")]
+    for info in infos:
+        m = info.manifest
+        note = info.problem or ("" if info.recorded else "no recorded checksum (published before they existed)")
+        rows.append(("*" if info.served else "", m.version, m.created_at or "-", _percent(m.metrics, "val_accuracy"),
+                     _percent(m.metrics, "test_accuracy"), f"{m.size:,}", m.sha256[:12] or "-", note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [" ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def cmd_list(models_dir: Path, args) -> int:
+    infos = list_versions(models_dir)
+    if args.json:
+        print(json.dumps([{**info.manifest.__dict__, "served": info.served, "checksum_recorded": info.recorded,
+                           "problem": info.problem} for info in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no published models in {models_dir}")
+        return 0
+    print("\n".join(format_table(infos)))
+    if not any(info.served for info in infos):
+        print("(no version is served: models/LATEST.json is missing, damaged, or names a damaged file)")
+    return 0
+
+
+def _served_line(manifest: Manifest, previous: Manifest | None, verb: str) -> str:
+    if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
+        return f"{manifest.version} is already the served version; nothing changed"
+    was = f" (was {previous.version})" if previous is not None else ""
+    return (f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their "
+            "next poll")
+
+
+def cmd_promote(models_dir: Path, args) -> int:
+    manifest, previous = promote(models_dir, args.version)
+    print(_served_line(manifest, previous, "now serving"))
+    return 0
+
+
+def cmd_rollback(models_dir: Path, args) -> int:
+    manifest, previous = rollback(models_dir)
+    print(_served_line(manifest, previous, "rolled back to"))
+    return 0
+
+
+def cmd_prune(models_dir: Path, args) -> int:
+    kept, removed = prune_plan(models_dir, args.keep)
+    for info in removed:
+        if not args.dry_run:
+            remove_version(models_dir, info.manifest.version)
+        print(f"{'would remove' if args.dry_run else 'removed'} {info.manifest.version}")
+    served = next((info.manifest.version for info in kept if info.served), None)
+    print(f"{len(kept)} version(s) kept{f', {served} served' if served else ''}; {len(removed)} "
+          f"{'would be ' if args.dry_run else ''}removed")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.models",
+        description="List, promote, roll back and prune the published models (<artifacts>/models).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--artifacts-dir", type=Path, default=settings.artifacts_dir(),
+                        help=f"the artifacts folder whose models/ to manage (env {settings.ENV_ARTIFACTS_DIR})")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="every version, newest first; * marks the served one",
+                                  formatter_class=HelpFormatter)
+    listing.add_argument("--json", action="store_true", help="one JSON list instead of a table")
+    listing.set_defaults(run=cmd_list)
+    promoting = commands.add_parser("promote", help="check VERSION and serve it", formatter_class=HelpFormatter)
+    promoting.add_argument("version", metavar="VERSION")
+    promoting.set_defaults(run=cmd_promote)
+    commands.add_parser("rollback", help="check and serve the version served before this one",
+                        formatter_class=HelpFormatter).set_defaults(run=cmd_rollback)
+    pruning = commands.add_parser("prune", help="delete all but the newest versions; never the served one",
+                                  formatter_class=HelpFormatter)
+    pruning.add_argument("--keep", type=positive_int, required=True, metavar="N", help="versions to keep")
+    pruning.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    pruning.set_defaults(run=cmd_prune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    models_dir = Paths(args.artifacts_dir).models
+    try:
+        return args.run(models_dir, args)
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

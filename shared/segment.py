@@ -1,0 +1,787 @@
+"""A decoded picture of a handwritten number (one line of 1 to MAX_DIGITS digits) -> its digits, each as MNIST sees it.
+
+The paper and the ink are found exactly as for one digit (shared/normalize.py), and each digit found is passed
+through the same stroke-width, box and centre-of-mass normalization, so a picture of a single digit gives the
+28x28 image Predict gives. In between, the ink is cut into digits:
+
+1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks dropped. Writing
+               in dots is first joined into strokes (a closing at the dots' spacing).
+2. slant       the writing's slant, pooled from the second moments of the tall pieces. Everything below is
+               measured along the writing direction in deslanted coordinates x' = x + slant * y, so two slanted
+               digits side by side do not overlap and a cut between them follows their strokes.
+3. groups      pieces that overlap along the writing direction are one digit: a 5's detached flag, a 4 broken
+               by a skipping pen. Pieces stacked higher than a digit are in different lines.
+4. one line    the line height is the median height of the tall groups; groups that do not overlap vertically
+               (in a chain) are another line of writing, which is refused.
+5. small marks a small mark low in the line, with clear space beside and above it, is a decimal point or comma:
+               left out of the digits, its position reported. Other small marks (the pieces of a digit broken
+               into several) join the group they overlap along the line, or the nearest; far specks are dropped.
+6. touching    a group wider than most single digits may be digits that touch. Candidate cuts are the
+               top-to-bottom paths through the deslanted group that cross the fewest strokes (dynamic
+               programming); the strokes a path leaves whole go to one side. The classifier scores the halves
+               of every cut (they must look like digits) against the group whole, and the best is kept if it
+               is nearly as good or better; wide halves are tried again.
+
+Every group is classified whole in one batch, and all halves of the candidate cuts in one more: the caller passes
+`classify`, which maps (N, 28, 28) uint8 images to (N, 10) probabilities (the served model, in the service).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shared.decode import ImageRejected, prepare_array
+from shared.normalize import (
+    SOFT_FLOOR_MIN,
+    centre_by_mass,
+    connected_components,
+    estimate_background,
+    fit_in_box,
+    ink_contrast,
+    ink_threshold,
+    noise_level,
+    normalize_stroke_width,
+    percentile_uint8,
+)
+
+Classifier = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 -> (N, 10) probabilities
+
+MAX_DIGITS = 12  # one line of at most this many digits: postcodes, amounts, dates, meter readings
+MAX_PIECES = 2000  # ink components considered (the largest); beyond that the picture is noise, not writing
+
+# Specks: pieces smaller than this fraction of the largest piece's area, or than this many pixels, are noise.
+SPECK_AREA_FRACTION = 0.003
+SPECK_MIN_AREA = 3
+# Slant: pooled over the pieces at least this fraction of the tallest piece's height; clamped (dx/dy).
+SLANT_PIECE_HEIGHT = 0.4
+MAX_SLANT = 0.7
+# Grouping: pieces overlapping along the writing direction by GROUP_OVERLAP of the narrower one are one digit,
+# unless they are more than GROUP_MAX_VERTICAL_GAP apart vertically or together more than GROUP_MAX_HEIGHT as
+# high (x the taller one's height): then they are stacked, in different lines.
+GROUP_OVERLAP = 0.5
+GROUP_MAX_VERTICAL_GAP = 0.25
+GROUP_MAX_HEIGHT = 1.6
+# The line: groups at least this fraction of the tallest group's height are digits and define the line height
+# (their median height); two of them are in one line when they overlap vertically by this fraction.
+TALL_GROUP = 0.5
+LINE_OVERLAP = 0.3
+# Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
+# neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); gaps up to DOTTED_JOIN x the typical
+# spacing are closed.
+DOTTED_MIN_PIECES = 12
+DOTTED_DOT_SIZE = 0.2
+DOTTED_MAX_GAP = 4.0
+DOTTED_JOIN = 2.0
+# Small marks, as fractions of the line height. A separator is at most SEPARATOR_WIDTH wide and SEPARATOR_HEIGHT
+# high (a comma's tail drawn with a broad brush), its centre in the bottom SEPARATOR_LOW of the line, with no other
+# ink within SEPARATOR_CLEARANCE beside it or SEPARATOR_ABOVE above it; a comma is COMMA_ASPECT times as high as
+# wide or more. A group lower than FRAGMENT_HEIGHT is a fragment: it joins the nearest group within
+# FRAGMENT_REACH, or is dropped if it is smaller than FRAGMENT_SPECK of a digit group's area.
+SEPARATOR_WIDTH = 0.45
+SEPARATOR_HEIGHT = 0.6
+SEPARATOR_LOW = 0.45
+SEPARATOR_CLEARANCE = 0.06
+SEPARATOR_ABOVE = 0.25
+COMMA_ASPECT = 1.2
+FRAGMENT_HEIGHT = 0.5
+FRAGMENT_REACH = 0.4
+FRAGMENT_SPECK = 0.05
+# Touching digits, as fractions of the line height (widths along the writing direction). Regions at least
+# SPLIT_MIN_WIDTH wide are tried with cuts (halves of a cut region: SPLIT_AGAIN_WIDTH), in at most
+# MAX_SPLIT_ROUNDS rounds. Cut paths start every CUT_STEP, at least SEGMENT_MIN_WIDTH inside the region, wander at
+# most CUT_BAND sideways, and are searched on at most CUT_ROWS rows (taller writing is pooled). A path pays 1 per
+# stroke it enters, CUT_INK_PIXEL_COST per stroke width it runs through ink and CUT_STEP_COST per stroke width it
+# moves sideways; one costing more than MAX_CUT_INK is no cut. Each side keeps at least MIN_HALF_HEIGHT of the
+# line's height and MIN_HALF_MASS of the ink; at most MAX_CUT_CANDIDATES cuts per region, the cheapest first.
+SPLIT_MIN_WIDTH = 0.9
+SPLIT_AGAIN_WIDTH = 0.9
+MAX_SPLIT_ROUNDS = 3
+SEGMENT_MIN_WIDTH = 0.15
+CUT_STEP = 0.05
+CUT_BAND = 0.2
+CUT_ROWS = 160
+CUT_STEP_COST = 0.02
+CUT_INK_PIXEL_COST = 0.1
+MAX_CUT_INK = 2.0
+MIN_HALF_HEIGHT = 0.6
+MIN_HALF_MASS = 0.15
+MAX_CUT_CANDIDATES = 12
+# A cut is kept when its halves' log-confidences summed, less CUT_INK_COST per stroke crossed beyond the first, are
+# at least SPLIT_MARGIN below the whole's log-confidence or better. Regions the classifier is SURE_CONFIDENCE of
+# (log) and narrower than SURE_WIDTH are not tried. Chosen with the test model (the default network, label
+# smoothing 0.1 keeps a confident digit near log 0.92 = -0.08) on numbers of testkit/numbers.py drawn with another
+# seed than the tests': about 0.3 % of single digits at least SPLIT_MIN_WIDTH wide are cut, 10 % of touching
+# pairs are not.
+CUT_INK_COST = 1.0
+SPLIT_MARGIN = -0.25
+SURE_CONFIDENCE = -0.15
+SURE_WIDTH = 1.1
+
+
+@dataclass(frozen=True)
+class Digit:
+    box: tuple[int, int, int, int]  # x, y, width, height of its ink at working resolution
+    image: np.ndarray  # (28, 28) uint8: what the classifier saw
+    probabilities: np.ndarray  # (10,) float
+
+    @property
+    def digit(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+
+@dataclass(frozen=True)
+class Separator:
+    position: int  # digits before it: "3.14" -> 1
+    mark: str  # "." or ","
+    box: tuple[int, int, int, int]  # at working resolution
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    digits: tuple[Digit, ...]  # left to right
+    separators: tuple[Separator, ...]
+    work_size: tuple[int, int]  # (width, height) of the working-resolution picture the boxes refer to
+    slant: float  # dx/dy of the writing, > 0 leaning right
+    line_height: float  # pixels at working resolution
+
+    @property
+    def text(self) -> str:
+        return "".join(str(d.digit) for d in self.digits)
+
+    @property
+    def confidence(self) -> float:
+        """The probability that every digit is right: the product of the digits' confidences."""
+        return float(np.prod([d.confidence for d in self.digits]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
+    """A decoded picture (as decode_image returns it) -> the number written in it. ImageRejected when there is
+    no digit, more than one line, or more than MAX_DIGITS digits, with what to send instead."""
+    work = prepare_array(image)
+    ink = ink_contrast(work, estimate_background(work))
+    pieces = find_pieces(ink)
+    slant = estimate_slant(pieces)
+    groups = group_pieces(pieces, slant)
+    check_one_line(groups, line_height(groups))  # before small marks are joined to digits (across lines, maybe)
+    groups, separators = sort_out_small_marks(pieces, groups, line_height(groups))
+    if not groups:
+        raise ImageRejected("no digit found: the only marks are too small to be digits (a point or a comma?). "
+                            "Send a picture of a number written large enough to fill a good part of the frame")
+    # The line height again, now that the pieces of each digit are together (a dotted digit was dots before).
+    height = line_height(groups)
+    check_one_line(groups, height)
+    if len(groups) > MAX_DIGITS:
+        raise too_many_digits(len(groups))
+    digits = segment_and_classify(pieces, groups, height, slant, classify)
+    # A separator's position: the digits before it along the writing direction.
+    along = [along_line(d.box, slant) for d in digits]
+    positioned = tuple(Separator(sum(a < along_line(s.box, slant) for a in along), s.mark, s.box) for s in separators)
+    return NumberReading(tuple(digits), positioned, (ink.shape[1], ink.shape[0]), slant, height)
+
+
+def along_line(box: tuple[int, int, int, int], slant: float) -> float:
+    """Where a box's centre lies along the writing direction (its deslanted x)."""
+    x, y, w, h = box
+    return x + w / 2 + slant * (y + h / 2)
+
+
+def too_many_digits(count: int) -> ImageRejected:
+    return ImageRejected(f"found {count} digits, more than the {MAX_DIGITS} one number may have here. Send a picture "
+                         f"of one number of 1 to {MAX_DIGITS} digits on one line (crop away other writing)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Pieces of ink
+
+
+@dataclass
+class Pieces:
+    """The ink's connected components, with what the later steps need of each (index = OpenCV label)."""
+
+    ink: np.ndarray  # (H, W) uint8 contrast to the paper
+    labels: np.ndarray  # (H, W) component label per pixel, 0 = paper
+    stats: np.ndarray  # (n, 5) x, y, w, h, area per label (label 0 = paper)
+    kept: np.ndarray  # labels of the pieces kept (not specks), largest first
+    noise: float
+    threshold: float
+
+
+def find_pieces(ink: np.ndarray) -> Pieces:
+    """Threshold the ink as for one digit and keep the components that are not specks; ImageRejected if none.
+    Writing in dots is joined into strokes first (join_dots)."""
+    noise = noise_level(ink)
+    threshold = ink_threshold(ink, noise)
+    strong = (ink >= threshold).astype(np.uint8)
+    labels, stats = connected_components(strong)
+    kept = not_specks(stats)
+    if len(kept) == 0:
+        raise ImageRejected(
+            f"no digit found: the picture looks blank (the strongest contrast to the background is {int(ink.max())} "
+            f"of 255; ink needs at least {int(threshold)}). Send a picture of a number written darker or lighter "
+            "than its background, e.g. a dark pen on white paper")
+    spacing = dot_spacing(stats[kept])
+    if spacing is not None:
+        ink, strong = join_dots(ink, strong, spacing)
+        labels, stats = connected_components(strong)
+        kept = not_specks(stats)
+    longest = int(stats[kept, 2:4].max())
+    if longest < 5:
+        raise ImageRejected(f"no digit found: the only marks are specks of at most {longest} pixels. Send a "
+                            "picture in which the number is clearly visible and fills a good part of the frame")
+    return Pieces(ink, labels, stats, kept, noise, threshold)
+
+
+def not_specks(stats: np.ndarray) -> np.ndarray:
+    """Labels of the components that are not specks, largest first (at most MAX_PIECES)."""
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    area[0] = 0  # the paper
+    if area.max() == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-area, kind="stable")[:MAX_PIECES]
+    kept = order[area[order] >= max(SPECK_MIN_AREA, SPECK_AREA_FRACTION * area.max())]
+    return kept[kept != 0]
+
+
+def dot_spacing(stats: np.ndarray) -> float | None:
+    """If the pieces (rows x, y, w, h, area) are the dots of writing in dots, the typical distance between
+    neighbouring dots' centres; None for ordinary writing.
+
+    Dots: at least DOTTED_MIN_PIECES pieces, most of them round and small (the median piece's longer side at
+    most DOTTED_DOT_SIZE of the ink's height), each with a neighbour within a few of its own sizes.
+    """
+    if len(stats) < DOTTED_MIN_PIECES:
+        return None
+    sides = stats[:, 2:4].max(axis=1).astype(np.float64)
+    extent = float((stats[:, 1] + stats[:, 3]).max() - stats[:, 1].min())
+    if np.median(sides) > DOTTED_DOT_SIZE * extent:
+        return None
+    centres = stats[:, :2] + stats[:, 2:4] / 2.0  # (n, 2)
+    distance = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (n, n)
+    np.fill_diagonal(distance, np.inf)
+    nearest = distance.min(axis=1)
+    if np.median(nearest) > DOTTED_MAX_GAP * np.median(sides):
+        return None
+    return float(np.median(nearest))
+
+
+def join_dots(ink: np.ndarray, strong: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Close the gaps between dots no farther apart than about `spacing` (morphological closing), so each dotted
+    stroke becomes one; the joined gaps count as ink of the dots' typical contrast, so every later step
+    (threshold, soft ink, stroke width) sees a solid stroke."""
+    side = int(np.ceil(DOTTED_JOIN * spacing)) | 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    closed = cv2.morphologyEx(strong, cv2.MORPH_CLOSE, kernel)
+    contrast = int(percentile_uint8(ink[strong > 0], 75))
+    return np.maximum(ink, closed * np.uint8(contrast)), closed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Slant
+
+
+def estimate_slant(pieces: Pieces) -> float:
+    """The writing's slant dx/dy (> 0: leaning right), from the pooled second moments of the tall pieces.
+
+    For one piece, mu11 / mu02 is the shear that makes its principal axis vertical (MNIST's own deskewing
+    measure), with the sign flipped because image rows grow downwards. Pooling the moments weights each piece by
+    its mass and height, so a long upright stroke counts more than a round loop.
+    """
+    stats = pieces.stats[pieces.kept]
+    tall = pieces.kept[stats[:, 3] >= SLANT_PIECE_HEIGHT * stats[:, 3].max()][:32]
+    mu11 = mu02 = 0.0
+    for label in tall:
+        x, y, w, h, _ = pieces.stats[label]
+        m = cv2.moments((pieces.labels[y : y + h, x : x + w] == label).astype(np.uint8), binaryImage=True)
+        mu11 += m["mu11"]
+        mu02 += m["mu02"]
+    if mu02 <= 0:
+        return 0.0
+    return float(np.clip(-mu11 / mu02, -MAX_SLANT, MAX_SLANT))
+
+
+def deslanted_extent(pieces: Pieces, label: int, slant: float) -> tuple[float, float]:
+    """[min, max + 1) of the deslanted x' = x + slant * y over a piece's pixels (from each row's first and last
+    pixel). The shear x' straightens writing that leans by `slant`: along a stroke leaning that way, x' is
+    constant."""
+    x, y, w, h, _ = pieces.stats[label]
+    mask = pieces.labels[y : y + h, x : x + w] == label
+    rows = np.nonzero(mask.any(axis=1))[0]
+    first = np.argmax(mask[rows], axis=1)
+    last = w - 1 - np.argmax(mask[rows, ::-1], axis=1)
+    shift = slant * (y + rows)
+    return float(np.min(x + first + shift)), float(np.max(x + last + shift) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Groups: the pieces of one digit
+
+
+@dataclass
+class Group:
+    labels: list[int]  # component labels
+    x0: float  # deslanted extent [x0, x1)
+    x1: float
+    top: int  # vertical extent [top, bottom) in pixels
+    bottom: int
+    area: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    def absorb(self, other: Group) -> None:
+        self.labels += other.labels
+        self.x0, self.x1 = min(self.x0, other.x0), max(self.x1, other.x1)
+        self.top, self.bottom = min(self.top, other.top), max(self.bottom, other.bottom)
+        self.area += other.area
+
+
+def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
+    """Union the pieces that overlap along the writing direction (and are not a line apart), left to right."""
+    groups = []
+    for label in pieces.kept:
+        x, y, w, h, area = (int(v) for v in pieces.stats[label])
+        x0, x1 = deslanted_extent(pieces, int(label), slant)
+        groups.append(Group([int(label)], x0, x1, y, y + h, area))
+    changed = True
+    while changed:  # until no two groups overlap: merging can create new overlaps
+        changed = False
+        groups.sort(key=lambda g: g.x0)
+        merged: list[Group] = []
+        for group in groups:
+            for other in merged:
+                overlap = min(group.x1, other.x1) - max(group.x0, other.x0)
+                vertical_gap = max(group.top, other.top) - min(group.bottom, other.bottom)
+                taller = max(group.height, other.height)
+                stacked = max(group.bottom, other.bottom) - min(group.top, other.top) > GROUP_MAX_HEIGHT * taller
+                if (overlap >= GROUP_OVERLAP * min(group.width, other.width) and not stacked
+                        and vertical_gap <= GROUP_MAX_VERTICAL_GAP * taller):
+                    other.absorb(group)
+                    changed = True
+                    break
+            else:
+                merged.append(group)
+        groups = merged
+    return sorted(groups, key=lambda g: g.x0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. One line
+
+
+def line_height(groups: list[Group]) -> float:
+    tallest = max(g.height for g in groups)
+    return float(np.median([g.height for g in groups if g.height >= TALL_GROUP * tallest]))
+
+
+def check_one_line(groups: list[Group], height: float) -> None:
+    """Tall groups must form one chain of vertical overlaps; otherwise the picture holds several lines."""
+    tall = [g for g in groups if g.height >= TALL_GROUP * height]
+    parent = list(range(len(tall)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(tall):
+        for j in range(i + 1, len(tall)):
+            b = tall[j]
+            overlap = min(a.bottom, b.bottom) - max(a.top, b.top)
+            if overlap >= LINE_OVERLAP * min(a.height, b.height):
+                parent[root(i)] = root(j)
+    lines = len({root(i) for i in range(len(tall))})
+    if lines > 1:
+        raise ImageRejected(f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
+                            "picture of one number (crop to it)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Small marks: separators, fragments, specks
+
+
+def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> tuple[list[Group], list[Separator]]:
+    """Split the groups into digit groups and separators. Fragments (groups lower than FRAGMENT_HEIGHT x the
+    line) join a neighbour within FRAGMENT_REACH, the one they overlap along the line or else the nearest, pair
+    by pair, so a 5's flag finds its 5 and the pieces of a digit broken into several small ones find each other;
+    what stays alone is a digit if it has some mass (a small digit written on its own), else a speck."""
+    separators = []
+    rest = []
+    for group in groups:
+        if group.height < FRAGMENT_HEIGHT * height and is_separator(pieces, group, groups, height):
+            separators.append(Separator(0, separator_mark(group), picture_box(pieces, group)))
+        else:
+            rest.append(group)
+    while True:
+        fragments = [i for i, g in enumerate(rest) if g.height < FRAGMENT_HEIGHT * height]
+        # Nearest first, but what overlaps a fragment along the line comes before what is merely near: a 5's
+        # flag reaching over towards the next digit still belongs to the 5 below it.
+        pairs = [(box_distance(rest[i], rest[j]) - along_overlap(rest[i], rest[j]), i, j)
+                 for i in fragments for j in range(len(rest)) if j != i
+                 and box_distance(rest[i], rest[j]) <= FRAGMENT_REACH * height]
+        if not pairs:
+            break
+        _, i, j = min(pairs)
+        rest[j].absorb(rest[i])
+        del rest[i]
+    tall = [g.area for g in rest if g.height >= FRAGMENT_HEIGHT * height]
+    typical_area = float(np.median(tall)) if tall else 0.0
+    digits = [g for g in rest if g.height >= FRAGMENT_HEIGHT * height or g.area >= FRAGMENT_SPECK * typical_area]
+    if not any(g.height >= FRAGMENT_HEIGHT * height for g in digits):
+        digits = []
+    return sorted(digits, key=lambda g: g.x0), separators
+
+
+def is_separator(pieces: Pieces, mark: Group, groups: list[Group], height: float) -> bool:
+    """Small, low in the line, with no other ink beside it (within SEPARATOR_CLEARANCE) or above it (within
+    SEPARATOR_ABOVE): a point or comma stands apart, where a piece of a digit is near the rest of it."""
+    if mark.width > SEPARATOR_WIDTH * height or mark.height > SEPARATOR_HEIGHT * height:
+        return False
+    tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
+    if not tall:
+        return False
+    # The line's band where the mark is: the two digits nearest to it along the line.
+    nearest = sorted(tall, key=lambda g: abs((g.x0 + g.x1) / 2 - (mark.x0 + mark.x1) / 2))[:2]
+    top = float(np.mean([g.top for g in nearest]))
+    bottom = float(np.mean([g.bottom for g in nearest]))
+    if (mark.top + mark.bottom) / 2 < bottom - SEPARATOR_LOW * (bottom - top):
+        return False
+    x, y, w, h = picture_box(pieces, mark)
+    side, above = int(np.ceil(SEPARATOR_CLEARANCE * height)), int(np.ceil(SEPARATOR_ABOVE * height))
+    window = pieces.labels[max(0, y - above) : y + h + side, max(0, x - side) : x + w + side]
+    others = np.zeros(len(pieces.stats), bool)
+    others[pieces.kept] = True
+    others[mark.labels] = False
+    return not others[window].any()
+
+
+def separator_mark(mark: Group) -> str:
+    """A comma is taller than wide (its tail); a point is round."""
+    return "," if mark.height > COMMA_ASPECT * mark.width else "."
+
+
+def picture_box(pieces: Pieces, group: Group) -> tuple[int, int, int, int]:
+    """A group's box (x, y, w, h) in the picture."""
+    stats = pieces.stats[group.labels]
+    x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
+    return x0, y0, int((stats[:, 0] + stats[:, 2]).max()) - x0, int((stats[:, 1] + stats[:, 3]).max()) - y0
+
+
+def along_overlap(a: Group, b: Group) -> float:
+    """How far two groups overlap along the writing direction, in pixels (0 if they do not)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+
+
+def box_distance(a: Group, b: Group) -> float:
+    dx = max(0.0, max(a.x0, b.x0) - min(a.x1, b.x1))
+    dy = max(0.0, max(a.top, b.top) - min(a.bottom, b.bottom))
+    return float(np.hypot(dx, dy))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. Digits: each group whole, or cut where neighbours touch
+
+
+@dataclass
+class Region:
+    """Some of the ink: a mask over a window of the picture, and what the classifier sees of it."""
+
+    x: int  # window origin in the picture (working resolution)
+    y: int
+    mask: np.ndarray  # (h, w) bool, cropped to the ink
+    image: np.ndarray  # (28, 28) uint8
+    width: float  # along the writing direction (deslanted)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.x, self.y, self.mask.shape[1], self.mask.shape[0]
+
+
+@dataclass
+class Cut:
+    left: Region
+    right: Region
+    ink: float  # stroke widths of ink the cut goes through
+
+
+def segment_and_classify(pieces: Pieces, groups: list[Group], height: float, slant: float,
+                         classify: Classifier) -> list[Digit]:
+    """Classify every group whole (one batch); then cut the wide ones at their candidate cuts, all halves in one
+    more batch, and keep a cut where its halves look like digits (choose_cut). A half still wide enough for two
+    digits is tried again, in a further round. A region the classifier is sure of (SURE_CONFIDENCE) and that is
+    not wider than one digit can be (SURE_WIDTH) is not tried: that saves the cuts' cost on most digits."""
+    regions = [region_of(pieces, group_mask(pieces, group), slant) for group in groups]
+    probabilities = np.asarray(classify(np.stack([r.image for r in regions])), np.float64)  # (N, 10)
+    done: list[tuple[Region, np.ndarray]] = []  # final digits, any order
+    for rounds in range(1, MAX_SPLIT_ROUNDS + 1):
+        wide = (SPLIT_MIN_WIDTH if rounds == 1 else SPLIT_AGAIN_WIDTH) * height
+        confidence = np.log(np.clip(probabilities.max(axis=1), 1e-12, 1.0))
+        cuts = [cut_candidates(pieces, r, slant, height)
+                if r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height) else []
+                for r, c in zip(regions, confidence)]
+        halves = [h.image for candidates in cuts for c in candidates for h in (c.left, c.right)]
+        if not halves or rounds == MAX_SPLIT_ROUNDS:
+            done += zip(regions, probabilities)
+            break
+        half_probabilities = np.asarray(classify(np.stack(halves)), np.float64)
+        half_confidence = np.log(np.clip(half_probabilities.max(axis=1), 1e-12, 1.0)).reshape(-1, 2)
+        next_regions, next_probabilities = [], []
+        index = 0
+        for region, p, c, candidates in zip(regions, probabilities, confidence, cuts):
+            chosen = choose_cut(candidates, half_confidence[index : index + len(candidates)], c)
+            if chosen is None:
+                done.append((region, p))
+            else:
+                j = index + chosen
+                next_regions += [candidates[chosen].left, candidates[chosen].right]
+                next_probabilities += [half_probabilities[2 * j], half_probabilities[2 * j + 1]]
+            index += len(candidates)
+        if len(done) + len(next_regions) > MAX_DIGITS:
+            raise too_many_digits(len(done) + len(next_regions))
+        if not next_regions:
+            break
+        regions, probabilities = next_regions, np.stack(next_probabilities)
+    done.sort(key=lambda item: along_line(item[0].box, slant))
+    return [Digit(region.box, region.image, p) for region, p in done]
+
+
+def choose_cut(candidates: list[Cut], scores: np.ndarray, whole: float) -> int | None:
+    """The index of the best cut, if it beats leaving the region whole. A cut scores the log-confidences of its two halves
+    (both must look like digits) less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that
+    is at least SPLIT_MARGIN above the whole's log-confidence. scores: (cuts, 2) log-confidences of the halves.
+    """
+    if not candidates:
+        return None
+    value = scores.sum(axis=1) - CUT_INK_COST * np.maximum(0.0, np.array([c.ink for c in candidates]) - 1.0)
+    best = int(np.argmax(value))
+    return best if value[best] - whole >= SPLIT_MARGIN else None
+
+
+def group_mask(pieces: Pieces, group: Group) -> tuple[int, int, np.ndarray]:
+    """(x, y, mask): the group's pixels in its box of the picture."""
+    stats = pieces.stats[group.labels]
+    x0, y0 = int(stats[:, 0].min()), int(stats[:, 1].min())
+    x1, y1 = int((stats[:, 0] + stats[:, 2]).max()), int((stats[:, 1] + stats[:, 3]).max())
+    lookup = np.zeros(len(pieces.stats), bool)
+    lookup[group.labels] = True
+    return x0, y0, lookup[pieces.labels[y0:y1, x0:x1]]
+
+
+def region_of(pieces: Pieces, where: tuple[int, int, np.ndarray], slant: float) -> Region:
+    """A Region for a mask at (x, y): cropped to its ink, with its digit image and deslanted width."""
+    x, y, mask = where
+    bx, by, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    mask = mask[by : by + h, bx : bx + w]
+    x, y = x + bx, y + by
+    rows = np.nonzero(mask.any(axis=1))[0]
+    first = np.argmax(mask[rows], axis=1)
+    last = w - 1 - np.argmax(mask[rows, ::-1], axis=1)
+    shift = slant * (y + rows)
+    width = float(np.max(last + shift) - np.min(first + shift) + 1)
+    return Region(x, y, mask, digit_image(pieces, mask, x, y), width)
+
+
+def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) -> list[Cut]:
+    """Ways to cut a region in two where neighbours touch: the least-ink paths from top to bottom.
+
+    In the deslanted picture of the region, a path starts at every CUT_STEP of the line height (away from the
+    ends) and runs down row by row, one column left or right at most per row and at most CUT_BAND from its
+    start, through as little ink as possible (dynamic programming). A path through the point where two digits
+    touch crosses only that point; one through a single digit crosses two strokes or more, or leaves a sliver
+    on one side. Paths crossing more than MAX_CUT_INK stroke widths of ink, or leaving a side lower than
+    MIN_HALF_HEIGHT x the line or lighter than MIN_HALF_MASS of the ink, are dropped.
+    """
+    sheared, origin = deslant(region, slant)  # (h, bins) bool; column c <-> x' = origin + c
+    h, bins = sheared.shape
+    columns = np.nonzero(sheared.any(axis=0))[0]
+    margin = int(SEGMENT_MIN_WIDTH * height)
+    starts = np.arange(columns[0] + margin, columns[-1] - margin + 1, max(1, int(CUT_STEP * height)))
+    if len(starts) == 0:
+        return []
+    stroke = stroke_width(region.mask)
+    # The search runs on at most CUT_ROWS rows: big writing is pooled (any ink in a block is ink), so a cut costs
+    # the same few milliseconds at any size; the path is then drawn at full size through its blocks' centres.
+    factor = max(1, int(np.ceil(h / CUT_ROWS)))
+    coarse = block_any(sheared, factor)
+    # A path stepping diagonally could slip between two diagonal pixels of a thin stroke without touching ink:
+    # each ink pixel also blocks its right neighbour.
+    blocked = coarse.copy()
+    blocked[:, 1:] |= coarse[:, :-1]
+    coarse_paths, costs = least_ink_paths(blocked, np.unique(starts // factor),
+                                          max(2, int(CUT_BAND * height / factor)), stroke / factor)
+    paths = np.repeat(coarse_paths * factor + factor // 2, factor, axis=1)[:, :h]  # (n, h) full-size columns
+    # Each pixel's deslanted column, to tell which side of a path (given per row) it is on.
+    rows = np.arange(h)[:, None]
+    own = np.floor(np.arange(region.mask.shape[1])[None, :] + region.x + slant * (rows + region.y) - origin)
+    total = int(region.mask.sum())
+    out, seen = [], set()
+    for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
+        if cost > MAX_CUT_INK:
+            break
+        # Paths that differ only where there is no ink cut the same way: one candidate each.
+        key = np.packbits(region.mask & (own < path[:, None])).tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        left = cut_sides(region.mask, own, path, factor // 2 + 1)
+        right = region.mask & ~left
+        sides = []
+        for side in (left, right):
+            area = int(side.sum())
+            if area < MIN_HALF_MASS * total:
+                break
+            bx, by, w, hh = cv2.boundingRect(side.astype(np.uint8))
+            if hh < MIN_HALF_HEIGHT * height:
+                break
+            sides.append(region_of(pieces, (region.x, region.y, side), slant))
+        if len(sides) == 2:
+            out.append(Cut(sides[0], sides[1], float(cost)))
+        if len(out) == MAX_CUT_CANDIDATES:
+            break
+    return out
+
+
+def cut_sides(mask: np.ndarray, own: np.ndarray, path: np.ndarray, reach: int) -> np.ndarray:
+    """The left side of a cut: (h, w) bool. The ink the path goes through is taken out, and every stroke that
+    remains goes whole to the side that holds most of it, so a path that clips the end of a neighbour's stroke
+    does not leave that end on the wrong side. The path's own ink goes to the side it lies on.
+
+    mask: (h, w) bool; own: (h, w) each pixel's deslanted column; path: (h,) the path's column per row; reach:
+    how many columns either side of the path are its ink (more when the path was found on pooled blocks).
+    """
+    left = own < path[:, None]
+    on_path = mask & (np.abs(own - path[:, None]) <= reach)
+    count, labels = cv2.connectedComponents((mask & ~on_path).astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask & left
+    votes = np.bincount(labels[mask & ~on_path], weights=left[mask & ~on_path], minlength=count)
+    sizes = np.bincount(labels[mask & ~on_path], minlength=count)
+    goes_left = votes * 2 > sizes  # (count,) per stroke: most of it left of the path
+    return (mask & ~on_path & goes_left[labels]) | (on_path & left)
+
+
+def deslant(region: Region, slant: float) -> tuple[np.ndarray, float]:
+    """The region's mask sheared upright (nearest pixel): (h, bins) bool, and the x' of its column 0."""
+    h, w = region.mask.shape
+    rows = np.arange(h)[:, None]
+    x_first = region.x + slant * region.y
+    origin = float(np.floor(x_first + min(0.0, slant * (h - 1))))
+    bins = int(np.ceil(w + abs(slant) * h)) + 2
+    source = np.floor(origin + np.arange(bins)[None, :] + 0.5 - slant * (rows + region.y) - region.x).astype(int)
+    inside = (source >= 0) & (source < w)
+    out = np.zeros((h, bins), bool)
+    out[inside] = region.mask[np.broadcast_to(rows, source.shape)[inside], source[inside]]
+    return out, origin
+
+
+def block_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """(h, w) bool -> (ceil(h / factor), ceil(w / factor)) bool: whether each factor x factor block has ink."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape
+    padded = np.pad(mask, ((0, -h % factor), (0, -w % factor)))
+    return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
+
+
+def least_ink_paths(blocked: np.ndarray, starts: np.ndarray, band: int, stroke: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each start column, the top-to-bottom path through blocked (h, bins) bool that crosses the fewest
+    strokes, moving at most one column per row and staying within `band` columns of the start.
+
+    Entering ink costs 1 (a stroke crossed); each ink pixel along the path costs CUT_INK_PIXEL_COST / stroke, so
+    a path may run down the seam where two digits touch along their sides (one entry, many pixels) but prefers a
+    short crossing; a sideways step costs CUT_STEP_COST / stroke, keeping paths straight where nothing is in
+    the way. Returns (paths (n, h) columns, costs (n,) in strokes crossed).
+    """
+    h, bins = blocked.shape
+    n = len(starts)
+    width = 2 * band + 1
+    offsets = np.arange(-band, band + 1)
+    columns = starts[:, None] + offsets[None, :]  # (n, width)
+    outside = (columns < 0) | (columns >= bins)
+    columns = np.clip(columns, 0, bins - 1)
+    ink = blocked[:, columns].astype(np.float32)  # (h, n, width)
+    pixel, step = CUT_INK_PIXEL_COST / stroke, CUT_STEP_COST / stroke
+    # What arriving at each state costs besides the path so far, by where it came from (all rows at once):
+    # entering ink from paper is a stroke crossed; a sideways step costs `step`; an outside state is a wall.
+    # Paper lies beyond both ends of the band, so a path coming from there enters any ink it meets.
+    padded = np.pad(ink, ((0, 0), (0, 0), (1, 1)))  # (h, n, width + 2): ink of the previous row's neighbours
+    arrive = np.empty((3, h, n, width), np.float32)  # from the left, from above, from the right
+    arrive[:, 1:] = ink[None, 1:] * (1 + pixel)
+    arrive[0, 1:] -= ink[1:] * padded[:-1, :, :-2]
+    arrive[1, 1:] -= ink[1:] * ink[:-1]
+    arrive[2, 1:] -= ink[1:] * padded[:-1, :, 2:]
+    arrive[0, 1:] += step
+    arrive[2, 1:] += step
+    arrive[:, :, outside] = np.inf
+    arrive[0, :, :, 0] = np.inf  # nothing left of the band
+    arrive[2, :, :, -1] = np.inf  # nothing right of it
+    cost = ink[0] * (1.0 + pixel) + step * np.abs(offsets)[None, :]
+    cost[outside] = np.inf
+    totals = np.empty((h, 3, n, width), np.float32)  # every row's three ways in, for the way back
+    for r in range(1, h):
+        ways = totals[r]
+        ways[0, :, 1:] = cost[:, :-1]
+        ways[0, :, 0] = np.inf
+        ways[1] = cost
+        ways[2, :, :-1] = cost[:, 1:]
+        ways[2, :, -1] = np.inf
+        ways += arrive[:, r]
+        cost = ways.min(axis=0)
+    end = np.argmin(cost, axis=1)
+    paths = np.empty((n, h), np.int64)
+    at = end
+    every = np.arange(n)
+    for r in range(h - 1, -1, -1):
+        paths[:, r] = at
+        if r:
+            at = at + np.argmin(totals[r][:, every, at], axis=0) - 1  # came from -1, 0 or +1
+    along = np.take_along_axis(ink.transpose(1, 0, 2), paths[:, :, None], 2)[:, :, 0]  # (n, h) ink on the path
+    crossings = along[:, 0] + np.sum(along[:, 1:] * (1 - along[:, :-1]), axis=1)
+    return np.take_along_axis(columns, paths, 1), crossings + pixel * along.sum(axis=1)
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """2 x area / perimeter of a (h, w) bool mask, in pixels: the width of its strokes."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    return max(1.0, 2.0 * float(mask.sum()) / max(perimeter, 1.0))
+
+
+def digit_image(pieces: Pieces, strokes: np.ndarray, x: int, y: int) -> np.ndarray:
+    """A digit's stroke pixels (h, w) bool at (x, y) of the ink map -> (28, 28) uint8, as to_mnist does it."""
+    ink = pieces.ink
+    height, width = ink.shape
+    h, w = strokes.shape
+    # Grow the window by one pixel for the anti-aliased fringe, as find_ink does.
+    x0, y0, x1, y1 = max(x - 1, 0), max(y - 1, 0), min(x + w + 1, width), min(y + h + 1, height)
+    grown = np.zeros((y1 - y0, x1 - x0), bool)
+    grown[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = strokes
+    soft = soft_ink(ink[y0:y1, x0:x1], grown, pieces.noise, pieces.threshold)
+    crop, _ = normalize_stroke_width(soft)
+    return centre_by_mass(fit_in_box(crop))
+
+
+def soft_ink(window: np.ndarray, strokes: np.ndarray, noise: float, threshold: float) -> np.ndarray:
+    """Anti-aliased ink (h, w) float32 in [0, 1] on the strokes and a one-pixel fringe: find_ink's mapping (the
+    noise floor -> 0, the strokes' typical contrast -> 1), for the strokes of one digit among several."""
+    fringe = cv2.dilate(strokes.astype(np.uint8), np.ones((3, 3), np.uint8))
+    low = max(SOFT_FLOOR_MIN, min(3.0 * noise, threshold / 2))
+    high = max(percentile_uint8(window[strokes], 75), threshold + 1.0)
+    return np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe

@@ -1,0 +1,274 @@
+"""deploy/k8s: each kustomization renders (`kubectl kustomize`), every object it renders is valid against the
+Kubernetes schemas (kubernetes-validate), checkov finds nothing it has not been told why to accept, and the
+manifests agree with the code: ports, settings, the health names the probes ask, GPUs where asked.
+
+Tools: kubectl (Debian: kubernetes-client), checkov in a virtual environment of its own (its pins clash with the
+project's; `make tools` or .ci/run installs it into ~/.cache/mnist-stack/tools/checkov, or set MNIST_CHECKOV).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+
+from inference.server import LIVENESS_SERVICE, SERVICE_NAME
+from shared import settings
+from tests.deploy.compose_model import REPO
+from tests.inference.conftest import health_status, publish, start_server
+
+K8S = REPO / "deploy" / "k8s"
+KUSTOMIZATIONS = {"cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu", "multinode": K8S / "multinode"}
+# The oldest Kubernetes these manifests are for (native gRPC probes are GA since 1.27), and the newest known.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+CHECKOV = os.environ.get("MNIST_CHECKOV") or str(Path.home() / ".cache/mnist-stack/tools/checkov/bin/checkov")
+WORKLOADS = ("Deployment", "Job")
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl is not installed (a kubectl 1.21 or newer, whose kustomize reads `labels` and `patches`)")
+    result = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    kustomize = json.loads(result.stdout or "{}").get("kustomizeVersion", "v0")
+    if int(kustomize.lstrip("v").split(".")[0]) < 4:
+        pytest.fail(f"{path} embeds kustomize {kustomize}; deploy/k8s needs v4 or newer (kubectl 1.21+; Debian 12's "
+                    "kubernetes-client is 1.20)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    out = {}
+    for name, folder in KUSTOMIZATIONS.items():
+        result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        out[name] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def container(workload: dict) -> dict:
+    (c,) = pod_spec(workload)["containers"]
+    return c
+
+
+def env(c: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tools: render, validate, scan
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(rendered, name, version):
+    assert rendered[name], f"{name} rendered nothing"
+    for obj in rendered[name]:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} is not valid for Kubernetes {version}: "
+                        f"{e.message} at {'.'.join(map(str, e.path))}")
+
+
+def test_schema_validation_does_reject_a_broken_object(rendered):
+    """Guards the test above: a field of the wrong type, and an unknown field, are refused."""
+    deployment = json.loads(json.dumps(find(rendered["cpu"], "Deployment", "inference")))
+    deployment["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+    deployment["spec"]["replicas"] = 3
+    container(deployment)["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def checkov(folder: Path) -> dict:
+    if not Path(CHECKOV).exists() and shutil.which(CHECKOV) is None:
+        pytest.skip(f"checkov is not installed at {CHECKOV} (make tools, or set MNIST_CHECKOV)")
+    result = subprocess.run([CHECKOV, "-d", str(folder), "--framework", "kubernetes", "--skip-download",
+                             "--output", "json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode in (0, 1), result.stderr  # 1: failed checks, read below
+    report = json.loads(result.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.fixture(scope="module")
+def checkov_report(rendered, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("rendered")
+    for name, objects in rendered.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump_all(objects))
+    return checkov(folder)
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_says_why(checkov_report):
+    results = checkov_report["results"]
+    failed = [f"{c['check_id']} {c['check_name']}: {c['resource']}" for c in results["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    assert results["passed_checks"], "checkov checked nothing"
+    for check in results["skipped_checks"]:
+        reason = (check["check_result"].get("suppress_comment") or "").strip()
+        assert len(reason) > 20, f"{check['check_id']} on {check['resource']} is skipped without a reason"
+
+
+def test_checkov_does_fail_an_insecure_manifest(rendered, tmp_path):
+    """Guards the test above: a root container with a writable root filesystem fails."""
+    deployment = json.loads(json.dumps(find(rendered["cpu"], "Deployment", "inference")))
+    container(deployment)["securityContext"] = {"readOnlyRootFilesystem": False, "allowPrivilegeEscalation": True}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(deployment))
+    failed = {c["check_id"] for c in checkov(tmp_path)["results"]["failed_checks"]}
+    assert {"CKV_K8S_20", "CKV_K8S_22"} <= failed, failed
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the manifests say
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_three_services_with_the_artifacts_volume_shared_read_write_many(rendered, name):
+    objects = rendered[name]
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {("Job", "trainer"), ("Deployment", "inference"), ("Service", "inference"),
+            ("Deployment", "tensorboard"), ("Service", "tensorboard"),
+            ("PersistentVolumeClaim", "artifacts")} <= kinds
+    assert find(objects, "PersistentVolumeClaim", "artifacts")["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"mnist-stack"}
+    for kind, workload in (("Job", "trainer"), ("Deployment", "inference"), ("Deployment", "tensorboard")):
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(find(objects, kind, workload))["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert "artifacts" in claims, workload
+        mounts = {m["mountPath"]: m for m in container(find(objects, kind, workload))["volumeMounts"]}
+        assert mounts["/artifacts"].get("readOnly", False) == (workload != "trainer"), workload  # one writer
+
+
+def test_only_the_gpu_overlay_gives_the_trainer_a_gpu(rendered):
+    gpu = container(find(rendered["gpu"], "Job", "trainer"))
+    cpu = container(find(rendered["cpu"], "Job", "trainer"))
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1 and env(gpu)[settings.ENV_DEVICE] == "cuda"
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and env(cpu)[settings.ENV_DEVICE] == "cpu"
+    for name in ("cpu", "gpu"):  # the rest is the same
+        assert container(find(rendered[name], "Deployment", "inference"))["resources"]["limits"].keys() == {
+            "cpu", "memory"}
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_every_container_is_non_root_read_only_and_has_resources(rendered, name):
+    for workload in (o for o in rendered[name] if o["kind"] in WORKLOADS):
+        spec = pod_spec(workload)
+        where = f"{name}: {workload['kind']}/{workload['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] >= 10000
+        assert spec["automountServiceAccountToken"] is False, where
+        for c in spec["containers"]:
+            security = c["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert {"cpu", "memory"} <= c["resources"]["requests"].keys() <= c["resources"]["limits"].keys(), where
+            # With a read-only root, /tmp must be a volume (matplotlib's cache, TensorBoard, metrics files).
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}, where
+            unknown = {k for k in env(c) if k.startswith("MNIST_")} - {
+                getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
+            assert not unknown, f"{where}: {unknown} are not variables of shared/settings.py"
+
+
+def test_inference_runs_three_replicas_behind_a_headless_service_with_metrics_annotated(rendered):
+    objects = rendered["cpu"]
+    deployment = find(objects, "Deployment", "inference")
+    assert deployment["spec"]["replicas"] == 3
+    c = container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    grpc_port = int(env(c)[settings.ENV_GRPC_ADDRESS].rsplit(":", 1)[1])
+    metrics_port = int(env(c)[settings.ENV_METRICS_ADDRESS].rsplit(":", 1)[1])
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert (grpc_port, metrics_port) == (settings.DEFAULT_GRPC_PORT, settings.DEFAULT_METRICS_PORT)
+    service = find(objects, "Service", "inference")
+    assert service["spec"]["clusterIP"] == "None"  # headless: DNS gives clients every pod
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port}
+    for annotated in (deployment["spec"]["template"]["metadata"], service["metadata"]):
+        annotations = annotated["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics_port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_probes_are_native_grpc_on_the_health_service(rendered):
+    c = container(find(rendered["cpu"], "Deployment", "inference"))
+    grpc_port = int(env(c)[settings.ENV_GRPC_ADDRESS].rsplit(":", 1)[1])
+    assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
+    assert c["startupProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
+    assert c["readinessProbe"]["grpc"] == {"port": grpc_port, "service": SERVICE_NAME}
+
+
+def test_the_health_names_the_probes_ask_answer_as_the_probes_need(rendered, tmp_path, mnist_dir):
+    """Liveness must hold while the trainer has not published (or the pod would be restarted in a loop for as
+    long as the first training takes); readiness must not."""
+    c = container(find(rendered["cpu"], "Deployment", "inference"))
+    live, ready = c["livenessProbe"]["grpc"]["service"], c["readinessProbe"]["grpc"]["service"]
+    running = start_server(tmp_path / "artifacts", mnist_dir, poll_interval=0.05)
+    try:
+        assert health_status(running, live) == health_pb2.HealthCheckResponse.SERVING
+        assert health_status(running, ready) == health_pb2.HealthCheckResponse.NOT_SERVING
+        publish(running.artifacts, "v1", seed=1)
+        assert running.server.store.wait_for_version("v1", timeout=10) is not None
+        assert health_status(running, ready) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.channel.close()
+        running.server.stop(grace=0)
+
+
+def test_tensorboard_serves_the_runs_on_its_port(rendered):
+    objects = rendered["cpu"]
+    c = container(find(objects, "Deployment", "tensorboard"))
+    assert c["command"][c["command"].index("--port") + 1] == str(settings.DEFAULT_TENSORBOARD_PORT)
+    assert c["command"][c["command"].index("--logdir") + 1] == str(settings.Paths(Path("/artifacts")).runs)
+    service = find(objects, "Service", "tensorboard")
+    assert service["spec"]["ports"][0]["port"] == settings.DEFAULT_TENSORBOARD_PORT
+
+
+def test_multinode_training_is_an_indexed_job_whose_pods_find_the_rendezvous(rendered):
+    objects = rendered["multinode"]
+    job = find(objects, "Job", "trainer-multinode")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    pods = pod_spec(job)
+    service = find(objects, "Service", pods["subdomain"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    c = container(job)
+    command = c["command"]
+    assert command[0] == "torchrun" and command[-2:] == ["-m", "trainer"]
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+    assert int(flags["nnodes"]) == spec["completions"]
+    # Pod 0 of an Indexed Job is <job>-0, and in the subdomain's DNS <job>-0.<subdomain>.
+    host, port = flags["rdzv-endpoint"].rsplit(":", 1)
+    assert host == f"{job['metadata']['name']}-0.{pods['subdomain']}"
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert flags["rdzv-backend"] == "c10d"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == int(flags["nproc-per-node"])
+
+
+def test_the_docs_commands_name_kustomizations_that_exist():
+    docs = (REPO / "docs" / "operations.md").read_text()
+    for line in docs.splitlines():
+        words = shlex.split(line.strip()) if line.strip().startswith("kubectl apply -k") else []
+        if words:
+            assert (REPO / words[3]).is_dir(), line

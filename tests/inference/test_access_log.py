@@ -1,0 +1,114 @@
+"""The access log over a real channel: one line per call with its fields, and the request id that ties a call's
+lines together, taken from the caller when sane, made up otherwise, and returned in the response metadata."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import grpc
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+
+from inference.access_log import REQUEST_ID_KEY, RequestIdFilter
+from inference.logs import JsonFormatter, TextFormatter
+
+MADE_UP = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.fixture
+def access_lines(caplog):
+    """The access log's records (logger inference.access) of this test, with their fields."""
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(RequestIdFilter())
+    return lambda: [r for r in caplog.records if r.name == "inference.access"]
+
+
+def returned_id(call) -> str:
+    ids = [value for key, value in call.initial_metadata() if key == REQUEST_ID_KEY]
+    assert len(ids) == 1, call.initial_metadata()
+    return ids[0]
+
+
+def test_a_sane_request_id_is_returned_and_written_in_the_access_line(module_server, digit_pngs, access_lines):
+    png = digit_pngs[0][1]
+    _, call = module_server.stub.Predict.with_call(pb.PredictRequest(image=png), timeout=10,
+                                                   metadata=((REQUEST_ID_KEY, "req-42.a:b_c"),))
+    assert returned_id(call) == "req-42.a:b_c"
+    (line,) = [r for r in access_lines() if r.access["request_id"] == "req-42.a:b_c"]
+    fields = line.access
+    assert fields["method"] == "Predict" and fields["code"] == "OK"
+    assert fields["image_bytes"] == len(png) and fields["images"] == 1
+    assert fields["model_version"] == "v1"
+    assert fields["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
+    assert fields["latency_ms"] > 0
+    assert "request_id=req-42.a:b_c" in line.getMessage()
+
+
+@pytest.mark.parametrize("supplied", [
+    "has space", "a" * 129, "<script>alert(1)</script>", "../../etc/passwd", "-leading-dash", "semi;colon",
+    "quote\"d", "{\"json\": 1}", "%0d%0aforged=1",
+])
+def test_a_malformed_request_id_is_replaced_not_echoed(module_server, digit_pngs, access_lines, caplog, supplied):
+    _, call = module_server.stub.Predict.with_call(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10,
+                                                   metadata=((REQUEST_ID_KEY, supplied),))
+    replaced = returned_id(call)
+    assert replaced != supplied and MADE_UP.fullmatch(replaced)
+    assert [r.access["request_id"] for r in access_lines()] == [replaced]
+    assert supplied not in caplog.text
+
+
+def test_a_call_without_a_request_id_gets_a_new_one_each_time(module_server, digit_pngs, access_lines):
+    ids = []
+    for _ in range(2):
+        _, call = module_server.stub.Predict.with_call(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
+        ids.append(returned_id(call))
+    assert all(MADE_UP.fullmatch(i) for i in ids) and ids[0] != ids[1]
+    assert [r.access["request_id"] for r in access_lines()] == ids
+
+
+def test_a_refused_call_has_one_access_line_and_its_other_lines_carry_the_same_id(module_server, access_lines,
+                                                                                    caplog):
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.Predict.with_call(pb.PredictRequest(image=b"not a picture"), timeout=10,
+                                             metadata=((REQUEST_ID_KEY, "bad-image-1"),))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(e.value.initial_metadata())[REQUEST_ID_KEY] == "bad-image-1"
+    (line,) = access_lines()
+    assert line.access["code"] == "INVALID_ARGUMENT" and line.access["image_bytes"] == len(b"not a picture")
+    about_the_call = [r for r in caplog.records if r.name != "inference.access"]
+    assert about_the_call and {r.request_id for r in about_the_call} == {"bad-image-1"}
+
+
+def test_the_json_format_has_the_access_fields_as_keys(module_server, digit_pngs):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[digit_pngs[0][1], b""]), timeout=10,
+                                        metadata=((REQUEST_ID_KEY, "batch-7"),))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (access,) = [e for e in entries if e["logger"] == "inference.access"]
+    assert access["method"] == "PredictBatch" and access["code"] == "OK" and access["images"] == 2
+    assert access["request_id"] == "batch-7" and access["model_version"] == "v1"
+    assert {"time", "level", "latency_ms", "image_bytes", "peer"} <= access.keys()
+    # The bad image's own line (logged by the servicer during the call) carries the call's id too.
+    assert any(e["request_id"] == "batch-7" and e["logger"] != "inference.access" for e in entries)
+
+
+def test_the_text_format_ends_a_line_about_a_call_with_its_id():
+    record = logging.LogRecord("inference.service", logging.INFO, __file__, 1, "Predict -> INVALID_ARGUMENT", (),
+                               None)
+    record.request_id = "abc"
+    assert TextFormatter().format(record).endswith("Predict -> INVALID_ARGUMENT request_id=abc")

@@ -1,0 +1,156 @@
+"""`python -m inference.models`: list, promote, rollback, prune, on a real models folder and with a real server
+that swaps in what they choose."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shared.checkpoint import HISTORY_NAME, MANIFEST_NAME, publish_model, read_history, read_manifest
+from shared.settings import Paths
+
+from inference.models import main as models_main
+from tests.inference.conftest import model_payload, publish
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    """v1 and v2 published in turn (v2 served), v3 stored but not served."""
+    root = tmp_path / "artifacts"
+    publish(root, "v1", seed=1)
+    publish(root, "v2", seed=2)
+    publish_model(Paths(root).models, version="v3", model_payload=model_payload(3), serve=False)
+    return root
+
+
+def run(artifacts, *argv: str) -> int:
+    return models_main(["--artifacts-dir", str(artifacts), *argv])
+
+
+def served(artifacts) -> str:
+    return read_manifest(Paths(artifacts).models).version
+
+
+def folder_state(artifacts) -> dict[str, bytes]:
+    models = Paths(artifacts).models
+    return {p.name: p.read_bytes() for p in sorted(models.iterdir())}
+
+
+def test_list_shows_every_version_newest_first_and_marks_the_served_one(artifacts, capsys):
+    assert run(artifacts, "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["version", "created"]
+    rows = [line.split() for line in lines[1:]]
+    assert [row[1] if row[0] == "*" else row[0] for row in rows] == ["v3", "v2", "v1"]
+    assert [row[0] == "*" for row in rows] == [False, True, False]
+    assert "10.20%" in lines[2]  # v2's recorded val_accuracy
+    assert run(artifacts, "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["served"]) for v in listed] == [("v3", False), ("v2", True), ("v1", False)]
+    assert all(len(v["sha256"]) == 64 and v["size"] > 0 and v["checksum_recorded"] for v in listed)
+
+
+def test_promote_serves_a_version_and_records_it(artifacts, capsys):
+    assert run(artifacts, "promote", "v3") == 0
+    assert "now serving v3" in capsys.readouterr().out
+    assert served(artifacts) == "v3"
+    assert [(e["event"], e["version"]) for e in read_history(Paths(artifacts).models)] == [
+        ("publish", "v1"), ("publish", "v2"), ("promote", "v3")]
+    assert run(artifacts, "promote", "v3") == 0  # again: nothing to do, and said so
+    assert "already the served version" in capsys.readouterr().out
+    assert len(read_history(Paths(artifacts).models)) == 3
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "NaN weights", "manifest garbage"])
+def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys, damage):
+    import torch
+
+    models = Paths(artifacts).models
+    if damage == "flipped byte":
+        data = bytearray((models / "v3.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (models / "v3.pt").write_bytes(bytes(data))
+    elif damage == "truncated":
+        (models / "v3.pt").write_bytes((models / "v3.pt").read_bytes()[:1000])
+    elif damage == "NaN weights":  # a model whose checksum is right but whose output is not finite
+        (models / "v3.pt").unlink()
+        (models / "v3.json").unlink()
+        payload = model_payload(3)
+        payload["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                            for k, v in payload["model"].items()}
+        publish_model(models, version="v3", model_payload=payload, serve=False)
+    else:
+        (models / "v3.json").write_bytes(b"\x00garbage")
+    before = folder_state(artifacts)
+    assert run(artifacts, "promote", "v3") == 1
+    err = capsys.readouterr().err
+    assert "v3" in err and "Nothing was changed" in err
+    assert folder_state(artifacts) == before
+    assert served(artifacts) == "v2"
+
+
+def test_promote_of_an_unknown_version_says_how_to_list_them(artifacts, capsys):
+    before = folder_state(artifacts)
+    assert run(artifacts, "promote", "v9") == 1
+    assert "no model version 'v9'" in capsys.readouterr().err
+    assert run(artifacts, "promote", "../models/v1") == 1
+    assert folder_state(artifacts) == before
+
+
+def test_rollback_walks_back_through_what_was_served(artifacts, capsys):
+    assert run(artifacts, "promote", "v3") == 0
+    assert run(artifacts, "rollback") == 0
+    assert served(artifacts) == "v2"
+    assert "rolled back to v2" in capsys.readouterr().out
+    assert run(artifacts, "rollback") == 0
+    assert served(artifacts) == "v1"
+    before = folder_state(artifacts)
+    assert run(artifacts, "rollback") == 1  # v1 was the first: nothing before it
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert folder_state(artifacts) == before
+    assert run(artifacts, "promote", "v3") == 0
+    assert run(artifacts, "rollback") == 0
+    assert served(artifacts) == "v1"  # undoes the promote, back to where it was
+
+
+def test_rollback_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys):
+    models = Paths(artifacts).models
+    (models / "v1.pt").write_bytes(b"garbage")
+    before = folder_state(artifacts)
+    assert run(artifacts, "rollback") == 1
+    assert "v1" in capsys.readouterr().err
+    assert folder_state(artifacts) == before
+
+
+def test_prune_keeps_the_newest_and_never_the_served_one(artifacts, capsys):
+    publish_model(Paths(artifacts).models, version="v4", model_payload=model_payload(4), serve=False)
+    assert run(artifacts, "prune", "--keep", "1", "--dry-run") == 0
+    assert "would remove" in capsys.readouterr().out
+    assert {p.name for p in Paths(artifacts).models.glob("*.pt")} == {"v1.pt", "v2.pt", "v3.pt", "v4.pt"}
+    assert run(artifacts, "prune", "--keep", "1") == 0
+    models = Paths(artifacts).models
+    # v4 is the newest, v2 is served (though older than v3): both stay, with their manifests.
+    assert {p.name for p in models.iterdir()} == {"v4.pt", "v4.json", "v2.pt", "v2.json", MANIFEST_NAME,
+                                                  HISTORY_NAME}
+    assert served(artifacts) == "v2"
+
+
+def test_a_running_server_swaps_in_what_promote_chose(artifacts, serve):
+    running = serve(artifacts)
+    assert running.server.store.current.version == "v2"
+    assert run(artifacts, "promote", "v3") == 0
+    assert running.server.store.wait_for_version("v3", timeout=10) is not None
+    assert run(artifacts, "rollback") == 0
+    assert running.server.store.wait_for_version("v2", timeout=10) is not None
+
+
+def test_the_command_line_runs_as_a_module(artifacts):
+    result = subprocess.run([sys.executable, "-m", "inference.models", "--artifacts-dir", str(artifacts), "list"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "v2" in result.stdout and "*" in result.stdout

@@ -1,0 +1,140 @@
+"""Model versions over a real channel: ListModels, and Predict / PredictBatch / Evaluate pinned to a version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.checkpoint import publish_model, read_manifest
+from shared.settings import Paths
+
+from tests.inference.conftest import model_payload, publish
+
+
+@pytest.fixture
+def three_versions(serve, tmp_path):
+    """A server whose models/ holds v1 (seed 1), v2 (seed 2, stored but never served) and v3 (seed 3, served)."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    publish_model(Paths(artifacts).models, version="v2", model_payload=model_payload(2), serve=False)
+    publish(artifacts, "v3", seed=3)
+    running = serve(artifacts)
+    assert running.server.store.current.version == "v3"
+    return running
+
+
+def probabilities(response) -> np.ndarray:
+    return np.array(response.prediction.probabilities)
+
+
+def test_list_models_describes_every_version_and_marks_the_served_one(three_versions):
+    response = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m.version for m in response.models] == ["v3", "v2", "v1"]  # newest first
+    assert response.served_version == "v3"
+    assert [m.served for m in response.models] == [True, False, False]
+    models = Paths(three_versions.artifacts).models
+    for m in response.models:
+        data = (models / f"{m.version}.pt").read_bytes()
+        assert m.size_bytes == len(data) and m.sha256 == hashlib.sha256(data).hexdigest()
+        assert m.checksum_recorded and not m.problem
+        assert m.arch == "compact" and m.created_at.endswith("Z")
+        seed = int(m.version[1])
+        assert m.metrics["val_accuracy"] == pytest.approx(0.1 + seed / 1000)
+        assert m.run_name == f"test-run-{seed}"
+
+
+def test_a_version_published_before_per_version_manifests_is_listed_with_its_checksum_computed(three_versions):
+    models = Paths(three_versions.artifacts).models
+    (models / "v1.json").unlink()
+    response = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    (v1,) = [m for m in response.models if m.version == "v1"]
+    assert not v1.checksum_recorded
+    assert v1.sha256 == hashlib.sha256((models / "v1.pt").read_bytes()).hexdigest()
+    assert v1.metrics["val_accuracy"] == pytest.approx(0.101)
+
+
+def test_predict_batch_and_evaluate_use_the_pinned_version(three_versions, digit_pngs):
+    stub = three_versions.stub
+    png = digit_pngs[0][1]
+    served = stub.Predict(pb.PredictRequest(image=png), timeout=10)
+    assert served.model_version == "v3"
+    for version in ("v1", "v2", "v3"):
+        pinned = stub.Predict(pb.PredictRequest(image=png, model_version=version), timeout=10)
+        assert pinned.model_version == version
+        batch = stub.PredictBatch(pb.PredictBatchRequest(images=[png], model_version=version), timeout=10)
+        assert batch.model_version == version
+        np.testing.assert_allclose(batch.results[0].prediction.probabilities, pinned.prediction.probabilities,
+                                   atol=1e-6)
+    # Different weights give different answers: the pin is real, not a relabelled served model.
+    v1 = stub.Predict(pb.PredictRequest(image=png, model_version="v1"), timeout=10)
+    assert not np.allclose(probabilities(v1), probabilities(served), atol=1e-3)
+    evaluation = stub.Evaluate(pb.EvaluateRequest(model_version="v2", omit_heatmap=True), timeout=60)
+    assert evaluation.model_version == "v2" and evaluation.count == 10_000
+    # Pinning did not change what is served.
+    assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).version == "v3"
+    assert stub.Predict(pb.PredictRequest(image=png), timeout=10).model_version == "v3"
+
+
+@pytest.mark.parametrize("version", ["v9", "../artifacts/models/v1", "/etc/passwd", "LATEST", "HISTORY",
+                                     ".hidden", "v1.pt", "x" * 5000, "v1\x00"])
+def test_a_bad_model_version_is_not_found(three_versions, digit_pngs, version):
+    stub = three_versions.stub
+    for method, request in ((stub.Predict, pb.PredictRequest(image=digit_pngs[0][1], model_version=version)),
+                            (stub.PredictBatch, pb.PredictBatchRequest(images=[digit_pngs[0][1]],
+                                                                       model_version=version)),
+                            (stub.Evaluate, pb.EvaluateRequest(model_version=version, omit_heatmap=True))):
+        with pytest.raises(grpc.RpcError) as e:
+            method(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+        assert "not published" in e.value.details() and "ListModels" in e.value.details()
+        assert len(e.value.details()) < 400  # the name is quoted cut short, never echoed whole
+    # The server goes on serving.
+    assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).model_version == "v3"
+
+
+def test_a_damaged_pinned_version_fails_its_checks_and_the_server_keeps_serving(three_versions, digit_pngs):
+    models = Paths(three_versions.artifacts).models
+    data = bytearray((models / "v1.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the recorded checksum no longer matches
+    (models / "v1.pt").write_bytes(bytes(data))
+    stub = three_versions.stub
+    for _ in range(2):  # the second answer comes from the remembered failure, with the same reason
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v1"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "checksum mismatch" in e.value.details()
+    assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).model_version == "v3"
+    assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v2"), timeout=10).model_version == "v2"
+
+
+def test_pinned_versions_are_cached_least_recently_used_first_out(serve, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    for seed in range(1, 5):
+        publish(artifacts, f"v{seed}", seed=seed)
+    running = serve(artifacts, pinned_cache_size=2)
+    store = running.server.store
+    first = store.model_for("v1")
+    assert store.model_for("v1") is first  # a hit: the same loaded model, not a second load
+    store.model_for("v2")
+    store.model_for("v1")  # v1 is now the most recently used
+    store.model_for("v3")  # evicts v2
+    assert store.model_for("v1") is first
+    assert list(store._pinned) == ["v3", "v1"]
+    assert store.model_for("v4") is store.current  # the served version is never loaded twice
+
+
+def test_list_models_with_nothing_published_is_empty(serve):
+    running = serve()
+    response = running.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert list(response.models) == [] and response.served_version == ""
+
+
+def test_the_trainer_style_manifest_and_the_version_manifest_agree(three_versions):
+    models = Paths(three_versions.artifacts).models
+    assert json.loads((models / "v3.json").read_text()) == json.loads((models / "LATEST.json").read_text())
+    assert read_manifest(models).version == "v3"

@@ -1,0 +1,57 @@
+"""Bad input to ReadNumber: every picture of tests/reliability/test_bad_input.py's table through ReadNumber.
+
+A picture Predict refuses is refused by ReadNumber with the same status and the same message (they share the
+decoding and its checks); an unusual but valid picture is read (the served model here is random, so what digits
+come back does not matter) or refused cleanly as INVALID_ARGUMENT. Never INTERNAL, nothing logged as an error,
+and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+
+from tests.reliability.test_bad_input import (  # noqa: F401 - fixtures used by the tests below
+    IMAGE_KINDS,
+    INVALID,
+    OK,
+    assert_no_logged_errors,
+    assert_still_serving,
+    built,
+    digit,
+    image_kind_params,
+    log,
+)
+
+
+@pytest.mark.parametrize("name", list(image_kind_params()))
+def test_read_number(limited_server, built, digit_pngs, log, name):  # noqa: F811
+    kind, data = IMAGE_KINDS[name], built[name]
+    stub = limited_server.stub
+    if kind.expect == OK:
+        try:
+            response = stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30)
+            assert 1 <= len(response.digits) <= 12 and len(response.per_digit) == len(response.digits)
+            assert response.model_version == "v1" and response.width > 0 and response.height > 0
+        except grpc.RpcError as e:
+            assert e.code() == INVALID, e.details()
+    else:
+        with pytest.raises(grpc.RpcError) as read:
+            stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30)
+        with pytest.raises(grpc.RpcError) as predicted:
+            stub.Predict(pb.PredictRequest(image=data), timeout=30)
+        assert read.value.code() == predicted.value.code() == kind.expect, read.value.details()
+        assert kind.says.lower() in read.value.details().lower()
+        if "blank" not in kind.says:  # a blank picture is "no digit found" to ReadNumber, with its own advice
+            assert read.value.details() == predicted.value.details()
+    assert_still_serving(limited_server, digit_pngs[0][1])
+    assert_no_logged_errors(log)
+
+
+def test_read_number_request_that_is_no_protobuf(limited_server, log):  # noqa: F811
+    with pytest.raises(grpc.RpcError) as e:
+        limited_server.channel.unary_unary("/mnist.v1.Inference/ReadNumber")(b"\x0a\xff\xff\xff\xff\x0f", timeout=30)
+    assert e.value.code() == INVALID and "not a valid mnist.v1.ReadNumberRequest" in e.value.details()
+    assert_no_logged_errors(log)

@@ -1,0 +1,100 @@
+"""The publish gate (`--publish if-better|always|never`): a run replaces the served model only when it beats it
+on the same validation images, and its last line says what was decided and why."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from shared.checkpoint import publish_model, read_manifest, read_version_manifest
+from shared.settings import Paths
+from trainer.__main__ import main as trainer_main
+
+from tests.inference.conftest import model_payload
+
+TINY = ["--eval-subset", "1000", "--batch-size", "100", "--device", "cpu", "--no-download"]
+
+
+def train(artifacts, mnist_dir, *extra: str) -> int:
+    return trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory, mnist_dir):
+    """An artifacts folder serving a decently trained model (2 epochs on 3,000 images)."""
+    root = tmp_path_factory.mktemp("good")
+    assert train(root, mnist_dir, "--train-subset", "3000", "--epochs", "2", "--run-name", "good") == 0
+    assert read_manifest(Paths(root).models).version == "good-e002"
+    return root
+
+
+@pytest.fixture
+def served_good(good_model, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(Paths(good_model).models, Paths(root).models)
+    return root
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def models_state(root) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Paths(root).models.iterdir())}
+
+
+def test_a_worse_run_is_kept_but_not_served(served_good, mnist_dir, capsys):
+    before = read_manifest(Paths(served_good).models)
+    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "careless") == 0
+    line = last_line(capsys)
+    assert line.startswith("not published: validation accuracy ")
+    assert "does not beat" in line and "of the published model good-e002" in line
+    assert "on the same 1,000 validation images (split seed 0)" in line
+    assert "Kept as version careless-e001" in line and "inference.models promote careless-e001" in line
+    models = Paths(served_good).models
+    assert read_manifest(models) == before  # still serving the good model
+    assert read_version_manifest(models, "careless-e001") is not None  # there to try, or promote by hand
+
+
+def test_a_better_run_is_published(tmp_path, mnist_dir, capsys):
+    root = tmp_path / "artifacts"
+    publish_model(Paths(root).models, version="random", model_payload=model_payload(1))  # untrained: ~10 %
+    assert train(root, mnist_dir, "--train-subset", "1000", "--epochs", "1", "--run-name", "better") == 0
+    line = last_line(capsys)
+    assert line.startswith("published model better-e001 to ")
+    assert "beats" in line and "of the published model random on the same 1,000 validation images" in line
+    assert read_manifest(Paths(root).models).version == "better-e001"
+
+
+def test_the_first_model_is_published(tmp_path, mnist_dir, capsys):
+    assert train(tmp_path, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "first") == 0
+    assert last_line(capsys).endswith("no model was published before")
+    assert read_manifest(Paths(tmp_path).models).version == "first-e001"
+
+
+def test_a_model_validated_on_another_split_is_not_compared(tmp_path, mnist_dir, capsys):
+    root = tmp_path / "artifacts"
+    publish_model(Paths(root).models, version="other-split",
+                  model_payload={**model_payload(1), "split_seed": 7})
+    assert train(root, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "r") == 0
+    line = last_line(capsys)
+    assert line.startswith("not published: the published model other-split was validated on another split")
+    assert "split seed 7" in line
+    assert read_manifest(Paths(root).models).version == "other-split"
+
+
+def test_publish_always_replaces_even_a_better_model(served_good, mnist_dir, capsys):
+    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "forced",
+                 "--publish", "always") == 0
+    assert last_line(capsys).endswith("(sha256 " + read_manifest(Paths(served_good).models).sha256[:12]
+                                      + "): --publish always")
+    assert read_manifest(Paths(served_good).models).version == "forced-e001"
+
+
+@pytest.mark.parametrize("flag", [["--publish", "never"], ["--no-publish"]])
+def test_publish_never_writes_nothing(served_good, mnist_dir, capsys, flag):
+    before = models_state(served_good)
+    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "n", *flag) == 0
+    assert last_line(capsys) == "not published (--publish never)"
+    assert models_state(served_good) == before
