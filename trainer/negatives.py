@@ -1,6 +1,6 @@
 """Pictures that are not digits, made by the trainer for outlier exposure: every run draws its own.
 
-Six kinds, each drawn on a canvas of 64-128 pixels, dark ink on light paper, and then put through the very
+Seven kinds, each drawn on a canvas of 64-128 pixels, dark ink on light paper, and then put through the very
 pipeline users' pictures go through (shared.image_pipeline.to_mnist_array: ink found, cropped, stroke width
 normalized, 20x20 box, centred by mass), so they look like what the server hands the model:
 
@@ -10,6 +10,8 @@ normalized, 20x20 box, centred by mass), so they look like what the server hands
 - strokes: three to six random curves (quadratic Beziers) across the canvas
 - shapes: squares, rectangles, triangles, polygons, stars, filled discs, crosses (never an empty ring: a zero)
 - doodles: hearts, spirals, zigzags, waves, grids (#), houses, suns
+- sketches: blobs with marks inside (faces, fruit), lines with a head (arrows, pointers), long looping
+  strokes, clouds and flowers
 - crossed_out: a training digit scratched out by a zigzag or hatching
 
 The tests' negatives (testkit/not_digits.py) are made by other code, in other fonts, and of other kinds
@@ -29,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shared.image_pipeline import ImageRejected, to_mnist_array
 
-KINDS = ("glyphs", "words", "strokes", "shapes", "doodles", "crossed_out")
+KINDS = ("glyphs", "words", "strokes", "shapes", "doodles", "sketches", "crossed_out")
 
 # Letters and symbols a person would not read as a digit. Left out: O o Q D (0), l I i j | ! / \\ ( ) [ ] (1),
 # Z z (2), S s (5), b G (6), T (7), B ß (8), g q a (9), thin marks (- _ ~ ' , .), and the digits themselves.
@@ -141,12 +143,13 @@ def shape(rng: np.random.Generator, side: int) -> np.ndarray:
     return canvas
 
 
-def doodle(rng: np.random.Generator, side: int) -> np.ndarray:
+def doodle(rng: np.random.Generator, side: int, sketch: bool = False) -> np.ndarray:
+    """A doodle (kinds 0-6), or with `sketch` a sketch (kinds 7-10)."""
     canvas = np.zeros((side, side), np.float32)
     width = _pen(side, rng)
     c = np.array([side / 2, side / 2])
     r = side * 0.38
-    kind = rng.integers(7)
+    kind = rng.integers(7, 11) if sketch else rng.integers(7)
     t = np.linspace(0, 1, 200)
     if kind == 0:  # heart
         a = t * 2 * math.pi
@@ -172,6 +175,40 @@ def doodle(rng: np.random.Generator, side: int) -> np.ndarray:
     elif kind == 5:  # house
         pts = c + np.array([[-r, 0], [-r, r], [r, r], [r, 0], [0, -r], [-r, 0], [r, 0]]) * 0.9
         _polyline(canvas, pts, width)
+    elif kind == 7:  # a closed blob (a ring, wobbly or not) with two to four marks inside: a face, a fruit, a pie
+        a = t * 2 * math.pi
+        wobble = 1 + sum(rng.uniform(-0.12, 0.12) * np.sin(k * a + rng.uniform(0, 6)) for k in (2, 3))
+        squash = rng.uniform(0.75, 1.0)
+        _polyline(canvas, c + np.stack([np.cos(a) * wobble, np.sin(a) * wobble * squash], 1) * r, width,
+                  closed=True)
+        for _ in range(int(rng.integers(2, 5))):
+            m = c + rng.uniform(-0.45, 0.45, 2) * r
+            if rng.uniform() < 0.5:  # a dot
+                cv2.circle(canvas, (int(m[0]), int(m[1])), max(1, int(width * rng.uniform(0.8, 1.6))), 1.0, -1,
+                           cv2.LINE_AA)
+            else:  # a short stroke or arc
+                b = rng.uniform(0, 2 * math.pi) + np.linspace(0, rng.uniform(-2, 2), 12)
+                _polyline(canvas, m + np.stack([np.cos(b), np.sin(b)], 1) * r * rng.uniform(0.1, 0.3), width)
+    elif kind == 8:  # a line or a bent line with a head: an arrow, a pointer
+        angle = rng.uniform(0, 2 * math.pi)
+        d = np.array([math.cos(angle), math.sin(angle)]) * r
+        pts = [c - d, c + d]
+        if rng.uniform() < 0.4:
+            pts.insert(1, c + np.array([-d[1], d[0]]) * rng.uniform(-0.6, 0.6))
+        _polyline(canvas, np.array(pts), width)
+        back = math.atan2(pts[-2][1] - pts[-1][1], pts[-2][0] - pts[-1][0])
+        for side in (-1, 1):
+            h = back + side * rng.uniform(0.4, 0.8)
+            _polyline(canvas, np.stack([pts[-1], pts[-1] + np.array([math.cos(h), math.sin(h)]) * r * 0.45]), width)
+    elif kind == 9:  # one long smooth stroke: a sum of sinusoids (a loop-the-loop, a signature)
+        x = sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
+        y = sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
+        _polyline(canvas, c + np.stack([x, y], 1) / max(1e-6, np.abs(np.stack([x, y])).max()) * r, width)
+    elif kind == 10:  # a cloud, a flower: bumps round a centre
+        a = t * 2 * math.pi
+        bumps = int(rng.integers(4, 9))
+        radius = r * (0.75 + 0.25 * np.abs(np.sin(a * bumps / 2)))
+        _polyline(canvas, c + np.stack([np.cos(a), np.sin(a)], 1) * radius[:, None], width, closed=True)
     else:  # sun: a disc and rays
         cv2.circle(canvas, (int(c[0]), int(c[1])), int(r * 0.4), 1.0, -1, cv2.LINE_AA)
         for a in np.linspace(0, 2 * math.pi, int(rng.integers(6, 12)), endpoint=False):
@@ -210,6 +247,7 @@ def draw(kind: str, rng: np.random.Generator, digit: np.ndarray | None = None) -
         "strokes": lambda: strokes(rng, side),
         "shapes": lambda: shape(rng, side),
         "doodles": lambda: doodle(rng, side),
+        "sketches": lambda: doodle(rng, side, sketch=True),
         "crossed_out": lambda: crossed_out(rng, side, digit),
     }[kind]()
     paper = rng.uniform(200, 255)

@@ -15,6 +15,7 @@ from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manif
 from shared.data import normalize
 from shared.settings import Paths
 from trainer.__main__ import main as trainer_main
+from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.tensorboard_log import SCALAR_TAGS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,11 @@ def test_event_files_have_every_tag(short_run):
         assert [e.step for e in events.Scalars(tag)] == [1, 2]
     assert "confusion_matrix/test" in tags["images"]
     assert "misclassified/test" in tags["images"]
+    # Issue 17: the negatives trained on, and the validation rate of each kind of error.
+    assert "not_digit/trained_on" in tags["images"]
+    assert any(t.startswith("not_digit/validation_by_kind") for t in tags["images"])
+    for kind in NEGATIVE_KINDS:
+        assert f"not_digit/val_missed/{kind}" in tags["scalars"], f"missing the missed rate of {kind}"
     assert tags["graph"], "model graph not logged"
     hparams_files = list(short_run.run_dir("short").glob("events.out.tfevents.*"))
     assert any(b"hparams" in f.read_bytes() for f in hparams_files), "hparams not logged"
@@ -74,6 +80,34 @@ def test_published_model_matches_best_checkpoint(short_run):
         assert torch.equal(payload["model"][name], tensor), name
     assert 0 < manifest.metrics["test_accuracy"] <= 1
     assert "optimizer" not in payload, "a published model carries no training state"
+
+
+def test_the_published_model_knows_when_a_picture_is_not_a_digit(short_run, mnist):
+    """The default trains the not-digit class: the published network has it, with the threshold the trainer chose
+    on the validation digits, and the ten digit probabilities still sum to one."""
+    from shared.model import digit_scores
+
+    payload, model = read_published_model(short_run.models, read_manifest(short_run.models))
+    assert payload["arch_kwargs"].get("not_digit") is True
+    assert 0 <= payload["digit_threshold"] <= 1
+    assert payload["metrics"]["digit_threshold"] == payload["digit_threshold"]
+    with torch.no_grad():
+        out = model(normalize(mnist.test_images[:200]))
+    assert out.shape == (200, 11)
+    assert torch.allclose(out[:, :10].exp().sum(1), torch.ones(200), atol=1e-5)
+    scores = digit_scores(out)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_negatives_are_every_kind_as_the_pipeline_makes_them_and_the_same_for_a_seed():
+    from trainer.negatives import make_negatives
+
+    first, again = make_negatives(60, seed=3), make_negatives(60, seed=3)
+    assert first.images.shape == (60, 28, 28)
+    assert first.images.dtype.name == "uint8" and (first.images == again.images).all()
+    assert sorted(set(first.kinds.tolist())) == list(range(len(NEGATIVE_KINDS)))
+    assert (first.images.reshape(60, -1).max(1) > 100).all()  # ink in every one, as the pipeline leaves it
+    assert not (make_negatives(60, seed=4).images == first.images).all()
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_dir):
@@ -143,6 +177,7 @@ def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
     assert checkpoint["arch"] == "mynet"
     assert (config["optimizer"], config["lr"], config["momentum"], config["batch_size"]) == ("sgd", 0.001, 0.9, 2048)
     assert not config["augment"] and config["schedule"] == "constant"
+    assert config["negatives"] == 0 and "not_digit" not in checkpoint["arch_kwargs"]  # the notebook's ten classes
 
 
 def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
