@@ -189,3 +189,23 @@ def test_at_most_1_percent_of_users_digits_are_flagged_in_any_style(trained_serv
     print(f"\nreal digits flagged: {report}; all {overall:.2%}")
     assert overall <= 0.01, report
     assert all(np.mean(f) <= 0.02 for f in flagged.values()), report
+
+
+def test_each_digit_read_number_reads_says_whether_it_is_a_digit(serve, tmp_path, mnist):
+    """ReadNumber's digits carry is_digit and digit_score as Predict gives them, and ten probabilities each."""
+    import cv2
+
+    from tests.inference.conftest import png_bytes
+
+    pair = np.concatenate([mnist.test_images[0].numpy(), np.zeros((28, 14), np.uint8), mnist.test_images[1].numpy()],
+                          axis=1)
+    picture = 255 - cv2.resize(np.pad(pair, 14), None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "nd1", not_digit_payload(6, threshold=0.5))
+    running = serve(artifacts)
+    response = running.stub.ReadNumber(pb.ReadNumberRequest(image=png_bytes(picture)), timeout=30)
+    assert response.per_digit
+    for digit in response.per_digit:
+        prediction = digit.prediction
+        assert len(prediction.probabilities) == 10 and sum(prediction.probabilities) == pytest.approx(1, abs=1e-5)
+        assert 0 <= prediction.digit_score <= 1 and prediction.is_digit == (prediction.digit_score >= 0.5)
