@@ -105,13 +105,14 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     return f"{code.name}: {details}"
 
 
-def answer_line(prediction) -> str:
-    """'7 (98.2%)' for a digit; 'not a digit (digit score 0.013; closest digit 7 at 48.0%)' for anything else."""
+def answer_line(prediction, model_version: str) -> str:
+    """'7 (98.2%, model v1)' for a digit; 'not a digit (digit score 0.013, closest digit 7 at 48.0%, model v1)'
+    for anything else."""
     confidence = prediction.probabilities[prediction.digit]
     if prediction.is_digit:
-        return f"{prediction.digit} ({confidence:.1%})"
-    return (f"not a digit (digit score {prediction.digit_score:.3f}; closest digit {prediction.digit} at "
-            f"{confidence:.1%})")
+        return f"{prediction.digit} ({confidence:.1%}, model {model_version})"
+    return (f"not a digit (digit score {prediction.digit_score:.3f}, closest digit {prediction.digit} at "
+            f"{confidence:.1%}, model {model_version})")
 
 
 def probability_bars(probabilities, width: int = 30) -> list[str]:
@@ -178,7 +179,7 @@ def cmd_predict(stub, args, call) -> int:
                 continue
             prediction = result.prediction
             confidence = prediction.probabilities[prediction.digit]
-            print(f"{path}: {answer_line(prediction)} (model {response.model_version})")
+            print(f"{path}: {answer_line(prediction, response.model_version)}")
             print("\n".join(probability_bars(prediction.probabilities)))
             if args.preview is not None:
                 preview_rows.append((path.name, data, prediction.model_input_png,

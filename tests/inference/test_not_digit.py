@@ -105,8 +105,8 @@ def test_the_client_says_not_a_digit_plainly():
 
     digit = pb.Prediction(digit=7, probabilities=[0.0] * 7 + [0.9] + [0.05, 0.05], is_digit=True, digit_score=0.99)
     other = pb.Prediction(digit=7, probabilities=[0.0] * 7 + [0.9] + [0.05, 0.05], is_digit=False, digit_score=0.01)
-    assert answer_line(digit).startswith("7 (90.0%)")
-    assert answer_line(other).startswith("not a digit")
+    assert answer_line(digit, "v1") == "7 (90.0%, model v1)"
+    assert answer_line(other, "v1").startswith("not a digit (digit score 0.010, closest digit 7")
 
 
 def test_the_rest_route_carries_is_digit_and_the_score(tmp_path, mnist_dir, digit_pngs):
