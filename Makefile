@@ -7,7 +7,8 @@
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
 #   make protos    regenerate the gRPC code in shared/api from protos/
-#   make lint      hadolint on both Dockerfiles, and the compose files through `docker compose config`
+#   make lint      ruff (lint and format check) and mypy on the code; hadolint on both Dockerfiles; the compose
+#                  files through `docker compose config`
 #   make tools     checkov, for tests/deploy/test_k8s.py, in a virtual environment of its own
 
 VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
@@ -50,6 +51,9 @@ protos: venv
 	$(PY) scripts/gen_protos.py
 
 lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint trainer/Dockerfile inference/Dockerfile
 	$(COMPOSE) -f docker-compose.yml config -q
 	@# The CPU override uses `!reset` (Compose >= 2.24); docker-compose 1.x cannot read it.

@@ -5,7 +5,7 @@
 
 Starts `python -m inference` as its own process on a free loopback port with a temporary artifacts folder,
 publishes a random-init compact model, then runs --clients client threads, each on its own channel from
-inference.client.make_channel (as separate client processes would), calling Predict in a loop with one real
+inference.channel.make_channel (as separate client processes would), calling Predict in a loop with one real
 MNIST test digit (every --batch-every-th call is a PredictBatch of --batch-size digits instead). Meanwhile a
 new model with a distinct version is published every --publish-every seconds with shared.checkpoint.publish_model,
 so the server hot-swaps under load, and the server's resident memory (RSS, psutil) is sampled twice a second.
@@ -39,7 +39,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from bench.server_process import digit_pngs, start_server, stop_server  # noqa: E402
 
-from inference.client import make_channel  # noqa: E402
+from inference.channel import make_channel  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -150,7 +150,7 @@ def grpc_predictor(target: str, *, token: str | None = None, timeout: float = 60
 
     This is the hook tests/test_user_drawings.py uses against a live server: the same pictures, the same scores.
     """
-    from inference.client import make_channel
+    from inference.channel import make_channel
     from inference.security import bearer_metadata
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.api.mnist.v1 import inference_pb2_grpc as pb_grpc

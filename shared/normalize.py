@@ -31,7 +31,7 @@ import numpy as np
 from shared.decode import ImageRejected, sample_grid
 
 # ---------------------------------------------------------------------------------------------------------------
-# Constants. The MNIST figures were measured on the 10,000 test digits (see the README's pipeline section).
+# Constants. The MNIST figures were measured on the 10,000 test digits (see docs/pipeline.md).
 
 MNIST_SIDE = 28
 MNIST_BOX = 20  # the longer side of every MNIST digit's bounding box

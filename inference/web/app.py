@@ -1,6 +1,6 @@
 """The REST API and the web page: an HTTP gateway in front of the gRPC service (FastAPI, served by uvicorn).
 
-Every REST call becomes the matching gRPC call on a channel from inference.client.make_channel (retries,
+Every REST call becomes the matching gRPC call on a channel from inference.channel.make_channel (retries,
 waitForReady, round-robin over every replica the target resolves to):
 
     POST /v1/predict          -> Predict          the image as the body, or as a multipart file
@@ -45,7 +45,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
-from inference.client import make_channel
+from inference.channel import make_channel
 from inference.security import AUTH_METADATA_KEY
 from inference.web import errors, schemas
 

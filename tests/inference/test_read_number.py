@@ -34,7 +34,7 @@ SEED = 0
 # (another seed: 92.4 %, 98.4 %, 85.1 %). Apart, the misread digits are the model's: with every digit found
 # exactly (nothing cut), 8 of 1,000 drawn MNIST test digits are still misread, as Predict misreads them, and a
 # number of 4-8 digits holds one of them 4-6 % of the time. Segmentation's own errors (a wrong digit count) are
-# held to 2 % of numbers apart. See the README's "Reading whole numbers".
+# held to 2 % of numbers apart. See docs/pipeline.md, "Reading whole numbers".
 APART_WHOLE_FLOOR = 0.93
 APART_DIGIT_FLOOR = 0.985
 APART_WRONG_COUNT_CEILING = 0.02
@@ -175,7 +175,7 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
             assert np.allclose(response.per_digit[0].prediction.probabilities, result.prediction.probabilities,
                                atol=1e-4)
     # One picture in a hundred may be cut differently: a digit broken into two pieces side by side, each as
-    # tall as a digit, is two digits to ReadNumber (see the README's limits).
+    # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
 
 
