@@ -15,8 +15,6 @@ VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
-# Compose v2 (`docker compose`) when the docker CLI has it, else the standalone docker-compose.
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 export MNIST_VENV := $(VENV)
 
 # checkov pins older releases of packages the project uses (packaging, networkx, python-dateutil), so it lives in
@@ -55,10 +53,6 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint trainer/Dockerfile inference/Dockerfile
-	$(COMPOSE) -f docker-compose.yml config -q
-	@# The CPU override uses `!reset` (Compose >= 2.24); docker-compose 1.x cannot read it.
-	@if [ "$(COMPOSE)" = "docker compose" ]; then \
-		$(COMPOSE) -f docker-compose.yml -f docker-compose.cpu.yml config -q; \
-	else \
-		echo "skipped docker-compose.cpu.yml: needs Docker Compose v2.24+ (tests/deploy checks it without)"; \
-	fi
+	@# Compose v2.24 or newer: the CPU override removes the GPU request with `!reset`.
+	docker compose -f docker-compose.yml config -q
+	docker compose -f docker-compose.yml -f docker-compose.cpu.yml config -q
