@@ -5,6 +5,7 @@ waitForReady, round-robin over every replica the target resolves to):
 
     POST /v1/predict          -> Predict          the image as the body, or as a multipart file
     POST /v1/predict/batch    -> PredictBatch     multipart, one part per image
+    POST /v1/read-number      -> ReadNumber       a picture of one line of 1-12 digits, as /v1/predict takes it
     GET  /v1/model            -> GetModelInfo
     POST /v1/evaluate         -> Evaluate         {"split": "test"|"validation", "heatmap": true}
     GET  /healthz                                  liveness: this process answers (the service is not asked)
@@ -235,6 +236,12 @@ ERROR_RESPONSES = {
         504: "the inference service did not answer in time",
     }.items()
 }
+READ_NUMBER_RESPONSES = {
+    400: {"model": schemas.ErrorResponse,
+          "description": "not an image, damaged or blank; no digit found, more than one line of writing, or more "
+                         "than 12 digits (the message says which and what to send instead); or a bad request"},
+    404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
+}
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -371,6 +378,21 @@ def create_app(options: WebOptions) -> FastAPI:
                                                                    omit_heatmap=not body.heatmap),
                                     timeout=options.evaluate_timeout, http=request, response=response)
         return schemas.Evaluation.from_pb(result)
+
+    @api.post("/read-number", response_model=schemas.NumberReading, openapi_extra=IMAGE_BODY,
+              responses=READ_NUMBER_RESPONSES,
+              summary="Read a whole number: one line of 1-12 handwritten digits, each with its box (gRPC ReadNumber)")
+    async def read_number(request: Request, response: Response, model_input: bool = True,
+                          model_version: str = "") -> schemas.NumberReading:
+        """The digits left to right, each with its box in the picture's pixels, its probabilities and (unless
+        `model_input=false`) the 28x28 image the model saw; decimal points and commas come back as `separators`.
+        `model_version` reads with another published version (empty: the served one)."""
+        image = await read_one_image(request)
+        result = await backend.call("ReadNumber",
+                                    pb.ReadNumberRequest(image=image, return_model_input=model_input,
+                                                         model_version=model_version),
+                                    timeout=options.timeout, http=request, response=response)
+        return schemas.NumberReading.from_pb(result)
 
     app.include_router(api)
     _document_validation_errors_as_400(app)
