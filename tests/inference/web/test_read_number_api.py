@@ -14,7 +14,7 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 
 from testkit.numbers import lines_picture, make_numbers
-from tests.inference.conftest import png_bytes, start_server
+from tests.inference.conftest import start_server
 from tests.inference.web.conftest import start_web
 from tests.inference.web.test_api import assert_error, decode_data_url
 
@@ -110,7 +110,9 @@ def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(se
 
 def test_what_read_number_refuses_is_400_with_the_services_message(served, mnist_test):
     _, gateway = served
-    blank = png_bytes(np.full((200, 600), 240, np.uint8))
+    buffer = io.BytesIO()
+    Image.new("L", (600, 200), 240).save(buffer, "PNG")  # light grey paper, no ink
+    blank = buffer.getvalue()
     assert_error(gateway.post("/v1/read-number", blank), 400, "INVALID_ARGUMENT", "no digit found", "Send a picture")
     assert_error(gateway.post("/v1/read-number", lines_picture(*mnist_test, lines=2, seed=0)), 400,
                  "INVALID_ARGUMENT", "2 lines of writing", "one number")
