@@ -338,18 +338,23 @@ def create_app(options: WebOptions) -> FastAPI:
 
     @api.post("/predict", response_model=schemas.Prediction, openapi_extra=IMAGE_BODY,
               summary="Read the digit in one picture (gRPC Predict)")
-    async def predict(request: Request, response: Response, model_input: bool = True) -> schemas.Prediction:
+    async def predict(request: Request, response: Response, model_input: bool = True,
+                      model_version: str = "") -> schemas.Prediction:
+        """`model_version` reads with another published version (GET /v1/models; empty: the served one)."""
         image = await read_one_image(request)
-        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input),
+        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input,
+                                                                 model_version=model_version),
                                     timeout=options.timeout, http=request, response=response)
         return schemas.Prediction.from_response(result)
 
     @api.post("/predict/batch", response_model=schemas.BatchPrediction, openapi_extra=BATCH_BODY,
               summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)")
-    async def predict_batch(request: Request, response: Response, model_input: bool = True) -> schemas.BatchPrediction:
+    async def predict_batch(request: Request, response: Response, model_input: bool = True,
+                            model_version: str = "") -> schemas.BatchPrediction:
         images = await read_images(request)
         result = await backend.call("PredictBatch",
-                                    pb.PredictBatchRequest(images=images, return_model_input=model_input),
+                                    pb.PredictBatchRequest(images=images, return_model_input=model_input,
+                                                           model_version=model_version),
                                     timeout=options.timeout, http=request, response=response)
         results = []
         for item in result.results:
@@ -369,13 +374,21 @@ def create_app(options: WebOptions) -> FastAPI:
                                   http=request, response=response)
         return schemas.ModelInfo.from_pb(info)
 
+    @api.get("/models", response_model=schemas.ModelList,
+             summary="The published model versions, newest first, and which one is served (gRPC ListModels)")
+    async def models(request: Request, response: Response) -> schemas.ModelList:
+        result = await backend.call("ListModels", pb.ListModelsRequest(), timeout=options.timeout,
+                                    http=request, response=response)
+        return schemas.ModelList.from_pb(result)
+
     @api.post("/evaluate", response_model=schemas.Evaluation,
               summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)")
     async def evaluate(request: Request, response: Response,
                        body: schemas.EvaluateRequest | None = None) -> schemas.Evaluation:
         body = body or schemas.EvaluateRequest()
         result = await backend.call("Evaluate", pb.EvaluateRequest(split=schemas.SPLITS[body.split],
-                                                                   omit_heatmap=not body.heatmap),
+                                                                   omit_heatmap=not body.heatmap,
+                                                                   model_version=body.model_version),
                                     timeout=options.evaluate_timeout, http=request, response=response)
         return schemas.Evaluation.from_pb(result)
 

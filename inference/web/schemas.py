@@ -121,11 +121,40 @@ class ModelInfo(BaseModel):
         )
 
 
+class ModelVersion(BaseModel):
+    version: str
+    served: bool = Field(description="whether calls without model_version use it now")
+    metrics: dict[str, float] = Field(default_factory=dict, description="what the trainer recorded")
+    size_bytes: int
+    sha256: str
+    created_at: str = Field("", description="when it was published, UTC, ISO 8601")
+    arch: str = ""
+    run_name: str = ""
+    checksum_recorded: bool = Field(description="false for a version published before per-version manifests")
+    problem: str = Field("", description="why the version cannot be read, if it cannot")
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersion] = Field(description="newest first")
+    served_version: str = Field("", description="empty before the first model is loaded")
+
+    @classmethod
+    def from_pb(cls, response: pb.ListModelsResponse) -> "ModelList":
+        return cls(served_version=response.served_version, models=[
+            ModelVersion(version=m.version, served=m.served, metrics=dict(m.metrics), size_bytes=m.size_bytes,
+                         sha256=m.sha256, created_at=m.created_at, arch=m.arch, run_name=m.run_name,
+                         checksum_recorded=m.checksum_recorded, problem=m.problem)
+            for m in response.models
+        ])
+
+
 class EvaluateRequest(BaseModel):
     split: Literal["test", "validation"] = Field(
         "test", description="the 10,000 MNIST test images, or the validation part of the training images as the "
                             "served model's trainer split them")
     heatmap: bool = Field(True, description="also draw the confusion matrix as a PNG (a few hundred ms)")
+    model_version: str = Field("", description="score this published version (GET /v1/models lists them); "
+                                               "empty: the served one")
 
 
 class ClassMetrics(BaseModel):
