@@ -115,10 +115,12 @@ class ServedModel:
 
     @property
     def backend(self) -> str:
+        assert self.runner is not None  # __post_init__ sets it
         return self.runner.backend
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Normalized inputs (N, 1, 28, 28) -> log-probabilities (N, 10), with the model's backend."""
+        assert self.runner is not None
         return self.runner(inputs)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
