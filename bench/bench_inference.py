@@ -44,7 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark the gRPC inference service.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_inference",
+                                     description="Benchmark the gRPC inference service.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifacts-dir", type=Path, default=None,
                         help="serve the model published here; default: a random-init compact model in a temp folder")

@@ -41,7 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Load-test the gRPC inference service while models are published.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_load",
+                                     description="Load-test the gRPC inference service while models are published.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the load phase")
     parser.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS",

@@ -57,7 +57,8 @@ def row(name: str, times_bytes: np.ndarray, times_array: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_preprocess",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     parser.add_argument("--per-style", type=int, default=10, help="pictures per style")
     parser.add_argument("--repeat", type=int, default=10, help="timed passes over each style's pictures")

@@ -132,7 +132,8 @@ def mnist_direct_accuracy(checkpoint_path: str | Path, images: np.ndarray, label
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_user_images",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a published model (models/<version>.pt) or checkpoint")
     source.add_argument("--target", help="host:port of a running inference server")

@@ -45,7 +45,8 @@ STATIC = REPO_ROOT / "inference" / "web" / "static"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark the web page in headless chromium.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_web",
+                                     description="Benchmark the web page in headless chromium.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifacts-dir", type=Path, default=None,
                         help="serve the model published here; default: a random-init compact model in a temp folder")
