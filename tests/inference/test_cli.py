@@ -17,7 +17,7 @@ import pytest
 from inference import client, health_probe
 from inference.channel import make_channel
 
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

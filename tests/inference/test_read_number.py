@@ -1,7 +1,7 @@
 """ReadNumber through the real gRPC service, with the default network really trained (the session's model).
 
 The numbers are made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles of
-tests/user_images.py: 4 to 8 digits with wide, narrow or touching gaps, baseline jitter, sizes and slant. They are
+testkit/user_images.py: 4 to 8 digits with wide, narrow or touching gaps, baseline jitter, sizes and slant. They are
 made once per module; every test reads them through the RPC, so the test functions take seconds.
 """
 
@@ -14,16 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.bench_read_number import (
-    format_scores,
-    grpc_reader,
-    score_by_style,
-    score_numbers,
-)
 from shared.api.mnist.v1 import inference_pb2 as pb
-from tests.inference.conftest import png_bytes, start_server
-from tests.user_images import make_printed_digits, make_user_images
+from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import lines_picture, make_numbers
+from testkit.user_images import make_printed_digits, make_user_images
+from tests.inference.helpers import png_bytes, start_server
 
 # Numbers per style: 7 styles x 40 = 280 numbers (about 1,700 digits) per layout, enough that one number is
 # 0.36 points and sampling noise stays near 2 points at 85 %.

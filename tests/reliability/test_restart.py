@@ -22,7 +22,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.channel import make_channel
 
-from tests.reliability.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

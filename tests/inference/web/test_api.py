@@ -18,7 +18,7 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
-from tests.inference.conftest import hold_calls
+from tests.inference.helpers import hold_calls
 from tests.reliability import bad_inputs
 
 TOKEN = "web-s3cret"
@@ -253,7 +253,7 @@ def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web
 
 @pytest.fixture(scope="module")
 def token_backend(tmp_path_factory, mnist_dir):
-    from tests.inference.conftest import publish, start_server
+    from tests.inference.helpers import publish, start_server
 
     artifacts = tmp_path_factory.mktemp("token-artifacts")
     publish(artifacts, "v1", seed=1)
@@ -331,7 +331,7 @@ def test_models_lists_the_published_versions_and_calls_can_pin_one(web, serve, t
     from shared.checkpoint import publish_model
     from shared.settings import Paths
 
-    from tests.inference.conftest import model_payload
+    from tests.inference.helpers import model_payload
 
     models = Paths(tmp_path / "artifacts").models
     publish_model(models, version="v1", model_payload=model_payload(1))

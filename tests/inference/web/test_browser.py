@@ -18,10 +18,10 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 
-from tests.inference.conftest import start_server, wait_until
-from tests.inference.web.conftest import start_web
-from tests.user_images import paint_program, paper_photo, web_canvas
-from tests.web_browser import (
+from tests.inference.helpers import start_server, wait_until
+from tests.inference.web.helpers import start_web
+from testkit.user_images import paint_program, paper_photo, web_canvas
+from testkit.web_browser import (
     browser_missing,
     digit_strokes,
     draw,

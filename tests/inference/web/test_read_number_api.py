@@ -14,8 +14,8 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 
 from testkit.numbers import lines_picture, make_numbers
-from tests.inference.conftest import start_server
-from tests.inference.web.conftest import start_web
+from tests.inference.helpers import start_server
+from tests.inference.web.helpers import start_web
 from tests.inference.web.test_api import assert_error, decode_data_url
 
 
