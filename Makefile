@@ -7,15 +7,14 @@
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
 #   make protos    regenerate the gRPC code in shared/api from protos/
-#   make lint      hadolint on both Dockerfiles, and the compose files through `docker compose config`
+#   make lint      ruff (lint and format check) and mypy on the code; hadolint on both Dockerfiles; the compose
+#                  files through `docker compose config`
 #   make tools     checkov, for tests/deploy/test_k8s.py, in a virtual environment of its own
 
 VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
-# Compose v2 (`docker compose`) when the docker CLI has it, else the standalone docker-compose.
-COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 export MNIST_VENV := $(VENV)
 
 # checkov pins older releases of packages the project uses (packaging, networkx, python-dateutil), so it lives in
@@ -50,11 +49,10 @@ protos: venv
 	$(PY) scripts/gen_protos.py
 
 lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint trainer/Dockerfile inference/Dockerfile
-	$(COMPOSE) -f docker-compose.yml config -q
-	@# The CPU override uses `!reset` (Compose >= 2.24); docker-compose 1.x cannot read it.
-	@if [ "$(COMPOSE)" = "docker compose" ]; then \
-		$(COMPOSE) -f docker-compose.yml -f docker-compose.cpu.yml config -q; \
-	else \
-		echo "skipped docker-compose.cpu.yml: needs Docker Compose v2.24+ (tests/deploy checks it without)"; \
-	fi
+	@# Compose v2.24 or newer: the CPU override removes the GPU request with `!reset`.
+	docker compose -f docker-compose.yml config -q
+	docker compose -f docker-compose.yml -f docker-compose.cpu.yml config -q

@@ -1,1 +1,2 @@
-"""Benchmarks that print the figures the README quotes. Run each as `python bench/<name>.py --help`."""
+"""Benchmarks that print the figures the README quotes. Run each from the repository root as
+`python -m bench.<name>` (`--help` for its options)."""

@@ -1,9 +1,9 @@
 """Benchmark the inference service over loopback gRPC, as a client sees it.
 
-    python bench/bench_inference.py                       # random-init model, the server's defaults, 5 s per phase
-    python bench/bench_inference.py --duration 1          # a smoke run of a few seconds
-    python bench/bench_inference.py --artifacts-dir artifacts   # the model the trainer published
-    python bench/bench_inference.py --backend torch --workers 1 # other settings
+    python -m bench.bench_inference                       # random-init model, the server's defaults, 5 s per phase
+    python -m bench.bench_inference --duration 1          # a smoke run of a few seconds
+    python -m bench.bench_inference --artifacts-dir artifacts   # the model the trainer published
+    python -m bench.bench_inference --backend torch --workers 1 # other settings
 
 Starts `python -m inference` as its own process on a free port (so server and client do not share a GIL, as
 in production), publishes a model into a temporary artifacts folder unless --artifacts-dir is given, then
@@ -34,18 +34,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from bench.machine import describe_machine
+from shared import settings
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
-from shared import settings  # noqa: E402
-from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
-from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
-from bench.machine import describe_machine  # noqa: E402
-from bench.server_process import digit_pngs, publish_random_model, start_server, stop_server  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark the gRPC inference service.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_inference",
+                                     description="Benchmark the gRPC inference service.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifacts-dir", type=Path, default=None,
                         help="serve the model published here; default: a random-init compact model in a temp folder")

@@ -1,11 +1,11 @@
 """Bounded load test: many clients for a while, a new model published every few seconds, nothing may fail.
 
-    python bench/bench_load.py                                   # 16 clients, 60 s, a new model every 10 s
-    python bench/bench_load.py --duration 5 --publish-every 2    # a smoke run of a few seconds
+    python -m bench.bench_load                                   # 16 clients, 60 s, a new model every 10 s
+    python -m bench.bench_load --duration 5 --publish-every 2    # a smoke run of a few seconds
 
 Starts `python -m inference` as its own process on a free loopback port with a temporary artifacts folder,
 publishes a random-init compact model, then runs --clients client threads, each on its own channel from
-inference.client.make_channel (as separate client processes would), calling Predict in a loop with one real
+inference.channel.make_channel (as separate client processes would), calling Predict in a loop with one real
 MNIST test digit (every --batch-every-th call is a PredictBatch of --batch-size digits instead). Meanwhile a
 new model with a distinct version is published every --publish-every seconds with shared.checkpoint.publish_model,
 so the server hot-swaps under load, and the server's resident memory (RSS, psutil) is sampled twice a second.
@@ -30,20 +30,19 @@ import grpc
 import numpy as np
 import psutil
 
+from bench.machine import describe_machine
+from inference.channel import make_channel
+from shared import settings
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+from testkit.server_process import digit_pngs, start_server, stop_server
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from shared import settings  # noqa: E402
-from shared.api.mnist.v1 import inference_pb2 as pb  # noqa: E402
-from shared.api.mnist.v1 import inference_pb2_grpc  # noqa: E402
-from bench.machine import describe_machine  # noqa: E402
-from bench.server_process import digit_pngs, start_server, stop_server  # noqa: E402
-
-from inference.client import make_channel  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Load-test the gRPC inference service while models are published.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_load",
+                                     description="Load-test the gRPC inference service while models are published.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the load phase")
     parser.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS",

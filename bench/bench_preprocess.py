@@ -1,6 +1,6 @@
 """How long shared.image_pipeline takes per picture: median and p95 per user style, and for a 640x480 photo.
 
-    python bench/bench_preprocess.py [--per-style 10] [--repeat 20] [--threads N]
+    python -m bench.bench_preprocess [--per-style 10] [--repeat 20] [--threads N]
 
 Two numbers per row: `to_mnist` (bytes in: decoding included, as the server runs it) and `to_mnist_array` (an
 already-decoded array: the image processing alone). The target is a 640x480 photo in under 5 ms. Timings on a
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from shared.image_pipeline import decode_image, to_mnist, to_mnist_array
+from testkit.user_images import DRAWN_STYLES, encode, make_printed_digits, make_user_images, paper_photo
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
-sys.path.insert(0, str(REPO_ROOT))  # tests.user_images lives beside the package, not in it
-
-from shared.image_pipeline import decode_image, to_mnist, to_mnist_array  # noqa: E402
-from tests.user_images import DRAWN_STYLES, encode, make_printed_digits, make_user_images, paper_photo  # noqa: E402
 
 PHOTO_TARGET_MS = 5.0
 
@@ -59,7 +57,8 @@ def row(name: str, times_bytes: np.ndarray, times_array: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_preprocess",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     parser.add_argument("--per-style", type=int, default=10, help="pictures per style")
     parser.add_argument("--repeat", type=int, default=10, help="timed passes over each style's pictures")

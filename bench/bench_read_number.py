@@ -6,7 +6,7 @@
     python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
 
 Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
-of tests/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching.
+of testkit/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching.
 Per layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose
 digit count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers
 97 % apart and 85 % touching, digits 99 % apart.
@@ -16,7 +16,8 @@ process (segmentation and the model, one torch thread as the server runs it), an
 server process on loopback (decoding and gRPC included). Target: median <= 20 ms on 2 cores. On a shared
 machine the minimum column shows the uncontended cost.
 
-For tests: `score_numbers(read, pictures)` with any `read(bytes) -> str | None` (None: the picture was refused).
+The scoring (testkit/number_scores.py: `score_by_style(layout, pictures, read)` with what any `read(bytes) -> str |
+None` gave, None where the picture was refused) is the one tests/inference/test_read_number.py uses.
 """
 
 from __future__ import annotations
@@ -24,80 +25,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from shared import settings
 from shared.cli import HelpFormatter, positive_int
+from testkit.number_scores import format_scores, grpc_reader, score_by_style
 
-Read = Callable[[bytes], "str | None"]  # an encoded picture -> the digits read, or None if it was refused
 APART_WHOLE_TARGET = 0.97
 APART_DIGIT_TARGET = 0.99
 TOUCHING_WHOLE_TARGET = 0.85
 SPEED_TARGET_MS = 20.0
-
-
-@dataclass(frozen=True)
-class NumberScore:
-    name: str
-    numbers: int
-    whole: int  # read exactly
-    digits: int  # digits in the truths
-    digit_errors: int  # edit distance, summed (a refused picture: all its digits)
-    wrong_count: int  # read with another number of digits, or refused
-    mistakes: tuple[tuple[str, str], ...]  # (truth, read) of the numbers read wrong
-
-    @property
-    def whole_accuracy(self) -> float:
-        return self.whole / self.numbers if self.numbers else 0.0
-
-    @property
-    def digit_accuracy(self) -> float:
-        return 1.0 - self.digit_errors / self.digits if self.digits else 0.0
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: the digits inserted, deleted or substituted to turn `a` into `b`."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        diagonal, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ca != cb))
-    return row[-1]
-
-
-def score_numbers(name: str, truths: Sequence[str], read: Sequence["str | None"]) -> NumberScore:
-    mistakes = tuple((t, r if r is not None else "refused") for t, r in zip(truths, read) if r != t)
-    return NumberScore(
-        name=name,
-        numbers=len(truths),
-        whole=sum(t == r for t, r in zip(truths, read)),
-        digits=sum(len(t) for t in truths),
-        digit_errors=sum(min(len(t), edit_distance(t, r)) if r is not None else len(t) for t, r in zip(truths, read)),
-        wrong_count=sum(r is None or len(r) != len(t) for t, r in zip(truths, read)),
-        mistakes=mistakes,
-    )
-
-
-def score_by_style(layout: str, pictures, read: Sequence["str | None"]) -> list[NumberScore]:
-    """One score per style, then the layout's total, named '<layout> <style>' and '<layout> all'."""
-    scores = []
-    for style in dict.fromkeys(p.style for p in pictures):
-        chosen = [(p.digits, r) for p, r in zip(pictures, read) if p.style == style]
-        scores.append(score_numbers(f"{layout} {style}", [t for t, _ in chosen], [r for _, r in chosen]))
-    scores.append(score_numbers(f"{layout} all", [p.digits for p in pictures], list(read)))
-    return scores
-
-
-def format_scores(scores: Sequence[NumberScore]) -> str:
-    lines = [f"{'layout and style':28s} {'numbers':>7s} {'whole':>8s} {'digits':>8s} {'count wrong':>11s}"]
-    for s in scores:
-        lines.append(f"{s.name:28s} {s.numbers:7d} {s.whole_accuracy:8.2%} {s.digit_accuracy:8.2%} "
-                     f"{s.wrong_count:11d}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,22 +77,6 @@ def local_reader(artifacts: Path):
             return None
 
     return read, read_array, manifest.version
-
-
-def grpc_reader(stub, timeout: float = 30.0) -> Read:
-    import grpc
-
-    from shared.api.mnist.v1 import inference_pb2 as pb
-
-    def read(data: bytes) -> "str | None":
-        try:
-            return stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=timeout).digits
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return None
-            raise
-
-    return read
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             artifacts = args.artifacts
             if not have_model:
-                from bench.server_process import publish_random_model
+                from testkit.server_process import publish_random_model
 
                 artifacts = Path(scratch)
                 print(f"no model in {args.artifacts}: timing a random-init model (speed does not depend on weights)")
@@ -275,12 +199,12 @@ def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    from bench.server_process import start_server, stop_server
+    import grpc
+
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.api.mnist.v1 import inference_pb2_grpc
     from shared.decode import decode_image
-
-    import grpc
+    from testkit.server_process import start_server, stop_server
 
     _, read_array, version = local_reader(artifacts)
     photos = {layout: photos_640x480(images, labels, args.speed_pictures, layout, args.seed)

@@ -13,8 +13,8 @@ the run's last checkpoint (its per-epoch history). Time to target counts from pr
 loading included) to the end of the epoch whose test accuracy first reaches the target; the test accuracy is
 only watched, never used to stop or choose.
 
-    python bench/bench_train.py                      # everything, about 15 minutes on 2 CPU cores
-    python bench/bench_train.py --seeds 1 --seed-epochs 1 --quick-epochs 2   # a smoke run
+    python -m bench.bench_train                      # everything, about 15 minutes on 2 CPU cores
+    python -m bench.bench_train --seeds 1 --seed-epochs 1 --quick-epochs 2   # a smoke run
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.machine import describe_machine
+from shared.checkpoint import load_checkpoint
+from shared.settings import data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from shared.checkpoint import load_checkpoint  # noqa: E402
-from shared.settings import data_dir  # noqa: E402
-from bench.machine import describe_machine  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_train",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(data_dir()), help="MNIST folder (env MNIST_DATA_DIR)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--seed-epochs", type=int, default=2, help="epochs of the seed preset to time")

@@ -1,7 +1,7 @@
 """Accuracy on users' pictures, per style: drawn styles made from MNIST test digits, and printed digits.
 
-    python bench/bench_user_images.py --checkpoint artifacts/models/<version>.pt     # local model, in-process
-    python bench/bench_user_images.py --target localhost:50051 [--token T]           # a running server (gRPC)
+    python -m bench.bench_user_images --checkpoint artifacts/models/<version>.pt     # local model, in-process
+    python -m bench.bench_user_images --target localhost:50051 [--token T]           # a running server (gRPC)
     ... [--per-style 100] [--per-font 20] [--mnist 2000] [--check]
 
 Every picture goes through exactly what the server runs (shared.image_pipeline.to_mnist, then the model), so
@@ -9,8 +9,8 @@ the local and gRPC figures agree for the same model. `--mnist N` also classifies
 twice, directly and as PNG files through the pipeline: the pipeline should cost them (almost) no accuracy.
 `--check` exits 1 when a target is missed: 98% on every drawn style, 90% on printed digits.
 
-For tests and other scripts: `evaluate_styles(predict, pictures)` with any `predict(list[bytes]) -> list[digit
-or None]` (None = the picture was rejected, which counts as wrong).
+The scoring (`evaluate_styles(predict, pictures, targets=...)`, which tests/inference/test_user_drawings.py uses
+with its own targets) lives in testkit/style_scores.py; the benchmark's targets are style_target's.
 """
 
 from __future__ import annotations
@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
-sys.path.insert(0, str(REPO_ROOT))  # tests.user_images lives beside the package, not in it
-
-from tests.user_images import (  # noqa: E402
+from testkit.style_scores import Predict, StyleScore, evaluate_styles, format_report, missed_targets
+from testkit.user_images import (
     DRAWN_STYLES,
     PAPER_KINDS,
     PRINTED_STYLE,
@@ -38,71 +34,22 @@ from tests.user_images import (  # noqa: E402
     make_user_images,
 )
 
-Predict = Callable[[Sequence[bytes]], list]  # encoded pictures -> predicted digit (int) or None if rejected
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
 DRAWN_TARGET = 0.98
 PRINTED_TARGET = 0.90
 PAPER_TARGET = 0.97  # each paper kind; low-resolution scans 95 %
 LOW_RESOLUTION_TARGET = 0.95
 
 
-@dataclass(frozen=True)
-class StyleScore:
-    style: str
-    correct: int
-    total: int
-    rejected: int  # pictures the pipeline refused (counted as wrong)
-    confusions: dict[tuple[int, int], int]  # (true, predicted) -> count, mistakes only
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-    @property
-    def target(self) -> float | None:
-        if self.style in DRAWN_STYLES:
-            return DRAWN_TARGET
-        if self.style in PAPER_KINDS:
-            return LOW_RESOLUTION_TARGET if self.style == "low_resolution" else PAPER_TARGET
-        return PRINTED_TARGET if self.style == PRINTED_STYLE else None
-
-
-def evaluate_styles(predict: Predict, pictures: Sequence[UserImage], *, batch_size: int = 64) -> dict[str, StyleScore]:
-    """Run `predict` over the pictures in batches and score each style. Returns {style: StyleScore} in order."""
-    predictions: list = []
-    for start in range(0, len(pictures), batch_size):
-        predictions.extend(predict([p.data for p in pictures[start : start + batch_size]]))
-    scores = {}
-    for style in dict.fromkeys(p.style for p in pictures):
-        pairs = [(p.label, q) for p, q in zip(pictures, predictions) if p.style == style]
-        confusions: dict[tuple[int, int], int] = {}
-        for label, predicted in pairs:
-            if predicted is not None and predicted != label:
-                confusions[(label, predicted)] = confusions.get((label, predicted), 0) + 1
-        scores[style] = StyleScore(
-            style=style,
-            correct=sum(label == predicted for label, predicted in pairs),
-            total=len(pairs),
-            rejected=sum(predicted is None for _, predicted in pairs),
-            confusions=confusions,
-        )
-    return scores
-
-
-def format_report(scores: dict[str, StyleScore]) -> str:
-    header = f"{'style':20s} {'accuracy':>9s} {'correct':>9s} {'rejected':>8s}  target"
-    lines = [header + "  most common mistakes (true->predicted)"]
-    for score in scores.values():
-        target = f"{score.target:.0%}" if score.target is not None else "-"
-        flag = "" if score.target is None else ("ok  " if score.accuracy >= score.target else "MISS")
-        common = sorted(score.confusions.items(), key=lambda kv: -kv[1])[:4]
-        mistakes = ", ".join(f"{t}->{p} x{n}" for (t, p), n in common)
-        counts = f"{score.correct:4d}/{score.total:<4d} {score.rejected:8d}"
-        lines.append(f"{score.style:20s} {score.accuracy:9.2%} {counts}  {target:>4s} {flag} {mistakes}")
-    return "\n".join(lines)
-
-
-def missed_targets(scores: dict[str, StyleScore]) -> list[str]:
-    return [s.style for s in scores.values() if s.target is not None and s.accuracy < s.target]
+def style_target(style: str) -> float | None:
+    """The accuracy a style should reach (`--check`), or None for none (mnist_png: compared with the direct
+    accuracy instead)."""
+    if style in DRAWN_STYLES:
+        return DRAWN_TARGET
+    if style in PAPER_KINDS:
+        return LOW_RESOLUTION_TARGET if style == "low_resolution" else PAPER_TARGET
+    return PRINTED_TARGET if style == PRINTED_STYLE else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,7 +97,7 @@ def grpc_predictor(target: str, *, token: str | None = None, timeout: float = 60
 
     This is the hook tests/test_user_drawings.py uses against a live server: the same pictures, the same scores.
     """
-    from inference.client import make_channel
+    from inference.channel import make_channel
     from inference.security import bearer_metadata
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.api.mnist.v1 import inference_pb2_grpc as pb_grpc
@@ -185,7 +132,8 @@ def mnist_direct_accuracy(checkpoint_path: str | Path, images: np.ndarray, label
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_user_images",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a published model (models/<version>.pt) or checkpoint")
     source.add_argument("--target", help="host:port of a running inference server")
@@ -194,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style and paper kind")
     parser.add_argument("--styles", default="drawn,paper,printed",
-                        help="which groups: drawn (tests/user_images.py's drawn styles), paper (ruled, squared, "
+                        help="which groups: drawn (testkit/user_images.py's drawn styles), paper (ruled, squared, "
                              "shadows, pencil, specks, low resolution), printed; or style names, comma-separated")
     parser.add_argument("--per-font", type=int, default=20, help="printed digits per font (cycling 0..9)")
     parser.add_argument("--mnist", type=int, default=0, help="also run this many MNIST test digits as PNG files")
@@ -213,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []
     if "printed" in wanted:
         pictures += make_printed_digits(per_font=args.per_font, seed=args.seed)
-    scores = evaluate_styles(predict, pictures)
+    scores = evaluate_styles(predict, pictures, targets=style_target)
     if args.mnist:
         scores.update(mnist_through_pipeline(predict, images[: args.mnist], labels[: args.mnist]))
     print(format_report(scores))

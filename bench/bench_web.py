@@ -1,8 +1,8 @@
 """Benchmark the web page in a real browser: how fast it loads, and how fast a finished stroke shows its answer.
 
-    python bench/bench_web.py --artifacts-dir ~/.cache/mnist-stack/test-models/<hash>   # a trained model
-    python bench/bench_web.py                                   # a random-init model: timings only
-    python bench/bench_web.py --artifacts-dir DIR --screenshot docs/web.png             # also redraws the figure
+    python -m bench.bench_web --artifacts-dir ~/.cache/mnist-stack/test-models/<hash>   # a trained model
+    python -m bench.bench_web                                   # a random-init model: timings only
+    python -m bench.bench_web --artifacts-dir DIR --screenshot docs/web.png             # also redraws the figure
 
 Runs what a user's machine runs, each as its own process on this machine: `python -m inference` (gRPC, a free
 port), `python -m inference.web` in front of it (a free port), and headless chromium driven by selenium
@@ -10,7 +10,7 @@ port), `python -m inference.web` in front of it (a free port), and headless chro
 
   1. Page load: HTML, JS and CSS bytes, and the time from navigation start to the load event (Navigation Timing),
      cold (browser cache disabled) and warm (revalidated, 304s), over --loads loads each.
-  2. Stroke to answer: --digits MNIST test digits drawn on the canvas as mouse strokes (tests/web_browser.py);
+  2. Stroke to answer: --digits MNIST test digits drawn on the canvas as mouse strokes (testkit/web_browser.py);
      for each finished stroke the page records performance.now() from pointerup to the animation frame that
      shows its prediction (window.mnist.strokeLatencies): p50, p90, max. With a trained model, also how many
      drawn digits were read right.
@@ -35,19 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from bench.machine import describe_machine
+from shared import settings
+from testkit.server_process import publish_random_model, start_server, stop_server
 
-from shared import settings  # noqa: E402
-from bench.bench_inference import publish_random_model  # noqa: E402
-from bench.machine import describe_machine  # noqa: E402
-from bench.server_process import start_server, stop_server  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 STATIC = REPO_ROOT / "inference" / "web" / "static"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark the web page in headless chromium.",
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_web",
+                                     description="Benchmark the web page in headless chromium.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--artifacts-dir", type=Path, default=None,
                         help="serve the model published here; default: a random-init compact model in a temp folder")
@@ -104,9 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.data import load_mnist
-    from tests.web_browser import (browser_missing, digit_strokes, draw, shown_digit, start_chromium, stop_chromium,
-                                   wait_settled)
-    from tests.inference.conftest import wait_until
+    from testkit.waiting import wait_until
+    from testkit.web_browser import (
+        browser_missing,
+        digit_strokes,
+        draw,
+        shown_digit,
+        start_chromium,
+        stop_chromium,
+        wait_settled,
+    )
 
     missing = browser_missing()
     if missing:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from bench.bench_read_number import local_reader
-    from inference.client import draw_reading
+    from inference.preview import draw_reading
     from inference.service import number_response
     from shared.data import load_mnist
     from shared.decode import decode_image, displayed_size

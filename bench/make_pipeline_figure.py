@@ -1,6 +1,6 @@
 """Draw docs/pipeline.png: users' pictures in several styles beside each stage of shared.image_pipeline.
 
-    python bench/make_pipeline_figure.py [--out docs/pipeline.png] [--data-dir DIR]
+    python -m bench.make_pipeline_figure [--out docs/pipeline.png] [--data-dir DIR]
 
 Columns: the picture as the user sees it (transparency over a checkerboard, EXIF orientation applied), the ink
 (contrast to the estimated paper, with the kept strokes' window outlined), the cropped digit after stroke-width
@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from shared import image_pipeline as ip
+from testkit import user_images as ui
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
-sys.path.insert(0, str(REPO_ROOT))
-
-from shared import image_pipeline as ip  # noqa: E402
-from tests import user_images as ui  # noqa: E402
 
 # (row title, style function, MNIST test index, seed); the indices give different digits.
 EXAMPLES = [
@@ -79,7 +77,8 @@ def as_user_sees_it(data: bytes) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.make_pipeline_figure",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "pipeline.png")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     args = parser.parse_args(argv)

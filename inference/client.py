@@ -9,14 +9,13 @@
 The channel rides out a server restart: calls wait for a connection (waitForReady) and a call cut off by the old
 server is retried with exponential back-off (see SERVICE_CONFIG). It balances calls round-robin over every
 address the target resolves to, so `--target dns:///inference:50051` spreads load over all replicas behind one
-DNS name. Imports no torch: it starts in a fraction of a second.
+DNS name (inference/channel.py). Imports no torch: it starts in a fraction of a second. What it draws is in
+inference/preview.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 from pathlib import Path
 
@@ -27,82 +26,11 @@ from shared.cli import HelpFormatter
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
-from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata, channel_credentials
+from inference.channel import describe_rpc_error, make_channel
+from inference.preview import draw_reading, format_number, probability_bars, save_preview
+from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata
 
-# gRPC service config: https://github.com/grpc/grpc/blob/master/doc/service_config.md
-#
-# A restart of the server (a new version deployed, a crash and the supervisor starting it again) must not fail
-# calls. Two mechanisms together:
-# - waitForReady: a call made while the channel has no connection waits for one, until its deadline, instead of
-#   failing at once with UNAVAILABLE. Without it a call fails within milliseconds of the server going away.
-# - retryPolicy: a call that was on the wire when the connection broke (the old server killed mid-call, or
-#   refusing new calls in its graceful shutdown) fails with UNAVAILABLE and is sent again; thanks to
-#   waitForReady the new attempt then waits for the new server. Every Inference method is read-only, so a call
-#   that did reach the old server can safely run twice.
-# The retry back-off alone (at most 5 attempts) could only ride out a ~1 s outage; a Python server takes
-# seconds to start. Health checks do not wait: a probe must answer "down" quickly.
-# CANCELLED is retried too: a gRPC server that shuts down answers calls it had received but not yet handed to a
-# handler with CANCELLED rather than UNAVAILABLE (grpc/grpc#41785, seen here once in 4 restarts under load). A
-# call this client cancels itself is never retried, so this only covers the server's side.
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": [{"service": "mnist.v1.Inference"}],
-            "waitForReady": True,
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
-            },
-        },
-        {
-            "name": [{"service": "grpc.health.v1.Health"}],
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "0.5s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        },
-    ],
-}
-# While the server is away the channel tries to reconnect with exponential back-off (gRPC's default grows to
-# 120 s). Capped at 1 s, a restarted server is found within a second of it listening again.
-RECONNECT_BACKOFF_MS = (100, 1000)
 DIGITS = 10
-
-
-def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
-                 tls_server_name: str | None = None) -> grpc.Channel:
-    """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given."""
-    options = [
-        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-        ("grpc.enable_retries", 1),
-        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
-        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-    ]
-    if tls_server_name:
-        options.append(("grpc.ssl_target_name_override", tls_server_name))
-    if tls or tls_ca is not None:
-        return grpc.secure_channel(target, channel_credentials(tls_ca), options=options)
-    return grpc.insecure_channel(target, options=options)
-
-
-def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
-    code, details = e.code(), e.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
-        return (f"cannot reach the inference server at {target} ({details}). Is it running? "
-                f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the server at {target} did not answer in time (raise --timeout): {details}"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"the server refused the call: {details}. Pass --token or set {ENV_AUTH_TOKEN}."
-    return f"{code.name}: {details}"
 
 
 def answer_line(prediction, model_version: str) -> str:
@@ -113,47 +41,6 @@ def answer_line(prediction, model_version: str) -> str:
         return f"{prediction.digit} ({confidence:.1%}, model {model_version})"
     return (f"not a digit (digit score {prediction.digit_score:.3f}, closest digit {prediction.digit} at "
             f"{confidence:.1%}, model {model_version})")
-
-
-def probability_bars(probabilities, width: int = 30) -> list[str]:
-    """One line per digit: '  7 |██████████████▌        | 0.482', the answer marked."""
-    best = max(range(len(probabilities)), key=lambda d: probabilities[d])
-    lines = []
-    for digit, p in enumerate(probabilities):
-        eighths = round(max(0.0, min(1.0, p)) * width * 8)
-        bar = "█" * (eighths // 8) + (" ▏▎▍▌▋▊▉"[eighths % 8] if eighths % 8 else "")
-        lines.append(f"  {digit} |{bar.ljust(width)}| {p:.3f}{'  <-' if digit == best else ''}")
-    return lines
-
-
-def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size: int = 224) -> None:
-    """One row per image: the original beside the 28x28 image the model saw, scaled up, with a caption."""
-    from PIL import Image, ImageDraw, ImageOps
-
-    caption_height = 18
-    tiles = []
-    for name, original, model_input, caption in rows:
-        try:
-            with Image.open(io.BytesIO(original)) as img:
-                img.seek(0)  # first frame of an animation
-                left = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (2 * size, size))
-        except Exception:  # the server read it, Pillow cannot: show a grey box rather than fail the preview
-            left = Image.new("RGB", (size, size), (128, 128, 128))
-        with Image.open(io.BytesIO(model_input)) as img:
-            right = img.convert("RGB").resize((size, size), Image.NEAREST)  # nearest: each pixel a crisp square
-        tiles.append((f"{name}: {caption}", left, right))
-    width = max(t[1].width for t in tiles) + size + 30
-    canvas = Image.new("RGB", (width, len(tiles) * (size + caption_height + 10)), "white")
-    draw = ImageDraw.Draw(canvas)
-    y = 0
-    for caption, left, right in tiles:
-        draw.text((10, y + 2), caption, fill="black")
-        top = y + caption_height
-        canvas.paste(left, (10, top + (size - left.height) // 2))
-        canvas.paste(right, (width - size - 10, top))
-        y += size + caption_height + 10
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
 
 
 def cmd_predict(stub, args, call) -> int:
@@ -209,51 +96,6 @@ def cmd_read(stub, args, call) -> int:
         draw_reading(data, response).save(args.preview)
         print(f"preview saved to {args.preview}")
     return 0
-
-
-def format_number(response) -> str:
-    """The digits read, with the separators put back where they were: "3.14"."""
-    text = response.digits
-    for s in sorted(response.separators, key=lambda s: -s.position):
-        text = text[: s.position] + s.mark + text[s.position :]
-    return text
-
-
-def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = False):
-    """The picture with each digit's box and digit drawn on it, and the number read above: a Pillow image.
-    With `crop`, only the part of the picture around the number is shown."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.seek(0)
-        picture = ImageOps.exif_transpose(img).convert("RGB")
-    boxes = [(d.box, str(d.prediction.digit)) for d in response.per_digit] + [(s.box, "") for s in response.separators]
-    left = top = 0
-    if crop and boxes:
-        x0, y0 = min(b.x for b, _ in boxes), min(b.y for b, _ in boxes)
-        x1, y1 = max(b.x + b.width for b, _ in boxes), max(b.y + b.height for b, _ in boxes)
-        margin = max(x1 - x0, y1 - y0) // 12 + 4
-        left, top = max(0, x0 - margin), max(0, y0 - margin)
-        picture = picture.crop((left, top, min(picture.width, x1 + margin), min(picture.height, y1 + 2 * margin)))
-    scale = min(1.0, max_side / max(picture.size))
-    if scale < 1.0:
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
-    banner = max(24, min(60, picture.height // 8))
-    canvas = Image.new("RGB", (max(picture.width, 16 * banner), picture.height + banner), "white")
-    canvas.paste(picture, (0, banner))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=banner * 2 // 3)  # Pillow's scalable default font
-    small = ImageFont.load_default(size=max(10, banner // 2))
-    line = max(2, round(2 * max(picture.size) / 1000))
-    for box, label in boxes:
-        x0, y0 = (box.x - left) * scale, (box.y - top) * scale + banner
-        x1, y1 = (box.x + box.width - left) * scale, (box.y + box.height - top) * scale + banner
-        colour = (230, 40, 40) if label else (40, 110, 230)  # digits red, separators blue
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        draw.text((x0 + line, y1 + line), label, fill=colour, font=small)
-    draw.text((8, banner // 6), f"read: {format_number(response)}   confidence {response.confidence:.1%}",
-              fill="black", font=font)
-    return canvas
 
 
 def cmd_evaluate(stub, args, call) -> int:

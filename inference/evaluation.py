@@ -113,9 +113,10 @@ def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: 
     chunks = list(torch.split(inputs, chunk_size))
     with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="evaluate") as pool:
         outputs = list(pool.map(forward, chunks))
-    if any(o is None for o in outputs):
+    finished = [o for o in outputs if o is not None]
+    if len(finished) < len(outputs):
         return None
-    return torch.cat(outputs) if outputs else torch.empty(0, 10)
+    return torch.cat(finished) if finished else torch.empty(0, 10)
 
 
 def evaluate_model(served: ServedModel, data: EvaluationData, split: str, *, heatmap: bool = True,

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 from shared.cli import HelpFormatter
 
-from inference.client import make_channel
+from inference.channel import make_channel
 from inference.security import ENV_TLS_CA
 
 

@@ -118,11 +118,13 @@ class ServedModel:
 
     @property
     def backend(self) -> str:
+        assert self.runner is not None  # __post_init__ sets it
         return self.runner.backend
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Normalized inputs (N, 1, 28, 28) -> the network's output, with the model's backend: log-probabilities
         (N, 10), then for a not-digit network its digit log-odds (N, 11; shared/model.py)."""
+        assert self.runner is not None
         return self.runner(inputs)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:

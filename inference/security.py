@@ -10,10 +10,7 @@ from pathlib import Path
 
 import grpc
 
-ENV_AUTH_TOKEN = "MNIST_AUTH_TOKEN"
-ENV_TLS_CERT = "MNIST_TLS_CERT"
-ENV_TLS_KEY = "MNIST_TLS_KEY"
-ENV_TLS_CA = "MNIST_TLS_CA"
+from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY  # noqa: F401 - the clients' import
 
 AUTH_METADATA_KEY = "authorization"
 # Probes (Docker, Kubernetes, load balancers) cannot send a token: health checking stays open. It reveals

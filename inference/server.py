@@ -201,7 +201,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    if options.tls_cert is not None:
+    if options.tls_cert is not None and options.tls_key is not None:
         port = server.add_secure_port(address, server_credentials(options.tls_cert, options.tls_key))
     else:
         port = server.add_insecure_port(address)

@@ -59,7 +59,7 @@ def manifest_from_file(models_dir: Path, version: str) -> Manifest:
         return cached
     data = path.read_bytes()
     payload = load_checkpoint(io.BytesIO(data), name=path.name)
-    metrics = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
+    metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}
     manifest = Manifest(
         version=version, file=path.name, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
         arch=str(payload.get("arch", "")), created_at=str(payload.get("created_at", "")),

@@ -1,7 +1,7 @@
 """Run the stack without Docker: the trainer, the inference service, the web page and TensorBoard as local processes.
 
-    python scripts/local_stack.py [--epochs N] [--tensorboard-port 6007] [--skip trainer] ...
-    (or `make stack` / `scripts/stack.sh`, which first create the virtual environment if needed)
+    python -m scripts.local_stack [--epochs N] [--tensorboard-port 6007] [--skip trainer] ...   (repository root)
+    (or `make stack` / `scripts/stack.sh`, from any folder, which first create the virtual environment if needed)
 
 The same four commands as docker-compose.yml, with the same settings (the MNIST_* environment variables of
 shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that the two agree. Like
@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, TextIO
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a file from a checkout: make `shared` importable without an install
-    sys.path.insert(0, str(ROOT))
+from shared import settings
+from shared.cli import HelpFormatter
 
-from shared import settings  # noqa: E402
-from shared.cli import HelpFormatter  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # docker-compose.yml's default memory limit of the inference container (tests/deploy checks the two agree).
 COMPOSE_INFERENCE_MEMORY = "3g"
@@ -64,7 +62,7 @@ class Service:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="local_stack.py",
+        prog="python -m scripts.local_stack",
         description="Run the trainer, the gRPC inference service, the web page and TensorBoard as local "
                     "processes (docker-compose.yml without Docker). Ctrl-C stops them all.",
         formatter_class=HelpFormatter,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one-command local stack: make sure the project's virtual environment exists and is up to date with
-# pyproject.toml (creating it and running `pip install -e .` when not), then run scripts/local_stack.py in it.
+# pyproject.toml (creating it and running `pip install -e .` when not), then run scripts/local_stack.py in it
+# (python -m scripts.local_stack, from the checkout).
 #
 #   scripts/stack.sh [local_stack.py flags]     e.g.  MNIST_TENSORBOARD_PORT=6007 scripts/stack.sh --epochs 3
 #   scripts/stack.sh --setup-only               only create / update the environment
@@ -42,4 +43,4 @@ if [ "${1:-}" = "--setup-only" ]; then
     exit 0
 fi
 # exec: Ctrl-C and SIGTERM go straight to the supervisor, which stops the services in order.
-exec "$VENV/bin/python" scripts/local_stack.py "$@"
+exec "$VENV/bin/python" -m scripts.local_stack "$@"

@@ -298,7 +298,7 @@ def to_mnist_fast(items, limits: Limits) -> list[np.ndarray | None]:
     results: list[np.ndarray | None] = [None] * len(decoded)
     if chosen:
         try:
-            digits = fast_to_mnist(np.stack([decoded[index] for index in chosen]))
+            digits = fast_to_mnist(np.stack([image for image in decoded if image is not None]))
         except Exception:  # a bug here must not fail the call: the full pipeline answers every picture instead
             log.exception("fast path failed on %d picture(s); the full pipeline answers them", len(chosen))
             return results

@@ -31,7 +31,7 @@ import numpy as np
 from shared.decode import ImageRejected, sample_grid
 
 # ---------------------------------------------------------------------------------------------------------------
-# Constants. The MNIST figures were measured on the 10,000 test digits (see the README's pipeline section).
+# Constants. The MNIST figures were measured on the 10,000 test digits (see docs/pipeline.md).
 
 MNIST_SIDE = 28
 MNIST_BOX = 20  # the longer side of every MNIST digit's bounding box
@@ -264,7 +264,7 @@ def channel_contrast(image: np.ndarray, paper: Paper) -> np.ndarray:
     parts = []
     for channel, surface, channel_sign in zip(_channels(image), _channels(paper.surface), paper.sign):
         if channel_sign < 0:
-            parts.append(cv2.divide(cv2.subtract(surface, channel), cv2.max(surface, 1), scale=255))
+            parts.append(cv2.divide(cv2.subtract(surface, channel), np.maximum(surface, 1), scale=255))
         else:
             parts.append(cv2.subtract(channel, surface))
     return parts[0] if len(parts) == 1 else cv2.merge(parts)

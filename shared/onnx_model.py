@@ -4,7 +4,7 @@ the two agree.
 Every published model has `models/<version>.onnx` beside its `.pt` (shared/checkpoint.py), with its SHA-256 in
 the manifest. The inference service runs it with onnxruntime by default (`--backend onnxruntime`): on the 2-core
 development machines the compact network's forward pass over a batch of 64 took 5 ms there against 9-18 ms in
-torch, and a single image 0.09 ms against 0.5 ms (README, "Inference"). The .pt stays the source of truth: the
+torch, and a single image 0.09 ms against 0.5 ms (docs/benchmarks.md, "Inference"). The .pt stays the source of truth: the
 ONNX file is derived from it, checked against it, and the `torch` backend needs nothing else.
 
 Input "images" (N, 1, 28, 28) float32, normalized as the model's checkpoint says; output "log_probs" (N, 10), or (N, 11) for a network

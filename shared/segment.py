@@ -697,7 +697,8 @@ def block_any(mask: np.ndarray, factor: int) -> np.ndarray:
         return mask
     h, w = mask.shape
     padded = np.pad(mask, ((0, -h % factor), (0, -w % factor)))
-    return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+    return np.asarray(blocks.any(axis=(1, 3)))
 
 
 def least_ink_paths(blocked: np.ndarray, starts: np.ndarray, band: int, stroke: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
-"""Pictures of handwritten numbers, made from MNIST *test* digits in the drawn styles of tests/user_images.py.
+"""Pictures of handwritten numbers, made from MNIST *test* digits in the drawn styles of testkit/user_images.py.
 
 A number is 4 to 8 digits (any count on request) written on one line the way people write: the digits slightly
 different in size, not quite on one baseline, all slanted alike, with gaps that are wide, narrow or (layout
-"touching") where neighbours' strokes run into each other. Each drawn style of tests/user_images.py has a number
+"touching") where neighbours' strokes run into each other. Each drawn style of testkit/user_images.py has a number
 version here with the same canvas, pen, colours and finish (a paint program, a web canvas with the ink only in
 alpha, a thin pen, small on a big canvas, coloured ink, a phone photo of paper, dark mode). Every picture comes
 with its truth: the digits, and each digit's box in the picture's pixels as displayed (after EXIF orientation).
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tests.user_images import (
+from testkit.user_images import (
     _ISOLUMINANT_PAIRS,
     draw_digit,
     encode,
@@ -254,7 +254,7 @@ def fit_on_canvas(written: Written, canvas: tuple[int, int], rng: np.random.Gene
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Drawn styles: the number versions of tests/user_images.py's DRAWN_STYLES. Each gets the digits, a generator
+# Drawn styles: the number versions of testkit/user_images.py's DRAWN_STYLES. Each gets the digits, a generator
 # and the layout and returns (encoded picture, digit boxes as displayed).
 
 Renderer = Callable[[list[np.ndarray], np.random.Generator, dict], tuple[bytes, tuple[Box, ...]]]

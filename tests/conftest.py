@@ -1,13 +1,20 @@
-"""Fixtures every test package shares: where MNIST is, and the dataset itself loaded once per session."""
+"""Fixtures every test package shares: where MNIST is, and the dataset itself loaded once per session; real
+inference servers on free ports and MNIST digits as PNG files (the inference and reliability tests)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shared.settings import ENV_DATA_DIR
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tests.inference.helpers import Running
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # CI and developers' machines have no internet: the four MNIST files lie beside the checkout.
@@ -44,6 +51,33 @@ def mnist(mnist_dir):
     from shared.data import load_mnist
 
     return load_mnist(mnist_dir, download=False)
+
+
+@pytest.fixture
+def serve(tmp_path, mnist_dir):
+    """Start servers on free ports; all are stopped at the end of the test."""
+    from tests.inference.helpers import start_server
+
+    running: list[Running] = []
+
+    def _start(artifacts: Path | None = None, **overrides) -> Running:
+        r = start_server(artifacts or tmp_path / "artifacts", mnist_dir, **overrides)
+        running.append(r)
+        return r
+
+    yield _start
+    for r in running:
+        r.channel.close()
+        r.server.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def digit_pngs(mnist) -> list[tuple[int, bytes, np.ndarray]]:
+    """(label, PNG bytes, 28x28 array) of the first 32 MNIST test digits."""
+    from tests.inference.helpers import png_bytes
+
+    return [(int(mnist.test_labels[i]), png_bytes(mnist.test_images[i].numpy()), mnist.test_images[i].numpy())
+            for i in range(32)]
 
 
 # The default network, really trained (not a stand-in), for the tests that need a model that reads digits well:

@@ -57,7 +57,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # Fast and accurate on two CPU cores: see README, "Training".
+    # Fast and accurate on two CPU cores: see docs/training.md and docs/benchmarks.md.
     "default": TrainConfig(),
     # The original notebook, reproduced: MyNet, plain SGD at a constant 0.001, batch 2048, no augmentation.
     "seed": TrainConfig(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ def decide(mode: str, *, version: str, val_accuracy: float, models_dir, split_se
         payload, published = read_published_model(models_dir, manifest)
     except CheckpointError as e:
         return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
-    metrics = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
+    metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}
     # The same defaults as the server (inference.model_store.load_served_model) for models that lack them.
     its_seed = int(payload.get("split_seed", metrics.get("split_seed", 0)))
     its_fraction = float(payload.get("val_fraction", metrics.get("val_fraction", 0.2)))
@@ -65,7 +66,7 @@ def decide(mode: str, *, version: str, val_accuracy: float, models_dir, split_se
             f"the published model {manifest.version} was validated on another split (split seed {its_seed}, "
             f"validation fraction {its_fraction}; this run: {split_seed}, {val_fraction}), so the two cannot be "
             "compared on the same images"))
-    norm = payload.get("normalization")
+    norm: Any = payload.get("normalization")  # checked below: a damaged file may hold anything
     try:
         mean, std = float(norm["mean"]), float(norm["std"])
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):

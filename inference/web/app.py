@@ -1,10 +1,11 @@
 """The REST API and the web page: an HTTP gateway in front of the gRPC service (FastAPI, served by uvicorn).
 
-Every REST call becomes the matching gRPC call on a channel from inference.client.make_channel (retries,
+Every REST call becomes the matching gRPC call on a channel from inference.channel.make_channel (retries,
 waitForReady, round-robin over every replica the target resolves to):
 
     POST /v1/predict          -> Predict          the image as the body, or as a multipart file
     POST /v1/predict/batch    -> PredictBatch     multipart, one part per image
+    POST /v1/read-number      -> ReadNumber       a picture of one line of 1-12 digits, as /v1/predict takes it
     GET  /v1/model            -> GetModelInfo
     POST /v1/evaluate         -> Evaluate         {"split": "test"|"validation", "heatmap": true}
     GET  /healthz                                  liveness: this process answers (the service is not asked)
@@ -45,7 +46,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
-from inference.client import make_channel
+from inference.channel import make_channel
 from inference.security import AUTH_METADATA_KEY
 from inference.web import errors, schemas
 
@@ -235,6 +236,12 @@ ERROR_RESPONSES = {
         504: "the inference service did not answer in time",
     }.items()
 }
+READ_NUMBER_RESPONSES = {
+    400: {"model": schemas.ErrorResponse,
+          "description": "not an image, damaged or blank; no digit found, more than one line of writing, or more "
+                         "than 12 digits (the message says which and what to send instead); or a bad request"},
+    404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
+}
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -331,18 +338,23 @@ def create_app(options: WebOptions) -> FastAPI:
 
     @api.post("/predict", response_model=schemas.Prediction, openapi_extra=IMAGE_BODY,
               summary="Read the digit in one picture (gRPC Predict)")
-    async def predict(request: Request, response: Response, model_input: bool = True) -> schemas.Prediction:
+    async def predict(request: Request, response: Response, model_input: bool = True,
+                      model_version: str = "") -> schemas.Prediction:
+        """`model_version` reads with another published version (GET /v1/models; empty: the served one)."""
         image = await read_one_image(request)
-        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input),
+        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input,
+                                                                 model_version=model_version),
                                     timeout=options.timeout, http=request, response=response)
         return schemas.Prediction.from_response(result)
 
     @api.post("/predict/batch", response_model=schemas.BatchPrediction, openapi_extra=BATCH_BODY,
               summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)")
-    async def predict_batch(request: Request, response: Response, model_input: bool = True) -> schemas.BatchPrediction:
+    async def predict_batch(request: Request, response: Response, model_input: bool = True,
+                            model_version: str = "") -> schemas.BatchPrediction:
         images = await read_images(request)
         result = await backend.call("PredictBatch",
-                                    pb.PredictBatchRequest(images=images, return_model_input=model_input),
+                                    pb.PredictBatchRequest(images=images, return_model_input=model_input,
+                                                           model_version=model_version),
                                     timeout=options.timeout, http=request, response=response)
         results = []
         for item in result.results:
@@ -362,15 +374,38 @@ def create_app(options: WebOptions) -> FastAPI:
                                   http=request, response=response)
         return schemas.ModelInfo.from_pb(info)
 
+    @api.get("/models", response_model=schemas.ModelList,
+             summary="The published model versions, newest first, and which one is served (gRPC ListModels)")
+    async def models(request: Request, response: Response) -> schemas.ModelList:
+        result = await backend.call("ListModels", pb.ListModelsRequest(), timeout=options.timeout,
+                                    http=request, response=response)
+        return schemas.ModelList.from_pb(result)
+
     @api.post("/evaluate", response_model=schemas.Evaluation,
               summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)")
     async def evaluate(request: Request, response: Response,
                        body: schemas.EvaluateRequest | None = None) -> schemas.Evaluation:
         body = body or schemas.EvaluateRequest()
         result = await backend.call("Evaluate", pb.EvaluateRequest(split=schemas.SPLITS[body.split],
-                                                                   omit_heatmap=not body.heatmap),
+                                                                   omit_heatmap=not body.heatmap,
+                                                                   model_version=body.model_version),
                                     timeout=options.evaluate_timeout, http=request, response=response)
         return schemas.Evaluation.from_pb(result)
+
+    @api.post("/read-number", response_model=schemas.NumberReading, openapi_extra=IMAGE_BODY,
+              responses=READ_NUMBER_RESPONSES,
+              summary="Read a whole number: one line of 1-12 handwritten digits, each with its box (gRPC ReadNumber)")
+    async def read_number(request: Request, response: Response, model_input: bool = True,
+                          model_version: str = "") -> schemas.NumberReading:
+        """The digits left to right, each with its box in the picture's pixels, its probabilities and (unless
+        `model_input=false`) the 28x28 image the model saw; decimal points and commas come back as `separators`.
+        `model_version` reads with another published version (empty: the served one)."""
+        image = await read_one_image(request)
+        result = await backend.call("ReadNumber",
+                                    pb.ReadNumberRequest(image=image, return_model_input=model_input,
+                                                         model_version=model_version),
+                                    timeout=options.timeout, http=request, response=response)
+        return schemas.NumberReading.from_pb(result)
 
     app.include_router(api)
     _document_validation_errors_as_400(app)

@@ -132,11 +132,40 @@ class ModelInfo(BaseModel):
         )
 
 
+class ModelVersion(BaseModel):
+    version: str
+    served: bool = Field(description="whether calls without model_version use it now")
+    metrics: dict[str, float] = Field(default_factory=dict, description="what the trainer recorded")
+    size_bytes: int
+    sha256: str
+    created_at: str = Field("", description="when it was published, UTC, ISO 8601")
+    arch: str = ""
+    run_name: str = ""
+    checksum_recorded: bool = Field(description="false for a version published before per-version manifests")
+    problem: str = Field("", description="why the version cannot be read, if it cannot")
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersion] = Field(description="newest first")
+    served_version: str = Field("", description="empty before the first model is loaded")
+
+    @classmethod
+    def from_pb(cls, response: pb.ListModelsResponse) -> "ModelList":
+        return cls(served_version=response.served_version, models=[
+            ModelVersion(version=m.version, served=m.served, metrics=dict(m.metrics), size_bytes=m.size_bytes,
+                         sha256=m.sha256, created_at=m.created_at, arch=m.arch, run_name=m.run_name,
+                         checksum_recorded=m.checksum_recorded, problem=m.problem)
+            for m in response.models
+        ])
+
+
 class EvaluateRequest(BaseModel):
     split: Literal["test", "validation"] = Field(
         "test", description="the 10,000 MNIST test images, or the validation part of the training images as the "
                             "served model's trainer split them")
     heatmap: bool = Field(True, description="also draw the confusion matrix as a PNG (a few hundred ms)")
+    model_version: str = Field("", description="score this published version (GET /v1/models lists them); "
+                                               "empty: the served one")
 
 
 class ClassMetrics(BaseModel):
@@ -175,3 +204,58 @@ class Evaluation(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "ready"]
     target: str | None = Field(None, description="the inference service this gateway calls")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ReadNumber: one line of 1-12 digits
+
+
+class Box(BaseModel):
+    """A rectangle in the picture's pixels as displayed (EXIF orientation applied): top-left corner and size."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @classmethod
+    def from_pb(cls, box: pb.Box) -> "Box":
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height)
+
+
+class NumberDigit(DigitPrediction):
+    box: Box = Field(description="where the digit's ink is in the picture")
+
+    @classmethod
+    def from_number_digit(cls, digit: pb.NumberDigit) -> "NumberDigit":
+        return cls(box=Box.from_pb(digit.box), **DigitPrediction.from_pb(digit.prediction).model_dump())
+
+
+class Separator(BaseModel):
+    position: int = Field(description='how many digits stand before it: "3.14" -> 1')
+    mark: Literal[".", ","]
+    box: Box
+
+    @classmethod
+    def from_pb(cls, separator: pb.Separator) -> "Separator":
+        return cls(position=separator.position, mark=separator.mark, box=Box.from_pb(separator.box))
+
+
+class NumberReading(BaseModel):
+    digits: str = Field(description='the digits read, left to right, separators left out, e.g. "314"',
+                        examples=["314"])
+    per_digit: list[NumberDigit] = Field(description="one per character of `digits`, in the same order")
+    confidence: float = Field(description="the probability that every digit is right: the product of each "
+                                          "digit's probability")
+    separators: list[Separator] = Field(description="decimal points and commas, left to right; empty when none")
+    model_version: str = Field(description="the version of the model that read every digit")
+    width: int = Field(description="the picture's width as displayed, the frame of every box")
+    height: int = Field(description="the picture's height as displayed")
+
+    @classmethod
+    def from_pb(cls, response: pb.ReadNumberResponse) -> "NumberReading":
+        return cls(digits=response.digits,
+                   per_digit=[NumberDigit.from_number_digit(d) for d in response.per_digit],
+                   confidence=response.confidence,
+                   separators=[Separator.from_pb(s) for s in response.separators],
+                   model_version=response.model_version, width=response.width, height=response.height)

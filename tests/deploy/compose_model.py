@@ -1,19 +1,29 @@
-"""docker-compose.yml and the Dockerfiles as data, and a compose service as a local process.
+"""docker-compose.yml as Compose itself reads it, the Dockerfiles as data, and a compose service as a local process.
 
-What the deploy tests share: reading the compose files the way Compose merges them, the environment a
-container gets (image ENV plus compose's `environment`), and the mapping of a container's volumes and ports
-onto a temporary folder and free local ports, so a service's own command can run here without Docker.
+What the deploy tests share: the compose model that `docker compose config` renders (the files merged, `!reset`
+applied, `${VAR:-default}` substituted, every short form made long), the environment a container gets (image
+ENV plus compose's `environment`), and the mapping of a container's volumes and ports onto a temporary folder and
+free local ports, so a service's own command can run here without Docker.
+
+Compose v2.24+ is asked, not imitated: one `config` per (files, environment, profiles) in a test session, in a
+controlled environment (none of this machine's MNIST_* or COMPOSE_* variables, no .env file) unless a test says
+otherwise. Without it the tests that need it skip with the reason, which fails them under CI=true.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pytest
 
 from shared import settings
 
@@ -28,76 +38,72 @@ STACK_SERVICES = ("trainer", "inference", "web", "tensorboard")  # what `docker 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Compose files
+# Compose itself
+
+MIN_COMPOSE_VERSION = (2, 24)  # `!reset` in docker-compose.cpu.yml
+# All the docker CLI needs from this machine's environment to find its compose plugin; nothing else gets through.
+_PASSED_TO_COMPOSE = ("PATH", "HOME", "DOCKER_CONFIG")
 
 
-class Reset:
-    """Compose's `!reset` tag (v2.24+): the attribute is removed from what the earlier files said."""
-
-    def __repr__(self) -> str:
-        return "!reset"
-
-
-class _ComposeLoader(yaml.SafeLoader):
-    pass
-
-
-_ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        return yaml.load(f, Loader=_ComposeLoader)  # noqa: S506 - a SafeLoader with one more tag
-
-
-# The compose specification's merge rules (https://docs.docker.com/reference/compose-file/merge/): mappings
-# merge key by key, sequences append, these few are replaced whole, and `!reset` removes.
-_REPLACED = {("services", "*", "command"), ("services", "*", "entrypoint"),
-             ("services", "*", "healthcheck", "test")}
+@functools.cache
+def _compose_or_reason() -> tuple[list[str] | None, str]:
+    how = "../shared/tools/docker-engine.sh installs it as the docker CLI plugin"
+    if shutil.which("docker") is None:
+        return None, f"the docker CLI is not installed; Docker Compose v2 is needed ({how})"
+    try:
+        result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True,
+                                timeout=60)
+    except subprocess.TimeoutExpired:
+        return None, "`docker compose version` did not answer within 60 s"
+    version = tuple(int(n) for n in re.findall(r"\d+", result.stdout)[:2])
+    if result.returncode != 0 or not version:
+        return None, f"`docker compose` (Compose v2) is not available ({how}): {result.stderr.strip()}"
+    if version < MIN_COMPOSE_VERSION:
+        return None, (f"Docker Compose {result.stdout.strip()} is too old: {'.'.join(map(str, MIN_COMPOSE_VERSION))}"
+                      f" or newer reads `!reset` ({how})")
+    return ["docker", "compose"], ""
 
 
-def _merge(base: Any, override: Any, path: tuple[str, ...]) -> Any:
-    if any(len(p) == len(path) and all(a in ("*", b) for a, b in zip(p, path)) for p in _REPLACED):
-        return override
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            if isinstance(value, Reset):
-                merged.pop(key, None)
-            elif key in merged:
-                merged[key] = _merge(merged[key], value, (*path, key))
-            else:
-                merged[key] = value
-        return merged
-    if isinstance(base, list) and isinstance(override, list):
-        return base + override
-    return override
+def docker_compose() -> list[str]:
+    """`docker compose`, v2.24 or newer; a skip with the reason where there is none (a failure under CI=true)."""
+    argv, reason = _compose_or_reason()
+    if argv is None:
+        pytest.skip(reason)
+    return argv
 
 
-def load_compose(*files: Path) -> dict[str, Any]:
-    """The compose model of `files` (default docker-compose.yml alone), merged in order, `x-` anchors resolved."""
-    model: dict[str, Any] = {}
-    for path in files or (COMPOSE_FILE,):
-        model = _merge(model, load_yaml(path), ())
-    return model
+def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,), env: dict[str, str] | None = None,
+                project_dir: Path = REPO, env_file: Path | None = Path(os.devnull),
+                timeout: float = 60) -> subprocess.CompletedProcess:
+    """`docker compose -f FILE... ARGS` run in `project_dir`, seeing only `env` (and what the CLI needs to run).
+    `env_file` replaces the project folder's .env (default: none, so that a developer's .env changes nothing);
+    None lets Compose read `project_dir`/.env as it does for a user. No `files`: Compose's own choice (COMPOSE_FILE,
+    else docker-compose.yml in `project_dir`)."""
+    argv = [*docker_compose(), "--project-directory", str(project_dir)]
+    for path in files:
+        argv += ["-f", str(path)]
+    if env_file is not None:
+        argv += ["--env-file", str(env_file)]
+    environment = {k: os.environ[k] for k in _PASSED_TO_COMPOSE if k in os.environ}
+    return subprocess.run([*argv, *args], capture_output=True, text=True, cwd=project_dir,
+                          env={**environment, **(env or {})}, timeout=timeout)
 
 
-_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+@functools.cache
+def _rendered(files: tuple[Path, ...], env: tuple[tuple[str, str], ...], profiles: tuple[str, ...]) -> str:
+    profile_args = [a for p in profiles for a in ("--profile", p)]
+    result = run_compose(*profile_args, "config", "--format", "json", files=files, env=dict(env))
+    assert result.returncode == 0, (f"docker compose {' '.join(profile_args)} config rejects "
+                                    f"{', '.join(f.name for f in files)} (environment {dict(env)}):\n{result.stderr}")
+    return result.stdout
 
 
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}` (unset or empty) and `${VAR-default}` (unset only)."""
-
-    def value(m: re.Match) -> str:
-        name, op, default = m["name"], m["op"], m["default"] or ""
-        current = env.get(name)
-        if op == ":-" and not current:
-            return default
-        if op == "-" and current is None:
-            return default
-        return current or ""
-
-    return _VARIABLE.sub(value, text)
+def load_compose(*files: Path, env: dict[str, str] | None = None, profiles: tuple[str, ...] = ("*",)) -> dict[str, Any]:
+    """The compose model of `files` (default docker-compose.yml alone) as `docker compose config` renders it with
+    the variables `env` (and no others) and `profiles` enabled (default every one: the client and Prometheus too;
+    () gives what a plain `up` starts). Rendered once per session; each call returns a fresh copy."""
+    key = (tuple(files) or (COMPOSE_FILE,), tuple(sorted((env or {}).items())), tuple(profiles))
+    return json.loads(_rendered(*key))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -115,8 +121,8 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
             continue
         logical.append(current + line)
         current = ""
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1].strip() if len(l.split(None, 1)) > 1 else "")
-            for l in logical]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if len(line.split(None, 1)) > 1 else "")
+            for line in logical]
 
 
 def dockerfile_env(path: Path) -> dict[str, str]:
@@ -138,17 +144,15 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Mount:
-    volume: str
+    type: str  # "volume" (a named volume) or "bind" (a host path)
+    volume: str  # the volume's name, or the host path of a bind mount
     target: str
     read_only: bool
 
 
 def mounts(service: dict[str, Any]) -> list[Mount]:
-    result = []
-    for spec in service.get("volumes", []):
-        volume, target, *mode = spec.split(":")
-        result.append(Mount(volume, target, "ro" in mode))
-    return result
+    """The service's volumes, from Compose's long form."""
+    return [Mount(v["type"], v["source"], v["target"], bool(v.get("read_only"))) for v in service.get("volumes", [])]
 
 
 @dataclass(frozen=True)
@@ -156,28 +160,23 @@ class Port:
     host_ip: str
     host_port: str  # a number, a range, or '' (any free port)
     container_port: int
+    protocol: str = "tcp"
 
 
-def published_ports(service: dict[str, Any], env: dict[str, str]) -> list[Port]:
-    result = []
-    for spec in service.get("ports", []):
-        host_ip, host_port, container = interpolate(str(spec), env).rsplit(":", 2)
-        result.append(Port(host_ip, host_port, int(container.split("/")[0])))
-    return result
+def published_ports(service: dict[str, Any]) -> list[Port]:
+    """The service's ports, from Compose's long form."""
+    return [Port(p.get("host_ip", ""), p.get("published", ""), int(p["target"]), p.get("protocol", "tcp"))
+            for p in service.get("ports", [])]
 
 
-def container_environment(model: dict[str, Any], name: str, host_env: dict[str, str]) -> dict[str, str]:
-    """What the container's process sees: the image's ENV, then compose's `environment`, where a variable
-    without a value is passed through from the host (`host_env`) when set there and left out when not."""
+def container_environment(model: dict[str, Any], name: str) -> dict[str, str]:
+    """What the container's process sees: the image's ENV, then compose's `environment` as Compose rendered it
+    (`load_compose(env=...)`): a variable without a value is passed through from that environment when set there
+    (Compose fills it in) and left out when not (Compose leaves it null)."""
     service = model["services"][name]
     # An image built elsewhere (prometheus): its ENV sets none of the project's variables.
     env = dockerfile_env(DOCKERFILES[SERVICE_DOCKERFILE[name]]) if name in SERVICE_DOCKERFILE else {}
-    for key, value in (service.get("environment") or {}).items():
-        if value is None:
-            if key in host_env:
-                env[key] = host_env[key]
-        else:
-            env[key] = interpolate(str(value), host_env)
+    env.update({k: str(v) for k, v in (service.get("environment") or {}).items() if v is not None})
     return env
 
 
@@ -198,7 +197,8 @@ class LocalMapping:
     def path(self, model: dict[str, Any], name: str, container_path: str) -> str:
         for mount in mounts(model["services"][name]):
             if container_path == mount.target or container_path.startswith(mount.target + "/"):
-                return str(self.volumes[mount.volume]) + container_path[len(mount.target):]
+                host = mount.volume if mount.type == "bind" else str(self.volumes[mount.volume])
+                return host + container_path[len(mount.target):]
         return container_path
 
     def arg(self, model: dict[str, Any], name: str, arg: str, previous: str | None) -> str:
@@ -221,13 +221,13 @@ class LocalMapping:
         return [*program, *mapped]
 
 
-def local_process(model: dict[str, Any], name: str, mapping: LocalMapping,
-                  host_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """The service's command and environment, as a process on this machine: container paths -> `mapping`'s
-    folders, container ports -> its local ports. The inference server's address, not set in compose (the
-    settings' default), is made explicit so that it can be moved to a free port."""
+def local_process(model: dict[str, Any], name: str, mapping: LocalMapping) -> tuple[list[str], dict[str, str]]:
+    """The service's command and environment (`model` rendered with the host's variables: `load_compose(env=...)`),
+    as a process on this machine: container paths -> `mapping`'s folders, container ports -> its local ports. The
+    inference server's address, not set in compose (the settings' default), is made explicit so that it can be
+    moved to a free port."""
     argv = mapping.argv(model, name, command(model, name))
-    env = {k: mapping.arg(model, name, v, None) for k, v in container_environment(model, name, host_env).items()}
+    env = {k: mapping.arg(model, name, v, None) for k, v in container_environment(model, name).items()}
     if argv[1:3] == ["-m", "inference"]:
         address = env.get(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS)
         env[settings.ENV_GRPC_ADDRESS] = mapping.arg(model, name, address, None)

@@ -1,16 +1,16 @@
-"""docker-compose.yml: valid for Compose, and in agreement with shared/settings.py and with the local stack."""
+"""docker-compose.yml: valid for Compose, and in agreement with shared/settings.py and with the local stack.
+
+Every check reads the files as Compose v2 renders them (`docker compose config`, tests/deploy/compose_model.py)."""
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scripts.local_stack import get_args_parser, local_services, stack_environment
 from shared import settings
@@ -20,21 +20,21 @@ from tests.deploy.compose_model import (
     REPO,
     STACK_SERVICES,
     LocalMapping,
-    Reset,
+    Port,
     command,
     container_environment,
     healthcheck_argv,
     load_compose,
-    load_yaml,
     mounts,
     published_ports,
+    run_compose,
 )
 
 SETTINGS_ENV_NAMES = {getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
 WEB_PORT = settings.DEFAULT_WEB_PORT
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "COMPOSE_"))}
+GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
@@ -42,72 +42,53 @@ def model():
     return load_compose()
 
 
-def docker_compose() -> str:
-    path = shutil.which("docker-compose")
-    if path is None:
-        pytest.skip("docker-compose is not installed (`apt-get install -y docker-compose` gives 1.29, which "
-                    "validates compose files offline)")
-    return path
-
-
-def compose_config(*files: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    args = [docker_compose()]
-    for f in files:
-        args += ["-f", str(f)]
-    return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=REPO,
-                          env={**CLEAN_ENV, **(env or {})}, timeout=60)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Compose itself accepts the files
 
 
-def test_compose_file_validates():
-    result = compose_config(COMPOSE_FILE)
+@pytest.mark.parametrize("files", [(COMPOSE_FILE,), (COMPOSE_FILE, CPU_OVERRIDE)], ids=["gpu", "cpu"])
+def test_compose_files_validate(files):
+    result = run_compose("config", "--quiet", files=files)
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_config_rejects_a_broken_file(tmp_path):
-    """Guards the test above: `docker-compose config` does validate (an unknown key fails)."""
+    """Guards the test above: `docker compose config` does validate (an unknown key fails)."""
     broken = tmp_path / "docker-compose.yml"
     broken.write_text("services:\n  trainer:\n    image: x\n    restart_policy_typo: always\n")
-    assert compose_config(broken).returncode != 0
+    result = run_compose("config", "--quiet", files=(broken,), project_dir=tmp_path)
+    assert result.returncode != 0 and "restart_policy_typo" in result.stderr, result.stderr
 
 
-def test_cpu_override_removes_the_gpu_request_and_the_result_validates(tmp_path):
-    # docker-compose 1.29 cannot read `!reset` (Compose v2.24+), so merge as Compose v2 does and validate that.
-    override = load_yaml(CPU_OVERRIDE)
-    assert isinstance(override["services"]["trainer"]["deploy"], Reset)
-    merged = load_compose(COMPOSE_FILE, CPU_OVERRIDE)
-    trainer = merged["services"]["trainer"]
-    assert "deploy" not in trainer
-    assert trainer["environment"][settings.ENV_DEVICE] == "cpu"
-    assert load_compose()["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"] == [
+def test_cpu_override_removes_the_gpu_request_and_changes_nothing_else():
+    gpu, cpu = load_compose(), load_compose(COMPOSE_FILE, CPU_OVERRIDE)
+    assert gpu["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    merged.pop("x-cpu-image", None)
-    path = tmp_path / "docker-compose.yml"
-    path.write_text(yaml.safe_dump(merged))
-    result = compose_config(path)
-    assert result.returncode == 0, result.stderr
-    assert "nvidia" not in result.stdout
+    trainer = cpu["services"]["trainer"]
+    assert "deploy" not in trainer  # removed (`!reset`), not merged with the GPU request
+    assert trainer["environment"][settings.ENV_DEVICE] == "cpu"
+    assert "nvidia" not in json.dumps(cpu)
+    # The trainer's device is all that differs: every other service and setting is the GPU file's.
+    gpu_trainer = gpu["services"].pop("trainer")
+    cpu["services"].pop("trainer")
+    assert cpu == gpu
+    assert {k: v for k, v in trainer.items() if k != "environment"} == {
+        k: v for k, v in gpu_trainer.items() if k not in ("environment", "deploy")}
+    assert {**gpu_trainer["environment"], settings.ENV_DEVICE: "cpu"} == trainer["environment"]
 
 
 def test_settings_from_the_environment_reach_the_trainer():
-    result = compose_config(COMPOSE_FILE, env={settings.ENV_EPOCHS: "3", settings.ENV_PRESET: "seed"})
-    assert result.returncode == 0, result.stderr
-    trainer = yaml.safe_load(result.stdout)["services"]["trainer"]
+    trainer = load_compose(env={settings.ENV_EPOCHS: "3", settings.ENV_PRESET: "seed"})["services"]["trainer"]
     assert trainer["environment"][settings.ENV_EPOCHS] == "3"
     assert trainer["environment"][settings.ENV_PRESET] == "seed"
 
 
 def test_tensorboard_and_web_host_ports_and_replica_port_range_come_from_the_environment():
-    result = compose_config(COMPOSE_FILE, env={settings.ENV_TENSORBOARD_PORT: "6007", settings.ENV_WEB_PORT: "8081",
-                                                "MNIST_GRPC_HOST_PORT": "50051-50053"})
-    assert result.returncode == 0, result.stderr
-    services = yaml.safe_load(result.stdout)["services"]
-    assert services["tensorboard"]["ports"] == [f"127.0.0.1:6007:{TB_PORT}/tcp"]
-    assert services["web"]["ports"] == [f"127.0.0.1:8081:{WEB_PORT}/tcp"]
-    assert services["inference"]["ports"] == [f"127.0.0.1:50051-50053:{GRPC_PORT}/tcp"]
+    services = load_compose(env={settings.ENV_TENSORBOARD_PORT: "6007", settings.ENV_WEB_PORT: "8081",
+                                 "MNIST_GRPC_HOST_PORT": "50051-50053"})["services"]
+    assert published_ports(services["tensorboard"]) == [Port("127.0.0.1", "6007", TB_PORT)]
+    assert published_ports(services["web"]) == [Port("127.0.0.1", "8081", WEB_PORT)]
+    assert published_ports(services["inference"]) == [Port("127.0.0.1", "50051-50053", GRPC_PORT)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,22 +98,20 @@ def test_tensorboard_and_web_host_ports_and_replica_port_range_come_from_the_env
 def test_up_starts_the_four_services_and_the_trainer_asks_for_a_gpu(model):
     started = {n for n, s in model["services"].items() if not s.get("profiles")}
     assert started == set(STACK_SERVICES)
+    assert set(load_compose(profiles=())["services"]) == set(STACK_SERVICES)  # Compose's own answer
     assert model["services"]["trainer"]["restart"] == "no"  # a job: it ends, the others go on
     assert model["services"]["inference"]["restart"] == "on-failure"
     assert model["services"]["web"]["restart"] == "on-failure"
 
 
 def test_ports_are_the_settings_defaults_published_on_loopback(model):
-    inference = published_ports(model["services"]["inference"], {})
-    tensorboard = published_ports(model["services"]["tensorboard"], {})
-    web = published_ports(model["services"]["web"], {})
-    assert inference == [type(inference[0])("127.0.0.1", str(GRPC_PORT), GRPC_PORT)]
-    assert tensorboard == [type(tensorboard[0])("127.0.0.1", str(TB_PORT), TB_PORT)]
-    assert web == [type(web[0])("127.0.0.1", str(WEB_PORT), WEB_PORT)]
+    assert published_ports(model["services"]["inference"]) == [Port("127.0.0.1", str(GRPC_PORT), GRPC_PORT)]
+    assert published_ports(model["services"]["tensorboard"]) == [Port("127.0.0.1", str(TB_PORT), TB_PORT)]
+    assert published_ports(model["services"]["web"]) == [Port("127.0.0.1", str(WEB_PORT), WEB_PORT)]
     page = command(model, "web")
     assert page[page.index("--port") + 1] == str(WEB_PORT) and page[page.index("--host") + 1] == "0.0.0.0"
     # Inside the container the server listens on the settings' default address, on the published port.
-    env = container_environment(model, "inference", {})
+    env = container_environment(model, "inference")
     address = env.get(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS)
     assert address.rsplit(":", 1)[1] == str(GRPC_PORT)
     assert address.startswith(("[::]", "0.0.0.0")), "in a container the server must listen on all interfaces"
@@ -153,26 +132,28 @@ def test_volumes_are_mounted_where_the_settings_point(model):
     # The web page reads no file: every answer comes from the inference service over gRPC.
     assert "volumes" not in model["services"]["web"]
     for name in ("trainer", "inference", "tensorboard"):
-        env = container_environment(model, name, {})
+        env = container_environment(model, name)
         targets = {m.target: m for m in mounts(model["services"][name])}
         artifacts = env[settings.ENV_ARTIFACTS_DIR]
         assert artifacts in targets, f"{name}: {settings.ENV_ARTIFACTS_DIR}={artifacts} is not a mounted volume"
-        assert targets[artifacts].volume == "artifacts"
+        assert (targets[artifacts].type, targets[artifacts].volume) == ("volume", "artifacts")
         # Only the trainer writes; the others read the same volume.
         assert targets[artifacts].read_only == (name != "trainer"), name
         if name != "tensorboard":
             data = env[settings.ENV_DATA_DIR]
-            assert data in targets and targets[data].volume == "mnist", f"{name}: MNIST volume not at {data}"
+            assert data in targets and (targets[data].type, targets[data].volume) == ("volume", "mnist"), (
+                f"{name}: MNIST volume not at {data}")
     tb = command(model, "tensorboard")
-    runs = settings.Paths(Path(container_environment(model, "tensorboard", {})[settings.ENV_ARTIFACTS_DIR])).runs
+    runs = settings.Paths(Path(container_environment(model, "tensorboard")[settings.ENV_ARTIFACTS_DIR])).runs
     assert tb[tb.index("--logdir") + 1] == str(runs)
     assert set(model["volumes"]) == {"artifacts", "mnist"}
 
 
 def test_environment_variables_are_the_settings_names(model):
     for name, service in model["services"].items():
-        env = container_environment(model, name, {})
-        unknown = {k for k in (*env, *(service.get("environment") or {})) if k.startswith("MNIST_")} - SETTINGS_ENV_NAMES
+        env = container_environment(model, name)
+        names = {*env, *(service.get("environment") or {})}
+        unknown = {k for k in names if k.startswith("MNIST_")} - SETTINGS_ENV_NAMES
         assert not unknown, f"{name}: {unknown} are not variables of shared/settings.py"
     passed_through = {k for k, v in model["services"]["trainer"]["environment"].items() if v is None}
     assert passed_through == {settings.ENV_EPOCHS, settings.ENV_PRESET, settings.ENV_DEVICE, settings.ENV_SEED}
@@ -183,16 +164,22 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     from inference.options import ServerOptions
     from scripts.local_stack import COMPOSE_INFERENCE_MEMORY
 
-    limit = model["services"]["inference"]["deploy"]["resources"]["limits"]["memory"]
-    assert limit == "${MNIST_INFERENCE_MEMORY:-" + COMPOSE_INFERENCE_MEMORY + "}"
+    def limit(env: dict[str, str]) -> int:  # Compose gives it in bytes
+        return int(load_compose(env=env)["services"]["inference"]["deploy"]["resources"]["limits"]["memory"])
+
+    assert COMPOSE_INFERENCE_MEMORY.endswith("g")
+    assert limit({}) == int(COMPOSE_INFERENCE_MEMORY[:-1]) * GIB
+    assert limit({"MNIST_INFERENCE_MEMORY": "4g"}) == 4 * GIB
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
     needed = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-    assert COMPOSE_INFERENCE_MEMORY.endswith("g") and int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
+    assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
         "the default limit should hold one server process with room to spare")
 
 
 def test_replica_count_is_configuration_not_a_scale_flag(model):
-    assert model["services"]["inference"]["deploy"]["replicas"] == "${MNIST_INFERENCE_REPLICAS:-1}"
+    assert model["services"]["inference"]["deploy"]["replicas"] == 1
+    scaled = load_compose(env={"MNIST_INFERENCE_REPLICAS": "3"})
+    assert scaled["services"]["inference"]["deploy"]["replicas"] == 3
 
 
 def test_client_and_web_page_reach_every_replica_through_dns(model):
@@ -202,7 +189,8 @@ def test_client_and_web_page_reach_every_replica_through_dns(model):
     assert client["depends_on"]["inference"]["condition"] == "service_healthy"
     web = model["services"]["web"]
     assert web["environment"][settings.ENV_GRPC_TARGET] == f"dns:///inference:{GRPC_PORT}"
-    assert web["depends_on"] == ["inference"]  # started with it; no wait for health: the page says "no model yet"
+    # Started with it; no wait for health: the page says "no model yet".
+    assert web["depends_on"] == {"inference": {"condition": "service_started", "required": True}}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,7 +223,8 @@ def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_pa
     assert moved[settings.ENV_GRPC_TARGET] == "localhost:50061"
     assert Path(env[settings.ENV_ARTIFACTS_DIR]) == Path(settings.DEFAULT_ARTIFACTS_DIR).resolve()
     for service in STACK_SERVICES:
-        names = {k for k in container_environment(model, service, {settings.ENV_EPOCHS: "1"}) if k.startswith("MNIST_")}
+        names = {k for k in container_environment(load_compose(env={settings.ENV_EPOCHS: "1"}), service)
+                 if k.startswith("MNIST_")}
         assert names - {settings.ENV_EPOCHS} <= set(env), service
     # A setting given to the stack reaches every service, as compose passes it through.
     env = stack_environment(get_args_parser().parse_args(["--epochs", "2", "--device", "cpu"]))
@@ -277,12 +266,15 @@ def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_p
     compose_text = COMPOSE_FILE.read_text()
     for name in assignments:
         assert name in SETTINGS_ENV_NAMES or name in compose_text or name == "COMPOSE_FILE", name
-    # Uncommented, the example is a working .env (COMPOSE_FILE aside: docker-compose 1.29 cannot read `!reset`).
-    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
-    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in assignments.items() if k != "COMPOSE_FILE"))
-    result = subprocess.run([docker_compose(), "config"], capture_output=True, text=True, cwd=tmp_path, env=CLEAN_ENV)
+    # Uncommented, the example is a working .env, read as Compose reads a project's .env (COMPOSE_FILE included).
+    for path in (COMPOSE_FILE, CPU_OVERRIDE):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in assignments.items()))
+    result = run_compose("config", "--format", "json", files=(), project_dir=tmp_path, env_file=None)
     assert result.returncode == 0, result.stderr
-    services = yaml.safe_load(result.stdout)["services"]
+    services = json.loads(result.stdout)["services"]
     assert services["trainer"]["environment"][settings.ENV_EPOCHS] == assignments[settings.ENV_EPOCHS]
-    assert services["tensorboard"]["ports"] == [f"127.0.0.1:{assignments[settings.ENV_TENSORBOARD_PORT]}:{TB_PORT}/tcp"]
-    assert services["web"]["ports"] == [f"127.0.0.1:{assignments[settings.ENV_WEB_PORT]}:{WEB_PORT}/tcp"]
+    assert "deploy" not in services["trainer"], "COMPOSE_FILE in .env should apply the CPU override"
+    tb_port, web_port = assignments[settings.ENV_TENSORBOARD_PORT], assignments[settings.ENV_WEB_PORT]
+    assert published_ports(services["tensorboard"]) == [Port("127.0.0.1", tb_port, TB_PORT)]
+    assert published_ports(services["web"]) == [Port("127.0.0.1", web_port, WEB_PORT)]

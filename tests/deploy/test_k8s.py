@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from inference.server import LIVENESS_SERVICE, SERVICE_NAME
 from shared import settings
 from tests.deploy.compose_model import REPO
-from tests.inference.conftest import health_status, publish, start_server
+from tests.inference.helpers import health_status, publish, start_server
 
 K8S = REPO / "deploy" / "k8s"
 KUSTOMIZATIONS = {"cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu", "multinode": K8S / "multinode"}

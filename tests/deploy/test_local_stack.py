@@ -196,9 +196,9 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
     fake.chmod(0o755)
     env = {**CLEAN_ENV, "FAKE_DIR": str(tmp_path), "MNIST_TENSORBOARD_PORT": "6007", "MNIST_EPOCHS": "4"}
     stack = subprocess.Popen(
-        [PY, str(REPO / "scripts" / "local_stack.py"), "--python", str(fake), "--artifacts-dir", str(tmp_path / "a"),
+        [PY, "-m", "scripts.local_stack", "--python", str(fake), "--artifacts-dir", str(tmp_path / "a"),
          "--data-dir", str(tmp_path / "mnist"), "--trainer-args", "--train-subset 2000", "--stop-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(stack.stdout), daemon=True)
     reader.start()
@@ -275,13 +275,13 @@ def test_stack_sh_creates_the_venv_installs_once_and_execs_the_supervisor(fake_p
     assert first.returncode == 0, first.stderr
     assert calls(log) == [f"bin/python3 -m venv {env['MNIST_VENV']}",
                           "venv/bin/python -m pip install --disable-pip-version-check -e .",
-                          "venv/bin/python scripts/local_stack.py --epochs 1"]
+                          "venv/bin/python -m scripts.local_stack --epochs 1"]
     assert run("--epochs", "1").returncode == 0
-    assert calls(log) == ["venv/bin/python scripts/local_stack.py --epochs 1"], "installed already: no pip"
+    assert calls(log) == ["venv/bin/python -m scripts.local_stack --epochs 1"], "installed already: no pip"
     assert run("--setup-only", MNIST_STACK_EXTRAS="dev").returncode == 0
     assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]"]
     assert run("--help").returncode == 0
-    assert calls(log) == ["venv/bin/python scripts/local_stack.py --help"], "a dev install serves a plain run"
+    assert calls(log) == ["venv/bin/python -m scripts.local_stack --help"], "a dev install serves a plain run"
 
 
 def test_stack_sh_reinstalls_when_the_pins_change(fake_python3, tmp_path):
@@ -316,7 +316,7 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
                                         capture_output=True, text=True, timeout=60)
     result = make("stack", "ARGS=--tensorboard-port 6007")
     assert result.returncode == 0, result.stderr
-    assert calls(log)[-1] == "venv/bin/python scripts/local_stack.py --tensorboard-port 6007"
+    assert calls(log)[-1] == "venv/bin/python -m scripts.local_stack --tensorboard-port 6007"
     result = make("test", "PYTEST_ARGS=tests/deploy -q")
     assert result.returncode == 0, result.stderr
     assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from shared import settings
-from tests.deploy.compose_model import REPO, container_environment, load_compose
+from tests.deploy.compose_model import REPO, Mount, Port, container_environment, load_compose, mounts, published_ports
 
 SCRAPE_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
@@ -35,9 +35,9 @@ def test_the_monitoring_profile_adds_prometheus_from_the_official_image_at_a_pin
     image, _, tag = prometheus["image"].partition(":")
     assert image == "prom/prometheus"
     assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"pin an exact release, not {tag!r}"
-    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert Mount("bind", str(SCRAPE_CONFIG), "/etc/prometheus/prometheus.yml", True) in mounts(prometheus)
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
-    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+    assert published_ports(prometheus) == [Port("127.0.0.1", "9090", 9090)]
 
 
 def test_promtool_accepts_the_scrape_config():
@@ -59,7 +59,7 @@ def test_prometheus_scrapes_every_inference_replica_on_the_metrics_port(model):
     (job,) = config["scrape_configs"]
     (discovery,) = job["dns_sd_configs"]
     assert discovery["names"] == ["inference"] and discovery["type"] == "A"  # every replica's address
-    env = container_environment(model, "inference", {})
+    env = container_environment(model, "inference")
     port = int(env[settings.ENV_METRICS_ADDRESS].rsplit(":", 1)[1])
     assert discovery["port"] == port == settings.DEFAULT_METRICS_PORT
     assert env[settings.ENV_METRICS_ADDRESS].startswith("[::]:"), "metrics must listen on every interface"

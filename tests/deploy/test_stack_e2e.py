@@ -63,7 +63,7 @@ def tensorboard_json(port: int, path: str):
 
 
 def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
-    model = load_compose()
+    model = load_compose(env=HOST_ENV)  # as Compose renders it in that environment
     artifacts, replica_artifacts = tmp_path / "artifacts", tmp_path / "replica-artifacts"
     grpc_port, replica_port, tb_port, web_port = free_port(), free_port(), free_port(), free_port()
     metrics_port = free_port()
@@ -76,7 +76,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
                                    ports={GRPC_PORT: replica_port, METRICS_PORT: free_port()})
 
     def service(name: str, mapping: LocalMapping, label: str | None = None, extra: list[str] = ()) -> Service:
-        argv, env = local_process(model, name, mapping, HOST_ENV)
+        argv, env = local_process(model, name, mapping)
         return Service(label or name, [*argv, *extra], env=env,
                        restart_on_failure=model["services"][name].get("restart") == "on-failure")
 

@@ -25,7 +25,7 @@ from shared.data import normalize
 from shared.onnx_model import MAX_ABS_DIFFERENCE, export_onnx, verify_onnx
 from shared.resources import usable_cpus, usable_memory_bytes
 from shared.settings import Paths
-from tests.inference.conftest import model_payload, publish, wait_until
+from tests.inference.helpers import model_payload, publish, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,9 @@ import grpc
 import pytest
 
 from inference import client, health_probe
+from inference.channel import make_channel
 
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,7 +195,7 @@ def test_client_channel_balances_round_robin_over_replicas(serve, tmp_path):
         publish(tmp_path / name, f"replica-{name}", seed=1)
         replicas.append(serve(tmp_path / name))
     target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
-    with client.make_channel(target) as channel:
+    with make_channel(target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         grpc.channel_ready_future(channel).result(timeout=10)
         seen = set()

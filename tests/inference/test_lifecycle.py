@@ -15,7 +15,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import atomic_write_bytes
 from shared.settings import Paths
 
-from tests.inference.conftest import health_status, hold_calls, model_info, publish, wait_until
+from tests.inference.helpers import health_status, hold_calls, model_info, publish, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

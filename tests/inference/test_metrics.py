@@ -15,9 +15,9 @@ from shared.settings import Paths
 
 from inference import service as service_module
 from inference.metrics import REJECTION_REASONS, rejection_reason
-from tests.inference.conftest import hold_calls, model_payload, publish, wait_until
+from tests.inference.helpers import hold_calls, model_payload, publish, wait_until
 from tests.inference.metrics_scrape import scrape, value
-from tests.reliability.conftest import SMALL_LIMITS
+from tests.reliability.helpers import SMALL_LIMITS
 from tests.reliability.test_bad_input import IMAGE_KINDS, INVALID
 
 INFERENCE = "mnist.v1.Inference"

@@ -13,7 +13,7 @@ from shared.checkpoint import HISTORY_NAME, MANIFEST_NAME, publish_model, read_h
 from shared.settings import Paths
 
 from inference.models import main as models_main
-from tests.inference.conftest import model_payload, publish
+from tests.inference.helpers import model_payload, publish
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 

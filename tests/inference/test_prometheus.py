@@ -25,7 +25,7 @@ import pytest
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 from tests.inference.metrics_scrape import scrape, value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """ReadNumber through the real gRPC service, with the default network really trained (the session's model).
 
 The numbers are made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles of
-tests/user_images.py: 4 to 8 digits with wide, narrow or touching gaps, baseline jitter, sizes and slant. They are
+testkit/user_images.py: 4 to 8 digits with wide, narrow or touching gaps, baseline jitter, sizes and slant. They are
 made once per module; every test reads them through the RPC, so the test functions take seconds.
 """
 
@@ -14,16 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.bench_read_number import (
-    format_scores,
-    grpc_reader,
-    score_by_style,
-    score_numbers,
-)
 from shared.api.mnist.v1 import inference_pb2 as pb
-from tests.inference.conftest import png_bytes, start_server
-from tests.user_images import make_printed_digits, make_user_images
+from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import lines_picture, make_numbers
+from testkit.user_images import make_printed_digits, make_user_images
+from tests.inference.helpers import png_bytes, start_server
 
 # Numbers per style: 7 styles x 40 = 280 numbers (about 1,700 digits) per layout, enough that one number is
 # 0.36 points and sampling noise stays near 2 points at 85 %.
@@ -34,7 +29,7 @@ SEED = 0
 # (another seed: 92.4 %, 98.4 %, 85.1 %). Apart, the misread digits are the model's: with every digit found
 # exactly (nothing cut), 8 of 1,000 drawn MNIST test digits are still misread, as Predict misreads them, and a
 # number of 4-8 digits holds one of them 4-6 % of the time. Segmentation's own errors (a wrong digit count) are
-# held to 2 % of numbers apart. See the README's "Reading whole numbers".
+# held to 2 % of numbers apart. See docs/pipeline.md, "Reading whole numbers".
 APART_WHOLE_FLOOR = 0.93
 APART_DIGIT_FLOOR = 0.985
 APART_WRONG_COUNT_CEILING = 0.02
@@ -175,7 +170,7 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
             assert np.allclose(response.per_digit[0].prediction.probabilities, result.prediction.probabilities,
                                atol=1e-4)
     # One picture in a hundred may be cut differently: a digit broken into two pieces side by side, each as
-    # tall as a digit, is two digits to ReadNumber (see the README's limits).
+    # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
 
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 
 TOKEN = "s3cret-token"
 

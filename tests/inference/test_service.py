@@ -18,7 +18,7 @@ from shared.metrics import evaluate
 from shared.model import count_parameters
 from shared.settings import Paths
 
-from tests.inference.conftest import hold_calls, png_bytes
+from tests.inference.helpers import hold_calls, png_bytes
 
 
 def local_model(artifacts):

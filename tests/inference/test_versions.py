@@ -13,7 +13,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import publish_model, read_manifest
 from shared.settings import Paths
 
-from tests.inference.conftest import model_payload, publish
+from tests.inference.helpers import model_payload, publish
 
 
 @pytest.fixture

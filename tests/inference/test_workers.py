@@ -17,7 +17,7 @@ import pytest
 from inference.workers import split_address
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,15 +1,12 @@
-"""Fixtures for the reliability tests: the inference tests' servers and helpers, plus a server with small limits."""
+"""Fixtures for the reliability tests: a server with small limits. The inference tests' helpers are in
+tests/inference/helpers.py; `serve` and `digit_pngs` come from tests/conftest.py."""
 
 from __future__ import annotations
 
 import pytest
 
-# Re-exported so pytest finds them here too; defined once, in tests/inference/conftest.py.
-from tests.inference.conftest import digit_pngs, model_payload, png_bytes, publish, serve, start_server  # noqa: F401
-
-# Small limits, so every one of them can be exceeded cheaply (the defaults are 10 MiB, 40 MP, 256, 16 MiB).
-SMALL_LIMITS = dict(max_batch_size=16, max_image_bytes=200_000, max_image_pixels=4_000_000,
-                    max_message_bytes=1_000_000)
+from tests.inference.helpers import publish, start_server
+from tests.reliability.helpers import SMALL_LIMITS
 
 
 @pytest.fixture(scope="module")

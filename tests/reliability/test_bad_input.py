@@ -24,7 +24,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from tests.reliability import bad_inputs as b
-from tests.reliability.conftest import SMALL_LIMITS
+from tests.reliability.helpers import SMALL_LIMITS
 
 OK = "ok"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

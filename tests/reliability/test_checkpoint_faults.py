@@ -30,8 +30,7 @@ from shared.data import normalize
 from shared.image_pipeline import to_mnist
 from shared.settings import Paths
 
-from tests.inference.conftest import health_status, model_info, wait_until
-from tests.reliability.conftest import model_payload, publish
+from tests.inference.helpers import health_status, model_info, model_payload, publish, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -16,9 +16,9 @@ from collections import Counter
 
 import pytest
 
-from bench.bench_memory import flood, status_kib
-from bench.server_process import digit_pngs, publish_random_model, start_server, stop_server
 from testkit.big_pictures import FORMATS, encode_big
+from testkit.memory import flood, status_kib
+from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
 CLIENTS = 16
 CAP_ABOVE_WARM = 2**30

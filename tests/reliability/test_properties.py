@@ -108,7 +108,7 @@ def assert_probabilities(prediction: pb.Prediction) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mnist_dir):
-    from tests.reliability.conftest import publish, start_server
+    from tests.inference.helpers import publish, start_server
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     publish(artifacts, "v1", seed=1)

@@ -1,4 +1,4 @@
-"""A client on inference.client.make_channel sees no failed call while the server restarts on the same port:
+"""A client on inference.channel.make_channel sees no failed call while the server restarts on the same port:
 once gracefully (SIGTERM) and once by crashing (SIGKILL, calls in flight). A control client on a plain channel
 (no waitForReady, no retries), calling at the same time, does see failures: the outages are real.
 """
@@ -20,9 +20,9 @@ import grpc
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
-from inference.client import make_channel
+from inference.channel import make_channel
 
-from tests.reliability.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-from tests.reliability.conftest import publish
+from tests.inference.helpers import publish
 
 TOKEN = "reliability-token"
 
@@ -78,7 +78,7 @@ def test_evaluate_cap_of_two(serve, tmp_path, blocked):
 
 def test_evaluate_gives_its_slot_back_after_a_failure(tmp_path):
     """MNIST missing: each Evaluate fails with FAILED_PRECONDITION, never with RESOURCE_EXHAUSTED (slot leaked)."""
-    from tests.reliability.conftest import start_server
+    from tests.inference.helpers import start_server
 
     publish(tmp_path / "artifacts", "v1", seed=1)
     empty = tmp_path / "no-mnist-here"

@@ -28,7 +28,7 @@ from shared.settings import Paths
 from inference.model_store import load_served_model
 
 from tests.reliability import crashpoints
-from tests.reliability.conftest import model_payload
+from tests.inference.helpers import model_payload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLED = -9

@@ -1,6 +1,6 @@
 """shared.image_pipeline: any picture of a digit -> a 28x28 MNIST-style digit, or ImageRejected saying why.
 
-Pictures are drawn from MNIST test digits (tests/user_images.py), so each output can be compared with the digit
+Pictures are drawn from MNIST test digits (testkit/user_images.py), so each output can be compared with the digit
 it came from: `similarity` is the Pearson correlation of the two 28x28 images (1 = identical up to brightness),
 allowing a shift of one pixel.
 """
@@ -22,7 +22,7 @@ from PIL import Image, ImageFile, ImageOps
 from shared import decode
 from shared import image_pipeline as ip
 from shared.image_pipeline import DEFAULT_LIMITS, ImageRejected, Limits, encode_png, to_mnist, to_mnist_array
-from tests import user_images as ui
+from testkit import user_images as ui
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers

@@ -13,7 +13,7 @@ import pytest
 from shared import normalize
 from shared.decode import decode_image
 from shared.image_pipeline import ImageRejected, to_mnist, trace_pipeline
-from tests.user_images import cast_shadow, draw_digit, draw_lines, encode, place, sheet
+from testkit.user_images import cast_shadow, draw_digit, draw_lines, encode, place, sheet
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from shared.checkpoint import publish_model, read_manifest, read_version_manifes
 from shared.settings import Paths
 from trainer.__main__ import main as trainer_main
 
-from tests.inference.conftest import model_payload
+from tests.inference.helpers import model_payload
 
 TINY = ["--eval-subset", "1000", "--batch-size", "100", "--device", "cpu", "--no-download"]
 

@@ -22,6 +22,8 @@ const state = {
   seq: 0,
   pictures: 0, // pictures on their way to the service
   model: null, // the version the model panel shows
+  mode: "digit", // "digit": Predict, one digit on a square pad; "number": ReadNumber, a line of digits on a strip
+  number: null, // the ReadNumber answer on screen, whose boxes are drawn over the pad
   token: sessionStorage.getItem("mnist-token") || "",
 };
 // For benchmarks and tests: milliseconds from each finished stroke (pointerup) to its prediction on screen, and
@@ -74,14 +76,17 @@ function setStatus(element, text, isError = false) {
 
 function resizePad() {
   const ratio = Math.min(window.devicePixelRatio || 1, 2);
-  const size = Math.round(pad.getBoundingClientRect().width * ratio);
-  if (size > 0 && size !== pad.width) {
-    pad.width = pad.height = size;
+  const width = Math.round(pad.getBoundingClientRect().width * ratio), height = Math.round(width / padAspect());
+  if (width > 0 && (width !== pad.width || height !== pad.height)) {
+    pad.width = width;
+    pad.height = height;
     redraw();
+    drawBoxes();
   }
 }
 
-// Draw `stroke` on a square canvas context of side `size` pixels, from its point `from` on.
+// Draw `stroke` on a canvas context `size` pixels high (the pad is square, or in number mode a strip), from its
+// point `from` on.
 function drawStroke(context, size, stroke, from) {
   const p = stroke.points;
   context.lineCap = context.lineJoin = "round";
@@ -100,30 +105,31 @@ function drawStroke(context, size, stroke, from) {
 
 function paint(context, size) {
   context.fillStyle = "#fff";
-  context.fillRect(0, 0, size, size);
+  context.fillRect(0, 0, context.canvas.width, context.canvas.height);
   for (const stroke of state.strokes) drawStroke(context, size, stroke, 0);
 }
 
 function redraw() {
-  paint(ctx, pad.width);
+  paint(ctx, pad.height);
   $("undo").disabled = $("clear").disabled = state.strokes.length === 0;
 }
 
 function point(event) {
   const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height];
+  return [(event.clientX - box.left) / box.height, (event.clientY - box.top) / box.height];
 }
 
 pad.addEventListener("pointerdown", (event) => {
   if (event.button !== 0 || state.drawing) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
-  const width = Number($("stroke").value) / pad.getBoundingClientRect().width;
+  const width = Number($("stroke").value) / pad.getBoundingClientRect().height;
   const stroke = { width, points: [point(event)] };
   state.strokes.push(stroke);
   state.drawing = { stroke, pointerId: event.pointerId };
   $("picture-figure").hidden = true;
-  drawStroke(ctx, pad.width, stroke, 0);
+  if (!$("number-photo").hidden) clearNumber(); // a photo read in number mode gives way to the drawing
+  drawStroke(ctx, pad.height, stroke, 0);
   $("undo").disabled = $("clear").disabled = false;
 });
 
@@ -134,8 +140,8 @@ pad.addEventListener("pointermove", (event) => {
   // A pen or a finger reports more points than one per frame: take them all, for smooth curves.
   const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
   for (const e of events.length ? events : [event]) drawing.stroke.points.push(point(e));
-  drawStroke(ctx, pad.width, drawing.stroke, from);
-  askSoon();
+  drawStroke(ctx, pad.height, drawing.stroke, from);
+  if (state.mode === "digit") askSoon(); // a number is read when a stroke ends: half a digit is no digit
 });
 
 function endStroke(event) {
@@ -151,12 +157,12 @@ pad.addEventListener("pointercancel", endStroke);
 $("undo").addEventListener("click", () => {
   state.strokes.pop();
   redraw();
-  state.strokes.length ? ask() : clearResult();
+  state.strokes.length ? ask() : clearAnswer();
 });
 $("clear").addEventListener("click", () => {
   state.strokes = [];
   redraw();
-  clearResult();
+  clearAnswer();
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -176,6 +182,8 @@ const EXPORT_SIDE = 140;
 const exported = Object.assign(document.createElement("canvas"), { width: EXPORT_SIDE, height: EXPORT_SIDE });
 
 function drawingDataUrl() {
+  const width = Math.round(EXPORT_SIDE * padAspect()); // in number mode a strip EXPORT_SIDE pixels high
+  if (exported.width !== width) exported.width = width;
   paint(exported.getContext("2d"), EXPORT_SIDE);
   return exported.toDataURL("image/png");
 }
@@ -199,14 +207,17 @@ async function ask(strokeEnded = false) {
   const strokeEndedAt = state.strokeEndedAt; // this request carries every finished stroke
   state.strokeEndedAt = null;
   try {
-    const result = await api("/v1/predict", {
+    const number = state.mode === "number";
+    const result = await api(number ? "/v1/read-number" : "/v1/predict", {
       method: "POST", headers: { "Content-Type": "image/png" }, body: drawingPng(),
     });
     if (seq > state.shownSeq && state.strokes.length) {
       state.shownSeq = seq;
-      showPrediction(result, strokeEndedAt);
+      number ? showNumber(result, strokeEndedAt) : showPrediction(result, strokeEndedAt);
     }
   } catch (error) {
+    // In number mode a refusal (no digit, several lines) replaces the number: it was read from another drawing.
+    if (state.mode === "number" && seq > state.shownSeq) { state.shownSeq = seq; clearNumber(); }
     setStatus($("status"), error.message, true);
   } finally {
     state.inFlight--;
@@ -216,6 +227,7 @@ async function ask(strokeEnded = false) {
 
 async function predictPicture(file) {
   if (!file) return;
+  if (state.mode === "number") return readPicture(file);
   const picture = $("picture");
   if (picture.src.startsWith("blob:")) URL.revokeObjectURL(picture.src);
   picture.src = URL.createObjectURL(file);
@@ -430,8 +442,155 @@ function renderConfusion(matrix) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Number mode: a line of 1-12 digits on a wide strip, read by POST /v1/read-number (gRPC ReadNumber); the page
+// shows the number (separators put back), the confidence, each digit's top probability and the 28x28 image the
+// model saw, and the box of each digit over the drawing or the picture.
+
+const NUMBER_ASPECT = 3; // the strip is three times as wide as it is high
+const SVG = "http://www.w3.org/2000/svg";
+
+function padAspect() {
+  return state.mode === "number" ? NUMBER_ASPECT : 1;
+}
+
+function setMode(mode) {
+  if (mode === state.mode) return;
+  state.mode = mode;
+  const number = mode === "number";
+  document.body.classList.toggle("number", number);
+  $(`mode-${mode}`).checked = true;
+  pad.setAttribute("aria-label", number ? "Write one number here, digits side by side on one line"
+    : "Draw one digit here with a mouse, a pen or a finger");
+  $("digit").setAttribute("aria-label", number ? "Number read" : "Predicted digit");
+  history.replaceState(null, "", number ? "#number" : "#");
+  state.strokes = [];
+  state.drawing = null;
+  resizePad();
+  redraw();
+  clearAnswer();
+}
+for (const mode of ["digit", "number"]) $(`mode-${mode}`).addEventListener("change", () => setMode(mode));
+
+// "3.14": the digits with the decimal points and commas put back where they were found.
+function numberText(result) {
+  let text = "", at = 0;
+  for (const s of result.separators) {
+    text += result.digits.slice(at, s.position) + s.mark;
+    at = s.position;
+  }
+  return text + result.digits.slice(at);
+}
+
+function showNumber(result, strokeEndedAt, pictureName) {
+  const text = numberText(result);
+  state.number = result;
+  $("digit").textContent = text;
+  $("confidence").textContent = `${(100 * result.confidence).toFixed(1)} % sure of every digit`;
+  $("per-digit").replaceChildren(...result.per_digit.map((d) => {
+    const li = document.createElement("li");
+    const p = d.probabilities[d.digit];
+    li.title = `${d.digit}: probability ${p.toFixed(4)}; box ${d.box.width}x${d.box.height} at ${d.box.x},${d.box.y}`;
+    if (d.model_input) {
+      const img = document.createElement("img");
+      img.src = d.model_input;
+      img.alt = `what the model saw for ${d.digit}`;
+      li.append(img);
+    }
+    const digit = document.createElement("b");
+    digit.textContent = String(d.digit);
+    li.append(digit, `${(100 * p).toFixed(1)} %`);
+    return li;
+  }));
+  drawBoxes();
+  setStatus($("status"), `${pictureName ? pictureName + ": " : ""}${result.per_digit.length} digit` +
+    `${result.per_digit.length === 1 ? "" : "s"}; model ${result.model_version}`);
+  document.body.dataset.number = text; // for tests: the number on screen
+  if (strokeEndedAt !== null && strokeEndedAt !== undefined) {
+    requestAnimationFrame(() => window.mnist.strokeLatencies.push(performance.now() - strokeEndedAt));
+  }
+  if (result.model_version !== state.model) refreshModel();
+}
+
+// The boxes of the number on screen, over the pad: the SVG's viewBox is the picture's pixels (the drawing as sent,
+// or the photo), fitted as the photo is (object-fit: contain), so the boxes land on the ink at any size.
+function drawBoxes() {
+  const svg = $("boxes"), result = state.number;
+  svg.replaceChildren();
+  if (!result) return;
+  svg.setAttribute("viewBox", `0 0 ${result.width} ${result.height}`);
+  const shown = svg.getBoundingClientRect();
+  const unit = shown.width ? Math.max(result.width / shown.width, result.height / shown.height) : 1; // per CSS px
+  const size = 14 * unit;
+  const add = (tag, attributes, cls) => {
+    const element = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    element.setAttribute("class", cls);
+    svg.append(element);
+    return element;
+  };
+  const box = (b, label, cls) => {
+    add("rect", { x: b.x, y: b.y, width: b.width, height: b.height, "vector-effect": "non-scaling-stroke" }, cls);
+    // The label above the box, else below it, else inside its top.
+    const y = b.y >= size + 2 * unit ? b.y - 3 * unit
+      : b.y + b.height + size <= result.height ? b.y + b.height + size : b.y + size;
+    add("text", { x: b.x + b.width / 2, y, "font-size": size, "text-anchor": "middle", "stroke-width": 3 * unit },
+      cls).textContent = label;
+  };
+  result.per_digit.forEach((d) => box(d.box, String(d.digit), "digit"));
+  result.separators.forEach((s) => box(s.box, s.mark, "mark"));
+}
+
+function clearNumber() {
+  state.number = null;
+  drawBoxes();
+  $("per-digit").replaceChildren();
+  const photo = $("number-photo");
+  if (photo.src.startsWith("blob:")) URL.revokeObjectURL(photo.src);
+  photo.hidden = true;
+  photo.removeAttribute("src");
+  delete document.body.dataset.number;
+  if (state.mode === "number") {
+    $("digit").textContent = "?";
+    $("confidence").textContent = "Write a number";
+  }
+}
+
+function clearAnswer() {
+  clearResult();
+  clearNumber();
+}
+
+// A picture dropped, pasted or chosen in number mode: shown on the strip, its digits' boxes drawn over it.
+async function readPicture(file) {
+  state.strokes = [];
+  redraw();
+  clearAnswer();
+  const photo = $("number-photo");
+  photo.src = URL.createObjectURL(file);
+  photo.hidden = false;
+  $("clear").disabled = false; // Clear takes the picture away
+  setStatus($("status"), `Reading ${file.name || "the picture"}…`);
+  const seq = ++state.seq;
+  state.pictures++;
+  try {
+    const result = await api("/v1/read-number", {
+      method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
+    });
+    if (seq > state.shownSeq) {
+      state.shownSeq = seq;
+      showNumber(result, null, file.name);
+    }
+  } catch (error) {
+    if (seq > state.shownSeq) setStatus($("status"), error.message, true);
+  } finally {
+    state.pictures--;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 
 new ResizeObserver(resizePad).observe(pad);
 selectTab(location.hash === "#evaluate" ? "evaluate" : "draw");
+if (location.hash === "#number") setMode("number");
 redraw();
 refreshModel();

@@ -1,99 +1,12 @@
 """Fixtures for the web service's tests: the gateway on a free port in front of a real gRPC server, and an HTTP
-client small enough to read (the standard library's http.client: real sockets, nothing mocked)."""
+client small enough to read (helpers.py: the standard library's http.client, real sockets, nothing mocked)."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import socket
-import threading
-import time
-import uuid
-from dataclasses import dataclass
-
 import pytest
 
-from tests.inference.conftest import Running, publish, start_server
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-def multipart(files: list[tuple[str, bytes]], content_type: str = "application/octet-stream") -> tuple[bytes, str]:
-    """A multipart/form-data body with one file part per (field name, bytes): (body, Content-Type header)."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for index, (field, data) in enumerate(files):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="image{index}"\r\n'
-                     f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-@dataclass
-class Web:
-    """A running gateway: its port, and its thread's uvicorn server."""
-
-    port: int
-    server: object  # uvicorn.Server
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                timeout: float = 60) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-        finally:
-            connection.close()
-
-    def get(self, path: str, **kwargs) -> Answer:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, body: bytes = b"", content_type: str = "image/png", headers: dict | None = None,
-             **kwargs) -> Answer:
-        return self.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})},
-                            **kwargs)
-
-    def post_files(self, path: str, files: list[tuple[str, bytes]], headers: dict | None = None) -> Answer:
-        body, content_type = multipart(files)
-        return self.post(path, body, content_type, headers)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "the web server did not stop"
-
-
-def start_web(**options) -> Web:
-    """The gateway (inference.web.app) served by uvicorn on a free loopback port, in a thread of this process."""
-    import uvicorn
-
-    from inference.web.app import WebOptions, create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(WebOptions(**options)), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the web server did not start")
-        time.sleep(0.01)
-    return Web(sock.getsockname()[1], server, thread)
+from tests.inference.helpers import Running, publish, start_server
+from tests.inference.web.helpers import Web, start_web
 
 
 @pytest.fixture

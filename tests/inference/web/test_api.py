@@ -18,7 +18,7 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
-from tests.inference.conftest import hold_calls
+from tests.inference.helpers import hold_calls
 from tests.reliability import bad_inputs
 
 TOKEN = "web-s3cret"
@@ -253,7 +253,7 @@ def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web
 
 @pytest.fixture(scope="module")
 def token_backend(tmp_path_factory, mnist_dir):
-    from tests.inference.conftest import publish, start_server
+    from tests.inference.helpers import publish, start_server
 
     artifacts = tmp_path_factory.mktemp("token-artifacts")
     publish(artifacts, "v1", seed=1)
@@ -321,3 +321,39 @@ def test_the_page_is_served_at_the_root_with_its_scripts_and_styles(gateway):
     # The budget: HTML, JS and CSS together at most 60 kB.
     assert sum(sizes.values()) <= 60_000, sizes
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model versions: listed, and pinned per call
+
+
+def test_models_lists_the_published_versions_and_calls_can_pin_one(web, serve, tmp_path, digit_pngs):
+    from shared.checkpoint import publish_model
+    from shared.settings import Paths
+
+    from tests.inference.helpers import model_payload
+
+    models = Paths(tmp_path / "artifacts").models
+    publish_model(models, version="v1", model_payload=model_payload(1))
+    publish_model(models, version="v2", model_payload=model_payload(2), serve=False)  # kept, not served
+    backend = serve(tmp_path / "artifacts")
+    gateway = web(target=backend.target, timeout=10)
+
+    listed = gateway.get("/v1/models").json()
+    assert listed["served_version"] == "v1"
+    assert {m["version"]: m["served"] for m in listed["models"]} == {"v1": True, "v2": False}
+    expected = backend.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m["sha256"] for m in listed["models"]] == [m.sha256 for m in expected.models]
+
+    png = digit_pngs[0][1]
+    for version in ("v1", "v2"):
+        grpc_answer = backend.stub.Predict(pb.PredictRequest(image=png, model_version=version), timeout=10)
+        got = gateway.post(f"/v1/predict?model_version={version}", png).json()
+        assert got["model_version"] == version
+        assert got["probabilities"] == list(grpc_answer.prediction.probabilities)
+        batch = gateway.post_files(f"/v1/predict/batch?model_version={version}", [("file", png)]).json()
+        assert batch["model_version"] == version
+    assert gateway.post("/v1/predict", png).json()["model_version"] == "v1"  # no pin: the served one
+    evaluation = gateway.post("/v1/evaluate", b'{"model_version": "v2", "heatmap": false}', "application/json")
+    assert evaluation.status == 200 and evaluation.json()["model_version"] == "v2"
+    assert_error(gateway.post("/v1/predict?model_version=v9", png), 404, "NOT_FOUND", "'v9' is not published")

@@ -18,10 +18,10 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 
-from tests.inference.conftest import start_server, wait_until
-from tests.inference.web.conftest import start_web
-from tests.user_images import paint_program, paper_photo, web_canvas
-from tests.web_browser import (
+from tests.inference.helpers import start_server, wait_until
+from tests.inference.web.helpers import start_web
+from testkit.user_images import paint_program, paper_photo, web_canvas
+from testkit.web_browser import (
     browser_missing,
     digit_strokes,
     draw,
@@ -227,5 +227,119 @@ def test_the_page_fits_a_phone_and_reads_a_digit_drawn_with_a_finger(served, mni
         phone.save_screenshot(str(shot))
         with Image.open(io.BytesIO(shot.read_bytes())) as img:
             assert img.width >= 390
+    finally:
+        stop_chromium(phone)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Number mode (issue 16): a line of digits on a wide strip, read by POST /v1/read-number
+
+
+def number_strokes(images: list[np.ndarray], aspect: float = 3.0) -> list[list[tuple[float, float]]]:
+    """MNIST digits as strokes written side by side on a strip `aspect` times as wide as high, in units of the
+    strip's width (as `draw` takes them): each digit 0.62 of the height tall, their centres 0.65 heights apart."""
+    strokes = []
+    for i, image in enumerate(images):
+        centre = 0.5 + 0.65 * i
+        strokes += [[((centre + x - 0.5) / aspect, y / aspect) for x, y in stroke] for stroke in digit_strokes(image)]
+    return strokes
+
+
+def shown_boxes(page) -> list[dict]:
+    """The boxes drawn over the pad: their labels and rectangles, in the viewBox's units (the picture's pixels)."""
+    return page.execute_script("""
+        return [...document.querySelectorAll('#boxes rect.digit')].map((r, i) => ({
+          label: document.querySelectorAll('#boxes text.digit')[i].textContent,
+          x: +r.getAttribute('x'), y: +r.getAttribute('y'), width: +r.getAttribute('width'),
+          height: +r.getAttribute('height'), viewBox: document.getElementById('boxes').getAttribute('viewBox')}));""")
+
+
+def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(page, served, mnist):
+    from selenium.webdriver.common.keys import Keys
+
+    backend, _ = served
+    # The switch is a pair of radio buttons: the arrow key moves to "a number", as for any radio group.
+    page.find_element("id", "mode-digit").send_keys(Keys.ARROW_RIGHT)
+    assert page.find_element("id", "mode-number").is_selected()
+    width, height = page.execute_script("const r = document.getElementById('pad').getBoundingClientRect(); "
+                                        "return [r.width, r.height];")
+    assert abs(width / height - 3) < 0.05 and width > 800, (width, height)
+    digits = first_of_each_digit(mnist)
+    labels = [3, 1, 4, 5]
+    draw(page, number_strokes([digits[d][1] for d in labels]))
+    wait_settled(page)
+    png = page.execute_script("return window.mnist.drawing()")
+    direct = backend.stub.ReadNumber(pb.ReadNumberRequest(image=base64.b64decode(png.split(",", 1)[1])), timeout=30)
+    assert direct.digits == "3145", direct.digits
+    assert page.execute_script("return document.body.dataset.number") == "3145"
+    assert page.find_element("id", "digit").text == "3145"
+    assert "% sure of every digit" in page.find_element("id", "confidence").text
+    # One box per digit over the drawing, labelled with the digit read, inside the picture sent (a 3:1 PNG).
+    boxes = shown_boxes(page)
+    assert [b["label"] for b in boxes] == list("3145")
+    assert {b["viewBox"] for b in boxes} == {f"0 0 {direct.width} {direct.height}"}
+    assert direct.width == 3 * direct.height
+    for box, want in zip(boxes, direct.per_digit):
+        assert (box["x"], box["y"], box["width"], box["height"]) == (want.box.x, want.box.y, want.box.width,
+                                                                       want.box.height)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= direct.width
+    # Each digit's top probability and the 28x28 image the model saw.
+    items = page.find_elements("css selector", "#per-digit li")
+    assert [i.find_element("tag name", "b").text for i in items] == list("3145")
+    assert all(i.text.endswith("%") for i in items)
+    assert page.execute_script("return document.querySelector('#per-digit img').naturalWidth") == 28
+    # Back to one digit: the square pad, the ten bars, and nothing of the number left.
+    page.find_element("css selector", "label:has(#mode-digit)").click()
+    width, height = page.execute_script("const r = document.getElementById('pad').getBoundingClientRect(); "
+                                        "return [r.width, r.height];")
+    assert abs(width - height) < 1 and page.find_element("id", "bars").is_displayed()
+    assert shown_boxes(page) == [] and page.execute_script("return document.body.dataset.number ?? null") is None
+
+
+def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(page, served, mnist):
+    from testkit.numbers import make_numbers
+
+    backend, _ = served
+    page.find_element("css selector", "label:has(#mode-number)").click()
+    candidates = make_numbers(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=3, seed=7,
+                              separator=True, styles=["paint_program"])
+    number = next(n for n in candidates
+                  if backend.stub.ReadNumber(pb.ReadNumberRequest(image=n.data), timeout=30).digits == n.digits)
+    position, mark = number.separator
+    written = number.digits[:position] + mark + number.digits[position:]
+    page_file(page, number.data, "number.png", "image/png", "drop")
+    wait_until(lambda: "number.png:" in page.find_element("id", "status").text, timeout=20)
+    assert page.find_element("id", "number-photo").is_displayed()
+    shown = page.execute_script("return document.body.dataset.number")
+    assert shown.replace(mark, "") == number.digits and shown in (written, number.digits), (shown, written)
+    assert [b["label"] for b in shown_boxes(page)] == list(number.digits)
+    # A blank picture: no number, no boxes, and the service's message in the status line, as an error.
+    blank = Image.new("L", (600, 200), 250)
+    data = io.BytesIO()
+    blank.save(data, "PNG")
+    page_file(page, data.getvalue(), "blank.png", "image/png", "drop")
+    wait_until(lambda: "no digit found" in page.find_element("id", "status").text, timeout=20)
+    assert "error" in page.find_element("id", "status").get_attribute("class")
+    assert shown_boxes(page) == [] and page.find_element("id", "digit").text == "?"
+    page.find_element("id", "clear").click()  # takes the picture away
+    assert not page.find_element("id", "number-photo").is_displayed()
+
+
+def test_number_mode_fits_a_phone(served, mnist):
+    _, web = served
+    phone = _chromium(phone=True)
+    try:
+        phone.get(web.url + "/#number")
+        wait_until(lambda: phone.find_element("id", "model-version").text, timeout=15)
+        assert phone.find_element("id", "mode-number").is_selected()
+        width, scroll_width, pad = phone.execute_script("""
+            return [window.innerWidth, document.documentElement.scrollWidth,
+                    document.getElementById('pad').getBoundingClientRect().toJSON()];""")
+        assert scroll_width <= width and pad["right"] <= width and pad["width"] >= 300
+        digits = first_of_each_digit(mnist)
+        draw(phone, number_strokes([digits[d][1] for d in (2, 7)]), kind="touch")
+        wait_settled(phone)
+        assert phone.execute_script("return document.body.dataset.number") == "27"
+        assert phone.execute_script("return document.documentElement.scrollWidth") <= width
     finally:
         stop_chromium(phone)

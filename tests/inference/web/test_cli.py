@@ -22,7 +22,7 @@ from inference.security import ENV_AUTH_TOKEN
 from inference.web import probe
 from inference.web.__main__ import get_args_parser
 
-from tests.inference.conftest import publish
+from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -4,7 +4,7 @@ Each style imitates one way people send a digit: a paint program, a web canvas t
 channel, a thin pen, a small digit somewhere on a big canvas, coloured ink on coloured paper, a phone photo of
 paper, dark mode, and typed digits in the machine's fonts. Everything is deterministic given the seed.
 
-    from tests.user_images import make_user_images, make_printed_digits
+    from testkit.user_images import make_user_images, make_printed_digits
     images = make_user_images(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=50, seed=0)
     for data, label, style in images: ...       # data: the encoded file's bytes
 

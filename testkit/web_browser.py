@@ -6,7 +6,7 @@ chromium-driver, and MNIST test digits turned into pen strokes to draw on the pa
     draw(driver, strokes, kind="pen")               # pointer events: "mouse", "pen" or "touch"
 
 A stroke is how a person would draw the digit: the MNIST digit is upscaled, thinned to its one-pixel centre line
-(tests/user_images.zhang_suen_thinning) and the centre line is followed from end to end, one pointer-down ...
+(testkit.user_images.zhang_suen_thinning) and the centre line is followed from end to end, one pointer-down ...
 pointer-up per stroke, so a 7 is one or two strokes and an 8 a closed loop or two.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.user_images import digit_shape, zhang_suen_thinning
+from testkit.user_images import digit_shape, zhang_suen_thinning
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -1,4 +1,4 @@
-"""The inference server as its own process, and real MNIST digits to send it, shared by the benchmarks."""
+"""The inference server as its own process, and real MNIST digits to send it, shared by the benchmarks and tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,89 @@
+"""The clients' gRPC channel: retries across server restarts, round-robin over replicas, optional TLS.
+
+Used by the command-line client, the health probe, the web gateway and the benchmarks. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+
+from shared import settings
+
+from inference.security import channel_credentials
+
+# gRPC service config: https://github.com/grpc/grpc/blob/master/doc/service_config.md
+#
+# A restart of the server (a new version deployed, a crash and the supervisor starting it again) must not fail
+# calls. Two mechanisms together:
+# - waitForReady: a call made while the channel has no connection waits for one, until its deadline, instead of
+#   failing at once with UNAVAILABLE. Without it a call fails within milliseconds of the server going away.
+# - retryPolicy: a call that was on the wire when the connection broke (the old server killed mid-call, or
+#   refusing new calls in its graceful shutdown) fails with UNAVAILABLE and is sent again; thanks to
+#   waitForReady the new attempt then waits for the new server. Every Inference method is read-only, so a call
+#   that did reach the old server can safely run twice.
+# The retry back-off alone (at most 5 attempts) could only ride out a ~1 s outage; a Python server takes
+# seconds to start. Health checks do not wait: a probe must answer "down" quickly.
+# CANCELLED is retried too: a gRPC server that shuts down answers calls it had received but not yet handed to a
+# handler with CANCELLED rather than UNAVAILABLE (grpc/grpc#41785, seen here once in 4 restarts under load). A
+# call this client cancels itself is never retried, so this only covers the server's side.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "mnist.v1.Inference"}],
+            "waitForReady": True,
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+            },
+        },
+        {
+            "name": [{"service": "grpc.health.v1.Health"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        },
+    ],
+}
+# While the server is away the channel tries to reconnect with exponential back-off (gRPC's default grows to
+# 120 s). Capped at 1 s, a restarted server is found within a second of it listening again.
+RECONNECT_BACKOFF_MS = (100, 1000)
+
+
+def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
+                 tls_server_name: str | None = None) -> grpc.Channel:
+    """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given."""
+    options = [
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ]
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if tls or tls_ca is not None:
+        return grpc.secure_channel(target, channel_credentials(tls_ca), options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
+    code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
+        return (f"cannot reach the inference server at {target} ({details}). Is it running? "
+                f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the server at {target} did not answer in time (raise --timeout): {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the server refused the call: {details}. Pass --token or set {settings.ENV_AUTH_TOKEN}."
+    return f"{code.name}: {details}"

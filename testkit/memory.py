@@ -1,0 +1,99 @@
+"""Measuring memory under huge pictures, shared by bench/bench_memory.py and the tests (tests/shared/
+test_decode_memory.py, tests/reliability/test_memory_flood.py): a process's resident memory and its peak (Linux
+/proc), one 40 MP picture's peak in a fresh process, and a flood of concurrent Predict calls. Each caller keeps
+its own limits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak(pid: int | str) -> None:
+    """Make VmHWM (peak resident memory) start again from the current RSS (Linux: clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# The single-picture measurement runs in a fresh interpreter that imports only the image pipeline, with glibc
+# told to give every large block straight back to the system when freed (MALLOC_MMAP_THRESHOLD_), so one
+# format's freed memory, kept by the allocator, cannot hide the next format's peak.
+SINGLE_SCRIPT = """
+import sys, numpy as np
+from testkit.memory import reset_peak, status_kib
+from shared.image_pipeline import to_mnist
+from testkit.big_pictures import encode_big
+digit = np.frombuffer(bytes.fromhex(sys.argv[1]), np.uint8).reshape(28, 28)
+for fmt in sys.argv[2:]:
+    data = encode_big(digit, fmt)
+    to_mnist(encode_big(digit, fmt, side=600))  # warm up: every codec loaded, caches made
+    reset_peak("self")
+    baseline = status_kib("self", "VmRSS")
+    assert to_mnist(data).shape == (28, 28)
+    print(fmt, baseline, status_kib("self", "VmHWM"), len(data), flush=True)
+"""
+
+
+def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", SINGLE_SCRIPT, digit.astype(np.uint8).tobytes().hex(), *formats],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+    return {fmt: (int(base) * 1024, int(peak) * 1024, int(size))
+            for fmt, base, peak, size in (line.split() for line in out.splitlines())}
+
+
+def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, str | None, float]:
+    """Send every picture at once (one thread each), then one small Predict: ({(code, details) of each failure or
+    ("OK", ""): count}, the small one's failure or None, seconds)."""
+    import grpc
+
+    from shared.api.mnist.v1 import inference_pb2 as pb
+    from shared.api.mnist.v1 import inference_pb2_grpc
+
+    codes: Counter = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(len(pictures))
+
+    def call(data: bytes) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            start.wait()
+            try:
+                stub.Predict(pb.PredictRequest(image=data), timeout=120)
+                code = ("OK", "")
+            except grpc.RpcError as e:
+                code = (e.code().name, e.details() or "")
+        with lock:
+            codes[code] += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=call, args=(data,)) for data in pictures]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    with grpc.insecure_channel(target) as channel:
+        try:
+            inference_pb2_grpc.InferenceStub(channel).Predict(pb.PredictRequest(image=small), timeout=30)
+            failure = None
+        except grpc.RpcError as e:
+            failure = f"{e.code().name}: {e.details()}"
+    return codes, failure, seconds
