@@ -64,7 +64,7 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from testkit.cache import cached_pickle, code_hash
     from testkit.not_digits import make_not_digits
     from tests.inference.test_user_drawings import pictures
-    from tests.user_images import PAPER_KINDS, make_printed_digits
+    from testkit.user_images import PAPER_KINDS, make_printed_digits
 
     def make():
         groups: dict[str, list] = {}
@@ -87,7 +87,7 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             out[name] = (np.stack(images), np.array(labels))
         return out
 
-    key = code_hash(("testkit/not_digits.py", "tests/user_images.py", "shared/normalize.py",
+    key = code_hash(("testkit/not_digits.py", "testkit/user_images.py", "shared/normalize.py",
                      "shared/image_pipeline.py", "shared/decode.py"), extra="bench-not-digit")
     return cached_pickle("not-digit-pictures", key, make)
 

@@ -26,9 +26,9 @@ from shared.checkpoint import publish_model
 from shared.settings import Paths
 from testkit.cache import cached_pickle, code_hash
 from testkit.not_digits import KINDS, make_not_digits
-from tests.inference.conftest import model_info, model_payload, start_server
+from tests.inference.helpers import model_info, model_payload, start_server
 from tests.inference.test_user_drawings import pictures as user_pictures
-from tests.user_images import PAPER_KINDS, make_printed_digits
+from testkit.user_images import PAPER_KINDS, make_printed_digits
 
 PER_KIND = 200
 TARGET_FLAGGED = 0.95  # the issue's target for every kind of non-digit
@@ -122,7 +122,7 @@ def test_the_client_says_not_a_digit_plainly():
 
 
 def test_the_rest_route_carries_is_digit_and_the_score(tmp_path, mnist_dir, digit_pngs):
-    from tests.inference.web.conftest import start_web
+    from tests.inference.web.helpers import start_web
 
     artifacts = tmp_path / "artifacts"
     publish_payload(artifacts, "nd1", not_digit_payload(5, threshold=0.5))
@@ -209,7 +209,7 @@ def test_each_digit_read_number_reads_says_whether_it_is_a_digit(serve, tmp_path
     """ReadNumber's digits carry is_digit and digit_score as Predict gives them, and ten probabilities each."""
     import cv2
 
-    from tests.inference.conftest import png_bytes
+    from tests.inference.helpers import png_bytes
 
     pair = np.concatenate([mnist.test_images[0].numpy(), np.zeros((28, 14), np.uint8), mnist.test_images[1].numpy()],
                           axis=1)
