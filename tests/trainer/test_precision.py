@@ -79,7 +79,7 @@ def test_every_epoch_line_says_which_precision_ran(tmp_path, mnist_dir, flag):
     assert len(epoch_lines) == 2
     # The precision follows the speed; the not-digit rates (issue 17) may follow it.
     assert all(f"img/s  {expected}" in line for line in epoch_lines), epoch_lines
-    first = result.stdout.splitlines()[0]
+    first = next(line for line in result.stdout.splitlines() if line.startswith("run "))  # after the negatives line
     assert ("bf16 autocast" if expected == "bf16" else "fp32") in first
     history = load_checkpoint(tmp_path / "runs/p/checkpoints/last.pt")["history"]
     assert [m["precision"] for m in history] == [expected, expected]
