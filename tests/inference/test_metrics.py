@@ -96,7 +96,7 @@ def test_rejected_images_are_counted_by_reason(metered, mnist):
 
 
 def test_calls_in_flight_are_counted_while_they_run(metered, digit_pngs, monkeypatch):
-    entered, release = hold_calls(monkeypatch, service_module, "to_mnist")
+    entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")  # MNIST-like PNGs take the fast path
     call = threading.Thread(target=lambda: metered.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]),
                                                                   timeout=30))
     call.start()
