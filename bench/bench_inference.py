@@ -34,48 +34,64 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.machine import describe_machine
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+
+from bench.machine import describe_machine
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_inference",
-                                     description="Benchmark the gRPC inference service.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifacts-dir", type=Path, default=None,
-                        help="serve the model published here; default: a random-init compact model in a temp folder")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
-                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_inference",
+        description="Benchmark the gRPC inference service.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=None,
+        help="serve the model published here; default: a random-init compact model in a temp folder",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
+    )
     parser.add_argument("--duration", type=float, default=5.0, metavar="SECONDS", help="length of each phase")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients in the throughput phases")
     parser.add_argument("--batch-size", type=int, default=64, help="images per PredictBatch call")
     parser.add_argument("--torch-threads", type=int, default=1, help="passed to the server")
     parser.add_argument("--max-workers", type=int, default=16, help="passed to the server")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="server processes sharing the port (--workers); 0: the server's default for this machine")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
-                        help="passed to the server (default: the server's default)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="server processes sharing the port (--workers); 0: the server's default for this machine",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
+        default=None,
+        help="passed to the server (default: the server's default)",
+    )
     parser.add_argument("--skip-evaluate", action="store_true", help="leave out the Evaluate phase")
     return parser
 
 
-
-
-def network_only(artifacts: Path, data_dir: Path, backend: str, batch_size: int, threads: int,
-                 duration: float) -> float:
+def network_only(
+    artifacts: Path, data_dir: Path, backend: str, batch_size: int, threads: int, duration: float
+) -> float:
     """Images/s of the served model's forward pass alone (normalization included), as the server computes it, on
     batches of real MNIST digits, from `threads` threads at once (torch at one intra-op thread, like the server)."""
     import torch
 
-    from inference.model_store import load_served_model
     from shared.checkpoint import read_manifest
     from shared.data import load_mnist
     from shared.settings import Paths
+
+    from inference.model_store import load_served_model
 
     torch.set_num_threads(1)
     models = Paths(artifacts).models
@@ -128,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if artifacts is None:
             artifacts = Path(tmp) / "artifacts"
             publish_random_model(artifacts)
+        from shared.resources import usable_cpus, usable_memory_bytes
+
         from inference.capacity import default_worker_count, process_memory_mib
         from inference.options import DEFAULT_BACKEND, ServerOptions
-        from shared.resources import usable_cpus, usable_memory_bytes
 
         cpus = usable_cpus()
         backend = args.backend or DEFAULT_BACKEND
@@ -140,11 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.workers or default_worker_count(cpus, usable_memory_bytes(), per_process)
         one_core = network_only(artifacts, args.data_dir, backend, args.batch_size, 1, args.duration)
         all_cores = network_only(artifacts, args.data_dir, backend, args.batch_size, cpus, args.duration)
-        rows.append((f"network only ({backend}, batches of {args.batch_size}), 1 core", f"{one_core:,.0f} images/s",
-                     f"{1e3 / one_core:.3f} ms per image"))
+        rows.append(
+            (
+                f"network only ({backend}, batches of {args.batch_size}), 1 core",
+                f"{one_core:,.0f} images/s",
+                f"{1e3 / one_core:.3f} ms per image",
+            )
+        )
         rows.append((f"network only, {cpus} cores (one thread each)", f"{all_cores:,.0f} images/s", ""))
-        server_flags = ["--torch-threads", str(args.torch_threads), "--max-workers", str(args.max_workers),
-                        "--max-batch-size", str(max(256, args.batch_size))]
+        server_flags = [
+            "--torch-threads",
+            str(args.torch_threads),
+            "--max-workers",
+            str(args.max_workers),
+            "--max-batch-size",
+            str(max(256, args.batch_size)),
+        ]
         if args.backend:
             server_flags += ["--backend", args.backend]
         process, port = start_server(artifacts, args.data_dir, server_flags, workers=workers)
@@ -166,28 +194,42 @@ def main(argv: list[str] | None = None) -> int:
                 stub.Predict(request, timeout=10)
                 latencies.append(time.perf_counter() - t0)
             ms = np.array(latencies) * 1e3
-            rows.append(("Predict latency, concurrency 1", f"p50 {np.percentile(ms, 50):.2f} ms, "
-                         f"p99 {np.percentile(ms, 99):.2f} ms", f"{len(ms)} calls, target p50 <= 1, p99 <= 3"))
+            rows.append(
+                (
+                    "Predict latency, concurrency 1",
+                    f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms",
+                    f"{len(ms)} calls, target p50 <= 1, p99 <= 3",
+                )
+            )
 
             # One connection per client, as separate client processes would have: without a local subchannel
             # pool, channels to one target in one process share a single TCP connection (and so one worker).
-            channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                        for _ in range(args.concurrency)]
+            channels = [
+                grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(args.concurrency)
+            ]
             stubs = [inference_pb2_grpc.InferenceStub(c) for c in channels]
             requests = [pb.PredictRequest(image=images[i % len(images)]) for i in range(args.concurrency)]
-            n, calls, secs = run_clients(args.concurrency, args.duration,
-                                         lambda i: (stubs[i].Predict(requests[i], timeout=10), 1)[1])
-            rows.append((f"Predict throughput, {args.concurrency} clients", f"{n / secs:,.0f} images/s",
-                         f"{calls} calls"))
+            n, calls, secs = run_clients(
+                args.concurrency, args.duration, lambda i: (stubs[i].Predict(requests[i], timeout=10), 1)[1]
+            )
+            rows.append(
+                (f"Predict throughput, {args.concurrency} clients", f"{n / secs:,.0f} images/s", f"{calls} calls")
+            )
 
             batch = pb.PredictBatchRequest(images=images[: args.batch_size])
-            n, calls, secs = run_clients(args.concurrency, args.duration,
-                                         lambda i: len(stubs[i].PredictBatch(batch, timeout=30).results))
+            n, calls, secs = run_clients(
+                args.concurrency, args.duration, lambda i: len(stubs[i].PredictBatch(batch, timeout=30).results)
+            )
             batch_rate = n / secs
-            rows.append((f"PredictBatch throughput, {args.concurrency} clients x {args.batch_size}",
-                         f"{batch_rate:,.0f} images/s",
-                         f"{calls} calls; {batch_rate / one_core:.0%} of the network alone on 1 core, "
-                         f"{batch_rate / all_cores:.0%} of it on {cpus}; target >= 50 % of 1 core and >= 5,000"))
+            rows.append(
+                (
+                    f"PredictBatch throughput, {args.concurrency} clients x {args.batch_size}",
+                    f"{batch_rate:,.0f} images/s",
+                    f"{calls} calls; {batch_rate / one_core:.0%} of the network alone on 1 core, "
+                    f"{batch_rate / all_cores:.0%} of it on {cpus}; target >= 50 % of 1 core and >= 5,000",
+                )
+            )
             for c in channels:
                 c.close()
 
@@ -196,16 +238,23 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     response = stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=300)
                     wall = time.perf_counter() - t0
-                    rows.append((f"Evaluate 10k test images, {label}", f"{wall:.2f} s",
-                                 f"server {response.seconds:.2f} s, accuracy {response.accuracy:.2%}"
-                                 f"{', target <= 0.5 s' if label == 'warm' else ''}"))
+                    rows.append(
+                        (
+                            f"Evaluate 10k test images, {label}",
+                            f"{wall:.2f} s",
+                            f"server {response.seconds:.2f} s, accuracy {response.accuracy:.2%}"
+                            f"{', target <= 0.5 s' if label == 'warm' else ''}",
+                        )
+                    )
             channel.close()
         finally:
             stop_server(process)
 
     print(f"inference benchmark: {header}")
-    print(f"server: {workers} process(es){' (its default here)' if not args.workers else ''}, {backend} backend, "
-          f"{args.torch_threads} intra-op thread(s) each")
+    print(
+        f"server: {workers} process(es){' (its default here)' if not args.workers else ''}, {backend} backend, "
+        f"{args.torch_threads} intra-op thread(s) each"
+    )
     print(f"model: {info.version} ({info.arch} {info.arch_kwargs_json}, {info.parameter_count:,} parameters)")
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)

@@ -30,39 +30,56 @@ import grpc
 import numpy as np
 import psutil
 
-from bench.machine import describe_machine
-from inference.channel import make_channel
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+
+from bench.machine import describe_machine
+from inference.channel import make_channel
 from testkit.server_process import digit_pngs, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_load",
-                                     description="Load-test the gRPC inference service while models are published.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_load",
+        description="Load-test the gRPC inference service while models are published.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the load phase")
-    parser.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS",
-                        help="full load before the measured phase (allocator arenas, caches); RSS start is after it")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="full load before the measured phase (allocator arenas, caches); RSS start is after it",
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients, one channel each")
-    parser.add_argument("--publish-every", type=float, default=10.0, metavar="SECONDS",
-                        help="publish a new model this often during the load phase")
-    parser.add_argument("--batch-every", type=int, default=10,
-                        help="every N-th call of a client is a PredictBatch (0: Predict only)")
+    parser.add_argument(
+        "--publish-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="publish a new model this often during the load phase",
+    )
+    parser.add_argument(
+        "--batch-every", type=int, default=10, help="every N-th call of a client is a PredictBatch (0: Predict only)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per PredictBatch")
     parser.add_argument("--model-width", type=int, default=16, help="width of the compact models published")
-    parser.add_argument("--max-rss-growth-mib", type=float, default=64.0,
-                        help="fail if the server's RSS grows more than this from start (after warm-up) to end")
+    parser.add_argument(
+        "--max-rss-growth-mib",
+        type=float,
+        default=64.0,
+        help="fail if the server's RSS grows more than this from start (after warm-up) to end",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline of each call")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
-                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
-
-
 
 
 def publish(models: Path, version: str, seed: int, width: int) -> None:
@@ -74,11 +91,19 @@ def publish(models: Path, version: str, seed: int, width: int) -> None:
 
     torch.manual_seed(seed)
     model = build_model("compact", width=width)
-    publish_model(models, version=version, model_payload={
-        "arch": "compact", "arch_kwargs": {"width": width}, "model": model.state_dict(),
-        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench-load",
-        "epoch": seed,
-    })
+    publish_model(
+        models,
+        version=version,
+        model_payload={
+            "arch": "compact",
+            "arch_kwargs": {"width": width},
+            "model": model.state_dict(),
+            "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
+            "metrics": {},
+            "run_name": "bench-load",
+            "epoch": seed,
+        },
+    )
 
 
 class Client(threading.Thread):
@@ -149,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         published.append(("load-000", time.perf_counter()))
         # Once it listens, its warnings and errors are echoed: a skipped model would show up there.
         server, port = start_server(
-            Path(tmp) / "artifacts", args.data_dir,
+            Path(tmp) / "artifacts",
+            args.data_dir,
             ["--torch-threads", "1", "--max-workers", str(max(16, args.clients)), "--poll-interval", "0.5"],
-            on_log_line=echo_warnings)
+            on_log_line=echo_warnings,
+        )
         server_process = psutil.Process(server.pid)
         target = f"127.0.0.1:{port}"
         images = digit_pngs(args.data_dir, 64)
@@ -212,34 +239,64 @@ def main(argv: list[str] | None = None) -> int:
     growth_mib = (rss_end - rss_start) / mib
 
     figures = {
-        "machine": header, "clients": args.clients, "duration_s": round(elapsed, 2),
-        "publish_every_s": args.publish_every, "models_published_during_load": len(published) - 1,
-        "calls": len(calls), "failed_calls": len(failures), "calls_per_s": round(len(calls) / elapsed, 1),
-        "images_per_s": round(images_done / elapsed, 1), "slowest_second_calls": slowest_second,
-        "latency_ms": {m: {"p50": round(percentile_ms(v, 50), 2), "p99": round(percentile_ms(v, 99), 2),
-                           "max": round(max(v) * 1e3, 2), "calls": len(v)} for m, v in sorted(by_method.items())},
-        "all_calls_latency_ms": {"p50": round(percentile_ms([c[2] for c in calls], 50), 2),
-                                 "p99": round(percentile_ms([c[2] for c in calls], 99), 2)},
-        "model_reach_s": {v: round(s, 2) for v, s in reach.items()}, "models_never_served": missing,
-        "rss_mib": {"start": round(rss_start / mib, 1), "peak": round(rss_peak / mib, 1),
-                    "end": round(rss_end / mib, 1), "growth": round(growth_mib, 1),
-                    "threshold": args.max_rss_growth_mib,
-                    "timeline": [[round(t - began, 1), round(rss / mib, 1)] for t, rss in samples[::4]]},
+        "machine": header,
+        "clients": args.clients,
+        "duration_s": round(elapsed, 2),
+        "publish_every_s": args.publish_every,
+        "models_published_during_load": len(published) - 1,
+        "calls": len(calls),
+        "failed_calls": len(failures),
+        "calls_per_s": round(len(calls) / elapsed, 1),
+        "images_per_s": round(images_done / elapsed, 1),
+        "slowest_second_calls": slowest_second,
+        "latency_ms": {
+            m: {
+                "p50": round(percentile_ms(v, 50), 2),
+                "p99": round(percentile_ms(v, 99), 2),
+                "max": round(max(v) * 1e3, 2),
+                "calls": len(v),
+            }
+            for m, v in sorted(by_method.items())
+        },
+        "all_calls_latency_ms": {
+            "p50": round(percentile_ms([c[2] for c in calls], 50), 2),
+            "p99": round(percentile_ms([c[2] for c in calls], 99), 2),
+        },
+        "model_reach_s": {v: round(s, 2) for v, s in reach.items()},
+        "models_never_served": missing,
+        "rss_mib": {
+            "start": round(rss_start / mib, 1),
+            "peak": round(rss_peak / mib, 1),
+            "end": round(rss_end / mib, 1),
+            "growth": round(growth_mib, 1),
+            "threshold": args.max_rss_growth_mib,
+            "timeline": [[round(t - began, 1), round(rss / mib, 1)] for t, rss in samples[::4]],
+        },
     }
 
     print(f"load benchmark: {header}")
-    print(f"  {args.clients} clients for {elapsed:.1f} s; {len(published) - 1} models published during the load "
-          f"(every {args.publish_every:g} s), compact width {args.model_width}")
-    print(f"  calls        {len(calls):,} ok, {len(failures)} failed; {len(calls) / elapsed:,.0f} calls/s, "
-          f"{images_done / elapsed:,.0f} images/s; slowest 1-s window {slowest_second} calls")
+    print(
+        f"  {args.clients} clients for {elapsed:.1f} s; {len(published) - 1} models published during the load "
+        f"(every {args.publish_every:g} s), compact width {args.model_width}"
+    )
+    print(
+        f"  calls        {len(calls):,} ok, {len(failures)} failed; {len(calls) / elapsed:,.0f} calls/s, "
+        f"{images_done / elapsed:,.0f} images/s; slowest 1-s window {slowest_second} calls"
+    )
     for method, values in sorted(by_method.items()):
-        print(f"  {method:<12} p50 {percentile_ms(values, 50):7.2f} ms  p99 {percentile_ms(values, 99):7.2f} ms  "
-              f"max {max(values) * 1e3:7.1f} ms  ({len(values):,} calls)")
+        print(
+            f"  {method:<12} p50 {percentile_ms(values, 50):7.2f} ms  p99 {percentile_ms(values, 99):7.2f} ms  "
+            f"max {max(values) * 1e3:7.1f} ms  ({len(values):,} calls)"
+        )
     if reach:
-        print(f"  new models reached clients in {min(reach.values()):.2f}..{max(reach.values()):.2f} s "
-              f"({len(reach)} of {len(published) - 1})")
-    print(f"  server RSS   start {rss_start / mib:.1f} MiB (after warm-up), peak {rss_peak / mib:.1f} MiB, "
-          f"end {rss_end / mib:.1f} MiB: {growth_mib:+.1f} MiB (threshold {args.max_rss_growth_mib:g} MiB)")
+        print(
+            f"  new models reached clients in {min(reach.values()):.2f}..{max(reach.values()):.2f} s "
+            f"({len(reach)} of {len(published) - 1})"
+        )
+    print(
+        f"  server RSS   start {rss_start / mib:.1f} MiB (after warm-up), peak {rss_peak / mib:.1f} MiB, "
+        f"end {rss_end / mib:.1f} MiB: {growth_mib:+.1f} MiB (threshold {args.max_rss_growth_mib:g} MiB)"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

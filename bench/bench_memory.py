@@ -24,9 +24,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.machine import describe_machine
 from shared import settings
 from shared.cli import HelpFormatter
+
+from bench.machine import describe_machine
 from testkit.memory import flood, measure_single, reset_peak, status_kib
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
@@ -37,24 +38,30 @@ SINGLE_RATIO_LIMIT = 2.0
 
 def run_single(data_dir: Path) -> bool:
     from shared.data import load_mnist
+
     from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes
 
     print(f"\n1. One {DEFAULT_SIDE}x{DEFAULT_SIDE} picture ({DEFAULT_SIDE**2 / 1e6:.1f} MP) through to_mnist")
-    print(f"{'format':8s} {'file':>9s} {'decoded 8-bit':>14s} {'peak extra':>11s} {'ratio':>6s}  target <= "
-          f"{SINGLE_RATIO_LIMIT:g}x")
+    print(
+        f"{'format':8s} {'file':>9s} {'decoded 8-bit':>14s} {'peak extra':>11s} {'ratio':>6s}  target <= "
+        f"{SINGLE_RATIO_LIMIT:g}x"
+    )
     ok = True
     results = measure_single(load_mnist(data_dir, download=False).test_images[0].numpy(), FORMATS)
     for fmt, (baseline, peak, size) in results.items():
         decoded = decoded_8bit_bytes(fmt)
         ratio = (peak - baseline) / decoded
         ok &= ratio <= SINGLE_RATIO_LIMIT
-        print(f"{fmt:8s} {size / MIB:7.2f} MiB {decoded / MIB:10.1f} MiB {(peak - baseline) / MIB:7.1f} MiB "
-              f"{ratio:5.2f}x{'' if ratio <= SINGLE_RATIO_LIMIT else '  MISSED'}")
+        print(
+            f"{fmt:8s} {size / MIB:7.2f} MiB {decoded / MIB:10.1f} MiB {(peak - baseline) / MIB:7.1f} MiB "
+            f"{ratio:5.2f}x{'' if ratio <= SINGLE_RATIO_LIMIT else '  MISSED'}"
+        )
     return ok
 
 
 def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     from shared.data import load_mnist
+
     from testkit.big_pictures import FORMATS, encode_big
 
     digits = load_mnist(data_dir, download=False).test_images[:clients].numpy()
@@ -68,8 +75,10 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
         try:
             flood(target, [small] * 4, small)  # warm: threads, model, pipeline
             baseline = status_kib(process.pid, "VmRSS") * 1024
-            print(f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference "
-                  f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm")
+            print(
+                f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference "
+                f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm"
+            )
             print(f"{'format':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
             for fmt in FORMATS:
                 pictures = [encode_big(digit, fmt) for digit in digits]
@@ -80,25 +89,34 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
                 names = Counter()
                 for (code, _), n in codes.items():
                     names[code] += n
-                good = (alive and failure is None and set(names) <= {"OK", "RESOURCE_EXHAUSTED"}
-                        and sum(codes.values()) == clients and peak - baseline <= FLOOD_GROWTH_LIMIT)
+                good = (
+                    alive
+                    and failure is None
+                    and set(names) <= {"OK", "RESOURCE_EXHAUSTED"}
+                    and sum(codes.values()) == clients
+                    and peak - baseline <= FLOOD_GROWTH_LIMIT
+                )
                 ok &= good
                 answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
-                print(f"{fmt:8s} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB {(peak - baseline) / MIB:5.0f} MiB"
-                      f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
-                      f"{'' if good else '  MISSED'}")
+                print(
+                    f"{fmt:8s} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB {(peak - baseline) / MIB:5.0f} MiB"
+                    f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
+                    f"{'' if good else '  MISSED'}"
+                )
         finally:
             stop_server(process)
     return ok
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_memory", description=__doc__.split("\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_memory", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--part", choices=("single", "flood", "both"), default="both")
     parser.add_argument("--clients", type=int, default=16, help="concurrent calls in the flood")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
-                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
+    )
     parser.add_argument("--server-args", default="", help="extra flags for the server, e.g. '--decode-budget-mib 640'")
     return parser
 

@@ -49,8 +49,21 @@ def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) ->
             root = models / f"{variant}-s{seed}"
             if (root / "models" / "LATEST.json").exists():
                 continue
-            argv = ["--data-dir", str(data_dir), "--no-download", "--device", "cpu", "--artifacts-dir", str(root),
-                    "--seed", str(seed), "--negatives", str(negatives), "--run-name", f"{variant}-s{seed}"]
+            argv = [
+                "--data-dir",
+                str(data_dir),
+                "--no-download",
+                "--device",
+                "cpu",
+                "--artifacts-dir",
+                str(root),
+                "--seed",
+                str(seed),
+                "--negatives",
+                str(negatives),
+                "--run-name",
+                f"{variant}-s{seed}",
+            ]
             if epochs:
                 argv += ["--epochs", str(epochs)]
             if trainer_main(argv) != 0:
@@ -61,18 +74,22 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{group: (28x28 uint8 images, labels or -1)} of the tests' negatives by kind and users' digits by style,
     through the server's pipeline; made once and cached (testkit/cache.py)."""
     from shared.image_pipeline import ImageRejected, to_mnist
+
     from testkit.cache import cached_pickle, code_hash
     from testkit.not_digits import make_not_digits
-    from tests.inference.test_user_drawings import pictures
     from testkit.user_images import PAPER_KINDS, make_printed_digits
+    from tests.inference.test_user_drawings import pictures
 
     def make():
         groups: dict[str, list] = {}
         for picture in make_not_digits(per_kind=200, seed=0):
             groups.setdefault(f"neg:{picture.kind}", []).append((picture.data, -1))
         # The tests' pictures of users' digits (300 per style, cached by the tests too), and the printed digits.
-        users = (pictures(mnist, "drawn", None) + pictures(mnist, "paper", list(PAPER_KINDS))
-                 + make_printed_digits(per_font=10, seed=0))
+        users = (
+            pictures(mnist, "drawn", None)
+            + pictures(mnist, "paper", list(PAPER_KINDS))
+            + make_printed_digits(per_font=10, seed=0)
+        )
         for picture in users:
             groups.setdefault(f"user:{picture.style}", []).append((picture.data, picture.label))
         out = {}
@@ -87,8 +104,16 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             out[name] = (np.stack(images), np.array(labels))
         return out
 
-    key = code_hash(("testkit/not_digits.py", "testkit/user_images.py", "shared/normalize.py",
-                     "shared/image_pipeline.py", "shared/decode.py"), extra="bench-not-digit")
+    key = code_hash(
+        (
+            "testkit/not_digits.py",
+            "testkit/user_images.py",
+            "shared/normalize.py",
+            "shared/image_pipeline.py",
+            "shared/decode.py",
+        ),
+        extra="bench-not-digit",
+    )
     return cached_pickle("not-digit-pictures", key, make)
 
 
@@ -120,8 +145,12 @@ def measure(root: Path, pictures: dict, mnist, val_images: np.ndarray) -> dict:
     mean, std = payload["normalization"]["mean"], payload["normalization"]["std"]
     with torch.no_grad():
         out = model(normalize(mnist.test_images, mean, std))[:, :10]
-    result = {"test_accuracy": float((out.argmax(1) == mnist.test_labels).float().mean()),
-              "served_threshold": payload.get("digit_threshold"), "flagged": {}, "user_accuracy": {}}
+    result = {
+        "test_accuracy": float((out.argmax(1) == mnist.test_labels).float().mean()),
+        "served_threshold": payload.get("digit_threshold"),
+        "flagged": {},
+        "user_accuracy": {},
+    }
     val = scores(model, val_images, mean, std)
     for name, (images, labels) in pictures.items():
         s = scores(model, images, mean, std)
@@ -137,8 +166,12 @@ def measure(root: Path, pictures: dict, mnist, val_images: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_not_digit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, default=Path("/tmp/mnist-bench-not-digit"),
-                        help="folder of the trained variants, <variant>-s<seed>/models")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path("/tmp/mnist-bench-not-digit"),
+        help="folder of the trained variants, <variant>-s<seed>/models",
+    )
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir())
     parser.add_argument("--train", action="store_true", help="train the variants that are missing first")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -164,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant, runs in results.items():
         accs = [r["test_accuracy"] for r in runs]
         print(f"  {variant:<9} {np.mean(accs):.4%}  ({', '.join(f'{a:.2%}' for a in accs)})")
-    print(f"\nShare flagged as not a digit, threshold at {FLAG_RATE:.1%} of validation digits flagged "
-          "(mean over seeds):")
+    print(
+        f"\nShare flagged as not a digit, threshold at {FLAG_RATE:.1%} of validation digits flagged (mean over seeds):"
+    )
     names = sorted(next(iter(results.values()))[0]["flagged"]["max_softmax"])
     columns = [(variant, method) for variant, runs in results.items() for method in runs[0]["flagged"]]
     print(f"  {'pictures':<24}" + "".join(f"{v[:5] + ':' + m:>22}" for v, m in columns))
@@ -176,13 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'style':<24}" + "".join(f"{v:>12}" for v in results))
     for name in names:
         if name.startswith("user:"):
-            print(f"  {name:<24}" + "".join(f"{np.mean([r['user_accuracy'][name] for r in runs]):>12.2%}"
-                                            for runs in results.values()))
+            print(
+                f"  {name:<24}"
+                + "".join(f"{np.mean([r['user_accuracy'][name] for r in runs]):>12.2%}" for runs in results.values())
+            )
     for variant, runs in results.items():
         thresholds = [r["served_threshold"] for r in runs if r["served_threshold"] is not None]
         if thresholds:
-            print(f"\n{variant}: served thresholds (trainer, {FLAG_RATE:.1%} of validation digits): "
-                  + ", ".join(f"{t:.4f}" for t in thresholds))
+            print(
+                f"\n{variant}: served thresholds (trainer, {FLAG_RATE:.1%} of validation digits): "
+                + ", ".join(f"{t:.4f}" for t in thresholds)
+            )
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.image_pipeline import decode_image, to_mnist, to_mnist_array
+
 from testkit.user_images import DRAWN_STYLES, encode, make_printed_digits, make_user_images, paper_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +53,18 @@ def photo_640x480(images: np.ndarray, count: int, seed: int) -> list[bytes]:
 
 def row(name: str, times_bytes: np.ndarray, times_array: np.ndarray) -> str:
     ms = lambda t, q: np.percentile(t, q) * 1e3  # noqa: E731
-    return (f"{name:22s} {ms(times_bytes, 50):7.2f} {ms(times_bytes, 95):7.2f} {times_bytes.min() * 1e3:7.2f}   "
-            f"{ms(times_array, 50):7.2f} {ms(times_array, 95):7.2f} {times_array.min() * 1e3:7.2f}")
+    return (
+        f"{name:22s} {ms(times_bytes, 50):7.2f} {ms(times_bytes, 95):7.2f} {times_bytes.min() * 1e3:7.2f}   "
+        f"{ms(times_array, 50):7.2f} {ms(times_array, 95):7.2f} {times_array.min() * 1e3:7.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_preprocess",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_preprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     parser.add_argument("--per-style", type=int, default=10, help="pictures per style")
     parser.add_argument("--repeat", type=int, default=10, help="timed passes over each style's pictures")
@@ -77,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed)
     pictures += make_printed_digits(per_font=1, seed=args.seed)
 
-    print(f"OpenCV threads: {cv2.getNumThreads()}, CPUs: {os.cpu_count()}, load average: "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"OpenCV threads: {cv2.getNumThreads()}, CPUs: {os.cpu_count()}, load average: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print(f"{'ms per picture':22s} {'to_mnist (bytes in)':^23s}   {'to_mnist_array (decoded)':^23s}")
     print(f"{'style':22s} {'median':>7s} {'p95':>7s} {'min':>7s}   {'median':>7s} {'p95':>7s} {'min':>7s}")
     for style in [*DRAWN_STYLES, "printed"]:
@@ -92,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     array_times = time_calls(to_mnist_array, photo_arrays, args.repeat)
     print(row("photo 640x480 (JPEG)", bytes_times, array_times))
     median = np.median(bytes_times) * 1e3
-    print(f"\n640x480 photo, bytes to 28x28: median {median:.2f} ms (target < {PHOTO_TARGET_MS} ms): "
-          f"{'OK' if median < PHOTO_TARGET_MS else 'OVER'}")
+    print(
+        f"\n640x480 photo, bytes to 28x28: median {median:.2f} ms (target < {PHOTO_TARGET_MS} ms): "
+        f"{'OK' if median < PHOTO_TARGET_MS else 'OVER'}"
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from shared import settings
 from shared.cli import HelpFormatter, positive_int
+
 from testkit.number_scores import format_scores, grpc_reader, score_by_style
 
 APART_WHOLE_TARGET = 0.97
@@ -70,7 +71,7 @@ def local_reader(artifacts: Path):
     def read_array(array: np.ndarray):
         return read_number(array, classify)
 
-    def read(data: bytes) -> "str | None":
+    def read(data: bytes) -> str | None:
         try:
             return read_number(decode_image(data), classify).text
         except ImageRejected:
@@ -91,8 +92,9 @@ def photos_640x480(images: np.ndarray, labels: np.ndarray, count: int, layout: s
     out = []
     while len(out) < count:
         picks = rng.integers(len(images), size=8)
-        data, _ = paper_photo([images[i] for i in picks], rng, {"layout": layout, "pen": "whole", "separator": None},
-                              size=(640, 480))
+        data, _ = paper_photo(
+            [images[i] for i in picks], rng, {"layout": layout, "pen": "whole", "separator": None}, size=(640, 480)
+        )
         if _upright_jpeg(data):
             out.append(data)
     return out
@@ -129,28 +131,38 @@ def timing_row(name: str, times: np.ndarray) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_read_number", description=__doc__,
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULT_ARTIFACTS_DIR),
-                        help="read with the model published here (in this process, and in the server for speed)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_read_number", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path(settings.DEFAULT_ARTIFACTS_DIR),
+        help="read with the model published here (in this process, and in the server for speed)",
+    )
     parser.add_argument("--target", default=None, help="measure accuracy through this running server instead")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
-                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
+    )
     parser.add_argument("--per-style", type=positive_int, default=30, help="numbers per style and layout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-pictures", type=positive_int, default=10, help="640x480 photos per layout")
     parser.add_argument("--repeat", type=positive_int, default=5, help="timed passes over the photos")
-    parser.add_argument("--speed-only", action="store_true",
-                        help="skip accuracy; without a published model in --artifacts, time a random-init one")
+    parser.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="skip accuracy; without a published model in --artifacts, time a random-init one",
+    )
     parser.add_argument("--accuracy-only", action="store_true", help="skip the speed measurements")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    from bench.machine import describe_machine
     from shared.checkpoint import read_manifest
     from shared.data import load_mnist
+
+    from bench.machine import describe_machine
 
     print(describe_machine())
     mnist = load_mnist(args.data_dir, download=False, verify=False)
@@ -193,9 +205,11 @@ def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
     print(format_scores(scores))
     apart = next(s for s in scores if s.name == "apart all")
     touching = next(s for s in scores if s.name == "touching all")
-    print(f"\napart: whole {apart.whole_accuracy:.2%} (target {APART_WHOLE_TARGET:.0%}), digits "
-          f"{apart.digit_accuracy:.2%} (target {APART_DIGIT_TARGET:.0%}); touching: whole "
-          f"{touching.whole_accuracy:.2%} (target {TOUCHING_WHOLE_TARGET:.0%})")
+    print(
+        f"\napart: whole {apart.whole_accuracy:.2%} (target {APART_WHOLE_TARGET:.0%}), digits "
+        f"{apart.digit_accuracy:.2%} (target {APART_DIGIT_TARGET:.0%}); touching: whole "
+        f"{touching.whole_accuracy:.2%} (target {TOUCHING_WHOLE_TARGET:.0%})"
+    )
 
 
 def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -204,13 +218,17 @@ def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.api.mnist.v1 import inference_pb2_grpc
     from shared.decode import decode_image
+
     from testkit.server_process import start_server, stop_server
 
     _, read_array, version = local_reader(artifacts)
-    photos = {layout: photos_640x480(images, labels, args.speed_pictures, layout, args.seed)
-              for layout in ("apart", "touching")}
-    print(f"\nms per 640x480 photo of an 8-digit number (model {version}; {args.speed_pictures} photos x "
-          f"{args.repeat}):")
+    photos = {
+        layout: photos_640x480(images, labels, args.speed_pictures, layout, args.seed)
+        for layout in ("apart", "touching")
+    }
+    print(
+        f"\nms per 640x480 photo of an 8-digit number (model {version}; {args.speed_pictures} photos x {args.repeat}):"
+    )
     print(f"{'':44s} {'median':>8s} {'p95':>8s} {'min':>8s}")
     medians = {}
     for layout, data in photos.items():
@@ -228,8 +246,10 @@ def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None
     finally:
         stop_server(process)
     for layout, median in medians.items():
-        print(f"{layout}: ReadNumber median {median:.2f} ms (target <= {SPEED_TARGET_MS:g} ms): "
-              f"{'OK' if median <= SPEED_TARGET_MS else 'OVER'}")
+        print(
+            f"{layout}: ReadNumber median {median:.2f} ms (target <= {SPEED_TARGET_MS:g} ms): "
+            f"{'OK' if median <= SPEED_TARGET_MS else 'OVER'}"
+        )
 
 
 if __name__ == "__main__":

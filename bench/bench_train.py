@@ -28,16 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import describe_machine
 from shared.checkpoint import load_checkpoint
 from shared.settings import data_dir
+
+from bench.machine import describe_machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_train",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", default=str(data_dir()), help="MNIST folder (env MNIST_DATA_DIR)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--seed-epochs", type=int, default=2, help="epochs of the seed preset to time")
@@ -51,8 +53,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def train(artifacts: Path, run_name: str, *flags: str, data: str, device: str) -> dict:
     """Run the trainer as a user would; return its history and wall time."""
-    cmd = [sys.executable, "-m", "trainer", "--data-dir", data, "--artifacts-dir", str(artifacts),
-           "--device", device, "--no-download", "--no-publish", "--run-name", run_name, *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--data-dir",
+        data,
+        "--artifacts-dir",
+        str(artifacts),
+        "--device",
+        device,
+        "--no-download",
+        "--no-publish",
+        "--run-name",
+        run_name,
+        *flags,
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO_ROOT, text=True, capture_output=True)
@@ -69,8 +85,13 @@ def train(artifacts: Path, run_name: str, *flags: str, data: str, device: str) -
     summary = re.search(r"best epoch \d+ by validation accuracy: val [\d.]+%, test ([\d.]+)%", result.stdout)
     if summary:
         best["test_accuracy"] = float(summary.group(1)) / 100
-    return {"history": history, "wall": wall, "best_epoch": checkpoint["best_epoch"], "best": best,
-            "precision": history[-1].get("precision", "fp32")}
+    return {
+        "history": history,
+        "wall": wall,
+        "best_epoch": checkpoint["best_epoch"],
+        "best": best,
+        "precision": history[-1].get("precision", "fp32"),
+    }
 
 
 def verdict(ok: bool) -> str:
@@ -82,8 +103,6 @@ def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
         if m["test_accuracy"] >= target:
             return int(m["epoch"]), float(m["elapsed_seconds"])
     return None
-
-
 
 
 def main() -> None:
@@ -106,37 +125,57 @@ def main() -> None:
     finals = []
     for s in range(args.seeds):
         run = train(root, f"full-s{s}", "--seed", str(s), *full_flags, **common)
-        finals.append((s, run["best"]["test_accuracy"], run["best"]["val_accuracy"], run["wall"],
-                       len(run["history"]), run["precision"]))
+        finals.append(
+            (
+                s,
+                run["best"]["test_accuracy"],
+                run["best"]["val_accuracy"],
+                run["wall"],
+                len(run["history"]),
+                run["precision"],
+            )
+        )
 
     print("\n=== training benchmark ===")
     print(f"machine: {describe_machine()}")
-    print(f"seed preset (original MyNet, {seed['precision']}): {seed_epoch_s:.1f} s/epoch (median of epochs "
-          f"2..{args.seed_epochs}), test accuracy after {len(seed['history'])} epochs "
-          f"{seed['history'][-1]['test_accuracy']:.2%}")
+    print(
+        f"seed preset (original MyNet, {seed['precision']}): {seed_epoch_s:.1f} s/epoch (median of epochs "
+        f"2..{args.seed_epochs}), test accuracy after {len(seed['history'])} epochs "
+        f"{seed['history'][-1]['test_accuracy']:.2%}"
+    )
     quick_test = quick["best"]["test_accuracy"]
-    print(f"default, --epochs {args.quick_epochs} ({quick['precision']}): {quick_epoch_s:.1f} s/epoch, published "
-          f"(best-by-validation, epoch {quick['best_epoch']}) test accuracy {quick_test:.2%}, last epoch "
-          f"{quick['history'][-1]['test_accuracy']:.2%}, wall {quick['wall']:.0f} s; target >= 99.55 %: "
-          f"{verdict(quick_test >= 0.9955 - 1e-9)}")
+    print(
+        f"default, --epochs {args.quick_epochs} ({quick['precision']}): {quick_epoch_s:.1f} s/epoch, published "
+        f"(best-by-validation, epoch {quick['best_epoch']}) test accuracy {quick_test:.2%}, last epoch "
+        f"{quick['history'][-1]['test_accuracy']:.2%}, wall {quick['wall']:.0f} s; target >= 99.55 %: "
+        f"{verdict(quick_test >= 0.9955 - 1e-9)}"
+    )
     if reached:
         epoch, seconds = reached
         ratio = seconds / seed_epoch_s
         print(f"default reaches {args.target:.2%} test accuracy at epoch {epoch}, {seconds:.1f} s after start")
-        print(f"ratio: that is the time of {ratio:.2f} seed-preset epochs (target <= 1.7: {verdict(ratio <= 1.7)}); "
-              f"the original needed 400 epochs for 99.36 % (~{400 * seed_epoch_s / 60:.0f} min at this machine's "
-              f"pace), {400 * seed_epoch_s / seconds:.0f}x longer")
+        print(
+            f"ratio: that is the time of {ratio:.2f} seed-preset epochs (target <= 1.7: {verdict(ratio <= 1.7)}); "
+            f"the original needed 400 epochs for 99.36 % (~{400 * seed_epoch_s / 60:.0f} min at this machine's "
+            f"pace), {400 * seed_epoch_s / seconds:.0f}x longer"
+        )
     else:
-        print(f"default did NOT reach {args.target:.2%} in {args.quick_epochs} epochs (target <= 1.7 seed-preset "
-              f"epochs: NOT met)")
+        print(
+            f"default did NOT reach {args.target:.2%} in {args.quick_epochs} epochs (target <= 1.7 seed-preset "
+            f"epochs: NOT met)"
+        )
     print(f"per-epoch speed ratio seed/default: {seed_epoch_s / quick_epoch_s:.1f}x")
     for s, test, val, wall, epochs, precision in finals:
-        print(f"default full run, seed {s} ({precision}): {epochs} epochs, best-by-validation epoch test {test:.2%} "
-              f"(val {val:.2%}), wall {wall:.0f} s (target < 180 s: {verdict(wall < 180)})")
+        print(
+            f"default full run, seed {s} ({precision}): {epochs} epochs, best-by-validation epoch test {test:.2%} "
+            f"(val {val:.2%}), wall {wall:.0f} s (target < 180 s: {verdict(wall < 180)})"
+        )
     if finals:
         mean = statistics.mean(f[1] for f in finals)
-        print(f"default full runs: mean test accuracy {mean:.2%} over {len(finals)} seed(s) "
-              f"(target >= 99.60 %: {verdict(mean >= 0.996 - 1e-9)})")
+        print(
+            f"default full runs: mean test accuracy {mean:.2%} over {len(finals)} seed(s) "
+            f"(target >= 99.60 %: {verdict(mean >= 0.996 - 1e-9)})"
+        )
     if holder:
         holder.cleanup()
 

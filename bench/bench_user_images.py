@@ -97,10 +97,11 @@ def grpc_predictor(target: str, *, token: str | None = None, timeout: float = 60
 
     This is the hook tests/test_user_drawings.py uses against a live server: the same pictures, the same scores.
     """
-    from inference.channel import make_channel
-    from inference.security import bearer_metadata
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.api.mnist.v1 import inference_pb2_grpc as pb_grpc
+
+    from inference.channel import make_channel
+    from inference.security import bearer_metadata
 
     stub = pb_grpc.InferenceStub(make_channel(target))
     metadata = bearer_metadata(token)
@@ -132,18 +133,27 @@ def mnist_direct_accuracy(checkpoint_path: str | Path, images: np.ndarray, label
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_user_images",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_user_images",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a published model (models/<version>.pt) or checkpoint")
     source.add_argument("--target", help="host:port of a running inference server")
-    parser.add_argument("--token", default=os.environ.get("MNIST_AUTH_TOKEN") or None,
-                        help="bearer token for --target (env MNIST_AUTH_TOKEN)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MNIST_AUTH_TOKEN") or None,
+        help="bearer token for --target (env MNIST_AUTH_TOKEN)",
+    )
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style and paper kind")
-    parser.add_argument("--styles", default="drawn,paper,printed",
-                        help="which groups: drawn (testkit/user_images.py's drawn styles), paper (ruled, squared, "
-                             "shadows, pencil, specks, low resolution), printed; or style names, comma-separated")
+    parser.add_argument(
+        "--styles",
+        default="drawn,paper,printed",
+        help="which groups: drawn (testkit/user_images.py's drawn styles), paper (ruled, squared, "
+        "shadows, pencil, specks, low resolution), printed; or style names, comma-separated",
+    )
     parser.add_argument("--per-font", type=int, default=20, help="printed digits per font (cycling 0..9)")
     parser.add_argument("--mnist", type=int, default=0, help="also run this many MNIST test digits as PNG files")
     parser.add_argument("--seed", type=int, default=0)
@@ -156,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = mnist.test_images.numpy(), mnist.test_labels.numpy()
     predict = local_predictor(args.checkpoint) if args.checkpoint else grpc_predictor(args.target, token=args.token)
     wanted = args.styles.split(",")
-    styles = [name for group in wanted for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS}.get(group, [group])
-              if name != "printed"]
-    pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []
+    styles = [
+        name
+        for group in wanted
+        for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS}.get(group, [group])
+        if name != "printed"
+    ]
+    pictures = (
+        make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []
+    )
     if "printed" in wanted:
         pictures += make_printed_digits(per_font=args.per_font, seed=args.seed)
     scores = evaluate_styles(predict, pictures, targets=style_target)
@@ -167,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(scores))
     if args.mnist and args.checkpoint:
         direct = mnist_direct_accuracy(args.checkpoint, images[: args.mnist], labels[: args.mnist])
-        print(f"\nMNIST test digits 0..{args.mnist - 1}: {direct:.2%} straight into the model, "
-              f"{scores['mnist_png'].accuracy:.2%} as PNG through the pipeline")
+        print(
+            f"\nMNIST test digits 0..{args.mnist - 1}: {direct:.2%} straight into the model, "
+            f"{scores['mnist_png'].accuracy:.2%} as PNG through the pipeline"
+        )
     missed = missed_targets(scores)
     if args.check and missed:
         print(f"\nbelow target: {', '.join(missed)}", file=sys.stderr)

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import describe_machine
 from shared import settings
+
+from bench.machine import describe_machine
 from testkit.server_process import publish_random_model, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,29 +46,59 @@ STATIC = REPO_ROOT / "inference" / "web" / "static"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_web",
-                                     description="Benchmark the web page in headless chromium.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--artifacts-dir", type=Path, default=None,
-                        help="serve the model published here; default: a random-init compact model in a temp folder")
-    parser.add_argument("--data-dir", type=Path, default=settings.data_dir(),
-                        help=f"MNIST files (env {settings.ENV_DATA_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_web",
+        description="Benchmark the web page in headless chromium.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=None,
+        help="serve the model published here; default: a random-init compact model in a temp folder",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
+    )
     parser.add_argument("--loads", type=int, default=20, help="page loads, cold and warm each")
     parser.add_argument("--digits", type=int, default=30, help="MNIST test digits drawn on the canvas")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the page here (PNG)")
-    parser.add_argument("--screenshot-digits", type=int, nargs=2, default=(2, 5), metavar=("DESKTOP", "PHONE"),
-                        help="the digit drawn for each screenshot (the first MNIST test image of that class)")
-    parser.add_argument("--phone-screenshot", type=Path, default=None,
-                        help="save a screenshot of the page on a phone-sized screen here (PNG)")
+    parser.add_argument(
+        "--screenshot-digits",
+        type=int,
+        nargs=2,
+        default=(2, 5),
+        metavar=("DESKTOP", "PHONE"),
+        help="the digit drawn for each screenshot (the first MNIST test image of that class)",
+    )
+    parser.add_argument(
+        "--phone-screenshot",
+        type=Path,
+        default=None,
+        help="save a screenshot of the page on a phone-sized screen here (PNG)",
+    )
     return parser
 
 
 def start_web(grpc_port: int) -> tuple[subprocess.Popen, int]:
     """`python -m inference.web` on a free port in front of the gRPC server: (process, port)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "inference.web", "--host", "127.0.0.1", "--port", "0", "--target",
-         f"127.0.0.1:{grpc_port}", "--no-access-log"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "inference.web",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--target",
+            f"127.0.0.1:{grpc_port}",
+            "--no-access-log",
+        ],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -93,8 +124,11 @@ def page_loads(driver, url: str, count: int, *, cold: bool) -> list[float]:
     times = []
     for _ in range(count):
         driver.get(url)
-        times.append(driver.execute_script(
-            "const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime;"))
+        times.append(
+            driver.execute_script(
+                "const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime;"
+            )
+        )
     driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": False})
     return times
 
@@ -103,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from shared.api.mnist.v1 import inference_pb2 as pb
     from shared.data import load_mnist
+
     from testkit.waiting import wait_until
     from testkit.web_browser import (
         browser_missing,
@@ -201,17 +236,27 @@ def main(argv: list[str] | None = None) -> int:
 
     total = sum(sizes.values())
     print()
-    print(f"page: {', '.join(f'{n} {b:,} B' for n, b in sizes.items())}; together {total:,} B "
-          f"({total / 1000:.1f} kB; target <= 60 kB)")
-    print(f"page load, cold cache ({len(cold)} loads): p50 {percentile(cold, 50):.1f} ms, "
-          f"p90 {percentile(cold, 90):.1f} ms, max {max(cold):.1f} ms (target < 300 ms)")
-    print(f"page load, warm cache ({len(warm)} loads): p50 {percentile(warm, 50):.1f} ms, "
-          f"p90 {percentile(warm, 90):.1f} ms, max {max(warm):.1f} ms")
-    print(f"finished stroke -> prediction on screen ({len(strokes)} strokes, {args.digits} digits): "
-          f"p50 {percentile(strokes, 50):.1f} ms, p90 {percentile(strokes, 90):.1f} ms, "
-          f"max {max(strokes):.1f} ms (target p50 < 50 ms)")
-    print(f"  baseline, the PNGs the page sent ({len(grpc_ms)} calls each): gRPC Predict p50 "
-          f"{percentile(grpc_ms, 50):.1f} ms; REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms")
+    print(
+        f"page: {', '.join(f'{n} {b:,} B' for n, b in sizes.items())}; together {total:,} B "
+        f"({total / 1000:.1f} kB; target <= 60 kB)"
+    )
+    print(
+        f"page load, cold cache ({len(cold)} loads): p50 {percentile(cold, 50):.1f} ms, "
+        f"p90 {percentile(cold, 90):.1f} ms, max {max(cold):.1f} ms (target < 300 ms)"
+    )
+    print(
+        f"page load, warm cache ({len(warm)} loads): p50 {percentile(warm, 50):.1f} ms, "
+        f"p90 {percentile(warm, 90):.1f} ms, max {max(warm):.1f} ms"
+    )
+    print(
+        f"finished stroke -> prediction on screen ({len(strokes)} strokes, {args.digits} digits): "
+        f"p50 {percentile(strokes, 50):.1f} ms, p90 {percentile(strokes, 90):.1f} ms, "
+        f"max {max(strokes):.1f} ms (target p50 < 50 ms)"
+    )
+    print(
+        f"  baseline, the PNGs the page sent ({len(grpc_ms)} calls each): gRPC Predict p50 "
+        f"{percentile(grpc_ms, 50):.1f} ms; REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms"
+    )
     print(f"drawn digits read right: {right} of {args.digits}")
     return 0
 

@@ -23,10 +23,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.make_number_figure", description=__doc__,
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=Path(settings.DEFAULT_ARTIFACTS_DIR),
-                        help="read with the model published here")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.make_number_figure", description=__doc__, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path(settings.DEFAULT_ARTIFACTS_DIR),
+        help="read with the model published here",
+    )
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir(), help="MNIST files")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "number.png")
     parser.add_argument("--seed", type=int, default=0)
@@ -34,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
+    from shared.data import load_mnist
+    from shared.decode import decode_image, displayed_size
+
     from bench.bench_read_number import local_reader
     from inference.preview import draw_reading
     from inference.service import number_response
-    from shared.data import load_mnist
-    from shared.decode import decode_image, displayed_size
     from testkit.numbers import make_numbers
 
     mnist = load_mnist(args.data_dir, download=False, verify=False)

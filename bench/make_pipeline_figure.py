@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import image_pipeline as ip
+
 from testkit import user_images as ui
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +78,11 @@ def as_user_sees_it(data: bytes) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.make_pipeline_figure",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.make_pipeline_figure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "pipeline.png")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
     args = parser.parse_args(argv)
@@ -92,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     from shared.data import load_mnist
 
     images = load_mnist(args.data_dir, download=False, verify=False).test_images.numpy()
-    titles = ["what the user sent", "ink: contrast to the paper\n(kept strokes outlined)",
-              "cropped, stroke width\nnormalized", "what the model sees\n(28x28)"]
+    titles = [
+        "what the user sent",
+        "ink: contrast to the paper\n(kept strokes outlined)",
+        "cropped, stroke width\nnormalized",
+        "what the model sees\n(28x28)",
+    ]
     # Two panels side by side: users' drawings on the left, real paper on the right.
     rows = (len(EXAMPLES) + 1) // 2
-    fig, grid = plt.subplots(rows, 8, figsize=(17.5, 2.3 * rows), dpi=80,
-                             gridspec_kw={"width_ratios": [1.5, 1.5, 1, 1] * 2})
+    fig, grid = plt.subplots(
+        rows, 8, figsize=(17.5, 2.3 * rows), dpi=80, gridspec_kw={"width_ratios": [1.5, 1.5, 1, 1] * 2}
+    )
     panels = [grid[r, 4 * c : 4 * c + 4] for c in range(2) for r in range(rows)]
     for row, (title, style, index, seed) in zip(panels, EXAMPLES):
         data = example_bytes(style, index, seed, images)
@@ -115,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_yticks([])
     for ax, title in zip(grid[0], titles * 2):
         ax.set_title(title, fontsize=9)
-    fig.suptitle("shared/image_pipeline.py: users' pictures -> MNIST-style input "
-                 f"(MNIST's stroke/size: {ip.STROKE_RATIO_TARGET} median)", fontsize=10)
+    fig.suptitle(
+        "shared/image_pipeline.py: users' pictures -> MNIST-style input "
+        f"(MNIST's stroke/size: {ip.STROKE_RATIO_TARGET} median)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 0.985, 0.985))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)

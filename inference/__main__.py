@@ -12,12 +12,12 @@ import sys
 # longer with them. Worker processes inherit the setting.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from shared import settings  # noqa: E402 - after the environment above
-from shared.cli import HelpFormatter  # noqa: E402
-from shared.resources import memory_limit_bytes, usable_cpus, usable_memory_bytes  # noqa: E402
+from shared import settings
+from shared.cli import HelpFormatter
+from shared.resources import memory_limit_bytes, usable_cpus, usable_memory_bytes
 
-from inference.capacity import check_workers_fit, default_worker_count, process_memory_mib  # noqa: E402
-from inference.logs import LOG_FORMATS, configure_logging  # noqa: E402
+from inference.capacity import check_workers_fit, default_worker_count, process_memory_mib
+from inference.logs import LOG_FORMATS, configure_logging
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -30,22 +30,41 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
     )
     # How the process runs; what each server is configured with (ServerOptions) comes after, from its fields.
-    parser.add_argument("--address", default=settings.env_str(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS),
-                        help=f"host:port to listen on; port 0 picks a free one (env {settings.ENV_GRPC_ADDRESS})")
-    parser.add_argument("--grace-period", type=float, default=5.0, metavar="SECONDS",
-                        help="on SIGTERM/SIGINT, how long calls in flight may take to finish")
-    parser.add_argument("--workers", type=int, default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 0),
-                        help=f"server processes sharing the port; 0 chooses one per usable CPU core, as many as the "
-                             f"memory holds (inference.capacity.default_worker_count), since Python runs one thread "
-                             f"at a time per process (env {settings.ENV_INFERENCE_WORKERS})")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads per call, in torch and onnxruntime (calls already run in parallel); "
-                             "0: torch's default")
+    parser.add_argument(
+        "--address",
+        default=settings.env_str(settings.ENV_GRPC_ADDRESS, settings.DEFAULT_GRPC_ADDRESS),
+        help=f"host:port to listen on; port 0 picks a free one (env {settings.ENV_GRPC_ADDRESS})",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long calls in flight may take to finish",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 0),
+        help=f"server processes sharing the port; 0 chooses one per usable CPU core, as many as the "
+        f"memory holds (inference.capacity.default_worker_count), since Python runs one thread "
+        f"at a time per process (env {settings.ENV_INFERENCE_WORKERS})",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads per call, in torch and onnxruntime (calls already run in parallel); 0: torch's default",
+    )
     add_server_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--log-format", default=settings.env_str(settings.ENV_LOG_FORMAT, "text"), choices=LOG_FORMATS,
-                        help=f"'text' for people, 'json' for log collectors: one object per line, with the access "
-                             f"log's fields (method, code, latency_ms, request_id, ...) as keys (env {settings.ENV_LOG_FORMAT})")
+    parser.add_argument(
+        "--log-format",
+        default=settings.env_str(settings.ENV_LOG_FORMAT, "text"),
+        choices=LOG_FORMATS,
+        help=f"'text' for people, 'json' for log collectors: one object per line, with the access "
+        f"log's fields (method, code, latency_ms, request_id, ...) as keys (env {settings.ENV_LOG_FORMAT})",
+    )
     return parser
 
 
@@ -72,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers == 0:
             cpus, memory = usable_cpus(), usable_memory_bytes()
             args.workers = default_worker_count(cpus, memory, per_process)
-            log.info("%d worker process(es): %d usable CPU core(s), %s of memory available, up to %d MiB each",
-                     args.workers, cpus, f"{memory / 2**30:.1f} GiB" if memory is not None else "an unknown amount",
-                     per_process)
+            log.info(
+                "%d worker process(es): %d usable CPU core(s), %s of memory available, up to %d MiB each",
+                args.workers,
+                cpus,
+                f"{memory / 2**30:.1f} GiB" if memory is not None else "an unknown amount",
+                per_process,
+            )
         check_workers_fit(args.workers, per_process, memory_limit_bytes())
     except ValueError as e:
         raise SystemExit(str(e)) from None
@@ -91,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         from inference.workers import serve_workers
 
         try:
-            return serve_workers(args.address, options, workers=args.workers, grace=args.grace_period,
-                                 torch_threads=args.torch_threads, log_level=args.log_level,
-                                 log_format=args.log_format)
+            return serve_workers(
+                args.address,
+                options,
+                workers=args.workers,
+                grace=args.grace_period,
+                torch_threads=args.torch_threads,
+                log_level=args.log_level,
+                log_format=args.log_format,
+            )
         except OSError as e:
             log.error("cannot listen on %s: %s", args.address, e)
             return 1

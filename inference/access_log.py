@@ -20,9 +20,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -55,9 +56,14 @@ class CallRecord:
 
     def fields(self, code: grpc.StatusCode) -> dict[str, Any]:
         return {
-            "method": self.method, "code": code.name, "latency_ms": round((time.perf_counter() - self.started) * 1e3, 3),
-            "image_bytes": self.image_bytes, "images": self.images, "model_version": self.model_version,
-            "peer": self.peer, "request_id": self.request_id,
+            "method": self.method,
+            "code": code.name,
+            "latency_ms": round((time.perf_counter() - self.started) * 1e3, 3),
+            "image_bytes": self.image_bytes,
+            "images": self.images,
+            "model_version": self.model_version,
+            "peer": self.peer,
+            "request_id": self.request_id,
         }
 
 
@@ -126,8 +132,12 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
 
         def behaviour(request, context: grpc.ServicerContext):
             service, _, method = full_method.lstrip("/").rpartition("/")
-            record = CallRecord(request_id=request_id_from(metadata.get(REQUEST_ID_KEY)), method=method,
-                                peer=context.peer(), service=service)
+            record = CallRecord(
+                request_id=request_id_from(metadata.get(REQUEST_ID_KEY)),
+                method=method,
+                peer=context.peer(),
+                service=service,
+            )
             context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
             token = _current.set(record)
             _tell(self.on_start, record)
@@ -141,12 +151,17 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 fields = record.fields(code)
                 _current.reset(token)
                 if quiet:
-                    log.debug("access %s", format_text(fields), extra={"access": fields,
-                                                                        "request_id": record.request_id})
+                    log.debug(
+                        "access %s", format_text(fields), extra={"access": fields, "request_id": record.request_id}
+                    )
                 else:
-                    log.info("access %s", format_text(fields), extra={"access": fields,
-                                                                       "request_id": record.request_id})
+                    log.info(
+                        "access %s", format_text(fields), extra={"access": fields, "request_id": record.request_id}
+                    )
                 _tell(self.observers, record, code, fields["latency_ms"] / 1e3)
 
-        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -50,7 +50,8 @@ def check_workers_fit(workers: int, per_process_mib: int, limit: int | None) -> 
             f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "
             f"{WARM_PROCESS_MIB:,} warm, plus the decode budget and requests in flight), but this container may "
             f"use {limit / 2**30:.1f} GiB. Raise the limit (MNIST_INFERENCE_MEMORY in compose), or lower "
-            "--workers, --decode-budget-mib, --max-workers or --max-message-bytes")
+            "--workers, --decode-budget-mib, --max-workers or --max-message-bytes"
+        )
 
 
 # glibc's mallopt parameters (malloc.h).

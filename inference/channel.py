@@ -60,8 +60,9 @@ SERVICE_CONFIG = {
 RECONNECT_BACKOFF_MS = (100, 1000)
 
 
-def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
-                 tls_server_name: str | None = None) -> grpc.Channel:
+def make_channel(
+    target: str, *, tls: bool = False, tls_ca: Path | None = None, tls_server_name: str | None = None
+) -> grpc.Channel:
     """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given."""
     options = [
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
@@ -80,8 +81,10 @@ def make_channel(target: str, *, tls: bool = False, tls_ca: Path | None = None,
 def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
-        return (f"cannot reach the inference server at {target} ({details}). Is it running? "
-                f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.")
+        return (
+            f"cannot reach the inference server at {target} ({details}). Is it running? "
+            f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it."
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {target} did not answer in time (raise --timeout): {details}"
     if code == grpc.StatusCode.UNAUTHENTICATED:

@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 
 from shared import settings
-from shared.cli import HelpFormatter
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.cli import HelpFormatter
 
 from inference.channel import describe_rpc_error, make_channel
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
@@ -39,8 +39,10 @@ def answer_line(prediction, model_version: str) -> str:
     confidence = prediction.probabilities[prediction.digit]
     if prediction.is_digit:
         return f"{prediction.digit} ({confidence:.1%}, model {model_version})"
-    return (f"not a digit (digit score {prediction.digit_score:.3f}, closest digit {prediction.digit} at "
-            f"{confidence:.1%}, model {model_version})")
+    return (
+        f"not a digit (digit score {prediction.digit_score:.3f}, closest digit {prediction.digit} at "
+        f"{confidence:.1%}, model {model_version})"
+    )
 
 
 def cmd_predict(stub, args, call) -> int:
@@ -56,9 +58,14 @@ def cmd_predict(stub, args, call) -> int:
     # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone.
     for start in range(0, len(named_images), args.batch_size):
         chunk = named_images[start : start + args.batch_size]
-        response = call(stub.PredictBatch, pb.PredictBatchRequest(
-            images=[data for _, data in chunk], return_model_input=args.preview is not None,
-            model_version=args.model_version))
+        response = call(
+            stub.PredictBatch,
+            pb.PredictBatchRequest(
+                images=[data for _, data in chunk],
+                return_model_input=args.preview is not None,
+                model_version=args.model_version,
+            ),
+        )
         for (path, data), result in zip(chunk, response.results):
             if result.HasField("error"):
                 print(f"{path}: not accepted: {result.error.message}", file=sys.stderr)
@@ -69,9 +76,14 @@ def cmd_predict(stub, args, call) -> int:
             print(f"{path}: {answer_line(prediction, response.model_version)}")
             print("\n".join(probability_bars(prediction.probabilities)))
             if args.preview is not None:
-                preview_rows.append((path.name, data, prediction.model_input_png,
-                                     f"{prediction.digit} ({confidence:.1%})" if prediction.is_digit
-                                     else "not a digit"))
+                preview_rows.append(
+                    (
+                        path.name,
+                        data,
+                        prediction.model_input_png,
+                        f"{prediction.digit} ({confidence:.1%})" if prediction.is_digit else "not a digit",
+                    )
+                )
     if args.preview is not None and preview_rows:
         save_preview(args.preview, preview_rows)
         print(f"preview saved to {args.preview}")
@@ -85,8 +97,10 @@ def cmd_read(stub, args, call) -> int:
         print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
         return 1
     response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
-    print(f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
-          f"model {response.model_version})")
+    print(
+        f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
+        f"model {response.model_version})"
+    )
     for d in response.per_digit:
         p = d.prediction
         b = d.box
@@ -100,10 +114,13 @@ def cmd_read(stub, args, call) -> int:
 
 def cmd_evaluate(stub, args, call) -> int:
     split = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}[args.split]
-    response = call(stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None,
-                                                      model_version=args.model_version))
-    print(f"model {response.model_version}, {args.split} split: {response.count} images, "
-          f"accuracy {response.accuracy:.2%}, loss {response.loss:.4f} ({response.seconds:.2f} s on the server)")
+    response = call(
+        stub.Evaluate, pb.EvaluateRequest(split=split, omit_heatmap=args.out is None, model_version=args.model_version)
+    )
+    print(
+        f"model {response.model_version}, {args.split} split: {response.count} images, "
+        f"accuracy {response.accuracy:.2%}, loss {response.loss:.4f} ({response.seconds:.2f} s on the server)"
+    )
     print(f"{'digit':>5} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
     for c in response.per_class:
         print(f"{c.digit:>5} {c.precision:>9.4f} {c.recall:>7.4f} {c.f1:>7.4f} {c.support:>7}")
@@ -129,12 +146,16 @@ def cmd_info(stub, args, call) -> int:
         print(f"trained       {info.trained_at} (run {info.run_name or '?'}, epoch {info.epoch})")
         print(f"loaded        {info.loaded_at}")
         print(f"metrics       {metrics}")
-        print(f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
-              f"normalized as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}")
+        print(
+            f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
+            f"normalized as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}"
+        )
     else:
         print("no model is served yet: the server is waiting for the trainer to publish one")
-    print(f"accepts       {', '.join(contract.accepted_formats)}; up to {contract.max_image_bytes:,} bytes and "
-          f"{contract.max_image_pixels:,} pixels per image, {contract.max_batch_size} images per batch")
+    print(
+        f"accepts       {', '.join(contract.accepted_formats)}; up to {contract.max_image_bytes:,} bytes and "
+        f"{contract.max_image_pixels:,} pixels per image, {contract.max_batch_size} images per batch"
+    )
     if info.HasField("last_load_error"):
         e = info.last_load_error
         print(f"last skipped  model {e.version} at {e.at}: {e.reason}")
@@ -152,8 +173,18 @@ def cmd_models(stub, args, call) -> int:
 
     rows = [("", "version", "created (UTC)", "val acc", "test acc", "size", "sha256", "")]
     for m in response.models:
-        rows.append(("*" if m.served else "", m.version, m.created_at or "-", percent(m.metrics, "val_accuracy"),
-                     percent(m.metrics, "test_accuracy"), f"{m.size_bytes:,}", m.sha256[:12] or "-", m.problem))
+        rows.append(
+            (
+                "*" if m.served else "",
+                m.version,
+                m.created_at or "-",
+                percent(m.metrics, "val_accuracy"),
+                percent(m.metrics, "test_accuracy"),
+                f"{m.size_bytes:,}",
+                m.sha256[:12] or "-",
+                m.problem,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(" ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -167,44 +198,66 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Ask the mnist-stack inference service to read handwritten digits.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
-                        help=f"server address; dns:///host:port balances over every address of host "
-                             f"(env {settings.ENV_GRPC_TARGET})")
+    parser.add_argument(
+        "--target",
+        default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
+        help=f"server address; dns:///host:port balances over every address of host (env {settings.ENV_GRPC_TARGET})",
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
-    parser.add_argument("--tls-ca", type=Path, default=settings.env_str(ENV_TLS_CA, "") or None,
-                        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})")
-    parser.add_argument("--tls-server-name", default=None,
-                        help="expect this name in the server's certificate instead of the target's host")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=settings.env_str(ENV_TLS_CA, "") or None,
+        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="expect this name in the server's certificate instead of the target's host",
+    )
     # Default None rather than the env var's value, so --help never prints the secret; main() reads the env.
     parser.add_argument("--token", default=None, help=f"bearer token the server requires (env {ENV_AUTH_TOKEN})")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    predict = commands.add_parser("predict", help="read the digit in each image",
-                                  formatter_class=HelpFormatter)
+    predict = commands.add_parser("predict", help="read the digit in each image", formatter_class=HelpFormatter)
     predict.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF files")
-    predict.add_argument("--preview", type=Path, default=None,
-                         help="save a PNG showing each image beside the 28x28 image the model saw")
+    predict.add_argument(
+        "--preview", type=Path, default=None, help="save a PNG showing each image beside the 28x28 image the model saw"
+    )
     predict.add_argument("--batch-size", type=int, default=32, help="images per PredictBatch call")
-    predict.add_argument("--model-version", default="", metavar="VERSION",
-                         help="a published version (see `models`) instead of the served one")
+    predict.add_argument(
+        "--model-version",
+        default="",
+        metavar="VERSION",
+        help="a published version (see `models`) instead of the served one",
+    )
     predict.set_defaults(run=cmd_predict)
 
-    read = commands.add_parser("read", help="read a handwritten number (one line of 1 to 12 digits)",
-                               formatter_class=HelpFormatter)
+    read = commands.add_parser(
+        "read", help="read a handwritten number (one line of 1 to 12 digits)", formatter_class=HelpFormatter
+    )
     read.add_argument("image", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF file")
-    read.add_argument("--preview", type=Path, default=None,
-                      help="save a PNG of the picture with each digit's box and the number read")
-    read.add_argument("--model-version", default="", metavar="VERSION",
-                      help="a published version (see `models`) instead of the served one")
+    read.add_argument(
+        "--preview", type=Path, default=None, help="save a PNG of the picture with each digit's box and the number read"
+    )
+    read.add_argument(
+        "--model-version",
+        default="",
+        metavar="VERSION",
+        help="a published version (see `models`) instead of the served one",
+    )
     read.set_defaults(run=cmd_read)
 
-    evaluate = commands.add_parser("evaluate", help="score the served model on MNIST",
-                                   formatter_class=HelpFormatter)
+    evaluate = commands.add_parser("evaluate", help="score the served model on MNIST", formatter_class=HelpFormatter)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
     evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
-    evaluate.add_argument("--model-version", default="", metavar="VERSION",
-                          help="score this published version (see `models`), e.g. before promoting it")
+    evaluate.add_argument(
+        "--model-version",
+        default="",
+        metavar="VERSION",
+        help="score this published version (see `models`), e.g. before promoting it",
+    )
     evaluate.set_defaults(run=cmd_evaluate)
 
     info = commands.add_parser("info", help="describe the served model")
@@ -233,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         connected = True
         return response
 
-    with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
-                      tls_server_name=args.tls_server_name) as channel:
+    with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         try:
             return args.run(stub, args, call)

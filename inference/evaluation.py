@@ -12,10 +12,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -66,8 +66,9 @@ class EvaluationData:
             log.info("MNIST loaded from %s in %.2f s", self.data_dir, time.perf_counter() - started)
         return self._mnist
 
-    def inputs(self, split: str, *, mean: float, std: float, seed: int = 0,
-               val_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, split: str, *, mean: float, std: float, seed: int = 0, val_fraction: float = 0.2
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized images (N, 1, 28, 28) float, labels (N,)) of `split`, normalized with (mean, std)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -90,20 +91,27 @@ class EvaluationData:
             return entry
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_evaluation_data(data_dir: str, download: bool = False) -> EvaluationData:
     """One EvaluationData per data folder in this process, so several servers (tests, benchmarks) share it."""
     return EvaluationData(Path(data_dir), download=download)
 
 
-def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: int = 256, workers: int = 0,
-                      should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+def forward_in_chunks(
+    served: ServedModel,
+    inputs: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    workers: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
     """Log-probabilities (N, 10) of normalized inputs (N, 1, 28, 28), chunks spread over `workers` threads.
 
     The server keeps torch at one intra-op thread so concurrent calls do not oversubscribe the cores; this
     runs chunks side by side instead (torch releases the GIL inside each forward), so one Evaluate still
     uses every core. Small chunks stay in cache. Returns None if `should_stop` turns true (caller gone).
     """
+
     def forward(chunk: torch.Tensor) -> torch.Tensor | None:
         if should_stop is not None and should_stop():
             return None
@@ -119,12 +127,19 @@ def forward_in_chunks(served: ServedModel, inputs: torch.Tensor, *, chunk_size: 
     return torch.cat(finished) if finished else torch.empty(0, 10)
 
 
-def evaluate_model(served: ServedModel, data: EvaluationData, split: str, *, heatmap: bool = True,
-                   should_stop: Callable[[], bool] | None = None) -> EvaluationResult | None:
+def evaluate_model(
+    served: ServedModel,
+    data: EvaluationData,
+    split: str,
+    *,
+    heatmap: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> EvaluationResult | None:
     """Score `served` on `split`. Returns None if `should_stop` turned true part-way (the caller is gone)."""
     started = time.perf_counter()
-    inputs, labels = data.inputs(split, mean=served.mean, std=served.std, seed=served.split_seed,
-                                 val_fraction=served.val_fraction)
+    inputs, labels = data.inputs(
+        split, mean=served.mean, std=served.std, seed=served.split_seed, val_fraction=served.val_fraction
+    )
     log_probs = forward_in_chunks(served, inputs, should_stop=should_stop)
     if log_probs is None:
         return None
@@ -132,5 +147,4 @@ def evaluate_model(served: ServedModel, data: EvaluationData, split: str, *, hea
     png = b""
     if heatmap:
         png = confusion_heatmap_png(evaluation.confusion, title=f"Model {served.version}, {split}")
-    return EvaluationResult(split=split, evaluation=evaluation, heatmap_png=png,
-                            seconds=time.perf_counter() - started)
+    return EvaluationResult(split=split, evaluation=evaluation, heatmap_png=png, seconds=time.perf_counter() - started)

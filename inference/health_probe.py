@@ -23,16 +23,22 @@ from inference.security import ENV_TLS_CA
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--target", default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
-                        help=f"server address (env {settings.ENV_GRPC_TARGET})")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--target",
+        default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
+        help=f"server address (env {settings.ENV_GRPC_TARGET})",
+    )
     parser.add_argument("--service", default="", help="service to ask about; '' is the whole server")
     parser.add_argument("--require-serving", action="store_true", help="healthy only when the status is SERVING")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
-    parser.add_argument("--tls-ca", type=Path, default=settings.env_str(ENV_TLS_CA, "") or None,
-                        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=settings.env_str(ENV_TLS_CA, "") or None,
+        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})",
+    )
     parser.add_argument("--tls-server-name", default=None, help="expected name in the server's certificate")
     return parser
 
@@ -40,10 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        with make_channel(args.target, tls=args.tls, tls_ca=args.tls_ca,
-                          tls_server_name=args.tls_server_name) as channel:
+        with make_channel(
+            args.target, tls=args.tls, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name
+        ) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, wait_for_ready=False)
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, wait_for_ready=False
+            )
     except grpc.RpcError as e:
         print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
         return 1

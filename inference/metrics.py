@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -39,16 +39,31 @@ log = logging.getLogger(__name__)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds. Predict takes milliseconds, PredictBatch up to a second, Evaluate a few seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-REJECTION_REASONS = ("empty", "too_many_bytes", "too_many_pixels", "not_an_image", "damaged", "transparent",
-                     "blank", "other")
+REJECTION_REASONS = (
+    "empty",
+    "too_many_bytes",
+    "too_many_pixels",
+    "not_an_image",
+    "damaged",
+    "transparent",
+    "blank",
+    "other",
+)
 # (words in an ImageRejected message, reason), first match wins; the messages are shared/decode.py's and
 # shared/normalize.py's. tests/inference/test_metrics.py checks that every kind of bad image of the reliability
 # table gets a reason other than "other", so a reworded message cannot silently fall through.
 _REJECTION_WORDS = (
-    ("empty image", "empty"), ("bytes; the limit", "too_many_bytes"), ("pixels; the limit", "too_many_pixels"),
-    ("decompression bomb", "too_many_pixels"), ("not a picture in a format", "not_an_image"),
-    ("are not accepted", "not_an_image"), ("header is damaged", "damaged"), ("could not be decoded", "damaged"),
-    ("fully transparent", "transparent"), ("no ink", "blank"), ("no digit found", "blank"),
+    ("empty image", "empty"),
+    ("bytes; the limit", "too_many_bytes"),
+    ("pixels; the limit", "too_many_pixels"),
+    ("decompression bomb", "too_many_pixels"),
+    ("not a picture in a format", "not_an_image"),
+    ("are not accepted", "not_an_image"),
+    ("header is damaged", "damaged"),
+    ("could not be decoded", "damaged"),
+    ("fully transparent", "transparent"),
+    ("no ink", "blank"),
+    ("no digit found", "blank"),
     ("has no pixels", "blank"),
 )
 SAMPLE_INTERVAL = 1.0  # seconds between readings of a callable gauge in multiprocess mode
@@ -77,26 +92,53 @@ class ServiceMetrics(ModelEvents):
         r = self.registry
         call = ("grpc_type", "grpc_service", "grpc_method")
         self.started = Counter("grpc_server_started_total", "RPCs started on the server.", call, registry=r)
-        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
-                               (*call, "grpc_code"), registry=r)
-        self.latency = Histogram("grpc_server_handling_seconds", "Time to handle an RPC, until its status.",
-                                 call, buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("grpc_server_in_flight", "RPCs running now.", ("grpc_service", "grpc_method"),
-                               multiprocess_mode="livesum", registry=r)
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*call, "grpc_code"),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC, until its status.",
+            call,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "grpc_server_in_flight",
+            "RPCs running now.",
+            ("grpc_service", "grpc_method"),
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.images_predicted = Counter("mnist_images_predicted_total", "Images that got a prediction.", registry=r)
-        self.images_rejected = Counter("mnist_images_rejected_total", "Images refused, by reason.", ("reason",),
-                                       registry=r)
-        self.evaluations = Counter("mnist_evaluations_total", "Evaluate runs that finished, by split.", ("split",),
-                                   registry=r)
-        self.model_info = Gauge("mnist_model_info", "1 for the model version this server serves.",
-                                ("version", "arch", "sha256"), multiprocess_mode="livemax", registry=r)
-        self.model_loads = Counter("mnist_model_loads_total", "Model loads, by source (latest, pinned) and outcome.",
-                                   ("source", "outcome"), registry=r)
+        self.images_rejected = Counter(
+            "mnist_images_rejected_total", "Images refused, by reason.", ("reason",), registry=r
+        )
+        self.evaluations = Counter(
+            "mnist_evaluations_total", "Evaluate runs that finished, by split.", ("split",), registry=r
+        )
+        self.model_info = Gauge(
+            "mnist_model_info",
+            "1 for the model version this server serves.",
+            ("version", "arch", "sha256"),
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "mnist_model_loads_total",
+            "Model loads, by source (latest, pinned) and outcome.",
+            ("source", "outcome"),
+            registry=r,
+        )
         self.model_swaps = Counter("mnist_model_swaps_total", "Newly published models swapped in.", registry=r)
-        self.model_skips = Counter("mnist_model_skips_total", "Published models skipped, by reason.", ("reason",),
-                                   registry=r)
-        self.decode_memory = Gauge("mnist_decode_memory_bytes", "Image-decoding memory in use.",
-                                   multiprocess_mode="livesum", registry=r)
+        self.model_skips = Counter(
+            "mnist_model_skips_total", "Published models skipped, by reason.", ("reason",), registry=r
+        )
+        self.decode_memory = Gauge(
+            "mnist_decode_memory_bytes", "Image-decoding memory in use.", multiprocess_mode="livesum", registry=r
+        )
         # Every label value known in advance starts at 0, so rate() and alerts work before the first event.
         for reason in REJECTION_REASONS:
             self.images_rejected.labels(reason)

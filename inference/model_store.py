@@ -19,21 +19,27 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from shared.checkpoint import (CheckpointError, Manifest, read_manifest, read_published_model, read_published_onnx,
-                               utc_now)
+from shared.checkpoint import (
+    CheckpointError,
+    Manifest,
+    read_manifest,
+    read_published_model,
+    read_published_onnx,
+    utc_now,
+)
 from shared.data import normalize
 from shared.model import count_parameters
 from shared.onnx_model import OnnxRunner, TorchRunner, compare
 
-from inference.options import BACKENDS, DEFAULT_BACKEND  # noqa: F401 - re-exported
-
+from inference.options import BACKENDS, DEFAULT_BACKEND
 from inference.versions import find_manifest
 
 log = logging.getLogger(__name__)
@@ -52,13 +58,30 @@ class VersionUnavailable(RuntimeError):
 
 
 # Why a model was skipped, as a metric label: a few fixed words, never the message (which names files).
-SKIP_REASONS = ("manifest", "missing", "path", "checksum", "unsafe", "unreadable", "weights", "validation", "io",
-                "other")
+SKIP_REASONS = (
+    "manifest",
+    "missing",
+    "path",
+    "checksum",
+    "unsafe",
+    "unreadable",
+    "weights",
+    "validation",
+    "io",
+    "other",
+)
 _CHECKPOINT_ERROR_REASONS = (  # (words in a CheckpointError's message, reason); see shared/checkpoint.py
-    ("malformed manifest", "manifest"), ("is not a plain name", "manifest"), ("does not exist", "missing"),
-    ("resolves outside", "path"), ("checksum mismatch", "checksum"), ("refused:", "unsafe"),
-    ("weights do not fit", "weights"), ("lacks the field", "weights"), ("training checkpoint", "unreadable"),
-    ("not an mnist-stack", "unreadable"), ("not a readable checkpoint", "unreadable"),
+    ("malformed manifest", "manifest"),
+    ("is not a plain name", "manifest"),
+    ("does not exist", "missing"),
+    ("resolves outside", "path"),
+    ("checksum mismatch", "checksum"),
+    ("refused:", "unsafe"),
+    ("weights do not fit", "weights"),
+    ("lacks the field", "weights"),
+    ("training checkpoint", "unreadable"),
+    ("not an mnist-stack", "unreadable"),
+    ("not a readable checkpoint", "unreadable"),
 )
 
 
@@ -80,7 +103,7 @@ class ModelEvents:
     def loaded(self, source: str, ok: bool) -> None:
         """A load finished: `source` "latest" (LATEST.json) or "pinned" (a call's model_version)."""
 
-    def swapped(self, served: "ServedModel", previous: "ServedModel | None") -> None:
+    def swapped(self, served: ServedModel, previous: ServedModel | None) -> None:
         """A newly published model now serves."""
 
     def skipped(self, reason: str) -> None:
@@ -174,8 +197,9 @@ def validate(model: nn.Module, mean: float, std: float) -> None:
         for batch in (images[:1], images):  # batch of one (Predict) and several (PredictBatch)
             out = model(normalize(batch, mean, std))
             if out.shape not in ((len(batch), 10), (len(batch), 11)):
-                raise ModelValidationError(f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10) "
-                                           f"or ({len(batch)}, 11)")
+                raise ModelValidationError(
+                    f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10) or ({len(batch)}, 11)"
+                )
             if not torch.isfinite(out).all():
                 raise ModelValidationError("warm-up output is not finite (NaN or infinite weights?)")
             total = out[:, :10].double().exp().sum(dim=1)
@@ -196,12 +220,12 @@ def onnx_runner(models_dir: Path, manifest: Manifest, model: nn.Module, mean: fl
     try:
         runner = OnnxRunner(onnx, threads=torch.get_num_threads())
     except Exception as e:  # onnxruntime raises its own types for a file it cannot load
-        raise ModelValidationError(
-            f"{manifest.onnx_file}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
+        raise ModelValidationError(f"{manifest.onnx_file}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
     check = compare(runner, model, normalize(warm_up_inputs(), mean, std))
     if not check.ok:
-        raise ModelValidationError(f"{manifest.onnx_file} does not compute what {manifest.file} does: "
-                                   f"{check.describe()}")
+        raise ModelValidationError(
+            f"{manifest.onnx_file} does not compute what {manifest.file} does: {check.describe()}"
+        )
     return runner
 
 
@@ -342,7 +366,11 @@ class ModelStore:
         self._last_error = None
         log.info(
             "model %s loaded (%s, %d parameters, sha256 %s, %s) in %.0f ms; swapped in%s",
-            served.version, served.arch, served.parameter_count, served.sha256[:12], served.backend,
+            served.version,
+            served.arch,
+            served.parameter_count,
+            served.sha256[:12],
+            served.backend,
             (time.perf_counter() - started) * 1e3,
             f", replacing {current.version}" if current is not None else "",
         )
@@ -403,9 +431,11 @@ class ModelStore:
             started = time.perf_counter()
             try:
                 served = load_served_model(self.models_dir, manifest)
-            except Exception as e:  # noqa: BLE001 - every failure is the version's, never the caller's
+            except Exception as e:
                 self.events.loaded("pinned", False)
-                detail = str(e) if isinstance(e, (CheckpointError, ModelValidationError)) else f"{type(e).__name__}: {e}"
+                detail = (
+                    str(e) if isinstance(e, (CheckpointError, ModelValidationError)) else f"{type(e).__name__}: {e}"
+                )
                 message = f"model version {version} fails the checks every served model must pass: {detail}"
                 log.warning("pinned %s", message)
                 with self._pinned_lock:
@@ -417,8 +447,13 @@ class ModelStore:
                 while len(self._pinned) > max(self.pinned_cache_size, 0):
                     evicted, _ = self._pinned.popitem(last=False)
                     log.info("pinned model %s unloaded (least recently used)", evicted)
-            log.info("pinned model %s loaded (%s, sha256 %s) in %.0f ms for calls that ask for it",
-                     version, served.arch, served.sha256[:12], (time.perf_counter() - started) * 1e3)
+            log.info(
+                "pinned model %s loaded (%s, sha256 %s) in %.0f ms for calls that ask for it",
+                version,
+                served.arch,
+                served.sha256[:12],
+                (time.perf_counter() - started) * 1e3,
+            )
             return served
 
     def wait_for_version(self, version: str | None = None, timeout: float = 10.0) -> ServedModel | None:

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from shared import settings
 from shared.checkpoint import (
-    CheckpointError, Manifest, atomic_write_bytes, point_latest, read_manifest, read_version_manifest,
+    CheckpointError,
+    Manifest,
+    atomic_write_bytes,
+    point_latest,
+    read_manifest,
+    read_version_manifest,
     version_manifest_path,
 )
 from shared.cli import HelpFormatter, positive_int
@@ -41,8 +46,10 @@ def check_model(models_dir: Path, manifest: Manifest) -> None:
     try:
         load_served_model(models_dir, manifest)
     except (CheckpointError, ModelValidationError) as e:
-        raise Refused(f"model version {manifest.version} fails the checks a server makes before serving it: {e}. "
-                      "Nothing was changed") from None
+        raise Refused(
+            f"model version {manifest.version} fails the checks a server makes before serving it: {e}. "
+            "Nothing was changed"
+        ) from None
 
 
 def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
@@ -78,8 +85,10 @@ def promote(models_dir: Path, version: str) -> tuple[Manifest, Manifest | None]:
 def rollback(models_dir: Path) -> tuple[Manifest, Manifest | None]:
     target = rollback_target(models_dir)
     if target is None:
-        raise Refused(f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
-                      "still exists; serve one by name with `promote VERSION`")
+        raise Refused(
+            f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
+            "still exists; serve one by name with `promote VERSION`"
+        )
     return serve_version(models_dir, target, event="rollback")
 
 
@@ -93,8 +102,18 @@ def format_table(infos: list[VersionInfo]) -> list[str]:
     for info in infos:
         m = info.manifest
         note = info.problem or ("" if info.recorded else "no recorded checksum (published before they existed)")
-        rows.append(("*" if info.served else "", m.version, m.created_at or "-", _percent(m.metrics, "val_accuracy"),
-                     _percent(m.metrics, "test_accuracy"), f"{m.size:,}", m.sha256[:12] or "-", note))
+        rows.append(
+            (
+                "*" if info.served else "",
+                m.version,
+                m.created_at or "-",
+                _percent(m.metrics, "val_accuracy"),
+                _percent(m.metrics, "test_accuracy"),
+                f"{m.size:,}",
+                m.sha256[:12] or "-",
+                note,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [" ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
@@ -102,8 +121,20 @@ def format_table(infos: list[VersionInfo]) -> list[str]:
 def cmd_list(models_dir: Path, args) -> int:
     infos = list_versions(models_dir)
     if args.json:
-        print(json.dumps([{**info.manifest.__dict__, "served": info.served, "checksum_recorded": info.recorded,
-                           "problem": info.problem} for info in infos], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        **info.manifest.__dict__,
+                        "served": info.served,
+                        "checksum_recorded": info.recorded,
+                        "problem": info.problem,
+                    }
+                    for info in infos
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not infos:
         print(f"no published models in {models_dir}")
@@ -118,8 +149,9 @@ def _served_line(manifest: Manifest, previous: Manifest | None, verb: str) -> st
     if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
         return f"{manifest.version} is already the served version; nothing changed"
     was = f" (was {previous.version})" if previous is not None else ""
-    return (f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their "
-            "next poll")
+    return (
+        f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their next poll"
+    )
 
 
 def cmd_promote(models_dir: Path, args) -> int:
@@ -141,8 +173,10 @@ def cmd_prune(models_dir: Path, args) -> int:
             remove_version(models_dir, info.manifest.version)
         print(f"{'would remove' if args.dry_run else 'removed'} {info.manifest.version}")
     served = next((info.manifest.version for info in kept if info.served), None)
-    print(f"{len(kept)} version(s) kept{f', {served} served' if served else ''}; {len(removed)} "
-          f"{'would be ' if args.dry_run else ''}removed")
+    print(
+        f"{len(kept)} version(s) kept{f', {served} served' if served else ''}; {len(removed)} "
+        f"{'would be ' if args.dry_run else ''}removed"
+    )
     return 0
 
 
@@ -152,20 +186,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="List, promote, roll back and prune the published models (<artifacts>/models).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--artifacts-dir", type=Path, default=settings.artifacts_dir(),
-                        help=f"the artifacts folder whose models/ to manage (env {settings.ENV_ARTIFACTS_DIR})")
+    parser.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=settings.artifacts_dir(),
+        help=f"the artifacts folder whose models/ to manage (env {settings.ENV_ARTIFACTS_DIR})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    listing = commands.add_parser("list", help="every version, newest first; * marks the served one",
-                                  formatter_class=HelpFormatter)
+    listing = commands.add_parser(
+        "list", help="every version, newest first; * marks the served one", formatter_class=HelpFormatter
+    )
     listing.add_argument("--json", action="store_true", help="one JSON list instead of a table")
     listing.set_defaults(run=cmd_list)
     promoting = commands.add_parser("promote", help="check VERSION and serve it", formatter_class=HelpFormatter)
     promoting.add_argument("version", metavar="VERSION")
     promoting.set_defaults(run=cmd_promote)
-    commands.add_parser("rollback", help="check and serve the version served before this one",
-                        formatter_class=HelpFormatter).set_defaults(run=cmd_rollback)
-    pruning = commands.add_parser("prune", help="delete all but the newest versions; never the served one",
-                                  formatter_class=HelpFormatter)
+    commands.add_parser(
+        "rollback", help="check and serve the version served before this one", formatter_class=HelpFormatter
+    ).set_defaults(run=cmd_rollback)
+    pruning = commands.add_parser(
+        "prune", help="delete all but the newest versions; never the served one", formatter_class=HelpFormatter
+    )
     pruning.add_argument("--keep", type=positive_int, required=True, metavar="N", help="versions to keep")
     pruning.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     pruning.set_defaults(run=cmd_prune)

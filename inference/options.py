@@ -37,8 +37,15 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           env: str | None = None, cli_default: Callable[[], Any] | None = None, **argparse_kwargs: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    env: str | None = None,
+    cli_default: Callable[[], Any] | None = None,
+    **argparse_kwargs: Any,
+) -> Any:
     """A ServerOptions field and its command-line flag: `--<name-with-dashes>` unless `flag` names another.
     `env`: the environment variable that sets the flag's default; `cli_default`: the flag's default computed when
     the parser is built (the settings' environment lookups). Other keywords go to argparse's add_argument."""
@@ -51,26 +58,38 @@ class ServerOptions:
     """Everything create_server needs. The defaults are also the command line's."""
 
     artifacts_dir: Path = option(
-        help="the trainer's artifacts folder; models/LATEST.json is watched", type=Path,
-        env=settings.ENV_ARTIFACTS_DIR, cli_default=settings.artifacts_dir)
+        help="the trainer's artifacts folder; models/LATEST.json is watched",
+        type=Path,
+        env=settings.ENV_ARTIFACTS_DIR,
+        cli_default=settings.artifacts_dir,
+    )
     data_dir: Path = option(
-        help="MNIST files for Evaluate, read on the first Evaluate call", type=Path, env=settings.ENV_DATA_DIR,
-        cli_default=settings.data_dir)
-    download_data: bool = option(False, "download MNIST into --data-dir when Evaluate finds it missing",
-                                 action="store_true")
+        help="MNIST files for Evaluate, read on the first Evaluate call",
+        type=Path,
+        env=settings.ENV_DATA_DIR,
+        cli_default=settings.data_dir,
+    )
+    download_data: bool = option(
+        False, "download MNIST into --data-dir when Evaluate finds it missing", action="store_true"
+    )
     poll_interval: float = option(1.0, "how often to look for a newly published model", metavar="SECONDS")
     # What runs the network (inference/model_store.py).
     backend: str = option(
-        DEFAULT_BACKEND, "what runs the network: onnxruntime (the published model's ONNX export; models without one "
-        "use torch) or torch", env=settings.ENV_INFERENCE_BACKEND, choices=BACKENDS)
+        DEFAULT_BACKEND,
+        "what runs the network: onnxruntime (the published model's ONNX export; models without one use torch) or torch",
+        env=settings.ENV_INFERENCE_BACKEND,
+        choices=BACKENDS,
+    )
     max_workers: int = option(16, "gRPC worker threads (concurrent calls) in each process")
     # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
     max_concurrent_rpcs: int | None = option(
-        128, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=int)
+        128, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=int
+    )
     max_batch_size: int = option(256, "images per PredictBatch call")
     max_image_bytes: int = option(DEFAULT_LIMITS.max_bytes, "bytes of one encoded image")
-    max_image_pixels: int = option(DEFAULT_LIMITS.max_pixels,
-                                   "decoded width x height of one image (decompression bombs are refused)")
+    max_image_pixels: int = option(
+        DEFAULT_LIMITS.max_pixels, "decoded width x height of one image (decompression bombs are refused)"
+    )
     # A Predict of the largest image (max_image_bytes) fits with room to spare; each worker thread holds at most
     # one request of this size, twice (inference/capacity.py counts it).
     max_message_bytes: int = option(16 * 1024 * 1024, "bytes of one request or response message")
@@ -79,32 +98,48 @@ class ServerOptions:
     # waits for room before RESOURCE_EXHAUSTED. The default holds two frames of the largest size the limits
     # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up).
     decode_budget_mib: int = option(
-        320, "decoded pictures in memory at once, across all calls of one process; a call that would exceed it "
-        "waits, then gets RESOURCE_EXHAUSTED")
+        320,
+        "decoded pictures in memory at once, across all calls of one process; a call that would exceed it "
+        "waits, then gets RESOURCE_EXHAUSTED",
+    )
     decode_wait: float = option(5.0, "how long a call waits for room in the decode budget", metavar="SECONDS")
     # Versions other than the served one kept loaded for calls that pin a model_version.
     # Prediction.is_digit is digit_score >= this; None: the served model's own threshold, chosen by the trainer on
     # its validation split (docs/not-a-digit.md).
     digit_threshold: float | None = option(
-        None, "a picture is a digit (Prediction.is_digit) when its digit score is at least this, 0..1; default: "
+        None,
+        "a picture is a digit (Prediction.is_digit) when its digit score is at least this, 0..1; default: "
         "the served model's own, chosen by the trainer on its validation split (docs/not-a-digit.md)",
-        env=settings.ENV_DIGIT_THRESHOLD, type=unit_interval, metavar="SCORE")
+        env=settings.ENV_DIGIT_THRESHOLD,
+        type=unit_interval,
+        metavar="SCORE",
+    )
     pinned_cache_size: int = option(
-        3, "published versions besides the served one kept loaded for calls that pin a model_version (least "
-        "recently used first out)", flag="--model-cache-size", metavar="N")
+        3,
+        "published versions besides the served one kept loaded for calls that pin a model_version (least "
+        "recently used first out)",
+        flag="--model-cache-size",
+        metavar="N",
+    )
     # host:port of the Prometheus metrics endpoint (port 0 picks a free one); None: no endpoint. With --workers
     # the parent process serves it and the workers get None (inference.workers).
     metrics_address: str | None = option(
-        None, f"serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, e.g. "
+        None,
+        f"serve Prometheus metrics over HTTP at http://HOST:PORT/metrics, e.g. "
         f"0.0.0.0:{settings.DEFAULT_METRICS_PORT}; off when not given. With --workers the sum over the processes",
-        env=settings.ENV_METRICS_ADDRESS, metavar="HOST:PORT")
+        env=settings.ENV_METRICS_ADDRESS,
+        metavar="HOST:PORT",
+    )
     # The flag's default is None rather than the environment's value, so --help never prints the secret;
     # server_options() reads the environment.
     auth_token: str | None = option(
-        None, f"require metadata 'authorization: Bearer <token>' on every call but health checks (env "
-        f"{settings.ENV_AUTH_TOKEN}; prefer the env var: flags show up in `ps`)")
-    tls_cert: Path | None = option(None, "PEM certificate chain; with --tls-key, serve TLS only", type=Path,
-                                   env=settings.ENV_TLS_CERT)
+        None,
+        f"require metadata 'authorization: Bearer <token>' on every call but health checks (env "
+        f"{settings.ENV_AUTH_TOKEN}; prefer the env var: flags show up in `ps`)",
+    )
+    tls_cert: Path | None = option(
+        None, "PEM certificate chain; with --tls-key, serve TLS only", type=Path, env=settings.ENV_TLS_CERT
+    )
     tls_key: Path | None = option(None, "PEM private key of --tls-cert", type=Path, env=settings.ENV_TLS_KEY)
     # Several worker processes share one port (inference/workers.py). A single server does not share: a second
     # one started by mistake on a port in use fails instead of silently taking half the traffic. (Two
@@ -140,13 +175,15 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                 kind = kwargs.get("type") or (type(f.default) if f.default is not None else None)
                 default = _env_default(cli["env"], default, kind)
         if "choices" in kwargs and default not in kwargs["choices"]:  # argparse checks choices of typed values only
-            raise SystemExit(f"environment variable {cli['env']}={default!r} must be one of: "
-                             f"{', '.join(kwargs['choices'])}")
+            raise SystemExit(
+                f"environment variable {cli['env']}={default!r} must be one of: {', '.join(kwargs['choices'])}"
+            )
         if kwargs.get("action") is None and "type" not in kwargs and isinstance(f.default, (int, float)):
             kwargs["type"] = type(f.default)
         help_text = cli["help"] + (f" (env {cli['env']})" if cli["env"] else "")
-        parser.add_argument(cli["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, default=default,
-                            help=help_text, **kwargs)
+        parser.add_argument(
+            cli["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, default=default, help=help_text, **kwargs
+        )
 
 
 def server_options(args: argparse.Namespace, **overrides: Any) -> ServerOptions:

@@ -32,7 +32,9 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
         except Exception:  # the server read it, Pillow cannot: show a grey box rather than fail the preview
             left = Image.new("RGB", (size, size), (128, 128, 128))
         with Image.open(io.BytesIO(model_input)) as img:
-            right = img.convert("RGB").resize((size, size), Image.Resampling.NEAREST)  # nearest: each pixel a crisp square
+            right = img.convert("RGB").resize(
+                (size, size), Image.Resampling.NEAREST
+            )  # nearest: each pixel a crisp square
         tiles.append((f"{name}: {caption}", left, right))
     width = max(t[1].width for t in tiles) + size + 30
     canvas = Image.new("RGB", (width, len(tiles) * (size + caption_height + 10)), "white")
@@ -74,7 +76,9 @@ def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = Fa
         picture = picture.crop((left, top, min(picture.width, x1 + margin), min(picture.height, y1 + 2 * margin)))
     scale = min(1.0, max_side / max(picture.size))
     if scale < 1.0:
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS)
+        picture = picture.resize(
+            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS
+        )
     banner = max(24, min(60, picture.height // 8))
     canvas = Image.new("RGB", (max(picture.width, 16 * banner), picture.height + banner), "white")
     canvas.paste(picture, (0, banner))
@@ -88,6 +92,10 @@ def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = Fa
         colour = (230, 40, 40) if label else (40, 110, 230)  # digits red, separators blue
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
         draw.text((x0 + line, y1 + line), label, fill=colour, font=small)
-    draw.text((8, banner // 6), f"read: {format_number(response)}   confidence {response.confidence:.1%}",
-              fill="black", font=font)
+    draw.text(
+        (8, banner // 6),
+        f"read: {format_number(response)}   confidence {response.confidence:.1%}",
+        fill="black",
+        font=font,
+    )
     return canvas

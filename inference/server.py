@@ -46,9 +46,11 @@ def check_decode_budget(options: ServerOptions) -> None:
     be decoded: a configuration error, said at start-up rather than to each caller."""
     largest = largest_decode_cost(options.max_image_pixels)
     if options.decode_budget_mib * 2**20 < largest:
-        raise ValueError(f"--decode-budget-mib {options.decode_budget_mib} cannot hold one picture of "
-                         f"--max-image-pixels {options.max_image_pixels:,} (up to {largest / 2**20:,.0f} MiB "
-                         f"decoded): raise the budget or lower the pixel limit")
+        raise ValueError(
+            f"--decode-budget-mib {options.decode_budget_mib} cannot hold one picture of "
+            f"--max-image-pixels {options.max_image_pixels:,} (up to {largest / 2**20:,.0f} MiB "
+            f"decoded): raise the budget or lower the pixel limit"
+        )
 
 
 def configure_torch(threads: int = 1) -> int:
@@ -68,9 +70,15 @@ def configure_torch(threads: int = 1) -> int:
 class InferenceServer:
     """A started-or-not grpc.Server with its model store and health service, and a graceful stop."""
 
-    def __init__(self, grpc_server: grpc.Server, store: ModelStore, health_servicer: health.HealthServicer,
-                 servicer: InferenceServicer, metrics: ServiceMetrics,
-                 metrics_endpoint: MetricsEndpoint | None = None) -> None:
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        store: ModelStore,
+        health_servicer: health.HealthServicer,
+        servicer: InferenceServicer,
+        metrics: ServiceMetrics,
+        metrics_endpoint: MetricsEndpoint | None = None,
+    ) -> None:
         self.grpc_server = grpc_server
         self.store = store
         self.health = health_servicer
@@ -98,8 +106,11 @@ class InferenceServer:
             return
         self._stopped.set()
         served = self.store.current
-        log.info("shutting down (model %s): health NOT_SERVING, %s s grace for calls in flight",
-                 served.version if served else "none", grace)
+        log.info(
+            "shutting down (model %s): health NOT_SERVING, %s s grace for calls in flight",
+            served.version if served else "none",
+            grace,
+        )
         self.begin_shutdown()
         stopped = self.grpc_server.stop(grace)  # refuses new calls now; returns at once
         self.store.stop()
@@ -128,9 +139,11 @@ def _parse_then(behaviour, request_type):
         except DecodeError as e:
             name = request_type.DESCRIPTOR.full_name
             log.info("%s -> INVALID_ARGUMENT: undecodable request (%s)", behaviour.__name__, e)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the request is not a valid {name} message ({e}); send it with stubs generated from "
-                          "protos/mnist/v1/inference.proto")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {name} message ({e}); send it with stubs generated from "
+                "protos/mnist/v1/inference.proto",
+            )
         return behaviour(request, context)
 
     return handler
@@ -164,9 +177,14 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         _set_serving(health_servicer, True)
 
     metrics = ServiceMetrics()
-    store = ModelStore(Paths(Path(options.artifacts_dir)).models, poll_interval=options.poll_interval,
-                       backend=options.backend, on_swap=on_swap, events=metrics,
-                       pinned_cache_size=options.pinned_cache_size)
+    store = ModelStore(
+        Paths(Path(options.artifacts_dir)).models,
+        poll_interval=options.poll_interval,
+        backend=options.backend,
+        on_swap=on_swap,
+        events=metrics,
+        pinned_cache_size=options.pinned_cache_size,
+    )
     check_decode_budget(options)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
@@ -175,8 +193,13 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,
     )
-    servicer = InferenceServicer(store, shared_evaluation_data(str(options.data_dir), options.download_data), limits,
-                                 metrics, digit_threshold=options.digit_threshold)
+    servicer = InferenceServicer(
+        store,
+        shared_evaluation_data(str(options.data_dir), options.download_data),
+        limits,
+        metrics,
+        digit_threshold=options.digit_threshold,
+    )
 
     # The access log is outermost, so it also records (and counts) calls the token check refuses.
     interceptors: list[grpc.ServerInterceptor] = [
@@ -233,10 +256,15 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     host = address.rsplit(":", 1)[0]
     log.info(
         "listening on %s:%d (%s%s, %s backend), watching %s every %.1f s; %s",
-        host, port, "TLS" if options.tls_cert else "plaintext", ", token required" if options.auth_token else "",
+        host,
+        port,
+        "TLS" if options.tls_cert else "plaintext",
+        ", token required" if options.auth_token else "",
         options.backend,
-        server.store.models_dir, options.poll_interval,
-        f"serving model {server.store.current.version}" if server.store.current
+        server.store.models_dir,
+        options.poll_interval,
+        f"serving model {server.store.current.version}"
+        if server.store.current
         else "NOT_SERVING until the trainer publishes a model",
     )
     stop.wait()

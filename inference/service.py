@@ -20,8 +20,8 @@ import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.decode import displayed_size
 from shared.fast_path import to_mnist_fast
-from shared.model import digit_log_probs, digit_scores
 from shared.image_pipeline import (
     ACCEPTED_FORMATS,
     BudgetExhausted,
@@ -33,7 +33,7 @@ from shared.image_pipeline import (
     encode_png,
     to_mnist,
 )
-from shared.decode import displayed_size
+from shared.model import digit_log_probs, digit_scores
 from shared.segment import NumberReading, read_number
 
 from inference import access_log
@@ -102,8 +102,14 @@ def _rpc(method):
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, store: ModelStore, evaluation_data: EvaluationData, limits: ServiceLimits,
-                 metrics: ServiceMetrics | None = None, digit_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        evaluation_data: EvaluationData,
+        limits: ServiceLimits,
+        metrics: ServiceMetrics | None = None,
+        digit_threshold: float | None = None,
+    ) -> None:
         self.store = store
         # --digit-threshold: overrides every served model's own threshold; None keeps each model's.
         self.digit_threshold = digit_threshold
@@ -151,12 +157,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         fast = to_mnist_fast(items, self.limits.image)
         results: list[np.ndarray | RpcError] = []
         for data, digit in zip(items, fast):
-            if digit is None:
-                try:
-                    digit = self._decode(data)
-                except RpcError as e:
-                    digit = e
-            results.append(digit)
+            if digit is not None:
+                results.append(digit)
+                continue
+            try:
+                results.append(self._decode(data))
+            except RpcError as e:
+                results.append(e)
         return results
 
     def threshold(self, served: ServedModel) -> float | None:
@@ -207,13 +214,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def PredictBatch(self, request, context):
         served = self._model(request.model_version)
         count = len(request.images)
-        access_log.note(image_bytes=sum(len(data) for data in request.images), images=count,
-                        model_version=served.version)
+        access_log.note(
+            image_bytes=sum(len(data) for data in request.images), images=count, model_version=served.version
+        )
         if count > self.limits.max_batch_size:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{count} images in one call; the limit is {self.limits.max_batch_size}: split them into "
-                "several calls",
+                f"{count} images in one call; the limit is {self.limits.max_batch_size}: split them into several calls",
             )
         images: list[np.ndarray] = []
         results: list[pb.BatchResult | None] = []
@@ -238,16 +245,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"unknown split {request.split}; use SPLIT_TEST or SPLIT_VALIDATION")
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TEST or SPLIT_VALIDATION"
+            )
         if not self._evaluation_slots.acquire(blocking=False):
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.limits.max_concurrent_evaluations} evaluation(s) already running; try again in a few seconds",
             )
         try:
-            result = evaluate_model(served, self.evaluation_data, split, heatmap=not request.omit_heatmap,
-                                    should_stop=lambda: not context.is_active())
+            result = evaluate_model(
+                served,
+                self.evaluation_data,
+                split,
+                heatmap=not request.omit_heatmap,
+                should_stop=lambda: not context.is_active(),
+            )
         except EvaluationDataError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         finally:
@@ -256,8 +269,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
         ev = result.evaluation
         self.metrics.evaluated(split)
-        log.info("Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
-                 split, ev.accuracy, ev.count, result.seconds, served.version)
+        log.info(
+            "Evaluate %s: accuracy %.4f on %d images in %.2f s (model %s)",
+            split,
+            ev.accuracy,
+            ev.count,
+            result.seconds,
+            served.version,
+        )
         return pb.EvaluateResponse(
             model_version=served.version,
             split=SPLIT_ENUMS[split],
@@ -265,8 +284,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             accuracy=ev.accuracy,
             loss=ev.loss,
             per_class=[
-                pb.ClassMetrics(digit=d, precision=float(ev.precision[d]), recall=float(ev.recall[d]),
-                                f1=float(ev.f1[d]), support=int(ev.support[d]))
+                pb.ClassMetrics(
+                    digit=d,
+                    precision=float(ev.precision[d]),
+                    recall=float(ev.recall[d]),
+                    f1=float(ev.f1[d]),
+                    support=int(ev.support[d]),
+                )
                 for d in range(len(ev.support))
             ],
             confusion=[pb.ConfusionRow(counts=[int(v) for v in row]) for row in ev.confusion],
@@ -282,10 +306,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             reading = read_number(
-                picture, lambda batch: digit_log_probs(served.log_probs(torch.from_numpy(batch))).exp().numpy())
+                picture, lambda batch: digit_log_probs(served.log_probs(torch.from_numpy(batch))).exp().numpy()
+            )
         # Each digit read also says how digit-like it is, as Predict does (one more small forward pass).
-        judged = (self._digit_judgements(served, np.stack([d.image for d in reading.digits]))
-                  if reading.digits else [])
+        judged = self._digit_judgements(served, np.stack([d.image for d in reading.digits])) if reading.digits else []
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)
 
     def input_contract(self, served: ServedModel | None) -> pb.InputContract:
@@ -309,20 +333,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         error = self.store.last_error
         info = pb.ModelInfo(serving=served is not None, input=self.input_contract(served))
         if served is not None:
-            info.MergeFrom(pb.ModelInfo(
-                version=served.version,
-                arch=served.arch,
-                arch_kwargs_json=json.dumps(served.arch_kwargs, sort_keys=True),
-                parameter_count=served.parameter_count,
-                sha256=served.sha256,
-                training_metrics=served.metrics,
-                run_name=served.run_name,
-                epoch=served.epoch,
-                trained_at=served.trained_at,
-                loaded_at=served.loaded_at,
-                detects_not_digit=served.digit_threshold is not None,
-                digit_threshold=self.threshold(served) or 0.0,
-            ))
+            info.MergeFrom(
+                pb.ModelInfo(
+                    version=served.version,
+                    arch=served.arch,
+                    arch_kwargs_json=json.dumps(served.arch_kwargs, sort_keys=True),
+                    parameter_count=served.parameter_count,
+                    sha256=served.sha256,
+                    training_metrics=served.metrics,
+                    run_name=served.run_name,
+                    epoch=served.epoch,
+                    trained_at=served.trained_at,
+                    loaded_at=served.loaded_at,
+                    detects_not_digit=served.digit_threshold is not None,
+                    digit_threshold=self.threshold(served) or 0.0,
+                )
+            )
         if error is not None:
             info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
         return info
@@ -351,8 +377,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
 
 
-def number_response(reading: NumberReading, version: str, size: tuple[int, int], with_input: bool,
-                    judged: list[tuple[bool, float]] | None = None) -> pb.ReadNumberResponse:
+def number_response(
+    reading: NumberReading,
+    version: str,
+    size: tuple[int, int],
+    with_input: bool,
+    judged: list[tuple[bool, float]] | None = None,
+) -> pb.ReadNumberResponse:
     """A reading at working resolution -> the response, boxes in the picture's own pixels (size: as displayed)."""
     work_width, work_height = reading.work_size
     sx, sy = size[0] / work_width, size[1] / work_height
@@ -367,10 +398,16 @@ def number_response(reading: NumberReading, version: str, size: tuple[int, int],
     return pb.ReadNumberResponse(
         digits=reading.text,
         per_digit=[
-            pb.NumberDigit(box=box(d.box), prediction=pb.Prediction(
-                digit=d.digit, probabilities=d.probabilities.tolist(),
-                model_input_png=encode_png(d.image) if with_input else b"",
-                is_digit=is_digit, digit_score=score))
+            pb.NumberDigit(
+                box=box(d.box),
+                prediction=pb.Prediction(
+                    digit=d.digit,
+                    probabilities=d.probabilities.tolist(),
+                    model_input_png=encode_png(d.image) if with_input else b"",
+                    is_digit=is_digit,
+                    digit_score=score,
+                ),
+            )
             for d, (is_digit, score) in zip(reading.digits, judged)
         ],
         confidence=reading.confidence,

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.checkpoint import (
-    CheckpointError, Manifest, is_version_name, load_checkpoint, read_history, read_manifest, read_version_manifest,
+    CheckpointError,
+    Manifest,
+    is_version_name,
+    load_checkpoint,
+    read_history,
+    read_manifest,
+    read_version_manifest,
     version_manifest_path,
 )
 
@@ -61,8 +67,12 @@ def manifest_from_file(models_dir: Path, version: str) -> Manifest:
     payload = load_checkpoint(io.BytesIO(data), name=path.name)
     metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}
     manifest = Manifest(
-        version=version, file=path.name, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-        arch=str(payload.get("arch", "")), created_at=str(payload.get("created_at", "")),
+        version=version,
+        file=path.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        arch=str(payload.get("arch", "")),
+        created_at=str(payload.get("created_at", "")),
         run_name=str(payload.get("run_name", "")),
         metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
     )
@@ -121,8 +131,16 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
                 manifest = manifest_from_file(models_dir, version)
             except (CheckpointError, OSError) as e:
                 problem = problem or str(e)
-                manifest = Manifest(version=version, file=f"{version}.pt", sha256="", size=_size(models_dir, version),
-                                    arch="", created_at="", run_name="", metrics={})
+                manifest = Manifest(
+                    version=version,
+                    file=f"{version}.pt",
+                    sha256="",
+                    size=_size(models_dir, version),
+                    arch="",
+                    created_at="",
+                    run_name="",
+                    metrics={},
+                )
         served = latest is not None and (latest.version, latest.sha256) == (version, manifest.sha256)
         infos.append(VersionInfo(manifest=manifest, served=served, recorded=recorded, problem=problem))
     infos.sort(key=lambda info: (info.manifest.created_at, info.manifest.version), reverse=True)

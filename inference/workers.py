@@ -24,8 +24,8 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 from inference.options import ServerOptions
 
@@ -43,8 +43,9 @@ def split_address(address: str) -> tuple[str, int]:
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one."""
-    family, socktype, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                               flags=socket.AI_PASSIVE)[0]
+    family, socktype, proto, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -56,8 +57,9 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-def _run_worker(address: str, options: ServerOptions, grace: float, torch_threads: int, log_level: str,
-                log_format: str, index: int) -> None:
+def _run_worker(
+    address: str, options: ServerOptions, grace: float, torch_threads: int, log_level: str, log_format: str, index: int
+) -> None:
     """A worker process's main: a fresh interpreter (spawn), so configure logging and torch again."""
     from inference.logs import configure_logging
     from inference.server import configure_torch, serve
@@ -83,8 +85,16 @@ def stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: float, torch_threads: int,
-                  log_level: str, log_format: str = "text") -> int:
+def serve_workers(
+    address: str,
+    options: ServerOptions,
+    *,
+    workers: int,
+    grace: float,
+    torch_threads: int,
+    log_level: str,
+    log_format: str = "text",
+) -> int:
     """Run `workers` server processes on `address` until SIGTERM/SIGINT. Returns the exit status."""
     host, port = split_address(address)
     # spawn, not fork: a forked copy of a process that has started gRPC's or torch's threads can deadlock.
@@ -101,8 +111,11 @@ def serve_workers(address: str, options: ServerOptions, *, workers: int, grace: 
         shared_address = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
         worker_options = replace(options, share_port=True, metrics_address=None)  # the parent serves the metrics
         processes = [
-            context.Process(target=_run_worker, name=f"inference-worker-{i}",
-                            args=(shared_address, worker_options, grace, torch_threads, log_level, log_format, i))
+            context.Process(
+                target=_run_worker,
+                name=f"inference-worker-{i}",
+                args=(shared_address, worker_options, grace, torch_threads, log_level, log_format, i),
+            )
             for i in range(workers)
         ]
         for process in processes:

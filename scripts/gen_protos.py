@@ -34,8 +34,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc into out_root (standing in for ROOT); return the generated paths relative to out_root."""
-    from grpc_tools import protoc  # dev dependency: only needed to generate
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency: only needed to generate
 
     protos = proto_files()
     if not protos:

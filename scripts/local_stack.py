@@ -20,6 +20,7 @@ localhost:50051 rather than every interface, unless MNIST_GRPC_ADDRESS says othe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, TextIO
+from typing import TextIO
 
 from shared import settings
 from shared.cli import HelpFormatter
@@ -59,50 +61,93 @@ class Service:
 # The command line, and the services it describes
 
 
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.local_stack",
         description="Run the trainer, the gRPC inference service, the web page and TensorBoard as local "
-                    "processes (docker-compose.yml without Docker). Ctrl-C stops them all.",
+        "processes (docker-compose.yml without Docker). Ctrl-C stops them all.",
         formatter_class=HelpFormatter,
     )
     s = settings
-    parser.add_argument("--artifacts-dir", type=Path, default=s.artifacts_dir(),
-                        help=f"runs (TensorBoard logs, checkpoints) and published models [env {s.ENV_ARTIFACTS_DIR}]")
-    parser.add_argument("--data-dir", type=Path, default=s.data_dir(),
-                        help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]")
-    parser.add_argument("--grpc-address", default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
-                        help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]")
-    parser.add_argument("--web-port", type=int, default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
-                        help=f"the web page and REST API's port [env {s.ENV_WEB_PORT}]")
-    parser.add_argument("--web-host", default="localhost",
-                        help="the web page's interface; 0.0.0.0 shows it to the network")
-    parser.add_argument("--metrics-address",
-                        default=s.env_str(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}"),
-                        help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]")
-    parser.add_argument("--tensorboard-port", type=int,
-                        default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
-                        help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]")
-    parser.add_argument("--tensorboard-host", default="localhost",
-                        help="TensorBoard's interface; 0.0.0.0 shows it to the network")
+    parser.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=s.artifacts_dir(),
+        help=f"runs (TensorBoard logs, checkpoints) and published models [env {s.ENV_ARTIFACTS_DIR}]",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=s.data_dir(),
+        help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]",
+    )
+    parser.add_argument(
+        "--grpc-address",
+        default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
+        help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]",
+    )
+    parser.add_argument(
+        "--web-port",
+        type=int,
+        default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
+        help=f"the web page and REST API's port [env {s.ENV_WEB_PORT}]",
+    )
+    parser.add_argument(
+        "--web-host", default="localhost", help="the web page's interface; 0.0.0.0 shows it to the network"
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=s.env_str(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}"),
+        help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]",
+    )
+    parser.add_argument(
+        "--tensorboard-port",
+        type=int,
+        default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
+        help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]",
+    )
+    parser.add_argument(
+        "--tensorboard-host", default="localhost", help="TensorBoard's interface; 0.0.0.0 shows it to the network"
+    )
     # Training settings: given here they are exported to the services; not given, the environment's (or the
     # trainer's own defaults) apply, so no default is repeated here.
     parser.add_argument("--epochs", type=int, default=None, help=f"[env {s.ENV_EPOCHS}]; default: the preset's")
     parser.add_argument("--preset", default=None, help=f"default or seed [env {s.ENV_PRESET}]")
     parser.add_argument("--device", default=None, help=f"auto, cpu or cuda [env {s.ENV_DEVICE}]")
     parser.add_argument("--seed", type=int, default=None, help=f"[env {s.ENV_SEED}]")
-    parser.add_argument("--trainer-args", default="", metavar="ARGS",
-                        help="more trainer flags, one string, e.g. \"--train-subset 2000\" for a smoke run")
-    parser.add_argument("--skip", action="append", default=[], choices=SERVICE_NAMES, metavar="SERVICE",
-                        help=f"do not start this service (repeatable; one of {', '.join(SERVICE_NAMES)}); "
-                             "--skip trainer serves the models already published")
-    parser.add_argument("--python", default=sys.executable,
-                        help="the interpreter that runs the services (the project's virtual environment)")
-    parser.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="on Ctrl-C, how long the services get to exit before they are killed")
-    parser.add_argument("--max-restarts", type=int, default=3,
-                        help="restarts of a failing inference, web or TensorBoard before the stack gives up")
+    parser.add_argument(
+        "--trainer-args",
+        default="",
+        metavar="ARGS",
+        help='more trainer flags, one string, e.g. "--train-subset 2000" for a smoke run',
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=SERVICE_NAMES,
+        metavar="SERVICE",
+        help=f"do not start this service (repeatable; one of {', '.join(SERVICE_NAMES)}); "
+        "--skip trainer serves the models already published",
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter that runs the services (the project's virtual environment)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on Ctrl-C, how long the services get to exit before they are killed",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restarts of a failing inference, web or TensorBoard before the stack gives up",
+    )
     return parser
 
 
@@ -118,8 +163,12 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
     }
-    optional = {settings.ENV_EPOCHS: args.epochs, settings.ENV_PRESET: args.preset,
-                settings.ENV_DEVICE: args.device, settings.ENV_SEED: args.seed}
+    optional = {
+        settings.ENV_EPOCHS: args.epochs,
+        settings.ENV_PRESET: args.preset,
+        settings.ENV_DEVICE: args.device,
+        settings.ENV_SEED: args.seed,
+    }
     env.update({name: str(value) for name, value in optional.items() if value is not None})
     return env
 
@@ -131,12 +180,27 @@ def local_services(args: argparse.Namespace) -> list[Service]:
     services = [
         Service("trainer", [python, "-m", "trainer", *shlex.split(args.trainer_args)]),
         Service("inference", [python, "-m", "inference"], restart_on_failure=True),
-        Service("web", [python, "-m", "inference.web", "--host", args.web_host, "--port", str(args.web_port)],
-                restart_on_failure=True),
+        Service(
+            "web",
+            [python, "-m", "inference.web", "--host", args.web_host, "--port", str(args.web_port)],
+            restart_on_failure=True,
+        ),
         # `python -m tensorboard.main` is the `tensorboard` script of the same interpreter.
-        Service("tensorboard", [python, "-m", "tensorboard.main", "--logdir", str(runs),
-                                "--host", args.tensorboard_host, "--port", str(args.tensorboard_port)],
-                restart_on_failure=True),
+        Service(
+            "tensorboard",
+            [
+                python,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(runs),
+                "--host",
+                args.tensorboard_host,
+                "--port",
+                str(args.tensorboard_port),
+            ],
+            restart_on_failure=True,
+        ),
     ]
     return [s for s in services if s.name not in args.skip]
 
@@ -194,10 +258,19 @@ class Supervisor:
     handler or another thread), and returns the stack's exit status: 0 when nothing failed.
     """
 
-    def __init__(self, services: list[Service], *, env: dict[str, str] | None = None,
-                 base_env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 out: TextIO | None = None, stop_timeout: float = 10.0, max_restarts: int = 3,
-                 restart_delay: float = 1.0, stable_after: float = 10.0) -> None:
+    def __init__(
+        self,
+        services: list[Service],
+        *,
+        env: dict[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        out: TextIO | None = None,
+        stop_timeout: float = 10.0,
+        max_restarts: int = 3,
+        restart_delay: float = 1.0,
+        stable_after: float = 10.0,
+    ) -> None:
         self.services = services
         # Each service: `base_env` (default: this process's environment), then `env`, then its own `env`.
         self.env = {**(os.environ if base_env is None else base_env), **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -230,8 +303,12 @@ class Supervisor:
     def _start(self, r: _Running) -> None:
         try:
             r.process = subprocess.Popen(
-                r.service.argv, cwd=self.cwd, env={**self.env, **r.service.env},
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                r.service.argv,
+                cwd=self.cwd,
+                env={**self.env, **r.service.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 # Its own process group: Ctrl-C in the terminal reaches only this supervisor, which then stops
                 # each service (and anything it started) in order, instead of all of them racing at once.
                 start_new_session=True,
@@ -243,8 +320,9 @@ class Supervisor:
             return
         r.started_at = time.monotonic()
         r.restart_at = None
-        r.pump = threading.Thread(target=self.output.pump, args=(r.service.name, r.process.stdout),
-                                  name=f"pump-{r.service.name}", daemon=True)
+        r.pump = threading.Thread(
+            target=self.output.pump, args=(r.service.name, r.process.stdout), name=f"pump-{r.service.name}", daemon=True
+        )
         r.pump.start()
 
     def _reap(self, r: _Running, now: float) -> None:
@@ -267,7 +345,7 @@ class Supervisor:
             self._failed = True
             self.request_stop(signal.SIGTERM)
             return
-        delay = self.restart_delay * 2 ** r.restarts
+        delay = self.restart_delay * 2**r.restarts
         r.restarts += 1
         r.restart_at = now + delay
         self.log(f"restarting {r.service.name} in {delay:g} s (restart {r.restarts} of {self.max_restarts})")
@@ -280,8 +358,7 @@ class Supervisor:
             for r in self._running:
                 if r.process is not None and r.process.poll() is not None:
                     self._reap(r, now)
-                if r.process is None and r.restart_at is not None and now >= r.restart_at \
-                        and self._stop_signal is None:
+                if r.process is None and r.restart_at is not None and now >= r.restart_at and self._stop_signal is None:
                     self._start(r)
             if all(r.exit_code is not None for r in self._running):
                 break
@@ -322,10 +399,8 @@ class Supervisor:
 
     @staticmethod
     def _signal(process: subprocess.Popen, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)  # the service and any process it started
-        except ProcessLookupError:
-            pass
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -339,8 +414,10 @@ def memory_note(env: Mapping[str, str]) -> str:
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
     workers = int(env.get(settings.ENV_INFERENCE_WORKERS) or os.environ.get(settings.ENV_INFERENCE_WORKERS) or 1)
     each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-    return (f"inference: up to {workers * each / 1024:.1f} GiB of memory ({workers} process(es) x {each:,} MiB); "
-            f"compose limits its container to MNIST_INFERENCE_MEMORY (default {COMPOSE_INFERENCE_MEMORY})")
+    return (
+        f"inference: up to {workers * each / 1024:.1f} GiB of memory ({workers} process(es) x {each:,} MiB); "
+        f"compose limits its container to MNIST_INFERENCE_MEMORY (default {COMPOSE_INFERENCE_MEMORY})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to run: every service is skipped", file=sys.stderr)
         return 2
     env = stack_environment(args)
-    supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout,
-                            max_restarts=args.max_restarts)
+    supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout, max_restarts=args.max_restarts)
 
     def on_signal(signum, frame):
         supervisor.request_stop(signum)
@@ -362,8 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     supervisor.log(f"artifacts: {env[settings.ENV_ARTIFACTS_DIR]}   MNIST: {env[settings.ENV_DATA_DIR]}")
     if "inference" in names:
         supervisor.log(memory_note(env))
-        supervisor.log(f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
-                       f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)")
+        supervisor.log(
+            f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
+            f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)"
+        )
         supervisor.log(f"metrics: http://localhost:{args.metrics_address.rsplit(':', 1)[-1]}/metrics")
     if "web" in names:
         host = "localhost" if args.web_host in ("0.0.0.0", "::") else args.web_host

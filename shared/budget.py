@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class BudgetExhausted(RuntimeError):
@@ -46,8 +46,10 @@ class MemoryBudget:
         fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
         large one."""
         if nbytes > self.capacity:
-            raise BudgetExhausted(f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
-                                  f"whole decode budget of {self.capacity / 2**20:,.0f} MiB; send a smaller picture")
+            raise BudgetExhausted(
+                f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
+                f"whole decode budget of {self.capacity / 2**20:,.0f} MiB; send a smaller picture"
+            )
         ticket = object()
         deadline = time.monotonic() + self.wait
         with self._changed:
@@ -59,7 +61,8 @@ class MemoryBudget:
                         raise BudgetExhausted(
                             f"the server is decoding other large pictures ({self._in_use / 2**20:,.0f} of "
                             f"{self.capacity / 2**20:,.0f} MiB in use; this one needs {nbytes / 2**20:,.0f} MiB); "
-                            "try again in a moment, or send a smaller picture")
+                            "try again in a moment, or send a smaller picture"
+                        )
                     self._changed.wait(remaining)
             finally:
                 self._queue.remove(ticket)

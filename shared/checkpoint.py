@@ -22,7 +22,7 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class CheckpointError(ValueError):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -87,8 +87,9 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     atomic_write_bytes(path, _torch_bytes({"format": CHECKPOINT_FORMAT, **checkpoint}))
 
 
-def load_checkpoint(path: Path | io.BytesIO, *, map_location: str | torch.device = "cpu",
-                    name: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path | io.BytesIO, *, map_location: str | torch.device = "cpu", name: str | None = None
+) -> dict[str, Any]:
     """Load a checkpoint or model file (or its bytes, then called `name` in errors); never unpickles code."""
     where = name or path
     try:
@@ -147,8 +148,9 @@ class Manifest:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
 
 
-def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, Any],
-                  onnx: bytes | None = None, serve: bool = True) -> Manifest:
+def publish_model(
+    models_dir: Path, *, version: str, model_payload: dict[str, Any], onnx: bytes | None = None, serve: bool = True
+) -> Manifest:
     """Publish a model for the inference service: write models/<version>.pt, models/<version>.onnx and
     models/<version>.json, then (with `serve`) point LATEST.json at them. Without `serve` the version is stored but
     not served: it can be pinned by a call's model_version, or promoted (`python -m inference.models promote`).
@@ -166,8 +168,10 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
     if not is_version_name(version):
-        raise ValueError(f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
-                         f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}")
+        raise ValueError(
+            f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
+            f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}"
+        )
     target = models_dir / file_name
     if target.exists():
         data = _same_model_bytes(target, version, model_payload)
@@ -209,7 +213,10 @@ def publish_model(models_dir: Path, *, version: str, model_payload: dict[str, An
     except CheckpointError:
         current = None
     if current is not None and (current.file, current.sha256, current.onnx_sha256) == (
-            file_name, manifest.sha256, manifest.onnx_sha256):
+        file_name,
+        manifest.sha256,
+        manifest.onnx_sha256,
+    ):
         return current  # already published and named by the manifest: nothing to do
     point_latest(models_dir, manifest, event="publish")
     return manifest
@@ -224,8 +231,11 @@ def _export(model_payload: dict[str, Any]) -> bytes | None:
     weights = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         weights.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    key = (model_payload["arch"], json.dumps(model_payload.get("arch_kwargs") or {}, sort_keys=True),
-           weights.hexdigest())
+    key = (
+        model_payload["arch"],
+        json.dumps(model_payload.get("arch_kwargs") or {}, sort_keys=True),
+        weights.hexdigest(),
+    )
     return _export_cached(key, model)
 
 
@@ -249,9 +259,15 @@ MAX_VERSION_BYTES = 200  # <version>.json within the 255 bytes a file name may h
 
 def is_version_name(version: str) -> bool:
     """Whether `version` can name a published model: <version>.pt and .json are plain names in models/."""
-    return (isinstance(version, str) and bool(version) and not version.startswith(".") and "\x00" not in version
-            and len(version.encode("utf-8", "surrogatepass")) <= MAX_VERSION_BYTES
-            and Path(f"{version}.pt").name == f"{version}.pt" and version not in RESERVED_VERSIONS)
+    return (
+        isinstance(version, str)
+        and bool(version)
+        and not version.startswith(".")
+        and "\x00" not in version
+        and len(version.encode("utf-8", "surrogatepass")) <= MAX_VERSION_BYTES
+        and Path(f"{version}.pt").name == f"{version}.pt"
+        and version not in RESERVED_VERSIONS
+    )
 
 
 def version_manifest_path(models_dir: Path, version: str) -> Path:
@@ -307,13 +323,18 @@ def _same_model_bytes(target: Path, version: str, model_payload: dict[str, Any])
         and existing.get("version") == version
         and existing.get("arch") == model_payload.get("arch")
         and dict(existing.get("arch_kwargs") or {}) == dict(model_payload.get("arch_kwargs") or {})
-        and isinstance(weights, dict) and isinstance(new_weights, dict) and weights.keys() == new_weights.keys()
-        and all(isinstance(v, torch.Tensor) and torch.equal(v, new_weights[k].detach().cpu())
-                for k, v in weights.items())
+        and isinstance(weights, dict)
+        and isinstance(new_weights, dict)
+        and weights.keys() == new_weights.keys()
+        and all(
+            isinstance(v, torch.Tensor) and torch.equal(v, new_weights[k].detach().cpu()) for k, v in weights.items()
+        )
     )
     if not same:
-        raise FileExistsError(f"model version {version} is already published at {target} with other weights; "
-                              "a published version is never rewritten")
+        raise FileExistsError(
+            f"model version {version} is already published at {target} with other weights; "
+            "a published version is never rewritten"
+        )
     return data
 
 
@@ -333,7 +354,13 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
 
 # Each manifest field and the JSON type it must have: a manifest is read from disk, so nothing about it is trusted.
 _MANIFEST_TYPES: dict[str, type] = {
-    "version": str, "file": str, "sha256": str, "size": int, "arch": str, "created_at": str, "run_name": str,
+    "version": str,
+    "file": str,
+    "sha256": str,
+    "size": int,
+    "arch": str,
+    "created_at": str,
+    "run_name": str,
     "metrics": dict,
 }
 # Fields a manifest may lack (it was written before they existed), with their types.

@@ -65,7 +65,9 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     actual = len(raw) - header_len
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
-        raise MnistFormatError(f"{source}: {what}: header declares shape {shape} = {expected} bytes, file holds {actual}")
+        raise MnistFormatError(
+            f"{source}: {what}: header declares shape {shape} = {expected} bytes, file holds {actual}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -95,7 +97,9 @@ def read_idx_file(path: Path, *, md5: str | None = None, shape: tuple[int, ...] 
     if md5 is not None:
         digest = hashlib.md5(raw).hexdigest()
         if digest != md5:
-            raise MnistFormatError(f"{path}: content MD5 {digest} is not MNIST's {md5}; the file is corrupt or not MNIST")
+            raise MnistFormatError(
+                f"{path}: content MD5 {digest} is not MNIST's {md5}; the file is corrupt or not MNIST"
+            )
     array = parse_idx(raw, source=str(path))
     if shape is not None and array.shape != shape:
         raise MnistFormatError(f"{path}: shape {array.shape}, expected {shape}")
@@ -120,7 +124,7 @@ def _download(name: str, directory: Path) -> Path:
             os.replace(tmp, final)
             tmp = None
             return final
-        except Exception as e:  # noqa: BLE001 - any failure of one mirror (network, HTTP, disk, content): try the next
+        except Exception as e:
             errors.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             if tmp is not None:  # a failed or interrupted download never lingers under a temporary name
@@ -167,7 +171,7 @@ def train_val_split(n: int, *, val_fraction: float = 0.2, seed: int = 0) -> tupl
     """Indices of a reproducible train/validation split of `n` items (8:2 by default)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     return order[n_val:], order[:n_val]
 
 

@@ -25,7 +25,6 @@ from PIL import Image
 
 from shared.budget import BudgetExhausted, MemoryBudget
 
-
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
 # picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
 WORK_MAX_SIDE = 1024
@@ -71,8 +70,6 @@ class Limits:
 DEFAULT_LIMITS = Limits(max_bytes=10 * 1024 * 1024, max_pixels=40_000_000)
 
 
-
-
 def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudget | None = None) -> np.ndarray:
     """Bytes -> (H, W) or (H, W, 3) uint8 at working resolution, transparency composited, EXIF applied.
 
@@ -97,13 +94,15 @@ def decode_image(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: Memory
     except (ImageRejected, BudgetExhausted):
         raise
     except MemoryError:
-        raise OutOfMemory("the server ran out of memory decoding this picture; try again in a moment, or send a "
-                          "smaller picture (crop to the digit)") from None
+        raise OutOfMemory(
+            "the server ran out of memory decoding this picture; try again in a moment, or send a "
+            "smaller picture (crop to the digit)"
+        ) from None
     except Image.DecompressionBombError as e:  # Pillow's own, far higher, ceiling
         raise ImageRejected(f"{e}. Send a smaller picture (at most {limits.max_pixels:,} pixels).") from None
     except Image.UnidentifiedImageError:
         raise ImageRejected(unidentified_message(data)) from None
-    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+    except Exception as e:
         raise ImageRejected(
             f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated. "
             f"Send a complete {', '.join(ACCEPTED_FORMATS)} file"
@@ -118,7 +117,7 @@ def displayed_size(data: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
             orientation = webp_exif_orientation(data) if is_still_webp(data) else exif_orientation(img)
-    except Exception as e:  # noqa: BLE001 - as decode_image: any failure to read the header is the picture's
+    except Exception as e:
         raise ImageRejected(f"the picture's header could not be read ({type(e).__name__}: {e})") from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn it a quarter
 
@@ -128,9 +127,11 @@ def reservation(budget: MemoryBudget | None, nbytes: int) -> contextlib.Abstract
     if budget is None:
         return contextlib.nullcontext()
     if nbytes > budget.capacity:
-        raise ImageRejected(f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server allows "
-                            f"for decoding at once ({budget.capacity / 2**20:,.0f} MiB); send a smaller picture"
-                            "(animated WebP takes four times its frame size: send a still picture)")
+        raise ImageRejected(
+            f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server allows "
+            f"for decoding at once ({budget.capacity / 2**20:,.0f} MiB); send a smaller picture"
+            "(animated WebP takes four times its frame size: send a still picture)"
+        )
     return budget.reserve(nbytes)
 
 
@@ -189,8 +190,9 @@ def reduced_array(img: Image.Image) -> np.ndarray:
         band = img.crop(box)  # a copy of these rows only
         if high_bit_depth:  # 16-bit or float grey: to uint8, then box-averaged like Pillow's reduce
             size = (math.ceil(band.width / factor), math.ceil(band.height / factor))
-            bands.append(cv2.resize(high_bit_depth_to_uint8(np.asarray(band), scale), size,
-                                    interpolation=cv2.INTER_AREA))
+            bands.append(
+                cv2.resize(high_bit_depth_to_uint8(np.asarray(band), scale), size, interpolation=cv2.INTER_AREA)
+            )
         else:
             bands.append(np.asarray(band.convert(array_mode(band)).reduce(factor)))
     return np.concatenate(bands)
@@ -211,8 +213,19 @@ def is_still_webp(data: bytes) -> bool:
 # libwebp's public WebPDecoderOptions (decode.h, stable across 1.x): ints, in this order. The `webp` package's
 # cffi declarations name only `use_threads`, so the scaling fields are set by their documented position; the
 # layout is checked once against the library's own offset of `use_threads`, and a mismatch falls back to Pillow.
-_OPTIONS_FIELDS = ("bypass_filtering", "no_fancy_upsampling", "use_cropping", "crop_left", "crop_top",
-                   "crop_width", "crop_height", "use_scaling", "scaled_width", "scaled_height", "use_threads")
+_OPTIONS_FIELDS = (
+    "bypass_filtering",
+    "no_fancy_upsampling",
+    "use_cropping",
+    "crop_left",
+    "crop_top",
+    "crop_width",
+    "crop_height",
+    "use_scaling",
+    "scaled_width",
+    "scaled_height",
+    "use_threads",
+)
 
 
 def _webp():
@@ -265,8 +278,10 @@ def decode_still_webp(data: bytes, limits: Limits, budget: MemoryBudget | None) 
         status = webp.lib.WebPDecode(source.ptr.bytes, source.size, config.ptr)
         webp.lib.WebPFreeDecBuffer(webp.ffi.addressof(config.ptr, "output"))
         if status != 0:
-            raise ImageRejected(f"the WebP picture could not be decoded (libwebp status {status}); the file is "
-                                f"damaged or truncated. Send a complete {', '.join(ACCEPTED_FORMATS)} file")
+            raise ImageRejected(
+                f"the WebP picture could not be decoded (libwebp status {status}); the file is "
+                f"damaged or truncated. Send a complete {', '.join(ACCEPTED_FORMATS)} file"
+            )
         return prepare_array(apply_exif_orientation(array, webp_exif_orientation(data)))
 
 
@@ -281,7 +296,7 @@ def webp_exif_orientation(data: bytes) -> int:
                 exif = Image.Exif()
                 exif.load(payload[6:] if payload.startswith(b"Exif\0\0") else payload)
                 value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
-            except Exception:  # noqa: BLE001 - a damaged EXIF block counts as upright, as for other formats
+            except Exception:
                 return 1
             return value if 1 <= value <= 8 else 1
         offset += 8 + size + (size & 1)  # chunks are padded to an even size
@@ -317,8 +332,14 @@ def check_pixel_count(size: tuple[int, int], limits: Limits) -> None:
 
 # File signatures, to tell a damaged picture from something that is no picture at all.
 _SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
-    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"RIFF": "WebP",
 }
 
 
@@ -328,8 +349,9 @@ def unidentified_message(data: bytes) -> str:
     head = bytes(data[:16])
     for signature, name in _SIGNATURES.items():
         if head.startswith(signature):
-            return (f"the file starts like a {name} but its header is damaged or truncated; "
-                    f"send a complete {accepted} file")
+            return (
+                f"the file starts like a {name} but its header is damaged or truncated; send a complete {accepted} file"
+            )
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
         return f"HEIC/HEIF/AVIF pictures are not accepted; export or share the photo as JPEG (or {accepted})"
     if head.startswith(b"%PDF"):
@@ -357,7 +379,7 @@ def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation (1..8; 1 = upright). A damaged EXIF block counts as upright rather than failing."""
     try:
         value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1))
-    except Exception:  # noqa: BLE001 - malformed EXIF raises anything from struct.error to KeyError
+    except Exception:
         return 1
     return value if 1 <= value <= 8 else 1
 

@@ -223,8 +223,7 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
     # All pictures in one labelling: stacked, with an empty row under each so strokes cannot join across.
     canvas = np.zeros((count, height + 1, width), np.uint8)
     canvas[:, :height] = strong
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(canvas.reshape(-1, width), connectivity=8,
-                                                           ltype=cv2.CV_32S)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(canvas.reshape(-1, width), connectivity=8, ltype=cv2.CV_32S)
     labels = labels.reshape(count, height + 1, width)[:, :height]  # (B, H, W): 0 is the background
     stats = stats[1:].astype(np.int64)  # (components, 5): x, y, w, h, area
     owner = stats[:, 1] // (height + 1)  # the picture each component lies in
@@ -254,8 +253,15 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
     # The soft ink map, as find_ink computes it on its window (the same arithmetic, pixel by pixel, in float32).
     low = np.maximum(SOFT_FLOOR_MIN, np.minimum(3.0 * noise, threshold / 2))  # (B,)
     high = np.maximum(uint8_percentiles(ink, 75, strokes), threshold + 1.0)  # (B,)
-    soft = np.clip((ink.astype(np.float32) - low.astype(np.float32)[:, None, None])
-                   / (high - low).astype(np.float32)[:, None, None], 0, 1) * fringe
+    soft = (
+        np.clip(
+            (ink.astype(np.float32) - low.astype(np.float32)[:, None, None])
+            / (high - low).astype(np.float32)[:, None, None],
+            0,
+            1,
+        )
+        * fringe
+    )
     # union_box of the kept strokes (the bounding box of their pixels), grown by one pixel for the soft fringe.
     rows, cols = strokes.any(axis=2), strokes.any(axis=1)  # (B, H), (B, W)
     y0, y1 = rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)

@@ -55,11 +55,10 @@ class PipelineTrace:
     image: np.ndarray  # (H, W) or (H, W, 3) uint8: decoded, composited, oriented, at working resolution
     background: np.ndarray  # same shape as image: the estimated paper
     ink: np.ndarray  # (H, W) uint8: contrast to the paper, ink bright on black
-    region: "InkRegion"  # where the digit's strokes are in `ink`
+    region: InkRegion  # where the digit's strokes are in `ink`
     crop: np.ndarray  # (h, w) float32 in [0, 1]: soft ink cropped to the digit, stroke width normalized
     stroke_ratio: float  # stroke width / longer side of the digit, as measured before normalizing
     output: np.ndarray  # (28, 28) uint8
-
 
 
 # ---------------------------------------------------------------------------------------------------------------

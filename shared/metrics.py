@@ -41,7 +41,8 @@ def predict_log_probs(
     batch_size: int = 2000,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """The network's output (log-probabilities (N, 10), or (N, 11) with the not-digit class) for uint8 images (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
+    """The network's output (log-probabilities (N, 10), or (N, 11) with the not-digit class) for uint8 images
+    (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
@@ -94,8 +95,7 @@ def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
 
     fig = new_figure(7, 6)
     ax = fig.add_subplot()
-    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=ax,
-                annot_kws={"fontsize": 8})
+    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", cbar=True, square=True, ax=ax, annot_kws={"fontsize": 8})
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit")
     accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)

@@ -14,7 +14,8 @@ probability that the picture is some digit: the digit score (docs/not-a-digit.md
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,9 +110,13 @@ class CompactNet(nn.Module):
         w = width
         classes = DIGITS + int(not_digit)
         self.features = nn.Sequential(
-            *_conv_bn(1, w), nn.MaxPool2d(2),
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
+            *_conv_bn(1, w),
+            nn.MaxPool2d(2),
+            *_conv_bn(w, 2 * w),
+            *_conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *_conv_bn(2 * w, 4 * w),
+            *_conv_bn(4 * w, 4 * w),
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, classes))
         self.output = _Output(not_digit)

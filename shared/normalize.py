@@ -136,7 +136,7 @@ def shadow_cells(disagree: np.ndarray) -> int:
     the local estimate can fill (a paint brush) also makes the two disagree, inside the stroke, but a digit
     is drawn inside the frame: counting only regions that reach the edge tells the two apart.
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(disagree.astype(np.uint8), connectivity=8)
+    _count, _labels, stats, _ = cv2.connectedComponentsWithStats(disagree.astype(np.uint8), connectivity=8)
     h, w = disagree.shape
     x, y, bw, bh, area = (stats[1:, i] for i in range(5))
     touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
@@ -192,8 +192,10 @@ def local_background(image: np.ndarray, cells: np.ndarray, sign: np.ndarray) -> 
     dark, is then paper, not ink."""
     height, width = image.shape[:2]
     surface = cv2.resize(cells, (width, height), interpolation=cv2.INTER_LINEAR)
-    out = [cv2.max(paper, channel) if channel_sign < 0 else cv2.min(paper, channel)
-           for paper, channel, channel_sign in zip(_channels(surface), _channels(image), sign)]
+    out = [
+        cv2.max(paper, channel) if channel_sign < 0 else cv2.min(paper, channel)
+        for paper, channel, channel_sign in zip(_channels(surface), _channels(image), sign)
+    ]
     return out[0] if image.ndim == 2 else cv2.merge(out)
 
 
@@ -238,7 +240,6 @@ def fit_least_squares(design: np.ndarray, values: np.ndarray, evaluate_at: np.nd
     normal = design.T @ design + 1e-6 * np.eye(design.shape[1])  # (k, k); the ridge keeps it invertible
     coefficients = np.linalg.solve(normal, design.T @ values)  # (k, C)
     return evaluate_at @ coefficients
-
 
 
 @functools.lru_cache(maxsize=64)
@@ -321,7 +322,8 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
             elif family:  # ruled or squared paper and nothing else on it
                 raise ImageRejected(
                     "no digit found: only the lines of ruled or squared paper. Write the digit darker than the "
-                    "lines (a pen rather than a pencil), or photograph it closer so that it fills more of the frame")
+                    "lines (a pen rather than a pencil), or photograph it closer so that it fills more of the frame"
+                )
             else:  # one long straight line and nothing else: it is the digit (a 1), not the paper's
                 removed = None
     labels, stats = connected_components(strong)
@@ -375,14 +377,20 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
     height, width = strong.shape
     tilt = np.radians(RULING_MAX_TILT)
     # The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel lines stay).
-    half = cv2.resize(cv2.dilate(strong, np.ones((2, 2), np.uint8)), (max(1, width // 2), max(1, height // 2)),
-                      interpolation=cv2.INTER_NEAREST)
+    half = cv2.resize(
+        cv2.dilate(strong, np.ones((2, 2), np.uint8)),
+        (max(1, width // 2), max(1, height // 2)),
+        interpolation=cv2.INTER_NEAREST,
+    )
     candidates = []  # (direction: 0 horizontal / 1 vertical, rho, theta, band mask)
-    searches = ((0, np.pi / 2 - tilt, np.pi / 2 + tilt, width), (1, 0.0, tilt, height), (1, np.pi - tilt, np.pi, height))
+    searches = (
+        (0, np.pi / 2 - tilt, np.pi / 2 + tilt, width),
+        (1, 0.0, tilt, height),
+        (1, np.pi - tilt, np.pi, height),
+    )
     for direction, low, high, length in searches:
-        found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low,
-                               max_theta=high)
-        for rho, theta in ([] if found is None else found[:, 0]):
+        found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
+        for rho, theta in [] if found is None else found[:, 0]:
             band = np.zeros_like(strong)
             a, b = np.cos(theta), np.sin(theta)
             x, y, far = 2 * a * rho, 2 * b * rho, 2 * (width + height)
@@ -423,8 +431,9 @@ def line_extent(pixels: np.ndarray, direction: int) -> int:
     return int(occupied[-1] - occupied[0] + 1) if len(occupied) else 0
 
 
-def keep_strokes_across_ruling(strong: np.ndarray, ruling: np.ndarray, weakest: np.ndarray,
-                               strongest: np.ndarray) -> np.ndarray:
+def keep_strokes_across_ruling(
+    strong: np.ndarray, ruling: np.ndarray, weakest: np.ndarray, strongest: np.ndarray
+) -> np.ndarray:
     """(H, W) bool: the pixels of the ruling that belong to the digit after all.
 
     - where a stroke crosses a line: the line's pixels between the stroke's two sides (a closing of the ink off
@@ -477,8 +486,9 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats
 
 
-def digit_components(stats: np.ndarray, shape: tuple[int, int] | None = None,
-                     contrast: np.ndarray | None = None) -> np.ndarray:
+def digit_components(
+    stats: np.ndarray, shape: tuple[int, int] | None = None, contrast: np.ndarray | None = None
+) -> np.ndarray:
     """Which connected components (rows of OpenCV's stats: x, y, w, h, area) belong to the digit.
 
     Keep the largest stroke, every stroke at least KEEP_BIG_FRACTION of its size, and smaller strokes (a 5's flag,
@@ -606,7 +616,7 @@ def stroke_ratio(binary: np.ndarray) -> float:
     mask = binary.astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     perimeter = sum(cv2.arcLength(c, True) for c in contours)
-    x, y, w, h = cv2.boundingRect(mask)
+    _x, _y, w, h = cv2.boundingRect(mask)
     if perimeter == 0 or max(w, h) == 0:
         return STROKE_RATIO_TARGET  # one pixel or nothing: leave it alone
     return float(2.0 * np.count_nonzero(mask) / perimeter / max(w, h))

@@ -4,11 +4,11 @@ the two agree.
 Every published model has `models/<version>.onnx` beside its `.pt` (shared/checkpoint.py), with its SHA-256 in
 the manifest. The inference service runs it with onnxruntime by default (`--backend onnxruntime`): on the 2-core
 development machines the compact network's forward pass over a batch of 64 took 5 ms there against 9-18 ms in
-torch, and a single image 0.09 ms against 0.5 ms (docs/benchmarks.md, "Inference"). The .pt stays the source of truth: the
-ONNX file is derived from it, checked against it, and the `torch` backend needs nothing else.
+torch, and a single image 0.09 ms against 0.5 ms (docs/benchmarks.md, "Inference"). The .pt stays the source of
+truth: the ONNX file is derived from it, checked against it, and the `torch` backend needs nothing else.
 
-Input "images" (N, 1, 28, 28) float32, normalized as the model's checkpoint says; output "log_probs" (N, 10), or (N, 11) for a network
-with the not-digit class (its eleventh column is the digit log-odds: shared/model.py).
+Input "images" (N, 1, 28, 28) float32, normalized as the model's checkpoint says; output "log_probs" (N, 10), or
+(N, 11) for a network with the not-digit class (its eleventh column is the digit log-odds: shared/model.py).
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def export_onnx(model: nn.Module) -> bytes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer warnings
             torch.onnx.export(
-                model, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, do_constant_folding=True,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                (example,),
+                buffer,  # type: ignore[arg-type]  # a file object is accepted; the stubs name paths only
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
     finally:
@@ -109,10 +115,15 @@ class OnnxCheck:
         return self.max_abs_difference <= MAX_ABS_DIFFERENCE and self.argmax_differences == 0
 
     def describe(self) -> str:
-        digits = ("the same digit for every image" if self.argmax_differences == 0
-                  else f"a different digit for {self.argmax_differences:,} image(s)")
-        return (f"onnxruntime vs torch on {self.images:,} images: max |difference| of log-probabilities "
-                f"{self.max_abs_difference:.1e} (limit {MAX_ABS_DIFFERENCE:.0e}), {digits}")
+        digits = (
+            "the same digit for every image"
+            if self.argmax_differences == 0
+            else f"a different digit for {self.argmax_differences:,} image(s)"
+        )
+        return (
+            f"onnxruntime vs torch on {self.images:,} images: max |difference| of log-probabilities "
+            f"{self.max_abs_difference:.1e} (limit {MAX_ABS_DIFFERENCE:.0e}), {digits}"
+        )
 
 
 def compare(onnx_runner: OnnxRunner, model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000) -> OnnxCheck:

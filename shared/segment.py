@@ -177,8 +177,10 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     check_one_line(groups, line_height(groups))  # before small marks are joined to digits (across lines, maybe)
     groups, separators = sort_out_small_marks(pieces, groups, line_height(groups))
     if not groups:
-        raise ImageRejected("no digit found: the only marks are too small to be digits (a point or a comma?). "
-                            "Send a picture of a number written large enough to fill a good part of the frame")
+        raise ImageRejected(
+            "no digit found: the only marks are too small to be digits (a point or a comma?). "
+            "Send a picture of a number written large enough to fill a good part of the frame"
+        )
     # The line height again, now that the pieces of each digit are together (a dotted digit was dots before).
     height = line_height(groups)
     check_one_line(groups, height)
@@ -198,8 +200,10 @@ def along_line(box: tuple[int, int, int, int], slant: float) -> float:
 
 
 def too_many_digits(count: int) -> ImageRejected:
-    return ImageRejected(f"found {count} digits, more than the {MAX_DIGITS} one number may have here. Send a picture "
-                         f"of one number of 1 to {MAX_DIGITS} digits on one line (crop away other writing)")
+    return ImageRejected(
+        f"found {count} digits, more than the {MAX_DIGITS} one number may have here. Send a picture "
+        f"of one number of 1 to {MAX_DIGITS} digits on one line (crop away other writing)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +234,8 @@ def find_pieces(ink: np.ndarray) -> Pieces:
         raise ImageRejected(
             f"no digit found: the picture looks blank (the strongest contrast to the background is {int(ink.max())} "
             f"of 255; ink needs at least {int(threshold)}). Send a picture of a number written darker or lighter "
-            "than its background, e.g. a dark pen on white paper")
+            "than its background, e.g. a dark pen on white paper"
+        )
     spacing = dot_spacing(stats[kept])
     if spacing is not None:
         ink, strong = join_dots(ink, strong, spacing)
@@ -238,8 +243,10 @@ def find_pieces(ink: np.ndarray) -> Pieces:
         kept = not_specks(stats)
     longest = int(stats[kept, 2:4].max())
     if longest < 5:
-        raise ImageRejected(f"no digit found: the only marks are specks of at most {longest} pixels. Send a "
-                            "picture in which the number is clearly visible and fills a good part of the frame")
+        raise ImageRejected(
+            f"no digit found: the only marks are specks of at most {longest} pixels. Send a "
+            "picture in which the number is clearly visible and fills a good part of the frame"
+        )
     return Pieces(ink, labels, stats, kept, noise, threshold)
 
 
@@ -356,7 +363,7 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
     """Union the pieces that overlap along the writing direction (and are not a line apart), left to right."""
     groups = []
     for label in pieces.kept:
-        x, y, w, h, area = (int(v) for v in pieces.stats[label])
+        _x, y, _w, h, area = (int(v) for v in pieces.stats[label])
         x0, x1 = deslanted_extent(pieces, int(label), slant)
         groups.append(Group([int(label)], x0, x1, y, y + h, area))
     changed = True
@@ -370,8 +377,11 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
                 vertical_gap = max(group.top, other.top) - min(group.bottom, other.bottom)
                 taller = max(group.height, other.height)
                 stacked = max(group.bottom, other.bottom) - min(group.top, other.top) > GROUP_MAX_HEIGHT * taller
-                if (overlap >= GROUP_OVERLAP * min(group.width, other.width) and not stacked
-                        and vertical_gap <= GROUP_MAX_VERTICAL_GAP * taller):
+                if (
+                    overlap >= GROUP_OVERLAP * min(group.width, other.width)
+                    and not stacked
+                    and vertical_gap <= GROUP_MAX_VERTICAL_GAP * taller
+                ):
                     other.absorb(group)
                     changed = True
                     break
@@ -409,8 +419,10 @@ def check_one_line(groups: list[Group], height: float) -> None:
                 parent[root(i)] = root(j)
     lines = len({root(i) for i in range(len(tall))})
     if lines > 1:
-        raise ImageRejected(f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
-                            "picture of one number (crop to it)")
+        raise ImageRejected(
+            f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
+            "picture of one number (crop to it)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -433,9 +445,12 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
         fragments = [i for i, g in enumerate(rest) if g.height < FRAGMENT_HEIGHT * height]
         # Nearest first, but what overlaps a fragment along the line comes before what is merely near: a 5's
         # flag reaching over towards the next digit still belongs to the 5 below it.
-        pairs = [(box_distance(rest[i], rest[j]) - along_overlap(rest[i], rest[j]), i, j)
-                 for i in fragments for j in range(len(rest)) if j != i
-                 and box_distance(rest[i], rest[j]) <= FRAGMENT_REACH * height]
+        pairs = [
+            (box_distance(rest[i], rest[j]) - along_overlap(rest[i], rest[j]), i, j)
+            for i in fragments
+            for j in range(len(rest))
+            if j != i and box_distance(rest[i], rest[j]) <= FRAGMENT_REACH * height
+        ]
         if not pairs:
             break
         _, i, j = min(pairs)
@@ -521,8 +536,9 @@ class Cut:
     ink: float  # stroke widths of ink the cut goes through
 
 
-def segment_and_classify(pieces: Pieces, groups: list[Group], height: float, slant: float,
-                         classify: Classifier) -> list[Digit]:
+def segment_and_classify(
+    pieces: Pieces, groups: list[Group], height: float, slant: float, classify: Classifier
+) -> list[Digit]:
     """Classify every group whole (one batch); then cut the wide ones at their candidate cuts, all halves in one
     more batch, and keep a cut where its halves look like digits (choose_cut). A half still wide enough for two
     digits is tried again, in a further round. A region the classifier is sure of (SURE_CONFIDENCE) and that is
@@ -533,9 +549,12 @@ def segment_and_classify(pieces: Pieces, groups: list[Group], height: float, sla
     for rounds in range(1, MAX_SPLIT_ROUNDS + 1):
         wide = (SPLIT_MIN_WIDTH if rounds == 1 else SPLIT_AGAIN_WIDTH) * height
         confidence = np.log(np.clip(probabilities.max(axis=1), 1e-12, 1.0))
-        cuts = [cut_candidates(pieces, r, slant, height)
-                if r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height) else []
-                for r, c in zip(regions, confidence)]
+        cuts = [
+            cut_candidates(pieces, r, slant, height)
+            if r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height)
+            else []
+            for r, c in zip(regions, confidence)
+        ]
         halves = [h.image for candidates in cuts for c in candidates for h in (c.left, c.right)]
         if not halves or rounds == MAX_SPLIT_ROUNDS:
             done += zip(regions, probabilities)
@@ -563,8 +582,8 @@ def segment_and_classify(pieces: Pieces, groups: list[Group], height: float, sla
 
 
 def choose_cut(candidates: list[Cut], scores: np.ndarray, whole: float) -> int | None:
-    """The index of the best cut, if it beats leaving the region whole. A cut scores the log-confidences of its two halves
-    (both must look like digits) less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that
+    """The index of the best cut, if it beats leaving the region whole. A cut scores the log-confidences of its two
+    halves (both must look like digits) less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that
     is at least SPLIT_MARGIN above the whole's log-confidence. scores: (cuts, 2) log-confidences of the halves.
     """
     if not candidates:
@@ -609,7 +628,7 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
     MIN_HALF_HEIGHT x the line or lighter than MIN_HALF_MASS of the ink, are dropped.
     """
     sheared, origin = deslant(region, slant)  # (h, bins) bool; column c <-> x' = origin + c
-    h, bins = sheared.shape
+    h, _bins = sheared.shape
     columns = np.nonzero(sheared.any(axis=0))[0]
     margin = int(SEGMENT_MIN_WIDTH * height)
     starts = np.arange(columns[0] + margin, columns[-1] - margin + 1, max(1, int(CUT_STEP * height)))
@@ -624,8 +643,9 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
     # each ink pixel also blocks its right neighbour.
     blocked = coarse.copy()
     blocked[:, 1:] |= coarse[:, :-1]
-    coarse_paths, costs = least_ink_paths(blocked, np.unique(starts // factor),
-                                          max(2, int(CUT_BAND * height / factor)), stroke / factor)
+    coarse_paths, costs = least_ink_paths(
+        blocked, np.unique(starts // factor), max(2, int(CUT_BAND * height / factor)), stroke / factor
+    )
     paths = np.repeat(coarse_paths * factor + factor // 2, factor, axis=1)[:, :h]  # (n, h) full-size columns
     # Each pixel's deslanted column, to tell which side of a path (given per row) it is on.
     rows = np.arange(h)[:, None]
@@ -647,7 +667,7 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
             area = int(side.sum())
             if area < MIN_HALF_MASS * total:
                 break
-            bx, by, w, hh = cv2.boundingRect(side.astype(np.uint8))
+            _bx, _by, _w, hh = cv2.boundingRect(side.astype(np.uint8))
             if hh < MIN_HALF_HEIGHT * height:
                 break
             sides.append(region_of(pieces, (region.x, region.y, side), slant))

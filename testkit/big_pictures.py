@@ -41,8 +41,11 @@ def encode_big(digit28: np.ndarray, fmt: str, side: int = DEFAULT_SIDE) -> bytes
     else:  # a photo or scan of paper: dark ink on white, RGB
         grey = 255 - ink
         rgb = Image.fromarray(np.dstack([grey, grey, grey]), "RGB")
-        options = {"JPEG": {"quality": 85}, "TIFF": {"compression": "tiff_deflate"},
-                   "WEBP": {"quality": 80, "method": 0}}[fmt]
+        options = {
+            "JPEG": {"quality": 85},
+            "TIFF": {"compression": "tiff_deflate"},
+            "WEBP": {"quality": 80, "method": 0},
+        }[fmt]
         rgb.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 

@@ -11,8 +11,9 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -37,7 +38,7 @@ def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
     path = cache_root() / name / f"{key}.pickle"
     if path.is_file():
         with open(path, "rb") as f:
-            return pickle.load(f)  # noqa: S301 - our own cache, written by this function
+            return pickle.load(f)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:

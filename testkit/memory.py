@@ -52,10 +52,19 @@ for fmt in sys.argv[2:]:
 def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
     """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", SINGLE_SCRIPT, digit.astype(np.uint8).tobytes().hex(), *formats],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
-    return {fmt: (int(base) * 1024, int(peak) * 1024, int(size))
-            for fmt, base, peak, size in (line.split() for line in out.splitlines())}
+    out = subprocess.run(
+        [sys.executable, "-c", SINGLE_SCRIPT, digit.astype(np.uint8).tobytes().hex(), *formats],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    return {
+        fmt: (int(base) * 1024, int(peak) * 1024, int(size))
+        for fmt, base, peak, size in (line.split() for line in out.splitlines())
+    }
 
 
 def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, str | None, float]:

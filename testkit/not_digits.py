@@ -28,8 +28,16 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 KINDS = ("letters", "symbols", "words", "scribbles", "smileys", "shapes", "arrows")
 
 # Fonts the trainer never draws its negatives with (trainer/negatives.py TRAIN_FONTS), from matplotlib.
-TEST_FONTS = ("DejaVuSerif-BoldItalic.ttf", "DejaVuSansMono-BoldOblique.ttf", "DejaVuSans-Oblique.ttf",
-              "STIXGeneralBolIta.ttf", "STIXGeneralItalic.ttf", "cmb10.ttf", "cmti10.ttf", "cmtt10.ttf")
+TEST_FONTS = (
+    "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "STIXGeneralBolIta.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmb10.ttf",
+    "cmti10.ttf",
+    "cmtt10.ttf",
+)
 LETTERS = "AEFHKMNRUVWXYacehkmnrwxy"
 SYMBOLS = "@?&%#$*€£¥©®§¶πΔΩλ∞✓"
 
@@ -131,18 +139,23 @@ def shapes(rng: np.random.Generator) -> Image.Image:
     kind = rng.integers(6)
     fill = 255 if rng.uniform() < 0.25 else None
     if kind == 5:
-        draw.rounded_rectangle([c - r, c - r * 0.7, c + r, c + r * 0.7], radius=r * 0.2, outline=255, width=width,
-                               fill=fill)
+        draw.rounded_rectangle(
+            [c - r, c - r * 0.7, c + r, c + r * 0.7], radius=r * 0.2, outline=255, width=width, fill=fill
+        )
         return image
     sides = {0: 4, 1: 4, 2: 3, 3: 6, 4: 5}[int(kind)]
     phase = {0: math.pi / 4, 1: 0.0}.get(int(kind), rng.uniform(0, 2 * math.pi))
     if kind == 4:  # a five-pointed star drawn in one line
-        points = [(c + r * math.cos(phase + k * 4 * math.pi / 5), c + r * math.sin(phase + k * 4 * math.pi / 5))
-                  for k in range(6)]
+        points = [
+            (c + r * math.cos(phase + k * 4 * math.pi / 5), c + r * math.sin(phase + k * 4 * math.pi / 5))
+            for k in range(6)
+        ]
         draw.line(points, fill=255, width=width, joint="curve")
         return image
-    points = [(c + r * math.cos(phase + k * 2 * math.pi / sides), c + r * math.sin(phase + k * 2 * math.pi / sides))
-              for k in range(sides)]
+    points = [
+        (c + r * math.cos(phase + k * 2 * math.pi / sides), c + r * math.sin(phase + k * 2 * math.pi / sides))
+        for k in range(sides)
+    ]
     draw.polygon(points, outline=255, width=width, fill=fill)
     return image
 
@@ -178,8 +191,15 @@ def _width(side: int, rng: np.random.Generator) -> int:
     return max(2, int(side * rng.uniform(0.025, 0.07)))
 
 
-DRAW = {"letters": letters, "symbols": symbols, "words": words, "scribbles": scribbles, "smileys": smileys,
-        "shapes": shapes, "arrows": arrows}
+DRAW = {
+    "letters": letters,
+    "symbols": symbols,
+    "words": words,
+    "scribbles": scribbles,
+    "smileys": smileys,
+    "shapes": shapes,
+    "arrows": arrows,
+}
 
 
 def as_sent(ink: Image.Image, rng: np.random.Generator) -> bytes:

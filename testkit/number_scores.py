@@ -43,7 +43,7 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def score_numbers(name: str, truths: Sequence[str], read: Sequence["str | None"]) -> NumberScore:
+def score_numbers(name: str, truths: Sequence[str], read: Sequence[str | None]) -> NumberScore:
     mistakes = tuple((t, r if r is not None else "refused") for t, r in zip(truths, read) if r != t)
     return NumberScore(
         name=name,
@@ -56,7 +56,7 @@ def score_numbers(name: str, truths: Sequence[str], read: Sequence["str | None"]
     )
 
 
-def score_by_style(layout: str, pictures, read: Sequence["str | None"]) -> list[NumberScore]:
+def score_by_style(layout: str, pictures, read: Sequence[str | None]) -> list[NumberScore]:
     """One score per style, then the layout's total, named '<layout> <style>' and '<layout> all'."""
     scores = []
     for style in dict.fromkeys(p.style for p in pictures):
@@ -69,8 +69,7 @@ def score_by_style(layout: str, pictures, read: Sequence["str | None"]) -> list[
 def format_scores(scores: Sequence[NumberScore]) -> str:
     lines = [f"{'layout and style':28s} {'numbers':>7s} {'whole':>8s} {'digits':>8s} {'count wrong':>11s}"]
     for s in scores:
-        lines.append(f"{s.name:28s} {s.numbers:7d} {s.whole_accuracy:8.2%} {s.digit_accuracy:8.2%} "
-                     f"{s.wrong_count:11d}")
+        lines.append(f"{s.name:28s} {s.numbers:7d} {s.whole_accuracy:8.2%} {s.digit_accuracy:8.2%} {s.wrong_count:11d}")
     return "\n".join(lines)
 
 
@@ -79,7 +78,7 @@ def grpc_reader(stub, timeout: float = 30.0) -> Read:
 
     from shared.api.mnist.v1 import inference_pb2 as pb
 
-    def read(data: bytes) -> "str | None":
+    def read(data: bytes) -> str | None:
         try:
             return stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=timeout).digits
         except grpc.RpcError as e:

@@ -100,7 +100,7 @@ def skipping_pen(coverage: np.ndarray, stroke_width: float, rng: np.random.Gener
     for _ in range(int(rng.integers(1, 3))):
         i = int(rng.integers(len(ys)))
         radius = max(1.0, rng.uniform(0.6, 1.0) * stroke_width)
-        cv2.circle(mask, (int(xs[i]), int(ys[i])), int(round(radius)), 0.0, -1)
+        cv2.circle(mask, (int(xs[i]), int(ys[i])), round(radius), 0.0, -1)
     return coverage * mask
 
 
@@ -112,7 +112,7 @@ def dotted_pen(coverage: np.ndarray, stroke_width: float, rng: np.random.Generat
     pitch = max(3.0, 2.0 * stroke_width, rng.uniform(0.08, 0.12) * coverage.shape[0])
     chosen: list[tuple[int, int]] = []
     for i in rng.permutation(len(ys)):
-        if all((ys[i] - y) ** 2 + (xs[i] - x) ** 2 >= pitch ** 2 for y, x in chosen):
+        if all((ys[i] - y) ** 2 + (xs[i] - x) ** 2 >= pitch**2 for y, x in chosen):
             chosen.append((int(ys[i]), int(xs[i])))
     dots = np.zeros(coverage.shape, bool)
     for y, x in chosen:
@@ -146,8 +146,16 @@ def separator_glyph(mark: str, height: int, stroke_width: float) -> np.ndarray:
 # A line of digits
 
 
-def write_number(digits28: list[np.ndarray], height: int, stroke_width: float, rng: np.random.Generator, *,
-                 layout: str = "apart", pen: str = "whole", separator: tuple[int, str] | None = None) -> Written:
+def write_number(
+    digits28: list[np.ndarray],
+    height: int,
+    stroke_width: float,
+    rng: np.random.Generator,
+    *,
+    layout: str = "apart",
+    pen: str = "whole",
+    separator: tuple[int, str] | None = None,
+) -> Written:
     """Write the digits on one line: sizes x0.85..1.15, baseline jitter of +-7 % of the height, one slant for
     the whole number (-0.15..0.35, as people lean right more than left) give or take 0.05 per digit. Gaps are
     wide (0.3..0.7 of the height) or narrow (0.06..0.15) when apart; in the touching layout each neighbouring
@@ -171,9 +179,16 @@ def write_number(digits28: list[np.ndarray], height: int, stroke_width: float, r
     if layout == "touching" and count > 1:
         touching = rng.uniform(size=count - 1) < 0.5
         touching[int(rng.integers(count - 1))] = True
-    gaps = [(-rng.uniform(1.0, max(1.0, 0.6 * stroke_width)) if t else
-             rng.uniform(0.3, 0.7) * height if rng.uniform() < 0.5 else rng.uniform(0.06, 0.15) * height)
-            for t in touching]
+    gaps = [
+        (
+            -rng.uniform(1.0, max(1.0, 0.6 * stroke_width))
+            if t
+            else rng.uniform(0.3, 0.7) * height
+            if rng.uniform() < 0.5
+            else rng.uniform(0.06, 0.15) * height
+        )
+        for t in touching
+    ]
 
     items = [(g, j, True) for g, j in zip(glyphs, jitters)]  # (coverage, baseline offset, is a digit)
     if separator is not None:
@@ -225,8 +240,14 @@ def write_number(digits28: list[np.ndarray], height: int, stroke_width: float, r
     return Written(coverage, tuple(boxes), tuple(masks), separator)
 
 
-def fit_on_canvas(written: Written, canvas: tuple[int, int], rng: np.random.Generator, *, margin: float = 0.03,
-                  centre_bias: float = 0.0) -> tuple[np.ndarray, Written]:
+def fit_on_canvas(
+    written: Written,
+    canvas: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    margin: float = 0.03,
+    centre_bias: float = 0.0,
+) -> tuple[np.ndarray, Written]:
     """Put the strip somewhere on an empty (H, W) canvas, shrunk if it does not fit: ((H, W) coverage, the
     strip's digits in canvas coordinates)."""
     height, width = canvas
@@ -248,8 +269,10 @@ def fit_on_canvas(written: Written, canvas: tuple[int, int], rng: np.random.Gene
         full = np.zeros((height, width), bool)
         full[top : top + h, left : left + w] = small
         masks.append(full)
-    boxes = tuple((round(x * scale) + left, round(y * scale) + top, max(1, round(bw * scale)), max(1, round(bh * scale)))
-                  for x, y, bw, bh in written.boxes)
+    boxes = tuple(
+        (round(x * scale) + left, round(y * scale) + top, max(1, round(bw * scale)), max(1, round(bh * scale)))
+        for x, y, bw, bh in written.boxes
+    )
     return out, Written(out, boxes, tuple(masks), written.separator)
 
 
@@ -348,8 +371,14 @@ def paper_photo(digits, rng, options, size: tuple[int, int] | None = None):
     ink = pick(rng, [(25, 25, 35), (20, 35, 110), (45, 45, 45)])
     image = paint(coverage, ink, paper)
     homography = tilt_homography(width, height, rng)
-    image = cv2.warpPerspective(image, homography, (width, height), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(c) for c in paper))
+    image = cv2.warpPerspective(
+        image,
+        homography,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=tuple(float(c) for c in paper),
+    )
     boxes = tuple(warped_box(mask, homography) for mask in written.masks)
     image *= lighting(height, width, rng)[:, :, None]
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.1))
@@ -394,9 +423,18 @@ NUMBER_STYLES: dict[str, Renderer] = {
 }
 
 
-def make_numbers(images: np.ndarray, labels: np.ndarray, *, per_style: int = 20, seed: int = 0,
-                 layout: str = "apart", pen: str = "whole", lengths: tuple[int, int] = (4, 8),
-                 separator: bool = False, styles=None) -> list[NumberPicture]:
+def make_numbers(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    per_style: int = 20,
+    seed: int = 0,
+    layout: str = "apart",
+    pen: str = "whole",
+    lengths: tuple[int, int] = (4, 8),
+    separator: bool = False,
+    styles=None,
+) -> list[NumberPicture]:
     """`per_style` numbers of lengths[0]..lengths[1] digits in each drawn style, from random MNIST test digits
     (N, 28, 28) uint8. With `separator`, each gets a decimal point or comma between two of its digits.
     Each (style, layout, pen, separator) draws from its own generator, so the sets do not depend on each other."""
@@ -410,15 +448,24 @@ def make_numbers(images: np.ndarray, labels: np.ndarray, *, per_style: int = 20,
             mark = None
             if separator and count >= 2:
                 mark = (int(rng.integers(1, count)), pick(rng, SEPARATORS))
-            data, boxes = NUMBER_STYLES[style]([images[i] for i in picks], rng,
-                                               {"layout": layout, "pen": pen, "separator": mark})
-            out.append(NumberPicture(data, "".join(str(int(labels[i])) for i in picks), boxes, style, layout, mark,
-                                     tuple(int(i) for i in picks)))
+            data, boxes = NUMBER_STYLES[style](
+                [images[i] for i in picks], rng, {"layout": layout, "pen": pen, "separator": mark}
+            )
+            out.append(
+                NumberPicture(
+                    data,
+                    "".join(str(int(labels[i])) for i in picks),
+                    boxes,
+                    style,
+                    layout,
+                    mark,
+                    tuple(int(i) for i in picks),
+                )
+            )
     return out
 
 
-def lines_picture(images: np.ndarray, labels: np.ndarray, *, lines: int = 2, digits: int = 4,
-                  seed: int = 0) -> bytes:
+def lines_picture(images: np.ndarray, labels: np.ndarray, *, lines: int = 2, digits: int = 4, seed: int = 0) -> bytes:
     """Several lines of writing, one under the other, on a white canvas (PNG): what ReadNumber refuses."""
     rng = np.random.default_rng([seed, 2])
     height = 60

@@ -17,9 +17,14 @@ from shared import settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
-                 on_log_line: Callable[[str], None] | None = None,
-                 startup_timeout: float = 120.0, workers: int = 1) -> tuple[subprocess.Popen, int]:
+def start_server(
+    artifacts: Path,
+    data_dir: Path,
+    server_args: list[str],
+    on_log_line: Callable[[str], None] | None = None,
+    startup_timeout: float = 120.0,
+    workers: int = 1,
+) -> tuple[subprocess.Popen, int]:
     """Start `python -m inference` on a free loopback port serving `artifacts`: (process, port).
 
     `server_args` are added to the command line. INFO logs loads and failures only, nothing per successful call;
@@ -29,8 +34,18 @@ def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
     Exits (SystemExit, with the log so far) if the server exits or does not start within `startup_timeout` s.
     """
     env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(data_dir)}
-    command = [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--log-level", "INFO",
-               "--workers", str(workers), *server_args]
+    command = [
+        sys.executable,
+        "-m",
+        "inference",
+        "--address",
+        "127.0.0.1:0",
+        "--log-level",
+        "INFO",
+        "--workers",
+        str(workers),
+        *server_args,
+    ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ports: list[int] = []
@@ -44,6 +59,7 @@ def start_server(artifacts: Path, data_dir: Path, server_args: list[str],
         if match:
             ports.append(int(match.group(1)))
         if len(ports) == workers:
+
             def drain() -> None:
                 for rest in process.stderr:
                     if on_log_line is not None:
@@ -67,10 +83,19 @@ def publish_random_model(artifacts: Path) -> str:
     torch.manual_seed(0)
     model = build_model("compact")
     version = "bench-random-init"
-    publish_model(Paths(artifacts).models, version=version, model_payload={
-        "arch": "compact", "arch_kwargs": {}, "model": model.state_dict(),
-        "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD}, "metrics": {}, "run_name": "bench", "epoch": 0,
-    })
+    publish_model(
+        Paths(artifacts).models,
+        version=version,
+        model_payload={
+            "arch": "compact",
+            "arch_kwargs": {},
+            "model": model.state_dict(),
+            "normalization": {"mean": MNIST_MEAN, "std": MNIST_STD},
+            "metrics": {},
+            "run_name": "bench",
+            "epoch": 0,
+        },
+    )
     return version
 
 

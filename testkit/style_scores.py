@@ -33,8 +33,9 @@ class StyleScore:
         return self.correct / self.total if self.total else 0.0
 
 
-def evaluate_styles(predict: Predict, pictures: Sequence[UserImage], *, targets: Targets | None = None,
-                    batch_size: int = 64) -> dict[str, StyleScore]:
+def evaluate_styles(
+    predict: Predict, pictures: Sequence[UserImage], *, targets: Targets | None = None, batch_size: int = 64
+) -> dict[str, StyleScore]:
     """Run `predict` over the pictures in batches and score each style, with its target from `targets` (none if
     that is None). Returns {style: StyleScore} in order."""
     predictions: list = []

@@ -45,8 +45,9 @@ def digit_shape(digit: np.ndarray, height: int) -> np.ndarray:
     Cropped to the ink, upscaled smoothly (cubic), binarised at mid-grey; a margin of two pixels.
     """
     ys, xs = np.nonzero(digit > 30)
-    crop = cv2.copyMakeBorder(digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 2, 2, 2, 2,
-                              cv2.BORDER_CONSTANT, value=0)
+    crop = cv2.copyMakeBorder(
+        digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0
+    )
     scale = height / (max(crop.shape) - 4)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     return cv2.resize(crop, size, interpolation=cv2.INTER_CUBIC) >= 128
@@ -136,8 +137,14 @@ def draw_digit(digit: np.ndarray, height: int, stroke_width: float | None = None
     return np.maximum(np.pad(eroded, margin), traced)
 
 
-def place(canvas_shape: tuple[int, int], ink: np.ndarray, rng: np.random.Generator, *, margin: float = 0.02,
-          centre_bias: float = 0.0) -> np.ndarray:
+def place(
+    canvas_shape: tuple[int, int],
+    ink: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    margin: float = 0.02,
+    centre_bias: float = 0.0,
+) -> np.ndarray:
     """Put an ink coverage patch at a random position on an empty (H, W) canvas. (H, W) float32.
 
     centre_bias in [0, 1] pulls the position towards the middle (0 = anywhere that fits).
@@ -196,8 +203,9 @@ def web_canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A browser canvas export: RGBA, transparent background, the strokes only in alpha (RGB constant). PNG."""
     width, height = pick(rng, [(280, 280), (400, 400), (500, 300), (300, 300)])
     digit_height = int(rng.uniform(0.5, 0.85) * height)
-    coverage = place((height, width), draw_digit(digit, digit_height, rng.uniform(0.07, 0.18) * digit_height), rng,
-                     centre_bias=0.5)
+    coverage = place(
+        (height, width), draw_digit(digit, digit_height, rng.uniform(0.07, 0.18) * digit_height), rng, centre_bias=0.5
+    )
     rgb = pick(rng, [(0, 0, 0), (0, 0, 0), (255, 255, 255), (30, 90, 200)])  # (0,0,0,0) is an empty canvas's pixel
     rgba = np.empty((height, width, 4), np.uint8)
     rgba[:, :, :3] = rgb
@@ -266,8 +274,13 @@ def paper_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """
     width, height = pick(rng, [(640, 480), (640, 480), (1024, 768), (1280, 960)])
     digit_height = int(rng.uniform(0.35, 0.65) * height)
-    coverage = place((height, width), draw_digit(digit, digit_height, rng.uniform(0.035, 0.08) * digit_height), rng,
-                     margin=0.15, centre_bias=0.4)
+    coverage = place(
+        (height, width),
+        draw_digit(digit, digit_height, rng.uniform(0.035, 0.08) * digit_height),
+        rng,
+        margin=0.15,
+        centre_bias=0.4,
+    )
     paper = rng.uniform(150, 225) * np.array([1.0, rng.uniform(0.97, 1.02), rng.uniform(0.9, 1.0)])
     ink = pick(rng, [(25, 25, 35), (20, 35, 110), (45, 45, 45)])
     image = paint(coverage, ink, paper)
@@ -292,8 +305,14 @@ def tilt_and_perspective(image: np.ndarray, rng: np.random.Generator, paper: np.
     moved = (corners - centre) @ rotation.T + centre
     moved += rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * np.float32([width, height])
     homography = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
-    return cv2.warpPerspective(image, homography, (width, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(c) for c in paper))
+    return cv2.warpPerspective(
+        image,
+        homography,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=tuple(float(c) for c in paper),
+    )
 
 
 def lighting(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -317,22 +336,40 @@ def sheet(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray
     return np.broadcast_to(colour, (height, width, 3)).astype(np.float32), colour
 
 
-def draw_lines(paper: np.ndarray, rng: np.random.Generator, *, spacing: float, colour, width: float,
-               vertical: bool, offset: float | None = None) -> None:
+def draw_lines(
+    paper: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    spacing: float,
+    colour,
+    width: float,
+    vertical: bool,
+    offset: float | None = None,
+) -> None:
     """Rule the paper in place: lines `spacing` px apart (anti-aliased, `width` px thick) in `colour`."""
     height, w = paper.shape[:2]
     length = w if vertical else height
     positions = np.arange(rng.uniform(0, spacing) if offset is None else offset, length, spacing)
     coordinate = np.arange(length, dtype=np.float32)
-    distance = np.min(np.abs(coordinate[:, None] - positions[None, :]), axis=1) if len(positions) else \
-        np.full(length, 1e9, np.float32)
+    distance = (
+        np.min(np.abs(coordinate[:, None] - positions[None, :]), axis=1)
+        if len(positions)
+        else np.full(length, 1e9, np.float32)
+    )
     coverage = np.clip(width / 2 + 0.5 - distance, 0, 1) * rng.uniform(0.75, 1.0)
     coverage = coverage[None, :, None] if vertical else coverage[:, None, None]
     paper += coverage * (np.asarray(colour, np.float32) - paper)
 
 
-def photographed(paper: np.ndarray, coverage: np.ndarray, ink, rng: np.random.Generator, *,
-                 shadow: tuple[float, float] | None = None, grain: float = 0.0) -> bytes:
+def photographed(
+    paper: np.ndarray,
+    coverage: np.ndarray,
+    ink,
+    rng: np.random.Generator,
+    *,
+    shadow: tuple[float, float] | None = None,
+    grain: float = 0.0,
+) -> bytes:
     """Ink on the (structured) paper, photographed: tilt, lighting, an optional shadow (depth, edge width in px),
     blur, noise and JPEG, as paper_photo."""
     height, width = coverage.shape
@@ -360,8 +397,13 @@ def cast_shadow(height: int, width: int, rng: np.random.Generator, *, depth: flo
     return (1.0 - depth * shade).astype(np.float32)
 
 
-def written_on_paper(digit: np.ndarray, rng: np.random.Generator, *, pen: tuple[float, float] = (0.04, 0.08),
-                     size: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int, int]:
+def written_on_paper(
+    digit: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    pen: tuple[float, float] = (0.04, 0.08),
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, int, int, int]:
     """A ballpoint digit on a photo-sized canvas: (coverage (H, W), digit height, top of the digit, bottom)."""
     width, height = size or pick(rng, [(640, 480), (800, 600)])  # the sizes phone apps send
     digit_height = int(rng.uniform(0.3, 0.55) * height)
@@ -377,15 +419,29 @@ BALLPOINT_INKS = [(25, 25, 35), (20, 35, 110), (45, 45, 45)]
 def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Notebook paper: blue rules a little closer than the digit is tall, the digit's foot on a rule; in two
     fifths of them a red margin line. JPEG."""
-    coverage, digit_height, top, bottom = written_on_paper(digit, rng)
+    coverage, digit_height, _top, bottom = written_on_paper(digit, rng)
     paper, _ = sheet(*coverage.shape, rng)
     spacing = rng.uniform(0.55, 0.9) * digit_height
-    draw_lines(paper, rng, spacing=spacing, colour=(rng.uniform(60, 150), rng.uniform(100, 170), rng.uniform(190, 230)),
-               width=rng.uniform(1.2, 3.0), vertical=False, offset=(bottom + rng.uniform(-3, 3)) % spacing)
+    draw_lines(
+        paper,
+        rng,
+        spacing=spacing,
+        colour=(rng.uniform(60, 150), rng.uniform(100, 170), rng.uniform(190, 230)),
+        width=rng.uniform(1.2, 3.0),
+        vertical=False,
+        offset=(bottom + rng.uniform(-3, 3)) % spacing,
+    )
     if rng.uniform() < 0.4:
         margin = rng.uniform(0.06, 0.25) * coverage.shape[1]
-        draw_lines(paper, rng, spacing=coverage.shape[1] * 2, colour=(215, 80, 85), width=rng.uniform(1.5, 3.0),
-                   vertical=True, offset=margin)
+        draw_lines(
+            paper,
+            rng,
+            spacing=coverage.shape[1] * 2,
+            colour=(215, 80, 85),
+            width=rng.uniform(1.5, 3.0),
+            vertical=True,
+            offset=margin,
+        )
     return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
 
 
@@ -405,16 +461,18 @@ def soft_shadow(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A diffuse shadow across the paper (its edge blurred over 80-250 px), 25-55 % darker. JPEG."""
     coverage, _, _, _ = written_on_paper(digit, rng)
     paper, _ = sheet(*coverage.shape, rng)
-    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng,
-                        shadow=(rng.uniform(0.25, 0.55), rng.uniform(80, 250)))
+    return photographed(
+        paper, coverage, pick(rng, BALLPOINT_INKS), rng, shadow=(rng.uniform(0.25, 0.55), rng.uniform(80, 250))
+    )
 
 
 def hard_shadow(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """The sharp shadow of a phone or a hand: its edge 2-12 px wide, 30-60 % darker, often across the digit. JPEG."""
     coverage, _, _, _ = written_on_paper(digit, rng)
     paper, _ = sheet(*coverage.shape, rng)
-    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng,
-                        shadow=(rng.uniform(0.3, 0.6), rng.uniform(2, 12)))
+    return photographed(
+        paper, coverage, pick(rng, BALLPOINT_INKS), rng, shadow=(rng.uniform(0.3, 0.6), rng.uniform(2, 12))
+    )
 
 
 def pencil(digit: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -432,8 +490,14 @@ def specks(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     dots = np.zeros_like(coverage)
     for _ in range(int(rng.integers(20, 200))):
         radius = rng.uniform(0.5, 2.0) if rng.uniform() < 0.9 else rng.uniform(2.0, 3.5)
-        cv2.circle(dots, (int(rng.integers(width)), int(rng.integers(height))), max(1, round(radius)),
-                   float(rng.uniform(0.5, 1.0)), -1, lineType=cv2.LINE_AA)
+        cv2.circle(
+            dots,
+            (int(rng.integers(width)), int(rng.integers(height))),
+            max(1, round(radius)),
+            float(rng.uniform(0.5, 1.0)),
+            -1,
+            lineType=cv2.LINE_AA,
+        )
     paper, _ = sheet(height, width, rng)
     return photographed(paper, np.maximum(coverage, dots), pick(rng, BALLPOINT_INKS), rng)
 
@@ -444,14 +508,16 @@ def low_resolution(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     digit_height = int(rng.integers(10, 19))
     side = int(digit_height * rng.uniform(1.6, 2.6))
     # Drawn at 4x and averaged down: the scanner's sensor integrates the ink over each of its pixels.
-    small = cv2.resize(place((side * 4, side * 4), draw_digit(digit, digit_height * 4), rng, margin=0.1,
-                             centre_bias=0.6), (side, side), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        place((side * 4, side * 4), draw_digit(digit, digit_height * 4), rng, margin=0.1, centre_bias=0.6),
+        (side, side),
+        interpolation=cv2.INTER_AREA,
+    )
     paper = rng.uniform(190, 240)
     image = paper + small * (rng.uniform(20, 70) - paper)
     image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(1, 4)
     scale = rng.uniform(4, 10)
-    enlarged = cv2.resize(np.clip(image, 0, 255), (int(side * scale), int(side * scale)),
-                          interpolation=cv2.INTER_CUBIC)
+    enlarged = cv2.resize(np.clip(image, 0, 255), (int(side * scale), int(side * scale)), interpolation=cv2.INTER_CUBIC)
     return encode(enlarged, "PNG") if rng.uniform() < 0.5 else encode(enlarged, "JPEG", quality=85)
 
 
@@ -479,8 +545,15 @@ PRINTED_STYLE = "printed"
 ALL_STYLES = {**DRAWN_STYLES, **PAPER_KINDS}  # make_user_images(styles=PAPER_KINDS) for the paper kinds
 
 
-def make_user_images(images: np.ndarray, labels: np.ndarray, *, per_style: int = 20, seed: int = 0,
-                     styles: Iterable[str] | None = None, processes: int = 1) -> list[UserImage]:
+def make_user_images(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    per_style: int = 20,
+    seed: int = 0,
+    styles: Iterable[str] | None = None,
+    processes: int = 1,
+) -> list[UserImage]:
     """`per_style` pictures in each style (default: the drawn styles; any of ALL_STYLES), from randomly chosen
     MNIST test digits (N, 28, 28) uint8.
 
@@ -500,8 +573,10 @@ def make_user_images(images: np.ndarray, labels: np.ndarray, *, per_style: int =
 
 def _make_style(images: np.ndarray, labels: np.ndarray, per_style: int, seed: int, style: str) -> list[UserImage]:
     rng = style_generator(style, seed)
-    return [UserImage(ALL_STYLES[style](images[i], rng), int(labels[i]), style)
-            for i in source_indices(images, per_style, rng, style)]
+    return [
+        UserImage(ALL_STYLES[style](images[i], rng), int(labels[i]), style)
+        for i in source_indices(images, per_style, rng, style)
+    ]
 
 
 def style_generator(style: str, seed: int) -> np.random.Generator:
@@ -536,14 +611,35 @@ def source_stroke_ratio(digit: np.ndarray) -> float:
 # installed); Computer Modern Roman/Sans/Typewriter too. Maths and symbol fonts are left out (cmmi10's digits
 # are old-style, cmex/cmsy hold none).
 _FONT_NAMES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-    "DejaVuSerif-Italic.ttf", "DejaVuSansCondensed.ttf", "DejaVuSans-ExtraLight.ttf", "DejaVuSerifCondensed.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSansCondensed.ttf",
+    "DejaVuSans-ExtraLight.ttf",
+    "DejaVuSerifCondensed.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
 )
 # Other fonts a machine may have, by file name pattern (Liberation, Noto, FreeFont, Ubuntu, ...).
-_EXTRA_FONT_PATTERNS = ("Liberation*-Regular.ttf", "Liberation*-Bold.ttf", "NotoSans-Regular.ttf",
-                        "NotoSerif-Regular.ttf", "NotoSansMono-Regular.ttf", "Free*.ttf", "Ubuntu-R.ttf")
+_EXTRA_FONT_PATTERNS = (
+    "Liberation*-Regular.ttf",
+    "Liberation*-Bold.ttf",
+    "NotoSans-Regular.ttf",
+    "NotoSerif-Regular.ttf",
+    "NotoSansMono-Regular.ttf",
+    "Free*.ttf",
+    "Ubuntu-R.ttf",
+)
 
 
 @lru_cache(maxsize=1)
@@ -551,8 +647,12 @@ def available_fonts() -> tuple[Path, ...]:
     """The digit fonts on this machine, matplotlib's first, one file per name, sorted for determinism."""
     import matplotlib
 
-    folders = [Path(matplotlib.get_data_path()) / "fonts" / "ttf", Path("/usr/share/fonts"),
-               Path("/usr/local/share/fonts"), Path.home() / ".fonts"]
+    folders = [
+        Path(matplotlib.get_data_path()) / "fonts" / "ttf",
+        Path("/usr/share/fonts"),
+        Path("/usr/local/share/fonts"),
+        Path.home() / ".fonts",
+    ]
     found: dict[str, Path] = {}
     for folder in folders:
         if not folder.is_dir():

@@ -28,7 +28,7 @@ PHONE = {"width": 390, "height": 844, "pixelRatio": 3.0, "touch": True}
 
 def browser_missing() -> str | None:
     """Why the browser cannot start here, or None."""
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+    for path, _package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists() and shutil.which(Path(path).name) is None:
             return f"{path} not found: `apt-get install -y --no-install-recommends chromium chromium-driver`"
     try:
@@ -46,10 +46,21 @@ def start_chromium(*, width: int = 1280, height: int = 900, phone: bool = False)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or CHROMIUM
     profile = tempfile.mkdtemp(prefix="mnist-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-default-apps", "--disable-extensions", "--hide-scrollbars",
-                 f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(flag)
     if phone:
         options.add_experimental_option("mobileEmulation", {"deviceMetrics": PHONE})
@@ -126,8 +137,9 @@ def skeleton_paths(skeleton: np.ndarray, min_length: int = 4) -> list[list[tuple
     return [p for p in paths if len(p) >= min_length]
 
 
-def digit_strokes(digit: np.ndarray, *, box: float = 0.62, height: int = 112, spacing: int = 3
-                  ) -> list[list[tuple[float, float]]]:
+def digit_strokes(
+    digit: np.ndarray, *, box: float = 0.62, height: int = 112, spacing: int = 3
+) -> list[list[tuple[float, float]]]:
     """A (28, 28) uint8 MNIST digit -> strokes: lists of (x, y) points in units of the canvas's side (0..1),
     the digit `box` of the side tall, centred. Points every `spacing` pixels of the centre line."""
     shape = digit_shape(digit, height)  # (h, w) bool, the digit's long side `height` pixels
@@ -142,8 +154,9 @@ def digit_strokes(digit: np.ndarray, *, box: float = 0.62, height: int = 112, sp
     return strokes
 
 
-def draw(driver, strokes: list[list[tuple[float, float]]], *, kind: str = "mouse", element_id: str = "pad",
-         move_ms: int = 8) -> None:
+def draw(
+    driver, strokes: list[list[tuple[float, float]]], *, kind: str = "mouse", element_id: str = "pad", move_ms: int = 8
+) -> None:
     """Draw `strokes` on the canvas with W3C pointer actions of `kind` ("mouse", "pen" or "touch"): for each
     stroke, pointer down at its first point, moves through the rest (`move_ms` each), pointer up."""
     from selenium.webdriver.common.actions import interaction
@@ -153,7 +166,8 @@ def draw(driver, strokes: list[list[tuple[float, float]]], *, kind: str = "mouse
     kinds = {"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN, "touch": interaction.POINTER_TOUCH}
     left, top, size = driver.execute_script(
         "const r = document.getElementById(arguments[0]).getBoundingClientRect(); return [r.left, r.top, r.width];",
-        element_id)
+        element_id,
+    )
     actions = ActionBuilder(driver, mouse=PointerInput(kinds[kind], kind), duration=move_ms)
     pointer = actions.pointer_action
     for stroke in strokes:
@@ -187,7 +201,8 @@ def page_file(driver, data: bytes, name: str, mime: str, how: str) -> None:
     events, with a real File in their DataTransfer, that the browser dispatches."""
     import base64
 
-    driver.execute_script("""
+    driver.execute_script(
+        """
         const [b64, name, mime, how] = arguments;
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
@@ -196,4 +211,9 @@ def page_file(driver, data: bytes, name: str, mime: str, how: str) -> None:
           ? new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true })
           : new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true });
         (how === "drop" ? document.getElementById("pad") : document).dispatchEvent(event);
-    """, base64.b64encode(data).decode("ascii"), name, mime, how)
+    """,
+        base64.b64encode(data).decode("ascii"),
+        name,
+        mime,
+        how,
+    )

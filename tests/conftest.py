@@ -76,8 +76,10 @@ def digit_pngs(mnist) -> list[tuple[int, bytes, np.ndarray]]:
     """(label, PNG bytes, 28x28 array) of the first 32 MNIST test digits."""
     from tests.inference.helpers import png_bytes
 
-    return [(int(mnist.test_labels[i]), png_bytes(mnist.test_images[i].numpy()), mnist.test_images[i].numpy())
-            for i in range(32)]
+    return [
+        (int(mnist.test_labels[i]), png_bytes(mnist.test_images[i].numpy()), mnist.test_images[i].numpy())
+        for i in range(32)
+    ]
 
 
 # The default network, really trained (not a stand-in), for the tests that need a model that reads digits well:
@@ -85,20 +87,40 @@ def digit_pngs(mnist) -> list[tuple[int, bytes, np.ndarray]]:
 # cores, so the result is kept in a cache keyed by the code that decides it: a change to the trainer, the
 # networks, the data or the checkpoint format trains afresh.
 TRAINED_EPOCHS = 10
-_TRAINING_CODE = ("trainer/*.py", "shared/model.py", "shared/data.py", "shared/checkpoint.py", "shared/metrics.py",
-                  "shared/onnx_model.py")  # the published model's ONNX export too
+_TRAINING_CODE = (
+    "trainer/*.py",
+    "shared/model.py",
+    "shared/data.py",
+    "shared/checkpoint.py",
+    "shared/metrics.py",
+    "shared/onnx_model.py",
+)  # the published model's ONNX export too
 
 
 @pytest.fixture(scope="session")
 def trained_artifacts(mnist_dir) -> Path:
     """An artifacts folder holding a published, fully trained default model (models/LATEST.json)."""
     from shared.checkpoint import read_manifest
+
     from testkit.cache import cache_root, code_hash
     from trainer.__main__ import main as trainer_main
 
     root = cache_root() / "test-models" / code_hash(_TRAINING_CODE, extra=str(TRAINED_EPOCHS))
     if read_manifest(root / "models") is None:
-        code = trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(root), "--no-download",
-                             "--device", "cpu", "--epochs", str(TRAINED_EPOCHS), "--run-name", "test-model"])
+        code = trainer_main(
+            [
+                "--data-dir",
+                str(mnist_dir),
+                "--artifacts-dir",
+                str(root),
+                "--no-download",
+                "--device",
+                "cpu",
+                "--epochs",
+                str(TRAINED_EPOCHS),
+                "--run-name",
+                "test-model",
+            ]
+        )
         assert code == 0, "training the test model failed"
     return root

@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
-        print(f"error: the disk is full ({e}); the last complete checkpoint and the published model are intact. "
-              "Free some space, then continue with --resume", file=sys.stderr)
+        print(
+            f"error: the disk is full ({e}); the last complete checkpoint and the published model are intact. "
+            "Free some space, then continue with --resume",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -10,6 +10,7 @@ from typing import Any
 from shared import settings
 from shared.cli import HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES
+
 from trainer.precision import PRECISIONS
 from trainer.publish import PUBLISH_MODES
 
@@ -49,7 +50,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         if "negatives" not in values:  # a run from before the not-digit class: its network has none
             values = {**values, "negatives": 0.0}
@@ -78,9 +79,20 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 # Flags that override a preset's field when given. None means "keep the preset's value".
-_OVERRIDES = ("arch", "arch_kwargs", "epochs", "batch_size", "lr", "seed", "train_subset", "optimizer", "weight_decay",
-              "label_smoothing", "precision", "negatives")
-
+_OVERRIDES = (
+    "arch",
+    "arch_kwargs",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "train_subset",
+    "optimizer",
+    "weight_decay",
+    "label_smoothing",
+    "precision",
+    "negatives",
+)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -92,70 +104,143 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     preset_env = settings.env_str(settings.ENV_PRESET, "default")
     if preset_env not in PRESETS:  # argparse checks `choices` against typed values only, not against a default
-        raise SystemExit(f"environment variable {settings.ENV_PRESET}={preset_env!r} must be one of: "
-                         f"{', '.join(sorted(PRESETS))}")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=preset_env,
-                        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) "
-                             f"[env {settings.ENV_PRESET}]")
+        raise SystemExit(
+            f"environment variable {settings.ENV_PRESET}={preset_env!r} must be one of: {', '.join(sorted(PRESETS))}"
+        )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=preset_env,
+        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) [env {settings.ENV_PRESET}]",
+    )
     epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None  # unset: the preset's
     if epochs_env is not None and epochs_env < 1:
         raise SystemExit(f"environment variable {settings.ENV_EPOCHS}={epochs_env} must be at least 1")
-    parser.add_argument("--epochs", type=positive_int, default=epochs_env,
-                        help=f"epochs to train (default: the preset's, 15 or 100) [env {settings.ENV_EPOCHS}]")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
-                        help="network (default: the preset's: 'compact', or 'mynet' for the seed preset)")
-    parser.add_argument("--arch-kwargs", type=json.loads, default=None, metavar="JSON",
-                        help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)")
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=epochs_env,
+        help=f"epochs to train (default: the preset's, 15 or 100) [env {settings.ENV_EPOCHS}]",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        default=None,
+        help="network (default: the preset's: 'compact', or 'mynet' for the seed preset)",
+    )
+    parser.add_argument(
+        "--arch-kwargs",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: the preset's")
     parser.add_argument("--label-smoothing", type=float, default=None, help="default: the preset's")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="arithmetic of training: 'auto' is bf16 autocast where bf16 matrices are native (CPUs "
-                             "with AMX, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
-                             "(default: the preset's, 'auto', or 'fp32' for the seed preset)")
-    parser.add_argument("--negatives", type=float, default=None, metavar="RATIO",
-                        help="pictures that are not digits added to each batch per digit, as an eleventh class "
-                             "(outlier exposure; docs/not-a-digit.md); 0 trains without the not-digit class "
-                             "(default: the preset's, 0.25, or 0 for the seed preset)")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                        help="train without random rotations, shifts and stroke changes")
-    parser.add_argument("--seed", type=int, default=settings.env_int(settings.ENV_SEED, 0),
-                        help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]")
-    parser.add_argument("--train-subset", type=non_negative_int, default=None,
-                        help="train on only the first N images of the training split (smoke runs and tests)")
-    parser.add_argument("--eval-subset", type=non_negative_int, default=0,
-                        help="evaluate on only the first N validation and N test images each epoch (smoke runs and "
-                             "tests; 0 = all)")
-    parser.add_argument("--data-dir", default=str(settings.data_dir()),
-                        help=f"folder with the four MNIST files; downloaded there if missing [env {settings.ENV_DATA_DIR}]")
-    parser.add_argument("--no-download", dest="download", action="store_false",
-                        help="fail instead of downloading MNIST when it is missing")
-    parser.add_argument("--artifacts-dir", default=str(settings.artifacts_dir()),
-                        help=f"where runs (TensorBoard logs, checkpoints) and published models go "
-                             f"[env {settings.ENV_ARTIFACTS_DIR}]")
-    parser.add_argument("--run-name", default=None,
-                        help="name of the run's folder under runs/ (default: time, preset and seed)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run --run-name (default: the newest run) from its last checkpoint")
-    parser.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
-                        help="stop after N epochs of this process and leave a checkpoint for --resume "
-                             "(time-boxed machines, tests)")
-    parser.add_argument("--device", default=settings.env_str(settings.ENV_DEVICE, "auto"),
-                        help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]")
-    parser.add_argument("--publish", choices=PUBLISH_MODES, default="if-better",
-                        help="when to serve the run's best model: 'if-better' only if its validation accuracy beats "
-                             "the published model's on the same validation images (else it is kept as a version "
-                             "that is not served, to promote by hand); 'always'; 'never' (not written at all)")
-    parser.add_argument("--no-publish", dest="publish", action="store_const", const="never",
-                        help="the same as --publish never")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="one training batch and a small evaluation, to check that everything runs; "
-                             "writes to a throwaway run and publishes nothing")
-    parser.add_argument("--target-accuracy", type=float, default=None,
-                        help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop "
-                             "or select")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="arithmetic of training: 'auto' is bf16 autocast where bf16 matrices are native (CPUs "
+        "with AMX, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
+        "(default: the preset's, 'auto', or 'fp32' for the seed preset)",
+    )
+    parser.add_argument(
+        "--negatives",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="pictures that are not digits added to each batch per digit, as an eleventh class "
+        "(outlier exposure; docs/not-a-digit.md); 0 trains without the not-digit class "
+        "(default: the preset's, 0.25, or 0 for the seed preset)",
+    )
+    parser.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without random rotations, shifts and stroke changes",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=settings.env_int(settings.ENV_SEED, 0),
+        help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]",
+    )
+    parser.add_argument(
+        "--train-subset",
+        type=non_negative_int,
+        default=None,
+        help="train on only the first N images of the training split (smoke runs and tests)",
+    )
+    parser.add_argument(
+        "--eval-subset",
+        type=non_negative_int,
+        default=0,
+        help="evaluate on only the first N validation and N test images each epoch (smoke runs and tests; 0 = all)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=str(settings.data_dir()),
+        help=f"folder with the four MNIST files; downloaded there if missing [env {settings.ENV_DATA_DIR}]",
+    )
+    parser.add_argument(
+        "--no-download",
+        dest="download",
+        action="store_false",
+        help="fail instead of downloading MNIST when it is missing",
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        default=str(settings.artifacts_dir()),
+        help=f"where runs (TensorBoard logs, checkpoints) and published models go [env {settings.ENV_ARTIFACTS_DIR}]",
+    )
+    parser.add_argument(
+        "--run-name", default=None, help="name of the run's folder under runs/ (default: time, preset and seed)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --run-name (default: the newest run) from its last checkpoint",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs of this process and leave a checkpoint for --resume (time-boxed machines, tests)",
+    )
+    parser.add_argument(
+        "--device",
+        default=settings.env_str(settings.ENV_DEVICE, "auto"),
+        help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]",
+    )
+    parser.add_argument(
+        "--publish",
+        choices=PUBLISH_MODES,
+        default="if-better",
+        help="when to serve the run's best model: 'if-better' only if its validation accuracy beats "
+        "the published model's on the same validation images (else it is kept as a version "
+        "that is not served, to promote by hand); 'always'; 'never' (not written at all)",
+    )
+    parser.add_argument(
+        "--no-publish", dest="publish", action="store_const", const="never", help="the same as --publish never"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one training batch and a small evaluation, to check that everything runs; "
+        "writes to a throwaway run and publishes nothing",
+    )
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop or select",
+    )
     return parser
 
 

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -39,8 +40,15 @@ GLYPHS = "ACEFHJKLMNPRUVWXYcdefhkmnprtuvwxy@#$%&*?+=<>{}^§¶€£¥©®λπΣΩ
 LETTERS = "ACEFHJKLMNPRUVWXYacdefhkmnprtuvwxy"
 
 # The training fonts, from matplotlib's font folder (present wherever the project is installed).
-TRAIN_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "cmr10.ttf",
-               "cmss10.ttf", "STIXGeneral.ttf")
+TRAIN_FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSansMono.ttf",
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "STIXGeneral.ttf",
+)
 
 CANVAS = (64, 128)  # side of the canvas, pixels
 
@@ -62,13 +70,14 @@ def _text(text: str, side: int, rng: np.random.Generator) -> np.ndarray:
     """`text` in a random training font (or PIL's own), ink 1.0 on 0.0, on a canvas about `side` wide."""
     fonts = train_fonts()
     size = int(side * rng.uniform(0.45, 0.8) / max(1, len(text)) ** 0.5)
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
     if fonts and rng.uniform() < 0.9:
         font = _font(str(fonts[rng.integers(len(fonts))]), max(10, size))
     else:
         font = ImageFont.load_default(size=max(10, size))
     left, top, right, bottom = font.getbbox(text)
     w, h = max(1, right - left), max(1, bottom - top)
-    canvas = Image.new("L", (w + 16, h + 16), 0)
+    canvas = Image.new("L", (int(w) + 16, int(h) + 16), 0)
     ImageDraw.Draw(canvas).text((8 - left, 8 - top), text, font=font, fill=255)
     return np.asarray(canvas, np.float32) / 255
 
@@ -96,7 +105,7 @@ def strokes(rng: np.random.Generator, side: int) -> np.ndarray:
     for _ in range(int(rng.integers(3, 7))):
         p0, p1, p2 = rng.uniform(0.1, 0.9, (3, 2)) * side
         t = np.linspace(0, 1, 24)[:, None]
-        _polyline(canvas, (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2, width)
+        _polyline(canvas, (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2, width)
     return canvas
 
 
@@ -122,8 +131,17 @@ def shape(rng: np.random.Generator, side: int) -> np.ndarray:
     elif kind == 3:  # star
         pts = _regular(int(rng.integers(5, 8)), c, r, rng.uniform(0, 2 * math.pi), inner=rng.uniform(0.35, 0.55))
     elif kind == 4:  # filled disc or ellipse (an empty ring would be a zero)
-        cv2.ellipse(canvas, (int(c[0]), int(c[1])), (int(r), int(r * rng.uniform(0.5, 1))), rng.uniform(0, 180),
-                    0, 360, 1.0, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            canvas,
+            (int(c[0]), int(c[1])),
+            (int(r), int(r * rng.uniform(0.5, 1))),
+            rng.uniform(0, 180),
+            0,
+            360,
+            1.0,
+            -1,
+            cv2.LINE_AA,
+        )
         return canvas
     elif kind == 5:  # plus or x
         a = rng.uniform(0, math.pi / 2) if rng.uniform() < 0.5 else math.pi / 4
@@ -179,30 +197,34 @@ def doodle(rng: np.random.Generator, side: int, sketch: bool = False) -> np.ndar
         a = t * 2 * math.pi
         wobble = 1 + sum(rng.uniform(-0.12, 0.12) * np.sin(k * a + rng.uniform(0, 6)) for k in (2, 3))
         squash = rng.uniform(0.75, 1.0)
-        _polyline(canvas, c + np.stack([np.cos(a) * wobble, np.sin(a) * wobble * squash], 1) * r, width,
-                  closed=True)
+        _polyline(canvas, c + np.stack([np.cos(a) * wobble, np.sin(a) * wobble * squash], 1) * r, width, closed=True)
         for _ in range(int(rng.integers(2, 5))):
             m = c + rng.uniform(-0.45, 0.45, 2) * r
             if rng.uniform() < 0.5:  # a dot
-                cv2.circle(canvas, (int(m[0]), int(m[1])), max(1, int(width * rng.uniform(0.8, 1.6))), 1.0, -1,
-                           cv2.LINE_AA)
+                cv2.circle(
+                    canvas, (int(m[0]), int(m[1])), max(1, int(width * rng.uniform(0.8, 1.6))), 1.0, -1, cv2.LINE_AA
+                )
             else:  # a short stroke or arc
                 b = rng.uniform(0, 2 * math.pi) + np.linspace(0, rng.uniform(-2, 2), 12)
                 _polyline(canvas, m + np.stack([np.cos(b), np.sin(b)], 1) * r * rng.uniform(0.1, 0.3), width)
     elif kind == 8:  # a line or a bent line with a head: an arrow, a pointer
         angle = rng.uniform(0, 2 * math.pi)
         d = np.array([math.cos(angle), math.sin(angle)]) * r
-        pts = [c - d, c + d]
+        arrow = [c - d, c + d]
         if rng.uniform() < 0.4:
-            pts.insert(1, c + np.array([-d[1], d[0]]) * rng.uniform(-0.6, 0.6))
-        _polyline(canvas, np.array(pts), width)
-        back = math.atan2(pts[-2][1] - pts[-1][1], pts[-2][0] - pts[-1][0])
+            arrow.insert(1, c + np.array([-d[1], d[0]]) * rng.uniform(-0.6, 0.6))
+        _polyline(canvas, np.array(arrow), width)
+        back = math.atan2(arrow[-2][1] - arrow[-1][1], arrow[-2][0] - arrow[-1][0])
         for side in (-1, 1):
             h = back + side * rng.uniform(0.4, 0.8)
-            _polyline(canvas, np.stack([pts[-1], pts[-1] + np.array([math.cos(h), math.sin(h)]) * r * 0.45]), width)
+            _polyline(canvas, np.stack([arrow[-1], arrow[-1] + np.array([math.cos(h), math.sin(h)]) * r * 0.45]), width)
     elif kind == 9:  # one long smooth stroke: a sum of sinusoids (a loop-the-loop, a signature)
-        x = sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
-        y = sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
+        x = cast(
+            np.ndarray, sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
+        )
+        y = cast(
+            np.ndarray, sum(rng.uniform(-1, 1) * np.sin(2 * math.pi * (k * t + rng.uniform())) for k in range(1, 5))
+        )
         _polyline(canvas, c + np.stack([x, y], 1) / max(1e-6, np.abs(np.stack([x, y])).max()) * r, width)
     elif kind == 10:  # a cloud, a flower: bumps round a centre
         a = t * 2 * math.pi
@@ -218,7 +240,7 @@ def doodle(rng: np.random.Generator, side: int, sketch: bool = False) -> np.ndar
 
 
 def crossed_out(rng: np.random.Generator, side: int, digit: np.ndarray | None) -> np.ndarray:
-    canvas = np.zeros((side, side), np.float32)
+    canvas: np.ndarray = np.zeros((side, side), np.float32)
     if digit is not None:
         canvas = cv2.resize(digit.astype(np.float32) / 255, (side, side), interpolation=cv2.INTER_CUBIC)
     width = max(_pen(side, rng), int(side * 0.06))
@@ -271,7 +293,8 @@ def make_negatives(count: int, seed: int, digits: np.ndarray | None = None) -> N
     """`count` negatives, the kinds in turn, deterministic for `seed`. `digits` (N, 28, 28) uint8: the digits the
     crossed-out kind scratches out (the training split's; without them it scratches blank paper)."""
     rng = np.random.default_rng([seed, 17])
-    images, kinds = [], []
+    images: list[np.ndarray] = []
+    kinds: list[int] = []
     i = 0
     while len(images) < count:
         kind = i % len(KINDS)

@@ -36,8 +36,18 @@ class Decision:
     reason: str
 
 
-def decide(mode: str, *, version: str, val_accuracy: float, models_dir, split_seed: int, val_fraction: float,
-           val_x: torch.Tensor, val_y: torch.Tensor, device: torch.device) -> Decision:
+def decide(
+    mode: str,
+    *,
+    version: str,
+    val_accuracy: float,
+    models_dir,
+    split_seed: int,
+    val_fraction: float,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    device: torch.device,
+) -> Decision:
     """Whether to serve the run's best model (`version`, `val_accuracy` on `val_x`), per `mode`."""
     if mode == "never":
         return Decision(False, False, "--publish never")
@@ -62,10 +72,15 @@ def decide(mode: str, *, version: str, val_accuracy: float, models_dir, split_se
     its_seed = int(payload.get("split_seed", metrics.get("split_seed", 0)))
     its_fraction = float(payload.get("val_fraction", metrics.get("val_fraction", 0.2)))
     if (its_seed, its_fraction) != (split_seed, val_fraction):
-        return Decision(False, True, (
-            f"the published model {manifest.version} was validated on another split (split seed {its_seed}, "
-            f"validation fraction {its_fraction}; this run: {split_seed}, {val_fraction}), so the two cannot be "
-            "compared on the same images"))
+        return Decision(
+            False,
+            True,
+            (
+                f"the published model {manifest.version} was validated on another split (split seed {its_seed}, "
+                f"validation fraction {its_fraction}; this run: {split_seed}, {val_fraction}), so the two cannot be "
+                "compared on the same images"
+            ),
+        )
     norm: Any = payload.get("normalization")  # checked below: a damaged file may hold anything
     try:
         mean, std = float(norm["mean"]), float(norm["std"])
@@ -77,7 +92,15 @@ def decide(mode: str, *, version: str, val_accuracy: float, models_dir, split_se
         theirs = evaluate(published.to(device).eval(), val_x, val_y, mean=mean, std=std, device=device).accuracy
     same = f"on the same {len(val_y):,} validation images (split seed {split_seed})"
     if val_accuracy > theirs:
-        return Decision(True, True, f"validation accuracy {val_accuracy:.2%} beats {theirs:.2%} of the published "
-                                    f"model {manifest.version} {same}")
-    return Decision(False, True, f"validation accuracy {val_accuracy:.2%} does not beat {theirs:.2%} of the "
-                                 f"published model {manifest.version} {same}")
+        return Decision(
+            True,
+            True,
+            f"validation accuracy {val_accuracy:.2%} beats {theirs:.2%} of the published "
+            f"model {manifest.version} {same}",
+        )
+    return Decision(
+        False,
+        True,
+        f"validation accuracy {val_accuracy:.2%} does not beat {theirs:.2%} of the "
+        f"published model {manifest.version} {same}",
+    )

@@ -49,17 +49,18 @@ class RunLogger:
         finally:
             model.train(was_training)
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         for name, tag in SCALAR_TAGS.items():
             if name in metrics:
                 self.writer.add_scalar(tag, metrics[name], epoch)
         for name, value in metrics.items():
             if name.startswith(NEGATIVES_MISSED_PREFIX):
-                self.writer.add_scalar(f"not_digit/val_missed/{name[len(NEGATIVES_MISSED_PREFIX):]}", value, epoch)
+                self.writer.add_scalar(f"not_digit/val_missed/{name[len(NEGATIVES_MISSED_PREFIX) :]}", value, epoch)
         self.writer.flush()
 
-    def log_negatives(self, trained: torch.Tensor, validation: torch.Tensor, kinds: torch.Tensor,
-                      kind_names: tuple[str, ...]) -> None:
+    def log_negatives(
+        self, trained: torch.Tensor, validation: torch.Tensor, kinds: torch.Tensor, kind_names: tuple[str, ...]
+    ) -> None:
         """Grids of the pictures that are not digits: a sample as trained on (augmented, (N, 1, 28, 28) in
         [0, 1]) and validation ones by kind (uint8 (M, 28, 28), one row per kind)."""
         self.writer.add_image("not_digit/trained_on", _grid(trained.float().cpu(), columns=16), 0)
@@ -70,12 +71,17 @@ class RunLogger:
             self.writer.add_image("not_digit/validation_by_kind_" + "_".join(kind_names), _grid(picked, 16), 0)
         self.writer.flush()
 
-    def log_evaluation(self, epoch: int, evaluation: Evaluation, images: torch.Tensor, labels: torch.Tensor,
-                       *, split: str = "test") -> None:
-        self.writer.add_figure(f"confusion_matrix/{split}", confusion_figure(evaluation.confusion,
-                               title=f"{split} confusion matrix"), epoch)
-        self.writer.add_figure(f"misclassified/{split}",
-                               misclassified_figure(images, labels, evaluation.predictions), epoch)
+    def log_evaluation(
+        self, epoch: int, evaluation: Evaluation, images: torch.Tensor, labels: torch.Tensor, *, split: str = "test"
+    ) -> None:
+        self.writer.add_figure(
+            f"confusion_matrix/{split}",
+            confusion_figure(evaluation.confusion, title=f"{split} confusion matrix"),
+            epoch,
+        )
+        self.writer.add_figure(
+            f"misclassified/{split}", misclassified_figure(images, labels, evaluation.predictions), epoch
+        )
         self.writer.flush()
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:

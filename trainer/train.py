@@ -22,18 +22,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from shared.checkpoint import (load_checkpoint, model_from_checkpoint, publish_model, remove_stale_temp_files,
-                               save_checkpoint, utc_now)
+from shared.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    publish_model,
+    remove_stale_temp_files,
+    save_checkpoint,
+    utc_now,
+)
 from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize, standardize, train_val_split
 from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
 from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
 from shared.onnx_model import export_onnx, verify_onnx
 from shared.settings import Paths
+
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
+from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import make_negatives
-from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
@@ -65,7 +72,7 @@ class RunState:
     """What changes from epoch to epoch and goes into the checkpoint besides the weights."""
 
     epoch: int = 0  # epochs completed
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # numbers, and the precision's name
     best_val_accuracy: float = -1.0
     best_epoch: int = 0
     train_seconds: float = 0.0  # wall time spent in completed epochs, across resumes
@@ -74,28 +81,39 @@ class RunState:
 
 def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torch.device) -> Splits:
     mnist = load_mnist(data_dir, download=download)
-    train_idx, val_idx = train_val_split(len(mnist.train_images), val_fraction=config.val_fraction,
-                                         seed=config.split_seed)
+    train_idx, val_idx = train_val_split(
+        len(mnist.train_images), val_fraction=config.val_fraction, seed=config.split_seed
+    )
     if config.train_subset:
         train_idx = train_idx[: config.train_subset]
     move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     splits = Splits(
-        train_x=move(mnist.train_images[train_idx]), train_y=move(mnist.train_labels[train_idx].long()),
-        val_x=move(mnist.train_images[val_idx]), val_y=move(mnist.train_labels[val_idx].long()),
-        test_x=move(mnist.test_images), test_y=move(mnist.test_labels.long()),
+        train_x=move(mnist.train_images[train_idx]),
+        train_y=move(mnist.train_labels[train_idx].long()),
+        val_x=move(mnist.train_images[val_idx]),
+        val_y=move(mnist.train_labels[val_idx].long()),
+        test_x=move(mnist.test_images),
+        test_y=move(mnist.test_labels.long()),
     )
     if config.negatives > 0:
         started = time.perf_counter()
         # The crossed-out kind scratches out training digits (training) and validation digits (validation).
-        train_neg = make_negatives(config.negative_pool, seed=config.seed,
-                                   digits=mnist.train_images[train_idx[:5000]].numpy())
-        val_neg = make_negatives(NEGATIVE_VAL_PER_KIND * len(NEGATIVE_KINDS), seed=1_000_000 + config.split_seed,
-                                 digits=mnist.train_images[val_idx[:2000]].numpy())
+        train_neg = make_negatives(
+            config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy()
+        )
+        val_neg = make_negatives(
+            NEGATIVE_VAL_PER_KIND * len(NEGATIVE_KINDS),
+            seed=1_000_000 + config.split_seed,
+            digits=mnist.train_images[val_idx[:2000]].numpy(),
+        )
         splits.neg_x = move(torch.from_numpy(train_neg.images))
         splits.neg_val_x = move(torch.from_numpy(val_neg.images))
         splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
-        print(f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     return splits
 
 
@@ -107,10 +125,12 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**config.arch_kwargs, **({"not_digit": True} if config.negatives > 0 else {})}
 
 
-def negative_batch(splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator,
-                   augment_it: bool) -> torch.Tensor:
+def negative_batch(
+    splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator, augment_it: bool
+) -> torch.Tensor:
     """`count` negatives from the pool, (count, 1, 28, 28) in [0, 1], each flipped, turned and augmented at random:
     a letter mirrored or on its side is still not a digit, and the pool looks new every epoch."""
+    assert splits.neg_x is not None, "a run without negatives draws none"
     gen_device = generator.device
     idx = torch.randint(len(splits.neg_x), (count,), generator=generator, device=gen_device).to(splits.neg_x.device)
     x = splits.neg_x[idx].float().div_(255.0).unsqueeze(1)
@@ -128,6 +148,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     elif config.optimizer == "adamw":
@@ -137,8 +159,13 @@ def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
     total_steps = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total_steps >= 10:  # too few steps to warm up and anneal: stay constant
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps,
-            pct_start=config.warmup_fraction, anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=config.warmup_fraction,
+            anneal_strategy="linear",
+            div_factor=10.0,
+            final_div_factor=100.0,
             cycle_momentum=config.optimizer == "sgd",
         )
     elif config.schedule in ("constant", "onecycle"):
@@ -156,9 +183,18 @@ def epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.de
     return torch.Generator(device=gen_device).manual_seed(seed)
 
 
-def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optimizer, scheduler, epoch: int,
-                    device: torch.device, dist_info: DistInfo, channels_last: bool,
-                    precision: str) -> tuple[float, float, int, float]:
+def train_one_epoch(
+    model: nn.Module,
+    splits: Splits,
+    config: TrainConfig,
+    optimizer,
+    scheduler,
+    epoch: int,
+    device: torch.device,
+    dist_info: DistInfo,
+    channels_last: bool,
+    precision: str,
+) -> tuple[float, float, int, float]:
     """One pass over this process's share of the training split, in `precision` ('bf16' autocast or 'fp32').
 
     Returns (mean loss, accuracy, images seen, learning rate of the epoch's last step).
@@ -182,8 +218,14 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     # disable=None: a bar on a terminal, nothing in a log file or a container's output.
-    for step in tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=None if dist_info.is_main else True,
-                     unit="batch", file=sys.stderr):
+    for step in tqdm(
+        range(steps),
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=None if dist_info.is_main else True,
+        unit="batch",
+        file=sys.stderr,
+    ):
         idx = order[step * per_process_batch : (step + 1) * per_process_batch]
         x = splits.train_x[idx].float().div_(255.0).unsqueeze(1)  # (B, 1, 28, 28) in [0, 1]
         y = splits.train_y[idx]
@@ -191,8 +233,9 @@ def train_one_epoch(model: nn.Module, splits: Splits, config: TrainConfig, optim
             x = augment(x, augment_config, generator)
         n_digits = len(y)
         if negatives:
-            neg = negative_batch(splits, max(1, round(n_digits * config.negatives)), augment_config, generator,
-                                 config.augment)
+            neg = negative_batch(
+                splits, max(1, round(n_digits * config.negatives)), augment_config, generator, config.augment
+            )
             x = torch.cat([x, neg])
             y = torch.cat([y, torch.full((len(neg),), NOT_DIGIT, dtype=y.dtype, device=y.device)])
         x = standardize(x, MNIST_MEAN, MNIST_STD)
@@ -234,8 +277,9 @@ def newest_resumable_run(paths: Paths) -> str:
     return candidates[-1].parent.parent.name
 
 
-def checkpoint_payload(model: nn.Module, config: TrainConfig, state: RunState, run_name: str,
-                       optimizer, scheduler) -> dict[str, Any]:
+def checkpoint_payload(
+    model: nn.Module, config: TrainConfig, state: RunState, run_name: str, optimizer, scheduler
+) -> dict[str, Any]:
     """Everything needed to rebuild the model and continue training. weights_only-safe values only.
 
     No RNG state: every epoch seeds its own randomness from (seed, epoch) (see epoch_generator), so a resumed run
@@ -266,11 +310,18 @@ def digit_threshold(scores: torch.Tensor, flag_rate: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(flag_rate * len(ordered)))]) if len(ordered) else 0.5
 
 
-def not_digit_metrics(val_out: torch.Tensor, test_out: torch.Tensor, neg_out: torch.Tensor, neg_kind: torch.Tensor,
-                      flag_rate: float) -> dict[str, float]:
+def _scores(output: torch.Tensor) -> torch.Tensor:
+    scores = digit_scores(output.float())
+    assert scores is not None, "not_digit_metrics needs a network with the not-digit class"
+    return scores
+
+
+def not_digit_metrics(
+    val_out: torch.Tensor, test_out: torch.Tensor, neg_out: torch.Tensor, neg_kind: torch.Tensor, flag_rate: float
+) -> dict[str, float]:
     """The threshold chosen on the validation digits, and at it the rate of each kind of error: digits flagged
     (validation, test) and validation negatives missed, per kind and overall."""
-    val_scores, test_scores, neg_scores = (digit_scores(o.float()) for o in (val_out, test_out, neg_out))
+    val_scores, test_scores, neg_scores = (_scores(o) for o in (val_out, test_out, neg_out))
     threshold = digit_threshold(val_scores, flag_rate)
     missed = (neg_scores >= threshold).float()
     metrics = {
@@ -299,12 +350,17 @@ def better_than_best(metrics: dict[str, Any], state: RunState) -> bool:
 
 def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
-    return (f"epoch {int(m['epoch']):>{width}}/{epochs}  train loss {m['train_loss']:.4f}  "
-            f"train acc {m['train_accuracy']:.2%}  val acc {m['val_accuracy']:.2%}  "
-            f"test acc {m['test_accuracy']:.2%}  lr {m['lr']:.5f}  {m['seconds']:5.1f} s  "
-            f"{m['images_per_second']:,.0f} img/s  {m.get('precision', 'fp32')}"
-            + (f"  not-digit: {m['val_negatives_missed']:.2%} missed, {m['val_digits_flagged']:.2%} of digits "
-               f"flagged" if "val_negatives_missed" in m else ""))
+    return (
+        f"epoch {int(m['epoch']):>{width}}/{epochs}  train loss {m['train_loss']:.4f}  "
+        f"train acc {m['train_accuracy']:.2%}  val acc {m['val_accuracy']:.2%}  "
+        f"test acc {m['test_accuracy']:.2%}  lr {m['lr']:.5f}  {m['seconds']:5.1f} s  "
+        f"{m['images_per_second']:,.0f} img/s  {m.get('precision', 'fp32')}"
+        + (
+            f"  not-digit: {m['val_negatives_missed']:.2%} missed, {m['val_digits_flagged']:.2%} of digits flagged"
+            if "val_negatives_missed" in m
+            else ""
+        )
+    )
 
 
 def describe(precision: str, config: TrainConfig) -> str:
@@ -335,8 +391,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         resume_ckpt = load_checkpoint(paths.run_dir(run_name) / CHECKPOINT_DIR / LAST, map_location="cpu")
         config = TrainConfig.from_dict(resume_ckpt["config"])
         if args.epochs and args.epochs != config.epochs:
-            print(f"--resume keeps the run's own {config.epochs} epochs (the schedule depends on it); "
-                  f"ignoring --epochs {args.epochs}", flush=True)
+            print(
+                f"--resume keeps the run's own {config.epochs} epochs (the schedule depends on it); "
+                f"ignoring --epochs {args.epochs}",
+                flush=True,
+            )
         if args.precision is not None:  # like --device, a property of the machine rather than of the run
             config = replace(config, precision=args.precision)
     else:
@@ -358,11 +417,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = load_splits(config, args.data_dir, args.download, device)
     eval_subset = 500 if args.dry_run else args.eval_subset
     if eval_subset:
-        splits = replace(splits, val_x=splits.val_x[:eval_subset], val_y=splits.val_y[:eval_subset],
-                         test_x=splits.test_x[:eval_subset], test_y=splits.test_y[:eval_subset])
+        splits = replace(
+            splits,
+            val_x=splits.val_x[:eval_subset],
+            val_y=splits.val_y[:eval_subset],
+            test_x=splits.test_x[:eval_subset],
+            test_y=splits.test_y[:eval_subset],
+        )
     if args.dry_run:
-        splits = replace(splits, train_x=splits.train_x[: config.batch_size],
-                         train_y=splits.train_y[: config.batch_size])
+        splits = replace(
+            splits, train_x=splits.train_x[: config.batch_size], train_y=splits.train_y[: config.batch_size]
+        )
     torch.manual_seed(config.seed)
     model = build(config, device, channels_last)
     per_process = max(1, config.batch_size // dist_info.world_size)
@@ -373,28 +438,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
-        state = RunState(epoch=resume_ckpt["epoch"], history=list(resume_ckpt["history"]),
-                         best_val_accuracy=resume_ckpt["best_val_accuracy"], best_epoch=resume_ckpt["best_epoch"],
-                         train_seconds=resume_ckpt["train_seconds"], target_reached=resume_ckpt["target_reached"])
+        state = RunState(
+            epoch=resume_ckpt["epoch"],
+            history=list(resume_ckpt["history"]),
+            best_val_accuracy=resume_ckpt["best_val_accuracy"],
+            best_epoch=resume_ckpt["best_epoch"],
+            train_seconds=resume_ckpt["train_seconds"],
+            target_reached=resume_ckpt["target_reached"],
+        )
     ddp_model = model
     if dist_info.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    logger = None
+    logger: RunLogger | None = None  # rank 0 only
     if dist_info.is_main:
-        print(f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
-              f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {describe(precision, config)}; "
-              f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
-              f"images; logs in {run_dir}", flush=True)
+        print(
+            f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
+            f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {describe(precision, config)}; "
+            f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
+            f"images; logs in {run_dir}",
+            flush=True,
+        )
         if resume_ckpt is not None:
             print(f"resuming after epoch {state.epoch} of {config.epochs}", flush=True)
         logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume_ckpt is not None else None)
         if resume_ckpt is None:
             logger.log_graph(model, standardize(splits.test_x[:2].float().div(255).unsqueeze(1)))
             if splits.neg_x is not None:
-                sample = negative_batch(splits, 96, AugmentConfig(), torch.Generator(device=device.type if
-                                        device.type == "cuda" else "cpu").manual_seed(config.seed), config.augment)
+                sample = negative_batch(
+                    splits,
+                    96,
+                    AugmentConfig(),
+                    torch.Generator(device=device.type if device.type == "cuda" else "cpu").manual_seed(config.seed),
+                    config.augment,
+                )
+                assert splits.neg_val_x is not None and splits.neg_val_kind is not None
                 logger.log_negatives(sample, splits.neg_val_x, splits.neg_val_kind, NEGATIVE_KINDS)
 
     stop_after = args.stop_after
@@ -402,8 +482,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start_epoch = state.epoch + 1
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc, seen, lr = train_one_epoch(ddp_model, splits, config, optimizer, scheduler, epoch,
-                                                          device, dist_info, channels_last, precision)
+        train_loss, train_acc, seen, lr = train_one_epoch(
+            ddp_model, splits, config, optimizer, scheduler, epoch, device, dist_info, channels_last, precision
+        )
         train_seconds = time.perf_counter() - t0
         if dist_info.is_main:
             model.eval()
@@ -412,26 +493,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with autocast(device, precision):
                 val_out = predict_log_probs(model, splits.val_x, device=device)
                 test_out = predict_log_probs(model, splits.test_x, device=device)
-                neg_out = (predict_log_probs(model, splits.neg_val_x, device=device)
-                           if splits.neg_val_x is not None else None)
+                neg_out = (
+                    predict_log_probs(model, splits.neg_val_x, device=device) if splits.neg_val_x is not None else None
+                )
             val = evaluation_from_log_probs(val_out, splits.val_y)
             test = evaluation_from_log_probs(test_out, splits.test_y)
             seconds = time.perf_counter() - t0
             state.epoch = epoch
             state.train_seconds += seconds
             metrics = {
-                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                "val_loss": val.loss, "val_accuracy": val.accuracy,
-                "test_loss": test.loss, "test_accuracy": test.accuracy,
-                "lr": lr, "precision": precision,
-                "seconds": seconds, "images_per_second": seen / train_seconds,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val.loss,
+                "val_accuracy": val.accuracy,
+                "test_loss": test.loss,
+                "test_accuracy": test.accuracy,
+                "lr": lr,
+                "precision": precision,
+                "seconds": seconds,
+                "images_per_second": seen / train_seconds,
                 "elapsed_seconds": time.perf_counter() - wall_start,
             }
             if neg_out is not None:
-                metrics.update(not_digit_metrics(val_out, test_out, neg_out, splits.neg_val_kind,
-                                                 config.digit_flag_rate))
+                assert splits.neg_val_kind is not None
+                metrics.update(
+                    not_digit_metrics(val_out, test_out, neg_out, splits.neg_val_kind, config.digit_flag_rate)
+                )
             state.history.append(metrics)
             print(format_epoch_line(metrics, config.epochs), flush=True)
+            assert logger is not None  # the main rank's
             logger.log_epoch(epoch, metrics)
             target = args.target_accuracy
             if target and state.target_reached is None and test.accuracy >= target:
@@ -446,8 +537,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epochs_this_process += 1
         if stop_after and epochs_this_process >= stop_after and epoch < config.epochs:
             if dist_info.is_main:
-                print(f"stopping after {epochs_this_process} epoch(s) as asked (--stop-after); "
-                      f"continue with --resume --run-name {run_name}", flush=True)
+                print(
+                    f"stopping after {epochs_this_process} epoch(s) as asked (--stop-after); "
+                    f"continue with --resume --run-name {run_name}",
+                    flush=True,
+                )
             if logger:
                 logger.close()
             shutdown(dist_info)
@@ -455,8 +549,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if dist_info.is_main:
-        summary = finish(args, config, model, splits, state, run_name, run_dir, paths, logger, device,
-                         wall_start)
+        assert logger is not None
+        summary = finish(args, config, model, splits, state, run_name, run_dir, paths, logger, device, wall_start)
     shutdown(dist_info)
     if throwaway is not None:
         throwaway.cleanup()
@@ -473,13 +567,26 @@ def verified_onnx(payload: dict[str, Any], test_images: torch.Tensor) -> bytes:
     check = verify_onnx(onnx, model, normalize(test_images.cpu(), norm["mean"], norm["std"]))
     print(f"ONNX export: {check.describe()}", flush=True)
     if not check.ok:
-        raise SystemExit("the ONNX export does not compute what the model does; nothing was published. "
-                         "The best checkpoint is intact: publish it with --resume once this is fixed")
+        raise SystemExit(
+            "the ONNX export does not compute what the model does; nothing was published. "
+            "The best checkpoint is intact: publish it with --resume once this is fixed"
+        )
     return onnx
 
 
-def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: RunState, run_name: str,
-           run_dir: Path, paths: Paths, logger: RunLogger, device: torch.device, wall_start: float) -> dict[str, Any]:
+def finish(
+    args,
+    config: TrainConfig,
+    model: nn.Module,
+    splits: Splits,
+    state: RunState,
+    run_name: str,
+    run_dir: Path,
+    paths: Paths,
+    logger: RunLogger,
+    device: torch.device,
+    wall_start: float,
+) -> dict[str, Any]:
     """After the last epoch: final pictures and hparams from the best checkpoint, publish it, print the summary."""
     best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
     model.load_state_dict(best["model"])
@@ -488,20 +595,35 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)
     logger.log_evaluation(state.epoch, test_eval, splits.test_x, splits.test_y, split="test")
-    final = {"val_accuracy": best_metrics["val_accuracy"], "test_accuracy": test_eval.accuracy,
-             "test_loss": test_eval.loss, "train_loss": best_metrics["train_loss"],
-             "best_epoch": float(best["best_epoch"])}
+    final = {
+        "val_accuracy": best_metrics["val_accuracy"],
+        "test_accuracy": test_eval.accuracy,
+        "test_loss": test_eval.loss,
+        "train_loss": best_metrics["train_loss"],
+        "best_epoch": float(best["best_epoch"]),
+    }
     not_digit = None
-    if splits.neg_val_x is not None:  # calibrated again in fp32, as the server computes
-        not_digit = not_digit_metrics(predict_log_probs(model, splits.val_x, device=device), test_out,
-                                      predict_log_probs(model, splits.neg_val_x, device=device), splits.neg_val_kind,
-                                      config.digit_flag_rate)
+    if splits.neg_val_x is not None and splits.neg_val_kind is not None:  # calibrated again in fp32, as served
+        not_digit = not_digit_metrics(
+            predict_log_probs(model, splits.val_x, device=device),
+            test_out,
+            predict_log_probs(model, splits.neg_val_x, device=device),
+            splits.neg_val_kind,
+            config.digit_flag_rate,
+        )
         final.update(not_digit)
-        print(f"not a digit: threshold {not_digit['digit_threshold']:.4g} on the digit score flags "
-              f"{not_digit['val_digits_flagged']:.2%} of validation and {not_digit['test_digits_flagged']:.2%} of "
-              f"test digits, misses {not_digit['val_negatives_missed']:.2%} of validation negatives ("
-              + ", ".join(f"{k} {not_digit[f'val_negatives_missed_{k}']:.1%}" for k in NEGATIVE_KINDS
-                          if f"val_negatives_missed_{k}" in not_digit) + ")", flush=True)
+        print(
+            f"not a digit: threshold {not_digit['digit_threshold']:.4g} on the digit score flags "
+            f"{not_digit['val_digits_flagged']:.2%} of validation and {not_digit['test_digits_flagged']:.2%} of "
+            f"test digits, misses {not_digit['val_negatives_missed']:.2%} of validation negatives ("
+            + ", ".join(
+                f"{k} {not_digit[f'val_negatives_missed_{k}']:.1%}"
+                for k in NEGATIVE_KINDS
+                if f"val_negatives_missed_{k}" in not_digit
+            )
+            + ")",
+            flush=True,
+        )
     hparams = {k: v for k, v in config.to_dict().items() if k not in ("train_subset",)}
     logger.log_hparams(hparams, final)
     logger.close()
@@ -509,45 +631,77 @@ def finish(args, config: TrainConfig, model: nn.Module, splits: Splits, state: R
     manifest = None
     version = f"{run_name}-e{best['best_epoch']:03d}"
     # A dry run publishes nothing, whatever --publish says: its throwaway folder is gone when it ends.
-    decision = decide("never" if args.dry_run else args.publish, version=version,
-                      val_accuracy=best_metrics["val_accuracy"], models_dir=paths.models,
-                      split_seed=config.split_seed, val_fraction=config.val_fraction,
-                      val_x=splits.val_x, val_y=splits.val_y, device=device)
+    decision = decide(
+        "never" if args.dry_run else args.publish,
+        version=version,
+        val_accuracy=best_metrics["val_accuracy"],
+        models_dir=paths.models,
+        split_seed=config.split_seed,
+        val_fraction=config.val_fraction,
+        val_x=splits.val_x,
+        val_y=splits.val_y,
+        device=device,
+    )
     if decision.store:
         payload = {
-            "arch": config.arch, "arch_kwargs": model_kwargs(config), "model": best["model"],
-            "normalization": best["normalization"], "metrics": final, "run_name": run_name,
-            "epoch": best["best_epoch"], "split_seed": config.split_seed, "val_fraction": config.val_fraction,
+            "arch": config.arch,
+            "arch_kwargs": model_kwargs(config),
+            "model": best["model"],
+            "normalization": best["normalization"],
+            "metrics": final,
+            "run_name": run_name,
+            "epoch": best["best_epoch"],
+            "split_seed": config.split_seed,
+            "val_fraction": config.val_fraction,
             "config": config.to_dict(),
         }
         if not_digit is not None:  # the server's default threshold (inference --digit-threshold overrides it)
             payload["digit_threshold"] = not_digit["digit_threshold"]
         onnx = verified_onnx(payload, splits.test_x)
-        manifest = publish_model(paths.models, version=version, serve=decision.serve, model_payload=payload,
-                                 onnx=onnx)
+        manifest = publish_model(paths.models, version=version, serve=decision.serve, model_payload=payload, onnx=onnx)
 
     total = time.perf_counter() - wall_start
     last = state.history[-1]
-    print(f"done: {state.epoch} epochs, training time {state.train_seconds:.1f} s "
-          f"(wall {total:.1f} s in this process)", flush=True)
-    print(f"best epoch {best['best_epoch']} by validation accuracy: val {best_metrics['val_accuracy']:.2%}, "
-          f"test {test_eval.accuracy:.2%}; last epoch test {last['test_accuracy']:.2%}; "
-          f"best test seen {max(m['test_accuracy'] for m in state.history):.2%}", flush=True)
+    print(
+        f"done: {state.epoch} epochs, training time {state.train_seconds:.1f} s (wall {total:.1f} s in this process)",
+        flush=True,
+    )
+    print(
+        f"best epoch {best['best_epoch']} by validation accuracy: val {best_metrics['val_accuracy']:.2%}, "
+        f"test {test_eval.accuracy:.2%}; last epoch test {last['test_accuracy']:.2%}; "
+        f"best test seen {max(m['test_accuracy'] for m in state.history):.2%}",
+        flush=True,
+    )
     if state.target_reached:
         t = state.target_reached
-        print(f"reached {t['target']:.2%} test accuracy at epoch {t['epoch']} after {t['seconds']:.1f} s "
-              f"of training", flush=True)
-    if decision.serve:
-        print(f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]}): "
-              f"{decision.reason}", flush=True)
-    elif decision.store:
-        print(f"not published: {decision.reason}. Kept as version {manifest.version}, not served: try it with "
-              f"`mnist-client predict --model-version {manifest.version} ...`, serve it with "
-              f"`python -m inference.models promote {manifest.version}`", flush=True)
+        print(
+            f"reached {t['target']:.2%} test accuracy at epoch {t['epoch']} after {t['seconds']:.1f} s of training",
+            flush=True,
+        )
+    if decision.store:
+        assert manifest is not None  # publish_model ran
+    if decision.serve and manifest is not None:
+        print(
+            f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]}): {decision.reason}",
+            flush=True,
+        )
+    elif decision.store and manifest is not None:
+        print(
+            f"not published: {decision.reason}. Kept as version {manifest.version}, not served: try it with "
+            f"`mnist-client predict --model-version {manifest.version} ...`, serve it with "
+            f"`python -m inference.models promote {manifest.version}`",
+            flush=True,
+        )
     else:
         print(f"not published ({decision.reason})", flush=True)
-    return {"run_name": run_name, "run_dir": str(run_dir), "history": state.history, "final": final,
-            "target_reached": state.target_reached, "train_seconds": state.train_seconds,
-            "version": manifest.version if decision.serve else None,
-            "kept_version": manifest.version if decision.store and not decision.serve else None,
-            "publish_reason": decision.reason}
+    return {
+        "run_name": run_name,
+        "run_dir": str(run_dir),
+        "history": state.history,
+        "final": final,
+        "target_reached": state.target_reached,
+        "train_seconds": state.train_seconds,
+        "version": manifest.version if decision.serve and manifest is not None else None,
+        "kept_version": manifest.version if decision.store and not decision.serve and manifest is not None else None,
+        "publish_reason": decision.reason,
+    }

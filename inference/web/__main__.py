@@ -27,36 +27,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference.web",
         description="Serve the web page (draw a digit, drop a photo) and the REST API with OpenAPI docs (/docs), "
-                    "in front of the gRPC inference service.",
+        "in front of the gRPC inference service.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--host", default=s.env_str(s.ENV_WEB_HOST, s.DEFAULT_WEB_HOST),
-                        help=f"interface to listen on; 0.0.0.0 shows the page to the network [env {s.ENV_WEB_HOST}]")
-    parser.add_argument("--port", type=int, default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
-                        help=f"port to listen on; 0 picks a free one [env {s.ENV_WEB_PORT}]")
-    parser.add_argument("--target", default=s.env_str(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET),
-                        help=f"the gRPC inference service; dns:///host:port balances over every address of host "
-                             f"[env {s.ENV_GRPC_TARGET}]")
+    parser.add_argument(
+        "--host",
+        default=s.env_str(s.ENV_WEB_HOST, s.DEFAULT_WEB_HOST),
+        help=f"interface to listen on; 0.0.0.0 shows the page to the network [env {s.ENV_WEB_HOST}]",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
+        help=f"port to listen on; 0 picks a free one [env {s.ENV_WEB_PORT}]",
+    )
+    parser.add_argument(
+        "--target",
+        default=s.env_str(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET),
+        help=f"the gRPC inference service; dns:///host:port balances over every address of host "
+        f"[env {s.ENV_GRPC_TARGET}]",
+    )
     # Default None rather than the env var's value, so --help never prints the secret; main() reads the env.
-    parser.add_argument("--token", default=None,
-                        help=f"require 'Authorization: Bearer <token>' of REST callers (the header is passed on to "
-                             f"the gRPC service, which checks its own token too) [env {ENV_AUTH_TOKEN}; prefer the "
-                             "env var: flags show up in `ps`]")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"require 'Authorization: Bearer <token>' of REST callers (the header is passed on to "
+        f"the gRPC service, which checks its own token too) [env {ENV_AUTH_TOKEN}; prefer the "
+        "env var: flags show up in `ps`]",
+    )
     parser.add_argument("--tls", action="store_true", help="call the gRPC service over TLS (system roots)")
-    parser.add_argument("--tls-ca", type=Path, default=s.env_str(ENV_TLS_CA, "") or None,
-                        help=f"call the gRPC service over TLS, trusting this PEM CA certificate [env {ENV_TLS_CA}]")
-    parser.add_argument("--tls-server-name", default=None,
-                        help="expect this name in the service's certificate instead of the target's host")
-    parser.add_argument("--timeout", type=float, default=defaults.timeout, metavar="SECONDS",
-                        help="deadline of each gRPC call (a call waits this long for a replica that is restarting)")
-    parser.add_argument("--evaluate-timeout", type=float, default=defaults.evaluate_timeout, metavar="SECONDS",
-                        help="deadline of an Evaluate call")
-    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
-                        help="largest request body read; larger ones get 413 before they are read "
-                             "(the gRPC service's own limits apply to what passes)")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=s.env_str(ENV_TLS_CA, "") or None,
+        help=f"call the gRPC service over TLS, trusting this PEM CA certificate [env {ENV_TLS_CA}]",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="expect this name in the service's certificate instead of the target's host",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help="deadline of each gRPC call (a call waits this long for a replica that is restarting)",
+    )
+    parser.add_argument(
+        "--evaluate-timeout",
+        type=float,
+        default=defaults.evaluate_timeout,
+        metavar="SECONDS",
+        help="deadline of an Evaluate call",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="largest request body read; larger ones get 413 before they are read "
+        "(the gRPC service's own limits apply to what passes)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--log-format", default=s.env_str(s.ENV_LOG_FORMAT, "text"), choices=LOG_FORMATS,
-                        help=f"'text' for people, 'json' for log collectors [env {s.ENV_LOG_FORMAT}]")
+    parser.add_argument(
+        "--log-format",
+        default=s.env_str(s.ENV_LOG_FORMAT, "text"),
+        choices=LOG_FORMATS,
+        help=f"'text' for people, 'json' for log collectors [env {s.ENV_LOG_FORMAT}]",
+    )
     parser.add_argument("--no-access-log", action="store_true", help="no log line per HTTP request")
     return parser
 
@@ -80,14 +118,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from inference.web.app import WebOptions, create_app
 
-    options = WebOptions(target=args.target, token=args.token, tls=args.tls, tls_ca=args.tls_ca,
-                         tls_server_name=args.tls_server_name, timeout=args.timeout,
-                         evaluate_timeout=args.evaluate_timeout, max_body_bytes=args.max_body_bytes)
+    options = WebOptions(
+        target=args.target,
+        token=args.token,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_server_name=args.tls_server_name,
+        timeout=args.timeout,
+        evaluate_timeout=args.evaluate_timeout,
+        max_body_bytes=args.max_body_bytes,
+    )
     # log_config=None: uvicorn's loggers go through configure_logging's handler, in the chosen format. Its
     # "Uvicorn running on http://host:port" line gives the real port when --port is 0.
-    config = uvicorn.Config(create_app(options), host=args.host, port=args.port, log_config=None,
-                            log_level=args.log_level.lower(), access_log=not args.no_access_log,
-                            server_header=False)
+    config = uvicorn.Config(
+        create_app(options),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        log_level=args.log_level.lower(),
+        access_log=not args.no_access_log,
+        server_header=False,
+    )
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM and SIGINT itself (requests in flight finish), then raises the signal again with the
     # handlers it found installed. These make that a no-op, so that a graceful stop exits 0, as `python -m inference`

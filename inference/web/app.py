@@ -29,6 +29,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -57,7 +58,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # blob: URLs (the user's own picture).
 PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Revalidate each load (ETag): a new release of the page reaches users at once, unchanged files cost a 304.
@@ -101,7 +102,7 @@ class BodyTooLarge(Exception):
 def _request_id_of(call) -> str | None:
     try:
         return dict(call.initial_metadata() or ()).get(REQUEST_ID_KEY)
-    except Exception:  # noqa: BLE001 - a call that failed before any metadata arrived
+    except Exception:
         return None
 
 
@@ -110,8 +111,9 @@ class Backend:
 
     def __init__(self, options: WebOptions) -> None:
         self.options = options
-        self.channel = make_channel(options.target, tls=options.tls, tls_ca=options.tls_ca,
-                                    tls_server_name=options.tls_server_name)
+        self.channel = make_channel(
+            options.target, tls=options.tls, tls_ca=options.tls_ca, tls_server_name=options.tls_server_name
+        )
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -123,8 +125,10 @@ class Backend:
         code, details = e.code(), e.details() or ""
         target = self.options.target
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return (f"the inference service at {target} did not answer within {timeout:g} s ({details}); it is "
-                    "down, still starting or overloaded: GET /readyz tells whether it can be reached")
+            return (
+                f"the inference service at {target} did not answer within {timeout:g} s ({details}); it is "
+                "down, still starting or overloaded: GET /readyz tells whether it can be reached"
+            )
         if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
             return f"cannot reach the inference service at {target} ({details}); try again when it is up"
         if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -140,8 +144,7 @@ class Backend:
             metadata.append((REQUEST_ID_KEY, request_id))
         stub_method = getattr(self.stub, method)
         try:
-            result, call = await run_in_threadpool(stub_method.with_call, request, timeout=timeout,
-                                                   metadata=metadata)
+            result, call = await run_in_threadpool(stub_method.with_call, request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             message = self.describe(e, timeout)
             raise GatewayError(errors.http_status(e.code(), message), e.code(), message, _request_id_of(e)) from None
@@ -185,10 +188,13 @@ class BodyLimit:
 
 
 def _too_large_response(max_bytes: int) -> JSONResponse:
-    message = (f"the request body is over {max_bytes:,} bytes, the most this gateway reads; send fewer or "
-               "smaller images per request")
-    return JSONResponse(errors.error_body(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED, message),
-                        status_code=errors.TOO_LARGE)
+    message = (
+        f"the request body is over {max_bytes:,} bytes, the most this gateway reads; send fewer or "
+        "smaller images per request"
+    )
+    return JSONResponse(
+        errors.error_body(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED, message), status_code=errors.TOO_LARGE
+    )
 
 
 def _bad_request(message: str) -> GatewayError:
@@ -204,8 +210,11 @@ async def read_images(request: Request) -> list[bytes]:
         form = await request.form(max_files=MAX_MULTIPART_FILES)
     except MultiPartException as e:
         if "too many files" in str(e).lower():
-            raise GatewayError(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"{e} per request here; send the images in several requests") from None
+            raise GatewayError(
+                errors.TOO_LARGE,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{e} per request here; send the images in several requests",
+            ) from None
         raise _bad_request(f"the multipart body could not be read ({e}); send the image as a file part") from None
     try:
         return [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -216,8 +225,10 @@ async def read_images(request: Request) -> list[bytes]:
 async def read_one_image(request: Request) -> bytes:
     images = await read_images(request)
     if len(images) != 1:
-        raise _bad_request(f"{len(images)} files in the multipart body; send exactly one image here "
-                           "(POST /v1/predict/batch takes several)")
+        raise _bad_request(
+            f"{len(images)} files in the multipart body; send exactly one image here "
+            "(POST /v1/predict/batch takes several)"
+        )
     return images[0]
 
 
@@ -225,7 +236,7 @@ async def read_one_image(request: Request) -> bytes:
 # The application
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorResponse, "description": description}
     for status, description in {
         400: "not an image, damaged, blank, or a bad request",
@@ -236,10 +247,12 @@ ERROR_RESPONSES = {
         504: "the inference service did not answer in time",
     }.items()
 }
-READ_NUMBER_RESPONSES = {
-    400: {"model": schemas.ErrorResponse,
-          "description": "not an image, damaged or blank; no digit found, more than one line of writing, or more "
-                         "than 12 digits (the message says which and what to send instead); or a bad request"},
+READ_NUMBER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": schemas.ErrorResponse,
+        "description": "not an image, damaged or blank; no digit found, more than one line of writing, or more "
+        "than 12 digits (the message says which and what to send instead); or a bad request",
+    },
     404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
 }
 IMAGE_BODY = {
@@ -248,8 +261,12 @@ IMAGE_BODY = {
         "content": {
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary", "description": IMAGE_FIELD_HELP}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary", "description": IMAGE_FIELD_HELP}},
+                }
+            },
         },
         "description": "one encoded image (PNG, JPEG, GIF, BMP, TIFF or WebP) as the body, or as a multipart file",
     }
@@ -257,23 +274,41 @@ IMAGE_BODY = {
 BATCH_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": IMAGE_FIELD_HELP}}}}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": IMAGE_FIELD_HELP,
+                        }
+                    },
+                }
+            }
+        },
         "description": "multipart/form-data, one file part per image; results come back in the same order",
     }
 }
 
 
 def create_app(options: WebOptions) -> FastAPI:
-    backend: Backend | None = None
+    backend: Backend | None = None  # made at start-up (lifespan), closed at shutdown
+
+    def connected() -> Backend:
+        assert backend is not None, "the app's lifespan has not started"
+        return backend
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal backend
         backend = Backend(options)
-        log.info("REST API and page in front of the gRPC service at %s%s", options.target,
-                 "; token required" if options.token else "")
+        log.info(
+            "REST API and page in front of the gRPC service at %s%s",
+            options.target,
+            "; token required" if options.token else "",
+        )
         try:
             yield
         finally:
@@ -284,8 +319,8 @@ def create_app(options: WebOptions) -> FastAPI:
         version="1",
         summary="Handwritten-digit recognition over HTTP: the REST face of the gRPC service mnist.v1.Inference.",
         description="Each call is the matching gRPC call (protos/mnist/v1/inference.proto): the same image "
-                    "pipeline, model, limits and error messages. Errors are `{\"error\": {\"status\", \"code\", "
-                    "\"message\"}}`, where `code` is the gRPC status and `message` says what to fix.",
+        'pipeline, model, limits and error messages. Errors are `{"error": {"status", "code", '
+        '"message"}}`, where `code` is the gRPC status and `message` says what to fix.',
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
@@ -298,8 +333,9 @@ def create_app(options: WebOptions) -> FastAPI:
         supplied = request.headers.get("authorization", "")
         if not hmac.compare_digest(supplied.encode(), expected_authorization):
             reason = "no Authorization header" if not supplied else "wrong token"
-            raise GatewayError(401, grpc.StatusCode.UNAUTHENTICATED,
-                               f"{reason}: send the header 'Authorization: Bearer <token>'")
+            raise GatewayError(
+                401, grpc.StatusCode.UNAUTHENTICATED, f"{reason}: send the header 'Authorization: Bearer <token>'"
+            )
 
     # ----------------------------------------------------------------------------------------------------------
     # Errors: one JSON shape for all of them
@@ -327,7 +363,8 @@ def create_app(options: WebOptions) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, e: StarletteHTTPException):
         code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(
-            e.status_code, grpc.StatusCode.INVALID_ARGUMENT)
+            e.status_code, grpc.StatusCode.INVALID_ARGUMENT
+        )
         message = f"{e.detail}: {request.method} {request.url.path}; the API is described at /docs"
         return error_response(e.status_code, code, message)
 
@@ -336,75 +373,118 @@ def create_app(options: WebOptions) -> FastAPI:
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
 
-    @api.post("/predict", response_model=schemas.Prediction, openapi_extra=IMAGE_BODY,
-              summary="Read the digit in one picture (gRPC Predict)")
-    async def predict(request: Request, response: Response, model_input: bool = True,
-                      model_version: str = "") -> schemas.Prediction:
+    @api.post(
+        "/predict",
+        response_model=schemas.Prediction,
+        openapi_extra=IMAGE_BODY,
+        summary="Read the digit in one picture (gRPC Predict)",
+    )
+    async def predict(
+        request: Request, response: Response, model_input: bool = True, model_version: str = ""
+    ) -> schemas.Prediction:
         """`model_version` reads with another published version (GET /v1/models; empty: the served one)."""
         image = await read_one_image(request)
-        result = await backend.call("Predict", pb.PredictRequest(image=image, return_model_input=model_input,
-                                                                 model_version=model_version),
-                                    timeout=options.timeout, http=request, response=response)
+        result = await connected().call(
+            "Predict",
+            pb.PredictRequest(image=image, return_model_input=model_input, model_version=model_version),
+            timeout=options.timeout,
+            http=request,
+            response=response,
+        )
         return schemas.Prediction.from_response(result)
 
-    @api.post("/predict/batch", response_model=schemas.BatchPrediction, openapi_extra=BATCH_BODY,
-              summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)")
-    async def predict_batch(request: Request, response: Response, model_input: bool = True,
-                            model_version: str = "") -> schemas.BatchPrediction:
+    @api.post(
+        "/predict/batch",
+        response_model=schemas.BatchPrediction,
+        openapi_extra=BATCH_BODY,
+        summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)",
+    )
+    async def predict_batch(
+        request: Request, response: Response, model_input: bool = True, model_version: str = ""
+    ) -> schemas.BatchPrediction:
         images = await read_images(request)
-        result = await backend.call("PredictBatch",
-                                    pb.PredictBatchRequest(images=images, return_model_input=model_input,
-                                                           model_version=model_version),
-                                    timeout=options.timeout, http=request, response=response)
-        results = []
+        result = await connected().call(
+            "PredictBatch",
+            pb.PredictBatchRequest(images=images, return_model_input=model_input, model_version=model_version),
+            timeout=options.timeout,
+            http=request,
+            response=response,
+        )
+        results: list[schemas.DigitPrediction | schemas.ImageFailure] = []
         for item in result.results:
             if item.HasField("error"):
                 code = errors.grpc_code_from_value(item.error.code)
                 status = errors.http_status(code, item.error.message)
-                results.append(schemas.ImageFailure(error=schemas.Error(status=status, code=code.name,
-                                                                        message=item.error.message)))
+                results.append(
+                    schemas.ImageFailure(error=schemas.Error(status=status, code=code.name, message=item.error.message))
+                )
             else:
                 results.append(schemas.DigitPrediction.from_pb(item.prediction))
         return schemas.BatchPrediction(model_version=result.model_version, results=results)
 
-    @api.get("/model", response_model=schemas.ModelInfo,
-             summary="The served model, its input contract and limits (gRPC GetModelInfo)")
+    @api.get(
+        "/model",
+        response_model=schemas.ModelInfo,
+        summary="The served model, its input contract and limits (gRPC GetModelInfo)",
+    )
     async def model(request: Request, response: Response) -> schemas.ModelInfo:
-        info = await backend.call("GetModelInfo", pb.GetModelInfoRequest(), timeout=options.timeout,
-                                  http=request, response=response)
+        info = await connected().call(
+            "GetModelInfo", pb.GetModelInfoRequest(), timeout=options.timeout, http=request, response=response
+        )
         return schemas.ModelInfo.from_pb(info)
 
-    @api.get("/models", response_model=schemas.ModelList,
-             summary="The published model versions, newest first, and which one is served (gRPC ListModels)")
+    @api.get(
+        "/models",
+        response_model=schemas.ModelList,
+        summary="The published model versions, newest first, and which one is served (gRPC ListModels)",
+    )
     async def models(request: Request, response: Response) -> schemas.ModelList:
-        result = await backend.call("ListModels", pb.ListModelsRequest(), timeout=options.timeout,
-                                    http=request, response=response)
+        result = await connected().call(
+            "ListModels", pb.ListModelsRequest(), timeout=options.timeout, http=request, response=response
+        )
         return schemas.ModelList.from_pb(result)
 
-    @api.post("/evaluate", response_model=schemas.Evaluation,
-              summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)")
-    async def evaluate(request: Request, response: Response,
-                       body: schemas.EvaluateRequest | None = None) -> schemas.Evaluation:
+    @api.post(
+        "/evaluate",
+        response_model=schemas.Evaluation,
+        summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)",
+    )
+    async def evaluate(
+        request: Request, response: Response, body: schemas.EvaluateRequest | None = None
+    ) -> schemas.Evaluation:
         body = body or schemas.EvaluateRequest()
-        result = await backend.call("Evaluate", pb.EvaluateRequest(split=schemas.SPLITS[body.split],
-                                                                   omit_heatmap=not body.heatmap,
-                                                                   model_version=body.model_version),
-                                    timeout=options.evaluate_timeout, http=request, response=response)
+        result = await connected().call(
+            "Evaluate",
+            pb.EvaluateRequest(
+                split=schemas.SPLITS[body.split], omit_heatmap=not body.heatmap, model_version=body.model_version
+            ),
+            timeout=options.evaluate_timeout,
+            http=request,
+            response=response,
+        )
         return schemas.Evaluation.from_pb(result)
 
-    @api.post("/read-number", response_model=schemas.NumberReading, openapi_extra=IMAGE_BODY,
-              responses=READ_NUMBER_RESPONSES,
-              summary="Read a whole number: one line of 1-12 handwritten digits, each with its box (gRPC ReadNumber)")
-    async def read_number(request: Request, response: Response, model_input: bool = True,
-                          model_version: str = "") -> schemas.NumberReading:
+    @api.post(
+        "/read-number",
+        response_model=schemas.NumberReading,
+        openapi_extra=IMAGE_BODY,
+        responses=READ_NUMBER_RESPONSES,
+        summary="Read a whole number: one line of 1-12 handwritten digits, each with its box (gRPC ReadNumber)",
+    )
+    async def read_number(
+        request: Request, response: Response, model_input: bool = True, model_version: str = ""
+    ) -> schemas.NumberReading:
         """The digits left to right, each with its box in the picture's pixels, its probabilities and (unless
         `model_input=false`) the 28x28 image the model saw; decimal points and commas come back as `separators`.
         `model_version` reads with another published version (empty: the served one)."""
         image = await read_one_image(request)
-        result = await backend.call("ReadNumber",
-                                    pb.ReadNumberRequest(image=image, return_model_input=model_input,
-                                                         model_version=model_version),
-                                    timeout=options.timeout, http=request, response=response)
+        result = await connected().call(
+            "ReadNumber",
+            pb.ReadNumberRequest(image=image, return_model_input=model_input, model_version=model_version),
+            timeout=options.timeout,
+            http=request,
+            response=response,
+        )
         return schemas.NumberReading.from_pb(result)
 
     app.include_router(api)
@@ -417,21 +497,33 @@ def create_app(options: WebOptions) -> FastAPI:
     async def healthz() -> schemas.Health:
         return schemas.Health(status="ok")
 
-    @app.get("/readyz", response_model=schemas.Health, responses={503: ERROR_RESPONSES[503]},
-             summary="Readiness: the inference service behind the gateway is SERVING a model")
+    @app.get(
+        "/readyz",
+        response_model=schemas.Health,
+        responses={503: ERROR_RESPONSES[503]},
+        summary="Readiness: the inference service behind the gateway is SERVING a model",
+    )
     async def readyz() -> schemas.Health:
         try:
             # No waiting for a connection: a probe must say "not ready" at once.
-            answer = await run_in_threadpool(backend.health.Check, health_pb2.HealthCheckRequest(service=""),
-                                             timeout=min(options.timeout, 3.0), wait_for_ready=False)
+            answer = await run_in_threadpool(
+                connected().health.Check,
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=min(options.timeout, 3.0),
+                wait_for_ready=False,
+            )
         except grpc.RpcError as e:
-            raise GatewayError(503, grpc.StatusCode.UNAVAILABLE,
-                               f"not ready: {backend.describe(e, min(options.timeout, 3.0))}") from None
+            raise GatewayError(
+                503, grpc.StatusCode.UNAVAILABLE, f"not ready: {connected().describe(e, min(options.timeout, 3.0))}"
+            ) from None
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-            raise GatewayError(503, grpc.StatusCode.UNAVAILABLE,
-                               f"not ready: the inference service at {options.target} is {status} (no model is "
-                               "published yet, or it is shutting down)")
+            raise GatewayError(
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"not ready: the inference service at {options.target} is {status} (no model is "
+                "published yet, or it is shutting down)",
+            )
         return schemas.Health(status="ready", target=options.target)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -459,7 +551,7 @@ def _document_validation_errors_as_400(app: FastAPI) -> None:
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 class PageFiles(StaticFiles):

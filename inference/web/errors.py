@@ -54,7 +54,8 @@ _LIMIT_EXCEEDED = re.compile(r"\bthe limit is\b|\blarger than max\b|\bexceeds li
 
 def is_too_large(code: grpc.StatusCode, message: str) -> bool:
     return code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED) and bool(
-        _LIMIT_EXCEEDED.search(message))
+        _LIMIT_EXCEEDED.search(message)
+    )
 
 
 def http_status(code: grpc.StatusCode, message: str) -> int:

@@ -20,11 +20,15 @@ from shared.cli import HelpFormatter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inference.web.probe", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.web.probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--target", default=f"localhost:{settings.DEFAULT_WEB_PORT}", help="the web service, host:port")
-    parser.add_argument("--require-ready", action="store_true",
-                        help="healthy only when the gRPC service behind it is SERVING (GET /readyz)")
+    parser.add_argument(
+        "--require-ready",
+        action="store_true",
+        help="healthy only when the gRPC service behind it is SERVING (GET /readyz)",
+    )
     parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
     return parser
 

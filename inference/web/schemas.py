@@ -17,8 +17,9 @@ from pydantic import BaseModel, Field
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
-SPLITS = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
-SPLIT_WORDS = {value: word for word, value in SPLITS.items()}
+SplitName = Literal["test", "validation"]
+SPLITS: dict[SplitName, pb.Split] = {"test": pb.SPLIT_TEST, "validation": pb.SPLIT_VALIDATION}
+SPLIT_WORDS: dict[int, SplitName] = {value: word for word, value in SPLITS.items()}
 
 
 def png_data_url(png: bytes) -> str | None:
@@ -38,17 +39,21 @@ class ErrorResponse(BaseModel):
 class DigitPrediction(BaseModel):
     digit: int = Field(ge=0, le=9, description="the most probable digit")
     probabilities: list[float] = Field(description="the probability of each digit 0..9; they sum to 1")
-    is_digit: bool = Field(True, description="whether the picture is a digit at all (digit_score >= the server's "
-                                             "threshold); false: show 'not a digit' (a letter, symbol, scribble or "
-                                             "drawing); digit and probabilities are then only the best reading")
-    digit_score: float = Field(1.0, ge=0, le=1, description="how digit-like the picture is, 0..1 "
-                                                            "(docs/not-a-digit.md)")
+    is_digit: bool = Field(
+        True,
+        description="whether the picture is a digit at all (digit_score >= the server's "
+        "threshold); false: show 'not a digit' (a letter, symbol, scribble or "
+        "drawing); digit and probabilities are then only the best reading",
+    )
+    digit_score: float = Field(1.0, ge=0, le=1, description="how digit-like the picture is, 0..1 (docs/not-a-digit.md)")
     model_input: str | None = Field(
-        None, description="the 28x28 grey image the model saw (ink bright on black), as a PNG data URL; "
-                          "null when model_input=false was asked")
+        None,
+        description="the 28x28 grey image the model saw (ink bright on black), as a PNG data URL; "
+        "null when model_input=false was asked",
+    )
 
     @classmethod
-    def from_pb(cls, prediction: pb.Prediction) -> "DigitPrediction":
+    def from_pb(cls, prediction: pb.Prediction) -> DigitPrediction:
         return cls(**_fields(prediction))
 
 
@@ -56,14 +61,18 @@ class Prediction(DigitPrediction):
     model_version: str = Field(description="the version of the model that answered (models/<version>.pt)")
 
     @classmethod
-    def from_response(cls, response: pb.PredictResponse) -> "Prediction":
+    def from_response(cls, response: pb.PredictResponse) -> Prediction:
         return cls(**_fields(response.prediction), model_version=response.model_version)
 
 
 def _fields(prediction: pb.Prediction) -> dict:
-    return {"digit": prediction.digit, "probabilities": list(prediction.probabilities),
-            "is_digit": prediction.is_digit, "digit_score": prediction.digit_score,
-            "model_input": png_data_url(prediction.model_input_png)}
+    return {
+        "digit": prediction.digit,
+        "probabilities": list(prediction.probabilities),
+        "is_digit": prediction.is_digit,
+        "digit_score": prediction.digit_score,
+        "model_input": png_data_url(prediction.model_input_png),
+    }
 
 
 class ImageFailure(BaseModel):
@@ -89,9 +98,11 @@ class InputContract(BaseModel):
     max_message_bytes: int
 
     @classmethod
-    def from_pb(cls, contract: pb.InputContract) -> "InputContract":
-        return cls(**{name: getattr(contract, name) for name in cls.model_fields if name != "accepted_formats"},
-                   accepted_formats=list(contract.accepted_formats))
+    def from_pb(cls, contract: pb.InputContract) -> InputContract:
+        return cls(
+            **{name: getattr(contract, name) for name in cls.model_fields if name != "accepted_formats"},
+            accepted_formats=list(contract.accepted_formats),
+        )
 
 
 class LoadError(BaseModel):
@@ -107,8 +118,9 @@ class ModelInfo(BaseModel):
     arch_kwargs: dict = Field(default_factory=dict, description="the architecture's arguments")
     parameter_count: int = 0
     sha256: str = ""
-    training_metrics: dict[str, float] = Field(default_factory=dict,
-                                               description="what the trainer recorded, e.g. val_accuracy")
+    training_metrics: dict[str, float] = Field(
+        default_factory=dict, description="what the trainer recorded, e.g. val_accuracy"
+    )
     run_name: str = ""
     epoch: int = 0
     trained_at: str = Field("", description="when the trainer wrote the model, UTC, ISO 8601")
@@ -119,16 +131,24 @@ class ModelInfo(BaseModel):
     digit_threshold: float = Field(0.0, description="is_digit is digit_score >= this (0 when the model cannot tell)")
 
     @classmethod
-    def from_pb(cls, info: pb.ModelInfo) -> "ModelInfo":
+    def from_pb(cls, info: pb.ModelInfo) -> ModelInfo:
         error = info.last_load_error if info.HasField("last_load_error") else None
         return cls(
-            serving=info.serving, version=info.version, arch=info.arch,
+            serving=info.serving,
+            version=info.version,
+            arch=info.arch,
             arch_kwargs=json.loads(info.arch_kwargs_json) if info.arch_kwargs_json else {},
-            parameter_count=info.parameter_count, sha256=info.sha256,
-            training_metrics=dict(info.training_metrics), run_name=info.run_name, epoch=info.epoch,
-            trained_at=info.trained_at, loaded_at=info.loaded_at, input=InputContract.from_pb(info.input),
+            parameter_count=info.parameter_count,
+            sha256=info.sha256,
+            training_metrics=dict(info.training_metrics),
+            run_name=info.run_name,
+            epoch=info.epoch,
+            trained_at=info.trained_at,
+            loaded_at=info.loaded_at,
+            input=InputContract.from_pb(info.input),
             last_load_error=LoadError(version=error.version, reason=error.reason, at=error.at) if error else None,
-            detects_not_digit=info.detects_not_digit, digit_threshold=info.digit_threshold,
+            detects_not_digit=info.detects_not_digit,
+            digit_threshold=info.digit_threshold,
         )
 
 
@@ -150,22 +170,37 @@ class ModelList(BaseModel):
     served_version: str = Field("", description="empty before the first model is loaded")
 
     @classmethod
-    def from_pb(cls, response: pb.ListModelsResponse) -> "ModelList":
-        return cls(served_version=response.served_version, models=[
-            ModelVersion(version=m.version, served=m.served, metrics=dict(m.metrics), size_bytes=m.size_bytes,
-                         sha256=m.sha256, created_at=m.created_at, arch=m.arch, run_name=m.run_name,
-                         checksum_recorded=m.checksum_recorded, problem=m.problem)
-            for m in response.models
-        ])
+    def from_pb(cls, response: pb.ListModelsResponse) -> ModelList:
+        return cls(
+            served_version=response.served_version,
+            models=[
+                ModelVersion(
+                    version=m.version,
+                    served=m.served,
+                    metrics=dict(m.metrics),
+                    size_bytes=m.size_bytes,
+                    sha256=m.sha256,
+                    created_at=m.created_at,
+                    arch=m.arch,
+                    run_name=m.run_name,
+                    checksum_recorded=m.checksum_recorded,
+                    problem=m.problem,
+                )
+                for m in response.models
+            ],
+        )
 
 
 class EvaluateRequest(BaseModel):
     split: Literal["test", "validation"] = Field(
-        "test", description="the 10,000 MNIST test images, or the validation part of the training images as the "
-                            "served model's trainer split them")
+        "test",
+        description="the 10,000 MNIST test images, or the validation part of the training images as the "
+        "served model's trainer split them",
+    )
     heatmap: bool = Field(True, description="also draw the confusion matrix as a PNG (a few hundred ms)")
-    model_version: str = Field("", description="score this published version (GET /v1/models lists them); "
-                                               "empty: the served one")
+    model_version: str = Field(
+        "", description="score this published version (GET /v1/models lists them); empty: the served one"
+    )
 
 
 class ClassMetrics(BaseModel):
@@ -184,20 +219,28 @@ class Evaluation(BaseModel):
     loss: float = Field(description="mean negative log-likelihood")
     per_class: list[ClassMetrics] = Field(description="digits 0..9 in order")
     confusion: list[list[int]] = Field(
-        description="confusion[true][predicted]: ten rows (true digits 0..9) of ten counts (predicted digits)")
-    heatmap: str | None = Field(description="the confusion matrix drawn as a heatmap, a PNG data URL; null when "
-                                            "heatmap=false was asked")
+        description="confusion[true][predicted]: ten rows (true digits 0..9) of ten counts (predicted digits)"
+    )
+    heatmap: str | None = Field(
+        description="the confusion matrix drawn as a heatmap, a PNG data URL; null when heatmap=false was asked"
+    )
     seconds: float = Field(description="the evaluation's wall time on the inference service")
 
     @classmethod
-    def from_pb(cls, response: pb.EvaluateResponse) -> "Evaluation":
+    def from_pb(cls, response: pb.EvaluateResponse) -> Evaluation:
         return cls(
-            model_version=response.model_version, split=SPLIT_WORDS[response.split], count=response.count,
-            accuracy=response.accuracy, loss=response.loss,
-            per_class=[ClassMetrics(digit=c.digit, precision=c.precision, recall=c.recall, f1=c.f1, support=c.support)
-                       for c in response.per_class],
+            model_version=response.model_version,
+            split=SPLIT_WORDS[response.split],
+            count=response.count,
+            accuracy=response.accuracy,
+            loss=response.loss,
+            per_class=[
+                ClassMetrics(digit=c.digit, precision=c.precision, recall=c.recall, f1=c.f1, support=c.support)
+                for c in response.per_class
+            ],
             confusion=[list(row.counts) for row in response.confusion],
-            heatmap=png_data_url(response.heatmap_png), seconds=response.seconds,
+            heatmap=png_data_url(response.heatmap_png),
+            seconds=response.seconds,
         )
 
 
@@ -219,7 +262,7 @@ class Box(BaseModel):
     height: int
 
     @classmethod
-    def from_pb(cls, box: pb.Box) -> "Box":
+    def from_pb(cls, box: pb.Box) -> Box:
         return cls(x=box.x, y=box.y, width=box.width, height=box.height)
 
 
@@ -227,7 +270,7 @@ class NumberDigit(DigitPrediction):
     box: Box = Field(description="where the digit's ink is in the picture")
 
     @classmethod
-    def from_number_digit(cls, digit: pb.NumberDigit) -> "NumberDigit":
+    def from_number_digit(cls, digit: pb.NumberDigit) -> NumberDigit:
         return cls(box=Box.from_pb(digit.box), **DigitPrediction.from_pb(digit.prediction).model_dump())
 
 
@@ -237,25 +280,30 @@ class Separator(BaseModel):
     box: Box
 
     @classmethod
-    def from_pb(cls, separator: pb.Separator) -> "Separator":
-        return cls(position=separator.position, mark=separator.mark, box=Box.from_pb(separator.box))
+    def from_pb(cls, separator: pb.Separator) -> Separator:
+        mark = "." if separator.mark == "." else ","  # the service sends one of the two
+        return cls(position=separator.position, mark=mark, box=Box.from_pb(separator.box))
 
 
 class NumberReading(BaseModel):
-    digits: str = Field(description='the digits read, left to right, separators left out, e.g. "314"',
-                        examples=["314"])
+    digits: str = Field(description='the digits read, left to right, separators left out, e.g. "314"', examples=["314"])
     per_digit: list[NumberDigit] = Field(description="one per character of `digits`, in the same order")
-    confidence: float = Field(description="the probability that every digit is right: the product of each "
-                                          "digit's probability")
+    confidence: float = Field(
+        description="the probability that every digit is right: the product of each digit's probability"
+    )
     separators: list[Separator] = Field(description="decimal points and commas, left to right; empty when none")
     model_version: str = Field(description="the version of the model that read every digit")
     width: int = Field(description="the picture's width as displayed, the frame of every box")
     height: int = Field(description="the picture's height as displayed")
 
     @classmethod
-    def from_pb(cls, response: pb.ReadNumberResponse) -> "NumberReading":
-        return cls(digits=response.digits,
-                   per_digit=[NumberDigit.from_number_digit(d) for d in response.per_digit],
-                   confidence=response.confidence,
-                   separators=[Separator.from_pb(s) for s in response.separators],
-                   model_version=response.model_version, width=response.width, height=response.height)
+    def from_pb(cls, response: pb.ReadNumberResponse) -> NumberReading:
+        return cls(
+            digits=response.digits,
+            per_digit=[NumberDigit.from_number_digit(d) for d in response.per_digit],
+            confidence=response.confidence,
+            separators=[Separator.from_pb(s) for s in response.separators],
+            model_version=response.model_version,
+            width=response.width,
+            height=response.height,
+        )

@@ -32,8 +32,13 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
 DOCKERFILES = {"trainer": REPO / "trainer" / "Dockerfile", "inference": REPO / "inference" / "Dockerfile"}
 # Which Dockerfile builds each service's image.
-SERVICE_DOCKERFILE = {"trainer": "trainer", "inference": "inference", "web": "inference", "tensorboard": "inference",
-                      "client": "inference"}
+SERVICE_DOCKERFILE = {
+    "trainer": "trainer",
+    "inference": "inference",
+    "web": "inference",
+    "tensorboard": "inference",
+    "client": "inference",
+}
 STACK_SERVICES = ("trainer", "inference", "web", "tensorboard")  # what `docker compose up` starts
 
 
@@ -51,16 +56,17 @@ def _compose_or_reason() -> tuple[list[str] | None, str]:
     if shutil.which("docker") is None:
         return None, f"the docker CLI is not installed; Docker Compose v2 is needed ({how})"
     try:
-        result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         return None, "`docker compose version` did not answer within 60 s"
     version = tuple(int(n) for n in re.findall(r"\d+", result.stdout)[:2])
     if result.returncode != 0 or not version:
         return None, f"`docker compose` (Compose v2) is not available ({how}): {result.stderr.strip()}"
     if version < MIN_COMPOSE_VERSION:
-        return None, (f"Docker Compose {result.stdout.strip()} is too old: {'.'.join(map(str, MIN_COMPOSE_VERSION))}"
-                      f" or newer reads `!reset` ({how})")
+        return None, (
+            f"Docker Compose {result.stdout.strip()} is too old: {'.'.join(map(str, MIN_COMPOSE_VERSION))}"
+            f" or newer reads `!reset` ({how})"
+        )
     return ["docker", "compose"], ""
 
 
@@ -72,9 +78,14 @@ def docker_compose() -> list[str]:
     return argv
 
 
-def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,), env: dict[str, str] | None = None,
-                project_dir: Path = REPO, env_file: Path | None = Path(os.devnull),
-                timeout: float = 60) -> subprocess.CompletedProcess:
+def run_compose(
+    *args: str,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
+    env: dict[str, str] | None = None,
+    project_dir: Path = REPO,
+    env_file: Path | None = Path(os.devnull),
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
     """`docker compose -f FILE... ARGS` run in `project_dir`, seeing only `env` (and what the CLI needs to run).
     `env_file` replaces the project folder's .env (default: none, so that a developer's .env changes nothing);
     None lets Compose read `project_dir`/.env as it does for a user. No `files`: Compose's own choice (COMPOSE_FILE,
@@ -85,16 +96,24 @@ def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,), env: dict
     if env_file is not None:
         argv += ["--env-file", str(env_file)]
     environment = {k: os.environ[k] for k in _PASSED_TO_COMPOSE if k in os.environ}
-    return subprocess.run([*argv, *args], capture_output=True, text=True, cwd=project_dir,
-                          env={**environment, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        cwd=project_dir,
+        env={**environment, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @functools.cache
 def _rendered(files: tuple[Path, ...], env: tuple[tuple[str, str], ...], profiles: tuple[str, ...]) -> str:
     profile_args = [a for p in profiles for a in ("--profile", p)]
     result = run_compose(*profile_args, "config", "--format", "json", files=files, env=dict(env))
-    assert result.returncode == 0, (f"docker compose {' '.join(profile_args)} config rejects "
-                                    f"{', '.join(f.name for f in files)} (environment {dict(env)}):\n{result.stderr}")
+    assert result.returncode == 0, (
+        f"docker compose {' '.join(profile_args)} config rejects "
+        f"{', '.join(f.name for f in files)} (environment {dict(env)}):\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -121,8 +140,10 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
             continue
         logical.append(current + line)
         current = ""
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if len(line.split(None, 1)) > 1 else "")
-            for line in logical]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if len(line.split(None, 1)) > 1 else "")
+        for line in logical
+    ]
 
 
 def dockerfile_env(path: Path) -> dict[str, str]:
@@ -165,8 +186,10 @@ class Port:
 
 def published_ports(service: dict[str, Any]) -> list[Port]:
     """The service's ports, from Compose's long form."""
-    return [Port(p.get("host_ip", ""), p.get("published", ""), int(p["target"]), p.get("protocol", "tcp"))
-            for p in service.get("ports", [])]
+    return [
+        Port(p.get("host_ip", ""), p.get("published", ""), int(p["target"]), p.get("protocol", "tcp"))
+        for p in service.get("ports", [])
+    ]
 
 
 def container_environment(model: dict[str, Any], name: str) -> dict[str, str]:
@@ -198,7 +221,7 @@ class LocalMapping:
         for mount in mounts(model["services"][name]):
             if container_path == mount.target or container_path.startswith(mount.target + "/"):
                 host = mount.volume if mount.type == "bind" else str(self.volumes[mount.volume])
-                return host + container_path[len(mount.target):]
+                return host + container_path[len(mount.target) :]
         return container_path
 
     def arg(self, model: dict[str, Any], name: str, arg: str, previous: str | None) -> str:

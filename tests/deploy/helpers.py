@@ -3,6 +3,7 @@ with everything it started."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -24,8 +25,9 @@ class Capture(io.TextIOBase):
         return self.text.splitlines()
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition", output: Capture | None = None,
-             interval: float = 0.02):
+def wait_for(
+    predicate, timeout: float = 10.0, what: str = "condition", output: Capture | None = None, interval: float = 0.02
+):
     """Poll `predicate` every `interval` s until it returns something true, and return that; fail after `timeout` s,
     with the end of `output` in the message if given."""
     deadline = time.monotonic() + timeout
@@ -50,10 +52,8 @@ def end_process_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
 
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     if process.poll() is None:
         try:
             root = psutil.Process(process.pid)

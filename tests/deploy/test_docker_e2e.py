@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+
 from tests.deploy.compose_model import REPO
 from tests.deploy.helpers import wait_for
 
@@ -53,11 +54,18 @@ def compose_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def compose(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:
+def compose(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess:
     """scripts/compose.sh (what `make up` runs: the CPU override on a host without the NVIDIA runtime)."""
-    result = subprocess.run([str(REPO / "scripts" / "compose.sh"), *args], cwd=REPO, env=env or compose_env(),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "compose.sh"), *args],
+        cwd=REPO,
+        env=env or compose_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert result.returncode == 0, f"compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -101,8 +109,10 @@ def all_healthy(env: dict[str, str], count: int) -> bool:
 @pytest.fixture(scope="module")
 def stack(mnist_dir):
     """Build, seed, `up -d` with a 1-epoch training; yields when the model is served. Ends with `down -v`."""
-    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"],
-                                                        capture_output=True).returncode != 0:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    ):
         pytest.skip("needs the docker CLI with Compose v2 (../shared/tools/docker-engine.sh installs both)")
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.skip("no Docker engine is running (../shared/tools/docker-engine.sh starts one)")
@@ -113,17 +123,37 @@ def stack(mnist_dir):
     print(f"\nimages built in {time.monotonic() - started:.0f} s")
     try:
         # MNIST cannot be downloaded here: copy the four files into the volume the trainer would download into.
-        compose("run", "--rm", "--no-deps", "-v", f"{mnist_dir}:/seed:ro", "--entrypoint", "sh", "trainer", "-c",
-                "cp /seed/*-ubyte* /data/ && ls /data", env=env, timeout=120)
+        compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-v",
+            f"{mnist_dir}:/seed:ro",
+            "--entrypoint",
+            "sh",
+            "trainer",
+            "-c",
+            "cp /seed/*-ubyte* /data/ && ls /data",
+            env=env,
+            timeout=120,
+        )
         compose("up", "-d", env=env, timeout=300)
-        wait_for(lambda: (c := containers("trainer", env)) and c[0]["State"] == "exited", timeout=600,
-                 what="the trainer to finish its epoch", interval=2)
+        wait_for(
+            lambda: (c := containers("trainer", env)) and c[0]["State"] == "exited",
+            timeout=600,
+            what="the trainer to finish its epoch",
+            interval=2,
+        )
         trainer = containers("trainer", env)[0]
         logs = compose("logs", "trainer", env=env).stdout
         assert trainer["ExitCode"] == 0, logs
         assert re.search(r"epoch 1/1 .*test acc", logs) and "published model" in logs, logs
-        wait_for(lambda: all_healthy(env, 1) and is_serving(GRPC_HOST), timeout=120,
-                 what="inference to be healthy and SERVING", interval=1)
+        wait_for(
+            lambda: all_healthy(env, 1) and is_serving(GRPC_HOST),
+            timeout=120,
+            what="inference to be healthy and SERVING",
+            interval=1,
+        )
         yield env
     finally:
         compose("down", "-v", "--remove-orphans", env=env, timeout=180, check=False)
@@ -148,7 +178,7 @@ def test_predict_and_evaluate_from_the_host(stack, digit_files):
     folder, files = digit_files
     with grpc.insecure_channel(GRPC_HOST) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
-        name, label = files[0]
+        name, _label = files[0]
         response = stub.Predict(pb.PredictRequest(image=(folder / name).read_bytes()), timeout=30)
         assert response.model_version and 0 <= response.prediction.digit <= 9
         evaluation = stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=60)
@@ -163,8 +193,9 @@ def test_web_page_and_rest_api_answer_through_the_gateway(stack, digit_files):
     with urllib.request.urlopen(f"{WEB}/", timeout=10) as response:
         assert b"<canvas" in response.read()
     name, _ = files[0]
-    request = urllib.request.Request(f"{WEB}/v1/predict", data=(folder / name).read_bytes(), method="POST",
-                                     headers={"Content-Type": "image/png"})
+    request = urllib.request.Request(
+        f"{WEB}/v1/predict", data=(folder / name).read_bytes(), method="POST", headers={"Content-Type": "image/png"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.load(response)
     assert 0 <= answer["digit"] <= 9 and len(answer["probabilities"]) == 10 and answer["model_version"]
@@ -186,9 +217,18 @@ def test_tensorboard_serves_the_run(stack):
 
 def test_client_container_reads_a_picture_and_writes_its_preview(stack, digit_files):
     folder, files = digit_files
-    name, label = files[0]
-    result = compose("run", "--rm", "client", "predict", name, "--preview", "preview.png",
-                     env={**stack, "MNIST_CLIENT_DIR": str(folder)}, timeout=120)
+    name, _label = files[0]
+    result = compose(
+        "run",
+        "--rm",
+        "client",
+        "predict",
+        name,
+        "--preview",
+        "preview.png",
+        env={**stack, "MNIST_CLIENT_DIR": str(folder)},
+        timeout=120,
+    )
     assert re.search(rf"^{name}: \d \(", result.stdout, re.M), result.stdout
     preview = folder / "preview.png"
     assert preview.is_file() and preview.read_bytes().startswith(b"\x89PNG")
@@ -196,20 +236,31 @@ def test_client_container_reads_a_picture_and_writes_its_preview(stack, digit_fi
 
 def test_three_replicas_each_serve_calls_and_survive_a_client_run(stack, digit_files):
     folder, files = digit_files
-    env = {**stack, "MNIST_INFERENCE_REPLICAS": str(REPLICAS),
-           "MNIST_GRPC_HOST_PORT": f"{settings.DEFAULT_GRPC_PORT}-{settings.DEFAULT_GRPC_PORT + REPLICAS - 1}"}
+    env = {
+        **stack,
+        "MNIST_INFERENCE_REPLICAS": str(REPLICAS),
+        "MNIST_GRPC_HOST_PORT": f"{settings.DEFAULT_GRPC_PORT}-{settings.DEFAULT_GRPC_PORT + REPLICAS - 1}",
+    }
     compose("up", "-d", "--no-recreate", "inference", env=env, timeout=180)
     wait_for(lambda: all_healthy(env, REPLICAS), timeout=150, what=f"{REPLICAS} healthy replicas", interval=1)
     # One call per picture through the client container: dns:///inference:50051, round-robin over the replicas.
-    result = compose("run", "--rm", "client", "predict", "--batch-size", "1", *[name for name, _ in files],
-                     env={**env, "MNIST_CLIENT_DIR": str(folder)}, timeout=120)
+    result = compose(
+        "run",
+        "--rm",
+        "client",
+        "predict",
+        "--batch-size",
+        "1",
+        *[name for name, _ in files],
+        env={**env, "MNIST_CLIENT_DIR": str(folder)},
+        timeout=120,
+    )
     assert len(re.findall(r"^digit\d+\.png: \d \(", result.stdout, re.M)) == len(files), result.stdout
     # `run` brought its dependency to the configured count, not down to one (the bug with `--scale`).
     replicas = containers("inference", env)
     assert len(replicas) == REPLICAS and all(c["State"] == "running" for c in replicas), replicas
     # Each replica's access log (inference.access_log) has one line per call it answered.
-    served = {c["Name"]: len(re.findall(r"access method=PredictBatch code=OK", docker_logs(c["ID"])))
-              for c in replicas}
+    served = {c["Name"]: len(re.findall(r"access method=PredictBatch code=OK", docker_logs(c["ID"]))) for c in replicas}
     assert all(count > 0 for count in served.values()), f"calls per replica: {served}"
     assert sum(served.values()) == len(files), served
 

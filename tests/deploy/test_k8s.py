@@ -20,8 +20,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
-from inference.server import LIVENESS_SERVICE, SERVICE_NAME
 from shared import settings
+
+from inference.server import LIVENESS_SERVICE, SERVICE_NAME
 from tests.deploy.compose_model import REPO
 from tests.inference.helpers import health_status, publish, start_server
 
@@ -40,8 +41,10 @@ def kubectl() -> str:
     result = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
     kustomize = json.loads(result.stdout or "{}").get("kustomizeVersion", "v0")
     if int(kustomize.lstrip("v").split(".")[0]) < 4:
-        pytest.fail(f"{path} embeds kustomize {kustomize}; deploy/k8s needs v4 or newer (kubectl 1.21+; Debian 12's "
-                    "kubernetes-client is 1.20)")
+        pytest.fail(
+            f"{path} embeds kustomize {kustomize}; deploy/k8s needs v4 or newer (kubectl 1.21+; Debian 12's "
+            "kubernetes-client is 1.20)"
+        )
     return path
 
 
@@ -85,8 +88,10 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(rendered,
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
-            pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} is not valid for Kubernetes {version}: "
-                        f"{e.message} at {'.'.join(map(str, e.path))}")
+            pytest.fail(
+                f"{name}: {obj['kind']}/{obj['metadata']['name']} is not valid for Kubernetes {version}: "
+                f"{e.message} at {'.'.join(map(str, e.path))}"
+            )
 
 
 def test_schema_validation_does_reject_a_broken_object(rendered):
@@ -104,8 +109,12 @@ def test_schema_validation_does_reject_a_broken_object(rendered):
 def checkov(folder: Path) -> dict:
     if not Path(CHECKOV).exists() and shutil.which(CHECKOV) is None:
         pytest.skip(f"checkov is not installed at {CHECKOV} (make tools, or set MNIST_CHECKOV)")
-    result = subprocess.run([CHECKOV, "-d", str(folder), "--framework", "kubernetes", "--skip-download",
-                             "--output", "json"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [CHECKOV, "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode in (0, 1), result.stderr  # 1: failed checks, read below
     report = json.loads(result.stdout)
     return report[0] if isinstance(report, list) else report
@@ -146,14 +155,22 @@ def test_checkov_does_fail_an_insecure_manifest(rendered, tmp_path):
 def test_the_three_services_with_the_artifacts_volume_shared_read_write_many(rendered, name):
     objects = rendered[name]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert {("Job", "trainer"), ("Deployment", "inference"), ("Service", "inference"),
-            ("Deployment", "tensorboard"), ("Service", "tensorboard"),
-            ("PersistentVolumeClaim", "artifacts")} <= kinds
+    assert {
+        ("Job", "trainer"),
+        ("Deployment", "inference"),
+        ("Service", "inference"),
+        ("Deployment", "tensorboard"),
+        ("Service", "tensorboard"),
+        ("PersistentVolumeClaim", "artifacts"),
+    } <= kinds
     assert find(objects, "PersistentVolumeClaim", "artifacts")["spec"]["accessModes"] == ["ReadWriteMany"]
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"mnist-stack"}
     for kind, workload in (("Job", "trainer"), ("Deployment", "inference"), ("Deployment", "tensorboard")):
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(find(objects, kind, workload))["volumes"]
-                  if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod_spec(find(objects, kind, workload))["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert "artifacts" in claims, workload
         mounts = {m["mountPath"]: m for m in container(find(objects, kind, workload))["volumeMounts"]}
         assert mounts["/artifacts"].get("readOnly", False) == (workload != "trainer"), workload  # one writer
@@ -166,7 +183,9 @@ def test_only_the_gpu_overlay_gives_the_trainer_a_gpu(rendered):
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and env(cpu)[settings.ENV_DEVICE] == "cpu"
     for name in ("cpu", "gpu"):  # the rest is the same
         assert container(find(rendered[name], "Deployment", "inference"))["resources"]["limits"].keys() == {
-            "cpu", "memory"}
+            "cpu",
+            "memory",
+        }
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
@@ -185,7 +204,8 @@ def test_every_container_is_non_root_read_only_and_has_resources(rendered, name)
             # With a read-only root, /tmp must be a volume (matplotlib's cache, TensorBoard, metrics files).
             assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}, where
             unknown = {k for k in env(c) if k.startswith("MNIST_")} - {
-                getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
+                getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")
+            }
             assert not unknown, f"{where}: {unknown} are not variables of shared/settings.py"
 
 

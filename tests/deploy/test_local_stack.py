@@ -110,15 +110,30 @@ def test_a_service_that_ignores_the_signal_is_killed_after_the_timeout_with_its_
     assert 0.4 < time.monotonic() - started < 5
     assert result == [1], "a kill is not a clean stop"
     assert "stack    | killing stubborn (still running after 0.5 s)" in out.lines()
-    wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2],
-             timeout=5, what="the grandchild to die with its process group")
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
+        ),
+        timeout=5,
+        what="the grandchild to die with its process group",
+    )
 
 
 def test_a_second_stop_request_kills_at_once(start):
     out = Capture()
-    supervisor = Supervisor([Service("stubborn", py('import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); '
-                                                     'print("ready", flush=True); time.sleep(60)'))],
-                            out=out, stop_timeout=30)
+    supervisor = Supervisor(
+        [
+            Service(
+                "stubborn",
+                py(
+                    "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                    'print("ready", flush=True); time.sleep(60)'
+                ),
+            )
+        ],
+        out=out,
+        stop_timeout=30,
+    )
     thread, result = start(supervisor)
     wait_for(lambda: "stubborn | ready" in out.lines())
     supervisor.request_stop(signal.SIGINT)
@@ -133,8 +148,10 @@ def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path, start):
     out = Capture()
     count = tmp_path / "starts"
     crashing = py(f'open({str(count)!r}, "a").write("x"); print("crashing", flush=True); raise SystemExit(3)')
-    services = [Service("inference", crashing, restart_on_failure=True),
-                Service("tensorboard", py(SERVER.format(name="tensorboard")), restart_on_failure=True)]
+    services = [
+        Service("inference", crashing, restart_on_failure=True),
+        Service("tensorboard", py(SERVER.format(name="tensorboard")), restart_on_failure=True),
+    ]
     supervisor = Supervisor(services, out=out, stop_timeout=5, max_restarts=2, restart_delay=0.05)
     thread, result = start(supervisor)
     thread.join(30)
@@ -148,7 +165,7 @@ def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path, start):
 
 def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1(start):
     out = Capture()
-    supervisor = Supervisor([Service("trainer", py('raise SystemExit(2)'))], out=out)
+    supervisor = Supervisor([Service("trainer", py("raise SystemExit(2)"))], out=out)
     thread, result = start(supervisor)
     thread.join(15)
     assert result == [1] and out.text.count("trainer exited with code 2") == 1
@@ -196,15 +213,38 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
     fake.chmod(0o755)
     env = {**CLEAN_ENV, "FAKE_DIR": str(tmp_path), "MNIST_TENSORBOARD_PORT": "6007", "MNIST_EPOCHS": "4"}
     stack = subprocess.Popen(
-        [PY, "-m", "scripts.local_stack", "--python", str(fake), "--artifacts-dir", str(tmp_path / "a"),
-         "--data-dir", str(tmp_path / "mnist"), "--trainer-args", "--train-subset 2000", "--stop-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        [
+            PY,
+            "-m",
+            "scripts.local_stack",
+            "--python",
+            str(fake),
+            "--artifacts-dir",
+            str(tmp_path / "a"),
+            "--data-dir",
+            str(tmp_path / "mnist"),
+            "--trainer-args",
+            "--train-subset 2000",
+            "--stop-timeout",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(stack.stdout), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: all((tmp_path / f"{n}.pid").exists() for n in ("inference", "web", "tensorboard"))
-                 and any("trainer exited with code 0" in l for l in lines), what="the stand-ins to start")
+        wait_for(
+            lambda: (
+                all((tmp_path / f"{n}.pid").exists() for n in ("inference", "web", "tensorboard"))
+                and any("trainer exited with code 0" in line for line in lines)
+            ),
+            what="the stand-ins to start",
+        )
         time.sleep(0.3)
         assert stack.poll() is None, "the trainer's exit 0 must not end the stack"
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -213,7 +253,7 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
         # Pass or fail, nothing it started may outlive the test: the stand-ins run in sessions of their own.
         end_process_tree(stack)
     reader.join(5)
-    out = [l.rstrip("\n") for l in lines]
+    out = [line.rstrip("\n") for line in lines]
     for name in ("inference", "web", "tensorboard"):
         assert f"{name:<11} | {name} got SIGINT" in out, out
         pid = int((tmp_path / f"{name}.pid").read_text())
@@ -226,8 +266,16 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
     assert argv["trainer"] == ["-m", "trainer", "--train-subset", "2000"]
     assert argv["inference"] == ["-m", "inference"]
     assert argv["web"] == ["-m", "inference.web", "--host", "localhost", "--port", "8080"]
-    assert argv["tensorboard"] == ["-m", "tensorboard.main", "--logdir", str(tmp_path / "a" / "runs"),
-                                   "--host", "localhost", "--port", "6007"]
+    assert argv["tensorboard"] == [
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(tmp_path / "a" / "runs"),
+        "--host",
+        "localhost",
+        "--port",
+        "6007",
+    ]
     # All four see the same settings, the artifacts folder as an absolute path.
     envs = {n: (tmp_path / f"{n}.env").read_text() for n in argv}
     assert len(set(envs.values())) == 1
@@ -256,8 +304,13 @@ def fake_python3(tmp_path):
     python3.write_text(FAKE_INTERPRETER)
     python3.chmod(0o755)
     log = tmp_path / "calls.log"
-    env = {**CLEAN_ENV, "FAKE_LOG": str(log), "FAKE_ROOT": str(tmp_path), "PYTHON": str(python3),
-           "MNIST_VENV": str(tmp_path / "venv")}
+    env = {
+        **CLEAN_ENV,
+        "FAKE_LOG": str(log),
+        "FAKE_ROOT": str(tmp_path),
+        "PYTHON": str(python3),
+        "MNIST_VENV": str(tmp_path / "venv"),
+    }
     return env, log
 
 
@@ -269,13 +322,23 @@ def calls(log: Path) -> list[str]:
 
 def test_stack_sh_creates_the_venv_installs_once_and_execs_the_supervisor(fake_python3):
     env, log = fake_python3
-    run = lambda *args, **extra: subprocess.run([str(REPO / "scripts" / "stack.sh"), *args],  # noqa: E731
-                                                env={**env, **extra}, capture_output=True, text=True, timeout=30)
+
+    def run(*args, **extra):
+        return subprocess.run(
+            [str(REPO / "scripts" / "stack.sh"), *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
     first = run("--epochs", "1")
     assert first.returncode == 0, first.stderr
-    assert calls(log) == [f"bin/python3 -m venv {env['MNIST_VENV']}",
-                          "venv/bin/python -m pip install --disable-pip-version-check -e .",
-                          "venv/bin/python -m scripts.local_stack --epochs 1"]
+    assert calls(log) == [
+        f"bin/python3 -m venv {env['MNIST_VENV']}",
+        "venv/bin/python -m pip install --disable-pip-version-check -e .",
+        "venv/bin/python -m scripts.local_stack --epochs 1",
+    ]
     assert run("--epochs", "1").returncode == 0
     assert calls(log) == ["venv/bin/python -m scripts.local_stack --epochs 1"], "installed already: no pip"
     assert run("--setup-only", MNIST_STACK_EXTRAS="dev").returncode == 0
@@ -312,14 +375,24 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed (`apt-get install -y make`)")
     env, log = fake_python3
-    make = lambda *args: subprocess.run(["make", "-s", "-C", str(REPO), *args], env=env,  # noqa: E731
-                                        capture_output=True, text=True, timeout=60)
+
+    def make(*args):
+        return subprocess.run(
+            ["make", "-s", "-C", str(REPO), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     result = make("stack", "ARGS=--tensorboard-port 6007")
     assert result.returncode == 0, result.stderr
     assert calls(log)[-1] == "venv/bin/python -m scripts.local_stack --tensorboard-port 6007"
     result = make("test", "PYTEST_ARGS=tests/deploy -q")
     assert result.returncode == 0, result.stderr
-    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]",
-                          "venv/bin/python -m pytest tests/deploy -q"]
+    assert calls(log) == [
+        "venv/bin/python -m pip install --disable-pip-version-check -e .[dev]",
+        "venv/bin/python -m pytest tests/deploy -q",
+    ]
     assert make("protos").returncode == 0
     assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from shared import settings
+
 from tests.deploy.compose_model import REPO, Mount, Port, container_environment, load_compose, mounts, published_ports
 
 SCRAPE_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -41,8 +42,9 @@ def test_the_monitoring_profile_adds_prometheus_from_the_official_image_at_a_pin
 
 
 def test_promtool_accepts_the_scrape_config():
-    result = subprocess.run([promtool(), "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 

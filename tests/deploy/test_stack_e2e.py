@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_stack import Service, Supervisor
 from shared import settings
 from shared.checkpoint import publish_model, read_manifest, read_published_model
+
+from scripts.local_stack import Service, Supervisor
 from tests.deploy.compose_model import LocalMapping, healthcheck_argv, load_compose, local_process
 from tests.deploy.helpers import Capture, wait_for
 
@@ -67,18 +68,25 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     artifacts, replica_artifacts = tmp_path / "artifacts", tmp_path / "replica-artifacts"
     grpc_port, replica_port, tb_port, web_port = free_port(), free_port(), free_port(), free_port()
     metrics_port = free_port()
-    mapping = LocalMapping(volumes={"artifacts": artifacts, "mnist": mnist_dir},
-                           ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port,
-                                  METRICS_PORT: metrics_port})
+    mapping = LocalMapping(
+        volumes={"artifacts": artifacts, "mnist": mnist_dir},
+        ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port, METRICS_PORT: metrics_port},
+    )
     # A second replica, as `--scale inference=2` would start. It gets its own artifacts folder only so that the
     # test can tell the replicas apart: it serves a copy of the trained model under another version name.
-    replica_mapping = LocalMapping(volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
-                                   ports={GRPC_PORT: replica_port, METRICS_PORT: free_port()})
+    replica_mapping = LocalMapping(
+        volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
+        ports={GRPC_PORT: replica_port, METRICS_PORT: free_port()},
+    )
 
     def service(name: str, mapping: LocalMapping, label: str | None = None, extra: list[str] = ()) -> Service:
         argv, env = local_process(model, name, mapping)
-        return Service(label or name, [*argv, *extra], env=env,
-                       restart_on_failure=model["services"][name].get("restart") == "on-failure")
+        return Service(
+            label or name,
+            [*argv, *extra],
+            env=env,
+            restart_on_failure=model["services"][name].get("restart") == "on-failure",
+        )
 
     services = [
         service("trainer", mapping, extra=TRAINER_SMOKE_FLAGS),
@@ -96,8 +104,13 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
     thread.start()
     try:
         # 1. The trainer trains, publishes, exits 0 -- and the others keep running.
-        finished = wait_for(lambda: re.search(r"^stack +\| trainer exited with code (\d+)$", out.text, re.M),
-                            timeout=180, what="the trainer to finish", output=out, interval=POLL)
+        finished = wait_for(
+            lambda: re.search(r"^stack +\| trainer exited with code (\d+)$", out.text, re.M),
+            timeout=180,
+            what="the trainer to finish",
+            output=out,
+            interval=POLL,
+        )
         assert finished[1] == "0", out.text
         assert re.search(r"^trainer +\| epoch 1/1 ", out.text, re.M), "one prefixed line per epoch expected"
         running = supervisor.processes()
@@ -106,8 +119,9 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
 
         # 2. The compose healthcheck's own command, as readiness: SERVING once the model is loaded.
         probe = [*healthcheck_argv(model, "inference", mapping), "--require-serving"]
-        wait_for(lambda: run(probe).returncode == 0, timeout=30, what="inference to be SERVING", output=out,
-                 interval=POLL)
+        wait_for(
+            lambda: run(probe).returncode == 0, timeout=30, what="inference to be SERVING", output=out, interval=POLL
+        )
 
         # 3. Predict through the client.
         images = []
@@ -120,18 +134,27 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         client = [sys.executable, "-m", "inference.client"]
         predicted = run([*client, "--target", f"127.0.0.1:{grpc_port}", "predict", images[0]])
         assert predicted.returncode == 0, predicted.stdout + predicted.stderr
-        assert re.search(rf"^{re.escape(images[0])}: \d \(\d+\.\d%, model {re.escape(version)}\)$",
-                         predicted.stdout, re.M), predicted.stdout
+        assert re.search(
+            rf"^{re.escape(images[0])}: \d \(\d+\.\d%, model {re.escape(version)}\)$", predicted.stdout, re.M
+        ), predicted.stdout
 
         # 3b. The web page, in front of the same service (its gRPC target: compose's dns:///inference:50051,
         #     mapped here): the compose healthcheck's command as readiness, the page, and a REST Predict.
         web_probe = [*healthcheck_argv(model, "web", mapping), "--require-ready"]
-        wait_for(lambda: run(web_probe).returncode == 0, timeout=30, what="the web page to be ready", output=out,
-                 interval=POLL)
+        wait_for(
+            lambda: run(web_probe).returncode == 0,
+            timeout=30,
+            what="the web page to be ready",
+            output=out,
+            interval=POLL,
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:
             assert b'<canvas id="pad"' in response.read()
-        request = urllib.request.Request(f"http://127.0.0.1:{web_port}/v1/predict", data=Path(images[0]).read_bytes(),
-                                         headers={"Content-Type": "image/png"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/v1/predict",
+            data=Path(images[0]).read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.load(response)
         assert answer["model_version"] == version and 0 <= answer["digit"] <= 9, answer
@@ -142,8 +165,13 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         payload = {k: v for k, v in payload.items() if k not in ("format", "version", "created_at")}
         publish_model(replica_artifacts / "models", version=f"{version}-replica2", model_payload=payload)
         replica_probe = [*healthcheck_argv(model, "inference", replica_mapping), "--require-serving"]
-        wait_for(lambda: run(replica_probe).returncode == 0, timeout=30, what="replica 2 to be SERVING", output=out,
-                 interval=POLL)
+        wait_for(
+            lambda: run(replica_probe).returncode == 0,
+            timeout=30,
+            what="replica 2 to be SERVING",
+            output=out,
+            interval=POLL,
+        )
         both = f"ipv4:127.0.0.1:{grpc_port},127.0.0.1:{replica_port}"
         balanced = run([*client, "--target", both, "predict", "--batch-size", "1", *images])
         assert balanced.returncode == 0, balanced.stdout + balanced.stderr
@@ -154,14 +182,22 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist):
         # 5. The metrics port (MNIST_METRICS_ADDRESS in compose) counts the Predict calls this replica answered.
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
-        answered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                       if line.startswith("grpc_server_handled_total{") and 'grpc_method="PredictBatch"' in line)
+        answered = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("grpc_server_handled_total{") and 'grpc_method="PredictBatch"' in line
+        )
         assert answered == 1 + served_by.count(version), metrics
 
         # 6. TensorBoard answers over HTTP with the run's scalars.
         run_name = read_manifest(artifacts / "models").run_name
-        tags = wait_for(lambda: (tensorboard_json(tb_port, "/data/plugin/scalars/tags") or {}).get(run_name),
-                        timeout=45, what=f"TensorBoard to show run {run_name}'s scalars", output=out, interval=POLL)
+        tags = wait_for(
+            lambda: (tensorboard_json(tb_port, "/data/plugin/scalars/tags") or {}).get(run_name),
+            timeout=45,
+            what=f"TensorBoard to show run {run_name}'s scalars",
+            output=out,
+            interval=POLL,
+        )
         assert tags, f"no scalars for {run_name}"
         assert run_name in tensorboard_json(tb_port, "/data/runs")
     finally:

@@ -16,8 +16,14 @@ def module_server(tmp_path_factory, mnist_dir):
     """One server per test module, serving model "v1" (seed 1), with small limits so tests can exceed them."""
     artifacts = tmp_path_factory.mktemp("artifacts")
     publish(artifacts, "v1", seed=1)
-    r = start_server(artifacts, mnist_dir, max_batch_size=16, max_image_bytes=200_000,
-                     max_image_pixels=4_000_000, max_message_bytes=1_000_000)
+    r = start_server(
+        artifacts,
+        mnist_dir,
+        max_batch_size=16,
+        max_image_bytes=200_000,
+        max_image_pixels=4_000_000,
+        max_message_bytes=1_000_000,
+    )
     assert r.server.store.current is not None and r.server.store.current.version == "v1"
     yield r
     r.channel.close()
@@ -38,21 +44,26 @@ def tls_files(tmp_path_factory) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder = tmp_path_factory.mktemp("tls")
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path

@@ -17,10 +17,22 @@ from shared.checkpoint import Manifest, publish_model
 from shared.data import MNIST_MEAN, MNIST_STD
 from shared.model import build_model
 from shared.settings import Paths
+
 from testkit.waiting import wait_until
 
-__all__ = ["TEST_ARCH", "TEST_ARCH_KWARGS", "Running", "health_status", "hold_calls", "model_info", "model_payload",
-           "png_bytes", "publish", "start_server", "wait_until"]
+__all__ = [
+    "TEST_ARCH",
+    "TEST_ARCH_KWARGS",
+    "Running",
+    "health_status",
+    "hold_calls",
+    "model_info",
+    "model_payload",
+    "png_bytes",
+    "publish",
+    "start_server",
+    "wait_until",
+]
 
 # Small enough that evaluating 10,000 images takes a fraction of a second on two busy cores.
 TEST_ARCH = "compact"

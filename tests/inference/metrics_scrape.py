@@ -12,8 +12,11 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, frozenset], fl
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
         assert response.status == 200
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

@@ -35,8 +35,9 @@ def returned_id(call) -> str:
 
 def test_a_sane_request_id_is_returned_and_written_in_the_access_line(module_server, digit_pngs, access_lines):
     png = digit_pngs[0][1]
-    _, call = module_server.stub.Predict.with_call(pb.PredictRequest(image=png), timeout=10,
-                                                   metadata=((REQUEST_ID_KEY, "req-42.a:b_c"),))
+    _, call = module_server.stub.Predict.with_call(
+        pb.PredictRequest(image=png), timeout=10, metadata=((REQUEST_ID_KEY, "req-42.a:b_c"),)
+    )
     assert returned_id(call) == "req-42.a:b_c"
     (line,) = [r for r in access_lines() if r.access["request_id"] == "req-42.a:b_c"]
     fields = line.access
@@ -48,13 +49,24 @@ def test_a_sane_request_id_is_returned_and_written_in_the_access_line(module_ser
     assert "request_id=req-42.a:b_c" in line.getMessage()
 
 
-@pytest.mark.parametrize("supplied", [
-    "has space", "a" * 129, "<script>alert(1)</script>", "../../etc/passwd", "-leading-dash", "semi;colon",
-    "quote\"d", "{\"json\": 1}", "%0d%0aforged=1",
-])
+@pytest.mark.parametrize(
+    "supplied",
+    [
+        "has space",
+        "a" * 129,
+        "<script>alert(1)</script>",
+        "../../etc/passwd",
+        "-leading-dash",
+        "semi;colon",
+        'quote"d',
+        '{"json": 1}',
+        "%0d%0aforged=1",
+    ],
+)
 def test_a_malformed_request_id_is_replaced_not_echoed(module_server, digit_pngs, access_lines, caplog, supplied):
-    _, call = module_server.stub.Predict.with_call(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10,
-                                                   metadata=((REQUEST_ID_KEY, supplied),))
+    _, call = module_server.stub.Predict.with_call(
+        pb.PredictRequest(image=digit_pngs[0][1]), timeout=10, metadata=((REQUEST_ID_KEY, supplied),)
+    )
     replaced = returned_id(call)
     assert replaced != supplied and MADE_UP.fullmatch(replaced)
     assert [r.access["request_id"] for r in access_lines()] == [replaced]
@@ -70,11 +82,11 @@ def test_a_call_without_a_request_id_gets_a_new_one_each_time(module_server, dig
     assert [r.access["request_id"] for r in access_lines()] == ids
 
 
-def test_a_refused_call_has_one_access_line_and_its_other_lines_carry_the_same_id(module_server, access_lines,
-                                                                                    caplog):
+def test_a_refused_call_has_one_access_line_and_its_other_lines_carry_the_same_id(module_server, access_lines, caplog):
     with pytest.raises(grpc.RpcError) as e:
-        module_server.stub.Predict.with_call(pb.PredictRequest(image=b"not a picture"), timeout=10,
-                                             metadata=((REQUEST_ID_KEY, "bad-image-1"),))
+        module_server.stub.Predict.with_call(
+            pb.PredictRequest(image=b"not a picture"), timeout=10, metadata=((REQUEST_ID_KEY, "bad-image-1"),)
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(e.value.initial_metadata())[REQUEST_ID_KEY] == "bad-image-1"
     (line,) = access_lines()
@@ -93,8 +105,9 @@ def test_the_json_format_has_the_access_fields_as_keys(module_server, digit_pngs
     level = root.level
     root.setLevel(logging.INFO)
     try:
-        module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[digit_pngs[0][1], b""]), timeout=10,
-                                        metadata=((REQUEST_ID_KEY, "batch-7"),))
+        module_server.stub.PredictBatch(
+            pb.PredictBatchRequest(images=[digit_pngs[0][1], b""]), timeout=10, metadata=((REQUEST_ID_KEY, "batch-7"),)
+        )
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -108,7 +121,6 @@ def test_the_json_format_has_the_access_fields_as_keys(module_server, digit_pngs
 
 
 def test_the_text_format_ends_a_line_about_a_call_with_its_id():
-    record = logging.LogRecord("inference.service", logging.INFO, __file__, 1, "Predict -> INVALID_ARGUMENT", (),
-                               None)
+    record = logging.LogRecord("inference.service", logging.INFO, __file__, 1, "Predict -> INVALID_ARGUMENT", (), None)
     record.request_id = "abc"
     assert TextFormatter().format(record).endswith("Predict -> INVALID_ARGUMENT request_id=abc")

@@ -15,16 +15,23 @@ import numpy as np
 import psutil
 import pytest
 
-from inference.model_store import DEFAULT_BACKEND
-from inference.capacity import default_worker_count, process_memory_mib
-from inference.options import ServerOptions
 from shared.api.mnist.v1 import inference_pb2 as pb
-from shared.checkpoint import (MANIFEST_NAME, CheckpointError, atomic_write_bytes, read_manifest,
-                               read_published_model, read_published_onnx)
+from shared.checkpoint import (
+    MANIFEST_NAME,
+    CheckpointError,
+    atomic_write_bytes,
+    read_manifest,
+    read_published_model,
+    read_published_onnx,
+)
 from shared.data import normalize
 from shared.onnx_model import MAX_ABS_DIFFERENCE, export_onnx, verify_onnx
 from shared.resources import usable_cpus, usable_memory_bytes
 from shared.settings import Paths
+
+from inference.capacity import default_worker_count, process_memory_mib
+from inference.model_store import DEFAULT_BACKEND
+from inference.options import ServerOptions
 from tests.inference.helpers import model_payload, publish, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,8 +63,9 @@ def test_the_trained_models_export_computes_what_it_does_on_the_whole_test_set(t
     manifest = read_manifest(models)
     payload, model = read_published_model(models, manifest)
     norm = payload["normalization"]
-    check = verify_onnx(read_published_onnx(models, manifest), model,
-                        normalize(mnist.test_images, norm["mean"], norm["std"]))
+    check = verify_onnx(
+        read_published_onnx(models, manifest), model, normalize(mnist.test_images, norm["mean"], norm["std"])
+    )
     assert check.images == 10_000
     assert check.max_abs_difference <= MAX_ABS_DIFFERENCE, check.describe()
     assert check.argmax_differences == 0, check.describe()
@@ -114,8 +122,9 @@ def test_both_backends_give_the_same_answers(serve, tmp_path, digit_pngs):
     for x, y in zip(a.results, b.results):
         assert x.prediction.digit == y.prediction.digit
         np.testing.assert_allclose(x.prediction.probabilities, y.prediction.probabilities, atol=1e-5)
-    evaluations = [s.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=120)
-                   for s in (onnx, torch_)]
+    evaluations = [
+        s.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=120) for s in (onnx, torch_)
+    ]
     assert evaluations[0].accuracy == evaluations[1].accuracy
     assert [list(r.counts) for r in evaluations[0].confusion] == [list(r.counts) for r in evaluations[1].confusion]
 
@@ -204,22 +213,27 @@ GIB = 2**30
 PER_PROCESS_MIB = 1932  # process_memory_mib with the server's defaults
 
 
-@pytest.mark.parametrize("cpus, memory, expected", [
-    (2, 24 * GIB, 2),  # the development machine: one per core
-    (16, 24 * GIB, 12),  # memory-bound: (24 GiB - 512 MiB) // 1932 MiB
-    (16, 4 * GIB, 1),
-    (8, GIB, 1),  # too little memory for even one: still one
-    (4, None, 4),  # memory unknown: the cores decide
-    (1, 64 * GIB, 1),
-])
+@pytest.mark.parametrize(
+    "cpus, memory, expected",
+    [
+        (2, 24 * GIB, 2),  # the development machine: one per core
+        (16, 24 * GIB, 12),  # memory-bound: (24 GiB - 512 MiB) // 1932 MiB
+        (16, 4 * GIB, 1),
+        (8, GIB, 1),  # too little memory for even one: still one
+        (4, None, 4),  # memory unknown: the cores decide
+        (1, 64 * GIB, 1),
+    ],
+)
 def test_the_default_worker_count_follows_cores_and_memory(cpus, memory, expected):
     assert default_worker_count(cpus, memory, PER_PROCESS_MIB) == expected
 
 
 def test_the_worker_count_takes_the_memory_figures():
     defaults = ServerOptions(artifacts_dir=None, data_dir=None)
-    assert process_memory_mib(defaults.decode_budget_mib, defaults.max_workers,
-                              defaults.max_message_bytes) == PER_PROCESS_MIB
+    assert (
+        process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+        == PER_PROCESS_MIB
+    )
     assert default_worker_count(8, 8 * GIB + 512 * 2**20, 1024) == 8
     assert default_worker_count(8, 8 * GIB + 512 * 2**20, 2048) == 4
     with pytest.raises(ValueError):
@@ -229,7 +243,7 @@ def test_the_worker_count_takes_the_memory_figures():
 def test_this_machine_has_usable_cores_and_memory():
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
     memory = usable_memory_bytes()
-    assert memory is None or 0 < memory
+    assert memory is None or memory > 0
 
 
 def test_the_workers_flag_defaults_to_the_machines_choice(monkeypatch):
@@ -266,8 +280,13 @@ def test_the_server_starts_the_default_number_of_processes(tmp_path, mnist_dir):
     publish(tmp_path / "artifacts", "w", seed=1)
     env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "MNIST_DATA_DIR": str(mnist_dir)}
     env.pop("MNIST_INFERENCE_WORKERS", None)
-    process = subprocess.Popen([sys.executable, "-m", "inference", "--address", "127.0.0.1:0"], cwd=REPO_ROOT,
-                               env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0"],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         expected = default_worker_count(usable_cpus(), usable_memory_bytes(), PER_PROCESS_MIB)
         first = process.stderr.readline()

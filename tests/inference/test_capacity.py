@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from shared.resources import memory_limit_bytes
+
 from inference.__main__ import main as server_main
 from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib
-from shared.resources import memory_limit_bytes
 from inference.options import ServerOptions
 
 
@@ -42,5 +43,5 @@ def test_the_server_refuses_to_start_when_its_workers_cannot_fit(monkeypatch, tm
 
 
 def test_the_server_refuses_a_decode_budget_that_cannot_hold_one_picture(tmp_path):
-    with pytest.raises(SystemExit, match="--decode-budget-mib 100 cannot hold one picture.*153 MiB"):
+    with pytest.raises(SystemExit, match=r"--decode-budget-mib 100 cannot hold one picture.*153 MiB"):
         server_main(["--decode-budget-mib", "100", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"])

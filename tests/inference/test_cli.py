@@ -16,7 +16,6 @@ import pytest
 
 from inference import client, health_probe
 from inference.channel import make_channel
-
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +46,9 @@ def run_client(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_predict_prints_digits_and_bars(module_server, image_files, capsys, tmp_path):
     preview = tmp_path / "preview.png"
-    code, out, err = run_client(capsys, "--target", module_server.target, "predict", *map(str, image_files),
-                                "--preview", str(preview))
+    code, out, err = run_client(
+        capsys, "--target", module_server.target, "predict", *map(str, image_files), "--preview", str(preview)
+    )
     assert code == 0, err
     for path in image_files:
         assert re.search(rf"{re.escape(str(path))}: \d \(\d+\.\d%, model v1\)", out)
@@ -65,8 +65,15 @@ def test_predict_prints_digits_and_bars(module_server, image_files, capsys, tmp_
 def test_predict_reports_a_file_that_is_not_an_image(module_server, image_files, capsys, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    code, out, err = run_client(capsys, "--target", module_server.target, "predict",
-                                str(image_files[0]), str(text), str(tmp_path / "missing.png"))
+    code, out, err = run_client(
+        capsys,
+        "--target",
+        module_server.target,
+        "predict",
+        str(image_files[0]),
+        str(text),
+        str(tmp_path / "missing.png"),
+    )
     assert code == 1
     assert f"{image_files[0]}:" in out  # the good image is still answered
     assert f"{text}: not accepted:" in err
@@ -114,7 +121,10 @@ def test_client_reports_a_server_that_is_down(image_files):
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "inference.client", "--target", f"127.0.0.1:{port}", "predict", str(image_files[0])],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "cannot reach the inference server" in result.stderr
@@ -143,7 +153,10 @@ def test_server_process_serves_and_stops_on_sigterm(tmp_path, mnist_dir, image_f
     env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--torch-threads", "1"],
-        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = []

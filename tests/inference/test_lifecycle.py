@@ -119,6 +119,7 @@ def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path,
     assert next(watch).status == NOT_SERVING
     watch.cancel()  # an open Watch stream would otherwise hold the shutdown for the whole grace period
     assert not call.done()
+
     # ... new calls are refused ...
     def refused() -> bool:
         with grpc.insecure_channel(running.target) as channel:
@@ -144,4 +145,3 @@ def test_health_stays_not_serving_after_shutdown_begins(serve, tmp_path):
     publish(artifacts, "late", seed=1)  # a model arriving during shutdown must not flip health back
     assert running.server.store.wait_for_version("late", timeout=10) is not None
     assert health_status(running) == NOT_SERVING
-

@@ -23,10 +23,17 @@ from tests.reliability.test_bad_input import IMAGE_KINDS, INVALID
 INFERENCE = "mnist.v1.Inference"
 # What each kind of the reliability table's refused images is counted as, where the kind says it plainly.
 EXPECTED_REASONS = {
-    "empty bytes": "empty", "random bytes": "not_an_image", "HEIC": "not_an_image", "truncated PNG": "damaged",
-    "PNG with a bad CRC": "damaged", "over the byte limit": "too_many_bytes",
-    "PNG claiming 100,000 x 100,000": "too_many_pixels", "decompression bomb, 64 MP in 8 kB": "too_many_pixels",
-    "all white": "blank", "paper with sensor noise only": "blank", "fully transparent": "transparent",
+    "empty bytes": "empty",
+    "random bytes": "not_an_image",
+    "HEIC": "not_an_image",
+    "truncated PNG": "damaged",
+    "PNG with a bad CRC": "damaged",
+    "over the byte limit": "too_many_bytes",
+    "PNG claiming 100,000 x 100,000": "too_many_pixels",
+    "decompression bomb, 64 MP in 8 kB": "too_many_pixels",
+    "all white": "blank",
+    "paper with sensor noise only": "blank",
+    "fully transparent": "transparent",
 }
 
 
@@ -91,14 +98,14 @@ def test_rejected_images_are_counted_by_reason(metered, mnist):
     for reason in set(EXPECTED_REASONS.values()):
         expected = sum(1 for name in kinds if EXPECTED_REASONS.get(name) == reason)
         assert value(samples, "mnist_images_rejected_total", reason=reason) >= expected, reason
-    assert value(samples, "grpc_server_handled_total", grpc_method="Predict",
-                 grpc_code="INVALID_ARGUMENT") == len(kinds)
+    assert value(samples, "grpc_server_handled_total", grpc_method="Predict", grpc_code="INVALID_ARGUMENT") == len(
+        kinds
+    )
 
 
 def test_calls_in_flight_are_counted_while_they_run(metered, digit_pngs, monkeypatch):
     entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")  # MNIST-like PNGs take the fast path
-    call = threading.Thread(target=lambda: metered.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]),
-                                                                  timeout=30))
+    call = threading.Thread(target=lambda: metered.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30))
     call.start()
     try:
         assert entered.wait(10)
@@ -157,8 +164,15 @@ def test_refused_by_the_token_check_still_counts(serve, tmp_path, digit_pngs):
     with pytest.raises(grpc.RpcError) as e:
         running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert value(scrape(running.server.metrics_port), "grpc_server_handled_total", grpc_method="Predict",
-                 grpc_code="UNAUTHENTICATED") == 1
+    assert (
+        value(
+            scrape(running.server.metrics_port),
+            "grpc_server_handled_total",
+            grpc_method="Predict",
+            grpc_code="UNAUTHENTICATED",
+        )
+        == 1
+    )
 
 
 def test_decode_memory_is_read_from_the_callable_it_is_given(metered):
@@ -178,7 +192,12 @@ def test_a_metrics_address_that_is_not_host_port_is_refused_at_start(tmp_path):
 
     from tests.inference.test_workers import REPO_ROOT
 
-    result = subprocess.run([sys.executable, "-m", "inference", "--artifacts-dir", str(tmp_path),
-                             "--metrics-address", "9464"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--artifacts-dir", str(tmp_path), "--metrics-address", "9464"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode != 0
     assert "--metrics-address: address '9464' is not host:port" in result.stderr

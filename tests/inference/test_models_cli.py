@@ -60,7 +60,10 @@ def test_promote_serves_a_version_and_records_it(artifacts, capsys):
     assert "now serving v3" in capsys.readouterr().out
     assert served(artifacts) == "v3"
     assert [(e["event"], e["version"]) for e in read_history(Paths(artifacts).models)] == [
-        ("publish", "v1"), ("publish", "v2"), ("promote", "v3")]
+        ("publish", "v1"),
+        ("publish", "v2"),
+        ("promote", "v3"),
+    ]
     assert run(artifacts, "promote", "v3") == 0  # again: nothing to do, and said so
     assert "already the served version" in capsys.readouterr().out
     assert len(read_history(Paths(artifacts).models)) == 3
@@ -81,8 +84,9 @@ def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, ca
         (models / "v3.pt").unlink()
         (models / "v3.json").unlink()
         payload = model_payload(3)
-        payload["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                            for k, v in payload["model"].items()}
+        payload["model"] = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in payload["model"].items()
+        }
         publish_model(models, version="v3", model_payload=payload, serve=False)
     else:
         (models / "v3.json").write_bytes(b"\x00garbage")
@@ -135,8 +139,7 @@ def test_prune_keeps_the_newest_and_never_the_served_one(artifacts, capsys):
     assert run(artifacts, "prune", "--keep", "1") == 0
     models = Paths(artifacts).models
     # v4 is the newest, v2 is served (though older than v3): both stay, with their manifests.
-    assert {p.name for p in models.iterdir()} == {"v4.pt", "v4.json", "v2.pt", "v2.json", MANIFEST_NAME,
-                                                  HISTORY_NAME}
+    assert {p.name for p in models.iterdir()} == {"v4.pt", "v4.json", "v2.pt", "v2.json", MANIFEST_NAME, HISTORY_NAME}
     assert served(artifacts) == "v2"
 
 
@@ -150,7 +153,12 @@ def test_a_running_server_swaps_in_what_promote_chose(artifacts, serve):
 
 
 def test_the_command_line_runs_as_a_module(artifacts):
-    result = subprocess.run([sys.executable, "-m", "inference.models", "--artifacts-dir", str(artifacts), "list"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference.models", "--artifacts-dir", str(artifacts), "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "v2" in result.stdout and "*" in result.stdout

@@ -25,6 +25,7 @@ import pytest
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+
 from tests.inference.helpers import publish
 from tests.inference.metrics_scrape import scrape, value
 
@@ -51,10 +52,19 @@ def workers_with_metrics(tmp_path, mnist_dir):
     """`python -m inference --workers 2` with metrics on: (process, gRPC port, metrics port, log lines)."""
     artifacts = tmp_path / "artifacts"
     publish(artifacts, "w", seed=1)
-    env = {**os.environ, settings.ENV_ARTIFACTS_DIR: str(artifacts), settings.ENV_DATA_DIR: str(mnist_dir),
-           settings.ENV_METRICS_ADDRESS: "127.0.0.1:0"}
-    process = subprocess.Popen([sys.executable, "-m", "inference", "--address", "127.0.0.1:0",
-                                "--workers", str(WORKERS)], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        settings.ENV_ARTIFACTS_DIR: str(artifacts),
+        settings.ENV_DATA_DIR: str(mnist_dir),
+        settings.ENV_METRICS_ADDRESS: "127.0.0.1:0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(WORKERS)],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines, grpc_ports, metrics_port = [], [], None
     deadline = time.monotonic() + 120
     while (len(grpc_ports) < WORKERS or metrics_port is None) and time.monotonic() < deadline:
@@ -87,12 +97,19 @@ def prometheus(tmp_path):
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "scrape_configs:\n  - job_name: mnist-inference\n    static_configs:\n"
-            f"      - targets: ['{target}']\n")
+            f"      - targets: ['{target}']\n"
+        )
         port = free_port()
         process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "prometheus.log", "w"),  # noqa: SIM115 - the process holds it to its end
+        )
         started.append(process)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -155,7 +172,7 @@ def test_prometheus_counts_the_calls_made_to_all_workers(workers_with_metrics, p
     assert query(url, 'sum(mnist_images_rejected_total{reason="empty"})') == {"{}": bad}
     assert query(url, "sum(mnist_images_predicted_total)") == {"{}": good}
     assert query(url, 'sum(grpc_server_handling_seconds_count{grpc_method="Predict"})') == {"{}": good + bad}
-    assert query(url, 'max by (version) (mnist_model_info)') == {'{"version": "w"}': 1}
+    assert query(url, "max by (version) (mnist_model_info)") == {'{"version": "w"}': 1}
     # Each worker loaded the model once and swapped it in: the sum says so.
     assert query(url, "sum(mnist_model_swaps_total)") == {"{}": WORKERS}
 
@@ -175,6 +192,8 @@ def test_a_single_process_scrape_is_read_by_prometheus_too(serve, prometheus, tm
     for _ in range(3):
         running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
     expected = {"{}": 3.0}
-    assert wait_for_query(url, 'sum(grpc_server_handled_total{grpc_method="Predict", grpc_code="OK"})',
-                          expected) == expected
+    assert (
+        wait_for_query(url, 'sum(grpc_server_handled_total{grpc_method="Predict", grpc_code="OK"})', expected)
+        == expected
+    )
     assert value(scrape(running.server.metrics_port), "grpc_server_handled_total", grpc_method="Predict") == 3

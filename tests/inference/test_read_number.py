@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
+
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import lines_picture, make_numbers
 from testkit.user_images import make_printed_digits, make_user_images
@@ -147,8 +148,9 @@ def test_the_response_holds_each_digits_probabilities_and_the_confidence(apart_n
 
 def test_the_model_input_of_each_digit_comes_back_when_asked(trained_server, apart_numbers):
     number = apart_numbers[0]
-    response = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=number.data, return_model_input=True),
-                                              timeout=30)
+    response = trained_server.stub.ReadNumber(
+        pb.ReadNumberRequest(image=number.data, return_model_input=True), timeout=30
+    )
     for d in response.per_digit:
         image = np.asarray(Image.open(io.BytesIO(d.prediction.model_input_png)))
         assert image.shape == (28, 28) and image.max() == 255
@@ -158,8 +160,9 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
     """Pictures of one digit, in every drawn style and typed in every font: ReadNumber reads one digit, the
     digit Predict reads, with the same probabilities (the same 28x28 image went into the same model)."""
     pictures = make_user_images(*mnist_test, per_style=20, seed=SEED) + make_printed_digits(per_font=2, seed=SEED)
-    predictions = trained_server.stub.PredictBatch(pb.PredictBatchRequest(images=[p.data for p in pictures]),
-                                                   timeout=60).results
+    predictions = trained_server.stub.PredictBatch(
+        pb.PredictBatchRequest(images=[p.data for p in pictures]), timeout=60
+    ).results
     disagree = []
     for picture, result in zip(pictures, predictions):
         response = read_or_none(trained_server.stub, picture.data)
@@ -167,8 +170,9 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
         if response is None or response.digits != str(digit):
             disagree.append((picture.style, picture.label, digit, response.digits if response else "refused"))
         else:
-            assert np.allclose(response.per_digit[0].prediction.probabilities, result.prediction.probabilities,
-                               atol=1e-4)
+            assert np.allclose(
+                response.per_digit[0].prediction.probabilities, result.prediction.probabilities, atol=1e-4
+            )
     # One picture in a hundred may be cut differently: a digit broken into two pieces side by side, each as
     # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
@@ -188,8 +192,13 @@ def test_a_decimal_point_or_comma_is_left_out_and_its_position_reported(trained_
 
 
 def test_the_pieces_of_a_digit_broken_by_a_skipping_pen_are_kept_together(trained_server, mnist_test):
-    numbers = make_numbers(*mnist_test, per_style=6, seed=SEED, pen="broken",
-                           styles=["web_canvas_alpha", "coloured", "dark_mode", "paper_photo"])
+    numbers = make_numbers(
+        *mnist_test,
+        per_style=6,
+        seed=SEED,
+        pen="broken",
+        styles=["web_canvas_alpha", "coloured", "dark_mode", "paper_photo"],
+    )
     read = grpc_reader(trained_server.stub)
     score = score_numbers("broken", [n.digits for n in numbers], [read(n.data) for n in numbers])
     assert score.wrong_count <= 0.25 * score.numbers, score.mistakes
@@ -250,12 +259,14 @@ def test_before_a_model_is_published_read_number_is_unavailable(serve):
 # The client command
 
 
-def test_client_read_prints_the_number_and_draws_the_boxes(trained_server, apart_numbers, apart_responses,
-                                                            tmp_path, capsys):
+def test_client_read_prints_the_number_and_draws_the_boxes(
+    trained_server, apart_numbers, apart_responses, tmp_path, capsys
+):
     from inference.client import main as client_main
 
-    number, response = next((n, r) for n, r in zip(apart_numbers, apart_responses)
-                            if r is not None and r.digits == n.digits)
+    number, _response = next(
+        (n, r) for n, r in zip(apart_numbers, apart_responses) if r is not None and r.digits == n.digits
+    )
     picture = tmp_path / "number.png"
     picture.write_bytes(number.data)
     preview = tmp_path / "boxes.png"

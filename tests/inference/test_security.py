@@ -20,11 +20,14 @@ def token_server(serve, tmp_path):
     return serve(auth_token=TOKEN)
 
 
-@pytest.mark.parametrize("metadata, reason", [
-    ((), "no authorization"),
-    ((("authorization", "Bearer wrong"),), "wrong token"),
-    ((("authorization", TOKEN),), "wrong token"),  # the scheme is part of it
-])
+@pytest.mark.parametrize(
+    "metadata, reason",
+    [
+        ((), "no authorization"),
+        ((("authorization", "Bearer wrong"),), "wrong token"),
+        ((("authorization", TOKEN),), "wrong token"),  # the scheme is part of it
+    ],
+)
 def test_calls_without_the_token_are_unauthenticated(token_server, metadata, reason):
     with pytest.raises(grpc.RpcError) as e:
         token_server.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=metadata, timeout=5)

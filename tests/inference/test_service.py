@@ -60,7 +60,7 @@ def test_predict_returns_the_image_the_model_saw(module_server, digit_pngs):
 def test_predict_batch_gives_each_image_its_own_result(module_server, digit_pngs):
     payload, model = local_model(module_server.artifacts)
     good = [png for _, png, _ in digit_pngs[:5]]
-    images = good[:2] + [b"this is not an image"] + good[2:]
+    images = [*good[:2], b"this is not an image", *good[2:]]
     response = module_server.stub.PredictBatch(pb.PredictBatchRequest(images=images), timeout=10)
     assert response.model_version == "v1"
     assert len(response.results) == len(images)
@@ -144,8 +144,7 @@ def test_evaluate_agrees_with_local_evaluation(module_server, mnist):
 def test_evaluate_validation_split(module_server, mnist):
     from shared.data import train_val_split
 
-    response = module_server.stub.Evaluate(
-        pb.EvaluateRequest(split=pb.SPLIT_VALIDATION, omit_heatmap=True), timeout=60)
+    response = module_server.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_VALIDATION, omit_heatmap=True), timeout=60)
     _, val_index = train_val_split(len(mnist.train_images), seed=0)  # the payload's split_seed
     assert response.split == pb.SPLIT_VALIDATION
     assert response.count == len(val_index) == 12_000
@@ -221,8 +220,9 @@ def test_predict_accepts_every_advertised_format(module_server, fmt):
     image[20:92, 50:62] = 0  # a "1"
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=fmt)
-    response = module_server.stub.Predict(pb.PredictRequest(image=buffer.getvalue(), return_model_input=True),
-                                          timeout=10)
+    response = module_server.stub.Predict(
+        pb.PredictRequest(image=buffer.getvalue(), return_model_input=True), timeout=10
+    )
     assert response.model_version == "v1"
     assert len(response.prediction.probabilities) == 10
     seen = np.asarray(Image.open(io.BytesIO(response.prediction.model_input_png)))

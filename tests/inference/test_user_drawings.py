@@ -22,6 +22,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import read_manifest, read_published_model
 from shared.data import normalize
 from shared.settings import Paths
+
 from testkit.cache import cached_pickle, code_hash
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
 from testkit.user_images import DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits, make_user_images
@@ -72,9 +73,16 @@ def predict_in_batches(stub):
 def pictures(mnist, group: str, styles) -> list:
     """PER_STYLE pictures of each style, made once (on both cores) and kept in the test cache, keyed by the
     generator's code: thousands of them take minutes to draw."""
+
     def make():
-        return make_user_images(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=PER_STYLE, seed=0,
-                                styles=styles, processes=2)
+        return make_user_images(
+            mnist.test_images.numpy(),
+            mnist.test_labels.numpy(),
+            per_style=PER_STYLE,
+            seed=0,
+            styles=styles,
+            processes=2,
+        )
 
     return cached_pickle("user-pictures", code_hash(("testkit/user_images.py",), extra=f"{group}-{PER_STYLE}"), make)
 

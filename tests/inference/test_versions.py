@@ -68,8 +68,9 @@ def test_predict_batch_and_evaluate_use_the_pinned_version(three_versions, digit
         assert pinned.model_version == version
         batch = stub.PredictBatch(pb.PredictBatchRequest(images=[png], model_version=version), timeout=10)
         assert batch.model_version == version
-        np.testing.assert_allclose(batch.results[0].prediction.probabilities, pinned.prediction.probabilities,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            batch.results[0].prediction.probabilities, pinned.prediction.probabilities, atol=1e-6
+        )
     # Different weights give different answers: the pin is real, not a relabelled served model.
     v1 = stub.Predict(pb.PredictRequest(image=png, model_version="v1"), timeout=10)
     assert not np.allclose(probabilities(v1), probabilities(served), atol=1e-3)
@@ -80,14 +81,17 @@ def test_predict_batch_and_evaluate_use_the_pinned_version(three_versions, digit
     assert stub.Predict(pb.PredictRequest(image=png), timeout=10).model_version == "v3"
 
 
-@pytest.mark.parametrize("version", ["v9", "../artifacts/models/v1", "/etc/passwd", "LATEST", "HISTORY",
-                                     ".hidden", "v1.pt", "x" * 5000, "v1\x00"])
+@pytest.mark.parametrize(
+    "version",
+    ["v9", "../artifacts/models/v1", "/etc/passwd", "LATEST", "HISTORY", ".hidden", "v1.pt", "x" * 5000, "v1\x00"],
+)
 def test_a_bad_model_version_is_not_found(three_versions, digit_pngs, version):
     stub = three_versions.stub
-    for method, request in ((stub.Predict, pb.PredictRequest(image=digit_pngs[0][1], model_version=version)),
-                            (stub.PredictBatch, pb.PredictBatchRequest(images=[digit_pngs[0][1]],
-                                                                       model_version=version)),
-                            (stub.Evaluate, pb.EvaluateRequest(model_version=version, omit_heatmap=True))):
+    for method, request in (
+        (stub.Predict, pb.PredictRequest(image=digit_pngs[0][1], model_version=version)),
+        (stub.PredictBatch, pb.PredictBatchRequest(images=[digit_pngs[0][1]], model_version=version)),
+        (stub.Evaluate, pb.EvaluateRequest(model_version=version, omit_heatmap=True)),
+    ):
         with pytest.raises(grpc.RpcError) as e:
             method(request, timeout=10)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()

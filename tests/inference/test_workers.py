@@ -14,17 +14,23 @@ import grpc
 import psutil
 import pytest
 
-from inference.workers import split_address
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+
+from inference.workers import split_address
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("[::]:50051", ("::", 50051)), ("localhost:0", ("localhost", 0)), ("127.0.0.1:7", ("127.0.0.1", 7)),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("[::]:50051", ("::", 50051)),
+        ("localhost:0", ("localhost", 0)),
+        ("127.0.0.1:7", ("127.0.0.1", 7)),
+    ],
+)
 def test_split_address(address, expected):
     assert split_address(address) == expected
 
@@ -41,7 +47,10 @@ def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[su
     env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(workers)],
-        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines, ports = [], []
     deadline = time.monotonic() + 90
@@ -71,7 +80,7 @@ def workers(tmp_path, mnist_dir):
 def test_both_workers_answer_on_one_port_and_stop_on_sigterm(workers, digit_pngs):
     process, port, _ = workers
     # Separate connections (a local subchannel pool per channel): the kernel spreads connections, not calls.
-    for i in range(24):
+    for _i in range(24):
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             stub = inference_pb2_grpc.InferenceStub(channel)
             assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30).model_version == "w"

@@ -35,11 +35,17 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png_from_rows(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes,
-                  extra_chunks: tuple[bytes, ...] = ()) -> bytes:
+def png_from_rows(
+    width: int, height: int, bit_depth: int, colour_type: int, idat: bytes, extra_chunks: tuple[bytes, ...] = ()
+) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + b"".join(extra_chunks)
-            + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + b"".join(extra_chunks)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -59,8 +65,10 @@ def plain_text(digit) -> bytes:
 
 
 def svg(digit) -> bytes:
-    return (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280">'
-            b'<rect width="280" height="280" fill="white"/><text x="100" y="200" font-size="200">7</text></svg>\n')
+    return (
+        b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280">'
+        b'<rect width="280" height="280" fill="white"/><text x="100" y="200" font-size="200">7</text></svg>\n'
+    )
 
 
 def pdf(digit) -> bytes:

@@ -19,8 +19,8 @@ import errno
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import shared.checkpoint as checkpoint
 

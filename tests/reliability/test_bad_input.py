@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -58,8 +58,9 @@ IMAGE_KINDS: dict[str, Kind] = {
     "PNG header only": Kind(b.header_only_png, INVALID, "damaged or truncated"),
     "PNG with a bad CRC": Kind(b.png_bad_crc, INVALID, "damaged"),
     # Too big.
-    "over the byte limit": Kind(functools.partial(b.oversized_bytes, limit=SMALL_LIMITS["max_image_bytes"]),
-                                INVALID, "the limit is 200,000"),
+    "over the byte limit": Kind(
+        functools.partial(b.oversized_bytes, limit=SMALL_LIMITS["max_image_bytes"]), INVALID, "the limit is 200,000"
+    ),
     "PNG claiming 100,000 x 100,000": Kind(b.huge_dimensions_png, INVALID, "pixels"),
     "JPEG claiming 65,000 x 65,000": Kind(b.huge_dimensions_jpeg, INVALID, "pixels"),
     "GIF with a 65,535 x 65,535 screen": Kind(b.gif_huge_screen, INVALID, "pixels"),
@@ -196,36 +197,66 @@ def image_field_as_a_number() -> bytes:
 MESSAGE_KINDS = {
     # name: (call(server, good_png), expected status or OK, what the message says)
     "Predict message over the size limit": (
-        lambda s, good: s.stub.Predict(pb.PredictRequest(image=bytes(1_100_000)), timeout=30), EXHAUSTED, ""),
+        lambda s, good: s.stub.Predict(pb.PredictRequest(image=bytes(1_100_000)), timeout=30),
+        EXHAUSTED,
+        "",
+    ),
     "PredictBatch message over the size limit": (
         lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[bytes(190_000)] * 6), timeout=30),
-        EXHAUSTED, ""),
+        EXHAUSTED,
+        "",
+    ),
     "17 images in a batch (limit 16)": (
         lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[good] * 17), timeout=30),
-        EXHAUSTED, "the limit is 16"),
+        EXHAUSTED,
+        "the limit is 16",
+    ),
     "100,000 one-byte images in a batch": (
         lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[b"x"] * 100_000), timeout=30),
-        EXHAUSTED, "the limit is 16"),
-    "empty batch": (
-        lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[]), timeout=30), OK, ""),
+        EXHAUSTED,
+        "the limit is 16",
+    ),
+    "empty batch": (lambda s, good: s.stub.PredictBatch(pb.PredictBatchRequest(images=[]), timeout=30), OK, ""),
     "Evaluate split 99 (unknown enum value)": (
-        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=99), timeout=30), INVALID, "unknown split 99"),
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=99), timeout=30),
+        INVALID,
+        "unknown split 99",
+    ),
     "Evaluate split -1": (
-        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=-1), timeout=30), INVALID, "unknown split -1"),
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=-1), timeout=30),
+        INVALID,
+        "unknown split -1",
+    ),
     "Evaluate split 2**31-1": (
-        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=2**31 - 1), timeout=30), INVALID, "unknown split"),
+        lambda s, good: s.stub.Evaluate(pb.EvaluateRequest(split=2**31 - 1), timeout=30),
+        INVALID,
+        "unknown split",
+    ),
     "Predict request that is no protobuf": (
-        lambda s, good: raw_call(s, "Predict", b"\xff\xff\xff\xff\xff"), INVALID,
-        "not a valid mnist.v1.PredictRequest"),
+        lambda s, good: raw_call(s, "Predict", b"\xff\xff\xff\xff\xff"),
+        INVALID,
+        "not a valid mnist.v1.PredictRequest",
+    ),
     "PredictBatch request that is no protobuf": (
-        lambda s, good: raw_call(s, "PredictBatch", b"\x0a\xff\xff\xff\xff\x0f"), INVALID,
-        "not a valid mnist.v1.PredictBatchRequest"),
+        lambda s, good: raw_call(s, "PredictBatch", b"\x0a\xff\xff\xff\xff\x0f"),
+        INVALID,
+        "not a valid mnist.v1.PredictBatchRequest",
+    ),
     "Evaluate request that is no protobuf": (
-        lambda s, good: raw_call(s, "Evaluate", b"\x08"), INVALID, "not a valid mnist.v1.EvaluateRequest"),
+        lambda s, good: raw_call(s, "Evaluate", b"\x08"),
+        INVALID,
+        "not a valid mnist.v1.EvaluateRequest",
+    ),
     "GetModelInfo request that is no protobuf": (
-        lambda s, good: raw_call(s, "GetModelInfo", b"\x07"), INVALID, "not a valid mnist.v1.GetModelInfoRequest"),
+        lambda s, good: raw_call(s, "GetModelInfo", b"\x07"),
+        INVALID,
+        "not a valid mnist.v1.GetModelInfoRequest",
+    ),
     "Predict image field sent as a number": (
-        lambda s, good: raw_call(s, "Predict", image_field_as_a_number()), INVALID, "empty image"),
+        lambda s, good: raw_call(s, "Predict", image_field_as_a_number()),
+        INVALID,
+        "empty image",
+    ),
 }
 
 

@@ -24,8 +24,18 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-from shared.checkpoint import (CHECKPOINT_FORMAT, MODEL_FORMAT, CheckpointError, Manifest, atomic_write_bytes,
-                               load_checkpoint, point_latest, publish_model, read_manifest, read_published_model)
+from shared.checkpoint import (
+    CHECKPOINT_FORMAT,
+    MODEL_FORMAT,
+    CheckpointError,
+    Manifest,
+    atomic_write_bytes,
+    load_checkpoint,
+    point_latest,
+    publish_model,
+    read_manifest,
+    read_published_model,
+)
 from shared.data import normalize
 from shared.image_pipeline import to_mnist
 from shared.settings import Paths
@@ -38,14 +48,24 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def model_bytes(version: str, payload: dict, **overrides) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "version": version, "created_at": "2026-01-01T00:00:00Z", **payload,
-                **overrides}, buffer)
+    torch.save(
+        {"format": MODEL_FORMAT, "version": version, "created_at": "2026-01-01T00:00:00Z", **payload, **overrides},
+        buffer,
+    )
     return buffer.getvalue()
 
 
 def manifest_fields(version: str, file: str, data: bytes) -> dict:
-    return {"version": version, "file": file, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-            "arch": "compact", "created_at": "2026-01-01T00:00:00Z", "run_name": "faults", "metrics": {}}
+    return {
+        "version": version,
+        "file": file,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "arch": "compact",
+        "created_at": "2026-01-01T00:00:00Z",
+        "run_name": "faults",
+        "metrics": {},
+    }
 
 
 def write_manifest(models, fields) -> None:
@@ -134,20 +154,24 @@ def other_width(models, version):
 def weights_filled_with(value: float):
     def make(models, version):
         payload = model_payload(3)
-        payload["model"] = {k: (torch.full_like(v, value) if v.is_floating_point() else v)
-                            for k, v in payload["model"].items()}
+        payload["model"] = {
+            k: (torch.full_like(v, value) if v.is_floating_point() else v) for k, v in payload["model"].items()
+        }
         publish_model(models, version=version, model_payload=payload)
+
     return make
 
 
 def zero_std(models, version):
-    publish_model(models, version=version,
-                  model_payload={**model_payload(3), "normalization": {"mean": 0.1, "std": 0.0}})
+    publish_model(
+        models, version=version, model_payload={**model_payload(3), "normalization": {"mean": 0.1, "std": 0.0}}
+    )
 
 
 def nan_mean(models, version):
-    publish_model(models, version=version,
-                  model_payload={**model_payload(3), "normalization": {"mean": float("nan"), "std": 0.3}})
+    publish_model(
+        models, version=version, model_payload={**model_payload(3), "normalization": {"mean": float("nan"), "std": 0.3}}
+    )
 
 
 def training_checkpoint(models, version):
@@ -298,7 +322,7 @@ def test_the_pickle_payload_is_live(tmp_path):
     """The control for "pickle that runs code": plain unpickling does run it, weights_only refuses it."""
     marker = tmp_path / "PWNED"
     data = evil_bytes("evil", marker)
-    with pytest.raises(CheckpointError, match="refused: .*GLOBAL posix.mkdir"):
+    with pytest.raises(CheckpointError, match=r"refused: .*GLOBAL posix.mkdir"):
         load_checkpoint(io.BytesIO(data))
     assert not marker.exists()
     torch.load(io.BytesIO(data), weights_only=False)  # what a careless loader would do

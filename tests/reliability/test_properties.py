@@ -32,8 +32,13 @@ from shared.image_pipeline import DEFAULT_LIMITS, ImageRejected, to_mnist
 from tests.reliability import bad_inputs as b
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
-BOUNDED = settings(max_examples=150, deadline=timedelta(seconds=3), derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+BOUNDED = settings(
+    max_examples=150,
+    deadline=timedelta(seconds=3),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.channel import make_channel
-
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,9 +34,27 @@ def free_port() -> int:
 
 def start_server_process(artifacts: Path, port: int, mnist_dir: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "inference", "--address", f"127.0.0.1:{port}", "--artifacts-dir", str(artifacts),
-         "--data-dir", str(mnist_dir), "--torch-threads", "1", "--max-workers", "4", "--grace-period", "5"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "inference",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--artifacts-dir",
+            str(artifacts),
+            "--data-dir",
+            str(mnist_dir),
+            "--torch-threads",
+            "1",
+            "--max-workers",
+            "4",
+            "--grace-period",
+            "5",
+        ],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines = []
     for line in process.stderr:
@@ -122,5 +139,7 @@ def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
         seen = [v for i, v in enumerate(client.versions) if i == 0 or client.versions[i - 1] != v]
         assert seen == ["v1", "v2", "v3"]
     assert control.failures, "the control client never failed: the server was never really down"
-    print(f"restarts: {sum(len(c.versions) for c in resilient)} calls on make_channel, none failed; the plain "
-          f"channel's client failed {len(control.failures)} of {len(control.failures) + len(control.versions)}")
+    print(
+        f"restarts: {sum(len(c.versions) for c in resilient)} calls on make_channel, none failed; the plain "
+        f"channel's client failed {len(control.failures)} of {len(control.failures) + len(control.versions)}"
+    )

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
+
 from tests.inference.helpers import publish
 
 TOKEN = "reliability-token"
@@ -39,6 +40,7 @@ def blocked(monkeypatch):
             state["entered"].release()
             state["release"].wait(30)
             return real(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(inference.service, "to_mnist_fast", wait_then(real_to_mnist))
@@ -126,7 +128,8 @@ CALLS = {
     "GetModelInfo": lambda r, md: r.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10),
     "ReadNumber": lambda r, md: r.stub.ReadNumber(pb.ReadNumberRequest(image=b"x"), metadata=md, timeout=10),
     "Predict, request not even protobuf": lambda r, md: r.channel.unary_unary("/mnist.v1.Inference/Predict")(
-        b"\xff\xff\xff", metadata=md, timeout=10),
+        b"\xff\xff\xff", metadata=md, timeout=10
+    ),
 }
 
 
@@ -140,8 +143,9 @@ def test_every_method_needs_the_token_before_any_work(serve, tmp_path, monkeypat
     reached = []
     for name in ("_model", "input_contract"):  # the first thing each method does with the servicer
         real = getattr(InferenceServicer, name)
-        monkeypatch.setattr(InferenceServicer, name,
-                            lambda self, *a, _real=real, _name=name: reached.append(_name) or _real(self, *a))
+        monkeypatch.setattr(
+            InferenceServicer, name, lambda self, *a, _real=real, _name=name: reached.append(_name) or _real(self, *a)
+        )
     with pytest.raises(grpc.RpcError) as e:
         CALLS[method](running, metadata)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -185,8 +189,9 @@ def test_a_full_decode_budget_is_resource_exhausted_for_predict_and_per_image_in
     assert running.stub.Predict(pb.PredictRequest(image=picture), timeout=30).prediction.probabilities
 
 
-def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves_on(serve, tmp_path, monkeypatch,
-                                                                                       digit_pngs):
+def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves_on(
+    serve, tmp_path, monkeypatch, digit_pngs
+):
     from shared import decode
 
     publish(tmp_path / "artifacts", "v1", seed=1)

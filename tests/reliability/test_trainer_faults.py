@@ -21,14 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoint import (MANIFEST_NAME, Manifest, atomic_write_bytes, load_checkpoint, publish_model,
-                               read_manifest, read_published_model, save_checkpoint)
+from shared.checkpoint import (
+    MANIFEST_NAME,
+    Manifest,
+    atomic_write_bytes,
+    load_checkpoint,
+    publish_model,
+    read_manifest,
+    read_published_model,
+    save_checkpoint,
+)
 from shared.settings import Paths
 
 from inference.model_store import load_served_model
-
-from tests.reliability import crashpoints
 from tests.inference.helpers import model_payload
+from tests.reliability import crashpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLED = -9
@@ -83,10 +90,12 @@ class ManifestReader(threading.Thread):
 
 def run_trainer(fault: str | None, artifacts: Path, mnist_dir: Path, *args: str) -> subprocess.CompletedProcess:
     common = ["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), "--run-name", "r", *TINY, *args]
-    command = ([sys.executable, "-m", "tests.reliability.crashpoints", fault] if fault
-               else [sys.executable, "-m", "trainer"]) + common
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = (
+        [sys.executable, "-m", "tests.reliability.crashpoints", fault] if fault else [sys.executable, "-m", "trainer"]
+    ) + common
+    return subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
 
 
 def test_killed_mid_epoch_mid_checkpoint_and_mid_publish_then_resumed(tmp_path, mnist_dir):
@@ -130,7 +139,7 @@ def test_killed_mid_epoch_mid_checkpoint_and_mid_publish_then_resumed(tmp_path, 
         manifest = read_manifest(paths.models)
         assert manifest is not None and manifest.file == model_file.name
         assert model_file.read_bytes() == model_bytes
-        payload, model = read_published_model(paths.models, manifest)  # size, checksum, strict weights
+        payload, _model = read_published_model(paths.models, manifest)  # size, checksum, strict weights
         assert load_served_model(paths.models, manifest).version == manifest.version  # what the server would serve
         best = load_checkpoint(checkpoints / "best.pt")
         assert payload["epoch"] == best["best_epoch"]
@@ -168,8 +177,16 @@ def test_the_reader_does_catch_a_non_atomic_publisher(tmp_path):
     try:
         for i in range(3):
             data = b"x" * 100_000
-            manifest = Manifest(version=f"v{i}", file=f"v{i}.pt", sha256=hashlib.sha256(data).hexdigest(),
-                                size=len(data), arch="compact", created_at="", run_name="", metrics={})
+            manifest = Manifest(
+                version=f"v{i}",
+                file=f"v{i}.pt",
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                arch="compact",
+                created_at="",
+                run_name="",
+                metrics={},
+            )
             (models / MANIFEST_NAME).write_text(manifest.to_json())
             with open(models / manifest.file, "wb") as f:
                 f.write(data[:50_000])
@@ -240,8 +257,9 @@ def test_trainer_on_a_full_disk_stops_cleanly(tmp_path, mnist_dir, disk_full_on,
     artifacts = tmp_path / "artifacts"
     checkpoints = Paths(artifacts).run_dir("full") / "checkpoints"
     disk_full_on("last.pt", 2)  # epoch 2's checkpoint
-    code = trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), "--run-name", "full",
-                         *TINY, "--epochs", "2"])
+    code = trainer_main(
+        ["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), "--run-name", "full", *TINY, "--epochs", "2"]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "the disk is full" in err and "--resume" in err and "Traceback" not in err
@@ -257,8 +275,9 @@ def tiny_disk(tmp_path):
     mount_point.mkdir()
     if shutil.which("mount") is None or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:

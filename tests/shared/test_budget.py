@@ -12,9 +12,8 @@ from shared.budget import BudgetExhausted, MemoryBudget
 
 def test_reservations_that_fit_run_together_and_give_their_bytes_back():
     budget = MemoryBudget(100, wait=0)
-    with budget.reserve(60):
-        with budget.reserve(40):
-            assert budget.in_use == 100
+    with budget.reserve(60), budget.reserve(40):
+        assert budget.in_use == 100
     assert budget.in_use == 0 and budget.peak == 100
 
 
@@ -74,7 +73,6 @@ def test_waiters_are_served_in_arrival_order_so_a_large_one_is_not_starved():
 def test_more_than_the_whole_capacity_fails_at_once():
     budget = MemoryBudget(100, wait=10)
     started = time.monotonic()
-    with pytest.raises(BudgetExhausted, match="more than the server's whole decode budget"):
-        with budget.reserve(101):
-            pass
+    with pytest.raises(BudgetExhausted, match="more than the server's whole decode budget"), budget.reserve(101):
+        pass
     assert time.monotonic() - started < 1

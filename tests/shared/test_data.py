@@ -157,8 +157,9 @@ def test_download_verifies_content_and_falls_back_to_the_next_mirror(tmp_path, m
     target = tmp_path / "downloaded"
     loaded = load_mnist(target, download=True)
     assert torch.equal(loaded.test_labels, mnist.test_labels)
-    assert sorted(p.name for p in target.iterdir()) == sorted(f"{name}.gz" for name, _, _ in FILES.values()), \
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{name}.gz" for name, _, _ in FILES.values()), (
         "only the verified files, no partial downloads left behind"
+    )
 
 
 def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors, monkeypatch):
@@ -166,7 +167,7 @@ def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors
 
     monkeypatch.setattr(data, "MIRRORS", mirrors[:1])  # only the corrupt one
     target = tmp_path / "downloaded"
-    with pytest.raises(RuntimeError, match="could not download .*(MD5|corrupt gzip).*MNIST_DATA_DIR"):
+    with pytest.raises(RuntimeError, match=r"could not download .*(MD5|corrupt gzip).*MNIST_DATA_DIR"):
         load_mnist(target, download=True)
     assert not any(target.glob("*.gz")), "a corrupt download never takes the real name"
     assert not any(target.glob("*.part"))

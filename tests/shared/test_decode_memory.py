@@ -19,6 +19,7 @@ from shared import decode
 from shared.budget import BudgetExhausted, MemoryBudget
 from shared.decode import ImageRejected, OutOfMemory, decode_image, pil_to_array, prepare_array
 from shared.image_pipeline import to_mnist, to_mnist_array
+
 from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes, encode_big
 from testkit.memory import measure_single
 
@@ -74,8 +75,9 @@ def _webp(array: np.ndarray, **options) -> bytes:
 
 
 def test_an_animated_webp_goes_to_pillow_and_is_refused_when_it_could_never_fit_the_budget(digit):
-    frames = [Image.fromarray(255 - np.kron(np.roll(digit, shift, axis=1), np.ones((40, 40), np.uint8)))
-              for shift in (0, 3)]
+    frames = [
+        Image.fromarray(255 - np.kron(np.roll(digit, shift, axis=1), np.ones((40, 40), np.uint8))) for shift in (0, 3)
+    ]
     buffer = io.BytesIO()
     frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     data = buffer.getvalue()
@@ -89,8 +91,9 @@ def test_an_animated_webp_goes_to_pillow_and_is_refused_when_it_could_never_fit_
 def test_one_40_megapixel_picture_peaks_at_most_twice_its_decoded_8_bit_size(digit):
     """Each format in turn, in a fresh process (testkit/memory.py's measurement, as bench/bench_memory.py)."""
     results = measure_single(digit, FORMATS)
-    ratios = {fmt: (peak - baseline) / decoded_8bit_bytes(fmt, DEFAULT_SIDE)
-              for fmt, (baseline, peak, _) in results.items()}
+    ratios = {
+        fmt: (peak - baseline) / decoded_8bit_bytes(fmt, DEFAULT_SIDE) for fmt, (baseline, peak, _) in results.items()
+    }
     assert set(ratios) == set(FORMATS)
     assert all(ratio <= SINGLE_RATIO_LIMIT for ratio in ratios.values()), ratios
 
@@ -105,9 +108,8 @@ def test_decoding_reserves_the_frame_in_the_budget_and_gives_it_back(digit):
 def test_a_full_budget_is_busy_not_a_bad_picture(digit):
     budget = MemoryBudget(40 * 2**20, wait=0.05)
     data = encode_big(digit, "PNG", side=3000)  # 36 MB decoded
-    with budget.reserve(10 * 2**20):
-        with pytest.raises(BudgetExhausted, match="decoding other large pictures"):
-            to_mnist(data, budget=budget)
+    with budget.reserve(10 * 2**20), pytest.raises(BudgetExhausted, match="decoding other large pictures"):
+        to_mnist(data, budget=budget)
     assert to_mnist(data, budget=budget).shape == (28, 28)
 
 
@@ -116,5 +118,5 @@ def test_running_out_of_memory_while_decoding_is_out_of_memory_not_a_damaged_pic
         raise MemoryError
 
     monkeypatch.setattr(decode, "reduced_array", no_memory)
-    with pytest.raises(OutOfMemory, match="ran out of memory.*try again"):
+    with pytest.raises(OutOfMemory, match=r"ran out of memory.*try again"):
         to_mnist(encode_big(digit, "PNG", side=600))

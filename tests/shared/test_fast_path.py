@@ -74,10 +74,27 @@ def with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
     return data[:33] + chunk + data[33:]
 
 
-@pytest.mark.parametrize("change", [
-    "rgb", "grey+alpha", "16-bit", "1-bit", "palette", "interlaced", "other size", "text chunk", "transparency chunk",
-    "bad crc", "truncated", "trailing bytes", "not a png", "empty", "too many bytes", "too many pixels",
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "rgb",
+        "grey+alpha",
+        "16-bit",
+        "1-bit",
+        "palette",
+        "interlaced",
+        "other size",
+        "text chunk",
+        "transparency chunk",
+        "bad crc",
+        "truncated",
+        "trailing bytes",
+        "not a png",
+        "empty",
+        "too many bytes",
+        "too many pixels",
+    ],
+)
 def test_pictures_outside_the_strict_subset_are_left_to_the_full_pipeline(mnist, change):
     digit = mnist.test_images[0].numpy()
     data, limits = png(digit), DEFAULT_LIMITS
@@ -163,10 +180,21 @@ def test_pictures_on_grey_and_uneven_backgrounds_get_the_full_pipelines_answer(m
     assert answered >= 0.5 * len(items), f"only {answered} of {len(items)} answered: the test exercised little"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(index=st.integers(0, 999), shift=st.tuples(st.integers(-4, 4), st.integers(-4, 4)),
-       gain=st.floats(0.2, 1.0), offset=st.integers(0, 60), noise=st.floats(0, 8), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    index=st.integers(0, 999),
+    shift=st.tuples(st.integers(-4, 4), st.integers(-4, 4)),
+    gain=st.floats(0.2, 1.0),
+    offset=st.integers(0, 60),
+    noise=st.floats(0, 8),
+    seed=st.integers(0, 2**16),
+)
 def test_property_whatever_it_answers_equals_the_full_pipeline(mnist, index, shift, gain, offset, noise, seed):
     digit = np.roll(mnist.test_images[index].numpy(), shift, axis=(0, 1)).astype(np.float64)
     picture = offset + gain * digit + np.random.default_rng(seed).normal(0, noise, digit.shape)

@@ -22,6 +22,7 @@ from PIL import Image, ImageFile, ImageOps
 from shared import decode
 from shared import image_pipeline as ip
 from shared.image_pipeline import DEFAULT_LIMITS, ImageRejected, Limits, encode_png, to_mnist, to_mnist_array
+
 from testkit import user_images as ui
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_transparent_corners_of_a_photo_vanish_into_the_paper(digit):
     assert similarity(out, digit) > 0.9
 
 
-@pytest.mark.parametrize("ink, paper", ui._ISOLUMINANT_PAIRS + [((20, 40, 160), (250, 240, 170))])
+@pytest.mark.parametrize("ink, paper", [*ui._ISOLUMINANT_PAIRS, ((20, 40, 160), (250, 240, 170))])
 def test_coloured_ink_on_coloured_paper(digit, ink, paper):
     """Including pairs of (nearly) the same brightness, which a plain grey conversion cannot separate."""
     out = to_mnist(ui.encode(on_paper(drawing(digit), ink=ink, paper=paper), "PNG"))
@@ -217,7 +218,9 @@ def test_exif_orientation_matches_pillow_for_all_eight_values():
         buffer = io.BytesIO()
         img.save(buffer, "PNG", exif=exif.tobytes())
         expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))))
-        np.testing.assert_array_equal(decode.apply_exif_orientation(asymmetric, orientation), expected, str(orientation))
+        np.testing.assert_array_equal(
+            decode.apply_exif_orientation(asymmetric, orientation), expected, str(orientation)
+        )
 
 
 @pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])

@@ -13,14 +13,18 @@ import pytest
 from shared import normalize
 from shared.decode import decode_image
 from shared.image_pipeline import ImageRejected, to_mnist, trace_pipeline
+
 from testkit.user_images import cast_shadow, draw_digit, draw_lines, encode, place, sheet
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two 28x28 images, the best over shifts of up to one pixel."""
     b = b.astype(np.float64).ravel()
-    return max(float(np.corrcoef(np.roll(a, (dy, dx), axis=(0, 1)).astype(np.float64).ravel(), b)[0, 1])
-               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return max(
+        float(np.corrcoef(np.roll(a, (dy, dx), axis=(0, 1)).astype(np.float64).ravel(), b)[0, 1])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def test_a_long_straight_1_alone_is_the_digit_not_a_ruling(digits):
 def test_ruled_paper_with_nothing_written_is_refused_with_advice():
     paper = sheet(480, 640, np.random.default_rng(4))[0]
     draw_lines(paper, np.random.default_rng(5), spacing=60, colour=(70, 110, 210), width=2.5, vertical=False)
-    with pytest.raises(ImageRejected, match="only the lines of ruled or squared paper.*darker than the lines"):
+    with pytest.raises(ImageRejected, match=r"only the lines of ruled or squared paper.*darker than the lines"):
         to_mnist(encode(paper, "PNG"))
 
 
@@ -110,8 +114,9 @@ def test_ink_sign_sees_dark_ink_even_where_the_shadow_is_the_larger_part(digits)
     shade = cast_shadow(*coverage.shape, np.random.default_rng(8), depth=0.6, edge=2.0)
     picture = decode_image(encode(on(blank(coverage), coverage) * shade[:, :, None], "PNG"))
     assert list(normalize.ink_sign(picture)) == [-1, -1, -1]
-    dark_mode = decode_image(encode(on(np.full((*coverage.shape, 3), 30, np.float32), coverage, (240, 240, 240)),
-                                    "PNG"))
+    dark_mode = decode_image(
+        encode(on(np.full((*coverage.shape, 3), 30, np.float32), coverage, (240, 240, 240)), "PNG")
+    )
     assert list(normalize.ink_sign(dark_mode)) == [1, 1, 1]
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.checkpoint import load_checkpoint
+
 from trainer import precision
 from trainer.augment import max_3x3
 from trainer.config import PRESETS, config_from_args, get_args_parser
@@ -21,10 +22,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("native, requested, expected", [
-    (True, "auto", "bf16"), (False, "auto", "fp32"),
-    (True, "fp32", "fp32"), (False, "bf16", "bf16"),  # an explicit choice is kept, native or not
-])
+@pytest.mark.parametrize(
+    "native, requested, expected",
+    [
+        (True, "auto", "bf16"),
+        (False, "auto", "fp32"),
+        (True, "fp32", "fp32"),
+        (False, "bf16", "bf16"),  # an explicit choice is kept, native or not
+    ],
+)
 def test_auto_is_bf16_only_where_it_is_native(monkeypatch, native, requested, expected):
     monkeypatch.setattr(precision, "native_bf16", lambda device: native)
     assert resolve_precision(requested, CPU) == expected
@@ -62,10 +68,32 @@ def test_presets_and_the_flag():
 
 def run_trainer(tmp_path: Path, mnist_dir: Path, *flags: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path),
-         "--train-subset", "600", "--eval-subset", "300", "--batch-size", "100", "--device", "cpu",
-         "--no-download", "--no-publish", "--epochs", "2", *flags],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--data-dir",
+            str(mnist_dir),
+            "--artifacts-dir",
+            str(tmp_path),
+            "--train-subset",
+            "600",
+            "--eval-subset",
+            "300",
+            "--batch-size",
+            "100",
+            "--device",
+            "cpu",
+            "--no-download",
+            "--no-publish",
+            "--epochs",
+            "2",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
     return result

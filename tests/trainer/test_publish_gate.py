@@ -9,9 +9,9 @@ import pytest
 
 from shared.checkpoint import publish_model, read_manifest, read_version_manifest
 from shared.settings import Paths
-from trainer.__main__ import main as trainer_main
 
 from tests.inference.helpers import model_payload
+from trainer.__main__ import main as trainer_main
 
 TINY = ["--eval-subset", "1000", "--batch-size", "100", "--device", "cpu", "--no-download"]
 
@@ -75,8 +75,7 @@ def test_the_first_model_is_published(tmp_path, mnist_dir, capsys):
 
 def test_a_model_validated_on_another_split_is_not_compared(tmp_path, mnist_dir, capsys):
     root = tmp_path / "artifacts"
-    publish_model(Paths(root).models, version="other-split",
-                  model_payload={**model_payload(1), "split_seed": 7})
+    publish_model(Paths(root).models, version="other-split", model_payload={**model_payload(1), "split_seed": 7})
     assert train(root, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "r") == 0
     line = last_line(capsys)
     assert line.startswith("not published: the published model other-split was validated on another split")
@@ -85,10 +84,24 @@ def test_a_model_validated_on_another_split_is_not_compared(tmp_path, mnist_dir,
 
 
 def test_publish_always_replaces_even_a_better_model(served_good, mnist_dir, capsys):
-    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "forced",
-                 "--publish", "always") == 0
-    assert last_line(capsys).endswith("(sha256 " + read_manifest(Paths(served_good).models).sha256[:12]
-                                      + "): --publish always")
+    assert (
+        train(
+            served_good,
+            mnist_dir,
+            "--train-subset",
+            "200",
+            "--epochs",
+            "1",
+            "--run-name",
+            "forced",
+            "--publish",
+            "always",
+        )
+        == 0
+    )
+    assert last_line(capsys).endswith(
+        "(sha256 " + read_manifest(Paths(served_good).models).sha256[:12] + "): --publish always"
+    )
     assert read_manifest(Paths(served_good).models).version == "forced-e001"
 
 

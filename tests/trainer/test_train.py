@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manifest, read_published_model
 from shared.data import normalize
 from shared.settings import Paths
+
 from trainer.__main__ import main as trainer_main
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.tensorboard_log import SCALAR_TAGS
@@ -56,8 +57,17 @@ def test_event_files_have_every_tag(short_run):
 
 def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
     checkpoint = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt")
-    assert {"arch", "arch_kwargs", "model", "optimizer", "scheduler", "config", "epoch",
-            "normalization", "history"} <= checkpoint.keys()
+    assert {
+        "arch",
+        "arch_kwargs",
+        "model",
+        "optimizer",
+        "scheduler",
+        "config",
+        "epoch",
+        "normalization",
+        "history",
+    } <= checkpoint.keys()
     # No RNG state: each epoch seeds its own (the resume test below shows it needs none), so none is stored.
     assert "rng" not in checkpoint
     model = model_from_checkpoint(checkpoint)
@@ -73,7 +83,7 @@ def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
 def test_published_model_matches_best_checkpoint(short_run):
     manifest = read_manifest(short_run.models)
     assert manifest is not None and manifest.version.startswith("short-e")
-    payload, model = read_published_model(short_run.models, manifest)
+    payload, _model = read_published_model(short_run.models, manifest)
     best = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt")
     assert payload["epoch"] == best["best_epoch"]
     for name, tensor in best["model"].items():
@@ -126,9 +136,24 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_di
 
 def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path),
-         *SMALL, "--epochs", "2", "--target-accuracy", "0.2"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--data-dir",
+            str(mnist_dir),
+            "--artifacts-dir",
+            str(tmp_path),
+            *SMALL,
+            "--epochs",
+            "2",
+            "--target-accuracy",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
     epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
@@ -146,8 +171,10 @@ def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch):
         trainer_main(["--dry-run"])
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--epochs", "-1"], ["--batch-size", "0"],
-                                   ["--stop-after", "0"], ["--train-subset", "-5"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--epochs", "0"], ["--epochs", "-1"], ["--batch-size", "0"], ["--stop-after", "0"], ["--train-subset", "-5"]],
+)
 def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         trainer_main([*flags, "--artifacts-dir", str(tmp_path)])
@@ -169,9 +196,30 @@ def test_dry_run_writes_nothing(tmp_path, mnist_dir):
 
 def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
     # No --batch-size here: the preset's own 2048 (the subset of 1,500 images makes it one step).
-    assert trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), "--preset", "seed",
-                         "--epochs", "1", "--train-subset", "1500", "--eval-subset", "500", "--device", "cpu",
-                         "--run-name", "seed", "--no-publish"]) == 0
+    assert (
+        trainer_main(
+            [
+                "--data-dir",
+                str(mnist_dir),
+                "--artifacts-dir",
+                str(tmp_path),
+                "--preset",
+                "seed",
+                "--epochs",
+                "1",
+                "--train-subset",
+                "1500",
+                "--eval-subset",
+                "500",
+                "--device",
+                "cpu",
+                "--run-name",
+                "seed",
+                "--no-publish",
+            ]
+        )
+        == 0
+    )
     checkpoint = load_checkpoint(tmp_path / "runs/seed/checkpoints/last.pt")
     config = checkpoint["config"]
     assert checkpoint["arch"] == "mynet"
@@ -185,10 +233,32 @@ def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
     # 1,501 images: split unevenly, the processes would run 16 and 15 steps and the first would wait forever in
     # DDP's all-reduce; every process must get the same share.
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "trainer", "--data-dir", str(mnist_dir), "--artifacts-dir", str(tmp_path), *SMALL,
-         "--train-subset", "1501", "--epochs", "1", "--run-name", "ddp"],
-        capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "trainer",
+            "--data-dir",
+            str(mnist_dir),
+            "--artifacts-dir",
+            str(tmp_path),
+            *SMALL,
+            "--train-subset",
+            "1501",
+            "--epochs",
+            "1",
+            "--run-name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO_ROOT,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x 2 processes" in result.stdout

@@ -29,8 +29,14 @@ def backend(tmp_path_factory, mnist_dir) -> Running:
     """A gRPC server serving model "v1" (seeded random weights) with small limits, so tests can exceed them."""
     artifacts = tmp_path_factory.mktemp("artifacts")
     publish(artifacts, "v1", seed=1)
-    r = start_server(artifacts, mnist_dir, max_batch_size=16, max_image_bytes=200_000, max_image_pixels=4_000_000,
-                     max_message_bytes=1_000_000)
+    r = start_server(
+        artifacts,
+        mnist_dir,
+        max_batch_size=16,
+        max_image_bytes=200_000,
+        max_image_pixels=4_000_000,
+        max_message_bytes=1_000_000,
+    )
     assert r.server.store.current is not None
     yield r
     r.channel.close()

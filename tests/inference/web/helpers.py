@@ -28,8 +28,12 @@ def multipart(files: list[tuple[str, bytes]], content_type: str = "application/o
     boundary = uuid.uuid4().hex
     parts = []
     for index, (field, data) in enumerate(files):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="image{index}"\r\n'
-                     f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="image{index}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -45,8 +49,9 @@ class Web:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                timeout: float = 60) -> Answer:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+    ) -> Answer:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             connection.request(method, path, body=body, headers=headers or {})
@@ -58,10 +63,12 @@ class Web:
     def get(self, path: str, **kwargs) -> Answer:
         return self.request("GET", path, **kwargs)
 
-    def post(self, path: str, body: bytes = b"", content_type: str = "image/png", headers: dict | None = None,
-             **kwargs) -> Answer:
-        return self.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})},
-                            **kwargs)
+    def post(
+        self, path: str, body: bytes = b"", content_type: str = "image/png", headers: dict | None = None, **kwargs
+    ) -> Answer:
+        return self.request(
+            "POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})}, **kwargs
+        )
 
     def post_files(self, path: str, files: list[tuple[str, bytes]], headers: dict | None = None) -> Answer:
         body, content_type = multipart(files)

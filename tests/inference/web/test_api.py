@@ -27,7 +27,7 @@ TOKEN = "web-s3cret"
 def decode_data_url(url: str) -> bytes:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix), url[:40]
-    return base64.b64decode(url[len(prefix):])
+    return base64.b64decode(url[len(prefix) :])
 
 
 def assert_error(answer, status: int, code: str, *words: str) -> str:
@@ -48,8 +48,10 @@ def assert_error(answer, status: int, code: str, *words: str) -> str:
 def test_predict_answers_what_grpc_predict_answers_for_the_same_bytes(gateway, backend, digit_pngs):
     for _, png, _ in digit_pngs[:8]:
         expected = backend.stub.Predict(pb.PredictRequest(image=png, return_model_input=True), timeout=10)
-        for answer in (gateway.post("/v1/predict", png, "image/png"),
-                       gateway.post_files("/v1/predict", [("file", png)])):
+        for answer in (
+            gateway.post("/v1/predict", png, "image/png"),
+            gateway.post_files("/v1/predict", [("file", png)]),
+        ):
             assert answer.status == 200, answer.body
             got = answer.json()
             assert got["digit"] == expected.prediction.digit
@@ -142,52 +144,68 @@ def test_request_id_is_passed_through_to_the_service_and_back(gateway, digit_png
 # Errors: gRPC status -> HTTP status, with the service's message
 
 
-@pytest.mark.parametrize("make, words", [
-    (bad_inputs.plain_text, ["not a picture"]),
-    (bad_inputs.empty, ["empty image"]),
-    (bad_inputs.truncated_png, ["PNG"]),
-    (bad_inputs.all_white, ["no ink"]),
-    (bad_inputs.heic, ["HEIC", "JPEG"]),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (bad_inputs.plain_text, ["not a picture"]),
+        (bad_inputs.empty, ["empty image"]),
+        (bad_inputs.truncated_png, ["PNG"]),
+        (bad_inputs.all_white, ["no ink"]),
+        (bad_inputs.heic, ["HEIC", "JPEG"]),
+    ],
+)
 def test_a_bad_image_is_400_with_what_to_fix(gateway, digit_pngs, make, words):
     assert_error(gateway.post("/v1/predict", make(digit_pngs[0][2])), 400, "INVALID_ARGUMENT", *words)
 
 
 def test_bad_requests_are_400(gateway, digit_pngs):
     png = digit_pngs[0][1]
-    assert_error(gateway.post_files("/v1/predict", [("a", png), ("b", png)]), 400, "INVALID_ARGUMENT",
-                 "exactly one image", "/v1/predict/batch")
-    assert_error(gateway.post("/v1/evaluate", b'{"split": "train"}', "application/json"), 400, "INVALID_ARGUMENT",
-                 "split")
+    assert_error(
+        gateway.post_files("/v1/predict", [("a", png), ("b", png)]),
+        400,
+        "INVALID_ARGUMENT",
+        "exactly one image",
+        "/v1/predict/batch",
+    )
+    assert_error(
+        gateway.post("/v1/evaluate", b'{"split": "train"}', "application/json"), 400, "INVALID_ARGUMENT", "split"
+    )
     assert_error(gateway.post("/v1/evaluate", b"{not json", "application/json"), 400, "INVALID_ARGUMENT")
     assert_error(gateway.post("/v1/predict?model_input=perhaps", png), 400, "INVALID_ARGUMENT", "model_input")
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("bytes", ["200,000", "bytes"]),
-    ("declared pixels", ["pixels", "4,000,000"]),  # caught by Pillow's ceiling first: 10 gigapixels
-    ("decompression bomb", ["pixels", "4,000,000"]),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("bytes", ["200,000", "bytes"]),
+        ("declared pixels", ["pixels", "4,000,000"]),  # caught by Pillow's ceiling first: 10 gigapixels
+        ("decompression bomb", ["pixels", "4,000,000"]),
+    ],
+)
 def test_an_image_over_a_limit_is_413(gateway, digit_pngs, kind, words):
     digit = digit_pngs[0][2]
-    data = {"bytes": lambda: bad_inputs.oversized_bytes(digit, 200_000),
-            "declared pixels": lambda: bad_inputs.huge_dimensions_png(digit),
-            "decompression bomb": lambda: bad_inputs.decompression_bomb_png(digit)}[kind]()
+    data = {
+        "bytes": lambda: bad_inputs.oversized_bytes(digit, 200_000),
+        "declared pixels": lambda: bad_inputs.huge_dimensions_png(digit),
+        "decompression bomb": lambda: bad_inputs.decompression_bomb_png(digit),
+    }[kind]()
     assert_error(gateway.post("/v1/predict", data), 413, "INVALID_ARGUMENT", *words)
 
 
 def test_too_many_images_in_a_batch_is_413(gateway, digit_pngs):
     files = [("files", digit_pngs[0][1])] * 17  # the backend's limit is 16
-    assert_error(gateway.post_files("/v1/predict/batch", files), 413, "RESOURCE_EXHAUSTED", "17 images",
-                 "the limit is 16")
+    assert_error(
+        gateway.post_files("/v1/predict/batch", files), 413, "RESOURCE_EXHAUSTED", "17 images", "the limit is 16"
+    )
 
 
 def test_a_batch_over_the_services_message_limit_is_413(gateway, digit_pngs):
     # 12 images of 99 kB each: under the per-image and per-batch limits, over the 1 MB message limit.
     padded = bad_inputs.oversized_bytes(digit_pngs[0][2], 98_000)
     assert 98_000 < len(padded) < 200_000
-    assert_error(gateway.post_files("/v1/predict/batch", [("files", padded)] * 12), 413, "RESOURCE_EXHAUSTED",
-                 "larger than max")
+    assert_error(
+        gateway.post_files("/v1/predict/batch", [("files", padded)] * 12), 413, "RESOURCE_EXHAUSTED", "larger than max"
+    )
 
 
 def test_a_body_over_the_gateways_limit_is_413_before_it_is_read(web, backend, digit_pngs):
@@ -196,8 +214,12 @@ def test_a_body_over_the_gateways_limit_is_413_before_it_is_read(web, backend, d
     assert_error(small.post("/v1/predict", big), 413, "RESOURCE_EXHAUSTED", "50,000 bytes")
     # Without a Content-Length (chunked), counted as it arrives.
     chunked = iter([big[:30_000], big[30_000:]])
-    assert_error(small.request("POST", "/v1/predict", body=chunked, headers={"Content-Type": "image/png"}), 413,
-                 "RESOURCE_EXHAUSTED", "50,000 bytes")
+    assert_error(
+        small.request("POST", "/v1/predict", body=chunked, headers={"Content-Type": "image/png"}),
+        413,
+        "RESOURCE_EXHAUSTED",
+        "50,000 bytes",
+    )
     assert small.post("/v1/predict", digit_pngs[0][1]).status == 200  # and it keeps serving
 
 
@@ -206,8 +228,9 @@ def test_an_evaluation_already_running_is_429_with_retry_after(gateway, monkeypa
 
     started, release = hold_calls(monkeypatch, inference.service, "evaluate_model")
     results = []
-    first = threading.Thread(target=lambda: results.append(
-        gateway.post("/v1/evaluate", b'{"heatmap": false}', "application/json")))
+    first = threading.Thread(
+        target=lambda: results.append(gateway.post("/v1/evaluate", b'{"heatmap": false}', "application/json"))
+    )
     first.start()
     try:
         assert started.wait(10)
@@ -246,8 +269,9 @@ def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web
     gateway = web(target=f"127.0.0.1:{free_port()}", timeout=0.5)
     assert_error(gateway.get("/readyz"), 503, "UNAVAILABLE", "not ready")
     # Calls wait for a replica (waitForReady), as long as --timeout, then say what to check.
-    assert_error(gateway.post("/v1/predict", digit_pngs[0][1]), 504, "DEADLINE_EXCEEDED", "did not answer within",
-                 "/readyz")
+    assert_error(
+        gateway.post("/v1/predict", digit_pngs[0][1]), 504, "DEADLINE_EXCEEDED", "did not answer within", "/readyz"
+    )
     assert gateway.get("/healthz").status == 200  # the gateway itself is alive
 
 
@@ -269,8 +293,12 @@ def test_the_services_token_applies_to_rest_callers(web, token_backend, digit_pn
     answer = gateway.post("/v1/predict", png)
     assert_error(answer, 401, "UNAUTHENTICATED", "no authorization metadata", "Authorization: Bearer <token>")
     assert answer.headers["www-authenticate"].startswith("Bearer")
-    assert_error(gateway.post("/v1/predict", png, headers={"Authorization": "Bearer wrong"}), 401,
-                 "UNAUTHENTICATED", "wrong token")
+    assert_error(
+        gateway.post("/v1/predict", png, headers={"Authorization": "Bearer wrong"}),
+        401,
+        "UNAUTHENTICATED",
+        "wrong token",
+    )
     assert gateway.post("/v1/predict", png, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
     assert gateway.get("/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
     # Probes and the page need no token, as gRPC health checking needs none.
@@ -279,11 +307,16 @@ def test_the_services_token_applies_to_rest_callers(web, token_backend, digit_pn
 
 def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_backend, digit_pngs):
     gateway = web(target=token_backend.target, token=TOKEN)
-    message = assert_error(gateway.post("/v1/predict", digit_pngs[0][1]), 401, "UNAUTHENTICATED",
-                           "no Authorization header")
+    message = assert_error(
+        gateway.post("/v1/predict", digit_pngs[0][1]), 401, "UNAUTHENTICATED", "no Authorization header"
+    )
     assert "metadata" not in message  # refused here, not by the service
-    assert_error(gateway.post("/v1/evaluate", b"{}", "application/json", headers={"Authorization": "Bearer x"}), 401,
-                 "UNAUTHENTICATED", "wrong token")
+    assert_error(
+        gateway.post("/v1/evaluate", b"{}", "application/json", headers={"Authorization": "Bearer x"}),
+        401,
+        "UNAUTHENTICATED",
+        "wrong token",
+    )
     assert gateway.post("/v1/predict", digit_pngs[0][1], headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
 
 
@@ -320,7 +353,6 @@ def test_the_page_is_served_at_the_root_with_its_scripts_and_styles(gateway):
         sizes[name] = len(answer.body)
     # The budget: HTML, JS and CSS together at most 60 kB.
     assert sum(sizes.values()) <= 60_000, sizes
-
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,8 +18,6 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 
-from tests.inference.helpers import start_server, wait_until
-from tests.inference.web.helpers import start_web
 from testkit.user_images import paint_program, paper_photo, web_canvas
 from testkit.web_browser import (
     browser_missing,
@@ -31,6 +29,8 @@ from testkit.web_browser import (
     stop_chromium,
     wait_settled,
 )
+from tests.inference.helpers import start_server, wait_until
+from tests.inference.web.helpers import start_web
 
 # Three kinds of pointer, in turn: the page must take all of them.
 POINTERS = ("mouse", "pen", "touch")
@@ -96,13 +96,14 @@ def test_a_digit_drawn_on_the_canvas_is_read(page, served, mnist, label):
     assert page.find_element("id", "digit").text == str(label)
     assert len(page.find_elements("css selector", "#bars li")) == 10
     assert page.find_element("css selector", "#bars li.top").text.startswith(str(label))
-    assert page.execute_script("const i = document.getElementById('seen'); return [i.naturalWidth, i.naturalHeight]"
-                               ) == [28, 28]
+    assert page.execute_script(
+        "const i = document.getElementById('seen'); return [i.naturalWidth, i.naturalHeight]"
+    ) == [28, 28]
     assert page.execute_script("return window.mnist.strokeLatencies.length") >= 1
 
 
 def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, mnist):
-    label, image = first_of_each_digit(mnist)[7]
+    _label, image = first_of_each_digit(mnist)[7]
     draw(page, digit_strokes(image))
     wait_settled(page)
     assert shown_digit(page) == 7
@@ -117,7 +118,8 @@ def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, mnist):
     assert not page.find_element("id", "undo").is_enabled()
     blank = page.execute_script(
         "const c = document.getElementById('pad'); const d = c.getContext('2d').getImageData(0, 0, c.width, "
-        "c.height).data; return d.every((v) => v === 255);")
+        "c.height).data; return d.every((v) => v === 255);"
+    )
     assert blank
 
 
@@ -261,8 +263,9 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
     # The switch is a pair of radio buttons: the arrow key moves to "a number", as for any radio group.
     page.find_element("id", "mode-digit").send_keys(Keys.ARROW_RIGHT)
     assert page.find_element("id", "mode-number").is_selected()
-    width, height = page.execute_script("const r = document.getElementById('pad').getBoundingClientRect(); "
-                                        "return [r.width, r.height];")
+    width, height = page.execute_script(
+        "const r = document.getElementById('pad').getBoundingClientRect(); return [r.width, r.height];"
+    )
     assert abs(width / height - 3) < 0.05 and width > 800, (width, height)
     digits = first_of_each_digit(mnist)
     labels = [3, 1, 4, 5]
@@ -280,8 +283,12 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
     assert {b["viewBox"] for b in boxes} == {f"0 0 {direct.width} {direct.height}"}
     assert direct.width == 3 * direct.height
     for box, want in zip(boxes, direct.per_digit):
-        assert (box["x"], box["y"], box["width"], box["height"]) == (want.box.x, want.box.y, want.box.width,
-                                                                       want.box.height)
+        assert (box["x"], box["y"], box["width"], box["height"]) == (
+            want.box.x,
+            want.box.y,
+            want.box.width,
+            want.box.height,
+        )
         assert box["x"] >= 0 and box["x"] + box["width"] <= direct.width
     # Each digit's top probability and the 28x28 image the model saw.
     items = page.find_elements("css selector", "#per-digit li")
@@ -290,8 +297,9 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
     assert page.execute_script("return document.querySelector('#per-digit img').naturalWidth") == 28
     # Back to one digit: the square pad, the ten bars, and nothing of the number left.
     page.find_element("css selector", "label:has(#mode-digit)").click()
-    width, height = page.execute_script("const r = document.getElementById('pad').getBoundingClientRect(); "
-                                        "return [r.width, r.height];")
+    width, height = page.execute_script(
+        "const r = document.getElementById('pad').getBoundingClientRect(); return [r.width, r.height];"
+    )
     assert abs(width - height) < 1 and page.find_element("id", "bars").is_displayed()
     assert shown_boxes(page) == [] and page.execute_script("return document.body.dataset.number ?? null") is None
 
@@ -301,10 +309,19 @@ def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(
 
     backend, _ = served
     page.find_element("css selector", "label:has(#mode-number)").click()
-    candidates = make_numbers(mnist.test_images.numpy(), mnist.test_labels.numpy(), per_style=3, seed=7,
-                              separator=True, styles=["paint_program"])
-    number = next(n for n in candidates
-                  if backend.stub.ReadNumber(pb.ReadNumberRequest(image=n.data), timeout=30).digits == n.digits)
+    candidates = make_numbers(
+        mnist.test_images.numpy(),
+        mnist.test_labels.numpy(),
+        per_style=3,
+        seed=7,
+        separator=True,
+        styles=["paint_program"],
+    )
+    number = next(
+        n
+        for n in candidates
+        if backend.stub.ReadNumber(pb.ReadNumberRequest(image=n.data), timeout=30).digits == n.digits
+    )
     position, mark = number.separator
     written = number.digits[:position] + mark + number.digits[position:]
     page_file(page, number.data, "number.png", "image/png", "drop")

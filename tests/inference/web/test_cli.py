@@ -21,7 +21,6 @@ from shared import settings
 from inference.security import ENV_AUTH_TOKEN
 from inference.web import probe
 from inference.web.__main__ import get_args_parser
-
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -57,7 +56,11 @@ def test_settings_come_from_the_environment(monkeypatch):
 def start_web_process(grpc_target: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, list]:
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.web", "--port", "0", "--target", grpc_target, *extra],
-        cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -78,7 +81,7 @@ def test_web_process_serves_probes_and_stops_on_sigterm(serve, tmp_path, digit_p
     backend = serve(artifacts)  # no model yet
     process, port, lines = start_web_process(backend.target, "--log-format", "json")
     try:
-        assert any("REST API and page in front of the gRPC service at " + backend.target in l for l in lines)
+        assert any("REST API and page in front of the gRPC service at " + backend.target in line for line in lines)
         assert all(json.loads(line) for line in lines)  # --log-format json: uvicorn's lines too
         target = f"127.0.0.1:{port}"
         assert probe.main(["--target", target]) == 0  # alive
@@ -89,8 +92,9 @@ def test_web_process_serves_probes_and_stops_on_sigterm(serve, tmp_path, digit_p
         deadline = time.monotonic() + 15
         while probe.main(["--target", target, "--require-ready"]) != 0 and time.monotonic() < deadline:
             time.sleep(0.1)
-        request = urllib.request.Request(f"http://{target}/v1/predict", data=digit_pngs[0][1],
-                                         headers={"Content-Type": "image/png"})
+        request = urllib.request.Request(
+            f"http://{target}/v1/predict", data=digit_pngs[0][1], headers={"Content-Type": "image/png"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert json.load(response)["model_version"] == "late"
         process.send_signal(signal.SIGTERM)
@@ -114,17 +118,25 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "inference.web", "--port", str(port)], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "inference.web", "--port", str(port)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 3  # uvicorn's start-up failure
     assert "address already in use" in result.stderr.lower()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--timeout", "0"], "--timeout must be more than 0"),
-    (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
-    (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--timeout", "0"], "--timeout must be more than 0"),
+        (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
+        (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
+    ],
+)
 def test_bad_settings_are_refused_with_a_message(argv, message):
     from inference.web.__main__ import main
 

@@ -38,9 +38,13 @@ def mnist_test(mnist):
 @pytest.fixture(scope="module")
 def numbers(mnist_test):
     """Six numbers of 4 to 8 digits written apart, one in each of six drawn styles."""
-    return make_numbers(*mnist_test, per_style=1, seed=3, layout="apart",
-                        styles=["paint_program", "web_canvas_alpha", "thin_pen", "small_off_centre", "coloured",
-                                "dark_mode"])
+    return make_numbers(
+        *mnist_test,
+        per_style=1,
+        seed=3,
+        layout="apart",
+        styles=["paint_program", "web_canvas_alpha", "thin_pen", "small_off_centre", "coloured", "dark_mode"],
+    )
 
 
 def iou(truth: tuple[int, int, int, int], box: dict) -> float:
@@ -70,11 +74,14 @@ def test_a_number_is_read_digit_by_digit_with_each_box_on_its_ink(served, number
         xs = [d["box"]["x"] for d in got["per_digit"]]
         assert xs == sorted(xs), "left to right"
         assert got["confidence"] == pytest.approx(
-            np.prod([d["probabilities"][d["digit"]] for d in got["per_digit"]]), rel=1e-5)
+            np.prod([d["probabilities"][d["digit"]] for d in got["per_digit"]]), rel=1e-5
+        )
         if got["digits"] == number.digits:
             right += 1
-            assert all(iou(truth, d["box"]) >= 0.5 for truth, d in zip(number.boxes, got["per_digit"])), \
-                (number.boxes, [d["box"] for d in got["per_digit"]])
+            assert all(iou(truth, d["box"]) >= 0.5 for truth, d in zip(number.boxes, got["per_digit"])), (
+                number.boxes,
+                [d["box"] for d in got["per_digit"]],
+            )
     # The model reads ~94 % of such numbers whole (tests/inference/test_read_number.py): one miss in six at most.
     assert right >= len(numbers) - 1, right
 
@@ -84,8 +91,10 @@ def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(se
     with_mark = make_numbers(*mnist_test, per_style=1, seed=1, separator=True, styles=["web_canvas_alpha"])[0]
     for data in (numbers[0].data, with_mark.data):
         expected = backend.stub.ReadNumber(pb.ReadNumberRequest(image=data, return_model_input=True), timeout=30)
-        for answer in (gateway.post("/v1/read-number", data, "image/png"),
-                       gateway.post_files("/v1/read-number", [("file", data)])):
+        for answer in (
+            gateway.post("/v1/read-number", data, "image/png"),
+            gateway.post_files("/v1/read-number", [("file", data)]),
+        ):
             assert answer.status == 200, answer.body
             got = answer.json()
             assert got["digits"] == expected.digits and got["confidence"] == expected.confidence
@@ -93,13 +102,18 @@ def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(se
             assert (got["width"], got["height"]) == (expected.width, expected.height)
             assert len(got["per_digit"]) == len(expected.per_digit)
             for mine, theirs in zip(got["per_digit"], expected.per_digit):
-                assert mine["box"] == {"x": theirs.box.x, "y": theirs.box.y, "width": theirs.box.width,
-                                       "height": theirs.box.height}
+                assert mine["box"] == {
+                    "x": theirs.box.x,
+                    "y": theirs.box.y,
+                    "width": theirs.box.width,
+                    "height": theirs.box.height,
+                }
                 assert mine["digit"] == theirs.prediction.digit
                 assert mine["probabilities"] == list(theirs.prediction.probabilities)  # exactly
                 assert decode_data_url(mine["model_input"]) == theirs.prediction.model_input_png
             assert [(s["position"], s["mark"], s["box"]["x"]) for s in got["separators"]] == [
-                (s.position, s.mark, s.box.x) for s in expected.separators]
+                (s.position, s.mark, s.box.x) for s in expected.separators
+            ]
     assert with_mark.separator is not None
     assert len(expected.separators) == 1, "the separator's number must have its mark read"
     # model_input=false leaves the 28x28 images out, as for /v1/predict.
@@ -114,19 +128,32 @@ def test_what_read_number_refuses_is_400_with_the_services_message(served, mnist
     Image.new("L", (600, 200), 240).save(buffer, "PNG")  # light grey paper, no ink
     blank = buffer.getvalue()
     assert_error(gateway.post("/v1/read-number", blank), 400, "INVALID_ARGUMENT", "no digit found", "Send a picture")
-    assert_error(gateway.post("/v1/read-number", lines_picture(*mnist_test, lines=2, seed=0)), 400,
-                 "INVALID_ARGUMENT", "2 lines of writing", "one number")
+    assert_error(
+        gateway.post("/v1/read-number", lines_picture(*mnist_test, lines=2, seed=0)),
+        400,
+        "INVALID_ARGUMENT",
+        "2 lines of writing",
+        "one number",
+    )
     too_long = make_numbers(*mnist_test, per_style=1, seed=0, lengths=(14, 14), styles=["web_canvas_alpha"])[0]
     assert_error(gateway.post("/v1/read-number", too_long.data), 400, "INVALID_ARGUMENT", "more than the 12")
     assert_error(gateway.post("/v1/read-number", b"%PDF-1.7 not a picture"), 400, "INVALID_ARGUMENT", "PDF")
-    assert_error(gateway.post_files("/v1/read-number", [("a", blank), ("b", blank)]), 400, "INVALID_ARGUMENT",
-                 "exactly one image")
+    assert_error(
+        gateway.post_files("/v1/read-number", [("a", blank), ("b", blank)]),
+        400,
+        "INVALID_ARGUMENT",
+        "exactly one image",
+    )
 
 
 def test_an_unknown_model_version_is_404(served, numbers):
     _, gateway = served
-    assert_error(gateway.post("/v1/read-number?model_version=no-such-model", numbers[0].data), 404, "NOT_FOUND",
-                 "'no-such-model' is not published")
+    assert_error(
+        gateway.post("/v1/read-number?model_version=no-such-model", numbers[0].data),
+        404,
+        "NOT_FOUND",
+        "'no-such-model' is not published",
+    )
     named = gateway.post("/v1/read-number?model_version=test-model-e010", numbers[0].data)
     assert named.status == 200 and named.json()["model_version"] == "test-model-e010"
 
