@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from shared.image_pipeline import decode_image, to_mnist, to_mnist_array
 
+from bench.timing import time_calls
 from testkit.user_images import DRAWN_STYLES, encode, make_printed_digits, make_user_images, paper_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # as tests/conftest.py; or MNIST_DATA_DIR
 
 PHOTO_TARGET_MS = 5.0
-
-
-def time_calls(function, inputs: list, repeat: int) -> np.ndarray:
-    """Seconds per call: every input `repeat` times, after one warm-up pass. (len(inputs) * repeat,) float."""
-    for item in inputs:
-        function(item)
-    times = []
-    for _ in range(repeat):
-        for item in inputs:
-            start = time.perf_counter()
-            function(item)
-            times.append(time.perf_counter() - start)
-    return np.asarray(times)
 
 
 def photo_640x480(images: np.ndarray, count: int, seed: int) -> list[bytes]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ import numpy as np
 from shared import settings
 from shared.cli import HelpFormatter, positive_int
 
+from bench.timing import time_calls
 from testkit.number_scores import format_scores, grpc_reader, score_by_style
 
 APART_WHOLE_TARGET = 0.97
@@ -107,19 +106,6 @@ def _upright_jpeg(data: bytes) -> bool:
 
     with Image.open(io.BytesIO(data)) as img:
         return img.size == (640, 480) and img.getexif().get(0x0112, 1) == 1
-
-
-def time_calls(function, inputs: Sequence, repeat: int) -> np.ndarray:
-    """Seconds per call: every input `repeat` times, after one warm-up pass."""
-    for item in inputs:
-        function(item)
-    times = []
-    for _ in range(repeat):
-        for item in inputs:
-            start = time.perf_counter()
-            function(item)
-            times.append(time.perf_counter() - start)
-    return np.asarray(times)
 
 
 def timing_row(name: str, times: np.ndarray) -> str:

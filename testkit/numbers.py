@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from testkit.user_images import (
-    _ISOLUMINANT_PAIRS,
+    coloured_ink_and_paper,
     draw_digit,
     encode,
     lighting,
@@ -337,13 +337,7 @@ def coloured(digits, rng, options):
     h = line_height((height, width), rng.uniform(0.4, 0.7), len(digits))
     written = write_number(digits, h, rng.uniform(0.07, 0.16) * h, rng, **options)
     coverage, written = fit_on_canvas(written, (height, width), rng)
-    if rng.uniform() < 1 / 3:
-        ink, paper = pick(rng, _ISOLUMINANT_PAIRS)
-    else:
-        while True:
-            ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            if np.abs(ink - paper).max() >= 100:
-                break
+    ink, paper = coloured_ink_and_paper(rng)
     image = paint(coverage, ink, paper)
     data = encode(image, "PNG") if rng.uniform() < 0.5 else encode(image, "JPEG", quality=92)
     return data, written.boxes

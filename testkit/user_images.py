@@ -189,6 +189,17 @@ def pick(rng: np.random.Generator, choices):
 # Drawn styles. Each takes a (28, 28) uint8 MNIST digit and a generator and returns the encoded file.
 
 
+def coloured_ink_and_paper(rng: np.random.Generator):
+    """(ink, paper) RGB: a third of the time a pair of (nearly) the same brightness, else any two colours that
+    differ by at least 100 in some channel."""
+    if rng.uniform() < 1 / 3:
+        return pick(rng, _ISOLUMINANT_PAIRS)
+    while True:
+        ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        if np.abs(ink - paper).max() >= 100:
+            return ink, paper
+
+
 def paint_program(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Black (or dark) brush on a white canvas, thick strokes, big canvas, digit off-centre. PNG."""
     width, height = pick(rng, [(800, 600), (1024, 768), (1280, 720), (640, 640)])
@@ -244,13 +255,7 @@ def coloured(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     side = int(rng.integers(300, 800))
     digit_height = int(rng.uniform(0.4, 0.8) * side)
     coverage = place((side, side), draw_digit(digit, digit_height, rng.uniform(0.06, 0.18) * digit_height), rng)
-    if rng.uniform() < 1 / 3:
-        ink, paper = pick(rng, _ISOLUMINANT_PAIRS)
-    else:
-        while True:
-            ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-            if np.abs(ink - paper).max() >= 100:
-                break
+    ink, paper = coloured_ink_and_paper(rng)
     image = paint(coverage, ink, paper)
     return encode(image, "PNG") if rng.uniform() < 0.5 else encode(image, "JPEG", quality=92)
 

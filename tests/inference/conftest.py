@@ -30,6 +30,16 @@ def module_server(tmp_path_factory, mnist_dir):
     r.server.stop(grace=0)
 
 
+@pytest.fixture(scope="module")
+def trained_server(trained_artifacts, mnist_dir):
+    """A server for this module serving the model the session trained (tests/conftest.py trained_artifacts)."""
+    running = start_server(trained_artifacts, mnist_dir)
+    assert running.server.store.current is not None, "the trained model was not served"
+    yield running
+    running.channel.close()
+    running.server.stop(grace=0)
+
+
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM), made with `cryptography`:

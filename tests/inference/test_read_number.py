@@ -19,7 +19,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import lines_picture, make_numbers
 from testkit.user_images import make_printed_digits, make_user_images
-from tests.inference.helpers import png_bytes, start_server
+from tests.inference.helpers import png_bytes
 
 # Numbers per style: 7 styles x 40 = 280 numbers (about 1,700 digits) per layout, enough that one number is
 # 0.36 points and sampling noise stays near 2 points at 85 %.
@@ -35,15 +35,6 @@ APART_WHOLE_FLOOR = 0.93
 APART_DIGIT_FLOOR = 0.985
 APART_WRONG_COUNT_CEILING = 0.02
 TOUCHING_WHOLE_FLOOR = 0.78
-
-
-@pytest.fixture(scope="module")
-def trained_server(trained_artifacts, mnist_dir):
-    running = start_server(trained_artifacts, mnist_dir)
-    assert running.server.store.current is not None, "the trained model was not served"
-    yield running
-    running.channel.close()
-    running.server.stop(grace=0)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from shared.settings import Paths
 from testkit.cache import cached_pickle, code_hash
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
 from testkit.user_images import DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits, make_user_images
-from tests.inference.helpers import png_bytes, start_server
+from tests.inference.helpers import png_bytes
 
 PER_STYLE = 300
 DRAWN_TARGET = 0.98
@@ -41,15 +41,6 @@ def style_target(style: str) -> float | None:
     if style in PAPER_KINDS:
         return LOW_RESOLUTION_TARGET if style == "low_resolution" else PAPER_TARGET
     return PRINTED_TARGET if style == PRINTED_STYLE else None
-
-
-@pytest.fixture(scope="module")
-def trained_server(trained_artifacts, mnist_dir):
-    running = start_server(trained_artifacts, mnist_dir)
-    assert running.server.store.current is not None, "the trained model was not served"
-    yield running
-    running.channel.close()
-    running.server.stop(grace=0)
 
 
 def predict_in_batches(stub):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.inference.helpers import Running, publish, start_server
+from tests.inference.helpers import Running
 from tests.inference.web.helpers import Web, start_web
 
 
@@ -25,22 +25,10 @@ def web():
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory, mnist_dir) -> Running:
-    """A gRPC server serving model "v1" (seeded random weights) with small limits, so tests can exceed them."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    publish(artifacts, "v1", seed=1)
-    r = start_server(
-        artifacts,
-        mnist_dir,
-        max_batch_size=16,
-        max_image_bytes=200_000,
-        max_image_pixels=4_000_000,
-        max_message_bytes=1_000_000,
-    )
-    assert r.server.store.current is not None
-    yield r
-    r.channel.close()
-    r.server.stop(grace=0)
+def backend(module_server) -> Running:
+    """The gRPC server the gateway stands in front of: tests/inference's module server (model "v1", small limits,
+    so tests can exceed them)."""
+    return module_server
 
 
 @pytest.fixture(scope="module")
