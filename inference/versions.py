@@ -209,7 +209,8 @@ def prune_plan(models_dir: Path, keep: int) -> tuple[list[VersionInfo], list[Ver
 
 
 def remove_version(models_dir: Path, version: str) -> None:
-    """Delete a version's model file, then its manifest: versions are found by their .pt files, so a removal cut
-    short leaves at most a manifest that names nothing."""
+    """Delete a version's model file, then its ONNX export and its manifest: versions are found by their .pt
+    files, so a removal cut short leaves at most files that name nothing."""
     (Path(models_dir) / f"{version}.pt").unlink(missing_ok=True)
+    (Path(models_dir) / f"{version}.onnx").unlink(missing_ok=True)
     version_manifest_path(models_dir, version).unlink(missing_ok=True)

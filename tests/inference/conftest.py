@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.inference.helpers import publish, start_server
+from testkit.user_images import PAPER_KINDS
+from tests.inference.helpers import publish, start_server, user_pictures
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,18 @@ def trained_server(trained_artifacts, mnist_dir):
     yield running
     running.channel.close()
     running.server.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def drawn_pictures(mnist):
+    """Users' drawn digits, every drawn style (made in the fixture, so no test's timeout pays for drawing them)."""
+    return user_pictures(mnist, "drawn", None)
+
+
+@pytest.fixture(scope="session")
+def paper_pictures(mnist):
+    """Digits on every kind of real paper."""
+    return user_pictures(mnist, "paper", list(PAPER_KINDS))
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,8 @@ def test_prune_keeps_the_newest_and_never_the_served_one(artifacts, capsys):
     assert run(artifacts, "prune", "--keep", "1") == 0
     models = Paths(artifacts).models
     # v4 is the newest, v2 is served (though older than v3): both stay, with their manifests.
-    assert {p.name for p in models.iterdir()} == {"v4.pt", "v4.json", "v2.pt", "v2.json", MANIFEST_NAME, HISTORY_NAME}
+    kept = {"v4.pt", "v4.onnx", "v4.json", "v2.pt", "v2.onnx", "v2.json", MANIFEST_NAME, HISTORY_NAME}
+    assert {p.name for p in models.iterdir()} == kept  # a pruned version's ONNX export goes with it
     assert served(artifacts) == "v2"
 
 

@@ -27,9 +27,8 @@ from shared.settings import Paths
 
 from testkit.cache import cached_pickle, code_hash
 from testkit.not_digits import KINDS, make_not_digits
-from testkit.user_images import PAPER_KINDS, make_printed_digits
+from testkit.user_images import make_printed_digits
 from tests.inference.helpers import model_info, model_payload, start_server
-from tests.inference.test_user_drawings import pictures as user_pictures
 
 PER_KIND = 200
 TARGET_FLAGGED = 0.95  # the target for every kind of non-digit
@@ -199,12 +198,8 @@ def test_each_kind_of_non_digit_is_flagged(trained_server, not_digits):
     assert all(rate >= FLAGGED_FLOOR[kind] for kind, rate in rates.items()), report
 
 
-def test_few_of_users_digits_are_flagged_in_any_style(trained_server, mnist):
-    users = (
-        user_pictures(mnist, "drawn", None)
-        + user_pictures(mnist, "paper", list(PAPER_KINDS))
-        + make_printed_digits(per_font=10, seed=0)
-    )
+def test_few_of_users_digits_are_flagged_in_any_style(trained_server, drawn_pictures, paper_pictures):
+    users = drawn_pictures + paper_pictures + make_printed_digits(per_font=10, seed=0)
     answers = is_digit_answers(trained_server.stub, [p.data for p in users])
     flagged: dict[str, list[bool]] = {}
     for answer, picture in zip(answers, users):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-import pytest
 import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
@@ -23,12 +22,11 @@ from shared.checkpoint import read_manifest, read_published_model
 from shared.data import normalize
 from shared.settings import Paths
 
-from testkit.cache import cached_pickle, code_hash
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
-from testkit.user_images import DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits, make_user_images
+from testkit.user_images import DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits
 from tests.inference.helpers import png_bytes
 
-PER_STYLE = 300
+PER_STYLE = 300  # pictures per style the fixtures make (tests.inference.helpers.USER_PICTURES_PER_STYLE)
 DRAWN_TARGET = 0.98
 PAPER_TARGET = 0.97  # each kind of paper
 LOW_RESOLUTION_TARGET = 0.95
@@ -59,33 +57,6 @@ def predict_in_batches(stub):
         return digits
 
     return predict
-
-
-def pictures(mnist, group: str, styles) -> list:
-    """PER_STYLE pictures of each style, made once (on both cores) and kept in the test cache, keyed by the
-    generator's code: thousands of them take minutes to draw."""
-
-    def make():
-        return make_user_images(
-            mnist.test_images.numpy(),
-            mnist.test_labels.numpy(),
-            per_style=PER_STYLE,
-            seed=0,
-            styles=styles,
-            processes=2,
-        )
-
-    return cached_pickle("user-pictures", code_hash(("testkit/user_images.py",), extra=f"{group}-{PER_STYLE}"), make)
-
-
-@pytest.fixture(scope="module")
-def drawn_pictures(mnist):
-    return pictures(mnist, "drawn", None)
-
-
-@pytest.fixture(scope="module")
-def paper_pictures(mnist):
-    return pictures(mnist, "paper", list(PAPER_KINDS))
 
 
 def test_drawn_styles_reach_98_percent(trained_server, drawn_pictures):
