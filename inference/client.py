@@ -25,10 +25,11 @@ from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import HelpFormatter
+from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
-from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA, bearer_metadata
+from inference.security import bearer_metadata
 
 DIGITS = 10
 

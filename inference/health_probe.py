@@ -19,7 +19,6 @@ from shared import settings
 from shared.cli import HelpFormatter
 
 from inference.channel import make_channel
-from inference.security import ENV_TLS_CA
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,8 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-ca",
         type=Path,
-        default=settings.env_str(ENV_TLS_CA, "") or None,
-        help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})",
+        default=settings.env_str(settings.ENV_TLS_CA, "") or None,
+        help=f"use TLS, trusting this PEM CA certificate (env {settings.ENV_TLS_CA})",
     )
     parser.add_argument("--tls-server-name", default=None, help="expected name in the server's certificate")
     return parser

@@ -152,16 +152,6 @@ def _cli_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(ServerOptions) if "cli" in f.metadata]
 
 
-def _env_default(name: str, default: Any, kind: Callable[[str], Any] | None) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return kind(raw) if kind is not None else raw
-    except ValueError:
-        raise SystemExit(f"environment variable {name}={raw!r} is not a valid value") from None
-
-
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per ServerOptions field, with the field's default (or its environment variable's value)."""
     for f in _cli_fields():
@@ -172,8 +162,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             default = f.default
             if cli["env"] is not None:
-                kind = kwargs.get("type") or (type(f.default) if f.default is not None else None)
-                default = _env_default(cli["env"], default, kind)
+                kind = kwargs.get("type") or (type(f.default) if f.default is not None else str)
+                default = settings.env_value(cli["env"], default, kind)
         if "choices" in kwargs and default not in kwargs["choices"]:  # argparse checks choices of typed values only
             raise SystemExit(
                 f"environment variable {cli['env']}={default!r} must be one of: {', '.join(kwargs['choices'])}"

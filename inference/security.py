@@ -10,8 +10,6 @@ from pathlib import Path
 
 import grpc
 
-from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY  # noqa: F401 - the clients' import
-
 AUTH_METADATA_KEY = "authorization"
 # Probes (Docker, Kubernetes, load balancers) cannot send a token: health checking stays open. It reveals
 # only whether the server is serving.

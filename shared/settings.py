@@ -8,8 +8,10 @@ compose file uses these names and defaults.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Environment variables, by name. The compose file and the local stack script set these.
 ENV_DATA_DIR = "MNIST_DATA_DIR"
@@ -59,14 +61,20 @@ def env_str(name: str, default: str) -> str:
     return value or default
 
 
-def env_int(name: str, default: int) -> int:
+def env_value(name: str, default: Any, kind: Callable[[str], Any], what: str = "a valid value") -> Any:
+    """The environment variable `name` converted by `kind`, or `default` when it is unset or blank; a value `kind`
+    refuses ends the program with a message that says which variable is wrong and what it must be."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise SystemExit(f"environment variable {name}={value!r} must be a whole number") from None
+        raise SystemExit(f"environment variable {name}={value!r} must be {what}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    return env_value(name, default, int, "a whole number")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from shared import settings
 from shared.cli import HelpFormatter
+from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
-from inference.security import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 
 def get_args_parser() -> argparse.ArgumentParser:

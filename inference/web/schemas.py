@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -281,7 +281,7 @@ class Separator(BaseModel):
 
     @classmethod
     def from_pb(cls, separator: pb.Separator) -> Separator:
-        mark = "." if separator.mark == "." else ","  # the service sends one of the two
+        mark = cast(Literal[".", ","], separator.mark)  # checked by pydantic against the field's Literal
         return cls(position=separator.position, mark=mark, box=Box.from_pb(separator.box))
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from shared import settings
+from shared.settings import ENV_AUTH_TOKEN
 
-from inference.security import ENV_AUTH_TOKEN
 from inference.web import probe
 from inference.web.__main__ import get_args_parser
 from tests.inference.helpers import publish
