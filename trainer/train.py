@@ -678,14 +678,13 @@ def finish(
             f"reached {t['target']:.2%} test accuracy at epoch {t['epoch']} after {t['seconds']:.1f} s of training",
             flush=True,
         )
-    if decision.store:
-        assert manifest is not None  # publish_model ran
-    if decision.serve and manifest is not None:
+    # `manifest` is set exactly when the decision was to store the model (publish_model ran).
+    if manifest is not None and decision.serve:
         print(
             f"published model {manifest.version} to {paths.models} (sha256 {manifest.sha256[:12]}): {decision.reason}",
             flush=True,
         )
-    elif decision.store and manifest is not None:
+    elif manifest is not None:
         print(
             f"not published: {decision.reason}. Kept as version {manifest.version}, not served: try it with "
             f"`mnist-client predict --model-version {manifest.version} ...`, serve it with "
@@ -701,7 +700,7 @@ def finish(
         "final": final,
         "target_reached": state.target_reached,
         "train_seconds": state.train_seconds,
-        "version": manifest.version if decision.serve and manifest is not None else None,
-        "kept_version": manifest.version if decision.store and not decision.serve and manifest is not None else None,
+        "version": manifest.version if manifest is not None and decision.serve else None,
+        "kept_version": manifest.version if manifest is not None and not decision.serve else None,
         "publish_reason": decision.reason,
     }
