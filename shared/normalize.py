@@ -92,6 +92,14 @@ class Paper:
     # channel, and measured relative to the paper's brightness, as a shadow dims ink and paper alike.
     sign: np.ndarray | None = None
 
+    def at_size_of(self, image: np.ndarray) -> Paper:
+        """This paper, estimated on a shrunk copy of `image` (H, W[, C]), brought to its size: interpolated, and a
+        local estimate (a shadow) kept on the paper's side of the picture, as local_background does."""
+        if self.sign is not None:
+            return Paper(local_background(image, self.surface, self.sign), self.sign)
+        height, width = image.shape[:2]
+        return Paper(cv2.resize(self.surface, (width, height), interpolation=cv2.INTER_LINEAR).reshape(image.shape))
+
 
 def estimate_background(image: np.ndarray) -> Paper:
     """The paper under the digit.
@@ -368,59 +376,69 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
     on a margin line: straight lines within RULING_MAX_TILT degrees of horizontal or vertical (a photo is rarely
     held quite straight), each taken as a band RULING_BAND pixels wide (a ruling's thickness and blur).
 
-    Candidates come from a Hough transform (straight runs of ink across at least RULING_MIN_LENGTH of the
-    picture) that are thin (paper on both sides: not a run inside a brush stroke). A digit's stroke can be that
+    Candidates come from a Hough transform of the thin ink alone (paper on both sides across the line's
+    direction): straight runs across at least RULING_MIN_LENGTH of the picture, of which at least half the ink
+    is thin (not a run inside a brush stroke). A digit's stroke can be that
     long and straight (a 1 in a tight crop), so a candidate is paper only if it is part of a family (at least
     three parallel lines, as ruled and squared paper have) or nearly spans the picture (RULING_SPAN, a margin).
     `family` says whether any line was of a family: then the picture surely shows ruled or squared paper.
     """
     height, width = strong.shape
     tilt = np.radians(RULING_MAX_TILT)
-    # The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel lines stay).
-    half = cv2.resize(
-        cv2.dilate(strong, np.ones((2, 2), np.uint8)),
-        (max(1, width // 2), max(1, height // 2)),
-        interpolation=cv2.INTER_NEAREST,
-    )
-    candidates = []  # (direction: 0 horizontal / 1 vertical, rho, theta, band mask)
+    ink = strong.astype(bool)
+    # Per direction (0: horizontal lines, 1: vertical), the ink with paper on both sides across that direction.
+    # Only these pixels can vote for a line: inside a paint brush's stroke every straight run is a candidate, and
+    # a thick 1 gave hundreds of them (0.3 s) where a ruling gives a few.
+    beside = [besides(ink, direction) for direction in (0, 1)]
+    candidates = []  # (direction: 0 horizontal / 1 vertical, rho, band mask)
     searches = (
         (0, np.pi / 2 - tilt, np.pi / 2 + tilt, width),
         (1, 0.0, tilt, height),
         (1, np.pi - tilt, np.pi, height),
     )
     for direction, low, high, length in searches:
+        thin = (ink & ~beside[direction]).astype(np.uint8)
+        # The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel lines stay).
+        half = cv2.resize(
+            cv2.dilate(thin, np.ones((2, 2), np.uint8)),
+            (max(1, width // 2), max(1, height // 2)),
+            interpolation=cv2.INTER_NEAREST,
+        )
         found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
         for rho, theta in [] if found is None else found[:, 0]:
             band = np.zeros_like(strong)
             a, b = np.cos(theta), np.sin(theta)
             x, y, far = 2 * a * rho, 2 * b * rho, 2 * (width + height)
             cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
-            candidates.append((direction, float(2 * rho), float(theta), band))
+            candidates.append((direction, float(2 * rho), band.astype(bool) & ink))
     ruling = np.zeros(strong.shape, bool)
-    ink = strong.astype(bool)
     in_family = False
     for direction in (0, 1):
-        family = [c for c in candidates if c[0] == direction and thin_fraction(c[3], ink, direction) >= 0.5]
+        family = [c for c in candidates if c[0] == direction and thin_fraction(c[2], beside[direction]) >= 0.5]
         # Distinct lines: Hough finds a thick line at several neighbouring distances.
-        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _, _ in family})
-        for _, _, _, band in family:
-            pixels = band.astype(bool) & ink
+        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _ in family})
+        for _, _, pixels in family:
             if distinct >= 3 or line_extent(pixels, direction) >= RULING_SPAN * (width, height)[direction]:
                 ruling |= pixels
                 in_family |= distinct >= 3
     return ruling, in_family
 
 
-def thin_fraction(band: np.ndarray, ink: np.ndarray, direction: int) -> float:
-    """The share of a candidate line's ink pixels with paper on both sides of it (a few pixels beyond its band):
-    near 1 for a ruling (crossing strokes aside), near 0 for a straight run inside a paint brush's stroke."""
-    pixels = band.astype(bool) & ink
+def besides(ink: np.ndarray, direction: int) -> np.ndarray:
+    """(H, W) bool: where a (H, W) bool ink map has ink a few pixels beyond a line's band on either side, across
+    a horizontal line (direction 0: above or below) or a vertical one (1: left or right)."""
+    reach = RULING_BAND // 2 + 3
+    axis = 0 if direction == 0 else 1  # across a horizontal line is up and down
+    return np.roll(ink, reach, axis=axis) | np.roll(ink, -reach, axis=axis)
+
+
+def thin_fraction(pixels: np.ndarray, beside: np.ndarray) -> float:
+    """The share of a candidate line's ink pixels (H, W) bool with paper on both sides of it (`beside`, from
+    besides): near 1 for a ruling (crossing strokes aside), near 0 for a straight run inside a paint brush's
+    stroke."""
     total = np.count_nonzero(pixels)
     if total == 0:
         return 0.0
-    reach = RULING_BAND // 2 + 3
-    axis = 0 if direction == 0 else 1  # across a horizontal line is up and down
-    beside = np.roll(ink, reach, axis=axis) | np.roll(ink, -reach, axis=axis)
     return np.count_nonzero(pixels & ~beside) / total
 
 

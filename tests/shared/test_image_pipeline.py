@@ -186,6 +186,51 @@ def test_paint_brush_strokes_are_thinned(digit):
     assert np.mean(thick > 128) / np.mean(digit > 128) < 2.0
 
 
+def full_resolution_trace(picture: np.ndarray) -> ip.PipelineTrace:
+    """What the pipeline gives a picture read at full resolution only (no coarse pass)."""
+    work = decode.prepare_array(picture)
+    return ip.trace_at(work, ip.estimate_background(work))
+
+
+def test_a_large_picture_of_a_clear_digit_is_read_at_half_resolution_with_the_same_result(digit):
+    """The coarse pass: a quarter of the pixels, and the 28x28 digit is the one full resolution would give."""
+    picture = on_paper(drawing(digit, height=300, stroke=16))
+    trace = ip.trace_pipeline(picture)
+    assert trace.scale == 2 and trace.image.shape == (300, 400, 3)
+    assert_mnist_like(trace.output)
+    full = full_resolution_trace(picture)
+    assert similarity(trace.output, full.output) > 0.97
+    # The digit's window, in the picture's pixels, is where full resolution finds it.
+    assert np.abs(np.subtract(trace.picture_window(), full.region.window)).max() <= 3
+
+
+def test_a_hairline_pen_on_a_large_picture_reads_the_same_at_half_resolution(digit):
+    """A 0.6-px stroke is a faint grey line at half resolution; the stroke stage grows it to MNIST's width there
+    as it would at full resolution."""
+    picture = on_paper(drawing(digit, height=300, stroke=0.6))
+    trace = ip.trace_pipeline(picture)
+    assert trace.scale == 2
+    assert similarity(trace.output, full_resolution_trace(picture).output) > 0.97
+
+
+def test_a_small_digit_on_a_large_picture_is_read_again_at_full_resolution(digit):
+    """At half resolution a 60-px digit would be 30 pixels, too few to average down into MNIST's 20-px box: the
+    picture is read again at full resolution, with the answer reading it there directly gives."""
+    picture = on_paper(drawing(digit, canvas=(900, 1200), height=60, stroke=4, top=820, left=30))
+    trace = ip.trace_pipeline(picture)
+    assert trace.scale == 1
+    np.testing.assert_allclose(trace.output, full_resolution_trace(picture).output, atol=2)
+
+
+def test_a_jpeg_photo_is_decoded_at_half_size_for_the_coarse_pass(digit):
+    """JPEG's DCT scaling gives the coarse pass its picture without decoding the full one; the digit read is the
+    one the full decode gives."""
+    data = ui.encode(on_paper(drawing(digit, canvas=(480, 640), height=260, stroke=14, top=100, left=200)), "JPEG")
+    half = decode.decode_image(data, shrink=2)
+    assert half.shape == (240, 320, 3) and decode.decode_image(data).shape == (480, 640, 3)
+    assert similarity(to_mnist(data), to_mnist_array(decode.decode_image(data))) > 0.97
+
+
 def test_stroke_ratio_matches_mnist_calibration(test_digits):
     """The stroke estimator reads MNIST's median ratio on MNIST itself, which the constants rely on."""
     images, _ = test_digits

@@ -127,5 +127,5 @@ def test_a_faint_shading_in_a_corner_is_not_part_of_the_digit(digits):
     picture = on(blank(coverage), coverage)
     picture[380:, 480:] *= 0.55  # a pale patch in the corner
     trace = trace_pipeline(decode_image(encode(picture, "PNG")))
-    x, y, w, h = trace.region.window
-    assert x + w < 480 or y + h < 380, trace.region.window
+    x, y, w, h = trace.picture_window()
+    assert x + w < 480 or y + h < 380, trace.picture_window()
