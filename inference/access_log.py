@@ -126,12 +126,12 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler  # the project's own methods are all unary; streaming health Watch passes untouched
         full_method = handler_call_details.method
-        quiet = full_method.startswith(QUIET_PREFIXES)
+        level = logging.DEBUG if full_method.startswith(QUIET_PREFIXES) else logging.INFO
+        service, _, method = full_method.lstrip("/").rpartition("/")
         metadata = dict(handler_call_details.invocation_metadata or ())
         inner = handler.unary_unary
 
         def behaviour(request, context: grpc.ServicerContext):
-            service, _, method = full_method.lstrip("/").rpartition("/")
             record = CallRecord(
                 request_id=request_id_from(metadata.get(REQUEST_ID_KEY)),
                 method=method,
@@ -150,13 +150,12 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             finally:
                 fields = record.fields(code)
                 _current.reset(token)
-                if quiet:
-                    log.debug(
-                        "access %s", format_text(fields), extra={"access": fields, "request_id": record.request_id}
-                    )
-                else:
-                    log.info(
-                        "access %s", format_text(fields), extra={"access": fields, "request_id": record.request_id}
+                if log.isEnabledFor(level):  # health checks every few seconds: not formatted unless logged
+                    log.log(
+                        level,
+                        "access %s",
+                        format_text(fields),
+                        extra={"access": fields, "request_id": record.request_id},
                     )
                 _tell(self.observers, record, code, fields["latency_ms"] / 1e3)
 
