@@ -15,7 +15,8 @@ measures:
   1. Predict latency at concurrency 1 (a PNG of a real MNIST test digit): p50, p99.
   2. Predict throughput with --concurrency clients, one image per call.
   3. PredictBatch throughput with --concurrency clients, --batch-size images per call, and its share of (0).
-  4. Evaluate wall time over the 10,000 test images: the first call (reads MNIST) and a warm one.
+  4. Evaluate wall time: the 10,000 test images on the first call (reads MNIST) and again (the model's output
+     is kept, only scoring runs), then the 12,000 validation images on the warm server (the network runs).
 
 Targets on a 2-core machine with the default settings: PredictBatch(64) with 8 clients >= 50 % of the network-only
 throughput of one core and >= 5,000 images/s; Predict p50 <= 1 ms and p99 <= 3 ms; Evaluate warm <= 0.5 s.
@@ -234,16 +235,26 @@ def main(argv: list[str] | None = None) -> int:
                 c.close()
 
             if not args.skip_evaluate:
-                for label in ("first (reads MNIST)", "warm"):
+                # The test split twice: the second call finds the model's output kept (a published model never
+                # changes) and only scores it. Then the validation split, on the now warm server, whose output is
+                # not kept yet: the network runs, which is what evaluating a newly published model costs.
+                evaluations = (
+                    ("first (reads MNIST)", pb.SPLIT_TEST),
+                    ("again (the output is kept)", pb.SPLIT_TEST),
+                    ("warm, the network runs (validation split)", pb.SPLIT_VALIDATION),
+                )
+                for label, split in evaluations:
                     t0 = time.perf_counter()
-                    response = stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=300)
+                    response = stub.Evaluate(pb.EvaluateRequest(split=split), timeout=300)
                     wall = time.perf_counter() - t0
+                    images = sum(row.support for row in response.per_class)
                     rows.append(
                         (
-                            f"Evaluate 10k test images, {label}",
+                            f"Evaluate, {label}",
                             f"{wall:.2f} s",
-                            f"server {response.seconds:.2f} s, accuracy {response.accuracy:.2%}"
-                            f"{', target <= 0.5 s' if label == 'warm' else ''}",
+                            f"{images:,} images, {wall / images * 10_000:.2f} s per 10,000; server "
+                            f"{response.seconds:.2f} s, accuracy {response.accuracy:.2%}"
+                            f"{'; target <= 0.5 s per 10,000 warm' if split == pb.SPLIT_VALIDATION else ''}",
                         )
                     )
             channel.close()
