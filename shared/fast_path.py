@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST_SIDE = MNIST_SIDE  # pictures of exactly this size are batched; others take the full pipeline
-# Counts of set pixels per picture are a bool array's sum(axis=1): np.count_nonzero with an axis converts and checks
-# dtypes in Python first, which cost more than the count on one picture (this path serves single Predict calls too).
 # How far a decision of the batched paper fit must be from its threshold for the per-picture fit to decide alike.
 # The two fits differ by rounding (~1e-12 of grey levels of 0..255); this is a millionfold margin.
 DECISION_MARGIN = 1e-6
@@ -145,6 +143,8 @@ def batched_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inliers = residual <= tolerance[:, None]
         clear = np.abs(residual - tolerance[:, None]).min(axis=1) > DECISION_MARGIN
         decided[rows] &= exact[rows] | clear
+        # (Counts of set pixels are a bool array's sum(axis=1) here: np.count_nonzero with an axis checks dtypes in
+        # Python first, which cost more than the count itself on one picture, as single Predict calls send.)
         still = inliers.sum(axis=1) >= 2 * design.shape[1]  # else the per-picture loop breaks
         if previous is not None:
             # The same inliers as last round give the same fit, bit for bit, in both computations, and so the
