@@ -153,6 +153,24 @@ def test_evaluate_validation_split(module_server, mnist):
     assert [c.support for c in response.per_class] == support.tolist()
 
 
+def test_evaluating_a_published_model_again_only_scores_its_kept_output(module_server, monkeypatch):
+    """A published model never changes, so its output on a split is kept: asked again, Evaluate gives the same
+    answer without running the network."""
+    import inference.evaluation
+
+    request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
+    first = module_server.stub.Evaluate(request, timeout=60)
+    forward_calls = []
+    real = inference.evaluation.forward_in_chunks
+    monkeypatch.setattr(
+        inference.evaluation, "forward_in_chunks", lambda *a, **k: forward_calls.append(a) or real(*a, **k)
+    )
+    again = module_server.stub.Evaluate(request, timeout=60)
+    assert forward_calls == []
+    assert again.accuracy == first.accuracy and again.loss == first.loss
+    assert [row.counts for row in again.confusion] == [row.counts for row in first.confusion]
+
+
 def test_only_one_evaluation_at_a_time(module_server, monkeypatch):
     import inference.service
 
