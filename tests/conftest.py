@@ -93,8 +93,12 @@ _TRAINING_CODE = (
     "shared/data.py",
     "shared/checkpoint.py",
     "shared/metrics.py",
-    "shared/onnx_model.py",
-)  # the published model's ONNX export too
+    "shared/onnx_model.py",  # the published model's ONNX export too
+    # The trainer's negatives go through the users' pipeline (trainer/negatives.py), so it shapes the model too.
+    "shared/image_pipeline.py",
+    "shared/normalize.py",
+    "shared/decode.py",
+)
 
 
 @pytest.fixture(scope="session")
