@@ -549,14 +549,15 @@ def segment_and_classify(
     for rounds in range(1, MAX_SPLIT_ROUNDS + 1):
         wide = (SPLIT_MIN_WIDTH if rounds == 1 else SPLIT_AGAIN_WIDTH) * height
         confidence = np.log(np.clip(probabilities.max(axis=1), 1e-12, 1.0))
+        last = rounds == MAX_SPLIT_ROUNDS  # the regions are digits as they are: no cut is looked for
         cuts = [
             cut_candidates(pieces, r, slant, height, keepable_ink(c))
-            if r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height)
+            if not last and r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height)
             else []
             for r, c in zip(regions, confidence)
         ]
         halves = [h.image for candidates in cuts for c in candidates for h in (c.left, c.right)]
-        if not halves or rounds == MAX_SPLIT_ROUNDS:
+        if not halves:
             done += zip(regions, probabilities)
             break
         half_probabilities = np.asarray(classify(np.stack(halves)), np.float64)
