@@ -52,6 +52,7 @@ def local_reader(artifacts: Path):
     from shared.checkpoint import read_manifest, read_published_model
     from shared.data import normalize
     from shared.decode import ImageRejected, decode_image
+    from shared.model import digit_log_probs
     from shared.segment import read_number
 
     torch.set_num_threads(1)
@@ -64,8 +65,10 @@ def local_reader(artifacts: Path):
     mean, std = payload["normalization"]["mean"], payload["normalization"]["std"]
 
     def classify(batch: np.ndarray) -> np.ndarray:
+        # The ten digits' probabilities, as the service passes them: a model with the not-digit class has an
+        # eleventh column (its log-odds), which is no digit's probability.
         with torch.inference_mode():
-            return model(normalize(torch.from_numpy(batch), mean, std)).exp().numpy()
+            return digit_log_probs(model(normalize(torch.from_numpy(batch), mean, std))).exp().numpy()
 
     def read_array(array: np.ndarray):
         return read_number(array, classify)

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -180,9 +181,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             return [(True, 1.0)] * len(output)
         return [(score >= threshold, score) for score in scores.tolist()]
 
-    def _digit_judgements(self, served: ServedModel, images: np.ndarray) -> list[tuple[bool, float]]:
-        return self._judge(served, served.log_probs(torch.from_numpy(images)))
-
     def _predictions(self, served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
         batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
         output = served.log_probs(batch)
@@ -302,14 +300,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def ReadNumber(self, request, context):
         served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
+        classify = JudgingClassifier(served, functools.partial(self._judge, served))
         with image_errors(self.metrics):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
-            reading = read_number(
-                picture, lambda batch: digit_log_probs(served.log_probs(torch.from_numpy(batch))).exp().numpy()
-            )
-        # Each digit read also says how digit-like it is, as Predict does (one more small forward pass).
-        judged = self._digit_judgements(served, np.stack([d.image for d in reading.digits])) if reading.digits else []
+            reading = read_number(picture, classify)
+        # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
+        judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)
 
     def input_contract(self, served: ServedModel | None) -> pb.InputContract:
@@ -375,6 +372,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             ],
             served_version=served_version,
         )
+
+
+class JudgingClassifier:
+    """read_number's classifier on a served model: (N, 28, 28) uint8 -> (N, 10) digit probabilities. It also keeps
+    each image's (is_digit, digit_score) from the same forward pass, by its bytes, so the digits read are judged
+    without running the network on them again (the whole groups and the halves of cuts are all classified)."""
+
+    def __init__(self, served: ServedModel, judge: Callable[[torch.Tensor], list[tuple[bool, float]]]) -> None:
+        self.served = served
+        self.judge = judge  # the network's output (N, 10 or 11) -> (is_digit, digit_score) of each row
+        self.judged: dict[bytes, tuple[bool, float]] = {}
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        output = self.served.log_probs(torch.from_numpy(batch))
+        self.judged.update(zip((image.tobytes() for image in batch), self.judge(output)))
+        return digit_log_probs(output).exp().numpy()
 
 
 def number_response(

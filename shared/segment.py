@@ -549,14 +549,15 @@ def segment_and_classify(
     for rounds in range(1, MAX_SPLIT_ROUNDS + 1):
         wide = (SPLIT_MIN_WIDTH if rounds == 1 else SPLIT_AGAIN_WIDTH) * height
         confidence = np.log(np.clip(probabilities.max(axis=1), 1e-12, 1.0))
+        last = rounds == MAX_SPLIT_ROUNDS  # the regions are digits as they are: no cut is looked for
         cuts = [
-            cut_candidates(pieces, r, slant, height)
-            if r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height)
+            cut_candidates(pieces, r, slant, height, keepable_ink(c))
+            if not last and r.width >= wide and (c < SURE_CONFIDENCE or r.width >= SURE_WIDTH * height)
             else []
             for r, c in zip(regions, confidence)
         ]
         halves = [h.image for candidates in cuts for c in candidates for h in (c.left, c.right)]
-        if not halves or rounds == MAX_SPLIT_ROUNDS:
+        if not halves:
             done += zip(regions, probabilities)
             break
         half_probabilities = np.asarray(classify(np.stack(halves)), np.float64)
@@ -593,6 +594,14 @@ def choose_cut(candidates: list[Cut], scores: np.ndarray, whole: float) -> int |
     return best if value[best] - whole >= SPLIT_MARGIN else None
 
 
+def keepable_ink(whole: float) -> float:
+    """The most ink (stroke widths) a cut may cross and still be kept by choose_cut against a region whole of
+    log-confidence `whole`: its halves' log-confidences are at most 0, so its value is at most -CUT_INK_COST x
+    (ink - 1), and it must reach whole + SPLIT_MARGIN. Dearer cuts cannot win, and their halves are neither made
+    nor classified (a confident region is tried with the cheap cuts only); a hair of slack for rounding."""
+    return min(MAX_CUT_INK, 1.0 + max(0.0, -(whole + SPLIT_MARGIN)) / CUT_INK_COST + 1e-6)
+
+
 def group_mask(pieces: Pieces, group: Group) -> tuple[int, int, np.ndarray]:
     """(x, y, mask): the group's pixels in its box of the picture."""
     stats = pieces.stats[group.labels]
@@ -617,15 +626,17 @@ def region_of(pieces: Pieces, where: tuple[int, int, np.ndarray], slant: float) 
     return Region(x, y, mask, digit_image(pieces, mask, x, y), width)
 
 
-def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) -> list[Cut]:
+def cut_candidates(
+    pieces: Pieces, region: Region, slant: float, height: float, max_ink: float = MAX_CUT_INK
+) -> list[Cut]:
     """Ways to cut a region in two where neighbours touch: the least-ink paths from top to bottom.
 
     In the deslanted picture of the region, a path starts at every CUT_STEP of the line height (away from the
     ends) and runs down row by row, one column left or right at most per row and at most CUT_BAND from its
     start, through as little ink as possible (dynamic programming). A path through the point where two digits
     touch crosses only that point; one through a single digit crosses two strokes or more, or leaves a sliver
-    on one side. Paths crossing more than MAX_CUT_INK stroke widths of ink, or leaving a side lower than
-    MIN_HALF_HEIGHT x the line or lighter than MIN_HALF_MASS of the ink, are dropped.
+    on one side. Paths crossing more than max_ink (at most MAX_CUT_INK) stroke widths of ink, or leaving a side
+    lower than MIN_HALF_HEIGHT x the line or lighter than MIN_HALF_MASS of the ink, are dropped.
     """
     sheared, origin = deslant(region, slant)  # (h, bins) bool; column c <-> x' = origin + c
     h, _bins = sheared.shape
@@ -653,7 +664,7 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
     total = int(region.mask.sum())
     out, seen = [], set()
     for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
-        if cost > MAX_CUT_INK:
+        if cost > max_ink:
             break
         # Paths that differ only where there is no ink cut the same way: one candidate each.
         key = np.packbits(region.mask & (own < path[:, None])).tobytes()
@@ -661,21 +672,23 @@ def cut_candidates(pieces: Pieces, region: Region, slant: float, height: float) 
             continue
         seen.add(key)
         left = cut_sides(region.mask, own, path, factor // 2 + 1)
-        right = region.mask & ~left
-        sides = []
-        for side in (left, right):
-            area = int(side.sum())
-            if area < MIN_HALF_MASS * total:
-                break
-            _bx, _by, _w, hh = cv2.boundingRect(side.astype(np.uint8))
-            if hh < MIN_HALF_HEIGHT * height:
-                break
-            sides.append(region_of(pieces, (region.x, region.y, side), slant))
-        if len(sides) == 2:
-            out.append(Cut(sides[0], sides[1], float(cost)))
+        sides = (left, region.mask & ~left)
+        # Both sides are checked before either is made into a digit image (the dear part).
+        if all(substantial_side(side, total, height) for side in sides):
+            left_region, right_region = (region_of(pieces, (region.x, region.y, side), slant) for side in sides)
+            out.append(Cut(left_region, right_region, float(cost)))
         if len(out) == MAX_CUT_CANDIDATES:
             break
     return out
+
+
+def substantial_side(side: np.ndarray, total: int, height: float) -> bool:
+    """Whether one side of a cut, (h, w) bool, could be a digit: at least MIN_HALF_MASS of the region's `total`
+    ink, and MIN_HALF_HEIGHT of the line `height` high."""
+    if side.sum() < MIN_HALF_MASS * total:
+        return False
+    rows = np.nonzero(side.any(axis=1))[0]
+    return len(rows) > 0 and rows[-1] - rows[0] + 1 >= MIN_HALF_HEIGHT * height
 
 
 def cut_sides(mask: np.ndarray, own: np.ndarray, path: np.ndarray, reach: int) -> np.ndarray:
