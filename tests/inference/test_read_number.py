@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.image_pipeline import decode_image, trace_pipeline
 
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import lines_picture, make_numbers
@@ -148,25 +149,32 @@ def test_the_model_input_of_each_digit_comes_back_when_asked(trained_server, apa
 
 
 def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test):
-    """Pictures of one digit, in every drawn style and typed in every font: ReadNumber reads one digit, the
-    digit Predict reads, with the same probabilities (the same 28x28 image went into the same model)."""
+    """Pictures of one digit, in every drawn style and typed in every font: ReadNumber reads one digit, the digit
+    Predict reads. Where Predict read the picture at full resolution, with the same probabilities (the same 28x28
+    image went into the same model); where it read a large picture at half resolution (the image pipeline's
+    coarse pass), ReadNumber's full-resolution digit differs by the averaging alone: close probabilities."""
     pictures = make_user_images(*mnist_test, per_style=20, seed=SEED) + make_printed_digits(per_font=2, seed=SEED)
     predictions = trained_server.stub.PredictBatch(
         pb.PredictBatchRequest(images=[p.data for p in pictures]), timeout=60
     ).results
-    disagree = []
+    disagree, coarse = [], 0
     for picture, result in zip(pictures, predictions):
         response = read_or_none(trained_server.stub, picture.data)
         digit = result.prediction.digit
         if response is None or response.digits != str(digit):
             disagree.append((picture.style, picture.label, digit, response.digits if response else "refused"))
-        else:
-            assert np.allclose(
-                response.per_digit[0].prediction.probabilities, result.prediction.probabilities, atol=1e-4
-            )
+            continue
+        read_at_half = trace_pipeline(decode_image(picture.data)).scale == 2
+        coarse += read_at_half
+        assert np.allclose(
+            response.per_digit[0].prediction.probabilities,
+            result.prediction.probabilities,
+            atol=0.1 if read_at_half else 1e-4,
+        ), (picture.style, read_at_half)
     # One picture in a hundred may be cut differently: a digit broken into two pieces side by side, each as
     # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
+    assert 0 < coarse < len(pictures)  # both kinds were compared
 
 
 def test_a_decimal_point_or_comma_is_left_out_and_its_position_reported(trained_server, mnist_test):
