@@ -15,7 +15,6 @@ import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from shared.data import Mnist, load_mnist, normalize, train_val_split
 from shared.metrics import Evaluation, confusion_heatmap_png, evaluation_from_log_probs
 from shared.resources import usable_cpus
 
+from inference.lru import LruCache
 from inference.model_store import ServedModel
 
 log = logging.getLogger(__name__)
@@ -45,29 +45,6 @@ class EvaluationResult:
     evaluation: Evaluation
     heatmap_png: bytes
     seconds: float
-
-
-class LruCache:
-    """At most `size` entries, the least recently used dropped first; thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> Any | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key: tuple, entry: Any) -> None:
-        with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
 
 
 def split_key(split: str, mean: float, std: float, seed: int, val_fraction: float) -> tuple:

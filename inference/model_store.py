@@ -18,7 +18,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from shared.data import normalize
 from shared.model import count_parameters
 from shared.onnx_model import OnnxRunner, TorchRunner, compare
 
+from inference.lru import LruCache
 from inference.options import BACKENDS, DEFAULT_BACKEND
 from inference.versions import find_manifest
 
@@ -282,6 +282,10 @@ class _Failure:
     retry_at: float
 
 
+def _log_unloaded(version: str, _served: ServedModel) -> None:
+    log.info("pinned model %s unloaded (least recently used)", version)
+
+
 @dataclass
 class ModelStore:
     """Owns the served model: polls `models_dir` every `poll_interval` seconds from a background thread.
@@ -299,9 +303,9 @@ class ModelStore:
     on_swap: Callable[[ServedModel], None] | None = None
     events: ModelEvents = field(default_factory=ModelEvents)
     pinned_cache_size: int = 3
-    _pinned: OrderedDict = field(default_factory=OrderedDict, init=False)  # version -> ServedModel, oldest first
+    _pinned: LruCache[str, ServedModel] = field(init=False)  # version -> the loaded model
     _pinned_failures: dict[tuple, tuple[str, float]] = field(default_factory=dict, init=False)
-    _pinned_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # guards the two dicts
+    _pinned_failures_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _pinned_load_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # one load at a time
     _current: ServedModel | None = field(default=None, init=False)
     _last_error: LoadError | None = field(default=None, init=False)
@@ -310,6 +314,9 @@ class ModelStore:
     _thread: threading.Thread | None = field(default=None, init=False)
     _poll_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _swapped: threading.Condition = field(default_factory=threading.Condition, init=False)
+
+    def __post_init__(self) -> None:
+        self._pinned = LruCache(self.pinned_cache_size, on_evict=_log_unloaded)
 
     @property
     def current(self) -> ServedModel | None:
@@ -407,14 +414,11 @@ class ModelStore:
         current = self._current
         if not version or (current is not None and current.version == version):
             return current
-        with self._pinned_lock:
-            hit = self._pinned.get(version)
-            if hit is not None:
-                self._pinned.move_to_end(version)
-                return hit
+        hit = self._pinned.get(version)
+        if hit is not None:
+            return hit
         with self._pinned_load_lock:  # loads take ~0.1 s of CPU: one at a time, and never twice for one version
-            with self._pinned_lock:
-                hit = self._pinned.get(version)
+            hit = self._pinned.get(version)
             if hit is not None:
                 return hit
             try:
@@ -424,7 +428,7 @@ class ModelStore:
             if manifest is None:
                 raise UnknownVersion(version)
             key = (version, manifest.sha256, manifest.size)
-            with self._pinned_lock:
+            with self._pinned_failures_lock:
                 failure = self._pinned_failures.get(key)
             if failure is not None and time.monotonic() < failure[1]:
                 raise VersionUnavailable(failure[0])
@@ -438,15 +442,11 @@ class ModelStore:
                 )
                 message = f"model version {version} fails the checks every served model must pass: {detail}"
                 log.warning("pinned %s", message)
-                with self._pinned_lock:
+                with self._pinned_failures_lock:
                     self._pinned_failures[key] = (message, time.monotonic() + self.retry_after)
                 raise VersionUnavailable(message) from None
             self.events.loaded("pinned", True)
-            with self._pinned_lock:
-                self._pinned[version] = served
-                while len(self._pinned) > max(self.pinned_cache_size, 0):
-                    evicted, _ = self._pinned.popitem(last=False)
-                    log.info("pinned model %s unloaded (least recently used)", evicted)
+            self._pinned.put(version, served)
             log.info(
                 "pinned model %s loaded (%s, sha256 %s) in %.0f ms for calls that ask for it",
                 version,
