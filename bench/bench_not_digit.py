@@ -77,8 +77,7 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     from testkit.cache import cached_pickle, code_hash
     from testkit.not_digits import make_not_digits
-    from testkit.user_images import PAPER_KINDS, make_printed_digits
-    from tests.inference.test_user_drawings import pictures
+    from testkit.user_images import PAPER_KINDS, cached_user_images, make_printed_digits
 
     def make():
         groups: dict[str, list] = {}
@@ -86,8 +85,8 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             groups.setdefault(f"neg:{picture.kind}", []).append((picture.data, -1))
         # The tests' pictures of users' digits (300 per style, cached by the tests too), and the printed digits.
         users = (
-            pictures(mnist, "drawn", None)
-            + pictures(mnist, "paper", list(PAPER_KINDS))
+            cached_user_images(mnist, "drawn", None)
+            + cached_user_images(mnist, "paper", list(PAPER_KINDS))
             + make_printed_digits(per_font=10, seed=0)
         )
         for picture in users:

@@ -704,3 +704,26 @@ def make_printed_digits(*, per_font: int = 10, seed: int = 0, fonts: Iterable[Pa
         for i in range(per_font):
             out.append(UserImage(printed_digit(i % 10, font_path, rng), i % 10, PRINTED_STYLE))
     return out
+
+
+CACHED_PER_STYLE = 300  # pictures per style that cached_user_images makes
+
+
+def cached_user_images(mnist, group: str, styles: list[str] | None) -> list[UserImage]:
+    """CACHED_PER_STYLE pictures of each of `styles` (None: every drawn style) from MNIST test digits, made once
+    (on both cores) and kept in the test cache (testkit/cache.py), keyed by this module's code: thousands of them
+    take minutes to draw. The tests' fixtures and the benchmarks share them; `group` names the set."""
+    from testkit.cache import cached_pickle, code_hash
+
+    def make():
+        return make_user_images(
+            mnist.test_images.numpy(),
+            mnist.test_labels.numpy(),
+            per_style=CACHED_PER_STYLE,
+            seed=0,
+            styles=styles,
+            processes=2,
+        )
+
+    key = code_hash(("testkit/user_images.py",), extra=f"{group}-{CACHED_PER_STYLE}")
+    return cached_pickle("user-pictures", key, make)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.user_images import PAPER_KINDS
-from tests.inference.helpers import publish, start_server, user_pictures
+from testkit.user_images import PAPER_KINDS, cached_user_images
+from tests.inference.helpers import publish, start_server
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,13 @@ def trained_server(trained_artifacts, mnist_dir):
 @pytest.fixture(scope="session")
 def drawn_pictures(mnist):
     """Users' drawn digits, every drawn style (made in the fixture, so no test's timeout pays for drawing them)."""
-    return user_pictures(mnist, "drawn", None)
+    return cached_user_images(mnist, "drawn", None)
 
 
 @pytest.fixture(scope="session")
 def paper_pictures(mnist):
     """Digits on every kind of real paper."""
-    return user_pictures(mnist, "paper", list(PAPER_KINDS))
+    return cached_user_images(mnist, "paper", list(PAPER_KINDS))
 
 
 @pytest.fixture(scope="session")

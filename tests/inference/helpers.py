@@ -143,27 +143,3 @@ def start_server(artifacts: Path, data_dir: Path, *, channel_credentials=None, *
     else:
         channel = grpc.insecure_channel(target)
     return Running(server, port, channel, artifacts)
-
-
-USER_PICTURES_PER_STYLE = 300
-
-
-def user_pictures(mnist, group: str, styles) -> list:
-    """USER_PICTURES_PER_STYLE pictures of each users' style (testkit/user_images.py) from MNIST test digits, made
-    once (on both cores) and kept in the test cache, keyed by the generator's code: thousands of them take minutes
-    to draw."""
-    from testkit.cache import cached_pickle, code_hash
-    from testkit.user_images import make_user_images
-
-    def make():
-        return make_user_images(
-            mnist.test_images.numpy(),
-            mnist.test_labels.numpy(),
-            per_style=USER_PICTURES_PER_STYLE,
-            seed=0,
-            styles=styles,
-            processes=2,
-        )
-
-    key = code_hash(("testkit/user_images.py",), extra=f"{group}-{USER_PICTURES_PER_STYLE}")
-    return cached_pickle("user-pictures", key, make)

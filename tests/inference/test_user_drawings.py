@@ -23,10 +23,10 @@ from shared.data import normalize
 from shared.settings import Paths
 
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
-from testkit.user_images import DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits
+from testkit.user_images import CACHED_PER_STYLE, DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits
 from tests.inference.helpers import png_bytes
 
-PER_STYLE = 300  # pictures per style the fixtures make (tests.inference.helpers.USER_PICTURES_PER_STYLE)
+PER_STYLE = CACHED_PER_STYLE  # pictures per style the fixtures make
 DRAWN_TARGET = 0.98
 PAPER_TARGET = 0.97  # each kind of paper
 LOW_RESOLUTION_TARGET = 0.95
