@@ -43,6 +43,10 @@ class TrainConfig:
     # every batch per digit, as an eleventh class; 0 trains the ten digits alone, with no not-digit class.
     negatives: float = 0.25
     negative_pool: int = 12000  # negatives drawn at the start of a run, augmented anew every time they are used
+    # With negatives: this many digits typed in the negatives' fonts (trainer/negatives.py) join every batch per
+    # MNIST digit, labelled as the digits they are, so that a font's look does not mean "not a digit".
+    typed_digits: float = 0.05
+    typed_pool: int = 3000
     # The served threshold on the digit score: the one that flags this fraction of the validation digits.
     digit_flag_rate: float = 0.005
 
@@ -54,6 +58,8 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         if "negatives" not in values:  # a run from before the not-digit class: its network has none
             values = {**values, "negatives": 0.0}
+        if "typed_digits" not in values:  # a run from before typed digits joined the batches
+            values = {**values, "typed_digits": 0.0}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 

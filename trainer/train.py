@@ -40,7 +40,7 @@ from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
-from trainer.negatives import make_negatives
+from trainer.negatives import make_negatives, make_typed_digits
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
@@ -65,6 +65,9 @@ class Splits:
     neg_x: torch.Tensor | None = None
     neg_val_x: torch.Tensor | None = None
     neg_val_kind: torch.Tensor | None = None
+    # Digits typed in the negatives' fonts, uint8 (K, 28, 28) and their labels (K,); None without negatives.
+    typed_x: torch.Tensor | None = None
+    typed_y: torch.Tensor | None = None
 
 
 @dataclass
@@ -109,6 +112,10 @@ def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torc
         splits.neg_x = move(torch.from_numpy(train_neg.images))
         splits.neg_val_x = move(torch.from_numpy(val_neg.images))
         splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
+        if config.typed_digits > 0:
+            typed = make_typed_digits(config.typed_pool, seed=config.seed)
+            splits.typed_x = move(torch.from_numpy(typed.images))
+            splits.typed_y = move(torch.from_numpy(typed.labels))
         print(
             f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits in "
             f"{time.perf_counter() - started:.1f} s",
@@ -215,6 +222,7 @@ def train_one_epoch(
     augment_config = AugmentConfig()
     mixed = autocast(device, precision)  # re-entered every step
     negatives = config.negatives > 0 and splits.neg_x is not None and len(splits.neg_x) > 0
+    typed = negatives and splits.typed_x is not None and len(splits.typed_x) > 0
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     # disable=None: a bar on a terminal, nothing in a log file or a container's output.
@@ -238,6 +246,14 @@ def train_one_epoch(
             )
             x = torch.cat([x, neg])
             y = torch.cat([y, torch.full((len(neg),), NOT_DIGIT, dtype=y.dtype, device=y.device)])
+        if typed:
+            assert splits.typed_x is not None and splits.typed_y is not None
+            count = max(1, round(n_digits * config.typed_digits))
+            pick = torch.randint(len(splits.typed_x), (count,), generator=generator, device=generator.device)
+            pick = pick.to(splits.typed_x.device)
+            typed_x = splits.typed_x[pick].float().div_(255.0).unsqueeze(1)
+            x = torch.cat([x, augment(typed_x, augment_config, generator) if config.augment else typed_x])
+            y = torch.cat([y, splits.typed_y[pick]])
         x = standardize(x, MNIST_MEAN, MNIST_STD)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -403,7 +419,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.dry_run:
             config = replace(config, epochs=1)
         if args.dry_run or config.train_subset:  # smoke runs and tests: a pool in proportion
-            config = replace(config, negative_pool=min(config.negative_pool, max(600, config.train_subset // 4)))
+            config = replace(
+                config,
+                negative_pool=min(config.negative_pool, max(600, config.train_subset // 4)),
+                typed_pool=min(config.typed_pool, max(100, config.train_subset // 20)),
+            )
         run_name = args.run_name or default_run_name(config, "dry-run" if args.dry_run else args.preset)
     run_dir = paths.run_dir(run_name)
     ckpt_dir = run_dir / CHECKPOINT_DIR
