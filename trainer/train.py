@@ -82,7 +82,11 @@ class RunState:
     target_reached: dict[str, float] | None = None
 
 
-def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torch.device) -> Splits:
+def load_splits(
+    config: TrainConfig, data_dir: str, download: bool, device: torch.device, eval_subset: int = 0
+) -> Splits:
+    """The splits on `device`. `eval_subset` > 0 (smoke runs, tests): about that many validation negatives, not
+    NEGATIVE_VAL_PER_KIND of each kind, as the validation digits are cut to that many."""
     mnist = load_mnist(data_dir, download=download)
     train_idx, val_idx = train_val_split(
         len(mnist.train_images), val_fraction=config.val_fraction, seed=config.split_seed
@@ -104,8 +108,11 @@ def load_splits(config: TrainConfig, data_dir: str, download: bool, device: torc
         train_neg = make_negatives(
             config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy()
         )
+        per_kind = NEGATIVE_VAL_PER_KIND
+        if eval_subset:
+            per_kind = min(per_kind, max(20, eval_subset // len(NEGATIVE_KINDS)))
         val_neg = make_negatives(
-            NEGATIVE_VAL_PER_KIND * len(NEGATIVE_KINDS),
+            per_kind * len(NEGATIVE_KINDS),
             seed=1_000_000 + config.split_seed,
             digits=mnist.train_images[val_idx[:2000]].numpy(),
         )
@@ -434,8 +441,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for path in remove_stale_temp_files(ckpt_dir, (LAST, BEST)):
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
-    splits = load_splits(config, args.data_dir, args.download, device)
     eval_subset = 500 if args.dry_run else args.eval_subset
+    splits = load_splits(config, args.data_dir, args.download, device, eval_subset)
     if eval_subset:
         splits = replace(
             splits,
