@@ -5,7 +5,12 @@ tools. The fixtures built on them are in conftest.py (tests/conftest.py for serv
 from __future__ import annotations
 
 import io
+import os
+import re
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,8 @@ from shared.model import build_model
 from shared.settings import Paths
 
 from testkit.waiting import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = [
     "TEST_ARCH",
@@ -143,3 +150,27 @@ def start_server(artifacts: Path, data_dir: Path, *, channel_credentials=None, *
     else:
         channel = grpc.insecure_channel(target)
     return Running(server, port, channel, artifacts)
+
+
+def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[subprocess.Popen, int, list[str]]:
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "w", seed=1)
+    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(workers)],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines, ports = [], []
+    deadline = time.monotonic() + 90
+    while len(ports) < workers and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := re.search(r"\[worker \d\] inference\.server: listening on 127\.0\.0\.1:(\d+)", line):
+            ports.append(int(match.group(1)))
+    assert len(ports) == workers and len(set(ports)) == 1, "".join(lines)
+    return process, ports[0], lines

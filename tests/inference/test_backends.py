@@ -257,7 +257,7 @@ def test_the_workers_flag_defaults_to_the_machines_choice(monkeypatch):
 
 def test_workers_stop_when_their_parent_is_killed(tmp_path, mnist_dir):
     """SIGKILL leaves the parent no chance to stop its workers; the kernel tells them (PR_SET_PDEATHSIG)."""
-    from tests.inference.test_workers import start_workers
+    from tests.inference.helpers import start_workers
 
     process, _, _ = start_workers(tmp_path, mnist_dir)
     workers = [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]

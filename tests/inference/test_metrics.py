@@ -18,7 +18,7 @@ from inference.metrics import REJECTION_REASONS, rejection_reason
 from tests.inference.helpers import hold_calls, model_payload, publish, wait_until
 from tests.inference.metrics_scrape import scrape, value
 from tests.reliability.helpers import SMALL_LIMITS
-from tests.reliability.test_bad_input import IMAGE_KINDS, INVALID
+from tests.reliability.image_kinds import IMAGE_KINDS, INVALID
 
 INFERENCE = "mnist.v1.Inference"
 # What each kind of the reliability table's refused images is counted as, where the kind says it plainly.
@@ -190,7 +190,7 @@ def test_a_metrics_address_that_is_not_host_port_is_refused_at_start(tmp_path):
     import subprocess
     import sys
 
-    from tests.inference.test_workers import REPO_ROOT
+    from tests.inference.helpers import REPO_ROOT
 
     result = subprocess.run(
         [sys.executable, "-m", "inference", "--artifacts-dir", str(tmp_path), "--metrics-address", "9464"],

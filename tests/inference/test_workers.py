@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import grpc
 import psutil
@@ -18,9 +13,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.workers import split_address
-from tests.inference.helpers import publish
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.inference.helpers import start_workers
 
 
 @pytest.mark.parametrize(
@@ -39,30 +32,6 @@ def test_split_address(address, expected):
 def test_split_address_rejects_what_is_not_host_port(address):
     with pytest.raises(ValueError, match="host:port"):
         split_address(address)
-
-
-def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[subprocess.Popen, int, list[str]]:
-    artifacts = tmp_path / "artifacts"
-    publish(artifacts, "w", seed=1)
-    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(workers)],
-        cwd=REPO_ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines, ports = [], []
-    deadline = time.monotonic() + 90
-    while len(ports) < workers and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := re.search(r"\[worker \d\] inference\.server: listening on 127\.0\.0\.1:(\d+)", line):
-            ports.append(int(match.group(1)))
-    assert len(ports) == workers and len(set(ports)) == 1, "".join(lines)
-    return process, ports[0], lines
 
 
 @pytest.fixture

@@ -9,134 +9,28 @@ tests/shared/test_image_pipeline.py the pipeline's own cases; this table runs ev
 
 from __future__ import annotations
 
-import functools
-import io
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from tests.reliability import bad_inputs as b
-from tests.reliability.helpers import SMALL_LIMITS
-
-OK = "ok"
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
-EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-@dataclass(frozen=True)
-class Kind:
-    build: Callable[[np.ndarray], bytes]
-    expect: object  # OK or a status code
-    says: str = ""  # what the error message must mention (case-insensitive)
-    same_as_digit: bool = True  # OK kinds: the model's input must be the digit drawn (not for non-digit ink)
-
-
-IMAGE_KINDS: dict[str, Kind] = {
-    # Not pictures at all.
-    "empty bytes": Kind(b.empty, INVALID, "empty image"),
-    "random bytes": Kind(b.random_bytes, INVALID, "not a picture"),
-    "plain text": Kind(b.plain_text, INVALID, "not a picture"),
-    "SVG": Kind(b.svg, INVALID, "SVG"),
-    "PDF": Kind(b.pdf, INVALID, "PDF"),
-    "HEIC": Kind(b.heic, INVALID, "HEIC"),
-    "EPS (Pillow would run Ghostscript)": Kind(b.eps, INVALID, "not a picture"),
-    "TGA (no signature: not accepted)": Kind(b.tga, INVALID, "not a picture"),
-    "ICO": Kind(b.ico, INVALID, "not a picture"),
-    # Damaged.
-    "truncated PNG": Kind(b.truncated_png, INVALID, "truncated"),
-    "truncated JPEG": Kind(b.truncated_jpeg, INVALID, "truncated"),
-    "truncated GIF": Kind(b.truncated_gif, INVALID, "truncated"),
-    "truncated WebP": Kind(b.truncated_webp, INVALID, "damaged"),
-    "PNG header only": Kind(b.header_only_png, INVALID, "damaged or truncated"),
-    "PNG with a bad CRC": Kind(b.png_bad_crc, INVALID, "damaged"),
-    # Too big.
-    "over the byte limit": Kind(
-        functools.partial(b.oversized_bytes, limit=SMALL_LIMITS["max_image_bytes"]), INVALID, "the limit is 200,000"
-    ),
-    "PNG claiming 100,000 x 100,000": Kind(b.huge_dimensions_png, INVALID, "pixels"),
-    "JPEG claiming 65,000 x 65,000": Kind(b.huge_dimensions_jpeg, INVALID, "pixels"),
-    "GIF with a 65,535 x 65,535 screen": Kind(b.gif_huge_screen, INVALID, "pixels"),
-    "decompression bomb, 64 MP in 8 kB": Kind(b.decompression_bomb_png, INVALID, "decompression bomb"),
-    "PNG text chunk bomb, 100 MB in 100 kB": Kind(b.png_text_bomb, INVALID, "too large"),
-    # Nothing drawn.
-    "1x1 pixel": Kind(b.one_by_one, INVALID, "blank"),
-    "all white": Kind(b.all_white, INVALID, "blank"),
-    "all black JPEG": Kind(b.all_black, INVALID, "blank"),
-    "paper with sensor noise only": Kind(b.noise_only, INVALID, "blank"),
-    "fully transparent": Kind(b.fully_transparent, INVALID, "transparent"),
-    # Valid, unusual: predicted, and the model sees the digit.
-    "16-bit grey PNG": Kind(b.grey_16_bit, OK),
-    "CMYK JPEG": Kind(b.cmyk_jpeg, OK),
-    "palette PNG with transparency": Kind(b.palette_with_transparency, OK),
-    "animated GIF (2nd frame blank)": Kind(b.animated_gif, OK),
-    "multi-page TIFF (2nd page blank)": Kind(b.multi_page_tiff, OK),
-    "EXIF-rotated (orientation 6)": Kind(b.exif_rotated, OK),
-    "1-bit BMP": Kind(b.one_bit_bmp, OK),
-    "float TIFF with NaN pixels": Kind(b.float_tiff_with_nan, OK),
-    # Once an IndexError (INTERNAL): the background sampler started past the end of a side this short. A dash is
-    # ink but no digit: like any non-digit drawing it gets a prediction, and the service must not fail on it.
-    "1 x 20,000 strip": Kind(b.extreme_aspect_ratio, OK, same_as_digit=False),
-}
-
-
-def image_kind_params():
-    for name in IMAGE_KINDS:
-        yield pytest.param(name, id=name)
-
-
-@pytest.fixture(scope="module")
-def digit(mnist) -> np.ndarray:
-    return mnist.test_images[0].numpy()  # a 7
-
-
-@pytest.fixture(scope="module")
-def built(digit):
-    """Each kind's bytes, built once."""
-    return {name: kind.build(digit) for name, kind in IMAGE_KINDS.items()}
+from tests.reliability.helpers import (
+    assert_no_logged_errors,
+    assert_still_serving,
+    assert_valid_prediction,
+    correlation,
+    model_saw,
+)
+from tests.reliability.image_kinds import EXHAUSTED, IMAGE_KINDS, INVALID, OK, image_kind_params
 
 
 @pytest.fixture(scope="module")
 def reference_input(digit) -> np.ndarray:
     """What the model sees for the digit sent as a plain PNG: the unusual encodings must come out the same."""
     return to_mnist(b.encode(b.on_paper(digit), "PNG"))
-
-
-@pytest.fixture
-def log(caplog):
-    caplog.set_level(logging.INFO)
-    return caplog
-
-
-def assert_no_logged_errors(caplog) -> None:
-    """Bad input is the client's problem: nothing at ERROR level (tracebacks, INTERNAL) in the server's log."""
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-
-
-def assert_still_serving(server, good_png: bytes) -> None:
-    response = server.stub.Predict(pb.PredictRequest(image=good_png), timeout=10)
-    assert response.model_version == "v1" and len(response.prediction.probabilities) == 10
-
-
-def assert_valid_prediction(prediction: pb.Prediction) -> None:
-    p = np.array(prediction.probabilities)
-    assert p.shape == (10,) and np.all(p >= 0) and abs(p.sum() - 1) < 1e-4
-    assert prediction.digit == int(p.argmax())
-
-
-def correlation(a: np.ndarray, b_: np.ndarray) -> float:
-    return float(np.corrcoef(a.ravel().astype(float), b_.ravel().astype(float))[0, 1])
-
-
-def model_saw(prediction: pb.Prediction) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(prediction.model_input_png)))
 
 
 @pytest.mark.parametrize("name", list(image_kind_params()))

@@ -13,21 +13,12 @@ import pytest
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
-from tests.reliability.test_bad_input import (  # noqa: F401 - fixtures used by the tests below
-    IMAGE_KINDS,
-    INVALID,
-    OK,
-    assert_no_logged_errors,
-    assert_still_serving,
-    built,
-    digit,
-    image_kind_params,
-    log,
-)
+from tests.reliability.helpers import assert_no_logged_errors, assert_still_serving
+from tests.reliability.image_kinds import IMAGE_KINDS, INVALID, OK, image_kind_params
 
 
 @pytest.mark.parametrize("name", list(image_kind_params()))
-def test_read_number(limited_server, built, digit_pngs, log, name):  # noqa: F811
+def test_read_number(limited_server, built, digit_pngs, log, name):
     kind, data = IMAGE_KINDS[name], built[name]
     stub = limited_server.stub
     if kind.expect == OK:
@@ -50,7 +41,7 @@ def test_read_number(limited_server, built, digit_pngs, log, name):  # noqa: F81
     assert_no_logged_errors(log)
 
 
-def test_read_number_request_that_is_no_protobuf(limited_server, log):  # noqa: F811
+def test_read_number_request_that_is_no_protobuf(limited_server, log):
     with pytest.raises(grpc.RpcError) as e:
         limited_server.channel.unary_unary("/mnist.v1.Inference/ReadNumber")(b"\x0a\xff\xff\xff\xff\x0f", timeout=30)
     assert e.value.code() == INVALID and "not a valid mnist.v1.ReadNumberRequest" in e.value.details()

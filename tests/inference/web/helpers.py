@@ -4,6 +4,7 @@ built on them are in conftest.py."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -98,3 +99,20 @@ def start_web(**options) -> Web:
             raise RuntimeError("the web server did not start")
         time.sleep(0.01)
     return Web(sock.getsockname()[1], server, thread)
+
+
+def decode_data_url(url: str) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    return base64.b64decode(url[len(prefix) :])
+
+
+def assert_error(answer, status: int, code: str, *words: str) -> str:
+    """The answer is the JSON error shape with this status and gRPC code, and its message says `words`."""
+    assert answer.status == status, (answer.status, answer.body[:500])
+    assert answer.headers["content-type"] == "application/json"
+    error = answer.json()["error"]
+    assert error["status"] == status and error["code"] == code, error
+    for word in words:
+        assert word in error["message"], error["message"]
+    return error["message"]

@@ -6,7 +6,6 @@ answers, which these tests check against the server called directly over gRPC.
 
 from __future__ import annotations
 
-import base64
 import io
 import socket
 import threading
@@ -19,26 +18,10 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from tests.inference.helpers import hold_calls
+from tests.inference.web.helpers import assert_error, decode_data_url
 from tests.reliability import bad_inputs
 
 TOKEN = "web-s3cret"
-
-
-def decode_data_url(url: str) -> bytes:
-    prefix = "data:image/png;base64,"
-    assert url.startswith(prefix), url[:40]
-    return base64.b64decode(url[len(prefix) :])
-
-
-def assert_error(answer, status: int, code: str, *words: str) -> str:
-    """The answer is the JSON error shape with this status and gRPC code, and its message says `words`."""
-    assert answer.status == status, (answer.status, answer.body[:500])
-    assert answer.headers["content-type"] == "application/json"
-    error = answer.json()["error"]
-    assert error["status"] == status and error["code"] == code, error
-    for word in words:
-        assert word in error["message"], error["message"]
-    return error["message"]
 
 
 # --------------------------------------------------------------------------------------------------------------

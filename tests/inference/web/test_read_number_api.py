@@ -15,8 +15,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 
 from testkit.numbers import lines_picture, make_numbers
 from tests.inference.helpers import start_server
-from tests.inference.web.helpers import start_web
-from tests.inference.web.test_api import assert_error, decode_data_url
+from tests.inference.web.helpers import assert_error, decode_data_url, start_web
 
 
 @pytest.fixture(scope="module")
