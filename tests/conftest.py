@@ -128,3 +128,13 @@ def trained_artifacts(mnist_dir) -> Path:
         )
         assert code == 0, "training the test model failed"
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_version(trained_artifacts) -> str:
+    """The version the trained test model is published as ("test-model-e<best epoch>")."""
+    from shared.checkpoint import read_manifest
+
+    manifest = read_manifest(trained_artifacts / "models")
+    assert manifest is not None
+    return manifest.version

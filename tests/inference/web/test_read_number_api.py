@@ -85,7 +85,9 @@ def test_a_number_is_read_digit_by_digit_with_each_box_on_its_ink(served, number
     assert right >= len(numbers) - 1, right
 
 
-def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(served, numbers, mnist_test):
+def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(
+    served, numbers, mnist_test, trained_version
+):
     backend, gateway = served
     with_mark = make_numbers(*mnist_test, per_style=1, seed=1, separator=True, styles=["web_canvas_alpha"])[0]
     for data in (numbers[0].data, with_mark.data):
@@ -97,7 +99,7 @@ def test_read_number_answers_what_grpc_read_number_answers_for_the_same_bytes(se
             assert answer.status == 200, answer.body
             got = answer.json()
             assert got["digits"] == expected.digits and got["confidence"] == expected.confidence
-            assert got["model_version"] == expected.model_version == "test-model-e010"
+            assert got["model_version"] == expected.model_version == trained_version
             assert (got["width"], got["height"]) == (expected.width, expected.height)
             assert len(got["per_digit"]) == len(expected.per_digit)
             for mine, theirs in zip(got["per_digit"], expected.per_digit):
@@ -145,7 +147,7 @@ def test_what_read_number_refuses_is_400_with_the_services_message(served, mnist
     )
 
 
-def test_an_unknown_model_version_is_404(served, numbers):
+def test_an_unknown_model_version_is_404(served, numbers, trained_version):
     _, gateway = served
     assert_error(
         gateway.post("/v1/read-number?model_version=no-such-model", numbers[0].data),
@@ -153,8 +155,8 @@ def test_an_unknown_model_version_is_404(served, numbers):
         "NOT_FOUND",
         "'no-such-model' is not published",
     )
-    named = gateway.post("/v1/read-number?model_version=test-model-e010", numbers[0].data)
-    assert named.status == 200 and named.json()["model_version"] == "test-model-e010"
+    named = gateway.post(f"/v1/read-number?model_version={trained_version}", numbers[0].data)
+    assert named.status == 200 and named.json()["model_version"] == trained_version
 
 
 def test_openapi_describes_read_number(served):
