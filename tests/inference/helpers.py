@@ -152,10 +152,14 @@ def start_server(artifacts: Path, data_dir: Path, *, channel_credentials=None, *
     return Running(server, port, channel, artifacts)
 
 
-def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[subprocess.Popen, int, list[str]]:
+def start_workers(
+    tmp_path: Path, mnist_dir: Path, workers: int = 2, extra_env: dict[str, str] | None = None, metrics: bool = False
+) -> tuple[subprocess.Popen, int, list[str], int | None]:
+    """`python -m inference --workers N` on a free port, serving model "w": (process, gRPC port, log lines so far,
+    metrics port when `metrics`). Waits until every worker (and the metrics endpoint) says it listens."""
     artifacts = tmp_path / "artifacts"
     publish(artifacts, "w", seed=1)
-    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir)}
+    env = {**os.environ, "MNIST_ARTIFACTS_DIR": str(artifacts), "MNIST_DATA_DIR": str(mnist_dir), **(extra_env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(workers)],
         cwd=REPO_ROOT,
@@ -163,14 +167,21 @@ def start_workers(tmp_path: Path, mnist_dir: Path, workers: int = 2) -> tuple[su
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines, ports = [], []
-    deadline = time.monotonic() + 90
-    while len(ports) < workers and time.monotonic() < deadline:
+    lines: list[str] = []
+    ports: list[int] = []
+    metrics_port = None
+    deadline = time.monotonic() + 120
+    while (len(ports) < workers or (metrics and metrics_port is None)) and time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
             break
         lines.append(line)
         if match := re.search(r"\[worker \d\] inference\.server: listening on 127\.0\.0\.1:(\d+)", line):
             ports.append(int(match.group(1)))
-    assert len(ports) == workers and len(set(ports)) == 1, "".join(lines)
-    return process, ports[0], lines
+        if match := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line):
+            metrics_port = int(match.group(1))
+    if len(ports) != workers or len(set(ports)) != 1 or (metrics and metrics_port is None):
+        process.kill()
+        process.wait()
+        raise AssertionError("the workers did not all start:\n" + "".join(lines))
+    return process, ports[0], lines, metrics_port

@@ -259,7 +259,7 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, mnist_dir):
     """SIGKILL leaves the parent no chance to stop its workers; the kernel tells them (PR_SET_PDEATHSIG)."""
     from tests.inference.helpers import start_workers
 
-    process, _, _ = start_workers(tmp_path, mnist_dir)
+    process, _, _, _ = start_workers(tmp_path, mnist_dir)
     workers = [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2
 

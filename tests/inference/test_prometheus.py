@@ -6,17 +6,14 @@ prometheus; .ci/run installs it)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import grpc
 import psutil
@@ -26,10 +23,9 @@ from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
-from tests.inference.helpers import publish
+from tests.inference.helpers import publish, start_workers
 from tests.inference.metrics_scrape import scrape, value
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 2
 
 
@@ -50,35 +46,11 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture
 def workers_with_metrics(tmp_path, mnist_dir):
     """`python -m inference --workers 2` with metrics on: (process, gRPC port, metrics port, log lines)."""
-    artifacts = tmp_path / "artifacts"
-    publish(artifacts, "w", seed=1)
-    env = {
-        **os.environ,
-        settings.ENV_ARTIFACTS_DIR: str(artifacts),
-        settings.ENV_DATA_DIR: str(mnist_dir),
-        settings.ENV_METRICS_ADDRESS: "127.0.0.1:0",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inference", "--address", "127.0.0.1:0", "--workers", str(WORKERS)],
-        cwd=REPO_ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+    process, grpc_port, lines, metrics_port = start_workers(
+        tmp_path, mnist_dir, WORKERS, extra_env={settings.ENV_METRICS_ADDRESS: "127.0.0.1:0"}, metrics=True
     )
-    lines, grpc_ports, metrics_port = [], [], None
-    deadline = time.monotonic() + 120
-    while (len(grpc_ports) < WORKERS or metrics_port is None) and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := re.search(r"\[worker \d\] inference\.server: listening on 127\.0\.0\.1:(\d+)", line):
-            grpc_ports.append(int(match.group(1)))
-        if match := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line):
-            metrics_port = int(match.group(1))
     try:
-        assert len(set(grpc_ports)) == 1 and len(grpc_ports) == WORKERS and metrics_port, "".join(lines)
-        yield process, grpc_ports[0], metrics_port, lines
+        yield process, grpc_port, metrics_port, lines
     finally:
         stop(process)
         process.stderr.close()

@@ -36,7 +36,7 @@ def test_split_address_rejects_what_is_not_host_port(address):
 
 @pytest.fixture
 def workers(tmp_path, mnist_dir):
-    process, port, lines = start_workers(tmp_path, mnist_dir)
+    process, port, lines, _ = start_workers(tmp_path, mnist_dir)
     yield process, port, lines
     if process.poll() is None:
         for child in psutil.Process(process.pid).children(recursive=True):
