@@ -65,9 +65,10 @@ class EvaluationData:
         self.download = download
         self.cache_size = cache_size
         self._mnist: Mnist | None = None
-        self._cache = LruCache(cache_size)
+        self._cache: LruCache[tuple, tuple[torch.Tensor, torch.Tensor]] = LruCache(cache_size)  # images, labels
         self._lock = threading.Lock()  # one reader of MNIST and one normalization at a time
-        self.outputs = LruCache(outputs_cache_size)  # (model_key + split_key) -> log-probabilities (N, 10 or 11)
+        # (model_key + split_key) -> log-probabilities (N, 10 or 11)
+        self.outputs: LruCache[tuple, torch.Tensor] = LruCache(outputs_cache_size)
 
     def _dataset(self) -> Mnist:
         if self._mnist is None:
