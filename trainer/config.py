@@ -186,8 +186,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--eval-subset",
         type=non_negative_int,
         default=0,
-        help="evaluate on only the first N validation and N test images, and about N validation pictures that "
-        "are not digits, each epoch (smoke runs and tests; 0 = all)",
+        help="evaluate on only the first N validation and N test images, and validation pictures that are not "
+        "digits in the same proportion (at least 20 of each kind), each epoch (smoke runs and tests; 0 = all)",
     )
     parser.add_argument(
         "--data-dir",

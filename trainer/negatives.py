@@ -26,6 +26,11 @@ The tests' negatives (testkit/not_digits.py) are made by other code, in other fo
 from __future__ import annotations
 
 import math
+import multiprocessing
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -299,23 +304,90 @@ class Negatives:
         return len(self.images)
 
 
-def make_negatives(count: int, seed: int, digits: np.ndarray | None = None) -> Negatives:
-    """`count` negatives, the kinds in turn, deterministic for `seed`. `digits` (N, 28, 28) uint8: the digits the
-    crossed-out kind scratches out (the training split's; without them it scratches blank paper)."""
-    rng = np.random.default_rng([seed, 17])
-    images: list[np.ndarray] = []
-    kinds: list[int] = []
-    i = 0
-    while len(images) < count:
-        kind = i % len(KINDS)
-        i += 1
-        digit = digits[rng.integers(len(digits))] if digits is not None and len(digits) else None
+# Drawing is cheap (~0.4 ms a picture) and stays in this process, in turn order, so the random draws are the
+# seed's; the pipeline (~2 ms, no randomness) can run in other processes (`pipeline_pool`), CHUNK pictures a
+# task, while the next ones are drawn. At most IN_FLIGHT pictures wait for the pipeline, so a large pool never
+# holds all its canvases (up to 16 KB each) at once. PARALLEL_MIN: for fewer pictures than this, starting
+# processes (a second or more each: they import the main module) costs more than it saves.
+CHUNK = 64
+IN_FLIGHT = 1024
+PARALLEL_MIN = 2000
+
+
+def pipeline_pool(workers: int, pictures: int) -> AbstractContextManager[Executor | None]:
+    """Processes for draw_until's pipeline work: `workers` of them when there are `pictures` enough to gain from
+    them, else none (the work runs in this process). Use it as a context manager around the draws."""
+    if workers <= 1 or pictures < PARALLEL_MIN:
+        return nullcontext(None)
+    # spawn, not fork: the trainer has torch's thread pools running, which a forked child must not inherit.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _pipeline_or_none(pictures: list[np.ndarray]) -> list[np.ndarray | None]:
+    """The users' pipeline on each picture: (28, 28) uint8, or None where it rejects the picture."""
+    out: list[np.ndarray | None] = []
+    for picture in pictures:
         try:
-            images.append(to_mnist_array(draw(KINDS[kind], rng, digit)))
+            out.append(to_mnist_array(picture))
         except ImageRejected:
-            continue  # too faint or too small to be anything: the server would reject it too
-        kinds.append(kind)
-    return Negatives(np.stack(images) if images else np.zeros((0, 28, 28), np.uint8), np.array(kinds, np.int64))
+            out.append(None)
+    return out
+
+
+def draw_until(
+    count: int, picture: Callable[[int], np.ndarray], pool: Executor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` pictures as the model sees them: `picture(turn)` draws one for turn 0, 1, 2, ... (as the user would
+    send it), and the users' pipeline brings it to 28x28 (in `pool`'s processes, if given); a turn whose picture
+    the pipeline rejects (too faint or too small to be anything: the server would reject it too) is skipped.
+    Returns (images (count, 28, 28) uint8, the turn of each (count,) int64), the same with or without a pool.
+
+    A picture is drawn only while the accepted ones and those still in the pipeline are fewer than `count` (as
+    if every one in the pipeline were accepted), so no turn is drawn after the count-th accepted one, exactly as
+    in one loop that stops there: the random draws, and so the pictures, do not depend on the pool.
+    """
+    images: list[np.ndarray] = []
+    turns: list[int] = []
+
+    def keep(first: int, done: list[np.ndarray | None]) -> None:
+        for i, image in enumerate(done):
+            if image is not None:
+                images.append(image)
+                turns.append(first + i)
+
+    if pool is None:
+        turn = 0
+        while len(images) < count:
+            keep(turn, _pipeline_or_none([picture(turn)]))
+            turn += 1
+    else:
+        pending: deque[tuple[int, Future]] = deque()  # (first turn, its chunk's results), in turn order
+        in_flight = next_turn = 0
+        while len(images) < count:
+            while in_flight < IN_FLIGHT and (room := count - len(images) - in_flight) > 0:
+                chunk = [picture(next_turn + i) for i in range(min(CHUNK, room))]
+                pending.append((next_turn, pool.submit(_pipeline_or_none, chunk)))
+                next_turn += len(chunk)
+                in_flight += len(chunk)
+            first, future = pending.popleft()
+            done = future.result()
+            in_flight -= len(done)
+            keep(first, done)
+    return (np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)), np.array(turns, np.int64)
+
+
+def make_negatives(count: int, seed: int, digits: np.ndarray | None = None, pool: Executor | None = None) -> Negatives:
+    """`count` negatives, the kinds in turn, deterministic for `seed` (with or without a `pipeline_pool`).
+    `digits` (N, 28, 28) uint8: the digits the crossed-out kind scratches out (the training split's; without them
+    it scratches blank paper)."""
+    rng = np.random.default_rng([seed, 17])
+
+    def picture(turn: int) -> np.ndarray:
+        digit = digits[rng.integers(len(digits))] if digits is not None and len(digits) else None
+        return draw(KINDS[turn % len(KINDS)], rng, digit)
+
+    images, turns = draw_until(count, picture, pool)
+    return Negatives(images, turns % len(KINDS))
 
 
 @dataclass(frozen=True)
@@ -329,18 +401,11 @@ class TypedDigits:
         return len(self.images)
 
 
-def make_typed_digits(count: int, seed: int) -> TypedDigits:
-    """`count` typed digits, 0..9 in turn, each in a random training font and size, deterministic for `seed`."""
+def make_typed_digits(count: int, seed: int, pool: Executor | None = None) -> TypedDigits:
+    """`count` typed digits, 0..9 in turn, each in a random training font and size, deterministic for `seed`
+    (with or without a `pipeline_pool`)."""
     rng = np.random.default_rng([seed, 23])
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    i = 0
-    while len(images) < count:
-        digit = i % 10
-        i += 1
-        try:
-            images.append(to_mnist_array(on_paper(_text(str(digit), int(rng.integers(*CANVAS)), rng), rng)))
-        except ImageRejected:
-            continue
-        labels.append(digit)
-    return TypedDigits(np.stack(images) if images else np.zeros((0, 28, 28), np.uint8), np.array(labels, np.int64))
+    images, turns = draw_until(
+        count, lambda turn: on_paper(_text(str(turn % 10), int(rng.integers(*CANVAS)), rng), rng), pool
+    )
+    return TypedDigits(images, turns % 10)

@@ -34,13 +34,14 @@ from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize, standardiz
 from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
 from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
 from shared.onnx_model import export_onnx, verify_onnx
+from shared.resources import usable_cpus
 from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
-from trainer.negatives import make_negatives, make_typed_digits
+from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
@@ -83,10 +84,17 @@ class RunState:
 
 
 def load_splits(
-    config: TrainConfig, data_dir: str, download: bool, device: torch.device, eval_subset: int = 0
+    config: TrainConfig,
+    data_dir: str,
+    download: bool,
+    device: torch.device,
+    eval_subset: int = 0,
+    pipeline_workers: int = 1,
 ) -> Splits:
-    """The splits on `device`. `eval_subset` > 0 (smoke runs, tests): about that many validation negatives, not
-    NEGATIVE_VAL_PER_KIND of each kind, as the validation digits are cut to that many."""
+    """The splits on `device`. `eval_subset` > 0 (smoke runs, tests): validation negatives cut in the same
+    proportion as the validation digits (at least 20 of each kind), not NEGATIVE_VAL_PER_KIND of each kind.
+    `pipeline_workers`: processes that bring the drawn negatives through the image pipeline (the same pictures
+    whatever their number)."""
     mnist = load_mnist(data_dir, download=download)
     train_idx, val_idx = train_val_split(
         len(mnist.train_images), val_fraction=config.val_fraction, seed=config.split_seed
@@ -104,28 +112,35 @@ def load_splits(
     )
     if config.negatives > 0:
         started = time.perf_counter()
-        # The crossed-out kind scratches out training digits (training) and validation digits (validation).
-        train_neg = make_negatives(
-            config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy()
-        )
         per_kind = NEGATIVE_VAL_PER_KIND
-        if eval_subset:
-            per_kind = min(per_kind, max(20, eval_subset // len(NEGATIVE_KINDS)))
-        val_neg = make_negatives(
-            per_kind * len(NEGATIVE_KINDS),
-            seed=1_000_000 + config.split_seed,
-            digits=mnist.train_images[val_idx[:2000]].numpy(),
-        )
+        if 0 < eval_subset < len(val_idx):
+            per_kind = max(20, round(per_kind * eval_subset / len(val_idx)))
+        typed_count = config.typed_pool if config.typed_digits > 0 else 0
+        pictures = config.negative_pool + per_kind * len(NEGATIVE_KINDS) + typed_count
+        with pipeline_pool(pipeline_workers, pictures) as pool:
+            # The crossed-out kind scratches out training digits (training) and validation digits (validation).
+            train_neg = make_negatives(
+                config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy(), pool=pool
+            )
+            val_neg = make_negatives(
+                per_kind * len(NEGATIVE_KINDS),
+                seed=1_000_000 + config.split_seed,
+                digits=mnist.train_images[val_idx[:2000]].numpy(),
+                pool=pool,
+            )
+            typed = make_typed_digits(typed_count, seed=config.seed, pool=pool) if typed_count else None
         splits.neg_x = move(torch.from_numpy(train_neg.images))
         splits.neg_val_x = move(torch.from_numpy(val_neg.images))
         splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
-        if config.typed_digits > 0:
-            typed = make_typed_digits(config.typed_pool, seed=config.seed)
+        typed_note = ""
+        if typed is not None:
             splits.typed_x = move(torch.from_numpy(typed.images))
             splits.typed_y = move(torch.from_numpy(typed.labels))
+            typed_note = f", and {len(typed):,} typed digits,"
         print(
-            f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits in "
-            f"{time.perf_counter() - started:.1f} s",
+            f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits"
+            f"{typed_note} in {time.perf_counter() - started:.1f} s"
+            f"{f' ({pipeline_workers} processes)' if pool is not None else ''}",
             flush=True,
         )
     return splits
@@ -139,22 +154,36 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**config.arch_kwargs, **({"not_digit": True} if config.negatives > 0 else {})}
 
 
+def pool_batch(pool: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` pictures drawn at random from a uint8 pool (K, 28, 28): ((count, 1, 28, 28) in [0, 1], their indices)."""
+    idx = torch.randint(len(pool), (count,), generator=generator, device=generator.device).to(pool.device)
+    return pool[idx].float().div_(255.0).unsqueeze(1), idx
+
+
 def negative_batch(
     splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator, augment_it: bool
 ) -> torch.Tensor:
     """`count` negatives from the pool, (count, 1, 28, 28) in [0, 1], each flipped, turned and augmented at random:
     a letter mirrored or on its side is still not a digit, and the pool looks new every epoch."""
     assert splits.neg_x is not None, "a run without negatives draws none"
-    gen_device = generator.device
-    idx = torch.randint(len(splits.neg_x), (count,), generator=generator, device=gen_device).to(splits.neg_x.device)
-    x = splits.neg_x[idx].float().div_(255.0).unsqueeze(1)
+    x, _ = pool_batch(splits.neg_x, count, generator)
     if augment_it:
-        flips = torch.rand(count, 3, generator=generator, device=gen_device).to(x.device) < 0.5
+        flips = torch.rand(count, 3, generator=generator, device=generator.device).to(x.device) < 0.5
         x = torch.where(flips[:, 0].view(-1, 1, 1, 1), x.flip(3), x)
         x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(2), x)
         x = torch.where(flips[:, 2].view(-1, 1, 1, 1), x.transpose(2, 3), x)
         x = augment(x, cfg, generator)
     return x
+
+
+def typed_batch(
+    splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator, augment_it: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` typed digits from the pool, augmented like MNIST's (no flips: a mirrored 2 is no 2), and their
+    labels: ((count, 1, 28, 28) in [0, 1], (count,))."""
+    assert splits.typed_x is not None and splits.typed_y is not None, "a run without typed digits draws none"
+    x, idx = pool_batch(splits.typed_x, count, generator)
+    return (augment(x, cfg, generator) if augment_it else x), splits.typed_y[idx]
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
@@ -254,13 +283,11 @@ def train_one_epoch(
             x = torch.cat([x, neg])
             y = torch.cat([y, torch.full((len(neg),), NOT_DIGIT, dtype=y.dtype, device=y.device)])
         if typed:
-            assert splits.typed_x is not None and splits.typed_y is not None
-            count = max(1, round(n_digits * config.typed_digits))
-            pick = torch.randint(len(splits.typed_x), (count,), generator=generator, device=generator.device)
-            pick = pick.to(splits.typed_x.device)
-            typed_x = splits.typed_x[pick].float().div_(255.0).unsqueeze(1)
-            x = torch.cat([x, augment(typed_x, augment_config, generator) if config.augment else typed_x])
-            y = torch.cat([y, splits.typed_y[pick]])
+            typed_x, typed_y = typed_batch(
+                splits, max(1, round(n_digits * config.typed_digits)), augment_config, generator, config.augment
+            )
+            x = torch.cat([x, typed_x])
+            y = torch.cat([y, typed_y])
         x = standardize(x, MNIST_MEAN, MNIST_STD)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -442,7 +469,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     eval_subset = 500 if args.dry_run else args.eval_subset
-    splits = load_splits(config, args.data_dir, args.download, device, eval_subset)
+    # The negatives' pipeline work is spread over this machine's cores, shared with the other processes of a
+    # distributed run on it (torchrun sets LOCAL_WORLD_SIZE).
+    workers = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size)))
+    splits = load_splits(config, args.data_dir, args.download, device, eval_subset, workers)
     if eval_subset:
         splits = replace(
             splits,

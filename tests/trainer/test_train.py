@@ -110,29 +110,6 @@ def test_the_published_model_knows_when_a_picture_is_not_a_digit(short_run, mnis
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_negatives_are_every_kind_as_the_pipeline_makes_them_and_the_same_for_a_seed():
-    from trainer.negatives import make_negatives
-
-    first, again = make_negatives(60, seed=3), make_negatives(60, seed=3)
-    assert first.images.shape == (60, 28, 28)
-    assert first.images.dtype.name == "uint8" and (first.images == again.images).all()
-    assert sorted(set(first.kinds.tolist())) == list(range(len(NEGATIVE_KINDS)))
-    assert (first.images.reshape(60, -1).max(1) > 100).all()  # ink in every one, as the pipeline leaves it
-    assert not (make_negatives(60, seed=4).images == first.images).all()
-
-
-def test_typed_digits_are_every_digit_in_turn_as_the_pipeline_makes_them_and_the_same_for_a_seed():
-    """The positives beside the negatives: digits typed in the negatives' fonts, labelled as the digits they are."""
-    from trainer.negatives import make_typed_digits
-
-    first, again = make_typed_digits(40, seed=3), make_typed_digits(40, seed=3)
-    assert first.images.shape == (40, 28, 28) and first.images.dtype.name == "uint8"
-    assert first.labels.tolist() == [i % 10 for i in range(40)]
-    assert (first.images == again.images).all()
-    assert (first.images.reshape(40, -1).max(1) > 100).all()
-    assert not (make_typed_digits(40, seed=4).images == first.images).all()
-
-
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_dir):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train(whole, mnist_dir, "--epochs", "3", "--run-name", "r", "--no-publish") == 0

@@ -1,0 +1,69 @@
+"""trainer/negatives.py: the pictures that are not digits, and the typed digits, as the trainer draws them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.image_pipeline import ImageRejected, to_mnist_array
+
+from trainer import negatives
+from trainer.negatives import KINDS, draw_until, make_negatives, make_typed_digits, on_paper, pipeline_pool
+
+
+def test_negatives_are_every_kind_as_the_pipeline_makes_them_and_the_same_for_a_seed():
+    first, again = make_negatives(60, seed=3), make_negatives(60, seed=3)
+    assert first.images.shape == (60, 28, 28)
+    assert first.images.dtype.name == "uint8" and (first.images == again.images).all()
+    assert sorted(set(first.kinds.tolist())) == list(range(len(KINDS)))
+    assert (first.images.reshape(60, -1).max(1) > 100).all()  # ink in every one, as the pipeline leaves it
+    assert not (make_negatives(60, seed=4).images == first.images).all()
+
+
+def test_typed_digits_are_every_digit_in_turn_as_the_pipeline_makes_them_and_the_same_for_a_seed():
+    """The positives beside the negatives: digits typed in the negatives' fonts, labelled as the digits they are."""
+    first, again = make_typed_digits(40, seed=3), make_typed_digits(40, seed=3)
+    assert first.images.shape == (40, 28, 28) and first.images.dtype.name == "uint8"
+    assert first.labels.tolist() == [i % 10 for i in range(40)]
+    assert (first.images == again.images).all()
+    assert (first.images.reshape(40, -1).max(1) > 100).all()
+    assert not (make_typed_digits(40, seed=4).images == first.images).all()
+
+
+def stroke_or_blank(rng: np.random.Generator):
+    """A picture for each turn: every third one blank paper (the pipeline rejects it), else a random stroke. Each
+    turn takes a draw from `rng`, so a turn drawn that a one-process loop would not draw changes what follows."""
+
+    def picture(turn: int) -> np.ndarray:
+        ink = np.zeros((64, 64))
+        y0, x0, y1, x1 = rng.integers(8, 56, size=4)
+        if turn % 3:
+            ink[min(y0, y1) : max(y0, y1) + 10, min(x0, x1) : max(x0, x1) + 4] = 1.0
+        return on_paper(ink, rng)
+
+    return picture
+
+
+def test_the_pipeline_processes_change_nothing_that_is_drawn(monkeypatch):
+    """The pipeline's processes get the pictures in small chunks, several in flight, with rejections among them:
+    the same pictures, turns and random draws as one process."""
+    monkeypatch.setattr(negatives, "CHUNK", 5)
+    monkeypatch.setattr(negatives, "IN_FLIGHT", 12)
+    alone_rng, pooled_rng = np.random.default_rng(1), np.random.default_rng(1)
+    alone = draw_until(40, stroke_or_blank(alone_rng))
+    with pipeline_pool(2, negatives.PARALLEL_MIN) as pool:
+        assert pool is not None
+        pooled = draw_until(40, stroke_or_blank(pooled_rng), pool)
+    with pytest.raises(ImageRejected):
+        to_mnist_array(stroke_or_blank(np.random.default_rng(0))(0))  # turn 0 is blank: rejected
+    assert alone[1].tolist() == [t for t in range(60) if t % 3][:40]  # every third turn skipped
+    assert (alone[0] == pooled[0]).all() and (alone[1] == pooled[1]).all()
+    assert alone_rng.integers(1 << 30) == pooled_rng.integers(1 << 30)  # no turn drawn beyond the 40th kept one
+
+
+def test_a_few_pictures_start_no_processes():
+    with pipeline_pool(2, negatives.PARALLEL_MIN - 1) as pool:
+        assert pool is None
+    with pipeline_pool(1, 10**6) as pool:
+        assert pool is None
+    assert len(make_negatives(10, seed=0)) == len(make_typed_digits(10, seed=0)) == 10
