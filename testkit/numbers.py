@@ -459,6 +459,20 @@ def make_numbers(
     return out
 
 
+def cached_numbers(images: np.ndarray, labels: np.ndarray, *, per_style: int, seed: int, layout: str) -> list:
+    """make_numbers(images, labels, per_style=..., seed=..., layout=...), made once and kept in the test cache
+    (testkit/cache.py), keyed by the code that draws them: a few hundred numbers take 15-20 s to draw. `images`
+    and `labels` must be MNIST's test digits, as everywhere the tests and benchmarks draw numbers."""
+    from testkit.cache import cached_pickle, code_hash
+
+    key = code_hash(
+        ("testkit/numbers.py", "testkit/user_images.py"), extra=f"{layout}-{per_style}-{seed}-{len(images)}"
+    )
+    return cached_pickle(
+        "numbers", key, lambda: make_numbers(images, labels, per_style=per_style, seed=seed, layout=layout)
+    )
+
+
 def lines_picture(images: np.ndarray, labels: np.ndarray, *, lines: int = 2, digits: int = 4, seed: int = 0) -> bytes:
     """Several lines of writing, one under the other, on a white canvas (PNG): what ReadNumber refuses."""
     rng = np.random.default_rng([seed, 2])

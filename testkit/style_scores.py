@@ -11,6 +11,7 @@ as wrong).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from testkit.user_images import UserImage
@@ -34,13 +35,18 @@ class StyleScore:
 
 
 def evaluate_styles(
-    predict: Predict, pictures: Sequence[UserImage], *, targets: Targets | None = None, batch_size: int = 64
+    predict: Predict,
+    pictures: Sequence[UserImage],
+    *,
+    targets: Targets | None = None,
+    batch_size: int = 64,
+    concurrency: int = 1,
 ) -> dict[str, StyleScore]:
-    """Run `predict` over the pictures in batches and score each style, with its target from `targets` (none if
-    that is None). Returns {style: StyleScore} in order."""
-    predictions: list = []
-    for start in range(0, len(pictures), batch_size):
-        predictions.extend(predict([p.data for p in pictures[start : start + batch_size]]))
+    """Run `predict` over the pictures in batches, `concurrency` batches at a time, and score each style, with its
+    target from `targets` (none if that is None). Returns {style: StyleScore} in order."""
+    batches = [[p.data for p in pictures[start : start + batch_size]] for start in range(0, len(pictures), batch_size)]
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        predictions = [digit for batch in pool.map(predict, batches) for digit in batch]
     scores = {}
     for style in dict.fromkeys(p.style for p in pictures):
         pairs = [(p.label, q) for p, q in zip(pictures, predictions) if p.style == style]

@@ -28,6 +28,7 @@ from testkit.waiting import wait_until
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = [
+    "BATCH_CONCURRENCY",
     "TEST_ARCH",
     "TEST_ARCH_KWARGS",
     "Running",
@@ -36,10 +37,16 @@ __all__ = [
     "model_info",
     "model_payload",
     "png_bytes",
+    "predict_batches",
     "publish",
     "start_server",
     "wait_until",
 ]
+
+# PredictBatch calls the tests that send thousands of pictures keep in flight at once. The in-process server
+# answers them in two threads, and the pipeline's OpenCV and NumPy work runs outside the GIL, so both cores work:
+# 1,536 drawn pictures took 16.6 s instead of 26-28 s one call at a time (three at once: no faster).
+BATCH_CONCURRENCY = 2
 
 # Small enough that evaluating 10,000 images takes a fraction of a second on two busy cores.
 TEST_ARCH = "compact"
@@ -185,3 +192,18 @@ def start_workers(
         process.wait()
         raise AssertionError("the workers did not all start:\n" + "".join(lines))
     return process, ports[0], lines, metrics_port
+
+
+def predict_batches(stub, pictures: list[bytes], batch_size: int = 128) -> list:
+    """Every picture's PredictBatch result (a pb.BatchResult), in order: `batch_size` a call, BATCH_CONCURRENCY
+    calls in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.api.mnist.v1 import inference_pb2 as pb
+
+    def call(batch: list[bytes]) -> list:
+        return list(stub.PredictBatch(pb.PredictBatchRequest(images=batch), timeout=60).results)
+
+    batches = [pictures[start : start + batch_size] for start in range(0, len(pictures), batch_size)]
+    with ThreadPoolExecutor(BATCH_CONCURRENCY) as pool:
+        return [result for results in pool.map(call, batches) for result in results]

@@ -30,7 +30,7 @@ from shared.settings import Paths
 from testkit.cache import cached_pickle, code_hash
 from testkit.not_digits import KINDS, make_not_digits
 from testkit.user_images import make_printed_digits
-from tests.inference.helpers import model_info, model_payload, start_server
+from tests.inference.helpers import model_info, model_payload, predict_batches, start_server
 
 PER_KIND = 200
 TARGET_FLAGGED = 0.95  # the issue's target for every kind of non-digit
@@ -180,11 +180,7 @@ def not_digits():
 
 def is_digit_answers(stub, pictures: list[bytes]) -> list[bool | None]:
     """is_digit of each picture, by PredictBatch in chunks; None for a picture the service refused."""
-    answers: list[bool | None] = []
-    for start in range(0, len(pictures), 128):
-        response = stub.PredictBatch(pb.PredictBatchRequest(images=pictures[start : start + 128]), timeout=60)
-        answers.extend(None if r.HasField("error") else r.prediction.is_digit for r in response.results)
-    return answers
+    return [None if r.HasField("error") else r.prediction.is_digit for r in predict_batches(stub, pictures)]
 
 
 def test_each_kind_of_non_digit_is_flagged(trained_server, not_digits):

@@ -8,6 +8,7 @@ made once per module; every test reads them through the RPC, so the test functio
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -18,9 +19,9 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import decode_image, trace_pipeline
 
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
-from testkit.numbers import lines_picture, make_numbers
+from testkit.numbers import cached_numbers, lines_picture, make_numbers
 from testkit.user_images import make_printed_digits, make_user_images
-from tests.inference.helpers import png_bytes
+from tests.inference.helpers import BATCH_CONCURRENCY, png_bytes
 
 # Numbers per style: 7 styles x 40 = 280 numbers (about 1,700 digits) per layout, enough that one number is
 # 0.36 points and sampling noise stays near 2 points at 85 %.
@@ -45,18 +46,24 @@ def mnist_test(mnist):
 
 @pytest.fixture(scope="module")
 def apart_numbers(mnist_test):
-    return make_numbers(*mnist_test, per_style=PER_STYLE, seed=SEED, layout="apart")
+    return cached_numbers(*mnist_test, per_style=PER_STYLE, seed=SEED, layout="apart")
 
 
 @pytest.fixture(scope="module")
 def touching_numbers(mnist_test):
-    return make_numbers(*mnist_test, per_style=PER_STYLE, seed=SEED, layout="touching")
+    return cached_numbers(*mnist_test, per_style=PER_STYLE, seed=SEED, layout="touching")
+
+
+def read_all(read, numbers) -> list:
+    """`read(picture bytes)` of every number, in order, BATCH_CONCURRENCY calls in flight."""
+    with ThreadPoolExecutor(BATCH_CONCURRENCY) as pool:
+        return list(pool.map(read, [n.data for n in numbers]))
 
 
 @pytest.fixture(scope="module")
 def apart_responses(trained_server, apart_numbers):
     """Every apart number read once through the RPC: (response or None if refused) per number."""
-    return [read_or_none(trained_server.stub, n.data) for n in apart_numbers]
+    return read_all(lambda data: read_or_none(trained_server.stub, data), apart_numbers)
 
 
 def read_or_none(stub, data: bytes):
@@ -90,7 +97,7 @@ def test_numbers_written_apart_are_read_digit_by_digit(apart_numbers, apart_resp
 
 def test_numbers_whose_neighbours_touch_are_cut_apart(trained_server, touching_numbers):
     read = grpc_reader(trained_server.stub)
-    scores = score_by_style("touching", touching_numbers, [read(n.data) for n in touching_numbers])
+    scores = score_by_style("touching", touching_numbers, read_all(read, touching_numbers))
     print("\n" + format_scores(scores))
     assert scores[-1].numbers == 7 * PER_STYLE
     assert scores[-1].whole_accuracy >= TOUCHING_WHOLE_FLOOR, format_scores(scores)
@@ -159,9 +166,9 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
     predictions = trained_server.stub.PredictBatch(
         pb.PredictBatchRequest(images=[p.data for p in pictures]), timeout=60
     ).results
+    responses = read_all(lambda data: read_or_none(trained_server.stub, data), pictures)
     disagree, coarse_differences = [], []
-    for picture, result in zip(pictures, predictions):
-        response = read_or_none(trained_server.stub, picture.data)
+    for picture, result, response in zip(pictures, predictions, responses):
         digit = result.prediction.digit
         if response is None or response.digits != str(digit):
             disagree.append((picture.style, picture.label, digit, response.digits if response else "refused"))

@@ -24,7 +24,7 @@ from shared.settings import Paths
 
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
 from testkit.user_images import CACHED_PER_STYLE, DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits
-from tests.inference.helpers import png_bytes
+from tests.inference.helpers import BATCH_CONCURRENCY, png_bytes
 
 PER_STYLE = CACHED_PER_STYLE  # pictures per style the fixtures make
 DRAWN_TARGET = 0.98
@@ -60,7 +60,9 @@ def predict_in_batches(stub):
 
 
 def test_drawn_styles_reach_98_percent(trained_server, drawn_pictures):
-    scores = evaluate_styles(predict_in_batches(trained_server.stub), drawn_pictures, targets=style_target)
+    scores = evaluate_styles(
+        predict_in_batches(trained_server.stub), drawn_pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
+    )
     print("\n" + format_report(scores))
     assert len(scores) == 7 and all(score.total == PER_STYLE for score in scores.values())
     assert not missed_targets(scores), format_report(scores)
@@ -69,7 +71,9 @@ def test_drawn_styles_reach_98_percent(trained_server, drawn_pictures):
 def test_real_paper_reaches_97_percent_per_kind_and_low_resolution_95(trained_server, paper_pictures):
     """Ruled and squared paper, soft and hard shadows, faint pencil, specks and low-resolution scans, each
     scored on its own (targets: style_target above)."""
-    scores = evaluate_styles(predict_in_batches(trained_server.stub), paper_pictures, targets=style_target)
+    scores = evaluate_styles(
+        predict_in_batches(trained_server.stub), paper_pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
+    )
     print("\n" + format_report(scores))
     assert set(scores) == set(PAPER_KINDS) and all(score.total == PER_STYLE for score in scores.values())
     assert not missed_targets(scores), format_report(scores)
@@ -77,7 +81,9 @@ def test_real_paper_reaches_97_percent_per_kind_and_low_resolution_95(trained_se
 
 def test_printed_digits_reach_90_percent(trained_server):
     pictures = make_printed_digits(per_font=10, seed=0)
-    scores = evaluate_styles(predict_in_batches(trained_server.stub), pictures, targets=style_target)
+    scores = evaluate_styles(
+        predict_in_batches(trained_server.stub), pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
+    )
     print("\n" + format_report(scores))
     assert scores["printed"].total >= 50
     assert not missed_targets(scores), format_report(scores)
