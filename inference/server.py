@@ -240,6 +240,10 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     return InferenceServer(server, store, health_servicer, servicer, metrics, endpoint), port
 
 
+# How often a waiting main thread checks for a signal another thread took (serve's docstring).
+SIGNAL_CHECK_SECONDS = 0.5
+
+
 def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     return_large_blocks_to_the_system()  # a process that serves: its memory goes back down after big pictures
@@ -267,5 +271,9 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
         if server.store.current
         else "NOT_SERVING until the trainer publishes a model",
     )
-    stop.wait()
+    # Timed waits, never one without a timeout: the kernel may hand the signal to any of gRPC's threads, where
+    # Python's C handler only sets a flag for the main thread to act on, and a main thread blocked with no
+    # timeout never comes round to it (both workers of a replica once ignored Ctrl-C until they were killed).
+    while not stop.wait(SIGNAL_CHECK_SECONDS):
+        pass
     server.stop(grace)

@@ -216,3 +216,44 @@ def test_client_channel_balances_round_robin_over_replicas(serve, tmp_path):
         while len(seen) < 2 and time.monotonic() < deadline:  # subchannels become READY one by one
             seen.add(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version)
     assert seen == {"replica-a", "replica-b"}
+
+
+# Runs serve() as `python -m inference` does, and has the kernel hand SIGTERM to a thread other than the main one,
+# as it may for a signal sent to the process (all of gRPC's threads can take it): the C handler runs there and only
+# sets a flag, which the main thread must come round to check.
+SIGNAL_ON_ANOTHER_THREAD = """
+import signal, sys, threading, time
+from pathlib import Path
+from inference.logs import configure_logging
+from inference.options import ServerOptions
+from inference.server import serve
+
+def poke():
+    while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # until serve() has its handler
+        time.sleep(0.05)
+    time.sleep(1.0)
+    print("signalling a helper thread", file=sys.stderr, flush=True)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # this thread, not the main one
+
+configure_logging("INFO", "text")
+threading.Thread(target=poke, daemon=True).start()
+serve("127.0.0.1:0", ServerOptions(artifacts_dir=Path(sys.argv[1]), data_dir=Path(sys.argv[2])), grace=1.0)
+print("stopped", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_signal_taken_by_another_thread_still_stops_the_server(tmp_path, mnist_dir):
+    """Both workers of a replica once ignored Ctrl-C for 30 s, until killed: the signal had reached one of gRPC's
+    threads while the main thread waited for it with no timeout, so the handler never ran."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "poked", seed=1)
+    process = subprocess.run(
+        [sys.executable, "-c", SIGNAL_ON_ANOTHER_THREAD, str(artifacts), str(mnist_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "signalling a helper thread" in process.stderr
+    assert "received SIGTERM" in process.stderr and process.stderr.rstrip().endswith("stopped"), process.stderr
