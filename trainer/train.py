@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +43,7 @@ from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
-from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
+from trainer.negatives import Negatives, TypedDigits, make_negatives, make_typed_digits, pipeline_pool
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
@@ -117,7 +119,8 @@ def load_splits(
             per_kind = max(20, round(per_kind * eval_subset / len(val_idx)))
         typed_count = config.typed_pool if config.typed_digits > 0 else 0
         pictures = config.negative_pool + per_kind * len(NEGATIVE_KINDS) + typed_count
-        with pipeline_pool(pipeline_workers, pictures) as pool:
+
+        def draw(pool: Executor | None) -> tuple[Negatives, Negatives, TypedDigits | None]:
             # The crossed-out kind scratches out training digits (training) and validation digits (validation).
             train_neg = make_negatives(
                 config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy(), pool=pool
@@ -129,6 +132,18 @@ def load_splits(
                 pool=pool,
             )
             typed = make_typed_digits(typed_count, seed=config.seed, pool=pool) if typed_count else None
+            return train_neg, val_neg, typed
+
+        processes = 1
+        try:
+            with pipeline_pool(pipeline_workers, pictures) as pool:
+                train_neg, val_neg, typed = draw(pool)
+                processes = pipeline_workers if pool is not None else 1
+        except (BrokenProcessPool, OSError) as e:
+            # A process that could not start (no shared memory in a container, a calling script without a
+            # __main__ guard) or died: the same pictures, drawn again from the start in this process.
+            print(f"the pipeline's processes failed ({e!r}); drawing the pictures again in this process", flush=True)
+            train_neg, val_neg, typed = draw(None)
         splits.neg_x = move(torch.from_numpy(train_neg.images))
         splits.neg_val_x = move(torch.from_numpy(val_neg.images))
         splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
@@ -140,7 +155,7 @@ def load_splits(
         print(
             f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits"
             f"{typed_note} in {time.perf_counter() - started:.1f} s"
-            f"{f' ({pipeline_workers} processes)' if pool is not None else ''}",
+            f"{f' ({processes} processes)' if processes > 1 else ''}",
             flush=True,
         )
     return splits

@@ -67,3 +67,33 @@ def test_a_few_pictures_start_no_processes():
     with pipeline_pool(1, 10**6) as pool:
         assert pool is None
     assert len(make_negatives(10, seed=0)) == len(make_typed_digits(10, seed=0)) == 10
+
+
+def test_pipeline_processes_that_fail_cost_the_pool_not_the_run(monkeypatch, mnist_dir, capsys):
+    """Processes that cannot start (no shared memory in a container, a calling script without a __main__ guard)
+    or die: the trainer draws the same pictures again, from the start, in its own process."""
+    from concurrent.futures import Executor
+    from concurrent.futures.process import BrokenProcessPool
+    from contextlib import nullcontext
+    from dataclasses import replace
+
+    import torch
+
+    from trainer import train
+    from trainer.config import TrainConfig
+
+    class Broken(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            raise BrokenProcessPool("a process terminated abruptly")
+
+    config = replace(TrainConfig(), negative_pool=60, typed_pool=20, train_subset=300)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "pipeline_pool", lambda workers, pictures: nullcontext(Broken()))
+    redrawn = train.load_splits(config, str(mnist_dir), False, cpu, eval_subset=200, pipeline_workers=2)
+    out = capsys.readouterr().out
+    assert "a process terminated abruptly" in out and "drawing the pictures again in this process" in out
+    monkeypatch.undo()
+    alone = train.load_splits(config, str(mnist_dir), False, cpu, eval_subset=200, pipeline_workers=1)
+    for name in ("neg_x", "neg_val_x", "neg_val_kind", "typed_x", "typed_y"):
+        assert torch.equal(getattr(redrawn, name), getattr(alone, name)), name
+    assert len(alone.neg_val_x) == 20 * len(KINDS)  # --eval-subset 200: validation negatives in proportion
