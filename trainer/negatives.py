@@ -323,6 +323,15 @@ def pipeline_pool(workers: int, pictures: int) -> AbstractContextManager[Executo
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+class InThisProcess(Executor):
+    """draw_until's executor when there is no pool: each task runs at once, in the caller's thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
 def _pipeline_or_none(pictures: list[np.ndarray]) -> list[np.ndarray | None]:
     """The users' pipeline on each picture: (28, 28) uint8, or None where it rejects the picture."""
     out: list[np.ndarray | None] = []
@@ -346,33 +355,24 @@ def draw_until(
     if every one in the pipeline were accepted), so no turn is drawn after the count-th accepted one, exactly as
     in one loop that stops there: the random draws, and so the pictures, do not depend on the pool.
     """
+    pool = pool if pool is not None else InThisProcess()
     images: list[np.ndarray] = []
     turns: list[int] = []
-
-    def keep(first: int, done: list[np.ndarray | None]) -> None:
+    pending: deque[tuple[int, Future]] = deque()  # (first turn, its chunk's results), in turn order
+    in_flight = next_turn = 0
+    while len(images) < count:
+        while in_flight < IN_FLIGHT and (room := count - len(images) - in_flight) > 0:
+            chunk = [picture(next_turn + i) for i in range(min(CHUNK, room))]
+            pending.append((next_turn, pool.submit(_pipeline_or_none, chunk)))
+            next_turn += len(chunk)
+            in_flight += len(chunk)
+        first, future = pending.popleft()
+        done = future.result()
+        in_flight -= len(done)
         for i, image in enumerate(done):
             if image is not None:
                 images.append(image)
                 turns.append(first + i)
-
-    if pool is None:
-        turn = 0
-        while len(images) < count:
-            keep(turn, _pipeline_or_none([picture(turn)]))
-            turn += 1
-    else:
-        pending: deque[tuple[int, Future]] = deque()  # (first turn, its chunk's results), in turn order
-        in_flight = next_turn = 0
-        while len(images) < count:
-            while in_flight < IN_FLIGHT and (room := count - len(images) - in_flight) > 0:
-                chunk = [picture(next_turn + i) for i in range(min(CHUNK, room))]
-                pending.append((next_turn, pool.submit(_pipeline_or_none, chunk)))
-                next_turn += len(chunk)
-                in_flight += len(chunk)
-            first, future = pending.popleft()
-            done = future.result()
-            in_flight -= len(done)
-            keep(first, done)
     return (np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)), np.array(turns, np.int64)
 
 

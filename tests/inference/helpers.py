@@ -34,6 +34,7 @@ __all__ = [
     "Running",
     "health_status",
     "hold_calls",
+    "in_flight",
     "model_info",
     "model_payload",
     "png_bytes",
@@ -194,16 +195,21 @@ def start_workers(
     return process, ports[0], lines, metrics_port
 
 
+def in_flight(call, items: list) -> list:
+    """`call(item)` of every item, in order, BATCH_CONCURRENCY calls at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(BATCH_CONCURRENCY) as pool:
+        return list(pool.map(call, items))
+
+
 def predict_batches(stub, pictures: list[bytes], batch_size: int = 128) -> list:
     """Every picture's PredictBatch result (a pb.BatchResult), in order: `batch_size` a call, BATCH_CONCURRENCY
     calls in flight."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from shared.api.mnist.v1 import inference_pb2 as pb
 
     def call(batch: list[bytes]) -> list:
         return list(stub.PredictBatch(pb.PredictBatchRequest(images=batch), timeout=60).results)
 
     batches = [pictures[start : start + batch_size] for start in range(0, len(pictures), batch_size)]
-    with ThreadPoolExecutor(BATCH_CONCURRENCY) as pool:
-        return [result for results in pool.map(call, batches) for result in results]
+    return [result for results in in_flight(call, batches) for result in results]

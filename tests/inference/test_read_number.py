@@ -8,7 +8,6 @@ made once per module; every test reads them through the RPC, so the test functio
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -21,7 +20,7 @@ from shared.image_pipeline import decode_image, trace_pipeline
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import cached_numbers, lines_picture, make_numbers
 from testkit.user_images import make_printed_digits, make_user_images
-from tests.inference.helpers import BATCH_CONCURRENCY, png_bytes
+from tests.inference.helpers import in_flight, png_bytes
 
 # Numbers per style: 7 styles x 40 = 280 numbers (about 1,700 digits) per layout, enough that one number is
 # 0.36 points and sampling noise stays near 2 points at 85 %.
@@ -54,16 +53,10 @@ def touching_numbers(mnist_test):
     return cached_numbers(*mnist_test, per_style=PER_STYLE, seed=SEED, layout="touching")
 
 
-def read_all(read, numbers) -> list:
-    """`read(picture bytes)` of every number, in order, BATCH_CONCURRENCY calls in flight."""
-    with ThreadPoolExecutor(BATCH_CONCURRENCY) as pool:
-        return list(pool.map(read, [n.data for n in numbers]))
-
-
 @pytest.fixture(scope="module")
 def apart_responses(trained_server, apart_numbers):
     """Every apart number read once through the RPC: (response or None if refused) per number."""
-    return read_all(lambda data: read_or_none(trained_server.stub, data), apart_numbers)
+    return in_flight(lambda data: read_or_none(trained_server.stub, data), [n.data for n in apart_numbers])
 
 
 def read_or_none(stub, data: bytes):
@@ -97,7 +90,7 @@ def test_numbers_written_apart_are_read_digit_by_digit(apart_numbers, apart_resp
 
 def test_numbers_whose_neighbours_touch_are_cut_apart(trained_server, touching_numbers):
     read = grpc_reader(trained_server.stub)
-    scores = score_by_style("touching", touching_numbers, read_all(read, touching_numbers))
+    scores = score_by_style("touching", touching_numbers, in_flight(read, [n.data for n in touching_numbers]))
     print("\n" + format_scores(scores))
     assert scores[-1].numbers == 7 * PER_STYLE
     assert scores[-1].whole_accuracy >= TOUCHING_WHOLE_FLOOR, format_scores(scores)
@@ -166,7 +159,7 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
     predictions = trained_server.stub.PredictBatch(
         pb.PredictBatchRequest(images=[p.data for p in pictures]), timeout=60
     ).results
-    responses = read_all(lambda data: read_or_none(trained_server.stub, data), pictures)
+    responses = in_flight(lambda data: read_or_none(trained_server.stub, data), [p.data for p in pictures])
     disagree, coarse_differences = [], []
     for picture, result, response in zip(pictures, predictions, responses):
         digit = result.prediction.digit
