@@ -164,7 +164,7 @@ def ink_sign(image: np.ndarray) -> np.ndarray:
         border = np.concatenate([channel[0], channel[-1], channel[:, 0], channel[:, -1]])
         paper = float(np.median(border)) + 1.0
         sample = np.ascontiguousarray(channel[::2, ::2])  # a quarter of the pixels: enough for 0.2 % tails
-        counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256])[:, 0])
+        counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel())
         darkest = float(np.searchsorted(counts, 0.002 * counts[-1])) + 1.0
         brightest = float(np.searchsorted(counts, 0.998 * counts[-1])) + 1.0
         signs.append(-1 if np.log(paper / darkest) >= np.log(brightest / paper) else 1)
