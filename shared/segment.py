@@ -110,6 +110,11 @@ MAX_CUT_INK = 2.0
 MIN_HALF_HEIGHT = 0.6
 MIN_HALF_MASS = 0.15
 MAX_CUT_CANDIDATES = 12
+# Cuts whose left sides differ by at most this share of the region's ink give halves the classifier scores alike:
+# only the cheapest is tried. Chosen on 280 touching numbers of testkit/numbers.py drawn with seed 7 (not the tests'
+# 0): 0.04 changed 3 readings (one had been right), 0.06 changed 7 (three had been right). On 20 photos of touching
+# 8-digit numbers it made 39 % fewer digit images (777 against 1,275) and read every one as before.
+CUT_SAME_INK = 0.04
 # A cut is kept when its halves' log-confidences summed, less CUT_INK_COST per stroke crossed beyond the first, are
 # at least SPLIT_MARGIN below the whole's log-confidence or better. Regions the classifier is SURE_CONFIDENCE of
 # (log) and narrower than SURE_WIDTH are not tried. Chosen with the test model (the default network, label
@@ -662,15 +667,17 @@ def cut_candidates(
     rows = np.arange(h)[:, None]
     own = np.floor(np.arange(region.mask.shape[1])[None, :] + region.x + slant * (rows + region.y) - origin)
     total = int(region.mask.sum())
-    out, seen = [], set()
+    out, seen = [], []
+    same = CUT_SAME_INK * total
     for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
         if cost > max_ink:
             break
-        # Paths that differ only where there is no ink cut the same way: one candidate each.
-        key = np.packbits(region.mask & (own < path[:, None])).tobytes()
-        if key in seen:
+        # Paths that differ only where there is no ink cut the same way, and paths that move only a sliver of the
+        # ink (at most CUT_SAME_INK of it) to the other side cut nearly the same way: the cheapest is tried.
+        key = region.mask & (own < path[:, None])
+        if any(np.count_nonzero(key ^ other) <= same for other in seen):
             continue
-        seen.add(key)
+        seen.append(key)
         left = cut_sides(region.mask, own, path, factor // 2 + 1)
         sides = (left, region.mask & ~left)
         # Both sides are checked before either is made into a digit image (the dear part).
