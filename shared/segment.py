@@ -667,7 +667,8 @@ def cut_candidates(
     rows = np.arange(h)[:, None]
     own = np.floor(np.arange(region.mask.shape[1])[None, :] + region.x + slant * (rows + region.y) - origin)
     total = int(region.mask.sum())
-    out, seen = [], []
+    out: list[Cut] = []
+    seen: list[np.ndarray] = []  # left sides of the paths tried
     same = CUT_SAME_INK * total
     for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
         if cost > max_ink:
