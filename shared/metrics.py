@@ -102,13 +102,18 @@ def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
     # Wrapped to the figure's width: a long model version in one line would be clipped at both sides.
     heading = textwrap.fill(title, width=60, break_long_words=True, break_on_hyphens=True)
     ax.set_title(f"{heading}\naccuracy {accuracy:.2%}, {int(confusion.sum())} images", fontsize=10)
-    fig.tight_layout()
+    # The margins tight_layout() finds for this figure, set directly: it draws the whole figure once more to
+    # measure it, about 60 of the 300 ms a heatmap took (Evaluate draws one for every new model and split). The
+    # top gives each line of the title 0.028 of the height; the right leaves room for six-digit colour-bar labels.
+    lines = heading.count("\n") + 2
+    fig.subplots_adjust(left=0.085, right=0.97, bottom=0.075, top=0.935 - 0.03 * (lines - 2))
     return fig
 
 
 def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    # zlib's fastest level: about 50 ms less for a heatmap than the default level, for a file about 10 % larger.
+    fig.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
