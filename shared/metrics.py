@@ -104,9 +104,9 @@ def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
     ax.set_title(f"{heading}\naccuracy {accuracy:.2%}, {int(confusion.sum())} images", fontsize=10)
     # The margins tight_layout() finds for this figure, set directly: it draws the whole figure once more to
     # measure it, about 60 of the 300 ms a heatmap took (Evaluate draws one for every new model and split). The
-    # top gives each line of the title 0.028 of the height; the right leaves room for six-digit colour-bar labels.
-    lines = heading.count("\n") + 2
-    fig.subplots_adjust(left=0.085, right=0.97, bottom=0.075, top=0.935 - 0.03 * (lines - 2))
+    # top gives each line the heading wraps onto 0.03 of the height; the right leaves room for six-digit
+    # colour-bar labels.
+    fig.subplots_adjust(left=0.085, right=0.97, bottom=0.075, top=0.935 - 0.03 * heading.count("\n"))
     return fig
 
 

@@ -668,17 +668,17 @@ def cut_candidates(
     own = np.floor(np.arange(region.mask.shape[1])[None, :] + region.x + slant * (rows + region.y) - origin)
     total = int(region.mask.sum())
     out: list[Cut] = []
-    seen: list[np.ndarray] = []  # left sides of the paths tried
+    seen: list[np.ndarray] = []  # the ink left of each path tried
     same = CUT_SAME_INK * total
     for path, cost in sorted(zip(paths, costs), key=lambda pc: pc[1]):
         if cost > max_ink:
             break
         # Paths that differ only where there is no ink cut the same way, and paths that move only a sliver of the
         # ink (at most CUT_SAME_INK of it) to the other side cut nearly the same way: the cheapest is tried.
-        key = region.mask & (own < path[:, None])
-        if any(np.count_nonzero(key ^ other) <= same for other in seen):
+        ink_left = region.mask & (own < path[:, None])
+        if any(np.count_nonzero(ink_left ^ other) <= same for other in seen):
             continue
-        seen.append(key)
+        seen.append(ink_left)
         left = cut_sides(region.mask, own, path, factor // 2 + 1)
         sides = (left, region.mask & ~left)
         # Both sides are checked before either is made into a digit image (the dear part).
