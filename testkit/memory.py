@@ -18,6 +18,13 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def minor_faults(pid: int | str) -> int:
+    """Minor page faults of a process so far (Linux /proc/PID/stat, field 10): each is a page the kernel mapped in
+    and zeroed on first touch."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[7])
+
+
 def status_kib(pid: int | str, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
