@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from shared import segment
 from shared.normalize import estimate_background, ink_contrast
@@ -57,3 +58,51 @@ def test_the_cheapest_cut_of_touching_zeros_splits_them_where_they_touch():
     touch_x = 97 - region.x  # where the two rings meet, in the region
     assert abs(left[0] + left[2] - region.x - touch_x) <= 8 and abs(right[0] - region.x - touch_x) <= 8
     assert cut.ink <= 1.5
+
+
+def path_objective(ink: np.ndarray, start: int, path: np.ndarray, pixel: float, step: float) -> float:
+    """What least_ink_paths minimises for one path (columns per row): ink entered and ink crossed, and sideways
+    steps, the first from the start column."""
+    total = ink[0, path[0]] * (1 + pixel) + step * abs(path[0] - start)
+    for r in range(1, len(path)):
+        here, before = ink[r, path[r]], ink[r - 1, path[r - 1]]
+        total += here * (1 + pixel) - here * before + step * abs(path[r] - path[r - 1])
+    return float(total)
+
+
+def cheapest_objective(ink: np.ndarray, start: int, band: int, pixel: float, step: float) -> float:
+    """The same minimum, by a plain search over every column of the band, row by row."""
+    h, bins = ink.shape
+    allowed = [c for c in range(start - band, start + band + 1) if 0 <= c < bins]
+    best = {c: ink[0, c] * (1 + pixel) + step * abs(c - start) for c in allowed}
+    for r in range(1, h):
+        best = {
+            c: min(
+                best[p] + ink[r, c] * (1 + pixel) - ink[r, c] * ink[r - 1, p] + step * abs(c - p)
+                for p in (c - 1, c, c + 1)
+                if p in best
+            )
+            for c in allowed
+        }
+    return min(best.values())
+
+
+def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        h, bins = int(rng.integers(2, 30)), int(rng.integers(3, 40))
+        blocked = rng.random((h, bins)) < rng.uniform(0.05, 0.6)
+        band = int(rng.integers(1, 8))
+        starts = np.unique(rng.integers(0, bins, int(rng.integers(1, 8))))
+        stroke = float(rng.uniform(1, 6))
+        paths, costs = segment.least_ink_paths(blocked, starts, band, stroke)
+        ink = blocked.astype(np.float64)
+        pixel, step = segment.CUT_INK_PIXEL_COST / stroke, segment.CUT_STEP_COST / stroke
+        for start, path, cost in zip(starts, paths, costs):
+            assert np.all(np.abs(path - start) <= band) and np.all(np.abs(np.diff(path)) <= 1)
+            assert np.all((path >= 0) & (path < bins))
+            objective = path_objective(ink, int(start), path, pixel, step)
+            assert objective == pytest.approx(cheapest_objective(ink, int(start), band, pixel, step), abs=1e-4)
+            along = ink[np.arange(h), path]
+            entered = along[0] + np.sum(along[1:] * (1 - along[:-1]))
+            assert cost == pytest.approx(entered + pixel * along.sum(), abs=1e-4)  # strokes crossed, as returned
