@@ -709,13 +709,15 @@ def cut_sides(mask: np.ndarray, own: np.ndarray, path: np.ndarray, reach: int) -
     """
     left = own < path[:, None]
     on_path = mask & (np.abs(own - path[:, None]) <= reach)
-    count, labels = cv2.connectedComponents((mask & ~on_path).astype(np.uint8), connectivity=8)
+    rest = mask & ~on_path
+    count, labels = cv2.connectedComponents(rest.astype(np.uint8), connectivity=8)
     if count <= 2:
         return mask & left
-    votes = np.bincount(labels[mask & ~on_path], weights=left[mask & ~on_path], minlength=count)
-    sizes = np.bincount(labels[mask & ~on_path], minlength=count)
+    # Per label, over the whole window: label 0 is everything off the strokes, which `rest` leaves out below.
+    votes = np.bincount(labels.ravel(), weights=(rest & left).ravel(), minlength=count)
+    sizes = np.bincount(labels.ravel(), minlength=count)
     goes_left = votes * 2 > sizes  # (count,) per stroke: most of it left of the path
-    return (mask & ~on_path & goes_left[labels]) | (on_path & left)
+    return (rest & goes_left[labels]) | (on_path & left)
 
 
 def deslant(region: Region, slant: float) -> tuple[np.ndarray, float]:
