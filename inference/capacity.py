@@ -72,7 +72,7 @@ def return_large_blocks_to_the_system() -> bool:
 
     Why these two sizes: memory given back costs a page fault per 4 KiB page when it is used again (the kernel
     maps in and zeroes a fresh page), on every call. With a 1 MiB mmap threshold (and so glibc's fixed 128 KiB
-    trim threshold), a ReadNumber of a 640x480 photo took 1,100-1,700 page faults in the server and 3 ms more
+    trim threshold), a ReadNumber of a 640x480 photo took 1,100-1,850 page faults in the server and 3 ms more
     CPU than the same work in a plain process (about 22 against 18.5 ms); with 4 MiB and 16 MiB it takes
     almost none (tests/reliability/test_memory_flood.py). After floods of 40 MP pictures in every format the
     server kept +57..+104 MiB over its warm size, against +49..+96 MiB before (a 64 MiB trim threshold kept

@@ -30,8 +30,8 @@ from testkit.server_process import digit_pngs, publish_random_model, start_serve
 CLIENTS = 16
 CAP_ABOVE_WARM = 2**30
 KEPT_AFTER_FLOOD = 256 * 2**20
-# Page faults of the whole server process per warm ReadNumber of a 640x480 photo: 1,100-1,700 when glibc gave
-# back every block of 1 MiB or more and every free heap top over 128 KiB (inference.capacity), under 5 since.
+# Page faults of the whole server process per warm ReadNumber of a 640x480 photo: 1,100-1,850 when glibc gave
+# back every block of 1 MiB or more and every free heap top over 128 KiB (inference.capacity), under 10 since.
 FAULTS_PER_ORDINARY_CALL = 200
 
 
