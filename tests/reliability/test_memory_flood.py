@@ -75,13 +75,14 @@ def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every
     digits = [mnist.test_images[i].numpy() for i in range(8)]
     options = {"layout": "touching", "pen": "whole", "separator": None}
     photo, _ = paper_photo(digits, np.random.default_rng(0), options, size=(640, 480))
+    request = pb.ReadNumberRequest(image=photo)
     calls = 10
     with grpc.insecure_channel(target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         for _ in range(3):  # warm: the heaps have grown to what a call of this size needs
-            stub.ReadNumber(pb.ReadNumberRequest(image=photo), timeout=30)
+            stub.ReadNumber(request, timeout=30)
         before = minor_faults(process.pid)
         for _ in range(calls):
-            stub.ReadNumber(pb.ReadNumberRequest(image=photo), timeout=30)
+            stub.ReadNumber(request, timeout=30)
         per_call = (minor_faults(process.pid) - before) / calls
     assert per_call <= FAULTS_PER_ORDINARY_CALL

@@ -60,14 +60,17 @@ def test_the_cheapest_cut_of_touching_zeros_splits_them_where_they_touch():
     assert cut.ink <= 1.5
 
 
+def arrival(ink: np.ndarray, r: int, c: int, p: int, pixel: float, step: float) -> float:
+    """What least_ink_paths charges for stepping from column p of row r - 1 to column c of row r: a stroke
+    entered from paper, the ink pixel itself, and a sideways step."""
+    return ink[r, c] * (1 + pixel) - ink[r, c] * ink[r - 1, p] + step * abs(c - p)
+
+
 def path_objective(ink: np.ndarray, start: int, path: np.ndarray, pixel: float, step: float) -> float:
-    """What least_ink_paths minimises for one path (columns per row): ink entered and ink crossed, and sideways
-    steps, the first from the start column."""
+    """What least_ink_paths minimises for one path (columns per row): its first pixel, its sideways offset from
+    the start column, and every step after."""
     total = ink[0, path[0]] * (1 + pixel) + step * abs(path[0] - start)
-    for r in range(1, len(path)):
-        here, before = ink[r, path[r]], ink[r - 1, path[r - 1]]
-        total += here * (1 + pixel) - here * before + step * abs(path[r] - path[r - 1])
-    return float(total)
+    return float(total + sum(arrival(ink, r, path[r], path[r - 1], pixel, step) for r in range(1, len(path))))
 
 
 def cheapest_objective(ink: np.ndarray, start: int, band: int, pixel: float, step: float) -> float:
@@ -77,11 +80,7 @@ def cheapest_objective(ink: np.ndarray, start: int, band: int, pixel: float, ste
     best = {c: ink[0, c] * (1 + pixel) + step * abs(c - start) for c in allowed}
     for r in range(1, h):
         best = {
-            c: min(
-                best[p] + ink[r, c] * (1 + pixel) - ink[r, c] * ink[r - 1, p] + step * abs(c - p)
-                for p in (c - 1, c, c + 1)
-                if p in best
-            )
+            c: min(best[p] + arrival(ink, r, c, p, pixel, step) for p in (c - 1, c, c + 1) if p in best)
             for c in allowed
         }
     return min(best.values())
