@@ -35,7 +35,7 @@ from shared.image_pipeline import (
     to_mnist,
 )
 from shared.model import digit_log_probs, digit_scores
-from shared.segment import NumberReading, read_number
+from shared.segment import Classified, NumberReading, read_number
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -375,19 +375,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
 
 class JudgingClassifier:
-    """read_number's classifier on a served model: (N, 28, 28) uint8 -> (N, 10) digit probabilities. It also keeps
-    each image's (is_digit, digit_score) from the same forward pass, by its bytes, so the digits read are judged
-    without running the network on them again (the whole groups and the halves of cuts are all classified)."""
+    """read_number's classifier on a served model: (N, 28, 28) uint8 -> their digit probabilities and digit scores.
+    It also keeps each image's (is_digit, digit_score) from the same forward pass, by its bytes, so the digits read
+    are judged without running the network on them again (the whole groups and the halves of cuts are all
+    classified)."""
 
     def __init__(self, served: ServedModel, judge: Callable[[torch.Tensor], list[tuple[bool, float]]]) -> None:
         self.served = served
         self.judge = judge  # the network's output (N, 10 or 11) -> (is_digit, digit_score) of each row
         self.judged: dict[bytes, tuple[bool, float]] = {}
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> Classified:
         output = self.served.log_probs(torch.from_numpy(batch))
-        self.judged.update(zip((image.tobytes() for image in batch), self.judge(output)))
-        return digit_log_probs(output).exp().numpy()
+        judged = self.judge(output)
+        self.judged.update(zip((image.tobytes() for image in batch), judged))
+        scores = np.array([score for _, score in judged], np.float64)
+        return Classified(digit_log_probs(output).exp().numpy(), scores)
 
 
 def number_response(

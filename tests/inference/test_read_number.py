@@ -27,15 +27,16 @@ from tests.inference.helpers import in_flight, png_bytes
 PER_STYLE = 40
 SEED = 0
 # Floors, below the issue's targets (bench/bench_read_number.py: 97 % and 99 % apart, 85 % touching), which this
-# model does not reach on these numbers; measured here 94.3 % whole and 98.9 % of digits apart, 81.4 % touching
-# (another seed: 92.4 %, 98.4 %, 85.1 %). Apart, the misread digits are the model's: with every digit found
-# exactly (nothing cut), 8 of 1,000 drawn MNIST test digits are still misread, as Predict misreads them, and a
-# number of 4-8 digits holds one of them 4-6 % of the time. Segmentation's own errors (a wrong digit count) are
-# held to 2 % of numbers apart. See docs/pipeline.md, "Reading whole numbers".
+# model does not all reach on these numbers. Measured (stop 25, the tests' model trained on the AMD machine): 94.6 %
+# whole and 99.05 % of digits apart, 86.1 % touching (85.7 % with stop 23's model on the Intel machine, before the
+# digit score counted in the cuts). Apart, most misses are misread digits: with every digit found exactly (nothing
+# cut), 8 of 1,000 drawn MNIST test digits are still misread, and a number of 4-8 digits holds one of them 4-6 % of
+# the time. Segmentation's own errors (a wrong digit count) are held to 2 % of numbers apart. See docs/pipeline.md,
+# "Reading whole numbers".
 APART_WHOLE_FLOOR = 0.93
 APART_DIGIT_FLOOR = 0.985
 APART_WRONG_COUNT_CEILING = 0.02
-TOUCHING_WHOLE_FLOOR = 0.78
+TOUCHING_WHOLE_FLOOR = 0.82
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,17 @@ from shared import segment
 from shared.normalize import estimate_background, ink_contrast
 
 
-def touching_pair() -> tuple[segment.Pieces, segment.Region, float]:
-    """Two thick-stroked zeros whose sides touch, dark on white: one piece of ink, one region, and its height."""
+def touching_zeros() -> np.ndarray:
+    """A picture (120, 200) uint8 of two thick-stroked zeros whose sides touch, dark on white."""
     picture = np.full((120, 200), 255, np.uint8)
     cv2.ellipse(picture, (62, 60), (32, 44), 0, 0, 360, 0, 9)
     cv2.ellipse(picture, (132, 60), (32, 44), 0, 0, 360, 0, 9)
+    return picture
+
+
+def touching_pair() -> tuple[segment.Pieces, segment.Region, float]:
+    """touching_zeros(): one piece of ink, one region, and its height."""
+    picture = touching_zeros()
     ink = ink_contrast(picture, estimate_background(picture))
     pieces = segment.find_pieces(ink)
     groups = segment.group_pieces(pieces, 0.0)
@@ -58,6 +64,68 @@ def test_the_cheapest_cut_of_touching_zeros_splits_them_where_they_touch():
     touch_x = 97 - region.x  # where the two rings meet, in the region
     assert abs(left[0] + left[2] - region.x - touch_x) <= 8 and abs(right[0] - region.x - touch_x) <= 8
     assert cut.ink <= 1.5
+
+
+class SureOfZero:
+    """A classifier sure that every image is a 0: the whole group (the first call) at 0.9 with `whole_score` as its
+    digit score, each half of a cut at 0.8 with a digit score of 0.95."""
+
+    def __init__(self, whole_score: float) -> None:
+        self.whole_score = whole_score
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> segment.Classified:
+        self.calls += 1
+        top, score = (0.9, self.whole_score) if self.calls == 1 else (0.8, 0.95)
+        probabilities = np.full((len(batch), 10), (1 - top) / 9)
+        probabilities[:, 0] = top
+        return segment.Classified(probabilities, np.full(len(batch), score))
+
+
+@pytest.mark.parametrize(("whole_score", "read"), [(1.0, "0"), (0.2, "00")])
+def test_a_group_is_cut_when_it_does_not_score_as_one_digit_though_its_digit_is_sure(whole_score, read):
+    # Two digits squeezed into one box often get a confident digit, but not the digit score of one digit: the
+    # score is what tells them apart here, where the top probability is the same both times.
+    assert segment.read_number(touching_zeros(), SureOfZero(whole_score)).text == read
+
+
+def two_strokes_side_by_side() -> np.ndarray:
+    """A picture of two upright strokes close together, dark on white: two pieces, neither overlapping the other
+    along the line (as the two strokes of a 4 that do not meet, or a 5's flag beside its body)."""
+    picture = np.full((120, 160), 255, np.uint8)
+    cv2.line(picture, (60, 30), (60, 90), 0, 7)
+    cv2.line(picture, (80, 30), (80, 90), 0, 7)
+    return picture
+
+
+class PiecesAndWhole:
+    """A classifier that finds each piece (the first call) a 1 at `piece_top` with digit score `piece_score`, and
+    the two pieces together a 4 at 0.9 with digit score `whole_score`."""
+
+    def __init__(self, piece_top: float, piece_score: float, whole_score: float) -> None:
+        self.answers = [(1, piece_top, piece_score), (4, 0.9, whole_score)]
+
+    def __call__(self, batch: np.ndarray) -> segment.Classified:
+        digit, top, score = self.answers.pop(0)
+        probabilities = np.full((len(batch), 10), (1 - top) / 9)
+        probabilities[:, digit] = top
+        return segment.Classified(probabilities, np.full(len(batch), score))
+
+
+def test_two_pieces_that_look_like_one_digit_together_and_like_none_apart_are_joined():
+    assert segment.read_number(two_strokes_side_by_side(), PiecesAndWhole(0.5, 0.3, 0.95)).text == "4"
+
+
+@pytest.mark.parametrize(
+    ("piece_top", "piece_score", "whole_score"),
+    [(0.9, 0.95, 0.95), (0.5, 0.3, 0.01)],
+    ids=["each piece a sure digit", "together less like one digit than apart"],
+)
+def test_pieces_are_left_apart_unless_joining_them_makes_one_sure_digit(piece_top, piece_score, whole_score):
+    assert (
+        segment.read_number(two_strokes_side_by_side(), PiecesAndWhole(piece_top, piece_score, whole_score)).text
+        == "11"
+    )
 
 
 def arrival(ink: np.ndarray, r: int, c: int, p: int, pixel: float, step: float) -> float:
