@@ -29,7 +29,7 @@ from testkit.web_browser import (
     stop_chromium,
     wait_settled,
 )
-from tests.inference.helpers import start_server, wait_until
+from tests.inference.helpers import png_bytes, start_server, wait_until
 from tests.inference.web.helpers import start_web
 
 # Three kinds of pointer, in turn: the page must take all of them.
@@ -74,16 +74,34 @@ def page(browser, served):
     return browser
 
 
-def first_of_each_digit(mnist) -> list[tuple[int, np.ndarray]]:
+@pytest.fixture(scope="module")
+def clear_digits(served, mnist) -> list[tuple[int, np.ndarray]]:
+    """(label, 28x28 image) for each digit: the first MNIST test digit of its class that the served model reads
+    right, at 0.9 or more, as MNIST has it (a PNG of it through Predict).
+
+    These tests are about the page, so the digit drawn must be one the model reads: the very first 5 of the test
+    set, a hard one, was read as an 8 by the model trained on one machine (stop 25) and as a 5 on another. How
+    well the model reads users' drawings is measured in tests/inference/test_user_drawings.py."""
+    backend, _ = served
     labels = mnist.test_labels.numpy()
-    return [(d, mnist.test_images[int(np.flatnonzero(labels == d)[0])].numpy()) for d in range(10)]
+    chosen = []
+    for digit in range(10):
+        for index in np.flatnonzero(labels == digit)[:50]:
+            image = mnist.test_images[int(index)].numpy()
+            prediction = backend.stub.Predict(pb.PredictRequest(image=png_bytes(image)), timeout=10).prediction
+            if prediction.digit == digit and prediction.probabilities[digit] >= 0.9:
+                chosen.append((digit, image))
+                break
+        else:
+            raise AssertionError(f"the model reads none of the first 50 MNIST test {digit}s surely: is it trained?")
+    return chosen
 
 
 @pytest.mark.parametrize("label", range(10))
-def test_a_digit_drawn_on_the_canvas_is_read(page, served, mnist, label):
-    """The first MNIST test digit of each class, drawn as strokes with a mouse, a pen or a finger in turn."""
+def test_a_digit_drawn_on_the_canvas_is_read(page, served, clear_digits, label):
+    """A MNIST test digit of each class (clear_digits), drawn as strokes with a mouse, a pen or a finger in turn."""
     backend, _ = served
-    image = first_of_each_digit(mnist)[label][1]
+    image = clear_digits[label][1]
     draw(page, digit_strokes(image), kind=POINTERS[label % len(POINTERS)])
     wait_settled(page)
     assert shown_digit(page) == label
@@ -102,8 +120,8 @@ def test_a_digit_drawn_on_the_canvas_is_read(page, served, mnist, label):
     assert page.execute_script("return window.mnist.strokeLatencies.length") >= 1
 
 
-def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, mnist):
-    _label, image = first_of_each_digit(mnist)[7]
+def test_undo_removes_the_last_stroke_and_clear_empties_the_canvas(page, clear_digits):
+    _label, image = clear_digits[7]
     draw(page, digit_strokes(image))
     wait_settled(page)
     assert shown_digit(page) == 7
@@ -208,7 +226,7 @@ def test_the_model_panel_updates_when_a_new_model_is_swapped_in(page, served):
     assert "new model" in page.find_element("id", "model-status").text.lower()
 
 
-def test_the_page_fits_a_phone_and_reads_a_digit_drawn_with_a_finger(served, mnist, tmp_path):
+def test_the_page_fits_a_phone_and_reads_a_digit_drawn_with_a_finger(served, clear_digits, tmp_path):
     _, web = served
     phone = _chromium(phone=True)
     try:
@@ -221,7 +239,7 @@ def test_the_page_fits_a_phone_and_reads_a_digit_drawn_with_a_finger(served, mni
         assert width == 390 and scroll_width <= width, "nothing may stick out sideways"
         assert pad["width"] >= 300 and pad["right"] <= width
         assert result["top"] >= pad["bottom"], "on a phone the answer comes below the pad"
-        label, image = first_of_each_digit(mnist)[3]
+        label, image = clear_digits[3]
         draw(phone, digit_strokes(image), kind="touch")
         wait_settled(phone)
         assert shown_digit(phone) == label
@@ -256,7 +274,7 @@ def shown_boxes(page) -> list[dict]:
           height: +r.getAttribute('height'), viewBox: document.getElementById('boxes').getAttribute('viewBox')}));""")
 
 
-def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(page, served, mnist):
+def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(page, served, clear_digits):
     from selenium.webdriver.common.keys import Keys
 
     backend, _ = served
@@ -267,7 +285,7 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
         "const r = document.getElementById('pad').getBoundingClientRect(); return [r.width, r.height];"
     )
     assert abs(width / height - 3) < 0.05 and width > 800, (width, height)
-    digits = first_of_each_digit(mnist)
+    digits = clear_digits
     labels = [3, 1, 4, 5]
     draw(page, number_strokes([digits[d][1] for d in labels]))
     wait_settled(page)
@@ -342,7 +360,7 @@ def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(
     assert not page.find_element("id", "number-photo").is_displayed()
 
 
-def test_number_mode_fits_a_phone(served, mnist):
+def test_number_mode_fits_a_phone(served, clear_digits):
     _, web = served
     phone = _chromium(phone=True)
     try:
@@ -353,7 +371,7 @@ def test_number_mode_fits_a_phone(served, mnist):
             return [window.innerWidth, document.documentElement.scrollWidth,
                     document.getElementById('pad').getBoundingClientRect().toJSON()];""")
         assert scroll_width <= width and pad["right"] <= width and pad["width"] >= 300
-        digits = first_of_each_digit(mnist)
+        digits = clear_digits
         draw(phone, number_strokes([digits[d][1] for d in (2, 7)]), kind="touch")
         wait_settled(phone)
         assert phone.execute_script("return document.body.dataset.number") == "27"
