@@ -285,9 +285,8 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
         "const r = document.getElementById('pad').getBoundingClientRect(); return [r.width, r.height];"
     )
     assert abs(width / height - 3) < 0.05 and width > 800, (width, height)
-    digits = clear_digits
     labels = [3, 1, 4, 5]
-    draw(page, number_strokes([digits[d][1] for d in labels]))
+    draw(page, number_strokes([clear_digits[d][1] for d in labels]))
     wait_settled(page)
     png = page.execute_script("return window.mnist.drawing()")
     direct = backend.stub.ReadNumber(pb.ReadNumberRequest(image=base64.b64decode(png.split(",", 1)[1])), timeout=30)
@@ -371,8 +370,7 @@ def test_number_mode_fits_a_phone(served, clear_digits):
             return [window.innerWidth, document.documentElement.scrollWidth,
                     document.getElementById('pad').getBoundingClientRect().toJSON()];""")
         assert scroll_width <= width and pad["right"] <= width and pad["width"] >= 300
-        digits = clear_digits
-        draw(phone, number_strokes([digits[d][1] for d in (2, 7)]), kind="touch")
+        draw(phone, number_strokes([clear_digits[d][1] for d in (2, 7)]), kind="touch")
         wait_settled(phone)
         assert phone.execute_script("return document.body.dataset.number") == "27"
         assert phone.execute_script("return document.documentElement.scrollWidth") <= width
