@@ -412,7 +412,9 @@ class ModelStore:
         client asking again and again for a damaged version does not make the server re-read it every time.
         """
         current = self._current
-        if not version or (current is not None and current.version == version):
+        if not version:
+            return current if current is not None else self._first_model()
+        if current is not None and current.version == version:
             return current
         hit = self._pinned.get(version)
         if hit is not None:
@@ -455,6 +457,14 @@ class ModelStore:
                 (time.perf_counter() - started) * 1e3,
             )
             return served
+
+    def _first_model(self) -> ServedModel | None:
+        """No model served yet: look at the manifest now rather than at the next poll. Processes that share a port
+        (--workers) poll each on its own, so one can answer a health check SERVING while the one a call reaches has
+        not looked yet; and the first call after the trainer publishes is served rather than refused. A manifest
+        that failed is not re-read before its back-off (_poll), so refused calls cost one small read each."""
+        self.poll_once()
+        return self._current
 
     def wait_for_version(self, version: str | None = None, timeout: float = 10.0) -> ServedModel | None:
         """Block until a model (of `version`, if given) serves, or `timeout` passes. For tests and tools."""

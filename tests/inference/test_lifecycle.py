@@ -38,6 +38,18 @@ def test_waits_for_the_trainer_then_serves(serve, tmp_path, digit_pngs):
     assert response.model_version == "first"
 
 
+def test_a_model_published_between_polls_is_served_at_the_first_call(serve, tmp_path, digit_pngs):
+    """With --workers, each process polls on its own: a health check could reach one that serves while the call
+    after it reached one that had not looked yet, and was refused UNAVAILABLE (tests/deploy/test_stack_e2e.py's
+    two replicas, once). A server with no model looks at the manifest when a call comes."""
+    running = serve(tmp_path / "artifacts", poll_interval=3600.0)  # its own poll will not come during the test
+    assert health_status(running) == NOT_SERVING
+    publish(tmp_path / "artifacts", "between-polls", seed=1)
+    response = running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)
+    assert response.model_version == "between-polls"
+    assert health_status(running) == SERVING
+
+
 def test_hot_reload_while_a_client_loops(serve, tmp_path, digit_pngs):
     artifacts = tmp_path / "artifacts"
     publish(artifacts, "old", seed=1)
