@@ -12,7 +12,8 @@ Measured on each model, directly in torch on the 28x28 pictures the server's pip
 decoded once, by shared.image_pipeline, exactly as the server decodes them):
 
   - MNIST test accuracy (fp32, as served);
-  - for each way of scoring "digit-like" -- the not-digit class's digit score (notdigit models), and for both
+  - for each way of scoring "digit-like" -- the served digit score and the not-digit class's own (notdigit
+    models; they differ where the model has its digit distance, docs/not-a-digit.md), and for both
     models the maximum softmax probability, the energy (logsumexp of the digit logits) and the maximum logit --
     the threshold that flags 0.5 % of the validation digits, and at it the share of the tests' negatives
     (testkit/not_digits.py: other fonts and other kinds than the trainer's) flagged, per kind, and the share of
@@ -119,11 +120,12 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def scores(model, images: np.ndarray, mean: float, std: float) -> dict[str, np.ndarray]:
     """Every digit-likeness score of `model` on uint8 images (N, 28, 28), higher = more digit-like."""
     from shared.data import normalize
-    from shared.model import DIGITS
+    from shared.model import DIGITS, digit_scores, embed
 
     with torch.no_grad():
         x = normalize(torch.from_numpy(images), mean, std)
-        logits = model.head(model.features(x)).double()
+        logits = model.head[-1](embed(model, x)).double()
+        output = model(x)
     digits = logits[:, :DIGITS]
     out = {
         "max_softmax": torch.softmax(digits, 1).max(1).values.numpy(),
@@ -131,7 +133,8 @@ def scores(model, images: np.ndarray, mean: float, std: float) -> dict[str, np.n
         "max_logit": digits.max(1).values.numpy(),
     }
     if logits.shape[1] > DIGITS:
-        out["digit_score"] = torch.sigmoid(torch.logsumexp(digits, 1) - logits[:, DIGITS]).numpy()
+        out["digit_score"] = digit_scores(output).double().numpy()  # as served: with the digit distance, if any
+        out["class_score"] = torch.sigmoid(torch.logsumexp(digits, 1) - logits[:, DIGITS]).numpy()  # the class alone
     return out
 
 

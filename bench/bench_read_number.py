@@ -52,7 +52,7 @@ def local_reader(artifacts: Path):
     from shared.checkpoint import read_manifest, read_published_model
     from shared.data import normalize
     from shared.decode import ImageRejected, decode_image
-    from shared.model import digit_log_probs, digit_scores
+    from shared.model import digit_log_probs, segment_scores
     from shared.segment import Classified, read_number
 
     torch.set_num_threads(1)
@@ -65,15 +65,10 @@ def local_reader(artifacts: Path):
     mean, std = payload["normalization"]["mean"], payload["normalization"]["std"]
 
     def classify(batch: np.ndarray) -> Classified:
-        # The ten digits' probabilities, and the digit score (docs/not-a-digit.md), as the service passes them: a
-        # model with the not-digit class has an eleventh column (its log-odds), which is no digit's probability.
+        # The ten digits' probabilities and the scores read_number weighs, as the service passes them.
         with torch.inference_mode():
             output = model(normalize(torch.from_numpy(batch), mean, std))
-        scores = digit_scores(output)
-        return Classified(
-            digit_log_probs(output).exp().numpy(),
-            scores.numpy() if scores is not None else np.ones(len(batch)),
-        )
+        return Classified(digit_log_probs(output).exp().numpy(), segment_scores(output))
 
     def read_array(array: np.ndarray):
         return read_number(array, classify)

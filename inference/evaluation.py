@@ -67,7 +67,7 @@ class EvaluationData:
         self._mnist: Mnist | None = None
         self._cache: LruCache[tuple, tuple[torch.Tensor, torch.Tensor]] = LruCache(cache_size)  # images, labels
         self._lock = threading.Lock()  # one reader of MNIST and one normalization at a time
-        # (model_key + split_key) -> log-probabilities (N, 10 or 11)
+        # (model_key + split_key) -> log-probabilities (N, 10, 11 or 12)
         self.outputs: LruCache[tuple, torch.Tensor] = LruCache(outputs_cache_size)
 
     def _dataset(self) -> Mnist:

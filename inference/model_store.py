@@ -151,7 +151,7 @@ class ServedModel:
         return self.runner(inputs)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28) -> the network's output (N, 10) or (N, 11), in one forward pass."""
+        """uint8 images (N, 28, 28) -> the network's output (N, 10, 11 or 12), in one forward pass."""
         with torch.inference_mode():
             return self.forward(normalize(images, self.mean, self.std))
 
@@ -188,7 +188,7 @@ def warm_up_inputs() -> torch.Tensor:
 
 def validate(model: nn.Module, mean: float, std: float) -> None:
     """Run a warm-up batch: the output must be finite log-probabilities of shape (N, 10), or (N, 11) for a
-    network with the not-digit class.
+    network with the not-digit class, (N, 12) with its digit distance (shared/model.py).
 
     Doubles as the warm-up itself, so the first real request does not pay for lazy initialisation.
     """
@@ -196,9 +196,10 @@ def validate(model: nn.Module, mean: float, std: float) -> None:
     with torch.inference_mode():
         for batch in (images[:1], images):  # batch of one (Predict) and several (PredictBatch)
             out = model(normalize(batch, mean, std))
-            if out.shape not in ((len(batch), 10), (len(batch), 11)):
+            if out.shape not in ((len(batch), 10), (len(batch), 11), (len(batch), 12)):
                 raise ModelValidationError(
-                    f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10) or ({len(batch)}, 11)"
+                    f"warm-up output has shape {tuple(out.shape)}, expected ({len(batch)}, 10), ({len(batch)}, 11) "
+                    f"or ({len(batch)}, 12)"
                 )
             if not torch.isfinite(out).all():
                 raise ModelValidationError("warm-up output is not finite (NaN or infinite weights?)")

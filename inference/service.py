@@ -34,7 +34,7 @@ from shared.image_pipeline import (
     encode_png,
     to_mnist,
 )
-from shared.model import digit_log_probs, digit_scores
+from shared.model import digit_log_probs, digit_scores, segment_scores
 from shared.segment import Classified, NumberReading, read_number
 
 from inference import access_log
@@ -382,15 +382,14 @@ class JudgingClassifier:
 
     def __init__(self, served: ServedModel, judge: Callable[[torch.Tensor], list[tuple[bool, float]]]) -> None:
         self.served = served
-        self.judge = judge  # the network's output (N, 10 or 11) -> (is_digit, digit_score) of each row
+        self.judge = judge  # the network's output (N, 10, 11 or 12) -> (is_digit, digit_score) of each row
         self.judged: dict[bytes, tuple[bool, float]] = {}
 
     def __call__(self, batch: np.ndarray) -> Classified:
         output = self.served.log_probs(torch.from_numpy(batch))
         judged = self.judge(output)
         self.judged.update(zip((image.tobytes() for image in batch), judged))
-        scores = np.array([score for _, score in judged], np.float64)
-        return Classified(digit_log_probs(output).exp().numpy(), scores)
+        return Classified(digit_log_probs(output).exp().numpy(), segment_scores(output))
 
 
 def number_response(

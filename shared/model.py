@@ -10,13 +10,21 @@ the trainer's negatives (trainer/negatives.py), and returns (N, 11): the ten dig
 then the *digit log-odds* z = logsumexp(digit logits) - not-digit logit. sigmoid(z) is the eleven-class
 probability that the picture is some digit: the digit score (docs/not-a-digit.md). Use `digit_log_probs`,
 `digit_scores` and `eleven_class_log_probs` rather than slicing by hand: they accept both shapes.
+
+Built also with `digit_distance=True`, a not-digit network has a second, independent sign of a non-digit: how far
+the picture's embedding (the head's input to its last Linear) lies from every digit's, as a Mahalanobis distance
+(`DigitDistance`), on z's scale. It returns (N, 12): the eleven columns above, then that penalty. The served digit
+score is sigmoid(z - penalty), a score to compare with the model's threshold rather than a probability;
+read_number weighs the class's own sigmoid(z) (`segment_scores`). The trainer fits the distance after training
+(trainer/digit_distance.py); until then its weight is 0 and the penalty 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,38 +35,99 @@ NOT_DIGIT = 10  # the label of "not a digit" in the trainer's eleven classes
 
 class _Output(nn.Module):
     """Digit logits (N, 10), or (N, 11) with the not-digit logit last -> the network's output (see the module
-    docstring)."""
+    docstring). `penalty` (N, 1), if given, is appended as a twelfth column."""
 
     def __init__(self, not_digit: bool) -> None:
         super().__init__()
         self.not_digit = not_digit
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
         digits = logits[:, :DIGITS]
         log_probs = torch.log_softmax(digits, dim=1)
         if not self.not_digit:
             return log_probs
         log_odds = torch.logsumexp(digits, dim=1, keepdim=True) - logits[:, DIGITS:]
-        return torch.cat([log_probs, log_odds], dim=1)
+        return torch.cat([log_probs, log_odds] + ([] if penalty is None else [penalty]), dim=1)
+
+
+class DigitDistance(nn.Module):
+    """How far an embedding (N, D) lies from the nearest digit's, on the digit log-odds' scale -> (N, 1).
+
+    The ten digits' embeddings are modelled as Gaussians with their own means and one shared covariance (fitted
+    on training digits). m = min over digits d of (h - mean_d)^T precision (h - mean_d), computed as the squared
+    distance between h @ whiten and centres_d = mean_d @ whiten, where whiten @ whiten^T = precision. Pictures
+    unlike every digit lie far from all ten means even when the classifier's logits look sure. The penalty is
+    weight * (log(m) - offset): offset is log m's mean on validation digits, so a typical digit is not moved,
+    and weight puts log m on z's own spread (trainer/digit_distance.py). All zeros (weight 0) until fitted.
+    """
+
+    whiten: torch.Tensor
+    centres: torch.Tensor
+    offset: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("whiten", torch.zeros(dim, dim))  # (D, D)
+        self.register_buffer("centres", torch.zeros(DIGITS, dim))  # (10, D), already whitened
+        self.register_buffer("offset", torch.zeros(()))
+        self.register_buffer("weight", torch.zeros(()))
+
+    def squared_distance(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N,): the Mahalanobis distance squared to the nearest digit's mean."""
+        whitened = embedding.float() @ self.whiten  # (N, D)
+        return (whitened[:, None, :] - self.centres[None]).square().sum(dim=2).amin(dim=1)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        # The small floor keeps log finite (weight 0 times a finite number is 0 while nothing is fitted).
+        # (N, 1): the network's twelfth column.
+        return (self.weight * (torch.log(self.squared_distance(embedding) + 1e-6) - self.offset)).unsqueeze(1)
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A normalized batch (N, 1, 28, 28) -> the embedding the network's last Linear reads, (N, D)."""
+    head = cast(nn.Sequential, model.head)
+    return head[:-1](cast(nn.Module, model.features)(x))
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Shared by the networks: features, head, output, with the digit distance when the network has one."""
+    embedding = embed(model, x)
+    logits = cast(nn.Sequential, model.head)[-1](embedding)
+    distance = cast(DigitDistance | None, model.distance)
+    return cast(nn.Module, model.output)(logits, None if distance is None else distance(embedding))
 
 
 def digit_log_probs(output: torch.Tensor) -> torch.Tensor:
-    """A network's output (N, 10) or (N, 11) -> the ten digit log-probabilities (N, 10)."""
+    """A network's output (N, 10), (N, 11) or (N, 12) -> the ten digit log-probabilities (N, 10)."""
     return output[:, :DIGITS]
 
 
 def digit_scores(output: torch.Tensor) -> torch.Tensor | None:
-    """A network's output -> the digit score (N,) in [0, 1] (sigmoid of the digit log-odds), or None for a network
-    without the not-digit class."""
+    """A network's output -> the served digit score (N,) in [0, 1]: sigmoid of the digit log-odds less the digit
+    distance's penalty where the network has one; None for a network without the not-digit class."""
     if output.shape[1] == DIGITS:
         return None
-    return torch.sigmoid(output[:, DIGITS].float())
+    log_odds = output[:, DIGITS].float()
+    if output.shape[1] > DIGITS + 1:
+        log_odds = log_odds - output[:, DIGITS + 1].float()
+    return torch.sigmoid(log_odds)
+
+
+def segment_scores(output: torch.Tensor) -> np.ndarray:
+    """A network's output -> what read_number weighs its cuts and joins with (shared/segment.py Classified), (N,)
+    float64: the not-digit class's own digit score sigmoid(z), without the digit distance (which helps tell
+    non-digits, but read fewer numbers right there: docs/not-a-digit.md); 1 for a network without the class."""
+    if output.shape[1] == DIGITS:
+        return np.ones(len(output))
+    return torch.sigmoid(output[:, DIGITS].double()).numpy()
 
 
 def eleven_class_log_probs(output: torch.Tensor) -> torch.Tensor:
-    """A not-digit network's output (N, 11) -> log-probabilities over the eleven classes (N, 11), as trained:
+    """A not-digit network's output (N, 11 or 12) -> log-probabilities over the eleven classes (N, 11), as trained
+    (the class's own log-odds z: the digit distance is no part of training):
     log p(digit d) = log p(d | a digit) + log sigmoid(z), log p(not a digit) = log sigmoid(-z)."""
-    log_odds = output[:, DIGITS:]
+    log_odds = output[:, DIGITS : DIGITS + 1]
     return torch.cat([output[:, :DIGITS] + F.logsigmoid(log_odds), F.logsigmoid(-log_odds)], dim=1)
 
 
@@ -69,7 +138,7 @@ class MyNet(nn.Module):
     padding. Shapes: 28x28 -> 14x14 -> 7x7 -> 5x5 (unpadded conv) -> 2x2, so the head sees 128 * 2 * 2 = 512.
     """
 
-    def __init__(self, dropout: float = 0.25, not_digit: bool = False) -> None:
+    def __init__(self, dropout: float = 0.25, not_digit: bool = False, digit_distance: bool = False) -> None:
         super().__init__()
         classes = DIGITS + int(not_digit)
 
@@ -85,9 +154,16 @@ class MyNet(nn.Module):
         self.features = nn.Sequential(block(1, 32, 1), block(32, 64, 1), block(64, 128, 0))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(512, 128), nn.ReLU(inplace=True), nn.Linear(128, classes))
         self.output = _Output(not_digit)
+        self.distance = _distance(not_digit, digit_distance, 128)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, 28, 28)
-        return self.output(self.head(self.features(x)))
+        return _forward(self, x)
+
+
+def _distance(not_digit: bool, digit_distance: bool, dim: int) -> DigitDistance | None:
+    if digit_distance and not not_digit:
+        raise ValueError("digit_distance needs not_digit: it adjusts the not-digit class's log-odds")
+    return DigitDistance(dim) if digit_distance else None
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -105,7 +181,9 @@ class CompactNet(nn.Module):
     the head tiny and makes the network tolerant of small shifts.
     """
 
-    def __init__(self, width: int = 16, dropout: float = 0.1, not_digit: bool = False) -> None:
+    def __init__(
+        self, width: int = 16, dropout: float = 0.1, not_digit: bool = False, digit_distance: bool = False
+    ) -> None:
         super().__init__()
         w = width
         classes = DIGITS + int(not_digit)
@@ -120,9 +198,10 @@ class CompactNet(nn.Module):
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w, classes))
         self.output = _Output(not_digit)
+        self.distance = _distance(not_digit, digit_distance, 4 * w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, 28, 28)
-        return self.output(self.head(self.features(x)))
+        return _forward(self, x)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

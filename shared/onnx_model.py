@@ -8,7 +8,8 @@ torch, and a single image 0.09 ms against 0.5 ms (docs/benchmarks.md, "Inference
 truth: the ONNX file is derived from it, checked against it, and the `torch` backend needs nothing else.
 
 Input "images" (N, 1, 28, 28) float32, normalized as the model's checkpoint says; output "log_probs" (N, 10), or
-(N, 11) for a network with the not-digit class (its eleventh column is the digit log-odds: shared/model.py).
+(N, 11) for a network with the not-digit class (its eleventh column is the digit log-odds), (N, 12) with its
+digit distance (the twelfth, its penalty): shared/model.py.
 """
 
 from __future__ import annotations

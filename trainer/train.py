@@ -41,6 +41,7 @@ from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
+from trainer.digit_distance import FIT_DIGITS, fit_digit_distance
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import Negatives, TypedDigits, make_negatives, make_typed_digits, pipeline_pool
@@ -165,8 +166,17 @@ NEGATIVE_VAL_PER_KIND = 300
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """The network's keyword arguments: the config's, with the not-digit class when the run trains one."""
-    return {**config.arch_kwargs, **({"not_digit": True} if config.negatives > 0 else {})}
+    """The network's keyword arguments: the config's, with the not-digit class (and its digit distance, fitted in
+    `finish`) when the run trains one."""
+    return {**config.arch_kwargs, **({"not_digit": True, "digit_distance": True} if config.negatives > 0 else {})}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's weights; one written before the digit distance existed lacks only its buffers, which
+    `finish` fits anyway."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("distance.") for key in missing):
+        model.load_state_dict(state)  # raises with PyTorch's own message
 
 
 def pool_batch(pool: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,7 +517,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
     state = RunState()
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
+        load_weights(model, resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         state = RunState(
@@ -661,8 +671,24 @@ def finish(
 ) -> dict[str, Any]:
     """After the last epoch: final pictures and hparams from the best checkpoint, publish it, print the summary."""
     best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
-    model.load_state_dict(best["model"])
+    load_weights(model, best["model"])
     model.eval()
+    if getattr(model, "distance", None) is not None:
+        t0 = time.perf_counter()
+        fitted = fit_digit_distance(
+            model, splits.train_x, splits.train_y, splits.val_x, device, torch.Generator().manual_seed(config.seed)
+        )
+        # The published weights are the best checkpoint's with the fitted buffers.
+        best["model"] = {
+            **best["model"],
+            **{k: v.cpu() for k, v in model.state_dict().items() if k.startswith("distance.")},
+        }
+        print(
+            f"digit distance: fitted on {min(len(splits.train_x), FIT_DIGITS):,} training digits in "
+            f"{time.perf_counter() - t0:.1f} s (validation digits' median {fitted['distance_median']:.1f}, "
+            f"weight {fitted['distance_weight']:.3g})",
+            flush=True,
+        )
     best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)

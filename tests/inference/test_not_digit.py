@@ -5,12 +5,12 @@ negatives), on pictures the tests make (testkit/not_digits.py: other fonts and o
 negatives: letters, symbols, words, scribbles, smileys, shapes, arrows) and users' real digits in every style of
 tests/user_images.py and the printed digits. The pictures are made once and cached, and sent with PredictBatch.
 
-The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. The users' target
-is met since typed digits train as digits (trainer/negatives.py make_typed_digits); the non-digit kinds are not
-all (measured on the development machine, 10-epoch test model, bench/bench_not_digit.py: letters 90.5 %,
-symbols 81.5 %, scribbles 85.5 %, arrows 90.5 %, smileys 98 %, shapes 97 %, words 100 %; users' digits 0.91 %
-flagged, printed ones 0 %). The tests hold floors a little under what was measured (a machine without bf16
-trains another model) and print the kinds that miss the targets.
+The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. Neither is met on
+every model (stop 27, the AMD machine, fp32, the 10-epoch test model with its digit distance, through gRPC here:
+letters 89.5 %, symbols 94.5 %, scribbles 91 %, arrows 96.5 %, smileys, shapes and words 100 %; users' digits
+1.12 % flagged, printed ones 0 %; seeds 1 and 2 of the same recipe: letters 91 / 94 %, symbols 91.5 / 92 %,
+scribbles 90 / 89.5 %, arrows 95 / 93 %, users' digits 0.64 / 0.88 %). The tests hold floors a little under the
+lowest of these (a machine with bf16 trains another model) and print the kinds that miss the targets.
 
 The plumbing (fields in Predict, PredictBatch, GetModelInfo and the REST route, the threshold flag, both backends,
 older models without the class, the client's line) is checked with small random-weight models.
@@ -37,17 +37,17 @@ TARGET_FLAGGED = 0.95  # the issue's target for every kind of non-digit
 # Measured floors (see the module docstring): a regression below them fails.
 FLAGGED_FLOOR = {
     "letters": 0.87,
-    "symbols": 0.78,
+    "symbols": 0.87,
     "words": 0.97,
-    "scribbles": 0.82,
+    "scribbles": 0.85,
     "smileys": 0.95,
     "shapes": 0.94,
-    "arrows": 0.87,
+    "arrows": 0.90,
 }
 TARGET_USERS_FLAGGED = 0.01  # the issue's target over every style of users' digits
-USERS_FLAGGED_CEILING = 0.0125  # measured 0.91 %
+USERS_FLAGGED_CEILING = 0.0125  # measured 1.12 % (0.64-1.12 % over three seeds)
 STYLE_FLAGGED_CEILING = {"printed": 0.02}  # measured 0 % (7.2 % before typed digits trained as digits)
-STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 2.0 % (hard_shadow)
+STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 2.33 % (hard_shadow)
 
 
 def not_digit_payload(seed: int, threshold: float | None = 0.5) -> dict:

@@ -87,8 +87,10 @@ def test_published_model_matches_best_checkpoint(short_run):
     payload, _model = read_published_model(short_run.models, manifest)
     best = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "best.pt")
     assert payload["epoch"] == best["best_epoch"]
+    assert payload["model"].keys() == best["model"].keys()
     for name, tensor in best["model"].items():
-        assert torch.equal(payload["model"][name], tensor), name
+        if not name.startswith("distance."):  # fitted after training (trainer/digit_distance.py)
+            assert torch.equal(payload["model"][name], tensor), name
     assert 0 < manifest.metrics["test_accuracy"] <= 1
     assert "optimizer" not in payload, "a published model carries no training state"
 
@@ -96,7 +98,7 @@ def test_published_model_matches_best_checkpoint(short_run):
 def test_the_published_model_knows_when_a_picture_is_not_a_digit(short_run, mnist):
     """The default trains the not-digit class: the published network has it, with the threshold the trainer chose
     on the validation digits, and the ten digit probabilities still sum to one."""
-    from shared.model import digit_scores
+    from shared.model import digit_scores, embed
 
     payload, model = read_published_model(short_run.models, read_manifest(short_run.models))
     assert payload["arch_kwargs"].get("not_digit") is True
@@ -104,10 +106,19 @@ def test_the_published_model_knows_when_a_picture_is_not_a_digit(short_run, mnis
     assert payload["metrics"]["digit_threshold"] == payload["digit_threshold"]
     with torch.no_grad():
         out = model(normalize(mnist.test_images[:200]))
-    assert out.shape == (200, 11)
+    assert out.shape == (200, 12)  # ten digits, the class's log-odds, the digit distance's penalty
     assert torch.allclose(out[:, :10].exp().sum(1), torch.ones(200), atol=1e-5)
     scores = digit_scores(out)
     assert ((scores >= 0) & (scores <= 1)).all()
+    # The digit distance was fitted after training: the served score is the class's log-odds less its penalty.
+    assert payload["arch_kwargs"].get("digit_distance") is True
+    assert float(model.distance.weight) > 0
+    with torch.no_grad():
+        x = normalize(mnist.test_images[:200])
+        h = embed(model, x)
+        class_log_odds = torch.logsumexp(model.head[-1](h)[:, :10], 1) - model.head[-1](h)[:, 10]
+    torch.testing.assert_close(out[:, 10], class_log_odds, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores, torch.sigmoid(class_log_odds - model.distance(h)[:, 0]), atol=1e-5, rtol=1e-4)
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_dir):

@@ -1,0 +1,73 @@
+"""Fit a trained not-digit network's digit distance (shared.model.DigitDistance) on its own training digits.
+
+The eleventh class learns the non-digits the trainer draws; pictures of other kinds (a tangle, an @) can still
+land on a digit's side of it. A second sign, independent of what the class learned, is how far the picture's
+embedding lies from every digit's: class means and one shared covariance of the embeddings of training digits
+(a Mahalanobis distance, as in Lee et al. 2018, "A simple unified framework for detecting out-of-distribution
+samples"). The served digit log-odds become z - weight * (log m - offset), with log m standardised on the
+validation digits and given the same spread as z there: the two signs count alike (DISTANCE_WEIGHT = 1), a
+choice made before measuring, not tuned on the tests' pictures (docs/not-a-digit.md has the sweep).
+
+Runs once, on the best checkpoint, before the threshold is chosen on the validation split, so the threshold and
+the published figures are those of the served score.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared.data import MNIST_MEAN, MNIST_STD, normalize
+from shared.metrics import predict_log_probs
+from shared.model import DIGITS, DigitDistance, embed
+
+DISTANCE_WEIGHT = 1.0  # the distance's share against the class's own log-odds, both standardised on validation
+FIT_DIGITS = 20_000  # training digits the means and covariance are estimated from (64 numbers per class mean)
+RIDGE = 1e-4  # added to the covariance's diagonal, relative to its mean variance: keeps it invertible
+
+
+@torch.no_grad()
+def embeddings(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> float64 embeddings (N, D) on the CPU. The model must be in eval mode."""
+    out = [
+        embed(model, normalize(images[i : i + batch_size].to(device), MNIST_MEAN, MNIST_STD)).double().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def fit_digit_distance(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Set `model.distance` from the digits: train_x (N, 28, 28) uint8 with labels (N,), val_x for the scale.
+
+    Returns the figures the trainer prints: the validation digits' median distance and the weight.
+    """
+    distance = model.distance
+    assert isinstance(distance, DigitDistance), "fit_digit_distance needs a network built with digit_distance=True"
+    model.eval()
+    pick = torch.randperm(len(train_x), generator=generator)[:FIT_DIGITS]
+    h = embeddings(model, train_x[pick.to(train_x.device)], device)  # (n, D)
+    labels = train_y[pick.to(train_y.device)].cpu().long()
+    means = torch.stack([h[labels == d].mean(dim=0) for d in range(DIGITS)])  # (10, D)
+    centred = h - means[labels]
+    covariance = centred.T @ centred / len(centred)
+    covariance += RIDGE * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
+    # precision = whiten @ whiten^T, with whiten the Cholesky factor of the precision (lower triangular).
+    whiten = torch.linalg.cholesky(torch.linalg.inv(covariance))
+    distance.whiten.copy_(whiten.float())
+    distance.centres.copy_((means @ whiten).float())
+
+    val_h = embeddings(model, val_x, device)
+    log_m = torch.log(distance.squared_distance(val_h.float().to(distance.whiten.device)).double() + 1e-6).cpu()
+    val_z = predict_log_probs(model, val_x, device=device)[:, DIGITS].double()  # (N,) the class's log-odds
+    weight = DISTANCE_WEIGHT * val_z.std() / log_m.std()
+    distance.offset.fill_(float(log_m.mean()))
+    distance.weight.fill_(float(weight))
+    return {"distance_median": float(log_m.exp().median()), "distance_weight": float(weight)}
