@@ -22,7 +22,7 @@ from shared.metrics import predict_log_probs
 from shared.model import DIGITS, DigitDistance, embed
 
 DISTANCE_WEIGHT = 1.0  # the distance's share against the class's own log-odds, both standardised on validation
-FIT_DIGITS = 20_000  # training digits the means and covariance are estimated from (64 numbers per class mean)
+FIT_DIGITS = 20_000  # training digits the ten means and the covariance come from (about 2,000 per digit)
 RIDGE = 1e-4  # added to the covariance's diagonal, relative to its mean variance: keeps it invertible
 
 

@@ -114,3 +114,11 @@ def test_read_number_weighs_its_cuts_with_the_class_score_and_serves_the_distanc
     np.testing.assert_allclose(segment_scores(output), torch.sigmoid(log_odds[:, 0].double()).numpy())
     np.testing.assert_allclose(segment_scores(output[:, : DIGITS + 1]), segment_scores(output))  # no distance
     np.testing.assert_array_equal(segment_scores(output[:, :DIGITS]), np.ones(4))  # a plain digit network
+
+
+@pytest.mark.parametrize("arch", ["compact", "mynet"])
+def test_both_networks_give_twelve_columns_with_a_digit_distance(arch):
+    model = build_model(arch, not_digit=True, digit_distance=True).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(3, 1, 28, 28))
+    assert out.shape == (3, DIGITS + 2)
