@@ -119,7 +119,8 @@ def forward_in_chunks(
     workers: int = 0,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor | None:
-    """Log-probabilities (N, 10) of normalized inputs (N, 1, 28, 28), chunks spread over `workers` threads.
+    """The network's output (N, 10, 11 or 12) for normalized inputs (N, 1, 28, 28), chunks spread over `workers`
+    threads.
 
     The server keeps torch at one intra-op thread so concurrent calls do not oversubscribe the cores; this
     runs chunks side by side instead (torch releases the GIL inside each forward), so one Evaluate still

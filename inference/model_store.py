@@ -146,7 +146,8 @@ class ServedModel:
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Normalized inputs (N, 1, 28, 28) -> the network's output, with the model's backend: log-probabilities
-        (N, 10), then for a not-digit network its digit log-odds (N, 11; shared/model.py)."""
+        (N, 10), then for a not-digit network its digit log-odds (N, 11) and, with its digit distance, the
+        distance's penalty (N, 12; shared/model.py)."""
         assert self.runner is not None
         return self.runner(inputs)
 

@@ -41,7 +41,7 @@ def predict_log_probs(
     batch_size: int = 2000,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """The network's output (log-probabilities (N, 10), or (N, 11) with the not-digit class) for uint8 images
+    """The network's output (log-probabilities (N, 10); (N, 11) or (N, 12) with the not-digit class) for uint8 images
     (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
     outputs = []
     for start in range(0, len(images), batch_size):
@@ -56,7 +56,7 @@ def evaluation_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> 
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = labels.cpu().long()
-    log_probs = log_probs[:, :NUM_CLASSES]  # a not-digit network's eleventh column is its digit score, no digit
+    log_probs = log_probs[:, :NUM_CLASSES]  # a not-digit network's further columns are no digit's (shared/model.py)
     predictions = log_probs.argmax(dim=1)
     y_true, y_pred = labels.numpy(), predictions.numpy()
     classes = list(range(NUM_CLASSES))

@@ -8,8 +8,9 @@ Built with `not_digit=True`, a network has an eleventh logit, "not a digit", tra
 the trainer's negatives (trainer/negatives.py), and returns (N, 11): the ten digit log-probabilities as before
 (a softmax over the ten digit logits only, so the digit and its probabilities do not depend on the new class),
 then the *digit log-odds* z = logsumexp(digit logits) - not-digit logit. sigmoid(z) is the eleven-class
-probability that the picture is some digit: the digit score (docs/not-a-digit.md). Use `digit_log_probs`,
-`digit_scores` and `eleven_class_log_probs` rather than slicing by hand: they accept both shapes.
+probability that the picture is some digit (docs/not-a-digit.md). Use `digit_log_probs`, `digit_scores`,
+`segment_scores` and `eleven_class_log_probs` rather than slicing by hand: they accept every shape (10, 11 or 12
+columns).
 
 Built also with `digit_distance=True`, a not-digit network has a second, independent sign of a non-digit: how far
 the picture's embedding (the head's input to its last Linear) lies from every digit's, as a Mahalanobis distance

@@ -26,8 +26,9 @@ through the same stroke-width, box and centre-of-mass normalization, so a pictur
 
 Every group is classified whole in one batch, and all halves of the candidate cuts in one more: the caller passes
 `classify`, which maps (N, 28, 28) uint8 images to their ten digits' probabilities and their digit scores (the
-served model, in the service; docs/not-a-digit.md). A region's confidence is the top probability times the digit
-score: two digits squeezed into one box often get a confident digit, but not the score of one digit.
+served model's not-digit class's own, shared.model.segment_scores, in the service; docs/not-a-digit.md). A
+region's confidence is the top probability times the digit score: two digits squeezed into one box often get a
+confident digit, but not the score of one digit.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ the published figures are those of the served score.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -44,17 +46,23 @@ def fit_digit_distance(
     val_x: torch.Tensor,
     device: torch.device,
     generator: torch.Generator | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Set `model.distance` from the digits: train_x (N, 28, 28) uint8 with labels (N,), val_x for the scale.
 
-    Returns the figures the trainer prints: the validation digits' median distance and the weight.
+    Returns the figures the trainer prints: the validation digits' median squared distance m and the weight; or
+    a `skipped` reason, the distance left unfitted (weight 0: the class's own score is served), where the digits
+    cannot give one (a --dry-run's single batch may lack a digit).
     """
     distance = model.distance
     assert isinstance(distance, DigitDistance), "fit_digit_distance needs a network built with digit_distance=True"
     model.eval()
+    distance.weight.zero_()
     pick = torch.randperm(len(train_x), generator=generator)[:FIT_DIGITS]
     h = embeddings(model, train_x[pick.to(train_x.device)], device)  # (n, D)
     labels = train_y[pick.to(train_y.device)].cpu().long()
+    missing = sorted(set(range(DIGITS)) - set(labels.tolist()))
+    if missing:
+        return {"skipped": f"no training digit {', '.join(map(str, missing))} to fit it on"}
     means = torch.stack([h[labels == d].mean(dim=0) for d in range(DIGITS)])  # (10, D)
     centred = h - means[labels]
     covariance = centred.T @ centred / len(centred)
@@ -67,7 +75,9 @@ def fit_digit_distance(
     val_h = embeddings(model, val_x, device)
     log_m = torch.log(distance.squared_distance(val_h.float().to(distance.whiten.device)).double() + 1e-6).cpu()
     val_z = predict_log_probs(model, val_x, device=device)[:, DIGITS].double()  # (N,) the class's log-odds
+    if len(log_m) < 2 or not float(log_m.std()) > 0 or not torch.isfinite(log_m).all():
+        return {"skipped": f"the distances of {len(log_m)} validation digits have no spread to scale it by"}
     weight = DISTANCE_WEIGHT * val_z.std() / log_m.std()
     distance.offset.fill_(float(log_m.mean()))
     distance.weight.fill_(float(weight))
-    return {"distance_median": float(log_m.exp().median()), "distance_weight": float(weight)}
+    return {"squared_distance_median": float(log_m.exp().median()), "weight": float(weight)}

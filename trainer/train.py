@@ -683,12 +683,15 @@ def finish(
             **best["model"],
             **{k: v.cpu() for k, v in model.state_dict().items() if k.startswith("distance.")},
         }
-        print(
-            f"digit distance: fitted on {min(len(splits.train_x), FIT_DIGITS):,} training digits in "
-            f"{time.perf_counter() - t0:.1f} s (validation digits' median {fitted['distance_median']:.1f}, "
-            f"weight {fitted['distance_weight']:.3g})",
-            flush=True,
-        )
+        if "skipped" in fitted:
+            print(f"digit distance: not fitted, {fitted['skipped']}; the class's own score is served", flush=True)
+        else:
+            print(
+                f"digit distance: fitted on {min(len(splits.train_x), FIT_DIGITS):,} training digits in "
+                f"{time.perf_counter() - t0:.1f} s (validation digits' median squared distance "
+                f"{fitted['squared_distance_median']:.1f}, weight {fitted['weight']:.3g})",
+                flush=True,
+            )
     best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)

@@ -22,9 +22,11 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import publish_model
+from shared.model import build_model
 from shared.settings import Paths
 
 from testkit.cache import cached_pickle, code_hash
@@ -83,6 +85,62 @@ def test_predict_and_predict_batch_carry_is_digit_and_a_score_with_either_backen
         assert sum(got.probabilities) == pytest.approx(1, abs=1e-5)  # still the ten digits' softmax
     info = model_info(running)
     assert info.detects_not_digit and info.digit_threshold == pytest.approx(0.5)
+
+
+def distance_payload(seed: int) -> dict:
+    """A random-weight not-digit model with a digit distance whose penalty is far from 0 (shared/model.py)."""
+    payload = not_digit_payload(seed, threshold=0.5)
+    kwargs = {**payload["arch_kwargs"], "digit_distance": True}
+    model = build_model(payload["arch"], **kwargs)
+    model.load_state_dict({**model.state_dict(), **payload["model"]})
+    generator = torch.Generator().manual_seed(seed)
+    model.distance.whiten.copy_(torch.eye(len(model.distance.whiten)))
+    model.distance.centres.copy_(torch.randn(model.distance.centres.shape, generator=generator))
+    model.distance.offset.fill_(-2.0)
+    model.distance.weight.fill_(1.5)
+    return {**payload, "arch_kwargs": kwargs, "model": model.state_dict()}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_model_with_a_digit_distance_serves_the_class_score_less_its_penalty(serve, tmp_path, backend, digit_pngs):
+    """digit_score is sigmoid(z - penalty) from the twelfth column, in Predict and in each digit ReadNumber reads;
+    the class's own sigmoid(z) is not what is served."""
+    import cv2
+
+    from shared.data import normalize
+
+    from tests.inference.helpers import png_bytes
+
+    payload = distance_payload(7)
+    model = build_model(payload["arch"], **payload["arch_kwargs"])
+    model.load_state_dict(payload["model"])
+    model.eval()
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "dist1", payload)
+    running = serve(artifacts, backend=backend)
+
+    def expected(model_input_png: bytes) -> tuple[float, float]:
+        image = torch.from_numpy(cv2.imdecode(np.frombuffer(model_input_png, np.uint8), cv2.IMREAD_GRAYSCALE))[None]
+        with torch.no_grad():
+            out = model(normalize(image)).double()
+        return float(torch.sigmoid(out[0, 10] - out[0, 11])), float(torch.sigmoid(out[0, 10]))
+
+    gaps = []
+    for _, png, _ in digit_pngs[:8]:
+        got = running.stub.Predict(pb.PredictRequest(image=png, return_model_input=True), timeout=10).prediction
+        served, class_only = expected(got.model_input_png)
+        assert got.digit_score == pytest.approx(served, abs=1e-4)
+        assert got.is_digit == (got.digit_score >= 0.5)
+        gaps.append(abs(served - class_only))
+    assert max(gaps) > 0.05, "the penalty should move the score here"
+
+    pair = np.concatenate([digit_pngs[0][2], np.zeros((28, 14), np.uint8), digit_pngs[1][2]], axis=1)
+    picture = 255 - cv2.resize(np.pad(pair, 14), None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    request = pb.ReadNumberRequest(image=png_bytes(picture), return_model_input=True)
+    reading = running.stub.ReadNumber(request, timeout=30)
+    assert reading.per_digit
+    for digit in reading.per_digit:
+        assert digit.prediction.digit_score == pytest.approx(expected(digit.prediction.model_input_png)[0], abs=1e-4)
 
 
 def test_the_threshold_comes_from_the_model_and_the_flag_overrides_it(serve, tmp_path, digit_pngs):

@@ -71,7 +71,7 @@ def test_the_fit_puts_the_distance_on_the_class_log_odds_scale(fitted):
     class_log_odds = output[:, DIGITS]  # what the eleventh class alone says
     assert abs(float(penalty.mean())) < 1e-3 * float(penalty.std())
     assert float(penalty.std()) == pytest.approx(DISTANCE_WEIGHT * float(class_log_odds.std()), rel=1e-3)
-    assert figures["distance_weight"] == pytest.approx(float(model.distance.weight))
+    assert figures["weight"] == pytest.approx(float(model.distance.weight))
 
 
 def test_pictures_unlike_every_digit_lose_digit_score(fitted, mnist):
@@ -122,3 +122,16 @@ def test_both_networks_give_twelve_columns_with_a_digit_distance(arch):
     with torch.no_grad():
         out = model(torch.zeros(3, 1, 28, 28))
     assert out.shape == (3, DIGITS + 2)
+
+
+def test_digits_that_cannot_fit_it_leave_the_distance_unfitted(mnist):
+    """A --dry-run's one batch may lack a digit: the class's own score is then served, nothing NaN."""
+    model = small_net(3, digit_distance=True)
+    x, y = mnist.train_images[:300], mnist.train_labels[:300]
+    keep = y != 4
+    figures = fit_digit_distance(model, x[keep], y[keep], mnist.train_images[300:400], torch.device("cpu"))
+    assert "digit 4" in figures["skipped"]
+    assert float(model.distance.weight) == 0
+    with torch.no_grad():
+        out = model(normalize(mnist.test_images[:16]))
+    assert torch.isfinite(out).all() and torch.equal(out[:, DIGITS + 1], torch.zeros(16))
