@@ -5,8 +5,8 @@ land on a digit's side of it. A second sign, independent of what the class learn
 embedding lies from every digit's: class means and one shared covariance of the embeddings of training digits
 (a Mahalanobis distance, as in Lee et al. 2018, "A simple unified framework for detecting out-of-distribution
 samples"). The served digit log-odds become z - weight * (log m - offset), with log m standardised on the
-validation digits and given the same spread as z there: the two signs count alike (DISTANCE_WEIGHT = 1), a
-choice made before measuring, not tuned on the tests' pictures (docs/not-a-digit.md has the sweep).
+validation digits and given the same spread as z there: the two signs count alike (DISTANCE_WEIGHT = 1), the
+plain choice rather than the best of a first sweep on one model (docs/not-a-digit.md has it).
 
 Runs once, on the best checkpoint, before the threshold is chosen on the validation split, so the threshold and
 the published figures are those of the served score.
