@@ -120,12 +120,12 @@ def decoded_pictures(mnist) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def scores(model, images: np.ndarray, mean: float, std: float) -> dict[str, np.ndarray]:
     """Every digit-likeness score of `model` on uint8 images (N, 28, 28), higher = more digit-like."""
     from shared.data import normalize
-    from shared.model import DIGITS, digit_scores, embed
+    from shared.model import DIGITS, digit_scores, embed, output_from_embedding, segment_scores
 
     with torch.no_grad():
-        x = normalize(torch.from_numpy(images), mean, std)
-        logits = model.head[-1](embed(model, x)).double()
-        output = model(x)
+        embedding = embed(model, normalize(torch.from_numpy(images), mean, std))
+        logits = model.head[-1](embedding).double()
+        output = output_from_embedding(model, embedding)
     digits = logits[:, :DIGITS]
     out = {
         "max_softmax": torch.softmax(digits, 1).max(1).values.numpy(),
@@ -134,7 +134,7 @@ def scores(model, images: np.ndarray, mean: float, std: float) -> dict[str, np.n
     }
     if logits.shape[1] > DIGITS:
         out["digit_score"] = digit_scores(output).double().numpy()  # as served: with the digit distance, if any
-        out["class_score"] = torch.sigmoid(torch.logsumexp(digits, 1) - logits[:, DIGITS]).numpy()  # the class alone
+        out["class_score"] = segment_scores(output)  # the class alone
     return out
 
 

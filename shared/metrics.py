@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,22 @@ class Evaluation:
 
 
 @torch.no_grad()
+def batched_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    *,
+    mean: float = MNIST_MEAN,
+    std: float = MNIST_STD,
+    batch_size: int = 2000,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """`forward` of uint8 images (N, 28, 28), normalized, in batches on `device`: one float32 CPU output per batch."""
+    return [
+        forward(normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)).float().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+
+
 def predict_log_probs(
     model: nn.Module,
     images: torch.Tensor,
@@ -43,10 +60,7 @@ def predict_log_probs(
 ) -> torch.Tensor:
     """The network's output (log-probabilities (N, 10); (N, 11) or (N, 12) with the not-digit class) for uint8 images
     (N, 28, 28), in batches, on `device`. Model must be in eval mode."""
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = normalize(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
-        outputs.append(model(batch).float().cpu())
+    outputs = batched_forward(model, images, mean=mean, std=std, batch_size=batch_size, device=device)
     return torch.cat(outputs) if outputs else torch.empty(0, NUM_CLASSES)
 
 

@@ -91,12 +91,17 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return head[:-1](cast(nn.Module, model.features)(x))
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Shared by the networks: features, head, output, with the digit distance when the network has one."""
-    embedding = embed(model, x)
+def output_from_embedding(model: nn.Module, embedding: torch.Tensor) -> torch.Tensor:
+    """An embedding (N, D) -> the network's output: its last Linear, then the output with the digit distance's
+    penalty when the network has one. `model(x)` is `output_from_embedding(model, embed(model, x))`."""
     logits = cast(nn.Sequential, model.head)[-1](embedding)
     distance = cast(DigitDistance | None, model.distance)
     return cast(nn.Module, model.output)(logits, None if distance is None else distance(embedding))
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Shared by the networks: features, head, output, with the digit distance when the network has one."""
+    return output_from_embedding(model, embed(model, x))
 
 
 def digit_log_probs(output: torch.Tensor) -> torch.Tensor:

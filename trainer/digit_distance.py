@@ -14,28 +14,23 @@ the published figures are those of the served score.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
-from shared.data import MNIST_MEAN, MNIST_STD, normalize
-from shared.metrics import predict_log_probs
-from shared.model import DIGITS, DigitDistance, embed
+from shared.metrics import batched_forward
+from shared.model import DIGITS, DigitDistance, embed, output_from_embedding
 
 DISTANCE_WEIGHT = 1.0  # the distance's share against the class's own log-odds, both standardised on validation
 FIT_DIGITS = 20_000  # training digits the ten means and the covariance come from (about 2,000 per digit)
 RIDGE = 1e-4  # added to the covariance's diagonal, relative to its mean variance: keeps it invertible
 
 
-@torch.no_grad()
-def embeddings(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2000) -> torch.Tensor:
+def embeddings(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images (N, 28, 28) -> float64 embeddings (N, D) on the CPU. The model must be in eval mode."""
-    out = [
-        embed(model, normalize(images[i : i + batch_size].to(device), MNIST_MEAN, MNIST_STD)).double().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out)
+    return torch.cat(batched_forward(functools.partial(embed, model), images, device=device)).double()
 
 
 @torch.no_grad()
@@ -49,7 +44,8 @@ def fit_digit_distance(
 ) -> dict[str, Any]:
     """Set `model.distance` from the digits: train_x (N, 28, 28) uint8 with labels (N,), val_x for the scale.
 
-    Returns the figures the trainer prints: the validation digits' median squared distance m and the weight; or
+    Returns the figures the trainer prints: the digits fitted on, the validation digits' median squared distance m
+    and the weight; or
     a `skipped` reason, the distance left unfitted (weight 0: the class's own score is served), where the digits
     cannot give one (a --dry-run's single batch may lack a digit).
     """
@@ -72,12 +68,12 @@ def fit_digit_distance(
     distance.whiten.copy_(whiten.float())
     distance.centres.copy_((means @ whiten).float())
 
-    val_h = embeddings(model, val_x, device)
-    log_m = torch.log(distance.squared_distance(val_h.float().to(distance.whiten.device)).double() + 1e-6).cpu()
-    val_z = predict_log_probs(model, val_x, device=device)[:, DIGITS].double()  # (N,) the class's log-odds
+    val_h = embeddings(model, val_x, device).float().to(distance.whiten.device)  # one forward pass for both below
+    log_m = torch.log(distance.squared_distance(val_h).double() + 1e-6).cpu()
+    val_z = output_from_embedding(model, val_h)[:, DIGITS].double().cpu()  # (N,) the class's log-odds
     if len(log_m) < 2 or not float(log_m.std()) > 0 or not torch.isfinite(log_m).all():
         return {"skipped": f"the distances of {len(log_m)} validation digits have no spread to scale it by"}
     weight = DISTANCE_WEIGHT * val_z.std() / log_m.std()
     distance.offset.fill_(float(log_m.mean()))
     distance.weight.fill_(float(weight))
-    return {"squared_distance_median": float(log_m.exp().median()), "weight": float(weight)}
+    return {"digits": len(h), "squared_distance_median": float(log_m.exp().median()), "weight": float(weight)}

@@ -41,7 +41,7 @@ from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
-from trainer.digit_distance import FIT_DIGITS, fit_digit_distance
+from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import Negatives, TypedDigits, make_negatives, make_typed_digits, pipeline_pool
@@ -687,7 +687,7 @@ def finish(
             print(f"digit distance: not fitted, {fitted['skipped']}; the class's own score is served", flush=True)
         else:
             print(
-                f"digit distance: fitted on {min(len(splits.train_x), FIT_DIGITS):,} training digits in "
+                f"digit distance: fitted on {fitted['digits']:,} training digits in "
                 f"{time.perf_counter() - t0:.1f} s (validation digits' median squared distance "
                 f"{fitted['squared_distance_median']:.1f}, weight {fitted['weight']:.3g})",
                 flush=True,
