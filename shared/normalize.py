@@ -534,6 +534,10 @@ def digit_components(
     near = np.hypot(gap_x, gap_y) <= KEEP_NEAR_FRACTION * max(mw, mh)
     big = area >= KEEP_BIG_FRACTION * area[main]
     keep = (area >= KEEP_AREA_FRACTION * area[main]) & (big | near)
+    if shape is not None and max(shape) >= RULING_MIN_PICTURE:
+        # In a photo, a mark cut off by the picture's edge and away from the digit is something of the scene (the
+        # edge of a shadow, the sheet's corner), however big: the digit is drawn inside the frame.
+        keep &= near | ~touches_edge(stats, shape)
     if contrast is not None:
         keep &= contrast >= KEEP_CONTRAST_FRACTION * contrast[main]
     keep[0] = False
@@ -557,14 +561,18 @@ def component_contrast(ink: np.ndarray, labels: np.ndarray, stats: np.ndarray) -
     return out
 
 
+def touches_edge(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(components,) bool: components whose box reaches the edge of a (H, W) picture."""
+    height, width = shape
+    x, y, w, h = (stats[:, i].astype(np.int64) for i in range(4))
+    return (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+
+
 def edge_line_pieces(stats: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(components,) bool: components that touch the picture's edge and are line-like (at least
     EDGE_LINE_ELONGATION times as long as their mean thickness)."""
-    height, width = shape
-    x, y, w, h, area = (stats[:, i].astype(np.int64) for i in range(5))
-    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    length = np.maximum(w, h)
-    return touches & (length * length >= EDGE_LINE_ELONGATION * np.maximum(area, 1))
+    length = np.maximum(stats[:, 2], stats[:, 3]).astype(np.int64)
+    return touches_edge(stats, shape) & (length * length >= EDGE_LINE_ELONGATION * np.maximum(stats[:, 4], 1))
 
 
 def union_box(stats: np.ndarray) -> tuple[int, int, int, int]:

@@ -129,3 +129,20 @@ def test_a_faint_shading_in_a_corner_is_not_part_of_the_digit(digits):
     trace = trace_pipeline(decode_image(encode(picture, "PNG")))
     x, y, w, h = trace.picture_window()
     assert x + w < 480 or y + h < 380, trace.picture_window()
+
+
+@pytest.mark.parametrize("digit_class", [1, 5, 7])
+def test_a_dark_mark_cut_off_by_the_photos_edge_away_from_the_digit_is_not_part_of_it(digits, digit_class):
+    """What a hard shadow's edge can leave where it leaves the frame: a mark as dark as ink and as big as a stroke,
+    in a corner. A digit is written inside the frame, so a mark the edge cuts off, away from the digit, is not
+    part of it (before: kept, and the 28x28 digit was a small digit beside a corner speck)."""
+    coverage = written(digits[digit_class], height=150)
+    picture = on(blank(coverage), coverage)
+    plain = to_mnist(encode(picture, "PNG"))
+    corner = picture.copy()
+    yy, xx = np.mgrid[:480, :640]
+    corner[(xx + yy < 40)] = (25, 25, 35)  # a dark triangle in the top-left corner, 40 px along each side
+    trace = trace_pipeline(decode_image(encode(corner, "PNG")))
+    x, y, _, _ = trace.picture_window()
+    assert x > 40 and y > 40, trace.picture_window()
+    assert similarity(trace.output, plain) > 0.95
