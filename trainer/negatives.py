@@ -8,10 +8,11 @@ normalized, 20x20 box, centred by mass), so they look like what the server hands
   STIX, and PIL's own font), leaving out the ones a person would read as a digit (O, l, I, S, Z, B, g, q, ...)
 - words: two to six letters in the same fonts
 - strokes: three to six random curves (quadratic Beziers) across the canvas
-- shapes: squares, rectangles, triangles, polygons, stars, filled discs, crosses (never an empty ring: a zero)
+- shapes: squares, rectangles, triangles, polygons, stars, filled discs, crosses (never an empty ring: a zero;
+  so polygons of seven or eight sides, rings at 28x28, are filled)
 - doodles: hearts, spirals, zigzags, waves, grids (#), houses, suns
-- sketches: blobs with marks inside (faces, fruit), lines with a head (arrows, pointers), long looping
-  strokes, clouds and flowers
+- sketches: blobs with marks inside (faces, fruit; marks the pipeline keeps, else the blob is a zero), lines
+  with a head (arrows, pointers), long looping strokes, clouds and flowers
 - crossed_out: a training digit scratched out by a zigzag or hatching
 
 And the other side of the glyphs: typed digits (`make_typed_digits`), in the same fonts, drawn and passed
@@ -133,11 +134,15 @@ def shape(rng: np.random.Generator, side: int) -> np.ndarray:
     r = side * rng.uniform(0.3, 0.42)
     kind = rng.integers(7)
     fill = rng.uniform() < 0.3
+    sides = int(rng.integers(5, 9))
     if kind == 0:  # rectangle or square
         w, h = r * rng.uniform(0.6, 1.0), r * rng.uniform(0.6, 1.0)
         pts = c + np.array([[-w, -h], [w, -h], [w, h], [-w, h]])
     elif kind in (1, 2):  # triangle, or polygon of 5-8 sides
-        pts = _regular(3 if kind == 1 else int(rng.integers(5, 9)), c, r, rng.uniform(0, 2 * math.pi))
+        pts = _regular(3 if kind == 1 else sides, c, r, rng.uniform(0, 2 * math.pi))
+        # A polygon of seven or eight sides in outline is a ring at 28x28, a zero: those are filled. (A hexagon's
+        # corners still show.)
+        fill = fill or (kind == 2 and sides >= 7)
     elif kind == 3:  # star
         pts = _regular(int(rng.integers(5, 8)), c, r, rng.uniform(0, 2 * math.pi), inner=rng.uniform(0.35, 0.55))
     elif kind == 4:  # filled disc or ellipse (an empty ring would be a zero)
@@ -209,14 +214,18 @@ def doodle(rng: np.random.Generator, side: int, sketch: bool = False) -> np.ndar
         squash = rng.uniform(0.75, 1.0)
         _polyline(canvas, c + np.stack([np.cos(a) * wobble, np.sin(a) * wobble * squash], 1) * r, width, closed=True)
         for _ in range(int(rng.integers(2, 5))):
-            m = c + rng.uniform(-0.45, 0.45, 2) * r
+            # Inside the ring, clear of it (its radius is at least 0.57 r: wobble and squash at their least).
+            where = rng.uniform(0, 2 * math.pi)
+            m = c + np.array([math.cos(where), math.sin(where) * squash]) * r * 0.35 * math.sqrt(rng.uniform())
+            # Marks large enough to outlive the pipeline's speck rule (shared.normalize.KEEP_AREA_FRACTION of the
+            # ring's ink): a ring whose marks were dropped as specks is a zero, not a face.
             if rng.uniform() < 0.5:  # a dot
                 cv2.circle(
-                    canvas, (int(m[0]), int(m[1])), max(1, int(width * rng.uniform(0.8, 1.6))), 1.0, -1, cv2.LINE_AA
+                    canvas, (int(m[0]), int(m[1])), max(2, int(width * rng.uniform(1.6, 2.6))), 1.0, -1, cv2.LINE_AA
                 )
             else:  # a short stroke or arc
                 b = rng.uniform(0, 2 * math.pi) + np.linspace(0, rng.uniform(-2, 2), 12)
-                _polyline(canvas, m + np.stack([np.cos(b), np.sin(b)], 1) * r * rng.uniform(0.1, 0.3), width)
+                _polyline(canvas, m + np.stack([np.cos(b), np.sin(b)], 1) * r * rng.uniform(0.2, 0.4), width)
     elif kind == 8:  # a line or a bent line with a head: an arrow, a pointer
         angle = rng.uniform(0, 2 * math.pi)
         d = np.array([math.cos(angle), math.sin(angle)]) * r

@@ -5,12 +5,14 @@ negatives), on pictures the tests make (testkit/not_digits.py: other fonts and o
 negatives: letters, symbols, words, scribbles, smileys, shapes, arrows) and users' real digits in every style of
 tests/user_images.py and the printed digits. The pictures are made once and cached, and sent with PredictBatch.
 
-The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. Neither is met on
-every model (stop 27, the AMD machine, fp32, the 10-epoch test model with its digit distance, through gRPC here:
-letters 89.5 %, symbols 94.5 %, scribbles 91 %, arrows 96.5 %, smileys, shapes and words 100 %; users' digits
-1.12 % flagged, printed ones 0 %; seeds 1 and 2 of the same recipe: letters 91 / 94 %, symbols 91.5 / 92 %,
-scribbles 90 / 89.5 %, arrows 95 / 93 %, users' digits 0.64 / 0.88 %). The tests hold floors a little under the
-lowest of these (a machine with bf16 trains another model) and print the kinds that miss the targets.
+The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. The first is not
+met (stop 28, the AMD machine, fp32, the 10-epoch recipe with its digit distance and ring-free negatives: the
+session's test model through gRPC here: letters 91.5 %, symbols 91 %, scribbles 88.5 %, arrows 93.5 %, smileys
+99 %, shapes 98.5 %, words 100 %; users' digits 0.64 % flagged, printed ones 0.56 %; the recipe's seeds 0 / 1 / 2
+trained by hand, scored by bench/bench_not_digit.py: letters 92.5 / 93.5 / 93 %, symbols 91 / 90.5 / 88 %,
+scribbles 90.5 / 90.5 / 89 %, arrows 91.5 / 93.5 / 95.5 %, smileys 100 / 99.5 / 100 %, shapes and words 100 %;
+users' digits 0.71 / 0.56 / 0.80 %). The tests hold floors a little under the lowest of these (a machine with
+bf16 trains another model) and print the kinds that miss the targets.
 
 The plumbing (fields in Predict, PredictBatch, GetModelInfo and the REST route, the threshold flag, both backends,
 older models without the class, the client's line) is checked with small random-weight models.
@@ -44,12 +46,12 @@ FLAGGED_FLOOR = {
     "scribbles": 0.85,
     "smileys": 0.95,
     "shapes": 0.94,
-    "arrows": 0.90,
+    "arrows": 0.88,
 }
 TARGET_USERS_FLAGGED = 0.01  # the issue's target over every style of users' digits
-USERS_FLAGGED_CEILING = 0.0125  # measured 1.12 % (0.64-1.12 % over three seeds)
+USERS_FLAGGED_CEILING = 0.011  # measured 0.64 % (0.56-0.80 % over three seeds; 1.12 % at stop 27)
 STYLE_FLAGGED_CEILING = {"printed": 0.02}  # measured 0 % (7.2 % before typed digits trained as digits)
-STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 2.33 % (hard_shadow)
+STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 1.33 % (2.33 % for hard shadows at stop 27)
 
 
 def not_digit_payload(seed: int, threshold: float | None = 0.5) -> dict:
