@@ -377,9 +377,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 class JudgingClassifier:
     """read_number's classifier on a served model: (N, 28, 28) uint8 -> their digit probabilities and the scores its
     cuts weigh (shared.model.segment_scores). It also keeps each image's served (is_digit, digit_score) from the same
-    forward pass, by its bytes, so the digits read
-    are judged without running the network on them again (the whole groups and the halves of cuts are all
-    classified)."""
+    forward pass, by its bytes, so the digits read are judged without running the network on them again (the
+    whole groups and the halves of cuts are all classified)."""
 
     def __init__(self, served: ServedModel, judge: Callable[[torch.Tensor], list[tuple[bool, float]]]) -> None:
         self.served = served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,8 +103,6 @@ def test_pipeline_processes_that_fail_cost_the_pool_not_the_run(monkeypatch, mni
 def plain_ring(image: np.ndarray) -> bool:
     """Whether a (28, 28) uint8 picture, as the pipeline makes it, is an empty round ring: a zero. One piece of
     ink around one hole, both convex, the hole at least a quarter of the outline's area, no corners."""
-    import cv2
-
     ink = (image > 100).astype(np.uint8)
     pieces, _ = cv2.connectedComponents(ink, connectivity=8)
     contours, hierarchy = cv2.findContours(ink, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
@@ -125,17 +124,15 @@ def test_the_negatives_are_never_an_empty_ring_which_is_a_zero():
     """A heptagon or octagon in outline, or a face whose marks the pipeline dropped as specks, is a ring at 28x28:
     users' round zeros were flagged as not digits (docs/not-a-digit.md, stop 28). The shapes and sketches the
     trainer draws are not rings, as the pipeline makes them."""
-    import cv2
 
     def ring_picture(outline) -> np.ndarray:
         ink = np.zeros((96, 96), np.float32)
         cv2.polylines(ink, [np.round(outline * 16).astype(np.int32)], True, 1.0, 5, cv2.LINE_AA, shift=4)
         return to_mnist_array(on_paper(ink, np.random.default_rng(0)))
 
-    angles = np.linspace(0, 2 * np.pi, 9)[:-1]
-    octagon = 48 + 34 * np.stack([np.cos(angles), np.sin(angles)], 1)
-    angles = np.linspace(0, 2 * np.pi, 60, endpoint=False)
-    ellipse = 48 + np.stack([28 * np.cos(angles), 38 * np.sin(angles)], 1)
+    eighths, sixtieths = np.linspace(0, 2 * np.pi, 8, endpoint=False), np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    octagon = 48 + 34 * np.stack([np.cos(eighths), np.sin(eighths)], 1)
+    ellipse = 48 + np.stack([28 * np.cos(sixtieths), 38 * np.sin(sixtieths)], 1)
     square = np.array([[14, 14], [82, 14], [82, 82], [14, 82]], np.float64)
     assert plain_ring(ring_picture(octagon)) and plain_ring(ring_picture(ellipse))  # what the test looks for...
     assert not plain_ring(ring_picture(square))  # ...and what it does not
