@@ -127,7 +127,7 @@ def test_the_negatives_are_never_an_empty_ring_which_is_a_zero():
 
     def ring_picture(outline) -> np.ndarray:
         ink = np.zeros((96, 96), np.float32)
-        cv2.polylines(ink, [np.round(outline * 16).astype(np.int32)], True, 1.0, 5, cv2.LINE_AA, shift=4)
+        negatives._polyline(ink, outline, 5, closed=True)  # drawn as the trainer draws its outlines
         return to_mnist_array(on_paper(ink, np.random.default_rng(0)))
 
     eighths, sixtieths = np.linspace(0, 2 * np.pi, 8, endpoint=False), np.linspace(0, 2 * np.pi, 60, endpoint=False)
