@@ -37,7 +37,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0  # fixed apart from `seed`, so runs with different seeds validate on the same images
     train_subset: int = 0  # > 0: train on only this many images of the training split (tests, smoke runs)
-    # "auto": bf16 autocast where bf16 matrices are native (AMX CPUs, Ampere+ GPUs), else fp32 (trainer/precision.py)
+    # "auto": bf16 autocast where bf16 is native (AMX or AVX512-BF16 CPUs, Ampere+ GPUs), else fp32 (precision.py)
     precision: str = "auto"
     # Outlier exposure (docs/not-a-digit.md): this many pictures that are not digits (trainer/negatives.py) join
     # every batch per digit, as an eleventh class; 0 trains the ten digits alone, with no not-digit class.
@@ -150,8 +150,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="arithmetic of training: 'auto' is bf16 autocast where bf16 matrices are native (CPUs "
-        "with AMX, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
+        help="arithmetic of training: 'auto' is bf16 autocast where bf16 is native (CPUs with AMX or "
+        "AVX512-BF16, GPUs from Ampere on) and fp32 elsewhere; 'bf16' or 'fp32' forces one "
         "(default: the preset's, 'auto', or 'fp32' for the seed preset)",
     )
     parser.add_argument(

@@ -443,7 +443,7 @@ def describe(precision: str, config: TrainConfig) -> str:
     arithmetic = "bf16 autocast" if precision == "bf16" else "fp32"
     if config.precision != "auto":
         return f"{arithmetic} (--precision {config.precision})"
-    why = "bf16 matrices are native here" if precision == "bf16" else "bf16 is not native here"
+    why = "bf16 is native here" if precision == "bf16" else "bf16 is not native here"
     return f"{arithmetic} (auto: {why})"
 
 

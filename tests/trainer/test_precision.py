@@ -15,7 +15,7 @@ from trainer import precision
 from trainer.__main__ import main as trainer_main
 from trainer.augment import max_3x3
 from trainer.config import PRESETS, config_from_args, get_args_parser
-from trainer.precision import autocast, cpu_flags, cpu_has_bf16_matrix_units, resolve_precision
+from trainer.precision import autocast, cpu_has_native_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -39,9 +39,21 @@ def test_an_unknown_precision_is_an_error():
         resolve_precision("fp16", CPU)
 
 
-def test_bf16_matrix_units_are_the_cpus_amx_tiles():
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert cpu_has_bf16_matrix_units() == (bool(probe()) and "amx_bf16" in cpu_flags())
+@pytest.mark.parametrize(
+    "flags, tiles, native",
+    [
+        ({"avx512f", "amx_bf16", "amx_tile"}, True, True),  # Intel Xeon from Sapphire Rapids on
+        ({"avx512f", "amx_bf16", "amx_tile"}, False, False),  # tiles the CPU has but the OS did not enable
+        ({"avx512f", "avx512_bf16"}, False, True),  # AMD EPYC from Zen 4 on: bf16 dot products, no tiles
+        ({"avx512f", "avx512_vnni"}, False, False),  # AVX-512 without bf16: converted in software
+        (set(), False, False),  # no /proc/cpuinfo
+    ],
+)
+def test_native_bf16_on_the_cpu_is_amx_tiles_or_avx512_bf16(monkeypatch, flags, tiles, native):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: tiles, raising=False)
+    assert cpu_has_native_bf16() is native
+    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
 
 
 def test_the_autocast_of_each_precision():
