@@ -3,9 +3,10 @@
 bf16 autocast runs the convolutions and the linear layer in bfloat16 (fp32 accumulation, fp32 weights and
 optimizer state); BatchNorm statistics, the loss and the update stay in fp32. It pays only where bf16 arithmetic is
 native. On the 2-core development machines one training step of the default network took half the time of fp32 on
-an Intel Xeon with AMX tiles (Sapphire Rapids and later), and about 0.6 of it on an AMD EPYC with AVX512-BF16 dot
-products (Zen 4; stop 30: 27-33 ms against 47-49 ms for a batch of 166). Without either, bf16 is converted in
-software and gains nothing. On CUDA, GPUs from Ampere on have bf16 tensor cores.
+an Intel Xeon with AMX tiles (Sapphire Rapids and later), and 0.7-0.8 of it on an AMD EPYC with AVX512-BF16 dot
+products (Zen 4; stop 30: 47-48 ms against 59-70 ms for a batch of 166, alternating; whole epochs about 0.8).
+Without either, bf16 is converted in software, so `auto` keeps fp32. On CUDA, GPUs from Ampere on have bf16
+tensor cores.
 
 One code path: `autocast(device, precision)` is a `torch.autocast` for the device's type, enabled or not.
 """
