@@ -155,28 +155,37 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
     """Pictures of one digit, in every drawn style and typed in every font: ReadNumber reads one digit, the digit
     Predict reads. Where Predict read the picture at full resolution, with the same probabilities (the same 28x28
     image went into the same model); where it read a large picture at half resolution (the image pipeline's
-    coarse pass), ReadNumber's full-resolution digit differs by the averaging alone: close probabilities."""
+    coarse pass), ReadNumber's full-resolution digit differs by the averaging alone: close probabilities, and so
+    the same digit unless the model was torn between two (then either may come out on top)."""
     pictures = make_user_images(*mnist_test, per_style=20, seed=SEED) + make_printed_digits(per_font=2, seed=SEED)
     predictions = trained_server.stub.PredictBatch(
         pb.PredictBatchRequest(images=[p.data for p in pictures]), timeout=60
     ).results
     responses = in_flight(lambda data: read_or_none(trained_server.stub, data), [p.data for p in pictures])
-    disagree, coarse_differences = [], []
+    disagree, coarse_differences, coarse_flips = [], [], []
     for picture, result, response in zip(pictures, predictions, responses):
         digit = result.prediction.digit
-        if response is None or response.digits != str(digit):
+        coarse = trace_pipeline(decode_image(picture.data)).scale == 2
+        read_one = response is not None and len(response.digits) == 1
+        if not read_one or (response.digits != str(digit) and not coarse):
             disagree.append((picture.style, picture.label, digit, response.digits if response else "refused"))
             continue
         difference = np.abs(
             np.subtract(response.per_digit[0].prediction.probabilities, result.prediction.probabilities)
         ).max()
-        if trace_pipeline(decode_image(picture.data)).scale == 2:
+        if coarse:
             coarse_differences.append(difference)
+            if response.digits != str(digit):  # a near tie, read either way: held to the bounds below
+                coarse_flips.append((picture.style, picture.label, digit, response.digits, round(difference, 3)))
         else:
             assert difference <= 1e-4, picture.style
     # One picture in a hundred may be cut differently: a digit broken into two pieces side by side, each as
     # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
+    # Near ties read at two resolutions: seen 0 to 2 of these 176 pictures (stop 30, one test model: a 9 that
+    # Predict read as 4, 0.46 against 0.34, and ReadNumber as 9, 0.41 against 0.40; a 5 read 5, 0.43 against
+    # 0.36, and 6, 0.40 against 0.39).
+    assert len(coarse_flips) <= len(pictures) // 50, coarse_flips
     assert 0 < len(coarse_differences) < len(pictures)  # both kinds were compared
     # Read at half resolution, the same digit with close probabilities: with the test model, a median difference
     # of 0.003 and at most 0.103 in any one probability (the test model of stop 21).
