@@ -316,9 +316,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         Predict makes of it, so that both calls give the same answer. Predict reads a large picture at half
         resolution first and ReadNumber at full resolution: close probabilities, but where the model is torn
         between two digits either may come out on top (stop 30: 2 of the tests' 176 single digits with one test
-        model). The box stays ReadNumber's; a picture Predict would refuse keeps ReadNumber's own reading."""
-        (image,) = self._decode_all([data])
-        if isinstance(image, RpcError):
+        model). The box stays ReadNumber's. A picture Predict would refuse, or one the server is too busy to decode
+        again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded)."""
+        (image,) = to_mnist_fast([data], self.limits.image)  # as _decode_all: exactly what to_mnist gives, or None
+        try:
+            if image is None:
+                image = to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
+        except (ImageRejected, BudgetExhausted, OutOfMemory):
             return reading
         (digit,) = reading.digits
         classified = classify(image[None])
