@@ -15,8 +15,11 @@ import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.budget import BudgetExhausted
+from shared.decode import ImageRejected
 from shared.image_pipeline import decode_image, trace_pipeline
 
+from inference import service
 from testkit.number_scores import format_scores, grpc_reader, score_by_style, score_numbers
 from testkit.numbers import cached_numbers, lines_picture, make_numbers
 from testkit.user_images import make_printed_digits, make_user_images
@@ -176,6 +179,27 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
     # tall as a digit, is two digits to ReadNumber (see the limits in docs/pipeline.md).
     assert len(disagree) <= len(pictures) // 100, disagree
     assert 0 < coarse < len(pictures)  # both kinds were compared: read at half and at full resolution
+
+
+def test_a_single_digit_predict_would_refuse_keeps_read_numbers_own_reading(trained_server, mnist_test, monkeypatch):
+    """Where Predict's pipeline refuses the picture of the one digit ReadNumber found, or the server is too busy to
+    decode it again, ReadNumber answers with its own reading, and no image counts as rejected: the call succeeded."""
+    picture = make_user_images(*mnist_test, per_style=1, seed=SEED)[0]
+    expected = read_or_none(trained_server.stub, picture.data)
+    assert expected is not None and len(expected.digits) == 1
+    servicer = trained_server.server.servicer
+    rejections = []
+    monkeypatch.setattr(servicer.metrics, "rejected", rejections.append)
+    monkeypatch.setattr(service, "to_mnist_fast", lambda items, limits: [None] * len(items))
+    for error in (ImageRejected("no digit found"), BudgetExhausted("the server is busy")):
+
+        def refuse(data, limits, budget, error=error):
+            raise error
+
+        monkeypatch.setattr(service, "to_mnist", refuse)
+        response = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=picture.data), timeout=30)
+        assert len(response.digits) == 1 and response.per_digit[0].box == expected.per_digit[0].box
+        assert rejections == []
 
 
 def test_a_decimal_point_or_comma_is_left_out_and_its_position_reported(trained_server, mnist_test):
