@@ -305,6 +305,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             reading = read_number(picture, classify)
+        del picture  # not held while _one_digit_as_predict decodes the picture again, as Predict does
         if len(reading.digits) == 1 and not reading.separators:
             reading = self._one_digit_as_predict(request.image, reading, classify)
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
