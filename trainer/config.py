@@ -49,6 +49,9 @@ class TrainConfig:
     typed_pool: int = 3000
     # The served threshold on the digit score: the one that flags this fraction of the validation digits.
     digit_flag_rate: float = 0.005
+    # Evaluate, checkpoint and publish a moving average of the weights, taking in each step's with this weight
+    # left for the average (trainer/ema.py): at 0.99, about the last 100 steps. 0: the optimizer's own weights.
+    ema_decay: float = 0.99
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +63,8 @@ class TrainConfig:
             values = {**values, "negatives": 0.0}
         if "typed_digits" not in values:  # a run from before typed digits joined the batches
             values = {**values, "typed_digits": 0.0}
+        if "ema_decay" not in values:  # a run from before the moving average: its checkpoints hold plain weights
+            values = {**values, "ema_decay": 0.0}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -81,6 +86,7 @@ PRESETS: dict[str, TrainConfig] = {
         augment=False,
         precision="fp32",  # the notebook's arithmetic; --precision bf16 opts in
         negatives=0.0,  # the notebook's ten classes
+        ema_decay=0.0,  # the notebook's own weights
     ),
 }
 
@@ -98,7 +104,16 @@ _OVERRIDES = (
     "label_smoothing",
     "precision",
     "negatives",
+    "ema_decay",
 )
+
+
+def decay(text: str) -> float:
+    """argparse type: a moving average's decay, 0 (none) or more and below 1."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0 turns the average off), not {text}")
+    return value
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -162,6 +177,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="pictures that are not digits added to each batch per digit, as an eleventh class "
         "(outlier exposure; docs/not-a-digit.md); 0 trains without the not-digit class "
         "(default: the preset's, 0.25, or 0 for the seed preset)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=decay,
+        default=None,
+        metavar="DECAY",
+        help="evaluate, checkpoint and publish a moving average of the weights that keeps this much of itself "
+        "at every step (trainer/ema.py); 0 uses the optimizer's own weights "
+        "(default: the preset's, 0.99, or 0 for the seed preset)",
     )
     parser.add_argument(
         "--no-augment",

@@ -43,6 +43,7 @@ from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args
 from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
+from trainer.ema import WeightAverage, weight_average
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import Negatives, TypedDigits, make_negatives, make_typed_digits, pipeline_pool
 from trainer.precision import autocast, resolve_precision
@@ -262,8 +263,10 @@ def train_one_epoch(
     dist_info: DistInfo,
     channels_last: bool,
     precision: str,
+    average: WeightAverage | None = None,
 ) -> tuple[float, float, int, float]:
-    """One pass over this process's share of the training split, in `precision` ('bf16' autocast or 'fp32').
+    """One pass over this process's share of the training split, in `precision` ('bf16' autocast or 'fp32'),
+    taking every step's weights into `average` (trainer/ema.py) when the run keeps one.
 
     Returns (mean loss, accuracy, images seen, learning rate of the epoch's last step).
     """
@@ -327,6 +330,8 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(getattr(model, "module", model))  # the network itself, not DDP's wrapper
         loss_sum += loss.detach() * n_digits
         correct += (log_probs.detach()[:n_digits, :10].argmax(1) == y[:n_digits]).sum()
     # One device-to-host sync per epoch, not per step: .item() in the loop would stall the GPU every batch.
@@ -352,18 +357,32 @@ def newest_resumable_run(paths: Paths) -> str:
     return candidates[-1].parent.parent.name
 
 
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def checkpoint_payload(
-    model: nn.Module, config: TrainConfig, state: RunState, run_name: str, optimizer, scheduler
+    model: nn.Module,
+    config: TrainConfig,
+    state: RunState,
+    run_name: str,
+    optimizer,
+    scheduler,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """Everything needed to rebuild the model and continue training. weights_only-safe values only.
 
+    "model" holds the weights the run evaluated, and publishes from its best checkpoint: the moving average where
+    the run keeps one, with the optimizer's own weights beside it as "training_model" and the steps averaged.
     No RNG state: every epoch seeds its own randomness from (seed, epoch) (see epoch_generator), so a resumed run
     needs nothing but the epoch number to draw what the uninterrupted run drew.
     """
+    averaged = {} if average is None else {"training_model": weights(model), "ema_steps": average.steps}
     return {
         "arch": config.arch,
         "arch_kwargs": model_kwargs(config),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights(model if average is None else average.network),
+        **averaged,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "config": config.to_dict(),
@@ -512,12 +531,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     torch.manual_seed(config.seed)
     model = build(config, device, channels_last)
+    average = weight_average(model, config.ema_decay)
+    evaluated = model if average is None else average.network  # what each epoch scores and saves
     per_process = max(1, config.batch_size // dist_info.world_size)
     steps_per_epoch = math.ceil(math.ceil(len(splits.train_x) / dist_info.world_size) / per_process)
     optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
     state = RunState()
     if resume_ckpt is not None:
-        load_weights(model, resume_ckpt["model"])
+        load_weights(model, resume_ckpt.get("training_model", resume_ckpt["model"]))
+        if average is not None:
+            load_weights(evaluated, resume_ckpt["model"])
+            average.steps = resume_ckpt["ema_steps"]
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         state = RunState(
@@ -538,7 +562,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if dist_info.is_main:
         print(
             f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
-            f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {describe(precision, config)}; "
+            f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {describe(precision, config)}"
+            f"{f', scoring the moving average of the weights (EMA {config.ema_decay:g} a step)' if average else ''}; "
             f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
             f"images; logs in {run_dir}",
             flush=True,
@@ -565,18 +590,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
         train_loss, train_acc, seen, lr = train_one_epoch(
-            ddp_model, splits, config, optimizer, scheduler, epoch, device, dist_info, channels_last, precision
+            ddp_model, splits, config, optimizer, scheduler, epoch, device, dist_info, channels_last, precision, average
         )
         train_seconds = time.perf_counter() - t0
         if dist_info.is_main:
-            model.eval()
+            evaluated.eval()
             # In the run's precision: bf16 halves the cost of these 22,000 images, a fifth of an epoch in fp32.
             # The final figures and the published model's are fp32 (finish), as the inference service computes.
             with autocast(device, precision):
-                val_out = predict_log_probs(model, splits.val_x, device=device)
-                test_out = predict_log_probs(model, splits.test_x, device=device)
+                val_out = predict_log_probs(evaluated, splits.val_x, device=device)
+                test_out = predict_log_probs(evaluated, splits.test_x, device=device)
                 neg_out = (
-                    predict_log_probs(model, splits.neg_val_x, device=device) if splits.neg_val_x is not None else None
+                    predict_log_probs(evaluated, splits.neg_val_x, device=device)
+                    if splits.neg_val_x is not None
+                    else None
                 )
             val = evaluation_from_log_probs(val_out, splits.val_y)
             test = evaluation_from_log_probs(test_out, splits.test_y)
@@ -609,7 +636,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = args.target_accuracy
             if target and state.target_reached is None and test.accuracy >= target:
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
-            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler)
+            payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, average)
             if better_than_best(metrics, state):  # chosen on validation only; the test set chooses nothing
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)

@@ -16,6 +16,7 @@ from shared.data import normalize
 from shared.settings import Paths
 
 from trainer.__main__ import main as trainer_main
+from trainer.config import TrainConfig
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.tensorboard_log import SCALAR_TAGS
 
@@ -76,9 +77,31 @@ def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
     with torch.no_grad():
         first, second = model(x), again(x)
     assert torch.equal(first, second)
-    accuracy = (first[:, :10].argmax(1) == mnist.test_labels[:500]).float().mean()
+    labels = mnist.test_labels[:500]
+    accuracy = (first[:, :10].argmax(1) == labels).float().mean()
+    # "model" is the moving average of the weights (trainer/ema.py), which after only 30 steps lags the weights
+    # the optimizer holds: it read 15-28 % here on four seeds, against 25-35 % for the optimizer's weights.
+    assert accuracy > 0.12, f"the averaged weights should learn something (chance is 10%), got {accuracy:.2%}"
+    trained = model_from_checkpoint({**checkpoint, "model": checkpoint["training_model"]})
+    with torch.no_grad():
+        trained_accuracy = (trained(x)[:, :10].argmax(1) == labels).float().mean()
     # Twice chance: two epochs on 1,500 images reach 25-35 % here, depending on the negatives drawn beside them.
-    assert accuracy > 0.2, f"two epochs on 1,500 images should learn something (chance is 10%), got {accuracy:.2%}"
+    assert trained_accuracy > 0.2, f"two epochs on 1,500 images should learn something, got {trained_accuracy:.2%}"
+
+
+def test_the_run_scores_checkpoints_and_publishes_the_moving_average_of_its_weights(short_run):
+    """trainer/ema.py: the default keeps an average of its steps' weights; each checkpoint's "model" is that
+    average (what the epoch line scored, and what the best checkpoint publishes), with the optimizer's own weights
+    beside it to resume from."""
+    last = load_checkpoint(short_run.run_dir("short") / "checkpoints" / "last.pt")
+    assert last["config"]["ema_decay"] == TrainConfig().ema_decay > 0
+    assert last["ema_steps"] == 2 * 15  # two epochs of 1,500 images in batches of 100
+    assert last["training_model"].keys() == last["model"].keys()
+    differ = [
+        k for k, v in last["model"].items() if v.is_floating_point() and not torch.equal(v, last["training_model"][k])
+    ]
+    assert any(k.endswith(".weight") for k in differ), "the average must not be the last step's weights"
+    assert any(k.endswith("running_mean") for k in differ), "BatchNorm's statistics are averaged too"
 
 
 def test_published_model_matches_best_checkpoint(short_run):
@@ -130,8 +153,10 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_di
     a = load_checkpoint(whole / "runs/r/checkpoints/last.pt")
     b = load_checkpoint(parts / "runs/r/checkpoints/last.pt")
     assert a["epoch"] == b["epoch"] == 3
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), f"{name} differs after resume"
+    assert a["ema_steps"] == b["ema_steps"] == 3 * 15
+    for weights in ("model", "training_model"):  # the moving average, and the optimizer's weights
+        for name in a[weights]:
+            assert torch.equal(a[weights][name], b[weights][name]), f"{weights}: {name} differs after resume"
     assert [m["val_accuracy"] for m in a["history"]] == [m["val_accuracy"] for m in b["history"]]
 
 
@@ -149,7 +174,7 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
             "--epochs",
             "2",
             "--target-accuracy",
-            "0.2",
+            "0.1",
         ],
         capture_output=True,
         text=True,
@@ -162,7 +187,7 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     for field in ("train loss", "train acc", "val acc", "test acc", "lr", " s ", "img/s"):
         assert field in epoch_lines[0]
     assert "training time" in result.stdout and "best epoch" in result.stdout
-    assert "reached 20.00% test accuracy" in result.stdout
+    assert "reached 10.00% test accuracy" in result.stdout
     assert "published model" in result.stdout
 
 
@@ -174,7 +199,15 @@ def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--epochs", "0"], ["--epochs", "-1"], ["--batch-size", "0"], ["--stop-after", "0"], ["--train-subset", "-5"]],
+    [
+        ["--epochs", "0"],
+        ["--epochs", "-1"],
+        ["--batch-size", "0"],
+        ["--stop-after", "0"],
+        ["--train-subset", "-5"],
+        ["--ema-decay", "1"],
+        ["--ema-decay", "-0.1"],
+    ],
 )
 def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -227,6 +260,7 @@ def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
     assert (config["optimizer"], config["lr"], config["momentum"], config["batch_size"]) == ("sgd", 0.001, 0.9, 2048)
     assert not config["augment"] and config["schedule"] == "constant"
     assert config["negatives"] == 0 and "not_digit" not in checkpoint["arch_kwargs"]  # the notebook's ten classes
+    assert config["ema_decay"] == 0 and "training_model" not in checkpoint  # the notebook's own weights
 
 
 def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
