@@ -32,7 +32,9 @@ from shared.image_pipeline import (
     OutOfMemory,
     decode_image,
     encode_png,
+    is_jpeg,
     to_mnist,
+    to_mnist_array,
 )
 from shared.model import digit_log_probs, digit_scores, segment_scores
 from shared.segment import Classified, Digit, NumberReading, read_number
@@ -305,23 +307,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             reading = read_number(picture, classify)
-        del picture  # not held while _one_digit_as_predict decodes the picture again, as Predict does
         if len(reading.digits) == 1 and not reading.separators:
-            reading = self._one_digit_as_predict(request.image, reading, classify)
+            # Predict decodes a JPEG again, at half size first; the picture decoded here is not held meanwhile.
+            decoded = None if is_jpeg(request.image) else picture
+            del picture
+            reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
         judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)
 
-    def _one_digit_as_predict(self, data: bytes, reading: NumberReading, classify: JudgingClassifier) -> NumberReading:
+    def _one_digit_as_predict(
+        self, data: bytes, picture: np.ndarray | None, reading: NumberReading, classify: JudgingClassifier
+    ) -> NumberReading:
         """A picture in which ReadNumber finds one digit (and no point or comma) is classified from the 28x28 digit
         Predict makes of it, so that both calls give the same answer. Predict reads a large picture at half
         resolution first and ReadNumber at full resolution: close probabilities, but where the model is torn
         between two digits either may come out on top (stop 30: 2 of the tests' 176 single digits with one test
         model). The box stays ReadNumber's. A picture Predict would refuse, or one the server is too busy to decode
-        again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded)."""
-        (image,) = to_mnist_fast([data], self.limits.image)  # as _decode_all: exactly what to_mnist gives, or None
+        again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded).
+
+        `picture` is the decoded picture of `data` when that is not a JPEG: to_mnist of such bytes is
+        to_mnist_array of their decoded picture, which is reused rather than decoded again. A JPEG (None) is
+        decoded again as Predict decodes it, at half size first."""
         try:
-            if image is None:
+            if picture is not None:
+                image = to_mnist_array(picture)
+            else:
                 image = to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
         except (ImageRejected, BudgetExhausted, OutOfMemory):
             return reading

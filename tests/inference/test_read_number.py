@@ -183,23 +183,26 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
 
 def test_a_single_digit_predict_would_refuse_keeps_read_numbers_own_reading(trained_server, mnist_test, monkeypatch):
     """Where Predict's pipeline refuses the picture of the one digit ReadNumber found, or the server is too busy to
-    decode it again, ReadNumber answers with its own reading, and no image counts as rejected: the call succeeded."""
-    picture = make_user_images(*mnist_test, per_style=1, seed=SEED)[0]
-    expected = read_or_none(trained_server.stub, picture.data)
-    assert expected is not None and len(expected.digits) == 1
+    decode it again, ReadNumber answers with its own reading, and no image counts as rejected: the call succeeded.
+    A PNG's decoded picture is reused (to_mnist_array), a JPEG is decoded again as Predict decodes it (to_mnist)."""
+    pictures = make_user_images(*mnist_test, per_style=1, seed=SEED, styles=["paint_program", "paper_photo"])
+    assert pictures[0].data.startswith(b"\x89PNG") and pictures[1].data.startswith(b"\xff\xd8")
+    expected = [read_or_none(trained_server.stub, picture.data) for picture in pictures]
+    assert all(reading is not None and len(reading.digits) == 1 for reading in expected)
     servicer = trained_server.server.servicer
     rejections = []
     monkeypatch.setattr(servicer.metrics, "rejected", rejections.append)
-    monkeypatch.setattr(service, "to_mnist_fast", lambda items, limits: [None] * len(items))
     for error in (ImageRejected("no digit found"), BudgetExhausted("the server is busy")):
 
-        def refuse(data, limits, budget, error=error):
+        def refuse(*args, error=error, **kwargs):
             raise error
 
         monkeypatch.setattr(service, "to_mnist", refuse)
-        response = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=picture.data), timeout=30)
-        assert len(response.digits) == 1 and response.per_digit[0].box == expected.per_digit[0].box
-        assert rejections == []
+        monkeypatch.setattr(service, "to_mnist_array", refuse)
+        for picture, reading in zip(pictures, expected):
+            response = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=picture.data), timeout=30)
+            assert len(response.digits) == 1 and response.per_digit[0].box == reading.per_digit[0].box
+            assert rejections == []
 
 
 def test_a_decimal_point_or_comma_is_left_out_and_its_position_reported(trained_server, mnist_test):
