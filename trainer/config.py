@@ -49,8 +49,8 @@ class TrainConfig:
     typed_pool: int = 3000
     # The served threshold on the digit score: the one that flags this fraction of the validation digits.
     digit_flag_rate: float = 0.005
-    # Evaluate, checkpoint and publish a moving average of the weights, taking in each step's with this weight
-    # left for the average (trainer/ema.py): at 0.99, about the last 100 steps. 0: the optimizer's own weights.
+    # Evaluate, checkpoint and publish an exponential moving average of the weights that keeps this fraction of
+    # itself at every step (trainer/ema.py): 0.99 remembers about the last 100 steps. 0: the optimizer's weights.
     ema_decay: float = 0.99
 
     def to_dict(self) -> dict[str, Any]:

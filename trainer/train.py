@@ -358,6 +358,7 @@ def newest_resumable_run(paths: Paths) -> str:
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A network's state_dict, detached and on the CPU, for a checkpoint."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
