@@ -31,8 +31,8 @@ from shared.image_pipeline import (
     MemoryBudget,
     OutOfMemory,
     decode_image,
+    decodes_at_half_size,
     encode_png,
-    is_jpeg,
     to_mnist,
     to_mnist_array,
 )
@@ -308,8 +308,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             width, height = displayed_size(request.image)
             reading = read_number(picture, classify)
         if len(reading.digits) == 1 and not reading.separators:
-            # Predict decodes a JPEG again, at half size first; the picture decoded here is not held meanwhile.
-            decoded = None if is_jpeg(request.image) else picture
+            # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.
+            decoded = None if decodes_at_half_size(request.image) else picture
             del picture
             reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
@@ -326,9 +326,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         model). The box stays ReadNumber's. A picture Predict would refuse, or one the server is too busy to decode
         again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded).
 
-        `picture` is the decoded picture of `data` when that is not a JPEG: to_mnist of such bytes is
-        to_mnist_array of their decoded picture, which is reused rather than decoded again. A JPEG (None) is
-        decoded again as Predict decodes it, at half size first."""
+        `picture` is the decoded picture of `data` where to_mnist would decode it the same way (see
+        shared.image_pipeline.decodes_at_half_size), reused rather than decoded again; None (a JPEG) is decoded
+        again as Predict decodes it, at half size first."""
         try:
             if picture is not None:
                 image = to_mnist_array(picture)

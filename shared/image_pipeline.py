@@ -98,11 +98,18 @@ def to_mnist(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudg
     out of memory: the server is busy, the picture may be fine.
     """
     decode = functools.partial(decode_image, data, limits=limits, budget=budget)
-    if is_jpeg(data):  # decoded at half size directly (DCT scaling), for the coarse pass: a photo rarely needs more
+    if decodes_at_half_size(data):
         half = decode(shrink=2)
         if coarse_size((2 * half.shape[0], 2 * half.shape[1])):
             return trace_coarse_first(half, decode).output
     return to_mnist_array(decode())
+
+
+def decodes_at_half_size(data: bytes) -> bool:
+    """Whether to_mnist decodes these bytes at half size first: a JPEG (DCT scaling, for the coarse pass: a photo
+    rarely needs more). For any other bytes, to_mnist(data) is to_mnist_array(decode_image(data)) with the same
+    limits and budget, so a caller that has decoded them already can reuse that picture."""
+    return is_jpeg(data)
 
 
 def to_mnist_array(image: np.ndarray) -> np.ndarray:

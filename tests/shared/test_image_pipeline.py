@@ -231,6 +231,16 @@ def test_a_jpeg_photo_is_decoded_at_half_size_for_the_coarse_pass(digit):
     assert similarity(to_mnist(data), to_mnist_array(decode.decode_image(data))) > 0.97
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
+def test_bytes_not_decoded_at_half_size_give_to_mnist_array_of_their_decoded_picture(digit, fmt):
+    """decodes_at_half_size says which bytes to_mnist decodes its own way (JPEG only); for every other format a
+    caller that decoded the bytes already (ReadNumber) gets to_mnist's answer, exactly, from that picture."""
+    data = ui.encode(on_paper(drawing(digit, canvas=(480, 640), height=260, stroke=14, top=100, left=200)), fmt)
+    assert ip.decodes_at_half_size(data) == (fmt == "JPEG")
+    if fmt != "JPEG":
+        np.testing.assert_array_equal(to_mnist(data), to_mnist_array(decode.decode_image(data)))
+
+
 def test_stroke_ratio_matches_mnist_calibration(test_digits):
     """The stroke estimator reads MNIST's median ratio on MNIST itself, which the constants rely on."""
     images, _ = test_digits
