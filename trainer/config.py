@@ -30,7 +30,9 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # "onecycle" or "constant"
-    warmup_fraction: float = 0.2  # one-cycle: share of the steps spent warming up
+    # One-cycle: share of the steps spent warming up. 0.1, not 0.2: with the moving average scored, the early
+    # high learning rate is no longer a risk, and 99.5 % came an epoch sooner on each of three seeds (stop 32).
+    warmup_fraction: float = 0.1
     label_smoothing: float = 0.1
     augment: bool = True
     val_fraction: float = 0.2
