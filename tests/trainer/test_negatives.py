@@ -145,3 +145,24 @@ def test_the_negatives_are_never_an_empty_ring_which_is_a_zero():
             except ImageRejected:
                 continue
         assert rings <= 1, f"{rings} of 200 {kind} are empty rings"
+
+
+def test_letters_and_words_stay_upright_while_the_other_negatives_are_turned_at_random():
+    import torch
+
+    from trainer.train import UPRIGHT_KINDS, turned_at_random
+
+    assert {KINDS[k] for k in UPRIGHT_KINDS} == {"glyphs", "words"}
+    n = 700
+    x = torch.rand(n, 1, 28, 28)  # no symmetry: every turn changes a picture
+    kinds = torch.arange(n) % len(KINDS)
+    out = turned_at_random(x, kinds, torch.Generator().manual_seed(0))
+    upright = torch.isin(kinds, torch.tensor(UPRIGHT_KINDS))
+    assert torch.equal(out[upright], x[upright])
+    # The others: each one of the eight turns and mirror images of its picture, and 7 of 8 not the picture itself.
+    for i in torch.nonzero(~upright).flatten().tolist():
+        a = x[i, 0]
+        turns = [a, a.flip(1), a.flip(0), a.flip(0).flip(1)]
+        assert any(torch.equal(out[i, 0], t) or torch.equal(out[i, 0], t.T) for t in turns)
+    changed = (out != x).flatten(1).any(1)[~upright].float().mean()
+    assert 0.8 < changed < 0.95
