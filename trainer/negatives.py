@@ -46,8 +46,8 @@ from shared.image_pipeline import ImageRejected, to_mnist_array
 KINDS = ("glyphs", "words", "strokes", "shapes", "doodles", "sketches", "crossed_out")
 
 # Letters and symbols a person would not read as a digit. Left out: O o Q D (0), l I i j | ! / \\ ( ) [ ] (1),
-# Z z (2), S s (5), b G (6), T (7), B ß (8), g q a (9), thin marks (- _ ~ ' , .), and the digits themselves.
-GLYPHS = "ACEFHJKLMNPRUVWXYcdefhkmnprtuvwxy@#$%&*?+=<>{}^§¶€£¥©®λπΣΩθψ∞≈≠√∫♪♥★"
+# Z z (2), S s (5), b G (6), T (7), B ß (8), g q (9), thin marks (- _ ~ ' , .), and the digits themselves.
+GLYPHS = "ACEFHJKLMNPRUVWXYacdefhkmnprtuvwxy@#$%&*?+=<>{}^§¶€£¥©®λπΣΩθψ∞≈≠√∫♪♥★"
 LETTERS = "ACEFHJKLMNPRUVWXYacdefhkmnprtuvwxy"
 
 # The training fonts, from matplotlib's font folder (present wherever the project is installed).
