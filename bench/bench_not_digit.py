@@ -15,9 +15,10 @@ decoded once, by shared.image_pipeline, exactly as the server decodes them):
   - for each way of scoring "digit-like" -- the served digit score and the not-digit class's own (notdigit
     models; they differ where the model has its digit distance, docs/not-a-digit.md), and for both
     models the maximum softmax probability, the energy (logsumexp of the digit logits) and the maximum logit --
-    the threshold that flags 0.5 % of the validation digits, and at it the share of the tests' negatives
-    (testkit/not_digits.py: other fonts and other kinds than the trainer's) flagged, per kind, and the share of
-    users' real digits flagged (tests/user_images.py: every style and the printed digits);
+    the threshold that flags the trainer's share of the validation digits (`TrainConfig.digit_flag_rate`), and at
+    it the share of the tests' negatives (testkit/not_digits.py: other fonts and other kinds than the trainer's)
+    flagged, per kind, and the share of users' real digits flagged (tests/user_images.py: every style and the
+    printed digits);
   - users' drawing accuracy per style.
 
 Prints one table per figure; means over the seeds. Through gRPC, the same figures are tested in
@@ -38,8 +39,10 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from shared import settings  # noqa: E402 - after the path above
 
+from trainer.config import TrainConfig  # noqa: E402
+
 VARIANTS = {"baseline": 0.0, "notdigit": 0.25}
-FLAG_RATE = 0.005
+FLAG_RATE = TrainConfig().digit_flag_rate  # every score is compared where the served one stands
 
 
 def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) -> None:
