@@ -5,14 +5,14 @@ negatives), on pictures the tests make (testkit/not_digits.py: other fonts and o
 negatives: letters, symbols, words, scribbles, smileys, shapes, arrows) and users' real digits in every style of
 tests/user_images.py and the printed digits. The pictures are made once and cached, and sent with PredictBatch.
 
-The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. The first is not
-met (stop 28, the AMD machine, fp32, the 10-epoch recipe with its digit distance and ring-free negatives: the
-session's test model through gRPC here: letters 91.5 %, symbols 91 %, scribbles 88.5 %, arrows 93.5 %, smileys
-99 %, shapes 98.5 %, words 100 %; users' digits 0.64 % flagged, printed ones 0.56 %; the recipe's seeds 0 / 1 / 2
-trained by hand, scored by bench/bench_not_digit.py: letters 92.5 / 93.5 / 93 %, symbols 91 / 90.5 / 88 %,
-scribbles 90.5 / 90.5 / 89 %, arrows 91.5 / 93.5 / 95.5 %, smileys 100 / 99.5 / 100 %, shapes and words 100 %;
-users' digits 0.71 / 0.56 / 0.80 %). The tests hold floors a little under the lowest of these (a machine with
-bf16 trains another model) and print the kinds that miss the targets.
+The issue's targets are 95 % of each kind of non-digit flagged and at most 1 % of users' digits. The first is met
+for every kind but scribbles (stop 32, the AMD machine, bf16, the 10-epoch recipe with letters kept upright among
+the negatives and the threshold at 0.4 % of validation digits; seeds 0 / 1 / 2 trained by hand, scored by
+bench/bench_not_digit.py's pictures, which are these: letters 98.5 / 98 / 97 %, symbols 98.5 / 96.5 / 97 %,
+scribbles 89.5 / 91 / 89 %, arrows 95 / 95.5 / 95.5 %, smileys 99.5 / 98.5 / 98 %, shapes 99.5 / 98.5 / 100 %,
+words 100 %; users' digits 0.71 / 0.61 / 0.73 %, no style over 1.67 %). The tests hold floors under the lowest of
+these, with room for a machine whose bf16 trains another model, and above where letters and symbols stood before
+(87-94 %); they print the kinds that miss the targets.
 
 The plumbing (fields in Predict, PredictBatch, GetModelInfo and the REST route, the threshold flag, both backends,
 older models without the class, the client's line) is checked with small random-weight models.
@@ -40,18 +40,18 @@ PER_KIND = 200
 TARGET_FLAGGED = 0.95  # the issue's target for every kind of non-digit
 # Measured floors (see the module docstring): a regression below them fails.
 FLAGGED_FLOOR = {
-    "letters": 0.87,
-    "symbols": 0.87,
+    "letters": 0.93,
+    "symbols": 0.92,
     "words": 0.97,
     "scribbles": 0.85,
     "smileys": 0.95,
     "shapes": 0.94,
-    "arrows": 0.88,
+    "arrows": 0.9,
 }
 TARGET_USERS_FLAGGED = 0.01  # the issue's target over every style of users' digits
-USERS_FLAGGED_CEILING = 0.011  # measured 0.64 % (0.56-0.80 % over three seeds; 1.12 % at stop 27)
+USERS_FLAGGED_CEILING = 0.011  # measured 0.68 % (0.61-0.73 % over three seeds at stop 32; 1.12 % at stop 27)
 STYLE_FLAGGED_CEILING = {"printed": 0.02}  # measured 0 % (7.2 % before typed digits trained as digits)
-STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 1.33 % (2.33 % for hard shadows at stop 27)
+STYLE_FLAGGED_DEFAULT = 0.03  # measured at most 1.67 % (2.33 % for hard shadows at stop 27)
 
 
 def not_digit_payload(seed: int, threshold: float | None = 0.5) -> dict:
