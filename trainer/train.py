@@ -243,7 +243,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     total_steps = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle" and total_steps >= 10:  # too few steps to warm up and anneal: stay constant
+    # Too few steps to warm up and anneal (OneCycleLR divides by the warm-up's steps less one): stay constant.
+    if config.schedule == "onecycle" and total_steps >= 10 and config.warmup_fraction * total_steps >= 2:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,

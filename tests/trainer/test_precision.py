@@ -145,3 +145,21 @@ def test_the_best_epoch_is_the_latest_the_validation_set_cannot_tell_from_the_hi
     assert better_than_best(below, RunState(history=history[:1]), 1200)
     assert not better_than_best(below, RunState(history=history[:1]), 12000)
     assert better_than_best({"val_accuracy": 0.5, "val_loss": 9.0}, RunState(), 12000)  # the first epoch
+
+
+def test_a_run_of_any_length_gets_a_learning_rate_schedule_that_steps():
+    # A one-cycle schedule needs two warm-up steps (OneCycleLR divides by their number less one); a run too short
+    # for that (a smoke run, a test's 1,000 images) trains at a constant rate instead of failing to start.
+    from trainer.config import TrainConfig
+    from trainer.train import make_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    for warmup in (0.1, 0.2, 0.5):
+        for steps in range(1, 41):
+            config = TrainConfig(epochs=1, warmup_fraction=warmup)
+            optimizer, scheduler = make_optimizer(config, model, steps)
+            for _ in range(steps):
+                optimizer.step()
+                scheduler.step()
+            one_cycle = isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+            assert one_cycle == (steps >= 10 and warmup * steps >= 2), (warmup, steps)
