@@ -88,6 +88,7 @@ class Paths:
       models/
         <version>.pt              published models, never rewritten once there
         LATEST.json               manifest naming the newest published model (renamed into place atomically)
+      cache/                      pictures a run drew, for the next run that draws the same (trainer/picture_cache.py)
     """
 
     root: Path
@@ -99,6 +100,10 @@ class Paths:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
 
     @property
     def latest_manifest(self) -> Path:

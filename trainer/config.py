@@ -265,6 +265,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--no-publish", dest="publish", action="store_const", const="never", help="the same as --publish never"
     )
     parser.add_argument(
+        "--no-picture-cache",
+        dest="picture_cache",
+        action="store_false",
+        help="draw the pictures that are not digits anew rather than read the ones an earlier run with the same seed "
+        "kept in ARTIFACTS/cache/ (the same pictures, to the bit; for timing a first run)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="one training batch and a small evaluation, to check that everything runs; "

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,7 +46,8 @@ from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.ema import WeightAverage, weight_average
 from trainer.negatives import KINDS as NEGATIVE_KINDS
-from trainer.negatives import Negatives, TypedDigits, make_negatives, make_typed_digits, pipeline_pool
+from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
+from trainer.picture_cache import Expected, cached_pictures
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
 from trainer.tensorboard_log import RunLogger
@@ -95,11 +97,13 @@ def load_splits(
     device: torch.device,
     eval_subset: int = 0,
     pipeline_workers: int = 1,
+    cache_dir: Path | None = None,
 ) -> Splits:
     """The splits on `device`. `eval_subset` > 0 (smoke runs, tests): validation negatives cut in the same
     proportion as the validation digits (at least 20 of each kind), not NEGATIVE_VAL_PER_KIND of each kind.
     `pipeline_workers`: processes that bring the drawn negatives through the image pipeline (the same pictures
-    whatever their number)."""
+    whatever their number). `cache_dir`: where drawn pictures are kept for the next run that draws the same ones
+    (trainer/picture_cache.py); None draws them every time."""
     mnist = load_mnist(data_dir, download=download)
     train_idx, val_idx = train_val_split(
         len(mnist.train_images), val_fraction=config.val_fraction, seed=config.split_seed
@@ -121,48 +125,96 @@ def load_splits(
         if 0 < eval_subset < len(val_idx):
             per_kind = max(20, round(per_kind * eval_subset / len(val_idx)))
         typed_count = config.typed_pool if config.typed_digits > 0 else 0
-        pictures = config.negative_pool + per_kind * len(NEGATIVE_KINDS) + typed_count
-
-        def draw(pool: Executor | None) -> tuple[Negatives, Negatives, TypedDigits | None]:
+        val_count = per_kind * len(NEGATIVE_KINDS)
+        drawn, kept, processes = draw_pictures(
+            config,
             # The crossed-out kind scratches out training digits (training) and validation digits (validation).
-            train_neg = make_negatives(
-                config.negative_pool, seed=config.seed, digits=mnist.train_images[train_idx[:5000]].numpy(), pool=pool
-            )
-            val_neg = make_negatives(
-                per_kind * len(NEGATIVE_KINDS),
-                seed=1_000_000 + config.split_seed,
-                digits=mnist.train_images[val_idx[:2000]].numpy(),
-                pool=pool,
-            )
-            typed = make_typed_digits(typed_count, seed=config.seed, pool=pool) if typed_count else None
-            return train_neg, val_neg, typed
+            mnist.train_images[train_idx[:5000]].numpy(),
+            mnist.train_images[val_idx[:2000]].numpy(),
+            val_count,
+            typed_count,
+            pipeline_workers,
+            cache_dir,
+        )
+        splits.neg_x = move(torch.from_numpy(drawn["train_images"]))
+        splits.neg_kind = move(torch.from_numpy(drawn["train_kinds"]))
+        splits.neg_val_x = move(torch.from_numpy(drawn["val_images"]))
+        splits.neg_val_kind = torch.from_numpy(drawn["val_kinds"])
+        typed_note = ""
+        if typed_count:
+            splits.typed_x = move(torch.from_numpy(drawn["typed_images"]))
+            splits.typed_y = move(torch.from_numpy(drawn["typed_labels"]))
+            typed_note = f", and {typed_count:,} typed digits,"
+        print(
+            f"{'read' if kept else 'drew'} {config.negative_pool:,} training and {val_count:,} validation pictures"
+            f" that are not digits{typed_note} in {time.perf_counter() - started:.1f} s"
+            + (f", kept by an earlier run in {kept}" if kept else f" ({processes} processes)" if processes > 1 else ""),
+            flush=True,
+        )
+    return splits
 
-        processes = 1
+
+def draw_pictures(
+    config: TrainConfig,
+    train_digits: np.ndarray,
+    val_digits: np.ndarray,
+    val_count: int,
+    typed_count: int,
+    pipeline_workers: int,
+    cache_dir: Path | None,
+) -> tuple[dict[str, np.ndarray], Path | None, int]:
+    """The run's pictures that are not digits (training: config.negative_pool, validation: val_count) and typed
+    digits (typed_count), as arrays named train_images/kinds, val_images/kinds and typed_images/labels; read from
+    `cache_dir` when an earlier run drew the same ones. Returns (arrays, the cache entry read or None, the processes
+    that drew them)."""
+    processes = 1
+
+    def draw(pool: Executor | None) -> dict[str, np.ndarray]:
+        train_neg = make_negatives(config.negative_pool, seed=config.seed, digits=train_digits, pool=pool)
+        val_neg = make_negatives(val_count, seed=1_000_000 + config.split_seed, digits=val_digits, pool=pool)
+        typed = make_typed_digits(typed_count, seed=config.seed, pool=pool)
+        return {
+            "train_images": train_neg.images,
+            "train_kinds": train_neg.kinds,
+            "val_images": val_neg.images,
+            "val_kinds": val_neg.kinds,
+            "typed_images": typed.images,
+            "typed_labels": typed.labels,
+        }
+
+    def draw_here_or_in_processes() -> dict[str, np.ndarray]:
+        nonlocal processes
         try:
-            with pipeline_pool(pipeline_workers, pictures) as pool:
-                train_neg, val_neg, typed = draw(pool)
+            with pipeline_pool(pipeline_workers, config.negative_pool + val_count + typed_count) as pool:
+                drawn = draw(pool)
                 processes = pipeline_workers if pool is not None else 1
+                return drawn
         except (BrokenProcessPool, OSError) as e:
             # A process that could not start (no shared memory in a container, a calling script without a
             # __main__ guard) or died: the same pictures, drawn again from the start in this process.
             print(f"the pipeline's processes failed ({e!r}); drawing the pictures again in this process", flush=True)
-            train_neg, val_neg, typed = draw(None)
-        splits.neg_x = move(torch.from_numpy(train_neg.images))
-        splits.neg_kind = move(torch.from_numpy(train_neg.kinds))
-        splits.neg_val_x = move(torch.from_numpy(val_neg.images))
-        splits.neg_val_kind = torch.from_numpy(val_neg.kinds)
-        typed_note = ""
-        if typed is not None:
-            splits.typed_x = move(torch.from_numpy(typed.images))
-            splits.typed_y = move(torch.from_numpy(typed.labels))
-            typed_note = f", and {len(typed):,} typed digits,"
-        print(
-            f"drew {len(train_neg):,} training and {len(val_neg):,} validation pictures that are not digits"
-            f"{typed_note} in {time.perf_counter() - started:.1f} s"
-            f"{f' ({processes} processes)' if processes > 1 else ''}",
-            flush=True,
-        )
-    return splits
+            return draw(None)
+
+    images = lambda n: Expected((n, 28, 28), np.dtype(np.uint8))  # noqa: E731
+    labels = lambda n, below: Expected((n,), np.dtype(np.int64), below)  # noqa: E731
+    expected = {
+        "train_images": images(config.negative_pool),
+        "train_kinds": labels(config.negative_pool, len(NEGATIVE_KINDS)),
+        "val_images": images(val_count),
+        "val_kinds": labels(val_count, len(NEGATIVE_KINDS)),
+        "typed_images": images(typed_count),
+        "typed_labels": labels(typed_count, 10),
+    }
+    request = {
+        "negatives": config.negative_pool,
+        "seed": config.seed,
+        "validation": val_count,
+        "split_seed": config.split_seed,
+        "typed": typed_count,
+    }
+    digits = np.concatenate([train_digits, val_digits])
+    drawn, kept = cached_pictures(cache_dir, request, digits, expected, draw_here_or_in_processes)
+    return drawn, kept, processes
 
 
 NEGATIVE_VAL_PER_KIND = 300
@@ -538,7 +590,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The negatives' pipeline work is spread over this machine's cores, shared with the other processes of a
     # distributed run on it (torchrun sets LOCAL_WORLD_SIZE).
     workers = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size)))
-    splits = load_splits(config, args.data_dir, args.download, device, eval_subset, workers)
+    cache_dir = paths.cache if args.picture_cache else None
+    splits = load_splits(config, args.data_dir, args.download, device, eval_subset, workers, cache_dir)
     if eval_subset:
         splits = replace(
             splits,

@@ -15,6 +15,7 @@ from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manif
 from shared.data import normalize
 from shared.settings import Paths
 
+from bench.bench_train import pictures_line, published_test_accuracy
 from trainer.__main__ import main as trainer_main
 from trainer.config import TrainConfig
 from trainer.negatives import KINDS as NEGATIVE_KINDS
@@ -187,6 +188,9 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     for field in ("train loss", "train acc", "val acc", "test acc", "lr", " s ", "img/s"):
         assert field in epoch_lines[0]
     assert "training time" in result.stdout and "best epoch" in result.stdout
+    # The training benchmark reads the published accuracy and the pictures' line from this output.
+    assert 0.0 <= published_test_accuracy(result.stdout) <= 1.0
+    assert pictures_line(result.stdout) is not None
     assert "reached 10.00% test accuracy" in result.stdout
     assert "published model" in result.stdout
 
