@@ -34,7 +34,6 @@ import numpy as np
 from shared.decode import ImageRejected, Limits, check_byte_count, check_pixel_count
 from shared.normalize import (
     BACKGROUND_FIT_ROUNDS,
-    BACKGROUND_MIN_TOLERANCE,
     KEEP_AREA_FRACTION,
     KEEP_BIG_FRACTION,
     KEEP_NEAR_FRACTION,
@@ -47,6 +46,8 @@ from shared.normalize import (
     fit_in_box,
     normalize_stroke_width,
     quadratic_design,
+    robust_tolerance,
+    row_medians,
 )
 
 log = logging.getLogger(__name__)
@@ -167,36 +168,6 @@ def batched_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     decided &= exact | (np.minimum(fraction, 1 - fraction).min(axis=1) > DECISION_MARGIN)
     background = np.clip(shifted, 0, 255).astype(np.uint8).reshape(images.shape)
     return background, decided
-
-
-def row_medians(values: np.ndarray) -> np.ndarray:
-    """np.median(values.astype(np.float64), axis=1) of a (B, n) uint8 array, bit for bit, in a fifth of the time.
-
-    np.median's generic machinery cost 25 us on one picture's border, a tenth of the whole fit. For whole numbers
-    the mean of the two middle values, (a + b) / 2, is exact in float64, as it is in np.median.
-    """
-    ordered = np.sort(values, axis=1)
-    half = ordered.shape[1] // 2
-    upper = ordered[:, half].astype(np.float64)
-    return upper if ordered.shape[1] % 2 else (ordered[:, half - 1] + upper) / 2
-
-
-def robust_tolerance(residual: np.ndarray) -> np.ndarray:
-    """max(BACKGROUND_MIN_TOLERANCE, 3 x the 40th percentile of each row of `residual` (B, n)), as estimate_background.
-
-    The percentile interpolates between two order statistics, so it is at most the upper one: when that many
-    residuals lie at or below a third of the floor, the tolerance is the floor, exactly, with no percentile to
-    compute (np.percentile cost a millisecond per batch, more than the rest of the fit). MNIST-like pictures are
-    mostly black, so that is nearly always the case.
-    """
-    count, n = residual.shape
-    upper = int(np.ceil(0.4 * (n - 1)))  # np.percentile(..., 40) lies between order statistics upper - 1 and upper
-    tolerance = np.full(count, BACKGROUND_MIN_TOLERANCE, np.float64)
-    at_floor = (residual <= BACKGROUND_MIN_TOLERANCE / 3.0).sum(axis=1) > upper
-    rest = ~at_floor
-    if rest.any():
-        tolerance[rest] = np.maximum(BACKGROUND_MIN_TOLERANCE, 3.0 * np.percentile(residual[rest], 40, axis=1))
-    return tolerance
 
 
 @functools.lru_cache(maxsize=4)

@@ -219,17 +219,17 @@ def quadratic_background(image: np.ndarray) -> np.ndarray:
     reaches the border, even when a bold digit covers half the picture) and is refitted on the samples that lie
     within a tolerance of the current surface, so the ink samples (a minority) do not pull the paper towards them.
     """
-    grid = sample_grid(image, BACKGROUND_GRID_SIDE).astype(np.float64)
-    grid = grid if grid.ndim == 3 else grid[:, :, None]  # (h, w, C)
-    h, w, channels = grid.shape
-    values = grid.reshape(-1, channels)  # (h*w, C)
-    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])  # (2h + 2w, C)
-    fitted = np.broadcast_to(np.median(border, axis=0), values.shape)
+    samples = sample_grid(image, BACKGROUND_GRID_SIDE)
+    samples = samples if samples.ndim == 3 else samples[:, :, None]  # (h, w, C), the picture's own dtype
+    h, w, channels = samples.shape
+    values = samples.reshape(-1, channels).astype(np.float64)  # (h*w, C)
+    border = np.concatenate([samples[0], samples[-1], samples[:, 0], samples[:, -1]])  # (2h + 2w, C)
+    fitted = np.broadcast_to(row_medians(border.T), values.shape)
     design = quadratic_design(h, w)  # (h*w, 6)
     if len(values) >= 4 * design.shape[1]:
         for _ in range(BACKGROUND_FIT_ROUNDS):
             residual = np.abs(values - fitted).max(axis=1)  # (h*w,)
-            tolerance = max(BACKGROUND_MIN_TOLERANCE, 3.0 * float(np.percentile(residual, 40)))
+            tolerance = float(robust_tolerance(residual[None])[0])
             inliers = residual <= tolerance
             if np.count_nonzero(inliers) < 2 * design.shape[1]:
                 break
@@ -237,6 +237,37 @@ def quadratic_background(image: np.ndarray) -> np.ndarray:
     surface = np.clip(fitted.reshape(h, w, channels) + 0.5, 0, 255).astype(np.uint8)
     full = cv2.resize(surface, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     return full.reshape(image.shape)
+
+
+def row_medians(values: np.ndarray) -> np.ndarray:
+    """np.median(values.astype(np.float64), axis=1) of a (B, n) uint8 array, bit for bit, in a fifth of the time.
+
+    np.median's generic machinery cost 25 us on one picture's border, a tenth of the whole fit. For whole numbers
+    the mean of the two middle values, (a + b) / 2, is exact in float64, as it is in np.median.
+    """
+    ordered = np.sort(values, axis=1)
+    half = ordered.shape[1] // 2
+    upper = ordered[:, half].astype(np.float64)
+    return upper if ordered.shape[1] % 2 else (ordered[:, half - 1] + upper) / 2
+
+
+def robust_tolerance(residual: np.ndarray) -> np.ndarray:
+    """max(BACKGROUND_MIN_TOLERANCE, 3 x the 40th percentile of each row of `residual` (B, n)), as the robust fit
+    of the paper decides it (quadratic_background; shared.fast_path's batched fit).
+
+    The percentile interpolates between two order statistics, so it is at most the upper one: when that many
+    residuals lie at or below a third of the floor, the tolerance is the floor, exactly, with no percentile to
+    compute (np.percentile cost a millisecond per batch, more than the rest of the fit). MNIST-like pictures are
+    mostly black, so that is nearly always the case.
+    """
+    count, n = residual.shape
+    upper = int(np.ceil(0.4 * (n - 1)))  # np.percentile(..., 40) lies between order statistics upper - 1 and upper
+    tolerance = np.full(count, BACKGROUND_MIN_TOLERANCE, np.float64)
+    at_floor = (residual <= BACKGROUND_MIN_TOLERANCE / 3.0).sum(axis=1) > upper
+    rest = ~at_floor
+    if rest.any():
+        tolerance[rest] = np.maximum(BACKGROUND_MIN_TOLERANCE, 3.0 * np.percentile(residual[rest], 40, axis=1))
+    return tolerance
 
 
 def fit_least_squares(design: np.ndarray, values: np.ndarray, evaluate_at: np.ndarray) -> np.ndarray:

@@ -146,3 +146,21 @@ def test_a_dark_mark_cut_off_by_the_photos_edge_away_from_the_digit_is_not_part_
     x, y, _, _ = trace.picture_window()
     assert x > 40 and y > 40, trace.picture_window()
     assert similarity(trace.output, plain) > 0.95
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 40, 2304])
+def test_the_robust_fits_shortcuts_give_numpys_own_median_and_percentile_bit_for_bit(n):
+    """quadratic_background and shared.fast_path take the border's median and the inlier band without np.median
+    and np.percentile's generic machinery (a sixth of the pipeline's time on a small picture); the values must be
+    exactly NumPy's, or the fast path and the full pipeline could part ways."""
+    rng = np.random.default_rng(n)
+    rows = rng.integers(0, 256, (50, n), dtype=np.uint8)
+    assert np.array_equal(normalize.row_medians(rows), np.median(rows.astype(np.float64), axis=1))
+    floor = normalize.BACKGROUND_MIN_TOLERANCE
+    # Residuals mostly at the paper (the shortcut: the floor, no percentile), some rows with more ink than paper.
+    residual = np.where(rng.random((50, n)) < rng.uniform(0.2, 0.9, (50, 1)), rng.uniform(0, floor / 3, (50, n)), 0.0)
+    residual += np.where(residual == 0, rng.uniform(0, 255, (50, n)), 0.0)
+    residual[0] = floor / 3  # exactly at the shortcut's bound
+    expected = np.maximum(floor, 3.0 * np.percentile(residual, 40, axis=1))
+    assert np.array_equal(normalize.robust_tolerance(residual), expected)
+    assert np.array_equal(normalize.robust_tolerance(residual[3:4]), expected[3:4])  # one picture, as the full pipeline
