@@ -15,6 +15,7 @@ entries stay; the least recently used go first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -85,7 +86,8 @@ def read_entry(path: Path, expected: Mapping[str, Expected]) -> dict[str, np.nda
         return None
     if not all(expected[name].holds(array) for name, array in arrays.items()):
         return None
-    os.utime(path)  # recently used: kept longest
+    with contextlib.suppress(OSError):  # another user's entry (a container's): read, but its age stays
+        os.utime(path)  # recently used: kept longest
     return arrays
 
 
@@ -94,9 +96,17 @@ def write_entry(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, allow_pickle=False, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
-    entries = sorted(path.parent.glob(f"{PREFIX}*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(path.parent.glob(f"{PREFIX}*.npz"), key=last_used, reverse=True)
     for old in entries[KEEP:]:
         old.unlink(missing_ok=True)
+
+
+def last_used(path: Path) -> float:
+    """When the entry was last written or read; 0 for one another process has just removed."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def cached_pictures(

@@ -197,3 +197,24 @@ def test_a_cache_that_cannot_be_written_only_costs_the_drawing(tmp_path, capsys)
     assert drawer.calls == 2
     assert "could not keep the drawn pictures" in capsys.readouterr().out
     assert not_a_folder.read_text() == "a file where the cache folder would be"
+
+
+def test_an_entry_whose_time_cannot_be_touched_is_still_read(tmp_path, monkeypatch):
+    """Another user's entry (written by a container's user, say): reading it cannot mark it as recently used."""
+    drawer = Drawer()
+    cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+
+    def not_yours(*args, **kwargs):
+        raise PermissionError("Operation not permitted")
+
+    monkeypatch.setattr(os, "utime", not_yours)
+    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+    assert kept is not None and drawer.calls == 1 and np.array_equal(drawn["kinds"], arrays(0)["kinds"])
+
+
+def test_pruning_passes_over_an_entry_another_process_removed(tmp_path):
+    gone = tmp_path / "pictures-gone.npz"
+    assert picture_cache.last_used(gone) == 0.0
+    for seed in range(KEEP + 1):
+        cached_pictures(tmp_path, {"seed": seed}, None, EXPECTED, Drawer(seed))
+    assert len(list(tmp_path.glob("pictures-*.npz"))) == KEEP
