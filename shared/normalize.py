@@ -226,14 +226,18 @@ def quadratic_background(image: np.ndarray) -> np.ndarray:
     border = np.concatenate([samples[0], samples[-1], samples[:, 0], samples[:, -1]])  # (2h + 2w, C)
     fitted = np.broadcast_to(row_medians(border.T), values.shape)
     design = quadratic_design(h, w)  # (h*w, 6)
+    previous = None  # the last fit's inliers
     if len(values) >= 4 * design.shape[1]:
         for _ in range(BACKGROUND_FIT_ROUNDS):
             residual = np.abs(values - fitted).max(axis=1)  # (h*w,)
             tolerance = float(robust_tolerance(residual[None])[0])
             inliers = residual <= tolerance
+            if previous is not None and np.array_equal(inliers, previous):
+                break  # the same inliers give the same fit, bit for bit, and so every round after it
             if np.count_nonzero(inliers) < 2 * design.shape[1]:
                 break
             fitted = fit_least_squares(design[inliers], values[inliers], design)
+            previous = inliers
     surface = np.clip(fitted.reshape(h, w, channels) + 0.5, 0, 255).astype(np.uint8)
     full = cv2.resize(surface, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     return full.reshape(image.shape)

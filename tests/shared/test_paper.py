@@ -164,3 +164,45 @@ def test_the_robust_fits_shortcuts_give_numpys_own_median_and_percentile_bit_for
     expected = np.maximum(floor, 3.0 * np.percentile(residual, 40, axis=1))
     assert np.array_equal(normalize.robust_tolerance(residual), expected)
     assert np.array_equal(normalize.robust_tolerance(residual[3:4]), expected[3:4])  # one picture, as the full pipeline
+
+
+def plain_quadratic_background(image: np.ndarray) -> np.ndarray:
+    """The paper's robust fit as it reads in its docstring, with nothing skipped: NumPy's median and percentile,
+    every round fitted. The reference quadratic_background's shortcuts must equal."""
+    grid = normalize.sample_grid(image, normalize.BACKGROUND_GRID_SIDE).astype(np.float64)
+    grid = grid if grid.ndim == 3 else grid[:, :, None]
+    h, w, channels = grid.shape
+    values = grid.reshape(-1, channels)
+    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+    fitted = np.broadcast_to(np.median(border, axis=0), values.shape)
+    design = normalize.quadratic_design(h, w)
+    for _ in range(normalize.BACKGROUND_FIT_ROUNDS if len(values) >= 4 * design.shape[1] else 0):
+        residual = np.abs(values - fitted).max(axis=1)
+        tolerance = max(normalize.BACKGROUND_MIN_TOLERANCE, 3.0 * float(np.percentile(residual, 40)))
+        inliers = residual <= tolerance
+        if np.count_nonzero(inliers) < 2 * design.shape[1]:
+            break
+        fitted = normalize.fit_least_squares(design[inliers], values[inliers], design)
+    surface = np.clip(fitted.reshape(h, w, channels) + 0.5, 0, 255).astype(np.uint8)
+    return normalize.cv2.resize(surface, (image.shape[1], image.shape[0])).reshape(image.shape)
+
+
+def test_the_paper_fit_with_its_shortcuts_is_the_plain_three_round_fit_bit_for_bit(digits):
+    """Shortcuts (the median by sorting, the inlier band at its floor without a percentile, no refit once the
+    inliers repeat) that change no bit: on flat, lit, vignetted and shadowed paper, grey and colour, dark and
+    light ink, large and small."""
+    rng = np.random.default_rng(0)
+    pictures = []
+    for i, digit in enumerate(list(digits.values()) * 2):
+        side = int(rng.integers(28, 400))
+        ys, xs = np.mgrid[0:side, 0:side] / side
+        paper = 230 - 60 * rng.random() * xs - 40 * rng.random() * (ys - 0.5) ** 2 + rng.normal(0, 3, (side, side))
+        if i % 3 == 2:
+            paper[:, : side // 3] -= 70  # a shadow's edge
+        ink = normalize.cv2.resize(digit, (side, side)).astype(np.float64) / 255
+        grey = np.clip(paper * (1 - ink) + 20 * ink, 0, 255).astype(np.uint8)
+        pictures.append(grey if i % 4 else 255 - grey)  # light ink on dark paper too
+        if i % 2:
+            pictures.append(np.dstack([grey, np.clip(grey.astype(int) + 15, 0, 255).astype(np.uint8), grey]))
+    for picture in pictures:
+        assert np.array_equal(normalize.quadratic_background(picture), plain_quadratic_background(picture))
