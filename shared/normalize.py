@@ -683,12 +683,26 @@ def stroke_ratio(binary: np.ndarray) -> float:
     return float(2.0 * np.count_nonzero(mask) / perimeter / max(w, h))
 
 
+def distance_to_zero(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 mask -> float32 Euclidean distance of every pixel to the nearest 0, exact and the same on every
+    call.
+
+    OpenCV's precise transform (Intel IPP's, on this build) is off by a unit in the last place on a few percent of
+    masks, and not always the same way from one call to the next with several threads (opencv/opencv#24082): a
+    thinned stroke's edge then crossed a threshold, and one drawn negative in 12,000 came out differently in two
+    runs of the trainer. The exact distances are square roots of whole numbers, so rounding the square to the
+    nearest whole number and taking the root again gives them (errors are ~1e-6, the rounding's margin 0.5).
+    """
+    distance = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.sqrt(np.rint(np.square(distance, dtype=np.float64))).astype(np.float32)
+
+
 def thicken(soft: np.ndarray, binary: np.ndarray, radius: float) -> np.ndarray:
     """Grow the strokes by `radius` pixels on each side, with a one-pixel anti-aliased edge. (h', w') float32."""
     pad = int(np.ceil(radius)) + 2
     soft = cv2.copyMakeBorder(soft, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
     outside = cv2.copyMakeBorder((~binary).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1)
-    distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # to the nearest stroke pixel
+    distance = distance_to_zero(outside)  # to the nearest stroke pixel
     grown = np.clip(radius + 1.0 - distance, 0, 1)  # neighbours are at distance 1
     return np.maximum(soft, grown)
 
@@ -696,7 +710,7 @@ def thicken(soft: np.ndarray, binary: np.ndarray, radius: float) -> np.ndarray:
 def thin(soft: np.ndarray, binary: np.ndarray, radius: float) -> np.ndarray:
     """Erode the strokes by `radius` pixels on each side, with a one-pixel anti-aliased edge. (h, w) float32."""
     inside = cv2.copyMakeBorder(binary.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    distance = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]  # to the paper
+    distance = distance_to_zero(inside)[1:-1, 1:-1]  # to the paper
     return soft * np.clip(distance - radius, 0, 1)  # edge pixels are at distance 1
 
 

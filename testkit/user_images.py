@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from shared.normalize import distance_to_zero
+
 
 class UserImage(NamedTuple):
     data: bytes  # an encoded image file (PNG, JPEG, ...)
@@ -64,9 +66,9 @@ def reshape_stroke(shape: np.ndarray, radius: float) -> np.ndarray:
     pad = int(np.ceil(max(radius, 0))) + 2
     shape = np.pad(shape, pad)
     if radius >= 0:
-        outside = cv2.distanceTransform((~shape).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        outside = distance_to_zero((~shape).astype(np.uint8))
         return np.clip(radius + 1.0 - outside, 0, 1).astype(np.float32)  # the shape's own pixels are at 0
-    inside = cv2.distanceTransform(shape.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = distance_to_zero(shape.astype(np.uint8))
     return np.clip(inside + radius, 0, 1).astype(np.float32)  # its edge pixels are at 1
 
 
@@ -111,7 +113,7 @@ def pen_stroke(skeleton: np.ndarray, radius: float) -> np.ndarray:
     """Paint a skeleton (h, w) bool with a round pen: (h + 2p, w + 2p) float32 coverage in [0, 1], anti-aliased."""
     pad = int(np.ceil(radius)) + 2
     skeleton = np.pad(skeleton, pad)
-    distance = cv2.distanceTransform((~skeleton).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = distance_to_zero((~skeleton).astype(np.uint8))  # exact: the same picture on every run
     return np.clip(radius + 0.5 - distance, 0, 1).astype(np.float32)
 
 
