@@ -1,9 +1,9 @@
 """The pictures a run draws (trainer/negatives.py), kept for the next run that would draw the same ones.
 
-Drawing the default run's 17,100 pictures that are not digits and typed digits takes ~16 s on 2 cores, almost all
-of it the users' image pipeline; it is the same work, to the bit, for every run with the same seed and code. So
-the second run of a day (10 epochs, then 100; a run resumed after a crash; the three runs of a benchmark that
-share a seed) reads them in a fraction of a second instead.
+Drawing the default run's 17,100 pictures that are not digits and typed digits takes 13-20 s on 2 cores, almost
+all of it the users' image pipeline; it is the same work, to the bit, for every run with the same seed and code.
+So the second run of a day (10 epochs, then 100; a run resumed after a crash; a benchmark's runs that share a
+seed) reads them in a fraction of a second instead.
 
 An entry is one .npz under ARTIFACTS/cache/, named by a SHA-256 of all that decides its content: what the run asks
 for (counts, seeds, the digits the crossed-out kind scratches out), the source of the drawing code and of the image
