@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,17 @@ class CheckpointError(ValueError):
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def files_sha256(paths: Iterable[Path], extra: Iterable[str] = ()) -> str:
+    """SHA-256 (hex) over `extra` and each file's name and contents, in the order given: the key of a cache whose
+    entries depend on code (trainer/picture_cache.py, testkit/cache.py), so an edit names another entry."""
+    digest = hashlib.sha256()
+    for text in extra:
+        digest.update(text.encode() + b"\0")
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

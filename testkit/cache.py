@@ -7,13 +7,14 @@ makes it again, and nothing stale is ever used. The cache lives in $MNIST_TEST_C
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from shared.checkpoint import files_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -25,11 +26,8 @@ def cache_root() -> Path:
 
 def code_hash(patterns: tuple[str, ...], extra: str = "") -> str:
     """16 hex digits of SHA-256 over `extra` and the files matching `patterns` (globs under the repository)."""
-    digest = hashlib.sha256(extra.encode())
-    for pattern in patterns:
-        for path in sorted(REPO_ROOT.glob(pattern)):
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+    files = [path for pattern in patterns for path in sorted(REPO_ROOT.glob(pattern))]
+    return files_sha256(files, extra=(extra,))[:16]
 
 
 def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:

@@ -32,7 +32,7 @@ import numpy as np
 import PIL
 
 import shared
-from shared.checkpoint import atomic_write_bytes
+from shared.checkpoint import atomic_write_bytes, files_sha256
 
 from trainer import negatives
 
@@ -56,21 +56,19 @@ class Expected:
 
 def source_digest() -> str:
     """SHA-256 over the drawing code, the image pipeline and the versions of the libraries they draw with."""
-    digest = hashlib.sha256()
     files = [Path(negatives.__file__), *sorted(Path(shared.__file__).parent.glob("*.py"))]
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for version in (np.__version__, cv2.__version__, PIL.__version__, matplotlib.__version__):
-        digest.update(version.encode() + b"\0")
-    return digest.hexdigest()
+    return files_sha256(files, extra=(np.__version__, cv2.__version__, PIL.__version__, matplotlib.__version__))
 
 
-def entry_name(request: Mapping[str, object], digits: np.ndarray | None) -> str:
-    """The file name for `request` (JSON-able: counts, seeds) drawn with `digits` (the crossed-out kind's)."""
+def entry_name(request: Mapping[str, object], inputs: Mapping[str, np.ndarray]) -> str:
+    """The file name for `request` (JSON-able: counts, seeds) drawn from `inputs`, the named arrays the drawing
+    reads (the digits the crossed-out kind scratches out), each hashed where it lies (no copy)."""
     digest = hashlib.sha256(source_digest().encode())
     digest.update(json.dumps(dict(request), sort_keys=True).encode())
-    if digits is not None:
-        digest.update(repr((digits.shape, digits.dtype.str)).encode() + np.ascontiguousarray(digits).tobytes())
+    for name in sorted(inputs):
+        array = np.ascontiguousarray(inputs[name])
+        digest.update(repr((name, array.shape, array.dtype.str)).encode())
+        digest.update(array.data)  # the buffer itself, C-ordered: no copy of its bytes
     return f"{PREFIX}{digest.hexdigest()[:32]}.npz"
 
 
@@ -112,16 +110,17 @@ def last_used(path: Path) -> float:
 def cached_pictures(
     directory: Path | None,
     request: Mapping[str, object],
-    digits: np.ndarray | None,
+    inputs: Mapping[str, np.ndarray],
     expected: Mapping[str, Expected],
     draw: Callable[[], Mapping[str, np.ndarray]],
 ) -> tuple[dict[str, np.ndarray], Path | None]:
-    """The arrays `draw()` makes for `request`: read from `directory` when an earlier run stored them, else drawn
-    and stored there. Returns (arrays, the entry read, or None when they were drawn). `directory` None: always
-    drawn, nothing stored. A cache that cannot be written (read-only, full disk) is only a slower start."""
+    """The arrays `draw()` makes for `request` from `inputs` (see entry_name): read from `directory` when an
+    earlier run stored them, else drawn and stored there. Returns (arrays, the entry read, or None when they were
+    drawn). `directory` None: always drawn, nothing stored. A cache that cannot be written (read-only, full disk)
+    is only a slower start."""
     if directory is None:
         return dict(draw()), None
-    path = directory / entry_name(request, digits)
+    path = directory / entry_name(request, inputs)
     arrays = read_entry(path, expected)
     if arrays is not None:
         return arrays, path

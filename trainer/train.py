@@ -212,8 +212,8 @@ def draw_pictures(
         "split_seed": config.split_seed,
         "typed": typed_count,
     }
-    digits = np.concatenate([train_digits, val_digits])
-    drawn, kept = cached_pictures(cache_dir, request, digits, expected, draw_here_or_in_processes)
+    inputs = {"train_digits": train_digits, "val_digits": val_digits}
+    drawn, kept = cached_pictures(cache_dir, request, inputs, expected, draw_here_or_in_processes)
     return drawn, kept, processes
 
 

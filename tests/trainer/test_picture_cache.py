@@ -75,16 +75,22 @@ class Drawer:
 
 def test_the_entry_is_named_by_everything_that_decides_the_pictures(monkeypatch):
     digits = np.zeros((4, 28, 28), np.uint8)
-    name = entry_name({"seed": 0, "negatives": 60}, digits)
-    assert name == entry_name({"negatives": 60, "seed": 0}, digits.copy())  # the same request, another dict order
-    assert name != entry_name({"seed": 1, "negatives": 60}, digits)  # another seed
-    assert name != entry_name({"seed": 0, "negatives": 61}, digits)  # another count
+    inputs = {"train": digits, "val": digits[:2]}
+    name = entry_name({"seed": 0, "negatives": 60}, inputs)
+    same = {"val": digits[:2].copy(), "train": digits.copy()}
+    assert name == entry_name({"negatives": 60, "seed": 0}, same)  # the same request, another dict order
+    assert name == entry_name({"seed": 0, "negatives": 60}, {"train": digits, "val": np.asfortranarray(digits[:2])})
+    assert name != entry_name({"seed": 1, "negatives": 60}, inputs)  # another seed
+    assert name != entry_name({"seed": 0, "negatives": 61}, inputs)  # another count
     other_digits = digits.copy()
     other_digits[0, 5, 5] = 1
-    assert name != entry_name({"seed": 0, "negatives": 60}, other_digits)  # other digits to scratch out
-    assert name != entry_name({"seed": 0, "negatives": 60}, None)
+    assert name != entry_name({"seed": 0, "negatives": 60}, {**inputs, "train": other_digits})  # other digits
+    # The same pixels split otherwise between the arrays, or under other names, are other inputs.
+    assert name != entry_name({"seed": 0, "negatives": 60}, {"train": digits[:3], "val": digits[:3]})
+    assert name != entry_name({"seed": 0, "negatives": 60}, {"training": digits, "val": digits[:2]})
+    assert name != entry_name({"seed": 0, "negatives": 60}, {})
     monkeypatch.setattr(picture_cache, "source_digest", lambda: "the drawing code or the pipeline changed")
-    assert name != entry_name({"seed": 0, "negatives": 60}, digits)
+    assert name != entry_name({"seed": 0, "negatives": 60}, inputs)
 
 
 def test_the_code_digest_covers_the_drawing_code_the_pipeline_and_the_libraries(monkeypatch):
@@ -111,9 +117,9 @@ def test_the_code_digest_covers_the_drawing_code_the_pipeline_and_the_libraries(
 
 def test_a_stored_entry_is_read_instead_of_drawn(tmp_path):
     drawer = Drawer()
-    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
-    again, kept_again = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
-    assert kept is None and kept_again == tmp_path / entry_name({"seed": 0}, None)
+    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
+    again, kept_again = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
+    assert kept is None and kept_again == tmp_path / entry_name({"seed": 0}, {})
     assert drawer.calls == 1
     for name in EXPECTED:
         assert np.array_equal(drawn[name], again[name]) and again[name].dtype == drawn[name].dtype
@@ -139,9 +145,9 @@ def write_npz(path: Path, **stored) -> None:
     ],
 )
 def test_an_entry_that_is_not_what_the_run_asks_for_is_drawn_again_and_replaced(tmp_path, damage):
-    path = tmp_path / entry_name({"seed": 0}, None)
+    path = tmp_path / entry_name({"seed": 0}, {})
     good = arrays(0)
-    cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, lambda: good)
+    cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, lambda: good)
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "a byte flipped":  # the compressed pictures' CRC no longer holds
@@ -163,28 +169,28 @@ def test_an_entry_that_is_not_what_the_run_asks_for_is_drawn_again_and_replaced(
     elif damage == "an object array":
         write_npz(path, images=np.array([object()] * 5, dtype=object), kinds=good["kinds"])
     drawer = Drawer()
-    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
     assert drawer.calls == 1 and kept is None
     assert np.array_equal(drawn["images"], good["images"])
     # Replaced by a whole entry: the next run reads it.
-    again, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+    again, kept = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
     assert drawer.calls == 1 and kept == path and np.array_equal(again["kinds"], good["kinds"])
 
 
 def test_at_most_KEEP_entries_stay_and_the_least_recently_used_go_first(tmp_path):
     names = []
     for seed in range(KEEP):
-        cached_pictures(tmp_path, {"seed": seed}, None, EXPECTED, Drawer(seed))
-        names.append(entry_name({"seed": seed}, None))
+        cached_pictures(tmp_path, {"seed": seed}, {}, EXPECTED, Drawer(seed))
+        names.append(entry_name({"seed": seed}, {}))
         old = (tmp_path / names[-1]).stat().st_mtime
         os.utime(tmp_path / names[-1], (old - 100 + seed, old - 100 + seed))  # in order, a second apart
     # Reading seed 0's entry makes it the most recently used: seed 1's goes when one more is stored.
-    _, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, Drawer(0))
+    _, kept = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, Drawer(0))
     assert kept is not None
-    cached_pictures(tmp_path, {"seed": KEEP}, None, EXPECTED, Drawer(KEEP))
+    cached_pictures(tmp_path, {"seed": KEEP}, {}, EXPECTED, Drawer(KEEP))
     left = {p.name for p in tmp_path.glob("pictures-*.npz")}
     assert len(left) == KEEP
-    assert names[1] not in left and names[0] in left and entry_name({"seed": KEEP}, None) in left
+    assert names[1] not in left and names[0] in left and entry_name({"seed": KEEP}, {}) in left
 
 
 def test_a_cache_that_cannot_be_written_only_costs_the_drawing(tmp_path, capsys):
@@ -192,7 +198,7 @@ def test_a_cache_that_cannot_be_written_only_costs_the_drawing(tmp_path, capsys)
     not_a_folder.write_text("a file where the cache folder would be")
     drawer = Drawer()
     for _ in range(2):
-        drawn, kept = cached_pictures(not_a_folder, {"seed": 0}, None, EXPECTED, drawer)
+        drawn, kept = cached_pictures(not_a_folder, {"seed": 0}, {}, EXPECTED, drawer)
         assert kept is None and np.array_equal(drawn["kinds"], arrays(0)["kinds"])
     assert drawer.calls == 2
     assert "could not keep the drawn pictures" in capsys.readouterr().out
@@ -202,13 +208,13 @@ def test_a_cache_that_cannot_be_written_only_costs_the_drawing(tmp_path, capsys)
 def test_an_entry_whose_time_cannot_be_touched_is_still_read(tmp_path, monkeypatch):
     """Another user's entry (written by a container's user, say): reading it cannot mark it as recently used."""
     drawer = Drawer()
-    cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+    cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
 
     def not_yours(*args, **kwargs):
         raise PermissionError("Operation not permitted")
 
     monkeypatch.setattr(os, "utime", not_yours)
-    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, None, EXPECTED, drawer)
+    drawn, kept = cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, drawer)
     assert kept is not None and drawer.calls == 1 and np.array_equal(drawn["kinds"], arrays(0)["kinds"])
 
 
@@ -216,5 +222,5 @@ def test_pruning_passes_over_an_entry_another_process_removed(tmp_path):
     gone = tmp_path / "pictures-gone.npz"
     assert picture_cache.last_used(gone) == 0.0
     for seed in range(KEEP + 1):
-        cached_pictures(tmp_path, {"seed": seed}, None, EXPECTED, Drawer(seed))
+        cached_pictures(tmp_path, {"seed": seed}, {}, EXPECTED, Drawer(seed))
     assert len(list(tmp_path.glob("pictures-*.npz"))) == KEEP
