@@ -1,7 +1,7 @@
 """Settings read from the environment, one place for every default the services share.
 
 Each service's command-line flags take their defaults from here, so `docker-compose.yml`, the local stack
-script and a bare `python -m trainer` agree without repeating a value. tests/test_compose.py checks that the
+script and a bare `python -m trainer` agree without repeating a value. tests/deploy/test_compose.py checks that the
 compose file uses these names and defaults.
 """
 

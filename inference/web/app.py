@@ -83,7 +83,8 @@ class WebOptions:
     # Deadline of each gRPC call. With waitForReady a call made while no replica is up waits this long for one.
     timeout: float = 10.0
     evaluate_timeout: float = 120.0
-    # The gRPC service's default message limit: no request the service would accept is larger.
+    # Above the gRPC service's default message limit (16 MiB, --max-message-bytes), so the service's own limits
+    # and messages decide what is too large; this bound only keeps the gateway from reading a body without end.
     max_body_bytes: int = 32 * 1024 * 1024
 
 
