@@ -438,7 +438,7 @@ class ModelStore:
                 raise VersionUnavailable(failure[0])
             started = time.perf_counter()
             try:
-                served = load_served_model(self.models_dir, manifest)
+                served = load_served_model(self.models_dir, manifest, self.backend)
             except Exception as e:
                 self.events.loaded("pinned", False)
                 detail = (

@@ -130,6 +130,16 @@ class ServerOptions:
         env=settings.ENV_METRICS_ADDRESS,
         metavar="HOST:PORT",
     )
+    # host:port of a plaintext gRPC port that serves only the health service, from threads of its own; None: none
+    # (health is then answered on the main port only, behind the inference calls waiting for a worker thread).
+    health_address: str | None = option(
+        None,
+        f"also serve the health service (grpc.health.v1) alone at HOST:PORT, plaintext, from threads of its own, "
+        f"e.g. 0.0.0.0:{settings.DEFAULT_HEALTH_PORT}: probes are answered however busy the main port is (every "
+        "worker thread taken, --max-concurrent-rpcs reached). Off when not given; with --workers, give a fixed port",
+        env=settings.ENV_HEALTH_ADDRESS,
+        metavar="HOST:PORT",
+    )
     # The flag's default is None rather than the environment's value, so --help never prints the secret;
     # server_options() reads the environment.
     auth_token: str | None = option(

@@ -140,6 +140,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except VersionUnavailable as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
         if served is None:
+            failed = self.store.last_error
+            if failed is not None:
+                raise RpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no model can be served: the published model {failed.version} fails the checks every served "
+                    f"model must pass ({failed.reason[:300]}); publish or promote a good one (mnist-models), and "
+                    "the server loads it within seconds",
+                )
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
                 "no model is published yet; the server is waiting for the trainer to publish one "
@@ -151,11 +159,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         with image_errors(self.metrics):
             return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
 
-    def _decode_all(self, items) -> list[np.ndarray | RpcError]:
+    def _decode_all(self, items, context=None) -> list[np.ndarray | RpcError]:
         """Each image's 28x28 digit, or the RpcError that image gets, in order.
 
         The MNIST-like ones (28x28 grey PNGs) go through shared.fast_path together, which gives exactly what
-        to_mnist gives; every other image, and any the fast path leaves undecided, through _decode alone.
+        to_mnist gives; every other image, and any the fast path leaves undecided, through _decode alone. With the
+        call's `context`, a caller that has gone (its deadline passed, or it cancelled) ends the work between two
+        pictures: CANCELLED, rather than decoding a batch of large photos for no one.
         """
         fast = to_mnist_fast(items, self.limits.image)
         results: list[np.ndarray | RpcError] = []
@@ -163,6 +173,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if digit is not None:
                 results.append(digit)
                 continue
+            if context is not None and not context.is_active():
+                raise RpcError(
+                    grpc.StatusCode.CANCELLED,
+                    f"the caller went away (deadline passed or cancelled) after {len(results)} of {len(items)} "
+                    "pictures; the rest were not decoded. Give large batches a longer deadline, or split them",
+                )
             try:
                 results.append(self._decode(data))
             except RpcError as e:
@@ -224,7 +240,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
         images: list[np.ndarray] = []
         results: list[pb.BatchResult | None] = []
-        for index, decoded in enumerate(self._decode_all(request.images)):
+        for index, decoded in enumerate(self._decode_all(request.images, context)):
             if isinstance(decoded, RpcError):
                 e = decoded
                 log.info("PredictBatch image %d -> %s: %s (model %s)", index, e.code.name, e.message, served.version)

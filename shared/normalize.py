@@ -373,7 +373,7 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     # (components,) bool; label 0 (the paper) is never kept
     keep = digit_components(stats, strong.shape, component_contrast(ink, labels, stats))
     if not keep.any():
-        raise_blank(ink, threshold)
+        raise_blank(ink, threshold, noise)
     x0, y0, x1, y1 = union_box(stats[keep])
     if max(x1 - x0, y1 - y0) < MIN_DIGIT_SIDE:
         raise ImageRejected(
@@ -617,10 +617,18 @@ def union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def raise_blank(ink: np.ndarray, threshold: float) -> None:
+def raise_blank(ink: np.ndarray, threshold: float, noise: float, found: str = "ink", what: str = "a digit") -> None:
+    """ImageRejected: no strokes in `ink` at `threshold` (ink_threshold of `noise`). `found` and `what` name what
+    the caller looked for ("ink", "a digit"; ReadNumber: "digit", "a number")."""
+    if NOISE_MULTIPLE * noise >= threshold:  # the background's own texture set the bar, not the lack of ink
+        raise ImageRejected(
+            f"no {found} found: the picture is too noisy or textured to tell strokes from the background (the "
+            f"background itself differs from a smooth paper by {int(noise)} of 255 or more over most of the "
+            f"picture). Send {what} on a plain background, e.g. a dark pen on white paper, photographed in even light"
+        )
     raise ImageRejected(
-        f"no ink found: the picture looks blank (the strongest contrast to the background is {int(ink.max())} of "
-        f"255; ink needs at least {int(threshold)}). Send a picture of a digit written darker or lighter than its "
+        f"no {found} found: the picture looks blank (the strongest contrast to the background is {int(ink.max())} of "
+        f"255; ink needs at least {int(threshold)}). Send a picture of {what} written darker or lighter than its "
         "background, e.g. a dark pen on white paper"
     )
 

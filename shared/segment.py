@@ -51,6 +51,7 @@ from shared.normalize import (
     noise_level,
     normalize_stroke_width,
     percentile_uint8,
+    raise_blank,
 )
 
 
@@ -264,11 +265,7 @@ def find_pieces(ink: np.ndarray) -> Pieces:
     labels, stats = connected_components(strong)
     kept = not_specks(stats)
     if len(kept) == 0:
-        raise ImageRejected(
-            f"no digit found: the picture looks blank (the strongest contrast to the background is {int(ink.max())} "
-            f"of 255; ink needs at least {int(threshold)}). Send a picture of a number written darker or lighter "
-            "than its background, e.g. a dark pen on white paper"
-        )
+        raise_blank(ink, threshold, noise, found="digit", what="a number")
     spacing = dot_spacing(stats[kept])
     if spacing is not None:
         ink, strong = join_dots(ink, strong, spacing)

@@ -23,6 +23,7 @@ ENV_INFERENCE_BACKEND = "MNIST_INFERENCE_BACKEND"
 ENV_DIGIT_THRESHOLD = "MNIST_DIGIT_THRESHOLD"
 ENV_LOG_FORMAT = "MNIST_LOG_FORMAT"
 ENV_METRICS_ADDRESS = "MNIST_METRICS_ADDRESS"
+ENV_HEALTH_ADDRESS = "MNIST_HEALTH_ADDRESS"
 ENV_TENSORBOARD_PORT = "MNIST_TENSORBOARD_PORT"
 ENV_WEB_HOST = "MNIST_WEB_HOST"
 ENV_WEB_PORT = "MNIST_WEB_PORT"
@@ -48,6 +49,10 @@ DEFAULT_WEB_PORT = 8080
 # `python -m inference` serves no metrics unless asked (--metrics-address / MNIST_METRICS_ADDRESS): several servers
 # on one machine, as tests and benchmarks start them, would otherwise fight over one fixed port.
 DEFAULT_METRICS_PORT = 9464
+# The health service's own port where deployments probe it (Kubernetes): health checks answered by threads of
+# their own, so a server busy with inference calls still answers its liveness probe. Off for a bare
+# `python -m inference` (--health-address / MNIST_HEALTH_ADDRESS), as metrics are, for the same reason.
+DEFAULT_HEALTH_PORT = 50052
 
 
 def default_data_dir() -> Path:

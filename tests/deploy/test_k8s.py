@@ -15,10 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import settings
 
@@ -217,8 +218,13 @@ def test_inference_runs_three_replicas_behind_a_headless_service_with_metrics_an
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     grpc_port = int(env(c)[settings.ENV_GRPC_ADDRESS].rsplit(":", 1)[1])
     metrics_port = int(env(c)[settings.ENV_METRICS_ADDRESS].rsplit(":", 1)[1])
-    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
-    assert (grpc_port, metrics_port) == (settings.DEFAULT_GRPC_PORT, settings.DEFAULT_METRICS_PORT)
+    health_port = int(env(c)[settings.ENV_HEALTH_ADDRESS].rsplit(":", 1)[1])
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port, "health": health_port}
+    assert (grpc_port, metrics_port, health_port) == (
+        settings.DEFAULT_GRPC_PORT,
+        settings.DEFAULT_METRICS_PORT,
+        settings.DEFAULT_HEALTH_PORT,
+    )
     service = find(objects, "Service", "inference")
     assert service["spec"]["clusterIP"] == "None"  # headless: DNS gives clients every pod
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -230,12 +236,15 @@ def test_inference_runs_three_replicas_behind_a_headless_service_with_metrics_an
         assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def test_probes_are_native_grpc_on_the_health_service(rendered):
+def test_probes_are_native_grpc_on_the_health_services_own_port(rendered):
+    """On the port that answers health alone (--health-address), so a busy pod is not restarted for being busy."""
     c = container(find(rendered["cpu"], "Deployment", "inference"))
-    grpc_port = int(env(c)[settings.ENV_GRPC_ADDRESS].rsplit(":", 1)[1])
-    assert c["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
-    assert c["startupProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS_SERVICE}
-    assert c["readinessProbe"]["grpc"] == {"port": grpc_port, "service": SERVICE_NAME}
+    health_port = int(env(c)[settings.ENV_HEALTH_ADDRESS].rsplit(":", 1)[1])
+    assert c["livenessProbe"]["grpc"] == {"port": health_port, "service": LIVENESS_SERVICE}
+    assert c["startupProbe"]["grpc"] == {"port": health_port, "service": LIVENESS_SERVICE}
+    assert c["readinessProbe"]["grpc"] == {"port": health_port, "service": SERVICE_NAME}
+    policy = find(rendered["cpu"], "NetworkPolicy", "inference")
+    assert health_port in {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
 
 
 def test_the_health_names_the_probes_ask_answer_as_the_probes_need(rendered, tmp_path, mnist_dir):
@@ -243,13 +252,20 @@ def test_the_health_names_the_probes_ask_answer_as_the_probes_need(rendered, tmp
     long as the first training takes); readiness must not."""
     c = container(find(rendered["cpu"], "Deployment", "inference"))
     live, ready = c["livenessProbe"]["grpc"]["service"], c["readinessProbe"]["grpc"]["service"]
-    running = start_server(tmp_path / "artifacts", mnist_dir, poll_interval=0.05)
+    running = start_server(tmp_path / "artifacts", mnist_dir, poll_interval=0.05, health_address="127.0.0.1:0")
+    probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{running.server.health_port}"))
+
+    def status(service: str) -> int:  # as the kubelet asks: on the health port
+        answer = probe.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert answer == health_status(running, service)  # the main port says the same
+        return answer
+
     try:
-        assert health_status(running, live) == health_pb2.HealthCheckResponse.SERVING
-        assert health_status(running, ready) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status(live) == health_pb2.HealthCheckResponse.SERVING
+        assert status(ready) == health_pb2.HealthCheckResponse.NOT_SERVING
         publish(running.artifacts, "v1", seed=1)
         assert running.server.store.wait_for_version("v1", timeout=10) is not None
-        assert health_status(running, ready) == health_pb2.HealthCheckResponse.SERVING
+        assert status(ready) == health_pb2.HealthCheckResponse.SERVING
     finally:
         running.channel.close()
         running.server.stop(grace=0)

@@ -180,6 +180,22 @@ def test_an_export_of_other_weights_skips_the_model(serve, tmp_path):
     assert serve(backend="torch").server.store.current.version == "v2"
 
 
+def test_a_pinned_version_runs_on_the_servers_backend_as_the_served_one_does(serve, tmp_path, digit_pngs):
+    """Scoring a candidate by pinning it must run what will serve it: the same backend, the same checks."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    publish(artifacts, "v2", seed=2)
+    for backend in ("torch", "onnxruntime"):
+        store = serve(backend=backend).server.store
+        assert store.current.version == "v2" and store.current.backend == backend
+        assert store.model_for("v1").backend == backend
+    # With --backend torch a damaged export does not stop a pinned version, as it does not stop the served one.
+    (Paths(artifacts).models / "v1.onnx").write_bytes(b"not an onnx model")
+    running = serve(backend="torch")
+    answer = running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v1"), timeout=10)
+    assert answer.model_version == "v1"
+
+
 def test_a_model_published_before_exports_existed_is_served_with_torch(serve, tmp_path, digit_pngs):
     models = Paths(tmp_path / "artifacts").models
     models.mkdir(parents=True)

@@ -6,10 +6,11 @@ Bad models (skipped, the previous one keeps serving) are tested in tests/reliabi
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import atomic_write_bytes
@@ -56,15 +57,18 @@ def test_hot_reload_while_a_client_loops(serve, tmp_path, digit_pngs):
     running = serve(artifacts)
     images = [png for _, png, _ in digit_pngs[:4]]
     versions, failures, stop = [], [], threading.Event()
+    calls: list[tuple[float, float, str]] = []  # (sent, answered, version) of every call
 
     def client_loop():
         while not stop.is_set():
             try:
+                sent = time.monotonic()
                 if len(versions) % 2:
                     r = running.stub.Predict(pb.PredictRequest(image=images[0]), timeout=5)
                 else:
                     r = running.stub.PredictBatch(pb.PredictBatchRequest(images=images), timeout=5)
                     assert all(x.WhichOneof("result") == "prediction" for x in r.results)
+                calls.append((sent, time.monotonic(), r.model_version))
                 versions.append(r.model_version)
             except Exception as e:  # any failed call fails the test
                 failures.append(e)
@@ -84,10 +88,31 @@ def test_hot_reload_while_a_client_loops(serve, tmp_path, digit_pngs):
             t.join()
     assert failures == []
     assert versions[0] == "old" and versions[-1] == "new"
-    first_new = versions.index("new")
-    # Two client threads: an "old" answer can only trail the swap by a call already in flight.
-    assert all(v == "new" for v in versions[first_new + 2 :])
+    # An "old" answer can only come from a call sent before any call was answered by the new model: once one
+    # is, the swap is done, and every call sent after it gets the new model (however long the calls take).
+    first_new_answer = min(answered for _, answered, version in calls if version == "new")
+    late_old = [(sent, answered) for sent, answered, version in calls if version == "old" and sent > first_new_answer]
+    assert late_old == [], late_old
     assert model_info(running).version == "new"
+
+
+def test_when_the_only_published_model_fails_its_checks_a_call_says_which_and_why(serve, tmp_path, digit_pngs):
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "damaged", seed=1)
+    weights = Paths(artifacts).models / "damaged.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    running = serve(artifacts)
+    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "published model damaged fails the checks" in e.value.details()
+    assert "checksum mismatch" in e.value.details() and "waiting for the trainer" not in e.value.details()
+    publish(artifacts, "good", seed=2)  # the remedy the message gives
+    assert wait_until(lambda: model_info(running).version == "good")
+    assert running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5).model_version == "good"
 
 
 def test_a_malformed_manifest_is_reported(serve, tmp_path):
@@ -157,3 +182,36 @@ def test_health_stays_not_serving_after_shutdown_begins(serve, tmp_path):
     publish(artifacts, "late", seed=1)  # a model arriving during shutdown must not flip health back
     assert running.server.store.wait_for_version("late", timeout=10) is not None
     assert health_status(running) == NOT_SERVING
+
+
+def test_a_server_busy_with_calls_still_answers_probes_on_its_health_port(serve, tmp_path, digit_pngs, monkeypatch):
+    """Every worker thread taken by a slow call: a health check on the main port waits behind them past its
+    deadline (a liveness probe's restart), the health port (--health-address) answers at once, and says
+    NOT_SERVING through a graceful stop."""
+    import inference.service
+
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    running = serve(artifacts, max_workers=2, health_address="127.0.0.1:0")
+    probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{running.server.health_port}"))
+    entered, release = hold_calls(monkeypatch, inference.service, "to_mnist_fast")
+    calls = [running.stub.Predict.future(pb.PredictRequest(image=digit_pngs[0][1]), timeout=30) for _ in range(3)]
+
+    def predicts_running() -> float:
+        labels = {"grpc_service": "mnist.v1.Inference", "grpc_method": "Predict"}
+        return running.server.metrics.registry.get_sample_value("grpc_server_in_flight", labels) or 0
+
+    try:
+        assert entered.wait(10)
+        assert wait_until(lambda: predicts_running() == 2, timeout=10)  # both threads taken, one call waiting
+        with pytest.raises(grpc.RpcError) as e:
+            running.health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=1)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        answer = probe.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+        assert answer.status == SERVING
+        assert probe.Check(health_pb2.HealthCheckRequest(service="mnist.v1.Inference"), timeout=2).status == SERVING
+    finally:
+        release.set()
+    assert all(call.result().model_version == "v1" for call in calls)
+    running.server.begin_shutdown()
+    assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == NOT_SERVING

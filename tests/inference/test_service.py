@@ -73,6 +73,42 @@ def test_predict_batch_gives_each_image_its_own_result(module_server, digit_pngs
         np.testing.assert_allclose(result.prediction.probabilities, local_probabilities(model, payload, png), atol=1e-5)
 
 
+def test_a_batch_whose_caller_has_gone_stops_decoding_between_pictures(serve, tmp_path, digit_pngs):
+    """A deadline that passes mid-batch ends the work: the server does not decode large photos for no one."""
+    import threading
+    import time
+
+    from tests.inference.helpers import publish
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(tmp_path / "artifacts")
+    servicer = running.server.servicer
+    decoded, finished = [], threading.Event()
+    real_decode, real_decode_all = servicer._decode, servicer._decode_all
+
+    def slow_decode(data):  # a large photo's worth of work per picture
+        time.sleep(0.1)
+        decoded.append(1)
+        return real_decode(data)
+
+    def decode_all_then_note(items, context=None):
+        try:
+            return real_decode_all(items, context)
+        finally:
+            finished.set()
+
+    servicer._decode, servicer._decode_all = slow_decode, decode_all_then_note
+    big = png_bytes(np.kron(digit_pngs[0][2], np.ones((3, 3), np.uint8)))  # 84x84: not the 28x28 fast path
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.PredictBatch(pb.PredictBatchRequest(images=[big] * 16), timeout=0.35)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert finished.wait(5)
+    assert len(decoded) <= 6, f"decoded {len(decoded)} of 16 pictures after the caller left"
+    # The server goes on serving.
+    servicer._decode, servicer._decode_all = real_decode, real_decode_all
+    assert running.stub.PredictBatch(pb.PredictBatchRequest(images=[big] * 2), timeout=10).results[0].prediction
+
+
 def test_predict_batch_of_only_bad_images(module_server):
     response = module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[b"", b"junk"]), timeout=10)
     assert [r.WhichOneof("result") for r in response.results] == ["error", "error"]

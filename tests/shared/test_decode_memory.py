@@ -10,6 +10,10 @@ budget and out-of-memory conditions are the server's, not the picture's, fault.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +124,84 @@ def test_running_out_of_memory_while_decoding_is_out_of_memory_not_a_damaged_pic
     monkeypatch.setattr(decode, "reduced_array", no_memory)
     with pytest.raises(OutOfMemory, match=r"ran out of memory.*try again"):
         to_mnist(encode_big(digit, "PNG", side=600))
+
+
+def _jpeg(digit: np.ndarray, side: int, **options) -> bytes:
+    grey = 255 - np.kron(digit, np.ones((side // 28 + 1, side // 28 + 1), np.uint8))[:side, :side]
+    buffer = io.BytesIO()
+    Image.fromarray(grey).convert("RGB").save(buffer, "JPEG", quality=85, **options)
+    return buffer.getvalue()
+
+
+def test_a_progressive_jpeg_reserves_its_whole_resolution_coefficients_however_small_it_is_read(digit):
+    """libjpeg keeps a multi-scan JPEG's every coefficient at the declared size (2 bytes each, 3 components here),
+    even when it is read at a third of it: the budget must count them, or small files flood the memory."""
+    reserved = {}
+    for name, options in (("baseline", {}), ("progressive", {"progressive": True})):
+        budget = MemoryBudget(256 * 2**20, wait=0)
+        assert to_mnist(_jpeg(digit, 3000, **options), budget=budget).shape == (28, 28)
+        reserved[name] = budget.peak
+        assert budget.in_use == 0
+    assert reserved["progressive"] - reserved["baseline"] == 3008 * 3008 * 3 * 2
+    # One that could never fit is refused as input, with advice; baseline, it fits.
+    with pytest.raises(ImageRejected, match=r"progressive JPEG.*baseline"):
+        to_mnist(_jpeg(digit, 3000, progressive=True), budget=MemoryBudget(40 * 2**20, wait=0))
+    assert to_mnist(_jpeg(digit, 3000), budget=MemoryBudget(40 * 2**20, wait=0)).shape == (28, 28)
+
+
+def test_the_scans_are_counted_by_walking_segments_so_a_thumbnail_inside_one_is_not_a_scan(digit):
+    baseline, progressive = _jpeg(digit, 300), _jpeg(digit, 300, progressive=True)
+    assert decode.jpeg_scan_count(baseline) == 1 and decode.jpeg_scan_count(progressive) == 2
+    # An APP15 segment whose payload holds SOS markers (as an embedded JPEG thumbnail in APP1 does) is skipped.
+    payload = b"\xff\xda\x00\x08" * 8 + b"\xff\xd9"
+    with_segment = baseline[:2] + b"\xff\xef" + (len(payload) + 2).to_bytes(2, "big") + payload + baseline[2:]
+    assert decode.jpeg_scan_count(with_segment) == 1
+    assert np.array_equal(decode_image(with_segment), decode_image(baseline))
+    # Damaged files never raise here: the scans before the damage count.
+    for cut in (3, 40, len(progressive) // 2):
+        assert decode.jpeg_scan_count(progressive[:cut]) <= 2
+    assert decode.jpeg_scan_count(b"\xff\xd8\xff\xda") == 0 and decode.jpeg_scan_count(b"") == 0
+
+
+PROGRESSIVE_SCRIPT = """
+import io, sys, numpy as np
+from PIL import Image
+from shared.budget import MemoryBudget
+from shared.decode import decode_image
+from shared.image_pipeline import to_mnist
+from testkit.big_pictures import DEFAULT_SIDE, digit_ink
+from testkit.memory import reset_peak, status_kib
+digit = np.frombuffer(bytes.fromhex(sys.argv[1]), np.uint8).reshape(28, 28)
+buffer = io.BytesIO()
+Image.fromarray(255 - digit_ink(digit, DEFAULT_SIDE)).convert("RGB").save(buffer, "JPEG", quality=85, progressive=True)
+data = buffer.getvalue()
+del buffer
+small = io.BytesIO()  # warm up: the codec loaded, its tables made
+Image.fromarray(np.full((600, 600, 3), 255, np.uint8)).save(small, "JPEG", progressive=True)
+decode_image(small.getvalue())
+budget = MemoryBudget(2**30, wait=0)
+reset_peak("self")
+baseline = status_kib("self", "VmRSS")
+assert to_mnist(data, budget=budget).shape == (28, 28)
+print(baseline, status_kib("self", "VmHWM"), budget.peak, len(data), flush=True)
+"""
+
+
+def test_a_40_megapixel_progressive_jpeg_holds_no_more_than_the_budget_reserved_for_it(digit):
+    """In a fresh process (as testkit/memory.py measures): the peak extra memory is what the budget reserved,
+    give or take the decoder's working buffers (34 MiB of peak against 9.5 MiB reserved for the baseline file)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run(
+        [sys.executable, "-c", PROGRESSIVE_SCRIPT, digit.astype(np.uint8).tobytes().hex()],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    baseline_kib, peak_kib, reserved, size = (int(v) for v in out.split())
+    grown = (peak_kib - baseline_kib) * 1024
+    assert size < 2 * 2**20  # a small file...
+    assert reserved > 200 * 2**20  # ...that holds a lot: about 230 MiB of coefficients
+    assert grown <= reserved + 48 * 2**20, (grown / 2**20, reserved / 2**20)

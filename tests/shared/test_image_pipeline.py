@@ -369,6 +369,20 @@ def test_blank_image_is_rejected(data):
         to_mnist(data)
 
 
+def test_a_picture_of_texture_alone_is_called_too_noisy_not_blank_with_advice_it_can_follow():
+    """A checkerboard of single pixels: full contrast everywhere, no strokes. Calling it blank and asking for
+    more than 255 of contrast (the noise-scaled bar) would be advice no picture can follow."""
+    from shared.segment import read_number
+
+    checker = (np.indices((400, 400)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    with pytest.raises(ImageRejected) as e:
+        to_mnist(ui.encode(checker, "PNG"))
+    assert "no ink found: the picture is too noisy or textured" in str(e.value) and "blank" not in str(e.value)
+    assert "plain background" in str(e.value)
+    with pytest.raises(ImageRejected, match=r"no digit found: the picture is too noisy or textured.*a number on"):
+        read_number(checker, lambda batch: None)  # rejected before anything is classified
+
+
 def test_fully_transparent_image_is_rejected():
     with pytest.raises(ImageRejected, match="fully transparent"):
         to_mnist(ui.encode(np.zeros((100, 100, 4), np.uint8), "PNG"))
