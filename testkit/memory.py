@@ -56,11 +56,12 @@ for fmt in sys.argv[2:]:
 """
 
 
-def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
-    """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
+def run_fresh(script: str, digit: np.ndarray, *args: str) -> str:
+    """Run `script` in a fresh interpreter at the repository root (argv: the digit's 784 bytes in hex, then
+    `args`), with large freed blocks given straight back to the system, as the measurements need: its stdout."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run(
-        [sys.executable, "-c", SINGLE_SCRIPT, digit.astype(np.uint8).tobytes().hex(), *formats],
+    return subprocess.run(
+        [sys.executable, "-c", script, digit.astype(np.uint8).tobytes().hex(), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -68,6 +69,11 @@ def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tup
         timeout=600,
         check=True,
     ).stdout
+
+
+def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
+    out = run_fresh(SINGLE_SCRIPT, digit, *formats)
     return {
         fmt: (int(base) * 1024, int(peak) * 1024, int(size))
         for fmt, base, peak, size in (line.split() for line in out.splitlines())

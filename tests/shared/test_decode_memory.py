@@ -10,10 +10,6 @@ budget and out-of-memory conditions are the server's, not the picture's, fault.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +21,7 @@ from shared.decode import ImageRejected, OutOfMemory, decode_image, pil_to_array
 from shared.image_pipeline import to_mnist, to_mnist_array
 
 from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes, encode_big
-from testkit.memory import measure_single
+from testkit.memory import measure_single, run_fresh
 
 SINGLE_RATIO_LIMIT = 2.0  # one 40 MP picture's peak extra memory, over its decoded 8-bit size
 
@@ -190,17 +186,7 @@ print(baseline, status_kib("self", "VmHWM"), budget.peak, len(data), flush=True)
 def test_a_40_megapixel_progressive_jpeg_holds_no_more_than_the_budget_reserved_for_it(digit):
     """In a fresh process (as testkit/memory.py measures): the peak extra memory is what the budget reserved,
     give or take the decoder's working buffers (34 MiB of peak against 9.5 MiB reserved for the baseline file)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run(
-        [sys.executable, "-c", PROGRESSIVE_SCRIPT, digit.astype(np.uint8).tobytes().hex()],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
-    baseline_kib, peak_kib, reserved, size = (int(v) for v in out.split())
+    baseline_kib, peak_kib, reserved, size = (int(v) for v in run_fresh(PROGRESSIVE_SCRIPT, digit).split())
     grown = (peak_kib - baseline_kib) * 1024
     assert size < 2 * 2**20  # a small file...
     assert reserved > 200 * 2**20  # ...that holds a lot: about 230 MiB of coefficients
