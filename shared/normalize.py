@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NoReturn
 
 import cv2
 import numpy as np
@@ -617,7 +618,7 @@ def union_box(stats: np.ndarray) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def raise_blank(ink: np.ndarray, threshold: float, noise: float, found: str = "ink", what: str = "a digit") -> None:
+def raise_blank(ink: np.ndarray, threshold: float, noise: float, found: str = "ink", what: str = "a digit") -> NoReturn:
     """ImageRejected: no strokes in `ink` at `threshold` (ink_threshold of `noise`). `found` and `what` name what
     the caller looked for ("ink", "a digit"; ReadNumber: "digit", "a number")."""
     if NOISE_MULTIPLE * noise >= threshold:  # the background's own texture set the bar, not the lack of ink
