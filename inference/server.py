@@ -304,11 +304,12 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     server.start()
     host = address.rsplit(":", 1)[0]
     log.info(
-        "listening on %s:%d (%s%s, %s backend), watching %s every %.1f s; %s",
+        "listening on %s:%d (%s%s%s, %s backend), watching %s every %.1f s; %s",
         host,
         port,
         "TLS" if options.tls_cert else "plaintext",
         ", token required" if options.auth_token else "",
+        f", health checks also on port {server.health_port}" if server.health_port is not None else "",
         options.backend,
         server.store.models_dir,
         options.poll_interval,

@@ -40,6 +40,11 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def join_address(host: str, port: int) -> str:
+    """('::', 50051) -> '[::]:50051', the inverse of split_address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one."""
@@ -55,6 +60,18 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def reserve_address(address: str | None) -> Iterator[str | None]:
+    """reserve_port for a host:port (None: nothing to reserve); yields the address with port 0 resolved, so that
+    every worker binds the same port rather than a free one each."""
+    if address is None:
+        yield None
+        return
+    host, port = split_address(address)
+    with reserve_port(host, port) as bound_port:
+        yield join_address(host, bound_port)
 
 
 def _run_worker(
@@ -107,9 +124,14 @@ def serve_workers(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with reserve_port(host, port) as bound_port, _multiprocess_metrics(options.metrics_address) as metrics_dir:
-        shared_address = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
-        worker_options = replace(options, share_port=True, metrics_address=None)  # the parent serves the metrics
+    with (
+        reserve_port(host, port) as bound_port,
+        reserve_address(options.health_address) as health_address,
+        _multiprocess_metrics(options.metrics_address) as metrics_dir,
+    ):
+        shared_address = join_address(host, bound_port)
+        # The parent serves the metrics; the workers share the main and the health ports.
+        worker_options = replace(options, share_port=True, metrics_address=None, health_address=health_address)
         processes = [
             context.Process(
                 target=_run_worker,

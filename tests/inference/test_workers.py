@@ -8,7 +8,9 @@ import signal
 import grpc
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
@@ -73,3 +75,25 @@ def test_a_dead_worker_stops_the_service_with_an_error(workers):
     assert "exited with code -9; stopping the others" in process.stderr.read()
     survivor = worker_processes[1]
     assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
+
+
+def test_workers_share_one_health_port_when_port_0_asks_for_a_free_one(tmp_path, mnist_dir):
+    """--health-address with port 0 and --workers 2: the parent resolves the port once, so both workers answer
+    health checks on the same port (a probe names one port), not each on a free port of its own."""
+    process, _, lines, _ = start_workers(tmp_path, mnist_dir, extra_env={settings.ENV_HEALTH_ADDRESS: "127.0.0.1:0"})
+    try:
+        health_ports = {int(p) for line in lines for p in re.findall(r"health checks also on port (\d+)", line)}
+        assert len(health_ports) == 1, "".join(lines)
+        (health_port,) = health_ports
+        answered = set()
+        for _i in range(16):  # separate connections, spread over the workers by the kernel
+            with grpc.insecure_channel(
+                f"127.0.0.1:{health_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+                answered.add(reply.status)
+        assert answered == {health_pb2.HealthCheckResponse.SERVING}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        process.stderr.close()
