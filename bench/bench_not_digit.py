@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir())
     parser.add_argument("--train", action="store_true", help="train the variants that are missing first")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's (15)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"default: the preset's ({TrainConfig().epochs})")
     args = parser.parse_args(argv)
 
     from shared.data import load_mnist, train_val_split
