@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import grpc
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from starlette.concurrency import run_in_threadpool
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -67,6 +70,14 @@ PAGE_SECURITY_HEADERS = {
 # Multipart parts the gateway reads at most. The service's own batch limit (256 by default) decides what is
 # accepted; this only bounds the parser before the request reaches it.
 MAX_MULTIPART_FILES = 4096
+# Threads that wait on gRPC calls at once (the stubs block), and the readiness probe's own two: a probe must not
+# queue behind calls that wait out their deadline on a service that is down (45 waiting calls once held /readyz
+# for 9 s). A call that waits for a thread counts that wait against its deadline.
+CALL_THREADS = 32
+PROBE_THREADS = 2
+# X-Request-ID is passed to the service as gRPC metadata, which carries printable ASCII only; and an id is a
+# short token, not a payload.
+MAX_REQUEST_ID_CHARS = 128
 IMAGE_FIELD_HELP = "any field name; every file part is an image"
 
 
@@ -117,6 +128,8 @@ class Backend:
         )
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.calls = anyio.CapacityLimiter(CALL_THREADS)
+        self.probes = anyio.CapacityLimiter(PROBE_THREADS)
 
     def close(self) -> None:
         self.channel.close()
@@ -137,21 +150,52 @@ class Backend:
         return details or code.name
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
-        """Run one unary gRPC call on a worker thread (the stubs block); translate its failure."""
-        metadata = []
-        if (authorization := http.headers.get("authorization")) is not None:
-            metadata.append((AUTH_METADATA_KEY, authorization))
-        if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
-            metadata.append((REQUEST_ID_KEY, request_id))
+        """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
+        counts from now, so time spent waiting for a thread is part of it."""
+        arrived = time.monotonic()
+        metadata = pass_through_metadata(http)
         stub_method = getattr(self.stub, method)
+
+        def run():
+            left = max(timeout - (time.monotonic() - arrived), 0.001)
+            return stub_method.with_call(request, timeout=left, metadata=metadata)
+
         try:
-            result, call = await run_in_threadpool(stub_method.with_call, request, timeout=timeout, metadata=metadata)
+            result, call = await anyio.to_thread.run_sync(run, limiter=self.calls)
         except grpc.RpcError as e:
             message = self.describe(e, timeout)
             raise GatewayError(errors.http_status(e.code(), message), e.code(), message, _request_id_of(e)) from None
         if (served_id := _request_id_of(call)) is not None:
             response.headers["X-Request-ID"] = served_id
         return result
+
+
+def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
+    """The caller's Authorization and X-Request-ID headers as gRPC metadata. gRPC metadata carries printable
+    ASCII only: other characters would fail the call as the service's fault ("Invalid metadata", a 502), so they
+    are the caller's error here, said as such."""
+    metadata = []
+    if (authorization := http.headers.get("authorization")) is not None:
+        if not _printable_ascii(authorization):
+            raise GatewayError(
+                401,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the Authorization header holds characters other than printable ASCII; send "
+                "'Authorization: Bearer <token>' with the service's token",
+            )
+        metadata.append((AUTH_METADATA_KEY, authorization))
+    if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
+        if not _printable_ascii(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise _bad_request(
+                f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters (it was "
+                f"{len(request_id):,} characters); send a shorter id, or none and the service makes one"
+            )
+        metadata.append((REQUEST_ID_KEY, request_id))
+    return metadata
+
+
+def _printable_ascii(text: str) -> bool:
+    return all(" " <= ch <= "~" for ch in text)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -209,18 +253,43 @@ async def read_images(request: Request) -> list[bytes]:
         return [await request.body()]
     try:
         form = await request.form(max_files=MAX_MULTIPART_FILES)
-    except MultiPartException as e:
-        if "too many files" in str(e).lower():
+    except (MultiPartException, StarletteHTTPException) as e:
+        # Starlette raises its parser's MultiPartException as an HTTPException(400) inside an application.
+        problem = e.message if isinstance(e, MultiPartException) else str(e.detail)
+        if "too many files" in problem.lower():
             raise GatewayError(
                 errors.TOO_LARGE,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{e} per request here; send the images in several requests",
+                f"{problem} per request here; send the images in several requests",
             ) from None
-        raise _bad_request(f"the multipart body could not be read ({e}); send the image as a file part") from None
+        raise _bad_request(f"the multipart body could not be read ({problem}); send the image as a file part") from None
     try:
+        # A text field is a mistake (curl -F 'files=<a.png' sends the file's bytes as text): said, not skipped.
+        if text_fields := [name for name, value in form.multi_items() if not isinstance(value, UploadFile)]:
+            raise _bad_request(
+                f"the multipart body has text field {text_fields[0][:100]!r}, not a file; send each image as a "
+                "file part (curl -F 'files=@a.png')"
+            )
         return [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
     finally:
         await form.close()
+
+
+def read_evaluate_request(raw: bytes) -> schemas.EvaluateRequest:
+    """An Evaluate body: JSON, or nothing for the defaults."""
+    if not raw.strip():
+        return schemas.EvaluateRequest()
+    try:
+        return schemas.EvaluateRequest.model_validate_json(raw)
+    except ValidationError as e:
+        raise _bad_request(
+            f'invalid request: {validation_problems(e)}; send JSON such as {{"split": "validation", "heatmap": false}}'
+        ) from None
+
+
+def validation_problems(e: ValidationError | RequestValidationError) -> str:
+    """Pydantic's or FastAPI's validation errors in one line: 'query.model_input: Input should be ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in e.errors())
 
 
 async def read_one_image(request: Request) -> bytes:
@@ -270,6 +339,12 @@ IMAGE_BODY = {
             },
         },
         "description": "one encoded image (PNG, JPEG, GIF, BMP, TIFF or WebP) as the body, or as a multipart file",
+    }
+}
+EVALUATE_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": schemas.EvaluateRequest.model_json_schema()}},
     }
 }
 BATCH_BODY = {
@@ -358,8 +433,7 @@ def create_app(options: WebOptions) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(request: Request, e: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in e.errors())
-        return error_response(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {problems}")
+        return error_response(400, grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {validation_problems(e)}")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, e: StarletteHTTPException):
@@ -448,12 +522,13 @@ def create_app(options: WebOptions) -> FastAPI:
     @api.post(
         "/evaluate",
         response_model=schemas.Evaluation,
+        openapi_extra=EVALUATE_BODY,
         summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)",
     )
-    async def evaluate(
-        request: Request, response: Response, body: schemas.EvaluateRequest | None = None
-    ) -> schemas.Evaluation:
-        body = body or schemas.EvaluateRequest()
+    async def evaluate(request: Request, response: Response) -> schemas.Evaluation:
+        """The body is optional (none: the test split, with the heatmap)."""
+        # Read here, not declared as a parameter: FastAPI reads a declared body before the token check runs.
+        body = read_evaluate_request(await request.body())
         result = await connected().call(
             "Evaluate",
             pb.EvaluateRequest(
@@ -507,11 +582,14 @@ def create_app(options: WebOptions) -> FastAPI:
     async def readyz() -> schemas.Health:
         try:
             # No waiting for a connection: a probe must say "not ready" at once.
-            answer = await run_in_threadpool(
-                connected().health.Check,
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=min(options.timeout, 3.0),
-                wait_for_ready=False,
+            answer = await anyio.to_thread.run_sync(
+                partial(
+                    connected().health.Check,
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=min(options.timeout, 3.0),
+                    wait_for_ready=False,
+                ),
+                limiter=connected().probes,
             )
         except grpc.RpcError as e:
             raise GatewayError(

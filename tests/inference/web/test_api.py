@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from tests.inference.helpers import hold_calls
-from tests.inference.web.helpers import assert_error, decode_data_url
+from tests.inference.web.helpers import assert_error, decode_data_url, multipart
 from tests.reliability import bad_inputs
 
 TOKEN = "web-s3cret"
@@ -300,6 +302,8 @@ def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_ba
         "UNAUTHENTICATED",
         "wrong token",
     )
+    # Evaluate's JSON body too is read only after the token check: a caller without it learns nothing of the body.
+    assert_error(gateway.post("/v1/evaluate", b"{not json", "application/json"), 401, "UNAUTHENTICATED")
     assert gateway.post("/v1/predict", digit_pngs[0][1], headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
 
 
@@ -372,3 +376,52 @@ def test_models_lists_the_published_versions_and_calls_can_pin_one(web, serve, t
     evaluation = gateway.post("/v1/evaluate", b'{"model_version": "v2", "heatmap": false}', "application/json")
     assert evaluation.status == 200 and evaluation.json()["model_version"] == "v2"
     assert_error(gateway.post("/v1/predict?model_version=v9", png), 404, "NOT_FOUND", "'v9' is not published")
+
+
+def test_too_many_file_parts_is_413_before_the_service_is_asked(gateway):
+    answer = gateway.post_files("/v1/predict/batch", [("files", b"x")] * 4097)
+    assert_error(answer, 413, "RESOURCE_EXHAUSTED", "Too many files", "several requests")
+
+
+def test_a_text_field_where_an_image_file_was_meant_is_400(gateway, digit_pngs):
+    body, content_type = multipart([("files", digit_pngs[0][1])])
+    boundary = content_type.split("boundary=")[1]
+    # curl -F 'files=<a.png' sends the file's bytes as a text field: said, not read as an empty batch.
+    text = f'--{boundary}\r\nContent-Disposition: form-data; name="files"\r\n\r\nabc\r\n'.encode() + body
+    for path in ("/v1/predict/batch", "/v1/predict"):
+        assert_error(gateway.post(path, text, content_type), 400, "INVALID_ARGUMENT", "text field 'files'", "file part")
+
+
+def test_headers_grpc_metadata_cannot_carry_are_the_callers_error(gateway, digit_pngs):
+    png = digit_pngs[0][1]
+    assert_error(
+        gateway.post("/v1/predict", png, headers={"X-Request-ID": "caf\u00e9"}), 400, "INVALID_ARGUMENT", "X-Request-ID"
+    )
+    assert_error(
+        gateway.post("/v1/predict", png, headers={"X-Request-ID": "r" * 10_000}), 400, "INVALID_ARGUMENT", "at most"
+    )
+    assert_error(
+        gateway.post("/v1/predict", png, headers={"Authorization": "Bearer p\u00e4ss"}),
+        401,
+        "UNAUTHENTICATED",
+        "printable ASCII",
+    )
+    assert gateway.post("/v1/predict", png, headers={"X-Request-ID": "r" * 128}).status == 200
+
+
+def test_readiness_is_answered_at_once_while_calls_wait_on_a_service_that_is_down(web, digit_pngs):
+    """Calls to a service that is down wait out their deadline (waitForReady) on the gateway's threads; the
+    readiness probe has threads of its own, and a call that queued for a thread counts the wait in its deadline."""
+    gateway = web(target=f"127.0.0.1:{free_port()}", timeout=2.0)
+    calls = 45  # more than the threads calls may hold (CALL_THREADS)
+    with ThreadPoolExecutor(calls) as pool:
+        started = time.monotonic()
+        waiting = [pool.submit(gateway.post, "/v1/predict", digit_pngs[0][1]) for _ in range(calls)]
+        time.sleep(0.5)  # the calls hold every thread
+        probe_started = time.monotonic()
+        assert_error(gateway.get("/readyz"), 503, "UNAVAILABLE", "not ready")
+        assert time.monotonic() - probe_started < 1.5
+        answers = [w.result() for w in waiting]
+        elapsed = time.monotonic() - started
+    assert {a.status for a in answers} == {504}
+    assert elapsed < 2.0 + 1.5, f"calls took {elapsed:.1f} s against a 2 s deadline"
