@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,7 @@ import grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, escape_unprintable_output
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel
@@ -46,6 +47,27 @@ def answer_line(prediction, model_version: str) -> str:
     )
 
 
+# Bytes a request message takes beyond its images: the other fields, and each image's tag and length.
+MESSAGE_OVERHEAD_BYTES = 1024
+IMAGE_OVERHEAD_BYTES = 16
+
+
+def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, bytes]]]:
+    """`named` in order, in runs of at most `max_count` images and `max_bytes` bytes of request message (an image
+    larger than that goes alone, for the service to judge and say why)."""
+    run: list[tuple[Path, bytes]] = []
+    size = MESSAGE_OVERHEAD_BYTES
+    for item in named:
+        grown = size + len(item[1]) + IMAGE_OVERHEAD_BYTES
+        if run and (len(run) == max_count or grown > max_bytes):
+            yield run
+            run, grown = [], MESSAGE_OVERHEAD_BYTES + len(item[1]) + IMAGE_OVERHEAD_BYTES
+        run.append(item)
+        size = grown
+    if run:
+        yield run
+
+
 def cmd_predict(stub, args, call) -> int:
     failed = 0
     preview_rows = []
@@ -56,9 +78,13 @@ def cmd_predict(stub, args, call) -> int:
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
             failed += 1
-    # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone.
-    for start in range(0, len(named_images), args.batch_size):
-        chunk = named_images[start : start + args.batch_size]
+    if not named_images:
+        return 1
+    # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone. Chunks keep to the
+    # server's own limits (images per call, bytes per message), so large pictures go in several calls rather than
+    # all fail together with "larger than max".
+    limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
+    for chunk in batches(named_images, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
         response = call(
             stub.PredictBatch,
             pb.PredictBatchRequest(
@@ -108,7 +134,7 @@ def cmd_read(stub, args, call) -> int:
         print(f"  {p.digit}  {p.probabilities[p.digit]:6.1%}  at x={b.x} y={b.y} {b.width}x{b.height}")
     if args.preview is not None:
         args.preview.parent.mkdir(parents=True, exist_ok=True)
-        draw_reading(data, response).save(args.preview)
+        draw_reading(data, response).save(args.preview, format="PNG")
         print(f"preview saved to {args.preview}")
     return 0
 
@@ -270,6 +296,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    escape_unprintable_output()
     if getattr(args, "batch_size", 1) < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return 2

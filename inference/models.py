@@ -29,7 +29,7 @@ from shared.checkpoint import (
     read_version_manifest,
     version_manifest_path,
 )
-from shared.cli import HelpFormatter, positive_int
+from shared.cli import HelpFormatter, escape_unprintable_output, positive_int
 from shared.settings import Paths
 
 from inference.versions import VersionInfo, find_manifest, list_versions, prune_plan, remove_version, rollback_target
@@ -215,10 +215,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    escape_unprintable_output()
     models_dir = Paths(args.artifacts_dir).models
     try:
         return args.run(models_dir, args)
-    except Refused as e:
+    except (Refused, OSError) as e:  # OSError: a folder that cannot be read or written, a directory for a file
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -47,7 +47,7 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
         canvas.paste(right, (width - size - 10, top))
         y += size + caption_height + 10
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    canvas.save(path, format="PNG")  # whatever the name ends with: the help promises a PNG
 
 
 def format_number(response) -> str:

@@ -94,7 +94,9 @@ def find_manifest(models_dir: Path, version: str) -> Manifest | None:
         return None
     manifest = read_version_manifest(models_dir, version)
     if manifest is not None:
-        return manifest
+        # A manifest left without its model file (a removal cut short) names no version: ListModels, which lists
+        # model files, does not show it either.
+        return manifest if (Path(models_dir) / manifest.file).exists() else None
     try:
         latest = read_manifest(models_dir)
     except CheckpointError:

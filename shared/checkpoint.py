@@ -185,13 +185,16 @@ def publish_model(
             f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}"
         )
     target = models_dir / file_name
-    if target.exists():
+    republished = target.exists()
+    if republished:
         data = _same_model_bytes(target, version, model_payload)
     else:
         data = _torch_bytes({"format": MODEL_FORMAT, "version": version, "created_at": utc_now(), **model_payload})
         atomic_write_bytes(target, data)
     onnx_target = models_dir / f"{version}.onnx"
-    if onnx_target.exists():
+    # An export already there is this model's only when the model file was (a publish finished again); one left
+    # beside a removed model file may hold other weights, so it is written again.
+    if republished and onnx_target.exists():
         onnx = onnx_target.read_bytes()
     else:
         onnx = onnx if onnx is not None else _export(model_payload)
@@ -271,12 +274,19 @@ MAX_VERSION_BYTES = 200  # <version>.json within the 255 bytes a file name may h
 
 def is_version_name(version: str) -> bool:
     """Whether `version` can name a published model: <version>.pt and .json are plain names in models/."""
+    if not isinstance(version, str):
+        return False
+    try:
+        # Strict UTF-8: a file name that is not (Python holds its bytes as surrogates) cannot go into a protobuf
+        # string or a JSON answer, so it names no version (it once failed ListModels for every caller).
+        encoded = version.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return (
-        isinstance(version, str)
-        and bool(version)
+        bool(version)
         and not version.startswith(".")
         and "\x00" not in version
-        and len(version.encode("utf-8", "surrogatepass")) <= MAX_VERSION_BYTES
+        and len(encoded) <= MAX_VERSION_BYTES
         and Path(f"{version}.pt").name == f"{version}.pt"
         and version not in RESERVED_VERSIONS
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,3 +31,12 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def escape_unprintable_output() -> None:
+    """Print what the terminal's encoding cannot hold escaped, not as a crash: a file name that is not UTF-8
+    (its bytes held as surrogates) once raised UnicodeEncodeError after the server had answered, under a locale
+    whose stdout is strict."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")

@@ -257,3 +257,39 @@ def test_a_signal_taken_by_another_thread_still_stops_the_server(tmp_path, mnist
     assert process.returncode == 0, process.stderr
     assert "signalling a helper thread" in process.stderr
     assert "received SIGTERM" in process.stderr and process.stderr.rstrip().endswith("stopped"), process.stderr
+
+
+def test_batches_keep_to_the_count_and_the_message_size():
+    named = [(Path(f"{i}.png"), b"x" * size) for i, size in enumerate([400, 400, 400, 5000, 10, 10, 10])]
+    runs = [[path.name for path, _ in run] for run in client.batches(named, 3, 2000)]
+    # 1,024 bytes of message and 16 per image: two images of 400 fit in 2,000 bytes, three do not; an image over
+    # the limit goes alone; small ones stop at the count.
+    assert runs == [["0.png", "1.png"], ["2.png"], ["3.png"], ["4.png", "5.png", "6.png"]]
+
+
+def test_predict_splits_large_pictures_over_calls_within_the_servers_message_limit(
+    module_server, digit_pngs, capsys, tmp_path
+):
+    # 12 pictures of 98 kB: under the server's per-image limit, together over its 1 MB message limit.
+    from tests.reliability import bad_inputs
+
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"big{i}.png"
+        path.write_bytes(bad_inputs.oversized_bytes(digit_pngs[i][2], 98_000))
+        paths.append(path)
+    code, out, err = run_client(capsys, "--target", module_server.target, "predict", *map(str, paths))
+    assert code == 0, err
+    assert all(f"{path}: " in out for path in paths)
+
+
+def test_preview_is_a_png_whatever_the_name(module_server, image_files, capsys, tmp_path):
+    from PIL import Image
+
+    preview = tmp_path / "preview"  # no extension
+    code, _, err = run_client(
+        capsys, "--target", module_server.target, "predict", str(image_files[0]), "--preview", str(preview)
+    )
+    assert code == 0, err
+    with Image.open(preview) as img:
+        assert img.format == "PNG"

@@ -142,3 +142,41 @@ def test_the_trainer_style_manifest_and_the_version_manifest_agree(three_version
     models = Paths(three_versions.artifacts).models
     assert json.loads((models / "v3.json").read_text()) == json.loads((models / "LATEST.json").read_text())
     assert read_manifest(models).version == "v3"
+
+
+def test_a_file_name_that_is_not_utf8_is_no_version_and_listing_goes_on(three_versions):
+    """A model file whose name is not UTF-8 (Python holds its bytes as surrogates) cannot be named in a protobuf
+    string: it is skipped, and ListModels answers for the others (it once failed with INTERNAL for everyone)."""
+    models = Paths(three_versions.artifacts).models
+    odd = models / "caf\udce9.pt"  # the bytes b"caf\xe9.pt"
+    odd.write_bytes((models / "v1.pt").read_bytes())
+    listed = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m.version for m in listed.models] == ["v3", "v2", "v1"]
+
+
+def test_a_manifest_left_without_its_model_file_is_not_found_as_listing_says(three_versions, digit_pngs):
+    """A removal cut short after the model file leaves <v>.json behind: the version is gone for ListModels, and a
+    call pinned to it gets NOT_FOUND (404 over REST), not FAILED_PRECONDITION (503, 'retry')."""
+    models = Paths(three_versions.artifacts).models
+    (models / "v1.pt").unlink()
+    (models / "v1.onnx").unlink(missing_ok=True)
+    assert (models / "v1.json").exists()
+    stub = three_versions.stub
+    assert "v1" not in [m.version for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v1"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+
+
+def test_publishing_again_over_a_stale_export_writes_the_new_models_export(tmp_path):
+    """<v>.onnx left beside a removed <v>.pt may hold other weights: publishing <v> anew writes its own export, so the
+    manifest's checksum, the file and the weights agree."""
+    models = Paths(tmp_path / "artifacts").models
+    publish_model(models, version="v", model_payload=model_payload(1), serve=False)
+    old_export = (models / "v.onnx").read_bytes()
+    (models / "v.pt").unlink()
+    (models / "v.json").unlink()
+    manifest = publish_model(models, version="v", model_payload=model_payload(2), serve=False)
+    new_export = (models / "v.onnx").read_bytes()
+    assert new_export != old_export
+    assert manifest.onnx_sha256 == hashlib.sha256(new_export).hexdigest()
