@@ -61,6 +61,15 @@ def files_sha256(paths: Iterable[Path], extra: Iterable[str] = ()) -> str:
     return digest.hexdigest()
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: once, at import, and set back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
 
@@ -72,6 +81,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file owner-only (0600); the file it replaces would have had the umask's mode, which
+        # a server running as another user of the group (the k8s manifests' fsGroup) needs to read the models.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("shared").setLevel(logging.INFO)
     try:
         run(args)
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train.Interrupted says whether and how to continue
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):

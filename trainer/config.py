@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from shared import settings
+from shared.checkpoint import is_version_name
 from shared.cli import HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES
 
@@ -122,6 +125,31 @@ def decay(text: str) -> float:
     return value
 
 
+def float_between(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """argparse type: a number in [low, high], the ends left out where open; refused with the range said."""
+    lower = "above" if low_open else "at least"
+    upper = "below" if high_open else "at most"
+    said = f"{lower} {low:g}" + ("" if high == math.inf else f" and {upper} {high:g}")
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (value > low if low_open else value >= low) or not (value < high if high_open else value <= high):
+            raise argparse.ArgumentTypeError(f"must be {said}, not {text}")
+        return value
+
+    return parse
+
+
+def run_name(text: str) -> str:
+    """argparse type: a run's folder name, which also begins its published versions' names (<run>-e010)."""
+    if not is_version_name(f"{text}-e999") or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name a run: its published models are files named <run>-e010.pt, so it must be a plain "
+            "file name (no '/', not starting with '.', UTF-8, not too long)"
+        )
+    return text
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -140,7 +168,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=preset_env,
         help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) [env {settings.ENV_PRESET}]",
     )
-    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) or None  # unset: the preset's
+    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) if settings.ENV_EPOCHS in os.environ else None
     if epochs_env is not None and epochs_env < 1:
         raise SystemExit(f"environment variable {settings.ENV_EPOCHS}={epochs_env} must be at least 1")
     parser.add_argument(
@@ -164,10 +192,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the preset's)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument(
+        "--lr",
+        type=float_between(0, math.inf, low_open=True),
+        default=None,
+        help="peak learning rate (default: the preset's)",
+    )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
-    parser.add_argument("--weight-decay", type=float, default=None, help="default: the preset's")
-    parser.add_argument("--label-smoothing", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--weight-decay", type=float_between(0, math.inf), default=None, help="default: the preset's")
+    parser.add_argument(
+        "--label-smoothing", type=float_between(0, 1, high_open=True), default=None, help="default: the preset's"
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -178,7 +213,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--negatives",
-        type=float,
+        type=float_between(0, math.inf),
         default=None,
         metavar="RATIO",
         help="pictures that are not digits added to each batch per digit, as an eleventh class "
@@ -201,10 +236,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="train without random rotations, shifts and stroke changes",
     )
+    seed_env = settings.env_int(settings.ENV_SEED, 0)
+    if seed_env < 0:
+        raise SystemExit(f"environment variable {settings.ENV_SEED}={seed_env} must be 0 or more")
     parser.add_argument(
         "--seed",
-        type=int,
-        default=settings.env_int(settings.ENV_SEED, 0),
+        type=non_negative_int,
+        default=seed_env,
         help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]",
     )
     parser.add_argument(
@@ -237,7 +275,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"where runs (TensorBoard logs, checkpoints) and published models go [env {settings.ENV_ARTIFACTS_DIR}]",
     )
     parser.add_argument(
-        "--run-name", default=None, help="name of the run's folder under runs/ (default: time, preset and seed)"
+        "--run-name",
+        type=run_name,
+        default=None,
+        help="name of the run's folder under runs/ (default: time, preset and seed)",
     )
     parser.add_argument(
         "--resume",
@@ -282,7 +323,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target-accuracy",
-        type=float,
+        type=float_between(0, 1, low_open=True),
         default=None,
         help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop or select",
     )
@@ -292,7 +333,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset's config with the flags the user gave applied on top."""
     config = PRESETS[args.preset]
+    return replace(config, **overrides_given(args))
+
+
+def overrides_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line gives, by TrainConfig field name."""
     overrides = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name, None) is not None}
     if args.augment is not None:
         overrides["augment"] = args.augment
-    return replace(config, **overrides)
+    return overrides
+
+
+def ignored_on_resume(args: argparse.Namespace, config: TrainConfig) -> list[str]:
+    """The flags a resumed run does not apply, as given ('--lr 5'): those that differ from the run's own settings.
+    --precision applies (like --device, it is the machine's). --seed always has a value (0, or MNIST_SEED): it is
+    named only when it differs from that default as well."""
+    ignored = []
+    for name, value in overrides_given(args).items():
+        if name == "precision" or value == getattr(config, name):
+            continue
+        if name == "seed" and value == settings.env_int(settings.ENV_SEED, 0):
+            continue
+        flag = "--no-augment" if name == "augment" else f"--{name.replace('_', '-')} {value}"
+        ignored.append(flag)
+    return ignored

@@ -7,6 +7,7 @@ device (47 MB for all of MNIST), batches are index gathers, so there is no DataL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -15,7 +16,6 @@ import time
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from shared.resources import usable_cpus
 from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
-from trainer.config import TrainConfig, config_from_args
+from trainer.config import TrainConfig, config_from_args, ignored_on_resume
 from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
 from trainer.ema import WeightAverage, weight_average
@@ -50,11 +50,8 @@ from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
 from trainer.picture_cache import Expected, cached_pictures
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
+from trainer.run_folder import BEST, CHECKPOINT_DIR, LAST, claim_run, default_run_name, newest_resumable_run
 from trainer.tensorboard_log import RunLogger
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 @dataclass
@@ -416,17 +413,6 @@ def build(config: TrainConfig, device: torch.device, channels_last: bool) -> nn.
     return model
 
 
-def default_run_name(config: TrainConfig, preset: str) -> str:
-    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}-{config.arch}-s{config.seed}"
-
-
-def newest_resumable_run(paths: Paths) -> str:
-    candidates = sorted(paths.runs.glob(f"*/{CHECKPOINT_DIR}/{LAST}"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise SystemExit(f"--resume: no run with a checkpoint under {paths.runs}")
-    return candidates[-1].parent.parent.name
-
-
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A network's state_dict, detached and on the CPU, for a checkpoint."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -540,8 +526,26 @@ def describe(precision: str, config: TrainConfig) -> str:
     return f"{arithmetic} (auto: {why})"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a run; its message says whether and how to continue it."""
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed command line says. Returns a summary (the main process's; others return {})."""
+    where: dict[str, Any] = {}  # the run's name and its last checkpoint's path, once known
+    with contextlib.ExitStack() as held:  # the run folder's lock, held to the end
+        try:
+            return _run(args, held, where)
+        except KeyboardInterrupt:
+            last = where.get("last")
+            if last is not None and last.exists():
+                raise Interrupted(f"interrupted; continue with --resume --run-name {where['run_name']}") from None
+            raise Interrupted(
+                "interrupted before the run's first checkpoint: nothing to resume; start it again"
+            ) from None
+
+
+def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, Any]) -> dict[str, Any]:
     wall_start = time.perf_counter()
     paths = Paths(Path(args.artifacts_dir))
     throwaway = tempfile.TemporaryDirectory(prefix="mnist-dry-run-") if args.dry_run else None
@@ -558,10 +562,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_name = args.run_name or newest_resumable_run(paths)
         resume_ckpt = load_checkpoint(paths.run_dir(run_name) / CHECKPOINT_DIR / LAST, map_location="cpu")
         config = TrainConfig.from_dict(resume_ckpt["config"])
-        if args.epochs and args.epochs != config.epochs:
+        if ignored := ignored_on_resume(args, config):
             print(
-                f"--resume keeps the run's own {config.epochs} epochs (the schedule depends on it); "
-                f"ignoring --epochs {args.epochs}",
+                f"--resume keeps the run's own settings (its {config.epochs} epochs' schedule and checkpoints depend "
+                f"on them); ignoring {', '.join(ignored)}",
                 flush=True,
             )
         if args.precision is not None:  # like --device, a property of the machine rather than of the run
@@ -576,8 +580,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 negative_pool=min(config.negative_pool, max(600, config.train_subset // 4)),
                 typed_pool=min(config.typed_pool, max(100, config.train_subset // 20)),
             )
-        run_name = args.run_name or default_run_name(config, "dry-run" if args.dry_run else args.preset)
+        run_name = args.run_name or default_run_name(
+            config.arch, config.seed, "dry-run" if args.dry_run else args.preset
+        )
+    if dist_info.is_main:
+        run_name = claim_run(held, paths, run_name, resuming=resume_ckpt is not None, named=args.run_name is not None)
     run_dir = paths.run_dir(run_name)
+    where.update(run_name=run_name, last=run_dir / CHECKPOINT_DIR / LAST)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     precision = resolve_precision(config.precision, device)
     if resume_ckpt is not None and dist_info.is_main:
@@ -587,6 +596,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     eval_subset = 500 if args.dry_run else args.eval_subset
+    if resume_ckpt is not None and resume_ckpt.get("eval_subset", eval_subset) != eval_subset:
+        # The validation images choose the best epoch and fit what is published: the run's own, to its end.
+        print(
+            f"--resume keeps the run's own --eval-subset {resume_ckpt['eval_subset']}; ignoring {eval_subset}",
+            flush=True,
+        )
+        eval_subset = resume_ckpt["eval_subset"]
     # The negatives' pipeline work is spread over this machine's cores, shared with the other processes of a
     # distributed run on it (torchrun sets LOCAL_WORLD_SIZE).
     workers = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size)))
@@ -712,6 +728,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if target and state.target_reached is None and test.accuracy >= target:
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
             payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, average)
+            payload["eval_subset"] = eval_subset
             if better_than_best(metrics, state, len(splits.val_y)):
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)
@@ -798,8 +815,12 @@ def finish(
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)
     logger.log_evaluation(state.epoch, test_eval, splits.test_x, splits.test_y, split="test")
+    # Validation again in fp32, as the publish gate measures the served model: the epoch's own figure may be
+    # bf16's, and identical weights once "beat" the published model by 0.01 point that way.
+    val_out = predict_log_probs(model, splits.val_x, device=device)
+    val_accuracy = evaluation_from_log_probs(val_out, splits.val_y).accuracy
     final = {
-        "val_accuracy": best_metrics["val_accuracy"],
+        "val_accuracy": val_accuracy,
         "test_accuracy": test_eval.accuracy,
         "test_loss": test_eval.loss,
         "train_loss": best_metrics["train_loss"],
@@ -808,7 +829,7 @@ def finish(
     not_digit = None
     if splits.neg_val_x is not None and splits.neg_val_kind is not None:  # calibrated again in fp32, as served
         not_digit = not_digit_metrics(
-            predict_log_probs(model, splits.val_x, device=device),
+            val_out,
             test_out,
             predict_log_probs(model, splits.neg_val_x, device=device),
             splits.neg_val_kind,
@@ -837,7 +858,7 @@ def finish(
     decision = decide(
         "never" if args.dry_run else args.publish,
         version=version,
-        val_accuracy=best_metrics["val_accuracy"],
+        val_accuracy=val_accuracy,
         models_dir=paths.models,
         split_seed=config.split_seed,
         val_fraction=config.val_fraction,

@@ -394,3 +394,22 @@ def test_a_file_replaced_while_it_is_verified_serves_the_verified_bytes(serve, t
     np.testing.assert_allclose(response.prediction.probabilities, local_probabilities(verified, png), atol=1e-5)
     replaced = load_checkpoint(models / "v2.pt")
     assert not np.allclose(local_probabilities(replaced, png), local_probabilities(verified, png), atol=1e-3)
+
+
+def test_written_files_have_the_umasks_mode_not_owner_only(tmp_path):
+    """mkstemp makes files 0600; the model a server of another user in the group reads must not be."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        import shared.checkpoint
+
+        previous = shared.checkpoint._UMASK
+        shared.checkpoint._UMASK = 0o022
+        try:
+            atomic_write_bytes(tmp_path / "m.pt", b"weights")
+        finally:
+            shared.checkpoint._UMASK = previous
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644

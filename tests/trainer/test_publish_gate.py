@@ -111,3 +111,15 @@ def test_publish_never_writes_nothing(served_good, mnist_dir, capsys, flag):
     assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "n", *flag) == 0
     assert last_line(capsys) == "not published (--publish never)"
     assert models_state(served_good) == before
+
+
+def test_the_same_weights_never_beat_themselves(tmp_path, mnist_dir, capsys):
+    """Two runs with the same seed and flags train the same weights. The gate measures the published model in
+    fp32, so the run's own figure is fp32 too: with bf16 training, the epoch's bf16 figure once 'beat' the same
+    weights by 0.01 point and replaced them."""
+    same = ["--train-subset", "1500", "--epochs", "2", "--precision", "bf16"]
+    assert train(tmp_path, mnist_dir, *same, "--run-name", "a") == 0
+    assert train(tmp_path, mnist_dir, *same, "--run-name", "b") == 0
+    line = last_line(capsys)
+    assert line.startswith("not published: validation accuracy ") and "does not beat" in line, line
+    assert read_manifest(Paths(tmp_path).models).version == "a-e002"

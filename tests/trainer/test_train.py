@@ -161,6 +161,59 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_di
     assert [m["val_accuracy"] for m in a["history"]] == [m["val_accuracy"] for m in b["history"]]
 
 
+def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_path, mnist_dir, capsys):
+    assert train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
+    capsys.readouterr()
+    resumed = ["--resume", "--run-name", "r", "--no-publish", "--lr", "5", "--eval-subset", "500"]
+    assert train(tmp_path, mnist_dir, *resumed) == 0
+    out = capsys.readouterr().out
+    assert "ignoring --lr 5.0" in out
+    assert "keeps the run's own --eval-subset 1000; ignoring 500" in out
+    assert "1,000 validation" in out  # the run's own validation images chose and fitted what it keeps
+
+
+def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
+    from trainer.run_folder import claimed
+
+    assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "r", "--no-publish", "--train-subset", "200") == 0
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    before = last.read_bytes()
+    with pytest.raises(SystemExit, match=r"already holds the checkpoints of run r.*--resume --run-name r"):
+        train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "r", "--seed", "1")
+    assert last.read_bytes() == before  # nothing of the first run was overwritten
+    # A trainer running in a folder holds it: another, even resuming, is refused while it runs.
+    with claimed(tmp_path / "runs/busy", resuming=False):
+        with pytest.raises(SystemExit, match="another trainer is running in"):
+            train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "busy")
+
+
+def test_runs_with_the_same_default_name_get_folders_of_their_own(tmp_path):
+    import contextlib
+
+    from trainer.run_folder import claim_run
+
+    paths = Paths(tmp_path)
+    with contextlib.ExitStack() as first, contextlib.ExitStack() as second:
+        assert claim_run(first, paths, "20261202-120000-default-compact-s0", resuming=False, named=False) == (
+            "20261202-120000-default-compact-s0"
+        )
+        # A second trainer started in the same second, while the first runs.
+        assert claim_run(second, paths, "20261202-120000-default-compact-s0", resuming=False, named=False) == (
+            "20261202-120000-default-compact-s0-2"
+        )
+
+
+def test_an_interrupted_run_says_whether_and_how_to_continue(tmp_path, mnist_dir, monkeypatch, capsys):
+    import trainer.train
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.train, "load_splits", interrupt)
+    assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "early") == 130
+    assert "nothing to resume" in capsys.readouterr().err
+
+
 def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     result = subprocess.run(
         [
@@ -211,6 +264,14 @@ def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch):
         ["--train-subset", "-5"],
         ["--ema-decay", "1"],
         ["--ema-decay", "-0.1"],
+        ["--seed", "-1"],
+        ["--lr", "0"],
+        ["--weight-decay", "-1"],
+        ["--label-smoothing", "1"],
+        ["--negatives", "-3"],
+        ["--target-accuracy", "99.5"],
+        ["--run-name", "exp/a"],
+        ["--run-name", ".hidden"],
     ],
 )
 def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, capsys):
@@ -221,9 +282,10 @@ def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, c
     assert not any(tmp_path.iterdir()), "nothing may be started or written"
 
 
-def test_epochs_below_one_in_the_environment_are_refused(monkeypatch):
-    monkeypatch.setenv("MNIST_EPOCHS", "-2")
-    with pytest.raises(SystemExit, match="MNIST_EPOCHS=-2 must be at least 1"):
+@pytest.mark.parametrize("value", ["-2", "0"])
+def test_epochs_below_one_in_the_environment_are_refused(monkeypatch, value):
+    monkeypatch.setenv("MNIST_EPOCHS", value)
+    with pytest.raises(SystemExit, match=f"MNIST_EPOCHS={value} must be at least 1"):
         trainer_main(["--dry-run"])
 
 

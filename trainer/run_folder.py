@@ -1,0 +1,84 @@
+"""A run's folder, runs/<run-name>/: its name, its checkpoints, and one trainer at a time in it.
+
+Two trainers in one folder overwrite each other's checkpoints, mix their TensorBoard events, and the second to
+finish publishes the other's best weights under its own settings (or dies at publish: "already published with
+other weights"). Two runs started in the same second with default names, a sweep run with `&`, used to do just
+that. So each trainer holds an exclusive lock on its folder (flock on runs/<name>/.trainer.lock, released by the
+kernel when the process ends, however it ends), and a new run refuses a folder that holds checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from shared.settings import Paths
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+LOCK_FILE = ".trainer.lock"
+# A default name taken (a run started in the same second) is tried again with "-2", "-3", ...
+MAX_NAME_SUFFIX = 20
+
+
+class RunFolderTaken(Exception):
+    """The folder belongs to another run: `busy` when a trainer is running in it, else it holds checkpoints."""
+
+    def __init__(self, run_dir: Path, busy: bool) -> None:
+        super().__init__(run_dir)
+        self.run_dir, self.busy = run_dir, busy
+
+
+def default_run_name(arch: str, seed: int, preset: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}-{arch}-s{seed}"
+
+
+def newest_resumable_run(paths: Paths) -> str:
+    candidates = sorted(paths.runs.glob(f"*/{CHECKPOINT_DIR}/{LAST}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise SystemExit(f"--resume: no run with a checkpoint under {paths.runs}")
+    return candidates[-1].parent.parent.name
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path, *, resuming: bool) -> Iterator[None]:
+    """Hold `run_dir` for this process: RunFolderTaken if another trainer holds it, or if a new run finds
+    checkpoints there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderTaken(run_dir, busy=True) from None
+        if not resuming and any((run_dir / CHECKPOINT_DIR / name).exists() for name in (LAST, BEST)):
+            raise RunFolderTaken(run_dir, busy=False)
+        yield
+
+
+def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resuming: bool, named: bool) -> str:
+    """Claim runs/<run_name> for the rest of `held`; returns the name claimed. A default name (not `named`) that
+    is taken becomes <name>-2, -3, ...; a name the user chose that is taken is an error that says what to do."""
+    candidates = (
+        [run_name] if named or resuming else [run_name] + [f"{run_name}-{i}" for i in range(2, MAX_NAME_SUFFIX)]
+    )
+    for name in candidates:
+        try:
+            held.enter_context(claimed(paths.run_dir(name), resuming=resuming))
+            return name
+        except RunFolderTaken as taken:
+            if len(candidates) > 1:
+                continue
+            if taken.busy:
+                raise SystemExit(
+                    f"another trainer is running in {taken.run_dir}; wait for it to end, or give this run another "
+                    "--run-name"
+                ) from None
+            raise SystemExit(
+                f"{taken.run_dir} already holds the checkpoints of run {name}; give this run another --run-name, "
+                f"or continue that one with --resume --run-name {name}"
+            ) from None
+    raise SystemExit(f"runs {candidates[0]} to {candidates[-1]} are all taken under {paths.runs}; give a --run-name")
