@@ -166,6 +166,8 @@ def main() -> None:
     args = get_args_parser().parse_args()
     holder = None if args.keep else tempfile.TemporaryDirectory(prefix="bench-train-")
     root = Path(args.keep or holder.name)
+    if args.keep and any((root / "runs").glob("*")):
+        raise SystemExit(f"--keep {root} already holds runs (a run refuses another's folder); give a new folder")
     common = {"data": args.data_dir, "device": args.device}
     print(f"machine: {describe_machine()}\n", flush=True)
 

@@ -111,8 +111,11 @@ def trained_artifacts(mnist_dir) -> Path:
 
     root = cache_root() / "test-models" / code_hash(_TRAINING_CODE, extra=str(TRAINED_EPOCHS))
     if read_manifest(root / "models") is None:
+        # A training cut short (a CI run cancelled) left its checkpoints: continue it, as the trainer asks.
+        resume = ["--resume"] if (root / "runs" / "test-model" / "checkpoints" / "last.pt").exists() else []
         code = trainer_main(
             [
+                *resume,
                 "--data-dir",
                 str(mnist_dir),
                 "--artifacts-dir",
