@@ -317,13 +317,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         504: "the inference service did not answer in time",
     }.items()
 }
+# Calls that take ?model_version= (or "model_version" in the body) can name a version that is not published.
+PINNED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
+}
 READ_NUMBER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **PINNED_RESPONSES,
     400: {
         "model": schemas.ErrorResponse,
         "description": "not an image, damaged or blank; no digit found, more than one line of writing, or more "
         "than 12 digits (the message says which and what to send instead); or a bad request",
     },
-    404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
 }
 IMAGE_BODY = {
     "requestBody": {
@@ -452,6 +456,7 @@ def create_app(options: WebOptions) -> FastAPI:
         "/predict",
         response_model=schemas.Prediction,
         openapi_extra=IMAGE_BODY,
+        responses=PINNED_RESPONSES,
         summary="Read the digit in one picture (gRPC Predict)",
     )
     async def predict(
@@ -472,6 +477,7 @@ def create_app(options: WebOptions) -> FastAPI:
         "/predict/batch",
         response_model=schemas.BatchPrediction,
         openapi_extra=BATCH_BODY,
+        responses=PINNED_RESPONSES,
         summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)",
     )
     async def predict_batch(
@@ -523,6 +529,7 @@ def create_app(options: WebOptions) -> FastAPI:
         "/evaluate",
         response_model=schemas.Evaluation,
         openapi_extra=EVALUATE_BODY,
+        responses=PINNED_RESPONSES,
         summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)",
     )
     async def evaluate(request: Request, response: Response) -> schemas.Evaluation:

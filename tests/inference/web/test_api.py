@@ -324,6 +324,9 @@ def test_openapi_describes_every_endpoint_and_its_errors(gateway):
     assert {"image/*", "application/octet-stream", "multipart/form-data"} <= set(predict["requestBody"]["content"])
     assert {"200", "400", "401", "413", "429", "503"} <= set(predict["responses"])
     assert "422" not in predict["responses"]  # validation errors are 400 here
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/evaluate", "/v1/read-number"):  # ?model_version=
+        assert "404" in paths[path]["post"]["responses"], path
+    assert "application/json" in paths["/v1/evaluate"]["post"]["requestBody"]["content"]
     docs = gateway.get("/docs")
     assert docs.status == 200 and b"swagger" in docs.body.lower() and b"/openapi.json" in docs.body
 
