@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ PROBE_THREADS = 2
 # X-Request-ID is passed to the service as gRPC metadata, which carries printable ASCII only; and an id is a
 # short token, not a payload.
 MAX_REQUEST_ID_CHARS = 128
+# How often a call in flight checks whether its HTTP caller is still there.
+DISCONNECT_POLL_SECONDS = 0.25
+# nginx's status for a request whose client closed the connection first: logged, never received by anyone.
+CLIENT_CLOSED = 499
 IMAGE_FIELD_HELP = "any field name; every file part is an image"
 
 
@@ -151,21 +156,48 @@ class Backend:
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
-        counts from now, so time spent waiting for a thread is part of it."""
+        counts from now, so time spent waiting for a thread is part of it. A caller that leaves cancels the call,
+        so the service stops working for nobody (an Evaluate would hold the one evaluation slot for minutes)."""
         arrived = time.monotonic()
         metadata = pass_through_metadata(http)
         stub_method = getattr(self.stub, method)
+        future: grpc.Future | None = None
+        gone = threading.Event()
 
         def run():
+            nonlocal future
+            if gone.is_set():
+                raise grpc.FutureCancelledError()
             left = max(timeout - (time.monotonic() - arrived), 0.001)
-            return stub_method.with_call(request, timeout=left, metadata=metadata)
+            future = stub_method.future(request, timeout=left, metadata=metadata)
+            return future.result()
 
-        try:
-            result, call = await anyio.to_thread.run_sync(run, limiter=self.calls)
-        except grpc.RpcError as e:
-            message = self.describe(e, timeout)
-            raise GatewayError(errors.http_status(e.code(), message), e.code(), message, _request_id_of(e)) from None
-        if (served_id := _request_id_of(call)) is not None:
+        async def cancel_when_the_caller_leaves() -> None:
+            while not await http.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_SECONDS)
+            gone.set()
+            if future is not None:
+                future.cancel()
+
+        async def outcome() -> tuple[Any, Exception | None]:
+            try:
+                return await anyio.to_thread.run_sync(run, limiter=self.calls), None
+            except Exception as e:  # raised after the watcher stops: out of the task group, never wrapped in a group
+                return None, e
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(cancel_when_the_caller_leaves)
+            result, error = await outcome()
+            tasks.cancel_scope.cancel()
+        if isinstance(error, grpc.FutureCancelledError):
+            raise GatewayError(CLIENT_CLOSED, grpc.StatusCode.CANCELLED, "the caller left before the answer")
+        if isinstance(error, grpc.RpcError):
+            message = self.describe(error, timeout)
+            code = error.code()
+            raise GatewayError(errors.http_status(code, message), code, message, _request_id_of(error))
+        if error is not None:
+            raise error
+        if (served_id := _request_id_of(future)) is not None:
             response.headers["X-Request-ID"] = served_id
         return result
 

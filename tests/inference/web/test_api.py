@@ -428,3 +428,32 @@ def test_readiness_is_answered_at_once_while_calls_wait_on_a_service_that_is_dow
         elapsed = time.monotonic() - started
     assert {a.status for a in answers} == {504}
     assert elapsed < 2.0 + 1.5, f"calls took {elapsed:.1f} s against a 2 s deadline"
+
+
+def test_a_caller_that_leaves_cancels_its_call_on_the_service(gateway, monkeypatch):
+    """An Evaluate whose HTTP caller closes the connection is cancelled on the gRPC service, which then stops
+    (the service's should_stop turns true), rather than work on for nobody while holding the evaluation slot."""
+    import inference.service
+
+    entered, stopped = threading.Event(), threading.Event()
+
+    def held(*args, should_stop, **kwargs):
+        entered.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if should_stop():
+                stopped.set()
+                return None
+            time.sleep(0.05)
+        return None
+
+    monkeypatch.setattr(inference.service, "evaluate_model", held)
+    body = b'{"heatmap": false}'
+    with socket.create_connection(("127.0.0.1", gateway.port)) as caller:
+        caller.sendall(
+            b"POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert entered.wait(10)
+    assert stopped.wait(5), "the service went on evaluating for a caller that had left"
