@@ -53,7 +53,10 @@ def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) ->
             root = models / f"{variant}-s{seed}"
             if (root / "models" / "LATEST.json").exists():
                 continue
+            # A training cut short left its checkpoints: continue it (a new run refuses the folder).
+            resume = ["--resume"] if (root / "runs" / f"{variant}-s{seed}" / "checkpoints" / "last.pt").exists() else []
             argv = [
+                *resume,
                 "--data-dir",
                 str(data_dir),
                 "--no-download",

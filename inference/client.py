@@ -54,7 +54,7 @@ IMAGE_OVERHEAD_BYTES = 16
 
 def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, bytes]]]:
     """`named` in order, in runs of at most `max_count` images and `max_bytes` bytes of request message (an image
-    larger than that goes alone, for the service to judge and say why)."""
+    larger than that goes alone: refused by the service's message limit, it fails alone)."""
     run: list[tuple[Path, bytes]] = []
     size = MESSAGE_OVERHEAD_BYTES
     for item in named:
@@ -85,14 +85,22 @@ def cmd_predict(stub, args, call) -> int:
     # all fail together with "larger than max".
     limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
     for chunk in batches(named_images, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
-        response = call(
-            stub.PredictBatch,
-            pb.PredictBatchRequest(
-                images=[data for _, data in chunk],
-                return_model_input=args.preview is not None,
-                model_version=args.model_version,
-            ),
-        )
+        try:
+            response = call(
+                stub.PredictBatch,
+                pb.PredictBatchRequest(
+                    images=[data for _, data in chunk],
+                    return_model_input=args.preview is not None,
+                    model_version=args.model_version,
+                ),
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or len(chunk) > 1:
+                raise
+            # One picture over the message limit, alone in its call: it fails, the others go on.
+            print(f"{chunk[0][0]}: not accepted: {e.details()}", file=sys.stderr)
+            failed += 1
+            continue
         for (path, data), result in zip(chunk, response.results):
             if result.HasField("error"):
                 print(f"{path}: not accepted: {result.error.message}", file=sys.stderr)

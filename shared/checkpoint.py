@@ -14,6 +14,7 @@ Everything stored is a tensor, number, string, list or dict, so `torch.load(...,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -62,7 +63,14 @@ def files_sha256(paths: Iterable[Path], extra: Iterable[str] = ()) -> str:
 
 
 def _process_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: once, at import, and set back at once
+    """The process's umask: from /proc (Linux), else by setting it and back (once, at import)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -81,10 +89,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp makes the file owner-only (0600); the file it replaces would have had the umask's mode, which
-        # a server running as another user of the group (the k8s manifests' fsGroup) needs to read the models.
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file owner-only (0600); a file made by open() has the umask's mode, which a server
+            # running as another user of the group (the k8s manifests' fsGroup) needs to read the models. A
+            # filesystem that refuses chmod keeps 0600, as before.
+            with contextlib.suppress(OSError):
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -133,7 +133,11 @@ def float_between(low: float, high: float, *, low_open: bool = False, high_open:
 
     def parse(text: str) -> float:
         value = float(text)
-        if not (value > low if low_open else value >= low) or not (value < high if high_open else value <= high):
+        if (
+            not math.isfinite(value)
+            or not (value > low if low_open else value >= low)
+            or not (value < high if high_open else value <= high)
+        ):
             raise argparse.ArgumentTypeError(f"must be {said}, not {text}")
         return value
 
@@ -142,7 +146,7 @@ def float_between(low: float, high: float, *, low_open: bool = False, high_open:
 
 def run_name(text: str) -> str:
     """argparse type: a run's folder name, which also begins its published versions' names (<run>-e010)."""
-    if not is_version_name(f"{text}-e999") or text in (".", ".."):
+    if not text or not is_version_name(f"{text}-e999"):
         raise argparse.ArgumentTypeError(
             f"{text!r} cannot name a run: its published models are files named <run>-e010.pt, so it must be a plain "
             "file name (no '/', not starting with '.', UTF-8, not too long)"
@@ -168,7 +172,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=preset_env,
         help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) [env {settings.ENV_PRESET}]",
     )
-    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) if settings.ENV_EPOCHS in os.environ else None
+    # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
+    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) if os.environ.get(settings.ENV_EPOCHS, "").strip() else None
     if epochs_env is not None and epochs_env < 1:
         raise SystemExit(f"environment variable {settings.ENV_EPOCHS}={epochs_env} must be at least 1")
     parser.add_argument(

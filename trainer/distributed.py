@@ -64,6 +64,15 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
     return tensor.tolist()
 
 
+def broadcast_name(name: str, info: DistInfo) -> str:
+    """Rank 0's `name` on every rank (the run folder rank 0 claimed); itself for one process."""
+    if not info.enabled:
+        return name
+    names = [name]
+    dist.broadcast_object_list(names, src=0)
+    return names[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

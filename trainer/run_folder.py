@@ -10,12 +10,15 @@ kernel when the process ends, however it ends), and a new run refuses a folder t
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from shared.settings import Paths
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -48,12 +51,19 @@ def newest_resumable_run(paths: Paths) -> str:
 def claimed(run_dir: Path, *, resuming: bool) -> Iterator[None]:
     """Hold `run_dir` for this process: RunFolderTaken if another trainer holds it, or if a new run finds
     checkpoints there."""
+    import fcntl  # POSIX only: imported here, so that the rest of the trainer imports anywhere
+
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOCK_FILE, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderTaken(run_dir, busy=True) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # Some network and FUSE volumes have no locks: train there as before, unguarded.
+            log.warning("cannot lock %s (%s); another trainer in this folder would not be noticed", run_dir, e)
         if not resuming and any((run_dir / CHECKPOINT_DIR / name).exists() for name in (LAST, BEST)):
             raise RunFolderTaken(run_dir, busy=False)
         yield

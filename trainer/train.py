@@ -43,7 +43,15 @@ from shared.settings import Paths
 from trainer.augment import AugmentConfig, augment
 from trainer.config import TrainConfig, config_from_args, ignored_on_resume
 from trainer.digit_distance import fit_digit_distance
-from trainer.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, resolve_device, shutdown
+from trainer.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_name,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from trainer.ema import WeightAverage, weight_average
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
@@ -560,6 +568,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     resume_ckpt = None
     if args.resume:
         run_name = args.run_name or newest_resumable_run(paths)
+        if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
+            claim_run(held, paths, run_name, resuming=True, named=True)
         resume_ckpt = load_checkpoint(paths.run_dir(run_name) / CHECKPOINT_DIR / LAST, map_location="cpu")
         config = TrainConfig.from_dict(resume_ckpt["config"])
         if ignored := ignored_on_resume(args, config):
@@ -583,8 +593,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         run_name = args.run_name or default_run_name(
             config.arch, config.seed, "dry-run" if args.dry_run else args.preset
         )
-    if dist_info.is_main:
-        run_name = claim_run(held, paths, run_name, resuming=resume_ckpt is not None, named=args.run_name is not None)
+        if dist_info.is_main:
+            run_name = claim_run(held, paths, run_name, resuming=False, named=args.run_name is not None)
+        run_name = broadcast_name(run_name, dist_info)  # the name rank 0 claimed (a default may have become -2)
     run_dir = paths.run_dir(run_name)
     where.update(run_name=run_name, last=run_dir / CHECKPOINT_DIR / LAST)
     ckpt_dir = run_dir / CHECKPOINT_DIR
@@ -598,10 +609,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     eval_subset = 500 if args.dry_run else args.eval_subset
     if resume_ckpt is not None and resume_ckpt.get("eval_subset", eval_subset) != eval_subset:
         # The validation images choose the best epoch and fit what is published: the run's own, to its end.
-        print(
-            f"--resume keeps the run's own --eval-subset {resume_ckpt['eval_subset']}; ignoring {eval_subset}",
-            flush=True,
-        )
+        ignoring = f"; ignoring --eval-subset {eval_subset}" if eval_subset else ""
+        print(f"--resume keeps the run's own --eval-subset {resume_ckpt['eval_subset']}{ignoring}", flush=True)
         eval_subset = resume_ckpt["eval_subset"]
     # The negatives' pipeline work is spread over this machine's cores, shared with the other processes of a
     # distributed run on it (torchrun sets LOCAL_WORLD_SIZE).

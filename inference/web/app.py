@@ -170,11 +170,16 @@ class Backend:
                 raise grpc.FutureCancelledError()
             left = max(timeout - (time.monotonic() - arrived), 0.001)
             future = stub_method.future(request, timeout=left, metadata=metadata)
+            if gone.is_set():  # the caller left while the call was being made: the watcher found no future
+                future.cancel()
             return future.result()
 
         async def cancel_when_the_caller_leaves() -> None:
-            while not await http.is_disconnected():
-                await anyio.sleep(DISCONNECT_POLL_SECONDS)
+            try:
+                while not await http.is_disconnected():
+                    await anyio.sleep(DISCONNECT_POLL_SECONDS)
+            except Exception:  # e.g. BodyTooLarge from an unread body: stop watching; the call goes on
+                return
             gone.set()
             if future is not None:
                 future.cancel()
@@ -182,7 +187,7 @@ class Backend:
         async def outcome() -> tuple[Any, Exception | None]:
             try:
                 return await anyio.to_thread.run_sync(run, limiter=self.calls), None
-            except Exception as e:  # raised after the watcher stops: out of the task group, never wrapped in a group
+            except Exception as e:  # raised after the watcher stops, out of the task group: never wrapped in a group
                 return None, e
 
         async with anyio.create_task_group() as tasks:

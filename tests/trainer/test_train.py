@@ -168,7 +168,7 @@ def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_
     assert train(tmp_path, mnist_dir, *resumed) == 0
     out = capsys.readouterr().out
     assert "ignoring --lr 5.0" in out
-    assert "keeps the run's own --eval-subset 1000; ignoring 500" in out
+    assert "keeps the run's own --eval-subset 1000; ignoring --eval-subset 500" in out
     assert "1,000 validation" in out  # the run's own validation images chose and fitted what it keeps
 
 
