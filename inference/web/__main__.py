@@ -88,6 +88,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="largest request body read; larger ones get 413 before they are read "
         "(the gRPC service's own limits apply to what passes)",
     )
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=defaults.max_inflight_bytes,
+        help="bytes of request bodies held at once, all requests together; past it, 429 with Retry-After",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument(
         "--log-format",
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be more than 0")
     if args.max_body_bytes < 1:
         raise SystemExit("--max-body-bytes must be at least 1")
+    if args.max_inflight_bytes < args.max_body_bytes:
+        raise SystemExit("--max-inflight-bytes must be at least --max-body-bytes (one largest body)")
     configure_logging(args.log_level, args.log_format)
 
     import uvicorn
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         evaluate_timeout=args.evaluate_timeout,
         max_body_bytes=args.max_body_bytes,
+        max_inflight_bytes=args.max_inflight_bytes,
     )
     # log_config=None: uvicorn's loggers go through configure_logging's handler, in the chosen format. Its
     # "Uvicorn running on http://host:port" line gives the real port when --port is 0.

@@ -102,6 +102,8 @@ class WebOptions:
     # Above the gRPC service's default message limit (16 MiB, --max-message-bytes), so the service's own limits
     # and messages decide what is too large; this bound only keeps the gateway from reading a body without end.
     max_body_bytes: int = 32 * 1024 * 1024
+    # All request bodies in flight together: four of the largest at once.
+    max_inflight_bytes: int = 128 * 1024 * 1024
 
 
 class GatewayError(Exception):
@@ -240,33 +242,66 @@ def _printable_ascii(text: str) -> bool:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory.
+    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory, and the bodies of
+    all requests in flight together stay within `max_inflight_bytes` (429 with Retry-After past it).
 
     A Content-Length over the limit is refused at once; a body sent without one (chunked) is counted as it
-    arrives, and the endpoint reading it gets BodyTooLarge at the first byte over.
+    arrives, and the endpoint reading it gets BodyTooLarge at the first byte over. Each request's bytes (its
+    declared length at once, or what has arrived) count against the shared budget until its response is sent:
+    without it, 100 callers sending 32 MiB each at once would make the gateway hold 3.2 GB.
     """
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, max_inflight_bytes: int) -> None:
+        self.app, self.max_bytes, self.max_inflight_bytes = app, max_bytes, max_inflight_bytes
+        self.inflight = 0  # bytes of request bodies held now; one event loop, so no lock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        reserved = int(declared) if declared is not None and declared.isdigit() else 0
+        if reserved > self.max_bytes:
             return await _too_large_response(self.max_bytes)(scope, receive, send)
+        if self.inflight + reserved > self.max_inflight_bytes:
+            return await _busy_response(self.max_inflight_bytes)(scope, receive, send)
+        self.inflight += reserved
+        held = reserved  # what this request counts against the budget: its declared length, or what arrived
         received = 0
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, held
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge()
+                grown = max(received - held, 0)
+                if grown:
+                    if self.inflight + grown > self.max_inflight_bytes:
+                        raise GatewayBusy()
+                    self.inflight += grown
+                    held += grown
             return message
 
-        return await self.app(scope, counted_receive, send)
+        try:
+            return await self.app(scope, counted_receive, send)
+        finally:
+            self.inflight -= held
+
+
+class GatewayBusy(Exception):
+    """The request bodies in flight have reached --max-inflight-bytes."""
+
+
+def _busy_response(max_inflight_bytes: int) -> JSONResponse:
+    message = (
+        f"the gateway holds {max_inflight_bytes:,} bytes of request bodies in flight, its limit; try again in a moment"
+    )
+    return JSONResponse(
+        errors.error_body(429, grpc.StatusCode.RESOURCE_EXHAUSTED, message),
+        status_code=429,
+        headers=errors.error_headers(429),
+    )
 
 
 def _too_large_response(max_bytes: int) -> JSONResponse:
@@ -440,7 +475,7 @@ def create_app(options: WebOptions) -> FastAPI:
         '"message"}}`, where `code` is the gRPC status and `message` says what to fix.',
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
     expected_authorization = f"Bearer {options.token}".encode() if options.token else None
 
     def authorize(request: Request) -> None:
@@ -471,6 +506,10 @@ def create_app(options: WebOptions) -> FastAPI:
     @app.exception_handler(BodyTooLarge)
     async def on_body_too_large(request: Request, e: BodyTooLarge):
         return _too_large_response(options.max_body_bytes)
+
+    @app.exception_handler(GatewayBusy)
+    async def on_gateway_busy(request: Request, e: GatewayBusy):
+        return _busy_response(options.max_inflight_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(request: Request, e: RequestValidationError):

@@ -457,3 +457,31 @@ def test_a_caller_that_leaves_cancels_its_call_on_the_service(gateway, monkeypat
         )
         assert entered.wait(10)
     assert stopped.wait(5), "the service went on evaluating for a caller that had left"
+
+
+def test_request_bodies_in_flight_together_stay_within_the_gateways_budget(web, backend, digit_pngs):
+    """Each body is capped, and so are all of them together: a request whose body would take the gateway past
+    --max-inflight-bytes gets 429 with Retry-After before it is read; the budget comes back when a request ends."""
+    gateway = web(target=backend.target, max_body_bytes=50_000, max_inflight_bytes=60_000)
+    body = bad_inputs.oversized_bytes(digit_pngs[0][2], 40_000)
+    answer = None
+    for _attempt in range(5):  # a call that arrives before the slow body is counted takes the budget first: again
+        with socket.create_connection(("127.0.0.1", gateway.port)) as slow:
+            # A chunked body, 40,000 bytes sent and the rest never: the gateway holds what arrived.
+            slow.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(body):x}\r\n".encode()
+                + body
+                + b"\r\n"
+            )
+            time.sleep(0.3)
+            answer = gateway.post("/v1/predict", body)
+            if answer.status == 429:
+                break
+    assert answer is not None
+    assert_error(answer, 429, "RESOURCE_EXHAUSTED", "60,000 bytes of request bodies in flight", "try again")
+    assert answer.headers["retry-after"] == "1"
+    deadline = time.monotonic() + 10
+    while (answer := gateway.post("/v1/predict", body)).status == 429 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the slow request ends when its caller leaves, and gives its bytes back
+    assert answer.status == 200, answer.body[:300]
