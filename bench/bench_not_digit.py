@@ -47,6 +47,7 @@ FLAG_RATE = TrainConfig().digit_flag_rate  # every score is compared where the s
 
 def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) -> None:
     from trainer.__main__ import main as trainer_main
+    from trainer.run_folder import last_checkpoint
 
     for seed in seeds:
         for variant, negatives in VARIANTS.items():
@@ -54,7 +55,9 @@ def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) ->
             if (root / "models" / "LATEST.json").exists():
                 continue
             # A training cut short left its checkpoints: continue it (a new run refuses the folder).
-            resume = ["--resume"] if (root / "runs" / f"{variant}-s{seed}" / "checkpoints" / "last.pt").exists() else []
+            resume = (
+                ["--resume"] if last_checkpoint(settings.Paths(root).run_dir(f"{variant}-s{seed}")).exists() else []
+            )
             argv = [
                 *resume,
                 "--data-dir",

@@ -58,12 +58,12 @@ def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> 
     run: list[tuple[Path, bytes]] = []
     size = MESSAGE_OVERHEAD_BYTES
     for item in named:
-        grown = size + len(item[1]) + IMAGE_OVERHEAD_BYTES
-        if run and (len(run) == max_count or grown > max_bytes):
+        cost = len(item[1]) + IMAGE_OVERHEAD_BYTES
+        if run and (len(run) == max_count or size + cost > max_bytes):
             yield run
-            run, grown = [], MESSAGE_OVERHEAD_BYTES + len(item[1]) + IMAGE_OVERHEAD_BYTES
+            run, size = [], MESSAGE_OVERHEAD_BYTES
         run.append(item)
-        size = grown
+        size += cost
     if run:
         yield run
 

@@ -105,14 +105,16 @@ _TRAINING_CODE = (
 def trained_artifacts(mnist_dir) -> Path:
     """An artifacts folder holding a published, fully trained default model (models/LATEST.json)."""
     from shared.checkpoint import read_manifest
+    from shared.settings import Paths
 
     from testkit.cache import cache_root, code_hash
     from trainer.__main__ import main as trainer_main
+    from trainer.run_folder import last_checkpoint
 
     root = cache_root() / "test-models" / code_hash(_TRAINING_CODE, extra=str(TRAINED_EPOCHS))
     if read_manifest(root / "models") is None:
         # A training cut short (a CI run cancelled) left its checkpoints: continue it, as the trainer asks.
-        resume = ["--resume"] if (root / "runs" / "test-model" / "checkpoints" / "last.pt").exists() else []
+        resume = ["--resume"] if last_checkpoint(Paths(root).run_dir("test-model")).exists() else []
         code = trainer_main(
             [
                 *resume,

@@ -36,6 +36,11 @@ class RunFolderTaken(Exception):
         self.run_dir, self.busy = run_dir, busy
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint --resume continues from: runs/<run>/checkpoints/last.pt."""
+    return run_dir / CHECKPOINT_DIR / LAST
+
+
 def default_run_name(arch: str, seed: int, preset: str) -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}-{arch}-s{seed}"
 

@@ -58,7 +58,15 @@ from trainer.negatives import make_negatives, make_typed_digits, pipeline_pool
 from trainer.picture_cache import Expected, cached_pictures
 from trainer.precision import autocast, resolve_precision
 from trainer.publish import decide
-from trainer.run_folder import BEST, CHECKPOINT_DIR, LAST, claim_run, default_run_name, newest_resumable_run
+from trainer.run_folder import (
+    BEST,
+    CHECKPOINT_DIR,
+    LAST,
+    claim_run,
+    default_run_name,
+    last_checkpoint,
+    newest_resumable_run,
+)
 from trainer.tensorboard_log import RunLogger
 
 
@@ -570,7 +578,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         run_name = args.run_name or newest_resumable_run(paths)
         if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
             claim_run(held, paths, run_name, resuming=True, named=True)
-        resume_ckpt = load_checkpoint(paths.run_dir(run_name) / CHECKPOINT_DIR / LAST, map_location="cpu")
+        resume_ckpt = load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
         config = TrainConfig.from_dict(resume_ckpt["config"])
         if ignored := ignored_on_resume(args, config):
             print(
@@ -597,7 +605,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             run_name = claim_run(held, paths, run_name, resuming=False, named=args.run_name is not None)
         run_name = broadcast_name(run_name, dist_info)  # the name rank 0 claimed (a default may have become -2)
     run_dir = paths.run_dir(run_name)
-    where.update(run_name=run_name, last=run_dir / CHECKPOINT_DIR / LAST)
+    where.update(run_name=run_name, last=last_checkpoint(run_dir))
     ckpt_dir = run_dir / CHECKPOINT_DIR
     precision = resolve_precision(config.precision, device)
     if resume_ckpt is not None and dist_info.is_main:
