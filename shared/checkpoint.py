@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -206,6 +207,8 @@ def publish_model(
             f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
             f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}"
         )
+    for path in remove_abandoned_temp_files(models_dir):
+        log.info("removed %s, left by a publish that was killed while writing it", path.name)
     target = models_dir / file_name
     republished = target.exists()
     if republished:
@@ -393,6 +396,27 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
         for path in Path(folder).glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
             removed.append(path)
+    return removed
+
+
+# A temporary file of atomic_write_bytes older than this was left by a process killed while writing it: one write
+# takes seconds at most (a model is a few MB), so a live writer's file is never this old.
+ABANDONED_AFTER_SECONDS = 3600.0
+
+
+def remove_abandoned_temp_files(folder: Path, older_than: float = ABANDONED_AFTER_SECONDS) -> list[Path]:
+    """Delete the temporary files atomic_write_bytes left in `folder` (a shared one: models/, the picture cache)
+    when its process was killed, if unchanged for `older_than` seconds. Another process may be writing in the same
+    folder, so a younger one is left alone. Returns what was removed; a file that cannot be removed is skipped."""
+    removed = []
+    deadline = time.time() - older_than
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            if path.stat().st_mtime < deadline:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # removed by another process meanwhile, or not ours to remove
+            continue
     return removed
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import PIL
 
 import shared
-from shared.checkpoint import atomic_write_bytes, files_sha256
+from shared.checkpoint import atomic_write_bytes, files_sha256, remove_abandoned_temp_files
 
 from trainer import negatives
 
@@ -94,6 +94,7 @@ def write_entry(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, allow_pickle=False, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
+    remove_abandoned_temp_files(path.parent)  # a run killed while writing an entry left its part behind
     entries = sorted(path.parent.glob(f"{PREFIX}*.npz"), key=last_used, reverse=True)
     for old in entries[KEEP:]:
         old.unlink(missing_ok=True)

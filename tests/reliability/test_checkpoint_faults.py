@@ -413,3 +413,19 @@ def test_written_files_have_the_umasks_mode_not_owner_only(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_publish_removes_what_a_killed_publish_left_and_keeps_a_live_writers_file(tmp_path):
+    """A trainer killed while writing models/ leaves a temporary file of atomic_write_bytes; the next publish removes
+    it once it is old enough that no process can still be writing it. A younger one may be another trainer's
+    publish in progress, and stays."""
+    models = Paths(tmp_path).models
+    models.mkdir(parents=True)
+    abandoned, live = models / ".v0.pt.k1ll3d.tmp", models / ".v9.pt.wr1t1n.tmp"
+    for path in (abandoned, live):
+        path.write_bytes(b"part of a model")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    publish(tmp_path, "v1")
+    assert not abandoned.exists() and live.exists()
+    assert read_manifest(models).version == "v1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,3 +225,13 @@ def test_pruning_passes_over_an_entry_another_process_removed(tmp_path):
     for seed in range(KEEP + 1):
         cached_pictures(tmp_path, {"seed": seed}, {}, EXPECTED, Drawer(seed))
     assert len(list(tmp_path.glob("pictures-*.npz"))) == KEEP
+
+
+def test_storing_an_entry_removes_the_part_a_killed_run_left(tmp_path):
+    abandoned, live = tmp_path / ".pictures-x.npz.k1ll3d.tmp", tmp_path / ".pictures-y.npz.wr1t1n.tmp"
+    for path in (abandoned, live):
+        path.write_bytes(b"part of an entry")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    cached_pictures(tmp_path, {"seed": 0}, {}, EXPECTED, Drawer(0))
+    assert not abandoned.exists() and live.exists()  # the young one may be another run's write in progress
