@@ -42,6 +42,12 @@ class LruCache(Generic[K, V]):
             for old_key, old_value in evicted:
                 self.on_evict(old_key, old_value)
 
+    def discard(self, key: K, value: V) -> None:
+        """Drop `key` if it still holds `value` (another thread may have put a newer one meanwhile)."""
+        with self._lock:
+            if self._entries.get(key) is value:
+                del self._entries[key]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)

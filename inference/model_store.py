@@ -29,6 +29,7 @@ from torch import nn
 from shared.checkpoint import (
     CheckpointError,
     Manifest,
+    numeric_metrics,
     read_manifest,
     read_published_model,
     read_published_onnx,
@@ -249,7 +250,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
     model.eval()
     validate(model, mean, std)
     runner = onnx_runner(models_dir, manifest, model, mean, std) if backend == "onnxruntime" else None
-    metrics = payload.get("metrics") or {}
+    metrics = numeric_metrics(payload.get("metrics"))
     digit_threshold = None
     if getattr(getattr(model, "output", None), "not_digit", False):  # shared/model.py
         digit_threshold = _number(payload.get("digit_threshold", 0.5), "digit_threshold")
@@ -266,7 +267,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
         arch_kwargs=dict(payload.get("arch_kwargs") or {}),
         parameter_count=count_parameters(model),
         sha256=manifest.sha256,
-        metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        metrics=metrics,
         run_name=str(payload.get("run_name", manifest.run_name)),
         epoch=int(payload.get("epoch", 0) or 0),
         trained_at=str(payload.get("created_at", manifest.created_at)),
@@ -284,8 +285,30 @@ class _Failure:
     retry_at: float
 
 
-def _log_unloaded(version: str, _served: ServedModel) -> None:
+def _log_unloaded(version: str, _entry: _Pinned) -> None:
     log.info("pinned model %s unloaded (least recently used)", version)
+
+
+FileStamp = tuple[int, int, int, int]  # (device, inode, size, modification time in ns) of a model file
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """What tells one file from another at `path` without reading it: a version removed and published again
+    gets a new file. None if there is no file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    """A pinned version in the cache, with the stamp of the file it was loaded from."""
+
+    served: ServedModel
+    path: Path
+    stamp: FileStamp
 
 
 @dataclass
@@ -305,7 +328,7 @@ class ModelStore:
     on_swap: Callable[[ServedModel], None] | None = None
     events: ModelEvents = field(default_factory=ModelEvents)
     pinned_cache_size: int = 3
-    _pinned: LruCache[str, ServedModel] = field(init=False)  # version -> the loaded model
+    _pinned: LruCache[str, _Pinned] = field(init=False)  # version -> the loaded model and its file's stamp
     _pinned_failures: dict[tuple, tuple[str, float]] = field(default_factory=dict, init=False)
     _pinned_failures_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _pinned_load_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # one load at a time
@@ -418,11 +441,11 @@ class ModelStore:
             return current if current is not None else self._first_model()
         if current is not None and current.version == version:
             return current
-        hit = self._pinned.get(version)
+        hit = self._pinned_hit(version)
         if hit is not None:
             return hit
         with self._pinned_load_lock:  # loads take ~0.1 s of CPU: one at a time, and never twice for one version
-            hit = self._pinned.get(version)
+            hit = self._pinned_hit(version)
             if hit is not None:
                 return hit
             try:
@@ -431,6 +454,8 @@ class ModelStore:
                 raise VersionUnavailable(f"model version {version} cannot be read: {e}") from None
             if manifest is None:
                 raise UnknownVersion(version)
+            path = self.models_dir / manifest.file
+            stamp = file_stamp(path)  # before reading it: a file replaced meanwhile is seen as changed next time
             key = (version, manifest.sha256, manifest.size)
             with self._pinned_failures_lock:
                 failure = self._pinned_failures.get(key)
@@ -450,7 +475,8 @@ class ModelStore:
                     self._pinned_failures[key] = (message, time.monotonic() + self.retry_after)
                 raise VersionUnavailable(message) from None
             self.events.loaded("pinned", True)
-            self._pinned.put(version, served)
+            if stamp is not None:
+                self._pinned.put(version, _Pinned(served, path, stamp))
             log.info(
                 "pinned model %s loaded (%s, sha256 %s) in %.0f ms for calls that ask for it",
                 version,
@@ -459,6 +485,18 @@ class ModelStore:
                 (time.perf_counter() - started) * 1e3,
             )
             return served
+
+    def _pinned_hit(self, version: str) -> ServedModel | None:
+        """The cached model of `version` if its file is still the one it was loaded from (one stat): a version
+        removed since (mnist-models prune) is no longer answered, and one removed and published again with other
+        weights is loaded again, never answered with the old ones."""
+        entry = self._pinned.get(version)
+        if entry is None:
+            return None
+        if file_stamp(entry.path) != entry.stamp:
+            self._pinned.discard(version, entry)
+            return None
+        return entry.served
 
     def _first_model(self) -> ServedModel | None:
         """No model served yet: look at the manifest now rather than at the next poll. Processes that share a port

@@ -26,9 +26,11 @@ from shared.checkpoint import (
     Manifest,
     is_version_name,
     load_checkpoint,
+    numeric_metrics,
     read_history,
     read_manifest,
     read_version_manifest,
+    verify_model_file,
     version_manifest_path,
 )
 
@@ -65,7 +67,6 @@ def manifest_from_file(models_dir: Path, version: str) -> Manifest:
         return cached
     data = path.read_bytes()
     payload = load_checkpoint(io.BytesIO(data), name=path.name)
-    metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}
     manifest = Manifest(
         version=version,
         file=path.name,
@@ -74,7 +75,7 @@ def manifest_from_file(models_dir: Path, version: str) -> Manifest:
         arch=str(payload.get("arch", "")),
         created_at=str(payload.get("created_at", "")),
         run_name=str(payload.get("run_name", "")),
-        metrics={str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        metrics=numeric_metrics(payload.get("metrics")),
     )
     with _reconstructed_lock:
         if len(_reconstructed) > 1024:  # bounded: files come and go over a server's life
@@ -125,7 +126,7 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
         recorded, problem = True, ""
         try:
             manifest = read_version_manifest(models_dir, version)
-        except CheckpointError as e:
+        except (CheckpointError, OSError) as e:  # OSError: unreadable (permissions, a folder by that name)
             manifest, problem = None, str(e)
         if manifest is None:
             recorded = False
@@ -195,17 +196,31 @@ def rollback_target(models_dir: Path) -> str | None:
     return None
 
 
+def possibly_served(models_dir: Path) -> set[str]:
+    """The versions a running server may be serving: the one LATEST.json names and, while its file fails its
+    checksum (damaged, or a file in its place that is not the one published), each one named before it back to
+    the newest whose file passes, since a server that skipped the newer ones goes on serving that one."""
+    versions = set()
+    for version in reversed(served_stack(models_dir)):
+        versions.add(version)
+        try:
+            manifest = find_manifest(models_dir, version)
+            if manifest is not None:
+                verify_model_file(models_dir, manifest)
+                return versions
+        except (CheckpointError, OSError):
+            pass
+    return versions
+
+
 def prune_plan(models_dir: Path, keep: int) -> tuple[list[VersionInfo], list[VersionInfo]]:
-    """(kept, removed): the `keep` newest versions are kept, and the served one always, whatever its age."""
+    """(kept, removed): the `keep` newest versions are kept, and those a server may be serving always, whatever
+    their age (possibly_served)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    try:
-        latest = read_manifest(models_dir)
-    except CheckpointError:
-        latest = None
-    named = latest.version if latest is not None else None  # by name: even if its file no longer matches
+    protected = possibly_served(models_dir)  # by name: even if the named file no longer matches
     infos = list_versions(models_dir)
-    kept = [info for index, info in enumerate(infos) if index < keep or info.manifest.version == named]
+    kept = [info for index, info in enumerate(infos) if index < keep or info.manifest.version in protected]
     removed = [info for info in infos if info not in kept]
     return kept, removed
 

@@ -207,6 +207,7 @@ def publish_model(
             f"version {version!r} must be a plain file name of at most {MAX_VERSION_BYTES} bytes, not "
             f"starting with '.', and not {' or '.join(sorted(RESERVED_VERSIONS))}"
         )
+    metrics = numeric_metrics(model_payload.get("metrics"))  # before anything is written: nothing half-published
     for path in remove_abandoned_temp_files(models_dir):
         log.info("removed %s, left by a publish that was killed while writing it", path.name)
     target = models_dir / file_name
@@ -233,7 +234,7 @@ def publish_model(
         arch=model_payload["arch"],
         created_at=utc_now(),
         run_name=str(model_payload.get("run_name", "")),
-        metrics={k: float(v) for k, v in model_payload.get("metrics", {}).items()},
+        metrics=metrics,
         onnx_file=onnx_target.name if onnx is not None else "",
         onnx_sha256=hashlib.sha256(onnx).hexdigest() if onnx is not None else "",
         onnx_size=len(onnx) if onnx is not None else 0,
@@ -295,6 +296,19 @@ _EXPORTS: dict[tuple, bytes] = {}  # (arch, arch_kwargs, SHA-256 of the weights)
 
 
 MAX_VERSION_BYTES = 200  # <version>.json within the 255 bytes a file name may have
+
+
+def numeric_metrics(metrics: Any) -> dict[str, float]:
+    """The entries of a payload's or manifest's metrics that are numbers, as floats; others are left out. Metrics
+    are shown and compared, never trusted to be well formed: a file on disk or a caller's payload supplies them."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def verify_model_file(models_dir: Path, manifest: Manifest) -> None:
+    """Raise CheckpointError unless the model file `manifest` names has its size and SHA-256."""
+    _read_verified(models_dir, manifest.file, manifest.size, manifest.sha256)
 
 
 def is_version_name(version: str) -> bool:
@@ -473,6 +487,7 @@ def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
         for name in ("size", "onnx_size"):
             if fields.get(name, 0) < 0:
                 raise ValueError(f"{name} is {fields[name]}")
+        fields["metrics"] = numeric_metrics(fields["metrics"])  # a text or list among them is left out, not shown
         manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__ if k in fields})
     except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e

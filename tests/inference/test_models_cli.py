@@ -144,6 +144,22 @@ def test_prune_keeps_the_newest_and_never_the_served_one(artifacts, capsys):
     assert served(artifacts) == "v2"
 
 
+def test_prune_keeps_what_servers_serve_while_the_served_file_is_damaged(artifacts, capsys):
+    """LATEST.json names v2, but v2.pt is damaged: servers skipped it and serve v1, published before it. Pruning
+    to the newest must keep v1 too, or a restarted server has nothing to serve and there is nothing to roll back
+    to."""
+    models = Paths(artifacts).models
+    damaged = bytearray((models / "v2.pt").read_bytes())
+    damaged[-10] ^= 0xFF
+    (models / "v2.pt").write_bytes(bytes(damaged))
+    assert run(artifacts, "prune", "--keep", "1") == 0
+    assert {p.name for p in models.glob("*.pt")} == {"v1.pt", "v2.pt", "v3.pt"}
+    assert run(artifacts, "rollback") == 0  # v1 is still there to serve
+    assert served(artifacts) == "v1"
+    assert run(artifacts, "prune", "--keep", "1") == 0  # v1 passes its checksum: v2 goes now
+    assert {p.name for p in models.glob("*.pt")} == {"v1.pt", "v3.pt"}
+
+
 def test_a_running_server_swaps_in_what_promote_chose(artifacts, serve):
     running = serve(artifacts)
     assert running.server.store.current.version == "v2"

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from shared.api.mnist.v1 import inference_pb2 as pb
-from shared.checkpoint import publish_model, read_manifest
+from shared.checkpoint import publish_model, read_manifest, read_version_manifest
 from shared.settings import Paths
 
+from inference.models import main as models_main
+from inference.versions import remove_version
 from tests.inference.helpers import model_payload, publish
 
 
@@ -166,6 +168,44 @@ def test_a_manifest_left_without_its_model_file_is_not_found_as_listing_says(thr
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v1"), timeout=10)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+
+
+def test_a_pinned_version_removed_after_it_was_loaded_is_not_found_and_published_again_is_loaded_again(
+    three_versions, digit_pngs
+):
+    """The server keeps pinned models loaded; that must not outlive the version's file. Removed (mnist-models
+    prune), a call pinned to it is NOT_FOUND as ListModels says; published again under the same name with other
+    weights, calls get the new weights, never the old ones kept in memory."""
+    stub, models = three_versions.stub, Paths(three_versions.artifacts).models
+    request = pb.PredictRequest(image=digit_pngs[0][1], model_version="v2")
+    old = probabilities(stub.Predict(request, timeout=10))  # v2 is loaded and cached now
+    remove_version(models, "v2")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(request, timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+    publish_model(models, version="v2", model_payload=model_payload(7), serve=False)
+    new = probabilities(stub.Predict(request, timeout=10))
+    assert not np.allclose(new, old, atol=1e-4)
+    reference = three_versions.server.store.model_for("v2")
+    assert reference.sha256 == read_version_manifest(models, "v2").sha256
+
+
+def test_an_odd_version_manifest_is_reported_in_its_own_row_not_as_a_failed_listing(three_versions, capsys):
+    """A metric that is not a number in v1.json, and a v2.json that cannot be read (a folder in its place stands
+    for a file the server may not read): ListModels and `mnist-models list` still list every version."""
+    models = Paths(three_versions.artifacts).models
+    fields = json.loads((models / "v1.json").read_text())
+    fields["metrics"]["note"] = "baseline"
+    (models / "v1.json").write_text(json.dumps(fields))
+    (models / "v2.json").unlink()
+    (models / "v2.json").mkdir()
+    response = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    rows = {m.version: m for m in response.models}
+    assert list(rows) == ["v3", "v2", "v1"] or set(rows) == {"v1", "v2", "v3"}
+    assert "note" not in rows["v1"].metrics and "val_accuracy" in rows["v1"].metrics
+    assert "directory" in rows["v2"].problem.lower()
+    assert models_main(["--artifacts-dir", str(three_versions.artifacts), "list"]) == 0
+    assert "v1" in capsys.readouterr().out
 
 
 def test_publishing_again_over_a_stale_export_writes_the_new_models_export(tmp_path):
