@@ -111,7 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise SystemExit(f"--metrics-address: {e}") from None
     if args.workers > 1:
-        from inference.workers import serve_workers
+        from inference.workers import serve_workers, split_address
+
+        # The parent binds these itself (one port shared by every worker): a malformed one is a one-line error,
+        # as a single server's is.
+        for flag, address in (("--address", args.address), ("--health-address", options.health_address)):
+            try:
+                if address:
+                    split_address(address)
+            except ValueError as e:
+                raise SystemExit(f"{flag}: {e}") from None
 
         try:
             return serve_workers(

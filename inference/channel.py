@@ -12,6 +12,7 @@ import grpc
 
 from shared import settings
 
+from inference.access_log import REQUEST_ID_KEY
 from inference.security import channel_credentials
 
 # gRPC service config: https://github.com/grpc/grpc/blob/master/doc/service_config.md
@@ -78,9 +79,21 @@ def make_channel(
     return grpc.insecure_channel(target, options=options)
 
 
+def reached_server(e: grpc.RpcError) -> bool:
+    """Whether a failed call was answered by the inference server itself: it sends every call's request id first
+    (inference.access_log), which a connection that failed, or a proxy without a backend, never does."""
+    try:
+        metadata = e.initial_metadata() or ()  # the error of a call is also a grpc.Call
+    except Exception:
+        return False
+    return any(key == REQUEST_ID_KEY for key, _ in metadata)
+
+
 def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     code, details = e.code(), e.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
+    # The server's own UNAVAILABLE (no model can be served yet) says what to do; only a call that never reached it
+    # is about reaching it. Guessing from the words failed: a model's load error can say "Failed to load".
+    if code == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
         return (
             f"cannot reach the inference server at {target} ({details}). Is it running? "
             f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it."

@@ -25,7 +25,7 @@ import grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import HelpFormatter, escape_unprintable_output
+from shared.cli import HelpFormatter, escape_unprintable_output, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel
@@ -185,6 +185,8 @@ def cmd_info(stub, args, call) -> int:
             f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
             f"normalized as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}"
         )
+    elif info.HasField("last_load_error"):
+        print("no model can be served: the published model fails the checks every served model must pass (below)")
     else:
         print("no model is served yet: the server is waiting for the trainer to publish one")
     print(
@@ -252,7 +254,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     # Default None rather than the env var's value, so --help never prints the secret; main() reads the env.
     parser.add_argument("--token", default=None, help=f"bearer token the server requires (env {ENV_AUTH_TOKEN})")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=60.0, metavar="SECONDS", help="deadline of each call"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser("predict", help="read the digit in each image", formatter_class=HelpFormatter)
@@ -311,7 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls_ca is not None and not args.tls_ca.is_file():
         print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
         return 1
-    metadata = bearer_metadata(args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None)
+    token = args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None
+    if token is not None and not all(" " <= c <= "~" for c in token):
+        # gRPC metadata is printable ASCII: anything else fails every call with "Invalid metadata".
+        print(
+            f"error: the token (--token or {ENV_AUTH_TOKEN}) holds a character that is not printable ASCII "
+            "(a newline, say, from a file read with it); pass the token alone",
+            file=sys.stderr,
+        )
+        return 2
+    metadata = bearer_metadata(token)
     connected = False
 
     def call(method, request):

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, positive_seconds
 
 from inference.channel import make_channel
 
@@ -30,7 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--service", default="", help="service to ask about; '' is the whole server")
     parser.add_argument("--require-serving", action="store_true", help="healthy only when the status is SERVING")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=3.0, metavar="SECONDS", help="give up after this long"
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     parser.add_argument(
         "--tls-ca",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from shared.checkpoint import (
+    MANIFEST_NAME,
     CheckpointError,
     Manifest,
     numeric_metrics,
@@ -224,7 +225,12 @@ def onnx_runner(models_dir: Path, manifest: Manifest, model: nn.Module, mean: fl
         runner = OnnxRunner(onnx, threads=torch.get_num_threads())
     except Exception as e:  # onnxruntime raises its own types for a file it cannot load
         raise ModelValidationError(f"{manifest.onnx_file}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
-    check = compare(runner, model, normalize(warm_up_inputs(), mean, std))
+    try:
+        check = compare(runner, model, normalize(warm_up_inputs(), mean, std))
+    except Exception as e:  # an export of another network: outputs of another shape cannot even be compared
+        raise ModelValidationError(
+            f"{manifest.onnx_file} does not compute what {manifest.file} does ({type(e).__name__}: {e})"
+        ) from e
     if not check.ok:
         raise ModelValidationError(
             f"{manifest.onnx_file} does not compute what {manifest.file} does: {check.describe()}"
@@ -375,6 +381,9 @@ class ModelStore:
             return False
         current = self._current
         if current is not None and (current.version, current.sha256) == (manifest.version, manifest.sha256):
+            # LATEST.json names what is served (again, after a rollback to it, or a repaired manifest): a model
+            # skipped before is no newer model that failed any more.
+            self._last_error = None
             return False
         key = (manifest.version, manifest.sha256, manifest.size)
         failure = self._failures.get(key)
@@ -416,7 +425,7 @@ class ModelStore:
     def _skip_manifest(self, key: tuple, reason: str, kind: str) -> None:
         failure = self._failures.get(key)
         if failure is None or time.monotonic() >= failure.retry_at:
-            self._skip(key, "?", reason, kind)
+            self._skip(key, MANIFEST_NAME, reason, kind)  # no version can be named: the manifest names none
 
     def _skip(self, key: tuple, version: str, reason: str, kind: str) -> None:
         self.events.skipped(kind)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
@@ -69,14 +69,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=defaults.timeout,
         metavar="SECONDS",
         help="deadline of each gRPC call (a call waits this long for a replica that is restarting)",
     )
     parser.add_argument(
         "--evaluate-timeout",
-        type=float,
+        type=positive_seconds,
         default=defaults.evaluate_timeout,
         metavar="SECONDS",
         help="deadline of an Evaluate call",
@@ -113,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--token is empty")
     if args.tls_ca is not None and not args.tls_ca.is_file():
         raise SystemExit(f"--tls-ca {args.tls_ca}: no such file")
-    for name in ("timeout", "evaluate_timeout"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be more than 0")
     if args.max_body_bytes < 1:
         raise SystemExit("--max-body-bytes must be at least 1")
     if args.max_inflight_bytes < args.max_body_bytes:

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, positive_seconds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="healthy only when the gRPC service behind it is SERVING (GET /readyz)",
     )
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="give up after this long")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=3.0, metavar="SECONDS", help="give up after this long"
+    )
     return parser
 
 

@@ -14,9 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shared.checkpoint import publish_model
+from shared.settings import Paths
+
 from inference import client, health_probe
 from inference.channel import make_channel
-from tests.inference.helpers import publish
+from tests.inference.helpers import model_payload, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,6 +133,22 @@ def test_client_reports_a_server_that_is_down(image_files):
     assert "cannot reach the inference server" in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_client_and_info_say_the_served_model_failed_not_that_the_server_is_unreachable(
+    serve, tmp_path, image_files, capsys
+):
+    """The only published model's export is no ONNX file: the server is up and says why it serves nothing (its
+    onnxruntime error reads "Failed to load model"). That must not come out as "cannot reach the server"."""
+    artifacts = tmp_path / "artifacts"
+    publish_model(Paths(artifacts).models, version="broken", model_payload=model_payload(1), onnx=b"not onnx at all")
+    running = serve(artifacts)
+    code, out, err = run_client(capsys, "--target", running.target, "predict", str(image_files[0]))
+    assert code == 1
+    assert "no model can be served" in err and "cannot reach" not in err, err
+    code, out, err = run_client(capsys, "--target", running.target, "info")
+    assert code == 0, err
+    assert "fails the checks" in out and "waiting for the trainer" not in out, out
 
 
 def test_health_probe(module_server, serve, capsys):
@@ -293,3 +312,15 @@ def test_preview_is_a_png_whatever_the_name(module_server, image_files, capsys, 
     assert code == 0, err
     with Image.open(preview) as img:
         assert img.format == "PNG"
+
+
+def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypatch):
+    code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "--token", "s3cret\n", "info")
+    assert code == 2 and "not printable ASCII" in err and "Traceback" not in err
+    monkeypatch.setenv("MNIST_AUTH_TOKEN", "sécret")
+    code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "info")
+    assert code == 2 and "MNIST_AUTH_TOKEN" in err
+    for timeout in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            client.main(["--timeout", timeout, "info"])
+        assert "--timeout: must be a number of seconds above 0" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import atomic_write_bytes
 from shared.settings import Paths
 
+from inference.models import main as models_main
 from tests.inference.helpers import health_status, hold_calls, model_info, publish, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -134,6 +135,21 @@ def test_a_good_model_after_a_skipped_one_clears_the_load_error(serve, tmp_path)
     publish(artifacts, "better", seed=2)
     assert wait_until(lambda: model_info(running).version == "better")
     assert not model_info(running).HasField("last_load_error"), model_info(running).last_load_error
+
+
+def test_a_rollback_to_the_served_model_clears_the_load_error(serve, tmp_path):
+    """last_load_error is the last *newer* model that failed: once LATEST.json names the served model again
+    (mnist-models rollback), there is none."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "good", seed=1)
+    running = serve(artifacts)
+    publish(artifacts, "damaged", seed=2)
+    weights = Paths(artifacts).models / "damaged.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
+    assert models_main(["--artifacts-dir", str(artifacts), "rollback"]) == 0
+    assert wait_until(lambda: not model_info(running).HasField("last_load_error"))
+    assert model_info(running).version == "good"
 
 
 def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path, digit_pngs, monkeypatch):

@@ -69,7 +69,9 @@ def test_promote_serves_a_version_and_records_it(artifacts, capsys):
     assert len(read_history(Paths(artifacts).models)) == 3
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "NaN weights", "manifest garbage"])
+@pytest.mark.parametrize(
+    "damage", ["flipped byte", "truncated", "NaN weights", "export of another network", "manifest garbage"]
+)
 def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys, damage):
     import torch
 
@@ -88,6 +90,15 @@ def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, ca
             k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in payload["model"].items()
         }
         publish_model(models, version="v3", model_payload=payload, serve=False)
+    elif damage == "export of another network":  # its checksum is right, its output has eleven columns
+        from shared.checkpoint import model_from_checkpoint
+        from shared.onnx_model import export_onnx
+
+        other = model_payload(3, arch_kwargs={"width": 8, "not_digit": True})
+        for name in ("v3.pt", "v3.onnx", "v3.json"):
+            (models / name).unlink()
+        onnx = export_onnx(model_from_checkpoint(other).eval())
+        publish_model(models, version="v3", model_payload=model_payload(3), onnx=onnx, serve=False)
     else:
         (models / "v3.json").write_bytes(b"\x00garbage")
     before = folder_state(artifacts)

@@ -97,3 +97,18 @@ def test_workers_share_one_health_port_when_port_0_asks_for_a_free_one(tmp_path,
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         process.stderr.close()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--address", "localhost"], "--address: address 'localhost' is not host:port"),
+        (["--health-address", "bogus"], "--health-address: address 'bogus' is not host:port"),
+    ],
+)
+def test_a_malformed_address_with_workers_is_one_line_not_a_traceback(flags, message):
+    from inference.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--workers", "2", *flags])
+    assert str(e.value) == message

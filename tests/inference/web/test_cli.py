@@ -132,17 +132,18 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--timeout", "0"], "--timeout must be more than 0"),
+        (["--timeout", "0"], "--timeout: must be a number of seconds above 0"),
+        (["--evaluate-timeout", "nan"], "--evaluate-timeout: must be a number of seconds above 0"),
         (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
         (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
     ],
 )
-def test_bad_settings_are_refused_with_a_message(argv, message):
+def test_bad_settings_are_refused_with_a_message(argv, message, capsys):
     from inference.web.__main__ import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert message in str(e.value)
+    assert message in str(e.value) + capsys.readouterr().err  # argparse's refusals are printed
 
 
 def test_the_gateway_spreads_calls_over_every_replica(web, serve, tmp_path, digit_pngs):
