@@ -14,7 +14,8 @@ picture. This module gives the same (28, 28) uint8 answer, bit for bit, for such
    The batched robust fit of the paper sums in another order than the per-picture fit, so it can differ in the
    last bits; a picture is answered here only when no decision of that fit lies within 1e-6 of its threshold
    (inlier bands, rounding to grey levels), so the two fits decide alike. Ties for the largest stroke are left
-   to the full pipeline too.
+   to the full pipeline too, and so are pictures where the choice of strokes by contrast or at the picture's
+   edge (shared.normalize.digit_components) would keep other strokes than their sizes do.
 
 Every picture this module does not answer (None) goes through the full pipeline, which also gives every
 rejection its message, so callers see exactly what to_mnist would have returned or raised.
@@ -36,6 +37,7 @@ from shared.normalize import (
     BACKGROUND_FIT_ROUNDS,
     KEEP_AREA_FRACTION,
     KEEP_BIG_FRACTION,
+    KEEP_CONTRAST_FRACTION,
     KEEP_NEAR_FRACTION,
     MIN_DIGIT_SIDE,
     MIN_INK_CONTRAST,
@@ -43,6 +45,7 @@ from shared.normalize import (
     NOISE_MULTIPLE,
     SOFT_FLOOR_MIN,
     centre_by_mass,
+    edge_line_pieces,
     fit_in_box,
     normalize_stroke_width,
     quadratic_design,
@@ -232,7 +235,25 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
     gap_y = np.maximum(0, np.maximum(my - (y + h), y - (my + mh)))
     near = np.hypot(gap_x, gap_y) <= KEEP_NEAR_FRACTION * np.maximum(mw, mh)
     big = area >= KEEP_BIG_FRACTION * largest[owner]
-    keep = (area >= KEEP_AREA_FRACTION * largest[owner]) & (big | near)
+    candidate = area >= KEEP_AREA_FRACTION * largest[owner]
+    keep = candidate & (big | near)
+    # digit_components' two rules that sizes alone do not decide, left to the full pipeline where they would change
+    # anything: a thin line cut off by the picture's edge is no part of the digit, and with each candidate's mean
+    # contrast (component_contrast) the main stroke is the one with the most ink and far fainter marks go. The
+    # means are exact here as there (sums of whole grey levels, divided once), so the comparisons decide alike.
+    edge_lines = edge_line_pieces(stats, (height, width))
+    sums = np.bincount(labels.reshape(-1), weights=ink.reshape(-1), minlength=len(stats) + 1)[1:]
+    contrast = np.where(candidate, sums / np.maximum(area, 1), 0.0)  # (components,)
+    mass = area * contrast
+    heaviest = np.zeros(count)
+    np.maximum.at(heaviest, owner, mass)
+    heaviest_count = np.bincount(owner[mass == heaviest[owner]], minlength=count)
+    faint = keep & (contrast < KEEP_CONTRAST_FRACTION * contrast[m])
+    other_rules = (
+        (np.bincount(owner, weights=edge_lines | faint, minlength=count) > 0)
+        | (heaviest_count != 1)
+        | (mass[np.maximum(main, 0)] != heaviest)
+    )
     kept_label = np.zeros(len(stats) + 1, bool)
     kept_label[1:] = keep
     strokes = kept_label[labels]  # (B, H, W) bool
@@ -254,7 +275,7 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
     y0, y1 = rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1)
     x0, x1 = cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)
     # Decided here: one largest stroke, and a digit rather than specks (else the full pipeline rejects it).
-    answered = (ties == 1) & (largest > 0) & (np.maximum(x1 - x0, y1 - y0) >= MIN_DIGIT_SIDE)
+    answered = (ties == 1) & (largest > 0) & (np.maximum(x1 - x0, y1 - y0) >= MIN_DIGIT_SIDE) & ~other_rules
     y0, x0 = np.maximum(y0 - 1, 0), np.maximum(x0 - 1, 0)
     y1, x1 = np.minimum(y1 + 1, height), np.minimum(x1 + 1, width)
     for index in np.flatnonzero(answered):

@@ -166,6 +166,25 @@ def test_two_strokes_of_the_same_size_are_left_to_the_full_pipeline():
     assert fast_to_mnist(image[None]) == [None]
 
 
+@pytest.mark.parametrize("mark", ["line on the left edge", "line on the bottom edge", "faint blob", "faint edge blob"])
+def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_answered_otherwise(mnist, mark):
+    """The full pipeline drops a thin line cut off by the picture's edge (a ruling, the sheet's edge) and marks far
+    fainter than the digit's strokes (shared.normalize.digit_components); the fast path must not keep them."""
+    pictures = []
+    for image in mnist.test_images[:100].numpy():
+        image = image.copy()
+        if mark == "line on the left edge":
+            image[2:26, 0] = 255
+        elif mark == "line on the bottom edge":
+            image[27, 2:26] = 255
+        elif mark == "faint blob":
+            image[1:4, 1:4] = np.maximum(image[1:4, 1:4], 70)
+        else:
+            image[12:16, 0:3] = np.maximum(image[12:16, 0:3], 90)
+        pictures.append(png(image))
+    assert_same_as_full_pipeline(pictures)
+
+
 def test_pictures_on_grey_and_uneven_backgrounds_get_the_full_pipelines_answer(mnist):
     """Non-zero paper: the batched fit of the background must decide as the per-picture fit does."""
     rng = np.random.default_rng(0)
