@@ -173,3 +173,34 @@ def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds()
             along = ink[np.arange(h), path]
             entered = along[0] + np.sum(along[1:] * (1 - along[:-1]))
             assert cost == pytest.approx(entered + pixel * along.sum(), abs=1e-4)  # strokes crossed, as returned
+
+
+def uniform_classifier(batch: np.ndarray) -> segment.Classified:
+    return segment.Classified(np.full((len(batch), 10), 0.1), np.ones(len(batch)))
+
+
+def stroke_among_marks(marks: int) -> np.ndarray:
+    """One tall stroke (it sets the line's height) among a grid of 3x3 marks 13 px apart: small marks, not dots."""
+    picture = np.full((1024, 1024), 255, np.uint8)
+    picture[10:1010, 5:7] = 0
+    for k in range(marks):
+        r, c = divmod(k, 40)
+        picture[20 + 13 * r : 23 + 13 * r, 40 + 13 * c : 43 + 13 * c] = 0
+    return picture
+
+
+def test_a_speckled_picture_is_refused_as_noise_rather_than_joined_mark_by_mark():
+    """Joining small marks pair by pair took minutes on a 3 KB PNG of a few hundred marks (cubic in their count)."""
+    with pytest.raises(segment.ImageRejected, match="400 small marks"):
+        segment.read_number(stroke_among_marks(400), uniform_classifier)
+    segment.read_number(stroke_among_marks(200), uniform_classifier)  # within the limit: read (in a tenth of a s)
+
+
+def test_the_nearest_fragment_pair_breaks_ties_by_the_lowest_indices():
+    def group(x0: float, top: int, height: int) -> segment.Group:
+        return segment.Group([0], x0, x0 + 3, top, top + height, 9)
+
+    # Two fragments (0 and 2) each 5 px from the tall group 1, and 5 px from each other: the first pair wins.
+    groups = [group(0, 50, 3), group(8, 10, 100), group(16, 50, 3)]
+    assert segment.nearest_fragment_pair(groups, height=100) == (0, 1)
+    assert segment.nearest_fragment_pair([group(0, 10, 100)], height=100) is None
