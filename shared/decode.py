@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from shared.budget import BudgetExhausted, MemoryBudget
+from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure
 
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
 # picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
@@ -84,6 +85,10 @@ def decode_image(
     is OutOfMemory. Neither is the picture's fault, so neither is ImageRejected.
     """
     check_byte_count(data, limits)
+    try:
+        check_file_structure(data)  # before Pillow's parsers, some of which work one block at a time in Python
+    except TooManyBlocks as e:
+        raise ImageRejected(str(e)) from None
     try:
         if is_still_webp(data):
             picture = decode_still_webp(data, limits, budget)
@@ -194,8 +199,11 @@ def jpeg_scan_count(data: bytes) -> int:
     """The number of scans (SOS markers) of a JPEG's first image, 2 meaning "2 or more", found by walking its
     segments by their lengths (so a thumbnail inside an APP segment is skipped whole). A damaged file counts
     the scans seen before the damage."""
-    position, scans = 2, 0
+    position, scans, segments = 2, 0, 0
     while position + 4 <= len(data):
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:  # a file padded with empty segments: assume the costlier kind
+            return 2
         if data[position] != 0xFF:
             break
         marker = data[position + 1]

@@ -60,6 +60,7 @@ FAST_SIDE = MNIST_SIDE  # pictures of exactly this size are batched; others take
 # How far a decision of the batched paper fit must be from its threshold for the per-picture fit to decide alike.
 # The two fits differ by rounding (~1e-12 of grey levels of 0..255); this is a millionfold margin.
 DECISION_MARGIN = 1e-6
+MAX_CHUNKS = 64  # a small PNG's IHDR, IDATs and IEND; more is no file of the subset, and not walked to its end
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,6 +88,9 @@ def decode_small_png(data: bytes, limits: Limits, side: int = FAST_SIDE) -> np.n
         if zlib.crc32(kind + body) != crc:
             return None
         chunks.append(kind)
+        # Outside the subset at once: the full pipeline (shared.file_structure first) deals with odd files.
+        if kind not in (b"IHDR", b"IDAT", b"IEND") or len(chunks) > MAX_CHUNKS or chunks[0] != b"IHDR":
+            return None
         if kind == b"IHDR":
             header = body
         elif kind == b"IDAT":

@@ -1,0 +1,129 @@
+"""shared.file_structure: files of far more blocks than a picture needs are refused before Pillow parses them (one
+block at a time, in Python: seconds of CPU for a few MB); honest files of every format pass untouched."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared import file_structure
+from shared.decode import ImageRejected, decode_image
+
+
+def saved(fmt: str, **options) -> bytes:
+    picture = np.full((60, 60), 255, np.uint8)
+    picture[10:50, 25:35] = 0
+    buffer = io.BytesIO()
+    image = Image.fromarray(picture)
+    (image.convert("P") if fmt == "GIF" else image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def gif_with_comment_blocks(blocks: int) -> bytes:
+    gif = saved("GIF")
+    flags = gif[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+    return gif[:start] + b"\x21\xfe" + b"\x01A" * blocks + b"\x00" + gif[start:]
+
+
+def png_with_chunks(chunks: int) -> bytes:
+    png = saved("PNG")
+    at = png.find(b"IDAT") - 4
+    return png[:at] + png_chunk(b"abCd") * chunks + png[at:]
+
+
+def jpeg_with_comments(segments: int) -> bytes:
+    jpeg = saved("JPEG")
+    return jpeg[:2] + b"\xff\xfe\x00\x02" * segments + jpeg[2:]
+
+
+def jpeg_with_fill_bytes(count: int) -> bytes:
+    jpeg = saved("JPEG")
+    return jpeg[:2] + b"\xff" * count + jpeg[2:]
+
+
+def tiff_with_strips(strips: int) -> bytes:
+    """A 100x100 grey TIFF, one row per strip, all `strips` strips pointing at one byte."""
+    entries = 9
+    ifd_at = 16
+    offsets_at = ifd_at + 2 + 12 * entries + 4
+    counts_at = offsets_at + 2 * strips
+
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", tag, kind, count) + value
+
+    ifd = struct.pack("<H", entries) + b"".join(
+        [
+            entry(256, 4, 1, struct.pack("<I", 100)),
+            entry(257, 4, 1, struct.pack("<I", 100)),
+            entry(258, 3, 1, struct.pack("<HH", 8, 0)),
+            entry(259, 3, 1, struct.pack("<HH", 1, 0)),
+            entry(262, 3, 1, struct.pack("<HH", 1, 0)),
+            entry(273, 3, strips, struct.pack("<I", offsets_at)),
+            entry(277, 3, 1, struct.pack("<HH", 1, 0)),
+            entry(278, 4, 1, struct.pack("<I", 1)),
+            entry(279, 3, strips, struct.pack("<I", counts_at)),
+        ]
+    )
+    tail = struct.pack(f"<{strips}H", *([8] * strips)) + struct.pack(f"<{strips}H", *([1] * strips))
+    return b"II*\x00" + struct.pack("<I", ifd_at) + b"\x80" * 8 + ifd + struct.pack("<I", 0) + tail
+
+
+def rle_bmp(width: int, height: int) -> bytes:
+    """An 8-bit run-length encoded BMP whose data is one end-of-line and the end of the bitmap."""
+    palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(256))
+    data = b"\x00\x00\x00\x01"
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data
+
+
+@pytest.mark.parametrize(
+    "name, data, limit",
+    [
+        ("GIF comment", gif_with_comment_blocks(file_structure.MAX_GIF_EXTENSION_BLOCKS + 1), "blocks of comments"),
+        ("PNG chunks", png_with_chunks(file_structure.MAX_PNG_CHUNKS + 1), "chunks"),
+        ("JPEG segments", jpeg_with_comments(file_structure.MAX_JPEG_SEGMENTS + 1), "segments"),
+        ("JPEG fill bytes", jpeg_with_fill_bytes(file_structure.MAX_JPEG_FILL_BYTES + 1), "fill bytes"),
+        ("TIFF strips", tiff_with_strips(file_structure.MAX_TIFF_STRIPS + 1), "strips or tiles"),
+        ("RLE BMP", rle_bmp(file_structure.MAX_RLE_BMP_PIXELS + 1, 1), "run-length encoded BMP"),
+    ],
+)
+def test_a_file_of_more_blocks_than_a_picture_needs_is_refused_before_it_is_parsed(name, data, limit, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("Pillow was asked to parse the file")
+
+    monkeypatch.setattr(Image, "open", never)
+    with pytest.raises(ImageRejected, match=limit):
+        decode_image(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        saved("PNG"),
+        saved("JPEG"),
+        saved("JPEG", progressive=True),
+        saved("GIF", comment=b"x" * 100_000),  # a long comment in few blocks
+        saved("TIFF"),
+        saved("TIFF", compression="tiff_lzw"),
+        saved("BMP"),
+        gif_with_comment_blocks(1_000),
+        png_with_chunks(100),
+        jpeg_with_comments(100),
+        jpeg_with_fill_bytes(10),
+        tiff_with_strips(100),
+        rle_bmp(100, 100),
+    ],
+)
+def test_honest_files_and_modest_padding_pass(data):
+    file_structure.check_file_structure(data)  # raises nothing
