@@ -66,6 +66,11 @@ def image_errors(metrics: ServiceMetrics):
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
     except (BudgetExhausted, OutOfMemory) as e:
         raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+    except MemoryError:  # past decoding (cleaning, segmenting): the server's state too, not the picture's fault
+        raise RpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the server ran out of memory working on this picture; try again in a moment, or send a smaller one",
+        ) from None
 
 
 class RpcError(Exception):

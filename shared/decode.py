@@ -130,7 +130,14 @@ def displayed_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
-            orientation = webp_exif_orientation(data) if is_still_webp(data) else exif_orientation(img)
+            if is_still_webp(data):
+                orientation = webp_exif_orientation(data)
+            elif img.format == "PNG":  # Pillow's getexif() decodes a PNG's pixels to find an eXIf chunk after them
+                orientation = png_exif_orientation(data)
+            else:
+                orientation = exif_orientation(img)
+    except MemoryError:
+        raise OutOfMemory("the server ran out of memory reading this picture's header; try again in a moment") from None
     except Exception as e:
         raise ImageRejected(f"the picture's header could not be read ({type(e).__name__}: {e})") from None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn it a quarter
@@ -449,6 +456,27 @@ def request_reduced_decode(img: Image.Image, max_side: int = WORK_MAX_SIDE) -> N
         img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
 
 
+def png_exif_orientation(data: bytes) -> int:
+    """The EXIF orientation of a PNG from its eXIf chunk, found by walking the chunks (wherever it lies, before the
+    pixels or after them, as exif_orientation finds it once the pixels are loaded); 1 without one."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = bytes(data[position + 4 : position + 8])
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            try:
+                exif.load(bytes(data[position + 8 : position + 8 + length]))
+                value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
+            except Exception:
+                return 1
+            return value if 1 <= value <= 8 else 1
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return 1
+
+
 def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation (1..8; 1 = upright). A damaged EXIF block counts as upright rather than failing."""
     try:
@@ -574,6 +602,10 @@ def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
             colours = sample_grid(premultiplied, 256).reshape(-1, premultiplied.shape[2])  # (n, C)
             weights = sample_grid(weight, 256).reshape(-1, 1)  # (n, 1)
             opaque = weights[:, 0] >= 0.5
+            if not opaque.any():  # transparent holes right on the sample grid: every opaque pixel instead
+                colours = premultiplied.reshape(-1, premultiplied.shape[2])
+                weights = weight.reshape(-1, 1)
+                opaque = weights[:, 0] >= 0.5
             backdrop = np.median(colours[opaque] / weights[opaque], axis=0).astype(np.float32)
         premultiplied = premultiplied + backdrop * (1.0 - weight)[:, :, None]
     flat = np.clip(premultiplied + 0.5, 0, 255).astype(np.uint8)

@@ -122,6 +122,23 @@ def test_batch_over_the_limit_is_resource_exhausted(module_server, digit_pngs):
     assert "16" in e.value.details()
 
 
+def test_running_out_of_memory_after_decoding_is_resource_exhausted_not_internal(
+    module_server, digit_pngs, monkeypatch
+):
+    """A MemoryError while segmenting a number (or cleaning a picture) is the server's state, like one while
+    decoding: RESOURCE_EXHAUSTED, try again; not INTERNAL ("a bug")."""
+    import inference.service
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(inference.service, "read_number", out_of_memory)
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.ReadNumber(pb.ReadNumberRequest(image=digit_pngs[0][1]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
+    assert "out of memory" in e.value.details()
+
+
 def test_message_over_the_limit_is_resource_exhausted(module_server):
     with pytest.raises(grpc.RpcError) as e:
         module_server.stub.Predict(pb.PredictRequest(image=b"\0" * 1_100_000), timeout=10)  # limit 1,000,000

@@ -137,6 +137,20 @@ def test_transparent_corners_of_a_photo_vanish_into_the_paper(digit):
     assert similarity(out, digit) > 0.9
 
 
+@pytest.mark.parametrize("holes", ["on every sampled pixel", "beside them"])
+def test_pinholes_of_transparency_do_not_blank_the_picture(holes):
+    """A quarter of the pixels transparent, in a regular grid: the paper's colour is still found when the grid of
+    samples it is estimated from falls exactly on the holes (their median was NaN, and the picture blank)."""
+    picture = np.full((512, 512), 255, np.uint8)
+    picture[100:400, 230:280] = 0  # a bold 1
+    rgba = np.dstack([picture, picture, picture, np.full((512, 512), 255, np.uint8)])
+    rgba[
+        (1 if holes == "on every sampled pixel" else 0) :: 2, (1 if holes == "on every sampled pixel" else 0) :: 2, 3
+    ] = 0
+    out = to_mnist(ui.encode(rgba, "PNG"))
+    assert similarity(out, to_mnist(ui.encode(picture, "PNG"))) > 0.95
+
+
 @pytest.mark.parametrize("ink, paper", [*ui._ISOLUMINANT_PAIRS, ((20, 40, 160), (250, 240, 170))])
 def test_coloured_ink_on_coloured_paper(digit, ink, paper):
     """Including pairs of (nearly) the same brightness, which a plain grey conversion cannot separate."""
@@ -276,6 +290,34 @@ def test_exif_orientation_matches_pillow_for_all_eight_values():
         np.testing.assert_array_equal(
             decode.apply_exif_orientation(asymmetric, orientation), expected, str(orientation)
         )
+
+
+@pytest.mark.parametrize("where", ["before the pixels", "after the pixels"])
+def test_displayed_size_reads_a_pngs_orientation_without_decoding_its_pixels(monkeypatch, where):
+    """ReadNumber reports boxes in the picture as displayed. Pillow's getexif() decodes a PNG whole to look for an
+    eXIf chunk, a second full decode outside the memory budget; the chunk is found by walking the file instead."""
+    from PIL import PngImagePlugin
+
+    picture = Image.fromarray(np.zeros((30, 50), np.uint8))
+    exif = Image.Exif()
+    exif[decode.EXIF_ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", exif=exif.tobytes())
+    data = buffer.getvalue()
+    if where == "after the pixels":
+        start = data.index(b"eXIf") - 4
+        length = int.from_bytes(data[start : start + 4], "big")
+        chunk = data[start : start + 12 + length]
+        data = data[:start] + data[start + len(chunk) :]
+        end = data.index(b"IEND") - 4
+        data = data[:end] + chunk + data[end:]
+    assert decode.exif_orientation(Image.open(io.BytesIO(data))) == 6  # what decode_image turns the picture by
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    assert decode.displayed_size(data) == (30, 50)  # turned a quarter: width and height swap
 
 
 @pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])
