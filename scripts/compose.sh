@@ -9,6 +9,9 @@
 #
 # COMPOSE_FILE set in the environment or in .env wins: then this is plain `docker compose`.
 set -euo pipefail
+# The client service works in the folder this is run from (its files: `run --rm client predict digit.png`), not
+# in the repository root that compose resolves "." to, and that this script moves to.
+export MNIST_CLIENT_DIR="${MNIST_CLIENT_DIR:-$PWD}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [ -z "${COMPOSE_FILE:-}" ] && ! grep -qs '^COMPOSE_FILE=' .env; then

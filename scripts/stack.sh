@@ -8,7 +8,7 @@
 #
 # Which environment: $MNIST_VENV, else the active one ($VIRTUAL_ENV), else .venv in the checkout.
 # MNIST_STACK_EXTRAS=dev also installs the development tools (make test and make lint ask for them).
-# PYTHON picks the interpreter that creates a new environment (default python3; 3.10 to 3.13).
+# PYTHON picks the interpreter that creates a new environment (default python3; 3.11 to 3.13).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

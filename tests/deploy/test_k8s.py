@@ -153,7 +153,7 @@ def test_checkov_does_fail_an_insecure_manifest(rendered, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
-def test_the_three_services_with_the_artifacts_volume_shared_read_write_many(rendered, name):
+def test_the_services_with_the_artifacts_volume_shared_read_write_many(rendered, name):
     objects = rendered[name]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert {
@@ -162,6 +162,8 @@ def test_the_three_services_with_the_artifacts_volume_shared_read_write_many(ren
         ("Service", "inference"),
         ("Deployment", "tensorboard"),
         ("Service", "tensorboard"),
+        ("Deployment", "web"),
+        ("Service", "web"),
         ("PersistentVolumeClaim", "artifacts"),
     } <= kinds
     assert find(objects, "PersistentVolumeClaim", "artifacts")["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -278,6 +280,22 @@ def test_tensorboard_serves_the_runs_on_its_port(rendered):
     assert c["command"][c["command"].index("--logdir") + 1] == str(settings.Paths(Path("/artifacts")).runs)
     service = find(objects, "Service", "tensorboard")
     assert service["spec"]["ports"][0]["port"] == settings.DEFAULT_TENSORBOARD_PORT
+
+
+def test_the_web_gateway_serves_on_its_port_and_reaches_inference_through_its_headless_service(rendered):
+    from inference.web.app import WebOptions, create_app
+
+    objects = rendered["cpu"]
+    c = container(find(objects, "Deployment", "web"))
+    port = int(c["command"][c["command"].index("--port") + 1])
+    assert port == settings.DEFAULT_WEB_PORT == find(objects, "Service", "web")["spec"]["ports"][0]["port"]
+    assert env(c)[settings.ENV_GRPC_TARGET] == f"dns:///inference:{settings.DEFAULT_GRPC_PORT}"
+    assert find(objects, "Service", "inference")["spec"]["clusterIP"] == "None"  # DNS names every pod
+    routes = {getattr(route, "path", None) for route in create_app(WebOptions()).routes}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"/healthz", "/readyz"} <= routes
+    policy = find(objects, "NetworkPolicy", "web")
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [port]
 
 
 def test_multinode_training_is_an_indexed_job_whose_pods_find_the_rendezvous(rendered):
