@@ -429,3 +429,13 @@ def test_a_publish_removes_what_a_killed_publish_left_and_keeps_a_live_writers_f
     publish(tmp_path, "v1")
     assert not abandoned.exists() and live.exists()
     assert read_manifest(models).version == "v1"
+
+
+def test_a_metric_that_is_not_a_number_is_left_out_of_the_manifest_not_a_half_published_version(tmp_path):
+    """publish_model used to write the .pt and .onnx, then fail turning the metrics into numbers: a version on disk
+    without its manifest. Metrics are only shown, so one that is no number is left out, as every reader does."""
+    payload = model_payload(1)
+    payload["metrics"] = {"val_accuracy": 0.5, "note": "baseline", "per_class": [0.9, 0.8]}
+    manifest = publish_model(Paths(tmp_path).models, version="v1", model_payload=payload)
+    assert manifest.metrics == {"val_accuracy": 0.5}
+    assert read_manifest(Paths(tmp_path).models) == manifest
