@@ -224,7 +224,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def Predict(self, request, context):
         served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
-        (image,) = self._decode_all([request.image])
+        (image,) = self._decode_all([request.image], context)  # a caller already gone is not decoded for
         if isinstance(image, RpcError):
             raise image
         (prediction,) = self._predictions(served, [image], request.return_model_input)
@@ -327,6 +327,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         with image_errors(self.metrics):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
+            if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number
+                raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
             reading = read_number(picture, classify)
         if len(reading.digits) == 1 and not reading.separators:
             # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.

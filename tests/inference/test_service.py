@@ -18,6 +18,7 @@ from shared.metrics import evaluate
 from shared.model import count_parameters
 from shared.settings import Paths
 
+from testkit import user_images as ui
 from tests.inference.helpers import hold_calls, png_bytes
 
 
@@ -298,3 +299,35 @@ def test_predict_accepts_every_advertised_format(module_server, fmt):
     assert len(response.prediction.probabilities) == 10
     seen = np.asarray(Image.open(io.BytesIO(response.prediction.model_input_png)))
     assert seen.max() > 128 and seen[0].max() == 0  # bright ink, black border: MNIST's polarity
+
+
+class GoneCaller:
+    """A call's context whose caller has gone (its deadline passed): abort raises, as grpc's does."""
+
+    def is_active(self) -> bool:
+        return False
+
+    def abort(self, code, details):
+        raise grpc.RpcError(code, details)
+
+
+@pytest.mark.parametrize("method", ["Predict", "ReadNumber", "PredictBatch"])
+def test_a_caller_that_has_gone_gets_no_pipeline_work_done_for_it(module_server, digit_pngs, method, monkeypatch):
+    import inference.service
+
+    decoded = []
+    real = inference.service.InferenceServicer._decode
+    monkeypatch.setattr(
+        inference.service.InferenceServicer, "_decode", lambda self, data: decoded.append(1) or real(self, data)
+    )
+    monkeypatch.setattr(inference.service, "read_number", lambda *a: decoded.append(1))
+    jpeg = ui.encode(np.full((64, 64), 255, np.uint8), "JPEG")  # not for the fast path: the full pipeline's
+    request = {
+        "Predict": pb.PredictRequest(image=jpeg),
+        "ReadNumber": pb.ReadNumberRequest(image=digit_pngs[0][1]),
+        "PredictBatch": pb.PredictBatchRequest(images=[jpeg, jpeg]),
+    }[method]
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(module_server.server.servicer, method)(request, GoneCaller())
+    assert e.value.args[0] == grpc.StatusCode.CANCELLED
+    assert decoded == []
