@@ -101,6 +101,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]",
     )
     parser.add_argument(
+        "--health-address",
+        default=s.env_str(s.ENV_HEALTH_ADDRESS, f"localhost:{s.DEFAULT_HEALTH_PORT}"),
+        help=f"where the inference service answers health checks, however busy its main port [env "
+        f"{s.ENV_HEALTH_ADDRESS}]",
+    )
+    parser.add_argument(
         "--tensorboard-port",
         type=int,
         default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
@@ -161,6 +167,7 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         settings.ENV_GRPC_TARGET: f"localhost:{args.grpc_address.rsplit(':', 1)[-1]}",
         settings.ENV_WEB_PORT: str(args.web_port),
         settings.ENV_METRICS_ADDRESS: args.metrics_address,
+        settings.ENV_HEALTH_ADDRESS: args.health_address,
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
     }
     optional = {

@@ -33,6 +33,7 @@ from tests.deploy.compose_model import (
 
 SETTINGS_ENV_NAMES = {getattr(settings, n) for n in dir(settings) if n.startswith("ENV_")}
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
+HEALTH_PORT = settings.DEFAULT_HEALTH_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
 WEB_PORT = settings.DEFAULT_WEB_PORT
 GIB = 1024**3
@@ -127,11 +128,13 @@ def test_ports_are_the_settings_defaults_published_on_loopback(model):
     assert tb[tb.index("--port") + 1] == str(TB_PORT) and tb[tb.index("--host") + 1] == "0.0.0.0"
 
 
-def test_healthcheck_probes_the_grpc_port(model):
+def test_healthcheck_probes_the_health_port_the_server_listens_on(model):
     check = model["services"]["inference"]["healthcheck"]
     assert check["test"][:4] == ["CMD", "python", "-m", "inference.health_probe"]
     target = check["test"][check["test"].index("--target") + 1]
-    assert target == f"localhost:{GRPC_PORT}"
+    assert target == f"localhost:{HEALTH_PORT}"
+    address = container_environment(model, "inference")[settings.ENV_HEALTH_ADDRESS]
+    assert address == f"[::]:{HEALTH_PORT}"  # its own port: answered however busy the main one is
     # Readiness (SERVING) would mark the container unhealthy for as long as the first training takes.
     assert "--require-serving" not in check["test"]
 
@@ -260,9 +263,9 @@ def test_tensorboard_and_web_ports_are_one_variable_away(monkeypatch):
 
 
 def test_healthcheck_command_maps_to_the_local_port(model):
-    mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000, WEB_PORT: 40001})
+    mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000, WEB_PORT: 40001, HEALTH_PORT: 40002})
     argv = healthcheck_argv(model, "inference", mapping)
-    assert argv == [sys.executable, "-m", "inference.health_probe", "--target", "127.0.0.1:40000"]
+    assert argv == [sys.executable, "-m", "inference.health_probe", "--target", "127.0.0.1:40002"]
     argv = healthcheck_argv(model, "web", mapping)
     assert argv == [sys.executable, "-m", "inference.web.probe", "--target", "127.0.0.1:40001"]
 

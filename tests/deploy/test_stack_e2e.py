@@ -34,6 +34,7 @@ from tests.deploy.helpers import Capture, wait_for
 pytestmark = pytest.mark.e2e
 
 GRPC_PORT = settings.DEFAULT_GRPC_PORT
+HEALTH_PORT = settings.DEFAULT_HEALTH_PORT
 TB_PORT = settings.DEFAULT_TENSORBOARD_PORT
 WEB_PORT = settings.DEFAULT_WEB_PORT
 METRICS_PORT = settings.DEFAULT_METRICS_PORT
@@ -81,13 +82,19 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist, ctrl_c_
     metrics_port = free_port()
     mapping = LocalMapping(
         volumes={"artifacts": artifacts, "mnist": mnist_dir},
-        ports={GRPC_PORT: grpc_port, TB_PORT: tb_port, WEB_PORT: web_port, METRICS_PORT: metrics_port},
+        ports={
+            GRPC_PORT: grpc_port,
+            TB_PORT: tb_port,
+            WEB_PORT: web_port,
+            METRICS_PORT: metrics_port,
+            HEALTH_PORT: free_port(),
+        },
     )
     # A second replica, as `--scale inference=2` would start. It gets its own artifacts folder only so that the
     # test can tell the replicas apart: it serves a copy of the trained model under another version name.
     replica_mapping = LocalMapping(
         volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
-        ports={GRPC_PORT: replica_port, METRICS_PORT: free_port()},
+        ports={GRPC_PORT: replica_port, METRICS_PORT: free_port(), HEALTH_PORT: free_port()},
     )
 
     def service(name: str, mapping: LocalMapping, label: str | None = None, extra: list[str] = ()) -> Service:
