@@ -53,6 +53,13 @@ def _too_many(what: str, limit: int, advice: str = "save it again as a plain PNG
     return TooManyBlocks(f"the file holds more than {limit:,} {what}, far more than a picture needs; {advice}")
 
 
+def _one_more(count: int, limit: int, what: str) -> int:
+    """`count` + 1, or TooManyBlocks when that passes `limit`."""
+    if count + 1 > limit:
+        raise _too_many(what, limit)
+    return count + 1
+
+
 def _check_gif(data: bytes) -> None:
     if len(data) < 13:
         return
@@ -68,9 +75,7 @@ def _check_gif(data: bytes) -> None:
             position += 1 + size
             if size == 0:  # the terminator
                 break
-            blocks += 1
-            if blocks > MAX_GIF_EXTENSION_BLOCKS:
-                raise _too_many("blocks of comments or extensions before its picture", MAX_GIF_EXTENSION_BLOCKS)
+            blocks = _one_more(blocks, MAX_GIF_EXTENSION_BLOCKS, "blocks of comments or extensions before its picture")
 
 
 def _check_jpeg(data: bytes) -> None:
@@ -91,9 +96,7 @@ def _check_jpeg(data: bytes) -> None:
             position += 2
         else:
             position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise _too_many("segments before its picture", MAX_JPEG_SEGMENTS)
+        segments = _one_more(segments, MAX_JPEG_SEGMENTS, "segments before its picture")
 
 
 def _check_png(data: bytes) -> None:
@@ -102,9 +105,7 @@ def _check_png(data: bytes) -> None:
         (length,) = struct.unpack_from(">I", data, position)
         kind = bytes(data[position + 4 : position + 8])
         position += 12 + length
-        chunks += 1
-        if chunks > MAX_PNG_CHUNKS:
-            raise _too_many("chunks", MAX_PNG_CHUNKS)
+        chunks = _one_more(chunks, MAX_PNG_CHUNKS, "chunks")
         if kind == b"IEND":
             return
 
