@@ -3,7 +3,7 @@
     python -m inference.models list                  # every version, newest first; * marks the served one
     python -m inference.models promote VERSION       # serve VERSION (running servers swap it in within a second)
     python -m inference.models rollback              # serve the version served before this one
-    python -m inference.models prune --keep 5        # delete all but the 5 newest versions (never the served one)
+    python -m inference.models prune --keep 5        # delete all but the 5 newest (never the served one nor its previous)
 
 promote and rollback check the model exactly as a server does before it serves one (size and SHA-256,
 weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model); a model that
@@ -205,7 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "rollback", help="check and serve the version served before this one", formatter_class=HelpFormatter
     ).set_defaults(run=cmd_rollback)
     pruning = commands.add_parser(
-        "prune", help="delete all but the newest versions; never the served one", formatter_class=HelpFormatter
+        "prune",
+        help="delete all but the newest versions; never the served one, nor the one served before it",
+        formatter_class=HelpFormatter,
     )
     pruning.add_argument("--keep", type=positive_int, required=True, metavar="N", help="versions to keep")
     pruning.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")

@@ -197,19 +197,20 @@ def rollback_target(models_dir: Path) -> str | None:
 
 
 def possibly_served(models_dir: Path) -> set[str]:
-    """The versions a running server may be serving: the one LATEST.json names and, while its file fails its
-    checksum (damaged, or a file in its place that is not the one published), each one named before it back to
-    the newest whose file passes, since a server that skipped the newer ones goes on serving that one."""
-    versions = set()
-    for version in reversed(served_stack(models_dir)):
+    """The versions a running server may be serving: the one LATEST.json names, the one named before it (a server
+    that skipped the newest as failing its checks, a checksum or its warm-up, serves that one), and, while files
+    fail their checksums, each one named before those back to the newest whose file passes."""
+    stack = served_stack(models_dir)
+    versions = set(stack[-2:])
+    for version in reversed(stack):
         versions.add(version)
         try:
             manifest = find_manifest(models_dir, version)
             if manifest is not None:
                 verify_model_file(models_dir, manifest)
-                return versions
+                break
         except (CheckpointError, OSError):
-            pass
+            continue
     return versions
 
 

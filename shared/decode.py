@@ -133,7 +133,7 @@ def displayed_size(data: bytes) -> tuple[int, int]:
             if is_still_webp(data):
                 orientation = webp_exif_orientation(data)
             elif img.format == "PNG":  # Pillow's getexif() decodes a PNG's pixels to find an eXIf chunk after them
-                orientation = png_exif_orientation(data)
+                orientation = png_exif_orientation(data) or exif_orientation(img, load=False)
             else:
                 orientation = exif_orientation(img)
     except MemoryError:
@@ -456,9 +456,9 @@ def request_reduced_decode(img: Image.Image, max_side: int = WORK_MAX_SIDE) -> N
         img.draft(None, (max(1, int(width / scale)), max(1, int(height / scale))))
 
 
-def png_exif_orientation(data: bytes) -> int:
+def png_exif_orientation(data: bytes) -> int | None:
     """The EXIF orientation of a PNG from its eXIf chunk, found by walking the chunks (wherever it lies, before the
-    pixels or after them, as exif_orientation finds it once the pixels are loaded); 1 without one."""
+    pixels or after them, as exif_orientation finds it once the pixels are loaded); None without one."""
     position = 8
     while position + 8 <= len(data):
         length = int.from_bytes(data[position : position + 4], "big")
@@ -474,13 +474,16 @@ def png_exif_orientation(data: bytes) -> int:
         if kind == b"IEND":
             break
         position += 12 + length
-    return 1
+    return None
 
 
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation (1..8; 1 = upright). A damaged EXIF block counts as upright rather than failing."""
+def exif_orientation(img: Image.Image, *, load: bool = True) -> int:
+    """The EXIF orientation (1..8; 1 = upright). A damaged EXIF block counts as upright rather than failing.
+    Without `load`, only what the file's header holds is read (text chunks, XMP): a PNG's getexif() would decode
+    the pixels first."""
     try:
-        value = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1))
+        exif = img.getexif() if load else Image.Image.getexif(img)
+        value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
     except Exception:
         return 1
     return value if 1 <= value <= 8 else 1

@@ -37,16 +37,21 @@ class TooManyBlocks(ValueError):
 def check_file_structure(data: bytes) -> None:
     """TooManyBlocks if `data` is a GIF, JPEG, PNG, TIFF or BMP file of more blocks than a picture needs."""
     head = bytes(data[:8])
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        _check_gif(data)
-    elif head[:2] == b"\xff\xd8":
-        _check_jpeg(data)
-    elif head == b"\x89PNG\r\n\x1a\n":
-        _check_png(data)
-    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        _check_tiff(data)
-    elif head[:2] == b"BM":
-        _check_bmp(data)
+    try:
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            _check_gif(data)
+        elif head[:2] == b"\xff\xd8":
+            _check_jpeg(data)
+        elif head == b"\x89PNG\r\n\x1a\n":
+            _check_png(data)
+        elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            _check_tiff(data)
+        elif head[:2] == b"BM":
+            _check_bmp(data)
+    except TooManyBlocks:
+        raise
+    except Exception:  # damaged past what these walks follow (an offset beyond any size): Pillow reports it
+        return
 
 
 def _too_many(what: str, limit: int, advice: str = "save it again as a plain PNG or JPEG") -> TooManyBlocks:
@@ -100,35 +105,33 @@ def _check_jpeg(data: bytes) -> None:
 
 
 def _check_png(data: bytes) -> None:
-    position, chunks = 8, 0
+    position, chunks, pixels_seen = 8, 0, False
     while position + 8 <= len(data):
         (length,) = struct.unpack_from(">I", data, position)
         kind = bytes(data[position + 4 : position + 8])
         position += 12 + length
+        if kind == b"IEND" or (pixels_seen and kind in (b"fcTL", b"fdAT")):
+            return  # the end, or an animation's second frame: Pillow reads the first frame only
+        pixels_seen |= kind == b"IDAT"
         chunks = _one_more(chunks, MAX_PNG_CHUNKS, "chunks")
-        if kind == b"IEND":
-            return
 
 
 def _check_tiff(data: bytes) -> None:
     order = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte offsets and counts, 20-byte entries
-    try:
-        if big:
-            (first,) = struct.unpack_from(order + "Q", data, 8)
-            (entries,) = struct.unpack_from(order + "Q", data, first)
-            start, size, layout = first + 8, 20, order + "HHQ"
-        else:
-            (first,) = struct.unpack_from(order + "I", data, 4)
-            (entries,) = struct.unpack_from(order + "H", data, first)
-            start, size, layout = first + 2, 12, order + "HHI"
-        for k in range(min(entries, 4096)):
-            tag, _kind, count = struct.unpack_from(layout, data, start + k * size)
-            # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts: Pillow makes a Python tile of each.
-            if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:
-                raise _too_many("strips or tiles in its first picture", MAX_TIFF_STRIPS)
-    except struct.error:
-        return  # truncated: for Pillow to report
+    if big:
+        (first,) = struct.unpack_from(order + "Q", data, 8)
+        (entries,) = struct.unpack_from(order + "Q", data, first)
+        start, size, layout = first + 8, 20, order + "HHQ"
+    else:
+        (first,) = struct.unpack_from(order + "I", data, 4)
+        (entries,) = struct.unpack_from(order + "H", data, first)
+        start, size, layout = first + 2, 12, order + "HHI"
+    for k in range(min(entries, 4096)):
+        tag, _kind, count = struct.unpack_from(layout, data, start + k * size)
+        # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts: Pillow makes a Python tile of each.
+        if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:
+            raise _too_many("strips or tiles in its first picture", MAX_TIFF_STRIPS)
 
 
 def _check_bmp(data: bytes) -> None:

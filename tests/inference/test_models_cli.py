@@ -142,15 +142,16 @@ def test_rollback_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, c
     assert folder_state(artifacts) == before
 
 
-def test_prune_keeps_the_newest_and_never_the_served_one(artifacts, capsys):
+def test_prune_keeps_the_newest_and_never_the_served_one_or_the_one_before_it(artifacts, capsys):
     publish_model(Paths(artifacts).models, version="v4", model_payload=model_payload(4), serve=False)
     assert run(artifacts, "prune", "--keep", "1", "--dry-run") == 0
     assert "would remove" in capsys.readouterr().out
     assert {p.name for p in Paths(artifacts).models.glob("*.pt")} == {"v1.pt", "v2.pt", "v3.pt", "v4.pt"}
     assert run(artifacts, "prune", "--keep", "1") == 0
     models = Paths(artifacts).models
-    # v4 is the newest, v2 is served (though older than v3): both stay, with their manifests.
-    kept = {"v4.pt", "v4.onnx", "v4.json", "v2.pt", "v2.onnx", "v2.json", MANIFEST_NAME, HISTORY_NAME}
+    # v4 is the newest, v2 is served (though older than v3) and v1 was served before it (what rollback returns to,
+    # and what a server serves if v2 fails its checks there): all three stay, with their manifests.
+    kept = {f"{v}.{ext}" for v in ("v4", "v2", "v1") for ext in ("pt", "onnx", "json")} | {MANIFEST_NAME, HISTORY_NAME}
     assert {p.name for p in models.iterdir()} == kept  # a pruned version's ONNX export goes with it
     assert served(artifacts) == "v2"
 

@@ -127,3 +127,28 @@ def test_a_file_of_more_blocks_than_a_picture_needs_is_refused_before_it_is_pars
 )
 def test_honest_files_and_modest_padding_pass(data):
     file_structure.check_file_structure(data)  # raises nothing
+
+
+def test_an_animated_png_of_thousands_of_frames_passes():
+    """Two chunks a frame (fcTL, fdAT), but Pillow reads the first frame only: only its chunks count."""
+    frames = [Image.fromarray(np.full((8, 8), k % 256, np.uint8)) for k in range(2_100)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    assert buffer.getvalue().count(b"fdAT") > file_structure.MAX_PNG_CHUNKS // 2
+    assert decode_image(buffer.getvalue()).shape == (8, 8)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"II+\x00\x08\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 32,  # a BigTIFF offset past any size
+        b"MM\x00*\xff\xff\xff\xff",
+        b"GIF89a\x01\x00\x01\x00\xff",
+        b"\x89PNG\r\n\x1a\n\xff\xff\xff\xff",
+        b"BM" + b"\xff" * 40,
+    ],
+)
+def test_a_damaged_file_is_left_to_pillow_which_rejects_it(data):
+    file_structure.check_file_structure(data)  # no exception of its own
+    with pytest.raises(ImageRejected):
+        decode_image(data)

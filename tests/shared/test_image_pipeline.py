@@ -292,7 +292,7 @@ def test_exif_orientation_matches_pillow_for_all_eight_values():
         )
 
 
-@pytest.mark.parametrize("where", ["before the pixels", "after the pixels"])
+@pytest.mark.parametrize("where", ["before the pixels", "after the pixels", "in XMP"])
 def test_displayed_size_reads_a_pngs_orientation_without_decoding_its_pixels(monkeypatch, where):
     """ReadNumber reports boxes in the picture as displayed. Pillow's getexif() decodes a PNG whole to look for an
     eXIf chunk, a second full decode outside the memory budget; the chunk is found by walking the file instead."""
@@ -302,7 +302,18 @@ def test_displayed_size_reads_a_pngs_orientation_without_decoding_its_pixels(mon
     exif = Image.Exif()
     exif[decode.EXIF_ORIENTATION_TAG] = 6
     buffer = io.BytesIO()
-    picture.save(buffer, "PNG", exif=exif.tobytes())
+    if where == "in XMP":  # tiff:Orientation in an iTXt chunk, which Pillow's getexif() reads too
+        from PIL import PngImagePlugin
+
+        xmp = (
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+        )
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        picture.save(buffer, "PNG", pnginfo=info)
+    else:
+        picture.save(buffer, "PNG", exif=exif.tobytes())
     data = buffer.getvalue()
     if where == "after the pixels":
         start = data.index(b"eXIf") - 4
