@@ -3,7 +3,7 @@
     python -m inference.models list                  # every version, newest first; * marks the served one
     python -m inference.models promote VERSION       # serve VERSION (running servers swap it in within a second)
     python -m inference.models rollback              # serve the version served before this one
-    python -m inference.models prune --keep 5        # delete all but the 5 newest (never the served one nor its previous)
+    python -m inference.models prune --keep 5        # all but the 5 newest (never the served one nor the one before)
 
 promote and rollback check the model exactly as a server does before it serves one (size and SHA-256,
 weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model); a model that
