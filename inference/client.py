@@ -30,7 +30,7 @@ from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
-from inference.security import bearer_metadata
+from inference.security import bearer_metadata, is_metadata_value
 
 DIGITS = 10
 
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
         return 1
     token = args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None
-    if token is not None and not all(" " <= c <= "~" for c in token):
+    if token is not None and not is_metadata_value(token):
         # gRPC metadata is printable ASCII: anything else fails every call with "Invalid metadata".
         print(
             f"error: the token (--token or {ENV_AUTH_TOKEN}) holds a character that is not printable ASCII "

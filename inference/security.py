@@ -16,6 +16,11 @@ AUTH_METADATA_KEY = "authorization"
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
+def is_metadata_value(text: str) -> bool:
+    """Whether `text` can be sent as a gRPC metadata value: printable ASCII only (anything else fails the call)."""
+    return all(" " <= ch <= "~" for ch in text)
+
+
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from shared.budget import BudgetExhausted, MemoryBudget
-from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure
+from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure, png_chunks
 
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
 # picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
@@ -459,21 +459,17 @@ def request_reduced_decode(img: Image.Image, max_side: int = WORK_MAX_SIDE) -> N
 def png_exif_orientation(data: bytes) -> int | None:
     """The EXIF orientation of a PNG from its eXIf chunk, found by walking the chunks (wherever it lies, before the
     pixels or after them, as exif_orientation finds it once the pixels are loaded); None without one."""
-    position = 8
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        kind = bytes(data[position + 4 : position + 8])
+    for kind, body, length in png_chunks(data):
         if kind == b"eXIf":
             exif = Image.Exif()
             try:
-                exif.load(bytes(data[position + 8 : position + 8 + length]))
+                exif.load(bytes(data[body : body + length]))
                 value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
             except Exception:
                 return 1
             return value if 1 <= value <= 8 else 1
         if kind == b"IEND":
             break
-        position += 12 + length
     return None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterator
 
 # Blocks before the first frame's pixels that any honest file stays far below (a camera JPEG has about 20
 # segments; an animated GIF a handful of extensions; PNG writers a few dozen chunks at most).
@@ -105,15 +106,21 @@ def _check_jpeg(data: bytes) -> None:
 
 
 def _check_png(data: bytes) -> None:
-    position, chunks, pixels_seen = 8, 0, False
-    while position + 8 <= len(data):
-        (length,) = struct.unpack_from(">I", data, position)
-        kind = bytes(data[position + 4 : position + 8])
-        position += 12 + length
+    chunks, pixels_seen = 0, False
+    for kind, _body, _length in png_chunks(data):
         if kind == b"IEND" or (pixels_seen and kind in (b"fcTL", b"fdAT")):
             return  # the end, or an animation's second frame: Pillow reads the first frame only
         pixels_seen |= kind == b"IDAT"
         chunks = _one_more(chunks, MAX_PNG_CHUNKS, "chunks")
+
+
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(kind, where its body starts, its length) of each chunk of a PNG file, by their lengths; CRCs unchecked."""
+    position = 8
+    while position + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        yield bytes(data[position + 4 : position + 8]), position + 8, length
+        position += 12 + length
 
 
 def _check_tiff(data: bytes) -> None:

@@ -52,7 +52,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
 from inference.channel import make_channel
-from inference.security import AUTH_METADATA_KEY
+from inference.security import AUTH_METADATA_KEY, is_metadata_value
 from inference.web import errors, schemas
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
     are the caller's error here, said as such."""
     metadata = []
     if (authorization := http.headers.get("authorization")) is not None:
-        if not _printable_ascii(authorization):
+        if not is_metadata_value(authorization):
             raise GatewayError(
                 401,
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -224,17 +224,13 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
             )
         metadata.append((AUTH_METADATA_KEY, authorization))
     if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
-        if not _printable_ascii(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
+        if not is_metadata_value(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
             raise _bad_request(
                 f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters (it was "
                 f"{len(request_id):,} characters); send a shorter id, or none and the service makes one"
             )
         metadata.append((REQUEST_ID_KEY, request_id))
     return metadata
-
-
-def _printable_ascii(text: str) -> bool:
-    return all(" " <= ch <= "~" for ch in text)
 
 
 # --------------------------------------------------------------------------------------------------------------
