@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import re
 from dataclasses import dataclass
 
 import cv2
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from shared.budget import BudgetExhausted, MemoryBudget
-from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure, png_chunks
+from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure, jpeg_markers, png_chunks
 
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
 # picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
@@ -198,36 +197,20 @@ def jpeg_coefficient_cost(data: bytes, img: Image.Image) -> int:
     return width * height * len(img.getbands()) * 2
 
 
-# A marker after entropy-coded data: 0xFF followed by neither a stuffed zero, a restart marker nor a fill byte.
-_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
 def jpeg_scan_count(data: bytes) -> int:
     """The number of scans (SOS markers) of a JPEG's first image, 2 meaning "2 or more", found by walking its
-    segments by their lengths (so a thumbnail inside an APP segment is skipped whole). A damaged file counts
-    the scans seen before the damage."""
-    position, scans, segments = 2, 0, 0
-    while position + 4 <= len(data):
-        segments += 1
-        if segments > MAX_JPEG_SEGMENTS:  # a file padded with empty segments: assume the costlier kind
-            return 2
-        if data[position] != 0xFF:
-            break
-        marker = data[position + 1]
-        if marker == 0xFF:  # a fill byte before a marker
-            position += 1
-        elif marker == 0xD9:  # EOI: the first image ends (an MPO's other pictures follow)
-            break
-        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            position += 2
-        else:  # a segment: its length (2 bytes, counting themselves) follows the marker
-            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-            if marker == 0xDA:  # SOS: a scan header, then its entropy-coded data up to the next marker
-                scans += 1
-                found = _NEXT_MARKER.search(data, position) if scans == 1 else None
-                if found is None:
-                    break
-                position = found.start()
+    segments (shared.file_structure.jpeg_markers). A damaged file counts the scans seen before the damage; one
+    padded past the structure check's limits counts as the costlier kind."""
+    scans = 0
+    try:
+        for segments, marker in enumerate(jpeg_markers(data), 1):
+            if segments > MAX_JPEG_SEGMENTS:
+                return 2
+            scans += marker == 0xDA
+            if scans == 2:
+                return 2
+    except TooManyBlocks:
+        return 2
     return scans
 
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from shared.decode import ImageRejected, Limits, check_byte_count, check_pixel_count
+from shared.file_structure import png_chunks
 from shared.normalize import (
     BACKGROUND_FIT_ROUNDS,
     KEEP_AREA_FRACTION,
@@ -78,13 +79,12 @@ def decode_small_png(data: bytes, limits: Limits, side: int = FAST_SIDE) -> np.n
     if not data.startswith(PNG_SIGNATURE):
         return None
     position, chunks, idat = len(PNG_SIGNATURE), [], []
-    while position + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
-        end = position + 12 + length
+    for kind, start, length in png_chunks(data):
+        end = start + length + 4  # the CRC follows the body
         if end > len(data):
             return None
-        body = data[position + 8 : position + 8 + length]
-        (crc,) = struct.unpack_from(">I", data, position + 8 + length)
+        body = data[start : start + length]
+        (crc,) = struct.unpack_from(">I", data, start + length)
         if zlib.crc32(kind + body) != crc:
             return None
         chunks.append(kind)

@@ -29,6 +29,8 @@ MAX_TIFF_STRIPS = 65_536  # strips or tiles of the first image (a 40 MP picture 
 MAX_RLE_BMP_PIXELS = 4_000_000  # Pillow decodes run-length BMPs in Python: about a second per 4 MP
 
 _FILL = re.compile(rb"\xff+")
+# A marker after entropy-coded data: 0xFF followed by neither a stuffed zero, a restart marker nor a fill byte.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class TooManyBlocks(ValueError):
@@ -85,24 +87,44 @@ def _check_gif(data: bytes) -> None:
 
 
 def _check_jpeg(data: bytes) -> None:
-    position, segments = 2, 0
-    while position + 4 <= len(data):
+    segments = 0
+    for marker in jpeg_markers(data):
+        if marker in (0xD9, 0xDA):  # the end, or the first scan: Pillow reads the segments before it
+            return
+        segments = _one_more(segments, MAX_JPEG_SEGMENTS, "segments before its picture")
+
+
+def jpeg_markers(data: bytes) -> Iterator[int]:
+    """The code of each marker of a JPEG file after its SOI, walked by the segments' lengths: a thumbnail inside an
+    APP segment is skipped whole, and so is a scan's entropy-coded data, up to the marker after it. Stops after EOI,
+    and where the walk finds no marker (a damaged file: for Pillow to report). TooManyBlocks for more than
+    MAX_JPEG_FILL_BYTES fill bytes before one marker (Pillow reads them one at a time)."""
+    position = 2
+    while position + 2 <= len(data):
         fill = _FILL.match(data, position)
         if fill is None:
-            return  # not at a marker: damaged, for Pillow to report
+            return
         if fill.end() - position - 1 > MAX_JPEG_FILL_BYTES:
             raise _too_many("fill bytes before one marker", MAX_JPEG_FILL_BYTES)
         position = fill.end() - 1  # the last 0xFF, before the marker's code
-        if position + 4 > len(data):
+        if position + 2 > len(data):
             return
         marker = data[position + 1]
-        if marker in (0xD9, 0xDA):  # the end, or the first scan: Pillow reads the segments before it
+        standalone = marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7  # markers without a length
+        if not standalone and position + 4 > len(data):
+            return  # its length is cut off
+        yield marker
+        if marker == 0xD9:  # EOI: the first image ends (an MPO's other pictures follow)
             return
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+        if standalone:
             position += 2
-        else:
-            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        segments = _one_more(segments, MAX_JPEG_SEGMENTS, "segments before its picture")
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")  # the length counts itself
+        if marker == 0xDA:  # SOS: a scan header, then its entropy-coded data up to the next marker
+            found = _NEXT_MARKER.search(data, position)
+            if found is None:
+                return
+            position = found.start()
 
 
 def _check_png(data: bytes) -> None:

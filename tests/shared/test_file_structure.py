@@ -152,3 +152,16 @@ def test_a_damaged_file_is_left_to_pillow_which_rejects_it(data):
     file_structure.check_file_structure(data)  # no exception of its own
     with pytest.raises(ImageRejected):
         decode_image(data)
+
+
+def test_the_jpeg_walk_skips_a_thumbnail_in_its_segment_and_a_scans_data_to_the_next_marker():
+    thumbnail = saved("JPEG")  # a whole JPEG (SOI ... SOS, data, EOI) inside an APP1 segment
+    progressive = saved("JPEG", progressive=True, quality=90)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    with_thumbnail = progressive[:2] + app1 + progressive[2:]
+
+    markers = list(file_structure.jpeg_markers(with_thumbnail))
+
+    assert markers == [0xE1, *file_structure.jpeg_markers(progressive)]
+    assert markers[-1] == 0xD9 and markers.count(0xD8) == 0  # the thumbnail's own SOI and EOI are not walked
+    assert markers.count(0xDA) > 1  # each scan of the progressive picture, its data skipped up to the next marker
