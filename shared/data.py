@@ -44,6 +44,10 @@ MNIST_STD = 0.3081
 _IDX_UBYTE = 0x08
 
 
+class MnistNotFound(FileNotFoundError):
+    """An MNIST file is missing and downloading was not allowed; the message says where it looked."""
+
+
 class MnistFormatError(ValueError):
     """An IDX file that is truncated, garbled or not what its name says."""
 
@@ -157,7 +161,7 @@ def load_mnist(data_dir: Path | str, *, download: bool = True, verify: bool = Tr
         path = find_file(data_dir, name)
         if path is None:
             if not download:
-                raise FileNotFoundError(f"{name}(.gz) is not in {data_dir}")
+                raise MnistNotFound(f"{name}(.gz) is not in {data_dir}")
             path = _download(name, data_dir)
         arrays[key] = torch.from_numpy(read_idx_file(path, md5=md5 if verify else None, shape=shape).copy())
     for split in ("train", "test"):

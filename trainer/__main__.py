@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 
+from shared.checkpoint import CheckpointError
+from shared.data import MnistFormatError, MnistNotFound
+
 from trainer.config import get_args_parser
-from trainer.train import run
+from trainer.train import DiskFull, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,15 +22,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train.Interrupted says whether and how to continue
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MnistNotFound as e:
         print(
-            f"error: the disk is full ({e}); the last complete checkpoint and the published model are intact. "
-            "Free some space, then continue with --resume",
+            f"error: {e}; point --data-dir (or MNIST_DATA_DIR) at the four MNIST files, or let the trainer download "
+            "them (leave out --no-download)",
             file=sys.stderr,
         )
+        return 1
+    except MnistFormatError as e:
+        print(f"error: a damaged MNIST file: {e}. Delete it and run again to download it afresh", file=sys.stderr)
+        return 1
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any
 from shared import settings
 from shared.checkpoint import is_version_name
 from shared.cli import HelpFormatter, non_negative_int, positive_int
-from shared.model import ARCHITECTURES
+from shared.model import ARCHITECTURES, build_model
 
 from trainer.precision import PRECISIONS
 from trainer.publish import PUBLISH_MODES
@@ -191,7 +191,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--arch-kwargs",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)",
@@ -336,9 +336,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset's config with the flags the user gave applied on top."""
-    config = PRESETS[args.preset]
-    return replace(config, **overrides_given(args))
+    """The preset's config with the flags the user gave applied on top. SystemExit, before any data is read, if its
+    network cannot be built (an --arch-kwargs name the network does not take)."""
+    config = replace(PRESETS[args.preset], **overrides_given(args))
+    try:
+        build_model(config.arch, **config.arch_kwargs)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(
+            f"--arch-kwargs {json.dumps(config.arch_kwargs)}: the {config.arch} network cannot be built with them ({e})"
+        ) from None
+    return config
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object, e.g. '{"width": 24}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object is needed, e.g. '{\"width\": 24}'")
+    return value
 
 
 def overrides_given(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' -> the local GPU when CUDA is present, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda was asked for, but CUDA is not available on this machine")

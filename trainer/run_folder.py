@@ -24,6 +24,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 LOCK_FILE = ".trainer.lock"
+# Written when a run has ended (its model published, kept or refused): --resume continues only runs without it.
+FINISHED = "FINISHED.json"
 # A default name taken (a run started in the same second) is tried again with "-2", "-3", ...
 MAX_NAME_SUFFIX = 20
 
@@ -46,10 +48,38 @@ def default_run_name(arch: str, seed: int, preset: str) -> str:
 
 
 def newest_resumable_run(paths: Paths) -> str:
-    candidates = sorted(paths.runs.glob(f"*/{CHECKPOINT_DIR}/{LAST}"), key=lambda p: p.stat().st_mtime)
+    """The unfinished run whose last checkpoint is newest. A finished run is never picked: resuming it would publish
+    its model again, over a rollback made since."""
+    candidates = sorted(
+        (p for p in paths.runs.glob(f"*/{CHECKPOINT_DIR}/{LAST}") if not (p.parent.parent / FINISHED).exists()),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not candidates:
-        raise SystemExit(f"--resume: no run with a checkpoint under {paths.runs}")
+        raise SystemExit(f"--resume: no unfinished run with a checkpoint under {paths.runs}")
     return candidates[-1].parent.parent.name
+
+
+def check_resumable(paths: Paths, run_name: str) -> None:
+    """SystemExit, saying what to do, unless runs/<run_name> has a last checkpoint and has not finished."""
+    run_dir = paths.run_dir(run_name)
+    if (run_dir / FINISHED).exists():
+        raise SystemExit(
+            f"--resume: run {run_name} has finished ({run_dir / FINISHED} says how it ended); nothing to resume. "
+            "Start a new run, or serve one of its versions with `python -m inference.models promote VERSION`"
+        )
+    if not last_checkpoint(run_dir).exists():
+        raise SystemExit(
+            f"--resume: run {run_name} has no checkpoint ({last_checkpoint(run_dir)} is missing); start it again "
+            "without --resume"
+        )
+
+
+def published_versions(paths: Paths, run_name: str) -> list[str]:
+    """Model versions published from a run of this name (models/<run_name>-eNNN.pt)."""
+    prefix = f"{run_name}-e"
+    return sorted(
+        p.stem for p in paths.models.glob("*.pt") if p.stem.startswith(prefix) and p.stem[len(prefix) :].isdigit()
+    )
 
 
 @contextlib.contextmanager
@@ -69,7 +99,9 @@ def claimed(run_dir: Path, *, resuming: bool) -> Iterator[None]:
                 raise
             # Some network and FUSE volumes have no locks: train there as before, unguarded.
             log.warning("cannot lock %s (%s); another trainer in this folder would not be noticed", run_dir, e)
-        if not resuming and any((run_dir / CHECKPOINT_DIR / name).exists() for name in (LAST, BEST)):
+        # last.pt, not best.pt: an epoch 1 cut short between its two writes left best.pt alone, and nothing to
+        # resume, so the run may start again there.
+        if not resuming and last_checkpoint(run_dir).exists():
             raise RunFolderTaken(run_dir, busy=False)
         yield
 
@@ -81,6 +113,14 @@ def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resumi
         [run_name] if named or resuming else [run_name] + [f"{run_name}-{i}" for i in range(2, MAX_NAME_SUFFIX)]
     )
     for name in candidates:
+        versions = [] if resuming else published_versions(paths, name)
+        if versions:  # its versions would clash with theirs at publish, after the whole run
+            if len(candidates) > 1:
+                continue
+            raise SystemExit(
+                f"run name {name} was used before: model version {versions[-1]} was published from it; give this "
+                "run another --run-name"
+            )
         try:
             held.enter_context(claimed(paths.run_dir(name), resuming=resuming))
             return name

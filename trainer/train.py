@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import json
 import math
 import os
 import sys
@@ -26,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.checkpoint import (
+    atomic_write_bytes,
     load_checkpoint,
     model_from_checkpoint,
     publish_model,
@@ -61,7 +64,9 @@ from trainer.publish import decide
 from trainer.run_folder import (
     BEST,
     CHECKPOINT_DIR,
+    FINISHED,
     LAST,
+    check_resumable,
     claim_run,
     default_run_name,
     last_checkpoint,
@@ -546,6 +551,10 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) during a run; its message says whether and how to continue it."""
 
 
+class DiskFull(Exception):
+    """The disk filled during a run; its message says whether the run can be continued with --resume."""
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed command line says. Returns a summary (the main process's; others return {})."""
     where: dict[str, Any] = {}  # the run's name and its last checkpoint's path, once known
@@ -554,16 +563,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return _run(args, held, where)
         except KeyboardInterrupt:
             last = where.get("last")
+            if args.dry_run:
+                raise Interrupted("dry run interrupted") from None
             if last is not None and last.exists():
                 raise Interrupted(f"interrupted; continue with --resume --run-name {where['run_name']}") from None
             raise Interrupted(
                 "interrupted before the run's first checkpoint: nothing to resume; start it again"
             ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
+            last = where.get("last")
+            if not args.dry_run and last is not None and last.exists():
+                advice = (
+                    "the last complete checkpoint and the published model are intact. Free some space, then continue "
+                    f"with --resume --run-name {where['run_name']}"
+                )
+            else:
+                advice = "the run had no checkpoint yet; the published model is intact. Free space, then start again"
+            raise DiskFull(f"the disk is full ({e}); {advice}") from e
 
 
 def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, Any]) -> dict[str, Any]:
     wall_start = time.perf_counter()
     paths = Paths(Path(args.artifacts_dir))
+    if args.dry_run and args.resume:
+        raise SystemExit("--dry-run starts a throwaway run of its own: it cannot --resume one")
     throwaway = tempfile.TemporaryDirectory(prefix="mnist-dry-run-") if args.dry_run else None
     if throwaway is not None:
         paths = Paths(Path(throwaway.name))
@@ -576,6 +602,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     resume_ckpt = None
     if args.resume:
         run_name = args.run_name or newest_resumable_run(paths)
+        check_resumable(paths, run_name)  # before the claim, which would make the folder of a mistyped name
         if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
             claim_run(held, paths, run_name, resuming=True, named=True)
         resume_ckpt = load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
@@ -935,6 +962,13 @@ def finish(
         )
     else:
         print(f"not published ({decision.reason})", flush=True)
+    ended = {
+        "version": manifest.version if manifest is not None else None,
+        "served": bool(manifest is not None and decision.serve),
+        "reason": decision.reason,
+        "finished_at": utc_now(),
+    }
+    atomic_write_bytes(run_dir / FINISHED, (json.dumps(ended, indent=1) + "\n").encode())
     return {
         "run_name": run_name,
         "run_dir": str(run_dir),

@@ -272,6 +272,23 @@ def test_trainer_on_a_full_disk_stops_cleanly(tmp_path, mnist_dir, disk_full_on,
     assert read_manifest(Paths(artifacts).models) is None
 
 
+def test_a_full_disk_at_the_first_checkpoint_leaves_a_run_that_starts_again(tmp_path, mnist_dir, disk_full_on, capsys):
+    """Epoch 1 writes best.pt, then last.pt: the disk filling between the two left a folder that a new run refused
+    and --resume could not continue."""
+    from trainer.__main__ import main as trainer_main
+
+    artifacts = tmp_path / "artifacts"
+    command = ["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), "--run-name", "r", *TINY]
+    disk_full_on("last.pt", 1)
+    assert trainer_main([*command, "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "the run had no checkpoint yet" in err and "start again" in err and "--resume" not in err
+    checkpoints = Paths(artifacts).run_dir("r") / "checkpoints"
+    assert (checkpoints / "best.pt").exists() and not (checkpoints / "last.pt").exists()
+    assert trainer_main([*command, "--epochs", "1"]) == 0  # started again, as the message says
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 1
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A real 1 MiB tmpfs (needs root and permission to mount; skipped otherwise)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,51 @@ def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
     with claimed(tmp_path / "runs/busy", resuming=False):
         with pytest.raises(SystemExit, match="another trainer is running in"):
             train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "busy")
+
+
+def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path, mnist_dir, capsys):
+    """Resuming a finished run would publish its model again, over a rollback made since; a new run of a name whose
+    versions are published would train to the end and then fail to publish."""
+    assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "a", "--train-subset", "200") == 0
+    (version,) = [p.stem for p in Paths(tmp_path).models.glob("a-e*.pt")]
+    assert (tmp_path / "runs/a/FINISHED.json").exists()
+    with pytest.raises(SystemExit, match="no unfinished run with a checkpoint"):
+        train(tmp_path, mnist_dir, "--resume")
+    with pytest.raises(SystemExit, match="run a has finished"):
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "a")
+    with pytest.raises(SystemExit, match=r"run b has no checkpoint .*start it again without --resume"):
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "b")
+    assert not (tmp_path / "runs/b").exists()  # a mistyped name leaves no folder behind
+    shutil.rmtree(tmp_path / "runs/a")
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=f"run name a was used before: model version {version} was published"):
+        train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "a", "--train-subset", "200")
+    assert "epoch" not in capsys.readouterr().out  # refused before any training
+    # A default name whose versions exist is passed over, as a taken folder is.
+    import contextlib
+
+    from trainer.run_folder import claim_run
+
+    with contextlib.ExitStack() as held:
+        assert claim_run(held, Paths(tmp_path), "a", resuming=False, named=False) == "a-2"
+
+
+def test_an_arch_kwargs_the_network_does_not_take_is_refused_before_any_data_is_read(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"--arch-kwargs \{\"widht\": 24\}: the compact network cannot be built"):
+        trainer_main(
+            [
+                "--data-dir",
+                str(tmp_path / "nowhere"),
+                "--artifacts-dir",
+                str(tmp_path),
+                "--arch-kwargs",
+                '{"widht": 24}',
+            ]
+        )
+    with pytest.raises(SystemExit) as e:
+        trainer_main(["--arch-kwargs", "[1]"])
+    assert e.value.code == 2 and "a JSON object is needed" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_runs_with_the_same_default_name_get_folders_of_their_own(tmp_path):
