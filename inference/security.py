@@ -40,6 +40,13 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
+def canonical_authorization(value: str) -> str:
+    """An Authorization value with its scheme spelt 'Bearer' however it was cased ('bearer x' -> 'Bearer x'):
+    schemes are case-insensitive (RFC 7235). Any other value is returned as it is."""
+    scheme, space, rest = value.partition(" ")
+    return f"Bearer {rest}" if space and scheme.lower() == "bearer" else value
+
+
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Lets a call through only with metadata `authorization: Bearer <token>`; health checks are exempt."""
 
@@ -54,7 +61,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        supplied = metadata.get(AUTH_METADATA_KEY, "")
+        supplied = canonical_authorization(metadata.get(AUTH_METADATA_KEY, ""))
         # Constant-time comparison: the time taken does not tell an attacker how much of a guess was right.
         if hmac.compare_digest(supplied.encode(), self._expected):
             return handler

@@ -24,6 +24,7 @@ also checks it itself, before reading a body. `X-Request-ID` is passed through t
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -51,8 +52,8 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
-from inference.channel import make_channel
-from inference.security import AUTH_METADATA_KEY, is_metadata_value
+from inference.channel import make_channel, reached_server
+from inference.security import AUTH_METADATA_KEY, canonical_authorization, is_metadata_value
 from inference.web import errors, schemas
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,9 @@ class Backend:
                 f"the inference service at {target} did not answer within {timeout:g} s ({details}); it is "
                 "down, still starting or overloaded: GET /readyz tells whether it can be reached"
             )
-        if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed to" in details.lower()):
+        # Only a call that never reached the service is about reaching it: the service's own UNAVAILABLE (no model
+        # can be served: its message says why) may say "Failed to load" too.
+        if code == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
             return f"cannot reach the inference service at {target} ({details}); try again when it is up"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
@@ -222,7 +225,7 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
                 "the Authorization header holds characters other than printable ASCII; send "
                 "'Authorization: Bearer <token>' with the service's token",
             )
-        metadata.append((AUTH_METADATA_KEY, authorization))
+        metadata.append((AUTH_METADATA_KEY, canonical_authorization(authorization)))
     if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
         if not is_metadata_value(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
             raise _bad_request(
@@ -237,14 +240,20 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
 # What the gateway reads itself: a bounded body, one or many images
 
 
+BODY_STALL_SECONDS = 30.0
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory, and the bodies of
     all requests in flight together stay within `max_inflight_bytes` (429 with Retry-After past it).
 
-    A Content-Length over the limit is refused at once; a body sent without one (chunked) is counted as it
-    arrives, and the endpoint reading it gets BodyTooLarge at the first byte over. Each request's bytes (its
-    declared length at once, or what has arrived) count against the shared budget until its response is sent:
-    without it, 100 callers sending 32 MiB each at once would make the gateway hold 3.2 GB.
+    A Content-Length over the limit is refused at once; otherwise the body is counted as it arrives, and the
+    endpoint reading it gets BodyTooLarge at the first byte over. Each request's bytes that have arrived count
+    against the shared budget until its response is sent: without it, 100 callers sending 32 MiB each at once would
+    make the gateway hold 3.2 GB. Only bytes that arrived count, not a declared length: four connections that sent
+    headers declaring 32 MiB and nothing more held the whole budget, and every image route answered 429 for as long
+    as they stayed open. A body that stops arriving for BODY_STALL_SECONDS ends the request (408), giving back what
+    it held.
     """
 
     def __init__(self, app, max_bytes: int, max_inflight_bytes: int) -> None:
@@ -255,34 +264,38 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        reserved = int(declared) if declared is not None and declared.isdigit() else 0
-        if reserved > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _too_large_response(self.max_bytes)(scope, receive, send)
-        if self.inflight + reserved > self.max_inflight_bytes:
-            return await _busy_response(self.max_inflight_bytes)(scope, receive, send)
-        self.inflight += reserved
-        held = reserved  # what this request counts against the budget: its declared length, or what arrived
-        received = 0
+        held = 0  # what this request counts against the budget: the bytes of its body that have arrived
+        body_done = False
 
         async def counted_receive():
-            nonlocal received, held
-            message = await receive()
+            nonlocal held, body_done
+            if body_done:  # after the body only a disconnect comes, whenever the caller leaves
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_STALL_SECONDS)
+            except TimeoutError:
+                raise BodyStalled() from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                body_done = not message.get("more_body", False)
+                grown = len(message.get("body", b""))
+                if held + grown > self.max_bytes:
                     raise BodyTooLarge()
-                grown = max(received - held, 0)
-                if grown:
-                    if self.inflight + grown > self.max_inflight_bytes:
-                        raise GatewayBusy()
-                    self.inflight += grown
-                    held += grown
+                if self.inflight + grown > self.max_inflight_bytes:
+                    raise GatewayBusy()
+                self.inflight += grown
+                held += grown
             return message
 
         try:
             return await self.app(scope, counted_receive, send)
         finally:
             self.inflight -= held
+
+
+class BodyStalled(Exception):
+    """No byte of a request's body arrived for BODY_STALL_SECONDS: the caller is gone or stalled."""
 
 
 class GatewayBusy(Exception):
@@ -478,7 +491,7 @@ def create_app(options: WebOptions) -> FastAPI:
         """With --token: the REST caller must send it. Checked before the body is read, in constant time."""
         if expected_authorization is None:
             return
-        supplied = request.headers.get("authorization", "")
+        supplied = canonical_authorization(request.headers.get("authorization", ""))
         if not hmac.compare_digest(supplied.encode(), expected_authorization):
             reason = "no Authorization header" if not supplied else "wrong token"
             raise GatewayError(
@@ -502,6 +515,14 @@ def create_app(options: WebOptions) -> FastAPI:
     @app.exception_handler(BodyTooLarge)
     async def on_body_too_large(request: Request, e: BodyTooLarge):
         return _too_large_response(options.max_body_bytes)
+
+    @app.exception_handler(BodyStalled)
+    async def on_body_stalled(request: Request, e: BodyStalled):
+        message = (
+            f"no byte of the request body arrived for {BODY_STALL_SECONDS:.0f} s; send the whole body at once, "
+            "as soon as the headers"
+        )
+        return error_response(408, grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
     @app.exception_handler(GatewayBusy)
     async def on_gateway_busy(request: Request, e: GatewayBusy):
@@ -648,7 +669,9 @@ def create_app(options: WebOptions) -> FastAPI:
     # ----------------------------------------------------------------------------------------------------------
     # Probes: no token (as gRPC health checking), they reveal only whether the service is up
 
-    @app.get("/healthz", response_model=schemas.Health, summary="Liveness: this gateway answers")
+    @app.api_route(
+        "/healthz", methods=["GET", "HEAD"], response_model=schemas.Health, summary="Liveness: this gateway answers"
+    )
     async def healthz() -> schemas.Health:
         return schemas.Health(status="ok")
 
@@ -680,7 +703,7 @@ def create_app(options: WebOptions) -> FastAPI:
                 503,
                 grpc.StatusCode.UNAVAILABLE,
                 f"not ready: the inference service at {options.target} is {status} (no model is "
-                "published yet, or it is shutting down)",
+                "published yet, the published one fails its checks (GET /v1/model says why), or it is shutting down)",
             )
         return schemas.Health(status="ready", target=options.target)
 
@@ -688,7 +711,7 @@ def create_app(options: WebOptions) -> FastAPI:
     # The page: index.html at /, its script and styles under /static (so that a wrong method on an API path is
     # a 405, not a search for a file)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_SECURITY_HEADERS)
 

@@ -350,7 +350,11 @@ async function refreshModel() {
   }
   if (!info.serving) {
     $("model").hidden = true;
-    setStatus($("model-status"), "No model yet: the service is waiting for the trainer to publish one.");
+    const failed = info.last_load_error;
+    setStatus($("model-status"), failed
+      ? `No model can be served: the published model ${failed.version} fails its checks (${failed.reason}). ` +
+        "Publish or promote a good one (python -m inference.models)."
+      : "No model yet: the service is waiting for the trainer to publish one.", Boolean(failed));
     state.model = null;
     return;
   }
@@ -386,7 +390,8 @@ function selectTab(name) {
 }
 for (const tab of ["draw", "evaluate"]) {
   $(`tab-${tab}`).addEventListener("click", () => {
-    history.replaceState(null, "", tab === "draw" ? "#" : "#evaluate");
+    const drawHash = state.mode === "number" ? "#number" : "#";  // a reload keeps the mode the page is in
+    history.replaceState(null, "", tab === "draw" ? drawHash : "#evaluate");
     selectTab(tab);
   });
 }

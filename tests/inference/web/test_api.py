@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -286,8 +287,10 @@ def test_the_services_token_applies_to_rest_callers(web, token_backend, digit_pn
     )
     assert gateway.post("/v1/predict", png, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
     assert gateway.get("/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
-    # Probes and the page need no token, as gRPC health checking needs none.
+    assert gateway.get("/v1/model", headers={"Authorization": f"bearer {TOKEN}"}).status == 200  # RFC 7235: any case
+    # Probes and the page need no token, as gRPC health checking needs none; uptime checkers may ask with HEAD.
     assert gateway.get("/readyz").status == 200 and gateway.get("/").status == 200
+    assert gateway.request("HEAD", "/").status == 200 and gateway.request("HEAD", "/healthz").status == 200
 
 
 def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_backend, digit_pngs):
@@ -305,6 +308,7 @@ def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_ba
     # Evaluate's JSON body too is read only after the token check: a caller without it learns nothing of the body.
     assert_error(gateway.post("/v1/evaluate", b"{not json", "application/json"), 401, "UNAUTHENTICATED")
     assert gateway.post("/v1/predict", digit_pngs[0][1], headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert gateway.post("/v1/predict", digit_pngs[0][1], headers={"Authorization": f"BEARER {TOKEN}"}).status == 200
 
 
 def test_unknown_paths_and_methods_get_the_json_error_shape(gateway):
@@ -485,3 +489,67 @@ def test_request_bodies_in_flight_together_stay_within_the_gateways_budget(web, 
     while (answer := gateway.post("/v1/predict", body)).status == 429 and time.monotonic() < deadline:
         time.sleep(0.05)  # the slow request ends when its caller leaves, and gives its bytes back
     assert answer.status == 200, answer.body[:300]
+
+
+def test_connections_that_declare_a_body_and_send_none_do_not_lock_the_gateway_out(
+    web, backend, digit_pngs, monkeypatch
+):
+    """Only bytes that arrived count against --max-inflight-bytes: four connections that declared 32 MiB each and
+    sent nothing held the whole budget, and every image route answered 429 while they stayed open. A body that
+    stops arriving ends its request with 408."""
+    from inference.web import app as web_app
+
+    monkeypatch.setattr(web_app, "BODY_STALL_SECONDS", 1.0)
+    gateway = web(target=backend.target, max_body_bytes=50_000, max_inflight_bytes=60_000)
+    body = digit_pngs[0][1]
+    idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(4)]
+    try:
+        for connection in idle:
+            connection.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 50000\r\n\r\nab"
+            )
+        time.sleep(0.3)
+        answer = gateway.post("/v1/predict", body)
+        assert answer.status == 200, answer.body[:300]
+        idle[0].settimeout(10)
+        stalled = ""
+        while not stalled.endswith("}"):  # within a second or so of the last byte
+            stalled += idle[0].recv(4096).decode("latin-1")
+        assert stalled.startswith("HTTP/1.1 408"), stalled[:200]
+        assert "no byte of the request body arrived for 1 s" in stalled
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+class _Unavailable(grpc.RpcError):
+    """An UNAVAILABLE call, as the service answers it (its request id in the initial metadata) or as a failed
+    connection does (no metadata)."""
+
+    def __init__(self, details: str, answered: bool) -> None:
+        self._details, self._answered = details, answered
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return self._details
+
+    def initial_metadata(self):
+        return (("x-request-id", "r1"),) if self._answered else ()
+
+
+def test_the_services_own_unavailable_is_not_reported_as_cannot_reach_it():
+    """The service answers UNAVAILABLE when its published model fails the checks, with a message that may say
+    "Failed to load": the gateway told users it could not reach the service. Only a call the service never
+    answered is about reaching it (inference.channel.reached_server, as the client decides)."""
+    from inference.web.app import Backend, WebOptions
+
+    backend = Backend(WebOptions(target="localhost:1"))
+    try:
+        own = "no model can be served: the published model v2 fails the checks (Failed to load model)"
+        assert backend.describe(_Unavailable(own, answered=True), 10) == own
+        refused = backend.describe(_Unavailable("failed to connect to all addresses", answered=False), 10)
+        assert refused.startswith("cannot reach the inference service at localhost:1")
+    finally:
+        backend.close()
