@@ -335,10 +335,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+# The validation split's pictures that are not digits are drawn with seed VALIDATION_PICTURE_SEEDS + split seed, the
+# training ones with the run's seed: a run seed from here on could draw the validation pictures and train on them.
+VALIDATION_PICTURE_SEEDS = 1_000_000
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset's config with the flags the user gave applied on top. SystemExit, before any data is read, if its
-    network cannot be built (an --arch-kwargs name the network does not take)."""
+    network cannot be built (an --arch-kwargs name the network does not take), or its seed is too large."""
     config = replace(PRESETS[args.preset], **overrides_given(args))
+    if config.seed >= VALIDATION_PICTURE_SEEDS:
+        raise SystemExit(
+            f"--seed {config.seed}: seeds from {VALIDATION_PICTURE_SEEDS:,} on draw the validation split's pictures; "
+            "choose a smaller one"
+        )
     try:
         build_model(config.arch, **config.arch_kwargs)
     except (TypeError, ValueError) as e:
@@ -368,15 +378,23 @@ def overrides_given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ignored_on_resume(args: argparse.Namespace, config: TrainConfig) -> list[str]:
-    """The flags a resumed run does not apply, as given ('--lr 5'): those that differ from the run's own settings.
-    --precision applies (like --device, it is the machine's). --seed always has a value (0, or MNIST_SEED): it is
-    named only when it differs from that default as well."""
+    """The settings a resumed run does not apply, as given ('--lr 5'): those that differ from the run's own.
+    --precision applies (like --device, it is the machine's). A value that equals its environment variable's is
+    named as that variable ('MNIST_EPOCHS=10'): no flag may have been typed. --seed always has a value: its plain
+    default 0 is never named."""
     ignored = []
     for name, value in overrides_given(args).items():
         if name == "precision" or value == getattr(config, name):
             continue
-        if name == "seed" and value == settings.env_int(settings.ENV_SEED, 0):
+        env = _ENV_DEFAULTS.get(name)
+        if env is not None and os.environ.get(env, "").strip() and value == settings.env_int(env, 0):
+            ignored.append(f"{env}={value}")
+            continue
+        if name == "seed" and value == 0:
             continue
         flag = "--no-augment" if name == "augment" else f"--{name.replace('_', '-')} {value}"
         ignored.append(flag)
     return ignored
+
+
+_ENV_DEFAULTS = {"seed": settings.ENV_SEED, "epochs": settings.ENV_EPOCHS}  # flags whose default an env variable sets

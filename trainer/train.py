@@ -44,7 +44,7 @@ from shared.resources import usable_cpus
 from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
-from trainer.config import TrainConfig, config_from_args, ignored_on_resume
+from trainer.config import VALIDATION_PICTURE_SEEDS, TrainConfig, config_from_args, ignored_on_resume
 from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import (
     DistInfo,
@@ -189,7 +189,9 @@ def draw_pictures(
 
     def draw(pool: Executor | None) -> dict[str, np.ndarray]:
         train_neg = make_negatives(config.negative_pool, seed=config.seed, digits=train_digits, pool=pool)
-        val_neg = make_negatives(val_count, seed=1_000_000 + config.split_seed, digits=val_digits, pool=pool)
+        val_neg = make_negatives(
+            val_count, seed=VALIDATION_PICTURE_SEEDS + config.split_seed, digits=val_digits, pool=pool
+        )
         typed = make_typed_digits(typed_count, seed=config.seed, pool=pool)
         return {
             "train_images": train_neg.images,

@@ -356,10 +356,18 @@ async def read_images(request: Request) -> list[bytes]:
         await form.close()
 
 
-def read_evaluate_request(raw: bytes) -> schemas.EvaluateRequest:
-    """An Evaluate body: JSON, or nothing for the defaults."""
+def read_evaluate_request(raw: bytes, content_type: str) -> schemas.EvaluateRequest:
+    """An Evaluate body: JSON, sent as application/json, or nothing for the defaults. Another content type is
+    refused: a web page of any site may POST text/plain to this gateway without asking (no CORS preflight), and
+    make a visitor's local service evaluate, holding its one evaluation slot."""
     if not raw.strip():
         return schemas.EvaluateRequest()
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise GatewayError(
+            415,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"an Evaluate body must be sent as Content-Type: application/json (it came as {content_type[:100]!r})",
+        )
     try:
         return schemas.EvaluateRequest.model_validate_json(raw)
     except ValidationError as e:
@@ -628,7 +636,7 @@ def create_app(options: WebOptions) -> FastAPI:
     async def evaluate(request: Request, response: Response) -> schemas.Evaluation:
         """The body is optional (none: the test split, with the heatmap)."""
         # Read here, not declared as a parameter: FastAPI reads a declared body before the token check runs.
-        body = read_evaluate_request(await request.body())
+        body = read_evaluate_request(await request.body(), request.headers.get("content-type", ""))
         result = await connected().call(
             "Evaluate",
             pb.EvaluateRequest(

@@ -413,3 +413,25 @@ def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
     manifest = read_manifest(Paths(tmp_path).models)
     assert manifest is not None
     read_published_model(Paths(tmp_path).models, manifest)  # loads: the DDP wrapper's names are not in it
+
+
+def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch):
+    from dataclasses import replace
+
+    from trainer.config import get_args_parser, ignored_on_resume
+
+    run = replace(TrainConfig(), epochs=3, seed=3)
+    monkeypatch.setenv("MNIST_EPOCHS", "10")
+    monkeypatch.delenv("MNIST_SEED", raising=False)
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == ["MNIST_EPOCHS=10"]
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--epochs", "5"]), run) == ["--epochs 5"]
+    monkeypatch.delenv("MNIST_EPOCHS")
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == []  # seed 0 is the plain default
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--seed", "7"]), run) == ["--seed 7"]
+    monkeypatch.setenv("MNIST_SEED", "5")
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == ["MNIST_SEED=5"]
+
+
+def test_a_seed_that_would_draw_the_validation_pictures_is_refused():
+    with pytest.raises(SystemExit, match="seeds from 1,000,000 on draw the validation split's pictures"):
+        trainer_main(["--seed", "1000000", "--artifacts-dir", "/nonexistent"])

@@ -157,6 +157,10 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         gateway.post("/v1/evaluate", b'{"split": "train"}', "application/json"), 400, "INVALID_ARGUMENT", "split"
     )
     assert_error(gateway.post("/v1/evaluate", b"{not json", "application/json"), 400, "INVALID_ARGUMENT")
+    # Only as JSON: any web page may POST text/plain here without a CORS preflight.
+    assert_error(
+        gateway.post("/v1/evaluate", b'{"heatmap": false}', "text/plain"), 415, "INVALID_ARGUMENT", "application/json"
+    )
     assert_error(gateway.post("/v1/predict?model_input=perhaps", png), 400, "INVALID_ARGUMENT", "model_input")
 
 
