@@ -254,7 +254,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--train-subset",
         type=non_negative_int,
         default=None,
-        help="train on only the first N images of the training split (smoke runs and tests)",
+        help="train on only the first N images of the training split, with pools of pictures that are not digits "
+        "and of typed digits in proportion (N/4 and N/20, at least 600 and 100): for smoke runs and tests",
     )
     parser.add_argument(
         "--eval-subset",
