@@ -740,7 +740,8 @@ def fit_in_box(crop: np.ndarray) -> np.ndarray:
     scale = MNIST_BOX / max(w, h)
     size = (max(1, min(MNIST_BOX, round(w * scale))), max(1, min(MNIST_BOX, round(h * scale))))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    patch = np.clip(cv2.resize(crop, size, interpolation=interpolation), 0, 1)
+    patch = cv2.resize(crop, size, interpolation=interpolation)
+    np.clip(patch, 0, 1, out=patch)
     # Every MNIST digit's brightest pixel is 254 or 255; a thin or faint stroke averaged down must reach it too.
     return patch / max(float(patch.max()), 1e-6)
 
@@ -752,15 +753,22 @@ def centre_by_mass(patch: np.ndarray) -> np.ndarray:
     The shift is clamped so the box stays inside the frame rather than cutting off a lopsided digit's edge.
     """
     h, w = patch.shape
-    mass = float(patch.sum())
-    if mass <= 0:
+    # One C call for the mass and both first moments (float64 sums): half the time of NumPy's sums and products on a
+    # 20x20 patch, which every Predict and every digit of ReadNumber pays. (OpenCV takes an array two columns wide
+    # for a list of points: the thinnest patches are summed here.)
+    if h > 2 and w > 2:
+        moments = cv2.moments(np.ascontiguousarray(patch, dtype=np.float32))
+        mass, row_moment, col_moment = moments["m00"], moments["m01"], moments["m10"]
+    else:
+        mass = float(patch.sum(dtype=np.float64))
+        row_moment = float(patch.sum(axis=1, dtype=np.float64) @ np.arange(h))
+        col_moment = float(patch.sum(axis=0, dtype=np.float64) @ np.arange(w))
+    if not mass > 0:
         raise ImageRejected("no ink left after cleaning the picture; send a clearer picture of the digit")
-    rows, cols = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
-    centre_y = float(patch.sum(axis=1) @ rows) / mass
-    centre_x = float(patch.sum(axis=0) @ cols) / mass
+    centre_y, centre_x = row_moment / mass, col_moment / mass
     # Python's min/max on ints, not np.clip: the same numbers, without NumPy's per-call cost on scalars.
     top = min(max(round(MNIST_CENTRE - centre_y), 0), MNIST_SIDE - h)
     left = min(max(round(MNIST_CENTRE - centre_x), 0), MNIST_SIDE - w)
-    out = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
-    out[top : top + h, left : left + w] = patch
-    return (out * 255.0 + 0.5).astype(np.uint8)
+    out = np.zeros((MNIST_SIDE, MNIST_SIDE), np.uint8)
+    out[top : top + h, left : left + w] = patch * 255.0 + 0.5  # truncated to whole grey levels, as astype does
+    return out
