@@ -57,12 +57,19 @@ def test_waiters_are_served_in_arrival_order_so_a_large_one_is_not_starved():
         with budget.reserve(size):
             order.append(name)
 
+    def queued(count: int) -> None:  # wait until `count` reservations wait in the queue (no sleep races a slow thread)
+        deadline = time.monotonic() + 10
+        while len(budget._queue) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(budget._queue) == count
+
     large = threading.Thread(target=take, args=("large", 100))
     large.start()
-    time.sleep(0.1)  # the large one queues first; the small one, which would fit now, must wait behind it
+    queued(1)  # the large one queues first; the small one, which would fit now, must wait behind it
     small = threading.Thread(target=take, args=("small", 30))
     small.start()
-    time.sleep(0.1)
+    queued(2)
+    time.sleep(0.05)
     assert order == []
     first.__exit__(None, None, None)
     large.join(5)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -491,10 +490,9 @@ def png_declaring(width: int, height: int) -> bytes:
 def test_decompression_bomb_is_rejected_before_decoding(monkeypatch, width, height):
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
-    start = time.perf_counter()
     with pytest.raises(ImageRejected, match="pixels"):
         to_mnist(png_declaring(width, height))
-    assert decoded == [] and time.perf_counter() - start < 0.5
+    assert decoded == []  # refused from the header: no pixel was decoded
 
 
 def test_pixel_limit_is_configurable(digit):

@@ -42,6 +42,13 @@ def test_per_class_scores_and_confusion_from_predictions():
 
 
 def test_a_heatmap_drawn_again_is_the_same_picture():
+    """Kept by its matrix and title, which is sound only because drawing is deterministic: drawn twice, with the
+    cache cleared between, the bytes are the same."""
+    from shared.metrics import _heatmap_png
+
     confusion = np.diag(np.arange(10)).astype(np.int64)
-    assert confusion_heatmap_png(confusion, title="t") is confusion_heatmap_png(confusion.copy(), title="t")
+    assert confusion_heatmap_png(confusion, title="t") is confusion_heatmap_png(confusion.copy(), title="t")  # kept
+    first = confusion_heatmap_png(confusion, title="t")
+    _heatmap_png.cache_clear()
+    assert confusion_heatmap_png(confusion, title="t") == first  # drawn again
     assert confusion_heatmap_png(confusion, title="t") != confusion_heatmap_png(confusion, title="u")
