@@ -87,6 +87,14 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def check_mnist_present(data_dir: Path) -> None:
+    """MnistNotFound, naming the first missing file, unless all four MNIST files are in `data_dir` (gzipped or not).
+    Only their presence: load_mnist reads and checks them."""
+    for name, _md5, _shape in FILES.values():
+        if find_file(Path(data_dir), name) is None:
+            raise MnistNotFound(f"{name}(.gz) is not in {data_dir}")
+
+
 def find_file(directory: Path, name: str) -> Path | None:
     """The file `name` in `directory`, gzipped or not; None if neither is there."""
     for candidate in (directory / f"{name}.gz", directory / name):
@@ -156,12 +164,12 @@ def load_mnist(data_dir: Path | str, *, download: bool = True, verify: bool = Tr
     silently shorter dataset.
     """
     data_dir = Path(data_dir)
+    if not download:
+        check_mnist_present(data_dir)
     arrays = {}
     for key, (name, md5, shape) in FILES.items():
         path = find_file(data_dir, name)
         if path is None:
-            if not download:
-                raise MnistNotFound(f"{name}(.gz) is not in {data_dir}")
             path = _download(name, data_dir)
         arrays[key] = torch.from_numpy(read_idx_file(path, md5=md5 if verify else None, shape=shape).copy())
     for split in ("train", "test"):

@@ -36,7 +36,7 @@ from shared.checkpoint import (
     save_checkpoint,
     utc_now,
 )
-from shared.data import MNIST_MEAN, MNIST_STD, load_mnist, normalize, standardize, train_val_split
+from shared.data import MNIST_MEAN, MNIST_STD, check_mnist_present, load_mnist, normalize, standardize, train_val_split
 from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
 from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
 from shared.onnx_model import export_onnx, verify_onnx
@@ -600,6 +600,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family
 
+    if not args.download:  # said before a run folder is made for a run that cannot start
+        check_mnist_present(Path(args.data_dir))
     # Settle the config: a resumed run continues with its own stored settings.
     resume_ckpt = None
     if args.resume:

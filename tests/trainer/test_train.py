@@ -435,3 +435,11 @@ def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch
 def test_a_seed_that_would_draw_the_validation_pictures_is_refused():
     with pytest.raises(SystemExit, match="seeds from 1,000,000 on draw the validation split's pictures"):
         trainer_main(["--seed", "1000000", "--artifacts-dir", "/nonexistent"])
+
+
+def test_missing_mnist_files_are_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys):
+    artifacts = tmp_path / "artifacts"
+    code = trainer_main(["--data-dir", str(tmp_path / "empty"), "--no-download", "--artifacts-dir", str(artifacts)])
+    err = capsys.readouterr().err
+    assert code == 1 and "is not in" in err and "--data-dir (or MNIST_DATA_DIR)" in err and "Traceback" not in err
+    assert not (artifacts / "runs").exists()
