@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train.Interrupted says whether and how to continue
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
-    except DiskFull as e:
+    except (DiskFull, CheckpointError) as e:  # their messages say what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MnistNotFound as e:
@@ -34,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MnistFormatError as e:
         print(f"error: a damaged MNIST file: {e}. Delete it and run again to download it afresh", file=sys.stderr)
-        return 1
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 

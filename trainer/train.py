@@ -560,14 +560,18 @@ class DiskFull(Exception):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed command line says. Returns a summary (the main process's; others return {})."""
     where: dict[str, Any] = {}  # the run's name and its last checkpoint's path, once known
+
+    def resumable() -> bool:  # a dry run's folder is gone when it ends
+        last = where.get("last")
+        return not args.dry_run and last is not None and last.exists()
+
     with contextlib.ExitStack() as held:  # the run folder's lock, held to the end
         try:
             return _run(args, held, where)
         except KeyboardInterrupt:
-            last = where.get("last")
             if args.dry_run:
                 raise Interrupted("dry run interrupted") from None
-            if last is not None and last.exists():
+            if resumable():
                 raise Interrupted(f"interrupted; continue with --resume --run-name {where['run_name']}") from None
             raise Interrupted(
                 "interrupted before the run's first checkpoint: nothing to resume; start it again"
@@ -576,8 +580,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
-            last = where.get("last")
-            if not args.dry_run and last is not None and last.exists():
+            if resumable():
                 advice = (
                     "the last complete checkpoint and the published model are intact. Free some space, then continue "
                     f"with --resume --run-name {where['run_name']}"
