@@ -371,8 +371,10 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
             else:  # one long straight line and nothing else: it is the digit (a 1), not the paper's
                 removed = None
     labels, stats = connected_components(strong)
-    # (components,) bool; label 0 (the paper) is never kept
-    keep = digit_components(stats, strong.shape, component_contrast(ink, labels, stats))
+    # (components,) bool; label 0 (the paper) is never kept. A single stroke is the digit whatever its contrast
+    # (digit_components), so the contrasts are measured only where there are several.
+    contrast = component_contrast(ink, labels, stats) if len(stats) > 2 else None
+    keep = digit_components(stats, strong.shape, contrast)
     if not keep.any():
         raise_blank(ink, threshold, noise)
     x0, y0, x1, y1 = union_box(stats[keep])
@@ -553,6 +555,9 @@ def digit_components(
     (components,), the digit is the component with the most ink (area x contrast), not merely the largest, and
     marks far fainter than it (KEEP_CONTRAST_FRACTION: a shading the paper estimate left, a smudge) are not kept.
     """
+    if len(stats) == 2 and stats[1, cv2.CC_STAT_AREA] > 0:
+        # One stroke (most digits): every rule below compares a stroke with the main one, which is this one.
+        return np.array([False, True])
     area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     area[0] = 0  # label 0 is the background
     if shape is not None:

@@ -36,16 +36,19 @@ def full_answer(data: bytes):
 
 
 def assert_same_as_full_pipeline(items: list[bytes]) -> int:
-    """Every answer of the fast path equals the full pipeline's; returns how many it answered."""
-    answered = 0
-    for data, fast in zip(items, to_mnist_fast(items, DEFAULT_LIMITS)):
+    """Every answer of the fast path equals the full pipeline's, both as to_mnist_fast gives them and as the batched
+    computation alone gives them (to_mnist_fast takes one or two pictures through the pipeline's own stages);
+    returns how many the batched computation answered."""
+    decoded = [decode_small_png(data, DEFAULT_LIMITS) for data in items]
+    small = [(data, image) for data, image in zip(items, decoded) if image is not None]
+    batched = fast_to_mnist(np.stack([image for _, image in small])) if small else []
+    for data, fast in [*zip([d for d, _ in small], batched), *zip(items, to_mnist_fast(items, DEFAULT_LIMITS))]:
         if fast is None:
             continue
-        answered += 1
         full = full_answer(data)
         assert not isinstance(full, str), f"the fast path answered a picture the pipeline rejects: {full}"
         np.testing.assert_array_equal(fast, full)
-    return answered
+    return sum(fast is not None for fast in batched)
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +227,26 @@ def test_a_batch_mixes_fast_and_full_answers_in_order(mnist):
     digits = mnist.test_images[:4].numpy()
     photo = np.full((60, 80, 3), 230, np.uint8)
     photo[10:50, 35:42] = 20
-    items = [png(digits[0]), png(photo), b"not a picture", png(digits[1]), png(digits[2][:, :20])]
+    items = [png(digits[0]), png(photo), b"not a picture", png(digits[1]), png(digits[2][:, :20]), png(digits[3])]
     answers = to_mnist_fast(items, DEFAULT_LIMITS)
-    assert [a is not None for a in answers] == [True, False, False, True, False]
-    np.testing.assert_array_equal(answers[0], to_mnist(items[0]))
-    np.testing.assert_array_equal(answers[3], to_mnist(items[3]))
+    assert [a is not None for a in answers] == [True, False, False, True, False, True]
+    for index in (0, 3, 5):
+        np.testing.assert_array_equal(answers[index], to_mnist(items[index]))
+
+
+def test_one_or_two_pictures_take_the_pipelines_own_stages_which_cost_less_than_batching_them(mnist, monkeypatch):
+    """A single Predict sends one picture: the batched arithmetic is not used for fewer than MIN_BATCH."""
+    import shared.fast_path
+
+    def not_for_so_few(images):
+        raise AssertionError(f"{len(images)} picture(s) batched")
+
+    monkeypatch.setattr(shared.fast_path, "fast_to_mnist", not_for_so_few)
+    items = [png(image) for image in mnist.test_images[: shared.fast_path.MIN_BATCH - 1].numpy()]
+    for count in range(1, len(items) + 1):
+        answers = to_mnist_fast(items[:count], DEFAULT_LIMITS)
+        for data, answer in zip(items, answers):
+            np.testing.assert_array_equal(answer, to_mnist(data))
 
 
 def test_a_failure_inside_the_fast_path_leaves_every_picture_to_the_full_pipeline(mnist, monkeypatch, caplog):
