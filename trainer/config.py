@@ -306,10 +306,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--publish",
         choices=PUBLISH_MODES,
-        default="if-better",
-        help="when to serve the run's best model: 'if-better' only if its validation accuracy beats "
+        default=None,
+        help="when to serve the run's best model: 'if-better' (the default) only if its validation accuracy beats "
         "the published model's on the same validation images (else it is kept as a version "
-        "that is not served, to promote by hand); 'always'; 'never' (not written at all)",
+        "that is not served, to promote by hand); 'always'; 'never' (not written at all). "
+        "--resume keeps the run's own unless given again",
     )
     parser.add_argument(
         "--no-publish", dest="publish", action="store_const", const="never", help="the same as --publish never"
@@ -334,6 +335,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop or select",
     )
     return parser
+
+
+DEFAULT_PUBLISH = "if-better"
+
+
+def publish_mode(args: argparse.Namespace, resumed: dict[str, Any] | None) -> str:
+    """--publish as given, else the resumed run's own (a run started with --no-publish is not served by the
+    --resume its messages suggest), else DEFAULT_PUBLISH. A dry run publishes nothing."""
+    if args.dry_run:
+        return "never"
+    if args.publish is not None:
+        return args.publish
+    if resumed is not None and resumed.get("publish") in PUBLISH_MODES:
+        return resumed["publish"]
+    return DEFAULT_PUBLISH
 
 
 # The validation split's pictures that are not digits are drawn with seed VALIDATION_PICTURE_SEEDS + split seed, the

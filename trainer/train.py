@@ -44,7 +44,14 @@ from shared.resources import usable_cpus
 from shared.settings import Paths
 
 from trainer.augment import AugmentConfig, augment
-from trainer.config import VALIDATION_PICTURE_SEEDS, TrainConfig, config_from_args, ignored_on_resume
+from trainer.config import (
+    DEFAULT_PUBLISH,
+    VALIDATION_PICTURE_SEEDS,
+    TrainConfig,
+    config_from_args,
+    ignored_on_resume,
+    publish_mode,
+)
 from trainer.digit_distance import fit_digit_distance
 from trainer.distributed import (
     DistInfo,
@@ -622,6 +629,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             )
         if args.precision is not None:  # like --device, a property of the machine rather than of the run
             config = replace(config, precision=args.precision)
+        if args.publish is None and resume_ckpt.get("publish", DEFAULT_PUBLISH) != DEFAULT_PUBLISH:
+            print(f"--resume keeps the run's own --publish {resume_ckpt['publish']}", flush=True)
     else:
         config = config_from_args(args)
         if args.dry_run:
@@ -648,6 +657,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         for path in remove_stale_temp_files(ckpt_dir, (LAST, BEST)):
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
+    publish = publish_mode(args, resume_ckpt)
     eval_subset = 500 if args.dry_run else args.eval_subset
     if resume_ckpt is not None and resume_ckpt.get("eval_subset", eval_subset) != eval_subset:
         # The validation images choose the best epoch and fit what is published: the run's own, to its end.
@@ -780,6 +790,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
                 state.target_reached = {"target": target, "epoch": epoch, "seconds": state.train_seconds}
             payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, average)
             payload["eval_subset"] = eval_subset
+            payload["publish"] = publish
             if better_than_best(metrics, state, len(splits.val_y)):
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)
@@ -802,7 +813,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     summary: dict[str, Any] = {}
     if dist_info.is_main:
         assert logger is not None
-        summary = finish(args, config, model, splits, state, run_name, run_dir, paths, logger, device, wall_start)
+        summary = finish(
+            args, config, model, splits, state, run_name, run_dir, paths, logger, device, wall_start, publish
+        )
     shutdown(dist_info)
     if throwaway is not None:
         throwaway.cleanup()
@@ -838,8 +851,10 @@ def finish(
     logger: RunLogger,
     device: torch.device,
     wall_start: float,
+    publish: str,
 ) -> dict[str, Any]:
-    """After the last epoch: final pictures and hparams from the best checkpoint, publish it, print the summary."""
+    """After the last epoch: final pictures and hparams from the best checkpoint, publish it (`publish`: the
+    --publish mode, config.publish_mode), print the summary."""
     best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
     load_weights(model, best["model"])
     model.eval()
@@ -905,9 +920,8 @@ def finish(
 
     manifest = None
     version = f"{run_name}-e{best['best_epoch']:03d}"
-    # A dry run publishes nothing, whatever --publish says: its throwaway folder is gone when it ends.
     decision = decide(
-        "never" if args.dry_run else args.publish,
+        publish,
         version=version,
         val_accuracy=val_accuracy,
         models_dir=paths.models,
@@ -968,7 +982,8 @@ def finish(
             flush=True,
         )
     else:
-        print(f"not published ({decision.reason})", flush=True)
+        # A dry run publishes nothing, whatever --publish says: its throwaway folder is gone when it ends.
+        print("dry run: nothing is published" if args.dry_run else f"not published ({decision.reason})", flush=True)
     ended = {
         "version": manifest.version if manifest is not None else None,
         "served": bool(manifest is not None and decision.serve),

@@ -165,12 +165,15 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_di
 def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_path, mnist_dir, capsys):
     assert train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
     capsys.readouterr()
-    resumed = ["--resume", "--run-name", "r", "--no-publish", "--lr", "5", "--eval-subset", "500"]
+    resumed = ["--resume", "--run-name", "r", "--lr", "5", "--eval-subset", "500"]
     assert train(tmp_path, mnist_dir, *resumed) == 0
     out = capsys.readouterr().out
     assert "ignoring --lr 5.0" in out
     assert "keeps the run's own --eval-subset 1000; ignoring --eval-subset 500" in out
     assert "1,000 validation" in out  # the run's own validation images chose and fitted what it keeps
+    # Started with --no-publish: the --resume its stop message suggests publishes nothing either.
+    assert "keeps the run's own --publish never" in out
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
 def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
