@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import ssl
 import sys
 
 # Before NumPy loads: its BLAS (OpenBLAS) would run a thread per core for the image pipeline's small matrix products,
@@ -72,17 +74,36 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     from inference.options import server_options
+    from inference.security import is_metadata_value
     from inference.server import check_decode_budget, configure_torch, serve
 
     log = logging.getLogger("inference")
     options = server_options(args)
-    if options.auth_token is not None and not options.auth_token.strip():
-        raise SystemExit("--auth-token is empty")
+    if options.auth_token is not None:
+        # A token read from a file (a Kubernetes or Docker secret) often ends in a newline, which no client can
+        # send: every call would be refused as "wrong token".
+        options = dataclasses.replace(options, auth_token=options.auth_token.strip())
+        if not options.auth_token:
+            raise SystemExit("--auth-token is empty")
+        if not is_metadata_value(options.auth_token):
+            raise SystemExit(
+                f"--auth-token ({settings.ENV_AUTH_TOKEN}) holds a character that is not printable ASCII (a tab, a "
+                "newline inside it, a letter with an accent); "
+                "clients cannot send it in gRPC metadata: choose a token of letters, digits and punctuation"
+            )
     if (options.tls_cert is None) != (options.tls_key is None):
         raise SystemExit("TLS needs both --tls-cert and --tls-key")
     for path in (options.tls_cert, options.tls_key):
         if path is not None and not path.is_file():
             raise SystemExit(f"{path}: no such file")
+    if options.tls_cert is not None and options.tls_key is not None:
+        try:  # gRPC would only say "failed to bind"
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(options.tls_cert, options.tls_key)
+        except (ssl.SSLError, OSError) as e:
+            raise SystemExit(
+                f"--tls-cert {options.tls_cert} and --tls-key {options.tls_key} are not a PEM certificate chain and "
+                f"its private key ({e})"
+            ) from None
     if args.workers < 0:
         raise SystemExit("--workers must be at least 1 (or 0: one per CPU core, as memory allows)")
     try:
@@ -101,26 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         check_workers_fit(args.workers, per_process, memory_limit_bytes())
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    if options.pinned_cache_size < 0:
-        raise SystemExit("--model-cache-size must be 0 or more")
-    if options.metrics_address:
-        from inference.workers import split_address
+    from inference.workers import split_address
 
+    # A malformed address, or a port out of range (which gRPC would take modulo 65536), is a one-line error.
+    for flag, address in (
+        ("--address", args.address),
+        ("--health-address", options.health_address),
+        ("--metrics-address", options.metrics_address),
+    ):
         try:
-            split_address(options.metrics_address)
+            if address:
+                split_address(address)
         except ValueError as e:
-            raise SystemExit(f"--metrics-address: {e}") from None
+            raise SystemExit(f"{flag}: {e}") from None
     if args.workers > 1:
-        from inference.workers import serve_workers, split_address
-
-        # The parent binds these itself (one port shared by every worker): a malformed one is a one-line error,
-        # as a single server's is.
-        for flag, address in (("--address", args.address), ("--health-address", options.health_address)):
-            try:
-                if address:
-                    split_address(address)
-            except ValueError as e:
-                raise SystemExit(f"{flag}: {e}") from None
+        from inference.workers import serve_workers
 
         try:
             return serve_workers(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import settings
+from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds
 from shared.decode import DEFAULT_LIMITS
 
 BACKENDS = ("onnxruntime", "torch")
@@ -27,13 +28,13 @@ DEFAULT_BACKEND = "onnxruntime"
 
 
 def unit_interval(text: str) -> float:
-    """A number in [0, 1] (the digit threshold's flag and environment variable)."""
+    """argparse type: a number in [0, 1] (the digit threshold's flag and environment variable)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 <= value <= 1:
-        raise ValueError(f"{text!r} is not a number from 0 to 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
 
 
@@ -72,7 +73,9 @@ class ServerOptions:
     download_data: bool = option(
         False, "download MNIST into --data-dir when Evaluate finds it missing", action="store_true"
     )
-    poll_interval: float = option(1.0, "how often to look for a newly published model", metavar="SECONDS")
+    poll_interval: float = option(
+        1.0, "how often to look for a newly published model", metavar="SECONDS", type=positive_seconds
+    )
     # What runs the network (inference/model_store.py).
     backend: str = option(
         DEFAULT_BACKEND,
@@ -80,20 +83,24 @@ class ServerOptions:
         env=settings.ENV_INFERENCE_BACKEND,
         choices=BACKENDS,
     )
-    max_workers: int = option(16, "gRPC worker threads (concurrent calls) in each process")
+    max_workers: int = option(16, "gRPC worker threads (concurrent calls) in each process", type=positive_int)
     # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
     max_concurrent_rpcs: int | None = option(
-        128, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=int
+        128, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=positive_int
     )
-    max_batch_size: int = option(256, "images per PredictBatch call")
-    max_image_bytes: int = option(DEFAULT_LIMITS.max_bytes, "bytes of one encoded image")
+    max_batch_size: int = option(256, "images per PredictBatch call", type=positive_int)
+    max_image_bytes: int = option(DEFAULT_LIMITS.max_bytes, "bytes of one encoded image", type=positive_int)
     max_image_pixels: int = option(
-        DEFAULT_LIMITS.max_pixels, "decoded width x height of one image (decompression bombs are refused)"
+        DEFAULT_LIMITS.max_pixels,
+        "decoded width x height of one image (decompression bombs are refused)",
+        type=positive_int,
     )
     # A Predict of the largest image (max_image_bytes) fits with room to spare; each worker thread holds at most
     # one request of this size, twice (inference/capacity.py counts it).
-    max_message_bytes: int = option(16 * 1024 * 1024, "bytes of one request or response message")
-    max_concurrent_evaluations: int = option(1, "Evaluate calls at once; more get RESOURCE_EXHAUSTED")
+    max_message_bytes: int = option(16 * 1024 * 1024, "bytes of one request or response message", type=positive_int)
+    max_concurrent_evaluations: int = option(
+        1, "Evaluate calls at once; more get RESOURCE_EXHAUSTED", type=positive_int
+    )
     # Decoded pictures in memory at once across all calls of one process (shared/budget.py), and how long a call
     # waits for room before RESOURCE_EXHAUSTED. The default holds two frames of the largest size the limits
     # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up).
@@ -101,8 +108,11 @@ class ServerOptions:
         320,
         "decoded pictures in memory at once, across all calls of one process; a call that would exceed it "
         "waits, then gets RESOURCE_EXHAUSTED",
+        type=positive_int,
     )
-    decode_wait: float = option(5.0, "how long a call waits for room in the decode budget", metavar="SECONDS")
+    decode_wait: float = option(
+        5.0, "how long a call waits for room in the decode budget", metavar="SECONDS", type=non_negative_seconds
+    )
     # Versions other than the served one kept loaded for calls that pin a model_version.
     # Prediction.is_digit is digit_score >= this; None: the served model's own threshold, chosen by the trainer on
     # its validation split (docs/not-a-digit.md).
@@ -120,6 +130,7 @@ class ServerOptions:
         "recently used first out)",
         flag="--model-cache-size",
         metavar="N",
+        type=non_negative_int,
     )
     # host:port of the Prometheus metrics endpoint (port 0 picks a free one); None: no endpoint. With --workers
     # the parent process serves it and the workers get None (inference.workers).

@@ -53,6 +53,10 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("an empty auth token would let everyone in")
+        if not is_metadata_value(token):
+            raise ValueError(
+                "the auth token holds a character no client can send in gRPC metadata (not printable ASCII)"
+            )
         self._expected = f"Bearer {token}".encode()
 
     def intercept_service(self, continuation, handler_call_details):

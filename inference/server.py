@@ -232,12 +232,10 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
+    credentials = None
     if options.tls_cert is not None and options.tls_key is not None:
-        port = server.add_secure_port(address, server_credentials(options.tls_cert, options.tls_key))
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address} (in use, or not an address of this machine?)")
+        credentials = server_credentials(options.tls_cert, options.tls_key)
+    port = bind(server, address, credentials, "cannot listen on")
     health_server = None
     if options.health_address:
         try:
@@ -279,10 +277,21 @@ def health_only_server(
         maximum_concurrent_rpcs=HEALTH_MAX_CONCURRENT_RPCS,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    return server, bind(server, address, None, "cannot serve health checks on")
+
+
+def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, failing: str) -> int:
+    """Add the port `address` to `server` (TLS with `credentials`); the port bound, or OSError saying `failing`
+    and the address. gRPC says so by returning 0, or (newer releases) by raising RuntimeError."""
+    try:
+        port = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot serve health checks on {address} (in use, or not an address of this machine?)")
-    return server, port
+        raise OSError(f"{failing} {address} (in use, or not an address of this machine?)")
+    return port
 
 
 # How often a waiting main thread checks for a signal another thread took (serve's docstring).

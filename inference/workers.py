@@ -37,6 +37,8 @@ def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address {address!r} is not host:port")
+    if int(port) > 65535:  # gRPC would take it modulo 65536: a port the clients and probes do not expect
+        raise ValueError(f"port {port} of {address!r} is not a port number (0 to 65535; 0 picks a free one)")
     return host.strip("[]"), int(port)
 
 

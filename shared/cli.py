@@ -42,6 +42,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, finite and 0 or more (a wait of 0: do not wait)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def escape_unprintable_output() -> None:
     """Print what the terminal's encoding cannot hold escaped, not as a crash: a file name that is not UTF-8
     (its bytes held as surrogates) once raised UnicodeEncodeError after the server had answered, under a locale

@@ -328,8 +328,10 @@ def to_mnist_fast(items, limits: Limits) -> list[np.ndarray | None]:
         # Too few to batch: the full pipeline's stages on the decoded picture, which for a PNG is to_mnist itself
         # (shared.image_pipeline.decodes_at_half_size), without decoding it again.
         for index in chosen:
+            image = decoded[index]
+            assert image is not None  # chosen
             with contextlib.suppress(ImageRejected):  # the caller's to_mnist says why
-                results[index] = to_mnist_array(decoded[index])
+                results[index] = to_mnist_array(image)
     elif chosen:
         try:
             digits = fast_to_mnist(np.stack([image for image in decoded if image is not None]))

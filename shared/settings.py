@@ -7,6 +7,7 @@ compose file uses these names and defaults.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def env_value(name: str, default: Any, kind: Callable[[str], Any], what: str = "
         return kind(value)
     except ValueError:
         raise SystemExit(f"environment variable {name}={value!r} must be {what}") from None
+    except argparse.ArgumentTypeError as e:  # a checked argparse type's own message says what it must be
+        raise SystemExit(f"environment variable {name}={value!r}: {e}") from None
 
 
 def env_int(name: str, default: int) -> int:

@@ -1,0 +1,90 @@
+"""python -m inference's start-up: a setting no server could run with is one line that says what to change, never a
+traceback, a server that spins, or one that refuses every call."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import pytest
+
+from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.api.mnist.v1 import inference_pb2_grpc
+
+from inference.__main__ import main as server_main
+from inference.security import bearer_metadata
+from testkit.server_process import publish_random_model, start_server, stop_server
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-workers", "0"], "--max-workers: must be at least 1, got 0"),
+        (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs: must be at least 1"),
+        (["--max-batch-size", "0"], "--max-batch-size: must be at least 1"),
+        (["--max-image-bytes", "-5"], "--max-image-bytes: must be at least 1"),
+        (["--max-concurrent-evaluations", "0"], "--max-concurrent-evaluations: must be at least 1"),
+        (["--decode-wait", "-1"], "--decode-wait: must be a number of seconds, 0 or more"),
+        (["--poll-interval", "0"], "--poll-interval: must be a number of seconds above 0"),  # it spun a core
+        (["--model-cache-size", "-1"], "--model-cache-size: must be 0 or more"),
+        (["--digit-threshold", "2"], "--digit-threshold: '2' is not a number from 0 to 1"),
+    ],
+)
+def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it_must_be(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        server_main(["--address", "127.0.0.1:0", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_a_digit_threshold_from_the_environment_says_what_it_must_be(monkeypatch):
+    monkeypatch.setenv("MNIST_DIGIT_THRESHOLD", "abc")
+    with pytest.raises(SystemExit, match="MNIST_DIGIT_THRESHOLD='abc': 'abc' is not a number from 0 to 1"):
+        server_main(["--address", "127.0.0.1:0"])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_out_of_range_is_refused_not_taken_modulo_65536(workers):
+    with pytest.raises(SystemExit, match=r"--address: port 99999 .* is not a port number \(0 to 65535"):
+        server_main(["--workers", workers, "--address", "127.0.0.1:99999"])
+
+
+def test_a_port_in_use_is_one_line_saying_so(tmp_path, capfd):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        address = f"127.0.0.1:{port}"
+        assert server_main(["--workers", "1", "--artifacts-dir", str(tmp_path), "--address", address]) == 1
+    err = capfd.readouterr().err
+    assert f"ERROR inference: cannot listen on {address} (in use" in err
+    assert "Traceback" not in err
+
+
+def test_tls_files_that_are_not_a_certificate_and_its_key_are_named(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(SystemExit, match="are not a PEM certificate chain and its private key"):
+        server_main(["--address", "127.0.0.1:0", "--tls-cert", str(junk), "--tls-key", str(junk)])
+
+
+def test_a_token_no_client_can_send_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("MNIST_AUTH_TOKEN", "two\tparts")
+    with pytest.raises(SystemExit, match="holds a character that is not printable ASCII"):
+        server_main(["--address", "127.0.0.1:0"])
+
+
+def test_a_token_read_from_a_file_with_its_newline_lets_clients_in(tmp_path, mnist_dir, monkeypatch):
+    """Kubernetes and Docker secrets usually end in a newline: before, every call was refused as 'wrong token'."""
+    publish_random_model(tmp_path)
+    monkeypatch.setenv("MNIST_AUTH_TOKEN", "s3cret\n")
+    process, port = start_server(tmp_path, mnist_dir, [])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30, metadata=bearer_metadata("s3cret"))
+            assert info.version == "bench-random-init"
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30, metadata=bearer_metadata("other"))
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        stop_server(process)
