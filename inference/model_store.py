@@ -385,7 +385,10 @@ class ModelStore:
             # skipped before is no newer model that failed any more.
             self._last_error = None
             return False
-        key = (manifest.version, manifest.sha256, manifest.size)
+        # The files' stamps too: a damaged file restored (mnist-models promote names the same version again) is
+        # tried at the next poll, not after the back-off of the copy that failed.
+        files = [manifest.file, *([manifest.onnx_file] if manifest.onnx_file else [])]
+        key = (manifest.version, manifest.sha256, manifest.size, *(file_stamp(self.models_dir / f) for f in files))
         failure = self._failures.get(key)
         if failure is not None and time.monotonic() < failure.retry_at:
             return False

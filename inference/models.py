@@ -147,7 +147,10 @@ def cmd_list(models_dir: Path, args) -> int:
 
 def _served_line(manifest: Manifest, previous: Manifest | None, verb: str) -> str:
     if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
-        return f"{manifest.version} is already the served version; nothing changed"
+        return (
+            f"models/LATEST.json already names {manifest.version}, which passes the checks; a server that skipped it "
+            "(a damaged file, since repaired) loads it at its next poll"
+        )
     was = f" (was {previous.version})" if previous is not None else ""
     return (
         f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their next poll"

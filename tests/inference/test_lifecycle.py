@@ -152,6 +152,24 @@ def test_a_rollback_to_the_served_model_clears_the_load_error(serve, tmp_path):
     assert model_info(running).version == "good"
 
 
+def test_a_damaged_model_file_repaired_in_place_is_served_at_the_next_poll_not_after_the_back_off(serve, tmp_path):
+    """The operator restores the file and promotes the version LATEST.json already names: before, the server kept
+    the old model for its back-off (30 s, doubling to 10 minutes) and promote said "nothing changed"."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "good", seed=1)
+    running = serve(artifacts)
+    publish(artifacts, "next", seed=2)
+    weights = Paths(artifacts).models / "next.pt"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:1000])
+    assert wait_until(lambda: model_info(running).HasField("last_load_error"))
+    repaired = weights.with_suffix(".restored")
+    repaired.write_bytes(intact)
+    repaired.replace(weights)  # a restore from a backup: another file at the same path
+    assert models_main(["--artifacts-dir", str(artifacts), "promote", "next"]) == 0
+    assert wait_until(lambda: model_info(running).version == "next", timeout=5)  # the back-off is 30 s
+
+
 def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path, digit_pngs, monkeypatch):
     import inference.service
 

@@ -65,7 +65,7 @@ def test_promote_serves_a_version_and_records_it(artifacts, capsys):
         ("promote", "v3"),
     ]
     assert run(artifacts, "promote", "v3") == 0  # again: nothing to do, and said so
-    assert "already the served version" in capsys.readouterr().out
+    assert "models/LATEST.json already names" in capsys.readouterr().out
     assert len(read_history(Paths(artifacts).models)) == 3
 
 
