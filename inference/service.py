@@ -100,10 +100,10 @@ def _rpc(method):
         try:
             return method(self, request, context)
         except RpcError as e:
-            log.info("%s -> %s: %s (model %s)", method.__name__, e.code.name, e.message, self.version_or_none())
+            log.info("%s -> %s: %s (model %s)", method.__name__, e.code.name, e.message, self.call_version())
             context.abort(e.code, e.message)
         except Exception:
-            log.exception("%s -> INTERNAL (model %s)", method.__name__, self.version_or_none())
+            log.exception("%s -> INTERNAL (model %s)", method.__name__, self.call_version())
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; the server log has details")
 
     return wrapper
@@ -130,6 +130,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def version_or_none(self) -> str:
         served = self.store.current
         return served.version if served is not None else "none"
+
+    def call_version(self) -> str:
+        """The model the current call used (a pinned model_version's, once resolved), else the served one."""
+        record = access_log.current_call()
+        return record.model_version if record is not None and record.model_version else self.version_or_none()
 
     def _model(self, version: str = "") -> ServedModel:
         """The served model, or the published `version` a call pinned."""

@@ -220,3 +220,10 @@ def test_publishing_again_over_a_stale_export_writes_the_new_models_export(tmp_p
     new_export = (models / "v.onnx").read_bytes()
     assert new_export != old_export
     assert manifest.onnx_sha256 == hashlib.sha256(new_export).hexdigest()
+
+
+def test_a_failed_call_pinned_to_a_version_is_logged_with_that_version(three_versions, caplog):
+    with caplog.at_level("INFO", logger="inference.service"), pytest.raises(grpc.RpcError):
+        three_versions.stub.Predict(pb.PredictRequest(image=b"not a picture", model_version="v1"), timeout=10)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Predict -> INVALID_ARGUMENT")]
+    assert line.endswith("(model v1)"), line  # not the served v3
