@@ -46,10 +46,15 @@ def check_model(models_dir: Path, manifest: Manifest) -> None:
     try:
         load_served_model(models_dir, manifest)
     except (CheckpointError, ModelValidationError) as e:
-        raise Refused(
-            f"model version {manifest.version} fails the checks a server makes before serving it: {e}. "
-            "Nothing was changed"
-        ) from None
+        reason = str(e)
+    except Exception as e:  # anything else from torch or the payload: a server would skip it too (model_store)
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        return
+    raise Refused(
+        f"model version {manifest.version} fails the checks a server makes before serving it: {reason}. "
+        "Nothing was changed"
+    )
 
 
 def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:

@@ -70,7 +70,8 @@ def test_promote_serves_a_version_and_records_it(artifacts, capsys):
 
 
 @pytest.mark.parametrize(
-    "damage", ["flipped byte", "truncated", "NaN weights", "export of another network", "manifest garbage"]
+    "damage",
+    ["flipped byte", "truncated", "NaN weights", "export of another network", "manifest garbage", "odd field"],
 )
 def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys, damage):
     import torch
@@ -99,6 +100,10 @@ def test_promote_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, ca
             (models / name).unlink()
         onnx = export_onnx(model_from_checkpoint(other).eval())
         publish_model(models, version="v3", model_payload=model_payload(3), onnx=onnx, serve=False)
+    elif damage == "odd field":  # a payload the trainer never writes: a server skips it, promote said a traceback
+        (models / "v3.pt").unlink()
+        (models / "v3.json").unlink()
+        publish_model(models, version="v3", model_payload={**model_payload(3), "split_seed": "zero"}, serve=False)
     else:
         (models / "v3.json").write_bytes(b"\x00garbage")
     before = folder_state(artifacts)
