@@ -88,3 +88,16 @@ def test_a_token_read_from_a_file_with_its_newline_lets_clients_in(tmp_path, mni
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         stop_server(process)
+
+
+def test_a_certificate_and_its_key_pass_the_check_and_the_server_serves_tls(tmp_path, mnist_dir, tls_files):
+    cert, key = tls_files
+    publish_random_model(tmp_path)
+    process, port = start_server(tmp_path, mnist_dir, ["--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+            info = inference_pb2_grpc.InferenceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            assert info.version == "bench-random-init"
+    finally:
+        stop_server(process)
