@@ -74,23 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     from inference.options import server_options
-    from inference.security import is_metadata_value
+    from inference.security import checked_token
     from inference.server import check_decode_budget, configure_torch, serve
 
     log = logging.getLogger("inference")
     options = server_options(args)
     if options.auth_token is not None:
-        # A token read from a file (a Kubernetes or Docker secret) often ends in a newline, which no client can
-        # send: every call would be refused as "wrong token".
-        options = dataclasses.replace(options, auth_token=options.auth_token.strip())
-        if not options.auth_token:
-            raise SystemExit("--auth-token is empty")
-        if not is_metadata_value(options.auth_token):
-            raise SystemExit(
-                f"--auth-token ({settings.ENV_AUTH_TOKEN}) holds a character that is not printable ASCII (a tab, a "
-                "newline inside it, a letter with an accent); "
-                "clients cannot send it in gRPC metadata: choose a token of letters, digits and punctuation"
-            )
+        token = checked_token(options.auth_token, f"--auth-token ({settings.ENV_AUTH_TOKEN})")
+        options = dataclasses.replace(options, auth_token=token)
     if (options.tls_cert is None) != (options.tls_key is None):
         raise SystemExit("TLS needs both --tls-cert and --tls-key")
     for path in (options.tls_cert, options.tls_key):

@@ -21,6 +21,21 @@ def is_metadata_value(text: str) -> bool:
     return all(" " <= ch <= "~" for ch in text)
 
 
+def checked_token(token: str, flag: str) -> str:
+    """A service's token as configured, its surrounding whitespace removed: one read from a file (a Kubernetes or
+    Docker secret) often ends in a newline, which no client can send, and every call was refused as "wrong token".
+    SystemExit, saying why, for an empty token or one no client can send (not printable ASCII)."""
+    token = token.strip()
+    if not token:
+        raise SystemExit(f"{flag} is empty")
+    if not is_metadata_value(token):
+        raise SystemExit(
+            f"{flag} holds a character that is not printable ASCII (a tab, a newline inside it, a letter with an "
+            "accent); clients cannot send it: choose a token of letters, digits and punctuation"
+        )
+    return token
+
+
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()
 

@@ -17,6 +17,7 @@ from shared.cli import HelpFormatter, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
+from inference.security import checked_token
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.token is None:
         args.token = os.environ.get(ENV_AUTH_TOKEN) or None
-    if args.token is not None and not args.token.strip():
-        raise SystemExit("--token is empty")
+    if args.token is not None:
+        args.token = checked_token(args.token, f"--token ({ENV_AUTH_TOKEN})")
     if args.tls_ca is not None and not args.tls_ca.is_file():
         raise SystemExit(f"--tls-ca {args.tls_ca}: no such file")
     if args.max_body_bytes < 1:

@@ -89,3 +89,10 @@ def test_empty_token_is_refused():
 
     with pytest.raises(ValueError):
         BearerTokenInterceptor("")
+
+
+def test_a_token_read_from_a_secret_file_loses_its_newline_for_both_services():
+    from inference.security import checked_token
+
+    assert checked_token("s3cret\n", "--token") == "s3cret"
+    assert checked_token("  a b  ", "--token") == "a b"  # a space inside can be sent

@@ -136,6 +136,8 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
         (["--evaluate-timeout", "nan"], "--evaluate-timeout: must be a number of seconds above 0"),
         (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
         (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
+        (["--token", "two\tparts"], "--token (MNIST_AUTH_TOKEN) holds a character that is not printable ASCII"),
+        (["--token", " \n"], "--token (MNIST_AUTH_TOKEN) is empty"),
     ],
 )
 def test_bad_settings_are_refused_with_a_message(argv, message, capsys):
