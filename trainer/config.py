@@ -154,6 +154,9 @@ def run_name(text: str) -> str:
     return text
 
 
+DEFAULT_PUBLISH = "if-better"  # --publish when neither given nor kept by a resumed run
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -307,8 +310,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--publish",
         choices=PUBLISH_MODES,
         default=None,
-        help="when to serve the run's best model: 'if-better' (the default) only if its validation accuracy beats "
-        "the published model's on the same validation images (else it is kept as a version "
+        help=f"when to serve the run's best model: '{DEFAULT_PUBLISH}' (the default) only if its validation "
+        "accuracy beats the published model's on the same validation images (else it is kept as a version "
         "that is not served, to promote by hand); 'always'; 'never' (not written at all). "
         "--resume keeps the run's own unless given again",
     )
@@ -335,9 +338,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="also report when test accuracy first reaches this (e.g. 0.995); never used to stop or select",
     )
     return parser
-
-
-DEFAULT_PUBLISH = "if-better"
 
 
 def publish_mode(args: argparse.Namespace, resumed: dict[str, Any] | None) -> str:

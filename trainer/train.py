@@ -629,8 +629,6 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             )
         if args.precision is not None:  # like --device, a property of the machine rather than of the run
             config = replace(config, precision=args.precision)
-        if args.publish is None and resume_ckpt.get("publish", DEFAULT_PUBLISH) != DEFAULT_PUBLISH:
-            print(f"--resume keeps the run's own --publish {resume_ckpt['publish']}", flush=True)
     else:
         config = config_from_args(args)
         if args.dry_run:
@@ -658,6 +656,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     publish = publish_mode(args, resume_ckpt)
+    if resume_ckpt is not None and args.publish is None and publish != DEFAULT_PUBLISH:
+        print(f"--resume keeps the run's own --publish {publish}", flush=True)
     eval_subset = 500 if args.dry_run else args.eval_subset
     if resume_ckpt is not None and resume_ckpt.get("eval_subset", eval_subset) != eval_subset:
         # The validation images choose the best epoch and fit what is published: the run's own, to its end.
