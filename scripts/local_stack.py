@@ -37,6 +37,8 @@ from typing import TextIO
 from shared import settings
 from shared.cli import HelpFormatter
 
+from inference.web.guards import default_allowed_hosts
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # docker-compose.yml's default memory limit of the inference container (tests/deploy checks the two agree).
@@ -169,6 +171,10 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_HEALTH_ADDRESS: args.health_address,
         settings.ENV_TENSORBOARD_PORT: str(args.tensorboard_port),
+        # As compose sets it: the names the page is opened by (inference.web.guards: DNS rebinding).
+        settings.ENV_WEB_ALLOWED_HOSTS: settings.env_str(
+            settings.ENV_WEB_ALLOWED_HOSTS, ",".join(default_allowed_hosts(args.web_host))
+        ),
     }
     optional = {
         settings.ENV_EPOCHS: args.epochs,

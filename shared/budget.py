@@ -48,7 +48,7 @@ class MemoryBudget:
         if nbytes > self.capacity:
             raise BudgetExhausted(
                 f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
-                f"whole decode budget of {self.capacity / 2**20:,.0f} MiB; send a smaller picture"
+                f"whole decode budget (the limit is {self.capacity / 2**20:,.0f} MiB); send a smaller picture"
             )
         ticket = object()
         deadline = time.monotonic() + self.wait

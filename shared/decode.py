@@ -406,6 +406,10 @@ _SIGNATURES = {
 }
 
 
+# How the base64 text of a PNG, a JPEG, a GIF and a WebP file begins.
+BASE64_PICTURE_HEADS = (b"iVBORw0KGgo", b"/9j/", b"R0lGOD", b"UklGR")
+
+
 def unidentified_message(data: bytes) -> str:
     """Why Pillow could not even identify the bytes, and what to send instead."""
     accepted = ", ".join(ACCEPTED_FORMATS)
@@ -419,6 +423,18 @@ def unidentified_message(data: bytes) -> str:
         return f"HEIC/HEIF/AVIF pictures are not accepted; export or share the photo as JPEG (or {accepted})"
     if head.startswith(b"%PDF"):
         what = "it looks like a PDF"
+    elif head[:5].lower() == b"data:":
+        return (
+            "this is a data: URL, text; send the picture's own bytes (the base64 after the comma, decoded): "
+            f"a {accepted} file"
+        )
+    elif head.startswith(BASE64_PICTURE_HEADS):
+        return (
+            "this is a picture written as base64 text; send its own bytes (the text decoded: base64 -d): "
+            f"a {accepted} file"
+        )
+    elif head.lstrip().startswith((b"{", b"[")):
+        what = "it looks like JSON; send the picture's own bytes, not JSON around them"
     elif head.lstrip().startswith(b"<"):
         what = "it looks like text or SVG/XML"
     else:

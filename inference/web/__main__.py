@@ -43,6 +43,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"port to listen on; 0 picks a free one [env {s.ENV_WEB_PORT}]",
     )
     parser.add_argument(
+        "--allowed-hosts",
+        default=s.env_str(s.ENV_WEB_ALLOWED_HOSTS, "") or None,
+        metavar="HOSTS",
+        help="comma-separated Host names answered (*.example.com for its subdomains, * for any); others get 400, "
+        "which stops DNS rebinding (default: localhost,127.0.0.1,[::1] when --host is a loopback address, "
+        f"else *) [env {s.ENV_WEB_ALLOWED_HOSTS}]",
+    )
+    parser.add_argument(
         "--target",
         default=s.env_str(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET),
         help=f"the gRPC inference service; dns:///host:port balances over every address of host "
@@ -83,6 +91,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="deadline of an Evaluate call",
     )
     parser.add_argument(
+        "--unreachable-grace",
+        type=positive_seconds,
+        default=defaults.unreachable_grace,
+        metavar="SECONDS",
+        help="once no replica of the service could be reached for this long, calls get 503 at once instead of "
+        "waiting --timeout for one (shorter outages, a restart, are waited out)",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=defaults.max_body_bytes,
@@ -114,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         args.token = checked_token(args.token, f"--token ({ENV_AUTH_TOKEN})")
     if args.tls_ca is not None and not args.tls_ca.is_file():
         raise SystemExit(f"--tls-ca {args.tls_ca}: no such file")
+    from inference.web.guards import default_allowed_hosts, parse_allowed_hosts
+
+    try:
+        allowed_hosts = (
+            parse_allowed_hosts(args.allowed_hosts) if args.allowed_hosts else default_allowed_hosts(args.host)
+        )
+    except ValueError as e:
+        raise SystemExit(f"--allowed-hosts ({settings.ENV_WEB_ALLOWED_HOSTS}): {e}") from None
     if args.max_body_bytes < 1:
         raise SystemExit("--max-body-bytes must be at least 1")
     if args.max_inflight_bytes < args.max_body_bytes:
@@ -132,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         tls_server_name=args.tls_server_name,
         timeout=args.timeout,
         evaluate_timeout=args.evaluate_timeout,
+        unreachable_grace=args.unreachable_grace,
         max_body_bytes=args.max_body_bytes,
         max_inflight_bytes=args.max_inflight_bytes,
+        allowed_hosts=allowed_hosts,
     )
     # log_config=None: uvicorn's loggers go through configure_logging's handler, in the chosen format. Its
     # "Uvicorn running on http://host:port" line gives the real port when --port is 0.

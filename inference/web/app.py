@@ -37,9 +37,10 @@ from typing import Any
 
 import anyio
 import grpc
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
@@ -54,18 +55,17 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from inference.access_log import REQUEST_ID_KEY
 from inference.channel import make_channel, reached_server
 from inference.security import AUTH_METADATA_KEY, canonical_authorization, is_metadata_value
-from inference.web import errors, schemas
+from inference.web import errors, guards, schemas
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The page loads nothing from elsewhere; images it shows are data: URLs (the model's input, the heatmap) and
-# blob: URLs (the user's own picture).
+# blob: URLs (the user's own picture). inference.web.guards adds nosniff, no framing and no referrer to every
+# response, the page's included.
 PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
     # Revalidate each load (ETag): a new release of the page reaches users at once, unchanged files cost a 304.
     "Cache-Control": "no-cache",
 }
@@ -85,6 +85,11 @@ DISCONNECT_POLL_SECONDS = 0.25
 # nginx's status for a request whose client closed the connection first: logged, never received by anyone.
 CLIENT_CLOSED = 499
 IMAGE_FIELD_HELP = "any field name; every file part is an image"
+# Declares `Authorization: Bearer <token>` in the OpenAPI schema; `authorize` checks it (auto_error=False: its own
+# 401 and message, and no check at all without --token).
+DECLARE_BEARER = Security(
+    HTTPBearer(auto_error=False, description="the token the gateway was started with (--token); needed only then")
+)
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,17 @@ class WebOptions:
     # Deadline of each gRPC call. With waitForReady a call made while no replica is up waits this long for one.
     timeout: float = 10.0
     evaluate_timeout: float = 120.0
+    # A call made while the service has been unreachable (every replica) for longer than this fails at once with
+    # 503 instead of waiting out its deadline for a replica to come back: a restart is ridden out, an outage said.
+    unreachable_grace: float = 5.0
     # Above the gRPC service's default message limit (16 MiB, --max-message-bytes), so the service's own limits
     # and messages decide what is too large; this bound only keeps the gateway from reading a body without end.
     max_body_bytes: int = 32 * 1024 * 1024
     # All request bodies in flight together: four of the largest at once.
     max_inflight_bytes: int = 128 * 1024 * 1024
+    # The Host names answered (inference.web.guards: DNS rebinding); the command line narrows it to the loopback
+    # names when the gateway listens on loopback only.
+    allowed_hosts: tuple[str, ...] = (guards.ANY_HOST,)
 
 
 class GatewayError(Exception):
@@ -138,8 +149,27 @@ class Backend:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.calls = anyio.CapacityLimiter(CALL_THREADS)
         self.probes = anyio.CapacityLimiter(PROBE_THREADS)
+        # Since when no replica could be reached (monotonic seconds), or None while one is. Connecting starts now,
+        # so a service that is down is known before the first call.
+        self.unreachable_since: float | None = None
+        self.channel.subscribe(self._on_connectivity, try_to_connect=True)
+
+    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        """gRPC's callback on each change of the channel's state. Between failed attempts the channel is
+        CONNECTING again (back-off at most 1 s: inference.channel), so only READY ends an outage."""
+        if state == grpc.ChannelConnectivity.READY:
+            self.unreachable_since = None
+        elif state == grpc.ChannelConnectivity.TRANSIENT_FAILURE and self.unreachable_since is None:
+            self.unreachable_since = time.monotonic()
+
+    def wait_for_ready(self) -> bool:
+        """Whether a call should wait for a replica (the channel's waitForReady): not once the service has been
+        unreachable for longer than --unreachable-grace; then the call fails at once with UNAVAILABLE (503)."""
+        since = self.unreachable_since
+        return since is None or time.monotonic() - since < self.options.unreachable_grace
 
     def close(self) -> None:
+        self.channel.unsubscribe(self._on_connectivity)
         self.channel.close()
 
     def describe(self, e: grpc.RpcError, timeout: float) -> str:
@@ -174,7 +204,7 @@ class Backend:
             if gone.is_set():
                 raise grpc.FutureCancelledError()
             left = max(timeout - (time.monotonic() - arrived), 0.001)
-            future = stub_method.future(request, timeout=left, metadata=metadata)
+            future = stub_method.future(request, timeout=left, metadata=metadata, wait_for_ready=self.wait_for_ready())
             if gone.is_set():  # the caller left while the call was being made: the watcher found no future
                 future.cancel()
             return future.result()
@@ -309,14 +339,14 @@ def _busy_response(max_inflight_bytes: int) -> JSONResponse:
     return JSONResponse(
         errors.error_body(429, grpc.StatusCode.RESOURCE_EXHAUSTED, message),
         status_code=429,
-        headers=errors.error_headers(429),
+        headers=errors.error_headers(429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     )
 
 
 def _too_large_response(max_bytes: int) -> JSONResponse:
     message = (
-        f"the request body is over {max_bytes:,} bytes, the most this gateway reads; send fewer or "
-        "smaller images per request"
+        f"the request body is over {max_bytes:,} bytes, the most this gateway reads (the limit is "
+        f"--max-body-bytes); send a smaller body: fewer or smaller images"
     )
     return JSONResponse(
         errors.error_body(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED, message), status_code=errors.TOO_LARGE
@@ -330,6 +360,13 @@ def _bad_request(message: str) -> GatewayError:
 async def read_images(request: Request) -> list[bytes]:
     """The images of a request: each file part of a multipart/form-data body, or else the whole body."""
     content_type = request.headers.get("content-type", "")
+    if media_type(content_type) == "application/json":
+        raise GatewayError(
+            415,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "an image is sent as its own bytes, not inside JSON: the body itself (curl --data-binary @digit.png "
+            "-H 'Content-Type: image/png') or a multipart file (curl -F file=@digit.png)",
+        )
     if not content_type.lower().startswith("multipart/form-data"):
         return [await request.body()]
     try:
@@ -341,7 +378,8 @@ async def read_images(request: Request) -> list[bytes]:
             raise GatewayError(
                 errors.TOO_LARGE,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{problem} per request here; send the images in several requests",
+                f"more than {MAX_MULTIPART_FILES:,} files in one request ({problem.rstrip('.')}), the limit is "
+                f"{MAX_MULTIPART_FILES:,}; send the images in several requests",
             ) from None
         raise _bad_request(f"the multipart body could not be read ({problem}); send the image as a file part") from None
     try:
@@ -356,18 +394,26 @@ async def read_images(request: Request) -> list[bytes]:
         await form.close()
 
 
+def media_type(content_type: str) -> str:
+    """'application/json; charset=utf-8' -> 'application/json'."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def read_evaluate_request(raw: bytes, content_type: str) -> schemas.EvaluateRequest:
-    """An Evaluate body: JSON, sent as application/json, or nothing for the defaults. Another content type is
-    refused: a web page of any site may POST text/plain to this gateway without asking (no CORS preflight), and
-    make a visitor's local service evaluate, holding its one evaluation slot."""
-    if not raw.strip():
-        return schemas.EvaluateRequest()
-    if content_type.split(";")[0].strip().lower() != "application/json":
+    """An Evaluate request: sent as application/json, its body JSON, or empty for the defaults. Another content
+    type is refused, an empty body's too: a web page of any site may POST text/plain, a form or nothing at all to
+    this gateway without asking (no CORS preflight), and so make a visitor's local service evaluate, holding its
+    one evaluation slot. application/json is not one a page can send without the preflight, which fails here."""
+    if media_type(content_type) != "application/json":
+        came = f"it came as {content_type[:100]!r}" if content_type else "it came without one"
         raise GatewayError(
             415,
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"an Evaluate body must be sent as Content-Type: application/json (it came as {content_type[:100]!r})",
+            f"an Evaluate request must be sent with Content-Type: application/json ({came}), its body empty or "
+            'JSON such as {"split": "validation"}',
         )
+    if not raw.strip():
+        return schemas.EvaluateRequest()
     try:
         return schemas.EvaluateRequest.model_validate_json(raw)
     except ValidationError as e:
@@ -395,22 +441,39 @@ async def read_one_image(request: Request) -> bytes:
 # The application
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorResponse, "description": description}
-    for status, description in {
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": schemas.ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
+# Every /v1 route.
+ERROR_RESPONSES = error_responses(
+    {
         400: "not an image, damaged, blank, or a bad request",
         401: "the service needs `Authorization: Bearer <token>`",
-        413: "over a limit: image bytes or pixels, images per batch, or request bytes",
         429: "busy: too many calls at once, or an evaluation already running; retry after Retry-After seconds",
-        503: "no model published yet, or the inference service is restarting or unreachable",
+        502: "the inference service failed inside (its log has the traceback)",
+        503: "no model published yet, the inference service restarting or unreachable, or (without Retry-After) "
+        "no MNIST files for Evaluate or a pinned version that fails its checks",
         504: "the inference service did not answer in time",
-    }.items()
+    }
+)
+# Routes that read a body.
+BODY_RESPONSES = error_responses(
+    {
+        408: "the request body stopped arriving for 30 s",
+        413: "over a limit: image bytes or pixels, images per batch, or request bytes",
+    }
+)
+IMAGE_RESPONSES = {
+    **BODY_RESPONSES,
+    **error_responses({415: "the image was sent inside JSON: send its own bytes, or a multipart file"}),
 }
 # Calls that take ?model_version= (or "model_version" in the body) can name a version that is not published.
 PINNED_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": schemas.ErrorResponse, "description": "`model_version` is not a published version"},
 }
 READ_NUMBER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **IMAGE_RESPONSES,
     **PINNED_RESPONSES,
     400: {
         "model": schemas.ErrorResponse,
@@ -438,7 +501,13 @@ EVALUATE_BODY = {
     "requestBody": {
         "required": False,
         "content": {"application/json": {"schema": schemas.EvaluateRequest.model_json_schema()}},
+        "description": "JSON, or empty for the defaults; always with `Content-Type: application/json`",
     }
+}
+EVALUATE_RESPONSES = {
+    **BODY_RESPONSES,
+    **PINNED_RESPONSES,
+    **error_responses({415: "not sent as `Content-Type: application/json`"}),
 }
 BATCH_BODY = {
     "requestBody": {
@@ -457,7 +526,8 @@ BATCH_BODY = {
                 }
             }
         },
-        "description": "multipart/form-data, one file part per image; results come back in the same order",
+        "description": "multipart/form-data, one file part per image; results come back in the same order (a "
+        "body that is not multipart is read as one image, as by /v1/predict)",
     }
 }
 
@@ -492,11 +562,15 @@ def create_app(options: WebOptions) -> FastAPI:
         '"message"}}`, where `code` is the gRPC status and `message` says what to fix.',
         lifespan=lifespan,
     )
+    # The last added runs first: the headers go on every answer, the Host is checked before any body is read.
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
+    app.add_middleware(guards.HostCheck, allowed=options.allowed_hosts)
+    app.add_middleware(guards.SecurityHeaders)
     expected_authorization = f"Bearer {options.token}".encode() if options.token else None
 
-    def authorize(request: Request) -> None:
-        """With --token: the REST caller must send it. Checked before the body is read, in constant time."""
+    def authorize(request: Request, _declared: Any = DECLARE_BEARER) -> None:
+        """With --token: the REST caller must send it. Checked before the body is read, in constant time. The
+        `Security` parameter only declares the scheme in the OpenAPI schema (/docs then has Authorize)."""
         if expected_authorization is None:
             return
         supplied = canonical_authorization(request.headers.get("authorization", ""))
@@ -510,7 +584,7 @@ def create_app(options: WebOptions) -> FastAPI:
     # Errors: one JSON shape for all of them
 
     def error_response(status: int, code: grpc.StatusCode, message: str, request_id: str | None = None):
-        headers = errors.error_headers(status)
+        headers = errors.error_headers(status, code)
         if request_id:
             headers["X-Request-ID"] = request_id
         return JSONResponse(errors.error_body(status, code, message), status_code=status, headers=headers)
@@ -557,7 +631,7 @@ def create_app(options: WebOptions) -> FastAPI:
         "/predict",
         response_model=schemas.Prediction,
         openapi_extra=IMAGE_BODY,
-        responses=PINNED_RESPONSES,
+        responses={**IMAGE_RESPONSES, **PINNED_RESPONSES},
         summary="Read the digit in one picture (gRPC Predict)",
     )
     async def predict(
@@ -578,7 +652,7 @@ def create_app(options: WebOptions) -> FastAPI:
         "/predict/batch",
         response_model=schemas.BatchPrediction,
         openapi_extra=BATCH_BODY,
-        responses=PINNED_RESPONSES,
+        responses={**IMAGE_RESPONSES, **PINNED_RESPONSES},
         summary="Read the digit in each of many pictures, in one forward pass (gRPC PredictBatch)",
     )
     async def predict_batch(
@@ -630,11 +704,12 @@ def create_app(options: WebOptions) -> FastAPI:
         "/evaluate",
         response_model=schemas.Evaluation,
         openapi_extra=EVALUATE_BODY,
-        responses=PINNED_RESPONSES,
+        responses=EVALUATE_RESPONSES,
         summary="Score the served model on MNIST: metrics, per-class scores, confusion matrix (gRPC Evaluate)",
     )
     async def evaluate(request: Request, response: Response) -> schemas.Evaluation:
-        """The body is optional (none: the test split, with the heatmap)."""
+        """The body is optional (none: the test split, with the heatmap), `Content-Type: application/json`
+        is not."""
         # Read here, not declared as a parameter: FastAPI reads a declared body before the token check runs.
         body = read_evaluate_request(await request.body(), request.headers.get("content-type", ""))
         result = await connected().call(
@@ -677,11 +752,12 @@ def create_app(options: WebOptions) -> FastAPI:
     # ----------------------------------------------------------------------------------------------------------
     # Probes: no token (as gRPC health checking), they reveal only whether the service is up
 
-    @app.api_route(
-        "/healthz", methods=["GET", "HEAD"], response_model=schemas.Health, summary="Liveness: this gateway answers"
-    )
+    @app.get("/healthz", response_model=schemas.Health, summary="Liveness: this gateway answers")
     async def healthz() -> schemas.Health:
         return schemas.Health(status="ok")
+
+    # HEAD too (load balancers ask so), left out of the schema, where it would repeat GET's operation id.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
 
     @app.get(
         "/readyz",

@@ -13,6 +13,9 @@ what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, 
   server, so a reworded message fails a test instead of silently becoming a 400 or a 429.
 - the remaining RESOURCE_EXHAUSTED (too many calls at once, an evaluation already running) is 429 with
   Retry-After; UNAVAILABLE (no model published yet, the service restarting or unreachable) is 503 with Retry-After.
+  FAILED_PRECONDITION (no MNIST files for Evaluate, a pinned version that fails its checks) is 503 too, but
+  without Retry-After: trying again in a second cannot help until someone acts, and a client that honours the
+  header would loop.
 """
 
 from __future__ import annotations
@@ -77,10 +80,11 @@ def error_body(status: int, code: grpc.StatusCode, message: str) -> dict:
     return {"error": {"status": status, "code": code.name, "message": message}}
 
 
-def error_headers(status: int) -> dict[str, str]:
-    """Headers HTTP defines for these statuses: how to authenticate, when to come back."""
+def error_headers(status: int, code: grpc.StatusCode) -> dict[str, str]:
+    """Headers HTTP defines for these statuses: how to authenticate, when to come back (not for a failed
+    precondition, which waiting does not mend)."""
     if status == 401:
         return {"WWW-Authenticate": 'Bearer realm="mnist-stack"'}
-    if status in (429, 503):
+    if status in (429, 503) and code != grpc.StatusCode.FAILED_PRECONDITION:
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return {}

@@ -7,6 +7,7 @@ allowing a shift of one pixel.
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -461,8 +462,11 @@ def png_bytes() -> bytes:
         (png_bytes()[:60], "damaged or truncated"),
         (png_bytes()[:33] + b"\x00" * 200, "starts like a PNG but its header is damaged or truncated"),
         (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF/AVIF pictures are not accepted; export .* as JPEG"),
+        (b"data:image/png;base64," + base64.b64encode(png_bytes()), "a data: URL, text; send the picture's own bytes"),
+        (base64.b64encode(png_bytes()), "written as base64 text; send its own bytes .*base64 -d"),
+        (b'{"image": "' + base64.b64encode(png_bytes()) + b'"}', "looks like JSON; send the picture's own bytes"),
     ],
-    ids=["empty", "text", "pdf", "svg", "truncated_png", "garbled_png", "heic"],
+    ids=["empty", "text", "pdf", "svg", "truncated_png", "garbled_png", "heic", "data_url", "base64", "json"],
 )
 def test_bad_bytes_are_rejected_with_a_clear_message(data, message):
     with pytest.raises(ImageRejected, match=message):

@@ -25,6 +25,7 @@ const state = {
   mode: "digit", // "digit": Predict, one digit on a square pad; "number": ReadNumber, a line of digits on a strip
   number: null, // the ReadNumber answer on screen, whose boxes are drawn over the pad
   token: sessionStorage.getItem("mnist-token") || "",
+  refreshing: false, // a poll of the model panel is on its way
 };
 // For benchmarks and tests: milliseconds from each finished stroke (pointerup) to its prediction on screen, and
 // whether an answer is still to come.
@@ -41,7 +42,18 @@ window.mnist = {
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers);
   if (state.token) headers.Authorization = "Bearer " + state.token;
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (error) {
+    // A header fetch cannot send (a token stored before the form checked it): ask again rather than fail forever.
+    if (state.token && !TOKEN_PATTERN.test(state.token)) {
+      forgetToken();
+      askForToken();
+      throw new Error("The stored token has characters a header cannot carry; enter the token again.");
+    }
+    throw error;
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON: a proxy's page */ }
   if (!response.ok) {
@@ -58,13 +70,28 @@ function askForToken() {
   $("token").focus();
 }
 
+// What an HTTP header carries: printable ASCII (the service's tokens are such; inference.security.checked_token).
+const TOKEN_PATTERN = /^[\x20-\x7e]+$/;
+
+function forgetToken() {
+  state.token = "";
+  sessionStorage.removeItem("mnist-token");
+}
+
 $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  state.token = $("token").value.trim();
+  const token = $("token").value.trim();
+  if (!TOKEN_PATTERN.test(token)) {
+    $("token").setCustomValidity("A token is printable ASCII: letters, digits and punctuation, no other characters.");
+    $("token").reportValidity();
+    return;
+  }
+  state.token = token;
   sessionStorage.setItem("mnist-token", state.token);
   $("token-form").hidden = true;
   refreshModel();
 });
+$("token").addEventListener("input", () => $("token").setCustomValidity(""));
 
 function setStatus(element, text, isError = false) {
   element.textContent = text;
@@ -341,12 +368,18 @@ function metricsText(metrics) {
 }
 
 async function refreshModel() {
+  // One poll at a time: on a service that is down each waits out the gateway's deadline, and overlapping polls
+  // from open tabs would hold the gateway's call threads.
+  if (state.refreshing) return;
+  state.refreshing = true;
   let info;
   try {
     info = await api("/v1/model");
   } catch (error) {
     setStatus($("model-status"), error.message, true);
     return;
+  } finally {
+    state.refreshing = false;
   }
   if (!info.serving) {
     $("model").hidden = true;

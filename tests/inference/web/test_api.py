@@ -6,7 +6,9 @@ answers, which these tests check against the server called directly over gRPC.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import socket
 import threading
 import time
@@ -20,7 +22,7 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
-from tests.inference.helpers import hold_calls
+from tests.inference.helpers import hold_calls, wait_until
 from tests.inference.web.helpers import assert_error, decode_data_url, multipart
 from tests.reliability import bad_inputs
 
@@ -164,6 +166,31 @@ def test_bad_requests_are_400(gateway, digit_pngs):
     assert_error(gateway.post("/v1/predict?model_input=perhaps", png), 400, "INVALID_ARGUMENT", "model_input")
 
 
+def test_evaluate_is_refused_unless_sent_as_json_even_with_no_body(gateway):
+    # A page of any site may POST text/plain, a form or nothing at all without a CORS preflight: none of them may
+    # start an evaluation on a visitor's local service.
+    no_type = gateway.request("POST", "/v1/evaluate", body=b"")
+    assert_error(no_type, 415, "INVALID_ARGUMENT", "without one", "application/json")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        assert_error(gateway.post("/v1/evaluate", b"", content_type), 415, "INVALID_ARGUMENT", content_type[:10])
+
+
+def test_an_image_sent_inside_json_is_415_saying_how_to_send_it(gateway, digit_pngs):
+    png = digit_pngs[0][1]
+    body = json.dumps({"image": base64.b64encode(png).decode()}).encode()
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/read-number"):
+        assert_error(gateway.post(path, body, "application/json"), 415, "INVALID_ARGUMENT", "--data-binary", "-F")
+    # The same base64 text as the body itself: the service says what it is.
+    assert_error(gateway.post("/v1/predict", base64.b64encode(png), "text/plain"), 400, "INVALID_ARGUMENT", "base64")
+
+
+def test_more_multipart_files_than_the_gateway_parses_is_413(gateway):
+    body, content_type = multipart([("files", b"x")] * 4097)
+    assert_error(
+        gateway.post("/v1/predict/batch", body, content_type), 413, "RESOURCE_EXHAUSTED", "4,096", "several requests"
+    )
+
+
 @pytest.mark.parametrize(
     "kind, words",
     [
@@ -265,6 +292,46 @@ def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web
     assert gateway.get("/healthz").status == 200  # the gateway itself is alive
 
 
+def test_a_service_unreachable_past_the_grace_is_503_at_once_and_served_again_when_back(
+    web, tmp_path, mnist_dir, digit_pngs
+):
+    from inference.options import ServerOptions
+    from inference.server import create_server
+    from tests.inference.helpers import publish
+
+    png, port = digit_pngs[0][1], free_port()
+    gateway = web(target=f"127.0.0.1:{port}", timeout=30, unreachable_grace=0.5)
+    time.sleep(1.5)  # the gateway has failed to connect for longer than the grace
+    started = time.monotonic()
+    answer = gateway.post("/v1/predict", png)
+    assert_error(answer, 503, "UNAVAILABLE", "cannot reach", "try again when it is up")
+    assert answer.headers["retry-after"] == "1"
+    assert time.monotonic() - started < 10, "the call waited for the service instead of saying it is down"
+    publish(tmp_path / "artifacts", "v1")
+    options = ServerOptions(artifacts_dir=tmp_path / "artifacts", data_dir=mnist_dir, poll_interval=0.05)
+    server, _ = create_server(f"127.0.0.1:{port}", options)
+    server.start()
+    try:
+        assert wait_until(lambda: gateway.post("/v1/predict", png).status == 200, timeout=30)
+    finally:
+        server.stop(grace=0)
+
+
+def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
+    from tests.inference.helpers import publish, start_server
+
+    publish(tmp_path / "artifacts", "v1")
+    server = start_server(tmp_path / "artifacts", tmp_path / "no-mnist")
+    try:
+        gateway = web(target=server.target)
+        answer = gateway.post("/v1/evaluate", b'{"heatmap": false}', "application/json")
+        assert_error(answer, 503, "FAILED_PRECONDITION", "MNIST")
+        assert "retry-after" not in answer.headers  # no retry mends it: someone must put the files there
+    finally:
+        server.channel.close()
+        server.server.stop(grace=0)
+
+
 @pytest.fixture(scope="module")
 def token_backend(tmp_path_factory, mnist_dir):
     from tests.inference.helpers import publish, start_server
@@ -335,8 +402,42 @@ def test_openapi_describes_every_endpoint_and_its_errors(gateway):
     for path in ("/v1/predict", "/v1/predict/batch", "/v1/evaluate", "/v1/read-number"):  # ?model_version=
         assert "404" in paths[path]["post"]["responses"], path
     assert "application/json" in paths["/v1/evaluate"]["post"]["requestBody"]["content"]
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/evaluate", "/v1/read-number"):  # bodies
+        assert {"408", "413", "415", "502", "504"} <= set(paths[path]["post"]["responses"]), path
+    for path in ("/v1/model", "/v1/models"):  # no body, so nothing too large
+        assert "413" not in paths[path]["get"]["responses"] and "502" in paths[path]["get"]["responses"]
+    # The bearer scheme is declared, so /docs has an Authorize button for a gateway started with --token.
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert predict["security"] == [{"HTTPBearer": []}]
     docs = gateway.get("/docs")
     assert docs.status == 200 and b"swagger" in docs.body.lower() and b"/openapi.json" in docs.body
+
+
+def test_every_answer_carries_the_security_headers_and_api_answers_are_not_cached(gateway):
+    for path in ("/", "/docs", "/v1/model", "/v1/nothing", "/healthz", "/static/app.js"):
+        headers = gateway.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer", path
+    assert gateway.get("/v1/model").headers["cache-control"] == "no-store"
+    page = gateway.get("/").headers
+    assert page["cache-control"] == "no-cache" and "frame-ancestors 'none'" in page["content-security-policy"]
+
+
+def test_a_host_the_gateway_does_not_answer_is_400_and_probes_are_exempt(web, backend):
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 is the gateway's own origin to the browser, but
+    its requests say Host: evil.example."""
+    gateway = web(target=backend.target, allowed_hosts=("localhost", "127.0.0.1", "[::1]"))
+    evil = {"Host": "evil.example"}
+    assert_error(gateway.get("/v1/model", headers=evil), 400, "INVALID_ARGUMENT", "evil.example", "--allowed-hosts")
+    refused = gateway.post("/v1/evaluate", b"{}", "application/json", headers=evil)
+    assert_error(refused, 400, "INVALID_ARGUMENT", "evil.example")
+    assert refused.headers["x-frame-options"] == "DENY"
+    assert gateway.get("/", headers=evil).status == 400
+    # Kubernetes' httpGet probes send the pod's IP as the Host.
+    assert gateway.get("/healthz", headers={"Host": "10.1.2.3:8080"}).status == 200
+    assert gateway.get("/readyz", headers={"Host": "10.1.2.3:8080"}).status == 200
+    for host in (f"localhost:{gateway.port}", f"127.0.0.1:{gateway.port}", "[::1]:8080", "LocalHost"):
+        assert gateway.get("/v1/model", headers={"Host": host}).status == 200, host
 
 
 def test_the_page_is_served_at_the_root_with_its_scripts_and_styles(gateway):
@@ -424,7 +525,7 @@ def test_readiness_is_answered_at_once_while_calls_wait_on_a_service_that_is_dow
     """Calls to a service that is down wait out their deadline (waitForReady) on the gateway's threads; the
     readiness probe has threads of its own, and a call that queued for a thread counts the wait in its deadline."""
     deadline = 4.0  # long enough that a probe stuck behind the calls would show, on a loaded 2-core machine too
-    gateway = web(target=f"127.0.0.1:{free_port()}", timeout=deadline)
+    gateway = web(target=f"127.0.0.1:{free_port()}", timeout=deadline, unreachable_grace=60)
     calls = 45  # more than the threads calls may hold (CALL_THREADS)
     with ThreadPoolExecutor(calls) as pool:
         started = time.monotonic()

@@ -226,6 +226,36 @@ def test_the_model_panel_updates_when_a_new_model_is_swapped_in(page, served):
     assert "new model" in page.find_element("id", "model-status").text.lower()
 
 
+def test_a_gateway_with_a_token_asks_for_it_and_a_token_no_header_can_carry_is_asked_again(browser, served):
+    backend, _ = served
+    web = start_web(target=backend.target, token="s3cret-token")
+    try:
+        browser.get(web.url + "/")
+        form = browser.find_element("id", "token-form")
+        assert wait_until(form.is_displayed, timeout=15)  # the first call got 401
+        # A character fetch cannot put in a header is refused by the form, and nothing is stored.
+        browser.find_element("id", "token").send_keys("s3cret\u2019token")
+        browser.find_element("css selector", "#token-form button").click()
+        assert form.is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('mnist-token')") is None
+        # One stored before (by an older page) is forgotten at the first call, and the form asks again.
+        browser.execute_script("sessionStorage.setItem('mnist-token', 's3cret\u2019token')")
+        browser.get(web.url + "/")
+        assert wait_until(lambda: "enter the token again" in browser.find_element("id", "model-status").text, 15)
+        assert browser.find_element("id", "token-form").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('mnist-token')") is None
+        field = browser.find_element("id", "token")
+        field.clear()
+        field.send_keys("s3cret-token")
+        browser.find_element("css selector", "#token-form button").click()
+        version = read_manifest(backend.artifacts / "models").version
+        assert wait_until(lambda: browser.find_element("id", "model-version").text == version, timeout=15)
+        assert not browser.find_element("id", "token-form").is_displayed()
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        web.stop()
+
+
 def test_the_page_fits_a_phone_and_reads_a_digit_drawn_with_a_finger(served, clear_digits, tmp_path):
     _, web = served
     phone = _chromium(phone=True)

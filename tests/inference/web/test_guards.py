@@ -1,0 +1,44 @@
+"""The Host names a gateway answers (--allowed-hosts), as the command line reads them."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.web.__main__ import main
+from inference.web.guards import default_allowed_hosts, host_allowed, host_name, parse_allowed_hosts
+
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "localhost", "::1", "[::1]", " LOCALHOST "])
+def test_a_gateway_on_loopback_answers_only_the_loopback_names_by_default(bind):
+    assert default_allowed_hosts(bind) == LOOPBACK
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "192.168.1.20"])
+def test_a_gateway_shown_to_the_network_answers_any_name_by_default(bind):
+    assert default_allowed_hosts(bind) == ("*",)
+
+
+@pytest.mark.parametrize(
+    "header, host",
+    [("Example.COM:8080", "example.com"), ("example.com", "example.com"), ("[::1]:8080", "[::1]"), ("[::1]", "[::1]")],
+)
+def test_the_host_of_a_host_header_is_its_name_without_the_port(header, host):
+    assert host_name(header) == host
+
+
+def test_a_name_is_allowed_exactly_or_as_a_subdomain_of_a_star_pattern():
+    allowed = parse_allowed_hosts(" Example.com, *.apps.example.com ")
+    assert allowed == ("example.com", "*.apps.example.com")
+    assert host_allowed("example.com", allowed) and host_allowed("web.apps.example.com", allowed)
+    assert not host_allowed("apps.example.com", allowed)  # *.x names x's subdomains, not x
+    assert not host_allowed("evil-example.com", allowed) and not host_allowed("", allowed)
+    assert host_allowed("anything", parse_allowed_hosts("*"))
+
+
+@pytest.mark.parametrize("value, words", [(" , ", "at least one host"), ("a*b.com", "stands alone"), ("*x.com", "*.")])
+def test_a_malformed_allowed_hosts_stops_the_gateway_with_what_is_wrong(value, words):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--allowed-hosts", value])
+    assert "--allowed-hosts" in str(stopped.value) and words in str(stopped.value)
