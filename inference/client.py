@@ -16,6 +16,7 @@ inference/preview.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,17 @@ MESSAGE_OVERHEAD_BYTES = 1024
 IMAGE_OVERHEAD_BYTES = 16
 
 
+def over_message_limit(image_bytes: int, max_message_bytes: int) -> str | None:
+    """Why a picture cannot go in one call at all (gRPC would refuse it as 'Received message larger than max',
+    before the service sees it), or None."""
+    if image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= max_message_bytes:
+        return None
+    return (
+        f"the file is {image_bytes:,} bytes, more than one call to the service may carry (the limit is "
+        f"{max_message_bytes:,} bytes); send a smaller picture (crop it, or save it as JPEG)"
+    )
+
+
 def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, bytes]]]:
     """`named` in order, in runs of at most `max_count` images and `max_bytes` bytes of request message (an image
     larger than that goes alone: refused by the service's message limit, it fails alone)."""
@@ -84,7 +96,14 @@ def cmd_predict(stub, args, call) -> int:
     # server's own limits (images per call, bytes per message), so large pictures go in several calls rather than
     # all fail together with "larger than max".
     limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
-    for chunk in batches(named_images, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
+    sendable = []
+    for path, data in named_images:
+        if (too_large := over_message_limit(len(data), limits.max_message_bytes)) is not None:
+            print(f"{path}: not accepted: {too_large}", file=sys.stderr)
+            failed += 1
+        else:
+            sendable.append((path, data))
+    for chunk in batches(sendable, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
         try:
             response = call(
                 stub.PredictBatch,
@@ -131,6 +150,10 @@ def cmd_read(stub, args, call) -> int:
     except OSError as e:
         print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
         return 1
+    limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
+    if (too_large := over_message_limit(len(data), limits.max_message_bytes)) is not None:
+        print(f"{args.image}: not accepted: {too_large}", file=sys.stderr)
+        return 1
     response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
     print(
         f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
@@ -139,7 +162,17 @@ def cmd_read(stub, args, call) -> int:
     for d in response.per_digit:
         p = d.prediction
         b = d.box
-        print(f"  {p.digit}  {p.probabilities[p.digit]:6.1%}  at x={b.x} y={b.y} {b.width}x{b.height}")
+        where = f"at x={b.x} y={b.y} {b.width}x{b.height}"
+        if p.is_digit:
+            print(f"  {p.digit}  {p.probabilities[p.digit]:6.1%}  {where}")
+        else:
+            print(f"  ?  not a digit (digit score {p.digit_score:.3f}, closest {p.digit})  {where}")
+    if strays := sum(not d.prediction.is_digit for d in response.per_digit):
+        print(
+            f"warning: {strays} of the {len(response.per_digit)} marks read are not digits (shown as ?): a line "
+            "through the number, a box or an underline round it? Crop to the number alone",
+            file=sys.stderr,
+        )
     if args.preview is not None:
         args.preview.parent.mkdir(parents=True, exist_ok=True)
         draw_reading(data, response).save(args.preview, format="PNG")
@@ -306,6 +339,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (checked before the call, which may take a while), or None. Missing
+    folders are made when it is written."""
+    if path.is_dir():
+        return "is a folder; name a file in it"
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"cannot write in {folder}"
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     escape_unprintable_output()
@@ -325,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     metadata = bearer_metadata(token)
+    for flag in ("out", "preview"):
+        if (path := getattr(args, flag, None)) is not None and (problem := unwritable(path)) is not None:
+            print(f"error: --{flag} {path}: {problem}", file=sys.stderr)
+            return 2
     connected = False
 
     def call(method, request):
@@ -341,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(stub, args, call)
         except grpc.RpcError as e:
             print(f"error: {describe_rpc_error(e, args.target)}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # `mnist-client ... | head`: the reader has gone, and wants no more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor an error when Python flushes
             return 1
         except OSError as e:  # --out or --preview cannot be written
             print(f"error: {e}", file=sys.stderr)

@@ -18,6 +18,23 @@ def probability_bars(probabilities, width: int = 30) -> list[str]:
     return lines
 
 
+def viewable(img):
+    """A Pillow frame -> RGB as the service reads it: EXIF orientation applied, 16-bit and float grey brought to
+    8 bits, transparency flattened onto the backdrop the service chooses (shared.decode), at full size so boxes
+    in the picture's pixels still fit. A plain convert("RGB") clips 16-bit grey and drops the alpha a web canvas
+    keeps its strokes in."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from shared.decode import composite_alpha, pil_to_array
+
+    array = pil_to_array(ImageOps.exif_transpose(img))  # (H, W), (H, W, 3), or with alpha (H, W, 2 or 4)
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        alpha = array[:, :, -1]
+        array = composite_alpha(array[:, :, :-1].astype(np.float32) * (alpha[:, :, None] / 255.0), alpha)
+    return Image.fromarray(array).convert("RGB")
+
+
 def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size: int = 224) -> None:
     """One row per image: the original beside the 28x28 image the model saw, scaled up, with a caption."""
     from PIL import Image, ImageDraw, ImageOps
@@ -28,7 +45,7 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
         try:
             with Image.open(io.BytesIO(original)) as img:
                 img.seek(0)  # first frame of an animation
-                left = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (2 * size, size))
+                left = ImageOps.contain(viewable(img), (2 * size, size))
         except Exception:  # the server read it, Pillow cannot: show a grey box rather than fail the preview
             left = Image.new("RGB", (size, size), (128, 128, 128))
         with Image.open(io.BytesIO(model_input)) as img:
@@ -50,9 +67,16 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
     canvas.save(path, format="PNG")  # whatever the name ends with: the help promises a PNG
 
 
+NOT_A_DIGIT_MARK = "?"
+
+
 def format_number(response) -> str:
-    """The digits read, with the separators put back where they were: "3.14"."""
-    text = response.digits
+    """The digits read, with the separators put back where they were: "3.14"; a mark the model says is no digit
+    at all (a line through the number, a box round it) as NOT_A_DIGIT_MARK: "2?26"."""
+    text = (
+        "".join(str(d.prediction.digit) if d.prediction.is_digit else NOT_A_DIGIT_MARK for d in response.per_digit)
+        or response.digits
+    )
     for s in sorted(response.separators, key=lambda s: -s.position):
         text = text[: s.position] + s.mark + text[s.position :]
     return text
@@ -61,12 +85,14 @@ def format_number(response) -> str:
 def draw_reading(data: bytes, response, *, max_side: int = 1200, crop: bool = False):
     """The picture with each digit's box and digit drawn on it, and the number read above: a Pillow image.
     With `crop`, only the part of the picture around the number is shown."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageFont
 
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
-        picture = ImageOps.exif_transpose(img).convert("RGB")
-    boxes = [(d.box, str(d.prediction.digit)) for d in response.per_digit] + [(s.box, "") for s in response.separators]
+        picture = viewable(img)
+    boxes = [
+        (d.box, str(d.prediction.digit) if d.prediction.is_digit else NOT_A_DIGIT_MARK) for d in response.per_digit
+    ] + [(s.box, "") for s in response.separators]
     left = top = 0
     if crop and boxes:
         x0, y0 = min(b.x for b, _ in boxes), min(b.y for b, _ in boxes)

@@ -73,6 +73,9 @@ class Classified:
 Classifier = Callable[[np.ndarray], Classified]  # (N, 28, 28) uint8 -> their Classified
 
 MAX_DIGITS = 12  # one line of at most this many digits: postcodes, amounts, dates, meter readings
+# Before the pieces of a digit are joined (a 4 or a 5 in two strokes, a pen that skipped), there may be more regions
+# than digits; past this many, the work is bounded and the picture refused before any is classified.
+MAX_REGIONS = 2 * MAX_DIGITS
 MAX_PIECES = 2000  # ink components considered (the largest); beyond that the picture is noise, not writing
 # Small marks (groups lower than FRAGMENT_HEIGHT of the line) a picture may hold: a number's broken strokes, flags
 # and dots make a few dozen at most (the tests' broken and dotted pens); hundreds are a speckled background.
@@ -221,9 +224,11 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     # The line height again, now that the pieces of each digit are together (a dotted digit was dots before).
     height = line_height(groups)
     check_one_line(groups, height)
-    if len(groups) > MAX_DIGITS:
+    if len(groups) > MAX_REGIONS:
         raise too_many_digits(len(groups))
     digits = segment_and_classify(pieces, groups, height, slant, classify)
+    if len(digits) > MAX_DIGITS:  # counted after the joins: 12 digits, one in two strokes, are 12
+        raise too_many_digits(len(digits))
     # A separator's position: the digits before it along the writing direction.
     along = [along_line(d.box, slant) for d in digits]
     positioned = tuple(Separator(sum(a < along_line(s.box, slant) for a in along), s.mark, s.box) for s in separators)
@@ -268,6 +273,8 @@ def find_pieces(ink: np.ndarray) -> Pieces:
     labels, stats = connected_components(strong)
     kept = not_specks(stats)
     if len(kept) == 0:
+        if len(stats) > 1:  # ink there is, in marks of a pixel or two: not a blank page
+            raise only_specks(int(stats[1:, 2:4].max()))
         raise_blank(ink, threshold, noise, found="digit", what="a number")
     spacing = dot_spacing(stats[kept])
     if spacing is not None:
@@ -276,11 +283,15 @@ def find_pieces(ink: np.ndarray) -> Pieces:
         kept = not_specks(stats)
     longest = int(stats[kept, 2:4].max())
     if longest < 5:
-        raise ImageRejected(
-            f"no digit found: the only marks are specks of at most {longest} pixels. Send a "
-            "picture in which the number is clearly visible and fills a good part of the frame"
-        )
+        raise only_specks(longest)
     return Pieces(ink, labels, stats, kept, noise, threshold)
+
+
+def only_specks(longest: int) -> ImageRejected:
+    return ImageRejected(
+        f"no digit found: the only marks are specks of at most {longest} pixels. Send a "
+        "picture in which the number is clearly visible and fills a good part of the frame"
+    )
 
 
 def not_specks(stats: np.ndarray) -> np.ndarray:
@@ -619,7 +630,7 @@ def segment_and_classify(
                 next_probabilities += [half_probabilities[2 * j], half_probabilities[2 * j + 1]]
                 next_confidence += list(half_confidence[j])
             index += len(candidates)
-        if len(done) + len(next_regions) > MAX_DIGITS:
+        if len(done) + len(next_regions) > MAX_REGIONS:
             raise too_many_digits(len(done) + len(next_regions))
         if not next_regions:
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -270,6 +271,33 @@ def test_twelve_digits_are_read(trained_server, mnist_test):
     assert sum(r is not None and len(r.digits) == 12 for r in read) >= 2
 
 
+def two_stroke_four() -> np.ndarray:
+    """A 4 written in two strokes that do not meet (28 high, ink 255 on 0): its hook, and its upright."""
+    four = np.zeros((28, 22), np.uint8)
+    cv2.line(four, (7, 4), (3, 17), 255, 3)
+    cv2.line(four, (3, 17), (13, 17), 255, 3)
+    cv2.line(four, (19, 4), (19, 26), 255, 3)
+    return four
+
+
+def written(glyphs: list[np.ndarray], gap: int = 10, scale: int = 3) -> bytes:
+    """Glyphs (28 high, ink 255 on 0) side by side, `gap` apart, dark on white, `scale` times larger (PNG)."""
+    cropped = [g[:, np.flatnonzero(g.max(0))[0] : np.flatnonzero(g.max(0))[-1] + 1] for g in glyphs]
+    line = np.pad(np.concatenate([np.pad(g, ((0, 0), (0, gap))) for g in cropped], 1), 10)
+    return png_bytes(cv2.resize(255 - line, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+
+
+def test_twelve_digits_one_in_two_strokes_are_twelve_not_thirteen(trained_server, mnist_test):
+    """The limit counts digits once the pieces of each are joined: 12 digits, one of them a 4 in two strokes, are
+    13 pieces of ink."""
+    images, labels = mnist_test
+    eleven = [images[np.flatnonzero(labels == d)[0]] for d in (1, 2, 3, 5, 6, 7, 8, 9, 0, 1, 2)]
+    alone = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=written([two_stroke_four()])), timeout=30)
+    assert alone.digits == "4"
+    read = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=written([*eleven, two_stroke_four()])), timeout=30)
+    assert len(read.digits) == 12 and read.digits[-1] == "4", read.digits
+
+
 def test_a_picture_that_is_no_picture_gets_predicts_error(trained_server):
     error = read_error(trained_server.stub, b"%PDF-1.7 not a picture")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "PDF" in error.details()
@@ -316,3 +344,34 @@ def test_client_read_says_what_is_wrong_with_a_blank_picture(trained_server, tmp
     picture.write_bytes(png_bytes(np.full((100, 100), 250, np.uint8)))
     assert client_main(["--target", trained_server.target, "read", str(picture)]) == 1
     assert "INVALID_ARGUMENT: no digit found" in capsys.readouterr().err
+
+
+def test_client_read_shows_a_mark_that_is_no_digit_as_a_question_mark_and_warns(trained_server, tmp_path, capsys):
+    from inference.client import main as client_main
+
+    picture = tmp_path / "line.png"
+    canvas = np.full((200, 400), 255, np.uint8)
+    cv2.line(canvas, (40, 100), (360, 100), 0, 6)  # a rule, not a digit: Predict says so too
+    picture.write_bytes(png_bytes(canvas))
+    assert client_main(["--target", trained_server.target, "read", str(picture)]) == 0
+    captured = capsys.readouterr()
+    assert f"{picture}: ? (confidence" in captured.out and "not a digit (digit score" in captured.out
+    assert "1 of the 1 marks read are not digits" in captured.err
+
+
+def test_client_read_refuses_an_unwritable_preview_and_a_file_too_large_before_the_call(
+    trained_server, tmp_path, capsys
+):
+    from inference.client import main as client_main
+
+    picture = tmp_path / "number.png"
+    picture.write_bytes(png_bytes(np.full((50, 50), 255, np.uint8)))
+    (tmp_path / "a-file").write_text("")
+    preview = tmp_path / "a-file" / "boxes.png"
+    assert client_main(["--target", trained_server.target, "read", str(picture), "--preview", str(preview)]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(17 * 2**20))  # over the 16 MiB a call carries
+    assert client_main(["--target", trained_server.target, "read", str(huge)]) == 1
+    err = capsys.readouterr().err
+    assert "more than one call to the service may carry" in err and "larger than max" not in err

@@ -204,3 +204,16 @@ def test_the_nearest_fragment_pair_breaks_ties_by_the_lowest_indices():
     groups = [group(0, 50, 3), group(8, 10, 100), group(16, 50, 3)]
     assert segment.nearest_fragment_pair(groups, height=100) == (0, 1)
     assert segment.nearest_fragment_pair([group(0, 10, 100)], height=100) is None
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_marks_of_a_pixel_or_two_are_called_specks_not_a_blank_page(length):
+    picture = np.full((200, 400), 255, np.uint8)
+    picture[100, 200 : 200 + length] = 0
+    with pytest.raises(segment.ImageRejected, match=f"only marks are specks of at most {length} pixels"):
+        segment.read_number(picture, uniform_classifier)
+
+
+def test_a_blank_page_is_still_called_blank():
+    with pytest.raises(segment.ImageRejected, match="looks blank"):
+        segment.read_number(np.full((200, 400), 255, np.uint8), uniform_classifier)
