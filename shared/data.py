@@ -6,6 +6,7 @@ loops over pixels in Python: a whole file becomes one numpy array with `np.fromb
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -46,6 +47,10 @@ _IDX_UBYTE = 0x08
 
 class MnistNotFound(FileNotFoundError):
     """An MNIST file is missing and downloading was not allowed; the message says where it looked."""
+
+
+class MnistDownloadFailed(RuntimeError):
+    """No mirror gave an MNIST file; the message says what each answered and where to put the files instead."""
 
 
 class MnistFormatError(ValueError):
@@ -122,6 +127,7 @@ def _download(name: str, directory: Path) -> Path:
     """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
     _, md5, shape = next(v for v in FILES.values() if v[0] == name)
     errors = []
+    made = not directory.exists()  # a folder made here for nothing (a mistyped --data-dir) does not stay behind
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
         tmp = None
@@ -141,7 +147,10 @@ def _download(name: str, directory: Path) -> Path:
         finally:
             if tmp is not None:  # a failed or interrupted download never lingers under a temporary name
                 Path(tmp).unlink(missing_ok=True)
-    raise RuntimeError(
+    if made:
+        with contextlib.suppress(OSError):  # not empty, or gone: leave it
+            directory.rmdir()
+    raise MnistDownloadFailed(
         f"could not download {name}: " + "; ".join(errors) + f". Put the MNIST files in {directory} "
         "or point --data-dir / MNIST_DATA_DIR at a folder that has them."
     )

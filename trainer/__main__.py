@@ -6,10 +6,10 @@ import logging
 import sys
 
 from shared.checkpoint import CheckpointError
-from shared.data import MnistFormatError, MnistNotFound
+from shared.data import MnistDownloadFailed, MnistFormatError, MnistNotFound
 
 from trainer.config import get_args_parser
-from trainer.train import DiskFull, run
+from trainer.train import CannotWrite, DiskFull, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train.Interrupted says whether and how to continue
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
-    except (DiskFull, CheckpointError) as e:  # their messages say what to do
+    except (DiskFull, CannotWrite, CheckpointError, MnistDownloadFailed) as e:  # their messages say what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MnistNotFound as e:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -329,7 +330,13 @@ def pipeline_pool(workers: int, pictures: int) -> AbstractContextManager[Executo
     if workers <= 1 or pictures < PARALLEL_MIN:
         return nullcontext(None)
     # spawn, not fork: the trainer has torch's thread pools running, which a forked child must not inherit.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
+
+
+def ignore_interrupts() -> None:
+    """In a pool's worker: Ctrl-C reaches the whole process group, and the trainer (which says how to continue)
+    ends the pool; the workers' own KeyboardInterrupt tracebacks (two screens of them) would bury its message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class InThisProcess(Executor):

@@ -132,6 +132,10 @@ def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resumi
                     f"another trainer is running in {taken.run_dir}; wait for it to end, or give this run another "
                     "--run-name"
                 ) from None
+            if (taken.run_dir / FINISHED).exists():  # nothing to continue: --resume would refuse it
+                raise SystemExit(
+                    f"{taken.run_dir} holds run {name}, which has finished; give this run another --run-name"
+                ) from None
             raise SystemExit(
                 f"{taken.run_dir} already holds the checkpoints of run {name}; give this run another --run-name, "
                 f"or continue that one with --resume --run-name {name}"

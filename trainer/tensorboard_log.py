@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from shared.metrics import Evaluation, confusion_figure, misclassified_figure
 
@@ -30,6 +31,10 @@ SCALAR_TAGS = {
     "val_negatives_missed": "not_digit/val_negatives_missed",
 }
 NEGATIVES_MISSED_PREFIX = "val_negatives_missed_"  # + a kind of negative: not_digit/val_missed/<kind>
+
+
+# The files a SummaryWriter writes into a run's folder.
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
 
 
 class RunLogger:
@@ -84,10 +89,17 @@ class RunLogger:
         )
         self.writer.flush()
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """The run's settings and final metrics for TensorBoard's HParams tab, at `step` (the last epoch), in this
+        writer's file: add_hparams would write them at step 0 through a writer of its own, out of reach of a
+        resumed run's purge, so a run resumed while finishing showed them twice."""
         # TensorBoard's hparams take scalars only: nested values become strings.
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+        tagged = {f"hparam/{k}": v for k, v in metrics.items()}
+        for summary in hparams_summaries(flat, tagged):  # the experiment, session start and session end
+            self.writer._get_file_writer().add_summary(summary, step)  # as SummaryWriter's own add_* do
+        for tag, value in tagged.items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -79,7 +79,7 @@ from trainer.run_folder import (
     last_checkpoint,
     newest_resumable_run,
 )
-from trainer.tensorboard_log import RunLogger
+from trainer.tensorboard_log import TENSORBOARD_EVENTS, RunLogger
 
 
 @dataclass
@@ -564,6 +564,16 @@ class DiskFull(Exception):
     """The disk filled during a run; its message says whether the run can be continued with --resume."""
 
 
+class CannotWrite(Exception):
+    """A folder of the run could not be made or written (permissions, a read-only volume, a file where a folder
+    should be); the message says which, and whether the run can be continued with --resume."""
+
+
+# What a folder that cannot be written raises, besides a plain OSError with one of these numbers.
+UNWRITABLE = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as the parsed command line says. Returns a summary (the main process's; others return {})."""
     where: dict[str, Any] = {}  # the run's name and its last checkpoint's path, once known
@@ -584,6 +594,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "interrupted before the run's first checkpoint: nothing to resume; start it again"
             ) from None
         except OSError as e:
+            if isinstance(e, UNWRITABLE) or e.errno in UNWRITABLE_ERRNOS:
+                where_ = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+                if resumable():
+                    advice = (
+                        "the last complete checkpoint is intact. Make the folder writable (or free the path), then "
+                        f"continue with --resume --run-name {where['run_name']}"
+                    )
+                else:
+                    advice = "make it writable, or choose another --artifacts-dir, and start again"
+                raise CannotWrite(f"cannot write the run's files ({where_}); {advice}") from e
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
@@ -617,6 +637,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     if args.resume:
         run_name = args.run_name or newest_resumable_run(paths)
         check_resumable(paths, run_name)  # before the claim, which would make the folder of a mistyped name
+        # Known now, so that Ctrl-C from here on says to resume (the run has a checkpoint), not to start again.
+        where.update(run_name=run_name, last=last_checkpoint(paths.run_dir(run_name)))
         if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
             claim_run(held, paths, run_name, resuming=True, named=True)
         resume_ckpt = load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
@@ -722,7 +744,19 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         )
         if resume_ckpt is not None:
             print(f"resuming after epoch {state.epoch} of {config.epochs}", flush=True)
-        logger = RunLogger(run_dir, purge_step=state.epoch + 1 if resume_ckpt is not None else None)
+        else:
+            # A start of this run stopped before its first checkpoint left its events here: they go, or TensorBoard
+            # would show its epochs, graph and pictures beside this start's.
+            for stale in sorted(run_dir.glob(TENSORBOARD_EVENTS)):
+                stale.unlink()
+                print(f"removed {stale.name}, TensorBoard events of a start that had no checkpoint", flush=True)
+        # Resumed with no epoch left (stopped while finishing): finish logs again at the last epoch's step, so the
+        # purge starts there, and that epoch's own entries are logged again.
+        finishing = resume_ckpt is not None and state.epoch >= config.epochs
+        purge_step = None if resume_ckpt is None else state.epoch if finishing else state.epoch + 1
+        logger = RunLogger(run_dir, purge_step=purge_step)
+        if finishing:
+            logger.log_epoch(state.epoch, state.history[-1])
         if resume_ckpt is None:
             logger.log_graph(model, standardize(splits.test_x[:2].float().div(255).unsqueeze(1)))
             if splits.neg_x is not None:
@@ -915,7 +949,7 @@ def finish(
             flush=True,
         )
     hparams = {k: v for k, v in config.to_dict().items() if k not in ("train_subset",)}
-    logger.log_hparams(hparams, final)
+    logger.log_hparams(hparams, final, step=state.epoch)
     logger.close()
 
     manifest = None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from shared.checkpoint import (
     MANIFEST_NAME,
@@ -151,6 +152,13 @@ def test_killed_mid_epoch_mid_checkpoint_and_mid_publish_then_resumed(tmp_path, 
         last = load_checkpoint(checkpoints / "last.pt")
         assert [m["epoch"] for m in last["history"]] == [1, 2, 3]
         assert temp_files(checkpoints) == []
+        # TensorBoard shows each epoch and the final entries once: the resume that finished the run logged them
+        # again at epoch 3, over what the killed one had logged there.
+        events = EventAccumulator(str(paths.run_dir("r")), size_guidance={"images": 0, "scalars": 0})
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss/train")] == [1, 2, 3]
+        assert [e.step for e in events.Images("confusion_matrix/test")] == [3]
+        assert [e.step for e in events.Scalars("hparam/val_accuracy")] == [3]
     finally:
         reader.stop()
     assert reader.bad == []

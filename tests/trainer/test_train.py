@@ -182,6 +182,11 @@ def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
     assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "r", "--no-publish", "--train-subset", "200") == 0
     last = tmp_path / "runs/r/checkpoints/last.pt"
     before = last.read_bytes()
+    # Finished: nothing to continue, so --resume is not offered (it would refuse the run).
+    with pytest.raises(SystemExit, match="holds run r, which has finished; give this run another") as refused:
+        train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "r", "--seed", "1")
+    assert "--resume" not in str(refused.value)
+    (tmp_path / "runs/r/FINISHED.json").unlink()  # as a run stopped after a checkpoint leaves it
     with pytest.raises(SystemExit, match=r"already holds the checkpoints of run r.*--resume --run-name r"):
         train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "r", "--seed", "1")
     assert last.read_bytes() == before  # nothing of the first run was overwritten
@@ -216,6 +221,37 @@ def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path,
 
     with contextlib.ExitStack() as held:
         assert claim_run(held, Paths(tmp_path), "a", resuming=False, named=False) == "a-2"
+
+
+def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, mnist_dir, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    assert train(blocker, mnist_dir, "--epochs", "1", "--train-subset", "200") == 1
+    err = capsys.readouterr().err
+    assert "cannot write the run's files" in err and "not-a-folder" in err and "start again" in err
+    assert "Traceback" not in err
+
+
+def test_a_start_stopped_before_its_first_checkpoint_leaves_no_events_behind(tmp_path, mnist_dir, monkeypatch, capsys):
+    """Started again under its name, as the stop message says, a run shows its own epochs once in TensorBoard."""
+    import trainer.train
+
+    saved = trainer.train.save_checkpoint
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.train, "save_checkpoint", stop)  # after epoch 1 is logged, before it is saved
+    command = ["--epochs", "1", "--run-name", "again", "--train-subset", "200"]
+    assert train(tmp_path, mnist_dir, *command) == 130
+    assert "nothing to resume; start it again" in capsys.readouterr().err
+    monkeypatch.setattr(trainer.train, "save_checkpoint", saved)
+    assert train(tmp_path, mnist_dir, *command) == 0
+    assert "TensorBoard events of a start that had no checkpoint" in capsys.readouterr().out
+    events = EventAccumulator(str(Paths(tmp_path).run_dir("again")), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars(SCALAR_TAGS["train_loss"])] == [1]
+    assert len(events.Images("not_digit/trained_on")) == 1
 
 
 def test_an_arch_kwargs_the_network_does_not_take_is_refused_before_any_data_is_read(tmp_path, capsys):
