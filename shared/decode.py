@@ -557,11 +557,24 @@ def prepare_array(image: np.ndarray) -> np.ndarray:
     # Shrink before compositing, premultiplied: compositing is linear in (colour * alpha, alpha), so averaging
     # first gives the same result, and the float arithmetic runs on the small picture only.
     colour, alpha = np.ascontiguousarray(image[:, :, :-1]), np.ascontiguousarray(image[:, :, -1])
+    key = colour_key(colour, alpha)  # before shrinking, which grades all-or-nothing alpha at the edges
     alpha_per_channel = alpha if colour.shape[2] == 1 else cv2.merge([alpha] * colour.shape[2])
     premultiplied = cv2.multiply(colour.reshape(alpha_per_channel.shape), alpha_per_channel, scale=1 / 255)
     return np.ascontiguousarray(
-        composite_alpha(shrink_to(premultiplied, WORK_MAX_SIDE), shrink_to(alpha, WORK_MAX_SIDE))
+        composite_alpha(shrink_to(premultiplied, WORK_MAX_SIDE), shrink_to(alpha, WORK_MAX_SIDE), key)
     )
+
+
+def colour_key(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray | None:
+    """(C,) float32: the one colour of every transparent pixel when transparency is all or nothing, as a colour
+    key makes it (a GIF's transparent index, a PNG's tRNS colour): the colour the picture was drawn on. None for
+    graded alpha (a web canvas's anti-aliased strokes), or transparent pixels of several colours."""
+    if cv2.countNonZero(cv2.inRange(alpha, 1, 254)) > 0:
+        return None
+    transparent = colour[alpha == 0].reshape(-1, colour.shape[2] if colour.ndim == 3 else 1)  # (n, C)
+    if len(transparent) == 0 or not (transparent == transparent[0]).all():
+        return None
+    return transparent[0].astype(np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -577,14 +590,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     raise ImageRejected(f"unsupported pixel type {image.dtype}")
 
 
-def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
     """Flatten (H, W[, 3]) premultiplied colour with (H, W) alpha onto a backdrop chosen so the ink stays visible.
 
     Web canvases export the strokes in the alpha channel and leave RGB constant (often black: (0, 0, 0, 0) is the
     empty canvas), so a fixed white or black backdrop would make one kind or the other invisible. When most of
-    the picture is transparent, the opaque part is the drawing: the backdrop is white under dark ink and black
-    under light ink. When most is opaque, the opaque part is the paper (a photo with transparent corners): the
-    backdrop is the paper's median colour, so the corners vanish into it.
+    the picture is transparent, the opaque part is the drawing: the backdrop is the colour key's (`key`, see
+    colour_key) where the drawing stands out from it, else white under dark ink and black under light ink. When
+    most is opaque, the opaque part is the paper (a photo with transparent corners): the backdrop is the paper's
+    median colour, so the corners vanish into it.
+
+    The key first: soft dark ink keyed out of white paper keeps its light fringes opaque, and their mean is light,
+    so "light ink" put it on black, where its dark core vanished (a blurred "2026" read as "0").
     """
     premultiplied = premultiplied.astype(np.float32)
     premultiplied = premultiplied if premultiplied.ndim == 3 else premultiplied[:, :, None]  # (H, W, C)
@@ -594,8 +611,11 @@ def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         raise ImageRejected("the picture is fully transparent: there is nothing drawn on it")
     if float(weight.min()) < 1.0:
         if np.count_nonzero(alpha >= 128) * 2 < alpha.size:
-            ink_luminance = float(premultiplied.mean(axis=2).sum(dtype=np.float64)) / total_weight
-            backdrop = np.full(premultiplied.shape[2], 255.0 if ink_luminance < 128 else 0.0, np.float32)
+            if key is not None and stands_out(premultiplied, weight, key):
+                backdrop = key
+            else:
+                ink_luminance = float(premultiplied.mean(axis=2).sum(dtype=np.float64)) / total_weight
+                backdrop = np.full(premultiplied.shape[2], 255.0 if ink_luminance < 128 else 0.0, np.float32)
         else:  # the paper's colour: the median of (a sample of) the opaque pixels, un-premultiplied
             colours = sample_grid(premultiplied, 256).reshape(-1, premultiplied.shape[2])  # (n, C)
             weights = sample_grid(weight, 256).reshape(-1, 1)  # (n, 1)
@@ -608,6 +628,20 @@ def composite_alpha(premultiplied: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         premultiplied = premultiplied + backdrop * (1.0 - weight)[:, :, None]
     flat = np.clip(premultiplied + 0.5, 0, 255).astype(np.uint8)
     return flat[:, :, 0] if flat.shape[2] == 1 else flat
+
+
+# A drawing stands out from a colour when a tenth of its opaque pixels differ from it by this much in luminance.
+KEY_CONTRAST = 64
+
+
+def stands_out(premultiplied: np.ndarray, weight: np.ndarray, key: np.ndarray) -> bool:
+    """Whether the opaque pixels (weight >= 1/2, of (H, W, C) premultiplied colour) would show on `key` (C,):
+    not when the ink is the key's own colour (a palette whose ink and transparent entries are both black)."""
+    opaque = weight >= 0.5
+    if not opaque.any():
+        return False
+    luminance = premultiplied[opaque].mean(axis=1) / weight[opaque]  # un-premultiplied
+    return float(np.percentile(np.abs(luminance - float(key.mean())), 90)) >= KEY_CONTRAST
 
 
 def shrink_to(image: np.ndarray, max_side: int) -> np.ndarray:

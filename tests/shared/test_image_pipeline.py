@@ -12,6 +12,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -377,6 +378,24 @@ def test_palette_with_transparent_background(digit, fmt):
     img.save(buffer, fmt, transparency=0)
     assert Image.open(io.BytesIO(buffer.getvalue())).mode == "P"
     assert similarity(to_mnist(buffer.getvalue()), digit) > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_soft_dark_ink_whose_white_paper_is_a_colour_key_stays_dark_on_white(digit, fmt):
+    """White keyed out of a soft (blurred) dark drawing: the ink's light fringes stay opaque, and outnumber its dark
+    core, so the mean said "light ink" and put it on black, where the core vanished. The key is the paper."""
+    grey = cv2.GaussianBlur(on_paper(drawing(digit, stroke=14))[:, :, 0], (0, 0), 6)
+    img = Image.fromarray(grey, mode="L")
+    if fmt == "GIF":
+        img = img.convert("P")
+        paper = img.getpixel((0, 0))
+        save_options = {"transparency": paper}
+    else:
+        save_options = {"transparency": 255}
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **save_options)
+    assert Image.open(io.BytesIO(buffer.getvalue())).info.get("transparency") is not None
+    assert similarity(to_mnist(buffer.getvalue()), to_mnist(ui.encode(grey, "PNG"))) > 0.95
 
 
 def multi_frame(fmt: str, first: np.ndarray, second: np.ndarray) -> bytes:
