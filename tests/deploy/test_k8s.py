@@ -231,11 +231,12 @@ def test_inference_runs_three_replicas_behind_a_headless_service_with_metrics_an
     assert service["spec"]["clusterIP"] == "None"  # headless: DNS gives clients every pod
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port}
-    for annotated in (deployment["spec"]["template"]["metadata"], service["metadata"]):
-        annotations = annotated["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(metrics_port)
-        assert annotations["prometheus.io/path"] == "/metrics"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # On the pods only: discovering the Service's endpoints too would scrape each pod twice.
+    assert not any(k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {}))
 
 
 def test_probes_are_native_grpc_on_the_health_services_own_port(rendered):

@@ -396,3 +396,19 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     ]
     assert make("protos").returncode == 0
     assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]
+
+
+def test_the_memory_note_counts_the_processes_inference_will_start(monkeypatch):
+    """Unset or 0, MNIST_INFERENCE_WORKERS starts one process per core as memory holds: the note said one."""
+    import shared.resources
+    from shared.settings import ENV_INFERENCE_WORKERS
+
+    from scripts.local_stack import memory_note
+
+    monkeypatch.delenv(ENV_INFERENCE_WORKERS, raising=False)
+    monkeypatch.setattr(shared.resources, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(shared.resources, "usable_memory_bytes", lambda: 64 * 2**30)
+    assert "(8 process(es) x" in memory_note({})
+    monkeypatch.setattr(shared.resources, "usable_memory_bytes", lambda: 5 * 2**30)  # holds two beside the parent
+    assert "(2 process(es) x" in memory_note({})
+    assert "(3 process(es) x" in memory_note({ENV_INFERENCE_WORKERS: "3"})
