@@ -7,6 +7,10 @@ The accuracy targets per kind are checked through gRPC with a trained model (tes
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,6 +18,7 @@ from shared import normalize
 from shared.decode import decode_image
 from shared.image_pipeline import ImageRejected, to_mnist, trace_pipeline
 
+from testkit.memory import REPO_ROOT
 from testkit.user_images import cast_shadow, draw_digit, draw_lines, encode, place, sheet
 
 
@@ -206,3 +211,34 @@ def test_the_paper_fit_with_its_shortcuts_is_the_plain_three_round_fit_bit_for_b
             pictures.append(np.dstack([grey, np.clip(grey.astype(int) + 15, 0, 255).astype(np.uint8), grey]))
     for picture in pictures:
         assert np.array_equal(normalize.quadratic_background(picture), plain_quadratic_background(picture))
+
+
+NOISE_SCRIPT = """
+import io, numpy as np
+from PIL import Image
+from shared.decode import ImageRejected
+from shared.image_pipeline import to_mnist
+from testkit.memory import reset_peak, status_kib
+dots = np.where(np.random.default_rng(0).random((1024, 1024)) < 0.3, 0, 255).astype(np.uint8)
+buffer = io.BytesIO()
+Image.fromarray(dots).save(buffer, "PNG")
+reset_peak("self")
+base = status_kib("self", "VmRSS")
+try:
+    to_mnist(buffer.getvalue())
+except ImageRejected:
+    pass
+print(status_kib("self", "VmHWM") - base)
+"""
+
+
+def test_a_page_of_random_dots_is_searched_for_ruled_lines_in_bounded_memory():
+    """Hough finds thousands of candidate lines in random dots (ruled paper gives a few dozen): a full-frame band
+    for each held 2.4 GB for a 215 KB PNG, outside any decode budget."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed blocks go back, so the peak is the working set
+    result = subprocess.run(
+        [sys.executable, "-c", NOISE_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_mib = int(result.stdout.split()[-1]) / 1024
+    assert peak_mib < 200, f"{peak_mib:.0f} MiB"
