@@ -133,6 +133,8 @@ def displayed_size(data: bytes) -> tuple[int, int]:
                 orientation = webp_exif_orientation(data)
             elif img.format == "PNG":  # Pillow's getexif() decodes a PNG's pixels to find an eXIf chunk after them
                 orientation = png_exif_orientation(data) or exif_orientation(img, load=False)
+            elif img.format == "TIFF":  # Pillow gives a TIFF's size turned already, as it turns the pixels it loads
+                orientation = 1
             else:
                 orientation = exif_orientation(img)
     except MemoryError:
@@ -174,7 +176,10 @@ def decode_cost(img: Image.Image) -> int:
     """
     width, height = img.size
     per_pixel = 1 if img.mode in _ONE_BYTE_MODES else 2 if img.mode in _TWO_BYTE_MODES else 4
-    return width * height * per_pixel * _FRAMES_WHILE_DECODING.get(img.format or "", 1)
+    frames = _FRAMES_WHILE_DECODING.get(img.format or "", 1)
+    if img.format == "TIFF" and getattr(img, "tag_v2", {}).get(EXIF_ORIENTATION_TAG, 1) not in (None, 1):
+        frames += 1  # Pillow turns the loaded frame into a second one (ImageOps.exif_transpose in load_end)
+    return width * height * per_pixel * frames
 
 
 def jpeg_coefficient_cost(data: bytes, img: Image.Image) -> int:

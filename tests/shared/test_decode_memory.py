@@ -191,3 +191,17 @@ def test_a_40_megapixel_progressive_jpeg_holds_no_more_than_the_budget_reserved_
     assert size < 2 * 2**20  # a small file...
     assert reserved > 200 * 2**20  # ...that holds a lot: about 230 MiB of coefficients
     assert grown <= reserved + 48 * 2**20, (grown / 2**20, reserved / 2**20)
+
+
+def test_a_turned_tiff_reserves_the_second_frame_pillow_makes_to_turn_it():
+    """Pillow turns a TIFF with an EXIF orientation as it loads it, into a second full frame."""
+
+    def opened(orientation: int) -> Image.Image:
+        exif = Image.Exif()
+        exif[decode.EXIF_ORIENTATION_TAG] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((300, 500), np.uint8)).save(buffer, "TIFF", exif=exif.tobytes())
+        return Image.open(io.BytesIO(buffer.getvalue()))
+
+    assert decode.decode_cost(opened(1)) == 300 * 500
+    assert decode.decode_cost(opened(6)) == 2 * 300 * 500

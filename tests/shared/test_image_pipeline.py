@@ -332,6 +332,20 @@ def test_displayed_size_reads_a_pngs_orientation_without_decoding_its_pixels(mon
     assert decode.displayed_size(data) == (30, 50)  # turned a quarter: width and height swap
 
 
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_displayed_size_is_the_size_of_the_picture_decoded(fmt, orientation):
+    """Pillow gives a TIFF's size turned already (5-8 swap width and height): it was swapped a second time, and
+    ReadNumber's boxes were reported in a frame of the wrong shape."""
+    picture = Image.fromarray(np.zeros((30, 50), np.uint8))
+    exif = Image.Exif()
+    exif[decode.EXIF_ORIENTATION_TAG] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, exif=exif.tobytes())
+    height, width = decode.decode_image(buffer.getvalue()).shape[:2]
+    assert decode.displayed_size(buffer.getvalue()) == (width, height)
+
+
 @pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])
 def test_exif_rotated_photo_comes_out_upright(digit, orientation, stored_as):
     """Phones store the sensor's pixels sideways and an EXIF tag saying how to turn them."""
