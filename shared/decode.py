@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -111,8 +112,13 @@ def decode_image(
             "the server ran out of memory decoding this picture; try again in a moment, or send a "
             "smaller picture (crop to the digit)"
         ) from None
-    except Image.DecompressionBombError as e:  # Pillow's own, far higher, ceiling
-        raise ImageRejected(f"{e}. Send a smaller picture (at most {limits.max_pixels:,} pixels).") from None
+    except Image.DecompressionBombError as e:  # Pillow's own, far higher, ceiling: its sentence, in ours
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than Pillow decodes"
+        raise ImageRejected(
+            f"the picture's header declares {size}; the limit is {limits.max_pixels:,} (larger files are treated as "
+            "decompression bombs). Send a smaller picture, cropped to the digit, or a complete file if it is damaged"
+        ) from None
     except Image.UnidentifiedImageError:
         raise ImageRejected(unidentified_message(data)) from None
     except Exception as e:
@@ -429,15 +435,9 @@ def unidentified_message(data: bytes) -> str:
     if head.startswith(b"%PDF"):
         what = "it looks like a PDF"
     elif head[:5].lower() == b"data:":
-        return (
-            "this is a data: URL, text; send the picture's own bytes (the base64 after the comma, decoded): "
-            f"a {accepted} file"
-        )
+        what = "it is a data: URL, text: decode the base64 after its comma and send those bytes"
     elif head.startswith(BASE64_PICTURE_HEADS):
-        return (
-            "this is a picture written as base64 text; send its own bytes (the text decoded: base64 -d): "
-            f"a {accepted} file"
-        )
+        what = "it is a picture written as base64 text: decode it (base64 -d) and send those bytes"
     elif head.lstrip().startswith((b"{", b"[")):
         what = "it looks like JSON; send the picture's own bytes, not JSON around them"
     elif head.lstrip().startswith(b"<"):
