@@ -132,6 +132,10 @@ def displayed_size(data: bytes) -> tuple[int, int]:
     """(width, height) of a picture as it is displayed, EXIF orientation applied, from its header alone: the frame
     in which positions found at working resolution are reported back (ReadNumber's boxes). For bytes that
     decode_image accepted; anything else is ImageRejected."""
+    if is_still_webp(data) and _webp() is not None:  # read as decode_image reads it: by libwebp, not Pillow
+        config, _ = webp_features(data)
+        width, height = config.input.width, config.input.height
+        return (height, width) if webp_exif_orientation(data) in (5, 6, 7, 8) else (width, height)
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
@@ -321,6 +325,17 @@ def working_size(width: int, height: int) -> tuple[int, int, int]:
     return factor, math.ceil(width / factor), math.ceil(height / factor)
 
 
+def webp_features(data: bytes):
+    """(libwebp's decoder config with the header's features read into `input`, the data it reads): ImageRejected
+    for bytes libwebp cannot read. Needs _webp()."""
+    webp = _webp()
+    config = webp.WebPDecoderConfig.new()
+    source = webp.WebPData.from_buffer(data)
+    if webp.lib.WebPGetFeatures(source.ptr.bytes, source.size, webp.ffi.addressof(config.ptr, "input")) != 0:
+        raise ImageRejected(unidentified_message(data))
+    return config, source
+
+
 def decode_still_webp(data: bytes, limits: Limits, budget: MemoryBudget | None) -> np.ndarray:
     """A still WebP -> prepare_array's result, decoded by libwebp's scaler directly at (about) working resolution:
     no full-resolution frame exists at any time, so a 40 MP WebP costs a few megabytes (libwebp decodes and
@@ -328,10 +343,7 @@ def decode_still_webp(data: bytes, limits: Limits, budget: MemoryBudget | None) 
     webp = _webp()
     if webp is None:  # pragma: no cover
         raise RuntimeError("the webp package is missing or of an unknown ABI")
-    config = webp.WebPDecoderConfig.new()
-    source = webp.WebPData.from_buffer(data)
-    if webp.lib.WebPGetFeatures(source.ptr.bytes, source.size, webp.ffi.addressof(config.ptr, "input")) != 0:
-        raise ImageRejected(unidentified_message(data))
+    config, source = webp_features(data)
     width, height, has_alpha = config.input.width, config.input.height, bool(config.input.has_alpha)
     check_pixel_count((width, height), limits)
     _, out_width, out_height = working_size(width, height)

@@ -346,6 +346,19 @@ def test_displayed_size_is_the_size_of_the_picture_decoded(fmt, orientation):
     assert decode.displayed_size(buffer.getvalue()) == (width, height)
 
 
+def test_displayed_size_reads_a_still_webp_as_libwebp_decodes_it():
+    """A still WebP is decoded by libwebp; Pillow is stricter about its header (here a reserved flag bit set), and
+    ReadNumber refused what Predict read."""
+    exif = Image.Exif()
+    exif[decode.EXIF_ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(buffer, "WEBP", exif=exif.tobytes())
+    data = bytearray(buffer.getvalue())
+    data[20] |= 0x01  # VP8X flags: a reserved bit
+    height, width = decode.decode_image(bytes(data)).shape[:2]
+    assert decode.displayed_size(bytes(data)) == (width, height) == (30, 50)
+
+
 @pytest.mark.parametrize("orientation, stored_as", [(6, 1), (8, -1), (3, 2)])
 def test_exif_rotated_photo_comes_out_upright(digit, orientation, stored_as):
     """Phones store the sensor's pixels sideways and an EXIF tag saying how to turn them."""
