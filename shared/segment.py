@@ -415,8 +415,13 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
         changed = False
         groups.sort(key=lambda g: g.x0)
         merged: list[Group] = []
+        # The merged groups that may still overlap one to come, in merged order. One that ends where this group
+        # starts never will: those to come start further right, and it grows only by absorbing one it overlaps.
+        # Without this, a picture of a thousand dots took seconds (every group against every other).
+        reach: list[Group] = []
         for group in groups:
-            for other in merged:
+            reach = [other for other in reach if other.x1 > group.x0]
+            for other in reach:
                 overlap = min(group.x1, other.x1) - max(group.x0, other.x0)
                 vertical_gap = max(group.top, other.top) - min(group.bottom, other.bottom)
                 taller = max(group.height, other.height)
@@ -431,6 +436,7 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
                     break
             else:
                 merged.append(group)
+                reach.append(group)
         groups = merged
     return sorted(groups, key=lambda g: g.x0)
 
@@ -455,9 +461,12 @@ def check_one_line(groups: list[Group], height: float) -> None:
             i = parent[i]
         return i
 
-    for i, a in enumerate(tall):
+    tall.sort(key=lambda g: g.top)  # the chains do not depend on the order; sorted, a group meets only the
+    for i, a in enumerate(tall):  # groups that start above its bottom (a thousand dots took a second before)
         for j in range(i + 1, len(tall)):
             b = tall[j]
+            if b.top >= a.bottom:
+                break
             overlap = min(a.bottom, b.bottom) - max(a.top, b.top)
             if overlap >= LINE_OVERLAP * min(a.height, b.height):
                 parent[root(i)] = root(j)
