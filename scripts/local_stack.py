@@ -165,8 +165,10 @@ def stack_environment(args: argparse.Namespace) -> dict[str, str]:
         settings.ENV_ARTIFACTS_DIR: str(Path(args.artifacts_dir).resolve()),
         settings.ENV_DATA_DIR: str(Path(args.data_dir).resolve()),
         settings.ENV_GRPC_ADDRESS: args.grpc_address,
-        # Where the web page finds the inference service: this machine, on the port the service listens on.
+        # Where the web page finds the inference service: this machine, on the port the service listens on, and
+        # its readiness probe the service's health-only port.
         settings.ENV_GRPC_TARGET: f"localhost:{args.grpc_address.rsplit(':', 1)[-1]}",
+        settings.ENV_GRPC_HEALTH_TARGET: f"localhost:{args.health_address.rsplit(':', 1)[-1]}",
         settings.ENV_WEB_PORT: str(args.web_port),
         settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_HEALTH_ADDRESS: args.health_address,

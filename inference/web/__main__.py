@@ -64,6 +64,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"the gRPC service, which checks its own token too) [env {ENV_AUTH_TOKEN}; prefer the "
         "env var: flags show up in `ps`]",
     )
+    parser.add_argument(
+        "--health-target",
+        default=s.env_str(s.ENV_GRPC_HEALTH_TARGET, "") or None,
+        help="the service's health-only port (its --health-address, plaintext), which GET /readyz asks: answered "
+        "however busy the main port is (default: the --target's own health service) "
+        f"[env {s.ENV_GRPC_HEALTH_TARGET}]",
+    )
     parser.add_argument("--tls", action="store_true", help="call the gRPC service over TLS (system roots)")
     parser.add_argument(
         "--tls-ca",
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = WebOptions(
         target=args.target,
+        health_target=args.health_target,
         token=args.token,
         tls=args.tls,
         tls_ca=args.tls_ca,

@@ -97,6 +97,9 @@ class WebOptions:
     """What create_app needs; the defaults are also the command line's (inference/web/__main__.py)."""
 
     target: str = settings.DEFAULT_GRPC_TARGET
+    # The service's health-only port (its --health-address, plaintext), which /readyz asks: answered by threads of
+    # its own however busy the main port is. None: the main target's health service.
+    health_target: str | None = None
     # When set, REST calls (not the health endpoints and the page) need `Authorization: Bearer <token>`.
     token: str | None = None
     tls: bool = False
@@ -146,7 +149,9 @@ class Backend:
             options.target, tls=options.tls, tls_ca=options.tls_ca, tls_server_name=options.tls_server_name
         )
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        # The health-only server speaks plaintext (Kubernetes' probes speak no TLS), whatever the main port does.
+        self.health_channel = make_channel(options.health_target) if options.health_target else None
+        self.health = health_pb2_grpc.HealthStub(self.health_channel or self.channel)
         self.calls = anyio.CapacityLimiter(CALL_THREADS)
         self.probes = anyio.CapacityLimiter(PROBE_THREADS)
         # Since when no replica could be reached (monotonic seconds), or None while one is. Connecting starts now,
@@ -171,6 +176,8 @@ class Backend:
     def close(self) -> None:
         self.channel.unsubscribe(self._on_connectivity)
         self.channel.close()
+        if self.health_channel is not None:
+            self.health_channel.close()
 
     def describe(self, e: grpc.RpcError, timeout: float) -> str:
         """The service's message, or for failures of the connection itself, what happened and what to check."""

@@ -332,6 +332,27 @@ def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
         server.server.stop(grace=0)
 
 
+def test_readiness_asks_the_services_health_only_port_when_given_one(web, tmp_path, mnist_dir):
+    """The main port's threads serve every call: under a long burst of slow ones a probe there waits. The
+    health-only port has threads of its own; --health-target sends /readyz there."""
+    from tests.inference.helpers import publish, start_server
+
+    publish(tmp_path / "artifacts", "v1")
+    server = start_server(tmp_path / "artifacts", mnist_dir, health_address="127.0.0.1:0")
+    try:
+        health = f"127.0.0.1:{server.server.health_port}"
+        assert web(target=server.target, health_target=health).get("/readyz").json()["status"] == "ready"
+        # The main target unreachable, the health port answering: ready, so it is the health port that was asked.
+        elsewhere = web(target=f"127.0.0.1:{free_port()}", health_target=health)
+        assert elsewhere.get("/readyz").status == 200
+        assert_error(
+            web(target=server.target, health_target=f"127.0.0.1:{free_port()}").get("/readyz"), 503, "UNAVAILABLE"
+        )
+    finally:
+        server.channel.close()
+        server.server.stop(grace=0)
+
+
 @pytest.fixture(scope="module")
 def token_backend(tmp_path_factory, mnist_dir):
     from tests.inference.helpers import publish, start_server
