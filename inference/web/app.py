@@ -82,6 +82,9 @@ PROBE_THREADS = 2
 MAX_REQUEST_ID_CHARS = 128
 # How often a call in flight checks whether its HTTP caller is still there.
 DISCONNECT_POLL_SECONDS = 0.25
+# How often gRPC's own thread looks at a subscribed channel's state (grpc/_channel.py, _poll_connectivity), and a
+# little more.
+CONNECTIVITY_POLL_SECONDS = 0.25
 # nginx's status for a request whose client closed the connection first: logged, never received by anyone.
 CLIENT_CLOSED = 499
 IMAGE_FIELD_HELP = "any field name; every file part is an image"
@@ -175,6 +178,9 @@ class Backend:
 
     def close(self) -> None:
         self.channel.unsubscribe(self._on_connectivity)
+        # gRPC's thread that watches the state ends at its next look (every 0.2 s) once nobody is subscribed; a
+        # channel closed under it makes it raise "Cannot monitor channel state: Channel closed!".
+        time.sleep(CONNECTIVITY_POLL_SECONDS)
         self.channel.close()
         if self.health_channel is not None:
             self.health_channel.close()
