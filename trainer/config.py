@@ -172,8 +172,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default=preset_env,
-        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) [env {settings.ENV_PRESET}]",
+        default=None,  # chosen_preset: the environment's, else 'default'; None tells a resume nothing was typed
+        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) (default: {preset_env}) "
+        f"[env {settings.ENV_PRESET}]",
     )
     # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
     epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) if os.environ.get(settings.ENV_EPOCHS, "").strip() else None
@@ -357,10 +358,15 @@ def publish_mode(args: argparse.Namespace, resumed: dict[str, Any] | None) -> st
 VALIDATION_PICTURE_SEEDS = 1_000_000
 
 
+def chosen_preset(args: argparse.Namespace) -> str:
+    """--preset as typed, else MNIST_PRESET, else 'default' (the parser has checked the variable)."""
+    return args.preset or settings.env_str(settings.ENV_PRESET, "default")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset's config with the flags the user gave applied on top. SystemExit, before any data is read, if its
     network cannot be built (an --arch-kwargs name the network does not take), or its seed is too large."""
-    config = replace(PRESETS[args.preset], **overrides_given(args))
+    config = replace(PRESETS[chosen_preset(args)], **overrides_given(args))
     if config.seed >= VALIDATION_PICTURE_SEEDS:
         raise SystemExit(
             f"--seed {config.seed}: seeds from {VALIDATION_PICTURE_SEEDS:,} on draw the validation split's pictures; "
@@ -394,12 +400,18 @@ def overrides_given(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def ignored_on_resume(args: argparse.Namespace, config: TrainConfig) -> list[str]:
+def ignored_on_resume(args: argparse.Namespace, config: TrainConfig, run_preset: str | None = None) -> list[str]:
     """The settings a resumed run does not apply, as given ('--lr 5'): those that differ from the run's own.
     --precision applies (like --device, it is the machine's). A value that equals its environment variable's is
     named as that variable ('MNIST_EPOCHS=10'): no flag may have been typed. --seed always has a value: its plain
-    default 0 is never named."""
+    default 0 is never named. `run_preset`: the preset the run was started with (checkpoints keep it), compared
+    with --preset or MNIST_PRESET."""
     ignored = []
+    preset_env = os.environ.get(settings.ENV_PRESET, "").strip()
+    if run_preset is not None and args.preset is not None and args.preset != run_preset:
+        ignored.append(f"--preset {args.preset}")
+    elif run_preset is not None and args.preset is None and preset_env and preset_env != run_preset:
+        ignored.append(f"{settings.ENV_PRESET}={preset_env}")
     for name, value in overrides_given(args).items():
         if name == "precision" or value == getattr(config, name):
             continue

@@ -48,6 +48,7 @@ from trainer.config import (
     DEFAULT_PUBLISH,
     VALIDATION_PICTURE_SEEDS,
     TrainConfig,
+    chosen_preset,
     config_from_args,
     ignored_on_resume,
     publish_mode,
@@ -643,7 +644,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             claim_run(held, paths, run_name, resuming=True, named=True)
         resume_ckpt = load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
         config = TrainConfig.from_dict(resume_ckpt["config"])
-        if ignored := ignored_on_resume(args, config):
+        if ignored := ignored_on_resume(args, config, resume_ckpt.get("preset")):
             print(
                 f"--resume keeps the run's own settings (its {config.epochs} epochs' schedule and checkpoints depend "
                 f"on them); ignoring {', '.join(ignored)}",
@@ -662,7 +663,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
                 typed_pool=min(config.typed_pool, max(100, config.train_subset // 20)),
             )
         run_name = args.run_name or default_run_name(
-            config.arch, config.seed, "dry-run" if args.dry_run else args.preset
+            config.arch, config.seed, "dry-run" if args.dry_run else chosen_preset(args)
         )
         if dist_info.is_main:
             run_name = claim_run(held, paths, run_name, resuming=False, named=args.run_name is not None)
@@ -678,6 +679,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             print(f"removed {path.name}, left by an interrupted checkpoint write", flush=True)
 
     publish = publish_mode(args, resume_ckpt)
+    # The preset the run was started with, kept in its checkpoints so a resume can say it ignores another.
+    preset = resume_ckpt.get("preset") if resume_ckpt is not None else chosen_preset(args)
     if resume_ckpt is not None and args.publish is None and publish != DEFAULT_PUBLISH:
         print(f"--resume keeps the run's own --publish {publish}", flush=True)
     eval_subset = 500 if args.dry_run else args.eval_subset
@@ -825,6 +828,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             payload = checkpoint_payload(model, config, state, run_name, optimizer, scheduler, average)
             payload["eval_subset"] = eval_subset
             payload["publish"] = publish
+            payload["preset"] = preset
             if better_than_best(metrics, state, len(splits.val_y)):
                 state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
                 payload.update(best_val_accuracy=val.accuracy, best_epoch=epoch)

@@ -165,10 +165,10 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, mnist_di
 def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_path, mnist_dir, capsys):
     assert train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
     capsys.readouterr()
-    resumed = ["--resume", "--run-name", "r", "--lr", "5", "--eval-subset", "500"]
+    resumed = ["--resume", "--run-name", "r", "--lr", "5", "--eval-subset", "500", "--preset", "seed"]
     assert train(tmp_path, mnist_dir, *resumed) == 0
     out = capsys.readouterr().out
-    assert "ignoring --lr 5.0" in out
+    assert "ignoring --preset seed, --lr 5.0" in out  # the preset too: it was ignored without a word
     assert "keeps the run's own --eval-subset 1000; ignoring --eval-subset 500" in out
     assert "1,000 validation" in out  # the run's own validation images chose and fitted what it keeps
     # Started with --no-publish: the --resume its stop message suggests publishes nothing either.
@@ -469,6 +469,13 @@ def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch
     assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--seed", "7"]), run) == ["--seed 7"]
     monkeypatch.setenv("MNIST_SEED", "5")
     assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == ["MNIST_SEED=5"]
+    monkeypatch.setenv("MNIST_PRESET", "seed")
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run, "default") == [
+        "MNIST_PRESET=seed",
+        "MNIST_SEED=5",
+    ]
+    resumed = get_args_parser().parse_args(["--resume", "--preset", "default"])
+    assert ignored_on_resume(resumed, run, "default") == ["MNIST_SEED=5"]  # the run's own preset, as typed
 
 
 def test_a_seed_that_would_draw_the_validation_pictures_is_refused():
