@@ -26,12 +26,13 @@ def viewable(img):
     import numpy as np
     from PIL import Image, ImageOps
 
-    from shared.decode import composite_alpha, pil_to_array
+    from shared.decode import colour_key, composite_alpha, pil_to_array
 
     array = pil_to_array(ImageOps.exif_transpose(img))  # (H, W), (H, W, 3), or with alpha (H, W, 2 or 4)
     if array.ndim == 3 and array.shape[2] in (2, 4):
-        alpha = array[:, :, -1]
-        array = composite_alpha(array[:, :, :-1].astype(np.float32) * (alpha[:, :, None] / 255.0), alpha)
+        colour, alpha = array[:, :, :-1], array[:, :, -1]
+        premultiplied = colour.astype(np.float32) * (alpha[:, :, None] / 255.0)
+        array = composite_alpha(premultiplied, alpha, colour_key(np.ascontiguousarray(colour), alpha))
     return Image.fromarray(array).convert("RGB")
 
 

@@ -358,8 +358,8 @@ def _busy_response(max_inflight_bytes: int) -> JSONResponse:
 
 def _too_large_response(max_bytes: int) -> JSONResponse:
     message = (
-        f"the request body is over {max_bytes:,} bytes, the most this gateway reads (the limit is "
-        f"--max-body-bytes); send a smaller body: fewer or smaller images"
+        f"the request body is over {max_bytes:,} bytes, the most this gateway reads (--max-body-bytes); send "
+        "a smaller body: fewer or smaller images"
     )
     return JSONResponse(
         errors.error_body(errors.TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED, message), status_code=errors.TOO_LARGE
@@ -391,8 +391,8 @@ async def read_images(request: Request) -> list[bytes]:
             raise GatewayError(
                 errors.TOO_LARGE,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"more than {MAX_MULTIPART_FILES:,} files in one request ({problem.rstrip('.')}), the limit is "
-                f"{MAX_MULTIPART_FILES:,}; send the images in several requests",
+                f"more than {MAX_MULTIPART_FILES:,} files in one request, the most this gateway reads; send the "
+                "images in several requests",
             ) from None
         raise _bad_request(f"the multipart body could not be read ({problem}); send the image as a file part") from None
     try:
