@@ -596,7 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ) from None
         except OSError as e:
             if isinstance(e, UNWRITABLE) or e.errno in UNWRITABLE_ERRNOS:
-                where_ = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+                cause = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
                 if resumable():
                     advice = (
                         "the last complete checkpoint is intact. Make the folder writable (or free the path), then "
@@ -604,7 +604,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 else:
                     advice = "make it writable, or choose another --artifacts-dir, and start again"
-                raise CannotWrite(f"cannot write the run's files ({where_}); {advice}") from e
+                raise CannotWrite(f"cannot write the run's files ({cause}); {advice}") from e
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             # Checkpoints and models are written to a temporary file and renamed: the failed write left nothing.
