@@ -23,16 +23,13 @@ def viewable(img):
     8 bits, transparency flattened onto the backdrop the service chooses (shared.decode), at full size so boxes
     in the picture's pixels still fit. A plain convert("RGB") clips 16-bit grey and drops the alpha a web canvas
     keeps its strokes in."""
-    import numpy as np
     from PIL import Image, ImageOps
 
-    from shared.decode import colour_key, composite_alpha, pil_to_array
+    from shared.decode import flatten_alpha, pil_to_array
 
     array = pil_to_array(ImageOps.exif_transpose(img))  # (H, W), (H, W, 3), or with alpha (H, W, 2 or 4)
     if array.ndim == 3 and array.shape[2] in (2, 4):
-        colour, alpha = array[:, :, :-1], array[:, :, -1]
-        premultiplied = colour.astype(np.float32) * (alpha[:, :, None] / 255.0)
-        array = composite_alpha(premultiplied, alpha, colour_key(np.ascontiguousarray(colour), alpha))
+        array = flatten_alpha(array, max(array.shape[:2]))
     return Image.fromarray(array).convert("RGB")
 
 

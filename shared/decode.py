@@ -571,15 +571,19 @@ def prepare_array(image: np.ndarray) -> np.ndarray:
     image = np.ascontiguousarray(to_uint8(image))
     if image.ndim == 2 or image.shape[2] == 3:
         return np.ascontiguousarray(shrink_to(image, WORK_MAX_SIDE))
+    return flatten_alpha(image, WORK_MAX_SIDE)
+
+
+def flatten_alpha(image: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 2 or 4) uint8, the last channel alpha -> (H, W) or (H, W, 3) uint8 composited onto the backdrop
+    composite_alpha chooses, its long side at most `max_side` (the client's previews keep the full size)."""
     # Shrink before compositing, premultiplied: compositing is linear in (colour * alpha, alpha), so averaging
     # first gives the same result, and the float arithmetic runs on the small picture only.
     colour, alpha = np.ascontiguousarray(image[:, :, :-1]), np.ascontiguousarray(image[:, :, -1])
     key = colour_key(colour, alpha)  # before shrinking, which grades all-or-nothing alpha at the edges
     alpha_per_channel = alpha if colour.shape[2] == 1 else cv2.merge([alpha] * colour.shape[2])
     premultiplied = cv2.multiply(colour.reshape(alpha_per_channel.shape), alpha_per_channel, scale=1 / 255)
-    return np.ascontiguousarray(
-        composite_alpha(shrink_to(premultiplied, WORK_MAX_SIDE), shrink_to(alpha, WORK_MAX_SIDE), key)
-    )
+    return np.ascontiguousarray(composite_alpha(shrink_to(premultiplied, max_side), shrink_to(alpha, max_side), key))
 
 
 def colour_key(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray | None:
