@@ -138,6 +138,13 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
         (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
         (["--token", "two\tparts"], "--token (MNIST_AUTH_TOKEN) holds a character that is not printable ASCII"),
         (["--token", " \n"], "--token (MNIST_AUTH_TOKEN) is empty"),
+        (["--allowed-hosts", " , "], "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): name at least one host"),
+        (["--allowed-hosts", "a*b.com"], "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): 'a*b.com': a * stands alone"),
+        (
+            ["--allowed-hosts", "*x.com"],
+            "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): '*x.com': a * stands alone, or begins a name as in "
+            "*.example.com",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_a_message(argv, message, capsys):
