@@ -15,7 +15,7 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import ArgumentParser, HelpFormatter
 from shared.resources import memory_limit_bytes, usable_cpus, usable_memory_bytes
 
 from inference.capacity import check_workers_fit, default_worker_count, process_memory_mib
@@ -25,7 +25,7 @@ from inference.logs import LOG_FORMATS, configure_logging
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from inference.options import add_server_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference",
         description="Serve handwritten-digit recognition over gRPC (mnist.v1.Inference, health, reflection).",
         formatter_class=HelpFormatter,

@@ -26,7 +26,7 @@ import grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import HelpFormatter, escape_unprintable_output, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel
@@ -263,7 +263,7 @@ def cmd_models(stub, args, call) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference.client",
         description="Ask the mnist-stack inference service to read handwritten digits.",
         formatter_class=HelpFormatter,

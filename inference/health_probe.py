@@ -16,13 +16,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import settings
-from shared.cli import HelpFormatter, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
 from inference.channel import make_channel
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference.health_probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument(

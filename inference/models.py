@@ -29,7 +29,7 @@ from shared.checkpoint import (
     read_version_manifest,
     version_manifest_path,
 )
-from shared.cli import HelpFormatter, escape_unprintable_output, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_int
 from shared.settings import Paths
 
 from inference.versions import VersionInfo, find_manifest, list_versions, prune_plan, remove_version, rollback_target
@@ -189,7 +189,7 @@ def cmd_prune(models_dir: Path, args) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference.models",
         description="List, promote, roll back and prune the published models (<artifacts>/models).",
         formatter_class=HelpFormatter,

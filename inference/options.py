@@ -185,8 +185,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
             if cli["env"] is not None:
                 kind = kwargs.get("type") or (type(f.default) if f.default is not None else str)
                 default = settings.env_value(cli["env"], default, kind)
-        if "choices" in kwargs and default not in kwargs["choices"]:  # argparse checks choices of typed values only
-            raise SystemExit(
+        # argparse checks choices of typed values only
+        if "choices" in kwargs and not isinstance(default, settings.InvalidEnv) and default not in kwargs["choices"]:
+            default = settings.InvalidEnv(
                 f"environment variable {cli['env']}={default!r} must be one of: {', '.join(kwargs['choices'])}"
             )
         if kwargs.get("action") is None and "type" not in kwargs and isinstance(f.default, (int, float)):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import ArgumentParser, HelpFormatter
 
 from inference.web.guards import default_allowed_hosts
 
@@ -64,7 +64,7 @@ class Service:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m scripts.local_stack",
         description="Run the trainer, the gRPC inference service, the web page and TensorBoard as local "
         "processes (docker-compose.yml without Docker). Ctrl-C stops them all.",

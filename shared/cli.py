@@ -6,6 +6,9 @@ import argparse
 import io
 import math
 import sys
+from typing import Any
+
+from shared.settings import InvalidEnv
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -18,9 +21,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """The project's parser. A flag whose default came from an environment variable that holds an unusable value
+    (settings.InvalidEnv) is refused here, after parsing, with the variable's name: not while the parser is built,
+    which stopped even `--help`; and not at all when the flag itself was typed."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = super().parse_known_args(args, namespace)
+        for value in vars(parsed).values():
+            if isinstance(value, InvalidEnv):
+                self.error(value.message)
+        return parsed, extras
+
+
+def whole_number(text: str) -> int:
+    """argparse type: a whole number, refused with a message that says so (argparse's own names the function)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (`--epochs 0` is refused by the parser, with a message, not later)."""
-    value = int(text)
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -28,7 +52,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
-    value = int(text)
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value

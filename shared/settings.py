@@ -69,21 +69,33 @@ def env_str(name: str, default: str) -> str:
     return value or default
 
 
+class InvalidEnv:
+    """A flag's default read from an environment variable whose value the flag's type refuses. A parser keeps it as
+    the default instead of ending the program while it is being built, so `--help` still works (and shows it);
+    shared.cli.ArgumentParser refuses it after parsing, unless the flag was typed and replaced it."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __str__(self) -> str:  # what --help shows as the default
+        return f"unusable, {self.message}"
+
+
 def env_value(name: str, default: Any, kind: Callable[[str], Any], what: str = "a valid value") -> Any:
     """The environment variable `name` converted by `kind`, or `default` when it is unset or blank; a value `kind`
-    refuses ends the program with a message that says which variable is wrong and what it must be."""
+    refuses gives an InvalidEnv whose message says which variable is wrong and what it must be."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
     try:
         return kind(value)
     except ValueError:
-        raise SystemExit(f"environment variable {name}={value!r} must be {what}") from None
+        return InvalidEnv(f"environment variable {name}={value!r} must be {what}")
     except argparse.ArgumentTypeError as e:  # a checked argparse type's own message says what it must be
-        raise SystemExit(f"environment variable {name}={value!r}: {e}") from None
+        return InvalidEnv(f"environment variable {name}={value!r}: {e}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int | InvalidEnv:
     return env_value(name, default, int, "a whole number")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import settings
 from shared.checkpoint import is_version_name
-from shared.cli import HelpFormatter, non_negative_int, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_int
 from shared.model import ARCHITECTURES, build_model
 
 from trainer.precision import PRECISIONS
@@ -158,32 +158,34 @@ DEFAULT_PUBLISH = "if-better"  # --publish when neither given nor kept by a resu
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m trainer",
         description="Train an MNIST digit classifier; log to TensorBoard; publish the best model for inference.",
         formatter_class=HelpFormatter,
         add_help=add_help,
     )
     preset_env = settings.env_str(settings.ENV_PRESET, "default")
-    if preset_env not in PRESETS:  # argparse checks `choices` against typed values only, not against a default
-        raise SystemExit(
+    # The default is None, and chosen_preset reads the environment's ('default' if unset): None tells a resume that
+    # nothing was typed. argparse checks `choices` against typed values only, so an unusable MNIST_PRESET is the
+    # default here instead, for the parser to refuse unless --preset is typed.
+    preset_default = None
+    if preset_env not in PRESETS:
+        preset_default = settings.InvalidEnv(
             f"environment variable {settings.ENV_PRESET}={preset_env!r} must be one of: {', '.join(sorted(PRESETS))}"
         )
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default=None,  # chosen_preset: the environment's, else 'default'; None tells a resume nothing was typed
-        help=f"what to train: 'default' (fast, accurate) or 'seed' (the original notebook) (default: {preset_env}) "
-        f"[env {settings.ENV_PRESET}]",
+        default=preset_default,
+        help="what to train: 'default' (fast, accurate) or 'seed' (the original notebook)"
+        + ("" if preset_default else f" (default: {preset_env})")
+        + f" [env {settings.ENV_PRESET}]",
     )
     # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
-    epochs_env = settings.env_int(settings.ENV_EPOCHS, 0) if os.environ.get(settings.ENV_EPOCHS, "").strip() else None
-    if epochs_env is not None and epochs_env < 1:
-        raise SystemExit(f"environment variable {settings.ENV_EPOCHS}={epochs_env} must be at least 1")
     parser.add_argument(
         "--epochs",
         type=positive_int,
-        default=epochs_env,
+        default=settings.env_value(settings.ENV_EPOCHS, None, positive_int),
         help=f"epochs to train (default: the preset's, {PRESETS['default'].epochs} or {PRESETS['seed'].epochs}) "
         f"[env {settings.ENV_EPOCHS}]",
     )
@@ -245,13 +247,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="train without random rotations, shifts and stroke changes",
     )
-    seed_env = settings.env_int(settings.ENV_SEED, 0)
-    if seed_env < 0:
-        raise SystemExit(f"environment variable {settings.ENV_SEED}={seed_env} must be 0 or more")
     parser.add_argument(
         "--seed",
         type=non_negative_int,
-        default=seed_env,
+        default=settings.env_value(settings.ENV_SEED, 0, non_negative_int),
         help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]",
     )
     parser.add_argument(

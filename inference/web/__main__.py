@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from shared import settings
-from shared.cli import HelpFormatter, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
@@ -25,7 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     defaults = WebOptions()  # one place for the defaults
     s = settings
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference.web",
         description="Serve the web page (draw a digit, drop a photo) and the REST API with OpenAPI docs (/docs), "
         "in front of the gRPC inference service.",

@@ -16,11 +16,11 @@ import urllib.error
 import urllib.request
 
 from shared import settings
-from shared.cli import HelpFormatter, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m inference.web.probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--target", default=f"localhost:{settings.DEFAULT_WEB_PORT}", help="the web service, host:port")

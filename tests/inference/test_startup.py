@@ -36,10 +36,26 @@ def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it
     assert message in capsys.readouterr().err
 
 
-def test_a_digit_threshold_from_the_environment_says_what_it_must_be(monkeypatch):
-    monkeypatch.setenv("MNIST_DIGIT_THRESHOLD", "abc")
-    with pytest.raises(SystemExit, match="MNIST_DIGIT_THRESHOLD='abc': 'abc' is not a number from 0 to 1"):
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("MNIST_DIGIT_THRESHOLD", "abc", "MNIST_DIGIT_THRESHOLD='abc': 'abc' is not a number from 0 to 1"),
+        ("MNIST_INFERENCE_WORKERS", "two", "MNIST_INFERENCE_WORKERS='two' must be a whole number"),
+        ("MNIST_INFERENCE_BACKEND", "tf", "MNIST_INFERENCE_BACKEND='tf' must be one of: onnxruntime, torch"),
+    ],
+)
+def test_an_unusable_environment_variable_is_refused_by_the_parser_but_help_still_works(
+    variable, value, message, monkeypatch, capsys
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
         server_main(["--address", "127.0.0.1:0"])
+    assert exit_info.value.code == 2
+    assert f"error: environment variable {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # it used to stop --help as well
+        server_main(["--help"])
+    assert exit_info.value.code == 0
+    assert "unusable" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -18,7 +18,7 @@ from shared.settings import Paths
 
 from bench.bench_train import pictures_line, published_test_accuracy
 from trainer.__main__ import main as trainer_main
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, get_args_parser
 from trainer.negatives import KINDS as NEGATIVE_KINDS
 from trainer.tensorboard_log import SCALAR_TAGS
 
@@ -333,10 +333,43 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     assert "published model" in result.stdout
 
 
-def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch):
+def refused_by_the_parser(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What the trainer's parser said when it refused `argv` (exit status 2, as for a bad flag)."""
+    with pytest.raises(SystemExit) as exit_info:
+        trainer_main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("MNIST_PRESET", "Seed")
-    with pytest.raises(SystemExit, match="MNIST_PRESET='Seed' must be one of: default, seed"):
-        trainer_main(["--dry-run"])
+    err = refused_by_the_parser(["--dry-run"], capsys)
+    assert "error: environment variable MNIST_PRESET='Seed' must be one of: default, seed" in err
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("MNIST_SEED", "abc", "MNIST_SEED='abc': must be a whole number, got 'abc'"),
+        ("MNIST_SEED", "-1", "MNIST_SEED='-1': must be 0 or more, got -1"),
+        ("MNIST_EPOCHS", "ten", "MNIST_EPOCHS='ten': must be a whole number, got 'ten'"),
+        ("MNIST_PRESET", "Seed", "MNIST_PRESET='Seed' must be one of: default, seed"),
+    ],
+)
+def test_an_unusable_environment_variable_still_lets_help_show_it_and_a_typed_flag_replace_it(
+    variable, value, message, monkeypatch, capsys, tmp_path
+):
+    # It used to end the program while the parser was built, so even --help failed.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer_main(["--help"])
+    assert exit_info.value.code == 0
+    assert "unusable" in " ".join(capsys.readouterr().out.split())
+    typed = {"MNIST_SEED": ["--seed", "3"], "MNIST_EPOCHS": ["--epochs", "1"], "MNIST_PRESET": ["--preset", "seed"]}
+    args = get_args_parser().parse_args(typed[variable])
+    assert str(getattr(args, typed[variable][0][2:])) == typed[variable][1]
+    err = refused_by_the_parser(["--dry-run", "--artifacts-dir", str(tmp_path)], capsys)
+    assert f"error: environment variable {message}" in " ".join(err.split())
 
 
 @pytest.mark.parametrize(
@@ -368,10 +401,10 @@ def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, c
 
 
 @pytest.mark.parametrize("value", ["-2", "0"])
-def test_epochs_below_one_in_the_environment_are_refused(monkeypatch, value):
+def test_epochs_below_one_in_the_environment_are_refused(monkeypatch, value, capsys):
     monkeypatch.setenv("MNIST_EPOCHS", value)
-    with pytest.raises(SystemExit, match=f"MNIST_EPOCHS={value} must be at least 1"):
-        trainer_main(["--dry-run"])
+    err = refused_by_the_parser(["--dry-run"], capsys)
+    assert f"MNIST_EPOCHS='{value}': must be at least 1, got {value}" in err
 
 
 def test_dry_run_writes_nothing(tmp_path, mnist_dir):
