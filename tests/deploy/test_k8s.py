@@ -239,6 +239,20 @@ def test_inference_runs_three_replicas_behind_a_headless_service_with_metrics_an
     assert not any(k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {}))
 
 
+@pytest.mark.parametrize("name", ["cpu", "gpu"])  # multinode renders the training Job alone
+def test_a_drain_evicts_one_pod_at_a_time_of_every_deployment_with_replicas_to_spare(rendered, name):
+    objects = rendered[name]
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    replicated = [o for o in objects if o["kind"] == "Deployment" and o["spec"].get("replicas", 1) > 1]
+    assert {d["metadata"]["name"] for d in replicated} == {"inference", "web"}
+    assert len(budgets) == len(replicated)
+    for deployment in replicated:
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        (budget,) = [b for b in budgets if b["spec"]["selector"]["matchLabels"] == labels]
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+        assert deployment["spec"]["replicas"] - budget["spec"]["maxUnavailable"] >= 1
+
+
 def test_probes_are_native_grpc_on_the_health_services_own_port(rendered):
     """On the port that answers health alone (--health-address), so a busy pod is not restarted for being busy."""
     c = container(find(rendered["cpu"], "Deployment", "inference"))
