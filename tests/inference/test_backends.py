@@ -256,10 +256,19 @@ def test_the_worker_count_takes_the_memory_figures():
         default_worker_count(0, 8 * GIB, 1024)
 
 
-def test_this_machine_has_usable_cores_and_memory():
-    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
-    memory = usable_memory_bytes()
-    assert memory is None or memory > 0
+def test_this_machine_has_usable_cores_and_memory(monkeypatch):
+    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
+    try:
+        quota = Path("/sys/fs/cgroup/cpu.max").read_text().split()[0]
+    except OSError:
+        quota = "max"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    if quota == "max":  # no CPU quota: every core of the affinity mask
+        assert usable_cpus() == 64
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
+    assert usable_cpus() == 1
+    memory = usable_memory_bytes()  # Linux has /proc/meminfo: never unknown here
+    assert memory is not None and 0 < memory <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_the_workers_flag_defaults_to_the_machines_choice(monkeypatch):

@@ -285,9 +285,14 @@ def test_each_digit_read_number_reads_says_whether_it_is_a_digit(serve, tmp_path
     artifacts = tmp_path / "artifacts"
     publish_payload(artifacts, "nd1", not_digit_payload(6, threshold=0.5))
     running = serve(artifacts)
-    response = running.stub.ReadNumber(pb.ReadNumberRequest(image=png_bytes(picture)), timeout=30)
+    request = pb.ReadNumberRequest(image=png_bytes(picture), return_model_input=True)
+    response = running.stub.ReadNumber(request, timeout=30)
     assert response.per_digit
     for digit in response.per_digit:
         prediction = digit.prediction
         assert len(prediction.probabilities) == 10 and sum(prediction.probabilities) == pytest.approx(1, abs=1e-5)
         assert 0 <= prediction.digit_score <= 1 and prediction.is_digit == (prediction.digit_score >= 0.5)
+        # The score is the served model's judgement of this digit: Predict on the same 28x28 input gives it too.
+        alone = running.stub.Predict(pb.PredictRequest(image=prediction.model_input_png), timeout=30).prediction
+        assert prediction.digit_score == pytest.approx(alone.digit_score, abs=1e-4)
+        assert prediction.is_digit == alone.is_digit

@@ -152,24 +152,34 @@ def _big_png(width: int, height: int) -> bytes:
     return png_bytes(image)
 
 
+def _noise_png(side: int) -> bytes:
+    """A valid PNG that does not compress: about side * side bytes."""
+    return png_bytes(np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8))
+
+
 @pytest.mark.parametrize(
-    "name, data",
+    "name, data, says",
     [
-        ("empty", b""),
-        ("undecodable", b"GIF89a but not really"),
-        ("too many bytes", b"\x89PNG\r\n\x1a\n" + bytes(300_000)),  # limit 200,000 bytes
-        ("too many pixels", None),  # 2,500 x 2,000 = 5 M pixels, limit 4 M, yet a small file
-        ("blank", png_bytes(np.zeros((28, 28), np.uint8))),
+        ("empty", b"", "empty image: send the bytes of a PNG, JPEG"),
+        ("undecodable", b"GIF89a but not really", "starts like a GIF but its header is damaged or truncated"),
+        # A valid picture, refused for its size alone: 500 x 500 noise is about 250,000 bytes, the limit 200,000.
+        ("too many bytes", None, "bytes; the limit is 200,000"),
+        # 2,500 x 2,000 = 5 M pixels, limit 4 M, yet a small file
+        ("too many pixels", None, "2500x2000 = 5,000,000 pixels; the limit is 4,000,000"),
+        ("blank", png_bytes(np.zeros((28, 28), np.uint8)), "blank"),
     ],
 )
-def test_bad_images_are_invalid_argument(module_server, name, data):
-    if data is None:
+def test_bad_images_are_invalid_argument_saying_what_is_wrong(module_server, name, data, says):
+    if name == "too many bytes":
+        data = _noise_png(500)
+        assert len(data) > 200_000
+    elif name == "too many pixels":
         data = _big_png(2500, 2000)
         assert len(data) < 200_000
     with pytest.raises(grpc.RpcError) as e:
         module_server.stub.Predict(pb.PredictRequest(image=data), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
-    assert len(e.value.details()) > 10  # says what is wrong
+    assert says in e.value.details()
 
 
 def test_evaluate_agrees_with_local_evaluation(module_server, mnist):

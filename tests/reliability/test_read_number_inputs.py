@@ -2,8 +2,8 @@
 
 A picture Predict refuses is refused by ReadNumber with the same status and the same message (they share the
 decoding and its checks); an unusual but valid picture is read (the served model here is random, so what digits
-come back does not matter) or refused cleanly as INVALID_ARGUMENT. Never INTERNAL, nothing logged as an error,
-and the server goes on serving.
+come back does not matter, but some must). Never INTERNAL, nothing logged as an error, and the server goes on
+serving.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ def test_read_number(limited_server, built, digit_pngs, log, name):
     kind, data = IMAGE_KINDS[name], built[name]
     stub = limited_server.stub
     if kind.expect == OK:
-        try:
-            response = stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30)
-            assert 1 <= len(response.digits) <= 12 and len(response.per_digit) == len(response.digits)
-            assert response.model_version == "v1" and response.width > 0 and response.height > 0
-        except grpc.RpcError as e:
-            assert e.code() == INVALID, e.details()
+        response = stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30)
+        assert 1 <= len(response.digits) <= 12 and len(response.per_digit) == len(response.digits)
+        assert response.model_version == "v1" and response.width > 0 and response.height > 0
     else:
         with pytest.raises(grpc.RpcError) as read:
             stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30)

@@ -30,7 +30,7 @@ def test_the_average_takes_in_each_step_with_the_warmed_up_decay():
     network = small_network()
     average = WeightAverage(network, decay=0.9)
     expected: dict[str, torch.Tensor] = {}
-    for t in range(40):
+    for t in range(120):  # past t = 80, where the warm-up reaches the decay and the cap takes over
         step(network, seed=t)
         average.update(network)
         # The first weights are copied; then d = min(0.9, (1 + t) / (10 + t)): 0.18, 0.25, ... up to 0.9 at t = 80.
@@ -38,7 +38,8 @@ def test_the_average_takes_in_each_step_with_the_warmed_up_decay():
         for name, tensor in network.state_dict().items():
             if tensor.is_floating_point():
                 expected[name] = tensor.clone() if t == 0 else d * expected[name] + (1 - d) * tensor
-    assert average.steps == 40
+    assert average.steps == 120
+    assert average.weight_of_new() == pytest.approx(1 - 0.9)  # settled at the decay, not the warm-up's 0.93
     for name, tensor in average.network.state_dict().items():
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -219,12 +219,28 @@ def test_an_entry_whose_time_cannot_be_touched_is_still_read(tmp_path, monkeypat
     assert kept is not None and drawer.calls == 1 and np.array_equal(drawn["kinds"], arrays(0)["kinds"])
 
 
-def test_pruning_passes_over_an_entry_another_process_removed(tmp_path):
-    gone = tmp_path / "pictures-gone.npz"
-    assert picture_cache.last_used(gone) == 0.0
-    for seed in range(KEEP + 1):
+def test_pruning_passes_over_an_entry_another_process_removed(tmp_path, monkeypatch, capsys):
+    assert picture_cache.last_used(tmp_path / "pictures-gone.npz") == 0.0
+    for seed in range(KEEP):
         cached_pictures(tmp_path, {"seed": seed}, {}, EXPECTED, Drawer(seed))
-    assert len(list(tmp_path.glob("pictures-*.npz"))) == KEEP
+    oldest = min(tmp_path.glob("pictures-*.npz"), key=lambda p: p.stat().st_mtime)
+    measured = picture_cache.last_used
+
+    def removed_by_another_run_once_listed(path):
+        # Between this run's listing of the entries and its pruning, another run prunes the oldest itself.
+        used = measured(path)
+        if path == oldest:
+            path.unlink()
+        return used
+
+    monkeypatch.setattr(picture_cache, "last_used", removed_by_another_run_once_listed)
+    cached_pictures(tmp_path, {"seed": KEEP}, {}, EXPECTED, Drawer(KEEP))  # stores, then prunes the oldest
+    assert not oldest.exists() and len(list(tmp_path.glob("pictures-*.npz"))) == KEEP
+    assert "could not keep" not in capsys.readouterr().out  # no failure to report: the entry was stored and pruned
+    monkeypatch.setattr(picture_cache, "last_used", measured)
+    hits = Drawer(KEEP)
+    cached_pictures(tmp_path, {"seed": KEEP}, {}, EXPECTED, hits)
+    assert hits.calls == 0, "the new entry was stored"
 
 
 def test_storing_an_entry_removes_the_part_a_killed_run_left(tmp_path):
