@@ -36,6 +36,7 @@ from shared.checkpoint import (
     read_published_onnx,
     utc_now,
 )
+from shared.data import FILES as MNIST_FILES
 from shared.data import normalize
 from shared.model import count_parameters
 from shared.onnx_model import OnnxRunner, TorchRunner, compare
@@ -178,6 +179,14 @@ def _number(value: Any, name: str) -> float:
     return number
 
 
+def _whole(value: Any, name: str, below: int) -> int:
+    """A whole number from 0 to below - 1 (what the field it goes into holds: ModelInfo's int32 epoch, the split's
+    64-bit generator seed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value < below:
+        raise ModelValidationError(f"{name} is {value!r}, not a whole number from 0 to {below - 1:,}")
+    return int(value)
+
+
 def warm_up_inputs() -> torch.Tensor:
     """A fixed uint8 batch (4, 28, 28): black, white, a vertical stroke and a ring, like blank paper and digits."""
     images = torch.zeros(4, 28, 28, dtype=torch.uint8)
@@ -262,8 +271,16 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
         digit_threshold = _number(payload.get("digit_threshold", 0.5), "digit_threshold")
         if not 0 <= digit_threshold <= 1:
             raise ModelValidationError(f"digit_threshold is {digit_threshold}, must be in [0, 1]")
-    # The trainer stores the validation split's seed so Evaluate(SPLIT_VALIDATION) sees the same images it did.
-    split_seed = payload.get("split_seed", metrics.get("split_seed", 0))
+    # The trainer stores the validation split's seed and share so Evaluate(SPLIT_VALIDATION) sees the same images it
+    # did. Checked here, or a model whose split cannot be drawn would fail each Evaluate as INTERNAL.
+    split_seed = _whole(payload.get("split_seed", metrics.get("split_seed", 0)), "split_seed", 2**63)
+    val_fraction = _number(payload.get("val_fraction", metrics.get("val_fraction", 0.2)), "val_fraction")
+    training_images = MNIST_FILES["train_images"][2][0]
+    if not 0 < round(training_images * val_fraction) < training_images:
+        raise ModelValidationError(
+            f"val_fraction is {val_fraction}: the validation share of the training images must leave images on "
+            "both sides of the split"
+        )
     return ServedModel(
         version=manifest.version,
         model=model,
@@ -275,11 +292,11 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
         sha256=manifest.sha256,
         metrics=metrics,
         run_name=str(payload.get("run_name", manifest.run_name)),
-        epoch=int(payload.get("epoch", 0) or 0),
+        epoch=_whole(payload.get("epoch", 0) or 0, "epoch", 2**31),
         trained_at=str(payload.get("created_at", manifest.created_at)),
         loaded_at=utc_now(),
-        split_seed=int(split_seed),
-        val_fraction=float(payload.get("val_fraction", metrics.get("val_fraction", 0.2))),
+        split_seed=split_seed,
+        val_fraction=val_fraction,
         runner=runner,
         digit_threshold=digit_threshold,
     )

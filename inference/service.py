@@ -351,8 +351,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         Predict makes of it, so that both calls give the same answer. Predict reads a large picture at half
         resolution first and ReadNumber at full resolution: close probabilities, but where the model is torn
         between two digits either may come out on top (stop 30: 2 of the tests' 176 single digits with one test
-        model). The box stays ReadNumber's. A picture Predict would refuse, or one the server is too busy to decode
-        again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded).
+        model). The box stays ReadNumber's. A picture Predict would refuse, or one the server is too busy (or short of
+        memory) to decode again, keeps ReadNumber's own reading (and counts as no rejection: this call succeeded).
 
         `picture` is the decoded picture of `data` where to_mnist would decode it the same way (see
         shared.image_pipeline.decodes_at_half_size), reused rather than decoded again; None (a JPEG) is decoded
@@ -362,7 +362,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 image = to_mnist_array(picture)
             else:
                 image = to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
-        except (ImageRejected, BudgetExhausted, OutOfMemory):
+        except (ImageRejected, BudgetExhausted, OutOfMemory, MemoryError):
             return reading
         (digit,) = reading.digits
         classified = classify(image[None])

@@ -484,9 +484,9 @@ def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
             value = fields[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise TypeError(f"{name} is {value!r}, not a {kind.__name__}")
-        for name in ("size", "onnx_size"):
-            if fields.get(name, 0) < 0:
-                raise ValueError(f"{name} is {fields[name]}")
+        for name in ("size", "onnx_size"):  # a file's size in bytes, as ModelVersion's int64 size_bytes holds it
+            if not 0 <= fields.get(name, 0) < 2**63:
+                raise ValueError(f"{name} is {fields[name]}, not a file's size in bytes")
         fields["metrics"] = numeric_metrics(fields["metrics"])  # a text or list among them is left out, not shown
         manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__ if k in fields})
     except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

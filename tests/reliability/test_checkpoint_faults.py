@@ -174,6 +174,21 @@ def nan_mean(models, version):
     )
 
 
+def payload_with(**fields):
+    """A sound model whose payload says something no server can use: each failed a call later as INTERNAL."""
+
+    def make(models, version):
+        publish_model(models, version=version, model_payload={**model_payload(3), **fields})
+
+    return make
+
+
+def manifest_size_past_int64(models, version):  # ListModels failed for every caller
+    data = model_bytes(version, model_payload(3))
+    (models / f"{version}.pt").write_bytes(data)
+    write_manifest(models, {**manifest_fields(version, f"{version}.pt", data), "size": 2**70})
+
+
 def training_checkpoint(models, version):
     publish_bytes(models, version, model_bytes(version, model_payload(3), format=CHECKPOINT_FORMAT))
 
@@ -242,6 +257,12 @@ FAULTS = {
     "infinite weights": ("not finite", weights_filled_with(float("inf"))),
     "normalization std 0": ("must be positive", zero_std),
     "normalization mean NaN": ("not finite", nan_mean),
+    "epoch past ModelInfo's int32": ("epoch is 2147483648, not a whole number", payload_with(epoch=2**31)),
+    "split seed past 64 bits": ("split_seed is 1180591620717411303424", payload_with(split_seed=2**70)),
+    "validation share of 0": ("val_fraction is 0.0", payload_with(val_fraction=0.0)),
+    "validation share of 1.5": ("val_fraction is 1.5", payload_with(val_fraction=1.5)),
+    "validation share NaN": ("val_fraction is nan, not finite", payload_with(val_fraction=float("nan"))),
+    "manifest size past int64": ("not a file's size in bytes", manifest_size_past_int64),
     "a training checkpoint, not a model": ("a training checkpoint", training_checkpoint),
     "file says another version": ("file says version 'someone-else'", other_version_inside),
     "pickle that runs code": ("refused", pickle_that_runs_code),
