@@ -184,8 +184,9 @@ def test_a_single_digit_gets_the_answer_predict_gives(trained_server, mnist_test
 
 def test_a_single_digit_predict_would_refuse_keeps_read_numbers_own_reading(trained_server, mnist_test, monkeypatch):
     """Where Predict's pipeline refuses the picture of the one digit ReadNumber found, or the server is too busy to
-    decode it again or runs out of memory doing so (it was INTERNAL), ReadNumber answers with its own reading, and no image counts as rejected: the call succeeded.
-    A PNG's decoded picture is reused (to_mnist_array), a JPEG is decoded again as Predict decodes it (to_mnist)."""
+    decode it again or runs out of memory doing so (that was INTERNAL), ReadNumber answers with its own reading, and
+    no image counts as rejected: the call succeeded. A PNG's decoded picture is reused (to_mnist_array), a JPEG is
+    decoded again as Predict decodes it (to_mnist)."""
     pictures = make_user_images(*mnist_test, per_style=1, seed=SEED, styles=["paint_program", "paper_photo"])
     assert pictures[0].data.startswith(b"\x89PNG") and pictures[1].data.startswith(b"\xff\xd8")
     expected = [read_or_none(trained_server.stub, picture.data) for picture in pictures]
