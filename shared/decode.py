@@ -544,15 +544,24 @@ def float_scale(maximum: float) -> float:
     return 255.0 if maximum <= 1.0 else 1.0
 
 
+def finite_float32(array: np.ndarray) -> np.ndarray:
+    """Float grey as float32 with NaN read as 0 and +inf as 255. A float64 value past float32's range becomes
+    infinite on the way, as brightness beyond any scale: read as +inf or -inf are (numpy's overflow warning is
+    expected here, not a fault of the caller's)."""
+    with np.errstate(over="ignore"):
+        single = array.astype(np.float32)
+    return np.nan_to_num(single, nan=0.0, posinf=255.0, neginf=0.0)
+
+
 def finite_max(array: np.ndarray) -> float:
-    return float(np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0).max(initial=0.0))
+    return float(finite_float32(array).max(initial=0.0))
 
 
 def high_bit_depth_to_uint8(array: np.ndarray, scale: float | None = None) -> np.ndarray:
     """16/32-bit integer grey (16-bit range assumed) or float grey ([0, 1] or [0, 255]; `scale` given, or decided
     from the array's own maximum) -> uint8."""
     if array.dtype.kind == "f":
-        array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        array = finite_float32(array)
         if scale is None:
             scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
         return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import warnings
 import zlib
 
 import cv2
@@ -578,6 +579,17 @@ def test_limits():
 def test_to_mnist_array_accepts_decoded_arrays(digit, convert):
     grey = on_paper(drawing(digit))[:, :, 0]  # (600, 800) uint8, black on white
     assert similarity(to_mnist_array(convert(grey)), digit) > 0.9
+
+
+def test_float64_brightness_past_float32s_range_reads_as_infinite_without_a_warning(digit):
+    """Such values became float32 infinities, as they should, but numpy warned of an overflow on every call."""
+    ink = digit > 0
+    huge, infinite = np.where(ink, 1e300, 0.0), np.where(ink, np.inf, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(to_mnist_array(huge), to_mnist_array(infinite))
+        # Dark ink on white paper of [0, 1] floats, the ink below float32's range.
+        np.testing.assert_array_equal(to_mnist_array(1 - huge - ink), to_mnist_array(1 - infinite - ink))
 
 
 def test_encode_png_round_trips(digit):
