@@ -16,9 +16,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter
-from shared.resources import memory_limit_bytes, usable_cpus, usable_memory_bytes
+from shared.resources import memory_limit_bytes
 
-from inference.capacity import check_workers_fit, default_worker_count, process_memory_mib
+from inference.capacity import check_workers_fit, machine_worker_count, process_memory_mib
 from inference.logs import LOG_FORMATS, configure_logging
 
 
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         check_decode_budget(options)
         per_process = process_memory_mib(options.decode_budget_mib, options.max_workers, options.max_message_bytes)
         if args.workers == 0:
-            cpus, memory = usable_cpus(), usable_memory_bytes()
-            args.workers = default_worker_count(cpus, memory, per_process)
+            args.workers, cpus, memory = machine_worker_count(per_process)
             log.info(
                 "%d worker process(es): %d usable CPU core(s), %s of memory available, up to %d MiB each",
                 args.workers,

@@ -13,6 +13,8 @@ every call in flight. `--workers 0` (the default) starts one per CPU core, as ma
 
 from __future__ import annotations
 
+from shared import resources
+
 MIB = 2**20
 # VmRSS of `python -m inference` after 16 concurrent Predicts and an Evaluate of both splits: 1,054 MiB with
 # PyPI's CUDA build of torch (on 2026-11-30, bench/bench_memory.py's server); the CPU-only build is smaller.
@@ -37,6 +39,14 @@ def default_worker_count(cpus: int, memory_bytes: int | None, per_process_mib: i
     if memory_bytes is None:
         return cpus
     return max(1, min(cpus, (memory_bytes // MIB - PARENT_PROCESS_MIB) // per_process_mib))
+
+
+def machine_worker_count(per_process_mib: int) -> tuple[int, int, int | None]:
+    """default_worker_count on this machine: (processes, usable CPU cores, usable memory in bytes or None), the two
+    figures it was counted from returned for a log line to show. One count for the server's start-up and for
+    `make stack`'s note of what inference will use."""
+    cpus, memory = resources.usable_cpus(), resources.usable_memory_bytes()
+    return default_worker_count(cpus, memory, per_process_mib), cpus, memory
 
 
 def check_workers_fit(workers: int, per_process_mib: int, limit: int | None) -> None:

@@ -424,16 +424,19 @@ class Supervisor:
 def memory_note(env: Mapping[str, str]) -> str:
     """What the inference service may use, as compose limits its container (inference/capacity.py): the processes
     it will start, as it counts them when MNIST_INFERENCE_WORKERS is unset or 0 (one per core, as memory holds)."""
-    from shared.resources import usable_cpus, usable_memory_bytes
-
-    from inference.capacity import default_worker_count, process_memory_mib
+    from inference.capacity import machine_worker_count, process_memory_mib
     from inference.options import ServerOptions
 
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
     each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-    workers = int(env.get(settings.ENV_INFERENCE_WORKERS) or os.environ.get(settings.ENV_INFERENCE_WORKERS) or 0)
+    text = (env.get(settings.ENV_INFERENCE_WORKERS) or os.environ.get(settings.ENV_INFERENCE_WORKERS) or "0").strip()
+    try:
+        workers = int(text)
+    except ValueError:  # inference would refuse it at start, restarted until the stack gives up: say so at once
+        variable = settings.ENV_INFERENCE_WORKERS
+        raise SystemExit(f"environment variable {variable}={text!r} must be a whole number") from None
     if workers == 0:
-        workers = default_worker_count(usable_cpus(), usable_memory_bytes(), each)
+        workers, _, _ = machine_worker_count(each)
     return (
         f"inference: up to {workers * each / 1024:.1f} GiB of memory ({workers} process(es) x {each:,} MiB); "
         f"compose limits its container to MNIST_INFERENCE_MEMORY (default {COMPOSE_INFERENCE_MEMORY})"

@@ -412,3 +412,5 @@ def test_the_memory_note_counts_the_processes_inference_will_start(monkeypatch):
     monkeypatch.setattr(shared.resources, "usable_memory_bytes", lambda: 5 * 2**30)  # holds two beside the parent
     assert "(2 process(es) x" in memory_note({})
     assert "(3 process(es) x" in memory_note({ENV_INFERENCE_WORKERS: "3"})
+    with pytest.raises(SystemExit, match="MNIST_INFERENCE_WORKERS='two' must be a whole number"):  # a traceback
+        memory_note({ENV_INFERENCE_WORKERS: "two"})

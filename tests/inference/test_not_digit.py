@@ -177,7 +177,8 @@ def test_the_command_line_and_environment_set_the_threshold(monkeypatch):
         get_args_parser().parse_args(["--digit-threshold", "2"])
     monkeypatch.setenv("MNIST_DIGIT_THRESHOLD", "lots")
     with pytest.raises(SystemExit):
-        get_args_parser()
+        get_args_parser().parse_args([])
+    assert get_args_parser().parse_args(["--digit-threshold", "0.25"]).digit_threshold == 0.25
 
 
 def test_the_client_says_not_a_digit_plainly():
