@@ -268,6 +268,22 @@ def pool_batch(pool: torch.Tensor, count: int, generator: torch.Generator) -> tu
     return pool[idx].float().div_(255.0).unsqueeze(1), idx
 
 
+def synchronized_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` with its BatchNorm layers normalizing over the whole step's batch, across the processes, on CUDA:
+    alone, each process normalized over its own slice (16 images a process at 8 GPUs), and the running statistics
+    DDP copies from rank 0 came from that slice only. The layers are swapped in place and keep their parameters and
+    buffers (the optimizer's, the checkpoint's names); in eval mode they are plain BatchNorm. Not on the CPU, whose
+    gloo backend SyncBatchNorm does not run on: there each process keeps its own statistics."""
+    if device.type != "cuda":
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def share_of(count: int, dist_info: DistInfo) -> int:
+    """This process's part of `count` items shared out among the processes, as evenly as whole items allow."""
+    return count // dist_info.world_size + (dist_info.rank < count % dist_info.world_size)
+
+
 def negative_batch(
     splits: Splits, count: int, cfg: AugmentConfig, generator: torch.Generator, augment_it: bool
 ) -> torch.Tensor:
@@ -379,6 +395,8 @@ def train_one_epoch(
     permutation = permutation.repeat(math.ceil(padded / len(permutation)))[:padded]
     order = permutation[dist_info.rank :: dist_info.world_size]
     order = order.to(device)
+    # The wrapped-around positions are the last of this process's order: seen again, not counted in the metrics.
+    counted = len(range(dist_info.rank, len(splits.train_x), dist_info.world_size))
     per_process_batch = max(1, config.batch_size // dist_info.world_size)
     steps = math.ceil(len(order) / per_process_batch)
     augment_config = AugmentConfig()
@@ -402,16 +420,17 @@ def train_one_epoch(
         if config.augment:
             x = augment(x, augment_config, generator)
         n_digits = len(y)
-        if negatives:
-            neg = negative_batch(
-                splits, max(1, round(n_digits * config.negatives)), augment_config, generator, config.augment
-            )
+        # The negatives and typed digits of the whole step (every process takes n_digits digits), shared out among
+        # the processes: each rounding its own share made 16 processes train on 2.5 times the typed digits asked.
+        step_digits = n_digits * dist_info.world_size
+        n_negatives = share_of(max(1, round(step_digits * config.negatives)), dist_info)
+        n_typed = share_of(max(1, round(step_digits * config.typed_digits)), dist_info)
+        if negatives and n_negatives:
+            neg = negative_batch(splits, n_negatives, augment_config, generator, config.augment)
             x = torch.cat([x, neg])
             y = torch.cat([y, torch.full((len(neg),), NOT_DIGIT, dtype=y.dtype, device=y.device)])
-        if typed:
-            typed_x, typed_y = typed_batch(
-                splits, max(1, round(n_digits * config.typed_digits)), augment_config, generator, config.augment
-            )
+        if typed and n_typed:
+            typed_x, typed_y = typed_batch(splits, n_typed, augment_config, generator, config.augment)
             x = torch.cat([x, typed_x])
             y = torch.cat([y, typed_y])
         x = standardize(x, MNIST_MEAN, MNIST_STD)
@@ -430,10 +449,11 @@ def train_one_epoch(
         scheduler.step()
         if average is not None:
             average.update(getattr(model, "module", model))  # the network itself, not DDP's wrapper
-        loss_sum += loss.detach() * n_digits
-        correct += (log_probs.detach()[:n_digits, :10].argmax(1) == y[:n_digits]).sum()
+        n_counted = min(n_digits, max(0, counted - step * per_process_batch))
+        loss_sum += loss.detach() * n_counted
+        correct += (log_probs.detach()[:n_counted, :10].argmax(1) == y[:n_counted]).sum()
     # One device-to-host sync per epoch, not per step: .item() in the loop would stall the GPU every batch.
-    totals = all_reduce_sum([float(loss_sum), float(correct), float(len(order))], device, dist_info)
+    totals = all_reduce_sum([float(loss_sum), float(correct), float(counted)], device, dist_info)
     return totals[0] / totals[2], totals[1] / totals[2], int(totals[2]), lr
 
 
@@ -484,6 +504,19 @@ def checkpoint_payload(
         "run_name": run_name,
         "saved_at": utc_now(),
     }
+
+
+def check_schedule_fits(saved: dict[str, Any], epochs: int, steps_per_epoch: int, world_size: int) -> None:
+    """SystemExit unless a resumed run's one-cycle schedule is as long as the steps it has to run. Its steps per
+    epoch depend on how many processes share each batch: resumed with another count, the schedule ran out in the
+    last epoch (an error in scheduler.step, the run never finished) or never finished annealing."""
+    saved_total = saved.get("total_steps")  # OneCycleLR's; a constant schedule has no length
+    if saved_total is not None and saved_total != epochs * steps_per_epoch:
+        raise SystemExit(
+            f"--resume: this run's learning-rate schedule is {saved_total:,} steps ({saved_total / epochs:g} an "
+            f"epoch), but {world_size} process(es) take {steps_per_epoch:,} steps an epoch: the run was started "
+            "with another number of processes. Resume it with the number it started with"
+        )
 
 
 def digit_threshold(scores: torch.Tensor, flag_rate: float) -> float:
@@ -720,6 +753,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             load_weights(evaluated, resume_ckpt["model"])
             average.steps = resume_ckpt["ema_steps"]
         optimizer.load_state_dict(resume_ckpt["optimizer"])
+        check_schedule_fits(resume_ckpt["scheduler"], config.epochs, steps_per_epoch, dist_info.world_size)
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         state = RunState(
             epoch=resume_ckpt["epoch"],
@@ -732,7 +766,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     ddp_model = model
     if dist_info.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            synchronized_batch_norm(model, device), device_ids=[device.index] if device.type == "cuda" else None
         )
 
     logger: RunLogger | None = None  # rank 0 only

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manifest, read_published_model
 from shared.data import normalize
+from shared.model import build_model
 from shared.settings import Paths
 
 from bench.bench_train import pictures_line, published_test_accuracy
@@ -174,6 +176,24 @@ def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_
     # Started with --no-publish: the --resume its stop message suggests publishes nothing either.
     assert "keeps the run's own --publish never" in out
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_resuming_with_another_number_of_processes_is_refused_before_its_schedule_runs_out(tmp_path, mnist_dir):
+    """Each process takes its share of a batch, so the steps an epoch (and the one-cycle schedule's length) depend
+    on how many there are: resumed with another count, the schedule ran out in the last epoch, an error in
+    scheduler.step that left the run unfinished (a review's torchrun run: 2 processes resuming a 1-process run)."""
+    from shared.checkpoint import save_checkpoint
+
+    assert train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["scheduler"]["total_steps"] == 2 * 15  # 1,500 images in batches of 100, one process
+    checkpoint["scheduler"]["total_steps"] = 2 * 16  # as a run whose processes each took one more step an epoch
+    save_checkpoint(last, checkpoint)
+    before = last.read_bytes()
+    with pytest.raises(SystemExit, match=r"schedule is 32 steps \(16 an epoch\), but 1 process\(es\) take 15 steps"):
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "r")
+    assert last.read_bytes() == before
 
 
 def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
@@ -485,6 +505,35 @@ def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
     manifest = read_manifest(Paths(tmp_path).models)
     assert manifest is not None
     read_published_model(Paths(tmp_path).models, manifest)  # loads: the DDP wrapper's names are not in it
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 16, 32])
+def test_every_step_trains_on_the_share_of_negatives_and_typed_digits_asked_whatever_the_processes(world_size):
+    """Each process rounded its own share up to at least one: 16 processes trained on 2.5 times the typed digits
+    asked (5 % of 128 digits a step is 6, not 16)."""
+    from trainer.distributed import DistInfo
+    from trainer.train import share_of
+
+    config = TrainConfig()
+    step_digits = config.batch_size // world_size * world_size  # every process takes the same number of digits
+    for rate in (config.negatives, config.typed_digits):
+        asked = max(1, round(step_digits * rate))
+        shares = [share_of(asked, DistInfo(rank=r, world_size=world_size)) for r in range(world_size)]
+        assert sum(shares) == asked and max(shares) - min(shares) <= 1
+
+
+def test_batch_norm_is_synchronized_across_gpus_and_keeps_its_weights_and_names():
+    from trainer.train import synchronized_batch_norm
+
+    network = build_model("compact")
+    names, parameters = list(network.state_dict()), list(network.parameters())
+    assert synchronized_batch_norm(network, torch.device("cpu")) is network  # gloo cannot run it
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in network.modules())
+    synced = synchronized_batch_norm(network, torch.device("cuda"))  # only swaps modules: no GPU needed for that
+    batch_norms = [m for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert batch_norms and all(isinstance(m, nn.SyncBatchNorm) for m in batch_norms)
+    assert list(synced.state_dict()) == names  # checkpoints and published models keep their names
+    assert all(a is b for a, b in zip(synced.parameters(), parameters, strict=True))  # the optimizer's own
 
 
 def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch):
