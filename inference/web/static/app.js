@@ -52,7 +52,8 @@ async function api(path, options = {}) {
       askForToken();
       throw new Error("The stored token has characters a header cannot carry; enter the token again.");
     }
-    throw error;
+    // fetch says only "Failed to fetch": the page's own server (the gateway) did not answer at all.
+    throw new Error("The page's server does not answer: is it still running? Try again in a moment.");
   }
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON: a proxy's page */ }
@@ -66,6 +67,9 @@ async function api(path, options = {}) {
 }
 
 function askForToken() {
+  // Focus only as the form appears: the model panel's poll asks again every few seconds, and took the focus
+  // from whatever the user was using each time.
+  if (!$("token-form").hidden) return;
   $("token-form").hidden = false;
   $("token").focus();
 }
@@ -138,7 +142,19 @@ function paint(context, size) {
 
 function redraw() {
   paint(ctx, pad.height);
-  $("undo").disabled = $("clear").disabled = state.strokes.length === 0;
+  updateTools();
+}
+
+// A picture on screen: the one chosen in digit mode, or the photo on the strip in number mode.
+function pictureShown() {
+  return !$("picture-figure").hidden || !$("number-photo").hidden;
+}
+
+// Undo takes back a stroke; Clear takes away the strokes and any picture, so it stays usable while one is shown
+// (a resize redraws the pad, and disabled it).
+function updateTools() {
+  $("undo").disabled = state.strokes.length === 0;
+  $("clear").disabled = state.strokes.length === 0 && !pictureShown();
 }
 
 function point(event) {
@@ -154,8 +170,10 @@ pad.addEventListener("pointerdown", (event) => {
   const stroke = { width, points: [point(event)] };
   state.strokes.push(stroke);
   state.drawing = { stroke, pointerId: event.pointerId };
+  // A picture on screen or on its way gives way to the drawing: its answer, if still to come, is not shown.
+  if (pictureShown() || state.pictures) state.shownSeq = ++state.seq;
   $("picture-figure").hidden = true;
-  if (!$("number-photo").hidden) clearNumber(); // a photo read in number mode gives way to the drawing
+  if (!$("number-photo").hidden) clearNumber();
   drawStroke(ctx, pad.height, stroke, 0);
   $("undo").disabled = $("clear").disabled = false;
 });
@@ -233,6 +251,7 @@ async function ask(strokeEnded = false) {
   const seq = ++state.seq;
   const strokeEndedAt = state.strokeEndedAt; // this request carries every finished stroke
   state.strokeEndedAt = null;
+  const slow = waitingNotice(seq);
   try {
     const number = state.mode === "number";
     const result = await api(number ? "/v1/read-number" : "/v1/predict", {
@@ -243,38 +262,67 @@ async function ask(strokeEnded = false) {
       number ? showNumber(result, strokeEndedAt) : showPrediction(result, strokeEndedAt);
     }
   } catch (error) {
-    // In number mode a refusal (no digit, several lines) replaces the number: it was read from another drawing.
-    if (state.mode === "number" && seq > state.shownSeq) { state.shownSeq = seq; clearNumber(); }
+    // A refusal or a failure replaces the answer on screen: that was read from an earlier drawing.
+    if (seq > state.shownSeq) {
+      state.shownSeq = seq;
+      state.mode === "number" ? clearNumber() : blankResult();
+    }
     setStatus($("status"), error.message, true);
   } finally {
+    clearTimeout(slow);
     state.inFlight--;
     if (state.again && !state.inFlight) { state.again = false; ask(); }
   }
 }
 
+// After this long without an answer, the status says the page is waiting: a service that is down takes the
+// gateway's whole deadline to say so, and the answer on screen meanwhile is an older drawing's.
+const WAITING_MS = 1500;
+
+function waitingNotice(seq) {
+  return setTimeout(() => {
+    if (seq > state.shownSeq) setStatus($("status"), "Waiting for the service…");
+  }, WAITING_MS);
+}
+
 async function predictPicture(file) {
   if (!file) return;
   if (state.mode === "number") return readPicture(file);
+  // The latest input wins: this picture's answer is shown only if nothing was drawn, chosen or cleared since.
+  const seq = ++state.seq;
+  state.strokes = [];
+  redraw();
   const picture = $("picture");
   if (picture.src.startsWith("blob:")) URL.revokeObjectURL(picture.src);
   picture.src = URL.createObjectURL(file);
   $("picture-figure").hidden = false;
+  updateTools();
   setStatus($("status"), `Reading ${file.name || "the picture"}…`);
   state.pictures++;
+  const slow = waitingNotice(seq);
   try {
     const result = await api("/v1/predict", {
       method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
     });
-    state.shownSeq = ++state.seq; // a drawing's answer still on its way must not replace this one
-    showPrediction(result, null, file.name);
+    if (seq > state.shownSeq) {
+      state.shownSeq = seq;
+      showPrediction(result, null, file.name);
+    }
   } catch (error) {
-    clearResult();
-    $("picture-figure").hidden = false;
-    setStatus($("status"), error.message, true);
+    if (seq > state.shownSeq) {
+      state.shownSeq = seq;
+      blankResult();
+      // The picture stays beside the message when the browser can show it (not a file that is no picture).
+      $("picture-figure").hidden = picture.complete && picture.naturalWidth === 0;
+      updateTools();
+      setStatus($("status"), error.message, true);
+    }
   } finally {
+    clearTimeout(slow);
     state.pictures--;
   }
 }
+$("picture").addEventListener("error", () => { $("picture-figure").hidden = true; updateTools(); });
 
 const bars = $("bars");
 for (let digit = 0; digit < 10; digit++) {
@@ -309,7 +357,15 @@ function showPrediction(result, strokeEndedAt, pictureName) {
   if (result.model_version !== state.model) refreshModel();
 }
 
+// The empty answer, and no answer still on its way shown (Clear, Undo to nothing, another mode).
 function clearResult() {
+  blankResult();
+  setStatus($("status"), "");
+  state.shownSeq = ++state.seq;
+}
+
+// The answer's place emptied; answers on their way are still shown when they are the latest input's.
+function blankResult() {
   $("digit").textContent = "?";
   $("digit").classList.remove("not-digit");
   $("confidence").textContent = "Draw a digit";
@@ -320,10 +376,9 @@ function clearResult() {
   }
   $("seen").removeAttribute("src");
   $("picture-figure").hidden = true;
-  setStatus($("status"), "");
-  state.shownSeq = ++state.seq;
   delete document.body.dataset.prediction;
   delete document.body.dataset.isDigit;
+  updateTools();
 }
 
 // Pictures: the file picker, drag and drop anywhere on the page, and paste.
@@ -414,20 +469,33 @@ setInterval(() => { if (!document.hidden) refreshModel(); }, MODEL_POLL_MS);
 // ---------------------------------------------------------------------------------------------------------------
 // The Evaluate tab
 
+const TABS = ["draw", "evaluate"];
+
 function selectTab(name) {
-  for (const tab of ["draw", "evaluate"]) {
+  for (const tab of TABS) {
     $(`tab-${tab}`).setAttribute("aria-selected", String(tab === name));
+    $(`tab-${tab}`).tabIndex = tab === name ? 0 : -1; // one Tab stop for the tab list; arrows move within it
     $(`view-${tab}`).hidden = tab !== name;
   }
   if (name === "draw") resizePad();
 }
-for (const tab of ["draw", "evaluate"]) {
-  $(`tab-${tab}`).addEventListener("click", () => {
-    const drawHash = state.mode === "number" ? "#number" : "#";  // a reload keeps the mode the page is in
-    history.replaceState(null, "", tab === "draw" ? drawHash : "#evaluate");
-    selectTab(tab);
-  });
+
+function openTab(tab) {
+  const drawHash = state.mode === "number" ? "#number" : "#";  // a reload keeps the mode the page is in
+  history.replaceState(null, "", tab === "draw" ? drawHash : "#evaluate");
+  selectTab(tab);
 }
+for (const tab of TABS) $(`tab-${tab}`).addEventListener("click", () => openTab(tab));
+// The tab pattern's keys: the arrows (wrapping), Home and End move to another tab and open it.
+document.querySelector("[role=tablist]").addEventListener("keydown", (event) => {
+  const at = TABS.findIndex((tab) => $(`tab-${tab}`) === document.activeElement);
+  const moves = { ArrowRight: at + 1, ArrowLeft: at - 1 + TABS.length, Home: 0, End: TABS.length - 1 };
+  if (at < 0 || !(event.key in moves)) return;
+  event.preventDefault();
+  const tab = TABS[moves[event.key] % TABS.length];
+  openTab(tab);
+  $(`tab-${tab}`).focus();
+});
 
 const percent = (x) => `${(100 * x).toFixed(2)} %`;
 
@@ -449,6 +517,7 @@ $("run-evaluate").addEventListener("click", async () => {
     $("eval-result").hidden = false;
     setStatus($("eval-status"), "");
   } catch (error) {
+    $("eval-result").hidden = true; // the results on screen were another evaluation's
     setStatus($("eval-status"), error.message, true);
   } finally {
     button.disabled = false;
@@ -591,6 +660,7 @@ function clearNumber() {
     $("digit").textContent = "?";
     $("confidence").textContent = "Write a number";
   }
+  updateTools();
 }
 
 function clearAnswer() {
@@ -606,10 +676,11 @@ async function readPicture(file) {
   const photo = $("number-photo");
   photo.src = URL.createObjectURL(file);
   photo.hidden = false;
-  $("clear").disabled = false; // Clear takes the picture away
+  updateTools(); // Clear takes the picture away
   setStatus($("status"), `Reading ${file.name || "the picture"}…`);
   const seq = ++state.seq;
   state.pictures++;
+  const slow = waitingNotice(seq);
   try {
     const result = await api("/v1/read-number", {
       method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
@@ -619,11 +690,18 @@ async function readPicture(file) {
       showNumber(result, null, file.name);
     }
   } catch (error) {
-    if (seq > state.shownSeq) setStatus($("status"), error.message, true);
+    if (seq > state.shownSeq) {
+      state.shownSeq = seq;
+      setStatus($("status"), error.message, true);
+    }
   } finally {
+    clearTimeout(slow);
     state.pictures--;
   }
 }
+$("number-photo").addEventListener("error", () => { // not a picture the browser can show: no broken icon
+  if ($("number-photo").hasAttribute("src")) { $("number-photo").hidden = true; updateTools(); }
+});
 
 // ---------------------------------------------------------------------------------------------------------------
 

@@ -213,8 +213,12 @@ def test_a_batch_over_the_services_message_limit_is_413(gateway, digit_pngs):
     # 12 images of 99 kB each: under the per-image and per-batch limits, over the 1 MB message limit.
     padded = bad_inputs.oversized_bytes(digit_pngs[0][2], 98_000)
     assert 98_000 < len(padded) < 200_000
-    assert_error(
-        gateway.post_files("/v1/predict/batch", [("files", padded)] * 12), 413, "RESOURCE_EXHAUSTED", "larger than max"
+    assert_error(  # gRPC's own "Received message larger than max (N vs. M)", said for a person
+        gateway.post_files("/v1/predict/batch", [("files", padded)] * 12),
+        413,
+        "RESOURCE_EXHAUSTED",
+        "larger than the 1,000,000 the inference service takes in one message",
+        "--max-message-bytes. Send a smaller picture",
     )
 
 

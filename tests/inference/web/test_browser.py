@@ -193,6 +193,70 @@ def test_a_picture_the_service_refuses_shows_its_message(page):
     assert "error" in status.get_attribute("class") and "send a" in status.text
 
 
+def answers_come_late_for(page, name: str, seconds: float) -> None:
+    """The page's answers to the picture named `name` arrive `seconds` late: fetch wrapped in the page, as a slow
+    upload or a busy service would make them."""
+    page.execute_script(
+        """
+        const [name, ms] = arguments;
+        const fetchNow = window.fetch;
+        window.fetch = (url, options) => {
+          const answer = fetchNow(url, options);
+          const late = options && options.body instanceof File && options.body.name === name;
+          return late ? answer.then((r) => new Promise((done) => setTimeout(() => done(r), ms))) : answer;
+        };
+        """,
+        name,
+        seconds * 1000,
+    )
+
+
+def test_the_latest_input_wins_when_an_earlier_pictures_answer_comes_late(page, clear_digits):
+    """A picture's answer replaced whatever came after it: a later picture's, a drawing's, or a Clear."""
+    (late_label, late), (label, on_time) = clear_digits[7], clear_digits[3]
+    answers_come_late_for(page, "late.png", 2)
+    page_file(page, png_bytes(late), "late.png", "image/png", "drop")
+    page_file(page, png_bytes(on_time), "on-time.png", "image/png", "drop")
+    wait_until(lambda: "on-time.png: model" in page.find_element("id", "status").text, timeout=20)
+    wait_settled(page)  # the late answer has come too
+    assert shown_digit(page) == label != late_label
+    assert "on-time.png: model" in page.find_element("id", "status").text
+    page_file(page, png_bytes(late), "late.png", "image/png", "drop")
+    page.find_element("id", "clear").click()  # before its answer
+    wait_settled(page)
+    assert shown_digit(page) is None and page.find_element("id", "digit").text == "?"
+    assert not page.find_element("id", "picture").is_displayed()
+
+
+def test_clear_takes_a_picture_away_even_after_the_window_is_resized(page, clear_digits):
+    """A resize redraws the pad, and disabled Clear while a picture (and no stroke) was on screen."""
+    page_file(page, png_bytes(clear_digits[2][1]), "two.png", "image/png", "drop")
+    wait_until(lambda: "two.png: model" in page.find_element("id", "status").text, timeout=20)
+    size = page.get_window_size()
+    page.set_window_size(size["width"] - 150, size["height"])
+    try:
+        wait_until(lambda: page.execute_script("return document.getElementById('pad').width") > 0, timeout=5)
+        page.execute_script("return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        assert page.find_element("id", "clear").is_enabled()
+        page.find_element("id", "clear").click()
+        assert not page.find_element("id", "picture").is_displayed() and shown_digit(page) is None
+    finally:
+        page.set_window_size(size["width"], size["height"])
+
+
+def test_the_tabs_take_the_arrow_keys_and_are_one_tab_stop(page):
+    from selenium.webdriver.common.keys import Keys
+
+    draw, evaluate = page.find_element("id", "tab-draw"), page.find_element("id", "tab-evaluate")
+    assert (draw.get_attribute("tabindex"), evaluate.get_attribute("tabindex")) == ("0", "-1")
+    draw.send_keys(Keys.ARROW_RIGHT)
+    assert evaluate.get_attribute("aria-selected") == "true" and page.switch_to.active_element == evaluate
+    assert page.find_element("id", "view-evaluate").is_displayed()
+    evaluate.send_keys(Keys.ARROW_RIGHT)  # wraps around
+    assert draw.get_attribute("aria-selected") == "true" and page.switch_to.active_element == draw
+    assert (draw.get_attribute("tabindex"), evaluate.get_attribute("tabindex")) == ("0", "-1")
+
+
 def test_the_evaluate_tab_shows_accuracy_per_class_scores_and_the_confusion_heatmap(page, served):
     backend, _ = served
     page.find_element("id", "tab-evaluate").click()
