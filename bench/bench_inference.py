@@ -38,6 +38,7 @@ import numpy as np
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.cli import non_negative_int, positive_int, positive_seconds
 
 from bench.machine import describe_machine
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
@@ -60,14 +61,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
-    parser.add_argument("--duration", type=float, default=5.0, metavar="SECONDS", help="length of each phase")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients in the throughput phases")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per PredictBatch call")
-    parser.add_argument("--torch-threads", type=int, default=1, help="passed to the server")
-    parser.add_argument("--max-workers", type=int, default=16, help="passed to the server")
+    parser.add_argument(
+        "--duration", type=positive_seconds, default=5.0, metavar="SECONDS", help="length of each phase"
+    )
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=8, help="concurrent clients in the throughput phases"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per PredictBatch call")
+    parser.add_argument("--torch-threads", type=positive_int, default=1, help="passed to the server")
+    parser.add_argument("--max-workers", type=positive_int, default=16, help="passed to the server")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="server processes sharing the port (--workers); 0: the server's default for this machine",
     )
@@ -75,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=("onnxruntime", "torch"),
         default=None,
-        help="passed to the server (default: the server's default)",
+        help=f"passed to the server (default: {settings.ENV_INFERENCE_BACKEND}, else the server's default)",
     )
     parser.add_argument("--skip-evaluate", action="store_true", help="leave out the Evaluate phase")
     return parser
@@ -145,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         if artifacts is None:
             artifacts = Path(tmp) / "artifacts"
             publish_random_model(artifacts)
-        from shared.resources import usable_cpus, usable_memory_bytes
+        from shared.resources import usable_cpus
 
-        from inference.capacity import default_worker_count, process_memory_mib
-        from inference.options import DEFAULT_BACKEND, ServerOptions
+        from inference.capacity import machine_worker_count, process_memory_mib
+        from inference.options import BACKENDS, DEFAULT_BACKEND, ServerOptions
 
         cpus = usable_cpus()
-        backend = args.backend or DEFAULT_BACKEND
+        # The backend the server runs, as it chooses it (the flag, else its environment variable, else its
+        # default), passed to it explicitly: the network-alone baseline must be measured on the same one.
+        backend = args.backend or settings.env_str(settings.ENV_INFERENCE_BACKEND, DEFAULT_BACKEND)
+        if backend not in BACKENDS:
+            raise SystemExit(f"{settings.ENV_INFERENCE_BACKEND}={backend!r} must be one of: {', '.join(BACKENDS)}")
         # The server's own choice for --workers 0, computed here because the benchmark waits for each worker.
         defaults = ServerOptions(artifacts_dir=artifacts, data_dir=args.data_dir)
         per_process = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-        workers = args.workers or default_worker_count(cpus, usable_memory_bytes(), per_process)
+        workers = args.workers or machine_worker_count(per_process)[0]
         one_core = network_only(artifacts, args.data_dir, backend, args.batch_size, 1, args.duration)
         all_cores = network_only(artifacts, args.data_dir, backend, args.batch_size, cpus, args.duration)
         rows.append(
@@ -174,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "--max-batch-size",
             str(max(256, args.batch_size)),
         ]
-        if args.backend:
-            server_flags += ["--backend", args.backend]
+        server_flags += ["--backend", backend]
         process, port = start_server(artifacts, args.data_dir, server_flags, workers=workers)
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         by_method.setdefault(method, []).append(latency)
     images_done = sum(args.batch_size if method == "PredictBatch" else 1 for _, method, _, _ in calls)
     per_second = Counter(int(t - began) for t, _, _, _ in calls if t - began < int(elapsed))
-    slowest_second = min(per_second.values()) if per_second else 0
+    # Every whole second of the phase: one with no answer at all (a stall) counts as 0, not as missing.
+    slowest_second = min((per_second.get(s, 0) for s in range(int(elapsed))), default=0)
     # How long each model took to reach the clients: first answer by it after its publication.
     first_answer = {}
     for t, _, _, version in sorted(calls):

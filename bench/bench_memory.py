@@ -7,11 +7,12 @@
 1. single: each format in a fresh process: decode one 40 MP picture (testkit/big_pictures.py) through
    shared.image_pipeline.to_mnist and read the peak resident memory (VmHWM, reset just before) over the
    warm baseline. Target: at most 2x the picture's decoded 8-bit size.
-2. flood: `python -m inference` as its own process with its default settings; per format, `--clients`
-   concurrent Predict calls each with a 40 MP picture, then one ordinary Predict. Target: every call answered
-   with a prediction or RESOURCE_EXHAUSTED (never INTERNAL or a dead server), server RSS at most 1 GiB over its
-   warm baseline, and the ordinary Predict answered normally. Peak RSS is the server's VmHWM, reset before each
-   format.
+2. flood: `python -m inference --workers 1` as its own process, otherwise with its default settings (one server
+   process: the memory bounds are per process, and the default starts one per core, each with its own); per
+   format, `--clients` concurrent Predict calls each with a 40 MP picture, then one ordinary Predict. Target:
+   every call answered with a prediction or RESOURCE_EXHAUSTED (never INTERNAL or a dead server), server RSS at
+   most 1 GiB over its warm baseline, and the ordinary Predict answered normally. Peak RSS is the server's VmHWM,
+   reset before each format.
 
 Exit status 1 when a target is missed.
 """
@@ -76,7 +77,7 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
             flood(target, [small] * 4, small)  # warm: threads, model, pipeline
             baseline = status_kib(process.pid, "VmRSS") * 1024
             print(
-                f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference "
+                f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference --workers 1 "
                 f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm"
             )
             print(f"{'format':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")

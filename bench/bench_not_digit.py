@@ -194,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     if args.train:
         train(args.models, args.data_dir, args.seeds, args.epochs)
+    found = {
+        v: [s for s in args.seeds if (args.models / f"{v}-s{s}" / "models" / "LATEST.json").exists()] for v in VARIANTS
+    }
+    missing = [f"{v}-s{s}" for v in VARIANTS for s in args.seeds if s not in found[v]]
+    if missing:  # a mean over fewer seeds, or a comparison without its baseline, would read as the whole
+        raise SystemExit(
+            f"no trained model in {args.models} for {', '.join(missing)}: train them first (--train), or ask for "
+            "the seeds there are (--seeds)"
+        )
     mnist = load_mnist(args.data_dir, download=False)
     _, val_idx = train_val_split(len(mnist.train_images), val_fraction=0.2, seed=0)
     val_images = mnist.train_images[val_idx].numpy()
@@ -201,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     for variant in VARIANTS:
         for seed in args.seeds:
-            root = args.models / f"{variant}-s{seed}"
-            if (root / "models" / "LATEST.json").exists():
-                results.setdefault(variant, []).append(measure(root, pictures, mnist, val_images))
+            results.setdefault(variant, []).append(
+                measure(args.models / f"{variant}-s{seed}", pictures, mnist, val_images)
+            )
     print(f"MNIST test accuracy, mean over seeds {args.seeds} (each seed listed):")
     for variant, runs in results.items():
         accs = [r["test_accuracy"] for r in runs]

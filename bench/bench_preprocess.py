@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.cli import positive_int
 from shared.image_pipeline import decode_image, to_mnist, to_mnist_array
 
+from bench.machine import describe_machine
 from bench.timing import time_calls
 from testkit.user_images import DRAWN_STYLES, encode, make_printed_digits, make_user_images, paper_photo
 
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
-    parser.add_argument("--per-style", type=int, default=10, help="pictures per style")
-    parser.add_argument("--repeat", type=int, default=10, help="timed passes over each style's pictures")
+    parser.add_argument("--per-style", type=positive_int, default=10, help="pictures per style")
+    parser.add_argument("--repeat", type=positive_int, default=10, help="timed passes over each style's pictures")
     parser.add_argument("--threads", type=int, default=None, help="cv2.setNumThreads (default: OpenCV's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -70,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     pictures = make_user_images(images, labels, per_style=args.per_style, seed=args.seed)
     pictures += make_printed_digits(per_font=1, seed=args.seed)
 
-    print(
-        f"OpenCV threads: {cv2.getNumThreads()}, CPUs: {os.cpu_count()}, load average: "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-    )
+    print(describe_machine())
+    print(f"OpenCV threads: {cv2.getNumThreads()}")
     print(f"{'ms per picture':22s} {'to_mnist (bytes in)':^23s}   {'to_mnist_array (decoded)':^23s}")
     print(f"{'style':22s} {'median':>7s} {'p95':>7s} {'min':>7s}   {'median':>7s} {'p95':>7s} {'min':>7s}")
     for style in [*DRAWN_STYLES, "printed"]:

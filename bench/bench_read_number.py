@@ -12,8 +12,9 @@ digit count came out wrong (a segmentation error rather than a misread digit). T
 97 % apart and 85 % touching, digits 99 % apart.
 
 Speed: 640x480 JPEG photos of 8-digit numbers (paper_photo style), apart and touching. `read_number` in this
-process (segmentation and the model, one torch thread as the server runs it), and the ReadNumber call through a
-server process on loopback (decoding and gRPC included). Target: median <= 20 ms on 2 cores. On a shared
+process (segmentation and the model in torch with one thread; the server runs its default onnxruntime backend,
+so this row is the pipeline's cost with torch's forward pass), and the ReadNumber call through a server process
+on loopback (decoding and gRPC included). Target: median <= 20 ms on 2 cores. On a shared
 machine the minimum column shows the uncontended cost.
 
 The scoring (testkit/number_scores.py: `score_by_style(layout, pictures, read)` with what any `read(bytes) -> str |
@@ -46,7 +47,7 @@ SPEED_TARGET_MS = 20.0
 
 def local_reader(artifacts: Path):
     """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
-    `artifacts`, run as the server runs it (one torch thread)."""
+    `artifacts`, in torch with one thread (the server's torch backend; its default is onnxruntime)."""
     import torch
 
     from shared.checkpoint import read_manifest, read_published_model
@@ -166,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                 from testkit.server_process import publish_random_model
 
                 artifacts = Path(scratch)
-                print(f"no model in {args.artifacts}: timing a random-init model (speed does not depend on weights)")
+                # The cut and join search asks the classifier, so a random model's readings try other cuts than a
+                # trained one's (a review: 10.3 against 8.0 digit images classified per photo, apart): a different
+                # figure, labelled as such.
+                print(
+                    f"no model in {args.artifacts}: timing a RANDOM-INIT model; ReadNumber's cut search depends on "
+                    "what the classifier says, so time a trained one (--artifacts) for figures to quote"
+                )
                 publish_random_model(artifacts)
             speed(args, artifacts, images, labels)
     return 0

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.cli import positive_int
+
 from testkit.style_scores import Predict, StyleScore, evaluate_styles, format_report, missed_targets
 from testkit.user_images import (
     DRAWN_STYLES,
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bearer token for --target (env MNIST_AUTH_TOKEN)",
     )
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
-    parser.add_argument("--per-style", type=int, default=100, help="pictures per drawn style and paper kind")
+    parser.add_argument("--per-style", type=positive_int, default=100, help="pictures per drawn style and paper kind")
     parser.add_argument(
         "--styles",
         default="drawn,paper,printed",
@@ -172,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS}.get(group, [group])
         if name != "printed"
     ]
+    unknown = sorted(set(styles) - set(DRAWN_STYLES) - set(PAPER_KINDS))
+    if unknown:
+        parser.error(
+            f"--styles: unknown {', '.join(unknown)}; the groups are drawn, paper and printed, the styles "
+            f"{', '.join([*DRAWN_STYLES, *PAPER_KINDS])}"
+        )
     pictures = (
         make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []
     )

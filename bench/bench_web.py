@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import settings
+from shared.cli import positive_int
 
 from bench.machine import describe_machine
 from testkit.server_process import publish_random_model, start_server, stop_server
@@ -60,8 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
-    parser.add_argument("--loads", type=int, default=20, help="page loads, cold and warm each")
-    parser.add_argument("--digits", type=int, default=30, help="MNIST test digits drawn on the canvas")
+    parser.add_argument("--loads", type=positive_int, default=20, help="page loads, cold and warm each")
+    parser.add_argument("--digits", type=positive_int, default=30, help="MNIST test digits drawn on the canvas")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the page here (PNG)")
     parser.add_argument(
         "--screenshot-digits",
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         f"max {max(strokes):.1f} ms (target p50 < 50 ms)"
     )
     print(
-        f"  baseline, the PNGs the page sent ({len(grpc_ms)} calls each): gRPC Predict p50 "
+        f"  baseline, the PNGs the page sent, measured after the browser closed ({len(grpc_ms)} calls each): "
+        "gRPC Predict p50 "
         f"{percentile(grpc_ms, 50):.1f} ms; REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms"
     )
     print(f"drawn digits read right: {right} of {args.digits}")
