@@ -219,6 +219,7 @@ class Backend:
         stub_method = getattr(self.stub, method)
         future: grpc.Future | None = None
         gone = threading.Event()
+        given_up = threading.Event()  # the call waited for a replica while none could be reached past the grace
 
         def run():
             nonlocal future
@@ -231,8 +232,15 @@ class Backend:
             return future.result()
 
         async def cancel_when_the_caller_leaves() -> None:
+            """Cancel the call when its caller leaves, or when it is still waiting for a replica once none could
+            be reached for --unreachable-grace: a call made just as the service went down waited out its whole
+            deadline (an Evaluate's two minutes), though a call made a moment later is told at once."""
             try:
                 while not await http.is_disconnected():
+                    if future is not None and not future.done() and not self.wait_for_ready():
+                        given_up.set()
+                        future.cancel()
+                        return
                     await anyio.sleep(DISCONNECT_POLL_SECONDS)
             except Exception:  # e.g. BodyTooLarge from an unread body: stop watching; the call goes on
                 return
@@ -250,6 +258,13 @@ class Backend:
             tasks.start_soon(cancel_when_the_caller_leaves)
             result, error = await outcome()
             tasks.cancel_scope.cancel()
+        if isinstance(error, grpc.FutureCancelledError) and given_up.is_set():
+            raise GatewayError(
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the inference service at {self.options.target} (no replica for "
+                f"{self.options.unreachable_grace:g} s); try again when it is up",
+            )
         if isinstance(error, grpc.FutureCancelledError):
             raise GatewayError(CLIENT_CLOSED, grpc.StatusCode.CANCELLED, "the caller left before the answer")
         if isinstance(error, grpc.RpcError):

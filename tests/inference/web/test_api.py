@@ -314,6 +314,17 @@ def test_a_service_unreachable_past_the_grace_is_503_at_once_and_served_again_wh
         server.stop(grace=0)
 
 
+def test_a_call_made_as_the_service_goes_down_is_503_after_the_grace_not_its_deadline(web, digit_pngs):
+    """A call made before the grace had passed waited for a replica as long as its deadline (two minutes for an
+    Evaluate); it is given up once no replica could be reached for the grace."""
+    gateway = web(target=f"127.0.0.1:{free_port()}", timeout=30, unreachable_grace=0.5)
+    started = time.monotonic()  # at once: the gateway has not yet found the service down
+    answer = gateway.post("/v1/predict", digit_pngs[0][1])
+    assert_error(answer, 503, "UNAVAILABLE", "cannot reach", "no replica for 0.5 s", "try again when it is up")
+    assert answer.headers["retry-after"] == "1"
+    assert time.monotonic() - started < 10, "the call waited out its deadline"
+
+
 def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
     from tests.inference.helpers import publish, start_server
 
