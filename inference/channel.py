@@ -6,6 +6,7 @@ Used by the command-line client, the health probe, the web gateway and the bench
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import grpc
@@ -89,6 +90,32 @@ def reached_server(e: grpc.RpcError) -> bool:
     return any(key == REQUEST_ID_KEY for key, _ in metadata)
 
 
+# gRPC's own words for two refusals its library makes before the service's code runs.
+_OVER_MESSAGE_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+_CONCURRENT_CALLS_LIMIT = "Concurrent RPC limit exceeded!"
+
+
+def said_for_a_person(code: grpc.StatusCode, details: str) -> str | None:
+    """gRPC's own terse refusals (a request over the service's message limit, more calls at once than it takes)
+    said with what to do, for the client and the REST gateway; None for the service's own messages, which do."""
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    over = _OVER_MESSAGE_LIMIT.search(details)
+    if over:
+        sent, limit = (int(n) for n in over.groups())
+        return (
+            f"the request is {sent:,} bytes, larger than the {limit:,} the inference service takes in one "
+            "message; the limit is the service's --max-message-bytes. Send a smaller picture (crop it to the "
+            "digit, or save it as PNG or JPEG at a lower resolution)"
+        )
+    if details.strip() == _CONCURRENT_CALLS_LIMIT:
+        return (
+            "the inference service is answering as many calls at once as it takes (its --max-concurrent-rpcs); "
+            "try again in a moment"
+        )
+    return None
+
+
 def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     code, details = e.code(), e.details() or ""
     # The server's own UNAVAILABLE (no model can be served yet) says what to do; only a call that never reached it
@@ -102,4 +129,4 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
         return f"the server at {target} did not answer in time (raise --timeout): {details}"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server refused the call: {details}. Pass --token or set {settings.ENV_AUTH_TOKEN}."
-    return f"{code.name}: {details}"
+    return f"{code.name}: {said_for_a_person(code, details) or details}"

@@ -53,7 +53,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
-from inference.channel import make_channel, reached_server
+from inference.channel import make_channel, reached_server, said_for_a_person
 from inference.security import AUTH_METADATA_KEY, canonical_authorization, is_metadata_value
 from inference.web import errors, guards, schemas
 
@@ -200,15 +200,7 @@ class Backend:
             return f"cannot reach the inference service at {target} ({details}); try again when it is up"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
-        over = errors.OVER_MESSAGE_LIMIT.search(details)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and over:  # gRPC's own words, for an over-large request
-            sent, limit = (int(n) for n in over.groups())
-            return (
-                f"the request is {sent:,} bytes, larger than the {limit:,} the inference service takes in one "
-                "message; the limit is the service's --max-message-bytes. Send a smaller picture (crop it to the "
-                "digit, or save it as PNG or JPEG at a lower resolution)"
-            )
-        return details or code.name
+        return said_for_a_person(code, details) or details or code.name
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline

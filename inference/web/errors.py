@@ -55,10 +55,6 @@ RETRY_AFTER_SECONDS = 1
 _LIMIT_EXCEEDED = re.compile(r"\bthe limit is\b|\blarger than max\b|\bexceeds limit\b", re.IGNORECASE)
 
 
-# gRPC's message for a request over the service's max_receive_message_length, with the two sizes.
-OVER_MESSAGE_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
-
-
 def is_too_large(code: grpc.StatusCode, message: str) -> bool:
     return code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED) and bool(
         _LIMIT_EXCEEDED.search(message)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
+from inference.channel import describe_rpc_error
 from tests.inference.helpers import publish
 
 TOKEN = "reliability-token"
@@ -59,6 +60,9 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused(serve, tmp_path, digit_png
     with pytest.raises(grpc.RpcError) as e:
         running.stub.Predict(request, timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # gRPC's own "Concurrent RPC limit exceeded!", said with what to do by the client (and the REST gateway).
+    said = describe_rpc_error(e.value, "the target")
+    assert "as many calls at once as it takes (its --max-concurrent-rpcs); try again in a moment" in said
     blocked["release"].set()
     assert all(call.result().model_version == "v1" for call in in_flight)
     assert running.stub.Predict(request, timeout=10).model_version == "v1"  # capacity is back
