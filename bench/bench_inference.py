@@ -38,7 +38,7 @@ import numpy as np
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import non_negative_int, positive_int, positive_seconds
+from shared.cli import ArgumentParser, non_negative_int, positive_int, positive_seconds
 
 from bench.machine import describe_machine
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
@@ -153,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         from shared.resources import usable_cpus
 
         from inference.capacity import machine_worker_count, process_memory_mib
-        from inference.options import BACKENDS, DEFAULT_BACKEND, ServerOptions
+        from inference.options import ServerOptions, add_server_arguments
 
         cpus = usable_cpus()
-        # The backend the server runs, as it chooses it (the flag, else its environment variable, else its
-        # default), passed to it explicitly: the network-alone baseline must be measured on the same one.
-        backend = args.backend or settings.env_str(settings.ENV_INFERENCE_BACKEND, DEFAULT_BACKEND)
-        if backend not in BACKENDS:
-            raise SystemExit(f"{settings.ENV_INFERENCE_BACKEND}={backend!r} must be one of: {', '.join(BACKENDS)}")
+        # The backend the server runs, as its own parser chooses it (the flag, else its environment variable, else
+        # its default), passed to it explicitly: the network-alone baseline must be measured on the same one.
+        server_parser = ArgumentParser()
+        add_server_arguments(server_parser)
+        backend = args.backend or server_parser.parse_args([]).backend
         # The server's own choice for --workers 0, computed here because the benchmark waits for each worker.
         defaults = ServerOptions(artifacts_dir=artifacts, data_dir=args.data_dir)
         per_process = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)

@@ -29,7 +29,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
-from inference.channel import describe_rpc_error, make_channel
+from inference.channel import describe_rpc_error, make_channel, said_for_a_person
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
 from inference.security import bearer_metadata, is_metadata_value
 
@@ -117,7 +117,8 @@ def cmd_predict(stub, args, call) -> int:
             if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or len(chunk) > 1:
                 raise
             # One picture over the message limit, alone in its call: it fails, the others go on.
-            print(f"{chunk[0][0]}: not accepted: {e.details()}", file=sys.stderr)
+            details = e.details() or ""
+            print(f"{chunk[0][0]}: not accepted: {said_for_a_person(e.code(), details) or details}", file=sys.stderr)
             failed += 1
             continue
         for (path, data), result in zip(chunk, response.results):

@@ -251,12 +251,12 @@ class Backend:
             result, error = await outcome()
             tasks.cancel_scope.cancel()
         if isinstance(error, grpc.FutureCancelledError) and given_up.is_set():
-            raise GatewayError(
-                503,
-                grpc.StatusCode.UNAVAILABLE,
+            code = grpc.StatusCode.UNAVAILABLE
+            message = (
                 f"cannot reach the inference service at {self.options.target} (no replica for "
-                f"{self.options.unreachable_grace:g} s); try again when it is up",
+                f"{self.options.unreachable_grace:g} s); try again when it is up"
             )
+            raise GatewayError(errors.http_status(code, message), code, message)
         if isinstance(error, grpc.FutureCancelledError):
             raise GatewayError(CLIENT_CLOSED, grpc.StatusCode.CANCELLED, "the caller left before the answer")
         if isinstance(error, grpc.RpcError):
