@@ -6,6 +6,7 @@ Kept free of torch so the client and the health probe start fast.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -62,6 +63,15 @@ def canonical_authorization(value: str) -> str:
     return f"Bearer {rest}" if space and scheme.lower() == "bearer" else value
 
 
+def one_authorization(values: Sequence[str]) -> str:
+    """The one Authorization value a caller sent, its scheme spelt 'Bearer' ('' when none was sent). ValueError
+    for more than one: which would count is a guess (gRPC keeps them all and a dict keeps the last, HTTP
+    frameworks give the first), so a good token and a bad one passed or failed by their order."""
+    if len(values) > 1:
+        raise ValueError(f"{len(values)} authorization values were sent")
+    return canonical_authorization(values[0]) if values else ""
+
+
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Lets a call through only with metadata `authorization: Bearer <token>`; health checks are exempt."""
 
@@ -79,8 +89,11 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        supplied = canonical_authorization(metadata.get(AUTH_METADATA_KEY, ""))
+        metadata = handler_call_details.invocation_metadata or ()
+        try:
+            supplied = one_authorization([value for key, value in metadata if key == AUTH_METADATA_KEY])
+        except ValueError as e:
+            return _deny(handler, f"{e}: send metadata 'authorization: Bearer <token>' once")
         # Constant-time comparison: the time taken does not tell an attacker how much of a guess was right.
         if hmac.compare_digest(supplied.encode(), self._expected):
             return handler

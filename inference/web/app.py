@@ -54,7 +54,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.access_log import REQUEST_ID_KEY
 from inference.channel import make_channel, reached_server, said_for_a_person
-from inference.security import AUTH_METADATA_KEY, canonical_authorization, is_metadata_value
+from inference.security import AUTH_METADATA_KEY, is_metadata_value, one_authorization
 from inference.web import errors, guards, schemas
 
 log = logging.getLogger(__name__)
@@ -270,12 +270,23 @@ class Backend:
         return result
 
 
+def authorization_header(http: Request) -> str:
+    """The caller's one Authorization header, scheme spelt 'Bearer' ('' for none); more than one is refused (401)
+    rather than one of them chosen by its order."""
+    try:
+        return one_authorization(http.headers.getlist("authorization"))
+    except ValueError as e:
+        raise GatewayError(
+            401, grpc.StatusCode.UNAUTHENTICATED, f"{e}: send one header 'Authorization: Bearer <token>'"
+        ) from None
+
+
 def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
     """The caller's Authorization and X-Request-ID headers as gRPC metadata. gRPC metadata carries printable
     ASCII only: other characters would fail the call as the service's fault ("Invalid metadata", a 502), so they
     are the caller's error here, said as such."""
     metadata = []
-    if (authorization := http.headers.get("authorization")) is not None:
+    if authorization := authorization_header(http):
         if not is_metadata_value(authorization):
             raise GatewayError(
                 401,
@@ -283,7 +294,7 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
                 "the Authorization header holds characters other than printable ASCII; send "
                 "'Authorization: Bearer <token>' with the service's token",
             )
-        metadata.append((AUTH_METADATA_KEY, canonical_authorization(authorization)))
+        metadata.append((AUTH_METADATA_KEY, authorization))
     if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
         if not is_metadata_value(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
             raise _bad_request(
@@ -601,7 +612,7 @@ def create_app(options: WebOptions) -> FastAPI:
         `Security` parameter only declares the scheme in the OpenAPI schema (/docs then has Authorize)."""
         if expected_authorization is None:
             return
-        supplied = canonical_authorization(request.headers.get("authorization", ""))
+        supplied = authorization_header(request)
         if not hmac.compare_digest(supplied.encode(), expected_authorization):
             reason = "no Authorization header" if not supplied else "wrong token"
             raise GatewayError(

@@ -26,7 +26,11 @@ def token_server(serve, tmp_path):
         ((), "no authorization"),
         ((("authorization", "Bearer wrong"),), "wrong token"),
         ((("authorization", TOKEN),), "wrong token"),  # the scheme is part of it
+        # Two tokens, the right one among them: which one counts would be a guess (before, the last one did).
+        ((("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")), "2 authorization values"),
+        ((("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")), "2 authorization values"),
     ],
+    ids=["none", "wrong", "no scheme", "right then wrong", "wrong then right"],
 )
 def test_calls_without_the_token_are_unauthenticated(token_server, metadata, reason):
     with pytest.raises(grpc.RpcError) as e:

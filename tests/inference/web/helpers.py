@@ -38,6 +38,11 @@ def multipart(files: list[tuple[str, bytes]], content_type: str = "application/o
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def _answer(connection: http.client.HTTPConnection) -> Answer:
+    response = connection.getresponse()
+    return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+
+
 @dataclass
 class Web:
     """A running gateway: its port, and its thread's uvicorn server."""
@@ -56,8 +61,19 @@ class Web:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+            return _answer(connection)
+        finally:
+            connection.close()
+
+    def post_repeating(self, path: str, body: bytes, headers: list[tuple[str, str]]) -> Answer:
+        """A PNG POST whose `headers` may name one header twice, which a dict of headers cannot."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.putrequest("POST", path)
+            for name, value in [("Content-Type", "image/png"), ("Content-Length", str(len(body))), *headers]:
+                connection.putheader(name, value)
+            connection.endheaders(body)
+            return _answer(connection)
         finally:
             connection.close()
 

@@ -393,6 +393,20 @@ def test_the_services_token_applies_to_rest_callers(web, token_backend, digit_pn
     assert gateway.request("HEAD", "/").status == 200 and gateway.request("HEAD", "/healthz").status == 200
 
 
+@pytest.mark.parametrize("own_token", [False, True], ids=["passed through", "the gateway's own"])
+def test_two_authorization_headers_are_refused_whatever_their_order(web, token_backend, digit_pngs, own_token):
+    gateway = web(target=token_backend.target, token=TOKEN if own_token else None)
+    png = digit_pngs[0][1]
+    for pair in [(f"Bearer {TOKEN}", "Bearer wrong"), ("Bearer wrong", f"Bearer {TOKEN}")]:
+        assert_error(
+            gateway.post_repeating("/v1/predict", png, [("Authorization", value) for value in pair]),
+            401,
+            "UNAUTHENTICATED",
+            "2 authorization values",
+        )
+    assert gateway.post("/v1/predict", png, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+
+
 def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_backend, digit_pngs):
     gateway = web(target=token_backend.target, token=TOKEN)
     message = assert_error(
