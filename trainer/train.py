@@ -279,6 +279,13 @@ def synchronized_batch_norm(model: nn.Module, device: torch.device) -> nn.Module
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def per_process_steps(train_count: int, batch_size: int, dist_info: DistInfo) -> tuple[int, int]:
+    """(images per step on each process, steps per epoch): each process takes every world_size-th image of the
+    epoch's order, padded to the same count on all of them, in steps of its share of the batch."""
+    per_process_batch = max(1, batch_size // dist_info.world_size)
+    return per_process_batch, math.ceil(math.ceil(train_count / dist_info.world_size) / per_process_batch)
+
+
 def share_of(count: int, dist_info: DistInfo) -> int:
     """This process's part of `count` items shared out among the processes, as evenly as whole items allow."""
     return count // dist_info.world_size + (dist_info.rank < count % dist_info.world_size)
@@ -397,8 +404,7 @@ def train_one_epoch(
     order = order.to(device)
     # The wrapped-around positions are the last of this process's order: seen again, not counted in the metrics.
     counted = len(range(dist_info.rank, len(splits.train_x), dist_info.world_size))
-    per_process_batch = max(1, config.batch_size // dist_info.world_size)
-    steps = math.ceil(len(order) / per_process_batch)
+    per_process_batch, steps = per_process_steps(len(splits.train_x), config.batch_size, dist_info)
     augment_config = AugmentConfig()
     mixed = autocast(device, precision)  # re-entered every step
     negatives = config.negatives > 0 and splits.neg_x is not None and len(splits.neg_x) > 0
@@ -743,8 +749,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     model = build(config, device, channels_last)
     average = weight_average(model, config.ema_decay)
     evaluated = model if average is None else average.network  # what each epoch scores and saves
-    per_process = max(1, config.batch_size // dist_info.world_size)
-    steps_per_epoch = math.ceil(math.ceil(len(splits.train_x) / dist_info.world_size) / per_process)
+    _, steps_per_epoch = per_process_steps(len(splits.train_x), config.batch_size, dist_info)
     optimizer, scheduler = make_optimizer(config, model, steps_per_epoch)
     state = RunState()
     if resume_ckpt is not None:
