@@ -6,8 +6,9 @@
     python -m inference.models prune --keep 5        # all but the 5 newest (never the served one nor the one before)
 
 promote and rollback check the model exactly as a server does before it serves one (size and SHA-256,
-weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model); a model that
-fails is refused with the reason and nothing changes. Only then is a new LATEST.json renamed into place, so a
+weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model), with the
+onnxruntime backend: it checks the .pt as the torch backend does and its ONNX export besides, so a model it
+passes is one a server of either backend serves. A model that fails is refused with the reason and nothing changes. Only then is a new LATEST.json renamed into place, so a
 server never reads a half-written one, and the change is appended to models/HISTORY.jsonl, which rollback walks
 back: rollback after rollback goes further back.
 """
