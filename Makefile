@@ -7,6 +7,7 @@
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
 #   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
 #   make protos    regenerate the gRPC code in shared/api from protos/
+#   make lock      rewrite constraints.txt, the exact versions every install uses, from pyproject.toml's ranges
 #   make lint      ruff (lint and format check) and mypy on the code; hadolint on both Dockerfiles; the compose
 #                  files through `docker compose config`
 #   make tools     checkov, for tests/deploy/test_k8s.py, in a virtual environment of its own
@@ -22,7 +23,7 @@ export MNIST_VENV := $(VENV)
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV ?= $(HOME)/.cache/mnist-stack/tools/checkov
 
-.PHONY: up down stack venv test protos lint tools
+.PHONY: up down stack venv test protos lock lint tools
 
 up:
 	scripts/compose.sh up $(ARGS)
@@ -47,6 +48,9 @@ tools: venv
 
 protos: venv
 	$(PY) scripts/gen_protos.py
+
+lock: venv
+	$(PY) scripts/lock.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-command local stack: make sure the project's virtual environment exists and is up to date with
-# pyproject.toml (creating it and running `pip install -e .` when not), then run scripts/local_stack.py in it
+# pyproject.toml and constraints.txt (creating it and running `pip install -c constraints.txt -e .` when not), then run scripts/local_stack.py in it
 # (python -m scripts.local_stack, from the checkout).
 #
 #   scripts/stack.sh [local_stack.py flags]     e.g.  MNIST_TENSORBOARD_PORT=6007 scripts/stack.sh --epochs 3
@@ -25,16 +25,17 @@ if [ ! -x "$VENV/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
-# Reinstall when pyproject.toml (the pins), the checkout or the extras changed since the last install into this
-# environment. The checkout counts because the install is editable: an environment shared by two clones (CI's)
-# must import the code of the clone that runs, not of the one that installed it.
+# Reinstall when pyproject.toml or constraints.txt (the exact versions: scripts/lock.py), the checkout or the
+# extras changed since the last install into this environment. The checkout counts because the install is
+# editable: an environment shared by two clones (CI's) must import the code of the clone that runs, not of the
+# one that installed it.
 STAMP="$VENV/.mnist-stack-install"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)@${ROOT} ${EXTRAS}"
+WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)@${ROOT} ${EXTRAS}"
 HAVE="$(cat "$STAMP" 2>/dev/null || true)"
 # An environment installed with more extras (dev) serves a plain run too.
 if [ "$HAVE" != "$WANT" ] && ! { [ -z "$EXTRAS" ] && [ "${HAVE%% *}" = "${WANT%% *}" ]; }; then
     say "installing the project into $VENV (pip install -e '$SPEC'; PyTorch is large, the first time takes a while)"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$SPEC"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt -e "$SPEC"
     printf '%s\n' "$WANT" > "$STAMP"
 fi
 

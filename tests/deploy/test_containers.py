@@ -58,6 +58,52 @@ def test_images_install_pyprojects_exact_torch_pins(name):
         )
 
 
+def constraints() -> dict[str, str]:
+    """constraints.txt: normalized package name -> exact version."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_pyprojects_range():
+    """Every install of one commit gets the same versions (scripts/lock.py): each dependency, the dev extra's too,
+    has an exact pin, and the pin is one pyproject.toml allows (a range changed without `make lock` fails here)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = constraints()
+    for text in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        requirement = Requirement(text)
+        pin = pins.get(canonicalize_name(requirement.name))
+        assert pin is not None, f"constraints.txt does not pin {requirement.name}: run `make lock`"
+        assert requirement.specifier.contains(pin, prereleases=True), (
+            f"constraints.txt pins {requirement.name}=={pin}, outside pyproject.toml's {text!r}: run `make lock`"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_images_install_dependencies_at_the_locked_versions_before_copying_the_code(name):
+    """The dependencies' layer depends on pyproject.toml and constraints.txt only, so a code edit rebuilds in
+    seconds; the project itself goes in after the code, without resolving anything again (--no-deps)."""
+    instructions = dockerfile_instructions(DOCKERFILES[name])
+    locked = [i for i, (kind, args) in enumerate(instructions) if kind == "RUN" and "-c constraints.txt" in args]
+    code = [
+        i for i, (kind, args) in enumerate(instructions) if kind == "COPY" and args.startswith(("shared/", "trainer/"))
+    ]
+    project = [i for i, (kind, args) in enumerate(instructions) if kind == "RUN" and "pip install --no-deps ." in args]
+    assert len(locked) == 1 and code and len(project) == 1, f"{name}/Dockerfile: {instructions}"
+    assert locked[0] < min(code) < project[0], f"{name}/Dockerfile installs the dependencies after copying the code"
+    copied_before = " ".join(args for kind, args in instructions[: locked[0]] if kind == "COPY")
+    assert set(copied_before.split()[:-1]) <= {"pyproject.toml", "constraints.txt"}, copied_before
+
+
 def build_args(path: Path) -> dict[str, str]:
     """ARG name -> default value ('' when the ARG has none)."""
     return {
