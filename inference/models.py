@@ -8,9 +8,9 @@
 promote and rollback check the model exactly as a server does before it serves one (size and SHA-256,
 weights-only loading, strict weights, a warm-up batch: inference.model_store.load_served_model), with the
 onnxruntime backend: it checks the .pt as the torch backend does and its ONNX export besides, so a model it
-passes is one a server of either backend serves. A model that fails is refused with the reason and nothing changes. Only then is a new LATEST.json renamed into place, so a
-server never reads a half-written one, and the change is appended to models/HISTORY.jsonl, which rollback walks
-back: rollback after rollback goes further back.
+passes is one a server of either backend serves. A model that fails is refused with the reason and nothing
+changes. Only then is a new LATEST.json renamed into place, so a server never reads a half-written one, and the
+change is appended to models/HISTORY.jsonl, which rollback walks back: rollback after rollback goes further back.
 """
 
 from __future__ import annotations

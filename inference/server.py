@@ -201,6 +201,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,
     )
+    metrics.decode_memory_from(lambda: limits.decode_budget.in_use)
     servicer = InferenceServicer(
         store,
         shared_evaluation_data(str(options.data_dir), options.download_data),

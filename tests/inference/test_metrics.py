@@ -175,6 +175,14 @@ def test_refused_by_the_token_check_still_counts(serve, tmp_path, digit_pngs):
     )
 
 
+def test_decode_memory_reports_the_servers_decode_budget_in_use(metered):
+    """Before, nothing connected the gauge to the budget: it read 0 through every decode."""
+    budget = metered.server.servicer.limits.decode_budget
+    with budget.reserve(3 * 2**20):
+        assert value(scrape(metered.server.metrics_port), "mnist_decode_memory_bytes") == 3 * 2**20
+    assert value(scrape(metered.server.metrics_port), "mnist_decode_memory_bytes") == 0
+
+
 def test_decode_memory_is_read_from_the_callable_it_is_given(metered):
     in_use = [0]
     metered.server.metrics.decode_memory_from(lambda: in_use[0])
