@@ -59,12 +59,15 @@ from shared.normalize import (  # noqa: F401 - re-exported
 # half still has room for ruling lines (RULING_MIN_PICTURE).
 COARSE_MIN_SIDE = 320
 # The half-resolution reading stands if the digit found there is at least twice MNIST's box on its long side: its
-# 20x20 box is still made by averaging pixels down, as MNIST's was. Strokes need no such floor: a 0.6-px hairline
-# at full resolution gave the same 28x28 digit at half (correlation 0.99), as the stroke stage grows it anyway; a
-# stroke too faint to be found at half leaves no digit there, and the picture is read again. Measured on users'
-# pictures (bench/bench_user_images.py, 300 per style): reading every picture at half resolution, and none, gave
-# the same accuracy in every style.
+# 20x20 box is still made by averaging pixels down, as MNIST's was. A stroke too faint to be found at half leaves
+# no digit there, and the picture is read again. Measured on users' pictures (bench/bench_user_images.py, 300 per
+# style): reading every picture at half resolution, and none, gave the same accuracy in every style.
 COARSE_MIN_DIGIT = 2 * MNIST_BOX
+# ...and its stroke at least this many pixels wide there (stroke ratio x the digit's long side). A paint program's
+# 1-3 px hard-edged pencil on a large canvas lands on one pixel or is split grey over two at half size, as each
+# line falls; the split ones came out too faint to keep, and a 4 without its bar read 1 (14 of 120 such pictures
+# wrong, none at full resolution). A smooth thin pen reads the same either way; photographed pens are wider.
+COARSE_MIN_STROKE = 4.0
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,9 @@ def trace_at(work: np.ndarray, paper: Paper, scale: int = 1) -> PipelineTrace:
 
 def coarse_enough(trace: PipelineTrace) -> bool:
     """Whether a half-resolution reading lost nothing the 28x28 digit needs: a digit of COARSE_MIN_DIGIT pixels
-    or more on its long side."""
-    return max(trace.region.window[2:]) >= COARSE_MIN_DIGIT
+    or more on its long side, drawn with a stroke of COARSE_MIN_STROKE pixels or more."""
+    long_side = max(trace.region.window[2:])
+    return long_side >= COARSE_MIN_DIGIT and trace.stroke_ratio * long_side >= COARSE_MIN_STROKE
 
 
 def encode_png(img28: np.ndarray) -> bytes:
