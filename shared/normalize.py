@@ -156,18 +156,33 @@ def shadow_cells(disagree: np.ndarray) -> int:
     return int(area[touches].sum())
 
 
+def border_band(channel: np.ndarray) -> np.ndarray:
+    """The pixels of (H, W) `channel` within a sixteenth of its short side of the edge (at least one), flattened."""
+    depth = max(1, min(channel.shape) // 16)
+    return np.concatenate(
+        [
+            channel[:depth].ravel(),
+            channel[-depth:].ravel(),
+            channel[depth:-depth, :depth].ravel(),
+            channel[depth:-depth, -depth:].ravel(),
+        ]
+    )
+
+
 def ink_sign(image: np.ndarray) -> np.ndarray:
     """Per channel, whether the ink is darker (-1) or lighter (+1) than the paper. (C,) int.
 
-    The paper is the border's median (it nearly always reaches the border); the ink is the picture's extreme
+    The paper is the median of a band along the border, a sixteenth of the short side deep (the paper nearly
+    always reaches the border; a band, not the outermost pixels alone, since a frame drawn along the picture's
+    edge, a screenshot's or a canvas export's, is darker than the paper and made a black-on-white digit read as
+    white paper with the strokes cut out of it); the ink is the picture's extreme
     that lies farther from it *in ratio*: light falling on the page scales paper and ink alike, so the bright
     side of a shadow is at most a few times brighter than the dark side, while ink is many times darker than
     its paper (or, in dark mode, many times lighter).
     """
     signs = []
     for channel in _channels(image):
-        border = np.concatenate([channel[0], channel[-1], channel[:, 0], channel[:, -1]])
-        paper = float(np.median(border)) + 1.0
+        paper = float(np.median(border_band(channel))) + 1.0
         sample = np.ascontiguousarray(channel[::2, ::2])  # a quarter of the pixels: enough for 0.2 % tails
         counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel())
         darkest = float(np.searchsorted(counts, 0.002 * counts[-1])) + 1.0

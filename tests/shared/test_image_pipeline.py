@@ -195,6 +195,20 @@ def test_thin_pen_strokes_are_grown_to_mnist_width(digit):
     assert similarity(out, digit) > 0.9
 
 
+@pytest.mark.parametrize(
+    "canvas, frame", [((64, 64), 1), ((400, 400), 1), ((400, 400), 3), ((400, 400), 6), ((600, 800), 3)]
+)
+def test_a_frame_along_the_pictures_edge_is_not_taken_for_the_paper(digit, frame, canvas):
+    """A screenshot's or a canvas export's dark frame: the paper was the outermost pixels' median, the frame's
+    black, so a black-on-white digit read as white paper with its strokes cut out (mostly "not a digit"). (A
+    frame of several pixels on a small picture is still read as ink: ruling lines are found from 160 px on.)"""
+    height = canvas[0] * 3 // 5
+    picture = on_paper(drawing(digit, canvas=canvas, height=height, top=canvas[0] // 5, left=(canvas[1] - height) // 2))
+    framed = picture.copy()
+    framed[:frame] = framed[-frame:] = framed[:, :frame] = framed[:, -frame:] = 0
+    assert similarity(to_mnist_array(framed), to_mnist_array(picture)) > 0.9
+
+
 def test_paint_brush_strokes_are_thinned(digit):
     """A brush 30% of the digit's height would fill MNIST's box; it comes out near MNIST's width."""
     thick = to_mnist(ui.encode(on_paper(drawing(digit, height=300, stroke=90)), "PNG"))
