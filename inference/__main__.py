@@ -15,8 +15,8 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from shared import settings
-from shared.cli import ArgumentParser, HelpFormatter
-from shared.resources import memory_limit_bytes
+from shared.cli import ArgumentParser, HelpFormatter, non_negative_int, non_negative_seconds
+from shared.resources import memory_limit_bytes, usable_cpus
 
 from inference.capacity import check_workers_fit, machine_worker_count, process_memory_mib
 from inference.logs import LOG_FORMATS, configure_logging
@@ -39,22 +39,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--grace-period",
-        type=float,
+        type=non_negative_seconds,
         default=5.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long calls in flight may take to finish",
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        default=settings.env_int(settings.ENV_INFERENCE_WORKERS, 0),
+        type=non_negative_int,
+        default=settings.env_value(settings.ENV_INFERENCE_WORKERS, 0, non_negative_int),
         help=f"server processes sharing the port; 0 chooses one per usable CPU core, as many as the "
         f"memory holds (inference.capacity.default_worker_count), since Python runs one thread "
         f"at a time per process (env {settings.ENV_INFERENCE_WORKERS})",
     )
     parser.add_argument(
         "--torch-threads",
-        type=int,
+        type=non_negative_int,
         default=1,
         help="intra-op threads per call, in torch and onnxruntime (calls already run in parallel); 0: torch's default",
     )
@@ -62,7 +62,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument(
         "--log-format",
-        default=settings.env_str(settings.ENV_LOG_FORMAT, "text"),
+        default=settings.env_choice(settings.ENV_LOG_FORMAT, "text", LOG_FORMATS),
         choices=LOG_FORMATS,
         help=f"'text' for people, 'json' for log collectors: one object per line, with the access "
         f"log's fields (method, code, latency_ms, request_id, ...) as keys (env {settings.ENV_LOG_FORMAT})",
@@ -96,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"--tls-cert {options.tls_cert} and --tls-key {options.tls_key} are not a PEM certificate chain and "
                 f"its private key ({e})"
             ) from None
-    if args.workers < 0:
-        raise SystemExit("--workers must be at least 1 (or 0: one per CPU core, as memory allows)")
     try:
         check_decode_budget(options)
         per_process = process_memory_mib(options.decode_budget_mib, options.max_workers, options.max_message_bytes)
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{memory / 2**30:.1f} GiB" if memory is not None else "an unknown amount",
                 per_process,
             )
-        check_workers_fit(args.workers, per_process, memory_limit_bytes())
+        check_workers_fit(args.workers, per_process, memory_limit_bytes(), usable_cpus())
     except ValueError as e:
         raise SystemExit(str(e)) from None
     from inference.workers import split_address

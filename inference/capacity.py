@@ -49,9 +49,22 @@ def machine_worker_count(per_process_mib: int) -> tuple[int, int, int | None]:
     return default_worker_count(cpus, memory, per_process_mib), cpus, memory
 
 
-def check_workers_fit(workers: int, per_process_mib: int, limit: int | None) -> None:
-    """Raise ValueError, saying what to change, when `workers` processes (and, for more than one, the parent that
-    watches them) cannot fit within `limit` bytes."""
+# Python runs one thread at a time per process, so a process per core keeps every core busy; a few more can cover
+# for one waiting on I/O, but past this many each only queues for the cores, with memory of its own (100,000 asked
+# by mistake forked until the machine ran out of memory).
+MAX_WORKERS_PER_CORE = 4
+
+
+def check_workers_fit(workers: int, per_process_mib: int, limit: int | None, cpus: int) -> None:
+    """Raise ValueError, saying what to change, when `workers` processes are more than MAX_WORKERS_PER_CORE for
+    each of `cpus` usable cores, or (with the parent that watches them, for more than one) cannot fit within
+    `limit` bytes."""
+    if workers > MAX_WORKERS_PER_CORE * cpus:
+        raise ValueError(
+            f"{workers:,} server processes for {cpus} usable CPU core(s): past {MAX_WORKERS_PER_CORE} a core each "
+            f"only queues for the cores, with memory of its own; use --workers {MAX_WORKERS_PER_CORE * cpus} or "
+            "fewer (0 chooses one per core, as memory allows)"
+        )
     if limit is None:
         return
     needed = (workers * per_process_mib + (PARENT_PROCESS_MIB if workers > 1 else 0)) * MIB

@@ -27,6 +27,17 @@ BACKENDS = ("onnxruntime", "torch")
 DEFAULT_BACKEND = "onnxruntime"
 
 
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's channel arguments are C ints: a larger one ended in an OverflowError
+
+
+def message_bytes(text: str) -> int:
+    """argparse type: a gRPC message size limit, 1 to MAX_MESSAGE_BYTES."""
+    value = positive_int(text)
+    if value > MAX_MESSAGE_BYTES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_MESSAGE_BYTES:,} (gRPC's limit), got {value:,}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """argparse type: a number in [0, 1] (the digit threshold's flag and environment variable)."""
     try:
@@ -97,7 +108,9 @@ class ServerOptions:
     )
     # A Predict of the largest image (max_image_bytes) fits with room to spare; each worker thread holds at most
     # one request of this size, twice (inference/capacity.py counts it).
-    max_message_bytes: int = option(16 * 1024 * 1024, "bytes of one request or response message", type=positive_int)
+    max_message_bytes: int = option(
+        16 * 1024 * 1024, "bytes of one request or response message (at most 2 GiB - 1)", type=message_bytes
+    )
     max_concurrent_evaluations: int = option(
         1, "Evaluate calls at once; more get RESOURCE_EXHAUSTED", type=positive_int
     )

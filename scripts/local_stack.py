@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from shared import settings
-from shared.cli import ArgumentParser, HelpFormatter
+from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_int
 
 from inference.web.guards import default_allowed_hosts
 
@@ -90,12 +90,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--web-port",
-        type=int,
-        default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
+        type=port_number,
+        default=s.env_value(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT, port_number),
         help=f"the web page and REST API's port [env {s.ENV_WEB_PORT}]",
     )
     parser.add_argument(
-        "--web-host", default="localhost", help="the web page's interface; 0.0.0.0 shows it to the network"
+        "--web-host",
+        type=non_empty,
+        default=s.env_str(s.ENV_WEB_HOST, "localhost"),
+        help=f"the web page's interface; 0.0.0.0 shows it to the network [env {s.ENV_WEB_HOST}]",
     )
     parser.add_argument(
         "--metrics-address",
@@ -110,8 +113,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tensorboard-port",
-        type=int,
-        default=s.env_int(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT),
+        type=port_number,
+        default=s.env_value(s.ENV_TENSORBOARD_PORT, s.DEFAULT_TENSORBOARD_PORT, port_number),
         help=f"TensorBoard's port [env {s.ENV_TENSORBOARD_PORT}]",
     )
     parser.add_argument(
@@ -119,7 +122,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     # Training settings: given here they are exported to the services; not given, the environment's (or the
     # trainer's own defaults) apply, so no default is repeated here.
-    parser.add_argument("--epochs", type=int, default=None, help=f"[env {s.ENV_EPOCHS}]; default: the preset's")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"[env {s.ENV_EPOCHS}]; default: the preset's"
+    )
     parser.add_argument("--preset", default=None, help=f"default or seed [env {s.ENV_PRESET}]")
     parser.add_argument("--device", default=None, help=f"auto, cpu or cuda [env {s.ENV_DEVICE}]")
     parser.add_argument("--seed", type=int, default=None, help=f"[env {s.ENV_SEED}]")
@@ -127,7 +132,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--trainer-args",
         default="",
         metavar="ARGS",
-        help='more trainer flags, one string, e.g. "--train-subset 2000" for a smoke run',
+        help='more trainer flags, one string, e.g. "--train-subset 2000" for a smoke run; a lone flag with an '
+        "equals sign (--trainer-args=--dry-run), or argparse takes it for one of its own",
     )
     parser.add_argument(
         "--skip",

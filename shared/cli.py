@@ -58,20 +58,43 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535 (0: any free one). A larger number was taken modulo 65536 by the
+    socket layer (70000 listened on 4464) or ended in an OverflowError traceback."""
+    value = whole_number(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # refused below with the caller's own message
+
+
 def positive_seconds(text: str) -> float:
     """argparse type: a duration in seconds, finite and above 0 (a deadline of 0, -1 or nan fails every call)."""
-    value = float(text)
+    value = _seconds(text)
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
     return value
 
 
 def non_negative_seconds(text: str) -> float:
     """argparse type: a duration in seconds, finite and 0 or more (a wait of 0: do not wait)."""
-    value = float(text)
+    value = _seconds(text)
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
     return value
+
+
+def non_empty(text: str) -> str:
+    """argparse type: text that is not empty or blank (an empty --host listened on every interface)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
 
 
 def escape_unprintable_output() -> None:

@@ -95,6 +95,15 @@ def env_value(name: str, default: Any, kind: Callable[[str], Any], what: str = "
         return InvalidEnv(f"environment variable {name}={value!r}: {e}")
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str | InvalidEnv:
+    """The environment variable `name` if it is one of `choices` (argparse checks only typed values against them),
+    `default` when it is unset or blank."""
+    value = env_str(name, default)
+    if value not in choices:
+        return InvalidEnv(f"environment variable {name}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
 def env_int(name: str, default: int) -> int | InvalidEnv:
     return env_value(name, default, int, "a whole number")
 

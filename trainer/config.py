@@ -373,7 +373,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         )
     try:
         build_model(config.arch, **config.arch_kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a width of -3
         raise SystemExit(
             f"--arch-kwargs {json.dumps(config.arch_kwargs)}: the {config.arch} network cannot be built with them ({e})"
         ) from None

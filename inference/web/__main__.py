@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from shared import settings
-from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
@@ -33,13 +33,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host",
+        type=non_empty,
         default=s.env_str(s.ENV_WEB_HOST, s.DEFAULT_WEB_HOST),
         help=f"interface to listen on; 0.0.0.0 shows the page to the network [env {s.ENV_WEB_HOST}]",
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=s.env_int(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT),
+        type=port_number,
+        default=s.env_value(s.ENV_WEB_PORT, s.DEFAULT_WEB_PORT, port_number),
         help=f"port to listen on; 0 picks a free one [env {s.ENV_WEB_PORT}]",
     )
     parser.add_argument(
@@ -121,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument(
         "--log-format",
-        default=s.env_str(s.ENV_LOG_FORMAT, "text"),
+        default=s.env_choice(s.ENV_LOG_FORMAT, "text", LOG_FORMATS),
         choices=LOG_FORMATS,
         help=f"'text' for people, 'json' for log collectors [env {s.ENV_LOG_FORMAT}]",
     )

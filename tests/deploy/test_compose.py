@@ -262,6 +262,22 @@ def test_tensorboard_and_web_ports_are_one_variable_away(monkeypatch):
     assert get_args_parser().parse_args(["--web-port", "8082"]).web_port == 8082
 
 
+def test_the_local_web_page_listens_where_the_web_services_variable_says(monkeypatch):
+    """`make stack` passed --host localhost to the page whatever MNIST_WEB_HOST said."""
+    monkeypatch.setenv(settings.ENV_WEB_HOST, "0.0.0.0")
+    web = {s.name: s for s in local_services(get_args_parser().parse_args([]))}["web"].argv
+    assert web[web.index("--host") + 1] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("variable", [settings.ENV_TENSORBOARD_PORT, settings.ENV_WEB_PORT])
+def test_a_port_out_of_range_is_refused_by_the_local_stack(variable, monkeypatch, capsys):
+    monkeypatch.setenv(variable, "70000")
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args([])
+    assert exit_info.value.code == 2
+    assert f"{variable}='70000': must be a port from 0 to 65535" in capsys.readouterr().err
+
+
 def test_healthcheck_command_maps_to_the_local_port(model):
     mapping = LocalMapping(volumes={}, ports={GRPC_PORT: 40000, WEB_PORT: 40001, HEALTH_PORT: 40002})
     argv = healthcheck_argv(model, "inference", mapping)

@@ -30,10 +30,18 @@ def test_the_container_limit_is_read_from_cgroup_v2_or_v1(tmp_path):
 def test_workers_that_do_not_fit_the_limit_are_refused_with_what_to_change():
     defaults = ServerOptions(artifacts_dir=None, data_dir=None)
     each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-    check_workers_fit(1, each, 3 * 2**30)
-    check_workers_fit(4, each, None)
+    check_workers_fit(1, each, 3 * 2**30, cpus=2)
+    check_workers_fit(4, each, None, cpus=2)
     with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 4\.3 GiB.*MNIST_INFERENCE_MEMORY"):
-        check_workers_fit(2, each, 3 * 2**30)
+        check_workers_fit(2, each, 3 * 2**30, cpus=2)
+
+
+def test_more_workers_than_a_few_a_core_are_refused_without_a_memory_limit():
+    """MNIST_INFERENCE_WORKERS=100000 forked until the machine ran out of memory: nothing bounded it where no
+    container limit was set."""
+    check_workers_fit(8, 500, None, cpus=2)
+    with pytest.raises(ValueError, match=r"100,000 server processes for 2 usable CPU core\(s\).*--workers 8 or fewer"):
+        check_workers_fit(100_000, 500, None, cpus=2)
 
 
 def test_the_server_refuses_to_start_when_its_workers_cannot_fit(monkeypatch, tmp_path):

@@ -40,8 +40,12 @@ def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it
     "variable, value, message",
     [
         ("MNIST_DIGIT_THRESHOLD", "abc", "MNIST_DIGIT_THRESHOLD='abc': 'abc' is not a number from 0 to 1"),
-        ("MNIST_INFERENCE_WORKERS", "two", "MNIST_INFERENCE_WORKERS='two' must be a whole number"),
+        ("MNIST_INFERENCE_WORKERS", "two", "MNIST_INFERENCE_WORKERS='two': must be a whole number, got 'two'"),
         ("MNIST_INFERENCE_BACKEND", "tf", "MNIST_INFERENCE_BACKEND='tf' must be one of: onnxruntime, torch"),
+        # Before: "--workers must be at least 1 (or 0...)", naming a flag nobody typed, exit 1.
+        ("MNIST_INFERENCE_WORKERS", "-3", "MNIST_INFERENCE_WORKERS='-3': must be 0 or more, got -3"),
+        # Before: a ValueError traceback from the logging set-up (argparse checks only typed values' choices).
+        ("MNIST_LOG_FORMAT", "xml", "MNIST_LOG_FORMAT='xml' must be one of: text, json"),
     ],
 )
 def test_an_unusable_environment_variable_is_refused_by_the_parser_but_help_still_works(
@@ -56,6 +60,25 @@ def test_an_unusable_environment_variable_is_refused_by_the_parser_but_help_stil
         server_main(["--help"])
     assert exit_info.value.code == 0
     assert "unusable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--grace-period", "-5"], "--grace-period: must be a number of seconds, 0 or more, got '-5'"),
+        (["--grace-period", "nan"], "--grace-period: must be a number of seconds, 0 or more, got 'nan'"),
+        (["--torch-threads", "-4"], "--torch-threads: must be 0 or more, got -4"),
+        (["--workers", "100000"], "100,000 server processes for"),
+        (["--max-message-bytes", "99999999999"], "--max-message-bytes: must be at most 2,147,483,647"),
+    ],
+)
+def test_unusable_numbers_are_refused_before_the_server_starts(flags, message, tmp_path, capsys):
+    """Before: a negative grace was logged as "-5.0 s grace", negative threads were taken, and 100,000 workers
+    were forked until the machine ran out of memory."""
+    with pytest.raises(SystemExit) as exit_info:
+        server_main([*flags, "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"])
+    said = str(exit_info.value.code) if not isinstance(exit_info.value.code, int) else capsys.readouterr().err
+    assert message in said
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -286,6 +286,18 @@ def test_an_arch_kwargs_the_network_does_not_take_is_refused_before_any_data_is_
                 '{"widht": 24}',
             ]
         )
+    # A value torch itself refuses (RuntimeError, not TypeError): before, a traceback.
+    with pytest.raises(SystemExit, match=r"--arch-kwargs \{\"width\": -3\}: the compact network cannot be built"):
+        trainer_main(
+            [
+                "--data-dir",
+                str(tmp_path / "nowhere"),
+                "--artifacts-dir",
+                str(tmp_path),
+                "--arch-kwargs",
+                '{"width": -3}',
+            ]
+        )
     with pytest.raises(SystemExit) as e:
         trainer_main(["--arch-kwargs", "[1]"])
     assert e.value.code == 2 and "a JSON object is needed" in capsys.readouterr().err

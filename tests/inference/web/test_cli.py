@@ -53,6 +53,28 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert parser.parse_args(["--port", "9000"]).port == 9000
 
 
+@pytest.mark.parametrize(
+    "flags, env, message",
+    [
+        # Before: 70000 listened on 4464 (the socket layer takes it modulo 65536), -1 ended in tracebacks.
+        (["--port", "70000"], {}, "--port: must be a port from 0 to 65535, got 70000"),
+        ([], {settings.ENV_WEB_PORT: "-1"}, f"{settings.ENV_WEB_PORT}='-1': must be a port from 0 to 65535, got -1"),
+        # Before: an empty host listened on every interface.
+        (["--host", ""], {}, "--host: must not be empty"),
+        # Before: a ValueError traceback from the logging set-up.
+        ([], {settings.ENV_LOG_FORMAT: "xml"}, f"{settings.ENV_LOG_FORMAT}='xml' must be one of: text, json"),
+        (["--timeout", "abc"], {}, "--timeout: must be a number of seconds above 0, got 'abc'"),
+    ],
+)
+def test_unusable_settings_are_refused_by_the_parser_naming_them(flags, env, message, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def start_web_process(grpc_target: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, list]:
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.web", "--port", "0", "--target", grpc_target, *extra],
