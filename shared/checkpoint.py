@@ -342,12 +342,14 @@ def point_latest(models_dir: Path, manifest: Manifest, *, event: str) -> None:
     atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
     entry = {"at": utc_now(), "event": event, "version": manifest.version, "sha256": manifest.sha256}
     # One short line in append mode: concurrent writers cannot interleave within it on a local filesystem, and
-    # a line cut short by a crash is skipped by read_history. LATEST.json, not the history, says what is served,
-    # so a failure here (a full disk) only warns: the change has happened, and a history that does not end with
-    # the served version is read as if it did (inference.versions.served_stack).
+    # a line cut short by a crash is skipped by read_history; the entry after it starts a line of its own (else
+    # the two made one bad line, and rollback skipped that version). LATEST.json, not the history, says what is
+    # served, so a failure here (a full disk) only warns: the change has happened, and a history that does not end
+    # with the served version is read as if it did (inference.versions.served_stack).
     try:
-        with open(models_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        with open(models_dir / HISTORY_NAME, "a+b") as f:
+            cut_short = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+            f.write((b"\n" if cut_short else b"") + json.dumps(entry, sort_keys=True).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:

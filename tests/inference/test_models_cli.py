@@ -138,6 +138,17 @@ def test_rollback_walks_back_through_what_was_served(artifacts, capsys):
     assert served(artifacts) == "v1"  # undoes the promote, back to where it was
 
 
+def test_a_history_line_cut_short_by_a_crash_does_not_swallow_the_next_change(artifacts, capsys):
+    """A partial write (a full disk, a crash) leaves a line without its end: the next entry was appended to it,
+    the two read as one bad line, and rollback skipped that version (from v3 back to v1, not v2)."""
+    with open(Paths(artifacts).models / HISTORY_NAME, "a", encoding="utf-8") as f:
+        f.write('{"at": "2026-12-03T00:00:00Z", "event": "prom')
+    assert run(artifacts, "promote", "v3") == 0
+    assert [e["version"] for e in read_history(Paths(artifacts).models)] == ["v1", "v2", "v3"]
+    assert run(artifacts, "rollback") == 0
+    assert served(artifacts) == "v2"
+
+
 def test_rollback_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys):
     models = Paths(artifacts).models
     (models / "v1.pt").write_bytes(b"garbage")
