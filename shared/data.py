@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from shared.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +126,24 @@ def read_idx_file(path: Path, *, md5: str | None = None, shape: tuple[int, ...] 
     return array
 
 
+STALE_PART_SECONDS = 3600  # a download still being written by another process is younger than this
+
+
+def remove_stale_parts(directory: Path, name: str) -> None:
+    """Remove what downloads of `name` killed before their clean-up (kill -9, a power cut) left: .<name>.*.part
+    files older than STALE_PART_SECONDS."""
+    for part in directory.glob(f".{name}.*.part") if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+
+
 def _download(name: str, directory: Path) -> Path:
     """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
     _, md5, shape = next(v for v in FILES.values() if v[0] == name)
     errors = []
     made = not directory.exists()  # a folder made here for nothing (a mistyped --data-dir) does not stay behind
+    remove_stale_parts(directory, name)
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
         tmp = None
@@ -138,9 +154,10 @@ def _download(name: str, directory: Path) -> Path:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, out)
             read_idx_file(Path(tmp), md5=md5, shape=shape)  # verify before it takes the real name
+            # Synced and readable as the umask allows (mkstemp's file is owner-only: a server running as another
+            # user could not read it), then renamed into place.
             final = directory / f"{name}.gz"
-            os.replace(tmp, final)
-            tmp = None
+            atomic_write_bytes(final, Path(tmp).read_bytes())
             return final
         except Exception as e:
             errors.append(f"{url}: {type(e).__name__}: {e}")

@@ -162,6 +162,29 @@ def test_download_verifies_content_and_falls_back_to_the_next_mirror(tmp_path, m
     )
 
 
+def test_a_download_is_readable_as_the_umask_allows_and_old_parts_are_removed(tmp_path, mirrors, monkeypatch):
+    """mkstemp's file is owner-only: a server running as another user of the group could not read MNIST. And
+    what a download killed with kill -9 left (.<name>.*.part) stayed for ever."""
+    import os
+    import time
+
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors[1:])
+    target = tmp_path / "downloaded"
+    target.mkdir()
+    name = FILES["test_labels"][0]
+    stale, fresh = target / f".{name}.old.part", target / f".{name}.another-process.part"
+    stale.write_bytes(b"cut short")
+    fresh.write_bytes(b"still being written")
+    os.utime(stale, (time.time() - 2 * data.STALE_PART_SECONDS,) * 2)
+    load_mnist(target, download=True)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == 0o666 & ~umask for p in target.glob("*.gz"))
+    assert not stale.exists() and fresh.exists()
+
+
 def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors, monkeypatch):
     import shared.data as data
 
