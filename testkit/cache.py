@@ -32,14 +32,25 @@ def code_hash(patterns: tuple[str, ...], extra: str = "") -> str:
 
 def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
     """`build()`'s result, made once per (name, key) and kept as a pickle. Written to a temporary file and
-    renamed, so a run killed half-way leaves no half-written entry."""
+    renamed, so a run killed half-way leaves no half-written entry; an entry that cannot be read all the same (a
+    disk that lost its last writes) is built again, not a failure of every test that uses it."""
     path = cache_root() / name / f"{key}.pickle"
     if path.is_file():
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
+            path.unlink(missing_ok=True)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
-        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
     os.replace(f.name, path)
     return value
