@@ -25,6 +25,7 @@ from shared.checkpoint import (
     CheckpointError,
     Manifest,
     atomic_write_bytes,
+    models_lock,
     point_latest,
     read_manifest,
     read_version_manifest,
@@ -59,7 +60,13 @@ def check_model(models_dir: Path, manifest: Manifest) -> None:
 
 
 def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
-    """Check `version` and make it the served one. Returns (its manifest, the one served before, if readable)."""
+    """Check `version` and make it the served one, holding the models folder's lock (shared.checkpoint.models_lock).
+    Returns (its manifest, the one served before, if readable)."""
+    with models_lock(models_dir):
+        return _serve_version(models_dir, version, event=event)
+
+
+def _serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
     try:
         manifest = find_manifest(models_dir, version)
     except CheckpointError as e:
@@ -89,13 +96,14 @@ def promote(models_dir: Path, version: str) -> tuple[Manifest, Manifest | None]:
 
 
 def rollback(models_dir: Path) -> tuple[Manifest, Manifest | None]:
-    target = rollback_target(models_dir)
-    if target is None:
-        raise Refused(
-            f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
-            "still exists; serve one by name with `promote VERSION`"
-        )
-    return serve_version(models_dir, target, event="rollback")
+    with models_lock(models_dir):
+        target = rollback_target(models_dir)
+        if target is None:
+            raise Refused(
+                f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
+                "still exists; serve one by name with `promote VERSION`"
+            )
+        return _serve_version(models_dir, target, event="rollback")
 
 
 def _percent(metrics: dict[str, float], name: str) -> str:
@@ -176,11 +184,12 @@ def cmd_rollback(models_dir: Path, args) -> int:
 
 
 def cmd_prune(models_dir: Path, args) -> int:
-    kept, removed = prune_plan(models_dir, args.keep)
-    for info in removed:
-        if not args.dry_run:
-            remove_version(models_dir, info.manifest.version)
-        print(f"{'would remove' if args.dry_run else 'removed'} {info.manifest.version}")
+    with models_lock(models_dir):  # a promote cannot serve a version this is removing
+        kept, removed = prune_plan(models_dir, args.keep)
+        for info in removed:
+            if not args.dry_run:
+                remove_version(models_dir, info.manifest.version)
+            print(f"{'would remove' if args.dry_run else 'removed'} {info.manifest.version}")
     served = next((info.manifest.version for info in kept if info.served), None)
     print(
         f"{len(kept)} version(s) kept{f', {served} served' if served else ''}; {len(removed)} "

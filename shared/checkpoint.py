@@ -15,6 +15,7 @@ Everything stored is a tensor, number, string, list or dict, so `torch.load(...,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -329,6 +330,32 @@ def is_version_name(version: str) -> bool:
         and Path(f"{version}.pt").name == f"{version}.pt"
         and version not in RESERVED_VERSIONS
     )
+
+
+@contextlib.contextmanager
+def models_lock(models_dir: Path) -> Iterator[None]:
+    """Hold the models folder's lock for the block: what decides which version is served (the trainer's publish
+    gate, promote, rollback, prune) and the change it makes run one at a time. Without it a promote made while a
+    trainer compared its model with the served one was overwritten by the trainer's worse model a second later.
+
+    An exclusive flock on the folder itself (no lock file appears among the versions), taken in arrival order; a
+    folder that does not exist yet has nothing to guard, and a filesystem that cannot lock a folder (some network
+    ones) goes without, as before, with a warning."""
+    try:
+        fd = os.open(models_dir, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning(
+                "%s cannot be locked (%s): changes to the served model are not kept one at a time", models_dir, e
+            )
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def version_manifest_path(models_dir: Path, version: str) -> Path:

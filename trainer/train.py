@@ -31,6 +31,7 @@ from shared.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     model_from_checkpoint,
+    models_lock,
     publish_model,
     remove_stale_temp_files,
     save_checkpoint,
@@ -997,34 +998,40 @@ def finish(
 
     manifest = None
     version = f"{run_name}-e{best['best_epoch']:03d}"
-    decision = decide(
-        publish,
-        version=version,
-        val_accuracy=val_accuracy,
-        models_dir=paths.models,
-        split_seed=config.split_seed,
-        val_fraction=config.val_fraction,
-        val_x=splits.val_x,
-        val_y=splits.val_y,
-        device=device,
-    )
-    if decision.store:
-        payload = {
-            "arch": config.arch,
-            "arch_kwargs": model_kwargs(config),
-            "model": best["model"],
-            "normalization": best["normalization"],
-            "metrics": final,
-            "run_name": run_name,
-            "epoch": best["best_epoch"],
-            "split_seed": config.split_seed,
-            "val_fraction": config.val_fraction,
-            "config": config.to_dict(),
-        }
-        if not_digit is not None:  # the server's default threshold (inference --digit-threshold overrides it)
-            payload["digit_threshold"] = not_digit["digit_threshold"]
-        onnx = verified_onnx(payload, splits.test_x)
-        manifest = publish_model(paths.models, version=version, serve=decision.serve, model_payload=payload, onnx=onnx)
+    # The gate compares with the served model and the publish changes it: both under the models folder's lock, so
+    # a promote (or another trainer) in between is not overwritten by a model the gate never compared with it. (No
+    # models folder yet: nothing is served to compare with, nor to promote.)
+    with models_lock(paths.models):
+        decision = decide(
+            publish,
+            version=version,
+            val_accuracy=val_accuracy,
+            models_dir=paths.models,
+            split_seed=config.split_seed,
+            val_fraction=config.val_fraction,
+            val_x=splits.val_x,
+            val_y=splits.val_y,
+            device=device,
+        )
+        if decision.store:
+            payload = {
+                "arch": config.arch,
+                "arch_kwargs": model_kwargs(config),
+                "model": best["model"],
+                "normalization": best["normalization"],
+                "metrics": final,
+                "run_name": run_name,
+                "epoch": best["best_epoch"],
+                "split_seed": config.split_seed,
+                "val_fraction": config.val_fraction,
+                "config": config.to_dict(),
+            }
+            if not_digit is not None:  # the server's default threshold (inference --digit-threshold overrides it)
+                payload["digit_threshold"] = not_digit["digit_threshold"]
+            onnx = verified_onnx(payload, splits.test_x)
+            manifest = publish_model(
+                paths.models, version=version, serve=decision.serve, model_payload=payload, onnx=onnx
+            )
 
     total = time.perf_counter() - wall_start
     last = state.history[-1]

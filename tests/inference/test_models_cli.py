@@ -149,6 +149,27 @@ def test_a_history_line_cut_short_by_a_crash_does_not_swallow_the_next_change(ar
     assert served(artifacts) == "v2"
 
 
+@pytest.mark.parametrize("argv", [("promote", "v3"), ("rollback",), ("prune", "--keep", "1")])
+def test_changes_wait_for_the_models_lock(artifacts, argv, capsys):
+    """A trainer holds the lock from its publish gate's comparison to its publish: a promote (rollback, prune)
+    waits for it instead of being overwritten a second later."""
+    import threading
+
+    from shared.checkpoint import models_lock
+
+    before = folder_state(artifacts)
+    done = threading.Event()
+    with models_lock(Paths(artifacts).models):
+        worker = threading.Thread(target=lambda: (run(artifacts, *argv), done.set()))
+        worker.start()
+        assert not done.wait(1.0), f"{argv[0]} did not wait for the lock"
+        assert folder_state(artifacts) == before
+    assert done.wait(30)
+    worker.join()
+    if argv[0] != "prune":  # here prune keeps all three: the newest, the served one and the one before it
+        assert folder_state(artifacts) != before
+
+
 def test_rollback_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, capsys):
     models = Paths(artifacts).models
     (models / "v1.pt").write_bytes(b"garbage")

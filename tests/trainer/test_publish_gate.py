@@ -57,6 +57,39 @@ def test_a_worse_run_is_kept_but_not_served(served_good, mnist_dir, capsys):
     assert read_version_manifest(models, "careless-e001") is not None  # there to try, or promote by hand
 
 
+def locked(folder) -> bool:
+    """Whether someone holds `folder`'s models lock (shared.checkpoint.models_lock): another open of it cannot."""
+    import fcntl
+    import os
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_the_gate_and_the_publish_hold_the_models_lock(served_good, mnist_dir, monkeypatch):
+    """A promote between the gate's comparison and the publish was overwritten by a model the gate never compared
+    with it: both run under the lock that promote, rollback and prune take too."""
+    import trainer.train as train_module
+
+    seen = []
+    for name in ("decide", "publish_model"):
+        original = getattr(train_module, name)
+
+        def checking(*args, _original=original, _name=name, **kwargs):
+            seen.append((_name, locked(Paths(served_good).models)))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, name, checking)
+    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--publish", "always") == 0
+    assert seen == [("decide", True), ("publish_model", True)]
+
+
 def test_a_better_run_is_published(tmp_path, mnist_dir, capsys):
     root = tmp_path / "artifacts"
     publish_model(Paths(root).models, version="random", model_payload=model_payload(1))  # untrained: ~10 %
