@@ -113,6 +113,13 @@ def _tell(hooks, *args) -> None:
             log.exception("access-log hook %r failed", hook)
 
 
+def gone_callers_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """What the caller of a call that finished after it left was told: its deadline passed, or it cancelled. The
+    answer was never delivered, so it is not logged (or counted) as OK."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
 class AccessLogInterceptor(grpc.ServerInterceptor):
     """Outermost interceptor: request id in and out, one log line per call, `on_start` hooks (metrics) told of
     each call as it begins (record) and `observers` of each finished call (record, status code, seconds)."""
@@ -148,6 +155,8 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN  # context.abort set it before raising
                 raise
             finally:
+                if code == grpc.StatusCode.OK and not context.is_active():
+                    code = gone_callers_code(context)
                 fields = record.fields(code)
                 _current.reset(token)
                 if log.isEnabledFor(level):  # health checks every few seconds: not formatted unless logged

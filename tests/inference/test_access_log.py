@@ -95,6 +95,26 @@ def test_a_refused_call_has_one_access_line_and_its_other_lines_carry_the_same_i
     assert about_the_call and {r.request_id for r in about_the_call} == {"bad-image-1"}
 
 
+def test_a_call_that_finished_after_its_deadline_is_not_logged_ok(
+    serve, tmp_path, digit_pngs, access_lines, monkeypatch
+):
+    """Predict looks for a departed caller only before decoding: one whose deadline passed during the forward
+    pass got DEADLINE_EXCEEDED, and the access line (and the metrics) said OK."""
+    import inference.service as service
+    from tests.inference.helpers import hold_calls, publish, wait_until
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    entered, release = hold_calls(monkeypatch, service, "digit_log_probs")
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
+    release.set()
+    wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
+    (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
+    assert line.access["code"] == "DEADLINE_EXCEEDED"
+
+
 def test_the_json_format_has_the_access_fields_as_keys(module_server, digit_pngs):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
