@@ -95,9 +95,15 @@ _OVER_MESSAGE_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\.
 _CONCURRENT_CALLS_LIMIT = "Concurrent RPC limit exceeded!"
 
 
+# What gRPC tells callers whose calls are still running when a stopping server's grace period ends.
+_SHUTTING_DOWN = "Cancelling all calls"
+
+
 def said_for_a_person(code: grpc.StatusCode, details: str) -> str | None:
     """gRPC's own terse refusals (a request over the service's message limit, more calls at once than it takes)
     said with what to do, for the client and the REST gateway; None for the service's own messages, which do."""
+    if code == grpc.StatusCode.UNAVAILABLE and details.strip() == _SHUTTING_DOWN:
+        return "the inference service stopped (a restart or an update) before the call finished; try again in a moment"
     if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return None
     over = _OVER_MESSAGE_LIMIT.search(details)

@@ -133,6 +133,10 @@ def forward_in_chunks(
         with torch.inference_mode():
             return served.forward(chunk)
 
+    if should_stop is not None and should_stop():
+        # Not even a thread pool: once the server has stopped and the interpreter is exiting, making one raises
+        # RuntimeError ("cannot schedule new futures"), which a call still running reported as INTERNAL.
+        return None
     chunks = list(torch.split(inputs, chunk_size))
     with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="evaluate") as pool:
         outputs = list(pool.map(forward, chunks))

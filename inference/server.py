@@ -121,6 +121,7 @@ class InferenceServer:
         stopped = self.grpc_server.stop(grace)  # refuses new calls now; returns at once
         self.store.stop()
         stopped.wait()
+        self.servicer.stopped.set()  # calls still running past the grace (gRPC cancelled them) stop their work
         if self.health_server is not None:  # after the calls in flight: probes see NOT_SERVING until the end
             self.health_server.stop(None)
         if self.metrics_endpoint is not None:  # last: a final scrape can still see the calls that just finished

@@ -126,6 +126,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
         self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
+        # Set by InferenceServer.stop once the grace period is over: calls still running stop their work.
+        self.stopped = threading.Event()
 
     def version_or_none(self) -> str:
         served = self.store.current
@@ -285,7 +287,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 self.evaluation_data,
                 split,
                 heatmap=not request.omit_heatmap,
-                should_stop=lambda: not context.is_active(),
+                should_stop=lambda: self.stopped.is_set() or not context.is_active(),
             )
         except EvaluationDataError as e:
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None

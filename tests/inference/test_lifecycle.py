@@ -209,6 +209,40 @@ def test_shutdown_goes_not_serving_and_finishes_calls_in_flight(serve, tmp_path,
     assert not stopper.is_alive()
 
 
+def test_a_call_still_running_when_the_grace_ends_stops_its_work_and_its_caller_is_told_why(
+    serve, tmp_path, monkeypatch, caplog
+):
+    """gRPC tells such a caller only "Cancelling all calls"; and an Evaluate that went on after the server had
+    stopped made its thread pool while the interpreter exited, which raised, and was reported INTERNAL."""
+    import logging
+
+    import inference.evaluation
+    from inference.channel import said_for_a_person
+
+    caplog.set_level(logging.INFO, logger="inference.access")
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    entered, release = hold_calls(monkeypatch, inference.evaluation, "forward_in_chunks", timeout=30)
+    call = running.stub.Evaluate.future(pb.EvaluateRequest(omit_heatmap=True), timeout=60)
+    assert entered.wait(30)
+    running.server.stop(grace=0.2)
+    error = call.exception(timeout=10)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "stopped (a restart or an update)" in said_for_a_person(error.code(), error.details())
+
+    def exiting(*args, **kwargs):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(inference.evaluation, "ThreadPoolExecutor", exiting)  # as while the interpreter exits
+    release.set()
+
+    def evaluate_line():
+        return [r for r in caplog.records if r.name == "inference.access" and r.access["method"] == "Evaluate"]
+
+    assert wait_until(evaluate_line, timeout=10)
+    assert evaluate_line()[0].access["code"] == "CANCELLED"
+
+
 def test_health_stays_not_serving_after_shutdown_begins(serve, tmp_path):
     artifacts = tmp_path / "artifacts"
     running = serve(artifacts)
