@@ -336,13 +336,13 @@ def test_stack_sh_creates_the_venv_installs_once_and_execs_the_supervisor(fake_p
     assert first.returncode == 0, first.stderr
     assert calls(log) == [
         f"bin/python3 -m venv {env['MNIST_VENV']}",
-        "venv/bin/python -m pip install --disable-pip-version-check -e .",
+        "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .",
         "venv/bin/python -m scripts.local_stack --epochs 1",
     ]
     assert run("--epochs", "1").returncode == 0
     assert calls(log) == ["venv/bin/python -m scripts.local_stack --epochs 1"], "installed already: no pip"
     assert run("--setup-only", MNIST_STACK_EXTRAS="dev").returncode == 0
-    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e .[dev]"]
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .[dev]"]
     assert run("--help").returncode == 0
     assert calls(log) == ["venv/bin/python -m scripts.local_stack --help"], "a dev install serves a plain run"
 
@@ -354,7 +354,7 @@ def test_stack_sh_reinstalls_when_the_pins_change(fake_python3, tmp_path):
     stamp.write_text("0" * 64 + " \n")  # as if pyproject.toml had other pins at the last install
     calls(log)
     subprocess.run([str(REPO / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
-    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e ."]
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e ."]
 
 
 def test_stack_sh_reinstalls_for_another_checkout(fake_python3, tmp_path):
@@ -364,9 +364,10 @@ def test_stack_sh_reinstalls_for_another_checkout(fake_python3, tmp_path):
     other = tmp_path / "other-clone"
     shutil.copytree(REPO / "scripts", other / "scripts")
     shutil.copy(REPO / "pyproject.toml", other / "pyproject.toml")
+    shutil.copy(REPO / "constraints.txt", other / "constraints.txt")
     calls(log)
     subprocess.run([str(other / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
-    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -e ."]
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e ."]
     subprocess.run([str(other / "scripts" / "stack.sh"), "--setup-only"], env=env, check=True, capture_output=True)
     assert calls(log) == [], "the same clone again: nothing to install"
 
@@ -391,7 +392,7 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     result = make("test", "PYTEST_ARGS=tests/deploy -q")
     assert result.returncode == 0, result.stderr
     assert calls(log) == [
-        "venv/bin/python -m pip install --disable-pip-version-check -e .[dev]",
+        "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .[dev]",
         "venv/bin/python -m pytest tests/deploy -q",
     ]
     assert make("protos").returncode == 0
