@@ -338,7 +338,7 @@ def models_lock(models_dir: Path) -> Iterator[None]:
     gate, promote, rollback, prune) and the change it makes run one at a time. Without it a promote made while a
     trainer compared its model with the served one was overwritten by the trainer's worse model a second later.
 
-    An exclusive flock on the folder itself (no lock file appears among the versions), taken in arrival order; a
+    An exclusive flock on the folder itself (no lock file appears among the versions), waited for; a
     folder that does not exist yet has nothing to guard, and a filesystem that cannot lock a folder (some network
     ones) goes without, as before, with a warning."""
     try:
