@@ -90,22 +90,21 @@ def reached_server(e: grpc.RpcError) -> bool:
     return any(key == REQUEST_ID_KEY for key, _ in metadata)
 
 
-# gRPC's own words for two refusals its library makes before the service's code runs.
+# gRPC's own words for two refusals its library makes before the service's code runs, and for calls still running
+# when a stopping server's grace period ends.
 _OVER_MESSAGE_LIMIT = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
 _CONCURRENT_CALLS_LIMIT = "Concurrent RPC limit exceeded!"
-
-
-# What gRPC tells callers whose calls are still running when a stopping server's grace period ends.
 _SHUTTING_DOWN = "Cancelling all calls"
 
 
-def said_for_a_person(code: grpc.StatusCode, details: str) -> str | None:
-    """gRPC's own terse refusals (a request over the service's message limit, more calls at once than it takes)
-    said with what to do, for the client and the REST gateway; None for the service's own messages, which do."""
+def said_for_a_person(code: grpc.StatusCode, details: str) -> str:
+    """A failed call's message, for the client and the REST gateway: gRPC's own terse words (a request over the
+    service's message limit, more calls at once than it takes, calls cut off by a server that stopped) said with
+    what to do; the service's own messages, which say it already, as they are."""
     if code == grpc.StatusCode.UNAVAILABLE and details.strip() == _SHUTTING_DOWN:
         return "the inference service stopped (a restart or an update) before the call finished; try again in a moment"
     if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return None
+        return details
     over = _OVER_MESSAGE_LIMIT.search(details)
     if over:
         sent, limit = (int(n) for n in over.groups())
@@ -119,7 +118,7 @@ def said_for_a_person(code: grpc.StatusCode, details: str) -> str | None:
             "the inference service is answering as many calls at once as it takes (its --max-concurrent-rpcs); "
             "try again in a moment"
         )
-    return None
+    return details
 
 
 def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
@@ -135,4 +134,4 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
         return f"the server at {target} did not answer in time (raise --timeout): {details}"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server refused the call: {details}. Pass --token or set {settings.ENV_AUTH_TOKEN}."
-    return f"{code.name}: {said_for_a_person(code, details) or details}"
+    return f"{code.name}: {said_for_a_person(code, details)}"

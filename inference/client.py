@@ -117,8 +117,7 @@ def cmd_predict(stub, args, call) -> int:
             if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or len(chunk) > 1:
                 raise
             # One picture over the message limit, alone in its call: it fails, the others go on.
-            details = e.details() or ""
-            print(f"{chunk[0][0]}: not accepted: {said_for_a_person(e.code(), details) or details}", file=sys.stderr)
+            print(f"{chunk[0][0]}: not accepted: {said_for_a_person(e.code(), e.details() or '')}", file=sys.stderr)
             failed += 1
             continue
         for (path, data), result in zip(chunk, response.results):

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared import settings
 from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds
@@ -195,14 +195,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
             default = cli["cli_default"]()
         else:
             default = f.default
-            if cli["env"] is not None:
+            if cli["env"] is not None and "choices" in kwargs:  # argparse checks choices of typed values only
+                default = settings.env_choice(cli["env"], cast(str, default), kwargs["choices"])
+            elif cli["env"] is not None:
                 kind = kwargs.get("type") or (type(f.default) if f.default is not None else str)
                 default = settings.env_value(cli["env"], default, kind)
-        # argparse checks choices of typed values only
-        if "choices" in kwargs and not isinstance(default, settings.InvalidEnv) and default not in kwargs["choices"]:
-            default = settings.InvalidEnv(
-                f"environment variable {cli['env']}={default!r} must be one of: {', '.join(kwargs['choices'])}"
-            )
         if kwargs.get("action") is None and "type" not in kwargs and isinstance(f.default, (int, float)):
             kwargs["type"] = type(f.default)
         help_text = cli["help"] + (f" (env {cli['env']})" if cli["env"] else "")

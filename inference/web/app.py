@@ -200,7 +200,7 @@ class Backend:
             return f"cannot reach the inference service at {target} ({details}); try again when it is up"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
-        return said_for_a_person(code, details) or details or code.name
+        return said_for_a_person(code, details) or code.name
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
