@@ -13,6 +13,10 @@ The published model's accuracy is measured again here rather than read from its 
 validated on a subset (--eval-subset) or by other code, and only the same images make the two comparable. A
 published model validated on another split is not compared at all: its training images may be this run's
 validation images, which would flatter it.
+
+A run's model is served by its run at most once: a run resumed after being killed between its publish and its
+FINISHED.json does not serve it again over whatever an operator (a rollback, a promote) or another run has
+served since (models/HISTORY.jsonl records that it was served).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 import torch
 
-from shared.checkpoint import CheckpointError, read_manifest, read_published_model
+from shared.checkpoint import CheckpointError, read_history, read_manifest, read_published_model
 from shared.metrics import evaluate
 
 PUBLISH_MODES = ("if-better", "always", "never")
@@ -49,16 +53,26 @@ def decide(
     device: torch.device,
 ) -> Decision:
     """Whether to serve the run's best model (`version`, `val_accuracy` on `val_x`), per `mode`."""
+    if mode not in PUBLISH_MODES:
+        raise ValueError(f"unknown publish mode {mode!r}; use one of {PUBLISH_MODES}")
     if mode == "never":
         return Decision(False, False, "--publish never")
-    if mode == "always":
-        return Decision(True, True, "--publish always")
-    if mode != "if-better":
-        raise ValueError(f"unknown publish mode {mode!r}; use one of {PUBLISH_MODES}")
     try:
         manifest = read_manifest(models_dir)
     except CheckpointError as e:
         return Decision(True, True, f"the published manifest is unreadable, so nothing can be served from it ({e})")
+    if _served_before(models_dir, version) and (manifest is None or manifest.version != version):
+        # A run killed after its publish and before FINISHED.json, then resumed: whatever changed the served model
+        # in between (a rollback, a promote, another run) was decided after this publish, and stands.
+        now = f"{manifest.version} is served now" if manifest is not None else "nothing is served now"
+        return Decision(
+            False,
+            True,
+            f"this run's model {version} was served before the run was interrupted, and {now}: a later promote, "
+            "rollback or publish is not undone",
+        )
+    if mode == "always":
+        return Decision(True, True, "--publish always")
     if manifest is None:
         return Decision(True, True, "no model was published before")
     if manifest.version == version:
@@ -104,3 +118,8 @@ def decide(
         f"validation accuracy {val_accuracy:.2%} does not beat {theirs:.2%} of the "
         f"published model {manifest.version} {same}",
     )
+
+
+def _served_before(models_dir, version: str) -> bool:
+    """Whether models/HISTORY.jsonl records `version` being served (published, promoted or rolled back to)."""
+    return any(entry["version"] == version for entry in read_history(models_dir))

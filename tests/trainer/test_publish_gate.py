@@ -156,3 +156,27 @@ def test_the_same_weights_never_beat_themselves(tmp_path, mnist_dir, capsys):
     line = last_line(capsys)
     assert line.startswith("not published: validation accuracy ") and "does not beat" in line, line
     assert read_manifest(Paths(tmp_path).models).version == "a-e002"
+
+
+@pytest.mark.parametrize("publish", ["if-better", "always"])
+def test_a_resumed_publish_does_not_undo_a_rollback_made_after_it(served_good, mnist_dir, capsys, publish):
+    """A run killed after its publish and before FINISHED.json, then rolled back by an operator: --resume finishes
+    the run and keeps the rollback (it republished over it)."""
+    from inference.models import main as models_main
+
+    run = ["--train-subset", "1000", "--epochs", "1", "--run-name", "r", "--publish", publish]
+    assert train(served_good, mnist_dir, *run) == 0
+    models = Paths(served_good).models
+    if read_manifest(models).version != "r-e001":  # if-better: the short run must beat the good model to be served
+        assert models_main(["--artifacts-dir", str(served_good), "promote", "r-e001"]) == 0
+    (Paths(served_good).run_dir("r") / "FINISHED.json").unlink()  # as if killed just after the publish
+    assert models_main(["--artifacts-dir", str(served_good), "rollback"]) == 0
+    assert read_manifest(models).version == "good-e002"
+    capsys.readouterr()
+
+    assert train(served_good, mnist_dir, "--resume", *run) == 0
+    line = last_line(capsys)
+    assert line.startswith("not published: this run's model r-e001 was served before the run was interrupted")
+    assert "good-e002 is served now" in line
+    assert read_manifest(models).version == "good-e002"
+    assert (Paths(served_good).run_dir("r") / "FINISHED.json").exists()
