@@ -1,10 +1,12 @@
 """Container health check of the web service: GET /healthz (or /readyz) and exit 0 (healthy) or 1, with one line.
 
     python -m inference.web.probe [--target localhost:8080] [--require-ready]
+    python -m inference.web.probe --target localhost:6006 --path /     (TensorBoard's, in docker-compose.yml)
 
 Without --require-ready only the gateway itself must answer, so its container is not restarted while the gRPC
 service waits for a first model or restarts; with it, the service behind it must be SERVING too.
-(The image has no curl: this is the web service's counterpart of inference.health_probe.)
+(The image has no curl: this is the web service's counterpart of inference.health_probe, and the image's
+other HTTP server, TensorBoard, is checked with it too.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="healthy only when the gRPC service behind it is SERVING (GET /readyz)",
     )
     parser.add_argument(
+        "--path",
+        type=url_path,
+        default=None,
+        help="ask this path instead (any 2xx answer is healthy), e.g. / for TensorBoard (default: /healthz, or "
+        "/readyz with --require-ready)",
+    )
+    parser.add_argument(
         "--timeout", type=positive_seconds, default=3.0, metavar="SECONDS", help="give up after this long"
     )
     return parser
@@ -37,7 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    url = f"http://{args.target}/{'readyz' if args.require_ready else 'healthz'}"
+    if args.path is not None and args.require_ready:
+        get_args_parser().error("--path and --require-ready ask two paths: give one")
+    path = args.path if args.path is not None else "/readyz" if args.require_ready else "/healthz"
+    url = f"http://{args.target}{path}"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             print(f"healthy: {url} answered {response.status}")
@@ -51,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except (urllib.error.URLError, OSError) as e:
         print(f"unhealthy: {url}: {getattr(e, 'reason', e)}")
     return 1
+
+
+def url_path(text: str) -> str:
+    """A path of this server, starting with '/' (argparse type)."""
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a path starting with '/', without spaces, e.g. /healthz")
+    return text
 
 
 if __name__ == "__main__":

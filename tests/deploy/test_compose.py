@@ -189,6 +189,30 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     )
 
 
+def test_every_service_rotates_its_log(model):
+    """Docker's json-file log grows for as long as a container lives unless it is told to rotate."""
+    for name, service in model["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging.get("options", {}).get("max-size") and logging["options"].get("max-file"), name
+
+
+def test_every_long_running_service_has_a_healthcheck_and_a_memory_limit(model):
+    for name, service in model["services"].items():
+        if name in ("trainer", "client"):  # jobs that end: their own process says how they went
+            continue
+        assert service.get("healthcheck", {}).get("test", [None])[0] == "CMD", name
+        assert int(service["deploy"]["resources"]["limits"]["memory"]) >= 512 * 1024**2, name
+
+
+def test_tensorboard_healthcheck_asks_its_page_on_the_port_it_listens_on(model):
+    tensorboard = model["services"]["tensorboard"]
+    check = tensorboard["healthcheck"]["test"]
+    assert check[1:4] == ["python", "-m", "inference.web.probe"]
+    assert check[check.index("--target") + 1] == f"localhost:{TB_PORT}"
+    assert command(model, "tensorboard")[command(model, "tensorboard").index("--port") + 1] == str(TB_PORT)
+
+
 def test_replica_count_is_configuration_not_a_scale_flag(model):
     assert model["services"]["inference"]["deploy"]["replicas"] == 1
     scaled = load_compose(env={"MNIST_INFERENCE_REPLICAS": "3"})

@@ -220,6 +220,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist, ctrl_c_
         )
         assert tags, f"no scalars for {run_name}"
         assert run_name in tensorboard_json(tb_port, "/data/runs")
+        assert run(healthcheck_argv(model, "tensorboard", mapping)).returncode == 0  # compose's check of it
     finally:
         # 7. Ctrl-C: every service is asked to stop and does, within the timeout.
         supervisor.request_stop(signal.SIGINT)

@@ -3,6 +3,7 @@ SIGTERM; and the gateway's channel spreading calls over several replicas."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -133,6 +135,44 @@ def test_web_process_serves_probes_and_stops_on_sigterm(serve, tmp_path, digit_p
 def test_probe_of_nothing_is_unhealthy(capsys):
     assert probe.main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
     assert capsys.readouterr().out.startswith("unhealthy:")
+
+
+def test_probe_asks_another_path_for_another_http_server(capsys):
+    """--path / is TensorBoard's check in docker-compose.yml: any 2xx is healthy, anything else is not."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{server.server_port}"
+        assert probe.main(["--target", target, "--path", "/"]) == 0
+        assert capsys.readouterr().out == f"healthy: http://{target}/ answered 200\n"
+        assert probe.main(["--target", target]) == 1  # /healthz: this server has none
+        assert "answered 404" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--path", "healthz"], "'healthz' must be a path starting with '/'"),
+        (["--path", "/", "--require-ready"], "--path and --require-ready ask two paths: give one"),
+    ],
+)
+def test_probe_refuses_a_path_it_cannot_ask(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
