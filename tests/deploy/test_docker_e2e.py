@@ -101,8 +101,8 @@ def is_serving(target: str) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def all_healthy(env: dict[str, str], count: int) -> bool:
-    states = containers("inference", env)
+def all_healthy(env: dict[str, str], count: int, service: str = "inference") -> bool:
+    states = containers(service, env)
     return len(states) == count and all(c.get("Health") == "healthy" for c in states)
 
 
@@ -210,6 +210,8 @@ def _http_status(url: str) -> int | None:
 
 
 def test_tensorboard_serves_the_run(stack):
+    # Its compose healthcheck (inference.web.probe --path /) passes in the container: the first runs 30 s in.
+    wait_for(lambda: all_healthy(stack, 1, "tensorboard"), timeout=90, what="TensorBoard to be healthy", interval=2)
     with urllib.request.urlopen(f"{TENSORBOARD}/data/runs", timeout=10) as response:
         runs = json.load(response)
     assert any(run.endswith("-default-compact-s0") for run in runs), runs
