@@ -253,6 +253,24 @@ def test_a_drain_evicts_one_pod_at_a_time_of_every_deployment_with_replicas_to_s
         assert deployment["spec"]["replicas"] - budget["spec"]["maxUnavailable"] >= 1
 
 
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_replicas_of_every_deployment_spread_over_the_nodes_where_they_can(rendered, name):
+    for deployment in (o for o in rendered[name] if o["kind"] == "Deployment" and o["spec"].get("replicas", 1) > 1):
+        (spread,) = pod_spec(deployment)["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # a one-node cluster still runs every replica
+        assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_every_scratch_volume_has_a_size_limit(rendered, name):
+    """An emptyDir without one may fill the node's disk (or its memory, for medium: Memory)."""
+    for workload in (o for o in rendered[name] if o["kind"] in WORKLOADS):
+        for volume in pod_spec(workload)["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{name}: {workload['metadata']['name']}/{volume['name']}"
+
+
 def test_probes_are_native_grpc_on_the_health_services_own_port(rendered):
     """On the port that answers health alone (--health-address), so a busy pod is not restarted for being busy."""
     c = container(find(rendered["cpu"], "Deployment", "inference"))
