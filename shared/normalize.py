@@ -71,6 +71,7 @@ KEEP_NEAR_FRACTION = 0.6  # ...and strokes this far from the largest (x its size
 KEEP_BIG_FRACTION = 0.25  # a stroke at least this fraction of the largest is kept wherever it is
 KEEP_CONTRAST_FRACTION = 0.4  # ...but no mark less than this fraction as dark as the digit's strokes
 MIN_DIGIT_SIDE = 5  # pixels at working resolution; a smaller blob is a speck, not a digit
+SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark under 1/20 of the shorter side
 RULING_MIN_PICTURE = 160  # pixels on the long side: smaller pictures are crops of a digit, without paper lines
 RULING_MIN_LENGTH = 0.5  # a straight line across at least half the picture is the paper's, not the digit's
 RULING_MAX_TILT = 8.0  # degrees from horizontal or vertical
@@ -585,7 +586,10 @@ def digit_components(
     area[0] = 0  # label 0 is the background
     if shape is not None:
         edge_lines = edge_line_pieces(stats, shape)
-        if area[~edge_lines].max(initial=0) > 0:
+        rest = ~edge_lines & (area > 0)
+        # Dropped only for something that can be a digit: a thin 1 or 7 drawn up to the edge beside a speck was
+        # dropped for the speck, which became the digit.
+        if rest.any() and np.maximum(stats[rest, 2], stats[rest, 3]).max() >= speck_side(shape):
             area[edge_lines] = 0
     keep = np.zeros(len(stats), bool)
     if len(stats) < 2 or area.max() == 0:
@@ -606,6 +610,12 @@ def digit_components(
         keep &= contrast >= KEEP_CONTRAST_FRACTION * contrast[main]
     keep[0] = False
     return keep
+
+
+def speck_side(shape: tuple[int, int]) -> float:
+    """The longer box side, in pixels of a (H, W) picture, under which a mark is a speck rather than a digit there:
+    MIN_DIGIT_SIDE, or SPECK_FRACTION of the picture's shorter side on a larger picture."""
+    return max(MIN_DIGIT_SIDE, SPECK_FRACTION * min(shape))
 
 
 def component_contrast(ink: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:

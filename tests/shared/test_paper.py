@@ -85,6 +85,19 @@ def test_a_long_straight_1_alone_is_the_digit_not_a_ruling(digits):
     assert out[:, :8].max() == 0 and out[:, 20:].max() == 0
 
 
+@pytest.mark.parametrize("side", [200, 400])
+def test_a_thin_1_drawn_up_to_the_edge_is_the_digit_not_a_speck_beside_it(side):
+    """A line the picture's edge cuts off is the rest of a ruling or the sheet's edge when a digit is there too; a
+    speck is no digit, so a 1 drawn from the top edge stays the digit (the speck became it, as a blob)."""
+    coverage = np.zeros((side, side), np.float32)
+    coverage[: side * 3 // 4, side // 2 : side // 2 + 2] = 1.0  # a hairline 1 from the top edge down
+    alone = to_mnist(encode(on(blank(coverage), coverage), "PNG"))
+    r = side // 70
+    coverage[side * 19 // 20 - r : side * 19 // 20 + r, side // 20 - r : side // 20 + r] = 1.0  # a speck, far off
+    assert np.array_equal(to_mnist(encode(on(blank(coverage), coverage), "PNG")), alone)
+    assert alone[4:24, 12:16].mean() > 100  # a vertical bar in the middle, as MNIST draws a 1
+
+
 def test_ruled_paper_with_nothing_written_is_refused_with_advice():
     paper = sheet(480, 640, np.random.default_rng(4))[0]
     draw_lines(paper, np.random.default_rng(5), spacing=60, colour=(70, 110, 210), width=2.5, vertical=False)
