@@ -42,6 +42,7 @@ from shared.file_structure import png_chunks
 from shared.image_pipeline import to_mnist_array
 from shared.normalize import (
     BACKGROUND_FIT_ROUNDS,
+    FRAME_MIN_SPAN,
     KEEP_AREA_FRACTION,
     KEEP_BIG_FRACTION,
     KEEP_CONTRAST_FRACTION,
@@ -54,6 +55,7 @@ from shared.normalize import (
     centre_by_mass,
     edge_line_pieces,
     fit_in_box,
+    frame_components,
     normalize_stroke_width,
     quadratic_design,
     robust_tolerance,
@@ -267,6 +269,7 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
         (np.bincount(owner, weights=edge_lines | faint, minlength=count) > 0)
         | (heaviest_count != 1)
         | (mass[np.maximum(main, 0)] != heaviest)
+        | framed(labels, stats, owner, count)
     )
     kept_label = np.zeros(len(stats) + 1, bool)
     kept_label[1:] = keep
@@ -295,6 +298,23 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
     for index in np.flatnonzero(answered):
         crops[index] = np.ascontiguousarray(soft[index, y0[index] : y1[index], x0[index] : x1[index]])
     return crops
+
+
+def framed(labels: np.ndarray, stats: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
+    """(B,) bool: pictures with a box drawn around the digit (shared.normalize.frame_components), which the full
+    pipeline leaves out. Only pictures with several strokes, one of them spanning half the picture both ways, are
+    looked at, one by one: few are."""
+    height, width = labels.shape[1:]
+    out = np.zeros(count, bool)
+    wide = (stats[:, 2] >= FRAME_MIN_SPAN * width) & (stats[:, 3] >= FRAME_MIN_SPAN * height)
+    several = np.bincount(owner, minlength=count) >= 2
+    for b in np.flatnonzero(several & (np.bincount(owner, weights=wide, minlength=count) > 0)):
+        mine = np.flatnonzero(owner == b)  # its components; label = index + 1 in the batch's labelling
+        local = np.zeros(len(stats) + 1, np.int32)
+        local[mine + 1] = np.arange(1, len(mine) + 1)
+        background = np.array([[0, 0, width, height, 0]], np.int64)
+        out[b] = frame_components(local[labels[b]], np.vstack([background, stats[mine]])).any()
+    return out
 
 
 def fast_to_mnist(images: np.ndarray) -> list[np.ndarray | None]:

@@ -72,6 +72,9 @@ KEEP_BIG_FRACTION = 0.25  # a stroke at least this fraction of the largest is ke
 KEEP_CONTRAST_FRACTION = 0.4  # ...but no mark less than this fraction as dark as the digit's strokes
 MIN_DIGIT_SIDE = 5  # pixels at working resolution; a smaller blob is a speck, not a digit
 SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark under 1/20 of the shorter side
+FRAME_MIN_SPAN = 0.5  # a box drawn around the digit spans at least half the picture both ways...
+FRAME_CORNER = 0.1  # ...and has ink within this fraction of its shorter side of each corner of its box...
+FRAME_CONTENT = 0.3  # ...around a mark at least this fraction of that side (a 0's dot is not a digit in a box)
 RULING_MIN_PICTURE = 160  # pixels on the long side: smaller pictures are crops of a digit, without paper lines
 RULING_MIN_LENGTH = 0.5  # a straight line across at least half the picture is the paper's, not the digit's
 RULING_MAX_TILT = 8.0  # degrees from horizontal or vertical
@@ -394,7 +397,7 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     # (components,) bool; label 0 (the paper) is never kept. A single stroke is the digit whatever its contrast
     # (digit_components), so the contrasts are measured only where there are several.
     contrast = component_contrast(ink, labels, stats) if len(stats) > 2 else None
-    keep = digit_components(stats, strong.shape, contrast)
+    keep = digit_components(stats, strong.shape, contrast, frames=frame_components(labels, stats))
     if not keep.any():
         raise_blank(ink, threshold, noise)
     x0, y0, x1, y1 = union_box(stats[keep])
@@ -567,7 +570,10 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def digit_components(
-    stats: np.ndarray, shape: tuple[int, int] | None = None, contrast: np.ndarray | None = None
+    stats: np.ndarray,
+    shape: tuple[int, int] | None = None,
+    contrast: np.ndarray | None = None,
+    frames: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which connected components (rows of OpenCV's stats: x, y, w, h, area) belong to the digit.
 
@@ -578,12 +584,15 @@ def digit_components(
     edge of the sheet) are not the digit, unless nothing else is there. Given each component's mean `contrast`
     (components,), the digit is the component with the most ink (area x contrast), not merely the largest, and
     marks far fainter than it (KEEP_CONTRAST_FRACTION: a shading the paper estimate left, a smudge) are not kept.
+    Components marked in `frames` (components,) bool (frame_components: a box drawn around the digit) are not.
     """
     if len(stats) == 2 and stats[1, cv2.CC_STAT_AREA] > 0:
         # One stroke (most digits): every rule below compares a stroke with the main one, which is this one.
         return np.array([False, True])
     area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     area[0] = 0  # label 0 is the background
+    if frames is not None:
+        area[frames] = 0
     if shape is not None:
         edge_lines = edge_line_pieces(stats, shape)
         rest = ~edge_lines & (area > 0)
@@ -610,6 +619,31 @@ def digit_components(
         keep &= contrast >= KEEP_CONTRAST_FRACTION * contrast[main]
     keep[0] = False
     return keep
+
+
+def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """(components,) bool: boxes drawn around the digit, as on a form, in a (H, W) map of `labels` with OpenCV's
+    `stats` (x, y, w, h, area). A frame spans FRAME_MIN_SPAN of the picture both ways, has ink in each corner of
+    its box (an oval 0 has none there) and holds a mark that can be a digit inside its box, FRAME_CONTENT of its
+    size and no speck (a rectangle alone, or around a dot, is what was drawn). The ruling search takes only lines
+    across most of a picture of 160 pixels or more, so a box around the digit was the digit (a 0) or part of it.
+    """
+    frames = np.zeros(len(stats), bool)
+    if len(stats) < 3:
+        return frames
+    shape = labels.shape
+    x, y, w, h, area = (stats[:, i].astype(np.int64) for i in range(5))
+    wide = (w >= FRAME_MIN_SPAN * shape[1]) & (h >= FRAME_MIN_SPAN * shape[0])
+    wide[0] = False
+    for k in np.flatnonzero(wide):
+        inside = (x >= x[k]) & (y >= y[k]) & (x + w <= x[k] + w[k]) & (y + h <= y[k] + h[k]) & (area > 0)
+        inside[[0, k]] = False
+        if not (np.maximum(w, h)[inside] >= max(speck_side(shape), FRAME_CONTENT * min(w[k], h[k]))).any():
+            continue
+        c = max(2, int(FRAME_CORNER * min(w[k], h[k])))
+        box = labels[y[k] : y[k] + h[k], x[k] : x[k] + w[k]] == k
+        frames[k] = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
+    return frames
 
 
 def speck_side(shape: tuple[int, int]) -> float:

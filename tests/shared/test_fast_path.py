@@ -169,10 +169,13 @@ def test_two_strokes_of_the_same_size_are_left_to_the_full_pipeline():
     assert fast_to_mnist(image[None]) == [None]
 
 
-@pytest.mark.parametrize("mark", ["line on the left edge", "line on the bottom edge", "faint blob", "faint edge blob"])
+@pytest.mark.parametrize(
+    "mark", ["line on the left edge", "line on the bottom edge", "faint blob", "faint edge blob", "box around it"]
+)
 def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_answered_otherwise(mnist, mark):
-    """The full pipeline drops a thin line cut off by the picture's edge (a ruling, the sheet's edge) and marks far
-    fainter than the digit's strokes (shared.normalize.digit_components); the fast path must not keep them."""
+    """The full pipeline drops a thin line cut off by the picture's edge (a ruling, the sheet's edge), marks far
+    fainter than the digit's strokes and a box drawn around the digit (shared.normalize.digit_components); the
+    fast path must not keep them."""
     pictures = []
     for image in mnist.test_images[:100].numpy():
         image = image.copy()
@@ -180,6 +183,8 @@ def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_ans
             image[2:26, 0] = 255
         elif mark == "line on the bottom edge":
             image[27, 2:26] = 255
+        elif mark == "box around it":
+            image[1, 1:27] = image[26, 1:27] = image[1:27, 1] = image[1:27, 26] = 255
         elif mark == "faint blob":
             image[1:4, 1:4] = np.maximum(image[1:4, 1:4], 70)
         else:

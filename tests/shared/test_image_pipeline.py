@@ -201,12 +201,35 @@ def test_thin_pen_strokes_are_grown_to_mnist_width(digit):
 def test_a_frame_along_the_pictures_edge_is_not_taken_for_the_paper(digit, frame, canvas):
     """A screenshot's or a canvas export's dark frame: the paper was the outermost pixels' median, the frame's
     black, so a black-on-white digit read as white paper with its strokes cut out (mostly "not a digit"). (A
-    frame of several pixels on a small picture is still read as ink: ruling lines are found from 160 px on.)"""
+    frame of several pixels along the edge of a picture under 160 px is still taken for paper there: the paper
+    estimate bends from the frame's black to the white, and the digit's contrast with it breaks up.)"""
     height = canvas[0] * 3 // 5
     picture = on_paper(drawing(digit, canvas=canvas, height=height, top=canvas[0] // 5, left=(canvas[1] - height) // 2))
     framed = picture.copy()
     framed[:frame] = framed[-frame:] = framed[:, :frame] = framed[:, -frame:] = 0
     assert similarity(to_mnist_array(framed), to_mnist_array(picture)) > 0.9
+
+
+@pytest.mark.parametrize("side", [64, 100, 140, 300])
+@pytest.mark.parametrize("inset", [0.05, 0.12])
+def test_a_box_drawn_around_the_digit_is_not_the_digit(test_digits, side, inset):
+    """A digit written in a form's box: under 160 px (no ruling search) the box was the digit, read as a 0."""
+    for digit in test_digits[0][:6]:
+        top = side * 3 // 10  # the digit's ink spans about 0.35-0.75 of the picture: inside the box, clear of it
+        picture = on_paper(drawing(digit, canvas=(side, side), height=side * 2 // 5, top=top, left=top))
+        boxed = picture.copy()
+        i, t = int(side * inset), max(1, side // 50)
+        cv2.rectangle(boxed, (i, i), (side - 1 - i, side - 1 - i), (0, 0, 0), t)
+        assert similarity(to_mnist_array(boxed), to_mnist_array(picture)) > 0.95
+
+
+def test_a_boxy_0_with_a_dot_inside_stays_a_0():
+    """A frame holds a digit-sized mark; a 0 drawn square, with a dot in it, is the digit itself."""
+    square = np.full((100, 100, 3), 255, np.uint8)
+    cv2.rectangle(square, (25, 15), (75, 85), (0, 0, 0), 6)
+    dotted = square.copy()
+    cv2.circle(dotted, (50, 50), 5, (0, 0, 0), -1)
+    assert similarity(to_mnist_array(dotted), to_mnist_array(square)) > 0.8  # not the dot, scaled to a disc
 
 
 def test_paint_brush_strokes_are_thinned(digit):
