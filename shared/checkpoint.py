@@ -304,7 +304,14 @@ def numeric_metrics(metrics: Any) -> dict[str, float]:
     are shown and compared, never trusted to be well formed: a file on disk or a caller's payload supplies them."""
     if not isinstance(metrics, dict):
         return {}
-    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                numbers[str(k)] = float(v)
+            except OverflowError:  # a whole number past float's range (JSON has no limit): it broke ListModels
+                continue
+    return numbers
 
 
 def verify_model_file(models_dir: Path, manifest: Manifest) -> None:
@@ -339,8 +346,8 @@ def models_lock(models_dir: Path) -> Iterator[None]:
     trainer compared its model with the served one was overwritten by the trainer's worse model a second later.
 
     An exclusive flock on the folder itself (no lock file appears among the versions), waited for; a
-    folder that does not exist yet has nothing to guard, and a filesystem that cannot lock a folder (some network
-    ones) goes without, as before, with a warning."""
+    folder that does not exist yet is not locked (a writer makes it first: the trainer does), and a filesystem
+    that cannot lock a folder (some network ones) goes without, as before, with a warning."""
     try:
         fd = os.open(models_dir, os.O_RDONLY)
     except FileNotFoundError:

@@ -999,8 +999,11 @@ def finish(
     manifest = None
     version = f"{run_name}-e{best['best_epoch']:03d}"
     # The gate compares with the served model and the publish changes it: both under the models folder's lock, so
-    # a promote (or another trainer) in between is not overwritten by a model the gate never compared with it. (No
-    # models folder yet: nothing is served to compare with, nor to promote.)
+    # a promote (or another trainer) in between is not overwritten by a model the gate never compared with it. The
+    # folder is made first, as the lock is the folder's own: two trainers finishing together in a new artifacts
+    # folder both found "no model was published before" and both served, the last one whatever it scored.
+    if publish != "never":
+        paths.models.mkdir(parents=True, exist_ok=True)
     with models_lock(paths.models):
         decision = decide(
             publish,

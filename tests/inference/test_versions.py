@@ -191,18 +191,21 @@ def test_a_pinned_version_removed_after_it_was_loaded_is_not_found_and_published
 
 
 def test_an_odd_version_manifest_is_reported_in_its_own_row_not_as_a_failed_listing(three_versions, capsys):
-    """A metric that is not a number in v1.json, and a v2.json that cannot be read (a folder in its place stands
-    for a file the server may not read): ListModels and `mnist-models list` still list every version."""
+    """A metric that is not a number in v1.json (or a whole number past a float's range), and a v2.json that cannot
+    be read (a folder in its place stands for a file the server may not read): ListModels and `mnist-models list`
+    still list every version."""
     models = Paths(three_versions.artifacts).models
     fields = json.loads((models / "v1.json").read_text())
     fields["metrics"]["note"] = "baseline"
+    fields["metrics"]["huge"] = 10**400
     (models / "v1.json").write_text(json.dumps(fields))
     (models / "v2.json").unlink()
     (models / "v2.json").mkdir()
     response = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
     rows = {m.version: m for m in response.models}
     assert list(rows) == ["v3", "v2", "v1"]  # newest first, the odd ones in their places
-    assert "note" not in rows["v1"].metrics and "val_accuracy" in rows["v1"].metrics
+    assert "note" not in rows["v1"].metrics and "huge" not in rows["v1"].metrics
+    assert "val_accuracy" in rows["v1"].metrics
     assert "directory" in rows["v2"].problem.lower()
     assert models_main(["--artifacts-dir", str(three_versions.artifacts), "list"]) == 0
     assert "v1" in capsys.readouterr().out

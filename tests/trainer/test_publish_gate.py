@@ -72,11 +72,15 @@ def locked(folder) -> bool:
     return False
 
 
-def test_the_gate_and_the_publish_hold_the_models_lock(served_good, mnist_dir, monkeypatch):
+@pytest.mark.parametrize("folder", ["serving", "new"])
+def test_the_gate_and_the_publish_hold_the_models_lock(served_good, tmp_path, mnist_dir, monkeypatch, folder):
     """A promote between the gate's comparison and the publish was overwritten by a model the gate never compared
-    with it: both run under the lock that promote, rollback and prune take too."""
+    with it: both run under the lock that promote, rollback and prune take too. In a new artifacts folder too (the
+    lock is the models folder's own: two first runs finishing together both served)."""
     import trainer.train as train_module
 
+    if folder == "new":
+        served_good = tmp_path / "new"
     seen = []
     for name in ("decide", "publish_model"):
         original = getattr(train_module, name)
