@@ -155,7 +155,12 @@ def cmd_list(models_dir: Path, args) -> int:
         return 0
     print("\n".join(format_table(infos)))
     if not any(info.served for info in infos):
-        print("(no version is served: models/LATEST.json is missing, damaged, or names a damaged file)")
+        print("(no version is served: models/LATEST.json is missing or damaged)")
+    elif any(info.served and info.problem for info in infos):
+        print(
+            "(models/LATEST.json names a damaged version: servers keep the model they have, or serve none; promote "
+            "a sound version, or roll back)"
+        )
     return 0
 
 

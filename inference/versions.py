@@ -29,6 +29,7 @@ from shared.checkpoint import (
     numeric_metrics,
     read_history,
     read_manifest,
+    read_published_onnx,
     read_version_manifest,
     verify_model_file,
     version_manifest_path,
@@ -145,6 +146,14 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
                     metrics={},
                 )
         served = latest is not None and (latest.version, latest.sha256) == (version, manifest.sha256)
+        if served and not problem:
+            # The one version servers load: its files are checked as they check them (a byte flipped in it was
+            # listed as served and sound, while every server refused it). The others are checked when promoted.
+            try:
+                verify_model_file(models_dir, latest)
+                read_published_onnx(models_dir, latest)
+            except (CheckpointError, OSError) as e:
+                problem = f"served, but servers cannot load it: {e}"
         infos.append(VersionInfo(manifest=manifest, served=served, recorded=recorded, problem=problem))
     infos.sort(key=lambda info: (info.manifest.created_at, info.manifest.version), reverse=True)
     return infos

@@ -14,7 +14,7 @@ from shared.checkpoint import publish_model, read_manifest, read_version_manifes
 from shared.settings import Paths
 
 from inference.models import main as models_main
-from inference.versions import remove_version
+from inference.versions import list_versions, remove_version
 from tests.inference.helpers import model_payload, publish
 
 
@@ -230,3 +230,21 @@ def test_a_failed_call_pinned_to_a_version_is_logged_with_that_version(three_ver
         three_versions.stub.Predict(pb.PredictRequest(image=b"not a picture", model_version="v1"), timeout=10)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Predict -> INVALID_ARGUMENT")]
     assert line.endswith("(model v1)"), line  # not the served v3
+
+
+@pytest.mark.parametrize("damaged", ["v2.pt", "v2.onnx"])
+def test_a_damaged_served_version_is_listed_with_what_is_wrong(tmp_path, capsys, damaged):
+    """Servers refuse a served version whose file fails its checksum; the listing said it was served and sound."""
+    models = Paths(tmp_path).models
+    publish_model(models, version="v1", model_payload=model_payload(1))
+    publish_model(models, version="v2", model_payload=model_payload(2))
+    data = bytearray((models / damaged).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models / damaged).write_bytes(bytes(data))
+    rows = {info.manifest.version: info for info in list_versions(models)}
+    assert rows["v2"].served and "servers cannot load it" in rows["v2"].problem and damaged in rows["v2"].problem
+    assert rows["v1"].problem == ""
+    assert models_main(["--artifacts-dir", str(tmp_path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "models/LATEST.json names a damaged version" in out and "promote a sound version, or roll back" in out
+
