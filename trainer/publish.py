@@ -27,7 +27,13 @@ from typing import Any
 
 import torch
 
-from shared.checkpoint import CheckpointError, read_history, read_manifest, read_published_model
+from shared.checkpoint import (
+    CheckpointError,
+    read_history,
+    read_manifest,
+    read_published_model,
+    read_published_onnx,
+)
 from shared.metrics import evaluate
 
 PUBLISH_MODES = ("if-better", "always", "never")
@@ -79,6 +85,7 @@ def decide(
         return Decision(True, True, "this run's model is the published one (an interrupted publish is completed)")
     try:
         payload, published = read_published_model(models_dir, manifest)
+        read_published_onnx(models_dir, manifest)  # servers load the export too (onnxruntime, the default backend)
     except CheckpointError as e:
         return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
     metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}

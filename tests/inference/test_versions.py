@@ -247,4 +247,3 @@ def test_a_damaged_served_version_is_listed_with_what_is_wrong(tmp_path, capsys,
     assert models_main(["--artifacts-dir", str(tmp_path), "list"]) == 0
     out = capsys.readouterr().out
     assert "models/LATEST.json names a damaged version" in out and "promote a sound version, or roll back" in out
-

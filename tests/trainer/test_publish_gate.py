@@ -184,3 +184,17 @@ def test_a_resumed_publish_does_not_undo_a_rollback_made_after_it(served_good, m
     assert "good-e002 is served now" in line
     assert read_manifest(models).version == "good-e002"
     assert (Paths(served_good).run_dir("r") / "FINISHED.json").exists()
+
+
+def test_a_served_model_whose_export_is_damaged_is_replaced(served_good, mnist_dir, capsys):
+    """Servers refuse the served version when its ONNX export fails its checksum; the gate compared with it all the
+    same and kept a loadable model from being served."""
+    models = Paths(served_good).models
+    export = models / "good-e002.onnx"
+    data = bytearray(export.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    export.write_bytes(bytes(data))
+    assert train(served_good, mnist_dir, "--train-subset", "200", "--epochs", "1", "--run-name", "next") == 0
+    line = last_line(capsys)
+    assert line.startswith("published model next-e001 to ") and "the published model good-e002 cannot be served" in line
+    assert read_manifest(models).version == "next-e001"
