@@ -402,10 +402,7 @@ class ModelStore:
             # skipped before is no newer model that failed any more.
             self._last_error = None
             return False
-        # The files' stamps too: a damaged file restored (mnist-models promote names the same version again) is
-        # tried at the next poll, not after the back-off of the copy that failed.
-        files = [manifest.file, *([manifest.onnx_file] if manifest.onnx_file else [])]
-        key = (manifest.version, manifest.sha256, manifest.size, *(file_stamp(self.models_dir / f) for f in files))
+        key = self._failure_key(manifest)
         failure = self._failures.get(key)
         if failure is not None and time.monotonic() < failure.retry_at:
             return False
@@ -457,6 +454,13 @@ class ModelStore:
         serving = self._current.version if self._current is not None else "none"
         log.warning("model %s skipped: %s; still serving %s; next try in %.0f s", version, reason, serving, delay)
 
+    def _failure_key(self, manifest: Manifest) -> tuple:
+        """What a remembered load failure is for: the manifest's version and checksum, and the stamps of its files,
+        so a damaged file restored (mnist-models promote names the same version again) is tried at once, not after
+        the back-off of the copy that failed. One key for the served model's polls and for pinned versions."""
+        files = [manifest.file, *([manifest.onnx_file] if manifest.onnx_file else [])]
+        return (manifest.version, manifest.sha256, manifest.size, *(file_stamp(self.models_dir / f) for f in files))
+
     def model_for(self, version: str) -> ServedModel | None:
         """The model a call asked for: the served one for "" (None before the first), else that version.
 
@@ -485,7 +489,7 @@ class ModelStore:
                 raise UnknownVersion(version)
             path = self.models_dir / manifest.file
             stamp = file_stamp(path)  # before reading it: a file replaced meanwhile is seen as changed next time
-            key = (version, manifest.sha256, manifest.size)
+            key = self._failure_key(manifest)
             with self._pinned_failures_lock:
                 failure = self._pinned_failures.get(key)
             if failure is not None and time.monotonic() < failure[1]:

@@ -105,7 +105,8 @@ def test_a_bad_model_version_is_not_found(three_versions, digit_pngs, version):
 
 def test_a_damaged_pinned_version_fails_its_checks_and_the_server_keeps_serving(three_versions, digit_pngs):
     models = Paths(three_versions.artifacts).models
-    data = bytearray((models / "v1.pt").read_bytes())
+    good = (models / "v1.pt").read_bytes()
+    data = bytearray(good)
     data[len(data) // 2] ^= 0xFF  # one flipped byte: the recorded checksum no longer matches
     (models / "v1.pt").write_bytes(bytes(data))
     stub = three_versions.stub
@@ -116,6 +117,9 @@ def test_a_damaged_pinned_version_fails_its_checks_and_the_server_keeps_serving(
         assert "checksum mismatch" in e.value.details()
     assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10).model_version == "v3"
     assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v2"), timeout=10).model_version == "v2"
+    # The file restored is read again at once, not after the failure's back-off (30 s), as the served model is.
+    (models / "v1.pt").write_bytes(good)
+    assert stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="v1"), timeout=10).model_version == "v1"
 
 
 def test_pinned_versions_are_cached_least_recently_used_first_out(serve, tmp_path):
