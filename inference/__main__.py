@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_level=args.log_level,
                 log_format=args.log_format,
             )
-        except OSError as e:
-            log.error("cannot listen on %s: %s", args.address, e)
+        except OSError as e:  # each names its own address: the main, health or metrics port
+            log.error("%s", e.strerror or e)
             return 1
     # One process: torch is configured here; with --workers, each worker process configures its own.
     configure_torch(args.torch_threads)

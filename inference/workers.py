@@ -49,16 +49,33 @@ def join_address(host: str, port: int) -> str:
 
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
-    """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one."""
+    """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one.
+
+    OSError, naming the address, when another process listens there: SO_REUSEPORT would have let this server's
+    workers join a running server's port, and the two took turns answering the calls (a second `python -m
+    inference` started beside `make stack` quietly served half of them with another model)."""
     family, socktype, proto, _, sockaddr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, socktype, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0:
-            raise OSError("SO_REUSEPORT is not supported here; run one worker")
-        sock.bind(sockaddr)
+        try:
+            if port:
+                # Without SO_REUSEPORT a bind fails where anything listens; SO_REUSEADDR lets it pass connections a
+                # server stopped a moment ago left in TIME_WAIT, as gRPC's own bind does.
+                with socket.socket(family, socktype, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(sockaddr)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0:
+                raise OSError("SO_REUSEPORT is not supported here; run one worker")
+            sock.bind(sockaddr)
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise OSError(
+                e.errno, f"cannot listen on {join_address(host, port)} (in use, or not an address of this machine?)"
+            ) from e
         yield sock.getsockname()[1]
     finally:
         sock.close()

@@ -87,16 +87,34 @@ def test_a_port_out_of_range_is_refused_not_taken_modulo_65536(workers):
         server_main(["--workers", workers, "--address", "127.0.0.1:99999"])
 
 
-def test_a_port_in_use_is_one_line_saying_so(tmp_path, capfd):
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "another-servers-shared-port"])
+def test_a_port_in_use_is_one_line_saying_so(tmp_path, capfd, workers, shared):
+    """Another server's workers share their port (SO_REUSEPORT): a second server with workers joined it, and the
+    two took turns answering the calls."""
     with socket.socket() as taken:
+        if shared:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         address = f"127.0.0.1:{port}"
-        assert server_main(["--workers", "1", "--artifacts-dir", str(tmp_path), "--address", address]) == 1
+        assert server_main(["--workers", workers, "--artifacts-dir", str(tmp_path), "--address", address]) == 1
     err = capfd.readouterr().err
     assert f"ERROR inference: cannot listen on {address} (in use" in err
     assert "Traceback" not in err
+
+
+def test_a_metrics_port_in_use_is_named_not_the_grpc_address(tmp_path, capfd):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics = f"127.0.0.1:{taken.getsockname()[1]}"
+        flags = ["--workers", "2", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"]
+        assert server_main([*flags, "--metrics-address", metrics]) == 1
+    err = capfd.readouterr().err
+    assert f"ERROR inference: cannot serve metrics on {metrics}" in err
+    assert "cannot listen on" not in err
 
 
 def test_tls_files_that_are_not_a_certificate_and_its_key_are_named(tmp_path):
