@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +40,7 @@ from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_int
 
 from inference.web.guards import default_allowed_hosts
+from inference.workers import join_address, split_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -449,11 +452,64 @@ def memory_note(env: Mapping[str, str]) -> str:
     )
 
 
+def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
+    """One line per port a service of `names` would listen on that cannot be had (another program holds it), with
+    the variable that moves it. Checked before anything starts: a TensorBoard that found its port taken failed its
+    restarts and stopped the stack, the trainer with it, halfway through its run."""
+    wanted = []
+    if "inference" in names:
+        wanted += [
+            ("the gRPC service", args.grpc_address, settings.ENV_GRPC_ADDRESS),
+            ("its health checks", args.health_address, settings.ENV_HEALTH_ADDRESS),
+            ("its metrics", args.metrics_address, settings.ENV_METRICS_ADDRESS),
+        ]
+    if "web" in names:
+        wanted.append(("the web page", join_address(args.web_host, args.web_port), settings.ENV_WEB_PORT))
+    if "tensorboard" in names:
+        wanted.append(
+            ("TensorBoard", join_address(args.tensorboard_host, args.tensorboard_port), settings.ENV_TENSORBOARD_PORT)
+        )
+    lines = []
+    for what, address, variable in wanted:
+        host, port = split_address(address)
+        if port == 0:
+            continue
+        problem = cannot_bind(host, port)
+        if problem:
+            moved = join_address(host, port + 1) if variable.endswith("_ADDRESS") else str(port + 1)
+            lines.append(f"{what} cannot listen on {address} ({problem}): set {variable}={moved}, for example")
+    return lines
+
+
+def cannot_bind(host: str, port: int) -> str | None:
+    """Why no server could listen on host:port now, or None. Every address the name has is tried (localhost is
+    127.0.0.1 and ::1): one in use is enough; one this machine lacks (no IPv6) only if all are."""
+    errors = []
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        return str(e)
+    for family, socktype, proto, _, sockaddr in addresses:
+        try:
+            with socket.socket(family, socktype, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no program
+                probe.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return e.strerror
+            errors.append(e.strerror or str(e))
+    return errors[0] if len(errors) == len(addresses) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     services = local_services(args)
     if not services:
         print("nothing to run: every service is skipped", file=sys.stderr)
+        return 2
+    taken = ports_taken(args, [s.name for s in services])
+    if taken:
+        print("\n".join(["stack: nothing started:", *taken]), file=sys.stderr)
         return 2
     env = stack_environment(args)
     supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout, max_restarts=args.max_restarts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -284,6 +285,51 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
     assert "MNIST_EPOCHS=4" in envs["trainer"].splitlines()
     assert "MNIST_GRPC_ADDRESS=localhost:50051" in envs["trainer"].splitlines()
     assert "MNIST_GRPC_TARGET=localhost:50051" in envs["web"].splitlines()  # the page finds the local service
+
+
+@pytest.mark.parametrize(
+    "flag, variable",
+    [
+        ("--tensorboard-port", "MNIST_TENSORBOARD_PORT"),
+        ("--web-port", "MNIST_WEB_PORT"),
+        ("--grpc-address", "MNIST_GRPC_ADDRESS"),
+        ("--health-address", "MNIST_HEALTH_ADDRESS"),
+        ("--metrics-address", "MNIST_METRICS_ADDRESS"),
+    ],
+)
+def test_a_port_in_use_stops_the_stack_before_anything_starts_naming_the_variable_that_moves_it(
+    tmp_path, flag, variable
+):
+    """A TensorBoard whose port was taken failed its restarts and stopped the stack: the trainer, killed halfway
+    through its run, with it."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    free = {  # every other port free: chosen by the system
+        "--grpc-address": "localhost:0",
+        "--health-address": "localhost:0",
+        "--metrics-address": "localhost:0",
+        "--web-port": "0",
+        "--tensorboard-port": "0",
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free[flag] = f"localhost:{port}" if flag.endswith("address") else str(port)
+        result = subprocess.run(
+            [PY, "-m", "scripts.local_stack", "--python", str(fake), "--artifacts-dir", str(tmp_path / "a")]
+            + [arg for pair in free.items() for arg in pair],
+            capture_output=True,
+            text=True,
+            env={**CLEAN_ENV, "FAKE_DIR": str(tmp_path)},
+            cwd=REPO,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "cannot listen on" in line]
+    assert f"localhost:{port} (Address already in use): set {variable}=" in line
+    assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.argv"))  # nothing was started
 
 
 # --------------------------------------------------------------------------------------------------------------
