@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shlex
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from shared.settings import Paths
+from shared.settings import DEFAULT_ARTIFACTS_DIR, ENV_ARTIFACTS_DIR, Paths
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,26 @@ def check_resumable(paths: Paths, run_name: str) -> None:
             f"--resume: run {run_name} has finished ({run_dir / FINISHED} says how it ended); nothing to resume. "
             "Start a new run, or serve one of its versions with `python -m inference.models promote VERSION`"
         )
+    if not run_dir.is_dir():
+        raise SystemExit(
+            f"--resume: no run named {run_name} in {paths.runs.resolve()}; was it started with another "
+            f"--artifacts-dir (or {ENV_ARTIFACTS_DIR})? Give that one, as the interrupted run's last line says"
+        )
     if not last_checkpoint(run_dir).exists():
         raise SystemExit(
             f"--resume: run {run_name} has no checkpoint ({last_checkpoint(run_dir)} is missing); start it again "
             "without --resume"
         )
+
+
+def resume_flags(artifacts_dir: Path, run_name: str) -> str:
+    """The flags that continue run `run_name` of `artifacts_dir`, as the trainer's messages say them: with the
+    folder unless it is the default one (a run in another folder was told `--resume --run-name X` alone, which
+    then found no run)."""
+    flags = f"--resume --run-name {shlex.quote(run_name)}"
+    if Path(artifacts_dir) != Path(DEFAULT_ARTIFACTS_DIR):
+        flags += f" --artifacts-dir {shlex.quote(str(artifacts_dir))}"
+    return flags
 
 
 def published_versions(paths: Paths, run_name: str) -> list[str]:
@@ -138,6 +154,6 @@ def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resumi
                 ) from None
             raise SystemExit(
                 f"{taken.run_dir} already holds the checkpoints of run {name}; give this run another --run-name, "
-                f"or continue that one with --resume --run-name {name}"
+                f"or continue that one with {resume_flags(paths.root, name)}"
             ) from None
     raise SystemExit(f"runs {candidates[0]} to {candidates[-1]} are all taken under {paths.runs}; give a --run-name")

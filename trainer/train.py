@@ -80,6 +80,7 @@ from trainer.run_folder import (
     default_run_name,
     last_checkpoint,
     newest_resumable_run,
+    resume_flags,
 )
 from trainer.tensorboard_log import TENSORBOARD_EVENTS, RunLogger
 
@@ -630,7 +631,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.dry_run:
                 raise Interrupted("dry run interrupted") from None
             if resumable():
-                raise Interrupted(f"interrupted; continue with --resume --run-name {where['run_name']}") from None
+                flags = resume_flags(args.artifacts_dir, where["run_name"])
+                raise Interrupted(f"interrupted; continue with {flags}") from None
             raise Interrupted(
                 "interrupted before the run's first checkpoint: nothing to resume; start it again"
             ) from None
@@ -640,7 +642,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if resumable():
                     advice = (
                         "the last complete checkpoint is intact. Make the folder writable (or free the path), then "
-                        f"continue with --resume --run-name {where['run_name']}"
+                        f"continue with {resume_flags(args.artifacts_dir, where['run_name'])}"
                     )
                 else:
                     advice = "make it writable, or choose another --artifacts-dir, and start again"
@@ -651,7 +653,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if resumable():
                 advice = (
                     "the last complete checkpoint and the published model are intact. Free some space, then continue "
-                    f"with --resume --run-name {where['run_name']}"
+                    f"with {resume_flags(args.artifacts_dir, where['run_name'])}"
                 )
             else:
                 advice = "the run had no checkpoint yet; the published model is intact. Free space, then start again"
@@ -880,7 +882,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             if dist_info.is_main:
                 print(
                     f"stopping after {epochs_this_process} epoch(s) as asked (--stop-after); "
-                    f"continue with --resume --run-name {run_name}",
+                    f"continue with {resume_flags(args.artifacts_dir, run_name)}",
                     flush=True,
                 )
             if logger:

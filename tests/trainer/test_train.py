@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -177,6 +178,21 @@ def test_resume_keeps_the_runs_own_settings_and_says_which_flags_it_ignores(tmp_
     # Started with --no-publish: the --resume its stop message suggests publishes nothing either.
     assert "keeps the run's own --publish never" in out
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_the_command_a_stopped_run_prints_continues_it_from_any_folder(tmp_path, mnist_dir, capsys, monkeypatch):
+    """A run in another artifacts folder was told `--resume --run-name r` alone, which found no run (and said it
+    had no checkpoint): the folder is part of the command now, and a name not in a folder says so."""
+    artifacts = tmp_path / "elsewhere"
+    assert train(artifacts, mnist_dir, "--epochs", "2", "--run-name", "r", "--no-publish", "--stop-after", "1") == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "continue with" in line]
+    flags = shlex.split(line.split("continue with ", 1)[1])
+    assert flags == ["--resume", "--run-name", "r", "--artifacts-dir", str(artifacts)]
+    monkeypatch.chdir(tmp_path)  # where `artifacts`, the default folder, holds no such run
+    with pytest.raises(SystemExit, match=r"no run named r in .*artifacts/runs; was it started with another"):
+        trainer_main(["--data-dir", str(mnist_dir), *SMALL, "--resume", "--run-name", "r"])
+    assert trainer_main(["--data-dir", str(mnist_dir), *SMALL, *flags]) == 0
+    assert (artifacts / "runs/r/FINISHED.json").exists()
 
 
 def test_resuming_with_another_number_of_processes_is_refused_before_its_schedule_runs_out(tmp_path, mnist_dir):
