@@ -896,6 +896,10 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         summary = finish(
             args, config, model, splits, state, run_name, run_dir, paths, logger, device, wall_start, publish
         )
+    # The others wait for the main process's publish, then all leave the process group together: destroyed while
+    # the main one was still busy publishing, a process once aborted on its way out ("terminate called without an
+    # active exception", CI), and torchrun stopped the run before its publish.
+    barrier(dist_info)
     shutdown(dist_info)
     if throwaway is not None:
         throwaway.cleanup()
