@@ -91,8 +91,10 @@ def test_checkpoint_reloads_to_identical_predictions(short_run, mnist):
     trained = model_from_checkpoint({**checkpoint, "model": checkpoint["training_model"]})
     with torch.no_grad():
         trained_accuracy = (trained(x)[:, :10].argmax(1) == labels).float().mean()
-    # Twice chance: two epochs on 1,500 images reach 25-35 % here, depending on the negatives drawn beside them.
-    assert trained_accuracy > 0.2, f"two epochs on 1,500 images should learn something, got {trained_accuracy:.2%}"
+    # Well above chance (10 %, where an untrained or broken run stays): two epochs on 1,500 images reached 25-35 % on
+    # the AMD machines, depending on the negatives drawn beside them, and 20.0-20.8 % on an Intel Xeon (fp32 and
+    # bf16), where 20 % itself once failed a bound of "over twice chance".
+    assert trained_accuracy > 0.15, f"two epochs on 1,500 images should learn something, got {trained_accuracy:.2%}"
 
 
 def test_the_run_scores_checkpoints_and_publishes_the_moving_average_of_its_weights(short_run):
