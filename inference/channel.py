@@ -111,7 +111,7 @@ def said_for_a_person(code: grpc.StatusCode, details: str) -> str:
         return (
             f"the request is {sent:,} bytes, larger than the {limit:,} the inference service takes in one "
             "message; the limit is the service's --max-message-bytes. Send a smaller picture (crop it to the "
-            "digit, or save it as PNG or JPEG at a lower resolution)"
+            "digit, or save it as PNG or JPEG at a lower resolution), or fewer pictures in one batch"
         )
     if details.strip() == _CONCURRENT_CALLS_LIMIT:
         return (

@@ -161,7 +161,7 @@ def reservation(budget: MemoryBudget | None, nbytes: int) -> contextlib.Abstract
     if nbytes > budget.capacity:
         raise ImageRejected(
             f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server allows "
-            f"for decoding at once ({budget.capacity / 2**20:,.0f} MiB); send a smaller picture "
+            f"for decoding at once (the limit is {budget.capacity / 2**20:,.0f} MiB); send a smaller picture "
             "(animated WebP takes four times its frame size: send a still picture; a progressive JPEG holds its "
             "whole resolution however small it is read: save it as a baseline JPEG)"
         )

@@ -193,6 +193,28 @@ def test_a_full_decode_budget_is_resource_exhausted_for_predict_and_per_image_in
     assert running.stub.Predict(pb.PredictRequest(image=picture), timeout=30).prediction.probabilities
 
 
+def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_says_413(serve, tmp_path, mnist):
+    """Under the byte and pixel limits, over the decode budget (an animated WebP, a progressive JPEG, or here a
+    budget set low): the gateway answered 400, as for a damaged picture, since the message named no limit."""
+    import io
+
+    from PIL import Image
+
+    from inference.web.errors import http_status
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(decode_budget_mib=48, max_image_pixels=10_000_000)
+    frames = [Image.new("RGB", (3000, 3000), "white") for _ in range(2)]  # 9 megapixels: under the pixel limit
+    frames[0].paste((0, 0, 0), (1400, 800, 1600, 2200))
+    out = io.BytesIO()
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], method=0, quality=10)
+    with pytest.raises(grpc.RpcError) as error:  # an animated WebP takes four times its frame to decode
+        running.stub.Predict(pb.PredictRequest(image=out.getvalue()), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "to decode" in error.value.details() and "the limit is 48 MiB" in error.value.details()
+    assert http_status(error.value.code(), error.value.details()) == 413
+
+
 def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves_on(
     serve, tmp_path, monkeypatch, digit_pngs
 ):

@@ -219,6 +219,7 @@ def test_a_batch_over_the_services_message_limit_is_413(gateway, digit_pngs):
         "RESOURCE_EXHAUSTED",
         "larger than the 1,000,000 the inference service takes in one message",
         "--max-message-bytes. Send a smaller picture",
+        "or fewer pictures in one batch",
     )
 
 
