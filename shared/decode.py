@@ -123,8 +123,9 @@ def decode_image(
         raise ImageRejected(unidentified_message(data)) from None
     except Exception as e:
         raise ImageRejected(
-            f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated. "
-            f"Send a complete {', '.join(ACCEPTED_FORMATS)} file"
+            f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated, or of a "
+            f"kind we do not read. Save it as an 8-bit PNG or JPEG, or send a complete {', '.join(ACCEPTED_FORMATS)} "
+            "file"
         ) from None
 
 
@@ -440,7 +441,9 @@ def unidentified_message(data: bytes) -> str:
     for signature, name in _SIGNATURES.items():
         if head.startswith(signature):
             return (
-                f"the file starts like a {name} but its header is damaged or truncated; send a complete {accepted} file"
+                f"the file starts like a {name} but its header is damaged or truncated, or the {name} is of a kind "
+                f"we do not read (such as 32-bit float samples, or an unusual compression); save it as an 8-bit PNG "
+                f"or JPEG, or send a complete {accepted} file"
             )
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
         return f"HEIC/HEIF/AVIF pictures are not accepted; export or share the photo as JPEG (or {accepted})"

@@ -563,8 +563,13 @@ def png_bytes() -> bytes:
         (b"data:image/png;base64," + base64.b64encode(png_bytes()), "not a picture .*data: URL, text: decode the"),
         (base64.b64encode(png_bytes()), r"not a picture .*as base64 text: decode it \(base64 -d\)"),
         (b'{"image": "' + base64.b64encode(png_bytes()) + b'"}', "looks like JSON; send the picture's own bytes"),
+        # A valid TIFF of 32-bit float samples (OpenCV writes and reads it; Pillow does not): not "damaged" alone.
+        (
+            cv2.imencode(".tiff", np.ones((64, 64, 3), np.float32))[1].tobytes(),
+            "the TIFF is of a kind we do not read .*save it as an 8-bit PNG or JPEG",
+        ),
     ],
-    ids=["empty", "text", "pdf", "svg", "truncated_png", "garbled_png", "heic", "data_url", "base64", "json"],
+    ids=["empty", "text", "pdf", "svg", "truncated_png", "garbled_png", "heic", "data_url", "base64", "json", "float"],
 )
 def test_bad_bytes_are_rejected_with_a_clear_message(data, message):
     with pytest.raises(ImageRejected, match=message):
