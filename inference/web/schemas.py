@@ -13,7 +13,7 @@ import base64
 import json
 from typing import Literal, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
@@ -192,6 +192,9 @@ class ModelList(BaseModel):
 
 
 class EvaluateRequest(BaseModel):
+    # A misspelt key was ignored: {"splt": "validation"} evaluated the test split, and said nothing.
+    model_config = ConfigDict(extra="forbid")
+
     split: Literal["test", "validation"] = Field(
         "test",
         description="the 10,000 MNIST test images, or the validation part of the training images as the "

@@ -159,6 +159,14 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         gateway.post("/v1/evaluate", b'{"split": "train"}', "application/json"), 400, "INVALID_ARGUMENT", "split"
     )
     assert_error(gateway.post("/v1/evaluate", b"{not json", "application/json"), 400, "INVALID_ARGUMENT")
+    # A misspelt key is named, not ignored (the test split was evaluated for {"splt": "validation"}).
+    assert_error(
+        gateway.post("/v1/evaluate", b'{"splt": "validation"}', "application/json"),
+        400,
+        "INVALID_ARGUMENT",
+        "splt",
+        "Extra inputs are not permitted",
+    )
     # Only as JSON: any web page may POST text/plain here without a CORS preflight.
     assert_error(
         gateway.post("/v1/evaluate", b'{"heatmap": false}', "text/plain"), 415, "INVALID_ARGUMENT", "application/json"
