@@ -11,6 +11,7 @@
 #   make lint      ruff (lint and format check) and mypy on the code; hadolint on both Dockerfiles; the compose
 #                  files through `docker compose config`
 #   make tools     checkov, for tests/deploy/test_k8s.py, in a virtual environment of its own
+#   make help      this list (also what a plain `make` prints)
 
 VENV ?= $(or $(MNIST_VENV),$(VIRTUAL_ENV),.venv)
 PY := $(VENV)/bin/python
@@ -23,7 +24,11 @@ export MNIST_VENV := $(VENV)
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV ?= $(HOME)/.cache/mnist-stack/tools/checkov
 
-.PHONY: up down stack venv test protos lock lint tools
+.PHONY: help up down stack venv test protos lock lint tools
+
+# The first target is what a plain `make` runs: the list above, not a stack of containers.
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 up:
 	scripts/compose.sh up $(ARGS)

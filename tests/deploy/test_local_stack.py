@@ -5,6 +5,7 @@ test_stack_e2e.py."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -443,6 +444,10 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     ]
     assert make("protos").returncode == 0
     assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]
+    listed = make()  # a plain `make` lists the targets, starting nothing
+    assert listed.returncode == 0 and calls(log) == []
+    targets = re.findall(r"^make (\w+)", listed.stdout, re.M)
+    assert {"up", "stack", "test", "lint", "help"} <= set(targets), listed.stdout
 
 
 def test_the_memory_note_counts_the_processes_inference_will_start(monkeypatch):
