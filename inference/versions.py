@@ -146,7 +146,7 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
                     metrics={},
                 )
         served = latest is not None and (latest.version, latest.sha256) == (version, manifest.sha256)
-        if served and not problem:
+        if served and not problem and latest is not None:
             # The one version servers load: its files are checked as they check them (a byte flipped in it was
             # listed as served and sound, while every server refused it). The others are checked when promoted.
             try:
