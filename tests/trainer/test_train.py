@@ -245,9 +245,13 @@ def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path,
         train(tmp_path, mnist_dir, "--resume")
     with pytest.raises(SystemExit, match="run a has finished"):
         train(tmp_path, mnist_dir, "--resume", "--run-name", "a")
-    with pytest.raises(SystemExit, match=r"run b has no checkpoint .*start it again without --resume"):
+    with pytest.raises(SystemExit, match=r"no run named b in .*runs; was it started with another --artifacts-dir"):
         train(tmp_path, mnist_dir, "--resume", "--run-name", "b")
     assert not (tmp_path / "runs/b").exists()  # a mistyped name leaves no folder behind
+    (tmp_path / "runs/c").mkdir()  # a run stopped before its first checkpoint
+    with pytest.raises(SystemExit, match=r"run c has no checkpoint .*start it again without --resume"):
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "c")
+    (tmp_path / "runs/c").rmdir()
     shutil.rmtree(tmp_path / "runs/a")
     capsys.readouterr()
     with pytest.raises(SystemExit, match=f"run name a was used before: model version {version} was published"):
