@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,25 @@ def _bad_request(message: str) -> GatewayError:
     return GatewayError(400, grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def known_query_parameters(request: Request) -> None:
+    """A query parameter the route does not take is refused, naming it: `?modelversion=x` was ignored, and the
+    served model answered as if the caller had asked for it."""
+    endpoint = request.scope.get("endpoint")
+    if endpoint is None:
+        return
+    known = query_parameter_names(endpoint)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) if known else "none"
+        raise _bad_request(f"unknown query parameter {', '.join(unknown)}: {request.url.path} takes {takes}")
+
+
+@cache
+def query_parameter_names(endpoint: Any) -> frozenset[str]:
+    """The query parameters a route's function takes: its arguments but the request and the response."""
+    return frozenset(name for name in inspect.signature(endpoint).parameters if name not in ("request", "response"))
+
+
 async def read_images(request: Request) -> list[bytes]:
     """The images of a request: each file part of a multipart/form-data body, or else the whole body."""
     content_type = request.headers.get("content-type", "")
@@ -664,7 +684,9 @@ def create_app(options: WebOptions) -> FastAPI:
     # ----------------------------------------------------------------------------------------------------------
     # The API
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
+    api = APIRouter(
+        prefix="/v1", dependencies=[Depends(authorize), Depends(known_query_parameters)], responses=ERROR_RESPONSES
+    )
 
     @api.post(
         "/predict",

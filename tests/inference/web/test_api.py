@@ -172,6 +172,14 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         gateway.post("/v1/evaluate", b'{"heatmap": false}', "text/plain"), 415, "INVALID_ARGUMENT", "application/json"
     )
     assert_error(gateway.post("/v1/predict?model_input=perhaps", png), 400, "INVALID_ARGUMENT", "model_input")
+    # A misspelt query parameter is named, not ignored (?modelversion=x was answered by the served model).
+    assert_error(
+        gateway.post("/v1/predict?modelversion=v9", png),
+        400,
+        "INVALID_ARGUMENT",
+        "unknown query parameter modelversion: /v1/predict takes model_input, model_version",
+    )
+    assert_error(gateway.get("/v1/model?verbose=1"), 400, "INVALID_ARGUMENT", "/v1/model takes none")
 
 
 def test_evaluate_is_refused_unless_sent_as_json_even_with_no_body(gateway):
