@@ -9,7 +9,8 @@ shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that
   - every line a service prints is prefixed with its name (`trainer     | epoch 1/15 ...`);
   - the trainer is a one-shot job: when it exits 0 the others keep running;
   - inference, the web page and TensorBoard are restarted when they fail (`restart: on-failure`), a few times,
-    and if they keep failing the stack stops with exit status 1;
+    and if they keep failing the stack stops with exit status 1 (once the trainer, if it is still running, has
+    finished: its run is not cut off for another service);
   - Ctrl-C (SIGINT) or SIGTERM is passed on to every service, which gets --stop-timeout seconds to finish
     before it is killed; a second Ctrl-C kills at once.
 
@@ -309,6 +310,7 @@ class Supervisor:
         self._stop_signal: int | None = None
         self._force = False
         self._failed = False
+        self._stop_after_jobs = False  # a service gave up while a job ran: stop once the jobs have ended
 
     # Called from a signal handler or another thread: only flags and an Event, never I/O or locks.
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -364,15 +366,29 @@ class Supervisor:
         if now - r.started_at >= self.stable_after:
             r.restarts = 0
         if r.restarts >= self.max_restarts:
-            self.log(f"{r.service.name} failed {r.restarts + 1} times in a row; stopping the stack")
             r.exit_code = code
             self._failed = True
-            self.request_stop(signal.SIGTERM)
+            jobs = self._jobs_running()
+            if jobs:
+                # A job (the trainer) is not stopped halfway for another service: its run would be lost.
+                names = ", ".join(j.service.name for j in jobs)
+                self.log(
+                    f"{r.service.name} failed {r.restarts + 1} times in a row; the stack stops when {names} "
+                    "ends (Ctrl-C stops it now)"
+                )
+                self._stop_after_jobs = True
+            else:
+                self.log(f"{r.service.name} failed {r.restarts + 1} times in a row; stopping the stack")
+                self.request_stop(signal.SIGTERM)
             return
         delay = self.restart_delay * 2**r.restarts
         r.restarts += 1
         r.restart_at = now + delay
         self.log(f"restarting {r.service.name} in {delay:g} s (restart {r.restarts} of {self.max_restarts})")
+
+    def _jobs_running(self) -> list[_Running]:
+        """The services that end of themselves (the trainer: no restart) and have not ended yet."""
+        return [r for r in self._running if not r.service.restart_on_failure and r.exit_code is None]
 
     def run(self) -> int:
         for r in self._running:
@@ -386,6 +402,9 @@ class Supervisor:
                     self._start(r)
             if all(r.exit_code is not None for r in self._running):
                 break
+            if self._stop_after_jobs and not self._jobs_running():
+                self.log("stopping the stack")
+                self.request_stop(signal.SIGTERM)
             self._wake.wait(0.1)
             self._wake.clear()
         return self._shutdown()

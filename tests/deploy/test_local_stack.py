@@ -165,6 +165,26 @@ def test_failing_service_is_restarted_then_the_stack_gives_up(tmp_path, start):
     assert "tensorboard | got SIGTERM" in out.lines(), "the rest of the stack is stopped cleanly"
 
 
+def test_a_service_that_gives_up_lets_a_running_job_finish_before_the_stack_stops(start):
+    """A TensorBoard failing its restarts stopped the stack, and the trainer with it, halfway through its run."""
+    out = Capture()
+    services = [
+        Service("trainer", py('import time; time.sleep(2); print("published", flush=True)')),
+        Service("tensorboard", py("raise SystemExit(3)"), restart_on_failure=True),
+        Service("inference", py(SERVER.format(name="inference")), restart_on_failure=True),
+    ]
+    supervisor = Supervisor(services, out=out, stop_timeout=5, max_restarts=1, restart_delay=0.05)
+    thread, result = start(supervisor)
+    thread.join(30)
+    assert result == [1], out.text  # a service failed
+    lines = out.lines()
+    gave_up = lines.index(
+        "stack       | tensorboard failed 2 times in a row; the stack stops when trainer ends (Ctrl-C stops it now)"
+    )
+    assert gave_up < lines.index("trainer     | published") < lines.index("stack       | trainer exited with code 0")
+    assert "inference   | got SIGTERM" in lines  # then the rest is stopped cleanly
+
+
 def test_a_failed_job_is_not_restarted_and_makes_the_exit_status_1(start):
     out = Capture()
     supervisor = Supervisor([Service("trainer", py("raise SystemExit(2)"))], out=out)
