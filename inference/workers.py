@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import multiprocessing
 import os
@@ -47,6 +48,28 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why no server could listen on host:port now, or None. A plain bind, without the SO_REUSEPORT that would join
+    a running server's port, of every address the name has (localhost is 127.0.0.1 and ::1): one in use is
+    enough; one this machine lacks (no IPv6) only if all are. SO_REUSEADDR lets it pass the connections a server
+    stopped a moment ago left in TIME_WAIT, as gRPC's own bind does: they are no program listening."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        return e
+    errors = []
+    for family, socktype, proto, _, sockaddr in addresses:
+        try:
+            with socket.socket(family, socktype, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return e
+            errors.append(e)
+    return errors[0] if errors and len(errors) == len(addresses) else None
+
+
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (not listen) a socket with SO_REUSEPORT on host:port; yields the port, 0 resolved to a free one.
@@ -60,12 +83,8 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     sock = socket.socket(family, socktype, proto)
     try:
         try:
-            if port:
-                # Without SO_REUSEPORT a bind fails where anything listens; SO_REUSEADDR lets it pass connections a
-                # server stopped a moment ago left in TIME_WAIT, as gRPC's own bind does.
-                with socket.socket(family, socktype, proto) as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind(sockaddr)
+            if port and (refused := bind_error(host, port)) is not None:
+                raise refused
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0:
                 raise OSError("SO_REUSEPORT is not supported here; run one worker")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import re
 import shlex
@@ -41,7 +40,7 @@ from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_int
 
 from inference.web.guards import default_allowed_hosts
-from inference.workers import join_address, split_address
+from inference.workers import bind_error, join_address, split_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -493,31 +492,13 @@ def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
         host, port = split_address(address)
         if port == 0:
             continue
-        problem = cannot_bind(host, port)
-        if problem:
+        problem = bind_error(host, port)
+        if problem is not None:
+            # A name that does not resolve says so with its error number; a bind, in the words of the system.
+            reason = str(problem) if isinstance(problem, socket.gaierror) else problem.strerror or str(problem)
             moved = join_address(host, port + 1) if variable.endswith("_ADDRESS") else str(port + 1)
-            lines.append(f"{what} cannot listen on {address} ({problem}): set {variable}={moved}, for example")
+            lines.append(f"{what} cannot listen on {address} ({reason}): set {variable}={moved}, for example")
     return lines
-
-
-def cannot_bind(host: str, port: int) -> str | None:
-    """Why no server could listen on host:port now, or None. Every address the name has is tried (localhost is
-    127.0.0.1 and ::1): one in use is enough; one this machine lacks (no IPv6) only if all are."""
-    errors = []
-    try:
-        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as e:
-        return str(e)
-    for family, socktype, proto, _, sockaddr in addresses:
-        try:
-            with socket.socket(family, socktype, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no program
-                probe.bind(sockaddr)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return e.strerror
-            errors.append(e.strerror or str(e))
-    return errors[0] if len(errors) == len(addresses) else None
 
 
 def main(argv: list[str] | None = None) -> int:

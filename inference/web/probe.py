@@ -45,9 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.path is not None and args.require_ready:
-        get_args_parser().error("--path and --require-ready ask two paths: give one")
+        parser.error("--path and --require-ready ask two paths: give one")
     path = args.path if args.path is not None else "/readyz" if args.require_ready else "/healthz"
     url = f"http://{args.target}{path}"
     try:
