@@ -208,7 +208,8 @@ def rollback_target(models_dir: Path) -> str | None:
 def possibly_served(models_dir: Path) -> set[str]:
     """The versions a running server may be serving: the one LATEST.json names, the one named before it (a server
     that skipped the newest as failing its checks, a checksum or its warm-up, serves that one), and, while files
-    fail their checksums, each one named before those back to the newest whose file passes."""
+    fail their checksums, each one named before those back to the newest whose files pass: the .pt and its ONNX
+    export, which a server with the onnxruntime backend loads too."""
     stack = served_stack(models_dir)
     versions = set(stack[-2:])
     for version in reversed(stack):
@@ -217,6 +218,7 @@ def possibly_served(models_dir: Path) -> set[str]:
             manifest = find_manifest(models_dir, version)
             if manifest is not None:
                 verify_model_file(models_dir, manifest)
+                read_published_onnx(models_dir, manifest)
                 break
         except (CheckpointError, OSError):
             continue

@@ -83,13 +83,25 @@ _UMASK = _process_umask()
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
 
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is renamed over
-    `path` (atomic on POSIX within one filesystem). On any error the temporary file is removed and `path` is
-    untouched, a full disk included.
+    On any error the temporary file is removed and `path` is untouched, a full disk included (atomic_writer).
+    """
+    with atomic_writer(path) as (f, _):
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, suffix: str = ".tmp") -> Iterator[tuple[io.BufferedWriter, Path]]:
+    """Yield (file, its path) to write `path`'s new content into; when the block ends without an error, the file
+    takes `path`'s name, so readers see the old file or the whole new one, never a part.
+
+    The bytes go to a temporary file in the same folder (`.<name>.<random><suffix>`), which the block may read
+    back (flush first) to check it before it counts. It is flushed to disk and renamed over `path` (atomic on POSIX
+    within one filesystem). On any error, or an exception raised in the block, the temporary file is removed
+    and `path` is untouched, a full disk included.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes the file owner-only (0600); a file made by open() has the umask's mode, which a server
@@ -97,7 +109,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             # filesystem that refuses chmod keeps 0600, as before.
             with contextlib.suppress(OSError):
                 os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            f.write(data)
+            yield f, Path(tmp)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

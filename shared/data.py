@@ -10,9 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.checkpoint import atomic_write_bytes
+from shared.checkpoint import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +144,20 @@ def _download(name: str, directory: Path) -> Path:
     remove_stale_parts(directory, name)
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
-        tmp = None
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-            log.info("downloading %s", url)
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            # Written under a temporary name (.<name>.gz.<random>.part), verified, then renamed into place:
+            # synced, and readable as the umask allows (a server running as another user must read it).
+            with (
+                atomic_writer(directory / f"{name}.gz", suffix=".part") as (out, part),
+                urllib.request.urlopen(url, timeout=60) as response,
+            ):
+                log.info("downloading %s", url)
                 shutil.copyfileobj(response, out)
-            read_idx_file(Path(tmp), md5=md5, shape=shape)  # verify before it takes the real name
-            # Synced and readable as the umask allows (mkstemp's file is owner-only: a server running as another
-            # user could not read it), then renamed into place.
-            final = directory / f"{name}.gz"
-            atomic_write_bytes(final, Path(tmp).read_bytes())
-            return final
+                out.flush()
+                read_idx_file(part, md5=md5, shape=shape)  # verify before it takes the real name
+            return directory / f"{name}.gz"
         except Exception as e:
             errors.append(f"{url}: {type(e).__name__}: {e}")
-        finally:
-            if tmp is not None:  # a failed or interrupted download never lingers under a temporary name
-                Path(tmp).unlink(missing_ok=True)
     if made:
         with contextlib.suppress(OSError):  # not empty, or gone: leave it
             directory.rmdir()

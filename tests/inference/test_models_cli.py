@@ -209,6 +209,21 @@ def test_prune_keeps_what_servers_serve_while_the_served_file_is_damaged(artifac
     assert {p.name for p in models.glob("*.pt")} == {"v1.pt", "v3.pt"}
 
 
+@pytest.mark.parametrize("damaged_file", ["pt", "onnx"])
+def test_prune_keeps_the_version_servers_fall_back_to_past_every_damaged_file(artifacts, damaged_file):
+    """Served in turn: v1, v2, v3. Both v3's and v2's model files (the .pt, or the ONNX export the onnxruntime
+    backend loads) fail their checksums, so servers skip both and serve v1: pruning must keep it."""
+    models = Paths(artifacts).models
+    assert run(artifacts, "promote", "v3") == 0
+    for version in ("v3", "v2"):
+        path = models / f"{version}.{damaged_file}"
+        damaged = bytearray(path.read_bytes())
+        damaged[-10] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+    assert run(artifacts, "prune", "--keep", "1") == 0
+    assert {p.name for p in models.glob("*.pt")} == {"v1.pt", "v2.pt", "v3.pt"}
+
+
 def test_a_running_server_swaps_in_what_promote_chose(artifacts, serve):
     running = serve(artifacts)
     assert running.server.store.current.version == "v2"
