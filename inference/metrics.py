@@ -12,12 +12,14 @@
     mnist_model_swaps_total                        newly published models swapped in
     mnist_model_skips_total{reason}                published models skipped (inference.model_store.SKIP_REASONS)
     mnist_decode_memory_bytes                      image-decoding memory in use, when a budget reports it
+    mnist_calls_queued                             calls accepted and waiting for a free worker thread
 
 The call metrics use go-grpc-prometheus's names and labels, which existing gRPC dashboards and alerts read.
 
 With `--workers N` every process records into files in one folder (prometheus_client's multiprocess mode,
 PROMETHEUS_MULTIPROC_DIR, set by inference.workers before the workers start), and the parent process serves
-the sum: counters and histograms add up, `grpc_server_in_flight` and decode memory add up over live processes,
+the sum: counters and histograms add up, `grpc_server_in_flight`, queued calls and decode memory add up over live
+processes,
 and `mnist_model_info` is 1 for every version some live worker serves (two during a swap).
 """
 
@@ -139,6 +141,12 @@ class ServiceMetrics(ModelEvents):
         self.decode_memory = Gauge(
             "mnist_decode_memory_bytes", "Image-decoding memory in use.", multiprocess_mode="livesum", registry=r
         )
+        self.calls_queued = Gauge(
+            "mnist_calls_queued",
+            "Calls accepted and waiting for a free worker thread (every one of --max-workers busy).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         # Every label value known in advance starts at 0, so rate() and alerts work before the first event.
         for reason in REJECTION_REASONS:
             self.images_rejected.labels(reason)
@@ -181,6 +189,11 @@ class ServiceMetrics(ModelEvents):
         if child is None:
             child = self._handled[(service, method, code)] = self.handled.labels("unary", service, method, code)
         return child
+
+    # The server's thread pool's (inference.server.QueueCountingExecutor): +1 when a call is handed to it, -1 when
+    # a thread starts it. grpc_server_in_flight counts from there on: the two together are the calls accepted.
+    def call_queued(self, change: int) -> None:
+        self.calls_queued.inc(change)
 
     # The servicer's.
     def predicted(self, images: int) -> None:

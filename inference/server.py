@@ -41,6 +41,37 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name 
 LIVENESS_SERVICE = "liveness"
 
 
+class QueueCountingExecutor(futures.ThreadPoolExecutor):
+    """The server's thread pool, telling `on_queue_change` +1 when a task (a call: gRPC hands each one over with
+    submit) is queued and -1 when a thread starts it, or it is cancelled before starting. gRPC accepts calls up to
+    --max-concurrent-rpcs, but runs --max-workers at once: the rest wait here, unseen by every interceptor."""
+
+    def __init__(self, max_workers: int, on_queue_change, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._on_queue_change = on_queue_change
+
+    def submit(self, fn, /, *args, **kwargs):
+        started = threading.Event()  # set once, by whichever of start or cancel comes first
+
+        def leave_queue() -> None:
+            if not started.is_set():
+                started.set()
+                self._on_queue_change(-1)
+
+        def run():
+            leave_queue()
+            return fn(*args, **kwargs)
+
+        self._on_queue_change(1)
+        try:
+            future = super().submit(run)
+        except BaseException:  # shut down: never queued
+            leave_queue()
+            raise
+        future.add_done_callback(lambda f: leave_queue())  # cancelled before a thread took it (shutdown)
+        return future
+
+
 def check_decode_budget(options: ServerOptions) -> None:
     """The decode budget must hold one picture of the largest size the limits allow, or that picture could never
     be decoded: a configuration error, said at start-up rather than to each caller."""
@@ -224,7 +255,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         ("grpc.so_reuseport", 1 if options.share_port else 0),
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc-worker"),
+        QueueCountingExecutor(options.max_workers, metrics.call_queued, thread_name_prefix="grpc-worker"),
         interceptors=interceptors,
         options=grpc_options,
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,

@@ -117,6 +117,30 @@ def test_calls_in_flight_are_counted_while_they_run(metered, digit_pngs, monkeyp
     assert value(scrape(metered.server.metrics_port), "grpc_server_in_flight", grpc_method="Predict") == 0
 
 
+def test_calls_waiting_for_a_free_worker_thread_are_counted_as_queued(serve, tmp_path, digit_pngs, monkeypatch):
+    """One worker thread, held by a first call: a second call waits in the queue, where no interceptor sees it."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    running = serve(artifacts, metrics_address="127.0.0.1:0", max_workers=1)
+    entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")
+    request = pb.PredictRequest(image=digit_pngs[0][1])
+    calls = [threading.Thread(target=lambda: running.stub.Predict(request, timeout=30)) for _ in range(2)]
+    calls[0].start()
+    try:
+        assert entered.wait(10)
+        calls[1].start()
+        assert wait_until(lambda: value(scrape(running.server.metrics_port), "mnist_calls_queued") == 1, timeout=10)
+        samples = scrape(running.server.metrics_port)
+        assert value(samples, "grpc_server_in_flight", grpc_service=INFERENCE, grpc_method="Predict") == 1
+    finally:
+        release.set()
+        for call in calls:
+            call.join(30)
+    samples = scrape(running.server.metrics_port)
+    assert value(samples, "mnist_calls_queued") == 0
+    assert value(samples, "grpc_server_handled_total", grpc_method="Predict", grpc_code="OK") == 2
+
+
 def test_the_served_model_loads_swaps_and_skips_are_reported(metered):
     port = metered.server.metrics_port
     samples = scrape(port)
