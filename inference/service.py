@@ -150,22 +150,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 "model, or pick one that ListModels lists (mnist-client models)",
             ) from None
         except VersionUnavailable as e:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, self._without_server_paths(str(e))) from None
         if served is None:
             failed = self.store.last_error
             if failed is not None:
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"no model can be served: the published model {failed.version} fails the checks every served "
-                    f"model must pass ({failed.reason[:300]}); publish or promote a good one (mnist-models), and "
-                    "the server loads it within seconds",
+                    f"model must pass ({self._without_server_paths(failed.reason)[:300]}); publish or promote a "
+                    "good one (mnist-models), and the server loads it within seconds",
                 )
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
                 "no model is published yet; the server is waiting for the trainer to publish one "
-                f"({self.store.models_dir}/LATEST.json)",
+                "(models/LATEST.json in its artifacts folder)",
             )
         return served
+
+    def _without_server_paths(self, text: str) -> str:
+        """`text` with the server's models folder named `models/`: callers (the web page's visitors too) are told
+        what is wrong, not where the server keeps its files; the server's log has the whole path."""
+        folder = self.store.models_dir
+        for prefix in {str(folder.resolve()), str(folder)}:
+            text = text.replace(prefix + "/", "models/").replace(prefix, "models/")
+        return text
 
     def _decode(self, data: bytes) -> np.ndarray:
         with image_errors(self.metrics):
@@ -290,7 +298,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 should_stop=lambda: self.stopped.is_set() or not context.is_active(),
             )
         except EvaluationDataError as e:
-            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+            log.warning("Evaluate: %s", e)  # where it looked and why it failed: for the operator, not the caller
+            raise RpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the server cannot read the MNIST files it evaluates on; its operator must put the four files in "
+                "its data folder (--data-dir / MNIST_DATA_DIR) or start it with --download-data (the server's log "
+                "says where it looked)",
+            ) from None
         finally:
             self._evaluation_slots.release()
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
@@ -408,7 +422,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 )
             )
         if error is not None:
-            info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=error.reason, at=error.at))
+            reason = self._without_server_paths(error.reason)
+            info.last_load_error.CopyFrom(pb.LoadError(version=error.version, reason=reason, at=error.at))
         return info
 
     @_rpc

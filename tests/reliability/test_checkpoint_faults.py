@@ -318,6 +318,27 @@ def test_a_fault_is_never_served(serve, tmp_path, digit_pngs, caplog, name):
     assert wait_until(lambda: model_info(running).version == "fixed")
 
 
+def test_callers_are_told_what_is_wrong_with_the_model_but_not_where_the_server_keeps_it(serve, tmp_path, digit_pngs):
+    """The web page's visitors read these messages too: the models folder is named models/, not by its path."""
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    models.mkdir(parents=True)
+    symlink_out_of_models(models, "bad")
+    running = serve(artifacts)
+    reason = model_info(running).last_load_error.reason
+    assert "outside models/" in reason and str(tmp_path) not in reason, reason
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "outside models/" in e.value.details() and str(tmp_path) not in e.value.details()
+    publish(artifacts, "good", seed=1)
+    assert wait_until(lambda: health_status(running) == SERVING)
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="bad"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "outside models/" in e.value.details() and str(tmp_path) not in e.value.details()
+
+
 @pytest.mark.parametrize("name", ["manifest fields of the wrong type", "pickle that runs code"])
 def test_a_server_whose_only_model_is_bad_starts_and_waits(serve, tmp_path, digit_pngs, name):
     """Before the fix, a manifest field of the wrong type made the server fail to start (TypeError)."""

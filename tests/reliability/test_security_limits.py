@@ -102,6 +102,8 @@ def evaluate_three_times(running) -> None:
         with pytest.raises(grpc.RpcError) as e:
             running.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=30)
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # What the operator must do, not where the server looked: callers of the web page read this too.
+        assert "--download-data" in e.value.details() and str(running.artifacts.parent) not in e.value.details()
 
 
 def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, blocked):
