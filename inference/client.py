@@ -31,7 +31,7 @@ from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import describe_rpc_error, make_channel, said_for_a_person
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
-from inference.security import bearer_metadata, is_metadata_value
+from inference.security import bearer_metadata, ca_certificates_file, is_metadata_value
 
 DIGITS = 10
 
@@ -276,7 +276,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
     parser.add_argument(
         "--tls-ca",
-        type=Path,
+        type=ca_certificates_file,
         default=settings.env_str(ENV_TLS_CA, "") or None,
         help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})",
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +18,7 @@ from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
 from inference.channel import make_channel
+from inference.security import ca_certificates_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     parser.add_argument(
         "--tls-ca",
-        type=Path,
+        type=ca_certificates_file,
         default=settings.env_str(settings.ENV_TLS_CA, "") or None,
         help=f"use TLS, trusting this PEM CA certificate (env {settings.ENV_TLS_CA})",
     )

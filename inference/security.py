@@ -5,6 +5,7 @@ Kept free of torch so the client and the health probe start fast.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,23 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 def server_credentials(cert_file: Path, key_file: Path) -> grpc.ServerCredentials:
     """TLS credentials from a PEM certificate chain and its private key."""
     return grpc.ssl_server_credentials([(Path(key_file).read_bytes(), Path(cert_file).read_bytes())])
+
+
+def ca_certificates_file(text: str) -> Path:
+    """argparse type of --tls-ca: a file of PEM certificates. Read here, so that a file that cannot be read, or one
+    of something else, is said at start: gRPC took any bytes, and every call then failed as "cannot reach"."""
+    path = Path(text)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"{text}: no such file") from None
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be read ({e.strerror or e})") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a PEM file of certificates (it has no -----BEGIN CERTIFICATE----- line)"
+        )
+    return path
 
 
 def channel_credentials(ca_file: Path | None) -> grpc.ChannelCredentials:

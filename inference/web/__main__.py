@@ -10,14 +10,13 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.logs import LOG_FORMATS, configure_logging
-from inference.security import checked_token
+from inference.security import ca_certificates_file, checked_token
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true", help="call the gRPC service over TLS (system roots)")
     parser.add_argument(
         "--tls-ca",
-        type=Path,
+        type=ca_certificates_file,
         default=s.env_str(ENV_TLS_CA, "") or None,
         help=f"call the gRPC service over TLS, trusting this PEM CA certificate [env {ENV_TLS_CA}]",
     )
@@ -136,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         args.token = os.environ.get(ENV_AUTH_TOKEN) or None
     if args.token is not None:
         args.token = checked_token(args.token, f"--token ({ENV_AUTH_TOKEN})")
-    if args.tls_ca is not None and not args.tls_ca.is_file():
-        raise SystemExit(f"--tls-ca {args.tls_ca}: no such file")
     from inference.web.guards import default_allowed_hosts, parse_allowed_hosts
 
     try:

@@ -45,6 +45,7 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -428,6 +429,7 @@ async def read_images(request: Request) -> list[bytes]:
         )
     if not content_type.lower().startswith("multipart/form-data"):
         return [await request.body()]
+    complete_multipart(await request.body(), content_type)  # read once: request.form() parses the same bytes
     try:
         form = await request.form(max_files=MAX_MULTIPART_FILES)
     except (MultiPartException, StarletteHTTPException) as e:
@@ -451,6 +453,18 @@ async def read_images(request: Request) -> list[bytes]:
         return [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
     finally:
         await form.close()
+
+
+def complete_multipart(body: bytes, content_type: str) -> None:
+    """Refuse a multipart body that ends before its closing delimiter (--boundary--): the parser gives the parts
+    it finished and drops the last one without a word, so a batch of three came back as two results."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise _bad_request(
+            "the multipart body ends before its closing boundary (--BOUNDARY--): it was cut short, and its last "
+            "image would be lost; send the whole body"
+        )
 
 
 def media_type(content_type: str) -> str:
@@ -642,8 +656,14 @@ def create_app(options: WebOptions) -> FastAPI:
     # ----------------------------------------------------------------------------------------------------------
     # Errors: one JSON shape for all of them
 
-    def error_response(status: int, code: grpc.StatusCode, message: str, request_id: str | None = None):
-        headers = errors.error_headers(status, code)
+    def error_response(
+        status: int,
+        code: grpc.StatusCode,
+        message: str,
+        request_id: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ):
+        headers = {**(extra_headers or {}), **errors.error_headers(status, code)}
         if request_id:
             headers["X-Request-ID"] = request_id
         return JSONResponse(errors.error_body(status, code, message), status_code=status, headers=headers)
@@ -679,7 +699,8 @@ def create_app(options: WebOptions) -> FastAPI:
             e.status_code, grpc.StatusCode.INVALID_ARGUMENT
         )
         message = f"{e.detail}: {request.method} {request.url.path}; the API is described at /docs"
-        return error_response(e.status_code, code, message)
+        # Starlette's own headers: a 405's Allow (the methods the path takes), which HTTP requires.
+        return error_response(e.status_code, code, message, extra_headers=dict(e.headers or {}))
 
     # ----------------------------------------------------------------------------------------------------------
     # The API

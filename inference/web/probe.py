@@ -12,6 +12,7 @@ other HTTP server, TensorBoard, is checked with it too.)
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import urllib.error
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unhealthy: {url} answered {e.code}: {reason}")
     except (urllib.error.URLError, OSError) as e:
         print(f"unhealthy: {url}: {getattr(e, 'reason', e)}")
+    except http.client.InvalidURL as e:  # a --target that is not host:port
+        print(f"unhealthy: {url}: --target {args.target!r} is not host:port ({e})")
+        return 2
     return 1
 
 

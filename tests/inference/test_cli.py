@@ -119,6 +119,43 @@ def test_info_with_tls_and_token(serve, tmp_path, tls_files, capsys, monkeypatch
     assert code == 0, err
 
 
+def test_a_tls_mismatch_is_said_as_one_not_as_a_server_that_is_down(serve, tmp_path, tls_files, capsys):
+    cert, key = tls_files
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    secure = f"127.0.0.1:{serve(tls_cert=cert, tls_key=key).port}"
+    plain = f"127.0.0.1:{serve().port}"
+    code, _, err = run_client(capsys, "--target", secure, "--timeout", "5", "info")  # plain to a TLS server
+    assert code == 1 and "If it uses TLS, pass --tls-ca" in err, err
+    code, _, err = run_client(capsys, "--target", plain, "--tls-ca", str(cert), "--timeout", "5", "info")
+    assert code == 1 and "does not use TLS" in err and "leave out --tls" in err, err
+    code, _, err = run_client(capsys, "--target", secure, "--tls", "--timeout", "5", "info")  # system roots: no
+    assert code == 1 and "TLS handshake" in err and "Pass --tls-ca" in err and "Is it running" not in err, err
+
+
+def written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda folder: folder / "missing.pem", "no such file"),
+        (lambda folder: folder, "cannot be read (Is a directory)"),
+        (lambda folder: written(folder / "key.pem", "-----BEGIN PRIVATE KEY-----"), "not a PEM file"),
+    ],
+)
+def test_a_tls_ca_that_is_no_certificate_is_refused_at_start_not_as_an_unreachable_server(
+    tmp_path, capsys, make, message
+):
+    code = None
+    with pytest.raises(SystemExit) as exit_info:
+        code = client.main(["--target", "localhost:1", "--tls-ca", str(make(tmp_path)), "info"])
+    assert code is None and exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tls-ca" in err and message in err and "Traceback" not in err
+
+
 def test_client_reports_a_server_that_is_down(image_files):
     port = free_port()  # nothing listens there
     started = time.monotonic()

@@ -444,7 +444,9 @@ def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_ba
 
 def test_unknown_paths_and_methods_get_the_json_error_shape(gateway):
     assert_error(gateway.get("/v1/nothing"), 404, "NOT_FOUND", "/docs")
-    assert_error(gateway.get("/v1/predict"), 405, "UNIMPLEMENTED", "GET /v1/predict")
+    wrong_method = gateway.get("/v1/predict")
+    assert_error(wrong_method, 405, "UNIMPLEMENTED", "GET /v1/predict")
+    assert wrong_method.headers["allow"] == "POST"  # what HTTP asks of a 405: the methods the path takes
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -562,6 +564,16 @@ def test_a_text_field_where_an_image_file_was_meant_is_400(gateway, digit_pngs):
     text = f'--{boundary}\r\nContent-Disposition: form-data; name="files"\r\n\r\nabc\r\n'.encode() + body
     for path in ("/v1/predict/batch", "/v1/predict"):
         assert_error(gateway.post(path, text, content_type), 400, "INVALID_ARGUMENT", "text field 'files'", "file part")
+
+
+def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_one_image_fewer(gateway, digit_pngs):
+    body, content_type = multipart([("files", png) for _, png, _ in digit_pngs[:3]])
+    boundary = content_type.split("boundary=")[1]
+    cut = body[: body.rindex(f"--{boundary}--".encode())]  # three whole parts, no closing delimiter
+    for path in ("/v1/predict/batch", "/v1/predict"):
+        assert_error(gateway.post(path, cut, content_type), 400, "INVALID_ARGUMENT", "closing boundary", "cut short")
+    answer = gateway.post("/v1/predict/batch", body, content_type)  # the whole body: three results
+    assert answer.status == 200 and len(answer.json()["results"]) == 3
 
 
 def test_headers_grpc_metadata_cannot_carry_are_the_callers_error(gateway, digit_pngs):

@@ -137,6 +137,12 @@ def test_probe_of_nothing_is_unhealthy(capsys):
     assert capsys.readouterr().out.startswith("unhealthy:")
 
 
+@pytest.mark.parametrize("target", ["localhost:abc", "local host:8080"])
+def test_probe_of_a_target_that_is_not_host_port_says_so_without_a_traceback(target, capsys):
+    assert probe.main(["--target", target, "--timeout", "2"]) == 2
+    assert f"--target {target!r} is not host:port" in capsys.readouterr().out
+
+
 def test_probe_asks_another_path_for_another_http_server(capsys):
     """--path / is TensorBoard's check in docker-compose.yml: any 2xx is healthy, anything else is not."""
 
@@ -198,6 +204,8 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
         (["--evaluate-timeout", "nan"], "--evaluate-timeout: must be a number of seconds above 0"),
         (["--max-body-bytes", "0"], "--max-body-bytes must be at least 1"),
         (["--tls-ca", "/nonexistent/ca.pem"], "no such file"),
+        (["--tls-ca", "/"], "--tls-ca: /: cannot be read (Is a directory)"),
+        (["--tls-ca", __file__], "not a PEM file of certificates"),
         (["--token", "two\tparts"], "--token (MNIST_AUTH_TOKEN) holds a character that is not printable ASCII"),
         (["--token", " \n"], "--token (MNIST_AUTH_TOKEN) is empty"),
         (["--allowed-hosts", " , "], "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): name at least one host"),
