@@ -501,6 +501,19 @@ def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
     return lines
 
 
+def trainer_refusal(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """What the trainer says of its settings (flags, MNIST_* variables, device, MNIST files), asked with
+    --check-only before anything starts, or None if it takes them: a mistyped --preset used to start the other
+    services, then stop them all when the trainer refused it, its message among their logs."""
+    command = [args.python, "-m", "trainer", *shlex.split(args.trainer_args), "--check-only"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        return None
+    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    # argparse's usage block says nothing the last line does not: the error is the last line.
+    return "\n".join(lines[-3:] if not lines or "usage:" not in lines[0] else lines[-1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     services = local_services(args)
@@ -512,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(["stack: nothing started:", *taken]), file=sys.stderr)
         return 2
     env = stack_environment(args)
+    if "trainer" in [s.name for s in services] and (refusal := trainer_refusal(args, env)) is not None:
+        print(f"stack: nothing started: the trainer refuses its settings:\n{refusal}", file=sys.stderr)
+        return 2
     supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout, max_restarts=args.max_restarts)
 
     def on_signal(signum, frame):

@@ -101,6 +101,14 @@ def check_mnist_present(data_dir: Path) -> None:
             raise MnistNotFound(f"{name}(.gz) is not in {data_dir}")
 
 
+def download_missing(data_dir: Path) -> None:
+    """Download (and verify) each of the four MNIST files that is not in `data_dir`; MnistDownloadFailed if one
+    cannot be had. Files already there are left to load_mnist to check."""
+    for name, _md5, _shape in FILES.values():
+        if find_file(Path(data_dir), name) is None:
+            _download(name, Path(data_dir))
+
+
 def find_file(directory: Path, name: str) -> Path | None:
     """The file `name` in `directory`, gzipped or not; None if neither is there."""
     for candidate in (directory / f"{name}.gz", directory / name):
@@ -184,13 +192,15 @@ def load_mnist(data_dir: Path | str, *, download: bool = True, verify: bool = Tr
     silently shorter dataset.
     """
     data_dir = Path(data_dir)
-    if not download:
+    if download:
+        download_missing(data_dir)
+    else:
         check_mnist_present(data_dir)
     arrays = {}
     for key, (name, md5, shape) in FILES.items():
         path = find_file(data_dir, name)
-        if path is None:
-            path = _download(name, data_dir)
+        if path is None:  # removed since it was checked or downloaded
+            raise MnistNotFound(f"{name}(.gz) is not in {data_dir}")
         arrays[key] = torch.from_numpy(read_idx_file(path, md5=md5 if verify else None, shape=shape).copy())
     for split in ("train", "test"):
         labels = arrays[f"{split}_labels"]

@@ -265,7 +265,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=non_negative_int,
         default=0,
         help="evaluate on only the first N validation and N test images, and validation pictures that are not "
-        "digits in the same proportion (at least 20 of each kind), each epoch (smoke runs and tests; 0 = all)",
+        "digits in the same proportion (at least 20 of each kind): each epoch's figures, the final ones, the publish "
+        "gate's comparison and the ONNX check (smoke runs and tests; --dry-run: 500; 0 = all)",
     )
     parser.add_argument(
         "--data-dir",
@@ -287,12 +288,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--run-name",
         type=run_name,
         default=None,
-        help="name of the run's folder under runs/ (default: time, preset and seed)",
+        help="name of the run's folder under runs/ (default: time, preset, network and seed)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run --run-name (default: the newest run) from its last checkpoint",
+        help="continue the run --run-name (default: the newest unfinished run) from its last checkpoint",
     )
     parser.add_argument(
         "--stop-after",
@@ -330,6 +331,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="one training batch and a small evaluation, to check that everything runs; "
         "writes to a throwaway run and publishes nothing",
+    )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="check the settings (flags, environment variables, device, the MNIST files, downloaded if missing "
+        "unless --no-download) and exit without training: what `make stack` asks before it starts anything",
     )
     parser.add_argument(
         "--target-accuracy",

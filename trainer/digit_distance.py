@@ -59,6 +59,8 @@ def fit_digit_distance(
     missing = sorted(set(range(DIGITS)) - set(labels.tolist()))
     if missing:
         return {"skipped": f"no training digit {', '.join(map(str, missing))} to fit it on"}
+    if not torch.isfinite(h).all():  # weights blown up (a run that diverged): no covariance to invert
+        return {"skipped": "the network's embeddings of the training digits are not all finite"}
     means = torch.stack([h[labels == d].mean(dim=0) for d in range(DIGITS)])  # (10, D)
     centred = h - means[labels]
     covariance = centred.T @ centred / len(centred)

@@ -34,12 +34,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SystemExit(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    # Only these two: torch knows more device types (meta, mps, xpu, ...), which the trainer does not run on, and
+    # which failed later with a traceback.
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise SystemExit(f"--device {name}: not a device the trainer runs on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda was asked for, but CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise SystemExit(
+                f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}"
+                + (" (one torchrun process per GPU at most)" if name == "cuda" or name == "auto" else "")
+            )
     return device
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -37,7 +37,16 @@ from shared.checkpoint import (
     save_checkpoint,
     utc_now,
 )
-from shared.data import MNIST_MEAN, MNIST_STD, check_mnist_present, load_mnist, normalize, standardize, train_val_split
+from shared.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    check_mnist_present,
+    download_missing,
+    load_mnist,
+    normalize,
+    standardize,
+    train_val_split,
+)
 from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
 from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
 from shared.onnx_model import export_onnx, verify_onnx
@@ -126,12 +135,13 @@ def load_splits(
     eval_subset: int = 0,
     pipeline_workers: int = 1,
     cache_dir: Path | None = None,
+    say: bool = True,
 ) -> Splits:
     """The splits on `device`. `eval_subset` > 0 (smoke runs, tests): validation negatives cut in the same
     proportion as the validation digits (at least 20 of each kind), not NEGATIVE_VAL_PER_KIND of each kind.
     `pipeline_workers`: processes that bring the drawn negatives through the image pipeline (the same pictures
     whatever their number). `cache_dir`: where drawn pictures are kept for the next run that draws the same ones
-    (trainer/picture_cache.py); None draws them every time."""
+    (trainer/picture_cache.py); None draws them every time. `say`: print what was drawn (the main process's)."""
     mnist = load_mnist(data_dir, download=download)
     train_idx, val_idx = train_val_split(
         len(mnist.train_images), val_fraction=config.val_fraction, seed=config.split_seed
@@ -173,12 +183,19 @@ def load_splits(
             splits.typed_x = move(torch.from_numpy(drawn["typed_images"]))
             splits.typed_y = move(torch.from_numpy(drawn["typed_labels"]))
             typed_note = f", and {typed_count:,} typed digits,"
-        print(
-            f"{'read' if kept else 'drew'} {config.negative_pool:,} training and {val_count:,} validation pictures"
-            f" that are not digits{typed_note} in {time.perf_counter() - started:.1f} s"
-            + (f", kept by an earlier run in {kept}" if kept else f" ({processes} processes)" if processes > 1 else ""),
-            flush=True,
-        )
+        if say:
+            print(
+                f"{'read' if kept else 'drew'} {config.negative_pool:,} training and {val_count:,} validation pictures"
+                f" that are not digits{typed_note} in {time.perf_counter() - started:.1f} s"
+                + (
+                    f", kept by an earlier run in {kept}"
+                    if kept
+                    else f" ({processes} processes)"
+                    if processes > 1
+                    else ""
+                ),
+                flush=True,
+            )
     return splits
 
 
@@ -667,19 +684,30 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         raise SystemExit("--dry-run starts a throwaway run of its own: it cannot --resume one")
     throwaway = tempfile.TemporaryDirectory(prefix="mnist-dry-run-") if args.dry_run else None
     if throwaway is not None:
+        held.callback(throwaway.cleanup)  # however the run ends; after the run folder's lock is let go
         paths = Paths(Path(throwaway.name))
 
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family
 
-    if not args.download:  # said before a run folder is made for a run that cannot start
-        check_mnist_present(Path(args.data_dir))
+    def fetch_data() -> None:
+        """Before a run folder is made or claimed for a run that cannot start: without the MNIST files, or without
+        a way to fetch them (each failed start left an empty folder behind)."""
+        if args.download:
+            download_missing(Path(args.data_dir))
+        else:
+            check_mnist_present(Path(args.data_dir))
+
     # Settle the config: a resumed run continues with its own stored settings.
     resume_ckpt = None
     if args.resume:
         run_name = args.run_name or newest_resumable_run(paths)
         check_resumable(paths, run_name)  # before the claim, which would make the folder of a mistyped name
+        fetch_data()
+        if args.check_only:
+            print(f"settings OK: run {run_name} can be resumed on {device}; MNIST is in {args.data_dir}", flush=True)
+            return {"checked": run_name}
         # Known now, so that Ctrl-C from here on says to resume (the run has a checkpoint), not to start again.
         where.update(run_name=run_name, last=last_checkpoint(paths.run_dir(run_name)))
         if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
@@ -707,6 +735,13 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         run_name = args.run_name or default_run_name(
             config.arch, config.seed, "dry-run" if args.dry_run else chosen_preset(args)
         )
+        fetch_data()
+        if args.check_only:
+            print(
+                f"settings OK: {config.epochs} epochs of {config.arch} on {device}; MNIST is in {args.data_dir}",
+                flush=True,
+            )
+            return {"checked": run_name}
         if dist_info.is_main:
             run_name = claim_run(held, paths, run_name, resuming=False, named=args.run_name is not None)
         run_name = broadcast_name(run_name, dist_info)  # the name rank 0 claimed (a default may have become -2)
@@ -735,7 +770,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     # distributed run on it (torchrun sets LOCAL_WORLD_SIZE).
     workers = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size)))
     cache_dir = paths.cache if args.picture_cache else None
-    splits = load_splits(config, args.data_dir, args.download, device, eval_subset, workers, cache_dir)
+    splits = load_splits(
+        config, args.data_dir, args.download, device, eval_subset, workers, cache_dir, say=dist_info.is_main
+    )
     if eval_subset:
         splits = replace(
             splits,
@@ -824,6 +861,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             ddp_model, splits, config, optimizer, scheduler, epoch, device, dist_info, channels_last, precision, average
         )
         train_seconds = time.perf_counter() - t0
+        # Every process holds the same weights and all-reduced loss, so all of them decide alike and stop together.
+        if (problem := blown_up(train_loss, model, evaluated, splits.val_x[:PROBE_IMAGES], device)) is not None:
+            end_diverged(run_dir, epoch, problem, config, logger, dist_info)
         if dist_info.is_main:
             evaluated.eval()
             # In the run's precision: bf16 halves the cost of these 22,000 images, a fifth of an epoch in fp32.
@@ -901,9 +941,50 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     # active exception", CI), and torchrun stopped the run before its publish.
     barrier(dist_info)
     shutdown(dist_info)
-    if throwaway is not None:
-        throwaway.cleanup()
     return summary
+
+
+PROBE_IMAGES = 256  # validation digits the evaluated network must give finite outputs for, after each epoch
+
+
+def blown_up(
+    train_loss: float, model: nn.Module, evaluated: nn.Module, probe: torch.Tensor, device: torch.device
+) -> str | None:
+    """What shows that training diverged (weights blown up by a learning rate too high for the network), or None:
+    a training loss that is not a number, weights or statistics (BatchNorm's running variance) that are not, or
+    outputs of the evaluated network that are not, on a few validation digits. A loss can stay finite (1e16)
+    while the statistics are already infinite."""
+    if not math.isfinite(train_loss):
+        return f"training loss {train_loss}"
+    tensors = [*model.parameters(), *model.buffers(), *evaluated.parameters(), *evaluated.buffers()]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+        return "weights or statistics that are not finite"
+    was_training = evaluated.training
+    evaluated.eval()
+    outputs = predict_log_probs(evaluated, probe, device=device)
+    evaluated.train(was_training)
+    if not bool(torch.isfinite(outputs).all()):
+        return "outputs that are not finite"
+    return None
+
+
+def end_diverged(
+    run_dir: Path, epoch: int, problem: str, config: TrainConfig, logger: RunLogger | None, dist_info: DistInfo
+) -> NoReturn:
+    """Training diverged (blown_up): every later epoch, the fit after the last and the ONNX check would fail on its
+    weights. The run ends here, marked finished (FINISHED.json says why), so a plain --resume does not pick it up
+    again and fail the same way."""
+    reason = f"training diverged at epoch {epoch} ({problem})"
+    if dist_info.is_main:
+        ended = {"version": None, "served": False, "reason": reason, "finished_at": utc_now()}
+        atomic_write_bytes(run_dir / FINISHED, (json.dumps(ended, indent=1) + "\n").encode())
+        if logger is not None:
+            logger.close()
+    shutdown(dist_info)
+    raise SystemExit(
+        f"{reason}: its weights have blown up, and nothing was published. Start a new run with a lower "
+        f"learning rate than this run's {config.lr:g} (--lr)"
+    )
 
 
 def verified_onnx(payload: dict[str, Any], test_images: torch.Tensor) -> bytes:

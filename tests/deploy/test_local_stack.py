@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import settings
+
 from scripts.local_stack import Service, Supervisor
 from tests.deploy.compose_model import REPO
 from tests.deploy.helpers import Capture, end_process_tree, wait_for
@@ -351,6 +353,33 @@ def test_a_port_in_use_stops_the_stack_before_anything_starts_naming_the_variabl
     (line,) = [line for line in result.stderr.splitlines() if "cannot listen on" in line]
     assert f"localhost:{port} (Address already in use): set {variable}=" in line
     assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.argv"))  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--preset", "foo"], "MNIST_PRESET='foo' must be one of: default, seed"),
+        (["--device", "gpu"], "--device gpu: not a device the trainer runs on"),
+        (["--trainer-args=--epochs 0"], "argument --epochs: must be at least 1, got 0"),
+    ],
+)
+def test_settings_the_trainer_refuses_stop_the_stack_before_anything_starts(tmp_path, flags, said):
+    """The real trainer is asked (--check-only): a mistyped --preset used to start the other services, then stop
+    them all when the trainer refused it, its message among their logs."""
+    ports = ["--grpc-address", "localhost:0", "--health-address", "localhost:0", "--metrics-address", "localhost:0"]
+    skipped = ["--web-port", "0", "--tensorboard-port", "0", "--skip", "web", "--skip", "tensorboard"]
+    result = subprocess.run(
+        [PY, "-m", "scripts.local_stack", "--artifacts-dir", str(tmp_path / "a"), *ports, *flags, *skipped],
+        capture_output=True,
+        text=True,
+        env={**CLEAN_ENV, settings.ENV_DATA_DIR: str(tmp_path / "no-mnist")},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "stack: nothing started: the trainer refuses its settings" in result.stderr and said in result.stderr
+    assert "usage:" not in result.stderr  # the trainer's error, not its whole usage block
+    assert "starting" not in result.stdout and not (tmp_path / "a").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,6 +269,19 @@ def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path,
         assert claim_run(held, Paths(tmp_path), "a", resuming=False, named=False) == "a-2"
 
 
+def test_a_run_that_diverges_ends_saying_so_and_is_not_resumed(tmp_path, mnist_dir, capsys):
+    """A learning rate far too high: BatchNorm's statistics went infinite while the loss stayed finite (1e16), and
+    the run trained on, then failed with a traceback fitting the digit distance, every --resume again."""
+    with pytest.raises(SystemExit, match=r"training diverged at epoch 1 .*lower learning rate than this run's 1000"):
+        train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "hot", "--lr", "1000", "--train-subset", "500")
+    assert "epoch 2/2" not in capsys.readouterr().out
+    ended = json.loads((tmp_path / "runs/hot/FINISHED.json").read_text())
+    assert ended["version"] is None and ended["reason"].startswith("training diverged at epoch 1")
+    assert not list(Paths(tmp_path).models.glob("*.pt"))
+    with pytest.raises(SystemExit, match="no unfinished run with a checkpoint"):
+        train(tmp_path, mnist_dir, "--resume")
+
+
 def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, mnist_dir, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -337,6 +353,31 @@ def test_an_interrupted_run_says_whether_and_how_to_continue(tmp_path, mnist_dir
     monkeypatch.setattr(trainer.train, "load_splits", interrupt)
     assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "early") == 130
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_saying_how_to_continue(tmp_path, mnist_dir, monkeypatch, capsys):
+    """docker stop, a deleted pod, torchrun stopping its workers: SIGTERM ended the run without a word, and as a
+    container's PID 1 it was ignored until SIGKILL."""
+    import signal
+
+    import trainer.train
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs here, between two bytecodes
+        raise AssertionError("SIGTERM did not stop the run")
+
+    def unhandled(signum, frame):  # what the process would do without the trainer's handler: not kill pytest
+        raise AssertionError("the trainer left SIGTERM to the process's own handler")
+
+    monkeypatch.setattr(trainer.train, "load_splits", terminated)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "early") == 130
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # main() leaves the handler as it found it
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "interrupted before the run's first checkpoint" in capsys.readouterr().err
 
 
 def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
@@ -580,6 +621,14 @@ def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch
     assert ignored_on_resume(resumed, run, "default") == ["MNIST_SEED=5"]  # the run's own preset, as typed
 
 
+@pytest.mark.parametrize("name", ["meta", "mps", "cpu:1", "gpu", "cuda:x"])
+def test_a_device_the_trainer_does_not_run_on_is_refused_in_one_line(name):
+    from trainer.distributed import resolve_device
+
+    with pytest.raises(SystemExit, match=f"--device {name}: not a device the trainer runs on; use auto, cpu, cuda"):
+        resolve_device(name)
+
+
 def test_a_seed_that_would_draw_the_validation_pictures_is_refused():
     with pytest.raises(SystemExit, match="seeds from 1,000,000 on draw the validation split's pictures"):
         trainer_main(["--seed", "1000000", "--artifacts-dir", "/nonexistent"])
@@ -590,4 +639,18 @@ def test_missing_mnist_files_are_said_in_one_line_before_a_run_folder_is_made(tm
     code = trainer_main(["--data-dir", str(tmp_path / "empty"), "--no-download", "--artifacts-dir", str(artifacts)])
     err = capsys.readouterr().err
     assert code == 1 and "is not in" in err and "--data-dir (or MNIST_DATA_DIR)" in err and "Traceback" not in err
+    assert not (artifacts / "runs").exists()
+
+
+def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
+    """No internet and no files: every try left an empty run folder behind, holding only its lock."""
+    import shared.data
+
+    with socket.socket() as closed:  # a port nothing listens on: the mirror refuses at once
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(shared.data, "MIRRORS", [f"http://127.0.0.1:{closed.getsockname()[1]}/"])
+    artifacts = tmp_path / "artifacts"
+    code = trainer_main(["--data-dir", str(tmp_path / "empty"), "--artifacts-dir", str(artifacts)])
+    err = capsys.readouterr().err
+    assert code == 1 and "could not download" in err and "Traceback" not in err
     assert not (artifacts / "runs").exists()
