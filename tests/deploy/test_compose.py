@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shared import settings
 
@@ -68,14 +69,16 @@ def test_cpu_override_removes_the_gpu_request_and_changes_nothing_else():
         {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     ]
     trainer = cpu["services"]["trainer"]
-    assert "deploy" not in trainer  # removed (`!reset`), not merged with the GPU request
+    # The GPU request is removed (`!reset`), not merged with; the memory limit stays.
+    assert "reservations" not in trainer["deploy"]["resources"]
+    assert trainer["deploy"]["resources"]["limits"] == gpu["services"]["trainer"]["deploy"]["resources"]["limits"]
     assert trainer["environment"][settings.ENV_DEVICE] == "cpu"
     assert "nvidia" not in json.dumps(cpu)
     # The trainer's device is all that differs: every other service and setting is the GPU file's.
     gpu_trainer = gpu["services"].pop("trainer")
     cpu["services"].pop("trainer")
     assert cpu == gpu
-    assert {k: v for k, v in trainer.items() if k != "environment"} == {
+    assert {k: v for k, v in trainer.items() if k not in ("environment", "deploy")} == {
         k: v for k, v in gpu_trainer.items() if k not in ("environment", "deploy")
     }
     assert {**gpu_trainer["environment"], settings.ENV_DEVICE: "cpu"} == trainer["environment"]
@@ -203,6 +206,20 @@ def test_every_long_running_service_has_a_healthcheck_and_a_memory_limit(model):
             continue
         assert service.get("healthcheck", {}).get("test", [None])[0] == "CMD", name
         assert int(service["deploy"]["resources"]["limits"]["memory"]) >= 512 * 1024**2, name
+
+
+@pytest.mark.parametrize("files", [(COMPOSE_FILE,), (COMPOSE_FILE, CPU_OVERRIDE)], ids=["gpu", "cpu"])
+def test_the_trainer_has_the_kubernetes_jobs_memory_limit_which_the_environment_can_raise(files):
+    job = yaml.safe_load((REPO / "deploy/k8s/base/trainer.yaml").read_text())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "8Gi"
+
+    def limit(env: dict[str, str]) -> int:
+        trainer = load_compose(*files, env=env)["services"]["trainer"]
+        return int(trainer["deploy"]["resources"]["limits"]["memory"])
+
+    assert limit({}) == 8 * GIB
+    assert limit({"MNIST_TRAINER_MEMORY": "12g"}) == 12 * GIB
 
 
 def test_tensorboard_healthcheck_asks_its_page_on_the_port_it_listens_on(model):
@@ -334,7 +351,9 @@ def test_env_example_names_only_variables_that_compose_or_the_settings_use(tmp_p
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert services["trainer"]["environment"][settings.ENV_EPOCHS] == assignments[settings.ENV_EPOCHS]
-    assert "deploy" not in services["trainer"], "COMPOSE_FILE in .env should apply the CPU override"
+    trainer_resources = services["trainer"]["deploy"]["resources"]
+    assert "reservations" not in trainer_resources, "COMPOSE_FILE in .env should apply the CPU override"
+    assert int(trainer_resources["limits"]["memory"]) == int(assignments["MNIST_TRAINER_MEMORY"][:-1]) * GIB
     tb_port, web_port = assignments[settings.ENV_TENSORBOARD_PORT], assignments[settings.ENV_WEB_PORT]
     assert published_ports(services["tensorboard"]) == [Port("127.0.0.1", tb_port, TB_PORT)]
     assert published_ports(services["web"]) == [Port("127.0.0.1", web_port, WEB_PORT)]

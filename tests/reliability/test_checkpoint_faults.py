@@ -235,6 +235,13 @@ def manifest_binary_garbage(models, version):
     atomic_write_bytes(models / "LATEST.json", bytes(range(256)))
 
 
+def manifest_truncated(models, version):
+    """A manifest cut off halfway (written by something other than the trainer, without atomic_write_bytes)."""
+    manifest = publish_model(models, version=version, model_payload=model_payload(3), serve=False)
+    text = manifest.to_json().encode()
+    atomic_write_bytes(models / "LATEST.json", text[: len(text) // 2])
+
+
 def manifest_json_list(models, version):
     atomic_write_bytes(models / "LATEST.json", b'["bad.pt"]')
 
@@ -272,6 +279,7 @@ FAULTS = {
     "manifest fields of the wrong type": ("malformed manifest", manifest_wrong_types),
     "manifest is binary garbage": ("malformed manifest", manifest_binary_garbage),
     "manifest is a JSON list": ("malformed manifest", manifest_json_list),
+    "manifest is truncated JSON": ("malformed manifest", manifest_truncated),
     "model file is a directory": ("IsADirectoryError", model_file_is_a_directory),
 }
 
