@@ -171,7 +171,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """`text` with the server's models folder named `models/`: callers (the web page's visitors too) are told
         what is wrong, not where the server keeps its files; the server's log has the whole path."""
         folder = self.store.models_dir
-        for prefix in {str(folder.resolve()), str(folder)}:
+        for prefix in sorted({str(folder.resolve()), str(folder)}, key=len, reverse=True):  # the longer first
             text = text.replace(prefix + "/", "models/").replace(prefix, "models/")
         return text
 
@@ -299,12 +299,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
         except EvaluationDataError as e:
             log.warning("Evaluate: %s", e)  # where it looked and why it failed: for the operator, not the caller
-            raise RpcError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "the server cannot read the MNIST files it evaluates on; its operator must put the four files in "
-                "its data folder (--data-dir / MNIST_DATA_DIR) or start it with --download-data (the server's log "
-                "says where it looked)",
-            ) from None
+            if self.evaluation_data.download:
+                message = (
+                    "the server cannot read the MNIST files it evaluates on, and could not download them; its "
+                    "operator must put the four files in its data folder (--data-dir / MNIST_DATA_DIR) or let it "
+                    "reach the internet (the server's log says where it looked and why)"
+                )
+            else:
+                message = (
+                    "the server cannot read the MNIST files it evaluates on; its operator must put the four files "
+                    "in its data folder (--data-dir / MNIST_DATA_DIR) or start it with --download-data (the "
+                    "server's log says where it looked)"
+                )
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, message) from None
         finally:
             self._evaluation_slots.release()
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
