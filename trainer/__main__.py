@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except MnistFormatError as e:
-        print(f"error: a damaged MNIST file: {e}. Delete it and run again to download it afresh", file=sys.stderr)
+        mend = "Delete it and run again to download it afresh" if args.download else "Replace it with a good copy"
+        print(f"error: a damaged MNIST file: {e}. {mend}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called from other code (the tests) leaves it as it was

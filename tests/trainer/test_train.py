@@ -642,6 +642,18 @@ def test_missing_mnist_files_are_said_in_one_line_before_a_run_folder_is_made(tm
     assert not (artifacts / "runs").exists()
 
 
+@pytest.mark.parametrize("download, mend", [(False, "Replace it with a good copy"), (True, "Delete it and run again")])
+def test_a_damaged_mnist_file_is_said_with_what_mends_it(tmp_path, mnist_dir, capsys, download, mend):
+    data = tmp_path / "mnist"
+    shutil.copytree(mnist_dir, data)
+    labels = next(data.glob("t10k-labels-idx1-ubyte*"))
+    labels.write_bytes(labels.read_bytes()[:-100])  # cut short
+    flags = [] if download else ["--no-download"]
+    code = trainer_main(["--data-dir", str(data), "--artifacts-dir", str(tmp_path / "a"), "--dry-run", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and "a damaged MNIST file" in err and mend in err and "Traceback" not in err, err
+
+
 def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
     """No internet and no files: every try left an empty run folder behind, holding only its lock."""
     import shared.data
