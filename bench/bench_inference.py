@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             publish_random_model(artifacts)
         from shared.resources import usable_cpus
 
-        from inference.capacity import machine_worker_count, process_memory_mib
+        from inference.capacity import machine_worker_count, server_memory_mib
         from inference.options import ServerOptions, add_server_arguments
 
         cpus = usable_cpus()
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = args.backend or server_parser.parse_args([]).backend
         # The server's own choice for --workers 0, computed here because the benchmark waits for each worker.
         defaults = ServerOptions(artifacts_dir=artifacts, data_dir=args.data_dir)
-        per_process = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+        per_process = server_memory_mib(defaults)
         workers = args.workers or machine_worker_count(per_process)[0]
         one_core = network_only(artifacts, args.data_dir, backend, args.batch_size, 1, args.duration)
         all_cores = network_only(artifacts, args.data_dir, backend, args.batch_size, cpus, args.duration)

@@ -18,7 +18,7 @@ from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_negative_int, non_negative_seconds
 from shared.resources import memory_limit_bytes, usable_cpus
 
-from inference.capacity import check_workers_fit, machine_worker_count, process_memory_mib
+from inference.capacity import check_workers_fit, machine_worker_count, server_memory_mib
 from inference.logs import LOG_FORMATS, configure_logging
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             ) from None
     try:
         check_decode_budget(options)
-        per_process = process_memory_mib(options.decode_budget_mib, options.max_workers, options.max_message_bytes)
+        per_process = server_memory_mib(options)
         if args.workers == 0:
             args.workers, cpus, memory = machine_worker_count(per_process)
             log.info(

@@ -5,7 +5,8 @@ A server process's memory is bounded by three things, each a setting:
   libraries (WARM_PROCESS_MIB, measured below);
 - the decode budget (--decode-budget-mib): decoded pictures in memory at once across its calls;
 - requests in memory at once: each gRPC worker thread (--max-workers) holds at most one request of at most
-  --max-message-bytes, twice over (the bytes as received and the parsed message).
+  --max-message-bytes, twice over (the bytes as received and the parsed message), and each call gRPC has accepted
+  beyond those (up to --max-concurrent-rpcs) waits for a thread with its whole request received.
 `--workers N` runs N such processes (and a parent that watches them), so N times that must fit the memory the
 container may use; the server refuses to start when it does not, rather than be killed for memory later with
 every call in flight. `--workers 0` (the default) starts one per CPU core, as many as the memory holds.
@@ -23,10 +24,21 @@ WARM_PROCESS_MIB = 1100
 PARENT_PROCESS_MIB = 512
 
 
-def process_memory_mib(decode_budget_mib: int, max_workers: int, max_message_bytes: int) -> int:
-    """The most one server process is expected to hold, in MiB."""
-    requests = max_workers * 2 * max_message_bytes / MIB
+def process_memory_mib(
+    decode_budget_mib: int, max_workers: int, max_message_bytes: int, max_concurrent_rpcs: int | None
+) -> int:
+    """The most one server process is expected to hold, in MiB. Calls waiting for a thread count too: 30 of 8 MiB
+    queued behind a busy thread took 260 MiB that the estimate left out (None: no limit given, none counted)."""
+    waiting = max(0, (max_concurrent_rpcs or max_workers) - max_workers)
+    requests = (max_workers * 2 + waiting) * max_message_bytes / MIB
     return int(WARM_PROCESS_MIB + decode_budget_mib + requests + 0.5)
+
+
+def server_memory_mib(options) -> int:
+    """process_memory_mib of a server's settings (inference.options.ServerOptions)."""
+    return process_memory_mib(
+        options.decode_budget_mib, options.max_workers, options.max_message_bytes, options.max_concurrent_rpcs
+    )
 
 
 def default_worker_count(cpus: int, memory_bytes: int | None, per_process_mib: int) -> int:
@@ -73,7 +85,7 @@ def check_workers_fit(workers: int, per_process_mib: int, limit: int | None, cpu
             f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "
             f"{WARM_PROCESS_MIB:,} warm, plus the decode budget and requests in flight), but this container may "
             f"use {limit / 2**30:.1f} GiB. Raise the limit (MNIST_INFERENCE_MEMORY in compose), or lower "
-            "--workers, --decode-budget-mib, --max-workers or --max-message-bytes"
+            "--workers, --decode-budget-mib, --max-workers, --max-concurrent-rpcs or --max-message-bytes"
         )
 
 

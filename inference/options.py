@@ -95,9 +95,11 @@ class ServerOptions:
         choices=BACKENDS,
     )
     max_workers: int = option(16, "gRPC worker threads (concurrent calls) in each process", type=positive_int)
-    # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+    # Calls beyond this many at once are refused with RESOURCE_EXHAUSTED instead of queueing without bound. Those
+    # beyond --max-workers wait for a thread with their whole request received (inference/capacity.py counts them):
+    # 128 let 112 requests of 16 MiB wait, 1.8 GiB past a Kubernetes pod's limit.
     max_concurrent_rpcs: int | None = option(
-        128, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=positive_int
+        20, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=positive_int
     )
     max_batch_size: int = option(256, "images per PredictBatch call", type=positive_int)
     max_image_bytes: int = option(DEFAULT_LIMITS.max_bytes, "bytes of one encoded image", type=positive_int)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 from inference.options import ServerOptions
 
@@ -77,9 +79,12 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
     OSError, naming the address, when another process listens there: SO_REUSEPORT would have let this server's
     workers join a running server's port, and the two took turns answering the calls (a second `python -m
     inference` started beside `make stack` quietly served half of them with another model)."""
-    family, socktype, proto, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    try:
+        family, socktype, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:  # it said "Name or service not known", naming neither the address nor the flag
+        raise OSError(f"cannot listen on {join_address(host, port)} ({e.strerror}: not a name of this machine)") from e
     sock = socket.socket(family, socktype, proto)
     try:
         try:
@@ -210,7 +215,8 @@ def _multiprocess_metrics(address: str | None) -> Iterator[str | None]:
         return
     from inference.metrics import MULTIPROCESS_ENV, MetricsEndpoint, multiprocess_registry
 
-    folder = tempfile.mkdtemp(prefix="mnist-metrics-")
+    remove_abandoned_metrics_folders(tempfile.gettempdir())
+    folder, owner = _owned_folder(tempfile.gettempdir())
     previous = os.environ.get(MULTIPROCESS_ENV)
     os.environ[MULTIPROCESS_ENV] = folder  # read by prometheus_client when a spawned worker imports it
     endpoint = None
@@ -228,6 +234,41 @@ def _multiprocess_metrics(address: str | None) -> Iterator[str | None]:
         else:
             os.environ[MULTIPROCESS_ENV] = previous
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(owner)
+
+
+METRICS_PREFIX = "mnist-metrics-"
+OWNER_LOCK = ".owner.lock"  # held (flock) by the parent process for as long as its folder is in use
+
+
+def _owned_folder(parent: str) -> tuple[str, int]:
+    """A new metrics folder in `parent`, and the descriptor of its lock, taken: made under another name and
+    renamed once locked, so that a sweep (remove_abandoned_metrics_folders) never sees it unlocked."""
+    making = tempfile.mkdtemp(prefix="." + METRICS_PREFIX, dir=parent)
+    owner = os.open(os.path.join(making, OWNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    folder = os.path.join(parent, os.path.basename(making)[1:])
+    os.rename(making, folder)
+    return folder, owner
+
+
+def remove_abandoned_metrics_folders(parent: str) -> None:
+    """Remove the metrics folders of parents that were killed before their clean-up (SIGKILL, the OOM killer): a
+    folder whose lock can be taken has no owner left. A Kubernetes pod's /tmp outlives its container's restarts,
+    and each start made a folder of its own."""
+    for folder in Path(parent).glob(METRICS_PREFIX + "*"):
+        try:
+            lock = os.open(folder / OWNER_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a folder of this kind (no lock file): left alone
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its parent is alive
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(lock)
 
 
 def _mark_dead(pid: int | None, folder: str) -> None:

@@ -451,11 +451,11 @@ class Supervisor:
 def memory_note(env: Mapping[str, str]) -> str:
     """What the inference service may use, as compose limits its container (inference/capacity.py): the processes
     it will start, as it counts them when MNIST_INFERENCE_WORKERS is unset or 0 (one per core, as memory holds)."""
-    from inference.capacity import machine_worker_count, process_memory_mib
+    from inference.capacity import machine_worker_count, server_memory_mib
     from inference.options import ServerOptions
 
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
-    each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    each = server_memory_mib(defaults)
     text = (env.get(settings.ENV_INFERENCE_WORKERS) or os.environ.get(settings.ENV_INFERENCE_WORKERS) or "0").strip()
     try:
         workers = int(text)

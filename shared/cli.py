@@ -42,19 +42,31 @@ def whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
 
 
+# Counts and sizes end up in C ints (gRPC's and torch's settings) and in the proto's int32 fields: a larger one was
+# taken at start and failed later, with a traceback or on every GetModelInfo.
+MAX_COUNT = 2**31 - 1
+# Durations end up in thread waits and gRPC deadlines, which overflow past about 9e9 s (a timestamp in ns).
+MAX_SECONDS = 10_000_000.0  # about 116 days
+
+
 def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (`--epochs 0` is refused by the parser, with a message, not later)."""
+    """argparse type: a whole number from 1 to MAX_COUNT (`--epochs 0` is refused by the parser, with a message,
+    not later)."""
     value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0."""
+    """argparse type: a whole number from 0 to MAX_COUNT."""
     value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
     return value
 
 
@@ -79,6 +91,8 @@ def positive_seconds(text: str) -> float:
     value = _seconds(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
     return value
 
 
@@ -87,6 +101,8 @@ def non_negative_seconds(text: str) -> float:
     value = _seconds(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
     return value
 
 

@@ -23,6 +23,10 @@ from collections.abc import Iterator
 # segments; an animated GIF a handful of extensions; PNG writers a few dozen chunks at most).
 MAX_GIF_EXTENSION_BLOCKS = 65_536  # sub-blocks of the extensions before the first frame (XMP: one per ~255 bytes)
 MAX_JPEG_SEGMENTS = 4_096  # segments before the first scan
+# Scans in the whole file: libjpeg walks every block of the picture once per scan (a 16 MP picture of 12,000 tiny
+# repeated scans took 20 s to decode); a progressive JPEG has about ten, optimised ones a few dozen.
+MAX_JPEG_SCANS = 128
+MAX_TIFF_ENTRIES = 4_096  # tags in the first directory (a camera's TIFF has a few dozen; Pillow reads each in Python)
 MAX_JPEG_FILL_BYTES = 1_024  # 0xFF fill bytes before one marker
 MAX_PNG_CHUNKS = 4_096  # chunks in the whole file
 MAX_TIFF_STRIPS = 65_536  # strips or tiles of the first image (a 40 MP picture of one row per strip has ~6,000)
@@ -87,11 +91,12 @@ def _check_gif(data: bytes) -> None:
 
 
 def _check_jpeg(data: bytes) -> None:
-    segments = 0
+    segments = scans = 0
     for marker in jpeg_markers(data):
-        if marker in (0xD9, 0xDA):  # the end, or the first scan: Pillow reads the segments before it
-            return
-        segments = _one_more(segments, MAX_JPEG_SEGMENTS, "segments before its picture")
+        if marker == 0xDA:
+            scans = _one_more(scans, MAX_JPEG_SCANS, "scans (a progressive JPEG has about ten)")
+        elif scans == 0:  # Pillow reads the segments before the first scan, one at a time; libjpeg the rest
+            segments = _one_more(segments, MAX_JPEG_SEGMENTS, "segments before its picture")
 
 
 def jpeg_markers(data: bytes) -> Iterator[int]:
@@ -128,11 +133,15 @@ def jpeg_markers(data: bytes) -> Iterator[int]:
 
 
 def _check_png(data: bytes) -> None:
-    chunks, pixels_seen = 0, False
-    for kind, _body, _length in png_chunks(data):
-        if kind == b"IEND" or (pixels_seen and kind in (b"fcTL", b"fdAT")):
+    chunks, pixels_seen, animated = 0, False, False
+    for kind, body, length in png_chunks(data):
+        if kind == b"IEND" or (animated and pixels_seen and kind in (b"fcTL", b"fdAT")):
             return  # the end, or an animation's second frame: Pillow reads the first frame only
         pixels_seen |= kind == b"IDAT"
+        # An animation as Pillow sees one: an acTL of more than one frame. Without it, Pillow reads every chunk
+        # after the pixels too, a stray fcTL's followers included.
+        if kind == b"acTL" and length >= 4:
+            animated = int.from_bytes(data[body : body + 4], "big") > 1
         chunks = _one_more(chunks, MAX_PNG_CHUNKS, "chunks")
 
 
@@ -156,7 +165,9 @@ def _check_tiff(data: bytes) -> None:
         (first,) = struct.unpack_from(order + "I", data, 4)
         (entries,) = struct.unpack_from(order + "H", data, first)
         start, size, layout = first + 2, 12, order + "HHI"
-    for k in range(min(entries, 4096)):
+    if entries > MAX_TIFF_ENTRIES:
+        raise _too_many("tags in its first directory", MAX_TIFF_ENTRIES)
+    for k in range(entries):
         tag, _kind, count = struct.unpack_from(layout, data, start + k * size)
         # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts: Pillow makes a Python tile of each.
         if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:

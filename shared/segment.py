@@ -104,6 +104,9 @@ DOTTED_MIN_PIECES = 12
 DOTTED_DOT_SIZE = 0.2
 DOTTED_MAX_GAP = 4.0
 DOTTED_JOIN = 2.0
+# The closing's cost grows with its kernel's area (a 503-pixel ellipse took 5 s on a megapixel): a wider one runs on
+# the mask shrunk to bring the kernel to this side, its result brought back to full size.
+JOIN_MAX_SIDE = 63
 # Small marks, as fractions of the line height. A separator is at most SEPARATOR_WIDTH wide and SEPARATOR_HEIGHT
 # high (a comma's tail drawn with a broad brush), its centre in the bottom SEPARATOR_LOW of the line, with no other
 # ink within SEPARATOR_CLEARANCE beside it or SEPARATOR_ABOVE above it; a comma is COMMA_ASPECT times as high as
@@ -214,7 +217,12 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     pieces = find_pieces(ink)
     slant = estimate_slant(pieces)
     groups = group_pieces(pieces, slant)
-    check_one_line(groups, line_height(groups))  # before small marks are joined to digits (across lines, maybe)
+    # Far too many groups of a digit's height: refused before the steps that weigh every pair of them (512 bars
+    # took 1.4 s to refuse). Joining small marks never makes fewer of them, so no number that could be read is.
+    height = line_height(groups)
+    if (tall := sum(g.height >= FRAGMENT_HEIGHT * height for g in groups)) > 4 * MAX_REGIONS:
+        raise too_many_digits(tall)
+    check_one_line(groups, height)  # before small marks are joined to digits (across lines, maybe)
     groups, separators = sort_out_small_marks(pieces, groups, line_height(groups))
     if not groups:
         raise ImageRejected(
@@ -319,9 +327,12 @@ def dot_spacing(stats: np.ndarray) -> float | None:
     if np.median(sides) > DOTTED_DOT_SIZE * extent:
         return None
     centres = stats[:, :2] + stats[:, 2:4] / 2.0  # (n, 2)
-    distance = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (n, n)
-    np.fill_diagonal(distance, np.inf)
-    nearest = distance.min(axis=1)
+    nearest = np.empty(len(centres))
+    for start in range(0, len(centres), 256):  # rows of the (n, n) distances a block at a time: MAX_PIECES^2 is 92 MiB
+        block = centres[start : start + 256]
+        distance = np.hypot(*(block[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (b, n)
+        distance[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own neighbour
+        nearest[start : start + len(block)] = distance.min(axis=1)
     if np.median(nearest) > DOTTED_MAX_GAP * np.median(sides):
         return None
     return float(np.median(nearest))
@@ -332,8 +343,16 @@ def join_dots(ink: np.ndarray, strong: np.ndarray, spacing: float) -> tuple[np.n
     stroke becomes one; the joined gaps count as ink of the dots' typical contrast, so every later step
     (threshold, soft ink, stroke width) sees a solid stroke."""
     side = int(np.ceil(DOTTED_JOIN * spacing)) | 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-    closed = cv2.morphologyEx(strong, cv2.MORPH_CLOSE, kernel)
+    if side <= JOIN_MAX_SIDE:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+        closed = cv2.morphologyEx(strong, cv2.MORPH_CLOSE, kernel)
+    else:  # on the mask shrunk (every pixel with ink in its cell is ink), then back to full size
+        scale = JOIN_MAX_SIDE / side
+        shrunk = (max(1, round(strong.shape[1] * scale)), max(1, round(strong.shape[0] * scale)))  # (w, h)
+        small = (cv2.resize(strong * np.uint8(255), shrunk, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (JOIN_MAX_SIDE, JOIN_MAX_SIDE))
+        joined = cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel)
+        closed = np.maximum(strong, cv2.resize(joined, strong.shape[::-1], interpolation=cv2.INTER_NEAREST))
     contrast = int(percentile_uint8(ink[strong > 0], 75))
     return np.maximum(ink, closed * np.uint8(contrast)), closed
 

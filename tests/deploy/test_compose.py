@@ -175,7 +175,7 @@ def test_environment_variables_are_the_settings_names(model):
 
 
 def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_states_it(model):
-    from inference.capacity import process_memory_mib
+    from inference.capacity import server_memory_mib
     from inference.options import ServerOptions
     from scripts.local_stack import COMPOSE_INFERENCE_MEMORY
 
@@ -186,7 +186,7 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     assert limit({}) == int(COMPOSE_INFERENCE_MEMORY[:-1]) * GIB
     assert limit({"MNIST_INFERENCE_MEMORY": "4g"}) == 4 * GIB
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
-    needed = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    needed = server_memory_mib(defaults)
     assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
         "the default limit should hold one server process with room to spare"
     )

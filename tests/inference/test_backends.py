@@ -29,7 +29,7 @@ from shared.onnx_model import MAX_ABS_DIFFERENCE, export_onnx, verify_onnx
 from shared.resources import usable_cpus, usable_memory_bytes
 from shared.settings import Paths
 
-from inference.capacity import default_worker_count, process_memory_mib
+from inference.capacity import default_worker_count, server_memory_mib
 from inference.model_store import DEFAULT_BACKEND
 from inference.options import ServerOptions
 from tests.inference.helpers import model_payload, publish, wait_until
@@ -228,14 +228,14 @@ def test_the_backend_flag_and_its_environment_variable(monkeypatch, capsys):
 GIB = 2**30
 
 
-PER_PROCESS_MIB = 1932  # process_memory_mib with the server's defaults
+PER_PROCESS_MIB = 1996  # server_memory_mib with the server's defaults
 
 
 @pytest.mark.parametrize(
     "cpus, memory, expected",
     [
         (2, 24 * GIB, 2),  # the development machine: one per core
-        (16, 24 * GIB, 12),  # memory-bound: (24 GiB - 512 MiB) // 1932 MiB
+        (16, 24 * GIB, 12),  # memory-bound: (24 GiB - 512 MiB) // 1996 MiB
         (16, 4 * GIB, 1),
         (8, GIB, 1),  # too little memory for even one: still one
         (4, None, 4),  # memory unknown: the cores decide
@@ -248,10 +248,7 @@ def test_the_default_worker_count_follows_cores_and_memory(cpus, memory, expecte
 
 def test_the_worker_count_takes_the_memory_figures():
     defaults = ServerOptions(artifacts_dir=None, data_dir=None)
-    assert (
-        process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
-        == PER_PROCESS_MIB
-    )
+    assert server_memory_mib(defaults) == PER_PROCESS_MIB
     assert default_worker_count(8, 8 * GIB + 512 * 2**20, 1024) == 8
     assert default_worker_count(8, 8 * GIB + 512 * 2**20, 2048) == 4
     with pytest.raises(ValueError):

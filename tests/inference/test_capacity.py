@@ -7,12 +7,14 @@ import pytest
 from shared.resources import memory_limit_bytes
 
 from inference.__main__ import main as server_main
-from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib
+from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib, server_memory_mib
 from inference.options import ServerOptions
 
 
-def test_a_process_needs_its_warm_size_the_decode_budget_and_its_requests():
-    assert process_memory_mib(320, 16, 16 * 2**20) == WARM_PROCESS_MIB + 320 + 16 * 2 * 16
+def test_a_process_needs_its_warm_size_the_decode_budget_and_its_requests_running_and_waiting():
+    # 16 threads hold a request twice (received, parsed); 4 more calls wait for a thread with theirs received.
+    assert process_memory_mib(320, 16, 16 * 2**20, 20) == WARM_PROCESS_MIB + 320 + 16 * 2 * 16 + 4 * 16
+    assert process_memory_mib(320, 16, 16 * 2**20, None) == WARM_PROCESS_MIB + 320 + 16 * 2 * 16
 
 
 def test_the_container_limit_is_read_from_cgroup_v2_or_v1(tmp_path):
@@ -29,10 +31,10 @@ def test_the_container_limit_is_read_from_cgroup_v2_or_v1(tmp_path):
 
 def test_workers_that_do_not_fit_the_limit_are_refused_with_what_to_change():
     defaults = ServerOptions(artifacts_dir=None, data_dir=None)
-    each = process_memory_mib(defaults.decode_budget_mib, defaults.max_workers, defaults.max_message_bytes)
+    each = server_memory_mib(defaults)
     check_workers_fit(1, each, 3 * 2**30, cpus=2)
     check_workers_fit(4, each, None, cpus=2)
-    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 4\.3 GiB.*MNIST_INFERENCE_MEMORY"):
+    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 4\.4 GiB.*MNIST_INFERENCE_MEMORY"):
         check_workers_fit(2, each, 3 * 2**30, cpus=2)
 
 

@@ -28,6 +28,12 @@ from testkit.server_process import publish_random_model, start_server, stop_serv
         (["--poll-interval", "0"], "--poll-interval: must be a number of seconds above 0"),  # it spun a core
         (["--model-cache-size", "-1"], "--model-cache-size: must be 0 or more"),
         (["--digit-threshold", "2"], "--digit-threshold: '2' is not a number from 0 to 1"),
+        # Past a C int or the proto's int32: taken, then a traceback at start or INTERNAL on every GetModelInfo.
+        (["--max-batch-size", "2147483648"], "--max-batch-size: must be at most 2,147,483,647"),
+        (["--torch-threads", "3000000000"], "--torch-threads: must be at most 2,147,483,647"),
+        # Past what a thread's wait or a gRPC deadline holds: the grace or the model watcher died of an OverflowError.
+        (["--grace-period", "1e10"], "--grace-period: must be at most 10,000,000 seconds"),
+        (["--poll-interval", "1e10"], "--poll-interval: must be at most 10,000,000 seconds"),
     ],
 )
 def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it_must_be(flags, message, capsys):
@@ -103,6 +109,15 @@ def test_a_port_in_use_is_one_line_saying_so(tmp_path, capfd, workers, shared):
     err = capfd.readouterr().err
     assert f"ERROR inference: cannot listen on {address} (in use" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--address", "--health-address"])
+def test_a_name_that_does_not_resolve_is_said_with_the_address_it_was_given(tmp_path, capfd, flag):
+    """With --workers, only "Name or service not known" was said, naming neither the flag's address nor what to do."""
+    flags = ["--workers", "2", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"]
+    assert server_main([*flags, flag, "nohost.invalid:50052"]) == 1
+    err = capfd.readouterr().err
+    assert "ERROR inference: cannot listen on nohost.invalid:50052 (" in err and "Traceback" not in err
 
 
 def test_a_metrics_port_in_use_is_named_not_the_grpc_address(tmp_path, capfd):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+from pathlib import Path
 
 import grpc
 import psutil
@@ -112,3 +114,24 @@ def test_a_malformed_address_with_workers_is_one_line_not_a_traceback(flags, mes
     with pytest.raises(SystemExit) as e:
         main(["--workers", "2", *flags])
     assert str(e.value) == message
+
+
+def test_metrics_folders_of_parents_killed_before_their_clean_up_are_removed_and_live_ones_kept(tmp_path):
+    """A parent killed with SIGKILL left its folder of metric files; a Kubernetes pod's /tmp outlives restarts."""
+    from inference import workers as workers_module
+
+    abandoned = tmp_path / f"{workers_module.METRICS_PREFIX}dead"
+    abandoned.mkdir()
+    (abandoned / workers_module.OWNER_LOCK).touch()  # its owner is gone: nobody holds the lock
+    (abandoned / "counter_123.db").write_bytes(b"x" * 1000)
+    other = tmp_path / f"{workers_module.METRICS_PREFIX}not-ours"  # no lock file: not one of these folders
+    other.mkdir()
+    live, owner = workers_module._owned_folder(str(tmp_path))
+    try:
+        workers_module.remove_abandoned_metrics_folders(str(tmp_path))
+        assert not abandoned.exists()
+        assert other.exists() and Path(live).exists()  # held by its owner's lock
+    finally:
+        os.close(owner)
+    workers_module.remove_abandoned_metrics_folders(str(tmp_path))  # its owner let go: abandoned now
+    assert not Path(live).exists()

@@ -51,6 +51,27 @@ def jpeg_with_fill_bytes(count: int) -> bytes:
     return jpeg[:2] + b"\xff" * count + jpeg[2:]
 
 
+def jpeg_with_scans(scans: int) -> bytes:
+    """A progressive JPEG whose last scan comes `scans` times over: each one more pass of libjpeg over the picture."""
+    jpeg = saved("JPEG", progressive=True)
+    last, end = jpeg.rfind(b"\xff\xda"), len(jpeg) - 2  # its last scan, up to EOI
+    return jpeg[:end] + jpeg[last:end] * (scans - jpeg.count(b"\xff\xda")) + jpeg[end:]
+
+
+def png_with_stray_frame_control(chunks: int) -> bytes:
+    """An fcTL after the pixels of a PNG that is not animated (no acTL), then `chunks` unknown chunks: Pillow reads
+    them all."""
+    png = saved("PNG")
+    at = png.find(b"IEND") - 4
+    return png[:at] + png_chunk(b"fcTL", bytes(26)) + png_chunk(b"abCd") * chunks + png[at:]
+
+
+def tiff_with_tags(tags: int) -> bytes:
+    """A little-endian TIFF whose first directory holds `tags` entries (one private tag over and over)."""
+    ifd = struct.pack("<H", tags) + struct.pack("<HHII", 65000, 3, 1, 0) * tags + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
 def tiff_with_strips(strips: int) -> bytes:
     """A 100x100 grey TIFF, one row per strip, all `strips` strips pointing at one byte."""
     entries = 9
@@ -95,6 +116,9 @@ def rle_bmp(width: int, height: int) -> bytes:
         ("JPEG segments", jpeg_with_comments(file_structure.MAX_JPEG_SEGMENTS + 1), "segments"),
         ("JPEG fill bytes", jpeg_with_fill_bytes(file_structure.MAX_JPEG_FILL_BYTES + 1), "fill bytes"),
         ("TIFF strips", tiff_with_strips(file_structure.MAX_TIFF_STRIPS + 1), "strips or tiles"),
+        ("TIFF tags", tiff_with_tags(file_structure.MAX_TIFF_ENTRIES + 1), "tags in its first directory"),
+        ("JPEG scans", jpeg_with_scans(file_structure.MAX_JPEG_SCANS + 1), "scans"),
+        ("PNG chunks after a stray fcTL", png_with_stray_frame_control(file_structure.MAX_PNG_CHUNKS + 1), "chunks"),
         ("RLE BMP", rle_bmp(file_structure.MAX_RLE_BMP_PIXELS + 1, 1), "run-length encoded BMP"),
     ],
 )
@@ -122,6 +146,9 @@ def test_a_file_of_more_blocks_than_a_picture_needs_is_refused_before_it_is_pars
         jpeg_with_comments(100),
         jpeg_with_fill_bytes(10),
         tiff_with_strips(100),
+        tiff_with_tags(100),
+        jpeg_with_scans(file_structure.MAX_JPEG_SCANS),
+        png_with_stray_frame_control(100),
         rle_bmp(100, 100),
     ],
 )

@@ -217,3 +217,32 @@ def test_marks_of_a_pixel_or_two_are_called_specks_not_a_blank_page(length):
 def test_a_blank_page_is_still_called_blank():
     with pytest.raises(segment.ImageRejected, match="looks blank"):
         segment.read_number(np.full((200, 400), 255, np.uint8), uniform_classifier)
+
+
+def test_hundreds_of_bars_are_refused_before_their_pairs_are_weighed(monkeypatch):
+    """512 bars and a few hundred marks below them took 1.4 s to refuse: every pair of groups was compared twice
+    over, and the marks joined one by one, before the count said no."""
+    picture = np.full((300, 1024), 255, np.uint8)
+    picture[100:160, ::2] = 0
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pairs of groups were weighed")
+
+    monkeypatch.setattr(segment, "check_one_line", never)
+    with pytest.raises(segment.ImageRejected, match="found 512 digits"):
+        segment.read_number(picture, uniform_classifier)
+
+
+def test_dots_far_apart_are_joined_on_a_shrunk_mask_into_one_stroke():
+    """A wide closing on the full picture took seconds (its cost grows with the kernel's area: 5 s for 503 pixels
+    on a megapixel); past JOIN_MAX_SIDE it runs on the mask shrunk, and the dots still become one stroke."""
+    strong = np.zeros((600, 1200), np.uint8)
+    for x in range(100, 1100, 100):  # a row of dots 30 pixels wide, 100 apart: a closing of 201 pixels
+        cv2.circle(strong, (x, 300), 15, 1, -1)
+    ink = strong * np.uint8(200)
+    joined_ink, closed = segment.join_dots(ink, strong, spacing=100.0)
+    assert segment.JOIN_MAX_SIDE < 2 * 100 + 1
+    count, _ = cv2.connectedComponents(closed)
+    assert count - 1 == 1  # one stroke, not ten dots
+    assert (closed >= strong).all() and closed.shape == strong.shape
+    assert joined_ink[300, 150] > 0  # between two dots: ink now
