@@ -306,6 +306,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
 class _Failure:
     attempts: int
     retry_at: float
+    error: LoadError  # what GetModelInfo says while the failure waits out its back-off
 
 
 def _log_unloaded(version: str, _entry: _Pinned) -> None:
@@ -394,6 +395,9 @@ class ModelStore:
         except Exception as e:  # a reader bug must neither stop the server starting nor loop unreported
             self._skip_manifest(("manifest", repr(e)), f"cannot read the manifest: {type(e).__name__}: {e}", "other")
             return False
+        # Readable again: a manifest failure remembered from before is no reason to stay quiet if it breaks anew.
+        for stale in [key for key in self._failures if key[0] == "manifest" and len(key) == 2]:
+            del self._failures[stale]
         if manifest is None:
             return False
         current = self._current
@@ -405,6 +409,7 @@ class ModelStore:
         key = self._failure_key(manifest)
         failure = self._failures.get(key)
         if failure is not None and time.monotonic() < failure.retry_at:
+            self._last_error = failure.error  # the named model's own failure, not whatever failed last
             return False
         started = time.perf_counter()
         try:
@@ -449,8 +454,8 @@ class ModelStore:
         previous = self._failures.get(key)
         attempts = previous.attempts + 1 if previous else 1
         delay = min(self.retry_after * 2 ** (attempts - 1), self.max_retry_after)
-        self._failures[key] = _Failure(attempts, time.monotonic() + delay)
         self._last_error = LoadError(version=version, reason=reason, at=utc_now())
+        self._failures[key] = _Failure(attempts, time.monotonic() + delay, self._last_error)
         serving = self._current.version if self._current is not None else "none"
         log.warning("model %s skipped: %s; still serving %s; next try in %.0f s", version, reason, serving, delay)
 

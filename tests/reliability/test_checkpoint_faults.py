@@ -347,6 +347,33 @@ def test_callers_are_told_what_is_wrong_with_the_model_but_not_where_the_server_
     assert "outside models/" in e.value.details() and str(tmp_path) not in e.value.details()
 
 
+def test_the_load_error_reported_is_the_named_models_own_and_a_manifest_broken_anew_is_reported_again(tmp_path):
+    """ModelStore, polled by hand (its back-off of 30 s holds throughout). LATEST.json names v2, which fails; it
+    breaks, then names v2 again: the error was still the manifest's, as long as v2 waited out its back-off. Broken
+    again the same way, nothing was reported: the manifest's old failure was still remembered."""
+    from inference.model_store import ModelStore
+
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    publish(artifacts, "v1", seed=1)
+    store = ModelStore(models, backend="torch")
+    assert store.poll_once() and store.current.version == "v1"
+    publish(artifacts, "v2", seed=2)
+    damaged = bytearray((models / "v2.pt").read_bytes())
+    damaged[-10] ^= 0xFF
+    (models / "v2.pt").write_bytes(bytes(damaged))
+    good_manifest = (models / "LATEST.json").read_bytes()
+    assert not store.poll_once() and store.last_error.version == "v2"
+    atomic_write_bytes(models / "LATEST.json", b"\x00 not json")
+    assert not store.poll_once() and store.last_error.version == "LATEST.json"
+    atomic_write_bytes(models / "LATEST.json", good_manifest)
+    assert not store.poll_once() and store.last_error.version == "v2"  # v2's own failure, in its back-off
+    assert "checksum" in store.last_error.reason
+    atomic_write_bytes(models / "LATEST.json", b"\x00 not json")  # the same damage as before
+    assert not store.poll_once() and store.last_error.version == "LATEST.json"
+    assert store.current.version == "v1"  # served throughout
+
+
 @pytest.mark.parametrize("name", ["manifest fields of the wrong type", "pickle that runs code"])
 def test_a_server_whose_only_model_is_bad_starts_and_waits(serve, tmp_path, digit_pngs, name):
     """Before the fix, a manifest field of the wrong type made the server fail to start (TypeError)."""
