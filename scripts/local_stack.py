@@ -506,10 +506,18 @@ def trainer_refusal(args: argparse.Namespace, env: Mapping[str, str]) -> str | N
     --check-only before anything starts, or None if it takes them: a mistyped --preset used to start the other
     services, then stop them all when the trainer refused it, its message among their logs."""
     command = [args.python, "-m", "trainer", *shlex.split(args.trainer_args), "--check-only"]
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=False)
-    if result.returncode == 0:
+    check = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert check.stdout is not None  # a pipe
+    lines = []
+    for line in check.stdout:
+        lines.append(line.rstrip())
+        if line.startswith("downloading"):  # a first run fetches MNIST here: said as it happens, not a silent wait
+            print(f"trainer | {line.rstrip()}", file=sys.stderr, flush=True)
+    if check.wait() == 0:
         return None
-    lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    lines = [line for line in lines if line.strip() and not line.startswith("downloading")]
     # argparse's usage block says nothing the last line does not: the error is the last line.
     return "\n".join(lines[-3:] if not lines or "usage:" not in lines[0] else lines[-1:])
 
