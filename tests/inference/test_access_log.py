@@ -110,7 +110,7 @@ def test_a_call_that_finished_after_its_deadline_is_not_logged_ok(
         running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=1.0)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
     release.set()
-    wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
+    assert wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
     (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
     assert line.access["code"] == "DEADLINE_EXCEEDED"
 

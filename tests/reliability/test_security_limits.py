@@ -106,7 +106,18 @@ def evaluate_three_times(running) -> None:
         assert "--download-data" in e.value.details() and str(running.artifacts.parent) not in e.value.details()
 
 
-def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, blocked):
+def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, blocked, monkeypatch):
+    import inference.service
+
+    held = inference.service.evaluate_model  # the fixture's: waits until released
+    outcomes = []
+
+    def recorded(*args, **kwargs):
+        outcome = held(*args, **kwargs)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(inference.service, "evaluate_model", recorded)
     publish(tmp_path / "artifacts", "v1", seed=1)
     running = serve(max_concurrent_evaluations=1)
     request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
@@ -125,6 +136,8 @@ def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, 
             threading.Event().wait(0.1)
     else:
         pytest.fail("the slot of the abandoned evaluation was never given back")
+    # It stopped (evaluate_model returns None for a caller gone), rather than running to the end for nobody.
+    assert outcomes[0] is None and outcomes[-1] is not None
 
 
 CALLS = {
