@@ -126,19 +126,20 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
     # The server's own UNAVAILABLE (no model can be served yet) says what to do; only a call that never reached it
     # is about reaching it. Guessing from the words failed: a model's load error can say "Failed to load".
     if code == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
-        if "wrong_version_number" in details.lower():  # a TLS hello answered in plain HTTP/2
+        said = details.lower()
+        if "wrong_version_number" in said:  # a TLS hello answered in plain HTTP/2
             return (
                 f"the inference server at {target} does not use TLS ({details}); leave out --tls and --tls-ca, "
                 "or start the server with --tls-cert and --tls-key."
             )
-        if "handshake failed" in details.lower():  # it answered, but TLS failed: the server runs, this end is wrong
+        if "handshake failed" in said:  # it answered, but TLS failed: the server runs, this end is wrong
             return (
                 f"the TLS handshake with the inference server at {target} failed ({details}). Pass --tls-ca with "
                 "the CA certificate that signed the server's, and --tls-server-name if the name in it is not the "
                 "target's host."
             )
         # A server that speaks TLS closes a plain connection without a word.
-        tls_hint = " If it uses TLS, pass --tls-ca (or --tls)." if "socket closed" in details.lower() else ""
+        tls_hint = " If it uses TLS, pass --tls-ca (or --tls)." if "socket closed" in said else ""
         return (
             f"cannot reach the inference server at {target} ({details}). Is it running? "
             f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.{tls_hint}"

@@ -223,7 +223,7 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     if (tall := sum(g.height >= FRAGMENT_HEIGHT * height for g in groups)) > 4 * MAX_REGIONS:
         raise too_many_digits(tall)
     check_one_line(groups, height)  # before small marks are joined to digits (across lines, maybe)
-    groups, separators = sort_out_small_marks(pieces, groups, line_height(groups))
+    groups, separators = sort_out_small_marks(pieces, groups, height)
     if not groups:
         raise ImageRejected(
             "no digit found: the only marks are too small to be digits (a point or a comma?). "
