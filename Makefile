@@ -47,8 +47,10 @@ test: venv tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 tools: venv
+	@# Anything else at that path (a half-made environment, a file, a link to one since deleted) is removed
+	@# first: `venv --clear` stops with "File exists" on a dangling link.
 	@if ! $(CHECKOV_VENV)/bin/checkov --version 2>/dev/null | grep -qx "$(CHECKOV_VERSION)"; then \
-		$(PY) -m venv --clear $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"; \
+		rm -rf $(CHECKOV_VENV) && $(PY) -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"; \
 	fi
 
 protos: venv
