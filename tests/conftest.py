@@ -20,22 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # CI and developers' machines have no internet: the four MNIST files lie beside the checkout.
 DEFAULT_TEST_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI (CI=true, as `.ci/run` sets) a skipped test is a failure: a test that skips for lack of a tool
-    proves nothing, so CI installs every tool the suite needs. Tests CI must not run (a GPU's) are deselected
-    with a marker, not skipped."""
-    outcome = yield
-    report = outcome.get_result()
-    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI, where every test must run: {reason}"
+# In CI (CI=true) a skipped test, or a skipped file, fails: testkit/ci_skips.py.
+pytest_plugins = ["testkit.ci_skips"]
 
 
 @pytest.fixture(scope="session")
