@@ -20,8 +20,12 @@ SPEC="."
 
 say() { printf 'stack.sh: %s\n' "$*" >&2; }
 
-if [ ! -x "$VENV/bin/python" ]; then
+# An environment that cannot run pip is made anew: one never made, one whose interpreter link dangles (its
+# Python was removed or upgraded), one whose creation was cut off before pip was in place, or a dangling link
+# where it should be. Whatever is at that path is removed first, as `python -m venv` stops on leftover links.
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     say "creating the virtual environment $VENV"
+    rm -rf "$VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
@@ -35,6 +39,9 @@ HAVE="$(cat "$STAMP" 2>/dev/null || true)"
 # An environment installed with more extras (dev) serves a plain run too.
 if [ "$HAVE" != "$WANT" ] && ! { [ -z "$EXTRAS" ] && [ "${HAVE%% *}" = "${WANT%% *}" ]; }; then
     say "installing the project into $VENV (pip install -e '$SPEC'; PyTorch is large, the first time takes a while)"
+    # The stamp goes first and comes back only once pip has finished: a cut-off install leaves none, so it is
+    # never taken for the install the stamp named.
+    rm -f "$STAMP"
     "$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt -e "$SPEC"
     printf '%s\n' "$WANT" > "$STAMP"
 fi

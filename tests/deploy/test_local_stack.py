@@ -386,9 +386,14 @@ def test_settings_the_trainer_refuses_stop_the_stack_before_anything_starts(tmp_
 # scripts/stack.sh and the Makefile, with a stand-in interpreter that records how it is called
 
 
+# `-m pip --version` (stack.sh asks whether an environment works) fails where a file `no-pip` lies beside the
+# interpreter; `-m pip install` fails while $FAKE_PIP_FAILS is set; `-m venv DIR` makes DIR/bin/python and
+# DIR/bin/pip (copies of this script).
 FAKE_INTERPRETER = """#!/usr/bin/env bash
+if [ "$1 $2 $3" = "-m pip --version" ]; then [ ! -e "$(dirname "$0")/no-pip" ]; exit; fi
 echo "${0#"$FAKE_ROOT"/} $*" >> "$FAKE_LOG"
-if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+if [ "$1 $2 $3" = "-m pip install" ] && [ -n "${FAKE_PIP_FAILS:-}" ]; then exit 1; fi
+if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && cp "$0" "$3/bin/pip"; fi
 """
 
 
@@ -468,10 +473,59 @@ def test_stack_sh_reinstalls_for_another_checkout(fake_python3, tmp_path):
     assert calls(log) == [], "the same clone again: nothing to install"
 
 
-def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
+def stack_sh(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts" / "stack.sh"), *args], env={**env, **extra}, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize("broken", ["a dangling link", "its python's link dangles", "pip never installed"])
+def test_stack_sh_makes_anew_an_environment_that_cannot_run_pip(fake_python3, tmp_path, broken):
+    env, log = fake_python3
+    venv = Path(env["MNIST_VENV"])
+    if broken == "a dangling link":  # `python -m venv` alone stops with "File exists" on it
+        venv.symlink_to(tmp_path / "removed-venv")
+    elif broken == "its python's link dangles":  # its interpreter was removed or upgraded
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(tmp_path / "removed-python")
+    else:  # the environment's creation was cut off before pip was in place
+        assert stack_sh(env, "--setup-only").returncode == 0
+        (venv / "bin" / "no-pip").touch()
+        calls(log)
+    result = stack_sh(env, "--setup-only")
+    assert result.returncode == 0, result.stderr
+    assert calls(log) == [
+        f"bin/python3 -m venv {venv}",
+        "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .",
+    ]
+    assert not venv.is_symlink() and not (venv / "bin" / "no-pip").exists()
+
+
+def test_stack_sh_installs_again_after_an_install_cut_off(fake_python3, tmp_path):
+    """A pip install that fails or is killed leaves no stamp, so the next run never takes it for done, even when
+    the stamp of an earlier install at the same pins was there before."""
+    env, log = fake_python3
+    stamp = tmp_path / "venv" / ".mnist-stack-install"
+    assert stack_sh(env, "--setup-only").returncode == 0 and stamp.exists()
+    stamp.write_text("0" * 64 + " \n")  # other pins: this run must install
+    assert stack_sh(env, "--setup-only", FAKE_PIP_FAILS="1").returncode != 0
+    assert not stamp.exists()
+    calls(log)
+    assert stack_sh(env, "--setup-only").returncode == 0
+    assert calls(log) == ["venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e ."]
+
+
+def test_make_targets_use_the_stack_script_and_its_venv(fake_python3, tmp_path):
     if shutil.which("make") is None:
         pytest.skip("GNU make is not installed (`apt-get install -y make`)")
     env, log = fake_python3
+    # checkov's environment in this test's folder, never the real HOME's (which `make tools` would otherwise check,
+    # and remake with this test's stand-in interpreter): one there already, of the pinned version.
+    checkov = tmp_path / "checkov"
+    (checkov / "bin").mkdir(parents=True)
+    (checkov / "bin" / "checkov").write_text("#!/bin/sh\necho 3.3.30\n")
+    (checkov / "bin" / "checkov").chmod(0o755)
+    env = {**env, "CHECKOV_VENV": str(checkov)}
 
     def make(*args):
         return subprocess.run(
@@ -493,6 +547,12 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3):
     ]
     assert make("protos").returncode == 0
     assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]
+    # checkov missing, a dangling link in its place (`venv --clear` stopped CI on one): made anew, then installed.
+    shutil.rmtree(checkov)
+    checkov.symlink_to(tmp_path / "removed-checkov")
+    result = make("tools")
+    assert result.returncode == 0, result.stderr
+    assert calls(log) == [f"venv/bin/python -m venv {checkov}", "checkov/bin/pip install -q checkov==3.3.30"]
     listed = make()  # a plain `make` lists the targets, starting nothing
     assert listed.returncode == 0 and calls(log) == []
     targets = re.findall(r"^make (\w+)", listed.stdout, re.M)
