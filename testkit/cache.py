@@ -23,9 +23,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("MNIST_TEST_CACHE") or Path.home() / ".cache" / "mnist-stack" / "test-cache")
 
 
+# In every key: the exact versions of every library (torch, Pillow, OpenCV, ...), which draw the pictures and train
+# the model as much as the project's code does.
+LIBRARY_PINS = "constraints.txt"
+
+
 def code_hash(patterns: tuple[str, ...], extra: str = "") -> str:
-    """16 hex digits of SHA-256 over `extra` and the files matching `patterns` (globs under the repository)."""
-    files = [path for pattern in patterns for path in sorted(REPO_ROOT.glob(pattern))]
+    """16 hex digits of SHA-256 over `extra`, the files matching `patterns` (globs under the repository) and the
+    pinned library versions."""
+    files = [path for pattern in (*patterns, LIBRARY_PINS) for path in sorted(REPO_ROOT.glob(pattern))]
     return files_sha256(files, extra=(extra,))[:16]
 
 

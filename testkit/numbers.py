@@ -466,7 +466,8 @@ def cached_numbers(images: np.ndarray, labels: np.ndarray, *, per_style: int, se
     from testkit.cache import cached_pickle, code_hash
 
     key = code_hash(
-        ("testkit/numbers.py", "testkit/user_images.py"), extra=f"{layout}-{per_style}-{seed}-{len(images)}"
+        ("testkit/numbers.py", "testkit/user_images.py", "shared/normalize.py"),
+        extra=f"{layout}-{per_style}-{seed}-{len(images)}",
     )
     return cached_pickle(
         "numbers", key, lambda: make_numbers(images, labels, per_style=per_style, seed=seed, layout=layout)

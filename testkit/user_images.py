@@ -727,5 +727,5 @@ def cached_user_images(mnist, group: str, styles: list[str] | None) -> list[User
             processes=2,
         )
 
-    key = code_hash(("testkit/user_images.py",), extra=f"{group}-{CACHED_PER_STYLE}")
+    key = code_hash(("testkit/user_images.py", "shared/normalize.py"), extra=f"{group}-{CACHED_PER_STYLE}")
     return cached_pickle("user-pictures", key, make)
