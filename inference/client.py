@@ -277,7 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-ca",
         type=ca_certificates_file,
-        default=settings.env_str(ENV_TLS_CA, "") or None,
+        default=settings.env_value(ENV_TLS_CA, None, ca_certificates_file),
         help=f"use TLS, trusting this PEM CA certificate (env {ENV_TLS_CA})",
     )
     parser.add_argument(

@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-ca",
         type=ca_certificates_file,
-        default=settings.env_str(settings.ENV_TLS_CA, "") or None,
+        default=settings.env_value(settings.ENV_TLS_CA, None, ca_certificates_file),
         help=f"use TLS, trusting this PEM CA certificate (env {settings.ENV_TLS_CA})",
     )
     parser.add_argument("--tls-server-name", default=None, help="expected name in the server's certificate")

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import math
 import shutil
 import time
 import urllib.error
@@ -50,6 +51,18 @@ class MnistNotFound(FileNotFoundError):
     """An MNIST file is missing and downloading was not allowed; the message says where it looked."""
 
 
+class MnistUnreadable(MnistNotFound):
+    """An MNIST file (or its folder) is there but this user may not read it. A MnistNotFound, so that every caller
+    that says "put the files there" says this instead of taking it for something else (an unwritable folder)."""
+
+
+def unreadable(path: Path, error: OSError) -> MnistUnreadable:
+    return MnistUnreadable(
+        f"{path}: cannot read it ({error.strerror or error}); make it readable by this user, or point --data-dir "
+        "(MNIST_DATA_DIR) at a readable copy"
+    )
+
+
 class MnistDownloadFailed(RuntimeError):
     """No mirror gave an MNIST file; the message says what each answered and where to put the files instead."""
 
@@ -71,7 +84,7 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     if len(raw) < header_len:
         raise MnistFormatError(f"{source}: header truncated ({len(raw)} of {header_len} bytes)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python's ints: numpy's int64 product wrapped to 0 for a crafted header
     actual = len(raw) - header_len
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
@@ -82,15 +95,18 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
 
 
 def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"\x1f\x8b":  # gzip magic
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
-            raise MnistFormatError(f"{path}: corrupt gzip stream ({e})") from e
-    return path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head != b"\x1f\x8b":  # not gzip's magic: the file as it is
+            return path.read_bytes()
+    except PermissionError as e:
+        raise unreadable(path, e) from e
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
+        raise MnistFormatError(f"{path}: corrupt gzip stream ({e})") from e
 
 
 def check_mnist_present(data_dir: Path) -> None:
@@ -112,8 +128,11 @@ def download_missing(data_dir: Path) -> None:
 def find_file(directory: Path, name: str) -> Path | None:
     """The file `name` in `directory`, gzipped or not; None if neither is there."""
     for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except PermissionError as e:  # a folder this user may not look into
+            raise unreadable(directory, e) from e
     return None
 
 

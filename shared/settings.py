@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,15 @@ DEFAULT_HEALTH_PORT = 50052
 
 
 def default_data_dir() -> Path:
-    """Where MNIST is read from, or downloaded to when it is missing."""
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "mnist-stack" / "mnist"
+    """Where MNIST is read from, or downloaded to when it is missing: the user's cache folder, else (no HOME and
+    no passwd entry, as for an arbitrary user id in a container) the temporary folder."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if not cache:
+        try:
+            cache = str(Path.home() / ".cache")
+        except RuntimeError:  # "Could not determine home directory": it stopped every command, --help included
+            cache = tempfile.gettempdir()
+    return Path(cache) / "mnist-stack" / "mnist"
 
 
 def env_str(name: str, default: str) -> str:
@@ -149,4 +156,5 @@ def artifacts_dir() -> Path:
 
 
 def data_dir() -> Path:
-    return Path(env_str(ENV_DATA_DIR, str(default_data_dir())))
+    value = env_str(ENV_DATA_DIR, "")
+    return Path(value) if value else default_data_dir()  # the default only when needed: it may look for HOME

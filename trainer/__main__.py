@@ -7,7 +7,7 @@ import signal
 import sys
 
 from shared.checkpoint import CheckpointError
-from shared.data import MnistDownloadFailed, MnistFormatError, MnistNotFound
+from shared.data import MnistDownloadFailed, MnistFormatError, MnistNotFound, MnistUnreadable
 
 from trainer.config import get_args_parser
 from trainer.train import CannotWrite, DiskFull, run
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train.Interrupted says whether and how to continue
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
-    except (DiskFull, CannotWrite, CheckpointError, MnistDownloadFailed) as e:  # their messages say what to do
+    except (DiskFull, CannotWrite, CheckpointError, MnistDownloadFailed, MnistUnreadable) as e:  # say what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MnistNotFound as e:

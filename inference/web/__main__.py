@@ -75,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-ca",
         type=ca_certificates_file,
-        default=s.env_str(ENV_TLS_CA, "") or None,
+        default=s.env_value(ENV_TLS_CA, None, ca_certificates_file),
         help=f"call the gRPC service over TLS, trusting this PEM CA certificate [env {ENV_TLS_CA}]",
     )
     parser.add_argument(

@@ -19,6 +19,7 @@ from shared.settings import Paths
 
 from inference import client, health_probe
 from inference.channel import make_channel
+from inference.web import __main__ as web_main
 from tests.inference.helpers import model_payload, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -154,6 +155,27 @@ def test_a_tls_ca_that_is_no_certificate_is_refused_at_start_not_as_an_unreachab
     assert code is None and exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--tls-ca" in err and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "main",
+    [
+        pytest.param(lambda: client.main(["--target", "localhost:1", "info"]), id="client"),
+        pytest.param(lambda: health_probe.main([]), id="health probe"),
+        pytest.param(lambda: web_main.main(["--port", "0"]), id="web gateway"),
+    ],
+)
+def test_a_tls_ca_from_the_environment_that_cannot_be_read_is_refused_naming_the_variable(
+    tmp_path, capsys, monkeypatch, main
+):
+    monkeypatch.setenv("MNIST_TLS_CA", str(tmp_path / "missing.pem"))
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # The flag was never typed: the message names the variable that holds the path.
+    assert f"environment variable MNIST_TLS_CA='{tmp_path / 'missing.pem'}': " in err and "no such file" in err, err
+    assert "argument --tls-ca" not in err and "Traceback" not in err
 
 
 def test_client_reports_a_server_that_is_down(image_files):

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import shutil
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from shared.data import FILES, MnistFormatError, load_mnist, normalize, parse_idx, read_idx_file, train_val_split
+import shared.data
+from shared.data import (
+    FILES,
+    MnistFormatError,
+    MnistNotFound,
+    MnistUnreadable,
+    load_mnist,
+    normalize,
+    parse_idx,
+    read_idx_file,
+    train_val_split,
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -35,6 +49,8 @@ def test_parse_idx_round_trips_images_and_labels():
         (lambda b: b"\x00\x00\x08\x07" + b[4:], "bad magic"),  # 7 dimensions
         (lambda b: b"\x00\x00", "too short"),
         (lambda b: b"", "too short"),
+        # 2**31 x 2**31 x 4 bytes: numpy's int64 product wrapped to 0, an empty payload "matched" and reshape failed
+        (lambda b: b"\x00\x00\x08\x03" + struct.pack(">III", 2**31, 2**31, 4), "truncated"),
     ],
 )
 def test_parse_idx_rejects_damaged_files(mutate, message):
@@ -194,3 +210,36 @@ def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors
         load_mnist(target, download=True)
     assert not any(target.glob("*.gz")), "a corrupt download never takes the real name"
     assert not any(target.glob("*.part"))
+
+
+def copy_of_mnist(mnist_dir: Path, folder: Path) -> Path:
+    for name, _, _ in FILES.values():
+        shutil.copy(next(mnist_dir.glob(f"{name}*")), folder)
+    return folder
+
+
+def test_a_file_this_user_may_not_read_is_said_as_such_not_as_another_error(tmp_path, mnist_dir, monkeypatch):
+    # Tests run as root, whom file modes do not stop: the refusal is the operating system's, made here.
+    folder = copy_of_mnist(mnist_dir, tmp_path)
+    real_open = open
+
+    def refusing_open(path, *args, **kwargs):
+        if "t10k-labels" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(shared.data, "open", refusing_open, raising=False)
+    with pytest.raises(
+        MnistUnreadable, match=r"t10k-labels-idx1-ubyte.*cannot read it \(Permission denied\); make it "
+    ):
+        load_mnist(folder, download=False)
+
+
+def test_a_folder_this_user_may_not_look_into_is_said_as_such(tmp_path, monkeypatch):
+    def refusing_is_file(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", refusing_is_file)
+    with pytest.raises(MnistUnreadable, match="cannot read it") as caught:
+        load_mnist(tmp_path, download=False)
+    assert isinstance(caught.value, MnistNotFound)  # what every caller already says "put the files there" for

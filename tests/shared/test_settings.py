@@ -1,0 +1,53 @@
+"""shared/settings.py: where MNIST is looked for when nothing says, and what a missing home folder does to that."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shared import settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def no_home():
+    raise RuntimeError("Could not determine home directory.")
+
+
+def test_mnist_is_looked_for_in_the_users_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv(settings.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert settings.data_dir() == tmp_path / "mnist-stack" / "mnist"
+    monkeypatch.setenv(settings.ENV_DATA_DIR, str(tmp_path / "here"))
+    assert settings.data_dir() == tmp_path / "here"
+
+
+def test_without_a_home_folder_the_variable_is_used_and_the_default_is_the_temporary_folder(monkeypatch, tmp_path):
+    """No HOME and no passwd entry (an arbitrary user id in a container): Path.home() raises, which stopped every
+    command as its parser was built, --help included, even with MNIST_DATA_DIR set."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setenv(settings.ENV_DATA_DIR, str(tmp_path))
+    assert settings.data_dir() == tmp_path
+    monkeypatch.delenv(settings.ENV_DATA_DIR)
+    assert settings.data_dir() == Path(tempfile.gettempdir()) / "mnist-stack" / "mnist"
+
+
+@pytest.mark.parametrize("module", ["trainer", "inference"])
+def test_help_works_without_a_home_folder(module):
+    # HOME unset; the passwd lookup made to fail as it does for a user id with no entry.
+    code = (
+        "import pwd, runpy, sys\n"
+        "def missing(uid): raise KeyError(uid)\n"
+        "pwd.getpwuid = missing\n"
+        f"sys.argv = ['{module}', '--help']\n"
+        f"runpy.run_module('{module}', run_name='__main__')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
