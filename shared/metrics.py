@@ -70,14 +70,26 @@ def evaluation_from_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> 
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = labels.cpu().long()
+    if not len(labels):  # scikit-learn refuses empty arrays; nothing scored is all zeros
+        zeros = np.zeros(NUM_CLASSES)
+        return Evaluation(
+            accuracy=0.0,
+            loss=0.0,
+            confusion=np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64),
+            precision=zeros,
+            recall=zeros.copy(),
+            f1=zeros.copy(),
+            support=np.zeros(NUM_CLASSES, np.int64),
+            predictions=np.zeros(0, np.int64),
+        )
     log_probs = log_probs[:, :NUM_CLASSES]  # a not-digit network's further columns are no digit's (shared/model.py)
     predictions = log_probs.argmax(dim=1)
     y_true, y_pred = labels.numpy(), predictions.numpy()
     classes = list(range(NUM_CLASSES))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return Evaluation(
-        accuracy=int((predictions == labels).sum()) / len(labels) if len(labels) else 0.0,  # exact, not float32
-        loss=float(nn.functional.nll_loss(log_probs, labels)) if len(labels) else 0.0,
+        accuracy=int((predictions == labels).sum()) / len(labels),  # exact, not float32
+        loss=float(nn.functional.nll_loss(log_probs, labels)),
         confusion=confusion_matrix(y_true, y_pred, labels=classes).astype(np.int64),
         precision=precision,
         recall=recall,

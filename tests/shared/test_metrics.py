@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from shared.metrics import confusion_figure, confusion_heatmap_png
+from shared.metrics import confusion_figure, confusion_heatmap_png, evaluation_from_log_probs
 
 
 def test_heatmap_title_with_a_long_model_version_stays_inside_the_picture():
@@ -52,3 +53,9 @@ def test_a_heatmap_drawn_again_is_the_same_picture():
     _heatmap_png.cache_clear()
     assert confusion_heatmap_png(confusion, title="t") == first  # drawn again
     assert confusion_heatmap_png(confusion, title="t") != confusion_heatmap_png(confusion, title="u")
+
+
+def test_nothing_to_score_gives_zeros_not_an_error():
+    evaluation = evaluation_from_log_probs(torch.empty(0, 10), torch.empty(0, dtype=torch.long))
+    assert evaluation.count == 0 and evaluation.accuracy == 0.0 and evaluation.loss == 0.0
+    assert evaluation.confusion.shape == (10, 10) and evaluation.support.sum() == 0 and len(evaluation.predictions) == 0
