@@ -44,6 +44,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import ArgumentParser, non_negative_int, positive_int, positive_seconds
 
 from bench.machine import describe_machine
+from inference.channel import OWN_CONNECTION
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -254,11 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             ms = servicer_alone(artifacts, args.data_dir, backend, images[0], args.duration / 2)
             rows.append(("  the servicer's Predict alone, in process", percentiles(ms), f"{len(ms)} calls, no gRPC"))
 
-            # One connection per client, as separate client processes would have: without a local subchannel
-            # pool, channels to one target in one process share a single TCP connection (and so one worker).
+            # One connection per client, as separate client processes would have (inference/channel.py OWN_CONNECTION).
             channels = [
-                grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(args.concurrency)
+                grpc.insecure_channel(f"127.0.0.1:{port}", options=[OWN_CONNECTION]) for _ in range(args.concurrency)
             ]
             stubs = [inference_pb2_grpc.InferenceStub(c) for c in channels]
             requests = [pb.PredictRequest(image=images[i % len(images)]) for i in range(args.concurrency)]

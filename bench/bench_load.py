@@ -5,10 +5,11 @@
 
 Starts `python -m inference` as its own process on a free loopback port with a temporary artifacts folder,
 publishes a random-init compact model, then runs --clients client threads, each on its own channel from
-inference.channel.make_channel (as separate client processes would), calling Predict in a loop with one real
-MNIST test digit (every --batch-every-th call is a PredictBatch of --batch-size digits instead). Meanwhile a
-new model with a distinct version is published every --publish-every seconds with shared.checkpoint.publish_model,
-so the server hot-swaps under load, and the server's resident memory (RSS, psutil) is sampled twice a second.
+inference.channel.make_channel with a TCP connection of its own (as separate client processes would have),
+calling Predict in a loop with one real MNIST test digit (every --batch-every-th call is a PredictBatch of
+--batch-size digits instead). Meanwhile a new model with a distinct version is published every --publish-every
+seconds with shared.checkpoint.publish_model, so the server hot-swaps under load, and the server's resident memory
+(RSS, psutil) is sampled twice a second.
 
 Reports throughput, p50/p99/max latency per method, the slowest one-second window, how long each new model took
 to reach the clients, and RSS at start (after warm-up), peak and end. Exits 1 if any call failed, a published
@@ -55,7 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full load before the measured phase (allocator arenas, caches); RSS start is after it",
     )
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients, one channel each")
+    parser.add_argument(
+        "--clients", type=int, default=16, help="concurrent clients, one channel and TCP connection each"
+    )
     parser.add_argument(
         "--publish-every",
         type=float,
@@ -107,11 +110,12 @@ def publish(models: Path, version: str, seed: int, width: int) -> None:
 
 
 class Client(threading.Thread):
-    """One client: calls in a loop on its own channel; records (end time, method, latency, version) or a failure."""
+    """One client: calls in a loop on its own channel and connection; records (end time, method, latency, version)
+    or a failure."""
 
     def __init__(self, index: int, target: str, images: list[bytes], args, start: threading.Barrier) -> None:
         super().__init__(name=f"client-{index}", daemon=True)
-        self.channel = make_channel(target)
+        self.channel = make_channel(target, own_connection=True)
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.single = pb.PredictRequest(image=images[index % len(images)])
         self.batch = pb.PredictBatchRequest(images=[images[(index + i) % len(images)] for i in range(args.batch_size)])

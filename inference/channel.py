@@ -60,13 +60,24 @@ SERVICE_CONFIG = {
 # While the server is away the channel tries to reconnect with exponential back-off (gRPC's default grows to
 # 120 s). Capped at 1 s, a restarted server is found within a second of it listening again.
 RECONNECT_BACKOFF_MS = (100, 1000)
+# Channels to one target in one process share a single TCP connection (gRPC's global subchannel pool), whatever
+# their number: a benchmark's N clients would then be one connection, served by one of the server's workers and
+# read by one of its threads at a time, not the N connections N separate client processes open. With this option
+# each channel keeps its subchannels, and so its connection, to itself.
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
 
 def make_channel(
-    target: str, *, tls: bool = False, tls_ca: Path | None = None, tls_server_name: str | None = None
+    target: str,
+    *,
+    tls: bool = False,
+    tls_ca: Path | None = None,
+    tls_server_name: str | None = None,
+    own_connection: bool = False,
 ) -> grpc.Channel:
-    """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given."""
-    options = [
+    """A channel with retries and round-robin balancing; TLS when `tls` or `tls_ca` is given; with
+    `own_connection`, a TCP connection of its own (OWN_CONNECTION), as a separate client process would have."""
+    options: list[tuple[str, str | int]] = [
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
         ("grpc.enable_retries", 1),
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
@@ -75,6 +86,8 @@ def make_channel(
     ]
     if tls_server_name:
         options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if own_connection:
+        options.append(OWN_CONNECTION)
     if tls or tls_ca is not None:
         return grpc.secure_channel(target, channel_credentials(tls_ca), options=options)
     return grpc.insecure_channel(target, options=options)

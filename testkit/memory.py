@@ -92,8 +92,12 @@ def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, st
     lock = threading.Lock()
     start = threading.Barrier(len(pictures))
 
+    from inference.channel import OWN_CONNECTION
+
     def call(data: bytes) -> None:
-        with grpc.insecure_channel(target) as channel:
+        # A connection per call, as separate clients would have: channels in one process otherwise share one
+        # (inference/channel.py OWN_CONNECTION), and the flood would be one client's many calls.
+        with grpc.insecure_channel(target, options=[OWN_CONNECTION]) as channel:
             stub = inference_pb2_grpc.InferenceStub(channel)
             grpc.channel_ready_future(channel).result(timeout=10)
             start.wait()
