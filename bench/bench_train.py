@@ -94,14 +94,11 @@ def train(artifacts: Path, run_name: str, *flags: str, data: str, device: str) -
     history = checkpoint["history"]
     best = dict(next(m for m in history if m["epoch"] == checkpoint["best_epoch"]))
     best["test_accuracy"] = published_test_accuracy(result.stdout)
-    in_process = re.search(r"\(wall ([\d.]+) s in this process\)", result.stdout)
-    if not in_process:
-        raise SystemExit("no '(wall N s in this process)' in the trainer's output: has its wording changed?")
     return {
         "pictures": pictures_line(result.stdout),
         "history": history,
         "wall": wall,
-        "startup": max(0.0, wall - float(in_process.group(1))),  # interpreter, imports (and exit)
+        "startup": max(0.0, wall - wall_in_process(result.stdout)),  # interpreter, imports (and exit)
         "best_epoch": checkpoint["best_epoch"],
         "best": best,
         "precision": history[-1].get("precision", "fp32"),
@@ -115,6 +112,14 @@ def published_test_accuracy(stdout: str) -> float:
     if not summary:
         raise SystemExit("no 'best epoch ... test N%' summary in the trainer's output: has its wording changed?")
     return float(summary.group(1)) / 100
+
+
+def wall_in_process(stdout: str) -> float:
+    """The trainer's own wall time, from its start after the imports, from its 'done: ...' line."""
+    in_process = re.search(r"\(wall ([\d.]+) s in this process\)", stdout)
+    if not in_process:
+        raise SystemExit("no '(wall N s in this process)' in the trainer's output: has its wording changed?")
+    return float(in_process.group(1))
 
 
 def pictures_line(stdout: str) -> tuple[str, float] | None:

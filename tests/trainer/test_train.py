@@ -23,7 +23,7 @@ from shared.data import normalize
 from shared.model import build_model
 from shared.settings import Paths
 
-from bench.bench_train import pictures_line, published_test_accuracy
+from bench.bench_train import pictures_line, published_test_accuracy, wall_in_process
 from trainer.__main__ import main as trainer_main
 from trainer.config import TrainConfig, get_args_parser
 from trainer.negatives import KINDS as NEGATIVE_KINDS
@@ -407,8 +407,17 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     for field in ("train loss", "train acc", "val acc", "test acc", "lr", " s ", "img/s"):
         assert field in epoch_lines[0]
     assert "training time" in result.stdout and "best epoch" in result.stdout
-    # The training benchmark reads the published accuracy and the pictures' line from this output.
-    assert 0.0 <= published_test_accuracy(result.stdout) <= 1.0
+    # The training benchmark reads these from this output. The published model's test accuracy from the summary
+    # line: checked against the model's own metrics, with the line's val figure made unlike any test figure, so a
+    # pattern that read the validation accuracy instead cannot pass by chance (the two can be equal).
+    models = Paths(tmp_path).models
+    payload, _ = read_published_model(models, read_manifest(models))
+    distinct_val = re.sub(r"(: val )[\d.]+%", r"\g<1>0.01%", result.stdout)
+    assert distinct_val != result.stdout
+    assert published_test_accuracy(distinct_val) == pytest.approx(payload["metrics"]["test_accuracy"], abs=5e-5)
+    # The trainer's wall time in its process, from the "done: ..." line (the benchmark's start-up time is the rest).
+    done = next(line for line in result.stdout.splitlines() if line.startswith("done: "))
+    assert wall_in_process(result.stdout) == float(done.rsplit("(wall ", 1)[1].split()[0])
     assert pictures_line(result.stdout) is not None
     assert "reached 10.00% test accuracy" in result.stdout
     assert "published model" in result.stdout
