@@ -9,9 +9,10 @@ Starts `python -m inference` as its own process on a free port (so server and cl
 in production), publishes a model into a temporary artifacts folder unless --artifacts-dir is given, then
 measures:
 
-  0. The network alone, as the server runs it (same backend, one intra-op thread, normalization included), on
-     batches of --batch-size: images/s on one core, and on every core at once (one thread each). This is the
-     ceiling the service's throughput is compared with.
+  0. The network alone, as the server runs it (same backend, --torch-threads intra-op threads, normalization
+     included), on batches of --batch-size: images/s one call at a time (one core at the default of one thread),
+     and with as many calls at once as fill every core (cores / --torch-threads). This is the ceiling the
+     service's throughput is compared with.
   1. Predict latency at concurrency 1 (a PNG of a real MNIST test digit): p50, p99. Beside it, what the call
      costs without the work (a standard health check, same server and channel) and the work without the call
      (the servicer's Predict called in this process, no gRPC).
@@ -41,13 +42,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import ArgumentParser, non_negative_int, positive_int, positive_seconds
+from shared.cli import ArgumentParser, non_negative_int, positive_int, seconds_at_least
 
 from bench.machine import describe_machine
 from inference.channel import OWN_CONNECTION
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Shorter phases measured nothing: a phase over before its first call returned divided by zero images.
+MIN_DURATION = 0.1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,13 +69,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
     parser.add_argument(
-        "--duration", type=positive_seconds, default=5.0, metavar="SECONDS", help="length of each phase"
+        "--duration",
+        type=seconds_at_least(MIN_DURATION),
+        default=5.0,
+        metavar="SECONDS",
+        help=f"length of each phase, at least {MIN_DURATION:g}",
     )
     parser.add_argument(
         "--concurrency", type=positive_int, default=8, help="concurrent clients in the throughput phases"
     )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per PredictBatch call")
-    parser.add_argument("--torch-threads", type=positive_int, default=1, help="passed to the server")
+    parser.add_argument(
+        "--torch-threads",
+        type=positive_int,
+        default=1,
+        help="intra-op threads per call, passed to the server; the network-alone baseline runs with as many, so "
+        "the service's share of its throughput compares like with like",
+    )
     parser.add_argument("--max-workers", type=positive_int, default=16, help="passed to the server")
     parser.add_argument(
         "--workers",
@@ -91,10 +104,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def network_only(
-    artifacts: Path, data_dir: Path, backend: str, batch_size: int, threads: int, duration: float
+    artifacts: Path, data_dir: Path, backend: str, batch_size: int, threads: int, intra_op: int, duration: float
 ) -> float:
     """Images/s of the served model's forward pass alone (normalization included), as the server computes it, on
-    batches of real MNIST digits, from `threads` threads at once (torch at one intra-op thread, like the server)."""
+    batches of real MNIST digits, from `threads` threads at once, each forward pass with `intra_op` threads (the
+    server's --torch-threads; the onnxruntime backend takes torch's number when the model is loaded)."""
     import torch
 
     from shared.checkpoint import read_manifest
@@ -103,7 +117,7 @@ def network_only(
 
     from inference.model_store import load_served_model
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(intra_op)
     models = Paths(artifacts).models
     served = load_served_model(models, read_manifest(models), backend)
     batch = load_mnist(data_dir, download=False).test_images[:batch_size]  # (B, 28, 28) uint8
@@ -123,15 +137,17 @@ class _InProcessContext:
         raise SystemExit(f"Predict failed in process: {code.name}: {details}")
 
 
-def servicer_alone(artifacts: Path, data_dir: Path, backend: str, image: bytes, duration: float) -> np.ndarray:
+def servicer_alone(
+    artifacts: Path, data_dir: Path, backend: str, image: bytes, intra_op: int, duration: float
+) -> np.ndarray:
     """Latencies (ms) of the servicer's Predict called in this process, no gRPC: decoding, the pipeline, the
-    network and the response, as one server thread does them (torch at one intra-op thread, like the server)."""
+    network and the response, as one server thread does them (with the server's `intra_op` threads)."""
     import torch
 
     from inference.options import ServerOptions
     from inference.server import create_server
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(intra_op)
     server, _ = create_server("127.0.0.1:0", ServerOptions(artifacts_dir=artifacts, data_dir=data_dir, backend=backend))
     try:
         server.store.poll_once()  # loads the served model; the server is never started
@@ -151,6 +167,8 @@ def latencies(call, duration: float, warm_up: int = 50) -> np.ndarray:
         t0 = time.perf_counter()
         call()
         out.append(time.perf_counter() - t0)
+    if not out:
+        raise SystemExit(f"no call finished in {duration:g} s; give a longer --duration")
     return np.array(out) * 1e3
 
 
@@ -187,6 +205,8 @@ def run_clients(concurrency: int, duration: float, call) -> tuple[int, int, floa
     elapsed = time.perf_counter() - began
     if errors:
         raise SystemExit(f"{len(errors)} call(s) failed, e.g. {errors[0]!r}")
+    if not sum(counts):  # the phase ended before any thread began a call: a rate of 0 would divide by zero later
+        raise SystemExit(f"no call finished in {duration:g} s; give a longer --duration")
     return sum(counts), sum(calls), elapsed
 
 
@@ -214,16 +234,26 @@ def main(argv: list[str] | None = None) -> int:
         defaults = ServerOptions(artifacts_dir=artifacts, data_dir=args.data_dir)
         per_process = server_memory_mib(defaults)
         workers = args.workers or machine_worker_count(per_process)[0]
-        one_core = network_only(artifacts, args.data_dir, backend, args.batch_size, 1, args.duration)
-        all_cores = network_only(artifacts, args.data_dir, backend, args.batch_size, cpus, args.duration)
+        # The baseline with the server's intra-op threads: one call at a time (one core at the default of one
+        # thread), and as many calls at once as fill the cores with that many threads each.
+        threads = args.torch_threads
+        at_once = max(1, cpus // threads)
+        one_core = network_only(artifacts, args.data_dir, backend, args.batch_size, 1, threads, args.duration)
+        all_cores = network_only(artifacts, args.data_dir, backend, args.batch_size, at_once, threads, args.duration)
+        one_label = "1 core" if threads == 1 else f"one call at a time, {threads} intra-op threads"
         rows.append(
             (
-                f"network only ({backend}, batches of {args.batch_size}), 1 core",
+                f"network only ({backend}, batches of {args.batch_size}), {one_label}",
                 f"{one_core:,.0f} images/s",
                 f"{1e3 / one_core:.3f} ms per image",
             )
         )
-        rows.append((f"network only, {cpus} cores (one thread each)", f"{all_cores:,.0f} images/s", ""))
+        all_label = (
+            f"{cpus} cores (one thread each)"
+            if threads == 1
+            else f"{at_once} calls at once x {threads} intra-op threads, {cpus} cores"
+        )
+        rows.append((f"network only, {all_label}", f"{all_cores:,.0f} images/s", ""))
         server_flags = [
             "--torch-threads",
             str(args.torch_threads),
@@ -252,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             check = health_pb2.HealthCheckRequest(service=pb.DESCRIPTOR.services_by_name["Inference"].full_name)
             ms = latencies(lambda: health.Check(check, timeout=10), args.duration / 2)
             rows.append(("  a health check (the gRPC call alone)", percentiles(ms), f"{len(ms)} calls"))
-            ms = servicer_alone(artifacts, args.data_dir, backend, images[0], args.duration / 2)
+            ms = servicer_alone(artifacts, args.data_dir, backend, images[0], threads, args.duration / 2)
             rows.append(("  the servicer's Predict alone, in process", percentiles(ms), f"{len(ms)} calls, no gRPC"))
 
             # One connection per client, as separate client processes would have (inference/channel.py OWN_CONNECTION).
@@ -277,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     f"PredictBatch throughput, {args.concurrency} clients x {args.batch_size}",
                     f"{batch_rate:,.0f} images/s",
-                    f"{calls} calls; {batch_rate / one_core:.0%} of the network alone on 1 core, "
+                    f"{calls} calls; {batch_rate / one_core:.0%} of the network alone "
+                    f"{'on 1 core' if threads == 1 else 'one call at a time'}, "
                     f"{batch_rate / all_cores:.0%} of it on {cpus}; target >= 50 % of 1 core and >= 5,000",
                 )
             )

@@ -6,6 +6,7 @@ import argparse
 import io
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from shared.settings import InvalidEnv
@@ -94,6 +95,20 @@ def positive_seconds(text: str) -> float:
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
     return value
+
+
+def seconds_at_least(minimum: float) -> Callable[[str], float]:
+    """argparse type: positive_seconds, and at least `minimum` (a benchmark's phase too short for one call to
+    finish measured nothing)."""
+
+    def seconds(text: str) -> float:
+        value = positive_seconds(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, got {text!r}")
+        return value
+
+    seconds.__name__ = f"seconds_at_least_{minimum:g}"
+    return seconds
 
 
 def non_negative_seconds(text: str) -> float:

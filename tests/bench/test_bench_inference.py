@@ -1,0 +1,35 @@
+"""bench/bench_inference.py's arguments and its network-alone baseline, without running the benchmark."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bench.bench_inference as bench_inference
+from testkit.server_process import publish_random_model
+
+
+def test_a_duration_too_short_to_measure_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_inference.get_args_parser().parse_args(["--duration", "0.000001"])
+    assert exit_info.value.code == 2
+    assert "--duration: must be at least 0.1 seconds, got '0.000001'" in capsys.readouterr().err
+
+
+def test_the_network_alone_runs_with_the_servers_intra_op_threads(tmp_path, mnist_dir, monkeypatch):
+    """The baseline the service's throughput is a share of computes as the server does: with --torch-threads
+    intra-op threads, not always one."""
+    publish_random_model(tmp_path)
+    seen: list[int] = []
+    run_clients = bench_inference.run_clients
+
+    def recording(concurrency, duration, call):
+        return run_clients(concurrency, duration, lambda i: (seen.append(torch.get_num_threads()), call(i))[1])
+
+    monkeypatch.setattr(bench_inference, "run_clients", recording)
+    before = torch.get_num_threads()
+    try:
+        rate = bench_inference.network_only(tmp_path, mnist_dir, "torch", 8, 1, 2, 0.1)
+    finally:
+        torch.set_num_threads(before)
+    assert rate > 0 and seen and set(seen) == {2}
