@@ -34,6 +34,7 @@ import psutil
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds
 
 from bench.machine import describe_machine
 from inference.channel import make_channel
@@ -48,36 +49,43 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Load-test the gRPC inference service while models are published.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="length of the load phase")
+    parser.add_argument(
+        "--duration", type=positive_seconds, default=60.0, metavar="SECONDS", help="length of the load phase"
+    )
     parser.add_argument(
         "--warmup",
-        type=float,
+        type=non_negative_seconds,
         default=3.0,
         metavar="SECONDS",
         help="full load before the measured phase (allocator arenas, caches); RSS start is after it",
     )
     parser.add_argument(
-        "--clients", type=int, default=16, help="concurrent clients, one channel and TCP connection each"
+        "--clients", type=positive_int, default=16, help="concurrent clients, one channel and TCP connection each"
     )
     parser.add_argument(
         "--publish-every",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help="publish a new model this often during the load phase",
     )
     parser.add_argument(
-        "--batch-every", type=int, default=10, help="every N-th call of a client is a PredictBatch (0: Predict only)"
+        "--batch-every",
+        type=non_negative_int,
+        default=10,
+        help="every N-th call of a client is a PredictBatch (0: Predict only)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per PredictBatch")
-    parser.add_argument("--model-width", type=int, default=16, help="width of the compact models published")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per PredictBatch")
+    parser.add_argument("--model-width", type=positive_int, default=16, help="width of the compact models published")
     parser.add_argument(
         "--max-rss-growth-mib",
         type=float,
         default=64.0,
         help="fail if the server's RSS grows more than this from start (after warm-up) to end",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="deadline of each call")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, metavar="SECONDS", help="deadline of each call"
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
@@ -163,6 +171,16 @@ def rss_sampler(process: psutil.Process, samples: list[tuple[float, int]], halt:
             return
 
 
+def slowest_second(times: list[float], began: float, elapsed: float) -> int | None:
+    """The fewest calls that ended in one whole second of the phase (calls end at `times`); None when the phase
+    held no whole second. A second with no answer at all (a stall) counts as 0, not as missing."""
+    whole = int(elapsed)
+    if whole == 0:
+        return None
+    per_second = Counter(int(t - began) for t in times if 0 <= t - began < whole)
+    return min(per_second.get(s, 0) for s in range(whole))
+
+
 def percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1e3, q)) if values else float("nan")
 
@@ -231,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, method, latency, _ in calls:
         by_method.setdefault(method, []).append(latency)
     images_done = sum(args.batch_size if method == "PredictBatch" else 1 for _, method, _, _ in calls)
-    per_second = Counter(int(t - began) for t, _, _, _ in calls if t - began < int(elapsed))
-    # Every whole second of the phase: one with no answer at all (a stall) counts as 0, not as missing.
-    slowest_second = min((per_second.get(s, 0) for s in range(int(elapsed))), default=0)
+    slowest = slowest_second([t for t, _, _, _ in calls], began, elapsed)
     # How long each model took to reach the clients: first answer by it after its publication.
     first_answer = {}
     for t, _, _, version in sorted(calls):
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_calls": len(failures),
         "calls_per_s": round(len(calls) / elapsed, 1),
         "images_per_s": round(images_done / elapsed, 1),
-        "slowest_second_calls": slowest_second,
+        "slowest_second_calls": slowest,
         "latency_ms": {
             m: {
                 "p50": round(percentile_ms(v, 50), 2),
@@ -286,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"  calls        {len(calls):,} ok, {len(failures)} failed; {len(calls) / elapsed:,.0f} calls/s, "
-        f"{images_done / elapsed:,.0f} images/s; slowest 1-s window {slowest_second} calls"
+        f"{images_done / elapsed:,.0f} images/s; slowest 1-s window "
+        + ("n/a (no whole second measured)" if slowest is None else f"{slowest} calls")
     )
     for method, values in sorted(by_method.items()):
         print(
@@ -307,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
     problems = []
+    if not calls:  # nothing measured is no pass
+        problems.append("no call finished in the measured phase")
     if failures:
         counts = Counter(failures)
         problems.append(f"{len(failures)} call(s) failed: " + "; ".join(f"{n} x {f}" for f, n in counts.most_common(3)))
