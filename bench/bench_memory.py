@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from shared import settings
-from shared.cli import HelpFormatter
+from shared.cli import HelpFormatter, positive_int
 
 from bench.machine import describe_machine
 from testkit.memory import flood, measure_single, reset_peak, status_kib
@@ -65,7 +65,10 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
 
     from testkit.big_pictures import FORMATS, encode_big
 
-    digits = load_mnist(data_dir, download=False).test_images[:clients].numpy()
+    test_images = load_mnist(data_dir, download=False).test_images.numpy()
+    # One digit per client, the test set over again past its 10,000 (a slice gave fewer, and the count's check
+    # then reported a miss the server never made).
+    digits = test_images[[i % len(test_images) for i in range(clients)]]
     small = digit_pngs(data_dir, 1)[0]
     ok = True
     with tempfile.TemporaryDirectory() as folder:
@@ -114,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m bench.bench_memory", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--part", choices=("single", "flood", "both"), default="both")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent calls in the flood")
+    parser.add_argument("--clients", type=positive_int, default=16, help="concurrent calls in the flood")
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
@@ -122,8 +125,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> int:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     print(describe_machine())
     ok = True
     if args.part in ("single", "both"):
