@@ -2,7 +2,7 @@
 
     python -m bench.bench_read_number --artifacts artifacts                 # accuracy and speed, this model
     python -m bench.bench_read_number --artifacts artifacts --per-style 50  # more numbers per style and layout
-    python -m bench.bench_read_number --target localhost:50051              # accuracy through a running server
+    python -m bench.bench_read_number --target localhost:50051              # accuracy alone, through a server
     python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
 
 Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
@@ -130,7 +130,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=Path(settings.DEFAULT_ARTIFACTS_DIR),
         help="read with the model published here (in this process, and in the server for speed)",
     )
-    parser.add_argument("--target", default=None, help="measure accuracy through this running server instead")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="measure accuracy through this running server instead, and accuracy alone (the speed phase would time "
+        "a server of its own, not this one)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
@@ -138,17 +143,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-pictures", type=positive_int, default=10, help="640x480 photos per layout")
     parser.add_argument("--repeat", type=positive_int, default=5, help="timed passes over the photos")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()  # both would measure nothing
+    only.add_argument(
         "--speed-only",
         action="store_true",
         help="skip accuracy; without a published model in --artifacts, time a random-init one",
     )
-    parser.add_argument("--accuracy-only", action="store_true", help="skip the speed measurements")
+    only.add_argument("--accuracy-only", action="store_true", help="skip the speed measurements")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.target and args.speed_only:
+        parser.error("--target measures accuracy through a running server; --speed-only measures no accuracy")
+    # The speed phase starts a server process of its own with --artifacts: with --target it would quote the
+    # figures of another server than the one measured, so --target measures accuracy alone.
+    args.accuracy_only = args.accuracy_only or bool(args.target)
     from shared.checkpoint import read_manifest
     from shared.data import load_mnist
 
