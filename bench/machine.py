@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from shared import resources
+
 
 def describe_machine() -> str:
     model = platform.processor() or "unknown CPU"
@@ -16,7 +18,8 @@ def describe_machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # What the benchmarks size their threads and workers by: the affinity mask capped by a container's CPU quota.
+    cores = resources.usable_cpus()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     gpu = ""
     try:
