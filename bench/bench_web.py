@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import settings
-from shared.cli import positive_int
+from shared.cli import positive_int, whole_number
 
 from bench.machine import describe_machine
 from testkit.server_process import publish_random_model, start_server, stop_server
@@ -44,6 +44,34 @@ from testkit.server_process import publish_random_model, start_server, stop_serv
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 STATIC = REPO_ROOT / "inference" / "web" / "static"
+
+
+def digit_class(text: str) -> int:
+    """argparse type: a digit, 0 to 9 (another number has no MNIST test image to draw)."""
+    value = whole_number(text)
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be a digit from 0 to 9, got {value}")
+    return value
+
+
+def first_of_class(labels: np.ndarray, digit: int) -> int:
+    """Index of the first test image of `digit`, or a clear error where there is none (a test set cut short)."""
+    found = np.flatnonzero(labels == digit)
+    if not len(found):
+        raise SystemExit(f"no MNIST test image of the digit {digit} to draw for the screenshot")
+    return int(found[0])
+
+
+def stroke_summary(strokes: list[float], digits: int) -> str | None:
+    """The stroke-to-answer line of the report, or None when the page recorded no stroke's latency (max of
+    nothing has no figure to give)."""
+    if not strokes:
+        return None
+    return (
+        f"finished stroke -> prediction on screen ({len(strokes)} strokes, {digits} digits): "
+        f"p50 {percentile(strokes, 50):.1f} ms, p90 {percentile(strokes, 90):.1f} ms, "
+        f"max {max(strokes):.1f} ms (target p50 < 50 ms)"
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the page here (PNG)")
     parser.add_argument(
         "--screenshot-digits",
-        type=int,
+        type=digit_class,
         nargs=2,
         default=(2, 5),
         metavar=("DESKTOP", "PHONE"),
@@ -188,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             strokes = driver.execute_script("return window.mnist.strokeLatencies")
 
             if args.screenshot:
-                show = int(np.flatnonzero(labels == args.screenshot_digits[0])[0])
+                show = first_of_class(labels, args.screenshot_digits[0])
                 driver.find_element("id", "clear").click()
                 draw(driver, digit_strokes(mnist.test_images[show].numpy()), kind="mouse")
                 wait_settled(driver)
@@ -202,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 phone.get(url)
                 wait_until(lambda: phone.find_element("id", "model-version").text, timeout=30)
-                show = int(np.flatnonzero(labels == args.screenshot_digits[1])[0])
+                show = first_of_class(labels, args.screenshot_digits[1])
                 draw(phone, digit_strokes(mnist.test_images[show].numpy()), kind="touch")
                 wait_settled(phone)
                 args.phone_screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -249,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         f"page load, warm cache ({len(warm)} loads): p50 {percentile(warm, 50):.1f} ms, "
         f"p90 {percentile(warm, 90):.1f} ms, max {max(warm):.1f} ms"
     )
+    stroke_line = stroke_summary(strokes, args.digits)
     print(
-        f"finished stroke -> prediction on screen ({len(strokes)} strokes, {args.digits} digits): "
-        f"p50 {percentile(strokes, 50):.1f} ms, p90 {percentile(strokes, 90):.1f} ms, "
-        f"max {max(strokes):.1f} ms (target p50 < 50 ms)"
+        stroke_line
+        or f"finished stroke -> prediction on screen: NO LATENCY RECORDED for the {args.digits} digits drawn "
+        "(the page's window.mnist.strokeLatencies stayed empty: did its predictions show?)"
     )
     print(
         f"  baseline, the PNGs the page sent, measured after the browser closed ({len(grpc_ms)} calls each): "
@@ -260,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{percentile(grpc_ms, 50):.1f} ms; REST /v1/predict from Python p50 {percentile(rest_ms, 50):.1f} ms"
     )
     print(f"drawn digits read right: {right} of {args.digits}")
-    return 0
+    return 0 if stroke_line else 1
 
 
 if __name__ == "__main__":
