@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from shared import settings  # noqa: E402 - after the path above
+from shared.cli import non_negative_int, positive_int  # noqa: E402
 
 from trainer.config import TrainConfig  # noqa: E402
 
@@ -74,7 +75,7 @@ def train(models: Path, data_dir: Path, seeds: list[int], epochs: int | None) ->
                 "--run-name",
                 f"{variant}-s{seed}",
             ]
-            if epochs:
+            if epochs is not None:
                 argv += ["--epochs", str(epochs)]
             if trainer_main(argv) != 0:
                 raise SystemExit(f"training {variant} seed {seed} failed")
@@ -185,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir())
     parser.add_argument("--train", action="store_true", help="train the variants that are missing first")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help=f"default: the preset's ({TrainConfig().epochs})")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    # --epochs 0 was taken for "not given" and trained the preset's count: refused here instead.
+    parser.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"default: the preset's ({TrainConfig().epochs})"
+    )
     args = parser.parse_args(argv)
 
     from shared.data import load_mnist, train_val_split

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from shared.checkpoint import load_checkpoint
+from shared.cli import non_negative_int, positive_int
 from shared.settings import data_dir
 
 from bench.machine import describe_machine
@@ -48,9 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=str(data_dir()), help="MNIST folder (env MNIST_DATA_DIR)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
-        "--seed-epochs", type=int, default=3, help="epochs of the seed preset to time (default: %(default)s)"
+        "--seed-epochs", type=positive_int, default=3, help="epochs of the seed preset to time (default: %(default)s)"
     )
-    parser.add_argument("--quick-epochs", type=int, default=10, help="epochs of the default's quick run")
+    parser.add_argument(
+        "--quick-epochs", type=positive_int, default=10, help="epochs of the default's quick run (default: %(default)s)"
+    )
     parser.add_argument(
         "--again",
         action=argparse.BooleanOptionalAction,
@@ -58,8 +61,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="run the quick run a second time, reading the pictures the first one drew (default: %(default)s)",
     )
     parser.add_argument("--target", type=float, default=0.995, help="test accuracy to time")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the default at its full epoch count")
-    parser.add_argument("--full-epochs", type=int, default=None, help="epochs of the full runs (default: preset's)")
+    parser.add_argument(
+        "--seeds",
+        type=non_negative_int,
+        default=3,
+        help="seeds of the default at its full epoch count, 0: none (default: %(default)s)",
+    )
+    # --full-epochs 0 was taken for "not given" and trained the preset's count: refused here instead.
+    parser.add_argument(
+        "--full-epochs", type=positive_int, default=None, help="epochs of the full runs (default: preset's)"
+    )
     parser.add_argument("--keep", default=None, help="keep the artifacts in this folder (default: a temp folder)")
     return parser
 
@@ -192,7 +203,7 @@ def main() -> None:
     again = train(root, "quick-again", "--epochs", str(args.quick_epochs), **common) if args.again else None
     quick_epoch_s = statistics.median(m["seconds"] for m in quick["history"][1:] or quick["history"])
 
-    full_flags = ["--epochs", str(args.full_epochs)] if args.full_epochs else []
+    full_flags = ["--epochs", str(args.full_epochs)] if args.full_epochs is not None else []
     finals = []
     for s in range(args.seeds):
         run = train(root, f"full-s{s}", "--seed", str(s), *full_flags, **common)
