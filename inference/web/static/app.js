@@ -153,8 +153,11 @@ function pictureShown() {
 // Undo takes back a stroke; Clear takes away the strokes and any picture, so it stays usable while one is shown
 // (a resize redraws the pad, and disabled it).
 function updateTools() {
+  const focused = document.activeElement;
   $("undo").disabled = state.strokes.length === 0;
   $("clear").disabled = state.strokes.length === 0 && !pictureShown();
+  // A button that disables itself under the keyboard drops the focus to the page's start: it goes to the pad.
+  if (focused && focused.disabled) pad.focus();
 }
 
 function point(event) {
@@ -198,6 +201,9 @@ function endStroke(event) {
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
+// Capture lost without a pointerup (another button pressed mid-stroke, the window losing focus): the stroke ends
+// there, or the pad would keep drawing with no button down and ignore the next press.
+pad.addEventListener("lostpointercapture", endStroke);
 
 $("undo").addEventListener("click", () => {
   state.strokes.pop();
@@ -262,12 +268,13 @@ async function ask(strokeEnded = false) {
       number ? showNumber(result, strokeEndedAt) : showPrediction(result, strokeEndedAt);
     }
   } catch (error) {
-    // A refusal or a failure replaces the answer on screen: that was read from an earlier drawing.
-    if (seq > state.shownSeq) {
+    // A refusal or a failure replaces the answer on screen, which was read from an earlier drawing; as an answer
+    // would, it gives way to anything newer (a later drawing's answer, a picture, a cleared pad).
+    if (seq > state.shownSeq && state.strokes.length) {
       state.shownSeq = seq;
       state.mode === "number" ? clearNumber() : blankResult();
+      setStatus($("status"), error.message, true);
     }
-    setStatus($("status"), error.message, true);
   } finally {
     clearTimeout(slow);
     state.inFlight--;
@@ -285,8 +292,20 @@ function waitingNotice(seq) {
   }, WAITING_MS);
 }
 
+// The file's bytes, read before anything is sent: a file that cannot be read (changed since it was chosen, a folder,
+// a placeholder of a cloud drive) made fetch fail, which the page took for its server not answering.
+async function fileBytes(file) {
+  try {
+    return await file.arrayBuffer();
+  } catch (error) {
+    throw new Error(`Could not read ${file.name || "that file"}: it may have changed since it was chosen, or be ` +
+      "a folder. Choose it again.");
+  }
+}
+
 async function predictPicture(file) {
   if (!file) return;
+  openTab("draw"); // a picture dropped or pasted on the Evaluate tab is answered where it can be seen
   if (state.mode === "number") return readPicture(file);
   // The latest input wins: this picture's answer is shown only if nothing was drawn, chosen or cleared since.
   const seq = ++state.seq;
@@ -301,8 +320,9 @@ async function predictPicture(file) {
   state.pictures++;
   const slow = waitingNotice(seq);
   try {
+    const body = await fileBytes(file);
     const result = await api("/v1/predict", {
-      method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
+      method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body,
     });
     if (seq > state.shownSeq) {
       state.shownSeq = seq;
@@ -431,6 +451,9 @@ async function refreshModel() {
   try {
     info = await api("/v1/model");
   } catch (error) {
+    // What was served is not known now: the panel does not go on naming it beside the error.
+    $("model").hidden = true;
+    state.model = null;
     setStatus($("model-status"), error.message, true);
     return;
   } finally {
@@ -682,8 +705,9 @@ async function readPicture(file) {
   state.pictures++;
   const slow = waitingNotice(seq);
   try {
+    const body = await fileBytes(file);
     const result = await api("/v1/read-number", {
-      method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file,
+      method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body,
     });
     if (seq > state.shownSeq) {
       state.shownSeq = seq;

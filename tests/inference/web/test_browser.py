@@ -193,20 +193,37 @@ def test_a_picture_the_service_refuses_shows_its_message(page):
     assert "error" in status.get_attribute("class") and "send a" in status.text
 
 
-def answers_come_late_for(page, name: str, seconds: float) -> None:
-    """The page's answers to the picture named `name` arrive `seconds` late: fetch wrapped in the page, as a slow
-    upload or a busy service would make them."""
+def answers_come_late_for(page, picture: bytes, seconds: float) -> None:
+    """The page's answers to `picture` (known by its size: the page sends a picture's bytes) arrive `seconds` late:
+    fetch wrapped in the page, as a slow upload or a busy service would make them."""
     page.execute_script(
         """
-        const [name, ms] = arguments;
+        const [size, ms] = arguments;
         const fetchNow = window.fetch;
         window.fetch = (url, options) => {
           const answer = fetchNow(url, options);
-          const late = options && options.body instanceof File && options.body.name === name;
+          const late = options && options.body instanceof ArrayBuffer && options.body.byteLength === size;
           return late ? answer.then((r) => new Promise((done) => setTimeout(() => done(r), ms))) : answer;
         };
         """,
-        name,
+        len(picture),
+        seconds * 1000,
+    )
+
+
+def drawings_fail_late(page, seconds: float) -> None:
+    """While window.failDrawings is true, every drawing the page sends fails `seconds` later, as when the page's
+    server stops answering (fetch rejects)."""
+    page.execute_script(
+        """
+        const ms = arguments[0];
+        const fetchNow = window.fetch;
+        window.failDrawings = false;
+        window.fetch = (url, options) => {
+          if (!window.failDrawings || !(options && options.body instanceof Blob)) return fetchNow(url, options);
+          return new Promise((_, fail) => setTimeout(() => fail(new TypeError("Failed to fetch")), ms));
+        };
+        """,
         seconds * 1000,
     )
 
@@ -214,7 +231,8 @@ def answers_come_late_for(page, name: str, seconds: float) -> None:
 def test_the_latest_input_wins_when_an_earlier_pictures_answer_comes_late(page, clear_digits):
     """A picture's answer replaced whatever came after it: a later picture's, a drawing's, or a Clear."""
     (late_label, late), (label, on_time) = clear_digits[7], clear_digits[3]
-    answers_come_late_for(page, "late.png", 2)
+    assert len(png_bytes(late)) != len(png_bytes(on_time))  # told apart by their size
+    answers_come_late_for(page, png_bytes(late), 2)
     page_file(page, png_bytes(late), "late.png", "image/png", "drop")
     page_file(page, png_bytes(on_time), "on-time.png", "image/png", "drop")
     wait_until(lambda: "on-time.png: model" in page.find_element("id", "status").text, timeout=20)
@@ -226,6 +244,51 @@ def test_the_latest_input_wins_when_an_earlier_pictures_answer_comes_late(page, 
     wait_settled(page)
     assert shown_digit(page) is None and page.find_element("id", "digit").text == "?"
     assert not page.find_element("id", "picture").is_displayed()
+
+
+def test_a_failure_that_comes_after_a_newer_answer_or_a_clear_is_not_shown(page, clear_digits):
+    """An error is an answer too: one that arrives late gave the page a red message beside the newer drawing's
+    answer, or on a pad already cleared."""
+    drawings_fail_late(page, 1.5)
+    strokes = digit_strokes(clear_digits[7][1])
+    page.execute_script("window.failDrawings = true")
+    draw(page, strokes)
+    page.execute_script("window.failDrawings = false")
+    draw(page, [[(0.85, 0.85), (0.87, 0.87)]])  # a newer drawing, answered at once
+    wait_settled(page)  # the failures have come too
+    status = page.find_element("id", "status")
+    assert "error" not in status.get_attribute("class") and "does not answer" not in status.text, status.text
+    assert shown_digit(page) is not None
+    page.find_element("id", "clear").click()
+    page.execute_script("window.failDrawings = true")
+    draw(page, strokes)
+    page.find_element("id", "clear").click()  # before the failures come
+    wait_settled(page)
+    status = page.find_element("id", "status")
+    assert "error" not in status.get_attribute("class") and "does not answer" not in status.text, status.text
+    assert shown_digit(page) is None
+
+
+def test_the_keyboard_focus_stays_on_the_pad_when_clear_or_undo_disables_itself(page):
+    from selenium.webdriver.common.keys import Keys
+
+    for button in ("clear", "undo"):
+        draw(page, [[(0.2, 0.2), (0.5, 0.5)]])
+        wait_settled(page)
+        page.execute_script("document.getElementById(arguments[0]).focus()", button)
+        page.switch_to.active_element.send_keys(Keys.ENTER)
+        assert not page.find_element("id", button).is_enabled()
+        # Without a place to go, the focus fell to <body>: the next Tab started from the page's top.
+        assert page.execute_script("return document.activeElement.id") == "pad", button
+
+
+def test_a_picture_dropped_on_the_evaluate_tab_is_answered_on_the_draw_tab(page, mnist):
+    page.find_element("id", "tab-evaluate").click()
+    page_file(page, png_bytes(mnist.test_images[0].numpy()), "seven.png", "image/png", "drop")
+    wait_until(lambda: "seven.png: model" in page.find_element("id", "status").text, timeout=20)
+    assert page.find_element("id", "tab-draw").get_attribute("aria-selected") == "true"
+    assert page.find_element("id", "picture").is_displayed()
+    assert shown_digit(page) == int(mnist.test_labels[0])
 
 
 def test_clear_takes_a_picture_away_even_after_the_window_is_resized(page, clear_digits):
