@@ -228,14 +228,14 @@ def test_the_backend_flag_and_its_environment_variable(monkeypatch, capsys):
 GIB = 2**30
 
 
-PER_PROCESS_MIB = 1996  # server_memory_mib with the server's defaults
+PER_PROCESS_MIB = 2188  # server_memory_mib with the server's defaults
 
 
 @pytest.mark.parametrize(
     "cpus, memory, expected",
     [
         (2, 24 * GIB, 2),  # the development machine: one per core
-        (16, 24 * GIB, 12),  # memory-bound: (24 GiB - 512 MiB) // 1996 MiB
+        (16, 24 * GIB, 10),  # memory-bound: (24 GiB - 512 MiB) // 2188 MiB
         (16, 4 * GIB, 1),
         (8, GIB, 1),  # too little memory for even one: still one
         (4, None, 4),  # memory unknown: the cores decide
