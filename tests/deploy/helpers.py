@@ -26,10 +26,11 @@ class Capture(io.TextIOBase):
 
 
 def wait_for(
-    predicate, timeout: float = 10.0, what: str = "condition", output: Capture | None = None, interval: float = 0.02
+    predicate, timeout: float = 60.0, what: str = "condition", output: Capture | None = None, interval: float = 0.02
 ):
     """Poll `predicate` every `interval` s until it returns something true, and return that; fail after `timeout` s,
-    with the end of `output` in the message if given."""
+    with the end of `output` in the message if given. The default is a guard against a hang, not a speed target:
+    Python processes starting on 2 busy cores (load average 4) took over 10 s, which failed a passing test."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
