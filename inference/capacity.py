@@ -61,6 +61,20 @@ def machine_worker_count(per_process_mib: int) -> tuple[int, int, int | None]:
     return default_worker_count(cpus, memory, per_process_mib), cpus, memory
 
 
+# The web gateway (python -m inference.web) holds no model: its memory is its idle size plus the request bodies in
+# flight, which --max-inflight-bytes bounds. Each body is held several times over while it is read, parsed (a
+# multipart form copies it), sent on as a gRPC message and answered: measured RSS, 4 concurrent 32 MB uploads
+# peaked at 665-902 MiB and 8 of 15.6 MB at 676-733 MiB over an idle 65 MiB, i.e. up to 6.5 times the bytes in
+# flight. The deployments' memory limits are sized from web_memory_mib (tests/deploy check it).
+WEB_IDLE_MIB = 65
+WEB_BODY_HOLD_FACTOR = 6.5
+
+
+def web_memory_mib(max_inflight_bytes: int) -> int:
+    """The most one gateway process is expected to hold, in MiB, with `max_inflight_bytes` of bodies in flight."""
+    return int(WEB_IDLE_MIB + WEB_BODY_HOLD_FACTOR * max_inflight_bytes / MIB + 0.5)
+
+
 # Python runs one thread at a time per process, so a process per core keeps every core busy; a few more can cover
 # for one waiting on I/O, but past this many each only queues for the cores, with memory of its own (100,000 asked
 # by mistake forked until the machine ran out of memory).

@@ -116,7 +116,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-inflight-bytes",
         type=int,
         default=defaults.max_inflight_bytes,
-        help="bytes of request bodies held at once, all requests together; past it, 429 with Retry-After",
+        help="bytes of request bodies held at once, all requests together; past it, 429 with Retry-After. Each is "
+        "held about 6.5 times over while it is handled: raise the memory limit with it (inference.capacity)",
     )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument(

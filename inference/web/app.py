@@ -119,8 +119,10 @@ class WebOptions:
     # Above the gRPC service's default message limit (16 MiB, --max-message-bytes), so the service's own limits
     # and messages decide what is too large; this bound only keeps the gateway from reading a body without end.
     max_body_bytes: int = 32 * 1024 * 1024
-    # All request bodies in flight together: four of the largest at once.
-    max_inflight_bytes: int = 128 * 1024 * 1024
+    # All request bodies in flight together: two of the largest at once. Each is held about 6.5 times over while it
+    # is handled (inference.capacity.web_memory_mib): 64 MiB keeps the gateway within ~480 MiB, which the compose and
+    # Kubernetes memory limits hold; 128 MiB (four of the largest) reached 900 MiB and OOM-killed a 512 MiB pod.
+    max_inflight_bytes: int = 64 * 1024 * 1024
     # The Host names answered (inference.web.guards: DNS rebinding); the command line narrows it to the loopback
     # names when the gateway listens on loopback only.
     allowed_hosts: tuple[str, ...] = (guards.ANY_HOST,)

@@ -40,6 +40,16 @@ SERVICE_DOCKERFILE = {
     "client": "inference",
 }
 STACK_SERVICES = ("trainer", "inference", "web", "tensorboard")  # what `docker compose up` starts
+# A memory limit must exceed a process's estimated peak (inference.capacity) by this much: the estimates are
+# measurements of one machine and one build, and a process killed for memory takes every call in flight with it.
+MEMORY_HEADROOM = 1.2
+_QUANTITY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
+
+
+def k8s_quantity_bytes(quantity: str | int) -> int:
+    """A Kubernetes memory quantity ("768Mi", "3Gi", "512M", 1024) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", str(quantity)).groups()  # type: ignore[union-attr]
+    return int(number) * _QUANTITY_UNITS[unit]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from scripts.local_stack import get_args_parser, local_services, stack_environme
 from tests.deploy.compose_model import (
     COMPOSE_FILE,
     CPU_OVERRIDE,
+    MEMORY_HEADROOM,
     REPO,
     STACK_SERVICES,
     LocalMapping,
@@ -26,6 +27,7 @@ from tests.deploy.compose_model import (
     command,
     container_environment,
     healthcheck_argv,
+    k8s_quantity_bytes,
     load_compose,
     mounts,
     published_ports,
@@ -187,9 +189,30 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     assert limit({"MNIST_INFERENCE_MEMORY": "4g"}) == 4 * GIB
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
     needed = server_memory_mib(defaults)
-    assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * 1.2, (
+    assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * MEMORY_HEADROOM, (
         "the default limit should hold one server process with room to spare"
     )
+
+
+def test_web_memory_limit_holds_the_request_bodies_the_gateway_admits_and_is_the_kubernetes_limit(model):
+    """Each body in flight is held several times over (inference.capacity.web_memory_mib); at 128 MiB in flight
+    four concurrent 32 MB uploads reached 900 MiB. Kubernetes runs the same gateway with the same defaults."""
+    from inference.capacity import MIB, web_memory_mib
+    from inference.web.app import WebOptions
+
+    inflight = WebOptions().max_inflight_bytes
+    # /tmp is a tmpfs, charged to the same limit: an upload spooled there while it is parsed is one copy more.
+    needed_mib = web_memory_mib(inflight) + inflight / MIB
+    limit = int(model["services"]["web"]["deploy"]["resources"]["limits"]["memory"])
+    assert limit >= needed_mib * MEMORY_HEADROOM * MIB, (
+        f"web: {limit / MIB:.0f} MiB for a gateway that may hold {needed_mib:.0f} MiB (--max-inflight-bytes "
+        f"{inflight / MIB:.0f} MiB)"
+    )
+    deployment = next(
+        d for d in yaml.safe_load_all((REPO / "deploy/k8s/base/web.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert k8s_quantity_bytes(container["resources"]["limits"]["memory"]) == limit
 
 
 def test_every_service_rotates_its_log(model):

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 
 from inference.server import LIVENESS_SERVICE, SERVICE_NAME
-from tests.deploy.compose_model import REPO
+from tests.deploy.compose_model import MEMORY_HEADROOM, REPO, k8s_quantity_bytes
 from tests.inference.helpers import health_status, publish, start_server
 
 K8S = REPO / "deploy" / "k8s"
@@ -359,3 +359,16 @@ def test_the_docs_commands_name_kustomizations_that_exist():
         words = shlex.split(line.strip()) if line.strip().startswith("kubectl apply -k") else []
         if words:
             assert (REPO / words[3]).is_dir(), line
+
+
+def test_the_web_gateways_memory_holds_the_request_bodies_it_admits(rendered):
+    """Each body in flight is held several times over (inference.capacity.web_memory_mib): at 512Mi with 128 MiB in
+    flight, four concurrent 32 MB uploads reached 900 MiB and the pod was killed for memory."""
+    from inference.capacity import MIB, web_memory_mib
+    from inference.web.app import WebOptions
+
+    resources = container(find(rendered["cpu"], "Deployment", "web"))["resources"]
+    needed_mib = web_memory_mib(WebOptions().max_inflight_bytes)  # /tmp is an emptyDir on disk here, not memory
+    assert k8s_quantity_bytes(resources["limits"]["memory"]) >= needed_mib * MEMORY_HEADROOM * MIB
+    # Requested whole: a pod at its peak is not the first evicted for using more than it asked.
+    assert k8s_quantity_bytes(resources["requests"]["memory"]) >= needed_mib * MIB
