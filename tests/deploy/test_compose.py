@@ -192,6 +192,14 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     assert int(COMPOSE_INFERENCE_MEMORY[:-1]) * 1024 >= needed * MEMORY_HEADROOM, (
         "the default limit should hold one server process with room to spare"
     )
+    # The Kubernetes pods run one such process (MNIST_INFERENCE_WORKERS=1) with the same defaults.
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((REPO / "deploy/k8s/base/inference.yaml").read_text())
+        if d["kind"] == "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert k8s_quantity_bytes(container["resources"]["limits"]["memory"]) == limit({})
 
 
 def test_web_memory_limit_holds_the_request_bodies_the_gateway_admits_and_is_the_kubernetes_limit(model):
@@ -266,6 +274,9 @@ def test_client_and_web_page_reach_every_replica_through_dns(model):
     assert client["depends_on"]["inference"]["condition"] == "service_healthy"
     web = model["services"]["web"]
     assert web["environment"][settings.ENV_GRPC_TARGET] == f"dns:///inference:{GRPC_PORT}"
+    # /readyz asks inference's health-only port: any other, and the page is never ready.
+    health_port = container_environment(model, "inference")[settings.ENV_HEALTH_ADDRESS].rsplit(":", 1)[1]
+    assert web["environment"][settings.ENV_GRPC_HEALTH_TARGET] == f"dns:///inference:{health_port}"
     # Started with it; no wait for health: the page says "no model yet".
     assert web["depends_on"] == {"inference": {"condition": "service_started", "required": True}}
 

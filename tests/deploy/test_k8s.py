@@ -416,3 +416,96 @@ def test_the_web_gateway_keeps_serving_until_kube_proxy_has_dropped_it_then_drai
     args = get_args_parser().parse_args(c["command"][3:])
     longest = max(args.timeout, args.evaluate_timeout)  # a request in flight ends within its call's deadline
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= sleep + longest + SHUTDOWN_MARGIN_S
+
+
+def test_an_inference_pod_holds_its_server_process_with_room_to_spare(rendered):
+    """Below the estimate the server refuses to start (inference.capacity.check_workers_fit); at it, a pod is one
+    misjudged peak from being killed with every call in flight. The same headroom as compose's limit."""
+    from inference.capacity import MIB, server_memory_mib
+    from inference.options import ServerOptions
+
+    c = container(find(rendered["cpu"], "Deployment", "inference"))
+    assert env(c)[settings.ENV_INFERENCE_WORKERS] == "1"  # one process per pod: the estimate is one process's
+    needed_mib = server_memory_mib(ServerOptions(artifacts_dir=Path(), data_dir=Path()))
+    assert k8s_quantity_bytes(c["resources"]["limits"]["memory"]) >= needed_mib * MEMORY_HEADROOM * MIB
+    assert k8s_quantity_bytes(c["resources"]["requests"]["memory"]) >= needed_mib * MIB  # requested whole
+
+
+# The processes that read the settings' folders, and which of them (from the image when the manifest does not set
+# it); the trainers alone write there.
+READS = {
+    "trainer": (settings.ENV_ARTIFACTS_DIR, settings.ENV_DATA_DIR),
+    "trainer-multinode": (settings.ENV_ARTIFACTS_DIR, settings.ENV_DATA_DIR),
+    "inference": (settings.ENV_ARTIFACTS_DIR, settings.ENV_DATA_DIR),
+    "tensorboard": (settings.ENV_ARTIFACTS_DIR,),
+}
+WRITERS = {"trainer", "trainer-multinode"}
+# The claim behind each folder, where the pod mounts one (the multinode trainers each download MNIST to a
+# scratch volume of their own).
+CLAIMS = {settings.ENV_ARTIFACTS_DIR: "artifacts", settings.ENV_DATA_DIR: "mnist"}
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_every_containers_folders_are_its_mounts_and_only_the_trainers_write_there(rendered, name):
+    from tests.deploy.compose_model import DOCKERFILES, dockerfile_env
+
+    for workload in (o for o in rendered[name] if o["kind"] in WORKLOADS):
+        workload_name = workload["metadata"]["name"]
+        c = container(workload)
+        image_env = dockerfile_env(DOCKERFILES[c["image"].split("/", 1)[1].split(":")[0]])
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        mounted = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        for variable in (settings.ENV_ARTIFACTS_DIR, settings.ENV_DATA_DIR):
+            given = env(c).get(variable)
+            if given is None and variable not in READS.get(workload_name, ()):
+                continue  # neither set nor read (web)
+            folder = given if given is not None else image_env[variable]
+            where = f"{name}: {workload_name} {variable}={folder}"
+            assert folder in mounted, f"{where} is not one of its mounts {sorted(mounted)}"
+            mount = mounted[folder]
+            assert mount.get("readOnly", False) == (workload_name not in WRITERS), where
+            claim = volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName")
+            assert claim in (CLAIMS[variable], None), f"{where} is claim {claim}"
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_both_claims_are_read_write_many(rendered, name):
+    """The trainer Job writes them while inference pods, spread over the nodes, read them: ReadWriteOnce would
+    hold them to one node."""
+    for claim in CLAIMS.values():
+        assert find(rendered[name], "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_every_container_port_is_open_in_its_pods_network_policy(rendered, name):
+    objects = rendered[name]
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for workload in (o for o in objects if o["kind"] in WORKLOADS):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        own = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert own, f"{name}: no NetworkPolicy selects {workload['metadata']['name']}"
+        rules = [rule for p in own for rule in p["spec"].get("ingress", [])]
+        for c in pod_spec(workload)["containers"]:
+            for port in c.get("ports", []):
+                names = {port["containerPort"], port.get("name")}  # a policy may name the port or number it
+                allowed = any("ports" not in rule or names & {p["port"] for p in rule["ports"]} for rule in rules)
+                assert allowed, f"{name}: {workload['metadata']['name']}'s port {port} is closed by its NetworkPolicy"
+
+
+def test_the_web_gateways_readiness_asks_inferences_health_port(rendered):
+    objects = rendered["cpu"]
+    inference = container(find(objects, "Deployment", "inference"))
+    health_port = int(env(inference)[settings.ENV_HEALTH_ADDRESS].rsplit(":", 1)[1])
+    assert health_port in {p["containerPort"] for p in inference["ports"]}
+    web = container(find(objects, "Deployment", "web"))
+    # Any other port: /readyz never answers ready, and the Service sends the page no traffic.
+    assert env(web)[settings.ENV_GRPC_HEALTH_TARGET] == f"dns:///inference:{health_port}"
+
+
+def test_the_multinode_rendezvous_id_is_the_job_uid_label_the_job_controller_sets(rendered):
+    """A misspelt label gives every pod an empty id (the env var is empty, and the pods of two runs could join one
+    rendezvous); Kubernetes 1.27+ sets batch.kubernetes.io/controller-uid, and the deprecated controller-uid."""
+    c = container(find(rendered["multinode"], "Job", "trainer-multinode"))
+    (uid,) = [e for e in c["env"] if e["name"] == "JOB_UID"]
+    assert uid["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
+    assert "--rdzv-id=$(JOB_UID)" in c["command"]
