@@ -103,6 +103,23 @@ class ServerOptions:
     max_concurrent_rpcs: int | None = option(
         32, "calls beyond this many at once get RESOURCE_EXHAUSTED instead of queueing", type=positive_int
     )
+    # Clients that resolve a DNS name (dns:///inference:50051, round-robin over the replicas) resolve it again only
+    # when a connection ends: without an age limit, a replica added later gets no call from clients connected
+    # before it. Past this age a connection is asked to close (GOAWAY): its clients reconnect, resolving the name
+    # anew, and new calls go to the new connection while those in flight finish within the grace.
+    max_connection_age: float = option(
+        300.0,
+        "ask each client connection to close after this long, so that clients resolve the service's name again and "
+        "spread their calls over replicas added since",
+        metavar="SECONDS",
+        type=positive_seconds,
+    )
+    max_connection_age_grace: float = option(
+        150.0,
+        "calls still running on a connection asked to close get this long to finish (an Evaluate may take 120 s)",
+        metavar="SECONDS",
+        type=positive_seconds,
+    )
     max_batch_size: int = option(256, "images per PredictBatch call", type=positive_int)
     max_image_bytes: int = option(DEFAULT_LIMITS.max_bytes, "bytes of one encoded image", type=positive_int)
     max_image_pixels: int = option(

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.api.mnist.v1 import inference_pb2
+from shared.cli import MAX_COUNT
 from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
 from shared.settings import Paths
@@ -253,6 +254,9 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
         ("grpc.so_reuseport", 1 if options.share_port else 0),
+        # In milliseconds, a C int: a longer age (past 24 days) is as good as none.
+        ("grpc.max_connection_age_ms", min(round(options.max_connection_age * 1000), MAX_COUNT)),
+        ("grpc.max_connection_age_grace_ms", min(round(options.max_connection_age_grace * 1000), MAX_COUNT)),
     ]
     server = grpc.server(
         QueueCountingExecutor(options.max_workers, metrics.call_queued, thread_name_prefix="grpc-worker"),
