@@ -93,6 +93,10 @@ MAX_SLANT = 0.7
 GROUP_OVERLAP = 0.5
 GROUP_MAX_VERTICAL_GAP = 0.25
 GROUP_MAX_HEIGHT = 1.6
+# Grouping's work (groups visited and pairs weighed, over every pass) past which a picture is no line of writing:
+# numbers of every style and layout take under 40; 480 stacked dashes, each merge making room for the next, took
+# 1.9 s (a pass each, every dash within every other's reach). This bound takes about 20 ms.
+GROUP_MAX_WORK = 20_000
 # The line: groups at least this fraction of the tallest group's height are digits and define the line height
 # (their median height); two of them are in one line when they overlap vertically by this fraction.
 TALL_GROUP = 0.5
@@ -121,6 +125,10 @@ COMMA_ASPECT = 1.2
 FRAGMENT_HEIGHT = 0.5
 FRAGMENT_REACH = 0.4
 FRAGMENT_SPECK = 0.05
+# A mark whose larger side is under SPECK_SIDE of the line height is dust, not a separator (a point drawn with the
+# digits' pen is a stroke wide, 0.1 of the height or more): specks on the paper were read as points, and a single
+# digit with dust beside it lost Predict's answer (a reading with a separator is no single digit).
+SPECK_SIDE = 0.04
 # Touching digits, as fractions of the line height (widths along the writing direction). Regions at least
 # SPLIT_MIN_WIDTH wide are tried with cuts (halves of a cut region: SPLIT_AGAIN_WIDTH), in at most
 # MAX_SPLIT_ROUNDS rounds. Cut paths start every CUT_STEP, at least SEGMENT_MIN_WIDTH inside the region, wander at
@@ -430,6 +438,7 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
         x0, x1 = deslanted_extent(pieces, int(label), slant)
         groups.append(Group([int(label)], x0, x1, y, y + h, area))
     changed = True
+    work = 0  # groups visited and pairs weighed, over every pass
     while changed:  # until no two groups overlap: merging can create new overlaps
         changed = False
         groups.sort(key=lambda g: g.x0)
@@ -440,6 +449,12 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
         reach: list[Group] = []
         for group in groups:
             reach = [other for other in reach if other.x1 > group.x0]
+            work += 1 + len(reach)
+            if work > GROUP_MAX_WORK:
+                raise ImageRejected(
+                    f"no number found: {len(pieces.kept)} marks lie over and beside one another as no line of writing "
+                    "does (hatching, a grid, stacked lines). Send a picture of one line of digits on plain paper"
+                )
             for other in reach:
                 overlap = min(group.x1, other.x1) - max(group.x0, other.x0)
                 vertical_gap = max(group.top, other.top) - min(group.bottom, other.bottom)
@@ -559,6 +574,8 @@ def is_separator(pieces: Pieces, mark: Group, groups: list[Group], height: float
     """Small, low in the line, with no other ink beside it (within SEPARATOR_CLEARANCE) or above it (within
     SEPARATOR_ABOVE): a point or comma stands apart, where a piece of a digit is near the rest of it."""
     if mark.width > SEPARATOR_WIDTH * height or mark.height > SEPARATOR_HEIGHT * height:
+        return False
+    if max(mark.width, mark.height) < SPECK_SIDE * height:
         return False
     tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
     if not tall:

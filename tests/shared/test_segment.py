@@ -233,6 +233,46 @@ def test_hundreds_of_bars_are_refused_before_their_pairs_are_weighed(monkeypatch
         segment.read_number(picture, uniform_classifier)
 
 
+def stair_of_dashes(count: int) -> np.ndarray:
+    """`count` dashes a pixel high and 500 long, 2 pixels apart, each a pixel left of the one above, over a short
+    bar: each merge of grouping makes room for the next, one a pass, every dash within every other's reach."""
+    picture = np.full((count * 2 + 52, 500 + count + 40), 255, np.uint8)
+    for i in range(1, count + 1):
+        picture[20 + (count - i) * 2, 20 + count - i + 1 : 20 + count - i + 1 + 500] = 0
+    picture[20 + count * 2 : 32 + count * 2, 20 + count + 250 : 23 + count + 250] = 0
+    return picture
+
+
+def test_marks_stacked_so_that_grouping_cascades_are_refused_not_grouped_for_seconds():
+    """480 such dashes (a 5 KB PNG) took 1.9 s of grouping, a pass per merge, to be read as "0"; 20 of them are
+    still grouped as before (well within the bound)."""
+    with pytest.raises(segment.ImageRejected, match="481 marks lie over and beside one another as no line of writing"):
+        segment.read_number(stair_of_dashes(480), uniform_classifier)
+    assert segment.read_number(stair_of_dashes(20), uniform_classifier).text
+
+
+def two_bars_and_a_dot(side: int) -> np.ndarray:
+    """Two bars 100 pixels high (digits to the segmentation) at x 100 and 300, and a square dot of `side` pixels
+    between them on the line's bottom."""
+    picture = np.full((200, 500), 255, np.uint8)
+    picture[50:150, 100:112] = picture[50:150, 300:312] = 0
+    picture[150 - side : 150, 200 : 200 + side] = 0
+    return picture
+
+
+@pytest.mark.parametrize(
+    "side, expected",
+    [
+        (12, [(1, ".")]),  # a point between the digits, as a pen draws one
+        (3, []),  # dust: a speck is no point (it cost a single digit Predict's answer)
+    ],
+)
+def test_a_separator_is_a_mark_of_a_pens_size_not_a_speck(side, expected):
+    reading = segment.read_number(two_bars_and_a_dot(side), uniform_classifier)
+    assert len(reading.digits) == 2
+    assert [(s.position, s.mark) for s in reading.separators] == expected
+
+
 def test_dots_far_apart_are_joined_on_a_shrunk_mask_into_one_stroke():
     """A wide closing on the full picture took seconds (its cost grows with the kernel's area: 5 s for 503 pixels
     on a megapixel); past JOIN_MAX_SIDE it runs on the mask shrunk, and the dots still become one stroke."""
