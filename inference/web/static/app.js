@@ -152,6 +152,8 @@ function pictureShown() {
 
 // Undo takes back a stroke; Clear takes away the strokes and any picture, so it stays usable while one is shown
 // (a resize redraws the pad, and disabled it).
+const answerRegion = document.querySelector(".answer");
+
 function updateTools() {
   const focused = document.activeElement;
   $("undo").disabled = state.strokes.length === 0;
@@ -179,6 +181,8 @@ pad.addEventListener("pointerdown", (event) => {
   if (!$("number-photo").hidden) clearNumber();
   drawStroke(ctx, pad.height, stroke, 0);
   $("undo").disabled = $("clear").disabled = false;
+  // The answer changes many times a stroke (asked while drawing): a screen reader hears it once, when it settles.
+  answerRegion.setAttribute("aria-busy", "true");
 });
 
 pad.addEventListener("pointermove", (event) => {
@@ -197,7 +201,7 @@ function endStroke(event) {
   if (!drawing || event.pointerId !== drawing.pointerId) return;
   state.drawing = null;
   state.strokeEndedAt = performance.now();
-  ask(true); // at once: the stroke is finished
+  ask(true).finally(() => { if (!state.drawing) answerRegion.removeAttribute("aria-busy"); }); // at once: finished
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);

@@ -282,6 +282,26 @@ def test_the_keyboard_focus_stays_on_the_pad_when_clear_or_undo_disables_itself(
         assert page.execute_script("return document.activeElement.id") == "pad", button
 
 
+def test_a_screen_reader_hears_the_answer_once_a_stroke_is_done_not_at_every_move(page, clear_digits):
+    """The answer region is a live region, and the answer is asked for while drawing: it was rewritten (and
+    announced) a dozen times a stroke. It is busy from the pointer going down until the stroke's answer is shown."""
+    page.execute_script(
+        """
+        const answer = document.querySelector(".answer");
+        window.answerChanges = [];
+        new MutationObserver(() => window.answerChanges.push(answer.getAttribute("aria-busy")))
+          .observe(answer, { subtree: true, childList: true, characterData: true });
+        """
+    )
+    draw(page, digit_strokes(clear_digits[3][1]))
+    wait_settled(page)
+    changes = page.execute_script("return window.answerChanges")
+    assert changes, "the answer never changed"
+    assert changes[:-1] == ["true"] * (len(changes) - 1), changes  # all but what the last answer wrote: busy
+    assert page.execute_script("return document.querySelector('.answer').getAttribute('aria-busy')") is None
+    assert shown_digit(page) == clear_digits[3][0]
+
+
 def test_a_picture_dropped_on_the_evaluate_tab_is_answered_on_the_draw_tab(page, mnist):
     page.find_element("id", "tab-evaluate").click()
     page_file(page, png_bytes(mnist.test_images[0].numpy()), "seven.png", "image/png", "drop")
