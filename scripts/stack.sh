@@ -20,13 +20,17 @@ SPEC="."
 
 say() { printf 'stack.sh: %s\n' "$*" >&2; }
 
-# An environment that cannot run pip is made anew: one never made, one whose interpreter link dangles (its
-# Python was removed or upgraded), one whose creation was cut off before pip was in place, or a dangling link
-# where it should be. Whatever is at that path is removed first, as `python -m venv` stops on leftover links.
-if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+# An environment whose interpreter does not run is made anew: one never made, one whose interpreter link dangles
+# (its Python removed or upgraded), or a dangling link where it should be. What is there goes first, as
+# `python -m venv` stops on leftover links; only a link or a virtual environment (pyvenv.cfg) is removed, never
+# another folder. One without pip (its creation cut off, or made by a tool that leaves pip out) gets pip.
+if ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
     say "creating the virtual environment $VENV"
-    rm -rf "$VENV"
+    if [ -L "$VENV" ] || [ -f "$VENV/pyvenv.cfg" ]; then rm -rf "$VENV"; fi
     "${PYTHON:-python3}" -m venv "$VENV"
+elif ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    say "installing pip into $VENV"
+    "$VENV/bin/python" -m ensurepip --upgrade
 fi
 
 # Reinstall when pyproject.toml or constraints.txt (the exact versions: scripts/lock.py), the checkout or the

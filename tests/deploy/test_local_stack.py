@@ -386,12 +386,14 @@ def test_settings_the_trainer_refuses_stop_the_stack_before_anything_starts(tmp_
 # scripts/stack.sh and the Makefile, with a stand-in interpreter that records how it is called
 
 
-# `-m pip --version` (stack.sh asks whether an environment works) fails where a file `no-pip` lies beside the
-# interpreter; `-m pip install` fails while $FAKE_PIP_FAILS is set; `-m venv DIR` makes DIR/bin/python and
-# DIR/bin/pip (copies of this script).
+# `-c ...` runs (stack.sh asks whether the interpreter does); `-m pip --version` fails where a file `no-pip` lies
+# beside the interpreter, and `-m ensurepip` removes it; `-m pip install` fails while $FAKE_PIP_FAILS is set;
+# `-m venv DIR` makes DIR/bin/python and DIR/bin/pip (copies of this script).
 FAKE_INTERPRETER = """#!/usr/bin/env bash
+if [ "$1" = -c ]; then exit 0; fi
 if [ "$1 $2 $3" = "-m pip --version" ]; then [ ! -e "$(dirname "$0")/no-pip" ]; exit; fi
 echo "${0#"$FAKE_ROOT"/} $*" >> "$FAKE_LOG"
+if [ "$1 $2" = "-m ensurepip" ]; then rm -f "$(dirname "$0")/no-pip"; fi
 if [ "$1 $2 $3" = "-m pip install" ] && [ -n "${FAKE_PIP_FAILS:-}" ]; then exit 1; fi
 if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && cp "$0" "$3/bin/pip"; fi
 """
@@ -479,26 +481,52 @@ def stack_sh(env: dict[str, str], *args: str, **extra: str) -> subprocess.Comple
     )
 
 
-@pytest.mark.parametrize("broken", ["a dangling link", "its python's link dangles", "pip never installed"])
-def test_stack_sh_makes_anew_an_environment_that_cannot_run_pip(fake_python3, tmp_path, broken):
+@pytest.mark.parametrize("broken", ["a dangling link", "its python's link dangles"])
+def test_stack_sh_makes_anew_an_environment_whose_interpreter_does_not_run(fake_python3, tmp_path, broken):
     env, log = fake_python3
     venv = Path(env["MNIST_VENV"])
     if broken == "a dangling link":  # `python -m venv` alone stops with "File exists" on it
         venv.symlink_to(tmp_path / "removed-venv")
-    elif broken == "its python's link dangles":  # its interpreter was removed or upgraded
+    else:  # its interpreter was removed or upgraded
         (venv / "bin").mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("home = /removed\n")
         (venv / "bin" / "python").symlink_to(tmp_path / "removed-python")
-    else:  # the environment's creation was cut off before pip was in place
-        assert stack_sh(env, "--setup-only").returncode == 0
-        (venv / "bin" / "no-pip").touch()
-        calls(log)
     result = stack_sh(env, "--setup-only")
     assert result.returncode == 0, result.stderr
     assert calls(log) == [
         f"bin/python3 -m venv {venv}",
         "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .",
     ]
-    assert not venv.is_symlink() and not (venv / "bin" / "no-pip").exists()
+    assert not venv.is_symlink() and (venv / "bin" / "python").is_file()
+
+
+def test_stack_sh_gives_pip_to_an_environment_without_it_and_keeps_the_environment(fake_python3):
+    """Creation cut off before pip, or an environment made by a tool that leaves pip out (`uv venv`): pip is
+    installed into it; the environment, and whatever else it holds, stays."""
+    env, log = fake_python3
+    venv = Path(env["MNIST_VENV"])
+    assert stack_sh(env, "--setup-only").returncode == 0
+    (venv / "bin" / "no-pip").touch()
+    (venv / "theirs.txt").write_text("a package of the user's")
+    (venv / ".mnist-stack-install").unlink()  # as if never installed into
+    calls(log)
+    result = stack_sh(env, "--setup-only")
+    assert result.returncode == 0, result.stderr
+    assert calls(log) == [
+        "venv/bin/python -m ensurepip --upgrade",
+        "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .",
+    ]
+    assert (venv / "theirs.txt").exists()
+
+
+def test_stack_sh_never_removes_a_folder_that_is_no_virtual_environment(fake_python3):
+    env, log = fake_python3
+    venv = Path(env["MNIST_VENV"])
+    venv.mkdir()
+    (venv / "notes.txt").write_text("not an environment")
+    assert stack_sh(env, "--setup-only").returncode == 0
+    assert calls(log)[0] == f"bin/python3 -m venv {venv}"  # made inside it, as venv does in a folder that exists
+    assert (venv / "notes.txt").exists()
 
 
 def test_stack_sh_installs_again_after_an_install_cut_off(fake_python3, tmp_path):
