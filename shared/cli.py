@@ -50,15 +50,25 @@ MAX_COUNT = 2**31 - 1
 MAX_SECONDS = 10_000_000.0  # about 116 days
 
 
+def _at_most_max_count(value: int) -> int:
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
+    return value
+
+
+def _at_most_max_seconds(value: float, text: str) -> float:
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number from 1 to MAX_COUNT (`--epochs 0` is refused by the parser, with a message,
     not later)."""
     value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
-    return value
+    return _at_most_max_count(value)
 
 
 def non_negative_int(text: str) -> int:
@@ -66,9 +76,7 @@ def non_negative_int(text: str) -> int:
     value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value:,}")
-    return value
+    return _at_most_max_count(value)
 
 
 def port_number(text: str) -> int:
@@ -92,9 +100,7 @@ def positive_seconds(text: str) -> float:
     value = _seconds(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
-    return value
+    return _at_most_max_seconds(value, text)
 
 
 def seconds_at_least(minimum: float) -> Callable[[str], float]:
@@ -116,9 +122,7 @@ def non_negative_seconds(text: str) -> float:
     value = _seconds(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds, got {text!r}")
-    return value
+    return _at_most_max_seconds(value, text)
 
 
 def non_empty(text: str) -> str:

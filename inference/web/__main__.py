@@ -15,6 +15,7 @@ from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
+from inference.capacity import WEB_BODY_HOLD_FACTOR
 from inference.logs import LOG_FORMATS, configure_logging
 from inference.security import ca_certificates_file, checked_token
 
@@ -117,7 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.max_inflight_bytes,
         help="bytes of request bodies held at once, all requests together; past it, 429 with Retry-After. Each is "
-        "held about 6.5 times over while it is handled: raise the memory limit with it (inference.capacity)",
+        f"held about {WEB_BODY_HOLD_FACTOR:g} times over while it is handled: raise the memory limit with it "
+        "(inference.capacity)",
     )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument(
