@@ -26,7 +26,7 @@ from shared.checkpoint import (
 )
 from shared.data import normalize
 from shared.onnx_model import MAX_ABS_DIFFERENCE, export_onnx, verify_onnx
-from shared.resources import usable_cpus, usable_memory_bytes
+from shared.resources import cpu_quota, usable_cpus, usable_memory_bytes
 from shared.settings import Paths
 
 from inference.capacity import default_worker_count, server_memory_mib
@@ -257,12 +257,8 @@ def test_the_worker_count_takes_the_memory_figures():
 
 def test_this_machine_has_usable_cores_and_memory(monkeypatch):
     assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
-    try:
-        quota = Path("/sys/fs/cgroup/cpu.max").read_text().split()[0]
-    except OSError:
-        quota = "max"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-    if quota == "max":  # no CPU quota: every core of the affinity mask
+    if cpu_quota() is None:  # no CPU quota: every core of the affinity mask
         assert usable_cpus() == 64
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
     assert usable_cpus() == 1
