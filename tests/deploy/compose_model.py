@@ -52,6 +52,37 @@ def k8s_quantity_bytes(quantity: str | int) -> int:
     return int(number) * _QUANTITY_UNITS[unit]
 
 
+# Past a process's own drain: the SIGKILL after compose's stop_grace_period or Kubernetes' terminationGracePeriodSeconds
+# must not cut short what the code allows (the store, health and metrics stop after the calls in flight; uvicorn's
+# lifespan ends).
+SHUTDOWN_MARGIN_S = 5
+DOCKER_STOP_GRACE_S = 10  # where a compose service sets no stop_grace_period
+_GO_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def drain_seconds(argv: list[str]) -> float:
+    """How long the server that `argv` starts may take after SIGTERM to let its calls in flight end, read from its
+    own parser (the code's default, or the flag given): inference's --grace-period; the web gateway's longest gRPC
+    deadline (uvicorn waits for the requests in flight, and each ends within its call's deadline: an Evaluate's)."""
+    if argv[:3] == ["python", "-m", "inference"]:
+        from inference.__main__ import get_args_parser
+
+        return get_args_parser().parse_args(argv[3:]).grace_period
+    if argv[:3] == ["python", "-m", "inference.web"]:
+        from inference.web.__main__ import get_args_parser as web_args_parser
+
+        args = web_args_parser().parse_args(argv[3:])
+        return max(args.timeout, args.evaluate_timeout)
+    raise ValueError(f"not a server whose drain is known: {argv}")
+
+
+def compose_duration_seconds(duration: str) -> float:
+    """A duration as `docker compose config` renders it (Go's: "2m10s", "1m30.5s", "500ms"), in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * _GO_DURATION_UNITS[u] for n, u in parts)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Compose itself
 

@@ -19,13 +19,17 @@ from scripts.local_stack import get_args_parser, local_services, stack_environme
 from tests.deploy.compose_model import (
     COMPOSE_FILE,
     CPU_OVERRIDE,
+    DOCKER_STOP_GRACE_S,
     MEMORY_HEADROOM,
     REPO,
+    SHUTDOWN_MARGIN_S,
     STACK_SERVICES,
     LocalMapping,
     Port,
     command,
+    compose_duration_seconds,
     container_environment,
+    drain_seconds,
     healthcheck_argv,
     k8s_quantity_bytes,
     load_compose,
@@ -221,6 +225,17 @@ def test_web_memory_limit_holds_the_request_bodies_the_gateway_admits_and_is_the
     )
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert k8s_quantity_bytes(container["resources"]["limits"]["memory"]) == limit
+
+
+@pytest.mark.parametrize("name", ["inference", "web"])
+def test_docker_stop_waits_out_the_servers_drain_and_a_margin(model, name):
+    """`docker compose stop` sends SIGTERM, then SIGKILL after stop_grace_period (10 s unset): the web gateway waits
+    for its requests in flight, an Evaluate's up to its 120 s deadline, and was killed mid-answer at 10 s. The
+    Kubernetes pods' terminationGracePeriodSeconds are checked against the same drain (test_k8s)."""
+    service = model["services"][name]
+    grace = service.get("stop_grace_period")
+    seconds = DOCKER_STOP_GRACE_S if grace is None else compose_duration_seconds(grace)
+    assert seconds >= drain_seconds(command(model, name)) + SHUTDOWN_MARGIN_S
 
 
 def test_every_service_rotates_its_log(model):

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 
 from inference.server import LIVENESS_SERVICE, SERVICE_NAME
-from tests.deploy.compose_model import MEMORY_HEADROOM, REPO, k8s_quantity_bytes
+from tests.deploy.compose_model import MEMORY_HEADROOM, REPO, SHUTDOWN_MARGIN_S, drain_seconds, k8s_quantity_bytes
 from tests.inference.helpers import health_status, publish, start_server
 
 K8S = REPO / "deploy" / "k8s"
@@ -374,11 +374,6 @@ def test_the_web_gateways_memory_holds_the_request_bodies_it_admits(rendered):
     assert k8s_quantity_bytes(resources["requests"]["memory"]) >= needed_mib * MIB
 
 
-# Past a process's own drain: the kubelet's SIGKILL at terminationGracePeriodSeconds must not cut short what the
-# code allows (the store, health and metrics stop after the calls in flight; uvicorn's lifespan ends).
-SHUTDOWN_MARGIN_S = 5
-
-
 def prestop_sleep_seconds(c: dict) -> float:
     """How long the container's preStop hook waits before the kubelet sends SIGTERM (0: no hook)."""
     hook = c.get("lifecycle", {}).get("preStop")
@@ -393,29 +388,23 @@ def prestop_sleep_seconds(c: dict) -> float:
 
 def test_inference_pods_get_the_servers_shutdown_grace_and_a_margin(rendered):
     """A pod killed before its --grace-period ends cancels the calls in flight that the server would let finish."""
-    from inference.__main__ import get_args_parser
-
     deployment = find(rendered["cpu"], "Deployment", "inference")
     c = container(deployment)
     assert c["command"][:3] == ["python", "-m", "inference"]
-    grace = get_args_parser().parse_args(c["command"][3:]).grace_period  # the code's default, or the flag given
-    total = prestop_sleep_seconds(c) + grace + SHUTDOWN_MARGIN_S
+    total = prestop_sleep_seconds(c) + drain_seconds(c["command"]) + SHUTDOWN_MARGIN_S
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= total
 
 
 def test_the_web_gateway_keeps_serving_until_kube_proxy_has_dropped_it_then_drains(rendered):
     """On SIGTERM uvicorn stops accepting at once, while kube-proxy still sends new connections to the pod for a few
     seconds: a preStop sleep covers that. Then the requests in flight end within their gRPC deadline."""
-    from inference.web.__main__ import get_args_parser
-
     deployment = find(rendered["cpu"], "Deployment", "web")
     c = container(deployment)
     sleep = prestop_sleep_seconds(c)
     assert sleep >= 3, "the endpoint's removal takes a few seconds to reach every node's kube-proxy"
     assert c["command"][:3] == ["python", "-m", "inference.web"]
-    args = get_args_parser().parse_args(c["command"][3:])
-    longest = max(args.timeout, args.evaluate_timeout)  # a request in flight ends within its call's deadline
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= sleep + longest + SHUTDOWN_MARGIN_S
+    total = sleep + drain_seconds(c["command"]) + SHUTDOWN_MARGIN_S
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= total
 
 
 def test_an_inference_pod_holds_its_server_process_with_room_to_spare(rendered):
