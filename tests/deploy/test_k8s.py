@@ -481,6 +481,71 @@ def test_every_container_port_is_open_in_its_pods_network_policy(rendered, name)
                 assert allowed, f"{name}: {workload['metadata']['name']}'s port {port} is closed by its NetworkPolicy"
 
 
+# Who may read what the pods say about themselves (deploy/k8s/base/network-policies.yaml, docs/operations.md): the
+# labels an operator puts on the Prometheus namespace and the ingress controller's namespace.
+SCRAPER_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}  # the Prometheus Operator's and Helm chart's server
+SCRAPE_NAMESPACE_LABELS = {"mnist-stack/scrape": "true"}
+INGRESS_NAMESPACE_LABELS = {"mnist-stack/ingress": "true"}
+
+
+def peers_admitted_to(objects: list[dict], app: str, port: int) -> list[dict] | None:
+    """The `from:` peers of the NetworkPolicy rules that open `app`'s container port `port` (by number or name);
+    None where a rule opens it to anyone (no `from:`)."""
+    workload = next(o for o in objects if o["kind"] in WORKLOADS and o["metadata"]["name"] == app)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    names = {port} | {
+        p.get("name")
+        for c in pod_spec(workload)["containers"]
+        for p in c.get("ports", [])
+        if p["containerPort"] == port
+    } - {None}
+    peers: list[dict] = []
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        if not policy["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items():
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if "ports" in rule and not names & {p["port"] for p in rule["ports"]}:
+                continue
+            if not rule.get("from"):
+                return None
+            peers += rule["from"]
+    return peers
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_metrics_port_admits_only_prometheus_pods_of_a_namespace_labelled_to_scrape(rendered, name):
+    """Metrics say which models are served, the load and every failure: the scraper's to read, not any pod's in
+    any namespace. Both selectors in one peer must match; as two peers, any pod of the namespace or any Prometheus
+    anywhere would do."""
+    objects = rendered[name]
+    c = container(find(objects, "Deployment", "inference"))
+    port = int(env(c)[settings.ENV_METRICS_ADDRESS].rsplit(":", 1)[1])
+    assert port in {p["containerPort"] for p in c["ports"]}
+    assert peers_admitted_to(objects, "inference", port) == [
+        {
+            "namespaceSelector": {"matchLabels": SCRAPE_NAMESPACE_LABELS},
+            "podSelector": {"matchLabels": SCRAPER_POD_LABELS},
+        }
+    ]
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_tensorboard_admits_only_its_own_namespace_and_a_namespace_labelled_as_the_ingress(rendered, name):
+    """TensorBoard has no login, and shows every run's curves and pictures: not a port for any namespace."""
+    peers = peers_admitted_to(rendered[name], "tensorboard", settings.DEFAULT_TENSORBOARD_PORT)
+    assert peers is not None, "TensorBoard is open to every namespace"
+    own_namespace, ingress = {"podSelector": {}}, {"namespaceSelector": {"matchLabels": INGRESS_NAMESPACE_LABELS}}
+    assert peers and all(p in (own_namespace, ingress) for p in peers), peers
+
+
+def test_the_labels_the_network_policies_ask_for_are_documented_with_how_to_set_them():
+    text = (REPO / "docs" / "operations.md").read_text() + (K8S / "base" / "network-policies.yaml").read_text()
+    for labels in (SCRAPER_POD_LABELS, SCRAPE_NAMESPACE_LABELS, INGRESS_NAMESPACE_LABELS):
+        for key, value in labels.items():
+            assert f"{key}={value}" in text, key
+    assert "kubectl label namespace" in text
+
+
 def test_the_web_gateways_readiness_asks_inferences_health_port(rendered):
     objects = rendered["cpu"]
     inference = container(find(objects, "Deployment", "inference"))
