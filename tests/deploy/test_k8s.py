@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -331,7 +333,33 @@ def test_the_web_gateway_serves_on_its_port_and_reaches_inference_through_its_he
     assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [port]
 
 
-def test_multinode_training_is_an_indexed_job_whose_pods_find_the_rendezvous(rendered):
+def multinode_torchrun(rendered, tmp_path: Path, index: int, pod_ip: str = "10.0.0.7") -> dict[str, str]:
+    """The torchrun flags that pod `index` of the multinode Job starts with: its command (Kubernetes' $(VAR)
+    expansion applied) run here, its environment the values Kubernetes gives (the Job's uid label, the pod's IP,
+    JOB_COMPLETION_INDEX), with a stand-in torchrun on PATH that writes its arguments down."""
+    c = container(find(rendered["multinode"], "Job", "trainer-multinode"))
+    downward = {"metadata.labels['batch.kubernetes.io/controller-uid']": "job-uid", "status.podIP": pod_ip}
+    environment = {"JOB_COMPLETION_INDEX": str(index)}  # set by the Job controller in an Indexed Job's pods
+    for e in c["env"]:
+        ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        environment[e["name"]] = downward[ref] if ref else e.get("value", "")
+    expand = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+    argv = [expand.sub(lambda m: "$" if m[0] == "$$" else environment.get(m[1], m[0]), a) for a in c["command"]]
+    stand_in, written = tmp_path / f"bin-{index}" / "torchrun", tmp_path / f"torchrun-{index}.json"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(written)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    stand_in.chmod(0o755)
+    environment["PATH"] = f"{stand_in.parent}:/usr/bin:/bin"
+    result = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    args = json.loads(written.read_text())
+    assert args[-2:] == ["-m", "trainer"], args
+    return dict(arg.lstrip("-").split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
+
+
+def test_multinode_training_is_an_indexed_job_whose_pods_find_the_rendezvous(rendered, tmp_path):
     objects = rendered["multinode"]
     job = find(objects, "Job", "trainer-multinode")
     spec = job["spec"]
@@ -340,17 +368,31 @@ def test_multinode_training_is_an_indexed_job_whose_pods_find_the_rendezvous(ren
     service = find(objects, "Service", pods["subdomain"])
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
-    c = container(job)
-    command = c["command"]
-    assert command[0] == "torchrun" and command[-2:] == ["-m", "trainer"]
-    flags = dict(arg.lstrip("-").split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+    flags = multinode_torchrun(rendered, tmp_path, index=spec["completions"] - 1)  # a pod that joins pod 0
     assert int(flags["nnodes"]) == spec["completions"]
     # Pod 0 of an Indexed Job is <job>-0, and in the subdomain's DNS <job>-0.<subdomain>.
     host, port = flags["rdzv-endpoint"].rsplit(":", 1)
     assert host == f"{job['metadata']['name']}-0.{pods['subdomain']}"
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
     assert flags["rdzv-backend"] == "c10d"
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == int(flags["nproc-per-node"])
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == int(flags["nproc-per-node"])
+
+
+@pytest.mark.parametrize(("pod_ip", "endpoint_host"), [("10.0.0.7", "10.0.0.7"), ("fd00::7", "[fd00::7]")])
+def test_pod_0_names_its_own_ip_as_the_rendezvous_endpoint_which_needs_no_dns(
+    rendered, tmp_path, pod_ip, endpoint_host
+):
+    """torchrun hosts the rendezvous where the endpoint resolves to one of the pod's own addresses. Pod 0's name is
+    in the headless Service's DNS only a moment after it starts: resolved before, pod 0 joined as a client of a
+    store that nobody hosted, and the run failed at the rendezvous timeout. Its IP is in its /etc/hosts at once."""
+    first = multinode_torchrun(rendered, tmp_path, index=0, pod_ip=pod_ip)
+    joining = multinode_torchrun(rendered, tmp_path, index=1, pod_ip="10.0.0.8")
+    host, port = first["rdzv-endpoint"].rsplit(":", 1)
+    assert host == endpoint_host
+    assert port == joining["rdzv-endpoint"].rsplit(":", 1)[1]
+    assert {k: v for k, v in first.items() if k != "rdzv-endpoint"} == {
+        k: v for k, v in joining.items() if k != "rdzv-endpoint"
+    }
 
 
 def test_the_docs_commands_name_kustomizations_that_exist():
@@ -556,10 +598,11 @@ def test_the_web_gateways_readiness_asks_inferences_health_port(rendered):
     assert env(web)[settings.ENV_GRPC_HEALTH_TARGET] == f"dns:///inference:{health_port}"
 
 
-def test_the_multinode_rendezvous_id_is_the_job_uid_label_the_job_controller_sets(rendered):
+def test_the_multinode_rendezvous_id_is_the_job_uid_label_the_job_controller_sets(rendered, tmp_path):
     """A misspelt label gives every pod an empty id (the env var is empty, and the pods of two runs could join one
     rendezvous); Kubernetes 1.27+ sets batch.kubernetes.io/controller-uid, and the deprecated controller-uid."""
     c = container(find(rendered["multinode"], "Job", "trainer-multinode"))
     (uid,) = [e for e in c["env"] if e["name"] == "JOB_UID"]
     assert uid["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
-    assert "--rdzv-id=$(JOB_UID)" in c["command"]
+    for index in (0, 1):
+        assert multinode_torchrun(rendered, tmp_path, index)["rdzv-id"] == "job-uid"
