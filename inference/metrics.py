@@ -63,6 +63,7 @@ _REJECTION_WORDS = (
     ("are not accepted", "not_an_image"),
     ("header is damaged", "damaged"),
     ("could not be decoded", "damaged"),
+    ("file is cut short", "damaged"),
     ("fully transparent", "transparent"),
     ("no ink", "blank"),
     ("no digit found", "blank"),

@@ -15,6 +15,7 @@ message that says what to send instead; nothing else escapes for bad input.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import re
@@ -25,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 from shared.budget import BudgetExhausted, MemoryBudget
-from shared.file_structure import MAX_JPEG_SEGMENTS, TooManyBlocks, check_file_structure, jpeg_markers, png_chunks
+from shared.file_structure import (
+    MAX_JPEG_SEGMENTS,
+    TooManyBlocks,
+    check_file_structure,
+    jpeg_marker_positions,
+    jpeg_markers,
+    png_chunks,
+)
 
 # Working resolution: the ink is found on the picture shrunk to this long side. A digit that fills a tenth of the
 # picture is still ~100 px tall, five times MNIST's box; the cost stays bounded for 12-megapixel photos.
@@ -102,8 +110,11 @@ def decode_image(
                 img.load()  # the first frame only: animated GIFs, multi-page TIFFs
                 check_pixel_count(img.size, limits)
                 orientation = exif_orientation(img)
+                digest = frame_digest(img) if may_be_cut_short(data, img) else None
                 array = reduced_array(img)
                 img.close()  # the full-resolution frame goes now, not when the `with` ends
+                if digest is not None:  # after the close: the second decoding fits in the same reservation
+                    check_jpeg_scan_complete(data, digest, max_side)
                 return shrink_to(prepare_array(apply_exif_orientation(array, orientation)), max_side)
     except (ImageRejected, BudgetExhausted):
         raise
@@ -228,6 +239,97 @@ def jpeg_scan_count(data: bytes) -> int:
     except TooManyBlocks:
         return 2
     return scans
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A JPEG cut short: libjpeg fills what its scan lacks with grey, and Pillow does not say so
+
+# The value of every sample of a block libjpeg fills in for missing data in a single-scan JPEG (all coefficients
+# zero: mid-grey, 128; as inverted CMYK, 127); and bytes that hold no marker (no 0xFF), pseudo-random, so that
+# a scan decodes them to blocks that are not all grey.
+_PADDING_VALUES = (127, 128)
+_SCAN_FILLER = bytes((k * 167 + 13) % 255 for k in range(256))
+_RESTART_MARKER = re.compile(rb"\xff[\xd0-\xd7]")
+
+
+def may_be_cut_short(data: bytes, img: Image.Image) -> bool:
+    """Whether a loaded JPEG frame may come from a file cut short, and check_jpeg_scan_complete must tell.
+
+    A JPEG cut short but still ending in a marker (an interrupted upload closed with EOI) decodes without a word
+    from Pillow: libjpeg only warns, and fills the blocks its scan lacks with grey, which the pipeline would read as
+    paper or ink. In a single-scan JPEG the last block is then exactly that grey (_PADDING_VALUES): one pixel read,
+    so a whole JPEG costs nothing more, and the rare whole one whose corner is this grey is decoded twice. A
+    progressive JPEG smooths its grey blocks with their neighbours (libjpeg's block smoothing), so its sign is its
+    last scan instead: one of DC coefficients, where a whole file ends with AC detail. A progressive file cut in a
+    later scan has every block, coarser at its foot, and is read (as is a cut in the very last block: no band)."""
+    if img.format not in ("JPEG", "MPO"):
+        return False
+    pixel = img.getpixel((img.width - 1, img.height - 1))
+    if all(value in _PADDING_VALUES for value in (pixel if isinstance(pixel, tuple) else (pixel,))):
+        return True
+    return bool(img.info.get("progressive")) and last_scan_is_dc(data)
+
+
+def last_scan_is_dc(data: bytes) -> bool:
+    """Whether a JPEG's last scan is of DC coefficients (its spectral selection starts at 0)."""
+    scans = [position for position, marker in jpeg_marker_positions(data) if marker == 0xDA]
+    if not scans:
+        return False
+    components = data[scans[-1] + 4] if scans[-1] + 4 < len(data) else 0
+    start = scans[-1] + 5 + 2 * components  # after the length, the count and two bytes a component
+    return start < len(data) and data[start] == 0
+
+
+def check_jpeg_scan_complete(data: bytes, digest: bytes, max_side: int) -> None:
+    """ImageRejected if the JPEG's last scan ends before its last block: it is decoded again with bytes put between
+    its scan data and the marker after it (jpeg_with_filler). libjpeg stops reading a whole scan at its last
+    block and skips what follows up to the marker, so a whole file decodes to the same frame (`digest`, at the
+    same reduced size, `max_side`); a scan cut short reads the new bytes as its missing blocks, no longer grey."""
+    filled = jpeg_with_filler(data)
+    if filled is None:
+        return
+    try:
+        with Image.open(io.BytesIO(filled), formats=PIL_FORMATS) as img:
+            request_reduced_decode(img, max_side)
+            img.load()
+            same = frame_digest(img) == digest
+    except MemoryError:
+        raise
+    except Exception:  # the file decoded whole once: what the filler does to it is no reason to refuse it
+        return
+    if not same:
+        raise ImageRejected(
+            "the JPEG file is cut short (truncated): its picture data ends before the last of the rows its header "
+            "declares, and a decoder fills those with grey. The upload was probably interrupted; send the whole file"
+        )
+
+
+def jpeg_with_filler(data: bytes) -> bytes | None:
+    """The JPEG with _SCAN_FILLER, the restart marker its last scan expects next, and _SCAN_FILLER again put where
+    its last scan's data ends (before the marker after it, and any fill bytes 0xFF): a scan cut at the end of a
+    restart interval resumes at that marker and reads the filler too. None when the walk finds no such scan."""
+    scan = end = None
+    for position, marker in jpeg_marker_positions(data):
+        if marker == 0xDA:
+            scan, end = position, None
+        elif scan is not None and end is None:
+            end = position
+    if scan is None or end is None:
+        return None
+    while end > scan and data[end - 1] == 0xFF:
+        end -= 1
+    restarts = len(_RESTART_MARKER.findall(data, scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big"), end))
+    restart = bytes((0xFF, 0xD0 + restarts % 8))
+    return bytes(data[:end]) + _SCAN_FILLER + restart + _SCAN_FILLER + bytes(data[end:])
+
+
+def frame_digest(img: Image.Image) -> bytes:
+    """A digest of a loaded frame's pixels, taken band by band (REDUCE_BAND_PIXELS): no whole copy of the frame."""
+    digest = hashlib.blake2b(digest_size=16)
+    rows = max(1, REDUCE_BAND_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        digest.update(img.crop((0, top, img.width, min(img.height, top + rows))).tobytes())
+    return digest.digest()
 
 
 def largest_decode_cost(max_pixels: int) -> int:

@@ -104,6 +104,12 @@ def jpeg_markers(data: bytes) -> Iterator[int]:
     APP segment is skipped whole, and so is a scan's entropy-coded data, up to the marker after it. Stops after EOI,
     and where the walk finds no marker (a damaged file: for Pillow to report). TooManyBlocks for more than
     MAX_JPEG_FILL_BYTES fill bytes before one marker (Pillow reads them one at a time)."""
+    for _, marker in jpeg_marker_positions(data):
+        yield marker
+
+
+def jpeg_marker_positions(data: bytes) -> Iterator[tuple[int, int]]:
+    """(where its 0xFF is, its code) of each marker jpeg_markers walks."""
     position = 2
     while position + 2 <= len(data):
         fill = _FILL.match(data, position)
@@ -118,7 +124,7 @@ def jpeg_markers(data: bytes) -> Iterator[int]:
         standalone = marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7  # markers without a length
         if not standalone and position + 4 > len(data):
             return  # its length is cut off
-        yield marker
+        yield position, marker
         if marker == 0xD9:  # EOI: the first image ends (an MPO's other pictures follow)
             return
         if standalone:

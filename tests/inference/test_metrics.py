@@ -27,6 +27,7 @@ EXPECTED_REASONS = {
     "random bytes": "not_an_image",
     "HEIC": "not_an_image",
     "truncated PNG": "damaged",
+    "truncated JPEG closed with EOI": "damaged",
     "PNG with a bad CRC": "damaged",
     "over the byte limit": "too_many_bytes",
     "PNG claiming 100,000 x 100,000": "too_many_pixels",

@@ -107,6 +107,12 @@ def truncated_jpeg(digit) -> bytes:
     return data[: len(data) // 2]
 
 
+def truncated_jpeg_closed(digit) -> bytes:
+    """Cut at half its scan and closed with EOI: libjpeg fills the missing rows grey and Pillow does not say so."""
+    data = encode(on_paper(digit), "JPEG", quality=90)
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
 def truncated_gif(digit) -> bytes:
     data = encode(on_paper(digit), "GIF")
     return data[: len(data) // 2]

@@ -42,6 +42,7 @@ IMAGE_KINDS: dict[str, Kind] = {
     # Damaged.
     "truncated PNG": Kind(b.truncated_png, INVALID, "truncated"),
     "truncated JPEG": Kind(b.truncated_jpeg, INVALID, "truncated"),
+    "truncated JPEG closed with EOI": Kind(b.truncated_jpeg_closed, INVALID, "cut short"),
     "truncated GIF": Kind(b.truncated_gif, INVALID, "truncated"),
     "truncated WebP": Kind(b.truncated_webp, INVALID, "damaged"),
     "PNG header only": Kind(b.header_only_png, INVALID, "damaged or truncated"),
