@@ -208,10 +208,19 @@ class Backend:
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
-        counts from now, so time spent waiting for a thread is part of it. A caller that leaves cancels the call,
-        so the service stops working for nobody (an Evaluate would hold the one evaluation slot for minutes)."""
-        arrived = time.monotonic()
+        counts from the request's arrival (Arrival), so the time its body took to arrive and the time spent
+        waiting for a thread are part of it: a slow upload cannot stretch the answer past `timeout`, and one that
+        took all of it gets 504 without a call. A caller that leaves cancels the call, so the service stops
+        working for nobody (an Evaluate would hold the one evaluation slot for minutes)."""
+        arrived = arrival(http)
         metadata = pass_through_metadata(http)
+        if (spent := time.monotonic() - arrived) >= timeout:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            message = (
+                f"the request took {spent:.1f} s to arrive, all of the {timeout:g} s the gateway answers within: no "
+                "time was left to ask the inference service; send the body at once, or a smaller one"
+            )
+            raise GatewayError(errors.http_status(code, message), code, message)
         stub_method = getattr(self.stub, method)
         future: grpc.Future | None = None
         gone = threading.Event()
@@ -307,6 +316,28 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
             )
         metadata.append((REQUEST_ID_KEY, request_id))
     return metadata
+
+
+ARRIVED = "arrived"  # Arrival's key in a request's scope["state"]
+
+
+class Arrival:
+    """ASGI middleware, the first to run: notes when the gateway began handling a request (monotonic seconds, in
+    its scope's state), before any byte of its body is read. Backend.call counts the deadline from then."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVED] = time.monotonic()
+        return await self.app(scope, receive, send)
+
+
+def arrival(http: Request) -> float:
+    """When the gateway began handling `http` (Arrival); now for a request it did not see arrive."""
+    arrived = http.scope.get("state", {}).get(ARRIVED)
+    return arrived if arrived is not None else time.monotonic()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -637,10 +668,12 @@ def create_app(options: WebOptions) -> FastAPI:
         '"message"}}`, where `code` is the gRPC status and `message` says what to fix.',
         lifespan=lifespan,
     )
-    # The last added runs first: the headers go on every answer, the Host is checked before any body is read.
+    # The last added runs first: the arrival is noted before anything else (the deadline counts from it), the
+    # headers go on every answer, the Host is checked before any body is read.
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
     app.add_middleware(guards.HostCheck, allowed=options.allowed_hosts)
     app.add_middleware(guards.SecurityHeaders)
+    app.add_middleware(Arrival)
     expected_authorization = f"Bearer {options.token}".encode() if options.token else None
 
     def authorize(request: Request, _declared: Any = DECLARE_BEARER) -> None:

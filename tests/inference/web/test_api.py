@@ -7,12 +7,14 @@ answers, which these tests check against the server called directly over gRPC.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -340,6 +342,70 @@ def test_a_call_made_as_the_service_goes_down_is_503_after_the_grace_not_its_dea
     assert_error(answer, 503, "UNAVAILABLE", "cannot reach", "no replica for 0.5 s", "try again when it is up")
     assert answer.headers["retry-after"] == "1"
     assert time.monotonic() - started < 10, "the call waited out its deadline"
+
+
+@pytest.fixture
+def deadlines(monkeypatch) -> list[float]:
+    """The deadlines (timeout=) that the gateways started from now on give their gRPC calls, which they still make."""
+    import inference.web.app
+
+    stubs = inference.web.app.inference_pb2_grpc
+    real, given = stubs.InferenceStub, []
+
+    class DeadlineRecordingStub:
+        def __init__(self, channel) -> None:
+            self.stub = real(channel)
+
+        def __getattr__(self, method: str):
+            made = getattr(self.stub, method)
+
+            def future(request, *, timeout, **kwargs):
+                given.append(timeout)
+                return made.future(request, timeout=timeout, **kwargs)
+
+            return SimpleNamespace(future=future)
+
+    monkeypatch.setattr(stubs, "InferenceStub", DeadlineRecordingStub)
+    return given
+
+
+def post_slowly(port: int, path: str, body: bytes, seconds: float, parts: int = 5):
+    """POST `body` in `parts` pieces spread over `seconds`, as a slow upload sends it: (status, JSON answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Type", "image/png")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders()
+        size = -(-len(body) // parts)
+        for k in range(parts):
+            if k:
+                time.sleep(seconds / (parts - 1))
+            connection.send(body[k * size : (k + 1) * size])
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+def test_a_slow_upload_leaves_its_call_only_what_is_left_of_the_deadline(web, backend, digit_pngs, deadlines):
+    """The deadline counts from the request's arrival, not from when its body had been read: a body that took
+    1.5 s to arrive leaves its call the rest of --timeout, so the answer comes within what the caller was
+    promised."""
+    gateway = web(target=backend.target, timeout=10)
+    status, answer = post_slowly(gateway.port, "/v1/predict", digit_pngs[0][1], seconds=1.5)
+    assert status == 200, answer
+    assert len(deadlines) == 1
+    assert deadlines[0] < 10 - 1.2, f"the call was given {deadlines[0]:.2f} s of a 10 s deadline after a 1.5 s upload"
+
+
+def test_an_upload_slower_than_the_deadline_is_504_without_a_call(web, backend, digit_pngs, deadlines):
+    gateway = web(target=backend.target, timeout=1.0)
+    status, answer = post_slowly(gateway.port, "/v1/predict", digit_pngs[0][1], seconds=2.0)
+    assert status == 504, answer
+    assert answer["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert "to arrive" in answer["error"]["message"] and "send the body at once" in answer["error"]["message"]
+    assert deadlines == []  # the service was not asked
 
 
 def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
