@@ -87,6 +87,9 @@ DISCONNECT_POLL_SECONDS = 0.25
 # How often gRPC's own thread looks at a subscribed channel's state (grpc/_channel.py, _poll_connectivity), and a
 # little more.
 CONNECTIVITY_POLL_SECONDS = 0.25
+# Said to the caller where the service could not be reached: the address is in the gateway's log, not in the answer
+# (a page's user has no use for "inference:50051" or an IP, and the network's layout is not theirs to see).
+NAMED_IN_THE_LOG = " (the gateway's log names the address it called)"
 # nginx's status for a request whose client closed the connection first: logged, never received by anyone.
 CLIENT_CLOSED = 499
 IMAGE_FIELD_HELP = "any field name; every file part is an image"
@@ -129,11 +132,15 @@ class WebOptions:
 
 
 class GatewayError(Exception):
-    """A failed call: becomes an HTTP status and the JSON error body (inference/web/errors.py)."""
+    """A failed call: becomes an HTTP status and the JSON error body (inference/web/errors.py). `logged` is for the
+    gateway's log only: what its operator needs and a caller must not see (the service's address, gRPC's words
+    about the connection, which name addresses too)."""
 
-    def __init__(self, status: int, code: grpc.StatusCode, message: str, request_id: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: grpc.StatusCode, message: str, request_id: str | None = None, logged: str = ""
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.request_id = status, code, message, request_id
+        self.status, self.code, self.message, self.request_id, self.logged = status, code, message, request_id, logged
 
 
 class BodyTooLarge(Exception):
@@ -190,21 +197,25 @@ class Backend:
             self.health_channel.close()
 
     def describe(self, e: grpc.RpcError, timeout: float) -> str:
-        """The service's message, or for failures of the connection itself, what happened and what to check."""
+        """The service's message, or for failures of the connection itself, what happened and what to do: without
+        the service's address or gRPC's words about the connection, which go to the gateway's log (where_to_log)."""
         code, details = e.code(), e.details() or ""
-        target = self.options.target
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return (
-                f"the inference service at {target} did not answer within {timeout:g} s ({details}); it is "
-                "down, still starting or overloaded: GET /readyz tells whether it can be reached"
+                f"the inference service did not answer within {timeout:g} s; it is down, still starting or "
+                "overloaded: GET /readyz tells whether it can be reached"
             )
         # Only a call that never reached the service is about reaching it: the service's own UNAVAILABLE (no model
         # can be served: its message says why) may say "Failed to load" too.
         if code == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
-            return f"cannot reach the inference service at {target} ({details}); try again when it is up"
+            return f"cannot reach the inference service; try again when it is up{NAMED_IN_THE_LOG}"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
         return said_for_a_person(code, details) or code.name
+
+    def where_to_log(self, details: str = "") -> str:
+        """What the gateway's log says beside a failure's message: the service's address, and gRPC's own words."""
+        return f"inference service at {self.options.target}" + (f": {details}" if details else "")
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
@@ -266,16 +277,22 @@ class Backend:
         if isinstance(error, grpc.FutureCancelledError) and given_up.is_set():
             code = grpc.StatusCode.UNAVAILABLE
             message = (
-                f"cannot reach the inference service at {self.options.target} (no replica for "
-                f"{self.options.unreachable_grace:g} s); try again when it is up"
+                f"cannot reach the inference service (no replica for {self.options.unreachable_grace:g} s); try "
+                f"again when it is up{NAMED_IN_THE_LOG}"
             )
-            raise GatewayError(errors.http_status(code, message), code, message)
+            raise GatewayError(errors.http_status(code, message), code, message, logged=self.where_to_log())
         if isinstance(error, grpc.FutureCancelledError):
             raise GatewayError(CLIENT_CLOSED, grpc.StatusCode.CANCELLED, "the caller left before the answer")
         if isinstance(error, grpc.RpcError):
             message = self.describe(error, timeout)
             code = error.code()
-            raise GatewayError(errors.http_status(code, message), code, message, _request_id_of(error))
+            raise GatewayError(
+                errors.http_status(code, message),
+                code,
+                message,
+                _request_id_of(error),
+                logged=self.where_to_log(error.details() or ""),
+            )
         if error is not None:
             raise error
         if (served_id := _request_id_of(future)) is not None:
@@ -705,7 +722,8 @@ def create_app(options: WebOptions) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def on_gateway_error(request: Request, e: GatewayError):
-        log.info("%s %s -> %d %s: %s", request.method, request.url.path, e.status, e.code.name, e.message)
+        logged = f" [{e.logged}]" if e.logged else ""
+        log.info("%s %s -> %d %s: %s%s", request.method, request.url.path, e.status, e.code.name, e.message, logged)
         return error_response(e.status, e.code, e.message, e.request_id)
 
     @app.exception_handler(BodyTooLarge)
@@ -896,15 +914,19 @@ def create_app(options: WebOptions) -> FastAPI:
             )
         except grpc.RpcError as e:
             raise GatewayError(
-                503, grpc.StatusCode.UNAVAILABLE, f"not ready: {connected().describe(e, min(options.timeout, 3.0))}"
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"not ready: {connected().describe(e, min(options.timeout, 3.0))}",
+                logged=connected().where_to_log(e.details() or ""),
             ) from None
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             raise GatewayError(
                 503,
                 grpc.StatusCode.UNAVAILABLE,
-                f"not ready: the inference service at {options.target} is {status} (no model is "
-                "published yet, the published one fails its checks (GET /v1/model says why), or it is shutting down)",
+                f"not ready: the inference service is {status} (no model is published yet, the published one "
+                "fails its checks (GET /v1/model says why), or it is shutting down)",
+                logged=connected().where_to_log(),
             )
         return schemas.Health(status="ready", target=options.target)
 

@@ -10,6 +10,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -408,6 +409,35 @@ def test_an_upload_slower_than_the_deadline_is_504_without_a_call(web, backend, 
     assert deadlines == []  # the service was not asked
 
 
+def test_a_caller_is_told_what_to_do_but_not_the_services_address_which_the_gateway_logs(
+    web, serve, tmp_path, digit_pngs, caplog
+):
+    """Every failure to reach the service, or a service not ready: the message named its address (the gRPC target,
+    "inference:50051" in compose, and gRPC's own "ipv4:10.0.3.7:50051"), which the page showed its users. The
+    address is for the gateway's operator: it is in the log."""
+    caplog.set_level(logging.INFO, logger="inference.web.app")
+    png, port = digit_pngs[0][1], free_port()
+    addresses = [f"localhost:{port}", str(port), "127.0.0.1", "[::1]", "ipv4", "ipv6"]
+
+    def told(answer, status: int, *words: str) -> None:
+        message = assert_error(answer, status, "UNAVAILABLE" if status == 503 else "DEADLINE_EXCEEDED", *words)
+        assert not [a for a in addresses if a in answer.body.decode()], message
+
+    down = web(target=f"localhost:{port}", timeout=0.5, unreachable_grace=60)
+    told(down.get("/readyz"), 503, "not ready", "try again when it is up")
+    told(down.post("/v1/predict", png), 504, "did not answer within 0.5 s", "GET /readyz")
+    given_up = web(target=f"localhost:{port}", timeout=30, unreachable_grace=0.5)
+    told(given_up.post("/v1/predict", png), 503, "no replica for 0.5 s", "try again when it is up")
+    time.sleep(1.0)  # past the grace: calls fail at once, with gRPC's own words about the connection
+    told(given_up.post("/v1/predict", png), 503, "cannot reach", "try again when it is up")
+    empty = serve(tmp_path / "no-models")  # reached, but serving nothing
+    addresses.append(str(empty.port))
+    told(web(target=f"localhost:{empty.port}").get("/readyz"), 503, "NOT_SERVING", "GET /v1/model says why")
+    logged = [r.getMessage() for r in caplog.records if r.name == "inference.web.app" and "->" in r.getMessage()]
+    assert len(logged) == 5, logged
+    assert all("inference service at localhost:" in line for line in logged), logged
+
+
 def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
     from tests.inference.helpers import publish, start_server
 
@@ -797,6 +827,6 @@ def test_the_services_own_unavailable_is_not_reported_as_cannot_reach_it():
         own = "no model can be served: the published model v2 fails the checks (Failed to load model)"
         assert backend.describe(_Unavailable(own, answered=True), 10) == own
         refused = backend.describe(_Unavailable("failed to connect to all addresses", answered=False), 10)
-        assert refused.startswith("cannot reach the inference service at localhost:1")
+        assert refused.startswith("cannot reach the inference service")
     finally:
         backend.close()
