@@ -39,6 +39,8 @@ window.mnist = {
 // ---------------------------------------------------------------------------------------------------------------
 // The REST API
 
+// `path` is relative to the page ("v1/predict"), never from the host's root: a reverse proxy may serve the gateway
+// under a prefix (https://host/mnist/), which a path from the root (/v1/predict) would leave.
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers);
   if (state.token) headers.Authorization = "Bearer " + state.token;
@@ -264,7 +266,7 @@ async function ask(strokeEnded = false) {
   const slow = waitingNotice(seq);
   try {
     const number = state.mode === "number";
-    const result = await api(number ? "/v1/read-number" : "/v1/predict", {
+    const result = await api(number ? "v1/read-number" : "v1/predict", {
       method: "POST", headers: { "Content-Type": "image/png" }, body: drawingPng(),
     });
     if (seq > state.shownSeq && state.strokes.length) {
@@ -325,7 +327,7 @@ async function predictPicture(file) {
   const slow = waitingNotice(seq);
   try {
     const body = await fileBytes(file);
-    const result = await api("/v1/predict", {
+    const result = await api("v1/predict", {
       method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body,
     });
     if (seq > state.shownSeq) {
@@ -453,7 +455,7 @@ async function refreshModel() {
   state.refreshing = true;
   let info;
   try {
-    info = await api("/v1/model");
+    info = await api("v1/model");
   } catch (error) {
     // What was served is not known now: the panel does not go on naming it beside the error.
     $("model").hidden = true;
@@ -531,7 +533,7 @@ $("run-evaluate").addEventListener("click", async () => {
   button.disabled = true;
   setStatus($("eval-status"), `Evaluating on the ${split} split…`);
   try {
-    const r = await api("/v1/evaluate", {
+    const r = await api("v1/evaluate", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ split, heatmap: false }),
     });
     $("accuracy").textContent = percent(r.accuracy);
@@ -710,7 +712,7 @@ async function readPicture(file) {
   const slow = waitingNotice(seq);
   try {
     const body = await fileBytes(file);
-    const result = await api("/v1/read-number", {
+    const result = await api("v1/read-number", {
       method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body,
     });
     if (seq > state.shownSeq) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import http.server
 import json
 import socket
 import threading
@@ -115,6 +116,67 @@ def start_web(**options) -> Web:
             raise RuntimeError("the web server did not start")
         time.sleep(0.01)
     return Web(sock.getsockname()[1], server, thread)
+
+
+class PrefixProxy:
+    """A reverse proxy serving the gateway at `prefix` (as https://host/mnist/ does in front of it): it takes the
+    prefix off what it forwards, and answers a request outside it 404, as the host's other sites would; those
+    paths are kept in `outside`.
+
+        with PrefixProxy(gateway.port, "/mnist") as proxy:
+            browser.get(proxy.url + "/mnist/")
+    """
+
+    HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "host", "content-length"})
+
+    def __init__(self, gateway_port: int, prefix: str) -> None:
+        self.outside: list[str] = []
+        proxy = self
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet: the test says what went wrong
+                pass
+
+            def forward(self) -> None:
+                if not self.path.startswith(prefix + "/"):
+                    proxy.outside.append(f"{self.command} {self.path}")
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in PrefixProxy.HOP_BY_HOP}
+                connection = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=60)
+                try:
+                    connection.request(self.command, self.path[len(prefix) :], body=body, headers=headers)
+                    answer = _answer(connection)
+                finally:
+                    connection.close()
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    if name not in PrefixProxy.HOP_BY_HOP:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(answer.body)
+
+            do_GET = do_POST = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="prefix-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> PrefixProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def decode_data_url(url: str) -> bytes:

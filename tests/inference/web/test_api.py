@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -610,6 +611,16 @@ def test_the_page_is_served_at_the_root_with_its_scripts_and_styles(gateway):
         sizes[name] = len(answer.body)
     # The issue's budget: HTML, JS and CSS together at most 60 kB.
     assert sum(sizes.values()) <= 60_000, sizes
+
+
+def test_the_page_asks_for_its_api_and_files_relative_to_itself(gateway):
+    """A reverse proxy may serve the gateway under a prefix (https://host/mnist/), which a path from the host's
+    root ("/v1/model") leaves. test_browser.py loads the page through such a proxy; this covers every path the page
+    names, the Evaluate tab's too, where there is no browser."""
+    script, page = gateway.get("/static/app.js").body.decode(), gateway.get("/").body.decode()
+    named = re.findall(r"[\"'`](/?(?:v1|static|docs)\b[^\"'`]*)", script) + re.findall(r'(?:href|src)="([^"]*)"', page)
+    assert {"v1/evaluate", "v1/model", "static/app.js", "docs"} <= set(named), named
+    assert [path for path in named if path.startswith("/")] == []
 
 
 # --------------------------------------------------------------------------------------------------------------

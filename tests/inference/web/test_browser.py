@@ -30,7 +30,7 @@ from testkit.web_browser import (
     wait_settled,
 )
 from tests.inference.helpers import png_bytes, start_server, wait_until
-from tests.inference.web.helpers import start_web
+from tests.inference.web.helpers import PrefixProxy, start_web
 
 # Three kinds of pointer, in turn: the page must take all of them.
 POINTERS = ("mouse", "pen", "touch")
@@ -553,3 +553,30 @@ def test_number_mode_fits_a_phone(served, clear_digits):
         assert phone.execute_script("return document.documentElement.scrollWidth") <= width
     finally:
         stop_chromium(phone)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the page is served and the screen it is on: any model will do (tests/inference's "v1", untrained)
+
+
+def _page_on(browser, url: str) -> None:
+    browser.get(url)
+    shown = wait_until(lambda: browser.find_element("id", "model-version").text == "v1", timeout=15)
+    assert shown, browser.find_element("id", "model-status").text
+
+
+def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path_prefix(browser, backend, web):
+    """A reverse proxy serving the gateway at https://host/mnist/: the page called the API from the host's root
+    (/v1/model, /v1/predict), past the proxy's prefix, and had no model panel and no answer."""
+    gateway = web(target=backend.target)
+    with PrefixProxy(gateway.port, "/mnist") as proxy:
+        _page_on(browser, proxy.url + "/mnist/")  # the script ran, and GET v1/model was answered
+        assert browser.execute_script("return document.styleSheets[0].cssRules.length") > 0  # the styles
+        draw(browser, [[(0.5, 0.2), (0.5, 0.8)]])  # POST v1/predict
+        wait_settled(browser)
+        assert shown_digit(browser) is not None, browser.find_element("id", "status").text
+        browser.find_element("id", "mode-number").click()
+        draw(browser, [[(0.5, 0.06), (0.5, 0.27)]])  # POST v1/read-number; a 1 on the strip, a third as high
+        wait_settled(browser)
+        assert browser.execute_script("return document.body.dataset.number ?? null") is not None
+        assert proxy.outside == [], "the page asked for paths outside the prefix it is served under"
