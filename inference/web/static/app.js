@@ -118,6 +118,16 @@ function resizePad() {
   }
 }
 
+// The backing store follows devicePixelRatio, which changes without a resize (browser zoom, the window moved to
+// another screen): at the old scale the strokes are blurred. A query for the ratio of now fires once, when it stops
+// matching, so each change asks anew for the new ratio; resizePad redraws what is drawn.
+function watchPixelRatio() {
+  matchMedia(`(resolution: ${window.devicePixelRatio || 1}dppx)`).addEventListener("change", () => {
+    resizePad();
+    watchPixelRatio();
+  }, { once: true });
+}
+
 // Draw `stroke` on a canvas context `size` pixels high (the pad is square, or in number mode a strip), from its
 // point `from` on.
 function drawStroke(context, size, stroke, from) {
@@ -736,6 +746,7 @@ $("number-photo").addEventListener("error", () => { // not a picture the browser
 // ---------------------------------------------------------------------------------------------------------------
 
 new ResizeObserver(resizePad).observe(pad);
+watchPixelRatio();
 selectTab(location.hash === "#evaluate" ? "evaluate" : "draw");
 if (location.hash === "#number") setMode("number");
 redraw();

@@ -580,3 +580,45 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path_prefix(browse
         wait_settled(browser)
         assert browser.execute_script("return document.body.dataset.number ?? null") is not None
         assert proxy.outside == [], "the page asked for paths outside the prefix it is served under"
+
+
+def test_the_pad_follows_a_change_of_pixel_ratio_without_a_resize_and_keeps_the_drawing(browser, backend, web):
+    """Browser zoom, or the window moved to a screen of another density, change devicePixelRatio and not always
+    the pad's size: the canvas stayed at the old scale (blurred strokes on a denser screen) until a resize. The
+    ratio is changed three times, so the page must listen again after each change (never back to 1, the
+    headless screen's own ratio: chromium's emulation does not report a return to it)."""
+    gateway = web(target=backend.target)
+    screen = {"width": 1000, "height": 800, "mobile": False}
+
+    def backing_store() -> list[int]:
+        return browser.execute_script("const p = document.getElementById('pad'); return [p.width, p.height]")
+
+    def css_width() -> float:
+        return browser.execute_script("return document.getElementById('pad').getBoundingClientRect().width")
+
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**screen, "deviceScaleFactor": 1})
+    try:
+        _page_on(browser, gateway.url + "/")
+        draw(browser, [[(0.2, 0.5), (0.8, 0.5)]])
+        wait_settled(browser)
+        width = css_width()
+        for ratio in (2, 1.5, 1.25):
+            browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**screen, "deviceScaleFactor": ratio})
+            assert browser.execute_script("return devicePixelRatio") == ratio
+            # A frame drawn: headless chromium tells the page of the change (the media query's event) when it draws
+            # one, as a browser on a screen does at once; a screenshot draws one.
+            browser.get_screenshot_as_png()
+            assert css_width() == width, "the pad was resized: a ResizeObserver would have seen it"
+            expected = browser.execute_script(
+                "const side = Math.round(arguments[0] * arguments[1]); return [side, side]", width, ratio
+            )
+            scaled = wait_until(lambda side=expected: backing_store() == side, timeout=5)
+            assert scaled, f"the pad's backing store is {backing_store()}, not {expected}, at a ratio of {ratio}"
+            # The stroke across the middle is redrawn at the new scale.
+            centre = browser.execute_script(
+                "const p = document.getElementById('pad');"
+                "return [...p.getContext('2d').getImageData(p.width / 2, p.height / 2, 1, 1).data]"
+            )
+            assert centre[:3] == [17, 17, 17], centre  # INK, #111
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
