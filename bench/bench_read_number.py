@@ -3,13 +3,15 @@
     python -m bench.bench_read_number --artifacts artifacts                 # accuracy and speed, this model
     python -m bench.bench_read_number --artifacts artifacts --per-style 50  # more numbers per style and layout
     python -m bench.bench_read_number --target localhost:50051              # accuracy alone, through a server
+    python -m bench.bench_read_number --accuracy-only --paper               # also on ruled and squared paper
     python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
 
 Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
 of testkit/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching.
 Per layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose
 digit count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers
-97 % apart and 85 % touching, digits 99 % apart.
+97 % apart and 85 % touching, digits 99 % apart. With --paper, a second table: the same on ruled and squared paper
+photographed (testkit/numbers.py's PAPER_NUMBER_STYLES), whose lines ReadNumber must take out first.
 
 Speed: 640x480 JPEG photos of 8-digit numbers (paper_photo style), apart and touching. `read_number` in this
 process (segmentation and the model in torch with one thread; the server runs its default onnxruntime backend,
@@ -150,6 +152,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="skip accuracy; without a published model in --artifacts, time a random-init one",
     )
     only.add_argument("--accuracy-only", action="store_true", help="skip the speed measurements")
+    parser.add_argument(
+        "--paper", action="store_true", help="also measure accuracy on numbers written on ruled and squared paper"
+    )
     return parser
 
 
@@ -218,6 +223,17 @@ def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
         f"{apart.digit_accuracy:.2%} (target {APART_DIGIT_TARGET:.0%}); touching: whole "
         f"{touching.whole_accuracy:.2%} (target {TOUCHING_WHOLE_TARGET:.0%})"
     )
+    if args.paper:
+        from testkit.numbers import PAPER_NUMBER_STYLES
+
+        paper = []
+        for layout in ("apart", "touching"):
+            pictures = make_numbers(
+                images, labels, per_style=args.per_style, seed=args.seed, layout=layout, styles=PAPER_NUMBER_STYLES
+            )
+            paper += score_by_style(layout, pictures, [read(p.data) for p in pictures])
+        print(f"\nThe same on ruled and squared paper, {args.per_style} per style and layout, seed {args.seed}:")
+        print(format_scores(paper))
 
 
 def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -71,6 +71,7 @@ KEEP_NEAR_FRACTION = 0.6  # ...and strokes this far from the largest (x its size
 KEEP_BIG_FRACTION = 0.25  # a stroke at least this fraction of the largest is kept wherever it is
 KEEP_CONTRAST_FRACTION = 0.4  # ...but no mark less than this fraction as dark as the digit's strokes
 MIN_DIGIT_SIDE = 5  # pixels at working resolution; a smaller blob is a speck, not a digit
+DIGIT_LEAST_FRACTION = 0.1  # of the picture's long side: the least a single digit sent alone is (ruled paper)
 SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark under 1/20 of the shorter side
 FRAME_MIN_SPAN = 0.5  # a box drawn around the digit spans at least half the picture both ways...
 FRAME_CORNER = 0.1  # ...and has ink within this fraction of its shorter side of each corner of its box...
@@ -85,6 +86,17 @@ RULING_SPAN = 0.85  # a lone straight line is the paper's (a margin) only if it 
 # drawn style of the tests); a page of random dots gave 2,500, and a full-frame band for each took 2.5 GB and
 # seconds on a 215 KB PNG.
 MAX_RULING_CANDIDATES = 128
+# A line of ruled or squared paper that the writing crosses along its length (a line of a number written on a
+# rule) has too little thin ink to be found as the others are. Within a family it is looked for again among all the
+# ink, at the family's angle (within RULING_HIDDEN_TILT degrees), and taken if its band has ink along nearly all of
+# its length (a paper line is unbroken; a line drawn through the writing finds ink only on the strokes it crosses)
+# and it reaches as far as the family's lines do.
+RULING_HIDDEN_COVER = 0.9
+RULING_HIDDEN_TILT = 1.0
+RULING_HIDDEN_PHASE = 0.2  # of the family's spacing: how far from a whole number of spacings such a line may lie
+RULING_HIDDEN_THIN = 0.35  # of its ink at least with paper on both sides (the writing along it makes the rest)
+RULING_LOCAL = 0.2  # of the picture's long side: the window over which the ruling's own contrast is taken
+RULING_MIN_BITS = 6  # bits of a faint line in a row (at squared paper's crossings, say) that make it a line
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,23 +388,7 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     """
     noise = noise_level(ink)
     threshold = ink_threshold(ink, noise)
-    strong = (ink >= threshold).astype(np.uint8)
-    removed = None
-    if max(ink.shape) >= RULING_MIN_PICTURE:
-        ruling, family = find_ruling(strong)
-        if ruling.any():
-            removed = ruling & ~keep_strokes_across_ruling(strong, ruling, ink if weakest is None else weakest, ink)
-            off_ruling = strong.copy()
-            off_ruling[removed] = 0
-            if digit_sized_ink(off_ruling):
-                strong = off_ruling
-            elif family:  # ruled or squared paper and nothing else on it
-                raise ImageRejected(
-                    "no digit found: only the lines of ruled or squared paper. Write the digit darker than the "
-                    "lines (a pen rather than a pencil), or photograph it closer so that it fills more of the frame"
-                )
-            else:  # one long straight line and nothing else: it is the digit (a 1), not the paper's
-                removed = None
+    strong, removed = without_ruling(ink, (ink >= threshold).astype(np.uint8), weakest)
     labels, stats = connected_components(strong)
     # (components,) bool; label 0 (the paper) is never kept. A single stroke is the digit whatever its contrast
     # (digit_components), so the contrasts are measured only where there are several.
@@ -421,14 +417,47 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
 
 
-def digit_sized_ink(mask: np.ndarray) -> bool:
+def without_ruling(
+    ink: np.ndarray,
+    strong: np.ndarray,
+    weakest: np.ndarray | None,
+    what: str = "the digit",
+    least_fraction: float = DIGIT_LEAST_FRACTION,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the ink mask `strong` (H, W) uint8 without the lines of ruled or squared paper, the (H, W) bool pixels
+    taken out, or None if none were). One step of find_ink, and of shared.segment's search for a number's pieces:
+    a number on ruled paper must lose its lines as a single digit does, or the lines join its digits into one.
+
+    Strokes that cross a line keep their pixels on it (keep_strokes_across_ruling); `weakest` is as for find_ink.
+    A picture with nothing but ruling left (no piece of ink left whose longer side is `least_fraction` of the
+    picture's, see digit_sized_ink) is refused, saying so; a single long straight line with nothing else is no
+    ruling but the writing itself (a 1), and is kept."""
+    if max(ink.shape) < RULING_MIN_PICTURE:
+        return strong, None
+    ruling, family = find_ruling(strong)
+    if not ruling.any():
+        return strong, None
+    removed = ruling & ~keep_strokes_across_ruling(strong, ruling, ink if weakest is None else weakest, ink)
+    off_ruling = strong.copy()
+    off_ruling[removed] = 0
+    if digit_sized_ink(off_ruling, least_fraction):
+        return off_ruling, removed
+    if family:  # ruled or squared paper and nothing else on it
+        raise ImageRejected(
+            f"no digit found: only the lines of ruled or squared paper. Write {what} darker than the lines (a pen "
+            "rather than a pencil), or photograph it closer so that it fills more of the frame"
+        )
+    return strong, None  # one long straight line and nothing else: it is the digit (a 1), not the paper's
+
+
+def digit_sized_ink(mask: np.ndarray, least_fraction: float = DIGIT_LEAST_FRACTION) -> bool:
     """Whether a (H, W) uint8 ink mask has anything a digit could be made of: a component, not a speck, at
-    least MIN_DIGIT_SIDE on its long side and a tenth of the mask's own largest extent."""
+    least MIN_DIGIT_SIDE on its long side and `least_fraction` of the mask's own largest extent."""
     _, stats = connected_components(mask)
     if len(stats) < 2:
         return False
     sides = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
-    return bool((sides >= max(MIN_DIGIT_SIDE, 0.1 * max(mask.shape))).any())
+    return bool((sides >= max(MIN_DIGIT_SIDE, least_fraction * max(mask.shape))).any())
 
 
 def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -474,18 +503,121 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
             a, b = np.cos(theta), np.sin(theta)
             x, y, far = 2 * a * rho, 2 * b * rho, 2 * (width + height)
             cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
-            candidates.append((direction, float(2 * rho), np.flatnonzero(band.astype(bool) & ink)))
+            candidates.append((direction, float(2 * rho), np.flatnonzero(band.astype(bool) & ink), float(theta)))
     ruling = np.zeros(strong.shape, bool)
     in_family = False
     for direction in (0, 1):
         family = [c for c in candidates if c[0] == direction and thin_fraction(c[2], beside[direction]) >= 0.5]
         # Distinct lines: Hough finds a thick line at several neighbouring distances.
-        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _ in family})
-        for _, _, pixels in family:
+        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _, _ in family})
+        for _, _, pixels, _ in family:
             if distinct >= 3 or line_extent(pixels, width, direction) >= RULING_SPAN * (width, height)[direction]:
                 ruling.flat[pixels] = True
                 in_family |= distinct >= 3
+        if distinct >= 3:
+            for pixels in lines_behind_writing(ink, direction, family, beside[direction]):
+                ruling.flat[pixels] = True
+            ruling |= dashed_lines(ink & ~ruling, direction, float(np.median([c[3] for c in family])))
+        else:  # a lone line in dashes (a faint margin) must cross the picture, as a lone line found whole must
+            ruling |= dashed_lines(ink & ~ruling, direction, np.pi / 2 * (1 - direction), RULING_SPAN)
     return ruling, in_family
+
+
+def dashed_lines(ink: np.ndarray, direction: int, theta: float, reach: float = RULING_MIN_LENGTH) -> np.ndarray:
+    """(H, W) bool: the dashes of paper lines too faint to be found whole, in a (H, W) bool ink map, at the angle
+    `theta` (Hough's, radians) of the family of lines found in `direction`. Where the paper's contrast is near the
+    threshold, a line breaks into dashes and bits (a line near the picture's edge, in the vignette). A dash is a
+    piece no thicker than a line's band and at least two bands long, along the lines' direction; pieces on one line
+    (their distances from the origin within half a band of each other) are a line if at least three of them are
+    dashes, or RULING_MIN_BITS are there at all (only a faint grid's crossings may be left of it), and they reach
+    across `reach` of the picture, which no writing does in pieces that thin. Without a family (a lone margin line)
+    `theta` is the direction's own (0 or pi / 2) and the dashes must cross RULING_SPAN of the picture."""
+    height, width = ink.shape
+    labels, stats = connected_components(ink.astype(np.uint8))
+    x, y, w, h, area = (stats[1:, i].astype(np.float64) for i in range(5))
+    across, along = (h, w) if direction == 0 else (w, h)
+    # Thin (a band's thickness on average), long, and lying along the lines (its box no taller than a line
+    # tilted by RULING_MAX_TILT would make it).
+    aligned = across <= RULING_BAND + along * np.tan(np.radians(RULING_MAX_TILT))
+    dash = np.flatnonzero((area <= RULING_BAND * along) & aligned) + 1  # labels, bits of a line included
+    long = along >= 2 * RULING_BAND  # (pieces,) the dashes proper
+    out = np.zeros(ink.shape, bool)
+    if len(dash) < 3:
+        return out
+    centre_x, centre_y = x[dash - 1] + w[dash - 1] / 2, y[dash - 1] + h[dash - 1] / 2
+    rho = centre_x * np.cos(theta) + centre_y * np.sin(theta)
+    order = np.argsort(rho)
+    # Lines: runs of dashes in order of distance, each within half a band of the one before.
+    breaks = np.flatnonzero(np.diff(rho[order]) > RULING_BAND / 2) + 1
+    length = (width, height)[direction]
+    start, end = (x, x + w) if direction == 0 else (y, y + h)
+    chosen = np.zeros(len(stats), bool)
+    for run in np.split(order, breaks):
+        members = dash[run]
+        enough = np.count_nonzero(long[members - 1]) >= 3 or len(members) >= RULING_MIN_BITS
+        if enough and end[members - 1].max() - start[members - 1].min() >= reach * length:
+            chosen[members] = True
+    if chosen.any():
+        out = chosen[labels]
+    return out
+
+
+def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: np.ndarray) -> list[np.ndarray]:
+    """The ink (flat indices into (H, W)) of each further line of a family of paper lines (`family`: find_ruling's
+    candidates (direction, rho, pixels, theta) in `direction`) that writing along it hid from find_ruling's search
+    of the thin ink: see RULING_HIDDEN_COVER. It lies a whole number of the family's spacings from its lines
+    (within RULING_HIDDEN_PHASE), and RULING_HIDDEN_THIN of its ink is thin (`beside` as for thin_fraction): the
+    edge of a dark table beyond the sheet has ink along its whole length too, but on one side only (a quarter of
+    it thin at most, where the lines behind writing measured 0.40-0.49). Lines already in the family are not given
+    again."""
+    height, width = ink.shape
+    thetas = np.array([theta for _, _, _, theta in family])
+    if np.ptp(thetas) > np.pi / 2:  # vertical lines leaning both ways (theta near 0 and near pi): not searched
+        return []
+    spread = np.radians(RULING_HIDDEN_TILT)
+    low, high = max(0.0, float(thetas.min()) - spread), min(np.pi, float(thetas.max()) + spread)
+    length = (width, height)[direction]
+    half = cv2.resize(
+        cv2.dilate(ink.astype(np.uint8), np.ones((2, 2), np.uint8)),
+        (max(1, width // 2), max(1, height // 2)),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
+    if found is None:
+        return []
+    reach = float(np.median([line_extent(pixels, width, direction) for _, _, pixels, _ in family]))
+    known = [rho for _, rho, _, _ in family]
+    # The family's lines (Hough's neighbouring distances of one line merged) and their spacing: a line behind the
+    # writing lies a whole number of spacings from them, as the paper's lines do.
+    ordered = np.sort(known)
+    runs = np.split(ordered, np.flatnonzero(np.diff(ordered) >= 2 * RULING_BAND) + 1)
+    family_lines = [float(np.mean(run)) for run in runs]
+    spacing = float(np.median(np.diff(family_lines))) if len(family_lines) >= 2 else 0.0
+    band = np.zeros(ink.shape, np.uint8)
+    lines: list[np.ndarray] = []
+    for rho, theta in found[:MAX_RULING_CANDIDATES, 0]:
+        rho = 2 * float(rho)
+        if min(abs(rho - k) for k in known) < 2 * RULING_BAND:
+            continue  # a line of the family, or its neighbour at the next distance
+        band[:] = 0
+        a, b, far = np.cos(theta), np.sin(theta), 2 * (width + height)
+        x, y = a * rho, b * rho
+        cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
+        pixels = np.flatnonzero(band.astype(bool) & ink)
+        along = pixels % width if direction == 0 else pixels // width
+        extent = line_extent(pixels, width, direction)
+        covered = len(np.unique(along)) >= RULING_HIDDEN_COVER * extent
+        steps = min(abs(rho - line) for line in family_lines) / spacing if spacing > 0 else 0.0
+        in_step = round(steps) >= 1 and abs(steps - round(steps)) <= RULING_HIDDEN_PHASE
+        if (
+            extent >= RULING_SPAN * reach
+            and covered
+            and in_step
+            and thin_fraction(pixels, beside) >= RULING_HIDDEN_THIN
+        ):
+            lines.append(pixels)
+            known.append(rho)
+    return lines
 
 
 def besides(ink: np.ndarray, direction: int) -> np.ndarray:
@@ -522,7 +654,7 @@ def keep_strokes_across_ruling(
     - where a stroke crosses a line: the line's pixels between the stroke's two sides (a closing of the ink off
       the lines by a little more than the band), so a crossing stroke is kept whole;
     - where the ink is much darker than the ruling (a pen over faint printed lines): pixels at least 1.5 times
-      the ruling's typical contrast;
+      the ruling's typical contrast around them;
     - where the line is coloured and the ink is not (blue or red ruling, black or dark-blue ink): pixels that
       differ from the paper in every channel, unlike the ruling's own.
     """
@@ -530,7 +662,16 @@ def keep_strokes_across_ruling(
     bridge = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (RULING_BAND + 4, RULING_BAND + 4))
     kept = ruling & cv2.morphologyEx(off_lines, cv2.MORPH_CLOSE, bridge).astype(bool)
     contrast = strongest[ruling].astype(np.float32)
-    rescued = contrast >= 1.5 * np.median(contrast)
+    # The ruling's typical contrast where each pixel is: its mean over a window RULING_LOCAL of the picture wide,
+    # each pixel counted at most 1.5 times the whole ruling's median. A line printed unevenly, or under uneven
+    # light, is twice as dark at one end as at the other, and against the median alone its darker end was kept as
+    # writing; the cap keeps a pen stroke that runs along a line for a while from raising the line's own level.
+    side = max(3, round(RULING_LOCAL * max(ruling.shape))) | 1
+    on = ruling.astype(np.float32)
+    capped = np.minimum(strongest.astype(np.float32), 1.5 * float(np.median(contrast)))
+    total = cv2.boxFilter(capped * on, -1, (side, side), normalize=False)
+    count = cv2.boxFilter(on, -1, (side, side), normalize=False)
+    rescued = contrast >= 1.5 * (total[ruling] / np.maximum(count[ruling], 1))
     neutrality = weakest[ruling].astype(np.float32) / np.maximum(contrast, 1)
     if np.median(neutrality) < 0.4:  # a coloured ruling: its marks differ from the paper in one channel only
         rescued |= neutrality > 0.6

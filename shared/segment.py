@@ -43,15 +43,17 @@ from shared.decode import ImageRejected, prepare_array
 from shared.normalize import (
     SOFT_FLOOR_MIN,
     centre_by_mass,
+    channel_contrast,
     connected_components,
     estimate_background,
     fit_in_box,
-    ink_contrast,
     ink_threshold,
     noise_level,
     normalize_stroke_width,
     percentile_uint8,
     raise_blank,
+    strongest_and_weakest,
+    without_ruling,
 )
 
 
@@ -108,6 +110,7 @@ DOTTED_MIN_PIECES = 12
 DOTTED_DOT_SIZE = 0.2
 DOTTED_MAX_GAP = 4.0
 DOTTED_JOIN = 2.0
+DOTTED_SPECK = 0.25  # of the median piece's longer side: pieces smaller than this are not counted as dots
 # The closing's cost grows with its kernel's area (a 503-pixel ellipse took 5 s on a megapixel): a wider one runs on
 # the mask shrunk to bring the kernel to this side, its result brought back to full size.
 JOIN_MAX_SIDE = 63
@@ -221,8 +224,8 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     """A decoded picture (as decode_image returns it) -> the number written in it. ImageRejected when there is
     no digit, more than one line, or more than MAX_DIGITS digits, with what to send instead."""
     work = prepare_array(image)
-    ink = ink_contrast(work, estimate_background(work))
-    pieces = find_pieces(ink)
+    ink, weakest = strongest_and_weakest(channel_contrast(work, estimate_background(work)))
+    pieces = find_pieces(ink, weakest)
     slant = estimate_slant(pieces)
     groups = group_pieces(pieces, slant)
     # Far too many groups of a digit's height: refused before the steps that weigh every pair of them (512 bars
@@ -278,21 +281,26 @@ class Pieces:
     kept: np.ndarray  # labels of the pieces kept (not specks), largest first
     noise: float
     threshold: float
+    ruling: np.ndarray | None = None  # (H, W) bool: the paper's lines taken out of the ink, if any
 
 
-def find_pieces(ink: np.ndarray) -> Pieces:
-    """Threshold the ink as for one digit and keep the components that are not specks; ImageRejected if none.
-    Writing in dots is joined into strokes first (join_dots)."""
+def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
+    """Threshold the ink as for one digit, take out the lines of ruled or squared paper as for one digit
+    (`weakest` as for shared.normalize.find_ink), and keep the components that are not specks; ImageRejected if
+    none. Writing in dots is joined into strokes first (join_dots)."""
     noise = noise_level(ink)
     threshold = ink_threshold(ink, noise)
-    strong = (ink >= threshold).astype(np.uint8)
+    # A number's digits are smaller in the picture than a digit sent alone: any piece more than a speck is enough.
+    strong, ruling = without_ruling(ink, (ink >= threshold).astype(np.uint8), weakest, "the number", 0.0)
     labels, stats = connected_components(strong)
     kept = not_specks(stats)
     if len(kept) == 0:
         if len(stats) > 1:  # ink there is, in marks of a pixel or two: not a blank page
             raise only_specks(int(stats[1:, 2:4].max()))
         raise_blank(ink, threshold, noise, found="digit", what="a number")
-    spacing = dot_spacing(stats[kept])
+    # Not on ruled or squared paper: the bits its lines leave where they are too faint to be found (their crossings,
+    # rows of dashes) look like writing in dots, and joined into blobs every digit near them.
+    spacing = dot_spacing(stats[kept]) if ruling is None else None
     if spacing is not None:
         ink, strong = join_dots(ink, strong, spacing)
         labels, stats = connected_components(strong)
@@ -300,7 +308,7 @@ def find_pieces(ink: np.ndarray) -> Pieces:
     longest = int(stats[kept, 2:4].max())
     if longest < 5:
         raise only_specks(longest)
-    return Pieces(ink, labels, stats, kept, noise, threshold)
+    return Pieces(ink, labels, stats, kept, noise, threshold, ruling)
 
 
 def only_specks(longest: int) -> ImageRejected:
@@ -328,6 +336,12 @@ def dot_spacing(stats: np.ndarray) -> float | None:
     Dots: at least DOTTED_MIN_PIECES pieces, most of them round and small (the median piece's longer side at
     most DOTTED_DOT_SIZE of the ink's height), each with a neighbour within a few of its own sizes.
     """
+    if len(stats) < DOTTED_MIN_PIECES:
+        return None
+    # Specks far smaller than the typical piece are dust, not dots (dots of writing are of a size): six specks
+    # beside seven digits made thirteen "dots" of a digit's size, and the closing joined the digits into one blob.
+    sides = stats[:, 2:4].max(axis=1).astype(np.float64)
+    stats = stats[sides >= DOTTED_SPECK * np.median(sides)]
     if len(stats) < DOTTED_MIN_PIECES:
         return None
     sides = stats[:, 2:4].max(axis=1).astype(np.float64)
@@ -506,9 +520,17 @@ def check_one_line(groups: list[Group], height: float) -> None:
                 parent[root(i)] = root(j)
     lines = len({root(i) for i in range(len(tall))})
     if lines > 1:
+        # Each "line" a single mark, the marks one above another: a number written sideways or steeply (a photo
+        # taken turned), which turning the picture makes one line.
+        column = lines == len(tall) and np.ptp([g.top + g.bottom for g in tall]) > np.ptp([g.x0 + g.x1 for g in tall])
         raise ImageRejected(
             f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
             "picture of one number (crop to it)"
+            + (
+                "; if it is written sideways or at a steep angle, turn the picture so that it reads level"
+                if column
+                else ""
+            )
         )
 
 
@@ -984,15 +1006,21 @@ def digit_image(pieces: Pieces, strokes: np.ndarray, x: int, y: int) -> np.ndarr
     x0, y0, x1, y1 = max(x - 1, 0), max(y - 1, 0), min(x + w + 1, width), min(y + h + 1, height)
     grown = np.zeros((y1 - y0, x1 - x0), bool)
     grown[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = strokes
-    soft = soft_ink(ink[y0:y1, x0:x1], grown, pieces.noise, pieces.threshold)
+    ruling = None if pieces.ruling is None else pieces.ruling[y0:y1, x0:x1]
+    soft = soft_ink(ink[y0:y1, x0:x1], grown, pieces.noise, pieces.threshold, ruling)
     crop, _ = normalize_stroke_width(soft)
     return centre_by_mass(fit_in_box(crop))
 
 
-def soft_ink(window: np.ndarray, strokes: np.ndarray, noise: float, threshold: float) -> np.ndarray:
+def soft_ink(
+    window: np.ndarray, strokes: np.ndarray, noise: float, threshold: float, ruling: np.ndarray | None = None
+) -> np.ndarray:
     """Anti-aliased ink (h, w) float32 in [0, 1] on the strokes and a one-pixel fringe: find_ink's mapping (the
-    noise floor -> 0, the strokes' typical contrast -> 1), for the strokes of one digit among several."""
+    noise floor -> 0, the strokes' typical contrast -> 1), for the strokes of one digit among several. A paper
+    line beside a stroke (`ruling`, (h, w) bool) is not its fringe, as in find_ink."""
     fringe = cv2.dilate(strokes.astype(np.uint8), np.ones((3, 3), np.uint8))
+    if ruling is not None:
+        fringe[ruling & ~strokes] = 0
     low = max(SOFT_FLOOR_MIN, min(3.0 * noise, threshold / 2))
     high = max(percentile_uint8(window[strokes], 75), threshold + 1.0)
     return np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from testkit.user_images import (
+    BALLPOINT_INKS,
     coloured_ink_and_paper,
     draw_digit,
     encode,
@@ -35,6 +36,9 @@ from testkit.user_images import (
     paint,
     pen_stroke,
     pick,
+    rule_notebook,
+    rule_squares,
+    sheet,
     zhang_suen_thinning,
 )
 
@@ -358,12 +362,44 @@ def paper_photo(digits, rng, options, size: tuple[int, int] | None = None):
     """A phone photo of a ballpoint number on paper: tilt and perspective, a lighting gradient and vignette,
     defocus, noise, JPEG, and in half of them the pixels stored sideways with an EXIF orientation tag. JPEG."""
     width, height = size or pick(rng, [(640, 480), (640, 480), (1024, 768), (1280, 960)])
-    h = line_height((height, width), rng.uniform(0.12, 0.3), len(digits))
-    written = write_number(digits, h, rng.uniform(0.045, 0.08) * h, rng, **options)
-    coverage, written = fit_on_canvas(written, (height, width), rng, margin=0.08, centre_bias=0.4)
+    coverage, written, _ = ballpoint_number(digits, rng, options, (height, width))
     paper = rng.uniform(150, 225) * np.array([1.0, rng.uniform(0.97, 1.02), rng.uniform(0.9, 1.0)])
-    ink = pick(rng, [(25, 25, 35), (20, 35, 110), (45, 45, 45)])
-    image = paint(coverage, ink, paper)
+    ink = pick(rng, BALLPOINT_INKS)
+    return photographed_number(paint(coverage, ink, paper), paper, written, rng)
+
+
+def ballpoint_number(
+    digits, rng: np.random.Generator, options: dict, canvas: tuple[int, int]
+) -> tuple[np.ndarray, Written, int]:
+    """A ballpoint number on a (H, W) canvas, as a phone photographs one: (coverage, the digits, their height)."""
+    h = line_height(canvas, rng.uniform(0.12, 0.3), len(digits))
+    written = write_number(digits, h, rng.uniform(0.045, 0.08) * h, rng, **options)
+    coverage, written = fit_on_canvas(written, canvas, rng, margin=0.08, centre_bias=0.4)
+    return coverage, written, h
+
+
+def ruled_paper(digits, rng, options):
+    """A number on notebook paper (testkit.user_images.rule_notebook, a rule under the digits' foot), photographed
+    as paper_photo. JPEG."""
+    coverage, written, h = ballpoint_number(digits, rng, options, (480, 640))
+    paper, colour = sheet(*coverage.shape, rng)
+    rule_notebook(paper, rng, h, int(np.nonzero(coverage.max(axis=1) > 0.5)[0][-1]))
+    return photographed_number(paint(coverage, pick(rng, BALLPOINT_INKS), paper), colour, written, rng)
+
+
+def squared_paper(digits, rng, options):
+    """A number on squared paper (testkit.user_images.rule_squares), photographed as paper_photo. JPEG."""
+    coverage, written, h = ballpoint_number(digits, rng, options, (480, 640))
+    paper, colour = sheet(*coverage.shape, rng)
+    rule_squares(paper, rng, h)
+    return photographed_number(paint(coverage, pick(rng, BALLPOINT_INKS), paper), colour, written, rng)
+
+
+def photographed_number(image: np.ndarray, paper, written: Written, rng: np.random.Generator):
+    """A number painted on paper (H, W, 3), photographed: tilt and perspective (the border in the `paper` colour,
+    (3,)), a lighting gradient and vignette, defocus, noise, JPEG, and in half of them the pixels stored sideways
+    with an EXIF orientation tag. (encoded picture, the digits' boxes as displayed)."""
+    height, width = image.shape[:2]
     homography = tilt_homography(width, height, rng)
     image = cv2.warpPerspective(
         image,
@@ -415,6 +451,9 @@ NUMBER_STYLES: dict[str, Renderer] = {
     "paper_photo": paper_photo,
     "dark_mode": dark_mode,
 }
+# Numbers on structured paper, the number versions of testkit/user_images.py's ruled and squared PAPER_KINDS: asked
+# for by name (make_numbers(styles=...)), so the drawn styles' sets and figures stay what they were.
+PAPER_NUMBER_STYLES: dict[str, Renderer] = {"ruled": ruled_paper, "squared": squared_paper}
 
 
 def make_numbers(
@@ -442,7 +481,7 @@ def make_numbers(
             mark = None
             if separator and count >= 2:
                 mark = (int(rng.integers(1, count)), pick(rng, SEPARATORS))
-            data, boxes = NUMBER_STYLES[style](
+            data, boxes = {**NUMBER_STYLES, **PAPER_NUMBER_STYLES}[style](
                 [images[i] for i in picks], rng, {"layout": layout, "pen": pen, "separator": mark}
             )
             out.append(
@@ -459,18 +498,23 @@ def make_numbers(
     return out
 
 
-def cached_numbers(images: np.ndarray, labels: np.ndarray, *, per_style: int, seed: int, layout: str) -> list:
-    """make_numbers(images, labels, per_style=..., seed=..., layout=...), made once and kept in the test cache
-    (testkit/cache.py), keyed by the code that draws them: a few hundred numbers take 15-20 s to draw. `images`
-    and `labels` must be MNIST's test digits, as everywhere the tests and benchmarks draw numbers."""
+def cached_numbers(
+    images: np.ndarray, labels: np.ndarray, *, per_style: int, seed: int, layout: str, styles: tuple[str, ...] = ()
+) -> list:
+    """make_numbers(images, labels, per_style=..., seed=..., layout=..., styles=...), made once and kept in the test
+    cache (testkit/cache.py), keyed by the code that draws them: a few hundred numbers take 15-20 s to draw.
+    `images` and `labels` must be MNIST's test digits, as everywhere the tests and benchmarks draw numbers. No
+    `styles`: the drawn ones (NUMBER_STYLES)."""
     from testkit.cache import cached_pickle, code_hash
 
     key = code_hash(
         ("testkit/numbers.py", "testkit/user_images.py", "shared/normalize.py"),
-        extra=f"{layout}-{per_style}-{seed}-{len(images)}",
+        extra=f"{layout}-{per_style}-{seed}-{len(images)}" + "".join(f"-{style}" for style in styles),
     )
     return cached_pickle(
-        "numbers", key, lambda: make_numbers(images, labels, per_style=per_style, seed=seed, layout=layout)
+        "numbers",
+        key,
+        lambda: make_numbers(images, labels, per_style=per_style, seed=seed, layout=layout, styles=styles or None),
     )
 
 

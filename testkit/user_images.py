@@ -423,11 +423,9 @@ def written_on_paper(
 BALLPOINT_INKS = [(25, 25, 35), (20, 35, 110), (45, 45, 45)]
 
 
-def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    """Notebook paper: blue rules a little closer than the digit is tall, the digit's foot on a rule; in two
-    fifths of them a red margin line. JPEG."""
-    coverage, digit_height, _top, bottom = written_on_paper(digit, rng)
-    paper, _ = sheet(*coverage.shape, rng)
+def rule_notebook(paper: np.ndarray, rng: np.random.Generator, digit_height: float, baseline: int) -> None:
+    """Notebook paper's lines on a sheet (H, W, 3), in place: blue rules a little closer than the writing is tall,
+    one under its foot (`baseline`, a row); in two fifths of them a red margin line."""
     spacing = rng.uniform(0.55, 0.9) * digit_height
     draw_lines(
         paper,
@@ -436,31 +434,44 @@ def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
         colour=(rng.uniform(60, 150), rng.uniform(100, 170), rng.uniform(190, 230)),
         width=rng.uniform(1.2, 3.0),
         vertical=False,
-        offset=(bottom + rng.uniform(-3, 3)) % spacing,
+        offset=(baseline + rng.uniform(-3, 3)) % spacing,
     )
     if rng.uniform() < 0.4:
-        margin = rng.uniform(0.06, 0.25) * coverage.shape[1]
+        margin = rng.uniform(0.06, 0.25) * paper.shape[1]
         draw_lines(
             paper,
             rng,
-            spacing=coverage.shape[1] * 2,
+            spacing=paper.shape[1] * 2,
             colour=(215, 80, 85),
             width=rng.uniform(1.5, 3.0),
             vertical=True,
             offset=margin,
         )
-    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
 
 
-def squared_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    """Squared (graph) paper: a grey-blue grid, the digit two to three squares tall. JPEG."""
-    coverage, digit_height, _, _ = written_on_paper(digit, rng)
-    paper, _ = sheet(*coverage.shape, rng)
+def rule_squares(paper: np.ndarray, rng: np.random.Generator, digit_height: float) -> None:
+    """Squared (graph) paper's grid on a sheet (H, W, 3), in place: grey-blue, the writing two to three squares
+    tall."""
     spacing = digit_height / rng.uniform(2.0, 3.0)
     colour = (rng.uniform(90, 160), rng.uniform(120, 180), rng.uniform(170, 220))
     width = rng.uniform(1.0, 2.2)
     draw_lines(paper, rng, spacing=spacing, colour=colour, width=width, vertical=False)
     draw_lines(paper, rng, spacing=spacing, colour=colour, width=width, vertical=True)
+
+
+def ruled_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Notebook paper (rule_notebook), the digit's foot on a rule. JPEG."""
+    coverage, digit_height, _top, bottom = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    rule_notebook(paper, rng, digit_height, bottom)
+    return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
+
+
+def squared_paper(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Squared (graph) paper (rule_squares). JPEG."""
+    coverage, digit_height, _, _ = written_on_paper(digit, rng)
+    paper, _ = sheet(*coverage.shape, rng)
+    rule_squares(paper, rng, digit_height)
     return photographed(paper, coverage, pick(rng, BALLPOINT_INKS), rng)
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -255,3 +256,111 @@ def test_a_page_of_random_dots_is_searched_for_ruled_lines_in_bounded_memory():
     assert result.returncode == 0, result.stderr[-2000:]
     peak_mib = int(result.stdout.split()[-1]) / 1024
     assert peak_mib < 200, f"{peak_mib:.0f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lines under a whole number (ReadNumber takes them out with the same step, normalize.without_ruling): writing
+# runs along them, they fade, they wear into dashes. Each picture: blue rules 60 pixels apart on a 640x480 page, and
+# rings of a pen for digits (smaller than one digit sent alone: as for ReadNumber, no least size is asked).
+
+
+def strokes(picture: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (H, W, 3) uint8 photo -> (ink contrast, weakest channel's contrast, the ink mask), as find_ink sees it."""
+    paper = normalize.estimate_background(picture)
+    ink, weakest = normalize.strongest_and_weakest(normalize.channel_contrast(picture, paper))
+    strong = (ink >= normalize.ink_threshold(ink, normalize.noise_level(ink))).astype(np.uint8)
+    return ink, weakest, strong
+
+
+def left_after_ruling(picture: np.ndarray) -> np.ndarray:
+    """The ink mask (H, W) bool of `picture` once its ruling is out."""
+    ink, weakest, strong = strokes(picture)
+    left, _ = normalize.without_ruling(ink, strong, weakest, "the number", 0.0)
+    return left.astype(bool)
+
+
+def ruled_page(colour=(90, 130, 215)) -> np.ndarray:
+    """(480, 640, 3) float32: a page ruled every 60 pixels from row 30 (rows 30, 90, ..., 450)."""
+    paper = sheet(480, 640, np.random.default_rng(1))[0].copy()
+    draw_lines(paper, np.random.default_rng(0), spacing=60, colour=colour, width=2.5, vertical=False, offset=30)
+    return paper
+
+
+def ring(page: np.ndarray, centre: tuple[int, int]) -> None:
+    cv2.ellipse(page, centre, (22, 32), 0, 0, 360, (25, 25, 35), 5, cv2.LINE_AA)
+
+
+def photo(page: np.ndarray) -> np.ndarray:
+    return np.clip(page + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_a_rule_printed_darker_at_one_end_is_taken_out_to_that_end():
+    """Rules dark at the left and paler from a third of the way on (a worn print, uneven light): against the whole
+    ruling's median, their dark ends were 'ink much darker than the ruling' and kept, 150-pixel strokes that
+    ReadNumber took for digits or for another line of writing. Each pixel is now weighed against the ruling around
+    it."""
+    dark, pale = ruled_page((40, 70, 190)), ruled_page((115, 145, 218))
+    share = np.clip((np.arange(640) - 100) / 60, 0, 1).astype(np.float32)[None, :, None]
+    page = dark * (1 - share) + pale * share
+    ring(page, (320, 240))
+    left = left_after_ruling(photo(page))
+    left[200:280, 290:350] = False  # the ring
+    assert not left.any(), f"{left.sum()} pixels of the rules left"
+
+
+def test_a_pen_stroke_that_runs_along_a_pale_rule_for_a_while_is_kept():
+    """The ruling's level around a pixel counts no pixel above 1.5 times the whole ruling's median: a bar 120 pixels
+    long lying on a pale rule (a 7's top on the line above) made the level around it its own, and was taken out
+    with the rule (a 3 whose top lay on a rule was read as a 5)."""
+    page = ruled_page((150, 170, 225))
+    ring(page, (320, 260))
+    cv2.line(page, (290, 210), (410, 210), (25, 25, 35), 4, cv2.LINE_AA)
+    assert left_after_ruling(photo(page))[208:213, 292:408].all()
+
+
+def test_a_rule_that_writing_runs_along_for_half_its_length_is_found_with_the_others():
+    """Strokes just above the rule at row 270 along half of it, as a line of writing on a rule: too little of the
+    rule has paper on both sides for the search of thin ink to find it, and all of it stayed, joining the strokes
+    into one. It is a whole number of the other rules' spacings from them, and unbroken: found as theirs."""
+    page = ruled_page()
+    for k in range(8):
+        x0 = 80 * k + 4
+        cv2.line(page, (x0, 264), (x0 + 40, 264), (25, 25, 35), 4, cv2.LINE_AA)
+        ring(page, (x0 + 20, 240))
+    left = left_after_ruling(photo(page))
+    between = np.concatenate([np.arange(80 * k + 50, 80 * k + 76) for k in range(8)])  # columns clear of writing
+    on_the_rule = left[266:275][:, between]
+    assert not on_the_rule.any(), f"{on_the_rule.sum()} pixels of the rule left between the writing"
+
+
+def worn(page: np.ndarray, row: int | None = None, column: int | None = None, dash: int = 6, gap: int = 20) -> None:
+    """Wear a rule (at `row`) or a margin (at `column`) into dashes `dash` pixels long, `gap` apart: paper between."""
+    clean = sheet(480, 640, np.random.default_rng(1))[0]
+    for start in range(0, 640 if row is not None else 480, dash + gap):
+        gaps = slice(start + dash, start + dash + gap)
+        where = (slice(row - 4, row + 5), gaps) if row is not None else (gaps, slice(column - 4, column + 5))
+        page[where] = clean[where]
+
+
+def test_a_rule_worn_into_dashes_goes_with_the_others():
+    """Where a rule's contrast is near the threshold (the vignette, a pale print) it is dashes, too few pixels for
+    Hough; ReadNumber took its dashes for writing in dots and closed them into blobs with the digits."""
+    page = ruled_page()
+    worn(page, row=150)
+    ring(page, (320, 250))
+    left = left_after_ruling(photo(page))
+    assert not left[145:156].any(), f"{left[145:156].sum()} pixels of the worn rule left"
+
+
+def test_a_margin_worn_into_dashes_across_the_page_is_taken_out_and_a_short_row_of_dashes_kept():
+    """A lone line (no family) in dashes is the paper's only if it crosses RULING_SPAN of the picture, as a lone
+    line found whole must."""
+    page = sheet(480, 640, np.random.default_rng(1))[0].copy()
+    draw_lines(
+        page, np.random.default_rng(0), spacing=10_000, colour=(215, 80, 85), width=2.5, vertical=True, offset=90
+    )
+    worn(page, column=90)
+    ring(page, (320, 250))
+    assert not left_after_ruling(photo(page))[:, 85:96].any()
+    page[: int(0.5 * 480), 80:100] = sheet(480, 640, np.random.default_rng(1))[0][: int(0.5 * 480), 80:100]
+    assert left_after_ruling(photo(page))[:, 85:96].any()  # half the page high: not a margin, kept

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
 
-from shared import segment
+from shared import normalize, segment
 from shared.normalize import estimate_background, ink_contrast
 
 
@@ -243,12 +245,27 @@ def stair_of_dashes(count: int) -> np.ndarray:
     return picture
 
 
+def stair_pieces(count: int) -> segment.Pieces:
+    """stair_of_dashes(count)'s pieces of ink, as they are before the paper's lines are looked for."""
+    picture = stair_of_dashes(count)
+    ink = ink_contrast(picture, estimate_background(picture))
+    noise = normalize.noise_level(ink)
+    threshold = normalize.ink_threshold(ink, noise)
+    labels, stats = normalize.connected_components((ink >= threshold).astype(np.uint8))
+    return segment.Pieces(ink, labels, stats, segment.not_specks(stats), noise, threshold)
+
+
 def test_marks_stacked_so_that_grouping_cascades_are_refused_not_grouped_for_seconds():
     """480 such dashes (a 5 KB PNG) took 1.9 s of grouping, a pass per merge, to be read as "0"; 20 of them are
-    still grouped as before (well within the bound)."""
+    still grouped as before (well within the bound). As a picture, ReadNumber now takes the stacked dashes for the
+    lines of ruled paper first (a family of parallel lines), and refuses what is left as quickly."""
     with pytest.raises(segment.ImageRejected, match="481 marks lie over and beside one another as no line of writing"):
+        segment.group_pieces(stair_pieces(480), 0.0)
+    assert segment.group_pieces(stair_pieces(20), 0.0)
+    started = time.monotonic()
+    with pytest.raises(segment.ImageRejected):
         segment.read_number(stair_of_dashes(480), uniform_classifier)
-    assert segment.read_number(stair_of_dashes(20), uniform_classifier).text
+    assert time.monotonic() - started < 1.0
 
 
 def two_bars_and_a_dot(side: int) -> np.ndarray:
@@ -286,3 +303,46 @@ def test_dots_far_apart_are_joined_on_a_shrunk_mask_into_one_stroke():
     assert count - 1 == 1  # one stroke, not ten dots
     assert (closed >= strong).all() and closed.shape == strong.shape
     assert joined_ink[300, 150] > 0  # between two dots: ink now
+
+
+def test_specks_beside_digits_are_not_taken_for_writing_in_dots():
+    """Seven digits and six specks of dust around them were thirteen 'dots' (the specks far apart made the ink's
+    height large enough for the digits to count as dots), and the closing at their spacing joined the seven digits
+    into one blob. Dots of writing are of a size: specks far smaller than the typical piece are not counted."""
+    digits = [[60 + 70 * k, 190, 45, 62 + (k % 3) * 4, 700] for k in range(7)]
+    specks = [[30, 40, 3, 3, 7], [600, 60, 2, 2, 4], [610, 230, 3, 2, 5], [20, 300, 4, 3, 9], [500, 420, 2, 3, 5]]
+    specks.append([300, 470, 3, 3, 8])
+    assert segment.dot_spacing(np.array(digits + specks, np.int64)) is None
+    dots = [[40 + 12 * k, 200 + 9 * (k % 5), 4, 4, 12] for k in range(30)]  # writing in dots is still found
+    assert segment.dot_spacing(np.array(dots + specks, np.int64)) is not None
+
+
+def test_a_number_on_ruled_paper_is_read_digit_by_digit_without_its_lines():
+    """Six rings on notebook paper, rules through their middles and under their feet: the rules joined them into
+    one piece of ink (or made a second line of writing). They go as they do for a single digit."""
+    from testkit.user_images import draw_lines, sheet
+
+    page = sheet(480, 640, np.random.default_rng(1))[0].copy()
+    draw_lines(page, np.random.default_rng(0), spacing=60, colour=(90, 130, 215), width=2.5, vertical=False, offset=30)
+    for k in range(6):
+        cv2.ellipse(page, (90 + 90 * k, 238), (24, 32), 0, 0, 360, (25, 25, 35), 5, cv2.LINE_AA)
+    reading = segment.read_number(np.clip(page + 0.5, 0, 255).astype(np.uint8), uniform_classifier)
+    assert len(reading.digits) == 6
+    assert [d.box[0] // 90 for d in reading.digits] == list(range(6))
+
+
+@pytest.mark.parametrize("turned, advice", [(True, True), (False, False)])
+def test_a_number_written_sideways_is_refused_with_the_advice_to_turn_the_picture(turned, advice):
+    """Four rings one above another (a number photographed turned a quarter) are four 'lines' of one mark each:
+    the refusal says to turn the picture. Two lines of two rings each are two lines of writing, and no more."""
+    picture = np.full((480, 480), 255, np.uint8)
+    centres = (
+        [(240, 60 + 110 * k) for k in range(4)]
+        if turned
+        else [(120 + 200 * (k % 2), 120 + 220 * (k // 2)) for k in range(4)]
+    )
+    for x, y in centres:
+        cv2.ellipse(picture, (x, y), (24, 34), 0, 0, 360, 0, 5)
+    with pytest.raises(segment.ImageRejected, match="lines of writing") as refused:
+        segment.read_number(picture, uniform_classifier)
+    assert ("turn the picture" in str(refused.value)) == advice
