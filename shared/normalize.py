@@ -82,6 +82,7 @@ RULING_MAX_TILT = 8.0  # degrees from horizontal or vertical
 RULING_BAND = 5  # pixels: a line's band, its thickness and blur included
 EDGE_LINE_ELONGATION = 12  # length / mean thickness of a line-like piece at the picture's edge
 RULING_SPAN = 0.85  # a lone straight line is the paper's (a margin) only if it crosses this much of the picture
+LONE_LINE_LENGTH = 1.3  # ...and is this many times as long as the largest mark left (a 1 is as tall as a digit)
 # Hough's strongest candidate lines kept per search: ruled and squared paper gave at most 31 (every paper kind and
 # drawn style of the tests); a page of random dots gave 2,500, and a full-frame band for each took 2.5 GB and
 # seconds on a 215 KB PNG.
@@ -97,6 +98,7 @@ RULING_HIDDEN_PHASE = 0.2  # of the family's spacing: how far from a whole numbe
 RULING_HIDDEN_THIN = 0.35  # of its ink at least with paper on both sides (the writing along it makes the rest)
 RULING_LOCAL = 0.2  # of the picture's long side: the window over which the ruling's own contrast is taken
 RULING_MIN_BITS = 6  # bits of a faint line in a row (at squared paper's crossings, say) that make it a line
+MAX_DASHES = 2000  # pieces shaped as a line's dashes or bits: more is noise, not the paper's lines, and not searched
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,7 +433,9 @@ def without_ruling(
     Strokes that cross a line keep their pixels on it (keep_strokes_across_ruling); `weakest` is as for find_ink.
     A picture with nothing but ruling left (no piece of ink left whose longer side is `least_fraction` of the
     picture's, see digit_sized_ink) is refused, saying so; a single long straight line with nothing else is no
-    ruling but the writing itself (a 1), and is kept."""
+    ruling but the writing itself (a 1), and is kept. So is a lone line (no family of lines on the page) less
+    than LONE_LINE_LENGTH times as long as the tallest mark left: a margin crosses the page, a 1 in a tightly
+    cropped number is as tall as its neighbours."""
     if max(ink.shape) < RULING_MIN_PICTURE:
         return strong, None
     ruling, family = find_ruling(strong)
@@ -440,6 +444,8 @@ def without_ruling(
     removed = ruling & ~keep_strokes_across_ruling(strong, ruling, ink if weakest is None else weakest, ink)
     off_ruling = strong.copy()
     off_ruling[removed] = 0
+    if not family and not longer_than_writing(removed, off_ruling):
+        return strong, None  # a lone straight stroke no longer than the writing beside it: a 1 among digits
     if digit_sized_ink(off_ruling, least_fraction):
         return off_ruling, removed
     if family:  # ruled or squared paper and nothing else on it
@@ -448,6 +454,18 @@ def without_ruling(
             "rather than a pencil), or photograph it closer so that it fills more of the frame"
         )
     return strong, None  # one long straight line and nothing else: it is the digit (a 1), not the paper's
+
+
+def longer_than_writing(lines: np.ndarray, rest: np.ndarray) -> bool:
+    """Whether the lines (H, W) bool (taken together: a worn margin is many dashes) reach LONE_LINE_LENGTH times the
+    longer side of the largest mark in `rest` (H, W) uint8, or there is no mark."""
+    _, rest_stats = connected_components(rest)
+    rows, cols = np.nonzero(lines)
+    if len(rest_stats) < 2 or len(rows) == 0:
+        return len(rest_stats) < 2
+    reach = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
+    largest = rest_stats[1 + int(np.argmax(rest_stats[1:, cv2.CC_STAT_AREA]))]
+    return reach >= LONE_LINE_LENGTH * max(largest[cv2.CC_STAT_WIDTH], largest[cv2.CC_STAT_HEIGHT])
 
 
 def digit_sized_ink(mask: np.ndarray, least_fraction: float = DIGIT_LEAST_FRACTION) -> bool:
@@ -517,46 +535,61 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
         if distinct >= 3:
             for pixels in lines_behind_writing(ink, direction, family, beside[direction]):
                 ruling.flat[pixels] = True
-            ruling |= dashed_lines(ink & ~ruling, direction, float(np.median([c[3] for c in family])))
-        else:  # a lone line in dashes (a faint margin) must cross the picture, as a lone line found whole must
-            ruling |= dashed_lines(ink & ~ruling, direction, np.pi / 2 * (1 - direction), RULING_SPAN)
+            # Vertical lines leaning either way come back near 0 and near pi: one side of 0 for their median.
+            thetas = [c[3] - np.pi if c[3] > np.pi / 2 and direction == 1 else c[3] for c in family]
+            ruling |= dashed_lines(ink & ~ruling, direction, float(np.median(thetas)))
+        else:  # a lone line in dashes (a faint margin)
+            ruling |= dashed_lines(ink & ~ruling, direction, None)
     return ruling, in_family
 
 
-def dashed_lines(ink: np.ndarray, direction: int, theta: float, reach: float = RULING_MIN_LENGTH) -> np.ndarray:
-    """(H, W) bool: the dashes of paper lines too faint to be found whole, in a (H, W) bool ink map, at the angle
-    `theta` (Hough's, radians) of the family of lines found in `direction`. Where the paper's contrast is near the
-    threshold, a line breaks into dashes and bits (a line near the picture's edge, in the vignette). A dash is a
-    piece no thicker than a line's band and at least two bands long, along the lines' direction; pieces on one line
-    (their distances from the origin within half a band of each other) are a line if at least three of them are
-    dashes, or RULING_MIN_BITS are there at all (only a faint grid's crossings may be left of it), and they reach
-    across `reach` of the picture, which no writing does in pieces that thin. Without a family (a lone margin line)
-    `theta` is the direction's own (0 or pi / 2) and the dashes must cross RULING_SPAN of the picture."""
+def dashed_lines(ink: np.ndarray, direction: int, theta: float | None) -> np.ndarray:
+    """(H, W) bool: the dashes of paper lines too faint to be found whole, in a (H, W) bool ink map, in `direction`:
+    at the angle `theta` (Hough's, radians) of the family of lines found there (give or take RULING_HIDDEN_TILT
+    degrees), or, for a lone line (a margin; `theta` None), at any angle within RULING_MAX_TILT of the direction.
+
+    Where the paper's contrast is near the threshold, a line breaks into dashes and bits (near the picture's edge,
+    in the vignette). A dash is a piece no thicker than a line's band, lying along the direction, and at least two
+    bands long; a bit is such a piece shorter than that, but not a single pixel (grain). Pieces whose distances
+    from the origin at the angle lie within one band of each other are one line if they reach across
+    RULING_MIN_LENGTH of the picture and at least three of them are dashes or, in a family, RULING_MIN_BITS of them
+    are bits or dashes (only a faint grid's crossings may be left of it). A lone line's dashes must cross
+    RULING_SPAN of the picture, three dashes at least, as a lone line found whole must. No writing makes pieces
+    that thin, in one band, that far."""
     height, width = ink.shape
+    out = np.zeros(ink.shape, bool)
     labels, stats = connected_components(ink.astype(np.uint8))
     x, y, w, h, area = (stats[1:, i].astype(np.float64) for i in range(5))
     across, along = (h, w) if direction == 0 else (w, h)
-    # Thin (a band's thickness on average), long, and lying along the lines (its box no taller than a line
-    # tilted by RULING_MAX_TILT would make it).
+    # Thin (a band's thickness on average) and lying along the lines (its box no taller than a line tilted by
+    # RULING_MAX_TILT would make it); not a pixel of grain.
     aligned = across <= RULING_BAND + along * np.tan(np.radians(RULING_MAX_TILT))
-    dash = np.flatnonzero((area <= RULING_BAND * along) & aligned) + 1  # labels, bits of a line included
-    long = along >= 2 * RULING_BAND  # (pieces,) the dashes proper
-    out = np.zeros(ink.shape, bool)
-    if len(dash) < 3:
+    pieces = np.flatnonzero((area <= RULING_BAND * along) & aligned & (along >= 2))  # indices into stats[1:]
+    if len(pieces) < 3 or len(pieces) > MAX_DASHES:
         return out
-    centre_x, centre_y = x[dash - 1] + w[dash - 1] / 2, y[dash - 1] + h[dash - 1] / 2
-    rho = centre_x * np.cos(theta) + centre_y * np.sin(theta)
-    order = np.argsort(rho)
-    # Lines: runs of dashes in order of distance, each within half a band of the one before.
-    breaks = np.flatnonzero(np.diff(rho[order]) > RULING_BAND / 2) + 1
+    long = along[pieces] >= 2 * RULING_BAND  # the dashes proper
+    if theta is None:  # a lone line
+        thetas = np.pi / 2 * (1 - direction) + np.radians(np.arange(-RULING_MAX_TILT, RULING_MAX_TILT + 0.01, 0.5))
+        reach, least_bits = RULING_SPAN, np.inf
+    else:
+        thetas = theta + np.radians(np.arange(-RULING_HIDDEN_TILT, RULING_HIDDEN_TILT + 0.01, 0.25))
+        reach, least_bits = RULING_MIN_LENGTH, RULING_MIN_BITS
+    centre_x, centre_y = x[pieces] + w[pieces] / 2, y[pieces] + h[pieces] / 2
+    start, end = (x[pieces], x[pieces] + w[pieces]) if direction == 0 else (y[pieces], y[pieces] + h[pieces])
     length = (width, height)[direction]
-    start, end = (x, x + w) if direction == 0 else (y, y + h)
     chosen = np.zeros(len(stats), bool)
-    for run in np.split(order, breaks):
-        members = dash[run]
-        enough = np.count_nonzero(long[members - 1]) >= 3 or len(members) >= RULING_MIN_BITS
-        if enough and end[members - 1].max() - start[members - 1].min() >= reach * length:
-            chosen[members] = True
+    for angle in thetas:
+        rho = centre_x * np.cos(angle) + centre_y * np.sin(angle)
+        order = np.argsort(rho)
+        first = 0
+        for k in range(1, len(order) + 1):  # runs of pieces within one band of the run's first
+            if k < len(order) and rho[order[k]] - rho[order[first]] <= RULING_BAND:
+                continue
+            run = order[first:k]
+            first = k
+            enough = np.count_nonzero(long[run]) >= 3 or len(run) >= least_bits
+            if enough and end[run].max() - start[run].min() >= reach * length:
+                chosen[pieces[run] + 1] = True
     if chosen.any():
         out = chosen[labels]
     return out

@@ -102,8 +102,8 @@ def test_numbers_whose_neighbours_touch_are_cut_apart(trained_server, touching_n
 
 
 # Numbers on ruled and squared paper (testkit/numbers.py's PAPER_NUMBER_STYLES: the single digits' paper kinds,
-# photographed as paper_photo). Measured (the tests' model, this machine): 83.75 % whole (ruled 85 %, squared
-# 82.5 %), 7.5 % with a wrong digit count; before ReadNumber took the paper's lines out as Predict does, 56 % and
+# photographed as paper_photo). Measured (the tests' model, this machine): 82.5 % whole (ruled 82.5 %, squared
+# 82.5 %), 8.75 % with a wrong digit count; before ReadNumber took the paper's lines out as Predict does, 56 % and
 # 35 % (the lines joined the digits, or made "several lines" of one).
 PAPER_WHOLE_FLOOR = 0.75
 PAPER_WRONG_COUNT_CEILING = 0.12
