@@ -118,7 +118,10 @@ def test_evaluate_gives_its_slot_back_when_the_caller_gives_up(serve, tmp_path, 
         return outcome
 
     monkeypatch.setattr(inference.service, "evaluate_model", recorded)
-    publish(tmp_path / "artifacts", "v1", seed=1)
+    # A version of its own: the process keeps the outputs of the last models evaluated (shared_evaluation_data), and
+    # a "v1" of the same seed published within the same second by an earlier test was the same file, whose kept
+    # output made the abandoned evaluation finish at once, with nothing left to stop.
+    publish(tmp_path / "artifacts", "given-up", seed=1)
     running = serve(max_concurrent_evaluations=1)
     request = pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True)
     with pytest.raises(grpc.RpcError) as e:
