@@ -408,15 +408,23 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     height, width = ink.shape
     x0, y0, x1, y1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, width), min(y1 + 1, height)
     strokes = keep[labels[y0:y1, x0:x1]]  # (h, w) bool, by looking each pixel's label up
-    window = ink[y0:y1, x0:x1]
+    ruling = None if removed is None else removed[y0:y1, x0:x1]
+    soft = soft_ink(ink[y0:y1, x0:x1], strokes, noise, threshold, ruling)
+    return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
+
+
+def soft_ink(
+    window: np.ndarray, strokes: np.ndarray, noise: float, threshold: float, ruling: np.ndarray | None = None
+) -> np.ndarray:
+    """Anti-aliased ink (h, w) float32 in [0, 1] on the strokes (h, w) bool of an ink window and a one-pixel fringe:
+    the noise floor -> 0, the strokes' typical contrast -> 1. A paper line beside a stroke (`ruling`, (h, w) bool)
+    is not its anti-aliased edge. For the digit (find_ink), and for each digit of a number (shared.segment)."""
     fringe = cv2.dilate(strokes.astype(np.uint8), np.ones((3, 3), np.uint8))
-    if removed is not None:  # a ruling beside a stroke is not its anti-aliased edge
-        fringe[removed[y0:y1, x0:x1] & ~strokes] = 0
-    # Map contrast to ink coverage: the noise floor -> 0, the strokes' typical contrast -> 1.
+    if ruling is not None:
+        fringe[ruling & ~strokes] = 0
     low = max(SOFT_FLOOR_MIN, min(3.0 * noise, threshold / 2))
     high = max(percentile_uint8(window[strokes], 75), threshold + 1.0)
-    soft = np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe
-    return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
+    return np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe
 
 
 def without_ruling(
@@ -444,9 +452,10 @@ def without_ruling(
     removed = ruling & ~keep_strokes_across_ruling(strong, ruling, ink if weakest is None else weakest, ink)
     off_ruling = strong.copy()
     off_ruling[removed] = 0
-    if not family and not longer_than_writing(removed, off_ruling):
+    _, left = connected_components(off_ruling)
+    if not family and not longer_than_writing(removed, left):
         return strong, None  # a lone straight stroke no longer than the writing beside it: a 1 among digits
-    if digit_sized_ink(off_ruling, least_fraction):
+    if digit_sized_ink(left, off_ruling.shape, least_fraction):
         return off_ruling, removed
     if family:  # ruled or squared paper and nothing else on it
         raise ImageRejected(
@@ -456,10 +465,10 @@ def without_ruling(
     return strong, None  # one long straight line and nothing else: it is the digit (a 1), not the paper's
 
 
-def longer_than_writing(lines: np.ndarray, rest: np.ndarray) -> bool:
+def longer_than_writing(lines: np.ndarray, rest_stats: np.ndarray) -> bool:
     """Whether the lines (H, W) bool (taken together: a worn margin is many dashes) reach LONE_LINE_LENGTH times the
-    longer side of the largest mark in `rest` (H, W) uint8, or there is no mark."""
-    _, rest_stats = connected_components(rest)
+    longer side of the largest mark left (`rest_stats`: connected_components' stats of the ink without them), or
+    there is no mark."""
     rows, cols = np.nonzero(lines)
     if len(rest_stats) < 2 or len(rows) == 0:
         return len(rest_stats) < 2
@@ -468,14 +477,14 @@ def longer_than_writing(lines: np.ndarray, rest: np.ndarray) -> bool:
     return reach >= LONE_LINE_LENGTH * max(largest[cv2.CC_STAT_WIDTH], largest[cv2.CC_STAT_HEIGHT])
 
 
-def digit_sized_ink(mask: np.ndarray, least_fraction: float = DIGIT_LEAST_FRACTION) -> bool:
-    """Whether a (H, W) uint8 ink mask has anything a digit could be made of: a component, not a speck, at
-    least MIN_DIGIT_SIDE on its long side and `least_fraction` of the mask's own largest extent."""
-    _, stats = connected_components(mask)
+def digit_sized_ink(stats: np.ndarray, shape: tuple[int, ...], least_fraction: float = DIGIT_LEAST_FRACTION) -> bool:
+    """Whether an ink mask of `shape` (H, W), its components' stats from connected_components, has anything a digit
+    could be made of: a component, not a speck, at least MIN_DIGIT_SIDE on its long side and `least_fraction` of the
+    mask's own largest extent."""
     if len(stats) < 2:
         return False
     sides = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
-    return bool((sides >= max(MIN_DIGIT_SIDE, least_fraction * max(mask.shape))).any())
+    return bool((sides >= max(MIN_DIGIT_SIDE, least_fraction * max(shape))).any())
 
 
 def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -504,24 +513,10 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
         (1, 0.0, tilt, height),
         (1, np.pi - tilt, np.pi, height),
     )
+    band = np.zeros_like(strong)
     for direction, low, high, length in searches:
-        thin = (ink & ~beside[direction]).astype(np.uint8)
-        # The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel lines stay).
-        half = cv2.resize(
-            cv2.dilate(thin, np.ones((2, 2), np.uint8)),
-            (max(1, width // 2), max(1, height // 2)),
-            interpolation=cv2.INTER_NEAREST,
-        )
-        found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
-        # OpenCV gives the lines most voted for first.
-        strongest = np.empty((0, 2), np.float32) if found is None else found[:MAX_RULING_CANDIDATES, 0]
-        band = np.zeros_like(strong)
-        for rho, theta in strongest:
-            band[:] = 0
-            a, b = np.cos(theta), np.sin(theta)
-            x, y, far = 2 * a * rho, 2 * b * rho, 2 * (width + height)
-            cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
-            candidates.append((direction, float(2 * rho), np.flatnonzero(band.astype(bool) & ink), float(theta)))
+        for rho, theta in straight_lines(ink & ~beside[direction], length, low, high):
+            candidates.append((direction, float(rho), band_ink(ink, rho, theta, band), float(theta)))
     ruling = np.zeros(strong.shape, bool)
     in_family = False
     rest: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # (ruling pixels then, components of the ink off it)
@@ -617,14 +612,8 @@ def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: 
         return []
     spread = np.radians(RULING_HIDDEN_TILT)
     low, high = max(0.0, float(thetas.min()) - spread), min(np.pi, float(thetas.max()) + spread)
-    length = (width, height)[direction]
-    half = cv2.resize(
-        cv2.dilate(ink.astype(np.uint8), np.ones((2, 2), np.uint8)),
-        (max(1, width // 2), max(1, height // 2)),
-        interpolation=cv2.INTER_NEAREST,
-    )
-    found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
-    if found is None:
+    found = straight_lines(ink, (width, height)[direction], low, high)
+    if len(found) == 0:
         return []
     reach = float(np.median([line_extent(pixels, width, direction) for _, _, pixels, _ in family]))
     known = [rho for _, rho, _, _ in family]
@@ -636,15 +625,10 @@ def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: 
     spacing = float(np.median(np.diff(family_lines))) if len(family_lines) >= 2 else 0.0
     band = np.zeros(ink.shape, np.uint8)
     lines: list[np.ndarray] = []
-    for rho, theta in found[:MAX_RULING_CANDIDATES, 0]:
-        rho = 2 * float(rho)
+    for rho, theta in found:
         if min(abs(rho - k) for k in known) < 2 * RULING_BAND:
             continue  # a line of the family, or its neighbour at the next distance
-        band[:] = 0
-        a, b, far = np.cos(theta), np.sin(theta), 2 * (width + height)
-        x, y = a * rho, b * rho
-        cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
-        pixels = np.flatnonzero(band.astype(bool) & ink)
+        pixels = band_ink(ink, rho, theta, band)
         along = pixels % width if direction == 0 else pixels // width
         extent = line_extent(pixels, width, direction)
         covered = len(np.unique(along)) >= RULING_HIDDEN_COVER * extent
@@ -659,6 +643,36 @@ def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: 
             lines.append(pixels)
             known.append(rho)
     return lines
+
+
+def straight_lines(mask: np.ndarray, length: int, low: float, high: float) -> np.ndarray:
+    """(n, 2) float32: (rho, theta) of the straight lines through at least RULING_MIN_LENGTH x `length` pixels of a
+    (H, W) bool mask, theta (radians) between `low` and `high`, most voted for first, at most
+    MAX_RULING_CANDIDATES. The transform runs at half resolution (a quarter of the cost; max-pooled, so one-pixel
+    lines stay); rho is given at full resolution (doubled: exact)."""
+    height, width = mask.shape
+    half = cv2.resize(
+        cv2.dilate(mask.astype(np.uint8), np.ones((2, 2), np.uint8)),
+        (max(1, width // 2), max(1, height // 2)),
+        interpolation=cv2.INTER_NEAREST,
+    )
+    found = cv2.HoughLines(half, 1, np.pi / 360, int(RULING_MIN_LENGTH * length / 2), min_theta=low, max_theta=high)
+    if found is None:
+        return np.empty((0, 2), np.float32)
+    lines = found[:MAX_RULING_CANDIDATES, 0].copy()  # float32, as OpenCV gives them: the bands drawn depend on it
+    lines[:, 0] *= 2
+    return lines
+
+
+def band_ink(ink: np.ndarray, rho: float, theta: float, band: np.ndarray) -> np.ndarray:
+    """The flat indices of the (H, W) bool ink in the band RULING_BAND pixels wide along the line (rho, theta) across
+    the whole picture. `band` (H, W) uint8 is scratch space."""
+    height, width = ink.shape
+    band[:] = 0
+    a, b = np.cos(theta), np.sin(theta)
+    x, y, far = a * rho, b * rho, 2 * (width + height)
+    cv2.line(band, (int(x - far * b), int(y + far * a)), (int(x + far * b), int(y - far * a)), 1, RULING_BAND)
+    return np.flatnonzero(band.astype(bool) & ink)
 
 
 def besides(ink: np.ndarray, direction: int) -> np.ndarray:

@@ -41,7 +41,6 @@ import numpy as np
 
 from shared.decode import ImageRejected, prepare_array
 from shared.normalize import (
-    SOFT_FLOOR_MIN,
     centre_by_mass,
     channel_contrast,
     connected_components,
@@ -52,6 +51,7 @@ from shared.normalize import (
     normalize_stroke_width,
     percentile_uint8,
     raise_blank,
+    soft_ink,
     strongest_and_weakest,
     without_ruling,
 )
@@ -1010,17 +1010,3 @@ def digit_image(pieces: Pieces, strokes: np.ndarray, x: int, y: int) -> np.ndarr
     soft = soft_ink(ink[y0:y1, x0:x1], grown, pieces.noise, pieces.threshold, ruling)
     crop, _ = normalize_stroke_width(soft)
     return centre_by_mass(fit_in_box(crop))
-
-
-def soft_ink(
-    window: np.ndarray, strokes: np.ndarray, noise: float, threshold: float, ruling: np.ndarray | None = None
-) -> np.ndarray:
-    """Anti-aliased ink (h, w) float32 in [0, 1] on the strokes and a one-pixel fringe: find_ink's mapping (the
-    noise floor -> 0, the strokes' typical contrast -> 1), for the strokes of one digit among several. A paper
-    line beside a stroke (`ruling`, (h, w) bool) is not its fringe, as in find_ink."""
-    fringe = cv2.dilate(strokes.astype(np.uint8), np.ones((3, 3), np.uint8))
-    if ruling is not None:
-        fringe[ruling & ~strokes] = 0
-    low = max(SOFT_FLOOR_MIN, min(3.0 * noise, threshold / 2))
-    high = max(percentile_uint8(window[strokes], 75), threshold + 1.0)
-    return np.clip((window.astype(np.float32) - low) / (high - low), 0, 1) * fringe
