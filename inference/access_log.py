@@ -5,7 +5,8 @@ method) wraps every unary call:
 
 - the request id is the caller's `x-request-id` metadata when it is a sane token (letters, digits and `._:-`,
   at most 128 characters), else a new random one: a malformed id is replaced, never echoed into logs or
-  responses. It is sent back in the response's initial metadata.
+  responses. It is sent back in the response's trailing metadata, with the status: headers sent first would
+  stop clients' gRPC from retrying a call cut off by a crash.
 - the call's record (`CallRecord`) is reachable from the servicer through `current_call()`, which runs on the
   same thread; the servicer notes the model version and image bytes there, and every log line written during
   the call carries the id (`RequestIdFilter`).
@@ -145,7 +146,11 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 peer=context.peer(),
                 service=service,
             )
-            context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+            # The id goes back with the status, not in headers sent as the call starts: headers commit a call, and
+            # a client's gRPC retries a call cut off by a crashed server (inference.channel's retryPolicy) only
+            # while none of its headers have arrived. Sent first, they made every call a dying server was running
+            # fail at its clients.
+            context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
             token = _current.set(record)
             _tell(self.on_start, record)
             code = grpc.StatusCode.OK

@@ -94,10 +94,11 @@ def make_channel(
 
 
 def reached_server(e: grpc.RpcError) -> bool:
-    """Whether a failed call was answered by the inference server itself: it sends every call's request id first
-    (inference.access_log), which a connection that failed, or a proxy without a backend, never does."""
+    """Whether a failed call was answered by the inference server itself: every answer of it, error or not, carries
+    the call's request id in its trailing metadata (inference.access_log), which a connection that failed, or a
+    proxy without a backend, never does."""
     try:
-        metadata = e.initial_metadata() or ()  # the error of a call is also a grpc.Call
+        metadata = e.trailing_metadata() or ()  # the error of a call is also a grpc.Call
     except Exception:
         return False
     return any(key == REQUEST_ID_KEY for key, _ in metadata)

@@ -149,7 +149,7 @@ class BodyTooLarge(Exception):
 
 def _request_id_of(call) -> str | None:
     try:
-        return dict(call.initial_metadata() or ()).get(REQUEST_ID_KEY)
+        return dict(call.trailing_metadata() or ()).get(REQUEST_ID_KEY)
     except Exception:
         return None
 

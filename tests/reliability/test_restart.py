@@ -1,10 +1,12 @@
 """A client on inference.channel.make_channel sees no failed call while the server restarts on the same port:
-once gracefully (SIGTERM) and once by crashing (SIGKILL, calls in flight). A control client on a plain channel
+once gracefully (SIGTERM) and once by crashing (SIGKILL of all its processes, calls in flight, as a container's
+end or an out-of-memory kill of its group does). A control client on a plain channel
 (no waitForReady, no retries), calling at the same time, does see failures: the outages are real.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -55,6 +57,7 @@ def start_server_process(artifacts: Path, port: int, mnist_dir: Path) -> subproc
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group: the parent and its worker processes, to crash together
     )
     lines = []
     for line in process.stderr:
@@ -119,7 +122,10 @@ def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
         for client in resilient:
             client.wait_for("v2")
 
-        server.kill()  # a crash: calls in flight are cut off
+        # A crash: every process of the service dies at once, calls in flight are cut off. Killing the parent
+        # alone would leave its workers draining (they get SIGTERM when it dies) and still listening a moment, so
+        # the new server, started at once, refused the port as another server's (CI failed once so).
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=60)
         server = start_server_process(tmp_path / "v3", port, mnist_dir)
         for client in resilient:
@@ -129,7 +135,8 @@ def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
             client.halt.set()
         for client in (*resilient, control):
             client.join(30)
-        server.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         resilient_channel.close()
         plain_channel.close()
@@ -143,3 +150,45 @@ def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
         f"restarts: {sum(len(c.versions) for c in resilient)} calls on make_channel, none failed; the plain "
         f"channel's client failed {len(control.failures)} of {len(control.failures) + len(control.versions)}"
     )
+
+
+def test_a_call_cut_off_by_a_stopping_server_is_answered_by_the_next_one(tmp_path, mnist_dir, digit_pngs, monkeypatch):
+    """Clients' gRPC retries a call cut off by a server that went away (inference.channel's retryPolicy) only while
+    none of the call's headers has reached them. The server sent the request id in headers as each call began, so
+    every call a crashed server was running failed at its clients; the id now comes with the status. Here the call
+    is held in the model until the server stops at once (grace 0, calls cancelled), as in a crash."""
+    import inference.service as service
+    from inference.options import ServerOptions
+    from inference.server import create_server
+    from tests.inference.helpers import hold_calls
+
+    for version in ("v1", "v2"):
+        publish(tmp_path / version, version, seed=int(version[1]))
+    port = free_port()
+
+    def start(version: str):
+        server, _ = create_server(
+            f"127.0.0.1:{port}", ServerOptions(artifacts_dir=tmp_path / version, data_dir=mnist_dir, poll_interval=0.05)
+        )
+        server.start()
+        return server
+
+    first = start("v1")
+    entered, release = hold_calls(monkeypatch, service, "digit_log_probs", timeout=60)
+    channel = make_channel(f"127.0.0.1:{port}")
+    second = None
+    try:
+        call = inference_pb2_grpc.InferenceStub(channel).Predict.future(
+            pb.PredictRequest(image=digit_pngs[0][1]), timeout=60
+        )
+        assert entered.wait(30)
+        first.stop(grace=0)
+        monkeypatch.undo()  # the next server answers at once
+        second = start("v2")
+        assert call.result().model_version == "v2"
+    finally:
+        release.set()
+        channel.close()
+        for server in (first, second):
+            if server is not None:
+                server.stop(grace=0)

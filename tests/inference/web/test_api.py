@@ -811,7 +811,7 @@ def test_connections_that_declare_a_body_and_send_none_do_not_lock_the_gateway_o
 
 
 class _Unavailable(grpc.RpcError):
-    """An UNAVAILABLE call, as the service answers it (its request id in the initial metadata) or as a failed
+    """An UNAVAILABLE call, as the service answers it (its request id in the trailing metadata) or as a failed
     connection does (no metadata)."""
 
     def __init__(self, details: str, answered: bool) -> None:
@@ -823,7 +823,7 @@ class _Unavailable(grpc.RpcError):
     def details(self):
         return self._details
 
-    def initial_metadata(self):
+    def trailing_metadata(self):
         return (("x-request-id", "r1"),) if self._answered else ()
 
 
