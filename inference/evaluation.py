@@ -1,8 +1,8 @@
-"""Evaluate the served model on MNIST: the dataset is loaded once, lazily, and its normalized tensors cached.
+"""Evaluate the served model on MNIST: the dataset is loaded once, lazily, and each split's images kept.
 
-The test set is fixed and the validation split depends only on (seed, fraction), so for a given model
-normalization the network's input is the same every time: normalizing 10,000 images once and keeping the
-float tensor (31 MB) leaves only the forward pass and the scoring for each Evaluate call.
+The images stay uint8 (the test set's 10,000 are 7.8 MB) and each chunk is normalized by the thread that runs
+it through the network, just before: in parallel, in the cache, and with no float copy of a whole split (31-37 MB,
+two kept) whose first fill was a tenth of a warm Evaluate, most of it page faults of the fresh memory.
 
 A published model never changes (its version names one file, checked by SHA-256), so its output on a split is
 the same every time too: the output (10,000 x 10 floats, 0.4 MB) is kept as well, and an Evaluate of a model and
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from shared.data import Mnist, load_mnist, normalize, train_val_split
+from shared.data import Mnist, load_mnist, train_val_split
 from shared.metrics import Evaluation, confusion_heatmap_png, evaluation_from_log_probs
 from shared.resources import usable_cpus
 
@@ -46,9 +46,9 @@ class EvaluationResult:
     seconds: float
 
 
-def split_key(split: str, mean: float, std: float, seed: int, val_fraction: float) -> tuple:
-    """What decides a split's normalized images: the test set ignores the validation split's seed and fraction."""
-    return (split, mean, std) if split == "test" else (split, mean, std, seed, val_fraction)
+def split_key(split: str, seed: int, val_fraction: float) -> tuple:
+    """What decides a split's images: the test set ignores the validation split's seed and fraction."""
+    return (split,) if split == "test" else (split, seed, val_fraction)
 
 
 def model_key(served: ServedModel) -> tuple:
@@ -57,7 +57,7 @@ def model_key(served: ServedModel) -> tuple:
 
 
 class EvaluationData:
-    """MNIST for Evaluate, read from `data_dir` on first use and kept, with a few normalized splits cached, and the
+    """MNIST for Evaluate, read from `data_dir` on first use and kept, with the images of a few splits, and the
     outputs of the last few (model, split) pairs evaluated."""
 
     def __init__(self, data_dir: Path, *, download: bool = False, cache_size: int = 2, outputs_cache_size: int = 4):
@@ -66,7 +66,7 @@ class EvaluationData:
         self.cache_size = cache_size
         self._mnist: Mnist | None = None
         self._cache: LruCache[tuple, tuple[torch.Tensor, torch.Tensor]] = LruCache(cache_size)  # images, labels
-        self._lock = threading.Lock()  # one reader of MNIST and one normalization at a time
+        self._lock = threading.Lock()  # one reader of MNIST and one split's selection at a time
         # (model_key + split_key) -> log-probabilities (N, 10, 11 or 12)
         self.outputs: LruCache[tuple, torch.Tensor] = LruCache(outputs_cache_size)
 
@@ -83,13 +83,11 @@ class EvaluationData:
             log.info("MNIST loaded from %s in %.2f s", self.data_dir, time.perf_counter() - started)
         return self._mnist
 
-    def inputs(
-        self, split: str, *, mean: float, std: float, seed: int = 0, val_fraction: float = 0.2
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalized images (N, 1, 28, 28) float, labels (N,)) of `split`, normalized with (mean, std)."""
+    def inputs(self, split: str, *, seed: int = 0, val_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (N, 28, 28) uint8, as MNIST has them; labels (N,)) of `split`."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
-        key = split_key(split, mean, std, seed, val_fraction)
+        key = split_key(split, seed, val_fraction)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -100,7 +98,7 @@ class EvaluationData:
             else:
                 _, val_index = train_val_split(len(mnist.train_images), val_fraction=val_fraction, seed=seed)
                 images, labels = mnist.train_images[val_index], mnist.train_labels[val_index]
-            entry = (normalize(images, mean, std).contiguous(), labels.clone())
+            entry = (images.contiguous(), labels.clone())
             self._cache.put(key, entry)
             return entry
 
@@ -113,14 +111,14 @@ def shared_evaluation_data(data_dir: str, download: bool = False) -> EvaluationD
 
 def forward_in_chunks(
     served: ServedModel,
-    inputs: torch.Tensor,
+    images: torch.Tensor,
     *,
     chunk_size: int = 256,
     workers: int = 0,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor | None:
-    """The network's output (N, 10, 11 or 12) for normalized inputs (N, 1, 28, 28), chunks spread over `workers`
-    threads.
+    """The network's output (N, 10, 11 or 12) for uint8 MNIST images (N, 28, 28), normalized with the model's own
+    (mean, std) a chunk at a time, chunks spread over `workers` threads.
 
     The server keeps torch at one intra-op thread so concurrent calls do not oversubscribe the cores; this
     runs chunks side by side instead (torch releases the GIL inside each forward), so one Evaluate still
@@ -130,14 +128,13 @@ def forward_in_chunks(
     def forward(chunk: torch.Tensor) -> torch.Tensor | None:
         if should_stop is not None and should_stop():
             return None
-        with torch.inference_mode():
-            return served.forward(chunk)
+        return served.log_probs(chunk)
 
     if should_stop is not None and should_stop():
         # Not even a thread pool: once the server has stopped and the interpreter is exiting, making one raises
         # RuntimeError ("cannot schedule new futures"), which a call still running reported as INTERNAL.
         return None
-    chunks = list(torch.split(inputs, chunk_size))
+    chunks = list(torch.split(images, chunk_size))
     with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="evaluate") as pool:
         outputs = list(pool.map(forward, chunks))
     finished = [o for o in outputs if o is not None]
@@ -156,13 +153,11 @@ def evaluate_model(
 ) -> EvaluationResult | None:
     """Score `served` on `split`. Returns None if `should_stop` turned true part-way (the caller is gone)."""
     started = time.perf_counter()
-    inputs, labels = data.inputs(
-        split, mean=served.mean, std=served.std, seed=served.split_seed, val_fraction=served.val_fraction
-    )
-    key = model_key(served) + split_key(split, served.mean, served.std, served.split_seed, served.val_fraction)
+    images, labels = data.inputs(split, seed=served.split_seed, val_fraction=served.val_fraction)
+    key = model_key(served) + split_key(split, served.split_seed, served.val_fraction)
     log_probs = data.outputs.get(key)
     if log_probs is None:
-        log_probs = forward_in_chunks(served, inputs, should_stop=should_stop)
+        log_probs = forward_in_chunks(served, images, should_stop=should_stop)
         if log_probs is None:
             return None
         log_probs = log_probs.float()
