@@ -57,6 +57,10 @@ SERVICE_CONFIG = {
         },
     ],
 }
+# gRPC keeps a request to send it again only up to this size (256 KiB by default): a larger one (a photo's JPEG)
+# commits the call once sent, so a server that died before answering failed it instead of its being retried.
+# The service's default message limit covers every request it accepts unless raised.
+RETRY_BUFFER_BYTES = settings.DEFAULT_MAX_MESSAGE_BYTES
 # While the server is away the channel tries to reconnect with exponential back-off (gRPC's default grows to
 # 120 s). Capped at 1 s, a restarted server is found within a second of it listening again.
 RECONNECT_BACKOFF_MS = (100, 1000)
@@ -83,6 +87,7 @@ def make_channel(
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
     ]
     if tls_server_name:
         options.append(("grpc.ssl_target_name_override", tls_server_name))

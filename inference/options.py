@@ -130,7 +130,9 @@ class ServerOptions:
     # A Predict of the largest image (max_image_bytes) fits with room to spare; each worker thread holds at most
     # one request of this size, twice (inference/capacity.py counts it).
     max_message_bytes: int = option(
-        16 * 1024 * 1024, "bytes of one request or response message (at most 2 GiB - 1)", type=message_bytes
+        settings.DEFAULT_MAX_MESSAGE_BYTES,
+        "bytes of one request or response message (at most 2 GiB - 1)",
+        type=message_bytes,
     )
     max_concurrent_evaluations: int = option(
         1, "Evaluate calls at once; more get RESOURCE_EXHAUSTED", type=positive_int

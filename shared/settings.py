@@ -45,6 +45,9 @@ DEFAULT_GRPC_PORT = 50051
 DEFAULT_GRPC_ADDRESS = f"[::]:{DEFAULT_GRPC_PORT}"
 DEFAULT_GRPC_TARGET = f"localhost:{DEFAULT_GRPC_PORT}"
 DEFAULT_TENSORBOARD_PORT = 6006
+# The largest gRPC message the inference service takes by default (its --max-message-bytes); clients keep a request
+# up to this size until the call is answered, so that it can be sent again (inference/channel.py).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The web page and REST API (python -m inference.web): loopback unless told otherwise, as it has no TLS of its own.
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8080

@@ -7,6 +7,7 @@ end or an out-of-memory kill of its group does). A control client on a plain cha
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import signal
@@ -18,6 +19,9 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
+import pytest
+from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
@@ -152,11 +156,23 @@ def test_no_failed_call_across_restarts(tmp_path, mnist_dir, digit_pngs):
     )
 
 
-def test_a_call_cut_off_by_a_stopping_server_is_answered_by_the_next_one(tmp_path, mnist_dir, digit_pngs, monkeypatch):
+def photo_sized_png(digit: np.ndarray) -> bytes:
+    """The digit at 640x640, stored uncompressed: 400 KB, more than gRPC keeps of a request by default (256 KiB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(digit).resize((640, 640), Image.Resampling.BILINEAR).save(buffer, format="PNG", compress_level=0)
+    assert len(buffer.getvalue()) > 256 * 1024
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("picture", ["a 28x28 PNG", "a 400 KB picture"])
+def test_a_call_cut_off_by_a_stopping_server_is_answered_by_the_next_one(
+    tmp_path, mnist_dir, digit_pngs, monkeypatch, picture
+):
     """Clients' gRPC retries a call cut off by a server that went away (inference.channel's retryPolicy) only while
-    none of the call's headers has reached them. The server sent the request id in headers as each call began, so
-    every call a crashed server was running failed at its clients; the id now comes with the status. Here the call
-    is held in the model until the server stops at once (grace 0, calls cancelled), as in a crash."""
+    none of the call's headers has reached them, and only if it kept the request: the server sent the request id in
+    headers as each call began, so every call a crashed server was running failed at its clients (the id now comes
+    with the status); and gRPC keeps 256 KiB of a request unless told more, so a photo's call failed so even then.
+    Here the call is held in the model until the server stops at once (grace 0, calls cancelled), as in a crash."""
     import inference.service as service
     from inference.options import ServerOptions
     from inference.server import create_server
@@ -178,9 +194,8 @@ def test_a_call_cut_off_by_a_stopping_server_is_answered_by_the_next_one(tmp_pat
     channel = make_channel(f"127.0.0.1:{port}")
     second = None
     try:
-        call = inference_pb2_grpc.InferenceStub(channel).Predict.future(
-            pb.PredictRequest(image=digit_pngs[0][1]), timeout=60
-        )
+        image = digit_pngs[0][1] if picture == "a 28x28 PNG" else photo_sized_png(digit_pngs[0][2])
+        call = inference_pb2_grpc.InferenceStub(channel).Predict.future(pb.PredictRequest(image=image), timeout=60)
         assert entered.wait(30)
         first.stop(grace=0)
         monkeypatch.undo()  # the next server answers at once
