@@ -11,7 +11,7 @@ waitForReady, round-robin over every replica the target resolves to):
     GET  /healthz                                  liveness: this process answers (the service is not asked)
     GET  /readyz              -> grpc.health.v1    readiness: the service behind it is SERVING
     GET  /                                         the page (inference/web/static/, served under /static/)
-    GET  /docs, /openapi.json                      the API's documentation
+    GET  /docs, /redoc, /openapi.json              the API's documentation
 
 Nothing about images, models or limits is decided here: the image pipeline, the served model, the limits and
 the error messages are the gRPC service's, so for the same bytes the REST answer is Predict's answer. The
@@ -40,7 +40,8 @@ import anyio
 import grpc
 from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,6 +99,15 @@ IMAGE_FIELD_HELP = "any field name; every file part is an image"
 DECLARE_BEARER = Security(
     HTTPBearer(auto_error=False, description="the token the gateway was started with (--token); needed only then")
 )
+# The documentation pages (/docs, /redoc) fetch the schema relative to themselves, and the schema names its server
+# relative to itself ("." from /openapi.json is the gateway's root: OpenAPI 3 lets a server's URL be relative to
+# where the document was fetched), so that "Try it out" calls stay under the prefix a reverse proxy serves the
+# gateway at (https://host/mnist/docs fetches /mnist/openapi.json and calls /mnist/v1/model), as the page's own
+# calls do, with nothing to configure. FastAPI's pages name /openapi.json from the host's root and its schema names
+# no server, so calls went to /v1/model, past the prefix, unless each deployment told the gateway its prefix
+# (root_path), one more setting to keep in step with the proxy's.
+SCHEMA_FROM_THE_DOCS = "openapi.json"
+THIS_GATEWAY = {"url": ".", "description": "this gateway, at the address this schema was fetched from"}
 
 
 @dataclass(frozen=True)
@@ -683,6 +693,11 @@ def create_app(options: WebOptions) -> FastAPI:
         description="Each call is the matching gRPC call (protos/mnist/v1/inference.proto): the same image "
         'pipeline, model, limits and error messages. Errors are `{"error": {"status", "code", '
         '"message"}}`, where `code` is the gRPC status and `message` says what to fix.',
+        servers=[THIS_GATEWAY],
+        # Served below, naming the schema relative to themselves (SCHEMA_FROM_THE_DOCS). No OAuth2 redirect page:
+        # the only scheme is a bearer token, typed into Authorize.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     # The last added runs first: the arrival is noted before anything else (the deadline counts from it), the
@@ -883,6 +898,16 @@ def create_app(options: WebOptions) -> FastAPI:
 
     app.include_router(api)
     _document_validation_errors_as_400(app)
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=SCHEMA_FROM_THE_DOCS, title=f"{app.title} - Swagger UI")
+
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=SCHEMA_FROM_THE_DOCS, title=f"{app.title} - ReDoc")
+
+    # Starlette routes, as FastAPI's own pages are: GET and HEAD, and not in the schema.
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
 
     # ----------------------------------------------------------------------------------------------------------
     # Probes: no token (as gRPC health checking), they reveal only whether the service is up

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -42,6 +43,17 @@ def multipart(files: list[tuple[str, bytes]], content_type: str = "application/o
 def _answer(connection: http.client.HTTPConnection) -> Answer:
     response = connection.getresponse()
     return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+
+
+def fetch(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> Answer:
+    """One request to an absolute http:// URL (a page's or a schema's, resolved as a browser resolves them)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=60)
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body, headers or {})
+        return _answer(connection)
+    finally:
+        connection.close()
 
 
 @dataclass

@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
+from urllib.parse import urljoin
 
 import grpc
 import numpy as np
@@ -27,7 +28,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from tests.inference.helpers import hold_calls, wait_until
-from tests.inference.web.helpers import assert_error, decode_data_url, multipart
+from tests.inference.web.helpers import PrefixProxy, assert_error, decode_data_url, fetch, multipart
 from tests.reliability import bad_inputs
 
 TOKEN = "web-s3cret"
@@ -569,7 +570,7 @@ def test_openapi_describes_every_endpoint_and_its_errors(gateway):
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert predict["security"] == [{"HTTPBearer": []}]
     docs = gateway.get("/docs")
-    assert docs.status == 200 and b"swagger" in docs.body.lower() and b"/openapi.json" in docs.body
+    assert docs.status == 200 and b"swagger" in docs.body.lower() and b"openapi.json" in docs.body
 
 
 def test_every_answer_carries_the_security_headers_and_api_answers_are_not_cached(gateway):
@@ -621,6 +622,32 @@ def test_the_page_asks_for_its_api_and_files_relative_to_itself(gateway):
     named = re.findall(r"[\"'`](/?(?:v1|static|docs)\b[^\"'`]*)", script) + re.findall(r'(?:href|src)="([^"]*)"', page)
     assert {"v1/evaluate", "v1/model", "static/app.js", "docs"} <= set(named), named
     assert [path for path in named if path.startswith("/")] == []
+
+
+def test_the_docs_and_their_calls_stay_under_the_prefix_a_proxy_serves_the_gateway_at(gateway, digit_pngs):
+    """Behind a proxy serving the gateway at https://host/mnist/, /docs fetched its schema from /openapi.json and
+    "Try it out" called /v1/..., both from the host's root, past the prefix: the docs showed no API. Followed here
+    as the browser and Swagger UI follow them (Swagger UI's script comes from a CDN, out of a test's reach): the
+    schema's URL against the page's; a call's against the schema's first server (OpenAPI's default, "/", when it
+    names none), itself relative to the schema's URL, without its trailing slash, then the operation's path."""
+    with PrefixProxy(gateway.port, "/mnist") as proxy:
+        for page, names_the_schema in (("docs", r"url: '([^']*)'"), ("redoc", r'spec-url="([^"]*)"')):
+            page_url = f"{proxy.url}/mnist/{page}"
+            answer = fetch(page_url)
+            assert answer.status == 200, page
+            named = re.search(names_the_schema, answer.body.decode())
+            assert named, answer.body.decode()
+            schema_url = urljoin(page_url, named.group(1))
+            schema = fetch(schema_url)
+            assert schema.status == 200, (page, schema_url)
+        servers = schema.json().get("servers") or [{"url": "/"}]
+        base = urljoin(schema_url, servers[0]["url"]).rstrip("/")
+        model = fetch(base + "/v1/model")
+        assert model.status == 200 and model.json()["serving"] is True, (base, model.status)
+        assert fetch(base + "/readyz").status == 200
+        predicted = fetch(base + "/v1/predict", "POST", digit_pngs[0][1], {"Content-Type": "image/png"})
+        assert predicted.status == 200 and "digit" in predicted.json(), predicted.body[:300]
+        assert proxy.outside == [], "the docs asked for paths outside the prefix the gateway is served under"
 
 
 # --------------------------------------------------------------------------------------------------------------
