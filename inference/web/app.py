@@ -175,6 +175,7 @@ class Backend:
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         # The health-only server speaks plaintext (Kubernetes' probes speak no TLS), whatever the main port does.
         self.health_channel = make_channel(options.health_target) if options.health_target else None
+        self.health_target = options.health_target or options.target  # what /readyz asks, for the log
         self.health = health_pb2_grpc.HealthStub(self.health_channel or self.channel)
         self.calls = anyio.CapacityLimiter(CALL_THREADS)
         self.probes = anyio.CapacityLimiter(PROBE_THREADS)
@@ -223,9 +224,10 @@ class Backend:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
         return said_for_a_person(code, details) or code.name
 
-    def where_to_log(self, details: str = "") -> str:
-        """What the gateway's log says beside a failure's message: the service's address, and gRPC's own words."""
-        return f"inference service at {self.options.target}" + (f": {details}" if details else "")
+    def where_to_log(self, details: str = "", target: str | None = None) -> str:
+        """What the gateway's log says beside a failure's message: the address called (`target`, the main one
+        unless given), and gRPC's own words."""
+        return f"inference service at {target or self.options.target}" + (f": {details}" if details else "")
 
     async def call(self, method: str, request, *, timeout: float, http: Request, response: Response):
         """Run one unary gRPC call on a worker thread (the stubs block); translate its failure. The deadline
@@ -677,8 +679,9 @@ def create_app(options: WebOptions) -> FastAPI:
         nonlocal backend
         backend = Backend(options)
         log.info(
-            "REST API and page in front of the gRPC service at %s%s",
+            "REST API and page in front of the gRPC service at %s%s%s",
             options.target,
+            f" (readiness asked at {options.health_target})" if options.health_target else "",
             "; token required" if options.token else "",
         )
         try:
@@ -938,11 +941,13 @@ def create_app(options: WebOptions) -> FastAPI:
                 limiter=connected().probes,
             )
         except grpc.RpcError as e:
+            # The log names the address asked, --health-target's when given: the main target's was logged then,
+            # which sent whoever read it to a service that answered.
             raise GatewayError(
                 503,
                 grpc.StatusCode.UNAVAILABLE,
                 f"not ready: {connected().describe(e, min(options.timeout, 3.0))}",
-                logged=connected().where_to_log(e.details() or ""),
+                logged=connected().where_to_log(e.details() or "", connected().health_target),
             ) from None
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
@@ -951,9 +956,11 @@ def create_app(options: WebOptions) -> FastAPI:
                 grpc.StatusCode.UNAVAILABLE,
                 f"not ready: the inference service is {status} (no model is published yet, the published one "
                 "fails its checks (GET /v1/model says why), or it is shutting down)",
-                logged=connected().where_to_log(),
+                logged=connected().where_to_log(target=connected().health_target),
             )
-        return schemas.Health(status="ready", target=options.target)
+        # The address stays out of this answer as out of the failures' (NAMED_IN_THE_LOG): it said "inference:50051"
+        # or an IP to anyone who asked, no token needed.
+        return schemas.Health(status="ready")
 
     # ----------------------------------------------------------------------------------------------------------
     # The page: index.html at /, its script and styles under /static (so that a wrong method on an API path is

@@ -248,8 +248,10 @@ class Evaluation(BaseModel):
 
 
 class Health(BaseModel):
+    """No address of the inference service: probes need no token, and whoever can reach the gateway has no use for
+    the network's layout behind it (app.NAMED_IN_THE_LOG); the gateway's log names it at start-up."""
+
     status: Literal["ok", "ready"]
-    target: str | None = Field(None, description="the inference service this gateway calls")
 
 
 # --------------------------------------------------------------------------------------------------------------

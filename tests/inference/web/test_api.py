@@ -286,13 +286,14 @@ def test_no_model_yet_is_503_and_not_ready(web, serve, tmp_path, digit_pngs):
     assert_error(answer, 503, "UNAVAILABLE", "no model is published yet")
     assert answer.headers["retry-after"] == "1"
     assert_error(gateway.get("/readyz"), 503, "UNAVAILABLE", "NOT_SERVING")
-    assert gateway.get("/healthz").json() == {"status": "ok", "target": None}
+    assert gateway.get("/healthz").json() == {"status": "ok"}
     info = gateway.get("/v1/model").json()
     assert info["serving"] is False and info["version"] == "" and info["input"]["height"] == 28
 
 
-def test_ready_when_the_service_serves(gateway, backend):
-    assert gateway.get("/readyz").json() == {"status": "ready", "target": backend.target}
+def test_ready_when_the_service_serves(gateway):
+    answer = gateway.get("/readyz")
+    assert answer.status == 200 and answer.json() == {"status": "ready"}
 
 
 def free_port() -> int:
@@ -438,6 +439,31 @@ def test_a_caller_is_told_what_to_do_but_not_the_services_address_which_the_gate
     logged = [r.getMessage() for r in caplog.records if r.name == "inference.web.app" and "->" in r.getMessage()]
     assert len(logged) == 5, logged
     assert all("inference service at localhost:" in line for line in logged), logged
+
+
+def test_readiness_never_names_the_services_address_which_the_gateway_logs(web, backend, caplog):
+    """/readyz needs no token, and a ready service's answer said its address ("target": "inference:50051") to
+    anyone who asked. Ready or not, the address is in the gateway's log only: the one /readyz asked, which is
+    --health-target's when given."""
+    caplog.set_level(logging.INFO, logger="inference.web.app")
+    down, health_down = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    addresses = [a for target in (backend.target, down, health_down) for a in (target, target.rsplit(":", 1)[1])]
+    addresses += ["127.0.0.1", "localhost", "ipv4", "ipv6"]
+
+    def unnamed(answer) -> None:
+        assert not [a for a in addresses if a in answer.body.decode()], answer.body.decode()
+
+    ready = web(target=backend.target).get("/readyz")
+    assert ready.status == 200
+    unnamed(ready)
+    for gateway in (web(target=down), web(target=backend.target, health_target=health_down)):
+        answer = gateway.get("/readyz")
+        assert_error(answer, 503, "UNAVAILABLE", "not ready", "the gateway's log names the address")
+        unnamed(answer)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GET /readyz ->")]
+    assert len(logged) == 2, logged
+    assert f"inference service at {down}:" in logged[0], logged[0]
+    assert f"inference service at {health_down}:" in logged[1], logged[1]
 
 
 def test_evaluate_without_mnist_is_503_without_retry_after(web, tmp_path):
