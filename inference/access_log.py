@@ -31,6 +31,8 @@ import grpc
 log = logging.getLogger("inference.access")
 
 REQUEST_ID_KEY = "x-request-id"
+# gRPC's server pushback (gRFC A6): a negative value tells a client's retryPolicy not to send the call again.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -158,6 +160,10 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 return inner(request, context)
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # context.abort set it before raising
+                # The service's own refusal ("no model is published yet", a bad picture) is its answer, not a
+                # connection's failure: a client's retryPolicy, which may send an uncommitted call with a
+                # retryable code again (UNAVAILABLE), must not ask four more times and get the same answer.
+                context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (RETRY_PUSHBACK_KEY, "-1")))
                 raise
             finally:
                 if code == grpc.StatusCode.OK and not context.is_active():

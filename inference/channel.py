@@ -101,7 +101,10 @@ def make_channel(
 def reached_server(e: grpc.RpcError) -> bool:
     """Whether a failed call was answered by the inference server itself: every answer of it, error or not, carries
     the call's request id in its trailing metadata (inference.access_log), which a connection that failed, or a
-    proxy without a backend, never does."""
+    proxy without a backend, never does; or cut off by the server as it stopped, which gRPC does without the
+    call's metadata."""
+    if e.code() == grpc.StatusCode.UNAVAILABLE and (e.details() or "").strip() == _SHUTTING_DOWN:
+        return True
     try:
         metadata = e.trailing_metadata() or ()  # the error of a call is also a grpc.Call
     except Exception:

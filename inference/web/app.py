@@ -18,8 +18,9 @@ the error messages are the gRPC service's, so for the same bytes the REST answer
 gateway only bounds what it reads itself (--max-body-bytes) and maps gRPC status codes onto HTTP
 (inference/web/errors.py). The caller's `Authorization` header is passed through as the gRPC `authorization`
 metadata, so the service's bearer token applies to REST callers as to gRPC callers; with --token the gateway
-also checks it itself, before reading a body. `X-Request-ID` is passed through too, and the id the service used
-(the one in its access log) comes back in the response's `X-Request-ID`.
+also checks it itself, before reading a body. `X-Request-ID` is passed through too (one is made when the caller
+sent none, or one the service would replace), and that id, the one in the service's access log, comes back in
+every answer's `X-Request-ID`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
-from inference.access_log import REQUEST_ID_KEY
+from inference.access_log import REQUEST_ID_KEY, request_id_from
 from inference.channel import make_channel, reached_server, said_for_a_person
 from inference.security import AUTH_METADATA_KEY, is_metadata_value, one_authorization
 from inference.web import errors, guards, schemas
@@ -157,13 +158,6 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _request_id_of(call) -> str | None:
-    try:
-        return dict(call.trailing_metadata() or ()).get(REQUEST_ID_KEY)
-    except Exception:
-        return None
-
-
 class Backend:
     """The gRPC service behind the gateway: one channel, shared by every request."""
 
@@ -236,7 +230,7 @@ class Backend:
         took all of it gets 504 without a call. A caller that leaves cancels the call, so the service stops
         working for nobody (an Evaluate would hold the one evaluation slot for minutes)."""
         arrived = arrival(http)
-        metadata = pass_through_metadata(http)
+        metadata, request_id = pass_through_metadata(http)
         if (spent := time.monotonic() - arrived) >= timeout:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             message = (
@@ -302,13 +296,12 @@ class Backend:
                 errors.http_status(code, message),
                 code,
                 message,
-                _request_id_of(error),
+                request_id,
                 logged=self.where_to_log(error.details() or ""),
             )
         if error is not None:
             raise error
-        if (served_id := _request_id_of(future)) is not None:
-            response.headers["X-Request-ID"] = served_id
+        response.headers["X-Request-ID"] = request_id
         return result
 
 
@@ -323,10 +316,15 @@ def authorization_header(http: Request) -> str:
         ) from None
 
 
-def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
-    """The caller's Authorization and X-Request-ID headers as gRPC metadata. gRPC metadata carries printable
-    ASCII only: other characters would fail the call as the service's fault ("Invalid metadata", a 502), so they
-    are the caller's error here, said as such."""
+def pass_through_metadata(http: Request) -> tuple[list[tuple[str, str]], str]:
+    """The caller's Authorization header and the call's request id as gRPC metadata, and that id. gRPC metadata
+    carries printable ASCII only: other characters would fail the call as the service's fault ("Invalid
+    metadata", a 502), so they are the caller's error here, said as such.
+
+    The id is the caller's X-Request-ID when it is a sane token, else one made here, by the service's own rule
+    (access_log.request_id_from), so the service keeps it: the gateway knows the id of every call it makes, and
+    says it in every answer. The service says it only with its status, which a call past its deadline (a 504)
+    never gets."""
     metadata = []
     if authorization := authorization_header(http):
         if not is_metadata_value(authorization):
@@ -337,14 +335,15 @@ def pass_through_metadata(http: Request) -> list[tuple[str, str]]:
                 "'Authorization: Bearer <token>' with the service's token",
             )
         metadata.append((AUTH_METADATA_KEY, authorization))
-    if (request_id := http.headers.get(REQUEST_ID_KEY)) is not None:
-        if not is_metadata_value(request_id) or len(request_id) > MAX_REQUEST_ID_CHARS:
-            raise _bad_request(
-                f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters (it was "
-                f"{len(request_id):,} characters); send a shorter id, or none and the service makes one"
-            )
-        metadata.append((REQUEST_ID_KEY, request_id))
-    return metadata
+    supplied = http.headers.get(REQUEST_ID_KEY)
+    if supplied is not None and (not is_metadata_value(supplied) or len(supplied) > MAX_REQUEST_ID_CHARS):
+        raise _bad_request(
+            f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters (it was "
+            f"{len(supplied):,} characters); send a shorter id, or none and one is made"
+        )
+    request_id = request_id_from(supplied)
+    metadata.append((REQUEST_ID_KEY, request_id))
+    return metadata, request_id
 
 
 ARRIVED = "arrived"  # Arrival's key in a request's scope["state"]

@@ -119,6 +119,29 @@ def test_a_call_that_finished_after_its_deadline_is_not_logged_ok(
     assert line.access["code"] == "DEADLINE_EXCEEDED"
 
 
+def test_the_services_own_refusal_is_answered_once_not_retried_by_a_clients_channel(serve, tmp_path, access_lines):
+    """Every answer of the service comes with its status only (no headers first, so that a call cut off by a crash
+    is retried), and a client's retryPolicy retries UNAVAILABLE: "no model is published yet" was asked five times
+    (1.6 s, five access lines under five ids) before its caller heard it. The service's own answers tell clients
+    not to retry (grpc-retry-pushback-ms)."""
+    from shared.api.mnist.v1 import inference_pb2_grpc
+
+    from inference.channel import make_channel
+
+    running = serve(tmp_path / "nothing published")
+    channel = make_channel(f"127.0.0.1:{running.port}")
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            inference_pb2_grpc.InferenceStub(channel).Predict(pb.PredictRequest(image=b"x"), timeout=30)
+        took = time.monotonic() - started
+    finally:
+        channel.close()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "no model" in e.value.details()
+    assert took < 0.5, f"answered after {took:.2f} s"
+    assert [r.access["code"] for r in access_lines() if r.access["method"] == "Predict"] == ["UNAVAILABLE"]
+
+
 def test_the_json_format_has_the_access_fields_as_keys(module_server, digit_pngs):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -130,7 +130,32 @@ def test_request_id_is_passed_through_to_the_service_and_back(gateway, digit_png
     answer = gateway.post("/v1/predict", digit_pngs[0][1], headers={"X-Request-ID": "web-test-42"})
     assert answer.headers["x-request-id"] == "web-test-42"
     fresh = gateway.get("/v1/model").headers["x-request-id"]
-    assert len(fresh) == 32  # the service made one up, as for a gRPC caller without one
+    assert len(fresh) == 32  # one made up, by the service's rule for a gRPC caller without one
+
+
+@pytest.mark.parametrize("supplied", ["slow-1", None])
+def test_a_call_past_its_deadline_says_its_request_id_which_the_services_access_line_has(
+    web, backend, digit_pngs, monkeypatch, caplog, supplied
+):
+    """The service says a call's id with its status, which a call past its deadline never gets: the 504 said no
+    id, and the one call an operator most wants to find in the service's log could not be. The gateway knows the
+    id of every call it makes: the caller's, or one it made."""
+    import inference.service
+
+    caplog.set_level(logging.INFO, logger="inference.access")
+    entered, release = hold_calls(monkeypatch, inference.service, "digit_log_probs")
+    gateway = web(target=backend.target, timeout=0.5)
+    try:
+        answer = gateway.post("/v1/predict", digit_pngs[0][1], headers={"X-Request-ID": supplied} if supplied else {})
+        assert_error(answer, 504, "DEADLINE_EXCEEDED", "did not answer within 0.5 s")
+    finally:
+        release.set()
+    said = answer.headers.get("x-request-id")
+    assert said and (said == supplied or supplied is None), answer.headers
+    assert entered.is_set()
+    logged = lambda: [r for r in caplog.records if r.name == "inference.access" and r.access["method"] == "Predict"]  # noqa: E731
+    assert wait_until(lambda: logged(), timeout=10)
+    assert [r.access["request_id"] for r in logged()] == [said]
 
 
 # --------------------------------------------------------------------------------------------------------------
