@@ -31,11 +31,13 @@ import inspect
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import anyio
 import grpc
@@ -108,6 +110,7 @@ DECLARE_BEARER = Security(
 # no server, so calls went to /v1/model, past the prefix, unless each deployment told the gateway its prefix
 # (root_path), one more setting to keep in step with the proxy's.
 SCHEMA_FROM_THE_DOCS = "openapi.json"
+DOCS_PAGE = "docs"
 THIS_GATEWAY = {"url": ".", "description": "this gateway, at the address this schema was fetched from"}
 
 
@@ -768,7 +771,13 @@ def create_app(options: WebOptions) -> FastAPI:
         code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(
             e.status_code, grpc.StatusCode.INVALID_ARGUMENT
         )
-        message = f"{e.detail}: {request.method} {request.url.path}; the API is described at /docs"
+        # The docs named relative to the URL asked (as the page names its calls), not as /docs: under a proxy's
+        # prefix that is https://host/docs, outside the gateway.
+        docs = reference_from(sent_path(request.scope), DOCS_PAGE)
+        message = (
+            f"{e.detail}: {request.method} {request.url.path}; the API is described at {docs} from this URL "
+            "(the docs page beside the gateway's web page)"
+        )
         # Starlette's own headers: a 405's Allow (the methods the path takes), which HTTP requires.
         return error_response(e.status_code, code, message, extra_headers=dict(e.headers or {}))
 
@@ -971,6 +980,30 @@ def create_app(options: WebOptions) -> FastAPI:
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def sent_path(scope: Mapping[str, Any]) -> str:
+    """The request's path as the client sent it (percent-encoded): a relative reference resolves against that, so
+    an encoded slash (%2F), which the decoded path shows as a slash, must not count as one."""
+    raw = scope.get("raw_path") or b""
+    # Without one (or with an absolute-form target, "GET http://host/x"), the decoded path, encoded again.
+    return raw.decode("latin-1") if raw.startswith(b"/") else quote(scope["path"])
+
+
+def reference_from(path: str, target: str) -> str:
+    """A relative reference that resolves, against a URL whose path ends with `path` (the gateway's, behind any
+    prefix a proxy adds), to the gateway's `target` (a path from its root, without the leading slash):
+    '/v1/nothing' -> '../docs', '/nothing' -> './docs'. The directories counted are those left once dot segments are
+    removed, as the client removes them when it resolves the reference (RFC 3986, 5.2.4; %2e is a dot to browsers)."""
+    directories: list[str] = []
+    for segment in path.split("/")[1:-1]:  # the last segment is no directory, even '..' (RFC 3986, 5.2.3)
+        dots = unquote(segment)
+        if dots == "..":
+            if directories:
+                directories.pop()
+        elif dots != ".":
+            directories.append(segment)
+    return "../" * len(directories) + target if directories else "./" + target
 
 
 def _document_validation_errors_as_400(app: FastAPI) -> None:

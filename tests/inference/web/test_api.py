@@ -592,7 +592,7 @@ def test_the_gateways_own_token_is_checked_before_the_body_is_read(web, token_ba
 
 
 def test_unknown_paths_and_methods_get_the_json_error_shape(gateway):
-    assert_error(gateway.get("/v1/nothing"), 404, "NOT_FOUND", "/docs")
+    assert_error(gateway.get("/v1/nothing"), 404, "NOT_FOUND", "GET /v1/nothing", "described at ../docs")
     wrong_method = gateway.get("/v1/predict")
     assert_error(wrong_method, 405, "UNIMPLEMENTED", "GET /v1/predict")
     assert wrong_method.headers["allow"] == "POST"  # what HTTP asks of a 405: the methods the path takes
@@ -699,6 +699,31 @@ def test_the_docs_and_their_calls_stay_under_the_prefix_a_proxy_serves_the_gatew
         predicted = fetch(base + "/v1/predict", "POST", digit_pngs[0][1], {"Content-Type": "image/png"})
         assert predicted.status == 200 and "digit" in predicted.json(), predicted.body[:300]
         assert proxy.outside == [], "the docs asked for paths outside the prefix the gateway is served under"
+
+
+def test_an_unknown_path_or_method_names_the_docs_under_the_prefix_a_proxy_serves_the_gateway_at(gateway):
+    """The 404 and 405 messages said "the API is described at /docs", which behind https://host/mnist/ is
+    https://host/docs, outside the gateway. Followed here as the message's reader follows it: against the URL asked,
+    at every depth, after dot segments (which the client removes as it resolves the reference), and past a %2F,
+    which is no directory to the client."""
+    with PrefixProxy(gateway.port, "/mnist") as proxy:
+        for method, path, status in (
+            ("GET", "/nothing", 404),
+            ("GET", "/v1/nothing", 404),
+            ("GET", "/v1/predict", 405),
+            ("POST", "/v1/model/info/more", 404),
+            ("GET", "/v1/../nothing", 404),
+            ("GET", "/v1%2Fnothing", 404),
+        ):
+            url = f"{proxy.url}/mnist{path}"
+            message = assert_error(fetch(url, method), status, "NOT_FOUND" if status == 404 else "UNIMPLEMENTED")
+            named = re.search(r"described at (\S+) from this URL", message)
+            assert named, message
+            docs_url = urljoin(url, named.group(1))
+            assert docs_url == f"{proxy.url}/mnist/docs", (path, message)
+            docs = fetch(docs_url)
+            assert docs.status == 200 and b"swagger" in docs.body.lower(), path
+        assert proxy.outside == []
 
 
 # --------------------------------------------------------------------------------------------------------------
