@@ -44,7 +44,7 @@ import grpc
 from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -53,6 +53,8 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.routing import Match, Mount, Router
+from starlette.types import Receive, Scope, Send
 
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
@@ -704,7 +706,11 @@ def create_app(options: WebOptions) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Starlette's redirect of '/docs/' names a URL from the host's root, outside a proxy's prefix;
+        # redirects_without_the_slash's is relative.
+        redirect_slashes=False,
     )
+    redirects_without_the_slash(app.router)
     # The last added runs first: the arrival is noted before anything else (the deadline counts from it), the
     # headers go on every answer, the Host is checked before any body is read.
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
@@ -1004,6 +1010,47 @@ def reference_from(path: str, target: str) -> str:
         elif dots != ".":
             directories.append(segment)
     return "../" * len(directories) + target if directories else "./" + target
+
+
+def redirects_without_the_slash(router: Router) -> None:
+    """A path that `router` has but for one trailing slash ('/docs/', '/v1/model/') is redirected (307: method and
+    body kept) to the path without it, by a reference relative to the URL asked ('../docs', '../model'), query
+    kept. Starlette's own redirect (redirect_slashes) names a whole URL from the host's root, so it leaves the
+    prefix a reverse proxy serves the gateway at: https://host/mnist/docs/ went to https://host/docs, outside the
+    gateway. Its host and scheme were the request's too: behind a proxy that calls the gateway by its own name
+    (nginx's default), the gateway's inner address ("http://web:8080/docs"), which no user can reach, and http
+    behind https; HostCheck bounds which names a request may say, not what a proxy says.
+
+    Anything else is 404 as before: several slashes ('/docs//'), since clients resolve '../../docs' from there
+    differently (RFC 3986 climbs the empty segment, Python's urljoin, which requests follows redirects with, drops
+    it and climbs past the prefix); and adding a slash, which only the page's files' mount would take, and it
+    serves no directory."""
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (location := _without_the_slash(router, scope)):
+            await RedirectResponse(location, status_code=307)(scope, receive, send)
+        else:
+            await not_found(scope, receive, send)
+
+    router.default = default
+
+
+def _without_the_slash(router: Router, scope: Scope) -> str | None:
+    """The relative reference from the URL asked to the route it names with one trailing slash, if one; else None."""
+    path, sent = scope["path"], sent_path(scope)
+    if not (path.endswith("/") and sent.endswith("/")) or path.endswith("//") or sent.endswith("//"):
+        return None
+    name = path[:-1].rsplit("/", 1)[-1]
+    # Taken from the path as the client sent it, which it resolves the reference against: an encoded slash
+    # ('/docs%2F') is part of its last segment there, and '../docs' from /mnist/docs%2F is /docs.
+    if name in ("", ".", "..") or unquote(sent[:-1].rsplit("/", 1)[-1]) != name:
+        return None
+    routed = {**scope, "path": path[:-1]}
+    if not any(not isinstance(route, Mount) and route.matches(routed)[0] is not Match.NONE for route in router.routes):
+        return None
+    query = scope.get("query_string", b"").decode("latin-1")
+    return "../" + quote(name) + (f"?{query}" if query else "")
 
 
 def _document_validation_errors_as_400(app: FastAPI) -> None:

@@ -726,6 +726,38 @@ def test_an_unknown_path_or_method_names_the_docs_under_the_prefix_a_proxy_serve
         assert proxy.outside == []
 
 
+def test_a_path_with_trailing_slashes_is_redirected_to_the_path_without_them_under_the_prefix(gateway, digit_pngs):
+    """Starlette redirected /docs/ to a whole URL from the host's root, the gateway's own address
+    (http://127.0.0.1:<its port>/docs here, behind https://host/mnist/ the host's /docs), outside the prefix the proxy
+    serves the gateway at. Followed here as a client follows a Location: against the URL asked, with the method and
+    body kept (307), every step under the prefix. Not redirected: an encoded slash (%2F), no slash to the client,
+    which would resolve '../docs' from /mnist/docs%2F to /docs; and several slashes, which clients resolve apart."""
+    png = digit_pngs[0][1]
+    with PrefixProxy(gateway.port, "/mnist") as proxy:
+        under = f"{proxy.url}/mnist/"
+
+        def follow(path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+            url = under + path
+            answer = fetch(url, method, body, headers)
+            assert answer.status == 307, (path, answer.status, answer.body[:300])
+            url = urljoin(url, answer.headers["location"])
+            assert url.startswith(under), (path, answer.headers["location"])
+            return url, fetch(url, method, body, headers)
+
+        for path, page in (("docs/", "docs"), ("redoc/", "redoc"), ("docs/?from=a-link", "docs?from=a-link")):
+            url, answer = follow(path)
+            assert url == under + page and answer.status == 200, (path, url, answer.status)
+        url, model = follow("v1/model/")
+        assert url == under + "v1/model" and model.status == 200 and model.json()["serving"] is True
+        url, predicted = follow("v1/predict/", "POST", png, {"Content-Type": "image/png"})
+        assert url == under + "v1/predict" and predicted.status == 200 and "digit" in predicted.json()
+        assert_error(fetch(under + "docs%2F"), 404, "NOT_FOUND")
+        # Python's urljoin (which requests follows a Location with) resolves '../../docs' from /mnist/docs// to /docs.
+        assert_error(fetch(under + "docs//"), 404, "NOT_FOUND")
+        assert_error(fetch(under + "v1/nothing/"), 404, "NOT_FOUND")  # no path to send it to
+        assert proxy.outside == []
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Model versions: listed, and pinned per call
 
