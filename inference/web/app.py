@@ -29,6 +29,7 @@ import asyncio
 import hmac
 import inspect
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -779,9 +780,8 @@ def create_app(options: WebOptions) -> FastAPI:
         )
         # The docs named relative to the URL asked (as the page names its calls), not as /docs: under a proxy's
         # prefix that is https://host/docs, outside the gateway.
-        docs = reference_from(sent_path(request.scope), DOCS_PAGE)
         message = (
-            f"{e.detail}: {request.method} {request.url.path}; the API is described at {docs} from this URL "
+            f"{e.detail}: {request.method} {request.url.path}; {where_the_docs_are(sent_path(request.scope))} "
             "(the docs page beside the gateway's web page)"
         )
         # Starlette's own headers: a 405's Allow (the methods the path takes), which HTTP requires.
@@ -1010,6 +1010,22 @@ def reference_from(path: str, target: str) -> str:
         elif dots != ".":
             directories.append(segment)
     return "../" * len(directories) + target if directories else "./" + target
+
+
+def where_the_docs_are(path: str) -> str:
+    """Where a 404 or 405 says the docs page is, to the caller of `path` (as the client sent it): relative to the URL
+    asked. Not from a path with an empty segment ('/v1//nothing'): clients resolve '..' across one apart (browsers,
+    as RFC 3986, climb it: '../../docs' from https://host/mnist/v1//nothing is /mnist/docs; Python's urljoin drops it
+    first and climbs past the prefix, to the host's /docs), so no reference leads every client to the docs. No path
+    of the gateway has one, so the doubled slash is likely the mistake: the caller is told to send the path with
+    single slashes, and the reference is from that URL, which every client resolves alike."""
+    if "" not in path.split("/")[1:-1]:  # the last segment is no directory: one trailing slash is no empty one
+        return f"the API is described at {reference_from(path, DOCS_PAGE)} from this URL"
+    single = re.sub("/{2,}", "/", path)
+    return (
+        "its path has an empty segment ('//'), which no path of this gateway has: send it with single slashes; the "
+        f"API is described at {reference_from(single, DOCS_PAGE)} from that URL"
+    )
 
 
 def redirects_without_the_slash(router: Router) -> None:

@@ -726,6 +726,25 @@ def test_an_unknown_path_or_method_names_the_docs_under_the_prefix_a_proxy_serve
         assert proxy.outside == []
 
 
+def test_a_path_with_an_empty_segment_is_told_to_use_single_slashes_and_where_the_docs_are_from_there(gateway):
+    """The 404 named the docs from a path with '//' by counting the empty segment as a directory ('../../docs' from
+    /mnist/v1//nothing), as browsers resolve it; Python's urljoin drops the segment first and went to the host's
+    /docs, outside the prefix: no reference from such a URL leads every client to the docs. The message says to send
+    the path with single slashes, and names the docs from that URL, where urljoin and browsers agree (they differ
+    only across empty segments)."""
+    with PrefixProxy(gateway.port, "/mnist") as proxy:
+        for path in ("/v1//model", "//nothing", "/v1//nothing", "/docs//", "/v1/..//nothing", "/v1/nothing//x"):
+            url, single = f"{proxy.url}/mnist{path}", f"{proxy.url}/mnist{re.sub('/{2,}', '/', path)}"
+            message = assert_error(fetch(url), 404, "NOT_FOUND")
+            named = re.search(r"described at (\S+) from (this|that) URL", message)
+            assert named, message
+            docs_url = urljoin(url if named.group(2) == "this" else single, named.group(1))
+            assert docs_url == f"{proxy.url}/mnist/docs", (path, message)
+            assert "send it with single slashes" in message and named.group(2) == "that", message
+            assert fetch(docs_url).status == 200, path
+        assert proxy.outside == []
+
+
 def test_a_path_with_trailing_slashes_is_redirected_to_the_path_without_them_under_the_prefix(gateway, digit_pngs):
     """Starlette redirected /docs/ to a whole URL from the host's root, the gateway's own address
     (http://127.0.0.1:<its port>/docs here, behind https://host/mnist/ the host's /docs), outside the prefix the proxy
