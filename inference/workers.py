@@ -6,7 +6,7 @@ examples/python/multiprocessing, the parent reserves the port with SO_REUSEPORT 
 starts `workers` fresh interpreters, each a complete server (its own model store, health and limits) bound to
 the same port with SO_REUSEPORT; the kernel spreads new connections over them. The parent forwards SIGTERM and
 SIGINT and exits when they have stopped; if one worker dies, it stops the others and exits non-zero, so a
-supervisor (compose's `restart: on-failure`) restarts the whole service.
+supervisor (compose's `restart: unless-stopped`) restarts the whole service.
 
 With metrics on, the workers record them into files in one temporary folder (prometheus_client's multiprocess
 mode) and the parent serves their sum on the metrics port: one scrape target per service, however many workers.

@@ -8,9 +8,9 @@ shared/settings.py) and the same ports; tests/deploy/test_compose.py checks that
 `docker compose up`:
   - every line a service prints is prefixed with its name (`trainer     | epoch 1/15 ...`);
   - the trainer is a one-shot job: when it exits 0 the others keep running;
-  - inference, the web page and TensorBoard are restarted when they fail (`restart: on-failure`), a few times,
-    and if they keep failing the stack stops with exit status 1 (once the trainer, if it is still running, has
-    finished: its run is not cut off for another service);
+  - inference, the web page and TensorBoard are restarted when they fail (compose's `restart: unless-stopped`), a
+    few times, and if they keep failing the stack stops with exit status 1 (once the trainer, if it is still
+    running, has finished: its run is not cut off for another service);
   - Ctrl-C (SIGINT) or SIGTERM is passed on to every service, which gets --stop-timeout seconds to finish
     before it is killed; a second Ctrl-C kills at once.
 
@@ -57,7 +57,8 @@ class Service:
 
     name: str
     argv: list[str]
-    # compose's `restart: on-failure`; the trainer's is "no": it is a job that ends.
+    # compose's `restart: unless-stopped` (of which a reboot has no local counterpart); the trainer's is "no": it is
+    # a job that ends.
     restart_on_failure: bool = False
     env: dict[str, str] = field(default_factory=dict)
 

@@ -244,6 +244,13 @@ def container_environment(model: dict[str, Any], name: str) -> dict[str, str]:
     return env
 
 
+def restarts_a_failed_process(service: dict[str, Any]) -> bool:
+    """Whether Docker starts the service's container again when its process exits non-zero, as the local stack's
+    `restart_on_failure` does: every policy but "no" (what the rest of each policy does, after exit 0 or when Docker
+    starts, has no local counterpart)."""
+    return service.get("restart", "no") in ("on-failure", "unless-stopped", "always")
+
+
 def command(model: dict[str, Any], name: str) -> list[str]:
     service = model["services"][name]
     return [*(service.get("entrypoint") or []), *service["command"]]

@@ -35,6 +35,7 @@ from tests.deploy.compose_model import (
     load_compose,
     mounts,
     published_ports,
+    restarts_a_failed_process,
     run_compose,
 )
 
@@ -118,8 +119,18 @@ def test_up_starts_the_four_services_and_the_trainer_asks_for_a_gpu(model):
     assert started == set(STACK_SERVICES)
     assert set(load_compose(profiles=())["services"]) == set(STACK_SERVICES)  # Compose's own answer
     assert model["services"]["trainer"]["restart"] == "no"  # a job: it ends, the others go on
-    assert model["services"]["inference"]["restart"] == "on-failure"
-    assert model["services"]["web"]["restart"] == "on-failure"
+
+
+def test_the_services_that_keep_running_come_back_after_a_reboot_unless_stopped(model):
+    """`docker compose up -d` runs a service, as a Kubernetes Deployment does: Docker starts it again when its
+    process exits, and when Docker itself starts (a host reboot), unless the user stopped it. `on-failure` does not
+    start, when Docker starts, a container whose process last exited 0, as the servers do when Docker stops them
+    on shutdown: after a reboot the page stayed down. The trainer is a job: one run, never repeated by a reboot."""
+    for name, service in model["services"].items():
+        if name in ("trainer", "client"):
+            assert service.get("restart", "no") == "no", name
+        else:
+            assert service.get("restart") == "unless-stopped", name
 
 
 def test_ports_are_the_settings_defaults_published_on_loopback(model):
@@ -313,8 +324,7 @@ def test_local_stack_runs_the_compose_commands(model, tmp_path):
     )
     for name in STACK_SERVICES:
         assert local[name].argv == mapping.argv(model, name, command(model, name)), name
-        restart = model["services"][name].get("restart", "no")
-        assert local[name].restart_on_failure == (restart == "on-failure"), name
+        assert local[name].restart_on_failure == restarts_a_failed_process(model["services"][name]), name
 
 
 def test_local_stack_sets_the_same_settings_with_the_same_defaults(model, tmp_path, monkeypatch):

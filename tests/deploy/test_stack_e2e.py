@@ -28,7 +28,13 @@ from shared import settings
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 
 from scripts.local_stack import Service, Supervisor
-from tests.deploy.compose_model import LocalMapping, healthcheck_argv, load_compose, local_process
+from tests.deploy.compose_model import (
+    LocalMapping,
+    healthcheck_argv,
+    load_compose,
+    local_process,
+    restarts_a_failed_process,
+)
 from tests.deploy.helpers import Capture, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +109,7 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist, ctrl_c_
             label or name,
             [*argv, *extra],
             env=env,
-            restart_on_failure=model["services"][name].get("restart") == "on-failure",
+            restart_on_failure=restarts_a_failed_process(model["services"][name]),
         )
 
     services = [

@@ -73,7 +73,7 @@ def test_a_dead_worker_stops_the_service_with_an_error(workers):
     worker_processes = [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]
     assert len(worker_processes) == 2
     worker_processes[0].kill()
-    assert process.wait(timeout=60) == 1  # so that compose's restart: on-failure starts it again
+    assert process.wait(timeout=60) == 1  # so that compose's restart policy starts it again
     assert "exited with code -9; stopping the others" in process.stderr.read()
     survivor = worker_processes[1]
     assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
