@@ -528,6 +528,8 @@ def test_every_container_port_is_open_in_its_pods_network_policy(rendered, name)
 SCRAPER_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}  # the Prometheus Operator's and Helm chart's server
 SCRAPE_NAMESPACE_LABELS = {"mnist-stack/scrape": "true"}
 INGRESS_NAMESPACE_LABELS = {"mnist-stack/ingress": "true"}
+CLIENT_NAMESPACE_LABELS = {"mnist-stack/client": "true"}  # namespaces whose pods call the service (gRPC or REST)
+OWN_NAMESPACE = {"podSelector": {}}  # a peer of every pod of the policy's own namespace
 
 
 def peers_admitted_to(objects: list[dict], app: str, port: int) -> list[dict] | None:
@@ -576,13 +578,69 @@ def test_tensorboard_admits_only_its_own_namespace_and_a_namespace_labelled_as_t
     """TensorBoard has no login, and shows every run's curves and pictures: not a port for any namespace."""
     peers = peers_admitted_to(rendered[name], "tensorboard", settings.DEFAULT_TENSORBOARD_PORT)
     assert peers is not None, "TensorBoard is open to every namespace"
-    own_namespace, ingress = {"podSelector": {}}, {"namespaceSelector": {"matchLabels": INGRESS_NAMESPACE_LABELS}}
-    assert peers and all(p in (own_namespace, ingress) for p in peers), peers
+    ingress = {"namespaceSelector": {"matchLabels": INGRESS_NAMESPACE_LABELS}}
+    assert peers and all(p in (OWN_NAMESPACE, ingress) for p in peers), peers
+
+
+def namespaces_selected(peer: dict) -> str:
+    """Which namespaces a NetworkPolicy peer admits pods of: "own" (a podSelector alone), "labelled" (a
+    namespaceSelector with labels to match), "every" (an empty namespaceSelector; an ipBlock, which admits by address
+    whatever the namespace: an operator's addition for a load balancer outside the cluster, not the base's)."""
+    if "ipBlock" in peer:
+        return "every"
+    if "namespaceSelector" not in peer:
+        return "own"
+    selector = peer["namespaceSelector"]
+    return "labelled" if selector.get("matchLabels") or selector.get("matchExpressions") else "every"
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_no_container_port_admits_every_namespace(rendered, name):
+    """A pod of any namespace (another team's, a compromised one) must not reach a port that does not need it: each
+    is opened to this namespace's pods and to namespaces an operator labels for it, never to every source."""
+    objects = rendered[name]
+    for workload in (o for o in objects if o["kind"] in WORKLOADS):
+        app = workload["metadata"]["name"]
+        for c in pod_spec(workload)["containers"]:
+            for port in c.get("ports", []):
+                peers = peers_admitted_to(objects, app, port["containerPort"])
+                where = f"{name}: {app}'s port {port['containerPort']}"
+                assert peers is not None, f"{where} is open to every source (a rule with no `from:`)"
+                assert all(namespaces_selected(p) != "every" for p in peers), f"{where} admits every namespace: {peers}"
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_inference_admits_its_own_namespace_and_client_namespaces_and_its_health_port_only_its_own(rendered, name):
+    """The gateway (this namespace) and the applications that call the service (their namespaces labelled as
+    clients) reach gRPC; the health port is the gateway's /readyz (kubelet's probes come from the node, always
+    admitted)."""
+    objects = rendered[name]
+    c = container(find(objects, "Deployment", "inference"))
+    grpc_port = int(env(c)[settings.ENV_GRPC_ADDRESS].rsplit(":", 1)[1])
+    health_port = int(env(c)[settings.ENV_HEALTH_ADDRESS].rsplit(":", 1)[1])
+    clients = {"namespaceSelector": {"matchLabels": CLIENT_NAMESPACE_LABELS}}
+    grpc_peers = peers_admitted_to(objects, "inference", grpc_port)
+    assert grpc_peers is not None and sorted(map(json.dumps, grpc_peers)) == sorted(
+        map(json.dumps, [OWN_NAMESPACE, clients])
+    )
+    assert peers_admitted_to(objects, "inference", health_port) == [OWN_NAMESPACE]
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_the_web_gateway_admits_its_own_namespace_the_ingress_and_client_namespaces(rendered, name):
+    peers = peers_admitted_to(rendered[name], "web", settings.DEFAULT_WEB_PORT)
+    assert peers is not None, "the gateway is open to every source"
+    allowed = [
+        OWN_NAMESPACE,
+        {"namespaceSelector": {"matchLabels": INGRESS_NAMESPACE_LABELS}},
+        {"namespaceSelector": {"matchLabels": CLIENT_NAMESPACE_LABELS}},
+    ]
+    assert sorted(map(json.dumps, peers)) == sorted(map(json.dumps, allowed))
 
 
 def test_the_labels_the_network_policies_ask_for_are_documented_with_how_to_set_them():
     text = (REPO / "docs" / "operations.md").read_text() + (K8S / "base" / "network-policies.yaml").read_text()
-    for labels in (SCRAPER_POD_LABELS, SCRAPE_NAMESPACE_LABELS, INGRESS_NAMESPACE_LABELS):
+    for labels in (SCRAPER_POD_LABELS, SCRAPE_NAMESPACE_LABELS, INGRESS_NAMESPACE_LABELS, CLIENT_NAMESPACE_LABELS):
         for key, value in labels.items():
             assert f"{key}={value}" in text, key
     assert "kubectl label namespace" in text
