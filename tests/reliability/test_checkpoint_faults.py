@@ -473,23 +473,19 @@ def test_a_file_replaced_while_it_is_verified_serves_the_verified_bytes(serve, t
     assert not np.allclose(local_probabilities(replaced, png), local_probabilities(verified, png), atol=1e-3)
 
 
-def test_written_files_have_the_umasks_mode_not_owner_only(tmp_path):
-    """mkstemp makes files 0600; the model a server of another user in the group reads must not be."""
-    import os
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_have_the_umasks_mode_not_owner_only(tmp_path, monkeypatch, umask):
+    """mkstemp makes files 0600; the model a server of another user in the group reads must not be. Several umasks,
+    read as at import: with 0o022 alone, a fixed 0o644 passed as the umask's mode."""
+    import shared.checkpoint
 
-    mask = os.umask(0o022)
+    previous = os.umask(umask)
     try:
-        import shared.checkpoint
-
-        previous = shared.checkpoint._UMASK
-        shared.checkpoint._UMASK = 0o022
-        try:
-            atomic_write_bytes(tmp_path / "m.pt", b"weights")
-        finally:
-            shared.checkpoint._UMASK = previous
+        monkeypatch.setattr(shared.checkpoint, "_UMASK", shared.checkpoint._process_umask())
+        atomic_write_bytes(tmp_path / "m.pt", b"weights")
     finally:
-        os.umask(mask)
-    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
+        os.umask(previous)
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_publish_removes_what_a_killed_publish_left_and_keeps_a_live_writers_file(tmp_path):
