@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from testkit.cache import cache_root, cached_pickle
+from testkit.cache import cache_root, cached_pickle, code_hash
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +33,27 @@ def test_a_value_that_cannot_be_kept_leaves_no_temporary_file():
     with pytest.raises((pickle.PicklingError, AttributeError)):
         cached_pickle("things", "k", lambda: lambda: None)  # a lambda cannot be pickled
     assert list((cache_root() / "things").iterdir()) == []
+
+
+def test_the_key_changes_with_the_code_the_library_pins_and_the_extra_key(tmp_path, monkeypatch):
+    """What keeps a stale entry (a model trained by older code or libraries) from being used: every input of the
+    key changes it. Nothing tested this: a key that left out constraints.txt or the extra key passed the suite."""
+    import testkit.cache
+
+    monkeypatch.setattr(testkit.cache, "REPO_ROOT", tmp_path)
+    (tmp_path / "pkg").mkdir()
+    code, pins = tmp_path / "pkg" / "a.py", tmp_path / "constraints.txt"
+    code.write_text("x = 1\n")
+    pins.write_text("torch==2.0.0\n")
+    key = code_hash(("pkg/*.py",), extra="10")
+    assert len(key) == 16 and key == code_hash(("pkg/*.py",), extra="10")
+    changed = []
+    for change in (
+        lambda: code.write_text("x = 2\n"),  # the code
+        lambda: (tmp_path / "pkg" / "b.py").write_text(""),  # a new module
+        lambda: pins.write_text("torch==2.0.1\n"),  # a library's version
+    ):
+        change()
+        changed.append(code_hash(("pkg/*.py",), extra="10"))
+    changed.append(code_hash(("pkg/*.py",), extra="11"))  # the extra key (the test model's epochs)
+    assert len({key, *changed}) == 5, changed
