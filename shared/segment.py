@@ -12,10 +12,12 @@ through the same stroke-width, box and centre-of-mass normalization, so a pictur
 3. groups      pieces that overlap along the writing direction are one digit: a 5's detached flag, a 4 broken
                by a skipping pen. Pieces stacked higher than a digit are in different lines.
 4. one line    the line height is the median height of the tall groups; groups that do not overlap vertically
-               (in a chain) are another line of writing, which is refused.
+               (in a chain) are another line of writing, which is refused (a number written at a slant, its
+               digits on one steep line, with the angle to turn the picture by).
 5. small marks a small mark low in the line, with clear space beside and above it, is a decimal point or comma:
                left out of the digits, its position reported. Other small marks (the pieces of a digit broken
-               into several) join the group they overlap along the line, or the nearest; far specks are dropped.
+               into several) join the group they overlap along the line, or the nearest; far specks, and marks
+               left alone above or below the line, are dropped. Each group keeps the strokes Predict would.
 6. touching    a group wider than most single digits may be digits that touch. Candidate cuts are the
                top-to-bottom paths through the deslanted group that cross the fewest strokes (dynamic
                programming); the strokes a path leaves whole go to one side. The classifier scores the halves
@@ -44,6 +46,7 @@ from shared.normalize import (
     centre_by_mass,
     channel_contrast,
     connected_components,
+    digit_components,
     estimate_background,
     fit_in_box,
     ink_threshold,
@@ -103,6 +106,13 @@ GROUP_MAX_WORK = 20_000
 # (their median height); two of them are in one line when they overlap vertically by this fraction.
 TALL_GROUP = 0.5
 LINE_OVERLAP = 0.3
+# Several "lines" whose digits' centres all lie within SLANTED_LINE_SPREAD of a digit's size of one straight line at
+# least SLANTED_LINE_MIN_ANGLE degrees from level are one number written at an angle: said so (turn the picture)
+# when there are SLANTED_LINE_MIN_MARKS of them at least (two marks are on a line whatever they are). Digits on one
+# line lie within 0.15 of the height of it (baseline and size jitter); two lines of writing are a height apart.
+SLANTED_LINE_SPREAD = 0.35
+SLANTED_LINE_MIN_ANGLE = 10.0
+SLANTED_LINE_MIN_MARKS = 3
 # Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
 # neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); gaps up to DOTTED_JOIN x the typical
 # spacing are closed.
@@ -233,8 +243,9 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     height = line_height(groups)
     if (tall := sum(g.height >= FRAGMENT_HEIGHT * height for g in groups)) > 4 * MAX_REGIONS:
         raise too_many_digits(tall)
-    check_one_line(groups, height)  # before small marks are joined to digits (across lines, maybe)
+    check_one_line(pieces, groups, height)  # before small marks are joined to digits (across lines, maybe)
     groups, separators = sort_out_small_marks(pieces, groups, height)
+    groups = [without_specks(pieces, group, slant) for group in groups]
     if not groups:
         raise ImageRejected(
             "no digit found: the only marks are too small to be digits (a point or a comma?). "
@@ -242,7 +253,7 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
         )
     # The line height again, now that the pieces of each digit are together (a dotted digit was dots before).
     height = line_height(groups)
-    check_one_line(groups, height)
+    check_one_line(pieces, groups, height)
     if len(groups) > MAX_REGIONS:
         raise too_many_digits(len(groups))
     digits = segment_and_classify(pieces, groups, height, slant, classify)
@@ -437,6 +448,20 @@ class Group:
     def width(self) -> float:
         return self.x1 - self.x0
 
+    @classmethod
+    def of(cls, pieces: Pieces, labels: list[int], slant: float) -> Group:
+        """The group of these pieces (labels), its extents measured."""
+        stats = pieces.stats[labels]
+        extents = [deslanted_extent(pieces, label, slant) for label in labels]
+        return cls(
+            list(labels),
+            min(x0 for x0, _ in extents),
+            max(x1 for _, x1 in extents),
+            int(stats[:, 1].min()),
+            int((stats[:, 1] + stats[:, 3]).max()),
+            int(stats[:, 4].sum()),
+        )
+
     def absorb(self, other: Group) -> None:
         self.labels += other.labels
         self.x0, self.x1 = min(self.x0, other.x0), max(self.x1, other.x1)
@@ -446,11 +471,7 @@ class Group:
 
 def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
     """Union the pieces that overlap along the writing direction (and are not a line apart), left to right."""
-    groups = []
-    for label in pieces.kept:
-        _x, y, _w, h, area = (int(v) for v in pieces.stats[label])
-        x0, x1 = deslanted_extent(pieces, int(label), slant)
-        groups.append(Group([int(label)], x0, x1, y, y + h, area))
+    groups = [Group.of(pieces, [int(label)], slant) for label in pieces.kept]
     changed = True
     work = 0  # groups visited and pairs weighed, over every pass
     while changed:  # until no two groups overlap: merging can create new overlaps
@@ -498,8 +519,10 @@ def line_height(groups: list[Group]) -> float:
     return float(np.median([g.height for g in groups if g.height >= TALL_GROUP * tallest]))
 
 
-def check_one_line(groups: list[Group], height: float) -> None:
-    """Tall groups must form one chain of vertical overlaps; otherwise the picture holds several lines."""
+def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
+    """Tall groups must form one chain of vertical overlaps; otherwise the picture holds several lines. Where
+    their centres lie on one straight line at a slant (slanted_line), the picture is of one number written (or
+    photographed) at an angle, and the refusal says to turn it."""
     tall = [g for g in groups if g.height >= TALL_GROUP * height]
     parent = list(range(len(tall)))
 
@@ -519,19 +542,49 @@ def check_one_line(groups: list[Group], height: float) -> None:
             if overlap >= LINE_OVERLAP * min(a.height, b.height):
                 parent[root(i)] = root(j)
     lines = len({root(i) for i in range(len(tall))})
-    if lines > 1:
-        # Each "line" a single mark, the marks one above another: a number written sideways or steeply (a photo
-        # taken turned), which turning the picture makes one line.
-        column = lines == len(tall) and np.ptp([g.top + g.bottom for g in tall]) > np.ptp([g.x0 + g.x1 for g in tall])
+    if lines == 1:
+        return
+    slanted = slanted_line(pieces, tall)
+    if slanted is not None and slanted[1] >= SLANTED_LINE_MIN_MARKS:
+        angle = slanted[0]
         raise ImageRejected(
-            f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
-            "picture of one number (crop to it)"
-            + (
-                "; if it is written sideways or at a steep angle, turn the picture so that it reads level"
-                if column
-                else ""
-            )
+            f"the number is written at about {abs(angle):.0f} degrees from level: its digits lie on one slanted "
+            "line across the picture, and only a number written level (left to right) is read. Turn the picture by "
+            f"about {abs(angle):.0f} degrees so that the number is horizontal, and send it again"
         )
+    raise ImageRejected(
+        f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
+        "picture of one number (crop to it)"
+        + (
+            "; if it is one number written sideways or at a steep angle, turn the picture so that it reads level"
+            if slanted is not None
+            else ""
+        )
+    )
+
+
+def slanted_line(pieces: Pieces, tall: list[Group]) -> tuple[float, int] | None:
+    """(angle, marks): the angle in degrees (> 0 rising to the right, in (-90, 90]) of the one straight line that the
+    large pieces of the `tall` groups lie on, and how many they are; None where they lie on no line at least
+    SLANTED_LINE_MIN_ANGLE from level. Large: at least TALL_GROUP of the largest on their longer side (a digit, not
+    a 5's flag). On one line: their centres within SLANTED_LINE_SPREAD of their median longer side of it. Pieces,
+    not groups, and in the picture's own pixels: digits side by side on a steep line overlap along the (level)
+    writing direction and are grouped in twos and threes, and a deslanted extent assumes the line is level."""
+    labels = [label for group in tall for label in group.labels]
+    boxes = pieces.stats[labels, :4].astype(np.float64)
+    sides = boxes[:, 2:4].max(axis=1)
+    boxes = boxes[sides >= TALL_GROUP * sides.max()]
+    if len(boxes) < 2:
+        return None
+    centres = boxes[:, :2] + boxes[:, 2:4] / 2
+    centres -= centres.mean(axis=0)
+    _, _, axes = np.linalg.svd(centres, full_matrices=False)  # axes[0]: the direction the centres spread most
+    if np.abs(centres @ axes[1]).max() > SLANTED_LINE_SPREAD * float(np.median(boxes[:, 2:4].max(axis=1))):
+        return None
+    dx, dy = axes[0]
+    angle = float(np.degrees(np.arctan2(-dy, dx)))  # rows grow downwards: rising to the right is dy < 0
+    angle = angle - 180.0 if angle > 90.0 else angle + 180.0 if angle <= -90.0 else angle
+    return (angle, len(boxes)) if abs(angle) >= SLANTED_LINE_MIN_ANGLE else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -561,9 +614,16 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
         i, j = pair
         rest[j].absorb(rest[i])
         del rest[i]
-    tall = [g.area for g in rest if g.height >= FRAGMENT_HEIGHT * height]
-    typical_area = float(np.median(tall)) if tall else 0.0
-    digits = [g for g in rest if g.height >= FRAGMENT_HEIGHT * height or g.area >= FRAGMENT_SPECK * typical_area]
+    tall = [g for g in rest if g.height >= FRAGMENT_HEIGHT * height]
+    typical_area = float(np.median([g.area for g in tall])) if tall else 0.0
+    # A small mark left alone is a digit (a small one written on its own) only if it has some mass and lies in the
+    # line, beside its digits: a mark above or below them all (a speck, a tick, a stray dot) was read as a digit, or
+    # joined to the digit under it by join_fragments, its box then twice the line's height.
+    digits = [
+        g
+        for g in rest
+        if g.height >= FRAGMENT_HEIGHT * height or (g.area >= FRAGMENT_SPECK * typical_area and in_line(g, tall))
+    ]
     if not any(g.height >= FRAGMENT_HEIGHT * height for g in digits):
         digits = []
     return sorted(digits, key=lambda g: g.x0), separators
@@ -602,10 +662,7 @@ def is_separator(pieces: Pieces, mark: Group, groups: list[Group], height: float
     tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
     if not tall:
         return False
-    # The line's band where the mark is: the two digits nearest to it along the line.
-    nearest = sorted(tall, key=lambda g: abs((g.x0 + g.x1) / 2 - (mark.x0 + mark.x1) / 2))[:2]
-    top = float(np.mean([g.top for g in nearest]))
-    bottom = float(np.mean([g.bottom for g in nearest]))
+    top, bottom = line_band(mark, tall)
     if (mark.top + mark.bottom) / 2 < bottom - SEPARATOR_LOW * (bottom - top):
         return False
     x, y, w, h = picture_box(pieces, mark)
@@ -615,6 +672,33 @@ def is_separator(pieces: Pieces, mark: Group, groups: list[Group], height: float
     others[pieces.kept] = True
     others[mark.labels] = False
     return not others[window].any()
+
+
+def line_band(mark: Group, tall: list[Group]) -> tuple[float, float]:
+    """(top, bottom): the line's band where a small mark is, from the two digits (`tall`, not empty) nearest to it
+    along the line; rows, as Group.top and bottom."""
+    nearest = sorted(tall, key=lambda g: abs((g.x0 + g.x1) / 2 - (mark.x0 + mark.x1) / 2))[:2]
+    return float(np.mean([g.top for g in nearest])), float(np.mean([g.bottom for g in nearest]))
+
+
+def in_line(mark: Group, tall: list[Group]) -> bool:
+    """Whether a small mark overlaps the line's band (line_band) vertically; not, with no digit (`tall`)."""
+    if not tall:
+        return False
+    top, bottom = line_band(mark, tall)
+    return mark.bottom > top and mark.top < bottom
+
+
+def without_specks(pieces: Pieces, group: Group, slant: float) -> Group:
+    """The group less the pieces Predict would not count as strokes of this digit (normalize.digit_components: specks
+    under KEEP_AREA_FRACTION of its largest stroke), its extents measured again. Grouping joins any mark within reach
+    of a digit, overlapping it along the line or near it: a speck of dust above a digit moved its box, and its centre
+    of mass, from where Predict puts them."""
+    if len(group.labels) == 1:
+        return group
+    stats = pieces.stats[[0, *group.labels]]
+    keep = digit_components(stats)[1:]
+    return group if keep.all() else Group.of(pieces, [label for label, k in zip(group.labels, keep) if k], slant)
 
 
 def separator_mark(mark: Group) -> str:

@@ -331,10 +331,11 @@ def test_a_number_on_ruled_paper_is_read_digit_by_digit_without_its_lines():
     assert [d.box[0] // 90 for d in reading.digits] == list(range(6))
 
 
-@pytest.mark.parametrize("turned, advice", [(True, True), (False, False)])
-def test_a_number_written_sideways_is_refused_with_the_advice_to_turn_the_picture(turned, advice):
-    """Four rings one above another (a number photographed turned a quarter) are four 'lines' of one mark each:
-    the refusal says to turn the picture. Two lines of two rings each are two lines of writing, and no more."""
+@pytest.mark.parametrize("turned", [True, False])
+def test_a_number_written_sideways_is_refused_with_the_advice_to_turn_the_picture(turned):
+    """Four rings one above another (a number photographed turned a quarter) are four 'lines' of one mark each, on
+    one vertical line: the refusal says to turn the picture by about 90 degrees. Two lines of two rings each are two
+    lines of writing, and no more."""
     picture = np.full((480, 480), 255, np.uint8)
     centres = (
         [(240, 60 + 110 * k) for k in range(4)]
@@ -343,6 +344,9 @@ def test_a_number_written_sideways_is_refused_with_the_advice_to_turn_the_pictur
     )
     for x, y in centres:
         cv2.ellipse(picture, (x, y), (24, 34), 0, 0, 360, 0, 5)
-    with pytest.raises(segment.ImageRejected, match="lines of writing") as refused:
+    with pytest.raises(segment.ImageRejected) as refused:
         segment.read_number(picture, uniform_classifier)
-    assert ("turn the picture" in str(refused.value)) == advice
+    if turned:
+        assert "Turn the picture by about 90 degrees" in str(refused.value)
+    else:
+        assert "2 lines of writing" in str(refused.value) and "turn the picture" not in str(refused.value).lower()

@@ -1,0 +1,106 @@
+"""shared/segment.py on where marks lie: small marks near and far from the line of digits, and a line of digits that
+is not level. Numbers written with testkit/numbers.py from MNIST test digits; a classifier sure of every image, so
+what is tested is the segmentation, not a model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from shared import segment
+from shared.decode import decode_image
+
+from testkit.numbers import lines_picture, write_number
+
+PAD = 150  # paper around the number, pixels
+
+
+def sure_classifier(batch: np.ndarray) -> segment.Classified:
+    """Sure of a 0 in every image: no region is cut or joined for want of confidence."""
+    probabilities = np.full((len(batch), 10), 0.001)
+    probabilities[:, 0] = 0.991
+    return segment.Classified(probabilities, np.ones(len(batch)))
+
+
+@pytest.fixture(scope="module")
+def number(mnist):
+    """The first four MNIST test digits (7210) written apart, 60 pixels high: (ink coverage (H, W) float32 with PAD
+    around it, the digits' boxes in it)."""
+    images = mnist.test_images.numpy()
+    written = write_number([images[i] for i in range(4)], 60, 6.0, np.random.default_rng(0))
+    coverage = np.pad(written.coverage, PAD)
+    return coverage, [(x + PAD, y + PAD, w, h) for x, y, w, h in written.boxes]
+
+
+def on_paper(coverage: np.ndarray) -> np.ndarray:
+    """Ink coverage (H, W) in [0, 1] -> dark ink on white paper, (H, W) uint8."""
+    return np.clip(255 - 255 * coverage, 0, 255).astype(np.uint8)
+
+
+def boxes(picture: np.ndarray) -> list[tuple[int, int, int, int]]:
+    return [d.box for d in segment.read_number(picture, sure_classifier).digits]
+
+
+@pytest.mark.parametrize("gap", [4, 8, 12])
+def test_a_speck_of_dust_just_above_a_digit_does_not_move_its_box(number, gap):
+    """A speck (a dot 5 pixels across) `gap` pixels above the 7, within a quarter of the line's height: grouping
+    took it for a piece of the 7, whose box (and centre of mass) grew up to it. Predict's rule for which strokes
+    make a digit (normalize.digit_components) leaves it out."""
+    coverage, truth = number
+    clean = boxes(on_paper(coverage))
+    dusty = coverage.copy()
+    x, y, w, _ = truth[0]
+    cv2.circle(dusty, (x + w // 2, y - gap - 2), 2, 1.0, -1)
+    assert boxes(on_paper(dusty)) == clean
+
+
+@pytest.mark.parametrize("above", [40, 80, 120])
+def test_a_mark_far_above_the_line_is_no_digit_and_joins_none(number, above):
+    """A dot 11 pixels across `above` pixels over the 2, clear of every digit: left alone after the small marks
+    were joined, it was kept as a digit (it has a tenth of a digit's ink), or joined to the 2 below it."""
+    coverage, truth = number
+    clean = boxes(on_paper(coverage))
+    marked = coverage.copy()
+    x, y, w, _ = truth[1]
+    cv2.circle(marked, (x + w // 2, y - above), 5, 1.0, -1)
+    assert boxes(on_paper(marked)) == clean
+
+
+def turned(coverage: np.ndarray, degrees: float) -> np.ndarray:
+    """The coverage turned by `degrees` anticlockwise about its centre, on a square canvas that holds it all."""
+    h, w = coverage.shape
+    side = int(np.hypot(h, w))
+    canvas = np.zeros((side, side), np.float32)
+    canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = coverage
+    rotation = cv2.getRotationMatrix2D((side / 2, side / 2), degrees, 1.0)
+    return cv2.warpAffine(canvas, rotation, (side, side), flags=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="module")
+def long_number(mnist):
+    """Eight MNIST test digits written apart, 50 pixels high: ink coverage (H, W), 40 pixels of paper around."""
+    images = mnist.test_images.numpy()
+    written = write_number([images[i] for i in range(20, 28)], 50, 5.0, np.random.default_rng(8))
+    return np.pad(written.coverage, 40)
+
+
+@pytest.mark.parametrize("degrees", [30, 45, 60, 90, -30, -60, -90])
+def test_a_number_written_at_a_steep_angle_is_refused_with_the_angle_to_turn_the_picture_by(long_number, degrees):
+    """A number at 30-90 degrees was refused as 'several lines of writing' with no word of its angle (the advice to
+    turn the picture came only where every digit stood alone above the next). Its digits lie on one slanted line:
+    the refusal says so, and by about how much to turn the picture."""
+    with pytest.raises(segment.ImageRejected) as refused:
+        segment.read_number(on_paper(turned(long_number, degrees)), sure_classifier)
+    message = str(refused.value)
+    assert "Turn the picture by about" in message and "lines of writing" not in message
+    said = int(message.split("written at about ")[1].split(" degrees")[0])
+    assert abs(said - abs(degrees)) <= 8
+
+
+def test_a_level_number_is_read_and_two_lines_are_still_two_lines(long_number, mnist):
+    assert len(segment.read_number(on_paper(turned(long_number, 0)), sure_classifier).digits) == 8
+    picture = decode_image(lines_picture(mnist.test_images.numpy(), mnist.test_labels.numpy()))
+    with pytest.raises(segment.ImageRejected, match="2 lines of writing") as refused:
+        segment.read_number(picture, sure_classifier)
+    assert "turn the picture" not in str(refused.value).lower()
