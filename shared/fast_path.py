@@ -53,6 +53,7 @@ from shared.normalize import (
     NOISE_MULTIPLE,
     SOFT_FLOOR_MIN,
     centre_by_mass,
+    edge_frame_depths,
     edge_line_pieces,
     fit_in_box,
     frame_components,
@@ -142,7 +143,8 @@ def decode_small_png(data: bytes, limits: Limits, side: int = FAST_SIDE) -> np.n
 def batched_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """shared.normalize.estimate_background for grey (B, S, S) uint8 pictures with S <= 48 (every pixel sampled).
 
-    Returns (background (B, S, S) uint8, decided (B,) bool). The fit starts from the border's median, which both
+    Returns (background (B, S, S) uint8, decided (B,) bool); a picture framed along its edge is never decided
+    (shared.normalize.edge_frame_depths). The fit starts from the border's median, which both
     computations hold exactly, as they do an all-zero fit (every inlier 0: a zero right-hand side). Otherwise the
     fits differ in the last bits, and `decided` is False where an inlier band or the rounding to grey levels lay
     within DECISION_MARGIN of a fitted value, so the per-picture fit might have decided otherwise.
@@ -185,6 +187,9 @@ def batched_background(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shifted = fitted + 0.5  # rounding to grey levels: astype truncates after adding a half
     fraction = shifted - np.floor(shifted)
     decided &= exact | (np.minimum(fraction, 1 - fraction).min(axis=1) > DECISION_MARGIN)
+    # A frame drawn along the edge: the per-picture fit starts inside it and leaves it out. Rare in a batch, so
+    # such pictures take the full pipeline rather than a second form of that fit here.
+    decided &= edge_frame_depths(images[:, :, :, None]) == 0
     background = np.clip(shifted, 0, 255).astype(np.uint8).reshape(images.shape)
     return background, decided
 

@@ -76,6 +76,12 @@ SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark
 FRAME_MIN_SPAN = 0.5  # a box drawn around the digit spans at least half the picture both ways...
 FRAME_CORNER = 0.1  # ...and has ink within this fraction of its shorter side of each corner of its box...
 FRAME_CONTENT = 0.3  # ...around a mark at least this fraction of that side (a 0's dot is not a digit in a box)
+# A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
+# the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
+EDGE_FRAME_MAX_DEPTH = 1 / 8
+# ...and the paper inside it runs along this much of its inner edge: a filled disc or square, or bold hatching, that
+# comes near the edge all round meets the ring where it begins in a few places, and the next one in half of it.
+EDGE_FRAME_INNER_EDGE = 0.9
 RULING_MIN_PICTURE = 160  # pixels on the long side: smaller pictures are crops of a digit, without paper lines
 RULING_MIN_LENGTH = 0.5  # a straight line across at least half the picture is the paper's, not the digit's
 RULING_MAX_TILT = 8.0  # degrees from horizontal or vertical
@@ -133,8 +139,11 @@ def estimate_background(image: np.ndarray) -> Paper:
     (more than SHADOW_FRACTION of the picture by more than SHADOW_CONTRAST grey levels, in regions that reach the
     picture's edge), there is a shadow, and the local estimate is used.
     """
-    smooth = quadratic_background(image)
+    frame = edge_frame_depth(image)
+    smooth = quadratic_background(image, frame)
     if min(image.shape[:2]) < LOCAL_BACKGROUND_MIN_SIDE:  # a strip or a thumbnail: no room for a shadow's edge
+        return Paper(smooth)
+    if frame:  # the edge is a frame drawn along it, of one colour all round: no shadow reaches it there
         return Paper(smooth)
     # Looking for a shadow needs the light, not the colours: the luminance alone, whose ink sign is its own.
     grey, grey_smooth = luminance(image), luminance(smooth)
@@ -249,27 +258,51 @@ def _channels(image: np.ndarray) -> list[np.ndarray]:
     return [image] if image.ndim == 2 else list(cv2.split(image))
 
 
-def quadratic_background(image: np.ndarray) -> np.ndarray:
+def paper_samples(image: np.ndarray) -> np.ndarray:
+    """(h, w, C) samples of (H, W[, C]) `image` on the grid the paper is fitted on, in the picture's own dtype."""
+    samples = sample_grid(image, BACKGROUND_GRID_SIDE)
+    return samples if samples.ndim == 3 else samples[:, :, None]
+
+
+def edge_frame_depth(image: np.ndarray) -> int:
+    """How many rings of the paper's samples (paper_samples) a frame drawn along the picture's edge takes, 0 if
+    there is none (edge_frame_depths)."""
+    return int(edge_frame_depths(paper_samples(image)[None])[0])
+
+
+def quadratic_background(image: np.ndarray, frame: int | None = None) -> np.ndarray:
     """The paper under the digit, (H, W[, 3]) uint8: a quadratic surface per channel, fitted robustly.
 
     The picture is sampled on a grid of at most BACKGROUND_GRID_SIDE points a side. A quadratic in (x, y) covers a
     lighting gradient and a vignette. The fit starts from the border's median colour (the paper almost always
     reaches the border, even when a bold digit covers half the picture) and is refitted on the samples that lie
     within a tolerance of the current surface, so the ink samples (a minority) do not pull the paper towards them.
+    Inside a frame drawn along the edge (edge_frame_depths), the paper is the median and the fit of the samples
+    inside it, and the frame is ink to it.
     """
-    samples = sample_grid(image, BACKGROUND_GRID_SIDE)
-    samples = samples if samples.ndim == 3 else samples[:, :, None]  # (h, w, C), the picture's own dtype
+    samples = paper_samples(image)  # (h, w, C)
     h, w, channels = samples.shape
     values = samples.reshape(-1, channels).astype(np.float64)  # (h*w, C)
-    border = np.concatenate([samples[0], samples[-1], samples[:, 0], samples[:, -1]])  # (2h + 2w, C)
-    fitted = np.broadcast_to(row_medians(border.T), values.shape)
+    # The samples the paper is fitted to: all of them, or those inside a frame drawn along the edge (`frame` rings
+    # deep; found here when not given). A frame's colour is no paper: the fit that started from it and took it in
+    # bent from the frame to the paper over a small picture, where the frame is a large share of the samples, and
+    # the digit's contrast with it broke up.
+    depth = edge_frame_depth(image) if frame is None else frame
+    inside = None  # (h*w,) bool: the samples inside the frame, if there is one
+    start = edge_rings(samples[None], 0)[0]  # (n, C): the border
+    if depth:
+        within = np.zeros((h, w), bool)
+        within[depth : h - depth, depth : w - depth] = True
+        inside = within.ravel()
+        start = values[inside]
+    fitted = np.broadcast_to(row_medians(start.T), values.shape)
     design = quadratic_design(h, w)  # (h*w, 6)
     previous = None  # the last fit's inliers
     if len(values) >= 4 * design.shape[1]:
         for _ in range(BACKGROUND_FIT_ROUNDS):
             residual = np.abs(values - fitted).max(axis=1)  # (h*w,)
-            tolerance = float(robust_tolerance(residual[None])[0])
-            inliers = residual <= tolerance
+            tolerance = float(robust_tolerance(residual[None] if inside is None else residual[None, inside])[0])
+            inliers = residual <= tolerance if inside is None else (residual <= tolerance) & inside
             if previous is not None and np.array_equal(inliers, previous):
                 break  # the same inliers give the same fit, bit for bit, and so every round after it
             if np.count_nonzero(inliers) < 2 * design.shape[1]:
@@ -281,8 +314,91 @@ def quadratic_background(image: np.ndarray) -> np.ndarray:
     return full.reshape(image.shape)
 
 
+def edge_rings(samples: np.ndarray, depth: int) -> np.ndarray:
+    """(B, n, C): the samples `depth` rings in from the edge of (B, h, w, C) samples, the four sides one after
+    another (the corners twice). Ring 0 is the border the paper fit starts from."""
+    h, w = samples.shape[1:3]
+    return np.concatenate(
+        [
+            samples[:, depth, depth : w - depth],
+            samples[:, h - 1 - depth, depth : w - depth],
+            samples[:, depth : h - depth, depth],
+            samples[:, depth : h - depth, w - 1 - depth],
+        ],
+        axis=1,
+    )
+
+
+def edge_frame_depths(samples: np.ndarray) -> np.ndarray:
+    """(B,) int: how many rings of (B, h, w, C) samples in from the edge are a frame drawn along it, 0 for none.
+
+    A frame: no sample of the rings from the border to the frame's inner edge is far from the border's median
+    colour (MIN_INK_CONTRAST away in some channel: a JPEG's frame rings by a dozen grey levels or more near its
+    edges), that edge is at most EDGE_FRAME_MAX_DEPTH of the shorter side deep, EDGE_FRAME_INNER_EDGE of the ring
+    there (or of the one after it: an anti-aliased edge) and most of the picture's middle (inside twice the
+    deepest frame) are far from the frame's colour. Paper reaching the edge is none: the ring where the ink
+    begins is still mostly paper, and so is the middle (a digit drawn as a large square, and a box drawn a little
+    inside the edge, around paper of the border's colour, included).
+    """
+    count, h, w, _ = samples.shape
+    depths = np.zeros(count, np.int64)
+    deepest = int(min(h, w) * EDGE_FRAME_MAX_DEPTH)
+    if deepest < 1:
+        return depths
+    border = edge_rings(samples, 0)  # (B, n, C)
+    colour = row_medians(border)  # (B, C): the border's
+    # Only a border of one colour (no sample far from its median) can be a frame: most photos are done with here.
+    flat = np.flatnonzero(np.abs(border - colour[:, None]).max(axis=(1, 2)) <= MIN_INK_CONTRAST)
+    if len(flat) == 0:
+        return depths
+    far = np.abs(samples[flat] - colour[flat, None, None]).max(axis=3) > MIN_INK_CONTRAST  # (b, h, w)
+    membership, size, size_inwards = ring_membership(h, w)
+    # The middle of the picture, inside twice the deepest frame: most of it is paper, and within a frame that paper
+    # is far from the frame's colour. (Measured there, not just inside the frame: a thick box drawn a little inside
+    # the edge, with a bold digit in it, made most of what lies inside its outer margin far from the margin's
+    # colour, and the margin passed for a frame.) With fewer far samples in all there is none (MNIST's ink on its
+    # black, a drawing on a white canvas: at once).
+    centre = 2 * deepest
+    if not (2 * far.sum(axis=(1, 2)) > size_inwards[centre]).any():
+        return depths
+    first = np.where(far, edge_distance(h, w), h + w).min(axis=(1, 2))  # (b,): the first ring with a far sample
+    # Per ring, and inwards of each ring (it and those inside it): the samples far from that colour.
+    far_in_ring = far.reshape(len(flat), -1).astype(np.float32) @ membership  # (b, rings)
+    far_inwards = np.cumsum(far_in_ring[:, ::-1], axis=1)[:, ::-1]
+    depth = np.minimum(first, deepest)  # a valid index of every ring array; only 1 <= first <= deepest counts
+    rows = np.arange(len(flat))
+    edge = EDGE_FRAME_INNER_EDGE
+    after = (far_in_ring[rows, depth] >= edge * size[depth]) | (far_in_ring[rows, depth + 1] >= edge * size[depth + 1])
+    middle = 2 * far_inwards[:, centre] > size_inwards[centre]
+    depths[flat] = np.where((first >= 1) & (first <= deepest) & after & middle, first, 0)
+    return depths
+
+
+@functools.lru_cache(maxsize=64)
+def edge_distance(h: int, w: int) -> np.ndarray:
+    """(h, w) int: the ring each position of an (h, w) grid lies on, counted from the edge (0). Read-only, cached."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    distance = np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs))
+    distance.flags.writeable = False
+    return distance
+
+
+@functools.lru_cache(maxsize=64)
+def ring_membership(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an (h, w) grid: (h*w, rings) float32, 1 where a position lies on that ring (edge_distance); (rings,) the
+    number of positions on each ring; (rings,) on it and inside it. Read-only, cached."""
+    ring_of = edge_distance(h, w).ravel()
+    membership = np.zeros((h * w, int(ring_of.max()) + 1), np.float32)
+    membership[np.arange(h * w), ring_of] = 1
+    size = membership.sum(axis=0)
+    size_inwards = np.cumsum(size[::-1])[::-1]
+    for array in (membership, size, size_inwards):
+        array.flags.writeable = False
+    return membership, size, size_inwards
+
+
 def row_medians(values: np.ndarray) -> np.ndarray:
-    """np.median(values.astype(np.float64), axis=1) of a (B, n) uint8 array, bit for bit, in a fifth of the time.
+    """np.median(values.astype(np.float64), axis=1) of a (B, n[, C]) uint8 array, bit for bit, in a fifth of the time.
 
     np.median's generic machinery cost 25 us on one picture's border, a tenth of the whole fit. For whole numbers
     the mean of the two middle values, (a + b) / 2, is exact in float64, as it is in np.median.

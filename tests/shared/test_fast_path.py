@@ -208,6 +208,18 @@ def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_ans
     assert_same_as_full_pipeline(pictures)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_a_frame_along_the_edge_gets_the_full_pipelines_answer(mnist, width):
+    """Dark digits on white with a black frame along the edge: the per-picture paper fit starts inside the frame
+    and leaves it out (shared.normalize.edge_frame_depths); the batched fit must not answer otherwise."""
+    items = []
+    for digit in mnist.test_images[:60].numpy():
+        framed = 255 - digit
+        framed[:width] = framed[-width:] = framed[:, :width] = framed[:, -width:] = 0
+        items.append(png(framed))
+    assert_same_as_full_pipeline(items)
+
+
 def test_pictures_on_grey_and_uneven_backgrounds_get_the_full_pipelines_answer(mnist):
     """Non-zero paper: the batched fit of the background must decide as the per-picture fit does."""
     rng = np.random.default_rng(0)
