@@ -738,7 +738,11 @@ def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: 
     ordered = np.sort(known)
     runs = np.split(ordered, np.flatnonzero(np.diff(ordered) >= 2 * RULING_BAND) + 1)
     family_lines = [float(np.mean(run)) for run in runs]
-    spacing = float(np.median(np.diff(family_lines))) if len(family_lines) >= 2 else 0.0
+    spacing = family_spacing(family_lines)
+    if len(family_lines) == 2:
+        # One gap, between the rules above and below a tightly cropped number: it may be one spacing or two, with
+        # the rule through the digits, which this search is for, half-way. Half the gap is in step with both.
+        spacing /= 2
     band = np.zeros(ink.shape, np.uint8)
     lines: list[np.ndarray] = []
     for rho, theta in found:
@@ -759,6 +763,21 @@ def lines_behind_writing(ink: np.ndarray, direction: int, family: list, beside: 
             lines.append(pixels)
             known.append(rho)
     return lines
+
+
+def family_spacing(lines: list[float]) -> float:
+    """The spacing of a family of paper lines at these distances (sorted, one per line; 0 for fewer than two): the
+    largest of which every gap between them is a whole number, within RULING_HIDDEN_PHASE (the median gap where
+    none fits them all: a strong perspective). A line hidden behind the writing between two found ones leaves a gap
+    of two spacings: with the rules above and two below a number found, the one through it hidden, the median gap
+    was 1.5 spacings, the hidden rule 0.67 of it off the others, and it stayed, joining the digits into one."""
+    gaps = np.diff(lines)
+    if len(gaps) == 0:
+        return 0.0
+    steps = gaps / gaps.min()
+    if np.all(np.abs(steps - np.round(steps)) <= RULING_HIDDEN_PHASE):
+        return float(gaps.sum() / np.round(steps).sum())
+    return float(np.median(gaps))
 
 
 def straight_lines(mask: np.ndarray, length: int, low: float, high: float) -> np.ndarray:

@@ -333,6 +333,27 @@ def test_a_rule_that_writing_runs_along_for_half_its_length_is_found_with_the_ot
     assert not on_the_rule.any(), f"{on_the_rule.sum()} pixels of the rule left between the writing"
 
 
+@pytest.mark.parametrize(
+    ("colour", "top", "bottom"),
+    [((130, 130, 130), 180, 420), ((90, 130, 215), 180, 420), ((90, 130, 215), 175, 355)],
+    ids=["grey-rules-above-and-two-below", "blue-rules-above-and-two-below", "blue-only-the-rules-above-and-below"],
+)
+def test_a_rule_through_a_tightly_cropped_number_is_found_between_the_rules_around_it(colour, top, bottom):
+    """A number cropped tight, written across the rule at row 270 (strokes along it, rings through it): the search of
+    thin ink finds the rules above and below it (and one more below), a gap of two spacings around the hidden one.
+    Their spacing was the gaps' median, 1.5 or 2 spacings; the hidden rule lay 0.67 or 0.5 of that off theirs and
+    stayed, joining the digits into one (ReadNumber read a 5-digit number as one digit)."""
+    page = ruled_page(colour)
+    for k in range(8):
+        x0 = 80 * k + 4
+        cv2.line(page, (x0, 266), (x0 + 40, 266), (25, 25, 35), 4, cv2.LINE_AA)
+        ring(page, (x0 + 20, 270))
+    left = left_after_ruling(np.ascontiguousarray(photo(page)[top:bottom]))
+    between = np.concatenate([np.arange(80 * k + 50, 80 * k + 76) for k in range(8)])  # columns clear of writing
+    on_the_rule = left[266 - top : 275 - top][:, between]
+    assert not on_the_rule.any(), f"{on_the_rule.sum()} pixels of the rule left between the writing"
+
+
 def worn(page: np.ndarray, row: int | None = None, column: int | None = None, dash: int = 6, gap: int = 20) -> None:
     """Wear a rule (at `row`) or a margin (at `column`) into dashes `dash` pixels long, `gap` apart: paper between."""
     clean = sheet(480, 640, np.random.default_rng(1))[0]
