@@ -273,6 +273,17 @@ def test_a_body_over_the_gateways_limit_is_413_before_it_is_read(web, backend, d
     small = web(target=backend.target, max_body_bytes=50_000)
     big = bad_inputs.oversized_bytes(digit_pngs[0][2], 60_000)
     assert_error(small.post("/v1/predict", big), 413, "RESOURCE_EXHAUSTED", "50,000 bytes")
+    # Refused on the declared length alone: a caller that sent only the headers is answered, with no byte read.
+    with socket.create_connection(("127.0.0.1", small.port)) as headers_only:
+        headers_only.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 60000\r\n\r\n"
+        )
+        headers_only.settimeout(5)  # well under BODY_STALL_SECONDS, after which a body never sent is a 408
+        try:
+            said = headers_only.recv(4096).decode("latin-1")
+        except TimeoutError:
+            pytest.fail("a body declared over the limit was waited for instead of refused at once")
+        assert said.startswith("HTTP/1.1 413"), said[:200]
     # Without a Content-Length (chunked), counted as it arrives.
     chunked = iter([big[:30_000], big[30_000:]])
     assert_error(
