@@ -339,13 +339,30 @@ def test_a_small_digit_on_a_large_picture_is_read_again_at_full_resolution(digit
     np.testing.assert_allclose(trace.output, full_resolution_trace(picture).output, atol=2)
 
 
-def test_a_jpeg_photo_is_decoded_at_half_size_for_the_coarse_pass(digit):
+def test_a_jpeg_photo_is_decoded_at_half_size_for_the_coarse_pass(digit, monkeypatch):
     """JPEG's DCT scaling gives the coarse pass its picture without decoding the full one; the digit read is the
     one the full decode gives."""
     data = ui.encode(on_paper(drawing(digit, canvas=(480, 640), height=260, stroke=14, top=100, left=200)), "JPEG")
     half = decode.decode_image(data, shrink=2)
     assert half.shape == (240, 320, 3) and decode.decode_image(data).shape == (480, 640, 3)
-    assert similarity(to_mnist(data), to_mnist_array(decode.decode_image(data))) > 0.97
+    decoded, frames = [], []  # the size of each picture to_mnist decodes, and of the frame Pillow decoded for it
+
+    def recording(*args, **kwargs):
+        picture = decode.decode_image(*args, **kwargs)
+        decoded.append(picture.shape)
+        return picture
+
+    def frame_size(img):
+        frames.append(img.size)
+        return real_reduced_array(img)
+
+    real_reduced_array = decode.reduced_array
+    monkeypatch.setattr(ip, "decode_image", recording)
+    monkeypatch.setattr(decode, "reduced_array", frame_size)
+    read = to_mnist(data)
+    assert decoded == [(240, 320, 3)], "a clear digit's photo is decoded once, at half size"
+    assert frames == [(320, 240)], "by the JPEG decoder itself (DCT scaling), not shrunk from a full decode"
+    assert similarity(read, to_mnist_array(decode.decode_image(data))) > 0.97
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
