@@ -84,7 +84,12 @@ def test_workers_share_one_health_port_when_port_0_asks_for_a_free_one(tmp_path,
     health checks on the same port (a probe names one port), not each on a free port of its own."""
     process, _, lines, _ = start_workers(tmp_path, mnist_dir, extra_env={settings.ENV_HEALTH_ADDRESS: "127.0.0.1:0"})
     try:
-        health_ports = {int(p) for line in lines for p in re.findall(r"health checks also on port (\d+)", line)}
+        # Each worker's "listening" line names the health port it serves: one port, named by both.
+        said = re.findall(
+            r"\[worker (\d)\] inference\.server: listening on .*health checks also on port (\d+)", "".join(lines)
+        )
+        assert sorted(worker for worker, _ in said) == ["0", "1"], "".join(lines)
+        health_ports = {int(port) for _, port in said}
         assert len(health_ports) == 1, "".join(lines)
         (health_port,) = health_ports
         answered = set()
