@@ -77,26 +77,43 @@ def test_a_jpeg_cut_short_and_closed_with_eoi_is_refused_as_cut_short_not_read_w
                 decode_image(data[:cut] + EOI, shrink=shrink)
 
 
+def second_decodings(monkeypatch) -> list[bytes]:
+    """The files decode_image decodes a second time from now on (check_jpeg_scan_complete), which it still does."""
+    checked: list[bytes] = []
+    real = decode.check_jpeg_scan_complete
+
+    def recording(data: bytes, *args, **kwargs) -> None:
+        checked.append(data)
+        real(data, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "check_jpeg_scan_complete", recording)
+    return checked
+
+
 @pytest.mark.parametrize("kind", WHOLE_JPEGS)
-def test_every_whole_jpeg_decodes_as_it_did_and_once(kind):
+def test_every_whole_jpeg_decodes_as_it_did_and_once(kind, monkeypatch):
     data = WHOLE_JPEGS[kind]()
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         assert not decode.may_be_cut_short(data, img)  # no second decoding for a photo
+    checked = second_decodings(monkeypatch)
     for shrink in (1, 2):
         picture = decode_image(data, shrink=shrink)
         assert picture.shape[0] > 0 and abs(float(picture.mean()) - 220) < 20
+    assert checked == [], "a whole photo was decoded a second time"
 
 
-def test_a_whole_jpeg_whose_last_block_is_the_padding_grey_is_decoded_not_refused():
+def test_a_whole_jpeg_whose_last_block_is_the_padding_grey_is_decoded_not_refused(monkeypatch):
     """The one case that decodes the file twice (the corner alone cannot tell): a drawing on grey 128 paper."""
     picture = np.full((240, 180), 128, np.uint8)
     picture[60:180, 80:100] = 0
+    checked = second_decodings(monkeypatch)
     for data in (pillow_jpeg(picture), pillow_jpeg(picture, progressive=True), cv2_jpeg(picture)):
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            assert decode.may_be_cut_short(data, img)  # the confirmation runs
+            assert decode.may_be_cut_short(data, img)
         assert decode_image(data).shape[:2] == (240, 180)
+        assert checked[-1:] == [data], "the confirmation runs"
 
 
 def test_a_cut_at_the_end_of_a_restart_interval_is_refused_too():
