@@ -17,7 +17,7 @@ through the same stroke-width, box and centre-of-mass normalization, so a pictur
 5. small marks a small mark low in the line, with clear space beside and above it, is a decimal point or comma:
                left out of the digits, its position reported. Other small marks (the pieces of a digit broken
                into several) join the group they overlap along the line, or the nearest; far specks, and marks
-               left alone above or below the line, are dropped. Each group keeps the strokes Predict would.
+               left alone above or below the line, are dropped.
 6. touching    a group wider than most single digits may be digits that touch. Candidate cuts are the
                top-to-bottom paths through the deslanted group that cross the fewest strokes (dynamic
                programming); the strokes a path leaves whole go to one side. The classifier scores the halves
@@ -46,7 +46,6 @@ from shared.normalize import (
     centre_by_mass,
     channel_contrast,
     connected_components,
-    digit_components,
     estimate_background,
     fit_in_box,
     ink_threshold,
@@ -245,7 +244,6 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
         raise too_many_digits(tall)
     check_one_line(pieces, groups, height)  # before small marks are joined to digits (across lines, maybe)
     groups, separators = sort_out_small_marks(pieces, groups, height)
-    groups = [without_specks(pieces, group, slant) for group in groups]
     if not groups:
         raise ImageRejected(
             "no digit found: the only marks are too small to be digits (a point or a comma?). "
@@ -687,18 +685,6 @@ def in_line(mark: Group, tall: list[Group]) -> bool:
         return False
     top, bottom = line_band(mark, tall)
     return mark.bottom > top and mark.top < bottom
-
-
-def without_specks(pieces: Pieces, group: Group, slant: float) -> Group:
-    """The group less the pieces Predict would not count as strokes of this digit (normalize.digit_components: specks
-    under KEEP_AREA_FRACTION of its largest stroke), its extents measured again. Grouping joins any mark within reach
-    of a digit, overlapping it along the line or near it: a speck of dust above a digit moved its box, and its centre
-    of mass, from where Predict puts them."""
-    if len(group.labels) == 1:
-        return group
-    stats = pieces.stats[[0, *group.labels]]
-    keep = digit_components(stats)[1:]
-    return group if keep.all() else Group.of(pieces, [label for label, k in zip(group.labels, keep) if k], slant)
 
 
 def separator_mark(mark: Group) -> str:
