@@ -10,7 +10,8 @@ method) wraps every unary call:
 - the call's record (`CallRecord`) is reachable from the servicer through `current_call()`, which runs on the
   same thread; the servicer notes the model version and image bytes there, and every log line written during
   the call carries the id (`RequestIdFilter`).
-- when the call ends, one line: method, status code, latency, image bytes, images, model version, peer, id.
+- when the call ends, one line: method, status code, latency, time it waited for a worker thread, image bytes,
+  images, model version, peer, id.
 
 Health checks and reflection are logged at DEBUG only: probes call every few seconds and would drown the log.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +55,7 @@ class CallRecord:
     peer: str
     service: str = ""  # e.g. "mnist.v1.Inference"
     started: float = field(default_factory=time.perf_counter)
+    queue_seconds: float = 0.0  # waited for a worker thread before `started`: not in the latency
     image_bytes: int = 0
     images: int = 0
     model_version: str = ""
@@ -62,6 +65,7 @@ class CallRecord:
             "method": self.method,
             "code": code.name,
             "latency_ms": round((time.perf_counter() - self.started) * 1e3, 3),
+            "queue_ms": round(self.queue_seconds * 1e3, 3),
             "image_bytes": self.image_bytes,
             "images": self.images,
             "model_version": self.model_version,
@@ -71,6 +75,16 @@ class CallRecord:
 
 
 _current: ContextVar[CallRecord | None] = ContextVar("mnist_call", default=None)
+
+
+# How long the call a worker thread is about to run waited for it: the server's thread pool
+# (inference.server.QueueCountingExecutor) measures it, and gRPC then runs the call's handler on that same thread.
+_thread_wait = threading.local()
+
+
+def waited_for_thread(seconds: float) -> None:
+    """Say, on the worker thread about to run a call, how long the call waited for it."""
+    _thread_wait.seconds = seconds
 
 
 def current_call() -> CallRecord | None:
@@ -147,7 +161,9 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 method=method,
                 peer=context.peer(),
                 service=service,
+                queue_seconds=getattr(_thread_wait, "seconds", 0.0),
             )
+            _thread_wait.seconds = 0.0  # read once: a later call on this thread whose wait went unmeasured reads 0
             # The id goes back with the status, not in headers sent as the call starts: headers commit a call, and
             # a client's gRPC retries a call cut off by a crashed server (inference.channel's retryPolicy) only
             # while none of its headers have arrived. Sent first, they made every call a dying server was running

@@ -13,6 +13,7 @@
     mnist_model_skips_total{reason}                published models skipped (inference.model_store.SKIP_REASONS)
     mnist_decode_memory_bytes                      image-decoding memory in use, when a budget reports it
     mnist_calls_queued                             calls accepted and waiting for a free worker thread
+    mnist_call_queue_seconds                       histogram: how long each call waited for a worker thread
 
 The call metrics use go-grpc-prometheus's names and labels, which existing gRPC dashboards and alerts read.
 
@@ -148,6 +149,14 @@ class ServiceMetrics(ModelEvents):
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Not labelled by method: the wait is measured in the thread pool, which sees tasks, not methods. It also
+        # counts the calls whose caller left while they waited, which no other call metric sees.
+        self.queue_wait = Histogram(
+            "mnist_call_queue_seconds",
+            "Time calls waited for a free worker thread, from gRPC accepting them to a thread starting them.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Every label value known in advance starts at 0, so rate() and alerts work before the first event.
         for reason in REJECTION_REASONS:
             self.images_rejected.labels(reason)
@@ -195,6 +204,10 @@ class ServiceMetrics(ModelEvents):
     # a thread starts it. grpc_server_in_flight counts from there on: the two together are the calls accepted.
     def call_queued(self, change: int) -> None:
         self.calls_queued.inc(change)
+
+    # ... and, as a thread takes a call, the seconds it waited. grpc_server_handling_seconds starts after that.
+    def call_waited(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
 
     # The servicer's.
     def predicted(self, images: int) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
 from shared.settings import Paths
 
-from inference.access_log import AccessLogInterceptor
+from inference.access_log import AccessLogInterceptor, waited_for_thread
 from inference.capacity import return_large_blocks_to_the_system
 from inference.evaluation import shared_evaluation_data
 from inference.metrics import MetricsEndpoint, ServiceMetrics
@@ -44,15 +46,25 @@ LIVENESS_SERVICE = "liveness"
 
 class QueueCountingExecutor(futures.ThreadPoolExecutor):
     """The server's thread pool, telling `on_queue_change` +1 when a task (a call: gRPC hands each one over with
-    submit) is queued and -1 when a thread starts it, or it is cancelled before starting. gRPC accepts calls up to
-    --max-concurrent-rpcs, but runs --max-workers at once: the rest wait here, unseen by every interceptor."""
+    submit) is queued and -1 when a thread starts it, or it is cancelled before starting, and `on_taken` the
+    seconds it waited, on the thread that runs it, just before it runs. gRPC accepts calls up to
+    --max-concurrent-rpcs, but runs --max-workers at once: the rest wait here, unseen by every interceptor (gRPC
+    runs a call's interceptor chain when the call arrives, its handler only once a thread is free)."""
 
-    def __init__(self, max_workers: int, on_queue_change, thread_name_prefix: str = "") -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        on_queue_change: Callable[[int], None],
+        on_taken: Callable[[float], None] = lambda waited: None,
+        thread_name_prefix: str = "",
+    ) -> None:
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self._on_queue_change = on_queue_change
+        self._on_taken = on_taken
 
     def submit(self, fn, /, *args, **kwargs):
         started = threading.Event()  # set once, by whichever of start or cancel comes first
+        queued = time.perf_counter()
 
         def leave_queue() -> None:
             if not started.is_set():
@@ -61,6 +73,9 @@ class QueueCountingExecutor(futures.ThreadPoolExecutor):
 
         def run():
             leave_queue()
+            # Also for a call whose caller left while it waited, which gRPC then drops before any handler runs:
+            # the longest waits are the ones that saturation cut off.
+            self._on_taken(time.perf_counter() - queued)
             return fn(*args, **kwargs)
 
         self._on_queue_change(1)
@@ -249,6 +264,11 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     ]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
+
+    def thread_taken(waited: float) -> None:
+        metrics.call_waited(waited)
+        waited_for_thread(waited)
+
     grpc_options = [
         # Larger requests fail with RESOURCE_EXHAUSTED before the server reads them into memory.
         ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -259,7 +279,9 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         ("grpc.max_connection_age_grace_ms", min(round(options.max_connection_age_grace * 1000), MAX_COUNT)),
     ]
     server = grpc.server(
-        QueueCountingExecutor(options.max_workers, metrics.call_queued, thread_name_prefix="grpc-worker"),
+        QueueCountingExecutor(
+            options.max_workers, metrics.call_queued, on_taken=thread_taken, thread_name_prefix="grpc-worker"
+        ),
         interceptors=interceptors,
         options=grpc_options,
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,

@@ -142,6 +142,50 @@ def test_calls_waiting_for_a_free_worker_thread_are_counted_as_queued(serve, tmp
     assert value(samples, "grpc_server_handled_total", grpc_method="Predict", grpc_code="OK") == 2
 
 
+def test_the_time_a_call_waited_for_a_worker_thread_is_measured_apart_from_its_handling(
+    serve, tmp_path, digit_pngs, monkeypatch, caplog
+):
+    """One worker thread, held by a first call for at least HELD s after a second call is queued: the second call's
+    wait is in mnist_call_queue_seconds and its access line's queue_ms, not in its handling latency, so a slow model
+    and too few threads no longer look alike."""
+    import logging
+    import time
+
+    held = 0.5
+    caplog.set_level(logging.INFO, logger="inference.access")
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    running = serve(artifacts, metrics_address="127.0.0.1:0", max_workers=1)
+    entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")
+    calls = [
+        threading.Thread(
+            target=lambda i=i: running.stub.Predict(
+                pb.PredictRequest(image=digit_pngs[0][1]), timeout=30, metadata=(("x-request-id", f"call-{i}"),)
+            )
+        )
+        for i in range(2)
+    ]
+    calls[0].start()
+    try:
+        assert entered.wait(10)
+        calls[1].start()
+        assert wait_until(lambda: value(scrape(running.server.metrics_port), "mnist_calls_queued") == 1, timeout=10)
+        time.sleep(held)
+    finally:
+        release.set()
+        for call in calls:
+            call.join(30)
+    samples = scrape(running.server.metrics_port)
+    # Both calls (and nothing else: no health check was made) waited; one of them for the held time at least.
+    assert value(samples, "mnist_call_queue_seconds_count") == 2
+    assert value(samples, "mnist_call_queue_seconds_sum") >= held
+    assert value(samples, "mnist_call_queue_seconds_bucket", le="0.25") == 1
+    lines = {r.access["request_id"]: r.access for r in caplog.records if r.name == "inference.access"}
+    assert lines["call-0"]["queue_ms"] < 250 <= held * 1e3 <= lines["call-1"]["queue_ms"]
+    # The handling latency starts when the thread takes the call: the wait is not in it.
+    assert lines["call-1"]["latency_ms"] < lines["call-1"]["queue_ms"] - 250
+
+
 def test_the_served_model_loads_swaps_and_skips_are_reported(metered):
     port = metered.server.metrics_port
     samples = scrape(port)
