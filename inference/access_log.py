@@ -59,6 +59,8 @@ class CallRecord:
     image_bytes: int = 0
     images: int = 0
     model_version: str = ""
+    # Seconds left on the server's deadline when the caller left before the answer; None: it did not, or set none.
+    deadline_left: float | None = None
 
     def fields(self, code: grpc.StatusCode) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class CallRecord:
             "image_bytes": self.image_bytes,
             "images": self.images,
             "model_version": self.model_version,
+            "deadline_left_ms": round(self.deadline_left * 1e3, 3) if self.deadline_left is not None else "",
             "peer": self.peer,
             "request_id": self.request_id,
         }
@@ -130,11 +133,29 @@ def _tell(hooks, *args) -> None:
             log.exception("access-log hook %r failed", hook)
 
 
-def gone_callers_code(context: grpc.ServicerContext) -> grpc.StatusCode:
-    """What the caller of a call that finished after it left was told: its deadline passed, or it cancelled. The
-    answer was never delivered, so it is not logged (or counted) as OK."""
+# A caller whose deadline passes leaves with an HTTP/2 RST_STREAM CANCEL, the very signal an explicit cancel sends,
+# and the server's deadline, the caller's timeout counted from the call's arrival, ends after the caller's by the
+# call's transit (and the connection's set-up, for a channel's first call): gRPC tells the server "cancelled" for
+# both. The one difference the server sees is when the caller left: a caller gone within this much of the server's
+# deadline is taken to have given up at its own, and the line says deadline_left_ms, the time there still was.
+DEADLINE_TRANSIT_ALLOWANCE = 0.25  # seconds
+# gRPC's Python server says "no deadline" as a deadline 2**63 ns from now; any longer than this is none.
+_NO_DEADLINE_BEYOND = 1e9  # seconds, about 32 years
+
+
+def deadline_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds left on the server's deadline for this call (0 once passed), or None when the caller set none."""
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return None if remaining is None or remaining > _NO_DEADLINE_BEYOND else remaining
+
+
+def gone_callers_code(left: float | None) -> grpc.StatusCode:
+    """What the caller of a call it left before the answer was told, from the time `left` on the server's deadline
+    when it went (None: no deadline): its deadline passed, or it cancelled. Whatever the handler answered was never
+    delivered, so the call is not logged (or counted) as OK, nor as the servicer's own "caller went away"."""
+    if left is not None and left <= DEADLINE_TRANSIT_ALLOWANCE:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 class AccessLogInterceptor(grpc.ServerInterceptor):
@@ -170,6 +191,11 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             # fail at its clients.
             context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
             token = _current.set(record)
+            # gRPC calls this when the call ends: as its caller leaves (or the server cancels it as it stops), or
+            # once its status is sent, after the handler. Before the handler ends, then, it means the caller left.
+            left: list[float | None] = []
+            if not context.add_callback(lambda: left.append(deadline_left(context))):
+                left.append(deadline_left(context))  # gone while the call waited for a thread
             _tell(self.on_start, record)
             code = grpc.StatusCode.OK
             try:
@@ -182,8 +208,9 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (RETRY_PUSHBACK_KEY, "-1")))
                 raise
             finally:
-                if code == grpc.StatusCode.OK and not context.is_active():
-                    code = gone_callers_code(context)
+                if left or not context.is_active():  # is_active() turns False a moment before the callback runs
+                    record.deadline_left = left[0] if left else deadline_left(context)
+                    code = gone_callers_code(record.deadline_left)
                 fields = record.fields(code)
                 _current.reset(token)
                 if log.isEnabledFor(level):  # health checks every few seconds: not formatted unless logged

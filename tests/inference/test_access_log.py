@@ -14,7 +14,7 @@ import pytest
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
-from inference.access_log import REQUEST_ID_KEY, RequestIdFilter
+from inference.access_log import DEADLINE_TRANSIT_ALLOWANCE, REQUEST_ID_KEY, RequestIdFilter
 from inference.logs import JsonFormatter, TextFormatter
 
 MADE_UP = re.compile(r"[0-9a-f]{32}")
@@ -110,13 +110,58 @@ def test_a_call_that_finished_after_its_deadline_is_not_logged_ok(
     with pytest.raises(grpc.RpcError) as e:
         running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=1.0)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
-    # The server's deadline is the timeout counted from the call's arrival: it ends the call's transit time after
-    # the client's. Released sooner, the call could end within it, rightly an answer the server sent in time.
-    time.sleep(0.2)
+    # Released at once: the server's deadline, the timeout counted from the call's arrival, ends the call's transit
+    # after the client's, and a call ending in between was logged CANCELLED. The line now goes by when the caller
+    # left (inference.access_log.DEADLINE_TRANSIT_ALLOWANCE), not by when the handler ended.
     release.set()
     assert wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
     (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
     assert line.access["code"] == "DEADLINE_EXCEEDED"
+    assert 0 <= line.access["deadline_left_ms"] <= DEADLINE_TRANSIT_ALLOWANCE * 1e3
+
+
+def test_a_caller_that_cancels_is_logged_cancelled_even_when_the_call_ends_after_its_deadline(
+    serve, tmp_path, digit_pngs, access_lines, monkeypatch
+):
+    """The line's code was taken from the server's deadline as the handler ended: a caller that cancelled 0.7 s
+    before its deadline, its call held past it, was logged DEADLINE_EXCEEDED."""
+    import inference.service as service
+    from tests.inference.helpers import hold_calls, publish, wait_until
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    entered, release = hold_calls(monkeypatch, service, "digit_log_probs")
+    call = running.stub.Predict.future(pb.PredictRequest(image=digit_pngs[0][1]), timeout=1.0)
+    assert entered.wait(10)
+    call.cancel()
+    time.sleep(1.3)  # past the deadline
+    release.set()
+    assert wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
+    (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
+    assert line.access["code"] == "CANCELLED"
+    assert line.access["deadline_left_ms"] > DEADLINE_TRANSIT_ALLOWANCE * 1e3  # it left well before its deadline
+
+
+def test_a_call_whose_deadline_passed_is_logged_so_when_the_servicer_stops_it_as_cancelled(
+    serve, tmp_path, digit_pngs, access_lines, monkeypatch
+):
+    """ReadNumber stops a call whose caller has gone after decoding, with CANCELLED ("deadline passed or
+    cancelled": gRPC tells the servicer no more), and the line said CANCELLED for a caller whose deadline passed."""
+    import inference.service as service
+    from tests.inference.helpers import hold_calls, publish, wait_until
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    entered, release = hold_calls(monkeypatch, service, "decode_image")
+    with pytest.raises(grpc.RpcError) as e:
+        running.stub.ReadNumber(pb.ReadNumberRequest(image=digit_pngs[0][1]), timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
+    time.sleep(0.3)  # the server's deadline has passed too: the line does not depend on it
+    release.set()
+    assert wait_until(lambda: any(r.access["method"] == "ReadNumber" for r in access_lines()), timeout=10)
+    (line,) = [r for r in access_lines() if r.access["method"] == "ReadNumber"]
+    assert line.access["code"] == "DEADLINE_EXCEEDED"
+    assert 0 <= line.access["deadline_left_ms"] <= DEADLINE_TRANSIT_ALLOWANCE * 1e3
 
 
 def test_the_services_own_refusal_is_answered_once_not_retried_by_a_clients_channel(serve, tmp_path, access_lines):
