@@ -189,7 +189,8 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             # a client's gRPC retries a call cut off by a crashed server (inference.channel's retryPolicy) only
             # while none of its headers have arrived. Sent first, they made every call a dying server was running
             # fail at its clients.
-            context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
+            trailing = ((REQUEST_ID_KEY, record.request_id),)
+            context.set_trailing_metadata(trailing)
             token = _current.set(record)
             # gRPC calls this when the call ends: as its caller leaves (or the server cancels it as it stops), or
             # once its status is sent, after the handler. Before the handler ends, then, it means the caller left.
@@ -205,7 +206,7 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 # The service's own refusal ("no model is published yet", a bad picture) is its answer, not a
                 # connection's failure: a client's retryPolicy, which may send an uncommitted call with a
                 # retryable code again (UNAVAILABLE), must not ask four more times and get the same answer.
-                context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (RETRY_PUSHBACK_KEY, "-1")))
+                context.set_trailing_metadata((*trailing, (RETRY_PUSHBACK_KEY, "-1")))
                 raise
             finally:
                 if left or not context.is_active():  # is_active() turns False a moment before the callback runs
