@@ -133,14 +133,13 @@ class Paper:
 def estimate_background(image: np.ndarray) -> Paper:
     """The paper under the digit.
 
-    First a smooth surface (quadratic_background), which absorbs lighting gradients and vignettes and is exact
+    First a smooth surface (paper_fit), which absorbs lighting gradients and vignettes and is exact
     for canvases. A shadow's edge is a step in the light that no smooth surface follows, so the paper is also
     estimated locally, at the scale of the strokes (local_paper_cells); where the two disagree over a region
     (more than SHADOW_FRACTION of the picture by more than SHADOW_CONTRAST grey levels, in regions that reach the
     picture's edge), there is a shadow, and the local estimate is used.
     """
-    frame = edge_frame_depth(image)
-    smooth = quadratic_background(image, frame)
+    smooth, frame = paper_fit(image)
     if min(image.shape[:2]) < LOCAL_BACKGROUND_MIN_SIDE:  # a strip or a thumbnail: no room for a shadow's edge
         return Paper(smooth)
     if frame:  # the edge is a frame drawn along it, of one colour all round: no shadow reaches it there
@@ -270,37 +269,45 @@ def edge_frame_depth(image: np.ndarray) -> int:
     return int(edge_frame_depths(paper_samples(image)[None])[0])
 
 
-def quadratic_background(image: np.ndarray, frame: int | None = None) -> np.ndarray:
-    """The paper under the digit, (H, W[, 3]) uint8: a quadratic surface per channel, fitted robustly.
+def quadratic_background(image: np.ndarray) -> np.ndarray:
+    """The paper under the digit, (H, W[, 3]) uint8: a quadratic surface per channel, fitted robustly (paper_fit)."""
+    return paper_fit(image)[0]
+
+
+def paper_fit(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """The smooth paper under the digit, (H, W[, 3]) uint8, and the depth of a frame drawn along the edge (in rings
+    of samples, 0 for none: edge_frame_depths).
 
     The picture is sampled on a grid of at most BACKGROUND_GRID_SIDE points a side. A quadratic in (x, y) covers a
     lighting gradient and a vignette. The fit starts from the border's median colour (the paper almost always
     reaches the border, even when a bold digit covers half the picture) and is refitted on the samples that lie
     within a tolerance of the current surface, so the ink samples (a minority) do not pull the paper towards them.
-    Inside a frame drawn along the edge (edge_frame_depths), the paper is the median and the fit of the samples
-    inside it, and the frame is ink to it.
+    Inside a frame drawn along the edge, the paper is the median and the fit of the samples inside it, and the
+    frame is ink to it.
     """
     samples = paper_samples(image)  # (h, w, C)
     h, w, channels = samples.shape
     values = samples.reshape(-1, channels).astype(np.float64)  # (h*w, C)
-    # The samples the paper is fitted to: all of them, or those inside a frame drawn along the edge (`frame` rings
-    # deep; found here when not given). A frame's colour is no paper: the fit that started from it and took it in
-    # bent from the frame to the paper over a small picture, where the frame is a large share of the samples, and
-    # the digit's contrast with it broke up.
-    depth = edge_frame_depth(image) if frame is None else frame
+    fitted = np.broadcast_to(row_medians(edge_rings(samples[None], 0))[0], values.shape)  # the border's median
+    residual = np.abs(values - fitted).max(axis=1)  # (h*w,): the first round's, and what a frame is found on
+    # The samples the paper is fitted to: all of them, or those inside a frame drawn along the edge (`depth` rings
+    # deep). A frame's colour is no paper: the fit that started from it and took it in bent from the frame to the
+    # paper over a small picture, where the frame is a large share of the samples, and the digit's contrast with it
+    # broke up.
+    depth = int(frame_depths((residual > MIN_INK_CONTRAST).reshape(1, h, w))[0])
     inside = None  # (h*w,) bool: the samples inside the frame, if there is one
-    start = edge_rings(samples[None], 0)[0]  # (n, C): the border
     if depth:
         within = np.zeros((h, w), bool)
         within[depth : h - depth, depth : w - depth] = True
         inside = within.ravel()
-        start = values[inside]
-    fitted = np.broadcast_to(row_medians(start.T), values.shape)
+        fitted = np.broadcast_to(row_medians(values[inside].T), values.shape)
+        residual = np.abs(values - fitted).max(axis=1)
     design = quadratic_design(h, w)  # (h*w, 6)
     previous = None  # the last fit's inliers
     if len(values) >= 4 * design.shape[1]:
-        for _ in range(BACKGROUND_FIT_ROUNDS):
-            residual = np.abs(values - fitted).max(axis=1)  # (h*w,)
+        for fit_round in range(BACKGROUND_FIT_ROUNDS):
+            if fit_round:
+                residual = np.abs(values - fitted).max(axis=1)  # (h*w,)
             tolerance = float(robust_tolerance(residual[None] if inside is None else residual[None, inside])[0])
             inliers = residual <= tolerance if inside is None else (residual <= tolerance) & inside
             if previous is not None and np.array_equal(inliers, previous):
@@ -311,7 +318,7 @@ def quadratic_background(image: np.ndarray, frame: int | None = None) -> np.ndar
             previous = inliers
     surface = np.clip(fitted.reshape(h, w, channels) + 0.5, 0, 255).astype(np.uint8)
     full = cv2.resize(surface, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return full.reshape(image.shape)
+    return full.reshape(image.shape), depth
 
 
 def edge_rings(samples: np.ndarray, depth: int) -> np.ndarray:
@@ -330,28 +337,44 @@ def edge_rings(samples: np.ndarray, depth: int) -> np.ndarray:
 
 
 def edge_frame_depths(samples: np.ndarray) -> np.ndarray:
-    """(B,) int: how many rings of (B, h, w, C) samples in from the edge are a frame drawn along it, 0 for none.
+    """(B,) int: how many rings of (B, h, w, C) samples in from the edge are a frame drawn along it, 0 for none
+    (frame_depths, on the samples far from the border's median colour)."""
+    colour = row_medians(edge_rings(samples, 0))  # (B, C): the border's
+    return frame_depths(np.abs(samples - colour[:, None, None]).max(axis=3) > MIN_INK_CONTRAST)
 
-    A frame: no sample of the rings from the border to the frame's inner edge is far from the border's median
-    colour (MIN_INK_CONTRAST away in some channel: a JPEG's frame rings by a dozen grey levels or more near its
-    edges), that edge is at most EDGE_FRAME_MAX_DEPTH of the shorter side deep, EDGE_FRAME_INNER_EDGE of the ring
-    there (or of the one after it: an anti-aliased edge) and most of the picture's middle (inside twice the
-    deepest frame) are far from the frame's colour. Paper reaching the edge is none: the ring where the ink
-    begins is still mostly paper, and so is the middle (a digit drawn as a large square, and a box drawn a little
-    inside the edge, around paper of the border's colour, included).
+
+def frame_depths(far: np.ndarray) -> np.ndarray:
+    """(B,) int: how many rings in from the edge are a frame drawn along it, 0 for none, from (B, h, w) bool maps of
+    the samples far from the border's median colour (MIN_INK_CONTRAST away in some channel).
+
+    A frame: no sample of the rings from the border to the frame's inner edge is far from that colour (a JPEG's
+    frame rings by a dozen grey levels or more near its edges), that edge is at most EDGE_FRAME_MAX_DEPTH of the
+    shorter side deep, EDGE_FRAME_INNER_EDGE of the ring there (or of the one after it: an anti-aliased edge) and
+    most of the picture's middle (inside twice the deepest frame) are far from the frame's colour. Paper reaching
+    the edge is none: the ring where the ink begins is still mostly paper, and so is the middle (a digit drawn as a
+    large square, and a box drawn a little inside the edge, around paper of the border's colour, included).
     """
-    count, h, w, _ = samples.shape
+    count, h, w = far.shape
     depths = np.zeros(count, np.int64)
     deepest = int(min(h, w) * EDGE_FRAME_MAX_DEPTH)
     if deepest < 1:
         return depths
-    border = edge_rings(samples, 0)  # (B, n, C)
-    colour = row_medians(border)  # (B, C): the border's
-    # Only a border of one colour (no sample far from its median) can be a frame: most photos are done with here.
-    flat = np.flatnonzero(np.abs(border - colour[:, None]).max(axis=(1, 2)) <= MIN_INK_CONTRAST)
-    if len(flat) == 0:
-        return depths
-    far = np.abs(samples[flat] - colour[flat, None, None]).max(axis=3) > MIN_INK_CONTRAST  # (b, h, w)
+    # Two necessary conditions first, on the rings near the edge alone (every Predict pays for this; the rest costs
+    # four times as much): a border of one colour (no far sample on it: most photos are done with here), and, as the
+    # frame's inner edge or the ring after it is at most `deepest` + 1 rings in and mostly far, that many far
+    # samples on rings 1 to `deepest` + 1 (MNIST's digits, whose ink reaches those rings in three pictures of four,
+    # are nearly all done with here).
+    weights, least = frame_band(h, w, deepest)
+    candidates = np.flatnonzero(far.reshape(count, h * w) @ weights >= least)
+    if len(candidates):
+        depths[candidates] = ring_frame_depths(far[candidates], deepest)
+    return depths
+
+
+def ring_frame_depths(far: np.ndarray, deepest: int) -> np.ndarray:
+    """frame_depths ring by ring, on (b, h, w) far maps whose border has no far sample (b,)."""
+    count, h, w = far.shape
+    depths = np.zeros(count, np.int64)
     membership, size, size_inwards = ring_membership(h, w)
     # The middle of the picture, inside twice the deepest frame: most of it is paper, and within a frame that paper
     # is far from the frame's colour. (Measured there, not just inside the frame: a thick box drawn a little inside
@@ -363,15 +386,28 @@ def edge_frame_depths(samples: np.ndarray) -> np.ndarray:
         return depths
     first = np.where(far, edge_distance(h, w), h + w).min(axis=(1, 2))  # (b,): the first ring with a far sample
     # Per ring, and inwards of each ring (it and those inside it): the samples far from that colour.
-    far_in_ring = far.reshape(len(flat), -1).astype(np.float32) @ membership  # (b, rings)
+    far_in_ring = far.reshape(count, -1).astype(np.float32) @ membership  # (b, rings)
     far_inwards = np.cumsum(far_in_ring[:, ::-1], axis=1)[:, ::-1]
     depth = np.minimum(first, deepest)  # a valid index of every ring array; only 1 <= first <= deepest counts
-    rows = np.arange(len(flat))
+    rows = np.arange(count)
     edge = EDGE_FRAME_INNER_EDGE
     after = (far_in_ring[rows, depth] >= edge * size[depth]) | (far_in_ring[rows, depth + 1] >= edge * size[depth + 1])
     middle = 2 * far_inwards[:, centre] > size_inwards[centre]
-    depths[flat] = np.where((first >= 1) & (first <= deepest) & after & middle, first, 0)
-    return depths
+    return np.where((first >= 1) & (first <= deepest) & after & middle, first, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def frame_band(h: int, w: int, deepest: int) -> tuple[np.ndarray, np.float32]:
+    """For frame_depths' first test on an (h, w) grid: (h*w,) float32 weights, 1 on rings 1 to `deepest` + 1 and
+    -h*w on the border, so that a far map's product with them is its far samples on those rings, and negative if
+    any lies on the border; and the least product a frame gives, EDGE_FRAME_INNER_EDGE of the smallest of those
+    rings, computed as ring_frame_depths compares a ring's far samples (in float32). Read-only, cached."""
+    ring_of = edge_distance(h, w).ravel()
+    weights = ((ring_of >= 1) & (ring_of <= deepest + 1)).astype(np.float32)
+    weights[ring_of == 0] = -h * w
+    weights.flags.writeable = False
+    size = ring_membership(h, w)[1]
+    return weights, (EDGE_FRAME_INNER_EDGE * size[1 : deepest + 2]).min()
 
 
 @functools.lru_cache(maxsize=64)

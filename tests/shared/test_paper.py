@@ -227,6 +227,109 @@ def test_the_paper_fit_with_its_shortcuts_is_the_plain_three_round_fit_bit_for_b
         assert np.array_equal(normalize.quadratic_background(picture), plain_quadratic_background(picture))
 
 
+def plain_frame_depth(picture: np.ndarray) -> int:
+    """A frame drawn along the picture's edge as normalize.frame_depths' docstring reads, ring by ring, with nothing
+    skipped: the reference its shortcuts must equal."""
+    grid = normalize.paper_samples(picture).astype(np.float64)
+    h, w, _ = grid.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    ring = np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs))
+    border = np.concatenate([grid[0], grid[-1], grid[:, 0], grid[:, -1]])
+    far = np.abs(grid - np.median(border, axis=0)).max(axis=2) > normalize.MIN_INK_CONTRAST
+    deepest = int(min(h, w) * normalize.EDGE_FRAME_MAX_DEPTH)
+    if deepest < 1 or not far.any():
+        return 0
+    first = int(ring[far].min())
+
+    def mostly_far(r: int) -> bool:
+        size = np.float32(np.count_nonzero(ring == r))
+        return np.count_nonzero(far[ring == r]) >= np.float32(normalize.EDGE_FRAME_INNER_EDGE) * size
+
+    middle = 2 * np.count_nonzero(far[ring >= 2 * deepest]) > (ring >= 2 * deepest).sum()
+    return first if 1 <= first <= deepest and (mostly_far(first) or mostly_far(first + 1)) and middle else 0
+
+
+def framed_pictures(digits: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """Pictures with and without a frame along the edge, and ones on the verge of one: its inner edge a few samples
+    short of EDGE_FRAME_INNER_EDGE or just over it, a mark reaching the frame's rings, grey and colour, JPEG."""
+    rng = np.random.default_rng(0)
+    pictures = []
+    for i, digit in enumerate(list(digits.values()) * 3):
+        side = int(rng.choice([28, 40, 64, 100, 200]))
+        paper, ink = (255, 0) if i % 2 else (0, 255)
+        picture = np.full((side, side), paper, np.uint8)
+        inner = side * 3 // 5
+        top = (side - inner) // 2
+        picture[top : top + inner, top : top + inner] = np.where(cv2.resize(digit, (inner, inner)) > 128, ink, paper)
+        pictures.append(picture)
+        width = max(1, round(side * rng.choice([0.03, 0.05, 0.1, 0.125, 0.15])))
+        framed = picture.copy()
+        framed[:width] = framed[-width:] = framed[:, :width] = framed[:, -width:] = ink
+        pictures.append(framed)
+        verge = framed.copy()  # frame-coloured bits on the frame's inner edge, about a tenth of it
+        ring_side = side - 2 * width
+        spots = rng.choice(4 * ring_side - 4, int(rng.integers(2, ring_side // 2 + 3)), replace=False)
+        for spot in spots:
+            side_of, along = divmod(int(spot), ring_side - 1)
+            y, x = [(width, width + along), (width + along, side - 1 - width)][side_of % 2]
+            verge[y if side_of < 2 else side - 1 - y, x if side_of < 2 else side - 1 - x] = ink
+        pictures.append(verge)
+        reaching = framed.copy()  # a mark from the middle into the frame
+        reaching[side // 2 - 2 : side // 2 + 2, : side // 2] = paper
+        pictures.append(reaching)
+        pictures.append(np.dstack([framed, picture, framed]))
+        pictures.append(cv2.imdecode(cv2.imencode(".jpg", framed)[1], cv2.IMREAD_UNCHANGED))
+    # On the verge, ring by ring (every pixel a sample): a frame whose inner edge begins with one sample on ring
+    # `first` and is drawn on the next ring, one sample short of EDGE_FRAME_INNER_EDGE of it or just enough, the
+    # rings after it of the frame's colour to the middle, which is all paper.
+    for side in (28, 40):
+        ys, xs = np.mgrid[0:side, 0:side]
+        ring = np.minimum(np.minimum(ys, side - 1 - ys), np.minimum(xs, side - 1 - xs))
+        deepest = int(side * normalize.EDGE_FRAME_MAX_DEPTH)
+        for first in (1, deepest):
+            inner_edge = np.argwhere(ring == first + 1)
+            needed = int(np.ceil(normalize.EDGE_FRAME_INNER_EDGE * len(inner_edge)))
+            for drawn in (needed - 1, needed):
+                picture = np.where(ring >= 2 * deepest, 255, 0).astype(np.uint8)
+                picture[tuple(np.argwhere(ring == first)[0])] = 255
+                picture[tuple(inner_edge[:drawn].T)] = 255
+                pictures.append(picture)
+    return pictures
+
+
+def test_the_frame_search_with_its_shortcuts_is_the_plain_ring_by_ring_search(digits, mnist):
+    """frame_depths rejects most pictures on the rings near the edge before it counts far samples ring by ring, and
+    the paper fit finds the frame on its own first round: neither may answer otherwise than the plain search."""
+    pictures = framed_pictures(digits)
+    mnist_digits = mnist.test_images[:300].numpy()
+    pictures += list(mnist_digits) + list(255 - mnist_digits)
+    found = 0
+    for picture in pictures:
+        expected = plain_frame_depth(picture)
+        assert normalize.edge_frame_depth(picture) == expected
+        assert normalize.paper_fit(picture)[1] == expected
+        found += expected > 0
+    assert found > 40  # frames there are, and pictures on the verge of one
+
+
+def test_the_frame_search_is_done_with_mnist_digits_on_the_rings_near_the_edge(mnist, monkeypatch):
+    """Every Predict looks for a frame (20 us of a 28x28 picture's 0.7 ms, before this shortcut). MNIST's digits,
+    on a border of one colour with ink in the middle 20x20 that reaches rings 1 to 3 in three digits of four, have
+    too little there for the inner edge of a frame: not one needs the search ring by ring."""
+    searched = []
+    ring_by_ring = normalize.ring_frame_depths
+
+    def counted(far: np.ndarray, deepest: int) -> np.ndarray:
+        searched.append(len(far))
+        return ring_by_ring(far, deepest)
+
+    monkeypatch.setattr(normalize, "ring_frame_depths", counted)
+    images = mnist.test_images.numpy()
+    for pictures in (images, 255 - images):
+        assert not normalize.edge_frame_depths(pictures[:, :, :, None]).any()
+    assert sum(searched) == 0
+
+
 NOISE_SCRIPT = """
 import io, numpy as np
 from PIL import Image
