@@ -139,6 +139,11 @@ def _tell(hooks, *args) -> None:
 # both. The one difference the server sees is when the caller left: a caller gone within this much of the server's
 # deadline is taken to have given up at its own, and the line says deadline_left_ms, the time there still was.
 DEADLINE_TRANSIT_ALLOWANCE = 0.25  # seconds
+# ... or this share of the call's timeout, if less: with a timeout under the allowance, every caller that cancelled
+# left within it of its deadline, and a 0.2 s call cancelled at once was logged (and counted) DEADLINE_EXCEEDED.
+# A caller whose deadline passed leaves within its transit's jitter of the server's deadline, or the server's own
+# deadline cancels the call (0 left): a tenth of the timeout is time enough for either.
+DEADLINE_TRANSIT_SHARE = 0.1
 # gRPC's Python server says "no deadline" as a deadline 2**63 ns from now; any longer than this is none.
 _NO_DEADLINE_BEYOND = 1e9  # seconds, about 32 years
 
@@ -149,11 +154,15 @@ def deadline_left(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None or remaining > _NO_DEADLINE_BEYOND else remaining
 
 
-def gone_callers_code(left: float | None) -> grpc.StatusCode:
+def gone_callers_code(left: float | None, timeout: float | None = None) -> grpc.StatusCode:
     """What the caller of a call it left before the answer was told, from the time `left` on the server's deadline
-    when it went (None: no deadline): its deadline passed, or it cancelled. Whatever the handler answered was never
-    delivered, so the call is not logged (or counted) as OK, nor as the servicer's own "caller went away"."""
-    if left is not None and left <= DEADLINE_TRANSIT_ALLOWANCE:
+    when it went (None: no deadline) and the call's `timeout` as the server received it (None: not known): its
+    deadline passed, or it cancelled. Whatever the handler answered was never delivered, so the call is not logged
+    (or counted) as OK, nor as the servicer's own "caller went away"."""
+    allowance = DEADLINE_TRANSIT_ALLOWANCE
+    if timeout is not None:
+        allowance = min(allowance, DEADLINE_TRANSIT_SHARE * timeout)
+    if left is not None and left <= allowance:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
@@ -192,6 +201,11 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             trailing = ((REQUEST_ID_KEY, record.request_id),)
             context.set_trailing_metadata(trailing)
             token = _current.set(record)
+            # The call's timeout as it arrived: what its deadline had left as the handler starts, and the wait for
+            # a thread before (the transit allowance is a share of it when short: gone_callers_code).
+            timeout = deadline_left(context)
+            if timeout is not None:
+                timeout += record.queue_seconds
             # gRPC calls this when the call ends: as its caller leaves (or the server cancels it as it stops), or
             # once its status is sent, after the handler. Before the handler ends, then, it means the caller left.
             left: list[float | None] = []
@@ -211,7 +225,7 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             finally:
                 if left or not context.is_active():  # is_active() turns False a moment before the callback runs
                     record.deadline_left = left[0] if left else deadline_left(context)
-                    code = gone_callers_code(record.deadline_left)
+                    code = gone_callers_code(record.deadline_left, timeout)
                 fields = record.fields(code)
                 _current.reset(token)
                 if log.isEnabledFor(level):  # health checks every few seconds: not formatted unless logged

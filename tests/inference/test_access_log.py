@@ -14,7 +14,12 @@ import pytest
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 
-from inference.access_log import DEADLINE_TRANSIT_ALLOWANCE, REQUEST_ID_KEY, RequestIdFilter
+from inference.access_log import (
+    DEADLINE_TRANSIT_ALLOWANCE,
+    DEADLINE_TRANSIT_SHARE,
+    REQUEST_ID_KEY,
+    RequestIdFilter,
+)
 from inference.logs import JsonFormatter, TextFormatter
 
 MADE_UP = re.compile(r"[0-9a-f]{32}")
@@ -140,6 +145,31 @@ def test_a_caller_that_cancels_is_logged_cancelled_even_when_the_call_ends_after
     (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
     assert line.access["code"] == "CANCELLED"
     assert line.access["deadline_left_ms"] > DEADLINE_TRANSIT_ALLOWANCE * 1e3  # it left well before its deadline
+
+
+def test_a_caller_with_a_timeout_shorter_than_the_transit_allowance_that_cancels_is_logged_cancelled(
+    serve, tmp_path, digit_pngs, access_lines, monkeypatch
+):
+    """A caller is taken to have left at its deadline when it left within DEADLINE_TRANSIT_ALLOWANCE of the server's
+    deadline: with a timeout no longer than that, every cancel did, and a call cancelled at once (0.24 s left of
+    its 0.25 s) was logged and counted DEADLINE_EXCEEDED. The allowance is a share of a short timeout."""
+    import inference.service as service
+    from tests.inference.helpers import hold_calls, publish, wait_until
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=10)  # warm: the held call starts at once
+    entered, release = hold_calls(monkeypatch, service, "digit_log_probs")
+    timeout = DEADLINE_TRANSIT_ALLOWANCE
+    call = running.stub.Predict.future(pb.PredictRequest(image=digit_pngs[0][1]), timeout=timeout)
+    assert entered.wait(10)
+    call.cancel()
+    time.sleep(0.1)  # for the cancel to reach the server: a call answered first was never left
+    release.set()
+    assert wait_until(lambda: sum(r.access["method"] == "Predict" for r in access_lines()) == 2, timeout=10)
+    line = [r for r in access_lines() if r.access["method"] == "Predict"][-1]
+    assert line.access["deadline_left_ms"] > DEADLINE_TRANSIT_SHARE * timeout * 1e3, "the call was not held at once"
+    assert line.access["code"] == "CANCELLED"
 
 
 def test_a_call_whose_deadline_passed_is_logged_so_when_the_servicer_stops_it_as_cancelled(
