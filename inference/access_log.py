@@ -71,7 +71,8 @@ class CallRecord:
             "image_bytes": self.image_bytes,
             "images": self.images,
             "model_version": self.model_version,
-            "deadline_left_ms": round(self.deadline_left * 1e3, 3) if self.deadline_left is not None else "",
+            # None, not "": a JSON collector types a field by its values, and this one is a number when present.
+            "deadline_left_ms": round(self.deadline_left * 1e3, 3) if self.deadline_left is not None else None,
             "peer": self.peer,
             "request_id": self.request_id,
         }
@@ -117,7 +118,7 @@ class RequestIdFilter(logging.Filter):
 
 
 def format_text(fields: dict[str, Any]) -> str:
-    return " ".join(f"{key}={value if value != '' else '-'}" for key, value in fields.items())
+    return " ".join(f"{key}={value if value not in ('', None) else '-'}" for key, value in fields.items())
 
 
 Observer = Callable[[CallRecord, grpc.StatusCode, float], None]

@@ -246,3 +246,15 @@ def test_the_text_format_ends_a_line_about_a_call_with_its_id():
     record = logging.LogRecord("inference.service", logging.INFO, __file__, 1, "Predict -> INVALID_ARGUMENT", (), None)
     record.request_id = "abc"
     assert TextFormatter().format(record).endswith("Predict -> INVALID_ARGUMENT request_id=abc")
+
+
+def test_an_access_line_without_a_deadline_left_says_null_in_json_and_a_dash_in_text():
+    """deadline_left_ms is a number when the caller left and was "" otherwise: a JSON collector that types a field by
+    its values (most lines) took it for a string, and numeric queries on it failed. It is null now."""
+    from inference.access_log import CallRecord, format_text
+
+    fields = CallRecord(request_id="r1", method="Predict", peer="ipv4:127.0.0.1:1").fields(grpc.StatusCode.OK)
+    record = logging.LogRecord("inference.access", logging.INFO, __file__, 1, "access", (), None)
+    record.access, record.request_id = fields, "r1"
+    assert json.loads(JsonFormatter().format(record))["deadline_left_ms"] is None
+    assert " deadline_left_ms=- " in f" {format_text(fields)} "
