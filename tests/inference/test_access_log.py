@@ -106,24 +106,35 @@ def test_a_call_that_finished_after_its_deadline_is_not_logged_ok(
 ):
     """Predict looks for a departed caller only before decoding: one whose deadline passed during the forward
     pass got DEADLINE_EXCEEDED, and the access line (and the metrics) said OK."""
-    import inference.service as service
-    from tests.inference.helpers import hold_calls, publish, wait_until
+    from tests.inference.helpers import publish
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve()
-    entered, release = hold_calls(monkeypatch, service, "digit_log_probs")
-    with pytest.raises(grpc.RpcError) as e:
-        running.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=1.0)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
-    # The caller has gone when its own deadline passes, but the server learns it a moment later (the cancel's
-    # transit): released before that, the handler answers first and the line says OK, as gRPC saw it. Held until
-    # the server has seen the caller leave, the line goes by when the caller left (DEADLINE_TRANSIT_ALLOWANCE).
-    time.sleep(0.3)
-    release.set()
-    assert wait_until(lambda: any(r.access["method"] == "Predict" for r in access_lines()), timeout=10)
-    (line,) = [r for r in access_lines() if r.access["method"] == "Predict"]
+    line = access_line_of_a_call_held_past_its_deadline(
+        serve(), monkeypatch, access_lines, "digit_log_probs", "Predict", pb.PredictRequest(image=digit_pngs[0][1])
+    )
     assert line.access["code"] == "DEADLINE_EXCEEDED"
     assert 0 <= line.access["deadline_left_ms"] <= DEADLINE_TRANSIT_ALLOWANCE * 1e3
+
+
+def access_line_of_a_call_held_past_its_deadline(running, monkeypatch, access_lines, held: str, method: str, request):
+    """The access line of `method` called with `request` and a 1 s timeout while the service holds it in `held` (a
+    name in inference.service): its caller gets DEADLINE_EXCEEDED, and the call is released 0.3 s later. The caller
+    has gone when its own deadline passes, but the server learns it a moment later (the cancel's transit): released
+    before that, the handler answers first and the line says OK, as gRPC saw it. Held until the server has seen the
+    caller leave, the line goes by when the caller left (DEADLINE_TRANSIT_ALLOWANCE); the server's own deadline has
+    passed by then too, and the line does not depend on it."""
+    import inference.service as service
+    from tests.inference.helpers import hold_calls, wait_until
+
+    entered, release = hold_calls(monkeypatch, service, held)
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(running.stub, method)(request, timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
+    time.sleep(0.3)
+    release.set()
+    assert wait_until(lambda: any(r.access["method"] == method for r in access_lines()), timeout=10)
+    (line,) = [r for r in access_lines() if r.access["method"] == method]
+    return line
 
 
 def test_a_caller_that_cancels_is_logged_cancelled_even_when_the_call_ends_after_its_deadline(
@@ -178,19 +189,12 @@ def test_a_call_whose_deadline_passed_is_logged_so_when_the_servicer_stops_it_as
 ):
     """ReadNumber stops a call whose caller has gone after decoding, with CANCELLED ("deadline passed or
     cancelled": gRPC tells the servicer no more), and the line said CANCELLED for a caller whose deadline passed."""
-    import inference.service as service
-    from tests.inference.helpers import hold_calls, publish, wait_until
+    from tests.inference.helpers import publish
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve()
-    entered, release = hold_calls(monkeypatch, service, "decode_image")
-    with pytest.raises(grpc.RpcError) as e:
-        running.stub.ReadNumber(pb.ReadNumberRequest(image=digit_pngs[0][1]), timeout=1.0)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and entered.is_set()
-    time.sleep(0.3)  # the server's deadline has passed too: the line does not depend on it
-    release.set()
-    assert wait_until(lambda: any(r.access["method"] == "ReadNumber" for r in access_lines()), timeout=10)
-    (line,) = [r for r in access_lines() if r.access["method"] == "ReadNumber"]
+    line = access_line_of_a_call_held_past_its_deadline(
+        serve(), monkeypatch, access_lines, "decode_image", "ReadNumber", pb.ReadNumberRequest(image=digit_pngs[0][1])
+    )
     assert line.access["code"] == "DEADLINE_EXCEEDED"
     assert 0 <= line.access["deadline_left_ms"] <= DEADLINE_TRANSIT_ALLOWANCE * 1e3
 

@@ -3,6 +3,7 @@ images, rejections by reason, calls in flight, the served model, loads, swaps an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import grpc
@@ -118,25 +119,40 @@ def test_calls_in_flight_are_counted_while_they_run(metered, digit_pngs, monkeyp
     assert value(scrape(metered.server.metrics_port), "grpc_server_in_flight", grpc_method="Predict") == 0
 
 
-def test_calls_waiting_for_a_free_worker_thread_are_counted_as_queued(serve, tmp_path, digit_pngs, monkeypatch):
-    """One worker thread, held by a first call: a second call waits in the queue, where no interceptor sees it."""
-    artifacts = tmp_path / "artifacts"
-    publish(artifacts, "v1", seed=1)
-    running = serve(artifacts, metrics_address="127.0.0.1:0", max_workers=1)
+@contextlib.contextmanager
+def second_call_queued(running, monkeypatch, image: bytes):
+    """Two Predict calls of `image` (request ids call-0 and call-1) on a server of one worker thread, the first held
+    in the service: within, the second waits for the thread (mnist_calls_queued is 1); on leaving, the first is
+    released and both are answered."""
     entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")
-    request = pb.PredictRequest(image=digit_pngs[0][1])
-    calls = [threading.Thread(target=lambda: running.stub.Predict(request, timeout=30)) for _ in range(2)]
+    calls = [
+        threading.Thread(
+            target=lambda i=i: running.stub.Predict(
+                pb.PredictRequest(image=image), timeout=30, metadata=(("x-request-id", f"call-{i}"),)
+            )
+        )
+        for i in range(2)
+    ]
     calls[0].start()
     try:
         assert entered.wait(10)
         calls[1].start()
         assert wait_until(lambda: value(scrape(running.server.metrics_port), "mnist_calls_queued") == 1, timeout=10)
-        samples = scrape(running.server.metrics_port)
-        assert value(samples, "grpc_server_in_flight", grpc_service=INFERENCE, grpc_method="Predict") == 1
+        yield
     finally:
         release.set()
         for call in calls:
             call.join(30)
+
+
+def test_calls_waiting_for_a_free_worker_thread_are_counted_as_queued(serve, tmp_path, digit_pngs, monkeypatch):
+    """One worker thread, held by a first call: a second call waits in the queue, where no interceptor sees it."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "v1", seed=1)
+    running = serve(artifacts, metrics_address="127.0.0.1:0", max_workers=1)
+    with second_call_queued(running, monkeypatch, digit_pngs[0][1]):
+        samples = scrape(running.server.metrics_port)
+        assert value(samples, "grpc_server_in_flight", grpc_service=INFERENCE, grpc_method="Predict") == 1
     samples = scrape(running.server.metrics_port)
     assert value(samples, "mnist_calls_queued") == 0
     assert value(samples, "grpc_server_handled_total", grpc_method="Predict", grpc_code="OK") == 2
@@ -156,25 +172,8 @@ def test_the_time_a_call_waited_for_a_worker_thread_is_measured_apart_from_its_h
     artifacts = tmp_path / "artifacts"
     publish(artifacts, "v1", seed=1)
     running = serve(artifacts, metrics_address="127.0.0.1:0", max_workers=1)
-    entered, release = hold_calls(monkeypatch, service_module, "to_mnist_fast")
-    calls = [
-        threading.Thread(
-            target=lambda i=i: running.stub.Predict(
-                pb.PredictRequest(image=digit_pngs[0][1]), timeout=30, metadata=(("x-request-id", f"call-{i}"),)
-            )
-        )
-        for i in range(2)
-    ]
-    calls[0].start()
-    try:
-        assert entered.wait(10)
-        calls[1].start()
-        assert wait_until(lambda: value(scrape(running.server.metrics_port), "mnist_calls_queued") == 1, timeout=10)
+    with second_call_queued(running, monkeypatch, digit_pngs[0][1]):
         time.sleep(held)
-    finally:
-        release.set()
-        for call in calls:
-            call.join(30)
     samples = scrape(running.server.metrics_port)
     # Both calls (and nothing else: no health check was made) waited; one of them for the held time at least.
     assert value(samples, "mnist_call_queue_seconds_count") == 2
