@@ -446,20 +446,6 @@ class Group:
     def width(self) -> float:
         return self.x1 - self.x0
 
-    @classmethod
-    def of(cls, pieces: Pieces, labels: list[int], slant: float) -> Group:
-        """The group of these pieces (labels), its extents measured."""
-        stats = pieces.stats[labels]
-        extents = [deslanted_extent(pieces, label, slant) for label in labels]
-        return cls(
-            list(labels),
-            min(x0 for x0, _ in extents),
-            max(x1 for _, x1 in extents),
-            int(stats[:, 1].min()),
-            int((stats[:, 1] + stats[:, 3]).max()),
-            int(stats[:, 4].sum()),
-        )
-
     def absorb(self, other: Group) -> None:
         self.labels += other.labels
         self.x0, self.x1 = min(self.x0, other.x0), max(self.x1, other.x1)
@@ -469,7 +455,11 @@ class Group:
 
 def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
     """Union the pieces that overlap along the writing direction (and are not a line apart), left to right."""
-    groups = [Group.of(pieces, [int(label)], slant) for label in pieces.kept]
+    groups = []
+    for label in pieces.kept:
+        _x, y, _w, h, area = (int(v) for v in pieces.stats[label])
+        x0, x1 = deslanted_extent(pieces, int(label), slant)
+        groups.append(Group([int(label)], x0, x1, y, y + h, area))
     changed = True
     work = 0  # groups visited and pairs weighed, over every pass
     while changed:  # until no two groups overlap: merging can create new overlaps
@@ -571,13 +561,14 @@ def slanted_line(pieces: Pieces, tall: list[Group]) -> tuple[float, int] | None:
     labels = [label for group in tall for label in group.labels]
     boxes = pieces.stats[labels, :4].astype(np.float64)
     sides = boxes[:, 2:4].max(axis=1)
-    boxes = boxes[sides >= TALL_GROUP * sides.max()]
+    large = sides >= TALL_GROUP * sides.max()
+    boxes, sides = boxes[large], sides[large]
     if len(boxes) < 2:
         return None
     centres = boxes[:, :2] + boxes[:, 2:4] / 2
     centres -= centres.mean(axis=0)
     _, _, axes = np.linalg.svd(centres, full_matrices=False)  # axes[0]: the direction the centres spread most
-    if np.abs(centres @ axes[1]).max() > SLANTED_LINE_SPREAD * float(np.median(boxes[:, 2:4].max(axis=1))):
+    if np.abs(centres @ axes[1]).max() > SLANTED_LINE_SPREAD * float(np.median(sides)):
         return None
     dx, dy = axes[0]
     angle = float(np.degrees(np.arctan2(-dy, dx)))  # rows grow downwards: rising to the right is dy < 0
