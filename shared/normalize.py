@@ -76,6 +76,7 @@ SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark
 FRAME_MIN_SPAN = 0.5  # a box drawn around the digit spans at least half the picture both ways...
 FRAME_CORNER = 0.1  # ...and has ink within this fraction of its shorter side of each corner of its box...
 FRAME_CONTENT = 0.3  # ...around a mark at least this fraction of that side (a 0's dot is not a digit in a box)
+BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
 EDGE_FRAME_MAX_DEPTH = 1 / 8
@@ -146,15 +147,15 @@ def estimate_background(image: np.ndarray) -> Paper:
         return Paper(smooth)
     # Looking for a shadow needs the light, not the colours: the luminance alone, whose ink sign is its own.
     grey, grey_smooth = luminance(image), luminance(smooth)
-    cells, cell = local_paper_cells(grey, ink_sign(grey))
+    cells, cell = local_paper_cells(grey, ink_sign(grey, grey_smooth))
     on_cells = cell_centres(grey_smooth, cell)
     if shadow_cells(cv2.absdiff(cells, on_cells) > SHADOW_CONTRAST) < SHADOW_FRACTION * cells.size:
         return Paper(smooth)
     if image.ndim == 3:  # the ink's colour matters for its contrast: the local paper per channel
-        sign = ink_sign(image)
+        sign = ink_sign(image, smooth)
         cells, _ = local_paper_cells(image, sign)
     else:
-        sign = ink_sign(grey)
+        sign = ink_sign(grey, grey_smooth)
     return Paper(local_background(image, cells, sign), sign)
 
 
@@ -195,25 +196,29 @@ def border_band(channel: np.ndarray) -> np.ndarray:
     )
 
 
-def ink_sign(image: np.ndarray) -> np.ndarray:
+def ink_sign(image: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     """Per channel, whether the ink is darker (-1) or lighter (+1) than the paper. (C,) int.
 
-    The paper is the median of a band along the border, a sixteenth of the short side deep (the paper nearly
-    always reaches the border; a band, not the outermost pixels alone, since a frame drawn along the picture's
-    edge, a screenshot's or a canvas export's, is darker than the paper and made a black-on-white digit read as
-    white paper with the strokes cut out of it); the ink is the picture's extreme
-    that lies farther from it *in ratio*: light falling on the page scales paper and ink alike, so the bright
-    side of a shadow is at most a few times brighter than the dark side, while ink is many times darker than
-    its paper (or, in dark mode, many times lighter).
+    The paper's level is the median of a band along the border, a sixteenth of the short side deep, of `paper`,
+    the smooth paper fitted to the picture (paper_fit, the same shape), else of the picture itself. The paper
+    nearly always reaches the border; a band, not the outermost pixels alone, since a frame drawn along the
+    picture's edge, a screenshot's or a canvas export's, is darker than the paper. The fit, not the picture's own
+    band: a box drawn a few pixels inside the edge, thicker than half that band, made the band's median the box's
+    black, and a black-on-white digit in it read as light ink, the paper then estimated as the strokes themselves.
+    The fit is robust to such a box (its samples are few) and to a frame (edge_frame_depths). The ink is the
+    picture's extreme that lies farther from the paper *in ratio*: light falling on the page scales paper and ink
+    alike, so the bright side of a shadow is at most a few times brighter than the dark side, while ink is many
+    times darker than its paper (or, in dark mode, many times lighter).
     """
     signs = []
-    for channel in _channels(image):
-        paper = float(np.median(border_band(channel))) + 1.0
+    papers = _channels(image if paper is None else paper)
+    for channel, paper_channel in zip(_channels(image), papers):
+        level = float(np.median(border_band(paper_channel))) + 1.0
         sample = np.ascontiguousarray(channel[::2, ::2])  # a quarter of the pixels: enough for 0.2 % tails
         counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel())
         darkest = float(np.searchsorted(counts, 0.002 * counts[-1])) + 1.0
         brightest = float(np.searchsorted(counts, 0.998 * counts[-1])) + 1.0
-        signs.append(-1 if np.log(paper / darkest) >= np.log(brightest / paper) else 1)
+        signs.append(-1 if np.log(level / darkest) >= np.log(brightest / level) else 1)
     return np.array(signs)
 
 
@@ -542,7 +547,14 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     """
     noise = noise_level(ink)
     threshold = ink_threshold(ink, noise)
-    strong, removed = without_ruling(ink, (ink >= threshold).astype(np.uint8), weakest)
+    marks = (ink >= threshold).astype(np.uint8)
+    strong, removed = without_ruling(ink, marks, weakest)
+    if removed is not None:
+        # The ruling search takes a box drawn around the digit for lines (its sides are long and straight) and
+        # leaves its corners and stubs, which are then kept as strokes: a box is taken out whole first.
+        unboxed = without_boxes(marks)
+        if unboxed is not None:
+            strong, removed = without_ruling(ink, unboxed, weakest)
     labels, stats = connected_components(strong)
     # (components,) bool; label 0 (the paper) is never kept. A single stroke is the digit whatever its contrast
     # (digit_components), so the contrasts are measured only where there are several.
@@ -1009,6 +1021,24 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
         box = labels[y[k] : y[k] + h[k], x[k] : x[k] + w[k]] == k
         frames[k] = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
     return frames
+
+
+def without_boxes(marks: np.ndarray) -> np.ndarray | None:
+    """The ink mask `marks` (H, W) uint8 without the boxes drawn around the digit (frame_components) whose ink
+    keeps to their outline, BOX_OUTLINE of their shorter side deep: a box, not a grid of squares across the page
+    nor a box that the digit touches (both have ink inside). None if there is none."""
+    labels, stats = connected_components(marks)
+    frames = frame_components(labels, stats)
+    out = None
+    for k in np.flatnonzero(frames):
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        band = max(1, int(BOX_OUTLINE * min(w, h)))
+        if (labels[y + band : y + h - band, x + band : x + w - band] == k).any():
+            continue
+        if out is None:
+            out = marks.copy()
+        out[labels == k] = 0
+    return out
 
 
 def speck_side(shape: tuple[int, int]) -> float:
