@@ -196,13 +196,13 @@ def border_band(channel: np.ndarray) -> np.ndarray:
     )
 
 
-def ink_sign(image: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
+def ink_sign(image: np.ndarray, paper: np.ndarray) -> np.ndarray:
     """Per channel, whether the ink is darker (-1) or lighter (+1) than the paper. (C,) int.
 
     The paper's level is the median of a band along the border, a sixteenth of the short side deep, of `paper`,
-    the smooth paper fitted to the picture (paper_fit, the same shape), else of the picture itself. The paper
-    nearly always reaches the border; a band, not the outermost pixels alone, since a frame drawn along the
-    picture's edge, a screenshot's or a canvas export's, is darker than the paper. The fit, not the picture's own
+    the smooth paper fitted to the picture (paper_fit, the same shape as `image`). The paper nearly always reaches
+    the border; a band, not the outermost pixels alone, since a frame drawn along the picture's edge, a
+    screenshot's or a canvas export's, is darker than the paper. The fit, not the picture's own
     band: a box drawn a few pixels inside the edge, thicker than half that band, made the band's median the box's
     black, and a black-on-white digit in it read as light ink, the paper then estimated as the strokes themselves.
     The fit is robust to such a box (its samples are few) and to a frame (edge_frame_depths). The ink is the
@@ -211,8 +211,7 @@ def ink_sign(image: np.ndarray, paper: np.ndarray | None = None) -> np.ndarray:
     times darker than its paper (or, in dark mode, many times lighter).
     """
     signs = []
-    papers = _channels(image if paper is None else paper)
-    for channel, paper_channel in zip(_channels(image), papers):
+    for channel, paper_channel in zip(_channels(image), _channels(paper)):
         level = float(np.median(border_band(paper_channel))) + 1.0
         sample = np.ascontiguousarray(channel[::2, ::2])  # a quarter of the pixels: enough for 0.2 % tails
         counts = np.cumsum(cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel())

@@ -132,11 +132,11 @@ def test_ink_sign_sees_dark_ink_even_where_the_shadow_is_the_larger_part(digits)
     coverage = written(digits[0])
     shade = cast_shadow(*coverage.shape, np.random.default_rng(8), depth=0.6, edge=2.0)
     picture = decode_image(encode(on(blank(coverage), coverage) * shade[:, :, None], "PNG"))
-    assert list(normalize.ink_sign(picture)) == [-1, -1, -1]
+    assert list(normalize.ink_sign(picture, normalize.quadratic_background(picture))) == [-1, -1, -1]
     dark_mode = decode_image(
         encode(on(np.full((*coverage.shape, 3), 30, np.float32), coverage, (240, 240, 240)), "PNG")
     )
-    assert list(normalize.ink_sign(dark_mode)) == [1, 1, 1]
+    assert list(normalize.ink_sign(dark_mode, normalize.quadratic_background(dark_mode))) == [1, 1, 1]
 
 
 def test_a_faint_shading_in_a_corner_is_not_part_of_the_digit(digits):
