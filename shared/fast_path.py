@@ -42,7 +42,6 @@ from shared.file_structure import png_chunks
 from shared.image_pipeline import to_mnist_array
 from shared.normalize import (
     BACKGROUND_FIT_ROUNDS,
-    FRAME_MIN_SPAN,
     KEEP_AREA_FRACTION,
     KEEP_BIG_FRACTION,
     KEEP_CONTRAST_FRACTION,
@@ -306,14 +305,12 @@ def batched_crops(ink: np.ndarray) -> list[np.ndarray | None]:
 
 
 def framed(labels: np.ndarray, stats: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
-    """(B,) bool: pictures with a box drawn around the digit (shared.normalize.frame_components), which the full
-    pipeline leaves out. Only pictures with several strokes, one of them spanning half the picture both ways, are
-    looked at, one by one: few are."""
+    """(B,) bool: pictures with a box or ring drawn around the digit (shared.normalize.frame_components), which the
+    full pipeline leaves out. Only pictures with several strokes are looked at, one by one."""
     height, width = labels.shape[1:]
     out = np.zeros(count, bool)
-    wide = (stats[:, 2] >= FRAME_MIN_SPAN * width) & (stats[:, 3] >= FRAME_MIN_SPAN * height)
     several = np.bincount(owner, minlength=count) >= 2
-    for b in np.flatnonzero(several & (np.bincount(owner, weights=wide, minlength=count) > 0)):
+    for b in np.flatnonzero(several):
         mine = np.flatnonzero(owner == b)  # its components; label = index + 1 in the batch's labelling
         local = np.zeros(len(stats) + 1, np.int32)
         local[mine + 1] = np.arange(1, len(mine) + 1)

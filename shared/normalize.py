@@ -73,9 +73,13 @@ KEEP_CONTRAST_FRACTION = 0.4  # ...but no mark less than this fraction as dark a
 MIN_DIGIT_SIDE = 5  # pixels at working resolution; a smaller blob is a speck, not a digit
 DIGIT_LEAST_FRACTION = 0.1  # of the picture's long side: the least a single digit sent alone is (ruled paper)
 SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark under 1/20 of the shorter side
-FRAME_MIN_SPAN = 0.5  # a box drawn around the digit spans at least half the picture both ways...
-FRAME_CORNER = 0.1  # ...and has ink within this fraction of its shorter side of each corner of its box...
-FRAME_CONTENT = 0.3  # ...around a mark at least this fraction of that side (a 0's dot is not a digit in a box)
+# A frame (frame_components) holds a mark at least FRAME_CONTENT of its box's shorter side (a 0's dot is not a digit
+# in a box) and either encloses it, or spans FRAME_MIN_SPAN of the picture both ways with ink within FRAME_CORNER of
+# its shorter side of each corner of its box (a box left open somewhere).
+FRAME_MIN_SPAN = 0.5
+FRAME_CORNER = 0.1
+FRAME_CONTENT = 0.3
+FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
@@ -998,10 +1002,12 @@ def digit_components(
 
 
 def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """(components,) bool: boxes drawn around the digit, as on a form, in a (H, W) map of `labels` with OpenCV's
-    `stats` (x, y, w, h, area). A frame spans FRAME_MIN_SPAN of the picture both ways, has ink in each corner of
-    its box (an oval 0 has none there) and holds a mark that can be a digit inside its box, FRAME_CONTENT of its
-    size and no speck (a rectangle alone, or around a dot, is what was drawn). The ruling search takes only lines
+    """(components,) bool: boxes and rings drawn around the digit, as on a form or to circle an answer, in a (H, W)
+    map of `labels` with OpenCV's `stats` (x, y, w, h, area). A frame holds a mark that can be a digit inside its
+    box, FRAME_CONTENT of its size and no speck (a rectangle alone, or around a dot, is what was drawn), and either
+    spans FRAME_MIN_SPAN of the picture both ways with ink in each corner of its box (a box left open somewhere),
+    or holds that mark wholly in a hole of its own (a closed box or ring, however small: an oval 0 has nothing
+    of that size inside it). The FRAME_CANDIDATES largest boxes are looked at. The ruling search takes only lines
     across most of a picture of 160 pixels or more, so a box around the digit was the digit (a 0) or part of it.
     """
     frames = np.zeros(len(stats), bool)
@@ -1009,17 +1015,31 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return frames
     shape = labels.shape
     x, y, w, h, area = (stats[:, i].astype(np.int64) for i in range(5))
+    right, bottom, side = x + w, y + h, np.maximum(w, h)
     wide = (w >= FRAME_MIN_SPAN * shape[1]) & (h >= FRAME_MIN_SPAN * shape[0])
-    wide[0] = False
-    for k in np.flatnonzero(wide):
-        inside = (x >= x[k]) & (y >= y[k]) & (x + w <= x[k] + w[k]) & (y + h <= y[k] + h[k]) & (area > 0)
+    for k in np.argsort(-(w * h)[1:], kind="stable")[:FRAME_CANDIDATES] + 1:
+        inside = (x >= x[k]) & (y >= y[k]) & (right <= right[k]) & (bottom <= bottom[k]) & (area > 0)
+        inside &= side >= max(speck_side(shape), FRAME_CONTENT * min(w[k], h[k]))
         inside[[0, k]] = False
-        if not (np.maximum(w, h)[inside] >= max(speck_side(shape), FRAME_CONTENT * min(w[k], h[k]))).any():
+        if not inside.any():
             continue
+        window = labels[y[k] : bottom[k], x[k] : right[k]]
+        box = window == k
         c = max(2, int(FRAME_CORNER * min(w[k], h[k])))
-        box = labels[y[k] : y[k] + h[k], x[k] : x[k] + w[k]] == k
-        frames[k] = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
+        if wide[k] and box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any():
+            frames[k] = True
+        else:
+            holes = enclosed(box)
+            frames[k] = any(holes[window == j].all() for j in np.flatnonzero(inside))
     return frames
+
+
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the pixels not in `mask` (h, w) bool that no 4-connected path of such pixels links to the
+    outside: the holes of a ring drawn in 8-connected ink."""
+    free = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(free, None, (0, 0), 0)  # the outside (padded all round, so one region) -> 0
+    return free[1:-1, 1:-1].astype(bool)
 
 
 def without_boxes(marks: np.ndarray) -> np.ndarray | None:

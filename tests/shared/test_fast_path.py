@@ -185,7 +185,16 @@ def test_two_strokes_where_the_larger_is_fainter_are_answered_as_the_full_pipeli
 
 
 @pytest.mark.parametrize(
-    "mark", ["line on the left edge", "line on the bottom edge", "faint blob", "faint edge blob", "box around it"]
+    "mark",
+    [
+        "line on the left edge",
+        "line on the bottom edge",
+        "faint blob",
+        "faint edge blob",
+        "box around it",
+        "ring around it",
+        "narrow box around it",
+    ],
 )
 def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_answered_otherwise(mnist, mark):
     """The full pipeline drops a thin line cut off by the picture's edge (a ruling, the sheet's edge), marks far
@@ -200,6 +209,11 @@ def test_what_the_full_pipeline_leaves_out_by_contrast_or_at_the_edge_is_not_ans
             image[27, 2:26] = 255
         elif mark == "box around it":
             image[1, 1:27] = image[26, 1:27] = image[1:27, 1] = image[1:27, 26] = 255
+        elif mark == "ring around it":  # clear of most digits' ink, which keeps to the middle 20x20
+            cv2.circle(image, (14, 14), 13, 255, 1)
+        elif mark == "narrow box around it":  # under half the picture wide: closed, so still a frame
+            image[:, :9] = image[:, 20:] = 0
+            image[1, 8:21] = image[26, 8:21] = image[1:27, 8] = image[1:27, 20] = 255
         elif mark == "faint blob":
             image[1:4, 1:4] = np.maximum(image[1:4, 1:4], 70)
         else:
