@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -52,6 +52,7 @@ from shared.normalize import (  # noqa: F401 - re-exported
     fit_in_box,
     ink_contrast,
     normalize_stroke_width,
+    sheet_in,
     strongest_and_weakest,
 )
 
@@ -68,6 +69,11 @@ COARSE_MIN_DIGIT = 2 * MNIST_BOX
 # line falls; the split ones came out too faint to keep, and a 4 without its bar read 1 (14 of 120 such pictures
 # wrong, none at full resolution). A smooth thin pen reads the same either way; photographed pens are wider.
 COARSE_MIN_STROKE = 4.0
+# A sheet lying on a desk is read without this much of its edge (of the square root of its area): a blend of desk and
+# paper, and the sheet's shadow, drawn like a frame.
+SHEET_EDGE = 0.02
+# ...and holds a digit at least this fraction of its side (the square root of its area), or it is no sheet.
+SHEET_MIN_DIGIT = 0.15
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,14 @@ class PipelineTrace:
     stroke_ratio: float  # stroke width / longer side of the digit, as measured before normalizing
     output: np.ndarray  # (28, 28) uint8
     scale: int = 1  # the stages ran on `image` shrunk by this factor (2: the coarse pass of trace_pipeline)
+    # Where `image` lies in the prepared picture, (x, y) in its pixels: a sheet lying on a desk (read_sheet) is read
+    # cut out of the picture.
+    origin: tuple[int, int] = (0, 0)
 
     def picture_window(self) -> tuple[int, int, int, int]:
         """The digit's window (x, y, width, height) in the prepared picture's pixels, whatever the scale."""
         x, y, w, h = self.region.window
-        return x * self.scale, y * self.scale, w * self.scale, h * self.scale
+        return x * self.scale + self.origin[0], y * self.scale + self.origin[1], w * self.scale, h * self.scale
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,7 +140,7 @@ def trace_pipeline(image: np.ndarray) -> PipelineTrace:
     """
     work = prepare_array(image)
     if not coarse_size(work.shape[:2]):
-        return trace_at(work, estimate_background(work))
+        return read_sheet(trace_at(work, estimate_background(work)), lambda: work)
     return trace_coarse_first(shrink_to(work, max(work.shape[:2]) // 2), lambda: work)
 
 
@@ -154,9 +163,40 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
     with contextlib.suppress(ImageRejected):
         trace = trace_at(half, paper, scale=2)
         if coarse_enough(trace):
-            return trace
+            return read_sheet(trace, full)
     work = full()
-    return trace_at(work, paper.at_size_of(work))
+    return read_sheet(trace_at(work, paper.at_size_of(work)), lambda: work)
+
+
+def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
+    """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
+    sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
+    out of the prepared picture `full()`: its bounding box, everything off the sheet or within SHEET_EDGE of its
+    side from its edge (the edge's blend of desk and paper, its shadow) painted the sheet's own colour. The sheet
+    must hold a digit SHEET_MIN_DIGIT of its side or larger; else (a filled rectangle drawn on a canvas, a bold
+    stroke) `trace` stands.
+    """
+    sheet = sheet_in(trace.region, trace.ink.shape)
+    if sheet is None:
+        return trace
+    work = full()
+    x, y, w, h = trace.picture_window()
+    if trace.scale != 1:
+        sheet = cv2.resize(sheet.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    side = float(np.sqrt(sheet.sum()))
+    margin = max(1, int(SHEET_EDGE * side))
+    inside = cv2.erode(sheet.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)).astype(bool)
+    if not inside.any():
+        return trace
+    cut = work[y : y + h, x : x + w].copy()
+    cut[~inside] = np.median(cut[inside], axis=0).astype(np.uint8)  # the sheet's colour: it is mostly paper
+    try:
+        inner = trace_at(cut, estimate_background(cut))
+    except ImageRejected:
+        return trace
+    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * side:
+        return trace
+    return replace(inner, origin=(x, y))
 
 
 def trace_at(work: np.ndarray, paper: Paper, scale: int = 1) -> PipelineTrace:

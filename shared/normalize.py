@@ -80,6 +80,14 @@ FRAME_MIN_SPAN = 0.5
 FRAME_CORNER = 0.1
 FRAME_CONTENT = 0.3
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
+# A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
+# least SHEET_MIN_AREA of the picture, its shape fills SHEET_MIN_RECT of its smallest rectangle, its strokes
+# SHEET_MIN_SOLID of its shape, and its outline is four straight sides within SHEET_STRAIGHT of its length.
+SHEET_MIN_PICTURE = 64
+SHEET_MIN_AREA = 0.08
+SHEET_MIN_RECT = 0.88
+SHEET_MIN_SOLID = 0.8
+SHEET_STRAIGHT = 0.02
 BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
@@ -578,6 +586,38 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     ruling = None if removed is None else removed[y0:y1, x0:x1]
     soft = soft_ink(ink[y0:y1, x0:x1], strokes, noise, threshold, ruling)
     return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
+
+
+def sheet_in(region: InkRegion, shape: tuple[int, int]) -> np.ndarray | None:
+    """Where the "digit" found may be the sheet the digit is written on, lying on something else (a sticky note or a
+    page on a desk, photographed from above; the desk was taken for the paper and the sheet for ink): (h, w) bool
+    over the region's window, the sheet with its holes filled; else None.
+
+    A sheet is a solid quadrilateral in a photo (SHEET_MIN_PICTURE pixels a side or more: a 28x28 picture is no
+    photo of a desk, and the fast path's pictures keep their answer). Its window covers SHEET_MIN_AREA of the
+    picture (of `shape` (H, W)); its shape fills SHEET_MIN_RECT of the smallest rectangle around it (seen at an
+    angle; a disc or a bold 0 fills pi/4 of it) and its strokes SHEET_MIN_SOLID of that shape (a digit's strokes,
+    however bold, leave more paper, and so does a box with a cross in it); its outline is four straight sides,
+    none of its points farther than SHEET_STRAIGHT of its length from them (a bold 8 in a heavy typeface is solid
+    and fills its rectangle too, but its outline is curved). Whether a digit is written on it is for the caller to
+    find (image_pipeline.read_sheet): a filled rectangle drawn on a canvas is a solid quadrilateral too.
+    """
+    _, _, w, h = region.window
+    if min(shape) < SHEET_MIN_PICTURE or w * h < SHEET_MIN_AREA * shape[0] * shape[1]:
+        return None
+    if region.strokes.mean() < SHEET_MIN_SOLID / 2:
+        return None  # cheap, and necessary: a quadrilateral fills at least half its window
+    sheet = region.strokes | enclosed(region.strokes)
+    area = float(sheet.sum())
+    if region.strokes.sum() < SHEET_MIN_SOLID * area:
+        return None
+    (_, (rect_w, rect_h), _) = cv2.minAreaRect(cv2.findNonZero(sheet.astype(np.uint8)))
+    if area < SHEET_MIN_RECT * rect_w * rect_h:
+        return None
+    contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = max(contours, key=cv2.contourArea)
+    corners = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
+    return sheet if len(corners) == 4 and cv2.isContourConvex(corners) else None
 
 
 def soft_ink(
