@@ -47,6 +47,7 @@ from shared.normalize import (  # noqa: F401 - re-exported
     Paper,
     centre_by_mass,
     channel_contrast,
+    cut_out_sheet,
     estimate_background,
     find_ink,
     fit_in_box,
@@ -69,10 +70,8 @@ COARSE_MIN_DIGIT = 2 * MNIST_BOX
 # line falls; the split ones came out too faint to keep, and a 4 without its bar read 1 (14 of 120 such pictures
 # wrong, none at full resolution). A smooth thin pen reads the same either way; photographed pens are wider.
 COARSE_MIN_STROKE = 4.0
-# A sheet lying on a desk is read without this much of its edge (of the square root of its area): a blend of desk and
-# paper, and the sheet's shadow, drawn like a frame.
-SHEET_EDGE = 0.02
-# ...and holds a digit at least this fraction of its side (the square root of its area), or it is no sheet.
+# A sheet lying on a desk (read_sheet) holds a digit at least this fraction of its side (the square root of its
+# area), or it is no sheet.
 SHEET_MIN_DIGIT = 0.15
 
 
@@ -171,30 +170,23 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
 def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
     sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
-    out of the prepared picture `full()`: its bounding box, everything off the sheet or within SHEET_EDGE of its
-    side from its edge (the edge's blend of desk and paper, its shadow) painted the sheet's own colour. The sheet
-    must hold a digit SHEET_MIN_DIGIT of its side or larger; else (a filled rectangle drawn on a canvas, a bold
-    stroke) `trace` stands.
+    out of the prepared picture `full()` (cut_out_sheet). The sheet must hold a digit SHEET_MIN_DIGIT of its side
+    or larger; else (a filled rectangle drawn on a canvas, a bold stroke) `trace` stands.
     """
-    sheet = sheet_in(trace.region, trace.ink.shape)
+    sheet = sheet_in(trace.region.strokes, trace.ink.shape)
     if sheet is None:
         return trace
-    work = full()
     x, y, w, h = trace.picture_window()
     if trace.scale != 1:
         sheet = cv2.resize(sheet.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    side = float(np.sqrt(sheet.sum()))
-    margin = max(1, int(SHEET_EDGE * side))
-    inside = cv2.erode(sheet.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)).astype(bool)
-    if not inside.any():
+    cut = cut_out_sheet(full(), sheet, x, y)
+    if cut is None:
         return trace
-    cut = work[y : y + h, x : x + w].copy()
-    cut[~inside] = np.median(cut[inside], axis=0).astype(np.uint8)  # the sheet's colour: it is mostly paper
     try:
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:
         return trace
-    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * side:
+    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()):
         return trace
     return replace(inner, origin=(x, y))
 

@@ -88,6 +88,7 @@ SHEET_MIN_AREA = 0.08
 SHEET_MIN_RECT = 0.88
 SHEET_MIN_SOLID = 0.8
 SHEET_STRAIGHT = 0.02
+SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square root of its area)
 BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
@@ -588,10 +589,11 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
     return InkRegion((x0, y0, x1 - x0, y1 - y0), strokes, soft, threshold)
 
 
-def sheet_in(region: InkRegion, shape: tuple[int, int]) -> np.ndarray | None:
+def sheet_in(strokes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """Where the "digit" found may be the sheet the digit is written on, lying on something else (a sticky note or a
-    page on a desk, photographed from above; the desk was taken for the paper and the sheet for ink): (h, w) bool
-    over the region's window, the sheet with its holes filled; else None.
+    page on a desk, photographed from above; the desk was taken for the paper and the sheet for ink), given the
+    stroke's pixels `strokes` (h, w) bool over its window: the same window's sheet with its holes filled (the
+    writing on it), else None.
 
     A sheet is a solid quadrilateral in a photo (SHEET_MIN_PICTURE pixels a side or more: a 28x28 picture is no
     photo of a desk, and the fast path's pictures keep their answer). Its window covers SHEET_MIN_AREA of the
@@ -600,16 +602,16 @@ def sheet_in(region: InkRegion, shape: tuple[int, int]) -> np.ndarray | None:
     however bold, leave more paper, and so does a box with a cross in it); its outline is four straight sides,
     none of its points farther than SHEET_STRAIGHT of its length from them (a bold 8 in a heavy typeface is solid
     and fills its rectangle too, but its outline is curved). Whether a digit is written on it is for the caller to
-    find (image_pipeline.read_sheet): a filled rectangle drawn on a canvas is a solid quadrilateral too.
+    find (image_pipeline.read_sheet, segment.read_number): a filled rectangle drawn on a canvas is a solid
+    quadrilateral too.
     """
-    _, _, w, h = region.window
-    if min(shape) < SHEET_MIN_PICTURE or w * h < SHEET_MIN_AREA * shape[0] * shape[1]:
+    if min(shape) < SHEET_MIN_PICTURE or strokes.size < SHEET_MIN_AREA * shape[0] * shape[1]:
         return None
-    if region.strokes.mean() < SHEET_MIN_SOLID / 2:
+    if strokes.mean() < SHEET_MIN_SOLID / 2:
         return None  # cheap, and necessary: a quadrilateral fills at least half its window
-    sheet = region.strokes | enclosed(region.strokes)
+    sheet = strokes | enclosed(strokes)
     area = float(sheet.sum())
-    if region.strokes.sum() < SHEET_MIN_SOLID * area:
+    if strokes.sum() < SHEET_MIN_SOLID * area:
         return None
     (_, (rect_w, rect_h), _) = cv2.minAreaRect(cv2.findNonZero(sheet.astype(np.uint8)))
     if area < SHEET_MIN_RECT * rect_w * rect_h:
@@ -618,6 +620,23 @@ def sheet_in(region: InkRegion, shape: tuple[int, int]) -> np.ndarray | None:
     outline = max(contours, key=cv2.contourArea)
     corners = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
     return sheet if len(corners) == 4 and cv2.isContourConvex(corners) else None
+
+
+def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.ndarray | None:
+    """The sheet (sheet_in) lying at (x, y) in the prepared picture `work` (H, W[, 3]), `sheet` (h, w) bool at its
+    resolution, cut out: its box, everything off it or within SHEET_EDGE of its side from its edge (the edge's
+    blend of desk and paper, its shadow) painted the sheet's own colour (the median of the rest: it is mostly
+    paper). None if nothing is left of it so far from its edge."""
+    margin = max(1, int(SHEET_EDGE * np.sqrt(sheet.sum())))
+    square = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+    # Off the picture is off the sheet: the sheet meets its box's sides, and its edge there must go too.
+    inside = cv2.erode(sheet.astype(np.uint8), square, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    if not inside.any():
+        return None
+    h, w = sheet.shape
+    cut = work[y : y + h, x : x + w].copy()
+    cut[~inside] = np.median(cut[inside], axis=0).astype(np.uint8)
+    return cut
 
 
 def soft_ink(

@@ -36,7 +36,7 @@ confident digit, but not the score of one digit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -46,6 +46,7 @@ from shared.normalize import (
     centre_by_mass,
     channel_contrast,
     connected_components,
+    cut_out_sheet,
     estimate_background,
     fit_in_box,
     ink_threshold,
@@ -53,6 +54,7 @@ from shared.normalize import (
     normalize_stroke_width,
     percentile_uint8,
     raise_blank,
+    sheet_in,
     soft_ink,
     strongest_and_weakest,
     without_ruling,
@@ -235,6 +237,41 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     work = prepare_array(image)
     ink, weakest = strongest_and_weakest(channel_contrast(work, estimate_background(work)))
     pieces = find_pieces(ink, weakest)
+    on_sheet = read_sheet(pieces, work, classify)
+    return on_sheet if on_sheet is not None else read_pieces(pieces, classify)
+
+
+def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> NumberReading | None:
+    """Where the largest piece is a sheet lying on a desk with the number written on it (shared.normalize.sheet_in:
+    a sticky note photographed from above, the desk taken for the paper), the number read on the sheet cut out of
+    the prepared picture `work` (cut_out_sheet), its boxes in `work`'s pixels; None where it is no sheet, or no
+    number is read there (a filled rectangle drawn on a canvas)."""
+    label = int(pieces.kept[0])
+    x, y, w, h = (int(v) for v in pieces.stats[label, :4])
+    sheet = sheet_in(pieces.labels[y : y + h, x : x + w] == label, pieces.ink.shape)
+    cut = None if sheet is None else cut_out_sheet(work, sheet, x, y)
+    if cut is None:
+        return None
+    try:
+        ink, weakest = strongest_and_weakest(channel_contrast(cut, estimate_background(cut)))
+        inner = read_pieces(find_pieces(ink, weakest), classify)
+    except ImageRejected:
+        return None
+
+    def moved(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        return box[0] + x, box[1] + y, box[2], box[3]
+
+    return replace(
+        inner,
+        digits=tuple(replace(d, box=moved(d.box)) for d in inner.digits),
+        separators=tuple(replace(s, box=moved(s.box)) for s in inner.separators),
+        work_size=(pieces.ink.shape[1], pieces.ink.shape[0]),
+    )
+
+
+def read_pieces(pieces: Pieces, classify: Classifier) -> NumberReading:
+    """The number written in a picture's pieces of ink (find_pieces): read_number's steps 2-7."""
+    ink = pieces.ink
     slant = estimate_slant(pieces)
     groups = group_pieces(pieces, slant)
     # Far too many groups of a digit's height: refused before the steps that weigh every pair of them (512 bars

@@ -352,7 +352,7 @@ def test_a_filled_rectangle_or_a_bold_digit_is_no_sheet():
     assert ip.to_mnist_array(block).mean() > 100  # the block, as before: not "no ink found" nor a speck inside it
     bold = np.full((300, 300), 255, np.uint8)
     cv2.putText(bold, "8", (60, 250), cv2.FONT_HERSHEY_SIMPLEX, 8.0, 0, 40)
-    assert normalize.sheet_in(ip.trace_pipeline(bold).region, (300, 300)) is None
+    assert normalize.sheet_in(ip.trace_pipeline(bold).region.strokes, (300, 300)) is None
 
 
 def test_a_filled_disc_that_comes_near_the_edge_all_round_is_no_frame():
