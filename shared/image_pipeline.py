@@ -73,6 +73,10 @@ COARSE_MIN_STROKE = 4.0
 # A sheet lying on a desk (read_sheet) holds a digit at least this fraction of its side (the square root of its
 # area), or it is no sheet.
 SHEET_MIN_DIGIT = 0.15
+# ...written with a pen: a "digit" found there bolder than this (stroke / its longer side) is the hole of a bold
+# solid shape (a square 0 whose hole is a fifth of it or less: 0.33), not a digit written on a sheet (at most 0.19
+# on notes of 160-290 px holding MNIST digits).
+SHEET_MAX_STROKE = 0.25
 
 
 @dataclass(frozen=True)
@@ -171,22 +175,26 @@ def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> Pipeline
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
     sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
     out of the prepared picture `full()` (cut_out_sheet). The sheet must hold a digit SHEET_MIN_DIGIT of its side
-    or larger; else (a filled rectangle drawn on a canvas, a bold stroke) `trace` stands.
+    or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle drawn on a canvas, a bold stroke,
+    a bold square 0 whose small hole would read as a 1) `trace` stands.
     """
     sheet = sheet_in(trace.region.strokes, trace.ink.shape)
     if sheet is None:
         return trace
+    work = full()
     x, y, w, h = trace.picture_window()
     if trace.scale != 1:
         sheet = cv2.resize(sheet.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    cut = cut_out_sheet(full(), sheet, x, y)
+        # Twice the half's window may pass the picture's edge by a pixel (the half was rounded up).
+        sheet = sheet[: work.shape[0] - y, : work.shape[1] - x]
+    cut = cut_out_sheet(work, sheet, x, y)
     if cut is None:
         return trace
     try:
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:
         return trace
-    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()):
+    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()) or inner.stroke_ratio > SHEET_MAX_STROKE:
         return trace
     return replace(inner, origin=(x, y))
 

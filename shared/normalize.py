@@ -79,6 +79,7 @@ SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark
 FRAME_MIN_SPAN = 0.5
 FRAME_CORNER = 0.1
 FRAME_CONTENT = 0.3
+RING_MIN_ROUND = 0.8  # a ring without corners is a frame if its box is this near a square
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 # A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
 # least SHEET_MIN_AREA of the picture, its shape fills SHEET_MIN_RECT of its smallest rectangle, its strokes
@@ -164,12 +165,30 @@ def estimate_background(image: np.ndarray) -> Paper:
     on_cells = cell_centres(grey_smooth, cell)
     if shadow_cells(cv2.absdiff(cells, on_cells) > SHADOW_CONTRAST) < SHADOW_FRACTION * cells.size:
         return Paper(smooth)
+    if lies_on_a_desk(grey, grey_smooth):  # a sheet with the desk all round it: the sheet is read on its own
+        return Paper(smooth)
     if image.ndim == 3:  # the ink's colour matters for its contrast: the local paper per channel
         sign = ink_sign(image, smooth)
         cells, _ = local_paper_cells(image, sign)
     else:
         sign = ink_sign(grey, grey_smooth)
     return Paper(local_background(image, cells, sign), sign)
+
+
+def lies_on_a_desk(grey: np.ndarray, grey_smooth: np.ndarray) -> bool:
+    """Whether the part of a (H, W) picture that differs most from its smooth paper `grey_smooth` (by SHADOW_CONTRAST)
+    is a sheet lying on a desk (sheet_in) with the desk all round it: a page photographed with the table showing
+    beyond its four sides. The local estimate took the sheet's edges for a shadow's and read them as strokes; the
+    desk is the paper, and the sheet is then cut out and read (image_pipeline.read_sheet). A shadow is cast from
+    outside the picture, so it reaches the edge."""
+    labels, stats = connected_components((cv2.absdiff(grey, grey_smooth) > SHADOW_CONTRAST).astype(np.uint8))
+    if len(stats) < 2:
+        return False
+    k = int(stats[1:, cv2.CC_STAT_AREA].argmax()) + 1
+    x, y, w, h = (int(v) for v in stats[k, :4])
+    if x == 0 or y == 0 or x + w == grey.shape[1] or y + h == grey.shape[0]:
+        return False
+    return sheet_in(labels[y : y + h, x : x + w] == k, grey.shape) is not None
 
 
 def cell_centres(image: np.ndarray, cell: int) -> np.ndarray:
@@ -613,10 +632,12 @@ def sheet_in(strokes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     area = float(sheet.sum())
     if strokes.sum() < SHEET_MIN_SOLID * area:
         return None
-    (_, (rect_w, rect_h), _) = cv2.minAreaRect(cv2.findNonZero(sheet.astype(np.uint8)))
+    contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # The outlines hold every corner of the pixels' convex hull: the same rectangle as over every pixel, whose tens of
+    # thousands on a sheet cost 2-10 ms there.
+    (_, (rect_w, rect_h), _) = cv2.minAreaRect(np.vstack(contours))
     if area < SHEET_MIN_RECT * rect_w * rect_h:
         return None
-    contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     outline = max(contours, key=cv2.contourArea)
     corners = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
     return sheet if len(corners) == 4 and cv2.isContourConvex(corners) else None
@@ -1065,8 +1086,10 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
     map of `labels` with OpenCV's `stats` (x, y, w, h, area). A frame holds a mark that can be a digit inside its
     box, FRAME_CONTENT of its size and no speck (a rectangle alone, or around a dot, is what was drawn), and either
     spans FRAME_MIN_SPAN of the picture both ways with ink in each corner of its box (a box left open somewhere),
-    or holds that mark wholly in a hole of its own (a closed box or ring, however small: an oval 0 has nothing
-    of that size inside it). The FRAME_CANDIDATES largest boxes are looked at. The ruling search takes only lines
+    or holds that mark wholly in a hole of its own: a closed box (ink in its corners), however small, or a ring
+    round enough to be drawn around something (RING_MIN_ROUND: a 0 is taller than wide, and one with a slash or
+    a long dot inside that does not touch it is a 0, not a circled 1). The FRAME_CANDIDATES largest boxes are
+    looked at. The ruling search takes only lines
     across most of a picture of 160 pixels or more, so a box around the digit was the digit (a 0) or part of it.
     """
     frames = np.zeros(len(stats), bool)
@@ -1085,11 +1108,13 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
         window = labels[y[k] : bottom[k], x[k] : right[k]]
         box = window == k
         c = max(2, int(FRAME_CORNER * min(w[k], h[k])))
-        if wide[k] and box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any():
+        cornered = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
+        if wide[k] and cornered:
             frames[k] = True
-        else:
-            holes = enclosed(box)
-            frames[k] = any(holes[window == j].all() for j in np.flatnonzero(inside))
+        elif cornered or min(w[k], h[k]) >= RING_MIN_ROUND * max(w[k], h[k]):
+            # A mark wholly in a hole has no pixel outside the holes: one count over the window for all of them.
+            outside = np.bincount(window[~enclosed(box)].ravel(), minlength=len(stats))
+            frames[k] = bool((outside[np.flatnonzero(inside)] == 0).any())
     return frames
 
 
