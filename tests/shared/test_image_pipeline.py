@@ -365,7 +365,7 @@ def test_a_bold_square_0_is_no_sheet_and_its_hole_no_digit(hole):
     zero[top:bottom, left:right] = 255
     trace = ip.trace_pipeline(zero)
     assert trace.origin == (0, 0)
-    x, y, w, h = trace.picture_window()
+    _, _, w, h = trace.picture_window()
     assert w > 110 and h > 170, trace.picture_window()
 
 
