@@ -28,9 +28,11 @@ from shared.cli import non_negative_int, positive_int
 
 from testkit.style_scores import Predict, StyleScore, evaluate_styles, format_report, missed_targets
 from testkit.user_images import (
+    ALL_STYLES,
     DRAWN_STYLES,
     PAPER_KINDS,
     PRINTED_STYLE,
+    SCENE_KINDS,
     UserImage,
     encode,
     make_printed_digits,
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "--styles",
         default="drawn,paper,printed",
         help="which groups: drawn (testkit/user_images.py's drawn styles), paper (ruled, squared, "
-        "shadows, pencil, specks, low resolution), printed; or style names, comma-separated",
+        "shadows, pencil, specks, low resolution), scenes (a box or ring round the digit, a note or page lying on "
+        "a desk; not asked for by default), printed; or style names, comma-separated",
     )
     parser.add_argument("--per-font", type=positive_int, default=20, help="printed digits per font (cycling 0..9)")
     parser.add_argument(
@@ -177,14 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     styles = [
         name
         for group in wanted
-        for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS}.get(group, [group])
+        for name in {"drawn": DRAWN_STYLES, "paper": PAPER_KINDS, "scenes": SCENE_KINDS}.get(group, [group])
         if name != "printed"
     ]
-    unknown = sorted(set(styles) - set(DRAWN_STYLES) - set(PAPER_KINDS))
+    unknown = sorted(set(styles) - set(ALL_STYLES))
     if unknown:
         parser.error(
-            f"--styles: unknown {', '.join(unknown)}; the groups are drawn, paper and printed, the styles "
-            f"{', '.join([*DRAWN_STYLES, *PAPER_KINDS])}"
+            f"--styles: unknown {', '.join(unknown)}; the groups are drawn, paper, scenes and printed, the styles "
+            f"{', '.join(ALL_STYLES)}"
         )
     pictures = (
         make_user_images(images, labels, per_style=args.per_style, seed=args.seed, styles=styles) if styles else []

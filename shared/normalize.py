@@ -79,6 +79,7 @@ SPECK_FRACTION = 0.05  # ...and, beside a line cut off by the edge, so is a mark
 FRAME_MIN_SPAN = 0.5
 FRAME_CORNER = 0.1
 FRAME_CONTENT = 0.3
+FRAME_MAX_SOLID = 0.5  # a frame is an outline: its ink at most this much of its shape with its holes filled
 RING_MIN_ROUND = 0.8  # a ring without corners is a frame if its box is this near a square
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 # A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
@@ -1089,7 +1090,8 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
     or holds that mark wholly in a hole of its own: a closed box (ink in its corners), however small, or a ring
     round enough to be drawn around something (RING_MIN_ROUND: a 0 is taller than wide, and one with a slash or
     a long dot inside that does not touch it is a 0, not a circled 1). The FRAME_CANDIDATES largest boxes are
-    looked at. The ruling search takes only lines
+    looked at, and only outlines (ink FRAME_MAX_SOLID of the shape at most: a sheet lying on a desk, a solid block
+    with the writing in its holes, is read by image_pipeline.read_sheet). The ruling search takes only lines
     across most of a picture of 160 pixels or more, so a box around the digit was the digit (a 0) or part of it.
     """
     frames = np.zeros(len(stats), bool)
@@ -1107,13 +1109,16 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
             continue
         window = labels[y[k] : bottom[k], x[k] : right[k]]
         box = window == k
+        holes = enclosed(box)
+        if area[k] > FRAME_MAX_SOLID * (area[k] + holes.sum()):
+            continue  # a solid block (a sheet lying on a desk, read by image_pipeline.read_sheet), no outline
         c = max(2, int(FRAME_CORNER * min(w[k], h[k])))
         cornered = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
         if wide[k] and cornered:
             frames[k] = True
         elif cornered or min(w[k], h[k]) >= RING_MIN_ROUND * max(w[k], h[k]):
             # A mark wholly in a hole has no pixel outside the holes: one count over the window for all of them.
-            outside = np.bincount(window[~enclosed(box)].ravel(), minlength=len(stats))
+            outside = np.bincount(window[~holes].ravel(), minlength=len(stats))
             frames[k] = bool((outside[np.flatnonzero(inside)] == 0).any())
     return frames
 

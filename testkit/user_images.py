@@ -539,6 +539,85 @@ def low_resolution(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return encode(enlarged, "PNG") if rng.uniform() < 0.5 else encode(enlarged, "JPEG", quality=85)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Scenes around the digit: a box or ring drawn round it, a sheet photographed lying on a desk
+
+
+def centred(digit: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The digit drawn 3/5 of a (side, side) canvas tall in its middle: (coverage (side, side) float32, the ink's box
+    (x0, y0, x1, y1) inclusive)."""
+    ink = draw_digit(digit, side * 3 // 5, None)
+    coverage = np.zeros((side, side), np.float32)
+    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+    coverage[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    ys, xs = np.nonzero(coverage > 0.5)
+    return coverage, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def boxed(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A box drawn a few pixels inside the picture's edge (a form's box, a border on a canvas), paper all round
+    outside it, clear of the digit. PNG, dark on white."""
+    side = int(pick(rng, [64, 100, 140, 200, 300, 500]))
+    coverage, _ = centred(digit, side)
+    width = int(rng.integers(1, max(2, side // 25) + 1))
+    inset = int(rng.integers((width + 1) // 2 + 1, max((width + 1) // 2 + 2, int(0.15 * side) - width + 1)))
+    frame = np.zeros((side, side), np.uint8)
+    cv2.rectangle(frame, (inset, inset), (side - 1 - inset, side - 1 - inset), 1, width)
+    return encode(paint(np.maximum(coverage, frame), (0, 0, 0), (255, 255, 255)), "PNG")
+
+
+def circled(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """The digit circled, as an answer is: a ring round it, drawn with the same pen, clear of it. PNG."""
+    side = int(pick(rng, [100, 160, 300]))
+    coverage, (x0, y0, x1, y1) = centred(digit, side)
+    pen = max(1, side // 60)
+    radius = int(rng.uniform(0.6, 0.68) * max(x1 - x0, y1 - y0)) + side // 40
+    ring = np.zeros((side, side), np.uint8)
+    while True:  # grown until it clears the digit: a ring through it is one stroke with it
+        ring[:] = 0
+        cv2.circle(ring, ((x0 + x1) // 2, (y0 + y1) // 2), radius, 1, pen)
+        if not (cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8)) & ring).any():
+            break
+        radius += 2
+    return encode(paint(np.maximum(coverage, ring), (20, 20, 60), (250, 250, 245)), "PNG")
+
+
+def on_a_desk(digit: np.ndarray, rng: np.random.Generator, page: bool) -> bytes:
+    """A phone photo from above of a sheet lying on a desk, the desk all round it: a sticky note 40-65 % of the
+    picture's height (`page` False) or a page 75-85 % of it, turned by up to 25 (5) degrees; JPEG."""
+    height, width = 480, 640
+    side = int(rng.uniform(0.75, 0.85) * height if page else rng.uniform(0.4, 0.65) * height)
+    paper = (240, 240, 235) if page else pick(rng, [(250, 235, 120), (250, 190, 200), (245, 245, 245), (190, 225, 250)])
+    desk = pick(rng, [(60, 45, 35), (110, 110, 115), (190, 160, 120), (35, 35, 40)])
+    coverage, _ = centred(digit, side)
+    photo = np.empty((height, width, 3), np.float32)
+    photo[:] = desk
+    photo += rng.standard_normal((height, width, 1), dtype=np.float32) * rng.uniform(2, 8)  # the desk's grain
+    top, left = (height - side) // 2 + int(rng.integers(-20, 21)), (width - side) // 2 + int(rng.integers(-40, 41))
+    photo[top : top + side, left : left + side] = paint(coverage, pick(rng, [(20, 20, 60), (30, 30, 30)]), paper)
+    turn = cv2.getRotationMatrix2D((left + side / 2, top + side / 2), rng.uniform(-1, 1) * (5 if page else 25), 1.0)
+    photo = cv2.warpAffine(photo, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.5, 1.0))
+    return encode(photo, "JPEG", quality=int(rng.integers(75, 93)))
+
+
+def note_on_desk(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    return on_a_desk(digit, rng, page=False)
+
+
+def page_on_table(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    return on_a_desk(digit, rng, page=True)
+
+
+# Not among the tests' styles (tests/inference/test_user_drawings.py); bench_user_images --styles scenes.
+SCENE_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "boxed": boxed,
+    "circled": circled,
+    "note_on_desk": note_on_desk,
+    "page_on_table": page_on_table,
+}
+
+
 PAPER_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "ruled": ruled_paper,
     "squared": squared_paper,
@@ -560,7 +639,7 @@ DRAWN_STYLES: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "dark_mode": dark_mode,
 }
 PRINTED_STYLE = "printed"
-ALL_STYLES = {**DRAWN_STYLES, **PAPER_KINDS}  # make_user_images(styles=PAPER_KINDS) for the paper kinds
+ALL_STYLES = {**DRAWN_STYLES, **PAPER_KINDS, **SCENE_KINDS}  # make_user_images(styles=PAPER_KINDS): the paper kinds
 
 
 def make_user_images(
