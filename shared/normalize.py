@@ -189,6 +189,13 @@ def lies_on_a_desk(grey: np.ndarray, grey_smooth: np.ndarray) -> bool:
     x, y, w, h = (int(v) for v in stats[k, :4])
     if x == 0 or y == 0 or x + w == grey.shape[1] or y + h == grey.shape[0]:
         return False
+    # A shadow reaching the edge besides the sheet (a phone's, over a dark card or a shadowed block round the digit):
+    # that shadow is what the local estimate is for.
+    left, top, right, bottom = stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2], stats[:, 1] + stats[:, 3]
+    edge = (left == 0) | (top == 0) | (right == grey.shape[1]) | (bottom == grey.shape[0])
+    edge[0] = False
+    if stats[edge, cv2.CC_STAT_AREA].sum() >= SHADOW_FRACTION * grey.size:
+        return False
     return sheet_in(labels[y : y + h, x : x + w] == k, grey.shape) is not None
 
 
