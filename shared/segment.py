@@ -244,10 +244,19 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
 def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> NumberReading | None:
     """Where the largest piece is a sheet lying on a desk with the number written on it (shared.normalize.sheet_in:
     a sticky note photographed from above, the desk taken for the paper), the number read on the sheet cut out of
-    the prepared picture `work` (cut_out_sheet), its boxes in `work`'s pixels; None where it is no sheet, or no
-    number is read there (a filled rectangle drawn on a canvas)."""
+    the prepared picture `work` (cut_out_sheet), its boxes in `work`'s pixels; None where it is no sheet, where
+    writing lies outside it (a number ending in a bold square 0: the block is a digit of it, found by a review), or
+    where no number is read on it (a filled rectangle drawn on a canvas)."""
     label = int(pieces.kept[0])
     x, y, w, h = (int(v) for v in pieces.stats[label, :4])
+    others = pieces.stats[pieces.kept[1:], :4]
+    if (
+        (others[:, 0] < x)
+        | (others[:, 1] < y)
+        | (others[:, 0] + others[:, 2] > x + w)
+        | (others[:, 1] + others[:, 3] > y + h)
+    ).any():
+        return None  # writing beside the block: the number is on the page, and the block is part of it (a bold 0)
     sheet = sheet_in(pieces.labels[y : y + h, x : x + w] == label, pieces.ink.shape)
     cut = None if sheet is None else cut_out_sheet(work, sheet, x, y)
     if cut is None:

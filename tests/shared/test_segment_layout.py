@@ -117,3 +117,20 @@ def test_a_number_on_a_note_lying_on_a_desk_is_read_on_the_note(number):
     assert len(found) == 4, found
     for (x, y, w, h), (fx, fy, fw, fh) in zip(expected, found):
         assert abs(fx - (x + 150)) <= 3 and abs(fy - (y + 100)) <= 3 and abs(fw - w) <= 4 and abs(fh - h) <= 4
+
+
+def test_a_number_beside_a_solid_block_is_not_read_on_the_block(number):
+    """A number ending in a bold square 0 (a solid block with a small hole): the block is a solid quadrilateral like
+    a note on a desk, but writing lies beside it, so the number is on the page and the block is one of its marks.
+    Read as a sheet, the number was its hole alone, one digit (found by a review)."""
+    coverage, expected = number
+    cut = PAD - 20  # a tight picture, where the block is a large part of it as a note on a desk is
+    x, y, w, h = expected[-1]
+    picture = np.pad(coverage[cut:-cut, cut : x + w + 30], ((0, 0), (0, 110)))
+    left, top = x + w + 30 - cut, y - 10 - cut
+    picture[top : top + h + 20, left : left + 80] = 1.0
+    picture[top + 30 : top + h - 10, left + 32 : left + 48] = 0.0  # a small hole: a bold square 0
+    found = boxes(on_paper(picture))
+    assert len(found) >= 4, found  # 7210 and the block's reading, not the hole alone
+    for (ex, ey, _, _), (fx, fy, _, _) in zip(expected, found):
+        assert abs(fx - (ex - cut)) <= 3 and abs(fy - (ey - cut)) <= 3, (expected, found)
