@@ -235,8 +235,7 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
     """A decoded picture (as decode_image returns it) -> the number written in it. ImageRejected when there is
     no digit, more than one line, or more than MAX_DIGITS digits, with what to send instead."""
     work = prepare_array(image)
-    ink, weakest = strongest_and_weakest(channel_contrast(work, estimate_background(work)))
-    pieces = find_pieces(ink, weakest)
+    pieces = pieces_in(work)
     on_sheet = read_sheet(pieces, work, classify)
     return on_sheet if on_sheet is not None else read_pieces(pieces, classify)
 
@@ -262,8 +261,7 @@ def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> Number
     if cut is None:
         return None
     try:
-        ink, weakest = strongest_and_weakest(channel_contrast(cut, estimate_background(cut)))
-        inner = read_pieces(find_pieces(ink, weakest), classify)
+        inner = read_pieces(pieces_in(cut), classify)
     except ImageRejected:
         return None
 
@@ -337,6 +335,11 @@ class Pieces:
     noise: float
     threshold: float
     ruling: np.ndarray | None = None  # (H, W) bool: the paper's lines taken out of the ink, if any
+
+
+def pieces_in(work: np.ndarray) -> Pieces:
+    """The pieces of ink (find_pieces) of a prepared picture (H, W[, 3]) uint8: its paper, then the ink's contrast."""
+    return find_pieces(*strongest_and_weakest(channel_contrast(work, estimate_background(work))))
 
 
 def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
