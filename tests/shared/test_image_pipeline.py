@@ -209,12 +209,8 @@ def test_a_frame_along_the_pictures_edge_is_not_taken_for_the_paper(digit, frame
 
 
 def centred_on_paper(digit: np.ndarray, side: int, ink=(0, 0, 0), paper=(255, 255, 255)) -> np.ndarray:
-    """The digit drawn 3/5 of a (side, side) picture tall, in its middle."""
-    ink_patch = ui.draw_digit(digit, side * 3 // 5, None)
-    coverage = np.zeros((side, side), np.float32)
-    top, left = (side - ink_patch.shape[0]) // 2, (side - ink_patch.shape[1]) // 2
-    coverage[top : top + ink_patch.shape[0], left : left + ink_patch.shape[1]] = ink_patch
-    return on_paper(coverage, ink, paper)
+    """The digit drawn 3/5 of a (side, side) picture tall, in its middle (testkit's `centred`)."""
+    return on_paper(ui.centred(digit, side)[0], ink, paper)
 
 
 @pytest.mark.parametrize("side", [28, 40, 64, 100, 200])
@@ -280,12 +276,6 @@ def test_a_box_drawn_around_the_digit_is_not_the_digit(test_digits, side, inset)
         assert similarity(to_mnist_array(boxed), to_mnist_array(picture)) > 0.95
 
 
-def ink_bounds(picture: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) of the dark ink of a (H, W, 3) picture of dark ink on white."""
-    ys, xs = np.nonzero(picture[..., 0] < 128)
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
 @pytest.mark.parametrize("side", [64, 100, 300])
 def test_a_ring_drawn_around_the_digit_is_not_the_digit(test_digits, side):
     """Circling the answer: a ring clear of the digit has nothing in its corners, so the rule for a box took it for
@@ -293,8 +283,8 @@ def test_a_ring_drawn_around_the_digit_is_not_the_digit(test_digits, side):
     kind read right). A closed ring or box that holds a digit-sized mark in its hole is a frame."""
     circled = 0
     for digit in test_digits[0][:16]:
-        picture = centred_on_paper(digit, side)
-        x0, y0, x1, y1 = ink_bounds(picture)
+        coverage, (x0, y0, x1, y1) = ui.centred(digit, side)
+        picture = on_paper(coverage)
         radius = int(0.62 * max(x1 - x0, y1 - y0) + side // 40)
         ring = np.full_like(picture, 255)
         cv2.circle(ring, ((x0 + x1) // 2, (y0 + y1) // 2), radius, (0, 0, 0), max(1, side // 60))
@@ -311,8 +301,8 @@ def test_a_box_drawn_close_around_a_narrow_digit_is_not_the_digit(test_digits, s
     0 around the 1. Closed around the digit, it is a frame whatever its size."""
     images, labels = test_digits
     for digit in images[labels == 1][:6]:
-        picture = centred_on_paper(digit, side)
-        x0, y0, x1, y1 = ink_bounds(picture)
+        coverage, (x0, y0, x1, y1) = ui.centred(digit, side)
+        picture = on_paper(coverage)
         gap = side // 20
         boxed = picture.copy()
         cv2.rectangle(boxed, (x0 - gap, y0 - gap), (x1 + gap, y1 + gap), (0, 0, 0), max(1, side // 60))
