@@ -567,15 +567,18 @@ def boxed(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 
 def circled(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    """The digit circled, as an answer is: a ring round it, drawn with the same pen, clear of it. PNG."""
+    """The digit circled, as an answer is: a ring round it, or an oval as tall as a ring and 0.55-1 as wide (half
+    the pictures), drawn with the same pen, clear of it. PNG."""
     side = int(pick(rng, [100, 160, 300]))
     coverage, (x0, y0, x1, y1) = centred(digit, side)
     pen = max(1, side // 60)
     radius = int(rng.uniform(0.6, 0.68) * max(x1 - x0, y1 - y0)) + side // 40
+    aspect = rng.uniform(0.55, 1.0) if rng.uniform() < 0.5 else 1.0
     ring = np.zeros((side, side), np.uint8)
     while True:  # grown until it clears the digit: a ring through it is one stroke with it
         ring[:] = 0
-        cv2.circle(ring, ((x0 + x1) // 2, (y0 + y1) // 2), radius, 1, pen)
+        axes = (max(int(aspect * radius), (x1 - x0) // 2 + pen), radius)
+        cv2.ellipse(ring, ((x0 + x1) // 2, (y0 + y1) // 2), axes, 0, 0, 360, 1, pen)
         if not (cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8)) & ring).any():
             break
         radius += 2
