@@ -53,7 +53,7 @@ from shared.onnx_model import export_onnx, verify_onnx
 from shared.resources import usable_cpus
 from shared.settings import Paths
 
-from trainer.augment import AugmentConfig, augment
+from trainer.augment import AugmentConfig, augment, slash_zeros
 from trainer.config import (
     DEFAULT_PUBLISH,
     VALIDATION_PICTURE_SEEDS,
@@ -443,7 +443,7 @@ def train_one_epoch(
         x = splits.train_x[idx].float().div_(255.0).unsqueeze(1)  # (B, 1, 28, 28) in [0, 1]
         y = splits.train_y[idx]
         if config.augment:
-            x = augment(x, augment_config, generator)
+            x = augment(slash_zeros(x, y, augment_config, generator), augment_config, generator)
         n_digits = len(y)
         # The negatives and typed digits of the whole step (every process takes n_digits digits), shared out among
         # the processes: each rounding its own share made 16 processes train on 2.5 times the typed digits asked.
