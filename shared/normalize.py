@@ -81,16 +81,18 @@ FRAME_CORNER = 0.1
 FRAME_CONTENT = 0.3
 FRAME_MAX_SOLID = 0.5  # a frame is an outline: its ink at most this much of its shape with its holes filled
 RING_MIN_ROUND = 0.8  # a ring without corners is a frame if its box is this near a square
-# A ring less round than that, down to OVAL_MIN_ROUND (a digit circled with an oval, its own shape), is one only
-# where the mark in its hole is as tall as a circled digit, OVAL_MIN_FILL of the hole's height, and is not a line
-# (its second moments' axes further apart than LINE_MAX_ELONGATION), or is an upright one (a 1: within
-# LINE_MAX_TILT degrees of vertical and OVAL_MIN_FILL_LINE of the hole): a 0 with a free slash or a long dot in it
-# stays a 0.
+# An oval taller than wide, less round than that down to OVAL_MIN_ROUND (a digit circled with an oval, its own
+# shape), is one only round a mark as tall as a circled digit, OVAL_MIN_FILL of the hole's height, and not a line,
+# or an upright line (a 1: within LINE_MAX_TILT degrees of vertical and OVAL_MIN_FILL_LINE of the hole) that keeps
+# LINE_MIN_GAP of the hole's height clear of the oval, as a circled 1 with room round it does and a 0's free slash
+# reaching across the 0 does not. A line is a mark whose second moments' minor axis is at most LINE_MAX_ELONGATION
+# of its major one (as standard deviations).
 OVAL_MIN_ROUND = 0.4
 OVAL_MIN_FILL = 0.6
 OVAL_MIN_FILL_LINE = 0.7
-LINE_MAX_ELONGATION = 0.25
+LINE_MAX_ELONGATION = 0.3
 LINE_MAX_TILT = 30.0
+LINE_MIN_GAP = 0.07
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 # A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
 # least SHEET_MIN_AREA of the picture, its shape fills SHEET_MIN_RECT of its smallest rectangle, its strokes
@@ -1105,9 +1107,9 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
     box, FRAME_CONTENT of its size and no speck (a rectangle alone, or around a dot, is what was drawn), and either
     spans FRAME_MIN_SPAN of the picture both ways with ink in each corner of its box (a box left open somewhere),
     or holds that mark wholly in a hole of its own: a closed box (ink in its corners), however small, a ring
-    round enough to be drawn around something (RING_MIN_ROUND), or an oval (OVAL_MIN_ROUND) round a mark that
-    is a circled digit, not a 0's slash or long dot (circled_in_oval: a 0 is taller than wide, and one with a
-    mark inside that does not touch it is a 0, not a circled 1). The FRAME_CANDIDATES largest boxes are
+    round enough to be drawn around something (RING_MIN_ROUND), or an oval taller than wide (OVAL_MIN_ROUND)
+    round a mark that is a circled digit, not a 0's slash or long dot (circled_in_oval: a 0 is taller than wide, and
+    one with a mark inside that does not touch it is a 0, not a circled 1). The FRAME_CANDIDATES largest boxes are
     looked at, and only outlines (ink FRAME_MAX_SOLID of the shape at most: a sheet lying on a desk, a solid block
     with the writing in its holes, is read by image_pipeline.read_sheet). The ruling search takes only lines
     across most of a picture of 160 pixels or more, so a box around the digit was the digit (a 0) or part of it.
@@ -1132,30 +1134,33 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
             continue  # a solid block (a sheet lying on a desk, read by image_pipeline.read_sheet), no outline
         c = max(2, int(FRAME_CORNER * min(w[k], h[k])))
         cornered = box[:c, :c].any() and box[:c, -c:].any() and box[-c:, :c].any() and box[-c:, -c:].any()
-        roundness = min(w[k], h[k]) / max(w[k], h[k])
+        round_ring = min(w[k], h[k]) >= RING_MIN_ROUND * max(w[k], h[k])
+        oval = not round_ring and OVAL_MIN_ROUND * h[k] <= w[k] < h[k]
         if wide[k] and cornered:
             frames[k] = True
-        elif cornered or roundness >= OVAL_MIN_ROUND:
+        elif cornered or round_ring or oval:
             # A mark wholly in a hole has no pixel outside the holes: one count over the window for all of them.
             outside = np.bincount(window[~holes].ravel(), minlength=len(stats))
             held = np.flatnonzero(inside)[outside[np.flatnonzero(inside)] == 0]
-            if cornered or roundness >= RING_MIN_ROUND:
+            if cornered or round_ring:
                 frames[k] = held.size > 0
             else:
                 rows = np.flatnonzero(holes.any(axis=1))
-                hole_height = rows[-1] - rows[0] + 1 if rows.size else 0
-                frames[k] = any(circled_in_oval(labels == j, stats[j], hole_height) for j in held)
+                hole_height = int(rows[-1] - rows[0] + 1) if rows.size else 0
+                frames[k] = any(circled_in_oval(window == j, box, hole_height) for j in held)
     return frames
 
 
-def circled_in_oval(mark: np.ndarray, box: np.ndarray, hole_height: int) -> bool:
-    """Whether the mark `mark` (H, W) bool with OpenCV's stats row `box` (x, y, w, h, area), held in the hole of an
-    oval `hole_height` pixels tall, is a digit circled by it rather than a 0's slash or dot: as tall as a circled
-    digit (OVAL_MIN_FILL of the hole) and not a line, or an upright line (a 1) nearly as tall as the hole."""
-    x, y, w, h = (int(v) for v in box[:4])
-    if h < OVAL_MIN_FILL * hole_height:
+def circled_in_oval(mark: np.ndarray, oval: np.ndarray, hole_height: int) -> bool:
+    """Whether `mark`, held in the hole of `oval` (both (h, w) bool over the oval's box; the hole `hole_height`
+    pixels tall), is a digit circled by it rather than a 0's slash or dot: as tall as a circled digit
+    (OVAL_MIN_FILL), and not a line (LINE_MAX_ELONGATION), or an upright one nearly as tall as the hole (a 1:
+    LINE_MAX_TILT, OVAL_MIN_FILL_LINE) that keeps LINE_MIN_GAP of the hole clear of the oval: a 0's free slash
+    runs across the 0, near the ring at both ends."""
+    ys, xs = np.nonzero(mark)
+    height = int(ys.max() - ys.min() + 1)
+    if height < OVAL_MIN_FILL * hole_height:
         return False
-    ys, xs = np.nonzero(mark[y : y + h, x : x + w])
     (var_y, cov), (_, var_x) = np.cov(np.stack([ys, xs]).astype(np.float64))
     # Eigenvalues of the 2x2 covariance: its principal axes' variances.
     mean, spread = (var_x + var_y) / 2, np.hypot((var_x - var_y) / 2, cov)
@@ -1163,7 +1168,10 @@ def circled_in_oval(mark: np.ndarray, box: np.ndarray, hole_height: int) -> bool
     if minor > LINE_MAX_ELONGATION**2 * major:
         return True
     tilt = abs(np.degrees(0.5 * np.arctan2(2 * cov, var_y - var_x)))  # of the major axis from vertical
-    return bool(tilt <= LINE_MAX_TILT and h >= OVAL_MIN_FILL_LINE * hole_height)
+    if tilt > LINE_MAX_TILT or height < OVAL_MIN_FILL_LINE * hole_height:
+        return False
+    clear = cv2.distanceTransform((~oval).astype(np.uint8), cv2.DIST_L2, 3)  # each pixel's distance to the oval
+    return bool(clear[ys, xs].min() >= LINE_MIN_GAP * hole_height)
 
 
 def enclosed(mask: np.ndarray) -> np.ndarray:

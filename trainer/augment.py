@@ -86,8 +86,9 @@ def slash_zeros(
     """Draw a slash across some of the 0s of a batch (N, 1, H, W) in [0, 1] with labels (N,): a 0 written as many
     people write it, to tell it from an O. MNIST has almost none, and the not-a-digit class learnt from the
     trainer's crossed-out digits and its theta that a ring with a line through it is no digit: 67 of 80 slashed
-    0s were flagged. The slash runs from above the ink's top right to below its bottom left, a pen of MNIST's
-    width, at a slant of its own; one distance-to-segment field for the whole batch, no per-image loop.
+    0s were flagged. The slash runs from near the ink's top right to near its bottom left (past the ring by up to
+    2.5 px or short of it by 1), a pen of MNIST's width, at a slant of its own; one distance-to-segment field for
+    the whole batch, no per-image loop. A 0 with no ink is left as it is.
     """
     n, _, h, w = images.shape
     dev = images.device
@@ -97,6 +98,7 @@ def slash_zeros(
 
     chosen = (uniform(0, 1) < cfg.slash_zero_prob) & (labels == 0).view(n, 1, 1)
     ink = images[:, 0] > 0.3  # (N, H, W)
+    chosen &= ink.flatten(1).any(1).view(n, 1, 1)
     ys = torch.arange(h, device=dev, dtype=images.dtype).view(1, h, 1)
     xs = torch.arange(w, device=dev, dtype=images.dtype).view(1, 1, w)
     rows, cols = ink.any(2, keepdim=True), ink.any(1, keepdim=True)  # (N, H, 1), (N, 1, W)
@@ -111,7 +113,7 @@ def slash_zeros(
     dx, dy = bx - ax, by - ay
     t = (((xs - ax) * dx + (ys - ay) * dy) / (dx * dx + dy * dy).clamp_min(1e-6)).clamp(0, 1)  # (N, H, W)
     distance = torch.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
-    line = (uniform(1.0, 1.8) + 0.5 - distance).clamp(0, 1)  # anti-aliased, 2-3.6 px wide
+    line = (uniform(1.0, 1.8) + 0.5 - distance).clamp(0, 1).to(images.dtype)  # anti-aliased, 2-3.6 px wide
     return torch.where(chosen.unsqueeze(1), torch.maximum(images, line.unsqueeze(1)), images)
 
 

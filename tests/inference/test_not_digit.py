@@ -288,7 +288,8 @@ def test_a_slashed_zero_is_read_as_a_zero_and_is_a_digit(trained_server, mnist):
         pictures.append(ui.encode(ui.paint(np.maximum(coverage, slash), (0, 0, 0), (255, 255, 255)), "PNG"))
     answers = [r.prediction for r in predict_batches(trained_server.stub, pictures)]
     read = [p.digit == 0 and p.is_digit for p in answers]
-    assert sum(read) >= 36, f"{sum(read)} of {len(read)} slashed 0s read as a 0 and a digit"
+    # 36 with the tests' model trained at stop 50, 6 with the one before: a floor with room for another training.
+    assert sum(read) >= 30, f"{sum(read)} of {len(read)} slashed 0s read as a 0 and a digit"
 
 
 def test_each_digit_read_number_reads_says_whether_it_is_a_digit(serve, tmp_path, mnist):

@@ -295,17 +295,22 @@ def test_a_ring_drawn_around_the_digit_is_not_the_digit(test_digits, side):
     assert circled >= 5
 
 
-@pytest.mark.parametrize("aspect", [0.5, 0.65, 0.75])
+@pytest.mark.parametrize("aspect", [0.6, 0.7])
 def test_a_digit_circled_with_an_oval_is_not_the_digit(test_digits, aspect):
     """Circling a digit with an oval, taller than wide as the digit is: a ring less round than RING_MIN_ROUND was
     taken for a 0 with a slash in it, and 44 to 88 of 100 such pictures read wrong (a scratch script, the tests'
-    model). An oval holding a mark as tall as a circled digit, not a line or an upright one, is a frame."""
-    side, circled = 160, 0
-    for digit in test_digits[0][:16]:
+    model). An oval round a mark as tall as a circled digit that is not a line, or is an upright line clear of the
+    oval (a 1), is a frame. The oval is drawn as testkit's circled draws it, with room round the digit. A slanted
+    1 so circled comes near the oval at its ends, as a 0's free slash comes near the 0, and stays a 0 (the test
+    below, and docs/pipeline.md): the 1s here are the upright one of the next test."""
+    side, circled = 200, 0
+    for digit, label in zip(*(d[:16] for d in test_digits)):
+        if label == 1:
+            continue
         coverage, (x0, y0, x1, y1) = ui.centred(digit, side)
         picture = on_paper(coverage)
         ink = cv2.dilate((picture[..., 0] < 250).astype(np.uint8), np.ones((3, 3)))
-        for b in range(int(0.6 * (y1 - y0)), side // 2, 2):  # grown until it clears the digit
+        for b in range(int(0.62 * (y1 - y0)) + side // 40, side // 2, 2):  # grown until it clears the digit
             a = max(int(aspect * b), (x1 - x0) // 2 + 4)
             oval = np.full_like(picture, 255)
             cv2.ellipse(oval, ((x0 + x1) // 2, (y0 + y1) // 2), (a, b), 0, 0, 360, (0, 0, 0), max(1, side // 60))
@@ -317,7 +322,17 @@ def test_a_digit_circled_with_an_oval_is_not_the_digit(test_digits, aspect):
             continue  # round enough to be a ring: the test above
         circled += 1
         assert similarity(to_mnist_array(np.minimum(picture, oval)), to_mnist_array(picture)) > 0.95
-    assert circled >= 3  # an oval of half its height clears only the narrow digits: the three 1s, a 9
+    assert circled >= 5
+
+
+@pytest.mark.parametrize("aspect", [0.4, 0.55, 0.7])
+def test_an_upright_1_circled_with_an_oval_is_not_the_digit(aspect):
+    """An upright 1 in an oval with room above and below it: a line, but clear of the oval, so a circled 1."""
+    one = np.full((300, 300), 255, np.uint8)
+    cv2.line(one, (150, 80), (150, 220), 0, 10)
+    plain = one.copy()
+    cv2.ellipse(one, (150, 150), (int(aspect * 100), 100), 0, 0, 360, 0, 6)
+    assert similarity(to_mnist_array(one), to_mnist_array(plain)) > 0.95
 
 
 @pytest.mark.parametrize("side", [64, 100, 300])
@@ -384,17 +399,25 @@ def test_a_bold_square_0_is_no_sheet_and_its_hole_no_digit(hole):
     assert w > 110 and h > 170, trace.picture_window()
 
 
-@pytest.mark.parametrize("slash", ["slash", "long dot"])
+@pytest.mark.parametrize("slash", ["slash", "long slash", "steep slash", "long dot", "fat long dot"])
 def test_a_0_with_a_mark_inside_that_does_not_touch_it_stays_a_0(slash):
-    """A slashed or dotted 0 whose inner mark stands free: a ring holding a digit-sized mark wholly in its hole, as a
-    circled 1 does, but a 0 is taller than wide and its mark is a line off the upright or a short one
-    (normalize.circled_in_oval), so it is the digit, not a frame around the mark (found by a review: read as a 1)."""
+    """A slashed or dotted 0 whose inner mark stands free: an oval holding a digit-sized mark wholly in its hole, as
+    a circled 1 does, but a 0 is taller than wide, and its mark is short, or a line that reaches near the ring
+    (normalize.circled_in_oval), so it is the digit, not a frame around the mark (found by two reviews: read as a
+    1; a slash 5 px longer at each end than the first was)."""
     zero = np.full((300, 300), 255, np.uint8)
     cv2.ellipse(zero, (150, 150), (60, 100), 0, 0, 360, 0, 14)
     if slash == "slash":
         cv2.line(zero, (175, 95), (125, 205), 0, 12)
-    else:
+    elif slash == "long slash":
+        cv2.line(zero, (177, 90), (123, 210), 0, 12)
+    elif slash == "steep slash":
+        cv2.line(zero, (165, 75), (135, 225), 0, 12)
+    elif slash == "long dot":
         cv2.ellipse(zero, (150, 150), (9, 30), 0, 0, 360, 0, -1)
+    else:
+        cv2.ellipse(zero, (150, 150), (16, 60), 0, 0, 360, 0, -1)
+    assert cv2.connectedComponents((zero < 128).astype(np.uint8))[0] == 3  # the ring and the mark, apart
     x, y, w, h = ip.trace_pipeline(zero).picture_window()
     assert w > 120 and h > 200, (x, y, w, h)  # the whole 0, not the mark inside it
 

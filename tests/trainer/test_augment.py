@@ -41,3 +41,13 @@ def test_no_zero_is_slashed_at_a_chance_of_nought_and_about_the_chance_given_oth
     changed = (slash_zeros(x, y, AugmentConfig(), generator) != x).flatten(1).any(1)
     share = float(changed.sum()) / float((y == 0).sum())
     assert 0.15 < share < 0.35, share  # the default chance, 0.25, of about 200 zeros
+
+
+def test_a_blank_zero_gets_no_slash_and_the_dtype_is_kept():
+    """A 0 with no ink (no box to draw across) is left blank; a bf16 batch comes back bf16."""
+    x = torch.zeros(4, 1, 28, 28)
+    y = torch.zeros(4, dtype=torch.long)
+    out = slash_zeros(x, y, AugmentConfig(slash_zero_prob=1.0), torch.Generator().manual_seed(0))
+    assert torch.equal(out, x)
+    half = slash_zeros(x.bfloat16(), y, AugmentConfig(slash_zero_prob=1.0), torch.Generator().manual_seed(0))
+    assert half.dtype == torch.bfloat16
