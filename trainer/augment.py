@@ -85,10 +85,10 @@ def slash_zeros(
 ) -> torch.Tensor:
     """Draw a slash across some of the 0s of a batch (N, 1, H, W) in [0, 1] with labels (N,): a 0 written as many
     people write it, to tell it from an O. MNIST has almost none, and the not-a-digit class learnt from the
-    trainer's crossed-out digits and its theta that a ring with a line through it is no digit: three seeds' models
-    flagged 148-182 of 200 slashed 0s. The slash runs from near the ink's top right to near its bottom left (past the ring by up to
-    2.5 px or short of it by 1), a pen of MNIST's width, at a slant of its own; one distance-to-segment field for
-    the whole batch, no per-image loop. A 0 with no ink is left as it is.
+    trainer's crossed-out digits and its theta that a ring with a line through it is no digit: three seeds'
+    models flagged 148-182 of 200 slashed 0s. The slash runs from near the ink's top right to near its bottom
+    left (past the ring by up to 2.5 px or short of it by 1), a pen of MNIST's width, at a slant of its own; one
+    distance-to-segment field for the whole batch, no per-image loop. A 0 with no ink is left as it is.
     """
     n, _, h, w = images.shape
     dev = images.device
