@@ -93,6 +93,7 @@ OVAL_MIN_FILL_LINE = 0.7
 LINE_MAX_ELONGATION = 0.3
 LINE_MAX_TILT = 30.0
 LINE_MIN_GAP = 0.07
+OVAL_MAX_SOLID = 0.7  # ...and a mark that is no line fills at most this of its box (a 0's big dot fills 0.78)
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 # A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
 # least SHEET_MIN_AREA of the picture, its shape fills SHEET_MIN_RECT of its smallest rectangle, its strokes
@@ -1154,9 +1155,9 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
 def circled_in_oval(mark: np.ndarray, oval: np.ndarray, hole_height: int) -> bool:
     """Whether `mark`, held in the hole of `oval` (both (h, w) bool over the oval's box; the hole `hole_height`
     pixels tall), is a digit circled by it rather than a 0's slash or dot: as tall as a circled digit
-    (OVAL_MIN_FILL), and not a line (LINE_MAX_ELONGATION), or an upright one nearly as tall as the hole (a 1:
-    LINE_MAX_TILT, OVAL_MIN_FILL_LINE) that keeps LINE_MIN_GAP of the hole clear of the oval: a 0's free slash
-    runs across the 0, near the ring at both ends."""
+    (OVAL_MIN_FILL), and strokes that are not a line (LINE_MAX_ELONGATION, OVAL_MAX_SOLID), or an upright line
+    nearly as tall as the hole (a 1: LINE_MAX_TILT, OVAL_MIN_FILL_LINE) that keeps LINE_MIN_GAP of the hole clear
+    of the oval: a 0's free slash runs across the 0, near the ring at both ends."""
     ys, xs = np.nonzero(mark)
     height = int(ys.max() - ys.min() + 1)
     if height < OVAL_MIN_FILL * hole_height:
@@ -1166,7 +1167,7 @@ def circled_in_oval(mark: np.ndarray, oval: np.ndarray, hole_height: int) -> boo
     mean, spread = (var_x + var_y) / 2, np.hypot((var_x - var_y) / 2, cov)
     major, minor = mean + spread, max(mean - spread, 0.0)
     if minor > LINE_MAX_ELONGATION**2 * major:
-        return True
+        return len(ys) <= OVAL_MAX_SOLID * height * int(xs.max() - xs.min() + 1)  # a digit's strokes, not a dot
     tilt = abs(np.degrees(0.5 * np.arctan2(2 * cov, var_y - var_x)))  # of the major axis from vertical
     if tilt > LINE_MAX_TILT or height < OVAL_MIN_FILL_LINE * hole_height:
         return False
