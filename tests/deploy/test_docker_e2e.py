@@ -267,7 +267,10 @@ def test_three_replicas_each_serve_calls_and_survive_a_client_run(stack, digit_f
         env={**env, "MNIST_CLIENT_DIR": str(folder)},
         timeout=120,
     )
-    assert len(re.findall(r"^digit\d+\.png: \d \(", result.stdout, re.M)) == len(files), result.stdout
+    # Every picture answered, a digit or "not a digit": the stack's model trains one epoch, which may flag a hard
+    # one (the 5 of digit8.png was, at stop 50); how well it reads is test_predict_and_evaluate_from_the_host's.
+    answered = re.findall(r"^digit\d+\.png: (?:\d|not a digit) \(", result.stdout, re.M)
+    assert len(answered) == len(files), result.stdout
     # `run` brought its dependency to the configured count, not down to one (the bug with `--scale`).
     replicas = containers("inference", env)
     assert len(replicas) == REPLICAS and all(c["State"] == "running" for c in replicas), replicas
