@@ -1142,7 +1142,8 @@ def frame_components(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
         elif cornered or round_ring or oval:
             # A mark wholly in a hole has no pixel outside the holes: one count over the window for all of them.
             outside = np.bincount(window[~holes].ravel(), minlength=len(stats))
-            held = np.flatnonzero(inside)[outside[np.flatnonzero(inside)] == 0]
+            candidates = np.flatnonzero(inside)
+            held = candidates[outside[candidates] == 0]
             if cornered or round_ring:
                 frames[k] = held.size > 0
             else:

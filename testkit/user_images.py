@@ -574,15 +574,35 @@ def circled(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     pen = max(1, side // 60)
     radius = int(rng.uniform(0.6, 0.68) * max(x1 - x0, y1 - y0)) + side // 40
     aspect = rng.uniform(0.55, 1.0) if rng.uniform() < 0.5 else 1.0
-    ring = np.zeros((side, side), np.uint8)
-    while True:  # grown until it clears the digit: a ring through it is one stroke with it
+    found = oval_clear_of(coverage, (x0, y0, x1, y1), radius, aspect, pen, widen=pen)
+    assert found is not None  # with no limit, it grows until it clears
+    return encode(paint(np.maximum(coverage, found[0]), (20, 20, 60), (250, 250, 245)), "PNG")
+
+
+def oval_clear_of(
+    coverage: np.ndarray,
+    box: tuple[int, int, int, int],
+    radius: int,
+    aspect: float,
+    pen: int,
+    widen: int,
+    limit: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """An oval drawn round the ink `coverage` (side, side) whose box is `box` (x0, y0, x1, y1), as a digit is
+    circled: (its mask (side, side) uint8, its half-axes (a, b)). Half as tall as `radius`, `aspect` as wide but at
+    least `widen` pixels wider than half the ink, with a pen of `pen` pixels; grown by 2 pixels at a time until it
+    clears the ink (a ring through it is one stroke with it). None if it reaches `limit` first."""
+    x0, y0, x1, y1 = box
+    ink = cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8))
+    ring = np.zeros_like(ink)
+    while limit is None or radius < limit:
         ring[:] = 0
-        axes = (max(int(aspect * radius), (x1 - x0) // 2 + pen), radius)
+        axes = (max(int(aspect * radius), (x1 - x0) // 2 + widen), radius)
         cv2.ellipse(ring, ((x0 + x1) // 2, (y0 + y1) // 2), axes, 0, 0, 360, 1, pen)
-        if not (cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8)) & ring).any():
-            break
+        if not (ink & ring).any():
+            return ring, axes
         radius += 2
-    return encode(paint(np.maximum(coverage, ring), (20, 20, 60), (250, 250, 245)), "PNG")
+    return None
 
 
 def on_a_desk(digit: np.ndarray, rng: np.random.Generator, page: bool) -> bytes:

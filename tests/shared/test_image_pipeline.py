@@ -307,21 +307,17 @@ def test_a_digit_circled_with_an_oval_is_not_the_digit(test_digits, aspect):
     for digit, label in zip(*(d[:24] for d in test_digits)):
         if label == 1:
             continue
-        coverage, (x0, y0, x1, y1) = ui.centred(digit, side)
-        picture = on_paper(coverage)
-        ink = cv2.dilate((picture[..., 0] < 250).astype(np.uint8), np.ones((3, 3)))
-        for b in range(int(0.62 * (y1 - y0)) + side // 40, side // 2, 2):  # grown until it clears the digit
-            a = max(int(aspect * b), (x1 - x0) // 2 + 4)
-            oval = np.full_like(picture, 255)
-            cv2.ellipse(oval, ((x0 + x1) // 2, (y0 + y1) // 2), (a, b), 0, 0, 360, (0, 0, 0), max(1, side // 60))
-            if not (ink & (oval[..., 0] < 250)).any():
-                break
-        else:
+        coverage, box = ui.centred(digit, side)
+        radius = int(0.62 * (box[3] - box[1])) + side // 40
+        found = ui.oval_clear_of(coverage, box, radius, aspect, max(1, side // 60), widen=4, limit=side // 2)
+        if found is None:
             continue  # no oval inside the picture clears it
+        oval, (a, b) = found
         if min(a, b) >= normalize.RING_MIN_ROUND * max(a, b):
             continue  # round enough to be a ring: the test above
         circled += 1
-        assert similarity(to_mnist_array(np.minimum(picture, oval)), to_mnist_array(picture)) > 0.95
+        picture, plain = on_paper(np.maximum(coverage, oval)), on_paper(coverage)
+        assert similarity(to_mnist_array(picture), to_mnist_array(plain)) > 0.95
     assert circled >= 5
 
 
