@@ -45,6 +45,7 @@ from shared.normalize import (  # noqa: F401 - re-exported
     STROKE_RATIO_TARGET,
     InkRegion,
     Paper,
+    box_through,
     centre_by_mass,
     channel_contrast,
     cut_out_sheet,
@@ -55,6 +56,7 @@ from shared.normalize import (  # noqa: F401 - re-exported
     normalize_stroke_width,
     sheet_in,
     strongest_and_weakest,
+    upright_sheet,
 )
 
 # A picture this large (long side, at working resolution) is read at half resolution first (trace_pipeline): the
@@ -91,14 +93,15 @@ class PipelineTrace:
     stroke_ratio: float  # stroke width / longer side of the digit, as measured before normalizing
     output: np.ndarray  # (28, 28) uint8
     scale: int = 1  # the stages ran on `image` shrunk by this factor (2: the coarse pass of trace_pipeline)
-    # Where `image` lies in the prepared picture, (x, y) in its pixels: a sheet lying on a desk (read_sheet) is read
-    # cut out of the picture.
-    origin: tuple[int, int] = (0, 0)
+    # Where `image` lies in the prepared picture: None where it is that picture (or its half), else the 2x3 affine
+    # map from its pixels to the picture's, for a sheet lying on a desk (read_sheet), cut out and maybe turned upright.
+    to_picture: np.ndarray | None = None
 
     def picture_window(self) -> tuple[int, int, int, int]:
-        """The digit's window (x, y, width, height) in the prepared picture's pixels, whatever the scale."""
-        x, y, w, h = self.region.window
-        return x * self.scale + self.origin[0], y * self.scale + self.origin[1], w * self.scale, h * self.scale
+        """The digit's window (x, y, width, height) in the prepared picture's pixels, whatever the scale (the box
+        holding it, for a sheet that was turned upright)."""
+        x, y, w, h = (v * self.scale for v in self.region.window)
+        return (x, y, w, h) if self.to_picture is None else box_through(self.to_picture, (x, y, w, h))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,9 +177,9 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
 def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
     sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
-    out of the prepared picture `full()` (cut_out_sheet). The sheet must hold a digit SHEET_MIN_DIGIT of its side
-    or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle drawn on a canvas, a bold stroke,
-    a bold square 0 whose small hole would read as a 1) `trace` stands.
+    out of the prepared picture `full()` (cut_out_sheet) and turned upright (upright_sheet). The sheet must hold a
+    digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle
+    drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace` stands.
     """
     sheet = sheet_in(trace.region.strokes, trace.ink.shape)
     if sheet is None:
@@ -190,13 +193,14 @@ def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> Pipeline
     cut = cut_out_sheet(work, sheet, x, y)
     if cut is None:
         return trace
+    cut, to_picture = upright_sheet(cut, sheet, x, y)
     try:
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:
         return trace
     if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()) or inner.stroke_ratio > SHEET_MAX_STROKE:
         return trace
-    return replace(inner, origin=(x, y))
+    return replace(inner, to_picture=to_picture)
 
 
 def trace_at(work: np.ndarray, paper: Paper, scale: int = 1) -> PipelineTrace:

@@ -29,7 +29,7 @@ from typing import NoReturn
 import cv2
 import numpy as np
 
-from shared.decode import ImageRejected, sample_grid
+from shared.decode import WORK_MAX_SIDE, ImageRejected, sample_grid
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants. The MNIST figures were measured on the 10,000 test digits (see docs/pipeline.md).
@@ -104,6 +104,12 @@ SHEET_MIN_RECT = 0.88
 SHEET_MIN_SOLID = 0.8
 SHEET_STRAIGHT = 0.02
 SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square root of its area)
+# A sheet turned by this many degrees or more is turned back upright before it is read (upright_sheet): what is
+# written on a note is written along its sides, so a note photographed askew holds a digit as askew (300 notes
+# turned by 25 / 35 / 40 degrees: 288 / 269 / 245 read right as they lay, 299 / 299 / 297 turned back). Under it,
+# within the rotations the network trains with (trainer/augment.py, 10 degrees), the sheet is read as it lies,
+# unresampled.
+SHEET_MIN_TURN = 10.0
 BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
@@ -679,6 +685,60 @@ def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.nda
     cut = work[y : y + h, x : x + w].copy()
     cut[~inside] = np.median(cut[inside], axis=0).astype(np.uint8)
     return cut
+
+
+def upright_sheet(cut: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cut-out sheet `cut` (h, w[, 3]) uint8 (cut_out_sheet of the sheet `sheet` (h, w) bool at (x, y) in the
+    prepared picture) turned back upright if it lies turned by SHEET_MIN_TURN degrees or more (sheet_turn): the
+    sheet's own upright box, no larger than the picture's working size (WORK_MAX_SIDE; a square note turned by 45
+    degrees fills a box twice its side), beyond the cut its border continued (the cut's border is the sheet's own
+    colour). Returns (the picture to read, the 2x3 affine map from its pixels to the prepared picture's:
+    box_through)."""
+    outline = sheet_outline(sheet)
+    turn = sheet_turn(outline)
+    if abs(turn) < SHEET_MIN_TURN:
+        return cut, np.array([[1.0, 0.0, x], [0.0, 1.0, y]])
+    forward = cv2.getRotationMatrix2D((0.0, 0.0), -turn, 1.0)  # (2, 3): cut -> upright, about the cut's origin
+    upright = outline @ forward[:, :2].T
+    low, size = upright.min(axis=0), upright.max(axis=0) - upright.min(axis=0) + 1  # the upright sheet's box
+    scale = min(1.0, WORK_MAX_SIDE / float(size.max()))
+    forward = np.hstack([scale * forward[:, :2], (-scale * low)[:, None]])
+    width, height = (int(v) for v in np.ceil(scale * size))
+    turned = cv2.warpAffine(cut, forward, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.invertAffineTransform(forward)
+    back[:, 2] += (x, y)
+    return turned, back
+
+
+def sheet_outline(sheet: np.ndarray) -> np.ndarray:
+    """(n, 2) float64: the x, y of the points on the outline of the sheet `sheet` (h, w) bool (its corners)."""
+    contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return np.vstack(contours).reshape(-1, 2).astype(np.float64)
+
+
+def sheet_turn(outline: np.ndarray) -> float:
+    """How far a sheet with the outline `outline` (sheet_outline) lies turned from upright, in degrees within
+    (-45, 45]: the angle of its smallest rectangle's sides, counter-clockwise as the picture shows it. A square note
+    turned by 50 degrees is one turned by -40: which side is its top, nothing here can tell."""
+    corners = cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32)))  # (4, 2): x, y
+    dx, dy = corners[1] - corners[0]
+    angle = float(np.degrees(np.arctan2(-dy, dx))) % 90.0  # y grows downwards: -dy is up
+    return angle - 90.0 if angle > 45.0 else angle
+
+
+def box_through(
+    affine: np.ndarray, box: tuple[int, int, int, int], within: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """The box (x, y, w, h) holding `box` (x, y, w, h) mapped by the 2x3 `affine` (upright_sheet's), inside a picture
+    of `within` (W, H) if given (a turned box's corners may pass the edge of a sheet that meets it)."""
+    x, y, w, h = box
+    corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]], np.float64) @ affine.T
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
+    if within is not None:
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, within[0]), min(y1, within[1])
+    return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
 
 
 def soft_ink(

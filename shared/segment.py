@@ -43,6 +43,7 @@ import numpy as np
 
 from shared.decode import ImageRejected, prepare_array
 from shared.normalize import (
+    box_through,
     centre_by_mass,
     channel_contrast,
     connected_components,
@@ -57,6 +58,7 @@ from shared.normalize import (
     sheet_in,
     soft_ink,
     strongest_and_weakest,
+    upright_sheet,
     without_ruling,
 )
 
@@ -243,9 +245,10 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
 def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> NumberReading | None:
     """Where the largest piece is a sheet lying on a desk with the number written on it (shared.normalize.sheet_in:
     a sticky note photographed from above, the desk taken for the paper), the number read on the sheet cut out of
-    the prepared picture `work` (cut_out_sheet), its boxes in `work`'s pixels; None where it is no sheet, where
-    writing lies outside it (a number ending in a bold square 0: the block is a digit of it, found by a review), or
-    where no number is read on it (a filled rectangle drawn on a canvas)."""
+    the prepared picture `work` (cut_out_sheet) and turned upright (upright_sheet), its boxes in `work`'s pixels
+    (the box holding each, on a turned sheet); None where it is no sheet, where writing lies outside it (a number
+    ending in a bold square 0: the block is a digit of it, found by a review), or where no number is read on it (a
+    filled rectangle drawn on a canvas)."""
     label = int(pieces.kept[0])
     x, y, w, h = (int(v) for v in pieces.stats[label, :4])
     others = pieces.stats[pieces.kept[1:], :4]
@@ -257,22 +260,22 @@ def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> Number
     ).any():
         return None  # writing beside the block: the number is on the page, and the block is part of it (a bold 0)
     sheet = sheet_in(pieces.labels[y : y + h, x : x + w] == label, pieces.ink.shape)
-    cut = None if sheet is None else cut_out_sheet(work, sheet, x, y)
+    if sheet is None:
+        return None
+    cut = cut_out_sheet(work, sheet, x, y)
     if cut is None:
         return None
+    cut, to_work = upright_sheet(cut, sheet, x, y)
     try:
         inner = read_pieces(pieces_in(cut), classify)
     except ImageRejected:
         return None
-
-    def moved(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        return box[0] + x, box[1] + y, box[2], box[3]
-
+    size = (pieces.ink.shape[1], pieces.ink.shape[0])
     return replace(
         inner,
-        digits=tuple(replace(d, box=moved(d.box)) for d in inner.digits),
-        separators=tuple(replace(s, box=moved(s.box)) for s in inner.separators),
-        work_size=(pieces.ink.shape[1], pieces.ink.shape[0]),
+        digits=tuple(replace(d, box=box_through(to_work, d.box, size)) for d in inner.digits),
+        separators=tuple(replace(s, box=box_through(to_work, s.box, size)) for s in inner.separators),
+        work_size=size,
     )
 
 

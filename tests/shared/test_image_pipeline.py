@@ -358,16 +358,68 @@ def note_on_desk(digit: np.ndarray, side: int, angle: float, note=(250, 235, 120
     return cv2.warpAffine(photo, turn, (640, 480), flags=cv2.INTER_LINEAR, borderValue=desk)
 
 
-@pytest.mark.parametrize("side, angle", [(160, 0), (290, 0), (200, 15), (290, -25)])
+@pytest.mark.parametrize("side, angle", [(160, 0), (290, 0), (200, 15), (290, -25), (240, 35), (200, -40)])
 def test_a_note_lying_on_a_desk_is_the_paper_not_the_digit(test_digits, side, angle):
     """A sticky note photographed on a desk: the paper found along the border was the desk, so the note was the
     "ink" and the digit a hole in it; the 28x28 digit came out a filled square (7-9 of 60 notes of this kind read
-    right, with the tests' model). The note is now read on its own (image_pipeline.read_sheet), as the digit
-    written on plain paper of its colour would be."""
+    right, with the tests' model). The note is now read on its own (image_pipeline.read_sheet), turned back upright
+    (normalize.upright_sheet: notes turned by 35 degrees read 51-52 of 60 before, 60 now), as the digit written
+    upright on plain paper of its colour would be."""
+    alike = []
     for digit in test_digits[0][:6]:
         on_a_desk = to_mnist_array(note_on_desk(digit, side, angle))
-        plain = to_mnist_array(note_on_desk(digit, side, angle, desk=(250, 235, 120)))  # a desk of the note's colour
-        assert similarity(on_a_desk, plain) > 0.9
+        plain = to_mnist_array(note_on_desk(digit, side, 0, desk=(250, 235, 120)))  # upright, a desk of its colour
+        alike.append(similarity(on_a_desk, plain))
+    # Turned twice (the photo, then back) a thin 1 or 4 loses a little: 0.90-0.92 at worst, most 0.99 or more. Read
+    # as it lay, a note turned by 15 degrees gave 0.46-0.85 (mean 0.60).
+    assert min(alike) > 0.85 and np.mean(alike) > 0.95, alike
+
+
+def note_with_digit_in_a_corner(digit: np.ndarray | None, angle: float) -> np.ndarray:
+    """A (480, 640, 3) photo of a 260 px note on a dark desk, turned by `angle` degrees, with `digit` written 110 px
+    tall near its top left corner (None: the note alone)."""
+    note = np.full((260, 260, 3), (250, 235, 120), np.float32)
+    if digit is not None:
+        ink = cv2.resize(digit, (110, 110)).astype(np.float32)[..., None] / 255
+        note[15:125, 15:125] = note[15:125, 15:125] * (1 - ink) + np.float32((20, 20, 60)) * ink
+    photo = np.full((480, 640, 3), (60, 45, 35), np.uint8)
+    photo[110:370, 190:450] = np.clip(note + 0.5, 0, 255).astype(np.uint8)
+    turn = cv2.getRotationMatrix2D((320, 240), angle, 1.0)
+    return cv2.warpAffine(photo, turn, (640, 480), flags=cv2.INTER_LINEAR, borderValue=(60, 45, 35))
+
+
+@pytest.mark.parametrize("angle", [-40, -20, 30])
+def test_the_digit_on_a_turned_note_is_read_upright_and_found_where_it_lies(test_digits, angle):
+    """A digit written near a corner of a turned note: the note is turned back upright whole (none of it cut off),
+    the digit read as it is upright, and its window, mapped back into the photo's pixels, holds all its ink."""
+    for digit in test_digits[0][:3]:
+        photo = note_with_digit_in_a_corner(digit, angle)
+        trace = ip.trace_pipeline(photo)
+        assert trace.to_picture is not None  # read on the sheet, turned
+        upright = ip.trace_pipeline(note_with_digit_in_a_corner(digit, 0))
+        assert similarity(trace.output, upright.output) > 0.85
+        ink = np.abs(photo.astype(int) - note_with_digit_in_a_corner(None, angle)).max(axis=2) > 60
+        ys, xs = np.nonzero(ink)
+        x, y, w, h = trace.picture_window()
+        assert x <= xs.min() and xs.max() < x + w and y <= ys.min() and ys.max() < y + h, (x, y, w, h, angle)
+        assert max(w, h) < 200  # the box holding the turned digit (110 px: 156 at 45 degrees), not the note (260)
+
+
+def test_a_large_turned_sheet_is_read_within_the_working_size():
+    """A square note 700 px a side turned by 44 degrees in a 1024 px photo: turned upright on a canvas the size of the
+    note's own box (the turned cut's box would be twice its side, 1,400 px: above WORK_MAX_SIDE, which every stage
+    and the memory figures count on), and no larger than WORK_MAX_SIDE."""
+    sheet = np.zeros((1024, 1024), np.uint8)
+    corners = cv2.boxPoints(((512.0, 512.0), (700.0, 700.0), 44.0)).astype(np.int32)
+    cv2.fillConvexPoly(sheet, corners, 1)
+    x, y, w, h = cv2.boundingRect(sheet)
+    cut = np.full((h, w, 3), 230, np.uint8)
+    turned, back = normalize.upright_sheet(cut, sheet[y : y + h, x : x + w].astype(bool), x, y)
+    assert max(turned.shape[:2]) <= decode.WORK_MAX_SIDE
+    assert min(turned.shape[:2]) >= 690 and max(turned.shape[:2]) <= 715, turned.shape
+    # The upright canvas's centre is the note's centre in the photo.
+    centre = back @ ((turned.shape[1] - 1) / 2, (turned.shape[0] - 1) / 2, 1)
+    assert np.abs(centre - 512).max() < 3, centre
 
 
 def test_a_filled_rectangle_or_a_bold_digit_is_no_sheet():
@@ -390,7 +442,7 @@ def test_a_bold_square_0_is_no_sheet_and_its_hole_no_digit(hole):
     top, bottom, left, right = hole
     zero[top:bottom, left:right] = 255
     trace = ip.trace_pipeline(zero)
-    assert trace.origin == (0, 0)
+    assert trace.to_picture is None  # the picture itself, not a sheet cut out of it
     _, _, w, h = trace.picture_window()
     assert w > 110 and h > 170, trace.picture_window()
 
