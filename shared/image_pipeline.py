@@ -198,7 +198,9 @@ def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> Pipeline
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:
         return trace
-    if max(inner.region.window[2:]) < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()) or inner.stroke_ratio > SHEET_MAX_STROKE:
+    # The digit's size in the picture's pixels (a sheet longer than WORK_MAX_SIDE upright is read shrunk).
+    size = max(inner.region.window[2:]) * np.sqrt(abs(np.linalg.det(to_picture[:, :2])))
+    if size < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()) or inner.stroke_ratio > SHEET_MAX_STROKE:
         return trace
     return replace(inner, to_picture=to_picture)
 

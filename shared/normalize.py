@@ -106,7 +106,7 @@ SHEET_STRAIGHT = 0.02
 SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square root of its area)
 # A sheet turned by this many degrees or more is turned back upright before it is read (upright_sheet): what is
 # written on a note is written along its sides, so a note photographed askew holds a digit as askew (300 notes
-# turned by 25 / 35 / 40 degrees: 288 / 269 / 245 read right as they lay, 299 / 299 / 297 turned back). Under it,
+# turned by -25 / 35 / -40 degrees: 288 / 269 / 245 read right as they lay, 299 / 299 / 297 turned back). Under it,
 # within the rotations the network trains with (trainer/augment.py, 10 degrees), the sheet is read as it lies,
 # unresampled.
 SHEET_MIN_TURN = 10.0
@@ -690,8 +690,8 @@ def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.nda
 def upright_sheet(cut: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
     """The cut-out sheet `cut` (h, w[, 3]) uint8 (cut_out_sheet of the sheet `sheet` (h, w) bool at (x, y) in the
     prepared picture) turned back upright if it lies turned by SHEET_MIN_TURN degrees or more (sheet_turn): the
-    sheet's own upright box, no larger than the picture's working size (WORK_MAX_SIDE; a square note turned by 45
-    degrees fills a box twice its side), beyond the cut its border continued (the cut's border is the sheet's own
+    sheet's own upright box, shrunk to the picture's working size (WORK_MAX_SIDE) if it is longer (a long strip
+    lying along the picture's diagonal), beyond the cut its border continued (the cut's border is the sheet's own
     colour). Returns (the picture to read, the 2x3 affine map from its pixels to the prepared picture's:
     box_through)."""
     outline = sheet_outline(sheet)

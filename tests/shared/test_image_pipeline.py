@@ -370,7 +370,7 @@ def test_a_note_lying_on_a_desk_is_the_paper_not_the_digit(test_digits, side, an
         on_a_desk = to_mnist_array(note_on_desk(digit, side, angle))
         plain = to_mnist_array(note_on_desk(digit, side, 0, desk=(250, 235, 120)))  # upright, a desk of its colour
         alike.append(similarity(on_a_desk, plain))
-    # Turned twice (the photo, then back) a thin 1 or 4 loses a little: 0.90-0.92 at worst, most 0.99 or more. Read
+    # Turned twice (the photo, then back) a thin 1 or 4 loses a little: 0.88 at worst, most 0.99 or more. Read
     # as it lay, a note turned by 15 degrees gave 0.46-0.85 (mean 0.60).
     assert min(alike) > 0.85 and np.mean(alike) > 0.95, alike
 
@@ -401,23 +401,48 @@ def test_the_digit_on_a_turned_note_is_read_upright_and_found_where_it_lies(test
         ink = np.abs(photo.astype(int) - note_with_digit_in_a_corner(None, angle)).max(axis=2) > 60
         ys, xs = np.nonzero(ink)
         x, y, w, h = trace.picture_window()
-        assert x <= xs.min() and xs.max() < x + w and y <= ys.min() and ys.max() < y + h, (x, y, w, h, angle)
+        # Within 2 px: the faintest edge of the ink here may fall either side of the pipeline's threshold.
+        assert x - 2 <= xs.min() and xs.max() < x + w + 2 and y - 2 <= ys.min() and ys.max() < y + h + 2, angle
         assert max(w, h) < 200  # the box holding the turned digit (110 px: 156 at 45 degrees), not the note (260)
 
 
-def test_a_large_turned_sheet_is_read_within_the_working_size():
-    """A square note 700 px a side turned by 44 degrees in a 1024 px photo: turned upright on a canvas the size of the
-    note's own box (the turned cut's box would be twice its side, 1,400 px: above WORK_MAX_SIDE, which every stage
-    and the memory figures count on), and no larger than WORK_MAX_SIDE."""
-    sheet = np.zeros((1024, 1024), np.uint8)
-    corners = cv2.boxPoints(((512.0, 512.0), (700.0, 700.0), 44.0)).astype(np.int32)
-    cv2.fillConvexPoly(sheet, corners, 1)
+def turned_sheet(side: tuple[int, int], angle: float, picture: int) -> tuple[np.ndarray, int, int]:
+    """A sheet `side` (w, h) px turned by `angle` degrees in the middle of a square picture `picture` px a side, as
+    read_sheet hands it to upright_sheet: (the sheet (h, w) bool over its box, the box's x, y)."""
+    sheet = np.zeros((picture, picture), np.uint8)
+    centre = (picture / 2, picture / 2)
+    cv2.fillConvexPoly(sheet, cv2.boxPoints((centre, side, -angle)).astype(np.int32), 1)  # OpenCV: clockwise
     x, y, w, h = cv2.boundingRect(sheet)
-    cut = np.full((h, w, 3), 230, np.uint8)
-    turned, back = normalize.upright_sheet(cut, sheet[y : y + h, x : x + w].astype(bool), x, y)
+    return sheet[y : y + h, x : x + w].astype(bool), x, y
+
+
+@pytest.mark.parametrize("angle, turned", [(8, False), (-9, False), (12, True), (-30, True), (44, True)])
+def test_a_sheet_is_turned_upright_only_past_the_rotations_the_network_trains_with(angle, turned):
+    """Under SHEET_MIN_TURN degrees a sheet is read as it lies, its own pixels, not resampled; past it, it is
+    turned back by its own angle, onto a canvas the size of the sheet upright."""
+    sheet, x, y = turned_sheet((300, 200), angle, 640)
+    assert normalize.sheet_turn(normalize.sheet_outline(sheet)) == pytest.approx(angle, abs=1.0)
+    cut = np.full((*sheet.shape, 3), 230, np.uint8)
+    picture, back = normalize.upright_sheet(cut, sheet, x, y)
+    if not turned:
+        assert picture is cut and np.array_equal(back, [[1, 0, x], [0, 1, y]])
+    else:
+        assert sorted(picture.shape[:2]) == pytest.approx([200, 300], abs=4)
+        assert np.degrees(np.arctan2(back[1, 0], back[0, 0])) == pytest.approx(-angle, abs=1.0)
+
+
+@pytest.mark.parametrize("side, angle", [((700, 700), 44), ((1030, 400), 43)])
+def test_a_large_turned_sheet_is_read_within_the_working_size(side, angle):
+    """A turned sheet is read on a canvas the size of its own upright box (the box of the turned cut, as first
+    written, was 1.4 times a square note's side at 44 degrees: 1,383 px for a 700 px note in a 1,024 px photo, above
+    the WORK_MAX_SIDE every stage and the memory figures count on), and one longer than WORK_MAX_SIDE upright (a
+    long strip lying along the picture's diagonal) is shrunk to it. The canvas's centre maps to the sheet's."""
+    sheet, x, y = turned_sheet(side, angle, 1024)
+    cut = np.full((*sheet.shape, 3), 230, np.uint8)
+    turned, back = normalize.upright_sheet(cut, sheet, x, y)
+    scale = min(1.0, decode.WORK_MAX_SIDE / max(side))
     assert max(turned.shape[:2]) <= decode.WORK_MAX_SIDE
-    assert min(turned.shape[:2]) >= 690 and max(turned.shape[:2]) <= 715, turned.shape
-    # The upright canvas's centre is the note's centre in the photo.
+    assert sorted(turned.shape[:2]) == pytest.approx(sorted(scale * np.array(side)), abs=5), turned.shape
     centre = back @ ((turned.shape[1] - 1) / 2, (turned.shape[0] - 1) / 2, 1)
     assert np.abs(centre - 512).max() < 3, centre
 
