@@ -54,6 +54,7 @@ from shared.normalize import (  # noqa: F401 - re-exported
     fit_in_box,
     ink_contrast,
     normalize_stroke_width,
+    scale_at,
     sheet_in,
     strongest_and_weakest,
     upright_sheet,
@@ -93,8 +94,9 @@ class PipelineTrace:
     stroke_ratio: float  # stroke width / longer side of the digit, as measured before normalizing
     output: np.ndarray  # (28, 28) uint8
     scale: int = 1  # the stages ran on `image` shrunk by this factor (2: the coarse pass of trace_pipeline)
-    # Where `image` lies in the prepared picture: None where it is that picture (or its half), else the 2x3 affine
-    # map from its pixels to the picture's, for a sheet lying on a desk (read_sheet), cut out and maybe turned upright.
+    # Where `image` lies in the prepared picture: None where it is that picture (or its half), else the 3x3 map from
+    # its pixels to the picture's, for a sheet lying on a desk (read_sheet), cut out and maybe turned upright or
+    # squared (seen at an angle).
     to_picture: np.ndarray | None = None
 
     def picture_window(self) -> tuple[int, int, int, int]:
@@ -177,7 +179,7 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
 def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
     sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
-    out of the prepared picture `full()` (cut_out_sheet) and turned upright (upright_sheet). The sheet must hold a
+    out of the prepared picture `full()` (cut_out_sheet), upright and square (upright_sheet). The sheet must hold a
     digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle
     drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace` stands.
     """
@@ -198,8 +200,10 @@ def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> Pipeline
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:
         return trace
-    # The digit's size in the picture's pixels (a sheet longer than WORK_MAX_SIDE upright is read shrunk).
-    size = max(inner.region.window[2:]) * np.sqrt(abs(np.linalg.det(to_picture[:, :2])))
+    # The digit's size in the picture's pixels (a sheet longer than WORK_MAX_SIDE upright is read shrunk; one seen at
+    # an angle is shrunk more at its far edge).
+    left, top, width, height = inner.region.window
+    size = max(width, height) * scale_at(to_picture, (left + width / 2, top + height / 2))
     if size < SHEET_MIN_DIGIT * np.sqrt(sheet.sum()) or inner.stroke_ratio > SHEET_MAX_STROKE:
         return trace
     return replace(inner, to_picture=to_picture)

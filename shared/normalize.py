@@ -96,13 +96,15 @@ LINE_MIN_GAP = 0.07
 OVAL_MAX_SOLID = 0.7  # ...and a mark that is no line fills at most this of its box (a 0's big dot fills 0.78)
 FRAME_CANDIDATES = 4  # the components with the largest boxes: a frame's box is larger than the digit's
 # A sheet lying on a desk (sheet_in), in a picture of SHEET_MIN_PICTURE pixels a side or more: its window covers at
-# least SHEET_MIN_AREA of the picture, its shape fills SHEET_MIN_RECT of its smallest rectangle, its strokes
-# SHEET_MIN_SOLID of its shape, and its outline is four straight sides within SHEET_STRAIGHT of its length.
+# least SHEET_MIN_AREA of the picture, its strokes SHEET_MIN_SOLID of its shape, and its outline is four straight
+# sides within SHEET_STRAIGHT of its length, a convex quadrilateral whose area is its shape's within SHEET_QUAD_FIT
+# and whose corners are within SHEET_MAX_SKEW degrees of square: a rectangle seen from above, or at an angle.
 SHEET_MIN_PICTURE = 64
 SHEET_MIN_AREA = 0.08
-SHEET_MIN_RECT = 0.88
 SHEET_MIN_SOLID = 0.8
 SHEET_STRAIGHT = 0.02
+SHEET_QUAD_FIT = 0.05
+SHEET_MAX_SKEW = 30.0
 SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square root of its area)
 # A sheet turned by this many degrees or more is turned back upright before it is read (upright_sheet): what is
 # written on a note is written along its sides, so a note photographed askew holds a digit as askew (300 notes
@@ -110,6 +112,11 @@ SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square roo
 # within the rotations the network trains with (trainer/augment.py, 10 degrees), the sheet is read as it lies,
 # unresampled.
 SHEET_MIN_TURN = 10.0
+# A sheet photographed at an angle (a phone tilted back: its far edge shorter) is a quadrilateral, not a rectangle;
+# one with a corner this many degrees or more from square is mapped corner to corner onto an upright rectangle
+# (upright_sheet). A note whose top edge is 80 % of its bottom (corners 6 degrees from square) is read as well as
+# one seen from above; at 70 % it was not found as a sheet at all.
+SHEET_MIN_SKEW = 6.0
 BOX_OUTLINE = 0.15  # a box whose ink lies within this fraction of its shorter side of its outline is taken out
 # A frame drawn along the picture's edge (a screenshot's or a canvas export's border) is at most this fraction of
 # the shorter side deep: deeper, the flat band is the paper around a large digit drawn as a square (a 0).
@@ -637,37 +644,55 @@ def find_ink(ink: np.ndarray, weakest: np.ndarray | None = None) -> InkRegion:
 
 def sheet_in(strokes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """Where the "digit" found may be the sheet the digit is written on, lying on something else (a sticky note or a
-    page on a desk, photographed from above; the desk was taken for the paper and the sheet for ink), given the
-    stroke's pixels `strokes` (h, w) bool over its window: the same window's sheet with its holes filled (the
-    writing on it), else None.
+    page on a desk, photographed from above or at an angle; the desk was taken for the paper and the sheet for
+    ink), given the stroke's pixels `strokes` (h, w) bool over its window: the same window's sheet with its holes
+    filled (the writing on it), else None.
 
     A sheet is a solid quadrilateral in a photo (SHEET_MIN_PICTURE pixels a side or more: a 28x28 picture is no
     photo of a desk, and the fast path's pictures keep their answer). Its window covers SHEET_MIN_AREA of the
-    picture (of `shape` (H, W)); its shape fills SHEET_MIN_RECT of the smallest rectangle around it (seen at an
-    angle; a disc or a bold 0 fills pi/4 of it) and its strokes SHEET_MIN_SOLID of that shape (a digit's strokes,
-    however bold, leave more paper, and so does a box with a cross in it); its outline is four straight sides,
-    none of its points farther than SHEET_STRAIGHT of its length from them (a bold 8 in a heavy typeface is solid
-    and fills its rectangle too, but its outline is curved). Whether a digit is written on it is for the caller to
-    find (image_pipeline.read_sheet, segment.read_number): a filled rectangle drawn on a canvas is a solid
-    quadrilateral too.
+    picture (of `shape` (H, W)); its strokes fill SHEET_MIN_SOLID of its shape (a digit's strokes, however bold,
+    leave more paper, and so does a box with a cross in it); its shape is a quadrilateral (sheet_corners: a bold
+    8 in a heavy typeface is solid too, but its outline is curved; a disc or a long oval is no quadrilateral).
+    Whether a digit is written on it is for the caller to find (image_pipeline.read_sheet, segment.read_number): a
+    filled rectangle drawn on a canvas is a solid quadrilateral too.
     """
     if min(shape) < SHEET_MIN_PICTURE or strokes.size < SHEET_MIN_AREA * shape[0] * shape[1]:
         return None
     if strokes.mean() < SHEET_MIN_SOLID / 2:
-        return None  # cheap, and necessary: a quadrilateral fills at least half its window
+        return None  # cheap, and necessary: a convex quadrilateral fills at least half its window
     sheet = strokes | enclosed(strokes)
-    area = float(sheet.sum())
-    if strokes.sum() < SHEET_MIN_SOLID * area:
+    if strokes.sum() < SHEET_MIN_SOLID * float(sheet.sum()):
         return None
+    return sheet if sheet_corners(sheet) is not None else None
+
+
+def sheet_corners(sheet: np.ndarray) -> np.ndarray | None:
+    """The four corners (4, 2) float64 x, y of the sheet `sheet` (h, w) bool, top left, top right, bottom right,
+    bottom left as it lies (turned by less than 45 degrees), or None where it is no quadrilateral: its outline four
+    straight sides, none of its points farther than SHEET_STRAIGHT of its length from them, convex, its area (all
+    its pieces') within SHEET_QUAD_FIT of theirs (an oval five times as long as wide is within SHEET_STRAIGHT of a
+    rhombus, which holds 65 % of it), its corners within SHEET_MAX_SKEW degrees of square (seen at an angle)."""
     contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    # The outlines hold every corner of the pixels' convex hull: the same rectangle as over every pixel, whose tens of
-    # thousands on a sheet cost 2-10 ms there.
-    (_, (rect_w, rect_h), _) = cv2.minAreaRect(np.vstack(contours))
-    if area < SHEET_MIN_RECT * rect_w * rect_h:
-        return None
     outline = max(contours, key=cv2.contourArea)
     corners = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
-    return sheet if len(corners) == 4 and cv2.isContourConvex(corners) else None
+    if len(corners) != 4 or not cv2.isContourConvex(corners):
+        return None
+    quad = cv2.contourArea(corners)
+    if abs(sum(cv2.contourArea(c) for c in contours) - quad) > SHEET_QUAD_FIT * quad:
+        return None
+    corners = corners.reshape(4, 2).astype(np.float64)
+    # In order round the sheet from its top left: by their angle about its centre, the sheet turned upright first.
+    upright = (corners - corners.mean(axis=0)) @ cv2.getRotationMatrix2D((0.0, 0.0), -sheet_turn(corners), 1.0)[:, :2].T
+    corners = corners[np.argsort(np.arctan2(upright[:, 1], upright[:, 0]))]  # y down: -135, -45, 45, 135 degrees
+    return corners if corner_skew(corners) <= SHEET_MAX_SKEW else None
+
+
+def corner_skew(corners: np.ndarray) -> float:
+    """How far the corners of a quadrilateral (4, 2) in order round it are from square: the largest of their
+    angles' differences from 90, in degrees."""
+    before, after = np.roll(corners, 1, axis=0) - corners, np.roll(corners, -1, axis=0) - corners
+    cosine = (before * after).sum(axis=1) / (np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1))
+    return float(np.abs(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))) - 90.0).max())
 
 
 def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.ndarray | None:
@@ -689,15 +714,19 @@ def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.nda
 
 def upright_sheet(cut: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
     """The cut-out sheet `cut` (h, w[, 3]) uint8 (cut_out_sheet of the sheet `sheet` (h, w) bool at (x, y) in the
-    prepared picture) turned back upright if it lies turned by SHEET_MIN_TURN degrees or more (sheet_turn): the
-    sheet's own upright box, shrunk to the picture's working size (WORK_MAX_SIDE) if it is longer (a long strip
-    lying along the picture's diagonal), beyond the cut its border continued (the cut's border is the sheet's own
-    colour). Returns (the picture to read, the 2x3 affine map from its pixels to the prepared picture's:
-    box_through)."""
+    prepared picture) read upright and square: seen at an angle (a corner SHEET_MIN_SKEW degrees or more from
+    square), its corners mapped onto an upright rectangle as long as its longer opposite sides (squared_sheet);
+    else turned back upright if it lies turned by SHEET_MIN_TURN degrees or more (sheet_turn), on the sheet's own
+    upright box, beyond the cut its border continued (the cut's border is the sheet's own colour). Either is shrunk
+    to the picture's working size (WORK_MAX_SIDE) if it is longer (a long strip lying along the picture's
+    diagonal). Returns (the picture to read, the 3x3 map from its pixels to the prepared picture's: box_through)."""
+    corners = sheet_corners(sheet)
+    if corners is not None and corner_skew(corners) >= SHEET_MIN_SKEW:
+        return squared_sheet(cut, corners, x, y)
     outline = sheet_outline(sheet)
     turn = sheet_turn(outline)
     if abs(turn) < SHEET_MIN_TURN:
-        return cut, np.array([[1.0, 0.0, x], [0.0, 1.0, y]])
+        return cut, np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
     forward = cv2.getRotationMatrix2D((0.0, 0.0), -turn, 1.0)  # (2, 3): cut -> upright, about the cut's origin
     upright = outline @ forward[:, :2].T
     low, size = upright.min(axis=0), upright.max(axis=0) - upright.min(axis=0) + 1  # the upright sheet's box
@@ -705,9 +734,29 @@ def upright_sheet(cut: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[n
     forward = np.hstack([scale * forward[:, :2], (-scale * low)[:, None]])
     width, height = (int(v) for v in np.ceil(scale * size))
     turned = cv2.warpAffine(cut, forward, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    back = cv2.invertAffineTransform(forward)
-    back[:, 2] += (x, y)
-    return turned, back
+    return turned, moved_back(np.vstack([forward, [0.0, 0.0, 1.0]]), x, y)
+
+
+def squared_sheet(cut: np.ndarray, corners: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cut-out sheet `cut` seen at an angle, its `corners` (sheet_corners) mapped onto the corners of an upright
+    rectangle as wide as its wider of top and bottom and as tall as its taller side (how much shorter it is for
+    being seen at an angle, nothing here can tell), within WORK_MAX_SIDE: upright_sheet's (picture, map)."""
+    sides = np.linalg.norm(np.roll(corners, -1, axis=0) - corners, axis=1)  # top, right, bottom, left
+    long, tall = float(max(sides[0], sides[2])) + 1, float(max(sides[1], sides[3])) + 1
+    scale = min(1.0, WORK_MAX_SIDE / max(long, tall))
+    width, height = max(2, round(scale * long)), max(2, round(scale * tall))
+    square = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float32)
+    forward = cv2.getPerspectiveTransform(corners.astype(np.float32), square)  # (3, 3): cut -> squared
+    squared = cv2.warpPerspective(
+        cut, forward, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return squared, moved_back(forward, x, y)
+
+
+def moved_back(forward: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The 3x3 map back from a picture made of a cut by `forward` (3, 3) to the prepared picture the cut lies in at
+    (x, y)."""
+    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]]) @ np.linalg.inv(forward)
 
 
 def sheet_outline(sheet: np.ndarray) -> np.ndarray:
@@ -726,13 +775,27 @@ def sheet_turn(outline: np.ndarray) -> float:
     return angle - 90.0 if angle > 45.0 else angle
 
 
+def mapped(points: np.ndarray, through: np.ndarray) -> np.ndarray:
+    """Points (n, 2) x, y mapped by the 3x3 `through` (upright_sheet's map): (n, 2)."""
+    moved = np.hstack([points, np.ones((len(points), 1))]) @ through.T
+    return moved[:, :2] / moved[:, 2:]
+
+
+def scale_at(through: np.ndarray, point: tuple[float, float]) -> float:
+    """How many of the prepared picture's pixels one pixel at `point` (x, y) becomes through the 3x3 `through`
+    (upright_sheet's map), along a side: the square root of its Jacobian's determinant there, det / w^3 for a
+    projective map (a sheet seen at an angle is shrunk more at its far edge)."""
+    w = float(through[2] @ (point[0], point[1], 1.0))
+    return float(np.sqrt(abs(np.linalg.det(through) / w**3)))
+
+
 def box_through(
-    affine: np.ndarray, box: tuple[int, int, int, int], within: tuple[int, int] | None = None
+    through: np.ndarray, box: tuple[int, int, int, int], within: tuple[int, int] | None = None
 ) -> tuple[int, int, int, int]:
-    """The box (x, y, w, h) holding `box` (x, y, w, h) mapped by the 2x3 `affine` (upright_sheet's), inside a picture
-    of `within` (W, H) if given (a turned box's corners may pass the edge of a sheet that meets it)."""
+    """The box (x, y, w, h) holding `box` (x, y, w, h) mapped by the 3x3 `through` (upright_sheet's map), inside a
+    picture of `within` (W, H) if given (a turned box's corners may pass the edge of a sheet that meets it)."""
     x, y, w, h = box
-    corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]], np.float64) @ affine.T
+    corners = mapped(np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]], np.float64), through)
     x0, y0 = np.floor(corners.min(axis=0)).astype(int)
     x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
     if within is not None:

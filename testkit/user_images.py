@@ -605,9 +605,10 @@ def oval_clear_of(
     return None
 
 
-def on_a_desk(digit: np.ndarray, rng: np.random.Generator, page: bool) -> bytes:
+def on_a_desk(digit: np.ndarray, rng: np.random.Generator, page: bool, tilted: bool = False) -> bytes:
     """A phone photo from above of a sheet lying on a desk, the desk all round it: a sticky note 40-65 % of the
-    picture's height (`page` False) or a page 75-85 % of it, turned by up to 25 (5) degrees; JPEG."""
+    picture's height (`page` False) or a page 75-85 % of it, turned by up to 25 (5) degrees; JPEG. `tilted`: the
+    phone tilted back, so the sheet's far (top) edge is 55-85 % as long as its near one and a little lower."""
     height, width = 480, 640
     side = int(rng.uniform(0.75, 0.85) * height if page else rng.uniform(0.4, 0.65) * height)
     paper = (240, 240, 235) if page else pick(rng, [(250, 235, 120), (250, 190, 200), (245, 245, 245), (190, 225, 250)])
@@ -617,15 +618,31 @@ def on_a_desk(digit: np.ndarray, rng: np.random.Generator, page: bool) -> bytes:
     photo[:] = desk
     photo += rng.standard_normal((height, width, 1), dtype=np.float32) * rng.uniform(2, 8)  # the desk's grain
     top, left = (height - side) // 2 + int(rng.integers(-20, 21)), (width - side) // 2 + int(rng.integers(-40, 41))
-    photo[top : top + side, left : left + side] = paint(coverage, pick(rng, [(20, 20, 60), (30, 30, 30)]), paper)
+    sheet = paint(coverage, pick(rng, [(20, 20, 60), (30, 30, 30)]), paper)
     turn = cv2.getRotationMatrix2D((left + side / 2, top + side / 2), rng.uniform(-1, 1) * (5 if page else 25), 1.0)
-    photo = cv2.warpAffine(photo, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if tilted:
+        # The sheet alone is seen in perspective and laid on the desk: a perspective's far side, mapped back, would
+        # reach past the desk's edge (its mirror image holds copies of the sheet).
+        inset = (1 - rng.uniform(0.55, 0.85)) / 2 * side
+        square = np.array([[0, 0], [side, 0], [side, side], [0, side]], np.float32)
+        shift = [[left + inset, top + inset / 2], [left - inset, top + inset / 2], [left, top], [left, top]]
+        seen = square + np.array(shift, np.float32)
+        view = np.vstack([turn, [0.0, 0.0, 1.0]]) @ cv2.getPerspectiveTransform(square, seen)
+        cover = cv2.warpPerspective(np.ones((side, side), np.float32), view, (width, height))[..., None]
+        photo = photo * (1 - cover) + cv2.warpPerspective(sheet, view, (width, height)) * cover
+    else:
+        photo[top : top + side, left : left + side] = sheet
+        photo = cv2.warpAffine(photo, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.5, 1.0))
     return encode(photo, "JPEG", quality=int(rng.integers(75, 93)))
 
 
 def note_on_desk(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return on_a_desk(digit, rng, page=False)
+
+
+def note_at_an_angle(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    return on_a_desk(digit, rng, page=False, tilted=True)
 
 
 def page_on_table(digit: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -637,6 +654,7 @@ SCENE_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "boxed": boxed,
     "circled": circled,
     "note_on_desk": note_on_desk,
+    "note_at_an_angle": note_at_an_angle,
     "page_on_table": page_on_table,
 }
 
