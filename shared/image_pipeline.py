@@ -178,10 +178,11 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
 
 def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
-    sticky note or a page photographed from above, the desk taken for the paper), the pipeline on that sheet cut
-    out of the prepared picture `full()` (cut_out_sheet), upright and square (upright_sheet). The sheet must hold a
-    digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle
-    drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace` stands.
+    sticky note or a page photographed from above or at an angle, the desk taken for the paper), the pipeline on
+    that sheet cut out of the prepared picture `full()` (cut_out_sheet), upright and square (upright_sheet). The
+    sheet must hold a digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a
+    filled rectangle drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace`
+    stands.
     """
     sheet = sheet_in(trace.region.strokes, trace.ink.shape)
     if sheet is None:

@@ -105,6 +105,7 @@ SHEET_MIN_SOLID = 0.8
 SHEET_STRAIGHT = 0.02
 SHEET_QUAD_FIT = 0.05
 SHEET_MAX_SKEW = 30.0
+SHEET_SIDE_MIDDLE = 0.7  # a side's line is fitted to this much of its middle, away from its corners' rounding
 SHEET_EDGE = 0.02  # it is read without this much of its edge (of the square root of its area)
 # A sheet turned by this many degrees or more is turned back upright before it is read (upright_sheet): what is
 # written on a note is written along its sides, so a note photographed askew holds a digit as askew (300 notes
@@ -680,11 +681,37 @@ def sheet_corners(sheet: np.ndarray) -> np.ndarray | None:
     quad = cv2.contourArea(corners)
     if abs(sum(cv2.contourArea(c) for c in contours) - quad) > SHEET_QUAD_FIT * quad:
         return None
-    corners = corners.reshape(4, 2).astype(np.float64)
+    corners = sides_meet(sheet, corners.reshape(4, 2), SHEET_STRAIGHT * cv2.arcLength(outline, True))
     # In order round the sheet from its top left: by their angle about its centre, the sheet turned upright first.
     upright = (corners - corners.mean(axis=0)) @ cv2.getRotationMatrix2D((0.0, 0.0), -sheet_turn(corners), 1.0)[:, :2].T
     corners = corners[np.argsort(np.arctan2(upright[:, 1], upright[:, 0]))]  # y down: -135, -45, 45, 135 degrees
     return corners if corner_skew(corners) <= SHEET_MAX_SKEW else None
+
+
+def sides_meet(sheet: np.ndarray, corners: np.ndarray, tolerance: float) -> np.ndarray:
+    """Where the lines along the four sides of the sheet `sheet` (h, w) bool meet, each fitted to the middle
+    SHEET_SIDE_MIDDLE of its side of the outline, given the corners (4, 2) approxPolyDP found (points of the outline
+    within `tolerance` of them, not the corners: at the far, obtuse corners of a wide sheet seen at an angle, up to
+    20 px off, and its skew 6 degrees). (4, 2) float64 in the outline's order; those corners themselves where a
+    side is too short to fit or the lines meet farther than twice `tolerance` from them."""
+    contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+    at = sorted(int(np.abs(points - corner).sum(axis=1).argmin()) for corner in corners)
+    found = points[at]  # approxPolyDP's corners, in the outline's order
+    lines = []
+    for start, end in zip(at, [*at[1:], at[0] + len(points)]):
+        side = np.take(points, np.arange(start, end + 1), axis=0, mode="wrap")
+        trim = int((1 - SHEET_SIDE_MIDDLE) / 2 * len(side))
+        middle = side[trim : len(side) - trim]
+        if len(middle) < 2:
+            return found
+        vx, vy, x0, y0 = cv2.fitLine(middle.astype(np.float32), cv2.DIST_L2, 0, 0.01, 0.01).ravel()
+        lines.append(np.cross([x0, y0, 1.0], [x0 + vx, y0 + vy, 1.0]))  # the line through two of its points
+    met = np.array([np.cross(lines[k - 1], lines[k]) for k in range(4)])  # corner k: where side k - 1 meets side k
+    if np.abs(met[:, 2]).min() < 1e-9:
+        return found  # two neighbouring sides parallel: no corner between them
+    meet = met[:, :2] / met[:, 2:]
+    return meet if np.linalg.norm(meet - found, axis=1).max() <= 2 * tolerance else found
 
 
 def corner_skew(corners: np.ndarray) -> float:

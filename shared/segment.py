@@ -244,11 +244,11 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
 
 def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> NumberReading | None:
     """Where the largest piece is a sheet lying on a desk with the number written on it (shared.normalize.sheet_in:
-    a sticky note photographed from above, the desk taken for the paper), the number read on the sheet cut out of
-    the prepared picture `work` (cut_out_sheet) and turned upright (upright_sheet), its boxes in `work`'s pixels
-    (the box holding each, on a turned sheet); None where it is no sheet, where writing lies outside it (a number
-    ending in a bold square 0: the block is a digit of it, found by a review), or where no number is read on it (a
-    filled rectangle drawn on a canvas)."""
+    a sticky note photographed from above or at an angle, the desk taken for the paper), the number read on the
+    sheet cut out of the prepared picture `work` (cut_out_sheet), upright and square (upright_sheet), its boxes in
+    `work`'s pixels (the box holding each, on a turned or squared sheet); None where it is no sheet, where writing
+    lies outside it (a number ending in a bold square 0: the block is a digit of it, found by a review), or where
+    no number is read on it (a filled rectangle drawn on a canvas)."""
     label = int(pieces.kept[0])
     x, y, w, h = (int(v) for v in pieces.stats[label, :4])
     others = pieces.stats[pieces.kept[1:], :4]

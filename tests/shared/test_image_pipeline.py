@@ -510,6 +510,35 @@ def test_a_sheets_corners_are_found_in_order_from_its_top_left():
     assert square is not None and normalize.corner_skew(square) < 1.0
 
 
+@pytest.mark.parametrize("angle", [-25, -10, 0, 15, 25])
+def test_a_wide_sheet_seen_at_an_angle_has_its_corners_where_its_sides_meet(angle):
+    """approxPolyDP's corners are points of the outline within SHEET_STRAIGHT of its length of the corners: at the
+    obtuse far corners of a 360x200 note whose far edge is 60 % of its near one, 5-20 px off, and its skew up to 6
+    degrees (found by a review). The lines fitted along the sides meet within a pixel of them (normalize.sides_meet)."""
+    inset = 0.2 * 360
+    corners = np.array([[inset, inset / 4], [360 - inset, inset / 4], [360, 200], [0, 200]]) - (180, 100)
+    turn = np.radians(angle)
+    corners = corners @ np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]]).T + (200, 200)
+    found = normalize.sheet_corners(quadrilateral([tuple(c) for c in corners]))
+    assert found is not None and np.abs(found - corners).max() <= 1.5, (found, corners)
+    assert normalize.corner_skew(found) == pytest.approx(normalize.corner_skew(corners), abs=1.0)
+
+
+def test_a_sheet_maps_scale_is_its_jacobians():
+    """scale_at: how many of the photo's pixels one pixel of the squared sheet becomes, along a side: the square root
+    of the map's Jacobian determinant there, as finite differences of `mapped` give it; more at the near edge of a
+    sheet seen at an angle than at its far one."""
+    back = cv2.getPerspectiveTransform(
+        np.float32([[0, 0], [299, 0], [299, 199], [0, 199]]), np.float32([[90, 40], [270, 40], [330, 260], [30, 260]])
+    )
+    for x, y in [(20.0, 15.0), (150.0, 100.0), (280.0, 190.0)]:
+        step = 1e-3
+        at = normalize.mapped(np.array([[x, y], [x + step, y], [x, y + step]]), back)
+        jacobian = np.stack([at[1] - at[0], at[2] - at[0]], axis=1) / step
+        assert normalize.scale_at(back, (x, y)) == pytest.approx(np.sqrt(abs(np.linalg.det(jacobian))), rel=1e-4)
+    assert normalize.scale_at(back, (150, 190)) > 1.2 * normalize.scale_at(back, (150, 10))
+
+
 @pytest.mark.parametrize(
     "shape",
     ["a disc", "an oval five times as long as wide", "a rhombus", "a triangle", "two rectangles", "an L"],

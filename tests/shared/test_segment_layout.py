@@ -142,7 +142,7 @@ def test_a_number_on_a_turned_note_or_one_seen_at_an_angle_is_read_upright_and_b
     pieces at several heights (numbers of 4-6 digits on a note turned by -20 / 30 / -35 degrees: 13 / 7 / 0 of 20
     read right with the tests' model, 19 / 19 / 19 now). The note is turned back upright before it is read, and
     one seen at an angle (its far edge 60 % of its near one: no sheet before, 0 of 20 numbers read right with a
-    seed-0 model, 17 now) mapped corner to corner onto an upright rectangle: each digit's 28x28 image is the one
+    seed-0 model, 18 now) mapped corner to corner onto an upright rectangle: each digit's 28x28 image is the one
     the note upright gives, and its box, mapped back, holds that digit's ink where it lies in the photo."""
     coverage, expected = number
     photo, to_photo = note_photo(coverage, angle, top)
