@@ -675,13 +675,16 @@ def sheet_corners(sheet: np.ndarray) -> np.ndarray | None:
     rhombus, which holds 65 % of it), its corners within SHEET_MAX_SKEW degrees of square (seen at an angle)."""
     contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     outline = max(contours, key=cv2.contourArea)
-    corners = cv2.approxPolyDP(outline, SHEET_STRAIGHT * cv2.arcLength(outline, True), True)
+    tolerance = SHEET_STRAIGHT * cv2.arcLength(outline, True)
+    corners = cv2.approxPolyDP(outline, tolerance, True)
     if len(corners) != 4 or not cv2.isContourConvex(corners):
         return None
-    quad = cv2.contourArea(corners)
+    # The area against the corners where the sides meet: approxPolyDP's cut a rounded corner off (a 200x150 note
+    # whose corners are rounded by 15 px holds 10 % more than their quadrilateral).
+    corners = sides_meet(sheet, corners.reshape(4, 2), tolerance)
+    quad = cv2.contourArea(corners.astype(np.float32))
     if abs(sum(cv2.contourArea(c) for c in contours) - quad) > SHEET_QUAD_FIT * quad:
         return None
-    corners = sides_meet(sheet, corners.reshape(4, 2), SHEET_STRAIGHT * cv2.arcLength(outline, True))
     # In order round the sheet from its top left: by their angle about its centre, the sheet turned upright first.
     upright = (corners - corners.mean(axis=0)) @ cv2.getRotationMatrix2D((0.0, 0.0), -sheet_turn(corners), 1.0)[:, :2].T
     corners = corners[np.argsort(np.arctan2(upright[:, 1], upright[:, 0]))]  # y down: -135, -45, 45, 135 degrees
@@ -692,19 +695,22 @@ def sides_meet(sheet: np.ndarray, corners: np.ndarray, tolerance: float) -> np.n
     """Where the lines along the four sides of the sheet `sheet` (h, w) bool meet, each fitted to the middle
     SHEET_SIDE_MIDDLE of its side of the outline, given the corners (4, 2) approxPolyDP found (points of the outline
     within `tolerance` of them, not the corners: at the far, obtuse corners of a wide sheet seen at an angle, up to
-    20 px off, and its skew 6 degrees). (4, 2) float64 in the outline's order; those corners themselves where a
-    side is too short to fit or the lines meet farther than twice `tolerance` from them."""
+    20 px off, and its skew 6 degrees; a rounded corner cut off). (4, 2) float64 in the outline's order; those
+    corners themselves where a side is shorter than twice `tolerance` (in outline points) or the lines meet
+    farther than twice `tolerance` from them."""
     contours, _ = cv2.findContours(sheet.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     points = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
     at = sorted(int(np.abs(points - corner).sum(axis=1).argmin()) for corner in corners)
     found = points[at]  # approxPolyDP's corners, in the outline's order
     lines = []
     for start, end in zip(at, [*at[1:], at[0] + len(points)]):
+        if end - start < 2 * tolerance:
+            # A side this short (a thin strip's end) may hold approxPolyDP's corner anywhere along it, or a
+            # stretch of the long side beside it: no line to fit.
+            return found
         side = np.take(points, np.arange(start, end + 1), axis=0, mode="wrap")
         trim = int((1 - SHEET_SIDE_MIDDLE) / 2 * len(side))
         middle = side[trim : len(side) - trim]
-        if len(middle) < 2:
-            return found
         vx, vy, x0, y0 = cv2.fitLine(middle.astype(np.float32), cv2.DIST_L2, 0, 0.01, 0.01).ravel()
         lines.append(np.cross([x0, y0, 1.0], [x0 + vx, y0 + vy, 1.0]))  # the line through two of its points
     met = np.array([np.cross(lines[k - 1], lines[k]) for k in range(4)])  # corner k: where side k - 1 meets side k
