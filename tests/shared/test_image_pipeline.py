@@ -568,14 +568,38 @@ def test_a_sheet_maps_scale_is_its_jacobians():
 
 @pytest.mark.parametrize(
     "shape",
-    ["a disc", "an oval five times as long as wide", "a rhombus", "a triangle", "two rectangles", "an L"],
+    [
+        "a disc",
+        "an oval five times as long as wide",
+        "a square with bulging sides",
+        "a rhombus",
+        "a triangle",
+        "two rectangles",
+        "an L",
+    ],
 )
 def test_a_shape_that_is_no_rectangle_seen_from_any_angle_is_no_sheet(shape):
-    """What sheet_corners refuses: a curved outline (an oval five times as long as wide is within SHEET_STRAIGHT of
-    the rhombus through its ends, but its area is half as much again), corners too far from square for a sheet
-    seen at an angle (a rhombus of 56 and 124 degrees), three corners or six, and two pieces side by side."""
+    """What sheet_corners refuses: a curved outline (an oval five times as long as wide, turned, has five corners
+    within SHEET_STRAIGHT; a 160 px square whose sides bulge by 12 px has four, but holds 7 % more than they do,
+    past SHEET_QUAD_FIT), corners too far from square for a sheet seen at an angle (a rhombus of 56 and 124
+    degrees), three corners or six, and two pieces side by side."""
     mask = np.zeros((400, 400), np.uint8)
-    if shape == "a disc":
+    if shape == "a square with bulging sides":
+        along = np.linspace(0, 1, 60)[1:-1, None]
+        bulge = 12 * np.sin(np.pi * along)
+        sides = [
+            np.hstack([120 + 160 * along, 120 - bulge]),  # top, left to right
+            np.hstack([280 + bulge, 120 + 160 * along]),
+            np.hstack([280 - 160 * along, 280 + bulge]),
+            np.hstack([120 - bulge, 280 - 160 * along]),
+        ]
+        outline = np.vstack(
+            [[[120, 120]], sides[0], [[280, 120]], sides[1], [[280, 280]], sides[2], [[120, 280]], sides[3]]
+        )
+        cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 1)
+        x, y, w, h = cv2.boundingRect(mask)
+        mask = mask[y : y + h, x : x + w]  # as sheet_in is given it: the shape's window
+    elif shape == "a disc":
         cv2.circle(mask, (200, 200), 120, 1, -1)
     elif shape == "an oval five times as long as wide":
         cv2.ellipse(mask, (200, 200), (150, 30), 20, 0, 360, 1, -1)
