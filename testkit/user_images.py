@@ -649,6 +649,10 @@ def page_on_table(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return on_a_desk(digit, rng, page=True)
 
 
+def page_at_an_angle(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    return on_a_desk(digit, rng, page=True, tilted=True)
+
+
 # Not among the tests' styles (tests/inference/test_user_drawings.py); bench_user_images --styles scenes.
 SCENE_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "boxed": boxed,
@@ -656,6 +660,7 @@ SCENE_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "note_on_desk": note_on_desk,
     "note_at_an_angle": note_at_an_angle,
     "page_on_table": page_on_table,
+    "page_at_an_angle": page_at_an_angle,
 }
 
 
