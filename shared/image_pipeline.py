@@ -48,7 +48,6 @@ from shared.normalize import (  # noqa: F401 - re-exported
     box_through,
     centre_by_mass,
     channel_contrast,
-    cut_out_sheet,
     estimate_background,
     find_ink,
     fit_in_box,
@@ -56,8 +55,8 @@ from shared.normalize import (  # noqa: F401 - re-exported
     normalize_stroke_width,
     scale_at,
     sheet_in,
+    sheet_picture,
     strongest_and_weakest,
-    upright_sheet,
 )
 
 # A picture this large (long side, at working resolution) is read at half resolution first (trace_pipeline): the
@@ -179,10 +178,9 @@ def trace_coarse_first(half: np.ndarray, full: Callable[[], np.ndarray]) -> Pipe
 def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> PipelineTrace:
     """`trace`, or where the "digit" it found is a sheet lying on a desk with the digit written on it (sheet_in: a
     sticky note or a page photographed from above or at an angle, the desk taken for the paper), the pipeline on
-    that sheet cut out of the prepared picture `full()` (cut_out_sheet), upright and square (upright_sheet). The
-    sheet must hold a digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a
-    filled rectangle drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace`
-    stands.
+    that sheet cut out of the prepared picture `full()`, upright and square (sheet_picture). The sheet must hold a
+    digit SHEET_MIN_DIGIT of its side or larger, written no bolder than SHEET_MAX_STROKE; else (a filled rectangle
+    drawn on a canvas, a bold stroke, a bold square 0 whose small hole would read as a 1) `trace` stands.
     """
     sheet = sheet_in(trace.region.strokes, trace.ink.shape)
     if sheet is None:
@@ -193,10 +191,10 @@ def read_sheet(trace: PipelineTrace, full: Callable[[], np.ndarray]) -> Pipeline
         sheet = cv2.resize(sheet.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         # Twice the half's window may pass the picture's edge by a pixel (the half was rounded up).
         sheet = sheet[: work.shape[0] - y, : work.shape[1] - x]
-    cut = cut_out_sheet(work, sheet, x, y)
-    if cut is None:
+    on_sheet = sheet_picture(work, sheet, x, y)
+    if on_sheet is None:
         return trace
-    cut, to_picture = upright_sheet(cut, sheet, x, y)
+    cut, to_picture = on_sheet
     try:
         inner = trace_at(cut, estimate_background(cut))
     except ImageRejected:

@@ -745,6 +745,16 @@ def cut_out_sheet(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> np.nda
     return cut
 
 
+def sheet_picture(work: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sheet (sheet_in) lying at (x, y) in the prepared picture `work` (H, W[, 3]), `sheet` (h, w) bool at its
+    resolution, as it is read: cut out (cut_out_sheet), upright and square (upright_sheet). Returns (the picture to
+    read, the 3x3 map from its pixels to `work`'s), or None if nothing is left of the sheet away from its edge. The
+    one way in for both readers (image_pipeline.read_sheet, segment.read_sheet), so that neither reads a cut as it
+    lies."""
+    cut = cut_out_sheet(work, sheet, x, y)
+    return None if cut is None else upright_sheet(cut, sheet, x, y)
+
+
 def upright_sheet(cut: np.ndarray, sheet: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
     """The cut-out sheet `cut` (h, w[, 3]) uint8 (cut_out_sheet of the sheet `sheet` (h, w) bool at (x, y) in the
     prepared picture) read upright and square: seen at an angle (a corner SHEET_MIN_SKEW degrees or more from

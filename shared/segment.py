@@ -47,7 +47,6 @@ from shared.normalize import (
     centre_by_mass,
     channel_contrast,
     connected_components,
-    cut_out_sheet,
     estimate_background,
     fit_in_box,
     ink_threshold,
@@ -56,9 +55,9 @@ from shared.normalize import (
     percentile_uint8,
     raise_blank,
     sheet_in,
+    sheet_picture,
     soft_ink,
     strongest_and_weakest,
-    upright_sheet,
     without_ruling,
 )
 
@@ -245,7 +244,7 @@ def read_number(image: np.ndarray, classify: Classifier) -> NumberReading:
 def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> NumberReading | None:
     """Where the largest piece is a sheet lying on a desk with the number written on it (shared.normalize.sheet_in:
     a sticky note photographed from above or at an angle, the desk taken for the paper), the number read on the
-    sheet cut out of the prepared picture `work` (cut_out_sheet), upright and square (upright_sheet), its boxes in
+    sheet cut out of the prepared picture `work`, upright and square (shared.normalize.sheet_picture), its boxes in
     `work`'s pixels (the box holding each, on a turned or squared sheet); None where it is no sheet, where writing
     lies outside it (a number ending in a bold square 0: the block is a digit of it, found by a review), or where
     no number is read on it (a filled rectangle drawn on a canvas)."""
@@ -262,10 +261,10 @@ def read_sheet(pieces: Pieces, work: np.ndarray, classify: Classifier) -> Number
     sheet = sheet_in(pieces.labels[y : y + h, x : x + w] == label, pieces.ink.shape)
     if sheet is None:
         return None
-    cut = cut_out_sheet(work, sheet, x, y)
-    if cut is None:
+    on_sheet = sheet_picture(work, sheet, x, y)
+    if on_sheet is None:
         return None
-    cut, to_work = upright_sheet(cut, sheet, x, y)
+    cut, to_work = on_sheet
     try:
         inner = read_pieces(pieces_in(cut), classify)
     except ImageRejected:
