@@ -67,6 +67,14 @@ class MnistDownloadFailed(RuntimeError):
     """No mirror gave an MNIST file; the message says what each answered and where to put the files instead."""
 
 
+class MnistNotWritable(MnistDownloadFailed):
+    """An MNIST file is missing and the folder it would be downloaded into cannot be written: no mirror can help."""
+
+
+class _MirrorFailed(Exception):
+    """One mirror's download of one file failed (the network, the server, a file that is not MNIST)."""
+
+
 class MnistFormatError(ValueError):
     """An IDX file that is truncated, garbled or not what its name says."""
 
@@ -173,25 +181,39 @@ def _download(name: str, directory: Path) -> Path:
         url = f"{mirror}{name}.gz"
         try:
             # Written under a temporary name (.<name>.gz.<random>.part), verified, then renamed into place:
-            # synced, and readable as the umask allows (a server running as another user must read it).
-            with (
-                atomic_writer(directory / f"{name}.gz", suffix=".part") as (out, part),
-                urllib.request.urlopen(url, timeout=60) as response,
-            ):
-                log.info("downloading %s", url)
-                shutil.copyfileobj(response, out)
-                out.flush()
-                read_idx_file(part, md5=md5, shape=shape)  # verify before it takes the real name
+            # synced, and readable as the umask allows (a server running as another user must read it). An error
+            # making, syncing or renaming that file is this machine's (a file where the folder should be, a
+            # read-only folder), said as such: it was blamed on every mirror in turn, as if the network had failed.
+            with atomic_writer(directory / f"{name}.gz", suffix=".part") as (out, part):
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as response:
+                        log.info("downloading %s", url)
+                        shutil.copyfileobj(response, out)
+                    out.flush()
+                    read_idx_file(part, md5=md5, shape=shape)  # verify before it takes the real name
+                except Exception as e:
+                    raise _MirrorFailed(f"{url}: {type(e).__name__}: {e}") from e
             return directory / f"{name}.gz"
-        except Exception as e:
-            errors.append(f"{url}: {type(e).__name__}: {e}")
-    if made:
-        with contextlib.suppress(OSError):  # not empty, or gone: leave it
-            directory.rmdir()
+        except _MirrorFailed as e:
+            errors.append(str(e))
+        except OSError as e:
+            gone_if_made(directory, made)
+            raise MnistNotWritable(
+                f"cannot write {name}.gz into {directory} ({e.strerror or e}); make it a writable folder, or point "
+                "--data-dir / MNIST_DATA_DIR at a folder that has the MNIST files"
+            ) from e
+    gone_if_made(directory, made)
     raise MnistDownloadFailed(
         f"could not download {name}: " + "; ".join(errors) + f". Put the MNIST files in {directory} "
         "or point --data-dir / MNIST_DATA_DIR at a folder that has them."
     )
+
+
+def gone_if_made(directory: Path, made: bool) -> None:
+    """Remove `directory` if this download `made` it and it is still empty (a mistyped --data-dir)."""
+    if made:
+        with contextlib.suppress(OSError):  # not empty, or gone: leave it
+            directory.rmdir()
 
 
 @dataclass(frozen=True)

@@ -182,12 +182,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         + f" [env {settings.ENV_PRESET}]",
     )
     # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
+    epochs_env = settings.env_value(settings.ENV_EPOCHS, None, positive_int)
+    preset_epochs = f"{PRESETS['default'].epochs} or {PRESETS['seed'].epochs}"
     parser.add_argument(
         "--epochs",
         type=positive_int,
-        default=settings.env_value(settings.ENV_EPOCHS, None, positive_int),
-        help=f"epochs to train (default: the preset's, {PRESETS['default'].epochs} or {PRESETS['seed'].epochs}) "
-        f"[env {settings.ENV_EPOCHS}]",
+        default=epochs_env,
+        # Set in the environment, its value is the default, which the help formatter shows (it once showed both).
+        help="epochs to train"
+        + ("" if epochs_env is not None else f" (default: the preset's, {preset_epochs})")
+        + f" [env {settings.ENV_EPOCHS}]",
     )
     parser.add_argument(
         "--arch",
@@ -335,8 +339,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-only",
         action="store_true",
-        help="check the settings (flags, environment variables, device, the MNIST files, downloaded if missing "
-        "unless --no-download) and exit without training: what `make stack` asks before it starts anything",
+        help="check the settings (flags, environment variables, device, the run's name, the MNIST files: "
+        "downloaded if missing unless --no-download, and verified) and exit without training: what `make stack` "
+        "asks before it starts anything",
     )
     parser.add_argument(
         "--target-accuracy",

@@ -133,27 +133,43 @@ def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resumi
         if versions:  # its versions would clash with theirs at publish, after the whole run
             if len(candidates) > 1:
                 continue
-            raise SystemExit(
-                f"run name {name} was used before: model version {versions[-1]} was published from it; give this "
-                "run another --run-name"
-            )
+            raise SystemExit(used_before(name, versions))
         try:
             held.enter_context(claimed(paths.run_dir(name), resuming=resuming))
             return name
         except RunFolderTaken as taken:
             if len(candidates) > 1:
                 continue
-            if taken.busy:
-                raise SystemExit(
-                    f"another trainer is running in {taken.run_dir}; wait for it to end, or give this run another "
-                    "--run-name"
-                ) from None
-            if (taken.run_dir / FINISHED).exists():  # nothing to continue: --resume would refuse it
-                raise SystemExit(
-                    f"{taken.run_dir} holds run {name}, which has finished; give this run another --run-name"
-                ) from None
-            raise SystemExit(
-                f"{taken.run_dir} already holds the checkpoints of run {name}; give this run another --run-name, "
-                f"or continue that one with {resume_flags(paths.root, name)}"
-            ) from None
+            raise SystemExit(taken_folder(paths, name, busy=taken.busy)) from None
     raise SystemExit(f"runs {candidates[0]} to {candidates[-1]} are all taken under {paths.runs}; give a --run-name")
+
+
+def check_claimable(paths: Paths, run_name: str) -> None:
+    """SystemExit, as claim_run would say it, if a new run named `run_name` (typed by the user) could not claim
+    its folder: for --check-only, which makes no folder and holds no lock (so a trainer running there now is
+    found by the run itself)."""
+    if versions := published_versions(paths, run_name):
+        raise SystemExit(used_before(run_name, versions))
+    if last_checkpoint(paths.run_dir(run_name)).exists():
+        raise SystemExit(taken_folder(paths, run_name, busy=False))
+
+
+def used_before(name: str, versions: list[str]) -> str:
+    """Why a new run may not take the name `name`: model `versions` were published from a run of that name."""
+    return (
+        f"run name {name} was used before: model version {versions[-1]} was published from it; give this run "
+        "another --run-name"
+    )
+
+
+def taken_folder(paths: Paths, name: str, *, busy: bool) -> str:
+    """What to do where the folder of run `name` is held by another trainer (`busy`) or holds a run's checkpoints."""
+    run_dir = paths.run_dir(name)
+    if busy:
+        return f"another trainer is running in {run_dir}; wait for it to end, or give this run another --run-name"
+    if (run_dir / FINISHED).exists():  # nothing to continue: --resume would refuse it
+        return f"{run_dir} holds run {name}, which has finished; give this run another --run-name"
+    return (
+        f"{run_dir} already holds the checkpoints of run {name}; give this run another --run-name, or continue "
+        f"that one with {resume_flags(paths.root, name)}"
+    )

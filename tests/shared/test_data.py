@@ -212,6 +212,21 @@ def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors
     assert not any(target.glob("*.part"))
 
 
+def test_a_folder_that_cannot_be_written_is_said_as_such_not_as_every_mirror_failing(tmp_path, mirrors, monkeypatch):
+    """--data-dir naming a file, downloads allowed: the error was blamed on each mirror's URL in turn (FileExistsError
+    against both), as if the network had failed. No mirror can help; the folder is what to mend."""
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(
+        data.MnistNotWritable, match=r"cannot write .*\.gz into .*a-file .*make it a writable folder"
+    ) as e:
+        load_mnist(blocker, download=True)
+    assert "http" not in str(e.value) and blocker.read_text() == ""
+
+
 def copy_of_mnist(mnist_dir: Path, folder: Path) -> Path:
     for name, _, _ in FILES.values():
         shutil.copy(next(mnist_dir.glob(f"{name}*")), folder)

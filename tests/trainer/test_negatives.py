@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from shared.data import load_mnist
 from shared.image_pipeline import ImageRejected, to_mnist_array
 
 from trainer import negatives
@@ -90,11 +91,11 @@ def test_pipeline_processes_that_fail_cost_the_pool_not_the_run(monkeypatch, mni
     config = replace(TrainConfig(), negative_pool=60, typed_pool=20, train_subset=300)
     cpu = torch.device("cpu")
     monkeypatch.setattr(train, "pipeline_pool", lambda workers, pictures: nullcontext(Broken()))
-    redrawn = train.load_splits(config, str(mnist_dir), False, cpu, eval_subset=200, pipeline_workers=2)
+    redrawn = train.load_splits(config, load_mnist(mnist_dir, download=False), cpu, eval_subset=200, pipeline_workers=2)
     out = capsys.readouterr().out
     assert "a process terminated abruptly" in out and "drawing the pictures again in this process" in out
     monkeypatch.undo()
-    alone = train.load_splits(config, str(mnist_dir), False, cpu, eval_subset=200, pipeline_workers=1)
+    alone = train.load_splits(config, load_mnist(mnist_dir, download=False), cpu, eval_subset=200, pipeline_workers=1)
     for name in ("neg_x", "neg_val_x", "neg_val_kind", "typed_x", "typed_y"):
         assert torch.equal(getattr(redrawn, name), getattr(alone, name)), name
     assert len(alone.neg_val_x) == 20 * len(KINDS)  # --eval-subset 200: validation negatives in proportion

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from shared.data import load_mnist
+
 from trainer import picture_cache, train
 from trainer.config import TrainConfig
 from trainer.picture_cache import KEEP, Expected, cached_pictures, entry_name
@@ -25,8 +27,8 @@ def small_config() -> TrainConfig:
 def test_a_second_run_reads_the_pictures_the_first_drew_and_gets_the_same_splits(
     mnist_dir, tmp_path, monkeypatch, capsys
 ):
-    cpu = torch.device("cpu")
-    first = train.load_splits(small_config(), str(mnist_dir), False, cpu, eval_subset=200, cache_dir=tmp_path)
+    cpu, mnist = torch.device("cpu"), load_mnist(mnist_dir, download=False)
+    first = train.load_splits(small_config(), mnist, cpu, eval_subset=200, cache_dir=tmp_path)
     assert "drew 60 training and 140 validation pictures" in capsys.readouterr().out
     assert len(list(tmp_path.glob("pictures-*.npz"))) == 1
 
@@ -35,7 +37,7 @@ def test_a_second_run_reads_the_pictures_the_first_drew_and_gets_the_same_splits
 
     monkeypatch.setattr(train, "make_negatives", no_drawing)
     monkeypatch.setattr(train, "make_typed_digits", no_drawing)
-    second = train.load_splits(small_config(), str(mnist_dir), False, cpu, eval_subset=200, cache_dir=tmp_path)
+    second = train.load_splits(small_config(), mnist, cpu, eval_subset=200, cache_dir=tmp_path)
     out = capsys.readouterr().out
     assert "read 60 training and 140 validation pictures" in out and "kept by an earlier run" in out
     for name in SPLIT_NAMES:
@@ -47,7 +49,7 @@ def test_without_a_cache_folder_every_run_draws_and_nothing_is_kept(mnist_dir, t
     monkeypatch.chdir(tmp_path)
     cpu = torch.device("cpu")
     for _ in range(2):
-        train.load_splits(small_config(), str(mnist_dir), False, cpu, eval_subset=200, cache_dir=None)
+        train.load_splits(small_config(), load_mnist(mnist_dir, download=False), cpu, eval_subset=200, cache_dir=None)
         assert "drew 60 training" in capsys.readouterr().out
     assert list(tmp_path.rglob("*.npz")) == []
 

@@ -269,15 +269,43 @@ def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path,
         assert claim_run(held, Paths(tmp_path), "a", resuming=False, named=False) == "a-2"
 
 
-def test_a_run_that_diverges_ends_saying_so_and_is_not_resumed(tmp_path, mnist_dir, capsys):
+def test_a_run_that_diverges_ends_saying_so_and_its_name_can_be_started_again(tmp_path, mnist_dir, capsys):
     """A learning rate far too high: BatchNorm's statistics went infinite while the loss stayed finite (1e16), and
-    the run trained on, then failed with a traceback fitting the digit distance, every --resume again."""
+    the run trained on, then failed with a traceback fitting the digit distance, every --resume again. Diverged in
+    its first epoch, it has no checkpoint: nothing to resume, and the new run its message invites may take its
+    name (a FINISHED.json left there refused that run's own --resume, found by a review)."""
     with pytest.raises(SystemExit, match=r"training diverged at epoch 1 .*lower learning rate than this run's 1000"):
         train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "hot", "--lr", "1000", "--train-subset", "500")
     assert "epoch 2/2" not in capsys.readouterr().out
-    ended = json.loads((tmp_path / "runs/hot/FINISHED.json").read_text())
-    assert ended["version"] is None and ended["reason"].startswith("training diverged at epoch 1")
     assert not list(Paths(tmp_path).models.glob("*.pt"))
+    with pytest.raises(SystemExit, match="no unfinished run with a checkpoint"):
+        train(tmp_path, mnist_dir, "--resume")
+    with pytest.raises(SystemExit, match="run hot has no checkpoint"):
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "hot")
+    assert (
+        train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "hot", "--train-subset", "200", "--stop-after", "1")
+        == 0
+    )
+    assert not (tmp_path / "runs/hot/FINISHED.json").exists()
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "hot") == 0
+    assert json.loads((tmp_path / "runs/hot/FINISHED.json").read_text())["version"] is not None
+
+
+def test_a_run_that_diverges_after_a_checkpoint_is_marked_finished_and_not_resumed(tmp_path, mnist_dir, monkeypatch):
+    import trainer.train
+
+    real = trainer.train.blown_up
+    monkeypatch.setattr(
+        trainer.train,
+        "blown_up",
+        lambda loss, *rest: (
+            "a planted blow-up" if trainer.train.last_checkpoint(tmp_path / "runs/hot").exists() else real(loss, *rest)
+        ),
+    )
+    with pytest.raises(SystemExit, match=r"training diverged at epoch 2 \(a planted blow-up\)"):
+        train(tmp_path, mnist_dir, "--epochs", "3", "--run-name", "hot", "--train-subset", "200")
+    ended = json.loads((tmp_path / "runs/hot/FINISHED.json").read_text())
+    assert ended["version"] is None and ended["reason"].startswith("training diverged at epoch 2")
     with pytest.raises(SystemExit, match="no unfinished run with a checkpoint"):
         train(tmp_path, mnist_dir, "--resume")
 
@@ -460,6 +488,21 @@ def test_an_unusable_environment_variable_still_lets_help_show_it_and_a_typed_fl
     assert str(getattr(args, typed[variable][0][2:])) == typed[variable][1]
     err = refused_by_the_parser(["--dry-run", "--artifacts-dir", str(tmp_path)], capsys)
     assert f"error: environment variable {message}" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("value, default", [(None, "(default: the preset's, 10 or 100)"), ("5", "(default: 5)")])
+def test_the_epochs_help_gives_one_default_the_environments_when_set(value, default, monkeypatch):
+    """MNIST_EPOCHS=5 showed "(default: the preset's, 10 or 100) [env MNIST_EPOCHS] (default: 5)"."""
+    if value is None:
+        monkeypatch.delenv("MNIST_EPOCHS", raising=False)
+    else:
+        monkeypatch.setenv("MNIST_EPOCHS", value)
+    action = next(a for a in get_args_parser()._actions if "--epochs" in a.option_strings)
+    shown = " ".join(get_args_parser().format_help().split())
+    start = shown.index("--epochs EPOCHS ")
+    line = shown[start : shown.index("--arch", start)]
+    assert line.count("(default:") == 1 and default in line, line
+    assert action.default == (None if value is None else int(value))
 
 
 @pytest.mark.parametrize(
@@ -652,15 +695,36 @@ def test_missing_mnist_files_are_said_in_one_line_before_a_run_folder_is_made(tm
 
 
 @pytest.mark.parametrize("download, mend", [(False, "Replace it with a good copy"), (True, "Delete it and run again")])
-def test_a_damaged_mnist_file_is_said_with_what_mends_it(tmp_path, mnist_dir, capsys, download, mend):
+@pytest.mark.parametrize("how", ["--dry-run", "--check-only", "--run-name=named"])
+def test_a_damaged_mnist_file_is_said_with_what_mends_it_before_a_run_folder_is_made(
+    tmp_path, mnist_dir, capsys, download, mend, how
+):
+    """Before any run folder: a damaged file left an empty one behind (holding its lock) at every start, and
+    --check-only, which `make stack` asks first, said "settings OK" for it."""
     data = tmp_path / "mnist"
     shutil.copytree(mnist_dir, data)
     labels = next(data.glob("t10k-labels-idx1-ubyte*"))
     labels.write_bytes(labels.read_bytes()[:-100])  # cut short
     flags = [] if download else ["--no-download"]
-    code = trainer_main(["--data-dir", str(data), "--artifacts-dir", str(tmp_path / "a"), "--dry-run", *flags])
+    code = trainer_main(["--data-dir", str(data), "--artifacts-dir", str(tmp_path / "a"), how, *flags])
     err = capsys.readouterr().err
     assert code == 1 and "a damaged MNIST file" in err and mend in err and "Traceback" not in err, err
+    assert not (tmp_path / "a" / "runs").exists()
+
+
+def test_check_only_refuses_a_run_name_the_run_would_refuse(tmp_path, mnist_dir, capsys):
+    """--check-only said "settings OK" for a --run-name whose folder holds a run's checkpoints; the run itself
+    then stopped."""
+    assert (
+        train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "r", "--train-subset", "200", "--stop-after", "1")
+        == 0
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"already holds the checkpoints of run r; .*--resume --run-name r"):
+        train(tmp_path, mnist_dir, "--run-name", "r", "--check-only")
+    assert train(tmp_path, mnist_dir, "--run-name", "other", "--check-only") == 0
+    assert "settings OK" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "other").exists()
 
 
 def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
