@@ -1,8 +1,10 @@
 """Watch models/LATEST.json, load and validate each newly published model, and swap it in atomically.
 
-Requests never wait for a load: the watcher thread builds and checks the new model on its own, then replaces
-one reference (`ModelStore.current`). A request reads that reference once and uses the model it got to the
-end, so a swap mid-request is harmless and the old model is freed when its last request finishes.
+Once a model is served, requests never wait for the load of a newer one: the watcher thread builds and checks the
+new model on its own, then replaces one reference (`ModelStore.current`). (Before the first model, a request loads
+it itself, and a request for a pinned version loads that version, one at a time.) A request reads that reference
+once and uses the model it got to the end, so a swap mid-request is harmless and the old model is freed when its
+last request finishes.
 
 A model that fails to load or validate is skipped with a logged reason and the previous one keeps serving.
 The same bad manifest is retried only after a back-off (doubling up to `max_retry_after`), never in a tight

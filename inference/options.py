@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from shared import settings
-from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds
+from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds, seconds_at_least
 from shared.decode import DEFAULT_LIMITS
 
 BACKENDS = ("onnxruntime", "torch")
@@ -112,7 +112,9 @@ class ServerOptions:
         "ask each client connection to close after this long, so that clients resolve the service's name again and "
         "spread their calls over replicas added since",
         metavar="SECONDS",
-        type=positive_seconds,
+        # gRPC takes whole milliseconds: under 0.0005 s was 0 ms, a GOAWAY on every connection at once, a server
+        # that started and answered nothing. A tenth of a second is room for a call; less is no setting to run.
+        type=seconds_at_least(0.1),
     )
     max_connection_age_grace: float = option(
         150.0,

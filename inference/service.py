@@ -21,6 +21,7 @@ import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
+from shared.budget import CallerGone
 from shared.decode import displayed_size
 from shared.fast_path import to_mnist_fast
 from shared.image_pipeline import (
@@ -64,6 +65,8 @@ def image_errors(metrics: ServiceMetrics):
     except ImageRejected as e:
         metrics.rejected(e)
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    except CallerGone as e:  # nobody reads this answer; said for the log
+        raise RpcError(grpc.StatusCode.CANCELLED, str(e)) from None
     except (BudgetExhausted, OutOfMemory) as e:
         raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
     except MemoryError:  # past decoding (cleaning, segmenting): the server's state too, not the picture's fault
@@ -175,17 +178,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             text = text.replace(prefix + "/", "models/").replace(prefix, "models/")
         return text
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        with image_errors(self.metrics):
+    def _decode(self, data: bytes, context) -> np.ndarray:
+        with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):
             return to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
 
-    def _decode_all(self, items, context=None) -> list[np.ndarray | RpcError]:
+    def _decode_all(self, items, context) -> list[np.ndarray | RpcError]:
         """Each image's 28x28 digit, or the RpcError that image gets, in order.
 
         The MNIST-like ones (28x28 grey PNGs) go through shared.fast_path together, which gives exactly what
         to_mnist gives; every other image, and any the fast path leaves undecided, through _decode alone. With the
         call's `context`, a caller that has gone (its deadline passed, or it cancelled) ends the work between two
-        pictures: CANCELLED, rather than decoding a batch of large photos for no one.
+        pictures, or while a picture waits for room in the decode budget: CANCELLED, rather than decoding a batch
+        of large photos for no one.
         """
         fast = to_mnist_fast(items, self.limits.image)
         results: list[np.ndarray | RpcError] = []
@@ -193,15 +197,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if digit is not None:
                 results.append(digit)
                 continue
-            if context is not None and not context.is_active():
+            if not context.is_active():
                 raise RpcError(
                     grpc.StatusCode.CANCELLED,
                     f"the caller went away (deadline passed or cancelled) after {len(results)} of {len(items)} "
                     "pictures; the rest were not decoded. Give large batches a longer deadline, or split them",
                 )
             try:
-                results.append(self._decode(data))
+                results.append(self._decode(data, context))
             except RpcError as e:
+                if e.code == grpc.StatusCode.CANCELLED:  # gone while the picture waited for decoding memory
+                    raise
                 results.append(e)
         return results
 
@@ -352,7 +358,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         classify = JudgingClassifier(served, functools.partial(self._judge, served))
-        with image_errors(self.metrics):
+        with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number

@@ -13,11 +13,20 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class BudgetExhausted(RuntimeError):
     """A reservation did not fit within the wait; the message says how much was asked and how much is in use."""
+
+
+class CallerGone(BudgetExhausted):
+    """The caller a reservation was made for went away (its deadline passed, or it cancelled) while it waited: the
+    picture is not decoded for no one. A BudgetExhausted, so that whatever lets that through lets this through."""
+
+
+# How often a reservation waiting for a caller (MemoryBudget.caller) asks whether the caller is still there.
+CALLER_POLL_SECONDS = 0.05
 
 
 class MemoryBudget:
@@ -30,6 +39,7 @@ class MemoryBudget:
         self._peak = 0
         self._queue: deque[object] = deque()  # waiting reservations, oldest first
         self._changed = threading.Condition()
+        self._callers = threading.local()  # .still_there: the caller of this thread's reservations (caller())
 
     @property
     def in_use(self) -> int:
@@ -41,10 +51,23 @@ class MemoryBudget:
         return self._peak
 
     @contextlib.contextmanager
+    def caller(self, still_there: Callable[[], bool]) -> Iterator[None]:
+        """Within the `with` block, this thread's reservations are made for a caller that `still_there()` says
+        is still waiting for the answer (a gRPC call's context.is_active): one that must wait for room gives up
+        with CallerGone, within CALLER_POLL_SECONDS, once the caller has gone. Without it, pictures whose callers
+        had gone (short deadlines, a flood of large pictures) were each decoded in full when room came."""
+        before = getattr(self._callers, "still_there", None)
+        self._callers.still_there = still_there
+        try:
+            yield
+        finally:
+            self._callers.still_there = before
+
+    @contextlib.contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Hold `nbytes` of the budget for the `with` block. A request larger than the whole capacity can never
         fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
-        large one."""
+        large one, and no longer than its caller waits (caller())."""
         if nbytes > self.capacity:
             raise BudgetExhausted(
                 f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
@@ -52,10 +75,16 @@ class MemoryBudget:
             )
         ticket = object()
         deadline = time.monotonic() + self.wait
+        still_there = getattr(self._callers, "still_there", None)
         with self._changed:
             self._queue.append(ticket)
             try:
                 while self._queue[0] is not ticket or self._in_use + nbytes > self.capacity:
+                    if still_there is not None and not still_there():
+                        raise CallerGone(
+                            "the caller went away (deadline passed or cancelled) while its picture waited for "
+                            "decoding memory; it was not decoded. Give the call a longer deadline"
+                        )
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise BudgetExhausted(
@@ -63,7 +92,7 @@ class MemoryBudget:
                             f"{self.capacity / 2**20:,.0f} MiB in use; this one needs {nbytes / 2**20:,.0f} MiB); "
                             "try again in a moment, or send a smaller picture"
                         )
-                    self._changed.wait(remaining)
+                    self._changed.wait(remaining if still_there is None else min(remaining, CALLER_POLL_SECONDS))
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may fit now, or may now be first

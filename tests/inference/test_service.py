@@ -87,12 +87,12 @@ def test_a_batch_whose_caller_has_gone_stops_decoding_between_pictures(serve, tm
     decoded, finished = [], threading.Event()
     real_decode, real_decode_all = servicer._decode, servicer._decode_all
 
-    def slow_decode(data):  # a large photo's worth of work per picture
+    def slow_decode(data, context):  # a large photo's worth of work per picture
         time.sleep(0.1)
         decoded.append(1)
-        return real_decode(data)
+        return real_decode(data, context)
 
-    def decode_all_then_note(items, context=None):
+    def decode_all_then_note(items, context):
         try:
             return real_decode_all(items, context)
         finally:
@@ -108,6 +108,65 @@ def test_a_batch_whose_caller_has_gone_stops_decoding_between_pictures(serve, tm
     # The server goes on serving.
     servicer._decode, servicer._decode_all = real_decode, real_decode_all
     assert running.stub.PredictBatch(pb.PredictBatchRequest(images=[big] * 2), timeout=10).results[0].prediction
+
+
+@pytest.mark.parametrize("method", ["Predict", "PredictBatch", "ReadNumber"])
+def test_a_picture_whose_caller_goes_while_it_waits_for_decoding_memory_is_not_decoded(
+    module_server, monkeypatch, method
+):
+    """Other large pictures hold the decode budget; a caller with a short deadline leaves. Its picture was decoded
+    in full once room came (a flood of large pictures with tiny deadlines cost full decodes); now its wait ends
+    with the caller, and the server goes on serving."""
+    import threading
+    import time
+
+    import shared.image_pipeline
+
+    import inference.service
+
+    budget = module_server.server.servicer.limits.decode_budget
+    decoded = []
+    for module in (inference.service, shared.image_pipeline):  # to_mnist (Predict), decode_image (ReadNumber)
+        for name in ("to_mnist", "decode_image"):
+            if hasattr(module, name):
+                real = getattr(module, name)
+
+                def noting(*args, _real=real, **kwargs):
+                    out = _real(*args, **kwargs)
+                    decoded.append(time.monotonic())
+                    return out
+
+                monkeypatch.setattr(module, name, noting)
+    photo = np.full((1990, 1990), 255, np.uint8)  # 4 MB decoded, a few kB as PNG
+    photo[600:1400, 950:1050] = 0
+    data = png_bytes(photo)
+    request = {
+        "Predict": pb.PredictRequest(image=data),
+        "PredictBatch": pb.PredictBatchRequest(images=[data]),
+        "ReadNumber": pb.ReadNumberRequest(image=data),
+    }[method]
+    holding, release = threading.Event(), threading.Event()
+
+    def other_pictures() -> None:
+        with budget.reserve(budget.capacity - 2**20):  # room for no 4 MB picture
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=other_pictures)
+    holder.start()
+    holding.wait(5)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(module_server.stub, method)(request, timeout=0.3)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)  # the server's wait for room notices the caller gone
+    finally:
+        release.set()
+        holder.join()
+    time.sleep(0.5)  # where the wait had not noticed, the picture would be decoded now
+    assert decoded == [] and budget.in_use == 0
+    answer = module_server.stub.Predict(pb.PredictRequest(image=data), timeout=10)
+    assert len(answer.prediction.probabilities) == 10 and decoded  # and decoded, as the counting sees it
 
 
 def test_predict_batch_of_only_bad_images(module_server):

@@ -34,6 +34,8 @@ from testkit.server_process import publish_random_model, start_server, stop_serv
         # Past what a thread's wait or a gRPC deadline holds: the grace or the model watcher died of an OverflowError.
         (["--grace-period", "1e10"], "--grace-period: must be at most 10,000,000 seconds"),
         (["--poll-interval", "1e10"], "--poll-interval: must be at most 10,000,000 seconds"),
+        # 0 ms to gRPC: a GOAWAY on every connection at once, a server that started and answered nothing.
+        (["--max-connection-age", "0.0004"], "--max-connection-age: must be at least 0.1 seconds, got '0.0004'"),
     ],
 )
 def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it_must_be(flags, message, capsys):

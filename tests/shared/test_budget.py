@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shared.budget import BudgetExhausted, MemoryBudget
+from shared.budget import BudgetExhausted, CallerGone, MemoryBudget
 
 
 def test_reservations_that_fit_run_together_and_give_their_bytes_back():
@@ -84,3 +84,45 @@ def test_more_than_the_whole_capacity_fails_at_once():
     with pytest.raises(BudgetExhausted, match=whole), budget.reserve(101):
         pass
     assert time.monotonic() - started < 1
+
+
+def test_a_reservation_whose_caller_goes_away_while_it_waits_gives_up_and_holds_nothing():
+    """A flood of large pictures with short deadlines: each waited its turn and was decoded in full for no one."""
+    budget = MemoryBudget(100, wait=10)
+    gone_at = time.monotonic() + 0.2
+    with budget.reserve(90):
+        started = time.monotonic()
+        with budget.caller(lambda: time.monotonic() < gone_at):
+            with pytest.raises(CallerGone, match=r"the caller went away .* it was not decoded"):
+                with budget.reserve(20):
+                    pass
+        assert 0.2 <= time.monotonic() - started < 0.2 + 1.0  # within a poll of its going, not the 10 s wait
+        with budget.reserve(10):  # the queue holds nothing of it
+            assert budget.in_use == 100
+    assert budget.in_use == 0
+
+
+def test_a_caller_still_there_is_served_when_room_comes_and_the_scope_is_the_threads_own():
+    budget = MemoryBudget(100, wait=5)
+    held = threading.Event()
+    elsewhere: list[bool] = []
+
+    def hold() -> None:
+        with budget.reserve(90):
+            held.set()
+            time.sleep(0.2)
+
+    def other_thread() -> None:  # no caller() here: this thread's reservations wait for no one
+        elsewhere.append(getattr(budget._callers, "still_there", None) is None)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    held.wait()
+    with budget.caller(lambda: True):
+        probe = threading.Thread(target=other_thread)
+        probe.start()
+        probe.join()
+        with budget.reserve(20):
+            assert budget.in_use == 20
+    worker.join()
+    assert elsewhere == [True] and getattr(budget._callers, "still_there", None) is None
