@@ -247,7 +247,7 @@ class PrefixedOutput:
             try:
                 self.out.write(f"{name:<{self.width}} | {text}\n")
                 self.out.flush()
-            except (BrokenPipeError, ValueError):  # the reader went away (`| head`) or the stream is closed
+            except (OSError, ValueError):  # the reader went away (`| head`, a closed terminal: EIO) or it is closed
                 pass
 
     def pump(self, name: str, stream) -> None:
@@ -341,7 +341,9 @@ class Supervisor:
             )
         except OSError as e:
             self.log(f"cannot start {r.service.name} ({shlex.join(r.service.argv)}): {e}")
-            r.exit_code, r.process = 127, None
+            # Ended, not due again: a restart that could not start was tried again every 0.1 s, for as long as
+            # any other service ran, logging each try.
+            r.exit_code, r.process, r.restart_at = 127, None, None
             self._failed = True
             return
         r.started_at = time.monotonic()
@@ -489,17 +491,33 @@ def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
             ("TensorBoard", join_address(args.tensorboard_host, args.tensorboard_port), settings.ENV_TENSORBOARD_PORT)
         )
     lines = []
-    for what, address, variable in wanted:
+    ports = [split_address(address)[1] for _, address, _ in wanted]  # the stack's own, each wanted once
+    for index, (what, address, variable) in enumerate(wanted):
         host, port = split_address(address)
         if port == 0:
             continue
-        problem = bind_error(host, port)
+        if port in ports[:index]:  # both bound one port: the second failed its restarts and stopped the stack
+            first = wanted[ports.index(port)][0]
+            problem: OSError | None = OSError(f"{first} listens on port {port} too")
+        else:
+            problem = bind_error(host, port)
         if problem is not None:
             # A name that does not resolve says so with its error number; a bind, in the words of the system.
             reason = str(problem) if isinstance(problem, socket.gaierror) else problem.strerror or str(problem)
-            moved = join_address(host, port + 1) if variable.endswith("_ADDRESS") else str(port + 1)
+            free = free_port_after(host, port, set(ports))
+            moved = join_address(host, free) if variable.endswith("_ADDRESS") else str(free)
             lines.append(f"{what} cannot listen on {address} ({reason}): set {variable}={moved}, for example")
     return lines
+
+
+def free_port_after(host: str, port: int, avoid: set[int]) -> int:
+    """The first port after `port` that `host` can bind and that is none of the stack's own (`avoid`): the hint
+    for a port taken, which named port + 1 (gRPC's 50051 + 1 is the health checks' 50052) even where that was
+    taken too. `port` + 1 if none is found within 100."""
+    for candidate in range(port + 1, min(port + 101, 65536)):
+        if candidate not in avoid and bind_error(host, candidate) is None:
+            return candidate
+    return port + 1
 
 
 def trainer_refusal(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
@@ -540,10 +558,15 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(services, env=env, cwd=ROOT, stop_timeout=args.stop_timeout, max_restarts=args.max_restarts)
 
     def on_signal(signum, frame):
-        supervisor.request_stop(signum)
+        # A hang-up stops the services as `docker stop` would (SIGTERM: the trainer checkpoints, the servers drain);
+        # SIGHUP's own default ends a Python server at once.
+        supervisor.request_stop(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # The terminal closed (or the SSH session dropped): only this supervisor gets SIGHUP, as each service runs in
+    # its own session. Its default ended the supervisor at once and left every service running, holding its port.
+    signal.signal(signal.SIGHUP, on_signal)
     names = [s.name for s in services]
     supervisor.log(f"artifacts: {env[settings.ENV_ARTIFACTS_DIR]}   MNIST: {env[settings.ENV_DATA_DIR]}")
     if "inference" in names:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.settings import ENV_DATA_DIR
+from shared.settings import ENV_DATA_DIR, default_data_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,12 +24,26 @@ DEFAULT_TEST_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 pytest_plugins = ["testkit.ci_skips"]
 
 
+def mnist_dir_candidates() -> list[Path]:
+    """Where the tests look for MNIST, in order: MNIST_DATA_DIR if set (and then only there); else the copy beside
+    the checkout (CI's, read-only), then the folder `make stack` downloads into (shared.settings.default_data_dir):
+    a newcomer's `make test` after `make stack` failed for want of MNIST_DATA_DIR."""
+    if os.environ.get(ENV_DATA_DIR):
+        return [Path(os.environ[ENV_DATA_DIR])]
+    return [DEFAULT_TEST_DATA_DIR, default_data_dir()]
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    path = Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_TEST_DATA_DIR)
-    if not any(path.glob("t10k-images-idx3-ubyte*")):
-        pytest.fail(f"MNIST not found in {path}; set {ENV_DATA_DIR} to a folder holding the four MNIST files")
-    return path
+    candidates = mnist_dir_candidates()
+    for path in candidates:
+        if any(path.glob("t10k-images-idx3-ubyte*")):
+            return path
+    looked = " or ".join(str(p) for p in candidates)
+    pytest.fail(
+        f"MNIST not found in {looked}; run `make stack` once (it downloads MNIST), or set {ENV_DATA_DIR} to a "
+        "folder holding the four MNIST files"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -231,7 +231,13 @@ while kill -0 "$PPID" 2>/dev/null; do sleep 0.05; done
 """
 
 
-def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_path):
+@pytest.mark.parametrize("sent, stopped_by", [(signal.SIGINT, "SIGINT"), (signal.SIGHUP, "SIGTERM")])
+def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_or_a_closed_terminal_stops_them(
+    tmp_path, sent, stopped_by
+):
+    """SIGINT is Ctrl-C; SIGHUP a terminal closed or an SSH session dropped, which reaches only the supervisor (each
+    service has a session of its own): its default ended the supervisor at once, and every service ran on,
+    holding its port, so that the next `make stack` found them taken."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
@@ -271,15 +277,16 @@ def test_cli_runs_four_services_with_shared_settings_and_ctrl_c_stops_them(tmp_p
         )
         time.sleep(0.3)
         assert stack.poll() is None, "the trainer's exit 0 must not end the stack"
-        stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        stack.send_signal(sent)
         assert stack.wait(15) == 0
     finally:
         # Pass or fail, nothing it started may outlive the test: the stand-ins run in sessions of their own.
         end_process_tree(stack)
     reader.join(5)
     out = [line.rstrip("\n") for line in lines]
+    assert f"stack       | stopping inference, web, tensorboard ({stopped_by})" in out, out
     for name in ("inference", "web", "tensorboard"):
-        assert f"{name:<11} | {name} got SIGINT" in out, out
+        assert sent != signal.SIGINT or f"{name:<11} | {name} got SIGINT" in out, out
         pid = int((tmp_path / f"{name}.pid").read_text())
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert "trainer     | epoch 1/1" in out
@@ -353,6 +360,60 @@ def test_a_port_in_use_stops_the_stack_before_anything_starts_naming_the_variabl
     (line,) = [line for line in result.stderr.splitlines() if "cannot listen on" in line]
     assert f"localhost:{port} (Address already in use): set {variable}=" in line
     assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.argv"))  # nothing was started
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_two_services_of_the_stack_on_one_port_is_refused_and_the_hint_names_none_of_its_ports():
+    """The hint for gRPC's port taken was port + 1: 50052, the health checks' own. Taken, the check passed (each
+    port was looked at alone), and inference failed its restarts on the health port."""
+    from scripts.local_stack import get_args_parser, ports_taken
+
+    grpc, metrics = free_ports(2)
+    addresses = {"--grpc-address": grpc, "--health-address": grpc, "--metrics-address": metrics}
+    args = get_args_parser().parse_args([arg for flag, p in addresses.items() for arg in (flag, f"localhost:{p}")])
+    (line,) = ports_taken(args, ["inference"])
+    assert line.startswith(f"its health checks cannot listen on localhost:{grpc} (the gRPC service listens on port")
+    hinted = int(line.split("MNIST_HEALTH_ADDRESS=localhost:")[1].split(",")[0])
+    assert hinted not in (grpc, metrics)
+    with socket.socket() as taken:  # gRPC's port taken, the next one the health checks': the hint skips both
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addresses = {"--grpc-address": port, "--health-address": port + 1, "--metrics-address": 0}
+        args = get_args_parser().parse_args([arg for flag, p in addresses.items() for arg in (flag, f"localhost:{p}")])
+        lines = [line for line in ports_taken(args, ["inference"]) if line.startswith("the gRPC service")]
+    assert len(lines) == 1 and f"MNIST_GRPC_ADDRESS=localhost:{port + 1}," not in lines[0], lines
+
+
+def test_a_restart_that_cannot_start_the_program_is_tried_once_not_every_tenth_of_a_second(tmp_path, start):
+    """A service whose program went away while it ran (its restart: ENOENT) was started again on every pass of
+    the loop, 'cannot start' logged ten times a second, for as long as another service ran."""
+    script = tmp_path / "flaky"
+    script.write_text(f"#!{PY}\nimport pathlib, sys\npathlib.Path(sys.argv[0]).unlink()\nsys.exit(1)\n")
+    script.chmod(0o755)
+    out = Capture()
+    supervisor = Supervisor(
+        [
+            Service("flaky", [str(script)], restart_on_failure=True),
+            Service("job", py("import time; time.sleep(2)")),
+        ],
+        out=out,
+        restart_delay=0.05,
+    )
+    thread, result = start(supervisor)
+    thread.join(15)
+    assert result == [1] and "flaky exited with code 1" in out.text
+    assert out.text.count("cannot start flaky") == 1, out.text
 
 
 @pytest.mark.parametrize(
