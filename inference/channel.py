@@ -5,6 +5,7 @@ Used by the command-line client, the health probe, the web gateway and the bench
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -69,6 +70,22 @@ RECONNECT_BACKOFF_MS = (100, 1000)
 # read by one of its threads at a time, not the N connections N separate client processes open. With this option
 # each channel keeps its subchannels, and so its connection, to itself.
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+
+
+def grpc_target(text: str) -> str:
+    """argparse type: a gRPC target, not blank (an empty one failed in gRPC's core with its own log lines and an
+    UNKNOWN error that said nothing of the flag)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name the server, as host:port (e.g. localhost:50051)")
+    return text.strip()
+
+
+def tls_flags_problem(tls: bool, tls_ca: Path | None, tls_server_name: str | None) -> str | None:
+    """Why these TLS flags cannot go together, or None: a certificate name to expect on a connection without TLS
+    was ignored, and the call went out in plain text."""
+    if tls_server_name and not (tls or tls_ca is not None):
+        return "--tls-server-name names the host in the server's TLS certificate: give it with --tls or --tls-ca"
+    return None
 
 
 def make_channel(

@@ -21,6 +21,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+# gRPC's own log lines (a TLS handshake that failed, a channel that could not be made) went to the terminal before
+# the client's one-line error, which says the same in words of what to do: set before gRPC's core starts.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 
 from shared import settings
@@ -29,7 +33,7 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
-from inference.channel import describe_rpc_error, make_channel, said_for_a_person
+from inference.channel import describe_rpc_error, grpc_target, make_channel, said_for_a_person, tls_flags_problem
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
 from inference.security import bearer_metadata, ca_certificates_file, is_metadata_value
 
@@ -270,6 +274,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
+        type=grpc_target,
         default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
         help=f"server address; dns:///host:port balances over every address of host (env {settings.ENV_GRPC_TARGET})",
     )
@@ -355,7 +360,10 @@ def unwritable(path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if (problem := tls_flags_problem(args.tls, args.tls_ca, args.tls_server_name)) is not None:
+        parser.error(problem)
     escape_unprintable_output()
     if getattr(args, "batch_size", 1) < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)

@@ -16,6 +16,7 @@ from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, po
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.capacity import WEB_BODY_HOLD_FACTOR
+from inference.channel import grpc_target, tls_flags_problem
 from inference.logs import LOG_FORMATS, configure_logging
 from inference.security import ca_certificates_file, checked_token
 
@@ -53,6 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
+        type=grpc_target,
         default=s.env_str(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET),
         help=f"the gRPC inference service; dns:///host:port balances over every address of host "
         f"[env {s.ENV_GRPC_TARGET}]",
@@ -133,7 +135,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if (problem := tls_flags_problem(args.tls, args.tls_ca, args.tls_server_name)) is not None:
+        parser.error(problem)
     if args.token is None:
         args.token = os.environ.get(ENV_AUTH_TOKEN) or None
     if args.token is not None:

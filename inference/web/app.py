@@ -342,10 +342,15 @@ def pass_through_metadata(http: Request) -> tuple[list[tuple[str, str]], str]:
             )
         metadata.append((AUTH_METADATA_KEY, authorization))
     supplied = http.headers.get(REQUEST_ID_KEY)
-    if supplied is not None and (not is_metadata_value(supplied) or len(supplied) > MAX_REQUEST_ID_CHARS):
+    if supplied is not None and len(supplied) > MAX_REQUEST_ID_CHARS:
         raise _bad_request(
-            f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters (it was "
-            f"{len(supplied):,} characters); send a shorter id, or none and one is made"
+            f"X-Request-ID must be at most {MAX_REQUEST_ID_CHARS} characters (it was {len(supplied):,}); send a "
+            "shorter id, or none and one is made"
+        )
+    if supplied is not None and not is_metadata_value(supplied):  # a short one was told to be shorter
+        raise _bad_request(
+            "X-Request-ID must be printable ASCII (letters, digits, punctuation, spaces); send such an id, or none "
+            "and one is made"
         )
     request_id = request_id_from(supplied)
     metadata.append((REQUEST_ID_KEY, request_id))
@@ -476,6 +481,10 @@ def known_query_parameters(request: Request) -> None:
     if unknown:
         takes = ", ".join(sorted(known)) if known else "none"
         raise _bad_request(f"unknown query parameter {', '.join(unknown)}: {request.url.path} takes {takes}")
+    # Given twice, the last was taken: `?model_version=nope&model_version=` was answered by the served model.
+    repeated = sorted(name for name in set(request.query_params) if len(request.query_params.getlist(name)) > 1)
+    if repeated:
+        raise _bad_request(f"query parameter {', '.join(repeated)} given more than once: give each once")
 
 
 @cache
@@ -494,7 +503,9 @@ async def read_images(request: Request) -> list[bytes]:
             "an image is sent as its own bytes, not inside JSON: the body itself (curl --data-binary @digit.png "
             "-H 'Content-Type: image/png') or a multipart file (curl -F file=@digit.png)",
         )
-    if not content_type.lower().startswith("multipart/form-data"):
+    # The media type itself: 'multipart/form-datax; boundary=...' passed a prefix test, and Starlette, which
+    # parses no such type, gave no images (a batch answered 200 with no results).
+    if media_type(content_type) != "multipart/form-data":
         return [await request.body()]
     complete_multipart(await request.body(), content_type)  # read once: request.form() parses the same bytes
     try:

@@ -47,7 +47,14 @@ def parse_allowed_hosts(value: str) -> tuple[str, ...]:
     for host in hosts:
         if host != ANY_HOST and ("*" in host[1:] or (host.startswith("*") and not host.startswith("*."))):
             raise ValueError(f"{host!r}: a * stands alone, or begins a name as in *.example.com")
-    return hosts
+        # The Host header's name is matched without its port (host_name): a name given with one matched nothing,
+        # and the gateway refused every request.
+        if host_name(host) != host or (host.startswith("[") and not host.endswith("]")):
+            raise ValueError(
+                f"{host!r}: name the host without a port (as in {host_name(host)!r}); any port is answered"
+            )
+    # A bare IPv6 address as the Host header writes it, in brackets: '::1' matched no request either.
+    return tuple(f"[{host}]" if host.count(":") > 1 and not host.startswith("[") else host for host in hosts)
 
 
 def host_name(header: str) -> str:

@@ -133,6 +133,38 @@ def test_a_tls_mismatch_is_said_as_one_not_as_a_server_that_is_down(serve, tmp_p
     assert code == 1 and "TLS handshake" in err and "Pass --tls-ca" in err and "Is it running" not in err, err
 
 
+def test_a_tls_handshake_that_fails_is_one_line_without_grpcs_own_log_lines(serve, tmp_path):
+    """--tls against a plain server printed two to five of gRPC's 'Handshake failed' log lines first."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    plain = f"127.0.0.1:{serve().port}"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "inference.client", "--target", plain, "--tls", "--timeout", "5", "info"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=60,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--target", " "], "--target: must name the server, as host:port"),
+        (["--tls-server-name", "inference"], "--tls-server-name names the host in the server's TLS certificate"),
+    ],
+)
+def test_client_flags_that_cannot_work_are_refused_saying_why(flags, message, capsys):
+    """A blank target failed in gRPC's core with an UNKNOWN error; a certificate name without TLS was ignored and
+    the call went out in plain text."""
+    with pytest.raises(SystemExit) as exit_info:
+        client.main([*flags, "info"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def written(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

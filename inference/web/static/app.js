@@ -617,25 +617,35 @@ function setMode(mode) {
 }
 for (const mode of ["digit", "number"]) $(`mode-${mode}`).addEventListener("change", () => setMode(mode));
 
-// "3.14": the digits with the decimal points and commas put back where they were found.
+// What a digit of a number shows: the digit, or "?" for a mark the model says is no digit at all (a line through
+// the number, a box round it), as the client prints it. The page showed such a mark as a digit.
+const NOT_A_DIGIT_MARK = "?";
+const digitLabel = (d) => (d.is_digit === false ? NOT_A_DIGIT_MARK : String(d.digit));
+
+// "3.14": the digits with the decimal points and commas put back where they were found; "2?26" with a mark that is
+// no digit.
 function numberText(result) {
+  const digits = result.per_digit.length ? result.per_digit.map(digitLabel).join("") : result.digits;
   let text = "", at = 0;
   for (const s of result.separators) {
-    text += result.digits.slice(at, s.position) + s.mark;
+    text += digits.slice(at, s.position) + s.mark;
     at = s.position;
   }
-  return text + result.digits.slice(at);
+  return text + digits.slice(at);
 }
 
 function showNumber(result, strokeEndedAt, pictureName) {
   const text = numberText(result);
   state.number = result;
   $("digit").textContent = text;
-  $("confidence").textContent = `${(100 * result.confidence).toFixed(1)} % sure of every digit`;
+  const marks = result.per_digit.filter((d) => d.is_digit === false).length;
+  $("confidence").textContent = `${(100 * result.confidence).toFixed(1)} % sure of every digit` +
+    (marks ? `; ${marks === 1 ? "one mark does" : `${marks} marks do`} not look like a digit (${NOT_A_DIGIT_MARK})` : "");
   $("per-digit").replaceChildren(...result.per_digit.map((d) => {
     const li = document.createElement("li");
     const p = d.probabilities[d.digit];
-    li.title = `${d.digit}: probability ${p.toFixed(4)}; box ${d.box.width}x${d.box.height} at ${d.box.x},${d.box.y}`;
+    li.title = (d.is_digit === false ? `not a digit (digit score ${d.digit_score.toFixed(3)}); closest ` : "") +
+      `${d.digit}: probability ${p.toFixed(4)}; box ${d.box.width}x${d.box.height} at ${d.box.x},${d.box.y}`;
     if (d.model_input) {
       const img = document.createElement("img");
       img.src = d.model_input;
@@ -643,8 +653,8 @@ function showNumber(result, strokeEndedAt, pictureName) {
       li.append(img);
     }
     const digit = document.createElement("b");
-    digit.textContent = String(d.digit);
-    li.append(digit, `${(100 * p).toFixed(1)} %`);
+    digit.textContent = digitLabel(d);
+    li.append(digit, d.is_digit === false ? "not a digit" : `${(100 * p).toFixed(1)} %`);
     return li;
   }));
   drawBoxes();
@@ -682,7 +692,7 @@ function drawBoxes() {
     add("text", { x: b.x + b.width / 2, y, "font-size": size, "text-anchor": "middle", "stroke-width": 3 * unit },
       cls).textContent = label;
   };
-  result.per_digit.forEach((d) => box(d.box, String(d.digit), "digit"));
+  result.per_digit.forEach((d) => box(d.box, digitLabel(d), d.is_digit === false ? "mark" : "digit"));
   result.separators.forEach((s) => box(s.box, s.mark, "mark"));
 }
 

@@ -210,6 +210,22 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         "unknown query parameter modelversion: /v1/predict takes model_input, model_version",
     )
     assert_error(gateway.get("/v1/model?verbose=1"), 400, "INVALID_ARGUMENT", "/v1/model takes none")
+    # Given twice, the last was taken: a version that does not exist, then none, was answered by the served model.
+    assert_error(
+        gateway.post("/v1/predict?model_version=nope&model_version=", png),
+        400,
+        "INVALID_ARGUMENT",
+        "query parameter model_version given more than once",
+    )
+
+
+def test_a_body_whose_type_only_begins_like_multipart_is_no_multipart_form(gateway, digit_pngs):
+    """'multipart/form-datax' passed a prefix test; Starlette parsed no parts of it, and a batch answered 200 with no
+    results: its images were lost without a word."""
+    body, content_type = multipart([("file", digit_pngs[0][1])])
+    answer = gateway.post("/v1/predict/batch", body, content_type.replace("form-data", "form-datax"))
+    assert answer.status != 200 or len(answer.json()["results"]) == 1, answer.json()
+    assert len(gateway.post("/v1/predict/batch", body, content_type).json()["results"]) == 1
 
 
 def test_evaluate_is_refused_unless_sent_as_json_even_with_no_body(gateway):
@@ -850,9 +866,9 @@ def test_a_multipart_body_cut_before_its_closing_boundary_is_400_not_one_image_f
 
 def test_headers_grpc_metadata_cannot_carry_are_the_callers_error(gateway, digit_pngs):
     png = digit_pngs[0][1]
-    assert_error(
-        gateway.post("/v1/predict", png, headers={"X-Request-ID": "caf\u00e9"}), 400, "INVALID_ARGUMENT", "X-Request-ID"
-    )
+    # A short id that is not printable ASCII was told it was too long ("send a shorter id").
+    refused = gateway.post("/v1/predict", png, headers={"X-Request-ID": "caf\u00e9"})
+    assert "shorter" not in assert_error(refused, 400, "INVALID_ARGUMENT", "X-Request-ID must be printable ASCII")
     assert_error(
         gateway.post("/v1/predict", png, headers={"X-Request-ID": "r" * 10_000}), 400, "INVALID_ARGUMENT", "at most"
     )

@@ -498,6 +498,48 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
     assert shown_boxes(page) == [] and page.execute_script("return document.body.dataset.number ?? null") is None
 
 
+def test_number_mode_shows_a_mark_the_model_says_is_no_digit_as_a_question_mark(page):
+    """The page drew every digit of a number as read, a line through the number or a box round it as a digit
+    ("2126"), where the client prints "2?26" (inference/preview.py format_number). The answer is the gateway's
+    read-number shape, given to the page's own showNumber as its fetch would."""
+    page.find_element("css selector", "label:has(#mode-number)").click()
+
+    def digit(value: int, x: int, is_digit: bool = True) -> dict:
+        probabilities = [0.01] * 10
+        probabilities[value] = 0.91
+        box = {"x": x, "y": 10, "width": 40, "height": 80}
+        return {
+            "digit": value,
+            "probabilities": probabilities,
+            "is_digit": is_digit,
+            "digit_score": 0.9 if is_digit else 0.05,
+            "box": box,
+            "model_input": "",
+        }
+
+    answer = {
+        "digits": "2126",
+        "per_digit": [digit(2, 10), digit(1, 60, is_digit=False), digit(2, 110), digit(6, 160)],
+        "separators": [{"position": 3, "mark": ".", "box": {"x": 152, "y": 80, "width": 5, "height": 5}}],
+        "confidence": 0.8,
+        "width": 300,
+        "height": 100,
+        "model_version": page.find_element("id", "model-version").text,
+    }
+    shown = page.execute_script(
+        "showNumber(arguments[0], null, null); return [document.body.dataset.number,"
+        " [...document.querySelectorAll('#boxes text')].map((t) => t.textContent + ':' + t.getAttribute('class')),"
+        " [...document.querySelectorAll('#per-digit li')].map((li) => li.textContent),"
+        " document.getElementById('confidence').textContent];",
+        answer,
+    )
+    number, boxes, items, confidence = shown
+    assert number == "2?2.6" and page.find_element("id", "digit").text == "2?2.6"
+    assert boxes == ["2:digit", "?:mark", "2:digit", "6:digit", ".:mark"], boxes
+    assert items[1] == "?not a digit" and items[0] == "291.0 %", items
+    assert "one mark does not look like a digit (?)" in confidence, confidence
+
+
 def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(page, served, mnist):
     from testkit.numbers import make_numbers
 

@@ -209,6 +209,11 @@ def test_a_port_in_use_is_an_error_not_a_hang(tmp_path):
         (["--token", "two\tparts"], "--token (MNIST_AUTH_TOKEN) holds a character that is not printable ASCII"),
         (["--token", " \n"], "--token (MNIST_AUTH_TOKEN) is empty"),
         (["--allowed-hosts", " , "], "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): name at least one host"),
+        # Taken, it matched no Host header (their ports are dropped): every request got 400.
+        (["--allowed-hosts", "localhost:8080"], "'localhost:8080': name the host without a port (as in 'localhost')"),
+        # Ignored without TLS: the calls went out in plain text.
+        (["--tls-server-name", "inference"], "--tls-server-name names the host in the server's TLS certificate"),
+        (["--target", ""], "--target: must name the server"),
         (["--allowed-hosts", "a*b.com"], "--allowed-hosts (MNIST_WEB_ALLOWED_HOSTS): 'a*b.com': a * stands alone"),
         (
             ["--allowed-hosts", "*x.com"],

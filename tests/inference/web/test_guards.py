@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from inference.web.guards import default_allowed_hosts, host_allowed, host_name, parse_allowed_hosts
@@ -34,3 +36,17 @@ def test_a_name_is_allowed_exactly_or_as_a_subdomain_of_a_star_pattern():
     assert not host_allowed("apps.example.com", allowed)  # *.x names x's subdomains, not x
     assert not host_allowed("evil-example.com", allowed) and not host_allowed("", allowed)
     assert host_allowed("anything", parse_allowed_hosts("*"))
+
+
+def test_a_bare_ipv6_address_is_allowed_as_the_host_header_writes_it():
+    """'::1' was kept as given and matched no request: the header's host is '[::1]'."""
+    allowed = parse_allowed_hosts("::1, [fe80::2], localhost")
+    assert allowed == ("[::1]", "[fe80::2]", "localhost")
+    assert host_allowed(host_name("[::1]:8080"), allowed) and host_allowed(host_name("[fe80::2]"), allowed)
+
+
+@pytest.mark.parametrize("value, said", [("localhost:8080", "'localhost'"), ("[::1]:8080", "'[::1]'")])
+def test_a_host_given_with_a_port_is_refused_saying_to_name_it_without(value, said):
+    """'localhost:8080' was taken, matched no Host header (their ports are dropped) and every request got 400."""
+    with pytest.raises(ValueError, match=f"name the host without a port \\(as in {re.escape(said)}\\)"):
+        parse_allowed_hosts(value)
