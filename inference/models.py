@@ -69,16 +69,21 @@ def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manife
 def _serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
     try:
         manifest = find_manifest(models_dir, version)
-    except CheckpointError as e:
-        raise Refused(f"model version {version} cannot be read: {e}. Nothing was changed") from None
+    except (CheckpointError, OSError) as e:
+        raise Refused(
+            f"model version {version} cannot be read: {e}. Nothing was changed; `promote` another version, which "
+            "`list` shows"
+        ) from None
     if manifest is None:
         raise Refused(f"no model version {version!r} in {models_dir}; `python -m inference.models list` shows them")
     check_model(models_dir, manifest)
     try:
         previous = read_manifest(models_dir)
-    except CheckpointError:
-        previous = None  # a damaged LATEST.json: replacing it is the repair
-    if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
+    except (CheckpointError, OSError):
+        previous = None  # a damaged or unreadable LATEST.json: replacing it is the repair
+    # Every field, not the version and checksum alone: a LATEST.json damaged in its ONNX fields names the version
+    # but no server loads it, and promoting that version is its repair (it said "already names it" and left it).
+    if previous == manifest:
         return manifest, previous
     try:
         recorded = read_version_manifest(models_dir, version)
@@ -103,7 +108,10 @@ def rollback(models_dir: Path) -> tuple[Manifest, Manifest | None]:
                 f"nothing to roll back to: {models_dir}/HISTORY.jsonl names no earlier served version that "
                 "still exists; serve one by name with `promote VERSION`"
             )
-        return _serve_version(models_dir, target, event="rollback")
+        try:
+            return _serve_version(models_dir, target, event="rollback")
+        except Refused as e:  # a rollback again would pick the same version: say the way past it
+            raise Refused(f"{e}; serve another version by name with `promote VERSION` (`list` shows them)") from None
 
 
 def _percent(metrics: dict[str, float], name: str) -> str:
@@ -165,12 +173,14 @@ def cmd_list(models_dir: Path, args) -> int:
 
 
 def _served_line(manifest: Manifest, previous: Manifest | None, verb: str) -> str:
-    if previous is not None and (previous.version, previous.sha256) == (manifest.version, manifest.sha256):
+    if previous == manifest:
         return (
             f"models/LATEST.json already names {manifest.version}, which passes the checks; a server that skipped it "
             "(a damaged file, since repaired) loads it at its next poll"
         )
     was = f" (was {previous.version})" if previous is not None else ""
+    if previous is not None and previous.version == manifest.version:
+        was = " (models/LATEST.json named it with other fields, which no server could load: rewritten)"
     return (
         f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their next poll"
     )
@@ -244,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = Paths(args.artifacts_dir).models
     try:
         return args.run(models_dir, args)
-    except (Refused, OSError) as e:  # OSError: a folder that cannot be read or written, a directory for a file
+    except Refused as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder that cannot be read or written, a directory for a file
+        print(
+            f"error: cannot use {e.filename or models_dir} ({e.strerror or e}); check --artifacts-dir (or "
+            f"{settings.ENV_ARTIFACTS_DIR}): its models folder must be a folder this user can read and write, with "
+            "room on its disk",
+            file=sys.stderr,
+        )
         return 1
 
 

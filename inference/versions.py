@@ -120,7 +120,7 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
     """All published versions, newest first (by creation time, then name); the served one is marked."""
     try:
         latest = read_manifest(models_dir)
-    except CheckpointError:
+    except (CheckpointError, OSError):  # OSError: unreadable (a folder by that name): the list is still shown
         latest = None
     infos = []
     for version in version_names(models_dir):
@@ -185,7 +185,7 @@ def served_stack(models_dir: Path) -> list[str]:
             stack.append(version)
     try:
         latest = read_manifest(models_dir)
-    except CheckpointError:
+    except (CheckpointError, OSError):
         latest = None
     if latest is not None and (not stack or stack[-1] != latest.version):
         stack.append(latest.version)

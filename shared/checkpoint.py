@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -266,12 +267,8 @@ def publish_model(
         current = read_manifest(models_dir)
     except CheckpointError:
         current = None
-    if current is not None and (current.file, current.sha256, current.onnx_sha256) == (
-        file_name,
-        manifest.sha256,
-        manifest.onnx_sha256,
-    ):
-        return current  # already published and named by the manifest: nothing to do
+    if current == manifest:
+        return current  # already published and named by the manifest, every field of it: nothing to do
     point_latest(models_dir, manifest, event="publish")
     return manifest
 
@@ -320,9 +317,11 @@ def numeric_metrics(metrics: Any) -> dict[str, float]:
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             try:
-                numbers[str(k)] = float(v)
+                number = float(v)
             except OverflowError:  # a whole number past float's range (JSON has no limit): it broke ListModels
                 continue
+            if math.isfinite(number):  # NaN and Infinity are no JSON: `list --json` printed them for jq to refuse
+                numbers[str(k)] = number
     return numbers
 
 
@@ -383,23 +382,38 @@ def version_manifest_path(models_dir: Path, version: str) -> Path:
 
 def point_latest(models_dir: Path, manifest: Manifest, *, event: str) -> None:
     """Make `manifest` the served one: rename a new LATEST.json into place, then append the change to the
-    history (`event`: publish, promote or rollback). The caller has checked the model."""
+    history (`event`: publish, promote or rollback). The caller has checked the model.
+
+    A rollback is recorded first, and not made unless it is: a history that does not end with the served version
+    is read as if that version were pushed on top (inference.versions.served_stack), which is right for a publish
+    or a promote whose line was lost, but made a rollback from C to B whose line was lost read as A, B, C, B, and
+    the next rollback served C again. Recorded and then not made (LATEST.json could not be written), it reads as
+    rolled back and then C pushed on top: the next rollback goes to B, as it should."""
     models_dir = Path(models_dir)
-    atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
     entry = {"at": utc_now(), "event": event, "version": manifest.version, "sha256": manifest.sha256}
-    # One short line in append mode: concurrent writers cannot interleave within it on a local filesystem, and
-    # a line cut short by a crash is skipped by read_history; the entry after it starts a line of its own (else
-    # the two made one bad line, and rollback skipped that version). LATEST.json, not the history, says what is
-    # served, so a failure here (a full disk) only warns: the change has happened, and a history that does not end
-    # with the served version is read as if it did (inference.versions.served_stack).
+    if event == "rollback":
+        append_history(models_dir, entry)  # OSError: nothing has changed
+        atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
+        return
+    atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
+    # LATEST.json, not the history, says what is served, so a failure here (a full disk) only warns: the change
+    # has happened, and a history that does not end with the served version is read as if it did.
     try:
-        with open(models_dir / HISTORY_NAME, "a+b") as f:
-            cut_short = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
-            f.write((b"\n" if cut_short else b"") + json.dumps(entry, sort_keys=True).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_history(models_dir, entry)
     except OSError as e:
         log.warning("serving %s, but %s could not record it: %s", manifest.version, HISTORY_NAME, e)
+
+
+def append_history(models_dir: Path, entry: dict[str, str]) -> None:
+    """Append one change of LATEST.json to the history, synced. One short line in append mode: concurrent writers
+    cannot interleave within it on a local filesystem, and a line cut short by a crash is skipped by read_history;
+    the entry after it starts a line of its own (else the two made one bad line, and rollback skipped that
+    version)."""
+    with open(Path(models_dir) / HISTORY_NAME, "a+b") as f:
+        cut_short = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if cut_short else b"") + json.dumps(entry, sort_keys=True).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_history(models_dir: Path) -> list[dict[str, str]]:

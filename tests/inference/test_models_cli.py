@@ -175,8 +175,92 @@ def test_rollback_to_a_damaged_model_is_refused_and_nothing_changes(artifacts, c
     (models / "v1.pt").write_bytes(b"garbage")
     before = folder_state(artifacts)
     assert run(artifacts, "rollback") == 1
-    assert "v1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "v1" in err and "promote VERSION" in err  # a rollback again picks v1 again: the way past it
     assert folder_state(artifacts) == before
+
+
+def test_a_rollback_whose_history_line_cannot_be_written_changes_nothing(artifacts, capsys, monkeypatch):
+    """Made and its line lost (a full disk), a rollback from v3 to v2 read as v1, v2, v3, v2: the next rollback
+    served v3 again, the model just rolled away from. Now the line comes first, and without it nothing changes."""
+    import shared.checkpoint
+
+    assert run(artifacts, "promote", "v3") == 0
+    before = folder_state(artifacts)
+    real = shared.checkpoint.append_history
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shared.checkpoint, "append_history", disk_full)
+    capsys.readouterr()
+    assert run(artifacts, "rollback") == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert folder_state(artifacts) == before and served(artifacts) == "v3"
+    monkeypatch.setattr(shared.checkpoint, "append_history", real)
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v2"
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v1"
+
+
+def test_a_rollback_recorded_whose_latest_could_not_be_written_goes_back_to_the_same_version_next(
+    artifacts, monkeypatch, capsys
+):
+    import shared.checkpoint
+
+    assert run(artifacts, "promote", "v3") == 0
+    real = shared.checkpoint.atomic_write_bytes
+
+    def latest_unwritable(path, data):
+        if path.name == MANIFEST_NAME:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(shared.checkpoint, "atomic_write_bytes", latest_unwritable)
+    assert run(artifacts, "rollback") == 1 and served(artifacts) == "v3"
+    monkeypatch.setattr(shared.checkpoint, "atomic_write_bytes", real)
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v2"
+
+
+def test_promote_of_the_served_version_repairs_a_latest_json_damaged_in_its_onnx_fields(artifacts, capsys):
+    """It said "models/LATEST.json already names v2, which passes the checks" and left it: every server with the
+    onnxruntime backend went on refusing v2."""
+    models = Paths(artifacts).models
+    latest = json.loads((models / MANIFEST_NAME).read_text())
+    latest["onnx_sha256"] = "0" * 64
+    (models / MANIFEST_NAME).write_text(json.dumps(latest))
+    assert run(artifacts, "promote", "v2") == 0
+    assert "rewritten" in capsys.readouterr().out
+    assert read_manifest(models).onnx_sha256 == json.loads((models / "v2.json").read_text())["onnx_sha256"]
+
+
+def test_metrics_that_are_not_finite_are_left_out_of_manifests_and_list_json_is_strict_json(tmp_path, capsys):
+    """NaN and Infinity went into LATEST.json and `list --json` (which jq refuses), and showed as nan% in the table."""
+    payload = model_payload(1)
+    payload["metrics"] = {"val_accuracy": float("nan"), "test_accuracy": float("inf"), "val_loss": 0.25}
+    publish_model(Paths(tmp_path).models, version="v1", model_payload=payload)
+    assert read_manifest(Paths(tmp_path).models).metrics == {"val_loss": 0.25}
+    assert models_main(["--artifacts-dir", str(tmp_path), "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in list --json"))
+    assert listed[0]["metrics"] == {"val_loss": 0.25}
+
+
+def test_list_shows_the_versions_when_latest_json_cannot_be_read(artifacts, capsys):
+    """A folder (or, for another user, a file without read permission) where LATEST.json should be: `list` failed
+    outright with '[Errno 21] Is a directory'."""
+    models = Paths(artifacts).models
+    (models / MANIFEST_NAME).unlink()
+    (models / MANIFEST_NAME).mkdir()
+    assert run(artifacts, "list") == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "v3" in out and "no version is served" in out
+
+
+def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert models_main(["--artifacts-dir", str(blocker), "promote", "v1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "check --artifacts-dir (or MNIST_ARTIFACTS_DIR)" in err, err
 
 
 def test_prune_keeps_the_newest_and_never_the_served_one_or_the_one_before_it(artifacts, capsys):
