@@ -21,9 +21,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# gRPC's own log lines (a TLS handshake that failed, a channel that could not be made) went to the terminal before
-# the client's one-line error, which says the same in words of what to do: set before gRPC's core starts.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# gRPC's own log lines (a TLS handshake that failed) went to the terminal before the client's one-line error, which
+# says the same in words of what to do. gRPC's core reads this as it is imported: set only where this module imports
+# it first, the client run as a program, so that a process that imported gRPC before (a server, the tests) keeps
+# its own setting and passes nothing on to what it starts.
+if "grpc" not in sys.modules:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 

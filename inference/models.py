@@ -180,7 +180,11 @@ def _served_line(manifest: Manifest, previous: Manifest | None, verb: str) -> st
         )
     was = f" (was {previous.version})" if previous is not None else ""
     if previous is not None and previous.version == manifest.version:
-        was = " (models/LATEST.json named it with other fields, which no server could load: rewritten)"
+        loaded = ("file", "sha256", "size", "onnx_file", "onnx_sha256", "onnx_size")  # what servers check
+        if any(getattr(previous, name) != getattr(manifest, name) for name in loaded):
+            was = " (models/LATEST.json named it with other files or checksums, which no server could load: rewritten)"
+        else:
+            was = f" (models/LATEST.json rewritten to match models/{manifest.version}.json)"
     return (
         f"{verb} {manifest.version} (sha256 {manifest.sha256[:12]}){was}; running servers swap it in at their next poll"
     )

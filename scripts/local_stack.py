@@ -342,9 +342,13 @@ class Supervisor:
         except OSError as e:
             self.log(f"cannot start {r.service.name} ({shlex.join(r.service.argv)}): {e}")
             # Ended, not due again: a restart that could not start was tried again every 0.1 s, for as long as
-            # any other service ran, logging each try.
-            r.exit_code, r.process, r.restart_at = 127, None, None
-            self._failed = True
+            # any other service ran, logging each try. A service the stack keeps running gives up as after its
+            # last restart: the stack does not stay up without it.
+            r.process, r.restart_at = None, None
+            if r.service.restart_on_failure:
+                self._give_up(r, 127, "cannot be started")
+            else:
+                r.exit_code, self._failed = 127, True
             return
         r.started_at = time.monotonic()
         r.restart_at = None
@@ -368,25 +372,27 @@ class Supervisor:
         if now - r.started_at >= self.stable_after:
             r.restarts = 0
         if r.restarts >= self.max_restarts:
-            r.exit_code = code
-            self._failed = True
-            jobs = self._jobs_running()
-            if jobs:
-                # A job (the trainer) is not stopped halfway for another service: its run would be lost.
-                names = ", ".join(j.service.name for j in jobs)
-                self.log(
-                    f"{r.service.name} failed {r.restarts + 1} times in a row; the stack stops when {names} "
-                    "ends (Ctrl-C stops it now)"
-                )
-                self._stop_after_jobs = True
-            else:
-                self.log(f"{r.service.name} failed {r.restarts + 1} times in a row; stopping the stack")
-                self.request_stop(signal.SIGTERM)
+            self._give_up(r, code, f"failed {r.restarts + 1} times in a row")
             return
         delay = self.restart_delay * 2**r.restarts
         r.restarts += 1
         r.restart_at = now + delay
         self.log(f"restarting {r.service.name} in {delay:g} s (restart {r.restarts} of {self.max_restarts})")
+
+    def _give_up(self, r: _Running, code: int, why: str) -> None:
+        """The service `r` ended with `code` and is not started again (`why`): the stack stops, at once or, while
+        a job runs, when the jobs end."""
+        r.exit_code = code
+        self._failed = True
+        jobs = self._jobs_running()
+        if jobs:
+            # A job (the trainer) is not stopped halfway for another service: its run would be lost.
+            names = ", ".join(j.service.name for j in jobs)
+            self.log(f"{r.service.name} {why}; the stack stops when {names} ends (Ctrl-C stops it now)")
+            self._stop_after_jobs = True
+        else:
+            self.log(f"{r.service.name} {why}; stopping the stack")
+            self.request_stop(signal.SIGTERM)
 
     def _jobs_running(self) -> list[_Running]:
         """The services that end of themselves (the trainer: no restart) and have not ended yet."""
@@ -491,20 +497,22 @@ def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
             ("TensorBoard", join_address(args.tensorboard_host, args.tensorboard_port), settings.ENV_TENSORBOARD_PORT)
         )
     lines = []
-    ports = [split_address(address)[1] for _, address, _ in wanted]  # the stack's own, each wanted once
+    bound = [split_address(address) for _, address, _ in wanted]  # (host, port): the stack's own
+    ports = {port for _, port in bound}
     for index, (what, address, variable) in enumerate(wanted):
-        host, port = split_address(address)
+        host, port = bound[index]
         if port == 0:
             continue
-        if port in ports[:index]:  # both bound one port: the second failed its restarts and stopped the stack
-            first = wanted[ports.index(port)][0]
-            problem: OSError | None = OSError(f"{first} listens on port {port} too")
+        # Both on one port of one interface: the second failed its restarts and stopped the stack.
+        clash = next((k for k in range(index) if bound[k][1] == port and same_interface(bound[k][0], host)), None)
+        if clash is not None:
+            problem: OSError | None = OSError(f"{wanted[clash][0]} listens on port {port} too")
         else:
             problem = bind_error(host, port)
         if problem is not None:
             # A name that does not resolve says so with its error number; a bind, in the words of the system.
             reason = str(problem) if isinstance(problem, socket.gaierror) else problem.strerror or str(problem)
-            free = free_port_after(host, port, set(ports))
+            free = free_port_after(host, port, ports)
             moved = join_address(host, free) if variable.endswith("_ADDRESS") else str(free)
             lines.append(f"{what} cannot listen on {address} ({reason}): set {variable}={moved}, for example")
     return lines
@@ -517,7 +525,20 @@ def free_port_after(host: str, port: int, avoid: set[int]) -> int:
     for candidate in range(port + 1, min(port + 101, 65536)):
         if candidate not in avoid and bind_error(host, candidate) is None:
             return candidate
-    return port + 1
+    return port + 1 if port < 65535 else port - 1
+
+
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def same_interface(one: str, other: str) -> bool:
+    """Whether servers bound to hosts `one` and `other` on one port would clash: one of them on every interface,
+    or both on the same one (127.0.0.1 and 127.0.0.2 do not)."""
+    one, other = one.strip().lower(), other.strip().lower()
+    if one in WILDCARD_HOSTS or other in WILDCARD_HOSTS:
+        return True
+    return one == other or (one in LOOPBACK_NAMES and other in LOOPBACK_NAMES)
 
 
 def trainer_refusal(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:

@@ -119,6 +119,10 @@ def claimed(run_dir: Path, *, resuming: bool) -> Iterator[None]:
         # resume, so the run may start again there.
         if not resuming and last_checkpoint(run_dir).exists():
             raise RunFolderTaken(run_dir, busy=False)
+        if not resuming:
+            # A run without a checkpoint has nothing to finish: a FINISHED.json there is a run's that diverged in
+            # its first epoch (written so before stop 53), which refused this run's own --resume.
+            (run_dir / FINISHED).unlink(missing_ok=True)
         yield
 
 

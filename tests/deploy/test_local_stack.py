@@ -385,6 +385,10 @@ def test_two_services_of_the_stack_on_one_port_is_refused_and_the_hint_names_non
     assert line.startswith(f"its health checks cannot listen on localhost:{grpc} (the gRPC service listens on port")
     hinted = int(line.split("MNIST_HEALTH_ADDRESS=localhost:")[1].split(",")[0])
     assert hinted not in (grpc, metrics)
+    # One port on two interfaces is no clash: 127.0.0.1 and 127.0.0.2 (a review: it was refused).
+    apart = {"--grpc-address": f"127.0.0.1:{grpc}", "--health-address": f"127.0.0.2:{grpc}"}
+    args = get_args_parser().parse_args([*(a for pair in apart.items() for a in pair), "--metrics-address", "x:0"])
+    assert ports_taken(args, ["inference"]) == []
     with socket.socket() as taken:  # gRPC's port taken, the next one the health checks': the hint skips both
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -414,6 +418,8 @@ def test_a_restart_that_cannot_start_the_program_is_tried_once_not_every_tenth_o
     thread.join(15)
     assert result == [1] and "flaky exited with code 1" in out.text
     assert out.text.count("cannot start flaky") == 1, out.text
+    # ...and the stack does not stay up without it: it stops when the job ends, as after a last restart.
+    assert "flaky cannot be started; the stack stops when job ends" in out.text, out.text
 
 
 @pytest.mark.parametrize(

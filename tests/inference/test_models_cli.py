@@ -229,8 +229,21 @@ def test_promote_of_the_served_version_repairs_a_latest_json_damaged_in_its_onnx
     latest["onnx_sha256"] = "0" * 64
     (models / MANIFEST_NAME).write_text(json.dumps(latest))
     assert run(artifacts, "promote", "v2") == 0
-    assert "rewritten" in capsys.readouterr().out
+    assert "no server could load: rewritten" in capsys.readouterr().out
     assert read_manifest(models).onnx_sha256 == json.loads((models / "v2.json").read_text())["onnx_sha256"]
+
+
+def test_promote_of_the_served_version_whose_latest_json_differs_only_in_its_record_says_it_was_rewritten(
+    artifacts, capsys
+):
+    """A LATEST.json whose creation time differs loads as well: it is not said to be one no server could load."""
+    models = Paths(artifacts).models
+    latest = json.loads((models / MANIFEST_NAME).read_text())
+    latest["created_at"] = "2000-01-01T00:00:00Z"
+    (models / MANIFEST_NAME).write_text(json.dumps(latest))
+    assert run(artifacts, "promote", "v2") == 0
+    out = capsys.readouterr().out
+    assert "rewritten to match models/v2.json" in out and "no server could load" not in out, out
 
 
 def test_metrics_that_are_not_finite_are_left_out_of_manifests_and_list_json_is_strict_json(tmp_path, capsys):

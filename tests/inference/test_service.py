@@ -169,6 +169,55 @@ def test_a_picture_whose_caller_goes_while_it_waits_for_decoding_memory_is_not_d
     assert len(answer.prediction.probabilities) == 10 and decoded  # and decoded, as the counting sees it
 
 
+def test_a_read_number_whose_caller_goes_while_its_second_decode_waits_is_not_decoded_again(module_server, monkeypatch):
+    """A one-digit JPEG is decoded again as Predict decodes it (at half size first); that second decode waited out
+    --decode-wait and decoded for no one (a review of the fix above)."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    import inference.service
+
+    budget = module_server.server.servicer.limits.decode_budget
+    photo = np.full((1990, 1990), 255, np.uint8)
+    photo[600:1400, 950:1050] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=90)
+    release, decoded = threading.Event(), []
+    real_to_mnist, real_read = inference.service.to_mnist, inference.service.read_number
+
+    def noting(*args, **kwargs):
+        out = real_to_mnist(*args, **kwargs)
+        decoded.append(time.monotonic())
+        return out
+
+    def read_then_fill(*args, **kwargs):  # other large pictures take the budget once the number is read
+        out = real_read(*args, **kwargs)
+        held = threading.Event()
+
+        def hold() -> None:
+            with budget.reserve(budget.capacity - 2**10):
+                held.set()
+                release.wait(10)
+
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait(5)
+        return out
+
+    monkeypatch.setattr(inference.service, "to_mnist", noting)
+    monkeypatch.setattr(inference.service, "read_number", read_then_fill)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            module_server.stub.ReadNumber(pb.ReadNumberRequest(image=buffer.getvalue()), timeout=2.0)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)
+    finally:
+        release.set()
+    time.sleep(1.0)  # where the wait had not noticed the caller gone, the picture would be decoded now
+    assert decoded == [] and budget.in_use == 0
+
+
 def test_predict_batch_of_only_bad_images(module_server):
     response = module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[b"", b"junk"]), timeout=10)
     assert [r.WhichOneof("result") for r in response.results] == ["error", "error"]
