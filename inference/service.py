@@ -364,14 +364,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number
                 raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
             reading = read_number(picture, classify)
-        if len(reading.digits) == 1 and not reading.separators:
-            # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.
-            decoded = None if decodes_at_half_size(request.image) else picture
-            del picture
-            with self.limits.decode_budget.caller(context.is_active):  # a second decode waits no longer either
+            if len(reading.digits) == 1 and not reading.separators:  # its second decode waits no longer either
+                # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.
+                decoded = None if decodes_at_half_size(request.image) else picture
+                del picture
                 reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
-            if not context.is_active():
-                raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
+                if not context.is_active():
+                    raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
         judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)

@@ -39,7 +39,7 @@ from typing import TextIO
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_int
 
-from inference.web.guards import default_allowed_hosts
+from inference.web.guards import LOOPBACK_BINDS, default_allowed_hosts
 from inference.workers import bind_error, join_address, split_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -529,7 +529,6 @@ def free_port_after(host: str, port: int, avoid: set[int]) -> int:
 
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 def same_interface(one: str, other: str) -> bool:
@@ -538,7 +537,7 @@ def same_interface(one: str, other: str) -> bool:
     one, other = one.strip().lower(), other.strip().lower()
     if one in WILDCARD_HOSTS or other in WILDCARD_HOSTS:
         return True
-    return one == other or (one in LOOPBACK_NAMES and other in LOOPBACK_NAMES)
+    return one == other or (one in LOOPBACK_BINDS and other in LOOPBACK_BINDS)
 
 
 def trainer_refusal(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
