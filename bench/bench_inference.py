@@ -14,8 +14,9 @@ measures:
      and with as many calls at once as fill every core (cores / --torch-threads). This is the ceiling the
      service's throughput is compared with.
   1. Predict latency at concurrency 1 (a PNG of a real MNIST test digit): p50, p99. Beside it, what the call
-     costs without the work (a standard health check, same server and channel) and the work without the call
-     (the servicer's Predict called in this process, no gRPC).
+     costs without the work (a standard health check, same server and channel), what any gRPC call costs here
+     (the request's bytes sent back by a server that does nothing, bench/grpc_floor.py) and the work without the
+     call (the servicer's Predict called in this process, no gRPC).
   2. Predict throughput with --concurrency clients, one image per call.
   3. PredictBatch throughput with --concurrency clients, --batch-size images per call, and its share of (0).
   4. Evaluate wall time: the 10,000 test images on the first call (reads MNIST) and again (the model's output
@@ -44,6 +45,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import ArgumentParser, non_negative_int, positive_int, seconds_at_least
 
+from bench import grpc_floor
 from bench.machine import describe_machine
 from inference.channel import OWN_CONNECTION
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
@@ -155,6 +157,19 @@ def servicer_alone(
         return latencies(lambda: server.servicer.Predict(request, context), duration)
     finally:
         server.stop(grace=0)
+
+
+def floor_latencies(message: bytes, duration: float) -> np.ndarray:
+    """Latencies (ms) of unary calls sending `message` to a Python gRPC server in its own process that sends it
+    back and does nothing else (bench.grpc_floor): what any call costs here before a service does anything."""
+    process, port = grpc_floor.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(grpc_floor.METHOD)
+            return latencies(lambda: call(message, timeout=10), duration)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def latencies(call, duration: float, warm_up: int = 50) -> np.ndarray:
@@ -282,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             check = health_pb2.HealthCheckRequest(service=pb.DESCRIPTOR.services_by_name["Inference"].full_name)
             ms = latencies(lambda: health.Check(check, timeout=10), args.duration / 2)
             rows.append(("  a health check (the gRPC call alone)", percentiles(ms), f"{len(ms)} calls"))
+            ms = floor_latencies(request.SerializeToString(), args.duration / 2)
+            rows.append(("  an echo of its bytes (gRPC's own floor)", percentiles(ms), f"{len(ms)} calls, no work"))
             ms = servicer_alone(artifacts, args.data_dir, backend, images[0], threads, args.duration / 2)
             rows.append(("  the servicer's Predict alone, in process", percentiles(ms), f"{len(ms)} calls, no gRPC"))
 

@@ -31,7 +31,7 @@ from shared.checkpoint import (
     read_version_manifest,
     version_manifest_path,
 )
-from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, folder, positive_int
 from shared.settings import Paths
 
 from inference.versions import VersionInfo, find_manifest, list_versions, prune_plan, remove_version, rollback_target
@@ -225,7 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--artifacts-dir",
-        type=Path,
+        type=folder,
         default=settings.artifacts_dir(),
         help=f"the artifacts folder whose models/ to manage (env {settings.ENV_ARTIFACTS_DIR})",
     )

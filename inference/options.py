@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from shared import settings
-from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds, seconds_at_least
+from shared.cli import folder, non_negative_int, non_negative_seconds, positive_int, positive_seconds, seconds_at_least
 from shared.decode import DEFAULT_LIMITS
 
 BACKENDS = ("onnxruntime", "torch")
@@ -71,13 +71,13 @@ class ServerOptions:
 
     artifacts_dir: Path = option(
         help="the trainer's artifacts folder; models/LATEST.json is watched",
-        type=Path,
+        type=folder,
         env=settings.ENV_ARTIFACTS_DIR,
         cli_default=settings.artifacts_dir,
     )
     data_dir: Path = option(
         help="MNIST files for Evaluate, read on the first Evaluate call",
-        type=Path,
+        type=folder,
         env=settings.ENV_DATA_DIR,
         cli_default=settings.data_dir,
     )

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TextIO
 
 from shared import settings
-from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, folder, non_empty, port_number, positive_int
 
 from inference.web.guards import LOOPBACK_BINDS, default_allowed_hosts
 from inference.workers import bind_error, join_address, split_address
@@ -77,13 +77,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     s = settings
     parser.add_argument(
         "--artifacts-dir",
-        type=Path,
+        type=folder,
         default=s.artifacts_dir(),
         help=f"runs (TensorBoard logs, checkpoints) and published models [env {s.ENV_ARTIFACTS_DIR}]",
     )
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=folder,
         default=s.data_dir(),
         help=f"the MNIST files; the trainer downloads them there when missing [env {s.ENV_DATA_DIR}]",
     )

@@ -7,6 +7,7 @@ import io
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shared.settings import InvalidEnv
@@ -130,6 +131,14 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text.strip()
+
+
+def folder(text: str) -> Path:
+    """argparse type: a folder's path, not empty or blank. An empty path is the working directory: a blank
+    --artifacts-dir once wrote a training run's runs/, models/ and cache/ wherever the command was started."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: give a folder's path (. for this one)")
+    return Path(text)
 
 
 def escape_unprintable_output() -> None:

@@ -115,6 +115,8 @@ LINE_OVERLAP = 0.3
 SLANTED_LINE_SPREAD = 0.35
 SLANTED_LINE_MIN_ANGLE = 10.0
 SLANTED_LINE_MIN_MARKS = 3
+# A line this many degrees or more from level is upright: the refusal names no direction to turn it (turn_direction).
+QUARTER_TURN_FROM = 80.0
 # Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
 # neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); gaps up to DOTTED_JOIN x the typical
 # spacing are closed.
@@ -289,12 +291,8 @@ def read_pieces(pieces: Pieces, classify: Classifier) -> NumberReading:
     if (tall := sum(g.height >= FRAGMENT_HEIGHT * height for g in groups)) > 4 * MAX_REGIONS:
         raise too_many_digits(tall)
     check_one_line(pieces, groups, height)  # before small marks are joined to digits (across lines, maybe)
+    # Never empty: the tallest group is no small mark (line_height is at most its height).
     groups, separators = sort_out_small_marks(pieces, groups, height)
-    if not groups:
-        raise ImageRejected(
-            "no digit found: the only marks are too small to be digits (a point or a comma?). "
-            "Send a picture of a number written large enough to fill a good part of the frame"
-        )
     # The line height again, now that the pieces of each digit are together (a dotted digit was dots before).
     height = line_height(groups)
     check_one_line(pieces, groups, height)
@@ -589,7 +587,8 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
         raise ImageRejected(
             f"the number is written at about {abs(angle):.0f} degrees from level: its digits lie on one slanted "
             "line across the picture, and only a number written level (left to right) is read. Turn the picture by "
-            f"about {abs(angle):.0f} degrees so that the number is horizontal, and send it again"
+            f"about {abs(angle):.0f} degrees {turn_direction(angle)} so that the number is horizontal, and send it "
+            "again"
         )
     raise ImageRejected(
         f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
@@ -600,6 +599,15 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             else ""
         )
     )
+
+
+def turn_direction(angle: float) -> str:
+    """Which way to turn a picture whose number lies on a line `angle` degrees from level (slanted_line: > 0 rising
+    to the right) to make it level: against its rise. Upright, either quarter turn makes the line level, and only
+    the digits can say which stands them upright."""
+    if abs(angle) >= QUARTER_TURN_FROM:
+        return "(a quarter turn: clockwise or counter-clockwise, whichever stands the digits upright)"
+    return "clockwise" if angle > 0 else "counter-clockwise"
 
 
 def slanted_line(pieces: Pieces, tall: list[Group]) -> tuple[float, int] | None:
@@ -640,7 +648,8 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
     rest = []
     for group in groups:
         if group.height < FRAGMENT_HEIGHT * height and is_separator(pieces, group, groups, height):
-            separators.append(Separator(0, separator_mark(group), picture_box(pieces, group)))
+            box = picture_box(pieces, group)
+            separators.append(Separator(0, separator_mark(box), box))
         else:
             rest.append(group)
     fragments = sum(g.height < FRAGMENT_HEIGHT * height for g in rest)
@@ -664,8 +673,6 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
         for g in rest
         if g.height >= FRAGMENT_HEIGHT * height or (g.area >= FRAGMENT_SPECK * typical_area and in_line(g, tall))
     ]
-    if not any(g.height >= FRAGMENT_HEIGHT * height for g in digits):
-        digits = []
     return sorted(digits, key=lambda g: g.x0), separators
 
 
@@ -729,9 +736,11 @@ def in_line(mark: Group, tall: list[Group]) -> bool:
     return mark.bottom > top and mark.top < bottom
 
 
-def separator_mark(mark: Group) -> str:
-    """A comma is taller than wide (its tail); a point is round."""
-    return "," if mark.height > COMMA_ASPECT * mark.width else "."
+def separator_mark(box: tuple[int, int, int, int]) -> str:
+    """A comma is taller than wide (its tail); a point is round. By its box in the picture (x, y, w, h), not its
+    deslanted width: a comma's tail runs down to the left, and the slant of writing that leans left taken out, it
+    was as wide as tall (a point)."""
+    return "," if box[3] > COMMA_ASPECT * box[2] else "."
 
 
 def picture_box(pieces: Pieces, group: Group) -> tuple[int, int, int, int]:

@@ -6,12 +6,15 @@ import argparse
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import torch
+
 from shared import settings
 from shared.checkpoint import is_version_name
-from shared.cli import ArgumentParser, HelpFormatter, non_negative_int, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, folder, non_negative_int, positive_int
 from shared.model import ARCHITECTURES, build_model
 
 from trainer.precision import PRECISIONS
@@ -99,6 +102,11 @@ PRESETS: dict[str, TrainConfig] = {
     ),
 }
 
+# The network's keyword arguments the trainer sets itself, never --arch-kwargs: the not-digit class and its digit
+# distance, on when a run trains with negatives (train.model_kwargs). Given with --negatives 0, the class's column
+# was trained as an eleventh digit and published untrained, with no threshold.
+TRAINER_ARCH_KWARGS = frozenset({"not_digit", "digit_distance"})
+
 # Flags that override a preset's field when given. None means "keep the preset's value".
 _OVERRIDES = (
     "arch",
@@ -117,9 +125,18 @@ _OVERRIDES = (
 )
 
 
+def number(text: str, said: str) -> float:
+    """float(text), or argparse's refusal saying what the flag takes (`said`): argparse names the type function
+    of a ValueError ("invalid parse value: 'abc'")."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number {said}, not {text!r}") from None
+
+
 def decay(text: str) -> float:
     """argparse type: a moving average's decay, 0 (none) or more and below 1."""
-    value = float(text)
+    value = number(text, "of at least 0 and below 1")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0 turns the average off), not {text}")
     return value
@@ -132,7 +149,7 @@ def float_between(low: float, high: float, *, low_open: bool = False, high_open:
     said = f"{lower} {low:g}" + ("" if high == math.inf else f" and {upper} {high:g}")
 
     def parse(text: str) -> float:
-        value = float(text)
+        value = number(text, said)
         if (
             not math.isfinite(value)
             or not (value > low if low_open else value >= low)
@@ -184,6 +201,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
     epochs_env = settings.env_value(settings.ENV_EPOCHS, None, positive_int)
     preset_epochs = f"{PRESETS['default'].epochs} or {PRESETS['seed'].epochs}"
+    seed_env = settings.env_value(settings.ENV_SEED, None, non_negative_int)
+    preset_seeds = " or ".join(sorted({str(preset.seed) for preset in PRESETS.values()}))
     parser.add_argument(
         "--epochs",
         type=positive_int,
@@ -254,8 +273,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed",
         type=non_negative_int,
-        default=settings.env_value(settings.ENV_SEED, 0, non_negative_int),
-        help=f"random seed for initialisation, order and augmentation [env {settings.ENV_SEED}]",
+        # None where neither is given (the preset's, 0): a typed --seed 0 is then told from none (a resumed run
+        # names the flags it ignores, and said nothing of a typed 0). Set in the environment, as for --epochs.
+        default=seed_env,
+        help="random seed for initialisation, order and augmentation"
+        + ("" if seed_env is not None else f" (default: the preset's, {preset_seeds})")
+        + f" [env {settings.ENV_SEED}]",
     )
     parser.add_argument(
         "--train-subset",
@@ -274,7 +297,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir",
-        default=str(settings.data_dir()),
+        type=folder,
+        default=settings.data_dir(),
         help=f"folder with the four MNIST files; downloaded there if missing [env {settings.ENV_DATA_DIR}]",
     )
     parser.add_argument(
@@ -285,7 +309,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--artifacts-dir",
-        default=str(settings.artifacts_dir()),
+        type=folder,
+        default=settings.artifacts_dir(),
         help=f"where runs (TensorBoard logs, checkpoints) and published models go [env {settings.ENV_ARTIFACTS_DIR}]",
     )
     parser.add_argument(
@@ -383,9 +408,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             f"--seed {config.seed}: seeds from {VALIDATION_PICTURE_SEEDS:,} on draw the validation split's pictures; "
             "choose a smaller one"
         )
+    reserved = sorted(TRAINER_ARCH_KWARGS & config.arch_kwargs.keys())
+    if reserved:
+        raise SystemExit(
+            f"--arch-kwargs {json.dumps(config.arch_kwargs)}: {' and '.join(reserved)} are the trainer's to set (on "
+            "when --negatives is above 0, which trains them); leave them out"
+        )
     try:
-        build_model(config.arch, **config.arch_kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a width of -3
+        # Built and run once on one blank image: a width of 0 builds (with a warning) and fails only in its first
+        # forward pass, which was the training's first step, a traceback.
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch's about zero-element weights, before the one line that says why
+            build_model(config.arch, **config.arch_kwargs).eval()(torch.zeros(1, 1, 28, 28))
+    except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch's, for a width of -3 or 0
         raise SystemExit(
             f"--arch-kwargs {json.dumps(config.arch_kwargs)}: the {config.arch} network cannot be built with them ({e})"
         ) from None
@@ -414,9 +449,8 @@ def overrides_given(args: argparse.Namespace) -> dict[str, Any]:
 def ignored_on_resume(args: argparse.Namespace, config: TrainConfig, run_preset: str | None = None) -> list[str]:
     """The settings a resumed run does not apply, as given ('--lr 5'): those that differ from the run's own.
     --precision applies (like --device, it is the machine's). A value that equals its environment variable's is
-    named as that variable ('MNIST_EPOCHS=10'): no flag may have been typed. --seed always has a value: its plain
-    default 0 is never named. `run_preset`: the preset the run was started with (checkpoints keep it), compared
-    with --preset or MNIST_PRESET."""
+    named as that variable ('MNIST_EPOCHS=10'): no flag may have been typed. `run_preset`: the preset the run was
+    started with (checkpoints keep it), compared with --preset or MNIST_PRESET."""
     ignored = []
     preset_env = os.environ.get(settings.ENV_PRESET, "").strip()
     if run_preset is not None and args.preset is not None and args.preset != run_preset:
@@ -429,8 +463,6 @@ def ignored_on_resume(args: argparse.Namespace, config: TrainConfig, run_preset:
         env = _ENV_DEFAULTS.get(name)
         if env is not None and os.environ.get(env, "").strip() and value == settings.env_int(env, 0):
             ignored.append(f"{env}={value}")
-            continue
-        if name == "seed" and value == 0:
             continue
         flag = "--no-augment" if name == "augment" else f"--{name.replace('_', '-')} {value}"
         ignored.append(flag)

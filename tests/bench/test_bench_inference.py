@@ -35,3 +35,22 @@ def test_the_network_alone_runs_with_the_servers_intra_op_threads(tmp_path, mnis
     finally:
         torch.set_num_threads(before)
     assert rate > 0 and seen and set(seen) == {intra_op}
+
+
+def test_the_grpc_floor_is_timed_on_a_server_that_sends_the_request_back():
+    """The floor under Predict's latency is a real call to a real server of its own (not a figure computed here),
+    and that server answers with the very bytes it was sent, so the messages are Predict's own sizes."""
+    import grpc
+
+    from bench import grpc_floor
+
+    process, port = grpc_floor.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            message = bytes(range(256)) * 3
+            assert channel.unary_unary(grpc_floor.METHOD)(message, timeout=10) == message
+    finally:
+        process.kill()
+        process.wait()
+    ms = bench_inference.floor_latencies(b"\x89PNG", 0.1)
+    assert len(ms) > 0 and (ms > 0).all()

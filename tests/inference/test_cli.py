@@ -308,6 +308,28 @@ def test_help_shows_flags_and_defaults():
     assert "(default: 1.0)" in text
 
 
+@pytest.mark.parametrize(
+    "parser_of, flag",
+    [
+        ("inference.__main__", "--artifacts-dir"),
+        ("inference.__main__", "--data-dir"),
+        ("inference.models", "--artifacts-dir"),
+        ("scripts.local_stack", "--artifacts-dir"),
+        ("scripts.local_stack", "--data-dir"),
+    ],
+)
+def test_a_blank_folder_flag_is_refused_not_taken_for_the_working_directory(parser_of, flag, capsys):
+    """An empty path is the working directory: the trainer's blank --artifacts-dir wrote a run's files wherever it
+    was started. Every command's folder flags refuse a blank one."""
+    import importlib
+
+    parser = importlib.import_module(parser_of).get_args_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([flag, ""] + (["list"] if parser_of == "inference.models" else []))
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must not be empty" in capsys.readouterr().err
+
+
 def test_client_channel_balances_round_robin_over_replicas(serve, tmp_path):
     """Two replicas behind one target (as dns:///name:port gives): calls alternate between them."""
     from shared.api.mnist.v1 import inference_pb2 as pb

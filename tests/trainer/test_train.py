@@ -321,6 +321,41 @@ def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path
     assert "Traceback" not in err
 
 
+def test_an_artifacts_path_that_cannot_be_made_is_said_in_one_line(tmp_path, mnist_dir, capsys):
+    """A name longer than the file system takes, and a folder under /proc, ended in a traceback (once the run had
+    trained, for the first)."""
+    for artifacts in (tmp_path / ("x" * 300), Path("/proc/no-such-folder")):
+        assert train(artifacts, mnist_dir, "--epochs", "1", "--train-subset", "200") == 1
+        err = capsys.readouterr().err
+        assert "cannot write the run's files" in err and "start again" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--artifacts-dir", "--data-dir"])
+def test_a_blank_folder_is_refused_not_taken_for_the_working_directory(flag, tmp_path, capsys, monkeypatch):
+    """`--artifacts-dir ""` was the working directory: a run wrote runs/, models/ and cache/ wherever it was
+    started (a blank MNIST_ARTIFACTS_DIR is the default folder instead)."""
+    monkeypatch.chdir(tmp_path)
+    err = refused_by_the_parser([flag, " ", "--epochs", "1"], capsys)
+    assert f"argument {flag}: must not be empty" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_not_digit_and_digit_distance_are_the_trainers_to_set(tmp_path):
+    """Given with --negatives 0, the not-digit class's column was trained as an eleventh digit and published
+    untrained, with no threshold."""
+    for kwargs in ('{"not_digit": true}', '{"width": 24, "digit_distance": true}'):
+        with pytest.raises(SystemExit, match="are the trainer's to set"):
+            trainer_main(["--artifacts-dir", str(tmp_path), "--negatives", "0", "--arch-kwargs", kwargs])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--weight-decay", "--label-smoothing", "--negatives", "--ema-decay"])
+def test_a_number_flag_given_no_number_says_what_it_takes(flag, capsys):
+    """argparse named the type function: "invalid parse value: 'abc'"."""
+    err = refused_by_the_parser([flag, "abc"], capsys)
+    assert f"argument {flag}: must be a number" in err and "'abc'" in err and "invalid" not in err
+
+
 def test_a_start_stopped_before_its_first_checkpoint_leaves_no_events_behind(tmp_path, mnist_dir, monkeypatch, capsys):
     """Started again under its name, as the stop message says, a run shows its own epochs once in TensorBoard."""
     import trainer.train
@@ -345,7 +380,8 @@ def test_a_start_stopped_before_its_first_checkpoint_leaves_no_events_behind(tmp
 
 def test_an_arch_kwargs_the_network_does_not_take_is_refused_before_any_data_is_read(tmp_path, capsys):
     # A name it does not take (TypeError), and a value torch itself refuses (RuntimeError: before, a traceback).
-    for kwargs in ('{"widht": 24}', '{"width": -3}'):
+    # A width of 0 builds, and failed in the training's first step.
+    for kwargs in ('{"widht": 24}', '{"width": -3}', '{"width": 0}'):
         with pytest.raises(
             SystemExit, match=rf"--arch-kwargs {re.escape(kwargs)}: the compact network cannot be built"
         ):
@@ -662,8 +698,10 @@ def test_resume_names_a_setting_from_the_environment_as_its_variable(monkeypatch
     assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == ["MNIST_EPOCHS=10"]
     assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--epochs", "5"]), run) == ["--epochs 5"]
     monkeypatch.delenv("MNIST_EPOCHS")
-    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == []  # seed 0 is the plain default
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == []  # no seed given
     assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--seed", "7"]), run) == ["--seed 7"]
+    # A typed 0 is a seed given (it was taken for no --seed, and ignored without a word).
+    assert ignored_on_resume(get_args_parser().parse_args(["--resume", "--seed", "0"]), run) == ["--seed 0"]
     monkeypatch.setenv("MNIST_SEED", "5")
     assert ignored_on_resume(get_args_parser().parse_args(["--resume"]), run) == ["MNIST_SEED=5"]
     monkeypatch.setenv("MNIST_PRESET", "seed")
