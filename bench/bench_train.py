@@ -119,7 +119,9 @@ def train(artifacts: Path, run_name: str, *flags: str, data: str, device: str) -
 def published_test_accuracy(stdout: str) -> float:
     """The published (best-by-validation) epoch's test accuracy from a run's summary line. The epochs are evaluated
     in the run's precision; the summary scores the best epoch in fp32, as the published model is served."""
-    summary = re.search(r"^best epoch \d+ by validation accuracy[^:]*: val [\d.]+%, test ([\d.]+)%", stdout, re.M)
+    summary = re.search(
+        r"^best epoch \d+ by validation accuracy[^:]*: as published \(fp32\) val [\d.]+%, test ([\d.]+)%", stdout, re.M
+    )
     if not summary:
         raise SystemExit("no 'best epoch ... test N%' summary in the trainer's output: has its wording changed?")
     return float(summary.group(1)) / 100

@@ -371,9 +371,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
                 if not context.is_active():
                     raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
-            # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
-            judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
-            check_some_digit(judged)
+        # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
+        judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)
 
     def _one_digit_as_predict(
@@ -463,19 +462,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 for info in list_versions(self.store.models_dir)
             ],
             served_version=served_version,
-        )
-
-
-def check_some_digit(judged: list[tuple[bool, float]]) -> None:
-    """Refuse a reading of several marks none of which the model takes for a digit (is_digit false for each: dots,
-    a scribble, a word): no digit found. One such mark keeps Predict's answer (a single digit reads as Predict
-    reads it, is_digit false and all); marks measured only against one another (shared.segment's line height), a
-    row of dots was read as a number of as many digits, each one '?'."""
-    if len(judged) >= 2 and not any(is_digit for is_digit, _ in judged):
-        raise ImageRejected(
-            f"no digit found: none of the {len(judged)} marks in the picture looks like a digit to the model (dots, "
-            "a scribble, letters?). Send a picture of a number written in digits, large enough to fill a good part "
-            "of the frame"
         )
 
 

@@ -411,7 +411,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     reserved = sorted(TRAINER_ARCH_KWARGS & config.arch_kwargs.keys())
     if reserved:
         raise SystemExit(
-            f"--arch-kwargs {json.dumps(config.arch_kwargs)}: {' and '.join(reserved)} are the trainer's to set (on "
+            f"--arch-kwargs {json.dumps(config.arch_kwargs)}: {' and '.join(reserved)} "
+            f"{'are' if len(reserved) > 1 else 'is'} the trainer's to set (on "
             "when --negatives is above 0, which trains them); leave them out"
         )
     try:

@@ -630,9 +630,21 @@ class CannotWrite(Exception):
 
 # What a folder that cannot be written raises, besides a plain OSError with one of these numbers.
 UNWRITABLE = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
-# A path that cannot be made at all is one too: a name too long, a folder above it missing where it cannot be made
-# (under /proc), a loop of links (these ended in a traceback once the run had trained).
-UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP)
+UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+# A path in the artifacts folder that cannot be made at all is one too: a name too long, a folder above it missing
+# where none can be made (under /proc), a loop of links (these ended in a traceback). Elsewhere (a file of the
+# project gone) they are no folder of the run's, and not said to be.
+UNMAKEABLE_ERRNOS = (errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP)
+
+
+def cannot_write(e: OSError, artifacts_dir: Path) -> bool:
+    """Whether `e` says a folder of the run cannot be made or written (CannotWrite), not some other failure."""
+    if isinstance(e, UNWRITABLE) or e.errno in UNWRITABLE_ERRNOS:
+        return True
+    if e.errno not in UNMAKEABLE_ERRNOS or not isinstance(e.filename, (str, Path)):
+        return False
+    path, root = os.path.abspath(e.filename), os.path.abspath(artifacts_dir)
+    return os.path.commonpath([path, root]) == root
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -656,7 +668,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "interrupted before the run's first checkpoint: nothing to resume; start it again"
             ) from None
         except OSError as e:
-            if isinstance(e, UNWRITABLE) or e.errno in UNWRITABLE_ERRNOS:
+            if cannot_write(e, Path(args.artifacts_dir)):
                 cause = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
                 if resumable():
                     advice = (

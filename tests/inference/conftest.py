@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.user_images import PAPER_KINDS, cached_user_images
-from tests.inference.helpers import publish, start_server
+from testkit.user_images import PAPER_KINDS, cached_user_images, make_printed_digits
+from tests.inference.helpers import predict_batches, publish, start_server
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,26 @@ def drawn_pictures(mnist):
 def paper_pictures(mnist):
     """Digits on every kind of real paper."""
     return cached_user_images(mnist, "paper", list(PAPER_KINDS))
+
+
+@pytest.fixture(scope="session")
+def printed_pictures():
+    """Digits typed in the machine's fonts, 10 per font."""
+    return make_printed_digits(per_font=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def users_results(trained_artifacts, mnist_dir, drawn_pictures, paper_pictures, printed_pictures) -> dict:
+    """Every user's picture the tests score (drawn, on paper, printed) read once with PredictBatch by a real server of
+    the session's trained model: picture bytes -> its pb.BatchResult. test_user_drawings.py scores their digits and
+    test_not_digit.py how many are flagged, from the same answers (asked twice, they cost the suite 24 s more)."""
+    running = start_server(trained_artifacts, mnist_dir)
+    try:
+        pictures = [p.data for p in (*drawn_pictures, *paper_pictures, *printed_pictures)]
+        return dict(zip(pictures, predict_batches(running.stub, pictures), strict=True))
+    finally:
+        running.channel.close()
+        running.server.stop(grace=0)
 
 
 @pytest.fixture(scope="session")

@@ -270,25 +270,6 @@ def test_only_specks_get_invalid_argument_saying_no_digit(trained_server):
     assert "no digit found" in error.details() and "specks" in error.details()
 
 
-def test_a_row_of_dots_gets_invalid_argument_saying_no_digit_and_one_dot_gets_predicts_answer(trained_server):
-    """Five round dots, each six pixels across, measured only against one another, were five marks of the line's
-    height, and the reply was OK, "55555", every mark not a digit (found by a review). Marks none of which the model
-    takes for a digit are no number: INVALID_ARGUMENT. One dot alone is answered as Predict answers it."""
-    canvas = np.full((200, 400), 255, np.uint8)
-    for k in range(5):
-        cv2.circle(canvas, (60 + 70 * k, 100), 6, 0, -1)
-    error = read_error(trained_server.stub, png_bytes(canvas))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no digit found: none of the 5 marks" in error.details() and "Send a picture" in error.details()
-    one = np.full((200, 400), 255, np.uint8)
-    cv2.circle(one, (200, 100), 6, 0, -1)
-    read = trained_server.stub.ReadNumber(pb.ReadNumberRequest(image=png_bytes(one)), timeout=30)
-    predicted = trained_server.stub.Predict(pb.PredictRequest(image=png_bytes(one)), timeout=30).prediction
-    (digit,) = read.per_digit
-    assert (digit.prediction.digit, digit.prediction.is_digit) == (predicted.digit, predicted.is_digit)
-    assert not predicted.is_digit
-
-
 def test_several_lines_of_writing_get_invalid_argument_saying_so(trained_server, mnist_test):
     for seed in range(3):
         error = read_error(trained_server.stub, lines_picture(*mnist_test, lines=2, seed=seed))

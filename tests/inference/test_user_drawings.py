@@ -23,8 +23,8 @@ from shared.data import normalize
 from shared.settings import Paths
 
 from testkit.style_scores import evaluate_styles, format_report, missed_targets
-from testkit.user_images import CACHED_PER_STYLE, DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE, make_printed_digits
-from tests.inference.helpers import BATCH_CONCURRENCY, png_bytes
+from testkit.user_images import CACHED_PER_STYLE, DRAWN_STYLES, PAPER_KINDS, PRINTED_STYLE
+from tests.inference.helpers import png_bytes
 
 PER_STYLE = CACHED_PER_STYLE  # pictures per style the fixtures make
 DRAWN_TARGET = 0.98
@@ -41,14 +41,15 @@ def style_target(style: str) -> float | None:
     return PRINTED_TARGET if style == PRINTED_STYLE else None
 
 
-def predict_in_batches(stub):
-    """A predict callable for evaluate_styles: one PredictBatch call per chunk; a rejected picture (its own
-    INVALID_ARGUMENT in the batch) counts as wrong."""
+def answers_from(results: dict):
+    """A predict callable for evaluate_styles that gives each picture's digit from `results` (users_results: read
+    once by PredictBatch through a real server); a rejected picture (its own INVALID_ARGUMENT in the batch) counts
+    as wrong."""
 
     def predict(pictures: list[bytes]) -> list:
-        response = stub.PredictBatch(pb.PredictBatchRequest(images=pictures), timeout=60)
         digits = []
-        for result in response.results:
+        for data in pictures:
+            result = results[data]
             if result.HasField("error"):
                 assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], result.error.message
                 digits.append(None)
@@ -59,31 +60,24 @@ def predict_in_batches(stub):
     return predict
 
 
-def test_drawn_styles_reach_98_percent(trained_server, drawn_pictures):
-    scores = evaluate_styles(
-        predict_in_batches(trained_server.stub), drawn_pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
-    )
+def test_drawn_styles_reach_98_percent(users_results, drawn_pictures):
+    scores = evaluate_styles(answers_from(users_results), drawn_pictures, targets=style_target)
     print("\n" + format_report(scores))
     assert len(scores) == 7 and all(score.total == PER_STYLE for score in scores.values())
     assert not missed_targets(scores), format_report(scores)
 
 
-def test_real_paper_reaches_97_percent_per_kind_and_low_resolution_95(trained_server, paper_pictures):
+def test_real_paper_reaches_97_percent_per_kind_and_low_resolution_95(users_results, paper_pictures):
     """Ruled and squared paper, soft and hard shadows, faint pencil, specks and low-resolution scans, each
     scored on its own (targets: style_target above)."""
-    scores = evaluate_styles(
-        predict_in_batches(trained_server.stub), paper_pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
-    )
+    scores = evaluate_styles(answers_from(users_results), paper_pictures, targets=style_target)
     print("\n" + format_report(scores))
     assert set(scores) == set(PAPER_KINDS) and all(score.total == PER_STYLE for score in scores.values())
     assert not missed_targets(scores), format_report(scores)
 
 
-def test_printed_digits_reach_90_percent(trained_server):
-    pictures = make_printed_digits(per_font=10, seed=0)
-    scores = evaluate_styles(
-        predict_in_batches(trained_server.stub), pictures, targets=style_target, concurrency=BATCH_CONCURRENCY
-    )
+def test_printed_digits_reach_90_percent(users_results, printed_pictures):
+    scores = evaluate_styles(answers_from(users_results), printed_pictures, targets=style_target)
     print("\n" + format_report(scores))
     assert scores["printed"].total >= 50
     assert not missed_targets(scores), format_report(scores)

@@ -330,6 +330,20 @@ def test_an_artifacts_path_that_cannot_be_made_is_said_in_one_line(tmp_path, mni
         assert "cannot write the run's files" in err and "start again" in err and "Traceback" not in err
 
 
+def test_only_a_path_in_the_artifacts_folder_that_cannot_be_made_is_called_unwritable(tmp_path):
+    """A missing file elsewhere (a project file gone) is no folder of the run's: no 'choose another --artifacts-dir'."""
+    import errno
+
+    from trainer.train import cannot_write
+
+    artifacts = tmp_path / "artifacts"
+    assert cannot_write(OSError(errno.ENAMETOOLONG, "too long", str(artifacts / ("x" * 300))), artifacts)
+    assert cannot_write(FileNotFoundError(errno.ENOENT, "gone", str(artifacts / "runs")), artifacts)
+    assert not cannot_write(FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "mnist" / "x.gz")), artifacts)
+    assert not cannot_write(FileNotFoundError(errno.ENOENT, "gone"), artifacts)  # no file named
+    assert cannot_write(PermissionError(errno.EACCES, "denied", "/anywhere"), artifacts)
+
+
 @pytest.mark.parametrize("flag", ["--artifacts-dir", "--data-dir"])
 def test_a_blank_folder_is_refused_not_taken_for_the_working_directory(flag, tmp_path, capsys, monkeypatch):
     """`--artifacts-dir ""` was the working directory: a run wrote runs/, models/ and cache/ wherever it was
@@ -344,7 +358,7 @@ def test_not_digit_and_digit_distance_are_the_trainers_to_set(tmp_path):
     """Given with --negatives 0, the not-digit class's column was trained as an eleventh digit and published
     untrained, with no threshold."""
     for kwargs in ('{"not_digit": true}', '{"width": 24, "digit_distance": true}'):
-        with pytest.raises(SystemExit, match="are the trainer's to set"):
+        with pytest.raises(SystemExit, match="is the trainer's to set"):
             trainer_main(["--artifacts-dir", str(tmp_path), "--negatives", "0", "--arch-kwargs", kwargs])
     assert not any(tmp_path.iterdir())
 
@@ -478,7 +492,7 @@ def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     # pattern that read the validation accuracy instead cannot pass by chance (the two can be equal).
     models = Paths(tmp_path).models
     payload, _ = read_published_model(models, read_manifest(models))
-    distinct_val = re.sub(r"(: val )[\d.]+%", r"\g<1>0.01%", result.stdout)
+    distinct_val = re.sub(r"(\(fp32\) val )[\d.]+%", r"\g<1>0.01%", result.stdout)
     assert distinct_val != result.stdout
     assert published_test_accuracy(distinct_val) == pytest.approx(payload["metrics"]["test_accuracy"], abs=5e-5)
     # The trainer's wall time in its process, from the "done: ..." line (the benchmark's start-up time is the rest).
