@@ -631,9 +631,10 @@ class CannotWrite(Exception):
 # What a folder that cannot be written raises, besides a plain OSError with one of these numbers.
 UNWRITABLE = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
 UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
-# A path in the artifacts folder that cannot be made at all is one too: a name too long, a folder above it missing
-# where none can be made (under /proc), a loop of links (these ended in a traceback). Elsewhere (a file of the
-# project gone) they are no folder of the run's, and not said to be.
+# A path in the artifacts folder (or a folder above it, which mkdir names when it cannot make that) that cannot be
+# made at all is one too: a name too long, a folder missing where none can be made (under /proc), a loop of links
+# (these ended in a traceback). Elsewhere (a file of the project gone) they are no folder of the run's, and not
+# said to be.
 UNMAKEABLE_ERRNOS = (errno.ENAMETOOLONG, errno.ENOENT, errno.ELOOP)
 
 
@@ -644,7 +645,7 @@ def cannot_write(e: OSError, artifacts_dir: Path) -> bool:
     if e.errno not in UNMAKEABLE_ERRNOS or not isinstance(e.filename, (str, Path)):
         return False
     path, root = os.path.abspath(e.filename), os.path.abspath(artifacts_dir)
-    return os.path.commonpath([path, root]) == root
+    return os.path.commonpath([path, root]) in (root, path)  # in the artifacts folder, or above it
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Fixtures for the inference tests: a server per module, and TLS files. The helpers they use (published models,
+"""Fixtures for the inference tests: a server per module, the users' pictures and the trained model's answers to
+them (read once for every test that scores them), and TLS files. The helpers they use (published models,
 a real server on a free port and a channel to it) are in helpers.py; `serve` and `digit_pngs`, which the
 reliability tests use too, in tests/conftest.py."""
 
@@ -65,6 +66,9 @@ def users_results(trained_artifacts, mnist_dir, drawn_pictures, paper_pictures, 
     the session's trained model: picture bytes -> its pb.BatchResult. test_user_drawings.py scores their digits and
     test_not_digit.py how many are flagged, from the same answers (asked twice, they cost the suite 24 s more)."""
     running = start_server(trained_artifacts, mnist_dir)
+    served = running.server.store.current
+    # A model without the not-digit class would call every picture a digit: the flag-rate test could not fail.
+    assert served is not None and served.digit_threshold is not None, "the trained model was not served"
     try:
         pictures = [p.data for p in (*drawn_pictures, *paper_pictures, *printed_pictures)]
         return dict(zip(pictures, predict_batches(running.stub, pictures), strict=True))

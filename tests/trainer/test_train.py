@@ -324,7 +324,7 @@ def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path
 def test_an_artifacts_path_that_cannot_be_made_is_said_in_one_line(tmp_path, mnist_dir, capsys):
     """A name longer than the file system takes, and a folder under /proc, ended in a traceback (once the run had
     trained, for the first)."""
-    for artifacts in (tmp_path / ("x" * 300), Path("/proc/no-such-folder")):
+    for artifacts in (tmp_path / ("x" * 300), Path("/proc/no-such-folder"), Path("/proc/no-such-folder/artifacts")):
         assert train(artifacts, mnist_dir, "--epochs", "1", "--train-subset", "200") == 1
         err = capsys.readouterr().err
         assert "cannot write the run's files" in err and "start again" in err and "Traceback" not in err
@@ -339,6 +339,8 @@ def test_only_a_path_in_the_artifacts_folder_that_cannot_be_made_is_called_unwri
     artifacts = tmp_path / "artifacts"
     assert cannot_write(OSError(errno.ENAMETOOLONG, "too long", str(artifacts / ("x" * 300))), artifacts)
     assert cannot_write(FileNotFoundError(errno.ENOENT, "gone", str(artifacts / "runs")), artifacts)
+    # mkdir(parents=True) names the highest folder it could not make: above the artifacts folder.
+    assert cannot_write(FileNotFoundError(errno.ENOENT, "gone", "/proc/no-such-folder"), Path("/proc/no-such-folder/a"))
     assert not cannot_write(FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "mnist" / "x.gz")), artifacts)
     assert not cannot_write(FileNotFoundError(errno.ENOENT, "gone"), artifacts)  # no file named
     assert cannot_write(PermissionError(errno.EACCES, "denied", "/anywhere"), artifacts)
