@@ -182,6 +182,12 @@ CUT_INK_COST = 1.0
 SPLIT_MARGIN = -0.25
 SURE_CONFIDENCE = -0.15
 SURE_WIDTH = 1.1
+# A cut with a half whose digit score is under this is no cut between two digits, however it scores: a filled dot,
+# no digit whole, was cut into a sliver read as a sure 1 and a rest as unlike a digit as the whole (class digit
+# score 0.06-0.09), so a row of dots read "101010101010". On 560 touching numbers of testkit/numbers.py, seed 7, the
+# least digit score of a half of the 286 cuts in numbers read right was 0.12; a floor of 0.1 read as many numbers
+# right as none, apart and touching, on seeds 0, 1 and 7 (0.2 read 2 fewer right on seed 7, 0.4 eleven fewer).
+CUT_MIN_HALF_SCORE = 0.1
 # Neighbours at most JOIN_MAX_WIDTH line heights wide together are joined into one digit when that is JOIN_MARGIN
 # (log) more sure than the two apart (join_fragments). Chosen on the numbers of seed 7 as above (560 per layout):
 # widths 1.0, 1.2, 1.4 and 1.6 and margins 0, 0.1, 0.25 and 0.5 tried; 1.2 and 0.25 read 3 more numbers apart and
@@ -806,10 +812,12 @@ def segment_and_classify(
         classified_halves = classify(np.stack(halves))
         half_probabilities = np.asarray(classified_halves.probabilities, np.float64)
         half_confidence = classified_halves.confidence().reshape(-1, 2)
+        half_scores = np.asarray(classified_halves.digit_scores, np.float64).reshape(-1, 2)
         next_regions, next_probabilities, next_confidence = [], [], []
         index = 0
         for region, p, c, candidates in zip(regions, probabilities, confidence, cuts):
-            chosen = choose_cut(candidates, half_confidence[index : index + len(candidates)], c)
+            span = slice(index, index + len(candidates))
+            chosen = choose_cut(candidates, half_confidence[span], c, half_scores[span])
             if chosen is None:
                 done.append((region, p, c))
             else:
@@ -892,14 +900,16 @@ def union_region(pieces: Pieces, a: Region, b: Region, slant: float) -> Region:
     return region_of(pieces, (x0, y0, mask), slant)
 
 
-def choose_cut(candidates: list[Cut], scores: np.ndarray, whole: float) -> int | None:
+def choose_cut(candidates: list[Cut], scores: np.ndarray, whole: float, digit_scores: np.ndarray) -> int | None:
     """The index of the best cut, if it beats leaving the region whole. A cut scores the log-confidences of its two
-    halves (both must look like digits) less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that
-    is at least SPLIT_MARGIN above the whole's log-confidence. scores: (cuts, 2) log-confidences of the halves.
+    halves less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that is at least SPLIT_MARGIN
+    above the whole's log-confidence, and both halves look like digits (digit scores CUT_MIN_HALF_SCORE or more).
+    scores: (cuts, 2) log-confidences of the halves; digit_scores: (cuts, 2) theirs (Classified.digit_scores).
     """
     if not candidates:
         return None
     value = scores.sum(axis=1) - CUT_INK_COST * np.maximum(0.0, np.array([c.ink for c in candidates]) - 1.0)
+    value = np.where(digit_scores.min(axis=1) >= CUT_MIN_HALF_SCORE, value, -np.inf)
     best = int(np.argmax(value))
     return best if value[best] - whole >= SPLIT_MARGIN else None
 

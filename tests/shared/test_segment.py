@@ -91,6 +91,36 @@ def test_a_group_is_cut_when_it_does_not_score_as_one_digit_though_its_digit_is_
     assert segment.read_number(touching_zeros(), SureOfZero(whole_score)).text == read
 
 
+class SureSliverNoDigitRest:
+    """A classifier that finds the whole group no digit (a 3 at 0.9, digit score 0.01), and of each cut's halves the
+    left one a sure 1 (0.99, digit score 0.99) and the right one no more a digit than the whole (a 3 at 0.9, digit
+    score `rest_score`): a filled dot cut into a sliver and the rest of it."""
+
+    def __init__(self, rest_score: float) -> None:
+        self.rest_score = rest_score
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> segment.Classified:
+        self.calls += 1
+        if self.calls == 1:
+            return segment.Classified(np.tile(one_hot(3, 0.9), (len(batch), 1)), np.full(len(batch), 0.01))
+        halves = np.array([one_hot(1, 0.99), one_hot(3, 0.9)] * (len(batch) // 2))
+        return segment.Classified(halves, np.tile([0.99, self.rest_score], len(batch) // 2))
+
+
+def one_hot(digit: int, top: float) -> np.ndarray:
+    probabilities = np.full(10, (1 - top) / 9)
+    probabilities[digit] = top
+    return probabilities
+
+
+@pytest.mark.parametrize(("rest_score", "read"), [(0.09, "3"), (0.5, "13")])
+def test_a_cut_is_kept_only_where_both_halves_look_like_digits(rest_score, read):
+    # The whole scores log(0.9 x 0.01) = -4.7; the cut log(0.99 x 0.99) + log(0.9 x 0.09) = -2.5, far better: only
+    # the floor on each half's digit score keeps a sure 1 from being cut out of a mark that is no digit.
+    assert segment.read_number(touching_zeros(), SureSliverNoDigitRest(rest_score)).text == read
+
+
 def two_strokes_side_by_side() -> np.ndarray:
     """A picture of two upright strokes close together, dark on white: two pieces, neither overlapping the other
     along the line (as the two strokes of a 4 that do not meet, or a 5's flag beside its body)."""
