@@ -159,7 +159,9 @@ def cmd_list(models_dir: Path, args) -> int:
         )
         return 0
     if not infos:
-        print(f"no published models in {models_dir}")
+        # A mistyped --artifacts-dir looked like an empty store: say which it is.
+        missing = "" if models_dir.is_dir() else " (no such folder: is --artifacts-dir right? the trainer makes it)"
+        print(f"no published models in {models_dir}{missing}")
         return 0
     print("\n".join(format_table(infos)))
     if not any(info.served for info in infos):

@@ -457,7 +457,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     arch=info.manifest.arch,
                     run_name=info.manifest.run_name,
                     checksum_recorded=info.recorded,
-                    problem=info.problem,
+                    problem=self._without_server_paths(info.problem),
                 )
                 for info in list_versions(self.store.models_dir)
             ],

@@ -153,7 +153,7 @@ def list_versions(models_dir: Path) -> list[VersionInfo]:
                 verify_model_file(models_dir, latest)
                 read_published_onnx(models_dir, latest)
             except (CheckpointError, OSError) as e:
-                problem = f"served, but servers cannot load it: {e}"
+                problem = f"LATEST.json names it, but servers cannot load it: {e}"
         infos.append(VersionInfo(manifest=manifest, served=served, recorded=recorded, problem=problem))
     infos.sort(key=lambda info: (info.manifest.created_at, info.manifest.version), reverse=True)
     return infos

@@ -426,8 +426,9 @@ def read_history(models_dir: Path) -> list[dict[str, str]]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+            json.dumps(entry, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape: no text to show
+        except (ValueError, RecursionError):
+            continue  # a line cut short by a crash, or damaged (nested thousands deep)
         if isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("event", "version")):
             entries.append(entry)
     return entries
@@ -539,6 +540,9 @@ def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
         return None
     try:
         fields = json.loads(raw.decode("utf-8"))
+        # A lone surrogate escape ("\ud800") is valid JSON but no UTF-8: a protobuf string field refuses it, and
+        # ListModels failed INTERNAL for every caller. UnicodeEncodeError is a ValueError.
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")
         if not isinstance(fields, dict):
             raise TypeError(f"a JSON {type(fields).__name__}, not an object")
         optional = {name: kind for name, kind in _OPTIONAL_MANIFEST_TYPES.items() if name in fields}
@@ -551,7 +555,8 @@ def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
                 raise ValueError(f"{name} is {fields[name]}, not a file's size in bytes")
         fields["metrics"] = numeric_metrics(fields["metrics"])  # a text or list among them is left out, not shown
         manifest = Manifest(**{k: fields[k] for k in Manifest.__dataclass_fields__ if k in fields})
-    except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: JSON nested thousands deep.
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
     for name in (manifest.file, *([manifest.onnx_file] if manifest.onnx_file else [])):
         if Path(name).name != name or name in ("", ".", "..") or "\x00" in name:

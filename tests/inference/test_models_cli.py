@@ -149,6 +149,19 @@ def test_a_history_line_cut_short_by_a_crash_does_not_swallow_the_next_change(ar
     assert served(artifacts) == "v2"
 
 
+def test_a_history_line_nested_thousands_deep_or_with_a_lone_surrogate_is_skipped_as_damaged(artifacts, capsys):
+    """json.loads raised RecursionError on the first (list, promote and rollback ended in a traceback), and the
+    second's version could not be printed or sent."""
+    with open(Paths(artifacts).models / HISTORY_NAME, "a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+        f.write('{"at": "2026-12-03T00:00:00Z", "event": "promote", "version": "v\\ud800"}\n')
+    assert [e["version"] for e in read_history(Paths(artifacts).models)] == ["v1", "v2"]
+    assert run(artifacts, "list") == 0
+    assert run(artifacts, "promote", "v3") == 0
+    assert run(artifacts, "rollback") == 0
+    assert served(artifacts) == "v2"
+
+
 @pytest.mark.parametrize("argv", [("promote", "v3"), ("rollback",), ("prune", "--keep", "1")])
 def test_changes_wait_for_the_models_lock(artifacts, argv, capsys):
     """A trainer holds the lock from its publish gate's comparison to its publish: a promote (rollback, prune)
@@ -266,6 +279,15 @@ def test_list_shows_the_versions_when_latest_json_cannot_be_read(artifacts, caps
     assert run(artifacts, "list") == 0
     out = capsys.readouterr().out
     assert "v1" in out and "v3" in out and "no version is served" in out
+
+
+def test_listing_a_folder_that_does_not_exist_says_so_rather_than_looking_like_an_empty_store(tmp_path, capsys):
+    assert run(tmp_path / "mistyped", "list") == 0
+    assert "no such folder: is --artifacts-dir right?" in capsys.readouterr().out
+    Paths(tmp_path / "empty").models.mkdir(parents=True)
+    assert run(tmp_path / "empty", "list") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no published models in") and "no such folder" not in out
 
 
 def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp_path, capsys):

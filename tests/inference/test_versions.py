@@ -197,7 +197,7 @@ def test_a_pinned_version_removed_after_it_was_loaded_is_not_found_and_published
 def test_an_odd_version_manifest_is_reported_in_its_own_row_not_as_a_failed_listing(three_versions, capsys):
     """A metric that is not a number in v1.json (or a whole number past a float's range), and a v2.json that cannot
     be read (a folder in its place stands for a file the server may not read): ListModels and `mnist-models list`
-    still list every version."""
+    still list every version. The row says what is wrong without the server's folder (as GetModelInfo does)."""
     models = Paths(three_versions.artifacts).models
     fields = json.loads((models / "v1.json").read_text())
     fields["metrics"]["note"] = "baseline"
@@ -211,8 +211,35 @@ def test_an_odd_version_manifest_is_reported_in_its_own_row_not_as_a_failed_list
     assert "note" not in rows["v1"].metrics and "huge" not in rows["v1"].metrics
     assert "val_accuracy" in rows["v1"].metrics
     assert "directory" in rows["v2"].problem.lower()
+    assert "models/v2.json" in rows["v2"].problem and str(three_versions.artifacts) not in rows["v2"].problem
     assert models_main(["--artifacts-dir", str(three_versions.artifacts), "list"]) == 0
     assert "v1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        # Valid JSON, no UTF-8: a protobuf string refuses a lone surrogate, and ListModels failed INTERNAL.
+        lambda text: text.replace('"run_name": "test-run-1"', '"run_name": "test\\ud800run"'),
+        lambda text: "[" * 100_000 + "]" * 100_000,  # json.loads raised RecursionError
+    ],
+    ids=["a lone surrogate escape", "nested a hundred thousand deep"],
+)
+def test_a_manifest_json_cannot_carry_is_one_versions_problem_not_a_failed_listing(three_versions, capsys, damage):
+    models = Paths(three_versions.artifacts).models
+    text = (models / "v1.json").read_text()
+    damaged = damage(text)
+    assert damaged != text
+    (models / "v1.json").write_text(damaged)
+    response = three_versions.stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    rows = {m.version: m for m in response.models}
+    assert list(rows) == ["v3", "v2", "v1"] and "malformed manifest" in rows["v1"].problem
+    request = pb.PredictRequest(image=b"not read: the version is refused first", model_version="v1")
+    with pytest.raises(grpc.RpcError) as refused:
+        three_versions.stub.Predict(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+    assert models_main(["--artifacts-dir", str(three_versions.artifacts), "list"]) == 0
+    assert "malformed manifest" in capsys.readouterr().out
 
 
 def test_publishing_again_over_a_stale_export_writes_the_new_models_export(tmp_path):
