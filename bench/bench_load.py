@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import threading
@@ -34,7 +35,7 @@ import psutil
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import non_negative_int, non_negative_seconds, positive_int, positive_seconds
+from shared.cli import float_between, non_negative_int, non_negative_seconds, positive_int, positive_seconds
 
 from bench.machine import describe_machine
 from inference.channel import make_channel
@@ -79,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-width", type=positive_int, default=16, help="width of the compact models published")
     parser.add_argument(
         "--max-rss-growth-mib",
-        type=float,
+        type=float_between(0, math.inf),
         default=64.0,
         help="fail if the server's RSS grows more than this from start (after warm-up) to end",
     )

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from shared.checkpoint import load_checkpoint
-from shared.cli import non_negative_int, positive_int
+from shared.cli import float_between, non_negative_int, positive_int
 from shared.settings import data_dir
 
 from bench.machine import describe_machine
@@ -60,7 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=True,
         help="run the quick run a second time, reading the pictures the first one drew (default: %(default)s)",
     )
-    parser.add_argument("--target", type=float, default=0.995, help="test accuracy to time")
+    parser.add_argument(
+        "--target", type=float_between(0, 1, low_open=True), default=0.995, help="test accuracy to time"
+    )
     parser.add_argument(
         "--seeds",
         type=non_negative_int,

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from shared import settings
-from shared.cli import folder, non_negative_int, non_negative_seconds, positive_int, positive_seconds, seconds_at_least
+from shared.cli import (
+    float_between,
+    folder,
+    non_negative_int,
+    non_negative_seconds,
+    positive_int,
+    positive_seconds,
+    seconds_at_least,
+)
 from shared.decode import DEFAULT_LIMITS
 
 BACKENDS = ("onnxruntime", "torch")
@@ -38,15 +46,8 @@ def message_bytes(text: str) -> int:
     return value
 
 
-def unit_interval(text: str) -> float:
-    """argparse type: a number in [0, 1] (the digit threshold's flag and environment variable)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
-    return value
+# The digit threshold's flag and environment variable: a digit score is in [0, 1].
+unit_interval = float_between(0, 1)
 
 
 def option(

@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import TextIO
 
 from shared import settings
-from shared.cli import ArgumentParser, HelpFormatter, folder, non_empty, port_number, positive_int
+from shared.cli import (
+    ArgumentParser,
+    HelpFormatter,
+    folder,
+    non_empty,
+    non_negative_int,
+    non_negative_seconds,
+    port_number,
+    positive_int,
+)
 
 from inference.web.guards import LOOPBACK_BINDS, default_allowed_hosts
 from inference.workers import bind_error, join_address, split_address
@@ -155,14 +164,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stop-timeout",
-        type=float,
+        type=non_negative_seconds,
         default=10.0,
         metavar="SECONDS",
         help="on Ctrl-C, how long the services get to exit before they are killed",
     )
     parser.add_argument(
         "--max-restarts",
-        type=int,
+        type=non_negative_int,
         default=3,
         help="restarts of a failing inference, web or TensorBoard before the stack gives up",
     )

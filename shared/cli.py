@@ -44,6 +44,35 @@ def whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
 
 
+def number(text: str, said: str) -> float:
+    """float(text), or argparse's refusal saying what the flag takes (`said`): argparse names the type function
+    of a ValueError ("invalid parse value: 'abc'")."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number {said}, got {text!r}") from None
+
+
+def float_between(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite number in [low, high], the ends left out where open (math.inf: no upper end);
+    refused with the range said."""
+    lower = "above" if low_open else "at least"
+    upper = "below" if high_open else "at most"
+    said = f"{lower} {low:g}" + ("" if high == math.inf else f" and {upper} {high:g}")
+
+    def parse(text: str) -> float:
+        value = number(text, said)
+        if (
+            not math.isfinite(value)
+            or not (value > low if low_open else value >= low)
+            or not (value < high if high_open else value <= high)
+        ):
+            raise argparse.ArgumentTypeError(f"must be a number {said}, got {text!r}")
+        return value
+
+    return parse
+
+
 # Counts and sizes end up in C ints (gRPC's and torch's settings) and in the proto's int32 fields: a larger one was
 # taken at start and failed later, with a traceback or on every GetModelInfo.
 MAX_COUNT = 2**31 - 1

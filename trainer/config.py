@@ -14,7 +14,7 @@ import torch
 
 from shared import settings
 from shared.checkpoint import is_version_name
-from shared.cli import ArgumentParser, HelpFormatter, folder, non_negative_int, positive_int
+from shared.cli import ArgumentParser, HelpFormatter, float_between, folder, non_negative_int, number, positive_int
 from shared.model import ARCHITECTURES, build_model
 
 from trainer.precision import PRECISIONS
@@ -125,40 +125,12 @@ _OVERRIDES = (
 )
 
 
-def number(text: str, said: str) -> float:
-    """float(text), or argparse's refusal saying what the flag takes (`said`): argparse names the type function
-    of a ValueError ("invalid parse value: 'abc'")."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number {said}, not {text!r}") from None
-
-
 def decay(text: str) -> float:
     """argparse type: a moving average's decay, 0 (none) or more and below 1."""
     value = number(text, "of at least 0 and below 1")
     if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0 turns the average off), not {text}")
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0 turns the average off), got {text!r}")
     return value
-
-
-def float_between(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    """argparse type: a number in [low, high], the ends left out where open; refused with the range said."""
-    lower = "above" if low_open else "at least"
-    upper = "below" if high_open else "at most"
-    said = f"{lower} {low:g}" + ("" if high == math.inf else f" and {upper} {high:g}")
-
-    def parse(text: str) -> float:
-        value = number(text, said)
-        if (
-            not math.isfinite(value)
-            or not (value > low if low_open else value >= low)
-            or not (value < high if high_open else value <= high)
-        ):
-            raise argparse.ArgumentTypeError(f"must be {said}, not {text}")
-        return value
-
-    return parse
 
 
 def run_name(text: str) -> str:

@@ -399,6 +399,23 @@ def test_two_services_of_the_stack_on_one_port_is_refused_and_the_hint_names_non
     assert len(lines) == 1 and f"MNIST_GRPC_ADDRESS=localhost:{port + 1}," not in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "flag, value, said",
+    [
+        # nan made the deadline nan, which no clock passes: Ctrl-C waited for ever on a service that ignored it.
+        ("--stop-timeout", "nan", "--stop-timeout: must be a number of seconds, 0 or more, got 'nan'"),
+        ("--stop-timeout", "-1", "--stop-timeout: must be a number of seconds, 0 or more, got '-1'"),
+        ("--max-restarts", "-1", "--max-restarts: must be 0 or more, got -1"),
+    ],
+)
+def test_the_supervisors_own_settings_out_of_range_are_refused_by_the_parser(capsys, flag, value, said):
+    from scripts.local_stack import get_args_parser
+
+    with pytest.raises(SystemExit) as exited:
+        get_args_parser().parse_args([flag, value])
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_a_restart_that_cannot_start_the_program_is_tried_once_not_every_tenth_of_a_second(tmp_path, start):
     """A service whose program went away while it ran (its restart: ENOENT) was started again on every pass of
     the loop, 'cannot start' logged ten times a second, for as long as another service ran."""

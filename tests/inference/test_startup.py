@@ -27,7 +27,7 @@ from testkit.server_process import publish_random_model, start_server, stop_serv
         (["--decode-wait", "-1"], "--decode-wait: must be a number of seconds, 0 or more"),
         (["--poll-interval", "0"], "--poll-interval: must be a number of seconds above 0"),  # it spun a core
         (["--model-cache-size", "-1"], "--model-cache-size: must be 0 or more"),
-        (["--digit-threshold", "2"], "--digit-threshold: '2' is not a number from 0 to 1"),
+        (["--digit-threshold", "2"], "--digit-threshold: must be a number at least 0 and at most 1, got '2'"),
         # Past a C int or the proto's int32: taken, then a traceback at start or INTERNAL on every GetModelInfo.
         (["--max-batch-size", "2147483648"], "--max-batch-size: must be at most 2,147,483,647"),
         (["--torch-threads", "3000000000"], "--torch-threads: must be at most 2,147,483,647"),
@@ -47,7 +47,11 @@ def test_a_flag_no_server_could_run_with_is_refused_by_the_parser_saying_what_it
 @pytest.mark.parametrize(
     "variable, value, message",
     [
-        ("MNIST_DIGIT_THRESHOLD", "abc", "MNIST_DIGIT_THRESHOLD='abc': 'abc' is not a number from 0 to 1"),
+        (
+            "MNIST_DIGIT_THRESHOLD",
+            "abc",
+            "MNIST_DIGIT_THRESHOLD='abc': must be a number at least 0 and at most 1, got 'abc'",
+        ),
         ("MNIST_INFERENCE_WORKERS", "two", "MNIST_INFERENCE_WORKERS='two': must be a whole number, got 'two'"),
         ("MNIST_INFERENCE_BACKEND", "tf", "MNIST_INFERENCE_BACKEND='tf' must be one of: onnxruntime, torch"),
         # Before: "--workers must be at least 1 (or 0...)", naming a flag nobody typed, exit 1.
