@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
+import json
 import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,6 +91,10 @@ PROBE_THREADS = 2
 # X-Request-ID is passed to the service as gRPC metadata, which carries printable ASCII only; and an id is a
 # short token, not a payload.
 MAX_REQUEST_ID_CHARS = 128
+# Names a caller gave (an unknown query parameter, a JSON key) that an error message says back: how much of each,
+# and how many (said_names).
+MAX_NAME_CHARS = 100
+MAX_NAMES_SAID = 5
 # How often a call in flight checks whether its HTTP caller is still there.
 DISCONNECT_POLL_SECONDS = 0.25
 # How often gRPC's own thread looks at a subscribed channel's state (grpc/_channel.py, _poll_connectivity), and a
@@ -352,7 +358,7 @@ def pass_through_metadata(http: Request) -> tuple[list[tuple[str, str]], str]:
             "X-Request-ID must be printable ASCII (letters, digits, punctuation, spaces); send such an id, or none "
             "and one is made"
         )
-    request_id = request_id_from(supplied)
+    request_id = request_id_of(http)  # the id the answer says, whatever it is (RequestIds)
     metadata.append((REQUEST_ID_KEY, request_id))
     return metadata, request_id
 
@@ -371,6 +377,44 @@ class Arrival:
         if scope["type"] == "http":
             scope.setdefault("state", {})[ARRIVED] = time.monotonic()
         return await self.app(scope, receive, send)
+
+
+REQUEST_ID = "request_id"  # RequestIds' key in a request's scope["state"]
+REQUEST_ID_HEADER = REQUEST_ID_KEY.encode()
+
+
+class RequestIds:
+    """ASGI middleware: every answer carries X-Request-ID, the caller's when it is a sane token, else one made here
+    by the service's rule (access_log.request_id_from); a call to the service passes that same id on
+    (pass_through_metadata), so it is the id in the service's access log too. Only the answers of calls to the
+    service said one: what the gateway answers itself (a 415, a 413, the 504 of a body slower than the deadline, a
+    probe's) said none, though the caller's id is how they find an answer in their own logs."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        # The first header by that name, as Starlette's request.headers.get reads it.
+        supplied = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == REQUEST_ID_HEADER), None)
+        request_id = request_id_from(supplied)
+        scope.setdefault("state", {})[REQUEST_ID] = request_id
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if all(name.lower() != REQUEST_ID_HEADER for name, _ in headers):
+                    message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_id)
+
+
+def request_id_of(http: Request) -> str:
+    """The id RequestIds chose for `http`; for a request it did not see, one chosen now by the same rule."""
+    chosen = http.scope.get("state", {}).get(REQUEST_ID)
+    return chosen if chosen is not None else request_id_from(http.headers.get(REQUEST_ID_KEY))
 
 
 def arrival(http: Request) -> float:
@@ -470,6 +514,15 @@ def _bad_request(message: str) -> GatewayError:
     return GatewayError(400, grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def said_names(names: list[str]) -> str:
+    """Names the caller gave (query parameters, JSON keys), as an error message says them and the gateway's log
+    repeats it: each quoted (repr: a newline in one cannot begin a forged log line) and cut to MAX_NAME_CHARS, and
+    the first MAX_NAMES_SAID of them (one 60,000-character name added 120 kB to the log and the answer)."""
+    said = ", ".join(repr(name[:MAX_NAME_CHARS]) for name in names[:MAX_NAMES_SAID])
+    more = len(names) - MAX_NAMES_SAID
+    return said + (f" and {more:,} more" if more > 0 else "")
+
+
 def known_query_parameters(request: Request) -> None:
     """A query parameter the route does not take is refused, naming it: `?modelversion=x` was ignored, and the
     served model answered as if the caller had asked for it."""
@@ -480,7 +533,7 @@ def known_query_parameters(request: Request) -> None:
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) if known else "none"
-        raise _bad_request(f"unknown query parameter {', '.join(unknown)}: {request.url.path} takes {takes}")
+        raise _bad_request(f"unknown query parameter {said_names(unknown)}: {request.url.path} takes {takes}")
     # Given twice, the last was taken: `?model_version=nope&model_version=` was answered by the served model.
     repeated = sorted(name for name in set(request.query_params) if len(request.query_params.getlist(name)) > 1)
     if repeated:
@@ -566,16 +619,51 @@ def read_evaluate_request(raw: bytes, content_type: str) -> schemas.EvaluateRequ
     if not raw.strip():
         return schemas.EvaluateRequest()
     try:
-        return schemas.EvaluateRequest.model_validate_json(raw)
+        body = schemas.EvaluateRequest.model_validate_json(raw)
     except ValidationError as e:
         raise _bad_request(
             f'invalid request: {validation_problems(e)}; send JSON such as {{"split": "validation", "heatmap": false}}'
         ) from None
+    # Given twice, the last was taken: {"model_version": "nope", "model_version": ""} was answered by the served
+    # model, as a repeated query parameter was. Looked for once the body is valid: one flat object of known keys.
+    if repeated := repeated_keys(raw):
+        raise _bad_request(f"invalid request: key {said_names(repeated)} given more than once: give each once")
+    return body
+
+
+def repeated_keys(raw: bytes) -> list[str]:
+    """The keys that a JSON object of `raw` names more than once (JSON allows it; the last one is what pydantic
+    and json.loads keep)."""
+    repeated: set[str] = set()
+
+    def note_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        counted = Counter(key for key, _ in pairs)  # not list.count: a body may hold a million pairs
+        repeated.update(key for key, times in counted.items() if times > 1)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=note_repeats)
+    except ValueError:  # JSON pydantic read and the standard library does not: no repeats it could say
+        return []
+    return sorted(repeated)
 
 
 def validation_problems(e: ValidationError | RequestValidationError) -> str:
-    """Pydantic's or FastAPI's validation errors in one line: 'query.model_input: Input should be ...'."""
-    return "; ".join(f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in e.errors())
+    """Pydantic's or FastAPI's validation errors in one line: 'query.model_input: Input should be ...', the first
+    MAX_NAMES_SAID of them (a body of 10,000 unknown keys has as many)."""
+    problems = [f"{where_invalid(error)}: {error['msg']}" for error in e.errors()]
+    more = len(problems) - MAX_NAMES_SAID
+    return "; ".join(problems[:MAX_NAMES_SAID]) + (f"; and {more:,} more" if more > 0 else "")
+
+
+def where_invalid(error: Mapping[str, Any]) -> str:
+    """Where a validation error is: 'query.model_input', 'split', or 'body' for the whole. A key the gateway does
+    not take is the caller's own name, said as said_names says it: one with a newline and a log line's words after
+    it forged a line of the gateway's log."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden" and loc:
+        loc[-1] = said_names(loc[-1:])
+    return ".".join(loc) or "body"
 
 
 async def read_one_image(request: Request) -> bytes:
@@ -724,10 +812,11 @@ def create_app(options: WebOptions) -> FastAPI:
     )
     redirects_without_the_slash(app.router)
     # The last added runs first: the arrival is noted before anything else (the deadline counts from it), the
-    # headers go on every answer, the Host is checked before any body is read.
+    # headers (the request id's included) go on every answer, the Host is checked before any body is read.
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
     app.add_middleware(guards.HostCheck, allowed=options.allowed_hosts)
     app.add_middleware(guards.SecurityHeaders)
+    app.add_middleware(RequestIds)
     app.add_middleware(Arrival)
     expected_authorization = f"Bearer {options.token}".encode() if options.token else None
 

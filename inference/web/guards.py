@@ -5,12 +5,15 @@ DNS rebinding: a page of evil.example whose name is made to resolve to 127.0.0.1
 visitor's own machine as its *own* origin, so the browser lets it read the answers and POST JSON (an Evaluate
 included), although no CORS is allowed here. Its requests still say `Host: evil.example`, so a gateway that
 answers only the names it is reached by refuses them (`--allowed-hosts`; a loopback-only gateway allows only
-localhost, 127.0.0.1 and [::1] by default). The probes are exempt: Kubernetes' httpGet probes send the pod's IP.
+localhost, 127.0.0.1, [::1] and the address it is bound to by default). The probes are exempt: Kubernetes'
+httpGet probes send the pod's IP.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 
 import grpc
 
@@ -18,7 +21,7 @@ from inference.web import errors
 
 ANY_HOST = "*"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-# Addresses --host may name that only this machine can reach.
+# The usual spellings of addresses --host may name that only this machine can reach (is_loopback decides for any).
 LOOPBACK_BINDS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # On every response. The page's own files add their content security policy (app.PAGE_SECURITY_HEADERS); /docs
@@ -28,15 +31,55 @@ COMMON_HEADERS = {
     b"x-frame-options": b"DENY",
     b"referrer-policy": b"no-referrer",
 }
-# API answers are made for one caller at one moment: no cache keeps them.
+# API answers are made for one caller at one moment: no cache keeps them. The probes' too (a cached "ready" would
+# answer for a gateway that is gone), and the schema's, which changes with each release as the API does.
 API_HEADERS = {b"cache-control": b"no-store"}
+NOT_CACHED_PATHS = PROBE_PATHS | {"/openapi.json"}
 
 
 def default_allowed_hosts(bind_host: str) -> tuple[str, ...]:
     """The Host names a gateway listening on `bind_host` answers when --allowed-hosts is not given: the loopback
-    names when only this machine can reach it, else any (a gateway shown to the network is reached by names this
-    process cannot know; name them with --allowed-hosts)."""
-    return LOOPBACK_HOSTS if bind_host.strip().lower() in LOOPBACK_BINDS else (ANY_HOST,)
+    names and the address bound when only this machine can reach it, else any (a gateway shown to the network is
+    reached by names this process cannot know; name them with --allowed-hosts)."""
+    host = bind_host.strip().lower()
+    if not is_loopback(host):
+        return (ANY_HOST,)
+    # The address bound, as a Host header writes it: http://127.0.0.2:8080/ says 'Host: 127.0.0.2:8080'.
+    bound = host.removeprefix("[").removesuffix("]")
+    bound = f"[{bound}]" if ":" in bound else bound
+    return LOOPBACK_HOSTS + ((bound,) if bound not in LOOPBACK_HOSTS else ())
+
+
+def is_loopback(bind_host: str) -> bool:
+    """Whether a gateway listening on `bind_host` (--host) can be reached from this machine only: 'localhost', any
+    address of 127.0.0.0/8 ('127.0.0.2', and '127.1' as the socket layer reads it), '::1', and IPv4-mapped ones
+    ('::ffff:127.0.0.1'). Only the three names once counted, and a gateway on 127.0.0.2 answered any Host: a
+    page of another site, its name made to resolve there, could read its answers (DNS rebinding). A name other
+    than localhost is not looked up: it counts as reachable from elsewhere."""
+    host = bind_host.strip().lower().removeprefix("[").removesuffix("]").removesuffix(".")
+    if host == "localhost":
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = _legacy_ipv4(host)
+    if address is None:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in the short or numeric forms the socket layer binds and ipaddress refuses ('127.1',
+    '2130706433', '0x7f.1'), else None."""
+    if not host or not all(c in "0123456789abcdefx." for c in host) or not host[0].isdigit():
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def parse_allowed_hosts(value: str) -> tuple[str, ...]:
@@ -97,8 +140,8 @@ class HostCheck:
 
 
 class SecurityHeaders:
-    """COMMON_HEADERS on every response, and API_HEADERS on those under /v1/, where a response has none of its
-    own by those names."""
+    """COMMON_HEADERS on every response, and API_HEADERS on those under /v1/, the probes' and the schema's, where a
+    response has none of its own by those names."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -106,7 +149,8 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        extra = {**COMMON_HEADERS, **(API_HEADERS if scope["path"].startswith("/v1/") else {})}
+        not_cached = scope["path"].startswith("/v1/") or scope["path"] in NOT_CACHED_PATHS
+        extra = {**COMMON_HEADERS, **(API_HEADERS if not_cached else {})}
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":

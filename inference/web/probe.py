@@ -21,6 +21,10 @@ import urllib.request
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
+# The target is this container's own server: asked directly, never through $http_proxy (urlopen's default), which
+# a proxied environment sets for the outside world; through it the probe said a gateway that answered unhealthy.
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.path if args.path is not None else "/readyz" if args.require_ready else "/healthz"
     url = f"http://{args.target}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with NO_PROXY.open(url, timeout=args.timeout) as response:
             print(f"healthy: {url} answered {response.status}")
             return 0
     except urllib.error.HTTPError as e:  # 503 from /readyz: the body says why

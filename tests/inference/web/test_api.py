@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import grpc
 import numpy as np
@@ -207,7 +207,7 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         gateway.post("/v1/predict?modelversion=v9", png),
         400,
         "INVALID_ARGUMENT",
-        "unknown query parameter modelversion: /v1/predict takes model_input, model_version",
+        "unknown query parameter 'modelversion': /v1/predict takes model_input, model_version",
     )
     assert_error(gateway.get("/v1/model?verbose=1"), 400, "INVALID_ARGUMENT", "/v1/model takes none")
     # Given twice, the last was taken: a version that does not exist, then none, was answered by the served model.
@@ -216,6 +216,67 @@ def test_bad_requests_are_400(gateway, digit_pngs):
         400,
         "INVALID_ARGUMENT",
         "query parameter model_version given more than once",
+    )
+
+
+FORGED_LINE = "\n2026-12-05 05:56:00,000 INFO inference.web.app POST /v1/predict -> 200 OK: forged"
+
+
+def gateway_log_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "inference.web.app"]
+
+
+def test_unknown_query_parameter_names_are_quoted_and_shortened_in_the_error_and_the_log(gateway, digit_pngs, caplog):
+    """They were said raw, and the gateway logs what it says: a name holding a newline and a log line's words forged
+    a line of the log, and a 60,000-character one added 120 kB to the log and the answer."""
+    caplog.set_level(logging.INFO, logger="inference.web.app")
+    names = ["a" + FORGED_LINE, "b" * 10_000, *(f"extra{k}" for k in range(6))]  # said in sorted order
+    query = "&".join(f"{quote(name)}=1" for name in names)
+    message = assert_error(
+        gateway.post(f"/v1/predict?{query}", digit_pngs[0][1]),
+        400,
+        "INVALID_ARGUMENT",
+        repr("a" + FORGED_LINE) + ", " + repr("b" * 100) + ", 'extra0'",
+        "and 3 more: /v1/predict takes model_input, model_version",
+    )
+    assert "\n" not in message and len(message) < 1_000, message[:300]
+    (logged,) = [line for line in gateway_log_lines(caplog) if "unknown query parameter" in line]
+    assert "\n" not in logged and len(logged) < 1_000, logged[:300]
+
+
+def test_unknown_evaluate_keys_are_quoted_and_shortened_in_the_error_and_the_log(gateway, caplog):
+    """As unknown query parameters: the keys of the JSON body were said raw (pydantic's `loc`)."""
+    caplog.set_level(logging.INFO, logger="inference.web.app")
+    keys = ["x" + FORGED_LINE, "y" * 60_000, *(f"extra{k}" for k in range(6))]
+    body = json.dumps({"split": "validation", **dict.fromkeys(keys, 1)}).encode()
+    message = assert_error(
+        gateway.post("/v1/evaluate", body, "application/json"),
+        400,
+        "INVALID_ARGUMENT",
+        repr("x" + FORGED_LINE) + ": Extra inputs are not permitted",
+        repr("y" * 100) + ": Extra inputs are not permitted",
+        "; and 3 more; send JSON such as",
+    )
+    assert "\n" not in message and len(message) < 1_000, message[:300]
+    (logged,) = [line for line in gateway_log_lines(caplog) if "Extra inputs" in line]
+    assert "\n" not in logged and len(logged) < 1_000, logged[:300]
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        (b'{"model_version": "", "model_version": "nope"}', "'model_version'"),
+        (b'{"split": "test", "heatmap": false, "split": "validation"}', "'split'"),
+    ],
+)
+def test_an_evaluate_key_given_twice_is_refused_naming_it(gateway, body, key):
+    """The last one was taken, without a word, as for a query parameter given twice (which is refused): a version
+    that does not exist, then none, was evaluated with the served model."""
+    assert_error(
+        gateway.post("/v1/evaluate", body, "application/json"),
+        400,
+        "INVALID_ARGUMENT",
+        f"key {key} given more than once: give each once",
     )
 
 
@@ -465,6 +526,52 @@ def test_an_upload_slower_than_the_deadline_is_504_without_a_call(web, backend, 
     assert deadlines == []  # the service was not asked
 
 
+def test_every_answer_carries_a_request_id_the_callers_when_sane_the_gateways_own_errors_included(
+    web, backend, digit_pngs
+):
+    """Only the answers of calls to the service said one: a 415, a 413 or the 504 of a slow body, which the gateway
+    answers itself, said no X-Request-ID, although every answer is documented to."""
+    gateway = web(target=backend.target, timeout=1.0, max_body_bytes=50_000, allowed_hosts=("127.0.0.1",))
+    big = bad_inputs.oversized_bytes(digit_pngs[0][2], 60_000)
+    mine = {"X-Request-ID": "mine-1"}
+
+    def slow_upload(headers: dict) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+        connection.putrequest("POST", "/v1/predict")
+        for name, value in {"Content-Type": "image/png", "Content-Length": "100", **headers}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        time.sleep(1.3)  # past the 1 s deadline
+        connection.send(b"x" * 100)
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        return answer
+
+    answers = {
+        "415": lambda h: gateway.post("/v1/evaluate", b"{}", "text/plain", headers=h),
+        "413 declared": lambda h: gateway.post("/v1/predict", big, headers=h),
+        "413 counted": lambda h: gateway.request("POST", "/v1/predict", body=iter([big]), headers=h),
+        "400 host": lambda h: gateway.get("/v1/model", headers={"Host": "evil.example", **h}),
+        "400 query": lambda h: gateway.get("/v1/model?verbose=1", headers=h),
+        "404": lambda h: gateway.get("/v1/nothing", headers=h),
+        "probe": lambda h: gateway.get("/healthz", headers=h),
+        "page": lambda h: gateway.get("/", headers=h),
+        "200": lambda h: gateway.get("/v1/model", headers=h),
+    }
+    for what, ask in answers.items():
+        assert ask(mine).headers.get("x-request-id") == "mine-1", what
+        made = ask({}).headers.get("x-request-id", "")
+        assert re.fullmatch("[0-9a-f]{32}", made), (what, made)
+        # Not a sane token (the service would replace it): one made, by the service's rule.
+        assert re.fullmatch("[0-9a-f]{32}", ask({"X-Request-ID": "two words"}).headers.get("x-request-id", "")), what
+    slow = slow_upload(mine)
+    assert slow.status == 504 and slow.getheader("X-Request-ID") == "mine-1"
+    assert re.fullmatch("[0-9a-f]{32}", slow_upload({}).getheader("X-Request-ID") or "")
+    # One header, the id the service was given, on an answer of the service too.
+    assert gateway.get("/v1/model", headers=mine).headers["x-request-id"] == "mine-1"
+
+
 def test_a_caller_is_told_what_to_do_but_not_the_services_address_which_the_gateway_logs(
     web, serve, tmp_path, digit_pngs, caplog
 ):
@@ -660,6 +767,15 @@ def test_every_answer_carries_the_security_headers_and_api_answers_are_not_cache
     assert gateway.get("/v1/model").headers["cache-control"] == "no-store"
     page = gateway.get("/").headers
     assert page["cache-control"] == "no-cache" and "frame-ancestors 'none'" in page["content-security-policy"]
+
+
+def test_the_probes_and_the_schema_are_not_cached_either(gateway):
+    """Cache-Control: no-store was on answers under /v1/ alone: a cache between a prober and the gateway could
+    answer "ready" for a gateway that was gone, and an old schema after a release."""
+    for path in ("/healthz", "/readyz", "/openapi.json"):
+        answer = gateway.get(path)
+        assert answer.status == 200 and answer.headers.get("cache-control") == "no-store", (path, answer.headers)
+    assert gateway.request("HEAD", "/healthz").headers.get("cache-control") == "no-store"
 
 
 def test_a_host_the_gateway_does_not_answer_is_400_and_probes_are_exempt(web, backend):

@@ -167,6 +167,35 @@ def test_probe_asks_another_path_for_another_http_server(capsys):
         server.server_close()
 
 
+def test_probe_asks_its_target_directly_even_where_a_proxy_is_set(monkeypatch, capsys):
+    """urlopen went through $http_proxy, which a proxied environment sets for the outside world: with
+    http_proxy=http://127.0.0.1:9 the probe said a gateway that answered was unhealthy."""
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener reads the environment once, when made
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{server.server_port}"
+        assert probe.main(["--target", target, "--timeout", "2"]) == 0, capsys.readouterr().out
+        assert capsys.readouterr().out == f"healthy: http://{target}/healthz answered 200\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

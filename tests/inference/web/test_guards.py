@@ -16,7 +16,25 @@ def test_a_gateway_on_loopback_answers_only_the_loopback_names_by_default(bind):
     assert default_allowed_hosts(bind) == LOOPBACK
 
 
-@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "192.168.1.20"])
+@pytest.mark.parametrize(
+    "bind, bound",
+    [
+        ("127.0.0.2", "127.0.0.2"),
+        ("127.1", "127.1"),  # 127.0.0.1, as the socket layer reads it
+        ("localhost.", "localhost."),
+        ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]"),
+        ("[::ffff:127.0.0.2]", "[::ffff:127.0.0.2]"),
+    ],
+)
+def test_a_gateway_on_any_loopback_address_answers_only_the_loopback_names_and_that_address_by_default(bind, bound):
+    """Only the three names counted as loopback: on 127.0.0.2, 127.1, 'localhost.' or ::ffff:127.0.0.1 the gateway
+    answered every Host, and a page of another site resolved there could read its answers (DNS rebinding)."""
+    assert default_allowed_hosts(bind) == (*LOOPBACK, bound)
+    # The local stack hands them to the gateway as --allowed-hosts would, where each must be taken as it is.
+    assert parse_allowed_hosts(",".join(default_allowed_hosts(bind))) == (*LOOPBACK, bound)
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "192.168.1.20", "::ffff:10.0.0.1", "example.com"])
 def test_a_gateway_shown_to_the_network_answers_any_name_by_default(bind):
     assert default_allowed_hosts(bind) == ("*",)
 
