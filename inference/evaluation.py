@@ -165,5 +165,8 @@ def evaluate_model(
     evaluation = evaluation_from_log_probs(log_probs, labels)
     png = b""
     if heatmap:
+        # The caller left while it was scored: the heatmap (0.2 s; a second the first time) would be for nobody.
+        if should_stop is not None and should_stop():
+            return None
         png = confusion_heatmap_png(evaluation.confusion, title=f"Model {served.version}, {split}")
     return EvaluationResult(split=split, evaluation=evaluation, heatmap_png=png, seconds=time.perf_counter() - started)

@@ -853,6 +853,15 @@ def create_app(options: WebOptions) -> FastAPI:
         log.info("%s %s -> %d %s: %s%s", request.method, request.url.path, e.status, e.code.name, e.message, logged)
         return error_response(e.status, e.code, e.message, e.request_id)
 
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, e: Exception):
+        # A bug: Starlette answers it outside every middleware added here (and logs the traceback after), so its
+        # answer gets here what they add to every other one: the request's id, the common headers, no caching;
+        # and the error body of every other answer, not a plain-text "Internal Server Error".
+        message = "internal error in the gateway; its log has the traceback (search it for this X-Request-ID)"
+        headers = {k.decode(): v.decode() for k, v in {**guards.COMMON_HEADERS, **guards.API_HEADERS}.items()}
+        return error_response(500, grpc.StatusCode.INTERNAL, message, request_id_of(request), headers)
+
     @app.exception_handler(BodyTooLarge)
     async def on_body_too_large(request: Request, e: BodyTooLarge):
         return _too_large_response(options.max_body_bytes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -341,6 +343,36 @@ def test_evaluating_a_published_model_again_only_scores_its_kept_output(module_s
     assert forward_calls == []
     assert again.accuracy == first.accuracy and again.loss == first.loss
     assert [row.counts for row in again.confusion] == [row.counts for row in first.confusion]
+
+
+def test_an_evaluation_whose_caller_left_while_it_was_scored_draws_no_heatmap(module_server, monkeypatch):
+    """The forward pass stops for a caller gone (checked between chunks); the heatmap after it was drawn all the
+    same, holding the one evaluation slot for nobody."""
+    import inference.evaluation
+    import inference.service
+
+    real_score, real_evaluate = inference.evaluation.evaluation_from_log_probs, inference.service.evaluate_model
+    drawn, returned = [], threading.Event()
+
+    def slow_score(*args, **kwargs):
+        scored = real_score(*args, **kwargs)
+        time.sleep(1.5)  # past the caller's deadline, once the scores are made
+        return scored
+
+    def evaluate(*args, **kwargs):
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(inference.evaluation, "evaluation_from_log_probs", slow_score)
+    monkeypatch.setattr(inference.evaluation, "confusion_heatmap_png", lambda *a, **k: drawn.append(a) or b"")
+    monkeypatch.setattr(inference.service, "evaluate_model", evaluate)
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert returned.wait(30)
+    assert drawn == []
 
 
 def test_only_one_evaluation_at_a_time(module_server, monkeypatch):

@@ -572,6 +572,25 @@ def test_every_answer_carries_a_request_id_the_callers_when_sane_the_gateways_ow
     assert gateway.get("/v1/model", headers=mine).headers["x-request-id"] == "mine-1"
 
 
+def test_a_bug_in_the_gateway_is_a_500_in_the_error_shape_with_the_request_id_and_the_common_headers(
+    gateway, digit_pngs, monkeypatch
+):
+    """Starlette answers an exception nothing handled outside every middleware: a plain-text "Internal Server
+    Error" without the id to find its traceback by, nosniff or no-store. The gateway goes on serving."""
+    import inference.web.app
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(inference.web.app, "read_one_image", broken)
+    answer = gateway.post("/v1/predict", digit_pngs[0][1], headers={"X-Request-ID": "mine-500"})
+    assert_error(answer, 500, "INTERNAL", "internal error in the gateway", "X-Request-ID")
+    assert answer.headers["x-request-id"] == "mine-500"
+    assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["cache-control"] == "no-store"
+    monkeypatch.undo()
+    assert gateway.post("/v1/predict", digit_pngs[0][1]).status == 200
+
+
 def test_a_caller_is_told_what_to_do_but_not_the_services_address_which_the_gateway_logs(
     web, serve, tmp_path, digit_pngs, caplog
 ):
