@@ -1064,12 +1064,20 @@ def create_app(options: WebOptions) -> FastAPI:
                 limiter=connected().probes,
             )
         except grpc.RpcError as e:
+            waited = min(options.timeout, 3.0)
+            # describe's advice for a call that timed out is to ask this very probe.
+            said = (
+                f"the inference service's health check did not answer within {waited:g} s; it is down, still "
+                "starting or overloaded"
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                else connected().describe(e, waited)
+            )
             # The log names the address asked, --health-target's when given: the main target's was logged then,
             # which sent whoever read it to a service that answered.
             raise GatewayError(
                 503,
                 grpc.StatusCode.UNAVAILABLE,
-                f"not ready: {connected().describe(e, min(options.timeout, 3.0))}",
+                f"not ready: {said}",
                 logged=connected().where_to_log(e.details() or "", connected().health_target),
             ) from None
         if answer.status != health_pb2.HealthCheckResponse.SERVING:

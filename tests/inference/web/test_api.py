@@ -426,6 +426,17 @@ def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web
     assert gateway.get("/healthz").status == 200  # the gateway itself is alive
 
 
+def test_a_probe_of_a_service_that_never_answers_says_so_without_sending_the_caller_to_itself(web):
+    """A service that takes the connection and says nothing (stopped, as by SIGSTOP): the probe's 503 said to ask
+    GET /readyz, the very probe that failed."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        gateway = web(target=f"127.0.0.1:{silent.getsockname()[1]}", timeout=1.0)
+        message = assert_error(gateway.get("/readyz"), 503, "UNAVAILABLE", "not ready", "did not answer within 1 s")
+    assert "/readyz" not in message
+
+
 def test_a_service_unreachable_past_the_grace_is_503_at_once_and_served_again_when_back(
     web, tmp_path, mnist_dir, digit_pngs
 ):
