@@ -518,9 +518,13 @@ def said_names(names: list[str]) -> str:
     """Names the caller gave (query parameters, JSON keys), as an error message says them and the gateway's log
     repeats it: each quoted (repr: a newline in one cannot begin a forged log line) and cut to MAX_NAME_CHARS, and
     the first MAX_NAMES_SAID of them (one 60,000-character name added 120 kB to the log and the answer)."""
-    said = ", ".join(repr(name[:MAX_NAME_CHARS]) for name in names[:MAX_NAMES_SAID])
-    more = len(names) - MAX_NAMES_SAID
-    return said + (f" and {more:,} more" if more > 0 else "")
+    return first_few([repr(name[:MAX_NAME_CHARS]) for name in names], ", ", " and")
+
+
+def first_few(parts: list[str], separator: str, before_more: str) -> str:
+    """The first MAX_NAMES_SAID of `parts` joined by `separator`, then how many more there are, if any."""
+    more = len(parts) - MAX_NAMES_SAID
+    return separator.join(parts[:MAX_NAMES_SAID]) + (f"{before_more} {more:,} more" if more > 0 else "")
 
 
 def known_query_parameters(request: Request) -> None:
@@ -651,9 +655,7 @@ def repeated_keys(raw: bytes) -> list[str]:
 def validation_problems(e: ValidationError | RequestValidationError) -> str:
     """Pydantic's or FastAPI's validation errors in one line: 'query.model_input: Input should be ...', the first
     MAX_NAMES_SAID of them (a body of 10,000 unknown keys has as many)."""
-    problems = [f"{where_invalid(error)}: {error['msg']}" for error in e.errors()]
-    more = len(problems) - MAX_NAMES_SAID
-    return "; ".join(problems[:MAX_NAMES_SAID]) + (f"; and {more:,} more" if more > 0 else "")
+    return first_few([f"{where_invalid(error)}: {error['msg']}" for error in e.errors()], "; ", "; and")
 
 
 def where_invalid(error: Mapping[str, Any]) -> str:
@@ -1052,19 +1054,19 @@ def create_app(options: WebOptions) -> FastAPI:
         summary="Readiness: the inference service behind the gateway is SERVING a model",
     )
     async def readyz() -> schemas.Health:
+        waited = min(options.timeout, 3.0)
         try:
             # No waiting for a connection: a probe must say "not ready" at once.
             answer = await anyio.to_thread.run_sync(
                 partial(
                     connected().health.Check,
                     health_pb2.HealthCheckRequest(service=""),
-                    timeout=min(options.timeout, 3.0),
+                    timeout=waited,
                     wait_for_ready=False,
                 ),
                 limiter=connected().probes,
             )
         except grpc.RpcError as e:
-            waited = min(options.timeout, 3.0)
             # describe's advice for a call that timed out is to ask this very probe.
             said = (
                 f"the inference service's health check did not answer within {waited:g} s; it is down, still "
