@@ -416,6 +416,15 @@ def append_history(models_dir: Path, entry: dict[str, str]) -> None:
         os.fsync(f.fileno())
 
 
+def _json_text(text: str) -> Any:
+    """json.loads(text), refusing JSON that holds no text: a lone surrogate escape ("\\ud800") is valid JSON but no
+    UTF-8, a protobuf string field refuses it, and ListModels failed INTERNAL for every caller. Raises ValueError
+    (JSONDecodeError; UnicodeEncodeError for the surrogate), or RecursionError for JSON nested thousands deep."""
+    value = json.loads(text)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+    return value
+
+
 def read_history(models_dir: Path) -> list[dict[str, str]]:
     """Every change of LATEST.json, oldest first, as {at, event, version, sha256}; [] when there is none."""
     try:
@@ -425,8 +434,7 @@ def read_history(models_dir: Path) -> list[dict[str, str]]:
     entries = []
     for line in lines:
         try:
-            entry = json.loads(line)
-            json.dumps(entry, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape: no text to show
+            entry = _json_text(line)
         except (ValueError, RecursionError):
             continue  # a line cut short by a crash, or damaged (nested thousands deep)
         if isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("event", "version")):
@@ -539,10 +547,7 @@ def _read_manifest_file(path: Path, models_dir: Path) -> Manifest | None:
     except FileNotFoundError:
         return None
     try:
-        fields = json.loads(raw.decode("utf-8"))
-        # A lone surrogate escape ("\ud800") is valid JSON but no UTF-8: a protobuf string field refuses it, and
-        # ListModels failed INTERNAL for every caller. UnicodeEncodeError is a ValueError.
-        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+        fields = _json_text(raw.decode("utf-8"))
         if not isinstance(fields, dict):
             raise TypeError(f"a JSON {type(fields).__name__}, not an object")
         optional = {name: kind for name, kind in _OPTIONAL_MANIFEST_TYPES.items() if name in fields}
