@@ -95,6 +95,7 @@ MAX_REQUEST_ID_CHARS = 128
 # and how many (said_names).
 MAX_NAME_CHARS = 100
 MAX_NAMES_SAID = 5
+MAX_PATH_CHARS = 200  # of a path no route has, said back by a 404 (said_path)
 # How often a call in flight checks whether its HTTP caller is still there.
 DISCONNECT_POLL_SECONDS = 0.25
 # How often gRPC's own thread looks at a subscribed channel's state (grpc/_channel.py, _poll_connectivity), and a
@@ -521,6 +522,12 @@ def said_names(names: list[str]) -> str:
     return first_few([repr(name[:MAX_NAME_CHARS]) for name in names], ", ", " and")
 
 
+def said_path(path: str) -> str:
+    """A path no route has, as a 404 says it back: cut to MAX_PATH_CHARS (a 12,000-character path was said whole,
+    in the answer and the log line)."""
+    return path if len(path) <= MAX_PATH_CHARS else f"{path[:MAX_PATH_CHARS]}... ({len(path):,} characters)"
+
+
 def first_few(parts: list[str], separator: str, before_more: str) -> str:
     """The first MAX_NAMES_SAID of `parts` joined by `separator`, then how many more there are, if any."""
     more = len(parts) - MAX_NAMES_SAID
@@ -891,8 +898,9 @@ def create_app(options: WebOptions) -> FastAPI:
         )
         # The docs named relative to the URL asked (as the page names its calls), not as /docs: under a proxy's
         # prefix that is https://host/docs, outside the gateway.
+        docs = where_the_docs_are(sent_path(request.scope))
         message = (
-            f"{e.detail}: {request.method} {request.url.path}; {where_the_docs_are(sent_path(request.scope))} "
+            f"{e.detail}: {request.method} {said_path(request.url.path)}; {docs} "
             "(the docs page beside the gateway's web page)"
         )
         # Starlette's own headers: a 405's Allow (the methods the path takes), which HTTP requires.

@@ -763,6 +763,13 @@ def test_unknown_paths_and_methods_get_the_json_error_shape(gateway):
     assert wrong_method.headers["allow"] == "POST"  # what HTTP asks of a 405: the methods the path takes
 
 
+def test_a_long_unknown_path_is_said_back_cut_short(gateway):
+    path = "/v1/" + "x" * 12_000
+    answer = gateway.get(path)
+    assert_error(answer, 404, "NOT_FOUND", f"GET /v1/{'x' * 196}... (12,004 characters)", "described at ../docs")
+    assert len(answer.body) < 1_000
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Documentation and the page
 
