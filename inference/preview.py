@@ -25,9 +25,10 @@ def viewable(img):
     keeps its strokes in."""
     from PIL import Image, ImageOps
 
-    from shared.decode import flatten_alpha, pil_to_array
+    from shared.decode import alpha_left_unset, flatten_alpha, pil_to_array
 
-    array = pil_to_array(ImageOps.exif_transpose(img))  # (H, W), (H, W, 3), or with alpha (H, W, 2 or 4)
+    opaque = alpha_left_unset(img)  # before the transpose, which forgets the file's format
+    array = pil_to_array(ImageOps.exif_transpose(img), opaque=opaque)  # (H, W), (H, W, 3), or with alpha (H, W, 2/4)
     if array.ndim == 3 and array.shape[2] in (2, 4):
         array = flatten_alpha(array, max(array.shape[:2]))
     return Image.fromarray(array).convert("RGB")

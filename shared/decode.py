@@ -111,7 +111,7 @@ def decode_image(
                 check_pixel_count(img.size, limits)
                 orientation = exif_orientation(img)
                 digest = frame_digest(img) if may_be_cut_short(data, img) else None
-                array = reduced_array(img)
+                array = reduced_array(img, opaque=alpha_left_unset(img))
                 img.close()  # the full-resolution frame goes now, not when the `with` ends
                 if digest is not None:  # after the close: the second decoding fits in the same reservation
                     check_jpeg_scan_complete(data, digest, max_side)
@@ -343,9 +343,9 @@ def largest_decode_cost(max_pixels: int) -> int:
 REDUCE_BAND_PIXELS = 2_000_000
 
 
-def reduced_array(img: Image.Image) -> np.ndarray:
-    """A loaded frame -> the array pil_to_array would give, brought down to about WORK_MAX_SIDE on its long side
-    first when the frame is more than twice that.
+def reduced_array(img: Image.Image, *, opaque: bool = False) -> np.ndarray:
+    """A loaded frame -> the array pil_to_array would give (without its alpha where `opaque`), brought down to
+    about WORK_MAX_SIDE on its long side first when the frame is more than twice that.
 
     Pillow's `reduce` (a box filter by an integer factor; premultiplied for alpha, as compositing needs) runs on
     horizontal bands of the frame, each converted to the array's mode on its own: the extra memory is a few
@@ -355,7 +355,7 @@ def reduced_array(img: Image.Image) -> np.ndarray:
     width, height = img.size
     factor, _, _ = working_size(width, height)
     if factor == 1:
-        return pil_to_array(img)
+        return pil_to_array(img, opaque=opaque)
     band_height = factor * max(1, REDUCE_BAND_PIXELS // (width * factor))
     boxes = [(0, top, width, min(height, top + band_height)) for top in range(0, height, band_height)]
     high_bit_depth = img.mode in _HIGH_BIT_DEPTH_MODES
@@ -370,7 +370,7 @@ def reduced_array(img: Image.Image) -> np.ndarray:
                 cv2.resize(high_bit_depth_to_uint8(np.asarray(band), scale), size, interpolation=cv2.INTER_AREA)
             )
         else:
-            bands.append(np.asarray(band.convert(array_mode(band)).reduce(factor)))
+            bands.append(np.asarray(band.convert(array_mode(band, opaque=opaque)).reduce(factor)))
     return np.concatenate(bands)
 
 
@@ -625,20 +625,29 @@ def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return array
 
 
-def array_mode(img: Image.Image) -> str:
-    """The 8-bit mode a picture becomes: L or RGB, or LA or RGBA when it has transparency."""
+def alpha_left_unset(img: Image.Image) -> bool:
+    """Whether a loaded frame is a BMP whose alpha is 0 everywhere. A 32-bit BMP with an alpha mask
+    (BI_BITFIELDS, V4 and V5 headers) often has it left at 0 by the program that wrote it, and browsers show
+    such a file opaque; read as transparent, the digit in it was refused as "fully transparent". A BMP is
+    uncompressed at 32 bits, so the byte limit keeps this scan of its pixels small."""
+    return img.format == "BMP" and img.mode == "RGBA" and img.getchannel("A").getextrema() == (0, 0)
+
+
+def array_mode(img: Image.Image, *, opaque: bool = False) -> str:
+    """The 8-bit mode a picture becomes: L or RGB, or LA or RGBA when it has transparency (not if `opaque`)."""
     mode = img.mode
-    has_transparency = "A" in mode or "a" in mode or "transparency" in img.info
+    has_transparency = not opaque and ("A" in mode or "a" in mode or "transparency" in img.info)
     if mode in ("1", "L", "LA", "La"):
         return "LA" if has_transparency else "L"
     return "RGBA" if has_transparency else "RGB"  # RGB, RGBX, P, PA, CMYK, YCbCr, LAB, HSV, RGBA, RGBa
 
 
-def pil_to_array(img: Image.Image) -> np.ndarray:
-    """A loaded Pillow image in any mode -> (H, W) uint8, (H, W, 3) uint8 or, with transparency, (H, W, 2 or 4)."""
+def pil_to_array(img: Image.Image, *, opaque: bool = False) -> np.ndarray:
+    """A loaded Pillow image in any mode -> (H, W) uint8, (H, W, 3) uint8 or, with transparency (kept unless
+    `opaque`), (H, W, 2 or 4)."""
     if img.mode in _HIGH_BIT_DEPTH_MODES:
         return high_bit_depth_to_uint8(np.asarray(img))
-    return np.asarray(img.convert(array_mode(img)))
+    return np.asarray(img.convert(array_mode(img, opaque=opaque)))
 
 
 _HIGH_BIT_DEPTH_MODES = ("I", "F", *_TWO_BYTE_MODES)

@@ -23,6 +23,7 @@ pixels):
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -50,6 +51,8 @@ MAX_THINNING_FRACTION = 0.3  # never remove more than this fraction of the strok
 # precision at MNIST's scale (x8 of the 20-px box), cheap enough that the distance transforms cost ~0.2 ms.
 STROKE_WORK_MAX_SIDE = 160
 STROKE_WORK_MIN_SIDE = 64
+# A crop shrunk f > 1 times to that side is ink where it is at least this / f (stroke_mask_level).
+STROKE_MASK_PIXEL_LEVEL = 0.4
 
 BACKGROUND_GRID_SIDE = 48  # the paper is modelled on at most this many samples along the long side
 BACKGROUND_FIT_ROUNDS = 3
@@ -960,8 +963,7 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
     rest: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None  # (ruling pixels then, components of the ink off it)
     for direction in (0, 1):
         family = [c for c in candidates if c[0] == direction and thin_fraction(c[2], beside[direction]) >= 0.5]
-        # Distinct lines: Hough finds a thick line at several neighbouring distances.
-        distinct = len({round(rho / (2 * RULING_BAND)) for _, rho, _, _ in family})
+        distinct = distinct_lines([(rho, theta) for _, rho, _, theta in family], direction)
         for _, _, pixels, _ in family:
             if distinct >= 3 or line_extent(pixels, width, direction) >= RULING_SPAN * (width, height)[direction]:
                 ruling.flat[pixels] = True
@@ -981,6 +983,16 @@ def find_ruling(strong: np.ndarray) -> tuple[np.ndarray, bool]:
             rest = (taken, connected_components((ink & ~ruling).astype(np.uint8)))
         ruling |= dashed_lines(rest[1], direction, angle)
     return ruling, in_family
+
+
+def distinct_lines(lines: list[tuple[float, float]], direction: int) -> int:
+    """How many distinct lines Hough's (rho, theta) pairs in `direction` (0 horizontal, 1 vertical) are. Hough finds
+    a thick line at several neighbouring distances, so distances within 2 RULING_BAND of the next are one line.
+    A vertical line comes back near theta 0 (rho = x) and near pi (rho = -x): folded to one side first. Rounded
+    into fixed bins of distance, as before, one straight 1 at x = 203 came back as 204, 206, -204 and -202, three
+    "lines": a family of ruled paper, and the 1 was refused as nothing but paper."""
+    rhos = sorted(-rho if direction == 1 and theta > np.pi / 2 else rho for rho, theta in lines)
+    return (1 if rhos else 0) + sum(b - a > 2 * RULING_BAND for a, b in itertools.pairwise(rhos))
 
 
 def dashed_lines(components: tuple[np.ndarray, np.ndarray], direction: int, theta: float | None) -> np.ndarray:
@@ -1445,7 +1457,7 @@ def normalize_stroke_width(crop: np.ndarray) -> tuple[np.ndarray, float]:
     range is returned untouched, so a genuine MNIST digit passes through unchanged.
     """
     work, shrink_factor = resize_long_side_into(crop, STROKE_WORK_MIN_SIDE, STROKE_WORK_MAX_SIDE)
-    binary = work >= (0.2 if shrink_factor >= 2 else 0.5)
+    binary = work >= stroke_mask_level(shrink_factor)
     ratio = stroke_ratio(binary)
     if STROKE_RATIO_THIN <= ratio <= STROKE_RATIO_THICK or not binary.any():
         return crop, ratio
@@ -1458,6 +1470,17 @@ def normalize_stroke_width(crop: np.ndarray) -> tuple[np.ndarray, float]:
     target = STROKE_RATIO_THICK_TARGET
     shrink = min((width - target * long_side) / (2 * (1 - target)), MAX_THINNING_FRACTION * width)
     return thin(work, binary, shrink), ratio
+
+
+def stroke_mask_level(shrink_factor: float) -> float:
+    """The level of soft ink (0..1) at which a crop shrunk by `shrink_factor` to measure its strokes is ink: 0.5
+    unshrunk, STROKE_MASK_PIXEL_LEVEL / shrink_factor shrunk. A 1-pixel stroke shrunk f times is 1 / f grey, at
+    least half that on a pixel where it straddles two: a 1-pixel pencil line (a paint program's) on a canvas of
+    300 to 1,000 pixels fell under the fixed levels of before (0.5 up to f = 2, 0.2 beyond), whole strokes left
+    the mask (a 7's bar, a 4's stem), were never grown, and the digit read as a 1."""
+    if shrink_factor <= 1:
+        return 0.5
+    return min(0.5, STROKE_MASK_PIXEL_LEVEL / shrink_factor)
 
 
 def resize_long_side_into(image: np.ndarray, low: int, high: int) -> tuple[np.ndarray, float]:

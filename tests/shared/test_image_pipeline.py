@@ -129,6 +129,28 @@ def test_ink_held_only_in_alpha(digit, rgb):
     assert similarity(out, reference) > 0.98
 
 
+def bmp_v5_with_alpha_mask(bgra: np.ndarray) -> bytes:
+    """A 32-bit BMP with a V5 header and an alpha mask (BI_BITFIELDS), bottom-up, as paint programs write it."""
+    h, w = bgra.shape[:2]
+    pixels = np.ascontiguousarray(bgra[::-1]).tobytes()
+    header = struct.pack("<IiiHHIIiiII", 124, w, h, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    header += struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + bytes(48)
+    header += struct.pack("<IIII", 4, 0, 0, 0)
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+
+
+def test_a_bmp_whose_alpha_is_left_at_0_is_read_opaque_as_browsers_show_it(digit):
+    """Programs that write 32-bit BMPs with an alpha mask often leave the alpha 0 everywhere; browsers show such a
+    file opaque. Read as transparent, a clear digit on white was refused as "fully transparent"."""
+    paper = on_paper(drawing(digit, canvas=(240, 240), height=140, top=40, left=60))  # (H, W, 3) dark on white
+    bgra = np.dstack([paper[:, :, ::-1], np.zeros(paper.shape[:2], np.uint8)])
+    out = to_mnist(bmp_v5_with_alpha_mask(bgra))
+    assert np.array_equal(out, to_mnist(ui.encode(paper, "PNG")))
+    bgra[:, :, 3] = 255 - paper.min(axis=2)  # alpha that is set is kept: only the strokes opaque, on no backdrop
+    assert similarity(to_mnist(bmp_v5_with_alpha_mask(bgra)), out) > 0.95
+
+
 def test_transparent_corners_of_a_photo_vanish_into_the_paper(digit):
     """Mostly opaque (paper with ink) with transparent corners: the corners must not be taken for ink."""
     rgb = on_paper(drawing(digit), ink=(40, 40, 40), paper=(200, 200, 190))

@@ -86,6 +86,22 @@ def test_a_long_straight_1_alone_is_the_digit_not_a_ruling(digits):
     assert out[:, :8].max() == 0 and out[:, 20:].max() == 0
 
 
+@pytest.mark.parametrize("x", [150, 200, 203, 251])
+@pytest.mark.parametrize("thickness", [1, 2, 3])
+def test_a_straight_1_anywhere_in_the_picture_is_one_line_not_a_family_of_rulings(x, thickness):
+    """A vertical line comes back from Hough near 0 (rho = x) and near pi (rho = -x); counted in fixed bins of
+    distance, a 1 at x = 203 was three "lines", a family of ruled paper, and the picture was refused as only paper
+    (a 4's straight stem was taken out as paper too)."""
+    strong = np.zeros((400, 400), np.uint8)
+    strong[66:333, x : x + thickness] = 1
+    ruling, family = normalize.find_ruling(strong)
+    assert not family and not ruling.any()
+    picture = np.full((400, 400, 3), 255.0, np.float32)
+    picture[66:333, x : x + thickness] = 0.0
+    out = to_mnist(encode(picture, "PNG"))
+    assert (out[5:23, 11:17].max(axis=1) > 128).all() and out[:, :8].max() == 0  # a bar in the middle: a 1
+
+
 @pytest.mark.parametrize("side", [200, 400])
 def test_a_thin_1_drawn_up_to_the_edge_is_the_digit_not_a_speck_beside_it(side):
     """A line the picture's edge cuts off is the rest of a ruling or the sheet's edge when a digit is there too; a
