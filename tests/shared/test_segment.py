@@ -121,6 +121,37 @@ def test_a_cut_is_kept_only_where_both_halves_look_like_digits(rest_score, read)
     assert segment.read_number(touching_zeros(), SureSliverNoDigitRest(rest_score)).text == read
 
 
+def a_u(width: int) -> np.ndarray:
+    """A picture of one U `width` px wide and about 110 px tall, dark on white: one stroke that a cut crosses once."""
+    picture = np.full((170, width + 80), 255, np.uint8)
+    left, right = 40, 40 + width
+    cv2.line(picture, (left, 30), (left, 100), 0, 9)
+    cv2.line(picture, (right, 30), (right, 100), 0, 9)
+    cv2.ellipse(picture, ((left + right) // 2, 100), (width // 2, 30), 0, 0, 180, 0, 9)
+    return picture
+
+
+class UnsureWholeSureHalves:
+    """A classifier that finds the whole group a 4 at 0.6 (log-confidence -0.62 with its digit score 0.9) and each
+    half of a cut a 1 at 0.8 (-0.33 each, -0.66 for the cut): a cut a little worse than the whole."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> segment.Classified:
+        self.calls += 1
+        top = one_hot(4, 0.6) if self.calls == 1 else one_hot(1, 0.8)
+        return segment.Classified(np.tile(top, (len(batch), 1)), np.full(len(batch), 0.9))
+
+
+@pytest.mark.parametrize(("width", "read"), [(100, "4"), (180, "11")])
+def test_a_region_no_wider_than_one_digit_is_cut_only_where_the_cut_scores_better_than_the_whole(width, read):
+    # A single wide digit the classifier is unsure of (a wide 4 read "21" by the tests' model, a 0 read "61") was cut
+    # where its halves scored a little worse than the whole, within SPLIT_MARGIN. As wide as it is tall (1.0 line
+    # height), the cut must beat the whole; at 1.6 line heights, wider than one digit is, SPLIT_MARGIN still holds.
+    assert segment.read_number(a_u(width), UnsureWholeSureHalves()).text == read
+
+
 def two_strokes_side_by_side() -> np.ndarray:
     """A picture of two upright strokes close together, dark on white: two pieces, neither overlapping the other
     along the line (as the two strokes of a 4 that do not meet, or a 5's flag beside its body)."""
