@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +16,7 @@ from shared.checkpoint import is_version_name
 from shared.cli import ArgumentParser, HelpFormatter, float_between, folder, non_negative_int, number, positive_int
 from shared.model import ARCHITECTURES, build_model
 
+from trainer.distributed import runs_on
 from trainer.precision import PRECISIONS
 from trainer.publish import PUBLISH_MODES
 
@@ -135,6 +135,12 @@ def decay(text: str) -> float:
 
 def run_name(text: str) -> str:
     """argparse type: a run's folder name, which also begins its published versions' names (<run>-e010)."""
+    if text.startswith("-"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name a run: starting with '-', it is read as a flag in the commands that continue the "
+            f"run (--resume --run-name {text}) and serve its models (promote {text}-e010); start it with a letter or "
+            "digit"
+        )
     if not text or not is_version_name(f"{text}-e999"):
         raise argparse.ArgumentTypeError(
             f"{text!r} cannot name a run: its published models are files named <run>-e010.pt, so it must be a plain "
@@ -142,6 +148,23 @@ def run_name(text: str) -> str:
         )
     return text
 
+
+def device_name(text: str) -> str:
+    """argparse type: a device the trainer runs on, checked as the command line (or MNIST_DEVICE) is read; whether
+    this machine has it is resolve_device's to say, when the run starts."""
+    if not runs_on(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+# The largest learning rate and weight decay taken: far above any that trains (the presets' are 0.1 and 0.001, and
+# 5e-4 and 0), so that a larger one is a slip; yet high enough that a run can still be seen to diverge. Beyond
+# float32's range (3.4e38) the optimizer's first step failed with a traceback.
+MAX_LR = 1000.0
+MAX_WEIGHT_DECAY = 1000.0
+# The most pictures that are not digits per digit in a batch: 40 times the default's 0.25 (0.5 is the most tried,
+# docs/not-a-digit.md), ten batches of them beside one of digits. A ratio like 1e300 overflowed a C++ size.
+MAX_NEGATIVES = 10.0
 
 DEFAULT_PUBLISH = "if-better"  # --publish when neither given nor kept by a resumed run
 
@@ -173,7 +196,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # Unset or blank: the preset's. Set: at least 1 (0 used to mean the preset's too, silently).
     epochs_env = settings.env_value(settings.ENV_EPOCHS, None, positive_int)
     preset_epochs = f"{PRESETS['default'].epochs} or {PRESETS['seed'].epochs}"
-    seed_env = settings.env_value(settings.ENV_SEED, None, non_negative_int)
+    seed_env = settings.env_value(settings.ENV_SEED, None, seed_number)
     preset_seeds = " or ".join(sorted({str(preset.seed) for preset in PRESETS.values()}))
     parser.add_argument(
         "--epochs",
@@ -200,12 +223,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the preset's)")
     parser.add_argument(
         "--lr",
-        type=float_between(0, math.inf, low_open=True),
+        type=float_between(0, MAX_LR, low_open=True),
         default=None,
         help="peak learning rate (default: the preset's)",
     )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the preset's")
-    parser.add_argument("--weight-decay", type=float_between(0, math.inf), default=None, help="default: the preset's")
+    parser.add_argument(
+        "--weight-decay", type=float_between(0, MAX_WEIGHT_DECAY), default=None, help="default: the preset's"
+    )
     parser.add_argument(
         "--label-smoothing", type=float_between(0, 1, high_open=True), default=None, help="default: the preset's"
     )
@@ -219,7 +244,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--negatives",
-        type=float_between(0, math.inf),
+        type=float_between(0, MAX_NEGATIVES),
         default=None,
         metavar="RATIO",
         help="pictures that are not digits added to each batch per digit, as an eleventh class "
@@ -244,11 +269,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_number,
         # None where neither is given (the preset's, 0): a typed --seed 0 is then told from none (a resumed run
         # names the flags it ignores, and said nothing of a typed 0). Set in the environment, as for --epochs.
         default=seed_env,
-        help="random seed for initialisation, order and augmentation"
+        help=f"random seed for initialisation, order and augmentation, 0 to {VALIDATION_PICTURE_SEEDS - 1:,}"
         + ("" if seed_env is not None else f" (default: the preset's, {preset_seeds})")
         + f" [env {settings.ENV_SEED}]",
     )
@@ -305,7 +330,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        default=settings.env_str(settings.ENV_DEVICE, "auto"),
+        type=device_name,
+        # Checked here, as MNIST_DEVICE too: refused when the run started, it was said as "--device gpu" though no
+        # flag had been typed.
+        default=settings.env_value(settings.ENV_DEVICE, "auto", device_name),
         help=f"'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' [env {settings.ENV_DEVICE}]",
     )
     parser.add_argument(
@@ -366,20 +394,28 @@ def publish_mode(args: argparse.Namespace, resumed: dict[str, Any] | None) -> st
 VALIDATION_PICTURE_SEEDS = 1_000_000
 
 
+def seed_number(text: str) -> int:
+    """argparse type: a run's seed, 0 to VALIDATION_PICTURE_SEEDS - 1. Checked as the command line is read, so that
+    MNIST_SEED is refused under its own name (it was refused once the run started, as "--seed ...")."""
+    value = non_negative_int(text)
+    if value >= VALIDATION_PICTURE_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {VALIDATION_PICTURE_SEEDS - 1:,}, got {value}: seeds from {VALIDATION_PICTURE_SEEDS:,} "
+            "on draw the validation split's pictures; choose a smaller one"
+        )
+    return value
+
+
 def chosen_preset(args: argparse.Namespace) -> str:
     """--preset as typed, else MNIST_PRESET, else 'default' (the parser has checked the variable)."""
     return args.preset or settings.env_str(settings.ENV_PRESET, "default")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset's config with the flags the user gave applied on top. SystemExit, before any data is read, if its
-    network cannot be built (an --arch-kwargs name the network does not take), or its seed is too large."""
+    """The preset's config with the flags the user gave applied on top (the parser has checked each: the seed's
+    range is seed_number's). SystemExit, before any data is read, if its network cannot be built (an --arch-kwargs
+    name the network does not take)."""
     config = replace(PRESETS[chosen_preset(args)], **overrides_given(args))
-    if config.seed >= VALIDATION_PICTURE_SEEDS:
-        raise SystemExit(
-            f"--seed {config.seed}: seeds from {VALIDATION_PICTURE_SEEDS:,} on draw the validation split's pictures; "
-            "choose a smaller one"
-        )
     reserved = sorted(TRAINER_ARCH_KWARGS & config.arch_kwargs.keys())
     if reserved:
         raise SystemExit(

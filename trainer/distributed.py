@@ -27,18 +27,26 @@ class DistInfo:
         return self.world_size > 1
 
 
+def runs_on(name: str) -> bool:
+    """Whether `name` is a device the trainer runs on: 'auto', 'cpu', 'cuda' or 'cuda:N' (present or not)."""
+    if name == "auto":
+        return True
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return False
+    # Only these two: torch knows more device types (meta, mps, xpu, ...), which the trainer does not run on, and
+    # which failed later with a traceback.
+    return device.type in ("cpu", "cuda") and not (device.type == "cpu" and device.index)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' -> the local GPU when CUDA is present, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    # Only these two: torch knows more device types (meta, mps, xpu, ...), which the trainer does not run on, and
-    # which failed later with a traceback.
-    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+    if not runs_on(name):
         raise SystemExit(f"--device {name}: not a device the trainer runs on; use auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda was asked for, but CUDA is not available on this machine")

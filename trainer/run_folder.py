@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from shared.settings import DEFAULT_ARTIFACTS_DIR, ENV_ARTIFACTS_DIR, Paths
+from shared.settings import DEFAULT_ARTIFACTS_DIR, ENV_ARTIFACTS_DIR, Paths, env_str
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,11 @@ def check_resumable(paths: Paths, run_name: str) -> None:
 def resume_flags(artifacts_dir: Path, run_name: str) -> str:
     """The flags that continue run `run_name` of `artifacts_dir`, as the trainer's messages say them: with the
     folder unless it is the default one (a run in another folder was told `--resume --run-name X` alone, which
-    then found no run)."""
+    then found no run) and no MNIST_ARTIFACTS_DIR chooses another. Named whenever the variable is set, even to
+    this folder: it may have been set for the one command (`MNIST_ARTIFACTS_DIR=... python -m trainer`), and be
+    gone when the user types the next."""
     flags = f"--resume --run-name {shlex.quote(run_name)}"
-    if Path(artifacts_dir) != Path(DEFAULT_ARTIFACTS_DIR):
+    if Path(artifacts_dir) != Path(DEFAULT_ARTIFACTS_DIR) or env_str(ENV_ARTIFACTS_DIR, ""):
         flags += f" --artifacts-dir {shlex.quote(str(artifacts_dir))}"
     return flags
 
@@ -144,7 +146,7 @@ def claim_run(held: contextlib.ExitStack, paths: Paths, run_name: str, *, resumi
         except RunFolderTaken as taken:
             if len(candidates) > 1:
                 continue
-            raise SystemExit(taken_folder(paths, name, busy=taken.busy)) from None
+            raise SystemExit(taken_folder(paths, name, busy=taken.busy, resuming=resuming)) from None
     raise SystemExit(f"runs {candidates[0]} to {candidates[-1]} are all taken under {paths.runs}; give a --run-name")
 
 
@@ -166,9 +168,12 @@ def used_before(name: str, versions: list[str]) -> str:
     )
 
 
-def taken_folder(paths: Paths, name: str, *, busy: bool) -> str:
-    """What to do where the folder of run `name` is held by another trainer (`busy`) or holds a run's checkpoints."""
+def taken_folder(paths: Paths, name: str, *, busy: bool, resuming: bool = False) -> str:
+    """What to do where the folder of run `name` is held by another trainer (`busy`) or holds a run's checkpoints.
+    `resuming`: this trainer was to continue that very run, so another --run-name would continue some other run."""
     run_dir = paths.run_dir(name)
+    if busy and resuming:
+        return f"another trainer is running run {name} in {run_dir}; wait for it to end (it continues the run itself)"
     if busy:
         return f"another trainer is running in {run_dir}; wait for it to end, or give this run another --run-name"
     if (run_dir / FINISHED).exists():  # nothing to continue: --resume would refuse it

@@ -719,6 +719,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         check_resumable(paths, run_name)  # before the claim, which would make the folder of a mistyped name
         mnist = fetch_data()
         if args.check_only:
+            # Read as the resume reads it (and refused as it would be: CheckpointError), not only looked for.
+            load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
             print(f"settings OK: run {run_name} can be resumed on {device}; MNIST is in {args.data_dir}", flush=True)
             return {"checked": run_name}
         # Known now, so that Ctrl-C from here on says to resume (the run has a checkpoint), not to start again.
@@ -998,9 +1000,11 @@ def end_diverged(
         if logger is not None:
             logger.close()
     shutdown(dist_info)
+    # Both named: a weight decay far too high blows the weights up as a learning rate does (--weight-decay 1e30 was
+    # blamed on the learning rate).
     raise SystemExit(
         f"{reason}: its weights have blown up, and nothing was published. Start a new run with a lower "
-        f"learning rate than this run's {config.lr:g} (--lr)"
+        f"learning rate or weight decay than this run's (--lr {config.lr:g}, --weight-decay {config.weight_decay:g})"
     )
 
 
@@ -1037,7 +1041,17 @@ def finish(
 ) -> dict[str, Any]:
     """After the last epoch: final pictures and hparams from the best checkpoint, publish it (`publish`: the
     --publish mode, config.publish_mode), print the summary."""
-    best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
+    try:
+        best = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST, map_location="cpu")
+    except FileNotFoundError:
+        # Said as missing: as an OSError in the artifacts folder it was called a folder that cannot be written, and
+        # the --resume it advised failed the same way. Not replaced by last.pt: that holds the last epoch's weights,
+        # not the best epoch's, which the version's name, the publish gate and the figures stand for.
+        raise SystemExit(
+            f"the run's best checkpoint {run_dir / CHECKPOINT_DIR / BEST} is missing (deleted or moved?), so there is "
+            f"nothing to publish; put it back and continue with {resume_flags(args.artifacts_dir, run_name)}, or "
+            "start a new run"
+        ) from None
     load_weights(model, best["model"])
     model.eval()
     if getattr(model, "distance", None) is not None:

@@ -443,7 +443,7 @@ def test_a_restart_that_cannot_start_the_program_is_tried_once_not_every_tenth_o
     "flags, said",
     [
         (["--preset", "foo"], "MNIST_PRESET='foo' must be one of: default, seed"),
-        (["--device", "gpu"], "--device gpu: not a device the trainer runs on"),
+        (["--device", "gpu"], "MNIST_DEVICE='gpu': must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         (["--trainer-args=--epochs 0"], "argument --epochs: must be at least 1, got 0"),
     ],
 )

@@ -200,6 +200,18 @@ def test_the_command_a_stopped_run_prints_continues_it_from_any_folder(tmp_path,
     assert (artifacts / "runs/r/FINISHED.json").exists()
 
 
+def test_the_continue_command_names_the_folder_when_the_environment_chooses_another(monkeypatch):
+    """With MNIST_ARTIFACTS_DIR set, a run in the default `artifacts` was told `--resume --run-name r` alone, which
+    looked in the variable's folder; and a variable set for one command only is gone when the user types the next."""
+    from trainer.run_folder import resume_flags
+
+    monkeypatch.delenv("MNIST_ARTIFACTS_DIR", raising=False)
+    assert resume_flags(Path("artifacts"), "r") == "--resume --run-name r"
+    monkeypatch.setenv("MNIST_ARTIFACTS_DIR", "/srv/elsewhere")
+    assert resume_flags(Path("artifacts"), "r") == "--resume --run-name r --artifacts-dir artifacts"
+    assert resume_flags(Path("/srv/elsewhere"), "r") == "--resume --run-name r --artifacts-dir /srv/elsewhere"
+
+
 def test_resuming_with_another_number_of_processes_is_refused_before_its_schedule_runs_out(tmp_path, mnist_dir):
     """Each process takes its share of a batch, so the steps an epoch (and the one-cycle schedule's length) depend
     on how many there are: resumed with another count, the schedule ran out in the last epoch, an error in
@@ -238,6 +250,18 @@ def test_a_new_run_refuses_a_folder_another_run_holds(tmp_path, mnist_dir):
             train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "busy")
 
 
+def test_resuming_a_run_another_trainer_is_running_says_to_wait_for_it(tmp_path, mnist_dir):
+    """ "give this run another --run-name" would resume some other run."""
+    from trainer.run_folder import claimed
+
+    (tmp_path / "runs/busy/checkpoints").mkdir(parents=True)
+    (tmp_path / "runs/busy/checkpoints/last.pt").write_bytes(b"")  # refused before it is read
+    with claimed(tmp_path / "runs/busy", resuming=True):
+        with pytest.raises(SystemExit, match=r"another trainer is running run busy in .*; wait for it to end") as e:
+            train(tmp_path, mnist_dir, "--resume", "--run-name", "busy")
+    assert "--run-name" not in str(e.value)
+
+
 def test_a_finished_run_is_not_resumed_and_its_name_is_not_taken_again(tmp_path, mnist_dir, capsys):
     """Resuming a finished run would publish its model again, over a rollback made since; a new run of a name whose
     versions are published would train to the end and then fail to publish."""
@@ -274,7 +298,10 @@ def test_a_run_that_diverges_ends_saying_so_and_its_name_can_be_started_again(tm
     the run trained on, then failed with a traceback fitting the digit distance, every --resume again. Diverged in
     its first epoch, it has no checkpoint: nothing to resume, and the new run its message invites may take its
     name (a FINISHED.json left there refused that run's own --resume, found by a review)."""
-    with pytest.raises(SystemExit, match=r"training diverged at epoch 1 .*lower learning rate than this run's 1000"):
+    with pytest.raises(
+        SystemExit,
+        match=r"training diverged at epoch 1 .*lower learning rate or weight decay than this run's \(--lr 1000,",
+    ):
         train(tmp_path, mnist_dir, "--epochs", "2", "--run-name", "hot", "--lr", "1000", "--train-subset", "500")
     assert "epoch 2/2" not in capsys.readouterr().out
     assert not list(Paths(tmp_path).models.glob("*.pt"))
@@ -312,6 +339,15 @@ def test_a_run_that_diverges_after_a_checkpoint_is_marked_finished_and_not_resum
         train(tmp_path, mnist_dir, "--resume")
 
 
+def test_a_run_that_diverges_names_its_weight_decay_as_well_as_its_learning_rate(tmp_path, mnist_dir, monkeypatch):
+    """--weight-decay 1e30 blew the weights up, and the message blamed the learning rate alone."""
+    import trainer.train
+
+    monkeypatch.setattr(trainer.train, "blown_up", lambda *args: "a planted blow-up")
+    with pytest.raises(SystemExit, match=r"lower learning rate or weight decay .*--lr 0\.1.*--weight-decay 5"):
+        train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "hot", "--weight-decay", "5", "--train-subset", "200")
+
+
 def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, mnist_dir, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -319,6 +355,22 @@ def test_an_artifacts_folder_that_cannot_be_written_is_said_in_one_line(tmp_path
     err = capsys.readouterr().err
     assert "cannot write the run's files" in err and "not-a-folder" in err and "start again" in err
     assert "Traceback" not in err
+
+
+def test_a_missing_best_checkpoint_is_said_as_missing_not_as_a_folder_that_cannot_be_written(
+    tmp_path, mnist_dir, monkeypatch
+):
+    """Its "make the folder writable, then --resume" advice looped: the folder was writable, and every resume
+    failed the same way."""
+    import trainer.train
+
+    command = ["--epochs", "2", "--run-name", "r", "--train-subset", "200", "--no-publish"]
+    assert train(tmp_path, mnist_dir, *command, "--stop-after", "1") == 0
+    (tmp_path / "runs/r/checkpoints/best.pt").unlink()
+    monkeypatch.setattr(trainer.train, "better_than_best", lambda *args: False)  # epoch 2 does not write it again
+    with pytest.raises(SystemExit, match=r"best checkpoint .*best\.pt is missing") as e:
+        train(tmp_path, mnist_dir, "--resume", "--run-name", "r")
+    assert "writable" not in str(e.value)
 
 
 def test_an_artifacts_path_that_cannot_be_made_is_said_in_one_line(tmp_path, mnist_dir, capsys):
@@ -526,6 +578,9 @@ def test_a_bad_preset_in_the_environment_is_a_clear_error(monkeypatch, capsys):
         ("MNIST_SEED", "-1", "MNIST_SEED='-1': must be 0 or more, got -1"),
         ("MNIST_EPOCHS", "ten", "MNIST_EPOCHS='ten': must be a whole number, got 'ten'"),
         ("MNIST_PRESET", "Seed", "MNIST_PRESET='Seed' must be one of: default, seed"),
+        # Refused later, as "--seed 2000000: ..." and "--device gpu: ...", though no flag was typed.
+        ("MNIST_SEED", "2000000", "MNIST_SEED='2000000': must be at most 999,999, got 2000000: seeds from 1,000,000"),
+        ("MNIST_DEVICE", "gpu", "MNIST_DEVICE='gpu': must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ],
 )
 def test_an_unusable_environment_variable_still_lets_help_show_it_and_a_typed_flag_replace_it(
@@ -537,7 +592,12 @@ def test_an_unusable_environment_variable_still_lets_help_show_it_and_a_typed_fl
         trainer_main(["--help"])
     assert exit_info.value.code == 0
     assert "unusable" in " ".join(capsys.readouterr().out.split())
-    typed = {"MNIST_SEED": ["--seed", "3"], "MNIST_EPOCHS": ["--epochs", "1"], "MNIST_PRESET": ["--preset", "seed"]}
+    typed = {
+        "MNIST_SEED": ["--seed", "3"],
+        "MNIST_EPOCHS": ["--epochs", "1"],
+        "MNIST_PRESET": ["--preset", "seed"],
+        "MNIST_DEVICE": ["--device", "cpu"],
+    }
     args = get_args_parser().parse_args(typed[variable])
     assert str(getattr(args, typed[variable][0][2:])) == typed[variable][1]
     err = refused_by_the_parser(["--dry-run", "--artifacts-dir", str(tmp_path)], capsys)
@@ -585,6 +645,30 @@ def test_counts_below_their_minimum_are_refused_by_the_parser(flags, tmp_path, c
     assert exit_info.value.code == 2
     assert "must be" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing may be started or written"
+
+
+@pytest.mark.parametrize(
+    "flag, value, said",
+    [
+        ("--negatives", "1e300", "at least 0 and at most 10"),
+        ("--lr", "1e39", "above 0 and at most 1000"),
+        ("--weight-decay", "1e300", "at least 0 and at most 1000"),
+    ],
+)
+def test_numbers_too_large_to_train_with_are_refused_by_the_parser(flag, value, said, tmp_path, capsys):
+    """They were taken, and failed in the first step with a traceback (C++'s overflow for --negatives, "value cannot
+    be converted to type float without overflow" for the others)."""
+    err = refused_by_the_parser([flag, value, "--artifacts-dir", str(tmp_path)], capsys)
+    assert f"argument {flag}: must be a number {said}, got '{value}'" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_run_name_that_starts_with_a_dash_is_refused(tmp_path, capsys):
+    """`--run-name=-x` was taken, but the command it printed to continue it (`--resume --run-name -x`) and the one to
+    serve its versions (`promote -x-e001`) read the name as a flag."""
+    err = refused_by_the_parser(["--run-name=-x", "--artifacts-dir", str(tmp_path)], capsys)
+    assert "'-x' cannot name a run: starting with '-', it is read as a flag" in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("value", ["-2", "0"])
@@ -737,9 +821,11 @@ def test_a_device_the_trainer_does_not_run_on_is_refused_in_one_line(name):
         resolve_device(name)
 
 
-def test_a_seed_that_would_draw_the_validation_pictures_is_refused():
-    with pytest.raises(SystemExit, match="seeds from 1,000,000 on draw the validation split's pictures"):
-        trainer_main(["--seed", "1000000", "--artifacts-dir", "/nonexistent"])
+def test_a_seed_that_would_draw_the_validation_pictures_is_refused_by_the_parser(capsys, monkeypatch):
+    err = refused_by_the_parser(["--seed", "1000000", "--artifacts-dir", "/nonexistent"], capsys)
+    assert "argument --seed: must be at most 999,999, got 1000000: seeds from 1,000,000 on draw the validation" in err
+    monkeypatch.delenv("MNIST_SEED", raising=False)
+    assert "0 to 999,999" in " ".join(get_args_parser().format_help().split())
 
 
 def test_missing_mnist_files_are_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys):
@@ -781,6 +867,17 @@ def test_check_only_refuses_a_run_name_the_run_would_refuse(tmp_path, mnist_dir,
     assert train(tmp_path, mnist_dir, "--run-name", "other", "--check-only") == 0
     assert "settings OK" in capsys.readouterr().out
     assert not (tmp_path / "runs" / "other").exists()
+
+
+def test_check_only_refuses_a_resume_whose_checkpoint_the_resume_would_refuse(tmp_path, mnist_dir, capsys):
+    """--check-only --resume said "settings OK" for a damaged last.pt, which it only looked for."""
+    (tmp_path / "runs/r/checkpoints").mkdir(parents=True)
+    (tmp_path / "runs/r/checkpoints/last.pt").write_bytes(b"not a checkpoint")
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r", "--check-only") == 1
+    checked = capsys.readouterr()
+    assert "settings OK" not in checked.out and "last.pt: not a readable checkpoint" in checked.err
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r") == 1
+    assert capsys.readouterr().err == checked.err  # what the resume itself says
 
 
 def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
