@@ -72,12 +72,34 @@ RECONNECT_BACKOFF_MS = (100, 1000)
 OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
 
+# gRPC's own target forms (https://github.com/grpc/grpc/blob/master/doc/naming.md), passed on unchecked: gRPC's
+# resolver reads them, and they name addresses in ways of their own (lists, socket paths, dns:/// with its server).
+GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+_TARGET_FORM = "give it as host:port (e.g. localhost:50051), or in one of gRPC's forms (dns:, ipv4:, ipv6:, unix:)"
+
+
 def grpc_target(text: str) -> str:
-    """argparse type: a gRPC target, not blank (an empty one failed in gRPC's core with its own log lines and an
-    UNKNOWN error that said nothing of the flag)."""
-    if not text.strip():
+    """argparse type: a gRPC target, host:port with a port from 1 to 65535, or one of gRPC's own forms
+    (GRPC_TARGET_SCHEMES). gRPC itself took what it could of anything else: an empty target failed in its core with
+    an UNKNOWN error that said nothing of the flag, a missing port was 443, port 116087 was 50551 (modulo 65536),
+    and http://host:port was a "misformatted domain name" said as a server that is not running."""
+    target = text.strip()
+    if not target:
         raise argparse.ArgumentTypeError("must name the server, as host:port (e.g. localhost:50051)")
-    return text.strip()
+    if target.lower().startswith(GRPC_TARGET_SCHEMES):
+        return target
+    if "://" in target:
+        raise argparse.ArgumentTypeError(f"{target!r} is a URL; {_TARGET_FORM}")
+    host, colon, port = target.rpartition(":")
+    if not colon or target.endswith("]"):  # "[::1]": an IPv6 address alone
+        raise argparse.ArgumentTypeError(f"{target!r} has no port; {_TARGET_FORM}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"{target!r}: an IPv6 address goes in brackets, as [::1]:50051")
+    if not host:
+        raise argparse.ArgumentTypeError(f"{target!r} has no host; {_TARGET_FORM}")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{target!r}: the port must be a number from 1 to 65535; {_TARGET_FORM}")
+    return target
 
 
 def tls_flags_problem(tls: bool, tls_ca: Path | None, tls_server_name: str | None) -> str | None:
@@ -160,7 +182,24 @@ def said_for_a_person(code: grpc.StatusCode, details: str) -> str:
     return details
 
 
-def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
+def answers_now(channel: grpc.Channel, timeout: float = 2.0) -> bool:
+    """Whether a server answers on `channel` now, asked with a health check: it does not wait for a connection
+    (SERVICE_CONFIG), so it fails at once with UNAVAILABLE while there is none, and it needs no token. Any answer
+    counts, an error included (a server without the health service answers UNIMPLEMENTED); no answer within
+    `timeout` counts too, as a server too busy to answer is still there."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.RpcError as e:
+        return e.code() != grpc.StatusCode.UNAVAILABLE or reached_server(e)
+    return True
+
+
+def describe_rpc_error(e: grpc.RpcError, target: str, *, token_sent: bool = False, went_away: bool = False) -> str:
+    """A failed call said for a person. `token_sent`: the call carried a bearer token (so a refusal means it is the
+    wrong one, not that one is missing); `went_away`: the server had answered this client before and no longer
+    answers (answers_now), so a deadline the call spent waiting for a connection is said as that."""
     code, details = e.code(), e.details() or ""
     # The server's own UNAVAILABLE (no model can be served yet) says what to do; only a call that never reached it
     # is about reaching it. Guessing from the words failed: a model's load error can say "Failed to load".
@@ -170,6 +209,11 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
             return (
                 f"the inference server at {target} does not use TLS ({details}); leave out --tls and --tls-ca, "
                 "or start the server with --tls-cert and --tls-key."
+            )
+        if "hostname verification" in said:  # TLS worked up to the name: the certificate is for another host
+            return (
+                f"the inference server at {target} has a TLS certificate that does not name the host this client "
+                f"expected ({details}); pass --tls-server-name NAME, NAME being a name in the server's certificate."
             )
         if "handshake failed" in said:  # it answered, but TLS failed: the server runs, this end is wrong
             return (
@@ -183,8 +227,26 @@ def describe_rpc_error(e: grpc.RpcError, target: str) -> str:
             f"cannot reach the inference server at {target} ({details}). Is it running? "
             f"Start it with `python -m inference`, or point --target / {settings.ENV_GRPC_TARGET} at it.{tls_hint}"
         )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and went_away and not reached_server(e):
+        return (
+            f"the inference server at {target} went away (stopped, or restarting) and was not back within --timeout; "
+            "start it again, or raise --timeout to wait longer for a restart"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {target} did not answer in time (raise --timeout): {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED and token_sent:
+        return (
+            f"the server at {target} refused the token sent with --token or {settings.ENV_AUTH_TOKEN} ({details}); "
+            "pass the token the server was started with (its --auth-token)"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"the server refused the call: {details}. Pass --token or set {settings.ENV_AUTH_TOKEN}."
+    # The inference server answers every call of its API; a gRPC server without it (the health-only port, another
+    # service) answers them "Method not found!" without the call's request id.
+    if code == grpc.StatusCode.UNIMPLEMENTED and not reached_server(e):
+        return (
+            f"the server at {target} does not serve the mnist inference API ({details}). Is it the health-only port "
+            "(the server's --health-address)? The service's own port is the one given to its --address "
+            f"({settings.DEFAULT_GRPC_PORT} by default)."
+        )
     return f"{code.name}: {said_for_a_person(code, details)}"

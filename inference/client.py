@@ -36,7 +36,14 @@ from shared.api.mnist.v1 import inference_pb2_grpc
 from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
-from inference.channel import describe_rpc_error, grpc_target, make_channel, said_for_a_person, tls_flags_problem
+from inference.channel import (
+    answers_now,
+    describe_rpc_error,
+    grpc_target,
+    make_channel,
+    said_for_a_person,
+    tls_flags_problem,
+)
 from inference.preview import draw_reading, format_number, probability_bars, save_preview
 from inference.security import bearer_metadata, ca_certificates_file, is_metadata_value
 
@@ -60,24 +67,43 @@ MESSAGE_OVERHEAD_BYTES = 1024
 IMAGE_OVERHEAD_BYTES = 16
 
 
-def over_message_limit(image_bytes: int, max_message_bytes: int) -> str | None:
-    """Why a picture cannot go in one call at all (gRPC would refuse it as 'Received message larger than max',
-    before the service sees it), or None."""
-    if image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= max_message_bytes:
+def over_size_limit(image_bytes: int, limits: pb.InputContract) -> str | None:
+    """Why a picture cannot be sent at all, or None: the service refuses an image over its --max-image-bytes, and
+    gRPC one over what a call may carry, its --max-message-bytes ('Received message larger than max', before the
+    service sees it). The smaller of the two is the one named: the file passed a check against the message limit
+    alone, 16 MiB, and the service then refused it for its 10 MiB one."""
+    if 0 < limits.max_image_bytes < image_bytes and (
+        limits.max_image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= limits.max_message_bytes
+    ):
+        return (
+            f"the file is {image_bytes:,} bytes, more than the service takes in one picture (the limit is "
+            f"{limits.max_image_bytes:,} bytes, its --max-image-bytes); send a smaller picture (crop it, or save it "
+            "as JPEG)"
+        )
+    if image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= limits.max_message_bytes:
         return None
     return (
         f"the file is {image_bytes:,} bytes, more than one call to the service may carry (the limit is "
-        f"{max_message_bytes:,} bytes); send a smaller picture (crop it, or save it as JPEG)"
+        f"{limits.max_message_bytes:,} bytes, its --max-message-bytes); send a smaller picture (crop it, or save it "
+        "as JPEG)"
     )
 
 
-def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, bytes]]]:
-    """`named` in order, in runs of at most `max_count` images and `max_bytes` bytes of request message (an image
-    larger than that goes alone: refused by the service's message limit, it fails alone)."""
-    run: list[tuple[Path, bytes]] = []
+def file_size(path: Path) -> int:
+    """The size of the file at `path`, opened (so one that cannot be read is said now) but not read: a picture over
+    the service's limits is refused without reading it (a 3 GB file was read whole into memory first)."""
+    with path.open("rb") as f:
+        return os.fstat(f.fileno()).st_size
+
+
+def batches(sized: list[tuple[Path, int]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, int]]]:
+    """`sized` (each file with its size) in order, in runs of at most `max_count` images and `max_bytes` bytes of
+    request message (an image larger than that goes alone: refused by the service's message limit, it fails
+    alone)."""
+    run: list[tuple[Path, int]] = []
     size = MESSAGE_OVERHEAD_BYTES
-    for item in named:
-        cost = len(item[1]) + IMAGE_OVERHEAD_BYTES
+    for item in sized:
+        cost = item[1] + IMAGE_OVERHEAD_BYTES
         if run and (len(run) == max_count or size + cost > max_bytes):
             yield run
             run, size = [], MESSAGE_OVERHEAD_BYTES
@@ -90,27 +116,37 @@ def batches(named: list[tuple[Path, bytes]], max_count: int, max_bytes: int) -> 
 def cmd_predict(stub, args, call) -> int:
     failed = 0
     preview_rows = []
-    named_images = []
+    sized = []
     for path in args.images:
         try:
-            named_images.append((path, path.read_bytes()))
+            sized.append((path, file_size(path)))
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
             failed += 1
-    if not named_images:
+    if not sized:
         return 1
     # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone. Chunks keep to the
     # server's own limits (images per call, bytes per message), so large pictures go in several calls rather than
     # all fail together with "larger than max".
     limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
     sendable = []
-    for path, data in named_images:
-        if (too_large := over_message_limit(len(data), limits.max_message_bytes)) is not None:
+    for path, size in sized:
+        if (too_large := over_size_limit(size, limits)) is not None:
             print(f"{path}: not accepted: {too_large}", file=sys.stderr)
             failed += 1
         else:
-            sendable.append((path, data))
-    for chunk in batches(sendable, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
+            sendable.append((path, size))
+    for run in batches(sendable, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
+        # Each run's files are read as it is sent: one run's pictures in memory at a time, not every file's.
+        chunk = []
+        for path, _ in run:
+            try:
+                chunk.append((path, path.read_bytes()))
+            except OSError as e:
+                print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+                failed += 1
+        if not chunk:
+            continue
         try:
             response = call(
                 stub.PredictBatch,
@@ -153,13 +189,18 @@ def cmd_predict(stub, args, call) -> int:
 
 def cmd_read(stub, args, call) -> int:
     try:
-        data = args.image.read_bytes()
+        size = file_size(args.image)
     except OSError as e:
         print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
         return 1
     limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
-    if (too_large := over_message_limit(len(data), limits.max_message_bytes)) is not None:
+    if (too_large := over_size_limit(size, limits)) is not None:
         print(f"{args.image}: not accepted: {too_large}", file=sys.stderr)
+        return 1
+    try:
+        data = args.image.read_bytes()
+    except OSError as e:
+        print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
         return 1
     response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
     print(
@@ -278,8 +319,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         type=grpc_target,
-        default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
-        help=f"server address; dns:///host:port balances over every address of host (env {settings.ENV_GRPC_TARGET})",
+        default=settings.env_value(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET, grpc_target),
+        help="server address, host:port; dns:///host:port balances over every address of host; gRPC's other forms "
+        f"(ipv4:, ipv6:, unix:) are passed on unchecked (env {settings.ENV_GRPC_TARGET})",
     )
     parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
     parser.add_argument(
@@ -374,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls_ca is not None and not args.tls_ca.is_file():
         print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
         return 1
-    token = args.token or settings.env_str(ENV_AUTH_TOKEN, "") or None
+    # Trimmed as the environment's value and the server's own token are: a token pasted with a space was refused.
+    token = (args.token or "").strip() or settings.env_str(ENV_AUTH_TOKEN, "") or None
     if token is not None and not is_metadata_value(token):
         # gRPC metadata is printable ASCII: anything else fails every call with "Invalid metadata".
         print(
             f"error: the token (--token or {ENV_AUTH_TOKEN}) holds a character that is not printable ASCII "
-            "(a newline, say, from a file read with it); pass the token alone",
+            "(a newline within it, say: one at either end is trimmed); pass the token alone",
             file=sys.stderr,
         )
         return 2
@@ -403,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.run(stub, args, call)
         except grpc.RpcError as e:
-            print(f"error: {describe_rpc_error(e, args.target)}", file=sys.stderr)
+            # A call that waited out --timeout for the server to come back (waitForReady) and one the server was too
+            # slow to answer both end in DEADLINE_EXCEEDED with nothing from it: whether it answers now tells them
+            # apart. Only once it had answered: a first call does not wait for it.
+            went_away = connected and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not answers_now(channel)
+            said = describe_rpc_error(e, args.target, token_sent=token is not None, went_away=went_away)
+            print(f"error: {said}", file=sys.stderr)
             return 1
         except BrokenPipeError:  # `mnist-client ... | head`: the reader has gone, and wants no more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor an error when Python flushes

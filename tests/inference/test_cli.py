@@ -18,9 +18,9 @@ from shared.checkpoint import publish_model
 from shared.settings import Paths
 
 from inference import client, health_probe
-from inference.channel import make_channel
+from inference.channel import grpc_target, make_channel
 from inference.web import __main__ as web_main
-from tests.inference.helpers import model_payload, publish
+from tests.inference.helpers import hold_calls, model_payload, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,14 +155,41 @@ def test_a_tls_handshake_that_fails_is_one_line_without_grpcs_own_log_lines(serv
     [
         (["--target", " "], "--target: must name the server, as host:port"),
         (["--tls-server-name", "inference"], "--tls-server-name names the host in the server's TLS certificate"),
+        (["--target", "localhost:116087"], "--target: 'localhost:116087': the port must be a number from 1 to 65535"),
+        (["--target", "localhost"], "--target: 'localhost' has no port; give it as host:port"),
+        (["--target", "http://localhost:50051"], "--target: 'http://localhost:50051' is a URL; give it as host:port"),
+        (["--target", "::1:50051"], "an IPv6 address goes in brackets, as [::1]:50051"),
     ],
 )
 def test_client_flags_that_cannot_work_are_refused_saying_why(flags, message, capsys):
     """A blank target failed in gRPC's core with an UNKNOWN error; a certificate name without TLS was ignored and
-    the call went out in plain text."""
+    the call went out in plain text; gRPC took port 116087 as 50551 (modulo 65536), a target without a port as port
+    443, and said http://host:port as a server that is not running."""
     with pytest.raises(SystemExit) as exit_info:
         client.main([*flags, "info"])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_target_from_the_environment_is_checked_as_the_flag_is_naming_the_variable(capsys, monkeypatch):
+    monkeypatch.setenv("MNIST_GRPC_TARGET", "localhost")
+    with pytest.raises(SystemExit) as exit_info:
+        client.main(["info"])
+    assert exit_info.value.code == 2
+    assert "environment variable MNIST_GRPC_TARGET='localhost': 'localhost' has no port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "localhost:50051",
+        "[::1]:50051",
+        "dns:///inference:50051",
+        "ipv4:127.0.0.1:1,127.0.0.1:2",
+        "unix:/run/mnist.sock",
+    ],
+)
+def test_host_port_targets_and_grpcs_own_forms_are_taken_as_they_are(target):
+    assert grpc_target(f" {target} ") == target
 
 
 def written(path: Path, text: str) -> Path:
@@ -392,8 +419,8 @@ def test_a_signal_taken_by_another_thread_still_stops_the_server(tmp_path, mnist
 
 
 def test_batches_keep_to_the_count_and_the_message_size():
-    named = [(Path(f"{i}.png"), b"x" * size) for i, size in enumerate([400, 400, 400, 5000, 10, 10, 10])]
-    runs = [[path.name for path, _ in run] for run in client.batches(named, 3, 2000)]
+    sized = [(Path(f"{i}.png"), size) for i, size in enumerate([400, 400, 400, 5000, 10, 10, 10])]
+    runs = [[path.name for path, _ in run] for run in client.batches(sized, 3, 2000)]
     # 1,024 bytes of message and 16 per image: two images of 400 fit in 2,000 bytes, three do not; an image over
     # the limit goes alone; small ones stop at the count.
     assert runs == [["0.png", "1.png"], ["2.png"], ["3.png"], ["4.png", "5.png", "6.png"]]
@@ -428,7 +455,7 @@ def test_preview_is_a_png_whatever_the_name(module_server, image_files, capsys, 
 
 
 def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypatch):
-    code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "--token", "s3cret\n", "info")
+    code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "--token", "s3c\nret", "info")
     assert code == 2 and "not printable ASCII" in err and "Traceback" not in err
     monkeypatch.setenv("MNIST_AUTH_TOKEN", "sécret")
     code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "info")
@@ -437,3 +464,118 @@ def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypat
         with pytest.raises(SystemExit):
             client.main(["--timeout", timeout, "info"])
         assert "--timeout: must be a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_a_certificate_for_another_host_is_said_as_such_not_as_a_server_that_is_down(
+    serve, tmp_path, tls_files, capsys
+):
+    """gRPC's 'Hostname Verification Check failed' came out as "cannot reach ... Is it running?"."""
+    cert, key = tls_files  # names localhost and 127.0.0.1
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    target = f"127.0.0.1:{serve(tls_cert=cert, tls_key=key).port}"
+    flags = ["--target", target, "--tls-ca", str(cert), "--tls-server-name", "inference.internal", "--timeout", "5"]
+    code, _, err = run_client(capsys, *flags, "info")
+    assert code == 1 and "TLS certificate that does not name the host" in err, err
+    assert "pass --tls-server-name NAME" in err and "Is it running" not in err, err
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no room on disk (a hole)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "read"])
+@pytest.mark.parametrize(
+    "size, limits, said",
+    [
+        # Under the message limit, over the image limit: the service would refuse it for the image limit.
+        (300_000, {"max_image_bytes": 200_000, "max_message_bytes": 1_000_000}, "200,000 bytes, its --max-image-bytes"),
+        (
+            1_500_000,
+            {"max_image_bytes": 2_000_000, "max_message_bytes": 1_000_000},
+            "1,000,000 bytes, its --max-message-bytes",
+        ),
+        (
+            3 * 1024**3,
+            {"max_image_bytes": 200_000, "max_message_bytes": 1_000_000},
+            "200,000 bytes, its --max-image-bytes",
+        ),
+    ],
+    ids=["over the image limit", "over the message limit", "3 GB"],
+)
+def test_a_file_over_the_services_limits_is_refused_naming_the_limit_without_being_read(
+    serve, tmp_path, capsys, monkeypatch, command, size, limits, said
+):
+    """A 3 GB file was read whole into memory before its size was looked at (a MemoryError under a memory limit),
+    and a file between the 10 MiB image limit and the 16 MiB message limit was sent, for the service to refuse."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(**limits)
+    big = sparse_file(tmp_path / "big.png", size)
+    read_bytes = Path.read_bytes
+
+    def never_the_big_file(path: Path) -> bytes:
+        assert path != big, "the file over the limit was read"
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", never_the_big_file)
+    code, _, err = run_client(capsys, "--target", running.target, command, str(big))
+    assert code == 1 and f"{big}: not accepted: the file is {size:,} bytes" in err, err
+    assert f"the limit is {said}" in err and "Traceback" not in err, err
+
+
+def test_a_server_that_goes_away_mid_command_is_said_as_such_not_as_a_slow_answer(
+    serve, tmp_path, image_files, capsys, monkeypatch
+):
+    """A server stopped between two calls of one command came out as "did not answer in time (raise --timeout)"."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    real_answer_line = client.answer_line
+
+    def stop_after_the_first_answer(*args):
+        running.server.stop(grace=0)
+        return real_answer_line(*args)
+
+    monkeypatch.setattr(client, "answer_line", stop_after_the_first_answer)
+    images = [str(image_files[0]), str(image_files[1])]
+    code, out, err = run_client(
+        capsys, "--target", running.target, "--timeout", "3", "predict", "--batch-size", "1", *images
+    )
+    assert code == 1 and f"{image_files[0]}: " in out, err
+    assert f"the inference server at {running.target} went away (stopped, or restarting)" in err, err
+    assert "not back within --timeout" in err and "did not answer in time" not in err, err
+
+
+def test_a_server_too_slow_to_answer_is_still_said_as_one(serve, tmp_path, image_files, capsys, monkeypatch):
+    import inference.service
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    entered, release = hold_calls(monkeypatch, inference.service, "digit_log_probs", timeout=30)
+    try:
+        code, _, err = run_client(capsys, "--target", running.target, "--timeout", "2", "predict", str(image_files[0]))
+    finally:
+        release.set()
+    assert entered.is_set()
+    assert code == 1 and "did not answer in time (raise --timeout)" in err and "went away" not in err, err
+
+
+def test_the_health_only_port_is_said_to_serve_no_inference_api(serve, tmp_path, capsys):
+    """It answered "error: UNIMPLEMENTED: Method not found!"."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(health_address="127.0.0.1:0")
+    target = f"127.0.0.1:{running.server.health_port}"
+    code, _, err = run_client(capsys, "--target", target, "--timeout", "5", "info")
+    assert code == 1 and f"the server at {target} does not serve the mnist inference API" in err, err
+    assert "--health-address" in err and "50051 by default" in err, err
+
+
+def test_the_token_is_trimmed_and_a_wrong_one_is_said_to_be_wrong_not_missing(serve, tmp_path, capsys):
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    target = serve(auth_token="tok").target
+    code, _, err = run_client(capsys, "--target", target, "--token", " tok\n", "info")  # as MNIST_AUTH_TOKEN is
+    assert code == 0, err
+    code, _, err = run_client(capsys, "--target", target, "--token", "not-tok", "info")
+    assert code == 1 and f"the server at {target} refused the token sent with --token" in err, err
+    assert "Pass --token" not in err, err

@@ -390,7 +390,7 @@ def test_client_read_refuses_an_unwritable_preview_and_a_file_too_large_before_t
     assert client_main(["--target", trained_server.target, "read", str(picture), "--preview", str(preview)]) == 2
     assert "a-file is a file, not a folder" in capsys.readouterr().err
     huge = tmp_path / "huge.png"
-    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(17 * 2**20))  # over the 16 MiB a call carries
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(17 * 2**20))  # over the 10 MiB a picture may be, and a call
     assert client_main(["--target", trained_server.target, "read", str(huge)]) == 1
     err = capsys.readouterr().err
-    assert "more than one call to the service may carry" in err and "larger than max" not in err
+    assert "more than the service takes in one picture" in err and "larger than max" not in err
