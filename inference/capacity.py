@@ -81,6 +81,12 @@ def web_memory_mib(max_inflight_bytes: int) -> int:
 MAX_WORKERS_PER_CORE = 4
 
 
+def memory_needed_mib(workers: int, per_process_mib: int) -> int:
+    """The most memory `workers` server processes of `per_process_mib` each use, with the parent that watches them
+    when there is more than one."""
+    return workers * per_process_mib + (PARENT_PROCESS_MIB if workers > 1 else 0)
+
+
 def check_workers_fit(workers: int, per_process_mib: int, limit: int | None, cpus: int) -> None:
     """Raise ValueError, saying what to change, when `workers` processes are more than MAX_WORKERS_PER_CORE for
     each of `cpus` usable cores, or (with the parent that watches them, for more than one) cannot fit within
@@ -93,7 +99,7 @@ def check_workers_fit(workers: int, per_process_mib: int, limit: int | None, cpu
         )
     if limit is None:
         return
-    needed = (workers * per_process_mib + (PARENT_PROCESS_MIB if workers > 1 else 0)) * MIB
+    needed = memory_needed_mib(workers, per_process_mib) * MIB
     if needed > limit:
         raise ValueError(
             f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "

@@ -98,7 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--grpc-address",
-        default=s.env_str(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}"),
+        type=service_address,
+        default=s.env_value(s.ENV_GRPC_ADDRESS, f"localhost:{s.DEFAULT_GRPC_PORT}", service_address),
         help=f"where the inference service listens [env {s.ENV_GRPC_ADDRESS}]",
     )
     parser.add_argument(
@@ -115,12 +116,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics-address",
-        default=s.env_str(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}"),
+        type=service_address,
+        default=s.env_value(s.ENV_METRICS_ADDRESS, f"localhost:{s.DEFAULT_METRICS_PORT}", service_address),
         help=f"where the inference service serves Prometheus metrics [env {s.ENV_METRICS_ADDRESS}]",
     )
     parser.add_argument(
         "--health-address",
-        default=s.env_str(s.ENV_HEALTH_ADDRESS, f"localhost:{s.DEFAULT_HEALTH_PORT}"),
+        type=service_address,
+        default=s.env_value(s.ENV_HEALTH_ADDRESS, f"localhost:{s.DEFAULT_HEALTH_PORT}", service_address),
         help=f"where the inference service answers health checks, however busy its main port [env "
         f"{s.ENV_HEALTH_ADDRESS}]",
     )
@@ -178,16 +181,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def service_address(text: str) -> str:
+    """argparse type: where a service listens, host:port (port 0: any free one). Given without its host or port (the
+    README moves ports by these variables), it was taken, and the server's own check ended the stack in a
+    traceback."""
+    try:
+        split_address(text.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give host:port, as localhost:50051 or [::]:50051") from None
+    return text.strip()
+
+
+def calling_address(address: str) -> str:
+    """The address a local client calls a service listening on `address` by: its own host, or this machine for a
+    wildcard (every interface) one. Always 'localhost' before, so a service bound to one interface's address was
+    never reached by the web page (503) nor by the client command the stack printed."""
+    host, port = split_address(address)
+    return join_address("localhost" if host in ("", "0.0.0.0", "::") else host, port)
+
+
 def stack_environment(args: argparse.Namespace) -> dict[str, str]:
     """The MNIST_* variables every service gets, so they agree on paths and ports."""
     env = {
         settings.ENV_ARTIFACTS_DIR: str(Path(args.artifacts_dir).resolve()),
         settings.ENV_DATA_DIR: str(Path(args.data_dir).resolve()),
         settings.ENV_GRPC_ADDRESS: args.grpc_address,
-        # Where the web page finds the inference service: this machine, on the port the service listens on, and
-        # its readiness probe the service's health-only port.
-        settings.ENV_GRPC_TARGET: f"localhost:{args.grpc_address.rsplit(':', 1)[-1]}",
-        settings.ENV_GRPC_HEALTH_TARGET: f"localhost:{args.health_address.rsplit(':', 1)[-1]}",
+        # Where the web page finds the inference service, where it listens, and its readiness probe the service's
+        # health-only port.
+        settings.ENV_GRPC_TARGET: calling_address(args.grpc_address),
+        settings.ENV_GRPC_HEALTH_TARGET: calling_address(args.health_address),
         settings.ENV_WEB_PORT: str(args.web_port),
         settings.ENV_METRICS_ADDRESS: args.metrics_address,
         settings.ENV_HEALTH_ADDRESS: args.health_address,
@@ -469,7 +491,7 @@ class Supervisor:
 def memory_note(env: Mapping[str, str]) -> str:
     """What the inference service may use, as compose limits its container (inference/capacity.py): the processes
     it will start, as it counts them when MNIST_INFERENCE_WORKERS is unset or 0 (one per core, as memory holds)."""
-    from inference.capacity import machine_worker_count, server_memory_mib
+    from inference.capacity import machine_worker_count, memory_needed_mib, server_memory_mib
     from inference.options import ServerOptions
 
     defaults = ServerOptions(artifacts_dir=Path(), data_dir=Path())
@@ -482,10 +504,24 @@ def memory_note(env: Mapping[str, str]) -> str:
         raise SystemExit(f"environment variable {variable}={text!r} must be a whole number") from None
     if workers == 0:
         workers, _, _ = machine_worker_count(each)
+    parent = " and the parent that watches them" if workers > 1 else ""
     return (
-        f"inference: up to {workers * each / 1024:.1f} GiB of memory ({workers} process(es) x {each:,} MiB); "
-        f"compose limits its container to MNIST_INFERENCE_MEMORY (default {COMPOSE_INFERENCE_MEMORY})"
+        f"inference: up to {memory_needed_mib(workers, each) / 1024:.1f} GiB of memory ({workers} process(es) x "
+        f"{each:,} MiB{parent}); compose limits its container to MNIST_INFERENCE_MEMORY (default "
+        f"{COMPOSE_INFERENCE_MEMORY})"
     )
+
+
+def unknown_port(args: argparse.Namespace, names: list[str]) -> str | None:
+    """Why the web page could not find the inference service, or None: port 0 (any free one) for the service or its
+    health checks is a port the page is never told (it was given localhost:0, refused it, and the stack gave up
+    after its restarts)."""
+    if "web" not in names or "inference" not in names:
+        return None
+    for flag, address in (("--grpc-address", args.grpc_address), ("--health-address", args.health_address)):
+        if split_address(address)[1] == 0:
+            return f"{flag} {address}: port 0 picks a free port the web page is never told; give a port, or --skip web"
+    return None
 
 
 def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
@@ -576,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     if not services:
         print("nothing to run: every service is skipped", file=sys.stderr)
         return 2
+    if (refusal := unknown_port(args, [s.name for s in services])) is not None:
+        print(f"stack: nothing started: {refusal}", file=sys.stderr)
+        return 2
     taken = ports_taken(args, [s.name for s in services])
     if taken:
         print("\n".join(["stack: nothing started:", *taken]), file=sys.stderr)
@@ -602,9 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.log(memory_note(env))
         supervisor.log(
             f"gRPC: {args.grpc_address} (NOT_SERVING until a model is published; "
-            f"`python -m inference.client --target localhost:{args.grpc_address.rsplit(':', 1)[-1]} info`)"
+            f"`python -m inference.client --target {calling_address(args.grpc_address)} info`)"
         )
-        supervisor.log(f"metrics: http://localhost:{args.metrics_address.rsplit(':', 1)[-1]}/metrics")
+        supervisor.log(f"metrics: http://{calling_address(args.metrics_address)}/metrics")
     if "web" in names:
         host = "localhost" if args.web_host in ("0.0.0.0", "::") else args.web_host
         supervisor.log(f"web page and REST API: http://{host}:{args.web_port}/ (API docs at /docs)")

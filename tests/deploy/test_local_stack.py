@@ -687,3 +687,59 @@ def test_the_memory_note_counts_the_processes_inference_will_start(monkeypatch):
     assert "(3 process(es) x" in memory_note({ENV_INFERENCE_WORKERS: "3"})
     with pytest.raises(SystemExit, match="MNIST_INFERENCE_WORKERS='two' must be a whole number"):  # a traceback
         memory_note({ENV_INFERENCE_WORKERS: "two"})
+
+
+def test_the_memory_note_says_what_the_server_itself_counts_the_parent_included():
+    """With two processes the note said 2 x 2,188 MiB, 4.3 GiB, while the server's own check (inference/capacity.py)
+    counts the parent that watches them too, 4.8 GiB, and refuses a container given less."""
+    from shared.settings import ENV_INFERENCE_WORKERS
+
+    from inference.capacity import check_workers_fit
+    from scripts.local_stack import memory_note
+
+    note = memory_note({ENV_INFERENCE_WORKERS: "2"})
+    said = float(re.search(r"up to ([\d.]+) GiB", note)[1])
+    assert "and the parent that watches them" in note
+    with pytest.raises(ValueError, match=f"need up to {said:.1f} GiB"):
+        check_workers_fit(2, int(re.search(r"x ([\d,]+) MiB", note)[1].replace(",", "")), int(said * 2**30) - 2**26, 2)
+
+
+@pytest.mark.parametrize("text", ["9465", "localhost", ":50051", "localhost:70000"])
+def test_an_address_without_its_host_or_port_is_refused_by_the_parser_from_the_flag_or_the_environment(
+    capsys, monkeypatch, text
+):
+    """Given just a port, as the port variables take it, the server's own check ended the stack in a traceback."""
+    from scripts.local_stack import get_args_parser
+
+    with pytest.raises(SystemExit) as exited:
+        get_args_parser().parse_args(["--metrics-address", text])
+    assert exited.value.code == 2 and "argument --metrics-address:" in capsys.readouterr().err
+    monkeypatch.setenv(settings.ENV_GRPC_ADDRESS, text)
+    with pytest.raises(SystemExit) as exited:
+        get_args_parser().parse_args([])
+    assert exited.value.code == 2 and f"environment variable MNIST_GRPC_ADDRESS={text!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "address, called",
+    [("192.0.2.2:51551", "192.0.2.2:51551"), ("[::]:50051", "localhost:50051"), ("0.0.0.0:5", "localhost:5")],
+)
+def test_the_web_page_calls_the_service_where_it_listens(address, called):
+    """The page was always sent to localhost: a service bound to one interface's address answered it 503."""
+    from scripts.local_stack import get_args_parser, stack_environment
+
+    args = get_args_parser().parse_args(["--grpc-address", address, "--health-address", address.replace("5", "6", 1)])
+    env = stack_environment(args)
+    assert env[settings.ENV_GRPC_TARGET] == called
+    assert env[settings.ENV_GRPC_HEALTH_TARGET] == called.replace("5", "6", 1)
+
+
+def test_port_0_for_the_service_is_refused_when_the_web_page_would_have_to_call_it():
+    """The page was given localhost:0, refused it, and the stack gave up after its restarts."""
+    from scripts.local_stack import get_args_parser, unknown_port
+
+    args = get_args_parser().parse_args(["--grpc-address", "localhost:0"])
+    assert "--grpc-address localhost:0: port 0 picks a free port" in unknown_port(args, ["inference", "web"])
+    assert unknown_port(args, ["inference"]) is None
+    args = get_args_parser().parse_args(["--health-address", "localhost:0"])
+    assert unknown_port(args, ["inference", "web"]).startswith("--health-address localhost:0")
