@@ -111,7 +111,7 @@ def decode_image(
                 check_pixel_count(img.size, limits)
                 orientation = exif_orientation(img)
                 digest = frame_digest(img) if may_be_cut_short(data, img) else None
-                array = reduced_array(img, opaque=alpha_left_unset(img))
+                array = reduced_array(img)
                 img.close()  # the full-resolution frame goes now, not when the `with` ends
                 if digest is not None:  # after the close: the second decoding fits in the same reservation
                     check_jpeg_scan_complete(data, digest, max_side)
@@ -343,9 +343,9 @@ def largest_decode_cost(max_pixels: int) -> int:
 REDUCE_BAND_PIXELS = 2_000_000
 
 
-def reduced_array(img: Image.Image, *, opaque: bool = False) -> np.ndarray:
-    """A loaded frame -> the array pil_to_array would give (without its alpha where `opaque`), brought down to
-    about WORK_MAX_SIDE on its long side first when the frame is more than twice that.
+def reduced_array(img: Image.Image) -> np.ndarray:
+    """A loaded frame -> the array pil_to_array would give (without an alpha left unset: alpha_left_unset), brought
+    down to about WORK_MAX_SIDE on its long side first when the frame is more than twice that.
 
     Pillow's `reduce` (a box filter by an integer factor; premultiplied for alpha, as compositing needs) runs on
     horizontal bands of the frame, each converted to the array's mode on its own: the extra memory is a few
@@ -354,6 +354,7 @@ def reduced_array(img: Image.Image, *, opaque: bool = False) -> np.ndarray:
     """
     width, height = img.size
     factor, _, _ = working_size(width, height)
+    opaque = alpha_left_unset(img)
     if factor == 1:
         return pil_to_array(img, opaque=opaque)
     band_height = factor * max(1, REDUCE_BAND_PIXELS // (width * factor))
