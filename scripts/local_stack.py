@@ -612,12 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     if not services:
         print("nothing to run: every service is skipped", file=sys.stderr)
         return 2
-    if (refusal := unknown_port(args, [s.name for s in services])) is not None:
-        print(f"stack: nothing started: {refusal}", file=sys.stderr)
-        return 2
     taken = ports_taken(args, [s.name for s in services])
     if taken:
         print("\n".join(["stack: nothing started:", *taken]), file=sys.stderr)
+        return 2
+    if (refusal := unknown_port(args, [s.name for s in services])) is not None:
+        print(f"stack: nothing started: {refusal}", file=sys.stderr)
         return 2
     env = stack_environment(args)
     if "trainer" in [s.name for s in services] and (refusal := trainer_refusal(args, env)) is not None:
