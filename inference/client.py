@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 # gRPC's own log lines (a TLS handshake that failed) went to the terminal before the client's one-line error, which
 # says the same in words of what to do. gRPC's core reads this as it is imported: set only where this module imports
@@ -96,6 +97,18 @@ def file_size(path: Path) -> int:
         return os.fstat(f.fileno()).st_size
 
 
+T = TypeVar("T")
+
+
+def readable(read: Callable[[Path], T], path: Path) -> T | None:
+    """read(path) (its size, its bytes), or None once it is said on stderr that the file cannot be read."""
+    try:
+        return read(path)
+    except OSError as e:
+        print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+        return None
+
+
 def batches(sized: list[tuple[Path, int]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, int]]]:
     """`sized` (each file with its size) in order, in runs of at most `max_count` images and `max_bytes` bytes of
     request message (an image larger than that goes alone: refused by the service's message limit, it fails
@@ -118,11 +131,10 @@ def cmd_predict(stub, args, call) -> int:
     preview_rows = []
     sized = []
     for path in args.images:
-        try:
-            sized.append((path, file_size(path)))
-        except OSError as e:
-            print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+        if (size := readable(file_size, path)) is None:
             failed += 1
+        else:
+            sized.append((path, size))
     if not sized:
         return 1
     # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone. Chunks keep to the
@@ -140,11 +152,10 @@ def cmd_predict(stub, args, call) -> int:
         # Each run's files are read as it is sent: one run's pictures in memory at a time, not every file's.
         chunk = []
         for path, _ in run:
-            try:
-                chunk.append((path, path.read_bytes()))
-            except OSError as e:
-                print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+            if (data := readable(Path.read_bytes, path)) is None:
                 failed += 1
+            else:
+                chunk.append((path, data))
         if not chunk:
             continue
         try:
@@ -188,19 +199,13 @@ def cmd_predict(stub, args, call) -> int:
 
 
 def cmd_read(stub, args, call) -> int:
-    try:
-        size = file_size(args.image)
-    except OSError as e:
-        print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
+    if (size := readable(file_size, args.image)) is None:
         return 1
     limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
     if (too_large := over_size_limit(size, limits)) is not None:
         print(f"{args.image}: not accepted: {too_large}", file=sys.stderr)
         return 1
-    try:
-        data = args.image.read_bytes()
-    except OSError as e:
-        print(f"{args.image}: cannot read: {e.strerror or e}", file=sys.stderr)
+    if (data := readable(Path.read_bytes, args.image)) is None:
         return 1
     response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
     print(

@@ -192,12 +192,16 @@ def service_address(text: str) -> str:
     return text.strip()
 
 
+# Hosts a server listens on every interface by.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
 def calling_address(address: str) -> str:
     """The address a local client calls a service listening on `address` by: its own host, or this machine for a
     wildcard (every interface) one. Always 'localhost' before, so a service bound to one interface's address was
     never reached by the web page (503) nor by the client command the stack printed."""
     host, port = split_address(address)
-    return join_address("localhost" if host in ("", "0.0.0.0", "::") else host, port)
+    return join_address("localhost" if host in WILDCARD_HOSTS else host, port)
 
 
 def stack_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -573,9 +577,6 @@ def free_port_after(host: str, port: int, avoid: set[int]) -> int:
     return port + 1 if port < 65535 else port - 1
 
 
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
 def same_interface(one: str, other: str) -> bool:
     """Whether servers bound to hosts `one` and `other` on one port would clash: one of them on every interface,
     or both on the same one (127.0.0.1 and 127.0.0.2 do not)."""
@@ -645,11 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         supervisor.log(f"metrics: http://{calling_address(args.metrics_address)}/metrics")
     if "web" in names:
-        host = "localhost" if args.web_host in ("0.0.0.0", "::") else args.web_host
-        supervisor.log(f"web page and REST API: http://{host}:{args.web_port}/ (API docs at /docs)")
+        page = calling_address(join_address(args.web_host, args.web_port))
+        supervisor.log(f"web page and REST API: http://{page}/ (API docs at /docs)")
     if "tensorboard" in names:
-        host = "localhost" if args.tensorboard_host in ("0.0.0.0", "::") else args.tensorboard_host
-        supervisor.log(f"TensorBoard: http://{host}:{args.tensorboard_port}/")
+        board = calling_address(join_address(args.tensorboard_host, args.tensorboard_port))
+        supervisor.log(f"TensorBoard: http://{board}/")
     supervisor.log(f"starting {', '.join(names)}; Ctrl-C stops them")
     code = supervisor.run()
     supervisor.log("all stopped" if code == 0 else "stopped, with failures (see above)")
