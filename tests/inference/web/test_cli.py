@@ -3,6 +3,7 @@ SIGTERM; and the gateway's channel spreading calls over several replicas."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,12 +145,13 @@ def test_probe_of_a_target_that_is_not_host_port_says_so_without_a_traceback(tar
     assert f"--target {target!r} is not host:port" in capsys.readouterr().out
 
 
-def test_probe_asks_another_path_for_another_http_server(capsys):
-    """--path / is TensorBoard's check in docker-compose.yml: any 2xx is healthy, anything else is not."""
+@contextlib.contextmanager
+def http_server_answering(path: str) -> Iterator[str]:
+    """A plain HTTP server on loopback that answers GET `path` 200 and any other path 404; yields its host:port."""
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path == "/" else 404)
+            self.send_response(200 if self.path == path else 404)
             self.end_headers()
 
         def log_message(self, *args):
@@ -157,43 +160,33 @@ def test_probe_asks_another_path_for_another_http_server(capsys):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        target = f"127.0.0.1:{server.server_port}"
-        assert probe.main(["--target", target, "--path", "/"]) == 0
-        assert capsys.readouterr().out == f"healthy: http://{target}/ answered 200\n"
-        assert probe.main(["--target", target]) == 1  # /healthz: this server has none
-        assert "answered 404" in capsys.readouterr().out
+        yield f"127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
 
 
+def test_probe_asks_another_path_for_another_http_server(capsys):
+    """--path / is TensorBoard's check in docker-compose.yml: any 2xx is healthy, anything else is not."""
+    with http_server_answering("/") as target:
+        assert probe.main(["--target", target, "--path", "/"]) == 0
+        assert capsys.readouterr().out == f"healthy: http://{target}/ answered 200\n"
+        assert probe.main(["--target", target]) == 1  # /healthz: this server has none
+        assert "answered 404" in capsys.readouterr().out
+
+
 def test_probe_asks_its_target_directly_even_where_a_proxy_is_set(monkeypatch, capsys):
     """urlopen went through $http_proxy, which a proxied environment sets for the outside world: with
     http_proxy=http://127.0.0.1:9 the probe said a gateway that answered was unhealthy."""
-
-    class Healthz(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/healthz" else 404)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
     dead = f"http://127.0.0.1:{free_port()}"
     for name in ("http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(name, dead)
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener reads the environment once, when made
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        target = f"127.0.0.1:{server.server_port}"
+    with http_server_answering("/healthz") as target:
         assert probe.main(["--target", target, "--timeout", "2"]) == 0, capsys.readouterr().out
         assert capsys.readouterr().out == f"healthy: http://{target}/healthz answered 200\n"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize(
