@@ -254,16 +254,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def PredictBatch(self, request, context):
-        served = self._model(request.model_version)
         count = len(request.images)
-        access_log.note(
-            image_bytes=sum(len(data) for data in request.images), images=count, model_version=served.version
-        )
+        access_log.note(image_bytes=sum(len(data) for data in request.images), images=count)
+        # Refused before the model is looked up: a batch too large costs nothing to refuse, where a pinned version
+        # would be loaded first (and might push another out of the cache) only to say so.
         if count > self.limits.max_batch_size:
             raise RpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{count} images in one call; the limit is {self.limits.max_batch_size}: split them into several calls",
             )
+        served = self._model(request.model_version)
+        access_log.note(model_version=served.version)
         images: list[np.ndarray] = []
         results: list[pb.BatchResult | None] = []
         for index, decoded in enumerate(self._decode_all(request.images, context)):

@@ -104,7 +104,8 @@ def find_manifest(models_dir: Path, version: str) -> Manifest | None:
     except CheckpointError:
         latest = None
     if latest is not None and latest.version == version:
-        return latest
+        # LATEST.json naming a model file that is gone is no published version either (ListModels lists files).
+        return latest if (Path(models_dir) / latest.file).exists() else None
     try:
         return manifest_from_file(models_dir, version)
     except FileNotFoundError:

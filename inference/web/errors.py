@@ -4,7 +4,7 @@
 
 `code` is the gRPC status the inference service gave (or, for what the gateway refuses itself, the one it would
 have given), so a REST client and a gRPC client read the same contract; `message` is the service's own, which says
-what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, with two refinements:
+what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, with three refinements:
 
 - "too large" is 413, not 400/429. gRPC has no code of its own for it: the service answers INVALID_ARGUMENT for an
   image over its byte or pixel limit, and RESOURCE_EXHAUSTED for too many images in one call or a message over its
@@ -16,6 +16,7 @@ what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, 
   FAILED_PRECONDITION (no MNIST files for Evaluate, a pinned version that fails its checks) is 503 too, but
   without Retry-After: trying again in a second cannot help until someone acts, and a client that honours the
   header would loop.
+- UNIMPLEMENTED is 502, not 501: the method is one the API has, and the server the gateway calls lacks it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ HTTP_STATUS = {
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
+    # Not 501: the gateway's --target lacks a method of the API (the service's health-only port, another server, an
+    # older service): the gateway is misconfigured. A method the path does not take is the gateway's own 405.
+    grpc.StatusCode.UNIMPLEMENTED: 502,
     # The service has no model yet, is shutting down (it answers calls it had not started with CANCELLED,
     # grpc/grpc#41785), or cannot read the MNIST files Evaluate needs: the request was fine, the service is not
     # ready for it.

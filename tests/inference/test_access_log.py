@@ -211,14 +211,12 @@ def test_the_services_own_refusal_is_answered_once_not_retried_by_a_clients_chan
     running = serve(tmp_path / "nothing published")
     channel = make_channel(f"127.0.0.1:{running.port}")
     try:
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as e:
             inference_pb2_grpc.InferenceStub(channel).Predict(pb.PredictRequest(image=b"x"), timeout=30)
-        took = time.monotonic() - started
     finally:
         channel.close()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "no model" in e.value.details()
-    assert took < 0.5, f"answered after {took:.2f} s"
+    # Asked once: one access line (a retried call writes one per try, each under its own id).
     assert [r.access["code"] for r in access_lines() if r.access["method"] == "Predict"] == ["UNAVAILABLE"]
 
 

@@ -233,6 +233,23 @@ def test_batch_over_the_limit_is_resource_exhausted(module_server, digit_pngs):
     assert "16" in e.value.details()
 
 
+def test_a_batch_over_the_limit_is_refused_before_its_model_is_looked_up(module_server, digit_pngs, monkeypatch):
+    """Refusing a batch too large costs nothing; a pinned version was loaded first (and could push another out of
+    the cache) only to be told to split the batch, and an unknown version answered NOT_FOUND first."""
+    import inference.service
+
+    looked_up = []
+    real = inference.service.InferenceServicer._model
+    monkeypatch.setattr(
+        inference.service.InferenceServicer, "_model", lambda self, *a: looked_up.append(a) or real(self, *a)
+    )
+    images = [digit_pngs[0][1]] * 17  # the module server allows 16
+    with pytest.raises(grpc.RpcError) as e:
+        module_server.stub.PredictBatch(pb.PredictBatchRequest(images=images, model_version="no-such"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
+    assert looked_up == []
+
+
 def test_running_out_of_memory_after_decoding_is_resource_exhausted_not_internal(
     module_server, digit_pngs, monkeypatch
 ):
@@ -351,11 +368,15 @@ def test_an_evaluation_whose_caller_left_while_it_was_scored_draws_no_heatmap(mo
     import inference.evaluation
     import inference.service
 
+    # The forward pass kept first (as a published model's is), so the call below reaches the scoring whatever
+    # ran before this test and however long the forward pass takes on this machine.
+    module_server.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=60)
     real_score, real_evaluate = inference.evaluation.evaluation_from_log_probs, inference.service.evaluate_model
-    drawn, returned = [], threading.Event()
+    drawn, scored_calls, returned = [], [], threading.Event()
 
     def slow_score(*args, **kwargs):
         scored = real_score(*args, **kwargs)
+        scored_calls.append(1)
         time.sleep(1.5)  # past the caller's deadline, once the scores are made
         return scored
 
@@ -372,6 +393,7 @@ def test_an_evaluation_whose_caller_left_while_it_was_scored_draws_no_heatmap(mo
         module_server.stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_TEST), timeout=1.0)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert returned.wait(30)
+    assert scored_calls, "the call never reached the scoring: the heatmap was not in question"
     assert drawn == []
 
 

@@ -174,6 +174,21 @@ def test_a_manifest_left_without_its_model_file_is_not_found_as_listing_says(thr
     assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
 
 
+def test_a_version_latest_names_without_its_model_file_is_not_found_as_listing_says(three_versions, digit_pngs):
+    """LATEST.json naming a version whose model file (and manifest) is gone, a hand edit or a copy cut short: the
+    server keeps serving what it had, ListModels does not list the name, and a call pinned to it is NOT_FOUND, as
+    for any version not published (it was FAILED_PRECONDITION, 'fails the checks', where no <v>.json was left)."""
+    models = Paths(three_versions.artifacts).models
+    latest = json.loads((models / "LATEST.json").read_text())
+    (models / "ghost.json.tmp").write_text(json.dumps(dict(latest, version="ghost", file="ghost.pt")))
+    (models / "ghost.json.tmp").replace(models / "LATEST.json")
+    stub = three_versions.stub
+    assert "ghost" not in [m.version for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(pb.PredictRequest(image=digit_pngs[0][1], model_version="ghost"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+
+
 def test_a_pinned_version_removed_after_it_was_loaded_is_not_found_and_published_again_is_loaded_again(
     three_versions, digit_pngs
 ):
