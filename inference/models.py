@@ -59,9 +59,33 @@ def check_model(models_dir: Path, manifest: Manifest) -> None:
     )
 
 
+# What a mistyped --artifacts-dir gets told: its models folder looked like an empty store.
+NO_SUCH_FOLDER = "no such folder: is --artifacts-dir right? the trainer makes it"
+
+
+def is_missing(models_dir: Path) -> bool:
+    """Whether the models folder does not exist. A path that cannot be a folder (a file on it) is not missing: the
+    command's OSError says what to check (main)."""
+    try:
+        models_dir.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def require_models_folder(models_dir: Path) -> None:
+    """Refuse a models folder that does not exist: prune said '0 version(s) kept; 0 removed' and rollback 'nothing
+    to roll back to', as if the folder were there and empty."""
+    if is_missing(models_dir):
+        raise Refused(f"{models_dir} ({NO_SUCH_FOLDER}). Nothing was changed")
+
+
 def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:
     """Check `version` and make it the served one, holding the models folder's lock (shared.checkpoint.models_lock).
     Returns (its manifest, the one served before, if readable)."""
+    require_models_folder(models_dir)
     with models_lock(models_dir):
         return _serve_version(models_dir, version, event=event)
 
@@ -101,6 +125,7 @@ def promote(models_dir: Path, version: str) -> tuple[Manifest, Manifest | None]:
 
 
 def rollback(models_dir: Path) -> tuple[Manifest, Manifest | None]:
+    require_models_folder(models_dir)
     with models_lock(models_dir):
         target = rollback_target(models_dir)
         if target is None:
@@ -119,11 +144,16 @@ def _percent(metrics: dict[str, float], name: str) -> str:
     return f"{value:.2%}" if value is not None else "-"
 
 
+# A model file without its manifest: published before manifests existed, or by an older publish (which wrote the
+# model file first) cut short; a publish now writes the manifest and export before the model file.
+UNRECORDED = "no recorded checksum (published before they existed, or by an older publish cut short)"
+
+
 def format_table(infos: list[VersionInfo]) -> list[str]:
     rows = [("", "version", "created (UTC)", "val acc", "test acc", "size", "sha256", "")]
     for info in infos:
         m = info.manifest
-        note = info.problem or ("" if info.recorded else "no recorded checksum (published before they existed)")
+        note = info.problem or ("" if info.recorded else UNRECORDED)
         rows.append(
             (
                 "*" if info.served else "",
@@ -159,8 +189,7 @@ def cmd_list(models_dir: Path, args) -> int:
         )
         return 0
     if not infos:
-        # A mistyped --artifacts-dir looked like an empty store: say which it is.
-        missing = "" if models_dir.is_dir() else " (no such folder: is --artifacts-dir right? the trainer makes it)"
+        missing = f" ({NO_SUCH_FOLDER})" if is_missing(models_dir) else ""
         print(f"no published models in {models_dir}{missing}")
         return 0
     print("\n".join(format_table(infos)))
@@ -205,6 +234,7 @@ def cmd_rollback(models_dir: Path, args) -> int:
 
 
 def cmd_prune(models_dir: Path, args) -> int:
+    require_models_folder(models_dir)
     with models_lock(models_dir):  # a promote cannot serve a version this is removing
         kept, removed = prune_plan(models_dir, args.keep)
         for info in removed:

@@ -4,10 +4,13 @@
     models/<version>.pt       a model, written once (shared.checkpoint.publish_model)
     models/<version>.json     its own manifest: size, SHA-256, metrics, creation time (written with it)
     models/LATEST.json        the served version's manifest
-    models/HISTORY.jsonl      every change of LATEST.json: publish, promote, rollback
+    models/HISTORY.jsonl      every change of LATEST.json: publish, promote, rollback, and recovered (a change
+                              whose line was lost, recorded by the next one: shared.checkpoint.record_unrecorded_latest)
 
 Versions published before the per-version manifests existed have only their .pt: their manifest is made from
-the file itself (checksum computed now), so they can still be listed, pinned and promoted.
+the file itself (checksum computed now), so they can still be listed, pinned and promoted. A version whose
+publish by older code was cut short after its .pt looks the same; a publish now writes the .pt last, and
+publishing the same model again (the trainer's --resume) gives such a version its export, in its manifest too.
 
 Nothing here loads a model for serving or changes LATEST.json: checking a model is inference.model_store's job,
 and promote/rollback (inference.models) do both in order.
@@ -42,8 +45,8 @@ class VersionInfo:
 
     manifest: Manifest
     served: bool
-    # False when the version has no manifest of its own (published before they existed): the checksum and size
-    # are the file's now, so they cannot show damage done since.
+    # False when the version has no manifest of its own (published before they existed, or by an older publish cut
+    # short): the checksum and size are the file's now, so they cannot show damage done since.
     recorded: bool
     # Why the version's file cannot be read, if it cannot ("" when it can, or was not looked at).
     problem: str = ""

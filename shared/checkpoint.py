@@ -7,7 +7,9 @@ the SHA-256 of both files, so a reader never sees a half-written model: the file
 the manifest after them, each from a temporary name in the same folder. Each version also keeps its own manifest
 (models/<version>.json, same format), so any version can be listed, pinned or promoted later with its checksums,
 and every change of LATEST.json is appended to models/HISTORY.jsonl, which is what
-`python -m inference.models rollback` walks back.
+`python -m inference.models rollback` walks back. A change whose line was lost (the process killed between
+LATEST.json's rename and the append, a full disk) is recorded by the next change as a `recovered` line, before
+its own (record_unrecorded_latest).
 
 Everything stored is a tensor, number, string, list or dict, so `torch.load(..., weights_only=True)` reads it.
 """
@@ -26,7 +28,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -200,19 +202,25 @@ class Manifest:
 def publish_model(
     models_dir: Path, *, version: str, model_payload: dict[str, Any], onnx: bytes | None = None, serve: bool = True
 ) -> Manifest:
-    """Publish a model for the inference service: write models/<version>.pt, models/<version>.onnx and
-    models/<version>.json, then (with `serve`) point LATEST.json at them. Without `serve` the version is stored but
+    """Publish a model for the inference service: write models/<version>.onnx, models/<version>.json and
+    models/<version>.pt, then (with `serve`) point LATEST.json at them. Without `serve` the version is stored but
     not served: it can be pinned by a call's model_version, or promoted (`python -m inference.models promote`).
+
+    The model file comes last: versions are found by their .pt files, so a publish cut short (the process killed,
+    the disk full) leaves no version at all rather than one without its manifest and export, which was listed as
+    published before manifests existed and, promoted, was served with torch for good. An export and a manifest
+    left without their model file name no version (listing and lookups go by .pt files) and are written again.
 
     `model_payload` holds arch, arch_kwargs, model (state dict), normalization, metrics, run_name, epoch.
     `onnx` is its export (the trainer passes the one it verified on the test set); None exports it here. A
     payload whose weights do not fit its architecture cannot be exported: it is published as the .pt alone,
     which the inference service refuses as it always did.
     A version is published once: publishing it again with other weights is an error rather than a silent
-    rewrite. Publishing it again with the *same* weights completes a publish that was cut short (the process
-    killed, the disk full) after the model file was renamed into place and before the manifest was: the file
-    is kept as it is and LATEST.json is pointed at it, so `python -m trainer --resume` can finish the job (an
-    ONNX file already there is kept too: it was written for these weights, after them).
+    rewrite. Publishing it again with the *same* weights completes a publish that was cut short after the model
+    file was renamed into place: the file is kept as it is and LATEST.json is pointed at it, so
+    `python -m trainer --resume` can finish the job. An export already there is kept too (it was written for these
+    weights), and a recorded manifest that names no export (one `promote` wrote for a model file an older publish
+    cut short left alone) gets the export's fields.
     """
     models_dir = Path(models_dir)
     file_name = f"{version}.pt"
@@ -225,21 +233,19 @@ def publish_model(
     for path in remove_abandoned_temp_files(models_dir):
         log.info("removed %s, left by a publish that was killed while writing it", path.name)
     target = models_dir / file_name
+    onnx_target = models_dir / f"{version}.onnx"
     republished = target.exists()
+    # An export already there is this model's only when the model file was (a publish finished again); one left
+    # beside a removed model file may hold other weights, so it is written again.
+    keep_export = republished and onnx_target.exists()
     if republished:
         data = _same_model_bytes(target, version, model_payload)
     else:
         data = _torch_bytes({"format": MODEL_FORMAT, "version": version, "created_at": utc_now(), **model_payload})
-        atomic_write_bytes(target, data)
-    onnx_target = models_dir / f"{version}.onnx"
-    # An export already there is this model's only when the model file was (a publish finished again); one left
-    # beside a removed model file may hold other weights, so it is written again.
-    if republished and onnx_target.exists():
+    if keep_export:
         onnx = onnx_target.read_bytes()
-    else:
-        onnx = onnx if onnx is not None else _export(model_payload)
-        if onnx is not None:
-            atomic_write_bytes(onnx_target, onnx)
+    elif onnx is None:
+        onnx = _export(model_payload)
     manifest = Manifest(
         version=version,
         file=file_name,
@@ -253,14 +259,30 @@ def publish_model(
         onnx_sha256=hashlib.sha256(onnx).hexdigest() if onnx is not None else "",
         onnx_size=len(onnx) if onnx is not None else 0,
     )
-    try:
-        recorded = read_version_manifest(models_dir, version)
-    except CheckpointError:
-        recorded = None
-    if recorded is None or recorded.sha256 != manifest.sha256:
+    recorded = None
+    if republished:  # a manifest left without its model file describes no version of these bytes
+        try:
+            recorded = read_version_manifest(models_dir, version)
+        except CheckpointError:
+            recorded = None
+    if recorded is not None and recorded.sha256 == manifest.sha256:
+        # Its first publish's time: republishing the same bytes changes nothing, unless the manifest names no export
+        # and one is there now. `promote` records none for a model file an older publish left without its export,
+        # and kept so, the version was served with torch for good. A recorded export's checksum is kept: an export
+        # damaged since stays refused rather than recorded as it is now.
+        manifest = (
+            recorded
+            if recorded.onnx_file
+            else replace(
+                recorded, onnx_file=manifest.onnx_file, onnx_sha256=manifest.onnx_sha256, onnx_size=manifest.onnx_size
+            )
+        )
+    if onnx is not None and not keep_export:
+        atomic_write_bytes(onnx_target, onnx)
+    if recorded != manifest:
         atomic_write_bytes(version_manifest_path(models_dir, version), manifest.to_json().encode())
-    else:
-        manifest = recorded  # its first publish's time: republishing the same bytes changes nothing
+    if not republished:
+        atomic_write_bytes(target, data)  # last: now it is a version, with its manifest and export beside it
     if not serve:
         return manifest
     try:
@@ -268,7 +290,13 @@ def publish_model(
     except CheckpointError:
         current = None
     if current == manifest:
-        return current  # already published and named by the manifest, every field of it: nothing to do
+        # Already named by the manifest, every field of it: a publish cut short after LATEST.json's rename, whose
+        # history line may be missing yet (the trainer's gate reads the history to tell what was served).
+        try:
+            record_unrecorded_latest(models_dir)
+        except OSError as e:
+            log.warning("serving %s, but %s could not record it: %s", version, HISTORY_NAME, e)
+        return current
     point_latest(models_dir, manifest, event="publish")
     return manifest
 
@@ -382,7 +410,11 @@ def version_manifest_path(models_dir: Path, version: str) -> Path:
 
 def point_latest(models_dir: Path, manifest: Manifest, *, event: str) -> None:
     """Make `manifest` the served one: rename a new LATEST.json into place, then append the change to the
-    history (`event`: publish, promote or rollback). The caller has checked the model.
+    history (`event`: publish, promote or rollback). The caller has checked the model, and holds the folder's
+    lock where other writers may be at work (models_lock).
+
+    The served version's own line, if it was lost, is recorded first (record_unrecorded_latest): this change
+    replaces it, and the trainer's publish gate tells what was served from the history alone.
 
     A rollback is recorded first, and not made unless it is: a history that does not end with the served version
     is read as if that version were pushed on top (inference.versions.served_stack), which is right for a publish
@@ -392,16 +424,46 @@ def point_latest(models_dir: Path, manifest: Manifest, *, event: str) -> None:
     models_dir = Path(models_dir)
     entry = {"at": utc_now(), "event": event, "version": manifest.version, "sha256": manifest.sha256}
     if event == "rollback":
-        append_history(models_dir, entry)  # OSError: nothing has changed
+        record_unrecorded_latest(models_dir)  # OSError: nothing has changed
+        append_history(models_dir, entry)
         atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
         return
+    # LATEST.json, not the history, says what is served, so a failure to record (a full disk) only warns: a history
+    # that does not end with the served version is read as if it did.
+    try:
+        record_unrecorded_latest(models_dir)
+    except OSError as e:
+        log.warning("%s could not record the version served until now: %s", HISTORY_NAME, e)
     atomic_write_bytes(models_dir / MANIFEST_NAME, manifest.to_json().encode())
-    # LATEST.json, not the history, says what is served, so a failure here (a full disk) only warns: the change
-    # has happened, and a history that does not end with the served version is read as if it did.
     try:
         append_history(models_dir, entry)
     except OSError as e:
         log.warning("serving %s, but %s could not record it: %s", manifest.version, HISTORY_NAME, e)
+
+
+RECOVERED_EVENT = "recovered"  # a history line recorded late, for a change of LATEST.json whose own line was lost
+
+
+def record_unrecorded_latest(models_dir: Path) -> None:
+    """Append a `recovered` line for the version LATEST.json names if the history does not end with it: the line of
+    the change that served it was lost (a process killed between LATEST.json's rename and the append, or a full
+    disk). Read as a publish or promote would be (it pushes the version; inference.versions.served_stack read it so
+    already), and it tells the trainer's publish gate that the version was served: without it a run resumed after
+    such a kill served its model again over a rollback made since. Raises OSError if the line cannot be written;
+    an unreadable LATEST.json names nothing to record."""
+    try:
+        latest = read_manifest(models_dir)
+    except (CheckpointError, OSError):
+        return
+    if latest is None:
+        return
+    history = read_history(models_dir)
+    if history and history[-1]["version"] == latest.version:
+        return
+    append_history(
+        models_dir,
+        {"at": utc_now(), "event": RECOVERED_EVENT, "version": latest.version, "sha256": latest.sha256},
+    )
 
 
 def append_history(models_dir: Path, entry: dict[str, str]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from shared import settings
-from shared.checkpoint import is_version_name
+from shared.checkpoint import MAX_VERSION_BYTES, is_version_name
 from shared.cli import ArgumentParser, HelpFormatter, float_between, folder, non_negative_int, number, positive_int
 from shared.model import ARCHITECTURES, build_model
 
@@ -141,6 +141,7 @@ def run_name(text: str) -> str:
             f"run (--resume --run-name {text}) and serve its models (promote {text}-e010); start it with a letter or "
             "digit"
         )
+    # The shortest suffix a version has (up to epoch 999); config_from_args checks the longest the run's epochs give.
     if not text or not is_version_name(f"{text}-e999"):
         raise argparse.ArgumentTypeError(
             f"{text!r} cannot name a run: its published models are files named <run>-e010.pt, so it must be a plain "
@@ -416,6 +417,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     range is seed_number's). SystemExit, before any data is read, if its network cannot be built (an --arch-kwargs
     name the network does not take)."""
     config = replace(PRESETS[chosen_preset(args)], **overrides_given(args))
+    # The best epoch names the published version, <run>-e{epoch:03d}: from epoch 1,000 on a byte longer than the
+    # -e999 the parser checked the name with, so a long name failed at the publish, after the whole run.
+    suffix = f"-e{config.epochs:03d}"
+    if args.run_name is not None and not is_version_name(args.run_name + suffix):
+        raise SystemExit(
+            f"--run-name: a name of {len(args.run_name.encode())} bytes is too long for {config.epochs:,} epochs: the "
+            f"run's versions (<run>{suffix}) are file names of at most {MAX_VERSION_BYTES} bytes, so the name may have "
+            f"{MAX_VERSION_BYTES - len(suffix)}; choose a shorter one"
+        )
     reserved = sorted(TRAINER_ARCH_KWARGS & config.arch_kwargs.keys())
     if reserved:
         raise SystemExit(

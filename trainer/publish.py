@@ -16,13 +16,17 @@ validation images, which would flatter it.
 
 A run's model is served by its run at most once: a run resumed after being killed between its publish and its
 FINISHED.json does not serve it again over whatever an operator (a rollback, a promote) or another run has
-served since (models/HISTORY.jsonl records that it was served).
+served since. models/HISTORY.jsonl records that it was served, with the model file's SHA-256, so a new run that
+reuses the name of a run whose versions were pruned is not taken for it; a publish killed between LATEST.json's
+rename and its history line gets its line from the next change of the served model, before that change's own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -128,5 +132,15 @@ def decide(
 
 
 def _served_before(models_dir, version: str) -> bool:
-    """Whether models/HISTORY.jsonl records `version` being served (published, promoted or rolled back to)."""
-    return any(entry["version"] == version for entry in read_history(models_dir))
+    """Whether models/HISTORY.jsonl records this very model `version` being served (published, promoted, rolled back
+    to, or recovered): the line's SHA-256 must be that of models/<version>.pt. A run resumed after its publish
+    publishes the same file again, which is there; a new run under a reused name (its old versions pruned, which
+    run_folder requires) has no file yet, or other bytes, and was refused to be served even with --publish always."""
+    entries = [entry for entry in read_history(models_dir) if entry["version"] == version]
+    if not entries:
+        return False
+    try:
+        sha256 = hashlib.sha256((Path(models_dir) / f"{version}.pt").read_bytes()).hexdigest()
+    except OSError:  # no file (yet) under this name, or none that can be read: not this run's served model
+        return False
+    return any(entry.get("sha256") == sha256 for entry in entries)

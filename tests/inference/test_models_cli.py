@@ -149,6 +149,38 @@ def test_a_history_line_cut_short_by_a_crash_does_not_swallow_the_next_change(ar
     assert served(artifacts) == "v2"
 
 
+def test_a_served_version_whose_history_line_was_lost_is_recorded_before_the_next_change(
+    artifacts, monkeypatch, capsys
+):
+    """Killed between LATEST.json's rename and its history line, a promote (or publish) of v3 left v3 served but not
+    recorded: the rollback recorded only 'rollback v2', and the trainer's publish gate, which reads the history,
+    took v3 for never served. The missing line comes first now, and rollbacks still walk back as they did."""
+    import shared.checkpoint
+
+    models = Paths(artifacts).models
+
+    def killed_before_the_line(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # the line is lost, as the kill loses it
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shared.checkpoint, "append_history", killed_before_the_line)
+        assert run(artifacts, "promote", "v3") == 0
+    assert [e["version"] for e in read_history(models)] == ["v1", "v2"] and served(artifacts) == "v3"
+
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v2"
+    history = read_history(models)
+    assert [(e["event"], e["version"]) for e in history] == [
+        ("publish", "v1"),
+        ("publish", "v2"),
+        ("recovered", "v3"),
+        ("rollback", "v2"),
+    ]
+    assert history[2]["sha256"] == json.loads((models / "v3.json").read_text())["sha256"]
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v1"
+    assert run(artifacts, "promote", "v3") == 0
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v1"  # undoes the promote, back to where it was
+
+
 def test_a_history_line_nested_thousands_deep_or_with_a_lone_surrogate_is_skipped_as_damaged(artifacts, capsys):
     """json.loads raised RecursionError on the first (list, promote and rollback ended in a traceback), and the
     second's version could not be printed or sent."""
@@ -288,6 +320,16 @@ def test_listing_a_folder_that_does_not_exist_says_so_rather_than_looking_like_a
     assert run(tmp_path / "empty", "list") == 0
     out = capsys.readouterr().out
     assert out.startswith("no published models in") and "no such folder" not in out
+
+
+@pytest.mark.parametrize("argv", [("prune", "--keep", "1"), ("rollback",), ("promote", "v1")])
+def test_a_change_to_a_models_folder_that_does_not_exist_is_refused_with_the_hint_list_gives(tmp_path, capsys, argv):
+    """prune said '0 version(s) kept; 0 removed' (exit status 0) and rollback 'nothing to roll back to', as if a
+    mistyped --artifacts-dir were an empty store."""
+    assert run(tmp_path / "mistyped", *argv) == 1
+    captured = capsys.readouterr()
+    assert "no such folder: is --artifacts-dir right?" in captured.err and captured.out == "", captured
+    assert not (tmp_path / "mistyped").exists()
 
 
 def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp_path, capsys):

@@ -271,6 +271,65 @@ def test_publishing_again_over_a_stale_export_writes_the_new_models_export(tmp_p
     assert manifest.onnx_sha256 == hashlib.sha256(new_export).hexdigest()
 
 
+class Killed(BaseException):
+    """The publishing process dies here (raised from a write, so nothing after it runs)."""
+
+
+@pytest.mark.parametrize("killed_at", [1, 2, 3, 4])
+def test_a_publish_killed_at_any_write_leaves_no_version_without_its_manifest_and_export(
+    tmp_path, monkeypatch, killed_at
+):
+    """The model file went into place first: killed before its export and manifest, the version was listed as
+    'published before they existed', and promoting it served it with torch, without its export, for good."""
+    import shared.checkpoint
+
+    models = Paths(tmp_path / "artifacts").models
+    real = shared.checkpoint.atomic_write_bytes
+    writes = 0
+
+    def killed_at_a_write(path, data):
+        nonlocal writes
+        writes += 1
+        if writes == killed_at:
+            raise Killed(path.name)
+        return real(path, data)
+
+    monkeypatch.setattr(shared.checkpoint, "atomic_write_bytes", killed_at_a_write)
+    with pytest.raises(Killed):
+        publish_model(models, version="v", model_payload=model_payload(1))
+    monkeypatch.setattr(shared.checkpoint, "atomic_write_bytes", real)
+    if (models / "v.pt").exists():
+        recorded = read_version_manifest(models, "v")
+        assert recorded is not None and recorded.onnx_file == "v.onnx", f"killed at write {killed_at}: {recorded}"
+        assert [(info.manifest.version, info.recorded) for info in list_versions(models)] == [("v", True)]
+    else:
+        assert list_versions(models) == []
+    manifest = publish_model(models, version="v", model_payload=model_payload(1))  # the trainer's --resume
+    assert read_manifest(models) == manifest and manifest.onnx_file == "v.onnx"
+
+
+def test_publishing_again_a_version_promoted_without_its_export_serves_its_export(tmp_path, capsys):
+    """An older publish killed after the model file left v2.pt alone; `promote v2` recorded its manifest without an
+    export, and the trainer's --resume, which wrote v2.onnx, kept that manifest: v2 was served with torch for good."""
+    artifacts = tmp_path / "artifacts"
+    models = Paths(artifacts).models
+    publish(artifacts, "v1", seed=1)
+    payload = model_payload(2)
+    publish_model(models, version="v2", model_payload=payload, serve=False)
+    (models / "v2.onnx").unlink()
+    (models / "v2.json").unlink()  # as the older publish left it
+    assert models_main(["--artifacts-dir", str(artifacts), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert models_main(["--artifacts-dir", str(artifacts), "promote", "v2"]) == 0
+    assert read_manifest(models).onnx_file == ""
+
+    manifest = publish_model(models, version="v2", model_payload=payload)
+    export = (models / "v2.onnx").read_bytes()
+    assert manifest.onnx_sha256 == hashlib.sha256(export).hexdigest()
+    assert read_version_manifest(models, "v2") == manifest and read_manifest(models) == manifest
+    assert "or by an older publish cut short" in listed, listed
+
+
 def test_a_failed_call_pinned_to_a_version_is_logged_with_that_version(three_versions, caplog):
     with caplog.at_level("INFO", logger="inference.service"), pytest.raises(grpc.RpcError):
         three_versions.stub.Predict(pb.PredictRequest(image=b"not a picture", model_version="v1"), timeout=10)

@@ -6,12 +6,17 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
+import shared.checkpoint
 from shared.checkpoint import publish_model, read_manifest, read_version_manifest
 from shared.settings import Paths
 
+from inference.models import main as models_main
+from inference.versions import remove_version
 from tests.inference.helpers import model_payload
 from trainer.__main__ import main as trainer_main
+from trainer.publish import decide
 
 TINY = ["--eval-subset", "1000", "--batch-size", "100", "--device", "cpu", "--no-download"]
 
@@ -166,8 +171,6 @@ def test_the_same_weights_never_beat_themselves(tmp_path, mnist_dir, capsys):
 def test_a_resumed_publish_does_not_undo_a_rollback_made_after_it(served_good, mnist_dir, capsys, publish):
     """A run killed after its publish and before FINISHED.json, then rolled back by an operator: --resume finishes
     the run and keeps the rollback (it republished over it)."""
-    from inference.models import main as models_main
-
     run = ["--train-subset", "1000", "--epochs", "1", "--run-name", "r", "--publish", publish]
     assert train(served_good, mnist_dir, *run) == 0
     models = Paths(served_good).models
@@ -198,3 +201,60 @@ def test_a_served_model_whose_export_is_damaged_is_replaced(served_good, mnist_d
     line = last_line(capsys)
     assert line.startswith("published model next-e001 to ") and "the published model good-e002 cannot be served" in line
     assert read_manifest(models).version == "next-e001"
+
+
+def gate(models, version: str, publish: str):
+    """The gate's decision for a run whose model `version` scored better than any model can on the validation
+    images (a blank picture's label 0 for all eight): what is left to decide is whether it was served before."""
+    return decide(
+        publish,
+        version=version,
+        val_accuracy=1.01,
+        models_dir=models,
+        split_seed=0,
+        val_fraction=0.2,
+        val_x=torch.zeros(8, 28, 28, dtype=torch.uint8),
+        val_y=torch.zeros(8, dtype=torch.long),
+        device=torch.device("cpu"),
+    )
+
+
+@pytest.mark.parametrize("publish", ["if-better", "always"])
+def test_a_resumed_publish_whose_history_line_was_lost_does_not_undo_a_rollback_made_after_it(
+    tmp_path, monkeypatch, publish
+):
+    """A publish killed between LATEST.json's rename and its history line left no record that r-e001 was served:
+    the operator's rollback recorded only 'rollback good', and the resumed run's gate served r-e001 again."""
+    models = Paths(tmp_path).models
+    publish_model(models, version="good", model_payload=model_payload(1))
+    payload = model_payload(2)
+
+    def killed_before_the_line(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # the line is lost, as the kill loses it
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shared.checkpoint, "append_history", killed_before_the_line)
+        publish_model(models, version="r-e001", model_payload=payload)
+    assert read_manifest(models).version == "r-e001"
+    assert models_main(["--artifacts-dir", str(tmp_path), "rollback"]) == 0
+    assert read_manifest(models).version == "good"
+
+    decision = gate(models, "r-e001", publish)
+    assert (decision.serve, decision.store) == (False, True), decision
+    assert "was served before the run was interrupted, and good is served now" in decision.reason
+
+
+@pytest.mark.parametrize("publish", ["if-better", "always"])
+def test_a_new_run_that_reuses_a_pruned_runs_name_is_served_as_any_run_is(tmp_path, publish):
+    """Run 'nightly' served nightly-e001, which was pruned since; a new run under the name (allowed: none of the name's
+    versions is left) was refused to be served even with --publish always, "served before the run was interrupted".
+    Served before means this very file: the history line's SHA-256 is the model file's."""
+    models = Paths(tmp_path).models
+    publish_model(models, version="nightly-e001", model_payload=model_payload(1))
+    publish_model(models, version="v2", model_payload=model_payload(2))
+    remove_version(models, "nightly-e001")
+    assert gate(models, "nightly-e001", publish).serve
+    # Stored by the new run and not served (its gate said no, or it was killed before serving): a resume decides anew.
+    publish_model(models, version="nightly-e001", model_payload=model_payload(3), serve=False)
+    decision = gate(models, "nightly-e001", publish)
+    assert decision.serve, decision

@@ -671,6 +671,24 @@ def test_a_run_name_that_starts_with_a_dash_is_refused(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_run_name_too_long_for_the_versions_its_epochs_name_is_refused_before_the_run(tmp_path, mnist_dir):
+    """The parser checked the name with the suffix -e999, but from epoch 1,000 on a version (<run>-e1000) is a byte
+    longer: a name of the most bytes -e999 allows trained all its epochs and then failed to publish."""
+    from shared.checkpoint import MAX_VERSION_BYTES
+
+    from trainer.config import config_from_args
+
+    name = "n" * (MAX_VERSION_BYTES - len("-e999"))
+    where = ["--artifacts-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--no-download"]
+    with pytest.raises(SystemExit) as refused:
+        trainer_main(["--run-name", name, "--epochs", "1000", "--check-only", *where])
+    assert "is too long for 1,000 epochs" in str(refused.value.code), refused.value.code
+    assert not any(tmp_path.iterdir())
+    parser = get_args_parser()
+    assert config_from_args(parser.parse_args(["--run-name", name, "--epochs", "999"])).epochs == 999
+    assert config_from_args(parser.parse_args(["--run-name", name[1:], "--epochs", "1000"])).epochs == 1000
+
+
 @pytest.mark.parametrize("value", ["-2", "0"])
 def test_epochs_below_one_in_the_environment_are_refused(monkeypatch, value, capsys):
     monkeypatch.setenv("MNIST_EPOCHS", value)
