@@ -115,6 +115,8 @@ LINE_OVERLAP = 0.3
 SLANTED_LINE_SPREAD = 0.35
 SLANTED_LINE_MIN_ANGLE = 10.0
 SLANTED_LINE_MIN_MARKS = 3
+# ... and the marks, the median one, reach at most SLANTED_LINE_MAX_ACROSS times their spacing along it across it.
+SLANTED_LINE_MAX_ACROSS = 2.0
 # A line this many degrees or more from level is upright: the refusal names no direction to turn it (turn_direction).
 QUARTER_TURN_FROM = 80.0
 # Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
@@ -148,14 +150,15 @@ FRAGMENT_SPECK = 0.05
 SPECK_SIDE = 0.04
 # Touching digits, as fractions of the line height (widths along the writing direction). Regions at least
 # SPLIT_MIN_WIDTH wide are tried with cuts (halves of a cut region: SPLIT_AGAIN_WIDTH), in at most
-# MAX_SPLIT_ROUNDS rounds. Cut paths start every CUT_STEP, at least SEGMENT_MIN_WIDTH inside the region, wander at
+# MAX_SPLIT_ROUNDS rounds (three, before a review found "0000" in one stroke read "9": no piece of ink could become
+# more than four digits). Cut paths start every CUT_STEP, at least SEGMENT_MIN_WIDTH inside the region, wander at
 # most CUT_BAND sideways, and are searched on at most CUT_ROWS rows (taller writing is pooled). A path pays 1 per
 # stroke it enters, CUT_INK_PIXEL_COST per stroke width it runs through ink and CUT_STEP_COST per stroke width it
 # moves sideways; one costing more than MAX_CUT_INK is no cut. Each side keeps at least MIN_HALF_HEIGHT of the
 # line's height and MIN_HALF_MASS of the ink; at most MAX_CUT_CANDIDATES cuts per region, the cheapest first.
 SPLIT_MIN_WIDTH = 0.9
 SPLIT_AGAIN_WIDTH = 0.9
-MAX_SPLIT_ROUNDS = 3
+MAX_SPLIT_ROUNDS = MAX_DIGITS  # enough to cut one piece of ink into MAX_DIGITS digits, one a round
 SEGMENT_MIN_WIDTH = 0.15
 CUT_STEP = 0.05
 CUT_BAND = 0.2
@@ -200,6 +203,15 @@ CUT_MIN_HALF_SCORE = 0.1
 # the rule on the cut's two halves' extent; as written here, with this stop's other changes: docs/pipeline.md.)
 NARROW_SPLIT_WIDTH = 1.05
 NARROW_SPLIT_MARGIN = 0.0
+# A half at least SEVERAL_DIGITS_WIDTH line heights wide is cut again in the next round: it is weighed as a
+# digit of log-confidence SEVERAL_DIGITS_CONFIDENCE at worst, and the half-score floor is not asked of it. As one
+# digit, two or three touching digits score like no digit at all (digit scores 0.07-0.10): every first cut of
+# "0000" in one stroke left a half that failed the floor, and the four zeros were read as one "9". Widths 0.9-1.5
+# and confidences -0.25 to -1 tried on 37 pictures of digits touching in long runs (a review's, seed-free): 1.1
+# read 24 right against 16 (1.3: 20, 1.5: 19; the confidence changed nothing); on the tests' model and 560
+# touching numbers of seeds 7, 0 and 1, 1, 4 and 6 more read right, apart ones as many (docs/pipeline.md).
+SEVERAL_DIGITS_WIDTH = 1.1
+SEVERAL_DIGITS_CONFIDENCE = -0.5
 # Neighbours at most JOIN_MAX_WIDTH line heights wide together are joined into one digit when that is JOIN_MARGIN
 # (log) more sure than the two apart (join_fragments). Chosen on the numbers of seed 7 as above (560 per layout):
 # widths 1.0, 1.2, 1.4 and 1.6 and margins 0, 0.1, 0.25 and 0.5 tried; 1.2 and 0.25 read 3 more numbers apart and
@@ -647,6 +659,13 @@ def slanted_line(pieces: Pieces, tall: list[Group]) -> tuple[float, int] | None:
     _, _, axes = np.linalg.svd(centres, full_matrices=False)  # axes[0]: the direction the centres spread most
     if np.abs(centres @ axes[1]).max() > SLANTED_LINE_SPREAD * float(np.median(sides)):
         return None
+    # Digits on a line are about as wide across it as they are apart along it (numbers of testkit/numbers.py turned
+    # a quarter: 0.7-1.5 times); lines stacked one above the other, each one long mark (rules, a long scribble),
+    # have their centres on an upright line too, but reach far across it: several lines, not one number turned.
+    across = np.abs(boxes[:, 2] * axes[1][0]) + np.abs(boxes[:, 3] * axes[1][1])
+    spacing = float(np.median(np.diff(np.sort(centres @ axes[0]))))
+    if float(np.median(across)) > SLANTED_LINE_MAX_ACROSS * spacing:
+        return None
     dx, dy = axes[0]
     angle = float(np.degrees(np.arctan2(-dy, dx)))  # rows grow downwards: rising to the right is dy < 0
     angle = angle - 180.0 if angle > 90.0 else angle + 180.0 if angle <= -90.0 else angle
@@ -664,8 +683,10 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
     what stays alone is a digit if it has some mass (a small digit written on its own), else a speck."""
     separators = []
     rest = []
+    # Once, not per mark: a field of 2,000 dots rebuilt this list for each (0.3 s of 0.4 s before its refusal).
+    tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
     for group in groups:
-        if group.height < FRAGMENT_HEIGHT * height and is_separator(pieces, group, groups, height):
+        if group.height < FRAGMENT_HEIGHT * height and is_separator(pieces, group, tall, height):
             box = picture_box(pieces, group)
             separators.append(Separator(0, separator_mark(box), box))
         else:
@@ -717,14 +738,14 @@ def nearest_fragment_pair(groups: list[Group], height: float) -> tuple[int, int]
     return (int(fragments[row]), j) if np.isfinite(key[row, j]) else None
 
 
-def is_separator(pieces: Pieces, mark: Group, groups: list[Group], height: float) -> bool:
-    """Small, low in the line, with no other ink beside it (within SEPARATOR_CLEARANCE) or above it (within
-    SEPARATOR_ABOVE): a point or comma stands apart, where a piece of a digit is near the rest of it."""
+def is_separator(pieces: Pieces, mark: Group, tall: list[Group], height: float) -> bool:
+    """Small, low in the line (of the digit groups `tall`, at least FRAGMENT_HEIGHT of it), with no other ink
+    beside it (within SEPARATOR_CLEARANCE) or above it (within SEPARATOR_ABOVE): a point or comma stands apart,
+    where a piece of a digit is near the rest of it."""
     if mark.width > SEPARATOR_WIDTH * height or mark.height > SEPARATOR_HEIGHT * height:
         return False
     if max(mark.width, mark.height) < SPECK_SIDE * height:
         return False
-    tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
     if not tall:
         return False
     top, bottom = line_band(mark, tall)
@@ -830,7 +851,10 @@ def segment_and_classify(
         for region, p, c, candidates in zip(regions, probabilities, confidence, cuts):
             span = slice(index, index + len(candidates))
             margin = NARROW_SPLIT_MARGIN if region.width < NARROW_SPLIT_WIDTH * height else SPLIT_MARGIN
-            chosen = choose_cut(candidates, half_confidence[span], c, half_scores[span], margin)
+            several = np.array(
+                [[h.width >= SEVERAL_DIGITS_WIDTH * height for h in (k.left, k.right)] for k in candidates]
+            )
+            chosen = choose_cut(candidates, half_confidence[span], c, half_scores[span], margin, several)
             if chosen is None:
                 done.append((region, p, c))
             else:
@@ -914,16 +938,26 @@ def union_region(pieces: Pieces, a: Region, b: Region, slant: float) -> Region:
 
 
 def choose_cut(
-    candidates: list[Cut], scores: np.ndarray, whole: float, digit_scores: np.ndarray, margin: float = SPLIT_MARGIN
+    candidates: list[Cut],
+    scores: np.ndarray,
+    whole: float,
+    digit_scores: np.ndarray,
+    margin: float = SPLIT_MARGIN,
+    several: np.ndarray | None = None,
 ) -> int | None:
     """The index of the best cut, if it beats leaving the region whole. A cut scores the log-confidences of its two
     halves less CUT_INK_COST per stroke it crosses beyond the first; it is kept when that is at least `margin`
     above the whole's log-confidence (SPLIT_MARGIN; NARROW_SPLIT_MARGIN for a region narrower than two digits
-    usually are), and both halves look like digits (digit scores CUT_MIN_HALF_SCORE or more).
-    scores: (cuts, 2) log-confidences of the halves; digit_scores: (cuts, 2) theirs (Classified.digit_scores).
+    usually are), and both halves look like digits (digit scores CUT_MIN_HALF_SCORE or more), but for a half that
+    holds several digits, to be cut again (`several`: SEVERAL_DIGITS_WIDTH).
+    scores: (cuts, 2) log-confidences of the halves; digit_scores: (cuts, 2) theirs (Classified.digit_scores);
+    several: (cuts, 2) bool, or None.
     """
     if not candidates:
         return None
+    if several is not None:
+        scores = np.where(several, np.maximum(scores, SEVERAL_DIGITS_CONFIDENCE), scores)
+        digit_scores = np.where(several, 1.0, digit_scores)
     value = scores.sum(axis=1) - CUT_INK_COST * np.maximum(0.0, np.array([c.ink for c in candidates]) - 1.0)
     value = np.where(digit_scores.min(axis=1) >= CUT_MIN_HALF_SCORE, value, -np.inf)
     best = int(np.argmax(value))
