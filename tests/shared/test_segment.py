@@ -121,6 +121,47 @@ def test_a_cut_is_kept_only_where_both_halves_look_like_digits(rest_score, read)
     assert segment.read_number(touching_zeros(), SureSliverNoDigitRest(rest_score)).text == read
 
 
+def zeros_in_one_stroke(count: int) -> np.ndarray:
+    """A picture of `count` thick-stroked zeros in a row, each touching the next: one piece of ink, dark on white."""
+    picture = np.full((120, 60 + 70 * count), 255, np.uint8)
+    for k in range(count):
+        cv2.ellipse(picture, (62 + 70 * k, 60), (32, 44), 0, 0, 360, 0, 9)
+    return picture
+
+
+def zero_if_upright(batch: np.ndarray) -> segment.Classified:
+    """A classifier that reads a digit image whose ink is at least 0.8 as high as wide as a sure 0, and anything
+    wider as the real model reads two or three digits squeezed into one box: no digit (digit score 0.08)."""
+    probabilities, scores = [], []
+    for image in batch:
+        rows, columns = np.nonzero(image > 64)
+        upright = np.ptp(rows) + 1 >= 0.8 * (np.ptp(columns) + 1)
+        probabilities.append(one_hot(0, 0.95))
+        scores.append(0.95 if upright else 0.08)
+    return segment.Classified(np.array(probabilities), np.array(scores))
+
+
+@pytest.mark.parametrize("count", [2, 4, 6])
+def test_digits_touching_in_one_stroke_are_all_cut_apart_however_many(count):
+    """Every first cut of four touching zeros leaves a half holding two or three of them, which scores as no digit:
+    with the half-score floor asked of it, no cut was kept and "0000" was read "0" (by the real model, "9"). A
+    half that wide is cut again instead, and as many rounds as the digits need are run."""
+    assert segment.read_number(zeros_in_one_stroke(count), zero_if_upright).text == "0" * count
+
+
+def test_long_marks_stacked_down_the_page_are_several_lines_not_a_number_turned():
+    """Long marks one above another have their centres on an upright line, as a number turned a quarter has; but
+    each reaches far across that line: three wavy strokes, one under another, were told to turn by 90 degrees."""
+    picture = np.full((400, 900), 255, np.uint8)
+    xs = np.arange(60, 840)
+    for y in (80, 200, 320):
+        wave = np.stack([xs, y + 25 * np.sin(xs / 9.0)], axis=1).astype(np.int32)
+        cv2.polylines(picture, [wave], False, 0, 4)
+    with pytest.raises(segment.ImageRejected) as refused:
+        segment.read_number(picture, uniform_classifier)
+    assert "lines of writing" in str(refused.value) and "90 degrees" not in str(refused.value)
+
+
 def a_u(width: int) -> np.ndarray:
     """A picture of one U `width` px wide and about 110 px tall, dark on white: one stroke that a cut crosses once."""
     picture = np.full((170, width + 80), 255, np.uint8)
