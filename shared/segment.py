@@ -685,8 +685,14 @@ def sort_out_small_marks(pieces: Pieces, groups: list[Group], height: float) -> 
     rest = []
     # Once, not per mark: a field of 2,000 dots rebuilt this list for each (0.3 s of 0.4 s before its refusal).
     tall = [g for g in groups if g.height >= FRAGMENT_HEIGHT * height]
+    marks = [g for g in groups if g.height < FRAGMENT_HEIGHT * height and is_separator(pieces, g, tall, height)]
+    # Two points or commas with no digit between them are none: small digits beside a big one ("2026" with its 2
+    # twice the others' size was read "2,,,": the line's height is the big one's, and the small ones looked like
+    # marks beside it). Left with the other small groups, they are read as the small digits they are.
+    between = [sum((g.x0 + g.x1) / 2 < (m.x0 + m.x1) / 2 for g in tall) for m in marks]
+    alone = {id(m) for m, k in zip(marks, between) if between.count(k) == 1}
     for group in groups:
-        if group.height < FRAGMENT_HEIGHT * height and is_separator(pieces, group, tall, height):
+        if id(group) in alone:
             box = picture_box(pieces, group)
             separators.append(Separator(0, separator_mark(box), box))
         else:

@@ -149,6 +149,19 @@ def test_digits_touching_in_one_stroke_are_all_cut_apart_however_many(count):
     assert segment.read_number(zeros_in_one_stroke(count), zero_if_upright).text == "0" * count
 
 
+def test_small_digits_beside_a_big_one_are_not_read_as_points_or_commas_one_after_another():
+    """A big ring and three small ones on its baseline ("2026" with the 2 written twice the others' size): the line's
+    height is the big one's, and each small one passed for a point or comma beside it: "0,,,". Marks with no digit
+    between them are no separators."""
+    picture = np.full((300, 520), 255, np.uint8)
+    cv2.ellipse(picture, (90, 150), (45, 100), 0, 0, 360, 0, 12)
+    for x in (210, 300, 390):
+        cv2.ellipse(picture, (x, 225), (22, 25), 0, 0, 360, 0, 8)
+    reading = segment.read_number(picture, uniform_classifier)
+    positions = [s.position for s in reading.separators]
+    assert len(positions) == len(set(positions)), positions
+
+
 def test_long_marks_stacked_down_the_page_are_several_lines_not_a_number_turned():
     """Long marks one above another have their centres on an upright line, as a number turned a quarter has; but
     each reaches far across that line: three wavy strokes, one under another, were told to turn by 90 degrees."""
