@@ -212,6 +212,9 @@ NARROW_SPLIT_MARGIN = 0.0
 # touching numbers of seeds 7, 0 and 1, 1, 4 and 6 more read right, apart ones as many (docs/pipeline.md).
 SEVERAL_DIGITS_WIDTH = 1.1
 SEVERAL_DIGITS_CONFIDENCE = -0.5
+# ... where the region's strokes are at most SEVERAL_DIGITS_MAX_STROKE of the line's height wide: writing, where a
+# bar is as thick as it is high (a rule drawn across a picture was cut into 29 "digits", a 1 x 20,000 strip too).
+SEVERAL_DIGITS_MAX_STROKE = 0.35
 # Neighbours at most JOIN_MAX_WIDTH line heights wide together are joined into one digit when that is JOIN_MARGIN
 # (log) more sure than the two apart (join_fragments). Chosen on the numbers of seed 7 as above (560 per layout):
 # widths 1.0, 1.2, 1.4 and 1.6 and margins 0, 0.1, 0.25 and 0.5 tried; 1.2 and 0.25 read 3 more numbers apart and
@@ -860,6 +863,8 @@ def segment_and_classify(
             several = np.array(
                 [[h.width >= SEVERAL_DIGITS_WIDTH * height for h in (k.left, k.right)] for k in candidates]
             )
+            if several.any() and stroke_width(region.mask) > SEVERAL_DIGITS_MAX_STROKE * height:
+                several[:] = False  # a bar, not a run of digits: each half is judged as one digit
             chosen = choose_cut(candidates, half_confidence[span], c, half_scores[span], margin, several)
             if chosen is None:
                 done.append((region, p, c))

@@ -162,6 +162,14 @@ def test_small_digits_beside_a_big_one_are_not_read_as_points_or_commas_one_afte
     assert len(positions) == len(set(positions)), positions
 
 
+def test_a_bar_as_thick_as_it_is_high_is_not_cut_into_digits_however_long():
+    """A run of touching digits is cut again where its halves are wide; a rule drawn across the picture is as wide
+    and as tall as its own stroke, and cut the same way it became 29 "digits" (more than a number may have)."""
+    picture = np.full((200, 400), 255, np.uint8)
+    cv2.line(picture, (40, 100), (360, 100), 0, 6)
+    assert len(segment.read_number(picture, zero_if_upright).digits) == 1
+
+
 def test_long_marks_stacked_down_the_page_are_several_lines_not_a_number_turned():
     """Long marks one above another have their centres on an upright line, as a number turned a quarter has; but
     each reaches far across that line: three wavy strokes, one under another, were told to turn by 90 degrees."""
