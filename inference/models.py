@@ -189,7 +189,8 @@ def cmd_list(models_dir: Path, args) -> int:
         )
         return 0
     if not infos:
-        missing = f" ({NO_SUCH_FOLDER})" if is_missing(models_dir) else ""
+        # Not a folder at all, missing or a file on the path: either way no store, never an empty one.
+        missing = f" ({NO_SUCH_FOLDER})" if not models_dir.is_dir() else ""
         print(f"no published models in {models_dir}{missing}")
         return 0
     print("\n".join(format_table(infos)))

@@ -340,6 +340,13 @@ def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp
     assert len(err.splitlines()) == 1 and "check --artifacts-dir (or MNIST_ARTIFACTS_DIR)" in err, err
 
 
+def test_listing_an_artifacts_folder_that_is_a_file_says_to_check_it_not_that_nothing_is_published(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    models_main(["--artifacts-dir", str(blocker), "list"])
+    assert "is --artifacts-dir right?" in capsys.readouterr().out
+
+
 def test_prune_keeps_the_newest_and_never_the_served_one_or_the_one_before_it(artifacts, capsys):
     publish_model(Paths(artifacts).models, version="v4", model_payload=model_payload(4), serve=False)
     assert run(artifacts, "prune", "--keep", "1", "--dry-run") == 0
