@@ -16,6 +16,7 @@ inference/preview.py.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ import grpc
 from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
-from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds
+from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, positive_seconds, write_problem
 from shared.settings import ENV_AUTH_TOKEN, ENV_TLS_CA
 
 from inference.channel import (
@@ -45,7 +46,7 @@ from inference.channel import (
     said_for_a_person,
     tls_flags_problem,
 )
-from inference.preview import draw_reading, format_number, probability_bars, save_preview
+from inference.preview import draw_reading, format_number, probability_bars, save_picture, save_preview
 from inference.security import bearer_metadata, ca_certificates_file, is_metadata_value
 
 DIGITS = 10
@@ -227,8 +228,7 @@ def cmd_read(stub, args, call) -> int:
             file=sys.stderr,
         )
     if args.preview is not None:
-        args.preview.parent.mkdir(parents=True, exist_ok=True)
-        draw_reading(data, response).save(args.preview, format="PNG")
+        save_picture(draw_reading(data, response), args.preview)
         print(f"preview saved to {args.preview}")
     return 0
 
@@ -250,8 +250,14 @@ def cmd_evaluate(stub, args, call) -> int:
     for digit, row in enumerate(response.confusion):
         print(f"{digit:>5}" + "".join(f"{v:>6}" for v in row.counts))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(response.heatmap_png)
+        if args.out.suffix.lower() in ("", ".png"):
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_bytes(response.heatmap_png)  # the server's PNG as it came
+        else:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(response.heatmap_png)) as heatmap:
+                save_picture(heatmap, args.out)
         print(f"heatmap saved to {args.out}")
     return 0
 
@@ -267,6 +273,10 @@ def cmd_info(stub, args, call) -> int:
         print(f"trained       {info.trained_at} (run {info.run_name or '?'}, epoch {info.epoch})")
         print(f"loaded        {info.loaded_at}")
         print(f"metrics       {metrics}")
+        if info.detects_not_digit:
+            # The server's own threshold: the metrics' digit_threshold is the one the model was trained with, and a
+            # server started with --digit-threshold judges by its own (a 0.994 was "not a digit" beside 0.1533).
+            print(f"not a digit   below a digit score of {info.digit_threshold:.4g}, this server's threshold")
         print(
             f"input         {contract.height}x{contract.width}, {contract.channels} channel: {contract.description}; "
             f"normalized as (x - {contract.normalization_mean:.4f}) / {contract.normalization_std:.4f}"
@@ -274,7 +284,10 @@ def cmd_info(stub, args, call) -> int:
     elif info.HasField("last_load_error"):
         print("no model can be served: the published model fails the checks every served model must pass (below)")
     else:
-        print("no model is served yet: the server is waiting for the trainer to publish one")
+        print(
+            "no model is served yet: the server is waiting for the trainer to publish one (if one is published, "
+            "check the server's --artifacts-dir: its log names the folder it watches)"
+        )
     print(
         f"accepts       {', '.join(contract.accepted_formats)}; up to {contract.max_image_bytes:,} bytes and "
         f"{contract.max_image_pixels:,} pixels per image, {contract.max_batch_size} images per batch"
@@ -350,7 +363,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="read the digit in each image", formatter_class=HelpFormatter)
     predict.add_argument("images", nargs="+", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF files")
     predict.add_argument(
-        "--preview", type=Path, default=None, help="save a PNG showing each image beside the 28x28 image the model saw"
+        "--preview",
+        type=Path,
+        default=None,
+        help="save a picture of each image beside the 28x28 image the model saw (PNG; .jpg etc. by the name)",
     )
     predict.add_argument("--batch-size", type=int, default=32, help="images per PredictBatch call")
     predict.add_argument(
@@ -366,7 +382,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     read.add_argument("image", type=Path, help="PNG, JPEG, BMP, GIF, WebP or TIFF file")
     read.add_argument(
-        "--preview", type=Path, default=None, help="save a PNG of the picture with each digit's box and the number read"
+        "--preview",
+        type=Path,
+        default=None,
+        help="save the picture with each digit's box and the number read (PNG; .jpg etc. by the name)",
     )
     read.add_argument(
         "--model-version",
@@ -378,7 +397,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score the served model on MNIST", formatter_class=HelpFormatter)
     evaluate.add_argument("--split", choices=("test", "validation"), default="test")
-    evaluate.add_argument("--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG)")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG; .jpg etc. by the name)"
+    )
     evaluate.add_argument(
         "--model-version",
         default="",
@@ -399,14 +420,7 @@ def unwritable(path: Path) -> str | None:
     folders are made when it is written."""
     if path.is_dir():
         return "is a folder; name a file in it"
-    for folder in path.parents:
-        if folder.exists():
-            if not folder.is_dir():
-                return f"{folder} is a file, not a folder"
-            if not os.access(folder, os.W_OK | os.X_OK):
-                return f"cannot write in {folder}"
-            return None
-    return None
+    return write_problem(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
-from inference.channel import make_channel
+from inference.channel import describe_rpc_error, make_channel, reached_server
 from inference.security import ca_certificates_file
 
 
@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, wait_for_ready=False
             )
     except grpc.RpcError as e:
-        print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
+        # A server not reached is said as the client says it, with the TLS flag to give or leave out: a TLS server
+        # closes a plain connection without a word ("Socket closed"), which said nothing of --tls-ca. The probe's
+        # other failures are about the health service, not the inference API the client's words are about.
+        if e.code() == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
+            print(f"unhealthy: {describe_rpc_error(e, args.target)}")
+        else:
+            print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
         return 1
     except OSError as e:  # --tls-ca unreadable
         print(f"unhealthy: {e}")

@@ -34,7 +34,15 @@ from shared.checkpoint import (
 from shared.cli import ArgumentParser, HelpFormatter, escape_unprintable_output, folder, positive_int
 from shared.settings import Paths
 
-from inference.versions import VersionInfo, find_manifest, list_versions, prune_plan, remove_version, rollback_target
+from inference.versions import (
+    VersionInfo,
+    find_manifest,
+    is_missing,
+    list_versions,
+    prune_plan,
+    remove_version,
+    rollback_target,
+)
 
 
 class Refused(Exception):
@@ -61,18 +69,6 @@ def check_model(models_dir: Path, manifest: Manifest) -> None:
 
 # What a mistyped --artifacts-dir gets told: its models folder looked like an empty store.
 NO_SUCH_FOLDER = "no such folder: is --artifacts-dir right? the trainer makes it"
-
-
-def is_missing(models_dir: Path) -> bool:
-    """Whether the models folder does not exist. A path that cannot be a folder (a file on it) is not missing: the
-    command's OSError says what to check (main)."""
-    try:
-        models_dir.stat()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def require_models_folder(models_dir: Path) -> None:

@@ -62,8 +62,22 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
         canvas.paste(left, (10, top + (size - left.height) // 2))
         canvas.paste(right, (width - size - 10, top))
         y += size + caption_height + 10
+    save_picture(canvas, path)
+
+
+def save_picture(image, path: Path) -> None:
+    """Save a Pillow image at `path` (its folder made): in the format the name's extension says where Pillow writes
+    one (.jpg, .webp, ...: a preview named .jpg held PNG bytes), else as a PNG (no extension, or one of no image
+    format); other formats than PNG get the picture without its alpha, which JPEG cannot hold."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()  # ".jpg" -> "JPEG", for the formats this Pillow reads
+    wanted = extensions.get(path.suffix.lower())
+    kind = wanted if wanted in Image.SAVE else "PNG"
+    if kind != "PNG":
+        image = image.convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")  # whatever the name ends with: the help promises a PNG
+    image.save(path, format=kind)
 
 
 NOT_A_DIGIT_MARK = "?"

@@ -35,6 +35,7 @@ from inference.model_store import ModelStore, ServedModel
 from inference.options import ServerOptions
 from inference.security import BearerTokenInterceptor, server_credentials
 from inference.service import InferenceServicer, ServiceLimits
+from inference.versions import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +386,12 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
         if server.store.current
         else "NOT_SERVING until the trainer publishes a model",
     )
+    if is_missing(server.store.models_dir):
+        log.warning(
+            "%s does not exist (yet): the trainer makes it when it publishes; if a trained model should be there, "
+            "--artifacts-dir names the wrong folder (give the folder that holds models/, not models/ itself)",
+            server.store.models_dir,
+        )
     # Timed waits, never one without a timeout: the kernel may hand the signal to any of gRPC's threads, where
     # Python's C handler only sets a flag for the main thread to act on, and a main thread blocked with no
     # timeout never comes round to it (both workers of a replica once ignored Ctrl-C until they were killed).

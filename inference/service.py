@@ -44,7 +44,7 @@ from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
 from inference.metrics import ServiceMetrics
 from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
-from inference.versions import list_versions
+from inference.versions import is_missing, list_versions
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     f"model must pass ({self._without_server_paths(failed.reason)[:300]}); publish or promote a "
                     "good one (mnist-models), and the server loads it within seconds",
                 )
+            # A mistyped --artifacts-dir (its models folder, not the folder above it) looked like a trainer still at
+            # work: said apart, as the trainer makes the folder when it publishes its first model.
+            missing = (
+                "; its artifacts folder has no models/ folder at all: if a trained model should be there, the "
+                "server's --artifacts-dir names the wrong folder (the one that holds models/)"
+                if is_missing(self.store.models_dir)
+                else ""
+            )
             raise RpcError(
                 grpc.StatusCode.UNAVAILABLE,
                 "no model is published yet; the server is waiting for the trainer to publish one "
-                "(models/LATEST.json in its artifacts folder)",
+                f"(models/LATEST.json in its artifacts folder){missing}",
             )
         return served
 

@@ -115,6 +115,18 @@ def find_manifest(models_dir: Path, version: str) -> Manifest | None:
         return None
 
 
+def is_missing(models_dir: Path) -> bool:
+    """Whether the models folder does not exist. A path that cannot be a folder (a file on it) is not missing: the
+    command's OSError says what to check (main)."""
+    try:
+        models_dir.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def version_names(models_dir: Path) -> list[str]:
     """Every version with a model file in `models_dir` (temporary files of interrupted writes excluded)."""
     return sorted(path.stem for path in Path(models_dir).glob("*.pt") if is_version_name(path.stem))

@@ -562,6 +562,7 @@ def ports_taken(args: argparse.Namespace, names: list[str]) -> list[str]:
             # A name that does not resolve says so with its error number; a bind, in the words of the system.
             reason = str(problem) if isinstance(problem, socket.gaierror) else problem.strerror or str(problem)
             free = free_port_after(host, port, ports)
+            ports.add(free)  # suggested once: two taken ports were both told to move to the same free one
             moved = join_address(host, free) if variable.endswith("_ADDRESS") else str(free)
             lines.append(f"{what} cannot listen on {address} ({reason}): set {variable}={moved}, for example")
     return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -163,11 +164,25 @@ def non_empty(text: str) -> str:
 
 
 def folder(text: str) -> Path:
-    """argparse type: a folder's path, not empty or blank. An empty path is the working directory: a blank
-    --artifacts-dir once wrote a training run's runs/, models/ and cache/ wherever the command was started."""
+    """argparse type: a folder's path, not empty or blank, "~" expanded. An empty path is the working directory: a
+    blank --artifacts-dir once wrote a training run's runs/, models/ and cache/ wherever the command was started;
+    a quoted "~/data" made a folder named "~" there."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: give a folder's path (. for this one)")
-    return Path(text)
+    return Path(text).expanduser()
+
+
+def write_problem(path: Path) -> str | None:
+    """Why nothing can be written at `path` (a file or folder, made with its missing folders when written), or
+    None: the nearest of it and its folders that exists must be a folder this process may write in."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return f"{existing} is a file, not a folder"
+            if not os.access(existing, os.W_OK | os.X_OK):
+                return f"cannot write in {existing} (read-only, or not yours)"
+            return None
+    return None
 
 
 def escape_unprintable_output() -> None:

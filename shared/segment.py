@@ -35,6 +35,7 @@ confident digit, but not the score of one digit.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -611,8 +612,11 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             overlap = min(a.bottom, b.bottom) - max(a.top, b.top)
             if overlap >= LINE_OVERLAP * min(a.height, b.height):
                 parent[root(i)] = root(j)
-    lines = len({root(i) for i in range(len(tall))})
-    if lines == 1:
+    chains: dict[int, list[Group]] = {}
+    for i, group in enumerate(tall):
+        chains.setdefault(root(i), []).append(group)
+    lines = len(chains)
+    if lines == 1 or in_steps(list(chains.values())):
         return
     slanted = slanted_line(pieces, tall)
     if slanted is not None and slanted[1] >= SLANTED_LINE_MIN_MARKS:
@@ -632,6 +636,32 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             else ""
         )
     )
+
+
+def in_steps(chains: list[list[Group]]) -> bool:
+    """Whether chains of tall groups (check_one_line's, each level within itself) are one line written in steps:
+    side by side along the line, each beside the next at a height that overlaps it, and a chain of two digits or
+    more level (within SLANTED_LINE_MIN_ANGLE). Cents raised above a price ("12" then a small "50" at its top) were
+    refused as a number "written at about 21 degrees" to turn; lines one above another overlap along the line, and
+    a steep number's digits stand alone, each its own chain, or chain along its slope, not level."""
+    chains = sorted(chains, key=lambda chain: min(g.x0 for g in chain))
+    for a, b in itertools.pairwise(chains):
+        if max(g.x1 for g in a) > min(g.x0 for g in b):
+            return False
+        top, bottom = max(min(g.top for g in c) for c in (a, b)), min(max(g.bottom for g in c) for c in (a, b))
+        if top >= bottom:
+            return False
+    level = False
+    for chain in chains:
+        if len(chain) < 2:
+            continue
+        x = np.array([(g.x0 + g.x1) / 2 for g in chain])
+        y = np.array([(g.top + g.bottom) / 2 for g in chain])
+        rise = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else np.inf
+        if abs(rise) > np.tan(np.radians(SLANTED_LINE_MIN_ANGLE)):
+            return False
+        level = True
+    return level
 
 
 def turn_direction(angle: float) -> str:

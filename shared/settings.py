@@ -155,9 +155,11 @@ class Paths:
 
 
 def artifacts_dir() -> Path:
-    return Path(env_str(ENV_ARTIFACTS_DIR, DEFAULT_ARTIFACTS_DIR))
+    # "~" expanded: a quoted "~/x" (an .env file, compose) made a folder named "~" in the working directory.
+    return Path(env_str(ENV_ARTIFACTS_DIR, DEFAULT_ARTIFACTS_DIR)).expanduser()
 
 
 def data_dir() -> Path:
     value = env_str(ENV_DATA_DIR, "")
-    return Path(value) if value else default_data_dir()  # the default only when needed: it may look for HOME
+    # The default only when needed: it may look for HOME.
+    return Path(value).expanduser() if value else default_data_dir()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from shared.settings import ENV_DEVICE
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -49,7 +51,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda was asked for, but CUDA is not available on this machine")
+            raise SystemExit(
+                f"--device {name} (or {ENV_DEVICE}={name}) asks for CUDA, but CUDA is not available on this machine; "
+                "use --device auto or cpu"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():

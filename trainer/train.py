@@ -37,6 +37,7 @@ from shared.checkpoint import (
     save_checkpoint,
     utc_now,
 )
+from shared.cli import write_problem
 from shared.data import (
     MNIST_MEAN,
     MNIST_STD,
@@ -701,7 +702,12 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     if throwaway is not None:
         held.callback(throwaway.cleanup)  # however the run ends; after the run folder's lock is let go
         paths = Paths(Path(throwaway.name))
-
+    else:
+        # Before MNIST is read and the pictures drawn: a run into a read-only folder failed only then, and
+        # --check-only (which `make stack` asks before it starts anything) passed it.
+        for folder in (paths.runs, paths.models):
+            if (problem := write_problem(folder)) is not None:
+                raise SystemExit(f"--artifacts-dir {args.artifacts_dir}: {problem}; nothing can be written there")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family

@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         type=grpc_target,
-        default=s.env_str(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET),
+        # Checked here as the flag is, so that a bad value is refused naming the variable, not a --target never typed.
+        default=s.env_value(s.ENV_GRPC_TARGET, s.DEFAULT_GRPC_TARGET, grpc_target),
         help=f"the gRPC inference service; dns:///host:port balances over every address of host "
         f"[env {s.ENV_GRPC_TARGET}]",
     )

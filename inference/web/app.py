@@ -9,7 +9,8 @@ waitForReady, round-robin over every replica the target resolves to):
     GET  /v1/model            -> GetModelInfo
     POST /v1/evaluate         -> Evaluate         {"split": "test"|"validation", "heatmap": true}
     GET  /healthz                                  liveness: this process answers (the service is not asked)
-    GET  /readyz              -> grpc.health.v1    readiness: the service behind it is SERVING
+    GET  /readyz              -> grpc.health.v1    readiness: the service behind it is SERVING (and, until it has
+                                 (GetModelInfo)    answered once, that --target serves this API: Backend.wrong_target)
     GET  /                                         the page (inference/web/static/, served under /static/)
     GET  /docs, /redoc, /openapi.json              the API's documentation
 
@@ -187,6 +188,9 @@ class Backend:
         self.health = health_pb2_grpc.HealthStub(self.health_channel or self.channel)
         self.calls = anyio.CapacityLimiter(CALL_THREADS)
         self.probes = anyio.CapacityLimiter(PROBE_THREADS)
+        # Whether --target has answered an Inference call, so it is the service and not its health-only port, whose
+        # health service says SERVING too (wrong_target).
+        self.serves_the_api = False
         # Since when no replica could be reached (monotonic seconds), or None while one is. Connecting starts now,
         # so a service that is down is known before the first call.
         self.unreachable_since: float | None = None
@@ -205,6 +209,25 @@ class Backend:
         unreachable for longer than --unreachable-grace; then the call fails at once with UNAVAILABLE (503)."""
         since = self.unreachable_since
         return since is None or time.monotonic() - since < self.options.unreachable_grace
+
+    def wrong_target(self, timeout: float) -> grpc.RpcError | None:
+        """The error that shows --target does not serve the Inference API, or None. A gRPC server without it (the
+        service's health-only port, another server) answers UNIMPLEMENTED without the call's request id; the
+        service answers GetModelInfo with a model or without one, so a service waiting for its first model passes.
+        Asked until the target has answered once, then never again: a target does not change, and a probe must stay
+        cheap on a busy main port. A call not answered (the main target down, or too busy: --health-target tells
+        whether the service is up) proves nothing either way, and is asked again at the next probe."""
+        if self.serves_the_api:
+            return None
+        try:
+            self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED and not reached_server(e):
+                return e
+            if not reached_server(e):
+                return None
+        self.serves_the_api = True
+        return None
 
     def close(self) -> None:
         self.channel.unsubscribe(self._on_connectivity)
@@ -1102,6 +1125,7 @@ def create_app(options: WebOptions) -> FastAPI:
     )
     async def readyz() -> schemas.Health:
         waited = min(options.timeout, 3.0)
+        began = time.monotonic()
         try:
             # No waiting for a connection: a probe must say "not ready" at once.
             answer = await anyio.to_thread.run_sync(
@@ -1129,6 +1153,17 @@ def create_app(options: WebOptions) -> FastAPI:
                 f"not ready: {said}",
                 logged=connected().where_to_log(e.details() or "", connected().health_target),
             ) from None
+        # The health-only port's health service says SERVING too: a --target given that port was ready while every
+        # call got 502. Asked whatever the status, so that such a target is said as the mistake, not as no model.
+        left = max(waited - (time.monotonic() - began), 0.001)
+        wrong = await anyio.to_thread.run_sync(connected().wrong_target, left, limiter=connected().probes)
+        if wrong is not None:
+            raise GatewayError(
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"not ready: {connected().describe(wrong, left, 'GetModelInfo')}",
+                logged=connected().where_to_log(wrong.details() or ""),
+            )
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             raise GatewayError(

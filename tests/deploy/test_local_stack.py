@@ -4,6 +4,7 @@ test_stack_e2e.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -397,6 +398,31 @@ def test_two_services_of_the_stack_on_one_port_is_refused_and_the_hint_names_non
         args = get_args_parser().parse_args([arg for flag, p in addresses.items() for arg in (flag, f"localhost:{p}")])
         lines = [line for line in ports_taken(args, ["inference"]) if line.startswith("the gRPC service")]
     assert len(lines) == 1 and f"MNIST_GRPC_ADDRESS=localhost:{port + 1}," not in lines[0], lines
+
+
+def test_two_ports_taken_at_once_are_told_to_move_to_two_different_ports():
+    """gRPC's and the health checks' ports both held by other programs: each hint was the first free port after its
+    own, the same port for both, and a user who set both got a second refusal (a review's)."""
+    from scripts.local_stack import get_args_parser, ports_taken
+
+    with contextlib.ExitStack() as held:
+        for _ in range(50):  # two ports side by side, both held here
+            one, two = (held.enter_context(socket.socket()) for _ in range(2))
+            one.bind(("127.0.0.1", 0))
+            port = one.getsockname()[1]
+            with contextlib.suppress(OSError):
+                two.bind(("127.0.0.1", port + 1))
+                break
+        else:
+            raise AssertionError("found no two free ports side by side")
+        one.listen()
+        two.listen()
+        addresses = {"--grpc-address": port, "--health-address": port + 1, "--metrics-address": 0}
+        args = get_args_parser().parse_args([arg for flag, p in addresses.items() for arg in (flag, f"localhost:{p}")])
+        lines = ports_taken(args, ["inference"])
+    assert len(lines) == 2, lines
+    hinted = [int(line.split("=localhost:")[1].split(",")[0]) for line in lines]
+    assert hinted[0] != hinted[1] and not {port, port + 1} & set(hinted), lines
 
 
 @pytest.mark.parametrize(

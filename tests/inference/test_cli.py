@@ -283,6 +283,29 @@ def test_health_probe(module_server, serve, capsys):
     assert capsys.readouterr().out.startswith("unhealthy:")
 
 
+def test_a_health_probe_with_tls_flags_that_do_not_match_the_server_says_which_flag_to_give(
+    serve, tmp_path, tls_files, capsys
+):
+    """A plain probe of a TLS server said only "UNAVAILABLE: ... Socket closed", where the client, in the same case,
+    says to pass --tls-ca: the probe takes the same TLS flags, and says the same as the client about them."""
+    cert, key = tls_files
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    secure = f"127.0.0.1:{serve(tls_cert=cert, tls_key=key).port}"
+    plain = f"127.0.0.1:{serve().port}"
+    assert health_probe.main(["--target", secure, "--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("unhealthy:") and out.count("\n") == 1, out
+    assert "If it uses TLS, pass --tls-ca (or --tls)." in out and secure in out, out
+    assert health_probe.main(["--target", plain, "--tls-ca", str(cert), "--timeout", "5"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("unhealthy:") and "does not use TLS" in out and "leave out --tls" in out, out
+    assert health_probe.main(["--target", secure, "--tls-ca", str(cert), "--require-serving"]) == 0
+    assert "is SERVING" in capsys.readouterr().out
+    # A server that is simply not there is not told about TLS.
+    assert health_probe.main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert "TLS" not in capsys.readouterr().out
+
+
 def test_server_process_serves_and_stops_on_sigterm(tmp_path, mnist_dir, image_files):
     """`python -m inference` as a process: logs, serves the published model, exits 0 on SIGTERM."""
     artifacts = tmp_path / "artifacts"
@@ -452,6 +475,25 @@ def test_preview_is_a_png_whatever_the_name(module_server, image_files, capsys, 
     assert code == 0, err
     with Image.open(preview) as img:
         assert img.format == "PNG"
+
+
+def test_a_preview_or_heatmap_named_jpg_is_a_jpeg_and_one_named_png_is_the_servers_png(
+    module_server, image_files, capsys, tmp_path
+):
+    """--preview out.jpg wrote PNG bytes under a .jpg name (a review's): a name whose extension is an image format's
+    gets that format; the heatmap named .png is the server's own bytes."""
+    from PIL import Image
+
+    preview, heatmap = tmp_path / "preview.JPG", tmp_path / "confusion.jpeg"
+    code, _, err = run_client(
+        capsys, "--target", module_server.target, "predict", str(image_files[0]), "--preview", str(preview)
+    )
+    assert code == 0, err
+    code, _, err = run_client(capsys, "--target", module_server.target, "evaluate", "--out", str(heatmap))
+    assert code == 0, err
+    for path in (preview, heatmap):
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.width > 100, (path, img.format)
 
 
 def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypatch):

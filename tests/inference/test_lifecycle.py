@@ -40,6 +40,28 @@ def test_waits_for_the_trainer_then_serves(serve, tmp_path, digit_pngs):
     assert response.model_version == "first"
 
 
+def test_a_server_pointed_at_no_models_folder_says_its_artifacts_dir_may_be_wrong(serve, tmp_path, digit_pngs):
+    """--artifacts-dir given the models folder itself (artifacts/models, not artifacts) was told only "waiting for
+    the trainer": a user serving a downloaded model waited for good. With no models/ folder at all the answer says
+    the folder may be the wrong one; an empty models/ folder (the trainer at work) is not told so."""
+    artifacts = tmp_path / "artifacts"
+    publish(artifacts, "first", seed=1)
+    wrong = serve(Paths(artifacts).models)  # it watches artifacts/models/models
+    with pytest.raises(grpc.RpcError) as e:
+        wrong.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (
+        "waiting for the trainer" in e.value.details() and "--artifacts-dir names the wrong folder" in e.value.details()
+    )
+    assert str(tmp_path) not in e.value.details()  # callers are told what is wrong, not the server's paths
+    empty = tmp_path / "fresh"
+    Paths(empty).models.mkdir(parents=True)
+    waiting = serve(empty)
+    with pytest.raises(grpc.RpcError) as e:
+        waiting.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+    assert "waiting for the trainer" in e.value.details() and "wrong folder" not in e.value.details()
+
+
 def test_a_model_published_between_polls_is_served_at_the_first_call(serve, tmp_path, digit_pngs):
     """With --workers, each process polls on its own: a health check could reach one that serves while the call
     after it reached one that had not looked yet, and was refused UNAVAILABLE (tests/deploy/test_stack_e2e.py's

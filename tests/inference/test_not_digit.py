@@ -20,6 +20,7 @@ older models without the class, the client's line) is checked with small random-
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import cv2
@@ -157,6 +158,19 @@ def test_the_threshold_comes_from_the_model_and_the_flag_overrides_it(serve, tmp
     assert model_info(strict).digit_threshold == 1.0
     results = strict.stub.PredictBatch(pb.PredictBatchRequest(images=pngs), timeout=30).results
     assert not any(r.prediction.is_digit for r in results if r.prediction.digit_score < 1.0)
+
+
+def test_client_info_says_the_threshold_the_server_judges_by_not_only_the_trained_one(serve, tmp_path, capsys):
+    """A server started with --digit-threshold 0.9 judged by it, but `mnist-client info` showed only the metrics'
+    digit_threshold (the trained one): a picture scoring 0.994 was "not a digit" beside a printed 0.1533."""
+    from inference import client
+
+    artifacts = tmp_path / "artifacts"
+    publish_payload(artifacts, "nd1", not_digit_payload(4, threshold=0.25))
+    running = serve(artifacts, digit_threshold=0.9)
+    assert client.main(["--target", f"localhost:{running.port}", "info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^not a digit\s+below a digit score of 0\.9, this server's threshold$", out, re.M), out
 
 
 def test_a_model_without_the_not_digit_class_calls_everything_a_digit(module_server, digit_pngs):

@@ -200,3 +200,32 @@ def test_a_number_beside_a_solid_block_is_not_read_on_the_block(number):
     assert len(found) >= 4, found  # 7210 and the block's reading, not the hole alone
     for (ex, ey, _, _), (fx, fy, _, _) in zip(expected, found):
         assert abs(fx - (ex - cut)) <= 3 and abs(fy - (ey - cut)) <= 3, (expected, found)
+
+
+@pytest.mark.parametrize("overlap", [6, 12, -4, -20])
+def test_cents_raised_beside_a_price_are_read_on_its_line_and_a_number_wholly_above_it_is_not(mnist, overlap):
+    """A price with its cents raised ("12" then a smaller "50" whose foot reaches `overlap` pixels below the 12's
+    top, too little for one line's overlap) was refused as a number "written at about 23 degrees" to turn. Two
+    groups side by side, each level, the second at a height that overlaps the first, are one line written in
+    steps: four digits. A "50" wholly above the 12 (its foot above the 12's top) is a line of its own, still refused."""
+    images = mnist.test_images.numpy()
+    big = write_number([images[i] for i in (2, 1)], 120, 10.0, np.random.default_rng(3)).coverage  # a 1 and a 2
+    small = write_number([images[i] for i in (15, 3)], 70, 6.0, np.random.default_rng(4)).coverage  # a 5 and a 0
+    top = 100  # the big digits' top row on the page
+    page = np.zeros((top + big.shape[0] + 60, big.shape[1] + small.shape[1] + 120), np.float32)
+    page[top : top + big.shape[0], 40 : 40 + big.shape[1]] = big
+    inked = np.flatnonzero(big.max(axis=1) > 0.5)
+    big_top = top + int(inked[0])
+    small_inked = np.flatnonzero(small.max(axis=1) > 0.5)
+    y = big_top + overlap - int(small_inked[-1]) - 1  # the small digits' lowest ink row at big_top + overlap - 1
+    x = 40 + big.shape[1] + 20
+    page[y : y + small.shape[0], x : x + small.shape[1]] = np.maximum(
+        page[y : y + small.shape[0], x : x + small.shape[1]], small
+    )
+    if overlap > 0:
+        found = boxes(on_paper(page))
+        assert len(found) == 4, found
+        assert [b[1] < big_top - 20 for b in found] == [False, False, True, True], found
+    else:
+        with pytest.raises(segment.ImageRejected):
+            boxes(on_paper(page))

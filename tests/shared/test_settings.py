@@ -51,3 +51,16 @@ def test_help_works_without_a_home_folder(module):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_a_tilde_in_a_folder_from_the_environment_or_a_flag_is_the_home_folder(monkeypatch, tmp_path):
+    """MNIST_DATA_DIR='~/mnistdata' (quoted in an .env file, so no shell expands it) made a folder named "~" in the
+    working directory, where MNIST would have been downloaded; --data-dir '~/x' too."""
+    from shared.cli import folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(settings.ENV_DATA_DIR, "~/mnistdata")
+    monkeypatch.setenv(settings.ENV_ARTIFACTS_DIR, "~/artifacts")
+    assert settings.data_dir() == tmp_path / "mnistdata"
+    assert settings.artifacts_dir() == tmp_path / "artifacts"
+    assert folder("~/x") == tmp_path / "x"

@@ -839,6 +839,17 @@ def test_a_device_the_trainer_does_not_run_on_is_refused_in_one_line(name):
         resolve_device(name)
 
 
+def test_cuda_asked_for_where_there_is_none_names_the_variable_too(monkeypatch):
+    """MNIST_DEVICE=cuda with no --device typed was said as "--device cuda was asked for": the variable is named."""
+    from trainer.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        SystemExit, match=r"--device cuda \(or MNIST_DEVICE=cuda\) asks for CUDA, but CUDA is not avail"
+    ):
+        resolve_device("cuda")
+
+
 def test_a_seed_that_would_draw_the_validation_pictures_is_refused_by_the_parser(capsys, monkeypatch):
     err = refused_by_the_parser(["--seed", "1000000", "--artifacts-dir", "/nonexistent"], capsys)
     assert "argument --seed: must be at most 999,999, got 1000000: seeds from 1,000,000 on draw the validation" in err
@@ -896,6 +907,19 @@ def test_check_only_refuses_a_resume_whose_checkpoint_the_resume_would_refuse(tm
     assert "settings OK" not in checked.out and "last.pt: not a readable checkpoint" in checked.err
     assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r") == 1
     assert capsys.readouterr().err == checked.err  # what the resume itself says
+
+
+@pytest.mark.parametrize("how", ["--check-only", "--epochs"])
+def test_an_artifacts_dir_nothing_can_be_written_in_is_refused_before_mnist_is_read(tmp_path, mnist_dir, how):
+    """--check-only (which `make stack` asks first) said "settings OK" for an --artifacts-dir that is a file (or a
+    read-only folder: shared.cli.write_problem asks the system); the run failed only after reading MNIST and
+    drawing its pictures."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    flags = [how] if how == "--check-only" else [how, "1", "--train-subset", "200"]
+    with pytest.raises(SystemExit, match=rf"--artifacts-dir {afile}: {afile} is a file, not a folder"):
+        trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(afile), *flags])
+    assert not afile.read_text()  # nothing was written on it
 
 
 def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):

@@ -714,6 +714,31 @@ def test_a_target_that_does_not_serve_the_inference_api_is_502_saying_to_check_t
         server.server.stop(grace=0)
 
 
+def test_a_gateway_whose_target_does_not_serve_the_inference_api_is_not_ready_saying_to_check_its_target(
+    web, tmp_path, mnist_dir
+):
+    """--target given the service's health-only port: its health service says SERVING, so /readyz said ready (200)
+    while every call got 502, and Kubernetes or compose sent traffic to a gateway that could answer none of it.
+    Ready or not, the same advice as the calls' 502; with --health-target the right health port, the same."""
+    from tests.inference.helpers import publish, start_server
+
+    publish(tmp_path / "artifacts", "v1")
+    server = start_server(tmp_path / "artifacts", mnist_dir, health_address="127.0.0.1:0")
+    try:
+        health = f"127.0.0.1:{server.server.health_port}"
+        for gateway in (web(target=health), web(target=health, health_target=health)):
+            message = assert_error(
+                gateway.get("/readyz"), 503, "UNAVAILABLE", "not ready", "does not serve the mnist inference API"
+            )
+            assert "--target" in message and "health-only" in message and health not in message, message
+        # The right target is ready, asked through the health-only port or its own.
+        assert web(target=server.target, health_target=health).get("/readyz").status == 200
+        assert web(target=server.target).get("/readyz").status == 200
+    finally:
+        server.channel.close()
+        server.server.stop(grace=0)
+
+
 @pytest.fixture(scope="module")
 def token_backend(tmp_path_factory, mnist_dir):
     from tests.inference.helpers import publish, start_server

@@ -79,6 +79,23 @@ def test_unusable_settings_are_refused_by_the_parser_naming_them(flags, env, mes
     assert message in capsys.readouterr().err
 
 
+def test_a_target_from_the_environment_is_refused_naming_the_variable_not_a_flag_never_given(monkeypatch, capsys):
+    """MNIST_GRPC_TARGET=localhost said "argument --target: 'localhost' has no port" to someone who typed no
+    --target; the client names the variable, as the gateway's other settings from the environment do."""
+    monkeypatch.setenv(settings.ENV_GRPC_TARGET, "localhost")
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"environment variable {settings.ENV_GRPC_TARGET}='localhost': 'localhost' has no port" in err, err
+    assert "argument --target" not in err, err
+    # A typed --target is the one used, and the one a refusal names.
+    assert get_args_parser().parse_args(["--target", "localhost:50051"]).target == "localhost:50051"
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--target", "other"])
+    assert "argument --target: 'other' has no port" in capsys.readouterr().err
+
+
 def start_web_process(grpc_target: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, int, list]:
     process = subprocess.Popen(
         [sys.executable, "-m", "inference.web", "--port", "0", "--target", grpc_target, *extra],
