@@ -101,11 +101,13 @@ def check_workers_fit(workers: int, per_process_mib: int, limit: int | None, cpu
         return
     needed = memory_needed_mib(workers, per_process_mib) * MIB
     if needed > limit:
+        parent = f"; and {PARENT_PROCESS_MIB:,} MiB for the parent that watches them" if workers > 1 else ""
         raise ValueError(
             f"{workers} server process(es) need up to {needed / 2**30:.1f} GiB ({per_process_mib:,} MiB each: "
-            f"{WARM_PROCESS_MIB:,} warm, plus the decode budget and requests in flight), but this container may "
-            f"use {limit / 2**30:.1f} GiB. Raise the limit (MNIST_INFERENCE_MEMORY in compose), or lower "
-            "--workers, --decode-budget-mib, --max-workers, --max-concurrent-rpcs or --max-message-bytes"
+            f"{WARM_PROCESS_MIB:,} warm, plus the decode budget and requests in flight{parent}), but this "
+            f"container may use {limit / 2**30:.1f} GiB. Raise the limit (MNIST_INFERENCE_MEMORY in compose, the "
+            "container's resources.limits.memory on Kubernetes), or lower --workers, --decode-budget-mib, "
+            "--max-workers, --max-concurrent-rpcs or --max-message-bytes"
         )
 
 

@@ -9,7 +9,12 @@ a container is not restarted while the trainer has not published yet; with it, o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# As the client: gRPC's own log lines (a failed TLS handshake) before the probe's one line; set only when run first.
+if "grpc" not in sys.modules:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
-from inference.channel import describe_rpc_error, make_channel, reached_server
+from inference.channel import describe_rpc_error, grpc_target, make_channel, reached_server, tls_flags_problem
 from inference.security import ca_certificates_file
 
 
@@ -27,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
-        default=settings.env_str(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET),
+        type=grpc_target,
+        default=settings.env_value(settings.ENV_GRPC_TARGET, settings.DEFAULT_GRPC_TARGET, grpc_target),
         help=f"server address (env {settings.ENV_GRPC_TARGET})",
     )
     parser.add_argument("--service", default="", help="service to ask about; '' is the whole server")
@@ -47,7 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if (problem := tls_flags_problem(args.tls, args.tls_ca, args.tls_server_name)) is not None:
+        parser.error(problem)  # --tls-server-name without TLS was ignored without a word
     try:
         with make_channel(
             args.target, tls=args.tls, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name

@@ -27,7 +27,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """The project's parser. A flag whose default came from an environment variable that holds an unusable value
     (settings.InvalidEnv) is refused here, after parsing, with the variable's name: not while the parser is built,
-    which stopped even `--help`; and not at all when the flag itself was typed."""
+    which stopped even `--help`; and not at all when the flag itself was typed. Run as its console script
+    (mnist-train, mnist-client, ...), a program's usage and errors name it so, not "python -m trainer"."""
+
+    def __init__(self, prog: str | None = None, *args: Any, **kwargs: Any) -> None:
+        script = Path(sys.argv[0]).name if sys.argv else ""
+        if prog is not None and prog.startswith("python -m ") and script.startswith("mnist-"):
+            prog = script
+        super().__init__(prog, *args, **kwargs)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         parsed, extras = super().parse_known_args(args, namespace)

@@ -175,7 +175,9 @@ def _download(name: str, directory: Path) -> Path:
     """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
     _, md5, shape = next(v for v in FILES.values() if v[0] == name)
     errors = []
-    made = not directory.exists()  # a folder made here for nothing (a mistyped --data-dir) does not stay behind
+    # Folders made here for nothing (a mistyped --data-dir) do not stay behind: the folder and every one above it
+    # that the download's writer would make (typo/sub/mnist left typo/ and typo/sub/).
+    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     remove_stale_parts(directory, name)
     for mirror in MIRRORS:
         url = f"{mirror}{name}.gz"
@@ -197,23 +199,25 @@ def _download(name: str, directory: Path) -> Path:
         except _MirrorFailed as e:
             errors.append(str(e))
         except OSError as e:
-            gone_if_made(directory, made)
+            gone_if_made(made)
             raise MnistNotWritable(
                 f"cannot write {name}.gz into {directory} ({e.strerror or e}); make it a writable folder, or point "
                 "--data-dir / MNIST_DATA_DIR at a folder that has the MNIST files"
             ) from e
-    gone_if_made(directory, made)
+    gone_if_made(made)
     raise MnistDownloadFailed(
         f"could not download {name}: " + "; ".join(errors) + f". Put the MNIST files in {directory} "
         "or point --data-dir / MNIST_DATA_DIR at a folder that has them."
     )
 
 
-def gone_if_made(directory: Path, made: bool) -> None:
-    """Remove `directory` if this download `made` it and it is still empty (a mistyped --data-dir)."""
-    if made:
-        with contextlib.suppress(OSError):  # not empty, or gone: leave it
-            directory.rmdir()
+def gone_if_made(made: list[Path]) -> None:
+    """Remove the folders this download `made` (deepest first) that are still empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: leave it, and the folders above it
+            return
 
 
 @dataclass(frozen=True)

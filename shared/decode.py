@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from shared.budget import BudgetExhausted, MemoryBudget
 from shared.file_structure import (
@@ -47,6 +47,15 @@ PIL_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WebP")  # for messages and the service's input contract
 
 EXIF_ORIENTATION_TAG = 0x0112
+
+# A PNG's text chunks are read, and zTXt and iTXt inflated, by Image.open: before the reservation, outside the
+# decode budget. Pillow's own ceiling is 64 MiB of text a file: 63 zTXt chunks of 1 MiB each, a 67 KB file, held
+# 64 MiB a call (found in review). A picture's text is a few kB of metadata and at most one XMP packet, which Pillow
+# reads up to 1 MiB a chunk: twice that in all. Past either, Pillow raises, and the picture is refused with advice.
+PNG_TEXT_CHUNK = 2**20
+PNG_TEXT_MEMORY = 2 * PNG_TEXT_CHUNK
+PngImagePlugin.MAX_TEXT_CHUNK = PNG_TEXT_CHUNK
+PngImagePlugin.MAX_TEXT_MEMORY = PNG_TEXT_MEMORY
 
 
 class ImageRejected(ValueError):
@@ -106,7 +115,7 @@ def decode_image(
             coefficients = jpeg_coefficient_cost(data, img)  # at the declared size: before the reduction
             max_side = max(1, min(max(img.size), WORK_MAX_SIDE) // shrink)
             request_reduced_decode(img, max_side)
-            with reservation(budget, decode_cost(img) + coefficients):
+            with reservation(budget, decode_cost(img) + coefficients + decoder_buffer_cost(data, img)):
                 img.load()  # the first frame only: animated GIFs, multi-page TIFFs
                 check_pixel_count(img.size, limits)
                 orientation = exif_orientation(img)
@@ -133,6 +142,12 @@ def decode_image(
     except Image.UnidentifiedImageError:
         raise ImageRejected(unidentified_message(data)) from None
     except Exception as e:
+        if isinstance(e, ValueError) and "MAX_TEXT_" in str(e):  # PngImagePlugin's MAX_TEXT_CHUNK, MAX_TEXT_MEMORY
+            raise ImageRejected(
+                "the PNG's text (tEXt, zTXt or iTXt metadata) is too large, far more than a picture carries: the "
+                f"limit is {PNG_TEXT_MEMORY / 2**20:g} MiB in all and {PNG_TEXT_CHUNK / 2**20:g} MiB in one chunk. "
+                "Save the picture again without its metadata, or as JPEG"
+            ) from None
         raise ImageRejected(
             f"the picture could not be decoded ({type(e).__name__}: {e}); the file is damaged or truncated, or of a "
             f"kind we do not read. Save it as an 8-bit PNG or JPEG, or send a complete {', '.join(ACCEPTED_FORMATS)} "
@@ -174,7 +189,8 @@ def reservation(budget: MemoryBudget | None, nbytes: int) -> contextlib.Abstract
         raise ImageRejected(
             f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server allows "
             f"for decoding at once (the limit is {budget.capacity / 2**20:,.0f} MiB); send a smaller picture "
-            "(animated WebP takes four times its frame size: send a still picture; a progressive JPEG holds its "
+            "(a PNG far wider than tall holds its frame three times over: crop it to the digit; animated WebP "
+            "takes four times its frame size: send a still picture; a progressive JPEG holds its "
             "whole resolution however small it is read: save it as a baseline JPEG)"
         )
     return budget.reserve(nbytes)
@@ -202,6 +218,35 @@ def decode_cost(img: Image.Image) -> int:
     if img.format == "TIFF" and getattr(img, "tag_v2", {}).get(EXIF_ORIENTATION_TAG, 1) not in (None, 1):
         frames += 1  # Pillow turns the loaded frame into a second one (ImageOps.exif_transpose in load_end)
     return width * height * per_pixel * frames
+
+
+def decoder_buffer_cost(data: bytes, img: Image.Image) -> int:
+    """Bytes a decoder holds besides the frame while it decodes, beyond what one band of the reduction holds
+    (REDUCE_BAND_PIXELS at four bytes: left unreserved, as the bands are): 0 for almost every picture.
+
+    Pillow's PNG decoder keeps the row it decodes and the one before, at the file's depth: a 40,000,000 x 1 RGBA
+    PNG held 305 MiB so, besides its 153 MiB frame (found in review). libtiff decodes a whole strip or tile into a
+    buffer of its own before Pillow copies it into the frame: a picture in one strip or one tile holds its frame
+    twice (shared/file_structure.py refuses tiles far larger than the picture). `img` opened, not loaded.
+    """
+    width, height = img.size
+    tags = getattr(img, "tag_v2", None) if img.format == "TIFF" else None
+    buffers = 0
+    if img.format == "PNG" and len(data) >= 26:
+        depth, colour = data[24], data[25]  # IHDR's bit depth and colour type
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+        buffers = 2 * (-(-width * channels * depth // 8) + 1)  # and a byte a row for its filter type
+    elif tags is not None and tags.get(259, 1) != 1:  # compressed: libtiff's (Pillow reads uncompressed rows itself)
+        bits = tags.get(258, (8,))
+        bits_per_pixel = sum(bits) if isinstance(bits, tuple) else int(bits) * int(tags.get(277, 1))
+        if 322 in tags and 323 in tags:
+            columns, rows = int(tags[322]), int(tags[323])
+        else:  # RowsPerStrip: libtiff holds no more rows than the picture has
+            columns, rows = width, min(int(tags.get(278, height)), height)
+        buffers = rows * -(-columns * bits_per_pixel // 8)
+        if tags.get(262) == 6 and not (tags.get(259) == 7 and tags.get(284, 1) == 1):
+            buffers += width * min(rows, height) * 4  # YCbCr, not as JPEG: Pillow has libtiff give RGBA rows too
+    return max(0, buffers - REDUCE_BAND_PIXELS * 4)
 
 
 def jpeg_coefficient_cost(data: bytes, img: Image.Image) -> int:
@@ -358,21 +403,39 @@ def reduced_array(img: Image.Image) -> np.ndarray:
     if factor == 1:
         return pil_to_array(img, opaque=opaque)
     band_height = factor * max(1, REDUCE_BAND_PIXELS // (width * factor))
-    boxes = [(0, top, width, min(height, top + band_height)) for top in range(0, height, band_height)]
+    # `factor` rows of a picture far wider than tall are more than a band (of 40,000,000 x 1, the whole frame, which
+    # the crop and the conversions copied twice over: found in review), so a band is cut across too, at multiples
+    # of `factor`: `reduce` averages the same boxes of pixels as on the whole band.
+    rows = min(band_height, height)
+    band_width = width if rows * width <= REDUCE_BAND_PIXELS else factor * max(1, REDUCE_BAND_PIXELS // (rows * factor))
+    bands = [
+        [
+            (left, top, min(width, left + band_width), min(height, top + band_height))
+            for left in range(0, width, band_width)
+        ]
+        for top in range(0, height, band_height)
+    ]
     high_bit_depth = img.mode in _HIGH_BIT_DEPTH_MODES
-    # Float grey's scale depends on the whole frame's maximum: one pass over the bands to find it.
-    scale = float_scale(max(finite_max(np.asarray(img.crop(box))) for box in boxes)) if img.mode == "F" else None
-    bands = []
-    for box in boxes:
-        band = img.crop(box)  # a copy of these rows only
-        if high_bit_depth:  # 16-bit or float grey: to uint8, then box-averaged like Pillow's reduce
-            size = (math.ceil(band.width / factor), math.ceil(band.height / factor))
-            bands.append(
-                cv2.resize(high_bit_depth_to_uint8(np.asarray(band), scale), size, interpolation=cv2.INTER_AREA)
-            )
-        else:
-            bands.append(np.asarray(band.convert(array_mode(band, opaque=opaque)).reduce(factor)))
-    return np.concatenate(bands)
+    # Float grey's scale depends on the whole frame's maximum: one pass over the pieces to find it.
+    scale = (
+        float_scale(max(finite_max(np.asarray(img.crop(box))) for band in bands for box in band))
+        if img.mode == "F"
+        else None
+    )
+    reduced = []
+    for band in bands:
+        pieces = []
+        for box in band:
+            piece = img.crop(box)  # a copy of these pixels only
+            if high_bit_depth:  # 16-bit or float grey: to uint8, then box-averaged like Pillow's reduce
+                size = (math.ceil(piece.width / factor), math.ceil(piece.height / factor))
+                pieces.append(
+                    cv2.resize(high_bit_depth_to_uint8(np.asarray(piece), scale), size, interpolation=cv2.INTER_AREA)
+                )
+            else:
+                pieces.append(np.asarray(piece.convert(array_mode(piece, opaque=opaque)).reduce(factor)))
+        reduced.append(np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0])
+    return np.concatenate(reduced)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ of CPU (and, for TIFF, hundreds of MiB of memory the decode budget does not see)
 
 Each check walks the file's blocks itself, stops at a count no honest file comes near, and raises TooManyBlocks
 with what to send instead (shared.decode makes it ImageRejected). Counts, not sizes: a picture with a large
-comment, XMP packet or ICC profile in a few blocks passes. Formats and layouts not named here pass untouched;
+comment, XMP packet or ICC profile in a few blocks passes. The one size checked is a TIFF's tiles, which libtiff
+decodes whole however little of them the picture uses. Formats and layouts not named here pass untouched;
 anything damaged is left to Pillow to report.
 
 Measured before these checks (2-core AMD EPYC, review of stop 36): a 2 MB GIF whose comment comes in 1-byte
@@ -31,6 +32,16 @@ MAX_JPEG_FILL_BYTES = 1_024  # 0xFF fill bytes before one marker
 MAX_PNG_CHUNKS = 4_096  # chunks in the whole file
 MAX_TIFF_STRIPS = 65_536  # strips or tiles of the first image (a 40 MP picture of one row per strip has ~6,000)
 MAX_RLE_BMP_PIXELS = 4_000_000  # Pillow decodes run-length BMPs in Python: about a second per 4 MP
+# Tiles, which libtiff decodes whole, padding included, outside the decode budget: a 16 x 16 picture in one tile of
+# 32,768 x 32,768 (a 1 MB file, every TileOffsets entry at one compressed tile of zeros) took 1 GiB and 1.7 s a call
+# (found in review). Writers tile at 16 to 512 pixels (libtiff's tiffcp 256, GDAL's COGs 512) or give a picture
+# one tile of its own size, rounded up to 16 as TIFF requires; so a tile side may be the picture's, rounded up, or
+# at most MAX_TIFF_TILE_SIDE. Across a picture, tiles no larger than it come to less than twice each side, four
+# times its pixels; on a thin picture, tiles of a writer's size do not, and MAX_TIFF_TILED_PIXELS bounds them
+# (40,000,000 x 1 in tiles of 1,024: 41 G pixels to decode, for a 40 M picture).
+MAX_TIFF_TILE_SIDE = 1_024
+MAX_TIFF_TILE_PADDING = 4  # the tiles' pixels, over the picture's
+MAX_TIFF_TILED_PIXELS = 16 * MAX_TIFF_TILE_SIDE**2  # and whatever the picture, this many (0.1 s of inflating)
 
 _FILL = re.compile(rb"\xff+")
 # A marker after entropy-coded data: 0xFF followed by neither a stuffed zero, a restart marker nor a fill byte.
@@ -38,7 +49,8 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class TooManyBlocks(ValueError):
-    """The file is made of far more blocks than a picture needs; the message says what to send instead."""
+    """The file is made of far more (or far larger) blocks than a picture needs; the message says what to send
+    instead."""
 
 
 def check_file_structure(data: bytes) -> None:
@@ -166,18 +178,45 @@ def _check_tiff(data: bytes) -> None:
     if big:
         (first,) = struct.unpack_from(order + "Q", data, 8)
         (entries,) = struct.unpack_from(order + "Q", data, first)
-        start, size, layout = first + 8, 20, order + "HHQ"
+        start, size, layout, field = first + 8, 20, order + "HHQ", 12
     else:
         (first,) = struct.unpack_from(order + "I", data, 4)
         (entries,) = struct.unpack_from(order + "H", data, first)
-        start, size, layout = first + 2, 12, order + "HHI"
+        start, size, layout, field = first + 2, 12, order + "HHI", 8
     if entries > MAX_TIFF_ENTRIES:
         raise _too_many("tags in its first directory", MAX_TIFF_ENTRIES)
-    for k in range(entries):
-        tag, _kind, count = struct.unpack_from(layout, data, start + k * size)
+    sizes: dict[int, int] = {}  # ImageWidth, ImageLength, TileWidth, TileLength, where the file gives them
+    # The entries the file holds: Pillow reads those of a directory cut short, and opens the picture.
+    for k in range(min(entries, (len(data) - start) // size)):
+        tag, kind, count = struct.unpack_from(layout, data, start + k * size)
         # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts: Pillow makes a Python tile of each.
         if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:
             raise _too_many("strips or tiles in its first picture", MAX_TIFF_STRIPS)
+        if tag in (256, 257, 322, 323) and count == 1 and kind in _TIFF_INTEGERS:  # one value, in the entry itself
+            (sizes[tag],) = struct.unpack_from(order + _TIFF_INTEGERS[kind], data, start + k * size + field)
+    _check_tiff_tiles(sizes.get(256, 0), sizes.get(257, 0), sizes.get(322, 0), sizes.get(323, 0))
+
+
+_TIFF_INTEGERS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF)
+
+
+def _check_tiff_tiles(width: int, height: int, tile_width: int, tile_length: int) -> None:
+    """TooManyBlocks for tiles far larger than the picture needs (MAX_TIFF_TILE_SIDE, MAX_TIFF_TILED_PIXELS)."""
+    if min(width, height, tile_width, tile_length) <= 0:
+        return  # a picture in strips, or sizes for Pillow to refuse
+    advice = f"save it as PNG or JPEG, or as a TIFF in strips or in tiles of at most {MAX_TIFF_TILE_SIDE:,} pixels"
+    for side, tile in ((width, tile_width), (height, tile_length)):
+        if tile > max(-(-side // 16) * 16, MAX_TIFF_TILE_SIDE):
+            raise TooManyBlocks(
+                f"a TIFF of {width:,} x {height:,} pixels in tiles of {tile_width:,} x {tile_length:,}: tiles far "
+                f"larger than the picture, each decoded whole; {advice}"
+            )
+    tiled = -(-width // tile_width) * tile_width * -(-height // tile_length) * tile_length
+    if tiled > max(MAX_TIFF_TILE_PADDING * width * height, MAX_TIFF_TILED_PIXELS):
+        raise TooManyBlocks(
+            f"a TIFF of {width:,} x {height:,} pixels in tiles of {tile_width:,} x {tile_length:,}: {tiled:,} "
+            f"pixels of tiles, each decoded whole, far more than the picture's; {advice}"
+        )
 
 
 def _check_bmp(data: bytes) -> None:

@@ -3,6 +3,7 @@ the hyperparameters with the final metrics."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class RunLogger:
     """Writes one run's TensorBoard event files into its folder."""
 
     def __init__(self, run_dir: Path, *, purge_step: int | None = None) -> None:
+        quiet_writer_thread_errors()
         # purge_step: on --resume, TensorBoard drops the events a killed process wrote after its last checkpoint.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
@@ -104,6 +106,25 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def quiet_writer_thread_errors() -> None:
+    """Keep TensorBoard's writer thread from printing the error it fails with (a full disk): the thread keeps it
+    for the trainer's next write, which raises it where the trainer says it in one line, and the thread's own
+    traceback came out beside that line. Other threads' errors are printed as before. Once per process: the hook
+    installed is marked, and wraps whatever hook was there."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard_writer", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread
+        kept = getattr(thread, "exception", None) is args.exc_value  # tensorboard's _AsyncWriterThread keeps it
+        if not (type(thread).__name__ == "_AsyncWriterThread" and kept):
+            previous(args)
+
+    hook.quiets_tensorboard_writer = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:

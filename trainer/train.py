@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from shared.checkpoint import (
 )
 from shared.cli import write_problem
 from shared.data import (
+    FILES,
     MNIST_MEAN,
     MNIST_STD,
     Mnist,
@@ -607,11 +609,13 @@ def format_epoch_line(m: dict[str, Any], epochs: int) -> str:
     )
 
 
-def describe(precision: str, config: TrainConfig) -> str:
-    """How the run computes, for its first line: 'bf16 autocast (auto: ...)' or 'fp32 (...)'."""
+def describe(precision: str, config: TrainConfig, typed: str | None = None, *, resumed: bool = False) -> str:
+    """How the run computes, for its first line: 'bf16 autocast (auto: ...)' or 'fp32 (...)'. `typed`: the
+    --precision given, if any (the seed preset's fp32 was said as "--precision fp32", typed by nobody)."""
     arithmetic = "bf16 autocast" if precision == "bf16" else "fp32"
     if config.precision != "auto":
-        return f"{arithmetic} (--precision {config.precision})"
+        source = f"--precision {typed}" if typed is not None else "the run's own" if resumed else "the preset's"
+        return f"{arithmetic} ({source})"
     why = "bf16 is native here" if precision == "bf16" else "bf16 is not native here"
     return f"{arithmetic} (auto: {why})"
 
@@ -666,8 +670,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if resumable():
                 flags = resume_flags(args.artifacts_dir, where["run_name"])
                 raise Interrupted(f"interrupted; continue with {flags}") from None
+            gone = ""
+            if "run_name" in where and args.run_name is None and not args.resume:
+                # Its name was made for this start (a date and time), so starting again makes another: the folder
+                # stayed, a run of a graph and pictures without one epoch in TensorBoard for good. A name the user
+                # gave stays: the next start of that name removes its events.
+                shutil.rmtree(Paths(Path(args.artifacts_dir)).run_dir(where["run_name"]), ignore_errors=True)
+                gone = f" (its folder runs/{where['run_name']} is removed)"
             raise Interrupted(
-                "interrupted before the run's first checkpoint: nothing to resume; start it again"
+                f"interrupted before the run's first checkpoint: nothing to resume{gone}; start it again"
             ) from None
         except OSError as e:
             if cannot_write(e, Path(args.artifacts_dir)):
@@ -707,7 +718,10 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         # --check-only (which `make stack` asks before it starts anything) passed it.
         for folder in (paths.runs, paths.models):
             if (problem := write_problem(folder)) is not None:
-                raise SystemExit(f"--artifacts-dir {args.artifacts_dir}: {problem}; nothing can be written there")
+                raise CannotWrite(
+                    f"cannot write the run's files ({problem}); make it writable, or choose another --artifacts-dir, "
+                    "and start again"
+                )
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family
@@ -838,9 +852,10 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
 
     logger: RunLogger | None = None  # rank 0 only
     if dist_info.is_main:
+        arithmetic = describe(precision, config, args.precision, resumed=args.resume)
         print(
             f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
-            f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {describe(precision, config)}"
+            f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {arithmetic}"
             f"{f', scoring the moving average of the weights (EMA {config.ema_decay:g} a step)' if average else ''}; "
             f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
             f"images; logs in {run_dir}",
@@ -1093,6 +1108,10 @@ def finish(
         "test_loss": test_eval.loss,
         "train_loss": best_metrics["train_loss"],
         "best_epoch": float(best["best_epoch"]),
+        # How many images the two accuracies are of: with --eval-subset, not MNIST's 10,000 and 12,000, and a
+        # model's "test_accuracy=0.792" disagreed with Evaluate's 81.82 % on the whole test set without a word.
+        "test_images": float(len(splits.test_y)),
+        "val_images": float(len(splits.val_y)),
     }
     not_digit = None
     if splits.neg_val_x is not None and splits.neg_val_kind is not None:  # calibrated again in fp32, as served
@@ -1166,13 +1185,16 @@ def finish(
         f"done: {state.epoch} epochs, training time {state.train_seconds:.1f} s (wall {total:.1f} s in this process)",
         flush=True,
     )
+    whole = len(splits.test_y) == FILES["test_labels"][2][0]  # MNIST's 10,000
+    subset = "" if whole else f" (of {len(splits.test_y):,} test images: --eval-subset)"
     # The model's figures as published are fp32's; the epochs' lines are the run's precision (bf16 may differ in
     # the last digit, and the best epoch's line once read "val 14.00%, test 14.00%; last epoch test 16.00%" of itself).
     print(
         f"best epoch {best['best_epoch']} by validation accuracy (the latest within one standard error of the "
         f"highest, {max(m['val_accuracy'] for m in state.history):.2%}): as published (fp32) val {val_accuracy:.2%}, "
-        f"test {test_eval.accuracy:.2%}; in the epochs' lines, its val {best_metrics['val_accuracy']:.2%}, the last "
-        f"epoch's test {last['test_accuracy']:.2%}, the best test {max(m['test_accuracy'] for m in state.history):.2%}",
+        f"test {test_eval.accuracy:.2%}{subset}; in the epochs' lines, its val {best_metrics['val_accuracy']:.2%}, "
+        f"the last epoch's test {last['test_accuracy']:.2%}, "
+        f"the best test {max(m['test_accuracy'] for m in state.history):.2%}",
         flush=True,
     )
     if state.target_reached:

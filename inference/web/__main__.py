@@ -7,9 +7,11 @@ Imports no torch: it starts in about a second and uses a few tens of MB.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from shared import settings
 from shared.cli import ArgumentParser, HelpFormatter, non_empty, port_number, positive_seconds
@@ -19,6 +21,11 @@ from inference.capacity import WEB_BODY_HOLD_FACTOR
 from inference.channel import grpc_target, tls_flags_problem
 from inference.logs import LOG_FORMATS, configure_logging
 from inference.security import ca_certificates_file, checked_token
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from inference.web.app import WebOptions
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,7 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=positive_seconds,
         default=defaults.timeout,
         metavar="SECONDS",
-        help="deadline of each gRPC call (a call waits this long for a replica that is restarting)",
+        help="deadline of each gRPC call (a call waits this long for a replica that is restarting), counted from "
+        "the request's arrival; a request body not all arrived within it gets 408",
     )
     parser.add_argument(
         "--evaluate-timeout",
@@ -157,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_inflight_bytes < args.max_body_bytes:
         raise SystemExit("--max-inflight-bytes must be at least --max-body-bytes (one largest body)")
     configure_logging(args.log_level, args.log_format)
+    install_log_filters()
 
     import uvicorn
 
-    from inference.web.app import WebOptions, create_app
+    from inference.web.app import WebOptions
 
     options = WebOptions(
         target=args.target,
@@ -176,18 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         max_inflight_bytes=args.max_inflight_bytes,
         allowed_hosts=allowed_hosts,
     )
-    # log_config=None: uvicorn's loggers go through configure_logging's handler, in the chosen format. Its
-    # "Uvicorn running on http://host:port" line gives the real port when --port is 0.
-    config = uvicorn.Config(
-        create_app(options),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        log_level=args.log_level.lower(),
-        access_log=not args.no_access_log,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(args, options))
     # uvicorn handles SIGTERM and SIGINT itself (requests in flight finish), then raises the signal again with the
     # handlers it found installed. These make that a no-op, so that a graceful stop exits 0, as `python -m inference`
     # does, rather than "killed by SIGTERM". It exits 3 when it cannot listen (the port is taken), with the reason.
@@ -195,6 +193,35 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: None)
     server.run()
     return 0
+
+
+def server_config(args: argparse.Namespace, options: WebOptions) -> uvicorn.Config:
+    """uvicorn's settings for the gateway with these flags: the connection limits and timeouts uvicorn leaves open
+    by default come from inference.web.serving."""
+    import uvicorn
+
+    from inference.web.app import create_app
+    from inference.web.serving import uvicorn_settings
+
+    # log_config=None: uvicorn's loggers go through configure_logging's handler, in the chosen format. Its
+    # "Uvicorn running on http://host:port" line gives the real port when --port is 0.
+    return uvicorn.Config(
+        create_app(options),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        log_level=args.log_level.lower(),
+        access_log=not args.no_access_log,
+        server_header=False,
+        **uvicorn_settings(),
+    )
+
+
+def install_log_filters() -> None:
+    """asyncio's log of accept() failing for want of file descriptors, bounded (serving.AcceptFailureLog)."""
+    from inference.web.serving import AcceptFailureLog
+
+    logging.getLogger("asyncio").addFilter(AcceptFailureLog())
 
 
 if __name__ == "__main__":

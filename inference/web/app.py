@@ -93,6 +93,11 @@ PROBE_THREADS = 2
 # X-Request-ID is passed to the service as gRPC metadata, which carries printable ASCII only; and an id is a
 # short token, not a payload.
 MAX_REQUEST_ID_CHARS = 128
+# The Authorization header is passed to the service as gRPC metadata, and gRPC refuses a call whose metadata is over
+# the service's grpc.max_metadata_size (8 KiB by default, counting the call's own headers, some 700 bytes) at
+# random, and over 16 KiB always, with RESOURCE_EXHAUSTED. Half of it leaves room for those; a bearer token is far
+# shorter (a JWT a few hundred characters).
+MAX_AUTHORIZATION_CHARS = 4096
 # Names a caller gave (an unknown query parameter, a JSON key) that an error message says back: how much of each,
 # and how many (said_names).
 MAX_NAME_CHARS = 100
@@ -254,6 +259,13 @@ class Backend:
             return f"cannot reach the inference service; try again when it is up{NAMED_IN_THE_LOG}"
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return f"{details}. Over HTTP, send the header 'Authorization: Bearer <token>'"
+        # gRPC's words list the call's headers and their sizes, which say nothing to a REST caller (they go to the
+        # log). Reached only past pass_through_metadata's bound, by a service whose limit is lower than gRPC's.
+        if errors.is_metadata_too_large(code, details):
+            return (
+                "the request's headers passed on to the inference service as gRPC metadata (Authorization, "
+                "X-Request-ID) are more than it takes: send a shorter Authorization header"
+            )
         # The inference service answers every call of its API with the call's request id; a gRPC server without the
         # method answers "Method not found!" without it: the gateway's --target is not the service, or an older one.
         if code == grpc.StatusCode.UNIMPLEMENTED and method and not reached_server(e):
@@ -374,6 +386,16 @@ def pass_through_metadata(http: Request) -> tuple[list[tuple[str, str]], str]:
     never gets."""
     metadata = []
     if authorization := authorization_header(http):
+        if len(authorization) > MAX_AUTHORIZATION_CHARS:
+            # Refused here, before the call: gRPC's own refusal is RESOURCE_EXHAUSTED, a 429 whose Retry-After
+            # had clients send the same header forever, and one between 8 and 16 KiB passed or failed at random.
+            raise GatewayError(
+                errors.HEADERS_TOO_LARGE,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the Authorization header is {len(authorization):,} characters; the gateway passes at most "
+                f"{MAX_AUTHORIZATION_CHARS:,} on to the inference service (as gRPC metadata, which has a size "
+                "limit): send 'Authorization: Bearer <token>' with the service's token",
+            )
         if not is_metadata_value(authorization):
             raise GatewayError(
                 401,
@@ -412,6 +434,38 @@ class Arrival:
         if scope["type"] == "http":
             scope.setdefault("state", {})[ARRIVED] = time.monotonic()
         return await self.app(scope, receive, send)
+
+
+class ClosesAfterAnUnreadBody:
+    """ASGI middleware: an answer sent before the request's body was all received (a 408 or a 413 while it
+    arrives, a 401 or a refused Host before it is read) says `Connection: close`, and uvicorn closes the connection
+    after it. Otherwise uvicorn keeps the connection alive and reads what is left of the body only to throw it away,
+    for as long as the caller goes on sending it: a body sent a byte every few seconds held its connection open for
+    good after its 408."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        # Without either header a request has no body (RFC 9112, 6.3).
+        unread = b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
+
+        async def noting_receive():
+            nonlocal unread
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                unread = False
+            return message
+
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and unread:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, noting_receive, closing_send)
 
 
 REQUEST_ID = "request_id"  # RequestIds' key in a request's scope["state"]
@@ -475,11 +529,14 @@ class BodyLimit:
     make the gateway hold 3.2 GB. Only bytes that arrived count, not a declared length: four connections that sent
     headers declaring 32 MiB and nothing more held the whole budget, and every image route answered 429 for as long
     as they stayed open. A body that stops arriving for BODY_STALL_SECONDS ends the request (408), giving back what
-    it held.
+    it held; so does one that has not all arrived `body_seconds` after the request (Arrival; the gateway's
+    --timeout, within which its answer is due anyway): a body sent a byte every few seconds never stalls that long,
+    and held its request and connection open for as long as its caller liked.
     """
 
-    def __init__(self, app, max_bytes: int, max_inflight_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, max_inflight_bytes: int, body_seconds: float) -> None:
         self.app, self.max_bytes, self.max_inflight_bytes = app, max_bytes, max_inflight_bytes
+        self.body_seconds = body_seconds
         self.inflight = 0  # bytes of request bodies held now; one event loop, so no lock
 
     async def __call__(self, scope, receive, send):
@@ -490,15 +547,20 @@ class BodyLimit:
             return await _too_large_response(self.max_bytes)(scope, receive, send)
         held = 0  # what this request counts against the budget: the bytes of its body that have arrived
         body_done = False
+        deadline = scope.get("state", {}).get(ARRIVED, time.monotonic()) + self.body_seconds
 
         async def counted_receive():
             nonlocal held, body_done
             if body_done:  # after the body only a disconnect comes, whenever the caller leaves
                 return await receive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BodyTooSlow()
+            stall = left > BODY_STALL_SECONDS  # which of the two bounds the wait ends at
             try:
-                message = await asyncio.wait_for(receive(), BODY_STALL_SECONDS)
+                message = await asyncio.wait_for(receive(), min(BODY_STALL_SECONDS, left))
             except TimeoutError:
-                raise BodyStalled() from None
+                raise (BodyStalled() if stall else BodyTooSlow()) from None
             if message["type"] == "http.request":
                 body_done = not message.get("more_body", False)
                 grown = len(message.get("body", b""))
@@ -518,6 +580,10 @@ class BodyLimit:
 
 class BodyStalled(Exception):
     """No byte of a request's body arrived for BODY_STALL_SECONDS: the caller is gone or stalled."""
+
+
+class BodyTooSlow(Exception):
+    """A request's body had not all arrived by its deadline (BodyLimit's body_seconds after its arrival)."""
 
 
 class GatewayBusy(Exception):
@@ -760,17 +826,21 @@ ERROR_RESPONSES = error_responses(
         400: "not an image, damaged, blank, or a bad request",
         401: "the service needs `Authorization: Bearer <token>`",
         429: "busy: too many calls at once, or an evaluation already running; retry after Retry-After seconds",
+        431: "the `Authorization` header is longer than the gateway passes on to the service "
+        f"({MAX_AUTHORIZATION_CHARS:,} characters)",
         502: "the inference service failed inside (its log has the traceback), or the gateway's --target does not "
         "serve the method (the service's health-only port, an older service)",
-        503: "no model published yet, the inference service restarting or unreachable, or (without Retry-After) "
-        "no MNIST files for Evaluate or a pinned version that fails its checks",
+        503: "no model published yet, the inference service restarting or unreachable, the gateway serving as many "
+        "connections as it takes, or (without Retry-After) no MNIST files for Evaluate or a pinned version that "
+        "fails its checks",
         504: "the inference service did not answer in time",
     }
 )
 # Routes that read a body.
 BODY_RESPONSES = error_responses(
     {
-        408: "the request body stopped arriving for 30 s",
+        408: "the request body did not arrive within the gateway's --timeout (10 s by default), or stopped "
+        "arriving for 30 s",
         413: "over a limit: image bytes or pixels, images per batch, or request bytes",
     }
 )
@@ -882,12 +952,19 @@ def create_app(options: WebOptions) -> FastAPI:
         redirect_slashes=False,
     )
     redirects_without_the_slash(app.router)
-    # The last added runs first: the arrival is noted before anything else (the deadline counts from it), the
-    # headers (the request id's included) go on every answer, the Host is checked before any body is read.
-    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, max_inflight_bytes=options.max_inflight_bytes)
+    # The last added runs first: the arrival is noted before anything else (the deadline counts from it), an answer
+    # before the body was read closes its connection, the headers (the request id's included) go on every answer,
+    # the Host is checked before any body is read.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=options.max_body_bytes,
+        max_inflight_bytes=options.max_inflight_bytes,
+        body_seconds=options.timeout,
+    )
     app.add_middleware(guards.HostCheck, allowed=options.allowed_hosts)
     app.add_middleware(guards.SecurityHeaders)
     app.add_middleware(RequestIds)
+    app.add_middleware(ClosesAfterAnUnreadBody)
     app.add_middleware(Arrival)
     expected_authorization = f"Bearer {options.token}".encode() if options.token else None
 
@@ -938,11 +1015,15 @@ def create_app(options: WebOptions) -> FastAPI:
         return _too_large_response(options.max_body_bytes)
 
     @app.exception_handler(BodyStalled)
-    async def on_body_stalled(request: Request, e: BodyStalled):
-        message = (
-            f"no byte of the request body arrived for {BODY_STALL_SECONDS:.0f} s; send the whole body at once, "
-            "as soon as the headers"
+    @app.exception_handler(BodyTooSlow)
+    async def on_body_late(request: Request, e: BodyStalled | BodyTooSlow):
+        late = (
+            f"no byte of the request body arrived for {BODY_STALL_SECONDS:.0f} s"
+            if isinstance(e, BodyStalled)
+            else f"the request body did not arrive within {options.timeout:g} s, the time the gateway has to answer "
+            "(--timeout, counted from the request's arrival)"
         )
+        message = f"{late}; send the whole body at once, as soon as the headers"
         return error_response(408, grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
     @app.exception_handler(GatewayBusy)

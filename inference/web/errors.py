@@ -17,6 +17,10 @@ what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, 
   without Retry-After: trying again in a second cannot help until someone acts, and a client that honours the
   header would loop.
 - UNIMPLEMENTED is 502, not 501: the method is one the API has, and the server the gateway calls lacks it.
+- gRPC's own RESOURCE_EXHAUSTED for a call's metadata over its limit ("received metadata size exceeds soft/hard
+  limit": the caller's Authorization passed on) is 431, without Retry-After: the same request fails again, and
+  as a 429 a client that honoured the header retried it forever. The gateway refuses such a header itself
+  before the call (inference/web/app.py, pass_through_metadata); this covers a service with a lower limit.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ HTTP_STATUS = {
 }
 BAD_GATEWAY = 502
 TOO_LARGE = 413
+HEADERS_TOO_LARGE = 431
 # Seconds a client should wait before trying again after a 429 or a 503.
 RETRY_AFTER_SECONDS = 1
 
@@ -56,6 +61,15 @@ RETRY_AFTER_SECONDS = 1
 # over max_receive_message_length reads "Received message larger than max (N vs. M)"; Pillow's decompression-bomb
 # ceiling (reached only when the pixel limit is set above it) "... exceeds limit of N pixels ...".
 _LIMIT_EXCEEDED = re.compile(r"\bthe limit is\b|\blarger than max\b|\bexceeds limit\b", re.IGNORECASE)
+
+
+# gRPC's words for metadata over the receiving side's limit (grpc.max_metadata_size, 8 KiB by default: over it a
+# call is refused at random, over twice it always).
+_METADATA_TOO_LARGE = re.compile(r"\bmetadata size exceeds\b", re.IGNORECASE)
+
+
+def is_metadata_too_large(code: grpc.StatusCode, message: str) -> bool:
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and bool(_METADATA_TOO_LARGE.search(message))
 
 
 def is_too_large(code: grpc.StatusCode, message: str) -> bool:
@@ -66,6 +80,8 @@ def is_too_large(code: grpc.StatusCode, message: str) -> bool:
 
 def http_status(code: grpc.StatusCode, message: str) -> int:
     """The HTTP status for a gRPC status code and its message."""
+    if is_metadata_too_large(code, message):
+        return HEADERS_TOO_LARGE
     if is_too_large(code, message):
         return TOO_LARGE
     return HTTP_STATUS.get(code, BAD_GATEWAY)

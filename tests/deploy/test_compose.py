@@ -5,8 +5,10 @@ Every check reads the files as Compose v2 renders them (`docker compose config`,
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -217,6 +219,38 @@ def test_inference_memory_limit_holds_a_server_process_and_the_local_stack_state
     assert k8s_quantity_bytes(container["resources"]["limits"]["memory"]) == limit({})
 
 
+# Every place that tells an operator how much memory inference's processes need, in its own words around the figures.
+WORKER_MEMORY_NOTES = (
+    COMPOSE_FILE,
+    REPO / ".env.example",
+    REPO / "deploy/k8s/base/inference.yaml",
+    REPO / "docs/operations.md",
+    REPO / "docs/reliability.md",
+)
+
+
+def test_every_note_on_the_memory_of_more_workers_states_the_servers_own_formula():
+    """They said `--workers N` needs N times a process's 2.1 GiB, or one worker per core, while the server counts the
+    parent that watches them too (inference.capacity.memory_needed_mib) and refuses to start below that: 2 workers
+    need 4.8 GiB, refused at the 3 GiB limit that "N times" made look like room for one more."""
+    from inference.capacity import PARENT_PROCESS_MIB, memory_needed_mib, server_memory_mib
+    from inference.options import ServerOptions
+
+    each = server_memory_mib(ServerOptions(artifacts_dir=Path(), data_dir=Path()))
+    formula = f"N x {each:,} MiB + {PARENT_PROCESS_MIB:,} MiB"
+    for path in WORKER_MEMORY_NOTES:
+        # Lines joined, without the comment marks of YAML and .env files.
+        text = " ".join(re.sub(r"^\s*#", "", line) for line in path.read_text().splitlines())
+        text = " ".join(text.split())
+        where = path.relative_to(REPO)
+        assert formula in text, f"{where} does not state {formula!r}"
+        assert "N times" not in text and "one worker per core" not in text, where
+        examples = re.findall(r"(\d+) (?:workers|processes) need (?:up to )?([\d.]+) GiB", text)
+        assert examples, f"{where} gives no worked example of the formula"
+        for workers, gib in examples:
+            assert float(gib) == round(memory_needed_mib(int(workers), each) / 1024, 1), (where, workers, gib)
+
+
 def test_web_memory_limit_holds_the_request_bodies_the_gateway_admits_and_is_the_kubernetes_limit(model):
     """Each body in flight is held several times over (inference.capacity.web_memory_mib); at 128 MiB in flight
     four concurrent 32 MB uploads reached 900 MiB. Kubernetes runs the same gateway with the same defaults."""
@@ -305,6 +339,27 @@ def test_client_and_web_page_reach_every_replica_through_dns(model):
     assert web["environment"][settings.ENV_GRPC_HEALTH_TARGET] == f"dns:///inference:{health_port}"
     # Started with it; no wait for health: the page says "no model yet".
     assert web["depends_on"] == {"inference": {"condition": "service_started", "required": True}}
+
+
+def test_the_client_runs_the_images_code_not_the_checkout_it_is_started_in(model, tmp_path):
+    """Its working directory is a folder of the host (MNIST_CLIENT_DIR, the repository root when run from there), and
+    `python -m` puts the working directory first on sys.path: the checkout's inference/ and shared/ were imported
+    instead of the image's installed code. PYTHONSAFEPATH=1 leaves it out. Run here as the service runs it: its
+    entrypoint and environment, in a folder whose inference/ and shared/ refuse to be imported, with this checkout
+    on PYTHONPATH as the image's code."""
+    client = model["services"]["client"]
+    assert client["environment"].get("PYTHONSAFEPATH") == "1"
+    assert client["working_dir"] in {m.target for m in mounts(client)}  # the host's folder
+    for package in ("inference", "shared"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("raise SystemExit('the folder it runs in was imported')\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "PYTHON"))}
+    environment |= {k: str(v) for k, v in client["environment"].items() if v is not None}
+    environment["PYTHONPATH"] = str(REPO)
+    argv = [sys.executable if a == "python" else a for a in client["entrypoint"]]
+    result = subprocess.run([*argv, "--help"], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -173,6 +173,26 @@ def test_images_run_as_the_same_non_root_uid_owning_the_volume_mount_points():
     assert len(set(users.values())) == 1, users
 
 
+def test_the_inference_image_exposes_every_port_its_services_listen_on():
+    """EXPOSE documents the ports (docker ps, `-P`): the main gRPC port, the health port the probes ask, metrics,
+    the web page and TensorBoard, all run from this image."""
+    from shared import settings
+
+    exposed = {
+        int(port.split("/")[0])
+        for instruction, args in dockerfile_instructions(DOCKERFILES["inference"])
+        if instruction == "EXPOSE"
+        for port in args.split()
+    }
+    assert exposed == {
+        settings.DEFAULT_GRPC_PORT,
+        settings.DEFAULT_HEALTH_PORT,
+        settings.DEFAULT_METRICS_PORT,
+        settings.DEFAULT_WEB_PORT,
+        settings.DEFAULT_TENSORBOARD_PORT,
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The build context: .dockerignore
 

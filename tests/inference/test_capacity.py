@@ -34,7 +34,11 @@ def test_workers_that_do_not_fit_the_limit_are_refused_with_what_to_change():
     each = server_memory_mib(defaults)
     check_workers_fit(1, each, 3 * 2**30, cpus=2)
     check_workers_fit(4, each, None, cpus=2)
-    with pytest.raises(ValueError, match=r"2 server process\(es\) need up to 4\.8 GiB.*MNIST_INFERENCE_MEMORY"):
+    # Both knobs named: compose's variable, and the Deployment's limit on Kubernetes.
+    with pytest.raises(
+        ValueError,
+        match=r"2 server process\(es\) need up to 4\.8 GiB.*MNIST_INFERENCE_MEMORY.*resources\.limits\.memory",
+    ):
         check_workers_fit(2, each, 3 * 2**30, cpus=2)
 
 

@@ -283,6 +283,21 @@ def test_health_probe(module_server, serve, capsys):
     assert capsys.readouterr().out.startswith("unhealthy:")
 
 
+def test_the_health_probe_refuses_flags_and_targets_the_client_refuses(capsys, monkeypatch):
+    """--tls-server-name without TLS was ignored by the probe (the call went out in plain text), and a target with
+    no port was tried: the probe checks its flags as the client does, naming the variable a target came from."""
+    with pytest.raises(SystemExit) as refused:
+        health_probe.main(["--target", "127.0.0.1:1", "--tls-server-name", "mnist"])
+    assert refused.value.code == 2 and "give it with --tls or --tls-ca" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        health_probe.main(["--target", "localhost"])
+    assert "has no port" in capsys.readouterr().err
+    monkeypatch.setenv("MNIST_GRPC_TARGET", "localhost")
+    with pytest.raises(SystemExit):
+        health_probe.main([])
+    assert "MNIST_GRPC_TARGET" in capsys.readouterr().err
+
+
 def test_a_health_probe_with_tls_flags_that_do_not_match_the_server_says_which_flag_to_give(
     serve, tmp_path, tls_files, capsys
 ):

@@ -280,6 +280,36 @@ def test_trainer_on_a_full_disk_stops_cleanly(tmp_path, mnist_dir, disk_full_on,
     assert read_manifest(Paths(artifacts).models) is None
 
 
+def test_a_full_disk_under_tensorboard_is_said_in_one_line_without_the_writer_threads_traceback(
+    tmp_path, mnist_dir, capsys, monkeypatch
+):
+    """TensorBoard's own thread writes the event files: the disk filling there printed that thread's traceback
+    beside the trainer's one line (a review's, on a 100 KiB tmpfs). The trainer still says it; the thread not."""
+    from tensorboard.summary.writer import record_writer
+
+    from trainer.__main__ import main as trainer_main
+
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)  # what Python would print for a thread
+    writes = {"n": 0}
+    real_write = record_writer.RecordWriter.write
+
+    def write(self, data):
+        writes["n"] += 1
+        if writes["n"] > 3:  # the file's header and the first events, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    artifacts = tmp_path / "artifacts"
+    code = trainer_main(
+        ["--data-dir", str(mnist_dir), "--artifacts-dir", str(artifacts), "--run-name", "tb", *TINY, "--epochs", "1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "the disk is full" in err and "Traceback" not in err, err
+    assert writes["n"] > 3 and printed == [], printed
+
+
 def test_a_full_disk_at_the_first_checkpoint_leaves_a_run_that_starts_again(tmp_path, mnist_dir, disk_full_on, capsys):
     """Epoch 1 writes best.pt, then last.pt: the disk filling between the two left a folder that a new run refused
     and --resume could not continue."""

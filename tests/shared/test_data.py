@@ -212,6 +212,18 @@ def test_download_fails_clearly_when_no_mirror_has_a_good_copy(tmp_path, mirrors
     assert not any(target.glob("*.part"))
 
 
+def test_a_failed_download_into_a_mistyped_folder_leaves_none_of_the_folders_it_made(tmp_path, mirrors, monkeypatch):
+    """--data-dir typo/sub/mnist with no mirror to answer: mnist/ was removed again, typo/ and typo/sub/ stayed."""
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors[:1])  # only the corrupt one
+    kept = tmp_path / "kept"  # there before: stays
+    kept.mkdir()
+    with pytest.raises(RuntimeError, match=r"could not download"):
+        load_mnist(kept / "typo" / "sub" / "mnist", download=True)
+    assert kept.is_dir() and not any(kept.iterdir())
+
+
 def test_a_folder_that_cannot_be_written_is_said_as_such_not_as_every_mirror_failing(tmp_path, mirrors, monkeypatch):
     """--data-dir naming a file, downloads allowed: the error was blamed on each mirror's URL in turn (FileExistsError
     against both), as if the network had failed. No mirror can help; the folder is what to mend."""

@@ -99,6 +99,48 @@ def tiff_with_strips(strips: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", ifd_at) + b"\x80" * 8 + ifd + struct.pack("<I", 0) + tail
 
 
+def tiled_tiff(
+    width: int, height: int, tile_width: int, tile_length: int, picture: np.ndarray | None = None, *, big: bool = False
+) -> bytes:
+    """A grey deflate TIFF (BigTIFF if `big`) of `width` x `height` pixels in tiles of `tile_width` x `tile_length`:
+    the tiles of `picture`, padded with black to whole tiles as writers pad them; without one, every TileOffsets
+    entry points at one tiny compressed tile, as in the review's files (the structure check reads only the tags)."""
+    across, down = -(-width // tile_width), -(-height // tile_length)
+    if picture is None:
+        blobs, refs = [zlib.compress(bytes(16))], [0] * (across * down)
+    else:
+        padded = np.zeros((down * tile_length, across * tile_width), np.uint8)
+        padded[:height, :width] = picture
+        blobs = [
+            zlib.compress(
+                padded[r * tile_length : (r + 1) * tile_length, c * tile_width : (c + 1) * tile_width].tobytes()
+            )
+            for r in range(down)
+            for c in range(across)
+        ]
+        refs = list(range(len(blobs)))
+    word, long_type, value_size, entry_size = ("Q", 16, 8, 20) if big else ("I", 4, 4, 12)
+    tags = [(256, width), (257, height), (258, 8), (259, 8), (262, 1), (277, 1), (284, 1), (322, tile_width)]
+    tags += [(323, tile_length)]
+    ifd_at = 16 if big else 8
+    offsets_at = ifd_at + (8 if big else 2) + entry_size * (len(tags) + 2) + value_size
+    counts_at = offsets_at + value_size * len(refs)
+    starts = [counts_at + value_size * len(refs) + sum(len(b) for b in blobs[:k]) for k in range(len(blobs))]
+    offsets, counts = [starts[k] for k in refs], [len(blobs[k]) for k in refs]
+
+    def entry(tag: int, kind: int, values: list[int], at: int = 0) -> bytes:
+        packed = struct.pack(f"<{len(values)}{'Q' if kind == 16 else 'I'}", *values)
+        field = packed.ljust(value_size, b"\0") if len(packed) <= value_size else struct.pack("<" + word, at)
+        return struct.pack("<HHQ" if big else "<HHI", tag, kind, len(values)) + field
+
+    entries = [entry(tag, 4, [value]) for tag, value in tags]
+    entries += [entry(324, long_type, offsets, offsets_at), entry(325, long_type, counts, counts_at)]
+    head = b"II+\x00" + struct.pack("<HHQ", 8, 0, ifd_at) if big else b"II*\x00" + struct.pack("<I", ifd_at)
+    ifd = struct.pack("<Q" if big else "<H", len(entries)) + b"".join(entries) + bytes(value_size)
+    arrays = struct.pack(f"<{len(refs)}{word}", *offsets) + struct.pack(f"<{len(refs)}{word}", *counts)
+    return head + ifd + arrays + b"".join(blobs)
+
+
 def rle_bmp(width: int, height: int) -> bytes:
     """An 8-bit run-length encoded BMP whose data is one end-of-line and the end of the bitmap."""
     palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(256))
@@ -192,3 +234,59 @@ def test_the_jpeg_walk_skips_a_thumbnail_in_its_segment_and_a_scans_data_to_the_
     assert markers == [0xE1, *file_structure.jpeg_markers(progressive)]
     assert markers[-1] == 0xD9 and markers.count(0xD8) == 0  # the thumbnail's own SOI and EOI are not walked
     assert markers.count(0xDA) > 1  # each scan of the progressive picture, its data skipped up to the next marker
+
+
+@pytest.mark.parametrize(
+    "width, height, tile_width, tile_length, big",
+    [
+        (16, 16, 32_768, 32_768, False),  # the review's file: libtiff inflated 1 GiB a tile (+1 GiB, 1.7 s a call)
+        (16, 16, 46_336, 46_336, True),  # 2 GiB a tile, in a BigTIFF
+        (16, 16, 8_192, 8_192, False),  # 64 MiB a tile
+        (524_288, 16, 32_768, 32_768, False),  # tiles as wide as a row of them needs, but 2,048 times as tall
+        (4_000_000, 1, 1_024, 1_024, False),  # tiles of a writer's size, 3,907 of them: 4 G pixels for 4 M
+    ],
+)
+def test_a_tiff_in_tiles_far_larger_than_its_picture_is_refused_before_it_is_parsed(
+    width, height, tile_width, tile_length, big, monkeypatch
+):
+    """libtiff decodes every tile whole, padding included, outside the decode budget: a 16 x 16 picture in one tile
+    of 32,768 x 32,768 (1 MB of file, every TileOffsets entry at one compressed tile of zeros) cost 1 GiB and a
+    second of CPU a tile, and a client's deadline did not stop it (found in review)."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("Pillow was asked to parse the file")
+
+    data = tiled_tiff(width, height, tile_width, tile_length, big=big)
+    monkeypatch.setattr(Image, "open", never)
+    with pytest.raises(ImageRejected, match=r"tiles of .*save it as PNG or JPEG, or as a TIFF in strips"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize(
+    "width, height, tile_width, tile_length, big",
+    [
+        (60, 60, 16, 16, False),  # the smallest tiles TIFF allows, padded at the right and the foot
+        (60, 60, 256, 256, True),  # libtiff's and most writers' tile, larger than a small picture
+        (60, 60, 1_024, 1_024, False),  # the largest a writer gives a picture smaller than one tile
+        (3_000, 20, 512, 512, False),  # a strip of a picture in GDAL's tiles: 26 times its pixels decoded
+        (1_000, 700, 1_008, 704, True),  # one tile for the whole picture, its sides rounded up to 16
+    ],
+)
+def test_tiled_tiffs_as_writers_tile_them_pass_and_decode_as_their_picture(width, height, tile_width, tile_length, big):
+    picture = np.full((height, width), 255, np.uint8)
+    picture[height // 5 : height - height // 5, width // 3 : width - width // 3] = 0
+    data = tiled_tiff(width, height, tile_width, tile_length, picture, big=big)
+    png = io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+
+    file_structure.check_file_structure(data)  # raises nothing
+    assert np.array_equal(decode_image(data), decode_image(png.getvalue()))
+
+
+def test_a_tiff_directory_cut_short_is_checked_by_the_tags_it_holds():
+    """Pillow reads the entries of a directory whose count runs past the end of the file, and opens the picture
+    (with a warning): the walk reads them too, rather than leave the file unchecked as damaged."""
+    data = bytearray(tiled_tiff(16, 16, 32_768, 32_768))
+    struct.pack_into("<H", data, 8, 1_000)  # the directory's entry count: 1,000 x 12 bytes, far past the end
+    with pytest.raises(file_structure.TooManyBlocks, match="tiles far larger than the picture"):
+        file_structure.check_file_structure(bytes(data))

@@ -64,3 +64,14 @@ def test_a_tilde_in_a_folder_from_the_environment_or_a_flag_is_the_home_folder(m
     assert settings.data_dir() == tmp_path / "mnistdata"
     assert settings.artifacts_dir() == tmp_path / "artifacts"
     assert folder("~/x") == tmp_path / "x"
+
+
+def test_a_program_run_as_its_console_script_names_itself_so(monkeypatch):
+    """`mnist-train --bogus` said "python -m trainer: error: ..." (a review's): run as a console script, the usage
+    and errors name the script; run with python -m, the module, as before."""
+    from trainer.config import get_args_parser
+
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/mnist-train", "--bogus"])
+    assert get_args_parser().prog == "mnist-train"
+    monkeypatch.setattr(sys, "argv", ["/work/trainer/__main__.py"])
+    assert get_args_parser().prog == "python -m trainer"

@@ -127,6 +127,9 @@ def test_published_model_matches_best_checkpoint(short_run):
             assert torch.equal(payload["model"][name], tensor), name
     assert 0 < manifest.metrics["test_accuracy"] <= 1
     assert "optimizer" not in payload, "a published model carries no training state"
+    # The accuracies say how many images they are of: --eval-subset 1000's "test_accuracy" disagreed with
+    # Evaluate's on the whole test set, and nothing said it was of 1,000 (a review's).
+    assert (manifest.metrics["test_images"], manifest.metrics["val_images"]) == (1000, 1000)
 
 
 def test_the_published_model_knows_when_a_picture_is_not_a_digit(short_run, mnist):
@@ -514,6 +517,22 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_saying_how_to_continue(tmp_path, mni
     assert "interrupted before the run's first checkpoint" in capsys.readouterr().err
 
 
+def test_a_run_of_a_made_up_name_stopped_before_its_first_checkpoint_leaves_no_folder(tmp_path, mnist_dir, monkeypatch):
+    """Ctrl-C before epoch 1's checkpoint: "start it again" makes a run of a new date-and-time name, and the old
+    folder stayed, a run with a graph and no epoch in TensorBoard for good (a review's). A name the user gave
+    keeps its folder: its next start removes the events."""
+    import trainer.train
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.train.RunLogger, "log_graph", stopped)  # the events file is there by then
+    assert train(tmp_path, mnist_dir, "--epochs", "1") == 130
+    assert not any((tmp_path / "runs").iterdir())
+    assert train(tmp_path, mnist_dir, "--epochs", "1", "--run-name", "mine") == 130
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine"]
+
+
 def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     result = subprocess.run(
         [
@@ -701,7 +720,7 @@ def test_dry_run_writes_nothing(tmp_path, mnist_dir):
     assert not any(tmp_path.iterdir())
 
 
-def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
+def test_seed_preset_is_the_original_network(tmp_path, mnist_dir, capsys):
     # No --batch-size here: the preset's own 2048 (the subset of 1,500 images makes it one step).
     assert (
         trainer_main(
@@ -734,6 +753,8 @@ def test_seed_preset_is_the_original_network(tmp_path, mnist_dir):
     assert not config["augment"] and config["schedule"] == "constant"
     assert config["negatives"] == 0 and "not_digit" not in checkpoint["arch_kwargs"]  # the notebook's ten classes
     assert config["ema_decay"] == 0 and "training_model" not in checkpoint  # the notebook's own weights
+    # Its fp32 is the preset's: it was said as "(--precision fp32)", a flag nobody typed (a review's).
+    assert "on cpu, fp32 (the preset's)" in capsys.readouterr().out
 
 
 def test_torchrun_with_two_cpu_processes(tmp_path, mnist_dir):
@@ -910,15 +931,24 @@ def test_check_only_refuses_a_resume_whose_checkpoint_the_resume_would_refuse(tm
 
 
 @pytest.mark.parametrize("how", ["--check-only", "--epochs"])
-def test_an_artifacts_dir_nothing_can_be_written_in_is_refused_before_mnist_is_read(tmp_path, mnist_dir, how):
+def test_an_artifacts_dir_nothing_can_be_written_in_is_refused_before_mnist_is_read(
+    tmp_path, mnist_dir, how, capsys, monkeypatch
+):
     """--check-only (which `make stack` asks first) said "settings OK" for an --artifacts-dir that is a file (or a
     read-only folder: shared.cli.write_problem asks the system); the run failed only after reading MNIST and
     drawing its pictures."""
+    import trainer.train
+
+    def never(*args, **kwargs):
+        raise AssertionError("MNIST was read for a run that cannot write")
+
+    monkeypatch.setattr(trainer.train, "load_mnist", never)
     afile = tmp_path / "afile"
     afile.write_text("")
     flags = [how] if how == "--check-only" else [how, "1", "--train-subset", "200"]
-    with pytest.raises(SystemExit, match=rf"--artifacts-dir {afile}: {afile} is a file, not a folder"):
-        trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(afile), *flags])
+    assert trainer_main(["--data-dir", str(mnist_dir), "--artifacts-dir", str(afile), *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write the run's files ({afile} is a file, not a folder)" in err and "start again" in err, err
     assert not afile.read_text()  # nothing was written on it
 
 

@@ -110,15 +110,23 @@ class Web:
         assert not self.thread.is_alive(), "the web server did not stop"
 
 
-def start_web(**options) -> Web:
-    """The gateway (inference.web.app) served by uvicorn on a free loopback port, in a thread of this process."""
+def start_web(serving: dict | None = None, **options) -> Web:
+    """The gateway (inference.web.app) served by uvicorn on a free loopback port, in a thread of this process, with
+    the connection limits and timeouts `python -m inference.web` has (inference.web.serving), or `serving`'s
+    (serving.uvicorn_settings(header_seconds=1), ...). `options` are WebOptions'."""
     import uvicorn
 
     from inference.web.app import WebOptions, create_app
+    from inference.web.serving import uvicorn_settings
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(WebOptions(**options)), log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(WebOptions(**options)),
+        log_level="warning",
+        lifespan="on",
+        **(serving if serving is not None else uvicorn_settings()),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
     thread.start()
