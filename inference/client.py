@@ -420,7 +420,7 @@ def unwritable(path: Path) -> str | None:
     folders are made when it is written."""
     if path.is_dir():
         return "is a folder; name a file in it"
-    return write_problem(path)
+    return write_problem(path, is_file=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shared.settings import InvalidEnv
+from shared.settings import InvalidEnv, user_path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -176,12 +176,15 @@ def folder(text: str) -> Path:
     a quoted "~/data" made a folder named "~" there."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: give a folder's path (. for this one)")
-    return Path(text).expanduser()
+    return user_path(text)
 
 
-def write_problem(path: Path) -> str | None:
-    """Why nothing can be written at `path` (a file or folder, made with its missing folders when written), or
-    None: the nearest of it and its folders that exists must be a folder this process may write in."""
+def write_problem(path: Path, *, is_file: bool = False) -> str | None:
+    """Why nothing can be written at `path`, or None: a folder (made with its missing folders when written), or
+    with `is_file` a file, which may be there already (a preview written again) if this process may write it. The
+    nearest of its folders that exists must be a folder this process may write in."""
+    if is_file and path.is_file():
+        return None if os.access(path, os.W_OK) else f"cannot write {path} (read-only, or not yours)"
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():

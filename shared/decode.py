@@ -143,9 +143,9 @@ def decode_image(
         raise ImageRejected(unidentified_message(data)) from None
     except Exception as e:
         if isinstance(e, ValueError) and "MAX_TEXT_" in str(e):  # PngImagePlugin's MAX_TEXT_CHUNK, MAX_TEXT_MEMORY
-            raise ImageRejected(
-                "the PNG's text (tEXt, zTXt or iTXt metadata) is too large, far more than a picture carries: the "
-                f"limit is {PNG_TEXT_MEMORY / 2**20:g} MiB in all and {PNG_TEXT_CHUNK / 2**20:g} MiB in one chunk. "
+            raise ImageRejected(  # an ICC profile (iCCP) inflates against MAX_TEXT_CHUNK too
+                "the PNG's metadata (text chunks or its ICC profile) is too large, far more than a picture carries: "
+                f"the limit is {PNG_TEXT_MEMORY / 2**20:g} MiB in all and {PNG_TEXT_CHUNK / 2**20:g} MiB in one chunk. "
                 "Save the picture again without its metadata, or as JPEG"
             ) from None
         raise ImageRejected(
@@ -238,7 +238,9 @@ def decoder_buffer_cost(data: bytes, img: Image.Image) -> int:
         buffers = 2 * (-(-width * channels * depth // 8) + 1)  # and a byte a row for its filter type
     elif tags is not None and tags.get(259, 1) != 1:  # compressed: libtiff's (Pillow reads uncompressed rows itself)
         bits = tags.get(258, (8,))
-        bits_per_pixel = sum(bits) if isinstance(bits, tuple) else int(bits) * int(tags.get(277, 1))
+        bits = tuple(bits) if isinstance(bits, tuple) else (int(bits),)
+        # BitsPerSample given once for all samples (Pillow repeats it for each): 8 bits of RGB are 24 a pixel.
+        bits_per_pixel = bits[0] * int(tags.get(277, 1)) if len(bits) == 1 else sum(bits)
         if 322 in tags and 323 in tags:
             columns, rows = int(tags[322]), int(tags[323])
         else:  # RowsPerStrip: libtiff holds no more rows than the picture has

@@ -154,12 +154,21 @@ class Paths:
         return self.runs / run_name
 
 
-def artifacts_dir() -> Path:
-    # "~" expanded: a quoted "~/x" (an .env file, compose) made a folder named "~" in the working directory.
-    return Path(env_str(ENV_ARTIFACTS_DIR, DEFAULT_ARTIFACTS_DIR)).expanduser()
+def user_path(text: str) -> Path:
+    """`text` as a path with "~" expanded: a quoted "~/x" (an .env file, compose) made a folder named "~" in the
+    working directory. ArgumentTypeError for a home no one can find (~nosuchuser, or ~ with no HOME and no passwd
+    entry, as in a container), where Path.expanduser's RuntimeError stopped even --help."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        home = text.split("/", 1)[0]
+        raise argparse.ArgumentTypeError(f"{home}: no such home folder here; give the folder's whole path") from None
 
 
-def data_dir() -> Path:
-    value = env_str(ENV_DATA_DIR, "")
+def artifacts_dir() -> Path | InvalidEnv:
+    return env_value(ENV_ARTIFACTS_DIR, Path(DEFAULT_ARTIFACTS_DIR), user_path)
+
+
+def data_dir() -> Path | InvalidEnv:
     # The default only when needed: it may look for HOME.
-    return Path(value).expanduser() if value else default_data_dir()
+    return env_value(ENV_DATA_DIR, None, user_path) or default_data_dir()

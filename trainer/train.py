@@ -671,12 +671,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flags = resume_flags(args.artifacts_dir, where["run_name"])
                 raise Interrupted(f"interrupted; continue with {flags}") from None
             gone = ""
-            if "run_name" in where and args.run_name is None and not args.resume:
+            if where.get("claimed") and args.run_name is None and not args.resume:
                 # Its name was made for this start (a date and time), so starting again makes another: the folder
                 # stayed, a run of a graph and pictures without one epoch in TensorBoard for good. A name the user
-                # gave stays: the next start of that name removes its events.
-                shutil.rmtree(Paths(Path(args.artifacts_dir)).run_dir(where["run_name"]), ignore_errors=True)
-                gone = f" (its folder runs/{where['run_name']} is removed)"
+                # gave stays: the next start of that name removes its events. Only by the process that claimed it
+                # (torchrun's rank 0), which alone writes there.
+                run_dir = Paths(Path(args.artifacts_dir)).run_dir(where["run_name"])
+                shutil.rmtree(run_dir, ignore_errors=True)
+                gone = "" if run_dir.exists() else f" (its folder runs/{where['run_name']} is removed)"
             raise Interrupted(
                 f"interrupted before the run's first checkpoint: nothing to resume{gone}; start it again"
             ) from None
@@ -716,7 +718,10 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     else:
         # Before MNIST is read and the pictures drawn: a run into a read-only folder failed only then, and
         # --check-only (which `make stack` asks before it starts anything) passed it.
-        for folder in (paths.runs, paths.models):
+        # models/ only where this run will publish: --publish never writes nothing there, and a resumed run's own
+        # mode is known only from its checkpoint (a failed publish says what to do then).
+        publishes = not args.resume and publish_mode(args, None) != "never"
+        for folder in (paths.runs, paths.models) if publishes else (paths.runs,):
             if (problem := write_problem(folder)) is not None:
                 raise CannotWrite(
                     f"cannot write the run's files ({problem}); make it writable, or choose another --artifacts-dir, "
@@ -783,7 +788,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
             run_name = claim_run(held, paths, run_name, resuming=False, named=args.run_name is not None)
         run_name = broadcast_name(run_name, dist_info)  # the name rank 0 claimed (a default may have become -2)
     run_dir = paths.run_dir(run_name)
-    where.update(run_name=run_name, last=last_checkpoint(run_dir))
+    where.update(run_name=run_name, last=last_checkpoint(run_dir), claimed=dist_info.is_main)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     precision = resolve_precision(config.precision, device)
     if resume_ckpt is not None and dist_info.is_main:
@@ -1186,7 +1191,7 @@ def finish(
         flush=True,
     )
     whole = len(splits.test_y) == FILES["test_labels"][2][0]  # MNIST's 10,000
-    subset = "" if whole else f" (of {len(splits.test_y):,} test images: --eval-subset)"
+    subset = "" if whole else f" (on {len(splits.val_y):,} validation and {len(splits.test_y):,} test images: a subset)"
     # The model's figures as published are fp32's; the epochs' lines are the run's precision (bf16 may differ in
     # the last digit, and the best epoch's line once read "val 14.00%, test 14.00%; last epoch test 16.00%" of itself).
     print(

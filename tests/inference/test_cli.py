@@ -509,6 +509,12 @@ def test_a_preview_or_heatmap_named_jpg_is_a_jpeg_and_one_named_png_is_the_serve
     for path in (preview, heatmap):
         with Image.open(path) as img:
             assert img.format == "JPEG" and img.width > 100, (path, img.format)
+    # The same command again writes over its own preview: a file already there was refused as "is a file, not a
+    # folder" (a review's).
+    code, _, err = run_client(
+        capsys, "--target", module_server.target, "predict", str(image_files[0]), "--preview", str(preview)
+    )
+    assert code == 0, err
 
 
 def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypatch):

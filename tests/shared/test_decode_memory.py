@@ -335,6 +335,29 @@ def test_a_png_of_more_text_than_a_picture_carries_is_refused_with_advice(after_
         decode_image(data)
 
 
+def test_a_png_whose_icc_profile_is_too_large_is_refused_naming_the_profile_too():
+    """An iCCP chunk inflates against Pillow's text limit as well: a 1.2 MB profile and no text at all was refused
+    as "the PNG's text ... is too large" (a review's)."""
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(buffer, format="PNG", icc_profile=bytes(1_200_000))
+    with pytest.raises(ImageRejected, match=r"metadata \(text chunks or its ICC profile\) is too large"):
+        decode_image(buffer.getvalue())
+
+
+def test_a_tiff_giving_bits_per_sample_once_reserves_every_samples_bits():
+    """BitsPerSample given once for an RGB TIFF (8, not 8, 8, 8) was counted as 8 bits a pixel, not 24: a third of
+    its strip's buffer reserved (a review's)."""
+    from types import SimpleNamespace
+
+    from shared.decode import decoder_buffer_cost
+
+    def tiff(bits):
+        tags = {259: 8, 258: bits, 277: 3, 278: 3000}  # deflate, RGB in one strip of 3,000 rows
+        return SimpleNamespace(format="TIFF", size=(4000, 3000), tag_v2=tags)
+
+    assert decoder_buffer_cost(b"", tiff((8,))) == decoder_buffer_cost(b"", tiff((8, 8, 8))) > 0
+
+
 def test_a_png_with_a_text_chunk_as_large_as_pillow_reads_passes():
     """One chunk of 1 MiB (an XMP packet with an editor's history) and a few small ones are a picture's metadata."""
     decode_image(_png_with_text(1))

@@ -205,7 +205,7 @@ def test_a_number_beside_a_solid_block_is_not_read_on_the_block(number):
 @pytest.mark.parametrize("overlap", [6, 12, -4, -20])
 def test_cents_raised_beside_a_price_are_read_on_its_line_and_a_number_wholly_above_it_is_not(mnist, overlap):
     """A price with its cents raised ("12" then a smaller "50" whose foot reaches `overlap` pixels below the 12's
-    top, too little for one line's overlap) was refused as a number "written at about 23 degrees" to turn. Two
+    top, too little for one line's overlap) was refused as a number "written at about 21 degrees" to turn. Two
     groups side by side, each level, the second at a height that overlaps the first, are one line written in
     steps: four digits. A "50" wholly above the 12 (its foot above the 12's top) is a line of its own, still refused."""
     images = mnist.test_images.numpy()

@@ -75,3 +75,18 @@ def test_a_program_run_as_its_console_script_names_itself_so(monkeypatch):
     assert get_args_parser().prog == "mnist-train"
     monkeypatch.setattr(sys, "argv", ["/work/trainer/__main__.py"])
     assert get_args_parser().prog == "python -m trainer"
+
+
+def test_a_home_that_cannot_be_found_is_refused_in_one_line_and_help_still_works(monkeypatch, capsys):
+    """~nosuchuser/x (or ~ with no HOME and no passwd entry, in a container) raised RuntimeError from
+    Path.expanduser: a traceback, even for --help with the variable set (a review's)."""
+    from trainer.config import get_args_parser
+
+    monkeypatch.setenv(settings.ENV_ARTIFACTS_DIR, "~nosuchuser-mnist/x")
+    with pytest.raises(SystemExit) as shown:
+        get_args_parser().parse_args(["--help"])
+    assert shown.value.code == 0
+    with pytest.raises(SystemExit) as refused:
+        get_args_parser().parse_args([])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "MNIST_ARTIFACTS_DIR" in err and "~nosuchuser-mnist: no such home" in err

@@ -952,6 +952,14 @@ def test_an_artifacts_dir_nothing_can_be_written_in_is_refused_before_mnist_is_r
     assert not afile.read_text()  # nothing was written on it
 
 
+def test_a_run_that_publishes_nothing_is_not_refused_for_a_models_folder_it_cannot_write(tmp_path, mnist_dir):
+    """--publish never writes nothing in models/: the check before MNIST is read refused it for a models/ it could
+    not write (a review's); a run that publishes is still refused."""
+    (tmp_path / "models").write_text("")  # a file where models/ would be
+    assert train(tmp_path, mnist_dir, "--check-only", "--publish", "never") == 0
+    assert train(tmp_path, mnist_dir, "--check-only") == 1
+
+
 def test_a_download_that_fails_is_said_in_one_line_before_a_run_folder_is_made(tmp_path, capsys, monkeypatch):
     """No internet and no files: every try left an empty run folder behind, holding only its lock."""
     import shared.data
