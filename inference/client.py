@@ -396,7 +396,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     read.set_defaults(run=cmd_read)
 
     evaluate = commands.add_parser("evaluate", help="score the served model on MNIST", formatter_class=HelpFormatter)
-    evaluate.add_argument("--split", choices=("test", "validation"), default="test")
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="MNIST's test images, or the validation images the trainer held out of training",
+    )
     evaluate.add_argument(
         "--out", type=Path, default=None, help="save the confusion-matrix heatmap here (PNG; .jpg etc. by the name)"
     )

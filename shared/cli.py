@@ -16,10 +16,11 @@ from shared.settings import InvalidEnv, user_path
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in the help, except where they would mislead: on/off switches ("(default: True)" on
-    --no-publish) and settings left unset for the environment or a preset to decide ("(default: None)")."""
+    --no-publish) and settings left unset for the environment or a preset to decide ("(default: None)", or
+    "(default: )" for an empty string, as --model-version's: the served model)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.nargs == 0 or action.default is None:
+        if action.nargs == 0 or action.default is None or action.default == "":
             return action.help
         return super()._get_help_string(action)
 

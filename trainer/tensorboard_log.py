@@ -79,11 +79,21 @@ class RunLogger:
         self.writer.flush()
 
     def log_evaluation(
-        self, epoch: int, evaluation: Evaluation, images: torch.Tensor, labels: torch.Tensor, *, split: str = "test"
+        self,
+        epoch: int,
+        evaluation: Evaluation,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        split: str = "test",
+        weights_of: int | None = None,
     ) -> None:
+        """The confusion matrix and the misclassified digits at step `epoch`; `weights_of`: the epoch whose weights
+        were scored, said in the title where it is another (the run's end logs the best epoch's at the last step)."""
+        of = f", the weights of epoch {weights_of}" if weights_of is not None and weights_of != epoch else ""
         self.writer.add_figure(
             f"confusion_matrix/{split}",
-            confusion_figure(evaluation.confusion, title=f"{split} confusion matrix"),
+            confusion_figure(evaluation.confusion, title=f"{split} confusion matrix{of}"),
             epoch,
         )
         self.writer.add_figure(

@@ -1102,7 +1102,9 @@ def finish(
     best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)
-    logger.log_evaluation(state.epoch, test_eval, splits.test_x, splits.test_y, split="test")
+    logger.log_evaluation(
+        state.epoch, test_eval, splits.test_x, splits.test_y, split="test", weights_of=int(best["best_epoch"])
+    )
     # Validation again in fp32, as the publish gate measures the served model: the epoch's own figure may be
     # bf16's, and identical weights once "beat" the published model by 0.01 point that way.
     val_out = predict_log_probs(model, splits.val_x, device=device)

@@ -58,6 +58,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount, Router
 from starlette.types import Receive, Scope, Send
 
@@ -1000,6 +1001,15 @@ def create_app(options: WebOptions) -> FastAPI:
         logged = f" [{e.logged}]" if e.logged else ""
         log.info("%s %s -> %d %s: %s%s", request.method, request.url.path, e.status, e.code.name, e.message, logged)
         return error_response(e.status, e.code, e.message, e.request_id)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_client_gone(request: Request, e: ClientDisconnect):
+        # The client closed its connection before its body had all come: no one to answer, and no bug of ours.
+        # Left to the handler below, it was logged as "Exception in ASGI application" with a traceback.
+        log.info("%s %s: the client closed the connection before its body came", request.method, request.url.path)
+        return error_response(
+            400, grpc.StatusCode.CANCELLED, "the client closed the connection", request_id_of(request)
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, e: Exception):

@@ -517,6 +517,14 @@ def test_a_preview_or_heatmap_named_jpg_is_a_jpeg_and_one_named_png_is_the_serve
     assert code == 0, err
 
 
+def test_evaluate_help_says_what_each_flag_does_and_no_empty_default(capsys):
+    """`mnist-client evaluate --help` showed "--model-version VERSION ... (default: )" and --split with no word."""
+    with pytest.raises(SystemExit):
+        client.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: )" not in out and "held out of training" in out, out
+
+
 def test_client_refuses_a_token_or_a_timeout_no_call_could_use(capsys, monkeypatch):
     code, _out, err = run_client(capsys, "--target", "127.0.0.1:1", "--token", "s3c\nret", "info")
     assert code == 2 and "not printable ASCII" in err and "Traceback" not in err

@@ -533,6 +533,31 @@ def test_a_run_of_a_made_up_name_stopped_before_its_first_checkpoint_leaves_no_f
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine"]
 
 
+def test_the_run_ends_confusion_matrix_says_whose_weights_it_scores(tmp_path, monkeypatch):
+    """At the run's end the best epoch's weights are scored and logged at the last epoch's step: the figure looked
+    like the last epoch's (a review's). Its title says the epoch where it is another."""
+    import numpy as np
+
+    from shared.metrics import Evaluation
+
+    import trainer.tensorboard_log as tensorboard_log
+
+    titles = []
+
+    def figure(confusion, *, title):
+        titles.append(title)
+        return tensorboard_log.misclassified_figure(torch.zeros(1, 28, 28), torch.zeros(1), np.zeros(1))
+
+    monkeypatch.setattr(tensorboard_log, "confusion_figure", figure)
+    logger = tensorboard_log.RunLogger(tmp_path)
+    ones = np.ones(10)
+    evaluation = Evaluation(1.0, 0.0, np.eye(10, dtype=np.int64), ones, ones, ones, ones, np.zeros(1, np.int64))
+    logger.log_evaluation(10, evaluation, torch.zeros(1, 28, 28), torch.zeros(1), weights_of=7)
+    logger.log_evaluation(10, evaluation, torch.zeros(1, 28, 28), torch.zeros(1), weights_of=10)
+    logger.close()
+    assert titles == ["test confusion matrix, the weights of epoch 7", "test confusion matrix"]
+
+
 def test_cli_prints_one_line_per_epoch_and_a_summary(tmp_path, mnist_dir):
     result = subprocess.run(
         [

@@ -69,6 +69,29 @@ def test_a_body_that_never_stops_arriving_is_408_once_the_deadline_has_passed(we
     assert headers["x-request-id"]  # the gateway's own errors carry it too
 
 
+def test_a_client_that_leaves_before_its_body_is_no_error_of_the_gateways(web, backend, caplog):
+    """A client closing its connection halfway through its body was logged as "Exception in ASGI application"
+    with Starlette's ClientDisconnect traceback (a review's): nobody is left to answer, and it is no bug here."""
+    gateway = web(target=backend.target, timeout=5)
+    uvicorn_log = logging.getLogger("uvicorn.error")  # which propagates to no logger caplog hears
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO):
+            with socket.create_connection(("127.0.0.1", gateway.port)) as leaving:
+                leaving.sendall(
+                    b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+                    b"Content-Length: 1000\r\n\r\n" + b"x" * 10
+                )
+                time.sleep(0.3)  # the body is being read
+            deadline = time.monotonic() + 5
+            while "closed the connection before its body" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert "Exception in ASGI application" not in caplog.text, caplog.text
+    assert "closed the connection before its body" in caplog.text, caplog.text
+
+
 def test_a_body_in_time_is_answered_as_before(web, backend, digit_pngs):
     gateway = web(target=backend.target, timeout=5)
     png = digit_pngs[0][1]
