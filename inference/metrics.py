@@ -60,6 +60,7 @@ _REJECTION_WORDS = (
     ("bytes; the limit", "too_many_bytes"),
     ("pixels; the limit", "too_many_pixels"),
     ("decompression bomb", "too_many_pixels"),
+    ("far more than a picture carries", "too_many_bytes"),  # a PNG's metadata inflating past its limit
     ("not a picture in a format", "not_an_image"),
     ("are not accepted", "not_an_image"),
     ("header is damaged", "damaged"),
