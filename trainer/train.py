@@ -628,6 +628,10 @@ class DiskFull(Exception):
     """The disk filled during a run; its message says whether the run can be continued with --resume."""
 
 
+# What a run with no checkpoint yet is told when its folder cannot be written: before MNIST is read, or later.
+START_AGAIN_WRITABLE = "make it writable, or choose another --artifacts-dir, and start again"
+
+
 class CannotWrite(Exception):
     """A folder of the run could not be made or written (permissions, a read-only volume, a file where a folder
     should be); the message says which, and whether the run can be continued with --resume."""
@@ -691,7 +695,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"continue with {resume_flags(args.artifacts_dir, where['run_name'])}"
                     )
                 else:
-                    advice = "make it writable, or choose another --artifacts-dir, and start again"
+                    advice = START_AGAIN_WRITABLE
                 raise CannotWrite(f"cannot write the run's files ({cause}); {advice}") from e
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -723,10 +727,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         publishes = not args.resume and publish_mode(args, None) != "never"
         for folder in (paths.runs, paths.models) if publishes else (paths.runs,):
             if (problem := write_problem(folder)) is not None:
-                raise CannotWrite(
-                    f"cannot write the run's files ({problem}); make it writable, or choose another --artifacts-dir, "
-                    "and start again"
-                )
+                raise CannotWrite(f"cannot write the run's files ({problem}); {START_AGAIN_WRITABLE}")
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
     channels_last = True  # faster convolutions on both oneDNN (CPU) and cuDNN for this network family

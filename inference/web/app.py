@@ -840,8 +840,8 @@ ERROR_RESPONSES = error_responses(
 # Routes that read a body.
 BODY_RESPONSES = error_responses(
     {
-        408: "the request body did not arrive within the gateway's --timeout (10 s by default), or stopped "
-        "arriving for 30 s",
+        408: f"the request body did not arrive within the gateway's --timeout ({WebOptions.timeout:g} s by "
+        f"default), or stopped arriving for {BODY_STALL_SECONDS:g} s",
         413: "over a limit: image bytes or pixels, images per batch, or request bytes",
     }
 )
@@ -1201,15 +1201,15 @@ def create_app(options: WebOptions) -> FastAPI:
     # ----------------------------------------------------------------------------------------------------------
     # Probes: no token (as gRPC health checking), they reveal only whether the service is up
 
-    @app.get("/healthz", response_model=schemas.Health, summary="Liveness: this gateway answers")
+    @app.get(guards.LIVENESS_PATH, response_model=schemas.Health, summary="Liveness: this gateway answers")
     async def healthz() -> schemas.Health:
         return schemas.Health(status="ok")
 
     # HEAD too (load balancers ask so), left out of the schema, where it would repeat GET's operation id.
-    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route(guards.LIVENESS_PATH, healthz, methods=["HEAD"], include_in_schema=False)
 
     @app.get(
-        "/readyz",
+        guards.READINESS_PATH,
         response_model=schemas.Health,
         responses={503: ERROR_RESPONSES[503]},
         summary="Readiness: the inference service behind the gateway is SERVING a model",

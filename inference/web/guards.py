@@ -23,7 +23,9 @@ ANY_HOST = "*"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # The usual spellings of addresses --host may name that only this machine can reach (is_loopback decides for any).
 LOOPBACK_BINDS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+LIVENESS_PATH = "/healthz"  # answered whatever the load (serving.HeaderDeadlineProtocol)
+READINESS_PATH = "/readyz"
+PROBE_PATHS = frozenset({LIVENESS_PATH, READINESS_PATH})
 # On every response. The page's own files add their content security policy (app.PAGE_SECURITY_HEADERS); /docs
 # loads Swagger UI from a CDN, so it gets these alone: nothing may frame it and press its buttons.
 COMMON_HEADERS = {

@@ -28,6 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from inference.web import errors
 from inference.web.app import CALL_THREADS
+from inference.web.guards import LIVENESS_PATH
 
 # A request's head (request line and headers) must arrive within this many seconds of the connection opening, or
 # of the answer before it on a connection kept alive. A client sends its head at once, in one or two packets; a
@@ -130,21 +131,20 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def within_capacity(self, app: Callable[..., Any]) -> Callable[..., Any]:
         limit = self.max_connections
+        if limit is None:  # no limit set: every request goes through
+            return app
 
         async def within_capacity(scope, receive, send) -> None:
             # This request's own connection and task are counted already (uvicorn adds the task before it runs).
             # Liveness is answered whatever the load: a 503 there made a liveness probe restart a gateway that was
             # merely busy, and every call it held with it. It asks nothing of the service, so it costs nothing.
-            busy = limit is not None and max(len(self.connections), len(self.tasks)) > limit
-            if limit is not None and busy and scope["type"] == "http" and scope.get("path") != LIVENESS_PATH:
+            busy = max(len(self.connections), len(self.tasks)) > limit
+            if busy and scope["type"] == "http" and scope.get("path") != LIVENESS_PATH:
                 await over_capacity(limit)(scope, receive, send)
             else:
                 await app(scope, receive, send)
 
         return within_capacity
-
-
-LIVENESS_PATH = "/healthz"
 
 
 def over_capacity(limit: int) -> JSONResponse:
