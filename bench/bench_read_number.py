@@ -4,6 +4,7 @@
     python -m bench.bench_read_number --artifacts artifacts --per-style 50  # more numbers per style and layout
     python -m bench.bench_read_number --target localhost:50051              # accuracy alone, through a server
     python -m bench.bench_read_number --accuracy-only --paper               # also on ruled and squared paper
+    python -m bench.bench_read_number --accuracy-only --pens                # also broken and dotted pens
     python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
 
 Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
@@ -11,7 +12,8 @@ of testkit/user_images.py, once with the digits apart (wide and narrow gaps) and
 Per layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose
 digit count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers
 97 % apart and 85 % touching, digits 99 % apart. With --paper, a second table: the same on ruled and squared paper
-photographed (testkit/numbers.py's PAPER_NUMBER_STYLES), whose lines ReadNumber must take out first.
+photographed (testkit/numbers.py's PAPER_NUMBER_STYLES), whose lines ReadNumber must take out first. With --pens,
+apart numbers written with a pen that skipped (gaps in the strokes) and in dots, which ReadNumber must join.
 
 Speed: 640x480 JPEG photos of 8-digit numbers (paper_photo style), apart and touching. `read_number` in this
 process (segmentation and the model in torch with one thread; the server runs its default onnxruntime backend,
@@ -155,6 +157,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--paper", action="store_true", help="also measure accuracy on numbers written on ruled and squared paper"
     )
+    parser.add_argument(
+        "--pens", action="store_true", help="also measure apart numbers written with a skipping pen and in dots"
+    )
     return parser
 
 
@@ -234,6 +239,13 @@ def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
             paper += score_by_style(layout, pictures, [read(p.data) for p in pictures])
         print(f"\nThe same on ruled and squared paper, {args.per_style} per style and layout, seed {args.seed}:")
         print(format_scores(paper))
+    if args.pens:
+        pens = []
+        for pen in ("broken", "dotted"):
+            pictures = make_numbers(images, labels, per_style=args.per_style, seed=args.seed, layout="apart", pen=pen)
+            pens += score_by_style(f"{pen} pen", pictures, [read(p.data) for p in pictures])
+        print(f"\nApart numbers written with a skipping pen and in dots, {args.per_style} per style, seed {args.seed}:")
+        print(format_scores(pens))
 
 
 def speed(args, artifacts: Path, images: np.ndarray, labels: np.ndarray) -> None:

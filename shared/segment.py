@@ -121,16 +121,15 @@ SLANTED_LINE_MAX_ACROSS = 2.0
 # A line this many degrees or more from level is upright: the refusal names no direction to turn it (turn_direction).
 QUARTER_TURN_FROM = 80.0
 # Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
-# neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); gaps up to DOTTED_JOIN x the typical
-# spacing are closed.
+# neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); each dot is linked to its DOTTED_LINKS
+# nearest no farther than DOTTED_JOIN x the typical spacing, by a line DOTTED_LINK_WIDTH of a dot wide.
 DOTTED_MIN_PIECES = 12
 DOTTED_DOT_SIZE = 0.2
 DOTTED_MAX_GAP = 4.0
 DOTTED_JOIN = 2.0
+DOTTED_LINKS = 2
+DOTTED_LINK_WIDTH = 0.8
 DOTTED_SPECK = 0.25  # of the median piece's longer side: pieces smaller than this are not counted as dots
-# The closing's cost grows with its kernel's area (a 503-pixel ellipse took 5 s on a megapixel): a wider one runs on
-# the mask shrunk to bring the kernel to this side, its result brought back to full size.
-JOIN_MAX_SIDE = 63
 # Small marks, as fractions of the line height. A separator is at most SEPARATOR_WIDTH wide and SEPARATOR_HEIGHT
 # high (a comma's tail drawn with a broad brush), its centre in the bottom SEPARATOR_LOW of the line, with no other
 # ink within SEPARATOR_CLEARANCE beside it or SEPARATOR_ABOVE above it; a comma is COMMA_ASPECT times as high as
@@ -394,7 +393,7 @@ def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
     # rows of dashes) look like writing in dots, and joined into blobs every digit near them.
     spacing = dot_spacing(stats[kept]) if ruling is None else None
     if spacing is not None:
-        ink, strong = join_dots(ink, strong, spacing)
+        ink, strong = join_dots(ink, strong, spacing, stats[kept])
         labels, stats = connected_components(strong)
         kept = not_specks(stats)
     longest = int(stats[kept, 2:4].max())
@@ -432,43 +431,63 @@ def dot_spacing(stats: np.ndarray) -> float | None:
         return None
     # Specks far smaller than the typical piece are dust, not dots (dots of writing are of a size): six specks
     # beside seven digits made thirteen "dots" of a digit's size, and the closing joined the digits into one blob.
-    sides = stats[:, 2:4].max(axis=1).astype(np.float64)
-    stats = stats[sides >= DOTTED_SPECK * np.median(sides)]
+    stats = stats[dots_of_a_size(stats)]
     if len(stats) < DOTTED_MIN_PIECES:
         return None
     sides = stats[:, 2:4].max(axis=1).astype(np.float64)
     extent = float((stats[:, 1] + stats[:, 3]).max() - stats[:, 1].min())
     if np.median(sides) > DOTTED_DOT_SIZE * extent:
         return None
-    centres = stats[:, :2] + stats[:, 2:4] / 2.0  # (n, 2)
-    nearest = np.empty(len(centres))
-    for start in range(0, len(centres), 256):  # rows of the (n, n) distances a block at a time: MAX_PIECES^2 is 92 MiB
-        block = centres[start : start + 256]
-        distance = np.hypot(*(block[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (b, n)
-        distance[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own neighbour
-        nearest[start : start + len(block)] = distance.min(axis=1)
-    if np.median(nearest) > DOTTED_MAX_GAP * np.median(sides):
+    _, nearest = nearest_neighbours(stats[:, :2] + stats[:, 2:4] / 2.0, 1)
+    if np.median(nearest[:, 0]) > DOTTED_MAX_GAP * np.median(sides):
         return None
-    return float(np.median(nearest))
+    return float(np.median(nearest[:, 0]))
 
 
-def join_dots(ink: np.ndarray, strong: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Close the gaps between dots no farther apart than about `spacing` (morphological closing), so each dotted
-    stroke becomes one; the joined gaps count as ink of the dots' typical contrast, so every later step
-    (threshold, soft ink, stroke width) sees a solid stroke."""
-    side = int(np.ceil(DOTTED_JOIN * spacing)) | 1
-    if side <= JOIN_MAX_SIDE:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-        closed = cv2.morphologyEx(strong, cv2.MORPH_CLOSE, kernel)
-    else:  # on the mask shrunk (every pixel with ink in its cell is ink), then back to full size
-        scale = JOIN_MAX_SIDE / side
-        shrunk = (max(1, round(strong.shape[1] * scale)), max(1, round(strong.shape[0] * scale)))  # (w, h)
-        small = (cv2.resize(strong * np.uint8(255), shrunk, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (JOIN_MAX_SIDE, JOIN_MAX_SIDE))
-        joined = cv2.morphologyEx(small, cv2.MORPH_CLOSE, kernel)
-        closed = np.maximum(strong, cv2.resize(joined, strong.shape[::-1], interpolation=cv2.INTER_NEAREST))
+def dots_of_a_size(stats: np.ndarray) -> np.ndarray:
+    """Which pieces (rows x, y, w, h, area) are not dust beside the typical one: (n,) bool."""
+    sides = stats[:, 2:4].max(axis=1).astype(np.float64)
+    return sides >= DOTTED_SPECK * np.median(sides)
+
+
+def nearest_neighbours(centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's k nearest others among centres (n, 2): their indices and distances, (n, k) each, nearest
+    first (a missing neighbour, with fewer than k + 1 points: index -1 at distance inf)."""
+    n = len(centres)
+    index = np.full((n, k), -1, np.int64)
+    distance = np.full((n, k), np.inf)
+    for start in range(0, n, 256):  # rows of the (n, n) distances a block at a time: MAX_PIECES^2 is 92 MiB
+        block = centres[start : start + 256]
+        d = np.hypot(*(block[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (b, n)
+        d[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own neighbour
+        take = min(k, n - 1)
+        if take > 0:
+            some = np.argpartition(d, take - 1, axis=1)[:, :take]  # (b, take): the nearest, in no order
+            near = np.take_along_axis(d, some, axis=1)
+            order = np.argsort(near, axis=1, kind="stable")
+            index[start : start + len(block), :take] = np.take_along_axis(some, order, axis=1)
+            distance[start : start + len(block), :take] = np.take_along_axis(near, order, axis=1)
+    return index, distance
+
+
+def join_dots(ink: np.ndarray, strong: np.ndarray, spacing: float, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Link every dot (stats: the pieces kept, rows x, y, w, h, area) to its DOTTED_LINKS nearest dots no
+    farther than DOTTED_JOIN x `spacing` (centre to centre) with a line about a dot wide, so each dotted stroke
+    becomes one piece; the links count as ink of the dots' typical contrast, so every later step (threshold,
+    soft ink, stroke width) sees a solid stroke.
+
+    Lines, not a closing: a closing wide enough to bridge the gaps filled every loop narrower than itself, and
+    dotted 6s, 8s and 9s were read as blots (one dotted number in four read right)."""
+    dots = stats[dots_of_a_size(stats)]
+    centres = dots[:, :2] + dots[:, 2:4] / 2.0  # (n, 2) x, y
+    index, distance = nearest_neighbours(centres, DOTTED_LINKS)
+    width = max(1, round(DOTTED_LINK_WIDTH * float(np.median(dots[:, 2:4].min(axis=1)))))
+    linked = strong.copy()
+    for i, j in zip(*np.nonzero(distance <= DOTTED_JOIN * spacing)):
+        a, b = centres[i], centres[index[i, j]]
+        cv2.line(linked, (round(a[0]), round(a[1])), (round(b[0]), round(b[1])), 1, width, cv2.LINE_8)
     contrast = int(percentile_uint8(ink[strong > 0], 75))
-    return np.maximum(ink, closed * np.uint8(contrast)), closed
+    return np.maximum(ink, linked * np.uint8(contrast)), linked
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from PIL import Image
 from testkit.user_images import (
     BALLPOINT_INKS,
     coloured_ink_and_paper,
-    draw_digit,
+    draw_digit_and_pen,
     encode,
     lighting,
     paint,
@@ -44,6 +44,7 @@ from testkit.user_images import (
 
 LAYOUTS = ("apart", "touching")
 PENS = ("whole", "broken", "dotted")
+DOT_MAX_SIZE = 0.06  # a dotted pen's dots, at most this share of the digit's height across
 SEPARATORS = (".", ",")
 
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
@@ -74,20 +75,20 @@ class Written:
 # One digit, as written in a number
 
 
-def glyph(digit28: np.ndarray, height: int, stroke_width: float, slant: float) -> np.ndarray:
+def glyph(digit28: np.ndarray, height: int, stroke_width: float, slant: float) -> tuple[np.ndarray, float]:
     """A MNIST digit written `height` pixels tall (its ink box, not its long side: in a number every digit has
     the height of the line) with `stroke_width` strokes, sheared by `slant` (dx/dy, > 0 leans right).
-    (h, w) float32 coverage cropped to the ink."""
+    (h, w) float32 coverage cropped to the ink, and the stroke width drawn (draw_digit_and_pen)."""
     ys, xs = np.nonzero(digit28 > 30)
     aspect = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
-    ink = draw_digit(digit28, max(4, round(height * max(1.0, aspect))), stroke_width)
+    ink, drawn = draw_digit_and_pen(digit28, max(4, round(height * max(1.0, aspect))), stroke_width)
     if slant:
         h, w = ink.shape
         extra = int(np.ceil(abs(slant) * h)) + 2
         # x' = x + slant * (h - y): the bottom stays put, the top moves right by slant * h for slant > 0.
         shear = np.float32([[1, -slant, slant * h + (extra if slant < 0 else 0)], [0, 1, 0]])
         ink = cv2.warpAffine(ink, shear, (w + extra, h), flags=cv2.INTER_LINEAR, borderValue=0)
-    return crop_to_ink(ink)
+    return crop_to_ink(ink), drawn
 
 
 def crop_to_ink(coverage: np.ndarray) -> np.ndarray:
@@ -109,10 +110,13 @@ def skipping_pen(coverage: np.ndarray, stroke_width: float, rng: np.random.Gener
 
 
 def dotted_pen(coverage: np.ndarray, stroke_width: float, rng: np.random.Generator) -> np.ndarray:
-    """A dotted line: round dots a stroke wide along the strokes' centre line, 8-12 % of the digit's height (and
-    at least two dots' widths) apart."""
+    """A dotted line: round dots a stroke wide (at most DOT_MAX_SIZE of the digit's height) along the strokes'
+    centre line, 8-12 % of the digit's height (and at least two dots' widths) apart. A broad pen's dots are kept
+    small, as a person dotting a line keeps them: dots of a brush's width two widths apart left five or six to a
+    digit, which no one reads."""
     centre_line = zhang_suen_thinning(coverage >= 0.5)
     ys, xs = np.nonzero(centre_line)
+    stroke_width = min(stroke_width, DOT_MAX_SIZE * coverage.shape[0])
     pitch = max(3.0, 2.0 * stroke_width, rng.uniform(0.08, 0.12) * coverage.shape[0])
     chosen: list[tuple[int, int]] = []
     for i in rng.permutation(len(ys)):
@@ -172,11 +176,11 @@ def write_number(
     glyphs, jitters = [], []
     for digit in digits28:
         h = max(8, round(height * rng.uniform(0.85, 1.15)))
-        ink = glyph(digit, h, stroke_width, slant + rng.uniform(-0.05, 0.05))
-        if pen == "broken":
-            ink = skipping_pen(ink, stroke_width, rng)
+        ink, drawn = glyph(digit, h, stroke_width, slant + rng.uniform(-0.05, 0.05))
+        if pen == "broken":  # gaps and dots of the pen the digit was drawn with
+            ink = skipping_pen(ink, drawn, rng)
         elif pen == "dotted":
-            ink = dotted_pen(ink, stroke_width, rng)
+            ink = dotted_pen(ink, drawn, rng)
         glyphs.append(ink)
         jitters.append(rng.uniform(-0.07, 0.07) * height)
     touching = np.zeros(max(count - 1, 0), bool)

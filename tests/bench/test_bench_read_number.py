@@ -41,3 +41,13 @@ def test_flags_that_would_measure_nothing_are_refused(flags, message, capsys):
         bench_read_number.main(flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_pens_add_a_table_of_broken_and_dotted_numbers(monkeypatch, tmp_path, mnist_dir, capsys):
+    monkeypatch.setattr(bench_read_number, "local_reader", lambda artifacts: (lambda data: None, None, "v1"))
+    flags = ["--artifacts", str(tmp_path), "--data-dir", str(mnist_dir), "--per-style", "1", "--accuracy-only"]
+    assert bench_read_number.main([*flags, "--pens"]) == 0
+    out = capsys.readouterr().out
+    assert "broken pen all" in out and "dotted pen all" in out
+    assert bench_read_number.main(flags) == 0
+    assert "dotted pen" not in capsys.readouterr().out

@@ -41,6 +41,9 @@ APART_WHOLE_FLOOR = 0.93
 APART_DIGIT_FLOOR = 0.985
 APART_WRONG_COUNT_CEILING = 0.02
 TOUCHING_WHOLE_FLOOR = 0.82
+# Numbers written in dots (4 styles x 6): 12 of 24 read whole with the tests' model of stop 59, 1 before it (stop 58's
+# closing, on dots drawn a brush wide); no more than 3 with a wrong digit count (15 before).
+DOTTED_WHOLE = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +252,23 @@ def test_the_pieces_of_a_digit_broken_by_a_skipping_pen_are_kept_together(traine
     read = grpc_reader(trained_server.stub)
     score = score_numbers("broken", [n.digits for n in numbers], [read(n.data) for n in numbers])
     assert score.wrong_count <= 0.25 * score.numbers, score.mistakes
+
+
+def test_a_number_written_in_dots_is_read_with_its_loops_open(trained_server, mnist_test):
+    """Writing in dots: each dot linked to its nearest, so a dotted 6, 8 or 9 keeps its loop (a closing filled
+    them into blots)."""
+    numbers = make_numbers(
+        *mnist_test,
+        per_style=6,
+        seed=SEED,
+        pen="dotted",
+        styles=["web_canvas_alpha", "coloured", "dark_mode", "paper_photo"],
+    )
+    read = grpc_reader(trained_server.stub)
+    score = score_numbers("dotted", [n.digits for n in numbers], [read(n.data) for n in numbers])
+    print(format_scores([score]))
+    assert score.whole >= DOTTED_WHOLE * score.numbers, score.mistakes
+    assert score.wrong_count <= 0.2 * score.numbers, score.mistakes
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -413,19 +413,33 @@ def test_a_separator_is_a_mark_of_a_pens_size_not_a_speck(side, expected):
     assert [(s.position, s.mark) for s in reading.separators] == expected
 
 
-def test_dots_far_apart_are_joined_on_a_shrunk_mask_into_one_stroke():
-    """A wide closing on the full picture took seconds (its cost grows with the kernel's area: 5 s for 503 pixels
-    on a megapixel); past JOIN_MAX_SIDE it runs on the mask shrunk, and the dots still become one stroke."""
+def stats_of(strong: np.ndarray) -> np.ndarray:
+    """The pieces of a mask, rows x, y, w, h, area (the paper left out), as find_pieces keeps them."""
+    return cv2.connectedComponentsWithStats(strong, connectivity=8)[2][1:]
+
+
+def test_dots_far_apart_are_joined_into_one_stroke():
     strong = np.zeros((600, 1200), np.uint8)
-    for x in range(100, 1100, 100):  # a row of dots 30 pixels wide, 100 apart: a closing of 201 pixels
+    for x in range(100, 1100, 100):  # a row of dots 30 pixels wide, 100 apart
         cv2.circle(strong, (x, 300), 15, 1, -1)
     ink = strong * np.uint8(200)
-    joined_ink, closed = segment.join_dots(ink, strong, spacing=100.0)
-    assert segment.JOIN_MAX_SIDE < 2 * 100 + 1
-    count, _ = cv2.connectedComponents(closed)
+    joined_ink, joined = segment.join_dots(ink, strong, 100.0, stats_of(strong))
+    count, _ = cv2.connectedComponents(joined)
     assert count - 1 == 1  # one stroke, not ten dots
-    assert (closed >= strong).all() and closed.shape == strong.shape
+    assert (joined >= strong).all() and joined.shape == strong.shape
     assert joined_ink[300, 150] > 0  # between two dots: ink now
+
+
+def test_a_ring_of_dots_is_joined_into_a_ring_not_a_disc():
+    """A closing wide enough to bridge the dots filled every loop narrower than itself: a dotted 0, or the loop of
+    a 6, 8 or 9, became a blot, and one dotted number in four was read right. The dots are linked by lines."""
+    strong = np.zeros((100, 100), np.uint8)
+    for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):  # a ring 24 pixels across, dots about 9 apart
+        cv2.circle(strong, (round(50 + 12 * np.cos(angle)), round(50 + 12 * np.sin(angle))), 3, 1, -1)
+    _, joined = segment.join_dots(strong * np.uint8(200), strong, 9.2, stats_of(strong))
+    count, _ = cv2.connectedComponents(joined)
+    assert count - 1 == 1  # one stroke
+    assert joined[50, 50] == 0  # its hole open: a 0, not a disc
 
 
 def test_specks_beside_digits_are_not_taken_for_writing_in_dots():

@@ -100,7 +100,7 @@ def test_a_level_number_is_read_and_two_lines_are_still_two_lines(long_number, m
 
 
 def test_every_dot_of_a_number_written_in_dots_stays_in_its_digits_box(mnist):
-    """Writing in dots: join_dots closes most of a digit's dots into one piece, and the few it leaves alone are a few
+    """Writing in dots: join_dots links most of a digit's dots into one piece, and the few it leaves alone are a few
     per cent of it each. Were they taken for specks (Predict's rule for which strokes make a digit), they would
     leave the digit: a dotted 4 lost its top and was read as a 7, its box half as tall."""
     images = mnist.test_images.numpy()
