@@ -241,32 +241,30 @@ def test_a_decimal_point_or_comma_is_left_out_and_its_position_reported(trained_
     assert right_mark >= 0.75 * len(numbers), right_mark
 
 
-def test_the_pieces_of_a_digit_broken_by_a_skipping_pen_are_kept_together(trained_server, mnist_test):
+def read_with_pen(stub, mnist_test, pen: str):
+    """Numbers written with `pen` in four styles, six each, read through the RPC and scored."""
     numbers = make_numbers(
         *mnist_test,
         per_style=6,
         seed=SEED,
-        pen="broken",
+        pen=pen,
         styles=["web_canvas_alpha", "coloured", "dark_mode", "paper_photo"],
     )
-    read = grpc_reader(trained_server.stub)
-    score = score_numbers("broken", [n.digits for n in numbers], [read(n.data) for n in numbers])
+    read = grpc_reader(stub)
+    score = score_numbers(pen, [n.digits for n in numbers], [read(n.data) for n in numbers])
+    print(format_scores([score]))
+    return score
+
+
+def test_the_pieces_of_a_digit_broken_by_a_skipping_pen_are_kept_together(trained_server, mnist_test):
+    score = read_with_pen(trained_server.stub, mnist_test, "broken")
     assert score.wrong_count <= 0.25 * score.numbers, score.mistakes
 
 
 def test_a_number_written_in_dots_is_read_with_its_loops_open(trained_server, mnist_test):
     """Writing in dots: each dot linked to its nearest, so a dotted 6, 8 or 9 keeps its loop (a closing filled
     them into blots)."""
-    numbers = make_numbers(
-        *mnist_test,
-        per_style=6,
-        seed=SEED,
-        pen="dotted",
-        styles=["web_canvas_alpha", "coloured", "dark_mode", "paper_photo"],
-    )
-    read = grpc_reader(trained_server.stub)
-    score = score_numbers("dotted", [n.digits for n in numbers], [read(n.data) for n in numbers])
-    print(format_scores([score]))
+    score = read_with_pen(trained_server.stub, mnist_test, "dotted")
     assert score.whole >= DOTTED_WHOLE * score.numbers, score.mistakes
     assert score.wrong_count <= 0.2 * score.numbers, score.mistakes
 
