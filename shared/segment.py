@@ -130,6 +130,12 @@ DOTTED_JOIN = 2.0
 DOTTED_LINKS = 2
 DOTTED_LINK_WIDTH = 0.8
 DOTTED_SPECK = 0.25  # of the median piece's longer side: pieces smaller than this are not counted as dots
+# Dot-grid paper (paper_dots): at least PAPER_DOT_MIN_COUNT dots, each at most PAPER_DOT_SIZE of the largest piece,
+# their spacing even to PAPER_DOT_EVENNESS, PAPER_DOT_AWAY of them above or below the writing.
+PAPER_DOT_MIN_COUNT = 30
+PAPER_DOT_SIZE = 0.15
+PAPER_DOT_EVENNESS = 0.25
+PAPER_DOT_AWAY = 0.25
 # Small marks, as fractions of the line height. A separator is at most SEPARATOR_WIDTH wide and SEPARATOR_HEIGHT
 # high (a comma's tail drawn with a broad brush), its centre in the bottom SEPARATOR_LOW of the line, with no other
 # ink within SEPARATOR_CLEARANCE beside it or SEPARATOR_ABOVE above it; a comma is COMMA_ASPECT times as high as
@@ -389,9 +395,14 @@ def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
         if len(stats) > 1:  # ink there is, in marks of a pixel or two: not a blank page
             raise only_specks(int(stats[1:, 2:4].max()))
         raise_blank(ink, threshold, noise, found="digit", what="a number")
+    # Dot-grid paper: its dots are the paper, as a ruled sheet's lines are (linked as writing in dots, they made one
+    # mesh of the page and the number in it).
+    grid = paper_dots(stats[kept]) if ruling is None else None
+    if grid is not None:
+        kept = kept[~grid]
     # Not on ruled or squared paper: the bits its lines leave where they are too faint to be found (their crossings,
     # rows of dashes) look like writing in dots, and joined into blobs every digit near them.
-    spacing = dot_spacing(stats[kept]) if ruling is None else None
+    spacing = dot_spacing(stats[kept]) if ruling is None and grid is None else None
     if spacing is not None:
         ink, strong = join_dots(ink, strong, spacing, stats[kept])
         labels, stats = connected_components(strong)
@@ -442,6 +453,35 @@ def dot_spacing(stats: np.ndarray) -> float | None:
     if np.median(nearest[:, 0]) > DOTTED_MAX_GAP * np.median(sides):
         return None
     return float(np.median(nearest[:, 0]))
+
+
+def paper_dots(stats: np.ndarray) -> np.ndarray | None:
+    """If some of the pieces (rows x, y, w, h, area) are the dots of dot-grid paper, which of them: (n,) bool;
+    None otherwise.
+
+    A grid's dots: at least PAPER_DOT_MIN_COUNT pieces, each at most PAPER_DOT_SIZE of the largest piece's longer
+    side (there is writing beside them: dotted writing alone is all dots), of one size (within a factor of two
+    of their median), evenly spaced (their nearest neighbours' distances vary by at most PAPER_DOT_EVENNESS of
+    their median), and at least PAPER_DOT_AWAY of them above or below all the writing (the paper goes on where
+    the writing stops; a dotted or broken stroke's pieces stay in its line).
+    """
+    sides = stats[:, 2:4].max(axis=1).astype(np.float64)
+    small = sides <= PAPER_DOT_SIZE * sides.max()
+    if small.sum() < PAPER_DOT_MIN_COUNT or small.all():
+        return None
+    median = float(np.median(sides[small]))
+    dots = small & (sides >= median / 2) & (sides <= 2 * median)
+    if dots.sum() < PAPER_DOT_MIN_COUNT:
+        return None
+    centres = stats[dots, :2] + stats[dots, 2:4] / 2.0  # (n, 2) x, y
+    _, nearest = nearest_neighbours(centres, 1)
+    spacing = float(np.median(nearest[:, 0]))
+    if np.percentile(np.abs(nearest[:, 0] - spacing), 90) > PAPER_DOT_EVENNESS * spacing:
+        return None
+    writing = stats[~small]
+    top, bottom = writing[:, 1].min(), (writing[:, 1] + writing[:, 3]).max()
+    away = (centres[:, 1] < top) | (centres[:, 1] > bottom)
+    return dots if away.mean() >= PAPER_DOT_AWAY else None
 
 
 def dots_of_a_size(stats: np.ndarray) -> np.ndarray:

@@ -111,6 +111,30 @@ def test_every_dot_of_a_number_written_in_dots_stays_in_its_digits_box(mnist):
         assert found_height >= 0.8 * height, (found, written.boxes)
 
 
+@pytest.mark.parametrize(("grey", "radius", "pitch"), [(120, 2, 20), (180, 3, 24), (80, 1, 16)])
+def test_a_number_on_dot_grid_paper_is_read_without_the_grids_dots(number, grey, radius, pitch):
+    """Dot-grid paper (a bullet journal's): its dots were taken for writing in dots and linked, with the number,
+    into one mesh of the page (read as one digit). They are the paper, as a ruled sheet's lines are."""
+    coverage, expected = number
+    page = np.full(coverage.shape, 250.0, np.float32)
+    for y in range(pitch // 2, page.shape[0], pitch):
+        for x in range(pitch // 2, page.shape[1], pitch):
+            cv2.circle(page, (x, y), radius, float(grey), -1)
+    photo = np.clip(page * (1 - coverage) + 20 * coverage, 0, 255).astype(np.uint8)  # the ink over the dots
+    found = boxes(photo)
+    assert len(found) == 4, found
+    near = 2 * radius + 3  # a dot under a stroke is part of it
+    for (x, y, w, h), (fx, fy, fw, fh) in zip(expected, found):
+        assert abs(fx - x) <= near and abs(fy - y) <= near and abs(fw - w) <= near and abs(fh - h) <= near
+
+
+def test_a_number_written_in_dots_is_not_taken_for_dot_grid_paper(mnist):
+    """Writing in dots is all dots, with no solid writing beside them: no grid to take out."""
+    images = mnist.test_images.numpy()
+    written = write_number([images[i] for i in range(4)], 90, 2.5, np.random.default_rng(1), pen="dotted")
+    assert len(boxes(on_paper(np.pad(written.coverage, PAD)))) == 4
+
+
 def test_a_number_on_a_note_lying_on_a_desk_is_read_on_the_note(number):
     """A sticky note photographed on a dark desk: the desk was the paper, the note one big piece of "ink" with the
     digits as holes in it, read as one digit (0 of 20 such numbers read right with the tests' model, 19 now, as
