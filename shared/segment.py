@@ -4,8 +4,9 @@ The paper and the ink are found exactly as for one digit (shared/normalize.py), 
 through the same stroke-width, box and centre-of-mass normalization, so a picture of a single digit gives the
 28x28 image Predict gives. In between, the ink is cut into digits:
 
-1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks dropped. Writing
-               in dots is first joined into strokes (a closing at the dots' spacing).
+1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks and the dots of
+               dot-grid paper dropped. Writing in dots is first joined into strokes (each dot linked to its
+               nearest).
 2. slant       the writing's slant, pooled from the second moments of the tall pieces. Everything below is
                measured along the writing direction in deslanted coordinates x' = x + slant * y, so two slanted
                digits side by side do not overlap and a cut between them follows their strokes.
