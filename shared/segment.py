@@ -132,11 +132,12 @@ DOTTED_LINKS = 2
 DOTTED_LINK_WIDTH = 0.8
 DOTTED_SPECK = 0.25  # of the median piece's longer side: pieces smaller than this are not counted as dots
 # Dot-grid paper (paper_dots): at least PAPER_DOT_MIN_COUNT dots, each at most PAPER_DOT_SIZE of the largest piece,
-# their spacing even to PAPER_DOT_EVENNESS, PAPER_DOT_AWAY of them above or below the writing.
+# PAPER_DOT_LATTICE of them with three of their four nearest at the pitch, give or take PAPER_DOT_PITCH of it.
 PAPER_DOT_MIN_COUNT = 30
 PAPER_DOT_SIZE = 0.15
-PAPER_DOT_EVENNESS = 0.25
-PAPER_DOT_AWAY = 0.25
+PAPER_DOT_LATTICE = 0.5
+PAPER_DOT_PITCH = 0.25
+PAPER_DOT_SAME_SIZE = 0.35  # of the grid dots' median size: the rescued beside a mark are of their size
 # Small marks, as fractions of the line height. A separator is at most SEPARATOR_WIDTH wide and SEPARATOR_HEIGHT
 # high (a comma's tail drawn with a broad brush), its centre in the bottom SEPARATOR_LOW of the line, with no other
 # ink within SEPARATOR_CLEARANCE beside it or SEPARATOR_ABOVE above it; a comma is COMMA_ASPECT times as high as
@@ -460,29 +461,44 @@ def paper_dots(stats: np.ndarray) -> np.ndarray | None:
     """If some of the pieces (rows x, y, w, h, area) are the dots of dot-grid paper, which of them: (n,) bool;
     None otherwise.
 
-    A grid's dots: at least PAPER_DOT_MIN_COUNT pieces, each at most PAPER_DOT_SIZE of the largest piece's longer
-    side (there is writing beside them: dotted writing alone is all dots), of one size (within a factor of two
-    of their median), evenly spaced (their nearest neighbours' distances vary by at most PAPER_DOT_EVENNESS of
-    their median), and at least PAPER_DOT_AWAY of them above or below all the writing (the paper goes on where
-    the writing stops; a dotted or broken stroke's pieces stay in its line).
+    A grid's dots are pieces of one size (within a factor of two of their median), each at most PAPER_DOT_SIZE of
+    the largest piece's longer side (there is writing beside them: writing in dots alone is all dots), that lie
+    on a lattice: PAPER_DOT_LATTICE of them or more have at least three of their four nearest such pieces at the
+    grid's pitch (PAPER_DOT_PITCH of the median nearest distance). Dots along a stroke have two at most, so a
+    number written in dots, even beside a solid mark, is no grid. Of a grid, the pieces dropped are those on the
+    lattice, so a decimal point or a stroke's fragment off it stays.
     """
     sides = stats[:, 2:4].max(axis=1).astype(np.float64)
     small = sides <= PAPER_DOT_SIZE * sides.max()
     if small.sum() < PAPER_DOT_MIN_COUNT or small.all():
         return None
     median = float(np.median(sides[small]))
-    dots = small & (sides >= median / 2) & (sides <= 2 * median)
-    if dots.sum() < PAPER_DOT_MIN_COUNT:
+    dots = np.flatnonzero(small & (sides >= median / 2) & (sides <= 2 * median))
+    if len(dots) < PAPER_DOT_MIN_COUNT:
         return None
     centres = stats[dots, :2] + stats[dots, 2:4] / 2.0  # (n, 2) x, y
-    _, nearest = nearest_neighbours(centres, 1)
-    spacing = float(np.median(nearest[:, 0]))
-    if np.percentile(np.abs(nearest[:, 0] - spacing), 90) > PAPER_DOT_EVENNESS * spacing:
+    index, nearest = nearest_neighbours(centres, 4)  # (n, 4) each, nearest first
+    pitch = float(np.median(nearest[:, 0]))
+    tolerance = PAPER_DOT_PITCH * pitch
+    at_pitch = np.abs(nearest - pitch) <= tolerance  # (n, 4)
+    if np.mean(at_pitch.sum(axis=1) >= 3) < PAPER_DOT_LATTICE:
         return None
-    writing = stats[~small]
-    top, bottom = writing[:, 1].min(), (writing[:, 1] + writing[:, 3]).max()
-    away = (centres[:, 1] < top) | (centres[:, 1] > bottom)
-    return dots if away.mean() >= PAPER_DOT_AWAY else None
+    # On the lattice: two neighbours or more at the pitch and none nearer. A mark off it (a decimal point in a
+    # cell) has a grid dot nearer than the pitch (within half a cell's diagonal, 0.71 of it).
+    on = (at_pitch.sum(axis=1) >= 2) & at_pitch[:, 0]
+    # The grid dots beside such a mark (their nearest is the mark) are where a lattice dot's step puts them, and of
+    # the grid's own size (a decimal point a pen's width across is larger than the grid's dots).
+    lattice = np.flatnonzero(on)
+    for i in np.flatnonzero(~on & (np.abs(sides[dots] - median) <= PAPER_DOT_SAME_SIZE * median)):
+        if len(lattice) == 0:
+            break
+        j = lattice[np.argmin(np.hypot(*(centres[lattice] - centres[i]).T))]
+        steps = centres[index[j][at_pitch[j]]] - centres[j]  # (m, 2): j's own steps to its lattice neighbours
+        offset = centres[i] - centres[j]
+        on[i] = bool((np.hypot(*(np.concatenate([steps, -steps]) - offset).T) <= tolerance).any())
+    grid = np.zeros(len(stats), bool)
+    grid[dots[on]] = True
+    return grid
 
 
 def dots_of_a_size(stats: np.ndarray) -> np.ndarray:

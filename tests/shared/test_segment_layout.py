@@ -128,6 +128,39 @@ def test_a_number_on_dot_grid_paper_is_read_without_the_grids_dots(number, grey,
         assert abs(fx - x) <= near and abs(fy - y) <= near and abs(fw - w) <= near and abs(fh - h) <= near
 
 
+def test_a_decimal_point_on_dot_grid_paper_is_kept(mnist):
+    """The grid's dots are those on its lattice: a point written in a cell, nearer a grid dot than the pitch, is
+    a decimal point still (all dots of its size were dropped at first)."""
+    images = mnist.test_images.numpy()
+    written = write_number([images[i] for i in range(4)], 60, 4.0, np.random.default_rng(0), separator=(2, "."))
+    coverage = np.pad(written.coverage, PAD)
+    page = np.full(coverage.shape, 250.0, np.float32)
+    for y in range(8, page.shape[0], 16):
+        for x in range(8, page.shape[1], 16):
+            cv2.circle(page, (x, y), 1, 120.0, -1)
+    photo = np.clip(page * (1 - coverage) + 20 * coverage, 0, 255).astype(np.uint8)
+    reading = segment.read_number(photo, sure_classifier)
+    assert len(reading.digits) == 4
+    assert [(s.position, s.mark) for s in reading.separators] == [(2, ".")]
+
+
+def test_dots_beside_a_solid_mark_are_writing_not_a_grid():
+    """A number written in evenly spaced dots beside one solid digit: the dots lay above and below that digit, and
+    a rule that asked only that took them all for the paper's."""
+    canvas = np.full((300, 600), 255, np.uint8)
+    for left in (40, 130, 220):  # three dotted 8s as a seven-segment display draws them, a dot every 8 px
+        for x in range(left, left + 41, 8):
+            for y in (150, 192, 234):
+                cv2.circle(canvas, (x, y), 2, 0, -1)
+        for y in range(150, 235, 8):
+            for x in (left, left + 40):
+                cv2.circle(canvas, (x, y), 2, 0, -1)
+    cv2.putText(canvas, "4", (420, 230), cv2.FONT_HERSHEY_SIMPLEX, 2.0, 0, 6)  # solid, shorter than the dots
+    stats = cv2.connectedComponentsWithStats((canvas < 128).astype(np.uint8), connectivity=8)[2][1:]
+    assert len(stats) > 100 and segment.paper_dots(stats) is None
+    assert len(boxes(canvas)) == 4
+
+
 def test_a_number_written_in_dots_is_not_taken_for_dot_grid_paper(mnist):
     """Writing in dots is all dots, with no solid writing beside them: no grid to take out."""
     images = mnist.test_images.numpy()
