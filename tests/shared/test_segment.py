@@ -305,12 +305,17 @@ def uniform_classifier(batch: np.ndarray) -> segment.Classified:
 
 
 def stroke_among_marks(marks: int) -> np.ndarray:
-    """One tall stroke (it sets the line's height) among a grid of 3x3 marks 13 px apart: small marks, not dots."""
+    """One tall stroke (it sets the line's height) among 3x3 marks strewn at random, none within 6 px of another:
+    small marks, not dots (the marks of a lattice are dot-grid paper, taken out as the paper)."""
     picture = np.full((1024, 1024), 255, np.uint8)
     picture[10:1010, 5:7] = 0
-    for k in range(marks):
-        r, c = divmod(k, 40)
-        picture[20 + 13 * r : 23 + 13 * r, 40 + 13 * c : 43 + 13 * c] = 0
+    rng = np.random.default_rng(0)
+    placed: list[tuple[int, int]] = []
+    while len(placed) < marks:
+        y, x = int(rng.integers(20, 1000)), int(rng.integers(40, 1000))
+        if all(max(abs(y - py), abs(x - px)) > 6 for py, px in placed):
+            placed.append((y, x))
+            picture[y : y + 3, x : x + 3] = 0
     return picture
 
 
