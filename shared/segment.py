@@ -404,9 +404,9 @@ def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
         kept = kept[~grid]
     # Not on ruled or squared paper: the bits its lines leave where they are too faint to be found (their crossings,
     # rows of dashes) look like writing in dots, and joined into blobs every digit near them.
-    spacing = dot_spacing(stats[kept]) if ruling is None and grid is None else None
-    if spacing is not None:
-        ink, strong = join_dots(ink, strong, spacing, stats[kept])
+    dots = writing_in_dots(stats[kept]) if ruling is None and grid is None else None
+    if dots is not None:
+        ink, strong = join_dots(ink, strong, dots)
         labels, stats = connected_components(strong)
         kept = not_specks(stats)
     longest = int(stats[kept, 2:4].max())
@@ -433,9 +433,9 @@ def not_specks(stats: np.ndarray) -> np.ndarray:
     return kept[kept != 0]
 
 
-def dot_spacing(stats: np.ndarray) -> float | None:
-    """If the pieces (rows x, y, w, h, area) are the dots of writing in dots, the typical distance between
-    neighbouring dots' centres; None for ordinary writing.
+def writing_in_dots(stats: np.ndarray) -> Dots | None:
+    """If the pieces (rows x, y, w, h, area) are the dots of writing in dots, those dots (Dots: their spacing is
+    the typical distance between neighbouring dots' centres); None for ordinary writing.
 
     Dots: at least DOTTED_MIN_PIECES pieces, most of them round and small (the median piece's longer side at
     most DOTTED_DOT_SIZE of the ink's height), each with a neighbour within a few of its own sizes.
@@ -451,10 +451,8 @@ def dot_spacing(stats: np.ndarray) -> float | None:
     extent = float((stats[:, 1] + stats[:, 3]).max() - stats[:, 1].min())
     if np.median(sides) > DOTTED_DOT_SIZE * extent:
         return None
-    _, nearest = nearest_neighbours(stats[:, :2] + stats[:, 2:4] / 2.0, 1)
-    if np.median(nearest[:, 0]) > DOTTED_MAX_GAP * np.median(sides):
-        return None
-    return float(np.median(nearest[:, 0]))
+    dots = Dots.of(stats)
+    return None if dots.spacing > DOTTED_MAX_GAP * np.median(sides) else dots
 
 
 def paper_dots(stats: np.ndarray) -> np.ndarray | None:
@@ -527,21 +525,37 @@ def nearest_neighbours(centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return index, distance
 
 
-def join_dots(ink: np.ndarray, strong: np.ndarray, spacing: float, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Link every dot (stats: the pieces kept, rows x, y, w, h, area) to its DOTTED_LINKS nearest dots no
-    farther than DOTTED_JOIN x `spacing` (centre to centre) with a line about a dot wide, so each dotted stroke
-    becomes one piece; the links count as ink of the dots' typical contrast, so every later step (threshold,
-    soft ink, stroke width) sees a solid stroke.
+@dataclass(frozen=True)
+class Dots:
+    """Dots of writing (the pieces of a size: dots_of_a_size), each with its DOTTED_LINKS nearest."""
+
+    centres: np.ndarray  # (n, 2) x, y of each dot's box
+    index: np.ndarray  # (n, DOTTED_LINKS) its nearest dots, nearest first (nearest_neighbours)
+    distance: np.ndarray  # (n, DOTTED_LINKS) how far they are, centre to centre
+    spacing: float  # the typical distance to the nearest dot (given, or their median)
+    size: float  # the typical dot's narrower side, in pixels
+
+    @classmethod
+    def of(cls, stats: np.ndarray, spacing: float | None = None) -> Dots:
+        """The dots among pieces (rows x, y, w, h, area), dust left out."""
+        dots = stats[dots_of_a_size(stats)]
+        centres = dots[:, :2] + dots[:, 2:4] / 2.0
+        index, distance = nearest_neighbours(centres, DOTTED_LINKS)
+        typical = float(np.median(distance[:, 0])) if spacing is None else spacing
+        return cls(centres, index, distance, typical, float(np.median(dots[:, 2:4].min(axis=1))))
+
+
+def join_dots(ink: np.ndarray, strong: np.ndarray, dots: Dots) -> tuple[np.ndarray, np.ndarray]:
+    """Link every dot to its DOTTED_LINKS nearest dots no farther than DOTTED_JOIN x their spacing (centre to
+    centre) with a line about a dot wide, so each dotted stroke becomes one piece; the links count as ink of the
+    dots' typical contrast, so every later step (threshold, soft ink, stroke width) sees a solid stroke.
 
     Lines, not a closing: a closing wide enough to bridge the gaps filled every loop narrower than itself, and
     dotted 6s, 8s and 9s were read as blots (one dotted number in four read right)."""
-    dots = stats[dots_of_a_size(stats)]
-    centres = dots[:, :2] + dots[:, 2:4] / 2.0  # (n, 2) x, y
-    index, distance = nearest_neighbours(centres, DOTTED_LINKS)
-    width = max(1, round(DOTTED_LINK_WIDTH * float(np.median(dots[:, 2:4].min(axis=1)))))
+    width = max(1, round(DOTTED_LINK_WIDTH * dots.size))
     linked = strong.copy()
-    for i, j in zip(*np.nonzero(distance <= DOTTED_JOIN * spacing)):
-        a, b = centres[i], centres[index[i, j]]
+    for i, j in zip(*np.nonzero(dots.distance <= DOTTED_JOIN * dots.spacing)):
+        a, b = dots.centres[i], dots.centres[dots.index[i, j]]
         cv2.line(linked, (round(a[0]), round(a[1])), (round(b[0]), round(b[1])), 1, width, cv2.LINE_8)
     contrast = int(percentile_uint8(ink[strong > 0], 75))
     return np.maximum(ink, linked * np.uint8(contrast)), linked

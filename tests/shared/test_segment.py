@@ -428,7 +428,7 @@ def test_dots_far_apart_are_joined_into_one_stroke():
     for x in range(100, 1100, 100):  # a row of dots 30 pixels wide, 100 apart
         cv2.circle(strong, (x, 300), 15, 1, -1)
     ink = strong * np.uint8(200)
-    joined_ink, joined = segment.join_dots(ink, strong, 100.0, stats_of(strong))
+    joined_ink, joined = segment.join_dots(ink, strong, segment.Dots.of(stats_of(strong), spacing=100.0))
     count, _ = cv2.connectedComponents(joined)
     assert count - 1 == 1  # one stroke, not ten dots
     assert (joined >= strong).all() and joined.shape == strong.shape
@@ -441,7 +441,7 @@ def test_a_ring_of_dots_is_joined_into_a_ring_not_a_disc():
     strong = np.zeros((100, 100), np.uint8)
     for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):  # a ring 24 pixels across, dots about 9 apart
         cv2.circle(strong, (round(50 + 12 * np.cos(angle)), round(50 + 12 * np.sin(angle))), 3, 1, -1)
-    _, joined = segment.join_dots(strong * np.uint8(200), strong, 9.2, stats_of(strong))
+    _, joined = segment.join_dots(strong * np.uint8(200), strong, segment.Dots.of(stats_of(strong), spacing=9.2))
     count, _ = cv2.connectedComponents(joined)
     assert count - 1 == 1  # one stroke
     assert joined[50, 50] == 0  # its hole open: a 0, not a disc
@@ -454,9 +454,9 @@ def test_specks_beside_digits_are_not_taken_for_writing_in_dots():
     digits = [[60 + 70 * k, 190, 45, 62 + (k % 3) * 4, 700] for k in range(7)]
     specks = [[30, 40, 3, 3, 7], [600, 60, 2, 2, 4], [610, 230, 3, 2, 5], [20, 300, 4, 3, 9], [500, 420, 2, 3, 5]]
     specks.append([300, 470, 3, 3, 8])
-    assert segment.dot_spacing(np.array(digits + specks, np.int64)) is None
+    assert segment.writing_in_dots(np.array(digits + specks, np.int64)) is None
     dots = [[40 + 12 * k, 200 + 9 * (k % 5), 4, 4, 12] for k in range(30)]  # writing in dots is still found
-    assert segment.dot_spacing(np.array(dots + specks, np.int64)) is not None
+    assert segment.writing_in_dots(np.array(dots + specks, np.int64)) is not None
 
 
 def test_a_number_on_ruled_paper_is_read_digit_by_digit_without_its_lines():
