@@ -4,14 +4,15 @@ The paper and the ink are found exactly as for one digit (shared/normalize.py), 
 through the same stroke-width, box and centre-of-mass normalization, so a picture of a single digit gives the
 28x28 image Predict gives. In between, the ink is cut into digits:
 
-1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks and the dots of
-               dot-grid paper dropped. Writing in dots is first joined into strokes (each dot linked to its
-               nearest).
+1. pieces      the connected components of the ink (Otsu threshold, as for one digit); specks, the dots of
+               dot-grid paper and a box drawn round the number dropped. Writing in dots is first joined into
+               strokes (each dot linked to its nearest).
 2. slant       the writing's slant, pooled from the second moments of the tall pieces. Everything below is
                measured along the writing direction in deslanted coordinates x' = x + slant * y, so two slanted
                digits side by side do not overlap and a cut between them follows their strokes.
 3. groups      pieces that overlap along the writing direction are one digit: a 5's detached flag, a 4 broken
-               by a skipping pen. Pieces stacked higher than a digit are in different lines.
+               by a skipping pen. Pieces stacked higher than a digit are in different lines, unless their ink
+               is a pen's skip apart.
 4. one line    the line height is the median height of the tall groups; groups that do not overlap vertically
                (in a chain) are another line of writing, which is refused (a number written at a slant, its
                digits on one steep line, with the angle to turn the picture by).
@@ -42,6 +43,7 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+from scipy.spatial import cKDTree
 
 from shared.decode import ImageRejected, prepare_array
 from shared.normalize import (
@@ -51,6 +53,7 @@ from shared.normalize import (
     connected_components,
     estimate_background,
     fit_in_box,
+    frame_components,
     ink_threshold,
     noise_level,
     normalize_stroke_width,
@@ -60,6 +63,7 @@ from shared.normalize import (
     sheet_picture,
     soft_ink,
     strongest_and_weakest,
+    without_boxes,
     without_ruling,
 )
 
@@ -98,10 +102,12 @@ SLANT_PIECE_HEIGHT = 0.4
 MAX_SLANT = 0.7
 # Grouping: pieces overlapping along the writing direction by GROUP_OVERLAP of the narrower one are one digit,
 # unless they are more than GROUP_MAX_VERTICAL_GAP apart vertically or together more than GROUP_MAX_HEIGHT as
-# high (x the taller one's height): then they are stacked, in different lines.
+# high (x the taller one's height): then they are stacked, in different lines, unless their ink comes within
+# GROUP_PEN_SKIP of their stroke width of each other (check_one_line).
 GROUP_OVERLAP = 0.5
 GROUP_MAX_VERTICAL_GAP = 0.25
 GROUP_MAX_HEIGHT = 1.6
+GROUP_PEN_SKIP = 2.5
 # Grouping's work (groups visited and pairs weighed, over every pass) past which a picture is no line of writing:
 # numbers of every style and layout take under 40; 480 stacked dashes, each merge making room for the next, took
 # 1.9 s (a pass each, every dash within every other's reach). This bound takes about 20 ms.
@@ -124,8 +130,9 @@ QUARTER_TURN_FROM = 80.0
 # Writing in dots: at least DOTTED_MIN_PIECES pieces, the median one at most DOTTED_DOT_SIZE of the ink's height,
 # neighbours at most DOTTED_MAX_GAP of their size apart (centre to centre); each dot is linked to its DOTTED_LINKS
 # nearest no farther than DOTTED_JOIN x the typical spacing, by a line DOTTED_LINK_WIDTH of a dot wide.
-DOTTED_MIN_PIECES = 12
+DOTTED_MIN_PIECES = 5
 DOTTED_DOT_SIZE = 0.2
+DOTTED_FILL = 0.5
 DOTTED_MAX_GAP = 4.0
 DOTTED_JOIN = 2.0
 DOTTED_LINKS = 2
@@ -390,9 +397,16 @@ def find_pieces(ink: np.ndarray, weakest: np.ndarray | None = None) -> Pieces:
     noise = noise_level(ink)
     threshold = ink_threshold(ink, noise)
     # A number's digits are smaller in the picture than a digit sent alone: any piece more than a speck is enough.
-    strong, ruling = without_ruling(ink, (ink >= threshold).astype(np.uint8), weakest, "the number", 0.0)
+    marks = (ink >= threshold).astype(np.uint8)
+    strong, ruling = without_ruling(ink, marks, weakest, "the number", 0.0)
+    if ruling is not None:  # a box drawn round the number, taken for rules, is taken out whole first (as find_ink)
+        unboxed = without_boxes(marks)
+        if unboxed is not None:
+            strong, ruling = without_ruling(ink, unboxed, weakest, "the number", 0.0)
     labels, stats = connected_components(strong)
+    # A box or ring drawn round the number (a form's field, an amount circled) is no digit, as round one digit.
     kept = not_specks(stats)
+    kept = kept[~frame_components(labels, stats)[kept]]
     if len(kept) == 0:
         if len(stats) > 1:  # ink there is, in marks of a pixel or two: not a blank page
             raise only_specks(int(stats[1:, 2:4].max()))
@@ -449,7 +463,10 @@ def writing_in_dots(stats: np.ndarray) -> Dots | None:
         return None
     sides = stats[:, 2:4].max(axis=1).astype(np.float64)
     extent = float((stats[:, 1] + stats[:, 3]).max() - stats[:, 1].min())
-    if np.median(sides) > DOTTED_DOT_SIZE * extent:
+    # Dots are solid: digits down a steep line (a number photographed turned) are as small beside its height, but
+    # strokes, filling a third of their boxes or less.
+    fill = stats[:, 4] / (stats[:, 2] * stats[:, 3])
+    if np.median(sides) > DOTTED_DOT_SIZE * extent or np.median(fill) < DOTTED_FILL:
         return None
     dots = Dots.of(stats)
     return None if dots.spacing > DOTTED_MAX_GAP * np.median(sides) else dots
@@ -507,21 +524,23 @@ def dots_of_a_size(stats: np.ndarray) -> np.ndarray:
 
 def nearest_neighbours(centres: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each point's k nearest others among centres (n, 2): their indices and distances, (n, k) each, nearest
-    first (a missing neighbour, with fewer than k + 1 points: index -1 at distance inf)."""
+    first (of equally near ones, those the tree meets first; a missing neighbour, with fewer than k + 1 points:
+    index -1 at distance inf). A k-d tree: every pair's distance, as before stop 60, took 90 ms for the 1,200 dots
+    of a dot-grid page and 230 ms at MAX_PIECES, against 1-2 ms."""
     n = len(centres)
     index = np.full((n, k), -1, np.int64)
     distance = np.full((n, k), np.inf)
-    for start in range(0, n, 256):  # rows of the (n, n) distances a block at a time: MAX_PIECES^2 is 92 MiB
-        block = centres[start : start + 256]
-        d = np.hypot(*(block[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))  # (b, n)
-        d[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not its own neighbour
-        take = min(k, n - 1)
-        if take > 0:
-            some = np.argpartition(d, take - 1, axis=1)[:, :take]  # (b, take): the nearest, in no order
-            near = np.take_along_axis(d, some, axis=1)
-            order = np.argsort(near, axis=1, kind="stable")
-            index[start : start + len(block), :take] = np.take_along_axis(some, order, axis=1)
-            distance[start : start + len(block), :take] = np.take_along_axis(near, order, axis=1)
+    take = min(k, n - 1)
+    if take <= 0:
+        return index, distance
+    near, which = cKDTree(centres).query(centres, k=take + 1)  # (n, take + 1): each point itself among them
+    # Drop the point itself (or, where another lies on the very same spot and came first, the farthest).
+    own = which == np.arange(n)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), take)
+    others = np.ones(which.shape, bool)
+    others[np.arange(n), drop] = False
+    index[:, :take] = which[others].reshape(n, take)  # the tree's order: nearest first
+    distance[:, :take] = near[others].reshape(n, take)
     return index, distance
 
 
@@ -658,8 +677,8 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
                 stacked = max(group.bottom, other.bottom) - min(group.top, other.top) > GROUP_MAX_HEIGHT * taller
                 if (
                     overlap >= GROUP_OVERLAP * min(group.width, other.width)
-                    and not stacked
                     and vertical_gap <= GROUP_MAX_VERTICAL_GAP * taller
+                    and (not stacked or pen_skip_apart(pieces, group, other))
                 ):
                     other.absorb(group)
                     changed = True
@@ -669,6 +688,20 @@ def group_pieces(pieces: Pieces, slant: float) -> list[Group]:
                 reach.append(group)
         groups = merged
     return sorted(groups, key=lambda g: g.x0)
+
+
+def pen_skip_apart(pieces: Pieces, a: Group, b: Group) -> bool:
+    """Whether two groups' ink comes within GROUP_PEN_SKIP of their stroke width of each other: the gap a skipping
+    pen leaves in one digit, not the space between two lines of writing."""
+    boxes = pieces.stats[a.labels + b.labels, :4]
+    x0, y0 = boxes[:, :2].min(axis=0)
+    x1, y1 = (boxes[:, :2] + boxes[:, 2:4]).max(axis=0)
+    window = pieces.labels[y0:y1, x0:x1]
+    ink_a, ink_b = np.isin(window, a.labels), np.isin(window, b.labels)
+    reach = GROUP_PEN_SKIP * max(stroke_width(ink_a), stroke_width(ink_b))
+    # Every pixel's distance to a's ink (a's own pixels at 0), read where b's ink is.
+    to_a = cv2.distanceTransform((~ink_a).astype(np.uint8), cv2.DIST_L2, 3)
+    return float(to_a[ink_b].min()) <= reach
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -693,6 +726,12 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             i = parent[i]
         return i
 
+    def chains() -> list[list[Group]]:
+        found: dict[int, list[Group]] = {}
+        for i, group in enumerate(tall):
+            found.setdefault(root(i), []).append(group)
+        return list(found.values())
+
     tall.sort(key=lambda g: g.top)  # the chains do not depend on the order; sorted, a group meets only the
     for i, a in enumerate(tall):  # groups that start above its bottom (a thousand dots took a second before)
         for j in range(i + 1, len(tall)):
@@ -702,11 +741,8 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             overlap = min(a.bottom, b.bottom) - max(a.top, b.top)
             if overlap >= LINE_OVERLAP * min(a.height, b.height):
                 parent[root(i)] = root(j)
-    chains: dict[int, list[Group]] = {}
-    for i, group in enumerate(tall):
-        chains.setdefault(root(i), []).append(group)
-    lines = len(chains)
-    if lines == 1 or in_steps(list(chains.values())):
+    lines = len(chains())
+    if lines == 1 or in_steps(chains()):
         return
     slanted = slanted_line(pieces, tall)
     if slanted is not None and slanted[1] >= SLANTED_LINE_MIN_MARKS:
@@ -717,6 +753,19 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             f"about {abs(angle):.0f} degrees {turn_direction(angle)} so that the number is horizontal, and send it "
             "again"
         )
+    # No number on a slant: "lines" whose ink comes within a pen's skip of each other are one digit a skipping pen
+    # broke (a 7's stem under its bar, a 0 in two arcs), which lines of writing, further apart, never are. Asked
+    # only here: digits of a steep number come as near each other, and are told to turn the picture above.
+    reach = GROUP_MAX_VERTICAL_GAP * height
+    for i, a in enumerate(tall):
+        for j in range(i + 1, len(tall)):
+            b = tall[j]
+            if b.top >= a.bottom + reach:
+                break
+            if root(i) != root(j) and max(a.x0, b.x0) - min(a.x1, b.x1) <= reach and pen_skip_apart(pieces, a, b):
+                parent[root(i)] = root(j)
+    if len(chains()) == 1:
+        return
     raise ImageRejected(
         f"the picture holds {lines} lines of writing; one number on one line is read. Send a "
         "picture of one number (crop to it)"

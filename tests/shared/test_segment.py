@@ -511,3 +511,21 @@ def test_a_comma_is_a_comma_however_the_writing_leans(lean):
     reading = segment.read_number(picture, uniform_classifier)
     assert len(reading.digits) == 2
     assert [(s.position, s.mark) for s in reading.separators] == [(1, ",")]
+
+
+def test_nearest_neighbours_are_every_points_nearest_others():
+    """The k-d tree's answer is every pair's: each point's k nearest others, nearest first (a point on the very same
+    spot as another is its neighbour at 0, never itself), and -1 at infinity where there are fewer points than
+    neighbours asked."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(6) * 16.0, np.arange(5) * 16.0), axis=-1).reshape(-1, 2)
+    points = np.concatenate([grid, rng.uniform(0, 100, (40, 2)), grid[:1]])  # the last on the first's spot
+    index, distance = segment.nearest_neighbours(points, 4)
+    pairwise = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(pairwise, np.inf)
+    for i in range(len(points)):
+        np.testing.assert_allclose(distance[i], np.sort(pairwise[i])[:4])  # the four nearest distances, in order
+        np.testing.assert_allclose(pairwise[i, index[i]], distance[i])  # and the points at them, not i itself
+    assert index[0, 0] == len(points) - 1 and distance[0, 0] == 0
+    few_index, few_distance = segment.nearest_neighbours(points[:3], 4)
+    assert (few_index[:, 2:] == -1).all() and np.isinf(few_distance[:, 2:]).all()

@@ -286,3 +286,16 @@ def test_cents_raised_beside_a_price_are_read_on_its_line_and_a_number_wholly_ab
     else:
         with pytest.raises(segment.ImageRejected):
             boxes(on_paper(page))
+
+
+@pytest.mark.parametrize("margin", [4, 20])
+def test_a_box_drawn_round_the_number_is_no_digit(number, margin):
+    """A form's field: a rectangle drawn round the number. Every digit overlapped the box along the line, so the
+    box and all four digits were one group, read as one digit (a review: an 8-digit number read "0"). The box is
+    taken out as round one digit (shared.normalize.frame_components), and the digits are read."""
+    coverage, truth = number
+    picture = on_paper(coverage)
+    x0, y0 = min(x for x, _, _, _ in truth) - margin, min(y for _, y, _, _ in truth) - margin
+    x1, y1 = max(x + w for x, _, w, _ in truth) + margin, max(y + h for _, y, _, h in truth) + margin
+    cv2.rectangle(picture, (x0, y0), (x1, y1), 0, 3)
+    assert boxes(picture) == boxes(on_paper(coverage))
