@@ -30,9 +30,9 @@ import math
 import multiprocessing
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -329,8 +329,27 @@ def pipeline_pool(workers: int, pictures: int) -> AbstractContextManager[Executo
     them, else none (the work runs in this process). Use it as a context manager around the draws."""
     if workers <= 1 or pictures < PARALLEL_MIN:
         return nullcontext(None)
+    return _ended_on_interrupt(workers)
+
+
+@contextmanager
+def _ended_on_interrupt(workers: int) -> Iterator[Executor]:
+    """A pool of `workers` processes, waited for when the draws are done, ended at once when they are not: on
+    Ctrl-C or an error its workers are terminated and their work dropped. Waiting for them then (the executor's own
+    exit) was itself cut short by a second Ctrl-C, and the workers, which ignore SIGINT, lived on: the trainer hung
+    in multiprocessing's exit hook, joining them, for good (a review: three of three double Ctrl-Cs)."""
     # spawn, not fork: the trainer has torch's thread pools running, which a forked child must not inherit.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts)
+    try:
+        yield pool
+        pool.shutdown(wait=True)
+    except BaseException:
+        # The executor has no public way to end its workers before Python 3.14 (kill_workers). SIGKILL: their work is
+        # thrown away, and a SIGTERM left a worker running in the test suite (one of two, seen once).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def ignore_interrupts() -> None:

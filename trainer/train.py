@@ -1190,7 +1190,8 @@ def finish(
     total = time.perf_counter() - wall_start
     last = state.history[-1]
     print(
-        f"done: {state.epoch} epochs, training time {state.train_seconds:.1f} s (wall {total:.1f} s in this process)",
+        f"done: {state.epoch} epoch{'' if state.epoch == 1 else 's'}, training time {state.train_seconds:.1f} s "
+        f"(wall {total:.1f} s in this process)",
         flush=True,
     )
     whole = len(splits.test_y) == FILES["test_labels"][2][0]  # MNIST's 10,000

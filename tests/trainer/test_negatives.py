@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -61,6 +63,24 @@ def test_the_pipeline_processes_change_nothing_that_is_drawn(monkeypatch):
     assert alone[1].tolist() == [t for t in range(60) if t % 3][:40]  # every third turn skipped
     assert (alone[0] == pooled[0]).all() and (alone[1] == pooled[1]).all()
     assert alone_rng.integers(1 << 30) == pooled_rng.integers(1 << 30)  # no turn drawn beyond the 40th kept one
+
+
+def test_an_interrupt_ends_the_pipeline_processes_at_once_without_waiting_for_their_work():
+    """Ctrl-C while the pictures are drawn: the pool's workers (which ignore SIGINT) are ended, not waited for. A
+    shutdown that waited for them was cut short by a second Ctrl-C, and they lived on with the trainer hung joining
+    them at exit (a review)."""
+    with pytest.raises(KeyboardInterrupt), pipeline_pool(2, negatives.PARALLEL_MIN) as pool:
+        assert pool is not None
+        running = [pool.submit(time.sleep, 60) for _ in range(2)]
+        while not all(f.running() for f in running):
+            time.sleep(0.05)
+        workers = list(pool._processes.values())  # type: ignore[attr-defined]
+        started = time.monotonic()
+        raise KeyboardInterrupt
+    assert time.monotonic() - started < 10  # not the minute of work in flight
+    for worker in workers:
+        worker.join(timeout=10)
+        assert not worker.is_alive()
 
 
 def test_a_few_pictures_start_no_processes():
