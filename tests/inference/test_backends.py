@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.checkpoint import (
@@ -25,7 +26,7 @@ from shared.checkpoint import (
     read_published_onnx,
 )
 from shared.data import normalize
-from shared.onnx_model import MAX_ABS_DIFFERENCE, export_onnx, verify_onnx
+from shared.onnx_model import MAX_DIFFERENCE, export_onnx, verify_onnx
 from shared.resources import cpu_quota, usable_cpus, usable_memory_bytes
 from shared.settings import Paths
 
@@ -67,7 +68,7 @@ def test_the_trained_models_export_computes_what_it_does_on_the_whole_test_set(t
         read_published_onnx(models, manifest), model, normalize(mnist.test_images, norm["mean"], norm["std"])
     )
     assert check.images == 10_000
-    assert check.max_abs_difference <= MAX_ABS_DIFFERENCE, check.describe()
+    assert check.max_difference <= MAX_DIFFERENCE, check.describe()
     assert check.argmax_differences == 0, check.describe()
 
 
@@ -98,7 +99,23 @@ def test_the_export_is_checked_against_the_model_and_can_fail(mnist):
     inputs = normalize(mnist.test_images[:500])
     assert verify_onnx(export_onnx(one), one, inputs).ok
     check = verify_onnx(export_onnx(one), other, inputs)
-    assert not check.ok and check.max_abs_difference > MAX_ABS_DIFFERENCE
+    assert not check.ok and check.max_difference > MAX_DIFFERENCE
+
+
+def test_the_export_of_a_model_with_huge_log_probabilities_passes_the_check(mnist):
+    """A badly trained model (a learning rate far too high) has log-probabilities of -84 to -486,072: float32's
+    rounding alone made onnxruntime and torch differ by more than 1e-4, and the run could never publish, resumed or
+    not (a review). The difference is weighed against the value's size beyond 1."""
+    from shared.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(model_payload(1))
+    with torch.no_grad():
+        model.head[-1].weight.mul_(10_000.0)
+    inputs = normalize(mnist.test_images[:500])
+    check = verify_onnx(export_onnx(model), model, inputs)
+    with torch.no_grad():
+        assert model(inputs.float())[:, :10].min() < -1000  # log-probabilities far beyond float32's 1e-4 at 1
+    assert check.ok, check.describe()
 
 
 # ---------------------------------------------------------------------------------------------------------------
