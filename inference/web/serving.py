@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from inference.web import errors
-from inference.web.app import CALL_THREADS
-from inference.web.guards import LIVENESS_PATH
+from inference.web.app import CALL_THREADS, RequestIds
+from inference.web.guards import LIVENESS_PATH, SecurityHeaders
 
 # A request's head (request line and headers) must arrive within this many seconds of the connection opening, or
 # of the answer before it on a connection kept alive. A client sends its head at once, in one or two packets; a
@@ -140,7 +140,9 @@ class HeaderDeadlineProtocol(H11Protocol):
             # merely busy, and every call it held with it. It asks nothing of the service, so it costs nothing.
             busy = max(len(self.connections), len(self.tasks)) > limit
             if busy and scope["type"] == "http" and scope.get("path") != LIVENESS_PATH:
-                await over_capacity(limit)(scope, receive, send)
+                # Answered here, before the app's middleware: its headers (nosniff, no-store, the caller's request
+                # id) added as they are to every other answer (a review found none on this one).
+                await RequestIds(SecurityHeaders(over_capacity(limit)))(scope, receive, send)
             else:
                 await app(scope, receive, send)
 

@@ -147,9 +147,12 @@ def test_connections_past_the_limit_get_503_in_the_error_shape_and_the_rest_are_
         for connection in idle:
             connection.sendall(b"GET /v1/model HTTP/1.1\r\n")
         time.sleep(0.3)  # accepted
-        refused = gateway.get("/v1/model", timeout=5)
+        refused = gateway.get("/v1/model", timeout=5, headers={"X-Request-ID": "mine-123"})
         message = assert_error(refused, 503, "UNAVAILABLE", "3 connections", "try again")
         assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close", message
+        # The headers of every answer, though this one is given before the app's middleware (a review).
+        assert refused.headers["x-request-id"] == "mine-123", refused.headers
+        assert refused.headers["x-content-type-options"] == "nosniff" and refused.headers["cache-control"] == "no-store"
         assert gateway.get("/healthz", timeout=5).status == 200
     finally:
         for connection in idle:
