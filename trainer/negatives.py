@@ -335,7 +335,7 @@ def pipeline_pool(workers: int, pictures: int) -> AbstractContextManager[Executo
 @contextmanager
 def _ended_on_interrupt(workers: int) -> Iterator[Executor]:
     """A pool of `workers` processes, waited for when the draws are done, ended at once when they are not: on
-    Ctrl-C or an error its workers are terminated and their work dropped. Waiting for them then (the executor's own
+    Ctrl-C or an error its workers are killed and their work dropped. Waiting for them then (the executor's own
     exit) was itself cut short by a second Ctrl-C, and the workers, which ignore SIGINT, lived on: the trainer hung
     in multiprocessing's exit hook, joining them, for good (a review: three of three double Ctrl-Cs)."""
     # spawn, not fork: the trainer has torch's thread pools running, which a forked child must not inherit.
