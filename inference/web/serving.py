@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from inference.web import errors
-from inference.web.app import CALL_THREADS, RequestIds
+from inference.web.app import RequestIds
 from inference.web.guards import LIVENESS_PATH, SecurityHeaders
 
 # A request's head (request line and headers) must arrive within this many seconds of the connection opening, or
@@ -41,10 +41,10 @@ HEADER_SECONDS = 10.0
 KEEP_ALIVE_SECONDS = 5
 # Connections open at once (idle ones kept alive, uploads arriving, calls waiting) past which a request gets 503
 # with Retry-After. The gateway waits on at most CALL_THREADS calls at once; beyond those a call waits for a
-# thread, counting the wait against its deadline, so more connections than a few times that only queue. Four
-# times it (128) leaves room for browsers' idle connections and for uploads, and stays well within the usual
+# thread, counting the wait against its deadline, so more connections than a few times that only queue. 128
+# (five times it) leaves room for browsers' idle connections and for uploads, and stays well within the usual
 # limit of 1,024 file descriptors (`ulimit -n`), beside the dozen or so the process holds itself (13 when idle).
-MAX_CONNECTIONS = 4 * CALL_THREADS
+MAX_CONNECTIONS = 128
 
 
 def uvicorn_settings(
