@@ -741,8 +741,9 @@ def check_one_line(pieces: Pieces, groups: list[Group], height: float) -> None:
             overlap = min(a.bottom, b.bottom) - max(a.top, b.top)
             if overlap >= LINE_OVERLAP * min(a.height, b.height):
                 parent[root(i)] = root(j)
-    lines = len(chains())
-    if lines == 1 or in_steps(chains()):
+    level = chains()
+    lines = len(level)
+    if lines == 1 or in_steps(level):
         return
     slanted = slanted_line(pieces, tall)
     if slanted is not None and slanted[1] >= SLANTED_LINE_MIN_MARKS:
