@@ -50,6 +50,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -660,9 +661,23 @@ def query_parameter_names(endpoint: Any) -> frozenset[str]:
     return frozenset(name for name in inspect.signature(endpoint).parameters if name not in ("request", "response"))
 
 
+# A PNG's signature (89 'PNG' CR LF 1A LF) with its CR and LF gone: what `curl -d @digit.png` sends (it drops a
+# file's line breaks, as for form text); every real PNG has CR LF there, so the prefix names that mistake alone.
+PNG_WITHOUT_LINE_BREAKS = b"\x89PNG\x1a"
+
+
 async def read_images(request: Request) -> list[bytes]:
     """The images of a request: each file part of a multipart/form-data body, or else the whole body."""
     content_type = request.headers.get("content-type", "")
+    # A gzipped body reached the service as its compressed bytes, and came back "not an image".
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise GatewayError(
+            415,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the body is sent with Content-Encoding {coding[:MAX_NAME_CHARS]!r}, which the gateway does not decode: "
+            "send the image's own bytes, with no Content-Encoding (PNG, JPEG and WebP are compressed already)",
+        )
     if media_type(content_type) == "application/json":
         raise GatewayError(
             415,
@@ -673,7 +688,13 @@ async def read_images(request: Request) -> list[bytes]:
     # The media type itself: 'multipart/form-datax; boundary=...' passed a prefix test, and Starlette, which
     # parses no such type, gave no images (a batch answered 200 with no results).
     if media_type(content_type) != "multipart/form-data":
-        return [await request.body()]
+        body = await request.body()
+        if body.startswith(PNG_WITHOUT_LINE_BREAKS):
+            raise _bad_request(
+                "the body is a PNG whose line-break bytes were taken out, as curl -d does to a file: send it with "
+                "curl --data-binary @digit.png, or as a file part (curl -F file=@digit.png)"
+            )
+        return [body]
     # The body is read once: request.form() parses the same bytes.
     body = await request.body()
     closed = complete_multipart(body, content_type)
@@ -1187,6 +1208,7 @@ def create_app(options: WebOptions) -> FastAPI:
         )
         return schemas.NumberReading.from_pb(result)
 
+    answer_head_where_get(api)
     app.include_router(api)
     _document_validation_errors_as_400(app)
 
@@ -1206,9 +1228,6 @@ def create_app(options: WebOptions) -> FastAPI:
     @app.get(guards.LIVENESS_PATH, response_model=schemas.Health, summary="Liveness: this gateway answers")
     async def healthz() -> schemas.Health:
         return schemas.Health(status="ok")
-
-    # HEAD too (load balancers ask so), left out of the schema, where it would repeat GET's operation id.
-    app.add_api_route(guards.LIVENESS_PATH, healthz, methods=["HEAD"], include_in_schema=False)
 
     @app.get(
         guards.READINESS_PATH,
@@ -1279,7 +1298,27 @@ def create_app(options: WebOptions) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_SECURITY_HEADERS)
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
+    answer_head_where_get(app.router)
     return app
+
+
+def answer_head_where_get(router: APIRouter) -> None:
+    """HEAD on every GET route (RFC 9110, 9.3.2: a server that takes GET should take HEAD): load balancers and uptime
+    checkers probe /healthz and /readyz so, and a HEAD /v1/model was a 405 that listed only GET. FastAPI adds HEAD
+    to none of its routes. Each is its own route, left out of the schema, where it would repeat GET's operation id;
+    the same endpoint and dependencies (the token), so HEAD answers what GET would, less the body (uvicorn drops
+    it)."""
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and "GET" in (methods := route.methods or set()) and "HEAD" not in methods:
+            router.add_api_route(
+                route.path.removeprefix(router.prefix),
+                route.endpoint,
+                methods=["HEAD"],
+                response_model=route.response_model,
+                # The router adds its own (the token) again.
+                dependencies=[d for d in route.dependencies if d not in router.dependencies],
+                include_in_schema=False,
+            )
 
 
 def sent_path(scope: Mapping[str, Any]) -> str:

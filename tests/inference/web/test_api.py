@@ -7,6 +7,7 @@ answers, which these tests check against the server called directly over gRPC.
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import io
 import json
@@ -307,6 +308,21 @@ def test_an_image_sent_inside_json_is_415_saying_how_to_send_it(gateway, digit_p
         assert_error(gateway.post(path, body, "application/json"), 415, "INVALID_ARGUMENT", "--data-binary", "-F")
     # The same base64 text as the body itself: the service says what it is.
     assert_error(gateway.post("/v1/predict", base64.b64encode(png), "text/plain"), 400, "INVALID_ARGUMENT", "base64")
+
+
+def test_a_compressed_body_is_415_and_a_png_curl_d_mangled_is_400_saying_how_to_send_it(gateway, digit_pngs):
+    png = digit_pngs[0][1]
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/read-number"):
+        # It reached the service as gzip's bytes, and came back "not an image".
+        sent = gateway.post(path, gzip.compress(png), headers={"Content-Encoding": "gzip"})
+        assert_error(sent, 415, "INVALID_ARGUMENT", "Content-Encoding 'gzip'", "own bytes")
+        # curl -d @digit.png drops the file's CR and LF bytes, the PNG signature's among them.
+        mangled = png.replace(b"\r", b"").replace(b"\n", b"")
+        sent = gateway.post(path, mangled, "application/x-www-form-urlencoded")
+        assert_error(sent, 400, "INVALID_ARGUMENT", "curl -d", "--data-binary")
+    # Unchanged: identity is no coding, and curl --data-binary sends the same content type with the bytes whole.
+    assert gateway.post("/v1/predict", png, headers={"Content-Encoding": "identity"}).status == 200
+    assert gateway.post("/v1/predict", png, "application/x-www-form-urlencoded").status == 200
 
 
 @pytest.mark.parametrize(
@@ -778,6 +794,22 @@ def test_the_services_token_applies_to_rest_callers(web, token_backend, digit_pn
     # Probes and the page need no token, as gRPC health checking needs none; uptime checkers may ask with HEAD.
     assert gateway.get("/readyz").status == 200 and gateway.get("/").status == 200
     assert gateway.request("HEAD", "/").status == 200 and gateway.request("HEAD", "/healthz").status == 200
+
+
+def test_head_answers_wherever_get_does_with_its_status_and_headers_and_no_body(web, token_backend):
+    # RFC 9110, 9.3.2: load balancers and uptime checkers probe with HEAD; /readyz and /v1/model were 405s.
+    gateway = web(target=token_backend.target)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for path, headers in [("/healthz", {}), ("/readyz", {}), ("/v1/model", bearer), ("/v1/models", bearer), ("/", {})]:
+        got, head = gateway.get(path, headers=headers), gateway.request("HEAD", path, headers=headers)
+        assert got.status == 200 and got.body and (head.status, head.body) == (200, b""), path
+        assert head.headers.get("content-type") == got.headers.get("content-type"), path
+    # The token is asked of HEAD as of GET, and POST-only paths stay 405s that do not list HEAD.
+    assert gateway.request("HEAD", "/v1/model").status == 401
+    refused = gateway.request("HEAD", "/v1/predict")
+    assert refused.status == 405 and "HEAD" not in refused.headers["allow"], refused.headers
+    # The schema shows GET alone, each operation once.
+    assert all("head" not in operations for operations in gateway.get("/openapi.json").json()["paths"].values())
 
 
 @pytest.mark.parametrize("own_token", [False, True], ids=["passed through", "the gateway's own"])
