@@ -7,6 +7,7 @@ loops over pixels in Python: a whole file becomes one numpy array with `np.fromb
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import logging
@@ -16,13 +17,15 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from shared.checkpoint import atomic_writer
+from shared.checkpoint import ModelValidationError, atomic_writer, finite_field, numeric_metrics, whole_field
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +174,12 @@ def remove_stale_parts(directory: Path, name: str) -> None:
                 part.unlink()
 
 
+# Writing a download failed for want of room (a full disk, a quota, a file size limit): each mirror was tried in
+# turn and blamed ("could not download ... from every mirror"), and the advice was to put the files in that folder.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+MNIST_GZ_MB = 11  # the four .gz files: 11.4 MB
+
+
 def _download(name: str, directory: Path) -> Path:
     """Fetch `name`.gz from the first mirror that answers, verify it, and move it into `directory` atomically."""
     _, md5, shape = next(v for v in FILES.values() if v[0] == name)
@@ -193,6 +202,10 @@ def _download(name: str, directory: Path) -> Path:
                         shutil.copyfileobj(response, out)
                     out.flush()
                     read_idx_file(part, md5=md5, shape=shape)  # verify before it takes the real name
+                except OSError as e:
+                    if e.errno in DISK_FULL:  # writing the part: this disk's, which every mirror would meet again
+                        raise
+                    raise _MirrorFailed(f"{url}: {type(e).__name__}: {e}") from e
                 except Exception as e:
                     raise _MirrorFailed(f"{url}: {type(e).__name__}: {e}") from e
             return directory / f"{name}.gz"
@@ -200,9 +213,14 @@ def _download(name: str, directory: Path) -> Path:
             errors.append(str(e))
         except OSError as e:
             gone_if_made(made)
+            mend = (
+                f"free some space there (MNIST's four files take about {MNIST_GZ_MB} MB)"
+                if e.errno in DISK_FULL
+                else "make it a writable folder"
+            )
             raise MnistNotWritable(
-                f"cannot write {name}.gz into {directory} ({e.strerror or e}); make it a writable folder, or point "
-                "--data-dir / MNIST_DATA_DIR at a folder that has the MNIST files"
+                f"cannot write {name}.gz into {directory} ({e.strerror or e}); {mend}, or point --data-dir / "
+                "MNIST_DATA_DIR at a folder that has the MNIST files"
             ) from e
     gone_if_made(made)
     raise MnistDownloadFailed(
@@ -260,6 +278,23 @@ def train_val_split(n: int, *, val_fraction: float = 0.2, seed: int = 0) -> tupl
     order = torch.randperm(n, generator=generator)
     n_val = round(n * val_fraction)
     return order[n_val:], order[:n_val]
+
+
+def published_split(payload: Mapping[str, Any]) -> tuple[int, float]:
+    """The validation split a published model was chosen on: its split seed and validation share (the trainer's
+    defaults, 0 and 0.2, for models that lack them), so that Evaluate(SPLIT_VALIDATION) and the publish gate draw
+    the images it did. ModelValidationError for a split that cannot be drawn: the server skips such a model, and the
+    gate, which compared its fields unchecked, failed on one with a traceback at the end of a run."""
+    metrics = numeric_metrics(payload.get("metrics"))
+    seed = whole_field(payload.get("split_seed", metrics.get("split_seed", 0)), "split_seed", 2**63)
+    fraction = finite_field(payload.get("val_fraction", metrics.get("val_fraction", 0.2)), "val_fraction")
+    training_images = FILES["train_images"][2][0]
+    if not 0 < round(training_images * fraction) < training_images:
+        raise ModelValidationError(
+            f"val_fraction is {fraction}: the validation share of the training images must leave images on both "
+            "sides of the split"
+        )
+    return seed, fraction
 
 
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import shutil
 import struct
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +239,47 @@ def test_a_folder_that_cannot_be_written_is_said_as_such_not_as_every_mirror_fai
     ) as e:
         load_mnist(blocker, download=True)
     assert "http" not in str(e.value) and blocker.read_text() == ""
+
+
+def test_a_full_disk_is_said_as_such_at_once_not_blamed_on_every_mirror(tmp_path, mirrors, monkeypatch):
+    """ENOSPC while the download was written: every mirror was tried and blamed in turn, each file fetched again
+    from each, and the advice was to put the files in the very folder that has no room."""
+    import shared.data as data
+
+    monkeypatch.setattr(data, "MIRRORS", mirrors[::-1])  # the good mirror first: only the disk can fail
+    asked = []
+    real_urlopen = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kw: asked.append(url) or real_urlopen(url, **kw))
+
+    class FillsUp:
+        """The download's file on a disk with room for 64 KiB."""
+
+        def __init__(self, out):
+            self.out, self.written = out, 0
+
+        def write(self, chunk):
+            self.written += len(chunk)
+            if self.written > 65536:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.out.write(chunk)
+
+        def __getattr__(self, name):
+            return getattr(self.out, name)
+
+    real_writer = data.atomic_writer
+
+    @contextlib.contextmanager
+    def writer_on_a_full_disk(path, **kwargs):
+        with real_writer(path, **kwargs) as (out, part):
+            yield FillsUp(out), part
+
+    monkeypatch.setattr(data, "atomic_writer", writer_on_a_full_disk)
+    target = tmp_path / "full"
+    target.mkdir()
+    with pytest.raises(data.MnistNotWritable, match=r"No space left on device\); free some space there") as e:
+        load_mnist(target, download=True)
+    assert len(asked) == 1 and "http" not in str(e.value), (asked, str(e.value))
+    assert not any(target.iterdir()), "the part written before the disk filled is not left behind"
 
 
 def copy_of_mnist(mnist_dir: Path, folder: Path) -> Path:
