@@ -17,7 +17,6 @@ the same checks, into a small least-recently-used cache, without touching what L
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,14 +31,17 @@ from shared.checkpoint import (
     MANIFEST_NAME,
     CheckpointError,
     Manifest,
+    ModelValidationError,
+    finite_field,
     numeric_metrics,
+    published_normalization,
     read_manifest,
     read_published_model,
     read_published_onnx,
     utc_now,
+    whole_field,
 )
-from shared.data import FILES as MNIST_FILES
-from shared.data import normalize
+from shared.data import normalize, published_split
 from shared.model import count_parameters
 from shared.onnx_model import OnnxRunner, TorchRunner, compare
 
@@ -48,10 +50,6 @@ from inference.options import BACKENDS, DEFAULT_BACKEND
 from inference.versions import find_manifest
 
 log = logging.getLogger(__name__)
-
-
-class ModelValidationError(ValueError):
-    """A published model that loads but must not serve (non-finite output, bad normalization, ...)."""
 
 
 class UnknownVersion(LookupError):
@@ -171,24 +169,6 @@ class LoadError:
     at: str
 
 
-def _number(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ModelValidationError(f"{name} is {value!r}, not a number") from None
-    if not math.isfinite(number):
-        raise ModelValidationError(f"{name} is {number}, not finite")
-    return number
-
-
-def _whole(value: Any, name: str, below: int) -> int:
-    """A whole number from 0 to below - 1 (what the field it goes into holds: ModelInfo's int32 epoch, the split's
-    64-bit generator seed)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value < below:
-        raise ModelValidationError(f"{name} is {value!r}, not a whole number from 0 to {below - 1:,}")
-    return int(value)
-
-
 def warm_up_inputs() -> torch.Tensor:
     """A fixed uint8 batch (4, 28, 28): black, white, a vertical stroke and a ring, like blank paper and digits."""
     images = torch.zeros(4, 28, 28, dtype=torch.uint8)
@@ -257,32 +237,19 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
     payload, model = read_published_model(models_dir, manifest)
     if payload.get("version", manifest.version) != manifest.version:
         raise ModelValidationError(f"file says version {payload.get('version')!r}, manifest says {manifest.version!r}")
-    norm = payload.get("normalization")
-    if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
-        raise ModelValidationError("payload lacks normalization {mean, std}")
-    mean = _number(norm["mean"], "normalization.mean")
-    std = _number(norm["std"], "normalization.std")
-    if std <= 0:
-        raise ModelValidationError(f"normalization.std is {std}, must be positive")
+    mean, std = published_normalization(payload)
     model.eval()
     validate(model, mean, std)
     runner = onnx_runner(models_dir, manifest, model, mean, std) if backend == "onnxruntime" else None
     metrics = numeric_metrics(payload.get("metrics"))
     digit_threshold = None
     if getattr(getattr(model, "output", None), "not_digit", False):  # shared/model.py
-        digit_threshold = _number(payload.get("digit_threshold", 0.5), "digit_threshold")
+        digit_threshold = finite_field(payload.get("digit_threshold", 0.5), "digit_threshold")
         if not 0 <= digit_threshold <= 1:
             raise ModelValidationError(f"digit_threshold is {digit_threshold}, must be in [0, 1]")
     # The trainer stores the validation split's seed and share so Evaluate(SPLIT_VALIDATION) sees the same images it
     # did. Checked here, or a model whose split cannot be drawn would fail each Evaluate as INTERNAL.
-    split_seed = _whole(payload.get("split_seed", metrics.get("split_seed", 0)), "split_seed", 2**63)
-    val_fraction = _number(payload.get("val_fraction", metrics.get("val_fraction", 0.2)), "val_fraction")
-    training_images = MNIST_FILES["train_images"][2][0]
-    if not 0 < round(training_images * val_fraction) < training_images:
-        raise ModelValidationError(
-            f"val_fraction is {val_fraction}: the validation share of the training images must leave images on "
-            "both sides of the split"
-        )
+    split_seed, val_fraction = published_split(payload)
     return ServedModel(
         version=manifest.version,
         model=model,
@@ -294,7 +261,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
         sha256=manifest.sha256,
         metrics=metrics,
         run_name=str(payload.get("run_name", manifest.run_name)),
-        epoch=_whole(payload.get("epoch", 0) or 0, "epoch", 2**31),
+        epoch=whole_field(payload.get("epoch", 0) or 0, "epoch", 2**31),
         trained_at=str(payload.get("created_at", manifest.created_at)),
         loaded_at=utc_now(),
         split_seed=split_seed,

@@ -27,7 +27,7 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,47 @@ RESERVED_VERSIONS = frozenset({"LATEST", "HISTORY"})
 
 class CheckpointError(ValueError):
     """A checkpoint, model or manifest that cannot be used; the message says why."""
+
+
+class VersionTaken(CheckpointError):
+    """A model published under a version that holds another model. Not an OSError: the trainer said it as a folder
+    it could not write, and its advice (make the folder writable, then --resume) failed the same way each time."""
+
+
+class ModelValidationError(ValueError):
+    """A published model that loads but must not serve (non-finite output, bad normalization, ...)."""
+
+
+def finite_field(value: Any, name: str) -> float:
+    """A published model's field `name` as a finite float, else ModelValidationError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ModelValidationError(f"{name} is {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise ModelValidationError(f"{name} is {number}, not finite")
+    return number
+
+
+def published_normalization(payload: Mapping[str, Any]) -> tuple[float, float]:
+    """A published model's input normalization (mean, std), as the server and the publish gate read it; else
+    ModelValidationError (a damaged file may hold anything there)."""
+    norm = payload.get("normalization")
+    if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
+        raise ModelValidationError("payload lacks normalization {mean, std}")
+    mean = finite_field(norm["mean"], "normalization.mean")
+    std = finite_field(norm["std"], "normalization.std")
+    if std <= 0:
+        raise ModelValidationError(f"normalization.std is {std}, must be positive")
+    return mean, std
+
+
+def whole_field(value: Any, name: str, below: int) -> int:
+    """A whole number from 0 to below - 1 (what the field it goes into holds: ModelInfo's int32 epoch, the split's
+    64-bit generator seed), else ModelValidationError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value < below:
+        raise ModelValidationError(f"{name} is {value!r}, not a whole number from 0 to {below - 1:,}")
+    return int(value)
 
 
 def utc_now() -> str:
@@ -525,9 +566,11 @@ def _same_model_bytes(target: Path, version: str, model_payload: dict[str, Any])
         )
     )
     if not same:
-        raise FileExistsError(
-            f"model version {version} is already published at {target} with other weights; "
-            "a published version is never rewritten"
+        raise VersionTaken(
+            f"model version {version} is already published at {target} with other weights, and a published version "
+            "is never rewritten (a run resumed after its publish on another machine or build can end with other "
+            f"weights): the published one stands (python -m inference.models promote {version} serves it); to "
+            "publish this run's model, train it as another run (--run-name)"
         )
     return data
 

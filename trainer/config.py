@@ -77,7 +77,16 @@ class TrainConfig:
             values = {**values, "typed_digits": 0.0}
         if "ema_decay" not in values:  # a run from before the moving average: its checkpoints hold plain weights
             values = {**values, "ema_decay": 0.0}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        kept = {k: v for k, v in values.items() if k in known}
+        # Each of the type its default has (an int is a float too; a bool is no int): a checkpoint's epochs of "ten"
+        # passed, and --resume failed on it later, with a traceback.
+        defaults = cls()
+        for name, value in kept.items():
+            kind = type(getattr(defaults, name))
+            fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+            if not fits or (isinstance(value, bool) and kind is not bool):
+                raise ValueError(f"setting {name} is {value!r}, not {'an' if kind is int else 'a'} {kind.__name__}")
+        return cls(**kept)
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -24,20 +24,21 @@ rename and its history line gets its line from the next change of the served mod
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from shared.checkpoint import (
     CheckpointError,
+    ModelValidationError,
+    published_normalization,
     read_history,
     read_manifest,
     read_published_model,
     read_published_onnx,
 )
+from shared.data import published_split
 from shared.metrics import evaluate
 
 PUBLISH_MODES = ("if-better", "always", "never")
@@ -92,10 +93,12 @@ def decide(
         read_published_onnx(models_dir, manifest)  # servers load the export too (onnxruntime, the default backend)
     except CheckpointError as e:
         return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
-    metrics = payload["metrics"] if isinstance(payload.get("metrics"), dict) else {}
-    # The same defaults as the server (inference.model_store.load_served_model) for models that lack them.
-    its_seed = int(payload.get("split_seed", metrics.get("split_seed", 0)))
-    its_fraction = float(payload.get("val_fraction", metrics.get("val_fraction", 0.2)))
+    # The server's own reading (inference.model_store.load_served_model): its defaults for models that lack them,
+    # and a split it refuses (a seed of None, a share of 1.5) is a model it cannot serve, not a traceback here.
+    try:
+        its_seed, its_fraction = published_split(payload)
+    except ModelValidationError as e:
+        return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
     if (its_seed, its_fraction) != (split_seed, val_fraction):
         return Decision(
             False,
@@ -106,13 +109,10 @@ def decide(
                 "compared on the same images"
             ),
         )
-    norm: Any = payload.get("normalization")  # checked below: a damaged file may hold anything
     try:
-        mean, std = float(norm["mean"]), float(norm["std"])
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise ValueError(f"mean {mean}, std {std}")
-    except (TypeError, KeyError, ValueError) as e:
-        return Decision(True, True, f"the published model {manifest.version} cannot be served (normalization: {e})")
+        mean, std = published_normalization(payload)
+    except ModelValidationError as e:
+        return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
     with torch.inference_mode():
         theirs = evaluate(published.to(device).eval(), val_x, val_y, mean=mean, std=std, device=device).accuracy
     same = f"on the same {len(val_y):,} validation images (split seed {split_seed})"

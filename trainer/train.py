@@ -29,6 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
     atomic_write_bytes,
     load_checkpoint,
     model_from_checkpoint,
@@ -492,6 +494,30 @@ def build(config: TrainConfig, device: torch.device, channels_last: bool) -> nn.
     return model
 
 
+# What --resume reads of a checkpoint besides its settings and weights (a moving average's run: ema_steps too).
+RESUMED_FIELDS = ("optimizer", "scheduler", "epoch", "history", "best_val_accuracy", "best_epoch", "train_seconds")
+
+
+def read_resumable(path: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """A run's last checkpoint and its own settings, checked as --resume uses them: CheckpointError for one it could
+    not continue from (a published model, which holds no optimizer state; settings or weights damaged, or of
+    another network). --check-only passed such a file, and --resume then failed on it with a traceback."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a published model, not a training checkpoint: no optimizer state to resume")
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"])
+        load_weights(build(config, torch.device("cpu"), channels_last=False), checkpoint["model"])
+        if missing := [name for name in RESUMED_FIELDS if name not in checkpoint]:
+            raise KeyError(", ".join(missing))
+        if config.ema_decay > 0 and "ema_steps" not in checkpoint:
+            raise KeyError("ema_steps")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        said = f"it lacks {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path}: not a checkpoint --resume can continue from ({said})") from e
+    return checkpoint, config
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A network's state_dict, detached and on the CPU, for a checkpoint."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -746,15 +772,14 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
         mnist = fetch_data()
         if args.check_only:
             # Read as the resume reads it (and refused as it would be: CheckpointError), not only looked for.
-            load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
+            read_resumable(last_checkpoint(paths.run_dir(run_name)))
             print(f"settings OK: run {run_name} can be resumed on {device}; MNIST is in {args.data_dir}", flush=True)
             return {"checked": run_name}
         # Known now, so that Ctrl-C from here on says to resume (the run has a checkpoint), not to start again.
         where.update(run_name=run_name, last=last_checkpoint(paths.run_dir(run_name)))
         if dist_info.is_main:  # held before its checkpoint is read: another trainer may be writing it
             claim_run(held, paths, run_name, resuming=True, named=True)
-        resume_ckpt = load_checkpoint(last_checkpoint(paths.run_dir(run_name)), map_location="cpu")
-        config = TrainConfig.from_dict(resume_ckpt["config"])
+        resume_ckpt, config = read_resumable(last_checkpoint(paths.run_dir(run_name)))
         if ignored := ignored_on_resume(args, config, resume_ckpt.get("preset")):
             print(
                 f"--resume keeps the run's own settings (its {config.epochs} epochs' schedule and checkpoints depend "

@@ -25,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from shared.checkpoint import (
     MANIFEST_NAME,
     Manifest,
+    VersionTaken,
     atomic_write_bytes,
     load_checkpoint,
     publish_model,
@@ -259,7 +260,7 @@ def test_publish_on_a_full_disk_then_again_with_space(tmp_path, disk_full_on, fu
     assert read_manifest(models) == new
     read_published_model(models, new)
     # A *different* model under a published version is still refused.
-    with pytest.raises(FileExistsError, match="other weights"):
+    with pytest.raises(VersionTaken, match="other weights"):
         publish_model(models, version="new", model_payload=model_payload(3))
 
 

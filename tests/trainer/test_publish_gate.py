@@ -189,6 +189,22 @@ def test_a_resumed_publish_does_not_undo_a_rollback_made_after_it(served_good, m
     assert (Paths(served_good).run_dir("r") / "FINISHED.json").exists()
 
 
+def test_a_resumed_run_whose_version_holds_another_model_is_told_so_not_to_make_the_folder_writable(
+    tmp_path, mnist_dir, capsys
+):
+    """Its version published with other weights (a resume on another machine): the trainer said it could not write
+    the run's files and to make the folder writable, then --resume, which failed the same way every time."""
+    run = ["--train-subset", "200", "--epochs", "1", "--run-name", "r", "--publish", "never"]
+    assert train(tmp_path, mnist_dir, *run) == 0
+    (Paths(tmp_path).run_dir("r") / "FINISHED.json").unlink()  # as if killed just after a publish
+    publish_model(Paths(tmp_path).models, version="r-e001", model_payload=model_payload(3))
+    capsys.readouterr()
+    assert train(tmp_path, mnist_dir, "--resume", *run[:-2], "--publish", "always") == 1
+    said = capsys.readouterr().err
+    assert "model version r-e001 is already published" in said and "another run (--run-name)" in said, said
+    assert "cannot write" not in said and "writable" not in said, said
+
+
 def test_a_served_model_whose_export_is_damaged_is_replaced(served_good, mnist_dir, capsys):
     """Servers refuse the served version when its ONNX export fails its checksum; the gate compared with it all the
     same and kept a loadable model from being served."""
@@ -217,6 +233,27 @@ def gate(models, version: str, publish: str):
         val_y=torch.zeros(8, dtype=torch.long),
         device=torch.device("cpu"),
     )
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("split_seed", None, "split_seed is None, not a whole number"),
+        ("split_seed", "x", "split_seed is 'x', not a whole number"),
+        ("split_seed", 1.5e300, "not a whole number from 0 to"),
+        ("val_fraction", 1.5, "val_fraction is 1.5: the validation share"),
+        ("normalization", {"mean": 0.1307}, "payload lacks normalization"),
+        ("normalization", {"mean": 0.1, "std": 0}, "normalization.std is 0.0, must be positive"),
+    ],
+)
+def test_a_published_model_the_server_refuses_for_its_fields_is_replaced_not_a_traceback(tmp_path, field, value, said):
+    """A split seed of None was a TypeError at the end of the whole run, and one of 1.5e300 "another split", which
+    kept serving a model the server refuses: the gate reads the fields as the server does."""
+    models = Paths(tmp_path).models
+    publish_model(models, version="damaged", model_payload={**model_payload(1), field: value})
+    decision = gate(models, "next-e001", "if-better")
+    assert (decision.serve, decision.store) == (True, True), decision
+    assert decision.reason.startswith("the published model damaged cannot be served") and said in decision.reason
 
 
 @pytest.mark.parametrize("publish", ["if-better", "always"])

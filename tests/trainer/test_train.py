@@ -18,7 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from shared.checkpoint import load_checkpoint, model_from_checkpoint, read_manifest, read_published_model
+from shared.checkpoint import MODEL_FORMAT, load_checkpoint, model_from_checkpoint, read_manifest, read_published_model
 from shared.data import normalize
 from shared.model import build_model
 from shared.settings import Paths
@@ -953,6 +953,60 @@ def test_check_only_refuses_a_resume_whose_checkpoint_the_resume_would_refuse(tm
     assert "settings OK" not in checked.out and "last.pt: not a readable checkpoint" in checked.err
     assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r") == 1
     assert capsys.readouterr().err == checked.err  # what the resume itself says
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, mnist_dir):
+    """A run of two epochs stopped after its first: one --resume can continue."""
+    root = tmp_path_factory.mktemp("stopped")
+    assert train(root, mnist_dir, "--epochs", "2", "--run-name", "r", "--train-subset", "200", "--stop-after", "1") == 0
+    return root
+
+
+def published_format(checkpoint: dict) -> dict:
+    return {**checkpoint, "format": MODEL_FORMAT}
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (published_format, "a published model, not a training checkpoint"),
+        (lambda c: {**c, "config": {**c["config"], "arch_kwargs": {"width": 24}}}, "size mismatch"),
+        (lambda c: {**c, "config": {**c["config"], "epochs": "ten"}}, "setting epochs is 'ten', not an int"),
+        (lambda c: {**c, "config": None}, "TypeError"),
+        (lambda c: {**c, "config": {**c["config"], "arch": "nosuch"}}, "nosuch"),
+        (lambda c: {k: v for k, v in c.items() if k != "optimizer"}, "it lacks 'optimizer'"),
+    ],
+    ids=[
+        "a published model",
+        "weights of another width",
+        "epochs of ten",
+        "no settings",
+        "no such arch",
+        "no optimizer",
+    ],
+)
+def test_check_only_refuses_a_resume_whose_checkpoint_cannot_be_continued_and_the_resume_says_why(
+    stopped_run, tmp_path, mnist_dir, capsys, damage, said
+):
+    """--check-only --resume said "settings OK" for a checkpoint it could read but not continue from, and --resume
+    then failed on it with a traceback (KeyError, PyTorch's size mismatch, a TypeError)."""
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    torch.save(damage(torch.load(last, weights_only=True)), last)
+    capsys.readouterr()
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r", "--check-only") == 1
+    checked = capsys.readouterr()
+    assert "settings OK" not in checked.out and checked.err.startswith("error: "), checked
+    assert said in checked.err and "Traceback" not in checked.err, checked.err
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r") == 1
+    assert capsys.readouterr().err == checked.err  # what the resume itself says
+
+
+def test_check_only_passes_a_resume_that_can_continue(stopped_run, tmp_path, mnist_dir, capsys):
+    shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)
+    assert train(tmp_path, mnist_dir, "--resume", "--run-name", "r", "--check-only") == 0
+    assert "settings OK: run r can be resumed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("how", ["--check-only", "--epochs"])
