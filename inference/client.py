@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 # gRPC's own log lines (a TLS handshake that failed) went to the terminal before the client's one-line error, which
 # says the same in words of what to do. gRPC's core reads this as it is imported: set only where this module imports
@@ -69,52 +72,92 @@ MESSAGE_OVERHEAD_BYTES = 1024
 IMAGE_OVERHEAD_BYTES = 16
 
 
-def over_size_limit(image_bytes: int, limits: pb.InputContract) -> str | None:
+def over_size_limit(image_bytes: int, limits: pb.InputContract, *, cut: bool = False) -> str | None:
     """Why a picture cannot be sent at all, or None: the service refuses an image over its --max-image-bytes, and
     gRPC one over what a call may carry, its --max-message-bytes ('Received message larger than max', before the
     service sees it). The smaller of the two is the one named: the file passed a check against the message limit
-    alone, 16 MiB, and the service then refused it for its 10 MiB one."""
+    alone, 16 MiB, and the service then refused it for its 10 MiB one. `cut`: a stream read no further than
+    `image_bytes` (Picture.read), which holds more."""
+    size = f"over {image_bytes - 1:,}" if cut else f"{image_bytes:,}"
     if 0 < limits.max_image_bytes < image_bytes and (
         limits.max_image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= limits.max_message_bytes
     ):
         return (
-            f"the file is {image_bytes:,} bytes, more than the service takes in one picture (the limit is "
+            f"the file is {size} bytes, more than the service takes in one picture (the limit is "
             f"{limits.max_image_bytes:,} bytes, its --max-image-bytes); send a smaller picture (crop it, or save it "
             "as JPEG)"
         )
     if image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= limits.max_message_bytes:
         return None
     return (
-        f"the file is {image_bytes:,} bytes, more than one call to the service may carry (the limit is "
+        f"the file is {size} bytes, more than one call to the service may carry (the limit is "
         f"{limits.max_message_bytes:,} bytes, its --max-message-bytes); send a smaller picture (crop it, or save it "
         "as JPEG)"
     )
 
 
-def file_size(path: Path) -> int:
-    """The size of the file at `path`, opened (so one that cannot be read is said now) but not read: a picture over
-    the service's limits is refused without reading it (a 3 GB file was read whole into memory first)."""
-    with path.open("rb") as f:
-        return os.fstat(f.fileno()).st_size
+@dataclass
+class Picture:
+    """A picture named on the command line, opened (so one that cannot be read is said at once). A file: its size,
+    and its bytes read only when sent, so a picture over the service's limits is refused unread (a 3 GB file was
+    read whole into memory first). A pipe or a device (/dev/stdin, <(...)), which has no size to look at: kept
+    open and read once (`read`), no further than a call may carry: /dev/zero was read until the machine ran out
+    of memory, and a named pipe opened twice (once for its size) lost its writer and then waited for ever."""
+
+    path: Path
+    size: int
+    stream: BinaryIO | None = None
+    data: bytes | None = None  # a stream's bytes, once read
+    cut: bool = False  # the stream held more than it was read to
+
+    @classmethod
+    def open(cls, path: Path) -> Picture:
+        f = path.open("rb")
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode):
+            f.close()
+            return cls(path, info.st_size)
+        return cls(path, 0, f)
+
+    def take(self, limits: pb.InputContract) -> Picture:
+        """Read a stream now, to one byte past the largest picture a call carries; a file is read when sent."""
+        if self.stream is not None:
+            largest = max(limits.max_message_bytes - IMAGE_OVERHEAD_BYTES - MESSAGE_OVERHEAD_BYTES, 0)
+            with self.stream:
+                self.data = self.stream.read(largest + 1)
+            self.size, self.cut = len(self.data), len(self.data) > largest
+        return self
+
+    def too_large(self, limits: pb.InputContract) -> str | None:
+        """Why it cannot be sent (once taken), or None."""
+        return over_size_limit(self.size, limits, cut=self.cut)
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.data is None else self.data
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
-def readable(read: Callable[[Path], T], path: Path) -> T | None:
-    """read(path) (its size, its bytes), or None once it is said on stderr that the file cannot be read."""
+def readable(read: Callable[[], T], path: Path) -> T | None:
+    """read() (opening the file at `path`, reading it), or None once it is said on stderr that it cannot be read."""
     try:
-        return read(path)
+        return read()
     except OSError as e:
         print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
         return None
 
 
-def batches(sized: list[tuple[Path, int]], max_count: int, max_bytes: int) -> Iterator[list[tuple[Path, int]]]:
+def batches(sized: list[tuple[P, int]], max_count: int, max_bytes: int) -> Iterator[list[tuple[P, int]]]:
     """`sized` (each file with its size) in order, in runs of at most `max_count` images and `max_bytes` bytes of
     request message (an image larger than that goes alone: refused by the service's message limit, it fails
     alone)."""
-    run: list[tuple[Path, int]] = []
+    run: list[tuple[P, int]] = []
     size = MESSAGE_OVERHEAD_BYTES
     for item in sized:
         cost = item[1] + IMAGE_OVERHEAD_BYTES
@@ -130,33 +173,39 @@ def batches(sized: list[tuple[Path, int]], max_count: int, max_bytes: int) -> It
 def cmd_predict(stub, args, call) -> int:
     failed = 0
     preview_rows = []
-    sized = []
+    opened = []
     for path in args.images:
-        if (size := readable(file_size, path)) is None:
+        if (opening := readable(partial(Picture.open, path), path)) is None:
             failed += 1
         else:
-            sized.append((path, size))
-    if not sized:
+            opened.append(opening)
+    if not opened:
         return 1
-    # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone. Chunks keep to the
-    # server's own limits (images per call, bytes per message), so large pictures go in several calls rather than
-    # all fail together with "larger than max".
-    limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
-    sendable = []
-    for path, size in sized:
-        if (too_large := over_size_limit(size, limits)) is not None:
-            print(f"{path}: not accepted: {too_large}", file=sys.stderr)
-            failed += 1
-        else:
-            sendable.append((path, size))
+    try:
+        # One PredictBatch per chunk: one round trip and one forward pass; a bad image fails alone. Chunks keep to
+        # the server's own limits (images per call, bytes per message), so large pictures go in several calls
+        # rather than all fail together with "larger than max".
+        limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
+        sendable = []
+        for picture in opened:
+            if readable(partial(picture.take, limits), picture.path) is None:
+                failed += 1
+            elif (too_large := picture.too_large(limits)) is not None:
+                print(f"{picture.path}: not accepted: {too_large}", file=sys.stderr)
+                failed += 1
+            else:
+                sendable.append((picture, picture.size))
+    finally:
+        for picture in opened:
+            picture.close()
     for run in batches(sendable, min(args.batch_size, limits.max_batch_size), limits.max_message_bytes):
         # Each run's files are read as it is sent: one run's pictures in memory at a time, not every file's.
         chunk = []
-        for path, _ in run:
-            if (data := readable(Path.read_bytes, path)) is None:
+        for sent, _ in run:
+            if (data := readable(sent.read, sent.path)) is None:
                 failed += 1
             else:
-                chunk.append((path, data))
+                chunk.append((sent.path, data))
         if not chunk:
             continue
         try:
@@ -200,19 +249,29 @@ def cmd_predict(stub, args, call) -> int:
 
 
 def cmd_read(stub, args, call) -> int:
-    if (size := readable(file_size, args.image)) is None:
+    if (picture := readable(partial(Picture.open, args.image), args.image)) is None:
         return 1
-    limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
-    if (too_large := over_size_limit(size, limits)) is not None:
+    try:
+        limits = call(stub.GetModelInfo, pb.GetModelInfoRequest()).input
+        if readable(partial(picture.take, limits), picture.path) is None:
+            return 1
+    finally:
+        picture.close()
+    if (too_large := picture.too_large(limits)) is not None:
         print(f"{args.image}: not accepted: {too_large}", file=sys.stderr)
         return 1
-    if (data := readable(Path.read_bytes, args.image)) is None:
+    if (data := readable(picture.read, picture.path)) is None:
         return 1
     response = call(stub.ReadNumber, pb.ReadNumberRequest(image=data, model_version=args.model_version))
-    print(
-        f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
-        f"model {response.model_version})"
-    )
+    strays = sum(not d.prediction.is_digit for d in response.per_digit)
+    if strays and strays == len(response.per_digit):
+        # A lone letter or a line was "?" and a warning about lines through a number, as if one were there.
+        print(f"{args.image}: not a number: nothing in it looks like a digit (model {response.model_version})")
+    else:
+        print(
+            f"{args.image}: {format_number(response)} (confidence {response.confidence:.1%}, "
+            f"model {response.model_version})"
+        )
     for d in response.per_digit:
         p = d.prediction
         b = d.box
@@ -221,7 +280,7 @@ def cmd_read(stub, args, call) -> int:
             print(f"  {p.digit}  {p.probabilities[p.digit]:6.1%}  {where}")
         else:
             print(f"  ?  not a digit (digit score {p.digit_score:.3f}, closest {p.digit})  {where}")
-    if strays := sum(not d.prediction.is_digit for d in response.per_digit):
+    if 0 < strays < len(response.per_digit):
         print(
             f"warning: {strays} of the {len(response.per_digit)} marks read are not digits (shown as ?): a line "
             "through the number, a box or an underline round it? Crop to the number alone",

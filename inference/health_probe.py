@@ -20,10 +20,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import settings
+from shared.api.mnist.v1 import inference_pb2
 from shared.cli import ArgumentParser, HelpFormatter, positive_seconds
 
 from inference.channel import describe_rpc_error, grpc_target, make_channel, reached_server, tls_flags_problem
 from inference.security import ca_certificates_file
+
+# What --service may name: the whole server (""), the API's services, liveness (inference/server.py sets each).
+HEALTH_SERVICES = (
+    "",
+    *(service.full_name for service in inference_pb2.DESCRIPTOR.services_by_name.values()),
+    settings.LIVENESS_SERVICE,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         # other failures are about the health service, not the inference API the client's words are about.
         if e.code() == grpc.StatusCode.UNAVAILABLE and not reached_server(e):
             print(f"unhealthy: {describe_rpc_error(e, args.target)}")
+        elif e.code() == grpc.StatusCode.NOT_FOUND:  # the health service says no more than "NOT_FOUND: "
+            known = ", ".join(repr(name) for name in HEALTH_SERVICES)
+            print(f"unhealthy: {args.target}: NOT_FOUND: no health status for service {args.service!r}; ask {known}")
         else:
             print(f"unhealthy: {args.target}: {e.code().name}: {e.details()}")
         return 1

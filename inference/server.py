@@ -25,11 +25,12 @@ from shared.api.mnist.v1 import inference_pb2
 from shared.cli import MAX_COUNT
 from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
-from shared.settings import Paths
+from shared.settings import LIVENESS_SERVICE, Paths
 
 from inference.access_log import AccessLogInterceptor, waited_for_thread
 from inference.capacity import return_large_blocks_to_the_system
 from inference.evaluation import shared_evaluation_data
+from inference.message_limit import ResponseSizeInterceptor
 from inference.metrics import MetricsEndpoint, ServiceMetrics
 from inference.model_store import ModelStore, ServedModel
 from inference.options import ServerOptions
@@ -40,9 +41,6 @@ from inference.versions import is_missing
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name  # "mnist.v1.Inference"
-# A health "service" that is SERVING for as long as the process answers, model or not: what a liveness probe
-# asks (Kubernetes' native gRPC probe). "" and SERVICE_NAME are NOT_SERVING until a model is loaded: readiness.
-LIVENESS_SERVICE = "liveness"
 
 
 class QueueCountingExecutor(futures.ThreadPoolExecutor):
@@ -265,6 +263,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     ]
     if options.auth_token:
         interceptors.append(BearerTokenInterceptor(options.auth_token))
+    interceptors.append(ResponseSizeInterceptor(options.max_message_bytes))
 
     def thread_taken(waited: float) -> None:
         metrics.call_waited(waited)

@@ -60,6 +60,10 @@ DEFAULT_METRICS_PORT = 9464
 # their own, so a server busy with inference calls still answers its liveness probe. Off for a bare
 # `python -m inference` (--health-address / MNIST_HEALTH_ADDRESS), as metrics are, for the same reason.
 DEFAULT_HEALTH_PORT = 50052
+# The grpc.health.v1 "service" that is SERVING for as long as the server answers, model or not: what a liveness
+# probe asks (Kubernetes' native gRPC probe). "" (the whole server) and the API's own name (mnist.v1.Inference) are
+# NOT_SERVING until a model is loaded: readiness.
+LIVENESS_SERVICE = "liveness"
 
 
 def default_data_dir() -> Path:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -281,6 +282,15 @@ def test_health_probe(module_server, serve, capsys):
 
     assert health_probe.main(["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
     assert capsys.readouterr().out.startswith("unhealthy:")
+
+
+def test_the_health_probe_names_the_services_it_may_ask_for_one_the_server_does_not_know(module_server, capsys):
+    """It said "unhealthy: ...: NOT_FOUND: " and no more (the health service gives no details)."""
+    assert health_probe.main(["--target", module_server.target, "--service", "mnist.Inference"]) == 1
+    out = capsys.readouterr().out
+    assert "no health status for service 'mnist.Inference'; ask '', 'mnist.v1.Inference', 'liveness'" in out, out
+    for known in health_probe.HEALTH_SERVICES:  # each of them is one the server answers for
+        assert health_probe.main(["--target", module_server.target, "--service", known, "--require-serving"]) == 0
 
 
 def test_the_health_probe_refuses_flags_and_targets_the_client_refuses(capsys, monkeypatch):
@@ -594,6 +604,38 @@ def test_a_file_over_the_services_limits_is_refused_naming_the_limit_without_bei
     code, _, err = run_client(capsys, "--target", running.target, command, str(big))
     assert code == 1 and f"{big}: not accepted: the file is {size:,} bytes" in err, err
     assert f"the limit is {said}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["predict", "read"])
+def test_a_device_with_no_end_is_read_no_further_than_a_call_carries(serve, tmp_path, capsys, command):
+    """/dev/zero has no size to look at (0): it passed the check and was read whole, until the machine ran out of
+    memory (22 GB, the kernel's OOM killer)."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(max_message_bytes=1 << 20)
+    code, _, err = run_client(capsys, "--target", running.target, command, "/dev/zero")
+    assert code == 1 and "/dev/zero: not accepted: the file is over 1,047,536 bytes" in err, err
+    assert "its --max-message-bytes" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["predict", "read"])
+def test_a_picture_from_a_named_pipe_is_read_once(serve, tmp_path, capsys, image_files, command):
+    """A named pipe was opened for its size and closed, which lost its writer (SIGPIPE), then opened again to be
+    read, which waited for a writer for ever. A pipe is read once, as `cat digit.png | ... /dev/stdin` is."""
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    pipe = tmp_path / "digit-pipe"
+    os.mkfifo(pipe)
+    png = image_files[0].read_bytes()
+
+    def write() -> None:
+        with pipe.open("wb") as f:  # waits for the reader, as a shell's writer does
+            f.write(png)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    code, out, err = run_client(capsys, "--target", running.target, "--timeout", "20", command, str(pipe))
+    writer.join(timeout=10)
+    assert code == 0 and out.startswith(f"{pipe}: ") and not writer.is_alive(), err
 
 
 def test_a_server_that_goes_away_mid_command_is_said_as_such_not_as_a_slow_answer(

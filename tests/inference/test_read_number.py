@@ -7,7 +7,9 @@ made once per module; every test reads them through the RPC, so the test functio
 
 from __future__ import annotations
 
+import argparse
 import io
+import types
 
 import cv2
 import grpc
@@ -410,7 +412,7 @@ def test_client_read_says_what_is_wrong_with_a_blank_picture(trained_server, tmp
     assert "INVALID_ARGUMENT: no digit found" in capsys.readouterr().err
 
 
-def test_client_read_shows_a_mark_that_is_no_digit_as_a_question_mark_and_warns(trained_server, tmp_path, capsys):
+def test_client_read_says_not_a_number_when_no_mark_looks_like_a_digit(trained_server, tmp_path, capsys):
     from inference.client import main as client_main
 
     picture = tmp_path / "line.png"
@@ -419,8 +421,28 @@ def test_client_read_shows_a_mark_that_is_no_digit_as_a_question_mark_and_warns(
     picture.write_bytes(png_bytes(canvas))
     assert client_main(["--target", trained_server.target, "read", str(picture)]) == 0
     captured = capsys.readouterr()
-    assert f"{picture}: ? (confidence" in captured.out and "not a digit (digit score" in captured.out
-    assert "1 of the 1 marks read are not digits" in captured.err
+    assert f"{picture}: not a number: nothing in it looks like a digit" in captured.out
+    assert "?  not a digit (digit score" in captured.out and captured.err == ""
+
+
+def test_client_read_shows_a_mark_that_is_no_digit_among_digits_as_a_question_mark_and_warns(tmp_path, capsys):
+    from inference.client import cmd_read
+
+    # The answer for a number with a line through it (made here: which marks a model calls no digit is the model's
+    # to say), as the client's call would bring it.
+    response = pb.ReadNumberResponse(digits="217", model_version="v1", confidence=0.9)
+    for digit, is_digit in [(2, True), (1, False), (7, True)]:
+        response.per_digit.add(prediction=pb.Prediction(digit=digit, is_digit=is_digit, probabilities=[0.1] * 10))
+    limits = pb.InputContract(max_image_bytes=1 << 20, max_message_bytes=4 << 20)
+    answers = {"GetModelInfo": pb.ModelInfo(input=limits), "ReadNumber": response}
+    stub = types.SimpleNamespace(GetModelInfo="GetModelInfo", ReadNumber="ReadNumber")
+    picture = tmp_path / "number.png"
+    picture.write_bytes(png_bytes(np.full((100, 300), 250, np.uint8)))
+    args = argparse.Namespace(image=picture, model_version="", preview=None)
+    assert cmd_read(stub, args, lambda method, request: answers[method]) == 0
+    captured = capsys.readouterr()
+    assert f"{picture}: 2?7 (confidence 90.0%" in captured.out
+    assert "1 of the 3 marks read are not digits" in captured.err
 
 
 def test_client_read_refuses_an_unwritable_preview_and_a_file_too_large_before_the_call(

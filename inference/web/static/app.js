@@ -635,12 +635,15 @@ function numberText(result) {
 }
 
 function showNumber(result, strokeEndedAt, pictureName) {
-  const text = numberText(result);
+  const marks = result.per_digit.filter((d) => d.is_digit === false).length;
+  // A lone letter or a smiley was "?", and "one mark does not look like a digit", as if a number were there.
+  const none = marks > 0 && marks === result.per_digit.length;
+  const text = none ? "Not a number" : numberText(result);
   state.number = result;
   $("digit").textContent = text;
-  const marks = result.per_digit.filter((d) => d.is_digit === false).length;
-  $("confidence").textContent = `${(100 * result.confidence).toFixed(1)} % sure of every digit` +
-    (marks ? `; ${marks === 1 ? "one mark does" : `${marks} marks do`} not look like a digit (${NOT_A_DIGIT_MARK})` : "");
+  $("confidence").textContent = none ? "nothing in it looks like a digit"
+    : `${(100 * result.confidence).toFixed(1)} % sure of every digit` +
+      (marks ? `; ${marks === 1 ? "one mark does" : `${marks} marks do`} not look like a digit (${NOT_A_DIGIT_MARK})` : "");
   $("per-digit").replaceChildren(...result.per_digit.map((d) => {
     const li = document.createElement("li");
     const p = d.probabilities[d.digit];

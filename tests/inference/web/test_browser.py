@@ -498,7 +498,9 @@ def test_number_mode_reads_a_number_written_on_the_strip_and_draws_the_boxes(pag
     assert shown_boxes(page) == [] and page.execute_script("return document.body.dataset.number ?? null") is None
 
 
-def test_number_mode_shows_a_mark_the_model_says_is_no_digit_as_a_question_mark(page):
+def test_number_mode_shows_a_mark_the_model_says_is_no_digit_as_a_question_mark_and_no_digit_as_not_a_number(
+    page,
+):
     """The page drew every digit of a number as read, a line through the number or a box round it as a digit
     ("2126"), where the client prints "2?26" (inference/preview.py format_number). The answer is the gateway's
     read-number shape, given to the page's own showNumber as its fetch would."""
@@ -526,18 +528,27 @@ def test_number_mode_shows_a_mark_the_model_says_is_no_digit_as_a_question_mark(
         "height": 100,
         "model_version": page.find_element("id", "model-version").text,
     }
-    shown = page.execute_script(
-        "showNumber(arguments[0], null, null); return [document.body.dataset.number,"
-        " [...document.querySelectorAll('#boxes text')].map((t) => t.textContent + ':' + t.getAttribute('class')),"
-        " [...document.querySelectorAll('#per-digit li')].map((li) => li.textContent),"
-        " document.getElementById('confidence').textContent];",
-        answer,
-    )
-    number, boxes, items, confidence = shown
+
+    def show(answer: dict) -> list:
+        """What the page shows for `answer`: the number, the boxes' labels, the list's items, the confidence."""
+        return page.execute_script(
+            "showNumber(arguments[0], null, null); return [document.body.dataset.number,"
+            " [...document.querySelectorAll('#boxes text')].map((t) => t.textContent + ':' + t.getAttribute('class')),"
+            " [...document.querySelectorAll('#per-digit li')].map((li) => li.textContent),"
+            " document.getElementById('confidence').textContent];",
+            answer,
+        )
+
+    number, boxes, items, confidence = show(answer)
     assert number == "2?2.6" and page.find_element("id", "digit").text == "2?2.6"
     assert boxes == ["2:digit", "?:mark", "2:digit", "6:digit", ".:mark"], boxes
     assert items[1] == "?not a digit" and items[0] == "291.0 %", items
     assert "one mark does not look like a digit (?)" in confidence, confidence
+    # A picture with no digit at all (a lone letter, a smiley) is no number, said plainly, its marks still boxed.
+    answer = {**answer, "digits": "1", "per_digit": [digit(1, 60, is_digit=False)], "separators": []}
+    number, boxes, items, confidence = show(answer)
+    assert number == "Not a number" and page.find_element("id", "digit").text == "Not a number"
+    assert boxes == ["?:mark"] and items == ["?not a digit"] and confidence == "nothing in it looks like a digit"
 
 
 def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(page, served, mnist):
