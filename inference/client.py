@@ -49,7 +49,7 @@ from inference.channel import (
     said_for_a_person,
     tls_flags_problem,
 )
-from inference.preview import draw_reading, format_number, probability_bars, save_picture, save_preview
+from inference.preview import draw_reading, format_number, format_problem, probability_bars, save_picture, save_preview
 from inference.security import bearer_metadata, ca_certificates_file, is_metadata_value
 
 DIGITS = 10
@@ -484,7 +484,7 @@ def unwritable(path: Path) -> str | None:
     folders are made when it is written."""
     if path.is_dir():
         return "is a folder; name a file in it"
-    return write_problem(path, is_file=True)
+    return format_problem(path) or write_problem(path, is_file=True)
 
 
 def main(argv: list[str] | None = None) -> int:

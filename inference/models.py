@@ -16,7 +16,9 @@ change is appended to models/HISTORY.jsonl, which rollback walks back: rollback 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +78,8 @@ def require_models_folder(models_dir: Path) -> None:
     to roll back to', as if the folder were there and empty."""
     if is_missing(models_dir):
         raise Refused(f"{models_dir} ({NO_SUCH_FOLDER}). Nothing was changed")
+    if not models_dir.is_dir():  # said as main says a folder it cannot use: promote advised another version
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(models_dir))
 
 
 def serve_version(models_dir: Path, version: str, *, event: str) -> tuple[Manifest, Manifest | None]:

@@ -65,15 +65,36 @@ def save_preview(path: Path, rows: list[tuple[str, bytes, bytes, str]], *, size:
     save_picture(canvas, path)
 
 
+def picture_format(path: Path) -> str | None:
+    """The format `path`'s extension names where Pillow writes it (".jpg" -> "JPEG"), or None: saved as PNG."""
+    from PIL import Image
+
+    kind = Image.registered_extensions().get(path.suffix.lower())  # for the formats this Pillow reads
+    return kind if kind in Image.SAVE else None
+
+
+def format_problem(path: Path) -> str | None:
+    """Why a picture cannot be saved under `path`'s name, or None. Pillow registers writers for formats that take
+    no RGB picture (BLP, XBM, MSP, PALM: "cannot write mode RGB", found only once the call's work was done, or a
+    traceback) or that need a plug-in (HDF5, GRIB, BUFR): a small picture saved in memory tells, before the call."""
+    from PIL import Image
+
+    kind = picture_format(path)
+    if kind is None or kind == "PNG":
+        return None
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=kind)
+    except Exception as e:  # Pillow's writers raise ValueError, OSError, KeyError ... for a mode they cannot write
+        return f"cannot save a picture as {kind} ({e}); name a .png, .jpg, .webp, .tif or .bmp file"
+    return None
+
+
 def save_picture(image, path: Path) -> None:
     """Save a Pillow image at `path` (its folder made): in the format the name's extension says where Pillow writes
     one (.jpg, .webp, ...: a preview named .jpg held PNG bytes), else as a PNG (no extension, or one of no image
-    format); other formats than PNG get the picture without its alpha, which JPEG cannot hold."""
-    from PIL import Image
-
-    extensions = Image.registered_extensions()  # ".jpg" -> "JPEG", for the formats this Pillow reads
-    wanted = extensions.get(path.suffix.lower())
-    kind = wanted if wanted in Image.SAVE else "PNG"
+    format); other formats than PNG get the picture without its alpha, which JPEG cannot hold. format_problem says
+    beforehand whether the format takes the picture."""
+    kind = picture_format(path) or "PNG"
     if kind != "PNG":
         image = image.convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -209,16 +209,37 @@ def served_stack(models_dir: Path) -> list[str]:
 
 
 def rollback_target(models_dir: Path) -> str | None:
-    """The version served before the served one that still has its file, or None."""
+    """The version served before the served one that still has the file it was served with, or None. A name reused
+    after a prune holds a model never served (the gate may have refused it): rollback went back to it by name."""
     stack = served_stack(models_dir)
     if not stack:
         return None
     current = stack[-1]
     existing = set(version_names(models_dir))
+    recorded = _served_sums(models_dir)
     for version in reversed(stack[:-1]):
-        if version != current and version in existing:
+        if version != current and version in existing and _published_as_served(models_dir, version, recorded):
             return version
     return None
+
+
+def _served_sums(models_dir: Path) -> dict[str, set[str]]:
+    """Each version's SHA-256s as models/HISTORY.jsonl recorded them when it was served."""
+    sums: dict[str, set[str]] = {}
+    for entry in read_history(models_dir):
+        sums.setdefault(entry["version"], set()).add(str(entry.get("sha256", "")))
+    return sums
+
+
+def _published_as_served(models_dir: Path, version: str, recorded: dict[str, set[str]]) -> bool:
+    """Whether `version` now names the model it was served as: its manifest's SHA-256 (the file's as published) is
+    one the history recorded. A name reused after a prune names another model, never served (the gate may have
+    refused it). A manifest that cannot be read is left for the rollback to refuse, saying why."""
+    try:
+        manifest = find_manifest(models_dir, version)
+    except (CheckpointError, OSError):
+        return True
+    return manifest is not None and manifest.sha256 in recorded.get(version, set())
 
 
 def possibly_served(models_dir: Path) -> set[str]:

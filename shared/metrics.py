@@ -127,7 +127,9 @@ def confusion_figure(confusion: np.ndarray, *, title: str = "Confusion matrix"):
     accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)
     # Wrapped to the figure's width: a long model version in one line would be clipped at both sides.
     heading = textwrap.fill(title, width=60, break_long_words=True, break_on_hyphens=True)
-    ax.set_title(f"{heading}\naccuracy {accuracy:.2%}, {int(confusion.sum())} images", fontsize=10)
+    # Drawn as written: matplotlib reads text between two $ as maths, and a model version may hold them
+    # ("exp$^$1-e001" failed Evaluate as INTERNAL, "run$5$x" was drawn as "run5x").
+    ax.set_title(f"{heading}\naccuracy {accuracy:.2%}, {int(confusion.sum())} images", fontsize=10, parse_math=False)
     # The margins tight_layout() finds for this figure, set directly: it draws the whole figure once more to
     # measure it, about 60 of the 300 ms a heatmap took (Evaluate draws one for every new model and split). The
     # top gives each line the heading wraps onto 0.03 of the height; the right leaves room for six-digit

@@ -638,6 +638,26 @@ def test_a_picture_from_a_named_pipe_is_read_once(serve, tmp_path, capsys, image
     assert code == 0 and out.startswith(f"{pipe}: ") and not writer.is_alive(), err
 
 
+@pytest.mark.parametrize(
+    "command, flag, name, kind",
+    [
+        ("predict", "--preview", "seen.blp", "BLP"),
+        ("evaluate", "--out", "heat.xbm", "XBM"),
+        ("read", "--preview", "b.h5", "HDF5"),
+    ],
+)
+def test_a_picture_named_in_a_format_it_cannot_be_saved_in_is_refused_before_the_call(
+    tmp_path, image_files, capsys, command, flag, name, kind
+):
+    """.blp ended in a traceback and .xbm in "cannot write mode RGB as XBM", both after the server's work, with
+    nothing saved. No server answers here: the name is refused before any call is made."""
+    images = [] if command == "evaluate" else [str(image_files[0])]
+    target = f"127.0.0.1:{free_port()}"
+    code, _, err = run_client(capsys, "--target", target, command, *images, flag, str(tmp_path / name))
+    assert code == 2 and f"cannot save a picture as {kind}" in err and "name a .png" in err, err
+    assert not (tmp_path / name).exists()
+
+
 def test_a_server_that_goes_away_mid_command_is_said_as_such_not_as_a_slow_answer(
     serve, tmp_path, image_files, capsys, monkeypatch
 ):

@@ -138,6 +138,24 @@ def test_rollback_walks_back_through_what_was_served(artifacts, capsys):
     assert served(artifacts) == "v1"  # undoes the promote, back to where it was
 
 
+def test_rollback_never_goes_back_to_a_name_reused_after_a_prune_for_a_model_never_served(tmp_path, capsys):
+    """v1..v4 served in turn, v1 and v2 pruned, then a new run published v2 again without serving it (the gate
+    refused it): rollback from v4 went to v3, then to that new v2, by name, serving a model no one had served."""
+    artifacts = tmp_path / "artifacts"
+    for seed, version in enumerate(("v1", "v2", "v3", "v4"), start=1):
+        publish(artifacts, version, seed=seed)
+    assert run(artifacts, "prune", "--keep", "1") == 0
+    publish_model(Paths(artifacts).models, version="v2", model_payload=model_payload(9), serve=False)
+    assert run(artifacts, "rollback") == 0 and served(artifacts) == "v3"
+    before = folder_state(artifacts)
+    capsys.readouterr()
+    assert run(artifacts, "rollback") == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert folder_state(artifacts) == before and served(artifacts) == "v3"
+    # Served on purpose, it is a rollback's target like any other.
+    assert run(artifacts, "promote", "v2") == 0 and run(artifacts, "rollback") == 0 and served(artifacts) == "v3"
+
+
 def test_a_history_line_cut_short_by_a_crash_does_not_swallow_the_next_change(artifacts, capsys):
     """A partial write (a full disk, a crash) leaves a line without its end: the next entry was appended to it,
     the two read as one bad line, and rollback skipped that version (from v3 back to v1, not v2)."""
@@ -332,12 +350,18 @@ def test_a_change_to_a_models_folder_that_does_not_exist_is_refused_with_the_hin
     assert not (tmp_path / "mistyped").exists()
 
 
-def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp_path, capsys):
-    blocker = tmp_path / "a-file"
+@pytest.mark.parametrize("command", [["promote", "v1"], ["rollback"], ["prune", "--keep", "1"]])
+@pytest.mark.parametrize("which", ["the artifacts folder", "its models folder"])
+def test_an_artifacts_folder_that_is_a_file_is_one_line_saying_what_to_check(tmp_path, capsys, command, which):
+    """With models/ a file, promote said the version "cannot be read" and to promote another one."""
+    artifacts = tmp_path / "a-file" if which == "the artifacts folder" else tmp_path / "artifacts"
+    blocker = artifacts if which == "the artifacts folder" else Paths(artifacts).models
+    blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("")
-    assert models_main(["--artifacts-dir", str(blocker), "promote", "v1"]) == 1
+    assert models_main(["--artifacts-dir", str(artifacts), *command]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "check --artifacts-dir (or MNIST_ARTIFACTS_DIR)" in err, err
+    assert "another version" not in err and blocker.read_text() == "", err
 
 
 def test_listing_an_artifacts_folder_that_is_a_file_says_to_check_it_not_that_nothing_is_published(tmp_path, capsys):

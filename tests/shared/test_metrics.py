@@ -59,3 +59,17 @@ def test_nothing_to_score_gives_zeros_not_an_error():
     evaluation = evaluation_from_log_probs(torch.empty(0, 10), torch.empty(0, dtype=torch.long))
     assert evaluation.count == 0 and evaluation.accuracy == 0.0 and evaluation.loss == 0.0
     assert evaluation.confusion.shape == (10, 10) and evaluation.support.sum() == 0 and len(evaluation.predictions) == 0
+
+
+def test_heatmap_title_with_dollar_signs_in_the_model_version_is_drawn_as_written():
+    """A version may hold $ (run names allow it): matplotlib read "exp$^$1" as broken maths, and Evaluate failed as
+    INTERNAL; "run$5$x" was drawn as "run5x"."""
+    for version in ("exp$^$1-e001", r"a$\frac$b-e001", "run$5$x-e001"):
+        assert confusion_heatmap_png(np.eye(10, dtype=np.int64), title=f"Model {version}, test").startswith(b"\x89PNG")
+        fig = confusion_figure(np.eye(10, dtype=np.int64), title=f"Model {version}, test")
+        fig.canvas.draw()
+        # Its drawn width is that of the text with the $ signs as characters, not of maths without them.
+        title = fig.axes[0].title
+        plain = fig.axes[0].text(0, 0, title.get_text(), fontsize=10, parse_math=False)
+        renderer = fig.canvas.get_renderer()
+        assert title.get_window_extent(renderer).width == plain.get_window_extent(renderer).width
