@@ -77,7 +77,7 @@ def over_size_limit(image_bytes: int, limits: pb.InputContract, *, cut: bool = F
     gRPC one over what a call may carry, its --max-message-bytes ('Received message larger than max', before the
     service sees it). The smaller of the two is the one named: the file passed a check against the message limit
     alone, 16 MiB, and the service then refused it for its 10 MiB one. `cut`: a stream read no further than
-    `image_bytes` (Picture.read), which holds more."""
+    `image_bytes` (Picture.take), which holds more."""
     size = f"over {image_bytes - 1:,}" if cut else f"{image_bytes:,}"
     if 0 < limits.max_image_bytes < image_bytes and (
         limits.max_image_bytes + IMAGE_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES <= limits.max_message_bytes
@@ -101,7 +101,7 @@ class Picture:
     """A picture named on the command line, opened (so one that cannot be read is said at once). A file: its size,
     and its bytes read only when sent, so a picture over the service's limits is refused unread (a 3 GB file was
     read whole into memory first). A pipe or a device (/dev/stdin, <(...)), which has no size to look at: kept
-    open and read once (`read`), no further than a call may carry: /dev/zero was read until the machine ran out
+    open and read once (`take`), no further than a call may carry: /dev/zero was read until the machine ran out
     of memory, and a named pipe opened twice (once for its size) lost its writer and then waited for ever."""
 
     path: Path
