@@ -521,13 +521,37 @@ def arrival(http: Request) -> float:
 
 
 BODY_STALL_SECONDS = 30.0
+# A body declared over the limit is read and thrown away, up to this many times the limit and while it arrives
+# without a pause of DRAIN_STALL_SECONDS, before the 413: closed with the body unread, the connection was reset (the
+# kernel resets a socket closed with data unread), and a client that sends the whole body before it reads (Python's
+# http.client, urllib, requests) lost the 413 to the reset: 10 of 10 bodies of 40 MB over the default 32 MiB.
+DRAIN_FACTOR = 4
+DRAIN_STALL_SECONDS = 1.0
+DRAIN_SECONDS = 10.0
+
+
+async def drain(receive: Receive, most: int) -> None:
+    """Read and drop up to `most` bytes of a refused body: for DRAIN_SECONDS at most, and not past a pause of
+    DRAIN_STALL_SECONDS (a caller that sent the headers alone is answered after that pause). Nothing is kept."""
+    got, deadline = 0, time.monotonic() + DRAIN_SECONDS
+    while got < most and (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), min(DRAIN_STALL_SECONDS, left))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        got += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class BodyLimit:
     """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory, and the bodies of
     all requests in flight together stay within `max_inflight_bytes` (429 with Retry-After past it).
 
-    A Content-Length over the limit is refused at once; otherwise the body is counted as it arrives, and the
+    A Content-Length over the limit is refused before any of the body is kept (read and dropped first, up to a bound,
+    from a sender that did not ask to continue: drain); otherwise the body is counted as it arrives, and the
     endpoint reading it gets BodyTooLarge at the first byte over. Each request's bytes that have arrived count
     against the shared budget until its response is sent: without it, 100 callers sending 32 MiB each at once would
     make the gateway hold 3.2 GB. Only bytes that arrived count, not a declared length: four connections that sent
@@ -546,8 +570,11 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # curl asks first, and reads the 413 unsent
+                await drain(receive, min(int(declared), DRAIN_FACTOR * self.max_bytes))
             return await _too_large_response(self.max_bytes)(scope, receive, send)
         held = 0  # what this request counts against the budget: the bytes of its body that have arrived
         body_done = False

@@ -390,6 +390,26 @@ def test_a_body_over_the_gateways_limit_is_413_before_it_is_read(web, backend, d
     assert small.post("/v1/predict", digit_pngs[0][1]).status == 200  # and it keeps serving
 
 
+def test_a_client_that_sends_the_whole_body_before_reading_reads_the_413_not_a_reset(web, backend):
+    """Python's http.client (urllib, requests) sends a body whole, then reads: the gateway answered a body declared
+    over the limit at once and closed the connection with it unread, and the kernel's reset destroyed the 413 (10 of
+    10 bodies of 10 MB over a 4 MB limit). It reads and drops the body first, up to DRAIN_FACTOR times the limit."""
+    from inference.web.app import DRAIN_FACTOR
+
+    limit = 4_000_000
+    gateway = web(target=backend.target, max_body_bytes=limit)
+    body = b"\x89PNG" + bytes(10_000_000)
+    assert len(body) <= DRAIN_FACTOR * limit
+    for _ in range(3):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        try:
+            connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/png"})
+            answer = connection.getresponse()
+            assert answer.status == 413 and b"4,000,000 bytes" in answer.read()
+        finally:
+            connection.close()
+
+
 def test_an_evaluation_already_running_is_429_with_retry_after(gateway, monkeypatch):
     import inference.service
 
