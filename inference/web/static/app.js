@@ -26,6 +26,7 @@ const state = {
   number: null, // the ReadNumber answer on screen, whose boxes are drawn over the pad
   token: sessionStorage.getItem("mnist-token") || "",
   refreshing: false, // a poll of the model panel is on its way
+  picture: null, // the File last chosen, dropped or pasted: asked about again once a token is given
 };
 // For benchmarks and tests: milliseconds from each finished stroke (pointerup) to its prediction on screen, and
 // whether an answer is still to come.
@@ -95,8 +96,21 @@ $("token-form").addEventListener("submit", (event) => {
   state.token = token;
   sessionStorage.setItem("mnist-token", state.token);
   $("token-form").hidden = true;
+  pad.focus(); // the hidden form had the focus, which fell to the page's start
   refreshModel();
+  answerAgain();
 });
+
+// What was on the pad when the token was asked for is asked about again with it: the refusal stayed on screen, and
+// the drawing or picture was never read.
+function answerAgain() {
+  if (state.strokes.length) {
+    setStatus($("status"), "");
+    ask(true);
+  } else if (state.picture && pictureShown()) {
+    predictPicture(state.picture); // read as a number in number mode
+  }
+}
 $("token").addEventListener("input", () => $("token").setCustomValidity(""));
 
 function setStatus(element, text, isError = false) {
@@ -114,8 +128,10 @@ function resizePad() {
     pad.width = width;
     pad.height = height;
     redraw();
-    drawBoxes();
   }
+  // The boxes' labels are sized for the pad as shown: an answer that came while the Evaluate tab hid the pad was
+  // labelled at a scale of 1 (2 px on a phone), and showing the pad again at the same size did not redraw them.
+  if (width > 0) drawBoxes();
 }
 
 // The backing store follows devicePixelRatio, which changes without a resize (browser zoom, the window moved to
@@ -321,6 +337,7 @@ async function fileBytes(file) {
 
 async function predictPicture(file) {
   if (!file) return;
+  state.picture = file;
   openTab("draw"); // a picture dropped or pasted on the Evaluate tab is answered where it can be seen
   if (state.mode === "number") return readPicture(file);
   // The latest input wins: this picture's answer is shown only if nothing was drawn, chosen or cleared since.
@@ -611,6 +628,7 @@ function setMode(mode) {
   history.replaceState(null, "", number ? "#number" : "#");
   state.strokes = [];
   state.drawing = null;
+  answerRegion.removeAttribute("aria-busy"); // set as a stroke began; the stroke dropped here never ends
   resizePad();
   redraw();
   clearAnswer();
@@ -661,8 +679,10 @@ function showNumber(result, strokeEndedAt, pictureName) {
     return li;
   }));
   drawBoxes();
-  setStatus($("status"), `${pictureName ? pictureName + ": " : ""}${result.per_digit.length} digit` +
-    `${result.per_digit.length === 1 ? "" : "s"}; model ${result.model_version}`);
+  // Digits and marks that are none apart: "Not a number" over "1 digit" read as a contradiction.
+  const digits = result.per_digit.length - marks;
+  setStatus($("status"), `${pictureName ? pictureName + ": " : ""}${digits} digit${digits === 1 ? "" : "s"}` +
+    `${marks ? `, ${marks} other mark${marks === 1 ? "" : "s"}` : ""}; model ${result.model_version}`);
   document.body.dataset.number = text; // for tests: the number on screen
   if (strokeEndedAt !== null && strokeEndedAt !== undefined) {
     requestAnimationFrame(() => window.mnist.strokeLatencies.push(performance.now() - strokeEndedAt));

@@ -302,6 +302,19 @@ def test_a_screen_reader_hears_the_answer_once_a_stroke_is_done_not_at_every_mov
     assert shown_digit(page) == clear_digits[3][0]
 
 
+def test_the_answer_is_not_left_busy_by_a_stroke_a_mode_switch_dropped(page):
+    """A stroke begun, the mode switched (the arrow keys on the mode radios) and the button released: the stroke was
+    dropped and never ended, and the answer stayed aria-busy, so a screen reader announced no later answer."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    pad = page.find_element("id", "pad")
+    ActionChains(page).move_to_element(pad).click_and_hold().perform()
+    assert page.execute_script("return document.querySelector('.answer').getAttribute('aria-busy')") == "true"
+    page.execute_script("setMode('number')")
+    ActionChains(page).release().perform()
+    assert page.execute_script("return document.querySelector('.answer').getAttribute('aria-busy')") is None
+
+
 def test_a_picture_dropped_on_the_evaluate_tab_is_answered_on_the_draw_tab(page, mnist):
     page.find_element("id", "tab-evaluate").click()
     page_file(page, png_bytes(mnist.test_images[0].numpy()), "seven.png", "image/png", "drop")
@@ -373,7 +386,9 @@ def test_the_model_panel_updates_when_a_new_model_is_swapped_in(page, served):
     assert "new model" in page.find_element("id", "model-status").text.lower()
 
 
-def test_a_gateway_with_a_token_asks_for_it_and_a_token_no_header_can_carry_is_asked_again(browser, served):
+def test_a_gateway_with_a_token_asks_for_it_and_a_token_no_header_can_carry_is_asked_again(
+    browser, served, clear_digits
+):
     backend, _ = served
     web = start_web(target=backend.target, token="s3cret-token")
     try:
@@ -391,6 +406,11 @@ def test_a_gateway_with_a_token_asks_for_it_and_a_token_no_header_can_carry_is_a
         assert wait_until(lambda: "enter the token again" in browser.find_element("id", "model-status").text, 15)
         assert browser.find_element("id", "token-form").is_displayed()
         assert browser.execute_script("return sessionStorage.getItem('mnist-token')") is None
+        # A digit drawn before the token is given is refused for want of it, and read once it is given: the
+        # refusal stayed on screen and the drawing was never sent again.
+        label, image = clear_digits[3]
+        draw(browser, digit_strokes(image))
+        assert wait_until(lambda: "Authorization" in browser.find_element("id", "status").text, timeout=15)
         field = browser.find_element("id", "token")
         field.clear()
         field.send_keys("s3cret-token")
@@ -398,6 +418,9 @@ def test_a_gateway_with_a_token_asks_for_it_and_a_token_no_header_can_carry_is_a
         version = read_manifest(backend.artifacts / "models").version
         assert wait_until(lambda: browser.find_element("id", "model-version").text == version, timeout=15)
         assert not browser.find_element("id", "token-form").is_displayed()
+        assert wait_until(lambda: shown_digit(browser) == label, timeout=15)
+        assert "error" not in browser.find_element("id", "status").get_attribute("class")
+        assert browser.execute_script("return document.activeElement.id") == "pad"  # not the page's start
     finally:
         browser.execute_script("sessionStorage.clear()")
         web.stop()
@@ -544,11 +567,22 @@ def test_number_mode_shows_a_mark_the_model_says_is_no_digit_as_a_question_mark_
     assert boxes == ["2:digit", "?:mark", "2:digit", "6:digit", ".:mark"], boxes
     assert items[1] == "?not a digit" and items[0] == "291.0 %", items
     assert "one mark does not look like a digit (?)" in confidence, confidence
-    # A picture with no digit at all (a lone letter, a smiley) is no number, said plainly, its marks still boxed.
-    answer = {**answer, "digits": "1", "per_digit": [digit(1, 60, is_digit=False)], "separators": []}
-    number, boxes, items, confidence = show(answer)
+    assert page.find_element("id", "status").text.startswith("3 digits, 1 other mark; model ")
+    # A picture with no digit at all (a lone letter, a smiley) is no number, said plainly, its marks still boxed;
+    # the status counted the mark as "1 digit" under "Not a number".
+    lone = {**answer, "digits": "1", "per_digit": [digit(1, 60, is_digit=False)], "separators": []}
+    number, boxes, items, confidence = show(lone)
     assert number == "Not a number" and page.find_element("id", "digit").text == "Not a number"
     assert boxes == ["?:mark"] and items == ["?not a digit"] and confidence == "nothing in it looks like a digit"
+    assert page.find_element("id", "status").text.startswith("0 digits, 1 other mark; model ")
+
+    # An answer that comes while the Evaluate tab hides the pad: its labels were sized for no pad (a scale of 1,
+    # 2 px on a phone), and showing the pad again at its own size did not size them again.
+    label_size = "return document.querySelector('#boxes text').getAttribute('font-size')"
+    page.execute_script("openTab('evaluate'); showNumber(arguments[0], null, null); openTab('draw')", answer)
+    shown = page.execute_script(label_size)
+    page.execute_script("drawBoxes()")
+    assert shown == page.execute_script(label_size), (shown, page.execute_script(label_size))
 
 
 def test_number_mode_reads_a_dropped_picture_and_shows_what_the_service_refuses(page, served, mnist):
