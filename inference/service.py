@@ -38,7 +38,7 @@ from shared.image_pipeline import (
     to_mnist_array,
 )
 from shared.model import digit_log_probs, digit_scores, segment_scores
-from shared.segment import Classified, Digit, NumberReading, read_number
+from shared.segment import Abandoned, Classified, Digit, NumberReading, read_number, reading_for
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -367,19 +367,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
         classify = JudgingClassifier(served, functools.partial(self._judge, served))
+        gone = RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
         with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number
-                raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
-            reading = read_number(picture, classify)
+                raise gone
+            try:
+                with reading_for(context.is_active):  # a long reading stops when its caller goes
+                    reading = read_number(picture, classify)
+            except Abandoned:
+                raise gone from None
             if len(reading.digits) == 1 and not reading.separators:  # its second decode waits no longer either
                 # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.
                 decoded = None if decodes_at_half_size(request.image) else picture
                 del picture
                 reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
                 if not context.is_active():
-                    raise RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
+                    raise gone
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
         judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
+import time
 import types
 
 import cv2
@@ -461,3 +463,43 @@ def test_client_read_refuses_an_unwritable_preview_and_a_file_too_large_before_t
     assert client_main(["--target", trained_server.target, "read", str(huge)]) == 1
     err = capsys.readouterr().err
     assert "more than the service takes in one picture" in err and "larger than max" not in err
+
+
+def test_a_reading_whose_caller_has_gone_stops_instead_of_running_on(serve, tmp_path, monkeypatch, caplog):
+    """A zigzag took 0.65 s to read, all of it after a caller that gave it 50 ms had gone: 16 such calls abandoned
+    at once held the server's threads for 10 s, a Predict waiting behind them. The reading stops at its next
+    region's cuts once the caller is gone (each made slow here, so that the reading outlasts its deadline)."""
+    import shared.segment
+
+    from tests.inference.helpers import publish, wait_until
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve()
+    picture = np.full((120, 620), 255, np.uint8)
+    for k in range(8):  # eight zeros in one stroke, each touching the next: cut after cut to read
+        cv2.ellipse(picture, (62 + 70 * k, 60), (32, 44), 0, 0, 360, 0, 9)
+    request = pb.ReadNumberRequest(image=png_bytes(picture))
+    cuts = []
+    real_cut_candidates = shared.segment.cut_candidates
+
+    def slow_cuts(*args, **kwargs):
+        cuts.append(1)
+        time.sleep(0.2)
+        return real_cut_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(shared.segment, "cut_candidates", slow_cuts)
+    running.stub.ReadNumber(request, timeout=60)
+    whole = len(cuts)
+    assert whole >= 6, whole
+    cuts.clear()
+    caplog.set_level(logging.INFO, logger="inference.access")
+    with pytest.raises(grpc.RpcError) as gone:
+        running.stub.ReadNumber(request, timeout=0.5)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def ended() -> list:
+        return [r for r in caplog.records if r.name == "inference.access" and r.access["method"] == "ReadNumber"]
+
+    assert wait_until(lambda: len(ended()) == 1, timeout=30)
+    assert len(cuts) <= 4 < whole, (cuts, whole)  # 0.5 s of 0.2 s cuts, and one begun as the deadline passed
+    assert ended()[0].access["code"] != "OK"

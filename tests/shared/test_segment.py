@@ -149,6 +149,43 @@ def test_digits_touching_in_one_stroke_are_all_cut_apart_however_many(count):
     assert segment.read_number(zeros_in_one_stroke(count), zero_if_upright).text == "0" * count
 
 
+def gone_after(times: int):
+    """A caller that is there for the first `times` questions, then gone."""
+    asked = []
+
+    def still_there() -> bool:
+        asked.append(1)
+        return len(asked) <= times
+
+    return still_there
+
+
+def test_a_reading_stops_as_soon_as_its_caller_is_gone_and_runs_whole_while_it_is_there(monkeypatch):
+    """A long reading ran to its end after its caller had gone (a zigzag: 0.65 s, its caller gone after 50 ms).
+    Each region's cuts and each batch classified first ask whether the caller is still there."""
+    picture = zeros_in_one_stroke(6)
+    cut_calls = []
+    real_cut_candidates = segment.cut_candidates
+
+    def counted(*args, **kwargs):
+        cut_calls.append(1)
+        return real_cut_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "cut_candidates", counted)
+    with segment.reading_for(lambda: True):
+        assert segment.read_number(picture, zero_if_upright).text == "000000"
+    whole = len(cut_calls)
+    assert whole >= 3, whole  # several rounds of cuts: something to stop part-way
+    for there_for in (0, 1, 2):  # answers "still there" this many times, then "gone"
+        cut_calls.clear()
+        with segment.reading_for(gone_after(there_for)):
+            with pytest.raises(segment.Abandoned):
+                segment.read_number(picture, zero_if_upright)
+        assert len(cut_calls) <= there_for < whole, (cut_calls, there_for)
+    # Outside reading_for, nothing is asked.
+    assert segment.read_number(picture, zero_if_upright).text == "000000"
+
+
 def test_small_digits_beside_a_big_one_are_not_read_as_points_or_commas_one_after_another():
     """A big ring and three small ones on its baseline ("2026" with the 2 written twice the others' size): the line's
     height is the big one's, and each small one passed for a point or comma beside it: "0,,,". Marks with no digit
