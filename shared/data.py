@@ -202,11 +202,9 @@ def _download(name: str, directory: Path) -> Path:
                         shutil.copyfileobj(response, out)
                     out.flush()
                     read_idx_file(part, md5=md5, shape=shape)  # verify before it takes the real name
-                except OSError as e:
-                    if e.errno in DISK_FULL:  # writing the part: this disk's, which every mirror would meet again
-                        raise
-                    raise _MirrorFailed(f"{url}: {type(e).__name__}: {e}") from e
                 except Exception as e:
+                    if isinstance(e, OSError) and e.errno in DISK_FULL:  # writing the part: every mirror would too
+                        raise
                     raise _MirrorFailed(f"{url}: {type(e).__name__}: {e}") from e
             return directory / f"{name}.gz"
         except _MirrorFailed as e:
