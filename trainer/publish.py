@@ -91,13 +91,10 @@ def decide(
     try:
         payload, published = read_published_model(models_dir, manifest)
         read_published_onnx(models_dir, manifest)  # servers load the export too (onnxruntime, the default backend)
-    except CheckpointError as e:
-        return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
-    # The server's own reading (inference.model_store.load_served_model): its defaults for models that lack them,
-    # and a split it refuses (a seed of None, a share of 1.5) is a model it cannot serve, not a traceback here.
-    try:
+        # The server's own reading (inference.model_store.load_served_model): its defaults for models that lack
+        # them, and a split it refuses (a seed of None, a share of 1.5) is a model it cannot serve, not a traceback.
         its_seed, its_fraction = published_split(payload)
-    except ModelValidationError as e:
+    except (CheckpointError, ModelValidationError) as e:
         return Decision(True, True, f"the published model {manifest.version} cannot be served ({e})")
     if (its_seed, its_fraction) != (split_seed, val_fraction):
         return Decision(
