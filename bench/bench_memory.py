@@ -3,6 +3,7 @@
     python -m bench.bench_memory                 # both parts, every format (about 2 minutes on 2 cores)
     python -m bench.bench_memory --part single   # peak extra memory of one picture, per format
     python -m bench.bench_memory --part flood --clients 16
+    python -m bench.bench_memory --part reading  # ReadNumber's working memory (about a minute)
 
 1. single: each format in a fresh process: decode one 40 MP picture (testkit/big_pictures.py) through
    shared.image_pipeline.to_mnist and read the peak resident memory (VmHWM, reset just before) over the
@@ -13,6 +14,12 @@
    every call answered with a prediction or RESOURCE_EXHAUSTED (never INTERNAL or a dead server), server RSS at
    most 1 GiB over its warm baseline, and the ordinary Predict answered normally. Peak RSS is the server's VmHWM,
    reset before each format.
+3. reading: what reading a number holds at once (shared.segment.read_number, tracemalloc) in each of
+   testkit.memory's costliest pictures at the working size, read with a classifier sure of nothing (every region
+   cut, every cut weighed), against what the service reserves for it in the decode budget
+   (shared.segment.reading_bytes); then `--clients` concurrent ReadNumber calls, each with the costliest, against
+   the server as in 2. Targets: every peak within its reservation; server RSS at most the decode budget over its
+   warm baseline.
 
 Exit status 1 when a target is missed.
 """
@@ -112,11 +119,77 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     return ok
 
 
+def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
+    import cv2
+
+    from shared.segment import READING_BYTES_PER_PIXEL, reading_bytes
+
+    from inference.options import add_server_arguments, server_options
+    from testkit.memory import costly_readings, reading_peak
+
+    pictures = costly_readings()
+    print(
+        f"\n3. What reading a number holds at once, against what the service reserves ({READING_BYTES_PER_PIXEL} B/px)"
+    )
+    print(f"{'picture':24s} {'peak':>9s} {'per pixel':>10s} {'reserved':>9s}")
+    ok = True
+    costliest, most = "", 0  # the picture whose reading holds the most: the flood's
+    for name, picture in pictures.items():
+        peak, reserved = reading_peak(picture), reading_bytes(picture)
+        ok &= peak <= reserved
+        if peak > most:
+            costliest, most = name, peak
+        print(
+            f"{name:24s} {peak / MIB:5.1f} MiB {peak / picture.size:6.1f} B/px {reserved / MIB:5.1f} MiB"
+            f"{'' if peak <= reserved else '  MISSED'}"
+        )
+    small = digit_pngs(data_dir, 1)[0]
+    data = cv2.imencode(".png", pictures[costliest])[1].tobytes()
+    flags = argparse.ArgumentParser()
+    add_server_arguments(flags)
+    budget = server_options(flags.parse_args(server_args)).decode_budget_mib * MIB
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts = Path(folder)
+        publish_random_model(artifacts)
+        process, port = start_server(artifacts, data_dir, server_args)
+        target = f"127.0.0.1:{port}"
+        try:
+            flood(target, [small] * 4, small, "ReadNumber")  # warm
+            baseline = status_kib(process.pid, "VmRSS") * 1024
+            print(
+                f"\n{clients} concurrent ReadNumber calls, each of the {costliest} ({len(data) / 1024:.1f} KB as PNG), "
+                f"three times; server RSS {baseline / MIB:.0f} MiB warm, decode budget {budget / MIB:.0f} MiB"
+            )
+            print(f"{'round':6s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
+            for round_ in range(1, 4):
+                reset_peak(process.pid)
+                codes, failure, seconds = flood(target, [data] * clients, small, "ReadNumber")
+                peak = status_kib(process.pid, "VmHWM") * 1024
+                alive = process.poll() is None
+                names = Counter()
+                for (code, _), n in codes.items():
+                    names[code] += n
+                good = alive and failure is None and set(names) <= {"OK", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
+                good &= peak - baseline <= budget
+                ok &= good
+                answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
+                print(
+                    f"{round_:<6d} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB "
+                    f"{(peak - baseline) / MIB:5.0f} MiB"
+                    f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
+                    f"{'' if good else '  MISSED'}"
+                )
+            print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
+        finally:
+            stop_server(process)
+    return ok
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_memory", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--part", choices=("single", "flood", "both"), default="both")
+    parser.add_argument("--part", choices=("single", "flood", "reading", "both"), default="both")
     parser.add_argument("--clients", type=positive_int, default=16, help="concurrent calls in the flood")
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
@@ -133,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_single(args.data_dir)
     if args.part in ("flood", "both"):
         ok &= run_flood(args.data_dir, args.clients, args.server_args.split())
+    if args.part == "reading":
+        ok &= run_reading(args.data_dir, args.clients, args.server_args.split())
     print("\nall targets met" if ok else "\nA TARGET WAS MISSED")
     return 0 if ok else 1
 

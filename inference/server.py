@@ -25,6 +25,7 @@ from shared.api.mnist.v1 import inference_pb2
 from shared.cli import MAX_COUNT
 from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
+from shared.segment import largest_reading_bytes
 from shared.settings import LIVENESS_SERVICE, Paths
 
 from inference.access_log import AccessLogInterceptor, waited_for_thread
@@ -88,14 +89,15 @@ class QueueCountingExecutor(futures.ThreadPoolExecutor):
 
 
 def check_decode_budget(options: ServerOptions) -> None:
-    """The decode budget must hold one picture of the largest size the limits allow, or that picture could never
-    be decoded: a configuration error, said at start-up rather than to each caller."""
-    largest = largest_decode_cost(options.max_image_pixels)
+    """The decode budget must hold one picture of the largest size the limits allow, and the reading of one number
+    in it (ReadNumber's working memory is held there too), or that picture could never be decoded or read: a
+    configuration error, said at start-up rather than to each caller."""
+    largest = max(largest_decode_cost(options.max_image_pixels), largest_reading_bytes(options.max_image_pixels))
     if options.decode_budget_mib * 2**20 < largest:
         raise ValueError(
             f"--decode-budget-mib {options.decode_budget_mib} cannot hold one picture of "
             f"--max-image-pixels {options.max_image_pixels:,} (up to {largest / 2**20:,.0f} MiB "
-            f"decoded): raise the budget or lower the pixel limit"
+            f"decoded or read as a number): raise the budget or lower the pixel limit"
         )
 
 

@@ -38,7 +38,7 @@ from shared.image_pipeline import (
     to_mnist_array,
 )
 from shared.model import digit_log_probs, digit_scores, segment_scores
-from shared.segment import Abandoned, Classified, Digit, NumberReading, read_number, reading_for
+from shared.segment import Abandoned, Classified, Digit, NumberReading, read_number, reading_bytes, reading_for
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -374,7 +374,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number
                 raise gone
             try:
-                with reading_for(context.is_active):  # a long reading stops when its caller goes
+                # Its working memory is held in the decode budget, as a decode's is: 16 zigzags read at once held
+                # +0.5 GB beyond it. A long reading stops when its caller goes.
+                with self.limits.decode_budget.reserve(reading_bytes(picture)), reading_for(context.is_active):
                     reading = read_number(picture, classify)
             except Abandoned:
                 raise gone from None

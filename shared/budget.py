@@ -2,9 +2,10 @@
 
 Per-picture limits (shared/decode.py's Limits) bound one picture; they do not bound a dozen at once. Each decode
 reserves the bytes its decoded frame will take before decoding it, and gives them back when its array is down to
-working resolution. A reservation that does not fit waits, first come first served, at most `wait` seconds, then
-fails with BudgetExhausted: the caller answers "busy, retry" instead of the process being killed for memory with
-every call in flight.
+working resolution; a ReadNumber reserves its reading's working memory the same way while it reads
+(shared.segment.reading_bytes). A reservation that does not fit waits, first come first served, at most `wait`
+seconds, then fails with BudgetExhausted: the caller answers "busy, retry" instead of the process being killed for
+memory with every call in flight.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class MemoryBudget:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise BudgetExhausted(
-                            f"the server is decoding other large pictures ({self._in_use / 2**20:,.0f} of "
+                            f"the server is decoding or reading other large pictures ({self._in_use / 2**20:,.0f} of "
                             f"{self.capacity / 2**20:,.0f} MiB in use; this one needs {nbytes / 2**20:,.0f} MiB); "
                             "try again in a moment, or send a smaller picture"
                         )

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
-from shared.decode import ImageRejected, prepare_array
+from shared.decode import WORK_MAX_SIDE, ImageRejected, prepare_array
 from shared.normalize import (
     box_through,
     centre_by_mass,
@@ -112,6 +112,25 @@ def still_wanted() -> None:
     """Raise Abandoned where the reading's caller has gone (reading_for); else nothing."""
     if (still_there := _still_wanted.get()) is not None and not still_there():
         raise Abandoned()
+
+
+# The most memory a reading holds at once, per pixel of the decoded picture it reads (its working copies, the
+# pieces' labels, the cuts tried and their halves), which the service reserves in its decode budget while it reads
+# (reading_bytes). Measured with tracemalloc (stop 62, bench.bench_memory's --read-number cases): a zigzag
+# across the working size, 1024 px, 40-44 B/px (46-62 before the cut search kept its costs row by row and
+# copied its halves), 51 across 1024 x 256; dots, checkers, thin lines and spirals 30-36; a photo of a number 12.
+READING_BYTES_PER_PIXEL = 64
+
+
+def reading_bytes(image: np.ndarray) -> int:
+    """The memory reading a number in `image` (as decode_image returns it) may hold at once, in bytes."""
+    return READING_BYTES_PER_PIXEL * int(image.shape[0]) * int(image.shape[1])
+
+
+def largest_reading_bytes(max_pixels: int) -> int:
+    """reading_bytes of the largest picture decode_image returns within `max_pixels`: at most WORK_MAX_SIDE on its
+    long side, so at most that side squared."""
+    return READING_BYTES_PER_PIXEL * min(max_pixels, WORK_MAX_SIDE**2)
 
 
 MAX_DIGITS = 12  # one line of at most this many digits: postcodes, amounts, dates, meter readings
@@ -207,6 +226,8 @@ SEGMENT_MIN_WIDTH = 0.15
 CUT_STEP = 0.05
 CUT_BAND = 0.2
 CUT_ROWS = 160
+# States of the cut search (rows x starts x band) whose arrival costs are gathered at once: 3 MiB of float32.
+CUT_ROWS_AT_ONCE = 1 << 18
 CUT_STEP_COST = 0.02
 CUT_INK_PIXEL_COST = 0.1
 MAX_CUT_INK = 2.0
@@ -1199,7 +1220,9 @@ def region_of(pieces: Pieces, where: tuple[int, int, np.ndarray], slant: float) 
     """A Region for a mask at (x, y): cropped to its ink, with its digit image and deslanted width."""
     x, y, mask = where
     bx, by, w, h = cv2.boundingRect(mask.astype(np.uint8))
-    mask = mask[by : by + h, bx : bx + w]
+    # A copy, not a view: a cut's halves are kept as regions while every candidate is weighed, and a view held each
+    # half's whole window alive (a zigzag across 1024 x 762: 28 of a reading's 39 MiB).
+    mask = mask[by : by + h, bx : bx + w].copy()
     x, y = x + bx, y + by
     rows = np.nonzero(mask.any(axis=1))[0]
     first = np.argmax(mask[rows], axis=1)
@@ -1352,29 +1375,38 @@ def least_ink_paths(blocked: np.ndarray, starts: np.ndarray, band: int, stroke: 
     # them band by band did the same arithmetic several times over, a third of this function's time).
     # (Padding beyond the picture's sides never counts: a state there is outside the picture, a wall.)
     padded = np.pad(ink, ((0, 0), (1, 1)))  # (h, bins + 2): ink of the previous row's neighbours
-    by_column = np.empty((3, h, bins), np.float32)  # from the left, from above, from the right
-    by_column[:, 1:] = ink[None, 1:] * (1 + pixel)
-    by_column[0, 1:] -= ink[1:] * padded[:-1, :-2]
-    by_column[1, 1:] -= ink[1:] * ink[:-1]
-    by_column[2, 1:] -= ink[1:] * padded[:-1, 2:]
-    by_column[0, 1:] += step
-    by_column[2, 1:] += step
-    arrive = by_column[:, :, columns]  # (3, h, n, width)
-    arrive[:, :, outside] = np.inf
-    arrive[0, :, :, 0] = np.inf  # nothing left of the band
-    arrive[2, :, :, -1] = np.inf  # nothing right of it
+    # One column more, past the picture's right side: every state outside the picture arrives from it, a wall.
+    by_column = np.empty((3, h, bins + 1), np.float32)  # from the left, from above, from the right
+    by_column[:, 1:, :bins] = ink[None, 1:] * (1 + pixel)
+    by_column[0, 1:, :bins] -= ink[1:] * padded[:-1, :-2]
+    by_column[1, 1:, :bins] -= ink[1:] * ink[:-1]
+    by_column[2, 1:, :bins] -= ink[1:] * padded[:-1, 2:]
+    by_column[0, 1:, :bins] += step
+    by_column[2, 1:, :bins] += step
+    by_column[:, :, bins] = np.inf
+    from_column = np.where(outside, bins, columns)  # (n, width)
     cost = ink[0, columns] * (1.0 + pixel) + step * np.abs(offsets)[None, :]
     cost[outside] = np.inf
-    totals = np.empty((h, 3, n, width), np.float32)  # every row's three ways in, for the way back
-    for r in range(1, h):
-        ways = totals[r]
-        ways[0, :, 1:] = cost[:, :-1]
-        ways[0, :, 0] = np.inf
-        ways[1] = cost
-        ways[2, :, :-1] = cost[:, 1:]
-        ways[2, :, -1] = np.inf
-        ways += arrive[:, r]
-        cost = ways.min(axis=0)
+    # What arriving costs is gathered into the bands a block of rows at a time, and each state keeps only the way
+    # it was reached (int8): every row's costs at once, (3, h, n, width) float32 twice over, were most of a
+    # reading's memory (a zigzag across a 1024 x 256 picture: 27 of its 31 MiB).
+    came = np.empty((h, n, width), np.int8)  # per row and state: from the left (0), above (1) or the right (2)
+    ways = np.empty((3, n, width), np.float32)
+    block = max(1, CUT_ROWS_AT_ONCE // (n * width))
+    for first in range(1, h, block):
+        arrive = by_column[:, first : first + block][:, :, from_column]  # (3, rows, n, width)
+        for r in range(first, min(first + block, h)):
+            ways[0, :, 1:] = cost[:, :-1]
+            ways[0, :, 0] = np.inf  # nothing left of the band
+            ways[1] = cost
+            ways[2, :, :-1] = cost[:, 1:]
+            ways[2, :, -1] = np.inf  # nothing right of it
+            ways += arrive[:, r - first]
+            cost = np.minimum(np.minimum(ways[0], ways[1]), ways[2])
+            # The first of equal ways, as argmin takes it: left, then above, then right.
+            not_left = ways[0] != cost
+            came[r] = not_left
+            came[r] += not_left & (ways[1] != cost)
     end = np.argmin(cost, axis=1)
     paths = np.empty((n, h), np.int64)
     at = end
@@ -1382,7 +1414,7 @@ def least_ink_paths(blocked: np.ndarray, starts: np.ndarray, band: int, stroke: 
     for r in range(h - 1, -1, -1):
         paths[:, r] = at
         if r:
-            at = at + np.argmin(totals[r][:, every, at], axis=0) - 1  # came from -1, 0 or +1
+            at = at + came[r][every, at] - 1  # came from -1, 0 or +1
     path_columns = np.take_along_axis(columns, paths, 1)  # (n, h)
     along = ink[np.arange(h)[None, :], path_columns]  # (n, h) ink on the path
     crossings = along[:, 0] + np.sum(along[:, 1:] * (1 - along[:, :-1]), axis=1)

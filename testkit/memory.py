@@ -1,10 +1,11 @@
 """Measuring memory under huge pictures, shared by bench/bench_memory.py and the tests (tests/shared/
 test_decode_memory.py, tests/reliability/test_memory_flood.py): a process's resident memory and its peak (Linux
-/proc), one 40 MP picture's peak in a fresh process, and a flood of concurrent Predict calls. Each caller keeps
-its own limits."""
+/proc), one 40 MP picture's peak in a fresh process, a flood of concurrent Predict or ReadNumber calls, and the
+pictures that cost a reading of a number the most memory. Each caller keeps its own limits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,9 +81,11 @@ def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tup
     }
 
 
-def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, str | None, float]:
-    """Send every picture at once (one thread each), then one small Predict: ({(code, details) of each failure or
-    ("OK", ""): count}, the small one's failure or None, seconds)."""
+def flood(
+    target: str, pictures: list[bytes], small: bytes, method: str = "Predict"
+) -> tuple[Counter, str | None, float]:
+    """Send every picture at once (one thread each) to `method` (Predict or ReadNumber), then one small Predict:
+    ({(code, details) of each failure or ("OK", ""): count}, the small one's failure or None, seconds)."""
     import grpc
 
     from shared.api.mnist.v1 import inference_pb2 as pb
@@ -102,7 +105,10 @@ def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, st
             grpc.channel_ready_future(channel).result(timeout=10)
             start.wait()
             try:
-                stub.Predict(pb.PredictRequest(image=data), timeout=120)
+                if method == "ReadNumber":
+                    stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=120)
+                else:
+                    stub.Predict(pb.PredictRequest(image=data), timeout=120)
                 code = ("OK", "")
             except grpc.RpcError as e:
                 code = (e.code().name, e.details() or "")
@@ -123,3 +129,65 @@ def flood(target: str, pictures: list[bytes], small: bytes) -> tuple[Counter, st
         except grpc.RpcError as e:
             failure = f"{e.code().name}: {e.details()}"
     return codes, failure, seconds
+
+
+def zigzag(width: int, height: int, pen: int, legs: int = 24) -> np.ndarray:
+    """A picture (height, width) uint8 of one stroke zigzagging across it, dark on white: a single piece as wide as
+    the picture that looks like touching digits everywhere, the costliest number to read a review found."""
+    import cv2
+
+    picture = np.full((height, width), 255, np.uint8)
+    xs = np.linspace(20, width - 20, legs + 1)
+    ys = np.where(np.arange(legs + 1) % 2, 60, height - 60)
+    cv2.polylines(picture, [np.stack([xs, ys], 1).astype(np.int32)], False, 0, pen)
+    return picture
+
+
+def costly_readings(seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: picture (h, w) uint8}: what costs ReadNumber the most memory per pixel at the working size (1024 px),
+    from a review's search (stop 61): zigzags of every height, dots, lines, a checkerboard, a spiral."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    side = 1024
+    out = {f"zigzag 1024x{h}, pen {p}": zigzag(side, h, p) for h, p in ((256, 15), (500, 8), (762, 15), (1024, 8))}
+    dots = np.full((side, side), 255, np.uint8)
+    for x, y in rng.integers(0, side, (3000, 2)):
+        cv2.circle(dots, (int(x), int(y)), 3, 0, -1)
+    out["3,000 dots"] = dots
+    lines = np.full((side, side), 255, np.uint8)
+    for x0, y0, x1, y1 in rng.integers(0, side, (200, 4)):
+        cv2.line(lines, (int(x0), int(y0)), (int(x1), int(y1)), 0, 1)
+    out["200 thin lines"] = lines
+    y, x = np.mgrid[0:side, 0:side]
+    out["checkerboard of 8 px"] = np.where((x // 8 + y // 8) % 2, 0, 255).astype(np.uint8)
+    turns = np.linspace(0, 80 * np.pi, 200_000)
+    radius = turns / turns[-1] * (side / 2 - 5)
+    spiral = np.full((side, side), 255, np.uint8)
+    points = np.stack([side / 2 + radius * np.cos(turns), side / 2 + radius * np.sin(turns)], 1).astype(np.int32)
+    out["spiral of 40 turns"] = cv2.polylines(spiral, [points], False, 0, 2)
+    return out
+
+
+def unsure(batch: np.ndarray):
+    """A classifier for shared.segment.read_number sure of nothing: every region is cut and every cut weighed, the
+    most work (and memory) a reading can take."""
+    from shared.segment import Classified
+
+    return Classified(np.full((len(batch), 10), 0.1), np.full(len(batch), 0.5))
+
+
+def reading_peak(picture: np.ndarray) -> int:
+    """The most bytes shared.segment.read_number holds at once reading `picture` with `unsure` (tracemalloc: every
+    NumPy and OpenCV array), refused or not."""
+    import tracemalloc
+
+    from shared.segment import ImageRejected, read_number
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ImageRejected):  # refused after its cuts were weighed: the work was done
+            read_number(picture, unsure)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -185,8 +185,9 @@ def test_a_batch_of_large_pictures_decodes_them_one_at_a_time_within_the_budget(
     from testkit.big_pictures import encode_big
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    # Each 3000 x 3000 PNG is a 36 MB frame; the budget holds one (and not two) of them.
-    running = serve(decode_budget_mib=48, decode_wait=0.0, max_image_pixels=10_000_000)
+    # Each 3000 x 3000 PNG is a 36 MB frame (34 MiB); the budget holds one (and not two) of them, and the reading
+    # of a number (64 MiB, the least a server starts with).
+    running = serve(decode_budget_mib=64, decode_wait=0.0, max_image_pixels=10_000_000)
     pictures = [encode_big(mnist.test_images[i].numpy(), "PNG", side=3000) for i in range(4)]
     response = running.stub.PredictBatch(pb.PredictBatchRequest(images=pictures), timeout=60)
     assert all(result.HasField("prediction") for result in response.results), response.results
@@ -198,14 +199,15 @@ def test_a_full_decode_budget_is_resource_exhausted_for_predict_and_per_image_in
     from testkit.big_pictures import encode_big
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve(decode_budget_mib=48, decode_wait=0.05, max_image_pixels=10_000_000)
+    running = serve(decode_budget_mib=64, decode_wait=0.05, max_image_pixels=10_000_000)
     picture = encode_big(mnist.test_images[0].numpy(), "PNG", side=3000)
     budget = running.server.servicer.limits.decode_budget
-    with budget.reserve(20 * 2**20):  # another call's picture, being decoded
+    with budget.reserve(32 * 2**20):  # another call's picture, being decoded: 32 + 34 MiB do not fit in 64
         with pytest.raises(grpc.RpcError) as error:
             running.stub.Predict(pb.PredictRequest(image=picture), timeout=30)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "decoding other large pictures" in error.value.details() and "try again" in error.value.details()
+        details = error.value.details()
+        assert "decoding or reading other large pictures" in details and "try again" in details
         batch = running.stub.PredictBatch(pb.PredictBatchRequest(images=[picture]), timeout=30)
         assert batch.results[0].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert running.stub.Predict(pb.PredictRequest(image=picture), timeout=30).prediction.probabilities
@@ -221,7 +223,7 @@ def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_sa
     from inference.web.errors import http_status
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve(decode_budget_mib=48, max_image_pixels=10_000_000)
+    running = serve(decode_budget_mib=64, max_image_pixels=10_000_000)
     frames = [Image.new("RGB", (3000, 3000), "white") for _ in range(2)]  # 9 megapixels: under the pixel limit
     frames[0].paste((0, 0, 0), (1400, 800, 1600, 2200))
     out = io.BytesIO()
@@ -229,7 +231,7 @@ def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_sa
     with pytest.raises(grpc.RpcError) as error:  # an animated WebP takes four times its frame to decode
         running.stub.Predict(pb.PredictRequest(image=out.getvalue()), timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "to decode" in error.value.details() and "the limit is 48 MiB" in error.value.details()
+    assert "to decode" in error.value.details() and "the limit is 64 MiB" in error.value.details()
     assert http_status(error.value.code(), error.value.details()) == 413
 
 

@@ -11,6 +11,8 @@ import pytest
 from shared import normalize, segment
 from shared.normalize import estimate_background, ink_contrast
 
+from testkit.memory import costly_readings, reading_peak
+
 
 def touching_zeros() -> np.ndarray:
     """A picture (120, 200) uint8 of two thick-stroked zeros whose sides touch, dark on white."""
@@ -566,3 +568,17 @@ def test_nearest_neighbours_are_every_points_nearest_others():
     assert index[0, 0] == len(points) - 1 and distance[0, 0] == 0
     few_index, few_distance = segment.nearest_neighbours(points[:3], 4)
     assert (few_index[:, 2:] == -1).all() and np.isinf(few_distance[:, 2:]).all()
+
+
+COSTLY = costly_readings()
+
+
+@pytest.mark.parametrize("name", list(COSTLY))
+def test_a_reading_holds_no_more_memory_than_the_service_reserves_for_it(name):
+    """The service holds reading_bytes of its decode budget while it reads. A zigzag across 1024 x 256 held 137
+    bytes a pixel (the cut search kept every row's costs, 27 of its 34 MiB), 1024 x 762 62 (each cut's halves held
+    their whole window): 16 read at once took +0.5 GB beyond the budget. Read with a classifier sure of nothing,
+    every region is cut and every cut weighed."""
+    picture = COSTLY[name]
+    peak = reading_peak(picture)
+    assert peak <= segment.reading_bytes(picture), f"{peak / picture.size:.0f} bytes a pixel"
