@@ -1,6 +1,6 @@
 """Memory under huge pictures: one 40 MP picture's peak, and a flood of them against the real server.
 
-    python -m bench.bench_memory                 # both parts, every format (about 2 minutes on 2 cores)
+    python -m bench.bench_memory                 # parts 1 and 2, every format (about 2 minutes on 2 cores)
     python -m bench.bench_memory --part single   # peak extra memory of one picture, per format
     python -m bench.bench_memory --part flood --clients 16
     python -m bench.bench_memory --part reading  # ReadNumber's working memory (about a minute)
@@ -189,7 +189,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_memory", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--part", choices=("single", "flood", "reading", "both"), default="both")
+    parser.add_argument(
+        "--part",
+        choices=("single", "flood", "reading", "both", "all"),
+        default="both",
+        help="both: single and flood; all: the three",
+    )
     parser.add_argument("--clients", type=positive_int, default=16, help="concurrent calls in the flood")
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_single(args.data_dir)
     if args.part in ("flood", "both"):
         ok &= run_flood(args.data_dir, args.clients, args.server_args.split())
-    if args.part == "reading":
+    if args.part in ("reading", "all"):
         ok &= run_reading(args.data_dir, args.clients, args.server_args.split())
     print("\nall targets met" if ok else "\nA TARGET WAS MISSED")
     return 0 if ok else 1

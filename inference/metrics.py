@@ -11,7 +11,7 @@
     mnist_model_loads_total{source, outcome}       model loads: source latest|pinned, outcome ok|failed
     mnist_model_swaps_total                        newly published models swapped in
     mnist_model_skips_total{reason}                published models skipped (inference.model_store.SKIP_REASONS)
-    mnist_decode_memory_bytes                      image-decoding memory in use, when a budget reports it
+    mnist_decode_memory_bytes                      decode-budget memory in use (decoding, reading numbers)
     mnist_calls_queued                             calls accepted and waiting for a free worker thread
     mnist_call_queue_seconds                       histogram: how long each call waited for a worker thread
 
@@ -142,7 +142,10 @@ class ServiceMetrics(ModelEvents):
             "mnist_model_skips_total", "Published models skipped, by reason.", ("reason",), registry=r
         )
         self.decode_memory = Gauge(
-            "mnist_decode_memory_bytes", "Image-decoding memory in use.", multiprocess_mode="livesum", registry=r
+            "mnist_decode_memory_bytes",
+            "Decode-budget memory in use: pictures decoding, numbers being read.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.calls_queued = Gauge(
             "mnist_calls_queued",

@@ -140,6 +140,18 @@ class ServerOptions:
     max_concurrent_evaluations: int = option(
         1, "Evaluate calls at once; more get RESOURCE_EXHAUSTED", type=positive_int
     )
+    # A ReadNumber can take a second of CPU on a picture made to be slow (a zigzag across 1024 px). Past this many
+    # at once the rest are refused at once, as evaluations are, leaving worker threads for Predict and health: 16
+    # clients looping on one such picture (as many as --max-workers) kept Predict waiting up to 4.5 s and failed a
+    # third of the main port's health checks, and 32 filled --max-concurrent-rpcs so that every other call was
+    # refused (stop 62, a review). None: half of --max-workers (with 12 readings at once of 16 threads, Predict's
+    # p95 stayed 38 ms).
+    max_concurrent_readings: int | None = option(
+        None,
+        "ReadNumber calls at once in each process; more get RESOURCE_EXHAUSTED at once (default: half of "
+        "--max-workers)",
+        type=positive_int,
+    )
     # Decoded pictures in memory at once across all calls of one process (shared/budget.py), and how long a call
     # waits for room before RESOURCE_EXHAUSTED. The default holds two frames of the largest size the limits
     # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up). A ReadNumber also holds
@@ -151,7 +163,10 @@ class ServerOptions:
         type=positive_int,
     )
     decode_wait: float = option(
-        5.0, "how long a call waits for room in the decode budget", metavar="SECONDS", type=non_negative_seconds
+        5.0,
+        "how long a call waits for room in the decode budget, in all (each picture of a PredictBatch on its own)",
+        metavar="SECONDS",
+        type=non_negative_seconds,
     )
     # Versions other than the served one kept loaded for calls that pin a model_version.
     # Prediction.is_digit is digit_score >= this; None: the served model's own threshold, chosen by the trainer on

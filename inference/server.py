@@ -249,6 +249,7 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
         max_batch_size=options.max_batch_size,
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,
+        max_concurrent_readings=options.max_concurrent_readings or max(1, options.max_workers // 2),
     )
     metrics.decode_memory_from(lambda: limits.decode_budget.in_use)
     servicer = InferenceServicer(

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import grpc
@@ -76,6 +76,18 @@ def image_errors(metrics: ServiceMetrics):
         ) from None
 
 
+@contextlib.contextmanager
+def one_of(slots: threading.BoundedSemaphore, busy: str) -> Iterator[None]:
+    """Hold one of `slots` for the block; when none is free, RESOURCE_EXHAUSTED saying `busy`, at once: a call that
+    waited for a slot would hold a worker thread doing nothing, the very thing the slots keep free."""
+    if not slots.acquire(blocking=False):
+        raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 class RpcError(Exception):
     """An expected failure of one call: becomes this status code and message."""
 
@@ -93,6 +105,7 @@ class ServiceLimits:
     max_batch_size: int
     max_message_bytes: int
     max_concurrent_evaluations: int
+    max_concurrent_readings: int
 
 
 def _rpc(method):
@@ -129,6 +142,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         # Evaluate takes the CPU for a second or more: a few at a time, the rest are told to come back.
         self._evaluation_slots = threading.BoundedSemaphore(limits.max_concurrent_evaluations)
+        # ReadNumber likewise (a reading made to be slow takes a second): the rest of the threads stay for others.
+        self._reading_slots = threading.BoundedSemaphore(limits.max_concurrent_readings)
         # Set by InferenceServer.stop once the grace period is over: calls still running stop their work.
         self.stopped = threading.Event()
 
@@ -299,19 +314,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TEST or SPLIT_VALIDATION"
             )
-        if not self._evaluation_slots.acquire(blocking=False):
-            raise RpcError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.limits.max_concurrent_evaluations} evaluation(s) already running; try again in a few seconds",
-            )
+        busy = f"{self.limits.max_concurrent_evaluations} evaluation(s) already running; try again in a few seconds"
         try:
-            result = evaluate_model(
-                served,
-                self.evaluation_data,
-                split,
-                heatmap=not request.omit_heatmap,
-                should_stop=lambda: self.stopped.is_set() or not context.is_active(),
-            )
+            with one_of(self._evaluation_slots, busy):
+                result = evaluate_model(
+                    served,
+                    self.evaluation_data,
+                    split,
+                    heatmap=not request.omit_heatmap,
+                    should_stop=lambda: self.stopped.is_set() or not context.is_active(),
+                )
         except EvaluationDataError as e:
             log.warning("Evaluate: %s", e)  # where it looked and why it failed: for the operator, not the caller
             if self.evaluation_data.download:
@@ -327,8 +339,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     "server's log says where it looked)"
                 )
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, message) from None
-        finally:
-            self._evaluation_slots.release()
         if result is None:  # the client cancelled or its deadline passed; nobody reads an answer
             raise RpcError(grpc.StatusCode.CANCELLED, "evaluation stopped: the call was cancelled")
         ev = result.evaluation
@@ -366,6 +376,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def ReadNumber(self, request, context):
         served = self._model(request.model_version)
         access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
+        busy = (
+            f"{self.limits.max_concurrent_readings} ReadNumber call(s) already running in this server process "
+            "(--max-concurrent-readings); try again in a moment"
+        )
+        with one_of(self._reading_slots, busy):
+            return self._read_number(request, context, served)
+
+    def _read_number(self, request, context, served: ServedModel):
         classify = JudgingClassifier(served, functools.partial(self._judge, served))
         gone = RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
         with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):

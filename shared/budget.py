@@ -56,27 +56,33 @@ class MemoryBudget:
         """Within the `with` block, this thread's reservations are made for a caller that `still_there()` says
         is still waiting for the answer (a gRPC call's context.is_active): one that must wait for room gives up
         with CallerGone, within CALLER_POLL_SECONDS, once the caller has gone. Without it, pictures whose callers
-        had gone (short deadlines, a flood of large pictures) were each decoded in full when room came."""
-        before = getattr(self._callers, "still_there", None)
-        self._callers.still_there = still_there
+        had gone (short deadlines, a flood of large pictures) were each decoded in full when room came.
+
+        The block's reservations also share one `wait` between them: a ReadNumber reserves to decode, to read and
+        (a single digit) to decode again as Predict does, and waited `wait` for each, three times the setting."""
+        before = getattr(self._callers, "still_there", None), getattr(self._callers, "waited", None)
+        self._callers.still_there, self._callers.waited = still_there, [0.0]
         try:
             yield
         finally:
-            self._callers.still_there = before
+            self._callers.still_there, self._callers.waited = before
 
     @contextlib.contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Hold `nbytes` of the budget for the `with` block. A request larger than the whole capacity can never
         fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
-        large one, and no longer than its caller waits (caller())."""
+        large one, and no longer than its caller waits (caller()), nor, within one caller() block, than `wait` in
+        all."""
         if nbytes > self.capacity:
             raise BudgetExhausted(
                 f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
                 f"whole decode budget (the limit is {self.capacity / 2**20:,.0f} MiB); send a smaller picture"
             )
         ticket = object()
-        deadline = time.monotonic() + self.wait
+        arrived = time.monotonic()
         still_there = getattr(self._callers, "still_there", None)
+        waited = getattr(self._callers, "waited", None)  # [seconds] this caller's reservations waited so far
+        deadline = arrived + self.wait - (waited[0] if waited is not None else 0.0)
         with self._changed:
             self._queue.append(ticket)
             try:
@@ -97,6 +103,8 @@ class MemoryBudget:
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may fit now, or may now be first
+                if waited is not None:
+                    waited[0] += time.monotonic() - arrived
             self._in_use += nbytes
             self._peak = max(self._peak, self._in_use)
         try:

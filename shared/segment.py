@@ -120,17 +120,40 @@ def still_wanted() -> None:
 # across the working size, 1024 px, 40-44 B/px (46-62 before the cut search kept its costs row by row and
 # copied its halves), 51 across 1024 x 256; dots, checkers, thin lines and spirals 30-36; a photo of a number 12.
 READING_BYTES_PER_PIXEL = 64
+# And what a reading holds whatever the picture's size: the cut search's block of arrival costs (CUT_ROWS_AT_ONCE,
+# 768 KiB), its states (8 x a region's width x the line's height, more than the picture's own pixels in a short
+# strip), and one batch of the classifier (CLASSIFY_AT_ONCE images: 5 MiB measured in torch). A zigzag across
+# 1024 x 40 held 7.7 MiB with a 3 MiB block, against 2.5 MiB reserved by the pixels alone (a review, stop 62).
+READING_BASE_BYTES = 8 * 2**20
+# Digit images given to the classifier at once (classify_in_chunks).
+CLASSIFY_AT_ONCE = 64
 
 
 def reading_bytes(image: np.ndarray) -> int:
     """The memory reading a number in `image` (as decode_image returns it) may hold at once, in bytes."""
-    return READING_BYTES_PER_PIXEL * int(image.shape[0]) * int(image.shape[1])
+    return READING_BASE_BYTES + READING_BYTES_PER_PIXEL * int(image.shape[0]) * int(image.shape[1])
 
 
 def largest_reading_bytes(max_pixels: int) -> int:
     """reading_bytes of the largest picture decode_image returns within `max_pixels`: at most WORK_MAX_SIDE on its
     long side, so at most that side squared."""
-    return READING_BYTES_PER_PIXEL * min(max_pixels, WORK_MAX_SIDE**2)
+    return READING_BASE_BYTES + READING_BYTES_PER_PIXEL * min(max_pixels, WORK_MAX_SIDE**2)
+
+
+def classify_in_chunks(classify: Classifier, images: list[np.ndarray]) -> Classified:
+    """`classify` of a non-empty list of (28, 28) digit images, CLASSIFY_AT_ONCE at a time, each batch asked for
+    only while the reading is still wanted (still_wanted): the classifier's forward pass holds memory for its whole
+    batch, which no budget counts, and a picture of many small marks sent 428 halves at once (+41 MiB)."""
+    parts = []
+    for start in range(0, len(images), CLASSIFY_AT_ONCE):
+        still_wanted()
+        parts.append(classify(np.stack(images[start : start + CLASSIFY_AT_ONCE])))
+    if len(parts) == 1:
+        return parts[0]
+    return Classified(
+        np.concatenate([np.asarray(p.probabilities) for p in parts]),
+        np.concatenate([np.asarray(p.digit_scores) for p in parts]),
+    )
 
 
 MAX_DIGITS = 12  # one line of at most this many digits: postcodes, amounts, dates, meter readings
@@ -226,8 +249,8 @@ SEGMENT_MIN_WIDTH = 0.15
 CUT_STEP = 0.05
 CUT_BAND = 0.2
 CUT_ROWS = 160
-# States of the cut search (rows x starts x band) whose arrival costs are gathered at once: 3 MiB of float32.
-CUT_ROWS_AT_ONCE = 1 << 18
+# States of the cut search (rows x starts x band) whose arrival costs are gathered at once: 768 KiB of float32.
+CUT_ROWS_AT_ONCE = 1 << 16
 CUT_STEP_COST = 0.02
 CUT_INK_PIXEL_COST = 0.1
 MAX_CUT_INK = 2.0
@@ -1054,8 +1077,7 @@ def segment_and_classify(
     not wider than one digit can be (SURE_WIDTH) is not tried: that saves the cuts' cost on most digits. Last,
     neighbours that are pieces of one digit are joined (join_fragments)."""
     regions = [region_of(pieces, group_mask(pieces, group), slant) for group in groups]
-    still_wanted()
-    classified = classify(np.stack([r.image for r in regions]))
+    classified = classify_in_chunks(classify, [r.image for r in regions])
     probabilities = np.asarray(classified.probabilities, np.float64)  # (N, 10)
     confidence = classified.confidence()  # (N,)
     done: list[tuple[Region, np.ndarray, float]] = []  # final digits, any order: probabilities, log-confidence
@@ -1073,8 +1095,7 @@ def segment_and_classify(
         if not halves:
             done += zip(regions, probabilities, confidence)
             break
-        still_wanted()
-        classified_halves = classify(np.stack(halves))
+        classified_halves = classify_in_chunks(classify, halves)
         half_probabilities = np.asarray(classified_halves.probabilities, np.float64)
         half_confidence = classified_halves.confidence().reshape(-1, 2)
         half_scores = np.asarray(classified_halves.digit_scores, np.float64).reshape(-1, 2)
@@ -1137,7 +1158,7 @@ def join_fragments(
     if not pairs:
         return digits
     unions = [union_region(pieces, digits[i][0], digits[i + 1][0], slant) for i in pairs]
-    classified = classify(np.stack([u.image for u in unions]))
+    classified = classify_in_chunks(classify, [u.image for u in unions])
     confidence = classified.confidence()
     gains = confidence - np.array([digits[i][2] + digits[i + 1][2] for i in pairs])
     joined: dict[int, tuple[Region, np.ndarray, float]] = {}  # first index of a joined pair -> the union

@@ -137,20 +137,53 @@ def zigzag(width: int, height: int, pen: int, legs: int = 24) -> np.ndarray:
     import cv2
 
     picture = np.full((height, width), 255, np.uint8)
+    margin = min(60, height // 5)
     xs = np.linspace(20, width - 20, legs + 1)
-    ys = np.where(np.arange(legs + 1) % 2, 60, height - 60)
+    ys = np.where(np.arange(legs + 1) % 2, margin, height - margin)
     cv2.polylines(picture, [np.stack([xs, ys], 1).astype(np.int32)], False, 0, pen)
+    return picture
+
+
+def dotted_zigzag(width: int, height: int, radius: int, spacing: int, legs: int = 24) -> np.ndarray:
+    """zigzag's stroke written in dots of `radius`, `spacing` apart: ReadNumber joins them into strokes first."""
+    import cv2
+
+    picture = np.full((height, width), 255, np.uint8)
+    margin = min(60, height // 5)
+    xs = np.linspace(20, width - 20, legs + 1)
+    ys = np.where(np.arange(legs + 1) % 2, margin, height - margin)
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        for t in np.linspace(0, 1, int(np.hypot(x1 - x0, y1 - y0) / spacing)):
+            cv2.circle(picture, (int(x0 + t * (x1 - x0)), int(y0 + t * (y1 - y0))), radius, 0, -1)
+    return picture
+
+
+def small_zigzags(count: int, height: int, pen: int, gap: int = 8, pad: int = 6) -> np.ndarray:
+    """`count` zigzags of four legs, each `height` high and twice as wide, in a row `gap` apart: many regions, each
+    cut many ways, so the classifier is asked about hundreds of halves at once."""
+    import cv2
+
+    width = 2 * height
+    picture = np.full((height + 2 * pad, count * (width + gap) + 2 * pad), 255, np.uint8)
+    for k in range(count):
+        xs = np.linspace(pad + k * (width + gap), pad + k * (width + gap) + width, 5)
+        ys = np.where(np.arange(5) % 2, pad, pad + height)
+        cv2.polylines(picture, [np.stack([xs, ys], 1).astype(np.int32)], False, 0, pen)
     return picture
 
 
 def costly_readings(seed: int = 0) -> dict[str, np.ndarray]:
     """{name: picture (h, w) uint8}: what costs ReadNumber the most memory per pixel at the working size (1024 px),
-    from a review's search (stop 61): zigzags of every height, dots, lines, a checkerboard, a spiral."""
+    from reviews' searches (stops 61 and 62): zigzags of every height down to a strip 40 px high, in dots and as
+    many small marks, dots, lines, a checkerboard, a spiral."""
     import cv2
 
     rng = np.random.default_rng(seed)
     side = 1024
-    out = {f"zigzag 1024x{h}, pen {p}": zigzag(side, h, p) for h, p in ((256, 15), (500, 8), (762, 15), (1024, 8))}
+    sizes = ((40, 12), (80, 12), (140, 12), (256, 15), (500, 8), (762, 15), (1024, 8))
+    out = {f"zigzag 1024x{h}, pen {p}": zigzag(side, h, p) for h, p in sizes}
+    out["zigzag 1024x120 in dots"] = dotted_zigzag(side, 120, 2, 6)
+    out["24 small zigzags, 1024x30"] = small_zigzags(24, 18, 2)
     dots = np.full((side, side), 255, np.uint8)
     for x, y in rng.integers(0, side, (3000, 2)):
         cv2.circle(dots, (int(x), int(y)), 3, 0, -1)

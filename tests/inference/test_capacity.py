@@ -63,7 +63,7 @@ def test_the_server_refuses_a_decode_budget_that_cannot_hold_one_picture(tmp_pat
 
 def test_the_server_refuses_a_decode_budget_that_cannot_hold_the_reading_of_one_number(tmp_path):
     """ReadNumber holds its working memory in the decode budget: a budget big enough for the largest decode of a
-    2 MP limit (8 MB) could never read a number in a 1024 x 1024 picture (64 MiB)."""
+    2 MP limit (8 MB) could never read a number in a 1024 x 1024 picture (72 MiB)."""
     flags = ["--max-image-pixels", "2000000", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"]
-    with pytest.raises(SystemExit, match=r"--decode-budget-mib 32 cannot hold one picture.*64 MiB decoded or read"):
+    with pytest.raises(SystemExit, match=r"--decode-budget-mib 32 cannot hold one picture.*72 MiB decoded or read"):
         server_main(["--decode-budget-mib", "32", *flags])

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
 from shared.api.mnist.v1 import inference_pb2 as pb
+from shared.decode import ImageRejected
 
 from inference.channel import describe_rpc_error
 from tests.inference.helpers import publish
@@ -80,6 +83,62 @@ def test_evaluate_cap_of_two(serve, tmp_path, blocked):
     assert "2 evaluation(s) already running" in e.value.details()
     blocked["release"].set()
     assert first.result().count == second.result().count == 10_000
+
+
+@pytest.mark.parametrize("outcome", ["read", "refused as input", "failed inside"])
+def test_read_number_cap_refuses_at_once_and_leaves_threads_for_predict(serve, tmp_path, monkeypatch, outcome):
+    """A reading made to be slow takes a second: 16 clients looping on one (as many as --max-workers) kept Predict
+    waiting up to 4.5 s and failed a third of the main port's health checks; 32 filled --max-concurrent-rpcs and
+    every other call was refused. Past --max-concurrent-readings a ReadNumber is refused at once (a call waiting
+    for a slot would hold a thread doing nothing), Predict is answered meanwhile, and the slot comes back whatever
+    the held reading's end."""
+    import cv2
+
+    import inference.service
+    from tests.inference.helpers import hold_calls, png_bytes
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(max_concurrent_readings=1)
+    picture = np.full((120, 300), 255, np.uint8)
+    cv2.putText(picture, "47", (40, 100), cv2.FONT_HERSHEY_SIMPLEX, 3, 0, 10)
+    real_read = inference.service.read_number
+
+    def ending(image, classify):
+        if outcome == "refused as input":
+            raise ImageRejected("no digit found")
+        if outcome == "failed inside":
+            raise RuntimeError("a bug")
+        return real_read(image, classify)
+
+    monkeypatch.setattr(inference.service, "read_number", ending)
+    entered, release = hold_calls(monkeypatch, inference.service, "read_number")
+    request = pb.ReadNumberRequest(image=png_bytes(picture))
+    first = running.stub.ReadNumber.future(request, timeout=30)
+    assert entered.wait(10)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            running.stub.ReadNumber(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - started < 2
+        assert "1 ReadNumber call(s) already running" in e.value.details()
+        assert "--max-concurrent-readings" in e.value.details() and "try again" in e.value.details()
+        answer = running.stub.Predict(pb.PredictRequest(image=png_bytes(picture[:, :150])), timeout=10)
+        assert len(answer.prediction.probabilities) == 10
+    finally:
+        release.set()
+    if outcome == "read":
+        assert first.result().digits
+    else:
+        assert first.exception().code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    monkeypatch.setattr(inference.service, "read_number", real_read)
+    assert running.stub.ReadNumber(request, timeout=30).digits  # the slot is free again
+
+
+def test_read_number_cap_is_half_the_worker_threads_unless_given(serve, tmp_path):
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    assert serve(max_workers=6).server.servicer.limits.max_concurrent_readings == 3
+    assert serve(max_workers=1).server.servicer.limits.max_concurrent_readings == 1
+    assert serve(max_workers=6, max_concurrent_readings=5).server.servicer.limits.max_concurrent_readings == 5
 
 
 def test_evaluate_gives_its_slot_back_after_a_failure(tmp_path):
@@ -185,24 +244,24 @@ def test_a_batch_of_large_pictures_decodes_them_one_at_a_time_within_the_budget(
     from testkit.big_pictures import encode_big
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    # Each 3000 x 3000 PNG is a 36 MB frame (34 MiB); the budget holds one (and not two) of them, and the reading
-    # of a number (64 MiB, the least a server starts with).
-    running = serve(decode_budget_mib=64, decode_wait=0.0, max_image_pixels=10_000_000)
-    pictures = [encode_big(mnist.test_images[i].numpy(), "PNG", side=3000) for i in range(4)]
+    # Each 3200 x 3200 PNG is a 41 MB frame (39 MiB); the budget holds one (and not two) of them, and the reading
+    # of a number (72 MiB, the least a server starts with).
+    running = serve(decode_budget_mib=72, decode_wait=0.0, max_image_pixels=12_000_000)
+    pictures = [encode_big(mnist.test_images[i].numpy(), "PNG", side=3200) for i in range(4)]
     response = running.stub.PredictBatch(pb.PredictBatchRequest(images=pictures), timeout=60)
     assert all(result.HasField("prediction") for result in response.results), response.results
     budget = running.server.servicer.limits.decode_budget
-    assert budget.peak == 3000 * 3000 * 4 and budget.in_use == 0
+    assert budget.peak == 3200 * 3200 * 4 and budget.in_use == 0
 
 
 def test_a_full_decode_budget_is_resource_exhausted_for_predict_and_per_image_in_a_batch(serve, tmp_path, mnist):
     from testkit.big_pictures import encode_big
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve(decode_budget_mib=64, decode_wait=0.05, max_image_pixels=10_000_000)
-    picture = encode_big(mnist.test_images[0].numpy(), "PNG", side=3000)
+    running = serve(decode_budget_mib=72, decode_wait=0.05, max_image_pixels=12_000_000)
+    picture = encode_big(mnist.test_images[0].numpy(), "PNG", side=3200)
     budget = running.server.servicer.limits.decode_budget
-    with budget.reserve(32 * 2**20):  # another call's picture, being decoded: 32 + 34 MiB do not fit in 64
+    with budget.reserve(40 * 2**20):  # another call's picture, being decoded: 40 + 39 MiB do not fit in 72
         with pytest.raises(grpc.RpcError) as error:
             running.stub.Predict(pb.PredictRequest(image=picture), timeout=30)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -223,7 +282,7 @@ def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_sa
     from inference.web.errors import http_status
 
     publish(tmp_path / "artifacts", "v1", seed=1)
-    running = serve(decode_budget_mib=64, max_image_pixels=10_000_000)
+    running = serve(decode_budget_mib=72, max_image_pixels=10_000_000)
     frames = [Image.new("RGB", (3000, 3000), "white") for _ in range(2)]  # 9 megapixels: under the pixel limit
     frames[0].paste((0, 0, 0), (1400, 800, 1600, 2200))
     out = io.BytesIO()
@@ -231,7 +290,7 @@ def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_sa
     with pytest.raises(grpc.RpcError) as error:  # an animated WebP takes four times its frame to decode
         running.stub.Predict(pb.PredictRequest(image=out.getvalue()), timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "to decode" in error.value.details() and "the limit is 64 MiB" in error.value.details()
+    assert "to decode" in error.value.details() and "the limit is 72 MiB" in error.value.details()
     assert http_status(error.value.code(), error.value.details()) == 413
 
 

@@ -126,3 +126,28 @@ def test_a_caller_still_there_is_served_when_room_comes_and_the_scope_is_the_thr
             assert budget.in_use == 20
     worker.join()
     assert elsewhere == [True] and getattr(budget._callers, "still_there", None) is None
+
+
+def test_the_reservations_of_one_caller_share_one_wait_and_others_wait_their_own():
+    """--decode-wait is how long a call waits: a ReadNumber reserves to decode, to read and (one digit) to decode
+    again, and waited the whole wait for each (1.81 s with a wait of 1 s, a review found)."""
+    budget = MemoryBudget(100, wait=0.3)
+    with budget.reserve(100):  # other pictures fill the budget
+        with budget.caller(lambda: True):
+            started = time.monotonic()
+            with pytest.raises(BudgetExhausted), budget.reserve(10):
+                pass
+            first = time.monotonic() - started
+            with pytest.raises(BudgetExhausted), budget.reserve(10):
+                pass
+            both = time.monotonic() - started
+        assert first >= 0.3 and both < 0.3 + 0.1  # the second had no wait left
+        started = time.monotonic()
+        with pytest.raises(BudgetExhausted), budget.reserve(10):  # another call: a wait of its own
+            pass
+        assert time.monotonic() - started >= 0.3
+    with budget.caller(lambda: True):
+        with budget.reserve(100), pytest.raises(BudgetExhausted), budget.reserve(10):
+            pass  # the caller's whole wait spent
+        with budget.reserve(10):  # room at once needs no wait left
+            assert budget.in_use == 10

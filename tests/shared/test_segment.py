@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import cv2
@@ -11,7 +12,7 @@ import pytest
 from shared import normalize, segment
 from shared.normalize import estimate_background, ink_contrast
 
-from testkit.memory import costly_readings, reading_peak
+from testkit.memory import costly_readings, reading_peak, small_zigzags, unsure
 
 
 def touching_zeros() -> np.ndarray:
@@ -318,7 +319,11 @@ def cheapest_objective(ink: np.ndarray, start: int, band: int, pixel: float, ste
     return min(best.values())
 
 
-def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds():
+# The search gathers its arrival costs a block of rows at a time: one row, an odd block, and the shipped size (at
+# these sizes all rows in one block).
+@pytest.mark.parametrize("rows_at_once", [1, 7, segment.CUT_ROWS_AT_ONCE])
+def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds(rows_at_once, monkeypatch):
+    monkeypatch.setattr(segment, "CUT_ROWS_AT_ONCE", rows_at_once)
     rng = np.random.default_rng(11)
     for _ in range(60):
         h, bins = int(rng.integers(2, 30)), int(rng.integers(3, 40))
@@ -582,3 +587,17 @@ def test_a_reading_holds_no_more_memory_than_the_service_reserves_for_it(name):
     picture = COSTLY[name]
     peak = reading_peak(picture)
     assert peak <= segment.reading_bytes(picture), f"{peak / picture.size:.0f} bytes a pixel"
+
+
+def test_the_classifier_is_given_at_most_classify_at_once_images_at_a_time():
+    """Many small marks, each cut many ways, sent 428 halves to the model in one batch: its forward pass took 41
+    MiB that no budget counted (64 at a time: 5 MiB, within READING_BASE_BYTES)."""
+    sizes = []
+
+    def counting(batch: np.ndarray) -> segment.Classified:
+        sizes.append(len(batch))
+        return unsure(batch)
+
+    with contextlib.suppress(segment.ImageRejected):
+        segment.read_number(small_zigzags(24, 18, 2), counting)
+    assert max(sizes) <= segment.CLASSIFY_AT_ONCE and sum(sizes) > 3 * segment.CLASSIFY_AT_ONCE, sizes
