@@ -2,6 +2,7 @@
 
     python -m bench.bench_load                                   # 16 clients, 60 s, a new model every 10 s
     python -m bench.bench_load --duration 5 --publish-every 2    # a smoke run of a few seconds
+    python -m bench.bench_load --slow-readers 16 --duration 20   # beside 16 clients reading a slow number
 
 Starts `python -m inference` as its own process on a free loopback port with a temporary artifacts folder,
 publishes a random-init compact model, then runs --clients client threads, each on its own channel from
@@ -9,7 +10,9 @@ inference.channel.make_channel with a TCP connection of its own (as separate cli
 calling Predict in a loop with one real MNIST test digit (every --batch-every-th call is a PredictBatch of
 --batch-size digits instead). Meanwhile a new model with a distinct version is published every --publish-every
 seconds with shared.checkpoint.publish_model, so the server hot-swaps under load, and the server's resident memory
-(RSS, psutil) is sampled twice a second.
+(RSS, psutil) is sampled twice a second. With --slow-readers N, N more clients loop ReadNumber on a picture made to
+be slow to read (a zigzag across 1024 x 762, about a second each): the Predict clients must not fail beside them;
+the readers' refusals (RESOURCE_EXHAUSTED past the server's --max-concurrent-readings) are counted, not failures.
 
 Reports throughput, p50/p99/max latency per method, the slowest one-second window, how long each new model took
 to reach the clients, and RSS at start (after warm-up), peak and end. Exits 1 if any call failed, a published
@@ -90,6 +93,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
+    parser.add_argument(
+        "--slow-readers",
+        type=non_negative_int,
+        default=0,
+        help="more clients, each looping ReadNumber on a picture made to be slow to read",
+    )
+    parser.add_argument(
+        "--server-args", default="", help="extra flags for the server, e.g. '--max-concurrent-readings 16'"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -159,6 +171,37 @@ class Client(threading.Thread):
             n += 1
 
 
+class SlowReader(threading.Thread):
+    """A client looping ReadNumber on a picture made to be slow to read: counts each answer's status code."""
+
+    def __init__(self, index: int, target: str, picture: bytes, args, start: threading.Barrier) -> None:
+        super().__init__(name=f"reader-{index}", daemon=True)
+        self.channel = make_channel(target, own_connection=True)
+        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.request = pb.ReadNumberRequest(image=picture)
+        self.timeout = args.timeout
+        self.start_barrier = start
+        self.halt = threading.Event()
+        self.codes: Counter = Counter()
+
+    def run(self) -> None:
+        self.start_barrier.wait()
+        while not self.halt.is_set():
+            try:
+                self.stub.ReadNumber(self.request, timeout=self.timeout)
+                self.codes["OK"] += 1
+            except grpc.RpcError as e:
+                self.codes[e.code().name] += 1
+
+
+def slow_picture() -> bytes:
+    import cv2
+
+    from testkit.memory import zigzag
+
+    return cv2.imencode(".png", zigzag(1024, 762, 15))[1].tobytes()
+
+
 def echo_warnings(line: str) -> None:
     if " WARNING " in line or " ERROR " in line:
         sys.stderr.write(f"server: {line}")
@@ -199,18 +242,28 @@ def main(argv: list[str] | None = None) -> int:
         server, port = start_server(
             Path(tmp) / "artifacts",
             args.data_dir,
-            ["--torch-threads", "1", "--max-workers", str(max(16, args.clients)), "--poll-interval", "0.5"],
+            [
+                "--torch-threads",
+                "1",
+                "--max-workers",
+                str(max(16, args.clients)),
+                "--poll-interval",
+                "0.5",
+                *args.server_args.split(),
+            ],
             on_log_line=echo_warnings,
         )
         server_process = psutil.Process(server.pid)
         target = f"127.0.0.1:{port}"
         images = digit_pngs(args.data_dir, 64)
-        barrier = threading.Barrier(args.clients + 1)
+        barrier = threading.Barrier(args.clients + args.slow_readers + 1)
         clients = [Client(i, target, images, args, barrier) for i in range(args.clients)]
+        picture = slow_picture() if args.slow_readers else b""
+        readers = [SlowReader(i, target, picture, args, barrier) for i in range(args.slow_readers)]
         samples: list[tuple[float, int]] = []
         halt_sampler = threading.Event()
         try:
-            for client in clients:
+            for client in [*clients, *readers]:
                 client.start()
             barrier.wait()
             time.sleep(args.warmup)  # connections, allocator arenas, first-call paths; any failure here counts too
@@ -230,16 +283,18 @@ def main(argv: list[str] | None = None) -> int:
                     published.append((version, time.perf_counter()))
                     next_publish += args.publish_every
                 time.sleep(min(0.05, max(0.0, min(next_publish, end) - time.perf_counter())))
-            for client in clients:
+            for client in [*clients, *readers]:
                 client.halt.set()
             for client in clients:
                 client.join(args.timeout + 10)
             elapsed = time.perf_counter() - began
+            for reader in readers:
+                reader.join(args.timeout + 10)
             halt_sampler.set()
             sampler.join(5)
             rss_end = server_process.memory_info().rss
         finally:
-            for client in clients:
+            for client in [*clients, *readers]:
                 client.halt.set()
                 client.channel.close()
             stop_server(server)
@@ -259,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [v for v, t in published[1:] if v not in first_answer and began + elapsed - t > 3.0]
     rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
     growth_mib = (rss_end - rss_start) / mib
+    read_codes: Counter = Counter()
+    for reader in readers:
+        read_codes.update(reader.codes)
+    # A reading may be refused (too many at once, the decode budget busy); anything else is a failure.
+    read_failures = {code: n for code, n in read_codes.items() if code not in ("OK", "RESOURCE_EXHAUSTED")}
 
     figures = {
         "machine": header,
@@ -284,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             "p50": round(percentile_ms([c[2] for c in calls], 50), 2),
             "p99": round(percentile_ms([c[2] for c in calls], 99), 2),
         },
+        "slow_readers": args.slow_readers,
+        "slow_read_codes": dict(read_codes),
         "model_reach_s": {v: round(s, 2) for v, s in reach.items()},
         "models_never_served": missing,
         "rss_mib": {
@@ -311,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {method:<12} p50 {percentile_ms(values, 50):7.2f} ms  p99 {percentile_ms(values, 99):7.2f} ms  "
             f"max {max(values) * 1e3:7.1f} ms  ({len(values):,} calls)"
         )
+    if readers:
+        print(
+            f"  slow readers {args.slow_readers} beside them, ReadNumber answers: "
+            + ", ".join(f"{n:,} {code}" for code, n in read_codes.most_common())
+        )
     if reach:
         print(
             f"  new models reached clients in {min(reach.values()):.2f}..{max(reach.values()):.2f} s "
@@ -330,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         counts = Counter(failures)
         problems.append(f"{len(failures)} call(s) failed: " + "; ".join(f"{n} x {f}" for f, n in counts.most_common(3)))
+    if read_failures:
+        problems.append(f"slow readings failed otherwise than refused: {read_failures}")
     if missing:
         problems.append(f"published but never served: {', '.join(missing)}")
     if growth_mib > args.max_rss_growth_mib:

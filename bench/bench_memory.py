@@ -18,8 +18,9 @@
    testkit.memory's costliest pictures at the working size, read with a classifier sure of nothing (every region
    cut, every cut weighed), against what the service reserves for it in the decode budget
    (shared.segment.reading_bytes); then `--clients` concurrent ReadNumber calls, each with the costliest, against
-   the server as in 2. Targets: every peak within its reservation; server RSS at most the decode budget over its
-   warm baseline.
+   the server as in 2, its --max-concurrent-readings raised to `--clients` (unless --server-args gives one) so that
+   the decode budget is what bounds them. Targets: every peak within its reservation; server RSS at most the
+   decode budget over its warm baseline.
 
 Exit status 1 when a target is missed.
 """
@@ -27,9 +28,11 @@ Exit status 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from shared import settings
@@ -67,6 +70,52 @@ def run_single(data_dir: Path) -> bool:
     return ok
 
 
+@contextlib.contextmanager
+def warm_server(data_dir: Path, server_args: list[str], small: bytes, method: str) -> Iterator[tuple]:
+    """`python -m inference --workers 1 SERVER_ARGS` serving a random-init model, warmed by four small `method`
+    calls (threads, model, pipeline): (its process, its target, its resident memory once warm in bytes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts = Path(folder)
+        publish_random_model(artifacts)
+        process, port = start_server(artifacts, data_dir, server_args)
+        try:
+            target = f"127.0.0.1:{port}"
+            flood(target, [small] * 4, small, method)
+            yield process, target, status_kib(process.pid, "VmRSS") * 1024
+        finally:
+            stop_server(process)
+
+
+def flood_row(
+    label: str, process, target: str, pictures: list[bytes], small: bytes, method: str, baseline: int, limit: int
+) -> bool:
+    """One flood of `method` calls (testkit.memory.flood) against the server `process`, printed as a row: whether
+    every call was answered (a ReadNumber's number, or its refusal as no number, counts), or refused as busy, the
+    server lived and answered a small Predict after, and its peak RSS stayed within `limit` of `baseline`."""
+    reset_peak(process.pid)
+    codes, failure, seconds = flood(target, pictures, small, method)
+    peak = status_kib(process.pid, "VmHWM") * 1024
+    alive = process.poll() is None
+    names: Counter = Counter()
+    for (code, _), n in codes.items():
+        names[code] += n
+    answered = {"OK", "RESOURCE_EXHAUSTED"} | ({"INVALID_ARGUMENT"} if method == "ReadNumber" else set())
+    good = (
+        alive
+        and failure is None
+        and set(names) <= answered
+        and sum(codes.values()) == len(pictures)
+        and peak - baseline <= limit
+    )
+    answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
+    print(
+        f"{label:8s} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB {(peak - baseline) / MIB:5.0f} MiB"
+        f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
+        f"{'' if good else '  MISSED'}"
+    )
+    return good
+
+
 def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     from shared.data import load_mnist
 
@@ -78,58 +127,30 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     digits = test_images[[i % len(test_images) for i in range(clients)]]
     small = digit_pngs(data_dir, 1)[0]
     ok = True
-    with tempfile.TemporaryDirectory() as folder:
-        artifacts = Path(folder)
-        publish_random_model(artifacts)
-        process, port = start_server(artifacts, data_dir, server_args)
-        target = f"127.0.0.1:{port}"
-        try:
-            flood(target, [small] * 4, small)  # warm: threads, model, pipeline
-            baseline = status_kib(process.pid, "VmRSS") * 1024
-            print(
-                f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference --workers 1 "
-                f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm"
-            )
-            print(f"{'format':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
-            for fmt in FORMATS:
-                pictures = [encode_big(digit, fmt) for digit in digits]
-                reset_peak(process.pid)
-                codes, failure, seconds = flood(target, pictures, small)
-                peak = status_kib(process.pid, "VmHWM") * 1024
-                alive = process.poll() is None
-                names = Counter()
-                for (code, _), n in codes.items():
-                    names[code] += n
-                good = (
-                    alive
-                    and failure is None
-                    and set(names) <= {"OK", "RESOURCE_EXHAUSTED"}
-                    and sum(codes.values()) == clients
-                    and peak - baseline <= FLOOD_GROWTH_LIMIT
-                )
-                ok &= good
-                answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
-                print(
-                    f"{fmt:8s} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB {(peak - baseline) / MIB:5.0f} MiB"
-                    f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
-                    f"{'' if good else '  MISSED'}"
-                )
-        finally:
-            stop_server(process)
+    with warm_server(data_dir, server_args, small, "Predict") as (process, target, baseline):
+        print(
+            f"\n2. {clients} concurrent Predict calls with 40 MP pictures against `python -m inference --workers 1 "
+            f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm"
+        )
+        print(f"{'format':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
+        for fmt in FORMATS:
+            pictures = [encode_big(digit, fmt) for digit in digits]
+            ok &= flood_row(fmt, process, target, pictures, small, "Predict", baseline, FLOOD_GROWTH_LIMIT)
     return ok
 
 
 def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     import cv2
 
-    from shared.segment import READING_BYTES_PER_PIXEL, reading_bytes
+    from shared.segment import READING_BASE_BYTES, READING_BYTES_PER_PIXEL, reading_bytes
 
     from inference.options import add_server_arguments, server_options
     from testkit.memory import costly_readings, reading_peak
 
     pictures = costly_readings()
     print(
-        f"\n3. What reading a number holds at once, against what the service reserves ({READING_BYTES_PER_PIXEL} B/px)"
+        "\n3. What reading a number holds at once, against what the service reserves "
+        f"({READING_BASE_BYTES / MIB:.0f} MiB + {READING_BYTES_PER_PIXEL} B/px)"
     )
     print(f"{'picture':24s} {'peak':>9s} {'per pixel':>10s} {'reserved':>9s}")
     ok = True
@@ -147,41 +168,20 @@ def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     data = cv2.imencode(".png", pictures[costliest])[1].tobytes()
     flags = argparse.ArgumentParser()
     add_server_arguments(flags)
-    budget = server_options(flags.parse_args(server_args)).decode_budget_mib * MIB
-    with tempfile.TemporaryDirectory() as folder:
-        artifacts = Path(folder)
-        publish_random_model(artifacts)
-        process, port = start_server(artifacts, data_dir, server_args)
-        target = f"127.0.0.1:{port}"
-        try:
-            flood(target, [small] * 4, small, "ReadNumber")  # warm
-            baseline = status_kib(process.pid, "VmRSS") * 1024
-            print(
-                f"\n{clients} concurrent ReadNumber calls, each of the {costliest} ({len(data) / 1024:.1f} KB as PNG), "
-                f"three times; server RSS {baseline / MIB:.0f} MiB warm, decode budget {budget / MIB:.0f} MiB"
-            )
-            print(f"{'round':6s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
-            for round_ in range(1, 4):
-                reset_peak(process.pid)
-                codes, failure, seconds = flood(target, [data] * clients, small, "ReadNumber")
-                peak = status_kib(process.pid, "VmHWM") * 1024
-                alive = process.poll() is None
-                names = Counter()
-                for (code, _), n in codes.items():
-                    names[code] += n
-                good = alive and failure is None and set(names) <= {"OK", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
-                good &= peak - baseline <= budget
-                ok &= good
-                answers = ", ".join(f"{n} {code}" for code, n in sorted(names.items()))
-                print(
-                    f"{round_:<6d} {answers:38s} {seconds:8.1f} {peak / MIB:6.0f} MiB "
-                    f"{(peak - baseline) / MIB:5.0f} MiB"
-                    f"  {'OK' if failure is None else failure}{'' if alive else ', SERVER DIED'}"
-                    f"{'' if good else '  MISSED'}"
-                )
-            print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
-        finally:
-            stop_server(process)
+    options = server_options(flags.parse_args(server_args))
+    budget = options.decode_budget_mib * MIB
+    if options.max_concurrent_readings is None:  # the budget, not the cap on readings, is measured
+        server_args = [*server_args, "--max-concurrent-readings", str(clients)]
+    with warm_server(data_dir, server_args, small, "ReadNumber") as (process, target, baseline):
+        print(
+            f"\n{clients} concurrent ReadNumber calls, each of the {costliest} ({len(data) / 1024:.1f} KB as PNG), "
+            f"three times, against `python -m inference --workers 1 {' '.join(server_args)}`; server RSS "
+            f"{baseline / MIB:.0f} MiB warm, decode budget {budget / MIB:.0f} MiB"
+        )
+        print(f"{'round':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
+        for round_ in range(1, 4):
+            ok &= flood_row(str(round_), process, target, [data] * clients, small, "ReadNumber", baseline, budget)
+        print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
     return ok
 
 

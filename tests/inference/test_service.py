@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import cv2
 import grpc
@@ -113,6 +115,27 @@ def test_a_batch_whose_caller_has_gone_stops_decoding_between_pictures(serve, tm
     assert running.stub.PredictBatch(pb.PredictBatchRequest(images=[big] * 2), timeout=10).results[0].prediction
 
 
+@contextlib.contextmanager
+def other_pictures(budget, nbytes: int) -> Iterator[None]:
+    """Within the block, `nbytes` of the server's decode `budget` are held by another thread, as other calls'
+    pictures would hold them."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(nbytes):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 @pytest.mark.parametrize("method", ["Predict", "PredictBatch", "ReadNumber"])
 def test_a_picture_whose_caller_goes_while_it_waits_for_decoding_memory_is_not_decoded(
     module_server, monkeypatch, method
@@ -120,7 +143,6 @@ def test_a_picture_whose_caller_goes_while_it_waits_for_decoding_memory_is_not_d
     """Other large pictures hold the decode budget; a caller with a short deadline leaves. Its picture was decoded
     in full once room came (a flood of large pictures with tiny deadlines cost full decodes); now its wait ends
     with the caller, and the server goes on serving."""
-    import threading
     import time
 
     import shared.image_pipeline
@@ -148,24 +170,11 @@ def test_a_picture_whose_caller_goes_while_it_waits_for_decoding_memory_is_not_d
         "PredictBatch": pb.PredictBatchRequest(images=[data]),
         "ReadNumber": pb.ReadNumberRequest(image=data),
     }[method]
-    holding, release = threading.Event(), threading.Event()
-
-    def other_pictures() -> None:
-        with budget.reserve(budget.capacity - 2**20):  # room for no 4 MB picture
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=other_pictures)
-    holder.start()
-    holding.wait(5)
-    try:
+    with other_pictures(budget, budget.capacity - 2**20):  # room for no 4 MB picture
         with pytest.raises(grpc.RpcError) as e:
             getattr(module_server.stub, method)(request, timeout=0.3)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         time.sleep(0.5)  # the server's wait for room notices the caller gone
-    finally:
-        release.set()
-        holder.join()
     time.sleep(0.5)  # where the wait had not noticed, the picture would be decoded now
     assert decoded == [] and budget.in_use == 0
     answer = module_server.stub.Predict(pb.PredictRequest(image=data), timeout=10)
@@ -209,25 +218,12 @@ def test_a_reading_waits_for_room_in_the_decode_budget_while_predict_still_fits(
     picture = np.full((480, 640), 255, np.uint8)
     cv2.putText(picture, "4071", (60, 320), cv2.FONT_HERSHEY_SIMPLEX, 5, 0, 14)
     data = png_bytes(picture)
-    holding, release = threading.Event(), threading.Event()
-
-    def other_pictures() -> None:
-        with budget.reserve(budget.capacity - 4 * 2**20):
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=other_pictures)
-    holder.start()
-    holding.wait(5)
-    try:
+    with other_pictures(budget, budget.capacity - 4 * 2**20):
         with pytest.raises(grpc.RpcError) as e:
             module_server.stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=1.0)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         answer = module_server.stub.Predict(pb.PredictRequest(image=data), timeout=10)
         assert len(answer.prediction.probabilities) == 10
-    finally:
-        release.set()
-        holder.join()
     assert read == [] and budget.in_use == 0
     assert module_server.stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=30).digits  # room again: read
 
