@@ -199,7 +199,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", type=Path, default=settings.data_dir(), help=f"MNIST files (env {settings.ENV_DATA_DIR})"
     )
-    parser.add_argument("--server-args", default="", help="extra flags for the server, e.g. '--decode-budget-mib 640'")
+    parser.add_argument(
+        "--server-args", default="", help="extra flags for the server, given as --server-args='--decode-budget-mib 640'"
+    )
     return parser
 
 

@@ -7,6 +7,7 @@
     mnist_images_predicted_total                   images that got a prediction
     mnist_images_rejected_total{reason}            images refused (REJECTION_REASONS)
     mnist_evaluations_total{split}                 Evaluate runs that finished
+    mnist_calls_refused_total{limit}               calls refused at once by a cap: readings, evaluations
     mnist_model_info{version, arch, sha256}        1 for the served model (an info metric)
     mnist_model_loads_total{source, outcome}       model loads: source latest|pinned, outcome ok|failed
     mnist_model_swaps_total                        newly published models swapped in
@@ -124,6 +125,12 @@ class ServiceMetrics(ModelEvents):
         self.evaluations = Counter(
             "mnist_evaluations_total", "Evaluate runs that finished, by split.", ("split",), registry=r
         )
+        self.calls_refused = Counter(
+            "mnist_calls_refused_total",
+            "Calls refused at once by a cap on calls of their kind (--max-concurrent-readings, -evaluations).",
+            ("limit",),
+            registry=r,
+        )
         self.model_info = Gauge(
             "mnist_model_info",
             "1 for the model version this server serves.",
@@ -222,6 +229,10 @@ class ServiceMetrics(ModelEvents):
 
     def evaluated(self, split: str) -> None:
         self.evaluations.labels(split).inc()
+
+    def refused(self, limit: str) -> None:
+        """A call refused by the cap named `limit` (readings, evaluations): an operator sees whether it is too low."""
+        self.calls_refused.labels(limit).inc()
 
     # The model store's (ModelEvents).
     def loaded(self, source: str, ok: bool) -> None:

@@ -77,10 +77,12 @@ def image_errors(metrics: ServiceMetrics):
 
 
 @contextlib.contextmanager
-def one_of(slots: threading.BoundedSemaphore, busy: str) -> Iterator[None]:
-    """Hold one of `slots` for the block; when none is free, RESOURCE_EXHAUSTED saying `busy`, at once: a call that
-    waited for a slot would hold a worker thread doing nothing, the very thing the slots keep free."""
+def one_of(slots: threading.BoundedSemaphore, busy: str, refused: Callable[[], None]) -> Iterator[None]:
+    """Hold one of `slots` for the block; when none is free, RESOURCE_EXHAUSTED saying `busy`, at once (and
+    `refused()` told): a call that waited for a slot would hold a worker thread doing nothing, the very thing the
+    slots keep free."""
     if not slots.acquire(blocking=False):
+        refused()
         raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
     try:
         yield
@@ -307,16 +309,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def Evaluate(self, request, context):
-        served = self._model(request.model_version)
-        access_log.note(model_version=served.version)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TEST or SPLIT_VALIDATION"
             )
         busy = f"{self.limits.max_concurrent_evaluations} evaluation(s) already running; try again in a few seconds"
+        # The slot is taken before the model is looked up: a refused call that pinned a version loaded it (and could
+        # push another out of the cache) only to be told to come back.
         try:
-            with one_of(self._evaluation_slots, busy):
+            with one_of(self._evaluation_slots, busy, lambda: self.metrics.refused("evaluations")):
+                served = self._model(request.model_version)
+                access_log.note(model_version=served.version)
                 result = evaluate_model(
                     served,
                     self.evaluation_data,
@@ -374,16 +378,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     @_rpc
     def ReadNumber(self, request, context):
-        served = self._model(request.model_version)
-        access_log.note(image_bytes=len(request.image), images=1, model_version=served.version)
+        access_log.note(image_bytes=len(request.image), images=1)
         busy = (
             f"{self.limits.max_concurrent_readings} ReadNumber call(s) already running in this server process "
             "(--max-concurrent-readings); try again in a moment"
         )
-        with one_of(self._reading_slots, busy):
-            return self._read_number(request, context, served)
+        # Before the model is looked up, as for Evaluate: a refusal loads no pinned version.
+        with one_of(self._reading_slots, busy, lambda: self.metrics.refused("readings")):
+            return self._read_number(request, context)
 
-    def _read_number(self, request, context, served: ServedModel):
+    def _read_number(self, request, context):
+        served = self._model(request.model_version)
+        access_log.note(model_version=served.version)
         classify = JudgingClassifier(served, functools.partial(self._judge, served))
         gone = RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
         with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):

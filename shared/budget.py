@@ -61,7 +61,8 @@ class MemoryBudget:
         The block's reservations also share one `wait` between them: a ReadNumber reserves to decode, to read and
         (a single digit) to decode again as Predict does, and waited `wait` for each, three times the setting."""
         before = getattr(self._callers, "still_there", None), getattr(self._callers, "waited", None)
-        self._callers.still_there, self._callers.waited = still_there, [0.0]
+        # A block within another is the same call: it spends what is left of the outer block's wait.
+        self._callers.still_there, self._callers.waited = still_there, before[1] if before[1] is not None else [0.0]
         try:
             yield
         finally:

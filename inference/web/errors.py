@@ -11,8 +11,9 @@ what to fix. The mapping follows google.rpc.Code's documented HTTP equivalents, 
   size limit, and says "the limit is ..." in each message (shared/decode.py, inference/service.py, and gRPC's
   own "larger than max"). Those words are the signal; tests/inference/web/test_api.py sends each kind to a real
   server, so a reworded message fails a test instead of silently becoming a 400 or a 429.
-- the remaining RESOURCE_EXHAUSTED (too many calls at once, an evaluation already running) is 429 with
-  Retry-After; UNAVAILABLE (no model published yet, the service restarting or unreachable) is 503 with Retry-After.
+- the remaining RESOURCE_EXHAUSTED (too many calls at once, an evaluation or as many readings as the service
+  takes already running, the decode budget busy) is 429 with Retry-After; UNAVAILABLE (no model published yet, the
+  service restarting or unreachable) is 503 with Retry-After.
   FAILED_PRECONDITION (no MNIST files for Evaluate, a pinned version that fails its checks) is 503 too, but
   without Retry-After: trying again in a second cannot help until someone acts, and a client that honours the
   header would loop.

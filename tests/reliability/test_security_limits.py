@@ -81,6 +81,7 @@ def test_evaluate_cap_of_two(serve, tmp_path, blocked):
         running.stub.Evaluate(request, timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "2 evaluation(s) already running" in e.value.details()
+    assert running.server.metrics.registry.get_sample_value("mnist_calls_refused_total", {"limit": "evaluations"}) == 1
     blocked["release"].set()
     assert first.result().count == second.result().count == 10_000
 
@@ -122,6 +123,8 @@ def test_read_number_cap_refuses_at_once_and_leaves_threads_for_predict(serve, t
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - started < 2
         assert "1 ReadNumber call(s) already running" in e.value.details()
         assert "--max-concurrent-readings" in e.value.details() and "try again" in e.value.details()
+        registry = running.server.metrics.registry
+        assert registry.get_sample_value("mnist_calls_refused_total", {"limit": "readings"}) == 1
         answer = running.stub.Predict(pb.PredictRequest(image=png_bytes(picture[:, :150])), timeout=10)
         assert len(answer.prediction.probabilities) == 10
     finally:
@@ -132,6 +135,46 @@ def test_read_number_cap_refuses_at_once_and_leaves_threads_for_predict(serve, t
         assert first.exception().code() != grpc.StatusCode.RESOURCE_EXHAUSTED
     monkeypatch.setattr(inference.service, "read_number", real_read)
     assert running.stub.ReadNumber(request, timeout=30).digits  # the slot is free again
+
+
+def test_a_call_refused_by_a_cap_loads_no_pinned_version(serve, tmp_path, monkeypatch):
+    """A ReadNumber or Evaluate refused by its cap that named an uncached model_version loaded it first (the checks
+    included) and could push a version other callers use out of the cache, only to be told to come back."""
+    import inference.service
+    from tests.inference.helpers import hold_calls, png_bytes
+
+    for version, seed in (("v1", 1), ("v2", 2)):
+        publish(tmp_path / "artifacts", version, seed=seed)
+    running = serve(max_concurrent_readings=1, max_concurrent_evaluations=1)
+    loads = []
+    real_model = inference.service.InferenceServicer._model
+    monkeypatch.setattr(
+        inference.service.InferenceServicer, "_model", lambda self, v="": loads.append(v) or real_model(self, v)
+    )
+    entered, release = hold_calls(monkeypatch, inference.service, "read_number")
+    entered_evaluation, release_evaluation = hold_calls(monkeypatch, inference.service, "evaluate_model")
+    picture = np.full((120, 300), 255, np.uint8)
+    picture[20:100, 140:150] = 0
+    held = [
+        running.stub.ReadNumber.future(pb.ReadNumberRequest(image=png_bytes(picture)), timeout=30),
+        running.stub.Evaluate.future(pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True), timeout=60),
+    ]
+    try:
+        assert entered.wait(10) and entered_evaluation.wait(10)
+        loads.clear()
+        for call, request in (
+            (running.stub.ReadNumber, pb.ReadNumberRequest(image=png_bytes(picture), model_version="v1")),
+            (running.stub.Evaluate, pb.EvaluateRequest(split=pb.SPLIT_TEST, omit_heatmap=True, model_version="v1")),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=10)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert loads == []
+    finally:
+        release.set()
+        release_evaluation.set()
+    for call in held:
+        call.result()
 
 
 def test_read_number_cap_is_half_the_worker_threads_unless_given(serve, tmp_path):

@@ -151,3 +151,14 @@ def test_the_reservations_of_one_caller_share_one_wait_and_others_wait_their_own
             pass  # the caller's whole wait spent
         with budget.reserve(10):  # room at once needs no wait left
             assert budget.in_use == 10
+
+
+def test_a_caller_block_within_another_spends_what_is_left_of_the_outer_wait():
+    budget = MemoryBudget(100, wait=0.3)
+    with budget.reserve(100), budget.caller(lambda: True):
+        started = time.monotonic()
+        with pytest.raises(BudgetExhausted), budget.reserve(10):
+            pass
+        with budget.caller(lambda: True), pytest.raises(BudgetExhausted), budget.reserve(10):
+            pass
+        assert time.monotonic() - started < 0.3 + 0.1

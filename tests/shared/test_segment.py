@@ -319,11 +319,10 @@ def cheapest_objective(ink: np.ndarray, start: int, band: int, pixel: float, ste
     return min(best.values())
 
 
-# The search gathers its arrival costs a block of rows at a time: one row, an odd block, and the shipped size (at
-# these sizes all rows in one block).
-@pytest.mark.parametrize("rows_at_once", [1, 7, segment.CUT_ROWS_AT_ONCE])
-def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds(rows_at_once, monkeypatch):
-    monkeypatch.setattr(segment, "CUT_ROWS_AT_ONCE", rows_at_once)
+# The search gathers its arrival costs a block of rows at a time: blocks of one row, of 3 and 7 rows (neither
+# dividing most heights), and the shipped size (at these sizes, all rows in one block).
+@pytest.mark.parametrize("rows", [1, 3, 7, None])
+def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds(rows, monkeypatch):
     rng = np.random.default_rng(11)
     for _ in range(60):
         h, bins = int(rng.integers(2, 30)), int(rng.integers(3, 40))
@@ -331,6 +330,8 @@ def test_each_cut_path_is_the_cheapest_within_its_band_as_a_plain_search_finds(r
         band = int(rng.integers(1, 8))
         starts = np.unique(rng.integers(0, bins, int(rng.integers(1, 8))))
         stroke = float(rng.uniform(1, 6))
+        if rows is not None:  # states a block holds: rows x starts x the band's width
+            monkeypatch.setattr(segment, "CUT_ROWS_AT_ONCE", rows * len(starts) * (2 * band + 1))
         paths, costs = segment.least_ink_paths(blocked, starts, band, stroke)
         ink = blocked.astype(np.float64)
         pixel, step = segment.CUT_INK_PIXEL_COST / stroke, segment.CUT_STEP_COST / stroke
