@@ -155,7 +155,7 @@ class ServerOptions:
     # Decoded pictures in memory at once across all calls of one process (shared/budget.py), and how long a call
     # waits for room before RESOURCE_EXHAUSTED. The default holds two frames of the largest size the limits
     # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up). A ReadNumber also holds
-    # its reading's working memory here while it reads (shared.segment.reading_bytes: at most 64 MiB).
+    # its reading's working memory here while it reads (shared.segment.reading_bytes: at most 72 MiB).
     decode_budget_mib: int = option(
         320,
         "decoded pictures (and numbers being read in them) in memory at once, across all calls of one process; "

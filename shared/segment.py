@@ -116,9 +116,10 @@ def still_wanted() -> None:
 
 # The most memory a reading holds at once, per pixel of the decoded picture it reads (its working copies, the
 # pieces' labels, the cuts tried and their halves), which the service reserves in its decode budget while it reads
-# (reading_bytes). Measured with tracemalloc (stop 62, bench.bench_memory's --read-number cases): a zigzag
-# across the working size, 1024 px, 40-44 B/px (46-62 before the cut search kept its costs row by row and
-# copied its halves), 51 across 1024 x 256; dots, checkers, thin lines and spirals 30-36; a photo of a number 12.
+# (reading_bytes). Measured with tracemalloc (stop 62, `python -m bench.bench_memory --part reading`): a zigzag
+# across the working size, 1024 px, 38-44 B/px (44-137 before the cut search kept its costs a block of rows at a
+# time and copied its halves); dots, checkers, thin lines and spirals 21-33; a photo of a number 12. Strips under
+# 150 px high hold more a pixel (95 across 1024 x 40, 3.7 MiB in all): READING_BASE_BYTES covers them.
 READING_BYTES_PER_PIXEL = 64
 # And what a reading holds whatever the picture's size: the cut search's block of arrival costs (CUT_ROWS_AT_ONCE,
 # 768 KiB), its states (8 x a region's width x the line's height, more than the picture's own pixels in a short
