@@ -130,15 +130,20 @@ READING_BASE_BYTES = 8 * 2**20
 CLASSIFY_AT_ONCE = 64
 
 
+def reading_bytes_of(pixels: int) -> int:
+    """The memory reading a number in a decoded picture of `pixels` pixels may hold at once, in bytes."""
+    return READING_BASE_BYTES + READING_BYTES_PER_PIXEL * pixels
+
+
 def reading_bytes(image: np.ndarray) -> int:
-    """The memory reading a number in `image` (as decode_image returns it) may hold at once, in bytes."""
-    return READING_BASE_BYTES + READING_BYTES_PER_PIXEL * int(image.shape[0]) * int(image.shape[1])
+    """reading_bytes_of `image` (as decode_image returns it)."""
+    return reading_bytes_of(int(image.shape[0]) * int(image.shape[1]))
 
 
 def largest_reading_bytes(max_pixels: int) -> int:
     """reading_bytes of the largest picture decode_image returns within `max_pixels`: at most WORK_MAX_SIDE on its
     long side, so at most that side squared."""
-    return READING_BASE_BYTES + READING_BYTES_PER_PIXEL * min(max_pixels, WORK_MAX_SIDE**2)
+    return reading_bytes_of(min(max_pixels, WORK_MAX_SIDE**2))
 
 
 def classify_in_chunks(classify: Classifier, images: list[np.ndarray]) -> Classified:

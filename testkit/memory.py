@@ -6,6 +6,7 @@ pictures that cost a reading of a number the most memory. Each caller keeps its 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -131,16 +132,22 @@ def flood(
     return codes, failure, seconds
 
 
+def zigzag_corners(width: int, height: int, legs: int) -> np.ndarray:
+    """The (legs + 1, 2) corners (x, y) of a stroke zigzagging across a picture (height, width), 20 px in from its
+    sides, each leg from near its top to near its bottom: the shape zigzag and dotted_zigzag draw."""
+    margin = min(60, height // 5)
+    xs = np.linspace(20, width - 20, legs + 1)
+    ys = np.where(np.arange(legs + 1) % 2, margin, height - margin)
+    return np.stack([xs, ys], 1)
+
+
 def zigzag(width: int, height: int, pen: int, legs: int = 24) -> np.ndarray:
     """A picture (height, width) uint8 of one stroke zigzagging across it, dark on white: a single piece as wide as
     the picture that looks like touching digits everywhere, the costliest number to read a review found."""
     import cv2
 
     picture = np.full((height, width), 255, np.uint8)
-    margin = min(60, height // 5)
-    xs = np.linspace(20, width - 20, legs + 1)
-    ys = np.where(np.arange(legs + 1) % 2, margin, height - margin)
-    cv2.polylines(picture, [np.stack([xs, ys], 1).astype(np.int32)], False, 0, pen)
+    cv2.polylines(picture, [zigzag_corners(width, height, legs).astype(np.int32)], False, 0, pen)
     return picture
 
 
@@ -149,10 +156,8 @@ def dotted_zigzag(width: int, height: int, radius: int, spacing: int, legs: int 
     import cv2
 
     picture = np.full((height, width), 255, np.uint8)
-    margin = min(60, height // 5)
-    xs = np.linspace(20, width - 20, legs + 1)
-    ys = np.where(np.arange(legs + 1) % 2, margin, height - margin)
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+    corners = zigzag_corners(width, height, legs)
+    for (x0, y0), (x1, y1) in itertools.pairwise(corners):
         for t in np.linspace(0, 1, int(np.hypot(x1 - x0, y1 - y0) / spacing)):
             cv2.circle(picture, (int(x0 + t * (x1 - x0)), int(y0 + t * (y1 - y0))), radius, 0, -1)
     return picture
