@@ -536,10 +536,23 @@ function selectTab(name) {
   if (name === "draw") resizePad();
 }
 
+const MODE_KEY = "mnist-mode";
+
+// What a reload keeps: the address says the tab, and on the Draw tab the mode ("#number"); the tab's session keeps
+// the mode too, so that a reload of the Evaluate tab (#evaluate) comes back to a Draw tab in the mode it was in.
+function keepPlace() {
+  const evaluate = $("tab-evaluate").getAttribute("aria-selected") === "true";
+  history.replaceState(null, "", evaluate ? "#evaluate" : state.mode === "number" ? "#number" : "#");
+  rememberMode();
+}
+
+function rememberMode() {
+  sessionStorage.setItem(MODE_KEY, state.mode);
+}
+
 function openTab(tab) {
-  const drawHash = state.mode === "number" ? "#number" : "#";  // a reload keeps the mode the page is in
-  history.replaceState(null, "", tab === "draw" ? drawHash : "#evaluate");
   selectTab(tab);
+  keepPlace();
 }
 for (const tab of TABS) $(`tab-${tab}`).addEventListener("click", () => openTab(tab));
 // The tab pattern's keys: the arrows (wrapping), Home and End move to another tab and open it.
@@ -625,7 +638,7 @@ function setMode(mode) {
   pad.setAttribute("aria-label", number ? "Write one number here, digits side by side on one line"
     : "Draw one digit here with a mouse, a pen or a finger");
   $("digit").setAttribute("aria-label", number ? "Number read" : "Predicted digit");
-  history.replaceState(null, "", number ? "#number" : "#");
+  keepPlace();
   state.strokes = [];
   state.drawing = null;
   answerRegion.removeAttribute("aria-busy"); // set as a stroke began; the stroke dropped here never ends
@@ -781,6 +794,8 @@ $("number-photo").addEventListener("error", () => { // not a picture the browser
 new ResizeObserver(resizePad).observe(pad);
 watchPixelRatio();
 selectTab(location.hash === "#evaluate" ? "evaluate" : "draw");
-if (location.hash === "#number") setMode("number");
+const remembered = location.hash === "#evaluate" ? sessionStorage.getItem(MODE_KEY) : null;
+if (location.hash === "#number" || remembered === "number") setMode("number");
+rememberMode(); // the mode this load chose, not one an earlier page in this tab left
 redraw();
 refreshModel();

@@ -353,6 +353,41 @@ def test_the_tabs_take_the_arrow_keys_and_are_one_tab_stop(page):
     assert (draw.get_attribute("tabindex"), evaluate.get_attribute("tabindex")) == ("0", "-1")
 
 
+def _pad_aspect(page) -> float:
+    return page.execute_script(
+        "const r = document.getElementById('pad').getBoundingClientRect(); return r.width / r.height;"
+    )
+
+
+def _reloaded(page) -> None:
+    page.refresh()
+    wait_until(lambda: page.find_element("id", "model-version").text, timeout=15)
+
+
+def test_a_reload_keeps_the_tab_and_the_mode_even_from_the_evaluate_tab(page):
+    page.find_element("css selector", "label:has(#mode-number)").click()
+    page.find_element("id", "tab-evaluate").click()
+    assert page.execute_script("return location.hash") == "#evaluate"
+    _reloaded(page)
+    assert page.find_element("id", "view-evaluate").is_displayed()
+    page.find_element("id", "tab-draw").click()
+    assert page.find_element("id", "mode-number").is_selected() and abs(_pad_aspect(page) - 3) < 0.05
+    assert page.execute_script("return location.hash") == "#number"
+    _reloaded(page)  # from the Draw tab in number mode: the address alone says it
+    assert page.find_element("id", "mode-number").is_selected() and abs(_pad_aspect(page) - 3) < 0.05
+    # Back to one digit, then a reload from the Evaluate tab: the digit it was left in, not the number before.
+    page.find_element("css selector", "label:has(#mode-digit)").click()
+    page.find_element("id", "tab-evaluate").click()
+    _reloaded(page)
+    page.find_element("id", "tab-draw").click()
+    assert page.find_element("id", "mode-digit").is_selected() and abs(_pad_aspect(page) - 1) < 0.01
+    # A page opened at its plain address is in digit mode whatever this tab's last page was in.
+    page.find_element("css selector", "label:has(#mode-number)").click()
+    page.get(page.current_url.split("#")[0])
+    wait_until(lambda: page.find_element("id", "model-version").text, timeout=15)
+    assert page.find_element("id", "mode-digit").is_selected()
+
+
 def test_the_evaluate_tab_shows_accuracy_per_class_scores_and_the_confusion_heatmap(page, served):
     backend, _ = served
     page.find_element("id", "tab-evaluate").click()
