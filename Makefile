@@ -5,7 +5,8 @@
 #                  runtime, on the CPU where it has not (scripts/compose.sh); make down stops them
 #   make stack     trainer + gRPC inference + web page + TensorBoard as local processes (Ctrl-C stops them all)
 #                  e.g. MNIST_TENSORBOARD_PORT=6007 make stack, make stack ARGS="--epochs 1 --skip trainer"
-#   make test      the test suite (PYTEST_ARGS="tests/deploy -q" for a part)
+#   make test      the test suite, in two processes (PYTEST_ARGS="tests/deploy -q" for a part, TEST_WORKERS=0
+#                  for one process)
 #   make protos    regenerate the gRPC code in shared/api from protos/
 #   make lock      rewrite constraints.txt, the exact versions every install uses, from pyproject.toml's ranges
 #   make lint      ruff (lint and format check) and mypy on the code; hadolint on both Dockerfiles; the compose
@@ -43,8 +44,13 @@ stack:
 venv:
 	MNIST_STACK_EXTRAS=dev scripts/stack.sh --setup-only
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each given whole files at a time (--dist loadfile: a
+# file's servers, browser and models are started once, in one process). 2 suits the 2-core machines the suite is
+# sized for (10 minutes warm against 14 in one process); TEST_WORKERS=0 runs it in this process (pdb, -s).
+TEST_WORKERS ?= 2
+
 test: venv tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 tools: venv
 	@# Anything else at that path (a half-made environment, a file, a link to one since deleted) is removed

@@ -7,11 +7,12 @@ makes it again, and nothing stale is ever used. The cache lives in $MNIST_TEST_C
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.checkpoint import atomic_write_bytes, files_sha256
 
@@ -38,16 +39,34 @@ def code_hash(patterns: tuple[str, ...], extra: str = "") -> str:
 def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
     """`build()`'s result, made once per (name, key) and kept as a pickle. Written to a temporary file and
     renamed, so a run killed half-way leaves no half-written entry; an entry that cannot be read all the same (a
-    disk that lost its last writes) is built again, not a failure of every test that uses it."""
+    disk that lost its last writes) is built again, not a failure of every test that uses it. One process at a time
+    builds an entry: `make test`'s two workers (or two checkouts' runs) asking for the same pictures at once, the
+    second waits for the first and reads what it kept, rather than drawing them all again beside it."""
     path = cache_root() / name / f"{key}.pickle"
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
-            path.unlink(missing_ok=True)
-    value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Pickled first: a value that cannot be kept fails here, before any file is made.
-    atomic_write_bytes(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    return value
+    value = _read(path)
+    if value is not None:
+        return value
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        value = _read(path)  # built by another process while this one waited
+        if value is not None:
+            return value
+        value = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Pickled first: a value that cannot be kept fails here, before any file is made.
+        atomic_write_bytes(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        return value
+
+
+def _read(path: Path) -> Any:
+    """The value kept at `path`, or None: none kept, or one that cannot be read (removed, to be built again)."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
+        path.unlink(missing_ok=True)
+        return None

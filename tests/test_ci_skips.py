@@ -91,3 +91,13 @@ def test_outside_ci_skips_stay_skips(folder):
     assert done.returncode == 0, out
     assert "1 passed, 3 skipped, 1 xfailed" in out.splitlines()[-1], out
     assert "skipped in CI" not in out, out
+
+
+def test_in_ci_a_skip_fails_the_run_in_the_worker_processes_make_test_starts_too(folder):
+    # `make test` runs the suite in two pytest-xdist workers: the plugin acts in each, and the failures reach the run.
+    done = run_pytest(folder, "true", "-n", "2", "--dist", "loadfile", "test_whole_file.py", "test_runs.py")
+    out = done.stdout
+    assert done.returncode != 0, out
+    assert "ERROR test_whole_file.py - skipped in CI, where every test must run" in out, out
+    assert "FAILED test_runs.py::test_skips_while_running - skipped in CI, where every test must run" in out, out
+    assert "1 failed, 1 passed, 1 xfailed, 2 errors" in out.splitlines()[-1], out

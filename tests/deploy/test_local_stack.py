@@ -681,7 +681,7 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3, tmp_path):
     assert result.returncode == 0, result.stderr
     assert calls(log) == [
         "venv/bin/python -m pip install --disable-pip-version-check -c constraints.txt -e .[dev]",
-        "venv/bin/python -m pytest tests/deploy -q",
+        "venv/bin/python -m pytest -n 2 --dist loadfile tests/deploy -q",
     ]
     assert make("protos").returncode == 0
     assert calls(log) == ["venv/bin/python scripts/gen_protos.py"]

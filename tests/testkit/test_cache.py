@@ -57,3 +57,32 @@ def test_the_key_changes_with_the_code_the_library_pins_and_the_extra_key(tmp_pa
         changed.append(code_hash(("pkg/*.py",), extra="10"))
     changed.append(code_hash(("pkg/*.py",), extra="11"))  # the extra key (the test model's epochs)
     assert len({key, *changed}) == 5, changed
+
+
+def test_two_processes_asking_at_once_build_an_entry_once(tmp_path):
+    """`make test` runs two workers, which ask for the same pictures at once on a fresh machine: the second waits
+    for the first's entry rather than drawing them all again beside it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    builds = tmp_path / "builds"
+    code = f"""
+import time
+from testkit.cache import cached_pickle
+def build():
+    with open({str(builds)!r}, "a") as f:
+        f.write("built\\n")
+    time.sleep(1.5)
+    return [1, 2, 3]
+print(cached_pickle("things", "k", build))
+"""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == ["[1, 2, 3]\n"] * 2
+    assert builds.read_text() == "built\n"
