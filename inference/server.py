@@ -27,6 +27,7 @@ from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
 from shared.segment import largest_reading_bytes
 from shared.settings import LIVENESS_SERVICE, Paths
+from shared.wakeup import Wakeup
 
 from inference.access_log import AccessLogInterceptor, waited_for_thread
 from inference.capacity import return_large_blocks_to_the_system
@@ -364,11 +365,12 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     return_large_blocks_to_the_system()  # a process that serves: its memory goes back down after big pictures
     server, port = create_server(address, options)
-    stop = threading.Event()
+    wake, received = Wakeup(), []  # not a threading.Event, which a signal handler cannot set (shared.wakeup)
 
     def on_signal(signum, frame):
         log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+        received.append(signum)
+        wake.send()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -397,6 +399,6 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     # Timed waits, never one without a timeout: the kernel may hand the signal to any of gRPC's threads, where
     # Python's C handler only sets a flag for the main thread to act on, and a main thread blocked with no
     # timeout never comes round to it (both workers of a replica once ignored Ctrl-C until they were killed).
-    while not stop.wait(SIGNAL_CHECK_SECONDS):
-        pass
+    while not received:
+        wake.wait(SIGNAL_CHECK_SECONDS)
     server.stop(grace)

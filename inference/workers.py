@@ -25,10 +25,11 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+
+from shared.wakeup import Wakeup
 
 from inference.options import ServerOptions
 
@@ -159,11 +160,12 @@ def serve_workers(
     host, port = split_address(address)
     # spawn, not fork: a forked copy of a process that has started gRPC's or torch's threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    stop = threading.Event()
+    wake, received = Wakeup(), []  # not a threading.Event, which a signal handler cannot set (shared.wakeup)
 
     def on_signal(signum, frame):
         log.info("received %s; stopping %d workers", signal.Signals(signum).name, workers)
-        stop.set()
+        received.append(signum)
+        wake.send()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -187,12 +189,12 @@ def serve_workers(
             process.start()
         log.info("%d worker processes share %s", workers, shared_address)
         failed = None
-        while not stop.is_set():
+        while not received:
             failed = next((p for p in processes if not p.is_alive()), None)
             if failed is not None:
                 log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
                 break
-            stop.wait(0.5)
+            wake.wait(0.5)
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: each worker shuts down gracefully

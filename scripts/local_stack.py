@@ -47,6 +47,7 @@ from shared.cli import (
     port_number,
     positive_int,
 )
+from shared.wakeup import Wakeup
 
 from inference.web.guards import LOOPBACK_BINDS, default_allowed_hosts
 from inference.workers import bind_error, join_address, split_address
@@ -341,19 +342,19 @@ class Supervisor:
         self.restart_delay = restart_delay
         self.stable_after = stable_after  # a run this long resets the restart count (compose's backoff does too)
         self._running = [_Running(s) for s in services]
-        self._wake = threading.Event()
+        self._wake = Wakeup()  # not a threading.Event: request_stop is called from signal handlers (shared.wakeup)
         self._stop_signal: int | None = None
         self._force = False
         self._failed = False
         self._stop_after_jobs = False  # a service gave up while a job ran: stop once the jobs have ended
 
-    # Called from a signal handler or another thread: only flags and an Event, never I/O or locks.
+    # Called from a signal handler or another thread: only flags and a wake-up, never I/O or locks.
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         if self._stop_signal is None:
             self._stop_signal = signum
         else:
             self._force = True  # asked twice: kill now
-        self._wake.set()
+        self._wake.send()
 
     def log(self, text: str) -> None:
         self.output.line(SUPERVISOR_NAME, text)
@@ -449,7 +450,6 @@ class Supervisor:
                 self.log("stopping the stack")
                 self.request_stop(signal.SIGTERM)
             self._wake.wait(0.1)
-            self._wake.clear()
         return self._shutdown()
 
     def _shutdown(self) -> int:
@@ -470,7 +470,6 @@ class Supervisor:
             deadline = time.monotonic() + self.stop_timeout
             while any(r.process.poll() is None for r in alive) and time.monotonic() < deadline and not self._force:
                 self._wake.wait(0.05)
-                self._wake.clear()
             for r in alive:
                 if r.process.poll() is None:
                     why = "asked twice" if self._force else f"still running after {self.stop_timeout:g} s"
