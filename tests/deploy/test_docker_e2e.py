@@ -30,7 +30,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
@@ -40,9 +39,14 @@ from tests.deploy.helpers import wait_for
 pytestmark = pytest.mark.docker
 
 PROJECT = "mnist-stack-e2e"  # its own compose project: a user's own stack on this engine is never touched
-GRPC_HOST = f"127.0.0.1:{settings.DEFAULT_GRPC_PORT}"
-TENSORBOARD = f"http://127.0.0.1:{settings.DEFAULT_TENSORBOARD_PORT}"
-WEB = f"http://127.0.0.1:{settings.DEFAULT_WEB_PORT}"
+# The stack's ports on the host, moved as a user moves them (MNIST_GRPC_HOST_PORT, MNIST_WEB_PORT,
+# MNIST_TENSORBOARD_PORT): not its defaults (50051, 8080, 6006), which the local stack's test checks are free while
+# `make test`'s other worker may be running this file, and below Linux's ephemeral ports (32768-60999), one of which
+# a server on port 0 in the other worker may hold when this one publishes it.
+GRPC_PORT, WEB_PORT, TENSORBOARD_PORT = 25051, 25080, 25006
+GRPC_HOST = f"127.0.0.1:{GRPC_PORT}"
+TENSORBOARD = f"http://127.0.0.1:{TENSORBOARD_PORT}"
+WEB = f"http://127.0.0.1:{WEB_PORT}"
 BUILD_ARGS = ["--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple", "--build-arg", "TORCH_VARIANT="]
 REPLICAS = 3
 
@@ -50,7 +54,13 @@ REPLICAS = 3
 def compose_env(**extra: str) -> dict[str, str]:
     """The host environment without this machine's MNIST_* and COMPOSE_* settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "COMPOSE_"))}
-    env.update(COMPOSE_PROJECT_NAME=PROJECT, **extra)
+    env.update(
+        COMPOSE_PROJECT_NAME=PROJECT,
+        MNIST_GRPC_HOST_PORT=str(GRPC_PORT),
+        MNIST_WEB_PORT=str(WEB_PORT),
+        MNIST_TENSORBOARD_PORT=str(TENSORBOARD_PORT),
+    )
+    env.update(extra)
     return env
 
 
@@ -251,7 +261,7 @@ def test_three_replicas_each_serve_calls_and_survive_a_client_run(stack, digit_f
     env = {
         **stack,
         "MNIST_INFERENCE_REPLICAS": str(REPLICAS),
-        "MNIST_GRPC_HOST_PORT": f"{settings.DEFAULT_GRPC_PORT}-{settings.DEFAULT_GRPC_PORT + REPLICAS - 1}",
+        "MNIST_GRPC_HOST_PORT": f"{GRPC_PORT}-{GRPC_PORT + REPLICAS - 1}",
     }
     compose("up", "-d", "--no-recreate", "inference", env=env, timeout=180)
     wait_for(lambda: all_healthy(env, REPLICAS), timeout=150, what=f"{REPLICAS} healthy replicas", interval=1)
