@@ -399,6 +399,7 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     # Timed waits, never one without a timeout: the kernel may hand the signal to any of gRPC's threads, where
     # Python's C handler only sets a flag for the main thread to act on, and a main thread blocked with no
     # timeout never comes round to it (both workers of a replica once ignored Ctrl-C until they were killed).
-    while not received:
-        wake.wait(SIGNAL_CHECK_SECONDS)
+    with wake.on_signals():  # a signal on one of gRPC's threads ends the wait at once (shared.wakeup)
+        while not received:
+            wake.wait(SIGNAL_CHECK_SECONDS)
     server.stop(grace)

@@ -189,12 +189,13 @@ def serve_workers(
             process.start()
         log.info("%d worker processes share %s", workers, shared_address)
         failed = None
-        while not received:
-            failed = next((p for p in processes if not p.is_alive()), None)
-            if failed is not None:
-                log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
-                break
-            wake.wait(0.5)
+        with wake.on_signals():  # a signal on another thread ends the wait at once (shared.wakeup)
+            while not received:
+                failed = next((p for p in processes if not p.is_alive()), None)
+                if failed is not None:
+                    log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
+                    break
+                wake.wait(0.5)
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: each worker shuts down gracefully

@@ -356,6 +356,10 @@ class Supervisor:
             self._force = True  # asked twice: kill now
         self._wake.send()
 
+    def woken_by_signals(self) -> contextlib.AbstractContextManager[None]:
+        """Within it, a signal ends run()'s waits at once, whichever thread it lands on (shared.wakeup): main()'s."""
+        return self._wake.on_signals()
+
     def log(self, text: str) -> None:
         self.output.line(SUPERVISOR_NAME, text)
 
@@ -652,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         board = calling_address(join_address(args.tensorboard_host, args.tensorboard_port))
         supervisor.log(f"TensorBoard: http://{board}/")
     supervisor.log(f"starting {', '.join(names)}; Ctrl-C stops them")
-    code = supervisor.run()
+    with supervisor.woken_by_signals():
+        code = supervisor.run()
     supervisor.log("all stopped" if code == 0 else "stopped, with failures (see above)")
     return code
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
+from collections.abc import Iterator
 
 
 class Wakeup:
@@ -22,6 +24,10 @@ class Wakeup:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)  # a pipe full of wake-ups already wakes the waiter: drop the byte
+        # poll, not select: select() refuses a descriptor of 1024 or more, which a busy process (a test worker
+        # that made many of these) reaches long before its limit of open files.
+        self._poll = select.poll()
+        self._poll.register(self._read, select.POLLIN)
 
     def send(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # full, or closed by a waiter that has finished
@@ -29,12 +35,27 @@ class Wakeup:
 
     def wait(self, timeout: float) -> bool:
         """Wait until a send() or `timeout` seconds; whether one came. The wake-ups sent so far are used up."""
-        ready, _, _ = select.select([self._read], [], [], timeout)
+        self._poll.poll(int(timeout * 1000))
         woken = False
         with contextlib.suppress(BlockingIOError):
             while os.read(self._read, 4096):
                 woken = True
-        return bool(ready) and woken
+        return woken
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        """Within it, any signal with a Python handler wakes the waiter at once, whichever thread it lands on.
+
+        A handler runs on the main thread only: a signal the kernel hands to another thread (one of gRPC's) was
+        acted on when the main thread's timed wait next ended, up to half a second later. Python's own C handler
+        writes the signal's number into the pipe from any thread (signal.set_wakeup_fd), which ends the wait; the
+        handler runs as the main thread goes on. Main thread only; the previous wake-up descriptor comes back on
+        leaving, before this pipe can be closed under it."""
+        previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)
 
     def __del__(self) -> None:
         # Closed only when nothing refers to it any more, a signal handler that sends to it included: a pipe closed

@@ -667,7 +667,9 @@ def test_make_targets_use_the_stack_script_and_its_venv(fake_python3, tmp_path):
     (checkov / "bin").mkdir(parents=True)
     (checkov / "bin" / "checkov").write_text("#!/bin/sh\necho 3.3.30\n")
     (checkov / "bin" / "checkov").chmod(0o755)
-    env = {**env, "CHECKOV_VENV": str(checkov)}
+    # Nothing of an outer make's (`make test TEST_WORKERS=4` passes its variables down in MAKEFLAGS): the defaults.
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "TEST_WORKERS", "PYTEST_ARGS", "ARGS")
+    env = {**{k: v for k, v in env.items() if k not in outer}, "CHECKOV_VENV": str(checkov)}
 
     def make(*args):
         return subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_a_signal_handler_that_sends_a_wake_up_never_waits_on_the_waiting_thread
     assert int(done.stdout) > 1000, done.stdout  # the handlers ran, many times over
 
 
-def test_a_wake_up_sent_before_or_during_a_wait_ends_it_and_is_used_up():
+def test_a_wake_up_sent_before_a_wait_ends_it_and_is_used_up():
     wake = Wakeup()
     wake.send()
     wake.send()
@@ -65,3 +66,69 @@ def test_a_wake_up_sent_before_or_during_a_wait_ends_it_and_is_used_up():
     for _ in range(100_000):  # more than a pipe holds: a send never blocks, and the waiter still wakes
         wake.send()
     assert wake.wait(0) is True and wake.wait(0) is False
+
+
+def test_a_wake_up_sent_during_a_wait_ends_it():
+    wake = Wakeup()
+    threading.Timer(0.2, wake.send).start()
+    started = time.monotonic()
+    assert wake.wait(30) is True and time.monotonic() - started < 10
+
+
+def test_a_wake_up_works_whatever_its_descriptors_number():
+    """select() refuses descriptors of 1024 and more; a test worker that has made many wake-ups reaches them."""
+    import os
+
+    held = [os.dup(0) for _ in range(1100)]
+    try:
+        wake = Wakeup()
+        wake.send()
+        assert wake.wait(1) is True
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+# The main thread blocks SIGTERM, so the kernel hands it to another thread, as it may hand it to one of gRPC's.
+# Python runs the handler on the main thread only, once that thread looks: without the wake-up descriptor the
+# 30-second wait below ran to its end (up to half a second late in the servers, which wait 0.5 s at a time).
+ANOTHER_THREAD = """
+import signal, sys, threading, time
+from shared.wakeup import Wakeup
+
+wake, received = Wakeup(), []
+
+def on_signal(signum, frame):
+    received.append(signum)
+    wake.send()
+
+signal.signal(signal.SIGTERM, on_signal)
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # a thread the signal can land on
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # ... and the main thread cannot take it
+print("ready", flush=True)
+started = time.monotonic()
+with wake.on_signals():
+    while not received:
+        wake.wait(30)
+print(f"{time.monotonic() - started:.3f}", flush=True)
+"""
+
+
+def test_a_signal_taken_by_another_thread_ends_the_main_threads_wait_at_once():
+    import signal
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(ANOTHER_THREAD)],
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0
+    assert float(out) < 10, f"the wait ended {out.strip()} s after it began: the signal did not end it"

@@ -68,9 +68,17 @@ def test_two_processes_asking_at_once_build_an_entry_once(tmp_path):
     from pathlib import Path
 
     builds = tmp_path / "builds"
+    # Both children ask only once both have imported (a second or more: torch): else the later one could find the
+    # entry made and pass without the lock.
     code = f"""
-import time
+import sys, time
+from pathlib import Path
 from testkit.cache import cached_pickle
+ready = Path({str(tmp_path)!r})
+(ready / f"ready-{{sys.argv[1]}}").touch()
+deadline = time.monotonic() + 60
+while len(list(ready.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
 def build():
     with open({str(builds)!r}, "a") as f:
         f.write("built\\n")
@@ -80,7 +88,8 @@ print(cached_pickle("things", "k", build))
 """
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+        subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, stdout=subprocess.PIPE, text=True)
+        for i in range(2)
     ]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]

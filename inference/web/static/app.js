@@ -794,7 +794,10 @@ $("number-photo").addEventListener("error", () => { // not a picture the browser
 new ResizeObserver(resizePad).observe(pad);
 watchPixelRatio();
 selectTab(location.hash === "#evaluate" ? "evaluate" : "draw");
-const remembered = location.hash === "#evaluate" ? sessionStorage.getItem(MODE_KEY) : null;
+// Only a reload takes the mode the tab's session kept: a bookmark or a typed address of /#evaluate opens in digit
+// mode, as any page opened afresh does.
+const reloaded = performance.getEntriesByType("navigation")[0]?.type === "reload";
+const remembered = location.hash === "#evaluate" && reloaded ? sessionStorage.getItem(MODE_KEY) : null;
 if (location.hash === "#number" || remembered === "number") setMode("number");
 rememberMode(); // the mode this load chose, not one an earlier page in this tab left
 redraw();

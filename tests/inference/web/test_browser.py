@@ -381,11 +381,18 @@ def test_a_reload_keeps_the_tab_and_the_mode_even_from_the_evaluate_tab(page):
     _reloaded(page)
     page.find_element("id", "tab-draw").click()
     assert page.find_element("id", "mode-digit").is_selected() and abs(_pad_aspect(page) - 1) < 0.01
-    # A page opened at its plain address is in digit mode whatever this tab's last page was in.
-    page.find_element("css selector", "label:has(#mode-number)").click()
-    page.get(page.current_url.split("#")[0])
-    wait_until(lambda: page.find_element("id", "model-version").text, timeout=15)
-    assert page.find_element("id", "mode-digit").is_selected()
+    # A page opened afresh is in digit mode whatever this tab's last page was in: at its plain address, and at
+    # #evaluate (a bookmark, an address typed), which only a reload reads the kept mode for.
+    address = page.current_url.split("#")[0]
+    for opened in (address, address + "#evaluate"):
+        page.find_element("id", "tab-draw").click()
+        page.find_element("css selector", "label:has(#mode-number)").click()
+        page.find_element("id", "tab-evaluate").click()
+        page.get("about:blank")
+        page.get(opened)
+        wait_until(lambda: page.find_element("id", "model-version").text, timeout=15)
+        page.find_element("id", "tab-draw").click()
+        assert page.find_element("id", "mode-digit").is_selected(), opened
 
 
 def test_the_evaluate_tab_shows_accuracy_per_class_scores_and_the_confusion_heatmap(page, served):
