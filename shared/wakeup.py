@@ -5,7 +5,7 @@ bytecodes, and those may lie inside Event.wait() or Event.clear() while they hol
 the handler then waits for ever on a lock its own thread holds. A CI run's Ctrl-C to `make stack` was never acted
 on, nor a second one, until the test killed the stack; a handler calling Event.set() while the main thread clears
 the Event in a loop failed 3 times in 3 under 20,000 signals (tests/shared/test_wakeup.py). Here the handler writes a
-byte to a pipe, a system call that takes no lock, and the waiting thread selects on the pipe.
+byte to a pipe, a system call that takes no lock, and the waiting thread polls the pipe.
 """
 
 from __future__ import annotations
