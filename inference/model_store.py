@@ -42,7 +42,7 @@ from shared.checkpoint import (
     whole_field,
 )
 from shared.data import normalize, published_split
-from shared.model import count_parameters
+from shared.model import DIGITS, count_parameters, output_columns
 from shared.onnx_model import OnnxRunner, TorchRunner, compare
 
 from inference.lru import LruCache
@@ -243,7 +243,7 @@ def load_served_model(models_dir: Path, manifest: Manifest, backend: str = DEFAU
     runner = onnx_runner(models_dir, manifest, model, mean, std) if backend == "onnxruntime" else None
     metrics = numeric_metrics(payload.get("metrics"))
     digit_threshold = None
-    if getattr(getattr(model, "output", None), "not_digit", False):  # shared/model.py
+    if output_columns(model) > DIGITS:  # the not-digit class's log-odds (shared/model.py)
         digit_threshold = finite_field(payload.get("digit_threshold", 0.5), "digit_threshold")
         if not 0 <= digit_threshold <= 1:
             raise ModelValidationError(f"digit_threshold is {digit_threshold}, must be in [0, 1]")

@@ -8,7 +8,6 @@ NOT_SERVING first, so probes and load balancers stop sending, then calls in flig
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from shared.decode import largest_decode_cost
 from shared.image_pipeline import Limits, MemoryBudget
 from shared.segment import largest_reading_bytes
 from shared.settings import LIVENESS_SERVICE, Paths
-from shared.wakeup import Wakeup
+from shared.wakeup import StopRequest
 
 from inference.access_log import AccessLogInterceptor, waited_for_thread
 from inference.capacity import return_large_blocks_to_the_system
@@ -357,23 +356,11 @@ def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials 
     return port
 
 
-# How often a waiting main thread checks for a signal another thread took (serve's docstring).
-SIGNAL_CHECK_SECONDS = 0.5
-
-
 def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     return_large_blocks_to_the_system()  # a process that serves: its memory goes back down after big pictures
     server, port = create_server(address, options)
-    wake, received = Wakeup(), []  # not a threading.Event, which a signal handler cannot set (shared.wakeup)
-
-    def on_signal(signum, frame):
-        log.info("received %s", signal.Signals(signum).name)
-        received.append(signum)
-        wake.send()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequest(lambda name: log.info("received %s", name))
     server.start()
     host = address.rsplit(":", 1)[0]
     log.info(
@@ -396,10 +383,5 @@ def serve(address: str, options: ServerOptions, *, grace: float = 5.0) -> None:
             "--artifacts-dir names the wrong folder (give the folder that holds models/, not models/ itself)",
             server.store.models_dir,
         )
-    # Timed waits, never one without a timeout: the kernel may hand the signal to any of gRPC's threads, where
-    # Python's C handler only sets a flag for the main thread to act on, and a main thread blocked with no
-    # timeout never comes round to it (both workers of a replica once ignored Ctrl-C until they were killed).
-    with wake.on_signals():  # a signal on one of gRPC's threads ends the wait at once (shared.wakeup)
-        while not received:
-            wake.wait(SIGNAL_CHECK_SECONDS)
+    stop.wait()
     server.stop(grace)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from shared.wakeup import Wakeup
+from shared.wakeup import StopRequest
 
 from inference.options import ServerOptions
 
@@ -160,15 +160,7 @@ def serve_workers(
     host, port = split_address(address)
     # spawn, not fork: a forked copy of a process that has started gRPC's or torch's threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    wake, received = Wakeup(), []  # not a threading.Event, which a signal handler cannot set (shared.wakeup)
-
-    def on_signal(signum, frame):
-        log.info("received %s; stopping %d workers", signal.Signals(signum).name, workers)
-        received.append(signum)
-        wake.send()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequest(lambda name: log.info("received %s; stopping %d workers", name, workers))
     with (
         reserve_port(host, port) as bound_port,
         reserve_address(options.health_address) as health_address,
@@ -188,14 +180,10 @@ def serve_workers(
         for process in processes:
             process.start()
         log.info("%d worker processes share %s", workers, shared_address)
-        failed = None
-        with wake.on_signals():  # a signal on another thread ends the wait at once (shared.wakeup)
-            while not received:
-                failed = next((p for p in processes if not p.is_alive()), None)
-                if failed is not None:
-                    log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
-                    break
-                wake.wait(0.5)
+        stop.wait(until=lambda: not all(p.is_alive() for p in processes))
+        failed = None if stop.received else next(p for p in processes if not p.is_alive())
+        if failed is not None:
+            log.error("%s exited with code %s; stopping the others", failed.name, failed.exitcode)
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: each worker shuts down gracefully

@@ -22,6 +22,7 @@ read_number weighs the class's own sigmoid(z) (`segment_scores`). The trainer fi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -210,19 +211,76 @@ class CompactNet(nn.Module):
         return _forward(self, x)
 
 
+class Ensemble(nn.Module):
+    """`members` networks of one architecture from different initial weights, trained side by side on the same
+    batches; together they read a little better than their mean, about as well as the best of them, and flag
+    more non-digits than any (docs/not-a-digit.md, "An ensemble of three").
+
+    Evaluating, it returns one network's output (N, C) combined from its members' (`combine_outputs`), so the
+    service, the ONNX export and every reader of an output treat it as any network. Training, it returns the
+    members' own outputs stacked, (M, N, C): each member learns from its own loss (trainer/train.py), as if it
+    were trained alone. A loss on the combined output would train one wide network, whose parts do not err apart.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.columns = output_columns(members[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, 28, 28)
+        outputs = torch.stack([member(x) for member in self.members])  # (M, N, C)
+        return outputs if self.training else self.combine(outputs)
+
+    def combine(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The members' outputs (M, N, C) -> one network's output (N, C), for what reads it.
+
+        The digit probabilities are averaged; so is the probability that the picture is some digit, sigmoid(z),
+        taken back to log-odds; the digit distance's penalty is averaged as it stands (it is on z's scale already).
+        Probabilities, not log-probabilities: one member sure that it is not a 7 does not veto two that read a 7
+        (tests/shared/test_model.py). M and C are the ensemble's own, not read off the tensor: the ONNX export
+        traces this, and a shape read there is a traced value."""
+        log_members = math.log(len(self.members))
+        combined = [torch.logsumexp(outputs[:, :, :DIGITS], dim=0) - log_members]  # (N, 10): log of the mean
+        if self.columns > DIGITS:
+            log_odds = outputs[:, :, DIGITS]  # (M, N)
+            some_digit = torch.logsumexp(F.logsigmoid(log_odds), dim=0)  # log of M times the mean, (N,)
+            no_digit = torch.logsumexp(F.logsigmoid(-log_odds), dim=0)
+            combined.append((some_digit - no_digit).unsqueeze(1))  # the logit of the mean probability, stably
+        if self.columns > DIGITS + 1:
+            combined.append(outputs[:, :, DIGITS + 1].mean(dim=0).unsqueeze(1))
+        return torch.cat(combined, dim=1)
+
+
+def output_columns(model: nn.Module) -> int:
+    """How many columns `model`'s output has: 10, 11 with the not-digit class, 12 with its digit distance too."""
+    if isinstance(model, Ensemble):
+        return model.columns
+    return DIGITS + int(cast(_Output, model.output).not_digit) + int(model.distance is not None)
+
+
+def networks(model: nn.Module) -> list[nn.Module]:
+    """The single networks in `model`: an ensemble's members, or the network itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mynet": MyNet,
     "compact": CompactNet,
 }
 
 
-def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build the network `arch` with its keyword arguments (as stored in a checkpoint)."""
+def build_model(arch: str, *, members: int = 1, **kwargs: Any) -> nn.Module:
+    """Build the network `arch` with its keyword arguments (as stored in a checkpoint); with `members` > 1, an
+    ensemble of that many of them."""
     try:
         factory = ARCHITECTURES[arch]
     except KeyError:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
-    return factory(**kwargs)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members must be a whole number of networks, 1 or more, not {members!r}")
+    if members == 1:
+        return factory(**kwargs)
+    return Ensemble([factory(**kwargs) for _ in range(members)])
 
 
 def count_parameters(model: nn.Module) -> int:

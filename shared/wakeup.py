@@ -1,4 +1,5 @@
-"""A wake-up that a signal handler may send: the stop requests of the servers and of `make stack`'s supervisor.
+"""A wake-up that a signal handler may send, and the stop request the servers wait on (`make stack`'s supervisor
+sends its own).
 
 threading.Event cannot be set from a signal handler. Python runs a handler on the main thread between two of its
 bytecodes, and those may lie inside Event.wait() or Event.clear() while they hold the Event's own lock: set() in
@@ -14,7 +15,7 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Wakeup:
@@ -63,3 +64,32 @@ class Wakeup:
         for fd in (self._read, self._write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class StopRequest:
+    """SIGTERM or SIGINT asks a server process to stop: the inference server's and its worker parent's main thread.
+
+    Made on the main thread (it installs both handlers). wait() returns once a signal came or `until()` is true.
+    Its waits are timed, never without a timeout: a signal the kernel hands to one of gRPC's threads only sets a
+    flag for the main thread, and a main thread blocked with no timeout never came round to it (both workers of a
+    replica once ignored Ctrl-C until they were killed); on_signals() ends the wait at once besides."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, on_received: Callable[[str], None]) -> None:
+        self._on_received = on_received  # told the signal's name, in the handler: a log line, no locks of its own
+        self._wakeup = Wakeup()
+        self.received: list[int] = []
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self._on_received(signal.Signals(signum).name)
+        self.received.append(signum)
+        self._wakeup.send()
+
+    def wait(self, check_every: float = 0.5, until: Callable[[], bool] = lambda: False) -> None:
+        """Wait until a stop is asked for or `until()` (looked at every `check_every` seconds) is true."""
+        with self._wakeup.on_signals():
+            while not self.received and not until():
+                self._wakeup.wait(check_every)

@@ -44,14 +44,14 @@ def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
     second waits for the first and reads what it kept, rather than drawing them all again beside it."""
     path = cache_root() / name / f"{key}.pickle"
     value = _read(path)
-    if value is not None:
+    if value is not _NOTHING:
         return value
     locks = cache_root() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         value = _read(path)  # built by another process while this one waited
-        if value is not None:
+        if value is not _NOTHING:
             return value
         value = build()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,13 +60,17 @@ def cached_pickle(name: str, key: str, build: Callable[[], T]) -> T:
         return value
 
 
+# What _read gives for no value kept: not None, which a build may return and the cache keeps like any other value.
+_NOTHING = object()
+
+
 def _read(path: Path) -> Any:
-    """The value kept at `path`, or None: none kept, or one that cannot be read (removed, to be built again)."""
+    """The value kept at `path`, or _NOTHING: none kept, or one that cannot be read (removed, to be built again)."""
     if not path.is_file():
-        return None
+        return _NOTHING
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
     except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError):
         path.unlink(missing_ok=True)
-        return None
+        return _NOTHING

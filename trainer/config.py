@@ -28,6 +28,9 @@ class TrainConfig:
 
     arch: str = "compact"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Networks trained side by side from different initial weights and served as one, their probabilities averaged
+    # (shared/model.py Ensemble). 1: a single network.
+    members: int = 1
     # 10, not 15: with the weights' moving average scored, 10 epochs matched 15's accuracy (mean 99.62 % over
     # 3 seeds against 99.63 %, stops 33 and 35) in two thirds of the time (docs/benchmarks.md, stop 35).
     epochs: int = 10
@@ -120,6 +123,7 @@ TRAINER_ARCH_KWARGS = frozenset({"not_digit", "digit_distance"})
 _OVERRIDES = (
     "arch",
     "arch_kwargs",
+    "members",
     "epochs",
     "batch_size",
     "lr",
@@ -229,6 +233,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help="the network's keyword arguments, e.g. '{\"width\": 24}' (default: the preset's)",
+    )
+    parser.add_argument(
+        "--members",
+        type=positive_int,
+        default=None,
+        help="networks trained side by side from different initial weights and served as one, their probabilities "
+        "averaged; each costs a network's training and inference time (default: the preset's)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the preset's)")
     parser.add_argument(
@@ -434,6 +445,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             f"--run-name: a name of {len(args.run_name.encode())} bytes is too long for {config.epochs:,} epochs: the "
             f"run's versions (<run>{suffix}) are file names of at most {MAX_VERSION_BYTES} bytes, so the name may have "
             f"{MAX_VERSION_BYTES - len(suffix)}; choose a shorter one"
+        )
+    if "members" in config.arch_kwargs:
+        raise SystemExit(
+            f"--arch-kwargs {json.dumps(config.arch_kwargs)}: members is not the network's own setting; "
+            "give it as --members"
         )
     reserved = sorted(TRAINER_ARCH_KWARGS & config.arch_kwargs.keys())
     if reserved:

@@ -52,7 +52,14 @@ from shared.data import (
     train_val_split,
 )
 from shared.metrics import Evaluation, evaluation_from_log_probs, predict_log_probs
-from shared.model import NOT_DIGIT, build_model, count_parameters, digit_scores, eleven_class_log_probs
+from shared.model import (
+    NOT_DIGIT,
+    build_model,
+    count_parameters,
+    digit_scores,
+    eleven_class_log_probs,
+    networks,
+)
 from shared.onnx_model import export_onnx, verify_onnx
 from shared.resources import usable_cpus
 from shared.settings import Paths
@@ -273,16 +280,26 @@ NEGATIVE_VAL_PER_KIND = 300
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """The network's keyword arguments: the config's, with the not-digit class (and its digit distance, fitted in
-    `finish`) when the run trains one."""
-    return {**config.arch_kwargs, **(dict.fromkeys(TRAINER_ARCH_KWARGS, True) if config.negatives > 0 else {})}
+    """The network's keyword arguments (build_model's, as published): the config's, with the not-digit class (and
+    its digit distance, fitted in `finish`) when the run trains one, and the ensemble's members when more than one."""
+    return {
+        **config.arch_kwargs,
+        **(dict.fromkeys(TRAINER_ARCH_KWARGS, True) if config.negatives > 0 else {}),
+        **({"members": config.members} if config.members > 1 else {}),
+    }
+
+
+def is_distance_key(key: str) -> bool:
+    """Whether a weight's name is a digit distance's buffer: a network's "distance.whiten", an ensemble member's
+    "members.0.distance.whiten"."""
+    return key.startswith("distance.") or ".distance." in key
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a checkpoint's weights; one written before the digit distance existed lacks only its buffers, which
     `finish` fits anyway."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not key.startswith("distance.") for key in missing):
+    if unexpected or any(not is_distance_key(key) for key in missing):
         model.load_state_dict(state)  # raises with PyTorch's own message
 
 
@@ -397,6 +414,24 @@ def epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.de
     return torch.Generator(device=gen_device).manual_seed(seed)
 
 
+def members_loss(
+    output: torch.Tensor, y: torch.Tensor, negatives: bool, label_smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch's output, (N, C), or an ensemble's members' own, (M, N, C) (shared/model.py Ensemble), and
+    its labels (N,) -> (the loss to learn from, the members' mean loss to report, the members' outputs (M, N, C)).
+
+    With `negatives` the loss is over eleven classes, the ten digits and "not a digit". The loss learnt from is the
+    members' sum, so each member's gradient is its own loss's, as if it were trained alone (their mean would scale
+    each one's learning rate down by M)."""
+    outputs = output if output.dim() == 3 else output.unsqueeze(0)
+    log_probs = outputs.flatten(0, 1)  # (M * N, C), member by member
+    if negatives:
+        log_probs = eleven_class_log_probs(log_probs.float())
+    # log_softmax of log-probabilities is the identity, so cross_entropy applies label smoothing to them.
+    mean = F.cross_entropy(log_probs, y.repeat(len(outputs)), label_smoothing=label_smoothing)
+    return mean * len(outputs), mean, outputs
+
+
 def train_one_epoch(
     model: nn.Module,
     splits: Splits,
@@ -467,11 +502,7 @@ def train_one_epoch(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with mixed:
-            log_probs = model(x)
-            if negatives:  # eleven classes: the ten digits and "not a digit" (shared/model.py)
-                log_probs = eleven_class_log_probs(log_probs.float())
-            # log_softmax of log-probabilities is the identity, so cross_entropy applies label smoothing to them.
-            loss = F.cross_entropy(log_probs, y, label_smoothing=config.label_smoothing)
+            loss, member_loss, outputs = members_loss(model(x), y, negatives, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]
@@ -480,8 +511,10 @@ def train_one_epoch(
         if average is not None:
             average.update(getattr(model, "module", model))  # the network itself, not DDP's wrapper
         n_counted = min(n_digits, max(0, counted - step * per_process_batch))
-        loss_sum += loss.detach() * n_counted
-        correct += (log_probs.detach()[:n_counted, :10].argmax(1) == y[:n_counted]).sum()
+        loss_sum += member_loss.detach() * n_counted
+        # Read as served: an ensemble's digit is that of its members' summed ten-digit probabilities (not the eleven
+        # classes', which would weigh each member by how sure it is that the picture is a digit).
+        correct += (outputs.detach()[:, :n_counted, :10].float().exp().sum(0).argmax(1) == y[:n_counted]).sum()
     # One device-to-host sync per epoch, not per step: .item() in the loop would stall the GPU every batch.
     totals = all_reduce_sum([float(loss_sum), float(correct), float(counted)], device, dist_info)
     return totals[0] / totals[2], totals[1] / totals[2], int(totals[2]), lr
@@ -885,7 +918,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack, where: dict[str, 
     if dist_info.is_main:
         arithmetic = describe(precision, config, args.precision, resumed=args.resume)
         print(
-            f"run {run_name}: {config.arch} ({count_parameters(model):,} parameters) on {device}"
+            f"run {run_name}: {f'{config.members} x ' if config.members > 1 else ''}{config.arch} "
+            f"({count_parameters(model):,} parameters) on {device}"
             f"{f' x {dist_info.world_size} processes' if dist_info.enabled else ''}, {arithmetic}"
             f"{f', scoring the moving average of the weights (EMA {config.ema_decay:g} a step)' if average else ''}; "
             f"{len(splits.train_x):,} training, {len(splits.val_x):,} validation, {len(splits.test_x):,} test "
@@ -1106,25 +1140,29 @@ def finish(
         ) from None
     load_weights(model, best["model"])
     model.eval()
-    if getattr(model, "distance", None) is not None:
+    members = networks(model)
+    for i, network in enumerate(members):
+        if getattr(network, "distance", None) is None:
+            continue
         t0 = time.perf_counter()
         fitted = fit_digit_distance(
-            model, splits.train_x, splits.train_y, splits.val_x, device, torch.Generator().manual_seed(config.seed)
+            network, splits.train_x, splits.train_y, splits.val_x, device, torch.Generator().manual_seed(config.seed)
         )
-        # The published weights are the best checkpoint's with the fitted buffers.
-        best["model"] = {
-            **best["model"],
-            **{k: v.cpu() for k, v in model.state_dict().items() if k.startswith("distance.")},
-        }
+        whose = f"member {i + 1}'s " if len(members) > 1 else ""
         if "skipped" in fitted:
-            print(f"digit distance: not fitted, {fitted['skipped']}; the class's own score is served", flush=True)
+            print(f"{whose}digit distance: not fitted, {fitted['skipped']}; the class's score is served", flush=True)
         else:
             print(
-                f"digit distance: fitted on {fitted['digits']:,} training digits in "
+                f"{whose}digit distance: fitted on {fitted['digits']:,} training digits in "
                 f"{time.perf_counter() - t0:.1f} s (validation digits' median squared distance "
                 f"{fitted['squared_distance_median']:.1f}, weight {fitted['weight']:.3g})",
                 flush=True,
             )
+    # The published weights are the best checkpoint's with the fitted buffers.
+    best["model"] = {
+        **best["model"],
+        **{k: v.cpu() for k, v in model.state_dict().items() if is_distance_key(k)},
+    }
     best_metrics = next(m for m in best["history"] if m["epoch"] == best["best_epoch"])
     test_out = predict_log_probs(model, splits.test_x, device=device)
     test_eval: Evaluation = evaluation_from_log_probs(test_out, splits.test_y)

@@ -22,6 +22,7 @@ import pytest
 from shared import settings
 
 from scripts.local_stack import Service, Supervisor
+from testkit.ports import free_ports
 from tests.deploy.compose_model import REPO
 from tests.deploy.helpers import Capture, end_process_tree, wait_for
 
@@ -365,17 +366,6 @@ def test_a_port_in_use_stops_the_stack_before_anything_starts_naming_the_variabl
     (line,) = [line for line in result.stderr.splitlines() if "cannot listen on" in line]
     assert f"localhost:{port} (Address already in use): set {variable}=" in line
     assert not list(tmp_path.glob("*.pid")) and not list(tmp_path.glob("*.argv"))  # nothing was started
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def test_two_services_of_the_stack_on_one_port_is_refused_and_the_hint_names_none_of_its_ports():

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from shared import settings
 from shared.checkpoint import publish_model, read_manifest, read_published_model
 
 from scripts.local_stack import Service, Supervisor
+from testkit.ports import free_ports
 from tests.deploy.compose_model import (
     LocalMapping,
     healthcheck_argv,
@@ -49,12 +49,6 @@ HOST_ENV = {settings.ENV_EPOCHS: "1", settings.ENV_DEVICE: "cpu"}
 # A smoke run: a few hundred images, and never the network (MNIST is in the read-only shared folder).
 TRAINER_SMOKE_FLAGS = ["--train-subset", "512", "--no-download"]
 POLL = 0.2  # seconds between looks at the stack; a look may start a process (the health probe)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -84,8 +78,8 @@ def ctrl_c_as_in_a_terminal():
 def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist, ctrl_c_as_in_a_terminal):
     model = load_compose(env=HOST_ENV)  # as Compose renders it in that environment
     artifacts, replica_artifacts = tmp_path / "artifacts", tmp_path / "replica-artifacts"
-    grpc_port, replica_port, tb_port, web_port = free_port(), free_port(), free_port(), free_port()
-    metrics_port = free_port()
+    ports = free_ports(8)  # in one call: each a different port
+    grpc_port, replica_port, tb_port, web_port, metrics_port = ports[:5]
     mapping = LocalMapping(
         volumes={"artifacts": artifacts, "mnist": mnist_dir},
         ports={
@@ -93,14 +87,14 @@ def test_compose_services_as_local_processes(tmp_path, mnist_dir, mnist, ctrl_c_
             TB_PORT: tb_port,
             WEB_PORT: web_port,
             METRICS_PORT: metrics_port,
-            HEALTH_PORT: free_port(),
+            HEALTH_PORT: ports[5],
         },
     )
     # A second replica, as `--scale inference=2` would start. It gets its own artifacts folder only so that the
     # test can tell the replicas apart: it serves a copy of the trained model under another version name.
     replica_mapping = LocalMapping(
         volumes={"artifacts": replica_artifacts, "mnist": mnist_dir},
-        ports={GRPC_PORT: replica_port, METRICS_PORT: free_port(), HEALTH_PORT: free_port()},
+        ports={GRPC_PORT: replica_port, METRICS_PORT: ports[6], HEALTH_PORT: ports[7]},
     )
 
     def service(name: str, mapping: LocalMapping, label: str | None = None, extra: list[str] = ()) -> Service:

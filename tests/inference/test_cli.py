@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,15 +20,10 @@ from shared.settings import Paths
 from inference import client, health_probe
 from inference.channel import grpc_target, make_channel
 from inference.web import __main__ as web_main
+from testkit.ports import free_port
 from tests.inference.helpers import hold_calls, model_payload, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

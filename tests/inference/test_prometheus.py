@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -23,16 +22,11 @@ from shared import settings
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
+from testkit.ports import free_port
 from tests.inference.helpers import publish, start_workers
 from tests.inference.metrics_scrape import scrape, value
 
 WORKERS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(process: subprocess.Popen) -> None:

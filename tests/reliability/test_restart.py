@@ -11,7 +11,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,15 +26,10 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from inference.channel import make_channel
+from testkit.ports import free_port
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server_process(artifacts: Path, port: int, mnist_dir: Path) -> subprocess.Popen:

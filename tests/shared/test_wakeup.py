@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from shared.wakeup import Wakeup
+from shared.wakeup import StopRequest, Wakeup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,28 +89,22 @@ def test_a_wake_up_works_whatever_its_descriptors_number():
             os.close(fd)
 
 
+# The servers' stop request (StopRequest, as inference.server.serve and inference.workers.serve_workers wait on it).
 # The main thread blocks SIGTERM, so the kernel hands it to another thread, as it may hand it to one of gRPC's.
 # Python runs the handler on the main thread only, once that thread looks: without the wake-up descriptor the
 # 30-second wait below ran to its end (up to half a second late in the servers, which wait 0.5 s at a time).
 ANOTHER_THREAD = """
 import signal, sys, threading, time
-from shared.wakeup import Wakeup
+from shared.wakeup import StopRequest
 
-wake, received = Wakeup(), []
-
-def on_signal(signum, frame):
-    received.append(signum)
-    wake.send()
-
-signal.signal(signal.SIGTERM, on_signal)
+told = []
+stop = StopRequest(told.append)
 threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # a thread the signal can land on
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # ... and the main thread cannot take it
 print("ready", flush=True)
 started = time.monotonic()
-with wake.on_signals():
-    while not received:
-        wake.wait(30)
-print(f"{time.monotonic() - started:.3f}", flush=True)
+stop.wait(check_every=30)
+print(f"{time.monotonic() - started:.3f} {told} {stop.received}", flush=True)
 """
 
 
@@ -131,4 +125,39 @@ def test_a_signal_taken_by_another_thread_ends_the_main_threads_wait_at_once():
     finally:
         child.kill()
     assert child.returncode == 0
-    assert float(out) < 10, f"the wait ended {out.strip()} s after it began: the signal did not end it"
+    took, told, received = out.split(" ", 2)
+    assert float(took) < 10, f"the wait ended {took} s after it began: the signal did not end it"
+    assert (told, received.strip()) == ("['SIGTERM']", f"[{int(signal.SIGTERM)}]")
+
+
+def test_a_stop_request_waits_until_its_condition_holds_when_no_signal_comes():
+    import signal
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = StopRequest(lambda name: None)
+        deadline = time.monotonic() + 0.3
+        stop.wait(check_every=0.05, until=lambda: time.monotonic() >= deadline)
+        assert time.monotonic() >= deadline
+        assert stop.received == []
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_stop_request_takes_sigint_as_well_and_a_wait_after_it_returns_at_once():
+    import os
+    import signal
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        told = []
+        stop = StopRequest(told.append)
+        os.kill(os.getpid(), signal.SIGINT)  # handled on this, the main, thread before kill returns to Python code
+        started = time.monotonic()
+        stop.wait(check_every=30)
+        assert time.monotonic() - started < 5
+        assert told == ["SIGINT"] and stop.received == [signal.SIGINT]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

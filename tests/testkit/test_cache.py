@@ -21,6 +21,13 @@ def test_a_value_is_built_once_and_then_read():
     assert built == [1]
 
 
+def test_a_kept_none_is_read_back_not_built_again():
+    built = []
+    assert cached_pickle("things", "none", lambda: built.append(1)) is None
+    assert cached_pickle("things", "none", lambda: built.append(1)) is None
+    assert built == [1]
+
+
 def test_an_entry_cut_short_is_built_again_not_a_failure_of_every_test_using_it():
     cached_pickle("things", "k", lambda: list(range(1000)))
     entry = cache_root() / "things" / "k.pickle"

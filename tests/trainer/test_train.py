@@ -411,6 +411,59 @@ def test_a_blank_folder_is_refused_not_taken_for_the_working_directory(flag, tmp
     assert not any(tmp_path.iterdir())
 
 
+def test_members_trains_an_ensemble_published_with_every_members_distance_fitted(tmp_path, mnist_dir, mnist, capsys):
+    """--members 2: two networks from different initial weights, trained side by side and published as one model
+    that rebuilds from its own arguments; each member's digit distance fitted; the ONNX export served beside it."""
+    from shared.model import Ensemble, networks
+
+    assert train(tmp_path, mnist_dir, "--epochs", "1", "--members", "2", "--run-name", "pair") == 0
+    out = capsys.readouterr().out
+    assert "run pair: 2 x compact (" in out
+    assert "member 1's digit distance: fitted" in out and "member 2's digit distance: fitted" in out
+    manifest = read_manifest(Paths(tmp_path).models)
+    payload, model = read_published_model(Paths(tmp_path).models, manifest)
+    assert payload["arch"] == "compact" and payload["arch_kwargs"]["members"] == 2
+    assert isinstance(model, Ensemble) and manifest.onnx_sha256
+    first, second = networks(model)
+    assert float(first.distance.weight) > 0 and float(second.distance.weight) > 0
+    assert not torch.equal(first.features[0].weight, second.features[0].weight)
+    with torch.no_grad():
+        out = model(normalize(mnist.test_images[:1000]))
+    assert out.shape == (1000, 12)
+    accuracy = float((out[:, :10].argmax(1) == mnist.test_labels[:1000]).float().mean())
+    assert accuracy == pytest.approx(manifest.metrics["test_accuracy"], abs=1e-6)  # --eval-subset 1000: these
+
+
+def test_each_member_learns_from_its_own_loss_as_if_trained_alone():
+    """The loss an ensemble learns from is its members' sum: each member's gradient is the one it would have alone
+    (their mean would divide each one's learning rate by the members' count)."""
+    import copy
+
+    from shared.model import build_model, networks
+
+    from trainer.train import members_loss
+
+    ensemble = build_model("compact", members=3, width=4, not_digit=True).train()
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 11, (16,))
+    alone = copy.deepcopy(networks(ensemble)[0])
+    torch.manual_seed(1)
+    loss, mean, outputs = members_loss(ensemble(x), y, True, 0.1)
+    loss.backward()
+    torch.manual_seed(1)  # the same dropout: the first member draws first
+    alone_loss, alone_mean, _ = members_loss(alone(x), y, True, 0.1)
+    alone_loss.backward()
+    assert outputs.shape == (3, 16, 11) and loss.item() == pytest.approx(3 * mean.item())
+    assert alone_loss.item() == alone_mean.item()
+    for (name, mine), theirs in zip(networks(ensemble)[0].named_parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, msg=name)
+
+
+def test_members_is_a_flag_not_a_network_argument(tmp_path):
+    with pytest.raises(SystemExit, match="give it as --members"):
+        trainer_main(["--artifacts-dir", str(tmp_path), "--arch-kwargs", '{"members": 3}'])
+    assert not any(tmp_path.iterdir())
+
+
 def test_not_digit_and_digit_distance_are_the_trainers_to_set(tmp_path):
     """Given with --negatives 0, the not-digit class's column was trained as an eleventh digit and published
     untrained, with no threshold."""
@@ -678,6 +731,7 @@ def test_the_epochs_help_gives_one_default_the_environments_when_set(value, defa
         ["--weight-decay", "-1"],
         ["--label-smoothing", "1"],
         ["--negatives", "-3"],
+        ["--members", "0"],
         ["--target-accuracy", "99.5"],
         ["--run-name", "exp/a"],
         ["--run-name", ".hidden"],

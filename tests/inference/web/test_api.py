@@ -29,6 +29,7 @@ from PIL import Image
 from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
+from testkit.ports import free_port, free_ports
 from tests.inference.helpers import REPO_ROOT, hold_calls, wait_until
 from tests.inference.web.helpers import PrefixProxy, assert_error, decode_data_url, fetch, multipart
 from tests.reliability import bad_inputs
@@ -447,12 +448,6 @@ def test_ready_when_the_service_serves(gateway):
     assert answer.status == 200 and answer.json() == {"status": "ready"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_service_is_503_for_probes_and_504_after_the_deadline(web, digit_pngs):
     gateway = web(target=f"127.0.0.1:{free_port()}", timeout=0.5)
     assert_error(gateway.get("/readyz"), 503, "UNAVAILABLE", "not ready")
@@ -681,7 +676,7 @@ def test_readiness_never_names_the_services_address_which_the_gateway_logs(web, 
     anyone who asked. Ready or not, the address is in the gateway's log only: the one /readyz asked, which is
     --health-target's when given."""
     caplog.set_level(logging.INFO, logger="inference.web.app")
-    down, health_down = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    down, health_down = (f"127.0.0.1:{port}" for port in free_ports(2))
     addresses = [a for target in (backend.target, down, health_down) for a in (target, target.rsplit(":", 1)[1])]
     addresses += ["127.0.0.1", "localhost", "ipv4", "ipv6"]
 

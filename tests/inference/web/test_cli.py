@@ -25,15 +25,10 @@ from shared.settings import ENV_AUTH_TOKEN
 
 from inference.web import probe
 from inference.web.__main__ import get_args_parser
+from testkit.ports import free_port
 from tests.inference.helpers import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_help_shows_every_setting_with_its_default_and_variable():
