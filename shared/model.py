@@ -216,7 +216,7 @@ class Ensemble(nn.Module):
     batches; together they read a little better than their mean, about as well as the best of them, and flag
     more non-digits than any (docs/not-a-digit.md, "An ensemble of three").
 
-    Evaluating, it returns one network's output (N, C) combined from its members' (`combine_outputs`), so the
+    Evaluating, it returns one network's output (N, C) combined from its members' (`combine`), so the
     service, the ONNX export and every reader of an output treat it as any network. Training, it returns the
     members' own outputs stacked, (M, N, C): each member learns from its own loss (trainer/train.py), as if it
     were trained alone. A loss on the combined output would train one wide network, whose parts do not err apart.

@@ -1150,7 +1150,9 @@ def finish(
         )
         whose = f"member {i + 1}'s " if len(members) > 1 else ""
         if "skipped" in fitted:
-            print(f"{whose}digit distance: not fitted, {fitted['skipped']}; the class's score is served", flush=True)
+            print(
+                f"{whose}digit distance: not fitted, {fitted['skipped']}; the class's own score is served", flush=True
+            )
         else:
             print(
                 f"{whose}digit distance: fitted on {fitted['digits']:,} training digits in "
