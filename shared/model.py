@@ -212,9 +212,9 @@ class CompactNet(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """`members` networks of one architecture from different initial weights, trained side by side on the same
-    batches; together they read a little better than their mean, about as well as the best of them, and flag
-    more non-digits than any (docs/not-a-digit.md, "An ensemble of three").
+    """`members` networks of one architecture from different initial weights, trained side by side, each on the
+    step's digits augmented its own way; together they read better than any of them alone and flag more non-digits
+    (docs/not-a-digit.md, "An ensemble of three").
 
     Evaluating, it returns one network's output (N, C) combined from its members' (`combine`), so the
     service, the ONNX export and every reader of an output treat it as any network. Training, it returns the
@@ -227,9 +227,11 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.columns = output_columns(members[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, 28, 28)
-        outputs = torch.stack([member(x) for member in self.members])  # (M, N, C)
-        return outputs if self.training else self.combine(outputs)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        # x: (N, 1, 28, 28) for every member, or a list of M such batches, each member's own (the trainer's).
+        batches = x if isinstance(x, list) else [x] * len(self.members)
+        outputs = torch.stack([member(batch) for member, batch in zip(self.members, batches, strict=True)])
+        return outputs if self.training else self.combine(outputs)  # (M, N, C), or (N, C)
 
     def combine(self, outputs: torch.Tensor) -> torch.Tensor:
         """The members' outputs (M, N, C) -> one network's output (N, C), for what reads it.

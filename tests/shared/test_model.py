@@ -67,6 +67,17 @@ def test_a_training_ensemble_returns_each_members_own_output():
     torch.testing.assert_close(stacked[0], alone(x))
 
 
+def test_a_training_ensemble_given_a_batch_per_member_gives_each_its_own():
+    model = build_model("compact", members=2, width=4, dropout=0.0).train()
+    first, second = torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)
+    stacked = model([first, second])
+    alone = [copy.deepcopy(network).train() for network in networks(model)]
+    torch.testing.assert_close(stacked[0], alone[0](first))
+    torch.testing.assert_close(stacked[1], alone[1](second))
+    with pytest.raises(ValueError):  # a batch short: not silently one member fewer
+        model([first])
+
+
 def test_members_start_from_different_weights():
     first, second = networks(build_model("compact", members=2, width=4))
     assert not torch.equal(first.features[0].weight, second.features[0].weight)
