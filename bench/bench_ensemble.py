@@ -30,6 +30,7 @@ from shared import settings
 from shared.cli import HelpFormatter, non_negative_int, positive_int
 
 from bench.bench_not_digit import FLAG_RATE, decoded_pictures
+from bench.bench_read_number import network_reader
 from bench.machine import describe_machine
 
 
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     from shared.checkpoint import read_manifest, read_published_model
     from shared.data import load_mnist, normalize, train_val_split
-    from shared.decode import ImageRejected, decode_image
-    from shared.model import digit_log_probs, digit_scores, segment_scores
-    from shared.segment import Classified, read_number
+    from shared.model import digit_scores
 
     from testkit.number_scores import score_by_style
     from testkit.numbers import make_numbers
@@ -106,16 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         users_flagged = [(scores[k] < threshold).mean() for k in users]
         kinds = {k[4:]: (scores[k] < threshold).mean() for k in pictures if k.startswith("neg:")}
 
-        def classify(batch: np.ndarray, network=network) -> Classified:
-            with torch.inference_mode():
-                output = network(normalize(torch.from_numpy(batch), mean, std))
-            return Classified(digit_log_probs(output).exp().numpy(), segment_scores(output))
-
-        def read_text(data: bytes, classify=classify) -> str | None:
-            try:
-                return read_number(decode_image(data), classify).text
-            except ImageRejected:
-                return None
+        read_text, _ = network_reader(network, mean, std)
 
         totals: dict[str, np.ndarray] = {}  # layout -> (numbers, read whole, digits, digit errors)
         for (layout, _), made in numbers.items():

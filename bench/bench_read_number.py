@@ -49,30 +49,20 @@ SPEED_TARGET_MS = 20.0
 # Readers: in this process, or through a server
 
 
-def local_reader(artifacts: Path):
-    """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
-    `artifacts`, in torch with one thread (the server's torch backend; its default is onnxruntime)."""
+def network_reader(network, mean: float, std: float):
+    """(read(bytes) -> str | None, read_array(array) -> reading) with `network` (eval mode) in this process: the
+    ten digits' probabilities and the scores read_number weighs, as the service passes them; None where the
+    picture is refused."""
     import torch
 
-    from shared.checkpoint import read_manifest, read_published_model
     from shared.data import normalize
     from shared.decode import ImageRejected, decode_image
     from shared.model import digit_log_probs, segment_scores
     from shared.segment import Classified, read_number
 
-    torch.set_num_threads(1)
-    models = settings.Paths(artifacts).models
-    manifest = read_manifest(models)
-    if manifest is None:
-        raise SystemExit(f"no published model in {models}; train one (python -m trainer) or pass --artifacts")
-    payload, model = read_published_model(models, manifest)
-    model.eval()
-    mean, std = payload["normalization"]["mean"], payload["normalization"]["std"]
-
     def classify(batch: np.ndarray) -> Classified:
-        # The ten digits' probabilities and the scores read_number weighs, as the service passes them.
         with torch.inference_mode():
-            output = model(normalize(torch.from_numpy(batch), mean, std))
+            output = network(normalize(torch.from_numpy(batch), mean, std))
         return Classified(digit_log_probs(output).exp().numpy(), segment_scores(output))
 
     def read_array(array: np.ndarray):
@@ -84,6 +74,24 @@ def local_reader(artifacts: Path):
         except ImageRejected:
             return None
 
+    return read, read_array
+
+
+def local_reader(artifacts: Path):
+    """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
+    `artifacts`, in torch with one thread (the server's torch backend; its default is onnxruntime)."""
+    import torch
+
+    from shared.checkpoint import read_manifest, read_published_model
+
+    torch.set_num_threads(1)
+    models = settings.Paths(artifacts).models
+    manifest = read_manifest(models)
+    if manifest is None:
+        raise SystemExit(f"no published model in {models}; train one (python -m trainer) or pass --artifacts")
+    payload, model = read_published_model(models, manifest)
+    model.eval()
+    read, read_array = network_reader(model, payload["normalization"]["mean"], payload["normalization"]["std"])
     return read, read_array, manifest.version
 
 
