@@ -4,6 +4,7 @@
     python -m bench.bench_memory --part single   # peak extra memory of one picture, per format
     python -m bench.bench_memory --part flood --clients 16
     python -m bench.bench_memory --part reading  # ReadNumber's working memory (about a minute)
+    python -m bench.bench_memory --part working  # Predict's: the pipeline's and the forward pass's
 
 1. single: each format in a fresh process: decode one 40 MP picture (testkit/big_pictures.py) through
    shared.image_pipeline.to_mnist and read the peak resident memory (VmHWM, reset just before) over the
@@ -22,6 +23,14 @@
    the decode budget is what bounds them. Targets: every peak within its reservation; server RSS at most the
    decode budget over its warm baseline.
 
+4. working: what making a digit of a picture holds at once (shared.image_pipeline.to_mnist_array, tracemalloc)
+   in each of testkit.memory.costly_pictures, against what the service reserves for it (pipeline_bytes), and
+   what a forward pass of `--max-batch-size`-many images holds (VmHWM, in this process, torch), against
+   ServedModel.forward_bytes; then `--clients` concurrent Predicts of a spiral, as many PredictBatch calls of
+   `--max-batch-size` MNIST digits, and as many Predicts of colour noise, against the server as in 2. Targets:
+   every peak within its reservation; server RSS at most the decode budget and the requests in flight over its
+   warm baseline.
+
 Exit status 1 when a target is missed.
 """
 
@@ -32,7 +41,7 @@ import contextlib
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shared import settings
@@ -45,6 +54,9 @@ from testkit.server_process import digit_pngs, publish_random_model, start_serve
 MIB = 2**20
 FLOOD_GROWTH_LIMIT = 1024 * MIB
 SINGLE_RATIO_LIMIT = 2.0
+# Part 4's floods of Predict: the costliest pictures to make a digit of, one read as a digit and one refused as
+# noise after the work (sent last: its 3 MB requests leave the server larger after each round, stop 65).
+FLOODED = ("spiral of 40 turns", "colour noise")
 
 
 def run_single(data_dir: Path) -> bool:
@@ -139,12 +151,37 @@ def run_flood(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     return ok
 
 
+def peak_table(pictures: dict, peak_of: Callable, reserved_of: Callable) -> tuple[bool, str]:
+    """Print each picture's peak against its reservation, a row each: (every peak within its reservation, the name
+    of the picture that held the most: the flood's)."""
+    print(f"{'picture':24s} {'peak':>9s} {'per pixel':>10s} {'reserved':>9s}")
+    ok, costliest, most = True, "", 0
+    for name, picture in pictures.items():
+        peak, reserved = peak_of(picture), reserved_of(picture)
+        ok &= peak <= reserved
+        if peak > most:
+            costliest, most = name, peak
+        print(
+            f"{name:24s} {peak / MIB:5.1f} MiB {peak / (picture.shape[0] * picture.shape[1]):6.1f} B/px "
+            f"{reserved / MIB:5.1f} MiB{'' if peak <= reserved else '  MISSED'}"
+        )
+    return ok, costliest
+
+
+def parsed_server_options(server_args: list[str]):
+    """The server's options (inference.options.ServerOptions) that `server_args` give it."""
+    from inference.options import add_server_arguments, server_options
+
+    flags = argparse.ArgumentParser()
+    add_server_arguments(flags)
+    return server_options(flags.parse_args(server_args))
+
+
 def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     import cv2
 
     from shared.segment import READING_BASE_BYTES, READING_BYTES_PER_PIXEL, reading_bytes
 
-    from inference.options import add_server_arguments, server_options
     from testkit.memory import costly_readings, reading_peak
 
     pictures = costly_readings()
@@ -152,23 +189,10 @@ def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
         "\n3. What reading a number holds at once, against what the service reserves "
         f"({READING_BASE_BYTES / MIB:.0f} MiB + {READING_BYTES_PER_PIXEL} B/px)"
     )
-    print(f"{'picture':24s} {'peak':>9s} {'per pixel':>10s} {'reserved':>9s}")
-    ok = True
-    costliest, most = "", 0  # the picture whose reading holds the most: the flood's
-    for name, picture in pictures.items():
-        peak, reserved = reading_peak(picture), reading_bytes(picture)
-        ok &= peak <= reserved
-        if peak > most:
-            costliest, most = name, peak
-        print(
-            f"{name:24s} {peak / MIB:5.1f} MiB {peak / picture.size:6.1f} B/px {reserved / MIB:5.1f} MiB"
-            f"{'' if peak <= reserved else '  MISSED'}"
-        )
+    ok, costliest = peak_table(pictures, reading_peak, reading_bytes)
     small = digit_pngs(data_dir, 1)[0]
     data = cv2.imencode(".png", pictures[costliest])[1].tobytes()
-    flags = argparse.ArgumentParser()
-    add_server_arguments(flags)
-    options = server_options(flags.parse_args(server_args))
+    options = parsed_server_options(server_args)
     budget = options.decode_budget_mib * MIB
     if options.max_concurrent_readings is None:  # the budget, not the cap on readings, is measured
         server_args = [*server_args, "--max-concurrent-readings", str(clients)]
@@ -185,15 +209,80 @@ def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     return ok
 
 
+def forward_peak(served, images: int) -> int:
+    """The most resident memory one forward pass of `images` random digits takes beyond what this process held
+    before it (VmHWM, reset first), in bytes."""
+    import numpy as np
+    import torch
+
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (images, 28, 28), dtype=np.uint8))
+    served.log_probs(batch)  # once, so that what stays (the allocator's pools, threads) is in the baseline
+    reset_peak("self")
+    before = status_kib("self", "VmRSS")
+    served.log_probs(batch)
+    return (status_kib("self", "VmHWM") - before) * 1024
+
+
+def run_working(data_dir: Path, clients: int, server_args: list[str]) -> bool:
+    import cv2
+
+    from shared.checkpoint import read_manifest
+    from shared.image_pipeline import PIPELINE_BASE_BYTES, PIPELINE_BYTES_PER_PIXEL, pipeline_bytes
+    from shared.settings import Paths
+
+    from inference.model_store import load_served_model
+    from testkit.memory import costly_pictures, pipeline_peak
+
+    pictures = costly_pictures()
+    print(
+        "\n4. What making a digit of a picture holds at once, against what the service reserves "
+        f"({PIPELINE_BASE_BYTES / MIB:.0f} MiB + {PIPELINE_BYTES_PER_PIXEL} B/px + the picture)"
+    )
+    ok, _ = peak_table(pictures, lambda picture: pipeline_peak(picture) + picture.nbytes, pipeline_bytes)
+    options = parsed_server_options(server_args)
+    budget, batch_size = options.decode_budget_mib * MIB, options.max_batch_size
+    with tempfile.TemporaryDirectory() as folder:
+        models = Paths(Path(folder)).models
+        publish_random_model(Path(folder))
+        served = load_served_model(models, read_manifest(models), "torch")
+        peak, reserved = forward_peak(served, batch_size), served.forward_bytes(batch_size)
+    ok &= peak <= reserved
+    print(
+        f"\nA forward pass of {batch_size} images ({served.arch}, torch, in this process): {peak / MIB:.1f} MiB "
+        f"({peak / batch_size / 1024:.0f} KiB an image), reserved {reserved / MIB:.1f} MiB "
+        f"({served.forward_bytes(1) / 1024:.0f} KiB an image){'' if peak <= reserved else '  MISSED'}"
+    )
+    small = digit_pngs(data_dir, 1)[0]
+    batch = (digit_pngs(data_dir, 256) * (batch_size // 256 + 1))[:batch_size]
+    floods = [(name, "Predict", cv2.imencode(".png", pictures[name])[1].tobytes()) for name in FLOODED]
+    floods.insert(1, (f"{batch_size} MNIST digits", "PredictBatch", batch))
+    with warm_server(data_dir, server_args, small, "Predict") as (process, target, baseline):
+        print(
+            f"\n{clients} concurrent calls, three rounds of each, against `python -m inference --workers 1 "
+            f"{' '.join(server_args)}`; server RSS {baseline / MIB:.0f} MiB warm, decode budget {budget / MIB:.0f} "
+            "MiB; target: growth within the budget and the requests in flight (each received and parsed: twice its "
+            "size, as inference.capacity counts it)"
+        )
+        print(f"{'round':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
+        for name, method, request in floods:
+            size = sum(map(len, request)) if method == "PredictBatch" else len(request)
+            print(f"{method} of the {name} ({size / 1024:,.1f} KB)")
+            limit = budget + 2 * clients * size
+            for round_ in range(1, 4):
+                ok &= flood_row(str(round_), process, target, [request] * clients, small, method, baseline, limit)
+        print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
+    return ok
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_memory", description=__doc__.split("\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--part",
-        choices=("single", "flood", "reading", "both", "all"),
+        choices=("single", "flood", "reading", "working", "both", "all"),
         default="both",
-        help="both: single and flood; all: the three",
+        help="both: single and flood; all: the four",
     )
     parser.add_argument("--clients", type=positive_int, default=16, help="concurrent calls in the flood")
     parser.add_argument(
@@ -215,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_flood(args.data_dir, args.clients, args.server_args.split())
     if args.part in ("reading", "all"):
         ok &= run_reading(args.data_dir, args.clients, args.server_args.split())
+    if args.part in ("working", "all"):
+        ok &= run_working(args.data_dir, args.clients, args.server_args.split())
     print("\nall targets met" if ok else "\nA TARGET WAS MISSED")
     return 0 if ok else 1
 

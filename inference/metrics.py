@@ -12,7 +12,7 @@
     mnist_model_loads_total{source, outcome}       model loads: source latest|pinned, outcome ok|failed
     mnist_model_swaps_total                        newly published models swapped in
     mnist_model_skips_total{reason}                published models skipped (inference.model_store.SKIP_REASONS)
-    mnist_decode_memory_bytes                      decode-budget memory in use (decoding, reading numbers)
+    mnist_decode_memory_bytes                      decode-budget memory in use (decoding, working, forward passes)
     mnist_calls_queued                             calls accepted and waiting for a free worker thread
     mnist_call_queue_seconds                       histogram: how long each call waited for a worker thread
 
@@ -150,7 +150,7 @@ class ServiceMetrics(ModelEvents):
         )
         self.decode_memory = Gauge(
             "mnist_decode_memory_bytes",
-            "Decode-budget memory in use: pictures decoding, numbers being read.",
+            "Decode-budget memory in use: pictures decoding and worked on, numbers being read, forward passes.",
             multiprocess_mode="livesum",
             registry=r,
         )

@@ -154,11 +154,14 @@ class ServerOptions:
     )
     # Decoded pictures in memory at once across all calls of one process (shared/budget.py), and how long a call
     # waits for room before RESOURCE_EXHAUSTED. The default holds two frames of the largest size the limits
-    # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up). A ReadNumber also holds
-    # its reading's working memory here while it reads (shared.segment.reading_bytes: at most 72 MiB).
+    # allow (40 MP x 4 bytes = 160 MB); it must hold at least one (checked at start-up). What a call does with a
+    # picture is held here too while it runs: the 28x28 digit made of it (shared.image_pipeline.pipeline_bytes: at
+    # most 28 MiB), the reading of a number (shared.segment.reading_bytes: at most 72 MiB), and the network's
+    # forward pass (ServedModel.forward_bytes: 387 KiB an image for the compact network).
     decode_budget_mib: int = option(
         320,
-        "decoded pictures (and numbers being read in them) in memory at once, across all calls of one process; "
+        "decoded pictures, and the work on them (making digits, reading numbers, the network's forward pass), in "
+        "memory at once, across all calls of one process; "
         "a call that would exceed it waits, then gets RESOURCE_EXHAUSTED",
         type=positive_int,
     )

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from shared.api.mnist.v1 import inference_pb2
 from shared.cli import MAX_COUNT
 from shared.decode import largest_decode_cost
-from shared.image_pipeline import Limits, MemoryBudget
+from shared.image_pipeline import Limits, MemoryBudget, largest_pipeline_bytes
 from shared.segment import largest_reading_bytes
 from shared.settings import LIVENESS_SERVICE, Paths
 from shared.wakeup import StopRequest
@@ -89,10 +89,12 @@ class QueueCountingExecutor(futures.ThreadPoolExecutor):
 
 
 def check_decode_budget(options: ServerOptions) -> None:
-    """The decode budget must hold one picture of the largest size the limits allow, and the reading of one number
-    in it (ReadNumber's working memory is held there too), or that picture could never be decoded or read: a
-    configuration error, said at start-up rather than to each caller."""
-    largest = max(largest_decode_cost(options.max_image_pixels), largest_reading_bytes(options.max_image_pixels))
+    """The decode budget must hold one picture of the largest size the limits allow, the work of making a digit of
+    it and the reading of one number in it (their working memory is held there too), or that picture could never
+    be decoded or read: a configuration error, said at start-up rather than to each caller. (The network's forward
+    pass depends on the model served, and a batch too large for the budget is told to send fewer images.)"""
+    pixels = options.max_image_pixels
+    largest = max(largest_decode_cost(pixels), largest_pipeline_bytes(pixels), largest_reading_bytes(pixels))
     if options.decode_budget_mib * 2**20 < largest:
         raise ValueError(
             f"--decode-budget-mib {options.decode_budget_mib} cannot hold one picture of "

@@ -250,9 +250,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             return [(True, 1.0)] * len(output)
         return [(score >= threshold, score) for score in scores.tolist()]
 
-    def _predictions(self, served: ServedModel, images: list[np.ndarray], with_input: bool) -> list[pb.Prediction]:
+    def _predictions(
+        self, served: ServedModel, images: list[np.ndarray], with_input: bool, context
+    ) -> list[pb.Prediction]:
         batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
-        output = served.log_probs(batch)
+        # Its activations are held in the decode budget while the network runs, as a picture's decoding is.
+        budget, count = self.limits.decode_budget, len(images)
+        forward = budget.reserve(
+            served.forward_bytes(count),
+            work=f"the network's forward pass over {count} image{'s' if count > 1 else ''}",
+            to="",
+            smaller="fewer images in a call" if count > 1 else "a smaller picture",
+        )
+        with image_errors(self.metrics), budget.caller(context.is_active), forward:
+            output = served.log_probs(batch)
         probabilities = digit_log_probs(output).exp().tolist()
         judged = self._judge(served, output)
         return [
@@ -273,7 +284,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         (image,) = self._decode_all([request.image], context)  # a caller already gone is not decoded for
         if isinstance(image, RpcError):
             raise image
-        (prediction,) = self._predictions(served, [image], request.return_model_input)
+        (prediction,) = self._predictions(served, [image], request.return_model_input, context)
         self.metrics.predicted(1)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)
 
@@ -300,7 +311,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             else:
                 images.append(decoded)
                 results.append(None)  # filled in after the forward pass
-        predictions = iter(self._predictions(served, images, request.return_model_input) if images else [])
+        predictions = iter(self._predictions(served, images, request.return_model_input, context) if images else [])
         self.metrics.predicted(len(images))
         return pb.PredictBatchResponse(
             results=[r if r is not None else pb.BatchResult(prediction=next(predictions)) for r in results],
@@ -430,7 +441,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         again as Predict decodes it, at half size first."""
         try:
             if picture is not None:
-                image = to_mnist_array(picture)
+                image = to_mnist_array(picture, self.limits.decode_budget)
             else:
                 image = to_mnist(data, limits=self.limits.image, budget=self.limits.decode_budget)
         except (ImageRejected, BudgetExhausted, OutOfMemory, MemoryError):

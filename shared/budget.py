@@ -2,10 +2,12 @@
 
 Per-picture limits (shared/decode.py's Limits) bound one picture; they do not bound a dozen at once. Each decode
 reserves the bytes its decoded frame will take before decoding it, and gives them back when its array is down to
-working resolution; a ReadNumber reserves its reading's working memory the same way while it reads
-(shared.segment.reading_bytes). A reservation that does not fit waits, first come first served, at most `wait`
-seconds, then fails with BudgetExhausted: the caller answers "busy, retry" instead of the process being killed for
-memory with every call in flight.
+working resolution; the service then reserves the working memory of what it does with the picture the same way:
+making a 28x28 digit of it (shared.image_pipeline.pipeline_bytes), reading a number in it
+(shared.segment.reading_bytes), and the network's forward pass over the digits (ServedModel.forward_bytes). A
+reservation that does not fit waits, first come first served, at most `wait` seconds, then fails with
+BudgetExhausted: the caller answers "busy, retry" instead of the process being killed for memory with every call
+in flight.
 """
 
 from __future__ import annotations
@@ -69,15 +71,22 @@ class MemoryBudget:
             self._callers.still_there, self._callers.waited = before
 
     @contextlib.contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
+    def reserve(
+        self, nbytes: int, *, work: str = "this picture", to: str = "to decode", smaller: str = "a smaller picture"
+    ) -> Iterator[None]:
         """Hold `nbytes` of the budget for the `with` block. A request larger than the whole capacity can never
         fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
         large one, and no longer than its caller waits (caller()), nor, within one caller() block, than `wait` in
-        all."""
+        all. The messages say "{work} needs N MiB {to}" and advise sending {smaller}.
+
+        A thread that holds a reservation should not wait for a second one: it would queue behind calls that wait
+        for the room it holds (shared.image_pipeline.to_mnist gives back one picture's share before decoding the
+        next)."""
+        need = " ".join(filter(None, (f"{work} needs {nbytes / 2**20:,.0f} MiB", to)))
         if nbytes > self.capacity:
             raise BudgetExhausted(
-                f"this picture needs {nbytes / 2**20:,.0f} MiB to decode, more than the server's "
-                f"whole decode budget (the limit is {self.capacity / 2**20:,.0f} MiB); send a smaller picture"
+                f"{need}, more than the server's whole decode budget (the limit is "
+                f"{self.capacity / 2**20:,.0f} MiB); send {smaller}"
             )
         ticket = object()
         arrived = time.monotonic()
@@ -97,8 +106,8 @@ class MemoryBudget:
                     if remaining <= 0:
                         raise BudgetExhausted(
                             f"the server is decoding or reading other large pictures ({self._in_use / 2**20:,.0f} of "
-                            f"{self.capacity / 2**20:,.0f} MiB in use; this one needs {nbytes / 2**20:,.0f} MiB); "
-                            "try again in a moment, or send a smaller picture"
+                            f"{self.capacity / 2**20:,.0f} MiB in use; {need}); try again in a moment, or send "
+                            f"{smaller}"
                         )
                     self._changed.wait(remaining if still_there is None else min(remaining, CALLER_POLL_SECONDS))
             finally:

@@ -114,14 +114,27 @@ def to_mnist(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudg
 
     Raises ImageRejected for empty, oversized, undecodable or blank input; never anything else for bad input.
     With a memory `budget` (the server's), BudgetExhausted when it stays full and OutOfMemory when decoding runs
-    out of memory: the server is busy, the picture may be fine.
+    out of memory: the server is busy, the picture may be fine. The budget holds the decoding's memory while it
+    decodes (shared.decode), then the pipeline's working memory while it works on the picture (pipeline_bytes).
     """
     decode = functools.partial(decode_image, data, limits=limits, budget=budget)
-    if decodes_at_half_size(data):
-        half = decode(shrink=2)
-        if coarse_size((2 * half.shape[0], 2 * half.shape[1])):
-            return trace_coarse_first(half, decode).output
-    return to_mnist_array(decode())
+    with contextlib.ExitStack() as working:
+
+        def decoded(shrink: int = 1) -> np.ndarray:
+            # The picture the pipeline works on next, its working memory held in the budget. A JPEG's full picture
+            # is decoded after its half was read: the half's share is given back first, as a thread that holds room
+            # while it waits for more queues behind the calls that wait for the room it holds.
+            working.close()
+            picture = decode(shrink=shrink)
+            if budget is not None:
+                working.enter_context(budget.reserve(pipeline_bytes(picture), to="to work on"))
+            return picture
+
+        if decodes_at_half_size(data):
+            half = decoded(shrink=2)
+            if coarse_size((2 * half.shape[0], 2 * half.shape[1])):
+                return trace_coarse_first(half, decoded).output
+        return to_mnist_array(decoded())
 
 
 def decodes_at_half_size(data: bytes) -> bool:
@@ -131,13 +144,43 @@ def decodes_at_half_size(data: bytes) -> bool:
     return is_jpeg(data)
 
 
-def to_mnist_array(image: np.ndarray) -> np.ndarray:
+def to_mnist_array(image: np.ndarray, budget: MemoryBudget | None = None) -> np.ndarray:
     """An already-decoded picture -> (28, 28) uint8 MNIST-style digit.
 
     image: (H, W) grey, (H, W, 1), (H, W, 2) grey+alpha, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, uint16, bool or
-    float in [0, 1]. Raises ImageRejected if it holds no digit.
+    float in [0, 1]. Raises ImageRejected if it holds no digit. With a `budget`, the pipeline's working memory
+    (pipeline_bytes) is held in it while it works: BudgetExhausted when it stays full.
     """
-    return trace_pipeline(image).output
+    if budget is None:
+        return trace_pipeline(image).output
+    with budget.reserve(pipeline_bytes(image), to="to work on"):
+        return trace_pipeline(image).output
+
+
+# The most memory the pipeline holds at once working on a picture (its working copies: the paper's estimate, the
+# contrast and ink maps, the pieces' labels, the crop), per pixel of the picture as decode_image returns it, which
+# the service reserves in its decode budget while it works (pipeline_bytes), beside the picture itself. Measured
+# with tracemalloc (stop 65, `python -m bench.bench_memory --part working`) on testkit.memory's costliest pictures
+# at the working size, 1024 px, the picture included: a spiral of 40 turns 18.9 B/px, noise in colour 18.5 (3 of
+# them the picture's own), a zigzag 15.2-16.5; photos of a digit on paper 4-7. Counted nowhere before: 16 Predicts
+# of the spiral at once took the server +196-265 MiB that the decode budget did not hold (now +154-204 MiB, within).
+PIPELINE_BYTES_PER_PIXEL = 24
+# And whatever the picture's size (small strips hold more a pixel: 15.6 B/px across 1024 x 40, 0.6 MiB).
+PIPELINE_BASE_BYTES = 2**20
+
+
+def pipeline_bytes(image: np.ndarray) -> int:
+    """The memory making a 28x28 digit of a decoded picture (to_mnist_array) may hold at once, the picture included,
+    in bytes."""
+    pixels = int(image.shape[0]) * int(image.shape[1])
+    return PIPELINE_BASE_BYTES + PIPELINE_BYTES_PER_PIXEL * pixels + image.nbytes
+
+
+def largest_pipeline_bytes(max_pixels: int) -> int:
+    """pipeline_bytes of the largest picture decode_image returns within `max_pixels` (at most WORK_MAX_SIDE on its
+    long side), in colour."""
+    pixels = min(max_pixels, WORK_MAX_SIDE**2)
+    return PIPELINE_BASE_BYTES + (PIPELINE_BYTES_PER_PIXEL + 3) * pixels
 
 
 def trace_pipeline(image: np.ndarray) -> PipelineTrace:

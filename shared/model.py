@@ -265,6 +265,33 @@ def networks(model: nn.Module) -> list[nn.Module]:
     return list(model.members) if isinstance(model, Ensemble) else [model]
 
 
+def activation_bytes(model: nn.Module) -> int:
+    """The bytes every module of `model` outputs for one image in float32: the most its forward pass can hold at
+    once for each image of a batch, whatever runs it (torch frees each output once the next is made, and
+    onnxruntime plans buffers to share). The service holds this much of its decode budget per image while the
+    network runs (inference.model_store.ServedModel.forward_bytes): a compact network's is 387 KiB, against 24-104
+    KiB an image that forward passes of 256 images held here (torch and onnxruntime; bench/bench_memory.py --part
+    working)."""
+    sizes: list[int] = []
+
+    def note(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * 4)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(note) for m in leaves]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            output = model(torch.zeros(1, 1, 28, 28))
+        model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes) + output.numel() * 4
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mynet": MyNet,
     "compact": CompactNet,

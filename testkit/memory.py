@@ -1,7 +1,8 @@
 """Measuring memory under huge pictures, shared by bench/bench_memory.py and the tests (tests/shared/
 test_decode_memory.py, tests/reliability/test_memory_flood.py): a process's resident memory and its peak (Linux
 /proc), one 40 MP picture's peak in a fresh process, a flood of concurrent Predict or ReadNumber calls, and the
-pictures that cost a reading of a number the most memory. Each caller keeps its own limits."""
+pictures that cost a reading of a number, or the one-digit pipeline, the most memory. Each caller keeps its own
+limits."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +84,10 @@ def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tup
     }
 
 
-def flood(
-    target: str, pictures: list[bytes], small: bytes, method: str = "Predict"
-) -> tuple[Counter, str | None, float]:
-    """Send every picture at once (one thread each) to `method` (Predict or ReadNumber), then one small Predict:
-    ({(code, details) of each failure or ("OK", ""): count}, the small one's failure or None, seconds)."""
+def flood(target: str, pictures: list, small: bytes, method: str = "Predict") -> tuple[Counter, str | None, float]:
+    """Send every picture at once (one thread each) to `method` (Predict or ReadNumber; PredictBatch: each item
+    is a list of pictures, one call), then one small Predict: ({(code, details) of each failure or ("OK", ""):
+    count}, the small one's failure or None, seconds)."""
     import grpc
 
     from shared.api.mnist.v1 import inference_pb2 as pb
@@ -98,7 +99,7 @@ def flood(
 
     from inference.channel import OWN_CONNECTION
 
-    def call(data: bytes) -> None:
+    def call(data) -> None:
         # A connection per call, as separate clients would have: channels in one process otherwise share one
         # (inference/channel.py OWN_CONNECTION), and the flood would be one client's many calls.
         with grpc.insecure_channel(target, options=[OWN_CONNECTION]) as channel:
@@ -108,6 +109,8 @@ def flood(
             try:
                 if method == "ReadNumber":
                     stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=120)
+                elif method == "PredictBatch":
+                    stub.PredictBatch(pb.PredictBatchRequest(images=data), timeout=120)
                 else:
                     stub.Predict(pb.PredictRequest(image=data), timeout=120)
                 code = ("OK", "")
@@ -207,6 +210,41 @@ def costly_readings(seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def costly_pictures(seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: picture (h, w[, 3]) uint8}: what costs the one-digit pipeline (shared.image_pipeline.to_mnist_array)
+    the most memory per pixel at the working size, 1024 px (stop 65: 12-19 B/px, photos of a digit on paper 4-7):
+    a spiral, zigzags across the whole picture and across a strip, noise in grey and in colour."""
+    readings = costly_readings(seed)
+    rng = np.random.default_rng(seed)
+    out = {name: readings[name] for name in ("spiral of 40 turns", "zigzag 1024x1024, pen 8", "zigzag 1024x40, pen 12")}
+    out["grey noise"] = rng.integers(0, 256, (1024, 1024), dtype=np.uint8)
+    out["colour noise"] = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    return out
+
+
+def traced_peak(work: Callable[[], object]) -> int:
+    """The most bytes `work()` holds at once (tracemalloc: every NumPy and OpenCV array; not torch's), refused as
+    input (ImageRejected) or not: a picture refused after its work was done cost that work."""
+    import tracemalloc
+
+    from shared.decode import ImageRejected
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ImageRejected):
+            work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def pipeline_peak(picture: np.ndarray) -> int:
+    """The most bytes shared.image_pipeline.to_mnist_array holds at once making a digit of `picture`."""
+    from shared.image_pipeline import to_mnist_array
+
+    return traced_peak(lambda: to_mnist_array(picture))
+
+
 def unsure(batch: np.ndarray):
     """A classifier for shared.segment.read_number sure of nothing: every region is cut and every cut weighed, the
     most work (and memory) a reading can take."""
@@ -216,16 +254,8 @@ def unsure(batch: np.ndarray):
 
 
 def reading_peak(picture: np.ndarray) -> int:
-    """The most bytes shared.segment.read_number holds at once reading `picture` with `unsure` (tracemalloc: every
-    NumPy and OpenCV array), refused or not."""
-    import tracemalloc
+    """The most bytes shared.segment.read_number holds at once reading `picture` with `unsure` (its cuts all weighed,
+    whether it is refused after or not)."""
+    from shared.segment import read_number
 
-    from shared.segment import ImageRejected, read_number
-
-    tracemalloc.start()
-    try:
-        with contextlib.suppress(ImageRejected):  # refused after its cuts were weighed: the work was done
-            read_number(picture, unsure)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return traced_peak(lambda: read_number(picture, unsure))

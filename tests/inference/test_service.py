@@ -205,10 +205,44 @@ def test_a_reading_holds_its_working_memory_in_the_decode_budget(module_server, 
     assert budget.in_use == 0
 
 
+def test_predict_holds_its_pictures_working_memory_and_the_forward_pass_in_the_decode_budget(
+    module_server, monkeypatch
+):
+    """Making the digit of a decoded picture (up to 19 MiB at the working size) and the network's forward pass (5-26
+    MiB for 256 images) were counted nowhere: each is held in the decode budget while it runs, and given back."""
+    import shared.image_pipeline
+
+    from inference.model_store import ServedModel
+
+    budget = module_server.server.servicer.limits.decode_budget
+    pipeline, forward = [], []
+    real_trace, real_log_probs = shared.image_pipeline.trace_pipeline, ServedModel.log_probs
+
+    def tracing(image):
+        pipeline.append((budget.in_use, shared.image_pipeline.pipeline_bytes(image)))
+        return real_trace(image)
+
+    def running(served, images):
+        forward.append((budget.in_use, served.forward_bytes(len(images))))
+        return real_log_probs(served, images)
+
+    monkeypatch.setattr(shared.image_pipeline, "trace_pipeline", tracing)
+    monkeypatch.setattr(ServedModel, "log_probs", running)
+    picture = np.full((480, 640), 255, np.uint8)
+    cv2.putText(picture, "7", (250, 380), cv2.FONT_HERSHEY_SIMPLEX, 10, 0, 30)
+    data = png_bytes(picture)
+    module_server.stub.Predict(pb.PredictRequest(image=data), timeout=30)
+    module_server.stub.PredictBatch(pb.PredictBatchRequest(images=[data] * 3), timeout=30)
+    assert len(pipeline) == 4 and all(in_use >= needed > 640 * 480 * 24 for in_use, needed in pipeline)
+    (one_in_use, one), (three_in_use, three) = forward
+    assert one_in_use >= one > 0 and three_in_use >= three == 3 * one
+    assert budget.in_use == 0
+
+
 def test_a_reading_waits_for_room_in_the_decode_budget_while_predict_still_fits(module_server, monkeypatch):
-    """With the budget all but full of other pictures, a 640x480 picture still decodes (1 MB) but is not read (20
-    MB of working memory): the ReadNumber waits for room, and gives up with its caller, unread; a Predict of the
-    same picture is answered meanwhile."""
+    """With the budget all but full of other pictures, a 640x480 picture still decodes (1 MB) and is made a digit
+    of (8 MiB of working memory) but is not read (27 MiB): the ReadNumber waits for room, and gives up with its
+    caller, unread; a Predict of the same picture is answered meanwhile."""
     import inference.service
 
     budget = module_server.server.servicer.limits.decode_budget
@@ -218,7 +252,7 @@ def test_a_reading_waits_for_room_in_the_decode_budget_while_predict_still_fits(
     picture = np.full((480, 640), 255, np.uint8)
     cv2.putText(picture, "4071", (60, 320), cv2.FONT_HERSHEY_SIMPLEX, 5, 0, 14)
     data = png_bytes(picture)
-    with other_pictures(budget, budget.capacity - 4 * 2**20):
+    with other_pictures(budget, budget.capacity - 12 * 2**20):
         with pytest.raises(grpc.RpcError) as e:
             module_server.stub.ReadNumber(pb.ReadNumberRequest(image=data), timeout=1.0)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

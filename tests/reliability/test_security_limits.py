@@ -337,6 +337,29 @@ def test_a_picture_the_whole_decode_budget_cannot_hold_is_a_limit_the_gateway_sa
     assert http_status(error.value.code(), error.value.details()) == 413
 
 
+def test_a_batch_whose_forward_pass_the_whole_decode_budget_cannot_hold_is_told_to_send_fewer_images(
+    serve, tmp_path, digit_pngs
+):
+    """The network's forward pass is held in the decode budget too: a batch whose activations a budget set low
+    cannot hold is a limit (413 at the gateway) that says how to fix it, and smaller batches are answered."""
+    from inference.web.errors import http_status
+
+    publish(tmp_path / "artifacts", "v1", seed=1)
+    running = serve(decode_budget_mib=16, max_image_pixels=100_000)  # a reading of 100,000 pixels takes 14 MiB
+    served = running.server.servicer.store.current
+    too_many = 16 * 2**20 // served.forward_bytes(1) + 1
+    images = [data for _, data, _ in digit_pngs] * (too_many // len(digit_pngs) + 1)
+    with pytest.raises(grpc.RpcError) as error:
+        running.stub.PredictBatch(pb.PredictBatchRequest(images=images[:too_many]), timeout=30)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = error.value.details()
+    assert f"forward pass over {too_many} images needs" in details and "send fewer images in a call" in details
+    assert http_status(error.value.code(), details) == 413
+    batch = running.stub.PredictBatch(pb.PredictBatchRequest(images=images[: too_many - 1]), timeout=30)
+    assert all(result.HasField("prediction") for result in batch.results)
+    assert running.server.servicer.limits.decode_budget.in_use == 0
+
+
 def test_memory_error_while_decoding_is_resource_exhausted_and_the_server_serves_on(
     serve, tmp_path, monkeypatch, digit_pngs
 ):

@@ -22,7 +22,7 @@ from shared.decode import ImageRejected, OutOfMemory, decode_image, pil_to_array
 from shared.image_pipeline import to_mnist, to_mnist_array
 
 from testkit.big_pictures import DEFAULT_SIDE, FORMATS, decoded_8bit_bytes, encode_big
-from testkit.memory import measure_single, run_fresh
+from testkit.memory import costly_pictures, measure_single, pipeline_peak, run_fresh
 
 SINGLE_RATIO_LIMIT = 2.0  # one 40 MP picture's peak extra memory, over its decoded 8-bit size
 
@@ -114,6 +114,74 @@ def test_a_full_budget_is_busy_not_a_bad_picture(digit):
     assert to_mnist(data, budget=budget).shape == (28, 28)
 
 
+def test_the_pipelines_working_memory_is_held_in_the_budget_while_it_works_and_given_back(digit, monkeypatch):
+    """Making the 28x28 digit of a decoded picture held 4-19 MiB at the working size that no budget counted (the
+    decoding's share is given back once the picture is at working size): it is held while the pipeline works."""
+    from shared import image_pipeline
+
+    budget = MemoryBudget(256 * 2**20, wait=0)
+    held = []
+    real = image_pipeline.trace_at
+    monkeypatch.setattr(image_pipeline, "trace_at", lambda *a, **k: held.append(budget.in_use) or real(*a, **k))
+    data = encode_big(digit, "PNG", side=3000)
+    to_mnist(data, budget=budget)
+    assert held and set(held) == {image_pipeline.pipeline_bytes(decode_image(data))}
+    assert budget.in_use == 0
+    held.clear()
+    picture = decode_image(data)
+    assert to_mnist_array(picture, budget) is not None and set(held) == {image_pipeline.pipeline_bytes(picture)}
+    assert budget.in_use == 0
+
+
+def test_a_jpeg_read_again_at_full_size_gives_back_its_halfs_share_before_decoding_it(monkeypatch):
+    """A small digit in a large JPEG is read at half size, then decoded again at full size. A call that held the
+    half's working memory while it waited for room to decode the full picture would queue behind calls waiting for
+    the room it holds, so it holds nothing then."""
+    picture = np.full((2000, 2000), 255, np.uint8)
+    picture[900:960, 980:990] = 0  # too small to stand at half size
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", quality=90)
+
+    class Noting(MemoryBudget):
+        def reserve(self, nbytes, **kwargs):
+            asked.append((kwargs.get("to", "to decode"), self.in_use))
+            return super().reserve(nbytes, **kwargs)
+
+    asked: list[tuple[str, int]] = []
+    budget = Noting(256 * 2**20, wait=0)
+    to_mnist(buffer.getvalue(), budget=budget)
+    assert asked == [("to decode", 0), ("to work on", 0), ("to decode", 0), ("to work on", 0)]
+    assert budget.in_use == 0
+
+
+def test_a_full_budget_keeps_a_decoded_picture_from_being_worked_on(digit):
+    """Room to decode is not room to work: with the budget all but full, a 1,000 px picture (1 MB) decodes but its
+    working memory (25 MiB) does not fit: busy, not a bad picture."""
+    from shared.image_pipeline import pipeline_bytes
+
+    data = encode_big(digit, "PNG", side=1000)
+    budget = MemoryBudget(64 * 2**20, wait=0.05)
+    needed = pipeline_bytes(decode_image(data))
+    with budget.reserve(budget.capacity - needed + 1):
+        with pytest.raises(BudgetExhausted, match=f"this picture needs {needed / 2**20:,.0f} MiB to work on"):
+            to_mnist(data, budget=budget)
+    assert to_mnist(data, budget=budget).shape == (28, 28) and budget.in_use == 0
+
+
+COSTLY = costly_pictures()
+
+
+@pytest.mark.parametrize("name", list(COSTLY))
+def test_the_pipeline_holds_no_more_memory_than_the_service_reserves_for_it(name):
+    """What shared.image_pipeline.pipeline_bytes reserves covers what the costliest pictures at the working size
+    hold (tracemalloc), the picture included: a spiral 18.9 bytes a pixel, noise in colour 18.5, a strip 16.5."""
+    from shared.image_pipeline import pipeline_bytes
+
+    picture = COSTLY[name]
+    peak = pipeline_peak(picture)
+    assert peak + picture.nbytes <= pipeline_bytes(picture), f"{peak / (picture.shape[0] * picture.shape[1]):.1f} B/px"
+
+
 def test_running_out_of_memory_while_decoding_is_out_of_memory_not_a_damaged_picture(digit, monkeypatch):
     def no_memory(img):
         raise MemoryError
@@ -135,10 +203,11 @@ def test_a_progressive_jpeg_reserves_its_whole_resolution_coefficients_however_s
     even when it is read at a third of it: the budget must count them, or small files flood the memory."""
     reserved = {}
     for name, options in (("baseline", {}), ("progressive", {"progressive": True})):
+        data, budget = _jpeg(digit, 3000, **options), MemoryBudget(256 * 2**20, wait=0)
+        assert to_mnist(data, budget=budget).shape == (28, 28) and budget.in_use == 0
         budget = MemoryBudget(256 * 2**20, wait=0)
-        assert to_mnist(_jpeg(digit, 3000, **options), budget=budget).shape == (28, 28)
+        decode_image(data, budget=budget, shrink=2)  # as to_mnist decodes it first (the pipeline reserves apart)
         reserved[name] = budget.peak
-        assert budget.in_use == 0
     assert reserved["progressive"] - reserved["baseline"] == 3008 * 3008 * 3 * 2
     # One that could never fit is refused as input, with advice; baseline, it fits.
     with pytest.raises(ImageRejected, match=r"progressive JPEG.*baseline"):
@@ -239,7 +308,7 @@ def test_a_tiff_decoded_a_tile_or_a_strip_at_a_time_reserves_that_buffer_beside_
         (_one_tile_tiff(picture), frame + beyond_a_band),  # one tile
     ):
         budget = MemoryBudget(256 * 2**20, wait=0)
-        assert to_mnist(data, budget=budget).shape == (28, 28)
+        assert decode_image(data, budget=budget).shape == (1024, 1024)  # the decoding's share (the pipeline's apart)
         assert budget.peak == reserved and budget.in_use == 0
 
 
@@ -361,3 +430,11 @@ def test_a_tiff_giving_bits_per_sample_once_reserves_every_samples_bits():
 def test_a_png_with_a_text_chunk_as_large_as_pillow_reads_passes():
     """One chunk of 1 MiB (an XMP packet with an editor's history) and a few small ones are a picture's metadata."""
     decode_image(_png_with_text(1))
+
+
+def test_the_largest_working_memory_the_server_checks_at_start_is_that_of_the_largest_working_picture():
+    from shared.image_pipeline import WORK_MAX_SIDE, largest_pipeline_bytes, pipeline_bytes
+
+    largest = np.zeros((WORK_MAX_SIDE, WORK_MAX_SIDE, 3), np.uint8)  # any picture over the working size shrinks to it
+    assert largest_pipeline_bytes(40_000_000) == pipeline_bytes(largest)
+    assert largest_pipeline_bytes(100 * 200) == pipeline_bytes(np.zeros((100, 200, 3), np.uint8))

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from shared.model import CompactNet, Ensemble, build_model, digit_scores, networks, segment_scores
+from shared.model import CompactNet, Ensemble, activation_bytes, build_model, digit_scores, networks, segment_scores
 from shared.onnx_model import OnnxRunner, export_onnx
 
 KWARGS = {"width": 4, "not_digit": True, "digit_distance": True}
@@ -103,3 +103,15 @@ def test_an_ensemble_exports_to_onnx_and_onnxruntime_agrees_with_torch():
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(runner(x), expected, rtol=0, atol=1e-4)
+
+
+def test_activation_bytes_counts_every_modules_output_for_one_image_and_leaves_the_model_as_it_was():
+    """What the service holds in its decode budget per image while the network runs (ServedModel.forward_bytes)."""
+    model = build_model("compact", not_digit=True, digit_distance=True)
+    model.train()
+    single = activation_bytes(model)
+    assert model.training
+    # The first convolution's 16 x 28 x 28 floats, three times over (convolution, batch norm, ReLU), and more.
+    assert single > 3 * 16 * 28 * 28 * 4
+    three = activation_bytes(build_model("compact", members=3, not_digit=True, digit_distance=True))
+    assert abs(three - 3 * single) < 1024  # each member's own, and one combined output
