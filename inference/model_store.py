@@ -17,6 +17,7 @@ the same checks, into a small least-recently-used cache, without touching what L
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -165,10 +166,24 @@ class ServedModel:
         assert self.runner is not None
         return self.runner(inputs)
 
-    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28) -> the network's output (N, 10, 11 or 12), in one forward pass."""
+    def images_at_once(self, most_bytes: int) -> int:
+        """How many images a forward pass may take at once to hold at most `most_bytes` (at least one)."""
+        assert self.image_bytes is not None  # __post_init__ sets it
+        return max(1, most_bytes // self.image_bytes)
+
+    def log_probs(self, images: torch.Tensor, at_once: int | None = None) -> torch.Tensor:
+        """uint8 images (N, 28, 28) -> the network's output (N, 10, 11 or 12): in one forward pass, or in forward
+        passes of at most `at_once` images, as even as they can be (a network's output for an image does not
+        depend on the others in its batch)."""
+        count = len(images)
+        passes = 1 if at_once is None or count <= at_once else math.ceil(count / at_once)
+        size = max(1, math.ceil(count / passes))
         with torch.inference_mode():
-            return self.forward(normalize(images, self.mean, self.std))
+            outputs = [
+                self.forward(normalize(images[start : start + size], self.mean, self.std))
+                for start in range(0, count, size)
+            ]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 @dataclass(frozen=True)

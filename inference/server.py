@@ -92,7 +92,7 @@ def check_decode_budget(options: ServerOptions) -> None:
     """The decode budget must hold one picture of the largest size the limits allow, the work of making a digit of
     it and the reading of one number in it (their working memory is held there too), or that picture could never
     be decoded or read: a configuration error, said at start-up rather than to each caller. (The network's forward
-    pass depends on the model served, and a batch too large for the budget is told to send fewer images.)"""
+    pass depends on the model served; a batch too large for a quarter of the budget runs in passes of fewer images.)"""
     pixels = options.max_image_pixels
     largest = max(largest_decode_cost(pixels), largest_pipeline_bytes(pixels), largest_reading_bytes(pixels))
     if options.decode_budget_mib * 2**20 < largest:

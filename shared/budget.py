@@ -72,21 +72,32 @@ class MemoryBudget:
 
     @contextlib.contextmanager
     def reserve(
-        self, nbytes: int, *, work: str = "this picture", to: str = "to decode", smaller: str = "a smaller picture"
+        self,
+        nbytes: int,
+        *,
+        work: str = "this picture",
+        to: str = "to decode",
+        smaller: str | None = "a smaller picture",
+        brief: bool = False,
     ) -> Iterator[None]:
         """Hold `nbytes` of the budget for the `with` block. A request larger than the whole capacity can never
         fit and fails at once; one that must wait does so in arrival order, so small requests cannot starve a
         large one, and no longer than its caller waits (caller()), nor, within one caller() block, than `wait` in
-        all. The messages say "{work} needs N MiB {to}" and advise sending {smaller}.
+        all. The messages say "{work} needs N MiB {to}" and advise sending {smaller} (None: only to try again).
+
+        `brief`: a hold of milliseconds (the network's forward pass) takes room as soon as there is room, ahead of
+        reservations waiting their turn: a Predict of a 28x28 digit waited behind a large picture that was waiting
+        for room (a review), and holds this short cannot keep a waiting picture out for long.
 
         A thread that holds a reservation should not wait for a second one: it would queue behind calls that wait
         for the room it holds (shared.image_pipeline.to_mnist gives back one picture's share before decoding the
         next)."""
-        need = " ".join(filter(None, (f"{work} needs {nbytes / 2**20:,.0f} MiB", to)))
+        need = " ".join(filter(None, (f"{work} needs {_size(nbytes)}", to)))
+        advice = f"send {smaller}" if smaller else ""
         if nbytes > self.capacity:
             raise BudgetExhausted(
                 f"{need}, more than the server's whole decode budget (the limit is "
-                f"{self.capacity / 2**20:,.0f} MiB); send {smaller}"
+                f"{self.capacity / 2**20:,.0f} MiB){'; ' + advice if advice else ''}"
             )
         ticket = object()
         arrived = time.monotonic()
@@ -94,9 +105,10 @@ class MemoryBudget:
         waited = getattr(self._callers, "waited", None)  # [seconds] this caller's reservations waited so far
         deadline = arrived + self.wait - (waited[0] if waited is not None else 0.0)
         with self._changed:
-            self._queue.append(ticket)
+            if not brief:
+                self._queue.append(ticket)
             try:
-                while self._queue[0] is not ticket or self._in_use + nbytes > self.capacity:
+                while (not brief and self._queue[0] is not ticket) or self._in_use + nbytes > self.capacity:
                     if still_there is not None and not still_there():
                         raise CallerGone(
                             "the caller went away (deadline passed or cancelled) while its picture waited for "
@@ -106,12 +118,13 @@ class MemoryBudget:
                     if remaining <= 0:
                         raise BudgetExhausted(
                             f"the server is decoding or reading other large pictures ({self._in_use / 2**20:,.0f} of "
-                            f"{self.capacity / 2**20:,.0f} MiB in use; {need}); try again in a moment, or send "
-                            f"{smaller}"
+                            f"{self.capacity / 2**20:,.0f} MiB in use; {need}); try again in a moment"
+                            f"{', or ' + advice if advice else ''}"
                         )
                     self._changed.wait(remaining if still_there is None else min(remaining, CALLER_POLL_SECONDS))
             finally:
-                self._queue.remove(ticket)
+                if not brief:
+                    self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may fit now, or may now be first
                 if waited is not None:
                     waited[0] += time.monotonic() - arrived
@@ -123,3 +136,8 @@ class MemoryBudget:
             with self._changed:
                 self._in_use -= nbytes
                 self._changed.notify_all()
+
+
+def _size(nbytes: int) -> str:
+    """Bytes as a message says them: MiB, or KiB under one MiB (a forward pass of one image is 387 KiB, not 0 MiB)."""
+    return f"{nbytes / 2**20:,.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.0f} KiB"

@@ -269,7 +269,7 @@ def activation_bytes(model: nn.Module) -> int:
     """The bytes every module of `model` outputs for one image in float32: the most its forward pass can hold at
     once for each image of a batch, whatever runs it (torch frees each output once the next is made, and
     onnxruntime plans buffers to share). The service holds this much of its decode budget per image while the
-    network runs (inference.model_store.ServedModel.forward_bytes): a compact network's is 387 KiB, against 24-104
+    network runs (inference.model_store.ServedModel.forward_bytes): a compact network's is 387 KiB, against 12-104
     KiB an image that forward passes of 256 images held here (torch and onnxruntime; bench/bench_memory.py --part
     working)."""
     sizes: list[int] = []

@@ -222,9 +222,9 @@ def test_predict_holds_its_pictures_working_memory_and_the_forward_pass_in_the_d
         pipeline.append((budget.in_use, shared.image_pipeline.pipeline_bytes(image)))
         return real_trace(image)
 
-    def running(served, images):
+    def running(served, images, at_once=None):
         forward.append((budget.in_use, served.forward_bytes(len(images))))
-        return real_log_probs(served, images)
+        return real_log_probs(served, images, at_once)
 
     monkeypatch.setattr(shared.image_pipeline, "trace_pipeline", tracing)
     monkeypatch.setattr(ServedModel, "log_probs", running)
@@ -236,6 +236,32 @@ def test_predict_holds_its_pictures_working_memory_and_the_forward_pass_in_the_d
     assert len(pipeline) == 4 and all(in_use >= needed > 640 * 480 * 24 for in_use, needed in pipeline)
     (one_in_use, one), (three_in_use, three) = forward
     assert one_in_use >= one > 0 and three_in_use >= three == 3 * one
+    assert budget.in_use == 0
+
+
+def test_a_digit_is_answered_while_a_large_picture_waits_its_turn_for_room_in_the_decode_budget(
+    module_server, digit_pngs
+):
+    """The forward pass holds its activations in the budget for milliseconds: it takes room when there is room.
+    Queued behind a 40 MP picture waiting for its turn, a Predict of a 28x28 digit, which reserves nothing else,
+    waited out its deadline with 120 MiB of the budget free (a review)."""
+    budget = module_server.server.servicer.limits.decode_budget
+    gone = threading.Event()
+
+    def large_picture_waiting() -> None:
+        with contextlib.suppress(Exception), budget.caller(lambda: not gone.is_set()):
+            with budget.reserve(budget.capacity - 2**20):
+                pass
+
+    with other_pictures(budget, budget.capacity // 2):
+        waiting = threading.Thread(target=large_picture_waiting)
+        waiting.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        answer = module_server.stub.Predict(pb.PredictRequest(image=digit_pngs[0][1]), timeout=5)
+        assert len(answer.prediction.probabilities) == 10 and time.monotonic() - started < 2
+        gone.set()
+        waiting.join(5)
     assert budget.in_use == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -163,3 +164,35 @@ def test_a_caller_block_within_another_spends_what_is_left_of_the_outer_wait():
         with budget.caller(lambda: True), pytest.raises(BudgetExhausted), budget.reserve(10):
             pass
         assert time.monotonic() - started < 0.3 + 0.1
+
+
+def test_a_brief_hold_takes_room_when_there_is_room_ahead_of_a_reservation_waiting_its_turn():
+    """A forward pass holds its share for milliseconds: it need not wait behind a large picture that waits for
+    room. A reservation of ordinary kind still waits its turn behind it."""
+    budget = MemoryBudget(100 * 2**20, wait=1.0)
+    with budget.reserve(60 * 2**20):
+        waiting = threading.Thread(target=_try, args=(budget,))
+        waiting.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        with budget.reserve(300 * 2**10, brief=True):
+            assert budget.in_use == 60 * 2**20 + 300 * 2**10
+        assert time.monotonic() - started < 0.1
+        with budget.caller(lambda: time.monotonic() < started + 0.2), pytest.raises(CallerGone):
+            with budget.reserve(300 * 2**10):  # behind the 50 MiB that waits for room
+                pass
+        waiting.join()
+    assert budget.in_use == 0
+
+
+def _try(budget: MemoryBudget) -> None:
+    with contextlib.suppress(BudgetExhausted), budget.reserve(50 * 2**20):
+        pass
+
+
+def test_a_reservation_under_a_mebibyte_is_told_in_kibibytes():
+    budget = MemoryBudget(2**20, wait=0)
+    told = r"needs 300 KiB to decode\); try again in a moment$"
+    with budget.reserve(900 * 2**10), pytest.raises(BudgetExhausted, match=told):
+        with budget.reserve(300 * 2**10, smaller=None):
+            pass
