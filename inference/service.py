@@ -258,7 +258,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def _predictions(
         self, served: ServedModel, images: list[np.ndarray], with_input: bool, context
     ) -> list[pb.Prediction]:
-        batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8: one forward pass for the whole call
+        batch = torch.from_numpy(np.stack(images))  # (N, 28, 28) uint8
         # Its activations are held in the decode budget while the network runs, as a picture's decoding is: at most
         # 1/FORWARD_SHARE of the budget, a large network's batch run in passes of fewer images (a network 64 wide
         # held 387 MiB for 256 images, more than the default budget). Held for milliseconds, it takes room as soon

@@ -71,8 +71,8 @@ def test_sixteen_40_megapixel_pictures_at_once_under_a_memory_cap(capped_server,
 
 
 def test_sixteen_full_batches_at_once_are_all_answered_within_the_budget_under_the_cap(capped_server, mnist_dir):
-    """Each PredictBatch of 256 holds its forward pass in the decode budget (97 MiB for the compact network, where
-    torch held 6-26 MiB): the sixteen take turns at the network and every one is answered."""
+    """Each PredictBatch of 256 holds its forward pass in the decode budget, a quarter of it at most (two passes of
+    128 images, 48 MiB each for the compact network, where torch held 6-26 MiB for 256): every one is answered."""
     process, target, small, _ = capped_server
     batch = digit_pngs(mnist_dir, 256)
     answers, after, _ = flood(target, [batch] * CLIENTS, small, "PredictBatch")
