@@ -70,16 +70,6 @@ def test_sixteen_40_megapixel_pictures_at_once_under_a_memory_cap(capped_server,
     assert status_kib(process.pid, "VmRSS") * 1024 - warm_rss <= KEPT_AFTER_FLOOD
 
 
-def test_sixteen_full_batches_at_once_are_all_answered_within_the_budget_under_the_cap(capped_server, mnist_dir):
-    """Each PredictBatch of 256 holds its forward pass in the decode budget, a quarter of it at most (two passes of
-    128 images, 48 MiB each for the compact network, where torch held 6-26 MiB for 256): every one is answered."""
-    process, target, small, _ = capped_server
-    batch = digit_pngs(mnist_dir, 256)
-    answers, after, _ = flood(target, [batch] * CLIENTS, small, "PredictBatch")
-    assert answers == Counter({("OK", ""): CLIENTS}), answers
-    assert process.poll() is None and after is None, after
-
-
 def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every_call(capped_server, mnist):
     process, target, _, _ = capped_server
     digits = [mnist.test_images[i].numpy() for i in range(8)]
@@ -96,3 +86,14 @@ def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every
             stub.ReadNumber(request, timeout=30)
         per_call = (minor_faults(process.pid) - before) / calls
     assert per_call <= FAULTS_PER_ORDINARY_CALL
+
+
+def test_sixteen_full_batches_at_once_are_all_answered_within_the_budget_under_the_cap(capped_server, mnist_dir):
+    """Each PredictBatch of 256 holds its forward pass in the decode budget, a quarter of it at most (two passes of
+    128 images, 48 MiB each for the compact network, where torch held 6-26 MiB for 256): every one is answered.
+    Last in the module: a flood of batches before it left the ordinary photo's calls faulting more pages in."""
+    process, target, small, _ = capped_server
+    batch = digit_pngs(mnist_dir, 256)
+    answers, after, _ = flood(target, [batch] * CLIENTS, small, "PredictBatch")
+    assert answers == Counter({("OK", ""): CLIENTS}), answers
+    assert process.poll() is None and after is None, after
