@@ -37,8 +37,17 @@ from shared.image_pipeline import (
     to_mnist,
     to_mnist_array,
 )
-from shared.model import digit_log_probs, digit_scores, segment_scores
-from shared.segment import Abandoned, Classified, Digit, NumberReading, read_number, reading_bytes, reading_for
+from shared.model import digit_log_probs, digit_scores, networks, segment_scores
+from shared.segment import (
+    CLASSIFY_AT_ONCE,
+    Abandoned,
+    Classified,
+    Digit,
+    NumberReading,
+    read_number,
+    reading_bytes,
+    reading_for,
+)
 
 from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
@@ -538,9 +547,12 @@ class JudgingClassifier:
         self.served = served
         self.judge = judge  # the network's output (N, 10, 11 or 12) -> (is_digit, digit_score) of each row
         self.judged: dict[bytes, tuple[bool, float]] = {}
+        # The reading's reservation counts one network's batch of CLASSIFY_AT_ONCE (shared.segment's
+        # READING_BASE_BYTES); an ensemble's members each hold their own activations, so it takes fewer at a time.
+        self.at_once = max(1, CLASSIFY_AT_ONCE // len(networks(served.model)))
 
     def __call__(self, batch: np.ndarray) -> Classified:
-        output = self.served.log_probs(torch.from_numpy(batch))
+        output = self.served.log_probs(torch.from_numpy(batch), self.at_once)
         judged = self.judge(output)
         self.judged.update(zip((image.tobytes() for image in batch), judged))
         return Classified(digit_log_probs(output).exp().numpy(), segment_scores(output))

@@ -55,3 +55,26 @@ def test_an_ensemble_is_served_as_one_model_its_members_probabilities_averaged(s
     for digit in reading.per_digit:
         probabilities, digit_score = members_say(digit.prediction.model_input_png)
         assert list(digit.prediction.probabilities) == pytest.approx(probabilities, abs=1e-4)
+
+
+@pytest.mark.parametrize(("members", "passes"), [(1, [64]), (3, [16, 16, 16, 16])])  # at most 64 // 3, evenly
+def test_a_reading_classifies_an_ensembles_digits_fewer_at_a_time(tmp_path, monkeypatch, members, passes):
+    """A reading's reservation counts one network's batch of 64 digits; three members hold three networks'
+    activations, so an ensemble is given a third as many at a time, with the same answers."""
+    from shared.checkpoint import read_manifest
+
+    from inference.model_store import ServedModel, load_served_model
+    from inference.service import JudgingClassifier
+
+    models = Paths(tmp_path / "artifacts").models
+    kwargs = {"width": 8, "not_digit": True} | ({"members": members} if members > 1 else {})
+    publish_model(models, version="m", model_payload=model_payload(5, arch_kwargs=kwargs))
+    served = load_served_model(models, read_manifest(models), "torch")
+    batch = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    whole = served.log_probs(torch.from_numpy(batch))
+    sizes = []
+    real_forward = ServedModel.forward
+    monkeypatch.setattr(ServedModel, "forward", lambda s, x: sizes.append(len(x)) or real_forward(s, x))
+    classified = JudgingClassifier(served, lambda output: [(True, 1.0)] * len(output))(batch)
+    assert sizes == passes
+    assert np.allclose(classified.probabilities, whole[:, :10].exp().numpy(), atol=1e-5)
