@@ -126,8 +126,7 @@ def to_mnist(data: bytes, *, limits: Limits = DEFAULT_LIMITS, budget: MemoryBudg
             # while it waits for more queues behind the calls that wait for the room it holds.
             working.close()
             picture = decode(shrink=shrink)
-            if budget is not None:
-                working.enter_context(budget.reserve(pipeline_bytes(picture), to="to work on"))
+            working.enter_context(held_while_worked_on(picture, budget))
             return picture
 
         if decodes_at_half_size(data):
@@ -151,10 +150,15 @@ def to_mnist_array(image: np.ndarray, budget: MemoryBudget | None = None) -> np.
     float in [0, 1]. Raises ImageRejected if it holds no digit. With a `budget`, the pipeline's working memory
     (pipeline_bytes) is held in it while it works: BudgetExhausted when it stays full.
     """
+    with held_while_worked_on(image, budget):
+        return trace_pipeline(image).output
+
+
+def held_while_worked_on(picture: np.ndarray, budget: MemoryBudget | None) -> contextlib.AbstractContextManager:
+    """The pipeline's working memory for `picture` (pipeline_bytes), held in `budget` (if any) for the block."""
     if budget is None:
-        return trace_pipeline(image).output
-    with budget.reserve(pipeline_bytes(image), to="to work on"):
-        return trace_pipeline(image).output
+        return contextlib.nullcontext()
+    return budget.reserve(pipeline_bytes(picture), to="to work on")
 
 
 # The most memory the pipeline holds at once working on a picture (its working copies: the paper's estimate, the
@@ -169,18 +173,22 @@ PIPELINE_BYTES_PER_PIXEL = 24
 PIPELINE_BASE_BYTES = 2**20
 
 
+def pipeline_bytes_of(pixels: int, picture_bytes: int) -> int:
+    """The memory making a 28x28 digit of a decoded picture of `pixels` pixels, itself `picture_bytes`, may hold at
+    once, the picture included, in bytes."""
+    return PIPELINE_BASE_BYTES + PIPELINE_BYTES_PER_PIXEL * pixels + picture_bytes
+
+
 def pipeline_bytes(image: np.ndarray) -> int:
-    """The memory making a 28x28 digit of a decoded picture (to_mnist_array) may hold at once, the picture included,
-    in bytes."""
-    pixels = int(image.shape[0]) * int(image.shape[1])
-    return PIPELINE_BASE_BYTES + PIPELINE_BYTES_PER_PIXEL * pixels + image.nbytes
+    """pipeline_bytes_of a decoded picture (as decode_image returns it)."""
+    return pipeline_bytes_of(int(image.shape[0]) * int(image.shape[1]), image.nbytes)
 
 
 def largest_pipeline_bytes(max_pixels: int) -> int:
     """pipeline_bytes of the largest picture decode_image returns within `max_pixels` (at most WORK_MAX_SIDE on its
-    long side), in colour."""
+    long side), in colour (three bytes a pixel)."""
     pixels = min(max_pixels, WORK_MAX_SIDE**2)
-    return PIPELINE_BASE_BYTES + (PIPELINE_BYTES_PER_PIXEL + 3) * pixels
+    return pipeline_bytes_of(pixels, 3 * pixels)
 
 
 def trace_pipeline(image: np.ndarray) -> PipelineTrace:
