@@ -29,12 +29,13 @@ from shared.settings import LIVENESS_SERVICE, Paths
 from shared.wakeup import StopRequest
 
 from inference.access_log import AccessLogInterceptor, waited_for_thread
-from inference.capacity import return_large_blocks_to_the_system
+from inference.capacity import give_free_memory_back_soon, return_large_blocks_to_the_system
 from inference.evaluation import shared_evaluation_data
 from inference.message_limit import ResponseSizeInterceptor
 from inference.metrics import MetricsEndpoint, ServiceMetrics
 from inference.model_store import ModelStore, ServedModel
 from inference.options import ServerOptions
+from inference.refusal import message_types, refuse
 from inference.security import BearerTokenInterceptor, server_credentials
 from inference.service import InferenceServicer, ServiceLimits
 from inference.versions import is_missing
@@ -189,7 +190,7 @@ def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(service, status)
 
 
-def _parse_then(behaviour, request_type):
+def _parse_then(behaviour, request_type, response_type):
     """A handler that parses the raw request itself, so a message that is not valid protobuf is the client's error."""
 
     def handler(raw: bytes, context: grpc.ServicerContext):
@@ -198,11 +199,11 @@ def _parse_then(behaviour, request_type):
         except DecodeError as e:
             name = request_type.DESCRIPTOR.full_name
             log.info("%s -> INVALID_ARGUMENT: undecodable request (%s)", behaviour.__name__, e)
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            message = (
                 f"the request is not a valid {name} message ({e}); send it with stubs generated from "
-                "protos/mnist/v1/inference.proto",
+                "protos/mnist/v1/inference.proto"
             )
+            return refuse(context, grpc.StatusCode.INVALID_ARGUMENT, message, response_type())
         return behaviour(request, context)
 
     return handler
@@ -213,10 +214,9 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.Server) -> N
     INVALID_ARGUMENT: the generated code makes them INTERNAL ("a bug") and logs a traceback for each."""
     handlers = {}
     for method in inference_pb2.DESCRIPTOR.services_by_name["Inference"].methods:
-        request_type = getattr(inference_pb2, method.input_type.name)
-        response_type = getattr(inference_pb2, method.output_type.name)
+        request_type, response_type = message_types(method.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parse_then(getattr(servicer, method.name), request_type),
+            _parse_then(getattr(servicer, method.name), request_type, response_type),
             request_deserializer=None,  # the raw bytes reach _parse_then
             response_serializer=response_type.SerializeToString,
         )
@@ -247,7 +247,9 @@ def create_server(address: str, options: ServerOptions) -> tuple[InferenceServer
     check_decode_budget(options)
     limits = ServiceLimits(
         image=Limits(max_bytes=options.max_image_bytes, max_pixels=options.max_image_pixels),
-        decode_budget=MemoryBudget(options.decode_budget_mib * 2**20, options.decode_wait),
+        decode_budget=MemoryBudget(
+            options.decode_budget_mib * 2**20, options.decode_wait, after_surge=give_free_memory_back_soon
+        ),
         max_batch_size=options.max_batch_size,
         max_message_bytes=options.max_message_bytes,
         max_concurrent_evaluations=options.max_concurrent_evaluations,

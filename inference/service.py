@@ -53,6 +53,7 @@ from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
 from inference.metrics import ServiceMetrics
 from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
+from inference.refusal import message_types, refuse
 from inference.versions import is_missing, list_versions
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,11 @@ class ServiceLimits:
 
 
 def _rpc(method):
-    """Map RpcError to its status and any other exception to INTERNAL; log one line per failed call."""
+    """Map RpcError to its status and any other exception to INTERNAL, given as the answer (inference.refusal:
+    raised, they kept the failed call's frames and request until a full garbage collection); log one line per
+    failed call."""
+
+    answer = message_types(method.__name__)[1]
 
     @functools.wraps(method)
     def wrapper(self, request, context):
@@ -133,10 +138,11 @@ def _rpc(method):
             return method(self, request, context)
         except RpcError as e:
             log.info("%s -> %s: %s (model %s)", method.__name__, e.code.name, e.message, self.call_version())
-            context.abort(e.code, e.message)
+            return refuse(context, e.code, e.message, answer())
         except Exception:
             log.exception("%s -> INTERNAL (model %s)", method.__name__, self.call_version())
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; the server log has details")
+            message = f"internal error in {method.__name__}; the server log has details"
+            return refuse(context, grpc.StatusCode.INTERNAL, message, answer())
 
     return wrapper
 
@@ -247,7 +253,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             except RpcError as e:
                 if e.code == grpc.StatusCode.CANCELLED:  # gone while the picture waited for decoding memory
                     raise
-                results.append(e)
+                # Its code and message only: the error itself holds, through its traceback and the ImageRejected
+                # it came from, the frames of the pipeline with their working arrays (tens of MiB for a large
+                # picture), kept for the rest of the batch outside the decode budget.
+                results.append(RpcError(e.code, e.message))
         return results
 
     def threshold(self, served: ServedModel) -> float | None:
@@ -304,7 +313,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         with self.limits.decode_budget.caller(context.is_active):
             (image,) = self._decode_all([request.image], context)  # a caller already gone is not decoded for
             if isinstance(image, RpcError):
-                raise image
+                # A new one: raising the one this frame holds would make a cycle (the frame, its error, the
+                # error's traceback, the frame) that keeps the request until a full garbage collection.
+                raise RpcError(image.code, image.message)
             (prediction,) = self._predictions(served, [image], request.return_model_input, context)
         self.metrics.predicted(1)
         return pb.PredictResponse(prediction=prediction, model_version=served.version)

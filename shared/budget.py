@@ -30,16 +30,25 @@ class CallerGone(BudgetExhausted):
 
 # How often a reservation waiting for a caller (MemoryBudget.caller) asks whether the caller is still there.
 CALLER_POLL_SECONDS = 0.05
+# A surge: at least 1/SURGE_SHARE of the capacity in use at once. It is over once what is in use falls to
+# 1/SURGE_SHARE of the surge's height (MemoryBudget's after_surge).
+SURGE_SHARE = 4
 
 
 class MemoryBudget:
-    def __init__(self, capacity: int, wait: float) -> None:
+    def __init__(self, capacity: int, wait: float, after_surge: Callable[[], None] | None = None) -> None:
+        """`after_surge` is called (in the thread that gave back the reservation that ended it, outside the
+        budget's lock) each time a surge is over: the server gives the memory the surge's pictures left free back
+        to the system then (inference.capacity.give_free_memory_back_soon). Ordinary traffic, which never has a
+        quarter of the budget in use at once, never calls it, and so never pays to fault that memory in again."""
         if capacity <= 0 or wait < 0:
             raise ValueError(f"a memory budget needs a positive capacity and a wait >= 0, got {capacity}, {wait}")
         self.capacity = capacity
         self.wait = wait
+        self._after_surge = after_surge
         self._in_use = 0
         self._peak = 0
+        self._surge = 0  # the most bytes in use at once since the last surge was over
         self._queue: deque[object] = deque()  # waiting reservations, oldest first
         self._changed = threading.Condition()
         self._callers = threading.local()  # .still_there: the caller of this thread's reservations (caller())
@@ -130,12 +139,18 @@ class MemoryBudget:
                     waited[0] += time.monotonic() - arrived
             self._in_use += nbytes
             self._peak = max(self._peak, self._in_use)
+            self._surge = max(self._surge, self._in_use)
         try:
             yield
         finally:
             with self._changed:
                 self._in_use -= nbytes
                 self._changed.notify_all()
+                surge_over = self._surge * SURGE_SHARE >= self.capacity and self._in_use * SURGE_SHARE <= self._surge
+                if surge_over:
+                    self._surge = self._in_use
+            if surge_over and self._after_surge is not None:
+                self._after_surge()
 
 
 def _size(nbytes: int) -> str:

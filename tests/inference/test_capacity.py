@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from shared.resources import memory_limit_bytes
 
 from inference.__main__ import main as server_main
-from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib, server_memory_mib
+from inference.capacity import (
+    WARM_PROCESS_MIB,
+    check_workers_fit,
+    process_memory_mib,
+    server_memory_mib,
+)
 from inference.options import ServerOptions
+from testkit.memory import REPO_ROOT
 
 
 def test_a_process_needs_its_warm_size_the_decode_budget_and_its_requests_running_and_waiting():
@@ -67,3 +76,31 @@ def test_the_server_refuses_a_decode_budget_that_cannot_hold_the_reading_of_one_
     flags = ["--max-image-pixels", "2000000", "--artifacts-dir", str(tmp_path), "--address", "127.0.0.1:0"]
     with pytest.raises(SystemExit, match=r"--decode-budget-mib 32 cannot hold one picture.*72 MiB decoded or read"):
         server_main(["--decode-budget-mib", "32", *flags])
+
+
+# A server's heap after a flood of pictures of a few MiB: 256 MiB freed, in blocks between blocks still in use.
+HEAP_LEFT_FREE = """
+import ctypes
+from inference.capacity import give_free_memory_back, return_large_blocks_to_the_system
+from testkit.memory import status_kib
+assert return_large_blocks_to_the_system()  # as a server: blocks under 4 MiB come from the heap
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+blocks = []
+for _ in range(512):
+    blocks.append(libc.malloc(1 << 20))
+    ctypes.memset(blocks[-1], 1, 1 << 20)
+for block in blocks[::2]:  # every other one: each freed block lies between two still in use
+    libc.free(block)
+before = status_kib("self", "VmRSS")
+assert give_free_memory_back()
+print(before - status_kib("self", "VmRSS"))
+"""
+
+
+def test_free_memory_left_between_blocks_still_in_use_goes_back_to_the_system():
+    result = subprocess.run(
+        [sys.executable, "-c", HEAP_LEFT_FREE], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) >= 200 * 1024  # KiB of the 256 MiB freed

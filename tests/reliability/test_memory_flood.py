@@ -13,8 +13,10 @@ bench/bench_memory.py measures the same flood's resident memory.
 from __future__ import annotations
 
 import resource
+import time
 from collections import Counter
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -68,6 +70,32 @@ def test_sixteen_40_megapixel_pictures_at_once_under_a_memory_cap(capped_server,
     # The frames went back to the system (inference.capacity.return_large_blocks_to_the_system), so the process
     # is not left as large as the flood made it.
     assert status_kib(process.pid, "VmRSS") * 1024 - warm_rss <= KEPT_AFTER_FLOOD
+
+
+def test_rounds_of_sixteen_refused_noisy_pictures_at_once_leave_the_server_no_larger(capped_server):
+    """Each Predict of a 3 MB colour-noise PNG is refused (too noisy to tell strokes from paper). Three rounds of
+    16 at once grew the server +415 / +756 / +1,001 MiB: the refusals were raised, and a reference cycle kept each
+    call's request and the pipeline's arrays until a full garbage collection (inference.refusal); and the blocks
+    they freed stayed with glibc, between blocks still in use (inference.capacity.give_free_memory_back)."""
+    process, target, small, warm_rss = capped_server
+    noise = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8))[1]
+    grown = []
+    for _ in range(3):
+        answers, after, _ = flood(target, [noise.tobytes()] * CLIENTS, small)
+        assert {code for code, _ in answers} <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, answers
+        assert process.poll() is None and after is None, after
+        grown.append(_settled_rss(process.pid) - warm_rss)
+    assert max(grown) <= KEPT_AFTER_FLOOD, [f"+{g / 2**20:.0f} MiB" for g in grown]
+
+
+def _settled_rss(pid: int, seconds: float = 3.0) -> int:
+    """The process's resident bytes once the memory a surge freed has been given back (a thread of its own does
+    it as the surge ends): the least seen within `seconds`."""
+    least = status_kib(pid, "VmRSS")
+    for _ in range(int(seconds / 0.1)):
+        time.sleep(0.1)
+        least = min(least, status_kib(pid, "VmRSS"))
+    return least * 1024
 
 
 def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every_call(capped_server, mnist):

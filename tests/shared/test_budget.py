@@ -196,3 +196,35 @@ def test_a_reservation_under_a_mebibyte_is_told_in_kibibytes():
     with budget.reserve(900 * 2**10), pytest.raises(BudgetExhausted, match=told):
         with budget.reserve(300 * 2**10, smaller=None):
             pass
+
+
+def test_after_a_surge_of_a_quarter_of_the_capacity_the_hook_runs_once_it_is_over_and_ordinary_use_never_calls_it():
+    surges: list[int] = []
+    budget = MemoryBudget(100, wait=0, after_surge=lambda: surges.append(budget.in_use))
+    for _ in range(5):  # ordinary use: never a quarter in use at once
+        with budget.reserve(10), budget.reserve(14):
+            pass
+    assert surges == []
+    outer = budget.reserve(12)
+    outer.__enter__()
+    with budget.reserve(30):  # 42 in use: a surge
+        pass
+    assert surges == []  # 12 still in use: more than a quarter of the surge's 42
+    outer.__exit__(None, None, None)
+    assert surges == [0]
+    with budget.reserve(20):  # under a quarter of the capacity: the surge was reckoned anew after it ended
+        pass
+    assert surges == [0]
+
+
+def test_the_surge_hook_runs_outside_the_budgets_lock_so_it_may_reserve():
+    budget = MemoryBudget(100, wait=0, after_surge=lambda: seen.append(_reserve_and_say(budget)))
+    seen: list[int] = []
+    with budget.reserve(50):
+        pass
+    assert seen == [5]
+
+
+def _reserve_and_say(budget: MemoryBudget) -> int:
+    with budget.reserve(5):
+        return budget.in_use
