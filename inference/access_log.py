@@ -214,19 +214,14 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
                 left.append(deadline_left(context))  # gone while the call waited for a thread
             _tell(self.on_start, record)
             code = grpc.StatusCode.OK
-            # The service's own refusal ("no model is published yet", a bad picture) is its answer, not a
-            # connection's failure: a client's retryPolicy, which may send an uncommitted call with a retryable
-            # code again (UNAVAILABLE), must not ask four more times and get the same answer.
-            no_retry = (*trailing, (RETRY_PUSHBACK_KEY, "-1"))
             try:
-                response = inner(request, context)
-                code = context.code() or grpc.StatusCode.OK  # set by a refusal given as the answer (refusal.py)
-                if code != grpc.StatusCode.OK:
-                    context.set_trailing_metadata(no_retry)
-                return response
+                return inner(request, context)
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # context.abort set it before raising
-                context.set_trailing_metadata(no_retry)
+                # The service's own refusal ("no model is published yet", a bad picture) is its answer, not a
+                # connection's failure: a client's retryPolicy, which may send an uncommitted call with a
+                # retryable code again (UNAVAILABLE), must not ask four more times and get the same answer.
+                context.set_trailing_metadata((*trailing, (RETRY_PUSHBACK_KEY, "-1")))
                 raise
             finally:
                 if left or not context.is_active():  # is_active() turns False a moment before the callback runs

@@ -170,7 +170,8 @@ _giving_back = threading.Lock()
 
 def give_free_memory_back_soon() -> None:
     """give_free_memory_back in a thread of its own, so that no call waits for it (a MemoryBudget's after_surge);
-    nothing if one is already at work."""
+    nothing if one is already at work, or if no thread can be started: it never raises, for it runs as a call gives
+    back its reservation, its answer made."""
 
     def give_back() -> None:
         try:
@@ -179,7 +180,10 @@ def give_free_memory_back_soon() -> None:
             _giving_back.release()
 
     if _giving_back.acquire(blocking=False):
-        threading.Thread(target=give_back, name="give-free-memory-back", daemon=True).start()
+        try:
+            threading.Thread(target=give_back, name="give-free-memory-back", daemon=True).start()
+        except RuntimeError:  # no thread to be had (memory, a limit on threads): kept until the next surge's end
+            _giving_back.release()
 
 
 @functools.cache

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import grpc
 
-from inference.refusal import refuse
-
 
 class ResponseSizeInterceptor(grpc.ServerInterceptor):
     """Refuse a unary answer larger than `max_bytes` with RESOURCE_EXHAUSTED (inside the access log's interceptor,
@@ -31,14 +29,12 @@ class ResponseSizeInterceptor(grpc.ServerInterceptor):
         def behaviour(request, context: grpc.ServicerContext):
             response = inner(request, context)
             if response is not None and (size := response.ByteSize()) > self.max_bytes:
-                return refuse(
-                    context,
+                context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     # "the limit is": the words the REST gateway reads as 413, as for a request over a limit.
                     f"the {method} answer is {size:,} bytes, more than the server sends in one message (the limit "
                     f"is {self.max_bytes:,} bytes, its --max-message-bytes): ask for less in one call (fewer "
                     "images, without return_model_input or the heatmap), or raise the server's limit",
-                    type(response)(),
                 )
             return response
 

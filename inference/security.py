@@ -12,8 +12,6 @@ from pathlib import Path
 
 import grpc
 
-from inference.refusal import refuse
-
 AUTH_METADATA_KEY = "authorization"
 # Probes (Docker, Kubernetes, load balancers) cannot send a token: health checking stays open. It reveals
 # only whether the server is serving.
@@ -50,18 +48,13 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     def abort(request_or_iterator, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    def refused(request: bytes, context):
-        # Answered, not raised: an abort's traceback would keep the request's bytes until a full garbage
-        # collection (inference.refusal). No serializer: the empty answer is bytes.
-        return refuse(context, grpc.StatusCode.UNAUTHENTICATED, message, b"")
-
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)  # a stream's request is not kept whole in the frame
-    return grpc.unary_unary_rpc_method_handler(refused)
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
 
 
 def canonical_authorization(value: str) -> str:

@@ -35,7 +35,6 @@ from inference.message_limit import ResponseSizeInterceptor
 from inference.metrics import MetricsEndpoint, ServiceMetrics
 from inference.model_store import ModelStore, ServedModel
 from inference.options import ServerOptions
-from inference.refusal import message_types, refuse
 from inference.security import BearerTokenInterceptor, server_credentials
 from inference.service import InferenceServicer, ServiceLimits
 from inference.versions import is_missing
@@ -190,7 +189,7 @@ def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(service, status)
 
 
-def _parse_then(behaviour, request_type, response_type):
+def _parse_then(behaviour, request_type):
     """A handler that parses the raw request itself, so a message that is not valid protobuf is the client's error."""
 
     def handler(raw: bytes, context: grpc.ServicerContext):
@@ -199,11 +198,11 @@ def _parse_then(behaviour, request_type, response_type):
         except DecodeError as e:
             name = request_type.DESCRIPTOR.full_name
             log.info("%s -> INVALID_ARGUMENT: undecodable request (%s)", behaviour.__name__, e)
-            message = (
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {name} message ({e}); send it with stubs generated from "
-                "protos/mnist/v1/inference.proto"
+                "protos/mnist/v1/inference.proto",
             )
-            return refuse(context, grpc.StatusCode.INVALID_ARGUMENT, message, response_type())
         return behaviour(request, context)
 
     return handler
@@ -214,9 +213,10 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.Server) -> N
     INVALID_ARGUMENT: the generated code makes them INTERNAL ("a bug") and logs a traceback for each."""
     handlers = {}
     for method in inference_pb2.DESCRIPTOR.services_by_name["Inference"].methods:
-        request_type, response_type = message_types(method.name)
+        request_type = getattr(inference_pb2, method.input_type.name)
+        response_type = getattr(inference_pb2, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parse_then(getattr(servicer, method.name), request_type, response_type),
+            _parse_then(getattr(servicer, method.name), request_type),
             request_deserializer=None,  # the raw bytes reach _parse_then
             response_serializer=response_type.SerializeToString,
         )

@@ -53,7 +53,6 @@ from inference import access_log
 from inference.evaluation import EvaluationData, EvaluationDataError, evaluate_model
 from inference.metrics import ServiceMetrics
 from inference.model_store import ModelStore, ServedModel, UnknownVersion, VersionUnavailable
-from inference.refusal import message_types, refuse
 from inference.versions import is_missing, list_versions
 
 log = logging.getLogger(__name__)
@@ -126,11 +125,7 @@ class ServiceLimits:
 
 
 def _rpc(method):
-    """Map RpcError to its status and any other exception to INTERNAL, given as the answer (inference.refusal:
-    raised, they kept the failed call's frames and request until a full garbage collection); log one line per
-    failed call."""
-
-    answer = message_types(method.__name__)[1]
+    """Map RpcError to its status and any other exception to INTERNAL; log one line per failed call."""
 
     @functools.wraps(method)
     def wrapper(self, request, context):
@@ -138,11 +133,10 @@ def _rpc(method):
             return method(self, request, context)
         except RpcError as e:
             log.info("%s -> %s: %s (model %s)", method.__name__, e.code.name, e.message, self.call_version())
-            return refuse(context, e.code, e.message, answer())
+            context.abort(e.code, e.message)
         except Exception:
             log.exception("%s -> INTERNAL (model %s)", method.__name__, self.call_version())
-            message = f"internal error in {method.__name__}; the server log has details"
-            return refuse(context, grpc.StatusCode.INTERNAL, message, answer())
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; the server log has details")
 
     return wrapper
 
@@ -434,26 +428,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         served = self._model(request.model_version)
         access_log.note(model_version=served.version)
         classify = JudgingClassifier(served, functools.partial(self._judge, served))
-        gone = RpcError(grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)")
+        # A new error each time: one this frame held and raised would make a cycle with its traceback (the frame,
+        # the error, the traceback, the frame) that kept the request and the picture until a full collection.
+        gone = functools.partial(
+            RpcError, grpc.StatusCode.CANCELLED, "the caller went away (deadline passed or cancelled)"
+        )
         with image_errors(self.metrics), self.limits.decode_budget.caller(context.is_active):
             picture = decode_image(request.image, limits=self.limits.image, budget=self.limits.decode_budget)
             width, height = displayed_size(request.image)
             if not context.is_active():  # the deadline passed while it was decoded: nobody reads the number
-                raise gone
+                raise gone()
             try:
                 # Its working memory is held in the decode budget, as a decode's is: 16 zigzags read at once held
                 # +0.5 GB beyond it. A long reading stops when its caller goes.
                 with self.limits.decode_budget.reserve(reading_bytes(picture)), reading_for(context.is_active):
                     reading = read_number(picture, classify)
             except Abandoned:
-                raise gone from None
+                raise gone() from None
             if len(reading.digits) == 1 and not reading.separators:  # its second decode waits no longer either
                 # Where Predict decodes the bytes at half size first, the picture decoded here is not held meanwhile.
                 decoded = None if decodes_at_half_size(request.image) else picture
                 del picture
                 reading = self._one_digit_as_predict(request.image, decoded, reading, classify)
                 if not context.is_active():
-                    raise gone
+                    raise gone()
         # Each digit read also says how digit-like it is, as Predict does: from the forward pass that read it.
         judged = [classify.judged[d.image.tobytes()] for d in reading.digits]
         return number_response(reading, served.version, (width, height), request.return_model_input, judged)

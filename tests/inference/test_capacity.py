@@ -104,3 +104,25 @@ def test_free_memory_left_between_blocks_still_in_use_goes_back_to_the_system():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.split()[-1]) >= 200 * 1024  # KiB of the 256 MiB freed
+
+
+def test_memory_is_given_back_in_a_thread_and_one_that_cannot_start_fails_no_call(monkeypatch):
+    """It runs as a call gives back its reservation, the call's answer made: a thread that cannot start (memory, a
+    limit on threads) must not turn that answer into an error, nor keep the memory from being given back later."""
+    import threading
+
+    import inference.capacity as capacity
+
+    given = threading.Event()
+    monkeypatch.setattr(capacity, "give_free_memory_back", given.set)
+    start = threading.Thread.start
+
+    def cannot_start(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    capacity.give_free_memory_back_soon()
+    assert not given.is_set()
+    monkeypatch.setattr(threading.Thread, "start", start)
+    capacity.give_free_memory_back_soon()
+    assert given.wait(5)

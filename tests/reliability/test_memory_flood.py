@@ -13,6 +13,7 @@ bench/bench_memory.py measures the same flood's resident memory.
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from collections import Counter
 
@@ -33,7 +34,8 @@ CLIENTS = 16
 CAP_ABOVE_WARM = 2**30
 KEPT_AFTER_FLOOD = 256 * 2**20
 # Page faults of the whole server process per warm ReadNumber of a 640x480 photo: 1,100-1,850 when glibc gave
-# back every block of 1 MiB or more and every free heap top over 128 KiB (inference.capacity), under 10 since.
+# back every block of 1 MiB or more and every free heap top over 128 KiB (inference.capacity); since, the median
+# of ten calls 20-35 (single calls 0-589: one that grows a heap again faults it in), stop 66, here.
 FAULTS_PER_ORDINARY_CALL = 200
 
 
@@ -109,11 +111,14 @@ def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every
         stub = inference_pb2_grpc.InferenceStub(channel)
         for _ in range(3):  # warm: the heaps have grown to what a call of this size needs
             stub.ReadNumber(request, timeout=30)
-        before = minor_faults(process.pid)
+        faults = []
         for _ in range(calls):
+            before = minor_faults(process.pid)
             stub.ReadNumber(request, timeout=30)
-        per_call = (minor_faults(process.pid) - before) / calls
-    assert per_call <= FAULTS_PER_ORDINARY_CALL
+            faults.append(minor_faults(process.pid) - before)
+    # The median call: "on every call" is what the test is about, and one call that grows a heap again (4,096
+    # faults for 16 MiB) moved a mean of ten by 400 (CI once measured 265.6 a call, against 47-170 here).
+    assert statistics.median(faults) <= FAULTS_PER_ORDINARY_CALL, faults
 
 
 def test_sixteen_full_batches_at_once_are_all_answered_within_the_budget_under_the_cap(capped_server, mnist_dir):
