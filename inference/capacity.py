@@ -156,7 +156,7 @@ def give_free_memory_back() -> bool:
     blocks free between blocks still in use; the heaps cannot shrink past those, and glibc keeps the free pages.
     Measured (a scratch flood, as bench/bench_memory.py --part working's): 16 concurrent Predicts of a 3 MB
     colour-noise PNG, four rounds, left `python -m inference` +289 / +312 / +327 / +293 MiB over its warm size;
-    given back after each surge, +85 / +59 / +84 / +96 MiB. malloc_trim(0) took 4-23 ms.
+    given back after each surge, +85 / +64 / +74 / +56 MiB. malloc_trim(0) took 4-23 ms.
     Returns False where the C library is not glibc."""
     libc = _glibc()
     if libc is None:
