@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ from shared import settings
 from shared.cli import HelpFormatter, positive_int
 
 from bench.machine import describe_machine
+from inference.capacity import QUIET_SECONDS
 from testkit.memory import flood, measure_single, reset_peak, status_kib
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
@@ -96,6 +98,13 @@ def warm_server(data_dir: Path, server_args: list[str], small: bytes, method: st
             yield process, target, status_kib(process.pid, "VmRSS") * 1024
         finally:
             stop_server(process)
+
+
+def print_settled_rss(process) -> None:
+    """The server's resident memory once the rounds are over and it has given free memory back (it does once
+    surges stop: inference.capacity.QUIET_SECONDS)."""
+    time.sleep(QUIET_SECONDS + 1)
+    print(f"after the rounds and {QUIET_SECONDS + 1:g} s: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
 
 
 def flood_row(
@@ -214,7 +223,7 @@ def run_reading(data_dir: Path, clients: int, server_args: list[str]) -> bool:
         print(f"{'round':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
         for round_ in range(1, 4):
             ok &= flood_row(str(round_), process, target, [data] * clients, small, "ReadNumber", baseline, budget)
-        print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
+        print_settled_rss(process)
     return ok
 
 
@@ -282,7 +291,7 @@ def run_working(data_dir: Path, clients: int, server_args: list[str]) -> bool:
                 ok &= flood_row(
                     str(round_), process, target, [request] * clients, small, method, baseline, limit, name == too_noisy
                 )
-        print(f"after the rounds: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
+        print_settled_rss(process)
     return ok
 
 

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import threading
+import time
 
 from shared import resources
 
@@ -156,7 +157,8 @@ def give_free_memory_back() -> bool:
     blocks free between blocks still in use; the heaps cannot shrink past those, and glibc keeps the free pages.
     Measured (a scratch flood, as bench/bench_memory.py --part working's): 16 concurrent Predicts of a 3 MB
     colour-noise PNG, four rounds, left `python -m inference` +289 / +312 / +327 / +293 MiB over its warm size;
-    given back after each surge, +85 / +64 / +74 / +56 MiB. malloc_trim(0) took 4-23 ms.
+    given back once the surges stopped, +5 / +12 / +20 / +7 MiB (1.5 s after each round). malloc_trim(0) took 4-23
+    ms.
     Returns False where the C library is not glibc."""
     libc = _glibc()
     if libc is None:
@@ -165,25 +167,44 @@ def give_free_memory_back() -> bool:
     return True
 
 
-_giving_back = threading.Lock()
+# How long no surge must end before the memory goes back: once a flood is over, not during one. Under steady load
+# a surge may end every few calls (a full PredictBatch's forward pass holds just under a quarter of the budget,
+# and any other reservation beside it makes one), and each give-back would have them fault their pages in again;
+# the wait also lets the frames of a call still unwinding (a refused picture's arrays, in its error's traceback,
+# go a moment after its reservation) go before the memory is given back.
+QUIET_SECONDS = 0.5
+_quiet = threading.Lock()
+_last_surge_end: float | None = None  # when the last surge ended, while a thread waits for quiet; None: none waits
 
 
 def give_free_memory_back_soon() -> None:
-    """give_free_memory_back in a thread of its own, so that no call waits for it (a MemoryBudget's after_surge);
-    nothing if one is already at work, or if no thread can be started: it never raises, for it runs as a call gives
-    back its reservation, its answer made."""
+    """give_free_memory_back once no surge has ended for QUIET_SECONDS, in a thread of its own, so that no call
+    waits for it (a MemoryBudget's after_surge). It never raises, for it runs as a call gives back its
+    reservation, its answer made: if no thread can be started, the memory stays until the next surge's end."""
+    global _last_surge_end
+    with _quiet:
+        waiting = _last_surge_end is not None
+        _last_surge_end = time.monotonic()
+    if waiting:
+        return
+    try:
+        threading.Thread(target=_give_back_when_quiet, name="give-free-memory-back", daemon=True).start()
+    except RuntimeError:  # no thread to be had (memory, a limit on threads)
+        with _quiet:
+            _last_surge_end = None
 
-    def give_back() -> None:
-        try:
-            give_free_memory_back()
-        finally:
-            _giving_back.release()
 
-    if _giving_back.acquire(blocking=False):
-        try:
-            threading.Thread(target=give_back, name="give-free-memory-back", daemon=True).start()
-        except RuntimeError:  # no thread to be had (memory, a limit on threads): kept until the next surge's end
-            _giving_back.release()
+def _give_back_when_quiet() -> None:
+    global _last_surge_end
+    while True:
+        with _quiet:
+            assert _last_surge_end is not None
+            wait = _last_surge_end + QUIET_SECONDS - time.monotonic()
+            if wait <= 0:
+                _last_surge_end = None
+                break
+        time.sleep(wait)
+    give_free_memory_back()
 
 
 @functools.cache

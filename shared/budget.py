@@ -38,9 +38,10 @@ SURGE_SHARE = 4
 class MemoryBudget:
     def __init__(self, capacity: int, wait: float, after_surge: Callable[[], None] | None = None) -> None:
         """`after_surge` is called (in the thread that gave back the reservation that ended it, outside the
-        budget's lock) each time a surge is over: the server gives the memory the surge's pictures left free back
-        to the system then (inference.capacity.give_free_memory_back_soon). Ordinary traffic, which never has a
-        quarter of the budget in use at once, never calls it, and so never pays to fault that memory in again."""
+        budget's lock) each time a surge is over: the server gives the memory the surges' pictures left free back
+        to the system once they stop (inference.capacity.give_free_memory_back_soon). A surge may end every few
+        calls under steady load (a full batch's forward pass holds just under a quarter of the default budget),
+        and with a budget set small one call may be a surge: the hook must be cheap."""
         if capacity <= 0 or wait < 0:
             raise ValueError(f"a memory budget needs a positive capacity and a wait >= 0, got {capacity}, {wait}")
         self.capacity = capacity

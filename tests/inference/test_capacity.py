@@ -126,3 +126,23 @@ def test_memory_is_given_back_in_a_thread_and_one_that_cannot_start_fails_no_cal
     monkeypatch.setattr(threading.Thread, "start", start)
     capacity.give_free_memory_back_soon()
     assert given.wait(5)
+
+
+def test_memory_goes_back_once_surges_stop_ending_not_while_they_keep_ending(monkeypatch):
+    """Under steady load a surge may end every few calls; giving memory back each time would have the next calls
+    fault their pages in again. It goes back once none has ended for QUIET_SECONDS."""
+    import threading
+    import time
+
+    import inference.capacity as capacity
+
+    given = threading.Event()
+    monkeypatch.setattr(capacity, "give_free_memory_back", given.set)
+    monkeypatch.setattr(capacity, "QUIET_SECONDS", 1.5)  # a loaded machine's sleep may overshoot 0.1 s by a lot
+    for _ in range(20):  # a surge ends every 0.1 s
+        capacity.give_free_memory_back_soon()
+        time.sleep(0.1)
+        assert not given.is_set()
+    stopped = time.monotonic()
+    assert given.wait(10)
+    assert time.monotonic() - stopped >= 1.5 - 0.1 - 0.05

@@ -629,7 +629,7 @@ def test_a_refused_call_leaves_no_cycle_that_keeps_its_request_or_the_pipelines_
     a full garbage collection frees, and the error held, chained to it, the ImageRejected with the pipeline's frames
     and their arrays: Predict raised the error _decode_all gave it, ReadNumber the one it made for a caller gone,
     and PredictBatch kept each refused picture's whole error. 16 concurrent Predicts of a 3 MB colour-noise PNG,
-    three rounds, grew the server by 1 GiB. Each kind of refusal, then everything the call left unreachable."""
+    three rounds, grew the server by 1 GiB. Each of those refusals, then everything the calls left unreachable."""
     import gc
     import types
 
@@ -651,31 +651,32 @@ def test_a_refused_call_leaves_no_cycle_that_keeps_its_request_or_the_pipelines_
         "a picture too noisy": (lambda: stub.Predict(pb.PredictRequest(image=noise), timeout=30), "too noisy"),
         "no ink": (lambda: stub.Predict(pb.PredictRequest(image=blank), timeout=30), "no ink found"),
         "a batch with a picture too noisy": (batch, "too noisy"),
-        "a number with no digit": (
-            lambda: stub.ReadNumber(pb.ReadNumberRequest(image=blank), timeout=30),
-            "no digit",
-        ),
         "a reading whose caller has gone": (gone_reading, "the caller went away"),
     }
     ours = ("/inference/", "/shared/")
-    for name, (call, answer) in calls.items():
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable stays in gc.garbage to be looked at
-        try:
+    gc.collect()
+    # From here on, whatever a collection finds unreachable stays in gc.garbage to be looked at: a cycle that a
+    # call's thread still held at one collection is found at a later one, not freed unseen.
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for name, (call, answer) in calls.items():
             try:
                 said = call()
             except grpc.RpcError as e:
                 said = e.details()
-            time.sleep(1.0)  # the server's thread lets go of the call a moment after the client has its answer
+            assert answer in (said or ""), f"{name}: answered {said!r}"
+        kept: list[str] = []
+        for _ in range(3):  # the server's threads let go of a call a moment after its client has the answer
+            time.sleep(0.5)
             gc.collect()
-            kept = [
+            kept += [
                 o.f_code.co_name if isinstance(o, types.FrameType) else repr(o)[:80]
                 for o in gc.garbage
                 if isinstance(o, BaseException)
                 or (isinstance(o, types.FrameType) and any(part in o.f_code.co_filename for part in ours))
             ]
-        finally:
-            gc.set_debug(0)
             gc.garbage.clear()
-        assert answer in (said or ""), f"{name}: answered {said!r}"
-        assert kept == [], f"{name}: {kept}"
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert kept == []
