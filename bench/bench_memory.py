@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,15 +49,16 @@ from shared.cli import HelpFormatter, positive_int
 
 from bench.machine import describe_machine
 from inference.capacity import QUIET_SECONDS
-from testkit.memory import flood, measure_single, reset_peak, status_kib
+from testkit.memory import flood, measure_single, reset_peak, settled_rss, status_kib
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
 MIB = 2**20
 FLOOD_GROWTH_LIMIT = 1024 * MIB
 SINGLE_RATIO_LIMIT = 2.0
-# Part 4's floods of Predict: the costliest pictures to make a digit of, one read as a digit and one refused as
-# noise after the work (sent last: until stop 66 its refusals left the server larger after each round).
-FLOODED = ("spiral of 40 turns", "colour noise")
+# Part 4's floods of Predict: the costliest pictures to make a digit of, and whether its refusal is the answer:
+# one read as a digit, one refused as too noisy after the work (sent last: until stop 66 its refusals left the
+# server larger after each round).
+FLOODED = {"spiral of 40 turns": False, "colour noise": True}
 
 
 def run_single(data_dir: Path) -> bool:
@@ -103,8 +103,9 @@ def warm_server(data_dir: Path, server_args: list[str], small: bytes, method: st
 def print_settled_rss(process) -> None:
     """The server's resident memory once the rounds are over and it has given free memory back (it does once
     surges stop: inference.capacity.QUIET_SECONDS)."""
-    time.sleep(QUIET_SECONDS + 1)
-    print(f"after the rounds and {QUIET_SECONDS + 1:g} s: server RSS {status_kib(process.pid, 'VmRSS') / 1024:.0f} MiB")
+    seconds = QUIET_SECONDS + 1
+    rss = settled_rss(process.pid, seconds)
+    print(f"after the rounds, the least within {seconds:g} s: server RSS {rss / MIB:.0f} MiB")
 
 
 def flood_row(
@@ -272,9 +273,11 @@ def run_working(data_dir: Path, clients: int, server_args: list[str]) -> bool:
     )
     small = digit_pngs(data_dir, 1)[0]
     batch = (digit_pngs(data_dir, 256) * (batch_size // 256 + 1))[:batch_size]
-    floods = [(name, "Predict", cv2.imencode(".png", pictures[name])[1].tobytes()) for name in FLOODED]
-    floods.insert(1, (f"{batch_size} MNIST digits", "PredictBatch", batch))
-    too_noisy = "colour noise"  # refused as too noisy to tell strokes from paper: that is its answer
+    floods = [
+        (name, "Predict", cv2.imencode(".png", pictures[name])[1].tobytes(), refused)
+        for name, refused in FLOODED.items()
+    ]
+    floods.insert(1, (f"{batch_size} MNIST digits", "PredictBatch", batch, False))
     with warm_server(data_dir, server_args, small, "Predict") as (process, target, baseline):
         print(
             f"\n{clients} concurrent calls, three rounds of each, against `python -m inference --workers 1 "
@@ -283,13 +286,13 @@ def run_working(data_dir: Path, clients: int, server_args: list[str]) -> bool:
             "size, as inference.capacity counts it)"
         )
         print(f"{'round':8s} {'answers':38s} {'seconds':>8s} {'peak RSS':>9s} {'growth':>8s}  after")
-        for name, method, request in floods:
+        for name, method, request, refused in floods:
             size = sum(map(len, request)) if method == "PredictBatch" else len(request)
             print(f"{method} of the {name} ({size / 1024:,.1f} KB)")
             limit = budget + 2 * clients * size
             for round_ in range(1, 4):
                 ok &= flood_row(
-                    str(round_), process, target, [request] * clients, small, method, baseline, limit, name == too_noisy
+                    str(round_), process, target, [request] * clients, small, method, baseline, limit, refused
                 )
         print_settled_rss(process)
     return ok

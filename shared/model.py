@@ -280,13 +280,13 @@ def activation_bytes(model: nn.Module) -> int:
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(note) for m in leaves]
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
         with torch.inference_mode():
             output = model(torch.zeros(1, 1, 28, 28))
-        model.train(was_training)
     finally:
+        model.train(was_training)
         for hook in hooks:
             hook.remove()
     return sum(sizes) + output.numel() * 4

@@ -75,6 +75,16 @@ def run_fresh(script: str, digit: np.ndarray, *args: str) -> str:
     ).stdout
 
 
+def settled_rss(pid: int | str, seconds: float) -> int:
+    """The process's resident bytes once the memory a surge freed has gone back to the system (the server does it
+    in a thread of its own once surges stop: inference.capacity.QUIET_SECONDS): the least seen within `seconds`."""
+    least = status_kib(pid, "VmRSS")
+    for _ in range(int(seconds / 0.1)):
+        time.sleep(0.1)
+        least = min(least, status_kib(pid, "VmRSS"))
+    return least * 1024
+
+
 def measure_single(digit: np.ndarray, formats: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
     """{format: (baseline RSS bytes, peak RSS bytes, file bytes)}: one 40 MP picture of `digit` per format."""
     out = run_fresh(SINGLE_SCRIPT, digit, *formats)

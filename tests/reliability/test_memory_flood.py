@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import resource
 import statistics
-import time
 from collections import Counter
 
 import cv2
@@ -26,7 +25,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.api.mnist.v1 import inference_pb2_grpc
 
 from testkit.big_pictures import FORMATS, encode_big
-from testkit.memory import flood, minor_faults, status_kib
+from testkit.memory import flood, minor_faults, settled_rss, status_kib
 from testkit.numbers import paper_photo
 from testkit.server_process import digit_pngs, publish_random_model, start_server, stop_server
 
@@ -87,18 +86,8 @@ def test_rounds_of_sixteen_refused_noisy_pictures_at_once_leave_the_server_no_la
         answers, after, _ = flood(target, [noise.tobytes()] * CLIENTS, small)
         assert {code for code, _ in answers} <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, answers
         assert process.poll() is None and after is None, after
-        grown.append(_settled_rss(process.pid) - warm_rss)
+        grown.append(settled_rss(process.pid, 3.0) - warm_rss)
     assert max(grown) <= KEPT_AFTER_FLOOD, [f"+{g / 2**20:.0f} MiB" for g in grown]
-
-
-def _settled_rss(pid: int, seconds: float = 3.0) -> int:
-    """The process's resident bytes once the memory a surge freed has been given back (a thread of its own does
-    it as the surge ends): the least seen within `seconds`."""
-    least = status_kib(pid, "VmRSS")
-    for _ in range(int(seconds / 0.1)):
-        time.sleep(0.1)
-        least = min(least, status_kib(pid, "VmRSS"))
-    return least * 1024
 
 
 def test_an_ordinary_photo_is_read_without_faulting_its_memory_in_again_on_every_call(capped_server, mnist):
