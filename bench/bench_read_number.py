@@ -7,13 +7,17 @@
     python -m bench.bench_read_number --accuracy-only --pens                # also broken and dotted pens
     python -m bench.bench_read_number --speed-only                          # speed alone, a random-init model
 
-Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles
-of testkit/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching.
-Per layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose
-digit count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers
-97 % apart and 85 % touching, digits 99 % apart. With --paper, a second table: the same on ruled and squared paper
-photographed (testkit/numbers.py's PAPER_NUMBER_STYLES), whose lines ReadNumber must take out first. With --pens,
-apart numbers written with a pen that skipped (gaps in the strokes) and in dots, which ReadNumber must join.
+Accuracy: numbers of 4 to 8 digits made by testkit/numbers.py from MNIST *test* digits in the seven drawn styles of
+testkit/user_images.py, once with the digits apart (wide and narrow gaps) and once with neighbours touching. Per
+layout and style: whole numbers read exactly, digits right (1 - edit distance / digits), and numbers whose digit
+count came out wrong (a segmentation error rather than a misread digit). Targets (issue 16): whole numbers 97 %
+apart and 85 % touching, digits 99 % apart. In this process (without --target), what the classifier allows: the
+numbers whose every digit the model reads right on that digit's own 28x28 MNIST image (the most a perfect
+segmentation would read), and each misread digit sorted by how the model reads its own image (wrong there too, right
+but unsure, right and sure: only the last are the pipeline's doing). With --paper, a second table: the same on ruled
+and squared paper photographed (testkit/numbers.py's PAPER_NUMBER_STYLES), whose lines ReadNumber must take out
+first. With --pens, apart numbers written with a pen that skipped (gaps in the strokes) and in dots, which
+ReadNumber must join.
 
 Speed: 640x480 JPEG photos of 8-digit numbers (paper_photo style), apart and touching. `read_number` in this
 process (segmentation and the model in torch with one thread; the server runs its default onnxruntime backend,
@@ -37,7 +41,7 @@ from shared import settings
 from shared.cli import HelpFormatter, positive_int
 
 from bench.timing import time_calls
-from testkit.number_scores import format_scores, grpc_reader, score_by_style
+from testkit.number_scores import classifier_ceiling, format_ceiling, format_scores, grpc_reader, score_by_style
 
 APART_WHOLE_TARGET = 0.97
 APART_DIGIT_TARGET = 0.99
@@ -77,22 +81,41 @@ def network_reader(network, mean: float, std: float):
     return read, read_array
 
 
-def local_reader(artifacts: Path):
-    """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
-    `artifacts`, in torch with one thread (the server's torch backend; its default is onnxruntime)."""
-    import torch
-
+def published_network(artifacts: Path):
+    """(network in eval mode, normalization mean, std, version) of the model published in `artifacts`."""
     from shared.checkpoint import read_manifest, read_published_model
 
-    torch.set_num_threads(1)
     models = settings.Paths(artifacts).models
     manifest = read_manifest(models)
     if manifest is None:
         raise SystemExit(f"no published model in {models}; train one (python -m trainer) or pass --artifacts")
     payload, model = read_published_model(models, manifest)
     model.eval()
-    read, read_array = network_reader(model, payload["normalization"]["mean"], payload["normalization"]["std"])
-    return read, read_array, manifest.version
+    return model, payload["normalization"]["mean"], payload["normalization"]["std"], manifest.version
+
+
+def local_reader(artifacts: Path):
+    """(read(bytes) -> str | None, read_array(array) -> reading, model version) with the model published in
+    `artifacts`, in torch with one thread (the server's torch backend; its default is onnxruntime)."""
+    import torch
+
+    torch.set_num_threads(1)
+    network, mean, std, version = published_network(artifacts)
+    read, read_array = network_reader(network, mean, std)
+    return read, read_array, version
+
+
+def own_image_probabilities(artifacts: Path, images: np.ndarray) -> np.ndarray:
+    """The ten digit probabilities (N, 10) the model published in `artifacts` gives MNIST's own 28x28 images
+    (N, 28, 28) uint8, as network_reader's classify gives them for a digit."""
+    import torch
+
+    from shared.data import normalize
+    from shared.model import digit_log_probs
+
+    network, mean, std, _ = published_network(artifacts)
+    with torch.inference_mode():
+        return digit_log_probs(network(normalize(torch.from_numpy(images), mean, std))).exp().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,12 +246,20 @@ def accuracy(args, images: np.ndarray, labels: np.ndarray) -> None:
     else:
         read, _, version = local_reader(args.artifacts)
         where = f"model {version}, in this process"
-    scores = []
+    scores, ceilings = [], []
     for layout in ("apart", "touching"):
         pictures = make_numbers(images, labels, per_style=args.per_style, seed=args.seed, layout=layout)
-        scores += score_by_style(layout, pictures, [read(p.data) for p in pictures])
+        texts = [read(p.data) for p in pictures]
+        scores += score_by_style(layout, pictures, texts)
+        if not args.target:  # the model is here to read MNIST's own images; a server's is not
+            ceilings.append((layout, pictures, texts))
     print(f"\nWhole numbers of 4-8 digits, {args.per_style} per style and layout, seed {args.seed}, {where}:")
     print(format_scores(scores))
+    if ceilings:
+        own = own_image_probabilities(args.artifacts, images)
+        print("\nWhat the classifier allows, the same numbers:")
+        for layout, pictures, texts in ceilings:
+            print(format_ceiling(classifier_ceiling(layout, pictures, texts, own, labels)))
     apart = next(s for s in scores if s.name == "apart all")
     touching = next(s for s in scores if s.name == "touching all")
     print(

@@ -2,14 +2,18 @@
 bench/bench_read_number.py and tests/inference/test_read_number.py. Each caller keeps its own targets.
 
     read = grpc_reader(stub)                          # or any read(bytes) -> str | None (None: refused)
-    scores = score_by_style("apart", numbers, [read(n.data) for n in numbers])   # numbers: testkit.numbers
-    print(format_scores(scores))
+    texts = [read(n.data) for n in numbers]           # numbers: testkit.numbers
+    print(format_scores(score_by_style("apart", numbers, texts)))
+    # What the classifier allows: how the model reads each number's digits on their own 28x28 MNIST images.
+    print(format_ceiling(classifier_ceiling("apart", numbers, texts, own_probabilities, mnist_test_labels)))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 Read = Callable[[bytes], "str | None"]  # an encoded picture -> the digits read, or None if it was refused
 
@@ -71,6 +75,88 @@ def format_scores(scores: Sequence[NumberScore]) -> str:
     for s in scores:
         lines.append(f"{s.name:28s} {s.numbers:7d} {s.whole_accuracy:8.2%} {s.digit_accuracy:8.2%} {s.wrong_count:11d}")
     return "\n".join(lines)
+
+
+# A digit the model reads right on MNIST's own image at under this probability is one it is unsure of there.
+UNSURE_BELOW = 0.9
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """What the classifier allows on a set of numbers made of MNIST test digits (testkit.numbers: each number's
+    `sources` are its digits' indices in the test set), beside what was read.
+
+    A number is *within reach* when the model reads every one of its digits right on that digit's own 28x28 MNIST
+    image: no segmentation, however good, reads more than these, unless re-drawing a digit happens to mend it.
+    Each digit misread in a number read with the right digit count is sorted by how the model reads the same
+    digit's own image: wrong there too, right but unsure (top probability under UNSURE_BELOW), or right and
+    sure; a misread among the sure ones is the pipeline's doing (segmentation, normalisation, the drawn style).
+    A number read wrong is *the pipeline's* when its digit count came out wrong (or it was refused) or every digit
+    it misread is a sure one: mending all of the pipeline's would read `whole + pipelines` numbers, no more."""
+
+    name: str
+    numbers: int
+    whole: int  # read exactly
+    within_reach: int  # every digit read right on its own MNIST image
+    wrong_count: int  # read with another number of digits, or refused
+    misread_wrong_there: int  # digits misread that the model misreads on their own image
+    misread_unsure_there: int  # ... that it reads right there, but at under UNSURE_BELOW
+    misread_sure_there: int  # ... that it reads right there at UNSURE_BELOW or more
+    pipelines: int  # numbers read wrong with the wrong digit count, or whose every misread digit is a sure one
+
+
+def classifier_ceiling(
+    name: str, pictures, read: Sequence[str | None], own_probabilities: np.ndarray, labels: np.ndarray
+) -> Ceiling:
+    """`pictures`: testkit.numbers pictures (.digits, .sources); `read`: what was read of each (None: refused);
+    `own_probabilities` (N, 10): the model's digit probabilities on the MNIST test images the sources index,
+    `labels` (N,) their labels."""
+    own_probabilities, labels = np.asarray(own_probabilities), np.asarray(labels)
+    right_there = own_probabilities.argmax(axis=1) == labels
+    sure_there = right_there & (own_probabilities.max(axis=1) >= UNSURE_BELOW)
+    misread = {"wrong": 0, "unsure": 0, "sure": 0}
+    wrong_count = pipelines = 0
+    for picture, text in zip(pictures, read):
+        if text == picture.digits:
+            continue
+        if text is None or len(text) != len(picture.digits):
+            wrong_count += 1
+            pipelines += 1
+            continue
+        kinds = [
+            "sure" if sure_there[source] else "unsure" if right_there[source] else "wrong"
+            for source, truth, got in zip(picture.sources, picture.digits, text)
+            if truth != got
+        ]
+        for kind in kinds:
+            misread[kind] += 1
+        pipelines += all(kind == "sure" for kind in kinds)
+    return Ceiling(
+        name=name,
+        numbers=len(pictures),
+        whole=sum(text == p.digits for p, text in zip(pictures, read)),
+        within_reach=sum(bool(right_there[list(p.sources)].all()) for p in pictures),
+        wrong_count=wrong_count,
+        misread_wrong_there=misread["wrong"],
+        misread_unsure_there=misread["unsure"],
+        misread_sure_there=misread["sure"],
+        pipelines=pipelines,
+    )
+
+
+def format_ceiling(ceiling: Ceiling) -> str:
+    count = max(ceiling.numbers, 1)  # an empty set reads as 0 %
+    read, within = ceiling.whole / count, ceiling.within_reach / count
+    mended = (ceiling.whole + ceiling.pipelines) / count
+    return (
+        f"{ceiling.name}: read {read:.2%}; within the classifier's reach {within:.2%}"
+        " (every digit read right on its own MNIST image)\n"
+        f"  misread digits, by how the model reads their own MNIST image: wrong there {ceiling.misread_wrong_there}, "
+        f"right at under {UNSURE_BELOW:g} {ceiling.misread_unsure_there}, right at {UNSURE_BELOW:g} or more "
+        f"{ceiling.misread_sure_there}; numbers with the wrong digit count or refused {ceiling.wrong_count}\n"
+        f"  numbers read wrong by the pipeline's doing alone (a wrong digit count, or only sure digits misread) "
+        f"{ceiling.pipelines}: with all of them mended, {mended:.2%} read"
+    )
 
 
 def grpc_reader(stub, timeout: float = 30.0) -> Read:

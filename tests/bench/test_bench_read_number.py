@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import bench.bench_read_number as bench_read_number
@@ -43,11 +44,34 @@ def test_flags_that_would_measure_nothing_are_refused(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_pens_add_a_table_of_broken_and_dotted_numbers(monkeypatch, tmp_path, mnist_dir, capsys):
+@pytest.fixture
+def refusing_reader(monkeypatch, mnist_dir):
+    """The in-process reader stood in for: it refuses every picture, and its model reads every MNIST test image right
+    and surely on its own."""
+    from shared.data import load_mnist
+
+    labels = load_mnist(mnist_dir, download=False, verify=False).test_labels.numpy()
     monkeypatch.setattr(bench_read_number, "local_reader", lambda artifacts: (lambda data: None, None, "v1"))
+    monkeypatch.setattr(bench_read_number, "own_image_probabilities", lambda artifacts, images: np.eye(10)[labels])
+
+
+def test_pens_add_a_table_of_broken_and_dotted_numbers(refusing_reader, tmp_path, mnist_dir, capsys):
     flags = ["--artifacts", str(tmp_path), "--data-dir", str(mnist_dir), "--per-style", "1", "--accuracy-only"]
     assert bench_read_number.main([*flags, "--pens"]) == 0
     out = capsys.readouterr().out
     assert "broken pen all" in out and "dotted pen all" in out
     assert bench_read_number.main(flags) == 0
     assert "dotted pen" not in capsys.readouterr().out
+
+
+def test_in_process_the_classifiers_ceiling_is_printed_beside_what_was_read(
+    refusing_reader, tmp_path, mnist_dir, capsys
+):
+    """Without --target the bench reads MNIST's own images with the same model and says how many numbers were within
+    its reach: here all of them, and none read."""
+    flags = ["--artifacts", str(tmp_path), "--data-dir", str(mnist_dir), "--per-style", "1", "--accuracy-only"]
+    assert bench_read_number.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "apart: read 0.00%; within the classifier's reach 100.00%" in out
+    assert "touching: read 0.00%; within the classifier's reach 100.00%" in out
+    assert "numbers with the wrong digit count or refused 7" in out  # one number per drawn style, all refused
