@@ -155,7 +155,7 @@ def format_ceiling(ceiling: Ceiling) -> str:
         f"right at under {UNSURE_BELOW:g} {ceiling.misread_unsure_there}, right at {UNSURE_BELOW:g} or more "
         f"{ceiling.misread_sure_there}; numbers with the wrong digit count or refused {ceiling.wrong_count}\n"
         f"  numbers read wrong by the pipeline's doing alone (a wrong digit count, or only sure digits misread) "
-        f"{ceiling.pipelines}: with all of them mended, {mended:.2%} read"
+        f"{ceiling.pipelines}: with all of them mended, at most {mended:.2%} read"
     )
 
 
