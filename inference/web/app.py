@@ -314,35 +314,53 @@ class Backend:
             future = stub_method.future(request, timeout=left, metadata=metadata, wait_for_ready=self.wait_for_ready())
             if gone.is_set():  # the caller left while the call was being made: the watcher found no future
                 future.cancel()
-            return future.result()
+            # Waits for the call to end (FutureCancelledError if it was cancelled) without raising its error: a
+            # failed gRPC future is its own RpcError, and raised from this frame, whose closure holds the future,
+            # its traceback would close a reference cycle holding the call until the collector's next full pass.
+            future.exception()
+            return future
 
-        async def cancel_when_the_caller_leaves() -> None:
-            """Cancel the call when its caller leaves, or when it is still waiting for a replica once none could
-            be reached for --unreachable-grace: a call made just as the service went down waited out its whole
-            deadline (an Evaluate's two minutes), though a call made a moment later is told at once."""
-            try:
-                while not await http.is_disconnected():
-                    if future is not None and not future.done() and not self.wait_for_ready():
-                        given_up.set()
-                        future.cancel()
-                        return
-                    await anyio.sleep(DISCONNECT_POLL_SECONDS)
-            except Exception:  # e.g. BodyTooLarge from an unread body: stop watching; the call goes on
-                return
-            gone.set()
-            if future is not None:
+        def give_up() -> bool:
+            """Cancel the call if it is still waiting for a replica once none could be reached for
+            --unreachable-grace, and say whether it did: a call made just as the service went down waited out its
+            whole deadline (an Evaluate's two minutes), though a call made a moment later is told at once."""
+            if future is not None and not future.done() and not self.wait_for_ready():
+                given_up.set()
                 future.cancel()
+                return True
+            return False
 
-        async def outcome() -> tuple[Any, Exception | None]:
-            try:
-                return await anyio.to_thread.run_sync(run, limiter=self.calls), None
-            except Exception as e:  # raised after the watcher stops, out of the task group: never wrapped in a group
-                return None, e
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(cancel_when_the_caller_leaves)
-            result, error = await outcome()
-            tasks.cancel_scope.cancel()
+        # The call runs on a worker thread while this task polls for the caller leaving. Not a task group with a
+        # watcher cancelled at the end: each cancelled watcher left a reference cycle (its CancelledError's
+        # traceback holds its frame, which holds the request and the gRPC call) that kept both until the
+        # collector's next full pass. asyncio.wait returns the moment the call is done, and cancels nothing.
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(run, limiter=self.calls))
+        try:
+            watching = True
+            while watching and not work.done():
+                try:
+                    if await http.is_disconnected():
+                        gone.set()
+                        if future is not None:
+                            future.cancel()
+                        break
+                except Exception:  # e.g. BodyTooLarge from an unread body: stop watching; the call goes on
+                    break
+                watching = not give_up()
+                await asyncio.wait((work,), timeout=DISCONNECT_POLL_SECONDS)
+            await asyncio.wait((work,))
+        finally:
+            if not work.done():  # this request was cancelled itself (the gateway stopping): so is its gRPC call
+                gone.set()
+                if future is not None:
+                    future.cancel()
+                work.add_done_callback(outcome)  # its outcome taken, asyncio logs no "exception never retrieved"
+        answered, error = outcome(work)
+        result = None
+        if answered is not None:  # the call ended: its error (never raised, so with no traceback), or its answer
+            error = answered.exception()
+            if error is None:
+                result = answered.result()
         if isinstance(error, grpc.FutureCancelledError) and given_up.is_set():
             code = grpc.StatusCode.UNAVAILABLE
             message = (
@@ -377,6 +395,16 @@ def authorization_header(http: Request) -> str:
         raise GatewayError(
             401, grpc.StatusCode.UNAUTHENTICATED, f"{e}: send one header 'Authorization: Bearer <token>'"
         ) from None
+
+
+def outcome(work: asyncio.Future) -> tuple[Any, Exception | None]:
+    """A finished call's (result, None), or (None, the exception it raised). Caught here, in a frame of its own
+    that is gone once it returns: caught in the caller's frame, the exception's traceback would hold that frame
+    and the frame the exception, a reference cycle."""
+    try:
+        return work.result(), None
+    except Exception as e:
+        return None, e
 
 
 def pass_through_metadata(http: Request) -> tuple[list[tuple[str, str]], str]:
