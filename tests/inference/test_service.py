@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import threading
@@ -24,7 +25,7 @@ from shared.model import count_parameters
 from shared.settings import Paths
 
 from testkit import user_images as ui
-from tests.inference.helpers import hold_calls, png_bytes
+from tests.inference.helpers import cycles_left_by, hold_calls, png_bytes
 
 
 def local_model(artifacts):
@@ -630,9 +631,6 @@ def test_a_refused_call_leaves_no_cycle_that_keeps_its_request_or_the_pipelines_
     and their arrays: Predict raised the error _decode_all gave it, ReadNumber the one it made for a caller gone,
     and PredictBatch kept each refused picture's whole error. 16 concurrent Predicts of a 3 MB colour-noise PNG,
     three rounds, grew the server by 1 GiB. Each of those refusals, then everything the calls left unreachable."""
-    import gc
-    import types
-
     noise = png_bytes(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))  # 120 KB
     blank = png_bytes(np.full((300, 400), 255, np.uint8))
     stub = module_server.stub
@@ -653,30 +651,12 @@ def test_a_refused_call_leaves_no_cycle_that_keeps_its_request_or_the_pipelines_
         "a batch with a picture too noisy": (batch, "too noisy"),
         "a reading whose caller has gone": (gone_reading, "the caller went away"),
     }
-    ours = ("/inference/", "/shared/")
-    gc.collect()
-    # From here on, whatever a collection finds unreachable stays in gc.garbage to be looked at: a cycle that a
-    # call's thread still held at one collection is found at a later one, not freed unseen.
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for name, (call, answer) in calls.items():
-            try:
-                said = call()
-            except grpc.RpcError as e:
-                said = e.details()
-            assert answer in (said or ""), f"{name}: answered {said!r}"
-        kept: list[str] = []
-        for _ in range(3):  # the server's threads let go of a call a moment after its client has the answer
-            time.sleep(0.5)
-            gc.collect()
-            kept += [
-                o.f_code.co_name if isinstance(o, types.FrameType) else repr(o)[:80]
-                for o in gc.garbage
-                if isinstance(o, BaseException)
-                or (isinstance(o, types.FrameType) and any(part in o.f_code.co_filename for part in ours))
-            ]
-            gc.garbage.clear()
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert kept == []
+
+    def said(call):  # what a call was answered, or the details of the error it got
+        try:
+            return call()
+        except grpc.RpcError as e:
+            return e.details()
+
+    calls = {name: (functools.partial(said, call), answer) for name, (call, answer) in calls.items()}
+    assert cycles_left_by(calls) == []

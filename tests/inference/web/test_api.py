@@ -30,7 +30,7 @@ from shared.api.mnist.v1 import inference_pb2 as pb
 from shared.image_pipeline import to_mnist
 
 from testkit.ports import free_port, free_ports
-from tests.inference.helpers import REPO_ROOT, hold_calls, wait_until
+from tests.inference.helpers import REPO_ROOT, cycles_left_by, hold_calls, wait_until
 from tests.inference.web.helpers import PrefixProxy, assert_error, decode_data_url, fetch, multipart
 from tests.reliability import bad_inputs
 
@@ -646,40 +646,20 @@ def test_a_call_leaves_no_reference_cycle_to_keep_its_request_and_answer_until_t
     """Each call's watcher, cancelled once the call was over, left a cycle (its CancelledError's traceback held its
     frame, and the frame the request and the gRPC call) until the collector's next full pass, and a call the
     service refused another (the failed gRPC future is its own RpcError, raised from a frame whose closure held
-    it): the gateway's memory grew with the bodies of calls long answered. An answer and a refusal, then everything
-    the calls left unreachable."""
-    import gc
-    import types
+    it): the gateway's memory grew with the bodies of calls long answered. An answer, a refusal and a number read,
+    then everything the calls left unreachable."""
+
+    def status(path: str, body: bytes):
+        return lambda: str(gateway.post(path, body).status)
 
     calls = {
-        "an answer": (lambda: gateway.post("/v1/predict", digit_pngs[0][1]), 200),
-        "a refusal": (lambda: gateway.post("/v1/predict", b"not a picture"), 400),
-        "a number read": (lambda: gateway.post("/v1/read-number", digit_pngs[0][1]), 200),
+        "an answer": (status("/v1/predict", digit_pngs[0][1]), "200"),
+        "a refusal": (status("/v1/predict", b"not a picture"), "400"),
+        "a number read": (status("/v1/read-number", digit_pngs[0][1]), "200"),
     }
     for call, _ in calls.values():  # warm: whatever the first call of each kind builds once
         call()
-    ours = ("/inference/",)
-    gc.collect()
-    # From here on, whatever a collection finds unreachable stays in gc.garbage to be looked at.
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for name, (call, status) in calls.items():
-            assert call().status == status, name
-        kept: list[str] = []
-        for _ in range(3):  # the gateway's threads let go of a call a moment after its client has the answer
-            time.sleep(0.5)
-            gc.collect()
-            kept += [
-                o.f_code.co_name if isinstance(o, types.FrameType) else repr(o)[:80]
-                for o in gc.garbage
-                if isinstance(o, (BaseException, grpc.Future))
-                or (isinstance(o, types.FrameType) and any(part in o.f_code.co_filename for part in ours))
-            ]
-            gc.garbage.clear()
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert kept == []
+    assert cycles_left_by(calls, ours=("/inference/",)) == []
 
 
 def test_a_caller_is_told_what_to_do_but_not_the_services_address_which_the_gateway_logs(
