@@ -47,6 +47,11 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
+def miscounted(truth: str, read: str | None) -> bool:
+    """Read with another number of digits than the truth's, or refused."""
+    return read is None or len(read) != len(truth)
+
+
 def score_numbers(name: str, truths: Sequence[str], read: Sequence[str | None]) -> NumberScore:
     mistakes = tuple((t, r if r is not None else "refused") for t, r in zip(truths, read) if r != t)
     return NumberScore(
@@ -55,7 +60,7 @@ def score_numbers(name: str, truths: Sequence[str], read: Sequence[str | None]) 
         whole=sum(t == r for t, r in zip(truths, read)),
         digits=sum(len(t) for t in truths),
         digit_errors=sum(min(len(t), edit_distance(t, r)) if r is not None else len(t) for t, r in zip(truths, read)),
-        wrong_count=sum(r is None or len(r) != len(t) for t, r in zip(truths, read)),
+        wrong_count=sum(miscounted(t, r) for t, r in zip(truths, read)),
         mistakes=mistakes,
     )
 
@@ -92,17 +97,15 @@ class Ceiling:
     digit's own image: wrong there too, right but unsure (top probability under UNSURE_BELOW), or right and
     sure; a misread among the sure ones is the pipeline's doing (segmentation, normalisation, the drawn style).
     A number read wrong is *the pipeline's* when its digit count came out wrong (or it was refused) or every digit
-    it misread is a sure one: mending all of the pipeline's would read `whole + pipelines` numbers, no more."""
+    it misread is a sure one: mending all of the pipeline's would read `score.whole + pipeline_only` numbers, no
+    more."""
 
-    name: str
-    numbers: int
-    whole: int  # read exactly
+    score: NumberScore  # the same numbers scored as score_numbers does: read whole, with a wrong digit count
     within_reach: int  # every digit read right on its own MNIST image
-    wrong_count: int  # read with another number of digits, or refused
     misread_wrong_there: int  # digits misread that the model misreads on their own image
     misread_unsure_there: int  # ... that it reads right there, but at under UNSURE_BELOW
     misread_sure_there: int  # ... that it reads right there at UNSURE_BELOW or more
-    pipelines: int  # numbers read wrong with the wrong digit count, or whose every misread digit is a sure one
+    pipeline_only: int  # numbers read wrong with the wrong digit count, or whose every misread digit is a sure one
 
 
 def classifier_ceiling(
@@ -115,13 +118,12 @@ def classifier_ceiling(
     right_there = own_probabilities.argmax(axis=1) == labels
     sure_there = right_there & (own_probabilities.max(axis=1) >= UNSURE_BELOW)
     misread = {"wrong": 0, "unsure": 0, "sure": 0}
-    wrong_count = pipelines = 0
+    pipeline_only = 0
     for picture, text in zip(pictures, read):
         if text == picture.digits:
             continue
-        if text is None or len(text) != len(picture.digits):
-            wrong_count += 1
-            pipelines += 1
+        if miscounted(picture.digits, text):
+            pipeline_only += 1
             continue
         kinds = [
             "sure" if sure_there[source] else "unsure" if right_there[source] else "wrong"
@@ -130,32 +132,29 @@ def classifier_ceiling(
         ]
         for kind in kinds:
             misread[kind] += 1
-        pipelines += all(kind == "sure" for kind in kinds)
+        pipeline_only += all(kind == "sure" for kind in kinds)
     return Ceiling(
-        name=name,
-        numbers=len(pictures),
-        whole=sum(text == p.digits for p, text in zip(pictures, read)),
+        score=score_numbers(name, [p.digits for p in pictures], read),
         within_reach=sum(bool(right_there[list(p.sources)].all()) for p in pictures),
-        wrong_count=wrong_count,
         misread_wrong_there=misread["wrong"],
         misread_unsure_there=misread["unsure"],
         misread_sure_there=misread["sure"],
-        pipelines=pipelines,
+        pipeline_only=pipeline_only,
     )
 
 
 def format_ceiling(ceiling: Ceiling) -> str:
-    count = max(ceiling.numbers, 1)  # an empty set reads as 0 %
-    read, within = ceiling.whole / count, ceiling.within_reach / count
-    mended = (ceiling.whole + ceiling.pipelines) / count
+    score = ceiling.score
+    count = max(score.numbers, 1)  # an empty set reads as 0 %
+    within, mended = ceiling.within_reach / count, (score.whole + ceiling.pipeline_only) / count
     return (
-        f"{ceiling.name}: read {read:.2%}; within the classifier's reach {within:.2%}"
+        f"{score.name}: read {score.whole_accuracy:.2%}; within the classifier's reach {within:.2%}"
         " (every digit read right on its own MNIST image)\n"
         f"  misread digits, by how the model reads their own MNIST image: wrong there {ceiling.misread_wrong_there}, "
         f"right at under {UNSURE_BELOW:g} {ceiling.misread_unsure_there}, right at {UNSURE_BELOW:g} or more "
-        f"{ceiling.misread_sure_there}; numbers with the wrong digit count or refused {ceiling.wrong_count}\n"
+        f"{ceiling.misread_sure_there}; numbers with the wrong digit count or refused {score.wrong_count}\n"
         f"  numbers read wrong by the pipeline's doing alone (a wrong digit count, or only sure digits misread) "
-        f"{ceiling.pipelines}: with all of them mended, at most {mended:.2%} read"
+        f"{ceiling.pipeline_only}: with all of them mended, at most {mended:.2%} read"
     )
 
 

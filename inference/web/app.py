@@ -312,13 +312,19 @@ class Backend:
                 raise grpc.FutureCancelledError()
             left = max(timeout - (time.monotonic() - arrived), 0.001)
             future = stub_method.future(request, timeout=left, metadata=metadata, wait_for_ready=self.wait_for_ready())
-            if gone.is_set():  # the caller left while the call was being made: the watcher found no future
+            if gone.is_set():  # the caller left while the call was being made: leave() found no future
                 future.cancel()
             # Waits for the call to end (FutureCancelledError if it was cancelled) without raising its error: a
             # failed gRPC future is its own RpcError, and raised from this frame, whose closure holds the future,
             # its traceback would close a reference cycle holding the call until the collector's next full pass.
             future.exception()
             return future
+
+        def leave() -> None:
+            """The caller has gone (or this request was cancelled): cancel the call, or keep it from being made."""
+            gone.set()
+            if future is not None:
+                future.cancel()
 
         def give_up() -> bool:
             """Cancel the call if it is still waiting for a replica once none could be reached for
@@ -340,9 +346,7 @@ class Backend:
             while watching and not work.done():
                 try:
                     if await http.is_disconnected():
-                        gone.set()
-                        if future is not None:
-                            future.cancel()
+                        leave()
                         break
                 except Exception:  # e.g. BodyTooLarge from an unread body: stop watching; the call goes on
                     break
@@ -351,9 +355,7 @@ class Backend:
             await asyncio.wait((work,))
         finally:
             if not work.done():  # this request was cancelled itself (the gateway stopping): so is its gRPC call
-                gone.set()
-                if future is not None:
-                    future.cancel()
+                leave()
                 work.add_done_callback(outcome)  # its outcome taken, asyncio logs no "exception never retrieved"
         answered, error = outcome(work)
         result = None

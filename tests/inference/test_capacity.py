@@ -10,12 +10,7 @@ import pytest
 from shared.resources import memory_limit_bytes
 
 from inference.__main__ import main as server_main
-from inference.capacity import (
-    WARM_PROCESS_MIB,
-    check_workers_fit,
-    process_memory_mib,
-    server_memory_mib,
-)
+from inference.capacity import WARM_PROCESS_MIB, check_workers_fit, process_memory_mib, server_memory_mib
 from inference.options import ServerOptions
 from testkit.memory import REPO_ROOT
 

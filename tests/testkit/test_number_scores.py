@@ -31,7 +31,7 @@ def ceiling_of(numbers, read):
 def test_a_number_is_within_reach_only_when_every_digit_is_read_right_on_its_own_image():
     numbers = [Number("123", (0, 1, 2)), Number("17", (0, 3)), Number("14", (0, 4)), Number("5", (5,))]
     ceiling = ceiling_of(numbers, [n.digits for n in numbers])
-    assert (ceiling.numbers, ceiling.whole) == (4, 4)
+    assert (ceiling.score.numbers, ceiling.score.whole) == (4, 4)
     assert ceiling.within_reach == 3  # "14": its 4 is read as a 9 on its own image, however it was written
 
 
@@ -39,20 +39,20 @@ def test_each_misread_digit_is_sorted_by_how_its_own_image_is_read():
     numbers = [Number("123", (0, 1, 2)), Number("17", (0, 3)), Number("14", (0, 4)), Number("125", (0, 1, 5))]
     numbers.append(Number("172", (0, 3, 1)))
     ceiling = ceiling_of(numbers, ["128", "11", "19", "725", "118"])
-    assert ceiling.whole == 0
+    assert ceiling.score.whole == 0
     assert ceiling.misread_sure_there == 3  # the 3 of "123", the 1 of "125" and the 2 of "172"
     assert ceiling.misread_unsure_there == 2  # the 7 of "17" and of "172"
     assert ceiling.misread_wrong_there == 1  # the 4 of "14"
-    assert ceiling.wrong_count == 0
+    assert ceiling.score.wrong_count == 0
     # "123" and "125" misread only digits the model reads surely on their own: the pipeline's doing. "172" also
     # misread its unsure 7, which the best pipeline might misread too.
-    assert ceiling.pipelines == 2
+    assert ceiling.pipeline_only == 2
 
 
 def test_a_refused_number_or_one_with_another_digit_count_is_counted_apart_and_none_of_its_digits_sorted():
     numbers = [Number("123", (0, 1, 2)), Number("14", (0, 4)), Number("5", (5,))]
     ceiling = ceiling_of(numbers, [None, "149", "5"])
-    assert (ceiling.whole, ceiling.wrong_count, ceiling.pipelines) == (1, 2, 2)
+    assert (ceiling.score.whole, ceiling.score.wrong_count, ceiling.pipeline_only) == (1, 2, 2)
     assert ceiling.misread_sure_there + ceiling.misread_unsure_there + ceiling.misread_wrong_there == 0
 
 
